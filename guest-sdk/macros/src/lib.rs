@@ -1,0 +1,415 @@
+//! Attribute macros of the Weir guest SDK. Use them through their re-exports
+//! in [`weir_guest`](https://docs.rs/weir-guest): `#[weir_guest::map]`,
+//! `#[weir_guest::filter]`, `#[weir_guest::filter_map]`,
+//! `#[weir_guest::flat_map]`, `#[weir_guest::map_partitions]` and
+//! `#[weir_guest::reduce]`; their documentation lives there.
+//!
+//! Each macro keeps the function it is applied to and adds, in an anonymous
+//! `const _: () = { ... }` block next to it, a unit struct implementing the
+//! WIT `lifecycle` and `transform` (or `reducer`) exports by calling the
+//! function once per record (or group), plus the export glue.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericParam, ItemFn, LitStr, ReturnType, Type, WherePredicate};
+
+/// The operator a macro implements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Map,
+    Filter,
+    FilterMap,
+    FlatMap,
+    MapPartitions,
+    Reduce,
+}
+
+impl Kind {
+    fn attribute(self) -> &'static str {
+        match self {
+            Kind::Map => "#[weir_guest::map]",
+            Kind::Filter => "#[weir_guest::filter]",
+            Kind::FilterMap => "#[weir_guest::filter_map]",
+            Kind::FlatMap => "#[weir_guest::flat_map]",
+            Kind::MapPartitions => "#[weir_guest::map_partitions]",
+            Kind::Reduce => "#[weir_guest::reduce]",
+        }
+    }
+
+    /// The expected parameters, for error messages.
+    fn parameters(self) -> &'static str {
+        match self {
+            Kind::Map | Kind::Filter | Kind::FilterMap => "one parameter, `record: Record<'_>`",
+            Kind::FlatMap => "two parameters, `record: Record<'_>, out: &mut Emitter`",
+            Kind::MapPartitions => "two parameters, `input: &Batch<'_>, out: &mut Emitter`",
+            Kind::Reduce => "one parameter, `values: Values<'_>`",
+        }
+    }
+
+    fn arity(self) -> usize {
+        match self {
+            Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => 1,
+            Kind::FlatMap | Kind::MapPartitions => 2,
+        }
+    }
+
+    /// The WIT `plugin-kind` case.
+    fn wit_kind(self) -> TokenStream2 {
+        match self {
+            Kind::Map => quote!(Map),
+            Kind::Filter => quote!(Filter),
+            Kind::FilterMap => quote!(FilterMap),
+            Kind::FlatMap => quote!(FlatMap),
+            Kind::MapPartitions => quote!(MapPartitions),
+            Kind::Reduce => quote!(Reducer),
+        }
+    }
+}
+
+/// The attribute's arguments: `init = path`, `name = "..."`, `version = "..."`.
+#[derive(Default)]
+struct Args {
+    init: Option<syn::Path>,
+    name: Option<LitStr>,
+    version: Option<LitStr>,
+}
+
+impl Args {
+    fn parse(kind: Kind, tokens: TokenStream) -> syn::Result<Self> {
+        let mut args = Args::default();
+        let parser = syn::meta::parser(|meta| {
+            let duplicate = || meta.error("duplicate argument");
+            if meta.path.is_ident("init") {
+                if args.init.is_some() {
+                    return Err(duplicate());
+                }
+                args.init = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("name") {
+                if args.name.is_some() {
+                    return Err(duplicate());
+                }
+                args.name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("version") {
+                if args.version.is_some() {
+                    return Err(duplicate());
+                }
+                args.version = Some(meta.value()?.parse()?);
+            } else {
+                let name = meta
+                    .path
+                    .get_ident()
+                    .map_or_else(|| "this".to_owned(), |i| format!("`{i}`"));
+                return Err(meta.error(format!(
+                    "unknown argument {name} of {}: expected `init = path::to::fn`, \
+                     `name = \"...\"` or `version = \"...\"`",
+                    kind.attribute()
+                )));
+            }
+            Ok(())
+        });
+        syn::parse::Parser::parse(parser, tokens)?;
+        Ok(args)
+    }
+}
+
+/// Checks that `function` can be called by the generated batch loop.
+fn check_signature(kind: Kind, function: &ItemFn) -> syn::Result<()> {
+    let sig = &function.sig;
+    let attribute = kind.attribute();
+    if let Some(token) = &sig.asyncness {
+        return Err(syn::Error::new(
+            token.span(),
+            format!("{attribute} does not support `async fn`: plugin functions are synchronous"),
+        ));
+    }
+    if let Some(token) = &sig.unsafety {
+        return Err(syn::Error::new(
+            token.span(),
+            format!("{attribute} does not support `unsafe fn`"),
+        ));
+    }
+    for param in &sig.generics.params {
+        if !matches!(param, GenericParam::Lifetime(_)) {
+            return Err(syn::Error::new(
+                param.span(),
+                format!(
+                    "{attribute} does not support generic functions (lifetime parameters only): \
+                     the plugin exports one concrete function"
+                ),
+            ));
+        }
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        for predicate in &where_clause.predicates {
+            if !matches!(predicate, WherePredicate::Lifetime(_)) {
+                return Err(syn::Error::new(
+                    predicate.span(),
+                    format!("{attribute} does not support generic functions"),
+                ));
+            }
+        }
+    }
+    if let Some(variadic) = &sig.variadic {
+        return Err(syn::Error::new(
+            variadic.span(),
+            format!("{attribute} does not support variadic functions"),
+        ));
+    }
+    for input in &sig.inputs {
+        if let FnArg::Receiver(receiver) = input {
+            return Err(syn::Error::new(
+                receiver.span(),
+                format!("{attribute} applies to a free function, not a method"),
+            ));
+        }
+    }
+    let count = sig.inputs.len();
+    if count != kind.arity() {
+        let span = if count > kind.arity() {
+            sig.inputs[kind.arity()].span()
+        } else {
+            sig.paren_token.span.join()
+        };
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "{attribute} expects a function with {}, found {count} parameter{}",
+                kind.parameters(),
+                if count == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What the user's function returns.
+enum Returns {
+    /// `Result<T, E>` with `E: Into<weir_guest::Error>`.
+    Result,
+    /// `T` directly.
+    Plain,
+    /// Nothing (`()`).
+    Unit,
+}
+
+fn returns(sig: &syn::Signature) -> Returns {
+    match &sig.output {
+        ReturnType::Default => Returns::Unit,
+        ReturnType::Type(_, ty) => match &**ty {
+            Type::Tuple(tuple) if tuple.elems.is_empty() => Returns::Unit,
+            Type::Path(path)
+                if path
+                    .path
+                    .segments
+                    .last()
+                    .is_some_and(|segment| segment.ident == "Result") =>
+            {
+                Returns::Result
+            }
+            _ => Returns::Plain,
+        },
+    }
+}
+
+fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<TokenStream2> {
+    let args = Args::parse(kind, args)?;
+    let item2: TokenStream2 = item.into();
+    let function: ItemFn = match syn::parse2::<syn::Item>(item2.clone())? {
+        syn::Item::Fn(function) => function,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!(
+                    "{} applies to a function with {}",
+                    kind.attribute(),
+                    kind.parameters()
+                ),
+            ));
+        }
+    };
+    check_signature(kind, &function)?;
+    let sig = &function.sig;
+    let ident = &sig.ident;
+    let returns = returns(sig);
+    let output_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+
+    let private = quote!(::weir_guest::__private);
+    let record = quote!(__weir_guest_record);
+    let out = quote!(__weir_guest_out);
+
+    // `call` is the user's call; `value` turns it into `Result<T, Error>`.
+    let call = match kind {
+        Kind::FlatMap | Kind::MapPartitions => quote!(#ident(#record, #out)),
+        Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => quote!(#ident(#record)),
+    };
+    let value = match returns {
+        Returns::Result => quote_spanned!(output_span=> #private::lift(#call)),
+        Returns::Plain => quote_spanned!(output_span=> #private::ok(#call)),
+        Returns::Unit => quote_spanned!(output_span=> { #call; #private::ok(()) }),
+    };
+
+    let (guest_impl, export) = match kind {
+        Kind::Reduce => (
+            quote! {
+                impl #private::ReducerGuest for __WeirGuestPlugin {
+                    fn reduce(
+                        values: #private::wit::Values,
+                        group_ends: ::std::vec::Vec<u32>,
+                    ) -> ::core::result::Result<#private::wit::Values, #private::wit::ProcessError> {
+                        #private::run_reduce(values, group_ends, |#record, #out| {
+                            let value = #value?;
+                            ::weir_guest::IntoValue::append_to(value, #out);
+                            ::core::result::Result::Ok(())
+                        })
+                    }
+                }
+            },
+            quote!(#private::reducer_bindings::__export_reducer!(__WeirGuestPlugin);),
+        ),
+        _ => {
+            let body = match kind {
+                Kind::Map => quote! {
+                    #private::run_per_record(input, #private::Expect::OneToOne, |#record, #out| {
+                        let value = #value?;
+                        ::weir_guest::IntoOutput::emit_into(value, &#record, #out);
+                        ::core::result::Result::Ok(())
+                    })
+                },
+                Kind::FilterMap => quote! {
+                    #private::run_per_record(input, #private::Expect::OneToOne, |#record, #out| {
+                        if let ::core::option::Option::Some(value) = #value? {
+                            ::weir_guest::IntoOutput::emit_into(value, &#record, #out);
+                        }
+                        ::core::result::Result::Ok(())
+                    })
+                },
+                Kind::FlatMap => quote! {
+                    #private::run_per_record(input, #private::Expect::Many, |#record, #out| #value)
+                },
+                Kind::Filter => quote! {
+                    #private::run_filter(input, |#record| #value)
+                },
+                Kind::MapPartitions => quote! {
+                    #private::run_map_partitions(input, |#record, #out| #value)
+                },
+                Kind::Reduce => unreachable!(),
+            };
+            (
+                quote! {
+                    impl #private::TransformGuest for __WeirGuestPlugin {
+                        fn process(
+                            input: #private::wit::Batch,
+                        ) -> ::core::result::Result<
+                            #private::wit::TransformOutput,
+                            #private::wit::ProcessError,
+                        > {
+                            #body
+                        }
+                    }
+                },
+                quote!(#private::transform_bindings::__export_transform!(__WeirGuestPlugin);),
+            )
+        }
+    };
+
+    let name = match &args.name {
+        Some(name) => quote!(#name),
+        None => quote!(::core::env!("CARGO_PKG_NAME")),
+    };
+    let version = match &args.version {
+        Some(version) => quote!(#version),
+        None => quote!(::core::env!("CARGO_PKG_VERSION")),
+    };
+    let init = match &args.init {
+        Some(path) => {
+            quote_spanned!(path.span()=> ::core::option::Option::Some(#path as #private::InitFn))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let wit_kind = kind.wit_kind();
+
+    Ok(quote! {
+        #function
+
+        const _: () = {
+            #[doc(hidden)]
+            struct __WeirGuestPlugin;
+
+            impl #private::LifecycleGuest for __WeirGuestPlugin {
+                fn describe() -> #private::wit::PluginInfo {
+                    #private::describe(#name, #version, #private::wit::PluginKind::#wit_kind)
+                }
+
+                fn init(
+                    config: #private::wit::Config,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    #private::init(config, #init)
+                }
+            }
+
+            #guest_impl
+
+            #private::lifecycle_bindings::__export_lifecycle!(__WeirGuestPlugin);
+            #export
+        };
+    })
+}
+
+fn entry(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(kind, args, item.clone()) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => {
+            // Keep the item so that its own errors and uses still make sense.
+            let mut tokens: TokenStream2 = error.to_compile_error();
+            tokens.extend(TokenStream2::from(item));
+            tokens.into()
+        }
+    }
+}
+
+/// Makes a function `fn(Record<'_>) -> Result<impl IntoOutput, Error>` the
+/// plugin's `map`. See `weir_guest::map`.
+#[proc_macro_attribute]
+pub fn map(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::Map, args, item)
+}
+
+/// Makes a function `fn(Record<'_>) -> Result<bool, Error>` the plugin's
+/// `filter`. See `weir_guest::filter`.
+#[proc_macro_attribute]
+pub fn filter(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::Filter, args, item)
+}
+
+/// Makes a function `fn(Record<'_>) -> Result<Option<impl IntoOutput>, Error>`
+/// the plugin's `filter-map`. See `weir_guest::filter_map`.
+#[proc_macro_attribute]
+pub fn filter_map(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::FilterMap, args, item)
+}
+
+/// Makes a function `fn(Record<'_>, &mut Emitter) -> Result<(), Error>` the
+/// plugin's `flat-map`. See `weir_guest::flat_map`.
+#[proc_macro_attribute]
+pub fn flat_map(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::FlatMap, args, item)
+}
+
+/// Makes a function `fn(&Batch<'_>, &mut Emitter) -> Result<(), Error>` the
+/// plugin's `map-partitions`. See `weir_guest::map_partitions`.
+#[proc_macro_attribute]
+pub fn map_partitions(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::MapPartitions, args, item)
+}
+
+/// Makes a function `fn(Values<'_>) -> Result<impl IntoValue, Error>` the
+/// plugin's reducer. See `weir_guest::reduce`.
+#[proc_macro_attribute]
+pub fn reduce(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::Reduce, args, item)
+}

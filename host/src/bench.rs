@@ -1,0 +1,202 @@
+//! `weir bench`: word count over a directory of generated text, with the
+//! `split-words` Wasm plugin and with its native twin, in one run, so the
+//! ratio between them is measured under the same machine load.
+//!
+//! The pipeline is `files → flat-map split-words → reduce-by-key count`, run
+//! `--available-now` into a sink that only counts. Each variant runs
+//! `rounds` times, alternating, and the best time of each is kept.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, PipelineSpec};
+use crate::error::EngineError;
+use crate::operator::native::library;
+use crate::pipeline::{Pipeline, PluginRegistry, RunOptions};
+use crate::record::Batch;
+use crate::runtime::{Limits, Runtime};
+use crate::sink::{BatchInfo, Sink, SinkError};
+use crate::source::generator;
+
+/// Settings of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// Lines of generated text.
+    pub lines: u64,
+    /// Words per line.
+    pub words_per_line: usize,
+    /// Partitions (and worker threads).
+    pub partitions: usize,
+    /// Runs of each variant.
+    pub rounds: usize,
+    /// The `split-words` component.
+    pub plugin: PathBuf,
+}
+
+/// The measured figures.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Words processed per run.
+    pub words: u64,
+    /// Best wall time of the Wasm pipeline.
+    pub wasm: Duration,
+    /// Best wall time of the native pipeline.
+    pub native: Duration,
+    /// Distinct words counted (a sanity check: both variants agree).
+    pub distinct_words: u64,
+}
+
+impl BenchReport {
+    /// Words per second of the Wasm pipeline.
+    pub fn wasm_words_per_second(&self) -> f64 {
+        self.words as f64 / self.wasm.as_secs_f64()
+    }
+
+    /// Words per second of the native pipeline.
+    pub fn native_words_per_second(&self) -> f64 {
+        self.words as f64 / self.native.as_secs_f64()
+    }
+
+    /// Wasm throughput as a fraction of native throughput.
+    pub fn ratio(&self) -> f64 {
+        self.native.as_secs_f64() / self.wasm.as_secs_f64()
+    }
+}
+
+/// Counts records; keeps nothing.
+struct CountingSink(Arc<AtomicU64>);
+
+impl Sink for CountingSink {
+    fn write(&mut self, _: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError> {
+        let records: usize = partitions.iter().map(Batch::len).sum();
+        self.0.fetch_add(records as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Writes `lines` generated lines into files of 100k lines under `dir`.
+pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let per_file = 100_000u64;
+    let mut line = Vec::new();
+    let mut index = 0;
+    let mut file_number = 0;
+    while index < lines {
+        let path = dir.join(format!("part-{file_number:05}.txt"));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        for _ in 0..per_file.min(lines - index) {
+            generator::line(0, index, words_per_line, &mut line);
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+            index += 1;
+        }
+        out.flush()?;
+        file_number += 1;
+    }
+    Ok(())
+}
+
+fn spec(input: &Path, plugin: &Path, partitions: usize) -> Result<PipelineSpec, EngineError> {
+    let text = format!(
+        r#"
+[pipeline]
+name = "bench-wordcount"
+batch-interval = "1s"
+partitions = {partitions}
+chunk-records = 16384
+
+[plugins]
+split-words = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "counts"
+type = "console"
+"#,
+        plugin = plugin.display().to_string(),
+        input = input.display().to_string(),
+    );
+    Ok(config::parse(&text, Path::new("bench.toml"))?)
+}
+
+fn run_once(spec: &PipelineSpec, registry: &PluginRegistry) -> Result<(Duration, u64), EngineError> {
+    let mut pipeline = Pipeline::build(spec, registry, "bench.toml")?;
+    let counted = Arc::new(AtomicU64::new(0));
+    pipeline.set_sinks(vec![("counts".into(), Box::new(CountingSink(counted.clone())))])?;
+    let started = Instant::now();
+    pipeline.run(RunOptions {
+        available_now: true,
+        ..RunOptions::default()
+    })?;
+    Ok((started.elapsed(), counted.load(Ordering::Relaxed)))
+}
+
+/// Runs the benchmark; `progress` receives a line per run.
+pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<BenchReport, EngineError> {
+    let scratch = tempdir()?;
+    let input = scratch.join("input");
+    progress(&format!("generating {} lines of {} words...", settings.lines, settings.words_per_line));
+    generate_input(&input, settings.lines, settings.words_per_line)
+        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
+    let spec = spec(&input, &settings.plugin, settings.partitions)?;
+    let runtime = Runtime::with_default_cache()?;
+    let mut wasm = PluginRegistry::new(runtime.clone(), Limits::default());
+    wasm.load_declared(&spec)?;
+    let mut native = PluginRegistry::new(runtime, Limits::default());
+    native.register_transform("split-words", library::split_words());
+
+    let words = settings.lines * settings.words_per_line as u64;
+    let (mut best_wasm, mut best_native) = (Duration::MAX, Duration::MAX);
+    let mut distinct = None;
+    for round in 1..=settings.rounds.max(1) {
+        for (name, registry, best) in [("wasm", &wasm, &mut best_wasm), ("native", &native, &mut best_native)] {
+            let (elapsed, counted) = run_once(&spec, registry)?;
+            // Each batch counts its own words; the sum over batches of distinct
+            // words per batch must match between variants.
+            if *distinct.get_or_insert(counted) != counted {
+                return Err(EngineError::Io(format!(
+                    "the {name} run produced {counted} counts, another run {}: results differ",
+                    distinct.unwrap_or_default()
+                )));
+            }
+            progress(&format!(
+                "round {round} {name:>6}: {:>8.3} s  {:>6.2} M words/s",
+                elapsed.as_secs_f64(),
+                words as f64 / elapsed.as_secs_f64() / 1e6
+            ));
+            *best = (*best).min(elapsed);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(BenchReport {
+        words,
+        wasm: best_wasm,
+        native: best_native,
+        distinct_words: distinct.unwrap_or_default(),
+    })
+}
+
+fn tempdir() -> Result<PathBuf, EngineError> {
+    let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}

@@ -1,0 +1,771 @@
+//! The validated pipeline: what the engine runs.
+//!
+//! [`build`] checks a parsed [`PipelineFile`] key by key (values in range,
+//! keys that belong to the chosen operator or type, references to plugins and
+//! streams) and resolves relative paths against the pipeline file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::LineIndex;
+use super::file::{Inputs, PipelineFile, SinkTable, SourceTable, StageTable};
+use super::graph::{Node, topological_order};
+
+/// An error at a byte offset of the file.
+type SpecError = (usize, String);
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    /// Name of the pipeline.
+    pub name: String,
+    /// Micro-batch interval.
+    pub batch_interval: Duration,
+    /// Default number of partitions of every stream.
+    pub partitions: usize,
+    /// Chunks a source may queue before it is slowed down.
+    pub queue_chunks: usize,
+    /// Records per chunk handed from a receiver to the batcher.
+    pub chunk_records: usize,
+    /// Plugin name → path of its component.
+    pub plugins: BTreeMap<String, PathBuf>,
+    /// The sources, in file order.
+    pub sources: Vec<SourceSpec>,
+    /// The stages, in an order where every stage follows its inputs.
+    pub stages: Vec<StageSpec>,
+    /// The sinks, in file order.
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// A receiver and the stream it produces.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Name of the produced stream.
+    pub name: String,
+    /// What it reads.
+    pub kind: SourceKind,
+    /// Line of its table in the pipeline file.
+    pub line: usize,
+}
+
+/// The kinds of receivers.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// Lines from a TCP socket.
+    Socket {
+        /// `host:port`.
+        address: String,
+        /// Connect to a server, or listen for producers.
+        mode: SocketMode,
+        /// Longest wait between reconnection attempts.
+        max_backoff: Duration,
+    },
+    /// Lines of every file that appears in a directory.
+    Files {
+        /// The directory.
+        dir: PathBuf,
+        /// Which file names to read.
+        glob: glob::Pattern,
+        /// How often to look for new files.
+        poll_interval: Duration,
+    },
+    /// Deterministic words text.
+    Generator(GeneratorSpec),
+    /// Lines from standard input.
+    Stdin,
+}
+
+/// How a socket source gets its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketMode {
+    /// Connect to `address` (like Spark's `socketTextStream`), reconnecting with backoff.
+    Connect,
+    /// Listen on `address` and accept any number of producers.
+    Listen,
+}
+
+/// Settings of the generator source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratorSpec {
+    /// Lines to produce; unlimited when `None`.
+    pub lines: Option<u64>,
+    /// Lines per second; unthrottled when `None`.
+    pub rate: Option<u64>,
+    /// Words per line.
+    pub words_per_line: usize,
+    /// Seed of the word sequence.
+    pub seed: u64,
+}
+
+/// A stage: an operator and the stream it produces.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Name of the produced stream.
+    pub name: String,
+    /// Input streams.
+    pub inputs: Vec<String>,
+    /// The operator.
+    pub op: OperatorSpec,
+    /// Line of its table in the pipeline file.
+    pub line: usize,
+}
+
+/// Operators.
+#[derive(Debug, Clone)]
+pub enum OperatorSpec {
+    /// A per-partition plugin transform.
+    Transform {
+        /// Which transform.
+        kind: TransformKind,
+        /// Name of the plugin in `[plugins]`.
+        plugin: String,
+        /// The stage's configuration, sorted by key.
+        config: Vec<(String, String)>,
+    },
+    /// Reduce the values of each key: map-side combine, shuffle, merge.
+    ReduceByKey {
+        /// The combine function.
+        reducer: ReducerSpec,
+        /// Output partitions; the pipeline default when `None`.
+        partitions: Option<usize>,
+    },
+    /// All records of several streams.
+    Union,
+    /// Spread records evenly over `partitions` partitions.
+    Repartition {
+        /// Output partitions; the pipeline default when `None`.
+        partitions: Option<usize>,
+    },
+}
+
+/// The per-partition transforms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransformKind {
+    /// One record out per record in.
+    Map,
+    /// Any number of records out per record in.
+    FlatMap,
+    /// Keeps or drops each record.
+    Filter,
+    /// Zero or one record out per record in.
+    FilterMap,
+    /// Any function of the whole partition.
+    MapPartitions,
+}
+
+impl TransformKind {
+    /// The operator's name in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Map => "map",
+            Self::FlatMap => "flat-map",
+            Self::Filter => "filter",
+            Self::FilterMap => "filter-map",
+            Self::MapPartitions => "map-partitions",
+        }
+    }
+}
+
+/// The combine function of a reduce-by-key.
+#[derive(Debug, Clone)]
+pub enum ReducerSpec {
+    /// One of the host's own reducers.
+    Builtin(BuiltinReducer),
+    /// A reducer plugin.
+    Plugin {
+        /// Name of the plugin in `[plugins]`.
+        plugin: String,
+        /// The stage's configuration, sorted by key.
+        config: Vec<(String, String)>,
+    },
+}
+
+/// Reducers built into the host; they read values as decimal text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinReducer {
+    /// Number of records per key (values ignored).
+    Count,
+    /// Sum of the values.
+    Sum,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+}
+
+impl BuiltinReducer {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "count" => Self::Count,
+            "sum" => Self::Sum,
+            "min" => Self::Min,
+            "max" => Self::Max,
+            _ => return None,
+        })
+    }
+}
+
+/// A sink and the stream it writes.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Name for logs.
+    pub name: String,
+    /// The stream it writes.
+    pub input: String,
+    /// Where to.
+    pub kind: SinkKind,
+    /// Line of its table in the pipeline file.
+    pub line: usize,
+}
+
+/// The kinds of sinks.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// Print a header and the first records of each batch.
+    Console {
+        /// Records shown per batch.
+        max_records: usize,
+    },
+    /// One directory per batch, made visible atomically.
+    Files {
+        /// The output directory.
+        dir: PathBuf,
+        /// Record format.
+        format: FileFormat,
+    },
+}
+
+/// Record formats of the files sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `key<TAB>value` per line (just `value` without a key).
+    Text,
+    /// One JSON object per line: key, value, timestamp.
+    Jsonl,
+}
+
+/// Validates `raw`; errors carry the byte offset they refer to.
+pub(super) fn build(
+    raw: PipelineFile,
+    base_dir: &Path,
+    lines: &LineIndex,
+) -> Result<PipelineSpec, SpecError> {
+    let table = raw.pipeline;
+    let batch_interval = match &table.batch_interval {
+        Some(text) => duration(text)?,
+        None => Duration::from_secs(1),
+    };
+    if batch_interval < Duration::from_millis(1) {
+        let span = table.batch_interval.as_ref().map_or(0, |s| s.span().start);
+        return Err((span, "batch-interval must be at least 1ms".into()));
+    }
+    let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?
+        .unwrap_or(default_partitions);
+    let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
+    let chunk_records =
+        positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
+
+    let plugins: BTreeMap<String, PathBuf> = raw
+        .plugins
+        .into_iter()
+        .map(|(name, path)| (name, base_dir.join(path.into_inner())))
+        .collect();
+
+    let sources = raw
+        .sources
+        .into_iter()
+        .map(|source| source_spec(source, base_dir, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stages = raw
+        .stages
+        .into_iter()
+        .map(|stage| stage_spec(stage, &plugins, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sinks = raw
+        .sinks
+        .into_iter()
+        .map(|sink| sink_spec(sink, base_dir, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let order = order_stages(&sources, &stages, &sinks)?;
+    let mut slots: Vec<Option<(usize, StageSpec)>> =
+        stages.into_iter().map(Some).collect();
+    let stages = order
+        .into_iter()
+        .map(|index| slots[index].take().expect("each stage ordered once").1)
+        .collect();
+
+    Ok(PipelineSpec {
+        name: table.name,
+        batch_interval,
+        partitions,
+        queue_chunks,
+        chunk_records,
+        plugins,
+        sources: sources.into_iter().map(|(_, source)| source).collect(),
+        stages,
+        sinks: sinks.into_iter().map(|(_, sink)| sink).collect(),
+    })
+}
+
+/// Orders stages after their inputs and checks that sinks read known streams.
+fn order_stages(
+    sources: &[(usize, SourceSpec)],
+    stages: &[(usize, StageSpec)],
+    sinks: &[(usize, SinkSpec)],
+) -> Result<Vec<usize>, SpecError> {
+    if sources.is_empty() {
+        return Err((0, "the pipeline has no [[source]]".into()));
+    }
+    if sinks.is_empty() {
+        return Err((
+            0,
+            "the pipeline has no [[sink]]: add one (for example type = \"console\") so results go somewhere".into(),
+        ));
+    }
+    let source_nodes: Vec<(&str, usize)> = sources
+        .iter()
+        .map(|(offset, source)| (source.name.as_str(), *offset))
+        .collect();
+    let stage_nodes: Vec<Node<'_>> = stages
+        .iter()
+        .map(|(offset, stage)| Node {
+            name: &stage.name,
+            inputs: stage.inputs.iter().map(|input| (input.as_str(), *offset)).collect(),
+            offset: *offset,
+        })
+        .collect();
+    let order = topological_order(&source_nodes, &stage_nodes)?;
+    for (offset, sink) in sinks {
+        let known = source_nodes.iter().any(|(name, _)| *name == sink.input)
+            || stage_nodes.iter().any(|node| node.name == sink.input);
+        if !known {
+            return Err((
+                *offset,
+                format!("sink `{}` reads the unknown stream `{}`", sink.name, sink.input),
+            ));
+        }
+    }
+    Ok(order)
+}
+
+fn source_spec(
+    table: Spanned<SourceTable>,
+    base_dir: &Path,
+    lines: &LineIndex,
+) -> Result<(usize, SourceSpec), SpecError> {
+    let offset = table.span().start;
+    let table = table.into_inner();
+    let name = stream_name(&table.name)?;
+    let kind_name = table.kind.get_ref().as_str();
+    let allowed: &[&str] = match kind_name {
+        "socket" => &["address", "mode", "max-backoff"],
+        "files" => &["path", "glob", "poll-interval"],
+        "generator" => &["lines", "rate", "words-per-line", "seed"],
+        "stdin" => &[],
+        other => {
+            return Err((
+                table.kind.span().start,
+                format!(
+                    "unknown source type `{other}` (expected socket, files, generator or stdin)"
+                ),
+            ));
+        }
+    };
+    let present: [(&str, Option<usize>); 10] = [
+        ("address", table.address.as_ref().map(|v| v.span().start)),
+        ("mode", table.mode.as_ref().map(|v| v.span().start)),
+        ("max-backoff", table.max_backoff.as_ref().map(|v| v.span().start)),
+        ("path", table.path.as_ref().map(|v| v.span().start)),
+        ("glob", table.glob.as_ref().map(|v| v.span().start)),
+        ("poll-interval", table.poll_interval.as_ref().map(|v| v.span().start)),
+        ("lines", table.lines.as_ref().map(|v| v.span().start)),
+        ("rate", table.rate.as_ref().map(|v| v.span().start)),
+        ("words-per-line", table.words_per_line.as_ref().map(|v| v.span().start)),
+        ("seed", table.seed.as_ref().map(|v| v.span().start)),
+    ];
+    only_keys(&present, allowed, &format!("a `{kind_name}` source"))?;
+    let kind = match kind_name {
+        "socket" => {
+            let address = required(&table.address, "address", offset, "a socket source")?;
+            let mode = match table.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span().start)) {
+                None | Some(("connect", _)) => SocketMode::Connect,
+                Some(("listen", _)) => SocketMode::Listen,
+                Some((other, at)) => {
+                    return Err((at, format!("unknown socket mode `{other}` (expected connect or listen)")));
+                }
+            };
+            let max_backoff = match &table.max_backoff {
+                Some(text) => duration(text)?,
+                None => Duration::from_secs(5),
+            };
+            SourceKind::Socket {
+                address: address.to_owned(),
+                mode,
+                max_backoff,
+            }
+        }
+        "files" => {
+            let dir = required(&table.path, "path", offset, "a files source")?;
+            let glob = match &table.glob {
+                Some(pattern) => glob::Pattern::new(pattern.get_ref()).map_err(|e| {
+                    (pattern.span().start, format!("invalid glob `{}`: {e}", pattern.get_ref()))
+                })?,
+                None => glob::Pattern::new("*").expect("valid pattern"),
+            };
+            let poll_interval = match &table.poll_interval {
+                Some(text) => duration(text)?,
+                None => Duration::from_millis(100),
+            };
+            SourceKind::Files {
+                dir: base_dir.join(dir),
+                glob,
+                poll_interval,
+            }
+        }
+        "generator" => SourceKind::Generator(GeneratorSpec {
+            lines: non_negative(table.lines.as_ref(), "lines")?,
+            rate: positive(table.rate.as_ref(), "rate", usize::MAX)?.map(|r| r as u64),
+            words_per_line: positive(table.words_per_line.as_ref(), "words-per-line", 10_000)?
+                .unwrap_or(8),
+            seed: non_negative(table.seed.as_ref(), "seed")?.unwrap_or(0),
+        }),
+        _ => SourceKind::Stdin,
+    };
+    Ok((
+        offset,
+        SourceSpec {
+            name,
+            kind,
+            line: lines.line_of(offset),
+        },
+    ))
+}
+
+fn stage_spec(
+    table: Spanned<StageTable>,
+    plugins: &BTreeMap<String, PathBuf>,
+    lines: &LineIndex,
+) -> Result<(usize, StageSpec), SpecError> {
+    let offset = table.span().start;
+    let table = table.into_inner();
+    let name = stream_name(&table.name)?;
+    let inputs = match table.input.get_ref() {
+        Inputs::One(input) => vec![input.clone()],
+        Inputs::Many(inputs) => inputs.clone(),
+    };
+    let input_at = table.input.span().start;
+    if inputs.is_empty() {
+        return Err((input_at, format!("stage `{name}` has an empty input list")));
+    }
+    let op_name = table.op.get_ref().as_str();
+    let present = [
+        ("plugin", table.plugin.as_ref().map(|v| v.span().start)),
+        ("reducer", table.reducer.as_ref().map(|v| v.span().start)),
+        ("partitions", table.partitions.as_ref().map(|v| v.span().start)),
+        ("config", table.config.as_ref().map(|v| v.span().start)),
+    ];
+    let context = format!("op `{op_name}`");
+    let single_input = |op: &str| {
+        if inputs.len() == 1 {
+            Ok(())
+        } else {
+            Err((
+                input_at,
+                format!("op `{op}` takes one input stream; use a `union` stage to merge streams first"),
+            ))
+        }
+    };
+    let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?;
+    let transform = match op_name {
+        "map" => Some(TransformKind::Map),
+        "flat-map" => Some(TransformKind::FlatMap),
+        "filter" => Some(TransformKind::Filter),
+        "filter-map" => Some(TransformKind::FilterMap),
+        "map-partitions" => Some(TransformKind::MapPartitions),
+        _ => None,
+    };
+    let op = if let Some(kind) = transform {
+        only_keys(&present, &["plugin", "config"], &context)?;
+        single_input(op_name)?;
+        let plugin = required(&table.plugin, "plugin", offset, &context)?;
+        plugin_known(plugins, plugin, table.plugin.as_ref().map_or(offset, |p| p.span().start))?;
+        OperatorSpec::Transform {
+            kind,
+            plugin: plugin.to_owned(),
+            config: config_pairs(table.config.as_ref())?,
+        }
+    } else {
+        match op_name {
+            "reduce-by-key" => {
+                only_keys(&present, &["reducer", "partitions", "config"], &context)?;
+                single_input(op_name)?;
+                let reducer_name = required(&table.reducer, "reducer", offset, &context)?;
+                let reducer = match BuiltinReducer::parse(reducer_name) {
+                    Some(builtin) => {
+                        if table.config.is_some() {
+                            return Err((
+                                offset,
+                                format!("the built-in reducer `{reducer_name}` takes no config"),
+                            ));
+                        }
+                        ReducerSpec::Builtin(builtin)
+                    }
+                    None => {
+                        let at = table.reducer.as_ref().map_or(offset, |r| r.span().start);
+                        if !plugins.contains_key(reducer_name) {
+                            return Err((
+                                at,
+                                format!(
+                                    "unknown reducer `{reducer_name}`: use count, sum, min, max, or the name of a reducer plugin declared in [plugins]"
+                                ),
+                            ));
+                        }
+                        ReducerSpec::Plugin {
+                            plugin: reducer_name.to_owned(),
+                            config: config_pairs(table.config.as_ref())?,
+                        }
+                    }
+                };
+                OperatorSpec::ReduceByKey {
+                    reducer,
+                    partitions,
+                }
+            }
+            "union" => {
+                only_keys(&present, &[], &context)?;
+                OperatorSpec::Union
+            }
+            "repartition" => {
+                only_keys(&present, &["partitions"], &context)?;
+                single_input(op_name)?;
+                OperatorSpec::Repartition { partitions }
+            }
+            other => {
+                return Err((
+                    table.op.span().start,
+                    format!(
+                        "unknown op `{other}` (expected map, flat-map, filter, filter-map, map-partitions, reduce-by-key, union or repartition)"
+                    ),
+                ));
+            }
+        }
+    };
+    Ok((
+        offset,
+        StageSpec {
+            name,
+            inputs,
+            op,
+            line: lines.line_of(offset),
+        },
+    ))
+}
+
+fn sink_spec(
+    table: Spanned<SinkTable>,
+    base_dir: &Path,
+    lines: &LineIndex,
+) -> Result<(usize, SinkSpec), SpecError> {
+    let offset = table.span().start;
+    let table = table.into_inner();
+    let kind_name = table.kind.get_ref().as_str();
+    let present = [
+        ("max-records", table.max_records.as_ref().map(|v| v.span().start)),
+        ("path", table.path.as_ref().map(|v| v.span().start)),
+        ("format", table.format.as_ref().map(|v| v.span().start)),
+    ];
+    let context = format!("a `{kind_name}` sink");
+    let kind = match kind_name {
+        "console" => {
+            only_keys(&present, &["max-records"], &context)?;
+            SinkKind::Console {
+                max_records: non_negative(table.max_records.as_ref(), "max-records")?
+                    .map_or(10, |n| n as usize),
+            }
+        }
+        "files" => {
+            only_keys(&present, &["path", "format"], &context)?;
+            let dir = required(&table.path, "path", offset, &context)?;
+            let format = match table.format.as_ref().map(|f| (f.get_ref().as_str(), f.span().start)) {
+                None | Some(("text", _)) => FileFormat::Text,
+                Some(("jsonl", _)) => FileFormat::Jsonl,
+                Some((other, at)) => {
+                    return Err((at, format!("unknown format `{other}` (expected text or jsonl)")));
+                }
+            };
+            SinkKind::Files {
+                dir: base_dir.join(dir),
+                format,
+            }
+        }
+        other => {
+            return Err((
+                table.kind.span().start,
+                format!("unknown sink type `{other}` (expected console or files)"),
+            ));
+        }
+    };
+    let input = table.input.get_ref().clone();
+    let name = match &table.name {
+        Some(name) => name.get_ref().clone(),
+        None => format!("{kind_name}-{input}"),
+    };
+    Ok((
+        offset,
+        SinkSpec {
+            name,
+            input,
+            kind,
+            line: lines.line_of(offset),
+        },
+    ))
+}
+
+fn stream_name(name: &Spanned<String>) -> Result<String, SpecError> {
+    let text = name.get_ref();
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if valid {
+        Ok(text.clone())
+    } else {
+        Err((
+            name.span().start,
+            format!("invalid stream name {text:?}: use letters, digits, '-', '_' and '.'"),
+        ))
+    }
+}
+
+fn only_keys(
+    present: &[(&str, Option<usize>)],
+    allowed: &[&str],
+    context: &str,
+) -> Result<(), SpecError> {
+    for (key, at) in present {
+        if let Some(at) = at
+            && !allowed.contains(key)
+        {
+            let hint = if allowed.is_empty() {
+                "it takes no other keys".to_owned()
+            } else {
+                format!("it accepts {}", allowed.join(", "))
+            };
+            return Err((*at, format!("`{key}` is not a setting of {context} ({hint})")));
+        }
+    }
+    Ok(())
+}
+
+fn required<'a>(
+    value: &'a Option<Spanned<String>>,
+    key: &str,
+    offset: usize,
+    context: &str,
+) -> Result<&'a str, SpecError> {
+    value
+        .as_ref()
+        .map(|v| v.get_ref().as_str())
+        .ok_or_else(|| (offset, format!("{context} needs `{key}`")))
+}
+
+fn plugin_known(
+    plugins: &BTreeMap<String, PathBuf>,
+    name: &str,
+    at: usize,
+) -> Result<(), SpecError> {
+    if plugins.contains_key(name) {
+        Ok(())
+    } else {
+        let known: Vec<&str> = plugins.keys().map(String::as_str).collect();
+        Err((
+            at,
+            format!(
+                "unknown plugin `{name}`: declare it in [plugins] as {name} = \"path/to/plugin.wasm\" (declared: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        ))
+    }
+}
+
+fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
+    humantime::parse_duration(text.get_ref()).map_err(|e| {
+        (
+            text.span().start,
+            format!("invalid duration {:?}: {e} (write e.g. \"1s\", \"50ms\")", text.get_ref()),
+        )
+    })
+}
+
+fn positive(value: Option<&Spanned<i64>>, key: &str, max: usize) -> Result<Option<usize>, SpecError> {
+    match value {
+        None => Ok(None),
+        Some(v) if *v.get_ref() >= 1 && (*v.get_ref() as u64) <= max as u64 => {
+            Ok(Some(*v.get_ref() as usize))
+        }
+        Some(v) => Err((
+            v.span().start,
+            format!("{key} must be between 1 and {max}, not {}", v.get_ref()),
+        )),
+    }
+}
+
+fn non_negative(value: Option<&Spanned<i64>>, key: &str) -> Result<Option<u64>, SpecError> {
+    match value {
+        None => Ok(None),
+        Some(v) if *v.get_ref() >= 0 => Ok(Some(*v.get_ref() as u64)),
+        Some(v) => Err((
+            v.span().start,
+            format!("{key} must not be negative, not {}", v.get_ref()),
+        )),
+    }
+}
+
+fn config_pairs(
+    config: Option<&Spanned<BTreeMap<String, toml::Value>>>,
+) -> Result<Vec<(String, String)>, SpecError> {
+    let Some(config) = config else {
+        return Ok(Vec::new());
+    };
+    config
+        .get_ref()
+        .iter()
+        .map(|(key, value)| {
+            scalar_text(value)
+                .map(|text| (key.clone(), text))
+                .ok_or_else(|| {
+                    (
+                        config.span().start,
+                        format!(
+                            "config `{key}` must be a string, number, boolean or a list of them"
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Config values reach plugins as text: scalars as written, lists joined by commas.
+fn scalar_text(value: &toml::Value) -> Option<String> {
+    Some(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::Array(_) | toml::Value::Table(_) => None,
+                other => scalar_text(other),
+            })
+            .collect::<Option<Vec<_>>>()?
+            .join(","),
+        toml::Value::Table(_) => return None,
+    })
+}

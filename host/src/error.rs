@@ -1,0 +1,97 @@
+//! Errors of a pipeline run, with where they happened and what kind of
+//! failure they are.
+
+use crate::config::ConfigError;
+use crate::operator::OperatorError;
+use crate::runtime::{PluginError, RuntimeError};
+use crate::sink::SinkError;
+use crate::source::SourceError;
+
+/// Where a batch failed: the pipeline, stage, partition and batch id.
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline `{pipeline}`, stage `{stage}` ({op}), partition {partition}, batch {batch_id}: {error}")]
+pub struct StageFailure {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// The stage's operator and plugin, e.g. `flat-map split-words`.
+    pub op: String,
+    /// The partition.
+    pub partition: usize,
+    /// The micro-batch.
+    pub batch_id: u64,
+    /// What failed.
+    pub error: OperatorError,
+}
+
+/// A pipeline could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The pipeline file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The pipeline is valid TOML but cannot be built (for example a stage
+    /// whose plugin is of the wrong kind).
+    #[error("{location}: {message}")]
+    Plan {
+        /// `file:line` or the pipeline name.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A plugin cannot be loaded or initialised.
+    #[error("pipeline `{pipeline}`, plugin `{plugin}`: {error}")]
+    Plugin {
+        /// The pipeline.
+        pipeline: String,
+        /// The plugin's name in the pipeline file.
+        plugin: String,
+        /// What failed.
+        error: PluginError,
+    },
+    /// A batch failed.
+    #[error(transparent)]
+    Stage(#[from] StageFailure),
+    /// A receiver failed.
+    #[error("pipeline `{pipeline}`: {error}")]
+    Source {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed.
+        error: SourceError,
+    },
+    /// A sink failed.
+    #[error("pipeline `{pipeline}`: {error}")]
+    Sink {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed.
+        error: SinkError,
+    },
+    /// The Wasm runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Any other I/O failure of the engine itself.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl EngineError {
+    /// True when the user's input (pipeline file, plugin choice) is at fault:
+    /// the CLI exits with status 2 for these and 1 for failures at run time.
+    pub fn is_usage_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_)
+                | Self::Plan { .. }
+                | Self::Plugin {
+                    error: PluginError::Read { .. }
+                        | PluginError::Compile { .. }
+                        | PluginError::Contract { .. }
+                        | PluginError::Init(_),
+                    ..
+                }
+        )
+    }
+}

@@ -1,0 +1,25 @@
+//! # Weir
+//!
+//! A micro-batch stream processing engine whose user transforms are
+//! sandboxed WebAssembly components.
+//!
+//! Receivers ([`source`]) pull records from sockets, directories, stdin or a
+//! generator; the [`batcher`] cuts the stream into micro-batches on a batch
+//! interval; each batch is split into partitions ([`record::Batch`]) and the
+//! pipeline's stream graph ([`pipeline`]) runs its [`operator`]s on every
+//! partition in parallel, calling plugins through the Wasm [`runtime`];
+//! results go to [`sink`]s. The pipeline itself is described by a TOML file
+//! ([`config`]).
+
+pub mod batcher;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod operator;
+pub mod partition;
+pub mod pipeline;
+pub mod record;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod tools;

@@ -1,0 +1,422 @@
+//! The `weir` command line: run and check pipelines, build, inspect and
+//! scaffold plugins, run the demo and the benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use weir::config::{self, PipelineSpec};
+use weir::error::EngineError;
+use weir::pipeline::{Pipeline, PluginRegistry, RunOptions, StopSignal};
+use weir::runtime::{Limits, Runtime};
+use weir::tools::{self, build, inspect, scaffold};
+
+/// Weir: a micro-batch stream processing engine whose transforms are
+/// sandboxed WebAssembly components.
+#[derive(Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one or more pipelines until stopped (Ctrl-C / SIGTERM), or until
+    /// their sources are exhausted.
+    Run {
+        /// Pipeline files (TOML), or directories of them.
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Process what the sources have now (files present, a socket until
+        /// EOF, a generator's count), then stop.
+        #[arg(long)]
+        available_now: bool,
+        /// Worker threads per pipeline (default: its partition count).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate pipeline files and every plugin they use, without running.
+    Check {
+        /// Pipeline files (TOML), or directories of them.
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Build, inspect plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Create new things.
+    New {
+        #[command(subcommand)]
+        command: NewCommand,
+    },
+    /// Run the demo: generated text → split-words (Wasm) → count → console.
+    Demo {
+        /// Lines to generate (at 10,000 lines per second).
+        #[arg(long, default_value_t = 30_000)]
+        lines: u64,
+    },
+    /// Measure word-count throughput, Wasm against native, in one run.
+    Bench {
+        /// Lines of generated text (8 words each).
+        #[arg(long, default_value_t = 2_000_000)]
+        lines: u64,
+        /// Partitions and worker threads (default: the number of cores).
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// Runs of each variant; the best is kept.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The split-words component (default: build plugins/split-words).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Compile a plugin crate to a wasm32-wasip2 component (release mode).
+    Build {
+        /// The plugin crate's directory.
+        crate_dir: PathBuf,
+        /// Build in debug mode.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Show what a component is: Weir kind, exports and imports.
+    Inspect {
+        /// The component file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NewCommand {
+    /// Scaffold a plugin crate that builds as it is.
+    Plugin {
+        /// Crate name.
+        name: String,
+        /// map, flat-map, filter, filter-map, map-partitions or reduce.
+        #[arg(long, default_value = "map")]
+        kind: String,
+        /// Directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The weir-guest SDK crate (default: the one this binary was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// Exit status for errors in the user's input.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            pipelines,
+            available_now,
+            workers,
+        } => run(&pipelines, available_now, workers),
+        Command::Check { pipelines } => check(&pipelines),
+        Command::Plugin {
+            command: PluginCommand::Build { crate_dir, debug },
+        } => {
+            for component in build::build_plugin(&crate_dir, !debug)? {
+                println!("{}", component.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command: PluginCommand::Inspect { file },
+        } => {
+            let runtime = Runtime::with_default_cache()?;
+            match inspect::inspect(&runtime, &file) {
+                Ok(report) => {
+                    print!("{report}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    Ok(ExitCode::from(USAGE))
+                }
+            }
+        }
+        Command::New {
+            command: NewCommand::Plugin { name, kind, dir, sdk },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = match sdk {
+                Some(sdk) => sdk,
+                None => tools::source_root()
+                    .map(|root| root.join("guest-sdk"))
+                    .ok_or_else(|| anyhow!("cannot find the weir-guest SDK: pass --sdk PATH"))?,
+            };
+            let files = scaffold::new_plugin(&name, &kind, &dir, &sdk)?;
+            for file in files {
+                println!("created {}", file.display());
+            }
+            println!("build it with: weir plugin build {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { lines } => demo(lines),
+        Command::Bench {
+            lines,
+            partitions,
+            rounds,
+            plugin,
+        } => bench(lines, partitions, rounds, plugin),
+    }
+}
+
+/// Expands directories into the `*.toml` files they hold, sorted.
+fn pipeline_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(anyhow!("{} holds no .toml pipeline file", path.display()));
+            }
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Loads, plans and checks one pipeline file.
+fn prepare(runtime: &Arc<Runtime>, file: &Path) -> Result<(PipelineSpec, Pipeline), EngineError> {
+    let spec = config::load(file)?;
+    let mut registry = PluginRegistry::new(runtime.clone(), Limits::default());
+    registry.load_declared(&spec)?;
+    let pipeline = Pipeline::build(&spec, &registry, &file.display().to_string())?;
+    Ok((spec, pipeline))
+}
+
+fn report(error: &EngineError) -> u8 {
+    eprintln!("error: {error}");
+    if error.is_usage_error() { USAGE } else { 1 }
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::with_default_cache()?;
+    let mut status = 0;
+    for file in pipeline_files(paths)? {
+        match prepare(&runtime, &file) {
+            Ok((spec, pipeline)) => println!(
+                "{}: ok — pipeline `{}`, {} source(s), {} stage(s), {} sink(s), {} plugin(s), {} partition(s)",
+                file.display(),
+                spec.name,
+                spec.sources.len(),
+                spec.stages.len(),
+                spec.sinks.len(),
+                spec.plugins.len(),
+                pipeline.plan().partitions
+            ),
+            Err(error) => status = status.max(report(&error)),
+        }
+    }
+    Ok(ExitCode::from(status))
+}
+
+/// Raises `stop` on the first Ctrl-C or SIGTERM; exits at once on the second.
+fn install_signal_handlers(stop: StopSignal) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut terminate), Ok(mut interrupt)) =
+                    (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+                else {
+                    tracing::error!("cannot install signal handlers");
+                    return;
+                };
+                for count in 0.. {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                    if count == 0 {
+                        tracing::info!("stopping: finishing the batch in flight (signal again to exit at once)");
+                        stop.stop();
+                    } else {
+                        eprintln!("second signal: exiting now");
+                        std::process::exit(130);
+                    }
+                }
+            });
+        })
+        .context("cannot start the signal handler")?;
+    Ok(())
+}
+
+fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::with_default_cache()?;
+    let files = pipeline_files(paths)?;
+    let mut prepared = Vec::new();
+    let mut status = 0;
+    for file in &files {
+        match prepare(&runtime, file) {
+            Ok((_, pipeline)) => prepared.push(pipeline),
+            Err(error) => status = status.max(report(&error)),
+        }
+    }
+    if status != 0 {
+        return Ok(ExitCode::from(status));
+    }
+    let stop = StopSignal::new();
+    install_signal_handlers(stop.clone())?;
+    let handles: Vec<_> = prepared
+        .into_iter()
+        .map(|pipeline| {
+            let options = RunOptions {
+                available_now,
+                stop: stop.clone(),
+                workers,
+            };
+            let name = pipeline.plan().pipeline.clone();
+            std::thread::Builder::new()
+                .name(format!("pipeline-{name}"))
+                .spawn(move || (name, pipeline.run(options)))
+        })
+        .collect::<Result<_, _>>()
+        .context("cannot start a pipeline thread")?;
+    for handle in handles {
+        match handle.join() {
+            Ok((name, Ok(summary))) => eprintln!(
+                "pipeline `{name}`: {} batches, {} records in, {} records out{}",
+                summary.batches,
+                summary.records_in,
+                summary.records_out,
+                if summary.stopped { ", stopped gracefully" } else { "" }
+            ),
+            Ok((_, Err(error))) => status = status.max(report(&error)),
+            Err(_) => {
+                eprintln!("error: a pipeline thread panicked");
+                status = 1;
+            }
+        }
+    }
+    Ok(ExitCode::from(status))
+}
+
+/// Builds `plugins/NAME` of the source tree and returns its component.
+fn example_plugin(name: &str) -> anyhow::Result<PathBuf> {
+    let root = tools::source_root().ok_or_else(|| {
+        anyhow!("cannot find the Weir source tree to build plugins/{name}; pass the component's path instead")
+    })?;
+    let components = build::build_plugin(&root.join("plugins").join(name), true)?;
+    components
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("building plugins/{name} produced no component"))
+}
+
+fn demo(lines: u64) -> anyhow::Result<ExitCode> {
+    eprintln!("building the split-words plugin...");
+    let plugin = example_plugin("split-words")?;
+    let text = format!(
+        r#"
+[pipeline]
+name = "demo-wordcount"
+batch-interval = "1s"
+partitions = 2
+
+[plugins]
+split-words = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "generator"
+lines = {lines}
+rate = 10000
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "counts"
+type = "console"
+max-records = 8
+"#,
+        plugin = plugin.display().to_string()
+    );
+    let runtime = Runtime::with_default_cache()?;
+    let spec = config::parse(&text, Path::new("demo.toml"))?;
+    let mut registry = PluginRegistry::new(runtime, Limits::default());
+    registry.load_declared(&spec)?;
+    let pipeline = Pipeline::build(&spec, &registry, "demo.toml")?;
+    let stop = StopSignal::new();
+    install_signal_handlers(stop.clone())?;
+    eprintln!("running: generator ({lines} lines at 10,000/s) → split-words (Wasm) → count → console");
+    let summary = pipeline.run(RunOptions {
+        stop,
+        ..RunOptions::default()
+    })?;
+    eprintln!("demo done: {} batches, {} lines", summary.batches, summary.records_in);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(lines: u64, partitions: Option<usize>, rounds: usize, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let plugin = match plugin {
+        Some(plugin) => plugin,
+        None => example_plugin("split-words")?,
+    };
+    let partitions = partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let settings = weir::bench::BenchSettings {
+        lines,
+        words_per_line: 8,
+        partitions,
+        rounds,
+        plugin,
+    };
+    let report = weir::bench::run(&settings, |line| eprintln!("{line}"))?;
+    println!("word count over {} lines ({} words), {partitions} partitions, best of {rounds}:", lines, report.words);
+    println!("  wasm    {:>8.2} M words/s", report.wasm_words_per_second() / 1e6);
+    println!("  native  {:>8.2} M words/s", report.native_words_per_second() / 1e6);
+    println!("  wasm / native = {:.2}", report.ratio());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,176 @@
+//! The host's built-in reducers: `count`, `sum`, `min` and `max`.
+//!
+//! Values are decimal text (`"42"`, `"-3.5"`): integers are added as `i64`
+//! (overflow is an error, never a silent wrap), anything with a fraction or
+//! exponent as `f64`. Results are decimal text again, so they print and
+//! write as they are.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use crate::config::BuiltinReducer;
+
+/// A decimal number read from a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    /// An integer.
+    Int(i64),
+    /// A number with a fraction or exponent.
+    Float(f64),
+}
+
+impl Number {
+    /// Reads decimal text (surrounding ASCII whitespace allowed).
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?.trim();
+        if let Ok(int) = text.parse::<i64>() {
+            return Some(Self::Int(int));
+        }
+        text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Self::Float)
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Self::Int(i) => i as f64,
+            Self::Float(f) => f,
+        }
+    }
+
+    /// `self + other`; `None` when an integer sum overflows.
+    pub fn add(self, other: Self) -> Option<Self> {
+        match (self, other) {
+            (Self::Int(a), Self::Int(b)) => a.checked_add(b).map(Self::Int),
+            (a, b) => Some(Self::Float(a.as_f64() + b.as_f64())),
+        }
+    }
+
+    fn compare(self, other: Self) -> Ordering {
+        match (self, other) {
+            (Self::Int(a), Self::Int(b)) => a.cmp(&b),
+            (a, b) => a.as_f64().total_cmp(&b.as_f64()),
+        }
+    }
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// The running value of one key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Accumulator {
+    /// Records counted so far.
+    Count(u64),
+    /// Sum, smallest or largest value so far.
+    Number(Number),
+}
+
+/// Why a value cannot be reduced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    /// The value is not decimal text.
+    NotANumber,
+    /// An integer sum overflowed.
+    Overflow,
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotANumber => "is not a decimal number",
+            Self::Overflow => "makes the sum overflow a 64-bit integer",
+        })
+    }
+}
+
+/// Starts an accumulator from the first value of a key. `merging` is true
+/// after the shuffle, when values are partial results (a `count` then sums
+/// the partial counts).
+pub fn start(reducer: BuiltinReducer, value: &[u8], merging: bool) -> Result<Accumulator, ValueError> {
+    match (reducer, merging) {
+        (BuiltinReducer::Count, false) => Ok(Accumulator::Count(1)),
+        (BuiltinReducer::Count, true) => {
+            let text = std::str::from_utf8(value).map_err(|_| ValueError::NotANumber)?;
+            text.trim().parse().map(Accumulator::Count).map_err(|_| ValueError::NotANumber)
+        }
+        _ => Number::parse(value).map(Accumulator::Number).ok_or(ValueError::NotANumber),
+    }
+}
+
+/// Folds one more value into `accumulator`.
+#[inline]
+pub fn fold(
+    reducer: BuiltinReducer,
+    accumulator: &mut Accumulator,
+    value: &[u8],
+    merging: bool,
+) -> Result<(), ValueError> {
+    match accumulator {
+        Accumulator::Count(count) => {
+            *count += if merging {
+                let text = std::str::from_utf8(value).map_err(|_| ValueError::NotANumber)?;
+                text.trim().parse::<u64>().map_err(|_| ValueError::NotANumber)?
+            } else {
+                1
+            };
+        }
+        Accumulator::Number(current) => {
+            let value = Number::parse(value).ok_or(ValueError::NotANumber)?;
+            *current = match reducer {
+                BuiltinReducer::Sum => current.add(value).ok_or(ValueError::Overflow)?,
+                BuiltinReducer::Min if value.compare(*current) == Ordering::Less => value,
+                BuiltinReducer::Max if value.compare(*current) == Ordering::Greater => value,
+                _ => *current,
+            };
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Accumulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(count) => write!(f, "{count}"),
+            Self::Number(number) => write!(f, "{number}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reduce(reducer: BuiltinReducer, values: &[&str], merging: bool) -> Result<String, ValueError> {
+        let mut acc = start(reducer, values[0].as_bytes(), merging)?;
+        for value in &values[1..] {
+            fold(reducer, &mut acc, value.as_bytes(), merging)?;
+        }
+        Ok(acc.to_string())
+    }
+
+    #[test]
+    fn builtins() {
+        assert_eq!(reduce(BuiltinReducer::Count, &["a", "b", "c"], false).unwrap(), "3");
+        assert_eq!(reduce(BuiltinReducer::Count, &["2", " 5 "], true).unwrap(), "7");
+        assert_eq!(reduce(BuiltinReducer::Sum, &["1", "2", "-4"], false).unwrap(), "-1");
+        assert_eq!(reduce(BuiltinReducer::Sum, &["1", "2.5"], false).unwrap(), "3.5");
+        assert_eq!(reduce(BuiltinReducer::Min, &["3", "-1.5", "2"], false).unwrap(), "-1.5");
+        assert_eq!(reduce(BuiltinReducer::Max, &["3", "10", "2"], false).unwrap(), "10");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert_eq!(reduce(BuiltinReducer::Sum, &["1", "x"], false), Err(ValueError::NotANumber));
+        assert_eq!(
+            reduce(BuiltinReducer::Sum, &["9223372036854775807", "1"], false),
+            Err(ValueError::Overflow)
+        );
+        assert_eq!(reduce(BuiltinReducer::Count, &["x"], true), Err(ValueError::NotANumber));
+        assert_eq!(reduce(BuiltinReducer::Max, &["nan"], false), Err(ValueError::NotANumber));
+    }
+}

@@ -1,0 +1,79 @@
+//! Each worker thread's warm plugin instances.
+//!
+//! Instances are created on first use from the plugin's pre-instantiated
+//! component (tens of microseconds) and reused for every later batch the worker
+//! runs for that stage. An instance whose call trapped is dropped, so the next
+//! call gets a fresh one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::runtime::{InstanceLabel, Plugin, PluginError, PluginInstance};
+
+/// Identifies one use of a plugin (one stage of one pipeline, one role): the
+/// key of an instance slot. Unique within the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InstanceKey(u64);
+
+impl InstanceKey {
+    /// A key never handed out before.
+    pub fn unique() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A worker's instances, by [`InstanceKey`].
+#[derive(Default)]
+pub struct InstanceSlots {
+    slots: HashMap<InstanceKey, PluginInstance>,
+}
+
+impl InstanceSlots {
+    /// Empty slots.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `call` on the instance for `key`, starting one (instantiate +
+    /// `init(config)`) if the worker has none. An instance whose call trapped
+    /// is discarded.
+    pub fn with_instance<T>(
+        &mut self,
+        key: InstanceKey,
+        plugin: &Arc<Plugin>,
+        config: &[(String, String)],
+        label: &InstanceLabel,
+        call: impl FnOnce(&mut PluginInstance) -> Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        let instance = match self.slots.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(PluginInstance::start(plugin, config, label.clone())?)
+            }
+        };
+        let result = call(instance);
+        if let Err(error) = &result
+            && error.poisons_instance()
+        {
+            self.slots.remove(&key);
+        }
+        result
+    }
+
+    /// Drops every instance (for example when a pipeline stops).
+    pub fn clear(&mut self) {
+        self.slots.clear();
+    }
+
+    /// Number of live instances.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the worker holds no instance.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}

@@ -1,0 +1,83 @@
+//! Operators: what a stage does to each partition of each batch.
+//!
+//! An [`Operator`] has one required method, [`Operator::process`], called once
+//! per partition per batch on a worker thread, plus hooks with defaults: the
+//! input [`Partitioning`] it needs (the executor shuffles before calling it)
+//! and a start-up check. Keeping plugins out of the trait lets the same
+//! operators run Wasm plugins or native Rust functions ([`native`]).
+//!
+//! - [`transform`]: map, flat-map, filter, filter-map, map-partitions over a
+//!   [`TransformFn`], Wasm or native.
+//! - [`reduce`]: reduce-by-key, as a map-side combine and a post-shuffle merge.
+//! - [`builtin`]: the host's own count, sum, min and max.
+//! - [`instances`]: each worker's warm plugin instances.
+
+pub mod builtin;
+pub mod instances;
+pub mod native;
+pub mod reduce;
+pub mod repartition;
+pub mod transform;
+
+use std::fmt;
+
+pub use instances::{InstanceKey, InstanceSlots};
+
+use crate::partition::Partitioning;
+use crate::record::Batch;
+use crate::runtime::PluginError;
+
+/// Where a partition's call happens: passed to every [`Operator::process`].
+pub struct PartitionContext<'a> {
+    /// Id of the micro-batch.
+    pub batch_id: u64,
+    /// Index of the partition.
+    pub partition: usize,
+    /// The calling worker's plugin instances.
+    pub instances: &'a mut InstanceSlots,
+}
+
+/// Why an operator failed on a partition.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// A plugin call failed; `record` describes the failing record when the
+    /// plugin named one.
+    #[error("{}{error}", record.as_ref().map(|r| format!("{r}: ")).unwrap_or_default())]
+    Plugin {
+        /// What the plugin or its trap said.
+        error: PluginError,
+        /// The failing record, described for the user.
+        record: Option<String>,
+    },
+    /// A value could not be used (for example a non-number given to `sum`).
+    #[error("{0}")]
+    Value(String),
+    /// A native function failed.
+    #[error("{0}")]
+    Native(String),
+}
+
+impl OperatorError {
+    /// True when the error came from a trap (the instance was discarded).
+    pub fn is_trap(&self) -> bool {
+        matches!(self, Self::Plugin { error, .. } if error.poisons_instance())
+    }
+}
+
+/// What a stage does to each partition of each batch.
+pub trait Operator: Send + Sync + fmt::Debug {
+    /// Processes one partition of one batch.
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError>;
+
+    /// How the input must be partitioned before [`Operator::process`] sees
+    /// it. The default takes partitions as they come.
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::Pipeline
+    }
+
+    /// Checks, before the pipeline starts, that the operator can run (for
+    /// example that its plugin accepts its configuration). Default: nothing to check.
+    fn check(&self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}

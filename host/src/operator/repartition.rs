@@ -1,0 +1,29 @@
+//! Repartition: spreads records evenly over a number of partitions (the
+//! executor moves the data; the operator itself passes records through).
+
+use super::{Operator, OperatorError, PartitionContext};
+use crate::partition::Partitioning;
+use crate::record::Batch;
+
+/// Rebalances its input over `partitions` partitions.
+#[derive(Debug)]
+pub struct Repartition {
+    partitions: usize,
+}
+
+impl Repartition {
+    /// Rebalances over `partitions` partitions.
+    pub fn new(partitions: usize) -> Self {
+        Self { partitions }
+    }
+}
+
+impl Operator for Repartition {
+    fn process(&self, input: Batch, _ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        Ok(input)
+    }
+
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::RoundRobin(self.partitions)
+    }
+}

@@ -1,0 +1,200 @@
+//! Per-partition transforms: map, flat-map, filter, filter-map and
+//! map-partitions, over any [`TransformFn`] (a Wasm plugin or a native Rust
+//! function).
+//!
+//! The operator owns what the function must not get wrong: large partitions
+//! are fed to per-record kinds in slices of at most [`MAX_CALL_BYTES`] (so a
+//! plugin's memory stays small and warm in cache), filters return indices
+//! that the host applies without copying records through the plugin, and the
+//! output is checked against the kind (a map returns exactly one record per
+//! input record).
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::{OperatorError, Operator, PartitionContext};
+use crate::config::TransformKind;
+use crate::record::Batch;
+use crate::runtime::{InstanceLabel, Plugin, PluginError, TransformOutput};
+
+/// Data bytes fed to a per-record plugin in one call; larger partitions are
+/// sliced. Map-partitions always gets its whole partition.
+pub const MAX_CALL_BYTES: usize = 4 << 20;
+
+/// A function from a batch to a transform output.
+pub trait TransformFn: Send + Sync + fmt::Debug {
+    /// Runs the function over `input`; returns the input back with the output.
+    fn call(
+        &self,
+        input: Batch,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<(Batch, TransformOutput), OperatorError>;
+
+    /// Checks before the pipeline starts that the function can run (a plugin
+    /// instantiates and accepts its configuration). Default: nothing to check.
+    fn check(&self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// A transform stage.
+#[derive(Debug)]
+pub struct TransformOperator {
+    kind: TransformKind,
+    function: Box<dyn TransformFn>,
+}
+
+impl TransformOperator {
+    /// A `kind` transform running `function`.
+    pub fn new(kind: TransformKind, function: Box<dyn TransformFn>) -> Self {
+        Self { kind, function }
+    }
+
+    fn call_once(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let input_len = input.len();
+        let (input, output) = self.function.call(input, ctx)?;
+        let output = match output {
+            TransformOutput::Records(output) => output,
+            TransformOutput::Keep(indices) => {
+                if indices.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(malformed("a filter returned indices that are not strictly ascending"));
+                }
+                input.select(&indices).map_err(|e| OperatorError::Plugin {
+                    error: e.into(),
+                    record: None,
+                })?
+            }
+        };
+        let expected = match self.kind {
+            TransformKind::Map => (output.len() != input_len).then_some("exactly one"),
+            TransformKind::Filter | TransformKind::FilterMap => {
+                (output.len() > input_len).then_some("at most one")
+            }
+            TransformKind::FlatMap | TransformKind::MapPartitions => None,
+        };
+        if let Some(expected) = expected {
+            return Err(malformed(&format!(
+                "a {} must return {expected} record per input record, but returned {} for {input_len}",
+                self.kind.name(),
+                output.len()
+            )));
+        }
+        Ok(output)
+    }
+}
+
+fn malformed(message: &str) -> OperatorError {
+    OperatorError::Plugin {
+        error: PluginError::Batch(message.to_owned()),
+        record: None,
+    }
+}
+
+impl Operator for TransformOperator {
+    fn check(&self) -> Result<(), OperatorError> {
+        self.function.check()
+    }
+
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        if self.kind == TransformKind::MapPartitions || input.data_bytes() <= MAX_CALL_BYTES {
+            return self.call_once(input, ctx);
+        }
+        // Slice by bytes, keeping record boundaries.
+        let mut outputs = Vec::new();
+        let mut start = 0;
+        while start < input.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < input.len() && (end == start || bytes < MAX_CALL_BYTES) {
+                let record = input.get(end);
+                bytes += record.value.len() + record.key.map_or(0, <[u8]>::len);
+                end += 1;
+            }
+            let slice = input.slice(start, end);
+            outputs.push(self.call_once(slice, ctx).map_err(|e| shift_record(e, start))?);
+            start = end;
+        }
+        Ok(Batch::concat(&outputs))
+    }
+}
+
+/// Record indices reported for a slice are relative to it; make them relative
+/// to the partition.
+fn shift_record(error: OperatorError, offset: usize) -> OperatorError {
+    match error {
+        OperatorError::Plugin {
+            error: PluginError::Record { index, message },
+            record,
+        } => OperatorError::Plugin {
+            error: PluginError::Record {
+                index: index + offset as u32,
+                message,
+            },
+            record,
+        },
+        other => other,
+    }
+}
+
+/// A transform implemented by a Wasm plugin.
+#[derive(Debug)]
+pub struct WasmTransform {
+    plugin: Arc<Plugin>,
+    config: Vec<(String, String)>,
+    label: InstanceLabel,
+    key: super::InstanceKey,
+}
+
+impl WasmTransform {
+    /// Calls `plugin`, initialised with `config`; `label` tags its logs.
+    pub fn new(plugin: Arc<Plugin>, config: Vec<(String, String)>, label: InstanceLabel) -> Self {
+        Self {
+            plugin,
+            config,
+            label,
+            key: super::InstanceKey::unique(),
+        }
+    }
+}
+
+impl TransformFn for WasmTransform {
+    fn check(&self) -> Result<(), OperatorError> {
+        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone())
+            .map(drop)
+            .map_err(|error| OperatorError::Plugin { error, record: None })
+    }
+
+    fn call(
+        &self,
+        input: Batch,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<(Batch, TransformOutput), OperatorError> {
+        // Keep what is needed to describe a failing record: the call consumes the input.
+        let mut failed_input = None;
+        let result = ctx.instances.with_instance(
+            self.key,
+            &self.plugin,
+            &self.config,
+            &self.label,
+            |instance| {
+                let (input, result) = instance.transform(input);
+                match result {
+                    Ok(output) => Ok((input, output)),
+                    Err(error) => {
+                        failed_input = Some(input);
+                        Err(error)
+                    }
+                }
+            },
+        );
+        result.map_err(|error| {
+            let record = match (&error, &failed_input) {
+                (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => {
+                    Some(format!("record {index} ({})", batch.get(*index as usize).describe()))
+                }
+                _ => None,
+            };
+            OperatorError::Plugin { error, record }
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! The plugin registry: resolves the plugin names of a pipeline file to
+//! functions, so operators never know where their function comes from.
+//!
+//! Names declared in `[plugins]` load Wasm components; an embedder (or the
+//! benchmark) can register native Rust functions under a name first, and
+//! those take precedence. A later hot-loading or multi-tenant registry slots in
+//! here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::PipelineSpec;
+use crate::error::EngineError;
+use crate::operator::native::{NativeReducer, NativeTransform};
+use crate::runtime::{Limits, Plugin, Runtime};
+
+/// What a plugin name resolves to.
+#[derive(Debug, Clone)]
+pub enum Function {
+    /// A Wasm component.
+    Wasm(Arc<Plugin>),
+    /// A native transform.
+    NativeTransform(NativeTransform),
+    /// A native reducer.
+    NativeReducer(NativeReducer),
+}
+
+/// Plugin names → functions, for one pipeline.
+pub struct PluginRegistry {
+    runtime: Arc<Runtime>,
+    limits: Limits,
+    functions: HashMap<String, Function>,
+}
+
+impl PluginRegistry {
+    /// An empty registry loading Wasm plugins through `runtime`, with `limits`.
+    pub fn new(runtime: Arc<Runtime>, limits: Limits) -> Self {
+        Self {
+            runtime,
+            limits,
+            functions: HashMap::new(),
+        }
+    }
+
+    /// Registers a native transform under `name` (takes precedence over `[plugins]`).
+    pub fn register_transform(&mut self, name: &str, function: NativeTransform) {
+        self.functions.insert(name.to_owned(), Function::NativeTransform(function));
+    }
+
+    /// Registers a native reducer under `name` (takes precedence over `[plugins]`).
+    pub fn register_reducer(&mut self, name: &str, function: NativeReducer) {
+        self.functions.insert(name.to_owned(), Function::NativeReducer(function));
+    }
+
+    /// Loads every plugin declared in the pipeline's `[plugins]` that is not
+    /// registered yet.
+    pub fn load_declared(&mut self, spec: &PipelineSpec) -> Result<(), EngineError> {
+        for (name, path) in &spec.plugins {
+            if self.functions.contains_key(name) {
+                continue;
+            }
+            let plugin = self
+                .runtime
+                .load_plugin(path, self.limits.clone())
+                .map_err(|error| EngineError::Plugin {
+                    pipeline: spec.name.clone(),
+                    plugin: name.clone(),
+                    error,
+                })?;
+            tracing::debug!(plugin = %name, path = %path.display(), info = ?plugin.info(), "loaded plugin");
+            self.functions.insert(name.clone(), Function::Wasm(plugin));
+        }
+        Ok(())
+    }
+
+    /// The function registered or loaded under `name`.
+    pub fn get(&self, name: &str) -> Option<&Function> {
+        self.functions.get(name)
+    }
+
+    /// The runtime plugins are loaded through.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+}

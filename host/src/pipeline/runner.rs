@@ -1,0 +1,259 @@
+//! The driver of a pipeline run: starts the receivers, cuts a micro-batch
+//! every batch interval, runs it through the executor, hands the results to
+//! the sinks, and stops gracefully.
+//!
+//! Stopping: when the [`StopSignal`] is raised, receivers are told to stop and
+//! awaited, everything they had queued is processed in final batches, sinks are
+//! closed, and the run returns normally. With `available_now`, batches are
+//! cut back to back as data arrives (no waiting for the interval) and the run
+//! ends once every source is exhausted. A run also ends when every source
+//! has finished by itself (a generator's count, stdin's end).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::executor::Executor;
+use super::plan::{Plan, StreamId};
+use super::registry::PluginRegistry;
+use super::stop::StopSignal;
+use super::workers::WorkerPool;
+use crate::batcher::Batcher;
+use crate::config::PipelineSpec;
+use crate::error::EngineError;
+use crate::record::Batch;
+use crate::sink::{self, BatchInfo, Sink};
+use crate::source::{self, SourceContext, SourceError, now_ms};
+
+/// How to run a pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Process what the sources have, then stop (Structured Streaming's `availableNow`).
+    pub available_now: bool,
+    /// Raised to stop the run gracefully.
+    pub stop: StopSignal,
+    /// Worker threads; the pipeline's partition count when `None`.
+    pub workers: Option<usize>,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Micro-batches run.
+    pub batches: u64,
+    /// Records received from all sources.
+    pub records_in: u64,
+    /// Records handed to sinks (all sinks together).
+    pub records_out: u64,
+    /// Whether the run ended because it was asked to stop.
+    pub stopped: bool,
+}
+
+/// A pipeline ready to run: its plan and its sinks.
+pub struct Pipeline {
+    plan: Arc<Plan>,
+    sinks: Vec<(Box<dyn Sink>, StreamId)>,
+    batch_interval: Duration,
+    queue_chunks: usize,
+    chunk_records: usize,
+}
+
+impl Pipeline {
+    /// Plans `spec` with the plugins of `registry` (which must hold every
+    /// plugin the spec uses, see [`PluginRegistry::load_declared`]), checks
+    /// every plugin against its stage, and creates the sinks. `file` names
+    /// the pipeline file in errors.
+    pub fn build(spec: &PipelineSpec, registry: &PluginRegistry, file: &str) -> Result<Self, EngineError> {
+        let plan = Plan::build(spec, registry, file)?;
+        plan.check()?;
+        let sinks = plan
+            .sinks
+            .iter()
+            .map(|(sink, stream)| (sink::from_spec(sink), *stream))
+            .collect();
+        Ok(Self {
+            plan: Arc::new(plan),
+            sinks,
+            batch_interval: spec.batch_interval,
+            queue_chunks: spec.queue_chunks,
+            chunk_records: spec.chunk_records,
+        })
+    }
+
+    /// Replaces the sinks of the pipeline file with `sinks`, each reading the
+    /// named stream (for embedding and benchmarks).
+    pub fn set_sinks(&mut self, sinks: Vec<(String, Box<dyn Sink>)>) -> Result<(), EngineError> {
+        let mut resolved = Vec::new();
+        for (stream, sink) in sinks {
+            let id = self
+                .plan
+                .streams
+                .iter()
+                .position(|s| *s == stream)
+                .ok_or_else(|| EngineError::Io(format!("no stream named `{stream}`")))?;
+            resolved.push((sink, id));
+        }
+        self.sinks = resolved;
+        Ok(())
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// Runs until stopped, or until the sources are exhausted.
+    pub fn run(mut self, options: RunOptions) -> Result<RunSummary, EngineError> {
+        let pipeline = self.plan.pipeline.clone();
+        let io = |e: std::io::Error| EngineError::Io(format!("pipeline `{pipeline}`: {e}"));
+        let workers = options.workers.unwrap_or(self.plan.partitions).max(1);
+        let pool = Arc::new(WorkerPool::new(workers, &pipeline).map_err(io)?);
+        let executor = Executor::new(self.plan.clone(), pool);
+        for (sink, _) in &mut self.sinks {
+            sink.open().map_err(|error| EngineError::Sink {
+                pipeline: pipeline.clone(),
+                error,
+            })?;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("{pipeline}-io"))
+            .enable_all()
+            .build()
+            .map_err(io)?;
+        let (stop_sources, stop_watch) = watch::channel(false);
+        let (errors_tx, errors) = std::sync::mpsc::channel::<SourceError>();
+        let mut queues = Vec::new();
+        let mut tasks = Vec::new();
+        for (spec, _) in &self.plan.sources {
+            let (chunks, queue) = mpsc::channel(self.queue_chunks);
+            queues.push(queue);
+            let ctx = SourceContext {
+                name: spec.name.clone(),
+                chunks,
+                stop: stop_watch.clone(),
+                available_now: options.available_now,
+                chunk_records: self.chunk_records,
+            };
+            let receiver = source::from_spec(spec);
+            let errors_tx = errors_tx.clone();
+            tasks.push(runtime.spawn(async move {
+                if let Err(error) = receiver.run(ctx).await {
+                    let _ = errors_tx.send(error);
+                }
+            }));
+        }
+        drop(errors_tx);
+        let mut batcher = Batcher::new(queues);
+        let mut summary = RunSummary::default();
+        let mut source_error = None;
+        let mut next_cut = Instant::now() + self.batch_interval;
+        let mut stopping = false;
+        let mut stop_deadline = Instant::now() + Duration::from_secs(3600 * 24 * 365);
+        tracing::info!(pipeline = %pipeline, partitions = self.plan.partitions, workers, "pipeline started");
+
+        let result = loop {
+            if !stopping {
+                if options.available_now {
+                    while !options.stop.is_stopped() && !batcher.has_pending() && !batcher.all_finished() {
+                        options.stop.wait_timeout(Duration::from_millis(1));
+                    }
+                } else {
+                    let now = Instant::now();
+                    if next_cut > now {
+                        options.stop.wait_timeout(next_cut - now);
+                    }
+                }
+                if let Ok(error) = errors.try_recv() {
+                    source_error = Some(error);
+                }
+                if options.stop.is_stopped() || source_error.is_some() {
+                    stopping = true;
+                    summary.stopped = options.stop.is_stopped();
+                    stop_deadline = Instant::now() + Duration::from_secs(5);
+                    let _ = stop_sources.send(true);
+                    // Let receivers hand over what they hold; a receiver
+                    // blocked on a full queue gets unblocked by the cuts below.
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while tasks.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+                        if batcher.has_pending() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            let finished = batcher.all_finished();
+            let batches = batcher.cut();
+            let received: usize = batches.iter().map(Batch::len).sum();
+            let sources_done = tasks.iter().all(|t| t.is_finished());
+            if received == 0 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline))) {
+                break Ok(());
+            }
+            if let Err(error) = self.run_one(&executor, summary.batches, batches, &mut summary) {
+                break Err(error);
+            }
+            summary.records_in += received as u64;
+            let now = Instant::now();
+            next_cut += self.batch_interval;
+            if next_cut < now {
+                tracing::debug!(pipeline = %pipeline, "batch took longer than the batch interval");
+                next_cut = now;
+            }
+            if stopping && tasks.iter().any(|t| !t.is_finished()) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let _ = stop_sources.send(true);
+        runtime.shutdown_timeout(Duration::from_millis(200));
+        let mut close_error = None;
+        for (sink, _) in &mut self.sinks {
+            if let Err(error) = sink.close() {
+                close_error.get_or_insert(error);
+            }
+        }
+        result?;
+        if let Some(error) = source_error.or_else(|| errors.try_recv().ok()) {
+            return Err(EngineError::Source { pipeline, error });
+        }
+        if let Some(error) = close_error {
+            return Err(EngineError::Sink { pipeline, error });
+        }
+        tracing::info!(
+            pipeline = %pipeline, batches = summary.batches, records = summary.records_in,
+            "pipeline finished"
+        );
+        Ok(summary)
+    }
+
+    fn run_one(
+        &mut self,
+        executor: &Executor,
+        batch_id: u64,
+        batches: Vec<Batch>,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let info = BatchInfo {
+            id: batch_id,
+            time_ms: now_ms(),
+        };
+        let received: usize = batches.iter().map(Batch::len).sum();
+        let mut streams = executor.run_batch(batch_id, batches)?;
+        for (sink, stream) in &mut self.sinks {
+            let partitions = streams[*stream].get_or_insert_with(Vec::new);
+            summary.records_out += partitions.iter().map(|b| b.len() as u64).sum::<u64>();
+            sink.write(info, partitions).map_err(|error| EngineError::Sink {
+                pipeline: executor.plan().pipeline.clone(),
+                error,
+            })?;
+        }
+        summary.batches += 1;
+        tracing::debug!(
+            pipeline = %executor.plan().pipeline, batch = batch_id, records = received,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "batch done"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,362 @@
+//! Records and batches.
+//!
+//! A [`Batch`] is one partition of one micro-batch, stored exactly as it crosses
+//! the Wasm boundary (see `wit/types.wit`): all key and value bytes back to back
+//! in one buffer, two end offsets per record, a timestamp column and a flags
+//! column. Moving a batch between stages, into a plugin and out of it costs a
+//! few memory copies, never an allocation per record.
+
+use std::fmt;
+
+/// Flag bit: the record has a key.
+pub const FLAG_HAS_KEY: u8 = 1;
+
+/// A borrowed view of one record of a [`Batch`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The record's key, if it has one.
+    pub key: Option<&'a [u8]>,
+    /// The record's value.
+    pub value: &'a [u8],
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+}
+
+impl fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("key", &self.key.map(String::from_utf8_lossy))
+            .field("value", &String::from_utf8_lossy(self.value))
+            .field("timestamp", &self.timestamp)
+            .finish()
+    }
+}
+
+impl RecordRef<'_> {
+    /// A short printable description, for error messages: the key if any,
+    /// else the value, cut to 60 characters.
+    pub fn describe(&self) -> String {
+        let (what, bytes) = match self.key {
+            Some(key) => ("key", key),
+            None => ("value", self.value),
+        };
+        let text = String::from_utf8_lossy(bytes);
+        let short: String = text.chars().take(60).collect();
+        let ellipsis = if short.len() < text.len() { "…" } else { "" };
+        format!("{what} {short:?}{ellipsis}")
+    }
+}
+
+/// One partition of one micro-batch, in flat columnar form.
+///
+/// Invariants: `ends.len() == 2 * len`, `timestamps.len() == flags.len() == len`,
+/// and `ends` is non-decreasing and ends at `data.len()`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    data: Vec<u8>,
+    ends: Vec<u32>,
+    timestamps: Vec<i64>,
+    flags: Vec<u8>,
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// A batch whose buffers break the [`Batch`] invariants (returned by a plugin).
+#[derive(Debug, thiserror::Error)]
+#[error("malformed batch from plugin: {0}")]
+pub struct MalformedBatch(pub String);
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty batch with room for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records * 2),
+            timestamps: Vec::with_capacity(records),
+            flags: Vec::with_capacity(records),
+        }
+    }
+
+    /// Builds a batch from its raw buffers, checking every invariant.
+    pub fn from_parts(
+        data: Vec<u8>,
+        ends: Vec<u32>,
+        timestamps: Vec<i64>,
+        flags: Vec<u8>,
+    ) -> Result<Self, MalformedBatch> {
+        let len = timestamps.len();
+        if flags.len() != len || ends.len() != len * 2 {
+            return Err(MalformedBatch(format!(
+                "{} timestamps, {} flags and {} end offsets (expected {})",
+                len,
+                flags.len(),
+                ends.len(),
+                len * 2
+            )));
+        }
+        let mut previous = 0u32;
+        for (i, &end) in ends.iter().enumerate() {
+            if end < previous {
+                return Err(MalformedBatch(format!("end offset {i} goes backwards")));
+            }
+            previous = end;
+        }
+        if previous as usize != data.len() {
+            return Err(MalformedBatch(format!(
+                "offsets end at {previous} but there are {} data bytes",
+                data.len()
+            )));
+        }
+        for (i, (&flag, pair)) in flags.iter().zip(ends.chunks_exact(2)).enumerate() {
+            let key_start = if i == 0 { 0 } else { ends[2 * i - 1] };
+            if flag & FLAG_HAS_KEY == 0 && pair[0] != key_start {
+                return Err(MalformedBatch(format!("record {i} has no key but a key range")));
+            }
+        }
+        Ok(Self {
+            data,
+            ends,
+            timestamps,
+            flags,
+        })
+    }
+
+    /// Rebuilds a batch from buffers that came out of [`Batch::into_parts`]
+    /// unchanged (no validation).
+    pub(crate) fn from_parts_unchecked(
+        data: Vec<u8>,
+        ends: Vec<u32>,
+        timestamps: Vec<i64>,
+        flags: Vec<u8>,
+    ) -> Self {
+        debug_assert_eq!(ends.len(), timestamps.len() * 2);
+        Self {
+            data,
+            ends,
+            timestamps,
+            flags,
+        }
+    }
+
+    /// The raw buffers: data, ends, timestamps, flags.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u32>, Vec<i64>, Vec<u8>) {
+        (self.data, self.ends, self.timestamps, self.flags)
+    }
+
+    /// Borrowed raw buffers: data, ends, timestamps, flags.
+    pub fn parts(&self) -> (&[u8], &[u32], &[i64], &[u8]) {
+        (&self.data, &self.ends, &self.timestamps, &self.flags)
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.timestamps.is_empty()
+    }
+
+    /// Bytes of keys and values.
+    pub fn data_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Approximate memory used by the batch's contents.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() + self.ends.len() * 4 + self.timestamps.len() * 8 + self.flags.len()
+    }
+
+    /// Appends one record.
+    ///
+    /// # Panics
+    /// When the batch would exceed 4 GiB of data (a partition limit of the ABI).
+    #[inline]
+    pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: i64) {
+        let mut flags = 0;
+        if let Some(key) = key {
+            self.data.extend_from_slice(key);
+            flags |= FLAG_HAS_KEY;
+        }
+        self.ends.push(offset(self.data.len()));
+        self.data.extend_from_slice(value);
+        self.ends.push(offset(self.data.len()));
+        self.timestamps.push(timestamp);
+        self.flags.push(flags);
+    }
+
+    /// Appends a record given as a view.
+    #[inline]
+    pub fn push_ref(&mut self, record: RecordRef<'_>) {
+        self.push(record.key, record.value, record.timestamp);
+    }
+
+    /// The record at `index`.
+    ///
+    /// # Panics
+    /// When `index >= len()`.
+    #[inline]
+    pub fn get(&self, index: usize) -> RecordRef<'_> {
+        let key_start = if index == 0 {
+            0
+        } else {
+            self.ends[2 * index - 1] as usize
+        };
+        let key_end = self.ends[2 * index] as usize;
+        let value_end = self.ends[2 * index + 1] as usize;
+        let key = (self.flags[index] & FLAG_HAS_KEY != 0).then(|| &self.data[key_start..key_end]);
+        RecordRef {
+            key,
+            value: &self.data[key_end..value_end],
+            timestamp: self.timestamps[index],
+        }
+    }
+
+    /// Iterates over the records in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = RecordRef<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Appends every record of `other`, with one copy per buffer.
+    pub fn append(&mut self, other: &Batch) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.clone_from(other);
+            return;
+        }
+        let base = offset(self.data.len());
+        offset(self.data.len() + other.data.len());
+        self.data.extend_from_slice(&other.data);
+        self.ends.extend(other.ends.iter().map(|end| end + base));
+        self.timestamps.extend_from_slice(&other.timestamps);
+        self.flags.extend_from_slice(&other.flags);
+    }
+
+    /// Concatenates batches in order.
+    pub fn concat<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Batch {
+        let batches: Vec<&Batch> = batches.into_iter().collect();
+        let records = batches.iter().map(|b| b.len()).sum();
+        let bytes = batches.iter().map(|b| b.data.len()).sum();
+        let mut out = Batch::with_capacity(records, bytes);
+        for batch in batches {
+            out.append(batch);
+        }
+        out
+    }
+
+    /// The records at `indices`, in that order.
+    pub fn select(&self, indices: &[u32]) -> Result<Batch, MalformedBatch> {
+        let mut out = Batch::with_capacity(indices.len(), 0);
+        for &index in indices {
+            if index as usize >= self.len() {
+                return Err(MalformedBatch(format!(
+                    "index {index} out of range for {} records",
+                    self.len()
+                )));
+            }
+            out.push_ref(self.get(index as usize));
+        }
+        Ok(out)
+    }
+
+    /// Splits the batch into `parts` batches of near-equal record counts,
+    /// keeping order (part 0 gets the first records).
+    pub fn split_even(&self, parts: usize) -> Vec<Batch> {
+        let parts = parts.max(1);
+        let per_part = self.len().div_ceil(parts);
+        let mut out: Vec<Batch> = Vec::with_capacity(parts);
+        for part in 0..parts {
+            let start = (part * per_part).min(self.len());
+            let end = ((part + 1) * per_part).min(self.len());
+            out.push(self.slice(start, end));
+        }
+        out
+    }
+
+    /// Records `start..end` as a new batch (one copy per buffer).
+    pub fn slice(&self, start: usize, end: usize) -> Batch {
+        if start >= end {
+            return Batch::new();
+        }
+        let data_start = if start == 0 {
+            0
+        } else {
+            self.ends[2 * start - 1]
+        };
+        let data_end = self.ends[2 * end - 1];
+        Batch {
+            data: self.data[data_start as usize..data_end as usize].to_vec(),
+            ends: self.ends[2 * start..2 * end]
+                .iter()
+                .map(|e| e - data_start)
+                .collect(),
+            timestamps: self.timestamps[start..end].to_vec(),
+            flags: self.flags[start..end].to_vec(),
+        }
+    }
+}
+
+#[inline]
+fn offset(len: usize) -> u32 {
+    u32::try_from(len).expect("a partition's batch is limited to 4 GiB of data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Batch {
+        let mut batch = Batch::new();
+        batch.push(Some(b"k1"), b"v1", 1);
+        batch.push(None, b"value-two", 2);
+        batch.push(Some(b""), b"", 3);
+        batch
+    }
+
+    #[test]
+    fn push_and_get_round_trip() {
+        let batch = sample();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.get(0).key, Some(&b"k1"[..]));
+        assert_eq!(batch.get(1).key, None);
+        assert_eq!(batch.get(1).value, b"value-two");
+        assert_eq!(batch.get(2).key, Some(&b""[..]));
+        assert_eq!(batch.get(2).timestamp, 3);
+    }
+
+    #[test]
+    fn parts_round_trip_and_validation() {
+        let batch = sample();
+        let (d, e, t, f) = batch.clone().into_parts();
+        assert_eq!(Batch::from_parts(d, e, t, f).unwrap(), batch);
+        assert!(Batch::from_parts(vec![1, 2], vec![0, 1], vec![0], vec![0]).is_err());
+        assert!(Batch::from_parts(vec![1], vec![1, 0], vec![0], vec![1]).is_err());
+        assert!(Batch::from_parts(vec![1], vec![1, 1], vec![0], vec![0]).is_err());
+    }
+
+    #[test]
+    fn split_append_select_slice() {
+        let batch = sample();
+        let parts = batch.split_even(2);
+        assert_eq!(parts.iter().map(Batch::len).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(Batch::concat(&parts), batch);
+        let selected = batch.select(&[2, 0]).unwrap();
+        assert_eq!(selected.get(0), batch.get(2));
+        assert_eq!(selected.get(1), batch.get(0));
+        assert!(batch.select(&[3]).is_err());
+        assert_eq!(batch.slice(1, 3).get(0), batch.get(1));
+        assert_eq!(batch.split_even(5).len(), 5);
+    }
+}

@@ -1,0 +1,124 @@
+//! Errors of plugins, classified so that callers (and later the failure
+//! policies) can tell a plugin's own error from a trap or a bad component.
+
+use std::path::PathBuf;
+
+use crate::record::MalformedBatch;
+
+/// Why a trap stopped a plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The call ran past its deadline (epoch interruption).
+    Deadline,
+    /// The plugin tried to grow its memory or tables past its limit.
+    Memory,
+    /// The plugin overflowed its Wasm stack (deep recursion).
+    StackOverflow,
+    /// The plugin panicked or reached `unreachable`.
+    Panic,
+    /// Any other trap (out-of-bounds access, division by zero, ...).
+    Other,
+}
+
+impl TrapKind {
+    /// A short name for messages and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deadline => "deadline exceeded",
+            Self::Memory => "memory limit",
+            Self::StackOverflow => "stack overflow",
+            Self::Panic => "panic",
+            Self::Other => "trap",
+        }
+    }
+
+    /// Classifies an error returned by a wasmtime call.
+    pub(crate) fn of(error: &wasmtime::Error) -> Self {
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            return match trap {
+                wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel => Self::Deadline,
+                wasmtime::Trap::StackOverflow => Self::StackOverflow,
+                wasmtime::Trap::UnreachableCodeReached => Self::Panic,
+                wasmtime::Trap::AllocationTooLarge => Self::Memory,
+                _ => Self::Other,
+            };
+        }
+        let text = format!("{error:#}");
+        if text.contains("grow") && text.contains("memory") || text.contains("forcing trap") {
+            Self::Memory
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// A plugin could not be loaded or a call into it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file cannot be read.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("{} is not a valid WebAssembly component: {message}", path.display())]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// The compiler's message.
+        message: String,
+    },
+    /// The component does not fit the Weir plugin contract.
+    #[error("{} is not a usable Weir plugin: {message}", path.display())]
+    Contract {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is missing or wrong.
+        message: String,
+    },
+    /// The plugin's `init` rejected its configuration.
+    #[error("plugin rejected its configuration: {0}")]
+    Init(String),
+    /// The plugin reported that one record failed.
+    #[error("record {index} failed: {message}")]
+    Record {
+        /// Index of the record in the input batch.
+        index: u32,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The plugin reported that the whole batch failed.
+    #[error("{0}")]
+    Batch(String),
+    /// The call trapped; the instance is poisoned and must be discarded.
+    #[error("{}: {message}{}", kind.name(), stderr_suffix(stderr))]
+    Trap {
+        /// Why.
+        kind: TrapKind,
+        /// wasmtime's description of the trap.
+        message: String,
+        /// What the plugin wrote to stderr (its panic message), if anything.
+        stderr: String,
+    },
+    /// The plugin returned data that breaks the batch contract.
+    #[error(transparent)]
+    Malformed(#[from] MalformedBatch),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("\nplugin stderr:\n{stderr}")
+    }
+}
+
+impl PluginError {
+    /// True when the instance that returned this error must be discarded.
+    pub fn poisons_instance(&self) -> bool {
+        matches!(self, Self::Trap { .. })
+    }
+}

@@ -1,0 +1,129 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] per process, the linker
+//! that gives plugins their (few) imports, the cache of compiled components,
+//! and loading of plugins.
+//!
+//! - [`bindings`]: `bindgen!` output for the WIT worlds.
+//! - [`plugin`]: a loaded, pre-instantiated [`Plugin`] and its warm
+//!   [`PluginInstance`]s.
+//! - [`limits`], [`epoch`]: memory caps and call deadlines.
+//! - [`state`], [`stderr`]: what each instance's store holds.
+//! - [`cache`]: compiled components on disk.
+//! - [`error`]: [`PluginError`] and [`TrapKind`].
+
+pub mod bindings;
+pub mod cache;
+pub mod epoch;
+pub mod error;
+pub mod limits;
+pub mod plugin;
+pub mod state;
+pub mod stderr;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+pub use cache::{ComponentCache, content_hash};
+pub use error::{PluginError, TrapKind};
+pub use limits::Limits;
+pub use plugin::{Plugin, PluginInfo, PluginInstance, PluginKind, TransformOutput};
+pub use state::{InstanceLabel, PluginState};
+
+/// The process-wide Wasm runtime. Cheap to share behind an [`Arc`].
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache: ComponentCache,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+/// The runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the WebAssembly runtime: {0}")]
+pub struct RuntimeError(String);
+
+impl Runtime {
+    /// A runtime whose compiled components are cached in `cache_dir` (none: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, RuntimeError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        epoch::start_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        bindings::log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cache: ComponentCache::new(cache_dir),
+        }))
+    }
+
+    /// A runtime using the default cache directory ([`ComponentCache::default_dir`]).
+    pub fn with_default_cache() -> Result<Arc<Self>, RuntimeError> {
+        Self::new(ComponentCache::default_dir())
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles (or loads from the cache), links and checks a plugin.
+    pub fn load_plugin(&self, path: &Path, limits: Limits) -> Result<Arc<Plugin>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_plugin_bytes(path, &bytes, limits)
+    }
+
+    /// Like [`Runtime::load_plugin`] for bytes already in memory; `path` names them.
+    pub fn load_plugin_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Compile {
+                path: path.to_owned(),
+                message: "the file does not start with the WebAssembly magic bytes".into(),
+            });
+        }
+        if wasmparser_is_core_module(bytes) {
+            return Err(PluginError::Compile {
+                path: path.to_owned(),
+                message: "it is a core Wasm module, not a component: build plugins for the wasm32-wasip2 target (`weir plugin build DIR`)".into(),
+            });
+        }
+        let hash = content_hash(bytes);
+        let component = self
+            .cache
+            .load(&self.engine, bytes, &hash)
+            .map_err(|e| PluginError::Compile {
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            })?;
+        Plugin::new(path, hash, component, &self.linker, limits).map(Arc::new)
+    }
+}
+
+/// Core modules have version 1 and layer 0 in their preamble; components
+/// have layer 1.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[4..8] == [1, 0, 0, 0]
+}

@@ -1,0 +1,374 @@
+//! Loaded plugins and their instances.
+//!
+//! A [`Plugin`] is a compiled, linked and pre-instantiated component whose
+//! exports were checked against the Weir contract; it is shared by every
+//! worker. A [`PluginInstance`] is one warm instance of it with its own store,
+//! limits and captured stderr, owned by one worker at a time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
+
+use super::bindings::reducer::{ReducerPlugin, ReducerPluginPre};
+use super::bindings::transform::{TransformPlugin, TransformPluginPre};
+use super::bindings::types;
+use super::error::{PluginError, TrapKind};
+use super::limits::Limits;
+use super::state::{InstanceLabel, PluginState};
+use super::stderr::StderrCapture;
+use crate::record::Batch;
+
+/// The operator a plugin implements, as it declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    /// One record out per record in.
+    Map,
+    /// Any number of records out per record in.
+    FlatMap,
+    /// Keeps or drops each record.
+    Filter,
+    /// Zero or one record out per record in.
+    FilterMap,
+    /// Any function of a whole partition.
+    MapPartitions,
+    /// Combines the values of a key.
+    Reducer,
+}
+
+impl PluginKind {
+    /// The kind's name as pipeline files spell operators.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Map => "map",
+            Self::FlatMap => "flat-map",
+            Self::Filter => "filter",
+            Self::FilterMap => "filter-map",
+            Self::MapPartitions => "map-partitions",
+            Self::Reducer => "reducer",
+        }
+    }
+
+    fn from_wit(kind: types::PluginKind) -> Self {
+        match kind {
+            types::PluginKind::Map => Self::Map,
+            types::PluginKind::FlatMap => Self::FlatMap,
+            types::PluginKind::Filter => Self::Filter,
+            types::PluginKind::FilterMap => Self::FilterMap,
+            types::PluginKind::MapPartitions => Self::MapPartitions,
+            types::PluginKind::Reducer => Self::Reducer,
+        }
+    }
+}
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The plugin's name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// The operator it implements.
+    pub kind: PluginKind,
+    /// The guest SDK version it was built with.
+    pub sdk_version: String,
+}
+
+enum Pre {
+    Transform(TransformPluginPre<PluginState>),
+    Reducer(ReducerPluginPre<PluginState>),
+}
+
+/// A compiled plugin, ready to be instantiated cheaply.
+pub struct Plugin {
+    path: PathBuf,
+    content_hash: String,
+    component: Component,
+    pre: Pre,
+    info: PluginInfo,
+    limits: Limits,
+    engine: wasmtime::Engine,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Links `component` and checks it against the contract by instantiating
+    /// it once and calling `describe`.
+    pub(crate) fn new(
+        path: &Path,
+        content_hash: String,
+        component: Component,
+        linker: &Linker<PluginState>,
+        limits: Limits,
+    ) -> Result<Self, PluginError> {
+        let contract = |message: String| PluginError::Contract {
+            path: path.to_owned(),
+            message,
+        };
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            contract(format!(
+                "it needs an import Weir does not provide (plugins get only weir:plugin/log and an empty WASI): {e:#}"
+            ))
+        })?;
+        let pre = match TransformPluginPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::Transform(pre),
+            Err(transform_error) => match ReducerPluginPre::new(instance_pre) {
+                Ok(pre) => Pre::Reducer(pre),
+                Err(_) => {
+                    return Err(contract(format!(
+                        "it exports neither weir:plugin/transform nor weir:plugin/reducer ({transform_error:#}); build it with the weir-guest SDK"
+                    )));
+                }
+            },
+        };
+        let engine = component.engine().clone();
+        let plugin = Arc::new(Self {
+            path: path.to_owned(),
+            content_hash,
+            component,
+            pre,
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                kind: PluginKind::Map,
+                sdk_version: String::new(),
+            },
+            limits,
+            engine,
+        });
+        let info = PluginInstance::instantiate(&plugin, InstanceLabel::default())?.describe()?;
+        let mut plugin = Arc::into_inner(plugin).expect("the probe instance is gone");
+        plugin.info = info;
+        let world_is_reducer = matches!(plugin.pre, Pre::Reducer(_));
+        if world_is_reducer != (plugin.info.kind == PluginKind::Reducer) {
+            return Err(contract(format!(
+                "it says it is a {} but exports the {} interface",
+                plugin.info.kind.name(),
+                if world_is_reducer { "reducer" } else { "transform" }
+            )));
+        }
+        Ok(plugin)
+    }
+
+    /// The component file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hex SHA-256 of the component file.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    /// What the plugin says about itself.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The compiled component.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// The limits its instances run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+enum Exports {
+    Transform(TransformPlugin),
+    Reducer(ReducerPlugin),
+}
+
+/// The result of a transform call.
+#[derive(Debug)]
+pub enum TransformOutput {
+    /// New records.
+    Records(Batch),
+    /// Indices of the input records to keep.
+    Keep(Vec<u32>),
+}
+
+/// One warm instance of a plugin.
+pub struct PluginInstance {
+    plugin: Arc<Plugin>,
+    store: Store<PluginState>,
+    exports: Exports,
+    stderr: StderrCapture,
+}
+
+impl PluginInstance {
+    /// Instantiates `plugin` (without calling `init`).
+    pub fn instantiate(plugin: &Arc<Plugin>, label: InstanceLabel) -> Result<Self, PluginError> {
+        let stderr = StderrCapture::new();
+        let state = PluginState::new(&plugin.limits, stderr.clone(), label);
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let exports = match &plugin.pre {
+            Pre::Transform(pre) => pre.instantiate(&mut store).map(Exports::Transform),
+            Pre::Reducer(pre) => pre.instantiate(&mut store).map(Exports::Reducer),
+        }
+        .map_err(|e| trap(&e, &stderr))?;
+        Ok(Self {
+            plugin: plugin.clone(),
+            store,
+            exports,
+            stderr,
+        })
+    }
+
+    /// Instantiates `plugin` and calls its `init` with `config`.
+    pub fn start(
+        plugin: &Arc<Plugin>,
+        config: &[(String, String)],
+        label: InstanceLabel,
+    ) -> Result<Self, PluginError> {
+        let mut instance = Self::instantiate(plugin, label)?;
+        instance.init(config)?;
+        Ok(instance)
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    fn arm_deadline(&mut self) {
+        self.store
+            .set_epoch_deadline(super::epoch::ticks_for(self.plugin.limits.call_deadline));
+    }
+
+    fn finish<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, PluginError> {
+        self.store.set_epoch_deadline(u64::MAX / 2);
+        result.map_err(|e| trap(&e, &self.stderr))
+    }
+
+    /// Calls `describe`.
+    pub fn describe(&mut self) -> Result<PluginInfo, PluginError> {
+        self.arm_deadline();
+        let result = match &self.exports {
+            Exports::Transform(e) => e.weir_plugin_lifecycle().call_describe(&mut self.store),
+            Exports::Reducer(e) => e.weir_plugin_lifecycle().call_describe(&mut self.store),
+        };
+        let info = self.finish(result)?;
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            kind: PluginKind::from_wit(info.kind),
+            sdk_version: info.sdk_version,
+        })
+    }
+
+    /// Calls `init` with the stage's configuration.
+    pub fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginError> {
+        let config: Vec<(String, String)> = config.to_vec();
+        self.arm_deadline();
+        let result = match &self.exports {
+            Exports::Transform(e) => e.weir_plugin_lifecycle().call_init(&mut self.store, &config),
+            Exports::Reducer(e) => e.weir_plugin_lifecycle().call_init(&mut self.store, &config),
+        };
+        self.finish(result)?.map_err(PluginError::Init)
+    }
+
+    /// Runs the transform over one batch. The input batch is always handed
+    /// back (filters keep records from it; errors describe records of it).
+    pub fn transform(&mut self, input: Batch) -> (Batch, Result<TransformOutput, PluginError>) {
+        let Exports::Transform(exports) = &self.exports else {
+            let error = PluginError::Batch("this plugin is a reducer, not a transform".into());
+            return (input, Err(error));
+        };
+        let (data, ends, timestamps, flags) = input.into_parts();
+        let wit_batch = types::Batch {
+            data,
+            ends,
+            timestamps,
+            flags,
+        };
+        self.store
+            .set_epoch_deadline(super::epoch::ticks_for(self.plugin.limits.call_deadline));
+        let result = exports
+            .weir_plugin_transform()
+            .call_process(&mut self.store, &wit_batch);
+        let result = self.finish(result);
+        let types::Batch {
+            data,
+            ends,
+            timestamps,
+            flags,
+        } = wit_batch;
+        let input = Batch::from_parts_unchecked(data, ends, timestamps, flags);
+        let output = match result {
+            Ok(Ok(types::TransformOutput::Records(batch))) => {
+                Batch::from_parts(batch.data, batch.ends, batch.timestamps, batch.flags)
+                    .map(TransformOutput::Records)
+                    .map_err(PluginError::from)
+            }
+            Ok(Ok(types::TransformOutput::Keep(indices))) => Ok(TransformOutput::Keep(indices)),
+            Ok(Err(error)) => Err(process_error(error)),
+            Err(error) => Err(error),
+        };
+        (input, output)
+    }
+
+    /// Runs the reducer over groups of values: `values` in flat form, group
+    /// `g` ending at `group_ends[g]`. Returns one value per group.
+    pub fn reduce(
+        &mut self,
+        data: Vec<u8>,
+        ends: Vec<u32>,
+        group_ends: &[u32],
+    ) -> Result<(Vec<u8>, Vec<u32>), PluginError> {
+        let Exports::Reducer(exports) = &self.exports else {
+            return Err(PluginError::Batch("this plugin is a transform, not a reducer".into()));
+        };
+        let values = types::Values { data, ends };
+        self.store
+            .set_epoch_deadline(super::epoch::ticks_for(self.plugin.limits.call_deadline));
+        let result = exports
+            .weir_plugin_reducer()
+            .call_reduce(&mut self.store, &values, group_ends);
+        let output = self.finish(result)?.map_err(process_error)?;
+        if output.ends.len() != group_ends.len() {
+            return Err(PluginError::Batch(format!(
+                "the reducer returned {} values for {} keys",
+                output.ends.len(),
+                group_ends.len()
+            )));
+        }
+        if output.ends.windows(2).any(|w| w[0] > w[1])
+            || output.ends.last().is_some_and(|&end| end as usize != output.data.len())
+        {
+            return Err(crate::record::MalformedBatch("reducer returned malformed values".into()).into());
+        }
+        Ok((output.data, output.ends))
+    }
+}
+
+fn process_error(error: types::ProcessError) -> PluginError {
+    match error {
+        types::ProcessError::Record(failure) => PluginError::Record {
+            index: failure.index,
+            message: failure.message,
+        },
+        types::ProcessError::Batch(message) => PluginError::Batch(message),
+    }
+}
+
+fn trap(error: &wasmtime::Error, stderr: &StderrCapture) -> PluginError {
+    PluginError::Trap {
+        kind: TrapKind::of(error),
+        message: format!("{error:#}"),
+        stderr: stderr.text(),
+    }
+}

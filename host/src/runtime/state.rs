@@ -1,0 +1,92 @@
+//! What each plugin instance's `Store` holds: its WASI context (empty: no
+//! files, no environment, no sockets), its resource limits, its captured
+//! stderr, and where its log messages go.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::log;
+use super::limits::Limits;
+use super::stderr::StderrCapture;
+
+/// Who is calling: attached to every log line a plugin writes.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceLabel {
+    /// The pipeline.
+    pub pipeline: Arc<str>,
+    /// The stage.
+    pub stage: Arc<str>,
+    /// The plugin's name in the pipeline file.
+    pub plugin: Arc<str>,
+}
+
+/// Longest log message kept from a plugin; the rest is cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+
+/// The data of one plugin instance's store.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    label: InstanceLabel,
+}
+
+impl PluginState {
+    /// A state with no capabilities, stderr going to `stderr`.
+    pub fn new(limits: &Limits, stderr: StderrCapture, label: InstanceLabel) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            .instances(64)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            label,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl log::Host for PluginState {
+    fn write(&mut self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let label = &self.label;
+        let (pipeline, stage, plugin) = (&*label.pipeline, &*label.stage, &*label.plugin);
+        match level {
+            log::Level::Trace => tracing::trace!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+            log::Level::Info => tracing::info!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+            log::Level::Error => tracing::error!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+        }
+    }
+}
+
+impl super::bindings::types::Host for PluginState {}

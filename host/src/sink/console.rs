@@ -1,0 +1,61 @@
+//! The console sink, like Spark's `print()`: for every batch a header with
+//! the batch id, time and record count, then the first `max-records` records
+//! (`key<TAB>value`, or the value alone for records without a key).
+
+use std::io::Write;
+
+use super::{BatchInfo, Sink, SinkError};
+use crate::record::Batch;
+
+/// Prints batches to a writer (standard output by default).
+pub struct ConsoleSink {
+    max_records: usize,
+    out: Box<dyn Write + Send>,
+}
+
+impl ConsoleSink {
+    /// Prints to standard output.
+    pub fn stdout(max_records: usize) -> Self {
+        Self::new(max_records, Box::new(std::io::stdout()))
+    }
+
+    /// Prints to `out`.
+    pub fn new(max_records: usize, out: Box<dyn Write + Send>) -> Self {
+        Self { max_records, out }
+    }
+}
+
+/// Formats a batch time as RFC 3339 with milliseconds.
+pub fn format_time(time_ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+impl Sink for ConsoleSink {
+    fn write(&mut self, batch: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError> {
+        let total: usize = partitions.iter().map(Batch::len).sum();
+        let mut text = String::new();
+        text.push_str("-------------------------------------------\n");
+        text.push_str(&format!(
+            "Batch: {}  Time: {}  Records: {total}\n",
+            batch.id,
+            format_time(batch.time_ms)
+        ));
+        text.push_str("-------------------------------------------\n");
+        for record in partitions.iter().flat_map(Batch::iter).take(self.max_records) {
+            if let Some(key) = record.key {
+                text.push_str(&String::from_utf8_lossy(key));
+                text.push('\t');
+            }
+            text.push_str(&String::from_utf8_lossy(record.value));
+            text.push('\n');
+        }
+        if total > self.max_records {
+            text.push_str(&format!("... ({} more)\n", total - self.max_records));
+        }
+        text.push('\n');
+        // A closed stdout (e.g. `weir run ... | head`) is not worth failing the pipeline for.
+        let _ = self.out.write_all(text.as_bytes()).and_then(|()| self.out.flush());
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! The files sink: one directory per batch under the output directory, named
+//! `batch-<id, zero-padded to 12 digits>`, holding one `part-<partition>` file
+//! per non-empty partition. Each directory is written under a hidden
+//! temporary name, synced, then renamed into place, so readers never see a
+//! partial batch and a re-run of the same batch replaces it whole. Batches
+//! with no records write nothing.
+//!
+//! Formats: `text` — `key<TAB>value` per line (the value alone without a
+//! key); `jsonl` — `{"key": ..., "value": ..., "timestamp": ...}` per line,
+//! with key and value as strings when they are valid UTF-8 and as arrays of
+//! byte values otherwise (a missing key is `null`).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{BatchInfo, Sink, SinkError};
+use crate::config::FileFormat;
+use crate::record::{Batch, RecordRef};
+
+/// Writes batches as files.
+pub struct FilesSink {
+    name: String,
+    dir: PathBuf,
+    format: FileFormat,
+}
+
+impl FilesSink {
+    /// Writes into `dir` in `format`.
+    pub fn new(name: String, dir: PathBuf, format: FileFormat) -> Self {
+        Self { name, dir, format }
+    }
+
+    /// The directory of batch `id` under `dir`.
+    pub fn batch_dir(dir: &Path, id: u64) -> PathBuf {
+        dir.join(format!("batch-{id:012}"))
+    }
+
+    fn error(&self, message: String) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    fn write_part(&self, path: &Path, batch: &Batch) -> std::io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        for record in batch.iter() {
+            match self.format {
+                FileFormat::Text => write_text(&mut out, record)?,
+                FileFormat::Jsonl => write_json(&mut out, record)?,
+            }
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+fn write_text(out: &mut impl Write, record: RecordRef<'_>) -> std::io::Result<()> {
+    if let Some(key) = record.key {
+        out.write_all(key)?;
+        out.write_all(b"\t")?;
+    }
+    out.write_all(record.value)?;
+    out.write_all(b"\n")
+}
+
+fn json_bytes(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::Value::String(text.to_owned()),
+        Err(_) => serde_json::Value::Array(bytes.iter().map(|&b| b.into()).collect()),
+    }
+}
+
+fn write_json(out: &mut impl Write, record: RecordRef<'_>) -> std::io::Result<()> {
+    let object = serde_json::json!({
+        "key": record.key.map(json_bytes),
+        "value": json_bytes(record.value),
+        "timestamp": record.timestamp,
+    });
+    serde_json::to_writer(&mut *out, &object)?;
+    out.write_all(b"\n")
+}
+
+impl Sink for FilesSink {
+    fn open(&mut self) -> Result<(), SinkError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            self.error(format!("cannot create the output directory {}: {e}", self.dir.display()))
+        })
+    }
+
+    fn write(&mut self, batch: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError> {
+        if partitions.iter().all(Batch::is_empty) {
+            return Ok(());
+        }
+        let target = Self::batch_dir(&self.dir, batch.id);
+        let temporary = self.dir.join(format!(".batch-{:012}.tmp", batch.id));
+        let write = || -> std::io::Result<()> {
+            if temporary.exists() {
+                std::fs::remove_dir_all(&temporary)?;
+            }
+            std::fs::create_dir_all(&temporary)?;
+            let extension = match self.format {
+                FileFormat::Text => "txt",
+                FileFormat::Jsonl => "jsonl",
+            };
+            for (index, partition) in partitions.iter().enumerate() {
+                if !partition.is_empty() {
+                    self.write_part(&temporary.join(format!("part-{index:05}.{extension}")), partition)?;
+                }
+            }
+            File::open(&temporary)?.sync_all()?;
+            if target.exists() {
+                std::fs::remove_dir_all(&target)?;
+            }
+            std::fs::rename(&temporary, &target)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&temporary);
+            self.error(format!("cannot write batch {} to {}: {e}", batch.id, target.display()))
+        })
+    }
+}

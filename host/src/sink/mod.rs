@@ -1,0 +1,64 @@
+//! Sinks: where each batch's results go.
+//!
+//! A [`Sink`] has one required method, [`Sink::write`], called once per batch
+//! (empty batches included) with every partition of its input stream, and
+//! hooks with defaults to open and close it.
+//!
+//! Delivery guarantees: `console` is at-least-once (a batch re-run after a
+//! failure prints again). `files` writes each batch to its own directory,
+//! named by batch id and made visible atomically: a re-run replaces the same
+//! directory, so its visible output is exactly-once.
+//!
+//! - [`console`]: a header per batch, then the first records (Spark's `print()`).
+//! - [`files`]: one directory per batch, `text` or `jsonl`.
+
+pub mod console;
+pub mod files;
+
+use crate::config::{SinkKind, SinkSpec};
+use crate::record::Batch;
+
+/// Identifies a micro-batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Batch id: 0 for the first batch, then one more per batch.
+    pub id: u64,
+    /// Batch time: milliseconds since the Unix epoch at which it was cut.
+    pub time_ms: i64,
+}
+
+/// A sink failed.
+#[derive(Debug, thiserror::Error)]
+#[error("sink `{sink}`: {message}")]
+pub struct SinkError {
+    /// The sink's name.
+    pub sink: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Where a stream's results go.
+pub trait Sink: Send {
+    /// Writes one batch: every partition of the sink's input stream.
+    fn write(&mut self, batch: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError>;
+
+    /// Prepares the sink before the first batch. Default: nothing to do.
+    fn open(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Flushes and releases the sink after the last batch. Default: nothing to do.
+    fn close(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The sink for a sink spec.
+pub fn from_spec(spec: &SinkSpec) -> Box<dyn Sink> {
+    match &spec.kind {
+        SinkKind::Console { max_records } => Box::new(console::ConsoleSink::stdout(*max_records)),
+        SinkKind::Files { dir, format } => {
+            Box::new(files::FilesSink::new(spec.name.clone(), dir.clone(), *format))
+        }
+    }
+}

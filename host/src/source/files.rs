@@ -1,0 +1,132 @@
+//! Lines of every file that appears in a directory (Spark's
+//! `textFileStream`).
+//!
+//! The directory is listed every `poll-interval`; each regular file whose name
+//! matches the glob and does not start with `.` is read once, line by line, in
+//! name order. Files are expected to be moved into the directory atomically
+//! (written elsewhere or under a dot-name, then renamed). Files present at
+//! start are read too. A file that cannot be read is reported and skipped; the
+//! others go on.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::{Closed, Source, SourceContext, SourceError, now_ms};
+
+/// A directory receiver.
+pub struct FilesSource {
+    dir: PathBuf,
+    glob: glob::Pattern,
+    poll_interval: Duration,
+}
+
+impl FilesSource {
+    /// Watches `dir` for files matching `glob`.
+    pub fn new(dir: PathBuf, glob: glob::Pattern, poll_interval: Duration) -> Self {
+        Self {
+            dir,
+            glob,
+            poll_interval,
+        }
+    }
+
+    /// New files to read, in name order.
+    async fn list(&self, seen: &HashSet<OsString>) -> std::io::Result<Vec<OsString>> {
+        let mut entries = tokio::fs::read_dir(&self.dir).await?;
+        let mut names = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name();
+            let Some(text) = name.to_str() else { continue };
+            if text.starts_with('.') || !self.glob.matches(text) || seen.contains(&name) {
+                continue;
+            }
+            if entry.file_type().await.is_ok_and(|t| t.is_file() || t.is_symlink()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Reads one file into the chunker. `Ok(Err(_))`: the file could not be read.
+async fn read_file(path: &Path, ctx: &SourceContext) -> Result<std::io::Result<u64>, Closed> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(error) => return Ok(Err(error)),
+    };
+    let mut chunker = ctx.chunker();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match file.read(&mut buffer).await {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n as u64;
+                chunker.push_bytes(&buffer[..n], now_ms()).await?;
+            }
+            Err(error) => {
+                // Lines before the failure were delivered; say where it stopped.
+                chunker.finish_lines(now_ms()).await?;
+                return Ok(Err(std::io::Error::new(
+                    error.kind(),
+                    format!("{error} (after {total} bytes)"),
+                )));
+            }
+        }
+    }
+    chunker.finish_lines(now_ms()).await?;
+    Ok(Ok(total))
+}
+
+#[async_trait::async_trait]
+impl Source for FilesSource {
+    async fn run(self: Box<Self>, mut ctx: SourceContext) -> Result<(), SourceError> {
+        match tokio::fs::metadata(&self.dir).await {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(ctx.error(format!("{} is not a directory", self.dir.display()))),
+            Err(error) => {
+                return Err(ctx.error(format!("cannot watch {}: {error}", self.dir.display())));
+            }
+        }
+        let mut seen: HashSet<OsString> = HashSet::new();
+        loop {
+            match self.list(&seen).await {
+                Ok(names) => {
+                    for name in names {
+                        if ctx.stopping() {
+                            return Ok(());
+                        }
+                        let path = self.dir.join(&name);
+                        match read_file(&path, &ctx).await {
+                            Err(Closed) => return Ok(()),
+                            Ok(Ok(bytes)) => {
+                                tracing::debug!(source = %ctx.name, file = %path.display(), bytes, "read file")
+                            }
+                            Ok(Err(error)) => tracing::warn!(
+                                source = %ctx.name, file = %path.display(),
+                                "cannot read file, skipping it: {error}"
+                            ),
+                        }
+                        seen.insert(name);
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    source = %ctx.name, dir = %self.dir.display(),
+                    "cannot list the directory: {error}"
+                ),
+            }
+            if ctx.available_now {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = ctx.stopped() => return Ok(()),
+            }
+        }
+    }
+}

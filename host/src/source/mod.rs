@@ -1,0 +1,189 @@
+//! Receivers: tasks that pull records from the outside world and hand them to
+//! the batcher in chunks through a bounded queue.
+//!
+//! A [`Source`] has one required method, [`Source::run`]. It pushes records
+//! through a [`LineChunker`] into its queue; when the queue is full, the
+//! chunker's send waits, so a slow pipeline slows its receivers (and, for a
+//! socket, TCP flow control slows the producer) instead of dropping records
+//! or growing memory. A source returns when it is exhausted (the end of a
+//! `--available-now` run), or when asked to stop.
+//!
+//! - [`socket`]: lines from TCP, connecting (with reconnect and backoff) or listening.
+//! - [`files`]: lines of every file that appears in a directory.
+//! - [`generator`]: deterministic words text, the embedded demo and benchmark input.
+//! - [`stdin`]: lines from standard input.
+
+pub mod files;
+pub mod generator;
+pub mod socket;
+pub mod stdin;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{SourceKind, SourceSpec};
+use crate::record::Batch;
+
+/// A receiver failed for good.
+#[derive(Debug, thiserror::Error)]
+#[error("source `{source_name}`: {message}")]
+pub struct SourceError {
+    /// The source's stream name.
+    pub source_name: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What a running source gets from the engine.
+pub struct SourceContext {
+    /// The source's stream name.
+    pub name: String,
+    /// Where chunks go; bounded.
+    pub chunks: mpsc::Sender<Batch>,
+    /// Becomes `true` when the pipeline stops.
+    pub stop: watch::Receiver<bool>,
+    /// Read what is available now, then return (instead of waiting for more).
+    pub available_now: bool,
+    /// Records per chunk.
+    pub chunk_records: usize,
+}
+
+impl SourceContext {
+    /// A chunker sending into this context's queue.
+    pub fn chunker(&self) -> LineChunker {
+        LineChunker::new(self.chunks.clone(), self.chunk_records)
+    }
+
+    /// True once the pipeline asked sources to stop.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Waits until the pipeline asks sources to stop.
+    pub async fn stopped(&mut self) {
+        let _ = self.stop.wait_for(|stop| *stop).await;
+    }
+
+    /// An error of this source.
+    pub fn error(&self, message: impl Into<String>) -> SourceError {
+        SourceError {
+            source_name: self.name.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The pipeline is gone: nobody takes chunks any more.
+#[derive(Debug, Clone, Copy)]
+pub struct Closed;
+
+/// Collects lines into chunks and sends them to the batcher.
+pub struct LineChunker {
+    chunks: mpsc::Sender<Batch>,
+    chunk_records: usize,
+    current: Batch,
+    partial: Vec<u8>,
+}
+
+/// Bytes after which a chunk is sent even if it has fewer records.
+const CHUNK_BYTES: usize = 1 << 20;
+
+impl LineChunker {
+    fn new(chunks: mpsc::Sender<Batch>, chunk_records: usize) -> Self {
+        Self {
+            chunks,
+            chunk_records,
+            current: Batch::new(),
+            partial: Vec::new(),
+        }
+    }
+
+    /// Adds one record (a line without its end-of-line), sending the chunk
+    /// when it is full.
+    pub async fn push(&mut self, value: &[u8], timestamp: i64) -> Result<(), Closed> {
+        self.current.push(None, value, timestamp);
+        if self.current.len() >= self.chunk_records || self.current.data_bytes() >= CHUNK_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the complete lines of `bytes`; a trailing incomplete line waits
+    /// for the next call (or [`LineChunker::finish_lines`]). `\r\n` ends a
+    /// line like `\n`.
+    pub async fn push_bytes(&mut self, bytes: &[u8], timestamp: i64) -> Result<(), Closed> {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            if self.partial.is_empty() {
+                let line = trim_cr(&bytes[start..end]);
+                self.current.push(None, line, timestamp);
+            } else {
+                self.partial.extend_from_slice(&bytes[start..end]);
+                let line = std::mem::take(&mut self.partial);
+                self.current.push(None, trim_cr(&line), timestamp);
+            }
+            start = end + 1;
+            if self.current.len() >= self.chunk_records || self.current.data_bytes() >= CHUNK_BYTES {
+                self.flush().await?;
+            }
+        }
+        self.partial.extend_from_slice(&bytes[start..]);
+        Ok(())
+    }
+
+    /// Emits a pending incomplete line (at the end of a file or connection).
+    pub async fn finish_lines(&mut self, timestamp: i64) -> Result<(), Closed> {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.current.push(None, trim_cr(&line), timestamp);
+        }
+        self.flush().await
+    }
+
+    /// Sends the records collected so far, waiting while the queue is full.
+    pub async fn flush(&mut self) -> Result<(), Closed> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.current);
+        self.chunks.send(chunk).await.map_err(|_| Closed)
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A receiver.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// Reads until exhausted (available-now) or stopped, sending chunks
+    /// through `ctx`. Returning `Ok` means the source has nothing more.
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
+}
+
+/// The receiver for a source spec.
+pub fn from_spec(spec: &SourceSpec) -> Box<dyn Source> {
+    match &spec.kind {
+        SourceKind::Socket {
+            address,
+            mode,
+            max_backoff,
+        } => Box::new(socket::SocketSource::new(address.clone(), *mode, *max_backoff)),
+        SourceKind::Files {
+            dir,
+            glob,
+            poll_interval,
+        } => Box::new(files::FilesSource::new(dir.clone(), glob.clone(), *poll_interval)),
+        SourceKind::Generator(settings) => Box::new(generator::GeneratorSource::new(settings.clone())),
+        SourceKind::Stdin => Box::new(stdin::StdinSource),
+    }
+}

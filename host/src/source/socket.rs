@@ -1,0 +1,178 @@
+//! Lines from TCP sockets.
+//!
+//! `connect` mode is Spark's `socketTextStream`: connect to `host:port` and
+//! read lines; when the connection cannot be made or the peer goes away, try
+//! again with exponential backoff (100 ms doubling up to `max-backoff`),
+//! logging each failure. In `--available-now` runs, end of stream ends the
+//! source. `listen` mode binds `host:port` and accepts any number of producers
+//! at once; in `--available-now` runs it ends when every producer it accepted
+//! has closed its connection.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use super::{Closed, Source, SourceContext, SourceError, now_ms};
+use crate::config::SocketMode;
+
+/// A socket receiver.
+pub struct SocketSource {
+    address: String,
+    mode: SocketMode,
+    max_backoff: Duration,
+}
+
+impl SocketSource {
+    /// A receiver for `address` in `mode`.
+    pub fn new(address: String, mode: SocketMode, max_backoff: Duration) -> Self {
+        Self {
+            address,
+            mode,
+            max_backoff,
+        }
+    }
+}
+
+/// Why a connection's reading ended.
+enum Ended {
+    /// The peer closed the connection.
+    Eof,
+    /// Reading failed.
+    Error(std::io::Error),
+    /// The pipeline is stopping or gone.
+    Stopped,
+}
+
+async fn read_lines(stream: &mut TcpStream, ctx: &mut SourceContext) -> Ended {
+    let mut chunker = ctx.chunker();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let ended = loop {
+        let read = tokio::select! {
+            read = stream.read(&mut buffer) => read,
+            _ = ctx.stopped() => break Ended::Stopped,
+        };
+        match read {
+            Ok(0) => break Ended::Eof,
+            Ok(n) => {
+                let now = now_ms();
+                // One chunk per read: lines reach the next batch even when the
+                // producer is slow.
+                let sent: Result<(), Closed> = async {
+                    chunker.push_bytes(&buffer[..n], now).await?;
+                    chunker.flush().await
+                }
+                .await;
+                if sent.is_err() {
+                    return Ended::Stopped;
+                }
+            }
+            Err(error) => break Ended::Error(error),
+        }
+    };
+    if chunker.finish_lines(now_ms()).await.is_err() {
+        return Ended::Stopped;
+    }
+    ended
+}
+
+impl SocketSource {
+    async fn run_connect(self, mut ctx: SourceContext) -> Result<(), SourceError> {
+        let initial = Duration::from_millis(100);
+        let mut backoff = initial;
+        loop {
+            if ctx.stopping() {
+                return Ok(());
+            }
+            let connected = tokio::select! {
+                connected = TcpStream::connect(&self.address) => connected,
+                _ = ctx.stopped() => return Ok(()),
+            };
+            match connected {
+                Ok(mut stream) => {
+                    tracing::info!(source = %ctx.name, address = %self.address, "connected");
+                    backoff = initial;
+                    match read_lines(&mut stream, &mut ctx).await {
+                        Ended::Stopped => return Ok(()),
+                        Ended::Eof if ctx.available_now => return Ok(()),
+                        Ended::Eof => tracing::warn!(
+                            source = %ctx.name, address = %self.address,
+                            "the peer closed the connection; reconnecting"
+                        ),
+                        Ended::Error(error) => tracing::warn!(
+                            source = %ctx.name, address = %self.address,
+                            "connection failed: {error}; reconnecting"
+                        ),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        source = %ctx.name, address = %self.address,
+                        "cannot connect: {error}; retrying in {}",
+                        humantime::format_duration(backoff)
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = ctx.stopped() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn run_listen(self, mut ctx: SourceContext) -> Result<(), SourceError> {
+        let listener = TcpListener::bind(&self.address)
+            .await
+            .map_err(|e| ctx.error(format!("cannot listen on {}: {e}", self.address)))?;
+        tracing::info!(source = %ctx.name, address = %self.address, "listening");
+        let mut connections = JoinSet::new();
+        let mut accepted_any = false;
+        loop {
+            if ctx.available_now && accepted_any && connections.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((mut stream, peer)) => {
+                        accepted_any = true;
+                        tracing::info!(source = %ctx.name, %peer, "producer connected");
+                        let mut connection_ctx = SourceContext {
+                            name: ctx.name.clone(),
+                            chunks: ctx.chunks.clone(),
+                            stop: ctx.stop.clone(),
+                            available_now: ctx.available_now,
+                            chunk_records: ctx.chunk_records,
+                        };
+                        connections.spawn(async move {
+                            let ended = read_lines(&mut stream, &mut connection_ctx).await;
+                            if let Ended::Error(error) = ended {
+                                tracing::warn!(source = %connection_ctx.name, %peer, "connection failed: {error}");
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(source = %ctx.name, "accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = ctx.stopped() => {
+                    while connections.join_next().await.is_some() {}
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for SocketSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        match self.mode {
+            SocketMode::Connect => self.run_connect(ctx).await,
+            SocketMode::Listen => self.run_listen(ctx).await,
+        }
+    }
+}

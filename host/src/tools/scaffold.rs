@@ -1,0 +1,163 @@
+//! `weir new plugin NAME`: a plugin crate that builds as it is.
+
+use std::path::{Path, PathBuf};
+
+use super::ToolError;
+
+/// The kinds a new plugin can be.
+pub const KINDS: [&str; 6] = ["map", "flat-map", "filter", "filter-map", "map-partitions", "reduce"];
+
+/// Creates a plugin crate `name` of `kind` in `dir`, depending on the guest
+/// SDK at `sdk_dir`. Returns the files written.
+pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    let valid_name = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphabetic());
+    if !valid_name {
+        return Err(ToolError(format!(
+            "invalid plugin name {name:?}: use letters, digits, '-' and '_', starting with a letter"
+        )));
+    }
+    let body = body(kind).ok_or_else(|| {
+        ToolError(format!("unknown kind `{kind}` (expected one of: {})", KINDS.join(", ")))
+    })?;
+    if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(ToolError(format!("{} already exists and is not empty", dir.display())));
+    }
+    let sdk_dir = sdk_dir
+        .canonicalize()
+        .map_err(|e| ToolError(format!("cannot find the guest SDK at {}: {e}", sdk_dir.display())))?;
+    std::fs::create_dir_all(dir.join("src"))
+        .map_err(|e| ToolError(format!("cannot create {}: {e}", dir.display())))?;
+    // Inside the Weir workspace's plugins/ folder the crate is a workspace
+    // member; anywhere else it is its own workspace.
+    let workspace_root = sdk_dir.parent().map(Path::to_path_buf);
+    let parent = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf));
+    let in_workspace = matches!((&workspace_root, &parent), (Some(root), Some(parent)) if *parent == root.join("plugins"));
+    let manifest = if in_workspace {
+        format!(
+            r#"[package]
+name = "{name}"
+description = "A Weir {kind} plugin"
+version.workspace = true
+edition.workspace = true
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+weir-guest.workspace = true
+
+[lints]
+workspace = true
+"#
+        )
+    } else {
+        format!(
+            r#"[package]
+name = "{name}"
+description = "A Weir {kind} plugin"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+weir-guest = {{ path = "{}" }}
+
+[profile.release]
+opt-level = 3
+strip = true
+
+# A plugin is its own workspace.
+[workspace]
+"#,
+            sdk_dir.display()
+        )
+    };
+    let lib = format!(
+        "//! `{name}`: a Weir {kind} plugin.\n//!\n//! Build it with `weir plugin build {}` (or `cargo build --release --target wasm32-wasip2`).\n\n{body}",
+        dir.display()
+    );
+    let files = [(dir.join("Cargo.toml"), manifest), (dir.join("src").join("lib.rs"), lib)];
+    for (path, text) in &files {
+        std::fs::write(path, text).map_err(|e| ToolError(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(files.into_iter().map(|(path, _)| path).collect())
+}
+
+fn body(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "map" => {
+            r#"use weir_guest::{Error, Record};
+
+/// Upper-cases each record's value (keeps its key and timestamp).
+#[weir_guest::map]
+fn transform(record: Record<'_>) -> Result<String, Error> {
+    Ok(record.value_str()?.to_uppercase())
+}
+"#
+        }
+        "flat-map" => {
+            r#"use weir_guest::{Emitter, Error, Record};
+
+/// One record per comma-separated field of each value.
+#[weir_guest::flat_map]
+fn transform(record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {
+    for field in record.value().split(|&b| b == b',') {
+        out.emit(field);
+    }
+    Ok(())
+}
+"#
+        }
+        "filter" => {
+            r#"use weir_guest::{Error, Record};
+
+/// Keeps records whose value is not empty.
+#[weir_guest::filter]
+fn keep(record: Record<'_>) -> Result<bool, Error> {
+    Ok(!record.value().is_empty())
+}
+"#
+        }
+        "filter-map" => {
+            r#"use weir_guest::{Error, Record};
+
+/// Keeps values that parse as integers, doubled.
+#[weir_guest::filter_map]
+fn transform(record: Record<'_>) -> Result<Option<String>, Error> {
+    Ok(record.value_str()?.trim().parse::<i64>().ok().map(|n| (n * 2).to_string()))
+}
+"#
+        }
+        "map-partitions" => {
+            r#"use weir_guest::{Batch, Emitter, Error};
+
+/// Emits one record per partition: how many records it had.
+#[weir_guest::map_partitions]
+fn transform(input: &Batch<'_>, out: &mut Emitter) -> Result<(), Error> {
+    out.emit(input.len().to_string());
+    Ok(())
+}
+"#
+        }
+        "reduce" => {
+            r#"use weir_guest::{Error, Values};
+
+/// The longest value of each key.
+#[weir_guest::reduce]
+fn longest(values: Values<'_>) -> Result<Vec<u8>, Error> {
+    Ok(values.max_by_key(|v| v.len()).unwrap_or_default().to_vec())
+}
+"#
+        }
+        _ => return None,
+    })
+}

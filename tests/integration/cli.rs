@@ -1,0 +1,125 @@
+//! The command line: help, check, plugin inspect / build, new plugin.
+
+use std::path::Path;
+
+use weir_tests::{plugins, scratch, stderr, stdout, write_pipeline};
+
+use super::{LIMIT, weir, wordcount_pipeline};
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+        vec!["plugin", "--help"],
+        vec!["plugin", "build", "--help"],
+        vec!["plugin", "inspect", "--help"],
+        vec!["new", "plugin", "--help"],
+        vec!["demo", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let output = weir().run(&args, LIMIT);
+        assert!(output.status.success(), "weir {args:?}: {}", stderr(&output));
+        assert!(stdout(&output).contains("Usage"), "weir {args:?}: {}", stdout(&output));
+    }
+}
+
+#[test]
+fn check_accepts_a_valid_pipeline_and_validates_its_plugins() {
+    let dir = scratch();
+    let file = write_pipeline(
+        dir.path(),
+        "ok.toml",
+        &wordcount_pipeline("type = \"socket\"\naddress = \"127.0.0.1:9\"", &dir.path().join("out"), 2),
+    );
+    let output = weir().run(&["check", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("ok — pipeline `wordcount`"), "{}", stdout(&output));
+}
+
+#[test]
+fn inspect_shows_kind_exports_and_imports() {
+    let output = weir().run(&["plugin", "inspect", plugins::SPLIT_WORDS], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("kind:    flat-map"), "{report}");
+    assert!(report.contains("weir:plugin/transform@0.1.0"), "{report}");
+    assert!(report.contains("weir:plugin/log@0.1.0"), "{report}");
+    let output = weir().run(&["plugin", "inspect", plugins::SUM], LIMIT);
+    assert!(stdout(&output).contains("kind:    reducer"), "{}", stdout(&output));
+    let output = weir().run(&["plugin", "inspect", "/nonexistent.wasm"], LIMIT);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("cannot read /nonexistent.wasm"), "{}", stderr(&output));
+}
+
+/// The wasm target dir the test plugins were built in: reusing it makes the
+/// scaffolded crate's build take seconds instead of minutes.
+fn plugin_target_dir() -> &'static Path {
+    Path::new(plugins::SPLIT_WORDS)
+        .ancestors()
+        .nth(3)
+        .expect("<target>/wasm32-wasip2/release/x.wasm")
+}
+
+#[test]
+fn new_plugin_scaffolds_a_crate_that_builds_and_runs() {
+    let dir = scratch();
+    let crate_dir = dir.path().join("shout");
+    let output = weir().run(&["new", "plugin", "shout", "--kind", "map", "--dir", crate_dir.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = weir()
+        .command(&["plugin", "build", crate_dir.to_str().unwrap()])
+        .env("CARGO_TARGET_DIR", plugin_target_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let component = stdout(&output).trim().to_owned();
+    assert!(component.ends_with("shout.wasm"), "{component}");
+
+    // The scaffolded map upper-cases values.
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "hello\nweir\n").unwrap();
+    let out = dir.path().join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "shout"
+partitions = 1
+[plugins]
+shout = {component:?}
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+[[stage]]
+name = "loud"
+input = "lines"
+op = "map"
+plugin = "shout"
+[[sink]]
+input = "loud"
+type = "files"
+path = {out:?}
+"#,
+        input = input.display().to_string(),
+        out = out.display().to_string()
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<String> = weir_tests::sink_lines(&out).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(lines, ["HELLO", "WEIR"]);
+}
+
+#[test]
+fn new_plugin_refuses_bad_names_and_kinds() {
+    let dir = scratch();
+    let output = weir().run(&["new", "plugin", "9lives", "--dir", dir.path().join("x").to_str().unwrap()], LIMIT);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("invalid plugin name"), "{}", stderr(&output));
+    let output = weir().run(&["new", "plugin", "ok", "--kind", "zip", "--dir", dir.path().join("y").to_str().unwrap()], LIMIT);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("unknown kind `zip`"), "{}", stderr(&output));
+}

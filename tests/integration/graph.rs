@@ -1,0 +1,199 @@
+//! Pipelines as graphs, and the example plugins end to end: several sources,
+//! union, chains of plugins, several sinks, plugin reducers, JSON.
+
+use std::collections::BTreeMap;
+
+use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, summed_counts, word_counts, write_pipeline};
+
+use super::{LIMIT, weir};
+
+fn files_source(name: &str, dir: &std::path::Path) -> String {
+    format!("[[source]]\nname = \"{name}\"\ntype = \"files\"\npath = {:?}\n", dir.display().to_string())
+}
+
+#[test]
+fn two_sources_union_chain_of_plugins_and_two_sinks() {
+    let dir = scratch();
+    let (left, right) = (dir.path().join("left"), dir.path().join("right"));
+    std::fs::create_dir(&left).unwrap();
+    std::fs::create_dir(&right).unwrap();
+    let (a, b) = (sample_text(1_500, 31), sample_text(1_500, 32));
+    std::fs::write(left.join("a.txt"), &a).unwrap();
+    std::fs::write(right.join("b.txt"), &b).unwrap();
+    let (counts_out, words_out) = (dir.path().join("counts"), dir.path().join("words"));
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "graph"
+batch-interval = "50ms"
+partitions = 3
+
+[plugins]
+split-words = {split:?}
+lowercase = {lower:?}
+drop-stopwords = {stop:?}
+
+{left}
+{right}
+[[stage]]
+name = "lines"
+input = ["left", "right"]
+op = "union"
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "lower"
+input = "words"
+op = "map"
+plugin = "lowercase"
+
+[[stage]]
+name = "content"
+input = "lower"
+op = "filter"
+plugin = "drop-stopwords"
+config = {{ stopwords = ["the", "a"] }}
+
+[[stage]]
+name = "counts"
+input = "content"
+op = "reduce-by-key"
+reducer = "count"
+partitions = 2
+
+[[sink]]
+input = "counts"
+type = "files"
+path = {counts_out:?}
+
+[[sink]]
+input = "content"
+type = "files"
+path = {words_out:?}
+format = "jsonl"
+"#,
+        split = plugins::SPLIT_WORDS,
+        lower = plugins::LOWERCASE,
+        stop = plugins::DROP_STOPWORDS,
+        left = files_source("left", &left),
+        right = files_source("right", &right),
+        counts_out = counts_out.display().to_string(),
+        words_out = words_out.display().to_string(),
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for (word, count) in word_counts(&format!("{a}{b}")) {
+        let lower = word.to_lowercase();
+        if lower != "the" && lower != "a" {
+            *expected.entry(lower).or_insert(0) += count;
+        }
+    }
+    assert_eq!(summed_counts(&counts_out), expected);
+
+    // The jsonl sink: one object per word, key and value strings.
+    let lines = sink_lines(&words_out);
+    assert_eq!(lines.len() as u64, expected.values().sum::<u64>());
+    for (_, line) in lines.iter().take(50) {
+        let value: serde_json_lite::Object = serde_json_lite::parse(line);
+        assert_eq!(value.key, value.value, "{line}");
+        assert!(expected.contains_key(&value.value), "{line}");
+    }
+}
+
+/// Enough JSON reading for the jsonl sink's simple objects, so this test does
+/// not reuse the engine's serializer to check its output.
+mod serde_json_lite {
+    pub struct Object {
+        pub key: String,
+        pub value: String,
+    }
+
+    fn string_field(line: &str, name: &str) -> String {
+        let start = line.find(&format!("\"{name}\":\"")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 4;
+        let end = start + line[start..].find('"').unwrap();
+        line[start..end].to_owned()
+    }
+
+    pub fn parse(line: &str) -> Object {
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        assert!(line.contains("\"timestamp\":"), "{line}");
+        Object {
+            key: string_field(line, "key"),
+            value: string_field(line, "value"),
+        }
+    }
+}
+
+#[test]
+fn plugin_reducer_sums_json_values_keyed_by_a_field() {
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let mut text = String::new();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..2_000i64 {
+        let user = format!("user-{}", i % 17);
+        let amount = (i * 7919) % 1000 - 300;
+        text.push_str(&format!("{{\"user\": \"{user}\", \"amount\": {amount}}}\n"));
+        *expected.entry(user).or_insert(0) += amount;
+    }
+    std::fs::write(input.join("events.jsonl"), &text).unwrap();
+    let out = dir.path().join("out");
+    // json-key-by keys each event by `user` and keeps `amount` as the value;
+    // the sum plugin (not the built-in) adds them up.
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "spend"
+partitions = 2
+
+[plugins]
+key-by = {key_by:?}
+decimal-sum = {sum:?}
+
+[[source]]
+name = "events"
+type = "files"
+path = {input:?}
+
+[[stage]]
+name = "by-user"
+input = "events"
+op = "map"
+plugin = "key-by"
+config = {{ field = "user", value-field = "amount" }}
+
+[[stage]]
+name = "totals"
+input = "by-user"
+op = "reduce-by-key"
+reducer = "decimal-sum"
+
+[[sink]]
+input = "totals"
+type = "files"
+path = {out:?}
+"#,
+        key_by = plugins::JSON_KEY_BY,
+        sum = plugins::SUM,
+        input = input.display().to_string(),
+        out = out.display().to_string(),
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, line) in sink_lines(&out) {
+        let (user, amount) = line.split_once('\t').unwrap();
+        *totals.entry(user.to_owned()).or_insert(0) += amount.parse::<i64>().unwrap();
+    }
+    assert_eq!(totals, expected);
+}

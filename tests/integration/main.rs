@@ -1,0 +1,58 @@
+//! Weir's integration tests: the real `weir` binary, real sockets and
+//! files, and real Wasm components built from `plugins/`.
+
+mod bad_input;
+mod cli;
+mod graph;
+mod sources;
+
+use std::time::Duration;
+
+use weir_tests::Weir;
+
+/// The binary under test.
+fn weir() -> Weir {
+    Weir::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// Generous limit for one `weir` run in a test (CI machines are slow and shared).
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A word-count pipeline reading `source` (a TOML `[[source]]` body) and
+/// writing `word<TAB>count` files to `out`.
+fn wordcount_pipeline(source: &str, out: &std::path::Path, partitions: usize) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "wordcount"
+batch-interval = "100ms"
+partitions = {partitions}
+
+[plugins]
+split-words = {split:?}
+
+[[source]]
+name = "lines"
+{source}
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "counts"
+type = "files"
+path = {out:?}
+"#,
+        split = weir_tests::plugins::SPLIT_WORDS,
+        out = out.display().to_string(),
+    )
+}

@@ -1,0 +1,217 @@
+//! Support for Weir's integration tests (`tests/integration/`, compiled as
+//! the `weir` package's `integration` test so that it runs the real `weir`
+//! binary): the example plugins built once to components ([`plugins`]), and
+//! helpers to write pipelines, run the binary with a time limit, feed
+//! sockets and read the files sink's output.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Paths of the example plugins' components, built by this crate's build script.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// A directory for one test, removed when dropped.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("weir-test-").tempdir().expect("cannot create a temp dir")
+}
+
+/// Where compiled components are cached between tests (shared, so each
+/// plugin is compiled once per test run).
+pub fn component_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/weir-test-cache");
+    std::fs::create_dir_all(&dir).expect("cannot create the component cache");
+    dir
+}
+
+/// The `weir` binary under test.
+pub struct Weir {
+    binary: PathBuf,
+}
+
+impl Weir {
+    /// Drives the binary at `binary` (pass `env!("CARGO_BIN_EXE_weir")`).
+    pub fn new(binary: &str) -> Self {
+        Self {
+            binary: PathBuf::from(binary),
+        }
+    }
+
+    /// A command for `weir ARGS`, with the shared component cache and quiet logs.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env("WEIR_CACHE_DIR", component_cache())
+            .env("WEIR_LOG", "warn")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `weir ARGS` to completion, failing the test after `limit`.
+    pub fn run(&self, args: &[&str], limit: Duration) -> Output {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start weir");
+        wait_output(child, limit)
+    }
+
+    /// Starts `weir ARGS` in the background with piped output.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start weir")
+    }
+}
+
+/// Waits for `child` to exit and collects its output; kills it and fails the
+/// test after `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let status = wait_status(&mut child, limit);
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Waits for `child` to exit; kills it and fails the test after `limit`.
+pub fn wait_status(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for weir") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weir did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM to `child` (through the `kill` command).
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("cannot run kill");
+    assert!(status.success(), "kill -TERM failed");
+}
+
+/// Writes a pipeline file `name` into `dir`.
+pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("cannot write the pipeline file");
+    path
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port()
+}
+
+/// Counts of each whitespace-separated word of `text`, computed independently
+/// of the engine.
+pub fn word_counts(text: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for word in text.split_whitespace() {
+        *counts.entry(word.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Every line of every `part-*` file of every batch directory the files
+/// sink wrote under `dir`, batch by batch.
+pub fn sink_lines(dir: &Path) -> Vec<(u64, String)> {
+    let mut lines = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return lines;
+    };
+    let mut batches: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("batch-")))
+        .collect();
+    batches.sort();
+    for batch in batches {
+        let id: u64 = batch.file_name().unwrap().to_str().unwrap()["batch-".len()..].parse().unwrap();
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(&batch)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        parts.sort();
+        for part in parts {
+            let text = std::fs::read_to_string(&part).unwrap();
+            lines.extend(text.lines().map(|l| (id, l.to_owned())));
+        }
+    }
+    lines
+}
+
+/// Sums `word<TAB>count` lines of a files sink over all batches.
+pub fn summed_counts(dir: &Path) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for (_, line) in sink_lines(dir) {
+        let (word, count) = line.split_once('\t').unwrap_or_else(|| panic!("not key<TAB>count: {line:?}"));
+        *totals.entry(word.to_owned()).or_insert(0) += count.parse::<u64>().unwrap();
+    }
+    totals
+}
+
+/// Deterministic text: `lines` lines of words from a small vocabulary,
+/// produced by a generator written here (not the engine's).
+pub fn sample_text(lines: usize, seed: u64) -> String {
+    const WORDS: [&str; 12] = [
+        "alpha", "beta", "gamma", "delta", "Alpha", "river", "stream", "the", "a", "über", "naïve", "x",
+    ];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut text = String::new();
+    for _ in 0..lines {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let count = 1 + (state >> 60) as usize;
+        for i in 0..count {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(WORDS[(state >> 33) as usize % WORDS.len()]);
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Text of `output`'s stderr.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Text of `output`'s stdout.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
