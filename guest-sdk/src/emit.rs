@@ -128,14 +128,14 @@ pub trait IntoOutput {
 /// Byte views of the value types that [`IntoOutput`] and
 /// [`IntoValue`](crate::IntoValue) accept alone.
 pub(crate) trait AsBytes {
-    fn as_bytes(&self) -> &[u8];
+    fn bytes(&self) -> &[u8];
 }
 
 macro_rules! as_bytes {
     ($($ty:ty => $conv:expr),* $(,)?) => {$(
         impl AsBytes for $ty {
             #[inline]
-            fn as_bytes(&self) -> &[u8] {
+            fn bytes(&self) -> &[u8] {
                 let conv: fn(&Self) -> &[u8] = $conv;
                 conv(self)
             }
@@ -143,23 +143,23 @@ macro_rules! as_bytes {
         impl IntoOutput for $ty {
             #[inline]
             fn emit_into(self, input: &Record<'_>, out: &mut Emitter) {
-                out.emit_record(input.key(), AsBytes::as_bytes(&self), input.timestamp());
+                out.emit_record(input.key(), AsBytes::bytes(&self), input.timestamp());
             }
         }
     )*};
 }
 
 as_bytes!(
-    Vec<u8> => |v| v,
-    String => |v| v.as_bytes(),
+    Vec<u8> => |v| v.as_slice(),
+    String => |v| str::as_bytes(v),
     &[u8] => |v| v,
-    &str => |v| v.as_bytes(),
-    &Vec<u8> => |v| v,
-    &String => |v| v.as_bytes(),
+    &str => |v| str::as_bytes(v),
+    &Vec<u8> => |v| v.as_slice(),
+    &String => |v| str::as_bytes(v),
     Cow<'_, [u8]> => |v| v,
-    Cow<'_, str> => |v| v.as_bytes(),
+    Cow<'_, str> => |v| str::as_bytes(v),
     Box<[u8]> => |v| v,
-    Box<str> => |v| v.as_bytes(),
+    Box<str> => |v| str::as_bytes(v),
 );
 
 impl<const N: usize> IntoOutput for [u8; N] {

@@ -120,7 +120,7 @@ macro_rules! bytes_into_value {
         impl IntoValue for $ty {
             #[inline]
             fn append_to(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(AsBytes::as_bytes(&self));
+                out.extend_from_slice(AsBytes::bytes(&self));
             }
         }
     )*};

@@ -48,11 +48,11 @@ pub enum EngineError {
         /// The plugin's name in the pipeline file.
         plugin: String,
         /// What failed.
-        error: PluginError,
+        error: Box<PluginError>,
     },
     /// A batch failed.
     #[error(transparent)]
-    Stage(#[from] StageFailure),
+    Stage(#[from] Box<StageFailure>),
     /// A receiver failed.
     #[error("pipeline `{pipeline}`: {error}")]
     Source {
@@ -85,13 +85,15 @@ impl EngineError {
             self,
             Self::Config(_)
                 | Self::Plan { .. }
-                | Self::Plugin {
-                    error: PluginError::Read { .. }
-                        | PluginError::Compile { .. }
-                        | PluginError::Contract { .. }
-                        | PluginError::Init(_),
-                    ..
-                }
+        ) || matches!(
+            self,
+            Self::Plugin { error, .. } if matches!(
+                **error,
+                PluginError::Read { .. }
+                    | PluginError::Compile { .. }
+                    | PluginError::Contract { .. }
+                    | PluginError::Init(_)
+            )
         )
     }
 }

@@ -285,15 +285,19 @@ pub(super) fn build(
         .into_iter()
         .map(|stage| stage_spec(stage, &plugins, lines))
         .collect::<Result<Vec<_>, _>>()?;
+    let input_offsets: Vec<usize> = stages.iter().map(|(_, input_at, _)| *input_at).collect();
+    let stages: Vec<(usize, StageSpec)> = stages
+        .into_iter()
+        .map(|(offset, _, stage)| (offset, stage))
+        .collect();
     let sinks = raw
         .sinks
         .into_iter()
         .map(|sink| sink_spec(sink, base_dir, lines))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let order = order_stages(&sources, &stages, &sinks)?;
-    let mut slots: Vec<Option<(usize, StageSpec)>> =
-        stages.into_iter().map(Some).collect();
+    let order = order_stages(&sources, &stages, &input_offsets, &sinks)?;
+    let mut slots: Vec<Option<(usize, StageSpec)>> = stages.into_iter().map(Some).collect();
     let stages = order
         .into_iter()
         .map(|index| slots[index].take().expect("each stage ordered once").1)
@@ -316,6 +320,7 @@ pub(super) fn build(
 fn order_stages(
     sources: &[(usize, SourceSpec)],
     stages: &[(usize, StageSpec)],
+    input_offsets: &[usize],
     sinks: &[(usize, SinkSpec)],
 ) -> Result<Vec<usize>, SpecError> {
     if sources.is_empty() {
@@ -333,9 +338,10 @@ fn order_stages(
         .collect();
     let stage_nodes: Vec<Node<'_>> = stages
         .iter()
-        .map(|(offset, stage)| Node {
+        .zip(input_offsets)
+        .map(|((offset, stage), input_at)| Node {
             name: &stage.name,
-            inputs: stage.inputs.iter().map(|input| (input.as_str(), *offset)).collect(),
+            inputs: stage.inputs.iter().map(|input| (input.as_str(), *input_at)).collect(),
             offset: *offset,
         })
         .collect();
@@ -450,7 +456,7 @@ fn stage_spec(
     table: Spanned<StageTable>,
     plugins: &BTreeMap<String, PathBuf>,
     lines: &LineIndex,
-) -> Result<(usize, StageSpec), SpecError> {
+) -> Result<(usize, usize, StageSpec), SpecError> {
     let offset = table.span().start;
     let table = table.into_inner();
     let name = stream_name(&table.name)?;
@@ -557,6 +563,7 @@ fn stage_spec(
     };
     Ok((
         offset,
+        input_at,
         StageSpec {
             name,
             inputs,

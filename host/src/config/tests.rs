@@ -59,7 +59,7 @@ fn the_issue_example_parses() {
         }
     ));
     assert_eq!(spec.sinks[0].name, "console-counts");
-    assert_eq!(spec.sources[0].line, 9);
+    assert_eq!(spec.sources[0].line, 10);
 }
 
 #[test]
@@ -75,14 +75,14 @@ fn syntax_errors_name_the_line() {
 #[test]
 fn semantic_errors_name_the_line() {
     let (line, message) = invalid(&WORDCOUNT.replace("input = \"words\"", "input = \"wrods\""));
-    assert_eq!(line, 20);
+    assert_eq!(line, 23);
     assert!(message.contains("unknown stream `wrods`"), "{message}");
 
     let (_, message) = invalid(&WORDCOUNT.replace("input = \"lines\"", "input = \"counts\""));
     assert!(message.contains("cycle"), "{message}");
 
     let (line, message) = invalid(&WORDCOUNT.replace("plugin = \"split-words\"", "plugin = \"nope\""));
-    assert_eq!(line, 18);
+    assert_eq!(line, 19);
     assert!(message.contains("unknown plugin `nope`"), "{message}");
 
     let (_, message) = invalid(&WORDCOUNT.replace("batch-interval = \"1s\"", "batch-interval = \"soon\""));

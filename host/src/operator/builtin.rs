@@ -37,7 +37,7 @@ impl Number {
     }
 
     /// `self + other`; `None` when an integer sum overflows.
-    pub fn add(self, other: Self) -> Option<Self> {
+    pub fn checked_add(self, other: Self) -> Option<Self> {
         match (self, other) {
             (Self::Int(a), Self::Int(b)) => a.checked_add(b).map(Self::Int),
             (a, b) => Some(Self::Float(a.as_f64() + b.as_f64())),
@@ -122,7 +122,7 @@ pub fn fold(
         Accumulator::Number(current) => {
             let value = Number::parse(value).ok_or(ValueError::NotANumber)?;
             *current = match reducer {
-                BuiltinReducer::Sum => current.add(value).ok_or(ValueError::Overflow)?,
+                BuiltinReducer::Sum => current.checked_add(value).ok_or(ValueError::Overflow)?,
                 BuiltinReducer::Min if value.compare(*current) == Ordering::Less => value,
                 BuiltinReducer::Max if value.compare(*current) == Ordering::Greater => value,
                 _ => *current,

@@ -198,7 +198,7 @@ pub mod library {
             for value in values {
                 let number = crate::operator::builtin::Number::parse(value)
                     .ok_or_else(|| format!("{:?} is not a number", String::from_utf8_lossy(value)))?;
-                total = total.add(number).ok_or("sum overflows")?;
+                total = total.checked_add(number).ok_or("sum overflows")?;
             }
             Ok(total.to_string().into_bytes())
         })

@@ -34,7 +34,7 @@ impl Executor {
 
     /// Runs batch `batch_id` with one batch per source (in source order).
     /// Returns the partitions of every stream a sink reads.
-    pub fn run_batch(&self, batch_id: u64, source_batches: Vec<Batch>) -> Result<StreamData, StageFailure> {
+    pub fn run_batch(&self, batch_id: u64, source_batches: Vec<Batch>) -> Result<StreamData, Box<StageFailure>> {
         let plan = &self.plan;
         let mut streams: StreamData = (0..plan.streams.len()).map(|_| None).collect();
         let mut remaining_readers = plan.readers.clone();
@@ -51,13 +51,15 @@ impl Executor {
             for operator in &stage.operators {
                 partitions = self
                     .apply(operator, partitions, batch_id)
-                    .map_err(|(partition, error)| StageFailure {
-                        pipeline: plan.pipeline.clone(),
-                        stage: stage.name.clone(),
-                        op: stage.describe.clone(),
-                        partition,
-                        batch_id,
-                        error,
+                    .map_err(|(partition, error)| {
+                        Box::new(StageFailure {
+                            pipeline: plan.pipeline.clone(),
+                            stage: stage.name.clone(),
+                            op: stage.describe.clone(),
+                            partition,
+                            batch_id,
+                            error,
+                        })
                     })?;
             }
             streams[stage.output] = Some(partitions);
@@ -118,7 +120,7 @@ impl Executor {
                 pieces[target].push(piece);
             }
         }
-        pieces.iter().map(|p| Batch::concat(p)).collect()
+        pieces.iter().map(Batch::concat).collect()
     }
 }
 

@@ -65,7 +65,7 @@ impl PluginRegistry {
                 .map_err(|error| EngineError::Plugin {
                     pipeline: spec.name.clone(),
                     plugin: name.clone(),
-                    error,
+                    error: Box::new(error),
                 })?;
             tracing::debug!(plugin = %name, path = %path.display(), info = ?plugin.info(), "loaded plugin");
             self.functions.insert(name.clone(), Function::Wasm(plugin));
