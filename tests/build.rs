@@ -39,13 +39,24 @@ fn main() {
         command.args(["-p", name]);
     }
     // Flags meant for the host build must not leak into the wasm build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+    ] {
         command.env_remove(var);
     }
-    let output = command.output().expect("cannot run cargo to build the test plugins");
+    let output = command
+        .output()
+        .expect("cannot run cargo to build the test plugins");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("target may not be installed") || stderr.contains(&format!("can't find crate for `core`")) {
+        if stderr.contains("target may not be installed")
+            || stderr.contains(&format!("can't find crate for `core`"))
+        {
             panic!(
                 "the {TARGET} target is not installed; install it with:\n\n    rustup target add {TARGET}\n\n{stderr}"
             );

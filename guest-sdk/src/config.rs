@@ -20,10 +20,8 @@ impl Config {
     /// A configuration from key/value pairs (sorted here; for a key given
     /// twice, the last value wins).
     pub fn new<K: Into<String>, V: Into<String>>(entries: impl IntoIterator<Item = (K, V)>) -> Self {
-        let mut entries: Vec<(String, String)> = entries
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let mut entries: Vec<(String, String)> =
+            entries.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         // A stable sort keeps duplicates in order: keep the last of each run.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut deduped: Vec<(String, String)> = Vec::with_capacity(entries.len());
@@ -64,9 +62,10 @@ impl Config {
     {
         self.get(key)
             .map(|value| {
-                value.trim().parse().map_err(|e| {
-                    Error::msg(format!("invalid value {value:?} for config key `{key}`: {e}"))
-                })
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|e| Error::msg(format!("invalid value {value:?} for config key `{key}`: {e}")))
             })
             .transpose()
     }
@@ -117,9 +116,7 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 
 /// The configuration the host passed to `init`; empty before `init`.
 pub fn config() -> &'static Config {
-    static EMPTY: Config = Config {
-        entries: Vec::new(),
-    };
+    static EMPTY: Config = Config { entries: Vec::new() };
     CONFIG.get().unwrap_or(&EMPTY)
 }
 

@@ -206,11 +206,7 @@ pub struct Output<K = Vec<u8>, V = Vec<u8>> {
 impl<K: AsRef<[u8]>, V: AsRef<[u8]>> IntoOutput for Output<K, V> {
     #[inline]
     fn emit_into(self, _input: &Record<'_>, out: &mut Emitter) {
-        out.emit_record(
-            self.key.as_ref().map(AsRef::as_ref),
-            self.value,
-            self.timestamp,
-        );
+        out.emit_record(self.key.as_ref().map(AsRef::as_ref), self.value, self.timestamp);
     }
 }
 

@@ -167,10 +167,7 @@ pub fn run_per_record(
     let batch = view(&input)?;
     let mut out = match expect {
         Expect::OneToOne => Emitter::with_capacity(batch.len(), batch.data_len()),
-        Expect::Many => Emitter::with_capacity(
-            batch.len().max(batch.data_len() / 8),
-            2 * batch.data_len(),
-        ),
+        Expect::Many => Emitter::with_capacity(batch.len().max(batch.data_len() / 8), 2 * batch.data_len()),
     };
     for record in batch.iter() {
         out.set_default_timestamp(record.timestamp());
@@ -408,9 +405,7 @@ mod tests {
         assert_eq!(output.ends, [1, 2]);
 
         let error = run_reduce(wit::Values { data, ends }, vec![2, 5], sum).unwrap_err();
-        assert!(
-            matches!(error, wit::ProcessError::Record(f) if f.index == 3 && f.message == "nan")
-        );
+        assert!(matches!(error, wit::ProcessError::Record(f) if f.index == 3 && f.message == "nan"));
     }
 
     #[test]

@@ -97,12 +97,12 @@
 
 extern crate self as weir_guest;
 
-mod config;
-mod emit;
-mod error;
 #[doc(hidden)]
 #[path = "glue.rs"]
 pub mod __private;
+mod config;
+mod emit;
+mod error;
 pub mod json;
 pub mod log;
 mod record;

@@ -156,7 +156,9 @@ macro_rules! number_into_value {
     )*};
 }
 
-number_into_value!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, f32, f64);
+number_into_value!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize, f32, f64
+);
 
 #[cfg(test)]
 mod tests {

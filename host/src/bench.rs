@@ -154,7 +154,10 @@ fn run_once(spec: &PipelineSpec, registry: &PluginRegistry) -> Result<(Duration,
 pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<BenchReport, EngineError> {
     let scratch = tempdir()?;
     let input = scratch.join("input");
-    progress(&format!("generating {} lines of {} words...", settings.lines, settings.words_per_line));
+    progress(&format!(
+        "generating {} lines of {} words...",
+        settings.lines, settings.words_per_line
+    ));
     generate_input(&input, settings.lines, settings.words_per_line)
         .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
     let spec = spec(&input, &settings.plugin, settings.partitions)?;
@@ -168,7 +171,10 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
     let (mut best_wasm, mut best_native) = (Duration::MAX, Duration::MAX);
     let mut distinct = None;
     for round in 1..=settings.rounds.max(1) {
-        for (name, registry, best) in [("wasm", &wasm, &mut best_wasm), ("native", &native, &mut best_native)] {
+        for (name, registry, best) in [
+            ("wasm", &wasm, &mut best_wasm),
+            ("native", &native, &mut best_native),
+        ] {
             let (elapsed, counted) = run_once(&spec, registry)?;
             // Each batch counts its own words; the sum over batches of distinct
             // words per batch must match between variants.
@@ -197,6 +203,7 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
 
 fn tempdir() -> Result<PathBuf, EngineError> {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EngineError::Io(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
 }

@@ -81,19 +81,16 @@ impl EngineError {
     /// True when the user's input (pipeline file, plugin choice) is at fault:
     /// the CLI exits with status 2 for these and 1 for failures at run time.
     pub fn is_usage_error(&self) -> bool {
-        matches!(
-            self,
-            Self::Config(_)
-                | Self::Plan { .. }
-        ) || matches!(
-            self,
-            Self::Plugin { error, .. } if matches!(
-                **error,
-                PluginError::Read { .. }
-                    | PluginError::Compile { .. }
-                    | PluginError::Contract { .. }
-                    | PluginError::Init(_)
+        matches!(self, Self::Config(_) | Self::Plan { .. })
+            || matches!(
+                self,
+                Self::Plugin { error, .. } if matches!(
+                    **error,
+                    PluginError::Read { .. }
+                        | PluginError::Compile { .. }
+                        | PluginError::Contract { .. }
+                        | PluginError::Init(_)
+                )
             )
-        )
     }
 }

@@ -271,7 +271,9 @@ fn install_signal_handlers(stop: StopSignal) -> anyhow::Result<()> {
                         _ = interrupt.recv() => {}
                     }
                     if count == 0 {
-                        tracing::info!("stopping: finishing the batch in flight (signal again to exit at once)");
+                        tracing::info!(
+                            "stopping: finishing the batch in flight (signal again to exit at once)"
+                        );
                         stop.stop();
                     } else {
                         eprintln!("second signal: exiting now");
@@ -322,7 +324,11 @@ fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow
                 summary.batches,
                 summary.records_in,
                 summary.records_out,
-                if summary.stopped { ", stopped gracefully" } else { "" }
+                if summary.stopped {
+                    ", stopped gracefully"
+                } else {
+                    ""
+                }
             ),
             Ok((_, Err(error))) => status = status.max(report(&error)),
             Err(_) => {
@@ -396,16 +402,25 @@ max-records = 8
         stop,
         ..RunOptions::default()
     })?;
-    eprintln!("demo done: {} batches, {} lines", summary.batches, summary.records_in);
+    eprintln!(
+        "demo done: {} batches, {} lines",
+        summary.batches, summary.records_in
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(lines: u64, partitions: Option<usize>, rounds: usize, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn bench(
+    lines: u64,
+    partitions: Option<usize>,
+    rounds: usize,
+    plugin: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let plugin = match plugin {
         Some(plugin) => plugin,
         None => example_plugin("split-words")?,
     };
-    let partitions = partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let partitions =
+        partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let settings = weir::bench::BenchSettings {
         lines,
         words_per_line: 8,
@@ -414,9 +429,18 @@ fn bench(lines: u64, partitions: Option<usize>, rounds: usize, plugin: Option<Pa
         plugin,
     };
     let report = weir::bench::run(&settings, |line| eprintln!("{line}"))?;
-    println!("word count over {} lines ({} words), {partitions} partitions, best of {rounds}:", lines, report.words);
-    println!("  wasm    {:>8.2} M words/s", report.wasm_words_per_second() / 1e6);
-    println!("  native  {:>8.2} M words/s", report.native_words_per_second() / 1e6);
+    println!(
+        "word count over {} lines ({} words), {partitions} partitions, best of {rounds}:",
+        lines, report.words
+    );
+    println!(
+        "  wasm    {:>8.2} M words/s",
+        report.wasm_words_per_second() / 1e6
+    );
+    println!(
+        "  native  {:>8.2} M words/s",
+        report.native_words_per_second() / 1e6
+    );
     println!("  wasm / native = {:.2}", report.ratio());
     Ok(ExitCode::SUCCESS)
 }

@@ -65,8 +65,14 @@ mod tests {
             }
         }
         // Pinned: checkpointed state depends on this staying the same.
-        assert_eq!(partition_of(Some(b"weir"), 1024), partition_of(Some(b"weir"), 1024));
-        assert_eq!(xxhash_rust::xxh3::xxh3_64(b"weir"), xxhash_rust::xxh3::xxh3_64(b"weir"));
+        assert_eq!(
+            partition_of(Some(b"weir"), 1024),
+            partition_of(Some(b"weir"), 1024)
+        );
+        assert_eq!(
+            xxhash_rust::xxh3::xxh3_64(b"weir"),
+            xxhash_rust::xxh3::xxh3_64(b"weir")
+        );
     }
 
     #[test]

@@ -290,11 +290,7 @@ impl Batch {
         if start >= end {
             return Batch::new();
         }
-        let data_start = if start == 0 {
-            0
-        } else {
-            self.ends[2 * start - 1]
-        };
+        let data_start = if start == 0 { 0 } else { self.ends[2 * start - 1] };
         let data_end = self.ends[2 * end - 1];
         Batch {
             data: self.data[data_start as usize..data_end as usize].to_vec(),

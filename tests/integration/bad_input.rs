@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use weir_tests::{plugins, sample_text, scratch, stderr, sink_lines, write_pipeline};
+use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, write_pipeline};
 
 use super::{LIMIT, weir, wordcount_pipeline};
 
@@ -30,15 +30,22 @@ fn a_syntax_error_names_the_line() {
     let dir = scratch();
     let text = generator_pipeline(&dir.path().join("out")).replace("partitions = 2", "partitions = = 2");
     let message = rejected(&text);
-    assert!(message.contains("bad.toml") && message.contains("line 5"), "{message}");
+    assert!(
+        message.contains("bad.toml") && message.contains("line 5"),
+        "{message}"
+    );
 }
 
 #[test]
 fn an_unknown_key_is_rejected_with_its_line() {
     let dir = scratch();
-    let text = generator_pipeline(&dir.path().join("out")).replace("op = \"flat-map\"", "op = \"flat-map\"\nparallelism = 4");
+    let text = generator_pipeline(&dir.path().join("out"))
+        .replace("op = \"flat-map\"", "op = \"flat-map\"\nparallelism = 4");
     let message = rejected(&text);
-    assert!(message.contains("parallelism") && message.contains("line 19"), "{message}");
+    assert!(
+        message.contains("parallelism") && message.contains("line 19"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -46,7 +53,10 @@ fn an_unknown_stream_names_the_stage_and_line() {
     let dir = scratch();
     let text = generator_pipeline(&dir.path().join("out")).replace("input = \"words\"", "input = \"wrods\"");
     let message = rejected(&text);
-    assert!(message.contains("bad.toml:23") && message.contains("unknown stream `wrods`"), "{message}");
+    assert!(
+        message.contains("bad.toml:23") && message.contains("unknown stream `wrods`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -54,15 +64,23 @@ fn a_cycle_is_rejected() {
     let dir = scratch();
     let text = generator_pipeline(&dir.path().join("out")).replace("input = \"lines\"", "input = \"counts\"");
     let message = rejected(&text);
-    assert!(message.contains("cycle") && message.contains("words → counts → words") || message.contains("counts → words → counts"), "{message}");
+    assert!(
+        message.contains("cycle") && message.contains("words → counts → words")
+            || message.contains("counts → words → counts"),
+        "{message}"
+    );
 }
 
 #[test]
 fn a_missing_plugin_file_is_named() {
     let dir = scratch();
-    let text = generator_pipeline(&dir.path().join("out")).replace(plugins::SPLIT_WORDS, "/nonexistent/split_words.wasm");
+    let text = generator_pipeline(&dir.path().join("out"))
+        .replace(plugins::SPLIT_WORDS, "/nonexistent/split_words.wasm");
     let message = rejected(&text);
-    assert!(message.contains("/nonexistent/split_words.wasm") && message.contains("split-words"), "{message}");
+    assert!(
+        message.contains("/nonexistent/split_words.wasm") && message.contains("split-words"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -70,7 +88,8 @@ fn a_file_that_is_not_a_component_is_rejected() {
     let dir = scratch();
     let fake = dir.path().join("fake.wasm");
     std::fs::write(&fake, b"this is not wasm").unwrap();
-    let text = generator_pipeline(&dir.path().join("out")).replace(plugins::SPLIT_WORDS, fake.to_str().unwrap());
+    let text =
+        generator_pipeline(&dir.path().join("out")).replace(plugins::SPLIT_WORDS, fake.to_str().unwrap());
     let message = rejected(&text);
     assert!(message.contains("not a valid WebAssembly component"), "{message}");
 
@@ -85,7 +104,10 @@ fn a_plugin_of_the_wrong_kind_is_rejected() {
     let dir = scratch();
     let text = generator_pipeline(&dir.path().join("out")).replace("op = \"flat-map\"", "op = \"map\"");
     let message = rejected(&text);
-    assert!(message.contains("flat-map plugin") && message.contains("op is `map`"), "{message}");
+    assert!(
+        message.contains("flat-map plugin") && message.contains("op is `map`"),
+        "{message}"
+    );
 
     let text = generator_pipeline(&dir.path().join("out")).replace(plugins::SPLIT_WORDS, plugins::SUM);
     let message = rejected(&text);
@@ -118,7 +140,10 @@ type = "console"
     );
     let _ = dir;
     let message = rejected(&text);
-    assert!(message.contains("keyed") && message.contains("field"), "{message}");
+    assert!(
+        message.contains("keyed") && message.contains("field"),
+        "{message}"
+    );
 }
 
 fn failing_pipeline(plugin: &str, input: &Path, out: &Path) -> String {
@@ -154,11 +179,22 @@ fn a_plugin_error_stops_the_pipeline_naming_stage_partition_batch_and_record() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::write(input.join("a.txt"), "good\nfine\nfail\nlater\n").unwrap();
-    let file = write_pipeline(dir.path(), "p.toml", &failing_pipeline(plugins::FAIL_ON, &input, &dir.path().join("out")));
+    let file = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &failing_pipeline(plugins::FAIL_ON, &input, &dir.path().join("out")),
+    );
     let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{message}");
-    for expected in ["pipeline `failing`", "stage `checked`", "partition 0", "batch 0", "record 2", "fail-on: refusing fail"] {
+    for expected in [
+        "pipeline `failing`",
+        "stage `checked`",
+        "partition 0",
+        "batch 0",
+        "record 2",
+        "fail-on: refusing fail",
+    ] {
         assert!(message.contains(expected), "missing {expected:?} in: {message}");
     }
     assert!(!message.contains("panicked"), "{message}");
@@ -170,11 +206,21 @@ fn a_plugin_panic_is_reported_with_its_message() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::write(input.join("a.txt"), "one\npanic\nthree\n").unwrap();
-    let file = write_pipeline(dir.path(), "p.toml", &failing_pipeline(plugins::PANIC_ON, &input, &dir.path().join("out")));
+    let file = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &failing_pipeline(plugins::PANIC_ON, &input, &dir.path().join("out")),
+    );
     let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{message}");
-    for expected in ["stage `checked`", "partition 0", "batch 0", "panic", "panic-on: found panic"] {
+    for expected in [
+        "stage `checked`",
+        "partition 0",
+        "batch 0",
+        "panic",
+        "panic-on: found panic",
+    ] {
         assert!(message.contains(expected), "missing {expected:?} in: {message}");
     }
 }
@@ -194,7 +240,10 @@ fn an_unreadable_file_is_reported_and_the_others_go_on() {
     let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
     let message = stderr(&output);
     assert!(output.status.success(), "{message}");
-    assert!(message.contains("b.txt") && message.contains("cannot read file"), "{message}");
+    assert!(
+        message.contains("b.txt") && message.contains("cannot read file"),
+        "{message}"
+    );
     let expected = weir_tests::word_counts(&format!("{text}{text}"));
     assert_eq!(weir_tests::summed_counts(&out), expected);
 }
@@ -208,8 +257,10 @@ fn non_utf8_data_passes_through_as_bytes() {
     std::fs::write(input.join("a.txt"), data).unwrap();
     let out = dir.path().join("out");
     let source = format!("type = \"files\"\npath = {:?}", input.display().to_string());
-    let pipeline = wordcount_pipeline(&source, &out, 1)
-        .replace("op = \"reduce-by-key\"\nreducer = \"count\"", "op = \"repartition\"");
+    let pipeline = wordcount_pipeline(&source, &out, 1).replace(
+        "op = \"reduce-by-key\"\nreducer = \"count\"",
+        "op = \"repartition\"",
+    );
     let file = write_pipeline(dir.path(), "p.toml", &pipeline);
     let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
     assert!(output.status.success(), "{}", stderr(&output));

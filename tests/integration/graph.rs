@@ -3,12 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, summed_counts, word_counts, write_pipeline};
+use weir_tests::{
+    plugins, sample_text, scratch, sink_lines, stderr, summed_counts, word_counts, write_pipeline,
+};
 
 use super::{LIMIT, weir};
 
 fn files_source(name: &str, dir: &std::path::Path) -> String {
-    format!("[[source]]\nname = \"{name}\"\ntype = \"files\"\npath = {:?}\n", dir.display().to_string())
+    format!(
+        "[[source]]\nname = \"{name}\"\ntype = \"files\"\npath = {:?}\n",
+        dir.display().to_string()
+    )
 }
 
 #[test]
@@ -117,7 +122,11 @@ mod serde_json_lite {
     }
 
     fn string_field(line: &str, name: &str) -> String {
-        let start = line.find(&format!("\"{name}\":\"")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 4;
+        let start = line
+            .find(&format!("\"{name}\":\""))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            + name.len()
+            + 4;
         let end = start + line[start..].find('"').unwrap();
         line[start..end].to_owned()
     }

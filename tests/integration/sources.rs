@@ -5,7 +5,10 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use weir_tests::{free_port, sample_text, scratch, stderr, summed_counts, terminate, wait_output, word_counts, write_pipeline};
+use weir_tests::{
+    free_port, sample_text, scratch, stderr, summed_counts, terminate, wait_output, word_counts,
+    write_pipeline,
+};
 
 use super::{LIMIT, weir, wordcount_pipeline};
 
@@ -57,7 +60,10 @@ fn a_socket_that_cannot_connect_is_retried_and_reported() {
     let output = wait_output(child, LIMIT);
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("cannot connect") && log.contains("retrying"), "{log}");
+    assert!(
+        log.contains("cannot connect") && log.contains("retrying"),
+        "{log}"
+    );
     assert_eq!(summed_counts(&out), word_counts(&text));
 }
 
@@ -110,8 +116,15 @@ fn wordcount_over_a_directory_is_the_same_with_1_and_3_partitions() {
     let expected = word_counts(&all);
     for partitions in [1, 3] {
         let out = dir.path().join(format!("out-{partitions}"));
-        let source = format!("type = \"files\"\npath = {:?}\nglob = \"*.txt\"", input.display().to_string());
-        let file = write_pipeline(dir.path(), "p.toml", &wordcount_pipeline(&source, &out, partitions));
+        let source = format!(
+            "type = \"files\"\npath = {:?}\nglob = \"*.txt\"",
+            input.display().to_string()
+        );
+        let file = write_pipeline(
+            dir.path(),
+            "p.toml",
+            &wordcount_pipeline(&source, &out, partitions),
+        );
         let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
         assert!(output.status.success(), "{}", stderr(&output));
         assert_eq!(summed_counts(&out), expected, "{partitions} partitions");
@@ -124,7 +137,10 @@ fn files_that_appear_later_are_read_and_sigterm_stops_gracefully() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     let out = dir.path().join("out");
-    let source = format!("type = \"files\"\npath = {:?}\npoll-interval = \"20ms\"", input.display().to_string());
+    let source = format!(
+        "type = \"files\"\npath = {:?}\npoll-interval = \"20ms\"",
+        input.display().to_string()
+    );
     let file = write_pipeline(dir.path(), "p.toml", &wordcount_pipeline(&source, &out, 2));
     let child = weir().spawn(&["run", file.to_str().unwrap()]);
     let mut all = String::new();
@@ -145,7 +161,11 @@ fn files_that_appear_later_are_read_and_sigterm_stops_gracefully() {
     terminate(&child);
     let output = wait_output(child, LIMIT);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stderr(&output).contains("stopped gracefully"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("stopped gracefully"),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(summed_counts(&out), expected);
 }
 

@@ -17,7 +17,10 @@ pub mod plugins {
 
 /// A directory for one test, removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("weir-test-").tempdir().expect("cannot create a temp dir")
+    tempfile::Builder::new()
+        .prefix("weir-test-")
+        .tempdir()
+        .expect("cannot create a temp dir")
 }
 
 /// Where compiled components are cached between tests (shared, so each
@@ -155,11 +158,17 @@ pub fn sink_lines(dir: &Path) -> Vec<(u64, String)> {
     };
     let mut batches: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("batch-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("batch-"))
+        })
         .collect();
     batches.sort();
     for batch in batches {
-        let id: u64 = batch.file_name().unwrap().to_str().unwrap()["batch-".len()..].parse().unwrap();
+        let id: u64 = batch.file_name().unwrap().to_str().unwrap()["batch-".len()..]
+            .parse()
+            .unwrap();
         let mut parts: Vec<PathBuf> = std::fs::read_dir(&batch)
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -177,7 +186,9 @@ pub fn sink_lines(dir: &Path) -> Vec<(u64, String)> {
 pub fn summed_counts(dir: &Path) -> BTreeMap<String, u64> {
     let mut totals = BTreeMap::new();
     for (_, line) in sink_lines(dir) {
-        let (word, count) = line.split_once('\t').unwrap_or_else(|| panic!("not key<TAB>count: {line:?}"));
+        let (word, count) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("not key<TAB>count: {line:?}"));
         *totals.entry(word.to_owned()).or_insert(0) += count.parse::<u64>().unwrap();
     }
     totals
@@ -189,13 +200,19 @@ pub fn sample_text(lines: usize, seed: u64) -> String {
     const WORDS: [&str; 12] = [
         "alpha", "beta", "gamma", "delta", "Alpha", "river", "stream", "the", "a", "über", "naïve", "x",
     ];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut text = String::new();
     for _ in 0..lines {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let count = 1 + (state >> 60) as usize;
         for i in 0..count {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             if i > 0 {
                 text.push(' ');
             }

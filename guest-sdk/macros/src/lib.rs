@@ -327,7 +327,8 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
     };
     let init = match &args.init {
         Some(path) => {
-            quote_spanned!(path.span()=> ::core::option::Option::Some(#path as #private::InitFn))
+            let init = quote_spanned!(path.span()=> let init: #private::InitFn = #path;);
+            quote!({ #init ::core::option::Option::Some(init) })
         }
         None => quote!(::core::option::Option::None),
     };

@@ -263,11 +263,9 @@ pub(super) fn build(
         return Err((span, "batch-interval must be at least 1ms".into()));
     }
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?
-        .unwrap_or(default_partitions);
+    let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
-    let chunk_records =
-        positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
+    let chunk_records = positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
 
     let plugins: BTreeMap<String, PathBuf> = raw
         .plugins
@@ -329,7 +327,8 @@ fn order_stages(
     if sinks.is_empty() {
         return Err((
             0,
-            "the pipeline has no [[sink]]: add one (for example type = \"console\") so results go somewhere".into(),
+            "the pipeline has no [[sink]]: add one (for example type = \"console\") so results go somewhere"
+                .into(),
         ));
     }
     let source_nodes: Vec<(&str, usize)> = sources
@@ -341,7 +340,11 @@ fn order_stages(
         .zip(input_offsets)
         .map(|((offset, stage), input_at)| Node {
             name: &stage.name,
-            inputs: stage.inputs.iter().map(|input| (input.as_str(), *input_at)).collect(),
+            inputs: stage
+                .inputs
+                .iter()
+                .map(|input| (input.as_str(), *input_at))
+                .collect(),
             offset: *offset,
         })
         .collect();
@@ -376,9 +379,7 @@ fn source_spec(
         other => {
             return Err((
                 table.kind.span().start,
-                format!(
-                    "unknown source type `{other}` (expected socket, files, generator or stdin)"
-                ),
+                format!("unknown source type `{other}` (expected socket, files, generator or stdin)"),
             ));
         }
     };
@@ -388,21 +389,34 @@ fn source_spec(
         ("max-backoff", table.max_backoff.as_ref().map(|v| v.span().start)),
         ("path", table.path.as_ref().map(|v| v.span().start)),
         ("glob", table.glob.as_ref().map(|v| v.span().start)),
-        ("poll-interval", table.poll_interval.as_ref().map(|v| v.span().start)),
+        (
+            "poll-interval",
+            table.poll_interval.as_ref().map(|v| v.span().start),
+        ),
         ("lines", table.lines.as_ref().map(|v| v.span().start)),
         ("rate", table.rate.as_ref().map(|v| v.span().start)),
-        ("words-per-line", table.words_per_line.as_ref().map(|v| v.span().start)),
+        (
+            "words-per-line",
+            table.words_per_line.as_ref().map(|v| v.span().start),
+        ),
         ("seed", table.seed.as_ref().map(|v| v.span().start)),
     ];
     only_keys(&present, allowed, &format!("a `{kind_name}` source"))?;
     let kind = match kind_name {
         "socket" => {
             let address = required(&table.address, "address", offset, "a socket source")?;
-            let mode = match table.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span().start)) {
+            let mode = match table
+                .mode
+                .as_ref()
+                .map(|m| (m.get_ref().as_str(), m.span().start))
+            {
                 None | Some(("connect", _)) => SocketMode::Connect,
                 Some(("listen", _)) => SocketMode::Listen,
                 Some((other, at)) => {
-                    return Err((at, format!("unknown socket mode `{other}` (expected connect or listen)")));
+                    return Err((
+                        at,
+                        format!("unknown socket mode `{other}` (expected connect or listen)"),
+                    ));
                 }
             };
             let max_backoff = match &table.max_backoff {
@@ -419,7 +433,10 @@ fn source_spec(
             let dir = required(&table.path, "path", offset, "a files source")?;
             let glob = match &table.glob {
                 Some(pattern) => glob::Pattern::new(pattern.get_ref()).map_err(|e| {
-                    (pattern.span().start, format!("invalid glob `{}`: {e}", pattern.get_ref()))
+                    (
+                        pattern.span().start,
+                        format!("invalid glob `{}`: {e}", pattern.get_ref()),
+                    )
                 })?,
                 None => glob::Pattern::new("*").expect("valid pattern"),
             };
@@ -436,8 +453,7 @@ fn source_spec(
         "generator" => SourceKind::Generator(GeneratorSpec {
             lines: non_negative(table.lines.as_ref(), "lines")?,
             rate: positive(table.rate.as_ref(), "rate", usize::MAX)?.map(|r| r as u64),
-            words_per_line: positive(table.words_per_line.as_ref(), "words-per-line", 10_000)?
-                .unwrap_or(8),
+            words_per_line: positive(table.words_per_line.as_ref(), "words-per-line", 10_000)?.unwrap_or(8),
             seed: non_negative(table.seed.as_ref(), "seed")?.unwrap_or(0),
         }),
         _ => SourceKind::Stdin,
@@ -499,7 +515,11 @@ fn stage_spec(
         only_keys(&present, &["plugin", "config"], &context)?;
         single_input(op_name)?;
         let plugin = required(&table.plugin, "plugin", offset, &context)?;
-        plugin_known(plugins, plugin, table.plugin.as_ref().map_or(offset, |p| p.span().start))?;
+        plugin_known(
+            plugins,
+            plugin,
+            table.plugin.as_ref().map_or(offset, |p| p.span().start),
+        )?;
         OperatorSpec::Transform {
             kind,
             plugin: plugin.to_owned(),
@@ -537,10 +557,7 @@ fn stage_spec(
                         }
                     }
                 };
-                OperatorSpec::ReduceByKey {
-                    reducer,
-                    partitions,
-                }
+                OperatorSpec::ReduceByKey { reducer, partitions }
             }
             "union" => {
                 only_keys(&present, &[], &context)?;
@@ -598,7 +615,11 @@ fn sink_spec(
         "files" => {
             only_keys(&present, &["path", "format"], &context)?;
             let dir = required(&table.path, "path", offset, &context)?;
-            let format = match table.format.as_ref().map(|f| (f.get_ref().as_str(), f.span().start)) {
+            let format = match table
+                .format
+                .as_ref()
+                .map(|f| (f.get_ref().as_str(), f.span().start))
+            {
                 None | Some(("text", _)) => FileFormat::Text,
                 Some(("jsonl", _)) => FileFormat::Jsonl,
                 Some((other, at)) => {
@@ -649,11 +670,7 @@ fn stream_name(name: &Spanned<String>) -> Result<String, SpecError> {
     }
 }
 
-fn only_keys(
-    present: &[(&str, Option<usize>)],
-    allowed: &[&str],
-    context: &str,
-) -> Result<(), SpecError> {
+fn only_keys(present: &[(&str, Option<usize>)], allowed: &[&str], context: &str) -> Result<(), SpecError> {
     for (key, at) in present {
         if let Some(at) = at
             && !allowed.contains(key)
@@ -681,11 +698,7 @@ fn required<'a>(
         .ok_or_else(|| (offset, format!("{context} needs `{key}`")))
 }
 
-fn plugin_known(
-    plugins: &BTreeMap<String, PathBuf>,
-    name: &str,
-    at: usize,
-) -> Result<(), SpecError> {
+fn plugin_known(plugins: &BTreeMap<String, PathBuf>, name: &str, at: usize) -> Result<(), SpecError> {
     if plugins.contains_key(name) {
         Ok(())
     } else {
@@ -694,7 +707,11 @@ fn plugin_known(
             at,
             format!(
                 "unknown plugin `{name}`: declare it in [plugins] as {name} = \"path/to/plugin.wasm\" (declared: {})",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             ),
         ))
     }
@@ -704,7 +721,10 @@ fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
     humantime::parse_duration(text.get_ref()).map_err(|e| {
         (
             text.span().start,
-            format!("invalid duration {:?}: {e} (write e.g. \"1s\", \"50ms\")", text.get_ref()),
+            format!(
+                "invalid duration {:?}: {e} (write e.g. \"1s\", \"50ms\")",
+                text.get_ref()
+            ),
         )
     })
 }
@@ -743,16 +763,12 @@ fn config_pairs(
         .get_ref()
         .iter()
         .map(|(key, value)| {
-            scalar_text(value)
-                .map(|text| (key.clone(), text))
-                .ok_or_else(|| {
-                    (
-                        config.span().start,
-                        format!(
-                            "config `{key}` must be a string, number, boolean or a list of them"
-                        ),
-                    )
-                })
+            scalar_text(value).map(|text| (key.clone(), text)).ok_or_else(|| {
+                (
+                    config.span().start,
+                    format!("config `{key}` must be a string, number, boolean or a list of them"),
+                )
+            })
         })
         .collect()
 }

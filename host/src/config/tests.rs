@@ -88,8 +88,14 @@ fn semantic_errors_name_the_line() {
     let (_, message) = invalid(&WORDCOUNT.replace("batch-interval = \"1s\"", "batch-interval = \"soon\""));
     assert!(message.contains("invalid duration"), "{message}");
 
-    let (_, message) = invalid(&WORDCOUNT.replace("reducer = \"count\"", "reducer = \"count\"\nplugin = \"split-words\""));
-    assert!(message.contains("`plugin` is not a setting of op `reduce-by-key`"), "{message}");
+    let (_, message) = invalid(&WORDCOUNT.replace(
+        "reducer = \"count\"",
+        "reducer = \"count\"\nplugin = \"split-words\"",
+    ));
+    assert!(
+        message.contains("`plugin` is not a setting of op `reduce-by-key`"),
+        "{message}"
+    );
 
     let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"kafka\""));
     assert!(message.contains("unknown source type `kafka`"), "{message}");

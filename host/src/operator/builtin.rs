@@ -26,7 +26,10 @@ impl Number {
         if let Ok(int) = text.parse::<i64>() {
             return Some(Self::Int(int));
         }
-        text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Self::Float)
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Self::Float)
     }
 
     fn as_f64(self) -> f64 {
@@ -96,9 +99,14 @@ pub fn start(reducer: BuiltinReducer, value: &[u8], merging: bool) -> Result<Acc
         (BuiltinReducer::Count, false) => Ok(Accumulator::Count(1)),
         (BuiltinReducer::Count, true) => {
             let text = std::str::from_utf8(value).map_err(|_| ValueError::NotANumber)?;
-            text.trim().parse().map(Accumulator::Count).map_err(|_| ValueError::NotANumber)
+            text.trim()
+                .parse()
+                .map(Accumulator::Count)
+                .map_err(|_| ValueError::NotANumber)
         }
-        _ => Number::parse(value).map(Accumulator::Number).ok_or(ValueError::NotANumber),
+        _ => Number::parse(value)
+            .map(Accumulator::Number)
+            .ok_or(ValueError::NotANumber),
     }
 }
 
@@ -155,22 +163,43 @@ mod tests {
 
     #[test]
     fn builtins() {
-        assert_eq!(reduce(BuiltinReducer::Count, &["a", "b", "c"], false).unwrap(), "3");
+        assert_eq!(
+            reduce(BuiltinReducer::Count, &["a", "b", "c"], false).unwrap(),
+            "3"
+        );
         assert_eq!(reduce(BuiltinReducer::Count, &["2", " 5 "], true).unwrap(), "7");
-        assert_eq!(reduce(BuiltinReducer::Sum, &["1", "2", "-4"], false).unwrap(), "-1");
+        assert_eq!(
+            reduce(BuiltinReducer::Sum, &["1", "2", "-4"], false).unwrap(),
+            "-1"
+        );
         assert_eq!(reduce(BuiltinReducer::Sum, &["1", "2.5"], false).unwrap(), "3.5");
-        assert_eq!(reduce(BuiltinReducer::Min, &["3", "-1.5", "2"], false).unwrap(), "-1.5");
-        assert_eq!(reduce(BuiltinReducer::Max, &["3", "10", "2"], false).unwrap(), "10");
+        assert_eq!(
+            reduce(BuiltinReducer::Min, &["3", "-1.5", "2"], false).unwrap(),
+            "-1.5"
+        );
+        assert_eq!(
+            reduce(BuiltinReducer::Max, &["3", "10", "2"], false).unwrap(),
+            "10"
+        );
     }
 
     #[test]
     fn bad_values_are_errors() {
-        assert_eq!(reduce(BuiltinReducer::Sum, &["1", "x"], false), Err(ValueError::NotANumber));
+        assert_eq!(
+            reduce(BuiltinReducer::Sum, &["1", "x"], false),
+            Err(ValueError::NotANumber)
+        );
         assert_eq!(
             reduce(BuiltinReducer::Sum, &["9223372036854775807", "1"], false),
             Err(ValueError::Overflow)
         );
-        assert_eq!(reduce(BuiltinReducer::Count, &["x"], true), Err(ValueError::NotANumber));
-        assert_eq!(reduce(BuiltinReducer::Max, &["nan"], false), Err(ValueError::NotANumber));
+        assert_eq!(
+            reduce(BuiltinReducer::Count, &["x"], true),
+            Err(ValueError::NotANumber)
+        );
+        assert_eq!(
+            reduce(BuiltinReducer::Max, &["nan"], false),
+            Err(ValueError::NotANumber)
+        );
     }
 }

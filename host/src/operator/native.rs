@@ -24,12 +24,17 @@ pub struct NativeTransform {
 
 impl fmt::Debug for NativeTransform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NativeTransform").field("name", &self.name).finish()
+        f.debug_struct("NativeTransform")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 fn record_error(index: usize, record: RecordRef<'_>, message: String) -> OperatorError {
-    OperatorError::Native(format!("record {index} ({}) failed: {message}", record.describe()))
+    OperatorError::Native(format!(
+        "record {index} ({}) failed: {message}",
+        record.describe()
+    ))
 }
 
 impl NativeTransform {
@@ -41,7 +46,9 @@ impl NativeTransform {
         Self {
             name: name.to_owned(),
             function: Arc::new(move |input| {
-                function(input).map(TransformOutput::Records).map_err(OperatorError::Native)
+                function(input)
+                    .map(TransformOutput::Records)
+                    .map_err(OperatorError::Native)
             }),
         }
     }

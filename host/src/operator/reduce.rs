@@ -96,7 +96,10 @@ impl ReduceByKey {
                     "reduce-by-key `{}`: the value {:?} of {} {error}",
                     reducer_name(reducer),
                     String::from_utf8_lossy(record.value),
-                    record.key.map_or_else(|| "a record without key".to_owned(), |k| format!("key {:?}", String::from_utf8_lossy(k)))
+                    record.key.map_or_else(
+                        || "a record without key".to_owned(),
+                        |k| format!("key {:?}", String::from_utf8_lossy(k))
+                    )
                 ))
             };
             match accumulators.entry(record.key) {
@@ -193,7 +196,11 @@ impl ReduceByKey {
         let mut output = Batch::with_capacity(group_keys.len(), data.len());
         let mut start = 0usize;
         for (group, &end) in ends.iter().enumerate() {
-            output.push(group_keys[group], &data[start..end as usize], group_timestamps[group]);
+            output.push(
+                group_keys[group],
+                &data[start..end as usize],
+                group_timestamps[group],
+            );
             start = end as usize;
         }
         Ok(output)

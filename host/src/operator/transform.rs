@@ -12,7 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::{OperatorError, Operator, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext};
 use crate::config::TransformKind;
 use crate::record::Batch;
 use crate::runtime::{InstanceLabel, Plugin, PluginError, TransformOutput};
@@ -57,7 +57,9 @@ impl TransformOperator {
             TransformOutput::Records(output) => output,
             TransformOutput::Keep(indices) => {
                 if indices.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(malformed("a filter returned indices that are not strictly ascending"));
+                    return Err(malformed(
+                        "a filter returned indices that are not strictly ascending",
+                    ));
                 }
                 input.select(&indices).map_err(|e| OperatorError::Plugin {
                     error: e.into(),
@@ -171,27 +173,23 @@ impl TransformFn for WasmTransform {
     ) -> Result<(Batch, TransformOutput), OperatorError> {
         // Keep what is needed to describe a failing record: the call consumes the input.
         let mut failed_input = None;
-        let result = ctx.instances.with_instance(
-            self.key,
-            &self.plugin,
-            &self.config,
-            &self.label,
-            |instance| {
-                let (input, result) = instance.transform(input);
-                match result {
-                    Ok(output) => Ok((input, output)),
-                    Err(error) => {
-                        failed_input = Some(input);
-                        Err(error)
+        let result =
+            ctx.instances
+                .with_instance(self.key, &self.plugin, &self.config, &self.label, |instance| {
+                    let (input, result) = instance.transform(input);
+                    match result {
+                        Ok(output) => Ok((input, output)),
+                        Err(error) => {
+                            failed_input = Some(input);
+                            Err(error)
+                        }
                     }
-                }
-            },
-        );
+                });
         result.map_err(|error| {
             let record = match (&error, &failed_input) {
-                (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => {
-                    Some(format!("record {index} ({})", batch.get(*index as usize).describe()))
-                }
+                (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => Some(
+                    format!("record {index} ({})", batch.get(*index as usize).describe()),
+                ),
                 _ => None,
             };
             OperatorError::Plugin { error, record }

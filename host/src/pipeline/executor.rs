@@ -34,7 +34,11 @@ impl Executor {
 
     /// Runs batch `batch_id` with one batch per source (in source order).
     /// Returns the partitions of every stream a sink reads.
-    pub fn run_batch(&self, batch_id: u64, source_batches: Vec<Batch>) -> Result<StreamData, Box<StageFailure>> {
+    pub fn run_batch(
+        &self,
+        batch_id: u64,
+        source_batches: Vec<Batch>,
+    ) -> Result<StreamData, Box<StageFailure>> {
         let plan = &self.plan;
         let mut streams: StreamData = (0..plan.streams.len()).map(|_| None).collect();
         let mut remaining_readers = plan.readers.clone();
@@ -100,7 +104,9 @@ impl Executor {
             .enumerate()
             .map(|(index, result)| {
                 result
-                    .unwrap_or_else(|TaskPanicked(message)| Err(OperatorError::Native(format!("internal error: {message}"))))
+                    .unwrap_or_else(|TaskPanicked(message)| {
+                        Err(OperatorError::Native(format!("internal error: {message}")))
+                    })
                     .map_err(|error| (index, error))
             })
             .collect()

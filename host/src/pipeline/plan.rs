@@ -80,39 +80,36 @@ impl Plan {
             };
             let partitions_or_default = |p: Option<usize>| p.unwrap_or(spec.partitions);
             let (describe, operators): (String, Vec<Arc<dyn Operator>>) = match &stage.op {
-                OperatorSpec::Transform {
-                    kind,
-                    plugin,
-                    config,
-                } => {
-                    let function: Box<dyn crate::operator::transform::TransformFn> =
-                        match registry.get(plugin) {
-                            Some(Function::Wasm(loaded)) => {
-                                check_kind(*kind, loaded.info().kind).map_err(|m| {
-                                    plan_error(stage.line, format!("stage `{}`: plugin `{plugin}` {m}", stage.name))
-                                })?;
-                                Box::new(WasmTransform::new(loaded.clone(), config.clone(), label(plugin)))
-                            }
-                            Some(Function::NativeTransform(native)) => Box::new(native.clone()),
-                            Some(Function::NativeReducer(_)) => {
-                                return Err(plan_error(
+                OperatorSpec::Transform { kind, plugin, config } => {
+                    let function: Box<dyn crate::operator::transform::TransformFn> = match registry
+                        .get(plugin)
+                    {
+                        Some(Function::Wasm(loaded)) => {
+                            check_kind(*kind, loaded.info().kind).map_err(|m| {
+                                plan_error(
                                     stage.line,
-                                    format!("stage `{}`: `{plugin}` is a reducer, not a transform", stage.name),
-                                ));
-                            }
-                            None => {
-                                return Err(plan_error(stage.line, format!("unknown plugin `{plugin}`")));
-                            }
-                        };
+                                    format!("stage `{}`: plugin `{plugin}` {m}", stage.name),
+                                )
+                            })?;
+                            Box::new(WasmTransform::new(loaded.clone(), config.clone(), label(plugin)))
+                        }
+                        Some(Function::NativeTransform(native)) => Box::new(native.clone()),
+                        Some(Function::NativeReducer(_)) => {
+                            return Err(plan_error(
+                                stage.line,
+                                format!("stage `{}`: `{plugin}` is a reducer, not a transform", stage.name),
+                            ));
+                        }
+                        None => {
+                            return Err(plan_error(stage.line, format!("unknown plugin `{plugin}`")));
+                        }
+                    };
                     (
                         format!("{} {plugin}", kind.name()),
                         vec![Arc::new(TransformOperator::new(*kind, function))],
                     )
                 }
-                OperatorSpec::ReduceByKey {
-                    reducer,
-                    partitions,
-                } => {
+                OperatorSpec::ReduceByKey { reducer, partitions } => {
                     let partitions = partitions_or_default(*partitions);
                     let (name, reducer) = match reducer {
                         ReducerSpec::Builtin(builtin) => {
@@ -137,7 +134,9 @@ impl Plan {
                                         label(plugin),
                                     )))
                                 }
-                                Some(Function::NativeReducer(native)) => Reducer::Groups(Arc::new(native.clone())),
+                                Some(Function::NativeReducer(native)) => {
+                                    Reducer::Groups(Arc::new(native.clone()))
+                                }
                                 _ => {
                                     return Err(plan_error(
                                         stage.line,
@@ -205,10 +204,12 @@ impl Plan {
     pub fn check(&self) -> Result<(), EngineError> {
         for stage in &self.stages {
             for operator in &stage.operators {
-                operator.check().map_err(|error: OperatorError| EngineError::Plan {
-                    location: format!("pipeline `{}`", self.pipeline),
-                    message: format!("stage `{}` ({}): {error}", stage.name, stage.describe),
-                })?;
+                operator
+                    .check()
+                    .map_err(|error: OperatorError| EngineError::Plan {
+                        location: format!("pipeline `{}`", self.pipeline),
+                        message: format!("stage `{}` ({}): {error}", stage.name, stage.describe),
+                    })?;
             }
         }
         Ok(())

@@ -44,12 +44,14 @@ impl PluginRegistry {
 
     /// Registers a native transform under `name` (takes precedence over `[plugins]`).
     pub fn register_transform(&mut self, name: &str, function: NativeTransform) {
-        self.functions.insert(name.to_owned(), Function::NativeTransform(function));
+        self.functions
+            .insert(name.to_owned(), Function::NativeTransform(function));
     }
 
     /// Registers a native reducer under `name` (takes precedence over `[plugins]`).
     pub fn register_reducer(&mut self, name: &str, function: NativeReducer) {
-        self.functions.insert(name.to_owned(), Function::NativeReducer(function));
+        self.functions
+            .insert(name.to_owned(), Function::NativeReducer(function));
     }
 
     /// Loads every plugin declared in the pipeline's `[plugins]` that is not

@@ -11,7 +11,9 @@ pub struct StopSignal {
 
 impl std::fmt::Debug for StopSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StopSignal").field("stopped", &self.is_stopped()).finish()
+        f.debug_struct("StopSignal")
+            .field("stopped", &self.is_stopped())
+            .finish()
     }
 }
 

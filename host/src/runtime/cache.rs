@@ -41,12 +41,7 @@ impl ComponentCache {
 
     /// Compiles `bytes`, or loads the compiled form cached by an earlier run.
     /// `content_hash` is the hex SHA-256 of `bytes`.
-    pub fn load(
-        &self,
-        engine: &Engine,
-        bytes: &[u8],
-        content_hash: &str,
-    ) -> wasmtime::Result<Component> {
+    pub fn load(&self, engine: &Engine, bytes: &[u8], content_hash: &str) -> wasmtime::Result<Component> {
         let Some(entry) = self.entry_path(engine, content_hash) else {
             return Component::new(engine, bytes);
         };

@@ -330,7 +330,9 @@ impl PluginInstance {
         group_ends: &[u32],
     ) -> Result<(Vec<u8>, Vec<u32>), PluginError> {
         let Exports::Reducer(exports) = &self.exports else {
-            return Err(PluginError::Batch("this plugin is a transform, not a reducer".into()));
+            return Err(PluginError::Batch(
+                "this plugin is a transform, not a reducer".into(),
+            ));
         };
         let values = types::Values { data, ends };
         self.store
@@ -347,7 +349,10 @@ impl PluginInstance {
             )));
         }
         if output.ends.windows(2).any(|w| w[0] > w[1])
-            || output.ends.last().is_some_and(|&end| end as usize != output.data.len())
+            || output
+                .ends
+                .last()
+                .is_some_and(|&end| end as usize != output.data.len())
         {
             return Err(crate::record::MalformedBatch("reducer returned malformed values".into()).into());
         }

@@ -80,11 +80,17 @@ impl log::Host for PluginState {
         let label = &self.label;
         let (pipeline, stage, plugin) = (&*label.pipeline, &*label.stage, &*label.plugin);
         match level {
-            log::Level::Trace => tracing::trace!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(target: "weir::plugin", pipeline, stage, plugin, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "weir::plugin", pipeline, stage, plugin, "{message}")
+            }
             log::Level::Info => tracing::info!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
             log::Level::Warn => tracing::warn!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
-            log::Level::Error => tracing::error!(target: "weir::plugin", pipeline, stage, plugin, "{message}"),
+            log::Level::Error => {
+                tracing::error!(target: "weir::plugin", pipeline, stage, plugin, "{message}")
+            }
         }
     }
 }

@@ -55,7 +55,10 @@ impl Sink for ConsoleSink {
         }
         text.push('\n');
         // A closed stdout (e.g. `weir run ... | head`) is not worth failing the pipeline for.
-        let _ = self.out.write_all(text.as_bytes()).and_then(|()| self.out.flush());
+        let _ = self
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush());
         Ok(())
     }
 }

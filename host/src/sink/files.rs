@@ -85,7 +85,10 @@ fn write_json(out: &mut impl Write, record: RecordRef<'_>) -> std::io::Result<()
 impl Sink for FilesSink {
     fn open(&mut self) -> Result<(), SinkError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| {
-            self.error(format!("cannot create the output directory {}: {e}", self.dir.display()))
+            self.error(format!(
+                "cannot create the output directory {}: {e}",
+                self.dir.display()
+            ))
         })
     }
 
@@ -118,7 +121,11 @@ impl Sink for FilesSink {
         };
         write().map_err(|e| {
             let _ = std::fs::remove_dir_all(&temporary);
-            self.error(format!("cannot write batch {} to {}: {e}", batch.id, target.display()))
+            self.error(format!(
+                "cannot write batch {} to {}: {e}",
+                batch.id,
+                target.display()
+            ))
         })
     }
 }

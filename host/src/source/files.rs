@@ -44,7 +44,11 @@ impl FilesSource {
             if text.starts_with('.') || !self.glob.matches(text) || seen.contains(&name) {
                 continue;
             }
-            if entry.file_type().await.is_ok_and(|t| t.is_file() || t.is_symlink()) {
+            if entry
+                .file_type()
+                .await
+                .is_ok_and(|t| t.is_file() || t.is_symlink())
+            {
                 names.push(name);
             }
         }

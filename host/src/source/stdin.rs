@@ -23,8 +23,7 @@ impl Source for StdinSource {
             match read {
                 Ok(0) => break,
                 Ok(n) => {
-                    if chunker.push_bytes(&buffer[..n], now).await.is_err()
-                        || chunker.flush().await.is_err()
+                    if chunker.push_bytes(&buffer[..n], now).await.is_err() || chunker.flush().await.is_err()
                     {
                         return Ok(());
                     }

@@ -22,7 +22,10 @@ pub fn ensure_wasm_target(dir: &Path) -> Result<(), ToolError> {
         // Without rustup, cargo will say clearly if the target is missing.
         _ => return Ok(()),
     };
-    if String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+    if String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
         return Ok(());
     }
     eprintln!("installing the {WASM_TARGET} target: rustup target add {WASM_TARGET}");
@@ -53,7 +56,12 @@ pub fn build_plugin(crate_dir: &Path, release: bool) -> Result<Vec<PathBuf>, Too
     ensure_wasm_target(crate_dir)?;
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command
-        .args(["build", "--target", WASM_TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--target",
+            WASM_TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .current_dir(crate_dir)
@@ -89,7 +97,10 @@ pub fn build_plugin(crate_dir: &Path, release: bool) -> Result<Vec<PathBuf>, Too
         .wait()
         .map_err(|e| ToolError(format!("cargo did not finish: {e}")))?;
     if !status.success() {
-        return Err(ToolError(format!("building {} failed (see cargo's messages above)", crate_dir.display())));
+        return Err(ToolError(format!(
+            "building {} failed (see cargo's messages above)",
+            crate_dir.display()
+        )));
     }
     if components.is_empty() {
         return Err(ToolError(format!(

@@ -13,8 +13,12 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> Result<String, ToolError> {
     let _ = writeln!(report, "file:    {}", path.display());
     let _ = writeln!(report, "size:    {} bytes", bytes.len());
     let _ = writeln!(report, "sha256:  {}", content_hash(&bytes));
-    let component = wasmtime::component::Component::new(runtime.engine(), &bytes)
-        .map_err(|e| ToolError(format!("{} is not a valid WebAssembly component: {e:#}", path.display())))?;
+    let component = wasmtime::component::Component::new(runtime.engine(), &bytes).map_err(|e| {
+        ToolError(format!(
+            "{} is not a valid WebAssembly component: {e:#}",
+            path.display()
+        ))
+    })?;
     match runtime.load_plugin_bytes(path, &bytes, Limits::default()) {
         Ok(plugin) => {
             let info = plugin.info();

@@ -5,13 +5,22 @@ use std::path::{Path, PathBuf};
 use super::ToolError;
 
 /// The kinds a new plugin can be.
-pub const KINDS: [&str; 6] = ["map", "flat-map", "filter", "filter-map", "map-partitions", "reduce"];
+pub const KINDS: [&str; 6] = [
+    "map",
+    "flat-map",
+    "filter",
+    "filter-map",
+    "map-partitions",
+    "reduce",
+];
 
 /// Creates a plugin crate `name` of `kind` in `dir`, depending on the guest
 /// SDK at `sdk_dir`. Returns the files written.
 pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
     let valid_name = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && name.starts_with(|c: char| c.is_ascii_alphabetic());
     if !valid_name {
         return Err(ToolError(format!(
@@ -19,10 +28,16 @@ pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<
         )));
     }
     let body = body(kind).ok_or_else(|| {
-        ToolError(format!("unknown kind `{kind}` (expected one of: {})", KINDS.join(", ")))
+        ToolError(format!(
+            "unknown kind `{kind}` (expected one of: {})",
+            KINDS.join(", ")
+        ))
     })?;
     if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(ToolError(format!("{} already exists and is not empty", dir.display())));
+        return Err(ToolError(format!(
+            "{} already exists and is not empty",
+            dir.display()
+        )));
     }
     let sdk_dir = sdk_dir
         .canonicalize()
@@ -36,7 +51,8 @@ pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<
         .canonicalize()
         .ok()
         .and_then(|d| d.parent().map(Path::to_path_buf));
-    let in_workspace = matches!((&workspace_root, &parent), (Some(root), Some(parent)) if *parent == root.join("plugins"));
+    let in_workspace =
+        matches!((&workspace_root, &parent), (Some(root), Some(parent)) if *parent == root.join("plugins"));
     let manifest = if in_workspace {
         format!(
             r#"[package]
@@ -85,7 +101,10 @@ strip = true
         "//! `{name}`: a Weir {kind} plugin.\n//!\n//! Build it with `weir plugin build {}` (or `cargo build --release --target wasm32-wasip2`).\n\n{body}",
         dir.display()
     );
-    let files = [(dir.join("Cargo.toml"), manifest), (dir.join("src").join("lib.rs"), lib)];
+    let files = [
+        (dir.join("Cargo.toml"), manifest),
+        (dir.join("src").join("lib.rs"), lib),
+    ];
     for (path, text) in &files {
         std::fs::write(path, text).map_err(|e| ToolError(format!("cannot write {}: {e}", path.display())))?;
     }

@@ -11,10 +11,7 @@ use weir_guest::{Error, Record};
 fn fail_on(record: Record<'_>) -> Result<&[u8], Error> {
     let trigger = weir_guest::config().get_or("trigger", "fail");
     if record.value() == trigger.as_bytes() {
-        weir_guest::bail!(
-            "fail-on: refusing {}",
-            String::from_utf8_lossy(record.value())
-        );
+        weir_guest::bail!("fail-on: refusing {}", String::from_utf8_lossy(record.value()));
     }
     Ok(record.value())
 }

@@ -11,10 +11,7 @@ use weir_guest::Record;
 fn panic_on(record: Record<'_>) -> &[u8] {
     let trigger = weir_guest::config().get_or("trigger", "panic");
     if record.value() == trigger.as_bytes() {
-        panic!(
-            "panic-on: found {}",
-            String::from_utf8_lossy(record.value())
-        );
+        panic!("panic-on: found {}", String::from_utf8_lossy(record.value()));
     }
     record.value()
 }

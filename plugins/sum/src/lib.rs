@@ -72,10 +72,7 @@ fn is_integer(text: &str) -> bool {
 }
 
 fn not_a_number(value: &[u8]) -> Error {
-    Error::msg(format!(
-        "sum: not a number: {:?}",
-        String::from_utf8_lossy(value)
-    ))
+    Error::msg(format!("sum: not a number: {:?}", String::from_utf8_lossy(value)))
 }
 
 fn overflow(value: &[u8]) -> Error {
