@@ -54,9 +54,7 @@ fn main() {
         .expect("cannot run cargo to build the test plugins");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("target may not be installed")
-            || stderr.contains(&format!("can't find crate for `core`"))
-        {
+        if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
             panic!(
                 "the {TARGET} target is not installed; install it with:\n\n    rustup target add {TARGET}\n\n{stderr}"
             );

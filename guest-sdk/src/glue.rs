@@ -167,7 +167,7 @@ pub fn run_per_record(
     let batch = view(&input)?;
     let mut out = match expect {
         Expect::OneToOne => Emitter::with_capacity(batch.len(), batch.data_len()),
-        Expect::Many => Emitter::with_capacity(batch.len().max(batch.data_len() / 8), 2 * batch.data_len()),
+        Expect::Many => Emitter::with_capacity(batch.len().max(batch.data_len() / 4), 2 * batch.data_len()),
     };
     for record in batch.iter() {
         out.set_default_timestamp(record.timestamp());

@@ -77,6 +77,7 @@ impl<'a> Batch<'a> {
     }
 
     /// The record at `index`, if `index < len()`.
+    #[inline(always)]
     pub fn get(&self, index: usize) -> Option<Record<'a>> {
         if index < self.len() {
             Some(self.record(index))
@@ -94,7 +95,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Record `index`; `index < len()`.
-    #[inline]
+    #[inline(always)]
     fn record(&self, index: usize) -> Record<'a> {
         let start = if index == 0 {
             0
@@ -145,7 +146,7 @@ pub struct Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Record<'a>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Record<'a>> {
         let record = self.batch.get(self.next)?;
         self.next += 1;

@@ -8,7 +8,7 @@
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::record::Batch;
+use crate::record::{Batch, Partition};
 
 struct Input {
     chunks: mpsc::Receiver<Batch>,
@@ -34,8 +34,8 @@ impl Batcher {
         }
     }
 
-    /// Takes the chunks queued now: one batch per source, in source order.
-    pub fn cut(&mut self) -> Vec<Batch> {
+    /// Takes the chunks queued now: the chunks of each source, in source order.
+    pub fn cut(&mut self) -> Vec<Partition> {
         self.inputs
             .iter_mut()
             .map(|input| {
@@ -51,11 +51,7 @@ impl Batcher {
                         }
                     }
                 }
-                if chunks.len() == 1 {
-                    chunks.pop().expect("one chunk")
-                } else {
-                    Batch::concat(&chunks)
-                }
+                chunks
             })
             .collect()
     }
@@ -90,7 +86,7 @@ mod tests {
         tx.try_send(chunk.clone()).unwrap();
         assert!(batcher.has_pending());
         let cut = batcher.cut();
-        assert_eq!(cut[0].len(), 2);
+        assert_eq!(crate::record::partition_len(&cut[0]), 2);
         assert!(batcher.cut()[0].is_empty());
         assert!(!batcher.all_finished());
         drop(tx);

@@ -7,7 +7,7 @@
 //! ([`Partitioning::RoundRobin`]). The key hash is xxh3, stable across runs and
 //! machines, so that state partitioned by it can be checkpointed and restored.
 
-use crate::record::Batch;
+use crate::record::{Batch, Partition};
 
 /// How an operator needs its input partitioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +40,37 @@ pub fn split_by_key(batch: &Batch, partitions: usize) -> Vec<Batch> {
     out
 }
 
-/// Re-spreads all records of `inputs` evenly over `partitions` batches,
+/// Re-spreads all records of `inputs` evenly over `partitions` partitions,
 /// keeping their order within the concatenation of the inputs.
-pub fn rebalance(inputs: &[Batch], partitions: usize) -> Vec<Batch> {
-    Batch::concat(inputs).split_even(partitions)
+pub fn rebalance(inputs: &[Partition], partitions: usize) -> Vec<Partition> {
+    let all = Batch::concat(inputs.iter().flatten());
+    all.split_even(partitions)
+        .into_iter()
+        .map(|batch| vec![batch])
+        .collect()
+}
+
+/// Spreads a source's chunks over `partitions` partitions: whole chunks
+/// round-robin when there are enough of them (no copy), else the records
+/// split evenly.
+pub fn distribute(chunks: Partition, partitions: usize) -> Vec<Partition> {
+    let partitions = partitions.max(1);
+    let mut out: Vec<Partition> = (0..partitions).map(|_| Vec::new()).collect();
+    if chunks.len() >= partitions {
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            out[index % partitions].push(chunk);
+        }
+    } else {
+        let all = if chunks.len() == 1 {
+            chunks.into_iter().next().expect("one chunk")
+        } else {
+            Batch::concat(&chunks)
+        };
+        for (part, batch) in out.iter_mut().zip(all.split_even(partitions)) {
+            part.push(batch);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -81,7 +108,29 @@ mod tests {
         for i in 0..10 {
             a.push(None, &[i], 0);
         }
-        let parts = rebalance(&[a, Batch::new()], 3);
-        assert_eq!(parts.iter().map(Batch::len).collect::<Vec<_>>(), [4, 4, 2]);
+        let parts = rebalance(&[vec![a.clone()], vec![Batch::new()]], 3);
+        assert_eq!(
+            parts
+                .iter()
+                .map(|p| crate::record::partition_len(p))
+                .collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        let spread = distribute(vec![a.clone(), a.clone(), a.clone()], 2);
+        assert_eq!(
+            spread
+                .iter()
+                .map(|p| crate::record::partition_len(p))
+                .collect::<Vec<_>>(),
+            [20, 10]
+        );
+        let spread = distribute(vec![a], 3);
+        assert_eq!(
+            spread
+                .iter()
+                .map(|p| crate::record::partition_len(p))
+                .collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
     }
 }

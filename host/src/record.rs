@@ -223,8 +223,12 @@ impl Batch {
     }
 
     /// Iterates over the records in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = RecordRef<'_>> + '_ {
-        (0..self.len()).map(|i| self.get(i))
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            batch: self,
+            index: 0,
+            start: 0,
+        }
     }
 
     /// Appends every record of `other`, with one copy per buffer.
@@ -302,6 +306,63 @@ impl Batch {
             flags: self.flags[start..end].to_vec(),
         }
     }
+}
+
+/// Iterator over the records of a [`Batch`]; walks the offsets once.
+pub struct Iter<'a> {
+    batch: &'a Batch,
+    index: usize,
+    start: usize,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = RecordRef<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<RecordRef<'a>> {
+        let batch = self.batch;
+        let index = self.index;
+        if index >= batch.timestamps.len() {
+            return None;
+        }
+        let key_end = batch.ends[2 * index] as usize;
+        let value_end = batch.ends[2 * index + 1] as usize;
+        let key = (batch.flags[index] & FLAG_HAS_KEY != 0).then(|| &batch.data[self.start..key_end]);
+        let record = RecordRef {
+            key,
+            value: &batch.data[key_end..value_end],
+            timestamp: batch.timestamps[index],
+        };
+        self.index += 1;
+        self.start = value_end;
+        Some(record)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.batch.len() - self.index;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Batch {
+    type Item = RecordRef<'a>;
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// One partition of a stream in one micro-batch: its records as a list of
+/// chunks, in order. Operators that work record by record process chunk by
+/// chunk, so records are not copied just to be concatenated.
+pub type Partition = Vec<Batch>;
+
+/// Records in all chunks of a partition.
+pub fn partition_len(partition: &[Batch]) -> usize {
+    partition.iter().map(Batch::len).sum()
 }
 
 #[inline]

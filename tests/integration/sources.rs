@@ -76,20 +76,21 @@ fn listen_mode_accepts_many_producers() {
     let file = write_pipeline(dir.path(), "p.toml", &wordcount_pipeline(&source, &out, 2));
     let child = weir().spawn(&["run", "--available-now", file.to_str().unwrap()]);
     let texts: Vec<String> = (0..3).map(|i| sample_text(1_000, 10 + i)).collect();
-    let producers: Vec<_> = texts
-        .iter()
-        .cloned()
-        .map(|text| {
-            std::thread::spawn(move || {
-                let mut stream = loop {
-                    match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                        Ok(stream) => break stream,
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                };
-                stream.write_all(text.as_bytes()).unwrap();
-            })
-        })
+    // All producers connect first, then write at once and close.
+    let connect = || {
+        for _ in 0..600 {
+            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                return stream;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("weir never listened on port {port}");
+    };
+    let streams: Vec<std::net::TcpStream> = texts.iter().map(|_| connect()).collect();
+    let producers: Vec<_> = streams
+        .into_iter()
+        .zip(texts.iter().cloned())
+        .map(|(mut stream, text)| std::thread::spawn(move || stream.write_all(text.as_bytes()).unwrap()))
         .collect();
     for producer in producers {
         producer.join().unwrap();

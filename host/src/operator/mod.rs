@@ -24,7 +24,7 @@ use std::fmt;
 pub use instances::{InstanceKey, InstanceSlots};
 
 use crate::partition::Partitioning;
-use crate::record::Batch;
+use crate::record::{Batch, Partition};
 use crate::runtime::PluginError;
 
 /// Where a partition's call happens: passed to every [`Operator::process`].
@@ -42,7 +42,7 @@ pub struct PartitionContext<'a> {
 pub enum OperatorError {
     /// A plugin call failed; `record` describes the failing record when the
     /// plugin named one.
-    #[error("{}{error}", record.as_ref().map(|r| format!("{r}: ")).unwrap_or_default())]
+    #[error("{}", plugin_failure(error, record.as_deref()))]
     Plugin {
         /// What the plugin or its trap said.
         error: PluginError,
@@ -57,6 +57,15 @@ pub enum OperatorError {
     Native(String),
 }
 
+fn plugin_failure(error: &PluginError, record: Option<&str>) -> String {
+    match (error, record) {
+        (PluginError::Record { index, message }, Some(record)) => {
+            format!("record {index} ({record}) failed: {message}")
+        }
+        (error, _) => error.to_string(),
+    }
+}
+
 impl OperatorError {
     /// True when the error came from a trap (the instance was discarded).
     pub fn is_trap(&self) -> bool {
@@ -68,6 +77,22 @@ impl OperatorError {
 pub trait Operator: Send + Sync + fmt::Debug {
     /// Processes one partition of one batch.
     fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError>;
+
+    /// Processes one partition given as chunks. The default concatenates the
+    /// chunks and calls [`Operator::process`]; record-by-record operators
+    /// override it to process chunk by chunk without the copy.
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        let batch = if input.len() == 1 {
+            input.into_iter().next().expect("one chunk")
+        } else {
+            Batch::concat(&input)
+        };
+        Ok(vec![self.process(batch, ctx)?])
+    }
 
     /// How the input must be partitioned before [`Operator::process`] sees
     /// it. The default takes partitions as they come.

@@ -170,19 +170,46 @@ impl GroupReduceFn for NativeReducer {
 pub mod library {
     use super::*;
 
-    /// Like `plugins/split-words`: one record per whitespace-separated word,
-    /// key and value the word.
+    /// Like `plugins/split-words`, with the same algorithm: one record per
+    /// whitespace-separated word, key and value the word.
     pub fn split_words() -> NativeTransform {
         NativeTransform::flat_map("split-words", |record, out| {
-            for word in record
-                .value
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|w| !w.is_empty())
-            {
-                out.push(Some(word), word, record.timestamp);
+            let value = record.value;
+            let mut i = 0;
+            while i < value.len() {
+                while i < value.len() && is_space(value[i]) {
+                    i += 1;
+                }
+                let start = i;
+                let mut high = 0u8;
+                while i < value.len() && !is_space(value[i]) {
+                    high |= value[i];
+                    i += 1;
+                }
+                if start < i {
+                    let word = &value[start..i];
+                    let text = if high < 0x80 {
+                        None
+                    } else {
+                        std::str::from_utf8(word).ok()
+                    };
+                    match text {
+                        Some(text) => {
+                            for part in text.split_whitespace() {
+                                out.push(Some(part.as_bytes()), part.as_bytes(), record.timestamp);
+                            }
+                        }
+                        None => out.push(Some(word), word, record.timestamp),
+                    }
+                }
             }
             Ok(())
         })
+    }
+
+    #[inline(always)]
+    fn is_space(byte: u8) -> bool {
+        byte == b' ' || (b'\t'..=b'\r').contains(&byte)
     }
 
     /// Like `plugins/lowercase`: lowercases key and value.

@@ -10,16 +10,43 @@ use std::fmt;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use hashbrown::hash_map::Entry;
 
 use super::builtin::{self, Accumulator};
 use super::{InstanceKey, Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
-use crate::record::Batch;
+use crate::record::{Batch, Partition};
 use crate::runtime::{InstanceLabel, Plugin, PluginError};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// A key borrowed from a batch, compared without a `memcmp` call for short
+/// keys (most keys of a word count are a few bytes: the call dominated the
+/// comparison).
+#[derive(Clone, Copy, Hash)]
+struct KeyRef<'a>(&'a [u8]);
+
+impl PartialEq for KeyRef<'_> {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0, other.0);
+        let len = a.len();
+        if len != b.len() {
+            return false;
+        }
+        let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+        match len {
+            0 => true,
+            1..=3 => a[0] == b[0] && a[len / 2] == b[len / 2] && a[len - 1] == b[len - 1],
+            4..=7 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
+            8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
+            _ => a == b,
+        }
+    }
+}
+
+impl Eq for KeyRef<'_> {}
 
 /// Values grouped by key, in flat form: the values of group `g` are
 /// `values[group_ends[g-1]..group_ends[g]]`, value `i` is
@@ -86,11 +113,12 @@ impl ReduceByKey {
         }
     }
 
-    fn reduce_builtin(&self, reducer: BuiltinReducer, input: &Batch) -> Result<Batch, OperatorError> {
+    fn reduce_builtin(&self, reducer: BuiltinReducer, chunks: &[Batch]) -> Result<Batch, OperatorError> {
         let merging = self.phase == Phase::Merge;
-        let mut accumulators: FastMap<Option<&[u8]>, (Accumulator, i64)> =
+        let mut keyed: FastMap<KeyRef<'_>, (Accumulator, i64)> =
             FastMap::with_capacity_and_hasher(1024, Default::default());
-        for record in input.iter() {
+        let mut keyless: Option<(Accumulator, i64)> = None;
+        for record in chunks.iter().flat_map(Batch::iter) {
             let failed = |error: builtin::ValueError| {
                 OperatorError::Value(format!(
                     "reduce-by-key `{}`: the value {:?} of {} {error}",
@@ -102,21 +130,34 @@ impl ReduceByKey {
                     )
                 ))
             };
-            match accumulators.entry(record.key) {
-                Entry::Occupied(mut entry) => {
-                    let (accumulator, timestamp) = entry.get_mut();
+            let slot = match record.key {
+                Some(key) => keyed.get_mut(&KeyRef(key)),
+                None => keyless.as_mut(),
+            };
+            match slot {
+                Some((accumulator, timestamp)) => {
                     builtin::fold(reducer, accumulator, record.value, merging).map_err(failed)?;
                     *timestamp = (*timestamp).max(record.timestamp);
                 }
-                Entry::Vacant(entry) => {
-                    let accumulator = builtin::start(reducer, record.value, merging).map_err(failed)?;
-                    entry.insert((accumulator, record.timestamp));
+                None => {
+                    let started = (
+                        builtin::start(reducer, record.value, merging).map_err(failed)?,
+                        record.timestamp,
+                    );
+                    match record.key {
+                        Some(key) => {
+                            keyed.insert(KeyRef(key), started);
+                        }
+                        None => keyless = Some(started),
+                    }
                 }
             }
         }
-        let mut output = Batch::with_capacity(accumulators.len(), accumulators.len() * 16);
+        let groups = keyed.len() + usize::from(keyless.is_some());
+        let mut output = Batch::with_capacity(groups, groups * 16);
         let mut text = String::new();
-        for (key, (accumulator, timestamp)) in accumulators {
+        let keyless = keyless.map(|state| (None, state));
+        for (key, (accumulator, timestamp)) in keyed.into_iter().map(|(k, v)| (Some(k.0), v)).chain(keyless) {
             use std::fmt::Write;
             text.clear();
             write!(text, "{accumulator}").expect("writing to a String cannot fail");
@@ -219,9 +260,25 @@ fn reducer_name(reducer: BuiltinReducer) -> &'static str {
 impl Operator for ReduceByKey {
     fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
         match &self.reducer {
-            Reducer::Builtin(reducer) => self.reduce_builtin(*reducer, &input),
+            Reducer::Builtin(reducer) => self.reduce_builtin(*reducer, std::slice::from_ref(&input)),
             Reducer::Groups(function) => self.reduce_groups(function.as_ref(), &input, ctx),
         }
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        let output = match &self.reducer {
+            // One hash map over every chunk: no concatenation.
+            Reducer::Builtin(reducer) => self.reduce_builtin(*reducer, &input)?,
+            Reducer::Groups(function) => {
+                let whole = Batch::concat(&input);
+                self.reduce_groups(function.as_ref(), &whole, ctx)?
+            }
+        };
+        Ok(vec![output])
     }
 
     fn check(&self) -> Result<(), OperatorError> {
@@ -277,5 +334,31 @@ impl GroupReduceFn for WasmReducer {
                 instance.reduce(groups.data, groups.ends, &groups.group_ends)
             })
             .map_err(|error| OperatorError::Plugin { error, record: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyRef;
+
+    #[test]
+    fn short_key_equality_matches_slice_equality() {
+        let words: Vec<Vec<u8>> = (0..=20)
+            .flat_map(|len| {
+                let base: Vec<u8> = (0..len as u8).map(|i| b'a' + i).collect();
+                let mut variants = vec![base.clone()];
+                for at in 0..len {
+                    let mut changed = base.clone();
+                    changed[at] = b'Z';
+                    variants.push(changed);
+                }
+                variants
+            })
+            .collect();
+        for a in &words {
+            for b in &words {
+                assert_eq!(KeyRef(a) == KeyRef(b), a == b, "{a:?} vs {b:?}");
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::{Operator, OperatorError, PartitionContext};
 use crate::config::TransformKind;
-use crate::record::Batch;
+use crate::record::{Batch, Partition};
 use crate::runtime::{InstanceLabel, Plugin, PluginError, TransformOutput};
 
 /// Data bytes fed to a per-record plugin in one call; larger partitions are
@@ -92,17 +92,19 @@ fn malformed(message: &str) -> OperatorError {
     }
 }
 
-impl Operator for TransformOperator {
-    fn check(&self) -> Result<(), OperatorError> {
-        self.function.check()
-    }
-
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+impl TransformOperator {
+    /// Runs one chunk, slicing it when it is large, appending the outputs to `out`.
+    fn process_chunk(
+        &self,
+        input: Batch,
+        ctx: &mut PartitionContext<'_>,
+        out: &mut Partition,
+    ) -> Result<(), OperatorError> {
         if self.kind == TransformKind::MapPartitions || input.data_bytes() <= MAX_CALL_BYTES {
-            return self.call_once(input, ctx);
+            out.push(self.call_once(input, ctx)?);
+            return Ok(());
         }
         // Slice by bytes, keeping record boundaries.
-        let mut outputs = Vec::new();
         let mut start = 0;
         while start < input.len() {
             let mut end = start;
@@ -113,10 +115,51 @@ impl Operator for TransformOperator {
                 end += 1;
             }
             let slice = input.slice(start, end);
-            outputs.push(self.call_once(slice, ctx).map_err(|e| shift_record(e, start))?);
+            out.push(self.call_once(slice, ctx).map_err(|e| shift_record(e, start))?);
             start = end;
         }
-        Ok(Batch::concat(&outputs))
+        Ok(())
+    }
+}
+
+impl Operator for TransformOperator {
+    fn check(&self) -> Result<(), OperatorError> {
+        self.function.check()
+    }
+
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let mut out = Vec::new();
+        self.process_chunk(input, ctx, &mut out)?;
+        Ok(if out.len() == 1 {
+            out.pop().expect("one output")
+        } else {
+            Batch::concat(&out)
+        })
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        if self.kind == TransformKind::MapPartitions {
+            let whole = if input.len() == 1 {
+                input.into_iter().next().expect("one chunk")
+            } else {
+                Batch::concat(&input)
+            };
+            return Ok(vec![self.call_once(whole, ctx)?]);
+        }
+        // Record indices in errors count from the start of the partition.
+        let mut out = Vec::with_capacity(input.len());
+        let mut offset = 0;
+        for chunk in input {
+            let len = chunk.len();
+            self.process_chunk(chunk, ctx, &mut out)
+                .map_err(|e| shift_record(e, offset))?;
+            offset += len;
+        }
+        Ok(out)
     }
 }
 
@@ -187,9 +230,9 @@ impl TransformFn for WasmTransform {
                 });
         result.map_err(|error| {
             let record = match (&error, &failed_input) {
-                (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => Some(
-                    format!("record {index} ({})", batch.get(*index as usize).describe()),
-                ),
+                (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => {
+                    Some(batch.get(*index as usize).describe())
+                }
                 _ => None,
             };
             OperatorError::Plugin { error, record }

@@ -9,11 +9,11 @@ use super::workers::{Task, TaskPanicked, WorkerPool};
 use crate::error::StageFailure;
 use crate::operator::{Operator, OperatorError, PartitionContext};
 use crate::partition::{self, Partitioning};
-use crate::record::Batch;
+use crate::record::Partition;
 
 /// Every stream's partitions after a batch, by stream id (`None` once the
 /// last reader took them).
-pub type StreamData = Vec<Option<Vec<Batch>>>;
+pub type StreamData = Vec<Option<Vec<Partition>>>;
 
 /// Runs batches of one plan.
 pub struct Executor {
@@ -32,18 +32,18 @@ impl Executor {
         &self.plan
     }
 
-    /// Runs batch `batch_id` with one batch per source (in source order).
-    /// Returns the partitions of every stream a sink reads.
+    /// Runs batch `batch_id` with the chunks each source delivered (in
+    /// source order). Returns the partitions of every stream a sink reads.
     pub fn run_batch(
         &self,
         batch_id: u64,
-        source_batches: Vec<Batch>,
+        source_chunks: Vec<Partition>,
     ) -> Result<StreamData, Box<StageFailure>> {
         let plan = &self.plan;
         let mut streams: StreamData = (0..plan.streams.len()).map(|_| None).collect();
         let mut remaining_readers = plan.readers.clone();
-        for ((_, stream), batch) in plan.sources.iter().zip(source_batches) {
-            streams[*stream] = Some(batch.split_even(plan.partitions));
+        for ((_, stream), chunks) in plan.sources.iter().zip(source_chunks) {
+            streams[*stream] = Some(partition::distribute(chunks, plan.partitions));
         }
         for stage in &plan.stages {
             let mut inputs = Vec::with_capacity(stage.inputs.len());
@@ -75,18 +75,18 @@ impl Executor {
     fn apply(
         &self,
         operator: &Arc<dyn Operator>,
-        partitions: Vec<Batch>,
+        partitions: Vec<Partition>,
         batch_id: u64,
-    ) -> Result<Vec<Batch>, (usize, OperatorError)> {
+    ) -> Result<Vec<Partition>, (usize, OperatorError)> {
         let partitions = match operator.input_partitioning() {
             Partitioning::Pipeline => partitions,
             Partitioning::HashByKey(n) => self.shuffle_by_key(partitions, n),
             Partitioning::RoundRobin(n) => partition::rebalance(&partitions, n),
         };
-        let tasks: Vec<Task<Result<Batch, OperatorError>>> = partitions
+        let tasks: Vec<Task<Result<Partition, OperatorError>>> = partitions
             .into_iter()
             .enumerate()
-            .map(|(index, batch)| -> Task<Result<Batch, OperatorError>> {
+            .map(|(index, partition)| -> Task<Result<Partition, OperatorError>> {
                 let operator = operator.clone();
                 Box::new(move |instances| {
                     let mut ctx = PartitionContext {
@@ -94,7 +94,7 @@ impl Executor {
                         partition: index,
                         instances,
                     };
-                    operator.process(batch, &mut ctx)
+                    operator.process_partition(partition, &mut ctx)
                 })
             })
             .collect();
@@ -112,25 +112,38 @@ impl Executor {
             .collect()
     }
 
-    /// Hash-partitions every input partition by key in parallel, then
-    /// concatenates the pieces of each target partition.
-    fn shuffle_by_key(&self, partitions: Vec<Batch>, targets: usize) -> Vec<Batch> {
-        let tasks: Vec<Task<Vec<Batch>>> = partitions
+    /// Hash-partitions every input partition by key in parallel; each target
+    /// partition gets the pieces as chunks.
+    fn shuffle_by_key(&self, partitions: Vec<Partition>, targets: usize) -> Vec<Partition> {
+        let tasks: Vec<Task<Vec<Partition>>> = partitions
             .into_iter()
-            .map(|batch| -> Task<Vec<Batch>> { Box::new(move |_| partition::split_by_key(&batch, targets)) })
+            .map(|partition| -> Task<Vec<Partition>> {
+                Box::new(move |_| {
+                    let mut pieces: Vec<Partition> = (0..targets).map(|_| Vec::new()).collect();
+                    for chunk in &partition {
+                        for (target, piece) in partition::split_by_key(chunk, targets).into_iter().enumerate()
+                        {
+                            if !piece.is_empty() {
+                                pieces[target].push(piece);
+                            }
+                        }
+                    }
+                    pieces
+                })
+            })
             .collect();
-        let mut pieces: Vec<Vec<Batch>> = (0..targets).map(|_| Vec::new()).collect();
+        let mut out: Vec<Partition> = (0..targets).map(|_| Vec::new()).collect();
         for split in self.pool.run(tasks) {
             let split = split.expect("splitting a batch by key does not panic");
-            for (target, piece) in split.into_iter().enumerate() {
-                pieces[target].push(piece);
+            for (target, pieces) in split.into_iter().enumerate() {
+                out[target].extend(pieces);
             }
         }
-        pieces.iter().map(Batch::concat).collect()
+        out
     }
 }
 
-fn take_or_clone(streams: &mut StreamData, id: usize, last_reader: bool) -> Vec<Batch> {
+fn take_or_clone(streams: &mut StreamData, id: usize, last_reader: bool) -> Vec<Partition> {
     if last_reader {
         streams[id].take().unwrap_or_default()
     } else {
@@ -138,14 +151,18 @@ fn take_or_clone(streams: &mut StreamData, id: usize, last_reader: bool) -> Vec<
     }
 }
 
-/// The union of several streams: partition `i` of the result concatenates
-/// partition `i` of every input that has one.
-fn union(mut inputs: Vec<Vec<Batch>>) -> Vec<Batch> {
+/// The union of several streams: partition `i` of the result holds the
+/// chunks of partition `i` of every input that has one.
+fn union(mut inputs: Vec<Vec<Partition>>) -> Vec<Partition> {
     if inputs.len() == 1 {
         return inputs.pop().expect("one input");
     }
     let count = inputs.iter().map(Vec::len).max().unwrap_or(0);
-    (0..count)
-        .map(|i| Batch::concat(inputs.iter().filter_map(|input| input.get(i))))
-        .collect()
+    let mut out: Vec<Partition> = (0..count).map(|_| Vec::new()).collect();
+    for input in inputs {
+        for (index, partition) in input.into_iter().enumerate() {
+            out[index].extend(partition);
+        }
+    }
+    out
 }

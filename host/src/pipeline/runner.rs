@@ -22,7 +22,7 @@ use super::workers::WorkerPool;
 use crate::batcher::Batcher;
 use crate::config::PipelineSpec;
 use crate::error::EngineError;
-use crate::record::Batch;
+use crate::record::{Partition, partition_len};
 use crate::sink::{self, BatchInfo, Sink};
 use crate::source::{self, SourceContext, SourceError, now_ms};
 
@@ -48,6 +48,13 @@ pub struct RunSummary {
     pub records_out: u64,
     /// Whether the run ended because it was asked to stop.
     pub stopped: bool,
+    /// Batches whose processing (stages and sinks) took longer than the
+    /// batch interval: a pipeline that keeps up has none.
+    pub slow_batches: u64,
+    /// The longest processing time of a batch.
+    pub max_batch_time: Duration,
+    /// Processing time of all batches together.
+    pub total_batch_time: Duration,
 }
 
 /// A pipeline ready to run: its plan and its sinks.
@@ -186,7 +193,7 @@ impl Pipeline {
             }
             let finished = batcher.all_finished();
             let batches = batcher.cut();
-            let received: usize = batches.iter().map(Batch::len).sum();
+            let received: usize = batches.iter().map(|p| partition_len(p)).sum();
             let sources_done = tasks.iter().all(|t| t.is_finished());
             if received == 0 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline))) {
                 break Ok(());
@@ -231,7 +238,7 @@ impl Pipeline {
         &mut self,
         executor: &Executor,
         batch_id: u64,
-        batches: Vec<Batch>,
+        batches: Vec<Partition>,
         summary: &mut RunSummary,
     ) -> Result<(), EngineError> {
         let started = Instant::now();
@@ -239,17 +246,23 @@ impl Pipeline {
             id: batch_id,
             time_ms: now_ms(),
         };
-        let received: usize = batches.iter().map(Batch::len).sum();
+        let received: usize = batches.iter().map(|p| partition_len(p)).sum();
         let mut streams = executor.run_batch(batch_id, batches)?;
         for (sink, stream) in &mut self.sinks {
             let partitions = streams[*stream].get_or_insert_with(Vec::new);
-            summary.records_out += partitions.iter().map(|b| b.len() as u64).sum::<u64>();
+            summary.records_out += partitions.iter().map(|p| partition_len(p) as u64).sum::<u64>();
             sink.write(info, partitions).map_err(|error| EngineError::Sink {
                 pipeline: executor.plan().pipeline.clone(),
                 error,
             })?;
         }
         summary.batches += 1;
+        let elapsed = started.elapsed();
+        summary.total_batch_time += elapsed;
+        summary.max_batch_time = summary.max_batch_time.max(elapsed);
+        if elapsed > self.batch_interval {
+            summary.slow_batches += 1;
+        }
         tracing::debug!(
             pipeline = %executor.plan().pipeline, batch = batch_id, records = received,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "batch done"

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use super::{BatchInfo, Sink, SinkError};
-use crate::record::Batch;
+use crate::record::{Batch, Partition, partition_len};
 
 /// Prints batches to a writer (standard output by default).
 pub struct ConsoleSink {
@@ -32,8 +32,8 @@ pub fn format_time(time_ms: i64) -> String {
 }
 
 impl Sink for ConsoleSink {
-    fn write(&mut self, batch: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError> {
-        let total: usize = partitions.iter().map(Batch::len).sum();
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        let total: usize = partitions.iter().map(|p| partition_len(p)).sum();
         let mut text = String::new();
         text.push_str("-------------------------------------------\n");
         text.push_str(&format!(
@@ -42,7 +42,12 @@ impl Sink for ConsoleSink {
             format_time(batch.time_ms)
         ));
         text.push_str("-------------------------------------------\n");
-        for record in partitions.iter().flat_map(Batch::iter).take(self.max_records) {
+        for record in partitions
+            .iter()
+            .flatten()
+            .flat_map(Batch::iter)
+            .take(self.max_records)
+        {
             if let Some(key) = record.key {
                 text.push_str(&String::from_utf8_lossy(key));
                 text.push('\t');

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::{BatchInfo, Sink, SinkError};
 use crate::config::FileFormat;
-use crate::record::{Batch, RecordRef};
+use crate::record::{Partition, RecordRef};
 
 /// Writes batches as files.
 pub struct FilesSink {
@@ -43,9 +43,9 @@ impl FilesSink {
         }
     }
 
-    fn write_part(&self, path: &Path, batch: &Batch) -> std::io::Result<()> {
+    fn write_part(&self, path: &Path, partition: &[crate::record::Batch]) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        for record in batch.iter() {
+        for record in partition.iter().flat_map(|chunk| chunk.iter()) {
             match self.format {
                 FileFormat::Text => write_text(&mut out, record)?,
                 FileFormat::Jsonl => write_json(&mut out, record)?,
@@ -92,8 +92,8 @@ impl Sink for FilesSink {
         })
     }
 
-    fn write(&mut self, batch: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError> {
-        if partitions.iter().all(Batch::is_empty) {
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        if partitions.iter().flatten().all(|chunk| chunk.is_empty()) {
             return Ok(());
         }
         let target = Self::batch_dir(&self.dir, batch.id);
@@ -108,7 +108,7 @@ impl Sink for FilesSink {
                 FileFormat::Jsonl => "jsonl",
             };
             for (index, partition) in partitions.iter().enumerate() {
-                if !partition.is_empty() {
+                if partition.iter().any(|chunk| !chunk.is_empty()) {
                     self.write_part(&temporary.join(format!("part-{index:05}.{extension}")), partition)?;
                 }
             }

@@ -16,7 +16,7 @@ pub mod console;
 pub mod files;
 
 use crate::config::{SinkKind, SinkSpec};
-use crate::record::Batch;
+use crate::record::Partition;
 
 /// Identifies a micro-batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +39,8 @@ pub struct SinkError {
 
 /// Where a stream's results go.
 pub trait Sink: Send {
-    /// Writes one batch: every partition of the sink's input stream.
-    fn write(&mut self, batch: BatchInfo, partitions: &[Batch]) -> Result<(), SinkError>;
+    /// Writes one batch: every partition (as chunks) of the sink's input stream.
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError>;
 
     /// Prepares the sink before the first batch. Default: nothing to do.
     fn open(&mut self) -> Result<(), SinkError> {

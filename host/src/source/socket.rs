@@ -6,7 +6,7 @@
 //! logging each failure. In `--available-now` runs, end of stream ends the
 //! source. `listen` mode binds `host:port` and accepts any number of producers
 //! at once; in `--available-now` runs it ends when every producer it accepted
-//! has closed its connection.
+//! has closed its connection and no new one arrived for 300 ms.
 
 use std::time::Duration;
 
@@ -129,11 +129,13 @@ impl SocketSource {
         tracing::info!(source = %ctx.name, address = %self.address, "listening");
         let mut connections = JoinSet::new();
         let mut accepted_any = false;
+        // In available-now runs: how long to wait for another producer after
+        // the last one closed.
+        let grace = Duration::from_millis(300);
         loop {
-            if ctx.available_now && accepted_any && connections.is_empty() {
-                return Ok(());
-            }
+            let idle = ctx.available_now && accepted_any && connections.is_empty();
             tokio::select! {
+                _ = tokio::time::sleep(grace), if idle => return Ok(()),
                 accepted = listener.accept() => match accepted {
                     Ok((mut stream, peer)) => {
                         accepted_any = true;

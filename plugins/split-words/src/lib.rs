@@ -1,9 +1,9 @@
 //! Flat-map: emits one record per whitespace-separated word of each record's
 //! value, with the word as both key and value and the input's timestamp.
 //!
-//! UTF-8 values are split on Unicode whitespace; values that are not UTF-8 are
-//! split on ASCII whitespace bytes instead of failing (their bytes pass
-//! through unchanged).
+//! Words are separated by ASCII whitespace, and within UTF-8 text also by
+//! Unicode whitespace (U+00A0, U+3000, ...). Bytes that are not UTF-8 pass
+//! through unchanged, split on ASCII whitespace only.
 //!
 //! Config: none.
 
@@ -12,40 +12,45 @@ use weir_guest::{Emitter, Error, Record};
 #[weir_guest::flat_map]
 fn split_words(record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {
     let value = record.value();
-    if !value.is_ascii()
-        && let Ok(text) = std::str::from_utf8(value)
-    {
-        for word in text.split_whitespace() {
-            out.emit_keyed(word, word);
+    let mut i = 0;
+    while i < value.len() {
+        while i < value.len() && is_space(value[i]) {
+            i += 1;
         }
-    } else {
-        split_ascii(value, out);
+        let start = i;
+        // OR of the word's bytes: below 0x80 means pure ASCII.
+        let mut high = 0u8;
+        while i < value.len() && !is_space(value[i]) {
+            high |= value[i];
+            i += 1;
+        }
+        if start < i {
+            emit_word(&value[start..i], high, out);
+        }
     }
     Ok(())
 }
 
 /// The ASCII characters that `char::is_whitespace` accepts.
-#[inline]
+#[inline(always)]
 fn is_space(byte: u8) -> bool {
-    matches!(byte, b' ' | b'\t'..=b'\r')
+    byte == b' ' || (b'\t'..=b'\r').contains(&byte)
 }
 
-/// Splits on ASCII whitespace: the fast path, and the fallback for non-UTF-8 bytes.
-#[inline]
-fn split_ascii(value: &[u8], out: &mut Emitter) {
-    let mut i = 0;
-    let len = value.len();
-    while i < len {
-        while i < len && is_space(value[i]) {
-            i += 1;
+/// Emits an ASCII-separated word; a non-ASCII one is split again on Unicode
+/// whitespace when it is UTF-8.
+#[inline(always)]
+fn emit_word(word: &[u8], high: u8, out: &mut Emitter) {
+    if high < 0x80 {
+        out.emit_keyed(word, word);
+        return;
+    }
+    match std::str::from_utf8(word) {
+        Ok(text) => {
+            for part in text.split_whitespace() {
+                out.emit_keyed(part, part);
+            }
         }
-        let start = i;
-        while i < len && !is_space(value[i]) {
-            i += 1;
-        }
-        if start < i {
-            let word = &value[start..i];
-            out.emit_keyed(word, word);
-        }
+        Err(_) => out.emit_keyed(word, word),
     }
 }
