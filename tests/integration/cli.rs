@@ -185,3 +185,40 @@ fn new_plugin_refuses_bad_names_and_kinds() {
         stderr(&output)
     );
 }
+
+#[test]
+fn compiled_components_are_cached_on_disk_and_reused() {
+    let dir = scratch();
+    let cache = dir.path().join("cache");
+    let pipeline = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &wordcount_pipeline("type = \"generator\"\nlines = 1", &dir.path().join("out"), 1),
+    );
+    let check = |cache: &Path| {
+        let output = weir()
+            .command(&["check", pipeline.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    check(&cache);
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].extension().is_some_and(|e| e == "cwasm"),
+        "{entries:?}"
+    );
+    let written = std::fs::metadata(&entries[0]).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // The second start loads the entry instead of compiling and rewriting it.
+    check(&cache);
+    assert_eq!(
+        std::fs::metadata(&entries[0]).unwrap().modified().unwrap(),
+        written
+    );
+}

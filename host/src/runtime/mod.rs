@@ -57,7 +57,7 @@ impl Runtime {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .epoch_interruption(std::env::var_os("WEIR_NO_EPOCH").is_none())
+            .epoch_interruption(true)
             .max_wasm_stack(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
