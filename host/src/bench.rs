@@ -17,7 +17,7 @@ use crate::error::EngineError;
 use crate::operator::native::library;
 use crate::pipeline::{Pipeline, PluginRegistry, RunOptions};
 use crate::record::Partition;
-use crate::runtime::{Limits, Runtime};
+use crate::runtime::Runtime;
 use crate::sink::{BatchInfo, Sink, SinkError};
 use crate::source::generator;
 
@@ -177,9 +177,9 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
         .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
     let spec = spec(&input, &settings.plugin, settings.partitions)?;
     let runtime = Runtime::with_default_cache()?;
-    let mut wasm = PluginRegistry::new(runtime.clone(), Limits::default());
+    let mut wasm = PluginRegistry::new(runtime.clone());
     wasm.load_declared(&spec)?;
-    let mut native = PluginRegistry::new(runtime, Limits::default());
+    let mut native = PluginRegistry::new(runtime);
     native.register_transform("split-words", library::split_words());
 
     let words = settings.lines * settings.words_per_line as u64;
@@ -272,7 +272,7 @@ type = "console"
         plugin = plugin.display().to_string(),
     );
     let spec = config::parse(&text, Path::new("latency.toml"))?;
-    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?, Limits::default());
+    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
     registry.load_declared(&spec)?;
     let mut pipeline = Pipeline::build(&spec, &registry, "latency.toml")?;
     let counted = Arc::new(AtomicU64::new(0));

@@ -69,6 +69,21 @@ pub enum EngineError {
         /// What failed.
         error: SinkError,
     },
+    /// A stage failed in too many consecutive batches and was quarantined.
+    #[error(
+        "pipeline `{pipeline}`: stage `{stage}` quarantined after {batches} consecutive batches with failures{}",
+        if *paused { " (the pipeline was paused, then stopped)" } else { "" }
+    )]
+    Quarantined {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// Consecutive batches with a failure.
+        batches: u64,
+        /// Whether the pipeline was paused before it stopped.
+        paused: bool,
+    },
     /// The Wasm runtime could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),

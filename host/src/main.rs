@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use weir::config::{self, PipelineSpec};
 use weir::error::EngineError;
 use weir::pipeline::{Pipeline, PluginRegistry, RunOptions, StopSignal};
-use weir::runtime::{Limits, Runtime};
+use weir::runtime::Runtime;
 use weir::tools::{self, build, inspect, scaffold};
 
 /// Weir: a micro-batch stream processing engine whose transforms are
@@ -226,7 +226,7 @@ fn pipeline_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 /// Loads, plans and checks one pipeline file.
 fn prepare(runtime: &Arc<Runtime>, file: &Path) -> Result<(PipelineSpec, Pipeline), EngineError> {
     let spec = config::load(file)?;
-    let mut registry = PluginRegistry::new(runtime.clone(), Limits::default());
+    let mut registry = PluginRegistry::new(runtime.clone());
     registry.load_declared(&spec)?;
     let pipeline = Pipeline::build(&spec, &registry, &file.display().to_string())?;
     Ok((spec, pipeline))
@@ -330,10 +330,15 @@ fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow
     for handle in handles {
         match handle.join() {
             Ok((name, Ok(summary))) => eprintln!(
-                "pipeline `{name}`: {} batches, {} records in, {} records out{}",
+                "pipeline `{name}`: {} batches, {} records in, {} records out, {} retries, \
+                 {} batches ({} records) skipped, {} records dead-lettered{}",
                 summary.batches,
                 summary.records_in,
                 summary.records_out,
+                summary.retries,
+                summary.skipped_batches,
+                summary.skipped_records,
+                summary.dead_lettered,
                 if summary.stopped {
                     ", stopped gracefully"
                 } else {
@@ -402,7 +407,7 @@ max-records = 8
     );
     let runtime = Runtime::with_default_cache()?;
     let spec = config::parse(&text, Path::new("demo.toml"))?;
-    let mut registry = PluginRegistry::new(runtime, Limits::default());
+    let mut registry = PluginRegistry::new(runtime);
     registry.load_declared(&spec)?;
     let pipeline = Pipeline::build(&spec, &registry, "demo.toml")?;
     let stop = StopSignal::new();

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod graph;
+mod sandbox;
 mod sources;
 
 use std::time::Duration;

@@ -27,6 +27,22 @@ pub struct PipelineFile {
     /// `[[sink]]` tables.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<Spanned<SinkTable>>,
+    /// `[limits]`: defaults for every plugin stage's limits.
+    pub limits: Option<Spanned<LimitsTable>>,
+}
+
+/// Resource limits of plugin instances: `[limits]`, or a stage's `limits`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitsTable {
+    /// Linear memory cap per instance, e.g. `"64MiB"`.
+    pub memory: Option<Spanned<String>>,
+    /// Longest a call may run, e.g. `"500ms"`.
+    pub timeout: Option<Spanned<String>>,
+    /// Most output records per input record of a call.
+    pub output_records_ratio: Option<Spanned<i64>>,
+    /// Most output bytes per input byte of a call.
+    pub output_bytes_ratio: Option<Spanned<i64>>,
 }
 
 /// `[pipeline]`.
@@ -95,6 +111,20 @@ pub struct StageTable {
     pub partitions: Option<Spanned<i64>>,
     /// Configuration passed to the plugin's `init`, as string key/values.
     pub config: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    /// Limits of this stage's plugin instances (override `[limits]`).
+    pub limits: Option<Spanned<LimitsTable>>,
+    /// A directory the plugin may read (mounted read-only at `/data`).
+    pub read_dir: Option<Spanned<String>>,
+    /// Environment variables the plugin sees.
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    /// What a failed call does: `fail`, `skip-batch` or `dead-letter`.
+    pub on_error: Option<Spanned<String>>,
+    /// Retries of a failed call before `on-error` applies.
+    pub retries: Option<Spanned<i64>>,
+    /// Consecutive failed batches after which the stage is quarantined.
+    pub quarantine_after: Option<Spanned<i64>>,
+    /// What quarantine does: `stop` the pipeline or `pause` it.
+    pub quarantine: Option<Spanned<String>>,
 }
 
 /// One input stream or several.

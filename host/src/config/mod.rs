@@ -12,8 +12,9 @@ mod spec;
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    BuiltinReducer, FileFormat, GeneratorSpec, OperatorSpec, PipelineSpec, ReducerSpec, SinkKind, SinkSpec,
-    SocketMode, SourceKind, SourceSpec, StageSpec, TransformKind,
+    BuiltinReducer, DEAD_LETTERS, FailurePolicy, FileFormat, GeneratorSpec, OnError, OperatorSpec,
+    PipelineSpec, Quarantine, ReducerSpec, SinkKind, SinkSpec, SocketMode, SourceKind, SourceSpec, StageSpec,
+    TransformKind,
 };
 
 /// A pipeline file that cannot be used.

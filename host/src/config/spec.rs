@@ -11,11 +11,16 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::LineIndex;
-use super::file::{Inputs, PipelineFile, SinkTable, SourceTable, StageTable};
+use super::file::{Inputs, LimitsTable, PipelineFile, SinkTable, SourceTable, StageTable};
 use super::graph::{Node, topological_order};
+use crate::runtime::{Grants, Limits, Sandbox};
 
 /// An error at a byte offset of the file.
 type SpecError = (usize, String);
+
+/// The stream that receives the records of failed calls of stages with
+/// `on-error = "dead-letter"`; sinks read it like any stream.
+pub const DEAD_LETTERS: &str = "dead-letters";
 
 /// A validated pipeline.
 #[derive(Debug, Clone)]
@@ -109,8 +114,60 @@ pub struct StageSpec {
     pub inputs: Vec<String>,
     /// The operator.
     pub op: OperatorSpec,
+    /// Limits and capabilities of its plugin instances.
+    pub sandbox: Sandbox,
+    /// What happens when a call fails.
+    pub policy: FailurePolicy,
     /// Line of its table in the pipeline file.
     pub line: usize,
+}
+
+/// What a stage does when a plugin call fails (a trap, a limit, or an error
+/// the plugin returns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Retries of the failed call (on a fresh instance after a trap), with
+    /// backoff, before `on_error` applies.
+    pub retries: u32,
+    /// What happens to the partition's batch after the retries.
+    pub on_error: OnError,
+    /// Consecutive batches with a failure after which the stage is quarantined.
+    pub quarantine_after: u32,
+    /// What quarantine does.
+    pub quarantine: Quarantine,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self {
+            retries: 0,
+            on_error: OnError::Fail,
+            quarantine_after: 5,
+            quarantine: Quarantine::Stop,
+        }
+    }
+}
+
+/// The fate of a partition's batch whose call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop the pipeline with the error.
+    Fail,
+    /// Drop the partition's batch for this stage, count it, go on.
+    SkipBatch,
+    /// Send the failing records (a record the plugin named, else the whole
+    /// partition's input) with the error to the `dead-letters` stream.
+    DeadLetter,
+}
+
+/// What quarantining a stage does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quarantine {
+    /// Stop the pipeline with an error that says why.
+    Stop,
+    /// Stop processing batches (receivers wait, nothing is dropped) until
+    /// the pipeline is stopped.
+    Pause,
 }
 
 /// Operators.
@@ -278,10 +335,22 @@ pub(super) fn build(
         .into_iter()
         .map(|source| source_spec(source, base_dir, lines))
         .collect::<Result<Vec<_>, _>>()?;
+    let default_limits = limits(
+        raw.limits.as_ref(),
+        Limits {
+            call_deadline: Limits::deadline_for_interval(batch_interval),
+            ..Limits::default()
+        },
+    )?;
+    let defaults = StageDefaults {
+        plugins: &plugins,
+        limits: &default_limits,
+        base_dir,
+    };
     let stages = raw
         .stages
         .into_iter()
-        .map(|stage| stage_spec(stage, &plugins, lines))
+        .map(|stage| stage_spec(stage, &defaults, lines))
         .collect::<Result<Vec<_>, _>>()?;
     let input_offsets: Vec<usize> = stages.iter().map(|(_, input_at, _)| *input_at).collect();
     let stages: Vec<(usize, StageSpec)> = stages
@@ -294,7 +363,22 @@ pub(super) fn build(
         .map(|sink| sink_spec(sink, base_dir, lines))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let order = order_stages(&sources, &stages, &input_offsets, &sinks)?;
+    for (offset, name) in sources
+        .iter()
+        .map(|(o, s)| (*o, &s.name))
+        .chain(stages.iter().map(|(o, s)| (*o, &s.name)))
+    {
+        if name == DEAD_LETTERS {
+            return Err((
+                offset,
+                format!("`{DEAD_LETTERS}` is reserved for the dead-letter stream"),
+            ));
+        }
+    }
+    let dead_letters = stages
+        .iter()
+        .any(|(_, stage)| stage.policy.on_error == OnError::DeadLetter);
+    let order = order_stages(&sources, &stages, &input_offsets, &sinks, dead_letters)?;
     let mut slots: Vec<Option<(usize, StageSpec)>> = stages.into_iter().map(Some).collect();
     let stages = order
         .into_iter()
@@ -320,6 +404,7 @@ fn order_stages(
     stages: &[(usize, StageSpec)],
     input_offsets: &[usize],
     sinks: &[(usize, SinkSpec)],
+    dead_letters: bool,
 ) -> Result<Vec<usize>, SpecError> {
     if sources.is_empty() {
         return Err((0, "the pipeline has no [[source]]".into()));
@@ -350,7 +435,17 @@ fn order_stages(
         .collect();
     let order = topological_order(&source_nodes, &stage_nodes)?;
     for (offset, sink) in sinks {
-        let known = source_nodes.iter().any(|(name, _)| *name == sink.input)
+        if sink.input == DEAD_LETTERS && !dead_letters {
+            return Err((
+                *offset,
+                format!(
+                    "sink `{}` reads `{DEAD_LETTERS}`, but no stage has on-error = \"dead-letter\"",
+                    sink.name
+                ),
+            ));
+        }
+        let known = sink.input == DEAD_LETTERS
+            || source_nodes.iter().any(|(name, _)| *name == sink.input)
             || stage_nodes.iter().any(|node| node.name == sink.input);
         if !known {
             return Err((
@@ -468,11 +563,30 @@ fn source_spec(
     ))
 }
 
+/// Keys every plugin stage accepts besides its operator's own.
+const PLUGIN_KEYS: &[&str] = &[
+    "limits",
+    "read-dir",
+    "env",
+    "on-error",
+    "retries",
+    "quarantine-after",
+    "quarantine",
+];
+
+/// The stage context that `stage_spec` needs from the pipeline.
+struct StageDefaults<'a> {
+    plugins: &'a BTreeMap<String, PathBuf>,
+    limits: &'a Limits,
+    base_dir: &'a Path,
+}
+
 fn stage_spec(
     table: Spanned<StageTable>,
-    plugins: &BTreeMap<String, PathBuf>,
+    defaults: &StageDefaults<'_>,
     lines: &LineIndex,
 ) -> Result<(usize, usize, StageSpec), SpecError> {
+    let plugins = defaults.plugins;
     let offset = table.span().start;
     let table = table.into_inner();
     let name = stream_name(&table.name)?;
@@ -490,6 +604,16 @@ fn stage_spec(
         ("reducer", table.reducer.as_ref().map(|v| v.span().start)),
         ("partitions", table.partitions.as_ref().map(|v| v.span().start)),
         ("config", table.config.as_ref().map(|v| v.span().start)),
+        ("limits", table.limits.as_ref().map(|v| v.span().start)),
+        ("read-dir", table.read_dir.as_ref().map(|v| v.span().start)),
+        ("env", table.env.as_ref().map(|v| v.span().start)),
+        ("on-error", table.on_error.as_ref().map(|v| v.span().start)),
+        ("retries", table.retries.as_ref().map(|v| v.span().start)),
+        (
+            "quarantine-after",
+            table.quarantine_after.as_ref().map(|v| v.span().start),
+        ),
+        ("quarantine", table.quarantine.as_ref().map(|v| v.span().start)),
     ];
     let context = format!("op `{op_name}`");
     let single_input = |op: &str| {
@@ -512,7 +636,7 @@ fn stage_spec(
         _ => None,
     };
     let op = if let Some(kind) = transform {
-        only_keys(&present, &["plugin", "config"], &context)?;
+        only_keys(&present, &[&["plugin", "config"], PLUGIN_KEYS].concat(), &context)?;
         single_input(op_name)?;
         let plugin = required(&table.plugin, "plugin", offset, &context)?;
         plugin_known(
@@ -528,7 +652,11 @@ fn stage_spec(
     } else {
         match op_name {
             "reduce-by-key" => {
-                only_keys(&present, &["reducer", "partitions", "config"], &context)?;
+                only_keys(
+                    &present,
+                    &[&["reducer", "partitions", "config"], PLUGIN_KEYS].concat(),
+                    &context,
+                )?;
                 single_input(op_name)?;
                 let reducer_name = required(&table.reducer, "reducer", offset, &context)?;
                 let reducer = match BuiltinReducer::parse(reducer_name) {
@@ -578,6 +706,27 @@ fn stage_spec(
             }
         }
     };
+    let limits = match &table.limits {
+        Some(overrides) => limits(Some(overrides), defaults.limits.clone())?,
+        None => defaults.limits.clone(),
+    };
+    let grants = Grants {
+        read_dir: table
+            .read_dir
+            .as_ref()
+            .map(|dir| defaults.base_dir.join(dir.get_ref())),
+        env: table
+            .env
+            .as_ref()
+            .map(|env| {
+                env.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let policy = failure_policy(&table)?;
     Ok((
         offset,
         input_at,
@@ -585,9 +734,96 @@ fn stage_spec(
             name,
             inputs,
             op,
+            sandbox: Sandbox { limits, grants },
+            policy,
             line: lines.line_of(offset),
         },
     ))
+}
+
+fn failure_policy(table: &StageTable) -> Result<FailurePolicy, SpecError> {
+    let mut policy = FailurePolicy::default();
+    if let Some(on_error) = &table.on_error {
+        policy.on_error = match on_error.get_ref().as_str() {
+            "fail" => OnError::Fail,
+            "skip-batch" => OnError::SkipBatch,
+            "dead-letter" => OnError::DeadLetter,
+            other => {
+                return Err((
+                    on_error.span().start,
+                    format!("unknown on-error `{other}` (expected fail, skip-batch or dead-letter)"),
+                ));
+            }
+        };
+    }
+    if let Some(retries) = non_negative(table.retries.as_ref(), "retries")? {
+        policy.retries = retries.min(100) as u32;
+    }
+    if let Some(after) = positive(table.quarantine_after.as_ref(), "quarantine-after", 1_000_000)? {
+        policy.quarantine_after = after as u32;
+    }
+    if let Some(quarantine) = &table.quarantine {
+        policy.quarantine = match quarantine.get_ref().as_str() {
+            "stop" => Quarantine::Stop,
+            "pause" => Quarantine::Pause,
+            other => {
+                return Err((
+                    quarantine.span().start,
+                    format!("unknown quarantine `{other}` (expected stop or pause)"),
+                ));
+            }
+        };
+    }
+    Ok(policy)
+}
+
+/// `defaults` with the keys of `table` applied.
+fn limits(table: Option<&Spanned<LimitsTable>>, mut defaults: Limits) -> Result<Limits, SpecError> {
+    let Some(table) = table else {
+        return Ok(defaults);
+    };
+    let table = table.get_ref();
+    if let Some(memory) = &table.memory {
+        defaults.memory_bytes = byte_size(memory)?;
+    }
+    if let Some(timeout) = &table.timeout {
+        defaults.call_deadline = duration(timeout)?;
+    }
+    if let Some(ratio) = positive(
+        table.output_records_ratio.as_ref(),
+        "output-records-ratio",
+        1 << 30,
+    )? {
+        defaults.output_records_ratio = ratio as u64;
+    }
+    if let Some(ratio) = positive(table.output_bytes_ratio.as_ref(), "output-bytes-ratio", 1 << 30)? {
+        defaults.output_bytes_ratio = ratio as u64;
+    }
+    Ok(defaults)
+}
+
+/// Reads `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100MB"` or a plain number of bytes.
+fn byte_size(text: &Spanned<String>) -> Result<usize, SpecError> {
+    let raw = text.get_ref().trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => u64::MAX,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if multiplier != u64::MAX && n > 0 => Ok(n.saturating_mul(multiplier).min(4 << 30) as usize),
+        _ => Err((
+            text.span().start,
+            format!("invalid size {raw:?} (write e.g. \"64MiB\", \"512KiB\", \"1GiB\")"),
+        )),
+    }
 }
 
 fn sink_spec(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::runtime::{InstanceLabel, Plugin, PluginError, PluginInstance};
+use crate::runtime::{InstanceLabel, Plugin, PluginError, PluginInstance, Sandbox};
 
 /// Identifies one use of a plugin (one stage of one pipeline, one role): the
 /// key of an instance slot. Unique within the process.
@@ -45,12 +45,13 @@ impl InstanceSlots {
         plugin: &Arc<Plugin>,
         config: &[(String, String)],
         label: &InstanceLabel,
+        sandbox: &Arc<Sandbox>,
         call: impl FnOnce(&mut PluginInstance) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
         let instance = match self.slots.entry(key) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(PluginInstance::start(plugin, config, label.clone())?)
+                entry.insert(PluginInstance::start(plugin, config, label.clone(), sandbox)?)
             }
         };
         let result = call(instance);

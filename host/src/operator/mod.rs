@@ -13,6 +13,7 @@
 //! - [`instances`]: each worker's warm plugin instances.
 
 pub mod builtin;
+pub mod guard;
 pub mod instances;
 pub mod native;
 pub mod reduce;
@@ -35,6 +36,10 @@ pub struct PartitionContext<'a> {
     pub partition: usize,
     /// The calling worker's plugin instances.
     pub instances: &'a mut InstanceSlots,
+    /// Records sent to the dead-letter stream by this call.
+    pub dead_letters: Batch,
+    /// Failures handled by the stage's policy during this call.
+    pub failures: u32,
 }
 
 /// Why an operator failed on a partition.

@@ -16,7 +16,7 @@ use super::{InstanceKey, Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
-use crate::runtime::{InstanceLabel, Plugin, PluginError};
+use crate::runtime::{InstanceLabel, Plugin, PluginError, Sandbox};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
@@ -302,16 +302,23 @@ pub struct WasmReducer {
     plugin: Arc<Plugin>,
     config: Vec<(String, String)>,
     label: InstanceLabel,
+    sandbox: Arc<Sandbox>,
     key: InstanceKey,
 }
 
 impl WasmReducer {
-    /// Calls `plugin`, initialised with `config`; `label` tags its logs.
-    pub fn new(plugin: Arc<Plugin>, config: Vec<(String, String)>, label: InstanceLabel) -> Self {
+    /// Calls `plugin` in `sandbox`, initialised with `config`; `label` tags its logs.
+    pub fn new(
+        plugin: Arc<Plugin>,
+        config: Vec<(String, String)>,
+        label: InstanceLabel,
+        sandbox: Sandbox,
+    ) -> Self {
         Self {
             plugin,
             config,
             label,
+            sandbox: Arc::new(sandbox),
             key: InstanceKey::unique(),
         }
     }
@@ -319,7 +326,7 @@ impl WasmReducer {
 
 impl GroupReduceFn for WasmReducer {
     fn check(&self) -> Result<(), OperatorError> {
-        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone())
+        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox)
             .map(drop)
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
@@ -330,9 +337,14 @@ impl GroupReduceFn for WasmReducer {
         ctx: &mut PartitionContext<'_>,
     ) -> Result<(Vec<u8>, Vec<u32>), OperatorError> {
         ctx.instances
-            .with_instance(self.key, &self.plugin, &self.config, &self.label, |instance| {
-                instance.reduce(groups.data, groups.ends, &groups.group_ends)
-            })
+            .with_instance(
+                self.key,
+                &self.plugin,
+                &self.config,
+                &self.label,
+                &self.sandbox,
+                |instance| instance.reduce(groups.data, groups.ends, &groups.group_ends),
+            )
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 }

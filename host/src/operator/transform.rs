@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::{Operator, OperatorError, PartitionContext};
 use crate::config::TransformKind;
 use crate::record::{Batch, Partition};
-use crate::runtime::{InstanceLabel, Plugin, PluginError, TransformOutput};
+use crate::runtime::{InstanceLabel, Plugin, PluginError, Sandbox, TransformOutput};
 
 /// Data bytes fed to a per-record plugin in one call; larger partitions are
 /// sliced. Map-partitions always gets its whole partition.
@@ -187,16 +187,23 @@ pub struct WasmTransform {
     plugin: Arc<Plugin>,
     config: Vec<(String, String)>,
     label: InstanceLabel,
+    sandbox: Arc<Sandbox>,
     key: super::InstanceKey,
 }
 
 impl WasmTransform {
-    /// Calls `plugin`, initialised with `config`; `label` tags its logs.
-    pub fn new(plugin: Arc<Plugin>, config: Vec<(String, String)>, label: InstanceLabel) -> Self {
+    /// Calls `plugin` in `sandbox`, initialised with `config`; `label` tags its logs.
+    pub fn new(
+        plugin: Arc<Plugin>,
+        config: Vec<(String, String)>,
+        label: InstanceLabel,
+        sandbox: Sandbox,
+    ) -> Self {
         Self {
             plugin,
             config,
             label,
+            sandbox: Arc::new(sandbox),
             key: super::InstanceKey::unique(),
         }
     }
@@ -204,7 +211,7 @@ impl WasmTransform {
 
 impl TransformFn for WasmTransform {
     fn check(&self) -> Result<(), OperatorError> {
-        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone())
+        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox)
             .map(drop)
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
@@ -216,18 +223,23 @@ impl TransformFn for WasmTransform {
     ) -> Result<(Batch, TransformOutput), OperatorError> {
         // Keep what is needed to describe a failing record: the call consumes the input.
         let mut failed_input = None;
-        let result =
-            ctx.instances
-                .with_instance(self.key, &self.plugin, &self.config, &self.label, |instance| {
-                    let (input, result) = instance.transform(input);
-                    match result {
-                        Ok(output) => Ok((input, output)),
-                        Err(error) => {
-                            failed_input = Some(input);
-                            Err(error)
-                        }
+        let result = ctx.instances.with_instance(
+            self.key,
+            &self.plugin,
+            &self.config,
+            &self.label,
+            &self.sandbox,
+            |instance| {
+                let (input, result) = instance.transform(input);
+                match result {
+                    Ok(output) => Ok((input, output)),
+                    Err(error) => {
+                        failed_input = Some(input);
+                        Err(error)
                     }
-                });
+                }
+            },
+        );
         result.map_err(|error| {
             let record = match (&error, &failed_input) {
                 (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => {

@@ -3,17 +3,42 @@
 //! movement (shuffle by key, rebalance) an operator's input partitioning asks for.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::plan::Plan;
 use super::workers::{Task, TaskPanicked, WorkerPool};
+use crate::config::Quarantine;
 use crate::error::StageFailure;
 use crate::operator::{Operator, OperatorError, PartitionContext};
 use crate::partition::{self, Partitioning};
-use crate::record::Partition;
+use crate::record::{Batch, Partition};
 
 /// Every stream's partitions after a batch, by stream id (`None` once the
 /// last reader took them).
 pub type StreamData = Vec<Option<Vec<Partition>>>;
+
+/// Why a batch did not complete.
+#[derive(Debug)]
+pub enum BatchError {
+    /// A stage failed (its policy is `fail`).
+    Failed(Box<StageFailure>),
+    /// A stage failed in too many consecutive batches.
+    Quarantined {
+        /// The stage.
+        stage: String,
+        /// Consecutive batches with a failure.
+        batches: u64,
+        /// What to do about it.
+        action: Quarantine,
+    },
+}
+
+/// What one stage's operator produced over all partitions of a batch.
+struct Applied {
+    partitions: Vec<Partition>,
+    dead_letters: Vec<Batch>,
+    failures: u32,
+}
 
 /// Runs batches of one plan.
 pub struct Executor {
@@ -34,14 +59,11 @@ impl Executor {
 
     /// Runs batch `batch_id` with the chunks each source delivered (in
     /// source order). Returns the partitions of every stream a sink reads.
-    pub fn run_batch(
-        &self,
-        batch_id: u64,
-        source_chunks: Vec<Partition>,
-    ) -> Result<StreamData, Box<StageFailure>> {
+    pub fn run_batch(&self, batch_id: u64, source_chunks: Vec<Partition>) -> Result<StreamData, BatchError> {
         let plan = &self.plan;
         let mut streams: StreamData = (0..plan.streams.len()).map(|_| None).collect();
         let mut remaining_readers = plan.readers.clone();
+        let mut dead_letters: Vec<Batch> = Vec::new();
         for ((_, stream), chunks) in plan.sources.iter().zip(source_chunks) {
             streams[*stream] = Some(partition::distribute(chunks, plan.partitions));
         }
@@ -52,21 +74,41 @@ impl Executor {
                 inputs.push(take_or_clone(&mut streams, input, remaining_readers[input] == 0));
             }
             let mut partitions = union(inputs);
+            let mut failures = 0;
             for operator in &stage.operators {
-                partitions = self
+                let applied = self
                     .apply(operator, partitions, batch_id)
                     .map_err(|(partition, error)| {
-                        Box::new(StageFailure {
+                        BatchError::Failed(Box::new(StageFailure {
                             pipeline: plan.pipeline.clone(),
                             stage: stage.name.clone(),
                             op: stage.describe.clone(),
                             partition,
                             batch_id,
                             error,
-                        })
+                        }))
                     })?;
+                partitions = applied.partitions;
+                failures += applied.failures;
+                dead_letters.extend(applied.dead_letters);
+            }
+            let consecutive = &stage.metrics.consecutive_failed_batches;
+            if failures == 0 {
+                consecutive.store(0, Ordering::Relaxed);
+            } else {
+                let batches = consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                if batches >= u64::from(stage.policy.quarantine_after) {
+                    return Err(BatchError::Quarantined {
+                        stage: stage.name.clone(),
+                        batches,
+                        action: stage.policy.quarantine,
+                    });
+                }
             }
             streams[stage.output] = Some(partitions);
+        }
+        if let Some(stream) = plan.dead_letters {
+            streams[stream] = Some(vec![dead_letters]);
         }
         Ok(streams)
     }
@@ -77,39 +119,48 @@ impl Executor {
         operator: &Arc<dyn Operator>,
         partitions: Vec<Partition>,
         batch_id: u64,
-    ) -> Result<Vec<Partition>, (usize, OperatorError)> {
+    ) -> Result<Applied, (usize, OperatorError)> {
         let partitions = match operator.input_partitioning() {
             Partitioning::Pipeline => partitions,
             Partitioning::HashByKey(n) => self.shuffle_by_key(partitions, n),
             Partitioning::RoundRobin(n) => partition::rebalance(&partitions, n),
         };
-        let tasks: Vec<Task<Result<Partition, OperatorError>>> = partitions
+        type Outcome = (Result<Partition, OperatorError>, Batch, u32);
+        let tasks: Vec<Task<Outcome>> = partitions
             .into_iter()
             .enumerate()
-            .map(|(index, partition)| -> Task<Result<Partition, OperatorError>> {
+            .map(|(index, partition)| -> Task<Outcome> {
                 let operator = operator.clone();
                 Box::new(move |instances| {
                     let mut ctx = PartitionContext {
                         batch_id,
                         partition: index,
                         instances,
+                        dead_letters: Batch::new(),
+                        failures: 0,
                     };
-                    operator.process_partition(partition, &mut ctx)
+                    let result = operator.process_partition(partition, &mut ctx);
+                    (result, ctx.dead_letters, ctx.failures)
                 })
             })
             .collect();
-        self.pool
-            .run(tasks)
-            .into_iter()
-            .enumerate()
-            .map(|(index, result)| {
-                result
-                    .unwrap_or_else(|TaskPanicked(message)| {
-                        Err(OperatorError::Native(format!("internal error: {message}")))
-                    })
-                    .map_err(|error| (index, error))
-            })
-            .collect()
+        let mut applied = Applied {
+            partitions: Vec::new(),
+            dead_letters: Vec::new(),
+            failures: 0,
+        };
+        for (index, outcome) in self.pool.run(tasks).into_iter().enumerate() {
+            let (result, dead_letters, failures) = outcome.unwrap_or_else(|TaskPanicked(message)| {
+                let error = OperatorError::Native(format!("internal error: {message}"));
+                (Err(error), Batch::new(), 1)
+            });
+            applied.partitions.push(result.map_err(|error| (index, error))?);
+            if !dead_letters.is_empty() {
+                applied.dead_letters.push(dead_letters);
+            }
+            applied.failures += failures;
+        }
+        Ok(applied)
     }
 
     /// Hash-partitions every input partition by key in parallel; each target

@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::registry::{Function, PluginRegistry};
-use crate::config::{OperatorSpec, PipelineSpec, ReducerSpec, SinkSpec, SourceSpec, TransformKind};
+use crate::config::{
+    DEAD_LETTERS, FailurePolicy, OperatorSpec, PipelineSpec, ReducerSpec, SinkSpec, SourceSpec, TransformKind,
+};
 use crate::error::EngineError;
+use crate::operator::guard::{Guarded, StageMetrics};
 use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
 use crate::operator::repartition::Repartition;
 use crate::operator::transform::{TransformOperator, WasmTransform};
@@ -18,9 +21,14 @@ use crate::runtime::{InstanceLabel, PluginKind};
 pub type StreamId = usize;
 
 /// A stage ready to run: its inputs, its output stream and its operators,
-/// applied in order (a reduce-by-key is a combine and a merge).
+/// applied in order (a reduce-by-key is a combine and a merge), each under
+/// the stage's failure policy.
 #[derive(Debug)]
 pub struct StagePlan {
+    /// What happens when a call fails.
+    pub policy: FailurePolicy,
+    /// Failure counters.
+    pub metrics: Arc<StageMetrics>,
     /// The stage's name (= its output stream's name).
     pub name: String,
     /// The operator and plugin, for messages: `flat-map split-words`.
@@ -50,6 +58,8 @@ pub struct Plan {
     pub sinks: Vec<(SinkSpec, StreamId)>,
     /// Number of readers (stages and sinks) of each stream.
     pub readers: Vec<usize>,
+    /// The dead-letter stream, when a sink reads it.
+    pub dead_letters: Option<StreamId>,
 }
 
 impl Plan {
@@ -58,11 +68,13 @@ impl Plan {
     pub fn build(spec: &PipelineSpec, registry: &PluginRegistry, file: &str) -> Result<Self, EngineError> {
         let mut ids: HashMap<&str, StreamId> = HashMap::new();
         let mut streams = Vec::new();
+        let reads_dead_letters = spec.sinks.iter().any(|sink| sink.input == DEAD_LETTERS);
         for name in spec
             .sources
             .iter()
             .map(|s| s.name.as_str())
             .chain(spec.stages.iter().map(|s| s.name.as_str()))
+            .chain(reads_dead_letters.then_some(DEAD_LETTERS))
         {
             ids.insert(name, streams.len());
             streams.push(name.to_owned());
@@ -91,7 +103,12 @@ impl Plan {
                                     format!("stage `{}`: plugin `{plugin}` {m}", stage.name),
                                 )
                             })?;
-                            Box::new(WasmTransform::new(loaded.clone(), config.clone(), label(plugin)))
+                            Box::new(WasmTransform::new(
+                                loaded.clone(),
+                                config.clone(),
+                                label(plugin),
+                                stage.sandbox.clone(),
+                            ))
                         }
                         Some(Function::NativeTransform(native)) => Box::new(native.clone()),
                         Some(Function::NativeReducer(_)) => {
@@ -132,6 +149,7 @@ impl Plan {
                                         loaded.clone(),
                                         config.clone(),
                                         label(plugin),
+                                        stage.sandbox.clone(),
                                     )))
                                 }
                                 Some(Function::NativeReducer(native)) => {
@@ -161,7 +179,21 @@ impl Plan {
                     vec![Arc::new(Repartition::new(partitions_or_default(*partitions)))],
                 ),
             };
+            let metrics = Arc::new(StageMetrics::default());
+            let operators: Vec<Arc<dyn Operator>> = operators
+                .into_iter()
+                .map(|operator| -> Arc<dyn Operator> {
+                    Arc::new(Guarded::new(
+                        Box::new(Shared(operator)),
+                        stage.policy.clone(),
+                        stage.name.clone(),
+                        metrics.clone(),
+                    ))
+                })
+                .collect();
             stages.push(StagePlan {
+                policy: stage.policy.clone(),
+                metrics,
                 name: stage.name.clone(),
                 describe,
                 inputs: stage.inputs.iter().map(|input| ids[input.as_str()]).collect(),
@@ -191,6 +223,7 @@ impl Plan {
         Ok(Self {
             pipeline: spec.name.clone(),
             partitions: spec.partitions,
+            dead_letters: reads_dead_letters.then(|| ids[DEAD_LETTERS]),
             streams,
             sources,
             stages,
@@ -213,6 +246,36 @@ impl Plan {
             }
         }
         Ok(())
+    }
+}
+
+/// An operator shared behind an `Arc`, usable where a `Box<dyn Operator>` is.
+#[derive(Debug)]
+struct Shared(Arc<dyn Operator>);
+
+impl Operator for Shared {
+    fn process(
+        &self,
+        input: crate::record::Batch,
+        ctx: &mut crate::operator::PartitionContext<'_>,
+    ) -> Result<crate::record::Batch, OperatorError> {
+        self.0.process(input, ctx)
+    }
+
+    fn process_partition(
+        &self,
+        input: crate::record::Partition,
+        ctx: &mut crate::operator::PartitionContext<'_>,
+    ) -> Result<crate::record::Partition, OperatorError> {
+        self.0.process_partition(input, ctx)
+    }
+
+    fn input_partitioning(&self) -> crate::partition::Partitioning {
+        self.0.input_partitioning()
+    }
+
+    fn check(&self) -> Result<(), OperatorError> {
+        self.0.check()
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::PipelineSpec;
 use crate::error::EngineError;
 use crate::operator::native::{NativeReducer, NativeTransform};
-use crate::runtime::{Limits, Plugin, Runtime};
+use crate::runtime::{Plugin, Runtime};
 
 /// What a plugin name resolves to.
 #[derive(Debug, Clone)]
@@ -28,16 +28,14 @@ pub enum Function {
 /// Plugin names → functions, for one pipeline.
 pub struct PluginRegistry {
     runtime: Arc<Runtime>,
-    limits: Limits,
     functions: HashMap<String, Function>,
 }
 
 impl PluginRegistry {
-    /// An empty registry loading Wasm plugins through `runtime`, with `limits`.
-    pub fn new(runtime: Arc<Runtime>, limits: Limits) -> Self {
+    /// An empty registry loading Wasm plugins through `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
         Self {
             runtime,
-            limits,
             functions: HashMap::new(),
         }
     }
@@ -63,7 +61,7 @@ impl PluginRegistry {
             }
             let plugin = self
                 .runtime
-                .load_plugin(path, self.limits.clone())
+                .load_plugin(path)
                 .map_err(|error| EngineError::Plugin {
                     pipeline: spec.name.clone(),
                     plugin: name.clone(),

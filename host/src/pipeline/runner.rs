@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::executor::Executor;
+use super::executor::{BatchError, Executor};
 use super::plan::{Plan, StreamId};
 use super::registry::PluginRegistry;
 use super::stop::StopSignal;
 use super::workers::WorkerPool;
 use crate::batcher::Batcher;
-use crate::config::PipelineSpec;
+use crate::config::{PipelineSpec, Quarantine};
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
 use crate::sink::{self, BatchInfo, Sink};
@@ -55,6 +55,14 @@ pub struct RunSummary {
     pub max_batch_time: Duration,
     /// Processing time of all batches together.
     pub total_batch_time: Duration,
+    /// Failed calls retried.
+    pub retries: u64,
+    /// Partition batches dropped by `on-error = "skip-batch"`.
+    pub skipped_batches: u64,
+    /// Records in those batches.
+    pub skipped_records: u64,
+    /// Records sent to the dead-letter stream.
+    pub dead_lettered: u64,
 }
 
 /// A pipeline ready to run: its plan and its sinks.
@@ -198,7 +206,8 @@ impl Pipeline {
             if received == 0 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline))) {
                 break Ok(());
             }
-            if let Err(error) = self.run_one(&executor, summary.batches, batches, &mut summary) {
+            if let Err(error) = self.run_one(&executor, summary.batches, batches, &mut summary, &options.stop)
+            {
                 break Err(error);
             }
             summary.records_in += received as u64;
@@ -214,6 +223,15 @@ impl Pipeline {
         };
         let _ = stop_sources.send(true);
         runtime.shutdown_timeout(Duration::from_millis(200));
+        for stage in &self.plan.stages {
+            let metrics = &stage.metrics;
+            let read =
+                |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+            summary.retries += read(&metrics.retries);
+            summary.skipped_batches += read(&metrics.skipped_batches);
+            summary.skipped_records += read(&metrics.skipped_records);
+            summary.dead_lettered += read(&metrics.dead_lettered);
+        }
         let mut close_error = None;
         for (sink, _) in &mut self.sinks {
             if let Err(error) = sink.close() {
@@ -240,6 +258,7 @@ impl Pipeline {
         batch_id: u64,
         batches: Vec<Partition>,
         summary: &mut RunSummary,
+        stop: &StopSignal,
     ) -> Result<(), EngineError> {
         let started = Instant::now();
         let info = BatchInfo {
@@ -247,7 +266,32 @@ impl Pipeline {
             time_ms: now_ms(),
         };
         let received: usize = batches.iter().map(|p| partition_len(p)).sum();
-        let mut streams = executor.run_batch(batch_id, batches)?;
+        let mut streams = match executor.run_batch(batch_id, batches) {
+            Ok(streams) => streams,
+            Err(BatchError::Failed(failure)) => return Err(EngineError::Stage(failure)),
+            Err(BatchError::Quarantined {
+                stage,
+                batches,
+                action,
+            }) => {
+                let pipeline = executor.plan().pipeline.clone();
+                let paused = action == Quarantine::Pause;
+                if paused {
+                    tracing::error!(
+                        pipeline = %pipeline, stage = %stage,
+                        "stage quarantined after {batches} consecutive batches with failures: the pipeline is paused \
+                         (receivers are held back); stop it with Ctrl-C or SIGTERM"
+                    );
+                    while !stop.wait_timeout(Duration::from_secs(3600)) {}
+                }
+                return Err(EngineError::Quarantined {
+                    pipeline,
+                    stage,
+                    batches,
+                    paused,
+                });
+            }
+        };
         for (sink, stream) in &mut self.sinks {
             let partitions = streams[*stream].get_or_insert_with(Vec::new);
             summary.records_out += partitions.iter().map(|p| partition_len(p) as u64).sum::<u64>();

@@ -34,7 +34,12 @@ impl TrapKind {
 
     /// Classifies an error returned by a wasmtime call.
     pub(crate) fn of(error: &wasmtime::Error) -> Self {
-        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        let trap = error.downcast_ref::<wasmtime::Trap>().or_else(|| {
+            error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<wasmtime::Trap>())
+        });
+        if let Some(trap) = trap {
             return match trap {
                 wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel => Self::Deadline,
                 wasmtime::Trap::StackOverflow => Self::StackOverflow,
@@ -43,13 +48,37 @@ impl TrapKind {
                 _ => Self::Other,
             };
         }
-        let text = format!("{error:#}");
-        if text.contains("grow") && text.contains("memory") || text.contains("forcing trap") {
+        let text = describe(error);
+        if text.contains("call stack exhausted") || text.contains("stack overflow") {
+            Self::StackOverflow
+        } else if text.contains("interrupt") {
+            Self::Deadline
+        } else if text.contains("unreachable") {
+            Self::Panic
+        } else if text.contains("grow") && text.contains("memory") || text.contains("forcing trap") {
             Self::Memory
         } else {
             Self::Other
         }
     }
+}
+
+/// A short description of a wasmtime error: every cause in the chain, with
+/// a Wasm backtrace cut to its first frames.
+pub(crate) fn describe(error: &wasmtime::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let mut lines = text.lines();
+        let mut part: Vec<&str> = lines.by_ref().take(4).collect();
+        if lines.next().is_some() {
+            part.push("    ...");
+        }
+        parts.push(part.join("\n"));
+    }
+    // The root cause (the trap itself) first: it is what the user needs.
+    parts.reverse();
+    parts.join("\n")
 }
 
 /// A plugin could not be loaded or a call into it failed.
@@ -102,6 +131,16 @@ pub enum PluginError {
         message: String,
         /// What the plugin wrote to stderr (its panic message), if anything.
         stderr: String,
+    },
+    /// A call returned more output than its stage's limits allow for its input.
+    #[error(
+        "output limit: the call returned {records} records / {bytes} bytes, more than the stage's output-records-ratio / output-bytes-ratio allow"
+    )]
+    OutputLimit {
+        /// Records returned.
+        records: u64,
+        /// Data bytes returned.
+        bytes: u64,
     },
     /// The plugin returned data that breaks the batch contract.
     #[error(transparent)]

@@ -1,8 +1,18 @@
-//! Resource limits of plugin instances.
+//! What a plugin instance may use: resource [`Limits`] and the
+//! capabilities it is granted ([`Grants`]), together its [`Sandbox`].
+//!
+//! Everything is denied by default: no files, no environment, no sockets, no
+//! arguments. A stage may grant read-only access to one directory (mounted at
+//! [`GUEST_DATA_DIR`] through cap-std, so `..` and symlinks cannot leave it)
+//! and chosen environment variables.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Limits applied to every instance of a plugin.
+/// Where a granted directory appears inside the plugin.
+pub const GUEST_DATA_DIR: &str = "/data";
+
+/// Limits applied to every instance of a plugin stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Cap on the linear memory of an instance, in bytes.
@@ -11,6 +21,10 @@ pub struct Limits {
     pub table_elements: usize,
     /// Longest a single batch call may run before it is interrupted.
     pub call_deadline: Duration,
+    /// Most output records a call may return per input record (plus 1,000).
+    pub output_records_ratio: u64,
+    /// Most output bytes a call may return per input byte (plus 1 MiB).
+    pub output_bytes_ratio: u64,
 }
 
 impl Default for Limits {
@@ -18,7 +32,49 @@ impl Default for Limits {
         Self {
             memory_bytes: 64 << 20,
             table_elements: 100_000,
-            call_deadline: Duration::from_secs(30),
+            call_deadline: Duration::from_secs(10),
+            output_records_ratio: 1_000,
+            output_bytes_ratio: 1_000,
         }
     }
+}
+
+impl Limits {
+    /// The default call deadline for a batch interval: ten intervals, at
+    /// least one second.
+    pub fn deadline_for_interval(interval: Duration) -> Duration {
+        (interval * 10).max(Duration::from_secs(1))
+    }
+
+    /// Most records a call with `input` records may return.
+    pub fn max_output_records(&self, input: usize) -> u64 {
+        (input as u64)
+            .saturating_mul(self.output_records_ratio)
+            .saturating_add(1_000)
+    }
+
+    /// Most data bytes a call with `input` data bytes may return.
+    pub fn max_output_bytes(&self, input: usize) -> u64 {
+        (input as u64)
+            .saturating_mul(self.output_bytes_ratio)
+            .saturating_add(1 << 20)
+    }
+}
+
+/// Capabilities granted to a plugin stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// A host directory the plugin may read, at [`GUEST_DATA_DIR`].
+    pub read_dir: Option<PathBuf>,
+    /// Environment variables the plugin sees.
+    pub env: Vec<(String, String)>,
+}
+
+/// Limits and grants of a plugin stage's instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Resource limits.
+    pub limits: Limits,
+    /// Capabilities.
+    pub grants: Grants,
 }

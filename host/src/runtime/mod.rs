@@ -27,7 +27,7 @@ use wasmtime::{Config, Engine};
 
 pub use cache::{ComponentCache, content_hash};
 pub use error::{PluginError, TrapKind};
-pub use limits::Limits;
+pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
 pub use plugin::{Plugin, PluginInfo, PluginInstance, PluginKind, TransformOutput};
 pub use state::{InstanceLabel, PluginState};
 
@@ -84,21 +84,16 @@ impl Runtime {
     }
 
     /// Reads, compiles (or loads from the cache), links and checks a plugin.
-    pub fn load_plugin(&self, path: &Path, limits: Limits) -> Result<Arc<Plugin>, PluginError> {
+    pub fn load_plugin(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             path: path.to_owned(),
             source,
         })?;
-        self.load_plugin_bytes(path, &bytes, limits)
+        self.load_plugin_bytes(path, &bytes)
     }
 
     /// Like [`Runtime::load_plugin`] for bytes already in memory; `path` names them.
-    pub fn load_plugin_bytes(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        limits: Limits,
-    ) -> Result<Arc<Plugin>, PluginError> {
+    pub fn load_plugin_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(PluginError::Compile {
                 path: path.to_owned(),
@@ -119,7 +114,7 @@ impl Runtime {
                 path: path.to_owned(),
                 message: format!("{e:#}"),
             })?;
-        Plugin::new(path, hash, component, &self.linker, limits).map(Arc::new)
+        Plugin::new(path, hash, component, &self.linker).map(Arc::new)
     }
 }
 

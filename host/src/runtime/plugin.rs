@@ -15,7 +15,7 @@ use super::bindings::reducer::{ReducerPlugin, ReducerPluginPre};
 use super::bindings::transform::{TransformPlugin, TransformPluginPre};
 use super::bindings::types;
 use super::error::{PluginError, TrapKind};
-use super::limits::Limits;
+use super::limits::Sandbox;
 use super::state::{InstanceLabel, PluginState};
 use super::stderr::StderrCapture;
 use crate::record::Batch;
@@ -87,7 +87,6 @@ pub struct Plugin {
     component: Component,
     pre: Pre,
     info: PluginInfo,
-    limits: Limits,
     engine: wasmtime::Engine,
 }
 
@@ -108,7 +107,6 @@ impl Plugin {
         content_hash: String,
         component: Component,
         linker: &Linker<PluginState>,
-        limits: Limits,
     ) -> Result<Self, PluginError> {
         let contract = |message: String| PluginError::Contract {
             path: path.to_owned(),
@@ -142,10 +140,11 @@ impl Plugin {
                 kind: PluginKind::Map,
                 sdk_version: String::new(),
             },
-            limits,
             engine,
         });
-        let info = PluginInstance::instantiate(&plugin, InstanceLabel::default())?.describe()?;
+        let probe_sandbox = Arc::new(Sandbox::default());
+        let info =
+            PluginInstance::instantiate(&plugin, InstanceLabel::default(), &probe_sandbox)?.describe()?;
         let mut plugin = Arc::into_inner(plugin).expect("the probe instance is gone");
         plugin.info = info;
         let world_is_reducer = matches!(plugin.pre, Pre::Reducer(_));
@@ -178,11 +177,6 @@ impl Plugin {
     pub fn component(&self) -> &Component {
         &self.component
     }
-
-    /// The limits its instances run under.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
 }
 
 enum Exports {
@@ -202,16 +196,21 @@ pub enum TransformOutput {
 /// One warm instance of a plugin.
 pub struct PluginInstance {
     plugin: Arc<Plugin>,
+    sandbox: Arc<Sandbox>,
     store: Store<PluginState>,
     exports: Exports,
     stderr: StderrCapture,
 }
 
 impl PluginInstance {
-    /// Instantiates `plugin` (without calling `init`).
-    pub fn instantiate(plugin: &Arc<Plugin>, label: InstanceLabel) -> Result<Self, PluginError> {
+    /// Instantiates `plugin` in `sandbox` (without calling `init`).
+    pub fn instantiate(
+        plugin: &Arc<Plugin>,
+        label: InstanceLabel,
+        sandbox: &Arc<Sandbox>,
+    ) -> Result<Self, PluginError> {
         let stderr = StderrCapture::new();
-        let state = PluginState::new(&plugin.limits, stderr.clone(), label);
+        let state = PluginState::new(sandbox, stderr.clone(), label).map_err(PluginError::Init)?;
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(u64::MAX / 2);
@@ -222,19 +221,21 @@ impl PluginInstance {
         .map_err(|e| trap(&e, &stderr))?;
         Ok(Self {
             plugin: plugin.clone(),
+            sandbox: sandbox.clone(),
             store,
             exports,
             stderr,
         })
     }
 
-    /// Instantiates `plugin` and calls its `init` with `config`.
+    /// Instantiates `plugin` in `sandbox` and calls its `init` with `config`.
     pub fn start(
         plugin: &Arc<Plugin>,
         config: &[(String, String)],
         label: InstanceLabel,
+        sandbox: &Arc<Sandbox>,
     ) -> Result<Self, PluginError> {
-        let mut instance = Self::instantiate(plugin, label)?;
+        let mut instance = Self::instantiate(plugin, label, sandbox)?;
         instance.init(config)?;
         Ok(instance)
     }
@@ -246,7 +247,7 @@ impl PluginInstance {
 
     fn arm_deadline(&mut self) {
         self.store
-            .set_epoch_deadline(super::epoch::ticks_for(self.plugin.limits.call_deadline));
+            .set_epoch_deadline(super::epoch::ticks_for(self.sandbox.limits.call_deadline));
     }
 
     fn finish<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, PluginError> {
@@ -296,7 +297,7 @@ impl PluginInstance {
             flags,
         };
         self.store
-            .set_epoch_deadline(super::epoch::ticks_for(self.plugin.limits.call_deadline));
+            .set_epoch_deadline(super::epoch::ticks_for(self.sandbox.limits.call_deadline));
         let result = exports
             .weir_plugin_transform()
             .call_process(&mut self.store, &wit_batch);
@@ -310,6 +311,13 @@ impl PluginInstance {
         let input = Batch::from_parts_unchecked(data, ends, timestamps, flags);
         let output = match result {
             Ok(Ok(types::TransformOutput::Records(batch))) => {
+                let limits = &self.sandbox.limits;
+                let (records, bytes) = (batch.timestamps.len() as u64, batch.data.len() as u64);
+                if records > limits.max_output_records(input.len())
+                    || bytes > limits.max_output_bytes(input.data_bytes())
+                {
+                    return (input, Err(PluginError::OutputLimit { records, bytes }));
+                }
                 Batch::from_parts(batch.data, batch.ends, batch.timestamps, batch.flags)
                     .map(TransformOutput::Records)
                     .map_err(PluginError::from)
@@ -336,7 +344,7 @@ impl PluginInstance {
         };
         let values = types::Values { data, ends };
         self.store
-            .set_epoch_deadline(super::epoch::ticks_for(self.plugin.limits.call_deadline));
+            .set_epoch_deadline(super::epoch::ticks_for(self.sandbox.limits.call_deadline));
         let result = exports
             .weir_plugin_reducer()
             .call_reduce(&mut self.store, &values, group_ends);
@@ -373,7 +381,7 @@ fn process_error(error: types::ProcessError) -> PluginError {
 fn trap(error: &wasmtime::Error, stderr: &StderrCapture) -> PluginError {
     PluginError::Trap {
         kind: TrapKind::of(error),
-        message: format!("{error:#}"),
+        message: super::error::describe(error),
         stderr: stderr.text(),
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::log;
-use super::limits::Limits;
+use super::limits::{GUEST_DATA_DIR, Sandbox};
 use super::stderr::StderrCapture;
 
 /// Who is calling: attached to every log line a plugin writes.
@@ -35,26 +35,35 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    /// A state with no capabilities, stderr going to `stderr`.
-    pub fn new(limits: &Limits, stderr: StderrCapture, label: InstanceLabel) -> Self {
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr)
+    /// A state with only the capabilities `sandbox` grants, stderr going to
+    /// `stderr`. Fails when a granted directory cannot be opened.
+    pub fn new(sandbox: &Sandbox, stderr: StderrCapture, label: InstanceLabel) -> Result<Self, String> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        for (key, value) in &sandbox.grants.env {
+            wasi.env(key, value);
+        }
+        if let Some(dir) = &sandbox.grants.read_dir {
+            wasi.preopened_dir(dir, GUEST_DATA_DIR, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open the granted directory {}: {e:#}", dir.display()))?;
+        }
+        let wasi = wasi.build();
+        let limits = &sandbox.limits;
         let limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements)
             .instances(64)
             .trap_on_grow_failure(true)
             .build();
-        Self {
+        Ok(Self {
             wasi,
             table: ResourceTable::new(),
             limits,
             label,
-        }
+        })
     }
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use super::ToolError;
-use crate::runtime::{Limits, Runtime, content_hash};
+use crate::runtime::{Runtime, content_hash};
 
 /// A human-readable report on the component at `path`.
 pub fn inspect(runtime: &Runtime, path: &Path) -> Result<String, ToolError> {
@@ -19,7 +19,7 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> Result<String, ToolError> {
             path.display()
         ))
     })?;
-    match runtime.load_plugin_bytes(path, &bytes, Limits::default()) {
+    match runtime.load_plugin_bytes(path, &bytes) {
         Ok(plugin) => {
             let info = plugin.info();
             let _ = writeln!(report, "plugin:  {} {}", info.name, info.version);

@@ -1,0 +1,200 @@
+//! Failure policies: what a stage does when its operator fails on a
+//! partition (a trap, a limit, an error the plugin returns).
+//!
+//! [`Guarded`] wraps a stage's operator. A failed call is retried (on a fresh
+//! instance: a trap discards the old one) up to `retries` times with
+//! exponential backoff; then `on-error` applies: `fail` stops the pipeline,
+//! `skip-batch` drops the partition's batch for this stage, `dead-letter`
+//! sends the records to the `dead-letters` stream with the error. An error the
+//! plugin ties to one record dead-letters only that record; the rest of the
+//! batch is processed again without it. Every outcome is counted in the
+//! stage's [`StageMetrics`]; the executor quarantines a stage after
+//! `quarantine-after` consecutive batches with a failure.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{Operator, OperatorError, PartitionContext};
+use crate::config::{FailurePolicy, OnError};
+use crate::partition::Partitioning;
+use crate::record::{Batch, Partition, RecordRef, partition_len};
+use crate::runtime::PluginError;
+
+/// Record errors dead-lettered from one partition's batch before the whole
+/// batch counts as failed (each one costs a call).
+const MAX_RECORD_FAILURES: usize = 1_000;
+
+/// Counters of a stage's failures, shared by the workers running it.
+#[derive(Debug, Default)]
+pub struct StageMetrics {
+    /// Calls retried.
+    pub retries: AtomicU64,
+    /// Partition batches whose failure was handled by `on-error` (or stopped the pipeline).
+    pub failed_batches: AtomicU64,
+    /// Partition batches dropped by `skip-batch`.
+    pub skipped_batches: AtomicU64,
+    /// Records in the dropped batches.
+    pub skipped_records: AtomicU64,
+    /// Records sent to the dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Consecutive micro-batches in which the stage had a failure.
+    pub consecutive_failed_batches: AtomicU64,
+}
+
+impl StageMetrics {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A stage's operator under its failure policy.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Box<dyn Operator>,
+    policy: FailurePolicy,
+    stage: String,
+    metrics: std::sync::Arc<StageMetrics>,
+}
+
+impl Guarded {
+    /// Runs `inner` for `stage` under `policy`, counting into `metrics`.
+    pub fn new(
+        inner: Box<dyn Operator>,
+        policy: FailurePolicy,
+        stage: String,
+        metrics: std::sync::Arc<StageMetrics>,
+    ) -> Self {
+        Self {
+            inner,
+            policy,
+            stage,
+            metrics,
+        }
+    }
+
+    fn dead_letter(&self, ctx: &mut PartitionContext<'_>, record: RecordRef<'_>, error: &OperatorError) {
+        let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::Value::String(text.to_owned()),
+            Err(_) => serde_json::Value::Array(bytes.iter().map(|&b| b.into()).collect()),
+        };
+        let entry = serde_json::json!({
+            "stage": self.stage,
+            "batch": ctx.batch_id,
+            "partition": ctx.partition,
+            "error": error.to_string(),
+            "key": record.key.map(text),
+            "value": text(record.value),
+            "timestamp": record.timestamp,
+        });
+        ctx.dead_letters
+            .push(record.key, entry.to_string().as_bytes(), record.timestamp);
+        StageMetrics::add(&self.metrics.dead_lettered, 1);
+    }
+}
+
+/// The index (in the partition) of the record an error names, if any.
+fn failed_record(error: &OperatorError) -> Option<usize> {
+    match error {
+        OperatorError::Plugin {
+            error: PluginError::Record { index, .. },
+            ..
+        } => Some(*index as usize),
+        _ => None,
+    }
+}
+
+/// The partition without record `index`.
+fn without(partition: &[Batch], index: usize) -> Partition {
+    let whole = Batch::concat(partition);
+    let mut rest = Batch::with_capacity(whole.len().saturating_sub(1), whole.data_bytes());
+    for (i, record) in whole.iter().enumerate() {
+        if i != index {
+            rest.push_ref(record);
+        }
+    }
+    vec![rest]
+}
+
+fn record_at(partition: &[Batch], mut index: usize) -> Option<RecordRef<'_>> {
+    for chunk in partition {
+        if index < chunk.len() {
+            return Some(chunk.get(index));
+        }
+        index -= chunk.len();
+    }
+    None
+}
+
+impl Operator for Guarded {
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let output = self.process_partition(vec![input], ctx)?;
+        Ok(Batch::concat(&output))
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        if self.policy.retries == 0 && self.policy.on_error == OnError::Fail {
+            // Nothing to recover: no copy of the input is needed.
+            return self.inner.process_partition(input, ctx).inspect_err(|_| {
+                StageMetrics::add(&self.metrics.failed_batches, 1);
+                ctx.failures += 1;
+            });
+        }
+        let mut pending = input;
+        let mut attempt = 0u32;
+        let mut record_failures = 0usize;
+        loop {
+            let error = match self.inner.process_partition(pending.clone(), ctx) {
+                Ok(output) => return Ok(output),
+                Err(error) => error,
+            };
+            if self.policy.on_error == OnError::DeadLetter
+                && record_failures < MAX_RECORD_FAILURES
+                && let Some(index) = failed_record(&error)
+                && let Some(record) = record_at(&pending, index)
+            {
+                self.dead_letter(ctx, record, &error);
+                pending = without(&pending, index);
+                record_failures += 1;
+                ctx.failures += 1;
+                continue;
+            }
+            if attempt < self.policy.retries {
+                attempt += 1;
+                StageMetrics::add(&self.metrics.retries, 1);
+                tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, attempt, "retrying after: {error}");
+                std::thread::sleep(Duration::from_millis(10u64 << attempt.min(7)));
+                continue;
+            }
+            StageMetrics::add(&self.metrics.failed_batches, 1);
+            ctx.failures += 1;
+            match self.policy.on_error {
+                OnError::Fail => return Err(error),
+                OnError::SkipBatch => {
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "skipping the batch: {error}");
+                    StageMetrics::add(&self.metrics.skipped_batches, 1);
+                    StageMetrics::add(&self.metrics.skipped_records, partition_len(&pending) as u64);
+                    return Ok(Vec::new());
+                }
+                OnError::DeadLetter => {
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "dead-lettering the batch: {error}");
+                    for record in pending.iter().flat_map(Batch::iter) {
+                        self.dead_letter(ctx, record, &error);
+                    }
+                    return Ok(Vec::new());
+                }
+            }
+        }
+    }
+
+    fn input_partitioning(&self) -> Partitioning {
+        self.inner.input_partitioning()
+    }
+
+    fn check(&self) -> Result<(), OperatorError> {
+        self.inner.check()
+    }
+}
