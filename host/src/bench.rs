@@ -298,6 +298,142 @@ type = "console"
     })
 }
 
+/// Healthy pipeline's figures alone and next to a looping neighbour.
+#[derive(Debug, Clone)]
+pub struct IsolationReport {
+    /// The healthy word count alone.
+    pub alone: crate::pipeline::RunSummary,
+    /// The healthy word count with a neighbour whose plugin loops to its
+    /// deadline on every batch, in the same process.
+    pub with_neighbour: crate::pipeline::RunSummary,
+    /// The neighbour's own figures (skipped batches).
+    pub neighbour: crate::pipeline::RunSummary,
+}
+
+impl IsolationReport {
+    /// Mean batch processing time with the neighbour over alone.
+    pub fn slowdown(&self) -> f64 {
+        let mean =
+            |s: &crate::pipeline::RunSummary| s.total_batch_time.as_secs_f64() / s.batches.max(1) as f64;
+        mean(&self.with_neighbour) / mean(&self.alone)
+    }
+}
+
+/// Discards everything.
+struct DiscardSink;
+
+impl Sink for DiscardSink {
+    fn write(&mut self, _: BatchInfo, _: &[Partition]) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Builds the pipeline in `text`; its first sink is replaced by `sink`.
+fn pipeline_from(text: &str, name: &str, sink: Box<dyn Sink>) -> Result<Pipeline, EngineError> {
+    let spec = config::parse(text, Path::new(name))?;
+    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
+    registry.load_declared(&spec)?;
+    let mut pipeline = Pipeline::build(&spec, &registry, name)?;
+    let stream = spec.sinks[0].input.clone();
+    pipeline.set_sinks(vec![(stream, sink)])?;
+    Ok(pipeline)
+}
+
+/// Runs a healthy word count (generator at 50,000 lines/s, 100 ms batches)
+/// for `duration` alone, then again next to a pipeline whose plugin loops
+/// until its 20 ms deadline on every batch (`on-error = "skip-batch"`).
+pub fn isolation(
+    split_words: &Path,
+    looping: &Path,
+    duration: Duration,
+) -> Result<IsolationReport, EngineError> {
+    let healthy = format!(
+        r#"
+[pipeline]
+name = "healthy"
+batch-interval = "100ms"
+partitions = 2
+[plugins]
+split-words = {split:?}
+[[source]]
+name = "lines"
+type = "generator"
+rate = 50000
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+[[sink]]
+input = "counts"
+type = "console"
+"#,
+        split = split_words.display().to_string()
+    );
+    let neighbour = format!(
+        r#"
+[pipeline]
+name = "looping"
+batch-interval = "100ms"
+partitions = 2
+[plugins]
+loop = {looping:?}
+[[source]]
+name = "words"
+type = "generator"
+rate = 2000
+words-per-line = 1
+[[stage]]
+name = "out"
+input = "words"
+op = "map"
+plugin = "loop"
+config = {{ trigger = "the" }}
+limits = {{ timeout = "20ms" }}
+on-error = "skip-batch"
+quarantine-after = 1000000
+[[sink]]
+input = "out"
+type = "console"
+"#,
+        looping = looping.display().to_string()
+    );
+    let run_for = |pipeline: Pipeline| {
+        let stop = crate::pipeline::StopSignal::new();
+        let options = RunOptions {
+            stop: stop.clone(),
+            ..RunOptions::default()
+        };
+        let handle = std::thread::spawn(move || pipeline.run(options));
+        (stop, handle)
+    };
+    let finish = |(stop, handle): (crate::pipeline::StopSignal, std::thread::JoinHandle<_>)| {
+        stop.stop();
+        handle
+            .join()
+            .map_err(|_| EngineError::Io("a benchmark pipeline panicked".into()))?
+    };
+    let counts = || -> Box<dyn Sink> { Box::new(TotalSink(Arc::new(AtomicU64::new(0)))) };
+    let alone = run_for(pipeline_from(&healthy, "healthy.toml", counts())?);
+    std::thread::sleep(duration);
+    let alone = finish(alone)?;
+    let with = run_for(pipeline_from(&healthy, "healthy.toml", counts())?);
+    let looping = run_for(pipeline_from(&neighbour, "looping.toml", Box::new(DiscardSink))?);
+    std::thread::sleep(duration);
+    let with_neighbour = finish(with)?;
+    let neighbour = finish(looping)?;
+    Ok(IsolationReport {
+        alone,
+        with_neighbour,
+        neighbour,
+    })
+}
+
 fn tempdir() -> Result<PathBuf, EngineError> {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)

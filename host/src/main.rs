@@ -451,6 +451,8 @@ fn bench(
         20_000,
         std::time::Duration::from_secs(3),
     )?;
+    let looping = example_plugin("loop-forever")?;
+    let isolation = weir::bench::isolation(&settings.plugin, &looping, std::time::Duration::from_secs(4))?;
     let report = weir::bench::run(&settings, |line| eprintln!("{line}"))?;
     println!(
         "word count over {} lines ({} words), {partitions} partitions, best of {rounds}:",
@@ -476,6 +478,16 @@ fn bench(
         summary.slow_batches,
         summary.total_batch_time.as_secs_f64() * 1e3 / summary.batches.max(1) as f64,
         summary.max_batch_time.as_secs_f64() * 1e3,
+    );
+    let mean_ms =
+        |s: &weir::pipeline::RunSummary| s.total_batch_time.as_secs_f64() * 1e3 / s.batches.max(1) as f64;
+    println!(
+        "isolation: healthy word count (50,000 lines/s, 100 ms batches) mean batch time {:.2} ms alone, \
+         {:.2} ms next to a pipeline looping to its 20 ms deadline every batch ({} of its batches skipped): {:.2}x",
+        mean_ms(&isolation.alone),
+        mean_ms(&isolation.with_neighbour),
+        isolation.neighbour.skipped_batches,
+        isolation.slowdown(),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -92,6 +92,11 @@ impl Guarded {
     }
 }
 
+/// The first line of an error (a trap's backtrace follows on later lines).
+fn first_line(error: &OperatorError) -> String {
+    error.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
 /// The index (in the partition) of the record an error names, if any.
 fn failed_record(error: &OperatorError) -> Option<usize> {
     match error {
@@ -165,7 +170,7 @@ impl Operator for Guarded {
             if attempt < self.policy.retries {
                 attempt += 1;
                 StageMetrics::add(&self.metrics.retries, 1);
-                tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, attempt, "retrying after: {error}");
+                tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, attempt, "retrying after: {}", first_line(&error));
                 std::thread::sleep(Duration::from_millis(10u64 << attempt.min(7)));
                 continue;
             }
@@ -174,13 +179,13 @@ impl Operator for Guarded {
             match self.policy.on_error {
                 OnError::Fail => return Err(error),
                 OnError::SkipBatch => {
-                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "skipping the batch: {error}");
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "skipping the batch: {}", first_line(&error));
                     StageMetrics::add(&self.metrics.skipped_batches, 1);
                     StageMetrics::add(&self.metrics.skipped_records, partition_len(&pending) as u64);
                     return Ok(Vec::new());
                 }
                 OnError::DeadLetter => {
-                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "dead-lettering the batch: {error}");
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "dead-lettering the batch: {}", first_line(&error));
                     for record in pending.iter().flat_map(Batch::iter) {
                         self.dead_letter(ctx, record, &error);
                     }
