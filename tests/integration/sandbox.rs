@@ -152,6 +152,24 @@ fn deadline_violated_by_an_infinite_loop() {
 }
 
 #[test]
+fn fuel_obeyed() {
+    let run = run(plugins::BUSY, "map", "limits = { fuel = 50000000 }", &["0", "1"]);
+    assert_ok(&run);
+    assert_eq!(run.out, ["0", "1"]);
+}
+
+#[test]
+fn fuel_violated() {
+    let run = run(
+        plugins::LOOP_FOREVER,
+        "map",
+        "limits = { fuel = 5000000, timeout = \"60s\" }",
+        &["a", "loop"],
+    );
+    assert_stopped_by(&run, "fuel exhausted");
+}
+
+#[test]
 fn stack_obeyed() {
     let run = run(plugins::DEEP_RECURSION, "map", "", &["1000"]);
     assert_ok(&run);

@@ -43,6 +43,8 @@ pub struct LimitsTable {
     pub output_records_ratio: Option<Spanned<i64>>,
     /// Most output bytes per input byte of a call.
     pub output_bytes_ratio: Option<Spanned<i64>>,
+    /// Fuel budget per call (deterministic accounting; off by default).
+    pub fuel: Option<Spanned<i64>>,
 }
 
 /// `[pipeline]`.

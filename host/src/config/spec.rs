@@ -799,6 +799,9 @@ fn limits(table: Option<&Spanned<LimitsTable>>, mut defaults: Limits) -> Result<
     if let Some(ratio) = positive(table.output_bytes_ratio.as_ref(), "output-bytes-ratio", 1 << 30)? {
         defaults.output_bytes_ratio = ratio as u64;
     }
+    if let Some(fuel) = positive(table.fuel.as_ref(), "fuel", usize::MAX)? {
+        defaults.fuel = Some(fuel as u64);
+    }
     Ok(defaults)
 }
 

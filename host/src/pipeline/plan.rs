@@ -103,6 +103,7 @@ impl Plan {
                                     format!("stage `{}`: plugin `{plugin}` {m}", stage.name),
                                 )
                             })?;
+                            let loaded = metered(registry, plugin, stage).unwrap_or(loaded);
                             Box::new(WasmTransform::new(
                                 loaded.clone(),
                                 config.clone(),
@@ -145,6 +146,7 @@ impl Plan {
                                             ),
                                         ));
                                     }
+                                    let loaded = metered(registry, plugin, stage).unwrap_or(loaded);
                                     Reducer::Groups(Arc::new(WasmReducer::new(
                                         loaded.clone(),
                                         config.clone(),
@@ -247,6 +249,15 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// The fuel-metered build of `plugin` when `stage` has a fuel budget.
+fn metered<'a>(
+    registry: &'a PluginRegistry,
+    plugin: &str,
+    stage: &crate::config::StageSpec,
+) -> Option<&'a Arc<crate::runtime::Plugin>> {
+    stage.sandbox.limits.fuel.and(registry.metered(plugin))
 }
 
 /// An operator shared behind an `Arc`, usable where a `Box<dyn Operator>` is.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::PipelineSpec;
+use crate::config::{OperatorSpec, PipelineSpec, ReducerSpec};
 use crate::error::EngineError;
 use crate::operator::native::{NativeReducer, NativeTransform};
 use crate::runtime::{Plugin, Runtime};
@@ -29,6 +29,8 @@ pub enum Function {
 pub struct PluginRegistry {
     runtime: Arc<Runtime>,
     functions: HashMap<String, Function>,
+    /// Plugins compiled for the fuel-metering engine, for stages with a fuel budget.
+    metered: HashMap<String, Arc<Plugin>>,
 }
 
 impl PluginRegistry {
@@ -37,6 +39,7 @@ impl PluginRegistry {
         Self {
             runtime,
             functions: HashMap::new(),
+            metered: HashMap::new(),
         }
     }
 
@@ -70,7 +73,45 @@ impl PluginRegistry {
             tracing::debug!(plugin = %name, path = %path.display(), info = ?plugin.info(), "loaded plugin");
             self.functions.insert(name.clone(), Function::Wasm(plugin));
         }
+        self.load_metered(spec)
+    }
+
+    /// Loads, for the fuel-metering engine, every Wasm plugin that a stage
+    /// with a fuel budget uses.
+    pub fn load_metered(&mut self, spec: &PipelineSpec) -> Result<(), EngineError> {
+        for stage in &spec.stages {
+            if stage.sandbox.limits.fuel.is_none() {
+                continue;
+            }
+            let name = match &stage.op {
+                OperatorSpec::Transform { plugin, .. } => plugin,
+                OperatorSpec::ReduceByKey {
+                    reducer: ReducerSpec::Plugin { plugin, .. },
+                    ..
+                } => plugin,
+                _ => continue,
+            };
+            if self.metered.contains_key(name) || !matches!(self.functions.get(name), Some(Function::Wasm(_)))
+            {
+                continue;
+            }
+            let path = &spec.plugins[name];
+            let plugin = self
+                .runtime
+                .load_metered_plugin(path)
+                .map_err(|error| EngineError::Plugin {
+                    pipeline: spec.name.clone(),
+                    plugin: name.clone(),
+                    error: Box::new(error),
+                })?;
+            self.metered.insert(name.clone(), plugin);
+        }
         Ok(())
+    }
+
+    /// The metered build of plugin `name`, if [`PluginRegistry::load_metered`] loaded one.
+    pub fn metered(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.metered.get(name)
     }
 
     /// The function registered or loaded under `name`.

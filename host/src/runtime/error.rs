@@ -10,6 +10,8 @@ use crate::record::MalformedBatch;
 pub enum TrapKind {
     /// The call ran past its deadline (epoch interruption).
     Deadline,
+    /// The call burned its fuel budget.
+    Fuel,
     /// The plugin tried to grow its memory or tables past its limit.
     Memory,
     /// The plugin overflowed its Wasm stack (deep recursion).
@@ -25,6 +27,7 @@ impl TrapKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Deadline => "deadline exceeded",
+            Self::Fuel => "fuel exhausted",
             Self::Memory => "memory limit",
             Self::StackOverflow => "stack overflow",
             Self::Panic => "panic",
@@ -41,7 +44,8 @@ impl TrapKind {
         });
         if let Some(trap) = trap {
             return match trap {
-                wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel => Self::Deadline,
+                wasmtime::Trap::Interrupt => Self::Deadline,
+                wasmtime::Trap::OutOfFuel => Self::Fuel,
                 wasmtime::Trap::StackOverflow => Self::StackOverflow,
                 wasmtime::Trap::UnreachableCodeReached => Self::Panic,
                 wasmtime::Trap::AllocationTooLarge => Self::Memory,
@@ -51,6 +55,8 @@ impl TrapKind {
         let text = describe(error);
         if text.contains("call stack exhausted") || text.contains("stack overflow") {
             Self::StackOverflow
+        } else if text.contains("all fuel consumed") {
+            Self::Fuel
         } else if text.contains("interrupt") {
             Self::Deadline
         } else if text.contains("unreachable") {

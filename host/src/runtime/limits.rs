@@ -25,6 +25,9 @@ pub struct Limits {
     pub output_records_ratio: u64,
     /// Most output bytes a call may return per input byte (plus 1 MiB).
     pub output_bytes_ratio: u64,
+    /// Fuel (roughly, Wasm instructions) a call may burn: deterministic
+    /// accounting on top of the deadline. Off when `None`.
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
             call_deadline: Duration::from_secs(10),
             output_records_ratio: 1_000,
             output_bytes_ratio: 1_000,
+            fuel: None,
         }
     }
 }

@@ -214,6 +214,10 @@ impl PluginInstance {
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(u64::MAX / 2);
+        if store.get_fuel().is_ok() {
+            // A fresh store has no fuel: instantiation itself needs some.
+            let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));
+        }
         let exports = match &plugin.pre {
             Pre::Transform(pre) => pre.instantiate(&mut store).map(Exports::Transform),
             Pre::Reducer(pre) => pre.instantiate(&mut store).map(Exports::Reducer),
@@ -246,8 +250,7 @@ impl PluginInstance {
     }
 
     fn arm_deadline(&mut self) {
-        self.store
-            .set_epoch_deadline(super::epoch::ticks_for(self.sandbox.limits.call_deadline));
+        arm(&mut self.store, &self.sandbox);
     }
 
     fn finish<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, PluginError> {
@@ -296,8 +299,7 @@ impl PluginInstance {
             timestamps,
             flags,
         };
-        self.store
-            .set_epoch_deadline(super::epoch::ticks_for(self.sandbox.limits.call_deadline));
+        arm(&mut self.store, &self.sandbox);
         let result = exports
             .weir_plugin_transform()
             .call_process(&mut self.store, &wit_batch);
@@ -343,8 +345,7 @@ impl PluginInstance {
             ));
         };
         let values = types::Values { data, ends };
-        self.store
-            .set_epoch_deadline(super::epoch::ticks_for(self.sandbox.limits.call_deadline));
+        arm(&mut self.store, &self.sandbox);
         let result = exports
             .weir_plugin_reducer()
             .call_reduce(&mut self.store, &values, group_ends);
@@ -365,6 +366,16 @@ impl PluginInstance {
             return Err(crate::record::MalformedBatch("reducer returned malformed values".into()).into());
         }
         Ok((output.data, output.ends))
+    }
+}
+
+/// Sets the deadline (and, on a metered engine, the fuel budget) of the next call.
+fn arm(store: &mut Store<PluginState>, sandbox: &Sandbox) {
+    store.set_epoch_deadline(super::epoch::ticks_for(sandbox.limits.call_deadline));
+    if let Some(fuel) = sandbox.limits.fuel
+        && store.get_fuel().is_ok()
+    {
+        let _ = store.set_fuel(fuel);
     }
 }
 
