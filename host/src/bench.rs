@@ -114,12 +114,16 @@ pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize) -> std::io:
     Ok(())
 }
 
-fn spec(input: &Path, plugin: &Path, partitions: usize) -> Result<PipelineSpec, EngineError> {
-    let text = format!(
+/// The word-count pipeline of the demo and the benchmarks as a pipeline
+/// file: `source` (the body of a `[[source]]` table) → flat-map
+/// `split-words` (the component at `plugin`) → reduce-by-key count → a
+/// console sink showing `max_records` records per batch.
+pub fn wordcount_toml(name: &str, interval: &str, partitions: usize, plugin: &Path, source: &str) -> String {
+    format!(
         r#"
 [pipeline]
-name = "bench-wordcount"
-batch-interval = "1s"
+name = "{name}"
+batch-interval = "{interval}"
 partitions = {partitions}
 chunk-records = 16384
 
@@ -128,8 +132,7 @@ split-words = {plugin:?}
 
 [[source]]
 name = "lines"
-type = "files"
-path = {input:?}
+{source}
 
 [[stage]]
 name = "words"
@@ -146,10 +149,15 @@ reducer = "count"
 [[sink]]
 input = "counts"
 type = "console"
+max-records = 8
 "#,
         plugin = plugin.display().to_string(),
-        input = input.display().to_string(),
-    );
+    )
+}
+
+fn spec(input: &Path, plugin: &Path, partitions: usize) -> Result<PipelineSpec, EngineError> {
+    let source = format!("type = \"files\"\npath = {:?}", input.display().to_string());
+    let text = wordcount_toml("bench-wordcount", "1s", partitions, plugin, &source);
     Ok(config::parse(&text, Path::new("bench.toml"))?)
 }
 
@@ -237,39 +245,12 @@ pub fn latency(
     rate: u64,
     duration: Duration,
 ) -> Result<LatencyReport, EngineError> {
-    let text = format!(
-        r#"
-[pipeline]
-name = "bench-latency"
-batch-interval = "{interval}"
-partitions = 2
-
-[plugins]
-split-words = {plugin:?}
-
-[[source]]
-name = "lines"
-type = "generator"
-rate = {rate}
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
-[[sink]]
-input = "counts"
-type = "console"
-"#,
-        interval = humantime::format_duration(interval),
-        plugin = plugin.display().to_string(),
+    let text = wordcount_toml(
+        "bench-latency",
+        &humantime::format_duration(interval).to_string(),
+        2,
+        plugin,
+        &format!("type = \"generator\"\nrate = {rate}"),
     );
     let spec = config::parse(&text, Path::new("latency.toml"))?;
     let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
@@ -347,33 +328,12 @@ pub fn isolation(
     looping: &Path,
     duration: Duration,
 ) -> Result<IsolationReport, EngineError> {
-    let healthy = format!(
-        r#"
-[pipeline]
-name = "healthy"
-batch-interval = "100ms"
-partitions = 2
-[plugins]
-split-words = {split:?}
-[[source]]
-name = "lines"
-type = "generator"
-rate = 50000
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-[[sink]]
-input = "counts"
-type = "console"
-"#,
-        split = split_words.display().to_string()
+    let healthy = wordcount_toml(
+        "healthy",
+        "100ms",
+        2,
+        split_words,
+        "type = \"generator\"\nrate = 50000",
     );
     let neighbour = format!(
         r#"

@@ -370,41 +370,8 @@ fn example_plugin(name: &str) -> anyhow::Result<PathBuf> {
 fn demo(lines: u64) -> anyhow::Result<ExitCode> {
     eprintln!("building the split-words plugin...");
     let plugin = example_plugin("split-words")?;
-    let text = format!(
-        r#"
-[pipeline]
-name = "demo-wordcount"
-batch-interval = "1s"
-partitions = 2
-
-[plugins]
-split-words = {plugin:?}
-
-[[source]]
-name = "lines"
-type = "generator"
-lines = {lines}
-rate = 10000
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
-[[sink]]
-input = "counts"
-type = "console"
-max-records = 8
-"#,
-        plugin = plugin.display().to_string()
-    );
+    let source = format!("type = \"generator\"\nlines = {lines}\nrate = 10000");
+    let text = weir::bench::wordcount_toml("demo-wordcount", "1s", 2, &plugin, &source);
     let runtime = Runtime::with_default_cache()?;
     let spec = config::parse(&text, Path::new("demo.toml"))?;
     let mut registry = PluginRegistry::new(runtime);

@@ -50,7 +50,7 @@ impl StageMetrics {
 /// A stage's operator under its failure policy.
 #[derive(Debug)]
 pub struct Guarded {
-    inner: Box<dyn Operator>,
+    inner: std::sync::Arc<dyn Operator>,
     policy: FailurePolicy,
     stage: String,
     metrics: std::sync::Arc<StageMetrics>,
@@ -59,7 +59,7 @@ pub struct Guarded {
 impl Guarded {
     /// Runs `inner` for `stage` under `policy`, counting into `metrics`.
     pub fn new(
-        inner: Box<dyn Operator>,
+        inner: std::sync::Arc<dyn Operator>,
         policy: FailurePolicy,
         stage: String,
         metrics: std::sync::Arc<StageMetrics>,

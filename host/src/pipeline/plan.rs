@@ -186,7 +186,7 @@ impl Plan {
                 .into_iter()
                 .map(|operator| -> Arc<dyn Operator> {
                     Arc::new(Guarded::new(
-                        Box::new(Shared(operator)),
+                        operator,
                         stage.policy.clone(),
                         stage.name.clone(),
                         metrics.clone(),
@@ -260,36 +260,6 @@ fn metered<'a>(
     stage.sandbox.limits.fuel.and(registry.metered(plugin))
 }
 
-/// An operator shared behind an `Arc`, usable where a `Box<dyn Operator>` is.
-#[derive(Debug)]
-struct Shared(Arc<dyn Operator>);
-
-impl Operator for Shared {
-    fn process(
-        &self,
-        input: crate::record::Batch,
-        ctx: &mut crate::operator::PartitionContext<'_>,
-    ) -> Result<crate::record::Batch, OperatorError> {
-        self.0.process(input, ctx)
-    }
-
-    fn process_partition(
-        &self,
-        input: crate::record::Partition,
-        ctx: &mut crate::operator::PartitionContext<'_>,
-    ) -> Result<crate::record::Partition, OperatorError> {
-        self.0.process_partition(input, ctx)
-    }
-
-    fn input_partitioning(&self) -> crate::partition::Partitioning {
-        self.0.input_partitioning()
-    }
-
-    fn check(&self) -> Result<(), OperatorError> {
-        self.0.check()
-    }
-}
-
 fn check_kind(op: TransformKind, plugin: PluginKind) -> Result<(), String> {
     let matches = matches!(
         (op, plugin),
@@ -301,6 +271,11 @@ fn check_kind(op: TransformKind, plugin: PluginKind) -> Result<(), String> {
     );
     if matches {
         Ok(())
+    } else if plugin == PluginKind::Reducer {
+        Err(format!(
+            "is a reducer plugin: use it in a reduce-by-key stage (reducer = \"<its name>\"), not with op `{}`",
+            op.name()
+        ))
     } else {
         Err(format!(
             "is a {} plugin, but the stage's op is `{}`: use op = \"{}\" or a {} plugin",
