@@ -457,3 +457,57 @@ fn trapped_calls_do_not_leak_engine_memory() {
         growth / 1024
     );
 }
+
+#[test]
+fn a_quarantined_stage_can_pause_the_pipeline_until_it_is_stopped() {
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let text = format!(
+        r#"
+[pipeline]
+name = "paused"
+partitions = 1
+batch-interval = "50ms"
+[plugins]
+fail-on = {plugin:?}
+[[source]]
+name = "words"
+type = "generator"
+rate = 4000
+words-per-line = 1
+[[stage]]
+name = "out"
+input = "words"
+op = "map"
+plugin = "fail-on"
+config = {{ trigger = "the" }}
+on-error = "skip-batch"
+quarantine-after = 2
+quarantine = "pause"
+[[sink]]
+input = "out"
+type = "files"
+path = {out:?}
+"#,
+        plugin = plugins::FAIL_ON,
+        out = out.display().to_string()
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &text);
+    let child = weir().spawn(&["run", file.to_str().unwrap()]);
+    // Quarantined after two failing batches (~100 ms): then paused, not exited.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a paused pipeline keeps running until stopped"
+    );
+    weir_tests::terminate(&child);
+    let output = weir_tests::wait_output(child, LIMIT);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.contains("the pipeline is paused"), "{message}");
+    assert!(
+        message.contains("quarantined after 2 consecutive batches") && message.contains("paused"),
+        "{message}"
+    );
+}

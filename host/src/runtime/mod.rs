@@ -37,8 +37,24 @@ struct EngineLinker {
     linker: Linker<PluginState>,
 }
 
+/// Live instances the pooling allocator can hold at once (per engine).
+pub const POOLED_INSTANCES: u32 = 1_000;
+
 impl EngineLinker {
+    /// An engine using the pooling allocator (fresh instances after a trap
+    /// come from preallocated slots), or the on-demand allocator when the
+    /// pool's address space cannot be reserved.
     fn new(metered: bool) -> Result<Self, RuntimeError> {
+        match Self::with_allocator(metered, true) {
+            Ok(engine) => Ok(engine),
+            Err(error) => {
+                tracing::warn!("pooling allocator unavailable ({error}); using on-demand allocation");
+                Self::with_allocator(metered, false)
+            }
+        }
+    }
+
+    fn with_allocator(metered: bool, pooled: bool) -> Result<Self, RuntimeError> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -46,6 +62,16 @@ impl EngineLinker {
             .consume_fuel(metered)
             .max_wasm_stack(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if pooled {
+            let mut pooling = wasmtime::PoolingAllocationConfig::new();
+            pooling
+                .total_component_instances(POOLED_INSTANCES)
+                .total_core_instances(2 * POOLED_INSTANCES)
+                .total_memories(POOLED_INSTANCES)
+                .total_tables(2 * POOLED_INSTANCES)
+                .max_memory_size(4 << 30);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        }
         let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
         epoch::start_ticker(&engine);
         let mut linker = Linker::new(&engine);
