@@ -139,6 +139,19 @@ fn deadline_obeyed_by_a_slow_plugin() {
 }
 
 #[test]
+fn sleeping_is_refused_instead_of_blocking_a_worker() {
+    let started = std::time::Instant::now();
+    let run = run(
+        plugins::BUSY,
+        "map",
+        "limits = { timeout = \"60s\" }",
+        &["sleep 3600000"],
+    );
+    assert_stopped_by(&run, "plugins may not sleep");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
 fn deadline_violated_by_an_infinite_loop() {
     let started = std::time::Instant::now();
     let run = run(
@@ -509,5 +522,74 @@ path = {out:?}
     assert!(
         message.contains("quarantined after 2 consecutive batches") && message.contains("paused"),
         "{message}"
+    );
+}
+
+#[test]
+fn reducer_dead_letters_the_record_it_names_not_another() {
+    // Regression: a reducer's record index counts values in grouped order; it
+    // used to be read as a position in the partition, dead-lettering an
+    // innocent record.
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(
+        input.join("a.jsonl"),
+        "{\"k\":\"a\",\"v\":1}\n{\"k\":\"b\",\"v\":\"x\"}\n{\"k\":\"a\",\"v\":2}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let text = format!(
+        r#"
+[pipeline]
+name = "sums"
+partitions = 1
+[plugins]
+key-by = {key_by:?}
+decimal-sum = {sum:?}
+[[source]]
+name = "events"
+type = "files"
+path = {input:?}
+[[stage]]
+name = "keyed"
+input = "events"
+op = "map"
+plugin = "key-by"
+config = {{ field = "k", value-field = "v" }}
+[[stage]]
+name = "totals"
+input = "keyed"
+op = "reduce-by-key"
+reducer = "decimal-sum"
+on-error = "dead-letter"
+[[sink]]
+input = "totals"
+type = "files"
+path = {out:?}
+[[sink]]
+input = "dead-letters"
+type = "files"
+path = {dead:?}
+"#,
+        key_by = plugins::JSON_KEY_BY,
+        sum = plugins::SUM,
+        input = input.display().to_string(),
+        out = out.display().to_string(),
+        dead = format!("{}-dead", out.display()),
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &text);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let totals: Vec<String> = sink_lines(&out).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(totals, ["a\t3"]);
+    let dead: Vec<String> = sink_lines(&PathBuf::from(format!("{}-dead", out.display())))
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].starts_with("b\t") && dead[0].contains("\"value\":\"x\""),
+        "{dead:?}"
     );
 }

@@ -315,10 +315,6 @@ pub(super) fn build(
         Some(text) => duration(text)?,
         None => Duration::from_secs(1),
     };
-    if batch_interval < Duration::from_millis(1) {
-        let span = table.batch_interval.as_ref().map_or(0, |s| s.span().start);
-        return Err((span, "batch-interval must be at least 1ms".into()));
-    }
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
@@ -378,6 +374,19 @@ pub(super) fn build(
     let dead_letters = stages
         .iter()
         .any(|(_, stage)| stage.policy.on_error == OnError::DeadLetter);
+    if dead_letters && !sinks.iter().any(|(_, sink)| sink.input == DEAD_LETTERS) {
+        let (offset, stage) = stages
+            .iter()
+            .find(|(_, stage)| stage.policy.on_error == OnError::DeadLetter)
+            .expect("a dead-letter stage exists");
+        return Err((
+            *offset,
+            format!(
+                "stage `{}` has on-error = \"dead-letter\" but no sink reads `{DEAD_LETTERS}`: add a [[sink]] with input = \"{DEAD_LETTERS}\" so failed records are kept",
+                stage.name
+            ),
+        ));
+    }
     let order = order_stages(&sources, &stages, &input_offsets, &sinks, dead_letters)?;
     let mut slots: Vec<Option<(usize, StageSpec)>> = stages.into_iter().map(Some).collect();
     let stages = order
@@ -956,8 +965,9 @@ fn plugin_known(plugins: &BTreeMap<String, PathBuf>, name: &str, at: usize) -> R
     }
 }
 
+/// Reads a duration between 1 ms and one day.
 fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
-    humantime::parse_duration(text.get_ref()).map_err(|e| {
+    let value = humantime::parse_duration(text.get_ref()).map_err(|e| {
         (
             text.span().start,
             format!(
@@ -965,7 +975,14 @@ fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
                 text.get_ref()
             ),
         )
-    })
+    })?;
+    if value < Duration::from_millis(1) || value > Duration::from_secs(24 * 3600) {
+        return Err((
+            text.span().start,
+            format!("duration {:?} must be between 1ms and 1 day", text.get_ref()),
+        ));
+    }
+    Ok(value)
 }
 
 fn positive(value: Option<&Spanned<i64>>, key: &str, max: usize) -> Result<Option<usize>, SpecError> {

@@ -126,3 +126,32 @@ fn config_values_become_text() {
         ]
     );
 }
+
+#[test]
+fn dead_letters_need_a_sink() {
+    let text = WORDCOUNT.replace(
+        "plugin = \"split-words\"",
+        "plugin = \"split-words\"\non-error = \"dead-letter\"",
+    );
+    let (_, message) = invalid(&text);
+    assert!(message.contains("no sink reads `dead-letters`"), "{message}");
+    let with_sink = format!("{text}\n[[sink]]\ninput = \"dead-letters\"\ntype = \"console\"\n");
+    assert!(parse(&with_sink, Path::new("p.toml")).is_ok());
+    let (_, message) = invalid(&format!(
+        "{WORDCOUNT}\n[[sink]]\ninput = \"dead-letters\"\ntype = \"console\"\n"
+    ));
+    assert!(message.contains("no stage has on-error"), "{message}");
+}
+
+#[test]
+fn durations_out_of_range_are_errors_not_panics() {
+    for interval in ["0ms", "100000000000years"] {
+        let text = WORDCOUNT.replace(
+            "batch-interval = \"1s\"",
+            &format!("batch-interval = \"{interval}\""),
+        );
+        let (line, message) = invalid(&text);
+        assert_eq!(line, 4);
+        assert!(message.contains("between 1ms and 1 day"), "{message}");
+    }
+}

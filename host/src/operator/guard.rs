@@ -161,10 +161,11 @@ impl Operator for Guarded {
                 && let Some(index) = failed_record(&error)
                 && let Some(record) = record_at(&pending, index)
             {
+                // A record handled on its own does not count towards
+                // quarantine: the rest of the batch goes on.
                 self.dead_letter(ctx, record, &error);
                 pending = without(&pending, index);
                 record_failures += 1;
-                ctx.failures += 1;
                 continue;
             }
             if attempt < self.policy.retries {

@@ -218,13 +218,19 @@ impl ReduceByKey {
             groups.ends.push(groups.data.len() as u32);
         }
         let (data, ends) = function.reduce(groups, ctx).map_err(|error| match error {
+            // The plugin counts values in grouped order; report the record's
+            // position in the partition, as every other operator does.
             OperatorError::Plugin {
                 error: PluginError::Record { index, message },
                 record: None,
             } if (index as usize) < order.len() => {
-                let record = input.get(order[index as usize] as usize);
+                let position = order[index as usize];
+                let record = input.get(position as usize);
                 OperatorError::Plugin {
-                    error: PluginError::Record { index, message },
+                    error: PluginError::Record {
+                        index: position,
+                        message,
+                    },
                     record: Some(format!(
                         "value {:?} of {}",
                         String::from_utf8_lossy(record.value),
@@ -232,6 +238,13 @@ impl ReduceByKey {
                     )),
                 }
             }
+            OperatorError::Plugin {
+                error: PluginError::Record { index, .. },
+                ..
+            } => OperatorError::Plugin {
+                error: PluginError::Batch(format!("the reducer named value {index}, which does not exist")),
+                record: None,
+            },
             other => other,
         })?;
         let mut output = Batch::with_capacity(group_keys.len(), data.len());

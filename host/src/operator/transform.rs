@@ -52,7 +52,15 @@ impl TransformOperator {
 
     fn call_once(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
         let input_len = input.len();
-        let (input, output) = self.function.call(input, ctx)?;
+        let (input, output) = self.function.call(input, ctx).map_err(|error| match error {
+            OperatorError::Plugin {
+                error: PluginError::Record { index, .. },
+                ..
+            } if index as usize >= input_len => malformed(&format!(
+                "the plugin named record {index} of a call with {input_len} records"
+            )),
+            other => other,
+        })?;
         let output = match output {
             TransformOutput::Records(output) => output,
             TransformOutput::Keep(indices) => {
@@ -172,7 +180,7 @@ fn shift_record(error: OperatorError, offset: usize) -> OperatorError {
             record,
         } => OperatorError::Plugin {
             error: PluginError::Record {
-                index: index + offset as u32,
+                index: index.saturating_add(u32::try_from(offset).unwrap_or(u32::MAX)),
                 message,
             },
             record,

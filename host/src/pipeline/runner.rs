@@ -121,6 +121,21 @@ impl Pipeline {
     /// Runs until stopped, or until the sources are exhausted.
     pub fn run(mut self, options: RunOptions) -> Result<RunSummary, EngineError> {
         let pipeline = self.plan.pipeline.clone();
+        if options.available_now {
+            for (source, _) in &self.plan.sources {
+                if let crate::config::SourceKind::Generator(generator) = &source.kind
+                    && generator.lines.is_none()
+                {
+                    return Err(EngineError::Plan {
+                        location: format!("pipeline `{pipeline}`"),
+                        message: format!(
+                            "source `{}` is a generator without `lines`: it never runs out, so --available-now would never end",
+                            source.name
+                        ),
+                    });
+                }
+            }
+        }
         let io = |e: std::io::Error| EngineError::Io(format!("pipeline `{pipeline}`: {e}"));
         let workers = options.workers.unwrap_or(self.plan.partitions).max(1);
         let pool = Arc::new(WorkerPool::new(workers, &pipeline).map_err(io)?);
@@ -199,10 +214,12 @@ impl Pipeline {
                     }
                 }
             }
+            // Look at the receivers before cutting: whatever a finished
+            // receiver sent is then already in the cut.
+            let sources_done = tasks.iter().all(|t| t.is_finished());
             let finished = batcher.all_finished();
             let batches = batcher.cut();
             let received: usize = batches.iter().map(|p| partition_len(p)).sum();
-            let sources_done = tasks.iter().all(|t| t.is_finished());
             if received == 0 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline))) {
                 break Ok(());
             }

@@ -75,7 +75,12 @@ impl ComponentCache {
 
 fn store(entry: &Path, component: &Component) -> anyhow::Result<()> {
     let dir = entry.parent().expect("cache entries live in a directory");
-    std::fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        // Compiled code is trusted when loaded: only its owner may write here.
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let bytes = component.serialize()?;
     let temporary = dir.join(format!(
         ".{}.{}.tmp",

@@ -30,6 +30,6 @@ pub(crate) fn start_ticker(engine: &Engine) {
 /// Epoch ticks that cover `deadline` (at least one full tick, rounded up, plus
 /// one because the current tick may be nearly over).
 pub fn ticks_for(deadline: Duration) -> u64 {
-    let ticks = deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64;
-    ticks.max(1) + 1
+    let ticks = u64::try_from(deadline.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX);
+    ticks.clamp(1, u64::MAX / 4) + 1
 }

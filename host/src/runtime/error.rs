@@ -61,7 +61,7 @@ impl TrapKind {
             Self::Deadline
         } else if text.contains("unreachable") {
             Self::Panic
-        } else if text.contains("grow") && text.contains("memory") || text.contains("forcing trap") {
+        } else if text.contains("memory limit") || text.contains("forcing trap") {
             Self::Memory
         } else {
             Self::Other

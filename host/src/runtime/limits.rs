@@ -45,9 +45,12 @@ impl Default for Limits {
 
 impl Limits {
     /// The default call deadline for a batch interval: ten intervals, at
-    /// least one second.
+    /// least one second and at most an hour.
     pub fn deadline_for_interval(interval: Duration) -> Duration {
-        (interval * 10).max(Duration::from_secs(1))
+        interval
+            .checked_mul(10)
+            .unwrap_or(Duration::MAX)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
 
     /// Most records a call with `input` records may return.

@@ -76,6 +76,7 @@ impl EngineLinker {
         epoch::start_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        forbid_sleeping(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
         bindings::log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("{e:#}")))?;
         Ok(Self { engine, linker })
@@ -186,6 +187,43 @@ impl Runtime {
             })?;
         Plugin::new(path, hash, component, &engine.linker).map(Arc::new)
     }
+}
+
+/// Replaces the monotonic clock's `subscribe-*` functions with ones that trap.
+///
+/// Epoch deadlines interrupt Wasm code, not a host call blocked in the sync
+/// WASI `poll`: a plugin that sleeps (`std::thread::sleep` subscribes to the
+/// monotonic clock, then blocks) would hold its worker past any deadline. No
+/// Weir plugin needs to wait for anything, so waiting on the clock traps at
+/// once. `now` and `resolution` stay available.
+fn forbid_sleeping(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+
+    linker.allow_shadowing(true);
+    let started = std::time::Instant::now();
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("now", move |_, (): ()| Ok((started.elapsed().as_nanos() as u64,)))?;
+    clock.func_wrap("resolution", |_, (): ()| Ok((1u64,)))?;
+    let refuse = |what: &str| {
+        wasmtime::format_err!(
+            "plugins may not sleep or wait ({what} on the monotonic clock): a Weir plugin runs to completion on every call"
+        )
+    };
+    clock.func_wrap(
+        "subscribe-instant",
+        move |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(refuse("subscribe-instant"))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-duration",
+        move |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            Err(refuse("subscribe-duration"))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Core modules have version 1 and layer 0 in their preamble; components

@@ -213,7 +213,8 @@ impl PluginInstance {
         let state = PluginState::new(sandbox, stderr.clone(), label).map_err(PluginError::Init)?;
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(u64::MAX / 2);
+        // Start functions run during instantiation: they get the call deadline too.
+        store.set_epoch_deadline(super::epoch::ticks_for(sandbox.limits.call_deadline));
         if store.get_fuel().is_ok() {
             // A fresh store has no fuel: instantiation itself needs some.
             let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::log;
@@ -30,7 +30,7 @@ const MAX_LOG_MESSAGE: usize = 4096;
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: MemoryBudget,
     label: InstanceLabel,
 }
 
@@ -51,19 +51,75 @@ impl PluginState {
                 .map_err(|e| format!("cannot open the granted directory {}: {e:#}", dir.display()))?;
         }
         let wasi = wasi.build();
-        let limits = &sandbox.limits;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .table_elements(limits.table_elements)
-            .instances(64)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryBudget {
+            limit: sandbox.limits.memory_bytes,
+            used: 0,
+            table_elements: sandbox.limits.table_elements,
+        };
         Ok(Self {
             wasi,
             table: ResourceTable::new(),
             limits,
             label,
         })
+    }
+}
+
+/// Caps the linear memory of a whole instance (all its memories together)
+/// and the size of each table. A refused grow traps, with a message that
+/// says which limit was hit.
+pub struct MemoryBudget {
+    limit: usize,
+    used: usize,
+    table_elements: usize,
+}
+
+/// Core instances, memories and tables one plugin instance may create.
+const MAX_PARTS: usize = 64;
+
+impl ResourceLimiter for MemoryBudget {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let after = self.used.saturating_add(desired.saturating_sub(current));
+        if after > self.limit {
+            wasmtime::bail!(
+                "memory limit: growing linear memory to {desired} bytes would take the instance to {after} bytes, over its limit of {} bytes",
+                self.limit
+            );
+        }
+        self.used = after;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            wasmtime::bail!(
+                "memory limit: growing a table to {desired} elements is over the limit of {}",
+                self.table_elements
+            );
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_PARTS
+    }
+
+    fn memories(&self) -> usize {
+        MAX_PARTS
+    }
+
+    fn tables(&self) -> usize {
+        MAX_PARTS
     }
 }
 

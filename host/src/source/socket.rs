@@ -98,12 +98,19 @@ impl SocketSource {
                         Ended::Eof if ctx.available_now => return Ok(()),
                         Ended::Eof => tracing::warn!(
                             source = %ctx.name, address = %self.address,
-                            "the peer closed the connection; reconnecting"
+                            "the peer closed the connection; reconnecting in {}",
+                            humantime::format_duration(backoff)
                         ),
                         Ended::Error(error) => tracing::warn!(
                             source = %ctx.name, address = %self.address,
-                            "connection failed: {error}; reconnecting"
+                            "connection failed: {error}; reconnecting in {}",
+                            humantime::format_duration(backoff)
                         ),
+                    }
+                    // A peer that accepts and hangs up at once must not make us spin.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = ctx.stopped() => return Ok(()),
                     }
                 }
                 Err(error) => {
