@@ -261,6 +261,21 @@ mod tests {
     use crate::Batch;
 
     #[test]
+    fn append_copies_every_length_exactly() {
+        let source: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37).wrapping_add(1)).collect();
+        for len in 0..=source.len() {
+            for prefix in [0usize, 1, 7, 15] {
+                let mut data = vec![0xEE; prefix];
+                data.shrink_to_fit();
+                super::append(&mut data, &source[..len]);
+                assert_eq!(data.len(), prefix + len);
+                assert!(data[..prefix].iter().all(|&b| b == 0xEE));
+                assert_eq!(&data[prefix..], &source[..len]);
+            }
+        }
+    }
+
+    #[test]
     fn round_trip_through_a_batch() {
         let mut out = Emitter::with_capacity(2, 16);
         out.set_default_timestamp(7);
