@@ -169,7 +169,17 @@ impl Pipeline {
             let receiver = source::from_spec(spec);
             let errors_tx = errors_tx.clone();
             tasks.push(runtime.spawn(async move {
-                if let Err(error) = receiver.run(ctx).await {
+                let name = ctx.name.clone();
+                // The receiver runs in its own task so that a panic in it is
+                // reported as a failed source, not mistaken for its end.
+                let outcome = match tokio::spawn(receiver.run(ctx)).await {
+                    Ok(outcome) => outcome,
+                    Err(join) => Err(SourceError {
+                        source_name: name,
+                        message: format!("the receiver stopped unexpectedly: {join}"),
+                    }),
+                };
+                if let Err(error) = outcome {
                     let _ = errors_tx.send(error);
                 }
             }));

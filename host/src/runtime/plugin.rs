@@ -251,6 +251,7 @@ impl PluginInstance {
     }
 
     fn arm_deadline(&mut self) {
+        self.stderr.clear();
         arm(&mut self.store, &self.sandbox);
     }
 
@@ -300,6 +301,7 @@ impl PluginInstance {
             timestamps,
             flags,
         };
+        self.stderr.clear();
         arm(&mut self.store, &self.sandbox);
         let result = exports
             .weir_plugin_transform()
@@ -346,6 +348,7 @@ impl PluginInstance {
             ));
         };
         let values = types::Values { data, ends };
+        self.stderr.clear();
         arm(&mut self.store, &self.sandbox);
         let result = exports
             .weir_plugin_reducer()

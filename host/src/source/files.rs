@@ -74,8 +74,9 @@ async fn read_file(path: &Path, ctx: &SourceContext) -> Result<std::io::Result<u
                 chunker.push_bytes(&buffer[..n], now_ms()).await?;
             }
             Err(error) => {
-                // Lines before the failure were delivered; say where it stopped.
-                chunker.finish_lines(now_ms()).await?;
+                // Complete lines before the failure are delivered; a line cut
+                // by the failure is not (it would be a truncated record).
+                chunker.flush().await?;
                 return Ok(Err(std::io::Error::new(
                     error.kind(),
                     format!("{error} (after {total} bytes)"),
