@@ -102,8 +102,10 @@ fn new_plugin_scaffolds_a_crate_that_builds_and_runs() {
         LIMIT,
     );
     assert!(output.status.success(), "{}", stderr(&output));
+    // A path relative to the working directory, as in the README.
     let output = weir()
-        .command(&["plugin", "build", crate_dir.to_str().unwrap()])
+        .command(&["plugin", "build", "shout"])
+        .current_dir(dir.path())
         .env("CARGO_TARGET_DIR", plugin_target_dir())
         .output()
         .unwrap();

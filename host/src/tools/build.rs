@@ -46,6 +46,14 @@ pub fn ensure_wasm_target(dir: &Path) -> Result<(), ToolError> {
 /// Builds the plugin crate in `crate_dir` and returns the component files
 /// cargo produced.
 pub fn build_plugin(crate_dir: &Path, release: bool) -> Result<Vec<PathBuf>, ToolError> {
+    // Cargo runs in the crate's directory: a relative path must not be
+    // resolved a second time from there.
+    let crate_dir = &crate_dir.canonicalize().map_err(|e| {
+        ToolError(format!(
+            "cannot find the plugin crate {}: {e}",
+            crate_dir.display()
+        ))
+    })?;
     let manifest = crate_dir.join("Cargo.toml");
     if !manifest.exists() {
         return Err(ToolError(format!(
