@@ -104,6 +104,9 @@ fn failed_record(error: &OperatorError) -> Option<usize> {
             error: PluginError::Record { index, .. },
             ..
         } => Some(*index as usize),
+        OperatorError::Value {
+            index: Some(index), ..
+        } => Some(*index as usize),
         _ => None,
     }
 }

@@ -55,8 +55,13 @@ pub enum OperatorError {
         record: Option<String>,
     },
     /// A value could not be used (for example a non-number given to `sum`).
-    #[error("{0}")]
-    Value(String),
+    #[error("{}{message}", index.map(|i| format!("record {i}: ")).unwrap_or_default())]
+    Value {
+        /// What is wrong with it.
+        message: String,
+        /// Index of the record in the partition, when it is an input record.
+        index: Option<u32>,
+    },
     /// A native function failed.
     #[error("{0}")]
     Native(String),

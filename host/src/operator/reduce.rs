@@ -118,9 +118,9 @@ impl ReduceByKey {
         let mut keyed: FastMap<KeyRef<'_>, (Accumulator, i64)> =
             FastMap::with_capacity_and_hasher(1024, Default::default());
         let mut keyless: Option<(Accumulator, i64)> = None;
-        for record in chunks.iter().flat_map(Batch::iter) {
-            let failed = |error: builtin::ValueError| {
-                OperatorError::Value(format!(
+        for (index, record) in chunks.iter().flat_map(Batch::iter).enumerate() {
+            let failed = |error: builtin::ValueError| OperatorError::Value {
+                message: format!(
                     "reduce-by-key `{}`: the value {:?} of {} {error}",
                     reducer_name(reducer),
                     String::from_utf8_lossy(record.value),
@@ -128,7 +128,9 @@ impl ReduceByKey {
                         || "a record without key".to_owned(),
                         |k| format!("key {:?}", String::from_utf8_lossy(k))
                     )
-                ))
+                ),
+                // After the shuffle the values are partial results, not input records.
+                index: (!merging).then(|| u32::try_from(index).unwrap_or(u32::MAX)),
             };
             let slot = match record.key {
                 Some(key) => keyed.get_mut(&KeyRef(key)),
