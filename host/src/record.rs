@@ -103,24 +103,30 @@ impl Batch {
                 len * 2
             )));
         }
-        let mut previous = 0u32;
-        for (i, &end) in ends.iter().enumerate() {
-            if end < previous {
-                return Err(MalformedBatch(format!("end offset {i} goes backwards")));
-            }
-            previous = end;
+        // Branch-free folds: this runs on every batch a plugin returns.
+        let ascending = ends.windows(2).fold(true, |ok, pair| ok & (pair[0] <= pair[1]));
+        if !ascending {
+            let at = ends.windows(2).position(|pair| pair[0] > pair[1]).unwrap_or(0) + 1;
+            return Err(MalformedBatch(format!("end offset {at} goes backwards")));
         }
-        if previous as usize != data.len() {
+        let last = ends.last().copied().unwrap_or(0);
+        if last as usize != data.len() {
             return Err(MalformedBatch(format!(
-                "offsets end at {previous} but there are {} data bytes",
+                "offsets end at {last} but there are {} data bytes",
                 data.len()
             )));
         }
-        for (i, (&flag, pair)) in flags.iter().zip(ends.chunks_exact(2)).enumerate() {
-            let key_start = if i == 0 { 0 } else { ends[2 * i - 1] };
-            if flag & FLAG_HAS_KEY == 0 && pair[0] != key_start {
-                return Err(MalformedBatch(format!("record {i} has no key but a key range")));
-            }
+        // A record without a key has an empty key range: its key ends where
+        // the previous record's value ends.
+        let key_ranges_ok = flags
+            .iter()
+            .zip(ends.chunks_exact(2))
+            .zip(std::iter::once(0).chain(ends.iter().skip(1).step_by(2).copied()))
+            .fold(true, |ok, ((&flag, pair), key_start)| {
+                ok & ((flag & FLAG_HAS_KEY != 0) | (pair[0] == key_start))
+            });
+        if !key_ranges_ok {
+            return Err(MalformedBatch("a record without a key has a key range".into()));
         }
         Ok(Self {
             data,
