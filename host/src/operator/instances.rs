@@ -24,6 +24,57 @@ impl InstanceKey {
     }
 }
 
+/// One stage's use of a Wasm plugin: the plugin, the stage's configuration
+/// and sandbox, and the key of its instances in every worker's slots.
+#[derive(Debug)]
+pub struct PluginUse {
+    plugin: Arc<Plugin>,
+    config: Vec<(String, String)>,
+    label: InstanceLabel,
+    sandbox: Arc<Sandbox>,
+    key: InstanceKey,
+}
+
+impl PluginUse {
+    /// `plugin` in `sandbox`, initialised with `config`; `label` tags its logs.
+    pub fn new(
+        plugin: Arc<Plugin>,
+        config: Vec<(String, String)>,
+        label: InstanceLabel,
+        sandbox: Sandbox,
+    ) -> Self {
+        Self {
+            plugin,
+            config,
+            label,
+            sandbox: Arc::new(sandbox),
+            key: InstanceKey::unique(),
+        }
+    }
+
+    /// Starts a throw-away instance: the plugin instantiates in its sandbox
+    /// and accepts its configuration.
+    pub fn check(&self) -> Result<(), PluginError> {
+        PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox).map(drop)
+    }
+
+    /// Runs `call` on this worker's instance (see [`InstanceSlots::with_instance`]).
+    pub fn call<T>(
+        &self,
+        slots: &mut InstanceSlots,
+        call: impl FnOnce(&mut PluginInstance) -> Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        slots.with_instance(
+            self.key,
+            &self.plugin,
+            &self.config,
+            &self.label,
+            &self.sandbox,
+            call,
+        )
+    }
+}
+
 /// A worker's instances, by [`InstanceKey`].
 #[derive(Default)]
 pub struct InstanceSlots {

@@ -22,7 +22,7 @@ pub mod transform;
 
 use std::fmt;
 
-pub use instances::{InstanceKey, InstanceSlots};
+pub use instances::{InstanceKey, InstanceSlots, PluginUse};
 
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};

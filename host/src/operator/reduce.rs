@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use super::builtin::{self, Accumulator};
-use super::{InstanceKey, Operator, OperatorError, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
@@ -314,11 +314,7 @@ impl Operator for ReduceByKey {
 /// A reducer implemented by a Wasm plugin.
 #[derive(Debug)]
 pub struct WasmReducer {
-    plugin: Arc<Plugin>,
-    config: Vec<(String, String)>,
-    label: InstanceLabel,
-    sandbox: Arc<Sandbox>,
-    key: InstanceKey,
+    plugin: super::PluginUse,
 }
 
 impl WasmReducer {
@@ -330,19 +326,15 @@ impl WasmReducer {
         sandbox: Sandbox,
     ) -> Self {
         Self {
-            plugin,
-            config,
-            label,
-            sandbox: Arc::new(sandbox),
-            key: InstanceKey::unique(),
+            plugin: super::PluginUse::new(plugin, config, label, sandbox),
         }
     }
 }
 
 impl GroupReduceFn for WasmReducer {
     fn check(&self) -> Result<(), OperatorError> {
-        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox)
-            .map(drop)
+        self.plugin
+            .check()
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 
@@ -351,15 +343,10 @@ impl GroupReduceFn for WasmReducer {
         groups: GroupedValues,
         ctx: &mut PartitionContext<'_>,
     ) -> Result<(Vec<u8>, Vec<u32>), OperatorError> {
-        ctx.instances
-            .with_instance(
-                self.key,
-                &self.plugin,
-                &self.config,
-                &self.label,
-                &self.sandbox,
-                |instance| instance.reduce(groups.data, groups.ends, &groups.group_ends),
-            )
+        self.plugin
+            .call(ctx.instances, |instance| {
+                instance.reduce(groups.data, groups.ends, &groups.group_ends)
+            })
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 }

@@ -192,11 +192,7 @@ fn shift_record(error: OperatorError, offset: usize) -> OperatorError {
 /// A transform implemented by a Wasm plugin.
 #[derive(Debug)]
 pub struct WasmTransform {
-    plugin: Arc<Plugin>,
-    config: Vec<(String, String)>,
-    label: InstanceLabel,
-    sandbox: Arc<Sandbox>,
-    key: super::InstanceKey,
+    plugin: super::PluginUse,
 }
 
 impl WasmTransform {
@@ -208,19 +204,15 @@ impl WasmTransform {
         sandbox: Sandbox,
     ) -> Self {
         Self {
-            plugin,
-            config,
-            label,
-            sandbox: Arc::new(sandbox),
-            key: super::InstanceKey::unique(),
+            plugin: super::PluginUse::new(plugin, config, label, sandbox),
         }
     }
 }
 
 impl TransformFn for WasmTransform {
     fn check(&self) -> Result<(), OperatorError> {
-        crate::runtime::PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox)
-            .map(drop)
+        self.plugin
+            .check()
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 
@@ -231,23 +223,16 @@ impl TransformFn for WasmTransform {
     ) -> Result<(Batch, TransformOutput), OperatorError> {
         // Keep what is needed to describe a failing record: the call consumes the input.
         let mut failed_input = None;
-        let result = ctx.instances.with_instance(
-            self.key,
-            &self.plugin,
-            &self.config,
-            &self.label,
-            &self.sandbox,
-            |instance| {
-                let (input, result) = instance.transform(input);
-                match result {
-                    Ok(output) => Ok((input, output)),
-                    Err(error) => {
-                        failed_input = Some(input);
-                        Err(error)
-                    }
+        let result = self.plugin.call(ctx.instances, |instance| {
+            let (input, result) = instance.transform(input);
+            match result {
+                Ok(output) => Ok((input, output)),
+                Err(error) => {
+                    failed_input = Some(input);
+                    Err(error)
                 }
-            },
-        );
+            }
+        });
         result.map_err(|error| {
             let record = match (&error, &failed_input) {
                 (PluginError::Record { index, .. }, Some(batch)) if (*index as usize) < batch.len() => {
