@@ -336,10 +336,10 @@ fn policy_dead_letter_after_a_trap_sends_the_whole_partition_batch() {
     assert!(run.stderr.contains("4 records dead-lettered"), "{}", run.stderr);
 }
 
-#[test]
-fn a_stage_failing_batch_after_batch_is_quarantined() {
-    let dir = scratch();
-    let out = dir.path().join("out");
+/// A pipeline whose stage fails on almost every batch (`fail-on` triggered by
+/// the generator's most frequent word), skipping those batches; `quarantine`
+/// holds the stage's quarantine keys. Returns the pipeline file.
+fn flaky_pipeline(dir: &Path, quarantine: &str) -> PathBuf {
     let text = format!(
         r#"
 [pipeline]
@@ -360,16 +360,22 @@ op = "map"
 plugin = "fail-on"
 config = {{ trigger = "the" }}
 on-error = "skip-batch"
-quarantine-after = 3
+{quarantine}
 [[sink]]
 input = "out"
 type = "files"
 path = {out:?}
 "#,
         plugin = plugins::FAIL_ON,
-        out = out.display().to_string()
+        out = dir.join("out").display().to_string()
     );
-    let file = write_pipeline(dir.path(), "p.toml", &text);
+    write_pipeline(dir, "p.toml", &text)
+}
+
+#[test]
+fn a_stage_failing_batch_after_batch_is_quarantined() {
+    let dir = scratch();
+    let file = flaky_pipeline(dir.path(), "quarantine-after = 3");
     let output = weir().run(&["run", file.to_str().unwrap()], LIMIT);
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{message}");
@@ -474,38 +480,7 @@ fn trapped_calls_do_not_leak_engine_memory() {
 #[test]
 fn a_quarantined_stage_can_pause_the_pipeline_until_it_is_stopped() {
     let dir = scratch();
-    let out = dir.path().join("out");
-    let text = format!(
-        r#"
-[pipeline]
-name = "paused"
-partitions = 1
-batch-interval = "50ms"
-[plugins]
-fail-on = {plugin:?}
-[[source]]
-name = "words"
-type = "generator"
-rate = 4000
-words-per-line = 1
-[[stage]]
-name = "out"
-input = "words"
-op = "map"
-plugin = "fail-on"
-config = {{ trigger = "the" }}
-on-error = "skip-batch"
-quarantine-after = 2
-quarantine = "pause"
-[[sink]]
-input = "out"
-type = "files"
-path = {out:?}
-"#,
-        plugin = plugins::FAIL_ON,
-        out = out.display().to_string()
-    );
-    let file = write_pipeline(dir.path(), "p.toml", &text);
+    let file = flaky_pipeline(dir.path(), "quarantine-after = 2\nquarantine = \"pause\"");
     let child = weir().spawn(&["run", file.to_str().unwrap()]);
     // Quarantined after two failing batches (~100 ms): then paused, not exited.
     std::thread::sleep(std::time::Duration::from_millis(1_500));

@@ -16,7 +16,7 @@ use super::{Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
-use crate::runtime::{InstanceLabel, Plugin, PluginError, Sandbox};
+use crate::runtime::PluginError;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
@@ -318,16 +318,9 @@ pub struct WasmReducer {
 }
 
 impl WasmReducer {
-    /// Calls `plugin` in `sandbox`, initialised with `config`; `label` tags its logs.
-    pub fn new(
-        plugin: Arc<Plugin>,
-        config: Vec<(String, String)>,
-        label: InstanceLabel,
-        sandbox: Sandbox,
-    ) -> Self {
-        Self {
-            plugin: super::PluginUse::new(plugin, config, label, sandbox),
-        }
+    /// Calls the plugin of `plugin` (its configuration and sandbox included).
+    pub fn new(plugin: super::PluginUse) -> Self {
+        Self { plugin }
     }
 }
 

@@ -10,12 +10,11 @@
 //! input record).
 
 use std::fmt;
-use std::sync::Arc;
 
 use super::{Operator, OperatorError, PartitionContext};
 use crate::config::TransformKind;
 use crate::record::{Batch, Partition};
-use crate::runtime::{InstanceLabel, Plugin, PluginError, Sandbox, TransformOutput};
+use crate::runtime::{PluginError, TransformOutput};
 
 /// Data bytes fed to a per-record plugin in one call; larger partitions are
 /// sliced. Map-partitions always gets its whole partition.
@@ -196,16 +195,9 @@ pub struct WasmTransform {
 }
 
 impl WasmTransform {
-    /// Calls `plugin` in `sandbox`, initialised with `config`; `label` tags its logs.
-    pub fn new(
-        plugin: Arc<Plugin>,
-        config: Vec<(String, String)>,
-        label: InstanceLabel,
-        sandbox: Sandbox,
-    ) -> Self {
-        Self {
-            plugin: super::PluginUse::new(plugin, config, label, sandbox),
-        }
+    /// Calls the plugin of `plugin` (its configuration and sandbox included).
+    pub fn new(plugin: super::PluginUse) -> Self {
+        Self { plugin }
     }
 }
 

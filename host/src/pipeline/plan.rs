@@ -14,7 +14,7 @@ use crate::operator::guard::{Guarded, StageMetrics};
 use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
 use crate::operator::repartition::Repartition;
 use crate::operator::transform::{TransformOperator, WasmTransform};
-use crate::operator::{Operator, OperatorError};
+use crate::operator::{Operator, OperatorError, PluginUse};
 use crate::runtime::{InstanceLabel, PluginKind};
 
 /// Index of a stream in [`Plan::streams`].
@@ -104,12 +104,12 @@ impl Plan {
                                 )
                             })?;
                             let loaded = metered(registry, plugin, stage).unwrap_or(loaded);
-                            Box::new(WasmTransform::new(
+                            Box::new(WasmTransform::new(PluginUse::new(
                                 loaded.clone(),
                                 config.clone(),
                                 label(plugin),
                                 stage.sandbox.clone(),
-                            ))
+                            )))
                         }
                         Some(Function::NativeTransform(native)) => Box::new(native.clone()),
                         Some(Function::NativeReducer(_)) => {
@@ -147,12 +147,12 @@ impl Plan {
                                         ));
                                     }
                                     let loaded = metered(registry, plugin, stage).unwrap_or(loaded);
-                                    Reducer::Groups(Arc::new(WasmReducer::new(
+                                    Reducer::Groups(Arc::new(WasmReducer::new(PluginUse::new(
                                         loaded.clone(),
                                         config.clone(),
                                         label(plugin),
                                         stage.sandbox.clone(),
-                                    )))
+                                    ))))
                                 }
                                 Some(Function::NativeReducer(native)) => {
                                     Reducer::Groups(Arc::new(native.clone()))
