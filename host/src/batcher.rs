@@ -3,15 +3,22 @@
 //! Every receiver has its own bounded queue of chunks. At each batch
 //! boundary [`Batcher::cut`] takes the chunks that are in each queue at that
 //! moment (never more, so a fast source cannot make a batch grow without
-//! bound) and concatenates them into one batch per source.
+//! bound) and concatenates them into one batch per source. A source with a
+//! fixed batch size marks the end of each unit ([`Delivery::BatchEnd`]): a cut
+//! never crosses a mark, and under deterministic time [`Batcher::cut_units`]
+//! waits for exactly one unit of every source.
+
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::record::{Batch, Partition};
+use crate::pipeline::StopSignal;
+use crate::record::Partition;
+use crate::source::Delivery;
 
 struct Input {
-    chunks: mpsc::Receiver<Batch>,
+    chunks: mpsc::Receiver<Delivery>,
     finished: bool,
 }
 
@@ -22,7 +29,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// A batcher over the queues of the sources, in source order.
-    pub fn new(queues: Vec<mpsc::Receiver<Batch>>) -> Self {
+    pub fn new(queues: Vec<mpsc::Receiver<Delivery>>) -> Self {
         Self {
             inputs: queues
                 .into_iter()
@@ -34,7 +41,8 @@ impl Batcher {
         }
     }
 
-    /// Takes the chunks queued now: the chunks of each source, in source order.
+    /// Takes the chunks queued now, up to the first unit mark of each
+    /// source: the chunks of each source, in source order.
     pub fn cut(&mut self) -> Vec<Partition> {
         self.inputs
             .iter_mut()
@@ -43,11 +51,37 @@ impl Batcher {
                 let mut chunks = Vec::with_capacity(available);
                 for _ in 0..available.max(1) {
                     match input.chunks.try_recv() {
-                        Ok(chunk) => chunks.push(chunk),
+                        Ok(Delivery::Chunk(chunk)) => chunks.push(chunk),
+                        Ok(Delivery::BatchEnd) => break,
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
                             input.finished = true;
                             break;
+                        }
+                    }
+                }
+                chunks
+            })
+            .collect()
+    }
+
+    /// Takes exactly one unit of every source that has not finished: waits
+    /// for each source's next mark (or its end). Returns early, with what it
+    /// has, when `stop` is raised.
+    pub fn cut_units(&mut self, stop: &StopSignal) -> Vec<Partition> {
+        self.inputs
+            .iter_mut()
+            .map(|input| {
+                let mut chunks = Vec::new();
+                while !input.finished {
+                    match input.chunks.try_recv() {
+                        Ok(Delivery::Chunk(chunk)) => chunks.push(chunk),
+                        Ok(Delivery::BatchEnd) => break,
+                        Err(TryRecvError::Disconnected) => input.finished = true,
+                        Err(TryRecvError::Empty) => {
+                            if stop.wait_timeout(Duration::from_millis(1)) {
+                                break;
+                            }
                         }
                     }
                 }
@@ -75,6 +109,28 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Batch;
+
+    #[test]
+    fn a_cut_stops_at_a_unit_mark_and_units_wait_for_the_mark() {
+        let (tx, rx) = mpsc::channel(8);
+        let mut batcher = Batcher::new(vec![rx]);
+        let mut chunk = Batch::new();
+        chunk.push(None, b"a", 0);
+        for _ in 0..2 {
+            tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
+            tx.try_send(Delivery::BatchEnd).unwrap();
+        }
+        tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
+        assert_eq!(crate::record::partition_len(&batcher.cut()[0]), 1);
+        let stop = StopSignal::new();
+        assert_eq!(crate::record::partition_len(&batcher.cut_units(&stop)[0]), 1);
+        drop(tx);
+        // The last unit ends with the source.
+        assert_eq!(crate::record::partition_len(&batcher.cut_units(&stop)[0]), 1);
+        assert!(batcher.all_finished());
+        assert!(batcher.cut_units(&stop)[0].is_empty());
+    }
 
     #[test]
     fn cuts_only_what_is_queued_and_sees_the_end() {
@@ -82,8 +138,8 @@ mod tests {
         let mut batcher = Batcher::new(vec![rx]);
         let mut chunk = Batch::new();
         chunk.push(None, b"a", 0);
-        tx.try_send(chunk.clone()).unwrap();
-        tx.try_send(chunk.clone()).unwrap();
+        tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
+        tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
         assert!(batcher.has_pending());
         let cut = batcher.cut();
         assert_eq!(crate::record::partition_len(&cut[0]), 2);

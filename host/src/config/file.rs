@@ -55,6 +55,13 @@ pub struct PipelineTable {
     pub name: String,
     /// Micro-batch interval, e.g. `"1s"` or `"50ms"` (at least 1 ms). Default `"1s"`.
     pub batch_interval: Option<Spanned<String>>,
+    /// `wall` (default): batches every interval of the wall clock.
+    /// `deterministic`: batch `k` is at `start-time + (k + 1) * interval` and
+    /// holds one unit of each source, for tests and replays.
+    pub clock: Option<Spanned<String>>,
+    /// Deterministic clock: milliseconds since the Unix epoch where batch 0
+    /// starts. Default 0.
+    pub start_time: Option<Spanned<i64>>,
     /// Default number of partitions of every stream. Default: the number of cores.
     pub partitions: Option<Spanned<i64>>,
     /// Chunks (of up to `chunk-records` records) a source may queue before it
@@ -93,6 +100,10 @@ pub struct SourceTable {
     pub words_per_line: Option<Spanned<i64>>,
     /// generator: seed of the deterministic word sequence. Default 0.
     pub seed: Option<Spanned<i64>>,
+    /// files: most files per batch (exactly this many under deterministic time).
+    pub max_files_per_batch: Option<Spanned<i64>>,
+    /// generator: lines per batch.
+    pub records_per_batch: Option<Spanned<i64>>,
 }
 
 /// `[[stage]]`: every key any operator accepts.
@@ -127,6 +138,27 @@ pub struct StageTable {
     pub quarantine_after: Option<Spanned<i64>>,
     /// What quarantine does: `stop` the pipeline or `pause` it.
     pub quarantine: Option<Spanned<String>>,
+    /// Windows: how long a window is, e.g. `"30s"`.
+    pub length: Option<Spanned<String>>,
+    /// Windows: how often one is emitted. Default: the batch interval.
+    pub slide: Option<Spanned<String>>,
+    /// Reducing windows: `true` for the built-in inverse of count/sum, or an
+    /// inverse reducer plugin: windows are then updated incrementally.
+    pub inverse: Option<Spanned<toml::Value>>,
+    /// Reducing windows: drop keys whose window value is this text.
+    pub neutral: Option<Spanned<String>>,
+    /// Windows: `processing` (default) or `event` time.
+    pub time: Option<Spanned<String>>,
+    /// Event-time windows: how far the watermark trails the latest timestamp. Default 0.
+    pub allowed_lateness: Option<Spanned<String>>,
+    /// Event-time windows: `append` (default) or `update`.
+    pub output_mode: Option<Spanned<String>>,
+    /// Event-time windows: `drop` (default) or `dead-letter` records behind the watermark.
+    pub late_records: Option<Spanned<String>>,
+    /// Keyed state: how long a key may go without a value before it times out.
+    pub timeout: Option<Spanned<String>>,
+    /// Keyed state: memory for state before it spills to disk, e.g. `"256MiB"`.
+    pub state_memory: Option<Spanned<String>>,
 }
 
 /// One input stream or several.

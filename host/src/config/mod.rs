@@ -8,13 +8,18 @@
 mod file;
 mod graph;
 mod spec;
+mod stateful;
 
 use std::path::{Path, PathBuf};
 
 pub use spec::{
-    BuiltinReducer, DEAD_LETTERS, FailurePolicy, FileFormat, GeneratorSpec, OnError, OperatorSpec,
-    PipelineSpec, Quarantine, ReducerSpec, SinkKind, SinkSpec, SocketMode, SourceKind, SourceSpec, StageSpec,
-    TransformKind,
+    BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, FileFormat, FilesSpec, GeneratorSpec, OnError,
+    OperatorSpec, PipelineSpec, Quarantine, ReducerSpec, SinkKind, SinkSpec, SocketMode, SourceKind,
+    SourceSpec, StageSpec, TransformKind,
+};
+pub use stateful::{
+    InverseSpec, JoinKind, KeyRewrite, KeyedStateSpec, LateRecords, OutputMode, StateKind, WindowOp,
+    WindowSpec, WindowTime,
 };
 
 /// A pipeline file that cannot be used.

@@ -13,6 +13,7 @@ use toml::Spanned;
 use super::LineIndex;
 use super::file::{Inputs, LimitsTable, PipelineFile, SinkTable, SourceTable, StageTable};
 use super::graph::{Node, topological_order};
+use super::stateful::{self, JoinKind, KeyedStateSpec, LateRecords, StatefulContext, WindowSpec, WindowTime};
 use crate::runtime::{Grants, Limits, Sandbox};
 
 /// An error at a byte offset of the file.
@@ -29,6 +30,8 @@ pub struct PipelineSpec {
     pub name: String,
     /// Micro-batch interval.
     pub batch_interval: Duration,
+    /// How batch times are set.
+    pub clock: ClockMode,
     /// Default number of partitions of every stream.
     pub partitions: usize,
     /// Chunks a source may queue before it is slowed down.
@@ -69,18 +72,39 @@ pub enum SourceKind {
         max_backoff: Duration,
     },
     /// Lines of every file that appears in a directory.
-    Files {
-        /// The directory.
-        dir: PathBuf,
-        /// Which file names to read.
-        glob: glob::Pattern,
-        /// How often to look for new files.
-        poll_interval: Duration,
-    },
+    Files(FilesSpec),
     /// Deterministic words text.
     Generator(GeneratorSpec),
     /// Lines from standard input.
     Stdin,
+}
+
+/// Settings of the files source.
+#[derive(Debug, Clone)]
+pub struct FilesSpec {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Which file names to read.
+    pub glob: glob::Pattern,
+    /// How often to look for new files.
+    pub poll_interval: Duration,
+    /// At most this many files per batch (Spark's `maxFilesPerTrigger`);
+    /// under deterministic time, exactly this many (fewer only at the end).
+    pub max_files_per_batch: Option<u64>,
+}
+
+/// How batch times are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMode {
+    /// Batches are cut every interval of the wall clock.
+    WallClock,
+    /// Batch `k` is at `start + (k + 1) * interval` and holds one unit of
+    /// every source (`max-files-per-batch` files, `records-per-batch` lines),
+    /// whatever the wall clock says: outputs are a pure function of the input.
+    Deterministic {
+        /// Milliseconds since the Unix epoch at which batch 0 starts.
+        start_ms: i64,
+    },
 }
 
 /// How a socket source gets its connection.
@@ -103,6 +127,8 @@ pub struct GeneratorSpec {
     pub words_per_line: usize,
     /// Seed of the word sequence.
     pub seed: u64,
+    /// Lines per batch: each batch gets exactly this many (fewer only at the end).
+    pub records_per_batch: Option<u64>,
 }
 
 /// A stage: an operator and the stream it produces.
@@ -120,6 +146,23 @@ pub struct StageSpec {
     pub policy: FailurePolicy,
     /// Line of its table in the pipeline file.
     pub line: usize,
+}
+
+impl StageSpec {
+    /// True when the stage sends records to the dead-letter stream.
+    pub fn dead_letters(&self) -> bool {
+        let late = matches!(
+            &self.op,
+            OperatorSpec::Window(WindowSpec {
+                time: WindowTime::Event {
+                    late: LateRecords::DeadLetter,
+                    ..
+                },
+                ..
+            })
+        );
+        late || self.policy.on_error == OnError::DeadLetter
+    }
 }
 
 /// What a stage does when a plugin call fails (a trap, a limit, or an error
@@ -193,6 +236,26 @@ pub enum OperatorSpec {
     Union,
     /// Spread records evenly over `partitions` partitions.
     Repartition {
+        /// Output partitions; the pipeline default when `None`.
+        partitions: Option<usize>,
+    },
+    /// A window over batches or over event time.
+    Window(WindowSpec),
+    /// Per-key state across batches.
+    KeyedState(KeyedStateSpec),
+    /// A join or cogroup of two keyed streams.
+    Join {
+        /// Which join.
+        kind: JoinKind,
+        /// Output partitions; the pipeline default when `None`.
+        partitions: Option<usize>,
+    },
+    /// A plugin over one partition of two inputs at once.
+    TransformWith {
+        /// Name of the plugin in `[plugins]`.
+        plugin: String,
+        /// The stage's configuration, sorted by key.
+        config: Vec<(String, String)>,
         /// Output partitions; the pipeline default when `None`.
         partitions: Option<usize>,
     },
@@ -315,6 +378,28 @@ pub(super) fn build(
         Some(text) => duration(text)?,
         None => Duration::from_secs(1),
     };
+    let clock = match &table.clock {
+        None => ClockMode::WallClock,
+        Some(mode) if mode.get_ref() == "wall" => ClockMode::WallClock,
+        Some(mode) if mode.get_ref() == "deterministic" => ClockMode::Deterministic {
+            start_ms: table.start_time.as_ref().map_or(0, |t| *t.get_ref()),
+        },
+        Some(mode) => {
+            return Err((
+                mode.span().start,
+                format!(
+                    "unknown clock `{}` (expected wall or deterministic)",
+                    mode.get_ref()
+                ),
+            ));
+        }
+    };
+    if let (ClockMode::WallClock, Some(start)) = (clock, &table.start_time) {
+        return Err((
+            start.span().start,
+            "`start-time` needs clock = \"deterministic\"".into(),
+        ));
+    }
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
@@ -331,6 +416,26 @@ pub(super) fn build(
         .into_iter()
         .map(|source| source_spec(source, base_dir, lines))
         .collect::<Result<Vec<_>, _>>()?;
+    if matches!(clock, ClockMode::Deterministic { .. }) {
+        for (offset, source) in &sources {
+            let fixed = match &source.kind {
+                SourceKind::Files(files) => files.max_files_per_batch.is_some(),
+                SourceKind::Generator(generator) => {
+                    generator.records_per_batch.is_some() && generator.rate.is_none()
+                }
+                _ => false,
+            };
+            if !fixed {
+                return Err((
+                    *offset,
+                    format!(
+                        "source `{}` cannot run under clock = \"deterministic\": each batch must hold a fixed part of every source; use a files source with `max-files-per-batch` or a generator with `records-per-batch` (and no `rate`)",
+                        source.name
+                    ),
+                ));
+            }
+        }
+    }
     let default_limits = limits(
         raw.limits.as_ref(),
         Limits {
@@ -340,6 +445,7 @@ pub(super) fn build(
     )?;
     let defaults = StageDefaults {
         plugins: &plugins,
+        batch_interval,
         limits: &default_limits,
         base_dir,
     };
@@ -371,18 +477,16 @@ pub(super) fn build(
             ));
         }
     }
-    let dead_letters = stages
-        .iter()
-        .any(|(_, stage)| stage.policy.on_error == OnError::DeadLetter);
+    let dead_letters = stages.iter().any(|(_, stage)| stage.dead_letters());
     if dead_letters && !sinks.iter().any(|(_, sink)| sink.input == DEAD_LETTERS) {
         let (offset, stage) = stages
             .iter()
-            .find(|(_, stage)| stage.policy.on_error == OnError::DeadLetter)
+            .find(|(_, stage)| stage.dead_letters())
             .expect("a dead-letter stage exists");
         return Err((
             *offset,
             format!(
-                "stage `{}` has on-error = \"dead-letter\" but no sink reads `{DEAD_LETTERS}`: add a [[sink]] with input = \"{DEAD_LETTERS}\" so failed records are kept",
+                "stage `{}` sends records to `{DEAD_LETTERS}` (on-error or late-records = \"dead-letter\") but no sink reads it: add a [[sink]] with input = \"{DEAD_LETTERS}\" so those records are kept",
                 stage.name
             ),
         ));
@@ -397,6 +501,7 @@ pub(super) fn build(
     Ok(PipelineSpec {
         name: table.name,
         batch_interval,
+        clock,
         partitions,
         queue_chunks,
         chunk_records,
@@ -477,8 +582,8 @@ fn source_spec(
     let kind_name = table.kind.get_ref().as_str();
     let allowed: &[&str] = match kind_name {
         "socket" => &["address", "mode", "max-backoff"],
-        "files" => &["path", "glob", "poll-interval"],
-        "generator" => &["lines", "rate", "words-per-line", "seed"],
+        "files" => &["path", "glob", "poll-interval", "max-files-per-batch"],
+        "generator" => &["lines", "rate", "words-per-line", "seed", "records-per-batch"],
         "stdin" => &[],
         other => {
             return Err((
@@ -487,7 +592,15 @@ fn source_spec(
             ));
         }
     };
-    let present: [(&str, Option<usize>); 10] = [
+    let present: [(&str, Option<usize>); 12] = [
+        (
+            "max-files-per-batch",
+            table.max_files_per_batch.as_ref().map(|v| v.span().start),
+        ),
+        (
+            "records-per-batch",
+            table.records_per_batch.as_ref().map(|v| v.span().start),
+        ),
         ("address", table.address.as_ref().map(|v| v.span().start)),
         ("mode", table.mode.as_ref().map(|v| v.span().start)),
         ("max-backoff", table.max_backoff.as_ref().map(|v| v.span().start)),
@@ -548,17 +661,25 @@ fn source_spec(
                 Some(text) => duration(text)?,
                 None => Duration::from_millis(100),
             };
-            SourceKind::Files {
+            SourceKind::Files(FilesSpec {
                 dir: base_dir.join(dir),
                 glob,
                 poll_interval,
-            }
+                max_files_per_batch: positive(
+                    table.max_files_per_batch.as_ref(),
+                    "max-files-per-batch",
+                    1 << 30,
+                )?
+                .map(|n| n as u64),
+            })
         }
         "generator" => SourceKind::Generator(GeneratorSpec {
             lines: non_negative(table.lines.as_ref(), "lines")?,
             rate: positive(table.rate.as_ref(), "rate", usize::MAX)?.map(|r| r as u64),
             words_per_line: positive(table.words_per_line.as_ref(), "words-per-line", 10_000)?.unwrap_or(8),
             seed: non_negative(table.seed.as_ref(), "seed")?.unwrap_or(0),
+            records_per_batch: positive(table.records_per_batch.as_ref(), "records-per-batch", 1 << 40)?
+                .map(|n| n as u64),
         }),
         _ => SourceKind::Stdin,
     };
@@ -573,7 +694,7 @@ fn source_spec(
 }
 
 /// Keys every plugin stage accepts besides its operator's own.
-const PLUGIN_KEYS: &[&str] = &[
+pub(super) const PLUGIN_KEYS: &[&str] = &[
     "limits",
     "read-dir",
     "env",
@@ -586,6 +707,7 @@ const PLUGIN_KEYS: &[&str] = &[
 /// The stage context that `stage_spec` needs from the pipeline.
 struct StageDefaults<'a> {
     plugins: &'a BTreeMap<String, PathBuf>,
+    batch_interval: Duration,
     limits: &'a Limits,
     base_dir: &'a Path,
 }
@@ -623,6 +745,25 @@ fn stage_spec(
             table.quarantine_after.as_ref().map(|v| v.span().start),
         ),
         ("quarantine", table.quarantine.as_ref().map(|v| v.span().start)),
+        ("length", table.length.as_ref().map(|v| v.span().start)),
+        ("slide", table.slide.as_ref().map(|v| v.span().start)),
+        ("inverse", table.inverse.as_ref().map(|v| v.span().start)),
+        ("neutral", table.neutral.as_ref().map(|v| v.span().start)),
+        ("time", table.time.as_ref().map(|v| v.span().start)),
+        (
+            "allowed-lateness",
+            table.allowed_lateness.as_ref().map(|v| v.span().start),
+        ),
+        ("output-mode", table.output_mode.as_ref().map(|v| v.span().start)),
+        (
+            "late-records",
+            table.late_records.as_ref().map(|v| v.span().start),
+        ),
+        ("timeout", table.timeout.as_ref().map(|v| v.span().start)),
+        (
+            "state-memory",
+            table.state_memory.as_ref().map(|v| v.span().start),
+        ),
     ];
     let context = format!("op `{op_name}`");
     let single_input = |op: &str| {
@@ -667,33 +808,7 @@ fn stage_spec(
                     &context,
                 )?;
                 single_input(op_name)?;
-                let reducer_name = required(&table.reducer, "reducer", offset, &context)?;
-                let reducer = match BuiltinReducer::parse(reducer_name) {
-                    Some(builtin) => {
-                        if table.config.is_some() {
-                            return Err((
-                                offset,
-                                format!("the built-in reducer `{reducer_name}` takes no config"),
-                            ));
-                        }
-                        ReducerSpec::Builtin(builtin)
-                    }
-                    None => {
-                        let at = table.reducer.as_ref().map_or(offset, |r| r.span().start);
-                        if !plugins.contains_key(reducer_name) {
-                            return Err((
-                                at,
-                                format!(
-                                    "unknown reducer `{reducer_name}`: use count, sum, min, max, or the name of a reducer plugin declared in [plugins]"
-                                ),
-                            ));
-                        }
-                        ReducerSpec::Plugin {
-                            plugin: reducer_name.to_owned(),
-                            config: config_pairs(table.config.as_ref())?,
-                        }
-                    }
-                };
+                let reducer = reducer_spec(&table, plugins, offset, &context)?;
                 OperatorSpec::ReduceByKey { reducer, partitions }
             }
             "union" => {
@@ -706,12 +821,25 @@ fn stage_spec(
                 OperatorSpec::Repartition { partitions }
             }
             other => {
-                return Err((
-                    table.op.span().start,
-                    format!(
-                        "unknown op `{other}` (expected map, flat-map, filter, filter-map, map-partitions, reduce-by-key, union or repartition)"
-                    ),
-                ));
+                let cx = StatefulContext {
+                    plugins,
+                    batch_interval: defaults.batch_interval,
+                    offset,
+                    input_at,
+                    inputs: inputs.len(),
+                    present: &present,
+                };
+                match stateful::operator(other, &table, &cx) {
+                    Some(op) => op?,
+                    None => {
+                        return Err((
+                            table.op.span().start,
+                            format!(
+                                "unknown op `{other}` (expected map, flat-map, filter, filter-map, map-partitions, reduce-by-key, union, repartition, window, count-by-window, reduce-by-window, reduce-by-key-and-window, count-by-value-and-window, update-state-by-key, map-with-state, join, left-outer-join, right-outer-join, full-outer-join, cogroup or transform-with)"
+                            ),
+                        ));
+                    }
+                }
             }
         }
     };
@@ -748,6 +876,43 @@ fn stage_spec(
             line: lines.line_of(offset),
         },
     ))
+}
+
+/// The `reducer` of a stage: a built-in or a reducer plugin with the stage's config.
+pub(super) fn reducer_spec(
+    table: &StageTable,
+    plugins: &BTreeMap<String, PathBuf>,
+    offset: usize,
+    context: &str,
+) -> Result<ReducerSpec, SpecError> {
+    let reducer_name = required(&table.reducer, "reducer", offset, context)?;
+    let reducer = match BuiltinReducer::parse(reducer_name) {
+        Some(builtin) => {
+            if table.config.is_some() {
+                return Err((
+                    offset,
+                    format!("the built-in reducer `{reducer_name}` takes no config"),
+                ));
+            }
+            ReducerSpec::Builtin(builtin)
+        }
+        None => {
+            let at = table.reducer.as_ref().map_or(offset, |r| r.span().start);
+            if !plugins.contains_key(reducer_name) {
+                return Err((
+                    at,
+                    format!(
+                        "unknown reducer `{reducer_name}`: use count, sum, min, max, or the name of a reducer plugin declared in [plugins]"
+                    ),
+                ));
+            }
+            ReducerSpec::Plugin {
+                plugin: reducer_name.to_owned(),
+                config: config_pairs(table.config.as_ref())?,
+            }
+        }
+    };
+    Ok(reducer)
 }
 
 fn failure_policy(table: &StageTable) -> Result<FailurePolicy, SpecError> {
@@ -815,7 +980,7 @@ fn limits(table: Option<&Spanned<LimitsTable>>, mut defaults: Limits) -> Result<
 }
 
 /// Reads `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100MB"` or a plain number of bytes.
-fn byte_size(text: &Spanned<String>) -> Result<usize, SpecError> {
+pub(super) fn byte_size(text: &Spanned<String>) -> Result<usize, SpecError> {
     let raw = text.get_ref().trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
@@ -918,7 +1083,11 @@ fn stream_name(name: &Spanned<String>) -> Result<String, SpecError> {
     }
 }
 
-fn only_keys(present: &[(&str, Option<usize>)], allowed: &[&str], context: &str) -> Result<(), SpecError> {
+pub(super) fn only_keys(
+    present: &[(&str, Option<usize>)],
+    allowed: &[&str],
+    context: &str,
+) -> Result<(), SpecError> {
     for (key, at) in present {
         if let Some(at) = at
             && !allowed.contains(key)
@@ -934,7 +1103,7 @@ fn only_keys(present: &[(&str, Option<usize>)], allowed: &[&str], context: &str)
     Ok(())
 }
 
-fn required<'a>(
+pub(super) fn required<'a>(
     value: &'a Option<Spanned<String>>,
     key: &str,
     offset: usize,
@@ -946,7 +1115,11 @@ fn required<'a>(
         .ok_or_else(|| (offset, format!("{context} needs `{key}`")))
 }
 
-fn plugin_known(plugins: &BTreeMap<String, PathBuf>, name: &str, at: usize) -> Result<(), SpecError> {
+pub(super) fn plugin_known(
+    plugins: &BTreeMap<String, PathBuf>,
+    name: &str,
+    at: usize,
+) -> Result<(), SpecError> {
     if plugins.contains_key(name) {
         Ok(())
     } else {
@@ -966,7 +1139,7 @@ fn plugin_known(plugins: &BTreeMap<String, PathBuf>, name: &str, at: usize) -> R
 }
 
 /// Reads a duration between 1 ms and one day.
-fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
+pub(super) fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
     let value = humantime::parse_duration(text.get_ref()).map_err(|e| {
         (
             text.span().start,
@@ -985,7 +1158,11 @@ fn duration(text: &Spanned<String>) -> Result<Duration, SpecError> {
     Ok(value)
 }
 
-fn positive(value: Option<&Spanned<i64>>, key: &str, max: usize) -> Result<Option<usize>, SpecError> {
+pub(super) fn positive(
+    value: Option<&Spanned<i64>>,
+    key: &str,
+    max: usize,
+) -> Result<Option<usize>, SpecError> {
     match value {
         None => Ok(None),
         Some(v) if *v.get_ref() >= 1 && (*v.get_ref() as u64) <= max as u64 => {
@@ -998,7 +1175,7 @@ fn positive(value: Option<&Spanned<i64>>, key: &str, max: usize) -> Result<Optio
     }
 }
 
-fn non_negative(value: Option<&Spanned<i64>>, key: &str) -> Result<Option<u64>, SpecError> {
+pub(super) fn non_negative(value: Option<&Spanned<i64>>, key: &str) -> Result<Option<u64>, SpecError> {
     match value {
         None => Ok(None),
         Some(v) if *v.get_ref() >= 0 => Ok(Some(*v.get_ref() as u64)),
@@ -1009,7 +1186,7 @@ fn non_negative(value: Option<&Spanned<i64>>, key: &str) -> Result<Option<u64>, 
     }
 }
 
-fn config_pairs(
+pub(super) fn config_pairs(
     config: Option<&Spanned<BTreeMap<String, toml::Value>>>,
 ) -> Result<Vec<(String, String)>, SpecError> {
     let Some(config) = config else {

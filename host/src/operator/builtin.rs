@@ -47,6 +47,14 @@ impl Number {
         }
     }
 
+    /// `self - other`; `None` when an integer difference overflows.
+    pub fn checked_sub(self, other: Self) -> Option<Self> {
+        match (self, other) {
+            (Self::Int(a), Self::Int(b)) => a.checked_sub(b).map(Self::Int),
+            (a, b) => Some(Self::Float(a.as_f64() - b.as_f64())),
+        }
+    }
+
     fn compare(self, other: Self) -> Ordering {
         match (self, other) {
             (Self::Int(a), Self::Int(b)) => a.cmp(&b),
@@ -89,6 +97,23 @@ impl fmt::Display for ValueError {
             Self::Overflow => "makes the sum overflow a 64-bit integer",
         })
     }
+}
+
+/// The inverse of a built-in `count` or `sum` for windows: `current - leaving`,
+/// both partial results as decimal text. `None` for `min` and `max`, which
+/// have no inverse.
+pub fn subtract(
+    reducer: BuiltinReducer,
+    current: &[u8],
+    leaving: &[u8],
+) -> Option<Result<Number, ValueError>> {
+    if !matches!(reducer, BuiltinReducer::Count | BuiltinReducer::Sum) {
+        return None;
+    }
+    let (Some(a), Some(b)) = (Number::parse(current), Number::parse(leaving)) else {
+        return Some(Err(ValueError::NotANumber));
+    };
+    Some(a.checked_sub(b).ok_or(ValueError::Overflow))
 }
 
 /// Starts an accumulator from the first value of a key. `merging` is true

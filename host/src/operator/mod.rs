@@ -15,10 +15,12 @@
 pub mod builtin;
 pub mod guard;
 pub mod instances;
+pub mod keyed;
 pub mod native;
 pub mod reduce;
 pub mod repartition;
 pub mod transform;
+pub mod window;
 
 use std::fmt;
 
@@ -28,10 +30,22 @@ use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
 use crate::runtime::PluginError;
 
+/// Which micro-batch is running, and its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchClock {
+    /// Id of the micro-batch.
+    pub id: u64,
+    /// Time of the micro-batch, in milliseconds since the Unix epoch (the
+    /// end of its interval under deterministic time).
+    pub time: i64,
+}
+
 /// Where a partition's call happens: passed to every [`Operator::process`].
 pub struct PartitionContext<'a> {
     /// Id of the micro-batch.
     pub batch_id: u64,
+    /// Time of the micro-batch (see [`BatchClock::time`]).
+    pub batch_time: i64,
     /// Index of the partition.
     pub partition: usize,
     /// The calling worker's plugin instances.

@@ -9,7 +9,7 @@ use super::plan::Plan;
 use super::workers::{Task, TaskPanicked, WorkerPool};
 use crate::config::Quarantine;
 use crate::error::StageFailure;
-use crate::operator::{Operator, OperatorError, PartitionContext};
+use crate::operator::{BatchClock, Operator, OperatorError, PartitionContext};
 use crate::partition::{self, Partitioning};
 use crate::record::{Batch, Partition};
 
@@ -59,7 +59,16 @@ impl Executor {
 
     /// Runs batch `batch_id` with the chunks each source delivered (in
     /// source order). Returns the partitions of every stream a sink reads.
-    pub fn run_batch(&self, batch_id: u64, source_chunks: Vec<Partition>) -> Result<StreamData, BatchError> {
+    pub fn run_batch(
+        &self,
+        batch_id: u64,
+        batch_time: i64,
+        source_chunks: Vec<Partition>,
+    ) -> Result<StreamData, BatchError> {
+        let clock = BatchClock {
+            id: batch_id,
+            time: batch_time,
+        };
         let plan = &self.plan;
         let mut streams: StreamData = (0..plan.streams.len()).map(|_| None).collect();
         let mut remaining_readers = plan.readers.clone();
@@ -77,7 +86,7 @@ impl Executor {
             let mut failures = 0;
             for operator in &stage.operators {
                 let applied = self
-                    .apply(operator, partitions, batch_id)
+                    .apply(operator, partitions, clock)
                     .map_err(|(partition, error)| {
                         BatchError::Failed(Box::new(StageFailure {
                             pipeline: plan.pipeline.clone(),
@@ -118,7 +127,7 @@ impl Executor {
         &self,
         operator: &Arc<dyn Operator>,
         partitions: Vec<Partition>,
-        batch_id: u64,
+        clock: BatchClock,
     ) -> Result<Applied, (usize, OperatorError)> {
         let partitions = match operator.input_partitioning() {
             Partitioning::Pipeline => partitions,
@@ -133,7 +142,8 @@ impl Executor {
                 let operator = operator.clone();
                 Box::new(move |instances| {
                     let mut ctx = PartitionContext {
-                        batch_id,
+                        batch_id: clock.id,
+                        batch_time: clock.time,
                         partition: index,
                         instances,
                         dead_letters: Batch::new(),

@@ -6,6 +6,7 @@ pub mod executor;
 pub mod plan;
 pub mod registry;
 pub mod runner;
+mod stage_ops;
 pub mod stop;
 pub mod workers;
 

@@ -5,17 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::registry::{Function, PluginRegistry};
-use crate::config::{
-    DEAD_LETTERS, FailurePolicy, OperatorSpec, PipelineSpec, ReducerSpec, SinkSpec, SourceSpec, TransformKind,
-};
+use super::registry::PluginRegistry;
+use super::stage_ops::StageBuilder;
+use crate::config::{DEAD_LETTERS, FailurePolicy, PipelineSpec, SinkSpec, SourceSpec};
 use crate::error::EngineError;
 use crate::operator::guard::{Guarded, StageMetrics};
-use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
-use crate::operator::repartition::Repartition;
-use crate::operator::transform::{TransformOperator, WasmTransform};
-use crate::operator::{Operator, OperatorError, PluginUse};
-use crate::runtime::{InstanceLabel, PluginKind};
+use crate::operator::{Operator, OperatorError};
 
 /// Index of a stream in [`Plan::streams`].
 pub type StreamId = usize;
@@ -60,6 +55,9 @@ pub struct Plan {
     pub readers: Vec<usize>,
     /// The dead-letter stream, when a sink reads it.
     pub dead_letters: Option<StreamId>,
+    /// Per stream: the window length in milliseconds when a reducing window
+    /// stage produces it (its records carry their window's last millisecond).
+    pub window_lengths: Vec<Option<i64>>,
 }
 
 impl Plan {
@@ -79,108 +77,15 @@ impl Plan {
             ids.insert(name, streams.len());
             streams.push(name.to_owned());
         }
-        let plan_error = |line: usize, message: String| EngineError::Plan {
-            location: format!("{file}:{line}"),
-            message,
-        };
         let mut stages = Vec::new();
         for stage in &spec.stages {
-            let label = |plugin: &str| InstanceLabel {
-                pipeline: spec.name.as_str().into(),
-                stage: stage.name.as_str().into(),
-                plugin: plugin.into(),
-            };
-            let partitions_or_default = |p: Option<usize>| p.unwrap_or(spec.partitions);
-            let (describe, operators): (String, Vec<Arc<dyn Operator>>) = match &stage.op {
-                OperatorSpec::Transform { kind, plugin, config } => {
-                    let function: Box<dyn crate::operator::transform::TransformFn> = match registry
-                        .get(plugin)
-                    {
-                        Some(Function::Wasm(loaded)) => {
-                            check_kind(*kind, loaded.info().kind).map_err(|m| {
-                                plan_error(
-                                    stage.line,
-                                    format!("stage `{}`: plugin `{plugin}` {m}", stage.name),
-                                )
-                            })?;
-                            let loaded = metered(registry, plugin, stage).unwrap_or(loaded);
-                            Box::new(WasmTransform::new(PluginUse::new(
-                                loaded.clone(),
-                                config.clone(),
-                                label(plugin),
-                                stage.sandbox.clone(),
-                            )))
-                        }
-                        Some(Function::NativeTransform(native)) => Box::new(native.clone()),
-                        Some(Function::NativeReducer(_)) => {
-                            return Err(plan_error(
-                                stage.line,
-                                format!("stage `{}`: `{plugin}` is a reducer, not a transform", stage.name),
-                            ));
-                        }
-                        None => {
-                            return Err(plan_error(stage.line, format!("unknown plugin `{plugin}`")));
-                        }
-                    };
-                    (
-                        format!("{} {plugin}", kind.name()),
-                        vec![Arc::new(TransformOperator::new(*kind, function))],
-                    )
-                }
-                OperatorSpec::ReduceByKey { reducer, partitions } => {
-                    let partitions = partitions_or_default(*partitions);
-                    let (name, reducer) = match reducer {
-                        ReducerSpec::Builtin(builtin) => {
-                            (format!("{builtin:?}").to_lowercase(), Reducer::Builtin(*builtin))
-                        }
-                        ReducerSpec::Plugin { plugin, config } => {
-                            let function = match registry.get(plugin) {
-                                Some(Function::Wasm(loaded)) => {
-                                    if loaded.info().kind != PluginKind::Reducer {
-                                        return Err(plan_error(
-                                            stage.line,
-                                            format!(
-                                                "stage `{}`: plugin `{plugin}` is a {}, but reduce-by-key needs a reducer plugin",
-                                                stage.name,
-                                                loaded.info().kind.name()
-                                            ),
-                                        ));
-                                    }
-                                    let loaded = metered(registry, plugin, stage).unwrap_or(loaded);
-                                    Reducer::Groups(Arc::new(WasmReducer::new(PluginUse::new(
-                                        loaded.clone(),
-                                        config.clone(),
-                                        label(plugin),
-                                        stage.sandbox.clone(),
-                                    ))))
-                                }
-                                Some(Function::NativeReducer(native)) => {
-                                    Reducer::Groups(Arc::new(native.clone()))
-                                }
-                                _ => {
-                                    return Err(plan_error(
-                                        stage.line,
-                                        format!("stage `{}`: `{plugin}` is not a reducer", stage.name),
-                                    ));
-                                }
-                            };
-                            (plugin.clone(), function)
-                        }
-                    };
-                    (
-                        format!("reduce-by-key {name}"),
-                        vec![
-                            Arc::new(ReduceByKey::new(reducer.clone(), Phase::Combine, partitions)),
-                            Arc::new(ReduceByKey::new(reducer, Phase::Merge, partitions)),
-                        ],
-                    )
-                }
-                OperatorSpec::Union => ("union".to_owned(), Vec::new()),
-                OperatorSpec::Repartition { partitions } => (
-                    "repartition".to_owned(),
-                    vec![Arc::new(Repartition::new(partitions_or_default(*partitions)))],
-                ),
-            };
+            let (describe, operators) = StageBuilder {
+                registry,
+                spec,
+                stage,
+                file,
+            }
+            .build()?;
             let metrics = Arc::new(StageMetrics::default());
             let operators: Vec<Arc<dyn Operator>> = operators
                 .into_iter()
@@ -222,7 +127,16 @@ impl Plan {
         for (_, input) in &sinks {
             readers[*input] += 1;
         }
+        let mut window_lengths = vec![None; streams.len()];
+        for stage in &spec.stages {
+            if let crate::config::OperatorSpec::Window(window) = &stage.op
+                && !matches!(window.op, crate::config::WindowOp::Raw)
+            {
+                window_lengths[ids[stage.name.as_str()]] = Some(window.length.as_millis() as i64);
+            }
+        }
         Ok(Self {
+            window_lengths,
             pipeline: spec.name.clone(),
             partitions: spec.partitions,
             dead_letters: reads_dead_letters.then(|| ids[DEAD_LETTERS]),
@@ -248,41 +162,5 @@ impl Plan {
             }
         }
         Ok(())
-    }
-}
-
-/// The fuel-metered build of `plugin` when `stage` has a fuel budget.
-fn metered<'a>(
-    registry: &'a PluginRegistry,
-    plugin: &str,
-    stage: &crate::config::StageSpec,
-) -> Option<&'a Arc<crate::runtime::Plugin>> {
-    stage.sandbox.limits.fuel.and(registry.metered(plugin))
-}
-
-fn check_kind(op: TransformKind, plugin: PluginKind) -> Result<(), String> {
-    let matches = matches!(
-        (op, plugin),
-        (TransformKind::Map, PluginKind::Map)
-            | (TransformKind::FlatMap, PluginKind::FlatMap)
-            | (TransformKind::Filter, PluginKind::Filter)
-            | (TransformKind::FilterMap, PluginKind::FilterMap)
-            | (TransformKind::MapPartitions, PluginKind::MapPartitions)
-    );
-    if matches {
-        Ok(())
-    } else if plugin == PluginKind::Reducer {
-        Err(format!(
-            "is a reducer plugin: use it in a reduce-by-key stage (reducer = \"<its name>\"), not with op `{}`",
-            op.name()
-        ))
-    } else {
-        Err(format!(
-            "is a {} plugin, but the stage's op is `{}`: use op = \"{}\" or a {} plugin",
-            plugin.name(),
-            op.name(),
-            plugin.name(),
-            op.name()
-        ))
     }
 }

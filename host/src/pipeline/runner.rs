@@ -20,11 +20,11 @@ use super::registry::PluginRegistry;
 use super::stop::StopSignal;
 use super::workers::WorkerPool;
 use crate::batcher::Batcher;
-use crate::config::{PipelineSpec, Quarantine};
+use crate::config::{ClockMode, PipelineSpec, Quarantine};
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
 use crate::sink::{self, BatchInfo, Sink};
-use crate::source::{self, SourceContext, SourceError, now_ms};
+use crate::source::{self, DeterministicClock, SourceContext, SourceError, now_ms};
 
 /// How to run a pipeline.
 #[derive(Debug, Clone, Default)]
@@ -70,6 +70,7 @@ pub struct Pipeline {
     plan: Arc<Plan>,
     sinks: Vec<(Box<dyn Sink>, StreamId)>,
     batch_interval: Duration,
+    clock: Option<DeterministicClock>,
     queue_chunks: usize,
     chunk_records: usize,
 }
@@ -85,12 +86,19 @@ impl Pipeline {
         let sinks = plan
             .sinks
             .iter()
-            .map(|(sink, stream)| (sink::from_spec(sink), *stream))
+            .map(|(sink, stream)| (sink::from_spec(sink, plan.window_lengths[*stream]), *stream))
             .collect();
         Ok(Self {
             plan: Arc::new(plan),
             sinks,
             batch_interval: spec.batch_interval,
+            clock: match spec.clock {
+                ClockMode::WallClock => None,
+                ClockMode::Deterministic { start_ms } => Some(DeterministicClock {
+                    start_ms,
+                    interval_ms: spec.batch_interval.as_millis() as i64,
+                }),
+            },
             queue_chunks: spec.queue_chunks,
             chunk_records: spec.chunk_records,
         })
@@ -165,6 +173,7 @@ impl Pipeline {
                 stop: stop_watch.clone(),
                 available_now: options.available_now,
                 chunk_records: self.chunk_records,
+                clock: self.clock,
             };
             let receiver = source::from_spec(spec);
             let errors_tx = errors_tx.clone();
@@ -195,7 +204,9 @@ impl Pipeline {
 
         let result = loop {
             if !stopping {
-                if options.available_now {
+                if self.clock.is_some() {
+                    // Deterministic time: batches follow the sources' units.
+                } else if options.available_now {
                     while !options.stop.is_stopped() && !batcher.has_pending() && !batcher.all_finished() {
                         options.stop.wait_timeout(Duration::from_millis(1));
                     }
@@ -227,8 +238,16 @@ impl Pipeline {
             // Look at the receivers before cutting: whatever a finished
             // receiver sent is then already in the cut.
             let sources_done = tasks.iter().all(|t| t.is_finished());
-            let finished = batcher.all_finished();
-            let batches = batcher.cut();
+            let (batches, finished) = if self.clock.is_some() {
+                let units = batcher.cut_units(&options.stop);
+                // A unit may be empty (an empty file): only the end of every
+                // source ends the run.
+                let ended = batcher.all_finished() && units.iter().all(|u| u.is_empty());
+                (units, ended)
+            } else {
+                let finished = batcher.all_finished();
+                (batcher.cut(), finished)
+            };
             let received: usize = batches.iter().map(|p| partition_len(p)).sum();
             if received == 0 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline))) {
                 break Ok(());
@@ -290,10 +309,10 @@ impl Pipeline {
         let started = Instant::now();
         let info = BatchInfo {
             id: batch_id,
-            time_ms: now_ms(),
+            time_ms: self.clock.map_or_else(now_ms, |clock| clock.time_of(batch_id)),
         };
         let received: usize = batches.iter().map(|p| partition_len(p)).sum();
-        let mut streams = match executor.run_batch(batch_id, batches) {
+        let mut streams = match executor.run_batch(batch_id, info.time_ms, batches) {
             Ok(streams) => streams,
             Err(BatchError::Failed(failure)) => return Err(EngineError::Stage(failure)),
             Err(BatchError::Quarantined {

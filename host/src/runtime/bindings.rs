@@ -24,5 +24,29 @@ pub mod reducer {
     });
 }
 
+/// The `state-plugin` world: update-state-by-key and map-with-state.
+pub mod state {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "state-plugin",
+        with: {
+            "weir:plugin/types": super::transform::weir::plugin::types,
+            "weir:plugin/log": super::transform::weir::plugin::log,
+        },
+    });
+}
+
+/// The `co-transform-plugin` world: transform-with over two inputs.
+pub mod co_transform {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "co-transform-plugin",
+        with: {
+            "weir:plugin/types": super::transform::weir::plugin::types,
+            "weir:plugin/log": super::transform::weir::plugin::log,
+        },
+    });
+}
+
 pub use transform::weir::plugin::log;
 pub use transform::weir::plugin::types;

@@ -28,7 +28,7 @@ use wasmtime::{Config, Engine};
 pub use cache::{ComponentCache, content_hash};
 pub use error::{PluginError, TrapKind};
 pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
-pub use plugin::{Plugin, PluginInfo, PluginInstance, PluginKind, TransformOutput};
+pub use plugin::{KeyGroups, Plugin, PluginInfo, PluginInstance, PluginKind, StateUpdate, TransformOutput};
 pub use state::{InstanceLabel, PluginState};
 
 /// One wasmtime engine and the linker of its plugins.

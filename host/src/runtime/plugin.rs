@@ -11,7 +11,9 @@ use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
+use super::bindings::co_transform::{CoTransformPlugin, CoTransformPluginPre};
 use super::bindings::reducer::{ReducerPlugin, ReducerPluginPre};
+use super::bindings::state::{StatePlugin, StatePluginPre};
 use super::bindings::transform::{TransformPlugin, TransformPluginPre};
 use super::bindings::types;
 use super::error::{PluginError, TrapKind};
@@ -35,6 +37,12 @@ pub enum PluginKind {
     MapPartitions,
     /// Combines the values of a key.
     Reducer,
+    /// All new values of a key and its state in, new state out.
+    UpdateState,
+    /// Per record with its key's state, plus timeouts.
+    MapWithState,
+    /// One partition of two inputs at once.
+    TransformWith,
 }
 
 impl PluginKind {
@@ -47,6 +55,9 @@ impl PluginKind {
             Self::FilterMap => "filter-map",
             Self::MapPartitions => "map-partitions",
             Self::Reducer => "reducer",
+            Self::UpdateState => "update-state",
+            Self::MapWithState => "map-with-state",
+            Self::TransformWith => "transform-with",
         }
     }
 
@@ -58,6 +69,19 @@ impl PluginKind {
             types::PluginKind::FilterMap => Self::FilterMap,
             types::PluginKind::MapPartitions => Self::MapPartitions,
             types::PluginKind::Reducer => Self::Reducer,
+            types::PluginKind::UpdateState => Self::UpdateState,
+            types::PluginKind::MapWithState => Self::MapWithState,
+            types::PluginKind::TransformWith => Self::TransformWith,
+        }
+    }
+
+    /// The WIT interface a plugin of this kind exports.
+    fn interface(self) -> &'static str {
+        match self {
+            Self::Reducer => "reducer",
+            Self::UpdateState | Self::MapWithState => "keyed-state",
+            Self::TransformWith => "co-transform",
+            _ => "transform",
         }
     }
 }
@@ -78,6 +102,38 @@ pub struct PluginInfo {
 enum Pre {
     Transform(TransformPluginPre<PluginState>),
     Reducer(ReducerPluginPre<PluginState>),
+    State(StatePluginPre<PluginState>),
+    CoTransform(CoTransformPluginPre<PluginState>),
+}
+
+impl Pre {
+    /// The first world whose exports `instance_pre` has.
+    fn of(instance_pre: wasmtime::component::InstancePre<PluginState>) -> Result<Self, wasmtime::Error> {
+        let transform_error = match TransformPluginPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Self::Transform(pre)),
+            Err(error) => error,
+        };
+        if let Ok(pre) = ReducerPluginPre::new(instance_pre.clone()) {
+            return Ok(Self::Reducer(pre));
+        }
+        if let Ok(pre) = StatePluginPre::new(instance_pre.clone()) {
+            return Ok(Self::State(pre));
+        }
+        if let Ok(pre) = CoTransformPluginPre::new(instance_pre) {
+            return Ok(Self::CoTransform(pre));
+        }
+        Err(transform_error)
+    }
+
+    /// The interface this world exports (besides lifecycle).
+    fn interface(&self) -> &'static str {
+        match self {
+            Self::Transform(_) => "transform",
+            Self::Reducer(_) => "reducer",
+            Self::State(_) => "keyed-state",
+            Self::CoTransform(_) => "co-transform",
+        }
+    }
 }
 
 /// A compiled plugin, ready to be instantiated cheaply.
@@ -117,17 +173,11 @@ impl Plugin {
                 "it needs an import Weir does not provide (plugins get only weir:plugin/log and an empty WASI): {e:#}"
             ))
         })?;
-        let pre = match TransformPluginPre::new(instance_pre.clone()) {
-            Ok(pre) => Pre::Transform(pre),
-            Err(transform_error) => match ReducerPluginPre::new(instance_pre) {
-                Ok(pre) => Pre::Reducer(pre),
-                Err(_) => {
-                    return Err(contract(format!(
-                        "it exports neither weir:plugin/transform nor weir:plugin/reducer ({transform_error:#}); build it with the weir-guest SDK"
-                    )));
-                }
-            },
-        };
+        let pre = Pre::of(instance_pre).map_err(|error| {
+            contract(format!(
+                "it exports none of weir:plugin/transform, reducer, keyed-state or co-transform ({error:#}); build it with the weir-guest SDK"
+            ))
+        })?;
         let engine = component.engine().clone();
         let plugin = Arc::new(Self {
             path: path.to_owned(),
@@ -147,12 +197,11 @@ impl Plugin {
             PluginInstance::instantiate(&plugin, InstanceLabel::default(), &probe_sandbox)?.describe()?;
         let mut plugin = Arc::into_inner(plugin).expect("the probe instance is gone");
         plugin.info = info;
-        let world_is_reducer = matches!(plugin.pre, Pre::Reducer(_));
-        if world_is_reducer != (plugin.info.kind == PluginKind::Reducer) {
+        if plugin.pre.interface() != plugin.info.kind.interface() {
             return Err(contract(format!(
                 "it says it is a {} but exports the {} interface",
                 plugin.info.kind.name(),
-                if world_is_reducer { "reducer" } else { "transform" }
+                plugin.pre.interface()
             )));
         }
         Ok(plugin)
@@ -182,7 +231,51 @@ impl Plugin {
 enum Exports {
     Transform(TransformPlugin),
     Reducer(ReducerPlugin),
+    State(StatePlugin),
+    CoTransform(CoTransformPlugin),
 }
+
+/// Calls a lifecycle function on whichever world `exports` is (each world's
+/// bindings have their own lifecycle type).
+macro_rules! call_lifecycle {
+    ($exports:expr, |$lifecycle:ident| $call:expr) => {
+        match $exports {
+            Exports::Transform(e) => {
+                let $lifecycle = e.weir_plugin_lifecycle();
+                $call
+            }
+            Exports::Reducer(e) => {
+                let $lifecycle = e.weir_plugin_lifecycle();
+                $call
+            }
+            Exports::State(e) => {
+                let $lifecycle = e.weir_plugin_lifecycle();
+                $call
+            }
+            Exports::CoTransform(e) => {
+                let $lifecycle = e.weir_plugin_lifecycle();
+                $call
+            }
+        }
+    };
+}
+
+/// What a stateful plugin returned for a [`KeyGroups`] call.
+#[derive(Debug, Default)]
+pub struct StateUpdate {
+    /// New state bytes per group, flat (`state_ends[g]` ends group `g`'s).
+    pub states: Vec<u8>,
+    /// End offsets into `states`, one per group.
+    pub state_ends: Vec<u32>,
+    /// Per group: keep the state (`true`) or remove the key (`false`).
+    pub keep: Vec<bool>,
+    /// Records emitted.
+    pub output: Batch,
+}
+
+/// The keys of one partition with their new values and states, in the flat
+/// form of the `key-groups` WIT record.
+pub type KeyGroups = types::KeyGroups;
 
 /// The result of a transform call.
 #[derive(Debug)]
@@ -222,6 +315,8 @@ impl PluginInstance {
         let exports = match &plugin.pre {
             Pre::Transform(pre) => pre.instantiate(&mut store).map(Exports::Transform),
             Pre::Reducer(pre) => pre.instantiate(&mut store).map(Exports::Reducer),
+            Pre::State(pre) => pre.instantiate(&mut store).map(Exports::State),
+            Pre::CoTransform(pre) => pre.instantiate(&mut store).map(Exports::CoTransform),
         }
         .map_err(|e| trap(&e, &stderr))?;
         Ok(Self {
@@ -263,10 +358,7 @@ impl PluginInstance {
     /// Calls `describe`.
     pub fn describe(&mut self) -> Result<PluginInfo, PluginError> {
         self.arm_deadline();
-        let result = match &self.exports {
-            Exports::Transform(e) => e.weir_plugin_lifecycle().call_describe(&mut self.store),
-            Exports::Reducer(e) => e.weir_plugin_lifecycle().call_describe(&mut self.store),
-        };
+        let result = call_lifecycle!(&self.exports, |l| l.call_describe(&mut self.store));
         let info = self.finish(result)?;
         Ok(PluginInfo {
             name: info.name,
@@ -280,10 +372,7 @@ impl PluginInstance {
     pub fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginError> {
         let config: Vec<(String, String)> = config.to_vec();
         self.arm_deadline();
-        let result = match &self.exports {
-            Exports::Transform(e) => e.weir_plugin_lifecycle().call_init(&mut self.store, &config),
-            Exports::Reducer(e) => e.weir_plugin_lifecycle().call_init(&mut self.store, &config),
-        };
+        let result = call_lifecycle!(&self.exports, |l| l.call_init(&mut self.store, &config));
         self.finish(result)?.map_err(PluginError::Init)
     }
 
@@ -291,7 +380,10 @@ impl PluginInstance {
     /// back (filters keep records from it; errors describe records of it).
     pub fn transform(&mut self, input: Batch) -> (Batch, Result<TransformOutput, PluginError>) {
         let Exports::Transform(exports) = &self.exports else {
-            let error = PluginError::Batch("this plugin is a reducer, not a transform".into());
+            let error = PluginError::Batch(format!(
+                "this plugin is a {}, not a transform",
+                self.plugin.info.kind.name()
+            ));
             return (input, Err(error));
         };
         let (data, ends, timestamps, flags) = input.into_parts();
@@ -343,9 +435,10 @@ impl PluginInstance {
         group_ends: &[u32],
     ) -> Result<(Vec<u8>, Vec<u32>), PluginError> {
         let Exports::Reducer(exports) = &self.exports else {
-            return Err(PluginError::Batch(
-                "this plugin is a transform, not a reducer".into(),
-            ));
+            return Err(PluginError::Batch(format!(
+                "this plugin is a {}, not a reducer",
+                self.plugin.info.kind.name()
+            )));
         };
         let values = types::Values { data, ends };
         self.stderr.clear();
@@ -371,6 +464,116 @@ impl PluginInstance {
         }
         Ok((output.data, output.ends))
     }
+}
+
+impl PluginInstance {
+    /// Runs a stateful function over the key groups of one partition.
+    /// Returns one state entry and flag per group, and the emitted records.
+    pub fn update_state(&mut self, groups: &KeyGroups) -> Result<StateUpdate, PluginError> {
+        let Exports::State(exports) = &self.exports else {
+            return Err(PluginError::Batch(format!(
+                "this plugin is a {}, not a stateful function",
+                self.plugin.info.kind.name()
+            )));
+        };
+        self.stderr.clear();
+        arm(&mut self.store, &self.sandbox);
+        let result = exports
+            .weir_plugin_keyed_state()
+            .call_update(&mut self.store, groups);
+        let update = self.finish(result)?.map_err(process_error)?;
+        let count = groups.group_ends.len();
+        if update.states.ends.len() != count || update.state_flags.len() != count {
+            return Err(PluginError::Batch(format!(
+                "the plugin returned {} states and {} flags for {count} keys",
+                update.states.ends.len(),
+                update.state_flags.len()
+            )));
+        }
+        check_values(&update.states, "states")?;
+        let input_bytes = groups.keys.data.len() + groups.values.data.len() + groups.states.data.len();
+        let output = self.checked_output(update.output, groups.values.ends.len().max(count), input_bytes)?;
+        Ok(StateUpdate {
+            states: update.states.data,
+            state_ends: update.states.ends,
+            keep: update.state_flags.iter().map(|flags| flags & 1 == 1).collect(),
+            output,
+        })
+    }
+
+    /// Runs a transform-with over one partition of its two inputs. Both
+    /// inputs are handed back.
+    pub fn process_pair(&mut self, left: Batch, right: Batch) -> (Batch, Batch, Result<Batch, PluginError>) {
+        let Exports::CoTransform(exports) = &self.exports else {
+            let error = PluginError::Batch(format!(
+                "this plugin is a {}, not a transform-with",
+                self.plugin.info.kind.name()
+            ));
+            return (left, right, Err(error));
+        };
+        let to_wit = |batch: Batch| {
+            let (data, ends, timestamps, flags) = batch.into_parts();
+            types::Batch {
+                data,
+                ends,
+                timestamps,
+                flags,
+            }
+        };
+        let from_wit = |batch: types::Batch| {
+            Batch::from_parts_unchecked(batch.data, batch.ends, batch.timestamps, batch.flags)
+        };
+        let (wit_left, wit_right) = (to_wit(left), to_wit(right));
+        self.stderr.clear();
+        arm(&mut self.store, &self.sandbox);
+        let result =
+            exports
+                .weir_plugin_co_transform()
+                .call_process_pair(&mut self.store, &wit_left, &wit_right);
+        let result = self.finish(result);
+        let (left, right) = (from_wit(wit_left), from_wit(wit_right));
+        let output = match result {
+            Ok(Ok(batch)) => self.checked_output(
+                batch,
+                left.len() + right.len(),
+                left.data_bytes() + right.data_bytes(),
+            ),
+            Ok(Err(error)) => Err(process_error(error)),
+            Err(error) => Err(error),
+        };
+        (left, right, output)
+    }
+
+    /// Checks a returned batch against the output limits and the batch layout.
+    fn checked_output(
+        &self,
+        batch: types::Batch,
+        input_records: usize,
+        input_bytes: usize,
+    ) -> Result<Batch, PluginError> {
+        let limits = &self.sandbox.limits;
+        let (records, bytes) = (batch.timestamps.len() as u64, batch.data.len() as u64);
+        if records > limits.max_output_records(input_records) || bytes > limits.max_output_bytes(input_bytes)
+        {
+            return Err(PluginError::OutputLimit { records, bytes });
+        }
+        Ok(Batch::from_parts(
+            batch.data,
+            batch.ends,
+            batch.timestamps,
+            batch.flags,
+        )?)
+    }
+}
+
+/// Checks that flat values have non-decreasing ends that cover the data.
+fn check_values(values: &types::Values, what: &str) -> Result<(), PluginError> {
+    if values.ends.windows(2).any(|w| w[0] > w[1])
+        || values.ends.last().map_or(0, |&end| end as usize) != values.data.len()
+    {
+        return Err(crate::record::MalformedBatch(format!("the plugin returned malformed {what}")).into());
+    }
+    Ok(())
 }
 
 /// Sets the deadline (and, on a metered engine, the fuel budget) of the next call.

@@ -1,6 +1,7 @@
 //! The console sink, like Spark's `print()`: for every batch a header with
 //! the batch id, time and record count, then the first `max-records` records
-//! (`key<TAB>value`, or the value alone for records without a key).
+//! (`key<TAB>value`, or the value alone for records without a key; records
+//! of a window stage are followed by their window, `[start, end)`).
 
 use std::io::Write;
 
@@ -11,6 +12,7 @@ use crate::record::{Batch, Partition, partition_len};
 pub struct ConsoleSink {
     max_records: usize,
     out: Box<dyn Write + Send>,
+    window_ms: Option<i64>,
 }
 
 impl ConsoleSink {
@@ -21,7 +23,18 @@ impl ConsoleSink {
 
     /// Prints to `out`.
     pub fn new(max_records: usize, out: Box<dyn Write + Send>) -> Self {
-        Self { max_records, out }
+        Self {
+            max_records,
+            out,
+            window_ms: None,
+        }
+    }
+
+    /// Shows each record's window of length `window_ms` (for streams
+    /// produced by a window stage).
+    pub fn with_windows(mut self, window_ms: Option<i64>) -> Self {
+        self.window_ms = window_ms;
+        self
     }
 }
 
@@ -53,6 +66,14 @@ impl Sink for ConsoleSink {
                 text.push('\t');
             }
             text.push_str(&String::from_utf8_lossy(record.value));
+            if let Some(length) = self.window_ms {
+                let end = record.timestamp + 1;
+                text.push_str(&format!(
+                    "\t[{}, {})",
+                    format_time(end - length),
+                    format_time(end)
+                ));
+            }
             text.push('\n');
         }
         if total > self.max_records {

@@ -8,7 +8,9 @@
 //! Formats: `text` — `key<TAB>value` per line (the value alone without a
 //! key); `jsonl` — `{"key": ..., "value": ..., "timestamp": ...}` per line,
 //! with key and value as strings when they are valid UTF-8 and as arrays of
-//! byte values otherwise (a missing key is `null`).
+//! byte values otherwise (a missing key is `null`). Records of a window
+//! stage also get `"window": {"start": ..., "end": ...}` (milliseconds, end
+//! exclusive; a window's records carry its last millisecond as timestamp).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -23,12 +25,25 @@ pub struct FilesSink {
     name: String,
     dir: PathBuf,
     format: FileFormat,
+    window_ms: Option<i64>,
 }
 
 impl FilesSink {
     /// Writes into `dir` in `format`.
     pub fn new(name: String, dir: PathBuf, format: FileFormat) -> Self {
-        Self { name, dir, format }
+        Self {
+            name,
+            dir,
+            format,
+            window_ms: None,
+        }
+    }
+
+    /// Tags records with the window of length `window_ms` that ends just
+    /// after their timestamp (for streams produced by a window stage).
+    pub fn with_windows(mut self, window_ms: Option<i64>) -> Self {
+        self.window_ms = window_ms;
+        self
     }
 
     /// The directory of batch `id` under `dir`.
@@ -48,7 +63,7 @@ impl FilesSink {
         for record in partition.iter().flat_map(|chunk| chunk.iter()) {
             match self.format {
                 FileFormat::Text => write_text(&mut out, record)?,
-                FileFormat::Jsonl => write_json(&mut out, record)?,
+                FileFormat::Jsonl => write_json(&mut out, record, self.window_ms)?,
             }
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -72,12 +87,16 @@ fn json_bytes(bytes: &[u8]) -> serde_json::Value {
     }
 }
 
-fn write_json(out: &mut impl Write, record: RecordRef<'_>) -> std::io::Result<()> {
-    let object = serde_json::json!({
+fn write_json(out: &mut impl Write, record: RecordRef<'_>, window_ms: Option<i64>) -> std::io::Result<()> {
+    let mut object = serde_json::json!({
         "key": record.key.map(json_bytes),
         "value": json_bytes(record.value),
         "timestamp": record.timestamp,
     });
+    if let Some(length) = window_ms {
+        let end = record.timestamp + 1;
+        object["window"] = serde_json::json!({"start": end - length, "end": end});
+    }
     serde_json::to_writer(&mut *out, &object)?;
     out.write_all(b"\n")
 }

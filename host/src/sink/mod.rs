@@ -53,12 +53,16 @@ pub trait Sink: Send {
     }
 }
 
-/// The sink for a sink spec.
-pub fn from_spec(spec: &SinkSpec) -> Box<dyn Sink> {
+/// The sink for a sink spec. `window_ms` is the window length when the
+/// sink's stream comes from a window stage (records are then tagged with
+/// their window).
+pub fn from_spec(spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
     match &spec.kind {
-        SinkKind::Console { max_records } => Box::new(console::ConsoleSink::stdout(*max_records)),
+        SinkKind::Console { max_records } => {
+            Box::new(console::ConsoleSink::stdout(*max_records).with_windows(window_ms))
+        }
         SinkKind::Files { dir, format } => {
-            Box::new(files::FilesSink::new(spec.name.clone(), dir.clone(), *format))
+            Box::new(files::FilesSink::new(spec.name.clone(), dir.clone(), *format).with_windows(window_ms))
         }
     }
 }

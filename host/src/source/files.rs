@@ -15,22 +15,25 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::{Closed, Source, SourceContext, SourceError, now_ms};
+use super::{Closed, Source, SourceContext, SourceError};
+use crate::config::FilesSpec;
 
 /// A directory receiver.
 pub struct FilesSource {
     dir: PathBuf,
     glob: glob::Pattern,
     poll_interval: Duration,
+    max_files_per_batch: Option<u64>,
 }
 
 impl FilesSource {
-    /// Watches `dir` for files matching `glob`.
-    pub fn new(dir: PathBuf, glob: glob::Pattern, poll_interval: Duration) -> Self {
+    /// Watches a directory as `settings` say.
+    pub fn new(settings: FilesSpec) -> Self {
         Self {
-            dir,
-            glob,
-            poll_interval,
+            dir: settings.dir,
+            glob: settings.glob,
+            poll_interval: settings.poll_interval,
+            max_files_per_batch: settings.max_files_per_batch,
         }
     }
 
@@ -58,7 +61,13 @@ impl FilesSource {
 }
 
 /// Reads one file into the chunker. `Ok(Err(_))`: the file could not be read.
-async fn read_file(path: &Path, ctx: &SourceContext) -> Result<std::io::Result<u64>, Closed> {
+/// Records are stamped with `timestamp` (the wall clock when `None`).
+async fn read_file(
+    path: &Path,
+    ctx: &SourceContext,
+    timestamp: Option<i64>,
+) -> Result<std::io::Result<u64>, Closed> {
+    let stamp = || timestamp.unwrap_or_else(super::now_ms);
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(error) => return Ok(Err(error)),
@@ -71,7 +80,7 @@ async fn read_file(path: &Path, ctx: &SourceContext) -> Result<std::io::Result<u
             Ok(0) => break,
             Ok(n) => {
                 total += n as u64;
-                chunker.push_bytes(&buffer[..n], now_ms()).await?;
+                chunker.push_bytes(&buffer[..n], stamp()).await?;
             }
             Err(error) => {
                 // Complete lines before the failure are delivered; a line cut
@@ -84,7 +93,7 @@ async fn read_file(path: &Path, ctx: &SourceContext) -> Result<std::io::Result<u
             }
         }
     }
-    chunker.finish_lines(now_ms()).await?;
+    chunker.finish_lines(stamp()).await?;
     Ok(Ok(total))
 }
 
@@ -99,6 +108,8 @@ impl Source for FilesSource {
             }
         }
         let mut seen: HashSet<OsString> = HashSet::new();
+        // Files read in the current batch unit, and units completed.
+        let (mut in_unit, mut unit) = (0u64, 0u64);
         loop {
             match self.list(&seen).await {
                 Ok(names) => {
@@ -107,7 +118,8 @@ impl Source for FilesSource {
                             return Ok(());
                         }
                         let path = self.dir.join(&name);
-                        match read_file(&path, &ctx).await {
+                        let timestamp = ctx.clock.map(|_| ctx.timestamp(unit));
+                        match read_file(&path, &ctx, timestamp).await {
                             Err(Closed) => return Ok(()),
                             Ok(Ok(bytes)) => {
                                 tracing::debug!(source = %ctx.name, file = %path.display(), bytes, "read file")
@@ -118,6 +130,13 @@ impl Source for FilesSource {
                             ),
                         }
                         seen.insert(name);
+                        in_unit += 1;
+                        if self.max_files_per_batch == Some(in_unit) {
+                            if ctx.end_batch().await.is_err() {
+                                return Ok(());
+                            }
+                            (in_unit, unit) = (0, unit + 1);
+                        }
                     }
                 }
                 Err(error) => tracing::warn!(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Source, SourceContext, SourceError, now_ms};
+use super::{Source, SourceContext, SourceError};
 use crate::config::GeneratorSpec;
 
 /// The vocabulary lines are drawn from.
@@ -127,12 +127,17 @@ impl Source for GeneratorSource {
             .rate
             .map(|rate| (rate as f64 * tick.as_secs_f64()).max(1.0) as u64);
         let started = tokio::time::Instant::now();
+        let per_batch = settings.records_per_batch.unwrap_or(u64::MAX);
         while index < total {
             if ctx.stopping() {
                 break;
             }
-            let slice = per_tick.unwrap_or(ctx.chunk_records as u64).min(total - index);
-            let now = now_ms();
+            let left_in_unit = per_batch - index % per_batch;
+            let slice = per_tick
+                .unwrap_or(ctx.chunk_records as u64)
+                .min(total - index)
+                .min(left_in_unit);
+            let now = ctx.timestamp(index / per_batch);
             for _ in 0..slice {
                 line(settings.seed, index, settings.words_per_line, &mut text);
                 if chunker.push(&text, now).await.is_err() {
@@ -141,6 +146,12 @@ impl Source for GeneratorSource {
                 index += 1;
             }
             if chunker.flush().await.is_err() {
+                return Ok(());
+            }
+            if settings.records_per_batch.is_some()
+                && index.is_multiple_of(per_batch)
+                && ctx.end_batch().await.is_err()
+            {
                 return Ok(());
             }
             if let (Some(rate), Some(_)) = (settings.rate, per_tick) {

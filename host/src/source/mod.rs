@@ -35,18 +35,49 @@ pub struct SourceError {
     pub message: String,
 }
 
+/// What a receiver hands to the batcher through its queue.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Records, in arrival order.
+    Chunk(Batch),
+    /// The end of one unit of a source with a fixed batch size (a file with
+    /// `max-files-per-batch`, `records-per-batch` generator lines): no batch
+    /// takes records from both sides of it.
+    BatchEnd,
+}
+
+/// Batch times under deterministic time: batch `k` is at
+/// `start + (k + 1) * interval`, whatever the wall clock says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeterministicClock {
+    /// Milliseconds since the Unix epoch at which batch 0 starts.
+    pub start_ms: i64,
+    /// The batch interval in milliseconds.
+    pub interval_ms: i64,
+}
+
+impl DeterministicClock {
+    /// The time of batch `batch_id`: the end of its interval.
+    pub fn time_of(&self, batch_id: u64) -> i64 {
+        self.start_ms + (batch_id as i64 + 1) * self.interval_ms
+    }
+}
+
 /// What a running source gets from the engine.
 pub struct SourceContext {
     /// The source's stream name.
     pub name: String,
     /// Where chunks go; bounded.
-    pub chunks: mpsc::Sender<Batch>,
+    pub chunks: mpsc::Sender<Delivery>,
     /// Becomes `true` when the pipeline stops.
     pub stop: watch::Receiver<bool>,
     /// Read what is available now, then return (instead of waiting for more).
     pub available_now: bool,
     /// Records per chunk.
     pub chunk_records: usize,
+    /// Set under deterministic time: records of the source's unit `k` are
+    /// stamped with the time of batch `k` instead of the wall clock.
+    pub clock: Option<DeterministicClock>,
 }
 
 impl SourceContext {
@@ -65,6 +96,33 @@ impl SourceContext {
         let _ = self.stop.wait_for(|stop| *stop).await;
     }
 
+    /// A copy of this context for a sub-task of the receiver (one connection).
+    pub fn clone_for_task(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            chunks: self.chunks.clone(),
+            stop: self.stop.clone(),
+            available_now: self.available_now,
+            chunk_records: self.chunk_records,
+            clock: self.clock,
+        }
+    }
+
+    /// The timestamp of records of unit `unit` (a file, a batch of
+    /// generator lines): the wall clock, or the time of batch `unit` under
+    /// deterministic time.
+    pub fn timestamp(&self, unit: u64) -> i64 {
+        match self.clock {
+            Some(clock) => clock.time_of(unit),
+            None => now_ms(),
+        }
+    }
+
+    /// Marks the end of one unit of a source with a fixed batch size.
+    pub async fn end_batch(&self) -> Result<(), Closed> {
+        self.chunks.send(Delivery::BatchEnd).await.map_err(|_| Closed)
+    }
+
     /// An error of this source.
     pub fn error(&self, message: impl Into<String>) -> SourceError {
         SourceError {
@@ -80,7 +138,7 @@ pub struct Closed;
 
 /// Collects lines into chunks and sends them to the batcher.
 pub struct LineChunker {
-    chunks: mpsc::Sender<Batch>,
+    chunks: mpsc::Sender<Delivery>,
     chunk_records: usize,
     current: Batch,
     partial: Vec<u8>,
@@ -90,7 +148,7 @@ pub struct LineChunker {
 const CHUNK_BYTES: usize = 1 << 20;
 
 impl LineChunker {
-    fn new(chunks: mpsc::Sender<Batch>, chunk_records: usize) -> Self {
+    fn new(chunks: mpsc::Sender<Delivery>, chunk_records: usize) -> Self {
         Self {
             chunks,
             chunk_records,
@@ -147,7 +205,7 @@ impl LineChunker {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.current);
-        self.chunks.send(chunk).await.map_err(|_| Closed)
+        self.chunks.send(Delivery::Chunk(chunk)).await.map_err(|_| Closed)
     }
 }
 
@@ -178,11 +236,7 @@ pub fn from_spec(spec: &SourceSpec) -> Box<dyn Source> {
             mode,
             max_backoff,
         } => Box::new(socket::SocketSource::new(address.clone(), *mode, *max_backoff)),
-        SourceKind::Files {
-            dir,
-            glob,
-            poll_interval,
-        } => Box::new(files::FilesSource::new(dir.clone(), glob.clone(), *poll_interval)),
+        SourceKind::Files(settings) => Box::new(files::FilesSource::new(settings.clone())),
         SourceKind::Generator(settings) => Box::new(generator::GeneratorSource::new(settings.clone())),
         SourceKind::Stdin => Box::new(stdin::StdinSource),
     }

@@ -147,13 +147,7 @@ impl SocketSource {
                     Ok((mut stream, peer)) => {
                         accepted_any = true;
                         tracing::info!(source = %ctx.name, %peer, "producer connected");
-                        let mut connection_ctx = SourceContext {
-                            name: ctx.name.clone(),
-                            chunks: ctx.chunks.clone(),
-                            stop: ctx.stop.clone(),
-                            available_now: ctx.available_now,
-                            chunk_records: ctx.chunk_records,
-                        };
+                        let mut connection_ctx = ctx.clone_for_task();
                         connections.spawn(async move {
                             let ended = read_lines(&mut stream, &mut connection_ctx).await;
                             if let Ended::Error(error) = ended {

@@ -1,0 +1,362 @@
+//! Processing-time windows over micro-batches (Spark Streaming's `window`,
+//! `reduceByKeyAndWindow` and friends).
+//!
+//! A window covers the last `length` batches and is emitted every `slide`
+//! batches (both counted in batch intervals): at batch `k` when
+//! `(k + 1) % slide == 0`, covering batches `k - length + 1 ..= k`. Output
+//! records carry the window's last millisecond as their timestamp
+//! (`end - 1`, where `end` is the batch time); sinks show `[end - length, end)`.
+//!
+//! - [`RawWindow`]: every record of the window (`window`).
+//! - [`WindowedReduce`]: per key, the reduction of the window's values
+//!   (`reduce-by-key-and-window`, and through key rewriting `count-by-window`,
+//!   `reduce-by-window`, `count-by-value-and-window`). It keeps one partial
+//!   result per batch — never raw records. Without an inverse, the window is
+//!   merged from those partials when it is emitted; with one, a running
+//!   result is updated incrementally (add the batch entering, subtract the
+//!   batch leaving), as Spark's `reduceByKeyAndWindow(func, invFunc)` does.
+//!   Either way a key without records in the window is dropped, so both
+//!   give the same results.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::builtin;
+use super::keyed::{FastMap, OwnedKey, PartitionStates, lock, owned_key, restamp, without_value};
+use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
+use super::{Operator, OperatorError, PartitionContext};
+use crate::config::BuiltinReducer;
+use crate::partition::Partitioning;
+use crate::record::{Batch, Partition};
+
+/// The shape of a processing-time window, in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowShape {
+    /// Batches a window covers.
+    pub length: u64,
+    /// Batches between two emitted windows.
+    pub slide: u64,
+}
+
+impl WindowShape {
+    /// True when batch `batch_id` ends a window.
+    pub fn emits_at(&self, batch_id: u64) -> bool {
+        (batch_id + 1).is_multiple_of(self.slide)
+    }
+
+    /// True when batch `old` is outside the window that ends at `batch_id`.
+    fn has_left(&self, old: u64, batch_id: u64) -> bool {
+        old + self.length <= batch_id
+    }
+}
+
+/// Every record of the window (`window`).
+#[derive(Debug)]
+pub struct RawWindow {
+    shape: WindowShape,
+    states: PartitionStates<VecDeque<(u64, Partition)>>,
+}
+
+impl RawWindow {
+    /// A window of `shape`.
+    pub fn new(shape: WindowShape) -> Self {
+        Self {
+            shape,
+            states: PartitionStates::default(),
+        }
+    }
+}
+
+impl Operator for RawWindow {
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let out = self.process_partition(vec![input], ctx)?;
+        Ok(Batch::concat(&out))
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        let state = self.states.get(ctx.partition);
+        let mut batches = lock(&state);
+        batches.push_back((ctx.batch_id, input));
+        while batches
+            .front()
+            .is_some_and(|(old, _)| self.shape.has_left(*old, ctx.batch_id))
+        {
+            batches.pop_front();
+        }
+        if !self.shape.emits_at(ctx.batch_id) {
+            return Ok(Vec::new());
+        }
+        Ok(batches
+            .iter()
+            .flat_map(|(_, chunks)| chunks.iter().cloned())
+            .collect())
+    }
+}
+
+/// The inverse of a window's reducer: `current - leaving`.
+#[derive(Debug, Clone)]
+pub enum Inverse {
+    /// The host's own inverse of `count` or `sum`.
+    Builtin(BuiltinReducer),
+    /// A reducer plugin (or native function) called with groups of two
+    /// values, `[current, leaving]`, that returns `current - leaving`.
+    Groups(Arc<dyn GroupReduceFn>),
+}
+
+/// One partition's window state.
+#[derive(Default)]
+struct ReduceState {
+    /// One partial result per batch still in the window (keys unique).
+    partials: VecDeque<(u64, Batch)>,
+    /// With an inverse: the reduction of every partial in `partials`.
+    running: Batch,
+    /// With an inverse: per key, how many of `partials` hold it.
+    presence: FastMap<OwnedKey, u32>,
+}
+
+/// Per key, the reduction of the window's values (`reduce-by-key-and-window`).
+/// Its input is the map-side combine of each batch; it shuffles by key.
+#[derive(Debug)]
+pub struct WindowedReduce {
+    shape: WindowShape,
+    merge: ReduceByKey,
+    inverse: Option<Inverse>,
+    neutral: Option<Vec<u8>>,
+    partitions: usize,
+    states: PartitionStates<ReduceState>,
+}
+
+impl std::fmt::Debug for ReduceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReduceState")
+            .field("batches", &self.partials.len())
+            .field("keys", &self.presence.len())
+            .finish()
+    }
+}
+
+impl WindowedReduce {
+    /// A windowed reduce of `shape` with `reducer` into `partitions` partitions. With `inverse`, windows are
+    /// updated incrementally. Keys whose window value equals `neutral` are
+    /// dropped.
+    pub fn new(
+        shape: WindowShape,
+        reducer: Reducer,
+        inverse: Option<Inverse>,
+        neutral: Option<Vec<u8>>,
+        partitions: usize,
+    ) -> Self {
+        Self {
+            shape,
+            merge: ReduceByKey::new(reducer, Phase::Merge, partitions),
+            inverse,
+            neutral,
+            partitions,
+            states: PartitionStates::default(),
+        }
+    }
+
+    /// Merges partial results into one per key.
+    fn merge(&self, partials: Partition, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        if partials.iter().all(Batch::is_empty) {
+            return Ok(Batch::new());
+        }
+        let merged = self.merge.process_partition(partials, ctx)?;
+        Ok(merged.into_iter().next().unwrap_or_default())
+    }
+
+    /// `running` with `leaving`'s values subtracted from its keys.
+    fn subtract(
+        &self,
+        inverse: &Inverse,
+        running: &Batch,
+        leaving: &Batch,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Batch, OperatorError> {
+        let leaving_values: FastMap<Option<&[u8]>, &[u8]> =
+            leaving.iter().map(|record| (record.key, record.value)).collect();
+        let mut replaced: FastMap<Option<&[u8]>, Vec<u8>> = FastMap::default();
+        match inverse {
+            Inverse::Builtin(reducer) => {
+                for record in running {
+                    if let Some(old) = leaving_values.get(&record.key) {
+                        let difference = builtin::subtract(*reducer, record.value, old)
+                            .expect("only count and sum are planned with a built-in inverse")
+                            .map_err(|error| OperatorError::Value {
+                                message: format!(
+                                    "window inverse: {:?} minus {:?} {error}",
+                                    String::from_utf8_lossy(record.value),
+                                    String::from_utf8_lossy(old)
+                                ),
+                                index: None,
+                            })?;
+                        replaced.insert(record.key, difference.to_string().into_bytes());
+                    }
+                }
+            }
+            Inverse::Groups(function) => {
+                let mut groups = GroupedValues::default();
+                let mut keys = Vec::new();
+                for record in running {
+                    if let Some(old) = leaving_values.get(&record.key) {
+                        for value in [record.value, old] {
+                            groups.data.extend_from_slice(value);
+                            groups.ends.push(groups.data.len() as u32);
+                        }
+                        groups.group_ends.push(groups.ends.len() as u32);
+                        keys.push(record.key);
+                    }
+                }
+                if !keys.is_empty() {
+                    let (data, ends) = function.reduce(groups, ctx)?;
+                    let mut start = 0;
+                    for (key, end) in keys.into_iter().zip(ends) {
+                        replaced.insert(key, data[start..end as usize].to_vec());
+                        start = end as usize;
+                    }
+                }
+            }
+        }
+        let mut out = Batch::with_capacity(running.len(), running.data_bytes());
+        for record in running {
+            match replaced.get(&record.key) {
+                Some(value) => out.push(record.key, value, record.timestamp),
+                None => out.push_ref(record),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the window of `state` on by `this` batch's partial result,
+    /// keeping the running result up to date when there is an inverse.
+    fn advance(
+        &self,
+        state: &mut ReduceState,
+        this: Batch,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<(), OperatorError> {
+        let mut leaving = Vec::new();
+        while state
+            .partials
+            .front()
+            .is_some_and(|(old, _)| self.shape.has_left(*old, ctx.batch_id))
+        {
+            leaving.push(state.partials.pop_front().expect("checked").1);
+        }
+        if let Some(inverse) = &self.inverse {
+            let mut running = std::mem::take(&mut state.running);
+            if !this.is_empty() {
+                running = self.merge(vec![running, this.clone()], ctx)?;
+                for record in &this {
+                    *state.presence.entry(owned_key(record.key)).or_insert(0) += 1;
+                }
+            }
+            for old in &leaving {
+                running = self.subtract(inverse, &running, old, ctx)?;
+                for record in old {
+                    let key = owned_key(record.key);
+                    if let Some(count) = state.presence.get_mut(&key) {
+                        *count -= 1;
+                        if *count == 0 {
+                            state.presence.remove(&key);
+                        }
+                    }
+                }
+            }
+            if !leaving.is_empty() {
+                let mut kept = Batch::with_capacity(running.len(), running.data_bytes());
+                for record in running.iter() {
+                    if state.presence.contains_key(&record.key.map(Box::from)) {
+                        kept.push_ref(record);
+                    }
+                }
+                running = kept;
+            }
+            state.running = running;
+        }
+        state.partials.push_back((ctx.batch_id, this));
+        Ok(())
+    }
+}
+
+impl Operator for WindowedReduce {
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let out = self.process_partition(vec![input], ctx)?;
+        Ok(Batch::concat(&out))
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        let this = self.merge(input, ctx)?;
+        let state = self.states.get(ctx.partition);
+        let mut state = lock(&state);
+        self.advance(&mut state, this, ctx)?;
+        if !self.shape.emits_at(ctx.batch_id) {
+            return Ok(Vec::new());
+        }
+        let window = match self.inverse {
+            Some(_) => state.running.clone(),
+            None => {
+                let partials = state
+                    .partials
+                    .iter()
+                    .map(|(_, partial)| partial.clone())
+                    .collect();
+                self.merge(partials, ctx)?
+            }
+        };
+        let window = without_value(window, self.neutral.as_deref());
+        // The window ends at the batch time; its records carry its last millisecond.
+        Ok(vec![restamp(&window, ctx.batch_time - 1)])
+    }
+
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::HashByKey(self.partitions)
+    }
+
+    fn check(&self) -> Result<(), OperatorError> {
+        match &self.inverse {
+            Some(Inverse::Groups(function)) => function.check(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Rewrites keys before a windowed reduce: `count-by-window` and
+/// `reduce-by-window` drop them (one group), `count-by-value-and-window` keys
+/// each record by its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rekey {
+    /// Every record without a key.
+    Drop,
+    /// Every record keyed by its value.
+    ByValue,
+}
+
+impl Operator for Rekey {
+    fn process(&self, input: Batch, _: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let mut out = Batch::with_capacity(input.len(), input.data_bytes());
+        for record in &input {
+            match self {
+                Self::Drop => out.push(None, record.value, record.timestamp),
+                Self::ByValue => out.push(Some(record.value), record.value, record.timestamp),
+            }
+        }
+        Ok(out)
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        input.into_iter().map(|chunk| self.process(chunk, ctx)).collect()
+    }
+}

@@ -1,0 +1,274 @@
+//! Turns one stage of a validated spec into the operators that run it,
+//! resolving its plugins through the registry and checking each plugin's
+//! declared kind against the operator that uses it.
+
+use std::sync::Arc;
+
+use super::registry::{Function, PluginRegistry};
+use crate::config::{
+    InverseSpec, KeyRewrite, OperatorSpec, PipelineSpec, ReducerSpec, StageSpec, TransformKind, WindowOp,
+    WindowSpec, WindowTime,
+};
+use crate::error::EngineError;
+use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
+use crate::operator::repartition::Repartition;
+use crate::operator::transform::{TransformFn, TransformOperator, WasmTransform};
+use crate::operator::window::{Inverse, RawWindow, Rekey, WindowShape, WindowedReduce};
+use crate::operator::{Operator, PluginUse};
+use crate::runtime::{InstanceLabel, Plugin, PluginKind};
+
+/// A stage's description for messages (`flat-map split-words`) and its operators, in order.
+pub(super) type StageOperators = (String, Vec<Arc<dyn Operator>>);
+
+/// Everything needed to build one stage's operators.
+pub(super) struct StageBuilder<'a> {
+    /// Resolves plugin names.
+    pub registry: &'a PluginRegistry,
+    /// The pipeline.
+    pub spec: &'a PipelineSpec,
+    /// The stage.
+    pub stage: &'a StageSpec,
+    /// The pipeline file, for messages.
+    pub file: &'a str,
+}
+
+impl StageBuilder<'_> {
+    fn error(&self, message: String) -> EngineError {
+        EngineError::Plan {
+            location: format!("{}:{}", self.file, self.stage.line),
+            message: format!("stage `{}`: {message}", self.stage.name),
+        }
+    }
+
+    fn partitions(&self, partitions: Option<usize>) -> usize {
+        partitions.unwrap_or(self.spec.partitions)
+    }
+
+    /// The Wasm plugin `name` used with `config`, checked by `expect`.
+    fn plugin_use(
+        &self,
+        name: &str,
+        loaded: &Arc<Plugin>,
+        config: &[(String, String)],
+        expect: impl FnOnce(PluginKind) -> Result<(), String>,
+    ) -> Result<PluginUse, EngineError> {
+        expect(loaded.info().kind).map_err(|m| self.error(format!("plugin `{name}` {m}")))?;
+        let metered = self.stage.sandbox.limits.fuel.and(self.registry.metered(name));
+        let loaded = metered.unwrap_or(loaded);
+        Ok(PluginUse::new(
+            loaded.clone(),
+            config.to_vec(),
+            InstanceLabel {
+                pipeline: self.spec.name.as_str().into(),
+                stage: self.stage.name.as_str().into(),
+                plugin: name.into(),
+            },
+            self.stage.sandbox.clone(),
+        ))
+    }
+
+    /// A Wasm plugin of exactly `kind`.
+    pub(super) fn plugin_of_kind(
+        &self,
+        name: &str,
+        config: &[(String, String)],
+        kind: PluginKind,
+        op: &str,
+    ) -> Result<PluginUse, EngineError> {
+        match self.registry.get(name) {
+            Some(Function::Wasm(loaded)) => self.plugin_use(name, loaded, config, |declared| {
+                if declared == kind {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "is a {} plugin, but op `{op}` needs a {} plugin",
+                        declared.name(),
+                        kind.name()
+                    ))
+                }
+            }),
+            Some(_) => Err(self.error(format!(
+                "`{name}` is a native function; op `{op}` needs a Wasm plugin"
+            ))),
+            None => Err(self.error(format!("unknown plugin `{name}`"))),
+        }
+    }
+
+    /// A combine function: built-in, plugin or native.
+    fn reducer(&self, spec: &ReducerSpec, op: &str) -> Result<(String, Reducer), EngineError> {
+        match spec {
+            ReducerSpec::Builtin(builtin) => {
+                Ok((format!("{builtin:?}").to_lowercase(), Reducer::Builtin(*builtin)))
+            }
+            ReducerSpec::Plugin { plugin, config } => {
+                let function = match self.registry.get(plugin) {
+                    Some(Function::Wasm(_)) => Reducer::Groups(Arc::new(WasmReducer::new(
+                        self.plugin_of_kind(plugin, config, PluginKind::Reducer, op)?,
+                    ))),
+                    Some(Function::NativeReducer(native)) => Reducer::Groups(Arc::new(native.clone())),
+                    Some(Function::NativeTransform(_)) => {
+                        return Err(self.error(format!("`{plugin}` is not a reducer")));
+                    }
+                    None => return Err(self.error(format!("unknown plugin `{plugin}`"))),
+                };
+                Ok((plugin.clone(), function))
+            }
+        }
+    }
+
+    /// The stage's operators.
+    pub(super) fn build(&self) -> Result<StageOperators, EngineError> {
+        Ok(match &self.stage.op {
+            OperatorSpec::Transform { kind, plugin, config } => self.transform(*kind, plugin, config)?,
+            OperatorSpec::ReduceByKey { reducer, partitions } => {
+                let partitions = self.partitions(*partitions);
+                let (name, reducer) = self.reducer(reducer, "reduce-by-key")?;
+                (
+                    format!("reduce-by-key {name}"),
+                    vec![
+                        Arc::new(ReduceByKey::new(reducer.clone(), Phase::Combine, partitions)),
+                        Arc::new(ReduceByKey::new(reducer, Phase::Merge, partitions)),
+                    ],
+                )
+            }
+            OperatorSpec::Union => ("union".to_owned(), Vec::new()),
+            OperatorSpec::Repartition { partitions } => (
+                "repartition".to_owned(),
+                vec![Arc::new(Repartition::new(self.partitions(*partitions)))],
+            ),
+            OperatorSpec::Window(window) => self.window(window)?,
+            OperatorSpec::KeyedState(_) | OperatorSpec::Join { .. } | OperatorSpec::TransformWith { .. } => {
+                return Err(self.error("this operator is not available yet".into()));
+            }
+        })
+    }
+
+    fn transform(
+        &self,
+        kind: TransformKind,
+        plugin: &str,
+        config: &[(String, String)],
+    ) -> Result<StageOperators, EngineError> {
+        let function: Box<dyn TransformFn> = match self.registry.get(plugin) {
+            Some(Function::Wasm(loaded)) => Box::new(WasmTransform::new(self.plugin_use(
+                plugin,
+                loaded,
+                config,
+                |declared| check_kind(kind, declared),
+            )?)),
+            Some(Function::NativeTransform(native)) => Box::new(native.clone()),
+            Some(Function::NativeReducer(_)) => {
+                return Err(self.error(format!("`{plugin}` is a reducer, not a transform")));
+            }
+            None => return Err(self.error(format!("unknown plugin `{plugin}`"))),
+        };
+        Ok((
+            format!("{} {plugin}", kind.name()),
+            vec![Arc::new(TransformOperator::new(kind, function))],
+        ))
+    }
+
+    fn window(&self, window: &WindowSpec) -> Result<StageOperators, EngineError> {
+        let interval = self.spec.batch_interval.as_nanos();
+        let shape = WindowShape {
+            length: (window.length.as_nanos() / interval) as u64,
+            slide: (window.slide.as_nanos() / interval) as u64,
+        };
+        let describe = |name: &str| {
+            format!(
+                "{name} over {} sliding {}",
+                humantime::format_duration(window.length),
+                humantime::format_duration(window.slide)
+            )
+        };
+        match &window.op {
+            WindowOp::Raw => Ok((describe("window"), vec![Arc::new(RawWindow::new(shape))])),
+            WindowOp::Reduce {
+                rekey,
+                reducer,
+                inverse,
+                neutral,
+            } => {
+                let op = match rekey {
+                    Some(KeyRewrite::Drop) => "reduce-by-window",
+                    Some(KeyRewrite::ByValue) => "count-by-value-and-window",
+                    None => "reduce-by-key-and-window",
+                };
+                let (name, reducer) = self.reducer(reducer, op)?;
+                let partitions = self.partitions(window.partitions);
+                let mut operators: Vec<Arc<dyn Operator>> = Vec::new();
+                match rekey {
+                    Some(KeyRewrite::Drop) => operators.push(Arc::new(Rekey::Drop)),
+                    Some(KeyRewrite::ByValue) => operators.push(Arc::new(Rekey::ByValue)),
+                    None => {}
+                }
+                if let WindowTime::Event { .. } = window.time {
+                    return Err(self.error("event-time windows are not available yet".into()));
+                }
+                let inverse = match inverse {
+                    None => None,
+                    Some(InverseSpec::Builtin(builtin)) => Some(Inverse::Builtin(*builtin)),
+                    Some(InverseSpec::Plugin(plugin)) => {
+                        let config = match &self.stage.op {
+                            OperatorSpec::Window(WindowSpec {
+                                op:
+                                    WindowOp::Reduce {
+                                        reducer: ReducerSpec::Plugin { config, .. },
+                                        ..
+                                    },
+                                ..
+                            }) => config.clone(),
+                            _ => Vec::new(),
+                        };
+                        Some(Inverse::Groups(Arc::new(WasmReducer::new(self.plugin_of_kind(
+                            plugin,
+                            &config,
+                            PluginKind::Reducer,
+                            "an inverse",
+                        )?))))
+                    }
+                };
+                operators.push(Arc::new(ReduceByKey::new(
+                    reducer.clone(),
+                    Phase::Combine,
+                    partitions,
+                )));
+                operators.push(Arc::new(WindowedReduce::new(
+                    shape,
+                    reducer,
+                    inverse,
+                    neutral.as_ref().map(|n| n.clone().into_bytes()),
+                    partitions,
+                )));
+                Ok((describe(&format!("{op} {name}")), operators))
+            }
+        }
+    }
+}
+
+fn check_kind(op: TransformKind, plugin: PluginKind) -> Result<(), String> {
+    let matches = matches!(
+        (op, plugin),
+        (TransformKind::Map, PluginKind::Map)
+            | (TransformKind::FlatMap, PluginKind::FlatMap)
+            | (TransformKind::Filter, PluginKind::Filter)
+            | (TransformKind::FilterMap, PluginKind::FilterMap)
+            | (TransformKind::MapPartitions, PluginKind::MapPartitions)
+    );
+    if matches {
+        Ok(())
+    } else if plugin == PluginKind::Reducer {
+        Err(format!(
+            "is a reducer plugin: use it in a reduce-by-key stage (reducer = \"<its name>\"), not with op `{}`",
+            op.name()
+        ))
+    } else {
+        Err(format!(
+            "is a {} plugin, but the stage's op is `{}`: use op = \"{}\" or a {} plugin",
+            plugin.name(),
+            op.name(),
+            plugin.name(),
+            op.name()
+        ))
+    }
+}
