@@ -22,4 +22,5 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod tools;

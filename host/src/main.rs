@@ -331,7 +331,8 @@ fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow
         match handle.join() {
             Ok((name, Ok(summary))) => eprintln!(
                 "pipeline `{name}`: {} batches, {} records in, {} records out, {} retries, \
-                 {} batches ({} records) skipped, {} records dead-lettered{}",
+                 {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
+                 state: {} keys ({} on disk){}",
                 summary.batches,
                 summary.records_in,
                 summary.records_out,
@@ -339,6 +340,9 @@ fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow
                 summary.skipped_batches,
                 summary.skipped_records,
                 summary.dead_lettered,
+                summary.late_records,
+                summary.state.keys,
+                summary.state.spilled_keys,
                 if summary.stopped {
                     ", stopped gracefully"
                 } else {

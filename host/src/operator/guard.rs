@@ -39,10 +39,13 @@ pub struct StageMetrics {
     pub dead_lettered: AtomicU64,
     /// Consecutive micro-batches in which the stage had a failure.
     pub consecutive_failed_batches: AtomicU64,
+    /// Records behind an event-time watermark.
+    pub late_records: AtomicU64,
 }
 
 impl StageMetrics {
-    fn add(counter: &AtomicU64, n: u64) {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -111,16 +114,26 @@ fn failed_record(error: &OperatorError) -> Option<usize> {
     }
 }
 
-/// The partition without record `index`.
-fn without(partition: &[Batch], index: usize) -> Partition {
-    let whole = Batch::concat(partition);
-    let mut rest = Batch::with_capacity(whole.len().saturating_sub(1), whole.data_bytes());
-    for (i, record) in whole.iter().enumerate() {
-        if i != index {
-            rest.push_ref(record);
+/// The partition without record `index`; the other chunks stay as they are
+/// (so the chunk boundary between the two inputs of a join is kept).
+fn without(partition: &[Batch], mut index: usize) -> Partition {
+    let mut out = Vec::with_capacity(partition.len());
+    for chunk in partition {
+        if index < chunk.len() {
+            let mut rest = Batch::with_capacity(chunk.len() - 1, chunk.data_bytes());
+            for (i, record) in chunk.iter().enumerate() {
+                if i != index {
+                    rest.push_ref(record);
+                }
+            }
+            out.push(rest);
+            index = usize::MAX;
+        } else {
+            index = index.saturating_sub(chunk.len());
+            out.push(chunk.clone());
         }
     }
-    vec![rest]
+    out
 }
 
 fn record_at(partition: &[Batch], mut index: usize) -> Option<RecordRef<'_>> {
@@ -205,5 +218,17 @@ impl Operator for Guarded {
 
     fn check(&self) -> Result<(), OperatorError> {
         self.inner.check()
+    }
+
+    fn pairs_inputs(&self) -> bool {
+        self.inner.pairs_inputs()
+    }
+
+    fn end_batch(&self, batch: super::BatchClock) {
+        self.inner.end_batch(batch);
+    }
+
+    fn state_size(&self) -> crate::state::StateSize {
+        self.inner.state_size()
     }
 }

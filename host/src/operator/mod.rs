@@ -10,12 +10,18 @@
 //!   [`TransformFn`], Wasm or native.
 //! - [`reduce`]: reduce-by-key, as a map-side combine and a post-shuffle merge.
 //! - [`builtin`]: the host's own count, sum, min and max.
+//! - [`window`]: processing-time windows, with and without an inverse.
+//! - [`keyed_state`]: update-state-by-key and map-with-state over host-owned state.
+//! - [`join`]: joins, cogroup and transform-with over two keyed inputs.
+//! - [`keyed`]: per-partition state holders and keyed-batch helpers.
 //! - [`instances`]: each worker's warm plugin instances.
 
 pub mod builtin;
 pub mod guard;
 pub mod instances;
+pub mod join;
 pub mod keyed;
+pub mod keyed_state;
 pub mod native;
 pub mod reduce;
 pub mod repartition;
@@ -29,6 +35,7 @@ pub use instances::{InstanceKey, InstanceSlots, PluginUse};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
 use crate::runtime::PluginError;
+use crate::state::StateSize;
 
 /// Which micro-batch is running, and its time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +53,9 @@ pub struct PartitionContext<'a> {
     pub batch_id: u64,
     /// Time of the micro-batch (see [`BatchClock::time`]).
     pub batch_time: i64,
+    /// For operators over two inputs: how many of the partition's first
+    /// chunks come from the first input (the rest from the second).
+    pub left_chunks: usize,
     /// Index of the partition.
     pub partition: usize,
     /// The calling worker's plugin instances.
@@ -128,5 +138,22 @@ pub trait Operator: Send + Sync + fmt::Debug {
     /// example that its plugin accepts its configuration). Default: nothing to check.
     fn check(&self) -> Result<(), OperatorError> {
         Ok(())
+    }
+
+    /// True for operators over two inputs (joins): the executor then
+    /// partitions each input separately by key and hands each partition over
+    /// as the first input's chunks followed by the second's
+    /// ([`PartitionContext::left_chunks`]). Default: inputs are unioned.
+    fn pairs_inputs(&self) -> bool {
+        false
+    }
+
+    /// Called once per batch after every partition of it was processed (for
+    /// example to move a watermark on). Default: nothing to do.
+    fn end_batch(&self, _batch: BatchClock) {}
+
+    /// The keyed state the operator holds, over all partitions. Default: none.
+    fn state_size(&self) -> StateSize {
+        StateSize::default()
     }
 }

@@ -82,11 +82,17 @@ impl Executor {
                 remaining_readers[input] -= 1;
                 inputs.push(take_or_clone(&mut streams, input, remaining_readers[input] == 0));
             }
-            let mut partitions = union(inputs);
+            let pairs = stage.operators.first().is_some_and(|op| op.pairs_inputs()) && inputs.len() == 2;
+            let (mut partitions, mut left_chunks) = if pairs {
+                let (partitions, left_chunks) = self.pair(&stage.operators[0], inputs);
+                (partitions, Some(left_chunks))
+            } else {
+                (union(inputs), None)
+            };
             let mut failures = 0;
             for operator in &stage.operators {
                 let applied = self
-                    .apply(operator, partitions, clock)
+                    .apply(operator, partitions, clock, left_chunks.take())
                     .map_err(|(partition, error)| {
                         BatchError::Failed(Box::new(StageFailure {
                             pipeline: plan.pipeline.clone(),
@@ -100,6 +106,7 @@ impl Executor {
                 partitions = applied.partitions;
                 failures += applied.failures;
                 dead_letters.extend(applied.dead_letters);
+                operator.end_batch(clock);
             }
             let consecutive = &stage.metrics.consecutive_failed_batches;
             if failures == 0 {
@@ -122,17 +129,43 @@ impl Executor {
         Ok(streams)
     }
 
-    /// Moves data as `operator` needs, then runs it over every partition.
+    /// Partitions both inputs of a two-input operator by key; partition `i`
+    /// is the first input's chunks of it followed by the second's. Returns
+    /// the partitions and how many chunks of each come from the first input.
+    fn pair(
+        &self,
+        operator: &Arc<dyn Operator>,
+        mut inputs: Vec<Vec<Partition>>,
+    ) -> (Vec<Partition>, Vec<usize>) {
+        let targets = match operator.input_partitioning() {
+            Partitioning::HashByKey(n) | Partitioning::RoundRobin(n) => n,
+            Partitioning::Pipeline => self.plan.partitions,
+        };
+        let right = self.shuffle_by_key(inputs.pop().expect("two inputs"), targets);
+        let left = self.shuffle_by_key(inputs.pop().expect("two inputs"), targets);
+        left.into_iter()
+            .zip(right)
+            .map(|(mut left, right)| {
+                let left_chunks = left.len();
+                left.extend(right);
+                (left, left_chunks)
+            })
+            .unzip()
+    }
+
+    /// Moves data as `operator` needs (unless `left_chunks` says the
+    /// partitions were already paired), then runs it over every partition.
     fn apply(
         &self,
         operator: &Arc<dyn Operator>,
         partitions: Vec<Partition>,
         clock: BatchClock,
+        left_chunks: Option<Vec<usize>>,
     ) -> Result<Applied, (usize, OperatorError)> {
-        let partitions = match operator.input_partitioning() {
-            Partitioning::Pipeline => partitions,
-            Partitioning::HashByKey(n) => self.shuffle_by_key(partitions, n),
-            Partitioning::RoundRobin(n) => partition::rebalance(&partitions, n),
+        let partitions = match (operator.input_partitioning(), &left_chunks) {
+            (_, Some(_)) | (Partitioning::Pipeline, None) => partitions,
+            (Partitioning::HashByKey(n), None) => self.shuffle_by_key(partitions, n),
+            (Partitioning::RoundRobin(n), None) => partition::rebalance(&partitions, n),
         };
         type Outcome = (Result<Partition, OperatorError>, Batch, u32);
         let tasks: Vec<Task<Outcome>> = partitions
@@ -140,10 +173,14 @@ impl Executor {
             .enumerate()
             .map(|(index, partition)| -> Task<Outcome> {
                 let operator = operator.clone();
+                let left_chunks = left_chunks
+                    .as_ref()
+                    .map_or(partition.len(), |chunks| chunks[index]);
                 Box::new(move |instances| {
                     let mut ctx = PartitionContext {
                         batch_id: clock.id,
                         batch_time: clock.time,
+                        left_chunks,
                         partition: index,
                         instances,
                         dead_letters: Batch::new(),

@@ -25,6 +25,7 @@ use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
 use crate::sink::{self, BatchInfo, Sink};
 use crate::source::{self, DeterministicClock, SourceContext, SourceError, now_ms};
+use crate::state::StateSize;
 
 /// How to run a pipeline.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +64,10 @@ pub struct RunSummary {
     pub skipped_records: u64,
     /// Records sent to the dead-letter stream.
     pub dead_lettered: u64,
+    /// Records behind an event-time watermark (dropped or dead-lettered).
+    pub late_records: u64,
+    /// Keyed state held at the end of the run, over all stages.
+    pub state: StateSize,
 }
 
 /// A pipeline ready to run: its plan and its sinks.
@@ -277,6 +282,10 @@ impl Pipeline {
             summary.skipped_batches += read(&metrics.skipped_batches);
             summary.skipped_records += read(&metrics.skipped_records);
             summary.dead_lettered += read(&metrics.dead_lettered);
+            summary.late_records += read(&metrics.late_records);
+            for operator in &stage.operators {
+                summary.state += operator.state_size();
+            }
         }
         let mut close_error = None;
         for (sink, _) in &mut self.sinks {

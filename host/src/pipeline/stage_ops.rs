@@ -6,16 +6,22 @@ use std::sync::Arc;
 
 use super::registry::{Function, PluginRegistry};
 use crate::config::{
-    InverseSpec, KeyRewrite, OperatorSpec, PipelineSpec, ReducerSpec, StageSpec, TransformKind, WindowOp,
-    WindowSpec, WindowTime,
+    InverseSpec, KeyRewrite, OperatorSpec, PipelineSpec, ReducerSpec, StageSpec, StateKind, TransformKind,
+    WindowOp, WindowSpec, WindowTime,
 };
 use crate::error::EngineError;
+use crate::operator::join::{Join, TransformWith};
+use crate::operator::keyed_state::{KeyedState, StateSettings};
 use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
 use crate::operator::repartition::Repartition;
 use crate::operator::transform::{TransformFn, TransformOperator, WasmTransform};
 use crate::operator::window::{Inverse, RawWindow, Rekey, WindowShape, WindowedReduce};
 use crate::operator::{Operator, PluginUse};
 use crate::runtime::{InstanceLabel, Plugin, PluginKind};
+
+/// Memory for a keyed-state stage's state before it spills to disk, when
+/// the stage does not say (`state-memory`).
+pub const DEFAULT_STATE_MEMORY: usize = 256 << 20;
 
 /// A stage's description for messages (`flat-map split-words`) and its operators, in order.
 pub(super) type StageOperators = (String, Vec<Arc<dyn Operator>>);
@@ -137,8 +143,45 @@ impl StageBuilder<'_> {
                 vec![Arc::new(Repartition::new(self.partitions(*partitions)))],
             ),
             OperatorSpec::Window(window) => self.window(window)?,
-            OperatorSpec::KeyedState(_) | OperatorSpec::Join { .. } | OperatorSpec::TransformWith { .. } => {
-                return Err(self.error("this operator is not available yet".into()));
+            OperatorSpec::KeyedState(state) => {
+                let (kind, op) = match state.kind {
+                    StateKind::UpdateStateByKey => (PluginKind::UpdateState, "update-state-by-key"),
+                    StateKind::MapWithState => (PluginKind::MapWithState, "map-with-state"),
+                };
+                let plugin = self.plugin_of_kind(&state.plugin, &state.config, kind, op)?;
+                let partitions = self.partitions(state.partitions);
+                let settings = StateSettings {
+                    memory_bytes: state.memory.unwrap_or(DEFAULT_STATE_MEMORY),
+                    spill_dir: std::env::temp_dir()
+                        .join("weir-state")
+                        .join(format!("{}-{}", self.spec.name, std::process::id()))
+                        .join(&self.stage.name),
+                    timeout: state.timeout,
+                    partitions,
+                };
+                (
+                    format!("{op} {}", state.plugin),
+                    vec![Arc::new(KeyedState::new(plugin, settings))],
+                )
+            }
+            OperatorSpec::Join { kind, partitions } => (
+                kind.name().to_owned(),
+                vec![Arc::new(Join::new(*kind, self.partitions(*partitions)))],
+            ),
+            OperatorSpec::TransformWith {
+                plugin,
+                config,
+                partitions,
+            } => {
+                let plugin_use =
+                    self.plugin_of_kind(plugin, config, PluginKind::TransformWith, "transform-with")?;
+                (
+                    format!("transform-with {plugin}"),
+                    vec![Arc::new(TransformWith::new(
+                        plugin_use,
+                        self.partitions(*partitions),
+                    ))],
+                )
             }
         })
     }

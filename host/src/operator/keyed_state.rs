@@ -1,0 +1,274 @@
+//! `update-state-by-key` and `map-with-state`: a plugin function over each
+//! key's new values and its state, with the state owned by the host.
+//!
+//! The operator shuffles by key, so a key's state always lives in the same
+//! partition's [`KeyedStore`]. Once per partition per batch it groups the
+//! records by key (values in arrival order), adds the keys that timed out
+//! (no value for `timeout`; offered once, with no values, then removed),
+//! reads their states, and makes **one** plugin call with all of it. The new
+//! states are committed only after the call succeeded, so a failed call
+//! (retried, skipped or dead-lettered by the stage's policy) leaves state as
+//! it was. The two operators differ only in the plugin's SDK API: all values
+//! of a key at once, or one record at a time.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::keyed::{FastMap, PartitionStates, lock};
+use super::{Operator, OperatorError, PartitionContext, PluginUse};
+use crate::partition::Partitioning;
+use crate::record::{Batch, Partition};
+use crate::runtime::bindings::types::Values;
+use crate::runtime::{KeyGroups, PluginError, StateUpdate};
+use crate::state::{KeyedStore, StateChanges, StateEntry, StateSize};
+
+/// Group flag: the key has state.
+const HAS_STATE: u8 = 1;
+/// Group flag: the key timed out.
+const TIMED_OUT: u8 = 2;
+
+/// Where and how much state a stage keeps.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Memory for state per stage before it spills; split evenly over partitions.
+    pub memory_bytes: usize,
+    /// Directory of the stage's spill files.
+    pub spill_dir: PathBuf,
+    /// Keys idle this long time out.
+    pub timeout: Option<Duration>,
+    /// Partitions the state is split into.
+    pub partitions: usize,
+}
+
+/// A keyed-state stage.
+#[derive(Debug)]
+pub struct KeyedState {
+    plugin: PluginUse,
+    settings: StateSettings,
+    stores: PartitionStates<Option<KeyedStore>>,
+}
+
+impl KeyedState {
+    /// Calls `plugin` with state kept as `settings` say.
+    pub fn new(plugin: PluginUse, settings: StateSettings) -> Self {
+        Self {
+            plugin,
+            settings,
+            stores: PartitionStates::default(),
+        }
+    }
+
+    fn store_for(&self, partition: usize) -> KeyedStore {
+        KeyedStore::new(
+            self.settings.memory_bytes / self.settings.partitions.max(1),
+            self.settings
+                .spill_dir
+                .join(format!("partition-{partition:05}.redb")),
+        )
+    }
+}
+
+/// Encodes a record key as a store key: keyless records share one key.
+fn store_key(key: Option<&[u8]>) -> Box<[u8]> {
+    match key {
+        None => Box::from(&[0u8][..]),
+        Some(key) => {
+            let mut bytes = Vec::with_capacity(key.len() + 1);
+            bytes.push(1);
+            bytes.extend_from_slice(key);
+            bytes.into()
+        }
+    }
+}
+
+fn record_key(store_key: &[u8]) -> Option<&[u8]> {
+    match store_key.split_first() {
+        Some((1, key)) => Some(key),
+        _ => None,
+    }
+}
+
+fn push_value(values: &mut Values, bytes: &[u8]) {
+    values.data.extend_from_slice(bytes);
+    values.ends.push(values.data.len() as u32);
+}
+
+fn state_error(error: crate::state::StateError) -> OperatorError {
+    OperatorError::Native(error.to_string())
+}
+
+impl Operator for KeyedState {
+    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+        let out = self.process_partition(vec![input], ctx)?;
+        Ok(Batch::concat(&out))
+    }
+
+    fn process_partition(
+        &self,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        let slot = self.stores.get(ctx.partition);
+        let mut slot = lock(&slot);
+        let store = slot.get_or_insert_with(|| self.store_for(ctx.partition));
+
+        // Group the records by key, keys in order of first appearance; remember
+        // where each value came from to name failing records.
+        let mut group_of: FastMap<Option<&[u8]>, usize> = FastMap::default();
+        let mut members: Vec<Vec<(usize, usize)>> = Vec::new();
+        let mut keys: Vec<Option<&[u8]>> = Vec::new();
+        for (chunk_index, chunk) in input.iter().enumerate() {
+            for (index, record) in chunk.iter().enumerate() {
+                let next = keys.len();
+                let group = *group_of.entry(record.key).or_insert(next);
+                if group == next {
+                    keys.push(record.key);
+                    members.push(Vec::new());
+                }
+                members[group].push((chunk_index, index));
+            }
+        }
+        let timed_out = match self.settings.timeout {
+            Some(timeout) => store
+                .idle_since(ctx.batch_time - timeout.as_millis() as i64)
+                .map_err(state_error)?
+                .into_iter()
+                .filter(|(key, _)| !group_of.contains_key(&record_key(key)))
+                .collect(),
+            None => Vec::new(),
+        };
+        if keys.is_empty() && timed_out.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut groups = KeyGroups {
+            keys: Values {
+                data: Vec::new(),
+                ends: Vec::new(),
+            },
+            values: Values {
+                data: Vec::new(),
+                ends: Vec::new(),
+            },
+            timestamps: Vec::new(),
+            group_ends: Vec::with_capacity(keys.len() + timed_out.len()),
+            states: Values {
+                data: Vec::new(),
+                ends: Vec::new(),
+            },
+            group_flags: Vec::with_capacity(keys.len() + timed_out.len()),
+            batch_time: ctx.batch_time,
+        };
+        // Input position (in the concatenated partition) of each value.
+        let mut positions: Vec<u32> = Vec::new();
+        let chunk_starts: Vec<usize> = input
+            .iter()
+            .scan(0, |start, chunk| {
+                let this = *start;
+                *start += chunk.len();
+                Some(this)
+            })
+            .collect();
+        let mut store_keys = Vec::with_capacity(keys.len() + timed_out.len());
+        for (key, records) in keys.iter().zip(&members) {
+            let stored_key = store_key(*key);
+            let previous = store.get(&stored_key).map_err(state_error)?;
+            push_value(&mut groups.keys, key.unwrap_or_default());
+            for &(chunk, index) in records {
+                let record = input[chunk].get(index);
+                push_value(&mut groups.values, record.value);
+                groups.timestamps.push(record.timestamp);
+                positions.push((chunk_starts[chunk] + index) as u32);
+            }
+            groups.group_ends.push(groups.values.ends.len() as u32);
+            push_value(
+                &mut groups.states,
+                previous.as_ref().map_or(&[][..], |e| &e.state),
+            );
+            groups
+                .group_flags
+                .push(if previous.is_some() { HAS_STATE } else { 0 });
+            store_keys.push(stored_key);
+        }
+        for (stored_key, entry) in &timed_out {
+            push_value(&mut groups.keys, record_key(stored_key).unwrap_or_default());
+            groups.group_ends.push(groups.values.ends.len() as u32);
+            push_value(&mut groups.states, &entry.state);
+            groups.group_flags.push(HAS_STATE | TIMED_OUT);
+            store_keys.push(stored_key.clone());
+        }
+
+        let update: StateUpdate = self
+            .plugin
+            .call(ctx.instances, |instance| instance.update_state(&groups))
+            .map_err(|error| match error {
+                PluginError::Record { index, message } if (index as usize) < positions.len() => {
+                    let position = positions[index as usize];
+                    let record = crate::record::Batch::concat(&input)
+                        .get(position as usize)
+                        .describe();
+                    OperatorError::Plugin {
+                        error: PluginError::Record {
+                            index: position,
+                            message,
+                        },
+                        record: Some(record),
+                    }
+                }
+                PluginError::Record { index, .. } => OperatorError::Plugin {
+                    error: PluginError::Batch(format!(
+                        "the plugin named value {index}, which does not exist"
+                    )),
+                    record: None,
+                },
+                error => OperatorError::Plugin { error, record: None },
+            })?;
+
+        let mut changes = StateChanges::default();
+        let mut start = 0usize;
+        for (group, stored_key) in store_keys.into_iter().enumerate() {
+            let end = update.state_ends[group] as usize;
+            if end < start {
+                return Err(OperatorError::Plugin {
+                    error: PluginError::Batch("the plugin returned malformed states".into()),
+                    record: None,
+                });
+            }
+            let timed_out = groups.group_flags[group] & TIMED_OUT != 0;
+            if update.keep[group] && !timed_out {
+                changes.put.push((
+                    stored_key,
+                    StateEntry {
+                        state: update.states[start..end].to_vec(),
+                        last_seen: ctx.batch_time,
+                    },
+                ));
+            } else if groups.group_flags[group] & HAS_STATE != 0 {
+                changes.remove.push(stored_key);
+            }
+            start = end;
+        }
+        store.commit(changes).map_err(state_error)?;
+        Ok(vec![update.output])
+    }
+
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::HashByKey(self.settings.partitions)
+    }
+
+    fn check(&self) -> Result<(), OperatorError> {
+        self.plugin
+            .check()
+            .map_err(|error| OperatorError::Plugin { error, record: None })
+    }
+
+    fn state_size(&self) -> StateSize {
+        let mut total = StateSize::default();
+        self.stores.for_each(|_, store| {
+            if let Some(store) = store {
+                total += store.size();
+            }
+        });
+        total
+    }
+}

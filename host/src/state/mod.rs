@@ -1,0 +1,243 @@
+//! Host-owned keyed state: what `update-state-by-key` and `map-with-state`
+//! keep per key across micro-batches.
+//!
+//! A [`KeyedStore`] holds one partition's state of one stage (state is
+//! partitioned by key with the shuffle's hash, so a key always lands in the
+//! same store). Entries live in memory up to a byte budget; past it, the
+//! least recently updated entries move to an embedded on-disk store
+//! ([`spill`], redb) and come back when their key is seen again, so state can
+//! outgrow memory without growing it. Reads never change the store: an
+//! operator reads what it needs, calls its plugin, and only then commits the
+//! new states ([`KeyedStore::commit`]), so a failed call leaves state as it
+//! was (and can be retried).
+
+pub mod spill;
+
+use std::path::PathBuf;
+
+use crate::operator::keyed::FastMap;
+use spill::SpillFile;
+
+/// A state store failed (its spill file could not be used).
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StateError(pub String);
+
+/// The state of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    /// The plugin's state bytes.
+    pub state: Vec<u8>,
+    /// Time of the last batch in which the key had a value (for timeouts).
+    pub last_seen: i64,
+}
+
+impl StateEntry {
+    /// Memory an entry of a `key_len`-byte key is counted for.
+    fn footprint(&self, key_len: usize) -> usize {
+        key_len + self.state.len() + 48
+    }
+}
+
+/// What a batch does to the store: applied all at once by [`KeyedStore::commit`].
+#[derive(Debug, Default)]
+pub struct StateChanges {
+    /// New entries, by key.
+    pub put: Vec<(Box<[u8]>, StateEntry)>,
+    /// Keys to remove.
+    pub remove: Vec<Box<[u8]>>,
+}
+
+/// One partition's keyed state.
+pub struct KeyedStore {
+    memory: FastMap<Box<[u8]>, StateEntry>,
+    memory_bytes: usize,
+    budget: usize,
+    spill_path: PathBuf,
+    spill: Option<SpillFile>,
+}
+
+impl std::fmt::Debug for KeyedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStore")
+            .field("memory_keys", &self.memory.len())
+            .field("memory_bytes", &self.memory_bytes)
+            .field("spilled_keys", &self.spill.as_ref().map_or(0, SpillFile::len))
+            .finish()
+    }
+}
+
+/// Sizes of a store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateSize {
+    /// Keys with state, in memory and on disk.
+    pub keys: u64,
+    /// Bytes of state (keys, states, bookkeeping) in memory.
+    pub memory_bytes: u64,
+    /// Keys whose state is on disk.
+    pub spilled_keys: u64,
+}
+
+impl std::ops::AddAssign for StateSize {
+    fn add_assign(&mut self, other: Self) {
+        self.keys += other.keys;
+        self.memory_bytes += other.memory_bytes;
+        self.spilled_keys += other.spilled_keys;
+    }
+}
+
+impl KeyedStore {
+    /// A store that keeps up to `budget` bytes in memory and spills the rest
+    /// to a file at `spill_path` (created on first spill, removed on drop).
+    pub fn new(budget: usize, spill_path: PathBuf) -> Self {
+        Self {
+            memory: FastMap::default(),
+            memory_bytes: 0,
+            budget,
+            spill_path,
+            spill: None,
+        }
+    }
+
+    /// The state of `key`, wherever it is.
+    pub fn get(&self, key: &[u8]) -> Result<Option<StateEntry>, StateError> {
+        if let Some(entry) = self.memory.get(key) {
+            return Ok(Some(entry.clone()));
+        }
+        match &self.spill {
+            Some(spill) => spill.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys whose `last_seen` is at or before `before`, with their entries.
+    pub fn idle_since(&self, before: i64) -> Result<Vec<(Box<[u8]>, StateEntry)>, StateError> {
+        let mut idle: Vec<(Box<[u8]>, StateEntry)> = self
+            .memory
+            .iter()
+            .filter(|(_, entry)| entry.last_seen <= before)
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .collect();
+        if let Some(spill) = &self.spill {
+            idle.extend(spill.idle_since(before)?);
+        }
+        Ok(idle)
+    }
+
+    /// Applies a batch's changes, then spills if memory is over budget.
+    pub fn commit(&mut self, changes: StateChanges) -> Result<(), StateError> {
+        let mut spill_removals = Vec::new();
+        for key in changes.remove {
+            match self.memory.remove(&key) {
+                Some(entry) => self.memory_bytes -= entry.footprint(key.len()),
+                None => spill_removals.push(key),
+            }
+        }
+        for (key, entry) in changes.put {
+            self.memory_bytes += entry.footprint(key.len());
+            if let Some(old) = self.memory.insert(key.clone(), entry) {
+                self.memory_bytes -= old.footprint(key.len());
+            } else if self.spill.is_some() {
+                // It may have been on disk: memory now has the current state.
+                spill_removals.push(key);
+            }
+        }
+        if let Some(spill) = &mut self.spill
+            && !spill_removals.is_empty()
+        {
+            spill.remove(&spill_removals)?;
+        }
+        if self.memory_bytes > self.budget {
+            self.spill_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the least recently seen entries to disk until memory holds half
+    /// the budget.
+    fn spill_oldest(&mut self) -> Result<(), StateError> {
+        let mut by_age: Vec<(i64, Box<[u8]>)> = self
+            .memory
+            .iter()
+            .map(|(key, entry)| (entry.last_seen, key.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let target = self.budget / 2;
+        let mut moved = Vec::new();
+        for (_, key) in by_age {
+            if self.memory_bytes <= target {
+                break;
+            }
+            let entry = self.memory.remove(&key).expect("listed from memory");
+            self.memory_bytes -= entry.footprint(key.len());
+            moved.push((key, entry));
+        }
+        if self.spill.is_none() {
+            self.spill = Some(SpillFile::create(&self.spill_path)?);
+        }
+        let spill = self.spill.as_mut().expect("created above");
+        tracing::debug!(keys = moved.len(), file = %self.spill_path.display(), "state spilled to disk");
+        spill.put(&moved)
+    }
+
+    /// Keys and bytes held.
+    pub fn size(&self) -> StateSize {
+        let spilled = self.spill.as_ref().map_or(0, SpillFile::len) as u64;
+        StateSize {
+            keys: self.memory.len() as u64 + spilled,
+            memory_bytes: self.memory_bytes as u64,
+            spilled_keys: spilled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: &str, last_seen: i64) -> StateEntry {
+        StateEntry {
+            state: state.as_bytes().to_vec(),
+            last_seen,
+        }
+    }
+
+    #[test]
+    fn state_spills_past_the_budget_and_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyedStore::new(2_000, dir.path().join("spill.redb"));
+        for round in 0..3i64 {
+            let put = (0..100)
+                .map(|k| {
+                    (
+                        format!("key-{k}").into_bytes().into(),
+                        entry(&format!("{k}-{round}"), round),
+                    )
+                })
+                .collect();
+            store
+                .commit(StateChanges {
+                    put,
+                    remove: Vec::new(),
+                })
+                .unwrap();
+        }
+        let size = store.size();
+        assert_eq!(size.keys, 100);
+        assert!(size.spilled_keys > 0, "{size:?}");
+        assert!(size.memory_bytes <= 2_000, "{size:?}");
+        for k in 0..100 {
+            let got = store.get(format!("key-{k}").as_bytes()).unwrap().unwrap();
+            assert_eq!(got, entry(&format!("{k}-2"), 2));
+        }
+        store
+            .commit(StateChanges {
+                put: Vec::new(),
+                remove: (0..50).map(|k| format!("key-{k}").into_bytes().into()).collect(),
+            })
+            .unwrap();
+        assert_eq!(store.size().keys, 50);
+        assert_eq!(store.idle_since(2).unwrap().len(), 50);
+        assert!(store.get(b"key-1").unwrap().is_none());
+    }
+}
