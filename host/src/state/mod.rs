@@ -39,11 +39,14 @@ impl StateEntry {
     }
 }
 
+/// A key (as stored) with its entry.
+pub type KeyedEntry = (Box<[u8]>, StateEntry);
+
 /// What a batch does to the store: applied all at once by [`KeyedStore::commit`].
 #[derive(Debug, Default)]
 pub struct StateChanges {
     /// New entries, by key.
-    pub put: Vec<(Box<[u8]>, StateEntry)>,
+    pub put: Vec<KeyedEntry>,
     /// Keys to remove.
     pub remove: Vec<Box<[u8]>>,
 }
@@ -111,8 +114,8 @@ impl KeyedStore {
     }
 
     /// Keys whose `last_seen` is at or before `before`, with their entries.
-    pub fn idle_since(&self, before: i64) -> Result<Vec<(Box<[u8]>, StateEntry)>, StateError> {
-        let mut idle: Vec<(Box<[u8]>, StateEntry)> = self
+    pub fn idle_since(&self, before: i64) -> Result<Vec<KeyedEntry>, StateError> {
+        let mut idle: Vec<KeyedEntry> = self
             .memory
             .iter()
             .filter(|(_, entry)| entry.last_seen <= before)

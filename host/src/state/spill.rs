@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{StateEntry, StateError};
+use super::{KeyedEntry, StateEntry, StateError};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 
@@ -77,7 +77,7 @@ impl SpillFile {
     }
 
     /// Spilled entries whose `last_seen` is at or before `before`.
-    pub fn idle_since(&self, before: i64) -> Result<Vec<(Box<[u8]>, StateEntry)>, StateError> {
+    pub fn idle_since(&self, before: i64) -> Result<Vec<KeyedEntry>, StateError> {
         let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
         let txn = self.db.begin_read().map_err(|e| fail(&e))?;
         let table = match txn.open_table(ENTRIES) {
@@ -97,7 +97,7 @@ impl SpillFile {
     }
 
     /// Writes `entries` in one transaction.
-    pub fn put(&mut self, entries: &[(Box<[u8]>, StateEntry)]) -> Result<(), StateError> {
+    pub fn put(&mut self, entries: &[KeyedEntry]) -> Result<(), StateError> {
         self.write(|table| {
             let mut added = 0isize;
             for (key, entry) in entries {
