@@ -140,7 +140,9 @@ pub struct StageTable {
     pub quarantine: Option<Spanned<String>>,
     /// Windows: how long a window is, e.g. `"30s"`.
     pub length: Option<Spanned<String>>,
-    /// Windows: how often one is emitted. Default: the batch interval.
+    /// Windows: how often one is emitted (processing time; default: every
+    /// batch) or how far apart windows start (event time; default: the
+    /// length, i.e. tumbling windows).
     pub slide: Option<Spanned<String>>,
     /// Reducing windows: `true` for the built-in inverse of count/sum, or an
     /// inverse reducer plugin: windows are then updated incrementally.

@@ -339,8 +339,12 @@ fn window(
         )
     })?;
     let length = duration(length_text)?;
+    let event_time = table.time.as_ref().is_some_and(|t| t.get_ref() == "event");
+    // Default slide: one batch for processing-time windows (Spark's default),
+    // the whole length (tumbling) for event-time windows.
     let slide = match &table.slide {
         Some(text) => duration(text)?,
+        None if event_time => length,
         None => cx.batch_interval,
     };
     let slide_at = table.slide.as_ref().map_or(cx.offset, |s| s.span().start);

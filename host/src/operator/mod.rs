@@ -12,11 +12,13 @@
 //! - [`builtin`]: the host's own count, sum, min and max.
 //! - [`window`]: processing-time windows, with and without an inverse.
 //! - [`keyed_state`]: update-state-by-key and map-with-state over host-owned state.
+//! - [`event_window`]: event-time windows with a watermark.
 //! - [`join`]: joins, cogroup and transform-with over two keyed inputs.
 //! - [`keyed`]: per-partition state holders and keyed-batch helpers.
 //! - [`instances`]: each worker's warm plugin instances.
 
 pub mod builtin;
+pub mod event_window;
 pub mod guard;
 pub mod instances;
 pub mod join;

@@ -231,55 +231,50 @@ impl WindowedReduce {
         Ok(out)
     }
 
-    /// Moves the window of `state` on by `this` batch's partial result,
-    /// keeping the running result up to date when there is an inverse.
-    fn advance(
+    /// The running result and key presence after `this` batch enters and
+    /// the first `leaving` partials leave (with an inverse). Computed aside:
+    /// state changes only once every call of the batch succeeded.
+    fn advance_running(
         &self,
-        state: &mut ReduceState,
-        this: Batch,
+        inverse: &Inverse,
+        state: &ReduceState,
+        this: &Batch,
+        leaving: usize,
         ctx: &mut PartitionContext<'_>,
-    ) -> Result<(), OperatorError> {
-        let mut leaving = Vec::new();
-        while state
-            .partials
-            .front()
-            .is_some_and(|(old, _)| self.shape.has_left(*old, ctx.batch_id))
-        {
-            leaving.push(state.partials.pop_front().expect("checked").1);
+    ) -> Result<(Batch, FastMap<OwnedKey, u32>), OperatorError> {
+        let mut running = if this.is_empty() {
+            state.running.clone()
+        } else {
+            self.merge(vec![state.running.clone(), this.clone()], ctx)?
+        };
+        for (_, old) in state.partials.iter().take(leaving) {
+            running = self.subtract(inverse, &running, old, ctx)?;
         }
-        if let Some(inverse) = &self.inverse {
-            let mut running = std::mem::take(&mut state.running);
-            if !this.is_empty() {
-                running = self.merge(vec![running, this.clone()], ctx)?;
-                for record in &this {
-                    *state.presence.entry(owned_key(record.key)).or_insert(0) += 1;
-                }
-            }
-            for old in &leaving {
-                running = self.subtract(inverse, &running, old, ctx)?;
-                for record in old {
-                    let key = owned_key(record.key);
-                    if let Some(count) = state.presence.get_mut(&key) {
-                        *count -= 1;
-                        if *count == 0 {
-                            state.presence.remove(&key);
-                        }
+        let mut presence = state.presence.clone();
+        for record in this {
+            *presence.entry(owned_key(record.key)).or_insert(0) += 1;
+        }
+        for (_, old) in state.partials.iter().take(leaving) {
+            for record in old {
+                let key = owned_key(record.key);
+                if let Some(count) = presence.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        presence.remove(&key);
                     }
                 }
             }
-            if !leaving.is_empty() {
-                let mut kept = Batch::with_capacity(running.len(), running.data_bytes());
-                for record in running.iter() {
-                    if state.presence.contains_key(&record.key.map(Box::from)) {
-                        kept.push_ref(record);
-                    }
-                }
-                running = kept;
-            }
-            state.running = running;
         }
-        state.partials.push_back((ctx.batch_id, this));
-        Ok(())
+        if leaving > 0 {
+            let mut kept = Batch::with_capacity(running.len(), running.data_bytes());
+            for record in running.iter() {
+                if presence.contains_key(&owned_key(record.key)) {
+                    kept.push_ref(record);
+                }
+            }
+            running = kept;
+        }
+        Ok((running, presence))
     }
 }
 
@@ -297,24 +292,43 @@ impl Operator for WindowedReduce {
         let this = self.merge(input, ctx)?;
         let state = self.states.get(ctx.partition);
         let mut state = lock(&state);
-        self.advance(&mut state, this, ctx)?;
-        if !self.shape.emits_at(ctx.batch_id) {
-            return Ok(Vec::new());
-        }
-        let window = match self.inverse {
-            Some(_) => state.running.clone(),
-            None => {
-                let partials = state
-                    .partials
-                    .iter()
-                    .map(|(_, partial)| partial.clone())
-                    .collect();
-                self.merge(partials, ctx)?
-            }
+        let leaving = state
+            .partials
+            .iter()
+            .take_while(|(old, _)| self.shape.has_left(*old, ctx.batch_id))
+            .count();
+        let running = match &self.inverse {
+            Some(inverse) => Some(self.advance_running(inverse, &state, &this, leaving, ctx)?),
+            None => None,
         };
-        let window = without_value(window, self.neutral.as_deref());
-        // The window ends at the batch time; its records carry its last millisecond.
-        Ok(vec![restamp(&window, ctx.batch_time - 1)])
+        let output = if self.shape.emits_at(ctx.batch_id) {
+            let window = match &running {
+                Some((running, _)) => running.clone(),
+                None => {
+                    let partials = state
+                        .partials
+                        .iter()
+                        .skip(leaving)
+                        .map(|(_, partial)| partial.clone())
+                        .chain(std::iter::once(this.clone()))
+                        .collect();
+                    self.merge(partials, ctx)?
+                }
+            };
+            let window = without_value(window, self.neutral.as_deref());
+            // The window ends at the batch time; its records carry its last millisecond.
+            vec![restamp(&window, ctx.batch_time - 1)]
+        } else {
+            Vec::new()
+        };
+        // Every call succeeded: commit.
+        if let Some((running, presence)) = running {
+            state.running = running;
+            state.presence = presence;
+        }
+        state.partials.drain(..leaving);
+        state.partials.push_back((ctx.batch_id, this));
+        Ok(output)
     }
 
     fn input_partitioning(&self) -> Partitioning {

@@ -79,14 +79,15 @@ impl Plan {
         }
         let mut stages = Vec::new();
         for stage in &spec.stages {
+            let metrics = Arc::new(StageMetrics::default());
             let (describe, operators) = StageBuilder {
                 registry,
                 spec,
                 stage,
                 file,
+                metrics: &metrics,
             }
             .build()?;
-            let metrics = Arc::new(StageMetrics::default());
             let operators: Vec<Arc<dyn Operator>> = operators
                 .into_iter()
                 .map(|operator| -> Arc<dyn Operator> {

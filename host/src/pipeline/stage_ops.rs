@@ -10,6 +10,8 @@ use crate::config::{
     WindowOp, WindowSpec, WindowTime,
 };
 use crate::error::EngineError;
+use crate::operator::event_window::{EventTimeWindow, EventWindowSettings};
+use crate::operator::guard::StageMetrics;
 use crate::operator::join::{Join, TransformWith};
 use crate::operator::keyed_state::{KeyedState, StateSettings};
 use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
@@ -36,6 +38,8 @@ pub(super) struct StageBuilder<'a> {
     pub stage: &'a StageSpec,
     /// The pipeline file, for messages.
     pub file: &'a str,
+    /// The stage's counters.
+    pub metrics: &'a Arc<StageMetrics>,
 }
 
 impl StageBuilder<'_> {
@@ -245,8 +249,27 @@ impl StageBuilder<'_> {
                     Some(KeyRewrite::ByValue) => operators.push(Arc::new(Rekey::ByValue)),
                     None => {}
                 }
-                if let WindowTime::Event { .. } = window.time {
-                    return Err(self.error("event-time windows are not available yet".into()));
+                if let WindowTime::Event {
+                    allowed_lateness,
+                    output,
+                    late,
+                } = window.time
+                {
+                    let settings = EventWindowSettings {
+                        length_ms: window.length.as_millis() as i64,
+                        slide_ms: window.slide.as_millis() as i64,
+                        lateness_ms: allowed_lateness.as_millis() as i64,
+                        output,
+                        late,
+                        partitions,
+                        stage: self.stage.name.clone(),
+                    };
+                    operators.push(Arc::new(EventTimeWindow::new(
+                        settings,
+                        reducer,
+                        self.metrics.clone(),
+                    )));
+                    return Ok((describe(&format!("event-time {op} {name}")), operators));
                 }
                 let inverse = match inverse {
                     None => None,

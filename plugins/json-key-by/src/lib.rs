@@ -10,16 +10,21 @@
 //! Config:
 //! - `field` (required): the name of the field to key by.
 //! - `value-field` (optional): the name of the field to keep as the value.
+//! - `timestamp-field` (optional): a field holding the record's event time as
+//!   an integer of milliseconds since the Unix epoch; it becomes the record's
+//!   timestamp (for event-time windows). A missing or non-integer field fails
+//!   the record.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use weir_guest::json::{Map, Value};
-use weir_guest::{Config, Error, Record};
+use weir_guest::{Config, Error, Output, Record};
 
 struct Settings {
     field: String,
     value_field: Option<String>,
+    timestamp_field: Option<String>,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -29,6 +34,7 @@ fn setup(config: &Config) -> Result<(), Error> {
     let settings = Settings {
         field: field.to_owned(),
         value_field: config.get("value-field").map(str::to_owned),
+        timestamp_field: config.get("timestamp-field").map(str::to_owned),
     };
     SETTINGS
         .set(settings)
@@ -48,7 +54,7 @@ fn scalar(object: &Map<String, Value>, name: &str) -> Result<String, Error> {
 }
 
 #[weir_guest::map(init = setup)]
-fn key_by(record: Record<'_>) -> Result<(String, Cow<'_, [u8]>), Error> {
+fn key_by(record: Record<'_>) -> Result<Output<String, Cow<'_, [u8]>>, Error> {
     let settings = SETTINGS
         .get()
         .ok_or_else(|| Error::msg("json-key-by: not initialized"))?;
@@ -62,5 +68,17 @@ fn key_by(record: Record<'_>) -> Result<(String, Cow<'_, [u8]>), Error> {
         Some(name) => Cow::Owned(scalar(&object, name)?.into_bytes()),
         None => Cow::Borrowed(record.value()),
     };
-    Ok((key, value))
+    let timestamp = match &settings.timestamp_field {
+        Some(name) => object.get(name).and_then(Value::as_i64).ok_or_else(|| {
+            Error::msg(format!(
+                "json-key-by: field `{name}` is not an integer timestamp in milliseconds"
+            ))
+        })?,
+        None => record.timestamp(),
+    };
+    Ok(Output {
+        key: Some(key),
+        value,
+        timestamp,
+    })
 }
