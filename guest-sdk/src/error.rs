@@ -14,7 +14,16 @@ use std::fmt;
 /// host can say which record failed; the message should say why, for a user.
 pub struct Error {
     message: String,
-    record: Option<usize>,
+    record: Option<Tie>,
+}
+
+/// The input record an error is tied to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tie {
+    /// A record of the (left) input, or a value of a group.
+    Input(usize),
+    /// A record of the right input of a `transform_with` function.
+    Right(usize),
 }
 
 impl Error {
@@ -41,17 +50,43 @@ impl Error {
     /// Ties this error to the input record at `index` in the batch.
     ///
     /// Per-record functions do not need this: the SDK reports the record being
-    /// processed. It is meant for `map_partitions`, where only the plugin knows
-    /// which record failed, and overrides the SDK's choice elsewhere.
+    /// processed. It is meant for `map_partitions` and `transform_with` (a
+    /// record of the left input), where only the plugin knows which record
+    /// failed, and overrides the SDK's choice elsewhere.
+    ///
+    /// In an [`update_state`](macro@crate::update_state) function, `index` is
+    /// the position of the failing value among the group's values (0 for the
+    /// first), which is all the function knows.
     #[must_use]
     pub fn at_record(mut self, index: usize) -> Self {
-        self.record = Some(index);
+        self.record = Some(Tie::Input(index));
+        self
+    }
+
+    /// Ties this error to the record at `index` in the *right* input of a
+    /// [`transform_with`](macro@crate::transform_with) function (the SDK
+    /// reports it to the host as the left input's length plus `index`).
+    #[must_use]
+    pub fn at_right_record(mut self, index: usize) -> Self {
+        self.record = Some(Tie::Right(index));
         self
     }
 
     /// The input record this error was tied to with [`Error::at_record`], if any.
     pub fn record_index(&self) -> Option<usize> {
-        self.record
+        match self.record {
+            Some(Tie::Input(index)) => Some(index),
+            _ => None,
+        }
+    }
+
+    /// The right input record this error was tied to with
+    /// [`Error::at_right_record`], if any.
+    pub fn right_record_index(&self) -> Option<usize> {
+        match self.record {
+            Some(Tie::Right(index)) => Some(index),
+            _ => None,
+        }
     }
 }
 
@@ -85,7 +120,8 @@ impl fmt::Display for Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.record {
-            Some(index) => write!(f, "Error({:?}, record {index})", self.message),
+            Some(Tie::Input(index)) => write!(f, "Error({:?}, record {index})", self.message),
+            Some(Tie::Right(index)) => write!(f, "Error({:?}, right record {index})", self.message),
             None => write!(f, "Error({:?})", self.message),
         }
     }
@@ -170,5 +206,11 @@ mod tests {
         assert_eq!(error.to_string(), "stage x: boom");
         assert_eq!(error.record_index(), Some(3));
         assert_eq!(format!("{error:?}"), "Error(\"stage x: boom\", record 3)");
+        assert_eq!(error.right_record_index(), None);
+
+        let error = Error::msg("bad row").at_right_record(2);
+        assert_eq!(error.record_index(), None);
+        assert_eq!(error.right_record_index(), Some(2));
+        assert_eq!(format!("{error:?}"), "Error(\"bad row\", right record 2)");
     }
 }

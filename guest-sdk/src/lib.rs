@@ -2,9 +2,9 @@
 //!
 //! A Weir plugin is a WebAssembly component that the Weir host calls once per
 //! partition of each micro-batch. This SDK hides the component plumbing: you
-//! write a plain function over one record (or one group of values), put an
-//! attribute on it, and the SDK generates the batch loop and the exports of
-//! the `weir:plugin` worlds around it.
+//! write a plain function over one record (or one group of values, or one
+//! key with its state), put an attribute on it, and the SDK generates the
+//! batch loop and the exports of the `weir:plugin` worlds around it.
 //!
 //! | attribute | your function | operator |
 //! |---|---|---|
@@ -14,8 +14,16 @@
 //! | [`#[flat_map]`](macro@flat_map) | `fn(Record<'_>, &mut Emitter) -> Result<(), Error>` | any number of outputs per input |
 //! | [`#[map_partitions]`](macro@map_partitions) | `fn(&Batch<'_>, &mut Emitter) -> Result<(), Error>` | a whole batch at once |
 //! | [`#[reduce]`](macro@reduce) | `fn(Values<'_>) -> Result<impl IntoValue, Error>` | combines the values of a key |
+//! | [`#[update_state]`](macro@update_state) | `fn(&[u8], Values<'_>, Option<S>, &mut Emitter) -> Result<Option<S>, Error>` | per key: new values and state in, new state out (Spark's `updateStateByKey`) |
+//! | [`#[map_with_state]`](macro@map_with_state) | `fn(StateEvent<'_>, &mut State<S>, &mut Emitter) -> Result<(), Error>` | per record, with its key's state; timeouts (Spark's `mapWithState`) |
+//! | [`#[transform_with]`](macro@transform_with) | `fn(&Batch<'_>, &Batch<'_>, &mut Emitter) -> Result<(), Error>` | one partition of two streams: joins, enrichments |
 //!
 //! A plugin crate holds exactly one of these functions.
+//!
+//! The host keeps the state of the stateful kinds between micro-batches, one
+//! byte string per key; the SDK reads and writes it for you as JSON through
+//! serde, so a state is any `S: Serialize + DeserializeOwned` (see
+//! [`State`] and the [`update_state`](macro@update_state) example).
 //!
 //! Records cross the host/plugin boundary in flat columnar batches; a
 //! [`Record`] borrows its key and value from the input batch and an
@@ -89,10 +97,80 @@
 //! which writes `target/wasm32-wasip2/release/split_words.wasm`; point a stage
 //! of your pipeline file at it.
 //!
+//! # Keyed state and two inputs
+//!
+//! The host keeps per-key state between micro-batches and calls a stateful
+//! plugin once per partition with every key that has new records (and every
+//! key that timed out); the SDK calls your function once per key
+//! ([`update_state`](macro@update_state)) or once per record
+//! ([`map_with_state`](macro@map_with_state)) and stores what it leaves as
+//! the key's state.
+//!
+//! A running count per key, emitted with every batch that has new records
+//! (the emitter stamps records with the key's latest timestamp):
+//!
+//! ```rust,standalone_crate
+//! use weir_guest::{Emitter, Error, Values};
+//!
+//! #[weir_guest::update_state]
+//! fn running_count(key: &[u8], values: Values<'_>, state: Option<u64>, out: &mut Emitter)
+//!     -> Result<Option<u64>, Error>
+//! {
+//!     let count = state.unwrap_or(0) + values.len() as u64;
+//!     out.emit_keyed(key, count.to_string());
+//!     Ok(Some(count))
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! The first value of each key, emitted once, and its key forgotten when it
+//! times out (with a stage `timeout`):
+//!
+//! ```rust,standalone_crate
+//! use weir_guest::{Emitter, Error, State, StateEvent};
+//!
+//! #[weir_guest::map_with_state]
+//! fn first_seen(event: StateEvent<'_>, state: &mut State<bool>, out: &mut Emitter) -> Result<(), Error> {
+//!     if let StateEvent::Record(record) = event {
+//!         if !state.exists() {
+//!             out.emit_keyed(event.key(), record.value());
+//!             state.set(true);
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! A [`transform_with`](macro@transform_with) plugin sees the same partition
+//! of a stage's two inputs at once, for joins and enrichments:
+//!
+//! ```rust,standalone_crate
+//! use std::collections::HashMap;
+//!
+//! use weir_guest::{Batch, Emitter, Error};
+//!
+//! /// Appends the right value of the same key to each left value.
+//! #[weir_guest::transform_with]
+//! fn join(left: &Batch<'_>, right: &Batch<'_>, out: &mut Emitter) -> Result<(), Error> {
+//!     let names: HashMap<&[u8], &[u8]> =
+//!         right.iter().filter_map(|r| Some((r.key()?, r.value()))).collect();
+//!     for record in left {
+//!         if let Some(name) = record.key().and_then(|key| names.get(key)) {
+//!             let value = [record.value(), b" ", name].concat();
+//!             out.emit_record(record.key(), value, record.timestamp());
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
 //! # Testing plugin functions
 //!
 //! Plugin functions are plain Rust functions: call them in native unit tests
-//! with [`Record::new`], [`Emitter::new`] and [`Values::from_storage`].
+//! with [`Record::new`], [`Batch::new`], [`Emitter::new`],
+//! [`Values::from_storage`], [`State::new`] and [`GroupContext::new`].
 //! Only [`log`] needs the host.
 
 extern crate self as weir_guest;
@@ -107,12 +185,14 @@ pub mod json;
 pub mod log;
 mod record;
 mod reduce;
+mod state;
 
 pub use config::{Config, config, split_list};
 pub use emit::{Emitter, IntoOutput, Output};
 pub use error::Error;
 pub use record::{Batch, Record, Records};
 pub use reduce::{IntoValue, Values};
+pub use state::{GroupContext, State, StateEvent};
 
 /// The `serde` crate, for `#[derive(Deserialize)]` with
 /// `#[serde(crate = "weir_guest::serde")]` (see [`json`]).
@@ -284,3 +364,270 @@ pub use weir_guest_macros::map_partitions;
 /// # fn main() {}
 /// ```
 pub use weir_guest_macros::reduce;
+
+/// Makes a function the plugin's **update-state** function, Spark's
+/// `updateStateByKey`: once per micro-batch for every key with new values, it
+/// gets the key, its new [`Values`] (in arrival order) and its previous state,
+/// emits any records and returns the key's new state; returning `None`
+/// removes the key's state.
+///
+/// ```text
+/// fn(key: &[u8], values: Values<'_>, state: Option<S>, out: &mut Emitter) -> Result<Option<S>, Error>
+/// fn(key: &[u8], values: Values<'_>, state: Option<S>, out: &mut Emitter, group: &GroupContext<'_>) -> Result<Option<S>, Error>
+/// ```
+///
+/// - `S` is your state type, any `Serialize + DeserializeOwned` type; the SDK
+///   stores it as JSON (see [`State`] for deriving the serde traits).
+/// - The emitter's default timestamp is the latest timestamp of the key's
+///   new values: `out.emit_keyed(key, ...)` stamps a record with it.
+/// - The optional fifth parameter, a [`GroupContext`], gives the batch time,
+///   the timestamps of the values and whether the key **timed out**: with a
+///   stage `timeout`, a key without values for that long gets one last call
+///   with no values, and its state is removed afterwards whatever the
+///   function returns (a call with no values is always a timeout).
+/// - An error fails the key's first value (the host names it, and a
+///   dead-letter policy drops it); [`Error::at_record`]`(i)` names the key's
+///   `i`-th value instead. An error for a key that timed out fails the call,
+///   naming the key. A state the SDK cannot read back fails the key's first
+///   value too.
+///
+/// ```rust,standalone_crate
+/// use weir_guest::serde::{Deserialize, Serialize};
+/// use weir_guest::{Emitter, Error, Values};
+///
+/// /// The number of values and the bytes seen per key, so far.
+/// #[derive(Default, Serialize, Deserialize)]
+/// #[serde(crate = "weir_guest::serde")]
+/// struct Seen {
+///     values: u64,
+///     bytes: u64,
+/// }
+///
+/// #[weir_guest::update_state]
+/// fn seen(key: &[u8], values: Values<'_>, state: Option<Seen>, out: &mut Emitter)
+///     -> Result<Option<Seen>, Error>
+/// {
+///     let mut seen = state.unwrap_or_default();
+///     for value in values {
+///         seen.values += 1;
+///         seen.bytes += value.len() as u64;
+///     }
+///     out.emit_keyed(key, format!("{} values, {} bytes", seen.values, seen.bytes));
+///     Ok(Some(seen))
+/// }
+/// # fn main() {
+/// #     let storage = weir_guest::Values::storage(&[b"ab", b"c"]);
+/// #     let mut out = Emitter::new();
+/// #     let seen = seen(b"k", Values::from_storage(&storage), None, &mut out).unwrap().unwrap();
+/// #     assert_eq!((seen.values, seen.bytes), (2, 3));
+/// # }
+/// ```
+///
+/// With the context, to see timeouts:
+///
+/// ```rust,standalone_crate
+/// use weir_guest::{Emitter, Error, GroupContext, Values};
+///
+/// /// Counts values per key; says goodbye to a key that timed out.
+/// #[weir_guest::update_state(name = "counter", version = "1.0.0")]
+/// fn count(
+///     key: &[u8],
+///     values: Values<'_>,
+///     state: Option<u64>,
+///     out: &mut Emitter,
+///     group: &GroupContext<'_>,
+/// ) -> Result<Option<u64>, Error> {
+///     let count = state.unwrap_or(0) + values.len() as u64;
+///     if group.timed_out() {
+///         out.emit_keyed(key, format!("final count {count}"));
+///         return Ok(None);
+///     }
+///     Ok(Some(count))
+/// }
+/// # fn main() {
+/// #     let storage = weir_guest::Values::storage(&[]);
+/// #     let mut out = Emitter::new();
+/// #     let group = GroupContext::timeout(5);
+/// #     assert_eq!(count(b"k", Values::from_storage(&storage), Some(3), &mut out, &group).unwrap(), None);
+/// #     assert_eq!(out.as_batch().get(0).unwrap().value(), b"final count 3");
+/// # }
+/// ```
+///
+/// The function must return the new state:
+///
+/// ```compile_fail
+/// #[weir_guest::update_state]
+/// fn count(
+///     key: &[u8],
+///     values: weir_guest::Values<'_>,
+///     state: Option<u64>,
+///     out: &mut weir_guest::Emitter,
+/// ) {
+/// }
+/// ```
+///
+/// and take the key, values, state and emitter (plus, optionally, the context):
+///
+/// ```compile_fail
+/// #[weir_guest::update_state]
+/// fn count(values: weir_guest::Values<'_>, state: Option<u64>) -> Option<u64> {
+///     Some(state.unwrap_or(0) + values.len() as u64)
+/// }
+/// ```
+///
+/// ```compile_fail
+/// #[weir_guest::update_state]
+/// fn count(
+///     key: &[u8],
+///     values: weir_guest::Values<'_>,
+///     state: Option<u64>,
+///     out: &mut weir_guest::Emitter,
+///     group: &weir_guest::GroupContext<'_>,
+///     extra: u8,
+/// ) -> Option<u64> {
+///     None
+/// }
+/// ```
+///
+/// A state type must be serializable:
+///
+/// ```compile_fail
+/// struct Opaque;
+///
+/// #[weir_guest::update_state]
+/// fn keep(
+///     key: &[u8],
+///     values: weir_guest::Values<'_>,
+///     state: Option<Opaque>,
+///     out: &mut weir_guest::Emitter,
+/// ) -> Option<Opaque> {
+///     state
+/// }
+/// ```
+pub use weir_guest_macros::update_state;
+
+/// Makes a function the plugin's **map-with-state** function, Spark's
+/// `mapWithState` (with `StateSpec.timeout`): called once per record with the
+/// [`State`] of the record's key, and once more for a key that timed out.
+///
+/// ```text
+/// fn(event: StateEvent<'_>, state: &mut State<S>, out: &mut Emitter) -> Result<(), Error>
+/// fn(event: StateEvent<'_>, state: &mut State<S>, out: &mut Emitter, group: &GroupContext<'_>) -> Result<(), Error>
+/// ```
+///
+/// - The [`StateEvent`] is a [`StateEvent::Record`] (key, value, timestamp) or
+///   a [`StateEvent::Timeout`] of the key: with a stage `timeout`, a key
+///   without records for that long gets one last call, after which its state
+///   is removed whatever the function sets.
+/// - The records of one key come in arrival order; the state the function
+///   leaves after one record is the state of the next, and of the key's next
+///   micro-batch. `S` is any `Serialize + DeserializeOwned` type, stored as
+///   JSON; a state the function does not touch is handed back to the host
+///   as it came, without being written again.
+/// - The emitter's default timestamp is the record's (the batch time for a
+///   timeout). The optional fourth parameter, a [`GroupContext`], gives the
+///   batch time and the timestamps of the key's records in this batch.
+/// - An error fails the record (the host names it, and a dead-letter policy
+///   drops it); an error for a timeout fails the call, naming the key. A
+///   state the SDK cannot read back or write fails the key's first record.
+///
+/// ```rust,standalone_crate
+/// use weir_guest::{Emitter, Error, State, StateEvent};
+///
+/// /// Emits each record's value with the number of records its key had so
+/// /// far; emits the total when the key times out.
+/// #[weir_guest::map_with_state]
+/// fn numbered(event: StateEvent<'_>, state: &mut State<u64>, out: &mut Emitter) -> Result<(), Error> {
+///     match event {
+///         StateEvent::Record(record) => {
+///             let seen = state.get_or_insert_with(|| 0);
+///             *seen += 1;
+///             out.emit_keyed(event.key(), format!("{} #{seen}", record.value_str()?));
+///         }
+///         StateEvent::Timeout { key } => {
+///             out.emit_keyed(key, format!("{} records", state.get().copied().unwrap_or(0)));
+///         }
+///     }
+///     Ok(())
+/// }
+/// # fn main() {
+/// #     let mut state = State::new(Some(4));
+/// #     let mut out = Emitter::new();
+/// #     let record = weir_guest::Record::new(Some(b"k"), b"v", 1);
+/// #     numbered(StateEvent::Record(record), &mut state, &mut out).unwrap();
+/// #     assert_eq!(out.as_batch().get(0).unwrap().value(), b"v #5");
+/// # }
+/// ```
+///
+/// With the context, for the batch time:
+///
+/// ```rust,standalone_crate
+/// use weir_guest::{Emitter, Error, GroupContext, State, StateEvent};
+///
+/// /// Emits how long ago (in batch time) each key was seen before.
+/// #[weir_guest::map_with_state]
+/// fn since(
+///     event: StateEvent<'_>,
+///     state: &mut State<i64>,
+///     out: &mut Emitter,
+///     group: &GroupContext<'_>,
+/// ) -> Result<(), Error> {
+///     if let Some(last) = state.get() {
+///         out.emit_keyed(event.key(), (group.batch_time() - last).to_string());
+///     }
+///     state.set(group.batch_time());
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// ```compile_fail
+/// #[weir_guest::map_with_state]
+/// fn numbered(event: weir_guest::StateEvent<'_>, out: &mut weir_guest::Emitter) {}
+/// ```
+///
+/// ```compile_fail
+/// #[weir_guest::map_with_state(timeout = "1s")]
+/// fn numbered(
+///     event: weir_guest::StateEvent<'_>,
+///     state: &mut weir_guest::State<u64>,
+///     out: &mut weir_guest::Emitter,
+/// ) {
+/// }
+/// ```
+pub use weir_guest_macros::map_with_state;
+
+/// Makes a function the plugin's **transform-with** function: it sees the
+/// same partition of this micro-batch of the stage's two inputs, `left` and
+/// `right` (both partitioned by key, so equal keys meet in the same call),
+/// and emits any records — for joins and enrichments.
+///
+/// The emitter's default timestamp is the largest timestamp of both inputs.
+/// An error is reported as a failure of the whole call, unless tied to a
+/// record with [`Error::at_record`] (a record of `left`, by its index) or
+/// [`Error::at_right_record`] (a record of `right`, by its index).
+///
+/// ```rust,standalone_crate
+/// use std::collections::HashSet;
+///
+/// use weir_guest::{Batch, Emitter, Error};
+///
+/// /// Keeps the left records whose key appears on the right (a semi-join).
+/// #[weir_guest::transform_with]
+/// fn semi_join(left: &Batch<'_>, right: &Batch<'_>, out: &mut Emitter) -> Result<(), Error> {
+///     let keys: HashSet<&[u8]> = right.iter().filter_map(|r| r.key()).collect();
+///     for record in left {
+///         if record.key().is_some_and(|key| keys.contains(key)) {
+///             out.emit_record(record.key(), record.value(), record.timestamp());
+///         }
+///     }
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// ```compile_fail
+/// #[weir_guest::transform_with]
+/// fn semi_join(left: &weir_guest::Batch<'_>, out: &mut weir_guest::Emitter) {}
+/// ```
+pub use weir_guest_macros::transform_with;

@@ -187,6 +187,17 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// A record at `index` in its input (for the SDK's own loops).
+    #[inline(always)]
+    pub(crate) fn at(key: Option<&'a [u8]>, value: &'a [u8], timestamp: i64, index: usize) -> Self {
+        Self {
+            key,
+            value,
+            timestamp,
+            index,
+        }
+    }
+
     /// The key, if the record has one.
     #[inline]
     pub fn key(&self) -> Option<&'a [u8]> {
@@ -205,7 +216,9 @@ impl<'a> Record<'a> {
         self.timestamp
     }
 
-    /// The index of this record in its input batch.
+    /// The index of this record in its input batch (for a
+    /// [`map_with_state`](macro@crate::map_with_state) record, its index among
+    /// the values of the whole call).
     #[inline]
     pub fn index(&self) -> usize {
         self.index

@@ -9,9 +9,13 @@ use crate::emit::AsBytes;
 
 /// The values of one group (one key), as byte slices borrowed from the input.
 ///
-/// Every group has at least one value. When the reduce function fails, the
-/// SDK reports the last value it took from this iterator (or the group's
-/// first value if it took none) as the failing one.
+/// A reducer's group has at least one value. When the reduce function
+/// fails, the SDK reports the last value it took from this iterator (or the
+/// group's first value if it took none) as the failing one.
+///
+/// An [`update_state`](macro@crate::update_state) function gets the new
+/// values of a key in arrival order; they are empty only when the key timed
+/// out.
 #[derive(Clone, Debug)]
 pub struct Values<'a> {
     data: &'a [u8],

@@ -92,10 +92,11 @@ impl Sink for TotalSink {
     }
 }
 
-/// Writes `lines` generated lines into files of 100k lines under `dir`.
-pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize) -> std::io::Result<()> {
+/// Writes `lines` generated lines into files of `per_file` lines under
+/// `dir`, named `part-00000.txt`, `part-00001.txt`, …
+pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let per_file = 100_000u64;
+    let per_file = per_file.max(1);
     let mut line = Vec::new();
     let mut index = 0;
     let mut file_number = 0;
@@ -181,7 +182,7 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
         "generating {} lines of {} words...",
         settings.lines, settings.words_per_line
     ));
-    generate_input(&input, settings.lines, settings.words_per_line)
+    generate_input(&input, settings.lines, settings.words_per_line, 100_000)
         .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
     let spec = spec(&input, &settings.plugin, settings.partitions)?;
     let runtime = Runtime::with_default_cache()?;
@@ -391,6 +392,195 @@ type = "console"
         alone,
         with_neighbour,
         neighbour,
+    })
+}
+
+/// What the windowed word-count benchmark measured.
+#[derive(Debug, Clone)]
+pub struct WindowReport {
+    /// Lines generated.
+    pub lines: u64,
+    /// Words counted.
+    pub words: u64,
+    /// Micro-batches run (one second of deterministic time each).
+    pub batches: u64,
+    /// Best wall time with the Wasm `split-words`.
+    pub wasm: Duration,
+    /// Best wall time with its native twin.
+    pub native: Duration,
+    /// State held at the end of the full run.
+    pub state_full: crate::state::StateSize,
+    /// State held at the end of a run over the first 40 batches: equal to
+    /// `state_full` when state does not grow with the number of batches.
+    pub state_fewer: crate::state::StateSize,
+    /// Batches of that run.
+    pub fewer_batches: u64,
+}
+
+/// Checks every emitted window of the windowed word count: its counts add
+/// up to the words of the batches it covers.
+struct WindowCheckSink {
+    words_per_batch: u64,
+    total_words: u64,
+    length: u64,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    windows: Arc<AtomicU64>,
+}
+
+impl Sink for WindowCheckSink {
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        let mut total = 0u64;
+        for record in partitions.iter().flatten().flat_map(|chunk| chunk.iter()) {
+            total += std::str::from_utf8(record.value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(u64::MAX / 4);
+        }
+        if total == 0 {
+            return Ok(());
+        }
+        self.windows.fetch_add(1, Ordering::Relaxed);
+        let first = (batch.id + 1).saturating_sub(self.length);
+        let expected = ((batch.id + 1) * self.words_per_batch).min(self.total_words)
+            - (first * self.words_per_batch).min(self.total_words);
+        if total != expected {
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                "the window ending at batch {} counted {total} words instead of {expected}",
+                batch.id
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the windowed word count: `lines` generated lines in 50 files, one
+/// per one-second batch (deterministic time) → split-words → a 30 s window
+/// sliding every 10 s (incremental, with the built-in inverse of count),
+/// Wasm then native, `rounds` times each; then once over the first 40
+/// files, to compare state (both runs are past the window's length).
+pub fn window(
+    plugin: &Path,
+    lines: u64,
+    partitions: usize,
+    rounds: usize,
+    mut progress: impl FnMut(&str),
+) -> Result<WindowReport, EngineError> {
+    const BATCHES: u64 = 50;
+    let words_per_line = 8u64;
+    let per_batch = lines.div_ceil(BATCHES).max(1);
+    let scratch = tempdir()?;
+    let input = scratch.join("window-input");
+    progress(&format!("generating {lines} lines in {BATCHES} files..."));
+    generate_input(&input, lines, words_per_line as usize, per_batch)
+        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
+    // The first 40 files: part-00000 … part-00039.
+    let text = |glob: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "bench-window"
+batch-interval = "1s"
+partitions = {partitions}
+clock = "deterministic"
+chunk-records = 16384
+
+[plugins]
+split-words = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+glob = "{glob}"
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key-and-window"
+reducer = "count"
+length = "30s"
+slide = "10s"
+inverse = true
+
+[[sink]]
+input = "counts"
+type = "console"
+"#,
+            plugin = plugin.display().to_string(),
+            input = input.display().to_string(),
+        )
+    };
+    let runtime = Runtime::with_default_cache()?;
+    let run_once =
+        |glob: &str, native: bool| -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
+            let spec = config::parse(&text(glob), Path::new("bench-window.toml"))?;
+            let mut registry = PluginRegistry::new(runtime.clone());
+            if native {
+                registry.register_transform("split-words", library::split_words());
+            } else {
+                registry.load_declared(&spec)?;
+            }
+            let mut pipeline = Pipeline::build(&spec, &registry, "bench-window.toml")?;
+            let failure = Arc::new(std::sync::Mutex::new(None));
+            let windows = Arc::new(AtomicU64::new(0));
+            let sink = WindowCheckSink {
+                words_per_batch: per_batch * words_per_line,
+                total_words: lines * words_per_line,
+                length: 30,
+                failure: failure.clone(),
+                windows: windows.clone(),
+            };
+            pipeline.set_sinks(vec![("counts".into(), Box::new(sink))])?;
+            let started = Instant::now();
+            let summary = pipeline.run(RunOptions {
+                available_now: true,
+                ..RunOptions::default()
+            })?;
+            let elapsed = started.elapsed();
+            if let Some(failure) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(EngineError::Io(format!("windowed word count: {failure}")));
+            }
+            if windows.load(Ordering::Relaxed) == 0 {
+                return Err(EngineError::Io(
+                    "windowed word count: no window was emitted".into(),
+                ));
+            }
+            Ok((elapsed, summary))
+        };
+    let words = lines * words_per_line;
+    let (mut wasm, mut native) = (Duration::MAX, Duration::MAX);
+    let mut full = None;
+    for round in 1..=rounds.max(1) {
+        for (name, is_native, best) in [("wasm", false, &mut wasm), ("native", true, &mut native)] {
+            let (elapsed, summary) = run_once("part-*", is_native)?;
+            progress(&format!(
+                "window round {round} {name:>6}: {:>8.3} s  {:>6.2} M words/s",
+                elapsed.as_secs_f64(),
+                words as f64 / elapsed.as_secs_f64() / 1e6
+            ));
+            *best = (*best).min(elapsed);
+            full.get_or_insert(summary);
+        }
+    }
+    let full = full.expect("at least one round");
+    let (_, fewer) = run_once("part-000[0-3]*", false)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(WindowReport {
+        lines,
+        words,
+        batches: full.batches,
+        wasm,
+        native,
+        state_full: full.state,
+        state_fewer: fewer.state,
+        fewer_batches: fewer.batches,
     })
 }
 

@@ -77,6 +77,10 @@ enum Command {
         /// Run only one variant (for profiling): wasm or native.
         #[arg(long, value_parser = ["wasm", "native"])]
         only: Option<String>,
+        /// Which benchmarks: `wordcount` (throughput, latency, isolation),
+        /// `window` (windowed word count, deterministic time) or `all`.
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "window"])]
+        suite: String,
     },
 }
 
@@ -197,7 +201,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             rounds,
             plugin,
             only,
-        } => bench(lines, partitions, rounds, plugin, only),
+            suite,
+        } => bench(lines, partitions, rounds, plugin, only, &suite),
     }
 }
 
@@ -401,6 +406,7 @@ fn bench(
     rounds: usize,
     plugin: Option<PathBuf>,
     only: Option<String>,
+    suite: &str,
 ) -> anyhow::Result<ExitCode> {
     let plugin = match plugin {
         Some(plugin) => plugin,
@@ -408,6 +414,33 @@ fn bench(
     };
     let partitions =
         partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    if suite != "wordcount" {
+        let report = weir::bench::window(&plugin, lines, partitions, rounds, |line| eprintln!("{line}"))?;
+        let rate = |time: std::time::Duration| report.words as f64 / time.as_secs_f64() / 1e6;
+        println!(
+            "windowed word count (30 s window sliding 10 s, 1 s batches, deterministic time) over {} lines \
+             ({} words, {} batches), {partitions} partitions, best of {rounds}:",
+            report.lines, report.words, report.batches
+        );
+        println!("  wasm    {:>8.2} M words/s", rate(report.wasm));
+        println!("  native  {:>8.2} M words/s", rate(report.native));
+        println!(
+            "  wasm / native = {:.2}",
+            report.native.as_secs_f64() / report.wasm.as_secs_f64()
+        );
+        println!(
+            "  state after {} batches: {} entries, {} bytes; after {} batches: {} entries, {} bytes",
+            report.batches,
+            report.state_full.keys,
+            report.state_full.memory_bytes,
+            report.fewer_batches,
+            report.state_fewer.keys,
+            report.state_fewer.memory_bytes
+        );
+        if suite == "window" {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let settings = weir::bench::BenchSettings {
         lines,
         words_per_line: 8,

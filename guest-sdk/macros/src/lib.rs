@@ -1,16 +1,19 @@
 //! Attribute macros of the Weir guest SDK. Use them through their re-exports
 //! in [`weir_guest`](https://docs.rs/weir-guest): `#[weir_guest::map]`,
 //! `#[weir_guest::filter]`, `#[weir_guest::filter_map]`,
-//! `#[weir_guest::flat_map]`, `#[weir_guest::map_partitions]` and
-//! `#[weir_guest::reduce]`; their documentation lives there.
+//! `#[weir_guest::flat_map]`, `#[weir_guest::map_partitions]`,
+//! `#[weir_guest::reduce]`, `#[weir_guest::update_state]`,
+//! `#[weir_guest::map_with_state]` and `#[weir_guest::transform_with]`; their
+//! documentation lives there.
 //!
 //! Each macro keeps the function it is applied to and adds, in an anonymous
 //! `const _: () = { ... }` block next to it, a unit struct implementing the
-//! WIT `lifecycle` and `transform` (or `reducer`) exports by calling the
-//! function once per record (or group), plus the export glue.
+//! WIT `lifecycle` export and the `transform`, `reducer`, `keyed-state` or
+//! `co-transform` export by calling the function once per record, group or
+//! call (the loops live in the SDK), plus the export glue.
 
 use proc_macro::TokenStream;
-use proc_macro2::TokenStream as TokenStream2;
+use proc_macro2::{Ident, TokenStream as TokenStream2};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericParam, ItemFn, LitStr, ReturnType, Type, WherePredicate};
@@ -24,6 +27,9 @@ enum Kind {
     FlatMap,
     MapPartitions,
     Reduce,
+    UpdateState,
+    MapWithState,
+    TransformWith,
 }
 
 impl Kind {
@@ -35,6 +41,9 @@ impl Kind {
             Kind::FlatMap => "#[weir_guest::flat_map]",
             Kind::MapPartitions => "#[weir_guest::map_partitions]",
             Kind::Reduce => "#[weir_guest::reduce]",
+            Kind::UpdateState => "#[weir_guest::update_state]",
+            Kind::MapWithState => "#[weir_guest::map_with_state]",
+            Kind::TransformWith => "#[weir_guest::transform_with]",
         }
     }
 
@@ -45,13 +54,29 @@ impl Kind {
             Kind::FlatMap => "two parameters, `record: Record<'_>, out: &mut Emitter`",
             Kind::MapPartitions => "two parameters, `input: &Batch<'_>, out: &mut Emitter`",
             Kind::Reduce => "one parameter, `values: Values<'_>`",
+            Kind::UpdateState => {
+                "four parameters, `key: &[u8], values: Values<'_>, state: Option<S>, \
+                 out: &mut Emitter`, and optionally a fifth, `group: &GroupContext<'_>`"
+            }
+            Kind::MapWithState => {
+                "three parameters, `event: StateEvent<'_>, state: &mut State<S>, \
+                 out: &mut Emitter`, and optionally a fourth, `group: &GroupContext<'_>`"
+            }
+            Kind::TransformWith => {
+                "three parameters, `left: &Batch<'_>, right: &Batch<'_>, out: &mut Emitter`"
+            }
         }
     }
 
-    fn arity(self) -> usize {
+    /// The accepted numbers of parameters: the required ones, and the
+    /// optional trailing `&GroupContext` of the stateful kinds.
+    fn arity(self) -> (usize, usize) {
         match self {
-            Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => 1,
-            Kind::FlatMap | Kind::MapPartitions => 2,
+            Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => (1, 1),
+            Kind::FlatMap | Kind::MapPartitions => (2, 2),
+            Kind::TransformWith => (3, 3),
+            Kind::MapWithState => (3, 4),
+            Kind::UpdateState => (4, 5),
         }
     }
 
@@ -64,6 +89,9 @@ impl Kind {
             Kind::FlatMap => quote!(FlatMap),
             Kind::MapPartitions => quote!(MapPartitions),
             Kind::Reduce => quote!(Reducer),
+            Kind::UpdateState => quote!(UpdateState),
+            Kind::MapWithState => quote!(MapWithState),
+            Kind::TransformWith => quote!(TransformWith),
         }
     }
 }
@@ -166,9 +194,10 @@ fn check_signature(kind: Kind, function: &ItemFn) -> syn::Result<()> {
         }
     }
     let count = sig.inputs.len();
-    if count != kind.arity() {
-        let span = if count > kind.arity() {
-            sig.inputs[kind.arity()].span()
+    let (min, max) = kind.arity();
+    if count < min || count > max {
+        let span = if count > max {
+            sig.inputs[max].span()
         } else {
             sig.paren_token.span.join()
         };
@@ -178,6 +207,19 @@ fn check_signature(kind: Kind, function: &ItemFn) -> syn::Result<()> {
                 "{attribute} expects a function with {}, found {count} parameter{}",
                 kind.parameters(),
                 if count == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    if kind == Kind::UpdateState && matches!(returns(sig), Returns::Unit) {
+        let span = match &sig.output {
+            ReturnType::Default => sig.ident.span(),
+            ReturnType::Type(_, ty) => ty.span(),
+        };
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "{attribute} functions return the key's new state: \
+                 `Result<Option<S>, Error>` (`None` removes the key's state)"
             ),
         ));
     }
@@ -241,12 +283,46 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
     let private = quote!(::weir_guest::__private);
     let record = quote!(__weir_guest_record);
     let out = quote!(__weir_guest_out);
+    let values = quote!(__weir_guest_values);
+    let state = quote!(__weir_guest_state);
+    let right = quote!(__weir_guest_right);
+    // The optional trailing `&GroupContext` of the stateful kinds: passed
+    // when the function declares it, else the loop's argument is ignored.
+    let group = if sig.inputs.len() > kind.arity().0 {
+        quote!(__weir_guest_group)
+    } else {
+        quote!(_)
+    };
 
     // `call` is the user's call; `value` turns it into `Result<T, Error>`.
-    let call = match kind {
-        Kind::FlatMap | Kind::MapPartitions => quote!(#ident(#record, #out)),
-        Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => quote!(#ident(#record)),
+    // Each argument carries the span of its parameter's type, so that a
+    // parameter of the wrong type is reported there.
+    let names: &[&str] = match kind {
+        Kind::FlatMap | Kind::MapPartitions => &["__weir_guest_record", "__weir_guest_out"],
+        Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => &["__weir_guest_record"],
+        Kind::UpdateState => &[
+            "__weir_guest_record",
+            "__weir_guest_values",
+            "__weir_guest_state",
+            "__weir_guest_out",
+            "__weir_guest_group",
+        ],
+        Kind::MapWithState => &[
+            "__weir_guest_record",
+            "__weir_guest_state",
+            "__weir_guest_out",
+            "__weir_guest_group",
+        ],
+        Kind::TransformWith => &["__weir_guest_record", "__weir_guest_right", "__weir_guest_out"],
     };
+    let arguments = sig.inputs.iter().zip(names).map(|(input, name)| {
+        let span = match input {
+            FnArg::Typed(typed) => typed.ty.span(),
+            FnArg::Receiver(receiver) => receiver.span(),
+        };
+        Ident::new(name, span)
+    });
+    let call = quote!(#ident(#(#arguments),*));
     let value = match returns {
         Returns::Result => quote_spanned!(output_span=> #private::lift(#call)),
         Returns::Plain => quote_spanned!(output_span=> #private::ok(#call)),
@@ -270,6 +346,42 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
                 }
             },
             quote!(#private::reducer_bindings::__export_reducer!(__WeirGuestPlugin);),
+        ),
+        Kind::UpdateState | Kind::MapWithState => {
+            let body = if kind == Kind::UpdateState {
+                quote! {
+                    #private::run_update_state(groups, |#record, #values, #state, #out, #group| #value)
+                }
+            } else {
+                quote! {
+                    #private::run_map_with_state(groups, |#record, #state, #out, #group| #value)
+                }
+            };
+            (
+                quote! {
+                    impl #private::StateGuest for __WeirGuestPlugin {
+                        fn update(
+                            groups: #private::wit::KeyGroups,
+                        ) -> ::core::result::Result<#private::wit::StateUpdate, #private::wit::ProcessError> {
+                            #body
+                        }
+                    }
+                },
+                quote!(#private::state_bindings::__export_state!(__WeirGuestPlugin);),
+            )
+        }
+        Kind::TransformWith => (
+            quote! {
+                impl #private::CoTransformGuest for __WeirGuestPlugin {
+                    fn process_pair(
+                        left: #private::wit::Batch,
+                        right: #private::wit::Batch,
+                    ) -> ::core::result::Result<#private::wit::Batch, #private::wit::ProcessError> {
+                        #private::run_transform_with(left, right, |#record, #right, #out| #value)
+                    }
+                }
+            },
+            quote!(#private::co_transform_bindings::__export_co_transform!(__WeirGuestPlugin);),
         ),
         _ => {
             let body = match kind {
@@ -297,7 +409,9 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
                 Kind::MapPartitions => quote! {
                     #private::run_map_partitions(input, |#record, #out| #value)
                 },
-                Kind::Reduce => unreachable!(),
+                Kind::Reduce | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith => {
+                    unreachable!()
+                }
             };
             (
                 quote! {
@@ -413,4 +527,27 @@ pub fn map_partitions(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn reduce(args: TokenStream, item: TokenStream) -> TokenStream {
     entry(Kind::Reduce, args, item)
+}
+
+/// Makes a function `fn(&[u8], Values<'_>, Option<S>, &mut Emitter) ->
+/// Result<Option<S>, Error>` the plugin's `update-state` function. See
+/// `weir_guest::update_state`.
+#[proc_macro_attribute]
+pub fn update_state(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::UpdateState, args, item)
+}
+
+/// Makes a function `fn(StateEvent<'_>, &mut State<S>, &mut Emitter) ->
+/// Result<(), Error>` the plugin's `map-with-state` function. See
+/// `weir_guest::map_with_state`.
+#[proc_macro_attribute]
+pub fn map_with_state(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::MapWithState, args, item)
+}
+
+/// Makes a function `fn(&Batch<'_>, &Batch<'_>, &mut Emitter) -> Result<(), Error>`
+/// the plugin's `transform-with` function. See `weir_guest::transform_with`.
+#[proc_macro_attribute]
+pub fn transform_with(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::TransformWith, args, item)
 }

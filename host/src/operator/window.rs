@@ -28,6 +28,7 @@ use super::{Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
+use crate::state::StateSize;
 
 /// The shape of a processing-time window, in batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,17 @@ impl Operator for RawWindow {
             .iter()
             .flat_map(|(_, chunks)| chunks.iter().cloned())
             .collect())
+    }
+
+    fn state_size(&self) -> StateSize {
+        let mut size = StateSize::default();
+        self.states.for_each(|_, batches| {
+            for chunk in batches.iter().flat_map(|(_, chunks)| chunks) {
+                size.keys += chunk.len() as u64;
+                size.memory_bytes += chunk.size_bytes() as u64;
+            }
+        });
+        size
     }
 }
 
@@ -333,6 +345,22 @@ impl Operator for WindowedReduce {
 
     fn input_partitioning(&self) -> Partitioning {
         Partitioning::HashByKey(self.partitions)
+    }
+
+    fn state_size(&self) -> StateSize {
+        let mut size = StateSize::default();
+        self.states.for_each(|_, state| {
+            let partials: usize = state.partials.iter().map(|(_, p)| p.len()).sum();
+            size.keys += partials as u64 + state.running.len() as u64;
+            size.memory_bytes += state
+                .partials
+                .iter()
+                .map(|(_, p)| p.size_bytes() as u64)
+                .sum::<u64>()
+                + state.running.size_bytes() as u64
+                + state.presence.len() as u64 * 40;
+        });
+        size
     }
 
     fn check(&self) -> Result<(), OperatorError> {
