@@ -6,6 +6,7 @@ mod cli;
 mod graph;
 mod sandbox;
 mod sources;
+mod state;
 mod windows;
 
 use std::time::Duration;

@@ -91,7 +91,7 @@ impl StageBuilder<'_> {
                     Ok(())
                 } else {
                     Err(format!(
-                        "is a {} plugin, but op `{op}` needs a {} plugin",
+                        "is a plugin of kind `{}`, but op `{op}` needs one of kind `{}`",
                         declared.name(),
                         kind.name()
                     ))
