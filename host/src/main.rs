@@ -86,10 +86,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Compile a plugin crate to a wasm32-wasip2 component (release mode).
+    /// Compile plugin crates to wasm32-wasip2 components (release mode).
     Build {
-        /// The plugin crate's directory.
-        crate_dir: PathBuf,
+        /// The plugin crates' directories (e.g. `plugins/*`).
+        #[arg(required = true, value_name = "CRATE_DIR")]
+        crate_dirs: Vec<PathBuf>,
         /// Build in debug mode.
         #[arg(long)]
         debug: bool,
@@ -155,10 +156,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => run(&pipelines, available_now, workers),
         Command::Check { pipelines } => check(&pipelines),
         Command::Plugin {
-            command: PluginCommand::Build { crate_dir, debug },
+            command: PluginCommand::Build { crate_dirs, debug },
         } => {
-            for component in build::build_plugin(&crate_dir, !debug)? {
-                println!("{}", component.display());
+            for crate_dir in &crate_dirs {
+                for component in build::build_plugin(crate_dir, !debug)? {
+                    println!("{}", component.display());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod examples;
 mod graph;
 mod sandbox;
 mod sources;

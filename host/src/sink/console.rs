@@ -1,5 +1,5 @@
 //! The console sink, like Spark's `print()`: for every batch a header with
-//! the batch id, time and record count, then the first `max-records` records
+//! the batch id, time, stream and record count, then the first `max-records` records
 //! (`key<TAB>value`, or the value alone for records without a key; records
 //! of a window stage are followed by their window, `[start, end)`).
 
@@ -13,6 +13,7 @@ pub struct ConsoleSink {
     max_records: usize,
     out: Box<dyn Write + Send>,
     window_ms: Option<i64>,
+    stream: Option<String>,
 }
 
 impl ConsoleSink {
@@ -27,7 +28,14 @@ impl ConsoleSink {
             max_records,
             out,
             window_ms: None,
+            stream: None,
         }
+    }
+
+    /// Names the stream in each header (useful when several console sinks print).
+    pub fn with_stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
     }
 
     /// Shows each record's window of length `window_ms` (for streams
@@ -49,8 +57,13 @@ impl Sink for ConsoleSink {
         let total: usize = partitions.iter().map(|p| partition_len(p)).sum();
         let mut text = String::new();
         text.push_str("-------------------------------------------\n");
+        let stream = self
+            .stream
+            .as_ref()
+            .map(|name| format!("  Stream: {name}"))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "Batch: {}  Time: {}  Records: {total}\n",
+            "Batch: {}  Time: {}{stream}  Records: {total}\n",
             batch.id,
             format_time(batch.time_ms)
         ));

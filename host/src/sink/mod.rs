@@ -58,9 +58,11 @@ pub trait Sink: Send {
 /// their window).
 pub fn from_spec(spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
     match &spec.kind {
-        SinkKind::Console { max_records } => {
-            Box::new(console::ConsoleSink::stdout(*max_records).with_windows(window_ms))
-        }
+        SinkKind::Console { max_records } => Box::new(
+            console::ConsoleSink::stdout(*max_records)
+                .with_windows(window_ms)
+                .with_stream(&spec.input),
+        ),
         SinkKind::Files { dir, format } => {
             Box::new(files::FilesSink::new(spec.name.clone(), dir.clone(), *format).with_windows(window_ms))
         }
