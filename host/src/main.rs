@@ -337,26 +337,34 @@ fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow
         .context("cannot start a pipeline thread")?;
     for handle in handles {
         match handle.join() {
-            Ok((name, Ok(summary))) => eprintln!(
-                "pipeline `{name}`: {} batches, {} records in, {} records out, {} retries, \
+            Ok((name, Ok(summary))) => {
+                eprintln!(
+                    "pipeline `{name}`: {} batches, {} records in, {} records out, {} retries, \
                  {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
                  state: {} keys ({} on disk){}",
-                summary.batches,
-                summary.records_in,
-                summary.records_out,
-                summary.retries,
-                summary.skipped_batches,
-                summary.skipped_records,
-                summary.dead_lettered,
-                summary.late_records,
-                summary.state.keys,
-                summary.state.spilled_keys,
-                if summary.stopped {
-                    ", stopped gracefully"
-                } else {
-                    ""
+                    summary.batches,
+                    summary.records_in,
+                    summary.records_out,
+                    summary.retries,
+                    summary.skipped_batches,
+                    summary.skipped_records,
+                    summary.dead_lettered,
+                    summary.late_records,
+                    summary.state.keys,
+                    summary.state.spilled_keys,
+                    if summary.stopped {
+                        ", stopped gracefully"
+                    } else {
+                        ""
+                    }
+                );
+                for (stage, state) in &summary.state_by_stage {
+                    eprintln!(
+                        "  stage `{stage}`: {} state entries, {} bytes in memory, {} on disk",
+                        state.keys, state.memory_bytes, state.spilled_keys
+                    );
                 }
-            ),
+            }
             Ok((_, Err(error))) => status = status.max(report(&error)),
             Err(_) => {
                 eprintln!("error: a pipeline thread panicked");

@@ -224,6 +224,18 @@ plugin = "split-words"
     for (name, expected) in checks {
         assert_eq!(keyed_by_batch(&out(name)), expected, "window stage `{name}`");
     }
+    // Incremental (inverse) and recomputed windows agree exactly.
+    for (recomputed, incremental) in [
+        ("count", "count-inv"),
+        ("sum", "sum-inv"),
+        ("by-value", "by-value-inv"),
+        ("by-key", "by-key-inv"),
+    ] {
+        assert_eq!(
+            keyed_by_batch(&out(recomputed)),
+            keyed_by_batch(&out(incremental))
+        );
+    }
     // The raw window: every record of the window, as a multiset.
     let mut raw: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for (batch, line) in sink_lines(&out("raw")) {
@@ -722,4 +734,125 @@ path = {out:?}
             5_000 + (*batch as i64 + 1) * 10_000
         );
     }
+}
+
+#[test]
+fn a_join_of_two_windowed_streams_joins_whole_windows() {
+    let dir = scratch();
+    let (left_dir, right_dir) = (dir.path().join("left"), dir.path().join("right"));
+    std::fs::create_dir(&left_dir).unwrap();
+    std::fs::create_dir(&right_dir).unwrap();
+    // Batch k of each side: keys that meet only when windows span batches.
+    let left: [&[(&str, i32)]; 4] = [
+        &[("a", 1), ("b", 2)],
+        &[("c", 3)],
+        &[("a", 4)],
+        &[("d", 5), ("c", 6)],
+    ];
+    let right: [&[(&str, i32)]; 4] = [&[("c", 10)], &[("a", 20)], &[("d", 30)], &[("a", 40), ("e", 50)]];
+    for (dir, batches) in [(&left_dir, left), (&right_dir, right)] {
+        for (k, batch) in batches.iter().enumerate() {
+            let text: String = batch
+                .iter()
+                .map(|(key, v)| format!("{{\"k\":\"{key}\",\"v\":{v}}}\n"))
+                .collect();
+            std::fs::write(dir.join(format!("{k}.jsonl")), text).unwrap();
+        }
+    }
+    let out = dir.path().join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "windowed-join"
+partitions = 2
+clock = "deterministic"
+
+[plugins]
+key-by = {key_by:?}
+
+[[source]]
+name = "left-raw"
+type = "files"
+path = {left:?}
+max-files-per-batch = 1
+
+[[source]]
+name = "right-raw"
+type = "files"
+path = {right:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "left"
+input = "left-raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "k", value-field = "v" }}
+
+[[stage]]
+name = "right"
+input = "right-raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "k", value-field = "v" }}
+
+[[stage]]
+name = "left-window"
+input = "left"
+op = "window"
+length = "2s"
+slide = "2s"
+
+[[stage]]
+name = "right-window"
+input = "right"
+op = "window"
+length = "2s"
+slide = "2s"
+
+[[stage]]
+name = "joined"
+input = ["left-window", "right-window"]
+op = "join"
+
+[[sink]]
+input = "joined"
+type = "files"
+path = {out:?}
+"#,
+        key_by = plugins::JSON_KEY_BY,
+        left = left_dir.display().to_string(),
+        right = right_dir.display().to_string(),
+        out = out.display().to_string(),
+    );
+    let file = write_pipeline(dir.path(), "windowed-join.toml", &pipeline);
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut got: Vec<(u64, String, String)> = sink_lines(&out)
+        .into_iter()
+        .map(|(batch, line)| {
+            let (key, value) = line.split_once('\t').unwrap();
+            (batch, key.to_owned(), value.to_owned())
+        })
+        .collect();
+    got.sort();
+    // Windows end at batches 1 and 3 and hold two batches of each side.
+    let mut expected = Vec::new();
+    for k in [1usize, 3] {
+        for (lk, lv) in left[k - 1].iter().chain(left[k]) {
+            for (rk, rv) in right[k - 1].iter().chain(right[k]) {
+                if lk == rk {
+                    expected.push((
+                        k as u64,
+                        (*lk).to_owned(),
+                        format!("{{\"left\":\"{lv}\",\"right\":\"{rv}\"}}"),
+                    ));
+                }
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(got, expected);
+    // "c" only meets across batches 0 and 1, "a" across 0/1 and 2/3.
+    assert!(expected.iter().any(|(_, key, _)| key == "c"));
 }

@@ -68,6 +68,8 @@ pub struct RunSummary {
     pub late_records: u64,
     /// Keyed state held at the end of the run, over all stages.
     pub state: StateSize,
+    /// Keyed state held at the end of the run by each stage that holds some.
+    pub state_by_stage: Vec<(String, StateSize)>,
 }
 
 /// A pipeline ready to run: its plan and its sinks.
@@ -283,8 +285,13 @@ impl Pipeline {
             summary.skipped_records += read(&metrics.skipped_records);
             summary.dead_lettered += read(&metrics.dead_lettered);
             summary.late_records += read(&metrics.late_records);
+            let mut state = StateSize::default();
             for operator in &stage.operators {
-                summary.state += operator.state_size();
+                state += operator.state_size();
+            }
+            if state != StateSize::default() {
+                summary.state += state;
+                summary.state_by_stage.push((stage.name.clone(), state));
             }
         }
         let mut close_error = None;

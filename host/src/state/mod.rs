@@ -73,7 +73,8 @@ impl std::fmt::Debug for KeyedStore {
 /// Sizes of a store.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StateSize {
-    /// Keys with state, in memory and on disk.
+    /// Entries held, in memory and on disk: keys with state (for windows,
+    /// one per key of each per-batch partial result and of the running result).
     pub keys: u64,
     /// Bytes of state (keys, states, bookkeeping) in memory.
     pub memory_bytes: u64,
