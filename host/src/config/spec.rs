@@ -486,7 +486,7 @@ pub(super) fn build(
         return Err((
             *offset,
             format!(
-                "stage `{}` sends records to `{DEAD_LETTERS}` (on-error or late-records = \"dead-letter\") but no sink reads it: add a [[sink]] with input = \"{DEAD_LETTERS}\" so those records are kept",
+                "stage `{}` sends records to the dead-letter stream (on-error or late-records = \"dead-letter\") but no sink reads `{DEAD_LETTERS}`: add a [[sink]] with input = \"{DEAD_LETTERS}\" so those records are kept",
                 stage.name
             ),
         ));

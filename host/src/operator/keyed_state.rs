@@ -169,10 +169,9 @@ impl Operator for KeyedState {
                 Some(this)
             })
             .collect();
-        let mut store_keys = Vec::with_capacity(keys.len() + timed_out.len());
-        for (key, records) in keys.iter().zip(&members) {
-            let stored_key = store_key(*key);
-            let previous = store.get(&stored_key).map_err(state_error)?;
+        let mut store_keys: Vec<Box<[u8]>> = keys.iter().map(|key| store_key(*key)).collect();
+        let previous_states = store.get_many(&store_keys).map_err(state_error)?;
+        for ((key, records), previous) in keys.iter().zip(&members).zip(previous_states) {
             push_value(&mut groups.keys, key.unwrap_or_default());
             for &(chunk, index) in records {
                 let record = input[chunk].get(index);
@@ -188,7 +187,6 @@ impl Operator for KeyedState {
             groups
                 .group_flags
                 .push(if previous.is_some() { HAS_STATE } else { 0 });
-            store_keys.push(stored_key);
         }
         for (stored_key, entry) in &timed_out {
             push_value(&mut groups.keys, record_key(stored_key).unwrap_or_default());

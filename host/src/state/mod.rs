@@ -114,6 +114,22 @@ impl KeyedStore {
         }
     }
 
+    /// The states of `keys`, in order; spilled ones are read in one go.
+    pub fn get_many(&self, keys: &[Box<[u8]>]) -> Result<Vec<Option<StateEntry>>, StateError> {
+        let mut found: Vec<Option<StateEntry>> =
+            keys.iter().map(|key| self.memory.get(key).cloned()).collect();
+        if let Some(spill) = &self.spill {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+            if !missing.is_empty() {
+                let from_disk = spill.get_many(missing.iter().map(|&i| &keys[i][..]))?;
+                for (index, entry) in missing.into_iter().zip(from_disk) {
+                    found[index] = entry;
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Keys whose `last_seen` is at or before `before`, with their entries.
     pub fn idle_since(&self, before: i64) -> Result<Vec<KeyedEntry>, StateError> {
         let mut idle: Vec<KeyedEntry> = self

@@ -76,6 +76,25 @@ impl SpillFile {
         Ok(value.map(|v| decode(v.value())))
     }
 
+    /// The entries of `keys` (those spilled), in order, in one read transaction.
+    pub fn get_many<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Result<Vec<Option<StateEntry>>, StateError> {
+        let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = match txn.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(keys.map(|_| None).collect()),
+            Err(e) => return Err(fail(&e)),
+        };
+        keys.map(|key| {
+            let value = table.get(key).map_err(|e| fail(&e))?;
+            Ok(value.map(|v| decode(v.value())))
+        })
+        .collect()
+    }
+
     /// Spilled entries whose `last_seen` is at or before `before`.
     pub fn idle_since(&self, before: i64) -> Result<Vec<KeyedEntry>, StateError> {
         let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
