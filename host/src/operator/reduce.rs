@@ -118,41 +118,36 @@ impl ReduceByKey {
         let mut keyed: FastMap<KeyRef<'_>, (Accumulator, i64)> =
             FastMap::with_capacity_and_hasher(1024, Default::default());
         let mut keyless: Option<(Accumulator, i64)> = None;
-        for (index, record) in chunks.iter().flat_map(Batch::iter).enumerate() {
-            let failed = |error: builtin::ValueError| OperatorError::Value {
-                message: format!(
-                    "reduce-by-key `{}`: the value {:?} of {} {error}",
-                    reducer_name(reducer),
-                    String::from_utf8_lossy(record.value),
-                    record.key.map_or_else(
-                        || "a record without key".to_owned(),
-                        |k| format!("key {:?}", String::from_utf8_lossy(k))
-                    )
-                ),
-                // After the shuffle the values are partial results, not input records.
-                index: (!merging).then(|| u32::try_from(index).unwrap_or(u32::MAX)),
-            };
-            let slot = match record.key {
-                Some(key) => keyed.get_mut(&KeyRef(key)),
-                None => keyless.as_mut(),
-            };
-            match slot {
-                Some((accumulator, timestamp)) => {
-                    builtin::fold(reducer, accumulator, record.value, merging).map_err(failed)?;
-                    *timestamp = (*timestamp).max(record.timestamp);
-                }
-                None => {
-                    let started = (
-                        builtin::start(reducer, record.value, merging).map_err(failed)?,
-                        record.timestamp,
-                    );
-                    match record.key {
-                        Some(key) => {
-                            keyed.insert(KeyRef(key), started);
+        // Nested loops rather than `flat_map().enumerate()`: the adapter's
+        // state went through the stack on every record (a third of the time).
+        let mut index = 0usize;
+        for chunk in chunks {
+            for record in chunk {
+                let slot = match record.key {
+                    Some(key) => keyed.get_mut(&KeyRef(key)),
+                    None => keyless.as_mut(),
+                };
+                match slot {
+                    Some((accumulator, timestamp)) => {
+                        builtin::fold(reducer, accumulator, record.value, merging)
+                            .map_err(|error| value_error(reducer, record, error, merging, index))?;
+                        *timestamp = (*timestamp).max(record.timestamp);
+                    }
+                    None => {
+                        let started = (
+                            builtin::start(reducer, record.value, merging)
+                                .map_err(|error| value_error(reducer, record, error, merging, index))?,
+                            record.timestamp,
+                        );
+                        match record.key {
+                            Some(key) => {
+                                keyed.insert(KeyRef(key), started);
+                            }
+                            None => keyless = Some(started),
                         }
-                        None => keyless = Some(started),
                     }
                 }
+                index += 1;
             }
         }
         let groups = keyed.len() + usize::from(keyless.is_some());
@@ -260,6 +255,31 @@ impl ReduceByKey {
             start = end as usize;
         }
         Ok(output)
+    }
+}
+
+/// The error for a value a built-in reducer cannot use; `index` is the
+/// record's position in the partition (not given after the shuffle, where
+/// values are partial results rather than input records).
+#[cold]
+fn value_error(
+    reducer: BuiltinReducer,
+    record: crate::record::RecordRef<'_>,
+    error: builtin::ValueError,
+    merging: bool,
+    index: usize,
+) -> OperatorError {
+    OperatorError::Value {
+        message: format!(
+            "reduce-by-key `{}`: the value {:?} of {} {error}",
+            reducer_name(reducer),
+            String::from_utf8_lossy(record.value),
+            record.key.map_or_else(
+                || "a record without key".to_owned(),
+                |k| format!("key {:?}", String::from_utf8_lossy(k))
+            )
+        ),
+        index: (!merging).then(|| u32::try_from(index).unwrap_or(u32::MAX)),
     }
 }
 
