@@ -15,7 +15,24 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::pipeline::StopSignal;
 use crate::record::Partition;
-use crate::source::Delivery;
+use crate::source::{Delivery, SourcePosition};
+
+/// What one source contributes to a batch: its chunks, and its position
+/// after each chunk that had one.
+#[derive(Debug, Default)]
+pub struct SourceCut {
+    /// The chunks, in arrival order.
+    pub chunks: Partition,
+    /// Positions after the chunks (none for sources that keep none).
+    pub positions: Vec<SourcePosition>,
+}
+
+impl SourceCut {
+    fn take(&mut self, chunk: crate::record::Batch, position: Option<SourcePosition>) {
+        self.chunks.push(chunk);
+        self.positions.extend(position);
+    }
+}
 
 struct Input {
     chunks: mpsc::Receiver<Delivery>,
@@ -43,15 +60,15 @@ impl Batcher {
 
     /// Takes the chunks queued now, up to the first unit mark of each
     /// source: the chunks of each source, in source order.
-    pub fn cut(&mut self) -> Vec<Partition> {
+    pub fn cut(&mut self) -> Vec<SourceCut> {
         self.inputs
             .iter_mut()
             .map(|input| {
                 let available = input.chunks.len();
-                let mut chunks = Vec::with_capacity(available);
+                let mut chunks = SourceCut::default();
                 for _ in 0..available.max(1) {
                     match input.chunks.try_recv() {
-                        Ok(Delivery::Chunk(chunk)) => chunks.push(chunk),
+                        Ok(Delivery::Chunk(chunk, position)) => chunks.take(chunk, position),
                         Ok(Delivery::BatchEnd) => break,
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
@@ -68,14 +85,14 @@ impl Batcher {
     /// Takes exactly one unit of every source that has not finished: waits
     /// for each source's next mark (or its end). Returns early, with what it
     /// has, when `stop` is raised.
-    pub fn cut_units(&mut self, stop: &StopSignal) -> Vec<Partition> {
+    pub fn cut_units(&mut self, stop: &StopSignal) -> Vec<SourceCut> {
         self.inputs
             .iter_mut()
             .map(|input| {
-                let mut chunks = Vec::new();
+                let mut chunks = SourceCut::default();
                 while !input.finished {
                     match input.chunks.try_recv() {
-                        Ok(Delivery::Chunk(chunk)) => chunks.push(chunk),
+                        Ok(Delivery::Chunk(chunk, position)) => chunks.take(chunk, position),
                         Ok(Delivery::BatchEnd) => break,
                         Err(TryRecvError::Disconnected) => input.finished = true,
                         Err(TryRecvError::Empty) => {
@@ -118,18 +135,25 @@ mod tests {
         let mut chunk = Batch::new();
         chunk.push(None, b"a", 0);
         for _ in 0..2 {
-            tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
+            tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
             tx.try_send(Delivery::BatchEnd).unwrap();
         }
-        tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
-        assert_eq!(crate::record::partition_len(&batcher.cut()[0]), 1);
+        let at = SourcePosition::Generator { lines: 3 };
+        tx.try_send(Delivery::Chunk(chunk.clone(), Some(at.clone())))
+            .unwrap();
+        assert_eq!(crate::record::partition_len(&batcher.cut()[0].chunks), 1);
         let stop = StopSignal::new();
-        assert_eq!(crate::record::partition_len(&batcher.cut_units(&stop)[0]), 1);
+        assert_eq!(
+            crate::record::partition_len(&batcher.cut_units(&stop)[0].chunks),
+            1
+        );
         drop(tx);
         // The last unit ends with the source.
-        assert_eq!(crate::record::partition_len(&batcher.cut_units(&stop)[0]), 1);
+        let last = batcher.cut_units(&stop).remove(0);
+        assert_eq!(crate::record::partition_len(&last.chunks), 1);
+        assert_eq!(last.positions, vec![at]);
         assert!(batcher.all_finished());
-        assert!(batcher.cut_units(&stop)[0].is_empty());
+        assert!(batcher.cut_units(&stop)[0].chunks.is_empty());
     }
 
     #[test]
@@ -138,12 +162,12 @@ mod tests {
         let mut batcher = Batcher::new(vec![rx]);
         let mut chunk = Batch::new();
         chunk.push(None, b"a", 0);
-        tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
-        tx.try_send(Delivery::Chunk(chunk.clone())).unwrap();
+        tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
+        tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
         assert!(batcher.has_pending());
         let cut = batcher.cut();
-        assert_eq!(crate::record::partition_len(&cut[0]), 2);
-        assert!(batcher.cut()[0].is_empty());
+        assert_eq!(crate::record::partition_len(&cut[0].chunks), 2);
+        assert!(batcher.cut()[0].chunks.is_empty());
         assert!(!batcher.all_finished());
         drop(tx);
         assert!(batcher.all_finished());

@@ -84,6 +84,15 @@ pub enum EngineError {
         /// Whether the pipeline was paused before it stopped.
         paused: bool,
     },
+    /// Checkpointing or recovery failed (a full disk, a changed plugin, an
+    /// unusable checkpoint directory).
+    #[error("pipeline `{pipeline}`: {error}")]
+    Checkpoint {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed.
+        error: crate::checkpoint::CheckpointError,
+    },
     /// The Wasm runtime could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -97,6 +106,13 @@ impl EngineError {
     /// the CLI exits with status 2 for these and 1 for failures at run time.
     pub fn is_usage_error(&self) -> bool {
         matches!(self, Self::Config(_) | Self::Plan { .. })
+            || matches!(
+                self,
+                Self::Checkpoint {
+                    error: crate::checkpoint::CheckpointError::PluginChanged { .. },
+                    ..
+                }
+            )
             || matches!(
                 self,
                 Self::Plugin { error, .. } if matches!(

@@ -13,8 +13,10 @@
 
 pub mod batcher;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod operator;
 pub mod partition;
 pub mod pipeline;

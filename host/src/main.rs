@@ -37,6 +37,10 @@ enum Command {
         /// Worker threads per pipeline (default: its partition count).
         #[arg(long)]
         workers: Option<usize>,
+        /// Resume from a checkpoint even though a plugin's component changed
+        /// since it was taken (its state may not fit the new version).
+        #[arg(long)]
+        allow_plugin_change: bool,
     },
     /// Validate pipeline files and every plugin they use, without running.
     Check {
@@ -153,7 +157,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             pipelines,
             available_now,
             workers,
-        } => run(&pipelines, available_now, workers),
+            allow_plugin_change,
+        } => run(&pipelines, available_now, workers, allow_plugin_change),
         Command::Check { pipelines } => check(&pipelines),
         Command::Plugin {
             command: PluginCommand::Build { crate_dirs, debug },
@@ -304,7 +309,12 @@ fn install_signal_handlers(stop: StopSignal) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow::Result<ExitCode> {
+fn run(
+    paths: &[PathBuf],
+    available_now: bool,
+    workers: Option<usize>,
+    allow_plugin_change: bool,
+) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::with_default_cache()?;
     let files = pipeline_files(paths)?;
     let mut prepared = Vec::new();
@@ -327,6 +337,7 @@ fn run(paths: &[PathBuf], available_now: bool, workers: Option<usize>) -> anyhow
                 available_now,
                 stop: stop.clone(),
                 workers,
+                allow_plugin_change,
             };
             let name = pipeline.plan().pipeline.clone();
             std::thread::Builder::new()

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod examples;
 mod graph;
+mod recovery;
 mod sandbox;
 mod sources;
 mod state;

@@ -29,6 +29,20 @@ pub struct PipelineFile {
     pub sinks: Vec<Spanned<SinkTable>>,
     /// `[limits]`: defaults for every plugin stage's limits.
     pub limits: Option<Spanned<LimitsTable>>,
+    /// `[checkpoint]`: how often to checkpoint (with `checkpoint-dir`).
+    pub checkpoint: Option<Spanned<CheckpointTable>>,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CheckpointTable {
+    /// Checkpoint after every this many batches. Default 10.
+    pub every_batches: Option<Spanned<i64>>,
+    /// Also checkpoint when this much time passed since the last one, e.g. `"30s"`.
+    pub every: Option<Spanned<String>>,
+    /// Checkpoints kept. Default 3.
+    pub keep: Option<Spanned<i64>>,
 }
 
 /// Resource limits of plugin instances: `[limits]`, or a stage's `limits`.
@@ -62,6 +76,8 @@ pub struct PipelineTable {
     /// Deterministic clock: milliseconds since the Unix epoch where batch 0
     /// starts. Default 0.
     pub start_time: Option<Spanned<i64>>,
+    /// Directory of checkpoints and the batch log; none: no fault tolerance.
+    pub checkpoint_dir: Option<Spanned<String>>,
     /// Default number of partitions of every stream. Default: the number of cores.
     pub partitions: Option<Spanned<i64>>,
     /// Chunks (of up to `chunk-records` records) a source may queue before it

@@ -32,6 +32,8 @@ pub struct PipelineSpec {
     pub batch_interval: Duration,
     /// How batch times are set.
     pub clock: ClockMode,
+    /// Where and how often to checkpoint; `None`: no checkpoints.
+    pub checkpoint: Option<crate::checkpoint::CheckpointSettings>,
     /// Default number of partitions of every stream.
     pub partitions: usize,
     /// Chunks a source may queue before it is slowed down.
@@ -400,6 +402,29 @@ pub(super) fn build(
             "`start-time` needs clock = \"deterministic\"".into(),
         ));
     }
+    let checkpoint = match (&table.checkpoint_dir, &raw.checkpoint) {
+        (None, Some(tuning)) => {
+            return Err((
+                tuning.span().start,
+                "[checkpoint] needs `checkpoint-dir` in [pipeline]".into(),
+            ));
+        }
+        (None, None) => None,
+        (Some(dir), tuning) => {
+            let tuning = tuning.as_ref().map(|t| t.get_ref());
+            Some(crate::checkpoint::CheckpointSettings {
+                dir: base_dir.join(dir.get_ref()),
+                every_batches: positive(
+                    tuning.and_then(|t| t.every_batches.as_ref()),
+                    "every-batches",
+                    1 << 30,
+                )?
+                .unwrap_or(10) as u64,
+                every: tuning.and_then(|t| t.every.as_ref()).map(duration).transpose()?,
+                keep: positive(tuning.and_then(|t| t.keep.as_ref()), "keep", 1000)?.unwrap_or(3),
+            })
+        }
+    };
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
@@ -502,6 +527,7 @@ pub(super) fn build(
         name: table.name,
         batch_interval,
         clock,
+        checkpoint,
         partitions,
         queue_chunks,
         chunk_records,

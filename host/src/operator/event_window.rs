@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::guard::StageMetrics;
 use super::keyed::{FastMap, PartitionStates, lock, restamp};
 use super::reduce::{Phase, ReduceByKey, Reducer};
-use super::{BatchClock, Operator, OperatorError, PartitionContext};
+use super::{BatchClock, Operator, OperatorError, PartitionContext, restore_error};
+use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::config::{LateRecords, OutputMode};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
@@ -206,6 +207,43 @@ impl Operator for EventTimeWindow {
 
     fn check(&self) -> Result<(), OperatorError> {
         self.combine.check()
+    }
+
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
+        let mut out = Encoder::new();
+        out.i64(self.max_seen.load(Ordering::Acquire));
+        out.i64(self.watermark.load(Ordering::Acquire));
+        let mut partitions = Vec::new();
+        self.windows
+            .for_each(|_, windows| partitions.push(windows.clone()));
+        out.u64(partitions.len() as u64);
+        for windows in partitions {
+            out.u64(windows.len() as u64);
+            for (start, window) in windows {
+                out.i64(start);
+                out.batch(&window);
+            }
+        }
+        Ok(Some(out.finish()))
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
+        let mut input = Decoder::new(snapshot);
+        let max_seen = input.i64().map_err(restore_error)?;
+        let watermark = input.i64().map_err(restore_error)?;
+        let mut partitions = Vec::new();
+        for _ in 0..input.count(8).map_err(restore_error)? {
+            let mut windows = BTreeMap::new();
+            for _ in 0..input.count(16).map_err(restore_error)? {
+                let start = input.i64().map_err(restore_error)?;
+                windows.insert(start, input.batch().map_err(restore_error)?);
+            }
+            partitions.push(windows);
+        }
+        self.max_seen.store(max_seen, Ordering::Release);
+        self.watermark.store(watermark, Ordering::Release);
+        self.windows.replace(partitions);
+        Ok(())
     }
 }
 

@@ -231,4 +231,12 @@ impl Operator for Guarded {
     fn state_size(&self) -> crate::state::StateSize {
         self.inner.state_size()
     }
+
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
+        self.inner.snapshot()
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
+        self.inner.restore(snapshot)
+    }
 }

@@ -45,6 +45,14 @@ impl<T: Default> PartitionStates<T> {
         slots[partition].clone()
     }
 
+    /// Replaces every partition's state with `states` (partition `i` gets `states[i]`).
+    pub fn replace(&self, states: Vec<T>) {
+        *lock(&self.slots) = states
+            .into_iter()
+            .map(|state| Arc::new(Mutex::new(state)))
+            .collect();
+    }
+
     /// Calls `visit` with the state of every partition, in partition order.
     pub fn for_each(&self, mut visit: impl FnMut(usize, &mut T)) {
         let slots: Vec<Arc<Mutex<T>>> = lock(&self.slots).clone();

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keyed::{FastMap, PartitionStates, lock};
-use super::{Operator, OperatorError, PartitionContext, PluginUse};
+use super::{Operator, OperatorError, PartitionContext, PluginUse, restore_error};
+use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
 use crate::runtime::bindings::types::Values;
@@ -258,6 +259,59 @@ impl Operator for KeyedState {
         self.plugin
             .check()
             .map_err(|error| OperatorError::Plugin { error, record: None })
+    }
+
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
+        let mut partitions = Vec::new();
+        let mut failure = None;
+        self.stores
+            .for_each(|_, store| match store.as_ref().map(KeyedStore::entries) {
+                Some(Ok(entries)) => partitions.push(entries),
+                Some(Err(error)) => failure = Some(error),
+                None => partitions.push(Vec::new()),
+            });
+        if let Some(error) = failure {
+            return Err(state_error(error));
+        }
+        let mut out = Encoder::new();
+        out.u64(partitions.len() as u64);
+        for mut entries in partitions {
+            // Sorted: the same state gives the same snapshot.
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.u64(entries.len() as u64);
+            for (key, entry) in entries {
+                out.bytes(&key);
+                out.bytes(&entry.state);
+                out.i64(entry.last_seen);
+            }
+        }
+        Ok(Some(out.finish()))
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
+        let mut input = Decoder::new(snapshot);
+        let count = input.count(8).map_err(restore_error)?;
+        if count > self.settings.partitions {
+            return Err(restore_error(format!(
+                "the checkpoint has {count} partitions of keyed state, the stage now {}",
+                self.settings.partitions
+            )));
+        }
+        let mut stores = Vec::with_capacity(count);
+        for partition in 0..count {
+            let mut changes = StateChanges::default();
+            for _ in 0..input.count(24).map_err(restore_error)? {
+                let key = Box::from(input.bytes().map_err(restore_error)?);
+                let state = input.bytes().map_err(restore_error)?.to_vec();
+                let last_seen = input.i64().map_err(restore_error)?;
+                changes.put.push((key, StateEntry { state, last_seen }));
+            }
+            let mut store = self.store_for(partition);
+            store.commit(changes).map_err(state_error)?;
+            stores.push(Some(store));
+        }
+        self.stores.replace(stores);
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

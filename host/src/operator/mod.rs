@@ -158,4 +158,21 @@ pub trait Operator: Send + Sync + fmt::Debug {
     fn state_size(&self) -> StateSize {
         StateSize::default()
     }
+
+    /// The operator's state for a checkpoint, taken between batches; `None`
+    /// for operators that keep none (the default).
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
+        Ok(None)
+    }
+
+    /// Replaces the operator's state with a [`Operator::snapshot`] of it,
+    /// before the first batch of a resumed run. Default: nothing to restore.
+    fn restore(&self, _snapshot: &[u8]) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// The error for a state snapshot that cannot be restored.
+pub fn restore_error(error: impl std::fmt::Display) -> OperatorError {
+    OperatorError::Native(format!("cannot restore the checkpointed state: {error}"))
 }

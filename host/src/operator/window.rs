@@ -24,7 +24,8 @@ use std::sync::Arc;
 use super::builtin;
 use super::keyed::{FastMap, OwnedKey, PartitionStates, lock, owned_key, restamp, without_value};
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
-use super::{Operator, OperatorError, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext, restore_error};
+use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
@@ -106,6 +107,37 @@ impl Operator for RawWindow {
             }
         });
         size
+    }
+
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
+        let mut out = Encoder::new();
+        let mut partitions = Vec::new();
+        self.states
+            .for_each(|_, batches| partitions.push(batches.clone()));
+        out.u64(partitions.len() as u64);
+        for batches in partitions {
+            out.u64(batches.len() as u64);
+            for (batch_id, chunks) in batches {
+                out.u64(batch_id);
+                out.batch(&Batch::concat(&chunks));
+            }
+        }
+        Ok(Some(out.finish()))
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
+        let mut input = Decoder::new(snapshot);
+        let mut partitions = Vec::new();
+        for _ in 0..input.count(8).map_err(restore_error)? {
+            let mut batches = VecDeque::new();
+            for _ in 0..input.count(16).map_err(restore_error)? {
+                let batch_id = input.u64().map_err(restore_error)?;
+                batches.push_back((batch_id, vec![input.batch().map_err(restore_error)?]));
+            }
+            partitions.push(batches);
+        }
+        self.states.replace(partitions);
+        Ok(())
     }
 }
 
@@ -361,6 +393,69 @@ impl Operator for WindowedReduce {
                 + state.presence.len() as u64 * 40;
         });
         size
+    }
+
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
+        let mut out = Encoder::new();
+        let mut partitions = 0u64;
+        let mut body = Encoder::new();
+        self.states.for_each(|_, state| {
+            partitions += 1;
+            body.u64(state.partials.len() as u64);
+            for (batch_id, partial) in &state.partials {
+                body.u64(*batch_id);
+                body.batch(partial);
+            }
+            body.batch(&state.running);
+            body.u64(state.presence.len() as u64);
+            for (key, count) in &state.presence {
+                match key {
+                    Some(key) => {
+                        body.u64(1);
+                        body.bytes(key);
+                    }
+                    None => body.u64(0),
+                }
+                body.u64(u64::from(*count));
+            }
+        });
+        out.u64(partitions);
+        let mut bytes = out.finish();
+        bytes.extend(body.finish());
+        Ok(Some(bytes))
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
+        let mut input = Decoder::new(snapshot);
+        let mut partitions = Vec::new();
+        for _ in 0..input.count(8).map_err(restore_error)? {
+            let mut state = ReduceState::default();
+            for _ in 0..input.count(16).map_err(restore_error)? {
+                let batch_id = input.u64().map_err(restore_error)?;
+                state
+                    .partials
+                    .push_back((batch_id, input.batch().map_err(restore_error)?));
+            }
+            state.running = input.batch().map_err(restore_error)?;
+            for _ in 0..input.count(16).map_err(restore_error)? {
+                let key = match input.u64().map_err(restore_error)? {
+                    0 => None,
+                    _ => Some(Box::from(input.bytes().map_err(restore_error)?)),
+                };
+                let count = input.u64().map_err(restore_error)? as u32;
+                state.presence.insert(key, count);
+            }
+            partitions.push(state);
+        }
+        if partitions.len() > self.partitions {
+            return Err(restore_error(format!(
+                "the checkpoint has {} partitions of window state, the stage now {}",
+                partitions.len(),
+                self.partitions
+            )));
+        }
+        self.states.replace(partitions);
+        Ok(())
     }
 
     fn check(&self) -> Result<(), OperatorError> {

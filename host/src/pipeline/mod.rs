@@ -2,6 +2,7 @@
 //! names resolved through a [`registry`], batches run on a [`workers`] pool
 //! by the [`executor`], and the whole run driven by the [`runner`].
 
+pub mod durability;
 pub mod executor;
 pub mod plan;
 pub mod registry;

@@ -20,11 +20,15 @@ use super::registry::PluginRegistry;
 use super::stop::StopSignal;
 use super::workers::WorkerPool;
 use crate::batcher::Batcher;
+use std::collections::BTreeMap;
+
+use super::durability::{CheckpointStats, Durability};
+use crate::checkpoint::CheckpointSettings;
 use crate::config::{ClockMode, PipelineSpec, Quarantine};
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
 use crate::sink::{self, BatchInfo, Sink};
-use crate::source::{self, DeterministicClock, SourceContext, SourceError, now_ms};
+use crate::source::{self, BatchInput, Delivery, DeterministicClock, SourceContext, SourceError, now_ms};
 use crate::state::StateSize;
 
 /// How to run a pipeline.
@@ -36,6 +40,8 @@ pub struct RunOptions {
     pub stop: StopSignal,
     /// Worker threads; the pipeline's partition count when `None`.
     pub workers: Option<usize>,
+    /// Resume from a checkpoint even though a plugin's component changed.
+    pub allow_plugin_change: bool,
 }
 
 /// What a finished run did.
@@ -70,6 +76,8 @@ pub struct RunSummary {
     pub state: StateSize,
     /// Keyed state held at the end of the run by each stage that holds some.
     pub state_by_stage: Vec<(String, StateSize)>,
+    /// Checkpoints written, replayed batches, where the run resumed.
+    pub checkpoints: CheckpointStats,
 }
 
 /// A pipeline ready to run: its plan and its sinks.
@@ -80,6 +88,9 @@ pub struct Pipeline {
     clock: Option<DeterministicClock>,
     queue_chunks: usize,
     chunk_records: usize,
+    checkpoint: Option<CheckpointSettings>,
+    plugin_hashes: BTreeMap<String, String>,
+    definition: String,
 }
 
 impl Pipeline {
@@ -108,6 +119,18 @@ impl Pipeline {
             },
             queue_chunks: spec.queue_chunks,
             chunk_records: spec.chunk_records,
+            checkpoint: spec.checkpoint.clone(),
+            plugin_hashes: spec
+                .plugins
+                .keys()
+                .filter_map(|name| match registry.get(name) {
+                    Some(super::registry::Function::Wasm(plugin)) => {
+                        Some((name.clone(), plugin.content_hash().to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            definition: format!("{spec:#?}"),
         })
     }
 
@@ -167,13 +190,38 @@ impl Pipeline {
             .enable_all()
             .build()
             .map_err(io)?;
+        let (mut durability, first_batch, mut replays) = match &self.checkpoint {
+            Some(settings) => {
+                let (durability, first, replays) = Durability::open(
+                    settings.clone(),
+                    &self.plan,
+                    self.plugin_hashes.clone(),
+                    self.definition.clone(),
+                    options.allow_plugin_change,
+                )?;
+                (Some(durability), first, replays.into_iter().map(Some).collect())
+            }
+            None => (None, 0, vec![None; self.plan.sources.len()]),
+        };
         let (stop_sources, stop_watch) = watch::channel(false);
         let (errors_tx, errors) = std::sync::mpsc::channel::<SourceError>();
         let mut queues = Vec::new();
         let mut tasks = Vec::new();
-        for (spec, _) in &self.plan.sources {
+        for ((spec, _), replay) in self.plan.sources.iter().zip(replays.iter_mut()) {
             let (chunks, queue) = mpsc::channel(self.queue_chunks);
             queues.push(queue);
+            // A source that keeps no position cannot read a logged batch
+            // again: it contributes nothing to replayed batches.
+            let untracked = replay.as_ref().map_or(0, |r| {
+                if r.batches.iter().all(|b| *b == BatchInput::Untracked) {
+                    r.batches.len()
+                } else {
+                    0
+                }
+            });
+            if untracked > 0 {
+                *replay = None;
+            }
             let ctx = SourceContext {
                 name: spec.name.clone(),
                 chunks,
@@ -181,11 +229,17 @@ impl Pipeline {
                 available_now: options.available_now,
                 chunk_records: self.chunk_records,
                 clock: self.clock,
+                replay: replay.take(),
             };
             let receiver = source::from_spec(spec);
             let errors_tx = errors_tx.clone();
             tasks.push(runtime.spawn(async move {
                 let name = ctx.name.clone();
+                for _ in 0..untracked {
+                    if ctx.chunks.send(Delivery::BatchEnd).await.is_err() {
+                        return;
+                    }
+                }
                 // The receiver runs in its own task so that a panic in it is
                 // reported as a failed source, not mistaken for its end.
                 let outcome = match tokio::spawn(receiver.run(ctx)).await {
@@ -203,6 +257,8 @@ impl Pipeline {
         drop(errors_tx);
         let mut batcher = Batcher::new(queues);
         let mut summary = RunSummary::default();
+        let mut next_batch = first_batch;
+        let mut last_batch: Option<(u64, i64)> = None;
         let mut source_error = None;
         let mut next_cut = Instant::now() + self.batch_interval;
         let mut stopping = false;
@@ -210,7 +266,8 @@ impl Pipeline {
         tracing::info!(pipeline = %pipeline, partitions = self.plan.partitions, workers, "pipeline started");
 
         let result = loop {
-            if !stopping {
+            let replayed = durability.as_mut().and_then(Durability::next_replayed);
+            if !stopping && replayed.is_none() {
                 if self.clock.is_some() {
                     // Deterministic time: batches follow the sources' units.
                 } else if options.available_now {
@@ -245,21 +302,43 @@ impl Pipeline {
             // Look at the receivers before cutting: whatever a finished
             // receiver sent is then already in the cut.
             let sources_done = tasks.iter().all(|t| t.is_finished());
-            let (batches, finished) = if self.clock.is_some() {
+            let (cuts, finished) = if self.clock.is_some() || replayed.is_some() {
                 let units = batcher.cut_units(&options.stop);
                 // A unit may be empty (an empty file): only the end of every
                 // source ends the run.
-                let ended = batcher.all_finished() && units.iter().all(|u| u.is_empty());
-                (units, ended)
+                let ended = batcher.all_finished() && units.iter().all(|u| u.chunks.is_empty());
+                (units, ended && replayed.is_none())
             } else {
                 let finished = batcher.all_finished();
                 (batcher.cut(), finished)
             };
-            let received: usize = batches.iter().map(|p| partition_len(p)).sum();
-            if received == 0 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline))) {
+            let received: usize = cuts.iter().map(|cut| partition_len(&cut.chunks)).sum();
+            if received == 0
+                && replayed.is_none()
+                && (finished || (stopping && (sources_done || Instant::now() > stop_deadline)))
+            {
                 break Ok(());
             }
-            if let Err(error) = self.run_one(&executor, summary.batches, batches, &mut summary, &options.stop)
+            let batch_id = next_batch;
+            let time = match (&replayed, self.clock) {
+                (Some(logged), _) => logged.time,
+                (None, Some(clock)) => clock.time_of(batch_id),
+                (None, None) => now_ms(),
+            };
+            if let Some(durability) = &mut durability
+                && let Err(error) = durability.record(batch_id, time, &cuts, replayed.as_ref())
+            {
+                break Err(error);
+            }
+            let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
+            if let Err(error) = self.run_one(&executor, batch_id, time, batches, &mut summary, &options.stop)
+            {
+                break Err(error);
+            }
+            next_batch += 1;
+            last_batch = Some((batch_id, time));
+            if let Some(durability) = &mut durability
+                && let Err(error) = durability.after_batch(&self.plan, batch_id, time, false)
             {
                 break Err(error);
             }
@@ -276,6 +355,26 @@ impl Pipeline {
         };
         let _ = stop_sources.send(true);
         runtime.shutdown_timeout(Duration::from_millis(200));
+        let result = match (result, &mut durability) {
+            // A final checkpoint after the last batch of a clean end or a
+            // graceful stop: a restart then has nothing to replay.
+            (Ok(()), Some(durability)) => {
+                let last = last_batch.map_or(Ok(()), |(batch, time)| {
+                    durability.after_batch(&self.plan, batch, time, true)
+                });
+                last.and_then(|()| durability.finish())
+            }
+            (result, Some(durability)) => {
+                // Keep what an in-flight checkpoint wrote; the error that
+                // stopped the run is the one to report.
+                let _ = durability.finish();
+                result
+            }
+            (result, None) => result,
+        };
+        if let Some(durability) = &durability {
+            summary.checkpoints = durability.stats();
+        }
         for stage in &self.plan.stages {
             let metrics = &stage.metrics;
             let read =
@@ -318,6 +417,7 @@ impl Pipeline {
         &mut self,
         executor: &Executor,
         batch_id: u64,
+        time_ms: i64,
         batches: Vec<Partition>,
         summary: &mut RunSummary,
         stop: &StopSignal,
@@ -325,7 +425,7 @@ impl Pipeline {
         let started = Instant::now();
         let info = BatchInfo {
             id: batch_id,
-            time_ms: self.clock.map_or_else(now_ms, |clock| clock.time_of(batch_id)),
+            time_ms,
         };
         let received: usize = batches.iter().map(|p| partition_len(p)).sum();
         let mut streams = match executor.run_batch(batch_id, info.time_ms, batches) {

@@ -132,6 +132,7 @@ impl Sink for FilesSink {
                 }
             }
             File::open(&temporary)?.sync_all()?;
+            crate::failpoint::crash_point("sink-commit");
             if target.exists() {
                 std::fs::remove_dir_all(&target)?;
             }

@@ -13,9 +13,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{Closed, Source, SourceContext, SourceError};
+use super::{BatchInput, Closed, Source, SourceContext, SourceError, SourcePosition};
 use crate::config::FilesSpec;
 
 /// A directory receiver.
@@ -60,23 +60,50 @@ impl FilesSource {
     }
 }
 
-/// Reads one file into the chunker. `Ok(Err(_))`: the file could not be read.
-/// Records are stamped with `timestamp` (the wall clock when `None`).
+/// Reads bytes `start..end` of file `name` (to its end when `end` is
+/// `None`) into chunks whose positions are offsets in that file.
+/// `Ok(Err(_))`: the file could not be read. Records are stamped with
+/// `timestamp` (the wall clock when `None`).
 async fn read_file(
-    path: &Path,
+    dir: &Path,
+    name: &str,
+    range: (u64, Option<u64>),
     ctx: &SourceContext,
     timestamp: Option<i64>,
 ) -> Result<std::io::Result<u64>, Closed> {
     let stamp = || timestamp.unwrap_or_else(super::now_ms);
-    let mut file = match tokio::fs::File::open(path).await {
+    let (start, end) = range;
+    let path = dir.join(name);
+    let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(error) => return Ok(Err(error)),
     };
+    if start > 0
+        && let Err(error) = file.seek(std::io::SeekFrom::Start(start)).await
+    {
+        return Ok(Err(error));
+    }
     let mut chunker = ctx.chunker();
+    let file_name = name.to_owned();
+    chunker.track(
+        0,
+        start,
+        Box::new(move |_, offset| SourcePosition::File {
+            name: file_name.clone(),
+            offset,
+        }),
+    );
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        match file.read(&mut buffer).await {
+        let want = match end {
+            Some(end) => (end.saturating_sub(start + total) as usize).min(buffer.len()),
+            None => buffer.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        match file.read(&mut buffer[..want]).await {
             Ok(0) => break,
             Ok(n) => {
                 total += n as u64;
@@ -110,6 +137,47 @@ impl Source for FilesSource {
         let mut seen: HashSet<OsString> = HashSet::new();
         // Files read in the current batch unit, and units completed.
         let (mut in_unit, mut unit) = (0u64, 0u64);
+        if let Some(replay) = ctx.replay.clone() {
+            // The file pieces of the batches logged before a crash, batch by
+            // batch; then the rest of the file the last one stopped in.
+            let first = replay.next_batch - replay.batches.len() as u64;
+            for (batch, input) in (first..).zip(&replay.batches) {
+                if let BatchInput::Files { segments } = input {
+                    let timestamp = ctx.clock.map(|_| ctx.timestamp(batch));
+                    for segment in segments {
+                        let range = (segment.start, Some(segment.end));
+                        match read_file(&self.dir, &segment.name, range, &ctx, timestamp).await {
+                            Err(Closed) => return Ok(()),
+                            Ok(Ok(_)) => {}
+                            Ok(Err(error)) => {
+                                return Err(ctx.error(format!(
+                                    "cannot read {} again to replay batch {batch}: {error}",
+                                    self.dir.join(&segment.name).display()
+                                )));
+                            }
+                        }
+                    }
+                }
+                if ctx.end_batch().await.is_err() {
+                    return Ok(());
+                }
+            }
+            let progress = replay.progress_after();
+            seen.extend(progress.finished_files.iter().map(OsString::from));
+            if let Some(SourcePosition::File { name, offset }) = progress.position {
+                let timestamp = ctx.clock.map(|_| ctx.timestamp(replay.next_batch));
+                match read_file(&self.dir, &name, (offset, None), &ctx, timestamp).await {
+                    Err(Closed) => return Ok(()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(
+                        source = %ctx.name, file = %name,
+                        "cannot read the rest of the file being read before the restart: {error}"
+                    ),
+                }
+                seen.insert(OsString::from(name));
+            }
+            unit = replay.next_batch;
+        }
         loop {
             match self.list(&seen).await {
                 Ok(names) => {
@@ -119,7 +187,8 @@ impl Source for FilesSource {
                         }
                         let path = self.dir.join(&name);
                         let timestamp = ctx.clock.map(|_| ctx.timestamp(unit));
-                        match read_file(&path, &ctx, timestamp).await {
+                        let Some(text_name) = name.to_str() else { continue };
+                        match read_file(&self.dir, text_name, (0, None), &ctx, timestamp).await {
                             Err(Closed) => return Ok(()),
                             Ok(Ok(bytes)) => {
                                 tracing::debug!(source = %ctx.name, file = %path.display(), bytes, "read file")

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Source, SourceContext, SourceError};
+use super::{BatchInput, Source, SourceContext, SourceError, SourcePosition};
 use crate::config::GeneratorSpec;
 
 /// The vocabulary lines are drawn from.
@@ -118,7 +118,35 @@ impl Source for GeneratorSource {
         let settings = self.settings;
         let mut chunker = ctx.chunker();
         let mut text = Vec::new();
+        let position = || -> super::PositionOf { Box::new(|lines, _| SourcePosition::Generator { lines }) };
         let mut index = 0u64;
+        if let Some(replay) = &ctx.replay {
+            // Lines of the batches logged before a crash, batch by batch.
+            let first = replay.next_batch - replay.batches.len() as u64;
+            for (batch, input) in (first..).zip(&replay.batches) {
+                if let BatchInput::Generator { start, end } = input {
+                    chunker.track(*start, 0, position());
+                    let now = ctx.timestamp(batch);
+                    for line_index in *start..*end {
+                        line(settings.seed, line_index, settings.words_per_line, &mut text);
+                        if chunker.push(&text, now).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    if chunker.flush().await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if ctx.end_batch().await.is_err() {
+                    return Ok(());
+                }
+            }
+            if let Some(SourcePosition::Generator { lines }) = replay.progress_after().position {
+                index = lines;
+            }
+        }
+        chunker.track(index, 0, position());
+        let first_index = index;
         let total = settings.lines.unwrap_or(u64::MAX);
         // With a rate, produce in 10 ms slices; without one, in whole chunks
         // and let backpressure set the pace.
@@ -155,7 +183,7 @@ impl Source for GeneratorSource {
                 return Ok(());
             }
             if let (Some(rate), Some(_)) = (settings.rate, per_tick) {
-                let due = started + Duration::from_secs_f64(index as f64 / rate as f64);
+                let due = started + Duration::from_secs_f64((index - first_index) as f64 / rate as f64);
                 let mut stop = ctx.stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}

@@ -15,6 +15,7 @@
 
 pub mod files;
 pub mod generator;
+pub mod position;
 pub mod socket;
 pub mod stdin;
 
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{SourceKind, SourceSpec};
 use crate::record::Batch;
+pub use position::{BatchInput, FileSegment, Replay, SourcePosition, SourceProgress};
 
 /// A receiver failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +40,9 @@ pub struct SourceError {
 /// What a receiver hands to the batcher through its queue.
 #[derive(Debug)]
 pub enum Delivery {
-    /// Records, in arrival order.
-    Chunk(Batch),
+    /// Records, in arrival order, and the source's position just after them
+    /// (`None` for sources that keep no position).
+    Chunk(Batch, Option<SourcePosition>),
     /// The end of one unit of a source with a fixed batch size (a file with
     /// `max-files-per-batch`, `records-per-batch` generator lines): no batch
     /// takes records from both sides of it.
@@ -78,6 +81,8 @@ pub struct SourceContext {
     /// Set under deterministic time: records of the source's unit `k` are
     /// stamped with the time of batch `k` instead of the wall clock.
     pub clock: Option<DeterministicClock>,
+    /// After a restart: what to read again first, and where to go on from.
+    pub replay: Option<Replay>,
 }
 
 impl SourceContext {
@@ -105,6 +110,7 @@ impl SourceContext {
             available_now: self.available_now,
             chunk_records: self.chunk_records,
             clock: self.clock,
+            replay: None,
         }
     }
 
@@ -136,12 +142,20 @@ impl SourceContext {
 #[derive(Debug, Clone, Copy)]
 pub struct Closed;
 
-/// Collects lines into chunks and sends them to the batcher.
+/// Turns how much input a chunker has consumed (complete lines, their bytes
+/// with line ends) into the source's position.
+pub type PositionOf = Box<dyn Fn(u64, u64) -> SourcePosition + Send + Sync>;
+
+/// Collects lines into chunks and sends them to the batcher, each with the
+/// source's position after it.
 pub struct LineChunker {
     chunks: mpsc::Sender<Delivery>,
     chunk_records: usize,
     current: Batch,
     partial: Vec<u8>,
+    lines: u64,
+    bytes: u64,
+    position_of: Option<PositionOf>,
 }
 
 /// Bytes after which a chunk is sent even if it has fewer records.
@@ -154,13 +168,26 @@ impl LineChunker {
             chunk_records,
             current: Batch::new(),
             partial: Vec::new(),
+            lines: 0,
+            bytes: 0,
+            position_of: None,
         }
+    }
+
+    /// Reports positions through `position_of(lines, bytes)`, counting from
+    /// `lines` lines and `bytes` bytes already consumed.
+    pub fn track(&mut self, lines: u64, bytes: u64, position_of: PositionOf) {
+        self.lines = lines;
+        self.bytes = bytes;
+        self.position_of = Some(position_of);
     }
 
     /// Adds one record (a line without its end-of-line), sending the chunk
     /// when it is full.
     pub async fn push(&mut self, value: &[u8], timestamp: i64) -> Result<(), Closed> {
         self.current.push(None, value, timestamp);
+        self.lines += 1;
+        self.bytes += value.len() as u64 + 1;
         if self.current.len() >= self.chunk_records || self.current.data_bytes() >= CHUNK_BYTES {
             self.flush().await?;
         }
@@ -179,8 +206,11 @@ impl LineChunker {
             } else {
                 self.partial.extend_from_slice(&bytes[start..end]);
                 let line = std::mem::take(&mut self.partial);
+                self.bytes += (line.len() - (end - start)) as u64;
                 self.current.push(None, trim_cr(&line), timestamp);
             }
+            self.lines += 1;
+            self.bytes += (end - start + 1) as u64;
             start = end + 1;
             if self.current.len() >= self.chunk_records || self.current.data_bytes() >= CHUNK_BYTES {
                 self.flush().await?;
@@ -194,6 +224,8 @@ impl LineChunker {
     pub async fn finish_lines(&mut self, timestamp: i64) -> Result<(), Closed> {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
+            self.lines += 1;
+            self.bytes += line.len() as u64;
             self.current.push(None, trim_cr(&line), timestamp);
         }
         self.flush().await
@@ -205,7 +237,11 @@ impl LineChunker {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.current);
-        self.chunks.send(Delivery::Chunk(chunk)).await.map_err(|_| Closed)
+        let position = self.position_of.as_ref().map(|at| at(self.lines, self.bytes));
+        self.chunks
+            .send(Delivery::Chunk(chunk, position))
+            .await
+            .map_err(|_| Closed)
     }
 }
 

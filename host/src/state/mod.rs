@@ -144,6 +144,11 @@ impl KeyedStore {
         Ok(idle)
     }
 
+    /// Every entry, in memory and on disk (for a checkpoint).
+    pub fn entries(&self) -> Result<Vec<KeyedEntry>, StateError> {
+        self.idle_since(i64::MAX)
+    }
+
     /// Applies a batch's changes, then spills if memory is over budget.
     pub fn commit(&mut self, changes: StateChanges) -> Result<(), StateError> {
         let mut spill_removals = Vec::new();

@@ -1,0 +1,50 @@
+//! Crash points for the crash tests: `WEIR_CRASH_AT=<point>:<n>` makes the
+//! process kill itself with SIGKILL — no unwinding, no cleanup, exactly what
+//! `kill -9` does — the `n`-th time it reaches `<point>` (several points
+//! separated by commas). Unset, a crash point costs a look at an empty list.
+//!
+//! Points: `batch-logged` (a batch's input is in the batch log, the batch has
+//! not run), `sink-commit` (a files sink wrote a batch's files, not yet
+//! renamed into place), `checkpoint-state` (a checkpoint's state files are
+//! written, its manifest is not), `checkpoint-done` (a checkpoint is complete).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Armed {
+    point: String,
+    at: u64,
+    hits: AtomicU64,
+}
+
+fn armed() -> &'static [Armed] {
+    static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        std::env::var("WEIR_CRASH_AT")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|spec| {
+                let (point, at) = spec.trim().split_once(':')?;
+                Some(Armed {
+                    point: point.to_owned(),
+                    at: at.parse().ok()?,
+                    hits: AtomicU64::new(0),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Aborts the process if `point` is armed and reached for the armed time.
+pub fn crash_point(point: &str) {
+    for armed in armed() {
+        if armed.point == point && armed.hits.fetch_add(1, Ordering::Relaxed) + 1 == armed.at {
+            eprintln!("crash point `{point}` reached: killing the process");
+            // SAFETY: raise(3) has no preconditions; SIGKILL does not return.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
+            std::process::abort();
+        }
+    }
+}

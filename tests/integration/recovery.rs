@@ -1,0 +1,489 @@
+//! Fault tolerance: the real binary killed with SIGKILL over and over —
+//! at exact crash points (a batch just logged, a sink between writing and
+//! renaming a batch, a checkpoint between its state files and its manifest,
+//! a checkpoint just finished) and at random moments — and restarted with the
+//! same command until it finishes; its files-sink output is then compared
+//! with a reference computed here: no batch lost, none duplicated, every
+//! batch exactly what it must be. Also: a corrupt checkpoint falls back to
+//! the previous one, a changed plugin is refused, and a graceful stop
+//! leaves a final checkpoint.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, wait_status, write_pipeline};
+
+use super::{LIMIT, weir};
+
+/// Input: `files` files of sample text, `lines` lines each, named in order.
+fn text_files(dir: &Path, files: usize, lines: usize) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..files)
+        .map(|k| {
+            let text = sample_text(lines, 1000 + k as u64);
+            std::fs::write(dir.join(format!("f{k:04}.txt")), &text).unwrap();
+            text
+        })
+        .collect()
+}
+
+/// A tiny xorshift for kill timings.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// How a crash run went.
+#[derive(Debug, Default)]
+struct Crashes {
+    /// Attempts killed by SIGKILL (at a crash point or from outside).
+    kills: usize,
+    /// Of those, at each crash point.
+    at_points: BTreeMap<String, usize>,
+}
+
+/// Runs `file` with `--available-now` until an attempt finishes by itself:
+/// first `random_kills` attempts killed from outside after a random delay,
+/// then one attempt per entry of `points` (a `WEIR_CRASH_AT` value), then
+/// one to the end.
+fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u64) -> Crashes {
+    let mut crashes = Crashes::default();
+    let mut rng = Rng(seed | 1);
+    let log = file.with_extension("log");
+    let start = |crash_at: Option<&str>| {
+        let mut command = weir().command(&["run", file.to_str().unwrap(), "--available-now"]);
+        if let Some(spec) = crash_at {
+            command.env("WEIR_CRASH_AT", spec);
+        }
+        command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cannot start weir")
+    };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    for _ in 0..random_kills {
+        let mut child = start(None);
+        let deadline = Instant::now() + Duration::from_millis(40 + rng.below(200));
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.signal(), Some(9));
+            crashes.kills += 1;
+        } else {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "a restarted run failed: {}", log_text());
+        }
+    }
+    for spec in points {
+        let mut child = start(Some(spec));
+        let status = wait_status(&mut child, LIMIT);
+        match status.signal() {
+            Some(9) => {
+                crashes.kills += 1;
+                let point = spec.split(':').next().unwrap().to_owned();
+                *crashes.at_points.entry(point).or_default() += 1;
+            }
+            _ => assert!(
+                status.success(),
+                "attempt with WEIR_CRASH_AT={spec} failed: {}",
+                log_text()
+            ),
+        }
+    }
+    let mut child = start(None);
+    let status = wait_status(&mut child, LIMIT);
+    assert!(status.success(), "the last run failed: {}", log_text());
+    crashes
+}
+
+/// Crash points for `batches` batches with a checkpoint every 3: every kind,
+/// several times, at varying hits.
+fn crash_points(rng: &mut Rng) -> Vec<String> {
+    let mut points = Vec::new();
+    for round in 0..4 {
+        points.push(format!("batch-logged:{}", 2 + rng.below(4)));
+        points.push(format!("sink-commit:{}", 1 + rng.below(4)));
+        points.push(format!("checkpoint-state:{}", 1 + round % 2));
+        points.push(format!("checkpoint-done:{}", 1 + rng.below(2)));
+    }
+    points
+}
+
+fn pipeline(name: &str, input: &Path, dir: &Path, stages: &str, extra_plugins: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[pipeline]
+name = "{name}"
+batch-interval = "1s"
+partitions = 2
+clock = "deterministic"
+checkpoint-dir = {checkpoints:?}
+
+[checkpoint]
+every-batches = 3
+keep = 2
+
+[plugins]
+split-words = {split:?}
+{extra_plugins}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+{stages}
+
+[[sink]]
+input = "out"
+type = "files"
+path = {out:?}
+"#,
+        checkpoints = dir.join("checkpoints").display().to_string(),
+        split = plugins::SPLIT_WORDS,
+        input = input.display().to_string(),
+        out = dir.join("out").display().to_string(),
+    );
+    write_pipeline(dir, &format!("{name}.toml"), &text)
+}
+
+/// Every batch's lines, sorted, by batch id.
+fn output_by_batch(dir: &Path) -> BTreeMap<u64, Vec<String>> {
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (batch, line) in sink_lines(&dir.join("out")) {
+        out.entry(batch).or_default().push(line);
+    }
+    for lines in out.values_mut() {
+        lines.sort();
+    }
+    out
+}
+
+fn words(text: &str) -> Vec<&str> {
+    text.split_whitespace().collect()
+}
+
+fn counts<'a>(words: impl IntoIterator<Item = &'a str>) -> BTreeMap<&'a str, i64> {
+    let mut counts = BTreeMap::new();
+    for word in words {
+        *counts.entry(word).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn keyed_lines(map: &BTreeMap<&str, i64>) -> Vec<String> {
+    let mut lines: Vec<String> = map.iter().map(|(k, v)| format!("{k}\t{v}")).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn killed_pipelines_lose_and_duplicate_nothing() {
+    let root = scratch();
+    let input = root.path().join("in");
+    let files = text_files(&input, 160, 80);
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    type Reference = Box<dyn Fn(&[String]) -> BTreeMap<u64, Vec<String>>>;
+    let cases: Vec<(&str, String, &str, Reference)> = vec![
+        (
+            "stateless",
+            "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"filter\"\nplugin = \"drop-stopwords\"\nconfig = { stopwords = [\"the\"] }".into(),
+            "drop-stopwords = \"DROP\"",
+            Box::new(|files| {
+                files
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, text)| {
+                        let mut lines: Vec<String> =
+                            words(text).into_iter().filter(|w| *w != "the").map(|w| format!("{w}\t{w}")).collect();
+                        lines.sort();
+                        (!lines.is_empty()).then_some((k as u64, lines))
+                    })
+                    .collect()
+            }),
+        ),
+        (
+            "reduce",
+            "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key\"\nreducer = \"count\"".into(),
+            "",
+            Box::new(|files| {
+                files
+                    .iter()
+                    .enumerate()
+                    .map(|(k, text)| (k as u64, keyed_lines(&counts(words(text)))))
+                    .collect()
+            }),
+        ),
+        (
+            "window",
+            "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"4s\"\nslide = \"2s\"\ninverse = true".into(),
+            "",
+            Box::new(|files| {
+                (0..files.len())
+                    .filter(|k| (k + 1) % 2 == 0)
+                    .map(|k| {
+                        let window = files[(k + 1).saturating_sub(4)..=k].iter().flat_map(|t| words(t));
+                        (k as u64, keyed_lines(&counts(window)))
+                    })
+                    .collect()
+            }),
+        ),
+        (
+            "state",
+            "[[stage]]\nname = \"ones\"\ninput = \"words\"\nop = \"map\"\nplugin = \"one\"\n\n[[stage]]\nname = \"out\"\ninput = \"ones\"\nop = \"update-state-by-key\"\nplugin = \"running-total\"\nstate-memory = \"4KiB\"".into(),
+            "running-total = \"TOTAL\"\none = \"ONE\"",
+            Box::new(|files| {
+                let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
+                files
+                    .iter()
+                    .enumerate()
+                    .map(|(k, text)| {
+                        let batch = counts(words(text));
+                        for (word, n) in &batch {
+                            *totals.entry(word).or_default() += n;
+                        }
+                        let touched: BTreeMap<&str, i64> = batch.keys().map(|w| (*w, totals[w])).collect();
+                        (k as u64, keyed_lines(&touched))
+                    })
+                    .collect()
+            }),
+        ),
+    ];
+    for (name, stages, extra, reference) in cases {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let extra = extra
+            .replace("\"DROP\"", &format!("{:?}", plugins::DROP_STOPWORDS))
+            .replace("\"TOTAL\"", &format!("{:?}", plugins::RUNNING_TOTAL))
+            .replace("\"ONE\"", &format!("{:?}", plugins::ONE));
+        let file = pipeline(name, &input, &dir, &stages, &extra);
+        let points = crash_points(&mut rng);
+        let crashes = run_with_crashes(&file, &points, 6, rng.below(u64::MAX));
+        assert!(
+            crashes.kills >= 20,
+            "{name}: only {} kills: {crashes:?}",
+            crashes.kills
+        );
+        for point in [
+            "batch-logged",
+            "sink-commit",
+            "checkpoint-state",
+            "checkpoint-done",
+        ] {
+            assert!(
+                crashes.at_points.get(point).is_some_and(|n| *n > 0),
+                "{name}: never killed at {point}: {crashes:?}"
+            );
+        }
+        let expected = reference(&files);
+        let got = output_by_batch(&dir);
+        let missing: Vec<&u64> = expected.keys().filter(|k| !got.contains_key(k)).collect();
+        let extra_batches: Vec<&u64> = got.keys().filter(|k| !expected.contains_key(k)).collect();
+        assert!(
+            missing.is_empty() && extra_batches.is_empty(),
+            "{name}: batches missing {missing:?}, unexpected {extra_batches:?}"
+        );
+        for (batch, lines) in &expected {
+            assert_eq!(
+                &got[batch], lines,
+                "{name}: batch {batch} differs after {} kills",
+                crashes.kills
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
+    let root = scratch();
+    let input = root.path().join("in");
+    let files = text_files(&input, 9, 50);
+    let dir = root.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stages = "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"3s\"\ninverse = true";
+    let file = pipeline("fallback", &input, &dir, stages, "");
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let first = output_by_batch(&dir);
+    // Checkpoints of batches 5 and 8 are kept (every 3, keep 2; the final
+    // one after the last batch). Corrupt the newest one's state and remove
+    // the output of the batches after the older one: they must come back.
+    let checkpoints = dir.join("checkpoints").join("checkpoints");
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    std::fs::write(kept[1].join("state-0000.bin"), b"not a snapshot").unwrap();
+    for batch in 6..9 {
+        let _ = std::fs::remove_dir_all(dir.join("out").join(format!("batch-{batch:012}")));
+    }
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(log.contains("unusable") && log.contains("falling back"), "{log}");
+    assert!(log.contains("3 batches"), "batches 6 to 8 replayed: {log}");
+    assert_eq!(output_by_batch(&dir), first);
+    assert_eq!(first.len(), files.len());
+
+    // Another build of the plugin (the same component plus a custom section,
+    // so its content hash differs): refused, exit 2, unless allowed.
+    let mut component = std::fs::read(plugins::SPLIT_WORDS).unwrap();
+    component.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
+    let rebuilt = root.path().join("split-words-v2.wasm");
+    std::fs::write(&rebuilt, component).unwrap();
+    let changed = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("{:?}", plugins::SPLIT_WORDS),
+        &format!("{:?}", rebuilt.display().to_string()),
+    );
+    std::fs::write(&file, changed).unwrap();
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("plugin `split-words` changed since the checkpoint"),
+        "{}",
+        stderr(&output)
+    );
+    let output = weir().run(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--available-now",
+            "--allow-plugin-change",
+        ],
+        LIMIT,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn a_graceful_stop_writes_a_final_checkpoint_and_resumes_where_it_stopped() {
+    let root = scratch();
+    let input = root.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let dir = root.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        r#"
+[pipeline]
+name = "graceful"
+batch-interval = "20ms"
+partitions = 2
+checkpoint-dir = {checkpoints:?}
+
+[checkpoint]
+every-batches = 1000
+
+[plugins]
+split-words = {split:?}
+
+[[source]]
+name = "lines"
+type = "generator"
+lines = 50000000
+rate = 20000
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "out"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "out"
+type = "files"
+path = {out:?}
+"#,
+        checkpoints = dir.join("checkpoints").display().to_string(),
+        split = plugins::SPLIT_WORDS,
+        out = dir.join("out").display().to_string(),
+    );
+    let file = write_pipeline(&dir, "graceful.toml", &text);
+    let child = weir().spawn(&["run", file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    weir_tests::terminate(&child);
+    let output = weir_tests::wait_output(child, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let latest = std::fs::read_to_string(dir.join("checkpoints").join("LATEST")).unwrap();
+    let last_batch: u64 = latest.trim().parse().unwrap();
+    let written: Vec<(u64, String)> = sink_lines(&dir.join("out"));
+    let max_written = written.iter().map(|(b, _)| *b).max().unwrap();
+    assert_eq!(
+        last_batch, max_written,
+        "the final checkpoint covers the last batch"
+    );
+    // The manifest says where the generator stood: the lines counted so far.
+    let manifest = std::fs::read_to_string(
+        dir.join("checkpoints")
+            .join("checkpoints")
+            .join(format!("{last_batch:020}"))
+            .join("manifest.json"),
+    )
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let lines = manifest["sources"][0]["position"]["lines"].as_u64().unwrap();
+    let counted: u64 = written
+        .iter()
+        .map(|(_, l)| l.split_once('\t').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    // 8 words per generated line: every line generated before the stop was counted once.
+    assert_eq!(counted, lines * 8);
+    // Restarted, it goes on from there: batch ids continue.
+    let child = weir().spawn(&["run", file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1000));
+    weir_tests::terminate(&child);
+    let output = weir_tests::wait_output(child, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let after: Vec<(u64, String)> = sink_lines(&dir.join("out"));
+    assert!(after.iter().any(|(b, _)| *b > last_batch));
+    let resumed_latest: u64 = std::fs::read_to_string(dir.join("checkpoints").join("LATEST"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let manifest = std::fs::read_to_string(
+        dir.join("checkpoints")
+            .join("checkpoints")
+            .join(format!("{resumed_latest:020}"))
+            .join("manifest.json"),
+    )
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let lines = manifest["sources"][0]["position"]["lines"].as_u64().unwrap();
+    let counted: u64 = after
+        .iter()
+        .map(|(_, l)| l.split_once('\t').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        counted,
+        lines * 8,
+        "no line lost or counted twice across the restart"
+    );
+}
