@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, wait_status, write_pipeline};
+use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, write_pipeline};
 
 use super::{LIMIT, weir};
 
@@ -64,6 +64,7 @@ fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u
         if let Some(spec) = crash_at {
             command.env("WEIR_CRASH_AT", spec);
         }
+        command.env("WEIR_LOG", "info");
         command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -71,6 +72,20 @@ fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u
             .expect("cannot start weir")
     };
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait = |child: &mut std::process::Child, what: &str| {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {LIMIT:?}: {}", log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     for _ in 0..random_kills {
         let mut child = start(None);
         let deadline = Instant::now() + Duration::from_millis(40 + rng.below(200));
@@ -89,7 +104,7 @@ fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u
     }
     for spec in points {
         let mut child = start(Some(spec));
-        let status = wait_status(&mut child, LIMIT);
+        let status = wait(&mut child, &format!("the attempt with WEIR_CRASH_AT={spec}"));
         match status.signal() {
             Some(9) => {
                 crashes.kills += 1;
@@ -104,7 +119,7 @@ fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u
         }
     }
     let mut child = start(None);
-    let status = wait_status(&mut child, LIMIT);
+    let status = wait(&mut child, "the last run");
     assert!(status.success(), "the last run failed: {}", log_text());
     crashes
 }
@@ -485,5 +500,174 @@ path = {out:?}
         counted,
         lines * 8,
         "no line lost or counted twice across the restart"
+    );
+}
+
+/// A producer for the socket source: a TCP server that streams numbered
+/// lines to whoever connects (Weir), never resending a line, and records
+/// which lines Weir acknowledged (`ack <n>`: the first `n` lines of this
+/// connection are in its write-ahead log).
+struct Feeder {
+    port: u16,
+    total: usize,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Feeder {
+    fn start(total: usize) -> Self {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (next_for_server, acked_for_server) = (next.clone(), acked.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+                let (reader, sent_for_reader, acked) = (
+                    stream.try_clone().unwrap(),
+                    sent.clone(),
+                    acked_for_server.clone(),
+                );
+                std::thread::spawn(move || {
+                    // Acks count lines of this connection: only the new ones are added.
+                    let mut counted = 0;
+                    for line in std::io::BufReader::new(reader).lines() {
+                        let Ok(line) = line else { break };
+                        if let Some(n) = line.strip_prefix("ack ").and_then(|n| n.parse::<usize>().ok()) {
+                            let sent = sent_for_reader.lock().unwrap();
+                            let upto = n.min(sent.len());
+                            if upto > counted {
+                                acked.lock().unwrap().extend(sent[counted..upto].iter().copied());
+                                counted = upto;
+                            }
+                        }
+                    }
+                });
+                let next = next_for_server.clone();
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    loop {
+                        let start = next.fetch_add(20, Ordering::SeqCst);
+                        if start >= total {
+                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                            break;
+                        }
+                        let end = (start + 20).min(total);
+                        let text: String = (start..end).map(|i| format!("line-{i:07}\n")).collect();
+                        sent.lock().unwrap().extend(start..end);
+                        if stream.write_all(text.as_bytes()).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            total,
+            next,
+            acked,
+        }
+    }
+}
+
+#[test]
+fn a_killed_socket_pipeline_keeps_every_acknowledged_line_once_through_its_write_ahead_log() {
+    let root = scratch();
+    let dir = root.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let feeder = Feeder::start(60_000);
+    let text = format!(
+        r#"
+[pipeline]
+name = "socket-wal"
+batch-interval = "50ms"
+partitions = 2
+checkpoint-dir = {checkpoints:?}
+
+[checkpoint]
+every-batches = 4
+keep = 2
+
+[plugins]
+lowercase = {lowercase:?}
+
+[[source]]
+name = "lines"
+type = "socket"
+address = "127.0.0.1:{port}"
+max-backoff = "200ms"
+ack = true
+
+[[stage]]
+name = "out"
+input = "lines"
+op = "map"
+plugin = "lowercase"
+
+[[sink]]
+input = "out"
+type = "files"
+path = {out:?}
+"#,
+        checkpoints = dir.join("checkpoints").display().to_string(),
+        lowercase = plugins::LOWERCASE,
+        port = feeder.port,
+        out = dir.join("out").display().to_string(),
+    );
+    let file = write_pipeline(&dir, "socket.toml", &text);
+    let mut rng = Rng(0xfeed_f00d_1234_5678);
+    let mut points = Vec::new();
+    for _ in 0..3 {
+        points.push(format!("batch-logged:{}", 2 + rng.below(6)));
+        points.push(format!("sink-commit:{}", 2 + rng.below(6)));
+        points.push(format!("checkpoint-state:{}", 1 + rng.below(2)));
+        points.push(format!("checkpoint-done:{}", 1 + rng.below(2)));
+    }
+    let crashes = run_with_crashes(&file, &points, 10, rng.below(u64::MAX));
+    assert!(crashes.kills >= 20, "only {} kills: {crashes:?}", crashes.kills);
+    assert!(feeder.next.load(std::sync::atomic::Ordering::SeqCst) >= feeder.total);
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
+    for (_, line) in sink_lines(&dir.join("out")) {
+        let number: usize = line
+            .strip_prefix("line-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?}"));
+        *seen.entry(number).or_default() += 1;
+    }
+    let duplicated: Vec<(&usize, &usize)> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        duplicated.is_empty(),
+        "lines output more than once: {duplicated:?}"
+    );
+    let mut acked = feeder.acked.lock().unwrap().clone();
+    acked.sort_unstable();
+    let before = acked.len();
+    acked.dedup();
+    assert_eq!(
+        acked.len(),
+        before,
+        "a line acknowledged twice: the feeder sent it twice"
+    );
+    assert!(
+        acked.len() > feeder.total / 2,
+        "only {} of {} lines acknowledged",
+        acked.len(),
+        feeder.total
+    );
+    let lost: Vec<&usize> = acked
+        .iter()
+        .filter(|line| !seen.contains_key(line))
+        .take(5)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged lines missing from the output: {lost:?} (of {})",
+        acked.len()
     );
 }

@@ -46,6 +46,8 @@ pub struct CheckpointSettings {
     pub every: Option<Duration>,
     /// Checkpoints kept.
     pub keep: usize,
+    /// When write-ahead logs are synced.
+    pub wal_sync: crate::source::wal::WalSync,
 }
 
 /// Checkpointing or recovery failed.
@@ -127,6 +129,9 @@ pub struct Manifest {
     pub time: i64,
     /// Each source's progress after that batch, in source order.
     pub sources: Vec<SourceProgress>,
+    /// The sources' names, in source order.
+    #[serde(default)]
+    pub source_names: Vec<String>,
     /// Sink name → the last batch it committed.
     pub sinks: BTreeMap<String, u64>,
     /// The operator state files.
@@ -164,6 +169,11 @@ pub struct CheckpointReport {
 
 const LATEST: &str = "LATEST";
 const FORMAT: u32 = 1;
+
+/// The write-ahead log directory of source `source` under checkpoint directory `dir`.
+pub fn wal_dir(dir: &std::path::Path, source: &str) -> PathBuf {
+    dir.join("wal").join(source)
+}
 
 fn offsets_name(batch: u64) -> String {
     format!("offsets/{batch:020}.json")
@@ -515,6 +525,26 @@ fn write_checkpoint(
             .map_err(io(format!("remove the checkpoint of batch {old}")))?;
     }
     if let Some(oldest) = oldest {
+        // Write-ahead logs: what is behind the oldest kept checkpoint is
+        // never read again.
+        let oldest_manifest = if oldest == batch {
+            Some(manifest.clone())
+        } else {
+            storage
+                .get(&format!("{}/manifest.json", checkpoint_dir(oldest)))
+                .ok()
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+        };
+        if let Some(oldest_manifest) = oldest_manifest {
+            for (name, progress) in oldest_manifest.source_names.iter().zip(&oldest_manifest.sources) {
+                if let Some(crate::source::SourcePosition::Wal { offset }) = progress.position {
+                    let wal = wal_dir(std::path::Path::new(dir), name);
+                    crate::source::wal::Wal::truncate_before(&wal, offset)
+                        .map_err(io(format!("truncate the write-ahead log of `{name}`")))?;
+                }
+            }
+        }
         for name in storage.list("offsets").map_err(io("list the batch log".into()))? {
             if name
                 .strip_suffix(".json")
@@ -540,6 +570,7 @@ mod tests {
             every_batches: 1,
             every: None,
             keep,
+            wal_sync: crate::source::wal::WalSync::Block,
         }
     }
 
@@ -552,6 +583,7 @@ mod tests {
             batch,
             time: batch as i64 * 1000,
             sources: vec![SourceProgress::default()],
+            source_names: vec!["lines".into()],
             sinks: BTreeMap::new(),
             states: Vec::new(),
         }

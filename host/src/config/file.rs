@@ -43,6 +43,10 @@ pub struct CheckpointTable {
     pub every: Option<Spanned<String>>,
     /// Checkpoints kept. Default 3.
     pub keep: Option<Spanned<i64>>,
+    /// When the write-ahead log of socket and stdin sources is synced:
+    /// `"block"` (default: every block, before it is acknowledged) or an
+    /// interval such as `"100ms"`.
+    pub wal_sync: Option<Spanned<String>>,
 }
 
 /// Resource limits of plugin instances: `[limits]`, or a stage's `limits`.
@@ -102,6 +106,9 @@ pub struct SourceTable {
     pub mode: Option<Spanned<String>>,
     /// socket: longest wait between reconnection attempts. Default `"5s"`.
     pub max_backoff: Option<Spanned<String>>,
+    /// socket: acknowledge lines once they are in the write-ahead log
+    /// (`ack <lines>` back on the connection). Needs `checkpoint-dir`.
+    pub ack: Option<Spanned<bool>>,
     /// files: the directory to watch.
     pub path: Option<Spanned<String>>,
     /// files: which file names to read. Default `"*"`.

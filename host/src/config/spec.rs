@@ -72,6 +72,8 @@ pub enum SourceKind {
         mode: SocketMode,
         /// Longest wait between reconnection attempts.
         max_backoff: Duration,
+        /// Acknowledge logged lines to the producer (`ack <lines>`), with checkpoints.
+        ack: bool,
     },
     /// Lines of every file that appears in a directory.
     Files(FilesSpec),
@@ -422,6 +424,11 @@ pub(super) fn build(
                 .unwrap_or(10) as u64,
                 every: tuning.and_then(|t| t.every.as_ref()).map(duration).transpose()?,
                 keep: positive(tuning.and_then(|t| t.keep.as_ref()), "keep", 1000)?.unwrap_or(3),
+                wal_sync: match tuning.and_then(|t| t.wal_sync.as_ref()) {
+                    None => crate::source::wal::WalSync::Block,
+                    Some(text) if text.get_ref() == "block" => crate::source::wal::WalSync::Block,
+                    Some(text) => crate::source::wal::WalSync::Interval(duration(text)?),
+                },
             })
         }
     };
@@ -441,6 +448,16 @@ pub(super) fn build(
         .into_iter()
         .map(|source| source_spec(source, base_dir, lines))
         .collect::<Result<Vec<_>, _>>()?;
+    if checkpoint.is_none()
+        && let Some((offset, _)) = sources
+            .iter()
+            .find(|(_, source)| matches!(source.kind, SourceKind::Socket { ack: true, .. }))
+    {
+        return Err((
+            *offset,
+            "`ack` needs `checkpoint-dir` in [pipeline]: lines are acknowledged once they are in the write-ahead log kept there".into(),
+        ));
+    }
     if matches!(clock, ClockMode::Deterministic { .. }) {
         for (offset, source) in &sources {
             let fixed = match &source.kind {
@@ -607,7 +624,7 @@ fn source_spec(
     let name = stream_name(&table.name)?;
     let kind_name = table.kind.get_ref().as_str();
     let allowed: &[&str] = match kind_name {
-        "socket" => &["address", "mode", "max-backoff"],
+        "socket" => &["address", "mode", "max-backoff", "ack"],
         "files" => &["path", "glob", "poll-interval", "max-files-per-batch"],
         "generator" => &["lines", "rate", "words-per-line", "seed", "records-per-batch"],
         "stdin" => &[],
@@ -618,7 +635,8 @@ fn source_spec(
             ));
         }
     };
-    let present: [(&str, Option<usize>); 12] = [
+    let present: [(&str, Option<usize>); 13] = [
+        ("ack", table.ack.as_ref().map(|v| v.span().start)),
         (
             "max-files-per-batch",
             table.max_files_per_batch.as_ref().map(|v| v.span().start),
@@ -670,6 +688,7 @@ fn source_spec(
                 address: address.to_owned(),
                 mode,
                 max_backoff,
+                ack: table.ack.as_ref().is_some_and(|a| *a.get_ref()),
             }
         }
         "files" => {

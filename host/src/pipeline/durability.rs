@@ -36,6 +36,7 @@ pub struct Durability {
     definition: String,
     plugins: BTreeMap<String, String>,
     sinks: Vec<String>,
+    source_names: Vec<String>,
     progress: Vec<SourceProgress>,
     replay: VecDeque<LoggedBatch>,
     last_checkpointed: Option<u64>,
@@ -118,6 +119,11 @@ impl Durability {
             definition,
             plugins,
             sinks: plan.sinks.iter().map(|(sink, _)| sink.name.clone()).collect(),
+            source_names: plan
+                .sources
+                .iter()
+                .map(|(source, _)| source.name.clone())
+                .collect(),
             progress,
             replay: recovery.logged.into(),
             last_checkpointed: recovery.restored.as_ref().map(|r| r.manifest.batch),
@@ -196,6 +202,7 @@ impl Durability {
             batch,
             time,
             sources: self.progress.clone(),
+            source_names: self.source_names.clone(),
             sinks: self.sinks.iter().map(|sink| (sink.clone(), batch)).collect(),
             states: Vec::new(),
         };

@@ -230,6 +230,12 @@ impl Pipeline {
                 chunk_records: self.chunk_records,
                 clock: self.clock,
                 replay: replay.take(),
+                wal: self.checkpoint.as_ref().map(|settings| {
+                    (
+                        crate::checkpoint::wal_dir(&settings.dir, &spec.name),
+                        settings.wal_sync,
+                    )
+                }),
             };
             let receiver = source::from_spec(spec);
             let errors_tx = errors_tx.clone();

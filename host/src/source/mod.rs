@@ -18,6 +18,7 @@ pub mod generator;
 pub mod position;
 pub mod socket;
 pub mod stdin;
+pub mod wal;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -83,6 +84,9 @@ pub struct SourceContext {
     pub clock: Option<DeterministicClock>,
     /// After a restart: what to read again first, and where to go on from.
     pub replay: Option<Replay>,
+    /// For receivers that cannot rewind: their write-ahead log's directory
+    /// and sync policy (set when the pipeline checkpoints).
+    pub wal: Option<(std::path::PathBuf, wal::WalSync)>,
 }
 
 impl SourceContext {
@@ -111,6 +115,7 @@ impl SourceContext {
             chunk_records: self.chunk_records,
             clock: self.clock,
             replay: None,
+            wal: None,
         }
     }
 
@@ -271,7 +276,13 @@ pub fn from_spec(spec: &SourceSpec) -> Box<dyn Source> {
             address,
             mode,
             max_backoff,
-        } => Box::new(socket::SocketSource::new(address.clone(), *mode, *max_backoff)),
+            ack,
+        } => Box::new(socket::SocketSource::new(
+            address.clone(),
+            *mode,
+            *max_backoff,
+            *ack,
+        )),
         SourceKind::Files(settings) => Box::new(files::FilesSource::new(settings.clone())),
         SourceKind::Generator(settings) => Box::new(generator::GeneratorSource::new(settings.clone())),
         SourceKind::Stdin => Box::new(stdin::StdinSource),

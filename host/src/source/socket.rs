@@ -8,12 +8,15 @@
 //! at once; in `--available-now` runs it ends when every producer it accepted
 //! has closed its connection and no new one arrived for 300 ms.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
+use super::wal::{IntakeError, LoggedIntake};
 use super::{Closed, Source, SourceContext, SourceError, now_ms};
 use crate::config::SocketMode;
 
@@ -22,15 +25,18 @@ pub struct SocketSource {
     address: String,
     mode: SocketMode,
     max_backoff: Duration,
+    ack: bool,
 }
 
 impl SocketSource {
-    /// A receiver for `address` in `mode`.
-    pub fn new(address: String, mode: SocketMode, max_backoff: Duration) -> Self {
+    /// A receiver for `address` in `mode`; with `ack`, every block of lines
+    /// is acknowledged to the producer once it is logged (`ack <lines>`).
+    pub fn new(address: String, mode: SocketMode, max_backoff: Duration, ack: bool) -> Self {
         Self {
             address,
             mode,
             max_backoff,
+            ack,
         }
     }
 }
@@ -43,9 +49,91 @@ enum Ended {
     Error(std::io::Error),
     /// The pipeline is stopping or gone.
     Stopped,
+    /// The write-ahead log failed: the source cannot go on.
+    Failed(String),
 }
 
-async fn read_lines(stream: &mut TcpStream, ctx: &mut SourceContext) -> Ended {
+/// The shared intake through the write-ahead log.
+type Logged = Arc<Mutex<LoggedIntake>>;
+
+/// Opens the write-ahead log when the pipeline checkpoints (replaying first
+/// what recovery asks for).
+async fn open_log(ctx: &SourceContext) -> Result<Option<Logged>, SourceError> {
+    let Some((dir, sync)) = &ctx.wal else {
+        return Ok(None);
+    };
+    match LoggedIntake::open(dir, *sync, ctx).await {
+        Ok(intake) => Ok(Some(Arc::new(Mutex::new(intake)))),
+        Err(IntakeError::Closed) => Ok(None),
+        Err(IntakeError::Wal(error)) => Err(ctx.error(format!(
+            "cannot open the write-ahead log in {}: {error}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Reads lines from a connection into the log: complete lines only; each
+/// block is logged, then acknowledged (`ack <lines so far>`) when asked.
+async fn read_logged(stream: &mut TcpStream, ctx: &mut SourceContext, logged: &Logged, ack: bool) -> Ended {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
+    let mut acked = 0u64;
+    let ended = loop {
+        let read = tokio::select! {
+            read = stream.read(&mut buffer) => read,
+            _ = ctx.stopped() => break Ended::Stopped,
+        };
+        let n = match read {
+            Ok(0) => break Ended::Eof,
+            Ok(n) => n,
+            Err(error) => break Ended::Error(error),
+        };
+        let Some(last) = memchr::memrchr(b'\n', &buffer[..n]) else {
+            partial.extend_from_slice(&buffer[..n]);
+            continue;
+        };
+        partial.extend_from_slice(&buffer[..=last]);
+        let lines = std::mem::replace(&mut partial, buffer[last + 1..n].to_vec());
+        match logged.lock().await.take(&lines, now_ms()).await {
+            Ok(()) => {}
+            Err(IntakeError::Closed) => return Ended::Stopped,
+            Err(IntakeError::Wal(error)) => {
+                return Ended::Failed(format!("cannot write the write-ahead log: {error}"));
+            }
+        }
+        if ack {
+            acked += memchr::memchr_iter(b'\n', &lines).count() as u64;
+            if stream
+                .write_all(format!("ack {acked}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break Ended::Eof;
+            }
+        }
+    };
+    if !partial.is_empty() {
+        // A last line without its end: logged with one, like any line.
+        partial.push(b'\n');
+        if let Err(IntakeError::Wal(error)) = logged.lock().await.take(&partial, now_ms()).await {
+            return Ended::Failed(format!("cannot write the write-ahead log: {error}"));
+        }
+        if ack {
+            let _ = stream.write_all(format!("ack {}\n", acked + 1).as_bytes()).await;
+        }
+    }
+    ended
+}
+
+async fn read_lines(
+    stream: &mut TcpStream,
+    ctx: &mut SourceContext,
+    logged: Option<&Logged>,
+    ack: bool,
+) -> Ended {
+    if let Some(logged) = logged {
+        return read_logged(stream, ctx, logged, ack).await;
+    }
     let mut chunker = ctx.chunker();
     let mut buffer = vec![0u8; 64 * 1024];
     let ended = loop {
@@ -79,6 +167,7 @@ async fn read_lines(stream: &mut TcpStream, ctx: &mut SourceContext) -> Ended {
 
 impl SocketSource {
     async fn run_connect(self, mut ctx: SourceContext) -> Result<(), SourceError> {
+        let logged = open_log(&ctx).await?;
         let initial = Duration::from_millis(100);
         let mut backoff = initial;
         loop {
@@ -93,8 +182,9 @@ impl SocketSource {
                 Ok(mut stream) => {
                     tracing::info!(source = %ctx.name, address = %self.address, "connected");
                     backoff = initial;
-                    match read_lines(&mut stream, &mut ctx).await {
+                    match read_lines(&mut stream, &mut ctx, logged.as_ref(), self.ack).await {
                         Ended::Stopped => return Ok(()),
+                        Ended::Failed(message) => return Err(ctx.error(message)),
                         Ended::Eof if ctx.available_now => return Ok(()),
                         Ended::Eof => tracing::warn!(
                             source = %ctx.name, address = %self.address,
@@ -130,6 +220,8 @@ impl SocketSource {
     }
 
     async fn run_listen(self, mut ctx: SourceContext) -> Result<(), SourceError> {
+        let logged = open_log(&ctx).await?;
+        let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<String>(1);
         let listener = TcpListener::bind(&self.address)
             .await
             .map_err(|e| ctx.error(format!("cannot listen on {}: {e}", self.address)))?;
@@ -148,10 +240,17 @@ impl SocketSource {
                         accepted_any = true;
                         tracing::info!(source = %ctx.name, %peer, "producer connected");
                         let mut connection_ctx = ctx.clone_for_task();
+                        let (logged, ack, failed_tx) = (logged.clone(), self.ack, failed_tx.clone());
                         connections.spawn(async move {
-                            let ended = read_lines(&mut stream, &mut connection_ctx).await;
-                            if let Ended::Error(error) = ended {
-                                tracing::warn!(source = %connection_ctx.name, %peer, "connection failed: {error}");
+                            let ended = read_lines(&mut stream, &mut connection_ctx, logged.as_ref(), ack).await;
+                            match ended {
+                                Ended::Error(error) => {
+                                    tracing::warn!(source = %connection_ctx.name, %peer, "connection failed: {error}");
+                                }
+                                Ended::Failed(message) => {
+                                    let _ = failed_tx.send(message).await;
+                                }
+                                Ended::Eof | Ended::Stopped => {}
                             }
                         });
                     }
@@ -161,6 +260,7 @@ impl SocketSource {
                     }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(message) = failed.recv() => return Err(ctx.error(message)),
                 _ = ctx.stopped() => {
                     while connections.join_next().await.is_some() {}
                     return Ok(());

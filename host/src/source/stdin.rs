@@ -1,8 +1,10 @@
 //! Lines from standard input. Standard input cannot be rewound: what was read
-//! is in the pipeline, what was not is still in the pipe.
+//! is in the pipeline, what was not is still in the pipe. When the pipeline
+//! checkpoints, lines go through the write-ahead log first.
 
 use tokio::io::AsyncReadExt;
 
+use super::wal::{IntakeError, LoggedIntake};
 use super::{Source, SourceContext, SourceError, now_ms};
 
 /// Reads standard input line by line until end of file.
@@ -11,6 +13,9 @@ pub struct StdinSource;
 #[async_trait::async_trait]
 impl Source for StdinSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> Result<(), SourceError> {
+        if let Some((dir, sync)) = ctx.wal.clone() {
+            return run_logged(&dir, sync, ctx).await;
+        }
         let mut stdin = tokio::io::stdin();
         let mut chunker = ctx.chunker();
         let mut buffer = vec![0u8; 64 * 1024];
@@ -34,4 +39,53 @@ impl Source for StdinSource {
         let _ = chunker.finish_lines(now_ms()).await;
         Ok(())
     }
+}
+
+/// Standard input through the write-ahead log: complete lines are logged
+/// before they reach the batcher.
+async fn run_logged(
+    dir: &std::path::Path,
+    sync: super::wal::WalSync,
+    mut ctx: SourceContext,
+) -> Result<(), SourceError> {
+    let wal_error = |ctx: &SourceContext, error: std::io::Error| {
+        ctx.error(format!("write-ahead log in {}: {error}", dir.display()))
+    };
+    let mut intake = match LoggedIntake::open(dir, sync, &ctx).await {
+        Ok(intake) => intake,
+        Err(IntakeError::Closed) => return Ok(()),
+        Err(IntakeError::Wal(error)) => return Err(wal_error(&ctx, error)),
+    };
+    let mut stdin = tokio::io::stdin();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let read = tokio::select! {
+            read = stdin.read(&mut buffer) => read,
+            _ = ctx.stopped() => break,
+        };
+        let n = match read {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) => return Err(ctx.error(format!("cannot read standard input: {error}"))),
+        };
+        let Some(last) = memchr::memrchr(b'\n', &buffer[..n]) else {
+            partial.extend_from_slice(&buffer[..n]);
+            continue;
+        };
+        partial.extend_from_slice(&buffer[..=last]);
+        let lines = std::mem::replace(&mut partial, buffer[last + 1..n].to_vec());
+        match intake.take(&lines, now_ms()).await {
+            Ok(()) => {}
+            Err(IntakeError::Closed) => return Ok(()),
+            Err(IntakeError::Wal(error)) => return Err(wal_error(&ctx, error)),
+        }
+    }
+    if !partial.is_empty() {
+        partial.push(b'\n');
+        if let Err(IntakeError::Wal(error)) = intake.take(&partial, now_ms()).await {
+            return Err(wal_error(&ctx, error));
+        }
+    }
+    Ok(())
 }
