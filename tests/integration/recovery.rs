@@ -671,3 +671,75 @@ path = {out:?}
         acked.len()
     );
 }
+
+/// A tmpfs of `size` mounted at `dir` for the life of the guard.
+struct TinyDisk(PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("cannot run mount");
+        assert!(
+            status.success(),
+            "this test mounts a {size} tmpfs to fill a disk for real; it needs root (or CAP_SYS_ADMIN)"
+        );
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_pipeline_with_a_clear_error_and_it_resumes_once_space_is_freed() {
+    let root = scratch();
+    let input = root.path().join("in");
+    let files = text_files(&input, 40, 40);
+    let dir = root.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = root.path().join("disk");
+    let _mounted = TinyDisk::mount(&disk, "512k");
+    // Leave a few pages: enough for some batches and checkpoints, not all.
+    let filler = disk.join("filler");
+    std::fs::write(&filler, vec![0u8; 492 * 1024]).unwrap();
+    let stages = "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"3s\"\ninverse = true";
+    let file = pipeline("full", &input, &dir, stages, "");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("{:?}", dir.join("checkpoints").display().to_string()),
+        &format!("{:?}", disk.join("checkpoints").display().to_string()),
+    );
+    std::fs::write(&file, text).unwrap();
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(log.contains("No space left on device"), "{log}");
+    assert!(
+        log.contains("checkpoint directory"),
+        "the error says what was being written where: {log}"
+    );
+    let partial = output_by_batch(&dir);
+    assert!(
+        partial.len() < files.len(),
+        "the disk never filled: {} batches",
+        partial.len()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Every window, exactly once, as if nothing had happened.
+    let expected: BTreeMap<u64, Vec<String>> = (0..files.len())
+        .map(|k| {
+            let window = files[(k + 1).saturating_sub(3)..=k].iter().flat_map(|t| words(t));
+            (k as u64, keyed_lines(&counts(window)))
+        })
+        .collect();
+    assert_eq!(output_by_batch(&dir), expected);
+}
