@@ -584,6 +584,148 @@ type = "console"
     })
 }
 
+/// What the checkpoint benchmark measured.
+#[derive(Debug, Clone)]
+pub struct CheckpointReport {
+    /// Words counted per run.
+    pub words: u64,
+    /// Batches per run.
+    pub batches: u64,
+    /// Best wall time without checkpoints.
+    pub without: Duration,
+    /// Best wall time with a checkpoint every 10 batches.
+    pub with: Duration,
+    /// Checkpoint figures of the last checkpointed run.
+    pub stats: crate::pipeline::durability::CheckpointStats,
+}
+
+impl CheckpointReport {
+    /// Throughput with checkpoints over throughput without.
+    pub fn ratio(&self) -> f64 {
+        self.without.as_secs_f64() / self.with.as_secs_f64()
+    }
+}
+
+/// Word count over a sliding window (100 one-second batches, one generated
+/// file each, deterministic time, Wasm `split-words`), without checkpoints
+/// and with a checkpoint every 10 batches (batch log, window state, sources'
+/// positions), alternating, `rounds` times each, in one run.
+pub fn checkpoints(
+    plugin: &Path,
+    lines: u64,
+    partitions: usize,
+    rounds: usize,
+    mut progress: impl FnMut(&str),
+) -> Result<CheckpointReport, EngineError> {
+    const BATCHES: u64 = 100;
+    let scratch = tempdir()?;
+    let input = scratch.join("checkpoint-input");
+    progress(&format!("generating {lines} lines in {BATCHES} files..."));
+    generate_input(&input, lines, 8, lines.div_ceil(BATCHES).max(1))
+        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
+    let text = |checkpoint: Option<&Path>| {
+        let checkpoint = checkpoint
+            .map(|dir| {
+                format!(
+                    "checkpoint-dir = {:?}\n[checkpoint]\nevery-batches = 10\n",
+                    dir.display().to_string()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            r#"
+[pipeline]
+name = "bench-checkpoints"
+batch-interval = "1s"
+partitions = {partitions}
+clock = "deterministic"
+chunk-records = 16384
+{checkpoint}
+[plugins]
+split-words = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key-and-window"
+reducer = "count"
+length = "30s"
+slide = "10s"
+inverse = true
+
+[[sink]]
+input = "counts"
+type = "console"
+"#,
+            plugin = plugin.display().to_string(),
+            input = input.display().to_string(),
+        )
+    };
+    let runtime = Runtime::with_default_cache()?;
+    let mut registry = None;
+    let mut run_once =
+        |checkpoint: Option<&Path>| -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
+            let spec = config::parse(&text(checkpoint), Path::new("bench-checkpoints.toml"))?;
+            let registry = match &mut registry {
+                Some(registry) => registry,
+                None => {
+                    let mut loaded = PluginRegistry::new(runtime.clone());
+                    loaded.load_declared(&spec)?;
+                    registry.insert(loaded)
+                }
+            };
+            let mut pipeline = Pipeline::build(&spec, registry, "bench-checkpoints.toml")?;
+            pipeline.set_sinks(vec![("counts".into(), Box::new(DiscardSink))])?;
+            let started = Instant::now();
+            let summary = pipeline.run(RunOptions {
+                available_now: true,
+                ..RunOptions::default()
+            })?;
+            Ok((started.elapsed(), summary))
+        };
+    let (mut without, mut with) = (Duration::MAX, Duration::MAX);
+    let mut stats = Default::default();
+    let mut batches = 0;
+    for round in 1..=rounds.max(1) {
+        let (elapsed, summary) = run_once(None)?;
+        batches = summary.batches;
+        progress(&format!(
+            "checkpoints round {round}   none: {:>8.3} s",
+            elapsed.as_secs_f64()
+        ));
+        without = without.min(elapsed);
+        let dir = scratch.join(format!("checkpoints-{round}"));
+        let (elapsed, summary) = run_once(Some(&dir))?;
+        progress(&format!(
+            "checkpoints round {round} every 10: {:>8.3} s ({} checkpoints)",
+            elapsed.as_secs_f64(),
+            summary.checkpoints.written
+        ));
+        with = with.min(elapsed);
+        stats = summary.checkpoints;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(CheckpointReport {
+        words: lines * 8,
+        batches,
+        without,
+        with,
+        stats,
+    })
+}
+
 fn tempdir() -> Result<PathBuf, EngineError> {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)

@@ -82,8 +82,9 @@ enum Command {
         #[arg(long, value_parser = ["wasm", "native"])]
         only: Option<String>,
         /// Which benchmarks: `wordcount` (throughput, latency, isolation),
-        /// `window` (windowed word count, deterministic time) or `all`.
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "window"])]
+        /// `window` (windowed word count, deterministic time), `checkpoint`
+        /// (the windowed word count with and without checkpoints) or `all`.
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "window", "checkpoint"])]
         suite: String,
     },
 }
@@ -369,6 +370,21 @@ fn run(
                         ""
                     }
                 );
+                let checkpoints = &summary.checkpoints;
+                if let Some(batch) = checkpoints.resumed_after {
+                    eprintln!(
+                        "  resumed after the checkpoint of batch {batch}; {} logged batches replayed",
+                        checkpoints.replayed_batches
+                    );
+                }
+                if checkpoints.written > 0 {
+                    eprintln!(
+                        "  {} checkpoints written, the last {} bytes, the longest {:.1} ms",
+                        checkpoints.written,
+                        checkpoints.last_bytes,
+                        checkpoints.max_duration.as_secs_f64() * 1e3
+                    );
+                }
                 for (stage, state) in &summary.state_by_stage {
                     eprintln!(
                         "  stage `{stage}`: {} state entries, {} bytes in memory, {} on disk",
@@ -436,7 +452,31 @@ fn bench(
     };
     let partitions =
         partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    if suite != "wordcount" {
+    if suite == "all" || suite == "checkpoint" {
+        let report =
+            weir::bench::checkpoints(&plugin, lines, partitions, rounds, |line| eprintln!("{line}"))?;
+        let rate = |time: std::time::Duration| report.words as f64 / time.as_secs_f64() / 1e6;
+        println!(
+            "checkpoints: windowed word count over {} words in {} batches, best of {rounds}:",
+            report.words, report.batches
+        );
+        println!(
+            "  no checkpoints          {:>8.2} M words/s",
+            rate(report.without)
+        );
+        println!(
+            "  checkpoint every 10     {:>8.2} M words/s  ({} checkpoints, last {} bytes, longest {:.1} ms)",
+            rate(report.with),
+            report.stats.written,
+            report.stats.last_bytes,
+            report.stats.max_duration.as_secs_f64() * 1e3
+        );
+        println!("  with / without = {:.2}", report.ratio());
+        if suite == "checkpoint" {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if suite == "all" || suite == "window" {
         let report = weir::bench::window(&plugin, lines, partitions, rounds, |line| eprintln!("{line}"))?;
         let rate = |time: std::time::Duration| report.words as f64 / time.as_secs_f64() / 1e6;
         println!(
