@@ -52,9 +52,9 @@ struct Crashes {
 }
 
 /// Runs `file` with `--available-now` until an attempt finishes by itself:
-/// first `random_kills` attempts killed from outside after a random delay,
-/// then one attempt per entry of `points` (a `WEIR_CRASH_AT` value), then
-/// one to the end.
+/// first one attempt per entry of `points` (a `WEIR_CRASH_AT` value), then
+/// `random_kills` attempts killed from outside at random moments, then one
+/// to the end.
 fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u64) -> Crashes {
     let mut crashes = Crashes::default();
     let mut rng = Rng(seed | 1);
@@ -86,22 +86,6 @@ fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    for _ in 0..random_kills {
-        let mut child = start(None);
-        let deadline = Instant::now() + Duration::from_millis(40 + rng.below(200));
-        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            let status = child.wait().unwrap();
-            assert_eq!(status.signal(), Some(9));
-            crashes.kills += 1;
-        } else {
-            let status = child.wait().unwrap();
-            assert!(status.success(), "a restarted run failed: {}", log_text());
-        }
-    }
     for spec in points {
         let mut child = start(Some(spec));
         let status = wait(&mut child, &format!("the attempt with WEIR_CRASH_AT={spec}"));
@@ -116,6 +100,44 @@ fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u
                 "attempt with WEIR_CRASH_AT={spec} failed: {}",
                 log_text()
             ),
+        }
+    }
+    // Random moments: a random number of batches into the attempt (1 to 5
+    // logged), plus a random few milliseconds, so kills land anywhere in a
+    // batch whatever the machine's speed.
+    let logged = file.parent().unwrap().join("checkpoints").join("offsets");
+    let last_logged = || -> Option<u64> {
+        std::fs::read_dir(&logged)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+            .max()
+    };
+    for _ in 0..random_kills {
+        let base = last_logged();
+        let wanted = 1 + rng.below(5);
+        let extra = Duration::from_millis(rng.below(4));
+        let mut child = start(None);
+        let deadline = Instant::now() + LIMIT;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            let progressed = match (base, last_logged()) {
+                (Some(base), Some(now)) => now >= base + wanted,
+                (None, Some(now)) => now + 1 >= wanted,
+                _ => false,
+            };
+            if progressed {
+                std::thread::sleep(extra);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.signal(), Some(9));
+            crashes.kills += 1;
+        } else {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "a restarted run failed: {}", log_text());
         }
     }
     let mut child = start(None);
@@ -551,12 +573,12 @@ impl Feeder {
                 std::thread::spawn(move || {
                     let mut stream = stream;
                     loop {
-                        let start = next.fetch_add(20, Ordering::SeqCst);
+                        let start = next.fetch_add(40, Ordering::SeqCst);
                         if start >= total {
                             let _ = stream.shutdown(std::net::Shutdown::Write);
                             break;
                         }
-                        let end = (start + 20).min(total);
+                        let end = (start + 40).min(total);
                         let text: String = (start..end).map(|i| format!("line-{i:07}\n")).collect();
                         sent.lock().unwrap().extend(start..end);
                         if stream.write_all(text.as_bytes()).is_err() {
@@ -581,7 +603,7 @@ fn a_killed_socket_pipeline_keeps_every_acknowledged_line_once_through_its_write
     let root = scratch();
     let dir = root.path().join("run");
     std::fs::create_dir_all(&dir).unwrap();
-    let feeder = Feeder::start(60_000);
+    let feeder = Feeder::start(150_000);
     let text = format!(
         r#"
 [pipeline]
