@@ -252,6 +252,72 @@ mod tests {
     use super::*;
     use crate::config::BuiltinReducer;
 
+    fn settings() -> EventWindowSettings {
+        EventWindowSettings {
+            length_ms: 10,
+            slide_ms: 10,
+            lateness_ms: 5,
+            output: OutputMode::Append,
+            late: LateRecords::Drop,
+            partitions: 1,
+            stage: "s".into(),
+        }
+    }
+
+    fn run(window: &EventTimeWindow, batch_id: u64, events: &[(&str, i64)]) -> Vec<(String, String, i64)> {
+        let mut batch = Batch::new();
+        for (key, time) in events {
+            batch.push(Some(key.as_bytes()), b"x", *time);
+        }
+        let mut instances = crate::operator::InstanceSlots::new();
+        let mut ctx = PartitionContext {
+            batch_id,
+            batch_time: 0,
+            left_chunks: 1,
+            partition: 0,
+            instances: &mut instances,
+            dead_letters: Batch::new(),
+            failures: 0,
+        };
+        let out = window.process_partition(vec![batch], &mut ctx).unwrap();
+        window.end_batch(BatchClock {
+            id: batch_id,
+            time: 0,
+        });
+        let mut records: Vec<(String, String, i64)> = out
+            .iter()
+            .flat_map(Batch::iter)
+            .map(|r| {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (text(r.key.unwrap_or_default()), text(r.value), r.timestamp)
+            })
+            .collect();
+        records.sort();
+        records
+    }
+
+    #[test]
+    fn a_restored_snapshot_goes_on_exactly_like_the_original() {
+        let count = || Reducer::Builtin(BuiltinReducer::Count);
+        let original = EventTimeWindow::new(settings(), count(), Arc::default());
+        run(&original, 0, &[("a", 1), ("b", 3), ("a", 12)]);
+        let restored = EventTimeWindow::new(settings(), count(), Arc::default());
+        restored.restore(&original.snapshot().unwrap().unwrap()).unwrap();
+        assert_eq!(restored.state_size(), original.state_size());
+        // The watermark (12 - 5) came along: 2 is late, [0, 10) closes at 21 - 5.
+        let next = [("a", 2), ("b", 21)];
+        let expected = run(&original, 1, &next);
+        assert_eq!(run(&restored, 1, &next), expected);
+        let last = [("c", 30)];
+        let closed = run(&original, 2, &last);
+        assert_eq!(run(&restored, 2, &last), closed);
+        assert_eq!(
+            closed,
+            vec![("a".into(), "1".into(), 9), ("b".into(), "1".into(), 9)]
+        );
+        assert!(restored.restore(b"truncated").is_err());
+    }
+
     #[test]
     fn a_timestamp_belongs_to_length_over_slide_windows() {
         let window = EventTimeWindow::new(
