@@ -84,9 +84,11 @@ impl Batcher {
 
     /// Takes exactly one unit of every source that has not finished: waits
     /// for each source's next mark (or its end). Returns early, with what it
-    /// has, when `stop` is raised.
-    pub fn cut_units(&mut self, stop: &StopSignal) -> Vec<SourceCut> {
-        self.inputs
+    /// has, when `stop` is raised; the flag says whether every unit is whole.
+    pub fn cut_units(&mut self, stop: &StopSignal) -> (Vec<SourceCut>, bool) {
+        let mut whole = true;
+        let cuts = self
+            .inputs
             .iter_mut()
             .map(|input| {
                 let mut chunks = SourceCut::default();
@@ -97,6 +99,7 @@ impl Batcher {
                         Err(TryRecvError::Disconnected) => input.finished = true,
                         Err(TryRecvError::Empty) => {
                             if stop.wait_timeout(Duration::from_millis(1)) {
+                                whole = false;
                                 break;
                             }
                         }
@@ -104,7 +107,8 @@ impl Batcher {
                 }
                 chunks
             })
-            .collect()
+            .collect();
+        (cuts, whole)
     }
 
     /// True when some source has queued records.
@@ -144,16 +148,16 @@ mod tests {
         assert_eq!(crate::record::partition_len(&batcher.cut()[0].chunks), 1);
         let stop = StopSignal::new();
         assert_eq!(
-            crate::record::partition_len(&batcher.cut_units(&stop)[0].chunks),
+            crate::record::partition_len(&batcher.cut_units(&stop).0[0].chunks),
             1
         );
         drop(tx);
         // The last unit ends with the source.
-        let last = batcher.cut_units(&stop).remove(0);
+        let last = batcher.cut_units(&stop).0.remove(0);
         assert_eq!(crate::record::partition_len(&last.chunks), 1);
         assert_eq!(last.positions, vec![at]);
         assert!(batcher.all_finished());
-        assert!(batcher.cut_units(&stop)[0].chunks.is_empty());
+        assert!(batcher.cut_units(&stop).0[0].chunks.is_empty());
     }
 
     #[test]

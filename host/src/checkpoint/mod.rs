@@ -311,9 +311,11 @@ impl Checkpointer {
             });
         }
         let mut logged = Vec::new();
+        let mut stale = Vec::new();
         for (expected, batch) in (first..).zip(logged_ids) {
-            if batch != expected {
-                break;
+            if batch != expected || !stale.is_empty() {
+                stale.push(batch);
+                continue;
             }
             let entry = self
                 .storage
@@ -327,9 +329,16 @@ impl Checkpointer {
                         batch,
                         "batch log entry {batch} is unreadable: replay stops before it"
                     );
-                    break;
+                    stale.push(batch);
                 }
             }
+        }
+        // Entries after a gap or an unreadable one do not follow from what is
+        // replayed: the batches they describe will be logged again.
+        for batch in stale {
+            self.storage
+                .remove(&offsets_name(batch))
+                .map_err(self.io(format!("remove the stale batch log entry {batch}")))?;
         }
         if let Some(checkpoint) = &restored {
             tracing::info!(
@@ -435,6 +444,11 @@ impl Checkpointer {
         Ok(true)
     }
 
+    /// True while a checkpoint is being written in the background.
+    pub fn busy(&self) -> bool {
+        self.writer.is_some()
+    }
+
     /// The report of the checkpoint written in the background if it has
     /// finished (its failure as an error); `None` while it is still running.
     pub fn collect_finished(&mut self) -> Result<Option<CheckpointReport>, CheckpointError> {
@@ -508,13 +522,30 @@ fn write_checkpoint(
         .put(LATEST, format!("{batch}\n").as_bytes())
         .map_err(io("switch LATEST".into()))?;
     crate::failpoint::crash_point("checkpoint-done");
-    // Keep the newest `keep` checkpoints, and the batch log after the oldest.
-    let mut kept: Vec<u64> = storage
+    // Keep the newest `keep` finished checkpoints, and the batch log after
+    // the oldest. Directories without a readable manifest (a checkpoint cut
+    // short by a crash or a full disk), and any numbered above this one
+    // (left by a run that crashed before finishing them), never count.
+    let mut kept: Vec<u64> = Vec::new();
+    for name in storage
         .list("checkpoints")
         .map_err(io("list checkpoints".into()))?
-        .iter()
-        .filter_map(|name| name.parse().ok())
-        .collect();
+    {
+        let Ok(id) = name.parse::<u64>() else { continue };
+        let finished = id <= batch
+            && storage
+                .get(&format!("{}/manifest.json", checkpoint_dir(id)))
+                .ok()
+                .flatten()
+                .is_some_and(|bytes| serde_json::from_slice::<Manifest>(&bytes).is_ok());
+        if finished {
+            kept.push(id);
+        } else {
+            storage
+                .remove(&checkpoint_dir(id))
+                .map_err(io(format!("remove the unfinished checkpoint of batch {id}")))?;
+        }
+    }
     kept.sort_unstable_by(|a, b| b.cmp(a));
     let oldest = kept
         .get(keep.saturating_sub(1).min(kept.len().saturating_sub(1)))

@@ -55,7 +55,13 @@ impl CheckpointStorage for LocalStorage {
     fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.path(name);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
-        std::fs::create_dir_all(&dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            // The new directory's entry must survive a crash too.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
         let temporary = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {

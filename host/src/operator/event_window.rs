@@ -240,6 +240,13 @@ impl Operator for EventTimeWindow {
             }
             partitions.push(windows);
         }
+        if !partitions.is_empty() && partitions.len() != self.settings.partitions {
+            return Err(restore_error(format!(
+                "the checkpoint has {} partitions of window state, the stage now {}",
+                partitions.len(),
+                self.settings.partitions
+            )));
+        }
         self.max_seen.store(max_seen, Ordering::Release);
         self.watermark.store(watermark, Ordering::Release);
         self.windows.replace(partitions);

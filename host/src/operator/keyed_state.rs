@@ -291,7 +291,7 @@ impl Operator for KeyedState {
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         let mut input = Decoder::new(snapshot);
         let count = input.count(8).map_err(restore_error)?;
-        if count > self.settings.partitions {
+        if count != 0 && count != self.settings.partitions {
             return Err(restore_error(format!(
                 "the checkpoint has {count} partitions of keyed state, the stage now {}",
                 self.settings.partitions

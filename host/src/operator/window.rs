@@ -447,7 +447,7 @@ impl Operator for WindowedReduce {
             }
             partitions.push(state);
         }
-        if partitions.len() > self.partitions {
+        if !partitions.is_empty() && partitions.len() != self.partitions {
             return Err(restore_error(format!(
                 "the checkpoint has {} partitions of window state, the stage now {}",
                 partitions.len(),

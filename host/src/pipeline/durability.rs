@@ -39,6 +39,7 @@ pub struct Durability {
     source_names: Vec<String>,
     progress: Vec<SourceProgress>,
     replay: VecDeque<LoggedBatch>,
+    settings_dir: String,
     last_checkpointed: Option<u64>,
     stats: CheckpointStats,
 }
@@ -76,9 +77,30 @@ impl Durability {
         allow_plugin_change: bool,
     ) -> Result<(Self, u64, Vec<Replay>), EngineError> {
         let pipeline = plan.pipeline.clone();
+        let settings_dir = settings.dir.display().to_string();
         let (checkpointer, recovery) = Checkpointer::open(settings, &plugins, allow_plugin_change)
             .map_err(|e| checkpoint_error(&pipeline, e))?;
         let sources = plan.sources.len();
+        let names: Vec<String> = plan
+            .sources
+            .iter()
+            .map(|(source, _)| source.name.clone())
+            .collect();
+        if let Some(restored) = &recovery.restored
+            && !restored.manifest.source_names.is_empty()
+            && restored.manifest.source_names != names
+        {
+            return Err(checkpoint_error(
+                &pipeline,
+                CheckpointError::Unusable {
+                    dir: settings_dir,
+                    message: format!(
+                        "the checkpoint of batch {} has the sources {:?}, the pipeline now {names:?}: their positions cannot be carried over; use another checkpoint directory to start over",
+                        restored.manifest.batch, restored.manifest.source_names
+                    ),
+                },
+            ));
+        }
         let (first_batch, progress) = match &recovery.restored {
             Some(restored) => {
                 for stage in &plan.stages {
@@ -126,6 +148,7 @@ impl Durability {
                 .collect(),
             progress,
             replay: recovery.logged.into(),
+            settings_dir,
             last_checkpointed: recovery.restored.as_ref().map(|r| r.manifest.batch),
             stats,
         };
@@ -152,6 +175,22 @@ impl Durability {
             .zip(cuts)
             .map(|(progress, cut)| progress.advance(&cut.positions))
             .collect();
+        if let Some(logged) = replayed {
+            for (source, (got, want)) in inputs.iter().zip(&logged.inputs).enumerate() {
+                if got != want {
+                    return Err(EngineError::Checkpoint {
+                        pipeline: self.pipeline.clone(),
+                        error: CheckpointError::Unusable {
+                            dir: self.settings_dir.clone(),
+                            message: format!(
+                                "source `{}` delivered {got:?} when replaying batch {batch}, but the batch log says {want:?} (was its input changed or removed?)",
+                                self.source_names.get(source).map_or("?", String::as_str)
+                            ),
+                        },
+                    });
+                }
+            }
+        }
         if replayed.is_none() {
             self.checkpointer
                 .log_batch(&LoggedBatch { batch, time, inputs })
@@ -169,6 +208,15 @@ impl Durability {
         time: i64,
         force: bool,
     ) -> Result<(), EngineError> {
+        // A background write that failed (a full disk, say) stops the
+        // pipeline at this batch boundary.
+        if let Some(report) = self
+            .checkpointer
+            .collect_finished()
+            .map_err(|e| checkpoint_error(&self.pipeline, e))?
+        {
+            self.count(report);
+        }
         let due = self.checkpointer.batch_done();
         if !(due || force) || self.last_checkpointed == Some(batch) {
             return Ok(());
@@ -180,6 +228,11 @@ impl Durability {
                 .map_err(|e| checkpoint_error(&self.pipeline, e))?
         {
             self.count(report);
+        }
+        if self.checkpointer.busy() {
+            // The previous checkpoint is still being written: try after the
+            // next batch rather than snapshot state for nothing.
+            return Ok(());
         }
         let started = Instant::now();
         let mut states = Vec::new();
@@ -207,13 +260,6 @@ impl Durability {
             states: Vec::new(),
         };
         let snapshot_time = started.elapsed();
-        if let Some(report) = self
-            .checkpointer
-            .collect_finished()
-            .map_err(|e| checkpoint_error(&self.pipeline, e))?
-        {
-            self.count(report);
-        }
         let started = self
             .checkpointer
             .start(manifest, states, snapshot_time)

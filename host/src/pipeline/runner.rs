@@ -265,6 +265,7 @@ impl Pipeline {
         let mut summary = RunSummary::default();
         let mut next_batch = first_batch;
         let mut last_batch: Option<(u64, i64)> = None;
+        let never = StopSignal::new();
         let mut source_error = None;
         let mut next_cut = Instant::now() + self.batch_interval;
         let mut stopping = false;
@@ -309,7 +310,15 @@ impl Pipeline {
             // receiver sent is then already in the cut.
             let sources_done = tasks.iter().all(|t| t.is_finished());
             let (cuts, finished) = if self.clock.is_some() || replayed.is_some() {
-                let units = batcher.cut_units(&options.stop);
+                // A replayed batch is cut whole whatever happens (a stop waits
+                // for the end of the replay): it must be the logged batch.
+                let stop = if replayed.is_some() { &never } else { &options.stop };
+                let (units, whole) = batcher.cut_units(stop);
+                if !whole && durability.is_some() {
+                    // Stopped in the middle of a deterministic unit: leave it
+                    // unlogged; it is read again, whole, after a restart.
+                    break Ok(());
+                }
                 // A unit may be empty (an empty file): only the end of every
                 // source ends the run.
                 let ended = batcher.all_finished() && units.iter().all(|u| u.chunks.is_empty());
@@ -321,6 +330,7 @@ impl Pipeline {
             let received: usize = cuts.iter().map(|cut| partition_len(&cut.chunks)).sum();
             if received == 0
                 && replayed.is_none()
+                && !batcher.has_pending()
                 && (finished || (stopping && (sources_done || Instant::now() > stop_deadline)))
             {
                 break Ok(());
@@ -363,8 +373,9 @@ impl Pipeline {
         runtime.shutdown_timeout(Duration::from_millis(200));
         let result = match (result, &mut durability) {
             // A final checkpoint after the last batch of a clean end or a
-            // graceful stop: a restart then has nothing to replay.
-            (Ok(()), Some(durability)) => {
+            // graceful stop: a restart then has nothing to replay. Not after a
+            // source failed: its progress may not be what it delivered.
+            (Ok(()), Some(durability)) if source_error.is_none() => {
                 let last = last_batch.map_or(Ok(()), |(batch, time)| {
                     durability.after_batch(&self.plan, batch, time, true)
                 });

@@ -148,7 +148,15 @@ impl Source for FilesSource {
                         let range = (segment.start, Some(segment.end));
                         match read_file(&self.dir, &segment.name, range, &ctx, timestamp).await {
                             Err(Closed) => return Ok(()),
-                            Ok(Ok(_)) => {}
+                            Ok(Ok(bytes)) if bytes == segment.end - segment.start => {}
+                            Ok(Ok(bytes)) => {
+                                return Err(ctx.error(format!(
+                                    "cannot replay batch {batch}: {} has {bytes} bytes from offset {} where the batch log says {} (files must not change once in the directory)",
+                                    self.dir.join(&segment.name).display(),
+                                    segment.start,
+                                    segment.end - segment.start
+                                )));
+                            }
                             Ok(Err(error)) => {
                                 return Err(ctx.error(format!(
                                     "cannot read {} again to replay batch {batch}: {error}",

@@ -112,8 +112,10 @@ async fn read_logged(stream: &mut TcpStream, ctx: &mut SourceContext, logged: &L
             }
         }
     };
-    if !partial.is_empty() {
-        // A last line without its end: logged with one, like any line.
+    // A last line without its end is a line only when the producer closed
+    // the connection; cut off by a stop or an error it is dropped (and not
+    // acknowledged: the producer sends it again).
+    if matches!(ended, Ended::Eof) && !partial.is_empty() {
         partial.push(b'\n');
         if let Err(IntakeError::Wal(error)) = logged.lock().await.take(&partial, now_ms()).await {
             return Ended::Failed(format!("cannot write the write-ahead log: {error}"));

@@ -59,13 +59,17 @@ async fn run_logged(
     let mut stdin = tokio::io::stdin();
     let mut buffer = vec![0u8; 64 * 1024];
     let mut partial: Vec<u8> = Vec::new();
+    let mut at_end = false;
     loop {
         let read = tokio::select! {
             read = stdin.read(&mut buffer) => read,
             _ = ctx.stopped() => break,
         };
         let n = match read {
-            Ok(0) => break,
+            Ok(0) => {
+                at_end = true;
+                break;
+            }
             Ok(n) => n,
             Err(error) => return Err(ctx.error(format!("cannot read standard input: {error}"))),
         };
@@ -81,7 +85,8 @@ async fn run_logged(
             Err(IntakeError::Wal(error)) => return Err(wal_error(&ctx, error)),
         }
     }
-    if !partial.is_empty() {
+    // A last line without its end counts only at the end of the input.
+    if at_end && !partial.is_empty() {
         partial.push(b'\n');
         if let Err(IntakeError::Wal(error)) = intake.take(&partial, now_ms()).await {
             return Err(wal_error(&ctx, error));

@@ -67,10 +67,19 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 impl Wal {
     /// Opens (or creates) the log in `dir`, cutting a torn last line off.
     pub fn open(dir: &Path, sync: WalSync) -> std::io::Result<Self> {
+        let created = !dir.exists();
         std::fs::create_dir_all(dir)?;
+        if created && let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
         let (segment_start, path) = match segments(dir)?.pop() {
             Some(last) => last,
-            None => (0, dir.join(segment_name(0))),
+            None => {
+                let path = dir.join(segment_name(0));
+                std::fs::File::create(&path)?;
+                std::fs::File::open(dir)?.sync_all()?;
+                (0, path)
+            }
         };
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -237,6 +246,16 @@ impl LoggedIntake {
             if let Some(SourcePosition::Wal { offset }) = replay.progress_after().position {
                 from = offset;
             }
+        }
+        if from > wal.end() {
+            return Err(IntakeError::Wal(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the write-ahead log in {} ends at offset {}, before the recorded position {from}: its tail was lost (a power loss with an interval wal-sync?)",
+                    dir.display(),
+                    wal.end()
+                ),
+            )));
         }
         // Logged but in no batch yet (received just before the crash).
         chunker.track(0, from, position());

@@ -150,59 +150,73 @@ impl KeyedStore {
     }
 
     /// Applies a batch's changes, then spills if memory is over budget.
+    /// All or nothing: the only step that can fail (removing spilled
+    /// entries from disk) comes before any change in memory, and a failed
+    /// spill keeps the entries in memory.
     pub fn commit(&mut self, changes: StateChanges) -> Result<(), StateError> {
-        let mut spill_removals = Vec::new();
+        if let Some(spill) = &mut self.spill {
+            let on_disk: Vec<Box<[u8]>> = changes
+                .remove
+                .iter()
+                .chain(changes.put.iter().map(|(key, _)| key))
+                .filter(|key| !self.memory.contains_key(*key))
+                .cloned()
+                .collect();
+            if !on_disk.is_empty() {
+                spill.remove(&on_disk)?;
+            }
+        }
         for key in changes.remove {
-            match self.memory.remove(&key) {
-                Some(entry) => self.memory_bytes -= entry.footprint(key.len()),
-                None => spill_removals.push(key),
+            if let Some(entry) = self.memory.remove(&key) {
+                self.memory_bytes -= entry.footprint(key.len());
             }
         }
         for (key, entry) in changes.put {
             self.memory_bytes += entry.footprint(key.len());
             if let Some(old) = self.memory.insert(key.clone(), entry) {
                 self.memory_bytes -= old.footprint(key.len());
-            } else if self.spill.is_some() {
-                // It may have been on disk: memory now has the current state.
-                spill_removals.push(key);
             }
         }
-        if let Some(spill) = &mut self.spill
-            && !spill_removals.is_empty()
+        if self.memory_bytes > self.budget
+            && let Err(error) = self.spill_oldest()
         {
-            spill.remove(&spill_removals)?;
-        }
-        if self.memory_bytes > self.budget {
-            self.spill_oldest()?;
+            tracing::warn!("state stays in memory, over its budget: {error}");
         }
         Ok(())
     }
 
     /// Moves the least recently seen entries to disk until memory holds half
-    /// the budget.
+    /// the budget: written to disk first, dropped from memory after.
     fn spill_oldest(&mut self) -> Result<(), StateError> {
-        let mut by_age: Vec<(i64, Box<[u8]>)> = self
+        let mut by_age: Vec<(i64, &Box<[u8]>)> = self
             .memory
             .iter()
-            .map(|(key, entry)| (entry.last_seen, key.clone()))
+            .map(|(key, entry)| (entry.last_seen, key))
             .collect();
         by_age.sort_unstable();
         let target = self.budget / 2;
-        let mut moved = Vec::new();
+        let mut remaining = self.memory_bytes;
+        let mut moved: Vec<KeyedEntry> = Vec::new();
         for (_, key) in by_age {
-            if self.memory_bytes <= target {
+            if remaining <= target {
                 break;
             }
-            let entry = self.memory.remove(&key).expect("listed from memory");
-            self.memory_bytes -= entry.footprint(key.len());
-            moved.push((key, entry));
+            let entry = &self.memory[key];
+            remaining -= entry.footprint(key.len());
+            moved.push((key.clone(), entry.clone()));
         }
         if self.spill.is_none() {
             self.spill = Some(SpillFile::create(&self.spill_path)?);
         }
         let spill = self.spill.as_mut().expect("created above");
+        spill.put(&moved)?;
         tracing::debug!(keys = moved.len(), file = %self.spill_path.display(), "state spilled to disk");
-        spill.put(&moved)
+        for (key, _) in moved {
+            if let Some(entry) = self.memory.remove(&key) {
+                self.memory_bytes -= entry.footprint(key.len());
+            }
+        }
+        Ok(())
     }
 
     /// Keys and bytes held.
