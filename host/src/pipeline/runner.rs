@@ -321,7 +321,7 @@ impl Pipeline {
                 }
                 // A unit may be empty (an empty file): only the end of every
                 // source ends the run.
-                let ended = batcher.all_finished() && units.iter().all(|u| u.chunks.is_empty());
+                let ended = batcher.all_finished() && units.iter().all(|u| partition_len(&u.chunks) == 0);
                 (units, ended && replayed.is_none())
             } else {
                 let finished = batcher.all_finished();

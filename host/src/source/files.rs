@@ -121,6 +121,9 @@ async fn read_file(
         }
     }
     chunker.finish_lines(stamp()).await?;
+    if total == 0 && start == 0 && end.is_none() {
+        chunker.mark_position().await?;
+    }
     Ok(Ok(total))
 }
 

@@ -236,6 +236,20 @@ impl LineChunker {
         self.flush().await
     }
 
+    /// Sends an empty chunk that only carries the position, when positions
+    /// are tracked: a file without a line still counts as read (its batch
+    /// log entry names it, so a restart does not count it again).
+    pub async fn mark_position(&mut self) -> Result<(), Closed> {
+        self.flush().await?;
+        let Some(position) = self.position_of.as_ref().map(|at| at(self.lines, self.bytes)) else {
+            return Ok(());
+        };
+        self.chunks
+            .send(Delivery::Chunk(Batch::new(), Some(position)))
+            .await
+            .map_err(|_| Closed)
+    }
+
     /// Sends the records collected so far, waiting while the queue is full.
     pub async fn flush(&mut self) -> Result<(), Closed> {
         if self.current.is_empty() {
