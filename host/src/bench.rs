@@ -395,6 +395,70 @@ type = "console"
     })
 }
 
+/// The windowed word count of the window and checkpoint benchmarks: files
+/// matching `glob` in `input`, one per one-second batch under the
+/// deterministic clock → `split-words` → counts over a 30 s window sliding
+/// every 10 s (with the built-in inverse) → console; checkpointed every 10
+/// batches into `checkpoint` when given.
+fn windowed_wordcount_toml(
+    name: &str,
+    partitions: usize,
+    plugin: &Path,
+    input: &Path,
+    glob: &str,
+    checkpoint: Option<&Path>,
+) -> String {
+    let checkpoint = checkpoint
+        .map(|dir| {
+            format!(
+                "checkpoint-dir = {:?}\n[checkpoint]\nevery-batches = 10\n",
+                dir.display().to_string()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+batch-interval = "1s"
+partitions = {partitions}
+clock = "deterministic"
+chunk-records = 16384
+{checkpoint}
+[plugins]
+split-words = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+glob = "{glob}"
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key-and-window"
+reducer = "count"
+length = "30s"
+slide = "10s"
+inverse = true
+
+[[sink]]
+input = "counts"
+type = "console"
+"#,
+        plugin = plugin.display().to_string(),
+        input = input.display().to_string(),
+    )
+}
+
 /// What the windowed word-count benchmark measured.
 #[derive(Debug, Clone)]
 pub struct WindowReport {
@@ -474,49 +538,7 @@ pub fn window(
     generate_input(&input, lines, words_per_line as usize, per_batch)
         .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
     // The first 40 files: part-00000 … part-00039.
-    let text = |glob: &str| {
-        format!(
-            r#"
-[pipeline]
-name = "bench-window"
-batch-interval = "1s"
-partitions = {partitions}
-clock = "deterministic"
-chunk-records = 16384
-
-[plugins]
-split-words = {plugin:?}
-
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-glob = "{glob}"
-max-files-per-batch = 1
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key-and-window"
-reducer = "count"
-length = "30s"
-slide = "10s"
-inverse = true
-
-[[sink]]
-input = "counts"
-type = "console"
-"#,
-            plugin = plugin.display().to_string(),
-            input = input.display().to_string(),
-        )
-    };
+    let text = |glob: &str| windowed_wordcount_toml("bench-window", partitions, plugin, &input, glob, None);
     let runtime = Runtime::with_default_cache()?;
     let run_once =
         |glob: &str, native: bool| -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
@@ -624,54 +646,7 @@ pub fn checkpoints(
     generate_input(&input, lines, 8, lines.div_ceil(BATCHES).max(1))
         .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
     let text = |checkpoint: Option<&Path>| {
-        let checkpoint = checkpoint
-            .map(|dir| {
-                format!(
-                    "checkpoint-dir = {:?}\n[checkpoint]\nevery-batches = 10\n",
-                    dir.display().to_string()
-                )
-            })
-            .unwrap_or_default();
-        format!(
-            r#"
-[pipeline]
-name = "bench-checkpoints"
-batch-interval = "1s"
-partitions = {partitions}
-clock = "deterministic"
-chunk-records = 16384
-{checkpoint}
-[plugins]
-split-words = {plugin:?}
-
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-max-files-per-batch = 1
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key-and-window"
-reducer = "count"
-length = "30s"
-slide = "10s"
-inverse = true
-
-[[sink]]
-input = "counts"
-type = "console"
-"#,
-            plugin = plugin.display().to_string(),
-            input = input.display().to_string(),
-        )
+        windowed_wordcount_toml("bench-checkpoints", partitions, plugin, &input, "*", checkpoint)
     };
     let runtime = Runtime::with_default_cache()?;
     let mut registry = None;

@@ -295,6 +295,12 @@ impl Batch {
         out
     }
 
+    /// The same records, all with timestamp `timestamp` (no copy).
+    pub fn retimed(mut self, timestamp: i64) -> Batch {
+        self.timestamps.fill(timestamp);
+        self
+    }
+
     /// Records `start..end` as a new batch (one copy per buffer).
     pub fn slice(&self, start: usize, end: usize) -> Batch {
         if start >= end {

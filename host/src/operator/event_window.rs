@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::guard::StageMetrics;
-use super::keyed::{FastMap, PartitionStates, lock, restamp};
+use super::keyed::{FastMap, PartitionStates, lock};
 use super::reduce::{Phase, ReduceByKey, Reducer};
 use super::{BatchClock, Operator, OperatorError, PartitionContext, restore_error};
 use crate::checkpoint::codec::{Decoder, Encoder};
@@ -110,16 +110,7 @@ impl EventTimeWindow {
 }
 
 impl Operator for EventTimeWindow {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let out = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&out))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let watermark = self.watermark.load(Ordering::Acquire);
         // The batch's on-time records, by window.
         let mut by_window: BTreeMap<i64, Batch> = BTreeMap::new();
@@ -140,12 +131,12 @@ impl Operator for EventTimeWindow {
         // New results of the windows this batch touches, computed aside.
         let mut changed: Vec<(i64, Batch, Batch)> = Vec::with_capacity(by_window.len());
         for (start, records) in by_window {
-            let partial = self.combine.process_partition(vec![records], ctx)?;
+            let partial = self.combine.process(vec![records], ctx)?;
             let mut parts = partial.clone();
             if let Some(previous) = windows.get(&start) {
                 parts.push(previous.clone());
             }
-            let merged = self.merge.process_partition(parts, ctx)?;
+            let merged = self.merge.process(parts, ctx)?;
             changed.push((start, Batch::concat(&partial), Batch::concat(&merged)));
         }
         // Every call succeeded: commit, then emit and free.
@@ -162,7 +153,7 @@ impl Operator for EventTimeWindow {
                 for record in merged.iter().filter(|r| touched.contains_key(&r.key)) {
                     updated.push_ref(record);
                 }
-                output.push(restamp(&updated, start + length - 1));
+                output.push(updated.retimed(start + length - 1));
             }
             windows.insert(start, merged);
         }
@@ -174,7 +165,7 @@ impl Operator for EventTimeWindow {
         for start in closed {
             let window = windows.remove(&start).expect("listed above");
             if self.settings.output == OutputMode::Append {
-                output.push(restamp(&window, start + length - 1));
+                output.push(window.retimed(start + length - 1));
             }
         }
         Ok(output)
@@ -286,7 +277,7 @@ mod tests {
             dead_letters: Batch::new(),
             failures: 0,
         };
-        let out = window.process_partition(vec![batch], &mut ctx).unwrap();
+        let out = window.process(vec![batch], &mut ctx).unwrap();
         window.end_batch(BatchClock {
             id: batch_id,
             time: 0,

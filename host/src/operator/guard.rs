@@ -147,19 +147,10 @@ fn record_at(partition: &[Batch], mut index: usize) -> Option<RecordRef<'_>> {
 }
 
 impl Operator for Guarded {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let output = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&output))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         if self.policy.retries == 0 && self.policy.on_error == OnError::Fail {
             // Nothing to recover: no copy of the input is needed.
-            return self.inner.process_partition(input, ctx).inspect_err(|_| {
+            return self.inner.process(input, ctx).inspect_err(|_| {
                 StageMetrics::add(&self.metrics.failed_batches, 1);
                 ctx.failures += 1;
             });
@@ -168,7 +159,7 @@ impl Operator for Guarded {
         let mut attempt = 0u32;
         let mut record_failures = 0usize;
         loop {
-            let error = match self.inner.process_partition(pending.clone(), ctx) {
+            let error = match self.inner.process(pending.clone(), ctx) {
                 Ok(output) => return Ok(output),
                 Err(error) => error,
             };

@@ -71,16 +71,7 @@ pub(crate) fn sides(input: &Partition, left_chunks: usize) -> (Batch, Batch) {
 }
 
 impl Operator for Join {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let out = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&out))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let (left, right) = sides(&input, ctx.left_chunks);
         let mut right_by_key: FastMap<&[u8], Vec<usize>> = FastMap::default();
         for (index, record) in right.iter().enumerate() {
@@ -191,16 +182,7 @@ impl TransformWith {
 }
 
 impl Operator for TransformWith {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let out = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&out))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let (left, right) = sides(&input, ctx.left_chunks);
         if left.is_empty() && right.is_empty() {
             return Ok(Vec::new());

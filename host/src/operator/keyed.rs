@@ -76,15 +76,6 @@ pub fn owned_key(key: Option<&[u8]>) -> OwnedKey {
     key.map(Box::from)
 }
 
-/// `batch` with every timestamp set to `timestamp`.
-pub fn restamp(batch: &Batch, timestamp: i64) -> Batch {
-    let mut out = Batch::with_capacity(batch.len(), batch.data_bytes());
-    for record in batch {
-        out.push(record.key, record.value, timestamp);
-    }
-    out
-}
-
 /// `batch` without the records whose value is `neutral`.
 pub fn without_value(batch: Batch, neutral: Option<&[u8]>) -> Batch {
     let Some(neutral) = neutral else {

@@ -18,7 +18,7 @@ use super::keyed::{FastMap, PartitionStates, lock};
 use super::{Operator, OperatorError, PartitionContext, PluginUse, restore_error};
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::partition::Partitioning;
-use crate::record::{Batch, Partition};
+use crate::record::Partition;
 use crate::runtime::bindings::types::Values;
 use crate::runtime::{KeyGroups, PluginError, StateUpdate};
 use crate::state::{KeyedStore, StateChanges, StateEntry, StateSize};
@@ -99,16 +99,7 @@ fn state_error(error: crate::state::StateError) -> OperatorError {
 }
 
 impl Operator for KeyedState {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let out = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&out))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let slot = self.stores.get(ctx.partition);
         let mut slot = lock(&slot);
         let store = slot.get_or_insert_with(|| self.store_for(ctx.partition));

@@ -1,7 +1,7 @@
 //! Operators: what a stage does to each partition of each batch.
 //!
 //! An [`Operator`] has one required method, [`Operator::process`], called once
-//! per partition per batch on a worker thread, plus hooks with defaults: the
+//! per partition per batch (a partition is a list of chunks) on a worker thread, plus hooks with defaults: the
 //! input [`Partitioning`] it needs (the executor shuffles before calling it)
 //! and a start-up check. Keeping plugins out of the trait lets the same
 //! operators run Wasm plugins or native Rust functions ([`native`]).
@@ -111,24 +111,10 @@ impl OperatorError {
 
 /// What a stage does to each partition of each batch.
 pub trait Operator: Send + Sync + fmt::Debug {
-    /// Processes one partition of one batch.
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError>;
-
-    /// Processes one partition given as chunks. The default concatenates the
-    /// chunks and calls [`Operator::process`]; record-by-record operators
-    /// override it to process chunk by chunk without the copy.
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
-        let batch = if input.len() == 1 {
-            input.into_iter().next().expect("one chunk")
-        } else {
-            Batch::concat(&input)
-        };
-        Ok(vec![self.process(batch, ctx)?])
-    }
+    /// Processes one partition of one batch, given as the chunks the
+    /// receivers handed over (or the shuffle produced): record-by-record
+    /// operators go chunk by chunk without concatenating them.
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError>;
 
     /// How the input must be partitioned before [`Operator::process`] sees
     /// it. The default takes partitions as they come.

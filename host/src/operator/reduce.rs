@@ -293,18 +293,7 @@ fn reducer_name(reducer: BuiltinReducer) -> &'static str {
 }
 
 impl Operator for ReduceByKey {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        match &self.reducer {
-            Reducer::Builtin(reducer) => self.reduce_builtin(*reducer, std::slice::from_ref(&input)),
-            Reducer::Groups(function) => self.reduce_groups(function.as_ref(), &input, ctx),
-        }
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let output = match &self.reducer {
             // One hash map over every chunk: no concatenation.
             Reducer::Builtin(reducer) => self.reduce_builtin(*reducer, &input)?,

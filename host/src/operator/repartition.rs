@@ -3,7 +3,7 @@
 
 use super::{Operator, OperatorError, PartitionContext};
 use crate::partition::Partitioning;
-use crate::record::Batch;
+use crate::record::Partition;
 
 /// Rebalances its input over `partitions` partitions.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ impl Repartition {
 }
 
 impl Operator for Repartition {
-    fn process(&self, input: Batch, _ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
+    fn process(&self, input: Partition, _ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         Ok(input)
     }
 

@@ -134,21 +134,7 @@ impl Operator for TransformOperator {
         self.function.check()
     }
 
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let mut out = Vec::new();
-        self.process_chunk(input, ctx, &mut out)?;
-        Ok(if out.len() == 1 {
-            out.pop().expect("one output")
-        } else {
-            Batch::concat(&out)
-        })
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         if self.kind == TransformKind::MapPartitions {
             let whole = if input.len() == 1 {
                 input.into_iter().next().expect("one chunk")

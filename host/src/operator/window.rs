@@ -22,11 +22,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::builtin;
-use super::keyed::{FastMap, OwnedKey, PartitionStates, lock, owned_key, restamp, without_value};
+use super::keyed::{FastMap, OwnedKey, PartitionStates, lock, owned_key, without_value};
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
 use super::{Operator, OperatorError, PartitionContext, restore_error};
 use crate::checkpoint::codec::{Decoder, Encoder};
-use crate::config::BuiltinReducer;
+use crate::config::{BuiltinReducer, KeyRewrite};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
 use crate::state::StateSize;
@@ -70,16 +70,7 @@ impl RawWindow {
 }
 
 impl Operator for RawWindow {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let out = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&out))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let state = self.states.get(ctx.partition);
         let mut batches = lock(&state);
         batches.push_back((ctx.batch_id, input));
@@ -209,7 +200,7 @@ impl WindowedReduce {
         if partials.iter().all(Batch::is_empty) {
             return Ok(Batch::new());
         }
-        let merged = self.merge.process_partition(partials, ctx)?;
+        let merged = self.merge.process(partials, ctx)?;
         Ok(merged.into_iter().next().unwrap_or_default())
     }
 
@@ -323,16 +314,7 @@ impl WindowedReduce {
 }
 
 impl Operator for WindowedReduce {
-    fn process(&self, input: Batch, ctx: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let out = self.process_partition(vec![input], ctx)?;
-        Ok(Batch::concat(&out))
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
+    fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let this = self.merge(input, ctx)?;
         let state = self.states.get(ctx.partition);
         let mut state = lock(&state);
@@ -361,7 +343,7 @@ impl Operator for WindowedReduce {
             };
             let window = without_value(window, self.neutral.as_deref());
             // The window ends at the batch time; its records carry its last millisecond.
-            vec![restamp(&window, ctx.batch_time - 1)]
+            vec![window.retimed(ctx.batch_time - 1)]
         } else {
             Vec::new()
         };
@@ -470,30 +452,23 @@ impl Operator for WindowedReduce {
 /// `reduce-by-window` drop them (one group), `count-by-value-and-window` keys
 /// each record by its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rekey {
-    /// Every record without a key.
-    Drop,
-    /// Every record keyed by its value.
-    ByValue,
+pub struct Rekey(pub KeyRewrite);
+
+impl Rekey {
+    fn rekey(self, input: &Batch) -> Batch {
+        let mut out = Batch::with_capacity(input.len(), input.data_bytes());
+        for record in input {
+            match self.0 {
+                KeyRewrite::Drop => out.push(None, record.value, record.timestamp),
+                KeyRewrite::ByValue => out.push(Some(record.value), record.value, record.timestamp),
+            }
+        }
+        out
+    }
 }
 
 impl Operator for Rekey {
-    fn process(&self, input: Batch, _: &mut PartitionContext<'_>) -> Result<Batch, OperatorError> {
-        let mut out = Batch::with_capacity(input.len(), input.data_bytes());
-        for record in &input {
-            match self {
-                Self::Drop => out.push(None, record.value, record.timestamp),
-                Self::ByValue => out.push(Some(record.value), record.value, record.timestamp),
-            }
-        }
-        Ok(out)
-    }
-
-    fn process_partition(
-        &self,
-        input: Partition,
-        ctx: &mut PartitionContext<'_>,
-    ) -> Result<Partition, OperatorError> {
-        input.into_iter().map(|chunk| self.process(chunk, ctx)).collect()
+    fn process(&self, input: Partition, _: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        Ok(input.iter().map(|chunk| self.rekey(chunk)).collect())
     }
 }

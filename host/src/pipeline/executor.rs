@@ -186,7 +186,7 @@ impl Executor {
                         dead_letters: Batch::new(),
                         failures: 0,
                     };
-                    let result = operator.process_partition(partition, &mut ctx);
+                    let result = operator.process(partition, &mut ctx);
                     (result, ctx.dead_letters, ctx.failures)
                 })
             })

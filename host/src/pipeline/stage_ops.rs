@@ -232,7 +232,7 @@ impl StageBuilder<'_> {
             WindowOp::Raw => Ok((describe("window"), vec![Arc::new(RawWindow::new(shape))])),
             WindowOp::Reduce {
                 rekey,
-                reducer,
+                reducer: reducer_spec,
                 inverse,
                 neutral,
             } => {
@@ -241,13 +241,11 @@ impl StageBuilder<'_> {
                     Some(KeyRewrite::ByValue) => "count-by-value-and-window",
                     None => "reduce-by-key-and-window",
                 };
-                let (name, reducer) = self.reducer(reducer, op)?;
+                let (name, reducer) = self.reducer(reducer_spec, op)?;
                 let partitions = self.partitions(window.partitions);
                 let mut operators: Vec<Arc<dyn Operator>> = Vec::new();
-                match rekey {
-                    Some(KeyRewrite::Drop) => operators.push(Arc::new(Rekey::Drop)),
-                    Some(KeyRewrite::ByValue) => operators.push(Arc::new(Rekey::ByValue)),
-                    None => {}
+                if let Some(rekey) = rekey {
+                    operators.push(Arc::new(Rekey(*rekey)));
                 }
                 if let WindowTime::Event {
                     allowed_lateness,
@@ -275,20 +273,14 @@ impl StageBuilder<'_> {
                     None => None,
                     Some(InverseSpec::Builtin(builtin)) => Some(Inverse::Builtin(*builtin)),
                     Some(InverseSpec::Plugin(plugin)) => {
-                        let config = match &self.stage.op {
-                            OperatorSpec::Window(WindowSpec {
-                                op:
-                                    WindowOp::Reduce {
-                                        reducer: ReducerSpec::Plugin { config, .. },
-                                        ..
-                                    },
-                                ..
-                            }) => config.clone(),
-                            _ => Vec::new(),
+                        // The inverse gets the stage's config, like the reducer.
+                        let config = match reducer_spec {
+                            ReducerSpec::Plugin { config, .. } => config.as_slice(),
+                            ReducerSpec::Builtin(_) => &[],
                         };
                         Some(Inverse::Groups(Arc::new(WasmReducer::new(self.plugin_of_kind(
                             plugin,
-                            &config,
+                            config,
                             PluginKind::Reducer,
                             "an inverse",
                         )?))))

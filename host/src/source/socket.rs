@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use super::wal::{IntakeError, LoggedIntake};
+use super::wal::{CompleteLines, IntakeError, LoggedIntake};
 use super::{Closed, Source, SourceContext, SourceError, now_ms};
 use crate::config::SocketMode;
 
@@ -76,8 +76,26 @@ async fn open_log(ctx: &SourceContext) -> Result<Option<Logged>, SourceError> {
 /// block is logged, then acknowledged (`ack <lines so far>`) when asked.
 async fn read_logged(stream: &mut TcpStream, ctx: &mut SourceContext, logged: &Logged, ack: bool) -> Ended {
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = CompleteLines::default();
     let mut acked = 0u64;
+    let mut log = async |block: &[u8], stream: &mut TcpStream| -> Option<Ended> {
+        match logged.lock().await.take(block, now_ms()).await {
+            Ok(()) => {}
+            Err(IntakeError::Closed) => return Some(Ended::Stopped),
+            Err(IntakeError::Wal(error)) => {
+                return Some(Ended::Failed(format!(
+                    "cannot write the write-ahead log: {error}"
+                )));
+            }
+        }
+        if ack {
+            acked += memchr::memchr_iter(b'\n', block).count() as u64;
+            if let Err(error) = stream.write_all(format!("ack {acked}\n").as_bytes()).await {
+                return Some(Ended::Error(error));
+            }
+        }
+        None
+    };
     let ended = loop {
         let read = tokio::select! {
             read = stream.read(&mut buffer) => read,
@@ -88,41 +106,20 @@ async fn read_logged(stream: &mut TcpStream, ctx: &mut SourceContext, logged: &L
             Ok(n) => n,
             Err(error) => break Ended::Error(error),
         };
-        let Some(last) = memchr::memrchr(b'\n', &buffer[..n]) else {
-            partial.extend_from_slice(&buffer[..n]);
-            continue;
-        };
-        partial.extend_from_slice(&buffer[..=last]);
-        let lines = std::mem::replace(&mut partial, buffer[last + 1..n].to_vec());
-        match logged.lock().await.take(&lines, now_ms()).await {
-            Ok(()) => {}
-            Err(IntakeError::Closed) => return Ended::Stopped,
-            Err(IntakeError::Wal(error)) => {
-                return Ended::Failed(format!("cannot write the write-ahead log: {error}"));
-            }
-        }
-        if ack {
-            acked += memchr::memchr_iter(b'\n', &lines).count() as u64;
-            if stream
-                .write_all(format!("ack {acked}\n").as_bytes())
-                .await
-                .is_err()
-            {
-                break Ended::Eof;
-            }
+        if let Some(block) = lines.push(&buffer[..n])
+            && let Some(ended) = log(&block, stream).await
+        {
+            return ended;
         }
     };
     // A last line without its end is a line only when the producer closed
     // the connection; cut off by a stop or an error it is dropped (and not
     // acknowledged: the producer sends it again).
-    if matches!(ended, Ended::Eof) && !partial.is_empty() {
-        partial.push(b'\n');
-        if let Err(IntakeError::Wal(error)) = logged.lock().await.take(&partial, now_ms()).await {
-            return Ended::Failed(format!("cannot write the write-ahead log: {error}"));
-        }
-        if ack {
-            let _ = stream.write_all(format!("ack {}\n", acked + 1).as_bytes()).await;
-        }
+    if matches!(ended, Ended::Eof)
+        && let Some(last) = lines.finish()
+        && let Some(Ended::Failed(message)) = log(&last, stream).await
+    {
+        return Ended::Failed(message);
     }
     ended
 }

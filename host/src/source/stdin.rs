@@ -4,7 +4,7 @@
 
 use tokio::io::AsyncReadExt;
 
-use super::wal::{IntakeError, LoggedIntake};
+use super::wal::{CompleteLines, IntakeError, LoggedIntake};
 use super::{Source, SourceContext, SourceError, now_ms};
 
 /// Reads standard input line by line until end of file.
@@ -58,7 +58,7 @@ async fn run_logged(
     };
     let mut stdin = tokio::io::stdin();
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = CompleteLines::default();
     let mut at_end = false;
     loop {
         let read = tokio::select! {
@@ -73,24 +73,21 @@ async fn run_logged(
             Ok(n) => n,
             Err(error) => return Err(ctx.error(format!("cannot read standard input: {error}"))),
         };
-        let Some(last) = memchr::memrchr(b'\n', &buffer[..n]) else {
-            partial.extend_from_slice(&buffer[..n]);
+        let Some(block) = lines.push(&buffer[..n]) else {
             continue;
         };
-        partial.extend_from_slice(&buffer[..=last]);
-        let lines = std::mem::replace(&mut partial, buffer[last + 1..n].to_vec());
-        match intake.take(&lines, now_ms()).await {
+        match intake.take(&block, now_ms()).await {
             Ok(()) => {}
             Err(IntakeError::Closed) => return Ok(()),
             Err(IntakeError::Wal(error)) => return Err(wal_error(&ctx, error)),
         }
     }
     // A last line without its end counts only at the end of the input.
-    if at_end && !partial.is_empty() {
-        partial.push(b'\n');
-        if let Err(IntakeError::Wal(error)) = intake.take(&partial, now_ms()).await {
-            return Err(wal_error(&ctx, error));
-        }
+    if at_end
+        && let Some(last) = lines.finish()
+        && let Err(IntakeError::Wal(error)) = intake.take(&last, now_ms()).await
+    {
+        return Err(wal_error(&ctx, error));
     }
     Ok(())
 }

@@ -194,6 +194,36 @@ impl Wal {
     }
 }
 
+/// Cuts a byte stream into blocks of complete lines for the log: what
+/// follows the last line end waits for the next read.
+#[derive(Debug, Default)]
+pub struct CompleteLines {
+    partial: Vec<u8>,
+}
+
+impl CompleteLines {
+    /// The complete lines `bytes` finishes (with what was kept from
+    /// before), each ending with `\n`; `None` while no line is complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let Some(last) = memchr::memrchr(b'\n', bytes) else {
+            self.partial.extend_from_slice(bytes);
+            return None;
+        };
+        self.partial.extend_from_slice(&bytes[..=last]);
+        Some(std::mem::replace(&mut self.partial, bytes[last + 1..].to_vec()))
+    }
+
+    /// At the end of the input (and only there: a line cut by a stop or an
+    /// error is not a line): the last line without its end, ended.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        let mut line = self.partial;
+        (!line.is_empty()).then(|| {
+            line.push(b'\n');
+            line
+        })
+    }
+}
+
 /// A receiver's intake through its write-ahead log: lines are logged, then
 /// handed to the batcher in chunks whose positions are log offsets.
 pub struct LoggedIntake {
@@ -280,6 +310,15 @@ impl LoggedIntake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn complete_lines_wait_for_their_end() {
+        let mut lines = CompleteLines::default();
+        assert_eq!(lines.push(b"ab"), None);
+        assert_eq!(lines.push(b"c\nd\ne").as_deref(), Some(&b"abc\nd\n"[..]));
+        assert_eq!(lines.finish().as_deref(), Some(&b"e\n"[..]));
+        assert_eq!(CompleteLines::default().finish(), None);
+    }
 
     #[test]
     fn the_log_reads_back_ranges_across_segments_and_cuts_torn_lines() {
