@@ -404,17 +404,18 @@ pub(super) fn build(
             "`start-time` needs clock = \"deterministic\"".into(),
         ));
     }
-    let checkpoint = match (&table.checkpoint_dir, &raw.checkpoint) {
-        (None, Some(tuning)) => {
-            return Err((
-                tuning.span().start,
-                "[checkpoint] needs `checkpoint-dir` in [pipeline]".into(),
-            ));
-        }
-        (None, None) => None,
-        (Some(dir), tuning) => {
-            let tuning = tuning.as_ref().map(|t| t.get_ref());
-            Some(crate::checkpoint::CheckpointSettings {
+    let checkpoint =
+        match (&table.checkpoint_dir, &raw.checkpoint) {
+            (None, Some(tuning)) => {
+                return Err((
+                    tuning.span().start,
+                    "[checkpoint] needs `checkpoint-dir` in [pipeline]".into(),
+                ));
+            }
+            (None, None) => None,
+            (Some(dir), tuning) => {
+                let tuning = tuning.as_ref().map(|t| t.get_ref());
+                Some(crate::checkpoint::CheckpointSettings {
                 dir: base_dir.join(dir.get_ref()),
                 every_batches: positive(
                     tuning.and_then(|t| t.every_batches.as_ref()),
@@ -427,11 +428,19 @@ pub(super) fn build(
                 wal_sync: match tuning.and_then(|t| t.wal_sync.as_ref()) {
                     None => crate::source::wal::WalSync::Block,
                     Some(text) if text.get_ref() == "block" => crate::source::wal::WalSync::Block,
-                    Some(text) => crate::source::wal::WalSync::Interval(duration(text)?),
+                    Some(text) => crate::source::wal::WalSync::Interval(duration(text).map_err(|(at, _)| {
+                        (
+                            at,
+                            format!(
+                                "wal-sync must be \"block\" or an interval such as \"100ms\", not {:?}",
+                                text.get_ref()
+                            ),
+                        )
+                    })?),
                 },
             })
-        }
-    };
+            }
+        };
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);

@@ -155,3 +155,21 @@ fn durations_out_of_range_are_errors_not_panics() {
         assert!(message.contains("between 1ms and 1 day"), "{message}");
     }
 }
+
+#[test]
+fn checkpoint_settings_are_checked() {
+    let checkpointed = WORDCOUNT.replace("partitions = 2\n", "partitions = 2\ncheckpoint-dir = \"ck\"\n");
+    assert!(
+        parse(&checkpointed, Path::new("p.toml"))
+            .unwrap()
+            .checkpoint
+            .is_some()
+    );
+    let (_, message) = invalid(&format!("{checkpointed}\n[checkpoint]\nwal-sync = \"fast\"\n"));
+    assert!(
+        message.contains("wal-sync must be \"block\" or an interval"),
+        "{message}"
+    );
+    let (_, message) = invalid(&format!("{WORDCOUNT}\n[checkpoint]\nkeep = 2\n"));
+    assert!(message.contains("needs `checkpoint-dir`"), "{message}");
+}
