@@ -19,6 +19,9 @@ pub struct Emitter {
     ends: Vec<u32>,
     timestamps: Vec<i64>,
     flags: Vec<u8>,
+    /// Records that fit in `ends`, `timestamps` and `flags` without growing
+    /// any of them: one comparison per record instead of one per buffer.
+    record_capacity: usize,
     default_timestamp: i64,
 }
 
@@ -31,13 +34,16 @@ impl Emitter {
     /// An empty emitter with room for `records` records totalling
     /// `data_bytes` bytes of keys and values.
     pub fn with_capacity(records: usize, data_bytes: usize) -> Self {
-        Self {
+        let mut emitter = Self {
             data: Vec::with_capacity(data_bytes),
             ends: Vec::with_capacity(2 * records),
             timestamps: Vec::with_capacity(records),
             flags: Vec::with_capacity(records),
+            record_capacity: 0,
             default_timestamp: 0,
-        }
+        };
+        emitter.record_capacity = emitter.fitting_records();
+        emitter
     }
 
     /// Appends a record without a key, with the default timestamp.
@@ -91,51 +97,94 @@ impl Emitter {
         (self.data, self.ends, self.timestamps, self.flags)
     }
 
-    // Always inlined: Cranelift does not inline, so a call per output record
-    // would stay a call in the compiled plugin.
+    /// Appends one record with a single capacity check for all four
+    /// buffers. Always inlined: Cranelift does not inline, so a call per
+    /// output record would stay a call in the compiled plugin. Every
+    /// pointer and length is read before the first byte is written, so the
+    /// compiler need not reload them after each store (a byte store could
+    /// otherwise alias the buffers' own fields).
     #[inline(always)]
     fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: i64) {
-        let flags = match key {
-            Some(key) => {
-                append(&mut self.data, key);
-                FLAG_HAS_KEY
-            }
-            None => 0,
+        let (key, flags) = match key {
+            Some(key) => (key, FLAG_HAS_KEY),
+            None => (&[][..], 0),
         };
-        self.ends.push(offset(self.data.len()));
-        append(&mut self.data, value);
-        self.ends.push(offset(self.data.len()));
-        self.timestamps.push(timestamp);
-        self.flags.push(flags);
+        let bytes = key.len() + value.len();
+        let records = self.timestamps.len();
+        if records == self.record_capacity || self.data.capacity() - self.data.len() < bytes {
+            self.grow(bytes);
+        }
+        let start = self.data.len();
+        let key_end = start + key.len();
+        let value_end = key_end + value.len();
+        let (key_offset, value_offset) = (offset(key_end), offset(value_end));
+        let data = self.data.as_mut_ptr();
+        let ends = self.ends.as_mut_ptr();
+        let timestamps = self.timestamps.as_mut_ptr();
+        let flag_bytes = self.flags.as_mut_ptr();
+        // SAFETY: after the check above (and `grow`), `data` has room for
+        // `bytes` more bytes, and `ends`, `timestamps` and `flags` for one
+        // more record (`record_capacity` never exceeds what the three hold:
+        // see `fitting_records`); `ends` holds exactly two entries per record.
+        // Every element up to each new length is written before `set_len`.
+        unsafe {
+            copy_short(key, data.add(start));
+            copy_short(value, data.add(key_end));
+            ends.add(2 * records).write(key_offset);
+            ends.add(2 * records + 1).write(value_offset);
+            timestamps.add(records).write(timestamp);
+            flag_bytes.add(records).write(flags);
+            self.data.set_len(value_end);
+            self.ends.set_len(2 * records + 2);
+            self.timestamps.set_len(records + 1);
+            self.flags.set_len(records + 1);
+        }
+    }
+
+    /// Makes room for one more record of `bytes` bytes (amortized: buffers
+    /// at least double when they grow).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, bytes: usize) {
+        self.data.reserve(bytes);
+        self.ends.reserve(2);
+        self.timestamps.reserve(1);
+        self.flags.reserve(1);
+        self.record_capacity = self.fitting_records();
+    }
+
+    /// How many records `ends`, `timestamps` and `flags` can all hold.
+    fn fitting_records(&self) -> usize {
+        (self.ends.capacity() / 2)
+            .min(self.timestamps.capacity())
+            .min(self.flags.capacity())
     }
 }
 
-/// A batch is limited to 4 GiB of data by its `u32` offsets.
-/// Appends `bytes` to `data`.
+/// Copies `bytes` to `target`.
 ///
 /// Short slices (most keys and values) are copied with a few unaligned word
-/// loads and stores instead of `extend_from_slice`: in a Wasm module built
+/// loads and stores instead of `copy_nonoverlapping`: in a Wasm module built
 /// with bulk memory, that becomes a `memory.copy`, which wasmtime runs as a
 /// call out of the module into the runtime — far dearer than the copy itself
 /// for a word of a few bytes.
+///
+/// # Safety
+///
+/// `target` must be valid for `bytes.len()` bytes of writes and must not
+/// overlap `bytes`.
 #[inline(always)]
-fn append(data: &mut Vec<u8>, bytes: &[u8]) {
+unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
     let len = bytes.len();
-    if len > 16 {
-        data.extend_from_slice(bytes);
-        return;
-    }
-    data.reserve(16);
-    // SAFETY: `reserve(16)` guarantees room for 16 more bytes after
-    // `data.len()`, and `len <= 16`. Every read stays within `bytes` (the
-    // two overlapping loads of each size start at 0 and at `len - size`,
-    // both in bounds because `len >= size` in that branch) and every write
-    // within the reserved room. Unaligned accesses are used throughout. The
-    // bytes `data.len()..data.len() + len` are all written before `set_len`.
+    let source = bytes.as_ptr();
+    // SAFETY: every read stays within `bytes` (the two overlapping loads of
+    // each size start at 0 and at `len - size`, both in bounds because
+    // `len >= size` in that branch) and every write within `target[..len]`,
+    // which the caller guarantees. Unaligned accesses are used throughout.
     unsafe {
-        let source = bytes.as_ptr();
-        let target = data.as_mut_ptr().add(data.len());
-        if len >= 8 {
+        if len > 16 {
+            std::ptr::copy_nonoverlapping(source, target, len);
+        } else if len >= 8 {
             let head = source.cast::<u64>().read_unaligned();
             let tail = source.add(len - 8).cast::<u64>().read_unaligned();
             target.cast::<u64>().write_unaligned(head);
@@ -150,10 +199,10 @@ fn append(data: &mut Vec<u8>, bytes: &[u8]) {
             *target.add(len / 2) = *source.add(len / 2);
             *target.add(len - 1) = *source.add(len - 1);
         }
-        data.set_len(data.len() + len);
     }
 }
 
+/// A batch is limited to 4 GiB of data by its `u32` offsets.
 #[inline]
 fn offset(len: usize) -> u32 {
     u32::try_from(len).expect("an output batch holds more than 4 GiB of data")
@@ -261,17 +310,25 @@ mod tests {
     use crate::Batch;
 
     #[test]
-    fn append_copies_every_length_exactly() {
+    fn keys_and_values_of_every_length_are_copied_exactly() {
         let source: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37).wrapping_add(1)).collect();
-        for len in 0..=source.len() {
-            for prefix in [0usize, 1, 7, 15] {
-                let mut data = vec![0xEE; prefix];
-                data.shrink_to_fit();
-                super::append(&mut data, &source[..len]);
-                assert_eq!(data.len(), prefix + len);
-                assert!(data[..prefix].iter().all(|&b| b == 0xEE));
-                assert_eq!(&data[prefix..], &source[..len]);
+        // Starting empty and tiny makes the buffers grow at every size.
+        for start in [Emitter::new(), Emitter::with_capacity(1, 1)] {
+            let mut out = start;
+            let mut expected = Vec::new();
+            for len in 0..=source.len() {
+                let (key, value) = (&source[..len], &source[source.len() - len..]);
+                out.emit_record(Some(key), value, len as i64);
+                out.emit_record(None, key, -(len as i64));
+                expected.push((Some(key), value, len as i64));
+                expected.push((None, key, -(len as i64)));
             }
+            let batch = out.as_batch();
+            let records: Vec<_> = batch
+                .iter()
+                .map(|r| (r.key(), r.value(), r.timestamp()))
+                .collect();
+            assert_eq!(records, expected);
         }
     }
 

@@ -126,7 +126,6 @@ pub fn wordcount_toml(name: &str, interval: &str, partitions: usize, plugin: &Pa
 name = "{name}"
 batch-interval = "{interval}"
 partitions = {partitions}
-chunk-records = 16384
 
 [plugins]
 split-words = {plugin:?}
@@ -423,7 +422,7 @@ name = "{name}"
 batch-interval = "1s"
 partitions = {partitions}
 clock = "deterministic"
-chunk-records = 16384
+chunk-records = 2048
 {checkpoint}
 [plugins]
 split-words = {plugin:?}

@@ -103,8 +103,12 @@ impl Batch {
                 len * 2
             )));
         }
-        // Branch-free folds: this runs on every batch a plugin returns.
-        let ascending = ends.windows(2).fold(true, |ok, pair| ok & (pair[0] <= pair[1]));
+        // Branch-free folds over plain slices (the compiler vectorizes
+        // them): this runs on every batch a plugin returns.
+        let ascending = ends
+            .iter()
+            .zip(ends.iter().skip(1))
+            .fold(true, |ok, (before, after)| ok & (before <= after));
         if !ascending {
             let at = ends.windows(2).position(|pair| pair[0] > pair[1]).unwrap_or(0) + 1;
             return Err(MalformedBatch(format!("end offset {at} goes backwards")));
@@ -118,12 +122,17 @@ impl Batch {
         }
         // A record without a key has an empty key range: its key ends where
         // the previous record's value ends.
+        // Record 0's key starts at 0; record i's where record i-1's value
+        // ends, `ends[2i-1]`: pairs of `ends[1..]` are (ends[2i-1], ends[2i]).
+        let first_ok = flags
+            .first()
+            .is_none_or(|&flag| flag & FLAG_HAS_KEY != 0 || ends[0] == 0);
         let key_ranges_ok = flags
             .iter()
-            .zip(ends.chunks_exact(2))
-            .zip(std::iter::once(0).chain(ends.iter().skip(1).step_by(2).copied()))
-            .fold(true, |ok, ((&flag, pair), key_start)| {
-                ok & ((flag & FLAG_HAS_KEY != 0) | (pair[0] == key_start))
+            .skip(1)
+            .zip(ends.get(1..).unwrap_or_default().chunks_exact(2))
+            .fold(first_ok, |ok, (&flag, pair)| {
+                ok & ((flag & FLAG_HAS_KEY != 0) | (pair[0] == pair[1]))
             });
         if !key_ranges_ok {
             return Err(MalformedBatch("a record without a key has a key range".into()));
@@ -413,6 +422,10 @@ mod tests {
         assert!(Batch::from_parts(vec![1, 2], vec![0, 1], vec![0], vec![0]).is_err());
         assert!(Batch::from_parts(vec![1], vec![1, 0], vec![0], vec![1]).is_err());
         assert!(Batch::from_parts(vec![1], vec![1, 1], vec![0], vec![0]).is_err());
+        // The second record has no key but a one-byte key range.
+        assert!(Batch::from_parts(vec![1, 2], vec![0, 1, 2, 2], vec![0, 0], vec![0, 0]).is_err());
+        assert!(Batch::from_parts(vec![1, 2], vec![0, 1, 1, 2], vec![0, 0], vec![0, 0]).is_ok());
+        assert!(Batch::from_parts(vec![1, 2], vec![0, 1, 2, 2], vec![0, 0], vec![0, 1]).is_ok());
     }
 
     #[test]

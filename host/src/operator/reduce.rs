@@ -15,7 +15,7 @@ use super::builtin::{self, Accumulator};
 use super::{Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
-use crate::record::{Batch, Partition};
+use crate::record::{Batch, Partition, RecordRef};
 use crate::runtime::PluginError;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -47,6 +47,73 @@ impl PartialEq for KeyRef<'_> {
 }
 
 impl Eq for KeyRef<'_> {}
+
+/// A key of at most 16 bytes packed into two words and its length. The
+/// packing is one-to-one for a given length: keys of 8 to 16 bytes keep
+/// their first and last eight bytes (overlapping), 4 to 7 bytes their first
+/// and last four, 1 to 3 bytes their first, middle and last byte: every
+/// byte of the key is in the words.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ShortKey {
+    words: [u64; 2],
+    len: u8,
+}
+
+impl ShortKey {
+    /// The packed form of `key`; `None` when it is longer than 16 bytes.
+    #[inline(always)]
+    fn new(key: &[u8]) -> Option<Self> {
+        let len = key.len();
+        let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
+        let half = |at: usize| u64::from(u32::from_le_bytes(key[at..at + 4].try_into().expect("4 bytes")));
+        let words = match len {
+            0 => [0, 0],
+            1..=3 => [
+                u64::from(key[0]) | u64::from(key[len / 2]) << 8 | u64::from(key[len - 1]) << 16,
+                0,
+            ],
+            4..=7 => [half(0) | half(len - 4) << 32, 0],
+            8..=16 => [word(0), word(len - 8)],
+            _ => return None,
+        };
+        Some(Self {
+            words,
+            len: len as u8,
+        })
+    }
+
+    /// The key's bytes: the first `len` bytes of the array.
+    fn bytes(&self) -> ([u8; 16], usize) {
+        let len = usize::from(self.len);
+        let mut bytes = [0u8; 16];
+        let [first, second] = self.words;
+        match len {
+            0 => {}
+            1..=3 => {
+                bytes[0] = first as u8;
+                bytes[len / 2] = (first >> 8) as u8;
+                bytes[len - 1] = (first >> 16) as u8;
+            }
+            4..=7 => {
+                bytes[..4].copy_from_slice(&(first as u32).to_le_bytes());
+                bytes[len - 4..len].copy_from_slice(&((first >> 32) as u32).to_le_bytes());
+            }
+            _ => {
+                bytes[..8].copy_from_slice(&first.to_le_bytes());
+                bytes[len - 8..len].copy_from_slice(&second.to_le_bytes());
+            }
+        }
+        (bytes, len)
+    }
+}
+
+impl std::hash::Hash for ShortKey {
+    #[inline(always)]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.words[0] ^ u64::from(self.len).rotate_right(8));
+        state.write_u64(self.words[1]);
+    }
+}
 
 /// Values grouped by key, in flat form: the values of group `g` are
 /// `values[group_ends[g-1]..group_ends[g]]`, value `i` is
@@ -115,52 +182,28 @@ impl ReduceByKey {
 
     fn reduce_builtin(&self, reducer: BuiltinReducer, chunks: &[Batch]) -> Result<Batch, OperatorError> {
         let merging = self.phase == Phase::Merge;
-        let mut keyed: FastMap<KeyRef<'_>, (Accumulator, i64)> =
-            FastMap::with_capacity_and_hasher(1024, Default::default());
-        let mut keyless: Option<(Accumulator, i64)> = None;
-        // Nested loops rather than `flat_map().enumerate()`: the adapter's
-        // state went through the stack on every record (a third of the time).
-        let mut index = 0usize;
-        for chunk in chunks {
-            for record in chunk {
-                let slot = match record.key {
-                    Some(key) => keyed.get_mut(&KeyRef(key)),
-                    None => keyless.as_mut(),
-                };
-                match slot {
-                    Some((accumulator, timestamp)) => {
-                        builtin::fold(reducer, accumulator, record.value, merging)
-                            .map_err(|error| value_error(reducer, record, error, merging, index))?;
-                        *timestamp = (*timestamp).max(record.timestamp);
+        // One loop per kind of fold, so the per-record work is known at
+        // compile time: counting records (the word count's combine) is an
+        // increment, not a dispatch on the reducer and the phase.
+        let accumulators = match (reducer, merging) {
+            (BuiltinReducer::Count, false) => fold_chunks(
+                chunks,
+                |_| Ok(Accumulator::Count(1)),
+                |accumulator, _| {
+                    if let Accumulator::Count(count) = accumulator {
+                        *count += 1;
                     }
-                    None => {
-                        let started = (
-                            builtin::start(reducer, record.value, merging)
-                                .map_err(|error| value_error(reducer, record, error, merging, index))?,
-                            record.timestamp,
-                        );
-                        match record.key {
-                            Some(key) => {
-                                keyed.insert(KeyRef(key), started);
-                            }
-                            None => keyless = Some(started),
-                        }
-                    }
-                }
-                index += 1;
-            }
+                    Ok(())
+                },
+            ),
+            _ => fold_chunks(
+                chunks,
+                |value| builtin::start(reducer, value, merging),
+                |accumulator, value| builtin::fold(reducer, accumulator, value, merging),
+            ),
         }
-        let groups = keyed.len() + usize::from(keyless.is_some());
-        let mut output = Batch::with_capacity(groups, groups * 16);
-        let mut text = String::new();
-        let keyless = keyless.map(|state| (None, state));
-        for (key, (accumulator, timestamp)) in keyed.into_iter().map(|(k, v)| (Some(k.0), v)).chain(keyless) {
-            use std::fmt::Write;
-            text.clear();
-            write!(text, "{accumulator}").expect("writing to a String cannot fail");
-            output.push(key, text.as_bytes(), timestamp);
-        }
-        Ok(output)
+        .map_err(|(error, record, index)| value_error(reducer, record, error, merging, index))?;
+        Ok(accumulators.into_batch())
     }
 
     fn reduce_groups(
@@ -258,13 +301,112 @@ impl ReduceByKey {
     }
 }
 
+/// The accumulators of one partition's combine or merge, by key: keys of up
+/// to 16 bytes (most keys: words, ids, codes) are held packed in the table
+/// itself, so finding one hashes two words and compares two words, with no
+/// pointer to follow; longer keys are borrowed from the input.
+struct Accumulators<'a> {
+    short: FastMap<ShortKey, (Accumulator, i64)>,
+    long: FastMap<KeyRef<'a>, (Accumulator, i64)>,
+    keyless: Option<(Accumulator, i64)>,
+}
+
+/// Folds every record of `chunks` into per-key accumulators: `start` makes
+/// the accumulator of a key's first value, `fold` adds each later one. The
+/// timestamp of a key is the largest of its records'. An error names the
+/// record and its index in the partition.
+#[inline(always)]
+fn fold_chunks<'a>(
+    chunks: &'a [Batch],
+    start: impl Fn(&[u8]) -> Result<Accumulator, builtin::ValueError>,
+    fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
+) -> Result<Accumulators<'a>, (builtin::ValueError, RecordRef<'a>, usize)> {
+    let mut accumulators = Accumulators {
+        short: FastMap::with_capacity_and_hasher(1024, Default::default()),
+        long: FastMap::default(),
+        keyless: None,
+    };
+    // Nested loops rather than `flat_map().enumerate()`: the adapter's
+    // state went through the stack on every record.
+    let mut index = 0usize;
+    for chunk in chunks {
+        for record in chunk {
+            let folded = match record.key {
+                Some(key) => match ShortKey::new(key) {
+                    Some(short) => fold_entry(accumulators.short.entry(short), record, &start, &fold),
+                    None => fold_entry(accumulators.long.entry(KeyRef(key)), record, &start, &fold),
+                },
+                None => match &mut accumulators.keyless {
+                    Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
+                        *timestamp = (*timestamp).max(record.timestamp);
+                    }),
+                    None => start(record.value).map(|accumulator| {
+                        accumulators.keyless = Some((accumulator, record.timestamp));
+                    }),
+                },
+            };
+            folded.map_err(|error| (error, record, index))?;
+            index += 1;
+        }
+    }
+    Ok(accumulators)
+}
+
+/// Folds `record` into the accumulator of `entry`, or starts it.
+#[inline(always)]
+fn fold_entry<K: std::hash::Hash, S: std::hash::BuildHasher>(
+    entry: hashbrown::hash_map::Entry<'_, K, (Accumulator, i64), S>,
+    record: RecordRef<'_>,
+    start: &impl Fn(&[u8]) -> Result<Accumulator, builtin::ValueError>,
+    fold: &impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
+) -> Result<(), builtin::ValueError> {
+    match entry {
+        hashbrown::hash_map::Entry::Occupied(mut entry) => {
+            let (accumulator, timestamp) = entry.get_mut();
+            fold(accumulator, record.value)?;
+            *timestamp = (*timestamp).max(record.timestamp);
+        }
+        hashbrown::hash_map::Entry::Vacant(entry) => {
+            entry.insert((start(record.value)?, record.timestamp));
+        }
+    }
+    Ok(())
+}
+
+impl Accumulators<'_> {
+    /// One record per key: the key, the accumulator as decimal text, the
+    /// largest timestamp.
+    fn into_batch(self) -> Batch {
+        let groups = self.short.len() + self.long.len() + usize::from(self.keyless.is_some());
+        let mut output = Batch::with_capacity(groups, groups * 16);
+        let mut text = String::new();
+        let mut push = |key: Option<&[u8]>, (accumulator, timestamp): (Accumulator, i64)| {
+            use std::fmt::Write;
+            text.clear();
+            write!(text, "{accumulator}").expect("writing to a String cannot fail");
+            output.push(key, text.as_bytes(), timestamp);
+        };
+        for (key, state) in self.short {
+            let (bytes, len) = key.bytes();
+            push(Some(&bytes[..len]), state);
+        }
+        for (key, state) in self.long {
+            push(Some(key.0), state);
+        }
+        if let Some(state) = self.keyless {
+            push(None, state);
+        }
+        output
+    }
+}
+
 /// The error for a value a built-in reducer cannot use; `index` is the
 /// record's position in the partition (not given after the shuffle, where
 /// values are partial results rather than input records).
 #[cold]
 fn value_error(
     reducer: BuiltinReducer,
-    record: crate::record::RecordRef<'_>,
+    record: RecordRef<'_>,
     error: builtin::ValueError,
     merging: bool,
     index: usize,
@@ -355,7 +497,7 @@ impl GroupReduceFn for WasmReducer {
 
 #[cfg(test)]
 mod tests {
-    use super::KeyRef;
+    use super::{KeyRef, ShortKey};
 
     #[test]
     fn short_key_equality_matches_slice_equality() {
@@ -372,8 +514,21 @@ mod tests {
             })
             .collect();
         for a in &words {
+            let packed = ShortKey::new(a);
+            assert_eq!(packed.is_some(), a.len() <= 16);
+            if let Some(packed) = packed {
+                let (bytes, len) = packed.bytes();
+                assert_eq!(
+                    &bytes[..len],
+                    &a[..],
+                    "{a:?} does not come back from its packed form"
+                );
+            }
             for b in &words {
                 assert_eq!(KeyRef(a) == KeyRef(b), a == b, "{a:?} vs {b:?}");
+                if let (Some(x), Some(y)) = (ShortKey::new(a), ShortKey::new(b)) {
+                    assert_eq!(x == y, a == b, "packed {a:?} vs {b:?}");
+                }
             }
         }
     }

@@ -62,6 +62,9 @@ impl EngineLinker {
             .consume_fuel(metered)
             .max_wasm_stack(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var_os("WEIR_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if pooled {
             let mut pooling = wasmtime::PoolingAllocationConfig::new();
             pooling
