@@ -112,7 +112,10 @@ impl Emitter {
         let bytes = key.len() + value.len();
         let records = self.timestamps.len();
         if records == self.record_capacity || self.data.capacity() - self.data.len() < bytes {
-            self.grow(bytes);
+            // By value: the emitter's own address never reaches a call, so
+            // the compiler may keep its fields in registers across records
+            // instead of reloading them after every byte written.
+            *self = std::mem::take(self).grown(bytes);
         }
         let start = self.data.len();
         let key_end = start + key.len();
@@ -122,7 +125,7 @@ impl Emitter {
         let ends = self.ends.as_mut_ptr();
         let timestamps = self.timestamps.as_mut_ptr();
         let flag_bytes = self.flags.as_mut_ptr();
-        // SAFETY: after the check above (and `grow`), `data` has room for
+        // SAFETY: after the check above (and `grown`), `data` has room for
         // `bytes` more bytes, and `ends`, `timestamps` and `flags` for one
         // more record (`record_capacity` never exceeds what the three hold:
         // see `fitting_records`); `ends` holds exactly two entries per record.
@@ -141,16 +144,17 @@ impl Emitter {
         }
     }
 
-    /// Makes room for one more record of `bytes` bytes (amortized: buffers
-    /// at least double when they grow).
+    /// The emitter with room for one more record of `bytes` bytes
+    /// (amortized: buffers at least double when they grow).
     #[cold]
     #[inline(never)]
-    fn grow(&mut self, bytes: usize) {
+    fn grown(mut self, bytes: usize) -> Self {
         self.data.reserve(bytes);
         self.ends.reserve(2);
         self.timestamps.reserve(1);
         self.flags.reserve(1);
         self.record_capacity = self.fitting_records();
+        self
     }
 
     /// How many records `ends`, `timestamps` and `flags` can all hold.

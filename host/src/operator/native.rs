@@ -61,7 +61,10 @@ impl NativeTransform {
         Self {
             name: name.to_owned(),
             function: Arc::new(move |input| {
-                let mut output = Batch::with_capacity(input.len() * 4, input.data_bytes() * 2);
+                // The guest SDK's reservation for flat-maps: a record per
+                // four input bytes, twice the input's bytes.
+                let mut output =
+                    Batch::with_capacity(input.len().max(input.data_bytes() / 4), input.data_bytes() * 2);
                 for (index, record) in input.iter().enumerate() {
                     function(record, &mut output).map_err(|m| record_error(index, record, m))?;
                 }

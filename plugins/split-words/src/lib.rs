@@ -8,12 +8,13 @@
 //! Config: none.
 //!
 //! ASCII text, the common case, is scanned eight bytes at a time: one 64-bit
-//! load yields a bit per whitespace byte, and the next word boundary is the
-//! lowest set bit. A word of five letters costs two such steps instead of a
-//! dozen byte steps, and every loop iteration saved in a Wasm plugin also
-//! saves the runtime's interruption check on the loop's back edge. The first
-//! non-ASCII byte sends the rest of the value to a byte-at-a-time loop that
-//! understands Unicode whitespace. The host's native twin of this plugin
+//! load yields a bit per whitespace byte, and the bits where that changes
+//! are the words' starts and ends. A word of five letters costs two such
+//! edges and part of one eight-byte step instead of a dozen byte steps, and
+//! every loop iteration saved in a Wasm plugin also saves the runtime's
+//! interruption check on the loop's back edge. The first non-ASCII byte
+//! sends the rest of the value to a byte-at-a-time loop that understands
+//! Unicode whitespace. The host's native twin of this plugin
 //! (`weir::operator::native::library::split_words`, used by `weir bench`)
 //! compiles the same file, `src/words.rs`.
 

@@ -9,42 +9,47 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Calls `emit` with each word of `value`, in order.
+///
+/// Eight bytes at a time: one bit per byte says whether it is a space, and
+/// the bits where that changes from one byte to the next are the words'
+/// starts and ends, taken lowest first. A five-letter word costs two such
+/// edges and most of one eight-byte step.
 #[inline(always)]
 pub fn for_each_word(value: &[u8], mut emit: impl FnMut(&[u8])) {
+    const BETWEEN_WORDS: usize = usize::MAX;
     let len = value.len();
-    let mut i = 0;
-    loop {
-        // Skip whitespace up to the next word's first byte.
-        let start = loop {
-            if i >= len {
-                return;
-            }
-            let bytes = load_padded(value, i);
-            if bytes & HIGHS != 0 {
-                return for_each_word_unicode(&value[i..], emit);
-            }
-            let word_bytes = !space_bits(bytes) & HIGHS;
-            if word_bytes != 0 {
-                break i + lowest_byte(word_bytes);
-            }
-            i += 8;
-        };
-        // Find the word's end. Bytes past the value load as spaces, so the
-        // loop stops at `len` at the latest.
-        i = start;
-        loop {
-            let bytes = load_padded(value, i);
-            if bytes & HIGHS != 0 {
-                return for_each_word_unicode(&value[start..], emit);
-            }
-            let spaces = space_bits(bytes);
-            if spaces != 0 {
-                i += lowest_byte(spaces);
-                break;
-            }
-            i += 8;
+    let mut word_start = BETWEEN_WORDS;
+    // Bit 0: whether the byte before the current eight is a space (the
+    // value's start counts as one).
+    let mut space_before = 1u64;
+    let mut at = 0;
+    // Up to and including `len`: the padding's first space ends a word that
+    // runs to the end, so `emit` has a single call site (and is inlined).
+    while at <= len {
+        let bytes = load_padded(value, at);
+        if bytes & HIGHS != 0 {
+            let from = if word_start == BETWEEN_WORDS {
+                at
+            } else {
+                word_start
+            };
+            return for_each_word_unicode(&value[from..], emit);
         }
-        emit(&value[start..i]);
+        // Bit 8k set where byte k is a space (bytes past the end are).
+        let spaces = space_bits(bytes) >> 7;
+        let mut edges = (spaces ^ ((spaces << 8) | space_before)) & ONES;
+        space_before = spaces >> 56;
+        while edges != 0 {
+            let edge = at + lowest_byte(edges);
+            edges &= edges - 1;
+            if word_start == BETWEEN_WORDS {
+                word_start = edge;
+            } else {
+                emit(&value[word_start..edge]);
+                word_start = BETWEEN_WORDS;
+            }
+        }
+        at += 8;
     }
 }
 
@@ -62,7 +67,7 @@ fn space_bits(bytes: u64) -> u64 {
     ((from_tab & !past_cr) | !not_space) & HIGHS
 }
 
-/// The index of the lowest byte whose high bit is set in `bits`.
+/// The index of the lowest byte with a bit set in `bits`.
 #[inline(always)]
 fn lowest_byte(bits: u64) -> usize {
     (bits.trailing_zeros() / 8) as usize
@@ -73,21 +78,24 @@ fn lowest_byte(bits: u64) -> usize {
 #[inline(always)]
 fn load_padded(value: &[u8], at: usize) -> u64 {
     const SPACES: u64 = ONES * 0x20;
-    let len = value.len();
-    if let Some(chunk) = value.get(at..at + 8) {
-        return u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+    let Some(rest) = value.get(at..) else {
+        return SPACES;
+    };
+    if let Some(chunk) = rest.first_chunk::<8>() {
+        return u64::from_le_bytes(*chunk);
     }
-    if at >= len {
+    if rest.is_empty() {
         return SPACES;
     }
-    if len >= 8 {
-        // The value's last eight bytes, shifted down so that `at` is the lowest byte.
-        let tail = u64::from_le_bytes(value[len - 8..].try_into().expect("eight bytes"));
+    let len = value.len();
+    if let Some(tail) = value.last_chunk::<8>() {
+        // The value's last eight bytes, shifted down so that `at` is the
+        // lowest byte (`rest` is 1 to 7 bytes, so the shift is 8 to 56).
         let shift = 8 * (at + 8 - len) as u32;
-        return (tail >> shift) | (SPACES << (64 - shift));
+        return (u64::from_le_bytes(*tail) >> shift) | (SPACES << (64 - shift));
     }
     let mut bytes = SPACES;
-    for (k, &byte) in value[at..].iter().enumerate() {
+    for (k, &byte) in rest.iter().enumerate() {
         bytes = (bytes & !(0xff << (8 * k))) | (u64::from(byte) << (8 * k));
     }
     bytes
