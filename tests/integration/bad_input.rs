@@ -200,6 +200,93 @@ fn a_plugin_error_stops_the_pipeline_naming_stage_partition_batch_and_record() {
     assert!(!message.contains("panicked"), "{message}");
 }
 
+/// A map or flat-map, then a reduce-by-key over its output, with two-line chunks: the
+/// stages run chunk by chunk in one task (the map's output stream feeds
+/// only the reduce), so an error must still name its own stage and the
+/// record's index in the partition, not in its chunk.
+fn chained_pipeline(input: &Path, out: &Path, (op, plugin): (&str, &str), reducer: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "chained"
+partitions = 1
+chunk-records = 2
+[plugins]
+mapper = {plugin:?}
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+[[stage]]
+name = "mapped"
+input = "lines"
+op = "{op}"
+plugin = "mapper"
+[[stage]]
+name = "totals"
+input = "mapped"
+op = "reduce-by-key"
+reducer = "{reducer}"
+[[sink]]
+input = "totals"
+type = "files"
+path = {out:?}
+"#,
+        input = input.display().to_string(),
+        out = out.display().to_string()
+    )
+}
+
+#[test]
+fn errors_in_chained_stages_name_their_stage_and_partition_wide_record() {
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // The third chunk's second line fails in the first stage.
+    std::fs::write(input.join("a.txt"), "a\nb\nc\nd\ne\nfail\ng\n").unwrap();
+    let file = write_pipeline(
+        dir.path(),
+        "map.toml",
+        &chained_pipeline(
+            &input,
+            &dir.path().join("out-map"),
+            ("map", plugins::FAIL_ON),
+            "count",
+        ),
+    );
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    for expected in [
+        "stage `mapped`",
+        "partition 0",
+        "record 5",
+        "fail-on: refusing fail",
+    ] {
+        assert!(message.contains(expected), "missing {expected:?} in: {message}");
+    }
+
+    // Words 0-3 are numbers, word 4 (in the third chunk) is not: the
+    // reduce's `sum` fails on it, in the second stage.
+    std::fs::write(input.join("a.txt"), "1 2\n3\n4\nx 5\n6\n").unwrap();
+    let file = write_pipeline(
+        dir.path(),
+        "sum.toml",
+        &chained_pipeline(
+            &input,
+            &dir.path().join("out-sum"),
+            ("flat-map", plugins::SPLIT_WORDS),
+            "sum",
+        ),
+    );
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    for expected in ["stage `totals`", "partition 0", "record 4", "\"x\""] {
+        assert!(message.contains(expected), "missing {expected:?} in: {message}");
+    }
+}
+
 #[test]
 fn a_plugin_panic_is_reported_with_its_message() {
     let dir = scratch();

@@ -215,6 +215,12 @@ impl Operator for Guarded {
         self.inner.pairs_inputs()
     }
 
+    fn piecewise(&self) -> bool {
+        // Retries, skips and dead letters act on what one call was given:
+        // under those policies a partition stays one call, as configured.
+        self.policy.retries == 0 && self.policy.on_error == OnError::Fail && self.inner.piecewise()
+    }
+
     fn end_batch(&self, batch: super::BatchClock) {
         self.inner.end_batch(batch);
     }

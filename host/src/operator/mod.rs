@@ -107,6 +107,33 @@ impl OperatorError {
     pub fn is_trap(&self) -> bool {
         matches!(self, Self::Plugin { error, .. } if error.poisons_instance())
     }
+
+    /// The error with the record index it names moved by `offset`: for a
+    /// call over part of a partition that starts `offset` records in, so
+    /// that indices count from the start of the partition.
+    pub fn shifted(self, offset: usize) -> Self {
+        let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+        match self {
+            Self::Plugin {
+                error: PluginError::Record { index, message },
+                record,
+            } => Self::Plugin {
+                error: PluginError::Record {
+                    index: index.saturating_add(offset),
+                    message,
+                },
+                record,
+            },
+            Self::Value {
+                message,
+                index: Some(index),
+            } => Self::Value {
+                message,
+                index: Some(index.saturating_add(offset)),
+            },
+            other => other,
+        }
+    }
 }
 
 /// What a stage does to each partition of each batch.
@@ -126,6 +153,17 @@ pub trait Operator: Send + Sync + fmt::Debug {
     /// example that its plugin accepts its configuration). Default: nothing to check.
     fn check(&self) -> Result<(), OperatorError> {
         Ok(())
+    }
+
+    /// True when processing a partition piece by piece (each chunk on its
+    /// own) and concatenating the outputs means the same as processing it
+    /// whole: record-at-a-time transforms, and the partial aggregation
+    /// before a shuffle. The executor runs a stage's consecutive piecewise
+    /// operators chunk by chunk in one task per partition, so each chunk's
+    /// intermediate output is consumed while it is still in cache, and no
+    /// barrier separates them. Default: false.
+    fn piecewise(&self) -> bool {
+        false
     }
 
     /// True for operators over two inputs (joins): the executor then

@@ -454,6 +454,12 @@ impl Operator for ReduceByKey {
         }
     }
 
+    fn piecewise(&self) -> bool {
+        // Partial results of pieces are partial results of the partition:
+        // the merge after the shuffle combines them all.
+        self.phase == Phase::Combine
+    }
+
     fn input_partitioning(&self) -> Partitioning {
         match self.phase {
             Phase::Combine => Partitioning::Pipeline,

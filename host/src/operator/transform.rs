@@ -122,7 +122,7 @@ impl TransformOperator {
                 end += 1;
             }
             let slice = input.slice(start, end);
-            out.push(self.call_once(slice, ctx).map_err(|e| shift_record(e, start))?);
+            out.push(self.call_once(slice, ctx).map_err(|e| e.shifted(start))?);
             start = end;
         }
         Ok(())
@@ -132,6 +132,12 @@ impl TransformOperator {
 impl Operator for TransformOperator {
     fn check(&self) -> Result<(), OperatorError> {
         self.function.check()
+    }
+
+    fn piecewise(&self) -> bool {
+        // Map-partitions sees its whole partition at once (a per-partition
+        // top-k, say); the per-record kinds see one record at a time.
+        self.kind != TransformKind::MapPartitions
     }
 
     fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
@@ -149,28 +155,10 @@ impl Operator for TransformOperator {
         for chunk in input {
             let len = chunk.len();
             self.process_chunk(chunk, ctx, &mut out)
-                .map_err(|e| shift_record(e, offset))?;
+                .map_err(|e| e.shifted(offset))?;
             offset += len;
         }
         Ok(out)
-    }
-}
-
-/// Record indices reported for a slice are relative to it; make them relative
-/// to the partition.
-fn shift_record(error: OperatorError, offset: usize) -> OperatorError {
-    match error {
-        OperatorError::Plugin {
-            error: PluginError::Record { index, message },
-            record,
-        } => OperatorError::Plugin {
-            error: PluginError::Record {
-                index: index.saturating_add(u32::try_from(offset).unwrap_or(u32::MAX)),
-                message,
-            },
-            record,
-        },
-        other => other,
     }
 }
 

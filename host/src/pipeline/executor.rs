@@ -1,11 +1,18 @@
 //! Runs one micro-batch through the plan: every stage in order, each
 //! operator over all partitions in parallel on the worker pool, with the data
 //! movement (shuffle by key, rebalance) an operator's input partitioning asks for.
+//!
+//! Consecutive piecewise operators ([`Operator::piecewise`]: per-record
+//! transforms, the combine of a reduce-by-key) run as one task per
+//! partition that takes each chunk through all of them before the next,
+//! also across a stage boundary when the stage's output feeds only the next
+//! stage: a flat-map's output is folded by the combine while it is still in
+//! cache, and no barrier waits for the slowest partition in between.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::plan::Plan;
+use super::plan::{Plan, StagePlan};
 use super::workers::{Task, TaskPanicked, WorkerPool};
 use crate::config::Quarantine;
 use crate::error::StageFailure;
@@ -76,37 +83,94 @@ impl Executor {
         for ((_, stream), chunks) in plan.sources.iter().zip(source_chunks) {
             streams[*stream] = Some(partition::distribute(chunks, plan.partitions));
         }
-        for stage in &plan.stages {
-            let mut inputs = Vec::with_capacity(stage.inputs.len());
-            for &input in &stage.inputs {
-                remaining_readers[input] -= 1;
-                inputs.push(take_or_clone(&mut streams, input, remaining_readers[input] == 0));
-            }
-            let pairs = stage.operators.first().is_some_and(|op| op.pairs_inputs()) && inputs.len() == 2;
-            let (mut partitions, mut left_chunks) = if pairs {
-                let (partitions, left_chunks) = self.pair(&stage.operators[0], inputs);
-                (partitions, Some(left_chunks))
-            } else {
-                (union(inputs), None)
+        // The output of a piecewise run that went on into the next stage's
+        // leading operators, and how many of them it ran.
+        let mut carried: Option<(Vec<Partition>, usize)> = None;
+        for (index, stage) in plan.stages.iter().enumerate() {
+            let (mut partitions, mut left_chunks, mut next) = match carried.take() {
+                Some((partitions, done)) => {
+                    for &input in &stage.inputs {
+                        remaining_readers[input] -= 1;
+                    }
+                    (partitions, None, done)
+                }
+                None => {
+                    let mut inputs = Vec::with_capacity(stage.inputs.len());
+                    for &input in &stage.inputs {
+                        remaining_readers[input] -= 1;
+                        inputs.push(take_or_clone(&mut streams, input, remaining_readers[input] == 0));
+                    }
+                    let pairs =
+                        stage.operators.first().is_some_and(|op| op.pairs_inputs()) && inputs.len() == 2;
+                    if pairs {
+                        let (partitions, left_chunks) = self.pair(&stage.operators[0], inputs);
+                        (partitions, Some(left_chunks), 0)
+                    } else {
+                        (union(inputs), None, 0)
+                    }
+                }
+            };
+            let failed = |failed: &StagePlan, partition, error| {
+                BatchError::Failed(Box::new(StageFailure {
+                    pipeline: plan.pipeline.clone(),
+                    stage: failed.name.clone(),
+                    op: failed.describe.clone(),
+                    partition,
+                    batch_id,
+                    error,
+                }))
             };
             let mut failures = 0;
-            for operator in &stage.operators {
-                let applied = self
-                    .apply(operator, partitions, clock, left_chunks.take())
-                    .map_err(|(partition, error)| {
-                        BatchError::Failed(Box::new(StageFailure {
-                            pipeline: plan.pipeline.clone(),
-                            stage: stage.name.clone(),
-                            op: stage.describe.clone(),
-                            partition,
-                            batch_id,
-                            error,
-                        }))
-                    })?;
-                partitions = applied.partitions;
-                failures += applied.failures;
-                dead_letters.extend(applied.dead_letters);
-                operator.end_batch(clock);
+            while next < stage.operators.len() {
+                // A run of piecewise operators goes chunk by chunk in one
+                // task per partition, on into the next stage when this
+                // stage's output feeds only that one; any other operator
+                // runs on its own over every partition.
+                let run = if left_chunks.is_none() {
+                    piecewise_run(&stage.operators[next..])
+                } else {
+                    0
+                };
+                let onward = if run > 0 && next + run == stage.operators.len() {
+                    self.onward_run(index)
+                } else {
+                    0
+                };
+                let operators: Vec<Arc<dyn Operator>> = if run + onward > 1 {
+                    let mut operators = stage.operators[next..next + run].to_vec();
+                    operators.extend(plan.stages[index + 1].operators[..onward].iter().cloned());
+                    let applied = self.apply_piecewise(&operators, partitions, clock).map_err(
+                        |(partition, position, error)| {
+                            let stage = if position < run {
+                                stage
+                            } else {
+                                &plan.stages[index + 1]
+                            };
+                            failed(stage, partition, error)
+                        },
+                    )?;
+                    partitions = applied.partitions;
+                    failures += applied.failures;
+                    dead_letters.extend(applied.dead_letters);
+                    if onward > 0 {
+                        carried = Some((Vec::new(), onward));
+                    }
+                    next += run;
+                    operators
+                } else {
+                    let operator = stage.operators[next].clone();
+                    let applied = self
+                        .apply(&operator, partitions, clock, left_chunks.take())
+                        .map_err(|(partition, error)| failed(stage, partition, error))?;
+                    partitions = applied.partitions;
+                    failures += applied.failures;
+                    dead_letters.extend(applied.dead_letters);
+                    next += 1;
+                    vec![operator]
+                };
+                for operator in &operators {
+                    operator.end_batch(clock);
+                }
             }
             let consecutive = &stage.metrics.consecutive_failed_batches;
             if failures == 0 {
@@ -121,7 +185,11 @@ impl Executor {
                     });
                 }
             }
-            streams[stage.output] = Some(partitions);
+            match &mut carried {
+                // This stage's output went straight on into the next stage.
+                Some((carried, _)) => *carried = partitions,
+                None => streams[stage.output] = Some(partitions),
+            }
         }
         if let Some(stream) = plan.dead_letters {
             streams[stream] = Some(vec![dead_letters]);
@@ -191,6 +259,65 @@ impl Executor {
                 })
             })
             .collect();
+        self.collect(tasks, |error| error)
+    }
+
+    /// Runs `operators` (all piecewise, taking their input as it comes) over
+    /// every partition: one task per partition passes each chunk
+    /// through all of them before the next chunk. Record indices in errors
+    /// count from the start of each operator's input in the partition.
+    fn apply_piecewise(
+        &self,
+        operators: &[Arc<dyn Operator>],
+        partitions: Vec<Partition>,
+        clock: BatchClock,
+    ) -> Result<Applied, (usize, usize, OperatorError)> {
+        type Outcome = (Result<Partition, (usize, OperatorError)>, Batch, u32);
+        let tasks: Vec<Task<Outcome>> = partitions
+            .into_iter()
+            .enumerate()
+            .map(|(index, partition)| -> Task<Outcome> {
+                let operators = operators.to_vec();
+                Box::new(move |instances| {
+                    let mut ctx = PartitionContext {
+                        batch_id: clock.id,
+                        batch_time: clock.time,
+                        left_chunks: 1,
+                        partition: index,
+                        instances,
+                        dead_letters: Batch::new(),
+                        failures: 0,
+                    };
+                    let result = run_pieces(&operators, partition, &mut ctx);
+                    (result, ctx.dead_letters, ctx.failures)
+                })
+            })
+            .collect();
+        self.collect(tasks, |error| (0, error))
+            .map_err(|(partition, (position, error))| (partition, position, error))
+    }
+
+    /// How many leading operators of the stage after `index` can continue a
+    /// piecewise run that ends stage `index`: none unless that stage reads
+    /// only this stage's output, and nothing else reads it.
+    fn onward_run(&self, index: usize) -> usize {
+        let plan = &self.plan;
+        let (Some(stage), Some(next)) = (plan.stages.get(index), plan.stages.get(index + 1)) else {
+            return 0;
+        };
+        if next.inputs != [stage.output] || plan.readers[stage.output] != 1 {
+            return 0;
+        }
+        piecewise_run(&next.operators)
+    }
+
+    /// Waits for one task per partition and gathers their outputs; a task
+    /// that panicked fails with `panicked` of an internal error.
+    fn collect<E: Send + 'static>(
+        &self,
+        tasks: Vec<Task<(Result<Partition, E>, Batch, u32)>>,
+        panicked: impl Fn(OperatorError) -> E,
+    ) -> Result<Applied, (usize, E)> {
         let mut applied = Applied {
             partitions: Vec::new(),
             dead_letters: Vec::new(),
@@ -199,7 +326,7 @@ impl Executor {
         for (index, outcome) in self.pool.run(tasks).into_iter().enumerate() {
             let (result, dead_letters, failures) = outcome.unwrap_or_else(|TaskPanicked(message)| {
                 let error = OperatorError::Native(format!("internal error: {message}"));
-                (Err(error), Batch::new(), 1)
+                (Err(panicked(error)), Batch::new(), 1)
             });
             applied.partitions.push(result.map_err(|error| (index, error))?);
             if !dead_letters.is_empty() {
@@ -263,4 +390,42 @@ fn union(mut inputs: Vec<Vec<Partition>>) -> Vec<Partition> {
         }
     }
     out
+}
+
+/// How many operators from the start of `operators` form a piecewise run:
+/// each piecewise and taking its input as it comes (no data movement
+/// between them).
+fn piecewise_run(operators: &[Arc<dyn Operator>]) -> usize {
+    operators
+        .iter()
+        .take_while(|operator| {
+            operator.piecewise()
+                && !operator.pairs_inputs()
+                && operator.input_partitioning() == Partitioning::Pipeline
+        })
+        .count()
+}
+
+/// Passes each chunk of `partition` through every operator in turn;
+/// the outputs of all chunks, in order, are the partition's output.
+fn run_pieces(
+    operators: &[Arc<dyn Operator>],
+    partition: Partition,
+    ctx: &mut PartitionContext<'_>,
+) -> Result<Partition, (usize, OperatorError)> {
+    // Records each operator has been given so far in this partition.
+    let mut offsets = vec![0usize; operators.len()];
+    let mut output = Vec::with_capacity(partition.len());
+    for chunk in partition {
+        let mut piece = vec![chunk];
+        for (position, (operator, offset)) in operators.iter().zip(offsets.iter_mut()).enumerate() {
+            let records = piece.iter().map(Batch::len).sum::<usize>();
+            piece = operator
+                .process(piece, ctx)
+                .map_err(|error| (position, error.shifted(*offset)))?;
+            *offset += records;
+        }
+        output.extend(piece);
+    }
+    Ok(output)
 }
