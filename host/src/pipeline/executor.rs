@@ -40,6 +40,10 @@ pub enum BatchError {
     },
 }
 
+/// What a task produced for one partition: its output (or why it failed),
+/// the records it dead-lettered and the failures its policy handled.
+type Outcome<E> = (Result<Partition, E>, Batch, u32);
+
 /// What one stage's operator produced over all partitions of a batch.
 struct Applied {
     partitions: Vec<Partition>,
@@ -235,11 +239,10 @@ impl Executor {
             (Partitioning::HashByKey(n), None) => self.shuffle_by_key(partitions, n),
             (Partitioning::RoundRobin(n), None) => partition::rebalance(&partitions, n),
         };
-        type Outcome = (Result<Partition, OperatorError>, Batch, u32);
-        let tasks: Vec<Task<Outcome>> = partitions
+        let tasks: Vec<Task<Outcome<OperatorError>>> = partitions
             .into_iter()
             .enumerate()
-            .map(|(index, partition)| -> Task<Outcome> {
+            .map(|(index, partition)| -> Task<Outcome<OperatorError>> {
                 let operator = operator.clone();
                 let left_chunks = left_chunks
                     .as_ref()
@@ -272,11 +275,10 @@ impl Executor {
         partitions: Vec<Partition>,
         clock: BatchClock,
     ) -> Result<Applied, (usize, usize, OperatorError)> {
-        type Outcome = (Result<Partition, (usize, OperatorError)>, Batch, u32);
-        let tasks: Vec<Task<Outcome>> = partitions
+        let tasks: Vec<Task<Outcome<(usize, OperatorError)>>> = partitions
             .into_iter()
             .enumerate()
-            .map(|(index, partition)| -> Task<Outcome> {
+            .map(|(index, partition)| -> Task<Outcome<(usize, OperatorError)>> {
                 let operators = operators.to_vec();
                 Box::new(move |instances| {
                     let mut ctx = PartitionContext {
@@ -315,7 +317,7 @@ impl Executor {
     /// that panicked fails with `panicked` of an internal error.
     fn collect<E: Send + 'static>(
         &self,
-        tasks: Vec<Task<(Result<Partition, E>, Batch, u32)>>,
+        tasks: Vec<Task<Outcome<E>>>,
         panicked: impl Fn(OperatorError) -> E,
     ) -> Result<Applied, (usize, E)> {
         let mut applied = Applied {
