@@ -49,6 +49,10 @@ pub struct BenchReport {
     pub native: Duration,
     /// Words counted by each run (checked equal to the words generated).
     pub counted_words: u64,
+    /// Native time over Wasm time of each round (the two runs of a round
+    /// follow each other, so a change in machine load between rounds
+    /// cancels out of each ratio).
+    pub round_ratios: Vec<f64>,
 }
 
 impl BenchReport {
@@ -62,7 +66,18 @@ impl BenchReport {
         self.words as f64 / self.native.as_secs_f64()
     }
 
-    /// Wasm throughput as a fraction of native throughput.
+    /// The median of [`BenchReport::round_ratios`]; `NaN` without rounds of both.
+    pub fn median_round_ratio(&self) -> f64 {
+        let mut ratios = self.round_ratios.clone();
+        ratios.sort_by(f64::total_cmp);
+        match ratios.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => ratios[n / 2],
+            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+        }
+    }
+
+    /// Wasm throughput as a fraction of native throughput (best times).
     pub fn ratio(&self) -> f64 {
         if self.wasm == Duration::MAX || self.native == Duration::MAX {
             return f64::NAN;
@@ -192,10 +207,12 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
 
     let words = settings.lines * settings.words_per_line as u64;
     let (mut best_wasm, mut best_native) = (Duration::MAX, Duration::MAX);
+    let mut round_ratios = Vec::new();
     for round in 1..=settings.rounds.max(1) {
-        for (name, registry, best) in [
-            ("wasm", &wasm, &mut best_wasm),
-            ("native", &native, &mut best_native),
+        let (mut wasm_time, mut native_time) = (None, None);
+        for (name, registry, best, time) in [
+            ("wasm", &wasm, &mut best_wasm, &mut wasm_time),
+            ("native", &native, &mut best_native, &mut native_time),
         ] {
             if settings.only.as_deref().is_some_and(|only| only != name) {
                 continue;
@@ -212,6 +229,10 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
                 words as f64 / elapsed.as_secs_f64() / 1e6
             ));
             *best = (*best).min(elapsed);
+            *time = Some(elapsed);
+        }
+        if let (Some(wasm), Some(native)) = (wasm_time, native_time) {
+            round_ratios.push(native.as_secs_f64() / wasm.as_secs_f64());
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
@@ -220,6 +241,7 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
         wasm: best_wasm,
         native: best_native,
         counted_words: words,
+        round_ratios,
     })
 }
 

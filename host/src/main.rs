@@ -525,7 +525,11 @@ fn bench(
         "  native  {:>8.2} M words/s",
         report.native_words_per_second() / 1e6
     );
-    println!("  wasm / native = {:.2}", report.ratio());
+    println!(
+        "  wasm / native = {:.2} (best times); {:.2} (median of the rounds' ratios)",
+        report.ratio(),
+        report.median_round_ratio()
+    );
     if suite == "throughput" {
         return Ok(ExitCode::SUCCESS);
     }
