@@ -39,15 +39,20 @@ pub fn for_each_word(value: &[u8], mut emit: impl FnMut(&[u8])) {
         let spaces = space_bits(bytes) >> 7;
         let mut edges = (spaces ^ ((spaces << 8) | space_before)) & ONES;
         space_before = spaces >> 56;
+        // One iteration per word: its start (unless it began in an earlier
+        // eight bytes), then its end.
         while edges != 0 {
-            let edge = at + lowest_byte(edges);
-            edges &= edges - 1;
             if word_start == BETWEEN_WORDS {
-                word_start = edge;
-            } else {
-                emit(&value[word_start..edge]);
-                word_start = BETWEEN_WORDS;
+                word_start = at + lowest_byte(edges);
+                edges &= edges - 1;
+                if edges == 0 {
+                    break;
+                }
             }
+            let end = at + lowest_byte(edges);
+            edges &= edges - 1;
+            emit(&value[word_start..end]);
+            word_start = BETWEEN_WORDS;
         }
         at += 8;
     }
