@@ -111,7 +111,7 @@ impl Emitter {
         };
         let bytes = key.len() + value.len();
         let records = self.timestamps.len();
-        if records == self.record_capacity || self.data.capacity() - self.data.len() < bytes {
+        if records >= self.record_capacity || self.data.capacity() - self.data.len() < bytes {
             // By value: the emitter's own address never reaches a call, so
             // the compiler may keep its fields in registers across records
             // instead of reloading them after every byte written.

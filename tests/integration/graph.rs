@@ -206,3 +206,50 @@ path = {out:?}
     }
     assert_eq!(totals, expected);
 }
+
+/// The flat-map and the combine run chunk by chunk in one task when the
+/// words stream feeds only the count; a sink on the words stream, or a
+/// retry/skip policy, keeps them apart. Every way gives the same counts,
+/// and the words sink gets every word.
+#[test]
+fn chunk_by_chunk_and_stage_by_stage_execution_agree() {
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let text = sample_text(3_000, 11);
+    std::fs::write(input.join("a.txt"), &text).unwrap();
+    let expected = word_counts(&text);
+    for (name, stage_extra, words_sink) in [
+        ("fused", "", false),
+        ("observed", "", true),
+        ("guarded", "on-error = \"skip-batch\"\n", false),
+    ] {
+        let out = dir.path().join(format!("out-{name}"));
+        let words_out = dir.path().join(format!("words-{name}"));
+        let source = format!("type = \"files\"\npath = {:?}", input.display().to_string());
+        let mut pipeline = super::wordcount_pipeline(&source, &out, 2)
+            .replace("partitions = 2\n", "partitions = 2\nchunk-records = 37\n")
+            .replace(
+                "plugin = \"split-words\"\n",
+                &format!("plugin = \"split-words\"\n{stage_extra}"),
+            );
+        if words_sink {
+            pipeline.push_str(&format!(
+                "\n[[sink]]\ninput = \"words\"\ntype = \"files\"\npath = {:?}\n",
+                words_out.display().to_string()
+            ));
+        }
+        let file = write_pipeline(dir.path(), &format!("{name}.toml"), &pipeline);
+        let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        assert_eq!(summed_counts(&out), expected, "{name}");
+        if words_sink {
+            let mut words: BTreeMap<String, u64> = BTreeMap::new();
+            for (_, line) in sink_lines(&words_out) {
+                let (_, word) = line.split_once('\t').expect("key<TAB>value");
+                *words.entry(word.to_owned()).or_insert(0) += 1;
+            }
+            assert_eq!(words, expected, "{name}: the words stream");
+        }
+    }
+}

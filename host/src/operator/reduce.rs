@@ -321,8 +321,9 @@ fn fold_chunks<'a>(
     start: impl Fn(&[u8]) -> Result<Accumulator, builtin::ValueError>,
     fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
 ) -> Result<Accumulators<'a>, (builtin::ValueError, RecordRef<'a>, usize)> {
+    let records = chunks.iter().map(Batch::len).sum::<usize>();
     let mut accumulators = Accumulators {
-        short: FastMap::with_capacity_and_hasher(1024, Default::default()),
+        short: FastMap::with_capacity_and_hasher(records.min(1024), Default::default()),
         long: FastMap::default(),
         keyless: None,
     };

@@ -409,7 +409,9 @@ fn piecewise_run(operators: &[Arc<dyn Operator>]) -> usize {
 }
 
 /// Passes each chunk of `partition` through every operator in turn;
-/// the outputs of all chunks, in order, are the partition's output.
+/// the outputs of all chunks, in order, are the partition's output. The
+/// first chunk that fails stops the partition: an error of a later operator
+/// on an earlier chunk is the one reported.
 fn run_pieces(
     operators: &[Arc<dyn Operator>],
     partition: Partition,
@@ -422,8 +424,15 @@ fn run_pieces(
         let mut piece = vec![chunk];
         for (position, (operator, offset)) in operators.iter().zip(offsets.iter_mut()).enumerate() {
             let records = piece.iter().map(Batch::len).sum::<usize>();
-            piece = operator
-                .process(piece, ctx)
+            // A panic (a native function's) is caught here rather than by
+            // the worker, so that it names the operator's own stage.
+            piece = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| operator.process(piece, ctx)))
+                .unwrap_or_else(|panic| {
+                    Err(OperatorError::Native(format!(
+                        "internal error: {}",
+                        super::workers::panic_message(&*panic)
+                    )))
+                })
                 .map_err(|error| (position, error.shifted(*offset)))?;
             *offset += records;
         }

@@ -23,6 +23,16 @@ pub type Task<T> = Box<dyn FnOnce(&mut InstanceSlots) -> T + Send>;
 #[error("internal error: a worker task panicked: {0}")]
 pub struct TaskPanicked(pub String);
 
+/// The message a panic was raised with (`"unknown panic"` for a payload
+/// that is not a string).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 /// A fixed set of worker threads.
 pub struct WorkerPool {
     jobs: Option<Sender<Job>>,
@@ -65,14 +75,8 @@ impl WorkerPool {
         for (index, task) in tasks.into_iter().enumerate() {
             let results = results.clone();
             let job: Job = Box::new(move |slots| {
-                let result = catch_unwind(AssertUnwindSafe(|| task(slots))).map_err(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_owned());
-                    TaskPanicked(message)
-                });
+                let result = catch_unwind(AssertUnwindSafe(|| task(slots)))
+                    .map_err(|panic| TaskPanicked(panic_message(&*panic)));
                 let _ = results.send((index, result));
             });
             jobs.send(job).expect("workers outlive the pool handle");
