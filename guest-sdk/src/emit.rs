@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use crate::Record;
+use crate::copy::copy_short;
 use crate::record::FLAG_HAS_KEY;
 
 /// Builds an output batch: each `emit*` call appends one record straight into
@@ -162,47 +163,6 @@ impl Emitter {
         (self.ends.capacity() / 2)
             .min(self.timestamps.capacity())
             .min(self.flags.capacity())
-    }
-}
-
-/// Copies `bytes` to `target`.
-///
-/// Short slices (most keys and values) are copied with a few unaligned word
-/// loads and stores instead of `copy_nonoverlapping`: in a Wasm module built
-/// with bulk memory, that becomes a `memory.copy`, which wasmtime runs as a
-/// call out of the module into the runtime — far dearer than the copy itself
-/// for a word of a few bytes.
-///
-/// # Safety
-///
-/// `target` must be valid for `bytes.len()` bytes of writes and must not
-/// overlap `bytes`.
-#[inline(always)]
-unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
-    let len = bytes.len();
-    let source = bytes.as_ptr();
-    // SAFETY: every read stays within `bytes` (the two overlapping loads of
-    // each size start at 0 and at `len - size`, both in bounds because
-    // `len >= size` in that branch) and every write within `target[..len]`,
-    // which the caller guarantees. Unaligned accesses are used throughout.
-    unsafe {
-        if len > 16 {
-            std::ptr::copy_nonoverlapping(source, target, len);
-        } else if len >= 8 {
-            let head = source.cast::<u64>().read_unaligned();
-            let tail = source.add(len - 8).cast::<u64>().read_unaligned();
-            target.cast::<u64>().write_unaligned(head);
-            target.add(len - 8).cast::<u64>().write_unaligned(tail);
-        } else if len >= 4 {
-            let head = source.cast::<u32>().read_unaligned();
-            let tail = source.add(len - 4).cast::<u32>().read_unaligned();
-            target.cast::<u32>().write_unaligned(head);
-            target.add(len - 4).cast::<u32>().write_unaligned(tail);
-        } else if len > 0 {
-            *target = *source;
-            *target.add(len / 2) = *source.add(len / 2);
-            *target.add(len - 1) = *source.add(len - 1);
-        }
     }
 }
 

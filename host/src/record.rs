@@ -6,6 +6,12 @@
 //! column. Moving a batch between stages, into a plugin and out of it costs a
 //! few memory copies, never an allocation per record.
 
+// The guest SDK's short-copy routine: one implementation (and one safety
+// argument) for both sides of the plugin boundary.
+#[path = "../../guest-sdk/src/copy.rs"]
+mod copy;
+use copy::copy_short;
+
 use std::fmt;
 
 /// Flag bit: the record has a key.
@@ -400,42 +406,6 @@ pub fn partition_len(partition: &[Batch]) -> usize {
 #[inline]
 fn offset(len: usize) -> u32 {
     u32::try_from(len).expect("a partition's batch is limited to 4 GiB of data")
-}
-
-/// Copies `bytes` to `target`: short slices (most keys and values: words,
-/// ids, numbers) with two overlapping loads and stores instead of a
-/// `memcpy` call, which costs more than such a copy.
-///
-/// # Safety
-///
-/// `target` must be valid for `bytes.len()` bytes of writes and must not
-/// overlap `bytes`.
-#[inline(always)]
-unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
-    let len = bytes.len();
-    let source = bytes.as_ptr();
-    // SAFETY: the two loads of each size start at 0 and at `len - size`,
-    // both within `bytes` because `len >= size` in that branch; the stores
-    // mirror them within `target[..len]`, which the caller guarantees.
-    unsafe {
-        if len > 16 {
-            std::ptr::copy_nonoverlapping(source, target, len);
-        } else if len >= 8 {
-            let head = source.cast::<u64>().read_unaligned();
-            let tail = source.add(len - 8).cast::<u64>().read_unaligned();
-            target.cast::<u64>().write_unaligned(head);
-            target.add(len - 8).cast::<u64>().write_unaligned(tail);
-        } else if len >= 4 {
-            let head = source.cast::<u32>().read_unaligned();
-            let tail = source.add(len - 4).cast::<u32>().read_unaligned();
-            target.cast::<u32>().write_unaligned(head);
-            target.add(len - 4).cast::<u32>().write_unaligned(tail);
-        } else if len > 0 {
-            *target = *source;
-            *target.add(len / 2) = *source.add(len / 2);
-            *target.add(len - 1) = *source.add(len - 1);
-        }
-    }
 }
 
 #[cfg(test)]
