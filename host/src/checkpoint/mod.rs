@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::runtime::content_hash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::source::{BatchInput, SourceProgress};
 pub use storage::{CheckpointStorage, LocalStorage};
@@ -168,7 +168,7 @@ pub struct CheckpointReport {
 }
 
 const LATEST: &str = "LATEST";
-const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// The write-ahead log directory of source `source` under checkpoint directory `dir`.
 pub fn wal_dir(dir: &std::path::Path, source: &str) -> PathBuf {
@@ -181,10 +181,6 @@ fn offsets_name(batch: u64) -> String {
 
 fn checkpoint_dir(batch: u64) -> String {
     format!("checkpoints/{batch:020}")
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes the batch log and checkpoints of one pipeline.
@@ -381,7 +377,7 @@ impl Checkpointer {
                 .get(&format!("{dir}/{}", state.file))
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("{} is missing", state.file))?;
-            if bytes.len() as u64 != state.bytes || hex_sha256(&bytes) != state.sha256 {
+            if bytes.len() as u64 != state.bytes || content_hash(&bytes) != state.sha256 {
                 return Err(format!(
                     "{} is truncated or corrupt (checksum mismatch)",
                     state.file
@@ -509,7 +505,7 @@ fn write_checkpoint(
             operator,
             file,
             bytes: bytes.len() as u64,
-            sha256: hex_sha256(&bytes),
+            sha256: content_hash(&bytes),
         });
     }
     crate::failpoint::crash_point("checkpoint-state");

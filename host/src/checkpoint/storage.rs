@@ -47,21 +47,30 @@ impl LocalStorage {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes the entries of `dir` (files created, renamed or removed in it)
+/// survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` if it is missing, so that the new directory itself
+/// survives a crash (its parent is synced).
+pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 impl CheckpointStorage for LocalStorage {
     fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.path(name);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)?;
-            // The new directory's entry must survive a crash too.
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
+        create_dir_durably(&dir)?;
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
         let temporary = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {

@@ -820,16 +820,7 @@ fn stage_spec(
         ),
     ];
     let context = format!("op `{op_name}`");
-    let single_input = |op: &str| {
-        if inputs.len() == 1 {
-            Ok(())
-        } else {
-            Err((
-                input_at,
-                format!("op `{op}` takes one input stream; use a `union` stage to merge streams first"),
-            ))
-        }
-    };
+    let single_input = |op: &str| stateful::one_input(op, inputs.len(), input_at);
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?;
     let transform = match op_name {
         "map" => Some(TransformKind::Map),

@@ -186,7 +186,7 @@ pub(super) fn operator(
     let result = match op {
         "window" => (|| {
             only_keys(cx.present, &["length", "slide"], &context)?;
-            one_input(op, cx)?;
+            one_input(op, cx.inputs, cx.input_at)?;
             window(table, cx, WindowOp::Raw, &context)
         })(),
         "count-by-window" | "count-by-value-and-window" | "reduce-by-window" | "reduce-by-key-and-window" => {
@@ -199,7 +199,7 @@ pub(super) fn operator(
                     allowed.extend(plugin_keys);
                 }
                 only_keys(cx.present, &allowed, &context)?;
-                one_input(op, cx)?;
+                one_input(op, cx.inputs, cx.input_at)?;
                 let reducer = if counts {
                     ReducerSpec::Builtin(BuiltinReducer::Count)
                 } else {
@@ -239,7 +239,7 @@ pub(super) fn operator(
             let mut allowed = vec!["plugin", "config", "timeout", "partitions", "state-memory"];
             allowed.extend(plugin_keys);
             only_keys(cx.present, &allowed, &context)?;
-            one_input(op, cx)?;
+            one_input(op, cx.inputs, cx.input_at)?;
             let plugin = required(&table.plugin, "plugin", cx.offset, &context)?;
             plugin_known(
                 cx.plugins,
@@ -300,12 +300,13 @@ pub(super) fn operator(
     Some(result)
 }
 
-fn one_input(op: &str, cx: &StatefulContext<'_>) -> Result<(), SpecError> {
-    if cx.inputs == 1 {
+/// `op` must have one input stream (`inputs`, named at `input_at`).
+pub(super) fn one_input(op: &str, inputs: usize, input_at: usize) -> Result<(), SpecError> {
+    if inputs == 1 {
         Ok(())
     } else {
         Err((
-            cx.input_at,
+            input_at,
             format!("op `{op}` takes one input stream; use a `union` stage to merge streams first"),
         ))
     }

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use super::guard::StageMetrics;
 use super::keyed::{FastMap, PartitionStates, lock};
 use super::reduce::{Phase, ReduceByKey, Reducer};
-use super::{BatchClock, Operator, OperatorError, PartitionContext, restore_error};
+use super::{
+    BatchClock, Operator, OperatorError, PartitionContext, check_restored_partitions, restore_error,
+};
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::config::{LateRecords, OutputMode};
 use crate::partition::Partitioning;
@@ -131,13 +133,18 @@ impl Operator for EventTimeWindow {
         // New results of the windows this batch touches, computed aside.
         let mut changed: Vec<(i64, Batch, Batch)> = Vec::with_capacity(by_window.len());
         for (start, records) in by_window {
-            let partial = self.combine.process(vec![records], ctx)?;
-            let mut parts = partial.clone();
+            // A reduce-by-key returns its partition as one batch.
+            let partial = self
+                .combine
+                .process(vec![records], ctx)?
+                .pop()
+                .unwrap_or_default();
+            let mut parts = vec![partial.clone()];
             if let Some(previous) = windows.get(&start) {
                 parts.push(previous.clone());
             }
-            let merged = self.merge.process(parts, ctx)?;
-            changed.push((start, Batch::concat(&partial), Batch::concat(&merged)));
+            let merged = self.merge.process(parts, ctx)?.pop().unwrap_or_default();
+            changed.push((start, partial, merged));
         }
         // Every call succeeded: commit, then emit and free.
         for record in late {
@@ -231,13 +238,7 @@ impl Operator for EventTimeWindow {
             }
             partitions.push(windows);
         }
-        if !partitions.is_empty() && partitions.len() != self.settings.partitions {
-            return Err(restore_error(format!(
-                "the checkpoint has {} partitions of window state, the stage now {}",
-                partitions.len(),
-                self.settings.partitions
-            )));
-        }
+        check_restored_partitions(partitions.len(), self.settings.partitions, "window")?;
         self.max_seen.store(max_seen, Ordering::Release);
         self.watermark.store(watermark, Ordering::Release);
         self.windows.replace(partitions);

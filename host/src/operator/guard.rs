@@ -136,7 +136,7 @@ fn without(partition: &[Batch], mut index: usize) -> Partition {
     out
 }
 
-fn record_at(partition: &[Batch], mut index: usize) -> Option<RecordRef<'_>> {
+pub(super) fn record_at(partition: &[Batch], mut index: usize) -> Option<RecordRef<'_>> {
     for chunk in partition {
         if index < chunk.len() {
             return Some(chunk.get(index));

@@ -139,11 +139,11 @@ impl Join {
                 entry.push(index);
             }
         }
-        for record in right {
+        // Then the right-only keys, each at its first appearance.
+        for (index, record) in right.iter().enumerate() {
             if let Some(key) = record.key
                 && !left_by_key.contains_key(key)
-                && right_by_key.get(key).and_then(|m| m.first()).is_some()
-                && !order.contains(&key)
+                && right_by_key.get(key).and_then(|m| m.first()) == Some(&index)
             {
                 order.push(key);
             }

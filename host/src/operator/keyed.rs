@@ -76,6 +76,17 @@ pub fn owned_key(key: Option<&[u8]>) -> OwnedKey {
     key.map(Box::from)
 }
 
+/// A record's key, to look up an [`OwnedKey`] in a map without allocating
+/// one: it hashes and compares as the owned key does.
+#[derive(Hash)]
+pub struct KeyView<'a>(pub Option<&'a [u8]>);
+
+impl hashbrown::Equivalent<OwnedKey> for KeyView<'_> {
+    fn equivalent(&self, key: &OwnedKey) -> bool {
+        self.0 == key.as_deref()
+    }
+}
+
 /// `batch` without the records whose value is `neutral`.
 pub fn without_value(batch: Batch, neutral: Option<&[u8]>) -> Batch {
     let Some(neutral) = neutral else {
@@ -86,4 +97,20 @@ pub fn without_value(batch: Batch, neutral: Option<&[u8]>) -> Batch {
         out.push_ref(record);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_view_finds_its_owned_key() {
+        let keys = [None, Some(&b""[..]), Some(&b"word"[..])];
+        let map: FastMap<OwnedKey, usize> =
+            keys.iter().enumerate().map(|(i, &k)| (owned_key(k), i)).collect();
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(map.get(&KeyView(key)), Some(&i), "{key:?}");
+        }
+        assert_eq!(map.get(&KeyView(Some(b"other"))), None);
+    }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keyed::{FastMap, PartitionStates, lock};
-use super::{Operator, OperatorError, PartitionContext, PluginUse, restore_error};
+use super::{Operator, OperatorError, PartitionContext, PluginUse, check_restored_partitions, restore_error};
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::partition::Partitioning;
 use crate::record::Partition;
@@ -194,9 +194,8 @@ impl Operator for KeyedState {
             .map_err(|error| match error {
                 PluginError::Record { index, message } if (index as usize) < positions.len() => {
                     let position = positions[index as usize];
-                    let record = crate::record::Batch::concat(&input)
-                        .get(position as usize)
-                        .describe();
+                    let record = super::guard::record_at(&input, position as usize)
+                        .map_or_else(String::new, |record| record.describe());
                     OperatorError::Plugin {
                         error: PluginError::Record {
                             index: position,
@@ -282,12 +281,7 @@ impl Operator for KeyedState {
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         let mut input = Decoder::new(snapshot);
         let count = input.count(8).map_err(restore_error)?;
-        if count != 0 && count != self.settings.partitions {
-            return Err(restore_error(format!(
-                "the checkpoint has {count} partitions of keyed state, the stage now {}",
-                self.settings.partitions
-            )));
-        }
+        check_restored_partitions(count, self.settings.partitions, "keyed")?;
         let mut stores = Vec::with_capacity(count);
         for partition in 0..count {
             let mut changes = StateChanges::default();

@@ -200,3 +200,14 @@ pub trait Operator: Send + Sync + fmt::Debug {
 pub fn restore_error(error: impl std::fmt::Display) -> OperatorError {
     OperatorError::Native(format!("cannot restore the checkpointed state: {error}"))
 }
+
+/// Checks that a snapshot of `what` state (for example "keyed") holds as
+/// many partitions as the stage now has; a snapshot with none fits any.
+pub fn check_restored_partitions(found: usize, expected: usize, what: &str) -> Result<(), OperatorError> {
+    if found == 0 || found == expected {
+        return Ok(());
+    }
+    Err(restore_error(format!(
+        "the checkpoint has {found} partitions of {what} state, the stage now {expected}"
+    )))
+}

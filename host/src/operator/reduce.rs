@@ -9,16 +9,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
-
 use super::builtin::{self, Accumulator};
+use super::keyed::FastMap;
 use super::{Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
 use crate::runtime::PluginError;
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A key borrowed from a batch, compared without a `memcmp` call for short
 /// keys (most keys of a word count are a few bytes: the call dominated the

@@ -22,9 +22,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::builtin;
-use super::keyed::{FastMap, OwnedKey, PartitionStates, lock, owned_key, without_value};
+use super::keyed::{FastMap, KeyView, OwnedKey, PartitionStates, lock, owned_key, without_value};
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
-use super::{Operator, OperatorError, PartitionContext, restore_error};
+use super::{Operator, OperatorError, PartitionContext, check_restored_partitions, restore_error};
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::config::{BuiltinReducer, KeyRewrite};
 use crate::partition::Partitioning;
@@ -287,11 +287,16 @@ impl WindowedReduce {
         }
         let mut presence = state.presence.clone();
         for record in this {
-            *presence.entry(owned_key(record.key)).or_insert(0) += 1;
+            match presence.get_mut(&KeyView(record.key)) {
+                Some(count) => *count += 1,
+                None => {
+                    presence.insert(owned_key(record.key), 1);
+                }
+            }
         }
         for (_, old) in state.partials.iter().take(leaving) {
             for record in old {
-                let key = owned_key(record.key);
+                let key = KeyView(record.key);
                 if let Some(count) = presence.get_mut(&key) {
                     *count -= 1;
                     if *count == 0 {
@@ -303,7 +308,7 @@ impl WindowedReduce {
         if leaving > 0 {
             let mut kept = Batch::with_capacity(running.len(), running.data_bytes());
             for record in running.iter() {
-                if presence.contains_key(&owned_key(record.key)) {
+                if presence.contains_key(&KeyView(record.key)) {
                     kept.push_ref(record);
                 }
             }
@@ -429,13 +434,7 @@ impl Operator for WindowedReduce {
             }
             partitions.push(state);
         }
-        if !partitions.is_empty() && partitions.len() != self.partitions {
-            return Err(restore_error(format!(
-                "the checkpoint has {} partitions of window state, the stage now {}",
-                partitions.len(),
-                self.partitions
-            )));
-        }
+        check_restored_partitions(partitions.len(), self.partitions, "window")?;
         self.states.replace(partitions);
         Ok(())
     }

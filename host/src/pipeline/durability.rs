@@ -141,11 +141,7 @@ impl Durability {
             definition,
             plugins,
             sinks: plan.sinks.iter().map(|(sink, _)| sink.name.clone()).collect(),
-            source_names: plan
-                .sources
-                .iter()
-                .map(|(source, _)| source.name.clone())
-                .collect(),
+            source_names: names,
             progress,
             replay: recovery.logged.into(),
             settings_dir,
@@ -221,13 +217,8 @@ impl Durability {
         if !(due || force) || self.last_checkpointed == Some(batch) {
             return Ok(());
         }
-        if force
-            && let Some(report) = self
-                .checkpointer
-                .collect()
-                .map_err(|e| checkpoint_error(&self.pipeline, e))?
-        {
-            self.count(report);
+        if force {
+            self.finish()?;
         }
         if self.checkpointer.busy() {
             // The previous checkpoint is still being written: try after the
@@ -248,7 +239,7 @@ impl Durability {
             }
         }
         let manifest = Manifest {
-            version: 1,
+            version: crate::checkpoint::FORMAT,
             pipeline: self.pipeline.clone(),
             definition: self.definition.clone(),
             plugins: self.plugins.clone(),
@@ -267,13 +258,8 @@ impl Durability {
         if started {
             self.last_checkpointed = Some(batch);
         }
-        if force
-            && let Some(report) = self
-                .checkpointer
-                .collect()
-                .map_err(|e| checkpoint_error(&self.pipeline, e))?
-        {
-            self.count(report);
+        if force {
+            self.finish()?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! torn last line (a crash during a write) is cut off when the log is
 //! opened; segments wholly behind the oldest kept checkpoint are deleted.
 
+use crate::checkpoint::storage::{create_dir_durably, sync_dir};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,17 +68,13 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 impl Wal {
     /// Opens (or creates) the log in `dir`, cutting a torn last line off.
     pub fn open(dir: &Path, sync: WalSync) -> std::io::Result<Self> {
-        let created = !dir.exists();
-        std::fs::create_dir_all(dir)?;
-        if created && let Some(parent) = dir.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
+        create_dir_durably(dir)?;
         let (segment_start, path) = match segments(dir)?.pop() {
             Some(last) => last,
             None => {
                 let path = dir.join(segment_name(0));
                 std::fs::File::create(&path)?;
-                std::fs::File::open(dir)?.sync_all()?;
+                sync_dir(dir)?;
                 (0, path)
             }
         };
@@ -127,7 +124,7 @@ impl Wal {
                 .create(true)
                 .append(true)
                 .open(self.dir.join(segment_name(self.end)))?;
-            std::fs::File::open(&self.dir)?.sync_all()?;
+            sync_dir(&self.dir)?;
         }
         if let Err(error) = self.file.write_all(lines) {
             // Whatever part was written is a torn line: cut it off so the

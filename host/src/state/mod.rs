@@ -109,7 +109,7 @@ impl KeyedStore {
             return Ok(Some(entry.clone()));
         }
         match &self.spill {
-            Some(spill) => spill.get(key),
+            Some(spill) => Ok(spill.get_many(std::iter::once(key))?.pop().flatten()),
             None => Ok(None),
         }
     }
@@ -172,9 +172,10 @@ impl KeyedStore {
             }
         }
         for (key, entry) in changes.put {
-            self.memory_bytes += entry.footprint(key.len());
-            if let Some(old) = self.memory.insert(key.clone(), entry) {
-                self.memory_bytes -= old.footprint(key.len());
+            let key_len = key.len();
+            self.memory_bytes += entry.footprint(key_len);
+            if let Some(old) = self.memory.insert(key, entry) {
+                self.memory_bytes -= old.footprint(key_len);
             }
         }
         if self.memory_bytes > self.budget

@@ -63,19 +63,6 @@ impl SpillFile {
         self.len == 0
     }
 
-    /// The entry of `key`, if spilled.
-    pub fn get(&self, key: &[u8]) -> Result<Option<StateEntry>, StateError> {
-        let read = |e| error("cannot read", &self.path, e);
-        let txn = self.db.begin_read().map_err(read)?;
-        let table = match txn.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(error("cannot read", &self.path, e)),
-        };
-        let value = table.get(key).map_err(|e| error("cannot read", &self.path, e))?;
-        Ok(value.map(|v| decode(v.value())))
-    }
-
     /// The entries of `keys` (those spilled), in order, in one read transaction.
     pub fn get_many<'k>(
         &self,

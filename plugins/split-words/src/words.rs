@@ -83,9 +83,7 @@ fn lowest_byte(bits: u64) -> usize {
 #[inline(always)]
 fn load_padded(value: &[u8], at: usize) -> u64 {
     const SPACES: u64 = ONES * 0x20;
-    let Some(rest) = value.get(at..) else {
-        return SPACES;
-    };
+    let rest = value.get(at..).unwrap_or_default();
     if let Some(chunk) = rest.first_chunk::<8>() {
         return u64::from_le_bytes(*chunk);
     }
@@ -127,9 +125,9 @@ fn for_each_word_unicode(value: &[u8], mut emit: impl FnMut(&[u8])) {
             continue;
         }
         let word = &value[start..i];
-        match std::str::from_utf8(word) {
-            Ok(text) if high >= 0x80 => text.split_whitespace().for_each(|part| emit(part.as_bytes())),
-            _ => emit(word),
+        match (high >= 0x80).then(|| std::str::from_utf8(word).ok()).flatten() {
+            Some(text) => text.split_whitespace().for_each(|part| emit(part.as_bytes())),
+            None => emit(word),
         }
     }
 }
