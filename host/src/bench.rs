@@ -21,6 +21,9 @@ use crate::runtime::Runtime;
 use crate::sink::{BatchInfo, Sink, SinkError};
 use crate::source::generator;
 
+/// Words per generated line in the windowed and checkpoint benchmarks.
+const WORDS_PER_LINE: u64 = 8;
+
 /// Settings of a benchmark run.
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -109,7 +112,17 @@ impl Sink for TotalSink {
 
 /// Writes `lines` generated lines into files of `per_file` lines under
 /// `dir`, named `part-00000.txt`, `part-00001.txt`, …
-pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> std::io::Result<()> {
+pub fn generate_input(
+    dir: &Path,
+    lines: u64,
+    words_per_line: usize,
+    per_file: u64,
+) -> Result<(), EngineError> {
+    write_input(dir, lines, words_per_line, per_file)
+        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))
+}
+
+fn write_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let per_file = per_file.max(1);
     let mut line = Vec::new();
@@ -196,8 +209,7 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
         "generating {} lines of {} words...",
         settings.lines, settings.words_per_line
     ));
-    generate_input(&input, settings.lines, settings.words_per_line, 100_000)
-        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
+    generate_input(&input, settings.lines, settings.words_per_line, 100_000)?;
     let spec = spec(&input, &settings.plugin, settings.partitions)?;
     let runtime = Runtime::with_default_cache()?;
     let mut wasm = PluginRegistry::new(runtime.clone());
@@ -551,58 +563,58 @@ pub fn window(
     mut progress: impl FnMut(&str),
 ) -> Result<WindowReport, EngineError> {
     const BATCHES: u64 = 50;
-    let words_per_line = 8u64;
     let per_batch = lines.div_ceil(BATCHES).max(1);
     let scratch = tempdir()?;
     let input = scratch.join("window-input");
     progress(&format!("generating {lines} lines in {BATCHES} files..."));
-    generate_input(&input, lines, words_per_line as usize, per_batch)
-        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
+    generate_input(&input, lines, WORDS_PER_LINE as usize, per_batch)?;
     // The first 40 files: part-00000 … part-00039.
     let text = |glob: &str| windowed_wordcount_toml("bench-window", partitions, plugin, &input, glob, None);
     let runtime = Runtime::with_default_cache()?;
-    let run_once =
-        |glob: &str, native: bool| -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
-            let spec = config::parse(&text(glob), Path::new("bench-window.toml"))?;
-            let mut registry = PluginRegistry::new(runtime.clone());
-            if native {
-                registry.register_transform("split-words", library::split_words());
-            } else {
-                registry.load_declared(&spec)?;
-            }
-            let mut pipeline = Pipeline::build(&spec, &registry, "bench-window.toml")?;
-            let failure = Arc::new(std::sync::Mutex::new(None));
-            let windows = Arc::new(AtomicU64::new(0));
-            let sink = WindowCheckSink {
-                words_per_batch: per_batch * words_per_line,
-                total_words: lines * words_per_line,
-                length: 30,
-                failure: failure.clone(),
-                windows: windows.clone(),
-            };
-            pipeline.set_sinks(vec![("counts".into(), Box::new(sink))])?;
-            let started = Instant::now();
-            let summary = pipeline.run(RunOptions {
-                available_now: true,
-                ..RunOptions::default()
-            })?;
-            let elapsed = started.elapsed();
-            if let Some(failure) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Err(EngineError::Io(format!("windowed word count: {failure}")));
-            }
-            if windows.load(Ordering::Relaxed) == 0 {
-                return Err(EngineError::Io(
-                    "windowed word count: no window was emitted".into(),
-                ));
-            }
-            Ok((elapsed, summary))
+    let mut wasm_plugins = PluginRegistry::new(runtime.clone());
+    wasm_plugins.load_declared(&config::parse(&text("*"), Path::new("bench-window.toml"))?)?;
+    let mut native_plugins = PluginRegistry::new(runtime);
+    native_plugins.register_transform("split-words", library::split_words());
+    let run_once = |glob: &str,
+                    registry: &PluginRegistry|
+     -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
+        let spec = config::parse(&text(glob), Path::new("bench-window.toml"))?;
+        let mut pipeline = Pipeline::build(&spec, registry, "bench-window.toml")?;
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let windows = Arc::new(AtomicU64::new(0));
+        let sink = WindowCheckSink {
+            words_per_batch: per_batch * WORDS_PER_LINE,
+            total_words: lines * WORDS_PER_LINE,
+            length: 30,
+            failure: failure.clone(),
+            windows: windows.clone(),
         };
-    let words = lines * words_per_line;
+        pipeline.set_sinks(vec![("counts".into(), Box::new(sink))])?;
+        let started = Instant::now();
+        let summary = pipeline.run(RunOptions {
+            available_now: true,
+            ..RunOptions::default()
+        })?;
+        let elapsed = started.elapsed();
+        if let Some(failure) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(EngineError::Io(format!("windowed word count: {failure}")));
+        }
+        if windows.load(Ordering::Relaxed) == 0 {
+            return Err(EngineError::Io(
+                "windowed word count: no window was emitted".into(),
+            ));
+        }
+        Ok((elapsed, summary))
+    };
+    let words = lines * WORDS_PER_LINE;
     let (mut wasm, mut native) = (Duration::MAX, Duration::MAX);
     let mut full = None;
     for round in 1..=rounds.max(1) {
-        for (name, is_native, best) in [("wasm", false, &mut wasm), ("native", true, &mut native)] {
-            let (elapsed, summary) = run_once("part-*", is_native)?;
+        for (name, registry, best) in [
+            ("wasm", &wasm_plugins, &mut wasm),
+            ("native", &native_plugins, &mut native),
+        ] {
+            let (elapsed, summary) = run_once("part-*", registry)?;
             progress(&format!(
                 "window round {round} {name:>6}: {:>8.3} s  {:>6.2} M words/s",
                 elapsed.as_secs_f64(),
@@ -613,7 +625,7 @@ pub fn window(
         }
     }
     let full = full.expect("at least one round");
-    let (_, fewer) = run_once("part-000[0-3]*", false)?;
+    let (_, fewer) = run_once("part-000[0-3]*", &wasm_plugins)?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(WindowReport {
         lines,
@@ -664,25 +676,21 @@ pub fn checkpoints(
     let scratch = tempdir()?;
     let input = scratch.join("checkpoint-input");
     progress(&format!("generating {lines} lines in {BATCHES} files..."));
-    generate_input(&input, lines, 8, lines.div_ceil(BATCHES).max(1))
-        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))?;
+    generate_input(
+        &input,
+        lines,
+        WORDS_PER_LINE as usize,
+        lines.div_ceil(BATCHES).max(1),
+    )?;
     let text = |checkpoint: Option<&Path>| {
         windowed_wordcount_toml("bench-checkpoints", partitions, plugin, &input, "*", checkpoint)
     };
-    let runtime = Runtime::with_default_cache()?;
-    let mut registry = None;
-    let mut run_once =
+    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
+    registry.load_declared(&config::parse(&text(None), Path::new("bench-checkpoints.toml"))?)?;
+    let run_once =
         |checkpoint: Option<&Path>| -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
             let spec = config::parse(&text(checkpoint), Path::new("bench-checkpoints.toml"))?;
-            let registry = match &mut registry {
-                Some(registry) => registry,
-                None => {
-                    let mut loaded = PluginRegistry::new(runtime.clone());
-                    loaded.load_declared(&spec)?;
-                    registry.insert(loaded)
-                }
-            };
-            let mut pipeline = Pipeline::build(&spec, registry, "bench-checkpoints.toml")?;
+            let mut pipeline = Pipeline::build(&spec, &registry, "bench-checkpoints.toml")?;
             pipeline.set_sinks(vec![("counts".into(), Box::new(DiscardSink))])?;
             let started = Instant::now();
             let summary = pipeline.run(RunOptions {
@@ -714,7 +722,7 @@ pub fn checkpoints(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(CheckpointReport {
-        words: lines * 8,
+        words: lines * WORDS_PER_LINE,
         batches,
         without,
         with,

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, write_pipeline};
+use weir_tests::{plugins, sample_text, scratch, stderr, write_pipeline};
 
-use super::{LIMIT, weir, wordcount_pipeline};
+use super::{LIMIT, run_ok, weir, wordcount_pipeline};
 
 /// Runs `weir check` and `weir run` on `pipeline` and returns run's stderr
 /// after checking both exit with status 2.
@@ -116,7 +116,6 @@ fn a_plugin_of_the_wrong_kind_is_rejected() {
 
 #[test]
 fn a_plugin_that_rejects_its_config_stops_before_running() {
-    let dir = scratch();
     let text = format!(
         r#"
 [pipeline]
@@ -138,12 +137,25 @@ type = "console"
 "#,
         plugin = plugins::JSON_KEY_BY
     );
-    let _ = dir;
     let message = rejected(&text);
     assert!(
         message.contains("keyed") && message.contains("field"),
         "{message}"
     );
+}
+
+/// Runs `pipeline` (written to `name` in `dir`), which must fail at run
+/// time (exit 1) with a message containing every `expected` piece; returns
+/// the message.
+fn fails_naming(dir: &Path, name: &str, pipeline: &str, expected: &[&str]) -> String {
+    let file = write_pipeline(dir, name, pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    for expected in expected {
+        assert!(message.contains(expected), "missing {expected:?} in: {message}");
+    }
+    message
 }
 
 fn failing_pipeline(plugin: &str, input: &Path, out: &Path) -> String {
@@ -179,24 +191,19 @@ fn a_plugin_error_stops_the_pipeline_naming_stage_partition_batch_and_record() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::write(input.join("a.txt"), "good\nfine\nfail\nlater\n").unwrap();
-    let file = write_pipeline(
+    let message = fails_naming(
         dir.path(),
         "p.toml",
         &failing_pipeline(plugins::FAIL_ON, &input, &dir.path().join("out")),
+        &[
+            "pipeline `failing`",
+            "stage `checked`",
+            "partition 0",
+            "batch 0",
+            "record 2",
+            "fail-on: refusing fail",
+        ],
     );
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{message}");
-    for expected in [
-        "pipeline `failing`",
-        "stage `checked`",
-        "partition 0",
-        "batch 0",
-        "record 2",
-        "fail-on: refusing fail",
-    ] {
-        assert!(message.contains(expected), "missing {expected:?} in: {message}");
-    }
     assert!(!message.contains("panicked"), "{message}");
 }
 
@@ -244,7 +251,7 @@ fn errors_in_chained_stages_name_their_stage_and_partition_wide_record() {
     std::fs::create_dir(&input).unwrap();
     // The third chunk's second line fails in the first stage.
     std::fs::write(input.join("a.txt"), "a\nb\nc\nd\ne\nfail\ng\n").unwrap();
-    let file = write_pipeline(
+    fails_naming(
         dir.path(),
         "map.toml",
         &chained_pipeline(
@@ -253,23 +260,18 @@ fn errors_in_chained_stages_name_their_stage_and_partition_wide_record() {
             ("map", plugins::FAIL_ON),
             "count",
         ),
+        &[
+            "stage `mapped`",
+            "partition 0",
+            "record 5",
+            "fail-on: refusing fail",
+        ],
     );
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{message}");
-    for expected in [
-        "stage `mapped`",
-        "partition 0",
-        "record 5",
-        "fail-on: refusing fail",
-    ] {
-        assert!(message.contains(expected), "missing {expected:?} in: {message}");
-    }
 
     // Words 0-3 are numbers, word 4 (in the third chunk) is not: the
     // reduce's `sum` fails on it, in the second stage.
     std::fs::write(input.join("a.txt"), "1 2\n3\n4\nx 5\n6\n").unwrap();
-    let file = write_pipeline(
+    fails_naming(
         dir.path(),
         "sum.toml",
         &chained_pipeline(
@@ -278,13 +280,8 @@ fn errors_in_chained_stages_name_their_stage_and_partition_wide_record() {
             ("flat-map", plugins::SPLIT_WORDS),
             "sum",
         ),
+        &["stage `totals`", "partition 0", "record 4", "\"x\""],
     );
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{message}");
-    for expected in ["stage `totals`", "partition 0", "record 4", "\"x\""] {
-        assert!(message.contains(expected), "missing {expected:?} in: {message}");
-    }
 }
 
 #[test]
@@ -293,23 +290,18 @@ fn a_plugin_panic_is_reported_with_its_message() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::write(input.join("a.txt"), "one\npanic\nthree\n").unwrap();
-    let file = write_pipeline(
+    fails_naming(
         dir.path(),
         "p.toml",
         &failing_pipeline(plugins::PANIC_ON, &input, &dir.path().join("out")),
+        &[
+            "stage `checked`",
+            "partition 0",
+            "batch 0",
+            "panic",
+            "panic-on: found panic",
+        ],
     );
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{message}");
-    for expected in [
-        "stage `checked`",
-        "partition 0",
-        "batch 0",
-        "panic",
-        "panic-on: found panic",
-    ] {
-        assert!(message.contains(expected), "missing {expected:?} in: {message}");
-    }
 }
 
 #[test]
@@ -348,9 +340,7 @@ fn non_utf8_data_passes_through_as_bytes() {
         "op = \"reduce-by-key\"\nreducer = \"count\"",
         "op = \"repartition\"",
     );
-    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_ok(dir.path(), "p.toml", &pipeline);
     let mut written = Vec::new();
     for entry in std::fs::read_dir(&out).unwrap() {
         for part in std::fs::read_dir(entry.unwrap().path()).unwrap() {
@@ -366,5 +356,4 @@ fn non_utf8_data_passes_through_as_bytes() {
         .collect();
     expected.sort();
     assert_eq!(lines, expected.iter().map(Vec::as_slice).collect::<Vec<_>>());
-    let _ = sink_lines;
 }

@@ -7,7 +7,7 @@ use weir_tests::{
     plugins, sample_text, scratch, sink_lines, stderr, summed_counts, word_counts, write_pipeline,
 };
 
-use super::{LIMIT, weir};
+use super::{LIMIT, run_ok, weir};
 
 fn files_source(name: &str, dir: &std::path::Path) -> String {
     format!(
@@ -90,9 +90,7 @@ format = "jsonl"
         counts_out = counts_out.display().to_string(),
         words_out = words_out.display().to_string(),
     );
-    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_ok(dir.path(), "p.toml", &pipeline);
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for (word, count) in word_counts(&format!("{a}{b}")) {
@@ -196,9 +194,7 @@ path = {out:?}
         input = input.display().to_string(),
         out = out.display().to_string(),
     );
-    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_ok(dir.path(), "p.toml", &pipeline);
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     for (_, line) in sink_lines(&out) {
         let (user, amount) = line.split_once('\t').unwrap();

@@ -23,6 +23,22 @@ fn weir() -> Weir {
 /// Generous limit for one `weir` run in a test (CI machines are slow and shared).
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// Writes `pipeline` to `name` in `dir` and runs it with
+/// `--available-now`; it must succeed. Returns its log (stderr).
+fn run_ok(dir: &std::path::Path, name: &str, pipeline: &str) -> String {
+    let file = weir_tests::write_pipeline(dir, name, pipeline);
+    run_file_ok(&file)
+}
+
+/// Runs the pipeline file `file` with `--available-now`; it must succeed.
+/// Returns its log (stderr).
+fn run_file_ok(file: &std::path::Path) -> String {
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    let log = weir_tests::stderr(&output);
+    assert!(output.status.success(), "{log}");
+    log
+}
+
 /// A word-count pipeline reading `source` (a TOML `[[source]]` body) and
 /// writing `word<TAB>count` files to `out`.
 fn wordcount_pipeline(source: &str, out: &std::path::Path, partitions: usize) -> String {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, write_pipeline};
 
-use super::{LIMIT, weir};
+use super::{LIMIT, run_file_ok, weir};
 
 /// Input: `files` files of sample text, `lines` lines each, named in order.
 fn text_files(dir: &Path, files: usize, lines: usize) -> Vec<String> {
@@ -359,8 +359,7 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let stages = "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"3s\"\ninverse = true";
     let file = pipeline("fallback", &input, &dir, stages, "");
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_file_ok(&file);
     let first = output_by_batch(&dir);
     // Checkpoints of batches 5 and 8 are kept (every 3, keep 2; the final
     // one after the last batch). Corrupt the newest one's state and remove
@@ -376,9 +375,7 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
     for batch in 6..9 {
         let _ = std::fs::remove_dir_all(dir.join("out").join(format!("batch-{batch:012}")));
     }
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let log = stderr(&output);
+    let log = run_file_ok(&file);
     assert!(log.contains("unusable") && log.contains("falling back"), "{log}");
     assert!(log.contains("3 batches"), "batches 6 to 8 replayed: {log}");
     assert_eq!(output_by_batch(&dir), first);
@@ -412,6 +409,33 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
         LIMIT,
     );
     assert!(output.status.success(), "{}", stderr(&output));
+}
+
+/// The batch of the newest finished checkpoint under `dir/checkpoints`.
+fn latest_checkpoint(dir: &Path) -> u64 {
+    let latest = std::fs::read_to_string(dir.join("checkpoints").join("LATEST")).unwrap();
+    latest.trim().parse().unwrap()
+}
+
+/// The generator lines that checkpoint `batch` records as consumed.
+fn checkpointed_lines(dir: &Path, batch: u64) -> u64 {
+    let manifest = std::fs::read_to_string(
+        dir.join("checkpoints")
+            .join("checkpoints")
+            .join(format!("{batch:020}"))
+            .join("manifest.json"),
+    )
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["sources"][0]["position"]["lines"].as_u64().unwrap()
+}
+
+/// The sum of the counts in `word<TAB>count` sink lines.
+fn total_count(lines: &[(u64, String)]) -> u64 {
+    lines
+        .iter()
+        .map(|(_, line)| line.split_once('\t').unwrap().1.parse::<u64>().unwrap())
+        .sum()
 }
 
 #[test]
@@ -468,8 +492,7 @@ path = {out:?}
     weir_tests::terminate(&child);
     let output = weir_tests::wait_output(child, LIMIT);
     assert!(output.status.success(), "{}", stderr(&output));
-    let latest = std::fs::read_to_string(dir.join("checkpoints").join("LATEST")).unwrap();
-    let last_batch: u64 = latest.trim().parse().unwrap();
+    let last_batch = latest_checkpoint(&dir);
     let written: Vec<(u64, String)> = sink_lines(&dir.join("out"));
     let max_written = written.iter().map(|(b, _)| *b).max().unwrap();
     assert_eq!(
@@ -477,21 +500,8 @@ path = {out:?}
         "the final checkpoint covers the last batch"
     );
     // The manifest says where the generator stood: the lines counted so far.
-    let manifest = std::fs::read_to_string(
-        dir.join("checkpoints")
-            .join("checkpoints")
-            .join(format!("{last_batch:020}"))
-            .join("manifest.json"),
-    )
-    .unwrap();
-    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    let lines = manifest["sources"][0]["position"]["lines"].as_u64().unwrap();
-    let counted: u64 = written
-        .iter()
-        .map(|(_, l)| l.split_once('\t').unwrap().1.parse::<u64>().unwrap())
-        .sum();
     // 8 words per generated line: every line generated before the stop was counted once.
-    assert_eq!(counted, lines * 8);
+    assert_eq!(total_count(&written), checkpointed_lines(&dir, last_batch) * 8);
     // Restarted, it goes on from there: batch ids continue.
     let child = weir().spawn(&["run", file.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1000));
@@ -500,27 +510,10 @@ path = {out:?}
     assert!(output.status.success(), "{}", stderr(&output));
     let after: Vec<(u64, String)> = sink_lines(&dir.join("out"));
     assert!(after.iter().any(|(b, _)| *b > last_batch));
-    let resumed_latest: u64 = std::fs::read_to_string(dir.join("checkpoints").join("LATEST"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let manifest = std::fs::read_to_string(
-        dir.join("checkpoints")
-            .join("checkpoints")
-            .join(format!("{resumed_latest:020}"))
-            .join("manifest.json"),
-    )
-    .unwrap();
-    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    let lines = manifest["sources"][0]["position"]["lines"].as_u64().unwrap();
-    let counted: u64 = after
-        .iter()
-        .map(|(_, l)| l.split_once('\t').unwrap().1.parse::<u64>().unwrap())
-        .sum();
+    let resumed_latest = latest_checkpoint(&dir);
     assert_eq!(
-        counted,
-        lines * 8,
+        total_count(&after),
+        checkpointed_lines(&dir, resumed_latest) * 8,
         "no line lost or counted twice across the restart"
     );
 }
@@ -754,8 +747,7 @@ fn a_full_disk_stops_the_pipeline_with_a_clear_error_and_it_resumes_once_space_i
     );
 
     std::fs::remove_file(&filler).unwrap();
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_file_ok(&file);
     // Every window, exactly once, as if nothing had happened.
     let expected: BTreeMap<u64, Vec<String>> = (0..files.len())
         .map(|k| {

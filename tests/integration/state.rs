@@ -9,7 +9,7 @@ use std::path::Path;
 
 use weir_tests::{plugins, scratch, sink_lines, stderr, write_pipeline};
 
-use super::{LIMIT, weir};
+use super::{LIMIT, run_ok, weir};
 
 /// Writes batch `k`'s lines to `dir/bNNN.txt`.
 fn batch_files(dir: &Path, batches: &[Vec<String>]) {
@@ -41,13 +41,6 @@ max-files-per-batch = 1
 "#,
         input = input.display().to_string()
     )
-}
-
-fn run_ok(dir: &Path, name: &str, pipeline: &str) -> String {
-    let file = write_pipeline(dir, name, pipeline);
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
-    stderr(&output)
 }
 
 /// `key<TAB>value` lines per batch, sorted.

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use weir_tests::{plugins, scratch, sink_lines, stderr, write_pipeline};
+use weir_tests::{plugins, scratch, sink_lines};
 
-use super::{LIMIT, weir};
+use super::run_ok;
 
 /// Files `f000.txt`, `f001.txt`, … in `dir`, one integer per line.
 fn number_files(dir: &Path, files: usize) -> Vec<Vec<i64>> {
@@ -151,10 +151,8 @@ plugin = "split-words"
         pipeline.push_str(&stage(name, op, extra));
         pipeline.push_str(&sink(name));
     }
-    let file = write_pipeline(dir.path(), "windows.toml", &pipeline);
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stderr(&output).contains("12 batches"), "{}", stderr(&output));
+    let log = run_ok(dir.path(), "windows.toml", &pipeline);
+    assert!(log.contains("12 batches"), "{log}");
 
     let batches = files.len();
     // Reference: what each window holds, from the input files alone.
@@ -294,9 +292,7 @@ path = {out:?}
         input = input.display().to_string(),
         out = out.display().to_string(),
     );
-    let file = write_pipeline(dir.path(), "tagged.toml", &pipeline);
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_ok(dir.path(), "tagged.toml", &pipeline);
     let lines = sink_lines(&out);
     let windows: Vec<(u64, i64, i64, i64)> = lines
         .iter()
@@ -463,9 +459,7 @@ path = {late:?}
         out = out.display().to_string(),
         late = late.display().to_string(),
     );
-    let file = write_pipeline(dir.path(), "event.toml", &pipeline);
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    let log = run_ok(dir.path(), "event.toml", &pipeline);
     let mut emitted: WindowCounts = BTreeMap::new();
     for (batch, line) in sink_lines(&out) {
         let record: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -482,7 +476,7 @@ path = {late:?}
         );
     }
     let late_lines = sink_lines(&late).into_iter().map(|(_, line)| line).collect();
-    (emitted, stderr(&output), late_lines)
+    (emitted, log, late_lines)
 }
 
 #[test]
@@ -595,9 +589,7 @@ config = {{ field = "user" }}
             dir.path().join("out").join(kind).display().to_string()
         ));
     }
-    let file = write_pipeline(dir.path(), "joins.toml", &pipeline);
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_ok(dir.path(), "joins.toml", &pipeline);
 
     let order_json = |(user, amount): &(&str, i32)| serde_json::json!({"user": user, "amount": amount});
     let user_json = |(user, name): &(&str, &str)| serde_json::json!({"user": user, "name": name});
@@ -714,11 +706,9 @@ path = {out:?}
             split = plugins::SPLIT_WORDS,
             out = out.display().to_string(),
         );
-        let file = write_pipeline(dir.path(), &format!("{name}.toml"), &pipeline);
-        let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-        assert!(output.status.success(), "{}", stderr(&output));
+        let log = run_ok(dir.path(), &format!("{name}.toml"), &pipeline);
         // 2000 lines at 300 per batch: 7 batches, the last one short.
-        assert!(stderr(&output).contains("7 batches"), "{}", stderr(&output));
+        assert!(log.contains("7 batches"), "{log}");
         let mut lines = sink_lines(&out);
         lines.sort();
         lines
@@ -825,9 +815,7 @@ path = {out:?}
         right = right_dir.display().to_string(),
         out = out.display().to_string(),
     );
-    let file = write_pipeline(dir.path(), "windowed-join.toml", &pipeline);
-    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
+    run_ok(dir.path(), "windowed-join.toml", &pipeline);
     let mut got: Vec<(u64, String, String)> = sink_lines(&out)
         .into_iter()
         .map(|(batch, line)| {
