@@ -522,54 +522,44 @@ fn write_checkpoint(
     // the oldest. Directories without a readable manifest (a checkpoint cut
     // short by a crash or a full disk), and any numbered above this one
     // (left by a run that crashed before finishing them), never count.
-    let mut kept: Vec<u64> = Vec::new();
+    let mut kept: Vec<(u64, Manifest)> = Vec::new();
     for name in storage
         .list("checkpoints")
         .map_err(io("list checkpoints".into()))?
     {
         let Ok(id) = name.parse::<u64>() else { continue };
-        let finished = id <= batch
-            && storage
-                .get(&format!("{}/manifest.json", checkpoint_dir(id)))
-                .ok()
-                .flatten()
-                .is_some_and(|bytes| serde_json::from_slice::<Manifest>(&bytes).is_ok());
-        if finished {
-            kept.push(id);
-        } else {
-            storage
+        let finished = (id <= batch)
+            .then(|| {
+                storage
+                    .get(&format!("{}/manifest.json", checkpoint_dir(id)))
+                    .ok()
+                    .flatten()
+            })
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok());
+        match finished {
+            Some(finished) => kept.push((id, finished)),
+            None => storage
                 .remove(&checkpoint_dir(id))
-                .map_err(io(format!("remove the unfinished checkpoint of batch {id}")))?;
+                .map_err(io(format!("remove the unfinished checkpoint of batch {id}")))?,
         }
     }
-    kept.sort_unstable_by(|a, b| b.cmp(a));
-    let oldest = kept
-        .get(keep.saturating_sub(1).min(kept.len().saturating_sub(1)))
-        .copied();
-    for old in kept.iter().skip(keep) {
+    kept.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+    for (old, _) in kept.iter().skip(keep) {
         storage
             .remove(&checkpoint_dir(*old))
             .map_err(io(format!("remove the checkpoint of batch {old}")))?;
     }
-    if let Some(oldest) = oldest {
+    let oldest = kept.get(keep.saturating_sub(1).min(kept.len().saturating_sub(1)));
+    if let Some((oldest, oldest_manifest)) = oldest {
+        let oldest = *oldest;
         // Write-ahead logs: what is behind the oldest kept checkpoint is
         // never read again.
-        let oldest_manifest = if oldest == batch {
-            Some(manifest.clone())
-        } else {
-            storage
-                .get(&format!("{}/manifest.json", checkpoint_dir(oldest)))
-                .ok()
-                .flatten()
-                .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
-        };
-        if let Some(oldest_manifest) = oldest_manifest {
-            for (name, progress) in oldest_manifest.source_names.iter().zip(&oldest_manifest.sources) {
-                if let Some(crate::source::SourcePosition::Wal { offset }) = progress.position {
-                    let wal = wal_dir(std::path::Path::new(dir), name);
-                    crate::source::wal::Wal::truncate_before(&wal, offset)
-                        .map_err(io(format!("truncate the write-ahead log of `{name}`")))?;
-                }
+        for (name, progress) in oldest_manifest.source_names.iter().zip(&oldest_manifest.sources) {
+            if let Some(crate::source::SourcePosition::Wal { offset }) = progress.position {
+                let wal = wal_dir(std::path::Path::new(dir), name);
+                crate::source::wal::Wal::truncate_before(&wal, offset)
+                    .map_err(io(format!("truncate the write-ahead log of `{name}`")))?;
             }
         }
         for name in storage.list("offsets").map_err(io("list the batch log".into()))? {

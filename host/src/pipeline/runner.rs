@@ -263,7 +263,6 @@ impl Pipeline {
         drop(errors_tx);
         let mut batcher = Batcher::new(queues);
         let mut summary = RunSummary::default();
-        let mut next_batch = first_batch;
         let mut last_batch: Option<(u64, i64)> = None;
         let never = StopSignal::new();
         let mut source_error = None;
@@ -335,7 +334,7 @@ impl Pipeline {
             {
                 break Ok(());
             }
-            let batch_id = next_batch;
+            let batch_id = last_batch.map_or(first_batch, |(batch, _)| batch + 1);
             let time = match (&replayed, self.clock) {
                 (Some(logged), _) => logged.time,
                 (None, Some(clock)) => clock.time_of(batch_id),
@@ -351,7 +350,6 @@ impl Pipeline {
             {
                 break Err(error);
             }
-            next_batch += 1;
             last_batch = Some((batch_id, time));
             if let Some(durability) = &mut durability
                 && let Err(error) = durability.after_batch(&self.plan, batch_id, time, false)

@@ -62,16 +62,17 @@ impl FilesSource {
 
 /// Reads bytes `start..end` of file `name` (to its end when `end` is
 /// `None`) into chunks whose positions are offsets in that file.
-/// `Ok(Err(_))`: the file could not be read. Records are stamped with
-/// `timestamp` (the wall clock when `None`).
+/// `Ok(Err(_))`: the file could not be read. Records are stamped with the
+/// time of `unit` ([`SourceContext::timestamp`]: the wall clock without a
+/// deterministic clock).
 async fn read_file(
     dir: &Path,
     name: &str,
     range: (u64, Option<u64>),
     ctx: &SourceContext,
-    timestamp: Option<i64>,
+    unit: u64,
 ) -> Result<std::io::Result<u64>, Closed> {
-    let stamp = || timestamp.unwrap_or_else(super::now_ms);
+    let stamp = || ctx.timestamp(unit);
     let (start, end) = range;
     let path = dir.join(name);
     let mut file = match tokio::fs::File::open(&path).await {
@@ -146,10 +147,9 @@ impl Source for FilesSource {
             let first = replay.next_batch - replay.batches.len() as u64;
             for (batch, input) in (first..).zip(&replay.batches) {
                 if let BatchInput::Files { segments } = input {
-                    let timestamp = ctx.clock.map(|_| ctx.timestamp(batch));
                     for segment in segments {
                         let range = (segment.start, Some(segment.end));
-                        match read_file(&self.dir, &segment.name, range, &ctx, timestamp).await {
+                        match read_file(&self.dir, &segment.name, range, &ctx, batch).await {
                             Err(Closed) => return Ok(()),
                             Ok(Ok(bytes)) if bytes == segment.end - segment.start => {}
                             Ok(Ok(bytes)) => {
@@ -176,8 +176,7 @@ impl Source for FilesSource {
             let progress = replay.progress_after();
             seen.extend(progress.finished_files.iter().map(OsString::from));
             if let Some(SourcePosition::File { name, offset }) = progress.position {
-                let timestamp = ctx.clock.map(|_| ctx.timestamp(replay.next_batch));
-                match read_file(&self.dir, &name, (offset, None), &ctx, timestamp).await {
+                match read_file(&self.dir, &name, (offset, None), &ctx, replay.next_batch).await {
                     Err(Closed) => return Ok(()),
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::warn!(
@@ -197,9 +196,8 @@ impl Source for FilesSource {
                             return Ok(());
                         }
                         let path = self.dir.join(&name);
-                        let timestamp = ctx.clock.map(|_| ctx.timestamp(unit));
                         let Some(text_name) = name.to_str() else { continue };
-                        match read_file(&self.dir, text_name, (0, None), &ctx, timestamp).await {
+                        match read_file(&self.dir, text_name, (0, None), &ctx, unit).await {
                             Err(Closed) => return Ok(()),
                             Ok(Ok(bytes)) => {
                                 tracing::debug!(source = %ctx.name, file = %path.display(), bytes, "read file")
