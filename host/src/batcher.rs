@@ -8,12 +8,10 @@
 //! never crosses a mark, and under deterministic time [`Batcher::cut_units`]
 //! waits for exactly one unit of every source.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::pipeline::StopSignal;
+use crate::pipeline::Signal;
 use crate::record::Partition;
 use crate::source::{Delivery, SourcePosition};
 
@@ -37,7 +35,15 @@ impl SourceCut {
 struct Input {
     chunks: mpsc::Receiver<Delivery>,
     finished: bool,
+    /// Under deterministic time: the part of the source's next unit
+    /// received so far, and whether its mark (or the source's end) came.
+    staged: SourceCut,
+    unit_complete: bool,
 }
+
+/// Longest wait for a source's next delivery before its queue is looked at
+/// again (a source that ends closes its queue without a delivery).
+const UNIT_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Cuts micro-batches from the sources' queues.
 pub struct Batcher {
@@ -53,6 +59,8 @@ impl Batcher {
                 .map(|chunks| Input {
                     chunks,
                     finished: false,
+                    staged: SourceCut::default(),
+                    unit_complete: false,
                 })
                 .collect(),
         }
@@ -65,7 +73,7 @@ impl Batcher {
             .iter_mut()
             .map(|input| {
                 let available = input.chunks.len();
-                let mut chunks = SourceCut::default();
+                let mut chunks = std::mem::take(&mut input.staged);
                 for _ in 0..available.max(1) {
                     match input.chunks.try_recv() {
                         Ok(Delivery::Chunk(chunk, position)) => chunks.take(chunk, position),
@@ -82,30 +90,49 @@ impl Batcher {
             .collect()
     }
 
+    /// Moves what every source has delivered into its staged unit, without
+    /// waiting; true when every source's unit is complete (its mark came,
+    /// or the source ended).
+    pub fn fill_units(&mut self) -> bool {
+        for input in &mut self.inputs {
+            while !input.unit_complete {
+                match input.chunks.try_recv() {
+                    Ok(Delivery::Chunk(chunk, position)) => input.staged.take(chunk, position),
+                    Ok(Delivery::BatchEnd) => input.unit_complete = true,
+                    Err(TryRecvError::Disconnected) => {
+                        input.finished = true;
+                        input.unit_complete = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
+        self.inputs.iter().all(|input| input.unit_complete)
+    }
+
     /// Takes exactly one unit of every source that has not finished: waits
-    /// for each source's next mark (or its end). Returns early, with what it
-    /// has, when `stop` is raised; the flag says whether every unit is whole.
-    pub fn cut_units(&mut self, stop: &StopSignal) -> (Vec<SourceCut>, bool) {
-        let mut whole = true;
+    /// on `signal` (which sources raise with every delivery) for each
+    /// source's next mark (or its end). When `interruptible`, returns early
+    /// with what it has once a stop is asked for on `signal`; the flag says
+    /// whether every unit is whole.
+    pub fn cut_units(&mut self, signal: &Signal, interruptible: bool) -> (Vec<SourceCut>, bool) {
+        let whole = loop {
+            if self.fill_units() {
+                break true;
+            }
+            if interruptible && signal.is_stopped() {
+                break false;
+            }
+            // Woken by the next delivery; the deadline only covers a
+            // source ending without one.
+            signal.wait_until(Some(std::time::Instant::now() + UNIT_WAIT));
+        };
         let cuts = self
             .inputs
             .iter_mut()
             .map(|input| {
-                let mut chunks = SourceCut::default();
-                while !input.finished {
-                    match input.chunks.try_recv() {
-                        Ok(Delivery::Chunk(chunk, position)) => chunks.take(chunk, position),
-                        Ok(Delivery::BatchEnd) => break,
-                        Err(TryRecvError::Disconnected) => input.finished = true,
-                        Err(TryRecvError::Empty) => {
-                            if stop.wait_timeout(Duration::from_millis(1)) {
-                                whole = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-                chunks
+                input.unit_complete = input.finished;
+                std::mem::take(&mut input.staged)
             })
             .collect();
         (cuts, whole)
@@ -113,7 +140,14 @@ impl Batcher {
 
     /// True when some source has queued records.
     pub fn has_pending(&self) -> bool {
-        self.inputs.iter().any(|input| !input.chunks.is_empty())
+        self.inputs
+            .iter()
+            .any(|input| !input.chunks.is_empty() || !input.staged.chunks.is_empty())
+    }
+
+    /// Chunks waiting in the sources' queues.
+    pub fn queued(&self) -> usize {
+        self.inputs.iter().map(|input| input.chunks.len()).sum()
     }
 
     /// True when every source has finished and its queue is drained.
@@ -146,18 +180,20 @@ mod tests {
         tx.try_send(Delivery::Chunk(chunk.clone(), Some(at.clone())))
             .unwrap();
         assert_eq!(crate::record::partition_len(&batcher.cut()[0].chunks), 1);
-        let stop = StopSignal::new();
+        let stop = Signal::new();
+        assert!(batcher.fill_units(), "the second unit is complete");
         assert_eq!(
-            crate::record::partition_len(&batcher.cut_units(&stop).0[0].chunks),
+            crate::record::partition_len(&batcher.cut_units(&stop, true).0[0].chunks),
             1
         );
+        assert!(!batcher.fill_units(), "the third unit has no mark yet");
         drop(tx);
         // The last unit ends with the source.
-        let last = batcher.cut_units(&stop).0.remove(0);
+        let last = batcher.cut_units(&stop, true).0.remove(0);
         assert_eq!(crate::record::partition_len(&last.chunks), 1);
         assert_eq!(last.positions, vec![at]);
         assert!(batcher.all_finished());
-        assert!(batcher.cut_units(&stop).0[0].chunks.is_empty());
+        assert!(batcher.cut_units(&stop, true).0[0].chunks.is_empty());
     }
 
     #[test]

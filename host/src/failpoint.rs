@@ -1,7 +1,8 @@
-//! Crash points for the crash tests: `WEIR_CRASH_AT=<point>:<n>` makes the
-//! process kill itself with SIGKILL — no unwinding, no cleanup, exactly what
+//! Crash points for the crash tests (behind the `crash-points` cargo
+//! feature, on by default): once [`arm`]ed with `<point>:<n>` (the CLI passes
+//! `WEIR_CRASH_AT`), the process kills itself with SIGKILL — no unwinding, no cleanup, exactly what
 //! `kill -9` does — the `n`-th time it reaches `<point>` (several points
-//! separated by commas). Unset, a crash point costs a look at an empty list.
+//! separated by commas). Unarmed, a crash point costs a look at an empty list.
 //!
 //! Points: `batch-logged` (a batch's input is in the batch log, the batch has
 //! not run), `sink-commit` (a files sink wrote a batch's files, not yet
@@ -17,27 +18,33 @@ struct Armed {
     hits: AtomicU64,
 }
 
-fn armed() -> &'static [Armed] {
-    static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
-    ARMED.get_or_init(|| {
-        std::env::var("WEIR_CRASH_AT")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|spec| {
-                let (point, at) = spec.trim().split_once(':')?;
-                Some(Armed {
-                    point: point.to_owned(),
-                    at: at.parse().ok()?,
-                    hits: AtomicU64::new(0),
-                })
+static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
+
+/// Arms the crash points in `spec` (`<point>:<n>`, comma-separated; the
+/// CLI passes `WEIR_CRASH_AT`). Only the first call counts. Without the
+/// `crash-points` feature nothing is ever armed.
+pub fn arm(spec: &str) {
+    let armed = spec
+        .split(',')
+        .filter_map(|spec| {
+            let (point, at) = spec.trim().split_once(':')?;
+            Some(Armed {
+                point: point.to_owned(),
+                at: at.parse().ok()?,
+                hits: AtomicU64::new(0),
             })
-            .collect()
-    })
+        })
+        .collect();
+    if cfg!(feature = "crash-points") {
+        let _ = ARMED.set(armed);
+    }
 }
 
 /// Aborts the process if `point` is armed and reached for the armed time.
+#[inline]
 pub fn crash_point(point: &str) {
-    for armed in armed() {
+    #[cfg(feature = "crash-points")]
+    for armed in ARMED.get().map_or(&[][..], Vec::as_slice) {
         if armed.point == point && armed.hits.fetch_add(1, Ordering::Relaxed) + 1 == armed.at {
             eprintln!("crash point `{point}` reached: killing the process");
             // SAFETY: raise(3) has no preconditions; SIGKILL does not return.
@@ -47,4 +54,6 @@ pub fn crash_point(point: &str) {
             std::process::abort();
         }
     }
+    #[cfg(not(feature = "crash-points"))]
+    let _ = point;
 }

@@ -9,12 +9,18 @@
 //! pipeline's stream graph ([`pipeline`]) runs its [`operator`]s on every
 //! partition in parallel, calling plugins through the Wasm [`runtime`];
 //! results go to [`sink`]s. The pipeline itself is described by a TOML file
-//! ([`config`]).
+//! ([`config`]). The [`engine`] runs many pipelines at once on one Wasm
+//! runtime and one worker pool, each reachable through a handle while it
+//! runs.
+//!
+//! The library reads no environment variables: the `weir` CLI reads them
+//! and passes what they say in ([`engine::EngineOptions`],
+//! [`failpoint::arm`]).
 
 pub mod batcher;
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod operator;

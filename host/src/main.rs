@@ -1,16 +1,18 @@
 //! The `weir` command line: run and check pipelines, build, inspect and
-//! scaffold plugins, run the demo and the benchmark.
+//! scaffold plugins, run the demo and the benchmark. Every pipeline runs on
+//! one [`Engine`]; this is the only place that reads the environment.
+
+mod cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use weir::config::{self, PipelineSpec};
+use weir::engine::{Engine, EngineOptions, Supervisor};
 use weir::error::EngineError;
-use weir::pipeline::{Pipeline, PluginRegistry, RunOptions, StopSignal};
-use weir::runtime::Runtime;
+use weir::pipeline::{RunOptions, StopMode};
+use weir::runtime::{Runtime, RuntimeOptions};
 use weir::tools::{self, build, inspect, scaffold};
 
 /// Weir: a micro-batch stream processing engine whose transforms are
@@ -34,7 +36,8 @@ enum Command {
         /// EOF, a generator's count), then stop.
         #[arg(long)]
         available_now: bool,
-        /// Worker threads per pipeline (default: its partition count).
+        /// Worker threads of the pool all pipelines share (default: the
+        /// number of cores).
         #[arg(long)]
         workers: Option<usize>,
         /// Resume from a checkpoint even though a plugin's component changed
@@ -84,8 +87,10 @@ enum Command {
         /// Which benchmarks: `wordcount` (throughput, latency, isolation),
         /// `throughput` (the word count's throughput alone, for profiling),
         /// `window` (windowed word count, deterministic time), `checkpoint`
-        /// (the windowed word count with and without checkpoints) or `all`.
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "window", "checkpoint"])]
+        /// (the windowed word count with and without checkpoints), `many`
+        /// (50 small pipelines on one engine: start time, memory, isolation)
+        /// or `all`.
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "window", "checkpoint", "many"])]
         suite: String,
     },
 }
@@ -135,7 +140,37 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit status for errors in the user's input.
 const USAGE: u8 = 2;
 
+/// The compiled-component cache: `$WEIR_CACHE_DIR` (empty: none), else
+/// `$XDG_CACHE_HOME/weir`, else `$HOME/.cache/weir`.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WEIR_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("weir"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("weir"))
+}
+
+/// `WEIR_PERFMAP=1`: a perf map of compiled plugin code.
+fn perf_map() -> bool {
+    std::env::var_os("WEIR_PERFMAP").is_some_and(|v| v == "1")
+}
+
+/// The engine every command runs its pipelines on.
+fn engine(workers: Option<usize>) -> anyhow::Result<Engine> {
+    Ok(Engine::new(EngineOptions {
+        cache_dir: cache_dir(),
+        workers,
+        perf_map: perf_map(),
+        ..EngineOptions::default()
+    })?)
+}
+
 fn main() -> ExitCode {
+    if let Some(spec) = std::env::var_os("WEIR_CRASH_AT") {
+        weir::failpoint::arm(&spec.to_string_lossy());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
@@ -175,7 +210,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => {
-            let runtime = Runtime::with_default_cache()?;
+            let runtime = Runtime::with_options(RuntimeOptions {
+                cache_dir: cache_dir(),
+                perf_map: perf_map(),
+            })?;
             match inspect::inspect(&runtime, &file) {
                 Ok(report) => {
                     print!("{report}");
@@ -238,43 +276,38 @@ fn pipeline_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Loads, plans and checks one pipeline file.
-fn prepare(runtime: &Arc<Runtime>, file: &Path) -> Result<(PipelineSpec, Pipeline), EngineError> {
-    let spec = config::load(file)?;
-    let mut registry = PluginRegistry::new(runtime.clone());
-    registry.load_declared(&spec)?;
-    let pipeline = Pipeline::build(&spec, &registry, &file.display().to_string())?;
-    Ok((spec, pipeline))
-}
-
 fn report(error: &EngineError) -> u8 {
     eprintln!("error: {error}");
     if error.is_usage_error() { USAGE } else { 1 }
 }
 
 fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::with_default_cache()?;
+    let engine = engine(Some(1))?;
     let mut status = 0;
     for file in pipeline_files(paths)? {
-        match prepare(&runtime, &file) {
-            Ok((spec, pipeline)) => println!(
-                "{}: ok — pipeline `{}`, {} source(s), {} stage(s), {} sink(s), {} plugin(s), {} partition(s)",
-                file.display(),
-                spec.name,
-                spec.sources.len(),
-                spec.stages.len(),
-                spec.sinks.len(),
-                spec.plugins.len(),
-                pipeline.plan().partitions
-            ),
+        match engine.prepare_file(&file) {
+            Ok(prepared) => {
+                let spec = prepared.spec();
+                println!(
+                    "{}: ok — pipeline `{}`, {} source(s), {} stage(s), {} sink(s), {} plugin(s), {} partition(s)",
+                    file.display(),
+                    spec.name,
+                    spec.sources.len(),
+                    spec.stages.len(),
+                    spec.sinks.len(),
+                    spec.plugins.len(),
+                    prepared.pipeline().plan().partitions
+                )
+            }
             Err(error) => status = status.max(report(&error)),
         }
     }
     Ok(ExitCode::from(status))
 }
 
-/// Raises `stop` on the first Ctrl-C or SIGTERM; exits at once on the second.
-fn install_signal_handlers(stop: StopSignal) -> anyhow::Result<()> {
+/// Stops every pipeline of `engine` on the first Ctrl-C or SIGTERM; exits
+/// at once on the second.
+fn install_signal_handlers(engine: Engine) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -299,7 +332,7 @@ fn install_signal_handlers(stop: StopSignal) -> anyhow::Result<()> {
                         tracing::info!(
                             "stopping: finishing the batch in flight (signal again to exit at once)"
                         );
-                        stop.stop();
+                        engine.supervisor().stop_all(StopMode::Graceful);
                     } else {
                         eprintln!("second signal: exiting now");
                         std::process::exit(130);
@@ -311,96 +344,52 @@ fn install_signal_handlers(stop: StopSignal) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for every pipeline of `supervisor`, printing each one's summary
+/// or error; returns the exit status.
+fn wait_all(supervisor: &Supervisor) -> u8 {
+    let mut status = 0;
+    for handle in supervisor.list() {
+        match handle.wait() {
+            Ok(summary) => eprintln!("{summary}"),
+            Err(error) => status = status.max(report(&error)),
+        }
+    }
+    status
+}
+
 fn run(
     paths: &[PathBuf],
     available_now: bool,
     workers: Option<usize>,
     allow_plugin_change: bool,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::with_default_cache()?;
+    let engine = engine(workers)?;
     let files = pipeline_files(paths)?;
     let mut prepared = Vec::new();
     let mut status = 0;
     for file in &files {
-        match prepare(&runtime, file) {
-            Ok((_, pipeline)) => prepared.push(pipeline),
+        match engine.prepare_file(file) {
+            Ok(pipeline) => prepared.push(pipeline),
             Err(error) => status = status.max(report(&error)),
         }
     }
     if status != 0 {
         return Ok(ExitCode::from(status));
     }
-    let stop = StopSignal::new();
-    install_signal_handlers(stop.clone())?;
-    let handles: Vec<_> = prepared
-        .into_iter()
-        .map(|pipeline| {
-            let options = RunOptions {
-                available_now,
-                stop: stop.clone(),
-                workers,
-                allow_plugin_change,
-            };
-            let name = pipeline.plan().pipeline.clone();
-            std::thread::Builder::new()
-                .name(format!("pipeline-{name}"))
-                .spawn(move || (name, pipeline.run(options)))
-        })
-        .collect::<Result<_, _>>()
-        .context("cannot start a pipeline thread")?;
-    for handle in handles {
-        match handle.join() {
-            Ok((name, Ok(summary))) => {
-                eprintln!(
-                    "pipeline `{name}`: {} batches, {} records in, {} records out, {} retries, \
-                 {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
-                 state: {} keys ({} on disk){}",
-                    summary.batches,
-                    summary.records_in,
-                    summary.records_out,
-                    summary.retries,
-                    summary.skipped_batches,
-                    summary.skipped_records,
-                    summary.dead_lettered,
-                    summary.late_records,
-                    summary.state.keys,
-                    summary.state.spilled_keys,
-                    if summary.stopped {
-                        ", stopped gracefully"
-                    } else {
-                        ""
-                    }
-                );
-                let checkpoints = &summary.checkpoints;
-                if let Some(batch) = checkpoints.resumed_after {
-                    eprintln!(
-                        "  resumed after the checkpoint of batch {batch}; {} logged batches replayed",
-                        checkpoints.replayed_batches
-                    );
-                }
-                if checkpoints.written > 0 {
-                    eprintln!(
-                        "  {} checkpoints written, the last {} bytes, the longest {:.1} ms",
-                        checkpoints.written,
-                        checkpoints.last_bytes,
-                        checkpoints.max_duration.as_secs_f64() * 1e3
-                    );
-                }
-                for (stage, state) in &summary.state_by_stage {
-                    eprintln!(
-                        "  stage `{stage}`: {} state entries, {} bytes in memory, {} on disk",
-                        state.keys, state.memory_bytes, state.spilled_keys
-                    );
-                }
-            }
-            Ok((_, Err(error))) => status = status.max(report(&error)),
-            Err(_) => {
-                eprintln!("error: a pipeline thread panicked");
-                status = 1;
-            }
+    install_signal_handlers(engine.clone())?;
+    let options = RunOptions {
+        available_now,
+        allow_plugin_change,
+        ..RunOptions::default()
+    };
+    for pipeline in prepared {
+        if let Err(error) = engine.start(pipeline, options) {
+            status = status.max(report(&error));
+            engine.supervisor().stop_all(StopMode::Graceful);
+            break;
         }
     }
-    Ok(ExitCode::from(status))
+    Ok(ExitCode::from(status.max(wait_all(engine.supervisor()))))
 }
 
 /// Builds `plugins/NAME` of the source tree and returns its component.
@@ -419,19 +408,12 @@ fn demo(lines: u64) -> anyhow::Result<ExitCode> {
     eprintln!("building the split-words plugin...");
     let plugin = example_plugin("split-words")?;
     let source = format!("type = \"generator\"\nlines = {lines}\nrate = 10000");
-    let text = weir::bench::wordcount_toml("demo-wordcount", "1s", 2, &plugin, &source);
-    let runtime = Runtime::with_default_cache()?;
-    let spec = config::parse(&text, Path::new("demo.toml"))?;
-    let mut registry = PluginRegistry::new(runtime);
-    registry.load_declared(&spec)?;
-    let pipeline = Pipeline::build(&spec, &registry, "demo.toml")?;
-    let stop = StopSignal::new();
-    install_signal_handlers(stop.clone())?;
+    let text = cli::bench::wordcount_toml("demo-wordcount", "1s", 2, &plugin, &source);
+    let engine = engine(None)?;
+    let prepared = engine.prepare(&text, Path::new("demo.toml"))?;
+    install_signal_handlers(engine.clone())?;
     eprintln!("running: generator ({lines} lines at 10,000/s) → split-words (Wasm) → count → console");
-    let summary = pipeline.run(RunOptions {
-        stop,
-        ..RunOptions::default()
-    })?;
+    let summary = engine.start(prepared, RunOptions::default())?.wait()?;
     eprintln!(
         "demo done: {} batches, {} lines",
         summary.batches, summary.records_in
@@ -453,9 +435,11 @@ fn bench(
     };
     let partitions =
         partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let engine = engine(Some(partitions))?;
     if suite == "all" || suite == "checkpoint" {
-        let report =
-            weir::bench::checkpoints(&plugin, lines, partitions, rounds, |line| eprintln!("{line}"))?;
+        let report = cli::bench::checkpoints(&engine, &plugin, lines, partitions, rounds, |line| {
+            eprintln!("{line}")
+        })?;
         let rate = |time: std::time::Duration| report.words as f64 / time.as_secs_f64() / 1e6;
         println!(
             "checkpoints: windowed word count over {} words in {} batches, best of {rounds}:",
@@ -478,7 +462,9 @@ fn bench(
         }
     }
     if suite == "all" || suite == "window" {
-        let report = weir::bench::window(&plugin, lines, partitions, rounds, |line| eprintln!("{line}"))?;
+        let report = cli::bench::window(&engine, &plugin, lines, partitions, rounds, |line| {
+            eprintln!("{line}")
+        })?;
         let rate = |time: std::time::Duration| report.words as f64 / time.as_secs_f64() / 1e6;
         println!(
             "windowed word count (30 s window sliding 10 s, 1 s batches, deterministic time) over {} lines \
@@ -504,7 +490,7 @@ fn bench(
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let settings = weir::bench::BenchSettings {
+    let settings = cli::bench::BenchSettings {
         lines,
         words_per_line: 8,
         partitions,
@@ -512,7 +498,7 @@ fn bench(
         plugin,
         only,
     };
-    let report = weir::bench::run(&settings, |line| eprintln!("{line}"))?;
+    let report = cli::bench::run(&engine, &settings, |line| eprintln!("{line}"))?;
     println!(
         "word count over {} lines ({} words), {partitions} partitions, best of {rounds}:",
         lines, report.words
@@ -533,14 +519,20 @@ fn bench(
     if suite == "throughput" {
         return Ok(ExitCode::SUCCESS);
     }
-    let latency = weir::bench::latency(
+    let latency = cli::bench::latency(
+        &engine,
         &settings.plugin,
         std::time::Duration::from_millis(10),
         20_000,
         std::time::Duration::from_secs(3),
     )?;
     let looping = example_plugin("loop-forever")?;
-    let isolation = weir::bench::isolation(&settings.plugin, &looping, std::time::Duration::from_secs(4))?;
+    let isolation = cli::bench::isolation(
+        &engine,
+        &settings.plugin,
+        &looping,
+        std::time::Duration::from_secs(4),
+    )?;
     let summary = &latency.summary;
     println!(
         "latency: {} lines/s, batch interval {:?}, {:?}: {} batches, {} over the interval, \

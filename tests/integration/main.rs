@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod engine;
 mod examples;
 mod graph;
 mod recovery;

@@ -438,22 +438,20 @@ fn resident_bytes() -> u64 {
 
 #[test]
 fn trapped_calls_do_not_leak_engine_memory() {
-    use std::sync::Arc;
     use weir::operator::InstanceSlots;
+    use weir::operator::instances::PluginUse;
     use weir::record::Batch;
     use weir::runtime::{InstanceLabel, Runtime, Sandbox};
 
     let runtime = Runtime::new(None).unwrap();
     let plugin = runtime.load_plugin(Path::new(plugins::PANIC_ON)).unwrap();
-    let sandbox = Arc::new(Sandbox::default());
-    let label = InstanceLabel::default();
-    let key = weir::operator::InstanceKey::unique();
+    let plugin_use = PluginUse::new(plugin, Vec::new(), InstanceLabel::default(), Sandbox::default());
     let mut slots = InstanceSlots::new();
     let trap = |slots: &mut InstanceSlots| {
         let mut batch = Batch::new();
         batch.push(None, b"fine", 0);
         batch.push(None, b"panic", 0);
-        let result = slots.with_instance(key, &plugin, &[], &label, &sandbox, |instance| {
+        let result = plugin_use.call(slots, |instance| {
             let (_, output) = instance.transform(batch);
             output
         });

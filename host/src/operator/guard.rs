@@ -24,9 +24,17 @@ use crate::runtime::PluginError;
 /// batch counts as failed (each one costs a call).
 const MAX_RECORD_FAILURES: usize = 1_000;
 
-/// Counters of a stage's failures, shared by the workers running it.
+/// Counters of a stage, shared by the workers running it.
 #[derive(Debug, Default)]
 pub struct StageMetrics {
+    /// Records into the stage.
+    pub records_in: AtomicU64,
+    /// Records out of the stage.
+    pub records_out: AtomicU64,
+    /// Traps by kind, indexed by [`crate::pipeline::live::trap_index`].
+    pub traps: [AtomicU64; 6],
+    /// What the stage's plugin instances use.
+    pub usage: std::sync::Arc<crate::runtime::InstanceUsage>,
     /// Calls retried.
     pub retries: AtomicU64,
     /// Partition batches whose failure was handled by `on-error` (or stopped the pipeline).
@@ -48,6 +56,27 @@ impl StageMetrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Counts `error` if it is a trap.
+    fn count_trap(&self, error: &OperatorError) {
+        if let OperatorError::Plugin {
+            error: PluginError::Trap { kind, .. },
+            ..
+        } = error
+        {
+            Self::add(&self.traps[crate::pipeline::live::trap_index(*kind)], 1);
+        }
+    }
+}
+
+/// Where an operator stands in its stage: the first counts the stage's
+/// input records, the last its output records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StagePosition {
+    /// The stage's first operator.
+    pub first: bool,
+    /// The stage's last operator.
+    pub last: bool,
 }
 
 /// A stage's operator under its failure policy.
@@ -57,22 +86,97 @@ pub struct Guarded {
     policy: FailurePolicy,
     stage: String,
     metrics: std::sync::Arc<StageMetrics>,
+    position: StagePosition,
 }
 
 impl Guarded {
-    /// Runs `inner` for `stage` under `policy`, counting into `metrics`.
+    /// Runs `inner`, at `position` in `stage`, under `policy`, counting
+    /// into `metrics`.
     pub fn new(
         inner: std::sync::Arc<dyn Operator>,
         policy: FailurePolicy,
         stage: String,
         metrics: std::sync::Arc<StageMetrics>,
+        position: StagePosition,
     ) -> Self {
         Self {
             inner,
             policy,
             stage,
             metrics,
+            position,
         }
+    }
+
+    /// Runs the operator under the stage's failure policy.
+    fn guarded(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        if self.policy.retries == 0 && self.policy.on_error == OnError::Fail {
+            // Nothing to recover: no copy of the input is needed.
+            return self.inner.process(input, ctx).inspect_err(|error| {
+                self.metrics.count_trap(error);
+                StageMetrics::add(&self.metrics.failed_batches, 1);
+                ctx.failures += 1;
+            });
+        }
+        let mut pending = input;
+        let mut attempt = 0u32;
+        let mut record_failures = 0usize;
+        loop {
+            let error = match self.inner.process(pending.clone(), ctx) {
+                Ok(output) => return Ok(output),
+                Err(error) => error,
+            };
+            self.metrics.count_trap(&error);
+            if self.policy.on_error == OnError::DeadLetter
+                && record_failures < MAX_RECORD_FAILURES
+                && let Some(index) = failed_record(&error)
+                && let Some(record) = record_at(&pending, index)
+            {
+                // A record handled on its own does not count towards
+                // quarantine: the rest of the batch goes on.
+                self.dead_letter(ctx, record, &error);
+                pending = without(&pending, index);
+                record_failures += 1;
+                continue;
+            }
+            if attempt < self.policy.retries {
+                attempt += 1;
+                StageMetrics::add(&self.metrics.retries, 1);
+                tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, attempt, "retrying after: {}", first_line(&error));
+                std::thread::sleep(Duration::from_millis(10u64 << attempt.min(7)));
+                continue;
+            }
+            StageMetrics::add(&self.metrics.failed_batches, 1);
+            ctx.failures += 1;
+            match self.policy.on_error {
+                OnError::Fail => return Err(error),
+                OnError::SkipBatch => {
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "skipping the batch: {}", first_line(&error));
+                    StageMetrics::add(&self.metrics.skipped_batches, 1);
+                    StageMetrics::add(&self.metrics.skipped_records, partition_len(&pending) as u64);
+                    return Ok(Vec::new());
+                }
+                OnError::DeadLetter => {
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "dead-lettering the batch: {}", first_line(&error));
+                    for record in pending.iter().flat_map(Batch::iter) {
+                        self.dead_letter(ctx, record, &error);
+                    }
+                    return Ok(Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Runs the operator under the policy, counting the stage's records.
+    fn counted(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        if self.position.first {
+            StageMetrics::add(&self.metrics.records_in, partition_len(&input) as u64);
+        }
+        let output = self.guarded(input, ctx)?;
+        if self.position.last {
+            StageMetrics::add(&self.metrics.records_out, partition_len(&output) as u64);
+        }
+        Ok(output)
     }
 
     fn dead_letter(&self, ctx: &mut PartitionContext<'_>, record: RecordRef<'_>, error: &OperatorError) {
@@ -148,59 +252,7 @@ pub(super) fn record_at(partition: &[Batch], mut index: usize) -> Option<RecordR
 
 impl Operator for Guarded {
     fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
-        if self.policy.retries == 0 && self.policy.on_error == OnError::Fail {
-            // Nothing to recover: no copy of the input is needed.
-            return self.inner.process(input, ctx).inspect_err(|_| {
-                StageMetrics::add(&self.metrics.failed_batches, 1);
-                ctx.failures += 1;
-            });
-        }
-        let mut pending = input;
-        let mut attempt = 0u32;
-        let mut record_failures = 0usize;
-        loop {
-            let error = match self.inner.process(pending.clone(), ctx) {
-                Ok(output) => return Ok(output),
-                Err(error) => error,
-            };
-            if self.policy.on_error == OnError::DeadLetter
-                && record_failures < MAX_RECORD_FAILURES
-                && let Some(index) = failed_record(&error)
-                && let Some(record) = record_at(&pending, index)
-            {
-                // A record handled on its own does not count towards
-                // quarantine: the rest of the batch goes on.
-                self.dead_letter(ctx, record, &error);
-                pending = without(&pending, index);
-                record_failures += 1;
-                continue;
-            }
-            if attempt < self.policy.retries {
-                attempt += 1;
-                StageMetrics::add(&self.metrics.retries, 1);
-                tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, attempt, "retrying after: {}", first_line(&error));
-                std::thread::sleep(Duration::from_millis(10u64 << attempt.min(7)));
-                continue;
-            }
-            StageMetrics::add(&self.metrics.failed_batches, 1);
-            ctx.failures += 1;
-            match self.policy.on_error {
-                OnError::Fail => return Err(error),
-                OnError::SkipBatch => {
-                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "skipping the batch: {}", first_line(&error));
-                    StageMetrics::add(&self.metrics.skipped_batches, 1);
-                    StageMetrics::add(&self.metrics.skipped_records, partition_len(&pending) as u64);
-                    return Ok(Vec::new());
-                }
-                OnError::DeadLetter => {
-                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "dead-lettering the batch: {}", first_line(&error));
-                    for record in pending.iter().flat_map(Batch::iter) {
-                        self.dead_letter(ctx, record, &error);
-                    }
-                    return Ok(Vec::new());
-                }
-            }
-        }
+        self.counted(input, ctx)
     }
 
     fn input_partitioning(&self) -> Partitioning {

@@ -3,11 +3,13 @@
 //! Instances are created on first use from the plugin's pre-instantiated
 //! component (tens of microseconds) and reused for every later batch the worker
 //! runs for that stage. An instance whose call trapped is dropped, so the next
-//! call gets a fresh one.
+//! call gets a fresh one. When a pipeline ends its plugin uses are retired,
+//! and every worker drops their instances at its next sweep
+//! ([`InstanceSlots::sweep`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::runtime::{InstanceLabel, Plugin, PluginError, PluginInstance, Sandbox};
 
@@ -33,6 +35,7 @@ pub struct PluginUse {
     label: InstanceLabel,
     sandbox: Arc<Sandbox>,
     key: InstanceKey,
+    retired: Arc<AtomicBool>,
 }
 
 impl PluginUse {
@@ -49,7 +52,15 @@ impl PluginUse {
             label,
             sandbox: Arc::new(sandbox),
             key: InstanceKey::unique(),
+            retired: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Ties this use to a run: once `retired` is set (the run ended),
+    /// workers drop its instances at their next [`InstanceSlots::sweep`].
+    pub fn retired_by(mut self, retired: Arc<AtomicBool>) -> Self {
+        self.retired = retired;
+        self
     }
 
     /// Starts a throw-away instance: the plugin instantiates in its sandbox
@@ -58,27 +69,35 @@ impl PluginUse {
         PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox).map(drop)
     }
 
-    /// Runs `call` on this worker's instance (see [`InstanceSlots::with_instance`]).
+    /// Runs `call` on this worker's instance of this use, starting one
+    /// (instantiate + `init(config)`) if the worker has none. An instance
+    /// whose call trapped is discarded.
     pub fn call<T>(
         &self,
         slots: &mut InstanceSlots,
         call: impl FnOnce(&mut PluginInstance) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
-        slots.with_instance(
-            self.key,
-            &self.plugin,
-            &self.config,
-            &self.label,
-            &self.sandbox,
-            call,
-        )
+        let (_, instance) = match slots.slots.entry(self.key) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert((
+                self.retired.clone(),
+                PluginInstance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox)?,
+            )),
+        };
+        let result = call(instance);
+        if let Err(error) = &result
+            && error.poisons_instance()
+        {
+            slots.slots.remove(&self.key);
+        }
+        result
     }
 }
 
-/// A worker's instances, by [`InstanceKey`].
+/// A worker's instances, by [`InstanceKey`], each with its use's retired flag.
 #[derive(Default)]
 pub struct InstanceSlots {
-    slots: HashMap<InstanceKey, PluginInstance>,
+    slots: HashMap<InstanceKey, (Arc<AtomicBool>, PluginInstance)>,
 }
 
 impl InstanceSlots {
@@ -87,36 +106,10 @@ impl InstanceSlots {
         Self::default()
     }
 
-    /// Runs `call` on the instance for `key`, starting one (instantiate +
-    /// `init(config)`) if the worker has none. An instance whose call trapped
-    /// is discarded.
-    pub fn with_instance<T>(
-        &mut self,
-        key: InstanceKey,
-        plugin: &Arc<Plugin>,
-        config: &[(String, String)],
-        label: &InstanceLabel,
-        sandbox: &Arc<Sandbox>,
-        call: impl FnOnce(&mut PluginInstance) -> Result<T, PluginError>,
-    ) -> Result<T, PluginError> {
-        let instance = match self.slots.entry(key) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(PluginInstance::start(plugin, config, label.clone(), sandbox)?)
-            }
-        };
-        let result = call(instance);
-        if let Err(error) = &result
-            && error.poisons_instance()
-        {
-            self.slots.remove(&key);
-        }
-        result
-    }
-
-    /// Drops every instance (for example when a pipeline stops).
-    pub fn clear(&mut self) {
-        self.slots.clear();
+    /// Drops the instances of retired uses.
+    pub fn sweep(&mut self) {
+        self.slots
+            .retain(|_, (retired, _)| !retired.load(Ordering::Relaxed));
     }
 
     /// Number of live instances.

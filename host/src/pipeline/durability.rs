@@ -15,7 +15,7 @@ use crate::error::EngineError;
 use crate::source::{BatchInput, Replay, SourceProgress};
 
 /// Checkpoint figures of a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CheckpointStats {
     /// Checkpoints written.
     pub written: u64,

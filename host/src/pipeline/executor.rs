@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::plan::{Plan, StagePlan};
-use super::workers::{Task, TaskPanicked, WorkerPool};
 use crate::config::Quarantine;
+use crate::engine::pool::{PoolClient, Task, TaskPanicked};
 use crate::error::StageFailure;
 use crate::operator::{BatchClock, Operator, OperatorError, PartitionContext};
 use crate::partition::{self, Partitioning};
@@ -29,15 +29,29 @@ pub type StreamData = Vec<Option<Vec<Partition>>>;
 pub enum BatchError {
     /// A stage failed (its policy is `fail`).
     Failed(Box<StageFailure>),
-    /// A stage failed in too many consecutive batches.
-    Quarantined {
-        /// The stage.
-        stage: String,
-        /// Consecutive batches with a failure.
-        batches: u64,
-        /// What to do about it.
-        action: Quarantine,
-    },
+    /// A stage failed in too many consecutive batches and its quarantine
+    /// action is `stop`: the batch was abandoned.
+    Quarantined(Quarantined),
+}
+
+/// A stage that failed in too many consecutive batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The stage.
+    pub stage: String,
+    /// Consecutive batches with a failure.
+    pub batches: u64,
+}
+
+/// A completed batch: every stream a sink reads, and the stage quarantined
+/// with action `pause` during it, if one was (the batch itself completed:
+/// its failures were handled by the stage's `on-error`).
+#[derive(Debug)]
+pub struct BatchOutput {
+    /// The streams' partitions.
+    pub streams: StreamData,
+    /// The stage to pause the pipeline for.
+    pub pause_for: Option<Quarantined>,
 }
 
 /// What a task produced for one partition: its output (or why it failed),
@@ -54,12 +68,12 @@ struct Applied {
 /// Runs batches of one plan.
 pub struct Executor {
     plan: Arc<Plan>,
-    pool: Arc<WorkerPool>,
+    pool: PoolClient,
 }
 
 impl Executor {
-    /// Runs `plan` on `pool`.
-    pub fn new(plan: Arc<Plan>, pool: Arc<WorkerPool>) -> Self {
+    /// Runs `plan` on the shared pool through `pool`.
+    pub fn new(plan: Arc<Plan>, pool: PoolClient) -> Self {
         Self { plan, pool }
     }
 
@@ -75,7 +89,7 @@ impl Executor {
         batch_id: u64,
         batch_time: i64,
         source_chunks: Vec<Partition>,
-    ) -> Result<StreamData, BatchError> {
+    ) -> Result<BatchOutput, BatchError> {
         let clock = BatchClock {
             id: batch_id,
             time: batch_time,
@@ -84,6 +98,7 @@ impl Executor {
         let mut streams: StreamData = (0..plan.streams.len()).map(|_| None).collect();
         let mut remaining_readers = plan.readers.clone();
         let mut dead_letters: Vec<Batch> = Vec::new();
+        let mut pause_for = None;
         for ((_, stream), chunks) in plan.sources.iter().zip(source_chunks) {
             streams[*stream] = Some(partition::distribute(chunks, plan.partitions));
         }
@@ -182,11 +197,16 @@ impl Executor {
             } else {
                 let batches = consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                 if batches >= u64::from(stage.policy.quarantine_after) {
-                    return Err(BatchError::Quarantined {
+                    let quarantined = Quarantined {
                         stage: stage.name.clone(),
                         batches,
-                        action: stage.policy.quarantine,
-                    });
+                    };
+                    match stage.policy.quarantine {
+                        Quarantine::Stop => return Err(BatchError::Quarantined(quarantined)),
+                        Quarantine::Pause => {
+                            pause_for.get_or_insert(quarantined);
+                        }
+                    }
                 }
             }
             match &mut carried {
@@ -198,7 +218,7 @@ impl Executor {
         if let Some(stream) = plan.dead_letters {
             streams[stream] = Some(vec![dead_letters]);
         }
-        Ok(streams)
+        Ok(BatchOutput { streams, pause_for })
     }
 
     /// Partitions both inputs of a two-input operator by key; partition `i`
@@ -430,7 +450,7 @@ fn run_pieces(
                 .unwrap_or_else(|panic| {
                     Err(OperatorError::Native(format!(
                         "internal error: {}",
-                        super::workers::panic_message(&*panic)
+                        crate::engine::pool::panic_message(&*panic)
                     )))
                 })
                 .map_err(|error| (position, error.shifted(*offset)))?;

@@ -1,17 +1,23 @@
 //! Pipelines: the stream graph planned into operators ([`plan`]), plugin
-//! names resolved through a [`registry`], batches run on a [`workers`] pool
-//! by the [`executor`], and the whole run driven by the [`runner`].
+//! names resolved through a [`registry`], batches run on the engine's shared
+//! worker pool by the [`executor`], cut as the run's [`trigger`] says, and the
+//! whole run driven by the [`runner`], which publishes its status, metrics and
+//! events ([`live`]) and takes [`control`] requests between batches.
 
+pub mod control;
 pub mod durability;
 pub mod executor;
+pub mod live;
 pub mod plan;
 pub mod registry;
 pub mod runner;
+pub mod signal;
 mod stage_ops;
-pub mod stop;
-pub mod workers;
+pub mod trigger;
 
+pub use control::{ControlError, ControlReply, ControlRequest};
+pub use live::{PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus};
 pub use plan::Plan;
 pub use registry::{Function, PluginRegistry};
 pub use runner::{Pipeline, RunOptions, RunSummary};
-pub use stop::StopSignal;
+pub use signal::{Signal, StopMode};

@@ -9,7 +9,7 @@ use super::registry::PluginRegistry;
 use super::stage_ops::StageBuilder;
 use crate::config::{DEAD_LETTERS, FailurePolicy, PipelineSpec, SinkSpec, SourceSpec};
 use crate::error::EngineError;
-use crate::operator::guard::{Guarded, StageMetrics};
+use crate::operator::guard::{Guarded, StageMetrics, StagePosition};
 use crate::operator::{Operator, OperatorError};
 
 /// Index of a stream in [`Plan::streams`].
@@ -36,6 +36,36 @@ pub struct StagePlan {
     pub operators: Vec<Arc<dyn Operator>>,
 }
 
+impl StagePlan {
+    /// The stage's live figures.
+    pub fn snapshot(&self) -> super::live::StageMetricsSnapshot {
+        let metrics = &self.metrics;
+        let read =
+            |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        let mut state = crate::state::StateSize::default();
+        for operator in &self.operators {
+            state += operator.state_size();
+        }
+        super::live::StageMetricsSnapshot {
+            stage: self.name.clone(),
+            op: self.describe.clone(),
+            records_in: read(&metrics.records_in),
+            records_out: read(&metrics.records_out),
+            retries: read(&metrics.retries),
+            failed_batches: read(&metrics.failed_batches),
+            skipped_batches: read(&metrics.skipped_batches),
+            skipped_records: read(&metrics.skipped_records),
+            dead_lettered: read(&metrics.dead_lettered),
+            late_records: read(&metrics.late_records),
+            traps: super::live::TrapCounts::read(&metrics.traps),
+            instances: read(&metrics.usage.instances),
+            wasm_memory_bytes: read(&metrics.usage.memory_bytes),
+            fuel_used: read(&metrics.usage.fuel_used),
+            state,
+        }
+    }
+}
+
 /// A runnable pipeline.
 #[derive(Debug)]
 pub struct Plan {
@@ -58,12 +88,21 @@ pub struct Plan {
     /// Per stream: the window length in milliseconds when a reducing window
     /// stage produces it (its records carry their window's last millisecond).
     pub window_lengths: Vec<Option<i64>>,
+    /// Set when the run ends: every worker then drops the plan's plugin
+    /// instances (see [`Plan::retire`]).
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Plan {
     /// Builds the plan of `spec`, resolving plugins through `registry`.
-    /// `file` names the pipeline file in errors.
-    pub fn build(spec: &PipelineSpec, registry: &PluginRegistry, file: &str) -> Result<Self, EngineError> {
+    /// `file` names the pipeline file in errors; stateful stages spill under
+    /// `state_dir` (a directory of this pipeline's own).
+    pub fn build(
+        spec: &PipelineSpec,
+        registry: &PluginRegistry,
+        file: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, EngineError> {
         let mut ids: HashMap<&str, StreamId> = HashMap::new();
         let mut streams = Vec::new();
         let reads_dead_letters = spec.sinks.iter().any(|sink| sink.input == DEAD_LETTERS);
@@ -77,6 +116,7 @@ impl Plan {
             ids.insert(name, streams.len());
             streams.push(name.to_owned());
         }
+        let retired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut stages = Vec::new();
         for stage in &spec.stages {
             let metrics = Arc::new(StageMetrics::default());
@@ -86,16 +126,24 @@ impl Plan {
                 stage,
                 file,
                 metrics: &metrics,
+                state_dir,
+                retired: &retired,
             }
             .build()?;
+            let count = operators.len();
             let operators: Vec<Arc<dyn Operator>> = operators
                 .into_iter()
-                .map(|operator| -> Arc<dyn Operator> {
+                .enumerate()
+                .map(|(index, operator)| -> Arc<dyn Operator> {
                     Arc::new(Guarded::new(
                         operator,
                         stage.policy.clone(),
                         stage.name.clone(),
                         metrics.clone(),
+                        StagePosition {
+                            first: index == 0,
+                            last: index + 1 == count,
+                        },
                     ))
                 })
                 .collect();
@@ -137,6 +185,7 @@ impl Plan {
             }
         }
         Ok(Self {
+            retired,
             window_lengths,
             pipeline: spec.name.clone(),
             partitions: spec.partitions,
@@ -147,6 +196,12 @@ impl Plan {
             sinks,
             readers,
         })
+    }
+
+    /// Marks the plan's run as over: workers drop its plugin instances at
+    /// their next sweep.
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs every operator's start-up check (plugins instantiate and accept

@@ -1,52 +1,62 @@
-//! The driver of a pipeline run: starts the receivers, cuts a micro-batch
-//! every batch interval, runs it through the executor, hands the results to
-//! the sinks, and stops gracefully.
+//! The driver of a pipeline run: starts the receivers, cuts micro-batches
+//! as its [`Trigger`] says, runs them through the executor, hands the
+//! results to the sinks, applies control requests between batches, and
+//! stops gracefully.
 //!
-//! Stopping: when the [`StopSignal`] is raised, receivers are told to stop and
-//! awaited, everything they had queued is processed in final batches, sinks are
-//! closed, and the run returns normally. With `available_now`, batches are
-//! cut back to back as data arrives (no waiting for the interval) and the run
-//! ends once every source is exhausted. A run also ends when every source
-//! has finished by itself (a generator's count, stdin's end).
+//! The driver waits on one [`Signal`], raised by every source delivery,
+//! control request and stop, never on a sleep or a poll. Stopping: when a
+//! stop is asked for, receivers are told to stop and awaited, everything
+//! they had queued is processed in final batches (unless the stop is
+//! [`StopMode::Now`]), sinks are closed, and the run returns normally. A run
+//! also ends when every source has finished by itself (a generator's count,
+//! stdin's end, the end of an `--available-now` run).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::executor::{BatchError, Executor};
-use super::plan::{Plan, StreamId};
-use super::registry::PluginRegistry;
-use super::stop::StopSignal;
-use super::workers::WorkerPool;
-use crate::batcher::Batcher;
-use std::collections::BTreeMap;
-
+use super::control::{ControlError, ControlMessage, ControlReply, ControlRequest};
 use super::durability::{CheckpointStats, Durability};
+use super::executor::{BatchError, Executor, Quarantined};
+use super::live::{BatchMark, BatchReport, Live, PipelineState, StagePlugin};
+use super::plan::{Plan, StreamId};
+use super::registry::{Function, PluginRegistry};
+use super::signal::{Signal, StopMode};
+use super::trigger::{Decision, Trigger};
+use crate::batcher::{Batcher, SourceCut};
 use crate::checkpoint::CheckpointSettings;
-use crate::config::{ClockMode, PipelineSpec, Quarantine};
+use crate::checkpoint::LoggedBatch;
+use crate::config::{ClockMode, OperatorSpec, PipelineSpec, ReducerSpec, WindowOp};
+use crate::engine::pool::PoolClient;
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
 use crate::sink::{self, BatchInfo, Sink};
-use crate::source::{self, BatchInput, Delivery, DeterministicClock, SourceContext, SourceError, now_ms};
+use crate::source::{self, BatchInput, ChunkQueue, DeterministicClock, SourceContext, SourceError, now_ms};
 use crate::state::StateSize;
 
+/// How long a stopping pipeline waits for its receivers to hand over what
+/// they hold.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How to run a pipeline.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
     /// Process what the sources have, then stop (Structured Streaming's `availableNow`).
     pub available_now: bool,
-    /// Raised to stop the run gracefully.
-    pub stop: StopSignal,
-    /// Worker threads; the pipeline's partition count when `None`.
-    pub workers: Option<usize>,
     /// Resume from a checkpoint even though a plugin's component changed.
     pub allow_plugin_change: bool,
+    /// The pipeline's share of the worker pool: up to this many of its tasks
+    /// run in a row before another pipeline's (0 counts as 1).
+    pub weight: u32,
 }
 
 /// What a finished run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// The pipeline's name.
+    pub pipeline: String,
     /// Micro-batches run.
     pub batches: u64,
     /// Records received from all sources.
@@ -80,6 +90,55 @@ pub struct RunSummary {
     pub checkpoints: CheckpointStats,
 }
 
+impl std::fmt::Display for RunSummary {
+    /// The summary `weir run` prints when a pipeline ends.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pipeline `{}`: {} batches, {} records in, {} records out, {} retries, \
+             {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
+             state: {} keys ({} on disk){}",
+            self.pipeline,
+            self.batches,
+            self.records_in,
+            self.records_out,
+            self.retries,
+            self.skipped_batches,
+            self.skipped_records,
+            self.dead_lettered,
+            self.late_records,
+            self.state.keys,
+            self.state.spilled_keys,
+            if self.stopped { ", stopped gracefully" } else { "" }
+        )?;
+        let checkpoints = &self.checkpoints;
+        if let Some(batch) = checkpoints.resumed_after {
+            write!(
+                f,
+                "\n  resumed after the checkpoint of batch {batch}; {} logged batches replayed",
+                checkpoints.replayed_batches
+            )?;
+        }
+        if checkpoints.written > 0 {
+            write!(
+                f,
+                "\n  {} checkpoints written, the last {} bytes, the longest {:.1} ms",
+                checkpoints.written,
+                checkpoints.last_bytes,
+                checkpoints.max_duration.as_secs_f64() * 1e3
+            )?;
+        }
+        for (stage, state) in &self.state_by_stage {
+            write!(
+                f,
+                "\n  stage `{stage}`: {} state entries, {} bytes in memory, {} on disk",
+                state.keys, state.memory_bytes, state.spilled_keys
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// A pipeline ready to run: its plan and its sinks.
 pub struct Pipeline {
     plan: Arc<Plan>,
@@ -90,21 +149,87 @@ pub struct Pipeline {
     chunk_records: usize,
     checkpoint: Option<CheckpointSettings>,
     plugin_hashes: BTreeMap<String, String>,
+    stage_plugins: Vec<StagePlugin>,
     definition: String,
+}
+
+/// What a driver needs from the engine that runs it.
+pub(crate) struct Drive {
+    /// The pipeline's access to the shared worker pool.
+    pub pool: PoolClient,
+    /// The runtime its receivers run on.
+    pub io: tokio::runtime::Handle,
+    /// Where it publishes status, metrics and events.
+    pub live: Arc<Live>,
+    /// What wakes it.
+    pub signal: Signal,
+    /// Its control requests.
+    pub control: crossbeam_channel::Receiver<ControlMessage>,
+    /// How to run.
+    pub options: RunOptions,
+}
+
+/// The plugin names a stage's operator uses.
+fn plugins_of(op: &OperatorSpec) -> Vec<String> {
+    let reducer = |reducer: &ReducerSpec| match reducer {
+        ReducerSpec::Plugin { plugin, .. } => Some(plugin.clone()),
+        _ => None,
+    };
+    let names = match op {
+        OperatorSpec::Transform { plugin, .. } | OperatorSpec::TransformWith { plugin, .. } => {
+            vec![Some(plugin.clone())]
+        }
+        OperatorSpec::ReduceByKey { reducer: r, .. } => vec![reducer(r)],
+        OperatorSpec::KeyedState(state) => vec![Some(state.plugin.clone())],
+        OperatorSpec::Window(window) => match &window.op {
+            WindowOp::Raw => Vec::new(),
+            WindowOp::Reduce {
+                reducer: r, inverse, ..
+            } => vec![
+                reducer(r),
+                match inverse {
+                    Some(crate::config::InverseSpec::Plugin(plugin)) => Some(plugin.clone()),
+                    _ => None,
+                },
+            ],
+        },
+        OperatorSpec::Union | OperatorSpec::Repartition { .. } | OperatorSpec::Join { .. } => Vec::new(),
+    };
+    names.into_iter().flatten().collect()
 }
 
 impl Pipeline {
     /// Plans `spec` with the plugins of `registry` (which must hold every
     /// plugin the spec uses, see [`PluginRegistry::load_declared`]), checks
     /// every plugin against its stage, and creates the sinks. `file` names
-    /// the pipeline file in errors.
-    pub fn build(spec: &PipelineSpec, registry: &PluginRegistry, file: &str) -> Result<Self, EngineError> {
-        let plan = Plan::build(spec, registry, file)?;
+    /// the pipeline file in errors; stateful stages spill under `state_dir`.
+    pub fn build(
+        spec: &PipelineSpec,
+        registry: &PluginRegistry,
+        file: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, EngineError> {
+        let plan = Plan::build(spec, registry, file, state_dir)?;
         plan.check()?;
         let sinks = plan
             .sinks
             .iter()
             .map(|(sink, stream)| (sink::from_spec(sink, plan.window_lengths[*stream]), *stream))
+            .collect();
+        let hash_of = |name: &str| match registry.get(name) {
+            Some(Function::Wasm(plugin)) => Some(plugin.content_hash().to_owned()),
+            _ => None,
+        };
+        let stage_plugins = spec
+            .stages
+            .iter()
+            .flat_map(|stage| {
+                plugins_of(&stage.op).into_iter().map(|plugin| StagePlugin {
+                    stage: stage.name.clone(),
+                    sha256: hash_of(&plugin).unwrap_or_else(|| "native".to_owned()),
+                    plugin,
+                })
+            })
             .collect();
         Ok(Self {
             plan: Arc::new(plan),
@@ -123,13 +248,9 @@ impl Pipeline {
             plugin_hashes: spec
                 .plugins
                 .keys()
-                .filter_map(|name| match registry.get(name) {
-                    Some(super::registry::Function::Wasm(plugin)) => {
-                        Some((name.clone(), plugin.content_hash().to_owned()))
-                    }
-                    _ => None,
-                })
+                .filter_map(|name| Some((name.clone(), hash_of(name)?)))
                 .collect(),
+            stage_plugins,
             definition: format!("{spec:#?}"),
         })
     }
@@ -156,16 +277,30 @@ impl Pipeline {
         &self.plan
     }
 
-    /// Runs until stopped, or until the sources are exhausted.
-    pub fn run(mut self, options: RunOptions) -> Result<RunSummary, EngineError> {
-        let pipeline = self.plan.pipeline.clone();
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.plan.pipeline
+    }
+
+    /// The plugin (name, SHA-256) of every stage that runs one.
+    pub fn stage_plugins(&self) -> &[StagePlugin] {
+        &self.stage_plugins
+    }
+
+    /// The checkpoint directory, when the pipeline checkpoints.
+    pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
+        self.checkpoint.as_ref().map(|settings| settings.dir.as_path())
+    }
+
+    /// Refuses what cannot run with `options`.
+    pub fn check_options(&self, options: &RunOptions) -> Result<(), EngineError> {
         if options.available_now {
             for (source, _) in &self.plan.sources {
                 if let crate::config::SourceKind::Generator(generator) = &source.kind
                     && generator.lines.is_none()
                 {
                     return Err(EngineError::Plan {
-                        location: format!("pipeline `{pipeline}`"),
+                        location: format!("pipeline `{}`", self.plan.pipeline),
                         message: format!(
                             "source `{}` is a generator without `lines`: it never runs out, so --available-now would never end",
                             source.name
@@ -174,23 +309,30 @@ impl Pipeline {
                 }
             }
         }
-        let io = |e: std::io::Error| EngineError::Io(format!("pipeline `{pipeline}`: {e}"));
-        let workers = options.workers.unwrap_or(self.plan.partitions).max(1);
-        let pool = Arc::new(WorkerPool::new(workers, &pipeline).map_err(io)?);
-        let executor = Executor::new(self.plan.clone(), pool);
+        Ok(())
+    }
+
+    /// Runs until stopped, or until the sources are exhausted, publishing
+    /// what it does through `drive.live`.
+    pub(crate) fn drive(mut self, drive: Drive) -> Result<RunSummary, EngineError> {
+        let Drive {
+            pool,
+            io,
+            live,
+            signal,
+            control,
+            options,
+        } = drive;
+        self.check_options(&options)?;
+        let pipeline = self.plan.pipeline.clone();
+        let _span = tracing::info_span!("pipeline", pipeline = %pipeline).entered();
         for (sink, _) in &mut self.sinks {
             sink.open().map_err(|error| EngineError::Sink {
                 pipeline: pipeline.clone(),
                 error,
             })?;
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("{pipeline}-io"))
-            .enable_all()
-            .build()
-            .map_err(io)?;
-        let (mut durability, first_batch, mut replays) = match &self.checkpoint {
+        let (durability, first_batch, mut replays) = match &self.checkpoint {
             Some(settings) => {
                 let (durability, first, replays) = Durability::open(
                     settings.clone(),
@@ -210,6 +352,7 @@ impl Pipeline {
         for ((spec, _), replay) in self.plan.sources.iter().zip(replays.iter_mut()) {
             let (chunks, queue) = mpsc::channel(self.queue_chunks);
             queues.push(queue);
+            let chunks = ChunkQueue::new(chunks, signal.clone());
             // A source that keeps no position cannot read a logged batch
             // again: it contributes nothing to replayed batches.
             let untracked = replay.as_ref().map_or(0, |r| {
@@ -239,10 +382,11 @@ impl Pipeline {
             };
             let receiver = source::from_spec(spec);
             let errors_tx = errors_tx.clone();
-            tasks.push(runtime.spawn(async move {
+            let signal = signal.clone();
+            tasks.push(io.spawn(async move {
                 let name = ctx.name.clone();
                 for _ in 0..untracked {
-                    if ctx.chunks.send(Delivery::BatchEnd).await.is_err() {
+                    if ctx.chunks.send(source::Delivery::BatchEnd).await.is_err() {
                         return;
                     }
                 }
@@ -258,124 +402,417 @@ impl Pipeline {
                 if let Err(error) = outcome {
                     let _ = errors_tx.send(error);
                 }
+                signal.notify();
             }));
         }
         drop(errors_tx);
-        let mut batcher = Batcher::new(queues);
-        let mut summary = RunSummary::default();
-        let mut last_batch: Option<(u64, i64)> = None;
-        let never = StopSignal::new();
-        let mut source_error = None;
-        let mut next_cut = Instant::now() + self.batch_interval;
-        let mut stopping = false;
-        let mut stop_deadline = Instant::now() + Duration::from_secs(3600 * 24 * 365);
-        tracing::info!(pipeline = %pipeline, partitions = self.plan.partitions, workers, "pipeline started");
+        let trigger = if self.clock.is_some() {
+            Trigger::Deterministic
+        } else if options.available_now {
+            Trigger::AvailableNow
+        } else {
+            Trigger::processing_time(self.batch_interval)
+        };
+        let executor = Executor::new(self.plan.clone(), pool);
+        let mut driver = Driver {
+            executor,
+            live,
+            signal,
+            control,
+            durability,
+            batcher: Batcher::new(queues),
+            trigger,
+            summary: RunSummary {
+                pipeline: pipeline.clone(),
+                ..RunSummary::default()
+            },
+            last_batch: None,
+            first_batch,
+            last_cut: Instant::now(),
+            paused: None,
+            source_error: None,
+            errors,
+            tasks,
+            stop_sources,
+            stop_deadline: None,
+        };
+        tracing::info!(partitions = self.plan.partitions, "pipeline started");
+        driver.live.set_state(PipelineState::Running, None);
+        let result = driver.run(&mut self);
+        driver.end(&mut self, result)
+    }
+}
 
-        let result = loop {
-            let replayed = durability.as_mut().and_then(Durability::next_replayed);
-            if !stopping && replayed.is_none() {
-                if self.clock.is_some() {
-                    // Deterministic time: batches follow the sources' units.
-                } else if options.available_now {
-                    while !options.stop.is_stopped() && !batcher.has_pending() && !batcher.all_finished() {
-                        options.stop.wait_timeout(Duration::from_millis(1));
-                    }
-                } else {
-                    let now = Instant::now();
-                    if next_cut > now {
-                        options.stop.wait_timeout(next_cut - now);
-                    }
-                }
-                if let Ok(error) = errors.try_recv() {
-                    source_error = Some(error);
-                }
-                if options.stop.is_stopped() || source_error.is_some() {
-                    stopping = true;
-                    summary.stopped = options.stop.is_stopped();
-                    stop_deadline = Instant::now() + Duration::from_secs(5);
-                    let _ = stop_sources.send(true);
-                    // Let receivers hand over what they hold; a receiver
-                    // blocked on a full queue gets unblocked by the cuts below.
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while tasks.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-                        if batcher.has_pending() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
+/// Why a pipeline is paused.
+#[derive(Debug, Clone)]
+enum Pause {
+    /// Somebody asked for it.
+    Requested,
+    /// A stage with `quarantine = "pause"` failed too often.
+    Quarantined(Quarantined),
+}
+
+/// The state of one run, driven batch by batch.
+struct Driver {
+    executor: Executor,
+    live: Arc<Live>,
+    signal: Signal,
+    control: crossbeam_channel::Receiver<ControlMessage>,
+    durability: Option<Durability>,
+    batcher: Batcher,
+    trigger: Trigger,
+    summary: RunSummary,
+    last_batch: Option<(u64, i64)>,
+    first_batch: u64,
+    last_cut: Instant,
+    paused: Option<Pause>,
+    source_error: Option<SourceError>,
+    errors: std::sync::mpsc::Receiver<SourceError>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_sources: watch::Sender<bool>,
+    /// Set once stopping: how long receivers get to hand over what they hold.
+    stop_deadline: Option<Instant>,
+}
+
+/// What the loop does next.
+enum Step {
+    /// Run this batch.
+    Run(Vec<SourceCut>, Option<LoggedBatch>, Instant),
+    /// Look again (after a wait).
+    Again,
+    /// The run is over.
+    End,
+}
+
+impl Driver {
+    fn pipeline(&self) -> &str {
+        &self.executor.plan().pipeline
+    }
+
+    fn sources_done(&self) -> bool {
+        self.tasks.iter().all(|task| task.is_finished())
+    }
+
+    /// The batch loop; returns when the run ends (its error, if any).
+    fn run(&mut self, pipeline: &mut Pipeline) -> Result<(), EngineError> {
+        let mut replay: Option<LoggedBatch> = None;
+        loop {
+            self.apply_control(pipeline)?;
+            if self.source_error.is_none()
+                && let Ok(error) = self.errors.try_recv()
+            {
+                self.source_error = Some(error);
             }
-            // Look at the receivers before cutting: whatever a finished
-            // receiver sent is then already in the cut.
-            let sources_done = tasks.iter().all(|t| t.is_finished());
-            let (cuts, finished) = if self.clock.is_some() || replayed.is_some() {
+            if replay.is_none() {
+                replay = self.durability.as_mut().and_then(Durability::next_replayed);
+            }
+            let step = match replay.take() {
                 // A replayed batch is cut whole whatever happens (a stop waits
                 // for the end of the replay): it must be the logged batch.
-                let stop = if replayed.is_some() { &never } else { &options.stop };
-                let (units, whole) = batcher.cut_units(stop);
-                if !whole && durability.is_some() {
-                    // Stopped in the middle of a deterministic unit: leave it
-                    // unlogged; it is read again, whole, after a restart.
-                    break Ok(());
+                Some(logged) => {
+                    let (units, _) = self.batcher.cut_units(&self.signal, false);
+                    Step::Run(units, Some(logged), Instant::now())
                 }
-                // A unit may be empty (an empty file): only the end of every
-                // source ends the run.
-                let ended = batcher.all_finished() && units.iter().all(|u| partition_len(&u.chunks) == 0);
-                (units, ended && replayed.is_none())
-            } else {
-                let finished = batcher.all_finished();
-                (batcher.cut(), finished)
+                None => self.next_step()?,
             };
-            let received: usize = cuts.iter().map(|cut| partition_len(&cut.chunks)).sum();
-            if received == 0
-                && replayed.is_none()
-                && !batcher.has_pending()
-                && (finished || (stopping && (sources_done || Instant::now() > stop_deadline)))
-            {
-                break Ok(());
+            match step {
+                Step::Again => continue,
+                Step::End => return Ok(()),
+                Step::Run(cuts, replayed, due) => self.run_batch(pipeline, cuts, replayed, due)?,
             }
-            let batch_id = last_batch.map_or(first_batch, |(batch, _)| batch + 1);
-            let time = match (&replayed, self.clock) {
-                (Some(logged), _) => logged.time,
-                (None, Some(clock)) => clock.time_of(batch_id),
-                (None, None) => now_ms(),
+        }
+    }
+
+    /// Decides, or waits for, the next step when nothing is replayed.
+    fn next_step(&mut self) -> Result<Step, EngineError> {
+        let stop = self.signal.stop_mode();
+        if stop.is_some() || self.source_error.is_some() {
+            return self.stopping_step(stop);
+        }
+        if let Some(pause) = &self.paused {
+            let _ = pause;
+            self.signal.wait_until(None);
+            return Ok(Step::Again);
+        }
+        let now = Instant::now();
+        match self.trigger.decide(&mut self.batcher, now) {
+            Decision::Wait(deadline) => {
+                self.live.set_queued_chunks(self.batcher.queued());
+                self.signal.wait_until(deadline);
+                Ok(Step::Again)
+            }
+            Decision::End => Ok(Step::End),
+            Decision::Cut => {
+                let due = self.trigger.due(now);
+                self.trigger.cut(now);
+                let cuts = if self.trigger == Trigger::Deterministic {
+                    let (units, whole) = self.batcher.cut_units(&self.signal, true);
+                    if !whole {
+                        // A stop came in the middle of a unit: look again.
+                        return self.partial_unit(units, due);
+                    }
+                    // A unit may be empty (an empty file): only the end of
+                    // every source ends the run.
+                    if self.batcher.all_finished() && units.iter().all(|u| partition_len(&u.chunks) == 0) {
+                        return Ok(Step::End);
+                    }
+                    units
+                } else {
+                    self.batcher.cut()
+                };
+                Ok(Step::Run(cuts, None, due))
+            }
+        }
+    }
+
+    /// A stop cut a deterministic unit short: with durability it is left
+    /// unlogged and read again, whole, after a restart; without, it runs.
+    fn partial_unit(&mut self, units: Vec<SourceCut>, due: Instant) -> Result<Step, EngineError> {
+        if self.durability.is_some() {
+            return Ok(Step::End);
+        }
+        Ok(Step::Run(units, None, due))
+    }
+
+    /// The steps of a stopping pipeline: receivers are stopped, what they
+    /// queued runs in final batches (not after [`StopMode::Now`]), then the
+    /// run ends.
+    fn stopping_step(&mut self, stop: Option<StopMode>) -> Result<Step, EngineError> {
+        if let Some(Pause::Quarantined(quarantined)) = &self.paused {
+            return Err(EngineError::Quarantined {
+                pipeline: self.pipeline().to_owned(),
+                stage: quarantined.stage.clone(),
+                batches: quarantined.batches,
+                paused: true,
+            });
+        }
+        let now = Instant::now();
+        let deadline = *self.stop_deadline.get_or_insert_with(|| {
+            self.summary.stopped = stop.is_some();
+            let _ = self.stop_sources.send(true);
+            now + STOP_GRACE
+        });
+        self.live.set_state(PipelineState::Stopping, None);
+        if stop == Some(StopMode::Now) {
+            return Ok(Step::End);
+        }
+        let sources_done = self.sources_done();
+        if !self.batcher.has_pending() && !sources_done && now < deadline {
+            // Let receivers hand over what they hold; each delivery, and
+            // each receiver's end, wakes the driver.
+            self.signal.wait_until(Some(deadline));
+            return Ok(Step::Again);
+        }
+        let cuts = if self.trigger == Trigger::Deterministic {
+            let (units, whole) = self.batcher.cut_units(&self.signal, true);
+            if !whole {
+                return self.partial_unit(units, now);
+            }
+            units
+        } else {
+            self.batcher.cut()
+        };
+        let received: usize = cuts.iter().map(|cut| partition_len(&cut.chunks)).sum();
+        if received == 0 && !self.batcher.has_pending() && (sources_done || now > deadline) {
+            return Ok(Step::End);
+        }
+        Ok(Step::Run(cuts, None, now))
+    }
+
+    /// Applies every waiting control request.
+    fn apply_control(&mut self, pipeline: &Pipeline) -> Result<(), EngineError> {
+        while let Ok(ControlMessage { request, reply }) = self.control.try_recv() {
+            let refused = |message: &str| ControlError::Refused {
+                pipeline: pipeline.plan.pipeline.clone(),
+                message: message.to_owned(),
             };
-            if let Some(durability) = &mut durability
-                && let Err(error) = durability.record(batch_id, time, &cuts, replayed.as_ref())
-            {
-                break Err(error);
+            let answer = match request {
+                ControlRequest::Pause => {
+                    if self.paused.is_none() {
+                        self.paused = Some(Pause::Requested);
+                        self.live
+                            .set_state(PipelineState::Paused, Some("paused on request".into()));
+                        tracing::info!("paused");
+                    }
+                    Ok(ControlReply::Paused {
+                        after_batch: self.last_batch.map(|(batch, _)| batch),
+                    })
+                }
+                ControlRequest::Resume => match self.paused.take() {
+                    Some(pause) => {
+                        if let Pause::Quarantined(quarantined) = pause {
+                            for stage in &pipeline.plan.stages {
+                                if stage.name == quarantined.stage {
+                                    stage
+                                        .metrics
+                                        .consecutive_failed_batches
+                                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        self.trigger.resumed(Instant::now());
+                        self.live.set_state(PipelineState::Running, None);
+                        tracing::info!("resumed");
+                        Ok(ControlReply::Resumed)
+                    }
+                    None => Err(refused("it is not paused")),
+                },
+                ControlRequest::Checkpoint => match (&mut self.durability, self.last_batch) {
+                    (None, _) => Err(refused("it has no [checkpoint] directory")),
+                    (Some(_), None) => Err(refused("it has not completed a batch yet")),
+                    (Some(durability), Some((batch, time))) => {
+                        durability.after_batch(&pipeline.plan, batch, time, true)?;
+                        self.live.set_checkpoints(durability.stats());
+                        Ok(ControlReply::Checkpointing { batch })
+                    }
+                },
+            };
+            let _ = reply.send(answer);
+        }
+        Ok(())
+    }
+
+    /// Logs, runs and checkpoints one batch.
+    fn run_batch(
+        &mut self,
+        pipeline: &mut Pipeline,
+        cuts: Vec<SourceCut>,
+        replayed: Option<LoggedBatch>,
+        due: Instant,
+    ) -> Result<(), EngineError> {
+        let batch_id = self.last_batch.map_or(self.first_batch, |(batch, _)| batch + 1);
+        let time = match (&replayed, pipeline.clock) {
+            (Some(logged), _) => logged.time,
+            (None, Some(clock)) => clock.time_of(batch_id),
+            (None, None) => now_ms(),
+        };
+        let _span = tracing::debug_span!("batch", batch = batch_id).entered();
+        if let Some(durability) = &mut self.durability {
+            durability.record(batch_id, time, &cuts, replayed.as_ref())?;
+        }
+        let per_source: Vec<usize> = cuts.iter().map(|cut| partition_len(&cut.chunks)).collect();
+        let received: usize = per_source.iter().sum();
+        let now = Instant::now();
+        self.live.received(&per_source, now - self.last_cut);
+        self.last_cut = now;
+        self.live.set_queued_chunks(self.batcher.queued());
+        let started = Instant::now();
+        let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
+        let records_out = self.run_one(pipeline, batch_id, time, batches)?;
+        let processing_time = started.elapsed();
+        self.last_batch = Some((batch_id, time));
+        if let Some(durability) = &mut self.durability {
+            durability.after_batch(&pipeline.plan, batch_id, time, false)?;
+            self.live.set_checkpoints(durability.stats());
+        }
+        let summary = &mut self.summary;
+        summary.records_in += received as u64;
+        summary.records_out += records_out;
+        summary.batches += 1;
+        summary.total_batch_time += processing_time;
+        summary.max_batch_time = summary.max_batch_time.max(processing_time);
+        let slow = processing_time > pipeline.batch_interval;
+        if slow {
+            summary.slow_batches += 1;
+        }
+        let scheduling_delay = started.saturating_duration_since(due);
+        self.live.batch_completed(
+            BatchReport {
+                batch: BatchMark {
+                    id: batch_id,
+                    time_ms: time,
+                },
+                records_in: received as u64,
+                records_out,
+                scheduling_delay,
+                processing_time,
+                total_delay: scheduling_delay + processing_time,
+            },
+            slow,
+        );
+        tracing::debug!(
+            records = received,
+            elapsed_ms = processing_time.as_secs_f64() * 1e3,
+            "batch done"
+        );
+        Ok(())
+    }
+
+    /// Runs one batch's stages and sinks; returns the records handed to sinks.
+    fn run_one(
+        &mut self,
+        pipeline: &mut Pipeline,
+        batch_id: u64,
+        time_ms: i64,
+        batches: Vec<Partition>,
+    ) -> Result<u64, EngineError> {
+        let info = BatchInfo {
+            id: batch_id,
+            time_ms,
+        };
+        let plan = &pipeline.plan;
+        let mut output = match self.executor.run_batch(batch_id, info.time_ms, batches) {
+            Ok(output) => output,
+            Err(BatchError::Failed(failure)) => {
+                self.live.stage_failed(&failure.stage, failure.to_string());
+                return Err(EngineError::Stage(failure));
             }
-            let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
-            if let Err(error) = self.run_one(&executor, batch_id, time, batches, &mut summary, &options.stop)
-            {
-                break Err(error);
-            }
-            last_batch = Some((batch_id, time));
-            if let Some(durability) = &mut durability
-                && let Err(error) = durability.after_batch(&self.plan, batch_id, time, false)
-            {
-                break Err(error);
-            }
-            summary.records_in += received as u64;
-            let now = Instant::now();
-            next_cut += self.batch_interval;
-            if next_cut < now {
-                tracing::debug!(pipeline = %pipeline, "batch took longer than the batch interval");
-                next_cut = now;
-            }
-            if stopping && tasks.iter().any(|t| !t.is_finished()) {
-                std::thread::sleep(Duration::from_millis(1));
+            Err(BatchError::Quarantined(quarantined)) => {
+                let error = EngineError::Quarantined {
+                    pipeline: plan.pipeline.clone(),
+                    stage: quarantined.stage.clone(),
+                    batches: quarantined.batches,
+                    paused: false,
+                };
+                self.live.stage_failed(&quarantined.stage, error.to_string());
+                return Err(error);
             }
         };
-        let _ = stop_sources.send(true);
-        runtime.shutdown_timeout(Duration::from_millis(200));
-        let result = match (result, &mut durability) {
+        let mut records_out = 0;
+        for (sink, stream) in &mut pipeline.sinks {
+            let partitions = output.streams[*stream].get_or_insert_with(Vec::new);
+            records_out += partitions.iter().map(|p| partition_len(p) as u64).sum::<u64>();
+            sink.write(info, partitions).map_err(|error| EngineError::Sink {
+                pipeline: plan.pipeline.clone(),
+                error,
+            })?;
+        }
+        if let Some(quarantined) = output.pause_for {
+            tracing::error!(
+                stage = %quarantined.stage,
+                "stage quarantined after {} consecutive batches with failures: the pipeline is paused \
+                 (receivers are held back); resume it, or stop it with Ctrl-C or SIGTERM",
+                quarantined.batches
+            );
+            let reason = format!(
+                "stage `{}` quarantined after {} consecutive batches with failures",
+                quarantined.stage, quarantined.batches
+            );
+            self.live.stage_failed(&quarantined.stage, reason.clone());
+            self.live.set_state(PipelineState::Paused, Some(reason));
+            self.paused = Some(Pause::Quarantined(quarantined));
+        }
+        Ok(records_out)
+    }
+
+    /// Ends the run whatever `result` is: final checkpoint (after a clean
+    /// end or a stop), receivers ended, state figures, sinks closed.
+    fn end(
+        mut self,
+        pipeline: &mut Pipeline,
+        result: Result<(), EngineError>,
+    ) -> Result<RunSummary, EngineError> {
+        let _ = self.stop_sources.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        let result = match (result, &mut self.durability) {
             // A final checkpoint after the last batch of a clean end or a
             // graceful stop: a restart then has nothing to replay. Not after a
             // source failed: its progress may not be what it delivered.
-            (Ok(()), Some(durability)) if source_error.is_none() => {
-                let last = last_batch.map_or(Ok(()), |(batch, time)| {
-                    durability.after_batch(&self.plan, batch, time, true)
+            (Ok(()), Some(durability)) if self.source_error.is_none() => {
+                let last = self.last_batch.map_or(Ok(()), |(batch, time)| {
+                    durability.after_batch(&pipeline.plan, batch, time, true)
                 });
                 last.and_then(|()| durability.finish())
             }
@@ -387,107 +824,48 @@ impl Pipeline {
             }
             (result, None) => result,
         };
-        if let Some(durability) = &durability {
+        let summary = &mut self.summary;
+        if let Some(durability) = &self.durability {
             summary.checkpoints = durability.stats();
+            self.live.set_checkpoints(summary.checkpoints);
         }
-        for stage in &self.plan.stages {
-            let metrics = &stage.metrics;
-            let read =
-                |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
-            summary.retries += read(&metrics.retries);
-            summary.skipped_batches += read(&metrics.skipped_batches);
-            summary.skipped_records += read(&metrics.skipped_records);
-            summary.dead_lettered += read(&metrics.dead_lettered);
-            summary.late_records += read(&metrics.late_records);
-            let mut state = StateSize::default();
-            for operator in &stage.operators {
-                state += operator.state_size();
-            }
-            if state != StateSize::default() {
-                summary.state += state;
-                summary.state_by_stage.push((stage.name.clone(), state));
+        for stage in &pipeline.plan.stages {
+            let metrics = stage.snapshot();
+            summary.retries += metrics.retries;
+            summary.skipped_batches += metrics.skipped_batches;
+            summary.skipped_records += metrics.skipped_records;
+            summary.dead_lettered += metrics.dead_lettered;
+            summary.late_records += metrics.late_records;
+            if metrics.state != StateSize::default() {
+                summary.state += metrics.state;
+                summary.state_by_stage.push((stage.name.clone(), metrics.state));
             }
         }
         let mut close_error = None;
-        for (sink, _) in &mut self.sinks {
+        for (sink, _) in &mut pipeline.sinks {
             if let Err(error) = sink.close() {
                 close_error.get_or_insert(error);
             }
         }
+        let name = pipeline.plan.pipeline.clone();
         result?;
-        if let Some(error) = source_error.or_else(|| errors.try_recv().ok()) {
-            return Err(EngineError::Source { pipeline, error });
+        if let Some(error) = self.source_error.take().or_else(|| self.errors.try_recv().ok()) {
+            return Err(EngineError::Source {
+                pipeline: name,
+                error,
+            });
         }
         if let Some(error) = close_error {
-            return Err(EngineError::Sink { pipeline, error });
+            return Err(EngineError::Sink {
+                pipeline: name,
+                error,
+            });
         }
         tracing::info!(
-            pipeline = %pipeline, batches = summary.batches, records = summary.records_in,
+            batches = self.summary.batches,
+            records = self.summary.records_in,
             "pipeline finished"
         );
-        Ok(summary)
-    }
-
-    fn run_one(
-        &mut self,
-        executor: &Executor,
-        batch_id: u64,
-        time_ms: i64,
-        batches: Vec<Partition>,
-        summary: &mut RunSummary,
-        stop: &StopSignal,
-    ) -> Result<(), EngineError> {
-        let started = Instant::now();
-        let info = BatchInfo {
-            id: batch_id,
-            time_ms,
-        };
-        let received: usize = batches.iter().map(|p| partition_len(p)).sum();
-        let mut streams = match executor.run_batch(batch_id, info.time_ms, batches) {
-            Ok(streams) => streams,
-            Err(BatchError::Failed(failure)) => return Err(EngineError::Stage(failure)),
-            Err(BatchError::Quarantined {
-                stage,
-                batches,
-                action,
-            }) => {
-                let pipeline = executor.plan().pipeline.clone();
-                let paused = action == Quarantine::Pause;
-                if paused {
-                    tracing::error!(
-                        pipeline = %pipeline, stage = %stage,
-                        "stage quarantined after {batches} consecutive batches with failures: the pipeline is paused \
-                         (receivers are held back); stop it with Ctrl-C or SIGTERM"
-                    );
-                    while !stop.wait_timeout(Duration::from_secs(3600)) {}
-                }
-                return Err(EngineError::Quarantined {
-                    pipeline,
-                    stage,
-                    batches,
-                    paused,
-                });
-            }
-        };
-        for (sink, stream) in &mut self.sinks {
-            let partitions = streams[*stream].get_or_insert_with(Vec::new);
-            summary.records_out += partitions.iter().map(|p| partition_len(p) as u64).sum::<u64>();
-            sink.write(info, partitions).map_err(|error| EngineError::Sink {
-                pipeline: executor.plan().pipeline.clone(),
-                error,
-            })?;
-        }
-        summary.batches += 1;
-        let elapsed = started.elapsed();
-        summary.total_batch_time += elapsed;
-        summary.max_batch_time = summary.max_batch_time.max(elapsed);
-        if elapsed > self.batch_interval {
-            summary.slow_batches += 1;
-        }
-        tracing::debug!(
-            pipeline = %executor.plan().pipeline, batch = batch_id, records = received,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "batch done"
-        );
-        Ok(())
+        Ok(self.summary)
     }
 }

@@ -40,6 +40,10 @@ pub(super) struct StageBuilder<'a> {
     pub file: &'a str,
     /// The stage's counters.
     pub metrics: &'a Arc<StageMetrics>,
+    /// The pipeline's own directory for spilled state.
+    pub state_dir: &'a std::path::Path,
+    /// Set when the pipeline's run ends: its plugin instances are dropped.
+    pub retired: &'a Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StageBuilder<'_> {
@@ -72,9 +76,11 @@ impl StageBuilder<'_> {
                 pipeline: self.spec.name.as_str().into(),
                 stage: self.stage.name.as_str().into(),
                 plugin: name.into(),
+                usage: self.metrics.usage.clone(),
             },
             self.stage.sandbox.clone(),
-        ))
+        )
+        .retired_by(self.retired.clone()))
     }
 
     /// A Wasm plugin of exactly `kind`.
@@ -156,10 +162,7 @@ impl StageBuilder<'_> {
                 let partitions = self.partitions(state.partitions);
                 let settings = StateSettings {
                     memory_bytes: state.memory.unwrap_or(DEFAULT_STATE_MEMORY),
-                    spill_dir: std::env::temp_dir()
-                        .join("weir-state")
-                        .join(format!("{}-{}", self.spec.name, std::process::id()))
-                        .join(&self.stage.name),
+                    spill_dir: self.state_dir.join(&self.stage.name),
                     timeout: state.timeout,
                     partitions,
                 };

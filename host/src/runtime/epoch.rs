@@ -1,14 +1,18 @@
 //! The engine's epoch clock: one background thread advances the engine's
-//! epoch every [`TICK`], which is how a call's deadline interrupts a plugin
-//! stuck in a loop (wasmtime's epoch interruption: a cheap check on loop
-//! back-edges and function entries instead of a timer per call).
+//! epoch every [`TICK`] (wasmtime's epoch interruption: a cheap check on loop
+//! back-edges and function entries instead of a timer per call). Every call
+//! runs with a deadline of one tick; at each tick the store's callback lends
+//! the thread to other pipelines and checks the call's own deadline
+//! ([`super::slicing`]).
 
 use std::time::Duration;
 
 use wasmtime::Engine;
 
-/// Time between epoch increments: the granularity of call deadlines.
-pub const TICK: Duration = Duration::from_millis(10);
+/// Time between epoch increments: the granularity of call deadlines and of
+/// time-slicing. A tick costs the ticker thread one wake-up and a call that
+/// runs through it one callback; calls shorter than a tick cost nothing.
+pub const TICK: Duration = Duration::from_millis(1);
 
 /// Starts the ticker thread for `engine`. It stops when the engine is dropped.
 pub(crate) fn start_ticker(engine: &Engine) {
@@ -25,11 +29,4 @@ pub(crate) fn start_ticker(engine: &Engine) {
             }
         })
         .expect("cannot start the epoch thread");
-}
-
-/// Epoch ticks that cover `deadline` (at least one full tick, rounded up, plus
-/// one because the current tick may be nearly over).
-pub fn ticks_for(deadline: Duration) -> u64 {
-    let ticks = u64::try_from(deadline.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX);
-    ticks.clamp(1, u64::MAX / 4) + 1
 }

@@ -12,10 +12,12 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod catalog;
 pub mod epoch;
 pub mod error;
 pub mod limits;
 pub mod plugin;
+pub mod slicing;
 pub mod state;
 pub mod stderr;
 
@@ -26,10 +28,13 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 pub use cache::{ComponentCache, content_hash};
+pub use catalog::{CatalogStats, PluginCatalog};
 pub use error::{PluginError, TrapKind};
 pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
-pub use plugin::{KeyGroups, Plugin, PluginInfo, PluginInstance, PluginKind, StateUpdate, TransformOutput};
-pub use state::{InstanceLabel, PluginState};
+pub use plugin::{
+    CompiledPlugin, KeyGroups, Plugin, PluginInfo, PluginInstance, PluginKind, StateUpdate, TransformOutput,
+};
+pub use state::{InstanceLabel, InstanceUsage, PluginState};
 
 /// One wasmtime engine and the linker of its plugins.
 struct EngineLinker {
@@ -44,17 +49,17 @@ impl EngineLinker {
     /// An engine using the pooling allocator (fresh instances after a trap
     /// come from preallocated slots), or the on-demand allocator when the
     /// pool's address space cannot be reserved.
-    fn new(metered: bool) -> Result<Self, RuntimeError> {
-        match Self::with_allocator(metered, true) {
+    fn new(metered: bool, perf_map: bool) -> Result<Self, RuntimeError> {
+        match Self::with_allocator(metered, perf_map, true) {
             Ok(engine) => Ok(engine),
             Err(error) => {
                 tracing::warn!("pooling allocator unavailable ({error}); using on-demand allocation");
-                Self::with_allocator(metered, false)
+                Self::with_allocator(metered, perf_map, false)
             }
         }
     }
 
-    fn with_allocator(metered: bool, pooled: bool) -> Result<Self, RuntimeError> {
+    fn with_allocator(metered: bool, perf_map: bool, pooled: bool) -> Result<Self, RuntimeError> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -62,7 +67,7 @@ impl EngineLinker {
             .consume_fuel(metered)
             .max_wasm_stack(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        if std::env::var_os("WEIR_PERFMAP").is_some_and(|v| v == "1") {
+        if perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         if pooled {
@@ -86,15 +91,26 @@ impl EngineLinker {
     }
 }
 
+/// How to set up a [`Runtime`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached (none: no cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Write a perf map of compiled code so `perf` names plugin functions.
+    pub perf_map: bool,
+}
+
 /// The process-wide Wasm runtime. Cheap to share behind an [`Arc`].
 ///
 /// It holds one engine for ordinary plugins and, created on first use, a
 /// second one that meters fuel: fuel accounting costs every call (measured
 /// +15–40%), so only stages that ask for a fuel budget pay for it.
 pub struct Runtime {
+    perf_map: bool,
     plain: EngineLinker,
     metered: std::sync::OnceLock<Result<EngineLinker, String>>,
     cache: ComponentCache,
+    catalog: PluginCatalog,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -113,10 +129,21 @@ pub struct RuntimeError(String);
 impl Runtime {
     /// A runtime whose compiled components are cached in `cache_dir` (none: no cache).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, RuntimeError> {
+        Self::with_options(RuntimeOptions {
+            cache_dir,
+            perf_map: false,
+        })
+    }
+
+    /// A runtime set up as `options` say.
+    pub fn with_options(options: RuntimeOptions) -> Result<Arc<Self>, RuntimeError> {
+        let cache_dir = options.cache_dir;
         Ok(Arc::new(Self {
-            plain: EngineLinker::new(false)?,
+            perf_map: options.perf_map,
+            plain: EngineLinker::new(false, options.perf_map)?,
             metered: std::sync::OnceLock::new(),
             cache: ComponentCache::new(cache_dir),
+            catalog: PluginCatalog::default(),
         }))
     }
 
@@ -148,23 +175,29 @@ impl Runtime {
         })?;
         let metered = self
             .metered
-            .get_or_init(|| EngineLinker::new(true).map_err(|e| e.to_string()))
+            .get_or_init(|| EngineLinker::new(true, self.perf_map).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|message| PluginError::Compile {
                 path: path.to_owned(),
                 message: message.clone(),
             })?;
-        self.load_with(metered, path, &bytes)
+        self.load_with(metered, true, path, &bytes)
     }
 
     /// Like [`Runtime::load_plugin`] for bytes already in memory; `path` names them.
     pub fn load_plugin_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
-        self.load_with(&self.plain, path, bytes)
+        self.load_with(&self.plain, false, path, bytes)
+    }
+
+    /// The plugin catalog: compiled plugins shared by content hash.
+    pub fn catalog(&self) -> &PluginCatalog {
+        &self.catalog
     }
 
     fn load_with(
         &self,
         engine: &EngineLinker,
+        metered: bool,
         path: &Path,
         bytes: &[u8],
     ) -> Result<Arc<Plugin>, PluginError> {
@@ -181,14 +214,17 @@ impl Runtime {
             });
         }
         let hash = content_hash(bytes);
-        let component = self
-            .cache
-            .load(&engine.engine, bytes, &hash)
-            .map_err(|e| PluginError::Compile {
-                path: path.to_owned(),
-                message: format!("{e:#}"),
-            })?;
-        Plugin::new(path, hash, component, &engine.linker).map(Arc::new)
+        let compiled = self.catalog.get_or_compile(&hash, metered, || {
+            let component =
+                self.cache
+                    .load(&engine.engine, bytes, &hash)
+                    .map_err(|e| PluginError::Compile {
+                        path: path.to_owned(),
+                        message: format!("{e:#}"),
+                    })?;
+            CompiledPlugin::new(path, hash.clone(), component, &engine.linker)
+        })?;
+        Ok(Arc::new(Plugin::new(path, compiled)))
     }
 }
 

@@ -136,9 +136,9 @@ impl Pre {
     }
 }
 
-/// A compiled plugin, ready to be instantiated cheaply.
-pub struct Plugin {
-    path: PathBuf,
+/// A compiled, linked and checked component: what the engine's plugin
+/// catalog shares between every pipeline that loads the same bytes.
+pub struct CompiledPlugin {
     content_hash: String,
     component: Component,
     pre: Pre,
@@ -146,18 +146,9 @@ pub struct Plugin {
     engine: wasmtime::Engine,
 }
 
-impl std::fmt::Debug for Plugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("path", &self.path)
-            .field("info", &self.info)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Plugin {
+impl CompiledPlugin {
     /// Links `component` and checks it against the contract by instantiating
-    /// it once and calling `describe`.
+    /// it once and calling `describe`. `path` names it in errors.
     pub(crate) fn new(
         path: &Path,
         content_hash: String,
@@ -179,32 +170,71 @@ impl Plugin {
             ))
         })?;
         let engine = component.engine().clone();
-        let plugin = Arc::new(Self {
+        let probe = Arc::new(Plugin {
             path: path.to_owned(),
-            content_hash,
-            component,
-            pre,
-            info: PluginInfo {
-                name: String::new(),
-                version: String::new(),
-                kind: PluginKind::Map,
-                sdk_version: String::new(),
-            },
-            engine,
+            compiled: Arc::new(Self {
+                content_hash,
+                component,
+                pre,
+                info: PluginInfo {
+                    name: String::new(),
+                    version: String::new(),
+                    kind: PluginKind::Map,
+                    sdk_version: String::new(),
+                },
+                engine,
+            }),
         });
         let probe_sandbox = Arc::new(Sandbox::default());
         let info =
-            PluginInstance::instantiate(&plugin, InstanceLabel::default(), &probe_sandbox)?.describe()?;
-        let mut plugin = Arc::into_inner(plugin).expect("the probe instance is gone");
-        plugin.info = info;
-        if plugin.pre.interface() != plugin.info.kind.interface() {
+            PluginInstance::instantiate(&probe, InstanceLabel::default(), &probe_sandbox)?.describe()?;
+        let probe = Arc::into_inner(probe).expect("the probe instance is gone");
+        let mut compiled = Arc::into_inner(probe.compiled).expect("only the probe held it");
+        compiled.info = info;
+        if compiled.pre.interface() != compiled.info.kind.interface() {
             return Err(contract(format!(
                 "it says it is a {} but exports the {} interface",
-                plugin.info.kind.name(),
-                plugin.pre.interface()
+                compiled.info.kind.name(),
+                compiled.pre.interface()
             )));
         }
-        Ok(plugin)
+        Ok(compiled)
+    }
+
+    /// Hex SHA-256 of the component's bytes.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    /// What the plugin says about itself.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+}
+
+/// A plugin as one pipeline loaded it: the shared compiled form and the
+/// path it was loaded from (which names it in that pipeline's errors).
+pub struct Plugin {
+    path: PathBuf,
+    compiled: Arc<CompiledPlugin>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("info", &self.compiled.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// `compiled`, as loaded from `path`.
+    pub(crate) fn new(path: &Path, compiled: Arc<CompiledPlugin>) -> Self {
+        Self {
+            path: path.to_owned(),
+            compiled,
+        }
     }
 
     /// The component file.
@@ -214,17 +244,22 @@ impl Plugin {
 
     /// Hex SHA-256 of the component file.
     pub fn content_hash(&self) -> &str {
-        &self.content_hash
+        &self.compiled.content_hash
     }
 
     /// What the plugin says about itself.
     pub fn info(&self) -> &PluginInfo {
-        &self.info
+        &self.compiled.info
     }
 
     /// The compiled component.
     pub fn component(&self) -> &Component {
-        &self.component
+        &self.compiled.component
+    }
+
+    /// The shared compiled form.
+    pub fn compiled(&self) -> &Arc<CompiledPlugin> {
+        &self.compiled
     }
 }
 
@@ -304,15 +339,17 @@ impl PluginInstance {
     ) -> Result<Self, PluginError> {
         let stderr = StderrCapture::new();
         let state = PluginState::new(sandbox, stderr.clone(), label).map_err(PluginError::Init)?;
-        let mut store = Store::new(&plugin.engine, state);
+        let mut store = Store::new(&plugin.compiled.engine, state);
         store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut store| super::slicing::on_tick(&mut store.data_mut().call));
         // Start functions run during instantiation: they get the call deadline too.
-        store.set_epoch_deadline(super::epoch::ticks_for(sandbox.limits.call_deadline));
+        store.set_epoch_deadline(1);
+        store.data_mut().call = super::slicing::CallClock::start(sandbox.limits.call_deadline);
         if store.get_fuel().is_ok() {
             // A fresh store has no fuel: instantiation itself needs some.
             let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));
         }
-        let exports = match &plugin.pre {
+        let exports = match &plugin.compiled.pre {
             Pre::Transform(pre) => pre.instantiate(&mut store).map(Exports::Transform),
             Pre::Reducer(pre) => pre.instantiate(&mut store).map(Exports::Reducer),
             Pre::State(pre) => pre.instantiate(&mut store).map(Exports::State),
@@ -352,6 +389,14 @@ impl PluginInstance {
 
     fn finish<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, PluginError> {
         self.store.set_epoch_deadline(u64::MAX / 2);
+        if let Some(budget) = self.sandbox.limits.fuel
+            && let Ok(left) = self.store.get_fuel()
+        {
+            let usage = &self.store.data().label().usage;
+            usage
+                .fuel_used
+                .fetch_add(budget.saturating_sub(left), std::sync::atomic::Ordering::Relaxed);
+        }
         result.map_err(|e| trap(&e, &self.stderr))
     }
 
@@ -382,7 +427,7 @@ impl PluginInstance {
         let Exports::Transform(exports) = &self.exports else {
             let error = PluginError::Batch(format!(
                 "this plugin is a {}, not a transform",
-                self.plugin.info.kind.name()
+                self.plugin.info().kind.name()
             ));
             return (input, Err(error));
         };
@@ -437,7 +482,7 @@ impl PluginInstance {
         let Exports::Reducer(exports) = &self.exports else {
             return Err(PluginError::Batch(format!(
                 "this plugin is a {}, not a reducer",
-                self.plugin.info.kind.name()
+                self.plugin.info().kind.name()
             )));
         };
         let values = types::Values { data, ends };
@@ -473,7 +518,7 @@ impl PluginInstance {
         let Exports::State(exports) = &self.exports else {
             return Err(PluginError::Batch(format!(
                 "this plugin is a {}, not a stateful function",
-                self.plugin.info.kind.name()
+                self.plugin.info().kind.name()
             )));
         };
         self.stderr.clear();
@@ -507,7 +552,7 @@ impl PluginInstance {
         let Exports::CoTransform(exports) = &self.exports else {
             let error = PluginError::Batch(format!(
                 "this plugin is a {}, not a transform-with",
-                self.plugin.info.kind.name()
+                self.plugin.info().kind.name()
             ));
             return (left, right, Err(error));
         };
@@ -578,7 +623,8 @@ fn check_values(values: &types::Values, what: &str) -> Result<(), PluginError> {
 
 /// Sets the deadline (and, on a metered engine, the fuel budget) of the next call.
 fn arm(store: &mut Store<PluginState>, sandbox: &Sandbox) {
-    store.set_epoch_deadline(super::epoch::ticks_for(sandbox.limits.call_deadline));
+    store.set_epoch_deadline(1);
+    store.data_mut().call = super::slicing::CallClock::start(sandbox.limits.call_deadline);
     if let Some(fuel) = sandbox.limits.fuel
         && store.get_fuel().is_ok()
     {

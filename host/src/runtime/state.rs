@@ -3,6 +3,7 @@
 //! stderr, and where its log messages go.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -12,7 +13,8 @@ use super::bindings::log;
 use super::limits::{GUEST_DATA_DIR, Sandbox};
 use super::stderr::StderrCapture;
 
-/// Who is calling: attached to every log line a plugin writes.
+/// Who is calling: attached to every log line a plugin writes, with the
+/// counters its instances' resource use goes to.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceLabel {
     /// The pipeline.
@@ -21,6 +23,19 @@ pub struct InstanceLabel {
     pub stage: Arc<str>,
     /// The plugin's name in the pipeline file.
     pub plugin: Arc<str>,
+    /// Where the instances' resource use is counted (one per stage).
+    pub usage: Arc<InstanceUsage>,
+}
+
+/// What the live instances of one stage's plugin use, over every worker.
+#[derive(Debug, Default)]
+pub struct InstanceUsage {
+    /// Instances alive.
+    pub instances: AtomicU64,
+    /// Their linear memory together, in bytes.
+    pub memory_bytes: AtomicU64,
+    /// Fuel their calls burnt (metered stages only).
+    pub fuel_used: AtomicU64,
 }
 
 /// Longest log message kept from a plugin; the rest is cut.
@@ -31,6 +46,8 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limits: MemoryBudget,
+    /// The clock of the call in progress (its deadline, time lent to others).
+    pub(crate) call: super::slicing::CallClock,
     label: InstanceLabel,
 }
 
@@ -55,13 +72,23 @@ impl PluginState {
             limit: sandbox.limits.memory_bytes,
             used: 0,
             table_elements: sandbox.limits.table_elements,
+            usage: label.usage.clone(),
         };
+        label.usage.instances.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             wasi,
             table: ResourceTable::new(),
             limits,
+            call: super::slicing::CallClock::default(),
             label,
         })
+    }
+}
+
+impl PluginState {
+    /// Who the instance runs for.
+    pub fn label(&self) -> &InstanceLabel {
+        &self.label
     }
 }
 
@@ -72,6 +99,17 @@ pub struct MemoryBudget {
     limit: usize,
     used: usize,
     table_elements: usize,
+    usage: Arc<InstanceUsage>,
+}
+
+impl Drop for MemoryBudget {
+    fn drop(&mut self) {
+        // The store (and with it the instance and its memory) is going away.
+        self.usage.instances.fetch_sub(1, Ordering::Relaxed);
+        self.usage
+            .memory_bytes
+            .fetch_sub(self.used as u64, Ordering::Relaxed);
+    }
 }
 
 /// Core instances, memories and tables one plugin instance may create.
@@ -91,6 +129,9 @@ impl ResourceLimiter for MemoryBudget {
                 self.limit
             );
         }
+        self.usage
+            .memory_bytes
+            .fetch_add((after - self.used) as u64, Ordering::Relaxed);
         self.used = after;
         Ok(true)
     }

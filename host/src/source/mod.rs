@@ -50,6 +50,28 @@ pub enum Delivery {
     BatchEnd,
 }
 
+/// A source's bounded queue to the batcher: every delivery also wakes the
+/// pipeline's driver, so it never polls for input.
+#[derive(Debug, Clone)]
+pub struct ChunkQueue {
+    deliveries: mpsc::Sender<Delivery>,
+    driver: crate::pipeline::Signal,
+}
+
+impl ChunkQueue {
+    /// A queue sending into `deliveries` and waking `driver`.
+    pub fn new(deliveries: mpsc::Sender<Delivery>, driver: crate::pipeline::Signal) -> Self {
+        Self { deliveries, driver }
+    }
+
+    /// Sends `delivery`, waiting while the queue is full (backpressure).
+    pub async fn send(&self, delivery: Delivery) -> Result<(), Closed> {
+        self.deliveries.send(delivery).await.map_err(|_| Closed)?;
+        self.driver.notify();
+        Ok(())
+    }
+}
+
 /// Batch times under deterministic time: batch `k` is at
 /// `start + (k + 1) * interval`, whatever the wall clock says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +94,7 @@ pub struct SourceContext {
     /// The source's stream name.
     pub name: String,
     /// Where chunks go; bounded.
-    pub chunks: mpsc::Sender<Delivery>,
+    pub chunks: ChunkQueue,
     /// Becomes `true` when the pipeline stops.
     pub stop: watch::Receiver<bool>,
     /// Read what is available now, then return (instead of waiting for more).
@@ -131,7 +153,7 @@ impl SourceContext {
 
     /// Marks the end of one unit of a source with a fixed batch size.
     pub async fn end_batch(&self) -> Result<(), Closed> {
-        self.chunks.send(Delivery::BatchEnd).await.map_err(|_| Closed)
+        self.chunks.send(Delivery::BatchEnd).await
     }
 
     /// An error of this source.
@@ -154,7 +176,7 @@ pub type PositionOf = Box<dyn Fn(u64, u64) -> SourcePosition + Send + Sync>;
 /// Collects lines into chunks and sends them to the batcher, each with the
 /// source's position after it.
 pub struct LineChunker {
-    chunks: mpsc::Sender<Delivery>,
+    chunks: ChunkQueue,
     chunk_records: usize,
     current: Batch,
     partial: Vec<u8>,
@@ -167,7 +189,7 @@ pub struct LineChunker {
 const CHUNK_BYTES: usize = 1 << 20;
 
 impl LineChunker {
-    fn new(chunks: mpsc::Sender<Delivery>, chunk_records: usize) -> Self {
+    fn new(chunks: ChunkQueue, chunk_records: usize) -> Self {
         Self {
             chunks,
             chunk_records,
@@ -247,7 +269,6 @@ impl LineChunker {
         self.chunks
             .send(Delivery::Chunk(Batch::new(), Some(position)))
             .await
-            .map_err(|_| Closed)
     }
 
     /// Sends the records collected so far, waiting while the queue is full.
@@ -257,10 +278,7 @@ impl LineChunker {
         }
         let chunk = std::mem::take(&mut self.current);
         let position = self.position_of.as_ref().map(|at| at(self.lines, self.bytes));
-        self.chunks
-            .send(Delivery::Chunk(chunk, position))
-            .await
-            .map_err(|_| Closed)
+        self.chunks.send(Delivery::Chunk(chunk, position)).await
     }
 }
 

@@ -71,7 +71,7 @@ impl std::fmt::Debug for KeyedStore {
 }
 
 /// Sizes of a store.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct StateSize {
     /// Entries held, in memory and on disk: keys with state (for windows,
     /// one per key of each per-batch partial result and of the running result).

@@ -12,14 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, PipelineSpec};
-use crate::error::EngineError;
-use crate::operator::native::library;
-use crate::pipeline::{Pipeline, PluginRegistry, RunOptions};
-use crate::record::Partition;
-use crate::runtime::Runtime;
-use crate::sink::{BatchInfo, Sink, SinkError};
-use crate::source::generator;
+use anyhow::{Context, anyhow};
+use weir::engine::{Engine, Prepared};
+use weir::operator::native::library;
+use weir::pipeline::{RunOptions, RunSummary, StopMode};
+use weir::record::Partition;
+use weir::sink::{BatchInfo, Sink, SinkError};
+use weir::source::generator;
 
 /// Words per generated line in the windowed and checkpoint benchmarks.
 const WORDS_PER_LINE: u64 = 8;
@@ -50,8 +49,6 @@ pub struct BenchReport {
     pub wasm: Duration,
     /// Best wall time of the native pipeline.
     pub native: Duration,
-    /// Words counted by each run (checked equal to the words generated).
-    pub counted_words: u64,
     /// Native time over Wasm time of each round (the two runs of a round
     /// follow each other, so a change in machine load between rounds
     /// cancels out of each ratio).
@@ -112,14 +109,8 @@ impl Sink for TotalSink {
 
 /// Writes `lines` generated lines into files of `per_file` lines under
 /// `dir`, named `part-00000.txt`, `part-00001.txt`, …
-pub fn generate_input(
-    dir: &Path,
-    lines: u64,
-    words_per_line: usize,
-    per_file: u64,
-) -> Result<(), EngineError> {
-    write_input(dir, lines, words_per_line, per_file)
-        .map_err(|e| EngineError::Io(format!("cannot write the benchmark input: {e}")))
+pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> anyhow::Result<()> {
+    write_input(dir, lines, words_per_line, per_file).context("cannot write the benchmark input")
 }
 
 fn write_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> std::io::Result<()> {
@@ -183,26 +174,59 @@ max-records = 8
     )
 }
 
-fn spec(input: &Path, plugin: &Path, partitions: usize) -> Result<PipelineSpec, EngineError> {
-    let source = format!("type = \"files\"\npath = {:?}", input.display().to_string());
-    let text = wordcount_toml("bench-wordcount", "1s", partitions, plugin, &source);
-    Ok(config::parse(&text, Path::new("bench.toml"))?)
+/// Prepares the pipeline in `text` on `engine` (with the native twin of
+/// `split-words` when `native`), its sinks replaced by `sink` on `stream`.
+fn prepare(
+    engine: &Engine,
+    text: &str,
+    native: bool,
+    stream: &str,
+    sink: Box<dyn Sink>,
+) -> anyhow::Result<Prepared> {
+    let mut prepared = engine.prepare_with(text, Path::new("bench.toml"), |registry| {
+        if native {
+            registry.register_transform("split-words", library::split_words());
+        }
+    })?;
+    prepared
+        .pipeline_mut()
+        .set_sinks(vec![(stream.to_owned(), sink)])?;
+    Ok(prepared)
 }
 
-fn run_once(spec: &PipelineSpec, registry: &PluginRegistry) -> Result<(Duration, u64), EngineError> {
-    let mut pipeline = Pipeline::build(spec, registry, "bench.toml")?;
-    let counted = Arc::new(AtomicU64::new(0));
-    pipeline.set_sinks(vec![("counts".into(), Box::new(TotalSink(counted.clone())))])?;
+/// Runs `prepared` to the end of its input; returns its wall time and summary.
+fn run_available(engine: &Engine, prepared: Prepared) -> anyhow::Result<(Duration, RunSummary)> {
     let started = Instant::now();
-    pipeline.run(RunOptions {
-        available_now: true,
-        ..RunOptions::default()
-    })?;
-    Ok((started.elapsed(), counted.load(Ordering::Relaxed)))
+    let handle = engine.start(
+        prepared,
+        RunOptions {
+            available_now: true,
+            ..RunOptions::default()
+        },
+    )?;
+    let summary = handle.wait()?;
+    Ok((started.elapsed(), summary))
+}
+
+fn run_once(engine: &Engine, text: &str, native: bool) -> anyhow::Result<(Duration, u64)> {
+    let counted = Arc::new(AtomicU64::new(0));
+    let prepared = prepare(
+        engine,
+        text,
+        native,
+        "counts",
+        Box::new(TotalSink(counted.clone())),
+    )?;
+    let (elapsed, _) = run_available(engine, prepared)?;
+    Ok((elapsed, counted.load(Ordering::Relaxed)))
 }
 
 /// Runs the benchmark; `progress` receives a line per run.
-pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<BenchReport, EngineError> {
+pub fn run(
+    engine: &Engine,
+    settings: &BenchSettings,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<BenchReport> {
     let scratch = tempdir()?;
     let input = scratch.join("input");
     progress(&format!(
@@ -210,30 +234,32 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
         settings.lines, settings.words_per_line
     ));
     generate_input(&input, settings.lines, settings.words_per_line, 100_000)?;
-    let spec = spec(&input, &settings.plugin, settings.partitions)?;
-    let runtime = Runtime::with_default_cache()?;
-    let mut wasm = PluginRegistry::new(runtime.clone());
-    wasm.load_declared(&spec)?;
-    let mut native = PluginRegistry::new(runtime);
-    native.register_transform("split-words", library::split_words());
+    let source = format!("type = \"files\"\npath = {:?}", input.display().to_string());
+    let text = wordcount_toml(
+        "bench-wordcount",
+        "1s",
+        settings.partitions,
+        &settings.plugin,
+        &source,
+    );
 
     let words = settings.lines * settings.words_per_line as u64;
     let (mut best_wasm, mut best_native) = (Duration::MAX, Duration::MAX);
     let mut round_ratios = Vec::new();
     for round in 1..=settings.rounds.max(1) {
         let (mut wasm_time, mut native_time) = (None, None);
-        for (name, registry, best, time) in [
-            ("wasm", &wasm, &mut best_wasm, &mut wasm_time),
-            ("native", &native, &mut best_native, &mut native_time),
+        for (name, native, best, time) in [
+            ("wasm", false, &mut best_wasm, &mut wasm_time),
+            ("native", true, &mut best_native, &mut native_time),
         ] {
             if settings.only.as_deref().is_some_and(|only| only != name) {
                 continue;
             }
-            let (elapsed, counted) = run_once(&spec, registry)?;
+            let (elapsed, counted) = run_once(engine, &text, native)?;
             if counted != words {
-                return Err(EngineError::Io(format!(
+                return Err(anyhow!(
                     "the {name} run counted {counted} words instead of {words}"
-                )));
+                ));
             }
             progress(&format!(
                 "round {round} {name:>6}: {:>8.3} s  {:>6.2} M words/s",
@@ -252,7 +278,6 @@ pub fn run(settings: &BenchSettings, mut progress: impl FnMut(&str)) -> Result<B
         words,
         wasm: best_wasm,
         native: best_native,
-        counted_words: words,
         round_ratios,
     })
 }
@@ -267,18 +292,19 @@ pub struct LatencyReport {
     /// How long the pipeline ran.
     pub duration: Duration,
     /// The run's figures (batches, slow batches, processing times).
-    pub summary: crate::pipeline::RunSummary,
+    pub summary: RunSummary,
 }
 
 /// Runs generator → split-words (Wasm) → count at `rate` lines per second
 /// with a `interval` batch interval for `duration`, and reports whether
 /// every batch finished within its interval.
 pub fn latency(
+    engine: &Engine,
     plugin: &Path,
     interval: Duration,
     rate: u64,
     duration: Duration,
-) -> Result<LatencyReport, EngineError> {
+) -> anyhow::Result<LatencyReport> {
     let text = wordcount_toml(
         "bench-latency",
         &humantime::format_duration(interval).to_string(),
@@ -286,25 +312,12 @@ pub fn latency(
         plugin,
         &format!("type = \"generator\"\nrate = {rate}"),
     );
-    let spec = config::parse(&text, Path::new("latency.toml"))?;
-    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
-    registry.load_declared(&spec)?;
-    let mut pipeline = Pipeline::build(&spec, &registry, "latency.toml")?;
     let counted = Arc::new(AtomicU64::new(0));
-    pipeline.set_sinks(vec![("counts".into(), Box::new(TotalSink(counted)))])?;
-    let stop = crate::pipeline::StopSignal::new();
-    let timer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(duration);
-            stop.stop();
-        })
-    };
-    let summary = pipeline.run(RunOptions {
-        stop,
-        ..RunOptions::default()
-    })?;
-    let _ = timer.join();
+    let prepared = prepare(engine, &text, false, "counts", Box::new(TotalSink(counted)))?;
+    let handle = engine.start(prepared, RunOptions::default())?;
+    std::thread::sleep(duration);
+    handle.stop(StopMode::Graceful);
+    let summary = handle.wait()?;
     Ok(LatencyReport {
         interval,
         rate,
@@ -317,19 +330,18 @@ pub fn latency(
 #[derive(Debug, Clone)]
 pub struct IsolationReport {
     /// The healthy word count alone.
-    pub alone: crate::pipeline::RunSummary,
+    pub alone: RunSummary,
     /// The healthy word count with a neighbour whose plugin loops to its
     /// deadline on every batch, in the same process.
-    pub with_neighbour: crate::pipeline::RunSummary,
+    pub with_neighbour: RunSummary,
     /// The neighbour's own figures (skipped batches).
-    pub neighbour: crate::pipeline::RunSummary,
+    pub neighbour: RunSummary,
 }
 
 impl IsolationReport {
     /// Mean batch processing time with the neighbour over alone.
     pub fn slowdown(&self) -> f64 {
-        let mean =
-            |s: &crate::pipeline::RunSummary| s.total_batch_time.as_secs_f64() / s.batches.max(1) as f64;
+        let mean = |s: &RunSummary| s.total_batch_time.as_secs_f64() / s.batches.max(1) as f64;
         mean(&self.with_neighbour) / mean(&self.alone)
     }
 }
@@ -343,25 +355,15 @@ impl Sink for DiscardSink {
     }
 }
 
-/// Builds the pipeline in `text`; its first sink is replaced by `sink`.
-fn pipeline_from(text: &str, name: &str, sink: Box<dyn Sink>) -> Result<Pipeline, EngineError> {
-    let spec = config::parse(text, Path::new(name))?;
-    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
-    registry.load_declared(&spec)?;
-    let mut pipeline = Pipeline::build(&spec, &registry, name)?;
-    let stream = spec.sinks[0].input.clone();
-    pipeline.set_sinks(vec![(stream, sink)])?;
-    Ok(pipeline)
-}
-
 /// Runs a healthy word count (generator at 50,000 lines/s, 100 ms batches)
 /// for `duration` alone, then again next to a pipeline whose plugin loops
 /// until its 20 ms deadline on every batch (`on-error = "skip-batch"`).
 pub fn isolation(
+    engine: &Engine,
     split_words: &Path,
     looping: &Path,
     duration: Duration,
-) -> Result<IsolationReport, EngineError> {
+) -> anyhow::Result<IsolationReport> {
     let healthy = wordcount_toml(
         "healthy",
         "100ms",
@@ -397,27 +399,20 @@ type = "console"
 "#,
         looping = looping.display().to_string()
     );
-    let run_for = |pipeline: Pipeline| {
-        let stop = crate::pipeline::StopSignal::new();
-        let options = RunOptions {
-            stop: stop.clone(),
-            ..RunOptions::default()
-        };
-        let handle = std::thread::spawn(move || pipeline.run(options));
-        (stop, handle)
+    let start = |text: &str, stream: &str, sink: Box<dyn Sink>| -> anyhow::Result<_> {
+        let prepared = prepare(engine, text, false, stream, sink)?;
+        Ok(engine.start(prepared, RunOptions::default())?)
     };
-    let finish = |(stop, handle): (crate::pipeline::StopSignal, std::thread::JoinHandle<_>)| {
-        stop.stop();
-        handle
-            .join()
-            .map_err(|_| EngineError::Io("a benchmark pipeline panicked".into()))?
+    let finish = |handle: weir::engine::PipelineHandle| -> anyhow::Result<RunSummary> {
+        handle.stop(StopMode::Graceful);
+        Ok(handle.wait()?)
     };
     let counts = || -> Box<dyn Sink> { Box::new(TotalSink(Arc::new(AtomicU64::new(0)))) };
-    let alone = run_for(pipeline_from(&healthy, "healthy.toml", counts())?);
+    let alone = start(&healthy, "counts", counts())?;
     std::thread::sleep(duration);
     let alone = finish(alone)?;
-    let with = run_for(pipeline_from(&healthy, "healthy.toml", counts())?);
-    let looping = run_for(pipeline_from(&neighbour, "looping.toml", Box::new(DiscardSink))?);
+    let with = start(&healthy, "counts", counts())?;
+    let looping = start(&neighbour, "out", Box::new(DiscardSink))?;
     std::thread::sleep(duration);
     let with_neighbour = finish(with)?;
     let neighbour = finish(looping)?;
@@ -506,10 +501,10 @@ pub struct WindowReport {
     /// Best wall time with its native twin.
     pub native: Duration,
     /// State held at the end of the full run.
-    pub state_full: crate::state::StateSize,
+    pub state_full: weir::state::StateSize,
     /// State held at the end of a run over the first 40 batches: equal to
     /// `state_full` when state does not grow with the number of batches.
-    pub state_fewer: crate::state::StateSize,
+    pub state_fewer: weir::state::StateSize,
     /// Batches of that run.
     pub fewer_batches: u64,
 }
@@ -556,12 +551,13 @@ impl Sink for WindowCheckSink {
 /// Wasm then native, `rounds` times each; then once over the first 40
 /// files, to compare state (both runs are past the window's length).
 pub fn window(
+    engine: &Engine,
     plugin: &Path,
     lines: u64,
     partitions: usize,
     rounds: usize,
     mut progress: impl FnMut(&str),
-) -> Result<WindowReport, EngineError> {
+) -> anyhow::Result<WindowReport> {
     const BATCHES: u64 = 50;
     let per_batch = lines.div_ceil(BATCHES).max(1);
     let scratch = tempdir()?;
@@ -570,16 +566,7 @@ pub fn window(
     generate_input(&input, lines, WORDS_PER_LINE as usize, per_batch)?;
     // The first 40 files: part-00000 … part-00039.
     let text = |glob: &str| windowed_wordcount_toml("bench-window", partitions, plugin, &input, glob, None);
-    let runtime = Runtime::with_default_cache()?;
-    let mut wasm_plugins = PluginRegistry::new(runtime.clone());
-    wasm_plugins.load_declared(&config::parse(&text("*"), Path::new("bench-window.toml"))?)?;
-    let mut native_plugins = PluginRegistry::new(runtime);
-    native_plugins.register_transform("split-words", library::split_words());
-    let run_once = |glob: &str,
-                    registry: &PluginRegistry|
-     -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
-        let spec = config::parse(&text(glob), Path::new("bench-window.toml"))?;
-        let mut pipeline = Pipeline::build(&spec, registry, "bench-window.toml")?;
+    let run_once = |glob: &str, native: bool| -> anyhow::Result<(Duration, RunSummary)> {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let windows = Arc::new(AtomicU64::new(0));
         let sink = WindowCheckSink {
@@ -589,20 +576,13 @@ pub fn window(
             failure: failure.clone(),
             windows: windows.clone(),
         };
-        pipeline.set_sinks(vec![("counts".into(), Box::new(sink))])?;
-        let started = Instant::now();
-        let summary = pipeline.run(RunOptions {
-            available_now: true,
-            ..RunOptions::default()
-        })?;
-        let elapsed = started.elapsed();
+        let prepared = prepare(engine, &text(glob), native, "counts", Box::new(sink))?;
+        let (elapsed, summary) = run_available(engine, prepared)?;
         if let Some(failure) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(EngineError::Io(format!("windowed word count: {failure}")));
+            return Err(anyhow!("windowed word count: {failure}"));
         }
         if windows.load(Ordering::Relaxed) == 0 {
-            return Err(EngineError::Io(
-                "windowed word count: no window was emitted".into(),
-            ));
+            return Err(anyhow!("windowed word count: no window was emitted"));
         }
         Ok((elapsed, summary))
     };
@@ -610,11 +590,8 @@ pub fn window(
     let (mut wasm, mut native) = (Duration::MAX, Duration::MAX);
     let mut full = None;
     for round in 1..=rounds.max(1) {
-        for (name, registry, best) in [
-            ("wasm", &wasm_plugins, &mut wasm),
-            ("native", &native_plugins, &mut native),
-        ] {
-            let (elapsed, summary) = run_once("part-*", registry)?;
+        for (name, native_twin, best) in [("wasm", false, &mut wasm), ("native", true, &mut native)] {
+            let (elapsed, summary) = run_once("part-*", native_twin)?;
             progress(&format!(
                 "window round {round} {name:>6}: {:>8.3} s  {:>6.2} M words/s",
                 elapsed.as_secs_f64(),
@@ -625,7 +602,7 @@ pub fn window(
         }
     }
     let full = full.expect("at least one round");
-    let (_, fewer) = run_once("part-000[0-3]*", &wasm_plugins)?;
+    let (_, fewer) = run_once("part-000[0-3]*", false)?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(WindowReport {
         lines,
@@ -651,7 +628,7 @@ pub struct CheckpointReport {
     /// Best wall time with a checkpoint every 10 batches.
     pub with: Duration,
     /// Checkpoint figures of the last checkpointed run.
-    pub stats: crate::pipeline::durability::CheckpointStats,
+    pub stats: weir::pipeline::durability::CheckpointStats,
 }
 
 impl CheckpointReport {
@@ -666,12 +643,13 @@ impl CheckpointReport {
 /// and with a checkpoint every 10 batches (batch log, window state, sources'
 /// positions), alternating, `rounds` times each, in one run.
 pub fn checkpoints(
+    engine: &Engine,
     plugin: &Path,
     lines: u64,
     partitions: usize,
     rounds: usize,
     mut progress: impl FnMut(&str),
-) -> Result<CheckpointReport, EngineError> {
+) -> anyhow::Result<CheckpointReport> {
     const BATCHES: u64 = 100;
     let scratch = tempdir()?;
     let input = scratch.join("checkpoint-input");
@@ -685,20 +663,10 @@ pub fn checkpoints(
     let text = |checkpoint: Option<&Path>| {
         windowed_wordcount_toml("bench-checkpoints", partitions, plugin, &input, "*", checkpoint)
     };
-    let mut registry = PluginRegistry::new(Runtime::with_default_cache()?);
-    registry.load_declared(&config::parse(&text(None), Path::new("bench-checkpoints.toml"))?)?;
-    let run_once =
-        |checkpoint: Option<&Path>| -> Result<(Duration, crate::pipeline::RunSummary), EngineError> {
-            let spec = config::parse(&text(checkpoint), Path::new("bench-checkpoints.toml"))?;
-            let mut pipeline = Pipeline::build(&spec, &registry, "bench-checkpoints.toml")?;
-            pipeline.set_sinks(vec![("counts".into(), Box::new(DiscardSink))])?;
-            let started = Instant::now();
-            let summary = pipeline.run(RunOptions {
-                available_now: true,
-                ..RunOptions::default()
-            })?;
-            Ok((started.elapsed(), summary))
-        };
+    let run_once = |checkpoint: Option<&Path>| -> anyhow::Result<(Duration, RunSummary)> {
+        let prepared = prepare(engine, &text(checkpoint), false, "counts", Box::new(DiscardSink))?;
+        run_available(engine, prepared)
+    };
     let (mut without, mut with) = (Duration::MAX, Duration::MAX);
     let mut stats = Default::default();
     let mut batches = 0;
@@ -730,9 +698,8 @@ pub fn checkpoints(
     })
 }
 
-fn tempdir() -> Result<PathBuf, EngineError> {
+fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| EngineError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }

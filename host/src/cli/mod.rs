@@ -1,0 +1,3 @@
+//! What the `weir` binary does besides running pipelines: the benchmark.
+
+pub mod bench;

@@ -1,0 +1,171 @@
+//! A handle on a running pipeline: its status, live metrics and events, and
+//! the requests it takes while it runs.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::error::EngineError;
+use crate::pipeline::control::ControlMessage;
+use crate::pipeline::live::Live;
+use crate::pipeline::{
+    ControlError, ControlReply, ControlRequest, PipelineEvent, PipelineMetrics, PipelineStatus, RunSummary,
+    Signal, StopMode,
+};
+
+/// Identifies a pipeline within its engine (never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct PipelineId(pub u64);
+
+impl std::fmt::Display for PipelineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// How a pipeline's run ended.
+pub type Outcome = Result<RunSummary, Arc<EngineError>>;
+
+/// The end of a run, for whoever waits for it.
+#[derive(Debug, Default)]
+pub(crate) struct Ending {
+    outcome: Mutex<Option<Outcome>>,
+    ended: Condvar,
+}
+
+impl Ending {
+    /// Records how the run ended and wakes the waiters.
+    pub(crate) fn set(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.ended.notify_all();
+    }
+}
+
+/// A running (or ended) pipeline. Cheap to clone; every clone is the same
+/// pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineHandle {
+    inner: Arc<HandleInner>,
+}
+
+#[derive(Debug)]
+struct HandleInner {
+    id: PipelineId,
+    name: String,
+    checkpoint_dir: Option<std::path::PathBuf>,
+    live: Arc<Live>,
+    signal: Signal,
+    control: crossbeam_channel::Sender<ControlMessage>,
+    ending: Arc<Ending>,
+}
+
+impl PipelineHandle {
+    pub(crate) fn new(
+        id: PipelineId,
+        name: String,
+        checkpoint_dir: Option<std::path::PathBuf>,
+        live: Arc<Live>,
+        signal: Signal,
+        control: crossbeam_channel::Sender<ControlMessage>,
+        ending: Arc<Ending>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                id,
+                name,
+                checkpoint_dir,
+                live,
+                signal,
+                control,
+                ending,
+            }),
+        }
+    }
+
+    /// The pipeline's id in its engine.
+    pub fn id(&self) -> PipelineId {
+        self.inner.id
+    }
+
+    /// The pipeline's name (unique among an engine's running pipelines).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Its checkpoint directory, when it checkpoints.
+    pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
+        self.inner.checkpoint_dir.as_deref()
+    }
+
+    /// Its status now.
+    pub fn status(&self) -> PipelineStatus {
+        self.inner.live.status()
+    }
+
+    /// Its live figures now.
+    pub fn metrics(&self) -> PipelineMetrics {
+        self.inner.live.metrics()
+    }
+
+    /// Its events from now on. A subscriber that falls more than a thousand
+    /// events behind misses the oldest (the receiver says how many).
+    pub fn subscribe(&self) -> broadcast::Receiver<PipelineEvent> {
+        self.inner.live.subscribe()
+    }
+
+    /// Sends `request`, applied at the next batch boundary, and waits for
+    /// its reply.
+    pub fn control(&self, request: ControlRequest) -> Result<ControlReply, ControlError> {
+        let ended = || ControlError::Ended(self.inner.name.clone());
+        if self.inner.live.state().is_final() {
+            return Err(ended());
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.inner
+            .control
+            .send(ControlMessage { request, reply })
+            .map_err(|_| ended())?;
+        self.inner.signal.notify();
+        // The driver drops an unanswered request when it ends.
+        answer.recv().map_err(|_| ended())?
+    }
+
+    /// Stops cutting batches until [`PipelineHandle::resume`]; receivers
+    /// are held back by their bounded queues, nothing is dropped.
+    pub fn pause(&self) -> Result<ControlReply, ControlError> {
+        self.control(ControlRequest::Pause)
+    }
+
+    /// Cuts batches again after a pause (also after a quarantine pause).
+    pub fn resume(&self) -> Result<ControlReply, ControlError> {
+        self.control(ControlRequest::Resume)
+    }
+
+    /// Asks the pipeline to stop; returns at once ([`PipelineHandle::wait`]
+    /// waits for the end).
+    pub fn stop(&self, mode: StopMode) {
+        self.inner.signal.stop(mode);
+    }
+
+    /// Waits for the run to end and returns how it ended.
+    pub fn wait(&self) -> Outcome {
+        let ending = &self.inner.ending;
+        let mut outcome = ending.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(outcome) = outcome.as_ref() {
+                return outcome.clone();
+            }
+            outcome = ending.ended.wait(outcome).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// How the run ended, if it has.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.inner
+            .ending
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,478 @@
+//! The engine's one worker pool: threads that run the partition tasks of
+//! every pipeline, fairly.
+//!
+//! Each pipeline gets a [`PoolClient`] with a weight. Tasks wait in one queue
+//! per client; a free worker takes them from the clients in round robin, up
+//! to `weight` tasks from a client before it moves on (weighted fair
+//! queuing), so a pipeline that submits many tasks cannot starve one that
+//! submits few.
+//!
+//! A task that is inside a long plugin call does not hold its worker either:
+//! at every epoch tick the call lends the thread ([`crate::runtime::slicing`])
+//! and the pool runs one waiting task of *another* pipeline on it, nested, with
+//! its own instance slots (nesting goes at most [`MAX_NESTING`] deep).
+//!
+//! Each worker owns its [`InstanceSlots`]: warm plugin instances that stay
+//! with the thread across batches. A task that panics (an engine bug, never a
+//! plugin: plugin failures are values) is reported to its caller, and the
+//! worker lives on.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::operator::InstanceSlots;
+
+type Job = Box<dyn FnOnce(&mut InstanceSlots) + Send>;
+
+/// A task for one worker.
+pub type Task<T> = Box<dyn FnOnce(&mut InstanceSlots) -> T + Send>;
+
+/// How deep tasks may nest inside other pipelines' long calls on one thread.
+pub const MAX_NESTING: usize = 2;
+
+/// Stack of each worker thread: room for a plugin call's 1 MiB of Wasm stack
+/// at every nesting level, plus the host frames between them.
+const WORKER_STACK: usize = 8 << 20;
+
+/// A task panicked; carries the panic message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("internal error: a worker task panicked: {0}")]
+pub struct TaskPanicked(pub String);
+
+/// The message a panic was raised with (`"unknown panic"` for a payload
+/// that is not a string).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Identifies a client of the pool.
+type ClientId = u64;
+
+/// One client's waiting tasks.
+struct ClientQueue {
+    jobs: VecDeque<Job>,
+    weight: u32,
+    /// Tasks taken in the client's current turn.
+    taken: u32,
+}
+
+/// The queues, under the pool's lock.
+#[derive(Default)]
+struct Queues {
+    clients: HashMap<ClientId, ClientQueue>,
+    /// Clients with waiting tasks, in turn order.
+    ready: VecDeque<ClientId>,
+    shutdown: bool,
+}
+
+impl Queues {
+    /// The next task in fair order, skipping clients in `busy` (the ones
+    /// whose tasks are already running on the asking thread's stack).
+    fn next(&mut self, busy: &[ClientId]) -> Option<(ClientId, Job)> {
+        let position = self.ready.iter().position(|id| !busy.contains(id))?;
+        let id = self.ready[position];
+        let queue = self.clients.get_mut(&id)?;
+        let job = queue.jobs.pop_front()?;
+        queue.taken += 1;
+        self.ready.remove(position);
+        if !queue.jobs.is_empty() {
+            if queue.taken < queue.weight {
+                self.ready.push_front(id);
+            } else {
+                queue.taken = 0;
+                self.ready.push_back(id);
+            }
+        } else {
+            queue.taken = 0;
+        }
+        Some((id, job))
+    }
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    work: Condvar,
+    /// Tasks waiting in all queues: read without the lock at every tick.
+    waiting: AtomicUsize,
+    next_client: AtomicU64,
+    /// Tasks run nested inside another pipeline's long call.
+    nested_runs: AtomicU64,
+    /// Bumped to make every worker drop the instances of retired plugin uses.
+    sweeps: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a worker thread knows about itself, for lending it out.
+struct WorkerState {
+    shared: Arc<Shared>,
+    /// Clients whose tasks run on this thread's stack, outermost first.
+    running: Vec<ClientId>,
+    /// Instance slots of each nesting level below the outermost.
+    nested_slots: Vec<InstanceSlots>,
+}
+
+thread_local! {
+    static WORKER: std::cell::RefCell<Option<WorkerState>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs one waiting task of a pipeline not already on this thread's stack;
+/// returns how long it took. Called at epoch ticks of long plugin calls.
+fn lend_thread() -> Duration {
+    let taken = WORKER.with(|worker| {
+        let mut worker = worker.borrow_mut();
+        let worker = worker.as_mut()?;
+        let depth = worker.running.len();
+        if depth == 0 || depth > MAX_NESTING || worker.shared.waiting.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let (client, job) = worker.shared.lock().next(&worker.running)?;
+        worker.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        worker.shared.nested_runs.fetch_add(1, Ordering::Relaxed);
+        worker.running.push(client);
+        let slots = std::mem::take(&mut worker.nested_slots[depth - 1]);
+        Some((job, slots))
+    });
+    let Some((job, mut slots)) = taken else {
+        return Duration::ZERO;
+    };
+    let started = Instant::now();
+    job(&mut slots);
+    let took = started.elapsed();
+    WORKER.with(|worker| {
+        if let Some(worker) = worker.borrow_mut().as_mut() {
+            worker.running.pop();
+            let depth = worker.running.len();
+            worker.nested_slots[depth - 1] = slots;
+        }
+    });
+    took
+}
+
+/// The worker threads shared by every pipeline of an engine.
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerPool {
+    /// Starts `threads` workers (at least one), named `weir-worker-N`.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            work: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            next_client: AtomicU64::new(1),
+            nested_runs: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
+        });
+        let threads = (0..threads.max(1))
+            .map(|index| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("weir-worker-{index}"))
+                    .stack_size(WORKER_STACK)
+                    .spawn(move || work(shared))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { shared, threads })
+    }
+
+    /// A new client whose tasks get up to `weight` turns in a row.
+    pub fn client(&self, weight: u32) -> PoolClient {
+        let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
+        self.shared.lock().clients.insert(
+            id,
+            ClientQueue {
+                jobs: VecDeque::new(),
+                weight: weight.max(1),
+                taken: 0,
+            },
+        );
+        PoolClient {
+            id,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Makes every worker drop the instances of retired plugin uses (a
+    /// pipeline ended) now, idle ones included.
+    pub fn sweep(&self) {
+        // Under the lock, so that a worker between its look at the counter
+        // and its wait cannot miss the wake-up.
+        let _queues = self.shared.lock();
+        self.shared.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.shared.work.notify_all();
+    }
+
+    /// Tasks that ran nested inside another pipeline's long plugin call.
+    pub fn nested_runs(&self) -> u64 {
+        self.shared.nested_runs.load(Ordering::Relaxed)
+    }
+}
+
+fn work(shared: Arc<Shared>) {
+    WORKER.with(|worker| {
+        *worker.borrow_mut() = Some(WorkerState {
+            shared: shared.clone(),
+            running: Vec::new(),
+            nested_slots: (0..MAX_NESTING).map(|_| InstanceSlots::new()).collect(),
+        });
+    });
+    crate::runtime::slicing::install(Box::new(lend_thread));
+    let mut slots = InstanceSlots::new();
+    let mut swept = 0;
+    loop {
+        let (client, job) = {
+            let mut queues = shared.lock();
+            loop {
+                let sweeps = shared.sweeps.load(Ordering::Relaxed);
+                if sweeps != swept {
+                    swept = sweeps;
+                    drop(queues);
+                    sweep(&mut slots);
+                    queues = shared.lock();
+                    continue;
+                }
+                if let Some(next) = queues.next(&[]) {
+                    break next;
+                }
+                if queues.shutdown {
+                    return;
+                }
+                queues = shared.work.wait(queues).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        set_running(Some(client));
+        job(&mut slots);
+        set_running(None);
+    }
+}
+
+/// Drops this worker's instances of retired plugin uses, at every level.
+fn sweep(slots: &mut InstanceSlots) {
+    slots.sweep();
+    WORKER.with(|worker| {
+        if let Some(worker) = worker.borrow_mut().as_mut() {
+            worker.nested_slots.iter_mut().for_each(InstanceSlots::sweep);
+        }
+    });
+}
+
+fn set_running(client: Option<ClientId>) {
+    WORKER.with(|worker| {
+        if let Some(worker) = worker.borrow_mut().as_mut() {
+            worker.running.clear();
+            worker.running.extend(client);
+        }
+    });
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.work.notify_all();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One pipeline's access to the pool. Dropping it forgets its queue.
+pub struct PoolClient {
+    id: ClientId,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PoolClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolClient").field("id", &self.id).finish()
+    }
+}
+
+impl PoolClient {
+    /// Runs `tasks` in parallel and returns their results in task order.
+    pub fn run<T: Send + 'static>(&self, tasks: Vec<Task<T>>) -> Vec<Result<T, TaskPanicked>> {
+        let count = tasks.len();
+        let (results, collected) = crossbeam_channel::bounded(count);
+        {
+            let mut queues = self.shared.lock();
+            let queue = queues
+                .clients
+                .get_mut(&self.id)
+                .expect("a client's queue lives as long as it");
+            let was_idle = queue.jobs.is_empty();
+            for (index, task) in tasks.into_iter().enumerate() {
+                let results = results.clone();
+                queue.jobs.push_back(Box::new(move |slots| {
+                    let result = catch_unwind(AssertUnwindSafe(|| task(slots)))
+                        .map_err(|panic| TaskPanicked(panic_message(&*panic)));
+                    let _ = results.send((index, result));
+                }));
+            }
+            if was_idle && count > 0 {
+                queues.ready.push_back(self.id);
+            }
+            self.shared.waiting.fetch_add(count, Ordering::Relaxed);
+        }
+        self.shared.work.notify_all();
+        drop(results);
+        let mut ordered: Vec<Option<Result<T, TaskPanicked>>> = (0..count).map(|_| None).collect();
+        for (index, result) in collected.iter().take(count) {
+            ordered[index] = Some(result);
+        }
+        ordered
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(TaskPanicked("a worker exited".into()))))
+            .collect()
+    }
+}
+
+impl Drop for PoolClient {
+    fn drop(&mut self) {
+        let mut queues = self.shared.lock();
+        if let Some(queue) = queues.clients.remove(&self.id) {
+            self.shared.waiting.fetch_sub(queue.jobs.len(), Ordering::Relaxed);
+        }
+        queues.ready.retain(|id| *id != self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_in_order_and_survives_panics() {
+        let pool = WorkerPool::new(2).unwrap();
+        let client = pool.client(1);
+        let tasks: Vec<Task<usize>> = (0..8)
+            .map(|i| -> Task<usize> {
+                Box::new(move |_| {
+                    if i == 3 {
+                        panic!("task three");
+                    }
+                    i * 10
+                })
+            })
+            .collect();
+        let results = client.run(tasks);
+        assert_eq!(results.len(), 8);
+        assert_eq!(*results[2].as_ref().unwrap(), 20);
+        assert!(results[3].as_ref().unwrap_err().0.contains("task three"));
+        assert_eq!(*results[7].as_ref().unwrap(), 70);
+    }
+
+    fn job(log: &Arc<Mutex<Vec<u64>>>, client: u64) -> Job {
+        let log = log.clone();
+        Box::new(move |_| log.lock().unwrap().push(client))
+    }
+
+    #[test]
+    fn clients_take_turns_by_weight() {
+        let mut queues = Queues::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for (id, weight, jobs) in [(1, 1, 4), (2, 1, 2), (3, 2, 4)] {
+            queues.clients.insert(
+                id,
+                ClientQueue {
+                    jobs: (0..jobs).map(|_| job(&log, id)).collect(),
+                    weight,
+                    taken: 0,
+                },
+            );
+            queues.ready.push_back(id);
+        }
+        let mut order = Vec::new();
+        while let Some((id, _)) = queues.next(&[]) {
+            order.push(id);
+        }
+        assert_eq!(order, vec![1, 2, 3, 3, 1, 2, 3, 3, 1, 1]);
+    }
+
+    #[test]
+    fn a_nested_pick_skips_clients_already_running() {
+        let mut queues = Queues::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for id in [1, 2] {
+            queues.clients.insert(
+                id,
+                ClientQueue {
+                    jobs: VecDeque::from([job(&log, id)]),
+                    weight: 1,
+                    taken: 0,
+                },
+            );
+            queues.ready.push_back(id);
+        }
+        assert_eq!(queues.next(&[1]).map(|(id, _)| id), Some(2));
+        assert!(queues.next(&[1]).is_none());
+        assert_eq!(queues.next(&[]).map(|(id, _)| id), Some(1));
+    }
+
+    #[test]
+    fn one_heavy_client_does_not_starve_another() {
+        let pool = WorkerPool::new(1).unwrap();
+        let heavy = pool.client(1);
+        let light = pool.client(1);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started) = crossbeam_channel::bounded(1);
+        let heavy_thread = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let tasks: Vec<Task<()>> = (0..50)
+                    .map(|i| -> Task<()> {
+                        let (log, started_tx) = (log.clone(), started_tx.clone());
+                        Box::new(move |_| {
+                            log.lock().unwrap().push('h');
+                            if i == 0 {
+                                let _ = started_tx.send(());
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        })
+                    })
+                    .collect();
+                heavy.run(tasks);
+            })
+        };
+        started.recv().unwrap();
+        let light_log = log.clone();
+        let light_task: Task<()> = Box::new(move |_: &mut InstanceSlots| light_log.lock().unwrap().push('l'));
+        light.run(vec![light_task]);
+        heavy_thread.join().unwrap();
+        let log = log.lock().unwrap();
+        let position = log.iter().position(|c| *c == 'l').unwrap();
+        // Behind the heavy task in progress and at most one more, not all 50.
+        assert!(
+            position <= 2,
+            "the light task ran at position {position} of {}",
+            log.len()
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! What a running pipeline publishes while it runs: its status, live
+//! metrics and events. The driver writes them at batch boundaries; any
+//! number of readers (a handle, an API, a UI) read them at any time.
+//!
+//! Delays follow Spark's streaming UI: a batch's **scheduling delay** is the
+//! time from when it was due (its batch boundary) to when its processing
+//! started, its **processing time** is how long its stages and sinks took,
+//! and its **total delay** is the two together.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::durability::CheckpointStats;
+use super::plan::Plan;
+use crate::runtime::TrapKind;
+use crate::state::StateSize;
+
+/// Batches kept for the percentiles of [`PipelineMetrics`].
+pub const RECENT_BATCHES: usize = 1_000;
+
+/// Events buffered per subscriber before the slowest one starts missing some.
+const EVENT_BUFFER: usize = 1_024;
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipelineState {
+    /// Restoring state, opening sinks, starting receivers.
+    Starting,
+    /// Cutting and running batches.
+    Running,
+    /// No batches are cut; receivers are held back by their bounded queues.
+    Paused,
+    /// Draining what the receivers queued before it stops.
+    Stopping,
+    /// Ended without error.
+    Stopped,
+    /// Ended with an error.
+    Failed,
+}
+
+impl PipelineState {
+    /// True once the pipeline has ended (stopped or failed).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Stopped | Self::Failed)
+    }
+}
+
+/// A batch's id and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BatchMark {
+    /// The batch id (consecutive from 0 over the pipeline's life, restarts included).
+    pub id: u64,
+    /// The batch time, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+}
+
+/// The plugin a stage runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StagePlugin {
+    /// The stage.
+    pub stage: String,
+    /// The plugin's name in the pipeline file.
+    pub plugin: String,
+    /// Hex SHA-256 of its component.
+    pub sha256: String,
+}
+
+/// A pipeline's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PipelineStatus {
+    /// The state.
+    pub state: PipelineState,
+    /// Why it is paused (a user's request, or a quarantined stage).
+    pub paused_because: Option<String>,
+    /// The error it failed with.
+    pub error: Option<String>,
+    /// The last batch it completed.
+    pub last_batch: Option<BatchMark>,
+    /// The plugin of every stage that runs one.
+    pub plugins: Vec<StagePlugin>,
+}
+
+/// Something that happened to a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum PipelineEvent {
+    /// A batch went through every stage and sink.
+    BatchCompleted(BatchReport),
+    /// A stage failed a batch for good (its policy stopped or quarantined it).
+    StageFailed {
+        /// The stage.
+        stage: String,
+        /// What failed.
+        error: String,
+    },
+    /// The pipeline's state changed.
+    StatusChanged {
+        /// The new state.
+        state: PipelineState,
+    },
+}
+
+/// One completed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BatchReport {
+    /// Its id and time.
+    pub batch: BatchMark,
+    /// Records received from all sources.
+    pub records_in: u64,
+    /// Records handed to sinks.
+    pub records_out: u64,
+    /// From when it was due to when its processing started.
+    pub scheduling_delay: Duration,
+    /// Its stages and sinks.
+    pub processing_time: Duration,
+    /// Scheduling delay plus processing time.
+    pub total_delay: Duration,
+}
+
+/// Percentiles of a duration over the recent batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Maximum.
+    pub max: Duration,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<Duration>) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        values.sort_unstable();
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        Self {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+/// One source's live figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceMetrics {
+    /// The source's stream name.
+    pub name: String,
+    /// Records received so far.
+    pub records: u64,
+    /// Records per second in the last batch (received over the time since
+    /// the batch before).
+    pub rate: f64,
+}
+
+/// Trap counts by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TrapCounts {
+    /// Deadlines exceeded.
+    pub deadline: u64,
+    /// Fuel budgets exhausted.
+    pub fuel: u64,
+    /// Memory or table limits hit.
+    pub memory: u64,
+    /// Stack overflows.
+    pub stack_overflow: u64,
+    /// Panics and `unreachable`.
+    pub panic: u64,
+    /// Any other trap.
+    pub other: u64,
+}
+
+impl TrapCounts {
+    /// Counts of the kinds in `counters`, indexed by [`trap_index`].
+    pub fn read(counters: &[AtomicU64; 6]) -> Self {
+        let read = |kind: TrapKind| counters[trap_index(kind)].load(Ordering::Relaxed);
+        Self {
+            deadline: read(TrapKind::Deadline),
+            fuel: read(TrapKind::Fuel),
+            memory: read(TrapKind::Memory),
+            stack_overflow: read(TrapKind::StackOverflow),
+            panic: read(TrapKind::Panic),
+            other: read(TrapKind::Other),
+        }
+    }
+}
+
+/// The slot of `kind` in a stage's trap counters.
+pub fn trap_index(kind: TrapKind) -> usize {
+    match kind {
+        TrapKind::Deadline => 0,
+        TrapKind::Fuel => 1,
+        TrapKind::Memory => 2,
+        TrapKind::StackOverflow => 3,
+        TrapKind::Panic => 4,
+        TrapKind::Other => 5,
+    }
+}
+
+/// One stage's live figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageMetricsSnapshot {
+    /// The stage.
+    pub stage: String,
+    /// Its operator and plugin, e.g. `flat-map split-words`.
+    pub op: String,
+    /// Records into the stage.
+    pub records_in: u64,
+    /// Records out of the stage.
+    pub records_out: u64,
+    /// Calls retried.
+    pub retries: u64,
+    /// Partition batches that failed (after retries).
+    pub failed_batches: u64,
+    /// Partition batches dropped by `skip-batch`.
+    pub skipped_batches: u64,
+    /// Records in those batches.
+    pub skipped_records: u64,
+    /// Records sent to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Records behind an event-time watermark.
+    pub late_records: u64,
+    /// Traps by kind.
+    pub traps: TrapCounts,
+    /// Plugin instances alive in the worker pool.
+    pub instances: u64,
+    /// Linear memory of those instances, in bytes.
+    pub wasm_memory_bytes: u64,
+    /// Fuel burnt by its calls (stages with a fuel budget).
+    pub fuel_used: u64,
+    /// Keyed state it holds.
+    pub state: StateSize,
+}
+
+/// A pipeline's live figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PipelineMetrics {
+    /// Batches completed.
+    pub batches: u64,
+    /// Records received from all sources.
+    pub records_in: u64,
+    /// Records handed to sinks.
+    pub records_out: u64,
+    /// Batches whose processing took longer than the batch interval.
+    pub slow_batches: u64,
+    /// Processing time over the recent batches.
+    pub processing_time: Percentiles,
+    /// Scheduling delay over the recent batches.
+    pub scheduling_delay: Percentiles,
+    /// Total delay over the recent batches.
+    pub total_delay: Percentiles,
+    /// Per source.
+    pub sources: Vec<SourceMetrics>,
+    /// Chunks waiting in the sources' queues.
+    pub queued_chunks: u64,
+    /// Per stage.
+    pub stages: Vec<StageMetricsSnapshot>,
+    /// Checkpoints.
+    pub checkpoints: CheckpointStats,
+}
+
+#[derive(Debug)]
+struct StatusCell {
+    state: PipelineState,
+    paused_because: Option<String>,
+    error: Option<String>,
+    last_batch: Option<BatchMark>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    batches: VecDeque<BatchReport>,
+    source_rates: Vec<f64>,
+    checkpoints: CheckpointStats,
+}
+
+/// The shared, live side of a running pipeline.
+#[derive(Debug)]
+pub struct Live {
+    plan: Arc<Plan>,
+    plugins: Vec<StagePlugin>,
+    status: Mutex<StatusCell>,
+    recent: Mutex<Recent>,
+    batches: AtomicU64,
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+    slow_batches: AtomicU64,
+    source_records: Vec<AtomicU64>,
+    queued_chunks: AtomicUsize,
+    events: broadcast::Sender<PipelineEvent>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Live {
+    /// The live side of a pipeline planned as `plan`, whose stages run `plugins`.
+    pub fn new(plan: Arc<Plan>, plugins: Vec<StagePlugin>) -> Self {
+        let sources = plan.sources.len();
+        Self {
+            plugins,
+            status: Mutex::new(StatusCell {
+                state: PipelineState::Starting,
+                paused_because: None,
+                error: None,
+                last_batch: None,
+            }),
+            recent: Mutex::new(Recent {
+                source_rates: vec![0.0; sources],
+                ..Recent::default()
+            }),
+            batches: AtomicU64::new(0),
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            slow_batches: AtomicU64::new(0),
+            source_records: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            queued_chunks: AtomicUsize::new(0),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            plan,
+        }
+    }
+
+    /// The status now.
+    pub fn status(&self) -> PipelineStatus {
+        let status = lock(&self.status);
+        PipelineStatus {
+            state: status.state,
+            paused_because: status.paused_because.clone(),
+            error: status.error.clone(),
+            last_batch: status.last_batch,
+            plugins: self.plugins.clone(),
+        }
+    }
+
+    /// The state now.
+    pub fn state(&self) -> PipelineState {
+        lock(&self.status).state
+    }
+
+    /// A receiver of the events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<PipelineEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: PipelineEvent) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    /// Moves to `state` (`paused_because` says why when pausing).
+    pub(crate) fn set_state(&self, state: PipelineState, paused_because: Option<String>) {
+        {
+            let mut status = lock(&self.status);
+            if status.state == state && status.paused_because == paused_because {
+                return;
+            }
+            status.state = state;
+            status.paused_because = paused_because;
+        }
+        self.emit(PipelineEvent::StatusChanged { state });
+    }
+
+    /// Ends the pipeline: stopped, or failed with `error`.
+    pub(crate) fn finish(&self, error: Option<String>) {
+        let state = if error.is_some() {
+            PipelineState::Failed
+        } else {
+            PipelineState::Stopped
+        };
+        lock(&self.status).error = error;
+        self.set_state(state, None);
+    }
+
+    /// Reports a stage that failed a batch for good.
+    pub(crate) fn stage_failed(&self, stage: &str, error: String) {
+        self.emit(PipelineEvent::StageFailed {
+            stage: stage.to_owned(),
+            error,
+        });
+    }
+
+    /// Counts what each source delivered for a batch, `since_last` after the
+    /// batch before.
+    pub(crate) fn received(&self, per_source: &[usize], since_last: Duration) {
+        let seconds = since_last.as_secs_f64().max(1e-3);
+        let mut recent = lock(&self.recent);
+        for ((counter, rate), &records) in self
+            .source_records
+            .iter()
+            .zip(recent.source_rates.iter_mut())
+            .zip(per_source)
+        {
+            counter.fetch_add(records as u64, Ordering::Relaxed);
+            *rate = records as f64 / seconds;
+        }
+    }
+
+    /// Records a completed batch (`slow`: it took longer than the interval).
+    pub(crate) fn batch_completed(&self, report: BatchReport, slow: bool) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.records_in.fetch_add(report.records_in, Ordering::Relaxed);
+        self.records_out.fetch_add(report.records_out, Ordering::Relaxed);
+        if slow {
+            self.slow_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        {
+            let mut recent = lock(&self.recent);
+            if recent.batches.len() == RECENT_BATCHES {
+                recent.batches.pop_front();
+            }
+            recent.batches.push_back(report);
+        }
+        lock(&self.status).last_batch = Some(report.batch);
+        self.emit(PipelineEvent::BatchCompleted(report));
+    }
+
+    /// Sets the number of chunks waiting in the sources' queues.
+    pub(crate) fn set_queued_chunks(&self, chunks: usize) {
+        self.queued_chunks.store(chunks, Ordering::Relaxed);
+    }
+
+    /// Sets the checkpoint figures.
+    pub(crate) fn set_checkpoints(&self, stats: CheckpointStats) {
+        lock(&self.recent).checkpoints = stats;
+    }
+
+    /// The live figures now.
+    pub fn metrics(&self) -> PipelineMetrics {
+        let (processing, scheduling, total, rates, checkpoints) = {
+            let recent = lock(&self.recent);
+            let of = |f: fn(&BatchReport) -> Duration| recent.batches.iter().map(f).collect::<Vec<_>>();
+            (
+                of(|b| b.processing_time),
+                of(|b| b.scheduling_delay),
+                of(|b| b.total_delay),
+                recent.source_rates.clone(),
+                recent.checkpoints,
+            )
+        };
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        PipelineMetrics {
+            batches: read(&self.batches),
+            records_in: read(&self.records_in),
+            records_out: read(&self.records_out),
+            slow_batches: read(&self.slow_batches),
+            processing_time: Percentiles::of(processing),
+            scheduling_delay: Percentiles::of(scheduling),
+            total_delay: Percentiles::of(total),
+            sources: self
+                .plan
+                .sources
+                .iter()
+                .zip(&self.source_records)
+                .zip(rates)
+                .map(|(((source, _), records), rate)| SourceMetrics {
+                    name: source.name.clone(),
+                    records: read(records),
+                    rate,
+                })
+                .collect(),
+            queued_chunks: self.queued_chunks.load(Ordering::Relaxed) as u64,
+            stages: self.plan.stages.iter().map(|stage| stage.snapshot()).collect(),
+            checkpoints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks_of_the_sorted_values() {
+        let values = (1..=100).rev().map(Duration::from_millis).collect();
+        let p = Percentiles::of(values);
+        assert_eq!(p.p50, Duration::from_millis(51));
+        assert_eq!(p.p95, Duration::from_millis(95));
+        assert_eq!(p.p99, Duration::from_millis(99));
+        assert_eq!(p.max, Duration::from_millis(100));
+        assert_eq!(Percentiles::of(Vec::new()), Percentiles::default());
+    }
+}
