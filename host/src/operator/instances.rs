@@ -114,16 +114,6 @@ impl InstanceSlots {
         result
     }
 
-    /// Drops every instance (for example when a pipeline stops).
-    pub fn clear(&mut self) {
-        self.slots.clear();
-    }
-
-    /// Number of live instances.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
     /// True when the worker holds no instance.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
