@@ -7,6 +7,26 @@ use crate::runtime::{PluginError, RuntimeError};
 use crate::sink::SinkError;
 use crate::source::SourceError;
 
+/// What kind of failure an error is: who can fix it, and whether trying
+/// again can help ([`EngineError::retryable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// The pipeline file, a plugin choice or a setting is wrong: the user
+    /// must change something.
+    UserInput,
+    /// A plugin returned an error (for a record or a batch), or output that
+    /// breaks its contract or limits.
+    Plugin,
+    /// A plugin call trapped.
+    Trap(crate::runtime::TrapKind),
+    /// Reading or writing outside the engine failed (a file, a socket, a
+    /// full disk).
+    Io,
+    /// A bug in Weir.
+    Internal,
+}
+
 /// Where a batch failed: the pipeline, stage, partition and batch id.
 #[derive(Debug, thiserror::Error)]
 #[error("pipeline `{pipeline}`, stage `{stage}` ({op}), partition {partition}, batch {batch_id}: {error}")]
@@ -102,6 +122,33 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// What kind of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Config(_) | Self::Plan { .. } => ErrorClass::UserInput,
+            Self::Plugin { error, .. } => error.class(),
+            Self::Stage(failure) => failure.error.class(),
+            Self::Quarantined { .. } => ErrorClass::Plugin,
+            Self::Checkpoint { error, .. } => match error {
+                crate::checkpoint::CheckpointError::PluginChanged { .. } => ErrorClass::UserInput,
+                _ => ErrorClass::Io,
+            },
+            Self::Source { .. } | Self::Sink { .. } | Self::Io(_) => ErrorClass::Io,
+            Self::Runtime(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// True when running the pipeline again (from its checkpoint) may get
+    /// past this error without a change: an I/O fault, a transient plugin
+    /// failure; not a wrong input.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Stage(failure) => failure.error.retryable(),
+            Self::Plugin { error, .. } => error.retryable(),
+            _ => self.class() == ErrorClass::Io,
+        }
+    }
+
     /// True when the user's input (pipeline file, plugin choice) is at fault:
     /// the CLI exits with status 2 for these and 1 for failures at run time.
     pub fn is_usage_error(&self) -> bool {

@@ -24,10 +24,19 @@ pub fn scratch() -> tempfile::TempDir {
 }
 
 /// Where compiled components are cached between tests (shared, so each
-/// plugin is compiled once per test run).
+/// plugin is compiled once per test run). Private (0700), whatever the
+/// umask: `weir` refuses a cache that others may write.
 pub fn component_cache() -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/weir-test-cache");
-    std::fs::create_dir_all(&dir).expect("cannot create the component cache");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .expect("cannot create the component cache");
+    // A cache made by an older run may have had the umask's mode.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .expect("cannot make the component cache private");
     dir
 }
 

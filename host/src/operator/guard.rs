@@ -139,7 +139,7 @@ impl Guarded {
                 record_failures += 1;
                 continue;
             }
-            if attempt < self.policy.retries {
+            if attempt < self.policy.retries && error.retryable() {
                 attempt += 1;
                 StageMetrics::add(&self.metrics.retries, 1);
                 tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, attempt, "retrying after: {}", first_line(&error));

@@ -112,11 +112,6 @@ impl InstanceSlots {
             .retain(|_, (retired, _)| !retired.load(Ordering::Relaxed));
     }
 
-    /// Number of live instances.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
     /// True when the worker holds no instance.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()

@@ -93,6 +93,24 @@ pub enum OperatorError {
     Native(String),
 }
 
+impl OperatorError {
+    /// What kind of failure this is.
+    pub fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            Self::Plugin { error, .. } => error.class(),
+            Self::Value { .. } => crate::error::ErrorClass::UserInput,
+            Self::Native(_) => crate::error::ErrorClass::Internal,
+        }
+    }
+
+    /// True when the same call may succeed if tried again (see
+    /// [`PluginError::retryable`]); a bad value or a native function's
+    /// failure comes back the same.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Plugin { error, .. } if error.retryable())
+    }
+}
+
 fn plugin_failure(error: &PluginError, record: Option<&str>) -> String {
     match (error, record) {
         (PluginError::Record { index, message }, Some(record)) => {

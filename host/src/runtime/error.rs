@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
+use crate::error::ErrorClass;
+
 use crate::record::MalformedBatch;
 
 /// Why a trap stopped a plugin call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TrapKind {
     /// The call ran past its deadline (epoch interruption).
     Deadline,
@@ -52,20 +55,20 @@ impl TrapKind {
                 _ => Self::Other,
             };
         }
-        let text = describe(error);
-        if text.contains("call stack exhausted") || text.contains("stack overflow") {
-            Self::StackOverflow
-        } else if text.contains("all fuel consumed") {
-            Self::Fuel
-        } else if text.contains("interrupt") {
-            Self::Deadline
-        } else if text.contains("unreachable") {
-            Self::Panic
-        } else if text.contains("memory limit") || text.contains("forcing trap") {
-            Self::Memory
-        } else {
-            Self::Other
+        if error.chain().any(|cause| {
+            cause
+                .downcast_ref::<super::state::MemoryLimitExceeded>()
+                .is_some()
+        }) {
+            return Self::Memory;
         }
+        Self::Other
+    }
+
+    /// True when a fresh instance may succeed where this trap failed: not
+    /// for fuel or stack depth, which the same input exhausts again.
+    pub fn retryable(self) -> bool {
+        !matches!(self, Self::Fuel | Self::StackOverflow)
     }
 }
 
@@ -98,6 +101,9 @@ pub enum PluginError {
         /// Why.
         source: std::io::Error,
     },
+    /// The compiled-code cache cannot be trusted (others may write it).
+    #[error("{0}")]
+    UntrustedCache(String),
     /// The file is not a valid WebAssembly component.
     #[error("{} is not a valid WebAssembly component: {message}", path.display())]
     Compile {
@@ -165,5 +171,32 @@ impl PluginError {
     /// True when the instance that returned this error must be discarded.
     pub fn poisons_instance(&self) -> bool {
         matches!(self, Self::Trap { .. })
+    }
+
+    /// What kind of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Read { .. } => ErrorClass::Io,
+            Self::UntrustedCache(_) | Self::Compile { .. } | Self::Contract { .. } | Self::Init(_) => {
+                ErrorClass::UserInput
+            }
+            Self::Record { .. } | Self::Batch(_) | Self::OutputLimit { .. } | Self::Malformed(_) => {
+                ErrorClass::Plugin
+            }
+            Self::Trap { kind, .. } => ErrorClass::Trap(*kind),
+        }
+    }
+
+    /// True when the same call may succeed if tried again (on a fresh
+    /// instance after a trap): a batch the plugin refused as a whole, or a
+    /// trap that is not bound to the input ([`TrapKind::retryable`]). A
+    /// refused record, an output over the limits or a broken batch come
+    /// back the same.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Batch(_) | Self::Read { .. } => true,
+            Self::Trap { kind, .. } => kind.retryable(),
+            _ => false,
+        }
     }
 }

@@ -147,11 +147,6 @@ impl Runtime {
         }))
     }
 
-    /// A runtime using the default cache directory ([`ComponentCache::default_dir`]).
-    pub fn with_default_cache() -> Result<Arc<Self>, RuntimeError> {
-        Self::new(ComponentCache::default_dir())
-    }
-
     /// The shared engine of ordinary (unmetered) plugins.
     pub fn engine(&self) -> &Engine {
         &self.plain.engine
@@ -215,13 +210,15 @@ impl Runtime {
         }
         let hash = content_hash(bytes);
         let compiled = self.catalog.get_or_compile(&hash, metered, || {
-            let component =
-                self.cache
-                    .load(&engine.engine, bytes, &hash)
-                    .map_err(|e| PluginError::Compile {
+            let component = self.cache.load(&engine.engine, bytes, &hash).map_err(|e| {
+                match e.downcast_ref::<cache::UntrustedCache>() {
+                    Some(untrusted) => PluginError::UntrustedCache(untrusted.to_string()),
+                    None => PluginError::Compile {
                         path: path.to_owned(),
                         message: format!("{e:#}"),
-                    })?;
+                    },
+                }
+            })?;
             CompiledPlugin::new(path, hash.clone(), component, &engine.linker)
         })?;
         Ok(Arc::new(Plugin::new(path, compiled)))

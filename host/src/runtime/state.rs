@@ -92,6 +92,12 @@ impl PluginState {
     }
 }
 
+/// A plugin tried to grow its memory or a table past its limit: the error
+/// the limiter raises (classified as [`super::TrapKind::Memory`] by type).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MemoryLimitExceeded(pub String);
+
 /// Caps the linear memory of a whole instance (all its memories together)
 /// and the size of each table. A refused grow traps, with a message that
 /// says which limit was hit.
@@ -124,10 +130,11 @@ impl ResourceLimiter for MemoryBudget {
     ) -> wasmtime::Result<bool> {
         let after = self.used.saturating_add(desired.saturating_sub(current));
         if after > self.limit {
-            wasmtime::bail!(
+            return Err(MemoryLimitExceeded(format!(
                 "memory limit: growing linear memory to {desired} bytes would take the instance to {after} bytes, over its limit of {} bytes",
                 self.limit
-            );
+            ))
+            .into());
         }
         self.usage
             .memory_bytes
@@ -143,10 +150,11 @@ impl ResourceLimiter for MemoryBudget {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
-            wasmtime::bail!(
+            return Err(MemoryLimitExceeded(format!(
                 "memory limit: growing a table to {desired} elements is over the limit of {}",
                 self.table_elements
-            );
+            ))
+            .into());
         }
         Ok(true)
     }
