@@ -161,7 +161,7 @@ impl Pipeline {
         let pipeline = self.plan.pipeline.clone();
         if options.available_now {
             for (source, _) in &self.plan.sources {
-                if let crate::config::SourceKind::Generator(generator) = &source.kind
+                if let Some(generator) = source.kind.settings::<crate::config::GeneratorSpec>()
                     && generator.lines.is_none()
                 {
                     return Err(EngineError::Plan {
