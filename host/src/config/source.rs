@@ -5,7 +5,7 @@
 //! implements [`SourceType`] (its `type` name, its keys, its parser) and
 //! [`SourceConfig`] (the settings it parsed, which build the receiver); it
 //! is registered by one line in [`crate::source::TYPES`]. A Kafka source is
-//! `source/kafka.rs` plus that line.
+//! `source/kafka.rs`, its `pub mod` line and that registration line.
 
 use std::any::Any;
 use std::fmt;
