@@ -1,13 +1,17 @@
 //! The pipeline file as written: serde structs that mirror the TOML.
 //!
-//! Every table rejects unknown keys. Fields that only some operators or
-//! source types accept are optional here and checked in [`super::spec`], which
-//! turns this raw form into a validated [`super::PipelineSpec`].
+//! Every table rejects unknown keys. Fields that only some operators accept
+//! are optional here and checked in [`super::stage`]; the keys of each source
+//! and sink kind are declared by the kind and read through
+//! [`super::settings`]. [`super::pipeline`] turns this raw form into a
+//! validated [`super::PipelineSpec`].
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+use super::settings::Settings;
 
 /// The whole pipeline file.
 #[derive(Debug, Deserialize)]
@@ -91,42 +95,27 @@ pub struct PipelineTable {
     pub chunk_records: Option<Spanned<i64>>,
 }
 
-/// `[[source]]`: every key any source type accepts.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+/// `[[source]]`: its name and type; the keys of its type are declared by
+/// the type (see [`super::source`]).
+#[derive(Debug)]
 pub struct SourceTable {
     /// Name of the stream this source produces.
     pub name: Spanned<String>,
-    /// `socket`, `files`, `generator` or `stdin`.
-    #[serde(rename = "type")]
+    /// The kind of source (`type`): `socket`, `files`, `generator`, `stdin`.
     pub kind: Spanned<String>,
-    /// socket: `host:port`.
-    pub address: Option<Spanned<String>>,
-    /// socket: `connect` (default) or `listen`.
-    pub mode: Option<Spanned<String>>,
-    /// socket: longest wait between reconnection attempts. Default `"5s"`.
-    pub max_backoff: Option<Spanned<String>>,
-    /// socket: acknowledge lines once they are in the write-ahead log
-    /// (`ack <lines>` back on the connection). Needs `checkpoint-dir`.
-    pub ack: Option<Spanned<bool>>,
-    /// files: the directory to watch.
-    pub path: Option<Spanned<String>>,
-    /// files: which file names to read. Default `"*"`.
-    pub glob: Option<Spanned<String>>,
-    /// files: how often to look for new files. Default `"100ms"`.
-    pub poll_interval: Option<Spanned<String>>,
-    /// generator: lines to produce; unlimited when absent.
-    pub lines: Option<Spanned<i64>>,
-    /// generator: lines per second; as fast as the pipeline takes them when absent.
-    pub rate: Option<Spanned<i64>>,
-    /// generator: words per line. Default 8.
-    pub words_per_line: Option<Spanned<i64>>,
-    /// generator: seed of the deterministic word sequence. Default 0.
-    pub seed: Option<Spanned<i64>>,
-    /// files: most files per batch (exactly this many under deterministic time).
-    pub max_files_per_batch: Option<Spanned<i64>>,
-    /// generator: lines per batch.
-    pub records_per_batch: Option<Spanned<i64>>,
+    /// The keys of its kind.
+    pub settings: Settings,
+}
+
+impl<'de> Deserialize<'de> for SourceTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut settings = super::source::schema().read(deserializer)?;
+        Ok(Self {
+            name: settings.take_text("name").expect("a required key"),
+            kind: settings.take_text("type").expect("a required key"),
+            settings,
+        })
+    }
 }
 
 /// `[[stage]]`: every key any operator accepts.
@@ -196,21 +185,28 @@ pub enum Inputs {
     Many(Vec<String>),
 }
 
-/// `[[sink]]`: every key any sink type accepts.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+/// `[[sink]]`: its name, input and type; the keys of its type are declared
+/// by the type (see [`super::sink`]).
+#[derive(Debug)]
 pub struct SinkTable {
     /// Optional name, for logs. Default: `<type>-<input>`.
     pub name: Option<Spanned<String>>,
     /// The stream to write.
     pub input: Spanned<String>,
-    /// `console` or `files`.
-    #[serde(rename = "type")]
+    /// The kind of sink (`type`): `console` or `files`.
     pub kind: Spanned<String>,
-    /// console: records shown per batch. Default 10.
-    pub max_records: Option<Spanned<i64>>,
-    /// files: the output directory.
-    pub path: Option<Spanned<String>>,
-    /// files: `text` (default, `key<TAB>value`) or `jsonl`.
-    pub format: Option<Spanned<String>>,
+    /// The keys of its kind.
+    pub settings: Settings,
+}
+
+impl<'de> Deserialize<'de> for SinkTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut settings = super::sink::schema().read(deserializer)?;
+        Ok(Self {
+            name: settings.take_text("name"),
+            input: settings.take_text("input").expect("a required key"),
+            kind: settings.take_text("type").expect("a required key"),
+            settings,
+        })
+    }
 }

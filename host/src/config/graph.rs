@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use super::SpecError;
+
 /// A node of the graph: a stream name, the streams it reads, and the byte
 /// offset of its definition (for errors).
 pub(super) struct Node<'a> {
@@ -17,7 +19,7 @@ pub(super) struct Node<'a> {
 pub(super) fn topological_order(
     sources: &[(&str, usize)],
     stages: &[Node<'_>],
-) -> Result<Vec<usize>, (usize, String)> {
+) -> Result<Vec<usize>, SpecError> {
     let mut producers: HashMap<&str, Option<usize>> = HashMap::new();
     for &(name, offset) in sources {
         if producers.insert(name, None).is_some() {
@@ -68,7 +70,7 @@ pub(super) fn topological_order(
         marks: &mut [Mark],
         path: &mut Vec<usize>,
         order: &mut Vec<usize>,
-    ) -> Result<(), (usize, String)> {
+    ) -> Result<(), SpecError> {
         match marks[index] {
             Mark::Black => return Ok(()),
             Mark::Grey => {

@@ -1,22 +1,44 @@
 //! The pipeline file: parsing, validation and the validated model.
 //!
 //! [`load`] reads a TOML pipeline file ([`file`] mirrors its tables), checks
-//! every reference and value ([`spec`]), orders the stream graph ([`graph`]),
-//! and returns a [`PipelineSpec`] the engine can run. Every error names the
-//! file and the line.
+//! every reference and value (one module per table: [`pipeline`], [`source`],
+//! [`stage`] with [`stateful`], [`sink`]; value parsers in [`values`]),
+//! orders the stream graph ([`graph`]), and returns a [`PipelineSpec`]
+//! ([`model`]) the engine can run. Every error names the file and the line.
+//!
+//! Each source and sink kind owns its keys, its parser and the construction
+//! of its receiver or sink, in its own file under `source/` or `sink/`
+//! (see [`SourceType`] and [`SinkType`]).
 
 mod file;
 mod graph;
-mod spec;
+mod model;
+mod pipeline;
+mod settings;
+mod sink;
+mod source;
+mod stage;
 mod stateful;
+mod values;
 
 use std::path::{Path, PathBuf};
 
-pub use spec::{
-    BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, FileFormat, FilesSpec, GeneratorSpec, OnError,
-    OperatorSpec, PipelineSpec, Quarantine, ReducerSpec, SinkKind, SinkSpec, SocketMode, SourceKind,
-    SourceSpec, StageSpec, TransformKind,
+pub use model::{
+    BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec, Quarantine,
+    ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
 };
+pub use settings::{Key, KindContext, Settings, ValueType};
+pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
+pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};
+pub(crate) use values::{duration, non_negative, positive, required};
+
+pub use crate::sink::files::FileFormat;
+pub use crate::source::files::FilesSpec;
+pub use crate::source::generator::GeneratorSpec;
+pub use crate::source::socket::SocketMode;
+
+/// An error at a byte offset of the pipeline file, with its message.
+pub type SpecError = (usize, String);
 pub use stateful::{
     InverseSpec, JoinKind, KeyRewrite, KeyedStateSpec, LateRecords, OutputMode, StateKind, WindowOp,
     WindowSpec, WindowTime,
@@ -75,7 +97,7 @@ pub fn parse(text: &str, path: &Path) -> Result<PipelineSpec, ConfigError> {
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
     let lines = LineIndex::new(text);
-    spec::build(raw, &base_dir, &lines).map_err(|(offset, message)| ConfigError::Invalid {
+    pipeline::build(raw, &base_dir, &lines).map_err(|(offset, message)| ConfigError::Invalid {
         path: path.to_owned(),
         line: lines.line_of(offset),
         message,

@@ -6,12 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::StageTable;
-use super::spec::{
-    BuiltinReducer, OperatorSpec, ReducerSpec, config_pairs, duration, only_keys, plugin_known, positive,
-    reducer_spec, required,
-};
-
-type SpecError = (usize, String);
+use super::stage::{PLUGIN_KEYS, reducer_spec};
+use super::values::{byte_size, config_pairs, duration, only_keys, plugin_known, positive, required};
+use super::{BuiltinReducer, OperatorSpec, ReducerSpec, SpecError};
 
 /// A window stage.
 #[derive(Debug, Clone)]
@@ -181,7 +178,7 @@ pub(super) fn operator(
     table: &StageTable,
     cx: &StatefulContext<'_>,
 ) -> Option<Result<OperatorSpec, SpecError>> {
-    let plugin_keys = super::spec::PLUGIN_KEYS;
+    let plugin_keys = PLUGIN_KEYS;
     let context = format!("op `{op}`");
     let result = match op {
         "window" => (|| {
@@ -240,7 +237,7 @@ pub(super) fn operator(
             allowed.extend(plugin_keys);
             only_keys(cx.present, &allowed, &context)?;
             one_input(op, cx.inputs, cx.input_at)?;
-            let plugin = required(&table.plugin, "plugin", cx.offset, &context)?;
+            let plugin = required(table.plugin.as_ref(), "plugin", cx.offset, &context)?;
             plugin_known(
                 cx.plugins,
                 plugin,
@@ -256,11 +253,7 @@ pub(super) fn operator(
                 config: config_pairs(table.config.as_ref())?,
                 timeout: table.timeout.as_ref().map(duration).transpose()?,
                 partitions: positive(table.partitions.as_ref(), "partitions", 1024)?,
-                memory: table
-                    .state_memory
-                    .as_ref()
-                    .map(super::spec::byte_size)
-                    .transpose()?,
+                memory: table.state_memory.as_ref().map(byte_size).transpose()?,
             }))
         })(),
         "join" | "left-outer-join" | "right-outer-join" | "full-outer-join" | "cogroup" => (|| {
@@ -283,7 +276,7 @@ pub(super) fn operator(
             allowed.extend(plugin_keys);
             only_keys(cx.present, &allowed, &context)?;
             two_inputs(op, cx)?;
-            let plugin = required(&table.plugin, "plugin", cx.offset, &context)?;
+            let plugin = required(table.plugin.as_ref(), "plugin", cx.offset, &context)?;
             plugin_known(
                 cx.plugins,
                 plugin,

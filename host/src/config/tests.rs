@@ -173,3 +173,130 @@ fn checkpoint_settings_are_checked() {
     let (_, message) = invalid(&format!("{WORDCOUNT}\n[checkpoint]\nkeep = 2\n"));
     assert!(message.contains("needs `checkpoint-dir`"), "{message}");
 }
+
+fn syntax_error(text: &str) -> String {
+    match parse(text, Path::new("p.toml")) {
+        Err(ConfigError::Syntax { message, .. }) => message,
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn source_keys_are_checked_against_their_kind() {
+    let socket = |extra: &str| WORDCOUNT.replace("address = \"127.0.0.1:9999\"", extra);
+
+    let message = syntax_error(&socket("address = \"127.0.0.1:9999\"\nbogus = 1"));
+    assert!(message.contains("line 14"), "{message}");
+    assert!(
+        message.contains("unknown field `bogus`, expected one of `name`, `type`, `address`, `mode`"),
+        "{message}"
+    );
+    let message = syntax_error(&socket("address = \"127.0.0.1:9999\"\nack = \"yes\""));
+    assert!(
+        message.contains("invalid type: string \"yes\", expected a boolean"),
+        "{message}"
+    );
+    let message = syntax_error(&WORDCOUNT.replace("name = \"lines\"\n", ""));
+    assert!(message.contains("missing field `name`"), "{message}");
+
+    let (line, message) = invalid(&socket("address = \"127.0.0.1:9999\"\npath = \"in\""));
+    assert_eq!(line, 14);
+    assert_eq!(
+        message,
+        "`path` is not a setting of a `socket` source (it accepts address, mode, max-backoff, ack)"
+    );
+    let (line, message) = invalid(&socket("mode = \"listen\""));
+    assert_eq!(line, 10);
+    assert_eq!(message, "a socket source needs `address`");
+    let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"stdin\""));
+    assert_eq!(
+        message,
+        "`address` is not a setting of a `stdin` source (it takes no other keys)"
+    );
+    let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"kafka\""));
+    assert_eq!(
+        message,
+        "unknown source type `kafka` (expected socket, files, generator or stdin)"
+    );
+    let (_, message) = invalid(&socket("address = \"127.0.0.1:9999\"\nack = true"));
+    assert!(
+        message.starts_with("`ack` needs `checkpoint-dir` in [pipeline]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn each_source_kind_parses_its_own_settings() {
+    let generator = WORDCOUNT.replace(
+        "type = \"socket\"\naddress = \"127.0.0.1:9999\"",
+        "type = \"generator\"\nlines = 100\nrecords-per-batch = 10",
+    );
+    let spec = parse(&generator, Path::new("p.toml")).unwrap();
+    let settings = spec.sources[0].kind.settings::<GeneratorSpec>().unwrap();
+    assert_eq!(settings.lines, Some(100));
+    assert_eq!(settings.records_per_batch, Some(10));
+    assert_eq!(settings.words_per_line, 8);
+    assert!(spec.sources[0].kind.settings::<FilesSpec>().is_none());
+
+    let deterministic = generator.replace("partitions = 2", "partitions = 2\nclock = \"deterministic\"");
+    assert!(parse(&deterministic, Path::new("p.toml")).is_ok());
+    let (line, message) = invalid(&deterministic.replace("records-per-batch = 10", "rate = 5"));
+    assert_eq!(line, 11);
+    assert!(
+        message.starts_with("source `lines` cannot run under clock = \"deterministic\""),
+        "{message}"
+    );
+
+    let files = WORDCOUNT.replace(
+        "type = \"socket\"\naddress = \"127.0.0.1:9999\"",
+        "type = \"files\"\npath = \"in\"\nmax-files-per-batch = 2",
+    );
+    let spec = parse(&files, Path::new("dir/p.toml")).unwrap();
+    let settings = spec.sources[0].kind.settings::<FilesSpec>().unwrap();
+    assert_eq!(settings.dir, Path::new("dir/in"));
+    assert_eq!(settings.max_files_per_batch, Some(2));
+}
+
+#[test]
+fn sink_keys_are_checked_against_their_kind() {
+    let sink = |body: &str| WORDCOUNT.replace("input = \"counts\"\ntype = \"console\"", body);
+
+    let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"kafka\""));
+    assert_eq!(message, "unknown sink type `kafka` (expected console or files)");
+    let (_, message) = invalid(&sink(
+        "input = \"counts\"\ntype = \"console\"\nformat = \"jsonl\"",
+    ));
+    assert_eq!(
+        message,
+        "`format` is not a setting of a `console` sink (it accepts max-records)"
+    );
+    let (line, message) = invalid(&sink("input = \"counts\"\ntype = \"files\""));
+    assert_eq!(line, 27);
+    assert_eq!(message, "a `files` sink needs `path`");
+    let (_, message) = invalid(&sink(
+        "input = \"counts\"\ntype = \"files\"\npath = \"out\"\nformat = \"csv\"",
+    ));
+    assert_eq!(message, "unknown format `csv` (expected text or jsonl)");
+    let message = syntax_error(&sink("type = \"console\""));
+    assert!(message.contains("missing field `input`"), "{message}");
+    let message = syntax_error(&sink("input = \"counts\"\ntype = \"console\"\nlines = 3"));
+    assert!(
+        message.contains(
+            "unknown field `lines`, expected one of `name`, `input`, `type`, `max-records`, `path`, `format`"
+        ),
+        "{message}"
+    );
+
+    let spec = parse(
+        &sink("input = \"counts\"\ntype = \"files\"\npath = \"out\"\nformat = \"jsonl\""),
+        Path::new("dir/p.toml"),
+    )
+    .unwrap();
+    assert_eq!(spec.sinks[0].name, "files-counts");
+    let settings = spec.sinks[0]
+        .kind
+        .settings::<crate::sink::files::FilesSinkSpec>()
+        .unwrap();
+    assert_eq!(settings.dir, Path::new("dir/out"));
+    assert_eq!(settings.format, FileFormat::Jsonl);
+}

@@ -296,7 +296,7 @@ impl Pipeline {
     pub fn check_options(&self, options: &RunOptions) -> Result<(), EngineError> {
         if options.available_now {
             for (source, _) in &self.plan.sources {
-                if let crate::config::SourceKind::Generator(generator) = &source.kind
+                if let Some(generator) = source.kind.settings::<crate::config::GeneratorSpec>()
                     && generator.lines.is_none()
                 {
                     return Err(EngineError::Plan {

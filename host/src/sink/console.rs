@@ -6,7 +6,37 @@
 use std::io::Write;
 
 use super::{BatchInfo, Sink, SinkError};
+use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, non_negative};
 use crate::record::{Batch, Partition, partition_len};
+
+/// Settings of the console sink (`type = "console"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSpec {
+    /// Records shown per batch.
+    pub max_records: usize,
+}
+
+impl SinkType for ConsoleSpec {
+    const NAME: &'static str = "console";
+    const KEYS: &'static [Key] = &[Key::integer("max-records")];
+
+    fn parse(settings: &Settings, _: &KindContext<'_>) -> Result<Self, SpecError> {
+        Ok(Self {
+            max_records: non_negative(settings.integer("max-records"), "max-records")?
+                .map_or(10, |n| n as usize),
+        })
+    }
+}
+
+impl SinkConfig for ConsoleSpec {
+    fn build(&self, spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
+        Box::new(
+            ConsoleSink::stdout(self.max_records)
+                .with_windows(window_ms)
+                .with_stream(&spec.input),
+        )
+    }
+}
 
 /// Prints batches to a writer (standard output by default).
 pub struct ConsoleSink {

@@ -17,8 +17,55 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{BatchInfo, Sink, SinkError};
-use crate::config::FileFormat;
+use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, required};
 use crate::record::{Partition, RecordRef};
+
+/// Record formats of the files sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// `key<TAB>value` per line (just `value` without a key).
+    Text,
+    /// One JSON object per line: key, value, timestamp.
+    Jsonl,
+}
+
+/// Settings of the files sink (`type = "files"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesSinkSpec {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// Record format.
+    pub format: FileFormat,
+}
+
+impl SinkType for FilesSinkSpec {
+    const NAME: &'static str = "files";
+    const KEYS: &'static [Key] = &[Key::text("path"), Key::text("format")];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let dir = required(settings.text("path"), "path", cx.offset, "a `files` sink")?;
+        let format = match settings
+            .text("format")
+            .map(|f| (f.get_ref().as_str(), f.span().start))
+        {
+            None | Some(("text", _)) => FileFormat::Text,
+            Some(("jsonl", _)) => FileFormat::Jsonl,
+            Some((other, at)) => {
+                return Err((at, format!("unknown format `{other}` (expected text or jsonl)")));
+            }
+        };
+        Ok(Self {
+            dir: cx.base_dir.join(dir),
+            format,
+        })
+    }
+}
+
+impl SinkConfig for FilesSinkSpec {
+    fn build(&self, spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
+        Box::new(FilesSink::new(spec.name.clone(), self.dir.clone(), self.format).with_windows(window_ms))
+    }
+}
 
 /// Writes batches as files.
 pub struct FilesSink {

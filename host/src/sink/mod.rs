@@ -11,11 +11,15 @@
 //!
 //! - [`console`]: a header per batch, then the first records (Spark's `print()`).
 //! - [`files`]: one directory per batch, `text` or `jsonl`.
+//!
+//! Each of those files also owns its kind's keys, its parser and the
+//! construction of its sink ([`crate::config::SinkType`],
+//! [`crate::config::SinkConfig`]); [`TYPES`] registers them.
 
 pub mod console;
 pub mod files;
 
-use crate::config::{SinkKind, SinkSpec};
+use crate::config::{SinkEntry, SinkSpec};
 use crate::record::Partition;
 
 /// Identifies a micro-batch.
@@ -53,18 +57,16 @@ pub trait Sink: Send {
     }
 }
 
+/// Every kind of sink, in the order errors list them. A new kind is a
+/// module here and one line in this list.
+pub const TYPES: &[SinkEntry] = &[
+    SinkEntry::of::<console::ConsoleSpec>(),
+    SinkEntry::of::<files::FilesSinkSpec>(),
+];
+
 /// The sink for a sink spec. `window_ms` is the window length when the
 /// sink's stream comes from a window stage (records are then tagged with
 /// their window).
 pub fn from_spec(spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
-    match &spec.kind {
-        SinkKind::Console { max_records } => Box::new(
-            console::ConsoleSink::stdout(*max_records)
-                .with_windows(window_ms)
-                .with_stream(&spec.input),
-        ),
-        SinkKind::Files { dir, format } => {
-            Box::new(files::FilesSink::new(spec.name.clone(), dir.clone(), *format).with_windows(window_ms))
-        }
-    }
+    spec.kind.build(spec, window_ms)
 }

@@ -16,7 +16,71 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{BatchInput, Closed, Source, SourceContext, SourceError, SourcePosition};
-use crate::config::FilesSpec;
+use crate::config::{
+    Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, positive, required,
+};
+
+/// Settings of the files source (`type = "files"`).
+#[derive(Debug, Clone)]
+pub struct FilesSpec {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Which file names to read.
+    pub glob: glob::Pattern,
+    /// How often to look for new files.
+    pub poll_interval: Duration,
+    /// At most this many files per batch (Spark's `maxFilesPerTrigger`);
+    /// under deterministic time, exactly this many (fewer only at the end).
+    pub max_files_per_batch: Option<u64>,
+}
+
+impl SourceType for FilesSpec {
+    const NAME: &'static str = "files";
+    const KEYS: &'static [Key] = &[
+        Key::text("path"),
+        Key::text("glob"),
+        Key::text("poll-interval"),
+        Key::integer("max-files-per-batch"),
+    ];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let dir = required(settings.text("path"), "path", cx.offset, "a files source")?;
+        let glob = match settings.text("glob") {
+            Some(pattern) => glob::Pattern::new(pattern.get_ref()).map_err(|e| {
+                (
+                    pattern.span().start,
+                    format!("invalid glob `{}`: {e}", pattern.get_ref()),
+                )
+            })?,
+            None => glob::Pattern::new("*").expect("valid pattern"),
+        };
+        let poll_interval = match settings.text("poll-interval") {
+            Some(text) => duration(text)?,
+            None => Duration::from_millis(100),
+        };
+        Ok(Self {
+            dir: cx.base_dir.join(dir),
+            glob,
+            poll_interval,
+            max_files_per_batch: positive(
+                settings.integer("max-files-per-batch"),
+                "max-files-per-batch",
+                1 << 30,
+            )?
+            .map(|n| n as u64),
+        })
+    }
+}
+
+impl SourceConfig for FilesSpec {
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(FilesSource::new(self.clone()))
+    }
+
+    fn fixed_batches(&self) -> bool {
+        self.max_files_per_batch.is_some()
+    }
+}
 
 /// A directory receiver.
 pub struct FilesSource {

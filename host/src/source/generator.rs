@@ -5,7 +5,61 @@
 use std::time::Duration;
 
 use super::{BatchInput, Source, SourceContext, SourceError, SourcePosition};
-use crate::config::GeneratorSpec;
+use crate::config::{
+    Key, KindContext, Settings, SourceConfig, SourceType, SpecError, non_negative, positive,
+};
+
+/// Settings of the generator source (`type = "generator"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratorSpec {
+    /// Lines to produce; unlimited when `None`.
+    pub lines: Option<u64>,
+    /// Lines per second; unthrottled when `None`.
+    pub rate: Option<u64>,
+    /// Words per line.
+    pub words_per_line: usize,
+    /// Seed of the word sequence.
+    pub seed: u64,
+    /// Lines per batch: each batch gets exactly this many (fewer only at the end).
+    pub records_per_batch: Option<u64>,
+}
+
+impl SourceType for GeneratorSpec {
+    const NAME: &'static str = "generator";
+    const KEYS: &'static [Key] = &[
+        Key::integer("lines"),
+        Key::integer("rate"),
+        Key::integer("words-per-line"),
+        Key::integer("seed"),
+        Key::integer("records-per-batch"),
+    ];
+
+    fn parse(settings: &Settings, _: &KindContext<'_>) -> Result<Self, SpecError> {
+        Ok(Self {
+            lines: non_negative(settings.integer("lines"), "lines")?,
+            rate: positive(settings.integer("rate"), "rate", usize::MAX)?.map(|r| r as u64),
+            words_per_line: positive(settings.integer("words-per-line"), "words-per-line", 10_000)?
+                .unwrap_or(8),
+            seed: non_negative(settings.integer("seed"), "seed")?.unwrap_or(0),
+            records_per_batch: positive(
+                settings.integer("records-per-batch"),
+                "records-per-batch",
+                1 << 40,
+            )?
+            .map(|n| n as u64),
+        })
+    }
+}
+
+impl SourceConfig for GeneratorSpec {
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(GeneratorSource::new(self.clone()))
+    }
+
+    fn fixed_batches(&self) -> bool {
+        self.records_per_batch.is_some() && self.rate.is_none()
+    }
+}
 
 /// The vocabulary lines are drawn from.
 pub const WORDS: [&str; 64] = [

@@ -12,6 +12,10 @@
 //! - [`files`]: lines of every file that appears in a directory.
 //! - [`generator`]: deterministic words text, the embedded demo and benchmark input.
 //! - [`stdin`]: lines from standard input.
+//!
+//! Each of those files also owns its kind's keys, its parser and the
+//! construction of its receiver ([`crate::config::SourceType`],
+//! [`crate::config::SourceConfig`]); [`TYPES`] registers them.
 
 pub mod files;
 pub mod generator;
@@ -24,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{SourceKind, SourceSpec};
+use crate::config::{SourceEntry, SourceSpec};
 use crate::record::Batch;
 pub use position::{BatchInput, FileSegment, Replay, SourcePosition, SourceProgress};
 
@@ -301,22 +305,16 @@ pub trait Source: Send {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError>;
 }
 
+/// Every kind of source, in the order errors list them. A new kind is a
+/// module here and one line in this list.
+pub const TYPES: &[SourceEntry] = &[
+    SourceEntry::of::<socket::SocketSpec>(),
+    SourceEntry::of::<files::FilesSpec>(),
+    SourceEntry::of::<generator::GeneratorSpec>(),
+    SourceEntry::of::<stdin::StdinSource>(),
+];
+
 /// The receiver for a source spec.
 pub fn from_spec(spec: &SourceSpec) -> Box<dyn Source> {
-    match &spec.kind {
-        SourceKind::Socket {
-            address,
-            mode,
-            max_backoff,
-            ack,
-        } => Box::new(socket::SocketSource::new(
-            address.clone(),
-            *mode,
-            *max_backoff,
-            *ack,
-        )),
-        SourceKind::Files(settings) => Box::new(files::FilesSource::new(settings.clone())),
-        SourceKind::Generator(settings) => Box::new(generator::GeneratorSource::new(settings.clone())),
-        SourceKind::Stdin => Box::new(stdin::StdinSource),
-    }
+    spec.kind.build()
 }

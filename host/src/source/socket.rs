@@ -18,7 +18,83 @@ use tokio::task::JoinSet;
 
 use super::wal::{CompleteLines, IntakeError, LoggedIntake};
 use super::{Closed, Source, SourceContext, SourceError, now_ms};
-use crate::config::SocketMode;
+use crate::config::{Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, required};
+
+/// How a socket source gets its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketMode {
+    /// Connect to `address` (like Spark's `socketTextStream`), reconnecting with backoff.
+    Connect,
+    /// Listen on `address` and accept any number of producers.
+    Listen,
+}
+
+/// Settings of the socket source (`type = "socket"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSpec {
+    /// `host:port`.
+    pub address: String,
+    /// Connect to a server, or listen for producers.
+    pub mode: SocketMode,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// Acknowledge logged lines to the producer (`ack <lines>`), with checkpoints.
+    pub ack: bool,
+}
+
+impl SourceType for SocketSpec {
+    const NAME: &'static str = "socket";
+    const KEYS: &'static [Key] = &[
+        Key::text("address"),
+        Key::text("mode"),
+        Key::text("max-backoff"),
+        Key::boolean("ack"),
+    ];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let address = required(settings.text("address"), "address", cx.offset, "a socket source")?;
+        let mode = match settings
+            .text("mode")
+            .map(|m| (m.get_ref().as_str(), m.span().start))
+        {
+            None | Some(("connect", _)) => SocketMode::Connect,
+            Some(("listen", _)) => SocketMode::Listen,
+            Some((other, at)) => {
+                return Err((
+                    at,
+                    format!("unknown socket mode `{other}` (expected connect or listen)"),
+                ));
+            }
+        };
+        let max_backoff = match settings.text("max-backoff") {
+            Some(text) => duration(text)?,
+            None => Duration::from_secs(5),
+        };
+        Ok(Self {
+            address: address.to_owned(),
+            mode,
+            max_backoff,
+            ack: settings.boolean("ack").is_some_and(|a| *a.get_ref()),
+        })
+    }
+}
+
+impl SourceConfig for SocketSpec {
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(SocketSource::new(
+            self.address.clone(),
+            self.mode,
+            self.max_backoff,
+            self.ack,
+        ))
+    }
+
+    fn needs_checkpoints(&self) -> Option<&'static str> {
+        self.ack.then_some(
+            "`ack` needs `checkpoint-dir` in [pipeline]: lines are acknowledged once they are in the write-ahead log kept there",
+        )
+    }
+}
 
 /// A socket receiver.
 pub struct SocketSource {

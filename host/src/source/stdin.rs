@@ -6,9 +6,27 @@ use tokio::io::AsyncReadExt;
 
 use super::wal::{CompleteLines, IntakeError, LoggedIntake};
 use super::{Source, SourceContext, SourceError, now_ms};
+use crate::config::{Key, KindContext, Settings, SourceConfig, SourceType, SpecError};
 
-/// Reads standard input line by line until end of file.
+/// Reads standard input line by line until end of file. It has no
+/// settings: it is its own (`type = "stdin"`).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct StdinSource;
+
+impl SourceType for StdinSource {
+    const NAME: &'static str = "stdin";
+    const KEYS: &'static [Key] = &[];
+
+    fn parse(_: &Settings, _: &KindContext<'_>) -> Result<Self, SpecError> {
+        Ok(Self)
+    }
+}
+
+impl SourceConfig for StdinSource {
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(Self)
+    }
+}
 
 #[async_trait::async_trait]
 impl Source for StdinSource {

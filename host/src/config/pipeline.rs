@@ -1,0 +1,255 @@
+//! The `[pipeline]`, `[plugins]`, `[checkpoint]` and `[limits]` tables, and
+//! the checks across tables: every stream read is produced, dead letters are
+//! kept, stages run after their inputs.
+//!
+//! [`build`] turns a parsed [`PipelineFile`] into a [`PipelineSpec`],
+//! handing each `[[source]]`, `[[stage]]` and `[[sink]]` to its parser and
+//! resolving relative paths against the pipeline file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::file::{CheckpointTable, PipelineFile};
+use super::graph::{Node, topological_order};
+use super::sink::sink_spec;
+use super::source::{check_sources, source_spec};
+use super::stage::{StageDefaults, limits, stage_spec};
+use super::values::{duration, positive};
+use super::{ClockMode, DEAD_LETTERS, LineIndex, PipelineSpec, SinkSpec, SourceSpec, SpecError, StageSpec};
+use crate::checkpoint::CheckpointSettings;
+use crate::runtime::Limits;
+use crate::source::wal::WalSync;
+
+/// Validates `raw`; errors carry the byte offset they refer to.
+pub(super) fn build(
+    raw: PipelineFile,
+    base_dir: &Path,
+    lines: &LineIndex,
+) -> Result<PipelineSpec, SpecError> {
+    let table = raw.pipeline;
+    let batch_interval = match &table.batch_interval {
+        Some(text) => duration(text)?,
+        None => Duration::from_secs(1),
+    };
+    let clock = match &table.clock {
+        None => ClockMode::WallClock,
+        Some(mode) if mode.get_ref() == "wall" => ClockMode::WallClock,
+        Some(mode) if mode.get_ref() == "deterministic" => ClockMode::Deterministic {
+            start_ms: table.start_time.as_ref().map_or(0, |t| *t.get_ref()),
+        },
+        Some(mode) => {
+            return Err((
+                mode.span().start,
+                format!(
+                    "unknown clock `{}` (expected wall or deterministic)",
+                    mode.get_ref()
+                ),
+            ));
+        }
+    };
+    if let (ClockMode::WallClock, Some(start)) = (clock, &table.start_time) {
+        return Err((
+            start.span().start,
+            "`start-time` needs clock = \"deterministic\"".into(),
+        ));
+    }
+    let checkpoint = checkpoint(table.checkpoint_dir.as_ref(), raw.checkpoint.as_ref(), base_dir)?;
+    let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
+    let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
+    let chunk_records = positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
+
+    let plugins: BTreeMap<String, PathBuf> = raw
+        .plugins
+        .into_iter()
+        .map(|(name, path)| (name, base_dir.join(path.into_inner())))
+        .collect();
+
+    let sources = raw
+        .sources
+        .into_iter()
+        .map(|source| source_spec(source, base_dir, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_sources(&sources, clock, checkpoint.is_some())?;
+    let default_limits = limits(
+        raw.limits.as_ref(),
+        Limits {
+            call_deadline: Limits::deadline_for_interval(batch_interval),
+            ..Limits::default()
+        },
+    )?;
+    let defaults = StageDefaults {
+        plugins: &plugins,
+        batch_interval,
+        limits: &default_limits,
+        base_dir,
+    };
+    let stages = raw
+        .stages
+        .into_iter()
+        .map(|stage| stage_spec(stage, &defaults, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+    let input_offsets: Vec<usize> = stages.iter().map(|(_, input_at, _)| *input_at).collect();
+    let stages: Vec<(usize, StageSpec)> = stages
+        .into_iter()
+        .map(|(offset, _, stage)| (offset, stage))
+        .collect();
+    let sinks = raw
+        .sinks
+        .into_iter()
+        .map(|sink| sink_spec(sink, base_dir, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    for (offset, name) in sources
+        .iter()
+        .map(|(o, s)| (*o, &s.name))
+        .chain(stages.iter().map(|(o, s)| (*o, &s.name)))
+    {
+        if name == DEAD_LETTERS {
+            return Err((
+                offset,
+                format!("`{DEAD_LETTERS}` is reserved for the dead-letter stream"),
+            ));
+        }
+    }
+    let dead_letters = stages.iter().any(|(_, stage)| stage.dead_letters());
+    if dead_letters && !sinks.iter().any(|(_, sink)| sink.input == DEAD_LETTERS) {
+        let (offset, stage) = stages
+            .iter()
+            .find(|(_, stage)| stage.dead_letters())
+            .expect("a dead-letter stage exists");
+        return Err((
+            *offset,
+            format!(
+                "stage `{}` sends records to the dead-letter stream (on-error or late-records = \"dead-letter\") but no sink reads `{DEAD_LETTERS}`: add a [[sink]] with input = \"{DEAD_LETTERS}\" so those records are kept",
+                stage.name
+            ),
+        ));
+    }
+    let order = order_stages(&sources, &stages, &input_offsets, &sinks, dead_letters)?;
+    let mut slots: Vec<Option<(usize, StageSpec)>> = stages.into_iter().map(Some).collect();
+    let stages = order
+        .into_iter()
+        .map(|index| slots[index].take().expect("each stage ordered once").1)
+        .collect();
+
+    Ok(PipelineSpec {
+        name: table.name,
+        batch_interval,
+        clock,
+        checkpoint,
+        partitions,
+        queue_chunks,
+        chunk_records,
+        plugins,
+        sources: sources.into_iter().map(|(_, source)| source).collect(),
+        stages,
+        sinks: sinks.into_iter().map(|(_, sink)| sink).collect(),
+    })
+}
+
+/// `checkpoint-dir` of `[pipeline]` with the settings of `[checkpoint]`;
+/// `None`: no checkpoints.
+fn checkpoint(
+    dir: Option<&Spanned<String>>,
+    tuning: Option<&Spanned<CheckpointTable>>,
+    base_dir: &Path,
+) -> Result<Option<CheckpointSettings>, SpecError> {
+    let dir = match (dir, tuning) {
+        (None, Some(tuning)) => {
+            return Err((
+                tuning.span().start,
+                "[checkpoint] needs `checkpoint-dir` in [pipeline]".into(),
+            ));
+        }
+        (None, None) => return Ok(None),
+        (Some(dir), _) => dir,
+    };
+    let tuning = tuning.map(|t| t.get_ref());
+    Ok(Some(CheckpointSettings {
+        dir: base_dir.join(dir.get_ref()),
+        every_batches: positive(
+            tuning.and_then(|t| t.every_batches.as_ref()),
+            "every-batches",
+            1 << 30,
+        )?
+        .unwrap_or(10) as u64,
+        every: tuning.and_then(|t| t.every.as_ref()).map(duration).transpose()?,
+        keep: positive(tuning.and_then(|t| t.keep.as_ref()), "keep", 1000)?.unwrap_or(3),
+        wal_sync: match tuning.and_then(|t| t.wal_sync.as_ref()) {
+            None => WalSync::Block,
+            Some(text) if text.get_ref() == "block" => WalSync::Block,
+            Some(text) => WalSync::Interval(duration(text).map_err(|(at, _)| {
+                (
+                    at,
+                    format!(
+                        "wal-sync must be \"block\" or an interval such as \"100ms\", not {:?}",
+                        text.get_ref()
+                    ),
+                )
+            })?),
+        },
+    }))
+}
+
+/// Orders stages after their inputs and checks that sinks read known streams.
+fn order_stages(
+    sources: &[(usize, SourceSpec)],
+    stages: &[(usize, StageSpec)],
+    input_offsets: &[usize],
+    sinks: &[(usize, SinkSpec)],
+    dead_letters: bool,
+) -> Result<Vec<usize>, SpecError> {
+    if sources.is_empty() {
+        return Err((0, "the pipeline has no [[source]]".into()));
+    }
+    if sinks.is_empty() {
+        return Err((
+            0,
+            "the pipeline has no [[sink]]: add one (for example type = \"console\") so results go somewhere"
+                .into(),
+        ));
+    }
+    let source_nodes: Vec<(&str, usize)> = sources
+        .iter()
+        .map(|(offset, source)| (source.name.as_str(), *offset))
+        .collect();
+    let stage_nodes: Vec<Node<'_>> = stages
+        .iter()
+        .zip(input_offsets)
+        .map(|((offset, stage), input_at)| Node {
+            name: &stage.name,
+            inputs: stage
+                .inputs
+                .iter()
+                .map(|input| (input.as_str(), *input_at))
+                .collect(),
+            offset: *offset,
+        })
+        .collect();
+    let order = topological_order(&source_nodes, &stage_nodes)?;
+    for (offset, sink) in sinks {
+        if sink.input == DEAD_LETTERS && !dead_letters {
+            return Err((
+                *offset,
+                format!(
+                    "sink `{}` reads `{DEAD_LETTERS}`, but no stage has on-error = \"dead-letter\"",
+                    sink.name
+                ),
+            ));
+        }
+        let known = sink.input == DEAD_LETTERS
+            || source_nodes.iter().any(|(name, _)| *name == sink.input)
+            || stage_nodes.iter().any(|node| node.name == sink.input);
+        if !known {
+            return Err((
+                *offset,
+                format!("sink `{}` reads the unknown stream `{}`", sink.name, sink.input),
+            ));
+        }
+    }
+    Ok(order)
+}

@@ -1,0 +1,134 @@
+//! `[[sink]]` tables: what a sink kind provides, and the parser that hands
+//! each table to its kind.
+//!
+//! A sink kind is one type, in its file under `sink/`, that implements
+//! [`SinkType`] (its `type` name, its keys, its parser) and [`SinkConfig`]
+//! (the settings it parsed, which build the sink); it is registered by one
+//! line in [`crate::sink::TYPES`].
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use toml::Spanned;
+
+use super::file::SinkTable;
+use super::settings::{Key, KindContext, Schema, Settings};
+use super::values::alternatives;
+use super::{LineIndex, SinkSpec, SpecError};
+use crate::sink::{Sink, TYPES};
+
+/// The validated settings of one kind of sink.
+pub trait SinkConfig: fmt::Debug + Send + Sync + Any {
+    /// The sink these settings describe, for `spec` (its name and input
+    /// stream). `window_ms` is the window length when the sink's stream
+    /// comes from a window stage (records are then tagged with their window).
+    fn build(&self, spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink>;
+}
+
+/// A kind of sink: its name, its keys and its parser.
+pub trait SinkType: SinkConfig + Sized {
+    /// Its name in `type = "..."`.
+    const NAME: &'static str;
+    /// Every key it accepts besides `name`, `input` and `type`.
+    const KEYS: &'static [Key];
+
+    /// Reads its keys (only [`Self::KEYS`] are present) into its settings.
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError>;
+}
+
+/// A registered sink kind.
+pub struct SinkEntry {
+    name: &'static str,
+    keys: &'static [Key],
+    parse: fn(&Settings, &KindContext<'_>) -> Result<SinkKind, SpecError>,
+}
+
+impl SinkEntry {
+    /// The entry of kind `T`.
+    pub const fn of<T: SinkType>() -> Self {
+        Self {
+            name: T::NAME,
+            keys: T::KEYS,
+            parse: parse_as::<T>,
+        }
+    }
+}
+
+fn parse_as<T: SinkType>(settings: &Settings, cx: &KindContext<'_>) -> Result<SinkKind, SpecError> {
+    T::parse(settings, cx).map(|config| SinkKind(Arc::new(config)))
+}
+
+/// Where a sink writes: the settings of its kind.
+#[derive(Debug, Clone)]
+pub struct SinkKind(Arc<dyn SinkConfig>);
+
+impl SinkKind {
+    /// The settings, if the sink is of kind `T`.
+    pub fn settings<T: SinkConfig>(&self) -> Option<&T> {
+        let config: &dyn Any = self.0.as_ref();
+        config.downcast_ref()
+    }
+}
+
+impl Deref for SinkKind {
+    type Target = dyn SinkConfig;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+/// The keys a `[[sink]]` table may hold: its own and every kind's.
+pub(super) fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        Schema::new(
+            "SinkTable",
+            &[Key::text("name"), Key::text("input"), Key::text("type")],
+            &["input", "type"],
+            TYPES.iter().map(|kind| kind.keys),
+        )
+    })
+}
+
+/// Validates one `[[sink]]` table; returns its offset with it.
+pub(super) fn sink_spec(
+    table: Spanned<SinkTable>,
+    base_dir: &Path,
+    lines: &LineIndex,
+) -> Result<(usize, SinkSpec), SpecError> {
+    let offset = table.span().start;
+    let table = table.into_inner();
+    let kind_name = table.kind.get_ref().as_str();
+    let Some(entry) = TYPES.iter().find(|kind| kind.name == kind_name) else {
+        let names: Vec<&str> = TYPES.iter().map(|kind| kind.name).collect();
+        return Err((
+            table.kind.span().start,
+            format!(
+                "unknown sink type `{kind_name}` (expected {})",
+                alternatives(&names)
+            ),
+        ));
+    };
+    table
+        .settings
+        .only(schema(), entry.keys, &format!("a `{kind_name}` sink"))?;
+    let kind = (entry.parse)(&table.settings, &KindContext { offset, base_dir })?;
+    let input = table.input.get_ref().clone();
+    let name = match &table.name {
+        Some(name) => name.get_ref().clone(),
+        None => format!("{kind_name}-{input}"),
+    };
+    Ok((
+        offset,
+        SinkSpec {
+            name,
+            input,
+            kind,
+            line: lines.line_of(offset),
+        },
+    ))
+}

@@ -1,0 +1,168 @@
+//! `[[source]]` tables: what a source kind provides, and the parser that
+//! hands each table to its kind.
+//!
+//! A source kind is one type, in its receiver's file under `source/`, that
+//! implements [`SourceType`] (its `type` name, its keys, its parser) and
+//! [`SourceConfig`] (the settings it parsed, which build the receiver); it
+//! is registered by one line in [`crate::source::TYPES`]. A Kafka source is
+//! `source/kafka.rs`, its `pub mod` line and that registration line.
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use toml::Spanned;
+
+use super::file::SourceTable;
+use super::settings::{Key, KindContext, Schema, Settings};
+use super::values::{alternatives, stream_name};
+use super::{ClockMode, LineIndex, SourceSpec, SpecError};
+use crate::source::{Source, TYPES};
+
+/// The validated settings of one kind of source.
+pub trait SourceConfig: fmt::Debug + Send + Sync + Any {
+    /// The receiver these settings describe.
+    fn build(&self) -> Box<dyn Source>;
+
+    /// Why this source cannot run without `checkpoint-dir`, as the message
+    /// of the error. Default: it can.
+    fn needs_checkpoints(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// True when every batch holds a fixed part of this source, as
+    /// `clock = "deterministic"` requires. Default: it does not.
+    fn fixed_batches(&self) -> bool {
+        false
+    }
+}
+
+/// A kind of source: its name, its keys and its parser.
+pub trait SourceType: SourceConfig + Sized {
+    /// Its name in `type = "..."`.
+    const NAME: &'static str;
+    /// Every key it accepts besides `name` and `type`.
+    const KEYS: &'static [Key];
+
+    /// Reads its keys (only [`Self::KEYS`] are present) into its settings.
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError>;
+}
+
+/// A registered source kind.
+pub struct SourceEntry {
+    name: &'static str,
+    keys: &'static [Key],
+    parse: fn(&Settings, &KindContext<'_>) -> Result<SourceKind, SpecError>,
+}
+
+impl SourceEntry {
+    /// The entry of kind `T`.
+    pub const fn of<T: SourceType>() -> Self {
+        Self {
+            name: T::NAME,
+            keys: T::KEYS,
+            parse: parse_as::<T>,
+        }
+    }
+}
+
+fn parse_as<T: SourceType>(settings: &Settings, cx: &KindContext<'_>) -> Result<SourceKind, SpecError> {
+    T::parse(settings, cx).map(|config| SourceKind(Arc::new(config)))
+}
+
+/// What a source reads: the settings of its kind.
+#[derive(Debug, Clone)]
+pub struct SourceKind(Arc<dyn SourceConfig>);
+
+impl SourceKind {
+    /// The settings, if the source is of kind `T`.
+    pub fn settings<T: SourceConfig>(&self) -> Option<&T> {
+        let config: &dyn Any = self.0.as_ref();
+        config.downcast_ref()
+    }
+}
+
+impl Deref for SourceKind {
+    type Target = dyn SourceConfig;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+/// The keys a `[[source]]` table may hold: its own and every kind's.
+pub(super) fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        Schema::new(
+            "SourceTable",
+            &[Key::text("name"), Key::text("type")],
+            &["name", "type"],
+            TYPES.iter().map(|kind| kind.keys),
+        )
+    })
+}
+
+/// Validates one `[[source]]` table; returns its offset with it.
+pub(super) fn source_spec(
+    table: Spanned<SourceTable>,
+    base_dir: &Path,
+    lines: &LineIndex,
+) -> Result<(usize, SourceSpec), SpecError> {
+    let offset = table.span().start;
+    let table = table.into_inner();
+    let name = stream_name(&table.name)?;
+    let kind_name = table.kind.get_ref().as_str();
+    let Some(entry) = TYPES.iter().find(|kind| kind.name == kind_name) else {
+        let names: Vec<&str> = TYPES.iter().map(|kind| kind.name).collect();
+        return Err((
+            table.kind.span().start,
+            format!(
+                "unknown source type `{kind_name}` (expected {})",
+                alternatives(&names)
+            ),
+        ));
+    };
+    table
+        .settings
+        .only(schema(), entry.keys, &format!("a `{kind_name}` source"))?;
+    let kind = (entry.parse)(&table.settings, &KindContext { offset, base_dir })?;
+    Ok((
+        offset,
+        SourceSpec {
+            name,
+            kind,
+            line: lines.line_of(offset),
+        },
+    ))
+}
+
+/// The checks of sources against the pipeline: sources that need
+/// checkpoints, then, under deterministic time, sources without fixed batches.
+pub(super) fn check_sources(
+    sources: &[(usize, SourceSpec)],
+    clock: ClockMode,
+    checkpointed: bool,
+) -> Result<(), SpecError> {
+    if !checkpointed
+        && let Some((offset, reason)) = sources
+            .iter()
+            .find_map(|(offset, source)| Some((*offset, source.kind.needs_checkpoints()?)))
+    {
+        return Err((offset, reason.to_owned()));
+    }
+    if matches!(clock, ClockMode::Deterministic { .. })
+        && let Some((offset, source)) = sources.iter().find(|(_, source)| !source.kind.fixed_batches())
+    {
+        return Err((
+            *offset,
+            format!(
+                "source `{}` cannot run under clock = \"deterministic\": each batch must hold a fixed part of every source; use a files source with `max-files-per-batch` or a generator with `records-per-batch` (and no `rate`)",
+                source.name
+            ),
+        ));
+    }
+    Ok(())
+}
