@@ -421,6 +421,43 @@ fn demo(lines: u64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bench --suite many`: 50 small pipelines on one engine.
+fn many(engine: &Engine, split_words: &Path) -> anyhow::Result<()> {
+    let looping = example_plugin("loop-forever")?;
+    let busy = example_plugin("busy")?;
+    let report = cli::many::many(engine, split_words, &looping, &busy, |line| eprintln!("{line}"))?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "many pipelines: {} word counts on one engine ({} worker threads, {} threads in the process):",
+        report.pipelines, report.workers, report.threads
+    );
+    println!(
+        "  start (prepare + start)  first {:.2} ms (compiles); the others median {:.2} ms, max {:.2} ms \
+         ({} compiles, {} catalog hits)",
+        ms(report.first_start),
+        ms(report.median_start),
+        ms(report.max_start),
+        report.compiles,
+        report.hits
+    );
+    println!(
+        "  memory per idle pipeline {:.2} MB",
+        report.bytes_per_idle_pipeline / 1e6
+    );
+    let [alone, looping, heavy] = report.isolation;
+    println!(
+        "  isolation among 20 pipelines: healthy word count mean batch {:.2} ms alone, {:.2} ms next to a looping \
+         neighbour ({:.2}x), {:.2} ms next to a 40 ms-per-record neighbour on 4 partitions ({:.2}x)",
+        ms(alone),
+        ms(looping),
+        looping.as_secs_f64() / alone.as_secs_f64(),
+        ms(heavy),
+        heavy.as_secs_f64() / alone.as_secs_f64()
+    );
+    println!("  peak RSS {:.1} MB", report.peak_rss as f64 / 1e6);
+    Ok(())
+}
+
 fn bench(
     lines: u64,
     partitions: Option<usize>,
@@ -458,6 +495,12 @@ fn bench(
         );
         println!("  with / without = {:.2}", report.ratio());
         if suite == "checkpoint" {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if suite == "all" || suite == "many" {
+        many(&engine, &plugin)?;
+        if suite == "many" {
             return Ok(ExitCode::SUCCESS);
         }
     }

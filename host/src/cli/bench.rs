@@ -88,7 +88,7 @@ impl BenchReport {
 
 /// Adds up the counts of the word-count output; keeps nothing. The total
 /// must equal the number of words generated.
-struct TotalSink(Arc<AtomicU64>);
+pub struct TotalSink(pub Arc<AtomicU64>);
 
 impl Sink for TotalSink {
     fn write(&mut self, _: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {

@@ -1,3 +1,4 @@
-//! What the `weir` binary does besides running pipelines: the benchmark.
+//! What the `weir` binary does besides running pipelines: the benchmarks.
 
 pub mod bench;
+pub mod many;

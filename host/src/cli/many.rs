@@ -1,0 +1,237 @@
+//! `weir bench --suite many`: many small pipelines on one engine.
+//!
+//! - **Start time**: 50 word counts prepared and started one after the
+//!   other; every one after the first finds its plugin compiled in the
+//!   catalog.
+//! - **Memory per idle pipeline**: resident memory with the 50 running and
+//!   idle (their sources have nothing to read) over resident memory before.
+//! - **Isolation with 20 pipelines**: a healthy word count's mean batch
+//!   time among 18 light pipelines, alone and next to a neighbour that
+//!   loops to its deadline on every batch, then next to one whose plugin
+//!   legitimately spends 40 ms per record on 4 partitions.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use weir::engine::{Engine, PipelineHandle};
+use weir::pipeline::{RunOptions, RunSummary, StopMode};
+
+use super::bench::{TotalSink, wordcount_toml};
+
+/// What the many-pipelines benchmark measured.
+#[derive(Debug, Clone)]
+pub struct ManyReport {
+    /// Pipelines started.
+    pub pipelines: usize,
+    /// Prepare + start of the first pipeline (compiles its plugin).
+    pub first_start: Duration,
+    /// Median prepare + start of the others (plugin from the catalog).
+    pub median_start: Duration,
+    /// Slowest of the others.
+    pub max_start: Duration,
+    /// Compiles and catalog hits over the starts.
+    pub compiles: u64,
+    /// Catalog hits over the starts.
+    pub hits: u64,
+    /// Resident bytes per idle pipeline.
+    pub bytes_per_idle_pipeline: f64,
+    /// Worker threads of the engine.
+    pub workers: usize,
+    /// Threads of the process with every pipeline running.
+    pub threads: usize,
+    /// Healthy mean batch time among 20 pipelines: alone, next to a
+    /// looping neighbour, next to a heavy one.
+    pub isolation: [Duration; 3],
+    /// Peak resident memory of the process.
+    pub peak_rss: u64,
+}
+
+/// Resident memory of this process now, from `/proc/self/statm`.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Peak resident memory of this process (`VmHWM`).
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count())
+}
+
+fn start(engine: &Engine, text: &str, stream: &str) -> anyhow::Result<PipelineHandle> {
+    let mut prepared = engine.prepare(text, Path::new("many.toml"))?;
+    prepared.pipeline_mut().set_sinks(vec![(
+        stream.to_owned(),
+        Box::new(TotalSink(Arc::new(AtomicU64::new(0)))),
+    )])?;
+    Ok(engine.start(prepared, RunOptions::default())?)
+}
+
+fn stop_all(handles: Vec<PipelineHandle>) -> anyhow::Result<Vec<RunSummary>> {
+    for handle in &handles {
+        handle.stop(StopMode::Graceful);
+    }
+    handles.iter().map(|handle| Ok(handle.wait()?)).collect()
+}
+
+fn mean_batch(summary: &RunSummary) -> Duration {
+    summary.total_batch_time / summary.batches.max(1) as u32
+}
+
+/// Runs the benchmark with `split_words`, the `loop-forever` plugin and the
+/// `busy` plugin; `progress` gets a line per step.
+pub fn many(
+    engine: &Engine,
+    split_words: &Path,
+    looping: &Path,
+    busy: &Path,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<ManyReport> {
+    const PIPELINES: usize = 50;
+    let empty = tempfile::tempdir()?;
+    let idle_source = format!(
+        "type = \"files\"\npath = {:?}",
+        empty.path().display().to_string()
+    );
+    let before = resident_bytes();
+    let catalog = engine.catalog();
+    let mut starts = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..PIPELINES {
+        let text = wordcount_toml(&format!("idle-{i}"), "1s", 2, split_words, &idle_source);
+        let started = Instant::now();
+        handles.push(start(engine, &text, "counts")?);
+        starts.push(started.elapsed());
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let bytes_per_idle_pipeline = resident_bytes().saturating_sub(before) as f64 / PIPELINES as f64;
+    let threads = threads();
+    let after = engine.catalog();
+    progress(&format!("{PIPELINES} idle pipelines started; {threads} threads"));
+    stop_all(handles)?;
+    let first_start = starts[0];
+    let mut others = starts[1..].to_vec();
+    others.sort();
+
+    // Isolation: 18 light word counts, the measured one, and a neighbour.
+    let light = |i: usize| {
+        wordcount_toml(
+            &format!("light-{i}"),
+            "100ms",
+            2,
+            split_words,
+            "type = \"generator\"\nrate = 1000",
+        )
+    };
+    let healthy = wordcount_toml(
+        "healthy",
+        "100ms",
+        2,
+        split_words,
+        "type = \"generator\"\nrate = 50000",
+    );
+    let neighbour =
+        |name: &str, plugin: &Path, partitions: usize, source: &str, config: &str, limits: &str| {
+            format!(
+                r#"
+[pipeline]
+name = "{name}"
+batch-interval = "100ms"
+partitions = {partitions}
+[plugins]
+p = {plugin:?}
+[[source]]
+name = "words"
+{source}
+[[stage]]
+name = "out"
+input = "words"
+op = "map"
+plugin = "p"
+{config}
+limits = {{ {limits} }}
+on-error = "skip-batch"
+quarantine-after = 1000000
+[[sink]]
+input = "out"
+type = "console"
+"#,
+                plugin = plugin.display().to_string()
+            )
+        };
+    let looping_text = neighbour(
+        "looping",
+        looping,
+        2,
+        "type = \"generator\"\nrate = 2000\nwords-per-line = 1",
+        "config = { trigger = \"the\" }",
+        "timeout = \"20ms\"",
+    );
+    let mut isolation = [Duration::ZERO; 3];
+    for (round, extra) in [
+        None,
+        Some(("looping", looping_text)),
+        Some(("heavy", String::new())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut handles: Vec<PipelineHandle> = (0..18)
+            .map(|i| start(engine, &light(i), "counts"))
+            .collect::<Result<_, _>>()?;
+        let measured = start(engine, &healthy, "counts")?;
+        let neighbour_handle = match extra {
+            None => None,
+            Some(("heavy", _)) => {
+                // 40 ms per record, 4 partitions: a heavy but legitimate plugin
+                // (a map over the value "40", which `busy` spins for).
+                // 400 records: ~8 s of work for 2 workers, past the 4 s measured.
+                let dir = tempfile::tempdir()?;
+                std::fs::write(dir.path().join("records.txt"), "40\n".repeat(400))?;
+                let source = format!("type = \"files\"\npath = {:?}", dir.path().display().to_string());
+                let text = neighbour("heavy", busy, 4, &source, "", "timeout = \"10s\"");
+                Some((start(engine, &text, "out")?, Some(dir)))
+            }
+            Some((_, text)) => Some((start(engine, &text, "out")?, None)),
+        };
+        std::thread::sleep(Duration::from_secs(4));
+        measured.stop(StopMode::Graceful);
+        let summary = measured.wait()?;
+        isolation[round] = mean_batch(&summary);
+        progress(&format!(
+            "isolation round {round}: healthy mean batch {:.2} ms over {} batches",
+            isolation[round].as_secs_f64() * 1e3,
+            summary.batches
+        ));
+        if let Some((handle, _dir)) = neighbour_handle {
+            handles.push(handle);
+        }
+        stop_all(handles)?;
+    }
+    Ok(ManyReport {
+        pipelines: PIPELINES,
+        first_start,
+        median_start: others[others.len() / 2],
+        max_start: others[others.len() - 1],
+        compiles: after.compiles - catalog.compiles,
+        hits: after.hits - catalog.hits,
+        bytes_per_idle_pipeline,
+        workers: engine.worker_threads(),
+        threads,
+        isolation,
+        peak_rss: peak_rss(),
+    })
+}
