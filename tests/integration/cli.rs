@@ -224,3 +224,50 @@ fn compiled_components_are_cached_on_disk_and_reused() {
         written
     );
 }
+
+/// The threads of process `pid`, by name.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn twenty_pipelines_in_one_process_share_one_worker_pool() {
+    let dir = scratch();
+    for i in 0..20 {
+        let text = wordcount_pipeline(
+            "type = \"generator\"\nrate = 2000",
+            &dir.path().join(format!("out-{i}")),
+            4,
+        )
+        .replace("name = \"wordcount\"", &format!("name = \"wordcount-{i}\""));
+        write_pipeline(dir.path(), &format!("p{i:02}.toml"), &text);
+    }
+    let mut child = weir().spawn(&["run", dir.path().to_str().unwrap()]);
+    // Every pipeline has completed batches once each output has one.
+    let started = std::time::Instant::now();
+    while (0..20).any(|i| weir_tests::sink_lines(&dir.path().join(format!("out-{i}"))).is_empty()) {
+        assert!(started.elapsed() < LIMIT, "not every pipeline produced output");
+        assert!(child.try_wait().unwrap().is_none(), "weir exited early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let names = thread_names(child.id());
+    weir_tests::terminate(&child);
+    let output = weir_tests::wait_output(child, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let count = |prefix: &str| names.iter().filter(|name| name.starts_with(prefix)).count();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    // 20 pipelines of 4 partitions each: still one pool of one thread per core.
+    assert_eq!(count("weir-worker"), cores, "{names:?}");
+    assert_eq!(count("weir-pipeline"), 20, "one driver per pipeline: {names:?}");
+    assert!(
+        names.len() <= cores + 20 + 12,
+        "{} threads: {names:?}",
+        names.len()
+    );
+    let log = stderr(&output);
+    assert_eq!(log.matches("stopped gracefully").count(), 20, "{log}");
+}

@@ -9,7 +9,7 @@
 //! - **Checkpoints** (`checkpoints/<batch>/`): every `every-batches` batches
 //!   (or `every` seconds), at a batch boundary, every stateful operator's
 //!   state is snapshotted on the driver thread, then written in the
-//!   background with a manifest: the pipeline definition, each plugin's
+//!   background with a manifest: the pipeline's name, each plugin's
 //!   content hash, each source's progress, the last batch id and what the
 //!   sinks have committed, with a checksum of every state file. The manifest
 //!   is written last and `LATEST` is switched atomically after it, so a crash
@@ -119,8 +119,6 @@ pub struct Manifest {
     pub version: u32,
     /// The pipeline's name.
     pub pipeline: String,
-    /// The validated pipeline definition.
-    pub definition: String,
     /// Plugin name → hex SHA-256 of its component.
     pub plugins: BTreeMap<String, String>,
     /// The last batch the checkpoint includes.
@@ -595,7 +593,6 @@ mod tests {
         Manifest {
             version: FORMAT,
             pipeline: "p".into(),
-            definition: String::new(),
             plugins: BTreeMap::from([("split".into(), "aa".into())]),
             batch,
             time: batch as i64 * 1000,

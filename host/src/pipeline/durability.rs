@@ -33,7 +33,6 @@ pub struct CheckpointStats {
 pub struct Durability {
     checkpointer: Checkpointer,
     pipeline: String,
-    definition: String,
     plugins: BTreeMap<String, String>,
     sinks: Vec<String>,
     source_names: Vec<String>,
@@ -73,7 +72,6 @@ impl Durability {
         settings: CheckpointSettings,
         plan: &Plan,
         plugins: BTreeMap<String, String>,
-        definition: String,
         allow_plugin_change: bool,
     ) -> Result<(Self, u64, Vec<Replay>), EngineError> {
         let pipeline = plan.pipeline.clone();
@@ -138,7 +136,6 @@ impl Durability {
         let durability = Self {
             checkpointer,
             pipeline,
-            definition,
             plugins,
             sinks: plan.sinks.iter().map(|(sink, _)| sink.name.clone()).collect(),
             source_names: names,
@@ -241,7 +238,6 @@ impl Durability {
         let manifest = Manifest {
             version: crate::checkpoint::FORMAT,
             pipeline: self.pipeline.clone(),
-            definition: self.definition.clone(),
             plugins: self.plugins.clone(),
             batch,
             time,

@@ -150,7 +150,6 @@ pub struct Pipeline {
     checkpoint: Option<CheckpointSettings>,
     plugin_hashes: BTreeMap<String, String>,
     stage_plugins: Vec<StagePlugin>,
-    definition: String,
 }
 
 /// What a driver needs from the engine that runs it.
@@ -251,7 +250,6 @@ impl Pipeline {
                 .filter_map(|name| Some((name.clone(), hash_of(name)?)))
                 .collect(),
             stage_plugins,
-            definition: format!("{spec:#?}"),
         })
     }
 
@@ -338,7 +336,6 @@ impl Pipeline {
                     settings.clone(),
                     &self.plan,
                     self.plugin_hashes.clone(),
-                    self.definition.clone(),
                     options.allow_plugin_change,
                 )?;
                 (Some(durability), first, replays.into_iter().map(Some).collect())
