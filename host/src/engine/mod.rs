@@ -67,6 +67,9 @@ pub struct EngineOptions {
     /// Write a perf map of compiled plugin code (`/tmp/perf-PID.map`) so
     /// `perf` names plugin functions.
     pub perf_map: bool,
+    /// Time between epoch ticks: how often a long plugin call lends its
+    /// worker to other pipelines and has its deadline checked.
+    pub epoch_tick: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +80,7 @@ impl Default for EngineOptions {
             io_threads: 2,
             state_dir: std::env::temp_dir().join("weir-state"),
             perf_map: false,
+            epoch_tick: crate::runtime::epoch::TICK,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Engine {
         let runtime = Runtime::with_options(RuntimeOptions {
             cache_dir: options.cache_dir.clone(),
             perf_map: options.perf_map,
+            epoch_tick: options.epoch_tick,
         })?;
         let io_error = |what: &str, e: std::io::Error| EngineError::Io(format!("cannot start {what}: {e}"));
         let workers = options

@@ -49,17 +49,17 @@ impl EngineLinker {
     /// An engine using the pooling allocator (fresh instances after a trap
     /// come from preallocated slots), or the on-demand allocator when the
     /// pool's address space cannot be reserved.
-    fn new(metered: bool, perf_map: bool) -> Result<Self, RuntimeError> {
-        match Self::with_allocator(metered, perf_map, true) {
+    fn new(metered: bool, options: &RuntimeOptions) -> Result<Self, RuntimeError> {
+        match Self::with_allocator(metered, options, true) {
             Ok(engine) => Ok(engine),
             Err(error) => {
                 tracing::warn!("pooling allocator unavailable ({error}); using on-demand allocation");
-                Self::with_allocator(metered, perf_map, false)
+                Self::with_allocator(metered, options, false)
             }
         }
     }
 
-    fn with_allocator(metered: bool, perf_map: bool, pooled: bool) -> Result<Self, RuntimeError> {
+    fn with_allocator(metered: bool, options: &RuntimeOptions, pooled: bool) -> Result<Self, RuntimeError> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -67,7 +67,7 @@ impl EngineLinker {
             .consume_fuel(metered)
             .max_wasm_stack(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        if perf_map {
+        if options.perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         if pooled {
@@ -81,7 +81,7 @@ impl EngineLinker {
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         }
         let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
-        epoch::start_ticker(&engine);
+        epoch::start_ticker(&engine, options.epoch_tick);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
         forbid_sleeping(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
@@ -92,12 +92,25 @@ impl EngineLinker {
 }
 
 /// How to set up a [`Runtime`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Where compiled components are cached (none: no cache).
     pub cache_dir: Option<PathBuf>,
     /// Write a perf map of compiled code so `perf` names plugin functions.
     pub perf_map: bool,
+    /// Time between epoch ticks: how often a long call lends its worker to
+    /// other pipelines and has its deadline checked ([`epoch::TICK`]).
+    pub epoch_tick: std::time::Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            perf_map: false,
+            epoch_tick: epoch::TICK,
+        }
+    }
 }
 
 /// The process-wide Wasm runtime. Cheap to share behind an [`Arc`].
@@ -106,7 +119,7 @@ pub struct RuntimeOptions {
 /// second one that meters fuel: fuel accounting costs every call (measured
 /// +15–40%), so only stages that ask for a fuel budget pay for it.
 pub struct Runtime {
-    perf_map: bool,
+    options: RuntimeOptions,
     plain: EngineLinker,
     metered: std::sync::OnceLock<Result<EngineLinker, String>>,
     cache: ComponentCache,
@@ -131,19 +144,18 @@ impl Runtime {
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, RuntimeError> {
         Self::with_options(RuntimeOptions {
             cache_dir,
-            perf_map: false,
+            ..RuntimeOptions::default()
         })
     }
 
     /// A runtime set up as `options` say.
     pub fn with_options(options: RuntimeOptions) -> Result<Arc<Self>, RuntimeError> {
-        let cache_dir = options.cache_dir;
         Ok(Arc::new(Self {
-            perf_map: options.perf_map,
-            plain: EngineLinker::new(false, options.perf_map)?,
+            plain: EngineLinker::new(false, &options)?,
             metered: std::sync::OnceLock::new(),
-            cache: ComponentCache::new(cache_dir),
+            cache: ComponentCache::new(options.cache_dir.clone()),
             catalog: PluginCatalog::default(),
+            options,
         }))
     }
 
@@ -170,7 +182,7 @@ impl Runtime {
         })?;
         let metered = self
             .metered
-            .get_or_init(|| EngineLinker::new(true, self.perf_map).map_err(|e| e.to_string()))
+            .get_or_init(|| EngineLinker::new(true, &self.options).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|message| PluginError::Compile {
                 path: path.to_owned(),

@@ -1,7 +1,7 @@
 //! Time-slicing of long plugin calls: while a call runs, other pipelines'
 //! waiting tasks get the worker thread at every epoch tick.
 //!
-//! Every plugin call runs with an epoch deadline of one [`super::epoch::TICK`];
+//! Every plugin call runs with an epoch deadline of one tick ([`super::epoch::TICK`]);
 //! when it is reached, the store's callback ([`on_tick`]) first lends the
 //! thread to whatever the worker pool installed as this thread's
 //! [`LendHook`] (it runs another pipeline's queued partition task, nested on
