@@ -255,7 +255,13 @@ pub fn run(
         for (name, on, native, best, time) in [
             ("wasm", engine, false, &mut best_wasm, &mut wasm_time),
             ("native", engine, true, &mut best_native, &mut native_time),
-            ("wasm-10ms", coarse_tick, false, &mut best_coarse, &mut coarse_time),
+            (
+                "wasm-10ms",
+                coarse_tick,
+                false,
+                &mut best_coarse,
+                &mut coarse_time,
+            ),
         ] {
             if settings.only.as_deref().is_some_and(|only| only != name) {
                 continue;

@@ -526,8 +526,7 @@ impl Driver {
         if stop.is_some() || self.source_error.is_some() {
             return self.stopping_step(stop);
         }
-        if let Some(pause) = &self.paused {
-            let _ = pause;
+        if self.paused.is_some() {
             self.signal.wait_until(None);
             return Ok(Step::Again);
         }

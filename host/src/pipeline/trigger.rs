@@ -34,8 +34,8 @@ pub enum Trigger {
     /// source is exhausted (Structured Streaming's `availableNow`).
     AvailableNow,
     /// One unit of every source per batch (a file, a number of generator
-    /// lines), batch times computed from the batch id: the batcher waits for
-    /// the units themselves.
+    /// lines), batch times computed from the batch id: a batch is cut once
+    /// every source's unit is complete (or the source ended).
     Deterministic,
 }
 
@@ -77,7 +77,13 @@ impl Trigger {
                     Decision::Wait(None)
                 }
             }
-            Self::Deterministic => Decision::Cut,
+            Self::Deterministic => {
+                if batcher.fill_units() {
+                    Decision::Cut
+                } else {
+                    Decision::Wait(None)
+                }
+            }
         }
     }
 
@@ -142,6 +148,30 @@ mod tests {
         );
         batcher.cut();
         assert_eq!(trigger.decide(&mut batcher, late), Decision::End);
+    }
+
+    #[test]
+    fn deterministic_waits_for_every_unit_without_blocking() {
+        let (first_tx, first) = mpsc::channel(4);
+        let (second_tx, second) = mpsc::channel(4);
+        let mut batcher = Batcher::new(vec![first, second]);
+        let now = Instant::now();
+        let trigger = Trigger::Deterministic;
+        first_tx.try_send(chunk()).unwrap();
+        first_tx.try_send(Delivery::BatchEnd).unwrap();
+        assert_eq!(
+            trigger.decide(&mut batcher, now),
+            Decision::Wait(None),
+            "the second unit is missing"
+        );
+        second_tx.try_send(chunk()).unwrap();
+        assert_eq!(trigger.decide(&mut batcher, now), Decision::Wait(None));
+        drop(second_tx);
+        assert_eq!(
+            trigger.decide(&mut batcher, now),
+            Decision::Cut,
+            "a source's end completes its unit"
+        );
     }
 
     #[test]
