@@ -476,6 +476,41 @@ fn trapped_calls_do_not_leak_engine_memory() {
 }
 
 #[test]
+fn a_plugin_used_as_the_wrong_world_fails_its_check_and_its_calls() {
+    use weir::operator::InstanceSlots;
+    use weir::operator::instances::PluginUse;
+    use weir::runtime::{InstanceLabel, PluginError, ReducerWorld, Runtime, Sandbox, TransformWorld};
+
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime.load_plugin(Path::new(plugins::SUM)).unwrap();
+    let as_reducer = PluginUse::<ReducerWorld>::new(
+        plugin.clone(),
+        Vec::new(),
+        InstanceLabel::default(),
+        Sandbox::default(),
+    );
+    as_reducer.check().unwrap();
+
+    let as_transform =
+        PluginUse::<TransformWorld>::new(plugin, Vec::new(), InstanceLabel::default(), Sandbox::default());
+    let error = as_transform.check().unwrap_err();
+    assert!(matches!(error, PluginError::Contract { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("this plugin is a reducer, not a transform"),
+        "{error}"
+    );
+    let mut slots = InstanceSlots::new();
+    let called = as_transform.call(&mut slots, |instance| {
+        let (_, output) = instance.transform(weir::record::Batch::new());
+        output
+    });
+    assert!(called.is_err());
+    assert!(slots.is_empty(), "no instance of the wrong world is kept");
+}
+
+#[test]
 fn a_quarantined_stage_can_pause_the_pipeline_until_it_is_stopped() {
     let dir = scratch();
     let file = flaky_pipeline(dir.path(), "quarantine-after = 2\nquarantine = \"pause\"");

@@ -21,6 +21,7 @@ use super::{Operator, OperatorError, PartitionContext, PluginUse};
 use crate::config::JoinKind;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
+use crate::runtime::CoTransformWorld;
 
 /// A join or cogroup of two keyed streams.
 #[derive(Debug)]
@@ -170,13 +171,13 @@ impl Join {
 /// A plugin over one partition of both inputs (`transform-with`).
 #[derive(Debug)]
 pub struct TransformWith {
-    plugin: PluginUse,
+    plugin: PluginUse<CoTransformWorld>,
     partitions: usize,
 }
 
 impl TransformWith {
     /// Calls `plugin` on each partition of both inputs, into `partitions` partitions.
-    pub fn new(plugin: PluginUse, partitions: usize) -> Self {
+    pub fn new(plugin: PluginUse<CoTransformWorld>, partitions: usize) -> Self {
         Self { plugin, partitions }
     }
 }

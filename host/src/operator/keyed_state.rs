@@ -20,7 +20,7 @@ use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::partition::Partitioning;
 use crate::record::Partition;
 use crate::runtime::bindings::types::Values;
-use crate::runtime::{KeyGroups, PluginError, StateUpdate};
+use crate::runtime::{KeyGroups, PluginError, StateUpdate, StateWorld};
 use crate::state::{KeyedStore, StateChanges, StateEntry, StateSize};
 
 /// Group flag: the key has state.
@@ -44,14 +44,14 @@ pub struct StateSettings {
 /// A keyed-state stage.
 #[derive(Debug)]
 pub struct KeyedState {
-    plugin: PluginUse,
+    plugin: PluginUse<StateWorld>,
     settings: StateSettings,
     stores: PartitionStates<Option<KeyedStore>>,
 }
 
 impl KeyedState {
     /// Calls `plugin` with state kept as `settings` say.
-    pub fn new(plugin: PluginUse, settings: StateSettings) -> Self {
+    pub fn new(plugin: PluginUse<StateWorld>, settings: StateSettings) -> Self {
         Self {
             plugin,
             settings,

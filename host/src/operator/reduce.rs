@@ -15,7 +15,7 @@ use super::{Operator, OperatorError, PartitionContext};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
-use crate::runtime::PluginError;
+use crate::runtime::{PluginError, ReducerWorld};
 
 /// A key borrowed from a batch, compared without a `memcmp` call for short
 /// keys (most keys of a word count are a few bytes: the call dominated the
@@ -469,12 +469,12 @@ impl Operator for ReduceByKey {
 /// A reducer implemented by a Wasm plugin.
 #[derive(Debug)]
 pub struct WasmReducer {
-    plugin: super::PluginUse,
+    plugin: super::PluginUse<ReducerWorld>,
 }
 
 impl WasmReducer {
     /// Calls the plugin of `plugin` (its configuration and sandbox included).
-    pub fn new(plugin: super::PluginUse) -> Self {
+    pub fn new(plugin: super::PluginUse<ReducerWorld>) -> Self {
         Self { plugin }
     }
 }

@@ -14,7 +14,7 @@ use std::fmt;
 use super::{Operator, OperatorError, PartitionContext};
 use crate::config::TransformKind;
 use crate::record::{Batch, Partition};
-use crate::runtime::{PluginError, TransformOutput};
+use crate::runtime::{PluginError, TransformOutput, TransformWorld};
 
 /// Data bytes fed to a per-record plugin in one call; larger partitions are
 /// sliced. Map-partitions always gets its whole partition.
@@ -165,12 +165,12 @@ impl Operator for TransformOperator {
 /// A transform implemented by a Wasm plugin.
 #[derive(Debug)]
 pub struct WasmTransform {
-    plugin: super::PluginUse,
+    plugin: super::PluginUse<TransformWorld>,
 }
 
 impl WasmTransform {
     /// Calls the plugin of `plugin` (its configuration and sandbox included).
-    pub fn new(plugin: super::PluginUse) -> Self {
+    pub fn new(plugin: super::PluginUse<TransformWorld>) -> Self {
         Self { plugin }
     }
 }

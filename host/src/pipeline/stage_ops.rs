@@ -12,6 +12,7 @@ use crate::config::{
 use crate::error::EngineError;
 use crate::operator::event_window::{EventTimeWindow, EventWindowSettings};
 use crate::operator::guard::StageMetrics;
+use crate::operator::instances::SlotWorld;
 use crate::operator::join::{Join, TransformWith};
 use crate::operator::keyed_state::{KeyedState, StateSettings};
 use crate::operator::reduce::{Phase, ReduceByKey, Reducer, WasmReducer};
@@ -59,13 +60,13 @@ impl StageBuilder<'_> {
     }
 
     /// The Wasm plugin `name` used with `config`, checked by `expect`.
-    fn plugin_use(
+    fn plugin_use<W: SlotWorld>(
         &self,
         name: &str,
         loaded: &Arc<Plugin>,
         config: &[(String, String)],
         expect: impl FnOnce(PluginKind) -> Result<(), String>,
-    ) -> Result<PluginUse, EngineError> {
+    ) -> Result<PluginUse<W>, EngineError> {
         expect(loaded.info().kind).map_err(|m| self.error(format!("plugin `{name}` {m}")))?;
         let metered = self.stage.sandbox.limits.fuel.and(self.registry.metered(name));
         let loaded = metered.unwrap_or(loaded);
@@ -84,13 +85,13 @@ impl StageBuilder<'_> {
     }
 
     /// A Wasm plugin of exactly `kind`.
-    pub(super) fn plugin_of_kind(
+    pub(super) fn plugin_of_kind<W: SlotWorld>(
         &self,
         name: &str,
         config: &[(String, String)],
         kind: PluginKind,
         op: &str,
-    ) -> Result<PluginUse, EngineError> {
+    ) -> Result<PluginUse<W>, EngineError> {
         match self.registry.get(name) {
             Some(Function::Wasm(loaded)) => self.plugin_use(name, loaded, config, |declared| {
                 if declared == kind {

@@ -3,8 +3,10 @@
 //! and loading of plugins.
 //!
 //! - [`bindings`]: `bindgen!` output for the WIT worlds.
-//! - [`plugin`]: a loaded, pre-instantiated [`Plugin`] and its warm
-//!   [`PluginInstance`]s.
+//! - [`plugin`]: a loaded, pre-instantiated [`Plugin`].
+//! - [`world`]: the four WIT worlds a plugin can export, as types.
+//! - [`instance`]: warm [`Instance`]s of one world each, and the one call
+//!   path every plugin call takes; [`calls`]: each world's calls.
 //! - [`limits`], [`epoch`]: memory caps and call deadlines.
 //! - [`state`], [`stderr`]: what each instance's store holds.
 //! - [`cache`]: compiled components on disk.
@@ -12,14 +14,17 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod calls;
 pub mod catalog;
 pub mod epoch;
 pub mod error;
+pub mod instance;
 pub mod limits;
 pub mod plugin;
 pub mod slicing;
 pub mod state;
 pub mod stderr;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,13 +33,16 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 pub use cache::{ComponentCache, content_hash};
+pub use calls::{KeyGroups, StateUpdate, TransformOutput};
 pub use catalog::{CatalogStats, PluginCatalog};
 pub use error::{PluginError, TrapKind};
-pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
-pub use plugin::{
-    CompiledPlugin, KeyGroups, Plugin, PluginInfo, PluginInstance, PluginKind, StateUpdate, TransformOutput,
+pub use instance::{
+    CoTransformInstance, Instance, PluginInstance, ReducerInstance, StateInstance, TransformInstance,
 };
+pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
+pub use plugin::{CompiledPlugin, Plugin, PluginInfo, PluginKind};
 pub use state::{InstanceLabel, InstanceUsage, PluginState};
+pub use world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
 
 /// One wasmtime engine and the linker of its plugins.
 struct EngineLinker {

@@ -1,0 +1,203 @@
+//! The calls of each world, on its typed instance: [`TransformInstance::transform`],
+//! [`ReducerInstance::reduce`], [`StateInstance::update_state`] and
+//! [`CoTransformInstance::process_pair`]. Each converts its arguments to WIT,
+//! goes through the shared call path and checks what the plugin returned
+//! against the contract and the stage's output limits.
+
+use super::bindings::types;
+use super::error::PluginError;
+use super::instance::{CoTransformInstance, Instance, ReducerInstance, StateInstance, TransformInstance};
+use super::world::World;
+use crate::record::Batch;
+
+/// What a stateful plugin returned for a [`KeyGroups`] call.
+#[derive(Debug, Default)]
+pub struct StateUpdate {
+    /// New state bytes per group, flat (`state_ends[g]` ends group `g`'s).
+    pub states: Vec<u8>,
+    /// End offsets into `states`, one per group.
+    pub state_ends: Vec<u32>,
+    /// Per group: keep the state (`true`) or remove the key (`false`).
+    pub keep: Vec<bool>,
+    /// Records emitted.
+    pub output: Batch,
+}
+
+/// The keys of one partition with their new values and states, in the flat
+/// form of the `key-groups` WIT record.
+pub type KeyGroups = types::KeyGroups;
+
+/// The result of a transform call.
+#[derive(Debug)]
+pub enum TransformOutput {
+    /// New records.
+    Records(Batch),
+    /// Indices of the input records to keep.
+    Keep(Vec<u32>),
+}
+
+impl TransformInstance {
+    /// Runs the transform over one batch. The input batch is always handed
+    /// back (filters keep records from it; errors describe records of it).
+    pub fn transform(&mut self, input: Batch) -> (Batch, Result<TransformOutput, PluginError>) {
+        let wit_batch = to_wit(input);
+        let result =
+            self.call(|exports, store| exports.weir_plugin_transform().call_process(store, &wit_batch));
+        let input = from_wit(wit_batch);
+        let output = match result {
+            Ok(Ok(types::TransformOutput::Records(batch))) => self
+                .checked_output(batch, input.len(), input.data_bytes())
+                .map(TransformOutput::Records),
+            Ok(Ok(types::TransformOutput::Keep(indices))) => Ok(TransformOutput::Keep(indices)),
+            Ok(Err(error)) => Err(process_error(error)),
+            Err(error) => Err(error),
+        };
+        (input, output)
+    }
+}
+
+impl ReducerInstance {
+    /// Runs the reducer over groups of values: `values` in flat form, group
+    /// `g` ending at `group_ends[g]`. Returns one value per group.
+    pub fn reduce(
+        &mut self,
+        data: Vec<u8>,
+        ends: Vec<u32>,
+        group_ends: &[u32],
+    ) -> Result<(Vec<u8>, Vec<u32>), PluginError> {
+        let values = types::Values { data, ends };
+        let output = self
+            .call(|exports, store| {
+                exports
+                    .weir_plugin_reducer()
+                    .call_reduce(store, &values, group_ends)
+            })?
+            .map_err(process_error)?;
+        if output.ends.len() != group_ends.len() {
+            return Err(PluginError::Batch(format!(
+                "the reducer returned {} values for {} keys",
+                output.ends.len(),
+                group_ends.len()
+            )));
+        }
+        if output.ends.windows(2).any(|w| w[0] > w[1])
+            || output
+                .ends
+                .last()
+                .is_some_and(|&end| end as usize != output.data.len())
+        {
+            return Err(crate::record::MalformedBatch("reducer returned malformed values".into()).into());
+        }
+        Ok((output.data, output.ends))
+    }
+}
+
+impl StateInstance {
+    /// Runs a stateful function over the key groups of one partition.
+    /// Returns one state entry and flag per group, and the emitted records.
+    pub fn update_state(&mut self, groups: &KeyGroups) -> Result<StateUpdate, PluginError> {
+        let update = self
+            .call(|exports, store| exports.weir_plugin_keyed_state().call_update(store, groups))?
+            .map_err(process_error)?;
+        let count = groups.group_ends.len();
+        if update.states.ends.len() != count || update.state_flags.len() != count {
+            return Err(PluginError::Batch(format!(
+                "the plugin returned {} states and {} flags for {count} keys",
+                update.states.ends.len(),
+                update.state_flags.len()
+            )));
+        }
+        check_values(&update.states, "states")?;
+        let input_bytes = groups.keys.data.len() + groups.values.data.len() + groups.states.data.len();
+        let output = self.checked_output(update.output, groups.values.ends.len().max(count), input_bytes)?;
+        Ok(StateUpdate {
+            states: update.states.data,
+            state_ends: update.states.ends,
+            keep: update.state_flags.iter().map(|flags| flags & 1 == 1).collect(),
+            output,
+        })
+    }
+}
+
+impl CoTransformInstance {
+    /// Runs a transform-with over one partition of its two inputs. Both
+    /// inputs are handed back.
+    pub fn process_pair(&mut self, left: Batch, right: Batch) -> (Batch, Batch, Result<Batch, PluginError>) {
+        let (wit_left, wit_right) = (to_wit(left), to_wit(right));
+        let result = self.call(|exports, store| {
+            exports
+                .weir_plugin_co_transform()
+                .call_process_pair(store, &wit_left, &wit_right)
+        });
+        let (left, right) = (from_wit(wit_left), from_wit(wit_right));
+        let output = match result {
+            Ok(Ok(batch)) => self.checked_output(
+                batch,
+                left.len() + right.len(),
+                left.data_bytes() + right.data_bytes(),
+            ),
+            Ok(Err(error)) => Err(process_error(error)),
+            Err(error) => Err(error),
+        };
+        (left, right, output)
+    }
+}
+
+impl<W: World> Instance<W> {
+    /// Checks a returned batch against the output limits and the batch layout.
+    fn checked_output(
+        &self,
+        batch: types::Batch,
+        input_records: usize,
+        input_bytes: usize,
+    ) -> Result<Batch, PluginError> {
+        let limits = &self.sandbox.limits;
+        let (records, bytes) = (batch.timestamps.len() as u64, batch.data.len() as u64);
+        if records > limits.max_output_records(input_records) || bytes > limits.max_output_bytes(input_bytes)
+        {
+            return Err(PluginError::OutputLimit { records, bytes });
+        }
+        Ok(Batch::from_parts(
+            batch.data,
+            batch.ends,
+            batch.timestamps,
+            batch.flags,
+        )?)
+    }
+}
+
+/// A batch in its WIT form (moved, not copied).
+fn to_wit(batch: Batch) -> types::Batch {
+    let (data, ends, timestamps, flags) = batch.into_parts();
+    types::Batch {
+        data,
+        ends,
+        timestamps,
+        flags,
+    }
+}
+
+/// A batch back from the WIT form [`to_wit`] made of it.
+fn from_wit(batch: types::Batch) -> Batch {
+    Batch::from_parts_unchecked(batch.data, batch.ends, batch.timestamps, batch.flags)
+}
+
+/// Checks that flat values have non-decreasing ends that cover the data.
+fn check_values(values: &types::Values, what: &str) -> Result<(), PluginError> {
+    if values.ends.windows(2).any(|w| w[0] > w[1])
+        || values.ends.last().map_or(0, |&end| end as usize) != values.data.len()
+    {
+        return Err(crate::record::MalformedBatch(format!("the plugin returned malformed {what}")).into());
+    }
+    Ok(())
+}
+
+fn process_error(error: types::ProcessError) -> PluginError {
+    match error {
+        types::ProcessError::Record(failure) => PluginError::Record {
+            index: failure.index,
+            message: failure.message,
+        },
+        types::ProcessError::Batch(message) => PluginError::Batch(message),
+    }
+}

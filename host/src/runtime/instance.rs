@@ -1,0 +1,220 @@
+//! Warm plugin instances.
+//!
+//! An [`Instance<W>`] is one instance of a [`Plugin`] that exports the world
+//! `W`, with its own store, limits and captured stderr, owned by one worker
+//! at a time. The world is checked once, when the instance is created; every
+//! call then goes through one path (`Instance::call`) that clears stderr,
+//! arms the deadline and fuel budget, runs the call, disarms it, counts the
+//! fuel used and turns a trap into [`PluginError::Trap`]. The world-specific
+//! calls are in [`super::calls`].
+//!
+//! A [`PluginInstance`] is an instance of whichever world a plugin exports:
+//! what loading uses to probe a plugin before its world is known.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::error::{PluginError, TrapKind};
+use super::limits::Sandbox;
+use super::plugin::{Plugin, PluginInfo, PluginKind, Pre};
+use super::slicing::CallClock;
+use super::state::{InstanceLabel, PluginState};
+use super::stderr::StderrCapture;
+use super::world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
+
+/// An instance of a transform plugin.
+pub type TransformInstance = Instance<TransformWorld>;
+/// An instance of a reducer plugin.
+pub type ReducerInstance = Instance<ReducerWorld>;
+/// An instance of a keyed-state plugin.
+pub type StateInstance = Instance<StateWorld>;
+/// An instance of a transform-with plugin.
+pub type CoTransformInstance = Instance<CoTransformWorld>;
+
+/// One warm instance of a plugin exporting the world `W`.
+pub struct Instance<W: World> {
+    plugin: Arc<Plugin>,
+    pub(super) sandbox: Arc<Sandbox>,
+    store: Store<PluginState>,
+    exports: W::Exports,
+    stderr: StderrCapture,
+}
+
+impl<W: World> Instance<W> {
+    /// Instantiates `plugin` in `sandbox` (without calling `init`). Fails
+    /// when the plugin does not export the world `W`.
+    pub fn instantiate(
+        plugin: &Arc<Plugin>,
+        label: InstanceLabel,
+        sandbox: &Arc<Sandbox>,
+    ) -> Result<Self, PluginError> {
+        let Some(pre) = W::pre(plugin) else {
+            return Err(PluginError::Contract {
+                path: plugin.path().to_owned(),
+                message: format!("this plugin is a {}, not {}", plugin.info().kind.name(), W::WHAT),
+            });
+        };
+        let stderr = StderrCapture::new();
+        let state = PluginState::new(sandbox, stderr.clone(), label).map_err(PluginError::Init)?;
+        let mut store = Store::new(&plugin.compiled().engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut store| super::slicing::on_tick(&mut store.data_mut().call));
+        // Start functions run during instantiation: they get the call deadline too.
+        store.set_epoch_deadline(1);
+        store.data_mut().call = CallClock::start(sandbox.limits.call_deadline);
+        if store.get_fuel().is_ok() {
+            // A fresh store has no fuel: instantiation itself needs some.
+            let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));
+        }
+        let exports = W::instantiate(pre, &mut store).map_err(|e| trap(&e, &stderr))?;
+        Ok(Self {
+            plugin: plugin.clone(),
+            sandbox: sandbox.clone(),
+            store,
+            exports,
+            stderr,
+        })
+    }
+
+    /// Instantiates `plugin` in `sandbox` and calls its `init` with `config`.
+    pub fn start(
+        plugin: &Arc<Plugin>,
+        config: &[(String, String)],
+        label: InstanceLabel,
+        sandbox: &Arc<Sandbox>,
+    ) -> Result<Self, PluginError> {
+        let mut instance = Self::instantiate(plugin, label, sandbox)?;
+        instance.init(config)?;
+        Ok(instance)
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Calls `describe`.
+    pub fn describe(&mut self) -> Result<PluginInfo, PluginError> {
+        let info = self.call(|exports, store| W::describe(exports, store))?;
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            kind: PluginKind::from_wit(info.kind),
+            sdk_version: info.sdk_version,
+        })
+    }
+
+    /// Calls `init` with the stage's configuration.
+    pub fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginError> {
+        self.call(|exports, store| W::init(exports, store, config))?
+            .map_err(PluginError::Init)
+    }
+
+    /// The one path of every call into the plugin: clears the captured
+    /// stderr, arms the call's deadline (and, on a metered engine, its fuel
+    /// budget), runs `call`, disarms the deadline, counts the fuel burnt and
+    /// turns a trap into [`PluginError::Trap`] (with what the plugin wrote
+    /// to stderr).
+    pub(super) fn call<T>(
+        &mut self,
+        call: impl FnOnce(&W::Exports, &mut Store<PluginState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        self.stderr.clear();
+        let limits = &self.sandbox.limits;
+        self.store.set_epoch_deadline(1);
+        self.store.data_mut().call = CallClock::start(limits.call_deadline);
+        if let Some(fuel) = limits.fuel
+            && self.store.get_fuel().is_ok()
+        {
+            let _ = self.store.set_fuel(fuel);
+        }
+        let result = call(&self.exports, &mut self.store);
+        self.store.set_epoch_deadline(u64::MAX / 2);
+        if let Some(budget) = limits.fuel
+            && let Ok(left) = self.store.get_fuel()
+        {
+            let usage = &self.store.data().label().usage;
+            usage
+                .fuel_used
+                .fetch_add(budget.saturating_sub(left), std::sync::atomic::Ordering::Relaxed);
+        }
+        result.map_err(|e| trap(&e, &self.stderr))
+    }
+}
+
+/// An instance of whichever world its plugin exports.
+pub enum PluginInstance {
+    /// A transform plugin's.
+    Transform(TransformInstance),
+    /// A reducer plugin's.
+    Reducer(ReducerInstance),
+    /// A keyed-state plugin's.
+    State(StateInstance),
+    /// A transform-with plugin's.
+    CoTransform(CoTransformInstance),
+}
+
+/// Runs `$body` with `$instance` bound to the typed instance inside `$any`.
+macro_rules! with_instance {
+    ($any:expr, |$instance:ident| $body:expr) => {
+        match $any {
+            PluginInstance::Transform($instance) => $body,
+            PluginInstance::Reducer($instance) => $body,
+            PluginInstance::State($instance) => $body,
+            PluginInstance::CoTransform($instance) => $body,
+        }
+    };
+}
+
+impl PluginInstance {
+    /// Instantiates `plugin` in `sandbox` as the world it exports (without
+    /// calling `init`).
+    pub fn instantiate(
+        plugin: &Arc<Plugin>,
+        label: InstanceLabel,
+        sandbox: &Arc<Sandbox>,
+    ) -> Result<Self, PluginError> {
+        Ok(match &plugin.compiled().pre {
+            Pre::Transform(_) => Self::Transform(Instance::instantiate(plugin, label, sandbox)?),
+            Pre::Reducer(_) => Self::Reducer(Instance::instantiate(plugin, label, sandbox)?),
+            Pre::State(_) => Self::State(Instance::instantiate(plugin, label, sandbox)?),
+            Pre::CoTransform(_) => Self::CoTransform(Instance::instantiate(plugin, label, sandbox)?),
+        })
+    }
+
+    /// Instantiates `plugin` in `sandbox` and calls its `init` with `config`.
+    pub fn start(
+        plugin: &Arc<Plugin>,
+        config: &[(String, String)],
+        label: InstanceLabel,
+        sandbox: &Arc<Sandbox>,
+    ) -> Result<Self, PluginError> {
+        let mut instance = Self::instantiate(plugin, label, sandbox)?;
+        instance.init(config)?;
+        Ok(instance)
+    }
+
+    /// The plugin this is an instance of.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        with_instance!(self, |instance| instance.plugin())
+    }
+
+    /// Calls `describe`.
+    pub fn describe(&mut self) -> Result<PluginInfo, PluginError> {
+        with_instance!(self, |instance| instance.describe())
+    }
+
+    /// Calls `init` with the stage's configuration.
+    pub fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginError> {
+        with_instance!(self, |instance| instance.init(config))
+    }
+}
+
+fn trap(error: &wasmtime::Error, stderr: &StderrCapture) -> PluginError {
+    PluginError::Trap {
+        kind: TrapKind::of(error),
+        message: super::error::describe(error),
+        stderr: stderr.text(),
+    }
+}
