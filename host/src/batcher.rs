@@ -145,6 +145,20 @@ impl Batcher {
             .any(|input| !input.chunks.is_empty() || !input.staged.chunks.is_empty())
     }
 
+    /// True when some source's queue is full (its receiver is held back).
+    pub fn any_full(&self) -> bool {
+        self.inputs
+            .iter()
+            .any(|input| input.chunks.len() >= input.chunks.max_capacity())
+    }
+
+    /// True when every source has ended (what it queued may still wait).
+    pub fn all_closed(&self) -> bool {
+        self.inputs
+            .iter()
+            .all(|input| input.finished || input.chunks.is_closed())
+    }
+
     /// Chunks waiting in the sources' queues.
     pub fn queued(&self) -> usize {
         self.inputs.iter().map(|input| input.chunks.len()).sum()

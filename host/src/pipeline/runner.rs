@@ -406,7 +406,7 @@ impl Pipeline {
         let trigger = if self.clock.is_some() {
             Trigger::Deterministic
         } else if options.available_now {
-            Trigger::AvailableNow
+            Trigger::AvailableNow { since: None }
         } else {
             Trigger::processing_time(self.batch_interval)
         };

@@ -20,6 +20,9 @@ pub enum Decision {
     End,
 }
 
+/// How long queued input may wait for more under [`Trigger::AvailableNow`].
+pub const LINGER: Duration = Duration::from_millis(1);
+
 /// The modes a pipeline runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -31,8 +34,14 @@ pub enum Trigger {
         next_cut: Instant,
     },
     /// Batches back to back while input is queued; the run ends when every
-    /// source is exhausted (Structured Streaming's `availableNow`).
-    AvailableNow,
+    /// source is exhausted (Structured Streaming's `availableNow`). A batch is
+    /// cut [`LINGER`] after input first waits (or at once when a queue is
+    /// full or every source has ended), so that a burst that is arriving
+    /// goes into one batch rather than its first chunk alone.
+    AvailableNow {
+        /// When the input now queued started waiting.
+        since: Option<Instant>,
+    },
     /// One unit of every source per batch (a file, a number of generator
     /// lines), batch times computed from the batch id: a batch is cut once
     /// every source's unit is complete (or the source ended).
@@ -52,12 +61,13 @@ impl Trigger {
     pub fn due(&self, now: Instant) -> Instant {
         match self {
             Self::ProcessingTime { next_cut, .. } => (*next_cut).min(now),
-            Self::AvailableNow | Self::Deterministic => now,
+            Self::AvailableNow { since } => since.unwrap_or(now).min(now),
+            Self::Deterministic => now,
         }
     }
 
     /// What to do at `now` with the queues in `batcher`.
-    pub fn decide(&self, batcher: &mut Batcher, now: Instant) -> Decision {
+    pub fn decide(&mut self, batcher: &mut Batcher, now: Instant) -> Decision {
         match *self {
             Self::ProcessingTime { next_cut, .. } => {
                 if batcher.all_finished() && !batcher.has_pending() {
@@ -68,13 +78,20 @@ impl Trigger {
                     Decision::Wait(Some(next_cut))
                 }
             }
-            Self::AvailableNow => {
-                if batcher.has_pending() {
+            Self::AvailableNow { since } => {
+                if !batcher.has_pending() {
+                    return if batcher.all_finished() {
+                        Decision::End
+                    } else {
+                        Decision::Wait(None)
+                    };
+                }
+                let since = since.unwrap_or(now);
+                *self = Self::AvailableNow { since: Some(since) };
+                if now >= since + LINGER || batcher.any_full() || batcher.all_closed() {
                     Decision::Cut
-                } else if batcher.all_finished() {
-                    Decision::End
                 } else {
-                    Decision::Wait(None)
+                    Decision::Wait(Some(since + LINGER))
                 }
             }
             Self::Deterministic => {
@@ -90,12 +107,16 @@ impl Trigger {
     /// A batch was cut at `now`: the next one is due an interval after this
     /// one was (or now, when the pipeline fell behind).
     pub fn cut(&mut self, now: Instant) {
-        if let Self::ProcessingTime { interval, next_cut } = self {
-            *next_cut += *interval;
-            if *next_cut < now {
-                tracing::debug!("batch took longer than the batch interval");
-                *next_cut = now;
+        match self {
+            Self::ProcessingTime { interval, next_cut } => {
+                *next_cut += *interval;
+                if *next_cut < now {
+                    tracing::debug!("batch took longer than the batch interval");
+                    *next_cut = now;
+                }
             }
+            Self::AvailableNow { since } => *since = None,
+            Self::Deterministic => {}
         }
     }
 
@@ -156,7 +177,7 @@ mod tests {
         let (second_tx, second) = mpsc::channel(4);
         let mut batcher = Batcher::new(vec![first, second]);
         let now = Instant::now();
-        let trigger = Trigger::Deterministic;
+        let mut trigger = Trigger::Deterministic;
         first_tx.try_send(chunk()).unwrap();
         first_tx.try_send(Delivery::BatchEnd).unwrap();
         assert_eq!(
@@ -179,12 +200,24 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let mut batcher = Batcher::new(vec![rx]);
         let now = Instant::now();
-        let trigger = Trigger::AvailableNow;
+        let mut trigger = Trigger::AvailableNow { since: None };
         assert_eq!(trigger.decide(&mut batcher, now), Decision::Wait(None));
         tx.try_send(chunk()).unwrap();
-        assert_eq!(trigger.decide(&mut batcher, now), Decision::Cut);
-        batcher.cut();
+        assert_eq!(
+            trigger.decide(&mut batcher, now),
+            Decision::Wait(Some(now + LINGER)),
+            "more of the burst may be on its way"
+        );
+        tx.try_send(chunk()).unwrap();
+        let later = now + LINGER;
+        assert_eq!(trigger.decide(&mut batcher, later), Decision::Cut);
+        assert_eq!(trigger.due(later), now, "due when its input started waiting");
+        trigger.cut(later);
+        assert_eq!(batcher.cut()[0].chunks.len(), 2, "one batch for both chunks");
+        tx.try_send(chunk()).unwrap();
         drop(tx);
-        assert_eq!(trigger.decide(&mut batcher, now), Decision::End);
+        assert_eq!(trigger.decide(&mut batcher, later), Decision::Cut, "the sources ended: no linger");
+        batcher.cut();
+        assert_eq!(trigger.decide(&mut batcher, later), Decision::End);
     }
 }
