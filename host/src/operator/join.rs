@@ -17,9 +17,8 @@
 use serde_json::Value;
 
 use super::keyed::FastMap;
-use super::{Operator, OperatorError, PartitionContext, PluginUse};
+use super::{Operator, OperatorError, PartitionContext, Planning, PluginUse};
 use crate::config::JoinKind;
-use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
 
 /// A join or cogroup of two keyed streams.
@@ -109,12 +108,8 @@ impl Operator for Join {
         Ok(vec![out])
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.partitions)
-    }
-
-    fn pairs_inputs(&self) -> bool {
-        true
+    fn planning(&self) -> Planning {
+        Planning::paired(self.partitions)
     }
 }
 
@@ -213,12 +208,8 @@ impl Operator for TransformWith {
         Ok(vec![output])
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.partitions)
-    }
-
-    fn pairs_inputs(&self) -> bool {
-        true
+    fn planning(&self) -> Planning {
+        Planning::paired(self.partitions)
     }
 
     fn check(&self) -> Result<(), OperatorError> {
