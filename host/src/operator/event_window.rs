@@ -25,7 +25,7 @@ use super::guard::StageMetrics;
 use super::keyed::{FastMap, PartitionStates, lock};
 use super::reduce::{Phase, ReduceByKey, Reducer};
 use super::{
-    BatchClock, Operator, OperatorError, PartitionContext, check_restored_partitions, restore_error,
+    BatchClock, Operator, OperatorError, PartitionContext, Planning, check_restored_partitions, restore_error,
 };
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::config::{LateRecords, OutputMode};
@@ -178,8 +178,8 @@ impl Operator for EventTimeWindow {
         Ok(output)
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.settings.partitions)
+    fn planning(&self) -> Planning {
+        Planning::partitioned(Partitioning::HashByKey(self.settings.partitions))
     }
 
     fn end_batch(&self, _batch: BatchClock) {

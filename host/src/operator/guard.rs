@@ -14,9 +14,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Operator, OperatorError, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext, Planning};
 use crate::config::{FailurePolicy, OnError};
-use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef, partition_len};
 use crate::runtime::PluginError;
 
@@ -255,22 +254,21 @@ impl Operator for Guarded {
         self.counted(input, ctx)
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        self.inner.input_partitioning()
+    fn planning(&self) -> Planning {
+        let planning = self.inner.planning();
+        Planning {
+            // Retries, skips and dead letters act on what one call was
+            // given: under those policies a partition stays one call, as
+            // configured.
+            piecewise: planning.piecewise
+                && self.policy.retries == 0
+                && self.policy.on_error == OnError::Fail,
+            ..planning
+        }
     }
 
     fn check(&self) -> Result<(), OperatorError> {
         self.inner.check()
-    }
-
-    fn pairs_inputs(&self) -> bool {
-        self.inner.pairs_inputs()
-    }
-
-    fn piecewise(&self) -> bool {
-        // Retries, skips and dead letters act on what one call was given:
-        // under those policies a partition stays one call, as configured.
-        self.policy.retries == 0 && self.policy.on_error == OnError::Fail && self.inner.piecewise()
     }
 
     fn end_batch(&self, batch: super::BatchClock) {

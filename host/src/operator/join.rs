@@ -17,9 +17,8 @@
 use serde_json::Value;
 
 use super::keyed::FastMap;
-use super::{Operator, OperatorError, PartitionContext, PluginUse};
+use super::{Operator, OperatorError, PartitionContext, Planning, PluginUse};
 use crate::config::JoinKind;
-use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
 use crate::runtime::CoTransformWorld;
 
@@ -110,12 +109,8 @@ impl Operator for Join {
         Ok(vec![out])
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.partitions)
-    }
-
-    fn pairs_inputs(&self) -> bool {
-        true
+    fn planning(&self) -> Planning {
+        Planning::paired(self.partitions)
     }
 }
 
@@ -214,12 +209,8 @@ impl Operator for TransformWith {
         Ok(vec![output])
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.partitions)
-    }
-
-    fn pairs_inputs(&self) -> bool {
-        true
+    fn planning(&self) -> Planning {
+        Planning::paired(self.partitions)
     }
 
     fn check(&self) -> Result<(), OperatorError> {

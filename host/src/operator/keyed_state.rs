@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keyed::{FastMap, PartitionStates, lock};
-use super::{Operator, OperatorError, PartitionContext, PluginUse, check_restored_partitions, restore_error};
+use super::{
+    Operator, OperatorError, PartitionContext, Planning, PluginUse, check_restored_partitions, restore_error,
+};
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::partition::Partitioning;
 use crate::record::Partition;
@@ -241,8 +243,8 @@ impl Operator for KeyedState {
         Ok(vec![update.output])
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.settings.partitions)
+    fn planning(&self) -> Planning {
+        Planning::partitioned(Partitioning::HashByKey(self.settings.partitions))
     }
 
     fn check(&self) -> Result<(), OperatorError> {

@@ -1,10 +1,12 @@
 //! Operators: what a stage does to each partition of each batch.
 //!
 //! An [`Operator`] has one required method, [`Operator::process`], called once
-//! per partition per batch (a partition is a list of chunks) on a worker thread, plus hooks with defaults: the
-//! input [`Partitioning`] it needs (the executor shuffles before calling it)
-//! and a start-up check. Keeping plugins out of the trait lets the same
-//! operators run Wasm plugins or native Rust functions ([`native`]).
+//! per partition per batch (a partition is a list of chunks) on a worker thread, plus hooks with defaults:
+//! its [`Planning`] (the input [`Partitioning`] it needs, so that the executor
+//! shuffles before calling it, and whether it may be fused with its
+//! neighbours), a start-up check, an end-of-batch call and its state. Keeping
+//! plugins out of the trait lets the same operators run Wasm plugins or native
+//! Rust functions ([`native`]).
 //!
 //! - [`transform`]: map, flat-map, filter, filter-map, map-partitions over a
 //!   [`TransformFn`], Wasm or native.
@@ -154,6 +156,76 @@ impl OperatorError {
     }
 }
 
+/// What the planner needs to know of an operator, fixed for the run: how
+/// its input must be partitioned and whether it may run fused with its
+/// neighbours. [`Operator::planning`] returns it; a decorator forwards it in
+/// one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planning {
+    /// How the input must be partitioned before [`Operator::process`] sees
+    /// it (the executor moves the data).
+    pub input: Partitioning,
+    /// True for operators over two inputs (joins): the executor then
+    /// partitions each input separately by key and hands each partition
+    /// over as the first input's chunks followed by the second's
+    /// ([`PartitionContext::left_chunks`]). False: inputs are unioned.
+    pub pairs_inputs: bool,
+    /// True when processing a partition piece by piece (each chunk on its
+    /// own) and concatenating the outputs means the same as processing it
+    /// whole: record-at-a-time transforms, and the partial aggregation
+    /// before a shuffle. The executor runs consecutive piecewise operators
+    /// that take their input as it comes chunk by chunk in one task per
+    /// partition, so each chunk's intermediate output is consumed while it
+    /// is still in cache, and no barrier separates them.
+    pub piecewise: bool,
+}
+
+impl Default for Planning {
+    /// Partitions as they come, inputs unioned, one call per partition.
+    fn default() -> Self {
+        Self {
+            input: Partitioning::Pipeline,
+            pairs_inputs: false,
+            piecewise: false,
+        }
+    }
+}
+
+impl Planning {
+    /// An operator over one input, taking its partitions as they come,
+    /// that may run piece by piece (see the field `piecewise`).
+    pub fn piecewise() -> Self {
+        Self {
+            piecewise: true,
+            ..Self::default()
+        }
+    }
+
+    /// An operator over one input that needs `input` partitioning.
+    pub fn partitioned(input: Partitioning) -> Self {
+        Self {
+            input,
+            ..Self::default()
+        }
+    }
+
+    /// An operator over two inputs, each partitioned by key into
+    /// `partitions` partitions (see [`Planning::pairs_inputs`]).
+    pub fn paired(partitions: usize) -> Self {
+        Self {
+            input: Partitioning::HashByKey(partitions),
+            pairs_inputs: true,
+            piecewise: false,
+        }
+    }
+
+    /// True when the operator can join a fused run: piecewise, over one
+    /// input, taking its partitions as they come (no data movement before it).
+    pub fn fusable(&self) -> bool {
+        self.piecewise && !self.pairs_inputs && self.input == Partitioning::Pipeline
+    }
+}
+
 /// What a stage does to each partition of each batch.
 pub trait Operator: Send + Sync + fmt::Debug {
     /// Processes one partition of one batch, given as the chunks the
@@ -161,35 +233,19 @@ pub trait Operator: Send + Sync + fmt::Debug {
     /// operators go chunk by chunk without concatenating them.
     fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError>;
 
-    /// How the input must be partitioned before [`Operator::process`] sees
-    /// it. The default takes partitions as they come.
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::Pipeline
+    /// How the executor plans the operator's work: the input partitioning it
+    /// needs, whether it pairs two inputs, whether it may run piece by piece
+    /// (see [`Planning`]). Fixed for the run: the plan's schedule is worked
+    /// out from it once, when the plan is built. The default
+    /// takes one input's partitions as they come, in one call per partition.
+    fn planning(&self) -> Planning {
+        Planning::default()
     }
 
     /// Checks, before the pipeline starts, that the operator can run (for
     /// example that its plugin accepts its configuration). Default: nothing to check.
     fn check(&self) -> Result<(), OperatorError> {
         Ok(())
-    }
-
-    /// True when processing a partition piece by piece (each chunk on its
-    /// own) and concatenating the outputs means the same as processing it
-    /// whole: record-at-a-time transforms, and the partial aggregation
-    /// before a shuffle. The executor runs a stage's consecutive piecewise
-    /// operators chunk by chunk in one task per partition, so each chunk's
-    /// intermediate output is consumed while it is still in cache, and no
-    /// barrier separates them. Default: false.
-    fn piecewise(&self) -> bool {
-        false
-    }
-
-    /// True for operators over two inputs (joins): the executor then
-    /// partitions each input separately by key and hands each partition over
-    /// as the first input's chunks followed by the second's
-    /// ([`PartitionContext::left_chunks`]). Default: inputs are unioned.
-    fn pairs_inputs(&self) -> bool {
-        false
     }
 
     /// Called once per batch after every partition of it was processed (for

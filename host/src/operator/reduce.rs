@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::builtin::{self, Accumulator};
 use super::keyed::FastMap;
-use super::{Operator, OperatorError, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext, Planning};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
@@ -452,16 +452,12 @@ impl Operator for ReduceByKey {
         }
     }
 
-    fn piecewise(&self) -> bool {
-        // Partial results of pieces are partial results of the partition:
-        // the merge after the shuffle combines them all.
-        self.phase == Phase::Combine
-    }
-
-    fn input_partitioning(&self) -> Partitioning {
+    fn planning(&self) -> Planning {
         match self.phase {
-            Phase::Combine => Partitioning::Pipeline,
-            Phase::Merge => Partitioning::HashByKey(self.partitions),
+            // Partial results of pieces are partial results of the
+            // partition: the merge after the shuffle combines them all.
+            Phase::Combine => Planning::piecewise(),
+            Phase::Merge => Planning::partitioned(Partitioning::HashByKey(self.partitions)),
         }
     }
 }

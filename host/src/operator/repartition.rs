@@ -1,7 +1,7 @@
 //! Repartition: spreads records evenly over a number of partitions (the
 //! executor moves the data; the operator itself passes records through).
 
-use super::{Operator, OperatorError, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext, Planning};
 use crate::partition::Partitioning;
 use crate::record::Partition;
 
@@ -23,7 +23,7 @@ impl Operator for Repartition {
         Ok(input)
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::RoundRobin(self.partitions)
+    fn planning(&self) -> Planning {
+        Planning::partitioned(Partitioning::RoundRobin(self.partitions))
     }
 }

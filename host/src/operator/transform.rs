@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use super::{Operator, OperatorError, PartitionContext};
+use super::{Operator, OperatorError, PartitionContext, Planning};
 use crate::config::TransformKind;
 use crate::record::{Batch, Partition};
 use crate::runtime::{PluginError, TransformOutput, TransformWorld};
@@ -134,10 +134,14 @@ impl Operator for TransformOperator {
         self.function.check()
     }
 
-    fn piecewise(&self) -> bool {
+    fn planning(&self) -> Planning {
         // Map-partitions sees its whole partition at once (a per-partition
         // top-k, say); the per-record kinds see one record at a time.
-        self.kind != TransformKind::MapPartitions
+        if self.kind == TransformKind::MapPartitions {
+            Planning::default()
+        } else {
+            Planning::piecewise()
+        }
     }
 
     fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {

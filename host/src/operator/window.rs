@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::builtin;
 use super::keyed::{FastMap, KeyView, OwnedKey, PartitionStates, lock, owned_key, without_value};
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
-use super::{Operator, OperatorError, PartitionContext, check_restored_partitions, restore_error};
+use super::{Operator, OperatorError, PartitionContext, Planning, check_restored_partitions, restore_error};
 use crate::checkpoint::codec::{Decoder, Encoder};
 use crate::config::{BuiltinReducer, KeyRewrite};
 use crate::partition::Partitioning;
@@ -362,8 +362,8 @@ impl Operator for WindowedReduce {
         Ok(output)
     }
 
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::HashByKey(self.partitions)
+    fn planning(&self) -> Planning {
+        Planning::partitioned(Partitioning::HashByKey(self.partitions))
     }
 
     fn state_size(&self) -> StateSize {

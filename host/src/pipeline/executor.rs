@@ -2,17 +2,23 @@
 //! operator over all partitions in parallel on the worker pool, with the data
 //! movement (shuffle by key, rebalance) an operator's input partitioning asks for.
 //!
-//! Consecutive piecewise operators ([`Operator::piecewise`]: per-record
-//! transforms, the combine of a reduce-by-key) run as one task per
-//! partition that takes each chunk through all of them before the next,
-//! also across a stage boundary when the stage's output feeds only the next
-//! stage: a flat-map's output is folded by the combine while it is still in
-//! cache, and no barrier waits for the slowest partition in between.
+//! The executor follows each stage's [`StageSchedule`](super::plan::StageSchedule),
+//! worked out once with the plan: a fused [`Segment`] (consecutive per-record
+//! transforms, the combine of a reduce-by-key) runs as one task per partition
+//! that takes each chunk through all of its operators before the next, also
+//! across a stage boundary when the schedule says so: a flat-map's output is
+//! folded by the combine while it is still in cache, and no barrier waits for
+//! the slowest partition in between.
+//!
+//! Each stage's work runs in a `stage` span on the driver thread; each
+//! partition task enters, on its worker, a `partition` span carrying the
+//! pipeline, stage, partition and batch id (a fused segment's task is named
+//! after the stage it starts in).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::plan::{Plan, StagePlan};
+use super::plan::{Plan, Segment, StagePlan};
 use crate::config::Quarantine;
 use crate::engine::pool::{PoolClient, Task, TaskPanicked};
 use crate::error::StageFailure;
@@ -102,16 +108,19 @@ impl Executor {
         for ((_, stream), chunks) in plan.sources.iter().zip(source_chunks) {
             streams[*stream] = Some(partition::distribute(chunks, plan.partitions));
         }
-        // The output of a piecewise run that went on into the next stage's
-        // leading operators, and how many of them it ran.
-        let mut carried: Option<(Vec<Partition>, usize)> = None;
+        // The output of a fused segment that went on into the next stage's
+        // leading operators.
+        let mut carried: Option<Vec<Partition>> = None;
         for (index, stage) in plan.stages.iter().enumerate() {
-            let (mut partitions, mut left_chunks, mut next) = match carried.take() {
-                Some((partitions, done)) => {
+            let _span = tracing::info_span!("stage", stage = %stage.name).entered();
+            let schedule = &stage.schedule;
+            debug_assert_eq!(carried.is_some(), schedule.carried_in > 0);
+            let (mut partitions, mut left_chunks) = match carried.take() {
+                Some(partitions) => {
                     for &input in &stage.inputs {
                         remaining_readers[input] -= 1;
                     }
-                    (partitions, None, done)
+                    (partitions, None)
                 }
                 None => {
                     let mut inputs = Vec::with_capacity(stage.inputs.len());
@@ -119,13 +128,11 @@ impl Executor {
                         remaining_readers[input] -= 1;
                         inputs.push(take_or_clone(&mut streams, input, remaining_readers[input] == 0));
                     }
-                    let pairs =
-                        stage.operators.first().is_some_and(|op| op.pairs_inputs()) && inputs.len() == 2;
-                    if pairs {
+                    if schedule.paired {
                         let (partitions, left_chunks) = self.pair(&stage.operators[0], inputs);
-                        (partitions, Some(left_chunks), 0)
+                        (partitions, Some(left_chunks))
                     } else {
-                        (union(inputs), None, 0)
+                        (union(inputs), None)
                     }
                 }
             };
@@ -140,56 +147,43 @@ impl Executor {
                 }))
             };
             let mut failures = 0;
-            while next < stage.operators.len() {
-                // A run of piecewise operators goes chunk by chunk in one
-                // task per partition, on into the next stage when this
-                // stage's output feeds only that one; any other operator
-                // runs on its own over every partition.
-                let run = if left_chunks.is_none() {
-                    piecewise_run(&stage.operators[next..])
-                } else {
-                    0
-                };
-                let onward = if run > 0 && next + run == stage.operators.len() {
-                    self.onward_run(index)
-                } else {
-                    0
-                };
-                let operators: Vec<Arc<dyn Operator>> = if run + onward > 1 {
-                    let mut operators = stage.operators[next..next + run].to_vec();
-                    operators.extend(plan.stages[index + 1].operators[..onward].iter().cloned());
-                    let applied = self.apply_piecewise(&operators, partitions, clock).map_err(
-                        |(partition, position, error)| {
-                            let stage = if position < run {
-                                stage
-                            } else {
-                                &plan.stages[index + 1]
-                            };
-                            failed(stage, partition, error)
-                        },
-                    )?;
-                    partitions = applied.partitions;
-                    failures += applied.failures;
-                    dead_letters.extend(applied.dead_letters);
-                    if onward > 0 {
-                        carried = Some((Vec::new(), onward));
+            for segment in &schedule.segments {
+                let applied = match segment {
+                    Segment::Alone(position) => {
+                        let operator = &stage.operators[*position];
+                        let applied = self
+                            .apply(index, operator, partitions, clock, left_chunks.take())
+                            .map_err(|(partition, error)| failed(stage, partition, error))?;
+                        operator.end_batch(clock);
+                        applied
                     }
-                    next += run;
-                    operators
-                } else {
-                    let operator = stage.operators[next].clone();
-                    let applied = self
-                        .apply(&operator, partitions, clock, left_chunks.take())
-                        .map_err(|(partition, error)| failed(stage, partition, error))?;
-                    partitions = applied.partitions;
-                    failures += applied.failures;
-                    dead_letters.extend(applied.dead_letters);
-                    next += 1;
-                    vec![operator]
+                    Segment::Fused {
+                        operators: range,
+                        onward,
+                    } => {
+                        let mut operators = stage.operators[range.clone()].to_vec();
+                        if *onward > 0 {
+                            operators.extend(plan.stages[index + 1].operators[..*onward].iter().cloned());
+                        }
+                        let applied = self.apply_fused(index, &operators, partitions, clock).map_err(
+                            |(partition, position, error)| {
+                                let stage = if position < range.len() {
+                                    stage
+                                } else {
+                                    &plan.stages[index + 1]
+                                };
+                                failed(stage, partition, error)
+                            },
+                        )?;
+                        for operator in &operators {
+                            operator.end_batch(clock);
+                        }
+                        applied
+                    }
                 };
-                for operator in &operators {
-                    operator.end_batch(clock);
-                }
+                partitions = applied.partitions;
+                failures += applied.failures;
+                dead_letters.extend(applied.dead_letters);
             }
             let consecutive = &stage.metrics.consecutive_failed_batches;
             if failures == 0 {
@@ -209,10 +203,11 @@ impl Executor {
                     }
                 }
             }
-            match &mut carried {
-                // This stage's output went straight on into the next stage.
-                Some((carried, _)) => *carried = partitions,
-                None => streams[stage.output] = Some(partitions),
+            if schedule.carries_on() {
+                // This stage's output goes straight on into the next stage.
+                carried = Some(partitions);
+            } else {
+                streams[stage.output] = Some(partitions);
             }
         }
         if let Some(stream) = plan.dead_letters {
@@ -229,7 +224,7 @@ impl Executor {
         operator: &Arc<dyn Operator>,
         mut inputs: Vec<Vec<Partition>>,
     ) -> (Vec<Partition>, Vec<usize>) {
-        let targets = match operator.input_partitioning() {
+        let targets = match operator.planning().input {
             Partitioning::HashByKey(n) | Partitioning::RoundRobin(n) => n,
             Partitioning::Pipeline => self.plan.partitions,
         };
@@ -245,16 +240,18 @@ impl Executor {
             .unzip()
     }
 
-    /// Moves data as `operator` needs (unless `left_chunks` says the
-    /// partitions were already paired), then runs it over every partition.
+    /// Moves data as `operator` (of stage `stage`) needs (unless
+    /// `left_chunks` says the partitions were already paired), then runs it
+    /// over every partition.
     fn apply(
         &self,
+        stage: usize,
         operator: &Arc<dyn Operator>,
         partitions: Vec<Partition>,
         clock: BatchClock,
         left_chunks: Option<Vec<usize>>,
     ) -> Result<Applied, (usize, OperatorError)> {
-        let partitions = match (operator.input_partitioning(), &left_chunks) {
+        let partitions = match (operator.planning().input, &left_chunks) {
             (_, Some(_)) | (Partitioning::Pipeline, None) => partitions,
             (Partitioning::HashByKey(n), None) => self.shuffle_by_key(partitions, n),
             (Partitioning::RoundRobin(n), None) => partition::rebalance(&partitions, n),
@@ -267,7 +264,9 @@ impl Executor {
                 let left_chunks = left_chunks
                     .as_ref()
                     .map_or(partition.len(), |chunks| chunks[index]);
+                let plan = self.plan.clone();
                 Box::new(move |instances| {
+                    let _span = task_span(&plan, stage, index, clock.id).entered();
                     let mut ctx = PartitionContext {
                         batch_id: clock.id,
                         batch_time: clock.time,
@@ -285,12 +284,14 @@ impl Executor {
         self.collect(tasks, |error| error)
     }
 
-    /// Runs `operators` (all piecewise, taking their input as it comes) over
-    /// every partition: one task per partition passes each chunk
-    /// through all of them before the next chunk. Record indices in errors
-    /// count from the start of each operator's input in the partition.
-    fn apply_piecewise(
+    /// Runs `operators` (a fused segment of stage `stage`: all piecewise,
+    /// taking their input as it comes) over every partition: one task per
+    /// partition passes each chunk through all of them before the next
+    /// chunk. Record indices in errors count from the start of each
+    /// operator's input in the partition.
+    fn apply_fused(
         &self,
+        stage: usize,
         operators: &[Arc<dyn Operator>],
         partitions: Vec<Partition>,
         clock: BatchClock,
@@ -300,7 +301,9 @@ impl Executor {
             .enumerate()
             .map(|(index, partition)| -> Task<Outcome<(usize, OperatorError)>> {
                 let operators = operators.to_vec();
+                let plan = self.plan.clone();
                 Box::new(move |instances| {
+                    let _span = task_span(&plan, stage, index, clock.id).entered();
                     let mut ctx = PartitionContext {
                         batch_id: clock.id,
                         batch_time: clock.time,
@@ -317,20 +320,6 @@ impl Executor {
             .collect();
         self.collect(tasks, |error| (0, error))
             .map_err(|(partition, (position, error))| (partition, position, error))
-    }
-
-    /// How many leading operators of the stage after `index` can continue a
-    /// piecewise run that ends stage `index`: none unless that stage reads
-    /// only this stage's output, and nothing else reads it.
-    fn onward_run(&self, index: usize) -> usize {
-        let plan = &self.plan;
-        let (Some(stage), Some(next)) = (plan.stages.get(index), plan.stages.get(index + 1)) else {
-            return 0;
-        };
-        if next.inputs != [stage.output] || plan.readers[stage.output] != 1 {
-            return 0;
-        }
-        piecewise_run(&next.operators)
     }
 
     /// Waits for one task per partition and gathers their outputs; a task
@@ -414,18 +403,17 @@ fn union(mut inputs: Vec<Vec<Partition>>) -> Vec<Partition> {
     out
 }
 
-/// How many operators from the start of `operators` form a piecewise run:
-/// each piecewise and taking its input as it comes (no data movement
-/// between them).
-fn piecewise_run(operators: &[Arc<dyn Operator>]) -> usize {
-    operators
-        .iter()
-        .take_while(|operator| {
-            operator.piecewise()
-                && !operator.pairs_inputs()
-                && operator.input_partitioning() == Partitioning::Pipeline
-        })
-        .count()
+/// The span a partition task runs in on a pool worker: a root (the task's
+/// own context, whatever the worker was doing), one per task.
+fn task_span(plan: &Plan, stage: usize, partition: usize, batch: u64) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "partition",
+        pipeline = %plan.pipeline,
+        stage = %plan.stages[stage].name,
+        partition,
+        batch,
+    )
 }
 
 /// Passes each chunk of `partition` through every operator in turn;
@@ -460,3 +448,6 @@ fn run_pieces(
     }
     Ok(output)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
 //! The physical plan: a validated pipeline spec turned into streams and
 //! operators, with every plugin name resolved through the registry and
-//! every plugin checked against the operator that uses it.
+//! every plugin checked against the operator that uses it, and each stage's
+//! [`schedule`] (which operators run fused) worked out once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,12 @@ use crate::config::{DEAD_LETTERS, FailurePolicy, PipelineSpec, SinkSpec, SourceS
 use crate::error::EngineError;
 use crate::operator::guard::{Guarded, StageMetrics, StagePosition};
 use crate::operator::{Operator, OperatorError};
+
+pub mod schedule;
+#[cfg(test)]
+pub(super) mod tests;
+
+pub use schedule::{Segment, StageSchedule};
 
 /// Index of a stream in [`Plan::streams`].
 pub type StreamId = usize;
@@ -34,6 +41,9 @@ pub struct StagePlan {
     pub output: StreamId,
     /// Operators applied in order.
     pub operators: Vec<Arc<dyn Operator>>,
+    /// How the executor runs the operators: which run fused, chunk by
+    /// chunk, and which on their own.
+    pub schedule: StageSchedule,
 }
 
 impl StagePlan {
@@ -155,6 +165,7 @@ impl Plan {
                 inputs: stage.inputs.iter().map(|input| ids[input.as_str()]).collect(),
                 output: ids[stage.name.as_str()],
                 operators,
+                schedule: StageSchedule::default(),
             });
         }
         let sources = spec
@@ -175,6 +186,10 @@ impl Plan {
         }
         for (_, input) in &sinks {
             readers[*input] += 1;
+        }
+        let schedules = schedule::schedule(&stages, &readers);
+        for (stage, schedule) in stages.iter_mut().zip(schedules) {
+            stage.schedule = schedule;
         }
         let mut window_lengths = vec![None; streams.len()];
         for stage in &spec.stages {
