@@ -3,9 +3,9 @@
 
 use std::borrow::Cow;
 
+use weir_abi::{HAS_KEY, copy_short};
+
 use crate::Record;
-use crate::copy::copy_short;
-use crate::record::FLAG_HAS_KEY;
 
 /// Builds an output batch: each `emit*` call appends one record straight into
 /// the flat output buffers (no allocation per record once they have grown).
@@ -107,7 +107,7 @@ impl Emitter {
     #[inline(always)]
     fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: i64) {
         let (key, flags) = match key {
-            Some(key) => (key, FLAG_HAS_KEY),
+            Some(key) => (key, HAS_KEY),
             None => (&[][..], 0),
         };
         let bytes = key.len() + value.len();

@@ -137,6 +137,8 @@ use std::cell::Cell;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+pub use weir_abi::Kind;
+use weir_abi::{GROUP_HAS_STATE, GROUP_TIMED_OUT, STATE_KEEP};
 
 use crate::state::{self, GroupContext, State, StateEvent};
 use crate::{Batch, Config, Emitter, Error, Record, Values};
@@ -148,12 +150,27 @@ pub type InitFn = fn(&Config) -> Result<(), Error>;
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `lifecycle.describe`.
-pub fn describe(name: &str, version: &str, kind: wit::PluginKind) -> wit::PluginInfo {
+pub fn describe(name: &str, version: &str, kind: Kind) -> wit::PluginInfo {
     wit::PluginInfo {
         name: name.to_owned(),
         version: version.to_owned(),
-        kind,
+        kind: wit_kind(kind),
         sdk_version: SDK_VERSION.to_owned(),
+    }
+}
+
+/// The WIT `plugin-kind` of `kind` (here, where the bindings are).
+fn wit_kind(kind: Kind) -> wit::PluginKind {
+    match kind {
+        Kind::Map => wit::PluginKind::Map,
+        Kind::FlatMap => wit::PluginKind::FlatMap,
+        Kind::Filter => wit::PluginKind::Filter,
+        Kind::FilterMap => wit::PluginKind::FilterMap,
+        Kind::MapPartitions => wit::PluginKind::MapPartitions,
+        Kind::Reducer => wit::PluginKind::Reducer,
+        Kind::UpdateState => wit::PluginKind::UpdateState,
+        Kind::MapWithState => wit::PluginKind::MapWithState,
+        Kind::TransformWith => wit::PluginKind::TransformWith,
     }
 }
 
@@ -272,22 +289,11 @@ pub fn run_map_partitions(
     }
 }
 
-fn check_ends(ends: &[u32], limit: usize, what: &str) -> Result<(), wit::ProcessError> {
-    let mut previous = 0;
-    for &end in ends {
-        if end < previous {
-            return Err(wit::ProcessError::Batch(format!(
-                "malformed values: decreasing {what} ({end} after {previous})"
-            )));
-        }
-        previous = end;
-    }
-    if previous as usize > limit {
-        return Err(wit::ProcessError::Batch(format!(
-            "malformed values: {what} {previous} is past the end ({limit})"
-        )));
-    }
-    Ok(())
+/// Checks end offsets over `len` items with the ABI's rule (non-decreasing,
+/// the last one at `len`); `what` names them in the error.
+fn check_ends(ends: &[u32], len: usize, what: &str) -> Result<(), wit::ProcessError> {
+    weir_abi::check_ends(ends, len)
+        .map_err(|e| wit::ProcessError::Batch(format!("malformed values: {what}: {e}")))
 }
 
 /// The loop of `reduce`: calls `f` once per group; `f` appends the group's
@@ -298,8 +304,8 @@ pub fn run_reduce(
     group_ends: Vec<u32>,
     mut f: impl FnMut(Values<'_>, &mut Vec<u8>) -> Result<(), Error>,
 ) -> Result<wit::Values, wit::ProcessError> {
-    check_ends(&values.ends, values.data.len(), "value end offset")?;
-    check_ends(&group_ends, values.ends.len(), "group end")?;
+    check_ends(&values.ends, values.data.len(), "value end offsets")?;
+    check_ends(&group_ends, values.ends.len(), "group ends")?;
     let mut data = Vec::with_capacity(values.data.len().min(16 * group_ends.len()));
     let mut ends = Vec::with_capacity(group_ends.len());
     let last_taken = Cell::new(0);
@@ -352,13 +358,6 @@ pub fn run_transform_with(
     }
 }
 
-/// Bit 0 of `key-groups.group-flags`: the key has state.
-const GROUP_HAS_STATE: u8 = 1;
-/// Bit 1 of `key-groups.group-flags`: the key timed out.
-const GROUP_TIMED_OUT: u8 = 2;
-/// Bit 0 of `state-update.state-flags`: keep the new state.
-const STATE_KEEP: u8 = 1;
-
 fn malformed_groups(what: String) -> wit::ProcessError {
     wit::ProcessError::Batch(format!("malformed key groups: {what}"))
 }
@@ -384,10 +383,10 @@ fn check_groups(groups: &wit::KeyGroups) -> Result<(), wit::ProcessError> {
             groups.values.ends.len()
         )));
     }
-    check_ends(&groups.keys.ends, groups.keys.data.len(), "key end offset")?;
-    check_ends(&groups.values.ends, groups.values.data.len(), "value end offset")?;
-    check_ends(&groups.states.ends, groups.states.data.len(), "state end offset")?;
-    check_ends(&groups.group_ends, groups.values.ends.len(), "group end")
+    check_ends(&groups.keys.ends, groups.keys.data.len(), "key end offsets")?;
+    check_ends(&groups.values.ends, groups.values.data.len(), "value end offsets")?;
+    check_ends(&groups.states.ends, groups.states.data.len(), "state end offsets")?;
+    check_ends(&groups.group_ends, groups.values.ends.len(), "group ends")
 }
 
 /// Item `index` of a checked `values`.
@@ -763,10 +762,11 @@ mod tests {
             crate::IntoValue::append_to(total, out);
             Ok(())
         };
+        let (first_three, first_three_ends) = Values::storage(&[b"1", b"2", b"3"]);
         let output = run_reduce(
             wit::Values {
-                data: data.clone(),
-                ends: ends.clone(),
+                data: first_three,
+                ends: first_three_ends,
             },
             vec![2, 3],
             sum,
@@ -1178,8 +1178,15 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_is_the_wit_case_of_the_same_name() {
+        for kind in Kind::ALL {
+            assert_eq!(format!("{:?}", wit_kind(kind)), format!("PluginKind::{kind:?}"));
+        }
+    }
+
+    #[test]
     fn describe_reports_the_sdk_version() {
-        let info = describe("p", "1.2.3", wit::PluginKind::Filter);
+        let info = describe("p", "1.2.3", Kind::Filter);
         assert_eq!(info.sdk_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(info.name, "p");
     }

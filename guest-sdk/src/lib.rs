@@ -179,7 +179,6 @@ extern crate self as weir_guest;
 #[path = "glue.rs"]
 pub mod __private;
 mod config;
-mod copy;
 mod emit;
 mod error;
 pub mod json;

@@ -1,10 +1,9 @@
 //! Reading input records: [`Batch`], a borrowed view of a flat input batch,
 //! and [`Record`], one record of it.
 
-use crate::Error;
+use weir_abi::HAS_KEY;
 
-/// Bit 0 of a record's flags: the record has a key.
-pub(crate) const FLAG_HAS_KEY: u8 = 1;
+use crate::Error;
 
 /// A read-only view of one input batch, as laid out by the host: the key and
 /// value bytes of every record back to back, two end offsets per record, a
@@ -20,39 +19,18 @@ pub struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    /// Views flat batch buffers, checking that they are consistent: `2 * n`
-    /// non-decreasing `ends` within `data`, `n` timestamps and `n` flags.
+    /// Views flat batch buffers, checking that they are consistent (the
+    /// host checks plugin output with the same rules): `n` timestamps, `n`
+    /// flags and `2 * n` non-decreasing `ends` that end at `data.len()`, and
+    /// an empty key range for each record without a key.
     pub fn new(
         data: &'a [u8],
         ends: &'a [u32],
         timestamps: &'a [i64],
         flags: &'a [u8],
     ) -> Result<Self, Error> {
-        let len = timestamps.len();
-        if ends.len() != 2 * len || flags.len() != len {
-            return Err(Error::msg(format!(
-                "malformed batch: {} timestamps, {} flags and {} ends (expected {})",
-                len,
-                flags.len(),
-                ends.len(),
-                2 * len
-            )));
-        }
-        let mut previous = 0u32;
-        for (i, &end) in ends.iter().enumerate() {
-            if end < previous {
-                return Err(Error::msg(format!(
-                    "malformed batch: end offset {i} ({end}) is before the previous one ({previous})"
-                )));
-            }
-            previous = end;
-        }
-        if previous as usize > data.len() {
-            return Err(Error::msg(format!(
-                "malformed batch: end offset {previous} is past the {} data bytes",
-                data.len()
-            )));
-        }
+        weir_abi::check_batch(data, ends, timestamps, flags)
+            .map_err(|e| Error::msg(format!("malformed batch: {e}")))?;
         Ok(Self {
             data,
             ends,
@@ -104,7 +82,7 @@ impl<'a> Batch<'a> {
         };
         let key_end = self.ends[2 * index] as usize;
         let value_end = self.ends[2 * index + 1] as usize;
-        let key = if self.flags[index] & FLAG_HAS_KEY != 0 {
+        let key = if self.flags[index] & HAS_KEY != 0 {
             Some(&self.data[start..key_end])
         } else {
             None

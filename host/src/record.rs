@@ -6,16 +6,10 @@
 //! column. Moving a batch between stages, into a plugin and out of it costs a
 //! few memory copies, never an allocation per record.
 
-// The guest SDK's short-copy routine: one implementation (and one safety
-// argument) for both sides of the plugin boundary.
-#[path = "../../guest-sdk/src/copy.rs"]
-mod copy;
-use copy::copy_short;
-
 use std::fmt;
 
-/// Flag bit: the record has a key.
-pub const FLAG_HAS_KEY: u8 = 1;
+// The flag bits, layout checks and short copies the guest SDK uses too.
+use weir_abi::{HAS_KEY, LayoutError, check_batch, copy_short};
 
 /// A borrowed view of one record of a [`Batch`].
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,7 +50,8 @@ impl RecordRef<'_> {
 /// One partition of one micro-batch, in flat columnar form.
 ///
 /// Invariants: `ends.len() == 2 * len`, `timestamps.len() == flags.len() == len`,
-/// and `ends` is non-decreasing and ends at `data.len()`.
+/// `ends` is non-decreasing and ends at `data.len()`, and a record without a
+/// key has an empty key range (what [`weir_abi::check_batch`] checks).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     data: Vec<u8>,
@@ -75,6 +70,12 @@ impl fmt::Debug for Batch {
 #[derive(Debug, thiserror::Error)]
 #[error("malformed batch from plugin: {0}")]
 pub struct MalformedBatch(pub String);
+
+impl From<LayoutError> for MalformedBatch {
+    fn from(error: LayoutError) -> Self {
+        MalformedBatch(error.to_string())
+    }
+}
 
 impl Batch {
     /// An empty batch.
@@ -99,50 +100,7 @@ impl Batch {
         timestamps: Vec<i64>,
         flags: Vec<u8>,
     ) -> Result<Self, MalformedBatch> {
-        let len = timestamps.len();
-        if flags.len() != len || ends.len() != len * 2 {
-            return Err(MalformedBatch(format!(
-                "{} timestamps, {} flags and {} end offsets (expected {})",
-                len,
-                flags.len(),
-                ends.len(),
-                len * 2
-            )));
-        }
-        // Branch-free folds over plain slices (the compiler vectorizes
-        // them): this runs on every batch a plugin returns.
-        let ascending = ends
-            .iter()
-            .zip(ends.iter().skip(1))
-            .fold(true, |ok, (before, after)| ok & (before <= after));
-        if !ascending {
-            let at = ends.windows(2).position(|pair| pair[0] > pair[1]).unwrap_or(0) + 1;
-            return Err(MalformedBatch(format!("end offset {at} goes backwards")));
-        }
-        let last = ends.last().copied().unwrap_or(0);
-        if last as usize != data.len() {
-            return Err(MalformedBatch(format!(
-                "offsets end at {last} but there are {} data bytes",
-                data.len()
-            )));
-        }
-        // A record without a key has an empty key range: its key ends where
-        // the previous record's value ends.
-        // Record 0's key starts at 0; record i's where record i-1's value
-        // ends, `ends[2i-1]`: pairs of `ends[1..]` are (ends[2i-1], ends[2i]).
-        let first_ok = flags
-            .first()
-            .is_none_or(|&flag| flag & FLAG_HAS_KEY != 0 || ends[0] == 0);
-        let key_ranges_ok = flags
-            .iter()
-            .skip(1)
-            .zip(ends.get(1..).unwrap_or_default().chunks_exact(2))
-            .fold(first_ok, |ok, (&flag, pair)| {
-                ok & ((flag & FLAG_HAS_KEY != 0) | (pair[0] == pair[1]))
-            });
-        if !key_ranges_ok {
-            return Err(MalformedBatch("a record without a key has a key range".into()));
-        }
+        check_batch(&data, &ends, &timestamps, &flags)?;
         Ok(Self {
             data,
             ends,
@@ -205,7 +163,7 @@ impl Batch {
     #[inline]
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: i64) {
         let (key, flags) = match key {
-            Some(key) => (key, FLAG_HAS_KEY),
+            Some(key) => (key, HAS_KEY),
             None => (&[][..], 0),
         };
         self.data.reserve(key.len() + value.len());
@@ -246,7 +204,7 @@ impl Batch {
         };
         let key_end = self.ends[2 * index] as usize;
         let value_end = self.ends[2 * index + 1] as usize;
-        let key = (self.flags[index] & FLAG_HAS_KEY != 0).then(|| &self.data[key_start..key_end]);
+        let key = (self.flags[index] & HAS_KEY != 0).then(|| &self.data[key_start..key_end]);
         RecordRef {
             key,
             value: &self.data[key_end..value_end],
@@ -365,7 +323,7 @@ impl<'a> Iterator for Iter<'a> {
         }
         let key_end = batch.ends[2 * index] as usize;
         let value_end = batch.ends[2 * index + 1] as usize;
-        let key = (batch.flags[index] & FLAG_HAS_KEY != 0).then(|| &batch.data[self.start..key_end]);
+        let key = (batch.flags[index] & HAS_KEY != 0).then(|| &batch.data[self.start..key_end]);
         let record = RecordRef {
             key,
             value: &batch.data[key_end..value_end],

@@ -361,9 +361,11 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
     let file = pipeline("fallback", &input, &dir, stages, "");
     run_file_ok(&file);
     let first = output_by_batch(&dir);
-    // Checkpoints of batches 5 and 8 are kept (every 3, keep 2; the final
-    // one after the last batch). Corrupt the newest one's state and remove
-    // the output of the batches after the older one: they must come back.
+    // Two checkpoints are kept (every 3 batches, keep 2; the final one after
+    // the last batch, 8): usually of batches 5 and 8, but a checkpoint due
+    // while the previous one is still being written waits for the next
+    // batch. Corrupt the newest one's state and remove the output of the
+    // batches after the older one: they must come back.
     let checkpoints = dir.join("checkpoints").join("checkpoints");
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
         .unwrap()
@@ -371,13 +373,25 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
         .collect();
     kept.sort();
     assert_eq!(kept.len(), 2, "{kept:?}");
+    let older: u64 = kept[0].file_name().unwrap().to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        kept[1].file_name().unwrap().to_str().unwrap(),
+        format!("{:020}", 8)
+    );
     std::fs::write(kept[1].join("state-0000.bin"), b"not a snapshot").unwrap();
-    for batch in 6..9 {
+    for batch in older + 1..9 {
         let _ = std::fs::remove_dir_all(dir.join("out").join(format!("batch-{batch:012}")));
     }
     let log = run_file_ok(&file);
     assert!(log.contains("unusable") && log.contains("falling back"), "{log}");
-    assert!(log.contains("3 batches"), "batches 6 to 8 replayed: {log}");
+    let replayed = 8 - older;
+    assert!(
+        log.contains(&format!(
+            "resumed after the checkpoint of batch {older}; {replayed} logged batches replayed"
+        )),
+        "batches {} to 8 replayed: {log}",
+        older + 1
+    );
     assert_eq!(output_by_batch(&dir), first);
     assert_eq!(first.len(), files.len());
 

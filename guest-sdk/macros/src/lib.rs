@@ -18,21 +18,24 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericParam, ItemFn, LitStr, ReturnType, Type, WherePredicate};
 
-/// The operator a macro implements.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Map,
-    Filter,
-    FilterMap,
-    FlatMap,
-    MapPartitions,
-    Reduce,
-    UpdateState,
-    MapWithState,
-    TransformWith,
+// The operator a macro implements: the plugin kind shared by the host and
+// the SDK (`#[reduce]` makes a `Reducer`).
+use weir_abi::Kind;
+
+/// What the macros need to know about each kind.
+trait KindExt: Copy {
+    /// The attribute, for error messages.
+    fn attribute(self) -> &'static str;
+    /// The expected parameters, for error messages.
+    fn parameters(self) -> &'static str;
+    /// The accepted numbers of parameters: the required ones, and the
+    /// optional trailing `&GroupContext` of the stateful kinds.
+    fn arity(self) -> (usize, usize);
+    /// The `Kind` variant, as tokens.
+    fn variant(self) -> TokenStream2;
 }
 
-impl Kind {
+impl KindExt for Kind {
     fn attribute(self) -> &'static str {
         match self {
             Kind::Map => "#[weir_guest::map]",
@@ -40,20 +43,19 @@ impl Kind {
             Kind::FilterMap => "#[weir_guest::filter_map]",
             Kind::FlatMap => "#[weir_guest::flat_map]",
             Kind::MapPartitions => "#[weir_guest::map_partitions]",
-            Kind::Reduce => "#[weir_guest::reduce]",
+            Kind::Reducer => "#[weir_guest::reduce]",
             Kind::UpdateState => "#[weir_guest::update_state]",
             Kind::MapWithState => "#[weir_guest::map_with_state]",
             Kind::TransformWith => "#[weir_guest::transform_with]",
         }
     }
 
-    /// The expected parameters, for error messages.
     fn parameters(self) -> &'static str {
         match self {
             Kind::Map | Kind::Filter | Kind::FilterMap => "one parameter, `record: Record<'_>`",
             Kind::FlatMap => "two parameters, `record: Record<'_>, out: &mut Emitter`",
             Kind::MapPartitions => "two parameters, `input: &Batch<'_>, out: &mut Emitter`",
-            Kind::Reduce => "one parameter, `values: Values<'_>`",
+            Kind::Reducer => "one parameter, `values: Values<'_>`",
             Kind::UpdateState => {
                 "four parameters, `key: &[u8], values: Values<'_>, state: Option<S>, \
                  out: &mut Emitter`, and optionally a fifth, `group: &GroupContext<'_>`"
@@ -68,11 +70,9 @@ impl Kind {
         }
     }
 
-    /// The accepted numbers of parameters: the required ones, and the
-    /// optional trailing `&GroupContext` of the stateful kinds.
     fn arity(self) -> (usize, usize) {
         match self {
-            Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => (1, 1),
+            Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reducer => (1, 1),
             Kind::FlatMap | Kind::MapPartitions => (2, 2),
             Kind::TransformWith => (3, 3),
             Kind::MapWithState => (3, 4),
@@ -80,15 +80,14 @@ impl Kind {
         }
     }
 
-    /// The WIT `plugin-kind` case.
-    fn wit_kind(self) -> TokenStream2 {
+    fn variant(self) -> TokenStream2 {
         match self {
             Kind::Map => quote!(Map),
             Kind::Filter => quote!(Filter),
             Kind::FilterMap => quote!(FilterMap),
             Kind::FlatMap => quote!(FlatMap),
             Kind::MapPartitions => quote!(MapPartitions),
-            Kind::Reduce => quote!(Reducer),
+            Kind::Reducer => quote!(Reducer),
             Kind::UpdateState => quote!(UpdateState),
             Kind::MapWithState => quote!(MapWithState),
             Kind::TransformWith => quote!(TransformWith),
@@ -299,7 +298,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
     // parameter of the wrong type is reported there.
     let names: &[&str] = match kind {
         Kind::FlatMap | Kind::MapPartitions => &["__weir_guest_record", "__weir_guest_out"],
-        Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reduce => &["__weir_guest_record"],
+        Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reducer => &["__weir_guest_record"],
         Kind::UpdateState => &[
             "__weir_guest_record",
             "__weir_guest_values",
@@ -330,7 +329,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
     };
 
     let (guest_impl, export) = match kind {
-        Kind::Reduce => (
+        Kind::Reducer => (
             quote! {
                 impl #private::ReducerGuest for __WeirGuestPlugin {
                     fn reduce(
@@ -409,7 +408,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
                 Kind::MapPartitions => quote! {
                     #private::run_map_partitions(input, |#record, #out| #value)
                 },
-                Kind::Reduce | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith => {
+                Kind::Reducer | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith => {
                     unreachable!()
                 }
             };
@@ -446,7 +445,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
         }
         None => quote!(::core::option::Option::None),
     };
-    let wit_kind = kind.wit_kind();
+    let variant = kind.variant();
 
     Ok(quote! {
         #function
@@ -457,7 +456,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
 
             impl #private::LifecycleGuest for __WeirGuestPlugin {
                 fn describe() -> #private::wit::PluginInfo {
-                    #private::describe(#name, #version, #private::wit::PluginKind::#wit_kind)
+                    #private::describe(#name, #version, #private::Kind::#variant)
                 }
 
                 fn init(
@@ -526,7 +525,7 @@ pub fn map_partitions(args: TokenStream, item: TokenStream) -> TokenStream {
 /// plugin's reducer. See `weir_guest::reduce`.
 #[proc_macro_attribute]
 pub fn reduce(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry(Kind::Reduce, args, item)
+    entry(Kind::Reducer, args, item)
 }
 
 /// Makes a function `fn(&[u8], Values<'_>, Option<S>, &mut Emitter) ->

@@ -12,6 +12,7 @@ use super::sink::SinkKind;
 use super::source::SourceKind;
 use super::stateful::{JoinKind, KeyedStateSpec, LateRecords, WindowSpec, WindowTime};
 use crate::runtime::Sandbox;
+use weir_abi::Kind;
 
 /// The stream that receives the records of failed calls of stages with
 /// `on-error = "dead-letter"`; sinks read it like any stream.
@@ -215,15 +216,32 @@ pub enum TransformKind {
 }
 
 impl TransformKind {
-    /// The operator's name in pipeline files.
-    pub fn name(self) -> &'static str {
+    /// The kind of plugin that implements this transform.
+    pub fn plugin_kind(self) -> Kind {
         match self {
-            Self::Map => "map",
-            Self::FlatMap => "flat-map",
-            Self::Filter => "filter",
-            Self::FilterMap => "filter-map",
-            Self::MapPartitions => "map-partitions",
+            Self::Map => Kind::Map,
+            Self::FlatMap => Kind::FlatMap,
+            Self::Filter => Kind::Filter,
+            Self::FilterMap => Kind::FilterMap,
+            Self::MapPartitions => Kind::MapPartitions,
         }
+    }
+
+    /// The transform plugins of `kind` implement, if `kind` is one of them.
+    pub fn of(kind: Kind) -> Option<Self> {
+        Some(match kind {
+            Kind::Map => Self::Map,
+            Kind::FlatMap => Self::FlatMap,
+            Kind::Filter => Self::Filter,
+            Kind::FilterMap => Self::FilterMap,
+            Kind::MapPartitions => Self::MapPartitions,
+            Kind::Reducer | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith => return None,
+        })
+    }
+
+    /// The operator's name in pipeline files (its plugin kind's name).
+    pub fn name(self) -> &'static str {
+        self.plugin_kind().name()
     }
 }
 

@@ -98,14 +98,7 @@ pub(super) fn stage_spec(
     let context = format!("op `{op_name}`");
     let single_input = |op: &str| stateful::one_input(op, inputs.len(), input_at);
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?;
-    let transform = match op_name {
-        "map" => Some(TransformKind::Map),
-        "flat-map" => Some(TransformKind::FlatMap),
-        "filter" => Some(TransformKind::Filter),
-        "filter-map" => Some(TransformKind::FilterMap),
-        "map-partitions" => Some(TransformKind::MapPartitions),
-        _ => None,
-    };
+    let transform = weir_abi::Kind::from_name(op_name).and_then(TransformKind::of);
     let op = if let Some(kind) = transform {
         only_keys(&present, &[&["plugin", "config"], PLUGIN_KEYS].concat(), &context)?;
         single_input(op_name)?;

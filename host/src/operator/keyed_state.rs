@@ -24,11 +24,7 @@ use crate::record::Partition;
 use crate::runtime::bindings::types::Values;
 use crate::runtime::{KeyGroups, PluginError, StateUpdate, StateWorld};
 use crate::state::{KeyedStore, StateChanges, StateEntry, StateSize};
-
-/// Group flag: the key has state.
-const HAS_STATE: u8 = 1;
-/// Group flag: the key timed out.
-const TIMED_OUT: u8 = 2;
+use weir_abi::{GROUP_HAS_STATE, GROUP_TIMED_OUT};
 
 /// Where and how much state a stage keeps.
 #[derive(Debug, Clone)]
@@ -180,13 +176,13 @@ impl Operator for KeyedState {
             );
             groups
                 .group_flags
-                .push(if previous.is_some() { HAS_STATE } else { 0 });
+                .push(if previous.is_some() { GROUP_HAS_STATE } else { 0 });
         }
         for (stored_key, entry) in &timed_out {
             push_value(&mut groups.keys, record_key(stored_key).unwrap_or_default());
             groups.group_ends.push(groups.values.ends.len() as u32);
             push_value(&mut groups.states, &entry.state);
-            groups.group_flags.push(HAS_STATE | TIMED_OUT);
+            groups.group_flags.push(GROUP_HAS_STATE | GROUP_TIMED_OUT);
             store_keys.push(stored_key.clone());
         }
 
@@ -225,7 +221,7 @@ impl Operator for KeyedState {
                     record: None,
                 });
             }
-            let timed_out = groups.group_flags[group] & TIMED_OUT != 0;
+            let timed_out = groups.group_flags[group] & GROUP_TIMED_OUT != 0;
             if update.keep[group] && !timed_out {
                 changes.put.push((
                     stored_key,
@@ -234,7 +230,7 @@ impl Operator for KeyedState {
                         last_seen: ctx.batch_time,
                     },
                 ));
-            } else if groups.group_flags[group] & HAS_STATE != 0 {
+            } else if groups.group_flags[group] & GROUP_HAS_STATE != 0 {
                 changes.remove.push(stored_key);
             }
             start = end;

@@ -309,15 +309,7 @@ impl StageBuilder<'_> {
 }
 
 fn check_kind(op: TransformKind, plugin: PluginKind) -> Result<(), String> {
-    let matches = matches!(
-        (op, plugin),
-        (TransformKind::Map, PluginKind::Map)
-            | (TransformKind::FlatMap, PluginKind::FlatMap)
-            | (TransformKind::Filter, PluginKind::Filter)
-            | (TransformKind::FilterMap, PluginKind::FilterMap)
-            | (TransformKind::MapPartitions, PluginKind::MapPartitions)
-    );
-    if matches {
+    if op.plugin_kind() == plugin {
         Ok(())
     } else if plugin == PluginKind::Reducer {
         Err(format!(

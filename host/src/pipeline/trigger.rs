@@ -216,7 +216,11 @@ mod tests {
         assert_eq!(batcher.cut()[0].chunks.len(), 2, "one batch for both chunks");
         tx.try_send(chunk()).unwrap();
         drop(tx);
-        assert_eq!(trigger.decide(&mut batcher, later), Decision::Cut, "the sources ended: no linger");
+        assert_eq!(
+            trigger.decide(&mut batcher, later),
+            Decision::Cut,
+            "the sources ended: no linger"
+        );
         batcher.cut();
         assert_eq!(trigger.decide(&mut batcher, later), Decision::End);
     }

@@ -113,7 +113,11 @@ impl StateInstance {
         Ok(StateUpdate {
             states: update.states.data,
             state_ends: update.states.ends,
-            keep: update.state_flags.iter().map(|flags| flags & 1 == 1).collect(),
+            keep: update
+                .state_flags
+                .iter()
+                .map(|flags| flags & weir_abi::STATE_KEEP != 0)
+                .collect(),
             output,
         })
     }
@@ -184,12 +188,8 @@ fn from_wit(batch: types::Batch) -> Batch {
 
 /// Checks that flat values have non-decreasing ends that cover the data.
 fn check_values(values: &types::Values, what: &str) -> Result<(), PluginError> {
-    if values.ends.windows(2).any(|w| w[0] > w[1])
-        || values.ends.last().map_or(0, |&end| end as usize) != values.data.len()
-    {
-        return Err(crate::record::MalformedBatch(format!("the plugin returned malformed {what}")).into());
-    }
-    Ok(())
+    weir_abi::check_ends(&values.ends, values.data.len())
+        .map_err(|_| crate::record::MalformedBatch(format!("the plugin returned malformed {what}")).into())
 }
 
 fn process_error(error: types::ProcessError) -> PluginError {

@@ -17,6 +17,7 @@ use wasmtime::Store;
 
 use super::error::{PluginError, TrapKind};
 use super::limits::Sandbox;
+use super::plugin::FromWit as _;
 use super::plugin::{Plugin, PluginInfo, PluginKind, Pre};
 use super::slicing::CallClock;
 use super::state::{InstanceLabel, PluginState};

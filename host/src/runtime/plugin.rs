@@ -19,46 +19,17 @@ use super::instance::PluginInstance;
 use super::limits::Sandbox;
 use super::state::{InstanceLabel, PluginState};
 
-/// The operator a plugin implements, as it declares it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PluginKind {
-    /// One record out per record in.
-    Map,
-    /// Any number of records out per record in.
-    FlatMap,
-    /// Keeps or drops each record.
-    Filter,
-    /// Zero or one record out per record in.
-    FilterMap,
-    /// Any function of a whole partition.
-    MapPartitions,
-    /// Combines the values of a key.
-    Reducer,
-    /// All new values of a key and its state in, new state out.
-    UpdateState,
-    /// Per record with its key's state, plus timeouts.
-    MapWithState,
-    /// One partition of two inputs at once.
-    TransformWith,
+/// The operator a plugin implements, as it declares it: the kind shared with
+/// the guest SDK (`PluginKind::Map`, `.name()`, `.interface()`).
+pub use weir_abi::Kind as PluginKind;
+
+/// The conversion from the WIT `plugin-kind` (here, where the bindings are).
+pub(super) trait FromWit {
+    fn from_wit(kind: types::PluginKind) -> Self;
 }
 
-impl PluginKind {
-    /// The kind's name as pipeline files spell operators.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Map => "map",
-            Self::FlatMap => "flat-map",
-            Self::Filter => "filter",
-            Self::FilterMap => "filter-map",
-            Self::MapPartitions => "map-partitions",
-            Self::Reducer => "reducer",
-            Self::UpdateState => "update-state",
-            Self::MapWithState => "map-with-state",
-            Self::TransformWith => "transform-with",
-        }
-    }
-
-    pub(super) fn from_wit(kind: types::PluginKind) -> Self {
+impl FromWit for PluginKind {
+    fn from_wit(kind: types::PluginKind) -> Self {
         match kind {
             types::PluginKind::Map => Self::Map,
             types::PluginKind::FlatMap => Self::FlatMap,
@@ -69,16 +40,6 @@ impl PluginKind {
             types::PluginKind::UpdateState => Self::UpdateState,
             types::PluginKind::MapWithState => Self::MapWithState,
             types::PluginKind::TransformWith => Self::TransformWith,
-        }
-    }
-
-    /// The WIT interface a plugin of this kind exports.
-    fn interface(self) -> &'static str {
-        match self {
-            Self::Reducer => "reducer",
-            Self::UpdateState | Self::MapWithState => "keyed-state",
-            Self::TransformWith => "co-transform",
-            _ => "transform",
         }
     }
 }

@@ -16,12 +16,11 @@
 //! sends the rest of the value to a byte-at-a-time loop that understands
 //! Unicode whitespace. The host's native twin of this plugin
 //! (`weir::operator::native::library::split_words`, used by `weir bench`)
-//! compiles the same file, `src/words.rs`.
-
-mod words;
+//! calls the same splitter: both depend on the `weir-split-words` crate in
+//! `words/`.
 
 use weir_guest::{Emitter, Error, Record};
-use words::for_each_word;
+use weir_split_words::for_each_word;
 
 #[weir_guest::flat_map]
 fn split_words(record: Record<'_>, out: &mut Emitter) -> Result<(), Error> {

@@ -2,18 +2,14 @@
 //! same operators without Wasm, so that `weir bench` compares the two on
 //! one pipeline.
 
-// The plugin's own word splitter, compiled natively: the same code on both
-// sides of the benchmark.
-#[path = "../../../../plugins/split-words/src/words.rs"]
-mod words;
-
 use super::*;
 
-/// Like `plugins/split-words`, with the same code ([`words`]): one
-/// record per whitespace-separated word, key and value the word.
+/// Like `plugins/split-words`, with the same code (the plugin's splitter,
+/// the `weir-split-words` crate, compiled natively): one record per
+/// whitespace-separated word, key and value the word.
 pub fn split_words() -> NativeTransform {
     NativeTransform::flat_map("split-words", |record, out| {
-        words::for_each_word(record.value, |word| out.push(Some(word), word, record.timestamp));
+        weir_split_words::for_each_word(record.value, |word| out.push(Some(word), word, record.timestamp));
         Ok(())
     })
 }

@@ -1,7 +1,9 @@
-//! Word splitting for `split-words`, in plain Rust with no dependency: the
-//! plugin compiles it to Wasm, and the host's native twin of the plugin
-//! includes this very file, so `weir bench` compares one algorithm compiled
-//! two ways.
+//! Word splitting for `split-words`, in plain Rust with no dependency (and
+//! no `std`): the plugin compiles it to Wasm, and the host's native twin of
+//! the plugin depends on this crate too, so `weir bench` compares one
+//! algorithm compiled two ways.
+
+#![cfg_attr(not(test), no_std)]
 
 /// `0x01` in every byte.
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -125,7 +127,7 @@ fn for_each_word_unicode(value: &[u8], mut emit: impl FnMut(&[u8])) {
             continue;
         }
         let word = &value[start..i];
-        match (high >= 0x80).then(|| std::str::from_utf8(word).ok()).flatten() {
+        match (high >= 0x80).then(|| core::str::from_utf8(word).ok()).flatten() {
             Some(text) => text.split_whitespace().for_each(|part| emit(part.as_bytes())),
             None => emit(word),
         }

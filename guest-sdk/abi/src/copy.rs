@@ -1,6 +1,6 @@
 //! Copying short byte strings without a `memcpy` call: the SDK's output
-//! batches and the host's `Batch::push` (which includes this very file)
-//! both append many keys and values of a few bytes.
+//! batches (`Emitter`) and the host's `Batch::push` both append many keys
+//! and values of a few bytes.
 
 /// Copies `bytes` to `target`.
 ///
@@ -15,7 +15,7 @@
 /// `target` must be valid for `bytes.len()` bytes of writes and must not
 /// overlap `bytes`.
 #[inline(always)]
-pub(crate) unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
+pub unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
     let len = bytes.len();
     let source = bytes.as_ptr();
     // SAFETY: every read stays within `bytes` (the two overlapping loads of
@@ -24,7 +24,7 @@ pub(crate) unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
     // which the caller guarantees. Unaligned accesses are used throughout.
     unsafe {
         if len > 16 {
-            std::ptr::copy_nonoverlapping(source, target, len);
+            core::ptr::copy_nonoverlapping(source, target, len);
         } else if len >= 8 {
             let head = source.cast::<u64>().read_unaligned();
             let tail = source.add(len - 8).cast::<u64>().read_unaligned();
@@ -39,6 +39,24 @@ pub(crate) unsafe fn copy_short(bytes: &[u8], target: *mut u8) {
             *target = *source;
             *target.add(len / 2) = *source.add(len / 2);
             *target.add(len - 1) = *source.add(len - 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_short;
+
+    #[test]
+    fn copies_every_length_exactly_and_nothing_more() {
+        let source: [u8; 40] = core::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(1));
+        for len in 0..=source.len() {
+            let mut target = [0xaa_u8; 48];
+            // SAFETY: `target` has room for 48 bytes, `len <= 40`, and it is a
+            // local array, so it cannot overlap `source`.
+            unsafe { copy_short(&source[..len], target.as_mut_ptr()) };
+            assert_eq!(target[..len], source[..len], "length {len}");
+            assert!(target[len..].iter().all(|&byte| byte == 0xaa), "length {len}");
         }
     }
 }
