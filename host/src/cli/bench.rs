@@ -359,7 +359,7 @@ impl IsolationReport {
 }
 
 /// Discards everything.
-struct DiscardSink;
+pub struct DiscardSink;
 
 impl Sink for DiscardSink {
     fn write(&mut self, _: BatchInfo, _: &[Partition]) -> Result<(), SinkError> {

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use weir::engine::{Engine, PipelineHandle};
 use weir::pipeline::{RunOptions, RunSummary, StopMode};
 
-use super::bench::{TotalSink, wordcount_toml};
+use weir::sink::Sink;
+
+use super::bench::{DiscardSink, TotalSink, wordcount_toml};
 
 /// What the many-pipelines benchmark measured.
 #[derive(Debug, Clone)]
@@ -71,12 +73,20 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count())
 }
 
-fn start(engine: &Engine, text: &str, stream: &str) -> anyhow::Result<PipelineHandle> {
+/// Starts the word count in `text`, its counts going to a sink that adds them up.
+fn start(engine: &Engine, text: &str) -> anyhow::Result<PipelineHandle> {
+    start_into(engine, text, "counts", Box::new(TotalSink(Arc::new(AtomicU64::new(0)))))
+}
+
+/// Starts the pipeline in `text`, its sinks replaced by `sink` on `stream`.
+fn start_into(
+    engine: &Engine,
+    text: &str,
+    stream: &str,
+    sink: Box<dyn Sink>,
+) -> anyhow::Result<PipelineHandle> {
     let mut prepared = engine.prepare(text, Path::new("many.toml"))?;
-    prepared.pipeline_mut().set_sinks(vec![(
-        stream.to_owned(),
-        Box::new(TotalSink(Arc::new(AtomicU64::new(0)))),
-    )])?;
+    prepared.pipeline_mut().set_sinks(vec![(stream.to_owned(), sink)])?;
     Ok(engine.start(prepared, RunOptions::default())?)
 }
 
@@ -113,7 +123,7 @@ pub fn many(
     for i in 0..PIPELINES {
         let text = wordcount_toml(&format!("idle-{i}"), "1s", 2, split_words, &idle_source);
         let started = Instant::now();
-        handles.push(start(engine, &text, "counts")?);
+        handles.push(start(engine, &text)?);
         starts.push(started.elapsed());
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -190,9 +200,9 @@ type = "console"
     .enumerate()
     {
         let mut handles: Vec<PipelineHandle> = (0..18)
-            .map(|i| start(engine, &light(i), "counts"))
+            .map(|i| start(engine, &light(i)))
             .collect::<Result<_, _>>()?;
-        let measured = start(engine, &healthy, "counts")?;
+        let measured = start(engine, &healthy)?;
         let neighbour_handle = match extra {
             None => None,
             Some(("heavy", _)) => {
@@ -203,9 +213,12 @@ type = "console"
                 std::fs::write(dir.path().join("records.txt"), "40\n".repeat(400))?;
                 let source = format!("type = \"files\"\npath = {:?}", dir.path().display().to_string());
                 let text = neighbour("heavy", busy, 4, &source, "", "timeout = \"10s\"");
-                Some((start(engine, &text, "out")?, Some(dir)))
+                Some((
+                    start_into(engine, &text, "out", Box::new(DiscardSink))?,
+                    Some(dir),
+                ))
             }
-            Some((_, text)) => Some((start(engine, &text, "out")?, None)),
+            Some((_, text)) => Some((start_into(engine, &text, "out", Box::new(DiscardSink))?, None)),
         };
         std::thread::sleep(Duration::from_secs(4));
         measured.stop(StopMode::Graceful);

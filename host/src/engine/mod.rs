@@ -161,7 +161,13 @@ impl Engine {
         let workers = options
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let pool = WorkerPool::new(workers).map_err(|e| io_error("the worker pool", e))?;
+        let calls = Arc::downgrade(&runtime);
+        let nudge: pool::Nudge = Box::new(move || {
+            if let Some(runtime) = calls.upgrade() {
+                runtime.interrupt_calls();
+            }
+        });
+        let pool = WorkerPool::new(workers, Some(nudge)).map_err(|e| io_error("the worker pool", e))?;
         let io = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.io_threads.max(1))
             .thread_name("weir-io")

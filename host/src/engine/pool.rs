@@ -9,8 +9,13 @@
 //!
 //! A task that is inside a long plugin call does not hold its worker either:
 //! at every epoch tick the call lends the thread ([`crate::runtime::slicing`])
-//! and the pool runs one waiting task of *another* pipeline on it, nested, with
-//! its own instance slots (nesting goes at most [`MAX_NESTING`] deep).
+//! and the pool runs waiting tasks of *other* pipelines on it, nested, with
+//! their own instance slots (nesting goes at most [`MAX_NESTING`] deep), for
+//! up to [`LEND_BUDGET`] before the call goes on — only tasks that take, on
+//! average, no longer than the call has run so far, so that a short call is
+//! never stuck under a long task. Tasks queued while no worker is idle
+//! *nudge* the calls in progress (an epoch increment), so they are lent a
+//! thread within microseconds rather than at the next tick.
 //!
 //! Each worker owns its [`InstanceSlots`]: warm plugin instances that stay
 //! with the thread across batches. A task that panics (an engine bug, never a
@@ -33,6 +38,15 @@ pub type Task<T> = Box<dyn FnOnce(&mut InstanceSlots) -> T + Send>;
 
 /// How deep tasks may nest inside other pipelines' long calls on one thread.
 pub const MAX_NESTING: usize = 2;
+
+/// Longest a long call lends its thread in one go: then it runs for at
+/// least one more tick, so a call keeps a share of its worker however busy
+/// the other pipelines are.
+pub const LEND_BUDGET: Duration = Duration::from_millis(10);
+
+/// Interrupts running plugin calls at their next loop back-edge or function
+/// entry (an epoch increment), so that they lend their thread at once.
+pub type Nudge = Box<dyn Fn() + Send + Sync>;
 
 /// Stack of each worker thread: room for a plugin call's 1 MiB of Wasm stack
 /// at every nesting level, plus the host frames between them.
@@ -62,6 +76,8 @@ struct ClientQueue {
     weight: u32,
     /// Tasks taken in the client's current turn.
     taken: u32,
+    /// How long its tasks take, a moving average in microseconds.
+    task_micros: Arc<AtomicU64>,
 }
 
 /// The queues, under the pool's lock.
@@ -75,9 +91,19 @@ struct Queues {
 
 impl Queues {
     /// The next task in fair order, skipping clients in `busy` (the ones
-    /// whose tasks are already running on the asking thread's stack).
-    fn next(&mut self, busy: &[ClientId]) -> Option<(ClientId, Job)> {
-        let position = self.ready.iter().position(|id| !busy.contains(id))?;
+    /// whose tasks are already running on the asking thread's stack) and,
+    /// when `shorter_than` is given, clients whose tasks take longer on
+    /// average.
+    fn next(&mut self, busy: &[ClientId], shorter_than: Option<Duration>) -> Option<(ClientId, Job)> {
+        let clients = &self.clients;
+        let position = self.ready.iter().position(|id| {
+            !busy.contains(id)
+                && shorter_than.is_none_or(|limit| {
+                    clients.get(id).is_some_and(|queue| {
+                        Duration::from_micros(queue.task_micros.load(Ordering::Relaxed)) <= limit
+                    })
+                })
+        })?;
         let id = self.ready[position];
         let queue = self.clients.get_mut(&id)?;
         let job = queue.jobs.pop_front()?;
@@ -107,6 +133,10 @@ struct Shared {
     nested_runs: AtomicU64,
     /// Bumped to make every worker drop the instances of retired plugin uses.
     sweeps: AtomicU64,
+    /// Workers waiting for a task.
+    idle: AtomicUsize,
+    /// Makes busy workers' plugin calls lend their thread now.
+    nudge: Option<Nudge>,
 }
 
 impl Shared {
@@ -128,9 +158,29 @@ thread_local! {
     static WORKER: std::cell::RefCell<Option<WorkerState>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs one waiting task of a pipeline not already on this thread's stack;
-/// returns how long it took. Called at epoch ticks of long plugin calls.
-fn lend_thread() -> Duration {
+/// Runs the waiting tasks of pipelines not already on this thread's stack
+/// whose tasks take no longer, on average, than the lending call has run
+/// (`own_time`), until none is left or [`LEND_BUDGET`] is spent; returns how
+/// long that took. Called at the epoch ticks of plugin calls.
+///
+/// The length limit is what keeps lending fair: a short call never takes on
+/// a task that would hold it far longer than itself (another pipeline's
+/// looping plugin, say), while a call that has run long takes on anything
+/// shorter — shortest first, with the long call aging into a lender.
+fn lend_thread(own_time: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < LEND_BUDGET {
+        if !lend_one(own_time) {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+/// Runs one waiting task of a pipeline not already on this thread's stack
+/// whose tasks take at most `own_time` on average; false when there is none
+/// (or nesting is as deep as it may go).
+fn lend_one(own_time: Duration) -> bool {
     let taken = WORKER.with(|worker| {
         let mut worker = worker.borrow_mut();
         let worker = worker.as_mut()?;
@@ -138,7 +188,7 @@ fn lend_thread() -> Duration {
         if depth == 0 || depth > MAX_NESTING || worker.shared.waiting.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let (client, job) = worker.shared.lock().next(&worker.running)?;
+        let (client, job) = worker.shared.lock().next(&worker.running, Some(own_time))?;
         worker.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         worker.shared.nested_runs.fetch_add(1, Ordering::Relaxed);
         worker.running.push(client);
@@ -146,11 +196,9 @@ fn lend_thread() -> Duration {
         Some((job, slots))
     });
     let Some((job, mut slots)) = taken else {
-        return Duration::ZERO;
+        return false;
     };
-    let started = Instant::now();
     job(&mut slots);
-    let took = started.elapsed();
     WORKER.with(|worker| {
         if let Some(worker) = worker.borrow_mut().as_mut() {
             worker.running.pop();
@@ -158,7 +206,7 @@ fn lend_thread() -> Duration {
             worker.nested_slots[depth - 1] = slots;
         }
     });
-    took
+    true
 }
 
 /// The worker threads shared by every pipeline of an engine.
@@ -177,7 +225,10 @@ impl std::fmt::Debug for WorkerPool {
 
 impl WorkerPool {
     /// Starts `threads` workers (at least one), named `weir-worker-N`.
-    pub fn new(threads: usize) -> std::io::Result<Self> {
+    /// When tasks are queued while no worker is idle, `nudge` interrupts the
+    /// plugin calls in progress so that they lend their threads to them
+    /// without waiting for the next epoch tick.
+    pub fn new(threads: usize, nudge: Option<Nudge>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             work: Condvar::new(),
@@ -185,6 +236,8 @@ impl WorkerPool {
             next_client: AtomicU64::new(1),
             nested_runs: AtomicU64::new(0),
             sweeps: AtomicU64::new(0),
+            idle: AtomicUsize::new(0),
+            nudge,
         });
         let threads = (0..threads.max(1))
             .map(|index| {
@@ -207,6 +260,7 @@ impl WorkerPool {
                 jobs: VecDeque::new(),
                 weight: weight.max(1),
                 taken: 0,
+                task_micros: Arc::new(AtomicU64::new(0)),
             },
         );
         PoolClient {
@@ -259,13 +313,15 @@ fn work(shared: Arc<Shared>) {
                     queues = shared.lock();
                     continue;
                 }
-                if let Some(next) = queues.next(&[]) {
+                if let Some(next) = queues.next(&[], None) {
                     break next;
                 }
                 if queues.shutdown {
                     return;
                 }
+                shared.idle.fetch_add(1, Ordering::Relaxed);
                 queues = shared.work.wait(queues).unwrap_or_else(|e| e.into_inner());
+                shared.idle.fetch_sub(1, Ordering::Relaxed);
             }
         };
         shared.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -329,10 +385,16 @@ impl PoolClient {
                 .expect("a client's queue lives as long as it");
             let was_idle = queue.jobs.is_empty();
             for (index, task) in tasks.into_iter().enumerate() {
-                let results = results.clone();
+                let (results, task_micros) = (results.clone(), queue.task_micros.clone());
                 queue.jobs.push_back(Box::new(move |slots| {
+                    let started = Instant::now();
                     let result = catch_unwind(AssertUnwindSafe(|| task(slots)))
                         .map_err(|panic| TaskPanicked(panic_message(&*panic)));
+                    // Lent time inside the task counts too: it is how long
+                    // the task holds whoever runs it.
+                    let took = started.elapsed().as_micros() as u64;
+                    let mean = task_micros.load(Ordering::Relaxed);
+                    task_micros.store(mean - mean / 4 + took / 4, Ordering::Relaxed);
                     let _ = results.send((index, result));
                 }));
             }
@@ -342,6 +404,12 @@ impl PoolClient {
             self.shared.waiting.fetch_add(count, Ordering::Relaxed);
         }
         self.shared.work.notify_all();
+        if count > 0
+            && self.shared.idle.load(Ordering::Relaxed) == 0
+            && let Some(nudge) = &self.shared.nudge
+        {
+            nudge();
+        }
         drop(results);
         let mut ordered: Vec<Option<Result<T, TaskPanicked>>> = (0..count).map(|_| None).collect();
         for (index, result) in collected.iter().take(count) {
@@ -370,7 +438,7 @@ mod tests {
 
     #[test]
     fn runs_in_order_and_survives_panics() {
-        let pool = WorkerPool::new(2).unwrap();
+        let pool = WorkerPool::new(2, None).unwrap();
         let client = pool.client(1);
         let tasks: Vec<Task<usize>> = (0..8)
             .map(|i| -> Task<usize> {
@@ -405,19 +473,20 @@ mod tests {
                     jobs: (0..jobs).map(|_| job(&log, id)).collect(),
                     weight,
                     taken: 0,
+                    task_micros: Arc::new(AtomicU64::new(0)),
                 },
             );
             queues.ready.push_back(id);
         }
         let mut order = Vec::new();
-        while let Some((id, _)) = queues.next(&[]) {
+        while let Some((id, _)) = queues.next(&[], None) {
             order.push(id);
         }
         assert_eq!(order, vec![1, 2, 3, 3, 1, 2, 3, 3, 1, 1]);
     }
 
     #[test]
-    fn a_nested_pick_skips_clients_already_running() {
+    fn a_nested_pick_skips_clients_already_running_and_longer_tasks() {
         let mut queues = Queues::default();
         let log = Arc::new(Mutex::new(Vec::new()));
         for id in [1, 2] {
@@ -427,18 +496,21 @@ mod tests {
                     jobs: VecDeque::from([job(&log, id)]),
                     weight: 1,
                     taken: 0,
+                    task_micros: Arc::new(AtomicU64::new(id * 1000)),
                 },
             );
             queues.ready.push_back(id);
         }
-        assert_eq!(queues.next(&[1]).map(|(id, _)| id), Some(2));
-        assert!(queues.next(&[1]).is_none());
-        assert_eq!(queues.next(&[]).map(|(id, _)| id), Some(1));
+        // Client 2's tasks take 2 ms on average: not lent to a 1 ms call.
+        assert!(queues.next(&[1], Some(Duration::from_millis(1))).is_none());
+        assert_eq!(queues.next(&[1], Some(Duration::from_millis(2))).map(|(id, _)| id), Some(2));
+        assert!(queues.next(&[1], None).is_none());
+        assert_eq!(queues.next(&[], None).map(|(id, _)| id), Some(1));
     }
 
     #[test]
     fn one_heavy_client_does_not_starve_another() {
-        let pool = WorkerPool::new(1).unwrap();
+        let pool = WorkerPool::new(1, None).unwrap();
         let heavy = pool.client(1);
         let light = pool.client(1);
         let log = Arc::new(Mutex::new(Vec::new()));

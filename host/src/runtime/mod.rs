@@ -204,6 +204,16 @@ impl Runtime {
         self.load_with(&self.plain, false, path, bytes)
     }
 
+    /// Interrupts every plugin call in progress at its next loop back-edge or
+    /// function entry: each checks its deadline and lends its thread to
+    /// waiting work ([`slicing`]), then goes on.
+    pub fn interrupt_calls(&self) {
+        self.plain.engine.increment_epoch();
+        if let Some(Ok(metered)) = self.metered.get() {
+            metered.engine.increment_epoch();
+        }
+    }
+
     /// The plugin catalog: compiled plugins shared by content hash.
     pub fn catalog(&self) -> &PluginCatalog {
         &self.catalog

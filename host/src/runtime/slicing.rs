@@ -4,8 +4,9 @@
 //! Every plugin call runs with an epoch deadline of one tick ([`super::epoch::TICK`]);
 //! when it is reached, the store's callback ([`on_tick`]) first lends the
 //! thread to whatever the worker pool installed as this thread's
-//! [`LendHook`] (it runs another pipeline's queued partition task, nested on
-//! this stack, and says how long that took), then checks the call's own
+//! [`LendHook`] (it runs other pipelines' queued partition tasks that are
+//! shorter than the call so far, nested on this stack, and says how long
+//! that took), then checks the call's own
 //! deadline with the lent time left out, and lets the call go on for another
 //! tick. So a heavy but legitimate call (seconds per record) cannot hold a
 //! shared worker away from other pipelines for longer than a tick, and it is
@@ -21,9 +22,10 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-/// Runs other work on this thread and returns how long it took
-/// ([`Duration::ZERO`] when there was nothing to run).
-pub type LendHook = Box<dyn Fn() -> Duration>;
+/// Runs other work on this thread during a call that has run for the given
+/// time of its own, and returns how long the work took ([`Duration::ZERO`]
+/// when there was nothing to run).
+pub type LendHook = Box<dyn Fn(Duration) -> Duration>;
 
 thread_local! {
     static LEND: RefCell<Option<LendHook>> = const { RefCell::new(None) };
@@ -35,11 +37,12 @@ pub fn install(hook: LendHook) {
     LEND.with(|lend| *lend.borrow_mut() = Some(hook));
 }
 
-/// Lends the thread through this thread's hook, if one is installed.
-fn lend() -> Duration {
+/// Lends the thread through this thread's hook, if one is installed, during
+/// a call that has run for `own_time`.
+fn lend(own_time: Duration) -> Duration {
     // The hook may run a nested plugin call whose ticks come back here
     // (shared borrows nest); the hook itself bounds how deep that goes.
-    LEND.with(|lend| lend.borrow().as_ref().map_or(Duration::ZERO, |hook| hook()))
+    LEND.with(|lend| lend.borrow().as_ref().map_or(Duration::ZERO, |hook| hook(own_time)))
 }
 
 /// The clock of the call in progress on one store.
@@ -76,7 +79,7 @@ impl CallClock {
 /// call with [`wasmtime::Trap::Interrupt`] if its own time is past its
 /// deadline, or give it one more tick.
 pub fn on_tick(clock: &mut CallClock) -> wasmtime::Result<wasmtime::UpdateDeadline> {
-    clock.lent += lend();
+    clock.lent += lend(clock.own_time());
     if clock.own_time() >= clock.deadline {
         return Err(wasmtime::Trap::Interrupt.into());
     }

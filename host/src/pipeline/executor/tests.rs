@@ -50,7 +50,7 @@ fn chunks(bad: Option<&str>) -> Partition {
 
 /// Runs one batch of `input` through `plan`.
 fn run(plan: Plan, input: Partition) -> Result<Vec<(String, String)>, BatchError> {
-    let pool = WorkerPool::new(2).expect("a pool");
+    let pool = WorkerPool::new(2, None).expect("a pool");
     let plan = Arc::new(plan);
     let executor = Executor::new(plan.clone(), pool.client(1));
     let output = executor.run_batch(1, 0, vec![input])?;
