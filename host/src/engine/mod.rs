@@ -34,6 +34,7 @@
 //! ```
 
 pub mod handle;
+mod latency;
 pub mod pool;
 pub mod supervisor;
 
@@ -171,6 +172,7 @@ impl Engine {
         let io = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.io_threads.max(1))
             .thread_name("weir-io")
+            .on_thread_start(latency::request_short_slice)
             .enable_all()
             .build()
             .map_err(|e| io_error("the receivers' runtime", e))?;
@@ -297,6 +299,7 @@ impl Engine {
         // The driver keeps the pool and the receivers' runtime alive while it runs.
         let (pool, io) = (self.shared.pool.clone(), self.shared.io.clone());
         let driver = move || {
+            latency::request_short_slice();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.drive(drive)))
                 .unwrap_or_else(|panic| {
                     Err(EngineError::Io(format!(
@@ -323,3 +326,4 @@ impl Engine {
         Ok(handle)
     }
 }
+

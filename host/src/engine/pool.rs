@@ -121,7 +121,28 @@ impl Queues {
         }
         Some((id, job))
     }
+
+    /// The next task of client `id`, out of turn (its own caller runs it).
+    fn take_own(&mut self, id: ClientId) -> Option<Job> {
+        let queue = self.clients.get_mut(&id)?;
+        let job = queue.jobs.pop_front()?;
+        if queue.jobs.is_empty() {
+            queue.taken = 0;
+            self.ready.retain(|ready| *ready != id);
+        }
+        Some(job)
+    }
 }
+
+thread_local! {
+    /// Instances of the tasks a driver thread runs itself
+    /// ([`PoolClient::run`]): they stay with that thread, and go with it.
+    static CALLER_SLOTS: std::cell::RefCell<InstanceSlots> = std::cell::RefCell::new(InstanceSlots::new());
+}
+
+/// Tasks of a pipeline whose tasks take longer than this on average are
+/// never run by its own driver: they wait for the pool's fair turn.
+pub const CALLER_RUNS_UP_TO: Duration = Duration::from_millis(2);
 
 struct Shared {
     queues: Mutex<Queues>,
@@ -169,17 +190,26 @@ thread_local! {
 /// shorter — shortest first, with the long call aging into a lender.
 fn lend_thread(own_time: Duration) -> Duration {
     let started = Instant::now();
+    let mut lent = false;
     while started.elapsed() < LEND_BUDGET {
         if !lend_one(own_time) {
             break;
         }
+        lent = true;
+    }
+    if lent {
+        // The tasks' results woke their pipelines' drivers; on busy cores
+        // the scheduler lets this (long-running) thread finish its slice
+        // first, milliseconds, unless it steps aside.
+        std::thread::yield_now();
     }
     started.elapsed()
 }
 
 /// Runs one waiting task of a pipeline not already on this thread's stack
-/// whose tasks take at most `own_time` on average; false when there is none
-/// (or nesting is as deep as it may go).
+/// whose tasks take at most as long on average as the lending call has run
+/// (`own_time`) or is expected to run (its pipeline's average task); false
+/// when there is none (or nesting is as deep as it may go).
 fn lend_one(own_time: Duration) -> bool {
     let taken = WORKER.with(|worker| {
         let mut worker = worker.borrow_mut();
@@ -188,7 +218,18 @@ fn lend_one(own_time: Duration) -> bool {
         if depth == 0 || depth > MAX_NESTING || worker.shared.waiting.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let (client, job) = worker.shared.lock().next(&worker.running, Some(own_time))?;
+        let mut queues = worker.shared.lock();
+        // A call of a pipeline whose tasks take long lends at once, before
+        // its own time has grown: it is expected to run that long.
+        let expected = worker
+            .running
+            .last()
+            .and_then(|lender| queues.clients.get(lender))
+            .map_or(Duration::ZERO, |queue| {
+                Duration::from_micros(queue.task_micros.load(Ordering::Relaxed))
+            });
+        let (client, job) = queues.next(&worker.running, Some(own_time.max(expected)))?;
+        drop(queues);
         worker.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         worker.shared.nested_runs.fetch_add(1, Ordering::Relaxed);
         worker.running.push(client);
@@ -377,6 +418,7 @@ impl PoolClient {
     pub fn run<T: Send + 'static>(&self, tasks: Vec<Task<T>>) -> Vec<Result<T, TaskPanicked>> {
         let count = tasks.len();
         let (results, collected) = crossbeam_channel::bounded(count);
+        let short_tasks;
         {
             let mut queues = self.shared.lock();
             let queue = queues
@@ -384,6 +426,7 @@ impl PoolClient {
                 .get_mut(&self.id)
                 .expect("a client's queue lives as long as it");
             let was_idle = queue.jobs.is_empty();
+            short_tasks = Duration::from_micros(queue.task_micros.load(Ordering::Relaxed)) <= CALLER_RUNS_UP_TO;
             for (index, task) in tasks.into_iter().enumerate() {
                 let (results, task_micros) = (results.clone(), queue.task_micros.clone());
                 queue.jobs.push_back(Box::new(move |slots| {
@@ -404,11 +447,21 @@ impl PoolClient {
             self.shared.waiting.fetch_add(count, Ordering::Relaxed);
         }
         self.shared.work.notify_all();
-        if count > 0
-            && self.shared.idle.load(Ordering::Relaxed) == 0
-            && let Some(nudge) = &self.shared.nudge
-        {
-            nudge();
+        if count > 0 && self.shared.idle.load(Ordering::Relaxed) == 0 {
+            if let Some(nudge) = &self.shared.nudge {
+                nudge();
+            }
+            // Every worker is busy: the caller (awake already) runs its own
+            // short tasks too rather than sleep until the workers are done —
+            // waking it again can take milliseconds on busy cores. Long ones
+            // wait for their fair turn, so no pipeline gets more than its
+            // share of the cores this way.
+            if short_tasks {
+                while let Some(job) = self.shared.lock().take_own(self.id) {
+                    self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                    CALLER_SLOTS.with(|slots| job(&mut slots.borrow_mut()));
+                }
+            }
         }
         drop(results);
         let mut ordered: Vec<Option<Result<T, TaskPanicked>>> = (0..count).map(|_| None).collect();
