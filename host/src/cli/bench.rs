@@ -252,7 +252,7 @@ pub fn run(
     let mut round_ratios = Vec::new();
     for round in 1..=settings.rounds.max(1) {
         let (mut wasm_time, mut native_time, mut coarse_time) = (None, None, None);
-        for (name, on, native, best, time) in [
+        let mut variants = [
             ("wasm", engine, false, &mut best_wasm, &mut wasm_time),
             ("native", engine, true, &mut best_native, &mut native_time),
             (
@@ -262,7 +262,11 @@ pub fn run(
                 &mut best_coarse,
                 &mut coarse_time,
             ),
-        ] {
+        ];
+        // Each variant takes each place in the order in turn: a run right
+        // after another can be slower or faster for reasons of its own.
+        variants.rotate_left((round - 1) % 3);
+        for (name, on, native, best, time) in variants {
             if settings.only.as_deref().is_some_and(|only| only != name) {
                 continue;
             }

@@ -75,7 +75,12 @@ fn threads() -> usize {
 
 /// Starts the word count in `text`, its counts going to a sink that adds them up.
 fn start(engine: &Engine, text: &str) -> anyhow::Result<PipelineHandle> {
-    start_into(engine, text, "counts", Box::new(TotalSink(Arc::new(AtomicU64::new(0)))))
+    start_into(
+        engine,
+        text,
+        "counts",
+        Box::new(TotalSink(Arc::new(AtomicU64::new(0)))),
+    )
 }
 
 /// Starts the pipeline in `text`, its sinks replaced by `sink` on `stream`.
@@ -86,7 +91,9 @@ fn start_into(
     sink: Box<dyn Sink>,
 ) -> anyhow::Result<PipelineHandle> {
     let mut prepared = engine.prepare(text, Path::new("many.toml"))?;
-    prepared.pipeline_mut().set_sinks(vec![(stream.to_owned(), sink)])?;
+    prepared
+        .pipeline_mut()
+        .set_sinks(vec![(stream.to_owned(), sink)])?;
     Ok(engine.start(prepared, RunOptions::default())?)
 }
 

@@ -426,7 +426,8 @@ impl PoolClient {
                 .get_mut(&self.id)
                 .expect("a client's queue lives as long as it");
             let was_idle = queue.jobs.is_empty();
-            short_tasks = Duration::from_micros(queue.task_micros.load(Ordering::Relaxed)) <= CALLER_RUNS_UP_TO;
+            short_tasks =
+                Duration::from_micros(queue.task_micros.load(Ordering::Relaxed)) <= CALLER_RUNS_UP_TO;
             for (index, task) in tasks.into_iter().enumerate() {
                 let (results, task_micros) = (results.clone(), queue.task_micros.clone());
                 queue.jobs.push_back(Box::new(move |slots| {
@@ -556,7 +557,12 @@ mod tests {
         }
         // Client 2's tasks take 2 ms on average: not lent to a 1 ms call.
         assert!(queues.next(&[1], Some(Duration::from_millis(1))).is_none());
-        assert_eq!(queues.next(&[1], Some(Duration::from_millis(2))).map(|(id, _)| id), Some(2));
+        assert_eq!(
+            queues
+                .next(&[1], Some(Duration::from_millis(2)))
+                .map(|(id, _)| id),
+            Some(2)
+        );
         assert!(queues.next(&[1], None).is_none());
         assert_eq!(queues.next(&[], None).map(|(id, _)| id), Some(1));
     }

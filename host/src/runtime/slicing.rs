@@ -42,7 +42,11 @@ pub fn install(hook: LendHook) {
 fn lend(own_time: Duration) -> Duration {
     // The hook may run a nested plugin call whose ticks come back here
     // (shared borrows nest); the hook itself bounds how deep that goes.
-    LEND.with(|lend| lend.borrow().as_ref().map_or(Duration::ZERO, |hook| hook(own_time)))
+    LEND.with(|lend| {
+        lend.borrow()
+            .as_ref()
+            .map_or(Duration::ZERO, |hook| hook(own_time))
+    })
 }
 
 /// The clock of the call in progress on one store.
