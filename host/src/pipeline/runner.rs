@@ -11,146 +11,31 @@
 //! also ends when every source has finished by itself (a generator's count,
 //! stdin's end, the end of an `--available-now` run).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use super::control::{ControlError, ControlMessage, ControlReply, ControlRequest};
-use super::durability::{CheckpointStats, Durability};
+use super::durability::Durability;
 use super::executor::{BatchError, Executor, Quarantined};
-use super::live::{BatchMark, BatchReport, Live, PipelineState, StagePlugin};
-use super::plan::{Plan, StreamId};
-use super::registry::{Function, PluginRegistry};
+use super::live::{BatchMark, BatchReport, Live, PipelineState};
+use super::ready::Pipeline;
+use super::run::{RunOptions, RunSummary};
 use super::signal::{Signal, StopMode};
 use super::trigger::{Decision, Trigger};
 use crate::batcher::{Batcher, SourceCut};
-use crate::checkpoint::CheckpointSettings;
 use crate::checkpoint::LoggedBatch;
-use crate::config::{ClockMode, OperatorSpec, PipelineSpec, ReducerSpec, WindowOp};
 use crate::engine::pool::PoolClient;
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
-use crate::sink::{self, BatchInfo, Sink};
-use crate::source::{self, BatchInput, ChunkQueue, DeterministicClock, SourceContext, SourceError, now_ms};
+use crate::sink::BatchInfo;
+use crate::source::{self, BatchInput, ChunkQueue, SourceContext, SourceError, now_ms};
 use crate::state::StateSize;
 
 /// How long a stopping pipeline waits for its receivers to hand over what
 /// they hold.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// How to run a pipeline.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
-    /// Process what the sources have, then stop (Structured Streaming's `availableNow`).
-    pub available_now: bool,
-    /// Resume from a checkpoint even though a plugin's component changed.
-    pub allow_plugin_change: bool,
-    /// The pipeline's share of the worker pool: up to this many of its tasks
-    /// run in a row before another pipeline's (0 counts as 1).
-    pub weight: u32,
-}
-
-/// What a finished run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    /// The pipeline's name.
-    pub pipeline: String,
-    /// Micro-batches run.
-    pub batches: u64,
-    /// Records received from all sources.
-    pub records_in: u64,
-    /// Records handed to sinks (all sinks together).
-    pub records_out: u64,
-    /// Whether the run ended because it was asked to stop.
-    pub stopped: bool,
-    /// Batches whose processing (stages and sinks) took longer than the
-    /// batch interval: a pipeline that keeps up has none.
-    pub slow_batches: u64,
-    /// The longest processing time of a batch.
-    pub max_batch_time: Duration,
-    /// Processing time of all batches together.
-    pub total_batch_time: Duration,
-    /// Failed calls retried.
-    pub retries: u64,
-    /// Partition batches dropped by `on-error = "skip-batch"`.
-    pub skipped_batches: u64,
-    /// Records in those batches.
-    pub skipped_records: u64,
-    /// Records sent to the dead-letter stream.
-    pub dead_lettered: u64,
-    /// Records behind an event-time watermark (dropped or dead-lettered).
-    pub late_records: u64,
-    /// Keyed state held at the end of the run, over all stages.
-    pub state: StateSize,
-    /// Keyed state held at the end of the run by each stage that holds some.
-    pub state_by_stage: Vec<(String, StateSize)>,
-    /// Checkpoints written, replayed batches, where the run resumed.
-    pub checkpoints: CheckpointStats,
-}
-
-impl std::fmt::Display for RunSummary {
-    /// The summary `weir run` prints when a pipeline ends.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "pipeline `{}`: {} batches, {} records in, {} records out, {} retries, \
-             {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
-             state: {} keys ({} on disk){}",
-            self.pipeline,
-            self.batches,
-            self.records_in,
-            self.records_out,
-            self.retries,
-            self.skipped_batches,
-            self.skipped_records,
-            self.dead_lettered,
-            self.late_records,
-            self.state.keys,
-            self.state.spilled_keys,
-            if self.stopped { ", stopped gracefully" } else { "" }
-        )?;
-        let checkpoints = &self.checkpoints;
-        if let Some(batch) = checkpoints.resumed_after {
-            write!(
-                f,
-                "\n  resumed after the checkpoint of batch {batch}; {} logged batches replayed",
-                checkpoints.replayed_batches
-            )?;
-        }
-        if checkpoints.written > 0 {
-            write!(
-                f,
-                "\n  {} checkpoints written, the last {} bytes, the longest {:.1} ms",
-                checkpoints.written,
-                checkpoints.last_bytes,
-                checkpoints.max_duration.as_secs_f64() * 1e3
-            )?;
-        }
-        for (stage, state) in &self.state_by_stage {
-            write!(
-                f,
-                "\n  stage `{stage}`: {} state entries, {} bytes in memory, {} on disk",
-                state.keys, state.memory_bytes, state.spilled_keys
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// A pipeline ready to run: its plan and its sinks.
-pub struct Pipeline {
-    plan: Arc<Plan>,
-    sinks: Vec<(Box<dyn Sink>, StreamId)>,
-    batch_interval: Duration,
-    clock: Option<DeterministicClock>,
-    queue_chunks: usize,
-    chunk_records: usize,
-    checkpoint: Option<CheckpointSettings>,
-    plugin_hashes: BTreeMap<String, String>,
-    stage_plugins: Vec<StagePlugin>,
-}
 
 /// What a driver needs from the engine that runs it.
 pub(crate) struct Drive {
@@ -168,148 +53,7 @@ pub(crate) struct Drive {
     pub options: RunOptions,
 }
 
-/// The plugin names a stage's operator uses.
-fn plugins_of(op: &OperatorSpec) -> Vec<String> {
-    let reducer = |reducer: &ReducerSpec| match reducer {
-        ReducerSpec::Plugin { plugin, .. } => Some(plugin.clone()),
-        _ => None,
-    };
-    let names = match op {
-        OperatorSpec::Transform { plugin, .. } | OperatorSpec::TransformWith { plugin, .. } => {
-            vec![Some(plugin.clone())]
-        }
-        OperatorSpec::ReduceByKey { reducer: r, .. } => vec![reducer(r)],
-        OperatorSpec::KeyedState(state) => vec![Some(state.plugin.clone())],
-        OperatorSpec::Window(window) => match &window.op {
-            WindowOp::Raw => Vec::new(),
-            WindowOp::Reduce {
-                reducer: r, inverse, ..
-            } => vec![
-                reducer(r),
-                match inverse {
-                    Some(crate::config::InverseSpec::Plugin(plugin)) => Some(plugin.clone()),
-                    _ => None,
-                },
-            ],
-        },
-        OperatorSpec::Union | OperatorSpec::Repartition { .. } | OperatorSpec::Join { .. } => Vec::new(),
-    };
-    names.into_iter().flatten().collect()
-}
-
 impl Pipeline {
-    /// Plans `spec` with the plugins of `registry` (which must hold every
-    /// plugin the spec uses, see [`PluginRegistry::load_declared`]), checks
-    /// every plugin against its stage, and creates the sinks. `file` names
-    /// the pipeline file in errors; stateful stages spill under `state_dir`.
-    pub fn build(
-        spec: &PipelineSpec,
-        registry: &PluginRegistry,
-        file: &str,
-        state_dir: &std::path::Path,
-    ) -> Result<Self, EngineError> {
-        let plan = Plan::build(spec, registry, file, state_dir)?;
-        plan.check()?;
-        let sinks = plan
-            .sinks
-            .iter()
-            .map(|(sink, stream)| (sink::from_spec(sink, plan.window_lengths[*stream]), *stream))
-            .collect();
-        let hash_of = |name: &str| match registry.get(name) {
-            Some(Function::Wasm(plugin)) => Some(plugin.content_hash().to_owned()),
-            _ => None,
-        };
-        let stage_plugins = spec
-            .stages
-            .iter()
-            .flat_map(|stage| {
-                plugins_of(&stage.op).into_iter().map(|plugin| StagePlugin {
-                    stage: stage.name.clone(),
-                    sha256: hash_of(&plugin).unwrap_or_else(|| "native".to_owned()),
-                    plugin,
-                })
-            })
-            .collect();
-        Ok(Self {
-            plan: Arc::new(plan),
-            sinks,
-            batch_interval: spec.batch_interval,
-            clock: match spec.clock {
-                ClockMode::WallClock => None,
-                ClockMode::Deterministic { start_ms } => Some(DeterministicClock {
-                    start_ms,
-                    interval_ms: spec.batch_interval.as_millis() as i64,
-                }),
-            },
-            queue_chunks: spec.queue_chunks,
-            chunk_records: spec.chunk_records,
-            checkpoint: spec.checkpoint.clone(),
-            plugin_hashes: spec
-                .plugins
-                .keys()
-                .filter_map(|name| Some((name.clone(), hash_of(name)?)))
-                .collect(),
-            stage_plugins,
-        })
-    }
-
-    /// Replaces the sinks of the pipeline file with `sinks`, each reading the
-    /// named stream (for embedding and benchmarks).
-    pub fn set_sinks(&mut self, sinks: Vec<(String, Box<dyn Sink>)>) -> Result<(), EngineError> {
-        let mut resolved = Vec::new();
-        for (stream, sink) in sinks {
-            let id = self
-                .plan
-                .streams
-                .iter()
-                .position(|s| *s == stream)
-                .ok_or_else(|| EngineError::Io(format!("no stream named `{stream}`")))?;
-            resolved.push((sink, id));
-        }
-        self.sinks = resolved;
-        Ok(())
-    }
-
-    /// The plan.
-    pub fn plan(&self) -> &Arc<Plan> {
-        &self.plan
-    }
-
-    /// The pipeline's name.
-    pub fn name(&self) -> &str {
-        &self.plan.pipeline
-    }
-
-    /// The plugin (name, SHA-256) of every stage that runs one.
-    pub fn stage_plugins(&self) -> &[StagePlugin] {
-        &self.stage_plugins
-    }
-
-    /// The checkpoint directory, when the pipeline checkpoints.
-    pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
-        self.checkpoint.as_ref().map(|settings| settings.dir.as_path())
-    }
-
-    /// Refuses what cannot run with `options`.
-    pub fn check_options(&self, options: &RunOptions) -> Result<(), EngineError> {
-        if options.available_now {
-            for (source, _) in &self.plan.sources {
-                if let Some(generator) = source.kind.settings::<crate::config::GeneratorSpec>()
-                    && generator.lines.is_none()
-                {
-                    return Err(EngineError::Plan {
-                        location: format!("pipeline `{}`", self.plan.pipeline),
-                        message: format!(
-                            "source `{}` is a generator without `lines`: it never runs out, so --available-now would never end",
-                            source.name
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Runs until stopped, or until the sources are exhausted, publishing
     /// what it does through `drive.live`.
     pub(crate) fn drive(mut self, drive: Drive) -> Result<RunSummary, EngineError> {

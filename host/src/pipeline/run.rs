@@ -1,0 +1,106 @@
+//! How a pipeline is asked to run ([`RunOptions`]), and what a run did
+//! ([`RunSummary`], printed by `weir run` when a pipeline ends).
+
+use std::time::Duration;
+
+use super::durability::CheckpointStats;
+use crate::state::StateSize;
+
+/// How to run a pipeline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Process what the sources have, then stop (Structured Streaming's `availableNow`).
+    pub available_now: bool,
+    /// Resume from a checkpoint even though a plugin's component changed.
+    pub allow_plugin_change: bool,
+    /// The pipeline's share of the worker pool: up to this many of its tasks
+    /// run in a row before another pipeline's (0 counts as 1).
+    pub weight: u32,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Micro-batches run.
+    pub batches: u64,
+    /// Records received from all sources.
+    pub records_in: u64,
+    /// Records handed to sinks (all sinks together).
+    pub records_out: u64,
+    /// Whether the run ended because it was asked to stop.
+    pub stopped: bool,
+    /// Batches whose processing (stages and sinks) took longer than the
+    /// batch interval: a pipeline that keeps up has none.
+    pub slow_batches: u64,
+    /// The longest processing time of a batch.
+    pub max_batch_time: Duration,
+    /// Processing time of all batches together.
+    pub total_batch_time: Duration,
+    /// Failed calls retried.
+    pub retries: u64,
+    /// Partition batches dropped by `on-error = "skip-batch"`.
+    pub skipped_batches: u64,
+    /// Records in those batches.
+    pub skipped_records: u64,
+    /// Records sent to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Records behind an event-time watermark (dropped or dead-lettered).
+    pub late_records: u64,
+    /// Keyed state held at the end of the run, over all stages.
+    pub state: StateSize,
+    /// Keyed state held at the end of the run by each stage that holds some.
+    pub state_by_stage: Vec<(String, StateSize)>,
+    /// Checkpoints written, replayed batches, where the run resumed.
+    pub checkpoints: CheckpointStats,
+}
+
+impl std::fmt::Display for RunSummary {
+    /// The summary `weir run` prints when a pipeline ends.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pipeline `{}`: {} batches, {} records in, {} records out, {} retries, \
+             {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
+             state: {} keys ({} on disk){}",
+            self.pipeline,
+            self.batches,
+            self.records_in,
+            self.records_out,
+            self.retries,
+            self.skipped_batches,
+            self.skipped_records,
+            self.dead_lettered,
+            self.late_records,
+            self.state.keys,
+            self.state.spilled_keys,
+            if self.stopped { ", stopped gracefully" } else { "" }
+        )?;
+        let checkpoints = &self.checkpoints;
+        if let Some(batch) = checkpoints.resumed_after {
+            write!(
+                f,
+                "\n  resumed after the checkpoint of batch {batch}; {} logged batches replayed",
+                checkpoints.replayed_batches
+            )?;
+        }
+        if checkpoints.written > 0 {
+            write!(
+                f,
+                "\n  {} checkpoints written, the last {} bytes, the longest {:.1} ms",
+                checkpoints.written,
+                checkpoints.last_bytes,
+                checkpoints.max_duration.as_secs_f64() * 1e3
+            )?;
+        }
+        for (stage, state) in &self.state_by_stage {
+            write!(
+                f,
+                "\n  stage `{stage}`: {} state entries, {} bytes in memory, {} on disk",
+                state.keys, state.memory_bytes, state.spilled_keys
+            )?;
+        }
+        Ok(())
+    }
+}
