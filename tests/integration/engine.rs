@@ -537,3 +537,29 @@ fn a_quarantine_pause_can_be_resumed_without_losing_records() {
     handle.wait().expect("it ends cleanly");
     assert_eq!(summed_counts(&dir.path().join("out")), word_counts(&good));
 }
+
+#[test]
+fn available_now_refuses_a_source_that_never_runs_out() {
+    let engine = engine(1);
+    let dir = scratch();
+    let input = format!("path = {:?}", dir.path().join("in").display().to_string());
+    let text = wordcount("endless", dir.path(), &checked_by_panic_on("never"))
+        .replacen("type = \"files\"", "type = \"generator\"", 1)
+        .replacen(&input, "rate = 1000", 1);
+    let prepared = engine.prepare(&text, Path::new("endless.toml")).unwrap();
+    let error = engine
+        .start(
+            prepared,
+            RunOptions {
+                available_now: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(error.is_usage_error());
+    assert_eq!(
+        error.to_string(),
+        "pipeline `endless`: source `lines` is a generator without `lines`: it never runs out, so --available-now would never end"
+    );
+    assert!(engine.supervisor().list().is_empty(), "nothing was started");
+}

@@ -37,6 +37,13 @@ pub trait SourceConfig: fmt::Debug + Send + Sync + Any {
     fn fixed_batches(&self) -> bool {
         false
     }
+
+    /// Why this source never runs out of input (so `--available-now` would
+    /// never end), as the start of the error's message: "is ...". Default:
+    /// it runs out.
+    fn endless(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A kind of source: its name, its keys and its parser.

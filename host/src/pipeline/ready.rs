@@ -154,13 +154,11 @@ impl Pipeline {
     pub fn check_options(&self, options: &RunOptions) -> Result<(), EngineError> {
         if options.available_now {
             for (source, _) in &self.plan.sources {
-                if let Some(generator) = source.kind.settings::<crate::config::GeneratorSpec>()
-                    && generator.lines.is_none()
-                {
+                if let Some(why) = source.kind.endless() {
                     return Err(EngineError::Plan {
                         location: format!("pipeline `{}`", self.plan.pipeline),
                         message: format!(
-                            "source `{}` is a generator without `lines`: it never runs out, so --available-now would never end",
+                            "source `{}` {why}: it never runs out, so --available-now would never end",
                             source.name
                         ),
                     });

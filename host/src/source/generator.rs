@@ -59,6 +59,10 @@ impl SourceConfig for GeneratorSpec {
     fn fixed_batches(&self) -> bool {
         self.records_per_batch.is_some() && self.rate.is_none()
     }
+
+    fn endless(&self) -> Option<&'static str> {
+        self.lines.is_none().then_some("is a generator without `lines`")
+    }
 }
 
 /// The vocabulary lines are drawn from.
