@@ -76,8 +76,78 @@ struct ClientQueue {
     weight: u32,
     /// Tasks taken in the client's current turn.
     taken: u32,
-    /// How long its tasks take, a moving average in microseconds.
-    task_micros: Arc<AtomicU64>,
+    /// How long its tasks take.
+    times: Arc<TaskTimes>,
+}
+
+/// How long one client's tasks take: a moving average of those that
+/// finished, and the start of those in progress.
+#[derive(Debug)]
+struct TaskTimes {
+    /// Microseconds; `u64::MAX` until a task has finished.
+    mean_micros: AtomicU64,
+    /// Tasks in progress, by token, with their start.
+    running: Mutex<Vec<(u64, Instant)>>,
+    next_token: AtomicU64,
+}
+
+impl Default for TaskTimes {
+    fn default() -> Self {
+        Self {
+            mean_micros: AtomicU64::new(u64::MAX),
+            running: Mutex::new(Vec::new()),
+            next_token: AtomicU64::new(0),
+        }
+    }
+}
+
+impl TaskTimes {
+    /// A task starts; returns its token for [`TaskTimes::finished`].
+    fn started(&self) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((token, Instant::now()));
+        token
+    }
+
+    /// The task `token` finished after `took`.
+    fn finished(&self, token: u64, took: Duration) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(running, _)| *running != token);
+        let took = took.as_micros().min(u128::from(u64::MAX - 1)) as u64;
+        let mean = self.mean_micros.load(Ordering::Relaxed);
+        let mean = if mean == u64::MAX {
+            took
+        } else {
+            mean - mean / 4 + took / 4
+        };
+        self.mean_micros.store(mean, Ordering::Relaxed);
+    }
+
+    /// The average of the finished tasks, if one has finished.
+    fn mean(&self) -> Option<Duration> {
+        let mean = self.mean_micros.load(Ordering::Relaxed);
+        (mean != u64::MAX).then(|| Duration::from_micros(mean))
+    }
+
+    /// How long a task of this client may hold whoever runs it: the average
+    /// ([`LEND_BUDGET`] while none has finished), or longer when one in
+    /// progress has run longer already (a pipeline whose tasks turned slow).
+    fn expected(&self) -> Duration {
+        let longest_running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, started)| started.elapsed())
+            .max()
+            .unwrap_or_default();
+        self.mean().unwrap_or(LEND_BUDGET).max(longest_running)
+    }
 }
 
 /// The queues, under the pool's lock.
@@ -98,11 +168,8 @@ impl Queues {
         let clients = &self.clients;
         let position = self.ready.iter().position(|id| {
             !busy.contains(id)
-                && shorter_than.is_none_or(|limit| {
-                    clients.get(id).is_some_and(|queue| {
-                        Duration::from_micros(queue.task_micros.load(Ordering::Relaxed)) <= limit
-                    })
-                })
+                && shorter_than
+                    .is_none_or(|limit| clients.get(id).is_some_and(|queue| queue.times.expected() <= limit))
         })?;
         let id = self.ready[position];
         let queue = self.clients.get_mut(&id)?;
@@ -225,9 +292,8 @@ fn lend_one(own_time: Duration) -> bool {
             .running
             .last()
             .and_then(|lender| queues.clients.get(lender))
-            .map_or(Duration::ZERO, |queue| {
-                Duration::from_micros(queue.task_micros.load(Ordering::Relaxed))
-            });
+            .and_then(|queue| queue.times.mean())
+            .unwrap_or_default();
         let (client, job) = queues.next(&worker.running, Some(own_time.max(expected)))?;
         drop(queues);
         worker.shared.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -301,7 +367,7 @@ impl WorkerPool {
                 jobs: VecDeque::new(),
                 weight: weight.max(1),
                 taken: 0,
-                task_micros: Arc::new(AtomicU64::new(0)),
+                times: Arc::default(),
             },
         );
         PoolClient {
@@ -426,19 +492,17 @@ impl PoolClient {
                 .get_mut(&self.id)
                 .expect("a client's queue lives as long as it");
             let was_idle = queue.jobs.is_empty();
-            short_tasks =
-                Duration::from_micros(queue.task_micros.load(Ordering::Relaxed)) <= CALLER_RUNS_UP_TO;
+            short_tasks = queue.times.mean().is_some_and(|mean| mean <= CALLER_RUNS_UP_TO);
             for (index, task) in tasks.into_iter().enumerate() {
-                let (results, task_micros) = (results.clone(), queue.task_micros.clone());
+                let (results, times) = (results.clone(), queue.times.clone());
                 queue.jobs.push_back(Box::new(move |slots| {
+                    let token = times.started();
                     let started = Instant::now();
                     let result = catch_unwind(AssertUnwindSafe(|| task(slots)))
                         .map_err(|panic| TaskPanicked(panic_message(&*panic)));
                     // Lent time inside the task counts too: it is how long
                     // the task holds whoever runs it.
-                    let took = started.elapsed().as_micros() as u64;
-                    let mean = task_micros.load(Ordering::Relaxed);
-                    task_micros.store(mean - mean / 4 + took / 4, Ordering::Relaxed);
+                    times.finished(token, started.elapsed());
                     let _ = results.send((index, result));
                 }));
             }
@@ -527,7 +591,7 @@ mod tests {
                     jobs: (0..jobs).map(|_| job(&log, id)).collect(),
                     weight,
                     taken: 0,
-                    task_micros: Arc::new(AtomicU64::new(0)),
+                    times: Arc::default(),
                 },
             );
             queues.ready.push_back(id);
@@ -550,7 +614,10 @@ mod tests {
                     jobs: VecDeque::from([job(&log, id)]),
                     weight: 1,
                     taken: 0,
-                    task_micros: Arc::new(AtomicU64::new(id * 1000)),
+                    times: Arc::new(TaskTimes {
+                        mean_micros: AtomicU64::new(id * 1000),
+                        ..TaskTimes::default()
+                    }),
                 },
             );
             queues.ready.push_back(id);
