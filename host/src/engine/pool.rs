@@ -168,8 +168,11 @@ impl Queues {
         let clients = &self.clients;
         let position = self.ready.iter().position(|id| {
             !busy.contains(id)
-                && shorter_than
-                    .is_none_or(|limit| clients.get(id).is_some_and(|queue| queue.times.expected() <= limit))
+                && shorter_than.is_none_or(|limit| {
+                    clients
+                        .get(id)
+                        .is_some_and(|queue| queue.times.expected() <= limit)
+                })
         })?;
         let id = self.ready[position];
         let queue = self.clients.get_mut(&id)?;
@@ -223,6 +226,8 @@ struct Shared {
     sweeps: AtomicU64,
     /// Workers waiting for a task.
     idle: AtomicUsize,
+    /// Callers running their own tasks (see [`PoolClient::run`]).
+    callers_running: AtomicUsize,
     /// Makes busy workers' plugin calls lend their thread now.
     nudge: Option<Nudge>,
 }
@@ -264,10 +269,17 @@ fn lend_thread(own_time: Duration) -> Duration {
         }
         lent = true;
     }
-    if lent {
-        // The tasks' results woke their pipelines' drivers; on busy cores
-        // the scheduler lets this (long-running) thread finish its slice
-        // first, milliseconds, unless it steps aside.
+    let caller_running = WORKER.with(|worker| {
+        worker
+            .borrow()
+            .as_ref()
+            .is_some_and(|worker| worker.shared.callers_running.load(Ordering::Relaxed) > 0)
+    });
+    if lent || caller_running {
+        // The tasks' results woke their pipelines' drivers, or a driver is
+        // running its own short tasks: on busy cores the scheduler lets
+        // this (long-running) thread finish its slice first, milliseconds,
+        // unless it steps aside.
         std::thread::yield_now();
     }
     started.elapsed()
@@ -344,6 +356,7 @@ impl WorkerPool {
             nested_runs: AtomicU64::new(0),
             sweeps: AtomicU64::new(0),
             idle: AtomicUsize::new(0),
+            callers_running: AtomicUsize::new(0),
             nudge,
         });
         let threads = (0..threads.max(1))
@@ -522,10 +535,12 @@ impl PoolClient {
             // wait for their fair turn, so no pipeline gets more than its
             // share of the cores this way.
             if short_tasks {
+                self.shared.callers_running.fetch_add(1, Ordering::Relaxed);
                 while let Some(job) = self.shared.lock().take_own(self.id) {
                     self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                     CALLER_SLOTS.with(|slots| job(&mut slots.borrow_mut()));
                 }
+                self.shared.callers_running.fetch_sub(1, Ordering::Relaxed);
             }
         }
         drop(results);
