@@ -13,7 +13,8 @@ use toml::Spanned;
 use super::file::{Inputs, LimitsTable, StageTable};
 use super::stateful::{self, StatefulContext};
 use super::values::{
-    byte_size, config_pairs, duration, non_negative, only_keys, plugin_known, positive, required, stream_name,
+    alternatives, byte_size, config_pairs, duration, non_negative, only_keys, plugin_known, positive,
+    required, stream_name,
 };
 use super::{
     BuiltinReducer, FailurePolicy, LineIndex, OnError, OperatorSpec, Quarantine, ReducerSpec, SpecError,
@@ -22,7 +23,7 @@ use super::{
 use crate::runtime::{Grants, Limits, Sandbox};
 
 /// Keys every plugin stage accepts besides its operator's own.
-pub(super) const PLUGIN_KEYS: &[&str] = &[
+const PLUGIN_KEYS: &[&str] = &[
     "limits",
     "read-dir",
     "env",
@@ -31,6 +32,97 @@ pub(super) const PLUGIN_KEYS: &[&str] = &[
     "quarantine-after",
     "quarantine",
 ];
+
+/// Keys every window stage accepts besides its operator's own.
+const WINDOW_KEYS: &[&str] = &[
+    "length",
+    "slide",
+    "partitions",
+    "time",
+    "allowed-lateness",
+    "output-mode",
+    "late-records",
+];
+
+/// An operator of `[[stage]]` and the keys it accepts besides `name`,
+/// `input` and `op`: the window keys when `window`, then its own, then the
+/// plugin keys when `plugin`.
+struct Op {
+    name: &'static str,
+    window: bool,
+    own: &'static [&'static str],
+    plugin: bool,
+}
+
+const fn op(name: &'static str, window: bool, own: &'static [&'static str], plugin: bool) -> Op {
+    Op {
+        name,
+        window,
+        own,
+        plugin,
+    }
+}
+
+/// Every operator, with its keys: the one place they are listed.
+const OPS: &[Op] = &[
+    op("map", false, &["plugin", "config"], true),
+    op("flat-map", false, &["plugin", "config"], true),
+    op("filter", false, &["plugin", "config"], true),
+    op("filter-map", false, &["plugin", "config"], true),
+    op("map-partitions", false, &["plugin", "config"], true),
+    op("reduce-by-key", false, &["reducer", "partitions", "config"], true),
+    op("union", false, &[], false),
+    op("repartition", false, &["partitions"], false),
+    op("window", false, &["length", "slide"], false),
+    op("count-by-window", true, &["inverse", "neutral"], false),
+    op(
+        "reduce-by-window",
+        true,
+        &["inverse", "neutral", "reducer", "config"],
+        true,
+    ),
+    op(
+        "reduce-by-key-and-window",
+        true,
+        &["inverse", "neutral", "reducer", "config"],
+        true,
+    ),
+    op("count-by-value-and-window", true, &["inverse", "neutral"], false),
+    op(
+        "update-state-by-key",
+        false,
+        &["plugin", "config", "timeout", "partitions", "state-memory"],
+        true,
+    ),
+    op(
+        "map-with-state",
+        false,
+        &["plugin", "config", "timeout", "partitions", "state-memory"],
+        true,
+    ),
+    op("join", false, &["partitions"], false),
+    op("left-outer-join", false, &["partitions"], false),
+    op("right-outer-join", false, &["partitions"], false),
+    op("full-outer-join", false, &["partitions"], false),
+    op("cogroup", false, &["partitions"], false),
+    op("transform-with", false, &["plugin", "config", "partitions"], true),
+];
+
+/// The keys operator `name` accepts (none for an unknown operator).
+pub(super) fn keys_of(name: &str) -> Vec<&'static str> {
+    let Some(op) = OPS.iter().find(|op| op.name == name) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    if op.window {
+        keys.extend(WINDOW_KEYS);
+    }
+    keys.extend(op.own);
+    if op.plugin {
+        keys.extend(PLUGIN_KEYS);
+    }
+    keys
+}
 
 /// The stage context that `stage_spec` needs from the pipeline.
 pub(super) struct StageDefaults<'a> {
@@ -100,7 +192,7 @@ pub(super) fn stage_spec(
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?;
     let transform = weir_abi::Kind::from_name(op_name).and_then(TransformKind::of);
     let op = if let Some(kind) = transform {
-        only_keys(&present, &[&["plugin", "config"], PLUGIN_KEYS].concat(), &context)?;
+        only_keys(&present, &keys_of(op_name), &context)?;
         single_input(op_name)?;
         let plugin = required(table.plugin.as_ref(), "plugin", offset, &context)?;
         plugin_known(
@@ -116,21 +208,17 @@ pub(super) fn stage_spec(
     } else {
         match op_name {
             "reduce-by-key" => {
-                only_keys(
-                    &present,
-                    &[&["reducer", "partitions", "config"], PLUGIN_KEYS].concat(),
-                    &context,
-                )?;
+                only_keys(&present, &keys_of(op_name), &context)?;
                 single_input(op_name)?;
                 let reducer = reducer_spec(&table, plugins, offset, &context)?;
                 OperatorSpec::ReduceByKey { reducer, partitions }
             }
             "union" => {
-                only_keys(&present, &[], &context)?;
+                only_keys(&present, &keys_of(op_name), &context)?;
                 OperatorSpec::Union
             }
             "repartition" => {
-                only_keys(&present, &["partitions"], &context)?;
+                only_keys(&present, &keys_of(op_name), &context)?;
                 single_input(op_name)?;
                 OperatorSpec::Repartition { partitions }
             }
@@ -149,7 +237,8 @@ pub(super) fn stage_spec(
                         return Err((
                             table.op.span().start,
                             format!(
-                                "unknown op `{other}` (expected map, flat-map, filter, filter-map, map-partitions, reduce-by-key, union, repartition, window, count-by-window, reduce-by-window, reduce-by-key-and-window, count-by-value-and-window, update-state-by-key, map-with-state, join, left-outer-join, right-outer-join, full-outer-join, cogroup or transform-with)"
+                                "unknown op `{other}` (expected {})",
+                                alternatives(&OPS.iter().map(|op| op.name).collect::<Vec<_>>())
                             ),
                         ));
                     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::StageTable;
-use super::stage::{PLUGIN_KEYS, reducer_spec};
+use super::stage::{keys_of, reducer_spec};
 use super::values::{byte_size, config_pairs, duration, only_keys, plugin_known, positive, required};
 use super::{BuiltinReducer, OperatorSpec, ReducerSpec, SpecError};
 
@@ -161,40 +161,23 @@ pub(super) struct StatefulContext<'a> {
     pub present: &'a [(&'a str, Option<usize>)],
 }
 
-/// Keys a window stage accepts.
-const WINDOW_KEYS: &[&str] = &[
-    "length",
-    "slide",
-    "partitions",
-    "time",
-    "allowed-lateness",
-    "output-mode",
-    "late-records",
-];
-
 /// The operator of a stateful stage; `None` when `op` is not one.
 pub(super) fn operator(
     op: &str,
     table: &StageTable,
     cx: &StatefulContext<'_>,
 ) -> Option<Result<OperatorSpec, SpecError>> {
-    let plugin_keys = PLUGIN_KEYS;
     let context = format!("op `{op}`");
+    let allowed = keys_of(op);
     let result = match op {
         "window" => (|| {
-            only_keys(cx.present, &["length", "slide"], &context)?;
+            only_keys(cx.present, &allowed, &context)?;
             one_input(op, cx.inputs, cx.input_at)?;
             window(table, cx, WindowOp::Raw, &context)
         })(),
         "count-by-window" | "count-by-value-and-window" | "reduce-by-window" | "reduce-by-key-and-window" => {
             (|| {
                 let counts = op.starts_with("count");
-                let mut allowed = WINDOW_KEYS.to_vec();
-                allowed.extend(["inverse", "neutral"]);
-                if !counts {
-                    allowed.extend(["reducer", "config"]);
-                    allowed.extend(plugin_keys);
-                }
                 only_keys(cx.present, &allowed, &context)?;
                 one_input(op, cx.inputs, cx.input_at)?;
                 let reducer = if counts {
@@ -233,8 +216,6 @@ pub(super) fn operator(
             })()
         }
         "update-state-by-key" | "map-with-state" => (|| {
-            let mut allowed = vec!["plugin", "config", "timeout", "partitions", "state-memory"];
-            allowed.extend(plugin_keys);
             only_keys(cx.present, &allowed, &context)?;
             one_input(op, cx.inputs, cx.input_at)?;
             let plugin = required(table.plugin.as_ref(), "plugin", cx.offset, &context)?;
@@ -257,7 +238,7 @@ pub(super) fn operator(
             }))
         })(),
         "join" | "left-outer-join" | "right-outer-join" | "full-outer-join" | "cogroup" => (|| {
-            only_keys(cx.present, &["partitions"], &context)?;
+            only_keys(cx.present, &allowed, &context)?;
             two_inputs(op, cx)?;
             let kind = match op {
                 "join" => JoinKind::Inner,
@@ -272,8 +253,6 @@ pub(super) fn operator(
             })
         })(),
         "transform-with" => (|| {
-            let mut allowed = vec!["plugin", "config", "partitions"];
-            allowed.extend(plugin_keys);
             only_keys(cx.present, &allowed, &context)?;
             two_inputs(op, cx)?;
             let plugin = required(table.plugin.as_ref(), "plugin", cx.offset, &context)?;

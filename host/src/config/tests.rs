@@ -300,3 +300,32 @@ fn sink_keys_are_checked_against_their_kind() {
     assert_eq!(settings.dir, Path::new("dir/out"));
     assert_eq!(settings.format, FileFormat::Jsonl);
 }
+
+#[test]
+fn stage_ops_and_their_keys_come_from_one_table() {
+    let (line, message) = invalid(&WORDCOUNT.replace("op = \"reduce-by-key\"", "op = \"reduce-by-kee\""));
+    assert_eq!(line, 24, "the op line");
+    assert_eq!(
+        message,
+        "unknown op `reduce-by-kee` (expected map, flat-map, filter, filter-map, map-partitions, reduce-by-key, \
+         union, repartition, window, count-by-window, reduce-by-window, reduce-by-key-and-window, \
+         count-by-value-and-window, update-state-by-key, map-with-state, join, left-outer-join, right-outer-join, \
+         full-outer-join, cogroup or transform-with)"
+    );
+    let (_, message) =
+        invalid(&WORDCOUNT.replace("reducer = \"count\"", "reducer = \"count\"\nlength = \"3s\""));
+    assert_eq!(
+        message,
+        "`length` is not a setting of op `reduce-by-key` (it accepts reducer, partitions, config, limits, read-dir, \
+         env, on-error, retries, quarantine-after, quarantine)"
+    );
+    let (_, message) = invalid(&WORDCOUNT.replace(
+        "op = \"reduce-by-key\"\nreducer = \"count\"",
+        "op = \"count-by-window\"\nlength = \"3s\"\nplugin = \"split-words\"",
+    ));
+    assert_eq!(
+        message,
+        "`plugin` is not a setting of op `count-by-window` (it accepts length, slide, partitions, time, \
+         allowed-lateness, output-mode, late-records, inverse, neutral)"
+    );
+}
