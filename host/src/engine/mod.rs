@@ -298,6 +298,7 @@ impl Engine {
         };
         // The driver keeps the pool and the receivers' runtime alive while it runs.
         let (pool, io) = (self.shared.pool.clone(), self.shared.io.clone());
+        let (failed_live, failed_ending) = (live.clone(), ending.clone());
         let driver = move || {
             latency::request_short_slice();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.drive(drive)))
@@ -308,6 +309,7 @@ impl Engine {
                     )))
                 })
                 .map_err(Arc::new);
+            pool::release_caller_instances();
             plan.retire();
             pool.sweep();
             let _ = std::fs::remove_dir_all(&state_dir);
@@ -317,11 +319,16 @@ impl Engine {
         };
         if let Err(error) = std::thread::Builder::new()
             .name(format!("weir-pipeline-{id}"))
+            // Room for a plugin call's Wasm stack: the driver runs its own
+            // short tasks when every worker is busy.
+            .stack_size(pool::WORKER_STACK)
             .spawn(driver)
         {
-            let error = EngineError::Io(format!("cannot start pipeline `{name}`'s driver thread: {error}"));
-            handle.stop(crate::pipeline::StopMode::Now);
-            return Err(error);
+            let message = format!("cannot start pipeline `{name}`'s driver thread: {error}");
+            // It ends here: its handle says so, and its name is free again.
+            failed_live.finish(Some(message.clone()));
+            failed_ending.set(Err(Arc::new(EngineError::Io(message.clone()))));
+            return Err(EngineError::Io(message));
         }
         Ok(handle)
     }

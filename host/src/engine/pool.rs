@@ -50,7 +50,7 @@ pub type Nudge = Box<dyn Fn() + Send + Sync>;
 
 /// Stack of each worker thread: room for a plugin call's 1 MiB of Wasm stack
 /// at every nesting level, plus the host frames between them.
-const WORKER_STACK: usize = 8 << 20;
+pub(crate) const WORKER_STACK: usize = 8 << 20;
 
 /// A task panicked; carries the panic message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -70,18 +70,24 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Identifies a client of the pool.
 type ClientId = u64;
 
-/// One client's waiting tasks.
-struct ClientQueue {
-    jobs: VecDeque<Job>,
-    weight: u32,
-    /// Tasks taken in the client's current turn.
-    taken: u32,
-    /// How long its tasks take.
+/// A waiting task and the timings of its kind.
+struct Queued {
+    job: Job,
     times: Arc<TaskTimes>,
 }
 
-/// How long one client's tasks take: a moving average of those that
-/// finished, and the start of those in progress.
+/// One client's waiting tasks.
+struct ClientQueue {
+    jobs: VecDeque<Queued>,
+    weight: u32,
+    /// Tasks taken in the client's current turn.
+    taken: u32,
+}
+
+/// How long one kind of a client's tasks take (one operator of one stage,
+/// say: a pipeline's shuffle tasks and its plugin tasks differ by orders of
+/// magnitude): a moving average of those that finished, and the start of
+/// those in progress.
 #[derive(Debug)]
 struct TaskTimes {
     /// Microseconds; `u64::MAX` until a task has finished.
@@ -119,13 +125,15 @@ impl TaskTimes {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(running, _)| *running != token);
         let took = took.as_micros().min(u128::from(u64::MAX - 1)) as u64;
-        let mean = self.mean_micros.load(Ordering::Relaxed);
-        let mean = if mean == u64::MAX {
-            took
-        } else {
-            mean - mean / 4 + took / 4
-        };
-        self.mean_micros.store(mean, Ordering::Relaxed);
+        let _ = self
+            .mean_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
+                Some(if mean == u64::MAX {
+                    took
+                } else {
+                    mean - mean / 4 + took / 4
+                })
+            });
     }
 
     /// The average of the finished tasks, if one has finished.
@@ -164,14 +172,17 @@ impl Queues {
     /// whose tasks are already running on the asking thread's stack) and,
     /// when `shorter_than` is given, clients whose tasks take longer on
     /// average.
-    fn next(&mut self, busy: &[ClientId], shorter_than: Option<Duration>) -> Option<(ClientId, Job)> {
+    fn next(&mut self, busy: &[ClientId], shorter_than: Option<Duration>) -> Option<(ClientId, Queued)> {
         let clients = &self.clients;
         let position = self.ready.iter().position(|id| {
             !busy.contains(id)
                 && shorter_than.is_none_or(|limit| {
-                    clients
-                        .get(id)
-                        .is_some_and(|queue| queue.times.expected() <= limit)
+                    clients.get(id).is_some_and(|queue| {
+                        queue
+                            .jobs
+                            .front()
+                            .is_some_and(|next| next.times.expected() <= limit)
+                    })
                 })
         })?;
         let id = self.ready[position];
@@ -193,7 +204,7 @@ impl Queues {
     }
 
     /// The next task of client `id`, out of turn (its own caller runs it).
-    fn take_own(&mut self, id: ClientId) -> Option<Job> {
+    fn take_own(&mut self, id: ClientId) -> Option<Queued> {
         let queue = self.clients.get_mut(&id)?;
         let job = queue.jobs.pop_front()?;
         if queue.jobs.is_empty() {
@@ -243,6 +254,8 @@ struct WorkerState {
     shared: Arc<Shared>,
     /// Clients whose tasks run on this thread's stack, outermost first.
     running: Vec<ClientId>,
+    /// The timings of those tasks' kinds.
+    running_times: Vec<Arc<TaskTimes>>,
     /// Instance slots of each nesting level below the outermost.
     nested_slots: Vec<InstanceSlots>,
 }
@@ -259,7 +272,8 @@ thread_local! {
 /// The length limit is what keeps lending fair: a short call never takes on
 /// a task that would hold it far longer than itself (another pipeline's
 /// looping plugin, say), while a call that has run long takes on anything
-/// shorter — shortest first, with the long call aging into a lender.
+/// shorter, in the pipelines' turn order. Lengths are timed per kind of
+/// task ([`PoolClient::run`]).
 fn lend_thread(own_time: Duration) -> Duration {
     let started = Instant::now();
     let mut lent = false;
@@ -297,20 +311,21 @@ fn lend_one(own_time: Duration) -> bool {
         if depth == 0 || depth > MAX_NESTING || worker.shared.waiting.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut queues = worker.shared.lock();
-        // A call of a pipeline whose tasks take long lends at once, before
-        // its own time has grown: it is expected to run that long.
+        // A call of a kind of task that takes long lends at once, before its
+        // own time has grown: it is expected to run that long.
         let expected = worker
-            .running
+            .running_times
             .last()
-            .and_then(|lender| queues.clients.get(lender))
-            .and_then(|queue| queue.times.mean())
+            .and_then(|times| times.mean())
             .unwrap_or_default();
-        let (client, job) = queues.next(&worker.running, Some(own_time.max(expected)))?;
-        drop(queues);
+        let (client, Queued { job, times }) = worker
+            .shared
+            .lock()
+            .next(&worker.running, Some(own_time.max(expected)))?;
         worker.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         worker.shared.nested_runs.fetch_add(1, Ordering::Relaxed);
         worker.running.push(client);
+        worker.running_times.push(times);
         let slots = std::mem::take(&mut worker.nested_slots[depth - 1]);
         Some((job, slots))
     });
@@ -321,6 +336,7 @@ fn lend_one(own_time: Duration) -> bool {
     WORKER.with(|worker| {
         if let Some(worker) = worker.borrow_mut().as_mut() {
             worker.running.pop();
+            worker.running_times.pop();
             let depth = worker.running.len();
             worker.nested_slots[depth - 1] = slots;
         }
@@ -380,12 +396,12 @@ impl WorkerPool {
                 jobs: VecDeque::new(),
                 weight: weight.max(1),
                 taken: 0,
-                times: Arc::default(),
             },
         );
         PoolClient {
             id,
             shared: self.shared.clone(),
+            kinds: Mutex::default(),
         }
     }
 
@@ -415,6 +431,7 @@ fn work(shared: Arc<Shared>) {
         *worker.borrow_mut() = Some(WorkerState {
             shared: shared.clone(),
             running: Vec::new(),
+            running_times: Vec::new(),
             nested_slots: (0..MAX_NESTING).map(|_| InstanceSlots::new()).collect(),
         });
     });
@@ -422,7 +439,7 @@ fn work(shared: Arc<Shared>) {
     let mut slots = InstanceSlots::new();
     let mut swept = 0;
     loop {
-        let (client, job) = {
+        let (client, Queued { job, times }) = {
             let mut queues = shared.lock();
             loop {
                 let sweeps = shared.sweeps.load(Ordering::Relaxed);
@@ -445,7 +462,7 @@ fn work(shared: Arc<Shared>) {
             }
         };
         shared.waiting.fetch_sub(1, Ordering::Relaxed);
-        set_running(Some(client));
+        set_running(Some((client, times)));
         job(&mut slots);
         set_running(None);
     }
@@ -461,11 +478,15 @@ fn sweep(slots: &mut InstanceSlots) {
     });
 }
 
-fn set_running(client: Option<ClientId>) {
+fn set_running(task: Option<(ClientId, Arc<TaskTimes>)>) {
     WORKER.with(|worker| {
         if let Some(worker) = worker.borrow_mut().as_mut() {
             worker.running.clear();
-            worker.running.extend(client);
+            worker.running_times.clear();
+            if let Some((client, times)) = task {
+                worker.running.push(client);
+                worker.running_times.push(times);
+            }
         }
     });
 }
@@ -484,6 +505,8 @@ impl Drop for WorkerPool {
 pub struct PoolClient {
     id: ClientId,
     shared: Arc<Shared>,
+    /// The timings of each kind of task it has run.
+    kinds: Mutex<HashMap<u64, Arc<TaskTimes>>>,
 }
 
 impl std::fmt::Debug for PoolClient {
@@ -494,10 +517,22 @@ impl std::fmt::Debug for PoolClient {
 
 impl PoolClient {
     /// Runs `tasks` in parallel and returns their results in task order.
-    pub fn run<T: Send + 'static>(&self, tasks: Vec<Task<T>>) -> Vec<Result<T, TaskPanicked>> {
+    ///
+    /// `kind` names what the tasks do (one operator of one stage, a
+    /// shuffle, ...): tasks of a kind are timed together, which decides
+    /// whether they may run inside another pipeline's long call and whether
+    /// the caller runs them itself when every worker is busy.
+    pub fn run<T: Send + 'static>(&self, kind: u64, tasks: Vec<Task<T>>) -> Vec<Result<T, TaskPanicked>> {
         let count = tasks.len();
         let (results, collected) = crossbeam_channel::bounded(count);
-        let short_tasks;
+        let times = self
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default()
+            .clone();
+        let short_tasks = times.mean().is_some_and(|mean| mean <= CALLER_RUNS_UP_TO);
         {
             let mut queues = self.shared.lock();
             let queue = queues
@@ -505,10 +540,10 @@ impl PoolClient {
                 .get_mut(&self.id)
                 .expect("a client's queue lives as long as it");
             let was_idle = queue.jobs.is_empty();
-            short_tasks = queue.times.mean().is_some_and(|mean| mean <= CALLER_RUNS_UP_TO);
             for (index, task) in tasks.into_iter().enumerate() {
-                let (results, times) = (results.clone(), queue.times.clone());
-                queue.jobs.push_back(Box::new(move |slots| {
+                let (results, task_times) = (results.clone(), times.clone());
+                let job: Job = Box::new(move |slots| {
+                    let times = task_times;
                     let token = times.started();
                     let started = Instant::now();
                     let result = catch_unwind(AssertUnwindSafe(|| task(slots)))
@@ -517,7 +552,11 @@ impl PoolClient {
                     // the task holds whoever runs it.
                     times.finished(token, started.elapsed());
                     let _ = results.send((index, result));
-                }));
+                });
+                queue.jobs.push_back(Queued {
+                    job,
+                    times: times.clone(),
+                });
             }
             if was_idle && count > 0 {
                 queues.ready.push_back(self.id);
@@ -525,18 +564,18 @@ impl PoolClient {
             self.shared.waiting.fetch_add(count, Ordering::Relaxed);
         }
         self.shared.work.notify_all();
-        if count > 0 && self.shared.idle.load(Ordering::Relaxed) == 0 {
+        if count > 0 && self.shared.idle.load(Ordering::Relaxed) < count {
             if let Some(nudge) = &self.shared.nudge {
                 nudge();
             }
-            // Every worker is busy: the caller (awake already) runs its own
+            // Not enough idle workers: the caller (awake already) runs its own
             // short tasks too rather than sleep until the workers are done —
             // waking it again can take milliseconds on busy cores. Long ones
             // wait for their fair turn, so no pipeline gets more than its
             // share of the cores this way.
             if short_tasks {
                 self.shared.callers_running.fetch_add(1, Ordering::Relaxed);
-                while let Some(job) = self.shared.lock().take_own(self.id) {
+                while let Some(Queued { job, .. }) = self.shared.lock().take_own(self.id) {
                     self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                     CALLER_SLOTS.with(|slots| job(&mut slots.borrow_mut()));
                 }
@@ -557,12 +596,23 @@ impl PoolClient {
 
 impl Drop for PoolClient {
     fn drop(&mut self) {
-        let mut queues = self.shared.lock();
-        if let Some(queue) = queues.clients.remove(&self.id) {
+        let queued = {
+            let mut queues = self.shared.lock();
+            queues.ready.retain(|id| *id != self.id);
+            queues.clients.remove(&self.id)
+        };
+        if let Some(queue) = queued {
             self.shared.waiting.fetch_sub(queue.jobs.len(), Ordering::Relaxed);
+            // Dropped here, outside the pool's lock.
+            drop(queue);
         }
-        queues.ready.retain(|id| *id != self.id);
     }
+}
+
+/// Drops the plugin instances this thread made running its own tasks
+/// ([`PoolClient::run`]): a pipeline's driver calls it when its run ends.
+pub fn release_caller_instances() {
+    CALLER_SLOTS.with(|slots| *slots.borrow_mut() = InstanceSlots::new());
 }
 
 #[cfg(test)]
@@ -583,11 +633,22 @@ mod tests {
                 })
             })
             .collect();
-        let results = client.run(tasks);
+        let results = client.run(1, tasks);
         assert_eq!(results.len(), 8);
         assert_eq!(*results[2].as_ref().unwrap(), 20);
         assert!(results[3].as_ref().unwrap_err().0.contains("task three"));
         assert_eq!(*results[7].as_ref().unwrap(), 70);
+    }
+
+    /// `job`, of a kind whose tasks took `micros` on average.
+    fn queued(job: Job, micros: u64) -> Queued {
+        Queued {
+            job,
+            times: Arc::new(TaskTimes {
+                mean_micros: AtomicU64::new(micros),
+                ..TaskTimes::default()
+            }),
+        }
     }
 
     fn job(log: &Arc<Mutex<Vec<u64>>>, client: u64) -> Job {
@@ -603,10 +664,9 @@ mod tests {
             queues.clients.insert(
                 id,
                 ClientQueue {
-                    jobs: (0..jobs).map(|_| job(&log, id)).collect(),
+                    jobs: (0..jobs).map(|_| queued(job(&log, id), 0)).collect(),
                     weight,
                     taken: 0,
-                    times: Arc::default(),
                 },
             );
             queues.ready.push_back(id);
@@ -626,13 +686,9 @@ mod tests {
             queues.clients.insert(
                 id,
                 ClientQueue {
-                    jobs: VecDeque::from([job(&log, id)]),
+                    jobs: VecDeque::from([queued(job(&log, id), id * 1000)]),
                     weight: 1,
                     taken: 0,
-                    times: Arc::new(TaskTimes {
-                        mean_micros: AtomicU64::new(id * 1000),
-                        ..TaskTimes::default()
-                    }),
                 },
             );
             queues.ready.push_back(id);
@@ -671,13 +727,13 @@ mod tests {
                         })
                     })
                     .collect();
-                heavy.run(tasks);
+                heavy.run(1, tasks);
             })
         };
         started.recv().unwrap();
         let light_log = log.clone();
         let light_task: Task<()> = Box::new(move |_: &mut InstanceSlots| light_log.lock().unwrap().push('l'));
-        light.run(vec![light_task]);
+        light.run(1, vec![light_task]);
         heavy_thread.join().unwrap();
         let log = log.lock().unwrap();
         let position = log.iter().position(|c| *c == 'l').unwrap();

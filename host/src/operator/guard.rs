@@ -34,6 +34,9 @@ pub struct StageMetrics {
     pub traps: [AtomicU64; 6],
     /// What the stage's plugin instances use.
     pub usage: std::sync::Arc<crate::runtime::InstanceUsage>,
+    /// The stage's state as of the end of the last batch (live metrics read
+    /// this rather than wait for a partition a running batch holds).
+    pub state: std::sync::Mutex<crate::state::StateSize>,
     /// Calls retried.
     pub retries: AtomicU64,
     /// Partition batches whose failure was handled by `on-error` (or stopped the pipeline).

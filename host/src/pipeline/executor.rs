@@ -281,7 +281,7 @@ impl Executor {
                 })
             })
             .collect();
-        self.collect(tasks, |error| error)
+        self.collect(task_kind(operator), tasks, |error| error)
     }
 
     /// Runs `operators` (a fused segment of stage `stage`: all piecewise,
@@ -318,7 +318,7 @@ impl Executor {
                 })
             })
             .collect();
-        self.collect(tasks, |error| (0, error))
+        self.collect(task_kind(&operators[0]), tasks, |error| (0, error))
             .map_err(|(partition, (position, error))| (partition, position, error))
     }
 
@@ -326,6 +326,7 @@ impl Executor {
     /// that panicked fails with `panicked` of an internal error.
     fn collect<E: Send + 'static>(
         &self,
+        kind: u64,
         tasks: Vec<Task<Outcome<E>>>,
         panicked: impl Fn(OperatorError) -> E,
     ) -> Result<Applied, (usize, E)> {
@@ -334,7 +335,7 @@ impl Executor {
             dead_letters: Vec::new(),
             failures: 0,
         };
-        for (index, outcome) in self.pool.run(tasks).into_iter().enumerate() {
+        for (index, outcome) in self.pool.run(kind, tasks).into_iter().enumerate() {
             let (result, dead_letters, failures) = outcome.unwrap_or_else(|TaskPanicked(message)| {
                 let error = OperatorError::Native(format!("internal error: {message}"));
                 (Err(panicked(error)), Batch::new(), 1)
@@ -369,7 +370,7 @@ impl Executor {
             })
             .collect();
         let mut out: Vec<Partition> = (0..targets).map(|_| Vec::new()).collect();
-        for split in self.pool.run(tasks) {
+        for split in self.pool.run(SHUFFLE_TASKS, tasks) {
             let split = split.expect("splitting a batch by key does not panic");
             for (target, pieces) in split.into_iter().enumerate() {
                 out[target].extend(pieces);
@@ -377,6 +378,16 @@ impl Executor {
         }
         out
     }
+}
+
+/// The pool's kind of the shuffle tasks (timed apart from the operators'):
+/// no operator lives at address 0.
+const SHUFFLE_TASKS: u64 = 0;
+
+/// The pool's kind of the tasks that run `operator` (or a fused segment
+/// starting with it): its address, the same for every batch.
+fn task_kind(operator: &Arc<dyn Operator>) -> u64 {
+    Arc::as_ptr(operator).cast::<()>() as usize as u64
 }
 
 fn take_or_clone(streams: &mut StreamData, id: usize, last_reader: bool) -> Vec<Partition> {

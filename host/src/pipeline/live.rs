@@ -379,8 +379,14 @@ impl Live {
         } else {
             PipelineState::Stopped
         };
-        lock(&self.status).error = error;
-        self.set_state(state, None);
+        {
+            // One update: no reader sees the error with a running state.
+            let mut status = lock(&self.status);
+            status.error = error;
+            status.state = state;
+            status.paused_because = None;
+        }
+        self.emit(PipelineEvent::StatusChanged { state });
     }
 
     /// Reports a stage that failed a batch for good.

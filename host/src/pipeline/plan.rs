@@ -47,15 +47,23 @@ pub struct StagePlan {
 }
 
 impl StagePlan {
-    /// The stage's live figures.
-    pub fn snapshot(&self) -> super::live::StageMetricsSnapshot {
-        let metrics = &self.metrics;
-        let read =
-            |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    /// Measures the stage's state (between batches: its partitions are then
+    /// free) for [`StagePlan::snapshot`].
+    pub fn refresh_state(&self) {
         let mut state = crate::state::StateSize::default();
         for operator in &self.operators {
             state += operator.state_size();
         }
+        *self.metrics.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// The stage's live figures (its state as of the last
+    /// [`StagePlan::refresh_state`]).
+    pub fn snapshot(&self) -> super::live::StageMetricsSnapshot {
+        let metrics = &self.metrics;
+        let read =
+            |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        let state = *metrics.state.lock().unwrap_or_else(|e| e.into_inner());
         super::live::StageMetricsSnapshot {
             stage: self.name.clone(),
             op: self.describe.clone(),

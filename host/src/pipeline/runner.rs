@@ -230,8 +230,10 @@ impl Driver {
         &self.executor.plan().pipeline
     }
 
+    /// True once every receiver has ended: its queue is closed (before it
+    /// wakes the driver a last time) or its task is over.
     fn sources_done(&self) -> bool {
-        self.tasks.iter().all(|task| task.is_finished())
+        self.batcher.all_closed() || self.tasks.iter().all(|task| task.is_finished())
     }
 
     /// The batch loop; returns when the run ends (its error, if any).
@@ -246,6 +248,20 @@ impl Driver {
             }
             if replay.is_none() {
                 replay = self.durability.as_mut().and_then(Durability::next_replayed);
+            }
+            if replay.is_some() && self.paused.is_some() {
+                // Logged batches wait for a resume like any other; a stop
+                // lets them all run first (it must not end the run with
+                // batches logged after its final checkpoint), except after
+                // a quarantine, which ends the run with its error.
+                match (self.signal.stop_mode(), &self.paused) {
+                    (None, _) => {
+                        self.signal.wait_until(None);
+                        continue;
+                    }
+                    (Some(_), Some(Pause::Quarantined(_))) => return self.stopping_step(None).map(drop),
+                    (Some(_), _) => self.paused = None,
+                }
             }
             let step = match replay.take() {
                 // A replayed batch is cut whole whatever happens (a stop waits
@@ -401,7 +417,10 @@ impl Driver {
                     (None, _) => Err(refused("it has no [checkpoint] directory")),
                     (Some(_), None) => Err(refused("it has not completed a batch yet")),
                     (Some(durability), Some((batch, time))) => {
-                        durability.after_batch(&pipeline.plan, batch, time, true)?;
+                        if let Err(error) = durability.after_batch(&pipeline.plan, batch, time, true) {
+                            let _ = reply.send(Err(refused(&format!("the checkpoint failed: {error}"))));
+                            return Err(error);
+                        }
                         self.live.set_checkpoints(durability.stats());
                         Ok(ControlReply::Checkpointing { batch })
                     }
@@ -440,6 +459,9 @@ impl Driver {
         let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
         let records_out = self.run_one(pipeline, batch_id, time, batches)?;
         let processing_time = started.elapsed();
+        for stage in &pipeline.plan.stages {
+            stage.refresh_state();
+        }
         self.last_batch = Some((batch_id, time));
         if let Some(durability) = &mut self.durability {
             durability.after_batch(&pipeline.plan, batch_id, time, false)?;
@@ -570,6 +592,7 @@ impl Driver {
             self.live.set_checkpoints(summary.checkpoints);
         }
         for stage in &pipeline.plan.stages {
+            stage.refresh_state();
             let metrics = stage.snapshot();
             summary.retries += metrics.retries;
             summary.skipped_batches += metrics.skipped_batches;

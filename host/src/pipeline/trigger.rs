@@ -123,8 +123,12 @@ impl Trigger {
     /// The pipeline resumes at `now` after a pause: the next batch is due
     /// one interval from now.
     pub fn resumed(&mut self, now: Instant) {
-        if let Self::ProcessingTime { interval, next_cut } = self {
-            *next_cut = now + *interval;
+        match self {
+            Self::ProcessingTime { interval, next_cut } => *next_cut = now + *interval,
+            // Input held back by the pause is due from now, not from when
+            // it arrived.
+            Self::AvailableNow { since } => *since = None,
+            Self::Deterministic => {}
         }
     }
 }

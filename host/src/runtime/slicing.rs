@@ -49,12 +49,18 @@ fn lend(own_time: Duration) -> Duration {
     })
 }
 
+/// Own time a call runs between two times it lends its thread: however
+/// often it is nudged, a call keeps at least this share of its worker.
+pub const OWN_TIME_BETWEEN_LENDS: Duration = Duration::from_millis(1);
+
 /// The clock of the call in progress on one store.
 #[derive(Debug, Clone, Copy)]
 pub struct CallClock {
     started: Instant,
     lent: Duration,
     deadline: Duration,
+    /// Own time before which the call does not lend again.
+    lend_after: Duration,
 }
 
 impl Default for CallClock {
@@ -70,6 +76,7 @@ impl CallClock {
             started: Instant::now(),
             lent: Duration::ZERO,
             deadline,
+            lend_after: Duration::ZERO,
         }
     }
 
@@ -79,11 +86,16 @@ impl CallClock {
     }
 }
 
-/// What the epoch callback does at a tick: lend the thread, then end the
-/// call with [`wasmtime::Trap::Interrupt`] if its own time is past its
+/// What the epoch callback does at a tick: lend the thread (unless the call
+/// has run less than [`OWN_TIME_BETWEEN_LENDS`] since it last did), then end
+/// the call with [`wasmtime::Trap::Interrupt`] if its own time is past its
 /// deadline, or give it one more tick.
 pub fn on_tick(clock: &mut CallClock) -> wasmtime::Result<wasmtime::UpdateDeadline> {
-    clock.lent += lend(clock.own_time());
+    let own = clock.own_time();
+    if own >= clock.lend_after {
+        clock.lent += lend(own);
+        clock.lend_after = own + OWN_TIME_BETWEEN_LENDS;
+    }
     if clock.own_time() >= clock.deadline {
         return Err(wasmtime::Trap::Interrupt.into());
     }
