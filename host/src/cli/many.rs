@@ -6,9 +6,10 @@
 //! - **Memory per idle pipeline**: resident memory with the 50 running and
 //!   idle (their sources have nothing to read) over resident memory before.
 //! - **Isolation with 20 pipelines**: a healthy word count's mean batch
-//!   time among 18 light pipelines, alone and next to a neighbour that
-//!   loops to its deadline on every batch, then next to one whose plugin
-//!   legitimately spends 40 ms per record on 4 partitions.
+//!   time among 18 light pipelines, alone, next to a neighbour that loops
+//!   to its deadline on every batch, and next to one whose plugin
+//!   legitimately spends 40 ms per record on 4 partitions: after a warm-up
+//!   round, each condition twice, alternating.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -197,15 +198,18 @@ type = "console"
         "config = { trigger = \"the\" }",
         "timeout = \"20ms\"",
     );
-    let mut isolation = [Duration::ZERO; 3];
-    for (round, extra) in [
+    // A warm-up round (new instances everywhere), then each condition
+    // twice, alternating, so that a change of machine load falls on all
+    // three; each condition's figure is its mean batch time over its rounds.
+    let conditions = [
         None,
         Some(("looping", looping_text)),
         Some(("heavy", String::new())),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    let rounds = std::iter::once(None).chain((0..2).flat_map(|_| (0..3).map(Some)));
+    let mut totals = [(Duration::ZERO, 0u64); 3];
+    for (round, condition) in rounds.enumerate() {
+        let extra = condition.and_then(|c| conditions[c].clone());
         let mut handles: Vec<PipelineHandle> = (0..18)
             .map(|i| start(engine, &light(i)))
             .collect::<Result<_, _>>()?;
@@ -230,10 +234,14 @@ type = "console"
         std::thread::sleep(Duration::from_secs(4));
         measured.stop(StopMode::Graceful);
         let summary = measured.wait()?;
-        isolation[round] = mean_batch(&summary);
+        if let Some(condition) = condition {
+            totals[condition].0 += summary.total_batch_time;
+            totals[condition].1 += summary.batches;
+        }
         progress(&format!(
-            "isolation round {round}: healthy mean batch {:.2} ms over {} batches",
-            isolation[round].as_secs_f64() * 1e3,
+            "isolation round {round} ({}): healthy mean batch {:.2} ms over {} batches",
+            condition.map_or("warm-up", |c| ["alone", "looping", "heavy"][c]),
+            mean_batch(&summary).as_secs_f64() * 1e3,
             summary.batches
         ));
         if let Some((handle, _dir)) = neighbour_handle {
@@ -241,6 +249,7 @@ type = "console"
         }
         stop_all(handles)?;
     }
+    let isolation = totals.map(|(time, batches)| time / batches.max(1) as u32);
     Ok(ManyReport {
         pipelines: PIPELINES,
         first_start,

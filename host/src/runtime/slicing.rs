@@ -51,7 +51,7 @@ fn lend(own_time: Duration) -> Duration {
 
 /// Own time a call runs between two times it lends its thread: however
 /// often it is nudged, a call keeps at least this share of its worker.
-pub const OWN_TIME_BETWEEN_LENDS: Duration = Duration::from_millis(1);
+pub const OWN_TIME_BETWEEN_LENDS: Duration = Duration::from_micros(200);
 
 /// The clock of the call in progress on one store.
 #[derive(Debug, Clone, Copy)]
