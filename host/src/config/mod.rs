@@ -1,10 +1,10 @@
 //! The pipeline file: parsing, validation and the validated model.
 //!
 //! [`load`] reads a TOML pipeline file ([`file`] mirrors its tables), checks
-//! every reference and value (one module per table: [`pipeline`], [`source`],
-//! [`stage`] with [`stateful`], [`sink`]; value parsers in [`values`]),
-//! orders the stream graph ([`graph`]), and returns a [`PipelineSpec`]
-//! ([`model`]) the engine can run. Every error names the file and the line.
+//! every reference and value (one module per table: `pipeline`, `source`,
+//! `stage` with `stateful`, `sink`; value parsers in `values`), orders the
+//! stream graph (`graph`), and returns a [`PipelineSpec`] (from `model`) the
+//! engine can run. Every error names the file and the line.
 //!
 //! Each source and sink kind owns its keys, its parser and the construction
 //! of its receiver or sink, in its own file under `source/` or `sink/`

@@ -9,7 +9,7 @@
 //! Rust functions ([`native`]).
 //!
 //! - [`transform`]: map, flat-map, filter, filter-map, map-partitions over a
-//!   [`TransformFn`], Wasm or native.
+//!   [`transform::TransformFn`], Wasm or native.
 //! - [`reduce`]: reduce-by-key, as a map-side combine and a post-shuffle merge.
 //! - [`builtin`]: the host's own count, sum, min and max.
 //! - [`window`]: processing-time windows, with and without an inverse.

@@ -1,6 +1,6 @@
 //! Deterministic words text: the embedded default source of the demo and
 //! the benchmarks. Line `i` of seed `s` is always the same words, so a run can
-//! be checked against counts computed independently (see [`line`]).
+//! be checked against counts computed independently (see [`line()`]).
 
 use std::time::Duration;
 
