@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::sink::SinkKind;
 use super::source::SourceKind;
-use super::stateful::{JoinKind, KeyedStateSpec, LateRecords, WindowSpec, WindowTime};
+use super::stateful::{InverseSpec, JoinKind, KeyedStateSpec, LateRecords, WindowOp, WindowSpec, WindowTime};
 use crate::runtime::Sandbox;
 use weir_abi::Kind;
 
@@ -198,6 +198,37 @@ pub enum OperatorSpec {
         /// Output partitions; the pipeline default when `None`.
         partitions: Option<usize>,
     },
+}
+
+impl OperatorSpec {
+    /// The names (in `[plugins]`) of the plugins this operator calls.
+    pub fn plugins(&self) -> Vec<String> {
+        let reducer = |reducer: &ReducerSpec| match reducer {
+            ReducerSpec::Plugin { plugin, .. } => Some(plugin.clone()),
+            _ => None,
+        };
+        let names = match self {
+            Self::Transform { plugin, .. } | Self::TransformWith { plugin, .. } => {
+                vec![Some(plugin.clone())]
+            }
+            Self::ReduceByKey { reducer: r, .. } => vec![reducer(r)],
+            Self::KeyedState(state) => vec![Some(state.plugin.clone())],
+            Self::Window(window) => match &window.op {
+                WindowOp::Raw => Vec::new(),
+                WindowOp::Reduce {
+                    reducer: r, inverse, ..
+                } => vec![
+                    reducer(r),
+                    match inverse {
+                        Some(InverseSpec::Plugin(plugin)) => Some(plugin.clone()),
+                        _ => None,
+                    },
+                ],
+            },
+            Self::Union | Self::Repartition { .. } | Self::Join { .. } => Vec::new(),
+        };
+        names.into_iter().flatten().collect()
+    }
 }
 
 /// The per-partition transforms.

@@ -14,7 +14,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
 use super::SpecError;
-use super::values::only_keys;
+use super::values::{alternatives, only_keys};
 
 /// The type of a key's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,40 @@ pub struct KindContext<'a> {
     pub offset: usize,
     /// The pipeline file's directory, which relative paths start from.
     pub base_dir: &'a Path,
+}
+
+/// A registered kind of source or sink (`K` is what its parser produces):
+/// its `type` name, its keys and its parser. Each side lists its kinds in
+/// one table (`crate::source::TYPES`, `crate::sink::TYPES`).
+pub struct KindEntry<K> {
+    pub(super) name: &'static str,
+    pub(super) keys: &'static [Key],
+    pub(super) parse: fn(&Settings, &KindContext<'_>) -> Result<K, SpecError>,
+}
+
+impl<K> KindEntry<K> {
+    /// Parses `settings` as the `type = "{kind}"` of a `{side}` table:
+    /// refuses an unknown kind (the error points at `kind_at`) and keys of
+    /// other kinds (`schema` holds every kind's), then runs the kind's parser.
+    pub(super) fn parse_table(
+        entries: &[Self],
+        side: &str,
+        kind: &str,
+        kind_at: usize,
+        settings: &Settings,
+        schema: &Schema,
+        cx: &KindContext<'_>,
+    ) -> Result<K, SpecError> {
+        let Some(entry) = entries.iter().find(|entry| entry.name == kind) else {
+            let names: Vec<&str> = entries.iter().map(|entry| entry.name).collect();
+            return Err((
+                kind_at,
+                format!("unknown {side} type `{kind}` (expected {})", alternatives(&names)),
+            ));
+        };
+        settings.only(schema, entry.keys, &format!("a `{kind}` {side}"))?;
+        (entry.parse)(settings, cx)
+    }
 }
 
 /// A value read from a table, with where it is.

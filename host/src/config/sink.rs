@@ -15,8 +15,7 @@ use std::sync::{Arc, OnceLock};
 use toml::Spanned;
 
 use super::file::SinkTable;
-use super::settings::{Key, KindContext, Schema, Settings};
-use super::values::alternatives;
+use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
 use super::{LineIndex, SinkSpec, SpecError};
 use crate::sink::{Sink, TYPES};
 
@@ -40,11 +39,7 @@ pub trait SinkType: SinkConfig + Sized {
 }
 
 /// A registered sink kind.
-pub struct SinkEntry {
-    name: &'static str,
-    keys: &'static [Key],
-    parse: fn(&Settings, &KindContext<'_>) -> Result<SinkKind, SpecError>,
-}
+pub type SinkEntry = KindEntry<SinkKind>;
 
 impl SinkEntry {
     /// The entry of kind `T`.
@@ -52,13 +47,9 @@ impl SinkEntry {
         Self {
             name: T::NAME,
             keys: T::KEYS,
-            parse: parse_as::<T>,
+            parse: |settings, cx| T::parse(settings, cx).map(|config| SinkKind(Arc::new(config))),
         }
     }
-}
-
-fn parse_as<T: SinkType>(settings: &Settings, cx: &KindContext<'_>) -> Result<SinkKind, SpecError> {
-    T::parse(settings, cx).map(|config| SinkKind(Arc::new(config)))
 }
 
 /// Where a sink writes: the settings of its kind.
@@ -103,20 +94,15 @@ pub(super) fn sink_spec(
     let offset = table.span().start;
     let table = table.into_inner();
     let kind_name = table.kind.get_ref().as_str();
-    let Some(entry) = TYPES.iter().find(|kind| kind.name == kind_name) else {
-        let names: Vec<&str> = TYPES.iter().map(|kind| kind.name).collect();
-        return Err((
-            table.kind.span().start,
-            format!(
-                "unknown sink type `{kind_name}` (expected {})",
-                alternatives(&names)
-            ),
-        ));
-    };
-    table
-        .settings
-        .only(schema(), entry.keys, &format!("a `{kind_name}` sink"))?;
-    let kind = (entry.parse)(&table.settings, &KindContext { offset, base_dir })?;
+    let kind = KindEntry::parse_table(
+        TYPES,
+        "sink",
+        kind_name,
+        table.kind.span().start,
+        &table.settings,
+        schema(),
+        &KindContext { offset, base_dir },
+    )?;
     let input = table.input.get_ref().clone();
     let name = match &table.name {
         Some(name) => name.get_ref().clone(),

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use toml::Spanned;
 
 use super::file::SourceTable;
-use super::settings::{Key, KindContext, Schema, Settings};
-use super::values::{alternatives, stream_name};
+use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
+use super::values::stream_name;
 use super::{ClockMode, LineIndex, SourceSpec, SpecError};
 use crate::source::{Source, TYPES};
 
@@ -58,11 +58,7 @@ pub trait SourceType: SourceConfig + Sized {
 }
 
 /// A registered source kind.
-pub struct SourceEntry {
-    name: &'static str,
-    keys: &'static [Key],
-    parse: fn(&Settings, &KindContext<'_>) -> Result<SourceKind, SpecError>,
-}
+pub type SourceEntry = KindEntry<SourceKind>;
 
 impl SourceEntry {
     /// The entry of kind `T`.
@@ -70,13 +66,9 @@ impl SourceEntry {
         Self {
             name: T::NAME,
             keys: T::KEYS,
-            parse: parse_as::<T>,
+            parse: |settings, cx| T::parse(settings, cx).map(|config| SourceKind(Arc::new(config))),
         }
     }
-}
-
-fn parse_as<T: SourceType>(settings: &Settings, cx: &KindContext<'_>) -> Result<SourceKind, SpecError> {
-    T::parse(settings, cx).map(|config| SourceKind(Arc::new(config)))
 }
 
 /// What a source reads: the settings of its kind.
@@ -122,20 +114,15 @@ pub(super) fn source_spec(
     let table = table.into_inner();
     let name = stream_name(&table.name)?;
     let kind_name = table.kind.get_ref().as_str();
-    let Some(entry) = TYPES.iter().find(|kind| kind.name == kind_name) else {
-        let names: Vec<&str> = TYPES.iter().map(|kind| kind.name).collect();
-        return Err((
-            table.kind.span().start,
-            format!(
-                "unknown source type `{kind_name}` (expected {})",
-                alternatives(&names)
-            ),
-        ));
-    };
-    table
-        .settings
-        .only(schema(), entry.keys, &format!("a `{kind_name}` source"))?;
-    let kind = (entry.parse)(&table.settings, &KindContext { offset, base_dir })?;
+    let kind = KindEntry::parse_table(
+        TYPES,
+        "source",
+        kind_name,
+        table.kind.span().start,
+        &table.settings,
+        schema(),
+        &KindContext { offset, base_dir },
+    )?;
     Ok((
         offset,
         SourceSpec {

@@ -10,7 +10,7 @@ use super::plan::{Plan, StreamId};
 use super::registry::{Function, PluginRegistry};
 use super::run::RunOptions;
 use crate::checkpoint::CheckpointSettings;
-use crate::config::{ClockMode, OperatorSpec, PipelineSpec, ReducerSpec, WindowOp};
+use crate::config::{ClockMode, PipelineSpec};
 use crate::error::EngineError;
 use crate::sink::{self, Sink};
 use crate::source::DeterministicClock;
@@ -26,35 +26,6 @@ pub struct Pipeline {
     pub(super) checkpoint: Option<CheckpointSettings>,
     pub(super) plugin_hashes: BTreeMap<String, String>,
     stage_plugins: Vec<StagePlugin>,
-}
-
-/// The plugin names a stage's operator uses.
-fn plugins_of(op: &OperatorSpec) -> Vec<String> {
-    let reducer = |reducer: &ReducerSpec| match reducer {
-        ReducerSpec::Plugin { plugin, .. } => Some(plugin.clone()),
-        _ => None,
-    };
-    let names = match op {
-        OperatorSpec::Transform { plugin, .. } | OperatorSpec::TransformWith { plugin, .. } => {
-            vec![Some(plugin.clone())]
-        }
-        OperatorSpec::ReduceByKey { reducer: r, .. } => vec![reducer(r)],
-        OperatorSpec::KeyedState(state) => vec![Some(state.plugin.clone())],
-        OperatorSpec::Window(window) => match &window.op {
-            WindowOp::Raw => Vec::new(),
-            WindowOp::Reduce {
-                reducer: r, inverse, ..
-            } => vec![
-                reducer(r),
-                match inverse {
-                    Some(crate::config::InverseSpec::Plugin(plugin)) => Some(plugin.clone()),
-                    _ => None,
-                },
-            ],
-        },
-        OperatorSpec::Union | OperatorSpec::Repartition { .. } | OperatorSpec::Join { .. } => Vec::new(),
-    };
-    names.into_iter().flatten().collect()
 }
 
 impl Pipeline {
@@ -83,7 +54,7 @@ impl Pipeline {
             .stages
             .iter()
             .flat_map(|stage| {
-                plugins_of(&stage.op).into_iter().map(|plugin| StagePlugin {
+                stage.op.plugins().into_iter().map(|plugin| StagePlugin {
                     stage: stage.name.clone(),
                     sha256: hash_of(&plugin).unwrap_or_else(|| "native".to_owned()),
                     plugin,

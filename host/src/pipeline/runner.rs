@@ -254,14 +254,14 @@ impl Driver {
                 // lets them all run first (it must not end the run with
                 // batches logged after its final checkpoint), except after
                 // a quarantine, which ends the run with its error.
-                match (self.signal.stop_mode(), &self.paused) {
-                    (None, _) => {
-                        self.signal.wait_until(None);
-                        continue;
-                    }
-                    (Some(_), Some(Pause::Quarantined(_))) => return self.stopping_step(None).map(drop),
-                    (Some(_), _) => self.paused = None,
+                if !self.signal.is_stopped() {
+                    self.signal.wait_until(None);
+                    continue;
                 }
+                if let Some(error) = self.quarantine_error() {
+                    return Err(error);
+                }
+                self.paused = None;
             }
             let step = match replay.take() {
                 // A replayed batch is cut whole whatever happens (a stop waits
@@ -330,17 +330,25 @@ impl Driver {
         Ok(Step::Run(units, None, due))
     }
 
+    /// The error a run stopped while quarantined ends with.
+    fn quarantine_error(&self) -> Option<EngineError> {
+        let Some(Pause::Quarantined(quarantined)) = &self.paused else {
+            return None;
+        };
+        Some(EngineError::Quarantined {
+            pipeline: self.pipeline().to_owned(),
+            stage: quarantined.stage.clone(),
+            batches: quarantined.batches,
+            paused: true,
+        })
+    }
+
     /// The steps of a stopping pipeline: receivers are stopped, what they
     /// queued runs in final batches (not after [`StopMode::Now`]), then the
     /// run ends.
     fn stopping_step(&mut self, stop: Option<StopMode>) -> Result<Step, EngineError> {
-        if let Some(Pause::Quarantined(quarantined)) = &self.paused {
-            return Err(EngineError::Quarantined {
-                pipeline: self.pipeline().to_owned(),
-                stage: quarantined.stage.clone(),
-                batches: quarantined.batches,
-                paused: true,
-            });
+        if let Some(error) = self.quarantine_error() {
+            return Err(error);
         }
         let now = Instant::now();
         let deadline = *self.stop_deadline.get_or_insert_with(|| {
