@@ -48,6 +48,9 @@ pub struct RunSummary {
     pub dead_lettered: u64,
     /// Records behind an event-time watermark (dropped or dead-lettered).
     pub late_records: u64,
+    /// Records shuffled by key between partitions, over all stages (a
+    /// reduce-by-key's partial results, a join's inputs).
+    pub shuffled_records: u64,
     /// Keyed state held at the end of the run, over all stages.
     pub state: StateSize,
     /// Keyed state held at the end of the run by each stage that holds some.
@@ -63,7 +66,7 @@ impl std::fmt::Display for RunSummary {
             f,
             "pipeline `{}`: {} batches, {} records in, {} records out, {} retries, \
              {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
-             state: {} keys ({} on disk){}",
+             {} records shuffled, state: {} keys ({} on disk){}",
             self.pipeline,
             self.batches,
             self.records_in,
@@ -73,6 +76,7 @@ impl std::fmt::Display for RunSummary {
             self.skipped_records,
             self.dead_lettered,
             self.late_records,
+            self.shuffled_records,
             self.state.keys,
             self.state.spilled_keys,
             if self.stopped { ", stopped gracefully" } else { "" }
