@@ -12,6 +12,7 @@
 //!   [`transform::TransformFn`], Wasm or native.
 //! - [`reduce`]: reduce-by-key, as a map-side combine and a post-shuffle merge.
 //! - [`builtin`]: the host's own count, sum, min and max.
+//! - [`count_table`]: the combine's table of counts by short key.
 //! - [`window`]: processing-time windows, with and without an inverse.
 //! - [`keyed_state`]: update-state-by-key and map-with-state over host-owned state.
 //! - [`event_window`]: event-time windows with a watermark.
@@ -20,6 +21,7 @@
 //! - [`instances`]: each worker's warm plugin instances.
 
 pub mod builtin;
+pub mod count_table;
 pub mod event_window;
 pub mod guard;
 pub mod instances;

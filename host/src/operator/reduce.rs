@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::builtin::{self, Accumulator};
+use super::count_table::CountTable;
 use super::keyed::FastMap;
 use super::{Operator, OperatorError, PartitionContext, PieceFold, Planning};
 use crate::config::BuiltinReducer;
@@ -137,6 +138,9 @@ pub struct ReduceByKey {
     reducer: Reducer,
     phase: Phase,
     partitions: usize,
+    /// Keys the last folded partition held: the next fold's tables start
+    /// that large instead of growing to it again.
+    keys_seen: std::sync::atomic::AtomicUsize,
 }
 
 impl ReduceByKey {
@@ -146,6 +150,7 @@ impl ReduceByKey {
             reducer,
             phase,
             partitions,
+            keys_seen: std::sync::atomic::AtomicUsize::new(1024),
         }
     }
 
@@ -163,16 +168,23 @@ impl ReduceByKey {
         // compile time: counting records (the word count's combine) is an
         // increment, not a dispatch on the reducer and the phase.
         match (reducer, merging) {
-            (BuiltinReducer::Count, false) => accumulators.fold_chunk(
-                chunk,
-                |_| Ok(Accumulator::Count(1)),
-                |accumulator, _| {
-                    if let Accumulator::Count(count) = accumulator {
-                        *count += 1;
-                    }
-                    Ok(())
-                },
-            ),
+            (BuiltinReducer::Count, false) => {
+                let Accumulators { counts, keyed } = accumulators;
+                counts.count_chunk(chunk, |record| {
+                    let counted = keyed.fold_record(
+                        record,
+                        |_| Ok(Accumulator::Count(1)),
+                        |accumulator, _| {
+                            if let Accumulator::Count(count) = accumulator {
+                                *count += 1;
+                            }
+                            Ok(())
+                        },
+                    );
+                    debug_assert!(counted.is_ok(), "counting cannot fail");
+                });
+                Ok(())
+            }
             _ => accumulators.fold_chunk(
                 chunk,
                 |value| builtin::start(reducer, value, merging),
@@ -202,7 +214,8 @@ impl ReduceByKey {
 
     fn reduce_builtin(&self, reducer: BuiltinReducer, chunks: &[Batch]) -> Result<Batch, OperatorError> {
         let records = chunks.iter().map(Batch::len).sum::<usize>();
-        let mut accumulators = Accumulators::with_capacity(records.min(1024));
+        let counting = reducer == BuiltinReducer::Count && self.phase == Phase::Combine;
+        let mut accumulators = Accumulators::with_capacity(records.min(1024), counting);
         let mut offset = 0;
         for chunk in chunks {
             self.fold_builtin(reducer, &mut accumulators, chunk)
@@ -307,29 +320,48 @@ impl ReduceByKey {
     }
 }
 
-/// The accumulators of one partition's combine or merge, by key: keys of up
-/// to 16 bytes (most keys: words, ids, codes) are held packed in the table
+/// The accumulators of one partition's combine or merge, by key. A count's
+/// combine counts keys of 1 to 15 bytes (most keys: words, ids, codes) in a
+/// [`CountTable`] of its own; everything else goes to [`KeyedAccumulators`].
+#[derive(Default)]
+struct Accumulators {
+    counts: CountTable,
+    keyed: KeyedAccumulators,
+}
+
+/// Accumulators by key: keys of up to 16 bytes are held packed in the table
 /// itself, so finding one hashes two words and compares two words, with no
 /// pointer to follow; longer keys are copied once, when first seen.
-struct Accumulators {
+#[derive(Default)]
+struct KeyedAccumulators {
     short: FastMap<ShortKey, (Accumulator, i64)>,
     long: FastMap<Box<[u8]>, (Accumulator, i64)>,
     keyless: Option<(Accumulator, i64)>,
 }
 
 impl Accumulators {
-    /// Empty, with room for `keys` short keys.
-    fn with_capacity(keys: usize) -> Self {
+    /// Empty, with room for `keys` short keys: in the table of counts
+    /// when `counting` (a count's combine), else in the keyed accumulators.
+    fn with_capacity(keys: usize, counting: bool) -> Self {
+        if counting {
+            return Self {
+                counts: CountTable::with_capacity(keys),
+                keyed: KeyedAccumulators::default(),
+            };
+        }
         Self {
-            short: FastMap::with_capacity_and_hasher(keys, Default::default()),
-            long: FastMap::default(),
-            keyless: None,
+            counts: CountTable::default(),
+            keyed: KeyedAccumulators {
+                short: FastMap::with_capacity_and_hasher(keys, Default::default()),
+                ..KeyedAccumulators::default()
+            },
         }
     }
 
     /// Keys held.
     fn len(&self) -> usize {
-        self.short.len() + self.long.len() + usize::from(self.keyless.is_some())
+        let keyed = &self.keyed;
+        self.counts.len() + keyed.short.len() + keyed.long.len() + usize::from(keyed.keyless.is_some())
     }
 
     /// Folds every record of `chunk` into the accumulators: `start` makes
@@ -344,28 +376,9 @@ impl Accumulators {
         fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
     ) -> Result<(), (builtin::ValueError, usize)> {
         for (index, record) in chunk.iter().enumerate() {
-            let folded = match record.key {
-                Some(key) => match ShortKey::new(key) {
-                    Some(short) => fold_entry(self.short.entry(short), record, &start, &fold),
-                    None => match self.long.get_mut(key) {
-                        Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
-                            *timestamp = (*timestamp).max(record.timestamp);
-                        }),
-                        None => start(record.value).map(|accumulator| {
-                            self.long.insert(key.into(), (accumulator, record.timestamp));
-                        }),
-                    },
-                },
-                None => match &mut self.keyless {
-                    Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
-                        *timestamp = (*timestamp).max(record.timestamp);
-                    }),
-                    None => start(record.value).map(|accumulator| {
-                        self.keyless = Some((accumulator, record.timestamp));
-                    }),
-                },
-            };
-            folded.map_err(|error| (error, index))?;
+            self.keyed
+                .fold_record(record, &start, &fold)
+                .map_err(|error| (error, index))?;
         }
         Ok(())
     }
@@ -390,17 +403,55 @@ impl Accumulators {
                 output.push(key, text.as_bytes(), timestamp);
             }
         };
-        for (key, state) in self.short {
+        for (key, count, timestamp) in self.counts.drain() {
+            let (bytes, len) = key.bytes();
+            push(Some(&bytes[..len]), (Accumulator::Count(count), timestamp));
+        }
+        let keyed = self.keyed;
+        for (key, state) in keyed.short {
             let (bytes, len) = key.bytes();
             push(Some(&bytes[..len]), state);
         }
-        for (key, state) in self.long {
+        for (key, state) in keyed.long {
             push(Some(&key), state);
         }
-        if let Some(state) = self.keyless {
+        if let Some(state) = keyed.keyless {
             push(None, state);
         }
         output
+    }
+}
+
+impl KeyedAccumulators {
+    /// Folds one record (see [`Accumulators::fold_chunk`]).
+    #[inline(always)]
+    fn fold_record(
+        &mut self,
+        record: RecordRef<'_>,
+        start: impl Fn(&[u8]) -> Result<Accumulator, builtin::ValueError>,
+        fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
+    ) -> Result<(), builtin::ValueError> {
+        match record.key {
+            Some(key) => match ShortKey::new(key) {
+                Some(short) => fold_entry(self.short.entry(short), record, &start, &fold),
+                None => match self.long.get_mut(key) {
+                    Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
+                        *timestamp = (*timestamp).max(record.timestamp);
+                    }),
+                    None => start(record.value).map(|accumulator| {
+                        self.long.insert(key.into(), (accumulator, record.timestamp));
+                    }),
+                },
+            },
+            None => match &mut self.keyless {
+                Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
+                    *timestamp = (*timestamp).max(record.timestamp);
+                }),
+                None => start(record.value).map(|accumulator| {
+                    self.keyless = Some((accumulator, record.timestamp));
+                }),
+            },
+        }
     }
 }
 
@@ -452,7 +503,11 @@ impl PieceFold for CombineFold<'_> {
                 .map_err(|error| self.operator.fold_error(self.reducer, chunk, error, offset))?;
             offset += chunk.len();
             if self.accumulators.len() >= COMBINE_KEYS_MAX {
-                let full = std::mem::replace(&mut self.accumulators, Accumulators::with_capacity(1024));
+                let counting = self.reducer == BuiltinReducer::Count;
+                let full = std::mem::replace(
+                    &mut self.accumulators,
+                    Accumulators::with_capacity(1024, counting),
+                );
                 self.emitted.push(full.into_batch(Phase::Combine));
             }
         }
@@ -460,6 +515,10 @@ impl PieceFold for CombineFold<'_> {
     }
 
     fn finish(self: Box<Self>, _: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        let keys = self.accumulators.len().clamp(1024, COMBINE_KEYS_MAX);
+        self.operator
+            .keys_seen
+            .store(keys, std::sync::atomic::Ordering::Relaxed);
         let mut output = self.emitted;
         if self.accumulators.len() > 0 {
             output.push(self.accumulators.into_batch(Phase::Combine));
@@ -527,7 +586,10 @@ impl Operator for ReduceByKey {
             (Reducer::Builtin(reducer), Phase::Combine) => Some(Box::new(CombineFold {
                 operator: self,
                 reducer: *reducer,
-                accumulators: Accumulators::with_capacity(1024),
+                accumulators: Accumulators::with_capacity(
+                    self.keys_seen.load(std::sync::atomic::Ordering::Relaxed),
+                    *reducer == BuiltinReducer::Count,
+                ),
                 emitted: Vec::new(),
             })),
             _ => None,
