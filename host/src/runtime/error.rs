@@ -135,13 +135,16 @@ pub enum PluginError {
     #[error("{0}")]
     Batch(String),
     /// The call trapped; the instance is poisoned and must be discarded.
-    #[error("{}: {message}{}", kind.name(), stderr_suffix(stderr))]
+    #[error("{}: {message}{}{}", kind.name(), captured("stdout", stdout), captured("stderr", stderr))]
     Trap {
         /// Why.
         kind: TrapKind,
         /// wasmtime's description of the trap.
         message: String,
-        /// What the plugin wrote to stderr (its panic message), if anything.
+        /// The tail of what the plugin wrote to stdout during the call, if anything.
+        stdout: String,
+        /// The tail of what the plugin wrote to stderr during the call (its
+        /// panic message), if anything.
         stderr: String,
     },
     /// A call returned more output than its stage's limits allow for its input.
@@ -159,11 +162,12 @@ pub enum PluginError {
     Malformed(#[from] MalformedBatch),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
+/// `text` as the part of a trap's message quoting what the plugin wrote to `stream`.
+fn captured(stream: &str, text: &str) -> String {
+    if text.is_empty() {
         String::new()
     } else {
-        format!("\nplugin stderr:\n{stderr}")
+        format!("\nplugin {stream}:\n{text}")
     }
 }
 

@@ -21,7 +21,7 @@ use super::plugin::FromWit as _;
 use super::plugin::{Plugin, PluginInfo, PluginKind, Pre};
 use super::slicing::CallClock;
 use super::state::{InstanceLabel, PluginState};
-use super::stderr::StderrCapture;
+use super::stderr::OutputCapture;
 use super::world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
 
 /// An instance of a transform plugin.
@@ -39,7 +39,8 @@ pub struct Instance<W: World> {
     pub(super) sandbox: Arc<Sandbox>,
     store: Store<PluginState>,
     exports: W::Exports,
-    stderr: StderrCapture,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
 }
 
 impl<W: World> Instance<W> {
@@ -56,8 +57,9 @@ impl<W: World> Instance<W> {
                 message: format!("this plugin is a {}, not {}", plugin.info().kind.name(), W::WHAT),
             });
         };
-        let stderr = StderrCapture::new();
-        let state = PluginState::new(sandbox, stderr.clone(), label).map_err(PluginError::Init)?;
+        let (stdout, stderr) = (OutputCapture::new(), OutputCapture::new());
+        let state = PluginState::new(sandbox, stdout.clone(), stderr.clone(), label)
+            .map_err(PluginError::Init)?;
         let mut store = Store::new(&plugin.compiled().engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut store| super::slicing::on_tick(&mut store.data_mut().call));
@@ -68,12 +70,13 @@ impl<W: World> Instance<W> {
             // A fresh store has no fuel: instantiation itself needs some.
             let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));
         }
-        let exports = W::instantiate(pre, &mut store).map_err(|e| trap(&e, &stderr))?;
+        let exports = W::instantiate(pre, &mut store).map_err(|e| trap(&e, &stdout, &stderr))?;
         Ok(Self {
             plugin: plugin.clone(),
             sandbox: sandbox.clone(),
             store,
             exports,
+            stdout,
             stderr,
         })
     }
@@ -121,6 +124,7 @@ impl<W: World> Instance<W> {
         &mut self,
         call: impl FnOnce(&W::Exports, &mut Store<PluginState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
+        self.stdout.clear();
         self.stderr.clear();
         let limits = &self.sandbox.limits;
         self.store.set_epoch_deadline(1);
@@ -140,7 +144,7 @@ impl<W: World> Instance<W> {
                 .fuel_used
                 .fetch_add(budget.saturating_sub(left), std::sync::atomic::Ordering::Relaxed);
         }
-        result.map_err(|e| trap(&e, &self.stderr))
+        result.map_err(|e| trap(&e, &self.stdout, &self.stderr))
     }
 }
 
@@ -212,10 +216,11 @@ impl PluginInstance {
     }
 }
 
-fn trap(error: &wasmtime::Error, stderr: &StderrCapture) -> PluginError {
+fn trap(error: &wasmtime::Error, stdout: &OutputCapture, stderr: &OutputCapture) -> PluginError {
     PluginError::Trap {
         kind: TrapKind::of(error),
         message: super::error::describe(error),
+        stdout: stdout.text(),
         stderr: stderr.text(),
     }
 }

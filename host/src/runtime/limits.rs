@@ -28,6 +28,13 @@ pub struct Limits {
     /// Fuel (roughly, Wasm instructions) a call may burn: deterministic
     /// accounting on top of the deadline. Off when `None`.
     pub fuel: Option<u64>,
+    /// Log messages the stage's plugin may write per second, over all its
+    /// instances (a burst of one second's worth); the excess is dropped and
+    /// counted. 0 turns the plugin's log off.
+    pub log_messages_per_second: u64,
+    /// Bytes of log messages the stage's plugin may write per second, over
+    /// all its instances (a burst of one second's worth).
+    pub log_bytes_per_second: u64,
 }
 
 impl Default for Limits {
@@ -39,9 +46,17 @@ impl Default for Limits {
             output_records_ratio: 1_000,
             output_bytes_ratio: 1_000,
             fuel: None,
+            log_messages_per_second: DEFAULT_LOG_MESSAGES_PER_SECOND,
+            log_bytes_per_second: DEFAULT_LOG_BYTES_PER_SECOND,
         }
     }
 }
+
+/// Default of [`Limits::log_messages_per_second`].
+pub const DEFAULT_LOG_MESSAGES_PER_SECOND: u64 = 100;
+
+/// Default of [`Limits::log_bytes_per_second`]: 64 KiB.
+pub const DEFAULT_LOG_BYTES_PER_SECOND: u64 = 64 << 10;
 
 impl Limits {
     /// The default call deadline for a batch interval: ten intervals, at
