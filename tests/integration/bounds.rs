@@ -4,9 +4,12 @@
 //! state call, spilled state's resident memory, and an available-now socket
 //! that never connects.
 
-use weir_tests::plugins;
+use std::path::Path;
+
+use weir_tests::{plugins, scratch, sink_lines, stderr, write_pipeline};
 
 use super::sandbox::{assert_ok, assert_stopped_by, run};
+use super::{LIMIT, weir};
 
 /// Lines of `log` that are messages of the `chatty` plugin (runs of `x`).
 fn plugin_messages(log: &str) -> usize {
@@ -132,4 +135,134 @@ fn plugin_stderr_is_bounded_when_quoted() {
         "weir wrote {} bytes to stderr",
         run.stderr.len()
     );
+}
+
+/// Files in `dir/in` (one per batch, deterministic clock) → `bulk`
+/// (map-partitions, one partition, `limits`) → `then` (extra stages reading
+/// `out`) → files sink of stream `sink` in `dir/out`. Returns the run.
+fn run_bulk(dir: &Path, limits: &str, then: &str, sink: &str) -> std::process::Output {
+    let text = format!(
+        r#"
+[pipeline]
+name = "bulk"
+partitions = 1
+batch-interval = "1s"
+clock = "deterministic"
+
+[plugins]
+bulk = {bulk:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "out"
+input = "lines"
+op = "map-partitions"
+plugin = "bulk"
+limits = {{ {limits} }}
+{then}
+[[sink]]
+input = "{sink}"
+type = "files"
+path = {out:?}
+"#,
+        bulk = plugins::BULK,
+        input = dir.join("in").display().to_string(),
+        out = dir.join("out").display().to_string(),
+    );
+    let file = write_pipeline(dir, "bulk.toml", &text);
+    weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT)
+}
+
+/// Writes `lines` lines of 1,023 bytes (1 KiB with the newline) to `dir/in/a.txt`.
+fn write_kib_lines(dir: &Path, lines: usize) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let line = format!("{}\n", "a".repeat(1023));
+    std::fs::write(dir.join("in/a.txt"), line.repeat(lines)).unwrap();
+}
+
+fn sink_values(dir: &Path) -> Vec<String> {
+    sink_lines(&dir.join("out")).into_iter().map(|(_, line)| line).collect()
+}
+
+#[test]
+fn input_size_obeyed_by_a_large_partition() {
+    // 32 MiB of records in one map-partitions call, at a 64 MiB memory limit.
+    let dir = scratch();
+    write_kib_lines(dir.path(), 32 << 10);
+    let output = run_bulk(dir.path(), "memory = \"64MiB\"", "", "out");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        sink_values(dir.path()),
+        [format!("records={} bytes={}", 32 << 10, (32 << 10) * 1023)]
+    );
+}
+
+#[test]
+fn input_size_violated_by_a_partition_larger_than_the_memory() {
+    // 80 MiB of records for a 64 MiB plugin: refused before the call, with
+    // the limit to raise (it used to trap inside the plugin's allocator).
+    let dir = scratch();
+    write_kib_lines(dir.path(), 80 << 10);
+    let output = run_bulk(dir.path(), "memory = \"64MiB\"", "", "out");
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("input too large"), "{log}");
+    assert!(log.contains("memory limit of 67108864 bytes"), "{log}");
+    assert!(log.contains("raise `memory`"), "{log}");
+    assert!(log.contains("stage `out`") && log.contains("partition 0"), "{log}");
+    assert!(sink_values(dir.path()).is_empty());
+}
+
+/// Counts the records of stream `out` (one group: they have no key).
+const COUNT_OUT: &str = r#"
+[[stage]]
+name = "counted"
+input = "out"
+op = "reduce-by-key"
+reducer = "count"
+"#;
+
+#[test]
+fn output_size_obeyed_past_wasmtimes_default_copy_budget() {
+    // 130 MiB out of one call: more than wasmtime copies by default
+    // (128 MiB), within what this stage's limits allow. (The plugin's output
+    // buffer grows by doubling, so it needs about three times that in memory.)
+    let dir = scratch();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.txt"), "emit 130 1\n").unwrap();
+    let output = run_bulk(
+        dir.path(),
+        "memory = \"1GiB\", output-bytes-ratio = 100000000",
+        COUNT_OUT,
+        "counted",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(sink_values(dir.path()), ["130"]);
+}
+
+#[test]
+fn output_size_violated_gets_the_output_limit_error() {
+    // The same 130 MiB with a ratio that allows about 100 MB: Weir's own
+    // output-limit error naming the limit to raise, not wasmtime's
+    // "too much data is being copied".
+    let dir = scratch();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.txt"), "emit 130 1\n").unwrap();
+    let output = run_bulk(
+        dir.path(),
+        "memory = \"1GiB\", output-bytes-ratio = 10000000",
+        COUNT_OUT,
+        "counted",
+    );
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("output limit"), "{log}");
+    assert!(log.contains("raise `output-bytes-ratio`"), "{log}");
+    assert!(!log.contains("too much data"), "{log}");
+    assert!(sink_values(dir.path()).is_empty());
 }

@@ -41,7 +41,7 @@ pub use error::{PluginError, TrapKind};
 pub use instance::{
     CoTransformInstance, Instance, PluginInstance, ReducerInstance, StateInstance, TransformInstance,
 };
-pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
+pub use limits::{CopyBound, CopyBudget, GUEST_DATA_DIR, Grants, Limits, Sandbox};
 pub use plugin::{CompiledPlugin, Plugin, PluginInfo, PluginKind};
 pub use state::{InstanceLabel, InstanceUsage, PluginState};
 pub use world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
