@@ -396,3 +396,65 @@ fn spilled_state_stays_on_disk_peak_rss_obeys_state_memory() {
         peak >> 20
     );
 }
+
+/// A word count over a socket source in connect mode to `port` with the
+/// extra source keys `keys`, in `dir`.
+fn socket_wordcount(dir: &Path, port: u16, keys: &str) -> std::path::PathBuf {
+    let source = format!("type = \"socket\"\naddress = \"127.0.0.1:{port}\"\nmax-backoff = \"200ms\"\n{keys}");
+    let pipeline = super::wordcount_pipeline(&source, &dir.join("out"), 2);
+    write_pipeline(dir, "p.toml", &pipeline)
+}
+
+#[test]
+fn available_now_socket_connect_timeout_obeyed() {
+    // The server comes up after 1 s, within the 20 s connect-timeout.
+    let dir = scratch();
+    let port = weir_tests::free_port();
+    let file = socket_wordcount(dir.path(), port, "connect-timeout = \"20s\"");
+    let child = weir().spawn(&["run", "--available-now", file.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (mut stream, _) = listener.accept().unwrap();
+    std::io::Write::write_all(&mut stream, b"late but welcome\n").unwrap();
+    drop(stream);
+    let output = weir_tests::wait_output(child, LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        weir_tests::summed_counts(&dir.path().join("out")),
+        weir_tests::word_counts("late but welcome")
+    );
+}
+
+#[test]
+fn available_now_socket_connect_timeout_violated_by_a_port_nobody_listens_on() {
+    let dir = scratch();
+    let port = weir_tests::free_port();
+    let file = socket_wordcount(dir.path(), port, "connect-timeout = \"1500ms\"");
+    let started = std::time::Instant::now();
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    let elapsed = started.elapsed();
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("could not connect to 127.0.0.1:{port} within 1s 500ms (--available-now)")),
+        "{log}"
+    );
+    assert!(log.contains("connect-timeout"), "{log}");
+    assert!(log.contains("last error: Connection refused"), "{log}");
+    assert!(elapsed >= std::time::Duration::from_millis(1_500), "{elapsed:?}");
+    assert!(elapsed < std::time::Duration::from_secs(30), "{elapsed:?}");
+}
+
+#[test]
+fn available_now_socket_listen_timeout_violated_when_no_producer_comes() {
+    let dir = scratch();
+    let port = weir_tests::free_port();
+    let file = socket_wordcount(dir.path(), port, "mode = \"listen\"\nconnect-timeout = \"1s\"");
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("no producer connected to 127.0.0.1:{port} within 1s (--available-now)")),
+        "{log}"
+    );
+}
