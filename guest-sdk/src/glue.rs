@@ -523,6 +523,7 @@ impl NewStates {
 
     /// Keeps these encoded bytes as the key's state.
     fn keep_bytes(&mut self, bytes: &[u8]) {
+        state::make_room(&mut self.data, bytes.len());
         self.data.extend_from_slice(bytes);
         self.end(STATE_KEEP);
     }

@@ -458,3 +458,39 @@ fn available_now_socket_listen_timeout_violated_when_no_producer_comes() {
         "{log}"
     );
 }
+
+/// Runs `big-state` over one key whose value asks for `mib` MiB of state,
+/// at the default 64 MiB memory limit.
+fn one_big_state(mib: usize) -> (std::process::Output, Vec<String>) {
+    let dir = scratch();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("in/a.jsonl"),
+        format!("{{\"k\":\"big\",\"v\":{mib}}}\n"),
+    )
+    .unwrap();
+    let file = big_state_pipeline(dir.path(), "256MiB");
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    (output, sink_values(dir.path()))
+}
+
+#[test]
+fn state_call_memory_obeyed_by_16_mib_of_new_state() {
+    // The SDK encodes a new state once, into room made for exactly it: 16 MiB
+    // of state needs about 32 MiB of guest memory (it used to need ~4x, and
+    // trapped at the default 64 MiB).
+    let (output, values) = one_big_state(16);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(values, [format!("big 0 {}", 16 << 20)]);
+}
+
+#[test]
+fn state_call_memory_violated_by_40_mib_of_new_state() {
+    // The state itself and its encoding do not fit in 64 MiB together.
+    let (output, values) = one_big_state(40);
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("memory limit"), "{log}");
+    assert!(log.contains("stage `states`"), "{log}");
+    assert!(values.is_empty());
+}
