@@ -22,7 +22,9 @@ fn summary_count(log: &str, what: &str) -> u64 {
         .find(&format!(" {what}"))
         .unwrap_or_else(|| panic!("no {what:?} in: {log}"));
     let number = log[..at].rsplit([' ', ',', '(']).next().unwrap();
-    number.parse().unwrap_or_else(|_| panic!("{number:?} before {what:?}"))
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("{number:?} before {what:?}"))
 }
 
 #[test]
@@ -46,7 +48,7 @@ fn log_budget_violated_drops_and_counts_the_excess() {
     let written = plugin_messages(&run.stderr);
     let dropped = summary_count(&run.stderr, "log messages dropped");
     assert_eq!(written as u64 + dropped, count, "{written} written");
-    assert!(written >= 16 && written < 200, "{written} written");
+    assert!((16..200).contains(&written), "{written} written");
     assert!(
         run.stderr.len() < 1 << 20,
         "weir wrote {} bytes to stderr",
@@ -59,7 +61,8 @@ fn log_budget_violated_drops_and_counts_the_excess() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("the plugin writes more log than its stage allows"),
+        run.stderr
+            .contains("the plugin writes more log than its stage allows"),
         "{}",
         run.stderr
     );
@@ -113,7 +116,11 @@ fn plugin_stdout_is_quoted_when_the_plugin_traps() {
     let run = run(plugins::CHATTY, "map", "", &["stdout 3 20 panic"]);
     assert_stopped_by(&run, "panic");
     assert!(run.stderr.contains("plugin stdout:\nfirst"), "{}", run.stderr);
-    assert!(run.stderr.contains("chatty: panic after writing to stdout"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("chatty: panic after writing to stdout"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -186,7 +193,10 @@ fn write_kib_lines(dir: &Path, lines: usize) {
 }
 
 fn sink_values(dir: &Path) -> Vec<String> {
-    sink_lines(&dir.join("out")).into_iter().map(|(_, line)| line).collect()
+    sink_lines(&dir.join("out"))
+        .into_iter()
+        .map(|(_, line)| line)
+        .collect()
 }
 
 #[test]
@@ -214,7 +224,10 @@ fn input_size_violated_by_a_partition_larger_than_the_memory() {
     assert!(log.contains("input too large"), "{log}");
     assert!(log.contains("memory limit of 67108864 bytes"), "{log}");
     assert!(log.contains("raise `memory`"), "{log}");
-    assert!(log.contains("stage `out`") && log.contains("partition 0"), "{log}");
+    assert!(
+        log.contains("stage `out`") && log.contains("partition 0"),
+        "{log}"
+    );
     assert!(sink_values(dir.path()).is_empty());
 }
 
@@ -270,6 +283,10 @@ fn output_size_violated_gets_the_output_limit_error() {
 /// Runs `weir ARGS` to completion (failing the test after [`LIMIT`]);
 /// returns its exit code, its stderr and its peak resident set size in
 /// bytes as the OS reports it (`wait4`'s `ru_maxrss`).
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which reads its rusage"
+)]
 fn run_measured(args: &[&str]) -> (Option<i32>, String, u64) {
     use std::io::Read;
 
@@ -297,6 +314,7 @@ fn run_measured(args: &[&str]) -> (Option<i32>, String, u64) {
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("weir did not finish within {LIMIT:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -400,7 +418,8 @@ fn spilled_state_stays_on_disk_peak_rss_obeys_state_memory() {
 /// A word count over a socket source in connect mode to `port` with the
 /// extra source keys `keys`, in `dir`.
 fn socket_wordcount(dir: &Path, port: u16, keys: &str) -> std::path::PathBuf {
-    let source = format!("type = \"socket\"\naddress = \"127.0.0.1:{port}\"\nmax-backoff = \"200ms\"\n{keys}");
+    let source =
+        format!("type = \"socket\"\naddress = \"127.0.0.1:{port}\"\nmax-backoff = \"200ms\"\n{keys}");
     let pipeline = super::wordcount_pipeline(&source, &dir.join("out"), 2);
     write_pipeline(dir, "p.toml", &pipeline)
 }
@@ -436,7 +455,9 @@ fn available_now_socket_connect_timeout_violated_by_a_port_nobody_listens_on() {
     let log = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(
-        log.contains(&format!("could not connect to 127.0.0.1:{port} within 1s 500ms (--available-now)")),
+        log.contains(&format!(
+            "could not connect to 127.0.0.1:{port} within 1s 500ms (--available-now)"
+        )),
         "{log}"
     );
     assert!(log.contains("connect-timeout"), "{log}");
@@ -454,7 +475,9 @@ fn available_now_socket_listen_timeout_violated_when_no_producer_comes() {
     let log = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(
-        log.contains(&format!("no producer connected to 127.0.0.1:{port} within 1s (--available-now)")),
+        log.contains(&format!(
+            "no producer connected to 127.0.0.1:{port} within 1s (--available-now)"
+        )),
         "{log}"
     );
 }

@@ -383,10 +383,7 @@ pub(super) fn limits(
     if let Some(fuel) = positive(table.fuel.as_ref(), "fuel", usize::MAX)? {
         defaults.fuel = Some(fuel as u64);
     }
-    if let Some(rate) = non_negative(
-        table.log_messages_per_second.as_ref(),
-        "log-messages-per-second",
-    )? {
+    if let Some(rate) = non_negative(table.log_messages_per_second.as_ref(), "log-messages-per-second")? {
         defaults.log_messages_per_second = rate;
     }
     if let Some(bytes) = &table.log_bytes_per_second {

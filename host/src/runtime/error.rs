@@ -164,7 +164,9 @@ pub enum PluginError {
     /// A call's result was larger than its copy budget
     /// ([`super::Limits::copy_budget`]): found while copying it out of the
     /// plugin, before the host allocated it. The instance is discarded.
-    #[error("output limit: the call returned more than {budget} bytes (records' data, ends, timestamps and flags together), {limit}")]
+    #[error(
+        "output limit: the call returned more than {budget} bytes (records' data, ends, timestamps and flags together), {limit}"
+    )]
     OutputTooLarge {
         /// The copy budget, in bytes.
         budget: u64,

@@ -58,8 +58,8 @@ impl<W: World> Instance<W> {
             });
         };
         let (stdout, stderr) = (OutputCapture::new(), OutputCapture::new());
-        let state = PluginState::new(sandbox, stdout.clone(), stderr.clone(), label)
-            .map_err(PluginError::Init)?;
+        let state =
+            PluginState::new(sandbox, stdout.clone(), stderr.clone(), label).map_err(PluginError::Init)?;
         let mut store = Store::new(&plugin.compiled().engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut store| super::slicing::on_tick(&mut store.data_mut().call));
@@ -200,9 +200,11 @@ impl<W: World> Instance<W> {
 /// hostcall fuel out of the plugin (its error type is private: matched by
 /// its message, checked by the copy-budget tests).
 fn over_copy_budget(error: &wasmtime::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.to_string().contains("too much data is being copied between the host and the guest"))
+    error.chain().any(|cause| {
+        cause
+            .to_string()
+            .contains("too much data is being copied between the host and the guest")
+    })
 }
 
 /// The output-limit error of a result over `budget`, naming the limit to raise.

@@ -186,7 +186,13 @@ mod tests {
         // 2 records of 10 bytes: 1 MiB + 1,000 bytes and 1,020 records.
         let budget = limits.copy_budget(Some((2, 10)));
         assert_eq!(budget.bytes, (1 << 20) + 1_000 + 1_020 * 13 + COPY_SLACK);
-        assert_eq!(budget.bound, CopyBound::Ratios { records: 2, bytes: 10 });
+        assert_eq!(
+            budget.bound,
+            CopyBound::Ratios {
+                records: 2,
+                bytes: 10
+            }
+        );
         // An input whose ratios allow more than the memory: the memory bounds it.
         let budget = limits.copy_budget(Some((1, 10 << 20)));
         assert_eq!(budget.bytes, (512 << 20) + COPY_SLACK);

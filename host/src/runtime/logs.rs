@@ -179,7 +179,10 @@ mod tests {
         let limits = limits(0, 1 << 20);
         let now = Instant::now();
         assert_ne!(budget.admit(1, &limits, now), Admission::Write);
-        assert_ne!(budget.admit(1, &limits, now + Duration::from_secs(5)), Admission::Write);
+        assert_ne!(
+            budget.admit(1, &limits, now + Duration::from_secs(5)),
+            Admission::Write
+        );
         assert_eq!(budget.dropped(), 2);
     }
 

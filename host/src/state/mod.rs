@@ -285,7 +285,10 @@ mod tests {
         assert_eq!(size.keys, 100);
         assert!(size.spilled_keys > 0, "{size:?}");
         // The spill file's cache comes out of the budget.
-        assert!(size.memory_bytes <= 2_000 - spill_cache_bytes(2_000) as u64, "{size:?}");
+        assert!(
+            size.memory_bytes <= 2_000 - spill_cache_bytes(2_000) as u64,
+            "{size:?}"
+        );
         for k in 0..100 {
             let got = store.get(format!("key-{k}").as_bytes()).unwrap().unwrap();
             assert_eq!(got, entry(&format!("{k}-2"), 2));
