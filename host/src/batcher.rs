@@ -3,10 +3,15 @@
 //! Every receiver has its own bounded queue of chunks. At each batch
 //! boundary [`Batcher::cut`] takes the chunks that are in each queue at that
 //! moment (never more, so a fast source cannot make a batch grow without
-//! bound) and concatenates them into one batch per source. A source with a
-//! fixed batch size marks the end of each unit ([`Delivery::BatchEnd`]): a cut
-//! never crosses a mark, and under deterministic time [`Batcher::cut_units`]
-//! waits for exactly one unit of every source.
+//! bound) and concatenates them into one batch per source. While a
+//! wall-clock batch waits for its interval to end, [`Batcher::stage`] moves
+//! what arrives out of the queues into the batch, up to a memory bound, so
+//! the queues stay short (they bound the memory of back-to-back batches)
+//! while a batch can still hold a whole interval of a fast source. A source
+//! with a fixed batch size marks the end of each unit
+//! ([`Delivery::BatchEnd`]): a cut never crosses a mark, and under
+//! deterministic time [`Batcher::cut_units`] waits for exactly one unit of
+//! every source.
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -39,6 +44,8 @@ struct Input {
     /// received so far, and whether its mark (or the source's end) came.
     staged: SourceCut,
     unit_complete: bool,
+    /// Bytes of the chunks in `staged`.
+    staged_bytes: usize,
 }
 
 /// Longest wait for a source's next delivery before its queue is looked at
@@ -61,6 +68,7 @@ impl Batcher {
                     finished: false,
                     staged: SourceCut::default(),
                     unit_complete: false,
+                    staged_bytes: 0,
                 })
                 .collect(),
         }
@@ -74,6 +82,11 @@ impl Batcher {
             .map(|input| {
                 let available = input.chunks.len();
                 let mut chunks = std::mem::take(&mut input.staged);
+                input.staged_bytes = 0;
+                if std::mem::take(&mut input.unit_complete) {
+                    // Staging stopped at a unit mark: the cut ends there.
+                    return chunks;
+                }
                 for _ in 0..available.max(1) {
                     match input.chunks.try_recv() {
                         Ok(Delivery::Chunk(chunk, position)) => chunks.take(chunk, position),
@@ -88,6 +101,28 @@ impl Batcher {
                 chunks
             })
             .collect()
+    }
+
+    /// Moves what every source has queued into the next cut, without
+    /// waiting, while that source's part of it stays under `max_bytes` and
+    /// up to its first unit mark (for [`Batcher::cut`], not for units).
+    pub fn stage(&mut self, max_bytes: usize) {
+        for input in &mut self.inputs {
+            while !input.unit_complete && input.staged_bytes < max_bytes {
+                match input.chunks.try_recv() {
+                    Ok(Delivery::Chunk(chunk, position)) => {
+                        input.staged_bytes += chunk.size_bytes();
+                        input.staged.take(chunk, position);
+                    }
+                    Ok(Delivery::BatchEnd) => input.unit_complete = true,
+                    Err(TryRecvError::Disconnected) => {
+                        input.finished = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
     }
 
     /// Moves what every source has delivered into its staged unit, without
@@ -132,6 +167,7 @@ impl Batcher {
             .iter_mut()
             .map(|input| {
                 input.unit_complete = input.finished;
+                input.staged_bytes = 0;
                 std::mem::take(&mut input.staged)
             })
             .collect();
@@ -159,9 +195,12 @@ impl Batcher {
             .all(|input| input.finished || input.chunks.is_closed())
     }
 
-    /// Chunks waiting in the sources' queues.
+    /// Chunks waiting in the sources' queues or staged for the next cut.
     pub fn queued(&self) -> usize {
-        self.inputs.iter().map(|input| input.chunks.len()).sum()
+        self.inputs
+            .iter()
+            .map(|input| input.chunks.len() + input.staged.chunks.len())
+            .sum()
     }
 
     /// True when every source has finished and its queue is drained.
@@ -208,6 +247,43 @@ mod tests {
         assert_eq!(last.positions, vec![at]);
         assert!(batcher.all_finished());
         assert!(batcher.cut_units(&stop, true).0[0].chunks.is_empty());
+    }
+
+    #[test]
+    fn staging_empties_the_queue_up_to_the_memory_bound_and_a_unit_mark() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut batcher = Batcher::new(vec![rx]);
+        let mut chunk = Batch::new();
+        chunk.push(None, &[b'a'; 100], 0);
+        let size = chunk.size_bytes();
+        for _ in 0..4 {
+            tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
+        }
+        batcher.stage(usize::MAX);
+        // The queue is empty again: the receiver can go on.
+        for _ in 0..4 {
+            tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
+        }
+        // Up to the bound: 6 chunks staged, 2 left queued.
+        batcher.stage(6 * size);
+        assert_eq!(batcher.queued(), 8);
+        assert!(tx.try_send(Delivery::Chunk(chunk.clone(), None)).is_ok());
+        assert!(tx.try_send(Delivery::Chunk(chunk.clone(), None)).is_ok());
+        assert!(
+            tx.try_send(Delivery::Chunk(chunk.clone(), None)).is_err(),
+            "the queue holds what the bound kept out"
+        );
+        let cut = batcher.cut();
+        assert_eq!(crate::record::partition_len(&cut[0].chunks), 6 + 4);
+        // A unit mark ends the staged cut.
+        let (tx, rx) = mpsc::channel(8);
+        let mut batcher = Batcher::new(vec![rx]);
+        tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
+        tx.try_send(Delivery::BatchEnd).unwrap();
+        tx.try_send(Delivery::Chunk(chunk.clone(), None)).unwrap();
+        batcher.stage(usize::MAX);
+        assert_eq!(crate::record::partition_len(&batcher.cut()[0].chunks), 1);
+        assert_eq!(crate::record::partition_len(&batcher.cut()[0].chunks), 1);
     }
 
     #[test]

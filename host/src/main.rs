@@ -138,6 +138,50 @@ enum NewCommand {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How mimalloc is tuned, unless the environment sets the option
+/// (`MIMALLOC_<NAME>`): measured on a word count over 10 M lines of text
+/// (2026-11-30), its defaults peaked at 150 MB where what the pipeline holds
+/// at any time is under 60 MB.
+///
+/// - `arena_eager_commit` 0: arenas are committed as they are used, not
+///   whole (150 MB → 96 MB peak, same time).
+/// - `purge_delay` 250 ms (default 1 s): freed pages go back to the kernel
+///   sooner (96 MB → about 90 MB); shorter delays cut the peak further
+///   (60–70 MB at 10 ms) but cost up to a second of system time per 100 M
+///   words in page faults.
+const ALLOCATOR_OPTIONS: [(&std::ffi::CStr, std::ffi::c_int, std::ffi::c_long); 2] = [
+    // Indices in mimalloc's `mi_option_e` (mimalloc.h, the same in
+    // versions 2 and 3).
+    (c"MIMALLOC_ARENA_EAGER_COMMIT", 4, 0),
+    (c"MIMALLOC_PURGE_DELAY", 15, 250),
+];
+
+unsafe extern "C" {
+    /// mimalloc's `mi_option_set`, linked in with the allocator.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Applies [`ALLOCATOR_OPTIONS`] before `main`, from the ELF initializers:
+/// the runtime's first allocation (before `main`) already reserves
+/// mimalloc's first arena. It allocates nothing itself.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
+extern "C" fn tune_allocator() {
+    for (variable, option, value) in ALLOCATOR_OPTIONS {
+        // SAFETY: `variable` is a NUL-terminated string; `getenv` only
+        // reads the environment, which nothing writes before `main`.
+        let unset = unsafe { libc::getenv(variable.as_ptr()) }.is_null();
+        if unset {
+            // SAFETY: `mi_option_set` stores an integer option; the
+            // initializers run on the one thread there is.
+            unsafe { mi_option_set(option, value) };
+        }
+    }
+}
+
 /// Exit status for errors in the user's input.
 const USAGE: u8 = 2;
 

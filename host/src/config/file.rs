@@ -93,8 +93,11 @@ pub struct PipelineTable {
     /// Default number of partitions of every stream. Default: the number of cores.
     pub partitions: Option<Spanned<i64>>,
     /// Chunks (of up to `chunk-records` records) a source may queue before it
-    /// is slowed down. Default 64.
+    /// is slowed down. Default 16.
     pub queue_chunks: Option<Spanned<i64>>,
+    /// Input a batch may gather from one source during its interval (wall
+    /// clock), e.g. `"256MiB"`; beyond it the source is slowed down. Default 256 MiB.
+    pub max_batch_memory: Option<Spanned<String>>,
     /// Records per chunk handed from a receiver to the batcher. Default 8192.
     pub chunk_records: Option<Spanned<i64>>,
 }

@@ -33,6 +33,9 @@ pub struct PipelineSpec {
     pub partitions: usize,
     /// Chunks a source may queue before it is slowed down.
     pub queue_chunks: usize,
+    /// Bytes of input a processing-time batch may gather from one source
+    /// during its interval before the source is slowed down.
+    pub max_batch_memory: usize,
     /// Records per chunk handed from a receiver to the batcher.
     pub chunk_records: usize,
     /// Plugin name → path of its component.

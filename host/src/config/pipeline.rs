@@ -17,11 +17,15 @@ use super::graph::{Node, topological_order};
 use super::sink::sink_spec;
 use super::source::{check_sources, source_spec};
 use super::stage::{StageDefaults, limits, stage_spec};
-use super::values::{duration, positive};
+use super::values::{byte_size, duration, positive};
 use super::{ClockMode, DEAD_LETTERS, LineIndex, PipelineSpec, SinkSpec, SourceSpec, SpecError, StageSpec};
 use crate::checkpoint::CheckpointSettings;
 use crate::runtime::Limits;
 use crate::source::wal::WalSync;
+
+/// Default of `max-batch-memory`: input a processing-time batch may gather
+/// from one source in its interval (about 2.5 M lines of 70 bytes).
+pub const DEFAULT_MAX_BATCH_MEMORY: usize = 256 << 20;
 
 /// Validates `raw`; errors carry the byte offset they refer to.
 pub(super) fn build(
@@ -59,7 +63,11 @@ pub(super) fn build(
     let checkpoint = checkpoint(table.checkpoint_dir.as_ref(), raw.checkpoint.as_ref(), base_dir)?;
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
-    let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(64);
+    let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(16);
+    let max_batch_memory = match &table.max_batch_memory {
+        Some(size) => byte_size(size)?,
+        None => DEFAULT_MAX_BATCH_MEMORY,
+    };
     let chunk_records = positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
 
     let plugins: BTreeMap<String, PathBuf> = raw
@@ -143,6 +151,7 @@ pub(super) fn build(
         checkpoint,
         partitions,
         queue_chunks,
+        max_batch_memory,
         chunk_records,
         plugins,
         sources: sources.into_iter().map(|(_, source)| source).collect(),

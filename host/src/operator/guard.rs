@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Operator, OperatorError, PartitionContext, Planning};
+use super::{Operator, OperatorError, PartitionContext, PieceFold, Planning};
 use crate::config::{FailurePolicy, OnError};
 use crate::record::{Batch, Partition, RecordRef, partition_len};
 use crate::runtime::PluginError;
@@ -51,6 +51,11 @@ pub struct StageMetrics {
     pub consecutive_failed_batches: AtomicU64,
     /// Records behind an event-time watermark.
     pub late_records: AtomicU64,
+    /// Records moved between partitions by key before the stage's
+    /// operators (a reduce's partial results, a join's inputs).
+    pub shuffled_records: AtomicU64,
+    /// Bytes of those records (keys and values).
+    pub shuffled_bytes: AtomicU64,
 }
 
 impl StageMetrics {
@@ -112,13 +117,12 @@ impl Guarded {
 
     /// Runs the operator under the stage's failure policy.
     fn guarded(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
-        if self.policy.retries == 0 && self.policy.on_error == OnError::Fail {
+        if self.fails_at_once() {
             // Nothing to recover: no copy of the input is needed.
-            return self.inner.process(input, ctx).inspect_err(|error| {
-                self.metrics.count_trap(error);
-                StageMetrics::add(&self.metrics.failed_batches, 1);
-                ctx.failures += 1;
-            });
+            return self
+                .inner
+                .process(input, ctx)
+                .inspect_err(|error| self.count_failure(error, ctx));
         }
         let mut pending = input;
         let mut attempt = 0u32;
@@ -169,6 +173,19 @@ impl Guarded {
         }
     }
 
+    /// True when a failure fails the pipeline with nothing tried first (no
+    /// retries, `on-error = "fail"`): the operator may then run piece by piece.
+    fn fails_at_once(&self) -> bool {
+        self.policy.retries == 0 && self.policy.on_error == OnError::Fail
+    }
+
+    /// Counts a failure that fails the pipeline.
+    fn count_failure(&self, error: &OperatorError, ctx: &mut PartitionContext<'_>) {
+        self.metrics.count_trap(error);
+        StageMetrics::add(&self.metrics.failed_batches, 1);
+        ctx.failures += 1;
+    }
+
     /// Runs the operator under the policy, counting the stage's records.
     fn counted(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         if self.position.first {
@@ -198,6 +215,36 @@ impl Guarded {
         ctx.dead_letters
             .push(record.key, entry.to_string().as_bytes(), record.timestamp);
         StageMetrics::add(&self.metrics.dead_lettered, 1);
+    }
+}
+
+/// The fold of a guarded operator (under `on-error = "fail"` without
+/// retries): the operator's own, with the stage's records and failures counted.
+struct GuardedFold<'a> {
+    guard: &'a Guarded,
+    inner: Box<dyn PieceFold + 'a>,
+}
+
+impl PieceFold for GuardedFold<'_> {
+    fn absorb(&mut self, piece: Partition, ctx: &mut PartitionContext<'_>) -> Result<(), OperatorError> {
+        if self.guard.position.first {
+            StageMetrics::add(&self.guard.metrics.records_in, partition_len(&piece) as u64);
+        }
+        self.inner
+            .absorb(piece, ctx)
+            .inspect_err(|error| self.guard.count_failure(error, ctx))
+    }
+
+    fn finish(self: Box<Self>, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        let guard = self.guard;
+        let output = self
+            .inner
+            .finish(ctx)
+            .inspect_err(|error| guard.count_failure(error, ctx))?;
+        if guard.position.last {
+            StageMetrics::add(&guard.metrics.records_out, partition_len(&output) as u64);
+        }
+        Ok(output)
     }
 }
 
@@ -263,11 +310,19 @@ impl Operator for Guarded {
             // Retries, skips and dead letters act on what one call was
             // given: under those policies a partition stays one call, as
             // configured.
-            piecewise: planning.piecewise
-                && self.policy.retries == 0
-                && self.policy.on_error == OnError::Fail,
+            piecewise: planning.piecewise && self.fails_at_once(),
             ..planning
         }
+    }
+
+    fn fold_pieces(&self) -> Option<Box<dyn PieceFold + '_>> {
+        if !self.fails_at_once() {
+            return None;
+        }
+        Some(Box::new(GuardedFold {
+            guard: self,
+            inner: self.inner.fold_pieces()?,
+        }))
     }
 
     fn check(&self) -> Result<(), OperatorError> {

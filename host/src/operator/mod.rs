@@ -248,6 +248,16 @@ pub trait Operator: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// A fold over the pieces of one partition, for a piecewise operator
+    /// whose output is smaller when it sees the whole partition (a map-side
+    /// combine): the executor then hands it each piece as it comes (still
+    /// in cache) and takes the partition's output once, after the last
+    /// piece, instead of calling [`Operator::process`] per piece. Default:
+    /// `None`, one call per piece.
+    fn fold_pieces(&self) -> Option<Box<dyn PieceFold + '_>> {
+        None
+    }
+
     /// Called once per batch after every partition of it was processed (for
     /// example to move a watermark on). Default: nothing to do.
     fn end_batch(&self, _batch: BatchClock) {}
@@ -268,6 +278,19 @@ pub trait Operator: Send + Sync + fmt::Debug {
     fn restore(&self, _snapshot: &[u8]) -> Result<(), OperatorError> {
         Ok(())
     }
+}
+
+/// One partition's fold of a piecewise operator (see
+/// [`Operator::fold_pieces`]): every piece of the partition in order, then
+/// its output.
+pub trait PieceFold: Send {
+    /// Takes the next piece of the partition. Record indices in an error
+    /// count from the start of `piece`.
+    fn absorb(&mut self, piece: Partition, ctx: &mut PartitionContext<'_>) -> Result<(), OperatorError>;
+
+    /// The partition's output, after its last piece: what
+    /// [`Operator::process`] would have returned, possibly as fewer records.
+    fn finish(self: Box<Self>, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError>;
 }
 
 /// The error for a state snapshot that cannot be restored.

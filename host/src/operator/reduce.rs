@@ -11,39 +11,11 @@ use std::sync::Arc;
 
 use super::builtin::{self, Accumulator};
 use super::keyed::FastMap;
-use super::{Operator, OperatorError, PartitionContext, Planning};
+use super::{Operator, OperatorError, PartitionContext, PieceFold, Planning};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
 use crate::runtime::{PluginError, ReducerWorld};
-
-/// A key borrowed from a batch, compared without a `memcmp` call for short
-/// keys (most keys of a word count are a few bytes: the call dominated the
-/// comparison).
-#[derive(Clone, Copy, Hash)]
-struct KeyRef<'a>(&'a [u8]);
-
-impl PartialEq for KeyRef<'_> {
-    #[inline]
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.0, other.0);
-        let len = a.len();
-        if len != b.len() {
-            return false;
-        }
-        let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
-        let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
-        match len {
-            0 => true,
-            1..=3 => a[0] == b[0] && a[len / 2] == b[len / 2] && a[len - 1] == b[len - 1],
-            4..=7 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
-            8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
-            _ => a == b,
-        }
-    }
-}
-
-impl Eq for KeyRef<'_> {}
 
 /// A key of at most 16 bytes packed into two words and its length. The
 /// packing is one-to-one for a given length: keys of 8 to 16 bytes keep
@@ -177,14 +149,22 @@ impl ReduceByKey {
         }
     }
 
-    fn reduce_builtin(&self, reducer: BuiltinReducer, chunks: &[Batch]) -> Result<Batch, OperatorError> {
+    /// Folds every record of `chunk` into `accumulators`. An error names
+    /// the record by its index in `chunk`.
+    #[inline]
+    fn fold_builtin(
+        &self,
+        reducer: BuiltinReducer,
+        accumulators: &mut Accumulators,
+        chunk: &Batch,
+    ) -> Result<(), (builtin::ValueError, usize)> {
         let merging = self.phase == Phase::Merge;
         // One loop per kind of fold, so the per-record work is known at
         // compile time: counting records (the word count's combine) is an
         // increment, not a dispatch on the reducer and the phase.
-        let accumulators = match (reducer, merging) {
-            (BuiltinReducer::Count, false) => fold_chunks(
-                chunks,
+        match (reducer, merging) {
+            (BuiltinReducer::Count, false) => accumulators.fold_chunk(
+                chunk,
                 |_| Ok(Accumulator::Count(1)),
                 |accumulator, _| {
                     if let Accumulator::Count(count) = accumulator {
@@ -193,14 +173,43 @@ impl ReduceByKey {
                     Ok(())
                 },
             ),
-            _ => fold_chunks(
-                chunks,
+            _ => accumulators.fold_chunk(
+                chunk,
                 |value| builtin::start(reducer, value, merging),
                 |accumulator, value| builtin::fold(reducer, accumulator, value, merging),
             ),
         }
-        .map_err(|(error, record, index)| value_error(reducer, record, error, merging, index))?;
-        Ok(accumulators.into_batch())
+    }
+
+    /// The error for record `index` of `chunk`, which starts `offset`
+    /// records into the call's input.
+    #[cold]
+    fn fold_error(
+        &self,
+        reducer: BuiltinReducer,
+        chunk: &Batch,
+        (error, index): (builtin::ValueError, usize),
+        offset: usize,
+    ) -> OperatorError {
+        value_error(
+            reducer,
+            chunk.get(index),
+            error,
+            self.phase == Phase::Merge,
+            offset + index,
+        )
+    }
+
+    fn reduce_builtin(&self, reducer: BuiltinReducer, chunks: &[Batch]) -> Result<Batch, OperatorError> {
+        let records = chunks.iter().map(Batch::len).sum::<usize>();
+        let mut accumulators = Accumulators::with_capacity(records.min(1024));
+        let mut offset = 0;
+        for chunk in chunks {
+            self.fold_builtin(reducer, &mut accumulators, chunk)
+                .map_err(|error| self.fold_error(reducer, chunk, error, offset))?;
+            offset += chunk.len();
+        }
+        Ok(accumulators.into_batch(self.phase))
     }
 
     fn reduce_groups(
@@ -301,53 +310,98 @@ impl ReduceByKey {
 /// The accumulators of one partition's combine or merge, by key: keys of up
 /// to 16 bytes (most keys: words, ids, codes) are held packed in the table
 /// itself, so finding one hashes two words and compares two words, with no
-/// pointer to follow; longer keys are borrowed from the input.
-struct Accumulators<'a> {
+/// pointer to follow; longer keys are copied once, when first seen.
+struct Accumulators {
     short: FastMap<ShortKey, (Accumulator, i64)>,
-    long: FastMap<KeyRef<'a>, (Accumulator, i64)>,
+    long: FastMap<Box<[u8]>, (Accumulator, i64)>,
     keyless: Option<(Accumulator, i64)>,
 }
 
-/// Folds every record of `chunks` into per-key accumulators: `start` makes
-/// the accumulator of a key's first value, `fold` adds each later one. The
-/// timestamp of a key is the largest of its records'. An error names the
-/// record and its index in the partition.
-#[inline(always)]
-fn fold_chunks<'a>(
-    chunks: &'a [Batch],
-    start: impl Fn(&[u8]) -> Result<Accumulator, builtin::ValueError>,
-    fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
-) -> Result<Accumulators<'a>, (builtin::ValueError, RecordRef<'a>, usize)> {
-    let records = chunks.iter().map(Batch::len).sum::<usize>();
-    let mut accumulators = Accumulators {
-        short: FastMap::with_capacity_and_hasher(records.min(1024), Default::default()),
-        long: FastMap::default(),
-        keyless: None,
-    };
-    // Nested loops rather than `flat_map().enumerate()`: the adapter's
-    // state went through the stack on every record.
-    let mut index = 0usize;
-    for chunk in chunks {
-        for record in chunk {
+impl Accumulators {
+    /// Empty, with room for `keys` short keys.
+    fn with_capacity(keys: usize) -> Self {
+        Self {
+            short: FastMap::with_capacity_and_hasher(keys, Default::default()),
+            long: FastMap::default(),
+            keyless: None,
+        }
+    }
+
+    /// Keys held.
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len() + usize::from(self.keyless.is_some())
+    }
+
+    /// Folds every record of `chunk` into the accumulators: `start` makes
+    /// the accumulator of a key's first value, `fold` adds each later one.
+    /// The timestamp of a key is the largest of its records'. An error
+    /// names the record by its index in `chunk`.
+    #[inline(always)]
+    fn fold_chunk(
+        &mut self,
+        chunk: &Batch,
+        start: impl Fn(&[u8]) -> Result<Accumulator, builtin::ValueError>,
+        fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
+    ) -> Result<(), (builtin::ValueError, usize)> {
+        for (index, record) in chunk.iter().enumerate() {
             let folded = match record.key {
                 Some(key) => match ShortKey::new(key) {
-                    Some(short) => fold_entry(accumulators.short.entry(short), record, &start, &fold),
-                    None => fold_entry(accumulators.long.entry(KeyRef(key)), record, &start, &fold),
+                    Some(short) => fold_entry(self.short.entry(short), record, &start, &fold),
+                    None => match self.long.get_mut(key) {
+                        Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
+                            *timestamp = (*timestamp).max(record.timestamp);
+                        }),
+                        None => start(record.value).map(|accumulator| {
+                            self.long.insert(key.into(), (accumulator, record.timestamp));
+                        }),
+                    },
                 },
-                None => match &mut accumulators.keyless {
+                None => match &mut self.keyless {
                     Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
                         *timestamp = (*timestamp).max(record.timestamp);
                     }),
                     None => start(record.value).map(|accumulator| {
-                        accumulators.keyless = Some((accumulator, record.timestamp));
+                        self.keyless = Some((accumulator, record.timestamp));
                     }),
                 },
             };
-            folded.map_err(|error| (error, record, index))?;
-            index += 1;
+            folded.map_err(|error| (error, index))?;
         }
+        Ok(())
     }
-    Ok(accumulators)
+
+    /// One record per key: the key, the accumulator, the largest timestamp.
+    /// A combine writes accumulators in the binary form of partial results
+    /// ([`Accumulator::partial`]); a merge, the final one, as decimal text.
+    fn into_batch(self, phase: Phase) -> Batch {
+        let groups = self.len();
+        let value_bytes = match phase {
+            Phase::Combine => builtin::PARTIAL_BYTES,
+            Phase::Merge => 8,
+        };
+        let mut output = Batch::with_capacity(groups, groups * value_bytes);
+        let mut text = String::new();
+        let mut push = |key: Option<&[u8]>, (accumulator, timestamp): (Accumulator, i64)| match phase {
+            Phase::Combine => output.push(key, &accumulator.partial(), timestamp),
+            Phase::Merge => {
+                use std::fmt::Write;
+                text.clear();
+                write!(text, "{accumulator}").expect("writing to a String cannot fail");
+                output.push(key, text.as_bytes(), timestamp);
+            }
+        };
+        for (key, state) in self.short {
+            let (bytes, len) = key.bytes();
+            push(Some(&bytes[..len]), state);
+        }
+        for (key, state) in self.long {
+            push(Some(&key), state);
+        }
+        if let Some(state) = self.keyless {
+            push(None, state);
+        }
+        output
+    }
 }
 
 /// Folds `record` into the accumulator of `entry`, or starts it.
@@ -371,30 +425,46 @@ fn fold_entry<K: std::hash::Hash, S: std::hash::BuildHasher>(
     Ok(())
 }
 
-impl Accumulators<'_> {
-    /// One record per key: the key, the accumulator as decimal text, the
-    /// largest timestamp.
-    fn into_batch(self) -> Batch {
-        let groups = self.short.len() + self.long.len() + usize::from(self.keyless.is_some());
-        let mut output = Batch::with_capacity(groups, groups * 16);
-        let mut text = String::new();
-        let mut push = |key: Option<&[u8]>, (accumulator, timestamp): (Accumulator, i64)| {
-            use std::fmt::Write;
-            text.clear();
-            write!(text, "{accumulator}").expect("writing to a String cannot fail");
-            output.push(key, text.as_bytes(), timestamp);
-        };
-        for (key, state) in self.short {
-            let (bytes, len) = key.bytes();
-            push(Some(&bytes[..len]), state);
+/// Keys a map-side combine holds before it emits what it has as partial
+/// results and starts again: with more distinct keys than this in a
+/// partition's batch, its memory stays bounded (about 40 bytes a key, plus
+/// the bytes of keys over 16 bytes) at the cost of more partials for the merge.
+pub const COMBINE_KEYS_MAX: usize = 1 << 18;
+
+/// A built-in combine over every piece of one partition's batch: one table
+/// for the whole partition, so each key's partial result is emitted once
+/// per batch (and the merge sees one per partition), not once per piece.
+struct CombineFold<'a> {
+    operator: &'a ReduceByKey,
+    reducer: BuiltinReducer,
+    accumulators: Accumulators,
+    /// Partial results emitted early, each time the table reached
+    /// [`COMBINE_KEYS_MAX`] keys.
+    emitted: Partition,
+}
+
+impl PieceFold for CombineFold<'_> {
+    fn absorb(&mut self, piece: Partition, _: &mut PartitionContext<'_>) -> Result<(), OperatorError> {
+        let mut offset = 0;
+        for chunk in &piece {
+            self.operator
+                .fold_builtin(self.reducer, &mut self.accumulators, chunk)
+                .map_err(|error| self.operator.fold_error(self.reducer, chunk, error, offset))?;
+            offset += chunk.len();
+            if self.accumulators.len() >= COMBINE_KEYS_MAX {
+                let full = std::mem::replace(&mut self.accumulators, Accumulators::with_capacity(1024));
+                self.emitted.push(full.into_batch(Phase::Combine));
+            }
         }
-        for (key, state) in self.long {
-            push(Some(key.0), state);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, _: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        let mut output = self.emitted;
+        if self.accumulators.len() > 0 {
+            output.push(self.accumulators.into_batch(Phase::Combine));
         }
-        if let Some(state) = self.keyless {
-            push(None, state);
-        }
-        output
+        Ok(output)
     }
 }
 
@@ -452,6 +522,18 @@ impl Operator for ReduceByKey {
         }
     }
 
+    fn fold_pieces(&self) -> Option<Box<dyn PieceFold + '_>> {
+        match (&self.reducer, self.phase) {
+            (Reducer::Builtin(reducer), Phase::Combine) => Some(Box::new(CombineFold {
+                operator: self,
+                reducer: *reducer,
+                accumulators: Accumulators::with_capacity(1024),
+                emitted: Vec::new(),
+            })),
+            _ => None,
+        }
+    }
+
     fn planning(&self) -> Planning {
         match self.phase {
             // Partial results of pieces are partial results of the
@@ -497,10 +579,104 @@ impl GroupReduceFn for WasmReducer {
 
 #[cfg(test)]
 mod tests {
-    use super::{KeyRef, ShortKey};
+    use super::{COMBINE_KEYS_MAX, Phase, ReduceByKey, Reducer, ShortKey};
+    use crate::config::BuiltinReducer;
+    use crate::operator::builtin::Accumulator;
+    use crate::operator::{InstanceSlots, Operator, PartitionContext};
+    use crate::record::{Batch, Partition};
+
+    /// Runs `operator` over `input`, whole or (with `fold`) piece by piece
+    /// through its fold, as the executor does.
+    fn combine(operator: &ReduceByKey, input: Partition, fold: bool) -> Partition {
+        let mut instances = InstanceSlots::new();
+        let mut ctx = PartitionContext {
+            batch_id: 0,
+            batch_time: 0,
+            left_chunks: 1,
+            partition: 0,
+            instances: &mut instances,
+            dead_letters: Batch::new(),
+            failures: 0,
+        };
+        if !fold {
+            return operator.process(input, &mut ctx).unwrap();
+        }
+        let mut folding = operator.fold_pieces().expect("a built-in combine folds");
+        for chunk in input {
+            folding.absorb(vec![chunk], &mut ctx).unwrap();
+        }
+        folding.finish(&mut ctx).unwrap()
+    }
+
+    /// Per key, the total of the partials in `output`.
+    fn totals(output: &Partition) -> std::collections::BTreeMap<Vec<u8>, u64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for record in output.iter().flat_map(Batch::iter) {
+            let Some(Accumulator::Count(count)) = Accumulator::from_partial(record.value) else {
+                panic!("not a binary count: {:?}", record.value);
+            };
+            *totals.entry(record.key.unwrap_or_default().to_vec()).or_default() += count;
+        }
+        totals
+    }
 
     #[test]
-    fn short_key_equality_matches_slice_equality() {
+    fn a_folded_combine_emits_each_key_once_per_partition() {
+        let combine_op = ReduceByKey::new(Reducer::Builtin(BuiltinReducer::Count), Phase::Combine, 2);
+        // Eight chunks of the same 100 keys, one of them longer than 16 bytes.
+        let input: Partition = (0..8)
+            .map(|_| {
+                let mut chunk = Batch::new();
+                for i in 0..1000 {
+                    let key = match i % 100 {
+                        0 => "a key longer than sixteen bytes".to_owned(),
+                        k => format!("w{k}"),
+                    };
+                    chunk.push(Some(key.as_bytes()), b"", i);
+                }
+                chunk
+            })
+            .collect();
+        let piecewise: Partition = input
+            .iter()
+            .flat_map(|chunk| combine(&combine_op, vec![chunk.clone()], false))
+            .collect();
+        let folded = combine(&combine_op, input, true);
+        assert_eq!(piecewise.iter().map(Batch::len).sum::<usize>(), 800);
+        assert_eq!(folded.iter().map(Batch::len).sum::<usize>(), 100);
+        assert_eq!(totals(&folded), totals(&piecewise));
+        assert!(totals(&folded).values().all(|&count| count == 80));
+        // The merge turns the binary partials into decimal text.
+        let merge_op = ReduceByKey::new(Reducer::Builtin(BuiltinReducer::Count), Phase::Merge, 2);
+        let merged = combine(&merge_op, folded, false);
+        assert!(merged[0].iter().all(|record| record.value == b"80"));
+    }
+
+    #[test]
+    fn a_folded_combine_emits_early_when_its_table_is_full() {
+        let combine_op = ReduceByKey::new(Reducer::Builtin(BuiltinReducer::Count), Phase::Combine, 2);
+        let keys = COMBINE_KEYS_MAX + COMBINE_KEYS_MAX / 2;
+        let input: Partition = (0..keys)
+            .collect::<Vec<_>>()
+            .chunks(8192)
+            .map(|keys| {
+                let mut chunk = Batch::new();
+                for key in keys {
+                    chunk.push(Some(&key.to_le_bytes()), b"", 0);
+                }
+                chunk
+            })
+            .collect();
+        let folded = combine(&combine_op, input, true);
+        assert_eq!(folded.len(), 2, "one early emit and the rest");
+        assert!(folded[0].len() >= COMBINE_KEYS_MAX);
+        let totals = totals(&folded);
+        assert_eq!(totals.len(), keys);
+        assert!(totals.values().all(|&count| count == 1));
+    }
+
+    #[test]
+    fn short_key_equality_matches_key_equality() {
         let words: Vec<Vec<u8>> = (0..=20)
             .flat_map(|len| {
                 let base: Vec<u8> = (0..len as u8).map(|i| b'a' + i).collect();
@@ -525,7 +701,6 @@ mod tests {
                 );
             }
             for b in &words {
-                assert_eq!(KeyRef(a) == KeyRef(b), a == b, "{a:?} vs {b:?}");
                 if let (Some(x), Some(y)) = (ShortKey::new(a), ShortKey::new(b)) {
                     assert_eq!(x == y, a == b, "packed {a:?} vs {b:?}");
                 }

@@ -129,7 +129,7 @@ impl Executor {
                         inputs.push(take_or_clone(&mut streams, input, remaining_readers[input] == 0));
                     }
                     if schedule.paired {
-                        let (partitions, left_chunks) = self.pair(&stage.operators[0], inputs);
+                        let (partitions, left_chunks) = self.pair(index, &stage.operators[0], inputs);
                         (partitions, Some(left_chunks))
                     } else {
                         (union(inputs), None)
@@ -221,6 +221,7 @@ impl Executor {
     /// the partitions and how many chunks of each come from the first input.
     fn pair(
         &self,
+        stage: usize,
         operator: &Arc<dyn Operator>,
         mut inputs: Vec<Vec<Partition>>,
     ) -> (Vec<Partition>, Vec<usize>) {
@@ -228,8 +229,8 @@ impl Executor {
             Partitioning::HashByKey(n) | Partitioning::RoundRobin(n) => n,
             Partitioning::Pipeline => self.plan.partitions,
         };
-        let right = self.shuffle_by_key(inputs.pop().expect("two inputs"), targets);
-        let left = self.shuffle_by_key(inputs.pop().expect("two inputs"), targets);
+        let right = self.shuffle_by_key(stage, inputs.pop().expect("two inputs"), targets);
+        let left = self.shuffle_by_key(stage, inputs.pop().expect("two inputs"), targets);
         left.into_iter()
             .zip(right)
             .map(|(mut left, right)| {
@@ -253,7 +254,7 @@ impl Executor {
     ) -> Result<Applied, (usize, OperatorError)> {
         let partitions = match (operator.planning().input, &left_chunks) {
             (_, Some(_)) | (Partitioning::Pipeline, None) => partitions,
-            (Partitioning::HashByKey(n), None) => self.shuffle_by_key(partitions, n),
+            (Partitioning::HashByKey(n), None) => self.shuffle_by_key(stage, partitions, n),
             (Partitioning::RoundRobin(n), None) => partition::rebalance(&partitions, n),
         };
         let tasks: Vec<Task<Outcome<OperatorError>>> = partitions
@@ -350,8 +351,17 @@ impl Executor {
     }
 
     /// Hash-partitions every input partition by key in parallel; each target
-    /// partition gets the pieces as chunks.
-    fn shuffle_by_key(&self, partitions: Vec<Partition>, targets: usize) -> Vec<Partition> {
+    /// partition gets the pieces as chunks. Counts what moved in the
+    /// metrics of stage `stage`.
+    fn shuffle_by_key(&self, stage: usize, partitions: Vec<Partition>, targets: usize) -> Vec<Partition> {
+        let metrics = &self.plan.stages[stage].metrics;
+        let chunks = || partitions.iter().flatten();
+        let records = chunks().map(Batch::len).sum::<usize>();
+        let bytes = chunks().map(Batch::data_bytes).sum::<usize>();
+        metrics
+            .shuffled_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        metrics.shuffled_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let tasks: Vec<Task<Vec<Partition>>> = partitions
             .into_iter()
             .map(|partition| -> Task<Vec<Partition>> {
@@ -430,34 +440,73 @@ fn task_span(plan: &Plan, stage: usize, partition: usize, batch: u64) -> tracing
 /// Passes each chunk of `partition` through every operator in turn;
 /// the outputs of all chunks, in order, are the partition's output. The
 /// first chunk that fails stops the partition: an error of a later operator
-/// on an earlier chunk is the one reported.
+/// on an earlier chunk is the one reported. An operator that folds the
+/// partition's pieces ([`Operator::fold_pieces`]: a map-side combine) takes
+/// every chunk's output of the operators before it as it comes, and the
+/// operators after it run on what it emits once the last chunk is in.
 fn run_pieces(
     operators: &[Arc<dyn Operator>],
     partition: Partition,
     ctx: &mut PartitionContext<'_>,
 ) -> Result<Partition, (usize, OperatorError)> {
+    let folding = operators
+        .iter()
+        .enumerate()
+        .find_map(|(position, operator)| operator.fold_pieces().map(|fold| (position, fold)));
+    let Some((position, mut fold)) = folding else {
+        let mut output = Vec::with_capacity(partition.len());
+        run_chunks(operators, partition, ctx, |piece, _| {
+            output.extend(piece);
+            Ok(())
+        })?;
+        return Ok(output);
+    };
+    // Records the fold has been given so far.
+    let mut folded = 0usize;
+    run_chunks(&operators[..position], partition, ctx, |piece, ctx| {
+        let records = piece.iter().map(Batch::len).sum::<usize>();
+        guarded(|| fold.absorb(piece, ctx)).map_err(|error| (position, error.shifted(folded)))?;
+        folded += records;
+        Ok(())
+    })?;
+    let output = guarded(|| fold.finish(ctx)).map_err(|error| (position, error))?;
+    let after = position + 1;
+    run_pieces(&operators[after..], output, ctx).map_err(|(later, error)| (after + later, error))
+}
+
+/// Passes each chunk of `partition` through `operators` in turn and hands
+/// each chunk's output to `consume`.
+fn run_chunks(
+    operators: &[Arc<dyn Operator>],
+    partition: Partition,
+    ctx: &mut PartitionContext<'_>,
+    mut consume: impl FnMut(Partition, &mut PartitionContext<'_>) -> Result<(), (usize, OperatorError)>,
+) -> Result<(), (usize, OperatorError)> {
     // Records each operator has been given so far in this partition.
     let mut offsets = vec![0usize; operators.len()];
-    let mut output = Vec::with_capacity(partition.len());
     for chunk in partition {
         let mut piece = vec![chunk];
         for (position, (operator, offset)) in operators.iter().zip(offsets.iter_mut()).enumerate() {
             let records = piece.iter().map(Batch::len).sum::<usize>();
-            // A panic (a native function's) is caught here rather than by
-            // the worker, so that it names the operator's own stage.
-            piece = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| operator.process(piece, ctx)))
-                .unwrap_or_else(|panic| {
-                    Err(OperatorError::Native(format!(
-                        "internal error: {}",
-                        crate::engine::pool::panic_message(&*panic)
-                    )))
-                })
+            piece = guarded(|| operator.process(piece, ctx))
                 .map_err(|error| (position, error.shifted(*offset)))?;
             *offset += records;
         }
-        output.extend(piece);
+        consume(piece, ctx)?;
     }
-    Ok(output)
+    Ok(())
+}
+
+/// Runs one call of an operator, catching a panic (a native function's)
+/// here rather than in the worker, so that it names the operator's own
+/// stage.
+fn guarded<T>(call: impl FnOnce() -> Result<T, OperatorError>) -> Result<T, OperatorError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        Err(OperatorError::Native(format!(
+            "internal error: {}",
+            crate::engine::pool::panic_message(&*panic)
+        )))
+    })
 }
 
 #[cfg(test)]

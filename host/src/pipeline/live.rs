@@ -231,6 +231,11 @@ pub struct StageMetricsSnapshot {
     pub dead_lettered: u64,
     /// Records behind an event-time watermark.
     pub late_records: u64,
+    /// Records shuffled by key into the stage (a reduce-by-key's partial
+    /// results, a join's inputs).
+    pub shuffled_records: u64,
+    /// Bytes of those records.
+    pub shuffled_bytes: u64,
     /// Traps by kind.
     pub traps: TrapCounts,
     /// Plugin instances alive in the worker pool.

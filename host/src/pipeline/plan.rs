@@ -75,6 +75,8 @@ impl StagePlan {
             skipped_records: read(&metrics.skipped_records),
             dead_lettered: read(&metrics.dead_lettered),
             late_records: read(&metrics.late_records),
+            shuffled_records: read(&metrics.shuffled_records),
+            shuffled_bytes: read(&metrics.shuffled_bytes),
             traps: super::live::TrapCounts::read(&metrics.traps),
             instances: read(&metrics.usage.instances),
             wasm_memory_bytes: read(&metrics.usage.memory_bytes),

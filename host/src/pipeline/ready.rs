@@ -22,6 +22,7 @@ pub struct Pipeline {
     pub(super) batch_interval: Duration,
     pub(super) clock: Option<DeterministicClock>,
     pub(super) queue_chunks: usize,
+    pub(super) max_batch_memory: usize,
     pub(super) chunk_records: usize,
     pub(super) checkpoint: Option<CheckpointSettings>,
     pub(super) plugin_hashes: BTreeMap<String, String>,
@@ -73,6 +74,7 @@ impl Pipeline {
                 }),
             },
             queue_chunks: spec.queue_chunks,
+            max_batch_memory: spec.max_batch_memory,
             chunk_records: spec.chunk_records,
             checkpoint: spec.checkpoint.clone(),
             plugin_hashes: spec

@@ -52,6 +52,9 @@ pub struct RunSummary {
     pub log_messages_dropped: u64,
     /// Plugin log messages dropped, per stage that dropped some.
     pub log_drops_by_stage: Vec<(String, u64)>,
+    /// Records shuffled by key between partitions, over all stages (a
+    /// reduce-by-key's partial results, a join's inputs).
+    pub shuffled_records: u64,
     /// Keyed state held at the end of the run, over all stages.
     pub state: StateSize,
     /// Keyed state held at the end of the run by each stage that holds some.
@@ -67,7 +70,7 @@ impl std::fmt::Display for RunSummary {
             f,
             "pipeline `{}`: {} batches, {} records in, {} records out, {} retries, \
              {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
-             {} log messages dropped, state: {} keys ({} on disk){}",
+             {} log messages dropped, {} records shuffled, state: {} keys ({} on disk){}",
             self.pipeline,
             self.batches,
             self.records_in,
@@ -78,6 +81,7 @@ impl std::fmt::Display for RunSummary {
             self.dead_lettered,
             self.late_records,
             self.log_messages_dropped,
+            self.shuffled_records,
             self.state.keys,
             self.state.spilled_keys,
             if self.stopped { ", stopped gracefully" } else { "" }

@@ -162,6 +162,7 @@ impl Pipeline {
             control,
             durability,
             batcher: Batcher::new(queues),
+            max_batch_memory: self.max_batch_memory,
             trigger,
             summary: RunSummary {
                 pipeline: pipeline.clone(),
@@ -201,6 +202,8 @@ struct Driver {
     control: crossbeam_channel::Receiver<ControlMessage>,
     durability: Option<Durability>,
     batcher: Batcher,
+    /// Bytes a processing-time batch may gather from one source while it waits.
+    max_batch_memory: usize,
     trigger: Trigger,
     summary: RunSummary,
     last_batch: Option<(u64, i64)>,
@@ -293,6 +296,12 @@ impl Driver {
         let now = Instant::now();
         match self.trigger.decide(&mut self.batcher, now) {
             Decision::Wait(deadline) => {
+                if matches!(self.trigger, Trigger::ProcessingTime { .. }) {
+                    // The batch gathers its interval's input as it comes, so
+                    // that a receiver's queue holds only what arrives between
+                    // two wake-ups, not a whole interval's worth.
+                    self.batcher.stage(self.max_batch_memory);
+                }
                 self.live.set_queued_chunks(self.batcher.queued());
                 self.signal.wait_until(deadline);
                 Ok(Step::Again)
@@ -613,6 +622,7 @@ impl Driver {
                     .log_drops_by_stage
                     .push((stage.name.clone(), metrics.log_messages_dropped));
             }
+            summary.shuffled_records += metrics.shuffled_records;
             if metrics.state != StateSize::default() {
                 summary.state += metrics.state;
                 summary.state_by_stage.push((stage.name.clone(), metrics.state));

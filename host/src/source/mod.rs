@@ -280,7 +280,13 @@ impl LineChunker {
         if self.current.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::take(&mut self.current);
+        // The next chunk is sized like this one (plus an eighth): growing
+        // it by doubling left up to half of every queued chunk unused.
+        let next = Batch::with_capacity(
+            self.current.len(),
+            (self.current.data_bytes() + self.current.data_bytes() / 8).min(CHUNK_BYTES + 4096),
+        );
+        let chunk = std::mem::replace(&mut self.current, next);
         let position = self.position_of.as_ref().map(|at| at(self.lines, self.bytes));
         self.chunks.send(Delivery::Chunk(chunk, position)).await
     }
