@@ -271,6 +271,22 @@ pub fn run_filter(
     Ok(wit::TransformOutput::Keep(keep))
 }
 
+/// Room reserved up front for the output of a call over a whole partition
+/// (map-partitions, transform-with), at most: such an input can be as large
+/// as the plugin's memory allows, and an output as large as the input
+/// reserved before the function runs would halve what fits. Past it the
+/// emitter grows as the function emits.
+const WHOLE_PARTITION_RESERVE: usize = 1 << 20;
+
+/// The emitter of a call over a whole partition of `records` records with
+/// `data_bytes` bytes of keys and values.
+fn whole_partition_emitter(records: usize, data_bytes: usize) -> Emitter {
+    Emitter::with_capacity(
+        records.min(WHOLE_PARTITION_RESERVE / 16),
+        data_bytes.min(WHOLE_PARTITION_RESERVE),
+    )
+}
+
 /// `map_partitions`: one call with the whole batch. The emitter's default
 /// timestamp is the batch's largest timestamp.
 pub fn run_map_partitions(
@@ -278,7 +294,7 @@ pub fn run_map_partitions(
     f: impl FnOnce(&Batch<'_>, &mut Emitter) -> Result<(), Error>,
 ) -> Result<wit::TransformOutput, wit::ProcessError> {
     let batch = view(&input)?;
-    let mut out = Emitter::with_capacity(batch.len(), batch.data_len());
+    let mut out = whole_partition_emitter(batch.len(), batch.data_len());
     out.set_default_timestamp(input.timestamps.iter().copied().max().unwrap_or(0));
     match f(&batch, &mut out) {
         Ok(()) => Ok(into_wit(out)),
@@ -342,7 +358,7 @@ pub fn run_transform_with(
             .map_err(|e| wit::ProcessError::Batch(format!("{name} input: {e}")))
     }
     let (left_view, right_view) = (side(&left, "left")?, side(&right, "right")?);
-    let mut out = Emitter::with_capacity(
+    let mut out = whole_partition_emitter(
         left_view.len() + right_view.len(),
         left_view.data_len() + right_view.data_len(),
     );
@@ -507,6 +523,7 @@ impl NewStates {
 
     /// Keeps these encoded bytes as the key's state.
     fn keep_bytes(&mut self, bytes: &[u8]) {
+        state::make_room(&mut self.data, bytes.len());
         self.data.extend_from_slice(bytes);
         self.end(STATE_KEEP);
     }

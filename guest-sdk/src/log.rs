@@ -1,5 +1,13 @@
 //! Logging through the host: messages go to the host's log, tagged with the
-//! pipeline, stage and partition of the calling instance.
+//! pipeline, stage and plugin of the calling instance.
+//!
+//! The host bounds what a stage logs: each message is cut to 4 KiB, and a
+//! stage's messages, over all its instances, share a budget (by default 100
+//! messages and 64 KiB per second, the stage's `log-messages-per-second` and
+//! `log-bytes-per-second` limits); messages over it are dropped and counted
+//! in the run summary. Messages below the host's log level cost nothing.
+//! What a plugin prints to stdout or stderr is not logged: the host keeps
+//! the last 16 KiB of each and quotes them when a call traps.
 //!
 //! These functions call the host; they only work inside the WebAssembly
 //! component (natively, in unit tests, they panic).

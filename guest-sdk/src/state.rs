@@ -11,6 +11,34 @@
 //! SDK cannot read back (written by an older version of the plugin with
 //! another type, say) fails the key's first value with a message saying so.
 //!
+//! # Guest memory a state call needs
+//!
+//! One call gets every key of a partition that has new values (or timed
+//! out), and the plugin's memory (its stage's `memory` limit, 64 MiB by
+//! default) must hold at once:
+//!
+//! - the call's input as the host hands it over: the keys, the new values
+//!   (each with a 4-byte end and an 8-byte timestamp) and the old states'
+//!   bytes;
+//! - for the key being processed, its old state decoded into `S` and the
+//!   new `S` your function returns;
+//! - the new states, encoded once each, straight into one buffer: room is
+//!   made for exactly a state at least as large as all before it, by
+//!   doubling for smaller ones (so many small states may briefly need twice
+//!   their total while that buffer grows);
+//! - the records you emit.
+//!
+//! A call that creates one state of `N` bytes of JSON from a small input
+//! thus needs about `2N` (the value and its encoding) plus the plugin's
+//! baseline of one or two MiB: 16 MiB of new state fits in the default
+//! 64 MiB (measured: up to 31 MiB fits; before the encoding was written
+//! once, 16 MiB did not). Replacing an existing state of `N` bytes needs
+//! about `4N` (its bytes in the input, the old value, the new value, the
+//! encoding), `3N` if your function drops the old value before building the
+//! new one. `N` is the JSON size: a `Vec<u8>` encodes as an array of
+//! numbers, up to four bytes per byte; keep bulk data in a `String`. For
+//! larger states, raise the stage's `memory` limit.
+//!
 //! For a struct, derive the serde traits through the SDK's re-export:
 //!
 //! ```
@@ -244,12 +272,82 @@ pub(crate) fn decode<S: DeserializeOwned>(bytes: &[u8]) -> Result<S, Error> {
 }
 
 /// Appends `state` to `out` in the form the host keeps: compact JSON.
+///
+/// The state is written once, straight into `out`, never into a growing
+/// buffer of its own: when it fits in the room `out` has, in one pass;
+/// otherwise it is measured first (a second pass that writes nothing), room
+/// is made for it ([`make_room`]) and it is written. A new state of `N`
+/// bytes thus needs `N` bytes of memory beyond the value it is encoded from
+/// (a growing buffer needed up to three times that at once: the old buffer
+/// and the doubled one, which is what made a 16 MiB state trap at 64 MiB).
 pub(crate) fn encode<S: Serialize>(state: &S, out: &mut Vec<u8>) -> Result<(), Error> {
     let start = out.len();
-    serde_json::to_writer(&mut *out, state).map_err(|e| {
+    let failed = |e: serde_json::Error| Error::msg(format!("cannot write the key's state: {e}"));
+    match serde_json::to_writer(InRoom(out), state) {
+        Ok(()) => return Ok(()),
+        // Only `InRoom` fails with an I/O error: the state does not fit.
+        Err(e) if e.is_io() => out.truncate(start),
+        Err(e) => {
+            out.truncate(start);
+            return Err(failed(e));
+        }
+    }
+    let mut size = Measure(0);
+    serde_json::to_writer(&mut size, state).map_err(failed)?;
+    make_room(out, size.0);
+    serde_json::to_writer(InRoom(out), state).map_err(|e| {
         out.truncate(start);
-        Error::msg(format!("cannot write the key's state: {e}"))
+        failed(e)
     })
+}
+
+/// Makes room in `out` for `bytes` more: exactly that for a piece at least
+/// as large as everything before it, so a large state never leaves a doubled
+/// buffer behind; by doubling otherwise (amortized over many small ones).
+pub(crate) fn make_room(out: &mut Vec<u8>, bytes: usize) {
+    if out.capacity() - out.len() >= bytes {
+        return;
+    }
+    if bytes >= out.len() {
+        out.reserve_exact(bytes);
+    } else {
+        out.reserve(bytes);
+    }
+}
+
+/// Writes into the room a `Vec` already has, and fails rather than grow it.
+struct InRoom<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for InRoom<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_all(bytes).map(|()| bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.0.capacity() - self.0.len() < bytes.len() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts the bytes written to it.
+struct Measure(usize);
+
+impl std::io::Write for Measure {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +380,27 @@ mod tests {
         assert_eq!(out, b"42");
         assert_eq!(decode::<i64>(b"42").unwrap(), 42);
         assert_eq!(decode::<Option<u8>>(b"null").unwrap(), None);
+    }
+
+    #[test]
+    fn a_state_is_written_once_into_room_made_for_exactly_it() {
+        // Fits in the room there is: written in place.
+        let mut out = Vec::with_capacity(64);
+        encode(&"small", &mut out).unwrap();
+        assert_eq!(out, br#""small""#);
+        assert_eq!(out.capacity(), 64);
+        // A large state after a small one: exactly its size more, no doubling.
+        let large = "x".repeat(1 << 20);
+        encode(&large, &mut out).unwrap();
+        assert_eq!(out.len(), 7 + (1 << 20) + 2);
+        assert_eq!(out.capacity(), out.len());
+        assert_eq!(decode::<String>(&out[7..]).unwrap(), large);
+        // Many small ones after it: amortized growth, each written whole.
+        for i in 0..1_000u32 {
+            encode(&i, &mut out).unwrap();
+        }
+        assert!(out.capacity() < 4 * out.len());
+        assert!(out.ends_with(b"998999"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! files, and real Wasm components built from `plugins/`.
 
 mod bad_input;
+mod bounds;
 mod cli;
 mod engine;
 mod examples;

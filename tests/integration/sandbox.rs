@@ -54,15 +54,15 @@ path = {out:?}
     )
 }
 
-struct Run {
-    status: Option<i32>,
-    stderr: String,
-    out: Vec<String>,
+pub(super) struct Run {
+    pub(super) status: Option<i32>,
+    pub(super) stderr: String,
+    pub(super) out: Vec<String>,
     dead: Vec<String>,
 }
 
 /// Runs `plugin` as `op` over `lines` with `--available-now`.
-fn run(plugin: &str, op: &str, stage: &str, lines: &[&str]) -> Run {
+pub(super) fn run(plugin: &str, op: &str, stage: &str, lines: &[&str]) -> Run {
     let dir = scratch();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -87,12 +87,12 @@ fn assert_no_engine_panic(stderr: &str) {
     assert!(!stderr.contains("pipeline thread panicked"), "{stderr}");
 }
 
-fn assert_ok(run: &Run) {
+pub(super) fn assert_ok(run: &Run) {
     assert_eq!(run.status, Some(0), "{}", run.stderr);
     assert_no_engine_panic(&run.stderr);
 }
 
-fn assert_stopped_by(run: &Run, kind: &str) {
+pub(super) fn assert_stopped_by(run: &Run, kind: &str) {
     assert_eq!(run.status, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains(kind), "expected {kind:?} in: {}", run.stderr);
     assert!(

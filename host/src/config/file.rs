@@ -67,6 +67,10 @@ pub struct LimitsTable {
     pub output_bytes_ratio: Option<Spanned<i64>>,
     /// Fuel budget per call (deterministic accounting; off by default).
     pub fuel: Option<Spanned<i64>>,
+    /// Log messages the stage's plugin may write per second (default 100; 0: none).
+    pub log_messages_per_second: Option<Spanned<i64>>,
+    /// Bytes of log messages the stage's plugin may write per second, e.g. `"64KiB"` (the default).
+    pub log_bytes_per_second: Option<Spanned<String>>,
 }
 
 /// `[pipeline]`.

@@ -383,5 +383,11 @@ pub(super) fn limits(
     if let Some(fuel) = positive(table.fuel.as_ref(), "fuel", usize::MAX)? {
         defaults.fuel = Some(fuel as u64);
     }
+    if let Some(rate) = non_negative(table.log_messages_per_second.as_ref(), "log-messages-per-second")? {
+        defaults.log_messages_per_second = rate;
+    }
+    if let Some(bytes) = &table.log_bytes_per_second {
+        defaults.log_bytes_per_second = byte_size(bytes)? as u64;
+    }
     Ok(defaults)
 }

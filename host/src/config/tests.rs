@@ -203,7 +203,7 @@ fn source_keys_are_checked_against_their_kind() {
     assert_eq!(line, 14);
     assert_eq!(
         message,
-        "`path` is not a setting of a `socket` source (it accepts address, mode, max-backoff, ack)"
+        "`path` is not a setting of a `socket` source (it accepts address, mode, max-backoff, connect-timeout, ack)"
     );
     let (line, message) = invalid(&socket("mode = \"listen\""));
     assert_eq!(line, 10);

@@ -244,6 +244,9 @@ pub struct StageMetricsSnapshot {
     pub wasm_memory_bytes: u64,
     /// Fuel burnt by its calls (stages with a fuel budget).
     pub fuel_used: u64,
+    /// Log messages of its plugin dropped by the stage's log budget
+    /// (`log-messages-per-second`, `log-bytes-per-second`).
+    pub log_messages_dropped: u64,
     /// Keyed state it holds.
     pub state: StateSize,
 }

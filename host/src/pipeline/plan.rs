@@ -81,6 +81,7 @@ impl StagePlan {
             instances: read(&metrics.usage.instances),
             wasm_memory_bytes: read(&metrics.usage.memory_bytes),
             fuel_used: read(&metrics.usage.fuel_used),
+            log_messages_dropped: metrics.usage.logs.dropped(),
             state,
         }
     }

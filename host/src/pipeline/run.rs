@@ -48,6 +48,10 @@ pub struct RunSummary {
     pub dead_lettered: u64,
     /// Records behind an event-time watermark (dropped or dead-lettered).
     pub late_records: u64,
+    /// Plugin log messages dropped by the stages' log budgets.
+    pub log_messages_dropped: u64,
+    /// Plugin log messages dropped, per stage that dropped some.
+    pub log_drops_by_stage: Vec<(String, u64)>,
     /// Records shuffled by key between partitions, over all stages (a
     /// reduce-by-key's partial results, a join's inputs).
     pub shuffled_records: u64,
@@ -66,7 +70,7 @@ impl std::fmt::Display for RunSummary {
             f,
             "pipeline `{}`: {} batches, {} records in, {} records out, {} retries, \
              {} batches ({} records) skipped, {} records dead-lettered, {} late records dropped, \
-             {} records shuffled, state: {} keys ({} on disk){}",
+             {} log messages dropped, {} records shuffled, state: {} keys ({} on disk){}",
             self.pipeline,
             self.batches,
             self.records_in,
@@ -76,6 +80,7 @@ impl std::fmt::Display for RunSummary {
             self.skipped_records,
             self.dead_lettered,
             self.late_records,
+            self.log_messages_dropped,
             self.shuffled_records,
             self.state.keys,
             self.state.spilled_keys,
@@ -96,6 +101,12 @@ impl std::fmt::Display for RunSummary {
                 checkpoints.written,
                 checkpoints.last_bytes,
                 checkpoints.max_duration.as_secs_f64() * 1e3
+            )?;
+        }
+        for (stage, dropped) in &self.log_drops_by_stage {
+            write!(
+                f,
+                "\n  stage `{stage}`: {dropped} log messages dropped (over its log-messages-per-second / log-bytes-per-second)"
             )?;
         }
         for (stage, state) in &self.state_by_stage {

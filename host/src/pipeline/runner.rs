@@ -616,6 +616,12 @@ impl Driver {
             summary.skipped_records += metrics.skipped_records;
             summary.dead_lettered += metrics.dead_lettered;
             summary.late_records += metrics.late_records;
+            if metrics.log_messages_dropped > 0 {
+                summary.log_messages_dropped += metrics.log_messages_dropped;
+                summary
+                    .log_drops_by_stage
+                    .push((stage.name.clone(), metrics.log_messages_dropped));
+            }
             summary.shuffled_records += metrics.shuffled_records;
             if metrics.state != StateSize::default() {
                 summary.state += metrics.state;

@@ -1,12 +1,15 @@
 //! The calls of each world, on its typed instance: [`TransformInstance::transform`],
 //! [`ReducerInstance::reduce`], [`StateInstance::update_state`] and
 //! [`CoTransformInstance::process_pair`]. Each converts its arguments to WIT,
-//! goes through the shared call path and checks what the plugin returned
-//! against the contract and the stage's output limits.
+//! goes through the shared call path (which refuses an input the plugin's
+//! memory cannot hold and copies the result out within the stage's copy
+//! budget) and checks what the plugin returned against the contract and the
+//! stage's output limits.
 
 use super::bindings::types;
 use super::error::PluginError;
 use super::instance::{CoTransformInstance, Instance, ReducerInstance, StateInstance, TransformInstance};
+use super::limits::Limits;
 use super::world::World;
 use crate::record::Batch;
 
@@ -40,9 +43,13 @@ impl TransformInstance {
     /// Runs the transform over one batch. The input batch is always handed
     /// back (filters keep records from it; errors describe records of it).
     pub fn transform(&mut self, input: Batch) -> (Batch, Result<TransformOutput, PluginError>) {
+        let (records, bytes) = (input.len(), input.data_bytes());
         let wit_batch = to_wit(input);
-        let result =
-            self.call(|exports, store| exports.weir_plugin_transform().call_process(store, &wit_batch));
+        let result = self.call_moving(
+            (records, Limits::input_bytes(records, bytes)),
+            Some((records, bytes)),
+            |exports, store| exports.weir_plugin_transform().call_process(store, &wit_batch),
+        );
         let input = from_wit(wit_batch);
         let output = match result {
             Ok(Ok(types::TransformOutput::Records(batch))) => self
@@ -65,9 +72,13 @@ impl ReducerInstance {
         ends: Vec<u32>,
         group_ends: &[u32],
     ) -> Result<(Vec<u8>, Vec<u32>), PluginError> {
+        let input = (
+            ends.len(),
+            (data.len() as u64).saturating_add(4 * (ends.len() + group_ends.len()) as u64),
+        );
         let values = types::Values { data, ends };
         let output = self
-            .call(|exports, store| {
+            .call_moving(input, None, |exports, store| {
                 exports
                     .weir_plugin_reducer()
                     .call_reduce(store, &values, group_ends)
@@ -96,8 +107,19 @@ impl StateInstance {
     /// Runs a stateful function over the key groups of one partition.
     /// Returns one state entry and flag per group, and the emitted records.
     pub fn update_state(&mut self, groups: &KeyGroups) -> Result<StateUpdate, PluginError> {
+        let lists = |values: &types::Values| values.data.len() as u64 + 4 * values.ends.len() as u64;
+        let input_bytes = lists(&groups.keys)
+            + lists(&groups.values)
+            + lists(&groups.states)
+            + 8 * groups.timestamps.len() as u64
+            + 4 * groups.group_ends.len() as u64
+            + groups.group_flags.len() as u64;
         let update = self
-            .call(|exports, store| exports.weir_plugin_keyed_state().call_update(store, groups))?
+            .call_moving(
+                (groups.values.ends.len().max(groups.group_ends.len()), input_bytes),
+                None,
+                |exports, store| exports.weir_plugin_keyed_state().call_update(store, groups),
+            )?
             .map_err(process_error)?;
         let count = groups.group_ends.len();
         if update.states.ends.len() != count || update.state_flags.len() != count {
@@ -127,12 +149,18 @@ impl CoTransformInstance {
     /// Runs a transform-with over one partition of its two inputs. Both
     /// inputs are handed back.
     pub fn process_pair(&mut self, left: Batch, right: Batch) -> (Batch, Batch, Result<Batch, PluginError>) {
+        let records = left.len() + right.len();
+        let bytes = left.data_bytes() + right.data_bytes();
         let (wit_left, wit_right) = (to_wit(left), to_wit(right));
-        let result = self.call(|exports, store| {
-            exports
-                .weir_plugin_co_transform()
-                .call_process_pair(store, &wit_left, &wit_right)
-        });
+        let result = self.call_moving(
+            (records, Limits::input_bytes(records, bytes)),
+            Some((records, bytes)),
+            |exports, store| {
+                exports
+                    .weir_plugin_co_transform()
+                    .call_process_pair(store, &wit_left, &wit_right)
+            },
+        );
         let (left, right) = (from_wit(wit_left), from_wit(wit_right));
         let output = match result {
             Ok(Ok(batch)) => self.checked_output(
@@ -157,9 +185,17 @@ impl<W: World> Instance<W> {
     ) -> Result<Batch, PluginError> {
         let limits = &self.sandbox.limits;
         let (records, bytes) = (batch.timestamps.len() as u64, batch.data.len() as u64);
-        if records > limits.max_output_records(input_records) || bytes > limits.max_output_bytes(input_bytes)
-        {
-            return Err(PluginError::OutputLimit { records, bytes });
+        let (max_records, max_bytes) = (
+            limits.max_output_records(input_records),
+            limits.max_output_bytes(input_bytes),
+        );
+        if records > max_records || bytes > max_bytes {
+            return Err(PluginError::OutputLimit {
+                records,
+                bytes,
+                max_records,
+                max_bytes,
+            });
         }
         Ok(Batch::from_parts(
             batch.data,

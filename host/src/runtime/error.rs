@@ -135,54 +135,91 @@ pub enum PluginError {
     #[error("{0}")]
     Batch(String),
     /// The call trapped; the instance is poisoned and must be discarded.
-    #[error("{}: {message}{}", kind.name(), stderr_suffix(stderr))]
+    #[error("{}: {message}{}{}", kind.name(), captured("stdout", stdout), captured("stderr", stderr))]
     Trap {
         /// Why.
         kind: TrapKind,
         /// wasmtime's description of the trap.
         message: String,
-        /// What the plugin wrote to stderr (its panic message), if anything.
+        /// The tail of what the plugin wrote to stdout during the call, if anything.
+        stdout: String,
+        /// The tail of what the plugin wrote to stderr during the call (its
+        /// panic message), if anything.
         stderr: String,
     },
     /// A call returned more output than its stage's limits allow for its input.
     #[error(
-        "output limit: the call returned {records} records / {bytes} bytes, more than the stage's output-records-ratio / output-bytes-ratio allow"
+        "output limit: the call returned {records} records / {bytes} bytes, more than the stage's limits allow for its input (at most {max_records} records / {max_bytes} bytes): raise `output-records-ratio` / `output-bytes-ratio` in the stage's limits"
     )]
     OutputLimit {
         /// Records returned.
         records: u64,
         /// Data bytes returned.
         bytes: u64,
+        /// Records the limits allowed.
+        max_records: u64,
+        /// Data bytes the limits allowed.
+        max_bytes: u64,
+    },
+    /// A call's result was larger than its copy budget
+    /// ([`super::Limits::copy_budget`]): found while copying it out of the
+    /// plugin, before the host allocated it. The instance is discarded.
+    #[error(
+        "output limit: the call returned more than {budget} bytes (records' data, ends, timestamps and flags together), {limit}"
+    )]
+    OutputTooLarge {
+        /// The copy budget, in bytes.
+        budget: u64,
+        /// Which limit set the budget, and what to raise.
+        limit: String,
+    },
+    /// A call's input cannot fit in the plugin's memory: the call is not made.
+    #[error(
+        "input too large: the call's input is {bytes} bytes ({records} records with their ends, timestamps and flags), more than the stage's memory limit of {limit} bytes can hold: raise `memory` in the stage's limits, or spread the input over more partitions"
+    )]
+    InputTooLarge {
+        /// Bytes the input takes in the plugin's memory.
+        bytes: u64,
+        /// Records (or values) of the input.
+        records: u64,
+        /// The memory limit, in bytes.
+        limit: u64,
     },
     /// The plugin returned data that breaks the batch contract.
     #[error(transparent)]
     Malformed(#[from] MalformedBatch),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
+/// `text` as the part of a trap's message quoting what the plugin wrote to `stream`.
+fn captured(stream: &str, text: &str) -> String {
+    if text.is_empty() {
         String::new()
     } else {
-        format!("\nplugin stderr:\n{stderr}")
+        format!("\nplugin {stream}:\n{text}")
     }
 }
 
 impl PluginError {
-    /// True when the instance that returned this error must be discarded.
+    /// True when the instance that returned this error must be discarded
+    /// (after a trap, or a result that could not be copied out of it).
     pub fn poisons_instance(&self) -> bool {
-        matches!(self, Self::Trap { .. })
+        matches!(self, Self::Trap { .. } | Self::OutputTooLarge { .. })
     }
 
     /// What kind of failure this is.
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Read { .. } => ErrorClass::Io,
-            Self::UntrustedCache(_) | Self::Compile { .. } | Self::Contract { .. } | Self::Init(_) => {
-                ErrorClass::UserInput
-            }
-            Self::Record { .. } | Self::Batch(_) | Self::OutputLimit { .. } | Self::Malformed(_) => {
-                ErrorClass::Plugin
-            }
+            Self::UntrustedCache(_)
+            | Self::Compile { .. }
+            | Self::Contract { .. }
+            | Self::Init(_)
+            | Self::InputTooLarge { .. } => ErrorClass::UserInput,
+            Self::Record { .. }
+            | Self::Batch(_)
+            | Self::OutputLimit { .. }
+            | Self::OutputTooLarge { .. }
+            | Self::Malformed(_) => ErrorClass::Plugin,
             Self::Trap { kind, .. } => ErrorClass::Trap(*kind),
         }
     }
@@ -190,8 +227,8 @@ impl PluginError {
     /// True when the same call may succeed if tried again (on a fresh
     /// instance after a trap): a batch the plugin refused as a whole, or a
     /// trap that is not bound to the input ([`TrapKind::retryable`]). A
-    /// refused record, an output over the limits or a broken batch come
-    /// back the same.
+    /// refused record, an output over the limits, an input too large for the
+    /// memory or a broken batch come back the same.
     pub fn retryable(&self) -> bool {
         match self {
             Self::Batch(_) | Self::Read { .. } => true,

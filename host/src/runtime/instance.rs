@@ -16,12 +16,12 @@ use std::sync::Arc;
 use wasmtime::Store;
 
 use super::error::{PluginError, TrapKind};
-use super::limits::Sandbox;
+use super::limits::{CopyBound, CopyBudget, Sandbox};
 use super::plugin::FromWit as _;
 use super::plugin::{Plugin, PluginInfo, PluginKind, Pre};
 use super::slicing::CallClock;
 use super::state::{InstanceLabel, PluginState};
-use super::stderr::StderrCapture;
+use super::stderr::OutputCapture;
 use super::world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
 
 /// An instance of a transform plugin.
@@ -39,7 +39,8 @@ pub struct Instance<W: World> {
     pub(super) sandbox: Arc<Sandbox>,
     store: Store<PluginState>,
     exports: W::Exports,
-    stderr: StderrCapture,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
 }
 
 impl<W: World> Instance<W> {
@@ -56,8 +57,9 @@ impl<W: World> Instance<W> {
                 message: format!("this plugin is a {}, not {}", plugin.info().kind.name(), W::WHAT),
             });
         };
-        let stderr = StderrCapture::new();
-        let state = PluginState::new(sandbox, stderr.clone(), label).map_err(PluginError::Init)?;
+        let (stdout, stderr) = (OutputCapture::new(), OutputCapture::new());
+        let state =
+            PluginState::new(sandbox, stdout.clone(), stderr.clone(), label).map_err(PluginError::Init)?;
         let mut store = Store::new(&plugin.compiled().engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut store| super::slicing::on_tick(&mut store.data_mut().call));
@@ -68,12 +70,13 @@ impl<W: World> Instance<W> {
             // A fresh store has no fuel: instantiation itself needs some.
             let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));
         }
-        let exports = W::instantiate(pre, &mut store).map_err(|e| trap(&e, &stderr))?;
+        let exports = W::instantiate(pre, &mut store).map_err(|e| trap(&e, &stdout, &stderr))?;
         Ok(Self {
             plugin: plugin.clone(),
             sandbox: sandbox.clone(),
             store,
             exports,
+            stdout,
             stderr,
         })
     }
@@ -112,19 +115,62 @@ impl<W: World> Instance<W> {
             .map_err(PluginError::Init)
     }
 
-    /// The one path of every call into the plugin: clears the captured
-    /// stderr, arms the call's deadline (and, on a metered engine, its fuel
-    /// budget), runs `call`, disarms the deadline, counts the fuel burnt and
-    /// turns a trap into [`PluginError::Trap`] (with what the plugin wrote
-    /// to stderr).
+    /// A call that moves no batch (describe, init): its copy budget is the
+    /// memory limit.
     pub(super) fn call<T>(
         &mut self,
         call: impl FnOnce(&W::Exports, &mut Store<PluginState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
+        let budget = self.sandbox.limits.copy_budget(None);
+        self.call_within(budget, call)
+    }
+
+    /// A call that moves data: refuses, without calling, an input of
+    /// `records` records (or values) taking `bytes` bytes in the plugin's
+    /// memory that the memory limit cannot hold; copies the result out
+    /// within the budget `ratios` set ([`Limits::copy_budget`]: `Some` with
+    /// the input's records and data bytes for outputs the output ratios
+    /// bound).
+    ///
+    /// [`Limits::copy_budget`]: super::Limits::copy_budget
+    pub(super) fn call_moving<T>(
+        &mut self,
+        (records, bytes): (usize, u64),
+        ratios: Option<(usize, usize)>,
+        call: impl FnOnce(&W::Exports, &mut Store<PluginState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        let limits = &self.sandbox.limits;
+        let memory = limits.memory_bytes as u64;
+        if bytes > memory {
+            return Err(PluginError::InputTooLarge {
+                bytes,
+                records: records as u64,
+                limit: memory,
+            });
+        }
+        let budget = limits.copy_budget(ratios);
+        self.call_within(budget, call)
+    }
+
+    /// The one path of every call into the plugin: clears the captured
+    /// stdout and stderr, arms the call's deadline (and, on a metered
+    /// engine, its fuel budget) and its copy budget, runs `call`, disarms
+    /// the deadline, counts the fuel burnt and turns a trap into
+    /// [`PluginError::Trap`] (with what the plugin wrote to stdout and
+    /// stderr), a result over the copy budget into
+    /// [`PluginError::OutputTooLarge`].
+    fn call_within<T>(
+        &mut self,
+        budget: CopyBudget,
+        call: impl FnOnce(&W::Exports, &mut Store<PluginState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        self.stdout.clear();
         self.stderr.clear();
         let limits = &self.sandbox.limits;
         self.store.set_epoch_deadline(1);
         self.store.data_mut().call = CallClock::start(limits.call_deadline);
+        self.store
+            .set_hostcall_fuel(usize::try_from(budget.bytes).unwrap_or(usize::MAX));
         if let Some(fuel) = limits.fuel
             && self.store.get_fuel().is_ok()
         {
@@ -140,7 +186,44 @@ impl<W: World> Instance<W> {
                 .fuel_used
                 .fetch_add(budget.saturating_sub(left), std::sync::atomic::Ordering::Relaxed);
         }
-        result.map_err(|e| trap(&e, &self.stderr))
+        result.map_err(|e| {
+            if over_copy_budget(&e) {
+                output_too_large(budget, limits)
+            } else {
+                trap(&e, &self.stdout, &self.stderr)
+            }
+        })
+    }
+}
+
+/// True when `error` is wasmtime's refusal to copy more than the store's
+/// hostcall fuel out of the plugin (its error type is private: matched by
+/// its message, checked by the copy-budget tests).
+fn over_copy_budget(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .to_string()
+            .contains("too much data is being copied between the host and the guest")
+    })
+}
+
+/// The output-limit error of a result over `budget`, naming the limit to raise.
+fn output_too_large(budget: CopyBudget, limits: &super::Limits) -> PluginError {
+    let limit = match budget.bound {
+        CopyBound::Ratios { records, bytes } => format!(
+            "more than the stage's limits allow for its input of {records} records / {bytes} bytes \
+             (output-records-ratio {}, output-bytes-ratio {}): raise `output-bytes-ratio` \
+             (or `output-records-ratio`) in the stage's limits",
+            limits.output_records_ratio, limits.output_bytes_ratio
+        ),
+        CopyBound::Memory => format!(
+            "more than the stage's memory limit of {} bytes can hold: raise `memory` in the stage's limits",
+            limits.memory_bytes
+        ),
+    };
+    PluginError::OutputTooLarge {
+        budget: budget.bytes,
+        limit,
     }
 }
 
@@ -212,10 +295,11 @@ impl PluginInstance {
     }
 }
 
-fn trap(error: &wasmtime::Error, stderr: &StderrCapture) -> PluginError {
+fn trap(error: &wasmtime::Error, stdout: &OutputCapture, stderr: &OutputCapture) -> PluginError {
     PluginError::Trap {
         kind: TrapKind::of(error),
         message: super::error::describe(error),
+        stdout: stdout.text(),
         stderr: stderr.text(),
     }
 }

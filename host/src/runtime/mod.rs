@@ -8,7 +8,8 @@
 //! - [`instance`]: warm [`Instance`]s of one world each, and the one call
 //!   path every plugin call takes; [`calls`]: each world's calls.
 //! - [`limits`], [`epoch`]: memory caps and call deadlines.
-//! - [`state`], [`stderr`]: what each instance's store holds.
+//! - [`state`], [`stderr`], [`logs`]: what each instance's store holds, its
+//!   captured stdout and stderr, its stage's log budget.
 //! - [`cache`]: compiled components on disk.
 //! - [`error`]: [`PluginError`] and [`TrapKind`].
 
@@ -20,6 +21,7 @@ pub mod epoch;
 pub mod error;
 pub mod instance;
 pub mod limits;
+pub mod logs;
 pub mod plugin;
 pub mod slicing;
 pub mod state;
@@ -39,7 +41,7 @@ pub use error::{PluginError, TrapKind};
 pub use instance::{
     CoTransformInstance, Instance, PluginInstance, ReducerInstance, StateInstance, TransformInstance,
 };
-pub use limits::{GUEST_DATA_DIR, Grants, Limits, Sandbox};
+pub use limits::{CopyBound, CopyBudget, GUEST_DATA_DIR, Grants, Limits, Sandbox};
 pub use plugin::{CompiledPlugin, Plugin, PluginInfo, PluginKind};
 pub use state::{InstanceLabel, InstanceUsage, PluginState};
 pub use world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};

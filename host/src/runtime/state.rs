@@ -1,6 +1,7 @@
 //! What each plugin instance's `Store` holds: its WASI context (empty: no
 //! files, no environment, no sockets), its resource limits, its captured
-//! stderr, and where its log messages go.
+//! stdout and stderr, and where its log messages go (through its stage's
+//! [`LogBudget`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +11,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::log;
-use super::limits::{GUEST_DATA_DIR, Sandbox};
-use super::stderr::StderrCapture;
+use super::limits::{GUEST_DATA_DIR, Limits, Sandbox};
+use super::logs::{Admission, LogBudget};
+use super::stderr::OutputCapture;
 
 /// Who is calling: attached to every log line a plugin writes, with the
 /// counters its instances' resource use goes to.
@@ -36,10 +38,9 @@ pub struct InstanceUsage {
     pub memory_bytes: AtomicU64,
     /// Fuel their calls burnt (metered stages only).
     pub fuel_used: AtomicU64,
+    /// The stage's log budget (and the count of messages it dropped).
+    pub logs: LogBudget,
 }
-
-/// Longest log message kept from a plugin; the rest is cut.
-const MAX_LOG_MESSAGE: usize = 4096;
 
 /// The data of one plugin instance's store.
 pub struct PluginState {
@@ -49,14 +50,23 @@ pub struct PluginState {
     /// The clock of the call in progress (its deadline, time lent to others).
     pub(crate) call: super::slicing::CallClock,
     label: InstanceLabel,
+    /// The stage's limits (for its log budget).
+    log_limits: Limits,
 }
 
 impl PluginState {
-    /// A state with only the capabilities `sandbox` grants, stderr going to
-    /// `stderr`. Fails when a granted directory cannot be opened.
-    pub fn new(sandbox: &Sandbox, stderr: StderrCapture, label: InstanceLabel) -> Result<Self, String> {
+    /// A state with only the capabilities `sandbox` grants, stdout and
+    /// stderr going to the bounded captures `stdout` and `stderr`. Fails when
+    /// a granted directory cannot be opened.
+    pub fn new(
+        sandbox: &Sandbox,
+        stdout: OutputCapture,
+        stderr: OutputCapture,
+        label: InstanceLabel,
+    ) -> Result<Self, String> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stderr(stderr)
+        wasi.stdout(stdout)
+            .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -81,6 +91,7 @@ impl PluginState {
             limits,
             call: super::slicing::CallClock::default(),
             label,
+            log_limits: sandbox.limits.clone(),
         })
     }
 }
@@ -182,17 +193,45 @@ impl WasiView for PluginState {
 }
 
 impl log::Host for PluginState {
-    fn write(&mut self, level: log::Level, mut message: String) {
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
+    /// Writes a plugin's message to the host's log, tagged with pipeline,
+    /// stage and plugin: cut to [`super::logs::MAX_LOG_MESSAGE`] bytes, and
+    /// only if the stage's [`LogBudget`] has room (a message the log filter
+    /// would not show costs nothing).
+    fn write(&mut self, level: log::Level, message: String) {
+        let shown = match level {
+            log::Level::Trace => tracing::enabled!(target: "weir::plugin", tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(target: "weir::plugin", tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(target: "weir::plugin", tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(target: "weir::plugin", tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(target: "weir::plugin", tracing::Level::ERROR),
+        };
+        if !shown {
+            return;
         }
+        let message = super::logs::cut(message);
         let label = &self.label;
         let (pipeline, stage, plugin) = (&*label.pipeline, &*label.stage, &*label.plugin);
+        let limits = &self.log_limits;
+        match label
+            .usage
+            .logs
+            .admit(message.len(), limits, std::time::Instant::now())
+        {
+            Admission::Write => {}
+            Admission::Drop => return,
+            Admission::DropAndWarn(dropped) => {
+                tracing::warn!(
+                    pipeline,
+                    stage,
+                    plugin,
+                    "the plugin writes more log than its stage allows ({} messages and {} bytes per second: \
+                     limits log-messages-per-second and log-bytes-per-second); {dropped} messages dropped so far",
+                    limits.log_messages_per_second,
+                    limits.log_bytes_per_second,
+                );
+                return;
+            }
+        }
         match level {
             log::Level::Trace => {
                 tracing::trace!(target: "weir::plugin", pipeline, stage, plugin, "{message}")

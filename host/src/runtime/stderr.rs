@@ -1,9 +1,14 @@
-//! Capture of a plugin's standard error.
+//! Capture of a plugin's standard output and standard error.
 //!
-//! A Rust plugin's panic message goes to stderr. Each instance writes into a
-//! [`StderrCapture`] that keeps the last [`StderrCapture::CAPACITY`] bytes and
-//! never fails a write (a failing `eprintln!` would itself panic the plugin),
-//! so the error a user sees can quote what the plugin said before it died.
+//! A Rust plugin's panic message goes to stderr. Each instance writes its
+//! stdout and its stderr into two [`OutputCapture`]s, each keeping the last
+//! [`OutputCapture::CAPACITY`] bytes of the call in progress, and never fails
+//! a write (a failing `println!` or `eprintln!` would itself panic the
+//! plugin), so the error a user sees can quote what the plugin said before it
+//! died. Nothing else is kept: memory per instance is bounded whatever the
+//! plugin writes, and nothing a plugin prints reaches the host's own stdout
+//! (where the console sink writes) or its log (which has its own budget,
+//! [`super::logs`]). Plugins log through `weir_guest::log`.
 
 use std::io;
 use std::pin::Pin;
@@ -14,13 +19,14 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
-/// A shared, bounded buffer holding the tail of what an instance wrote to stderr.
+/// A shared, bounded buffer holding the tail of what an instance wrote to
+/// one of its output streams.
 #[derive(Clone, Default)]
-pub struct StderrCapture {
+pub struct OutputCapture {
     buffer: Arc<Mutex<Vec<u8>>>,
 }
 
-impl StderrCapture {
+impl OutputCapture {
     /// Bytes kept: the most recent ones.
     pub const CAPACITY: usize = 16 * 1024;
 
@@ -41,6 +47,8 @@ impl StderrCapture {
     }
 
     fn append(&self, bytes: &[u8]) {
+        // Only the tail of one long write can survive: never buffer more.
+        let bytes = &bytes[bytes.len().saturating_sub(Self::CAPACITY)..];
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         buffer.extend_from_slice(bytes);
         if buffer.len() > Self::CAPACITY {
@@ -50,13 +58,13 @@ impl StderrCapture {
     }
 }
 
-impl IsTerminal for StderrCapture {
+impl IsTerminal for OutputCapture {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for StderrCapture {
+impl StdoutStream for OutputCapture {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
@@ -67,7 +75,7 @@ impl StdoutStream for StderrCapture {
 }
 
 #[async_trait::async_trait]
-impl OutputStream for StderrCapture {
+impl OutputStream for OutputCapture {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         self.append(&bytes);
         Ok(())
@@ -83,11 +91,11 @@ impl OutputStream for StderrCapture {
 }
 
 #[async_trait::async_trait]
-impl Pollable for StderrCapture {
+impl Pollable for OutputCapture {
     async fn ready(&mut self) {}
 }
 
-impl tokio::io::AsyncWrite for StderrCapture {
+impl tokio::io::AsyncWrite for OutputCapture {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.append(buf);
         Poll::Ready(Ok(buf.len()))
@@ -108,13 +116,22 @@ mod tests {
 
     #[test]
     fn keeps_only_the_tail() {
-        let capture = StderrCapture::new();
-        capture.append(&vec![b'a'; StderrCapture::CAPACITY]);
+        let capture = OutputCapture::new();
+        capture.append(&vec![b'a'; OutputCapture::CAPACITY]);
         capture.append(b"the end");
         let text = capture.text();
-        assert_eq!(text.len(), StderrCapture::CAPACITY);
+        assert_eq!(text.len(), OutputCapture::CAPACITY);
         assert!(text.ends_with("the end"));
         capture.clear();
         assert_eq!(capture.text(), "");
+        // One write longer than the capacity keeps its tail only.
+        let capture = OutputCapture::new();
+        let mut long = vec![b'b'; 3 * OutputCapture::CAPACITY];
+        long.extend_from_slice(b" tail");
+        capture.append(&long);
+        let text = capture.text();
+        assert_eq!(text.len(), OutputCapture::CAPACITY);
+        assert!(text.ends_with("b tail"));
+        assert!(capture.buffer.lock().unwrap().capacity() < 2 * OutputCapture::CAPACITY);
     }
 }

@@ -7,6 +7,13 @@
 //! source. `listen` mode binds `host:port` and accepts any number of producers
 //! at once; in `--available-now` runs it ends when every producer it accepted
 //! has closed its connection and no new one arrived for 300 ms.
+//!
+//! An `--available-now` run must end: there, a source that goes
+//! `connect-timeout` (default [`DEFAULT_CONNECT_TIMEOUT`]) without a
+//! connection — connect mode: since it started or since its connection
+//! failed; listen mode: before its first producer — fails the run with an
+//! error naming the address, the wait and the last connection error. A
+//! streaming run keeps retrying, as Spark's receivers do.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +26,10 @@ use tokio::task::JoinSet;
 use super::wal::{CompleteLines, IntakeError, LoggedIntake};
 use super::{Closed, Source, SourceContext, SourceError, now_ms};
 use crate::config::{Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, required};
+
+/// How long an `--available-now` run waits for a socket source's
+/// connection before it fails (`connect-timeout`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a socket source gets its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +49,9 @@ pub struct SocketSpec {
     pub mode: SocketMode,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// In `--available-now` runs: longest time without a connection before
+    /// the source fails.
+    pub connect_timeout: Duration,
     /// Acknowledge logged lines to the producer (`ack <lines>`), with checkpoints.
     pub ack: bool,
 }
@@ -48,6 +62,7 @@ impl SourceType for SocketSpec {
         Key::text("address"),
         Key::text("mode"),
         Key::text("max-backoff"),
+        Key::text("connect-timeout"),
         Key::boolean("ack"),
     ];
 
@@ -70,10 +85,15 @@ impl SourceType for SocketSpec {
             Some(text) => duration(text)?,
             None => Duration::from_secs(5),
         };
+        let connect_timeout = match settings.text("connect-timeout") {
+            Some(text) => duration(text)?,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
         Ok(Self {
             address: address.to_owned(),
             mode,
             max_backoff,
+            connect_timeout,
             ack: settings.boolean("ack").is_some_and(|a| *a.get_ref()),
         })
     }
@@ -81,12 +101,10 @@ impl SourceType for SocketSpec {
 
 impl SourceConfig for SocketSpec {
     fn build(&self) -> Box<dyn Source> {
-        Box::new(SocketSource::new(
-            self.address.clone(),
-            self.mode,
-            self.max_backoff,
-            self.ack,
-        ))
+        Box::new(
+            SocketSource::new(self.address.clone(), self.mode, self.max_backoff, self.ack)
+                .with_connect_timeout(self.connect_timeout),
+        )
     }
 
     fn needs_checkpoints(&self) -> Option<&'static str> {
@@ -101,19 +119,40 @@ pub struct SocketSource {
     address: String,
     mode: SocketMode,
     max_backoff: Duration,
+    connect_timeout: Duration,
     ack: bool,
 }
 
 impl SocketSource {
     /// A receiver for `address` in `mode`; with `ack`, every block of lines
     /// is acknowledged to the producer once it is logged (`ack <lines>`).
+    /// `--available-now` runs wait [`DEFAULT_CONNECT_TIMEOUT`] for a connection.
     pub fn new(address: String, mode: SocketMode, max_backoff: Duration, ack: bool) -> Self {
         Self {
             address,
             mode,
             max_backoff,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ack,
         }
+    }
+
+    /// The same receiver, waiting `timeout` for a connection in
+    /// `--available-now` runs.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The error of an `--available-now` run that went `connect-timeout`
+    /// without a connection; `last` is the last connection error.
+    fn not_connected(&self, ctx: &SourceContext, what: &str, last: Option<&str>) -> SourceError {
+        ctx.error(format!(
+            "{what} {} within {} (--available-now){}: is the server running? `connect-timeout` sets how long to wait",
+            self.address,
+            humantime::format_duration(self.connect_timeout),
+            last.map(|e| format!("; last error: {e}")).unwrap_or_default(),
+        ))
     }
 }
 
@@ -245,19 +284,32 @@ impl SocketSource {
         let logged = open_log(&ctx).await?;
         let initial = Duration::from_millis(100);
         let mut backoff = initial;
+        // Since when the source has had no connection (available-now runs
+        // give up after `connect-timeout`), and why the last attempt failed.
+        let mut unconnected_since = tokio::time::Instant::now();
+        let mut last_error: Option<String> = None;
         loop {
             if ctx.stopping() {
                 return Ok(());
             }
+            let give_up_at = unconnected_since + self.connect_timeout;
+            if ctx.available_now && tokio::time::Instant::now() >= give_up_at {
+                return Err(self.not_connected(&ctx, "could not connect to", last_error.as_deref()));
+            }
             let connected = tokio::select! {
                 connected = TcpStream::connect(&self.address) => connected,
+                _ = tokio::time::sleep_until(give_up_at), if ctx.available_now => {
+                    return Err(self.not_connected(&ctx, "could not connect to", last_error.as_deref()));
+                }
                 _ = ctx.stopped() => return Ok(()),
             };
             match connected {
                 Ok(mut stream) => {
                     tracing::info!(source = %ctx.name, address = %self.address, "connected");
                     backoff = initial;
-                    match read_lines(&mut stream, &mut ctx, logged.as_ref(), self.ack).await {
+                    let ended = read_lines(&mut stream, &mut ctx, logged.as_ref(), self.ack).await;
+                    unconnected_since = tokio::time::Instant::now();
+                    match ended {
                         Ended::Stopped => return Ok(()),
                         Ended::Failed(message) => return Err(ctx.error(message)),
                         Ended::Eof if ctx.available_now => return Ok(()),
@@ -266,11 +318,14 @@ impl SocketSource {
                             "the peer closed the connection; reconnecting in {}",
                             humantime::format_duration(backoff)
                         ),
-                        Ended::Error(error) => tracing::warn!(
-                            source = %ctx.name, address = %self.address,
-                            "connection failed: {error}; reconnecting in {}",
-                            humantime::format_duration(backoff)
-                        ),
+                        Ended::Error(error) => {
+                            tracing::warn!(
+                                source = %ctx.name, address = %self.address,
+                                "connection failed: {error}; reconnecting in {}",
+                                humantime::format_duration(backoff)
+                            );
+                            last_error = Some(error.to_string());
+                        }
                     }
                     // A peer that accepts and hangs up at once must not make us spin.
                     tokio::select! {
@@ -284,8 +339,15 @@ impl SocketSource {
                         "cannot connect: {error}; retrying in {}",
                         humantime::format_duration(backoff)
                     );
+                    last_error = Some(error.to_string());
+                    let wake = tokio::time::Instant::now() + backoff;
+                    let wake = if ctx.available_now {
+                        wake.min(unconnected_since + self.connect_timeout)
+                    } else {
+                        wake
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep_until(wake) => {}
                         _ = ctx.stopped() => return Ok(()),
                     }
                     backoff = (backoff * 2).min(self.max_backoff);
@@ -304,12 +366,16 @@ impl SocketSource {
         let mut connections = JoinSet::new();
         let mut accepted_any = false;
         // In available-now runs: how long to wait for another producer after
-        // the last one closed.
+        // the last one closed, and for the first one.
         let grace = Duration::from_millis(300);
+        let give_up_at = tokio::time::Instant::now() + self.connect_timeout;
         loop {
             let idle = ctx.available_now && accepted_any && connections.is_empty();
             tokio::select! {
                 _ = tokio::time::sleep(grace), if idle => return Ok(()),
+                _ = tokio::time::sleep_until(give_up_at), if ctx.available_now && !accepted_any => {
+                    return Err(self.not_connected(&ctx, "no producer connected to", None));
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((mut stream, peer)) => {
                         accepted_any = true;

@@ -6,7 +6,9 @@
 //! same store). Entries live in memory up to a byte budget; past it, the
 //! least recently updated entries move to an embedded on-disk store
 //! ([`spill`], redb) and come back when their key is seen again, so state can
-//! outgrow memory without growing it. Reads never change the store: an
+//! outgrow memory without growing it. The store's budget covers the spill
+//! file's page cache too ([`spill_cache_bytes`]): entries in memory and
+//! cache together stay within it. Reads never change the store: an
 //! operator reads what it needs, calls its plugin, and only then commits the
 //! new states ([`KeyedStore::commit`]), so a failed call leaves state as it
 //! was (and can be retried).
@@ -51,11 +53,24 @@ pub struct StateChanges {
     pub remove: Vec<Box<[u8]>>,
 }
 
+/// Largest page cache of one spill file: 8 MiB.
+pub const MAX_SPILL_CACHE: usize = 8 << 20;
+
+/// The page cache of a spill file of a store whose budget is `budget`
+/// bytes: an eighth of the budget, at most [`MAX_SPILL_CACHE`]. It comes out
+/// of the budget: the entries in memory get the rest.
+pub fn spill_cache_bytes(budget: usize) -> usize {
+    (budget / 8).min(MAX_SPILL_CACHE)
+}
+
 /// One partition's keyed state.
 pub struct KeyedStore {
     memory: FastMap<Box<[u8]>, StateEntry>,
     memory_bytes: usize,
+    /// Bytes of entries kept in memory (the store's budget less the spill cache).
     budget: usize,
+    /// The spill file's page cache.
+    cache_bytes: usize,
     spill_path: PathBuf,
     spill: Option<SpillFile>,
 }
@@ -93,11 +108,15 @@ impl std::ops::AddAssign for StateSize {
 impl KeyedStore {
     /// A store that keeps up to `budget` bytes in memory and spills the rest
     /// to a file at `spill_path` (created on first spill, removed on drop).
+    /// The budget holds entries and the spill file's page cache
+    /// ([`spill_cache_bytes`]) together.
     pub fn new(budget: usize, spill_path: PathBuf) -> Self {
+        let cache_bytes = spill_cache_bytes(budget);
         Self {
             memory: FastMap::default(),
             memory_bytes: 0,
-            budget,
+            budget: budget - cache_bytes,
+            cache_bytes,
             spill_path,
             spill: None,
         }
@@ -207,7 +226,7 @@ impl KeyedStore {
             moved.push((key.clone(), entry.clone()));
         }
         if self.spill.is_none() {
-            self.spill = Some(SpillFile::create(&self.spill_path)?);
+            self.spill = Some(SpillFile::create(&self.spill_path, self.cache_bytes)?);
         }
         let spill = self.spill.as_mut().expect("created above");
         spill.put(&moved)?;
@@ -265,7 +284,11 @@ mod tests {
         let size = store.size();
         assert_eq!(size.keys, 100);
         assert!(size.spilled_keys > 0, "{size:?}");
-        assert!(size.memory_bytes <= 2_000, "{size:?}");
+        // The spill file's cache comes out of the budget.
+        assert!(
+            size.memory_bytes <= 2_000 - spill_cache_bytes(2_000) as u64,
+            "{size:?}"
+        );
         for k in 0..100 {
             let got = store.get(format!("key-{k}").as_bytes()).unwrap().unwrap();
             assert_eq!(got, entry(&format!("{k}-2"), 2));
@@ -279,5 +302,12 @@ mod tests {
         assert_eq!(store.size().keys, 50);
         assert_eq!(store.idle_since(2).unwrap().len(), 50);
         assert!(store.get(b"key-1").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_spill_cache_is_an_eighth_of_the_budget_at_most_8_mib() {
+        assert_eq!(spill_cache_bytes(2_000), 250);
+        assert_eq!(spill_cache_bytes(16 << 20), 2 << 20);
+        assert_eq!(spill_cache_bytes(1 << 30), MAX_SPILL_CACHE);
     }
 }
