@@ -207,7 +207,7 @@ impl Guarded {
             "stage": self.stage,
             "batch": ctx.batch_id,
             "partition": ctx.partition,
-            "error": error.to_string(),
+            "error": first_line(error),
             "key": record.key.map(text),
             "value": text(record.value),
             "timestamp": record.timestamp,
