@@ -207,7 +207,7 @@ impl Guarded {
             "stage": self.stage,
             "batch": ctx.batch_id,
             "partition": ctx.partition,
-            "error": first_line(error),
+            "error": capped_text(error),
             "key": record.key.map(text),
             "value": text(record.value),
             "timestamp": record.timestamp,
@@ -246,6 +246,26 @@ impl PieceFold for GuardedFold<'_> {
         }
         Ok(output)
     }
+}
+
+/// Bytes of an error's text a dead-letter entry keeps: its message and the
+/// start of what the plugin printed (a panic message), not the up to 32 KiB
+/// of captured output in every record of a failed batch.
+const DEAD_LETTER_ERROR_BYTES: usize = 1024;
+
+/// The text of `error`, cut to [`DEAD_LETTER_ERROR_BYTES`] (on a character
+/// boundary, marked with `…`).
+fn capped_text(error: &OperatorError) -> String {
+    let mut text = error.to_string();
+    if text.len() > DEAD_LETTER_ERROR_BYTES {
+        let mut end = DEAD_LETTER_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// The first line of an error (a trap's backtrace follows on later lines).
@@ -343,5 +363,23 @@ impl Operator for Guarded {
 
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         self.inner.restore(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DEAD_LETTER_ERROR_BYTES, capped_text};
+    use crate::operator::OperatorError;
+
+    #[test]
+    fn dead_letter_errors_are_capped_on_a_character_boundary() {
+        let short = OperatorError::Native("short".into());
+        assert_eq!(capped_text(&short), "short");
+        // Two-byte characters, so the cut falls inside one.
+        let long = OperatorError::Native(format!("x{}", "é".repeat(4_000)));
+        let text = capped_text(&long);
+        assert!(text.ends_with('…'), "{text}");
+        assert!(text.len() <= DEAD_LETTER_ERROR_BYTES + '…'.len_utf8());
+        assert!(text.starts_with("xé"));
     }
 }
