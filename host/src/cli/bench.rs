@@ -310,7 +310,8 @@ pub fn run(
     settings: &BenchSettings,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<BenchReport> {
-    let scratch = tempdir()?;
+    let scratch_dir = tempdir()?;
+    let scratch = scratch_dir.path();
     let input = scratch.join("input");
     let corpus = Corpus::new(settings.corpus, 0);
     progress(&format!(
@@ -420,7 +421,6 @@ pub fn run(
             round_ratios.push(native.as_secs_f64() / wasm.as_secs_f64());
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(BenchReport {
         corpus: corpus.describe(),
         input: stats,
@@ -815,7 +815,8 @@ pub fn window(
 ) -> anyhow::Result<WindowReport> {
     const BATCHES: u64 = 50;
     let per_batch = lines.div_ceil(BATCHES).max(1);
-    let scratch = tempdir()?;
+    let scratch_dir = tempdir()?;
+    let scratch = scratch_dir.path();
     let input = scratch.join("window-input");
     progress(&format!("generating {lines} lines in {BATCHES} files..."));
     generate_input(&input, lines, WORDS_PER_LINE as usize, per_batch)?;
@@ -858,7 +859,6 @@ pub fn window(
     }
     let full = full.expect("at least one round");
     let (_, fewer) = run_once("part-000[0-3]*", false)?;
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(WindowReport {
         lines,
         words,
@@ -906,7 +906,8 @@ pub fn checkpoints(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<CheckpointReport> {
     const BATCHES: u64 = 100;
-    let scratch = tempdir()?;
+    let scratch_dir = tempdir()?;
+    let scratch = scratch_dir.path();
     let input = scratch.join("checkpoint-input");
     progress(&format!("generating {lines} lines in {BATCHES} files..."));
     generate_input(
@@ -943,7 +944,6 @@ pub fn checkpoints(
         with = with.min(elapsed);
         stats = summary.checkpoints;
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(CheckpointReport {
         words: lines * WORDS_PER_LINE,
         batches,
@@ -953,8 +953,11 @@ pub fn checkpoints(
     })
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// A scratch directory under the system's temporary directory, removed
+/// when dropped (also when a benchmark fails half-way).
+fn tempdir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("weir-bench-")
+        .tempdir()
+        .context("cannot create a scratch directory")
 }

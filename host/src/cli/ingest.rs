@@ -207,11 +207,11 @@ pub fn ingest(
         .with_context(|| format!("cannot start the feeder {}", weir.display()))?;
     let mut said = BufReader::new(feeder.stdout.take().expect("piped stdout"));
     let mut first = String::new();
-    said.read_line(&mut first)?;
-    let Some(address) = first.trim().strip_prefix("listening ") else {
+    let read = said.read_line(&mut first);
+    let Some(address) = first.trim().strip_prefix("listening ").filter(|_| read.is_ok()) else {
         let _ = feeder.kill();
         let _ = wait_measured(feeder, started);
-        return Err(anyhow!("the feeder did not start: {first:?}"));
+        return Err(anyhow!("the feeder did not start: {first:?} {read:?}"));
     };
     let interval = match mode {
         IngestMode::Interval { interval, .. } => humantime::format_duration(interval).to_string(),
