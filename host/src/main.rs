@@ -15,6 +15,8 @@ use weir::pipeline::{RunOptions, StopMode};
 use weir::runtime::{Runtime, RuntimeOptions};
 use weir::tools::{self, build, inspect, scaffold};
 
+use cli::corpus::CorpusKind;
+
 /// Weir: a micro-batch stream processing engine whose transforms are
 /// sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -67,11 +69,19 @@ enum Command {
         #[arg(long, default_value_t = 30_000)]
         lines: u64,
     },
-    /// Measure word-count throughput, Wasm against native, in one run.
+    /// Measure word-count throughput, Wasm against native in one run and
+    /// end to end; socket ingest; batch latency.
     Bench {
-        /// Lines of generated text (8 words each).
+        /// Lines of generated text.
         #[arg(long, default_value_t = 2_000_000)]
         lines: u64,
+        /// Which text the word count runs on: `zipf` (20,000 pseudo-words
+        /// drawn by a Zipf law, 8-12 a line: looks like text to a word
+        /// count), `words64` (the generator's 64 words, 8 a line: every
+        /// table stays hot in cache) or `both` (zipf first). The ingest
+        /// suite uses zipf unless told `words64`.
+        #[arg(long, default_value = "both", value_parser = ["both", "zipf", "words64"])]
+        corpus: String,
         /// Partitions and worker threads (default: the number of cores).
         #[arg(long)]
         partitions: Option<usize>,
@@ -81,18 +91,33 @@ enum Command {
         /// The split-words component (default: build plugins/split-words).
         #[arg(long)]
         plugin: Option<PathBuf>,
-        /// Run only one variant (for profiling): wasm, native, or wasm-10ms
-        /// (Wasm on an engine whose epoch ticks every 10 ms instead of 1 ms).
-        #[arg(long, value_parser = ["wasm", "native", "wasm-10ms"])]
+        /// Run only one variant of the word count (for profiling): wasm,
+        /// native, wasm-10ms (Wasm on an engine whose epoch ticks every 10 ms
+        /// instead of 1 ms) or e2e (the `weir run --available-now` binary).
+        #[arg(long, value_parser = ["wasm", "native", "wasm-10ms", "e2e"])]
         only: Option<String>,
         /// Which benchmarks: `wordcount` (throughput, latency, isolation),
-        /// `throughput` (the word count's throughput alone, for profiling),
-        /// `window` (windowed word count, deterministic time), `checkpoint`
-        /// (the windowed word count with and without checkpoints), `many`
-        /// (50 small pipelines on one engine: start time, memory, isolation)
-        /// or `all`.
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "window", "checkpoint", "many"])]
+        /// `throughput` (the word count's throughput alone: in process and
+        /// end to end, per corpus), `ingest` (socket ingest with a feeder
+        /// process), `latency` (10 ms batches at 100,000 lines/s), `window`
+        /// (windowed word count, deterministic time), `checkpoint` (the
+        /// windowed word count with and without checkpoints), `many` (50
+        /// small pipelines on one engine: start time, memory, isolation) or
+        /// `all`.
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many"])]
         suite: String,
+    },
+    /// The ingest benchmark's feeder: listens on an ephemeral port of
+    /// 127.0.0.1, prints `listening ADDRESS`, and writes benchmark text to
+    /// the first connection as fast as it can.
+    #[command(hide = true)]
+    BenchFeeder {
+        /// Lines to send, then close (default: until the reader goes away).
+        #[arg(long)]
+        lines: Option<u64>,
+        /// The text: zipf or words64.
+        #[arg(long, default_value = "zipf", value_parser = ["zipf", "words64"])]
+        corpus: String,
     },
 }
 
@@ -291,12 +316,28 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo { lines } => demo(lines),
         Command::Bench {
             lines,
+            corpus,
             partitions,
             rounds,
             plugin,
             only,
             suite,
-        } => bench(lines, partitions, rounds, plugin, only, &suite),
+        } => bench(
+            &BenchArgs {
+                lines,
+                corpus,
+                partitions,
+                rounds,
+                only,
+                suite,
+            },
+            plugin,
+        ),
+        Command::BenchFeeder { lines, corpus } => {
+            let corpus = cli::corpus::CorpusKind::from_name(&corpus).expect("checked by clap");
+            cli::ingest::feed(corpus, lines, std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -504,22 +545,32 @@ fn many(engine: &Engine, split_words: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(
+/// The `bench` command's settings besides its plugin.
+struct BenchArgs {
     lines: u64,
+    corpus: String,
     partitions: Option<usize>,
     rounds: usize,
-    plugin: Option<PathBuf>,
     only: Option<String>,
-    suite: &str,
-) -> anyhow::Result<ExitCode> {
+    suite: String,
+}
+
+fn bench(args: &BenchArgs, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let plugin = match plugin {
         Some(plugin) => plugin,
         None => example_plugin("split-words")?,
     };
-    let partitions =
-        partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let (lines, rounds) = (args.lines, args.rounds);
+    let partitions = args
+        .partitions
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let engine = engine(Some(partitions))?;
-    if suite == "all" || suite == "checkpoint" {
+    let runs = |suite: &str| args.suite == "all" || args.suite == suite;
+    let corpora: Vec<CorpusKind> = match args.corpus.as_str() {
+        "both" => vec![CorpusKind::Zipf, CorpusKind::Words64],
+        name => vec![CorpusKind::from_name(name).expect("checked by clap")],
+    };
+    if runs("checkpoint") {
         let report = cli::bench::checkpoints(&engine, &plugin, lines, partitions, rounds, |line| {
             eprintln!("{line}")
         })?;
@@ -540,17 +591,11 @@ fn bench(
             report.stats.max_duration.as_secs_f64() * 1e3
         );
         println!("  with / without = {:.2}", report.ratio());
-        if suite == "checkpoint" {
-            return Ok(ExitCode::SUCCESS);
-        }
     }
-    if suite == "all" || suite == "many" {
+    if runs("many") {
         many(&engine, &plugin)?;
-        if suite == "many" {
-            return Ok(ExitCode::SUCCESS);
-        }
     }
-    if suite == "all" || suite == "window" {
+    if runs("window") {
         let report = cli::bench::window(&engine, &plugin, lines, partitions, rounds, |line| {
             eprintln!("{line}")
         })?;
@@ -575,18 +620,48 @@ fn bench(
             report.state_fewer.keys,
             report.state_fewer.memory_bytes
         );
-        if suite == "window" {
-            return Ok(ExitCode::SUCCESS);
-        }
     }
-    let settings = cli::bench::BenchSettings {
-        lines,
-        words_per_line: 8,
-        partitions,
-        rounds,
-        plugin,
-        only,
-    };
+    if runs("wordcount") || runs("throughput") {
+        throughput(&engine, &plugin, args, partitions, &corpora)?;
+    }
+    if runs("wordcount") || runs("latency") {
+        latency(&engine, &plugin)?;
+    }
+    if runs("wordcount") {
+        isolation(&engine, &plugin)?;
+    }
+    if runs("ingest") {
+        // Zipf text unless only words64 was asked for.
+        let corpus = if corpora == [CorpusKind::Words64] {
+            CorpusKind::Words64
+        } else {
+            CorpusKind::Zipf
+        };
+        ingest(&engine, &plugin, corpus, partitions, lines, rounds)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Megabytes, for reports.
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// Milliseconds, for reports.
+fn ms(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// `bench --suite throughput`: the word count on each corpus, in process
+/// (Wasm, native, Wasm with 10 ms ticks) and end to end.
+fn throughput(
+    engine: &Engine,
+    plugin: &Path,
+    args: &BenchArgs,
+    partitions: usize,
+    corpora: &[CorpusKind],
+) -> anyhow::Result<()> {
+    use cli::bench::Variant;
     let coarse_tick = Engine::new(EngineOptions {
         cache_dir: cache_dir(),
         workers: Some(partitions),
@@ -594,58 +669,149 @@ fn bench(
         epoch_tick: std::time::Duration::from_millis(10),
         ..EngineOptions::default()
     })?;
-    let report = cli::bench::run(&engine, &coarse_tick, &settings, |line| eprintln!("{line}"))?;
-    println!(
-        "word count over {} lines ({} words), {partitions} partitions, best of {rounds}:",
-        lines, report.words
-    );
-    println!(
-        "  wasm    {:>8.2} M words/s",
-        report.wasm_words_per_second() / 1e6
-    );
-    println!(
-        "  native  {:>8.2} M words/s",
-        report.native_words_per_second() / 1e6
-    );
-    println!(
-        "  wasm / native = {:.2} (best times); {:.2} (median of the rounds' ratios)",
-        report.ratio(),
-        report.median_round_ratio()
-    );
-    println!(
-        "  wasm with 10 ms epoch ticks {:>8.2} M words/s: 1 ms ticks (time-slicing) / 10 ms = {:.3}",
-        report.words as f64 / report.wasm_coarse_tick.as_secs_f64() / 1e6,
-        report.wasm_coarse_tick.as_secs_f64() / report.wasm.as_secs_f64()
-    );
-    if suite == "throughput" {
-        return Ok(ExitCode::SUCCESS);
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let mut reports = Vec::new();
+    for &corpus in corpora {
+        let settings = cli::bench::BenchSettings {
+            lines: args.lines,
+            corpus,
+            partitions,
+            rounds: args.rounds,
+            plugin: plugin.to_owned(),
+            weir: weir.clone(),
+            only: args.only.clone(),
+        };
+        let report = cli::bench::run(engine, &coarse_tick, &settings, |line| eprintln!("{line}"))?;
+        println!(
+            "word count on {} over {} lines ({} words, {:.1} MB, generated in {:.2} s), {partitions} partitions, \
+             best of {}:",
+            report.corpus,
+            report.input.lines,
+            report.input.words,
+            mb(report.input.bytes),
+            report.generation.as_secs_f64(),
+            args.rounds
+        );
+        let row = |variant: Variant, label: &str| {
+            if let (Some(rate), Some(figures)) = (report.words_per_second(variant), report.figures(variant)) {
+                println!(
+                    "  {label:<32} {:>8.2} M words/s  {:>7.3} s  peak RSS {:>7.1} MB{}",
+                    rate / 1e6,
+                    figures.best.as_secs_f64(),
+                    mb(figures.peak_rss),
+                    figures
+                        .cpu
+                        .map(|cpu| format!("  CPU {:.2} s", cpu.as_secs_f64()))
+                        .unwrap_or_default()
+                );
+            }
+        };
+        row(Variant::Wasm, "wasm (in process)");
+        row(Variant::Native, "native (in process)");
+        if !report.ratio().is_nan() {
+            println!(
+                "  wasm / native = {:.2} (best times); {:.2} (median of the rounds' ratios)",
+                report.ratio(),
+                report.median_round_ratio()
+            );
+        }
+        row(Variant::WasmCoarseTick, "wasm, 10 ms epoch ticks");
+        if let (Some(wasm), Some(coarse)) = (
+            report.figures(Variant::Wasm),
+            report.figures(Variant::WasmCoarseTick),
+        ) {
+            println!(
+                "  1 ms ticks (time-slicing) / 10 ms = {:.3}",
+                coarse.best.as_secs_f64() / wasm.best.as_secs_f64()
+            );
+        }
+        row(Variant::EndToEnd, "end to end (weir run, jsonl sink)");
+        reports.push(report);
     }
-    let latency = cli::bench::latency(
-        &engine,
-        &settings.plugin,
+    if reports.len() > 1 {
+        println!("word count summary (M words/s, peak RSS in MB; in-process peaks are this process's):");
+        println!(
+            "  {:<8} {:>8} {:>8} {:>11} {:>8} {:>9} {:>9}",
+            "corpus", "wasm", "native", "wasm/native", "e2e", "e2e peak", "wasm peak"
+        );
+        for (report, corpus) in reports.iter().zip(corpora) {
+            let rate = |variant| report.words_per_second(variant).map_or(f64::NAN, |r| r / 1e6);
+            let peak = |variant| {
+                report
+                    .figures(variant)
+                    .map_or(f64::NAN, |f: cli::bench::VariantFigures| mb(f.peak_rss))
+            };
+            println!(
+                "  {:<8} {:>8.2} {:>8.2} {:>11.2} {:>8.2} {:>9.1} {:>9.1}",
+                corpus.name(),
+                rate(Variant::Wasm),
+                rate(Variant::Native),
+                report.ratio(),
+                rate(Variant::EndToEnd),
+                peak(Variant::EndToEnd),
+                peak(Variant::Wasm)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bench --suite latency`: 10 ms batches at 100,000 lines/s.
+fn latency(engine: &Engine, plugin: &Path) -> anyhow::Result<()> {
+    let report = cli::bench::latency(
+        engine,
+        plugin,
         std::time::Duration::from_millis(10),
-        20_000,
-        std::time::Duration::from_secs(3),
+        100_000,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(5),
     )?;
-    let looping = example_plugin("loop-forever")?;
-    let isolation = cli::bench::isolation(
-        &engine,
-        &settings.plugin,
-        &looping,
-        std::time::Duration::from_secs(4),
-    )?;
-    let summary = &latency.summary;
     println!(
-        "latency: {} lines/s, batch interval {:?}, {:?}: {} batches, {} over the interval, \
-         mean {:.2} ms, max {:.2} ms per batch",
-        latency.rate,
-        latency.interval,
-        latency.duration,
-        summary.batches,
-        summary.slow_batches,
-        summary.total_batch_time.as_secs_f64() * 1e3 / summary.batches.max(1) as f64,
-        summary.max_batch_time.as_secs_f64() * 1e3,
+        "latency: generator at {} lines/s (8 words a line) → split-words (Wasm) → count, {:?} batches, \
+         {:?} after a 1 s warm-up: {} batches (lines per batch p50 {}, max {}), {} over the interval",
+        report.rate,
+        report.interval,
+        report.duration,
+        report.batches,
+        report.lines_per_batch.p50,
+        report.lines_per_batch.max,
+        report.over_interval,
     );
+    let spread = |label: &str, s: cli::bench::Spread| {
+        println!(
+            "  {label:<18} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
+        );
+    };
+    spread("processing time", report.processing);
+    spread("scheduling delay", report.scheduling);
+    spread("total delay", report.total);
+    let live = &report.live;
+    println!(
+        "  the engine's live metrics (last {} batches, warm-up included): processing p50 {:.2} ms, \
+         p99 {:.2} ms, max {:.2} ms; whole run: {} of {} batches over the interval; peak RSS {:.1} MB{}",
+        live.batches.min(weir::pipeline::live::RECENT_BATCHES as u64),
+        ms(live.processing_time.p50),
+        ms(live.processing_time.p99),
+        ms(live.processing_time.max),
+        report.summary.slow_batches,
+        report.summary.batches,
+        mb(report.peak_rss),
+        if report.lost_events > 0 {
+            format!(" ({} batch events missed)", report.lost_events)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// The isolation check of `bench --suite wordcount`.
+fn isolation(engine: &Engine, plugin: &Path) -> anyhow::Result<()> {
+    let looping = example_plugin("loop-forever")?;
+    let isolation = cli::bench::isolation(engine, plugin, &looping, std::time::Duration::from_secs(4))?;
     let mean_ms =
         |s: &weir::pipeline::RunSummary| s.total_batch_time.as_secs_f64() * 1e3 / s.batches.max(1) as f64;
     println!(
@@ -658,5 +824,79 @@ fn bench(
         isolation.slowdown(),
         engine.lent_tasks(),
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// `bench --suite ingest`: socket ingest from a feeder process, 1 s batches
+/// for 8 s and available-now over `lines` lines, `rounds` times each.
+fn ingest(
+    engine: &Engine,
+    plugin: &Path,
+    corpus: CorpusKind,
+    partitions: usize,
+    lines: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    use cli::ingest::IngestMode;
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let modes = [
+        IngestMode::Interval {
+            interval: std::time::Duration::from_secs(1),
+            duration: std::time::Duration::from_secs(8),
+        },
+        IngestMode::AvailableNow { lines },
+    ];
+    let mut best: [Option<cli::ingest::IngestReport>; 2] = [None, None];
+    for round in 1..=rounds.max(1) {
+        for (mode, best) in modes.iter().zip(&mut best) {
+            let report = cli::ingest::ingest(engine, &weir, plugin, corpus, partitions, *mode)?;
+            eprintln!(
+                "ingest round {round} {:>13}: {:>6.3} M lines/s {:>6.2} M words/s ({} lines in {:.2} s)",
+                match mode {
+                    IngestMode::Interval { .. } => "1 s batches",
+                    IngestMode::AvailableNow { .. } => "available-now",
+                },
+                report.lines_per_second() / 1e6,
+                report.words_per_second() / 1e6,
+                report.lines,
+                report.elapsed.as_secs_f64()
+            );
+            if best
+                .as_ref()
+                .is_none_or(|b| report.lines_per_second() > b.lines_per_second())
+            {
+                *best = Some(report);
+            }
+        }
+    }
+    println!(
+        "ingest: socket over loopback from a feeder process of its own ({} text) → split-words (Wasm) → count, \
+         {partitions} partitions, best of {rounds}:",
+        corpus.name()
+    );
+    for report in best.iter().flatten() {
+        let mode = match report.mode {
+            IngestMode::Interval { interval, duration } => format!(
+                "{} batches for {}",
+                humantime::format_duration(interval),
+                humantime::format_duration(duration)
+            ),
+            IngestMode::AvailableNow { .. } => "available-now".to_owned(),
+        };
+        println!(
+            "  {mode:<22} {:>6.3} M lines/s {:>7.2} M words/s  ({} lines, {} batches, lines per batch p50 {} max {}, \
+             batch processing p50 {:.1} ms max {:.1} ms; peak RSS {:.1} MB; feeder CPU {:.2} s)",
+            report.lines_per_second() / 1e6,
+            report.words_per_second() / 1e6,
+            report.lines,
+            report.batches,
+            report.lines_per_batch.p50,
+            report.lines_per_batch.max,
+            ms(report.processing.p50),
+            ms(report.processing.max),
+            mb(report.peak_rss),
+            report.feeder.cpu.as_secs_f64()
+        );
+    }
+    Ok(())
 }

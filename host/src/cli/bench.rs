@@ -1,10 +1,17 @@
 //! `weir bench`: word count over a directory of generated text, with the
 //! `split-words` Wasm plugin and with its native twin, in one run, so the
-//! ratio between them is measured under the same machine load.
+//! ratio between them is measured under the same machine load; and the same
+//! word count end to end, as the `weir run --available-now` binary in a
+//! process of its own (start and sink included).
 //!
-//! The pipeline is `files → flat-map split-words → reduce-by-key count`, run
-//! `--available-now` into a sink that only counts. Each variant runs
-//! `rounds` times, alternating, and the best time of each is kept.
+//! The pipeline is `files → flat-map split-words → reduce-by-key count`:
+//! in-process `--available-now` into a sink that only counts, and end to
+//! end into a `jsonl` files sink whose output is read back and added up.
+//! The text is one of the [`corpus`](super::corpus) kinds; every run's
+//! counts must add up to the words generated. Each variant runs `rounds`
+//! times, in a rotating order, and the best time of each is kept; each
+//! run's peak resident memory is measured too (this process's, reset before
+//! each in-process run; the child's, from `wait4`, end to end).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,12 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
+use weir::engine::PipelineHandle;
 use weir::engine::{Engine, Prepared};
 use weir::operator::native::library;
-use weir::pipeline::{RunOptions, RunSummary, StopMode};
+use weir::pipeline::live::BatchReport;
+use weir::pipeline::{PipelineEvent, PipelineMetrics, RunOptions, RunSummary, StopMode};
 use weir::record::Partition;
 use weir::sink::{BatchInfo, Sink, SinkError};
 use weir::source::generator;
+
+use super::corpus::{Corpus, CorpusKind, CorpusStats};
+use super::end_to_end;
+use super::process::{peak_rss, reset_peak_rss};
 
 /// Words per generated line in the windowed and checkpoint benchmarks.
 const WORDS_PER_LINE: u64 = 8;
@@ -28,30 +41,72 @@ const WORDS_PER_LINE: u64 = 8;
 pub struct BenchSettings {
     /// Lines of generated text.
     pub lines: u64,
-    /// Words per line.
-    pub words_per_line: usize,
+    /// Which text.
+    pub corpus: CorpusKind,
     /// Partitions (and worker threads).
     pub partitions: usize,
     /// Runs of each variant.
     pub rounds: usize,
     /// The `split-words` component.
     pub plugin: PathBuf,
-    /// Run only this variant (`wasm`, `native` or `wasm-10ms`); all when `None`.
+    /// The `weir` binary the end-to-end variant runs.
+    pub weir: PathBuf,
+    /// Run only this variant (see [`Variant::name`]); all when `None`.
     pub only: Option<String>,
+}
+
+/// One way of running the word count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// In process, the Wasm `split-words`.
+    Wasm,
+    /// In process, its native twin.
+    Native,
+    /// In process, Wasm on an engine whose epoch ticks every 10 ms (the
+    /// tick before time-slicing) instead of every 1 ms.
+    WasmCoarseTick,
+    /// The `weir run --available-now` binary in a child process, Wasm,
+    /// into a `jsonl` files sink.
+    EndToEnd,
+}
+
+impl Variant {
+    /// Every variant, in the order of the first round.
+    pub const ALL: [Variant; 4] = [Self::Wasm, Self::Native, Self::WasmCoarseTick, Self::EndToEnd];
+
+    /// Its name in progress lines and for `--only`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wasm => "wasm",
+            Self::Native => "native",
+            Self::WasmCoarseTick => "wasm-10ms",
+            Self::EndToEnd => "e2e",
+        }
+    }
+}
+
+/// What one variant measured over its rounds.
+#[derive(Debug, Clone, Copy)]
+pub struct VariantFigures {
+    /// Its best wall time.
+    pub best: Duration,
+    /// The highest peak resident memory of its runs.
+    pub peak_rss: u64,
+    /// CPU time of its best run (end to end only: the child's).
+    pub cpu: Option<Duration>,
 }
 
 /// The measured figures.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
-    /// Words processed per run.
-    pub words: u64,
-    /// Best wall time of the Wasm pipeline.
-    pub wasm: Duration,
-    /// Best wall time of the native pipeline.
-    pub native: Duration,
-    /// Best wall time of the Wasm pipeline on an engine ticking every
-    /// 10 ms (the tick before time-slicing) instead of every 1 ms.
-    pub wasm_coarse_tick: Duration,
+    /// The text, described.
+    pub corpus: String,
+    /// What was generated.
+    pub input: CorpusStats,
+    /// Wall time of generating it.
+    pub generation: Duration,
+    /// Per variant (in [`Variant::ALL`] order), when it ran.
+    pub figures: [Option<VariantFigures>; 4],
     /// Native time over Wasm time of each round (the two runs of a round
     /// follow each other, so a change in machine load between rounds
     /// cancels out of each ratio).
@@ -59,14 +114,16 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    /// Words per second of the Wasm pipeline.
-    pub fn wasm_words_per_second(&self) -> f64 {
-        self.words as f64 / self.wasm.as_secs_f64()
+    /// The figures of `variant`, when it ran.
+    pub fn figures(&self, variant: Variant) -> Option<VariantFigures> {
+        let index = Variant::ALL.iter().position(|&v| v == variant)?;
+        self.figures[index]
     }
 
-    /// Words per second of the native pipeline.
-    pub fn native_words_per_second(&self) -> f64 {
-        self.words as f64 / self.native.as_secs_f64()
+    /// Words per second of `variant`'s best run.
+    pub fn words_per_second(&self, variant: Variant) -> Option<f64> {
+        self.figures(variant)
+            .map(|figures| self.input.words as f64 / figures.best.as_secs_f64())
     }
 
     /// The median of [`BenchReport::round_ratios`]; `NaN` without rounds of both.
@@ -80,12 +137,13 @@ impl BenchReport {
         }
     }
 
-    /// Wasm throughput as a fraction of native throughput (best times).
+    /// Wasm throughput as a fraction of native throughput (best times);
+    /// `NaN` unless both ran.
     pub fn ratio(&self) -> f64 {
-        if self.wasm == Duration::MAX || self.native == Duration::MAX {
-            return f64::NAN;
+        match (self.figures(Variant::Wasm), self.figures(Variant::Native)) {
+            (Some(wasm), Some(native)) => native.best.as_secs_f64() / wasm.best.as_secs_f64(),
+            _ => f64::NAN,
         }
-        self.native.as_secs_f64() / self.wasm.as_secs_f64()
     }
 }
 
@@ -110,8 +168,8 @@ impl Sink for TotalSink {
     }
 }
 
-/// Writes `lines` generated lines into files of `per_file` lines under
-/// `dir`, named `part-00000.txt`, `part-00001.txt`, …
+/// Writes `lines` lines of the generator's 8-word text into files of
+/// `per_file` lines under `dir`, named `part-00000.txt`, `part-00001.txt`, …
 pub fn generate_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> anyhow::Result<()> {
     write_input(dir, lines, words_per_line, per_file).context("cannot write the benchmark input")
 }
@@ -142,6 +200,25 @@ fn write_input(dir: &Path, lines: u64, words_per_line: usize, per_file: u64) -> 
 /// `split-words` (the component at `plugin`) → reduce-by-key count → a
 /// console sink showing `max_records` records per batch.
 pub fn wordcount_toml(name: &str, interval: &str, partitions: usize, plugin: &Path, source: &str) -> String {
+    wordcount_toml_into(
+        name,
+        interval,
+        partitions,
+        plugin,
+        source,
+        "type = \"console\"\nmax-records = 8",
+    )
+}
+
+/// [`wordcount_toml`] with `sink` as the body of its `[[sink]]` table.
+pub fn wordcount_toml_into(
+    name: &str,
+    interval: &str,
+    partitions: usize,
+    plugin: &Path,
+    source: &str,
+    sink: &str,
+) -> String {
     format!(
         r#"
 [pipeline]
@@ -170,8 +247,7 @@ reducer = "count"
 
 [[sink]]
 input = "counts"
-type = "console"
-max-records = 8
+{sink}
 "#,
         plugin = plugin.display().to_string(),
     )
@@ -179,7 +255,7 @@ max-records = 8
 
 /// Prepares the pipeline in `text` on `engine` (with the native twin of
 /// `split-words` when `native`), its sinks replaced by `sink` on `stream`.
-fn prepare(
+pub fn prepare(
     engine: &Engine,
     text: &str,
     native: bool,
@@ -224,20 +300,42 @@ fn run_once(engine: &Engine, text: &str, native: bool) -> anyhow::Result<(Durati
     Ok((elapsed, counted.load(Ordering::Relaxed)))
 }
 
-/// Runs the benchmark; `progress` receives a line per run.
+/// Files the word-count input is written in.
+const INPUT_FILES: u64 = 100;
+
+/// Runs the benchmark on `settings.corpus`; `progress` receives a line per run.
 pub fn run(
     engine: &Engine,
     coarse_tick: &Engine,
     settings: &BenchSettings,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<BenchReport> {
-    let scratch = tempdir()?;
+    let scratch_dir = tempdir()?;
+    let scratch = scratch_dir.path();
     let input = scratch.join("input");
+    let corpus = Corpus::new(settings.corpus, 0);
     progress(&format!(
-        "generating {} lines of {} words...",
-        settings.lines, settings.words_per_line
+        "generating {} lines of {} in {INPUT_FILES} files...",
+        settings.lines,
+        corpus.describe()
     ));
-    generate_input(&input, settings.lines, settings.words_per_line, 100_000)?;
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stats = corpus
+        .write_files(
+            &input,
+            settings.lines,
+            settings.lines.div_ceil(INPUT_FILES),
+            threads,
+        )
+        .context("cannot write the benchmark input")?;
+    let generation = started.elapsed();
+    progress(&format!(
+        "generated {} words, {:.1} MB in {:.2} s",
+        stats.words,
+        stats.bytes as f64 / 1e6,
+        generation.as_secs_f64()
+    ));
     let source = format!("type = \"files\"\npath = {:?}", input.display().to_string());
     let text = wordcount_toml(
         "bench-wordcount",
@@ -247,55 +345,152 @@ pub fn run(
         &source,
     );
 
-    let words = settings.lines * settings.words_per_line as u64;
-    let (mut best_wasm, mut best_native, mut best_coarse) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let words = stats.words;
+    let mut figures: [Option<VariantFigures>; 4] = [None; 4];
     let mut round_ratios = Vec::new();
     for round in 1..=settings.rounds.max(1) {
-        let (mut wasm_time, mut native_time, mut coarse_time) = (None, None, None);
-        let mut variants = [
-            ("wasm", engine, false, &mut best_wasm, &mut wasm_time),
-            ("native", engine, true, &mut best_native, &mut native_time),
-            (
-                "wasm-10ms",
-                coarse_tick,
-                false,
-                &mut best_coarse,
-                &mut coarse_time,
-            ),
-        ];
+        let mut times: [Option<Duration>; 4] = [None; 4];
         // Each variant takes each place in the order in turn: a run right
         // after another can be slower or faster for reasons of its own.
-        variants.rotate_left((round - 1) % 3);
-        for (name, on, native, best, time) in variants {
+        let mut order: Vec<usize> = (0..Variant::ALL.len()).collect();
+        order.rotate_left((round - 1) % Variant::ALL.len());
+        for index in order {
+            let variant = Variant::ALL[index];
+            let name = variant.name();
             if settings.only.as_deref().is_some_and(|only| only != name) {
                 continue;
             }
-            let (elapsed, counted) = run_once(on, &text, native)?;
+            let (elapsed, counted, peak, cpu) = match variant {
+                Variant::EndToEnd => {
+                    let run = end_to_end::wordcount(
+                        &settings.weir,
+                        &input,
+                        &settings.plugin,
+                        settings.partitions,
+                        &scratch.join("e2e"),
+                    )?;
+                    progress(&format!(
+                        "end to end: {} output records in {} batches",
+                        run.records, run.batches
+                    ));
+                    (
+                        run.usage.elapsed,
+                        run.counted,
+                        run.usage.peak_rss,
+                        Some(run.usage.cpu),
+                    )
+                }
+                _ => {
+                    let on = if variant == Variant::WasmCoarseTick {
+                        coarse_tick
+                    } else {
+                        engine
+                    };
+                    reset_peak_rss();
+                    let (elapsed, counted) = run_once(on, &text, variant == Variant::Native)?;
+                    (elapsed, counted, peak_rss(), None)
+                }
+            };
             if counted != words {
                 return Err(anyhow!(
                     "the {name} run counted {counted} words instead of {words}"
                 ));
             }
             progress(&format!(
-                "round {round} {name:>9}: {:>8.3} s  {:>6.2} M words/s",
+                "round {round} {name:>9}: {:>8.3} s  {:>6.2} M words/s  peak RSS {:>6.1} MB{}",
                 elapsed.as_secs_f64(),
-                words as f64 / elapsed.as_secs_f64() / 1e6
+                words as f64 / elapsed.as_secs_f64() / 1e6,
+                peak as f64 / 1e6,
+                cpu.map(|cpu| format!("  CPU {:.2} s", cpu.as_secs_f64()))
+                    .unwrap_or_default()
             ));
-            *best = (*best).min(elapsed);
-            *time = Some(elapsed);
+            let slot = &mut figures[index];
+            let best = slot.map_or(Duration::MAX, |f| f.best);
+            *slot = Some(VariantFigures {
+                best: best.min(elapsed),
+                peak_rss: slot.map_or(0, |f| f.peak_rss).max(peak),
+                cpu: if elapsed < best {
+                    cpu
+                } else {
+                    slot.and_then(|f| f.cpu)
+                },
+            });
+            times[index] = Some(elapsed);
         }
-        if let (Some(wasm), Some(native)) = (wasm_time, native_time) {
+        if let (Some(wasm), Some(native)) = (times[0], times[1]) {
             round_ratios.push(native.as_secs_f64() / wasm.as_secs_f64());
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(BenchReport {
-        words,
-        wasm: best_wasm,
-        native: best_native,
-        wasm_coarse_tick: best_coarse,
+        corpus: corpus.describe(),
+        input: stats,
+        generation,
+        figures,
         round_ratios,
     })
+}
+
+/// Collects a pipeline's completed batches from its events, on a thread of
+/// its own, until the pipeline ends.
+pub struct BatchCollector {
+    thread: std::thread::JoinHandle<(Vec<BatchReport>, u64)>,
+}
+
+impl BatchCollector {
+    /// Starts collecting the batches `handle` completes from now on.
+    pub fn start(handle: &PipelineHandle) -> Self {
+        let mut events = handle.subscribe();
+        let thread = std::thread::spawn(move || {
+            use tokio::sync::broadcast::error::RecvError;
+            let (mut batches, mut lost) = (Vec::new(), 0);
+            loop {
+                match events.blocking_recv() {
+                    Ok(PipelineEvent::BatchCompleted(report)) => batches.push(report),
+                    Ok(PipelineEvent::StatusChanged { state }) if state.is_final() => break,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => lost += missed,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+            (batches, lost)
+        });
+        Self { thread }
+    }
+
+    /// The batches completed (in order), and how many events were missed;
+    /// call once the pipeline has ended.
+    pub fn finish(self) -> (Vec<BatchReport>, u64) {
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Median, 99th percentile and maximum of some values (durations unless
+/// said otherwise).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spread<T = Duration> {
+    /// Median.
+    pub p50: T,
+    /// 99th percentile (the value at rank round(0.99 × (n − 1)), as the
+    /// engine's live metrics compute it).
+    pub p99: T,
+    /// Maximum.
+    pub max: T,
+}
+
+impl<T: Ord + Copy + Default> Spread<T> {
+    /// The spread of `values`; defaults (zeros) when empty.
+    pub fn of(mut values: Vec<T>) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        values.sort_unstable();
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        Self {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: values[values.len() - 1],
+        }
+    }
 }
 
 /// What the latency benchmark measured.
@@ -305,20 +500,42 @@ pub struct LatencyReport {
     pub interval: Duration,
     /// Lines per second the generator produced.
     pub rate: u64,
-    /// How long the pipeline ran.
+    /// How long the pipeline ran after its warm-up.
     pub duration: Duration,
-    /// The run's figures (batches, slow batches, processing times).
+    /// Batches measured (those completed after the warm-up).
+    pub batches: usize,
+    /// Of those, batches whose processing took longer than the interval.
+    pub over_interval: usize,
+    /// Lines in each of those batches.
+    pub lines_per_batch: Spread<u64>,
+    /// Processing time (stages and sinks) of those batches.
+    pub processing: Spread,
+    /// Scheduling delay (from when a batch was due to when its
+    /// processing started) of those batches.
+    pub scheduling: Spread,
+    /// Total delay (scheduling delay plus processing) of those batches.
+    pub total: Spread,
+    /// Events the collector missed (it must keep up: 0).
+    pub lost_events: u64,
+    /// The engine's live metrics just before the stop (over the last 1,000
+    /// batches, the warm-up included).
+    pub live: PipelineMetrics,
+    /// The whole run's figures.
     pub summary: RunSummary,
+    /// Peak resident memory of this process during the run.
+    pub peak_rss: u64,
 }
 
 /// Runs generator → split-words (Wasm) → count at `rate` lines per second
-/// with a `interval` batch interval for `duration`, and reports whether
-/// every batch finished within its interval.
+/// with an `interval` batch interval for `warm_up` then `duration`, and
+/// reports the batch times of the batches after the warm-up (the first
+/// batches also instantiate the plugin on every worker).
 pub fn latency(
     engine: &Engine,
     plugin: &Path,
     interval: Duration,
     rate: u64,
+    warm_up: Duration,
     duration: Duration,
 ) -> anyhow::Result<LatencyReport> {
     let text = wordcount_toml(
@@ -330,15 +547,37 @@ pub fn latency(
     );
     let counted = Arc::new(AtomicU64::new(0));
     let prepared = prepare(engine, &text, false, "counts", Box::new(TotalSink(counted)))?;
+    reset_peak_rss();
     let handle = engine.start(prepared, RunOptions::default())?;
+    let collector = BatchCollector::start(&handle);
+    std::thread::sleep(warm_up);
+    let measured_from = handle.status().last_batch.map_or(0, |mark| mark.id + 1);
     std::thread::sleep(duration);
+    let measured_to = handle.status().last_batch.map_or(0, |mark| mark.id);
+    let live = handle.metrics();
     handle.stop(StopMode::Graceful);
     let summary = handle.wait()?;
+    let peak_rss = peak_rss();
+    let (batches, lost_events) = collector.finish();
+    let measured: Vec<&BatchReport> = batches
+        .iter()
+        .filter(|report| (measured_from..=measured_to).contains(&report.batch.id))
+        .collect();
+    let spread = |of: fn(&BatchReport) -> Duration| Spread::of(measured.iter().map(|r| of(r)).collect());
     Ok(LatencyReport {
         interval,
         rate,
         duration,
+        batches: measured.len(),
+        over_interval: measured.iter().filter(|r| r.processing_time > interval).count(),
+        lines_per_batch: Spread::of(measured.iter().map(|r| r.records_in).collect()),
+        processing: spread(|r| r.processing_time),
+        scheduling: spread(|r| r.scheduling_delay),
+        total: spread(|r| r.total_delay),
+        lost_events,
+        live,
         summary,
+        peak_rss,
     })
 }
 
@@ -576,7 +815,8 @@ pub fn window(
 ) -> anyhow::Result<WindowReport> {
     const BATCHES: u64 = 50;
     let per_batch = lines.div_ceil(BATCHES).max(1);
-    let scratch = tempdir()?;
+    let scratch_dir = tempdir()?;
+    let scratch = scratch_dir.path();
     let input = scratch.join("window-input");
     progress(&format!("generating {lines} lines in {BATCHES} files..."));
     generate_input(&input, lines, WORDS_PER_LINE as usize, per_batch)?;
@@ -619,7 +859,6 @@ pub fn window(
     }
     let full = full.expect("at least one round");
     let (_, fewer) = run_once("part-000[0-3]*", false)?;
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(WindowReport {
         lines,
         words,
@@ -667,7 +906,8 @@ pub fn checkpoints(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<CheckpointReport> {
     const BATCHES: u64 = 100;
-    let scratch = tempdir()?;
+    let scratch_dir = tempdir()?;
+    let scratch = scratch_dir.path();
     let input = scratch.join("checkpoint-input");
     progress(&format!("generating {lines} lines in {BATCHES} files..."));
     generate_input(
@@ -704,7 +944,6 @@ pub fn checkpoints(
         with = with.min(elapsed);
         stats = summary.checkpoints;
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(CheckpointReport {
         words: lines * WORDS_PER_LINE,
         batches,
@@ -714,8 +953,11 @@ pub fn checkpoints(
     })
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// A scratch directory under the system's temporary directory, removed
+/// when dropped (also when a benchmark fails half-way).
+fn tempdir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("weir-bench-")
+        .tempdir()
+        .context("cannot create a scratch directory")
 }

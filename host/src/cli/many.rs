@@ -22,6 +22,7 @@ use weir::pipeline::{RunOptions, RunSummary, StopMode};
 use weir::sink::Sink;
 
 use super::bench::{DiscardSink, TotalSink, wordcount_toml};
+use super::process::{peak_rss, resident_bytes, threads};
 
 /// What the many-pipelines benchmark measured.
 #[derive(Debug, Clone)]
@@ -49,29 +50,6 @@ pub struct ManyReport {
     pub isolation: [Duration; 3],
     /// Peak resident memory of the process.
     pub peak_rss: u64,
-}
-
-/// Resident memory of this process now, from `/proc/self/statm`.
-pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-/// Peak resident memory of this process (`VmHWM`).
-pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count())
 }
 
 /// Starts the word count in `text`, its counts going to a sink that adds them up.
