@@ -595,15 +595,15 @@ fn bench(args: &BenchArgs, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> 
     if runs("many") {
         many(&engine, &plugin)?;
     }
-    if runs("window") {
-        let report = cli::bench::window(&engine, &plugin, lines, partitions, rounds, |line| {
+    for &corpus in corpora.iter().filter(|_| runs("window")) {
+        let report = cli::bench::window(&engine, &plugin, lines, partitions, rounds, corpus, |line| {
             eprintln!("{line}")
         })?;
         let rate = |time: std::time::Duration| report.words as f64 / time.as_secs_f64() / 1e6;
         println!(
             "windowed word count (30 s window sliding 10 s, 1 s batches, deterministic time) over {} lines \
-             ({} words, {} batches), {partitions} partitions, best of {rounds}:",
-            report.lines, report.words, report.batches
+             ({} words, {} batches) of {}, {partitions} partitions, best of {rounds}:",
+            report.lines, report.words, report.batches, report.corpus
         );
         println!("  wasm    {:>8.2} M words/s", rate(report.wasm));
         println!("  native  {:>8.2} M words/s", rate(report.native));

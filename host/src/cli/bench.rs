@@ -745,6 +745,8 @@ type = "console"
 /// What the windowed word-count benchmark measured.
 #[derive(Debug, Clone)]
 pub struct WindowReport {
+    /// The text it ran on.
+    pub corpus: String,
     /// Lines generated.
     pub lines: u64,
     /// Words counted.
@@ -767,8 +769,8 @@ pub struct WindowReport {
 /// Checks every emitted window of the windowed word count: its counts add
 /// up to the words of the batches it covers.
 struct WindowCheckSink {
-    words_per_batch: u64,
-    total_words: u64,
+    /// Words of batches `0..=k`, for each batch `k` of input.
+    words_through: Arc<Vec<u64>>,
     length: u64,
     failure: Arc<std::sync::Mutex<Option<String>>>,
     windows: Arc<AtomicU64>,
@@ -787,9 +789,16 @@ impl Sink for WindowCheckSink {
             return Ok(());
         }
         self.windows.fetch_add(1, Ordering::Relaxed);
+        // Words of batches `..k`: none before the first, all after the last.
+        let before = |k: u64| match k.checked_sub(1) {
+            None => 0,
+            Some(last) => {
+                let through = &self.words_through;
+                through[(last as usize).min(through.len() - 1)]
+            }
+        };
         let first = (batch.id + 1).saturating_sub(self.length);
-        let expected = ((batch.id + 1) * self.words_per_batch).min(self.total_words)
-            - (first * self.words_per_batch).min(self.total_words);
+        let expected = before(batch.id + 1) - before(first);
         if total != expected {
             *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                 "the window ending at batch {} counted {total} words instead of {expected}",
@@ -800,17 +809,18 @@ impl Sink for WindowCheckSink {
     }
 }
 
-/// Runs the windowed word count: `lines` generated lines in 50 files, one
-/// per one-second batch (deterministic time) → split-words → a 30 s window
-/// sliding every 10 s (incremental, with the built-in inverse of count),
-/// Wasm then native, `rounds` times each; then once over the first 40
-/// files, to compare state (both runs are past the window's length).
+/// Runs the windowed word count: `lines` lines of `corpus` in 50 files,
+/// one per one-second batch (deterministic time) → split-words → a 30 s
+/// window sliding every 10 s (incremental, with the built-in inverse of
+/// count), Wasm then native, `rounds` times each; then once over the first
+/// 40 files, to compare state (both runs are past the window's length).
 pub fn window(
     engine: &Engine,
     plugin: &Path,
     lines: u64,
     partitions: usize,
     rounds: usize,
+    corpus: CorpusKind,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<WindowReport> {
     const BATCHES: u64 = 50;
@@ -818,16 +828,39 @@ pub fn window(
     let scratch_dir = tempdir()?;
     let scratch = scratch_dir.path();
     let input = scratch.join("window-input");
-    progress(&format!("generating {lines} lines in {BATCHES} files..."));
-    generate_input(&input, lines, WORDS_PER_LINE as usize, per_batch)?;
+    let corpus = Corpus::new(corpus, 0);
+    progress(&format!(
+        "generating {lines} lines in {BATCHES} files ({})...",
+        corpus.describe()
+    ));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stats = corpus
+        .write_files(&input, lines, per_batch, threads)
+        .context("cannot write the benchmark input")?;
+    // Each file is one batch: the words of the batches up to each.
+    let mut words_through = Vec::new();
+    let mut total = 0;
+    let mut scratch_line = Vec::new();
+    for batch in 0..lines.div_ceil(per_batch) {
+        let from = batch * per_batch;
+        for index in from..(from + per_batch).min(lines) {
+            total += corpus.line(index, &mut scratch_line);
+        }
+        words_through.push(total);
+    }
+    anyhow::ensure!(
+        total == stats.words,
+        "the corpus counted {total} words, its files {}",
+        stats.words
+    );
+    let words_through = Arc::new(words_through);
     // The first 40 files: part-00000 … part-00039.
     let text = |glob: &str| windowed_wordcount_toml("bench-window", partitions, plugin, &input, glob, None);
     let run_once = |glob: &str, native: bool| -> anyhow::Result<(Duration, RunSummary)> {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let windows = Arc::new(AtomicU64::new(0));
         let sink = WindowCheckSink {
-            words_per_batch: per_batch * WORDS_PER_LINE,
-            total_words: lines * WORDS_PER_LINE,
+            words_through: words_through.clone(),
             length: 30,
             failure: failure.clone(),
             windows: windows.clone(),
@@ -842,7 +875,7 @@ pub fn window(
         }
         Ok((elapsed, summary))
     };
-    let words = lines * WORDS_PER_LINE;
+    let words = stats.words;
     let (mut wasm, mut native) = (Duration::MAX, Duration::MAX);
     let mut full = None;
     for round in 1..=rounds.max(1) {
@@ -860,6 +893,7 @@ pub fn window(
     let full = full.expect("at least one round");
     let (_, fewer) = run_once("part-000[0-3]*", false)?;
     Ok(WindowReport {
+        corpus: corpus.describe(),
         lines,
         words,
         batches: full.batches,
