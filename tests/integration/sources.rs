@@ -209,3 +209,45 @@ fn a_generator_count_ends_the_run_with_every_line() {
     let total: u64 = summed_counts(&out).values().sum();
     assert_eq!(total, 5_000 * 4);
 }
+
+#[test]
+fn a_stop_drops_the_line_it_cut_off_and_keeps_every_whole_one() {
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let text = sample_text(2_000, 3);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sent_tx, sent) = std::sync::mpsc::channel();
+    let feeder_text = text.clone();
+    let feeder = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(feeder_text.as_bytes()).unwrap();
+        // The start of a line whose end never comes, in the same write
+        // stream as whole lines.
+        stream.write_all(b"cutoff partial").unwrap();
+        stream.flush().unwrap();
+        sent_tx.send(()).unwrap();
+        // Keep the connection open until weir has stopped.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
+    });
+    // One hour batches: only the graceful stop's final batch delivers.
+    let source = format!("type = \"socket\"\naddress = \"{address}\"");
+    let pipeline = wordcount_pipeline(&source, &out, 2).replace("\"100ms\"", "\"1h\"");
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let child = weir()
+        .command(&["run", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sent.recv_timeout(LIMIT).unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    terminate(&child);
+    let output = wait_output(child, LIMIT);
+    feeder.join().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let counts = summed_counts(&out);
+    assert!(!counts.contains_key("cutoff"), "the cut-off line was delivered");
+    assert_eq!(counts, word_counts(&text));
+}

@@ -281,9 +281,8 @@ pub fn ingest(
             }
             words..=words
         }
-        // The source hands on the line a stop cut off, as far as it came:
-        // the last line may have fewer words (never more).
-        IngestMode::Interval { .. } => text.words_in_first(lines.saturating_sub(1))..=words,
+        // A stop drops the line it cut off: every line received is whole.
+        IngestMode::Interval { .. } => words..=words,
     };
     if !expected.contains(&counted) {
         return Err(anyhow!(

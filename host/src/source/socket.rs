@@ -259,11 +259,17 @@ async fn read_lines(
             Ok(0) => break Ended::Eof,
             Ok(n) => {
                 let now = now_ms();
-                // One chunk per read: lines reach the next batch even when the
-                // producer is slow.
+                // A read that did not fill the buffer emptied the socket: what
+                // came goes out as a chunk at once, so lines reach the next
+                // batch even when the producer is slow; while reads come
+                // full, chunks fill up to their size.
+                let drained = n < buffer.len();
                 let sent: Result<(), Closed> = async {
                     chunker.push_bytes(&buffer[..n], now).await?;
-                    chunker.flush().await
+                    if drained {
+                        chunker.flush().await?;
+                    }
+                    Ok(())
                 }
                 .await;
                 if sent.is_err() {
@@ -273,7 +279,15 @@ async fn read_lines(
             Err(error) => break Ended::Error(error),
         }
     };
-    if chunker.finish_lines(now_ms()).await.is_err() {
+    // As with a log: a last line without its end is a line only when the
+    // producer closed the connection; cut off by a stop or an error it is
+    // dropped rather than delivered truncated.
+    let sent = if matches!(ended, Ended::Eof) {
+        chunker.finish_lines(now_ms()).await
+    } else {
+        chunker.flush().await
+    };
+    if sent.is_err() {
         return Ended::Stopped;
     }
     ended
