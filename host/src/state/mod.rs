@@ -12,9 +12,17 @@
 //! operator reads what it needs, calls its plugin, and only then commits the
 //! new states ([`KeyedStore::commit`]), so a failed call leaves state as it
 //! was (and can be retried).
+//!
+//! Timeouts read an index by last-seen time, not every entry: in memory a
+//! sorted set of `(last_seen, key)` kept in step with the entries, on disk a
+//! second table of the spill file ([`spill`]). The keys idle since a time
+//! are then a range of each, so a batch's timeout work follows the keys that
+//! time out, not the keys held; spilling takes the oldest entries from the
+//! same set.
 
 pub mod spill;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::operator::keyed::FastMap;
@@ -35,9 +43,11 @@ pub struct StateEntry {
 }
 
 impl StateEntry {
-    /// Memory an entry of a `key_len`-byte key is counted for.
+    /// Memory an entry of a `key_len`-byte key is counted for: the key twice
+    /// (the map and the time index), the state, and the two structures'
+    /// bookkeeping.
     fn footprint(&self, key_len: usize) -> usize {
-        key_len + self.state.len() + 48
+        2 * key_len + self.state.len() + 96
     }
 }
 
@@ -66,6 +76,8 @@ pub fn spill_cache_bytes(budget: usize) -> usize {
 /// One partition's keyed state.
 pub struct KeyedStore {
     memory: FastMap<Box<[u8]>, StateEntry>,
+    /// The keys of `memory` by `last_seen`, oldest first.
+    by_time: BTreeSet<(i64, Box<[u8]>)>,
     memory_bytes: usize,
     /// Bytes of entries kept in memory (the store's budget less the spill cache).
     budget: usize,
@@ -114,6 +126,7 @@ impl KeyedStore {
         let cache_bytes = spill_cache_bytes(budget);
         Self {
             memory: FastMap::default(),
+            by_time: BTreeSet::new(),
             memory_bytes: 0,
             budget: budget - cache_bytes,
             cache_bytes,
@@ -149,13 +162,16 @@ impl KeyedStore {
         Ok(found)
     }
 
-    /// Keys whose `last_seen` is at or before `before`, with their entries.
+    /// Keys whose `last_seen` is at or before `before`, with their entries:
+    /// a range of the time index in memory and of the spill file's, so the
+    /// work follows the keys returned, not the keys held.
     pub fn idle_since(&self, before: i64) -> Result<Vec<KeyedEntry>, StateError> {
-        let mut idle: Vec<KeyedEntry> = self
-            .memory
-            .iter()
-            .filter(|(_, entry)| entry.last_seen <= before)
-            .map(|(key, entry)| (key.clone(), entry.clone()))
+        let in_memory = match before.checked_add(1) {
+            Some(end) => self.by_time.range(..(end, Box::default())),
+            None => self.by_time.range(..),
+        };
+        let mut idle: Vec<KeyedEntry> = in_memory
+            .map(|(_, key)| (key.clone(), self.memory[key].clone()))
             .collect();
         if let Some(spill) = &self.spill {
             idle.extend(spill.idle_since(before)?);
@@ -163,7 +179,7 @@ impl KeyedStore {
         Ok(idle)
     }
 
-    /// Every entry, in memory and on disk (for a checkpoint).
+    /// Every entry, in memory and on disk.
     pub fn entries(&self) -> Result<Vec<KeyedEntry>, StateError> {
         self.idle_since(i64::MAX)
     }
@@ -186,16 +202,13 @@ impl KeyedStore {
             }
         }
         for key in changes.remove {
-            if let Some(entry) = self.memory.remove(&key) {
-                self.memory_bytes -= entry.footprint(key.len());
-            }
+            self.forget(&key);
         }
         for (key, entry) in changes.put {
-            let key_len = key.len();
-            self.memory_bytes += entry.footprint(key_len);
-            if let Some(old) = self.memory.insert(key, entry) {
-                self.memory_bytes -= old.footprint(key_len);
-            }
+            self.forget(&key);
+            self.memory_bytes += entry.footprint(key.len());
+            self.by_time.insert((entry.last_seen, key.clone()));
+            self.memory.insert(key, entry);
         }
         if self.memory_bytes > self.budget
             && let Err(error) = self.spill_oldest()
@@ -205,36 +218,36 @@ impl KeyedStore {
         Ok(())
     }
 
-    /// Moves the least recently seen entries to disk until memory holds half
-    /// the budget: written to disk first, dropped from memory after.
+    /// Drops `key`'s entry from memory (and the time index), if there.
+    fn forget(&mut self, key: &[u8]) {
+        if let Some((key, entry)) = self.memory.remove_entry(key) {
+            self.memory_bytes -= entry.footprint(key.len());
+            self.by_time.remove(&(entry.last_seen, key));
+        }
+    }
+
+    /// Moves the least recently seen entries (the front of the time index)
+    /// to disk until memory holds half the budget: written to disk first,
+    /// dropped from memory after.
     fn spill_oldest(&mut self) -> Result<(), StateError> {
-        let mut by_age: Vec<(i64, &Box<[u8]>)> = self
-            .memory
-            .iter()
-            .map(|(key, entry)| (entry.last_seen, key))
-            .collect();
-        by_age.sort_unstable();
         let target = self.budget / 2;
         let mut remaining = self.memory_bytes;
-        let mut moved: Vec<KeyedEntry> = Vec::new();
-        for (_, key) in by_age {
+        let mut moved: Vec<Box<[u8]>> = Vec::new();
+        for (_, key) in &self.by_time {
             if remaining <= target {
                 break;
             }
-            let entry = &self.memory[key];
-            remaining -= entry.footprint(key.len());
-            moved.push((key.clone(), entry.clone()));
+            remaining -= self.memory[key].footprint(key.len());
+            moved.push(key.clone());
         }
         if self.spill.is_none() {
             self.spill = Some(SpillFile::create(&self.spill_path, self.cache_bytes)?);
         }
         let spill = self.spill.as_mut().expect("created above");
-        spill.put(&moved)?;
+        spill.put(moved.iter().map(|key| (&key[..], &self.memory[key])))?;
         tracing::debug!(keys = moved.len(), file = %self.spill_path.display(), "state spilled to disk");
-        for (key, _) in moved {
-            if let Some(entry) = self.memory.remove(&key) {
-                self.memory_bytes -= entry.footprint(key.len());
-            }
+        for key in moved {
+            self.forget(&key);
         }
         Ok(())
     }
@@ -302,6 +315,106 @@ mod tests {
         assert_eq!(store.size().keys, 50);
         assert_eq!(store.idle_since(2).unwrap().len(), 50);
         assert!(store.get(b"key-1").unwrap().is_none());
+    }
+
+    /// A tiny xorshift for the model test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// The keys `idle_since(before)` returns, sorted, with their entries.
+    fn idle(store: &KeyedStore, before: i64) -> Vec<KeyedEntry> {
+        let mut idle = store.idle_since(before).unwrap();
+        idle.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        idle
+    }
+
+    #[test]
+    fn idle_since_returns_exactly_the_idle_keys_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        // A budget that holds a few dozen entries: most live on disk, and
+        // keys move between memory and disk as they are updated.
+        let mut store = KeyedStore::new(6_000, dir.path().join("spill.redb"));
+        let mut model: std::collections::BTreeMap<Box<[u8]>, StateEntry> = Default::default();
+        let mut rng = Rng(0x1d1e_5eed_u64 | 1);
+        for time in 0..60i64 {
+            let mut changes = StateChanges::default();
+            let mut touched = std::collections::HashSet::new();
+            for _ in 0..rng.below(40) {
+                let key: Box<[u8]> = format!("key-{}", rng.below(150)).into_bytes().into();
+                if !touched.insert(key.clone()) {
+                    continue;
+                }
+                if rng.below(5) == 0 {
+                    if model.remove(&key).is_some() {
+                        changes.remove.push(key);
+                    }
+                } else {
+                    // Updates move a key's last_seen, sometimes backwards.
+                    let seen = time - rng.below(3) as i64;
+                    let value = entry(&format!("{}-{time}", rng.below(1000)), seen);
+                    model.insert(key.clone(), value.clone());
+                    changes.put.push((key, value));
+                }
+            }
+            store.commit(changes).unwrap();
+            assert_eq!(store.size().keys, model.len() as u64);
+            for before in [-1, time / 2, time - 3, time - 1, time, i64::MAX] {
+                let expected: Vec<KeyedEntry> = model
+                    .iter()
+                    .filter(|(_, e)| e.last_seen <= before)
+                    .map(|(k, e)| (k.clone(), e.clone()))
+                    .collect();
+                assert_eq!(idle(&store, before), expected, "at {time}, idle since {before}");
+            }
+        }
+        let size = store.size();
+        assert!(
+            size.spilled_keys > 10 && size.spilled_keys < size.keys,
+            "{size:?}"
+        );
+        // Removing every idle key leaves exactly the others, on both sides.
+        let old: Vec<Box<[u8]>> = idle(&store, 40).into_iter().map(|(k, _)| k).collect();
+        assert!(!old.is_empty());
+        store
+            .commit(StateChanges {
+                put: Vec::new(),
+                remove: old.clone(),
+            })
+            .unwrap();
+        model.retain(|k, _| !old.contains(k));
+        assert!(idle(&store, 40).is_empty());
+        assert_eq!(idle(&store, i64::MAX).len(), model.len());
+        assert_eq!(store.size().keys, model.len() as u64);
+    }
+
+    #[test]
+    fn negative_and_extreme_times_keep_their_order_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyedStore::new(1_000, dir.path().join("spill.redb"));
+        let times = [i64::MIN, -5_000, -1, 0, 1, 7_000, i64::MAX];
+        let put = times
+            .iter()
+            .map(|&t| (format!("t{t}").into_bytes().into(), entry(&"x".repeat(200), t)))
+            .collect();
+        store
+            .commit(StateChanges {
+                put,
+                remove: Vec::new(),
+            })
+            .unwrap();
+        assert!(store.size().spilled_keys >= 4, "{:?}", store.size());
+        for (at, &before) in times.iter().enumerate() {
+            let found = idle(&store, before).len();
+            assert_eq!(found, at + 1, "idle since {before}");
+        }
     }
 
     #[test]
