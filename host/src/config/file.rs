@@ -47,6 +47,10 @@ pub struct CheckpointTable {
     pub every: Option<Spanned<String>>,
     /// Checkpoints kept. Default 3.
     pub keep: Option<Spanned<i64>>,
+    /// Incremental state (keyed state) is compacted into a full snapshot
+    /// once its chain of parts is longer than this: a full snapshot every
+    /// this many checkpoints at most. Default 10.
+    pub full_every: Option<Spanned<i64>>,
     /// When the write-ahead log of socket and stdin sources is synced:
     /// `"block"` (default: every block, before it is acknowledged) or an
     /// interval such as `"100ms"`.

@@ -19,12 +19,21 @@
 //! are then a range of each, so a batch's timeout work follows the keys that
 //! time out, not the keys held; spilling takes the oldest entries from the
 //! same set.
+//!
+//! A store also knows which keys changed since its last checkpoint part
+//! ([`KeyedStore::write_part`]), so that a checkpoint writes those entries
+//! and not the whole state ([`crate::checkpoint::incremental`]): the keys
+//! are kept (not their values, read when the part is written) up to a
+//! sixteenth of the budget; past that, or before a store's first part, the
+//! part lists every entry of the partition instead.
 
 pub mod spill;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
 use std::path::PathBuf;
 
+use crate::checkpoint::incremental::PartWriter;
 use crate::operator::keyed::FastMap;
 use spill::SpillFile;
 
@@ -51,6 +60,25 @@ impl StateEntry {
     }
 }
 
+impl StateEntry {
+    /// Appends the entry as stored on disk and in checkpoint parts:
+    /// `last_seen` (8 bytes, little-endian) then the state.
+    pub fn encode_into(&self, bytes: &mut Vec<u8>) {
+        bytes.extend_from_slice(&self.last_seen.to_le_bytes());
+        bytes.extend_from_slice(&self.state);
+    }
+
+    /// An entry from its [`StateEntry::encode_into`] bytes; `None` when
+    /// they are too short.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (time, state) = bytes.split_first_chunk::<8>()?;
+        Some(Self {
+            state: state.to_vec(),
+            last_seen: i64::from_le_bytes(*time),
+        })
+    }
+}
+
 /// A key (as stored) with its entry.
 pub type KeyedEntry = (Box<[u8]>, StateEntry);
 
@@ -73,6 +101,47 @@ pub fn spill_cache_bytes(budget: usize) -> usize {
     (budget / 8).min(MAX_SPILL_CACHE)
 }
 
+/// Memory a key of `key_len` bytes takes in the set of changed keys.
+fn changed_footprint(key_len: usize) -> usize {
+    key_len + 40
+}
+
+/// What changed since the store's last checkpoint part.
+#[derive(Debug)]
+enum Changes {
+    /// Not known (a new store, one restored from a snapshot written whole,
+    /// more changes than worth keeping, a failed part): the next part lists
+    /// every entry.
+    Unknown,
+    /// These keys were put or removed.
+    Keys {
+        /// The keys.
+        keys: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+        /// Their memory ([`changed_footprint`]).
+        bytes: usize,
+    },
+}
+
+impl Changes {
+    fn none() -> Self {
+        Self::Keys {
+            keys: HashSet::default(),
+            bytes: 0,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Unknown => 0,
+            Self::Keys { bytes, .. } => *bytes,
+        }
+    }
+}
+
+fn write_error(error: std::io::Error) -> StateError {
+    StateError(format!("cannot write a checkpoint part: {error}"))
+}
+
 /// One partition's keyed state.
 pub struct KeyedStore {
     memory: FastMap<Box<[u8]>, StateEntry>,
@@ -85,6 +154,10 @@ pub struct KeyedStore {
     cache_bytes: usize,
     spill_path: PathBuf,
     spill: Option<SpillFile>,
+    /// Keys changed since the last checkpoint part.
+    changes: Changes,
+    /// The most memory `changes` may take before it gives up on keys.
+    changes_limit: usize,
 }
 
 impl std::fmt::Debug for KeyedStore {
@@ -120,8 +193,9 @@ impl std::ops::AddAssign for StateSize {
 impl KeyedStore {
     /// A store that keeps up to `budget` bytes in memory and spills the rest
     /// to a file at `spill_path` (created on first spill, removed on drop).
-    /// The budget holds entries and the spill file's page cache
-    /// ([`spill_cache_bytes`]) together.
+    /// The budget holds entries, the spill file's page cache
+    /// ([`spill_cache_bytes`]) and the keys changed since the last
+    /// checkpoint part (a sixteenth at most) together.
     pub fn new(budget: usize, spill_path: PathBuf) -> Self {
         let cache_bytes = spill_cache_bytes(budget);
         Self {
@@ -132,6 +206,8 @@ impl KeyedStore {
             cache_bytes,
             spill_path,
             spill: None,
+            changes: Changes::Unknown,
+            changes_limit: budget / 16,
         }
     }
 
@@ -201,6 +277,12 @@ impl KeyedStore {
                 spill.remove(&on_disk)?;
             }
         }
+        self.track(
+            changes
+                .remove
+                .iter()
+                .chain(changes.put.iter().map(|(key, _)| key)),
+        );
         for key in changes.remove {
             self.forget(&key);
         }
@@ -210,7 +292,7 @@ impl KeyedStore {
             self.by_time.insert((entry.last_seen, key.clone()));
             self.memory.insert(key, entry);
         }
-        if self.memory_bytes > self.budget
+        if self.memory_bytes + self.changes.bytes() > self.budget
             && let Err(error) = self.spill_oldest()
         {
             tracing::warn!("state stays in memory, over its budget: {error}");
@@ -230,7 +312,7 @@ impl KeyedStore {
     /// to disk until memory holds half the budget: written to disk first,
     /// dropped from memory after.
     fn spill_oldest(&mut self) -> Result<(), StateError> {
-        let target = self.budget / 2;
+        let target = (self.budget / 2).saturating_sub(self.changes.bytes());
         let mut remaining = self.memory_bytes;
         let mut moved: Vec<Box<[u8]>> = Vec::new();
         for (_, key) in &self.by_time {
@@ -257,9 +339,121 @@ impl KeyedStore {
         let spilled = self.spill.as_ref().map_or(0, SpillFile::len) as u64;
         StateSize {
             keys: self.memory.len() as u64 + spilled,
-            memory_bytes: self.memory_bytes as u64,
+            memory_bytes: (self.memory_bytes + self.changes.bytes()) as u64,
             spilled_keys: spilled,
         }
+    }
+
+    /// Notes that `keys` changed; past the limit, forgets them all (the
+    /// next part lists every entry).
+    fn track<'k>(&mut self, keys: impl Iterator<Item = &'k Box<[u8]>>) {
+        let Changes::Keys { keys: changed, bytes } = &mut self.changes else {
+            return;
+        };
+        for key in keys {
+            if !changed.contains(key) {
+                *bytes += changed_footprint(key.len());
+                changed.insert(key.clone());
+            }
+            if *bytes > self.changes_limit {
+                self.changes = Changes::Unknown;
+                return;
+            }
+        }
+    }
+
+    /// Counts changes from now: the state as it is was checkpointed (by
+    /// a restore from a chain of parts).
+    pub fn mark_checkpointed(&mut self) {
+        self.changes = Changes::none();
+    }
+
+    /// Forgets the changes: the next part lists every entry.
+    pub fn forget_changes(&mut self) {
+        self.changes = Changes::Unknown;
+    }
+
+    /// Writes the store's section of a checkpoint part: the entries put and
+    /// the keys removed since the last part, or, when those are not known,
+    /// every entry (memory and disk merged in key order, streamed: nothing
+    /// is copied but the in-memory keys' order). Changes are then counted
+    /// from now; after an error, they are not known.
+    pub fn write_part<W: Write>(&mut self, out: &mut PartWriter<W>) -> Result<(), StateError> {
+        let result = match &self.changes {
+            Changes::Unknown => self.write_complete(out),
+            Changes::Keys { keys, .. } => self.write_changes(keys, out),
+        };
+        self.changes = match &result {
+            Ok(()) => Changes::none(),
+            Err(_) => Changes::Unknown,
+        };
+        result
+    }
+
+    fn write_changes<W: Write>(
+        &self,
+        keys: &HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+        out: &mut PartWriter<W>,
+    ) -> Result<(), StateError> {
+        out.begin(false).map_err(write_error)?;
+        let mut sorted: Vec<&Box<[u8]>> = keys.iter().collect();
+        sorted.sort_unstable();
+        let mut value = Vec::new();
+        for chunk in sorted.chunks(4096) {
+            // The spilled ones in one read.
+            let on_disk: Vec<&[u8]> = chunk
+                .iter()
+                .filter(|key| !self.memory.contains_key(&key[..]))
+                .map(|key| &key[..])
+                .collect();
+            let mut from_disk = match &self.spill {
+                Some(spill) if !on_disk.is_empty() => spill.get_many(on_disk.iter().copied())?,
+                _ => vec![None; on_disk.len()],
+            }
+            .into_iter();
+            for key in chunk {
+                let found = match self.memory.get(&key[..]) {
+                    Some(entry) => Some(entry.clone()),
+                    None => from_disk.next().flatten(),
+                };
+                match found {
+                    Some(entry) => {
+                        value.clear();
+                        entry.encode_into(&mut value);
+                        out.put(key, &value).map_err(write_error)?;
+                    }
+                    None => out.remove(key).map_err(write_error)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_complete<W: Write>(&self, out: &mut PartWriter<W>) -> Result<(), StateError> {
+        out.begin(true).map_err(write_error)?;
+        let mut in_memory: Vec<&Box<[u8]>> = self.memory.keys().collect();
+        in_memory.sort_unstable();
+        let mut next = 0;
+        let mut value = Vec::new();
+        // Writes the in-memory entries before `until` (all with `None`).
+        let mut memory_before = |until: Option<&[u8]>, out: &mut PartWriter<W>| -> Result<(), StateError> {
+            while let Some(key) = in_memory.get(next)
+                && until.is_none_or(|until| key[..] < *until)
+            {
+                value.clear();
+                self.memory[*key].encode_into(&mut value);
+                out.put(key, &value).map_err(write_error)?;
+                next += 1;
+            }
+            Ok(())
+        };
+        if let Some(spill) = &self.spill {
+            spill.for_each_encoded(|key, value| {
+                memory_before(Some(key), out)?;
+                out.put(key, value).map_err(write_error)
+            })?;
+        }
+        memory_before(None, out)
     }
 }
 
@@ -393,6 +587,112 @@ mod tests {
         assert!(idle(&store, 40).is_empty());
         assert_eq!(idle(&store, i64::MAX).len(), model.len());
         assert_eq!(store.size().keys, model.len() as u64);
+    }
+
+    /// Writes `store`'s part (one partition) into memory.
+    fn part_of(store: &mut KeyedStore) -> (Vec<u8>, crate::checkpoint::incremental::PartSummary) {
+        let mut writer = PartWriter::new(Vec::new(), 1).unwrap();
+        store.write_part(&mut writer).unwrap();
+        writer.finish().unwrap()
+    }
+
+    /// The state a chain of parts (one partition) holds.
+    fn merged(parts: &[Vec<u8>]) -> Vec<KeyedEntry> {
+        use crate::checkpoint::incremental::{Merge, PartReader};
+        let readers = parts.iter().map(|p| PartReader::new(&p[..]).unwrap()).collect();
+        let mut merge = Merge::new(readers).unwrap();
+        let mut entries = Vec::new();
+        while merge.next_partition().unwrap().is_some() {
+            while let Some((key, value)) = merge.next_entry().unwrap() {
+                entries.push((key.into(), StateEntry::decode(&value).unwrap()));
+            }
+        }
+        merge.finish().unwrap();
+        entries
+    }
+
+    #[test]
+    fn parts_list_what_changed_and_their_chain_is_the_state_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for about 20 changed keys: more than a part's 15 at most.
+        let mut store = KeyedStore::new(16_000, dir.path().join("spill.redb"));
+        let mut model: std::collections::BTreeMap<Box<[u8]>, StateEntry> = Default::default();
+        let mut rng = Rng(0x0c4a_17ed | 1);
+        let mut chain: Vec<Vec<u8>> = Vec::new();
+        let mut change_parts = 0;
+        for time in 0..40i64 {
+            let mut changes = StateChanges::default();
+            let mut touched = std::collections::HashSet::new();
+            // Many keys at first, then a few per batch.
+            for _ in 0..if time == 0 { 120 } else { rng.below(6) } {
+                let key: Box<[u8]> = format!("key-{:03}", rng.below(150)).into_bytes().into();
+                if !touched.insert(key.clone()) {
+                    continue;
+                }
+                if rng.below(4) == 0 && model.remove(&key).is_some() {
+                    changes.remove.push(key);
+                } else if !changes.remove.contains(&key) {
+                    let value = entry(&format!("{}-{time}-{:100}", rng.below(1000), ""), time);
+                    model.insert(key.clone(), value.clone());
+                    changes.put.push((key, value));
+                }
+            }
+            store.commit(changes).unwrap();
+            if time % 3 == 2 {
+                let (part, summary) = part_of(&mut store);
+                if summary.is_full() {
+                    chain.clear();
+                } else {
+                    change_parts += 1;
+                    // Only the keys touched since the last part.
+                    assert!(summary.puts + summary.removes <= 3 * 5, "{summary:?}");
+                }
+                chain.push(part);
+                let expected: Vec<KeyedEntry> = model.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+                assert!(merged(&chain) == expected, "after {time}");
+            }
+        }
+        assert!(store.size().spilled_keys > 0, "{:?}", store.size());
+        assert_eq!(change_parts, 12, "every part but the first lists changes");
+        // After forgetting its changes, the store writes a full part again.
+        store.forget_changes();
+        let (part, summary) = part_of(&mut store);
+        assert!(summary.is_full());
+        assert_eq!(summary.puts, model.len() as u64);
+        let expected: Vec<KeyedEntry> = model.into_iter().collect();
+        assert!(merged(&[part]) == expected, "the full part holds the state");
+    }
+
+    #[test]
+    fn too_many_changed_keys_make_the_next_part_full_and_free_their_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyedStore::new(64_000, dir.path().join("spill.redb"));
+        store.mark_checkpointed();
+        // 4,000 bytes of changed keys at most (a sixteenth of the budget):
+        // about 70 keys of 16 bytes.
+        let put = (0..60)
+            .map(|k| (format!("key-{k:012}").into_bytes().into(), entry("v", 1)))
+            .collect();
+        store
+            .commit(StateChanges {
+                put,
+                remove: Vec::new(),
+            })
+            .unwrap();
+        assert!(!part_of(&mut store).1.is_full());
+        let put = (0..200)
+            .map(|k| (format!("key-{k:012}").into_bytes().into(), entry("v", 2)))
+            .collect();
+        store
+            .commit(StateChanges {
+                put,
+                remove: Vec::new(),
+            })
+            .unwrap();
+        assert!(matches!(store.changes, Changes::Unknown));
+        let (_, summary) = part_of(&mut store);
+        assert!(summary.is_full());
+        assert_eq!(summary.puts, 200);
     }
 
     #[test]

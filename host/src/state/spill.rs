@@ -41,8 +41,7 @@ fn error(context: &str, path: &Path, e: impl std::fmt::Display) -> StateError {
 
 fn encode(entry: &StateEntry) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(8 + entry.state.len());
-    bytes.extend_from_slice(&entry.last_seen.to_le_bytes());
-    bytes.extend_from_slice(&entry.state);
+    entry.encode_into(&mut bytes);
     bytes
 }
 
