@@ -1,4 +1,6 @@
-//! What the `weir` binary does besides running pipelines: the benchmarks.
+//! What the `weir` binary does besides running pipelines: the benchmarks
+//! (`state_bench`: keyed state larger than memory).
 
 pub mod bench;
 pub mod many;
+pub mod state_bench;

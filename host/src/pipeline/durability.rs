@@ -46,6 +46,10 @@ pub struct CheckpointStats {
     pub replayed_batches: u64,
     /// The batch the run resumed after, if it resumed from a checkpoint.
     pub resumed_after: Option<u64>,
+    /// Time taken to recover at start: read and check the newest
+    /// checkpoint (every state file and part) and restore the operators'
+    /// state from it.
+    pub recovery_time: Duration,
 }
 
 /// Batch logging and checkpointing for one run.
@@ -97,6 +101,7 @@ impl Durability {
     ) -> Result<(Self, u64, Vec<Replay>), EngineError> {
         let pipeline = plan.pipeline.clone();
         let settings_dir = settings.dir.display().to_string();
+        let recovery_started = Instant::now();
         let (checkpointer, recovery) = Checkpointer::open(settings, &plugins, allow_plugin_change)
             .map_err(|e| checkpoint_error(&pipeline, e))?;
         let sources = plan.sources.len();
@@ -177,6 +182,7 @@ impl Durability {
         let stats = CheckpointStats {
             replayed_batches: recovery.logged.len() as u64,
             resumed_after: recovery.restored.as_ref().map(|r| r.manifest.batch),
+            recovery_time: recovery_started.elapsed(),
             ..CheckpointStats::default()
         };
         let durability = Self {
