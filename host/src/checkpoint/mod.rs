@@ -19,7 +19,7 @@
 //!   supports it (keyed state) writes, per checkpoint, only what changed
 //!   since the previous one, as a *part* under `incremental/`; its entry in
 //!   the manifest lists the *chain* of parts its state is made of, a full
-//!   part first. Every `full-every` checkpoints, or once the parts of
+//!   part first. Every `full-every` checkpoints (default 50), or once the parts of
 //!   changes outweigh the full part, the background writer merges the chain
 //!   into a new full part (compaction), reading files, never the live
 //!   state. A part stays while a kept checkpoint lists it; the others are

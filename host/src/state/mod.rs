@@ -22,10 +22,15 @@
 //!
 //! A store also knows which keys changed since its last checkpoint part
 //! ([`KeyedStore::write_part`]), so that a checkpoint writes those entries
-//! and not the whole state ([`crate::checkpoint::incremental`]): the keys
-//! are kept (not their values, read when the part is written) up to a
-//! sixteenth of the budget; past that, or before a store's first part, the
-//! part lists every entry of the partition instead.
+//! and not the whole state ([`crate::checkpoint::incremental`]). Every put
+//! stamps its entry with the batch's time, so the keys put since the last
+//! part are those of the time index after the newest time that part saw —
+//! a range of the index, in memory and on disk, found when the part is
+//! written. Only what the index cannot tell is kept as keys: removed keys,
+//! and the rare put stamped no later than that time (a clock that went
+//! back); up to a sixteenth of the budget. Past that, before a store's first
+//! part, or when the changes found are more than an eighth of the budget of
+//! keys, the part lists every entry of the partition instead (streamed).
 
 pub mod spill;
 
@@ -113,9 +118,12 @@ enum Changes {
     /// more changes than worth keeping, a failed part): the next part lists
     /// every entry.
     Unknown,
-    /// These keys were put or removed.
-    Keys {
-        /// The keys.
+    /// The entries stamped after `mark` (found in the time index), and
+    /// `keys`: keys removed or put with a stamp no later than `mark`.
+    Since {
+        /// The newest stamp the last part saw.
+        mark: i64,
+        /// Keys the index cannot tell.
         keys: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
         /// Their memory ([`changed_footprint`]).
         bytes: usize,
@@ -123,8 +131,9 @@ enum Changes {
 }
 
 impl Changes {
-    fn none() -> Self {
-        Self::Keys {
+    fn since(mark: i64) -> Self {
+        Self::Since {
+            mark,
             keys: HashSet::default(),
             bytes: 0,
         }
@@ -133,9 +142,16 @@ impl Changes {
     fn bytes(&self) -> usize {
         match self {
             Self::Unknown => 0,
-            Self::Keys { bytes, .. } => *bytes,
+            Self::Since { bytes, .. } => *bytes,
         }
     }
+}
+
+/// `keys` sorted, each once.
+fn sorted_unique(mut keys: Vec<Box<[u8]>>) -> Vec<Box<[u8]>> {
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 fn write_error(error: std::io::Error) -> StateError {
@@ -158,6 +174,8 @@ pub struct KeyedStore {
     changes: Changes,
     /// The most memory `changes` may take before it gives up on keys.
     changes_limit: usize,
+    /// The newest `last_seen` ever committed.
+    newest: i64,
 }
 
 impl std::fmt::Debug for KeyedStore {
@@ -208,6 +226,7 @@ impl KeyedStore {
             spill: None,
             changes: Changes::Unknown,
             changes_limit: budget / 16,
+            newest: i64::MIN,
         }
     }
 
@@ -277,17 +296,13 @@ impl KeyedStore {
                 spill.remove(&on_disk)?;
             }
         }
-        self.track(
-            changes
-                .remove
-                .iter()
-                .chain(changes.put.iter().map(|(key, _)| key)),
-        );
+        self.track(&changes);
         for key in changes.remove {
             self.forget(&key);
         }
         for (key, entry) in changes.put {
             self.forget(&key);
+            self.newest = self.newest.max(entry.last_seen);
             self.memory_bytes += entry.footprint(key.len());
             self.by_time.insert((entry.last_seen, key.clone()));
             self.memory.insert(key, entry);
@@ -344,16 +359,24 @@ impl KeyedStore {
         }
     }
 
-    /// Notes that `keys` changed; past the limit, forgets them all (the
-    /// next part lists every entry).
-    fn track<'k>(&mut self, keys: impl Iterator<Item = &'k Box<[u8]>>) {
-        let Changes::Keys { keys: changed, bytes } = &mut self.changes else {
+    /// Notes what the time index will not tell of `changes`: removed keys,
+    /// and puts stamped no later than the mark. Past the limit, forgets
+    /// them all (the next part lists every entry).
+    fn track(&mut self, changes: &StateChanges) {
+        let Changes::Since { mark, keys, bytes } = &mut self.changes else {
             return;
         };
-        for key in keys {
-            if !changed.contains(key) {
+        let untold = changes.remove.iter().chain(
+            changes
+                .put
+                .iter()
+                .filter(|(_, entry)| entry.last_seen <= *mark)
+                .map(|(key, _)| key),
+        );
+        for key in untold {
+            if !keys.contains(key) {
                 *bytes += changed_footprint(key.len());
-                changed.insert(key.clone());
+                keys.insert(key.clone());
             }
             if *bytes > self.changes_limit {
                 self.changes = Changes::Unknown;
@@ -365,7 +388,7 @@ impl KeyedStore {
     /// Counts changes from now: the state as it is was checkpointed (by
     /// a restore from a chain of parts).
     pub fn mark_checkpointed(&mut self) {
-        self.changes = Changes::none();
+        self.changes = Changes::since(self.newest);
     }
 
     /// Forgets the changes: the next part lists every entry.
@@ -374,30 +397,67 @@ impl KeyedStore {
     }
 
     /// Writes the store's section of a checkpoint part: the entries put and
-    /// the keys removed since the last part, or, when those are not known,
-    /// every entry (memory and disk merged in key order, streamed: nothing
-    /// is copied but the in-memory keys' order). Changes are then counted
-    /// from now; after an error, they are not known.
+    /// the keys removed since the last part, or, when those are not known
+    /// (or too many to sort in memory), every entry (memory and disk merged
+    /// in key order, streamed: nothing is copied but the in-memory keys'
+    /// order). Changes are then counted from now; after an error, they are
+    /// not known.
     pub fn write_part<W: Write>(&mut self, out: &mut PartWriter<W>) -> Result<(), StateError> {
-        let result = match &self.changes {
-            Changes::Unknown => self.write_complete(out),
-            Changes::Keys { keys, .. } => self.write_changes(keys, out),
+        let changed = match &self.changes {
+            Changes::Unknown => Ok(None),
+            Changes::Since { mark, keys, .. } => self.changed_keys(*mark, keys),
         };
+        let result = changed.and_then(|changed| match changed {
+            Some(keys) => self.write_changes(&keys, out),
+            None => self.write_complete(out),
+        });
         self.changes = match &result {
-            Ok(()) => Changes::none(),
+            Ok(()) => Changes::since(self.newest),
             Err(_) => Changes::Unknown,
         };
         result
     }
 
+    /// The keys changed since `mark`, sorted: stamped after it (a range of
+    /// the time index in memory and on disk) or in `untold`. `None` when
+    /// they take more than an eighth of the budget (then every entry is
+    /// written instead).
+    fn changed_keys(
+        &self,
+        mark: i64,
+        untold: &HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+    ) -> Result<Option<Vec<Box<[u8]>>>, StateError> {
+        let Some(after) = mark.checked_add(1) else {
+            return Ok(Some(sorted_unique(untold.iter().cloned().collect())));
+        };
+        let limit = (self.budget + self.cache_bytes) / 8;
+        let mut bytes = 0;
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        for key in untold
+            .iter()
+            .chain(self.by_time.range((after, Box::default())..).map(|(_, key)| key))
+        {
+            bytes += changed_footprint(key.len());
+            if bytes > limit {
+                return Ok(None);
+            }
+            keys.push(key.clone());
+        }
+        if let Some(spill) = &self.spill {
+            match spill.keys_seen_since(after, limit - bytes, changed_footprint)? {
+                Some(on_disk) => keys.extend(on_disk),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(sorted_unique(keys)))
+    }
+
     fn write_changes<W: Write>(
         &self,
-        keys: &HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+        sorted: &[Box<[u8]>],
         out: &mut PartWriter<W>,
     ) -> Result<(), StateError> {
         out.begin(false).map_err(write_error)?;
-        let mut sorted: Vec<&Box<[u8]>> = keys.iter().collect();
-        sorted.sort_unstable();
         let mut value = Vec::new();
         for chunk in sorted.chunks(4096) {
             // The spilled ones in one read.
@@ -632,7 +692,10 @@ mod tests {
                 if rng.below(4) == 0 && model.remove(&key).is_some() {
                     changes.remove.push(key);
                 } else if !changes.remove.contains(&key) {
-                    let value = entry(&format!("{}-{time}-{:100}", rng.below(1000), ""), time);
+                    // Now and then stamped in the past (a clock that went
+                    // back): the time index cannot tell those.
+                    let stamp = if rng.below(6) == 0 { time - 4 } else { time };
+                    let value = entry(&format!("{}-{time}-{:100}", rng.below(1000), ""), stamp);
                     model.insert(key.clone(), value.clone());
                     changes.put.push((key, value));
                 }
@@ -663,36 +726,64 @@ mod tests {
         assert!(merged(&[part]) == expected, "the full part holds the state");
     }
 
+    fn puts(keys: std::ops::Range<u32>, stamp: i64) -> StateChanges {
+        StateChanges {
+            put: keys
+                .map(|k| (format!("key-{k:012}").into_bytes().into(), entry("v", stamp)))
+                .collect(),
+            remove: Vec::new(),
+        }
+    }
+
+    fn removes(keys: std::ops::Range<u32>) -> StateChanges {
+        StateChanges {
+            put: Vec::new(),
+            remove: keys.map(|k| format!("key-{k:012}").into_bytes().into()).collect(),
+        }
+    }
+
     #[test]
-    fn too_many_changed_keys_make_the_next_part_full_and_free_their_memory() {
+    fn puts_are_found_by_their_stamp_and_only_what_the_index_cannot_tell_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = KeyedStore::new(64_000, dir.path().join("spill.redb"));
         store.mark_checkpointed();
-        // 4,000 bytes of changed keys at most (a sixteenth of the budget):
-        // about 70 keys of 16 bytes.
-        let put = (0..60)
-            .map(|k| (format!("key-{k:012}").into_bytes().into(), entry("v", 1)))
-            .collect();
-        store
-            .commit(StateChanges {
-                put,
-                remove: Vec::new(),
-            })
-            .unwrap();
-        assert!(!part_of(&mut store).1.is_full());
-        let put = (0..200)
-            .map(|k| (format!("key-{k:012}").into_bytes().into(), entry("v", 2)))
-            .collect();
-        store
-            .commit(StateChanges {
-                put,
-                remove: Vec::new(),
-            })
-            .unwrap();
-        assert!(matches!(store.changes, Changes::Unknown));
+        // Puts stamped after the last part: nothing kept, found by the index.
+        store.commit(puts(0..60, 1)).unwrap();
+        assert_eq!(store.changes.bytes(), 0);
+        let summary = part_of(&mut store).1;
+        assert!(!summary.is_full());
+        assert_eq!((summary.puts, summary.removes), (60, 0));
+        // Removed keys, and a put stamped no later than the last part's
+        // newest stamp, are kept.
+        store.commit(removes(0..10)).unwrap();
+        store.commit(puts(20..21, 0)).unwrap();
+        assert!(store.changes.bytes() > 0);
+        let summary = part_of(&mut store).1;
+        assert_eq!((summary.puts, summary.removes), (1, 10));
+        assert_eq!(store.changes.bytes(), 0);
+        let summary = part_of(&mut store).1;
+        assert_eq!((summary.puts, summary.removes, summary.is_full()), (0, 0, false));
+    }
+
+    #[test]
+    fn too_many_changes_make_the_next_part_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyedStore::new(64_000, dir.path().join("spill.redb"));
+        store.mark_checkpointed();
+        // More changed keys than an eighth of the budget (8,000 bytes, 56
+        // a key): the part lists every entry instead.
+        store.commit(puts(0..200, 2)).unwrap();
         let (_, summary) = part_of(&mut store);
         assert!(summary.is_full());
         assert_eq!(summary.puts, 200);
+        // More removed keys than a sixteenth of the budget: forgotten (their
+        // memory with them), and the next part is full.
+        store.commit(removes(0..80)).unwrap();
+        assert!(matches!(store.changes, Changes::Unknown));
+        assert_eq!(store.changes.bytes(), 0);
+        let (_, summary) = part_of(&mut store);
+        assert!(summary.is_full());
+        assert_eq!(summary.puts, 120);
     }
 
     #[test]

@@ -152,6 +152,37 @@ impl SpillFile {
         Ok(idle)
     }
 
+    /// The spilled keys whose `last_seen` is `after` or later (a range of
+    /// the `by-time` index); `None` once their `footprint`s add up to more
+    /// than `limit`.
+    pub fn keys_seen_since(
+        &self,
+        after: i64,
+        limit: usize,
+        footprint: impl Fn(usize) -> usize,
+    ) -> Result<Option<Vec<Box<[u8]>>>, StateError> {
+        let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let index = match txn.open_table(BY_TIME) {
+            Ok(index) => index,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(Vec::new())),
+            Err(e) => return Err(fail(&e)),
+        };
+        let start = time_prefix(after);
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        for item in index.range::<&[u8]>(&start[..]..).map_err(|e| fail(&e))? {
+            let (indexed, _) = item.map_err(|e| fail(&e))?;
+            let key = &indexed.value()[8..];
+            bytes += footprint(key.len());
+            if bytes > limit {
+                return Ok(None);
+            }
+            keys.push(Box::from(key));
+        }
+        Ok(Some(keys))
+    }
+
     /// Calls `visit` with every spilled key and its entry encoded as
     /// `last_seen` (8 bytes, little-endian) ++ state, in key order, from one
     /// read transaction: for streaming the whole state out.
