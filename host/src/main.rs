@@ -523,12 +523,14 @@ fn many(engine: &Engine, split_words: &Path) -> anyhow::Result<()> {
 fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> anyhow::Result<ExitCode> {
     let partitions =
         partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let (state_bytes, keys_per_batch) = (1024, 16_384);
     let settings = cli::state_bench::StateBenchSettings {
         keys,
-        state_bytes: 1024,
-        keys_per_batch: 16_384,
+        state_bytes,
+        keys_per_batch,
         update_batches,
         partitions,
+        state_partitions: cli::state_bench::state_partitions(keys, keys_per_batch, state_bytes, partitions),
         state_memory: "256MiB".into(),
         plugin: example_plugin("padded-total")?,
         scratch: std::env::temp_dir(),

@@ -39,6 +39,13 @@ use weir::sink::{BatchInfo, Sink, SinkError};
 /// Checkpoint after every this many batches while loading.
 const LOAD_CHECKPOINT_EVERY: u64 = 20;
 
+/// States per plugin call the stage's partitions are chosen for: one call
+/// per partition per batch holds its keys' states several times over (read
+/// back, handed to the plugin, returned, committed) and the plugin must
+/// hold them in its memory, so the state stage gets enough partitions for
+/// a batch's states to come in slices of about this size.
+const STATES_PER_CALL: u64 = 4 << 20;
+
 /// Settings of the state benchmark.
 #[derive(Debug, Clone)]
 pub struct StateBenchSettings {
@@ -52,6 +59,9 @@ pub struct StateBenchSettings {
     pub update_batches: u64,
     /// Partitions (and worker threads).
     pub partitions: usize,
+    /// Partitions of the state stage (at least `partitions`): see
+    /// [`state_partitions`].
+    pub state_partitions: usize,
     /// The stage's `state-memory`.
     pub state_memory: String,
     /// The `padded-total` component.
@@ -117,6 +127,14 @@ pub struct StateBenchReport {
     pub peak_reset: bool,
     /// Peak RSS of the whole process.
     pub process_peak_rss: u64,
+}
+
+/// Partitions for the state stage: enough for each partition's share of a
+/// batch's states (the load's `keys_per_batch`, or 1% of `keys`) to be
+/// about [`STATES_PER_CALL`], and at least `workers`.
+pub fn state_partitions(keys: u64, keys_per_batch: u64, state_bytes: usize, workers: usize) -> usize {
+    let batch = keys_per_batch.max(keys.div_ceil(100)) * state_bytes as u64;
+    (batch.div_ceil(STATES_PER_CALL) as usize).clamp(workers.max(1), 256)
 }
 
 /// The value of key `i` while loading.
@@ -350,6 +368,7 @@ op = "update-state-by-key"
 plugin = "padded-total"
 config = {{ state-bytes = "{state_bytes}" }}
 state-memory = "{memory}"
+partitions = {state_partitions}
 
 # Replaced by the checking sink.
 [[sink]]
@@ -362,6 +381,7 @@ type = "console"
         input = input.display().to_string(),
         state_bytes = settings.state_bytes,
         memory = settings.state_memory,
+        state_partitions = settings.state_partitions,
     )
 }
 
@@ -491,8 +511,8 @@ pub fn describe(report: &StateBenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "keyed state: update-state-by-key over {} keys x {} B of state, state-memory {}, {} partitions:",
-        s.keys, s.state_bytes, s.state_memory, s.partitions
+        "keyed state: update-state-by-key over {} keys x {} B of state, state-memory {}, {} workers, {} state partitions:",
+        s.keys, s.state_bytes, s.state_memory, s.partitions, s.state_partitions
     );
     for (name, phase) in [("load", &report.load), ("update", &report.update)] {
         let stats = &phase.summary.checkpoints;

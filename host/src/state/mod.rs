@@ -96,6 +96,10 @@ pub struct StateChanges {
     pub remove: Vec<Box<[u8]>>,
 }
 
+/// Most bytes of entries spilled in one write transaction (unless the
+/// spill file's cache is larger): see `KeyedStore::spill_oldest`.
+pub const SPILL_SLICE: usize = 4 << 20;
+
 /// Largest page cache of one spill file: 8 MiB.
 pub const MAX_SPILL_CACHE: usize = 8 << 20;
 
@@ -324,27 +328,37 @@ impl KeyedStore {
     }
 
     /// Moves the least recently seen entries (the front of the time index)
-    /// to disk until memory holds half the budget: written to disk first,
-    /// dropped from memory after.
+    /// to disk until memory holds half the budget, a slice at a time: each
+    /// slice written to disk in one transaction, then dropped from memory.
+    /// A write transaction holds its dirty pages in memory until it
+    /// commits, so slices of at most [`SPILL_SLICE`] bytes (or the cache's
+    /// size, if larger) keep that transient small instead of the size of
+    /// half the budget.
     fn spill_oldest(&mut self) -> Result<(), StateError> {
         let target = (self.budget / 2).saturating_sub(self.changes.bytes());
-        let mut remaining = self.memory_bytes;
-        let mut moved: Vec<Box<[u8]>> = Vec::new();
-        for (_, key) in &self.by_time {
-            if remaining <= target {
+        let slice = self.cache_bytes.max(SPILL_SLICE);
+        while self.memory_bytes > target {
+            let mut moved: Vec<Box<[u8]>> = Vec::new();
+            let mut bytes = 0;
+            for (_, key) in &self.by_time {
+                if self.memory_bytes - bytes <= target || bytes >= slice {
+                    break;
+                }
+                bytes += self.memory[key].footprint(key.len());
+                moved.push(key.clone());
+            }
+            if moved.is_empty() {
                 break;
             }
-            remaining -= self.memory[key].footprint(key.len());
-            moved.push(key.clone());
-        }
-        if self.spill.is_none() {
-            self.spill = Some(SpillFile::create(&self.spill_path, self.cache_bytes)?);
-        }
-        let spill = self.spill.as_mut().expect("created above");
-        spill.put(moved.iter().map(|key| (&key[..], &self.memory[key])))?;
-        tracing::debug!(keys = moved.len(), file = %self.spill_path.display(), "state spilled to disk");
-        for key in moved {
-            self.forget(&key);
+            if self.spill.is_none() {
+                self.spill = Some(SpillFile::create(&self.spill_path, self.cache_bytes)?);
+            }
+            let spill = self.spill.as_mut().expect("created above");
+            spill.put(moved.iter().map(|key| (&key[..], &self.memory[key])))?;
+            tracing::debug!(keys = moved.len(), file = %self.spill_path.display(), "state spilled to disk");
+            for key in moved {
+                self.forget(&key);
+            }
         }
         Ok(())
     }
