@@ -29,8 +29,9 @@
 //! written. Only what the index cannot tell is kept as keys: removed keys,
 //! and the rare put stamped no later than that time (a clock that went
 //! back); up to a sixteenth of the budget. Past that, before a store's first
-//! part, or when the changes found are more than an eighth of the budget of
-//! keys, the part lists every entry of the partition instead (streamed).
+//! part, or when the changed keys found take more than an eighth of the
+//! budget (at least [`MIN_CHANGED_KEYS`]) to sort, the part lists every
+//! entry of the partition instead (streamed).
 
 pub mod spill;
 
@@ -95,6 +96,12 @@ pub struct StateChanges {
     /// Keys to remove.
     pub remove: Vec<Box<[u8]>>,
 }
+
+/// The changed keys a checkpoint part may sort in memory for one store,
+/// at least (an eighth of the store's budget if more): a transient at a
+/// batch boundary, one store at a time, so not counted in the budget; past
+/// it the store writes every entry instead.
+pub const MIN_CHANGED_KEYS: usize = 8 << 20;
 
 /// Most bytes of entries spilled in one write transaction (unless the
 /// spill file's cache is larger): see `KeyedStore::spill_oldest`.
@@ -180,6 +187,8 @@ pub struct KeyedStore {
     changes_limit: usize,
     /// The newest `last_seen` ever committed.
     newest: i64,
+    /// The most memory the changed keys a part sorts may take.
+    changed_keys_limit: usize,
 }
 
 impl std::fmt::Debug for KeyedStore {
@@ -231,6 +240,7 @@ impl KeyedStore {
             changes: Changes::Unknown,
             changes_limit: budget / 16,
             newest: i64::MIN,
+            changed_keys_limit: (budget / 8).max(MIN_CHANGED_KEYS),
         }
     }
 
@@ -434,8 +444,8 @@ impl KeyedStore {
 
     /// The keys changed since `mark`, sorted: stamped after it (a range of
     /// the time index in memory and on disk) or in `untold`. `None` when
-    /// they take more than an eighth of the budget (then every entry is
-    /// written instead).
+    /// they take more than an eighth of the budget, or [`MIN_CHANGED_KEYS`]
+    /// if more (then every entry is written instead).
     fn changed_keys(
         &self,
         mark: i64,
@@ -444,7 +454,7 @@ impl KeyedStore {
         let Some(after) = mark.checked_add(1) else {
             return Ok(Some(sorted_unique(untold.iter().cloned().collect())));
         };
-        let limit = (self.budget + self.cache_bytes) / 8;
+        let limit = self.changed_keys_limit;
         let mut bytes = 0;
         let mut keys: Vec<Box<[u8]>> = Vec::new();
         for key in untold
@@ -783,8 +793,9 @@ mod tests {
     fn too_many_changes_make_the_next_part_full() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = KeyedStore::new(64_000, dir.path().join("spill.redb"));
+        store.changed_keys_limit = 8_000;
         store.mark_checkpointed();
-        // More changed keys than an eighth of the budget (8,000 bytes, 56
+        // More changed keys than the part may sort (8,000 bytes here, 56
         // a key): the part lists every entry instead.
         store.commit(puts(0..200, 2)).unwrap();
         let (_, summary) = part_of(&mut store);
