@@ -7,7 +7,9 @@
 //! Points: `batch-logged` (a batch's input is in the batch log, the batch has
 //! not run), `sink-commit` (a files sink wrote a batch's files, not yet
 //! renamed into place), `checkpoint-state` (a checkpoint's state files are
-//! written, its manifest is not), `checkpoint-done` (a checkpoint is complete).
+//! written, its manifest is not), `checkpoint-compacted` (a chain of
+//! incremental state was compacted into a full part, the manifest listing it
+//! is not written), `checkpoint-done` (a checkpoint is complete).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -102,10 +102,17 @@ enum Command {
         /// process), `latency` (10 ms batches at 100,000 lines/s), `window`
         /// (windowed word count, deterministic time), `checkpoint` (the
         /// windowed word count with and without checkpoints), `many` (50
-        /// small pipelines on one engine: start time, memory, isolation) or
-        /// `all`.
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many"])]
+        /// small pipelines on one engine: start time, memory, isolation),
+        /// `all` (all of these), or `state` (keyed state larger than memory,
+        /// checkpointed incrementally: gigabytes of disk, run on its own).
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state"])]
         suite: String,
+        /// `--suite state`: keys of state (1 KiB each).
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// `--suite state`: batches after the load, each changing 1% of the keys.
+        #[arg(long, default_value_t = 100)]
+        update_batches: u64,
     },
     /// The ingest benchmark's feeder: listens on an ephemeral port of
     /// 127.0.0.1, prints `listening ADDRESS`, and writes benchmark text to
@@ -315,6 +322,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { lines } => demo(lines),
         Command::Bench {
+            suite,
+            keys,
+            update_batches,
+            partitions,
+            ..
+        } if suite == "state" => state_bench(keys, update_batches, partitions),
+        Command::Bench {
             lines,
             corpus,
             partitions,
@@ -322,6 +336,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             plugin,
             only,
             suite,
+            ..
         } => bench(
             &BenchArgs {
                 lines,
@@ -543,6 +558,28 @@ fn many(engine: &Engine, split_words: &Path) -> anyhow::Result<()> {
     );
     println!("  peak RSS {:.1} MB", report.peak_rss as f64 / 1e6);
     Ok(())
+}
+
+/// `bench --suite state`: keyed state larger than memory.
+fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> anyhow::Result<ExitCode> {
+    let partitions =
+        partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let (state_bytes, keys_per_batch) = (1024, 16_384);
+    let settings = cli::state_bench::StateBenchSettings {
+        keys,
+        state_bytes,
+        keys_per_batch,
+        update_batches,
+        partitions,
+        state_partitions: cli::state_bench::state_partitions(keys, keys_per_batch, state_bytes, partitions),
+        state_memory: "256MiB".into(),
+        plugin: example_plugin("padded-total")?,
+        scratch: std::env::temp_dir(),
+    };
+    let engine = engine(Some(partitions))?;
+    let report = cli::state_bench::run(&engine, &settings, |line| eprintln!("{line}"))?;
+    println!("{}", cli::state_bench::describe(&report));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `bench` command's settings besides its plugin.

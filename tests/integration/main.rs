@@ -7,6 +7,7 @@ mod cli;
 mod engine;
 mod examples;
 mod graph;
+mod incremental;
 mod recovery;
 mod sandbox;
 mod sources;

@@ -31,10 +31,10 @@ fn text_files(dir: &Path, files: usize, lines: usize) -> Vec<String> {
 }
 
 /// A tiny xorshift for kill timings.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -44,18 +44,18 @@ impl Rng {
 
 /// How a crash run went.
 #[derive(Debug, Default)]
-struct Crashes {
+pub(super) struct Crashes {
     /// Attempts killed by SIGKILL (at a crash point or from outside).
-    kills: usize,
+    pub(super) kills: usize,
     /// Of those, at each crash point.
-    at_points: BTreeMap<String, usize>,
+    pub(super) at_points: BTreeMap<String, usize>,
 }
 
 /// Runs `file` with `--available-now` until an attempt finishes by itself:
 /// first one attempt per entry of `points` (a `WEIR_CRASH_AT` value), then
 /// `random_kills` attempts killed from outside at random moments, then one
 /// to the end.
-fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u64) -> Crashes {
+pub(super) fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u64) -> Crashes {
     let mut crashes = Crashes::default();
     let mut rng = Rng(seed | 1);
     let log = file.with_extension("log");

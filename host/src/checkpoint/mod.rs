@@ -15,12 +15,25 @@
 //!   is written last and `LATEST` is switched atomically after it, so a crash
 //!   in the middle leaves the previous checkpoint whole. The last `keep`
 //!   checkpoints are kept; the batch log is truncated behind the oldest.
+//! - **Incremental state** ([`incremental`], [`chain`]): an operator that
+//!   supports it (keyed state) writes, per checkpoint, only what changed
+//!   since the previous one, as a *part* under `incremental/`; its entry in
+//!   the manifest lists the *chain* of parts its state is made of, a full
+//!   part first. Every `full-every` checkpoints (default 50), or once the parts of
+//!   changes outweigh the full part, the background writer merges the chain
+//!   into a new full part (compaction), reading files, never the live
+//!   state. A part stays while a kept checkpoint lists it; the others are
+//!   removed after each checkpoint. So checkpoint time and size follow the
+//!   change rate, and the disk holds at most the kept chains (with `keep =
+//!   2`, around two full parts and the changes since).
 //! - **Recovery** ([`Checkpointer::open`]): the newest readable checkpoint is
 //!   restored (a corrupt or truncated one is reported and the previous one
 //!   used), then the logged batches after it are replayed with their ids,
 //!   times and inputs, and the pipeline goes on.
 
+pub mod chain;
 pub mod codec;
+pub mod incremental;
 pub mod storage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +46,8 @@ use crate::runtime::content_hash;
 use serde::{Deserialize, Serialize};
 
 use crate::source::{BatchInput, SourceProgress};
-pub use storage::{CheckpointStorage, LocalStorage};
+pub use chain::{NewPart, OperatorState, StatePart};
+pub use storage::{BlobWriter, CheckpointStorage, LocalStorage};
 
 /// How often and where to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +60,9 @@ pub struct CheckpointSettings {
     pub every: Option<Duration>,
     /// Checkpoints kept.
     pub keep: usize,
+    /// Incremental state is compacted into a full part once its chain holds
+    /// more than this many parts (so a full part every this many checkpoints).
+    pub full_every: u64,
     /// When write-ahead logs are synced.
     pub wal_sync: crate::source::wal::WalSync,
 }
@@ -99,17 +116,25 @@ pub struct LoggedBatch {
     pub inputs: Vec<BatchInput>,
 }
 
-/// A state file of a checkpoint.
+/// An operator's state in a checkpoint: a file of the checkpoint's own,
+/// or a chain of incremental parts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateFile {
     /// The operator it belongs to (`<stage>#<index>`).
     pub operator: String,
-    /// File name in the checkpoint.
+    /// File name in the checkpoint (state written whole); empty for
+    /// incremental state.
+    #[serde(default)]
     pub file: String,
-    /// Size in bytes.
+    /// Size in bytes (for incremental state, of all its parts).
     pub bytes: u64,
-    /// Hex SHA-256 of the contents.
+    /// Hex SHA-256 of the contents (state written whole).
+    #[serde(default)]
     pub sha256: String,
+    /// Incremental state: its parts, oldest (a full one) first, each
+    /// applied on top of the ones before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<StatePart>,
 }
 
 /// What a checkpoint holds besides operator state.
@@ -136,13 +161,23 @@ pub struct Manifest {
     pub states: Vec<StateFile>,
 }
 
+/// An operator's state in a checkpoint read back.
+#[derive(Debug)]
+pub enum RestoredState {
+    /// A snapshot written whole.
+    Whole(Vec<u8>),
+    /// A chain of incremental parts (checked), read as a stream on restore
+    /// ([`Checkpointer::open_chain`]).
+    Parts(Vec<StatePart>),
+}
+
 /// A checkpoint read back.
 #[derive(Debug)]
 pub struct Restored {
     /// Its manifest.
     pub manifest: Manifest,
-    /// Operator key → its state snapshot.
-    pub states: HashMap<String, Vec<u8>>,
+    /// Operator key → its state.
+    pub states: HashMap<String, RestoredState>,
 }
 
 /// What recovery found in the checkpoint directory.
@@ -155,18 +190,30 @@ pub struct Recovery {
 }
 
 /// What one written checkpoint cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointReport {
     /// Its last batch.
     pub batch: u64,
-    /// Bytes written (state files and manifest).
+    /// Bytes written (state files, incremental parts and manifest), not
+    /// counting compaction.
     pub bytes: u64,
-    /// Snapshot (on the driver thread) plus background write.
+    /// Bytes of full parts written by compaction.
+    pub compacted_bytes: u64,
+    /// Chains compacted.
+    pub compactions: u64,
+    /// The snapshot on the driver thread (the pause between two batches).
+    pub snapshot: Duration,
+    /// Snapshot plus background write (compaction included).
     pub duration: Duration,
+    /// Each incrementally checkpointed operator's chain in this checkpoint.
+    pub chains: Vec<(String, Vec<StatePart>)>,
 }
 
 const LATEST: &str = "LATEST";
-pub(crate) const FORMAT: u32 = 1;
+/// The manifest format written: 2 added incremental parts.
+pub(crate) const FORMAT: u32 = 2;
+/// The oldest manifest format still read: 1 (every state written whole).
+const OLDEST_FORMAT: u32 = 1;
 
 /// The write-ahead log directory of source `source` under checkpoint directory `dir`.
 pub fn wal_dir(dir: &std::path::Path, source: &str) -> PathBuf {
@@ -362,7 +409,7 @@ impl Checkpointer {
             .ok_or("no manifest (the checkpoint was not finished)")?;
         let manifest: Manifest =
             serde_json::from_slice(&manifest).map_err(|e| format!("unreadable manifest: {e}"))?;
-        if manifest.version != FORMAT || manifest.batch != batch {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&manifest.version) || manifest.batch != batch {
             return Err(format!(
                 "manifest of version {} for batch {}",
                 manifest.version, manifest.batch
@@ -370,6 +417,13 @@ impl Checkpointer {
         }
         let mut states = HashMap::new();
         for state in &manifest.states {
+            if !state.parts.is_empty() {
+                for part in &state.parts {
+                    chain::verify(self.storage.as_ref(), part)?;
+                }
+                states.insert(state.operator.clone(), RestoredState::Parts(state.parts.clone()));
+                continue;
+            }
             let bytes = self
                 .storage
                 .get(&format!("{dir}/{}", state.file))
@@ -381,9 +435,38 @@ impl Checkpointer {
                     state.file
                 ));
             }
-            states.insert(state.operator.clone(), bytes);
+            states.insert(state.operator.clone(), RestoredState::Whole(bytes));
         }
         Ok(Restored { manifest, states })
+    }
+
+    /// Opens the parts of a restored chain for reading, oldest first.
+    pub fn open_chain(
+        &self,
+        chain: &[StatePart],
+    ) -> Result<Vec<incremental::PartReader<Box<dyn std::io::Read + Send>>>, CheckpointError> {
+        chain
+            .iter()
+            .map(|part| {
+                let input = self
+                    .storage
+                    .open(&part.file)
+                    .map_err(self.io(format!("read {}", part.file)))?
+                    .ok_or_else(|| CheckpointError::Unusable {
+                        dir: self.settings.dir.display().to_string(),
+                        message: format!("{} is missing", part.file),
+                    })?;
+                incremental::PartReader::new(input).map_err(self.io(format!("read {}", part.file)))
+            })
+            .collect()
+    }
+
+    /// Starts writing the incremental part `name` (see [`chain::part_name`])
+    /// as a stream; [`Checkpointer::start`] commits it with its checkpoint.
+    pub fn create_part(&self, name: &str) -> Result<Box<dyn BlobWriter>, CheckpointError> {
+        self.storage
+            .create(name)
+            .map_err(self.io(format!("write {name}")))
     }
 
     /// Writes `batch` to the batch log, durably, before it runs.
@@ -413,7 +496,7 @@ impl Checkpointer {
     pub fn start(
         &mut self,
         manifest: Manifest,
-        states: Vec<(String, Vec<u8>)>,
+        states: Vec<(String, OperatorState)>,
         snapshot_time: Duration,
     ) -> Result<bool, CheckpointError> {
         if self.writer.is_some() {
@@ -423,15 +506,13 @@ impl Checkpointer {
         let storage = self.storage.clone();
         let dir = self.settings.dir.display().to_string();
         let keep = self.settings.keep.max(1);
+        let full_every = self.settings.full_every.max(1);
         let started = Instant::now();
         self.writer = Some(std::thread::spawn(move || {
-            write_checkpoint(storage.as_ref(), &dir, manifest, states, keep).map(|(batch, bytes)| {
-                CheckpointReport {
-                    batch,
-                    bytes,
-                    duration: snapshot_time + started.elapsed(),
-                }
-            })
+            let mut report = write_checkpoint(storage.as_ref(), &dir, manifest, states, keep, full_every)?;
+            report.snapshot = snapshot_time;
+            report.duration = snapshot_time + started.elapsed();
+            Ok(report)
         }));
         self.batches_since = 0;
         self.last_checkpoint = Instant::now();
@@ -467,6 +548,8 @@ impl Checkpointer {
         tracing::info!(
             checkpoint = report.batch,
             bytes = report.bytes,
+            compacted_bytes = report.compacted_bytes,
+            snapshot_ms = report.snapshot.as_secs_f64() * 1e3,
             ms = report.duration.as_secs_f64() * 1e3,
             "checkpoint written"
         );
@@ -474,14 +557,16 @@ impl Checkpointer {
     }
 }
 
-/// Writes the state files, then the manifest, then `LATEST`; then prunes.
+/// Writes the state files (and commits the incremental parts, compacting
+/// the chains that are due), then the manifest, then `LATEST`; then prunes.
 fn write_checkpoint(
     storage: &dyn CheckpointStorage,
     dir: &str,
     mut manifest: Manifest,
-    states: Vec<(String, Vec<u8>)>,
+    states: Vec<(String, OperatorState)>,
     keep: usize,
-) -> Result<(u64, u64), CheckpointError> {
+    full_every: u64,
+) -> Result<CheckpointReport, CheckpointError> {
     let io = |action: String| {
         move |error| CheckpointError::Io {
             dir: dir.to_owned(),
@@ -491,24 +576,69 @@ fn write_checkpoint(
     };
     let batch = manifest.batch;
     let prefix = checkpoint_dir(batch);
-    let mut total = 0u64;
+    let mut report = CheckpointReport {
+        batch,
+        bytes: 0,
+        compacted_bytes: 0,
+        compactions: 0,
+        snapshot: Duration::ZERO,
+        duration: Duration::ZERO,
+        chains: Vec::new(),
+    };
     manifest.states.clear();
-    for (index, (operator, bytes)) in states.into_iter().enumerate() {
-        let file = format!("state-{index:04}.bin");
-        storage
-            .put(&format!("{prefix}/{file}"), &bytes)
-            .map_err(io(format!("write {prefix}/{file}")))?;
-        total += bytes.len() as u64;
-        manifest.states.push(StateFile {
-            operator,
-            file,
-            bytes: bytes.len() as u64,
-            sha256: content_hash(&bytes),
-        });
+    let mut chains = Vec::new();
+    for (index, (operator, state)) in states.into_iter().enumerate() {
+        match state {
+            OperatorState::Whole(bytes) => {
+                let file = format!("state-{index:04}.bin");
+                storage
+                    .put(&format!("{prefix}/{file}"), &bytes)
+                    .map_err(io(format!("write {prefix}/{file}")))?;
+                report.bytes += bytes.len() as u64;
+                manifest.states.push(StateFile {
+                    operator,
+                    file,
+                    bytes: bytes.len() as u64,
+                    sha256: content_hash(&bytes),
+                    parts: Vec::new(),
+                });
+            }
+            OperatorState::Part(part) => {
+                let chain = part.chain();
+                report.bytes += part.part.bytes;
+                part.blob
+                    .commit()
+                    .map_err(io(format!("write {}", part.part.file)))?;
+                chains.push((index, operator, chain));
+            }
+        }
     }
     crate::failpoint::crash_point("checkpoint-state");
+    for (index, operator, mut chain) in chains {
+        if chain::compaction_due(&chain, full_every) {
+            let full =
+                chain::compact(storage, &chain, &chain::full_name(batch, index)).map_err(|message| {
+                    CheckpointError::Unusable {
+                        dir: dir.to_owned(),
+                        message: format!("compacting the state of `{operator}`: {message}"),
+                    }
+                })?;
+            report.compactions += 1;
+            report.compacted_bytes += full.bytes;
+            chain = vec![full];
+            crate::failpoint::crash_point("checkpoint-compacted");
+        }
+        manifest.states.push(StateFile {
+            operator: operator.clone(),
+            file: String::new(),
+            bytes: chain.iter().map(|part| part.bytes).sum(),
+            sha256: String::new(),
+            parts: chain.clone(),
+        });
+        report.chains.push((operator, chain));
+    }
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-    total += manifest_bytes.len() as u64;
+    report.bytes += manifest_bytes.len() as u64;
     storage
         .put(&format!("{prefix}/manifest.json"), &manifest_bytes)
         .map_err(io(format!("write {prefix}/manifest.json")))?;
@@ -548,6 +678,12 @@ fn write_checkpoint(
             .remove(&checkpoint_dir(*old))
             .map_err(io(format!("remove the checkpoint of batch {old}")))?;
     }
+    // Incremental parts: those a kept checkpoint lists stay.
+    let referenced = kept
+        .iter()
+        .take(keep)
+        .flat_map(|(_, kept)| kept.states.iter().flat_map(|state| &state.parts));
+    chain::collect_garbage(storage, referenced).map_err(io("remove unused incremental parts".into()))?;
     let oldest = kept.get(keep.saturating_sub(1).min(kept.len().saturating_sub(1)));
     if let Some((oldest, oldest_manifest)) = oldest {
         let oldest = *oldest;
@@ -572,7 +708,7 @@ fn write_checkpoint(
             }
         }
     }
-    Ok((batch, total))
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -585,6 +721,7 @@ mod tests {
             every_batches: 1,
             every: None,
             keep,
+            full_every: 3,
             wal_sync: crate::source::wal::WalSync::Block,
         }
     }
@@ -622,7 +759,7 @@ mod tests {
                 })
                 .unwrap();
             if batch % 2 == 1 {
-                let state = vec![("s#0".to_owned(), vec![batch as u8; 100])];
+                let state = vec![("s#0".to_owned(), OperatorState::Whole(vec![batch as u8; 100]))];
                 assert!(
                     checkpointer
                         .start(manifest(batch), state, Duration::ZERO)
@@ -644,7 +781,7 @@ mod tests {
         let (_, recovery) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
         let restored = recovery.restored.unwrap();
         assert_eq!(restored.manifest.batch, 1);
-        assert_eq!(restored.states["s#0"], vec![1u8; 100]);
+        assert!(matches!(&restored.states["s#0"], RestoredState::Whole(bytes) if *bytes == vec![1u8; 100]));
         assert_eq!(
             recovery.logged.iter().map(|b| b.batch).collect::<Vec<_>>(),
             vec![2, 3]
@@ -654,5 +791,117 @@ mod tests {
         let error = Checkpointer::open(settings(dir.path(), 2), &changed, false).unwrap_err();
         assert!(error.to_string().contains("--allow-plugin-change"), "{error}");
         assert!(Checkpointer::open(settings(dir.path(), 2), &changed, true).is_ok());
+    }
+
+    /// The state a restored chain holds: one map per partition.
+    fn read_chain(checkpointer: &Checkpointer, chain: &[StatePart]) -> Vec<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut merge = incremental::Merge::new(checkpointer.open_chain(chain).unwrap()).unwrap();
+        let mut state = Vec::new();
+        while merge.next_partition().unwrap().is_some() {
+            let mut entries = BTreeMap::new();
+            while let Some((key, value)) = merge.next_entry().unwrap() {
+                entries.insert(key, value);
+            }
+            state.push(entries);
+        }
+        merge.finish().unwrap();
+        state
+    }
+
+    #[test]
+    fn incremental_parts_chain_compact_and_stay_while_a_kept_checkpoint_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = BTreeMap::from([("split".to_owned(), "aa".to_owned())]);
+        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        // One partition: checkpoint 0 writes keys k00 to k19 (a full part),
+        // each later checkpoint `b` sets `k{b % 20}` to `b` and removes
+        // `k{(b + 10) % 20}`.
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut chain: Vec<StatePart> = Vec::new();
+        let mut lengths = Vec::new();
+        for batch in 0..9u64 {
+            let mut changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            if batch == 0 {
+                for k in 0..20 {
+                    changes.insert(format!("k{k:02}").into_bytes(), Some(vec![0]));
+                }
+            } else {
+                changes.insert(
+                    format!("k{:02}", batch % 20).into_bytes(),
+                    Some(batch.to_le_bytes().to_vec()),
+                );
+                changes.insert(format!("k{:02}", (batch + 10) % 20).into_bytes(), None);
+            }
+            for (key, value) in &changes {
+                match value {
+                    Some(value) => model.insert(key.clone(), value.clone()),
+                    None => model.remove(key),
+                };
+            }
+            let name = chain::part_name(batch, 0);
+            let blob = checkpointer.create_part(&name).unwrap();
+            let mut writer = incremental::PartWriter::new(incremental::HashingWriter::new(blob), 1).unwrap();
+            writer.begin(batch == 0).unwrap();
+            for (key, value) in &changes {
+                match value {
+                    Some(value) => writer.put(key, value).unwrap(),
+                    None => writer.remove(key).unwrap(),
+                }
+            }
+            let (hashing, summary) = writer.finish().unwrap();
+            let (blob, bytes, sha256) = hashing.finish();
+            let part = NewPart {
+                part: StatePart {
+                    file: name,
+                    bytes,
+                    sha256,
+                    full: summary.is_full(),
+                },
+                blob,
+                base: chain.clone(),
+            };
+            assert!(
+                checkpointer
+                    .start(
+                        manifest(batch),
+                        vec![("s#0".to_owned(), OperatorState::Part(part))],
+                        Duration::ZERO
+                    )
+                    .unwrap()
+            );
+            let report = checkpointer.collect().unwrap().unwrap();
+            chain = report.chains[0].1.clone();
+            lengths.push(chain.len());
+            assert_eq!(
+                read_chain(&checkpointer, &chain),
+                vec![model.clone()],
+                "after batch {batch}"
+            );
+        }
+        // At most `full_every` (3) parts; compaction starts a new chain.
+        assert_eq!(lengths, vec![1, 2, 3, 1, 2, 3, 1, 2, 3]);
+        // Only the parts the two kept checkpoints (7 and 8) list are left:
+        // the full part compacted at 6 and the changes of 7 and 8.
+        let storage = LocalStorage::new(dir.path()).unwrap();
+        assert_eq!(
+            storage.list(chain::DIR).unwrap(),
+            vec![
+                format!("{:020}-0000.full", 6),
+                format!("{:020}-0000.part", 7),
+                format!("{:020}-0000.part", 8)
+            ]
+        );
+        // Recovery reads the chain back; a damaged part makes it fall back to
+        // the previous checkpoint, whose chain does not hold that part.
+        let (checkpointer, recovery) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        let restored = recovery.restored.unwrap();
+        assert_eq!(restored.manifest.batch, 8);
+        let RestoredState::Parts(parts) = &restored.states["s#0"] else {
+            panic!("a chain")
+        };
+        assert_eq!(read_chain(&checkpointer, parts), vec![model]);
+        storage.put(&chain::part_name(8, 0), b"WEIRINC1 damaged").unwrap();
+        let (_, recovery) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        assert_eq!(recovery.restored.unwrap().manifest.batch, 7);
     }
 }

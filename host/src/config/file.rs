@@ -47,6 +47,12 @@ pub struct CheckpointTable {
     pub every: Option<Spanned<String>>,
     /// Checkpoints kept. Default 3.
     pub keep: Option<Spanned<i64>>,
+    /// Incremental state (keyed state) is compacted into a full snapshot
+    /// once its chain of parts is longer than this: a full snapshot every
+    /// this many checkpoints at most. Default 50 (a chain is also compacted
+    /// once its changes outweigh its full snapshot, which bounds recovery
+    /// to reading about twice the state; this bounds the number of files).
+    pub full_every: Option<Spanned<i64>>,
     /// When the write-ahead log of socket and stdin sources is synced:
     /// `"block"` (default: every block, before it is acknowledged) or an
     /// interval such as `"100ms"`.

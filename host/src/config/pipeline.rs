@@ -188,6 +188,8 @@ fn checkpoint(
         .unwrap_or(10) as u64,
         every: tuning.and_then(|t| t.every.as_ref()).map(duration).transpose()?,
         keep: positive(tuning.and_then(|t| t.keep.as_ref()), "keep", 1000)?.unwrap_or(3),
+        full_every: positive(tuning.and_then(|t| t.full_every.as_ref()), "full-every", 1 << 20)?.unwrap_or(50)
+            as u64,
         wal_sync: match tuning.and_then(|t| t.wal_sync.as_ref()) {
             None => WalSync::Block,
             Some(text) if text.get_ref() == "block" => WalSync::Block,

@@ -364,6 +364,10 @@ impl Operator for Guarded {
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         self.inner.restore(snapshot)
     }
+
+    fn incremental(&self) -> Option<&dyn super::IncrementalState> {
+        self.inner.incremental()
+    }
 }
 
 #[cfg(test)]

@@ -10,15 +10,25 @@
 //! (retried, skipped or dead-lettered by the stage's policy) leaves state as
 //! it was. The two operators differ only in the plugin's SDK API: all values
 //! of a key at once, or one record at a time.
+//!
+//! Checkpoints are incremental ([`IncrementalState`]): each writes, per
+//! partition, the entries put and the keys removed since the previous one
+//! (or the whole partition when the store lost track), and recovery merges
+//! the checkpoint's chain of parts back into the stores as a stream. A
+//! snapshot written whole by an earlier version ([`Operator::restore`]) is
+//! still restored; the first checkpoint after it is then a full one.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keyed::{FastMap, PartitionStates, lock};
 use super::{
-    Operator, OperatorError, PartitionContext, Planning, PluginUse, check_restored_partitions, restore_error,
+    IncrementalState, Operator, OperatorError, PartitionContext, Planning, PluginUse,
+    check_restored_partitions, restore_error,
 };
-use crate::checkpoint::codec::{Decoder, Encoder};
+use crate::checkpoint::codec::Decoder;
+use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
 use crate::partition::Partitioning;
 use crate::record::Partition;
 use crate::runtime::bindings::types::Values;
@@ -249,33 +259,9 @@ impl Operator for KeyedState {
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 
-    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
-        let mut partitions = Vec::new();
-        let mut failure = None;
-        self.stores
-            .for_each(|_, store| match store.as_ref().map(KeyedStore::entries) {
-                Some(Ok(entries)) => partitions.push(entries),
-                Some(Err(error)) => failure = Some(error),
-                None => partitions.push(Vec::new()),
-            });
-        if let Some(error) = failure {
-            return Err(state_error(error));
-        }
-        let mut out = Encoder::new();
-        out.u64(partitions.len() as u64);
-        for mut entries in partitions {
-            // Sorted: the same state gives the same snapshot.
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            out.u64(entries.len() as u64);
-            for (key, entry) in entries {
-                out.bytes(&key);
-                out.bytes(&entry.state);
-                out.i64(entry.last_seen);
-            }
-        }
-        Ok(Some(out.finish()))
-    }
-
+    /// Restores a snapshot written whole (format 1 checkpoints, before
+    /// incremental ones): per partition, a count, then key, state and
+    /// `last_seen` of each entry.
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         let mut input = Decoder::new(snapshot);
         let count = input.count(8).map_err(restore_error)?;
@@ -305,5 +291,68 @@ impl Operator for KeyedState {
             }
         });
         total
+    }
+
+    fn incremental(&self) -> Option<&dyn IncrementalState> {
+        Some(self)
+    }
+}
+
+impl IncrementalState for KeyedState {
+    fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError> {
+        let result = (|| {
+            let mut part = PartWriter::new(out, self.settings.partitions).map_err(|e| e.to_string())?;
+            for partition in 0..self.settings.partitions {
+                let slot = self.stores.get(partition);
+                let mut slot = lock(&slot);
+                match slot.as_mut() {
+                    Some(store) => store.write_part(&mut part).map_err(|e| e.to_string())?,
+                    // Never used, nothing restored: empty.
+                    None => part.begin(true).map_err(|e| e.to_string())?,
+                }
+            }
+            part.finish()
+                .map(|(_, summary)| summary)
+                .map_err(|e| e.to_string())
+        })();
+        result.map_err(|error| {
+            // Stores written before the failure counted their changes from
+            // a part that will not be used.
+            self.stores.for_each(|_, store| {
+                if let Some(store) = store {
+                    store.forget_changes();
+                }
+            });
+            OperatorError::Native(format!("cannot write the keyed state's checkpoint part: {error}"))
+        })
+    }
+
+    fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError> {
+        check_restored_partitions(merge.partitions(), self.settings.partitions, "keyed")?;
+        // Entries go into each store a slice at a time, so a store spills
+        // as it fills and the state never needs more memory than its budget.
+        let slice = (self.settings.memory_bytes / self.settings.partitions.max(1) / 4).max(64 << 10);
+        let mut stores = Vec::with_capacity(merge.partitions());
+        while let Some(partition) = merge.next_partition().map_err(restore_error)? {
+            let mut store = self.store_for(partition);
+            let mut changes = StateChanges::default();
+            let mut bytes = 0;
+            while let Some((key, value)) = merge.next_entry().map_err(restore_error)? {
+                let entry = StateEntry::decode(&value).ok_or_else(|| {
+                    restore_error(format!("an entry of {} bytes is too short", value.len()))
+                })?;
+                bytes += key.len() + value.len();
+                changes.put.push((key.into(), entry));
+                if bytes >= slice {
+                    store.commit(std::mem::take(&mut changes)).map_err(state_error)?;
+                    bytes = 0;
+                }
+            }
+            store.commit(changes).map_err(state_error)?;
+            store.mark_checkpointed();
+            stores.push(Some(store));
+        }
+        self.stores.replace(stores);
+        Ok(())
     }
 }

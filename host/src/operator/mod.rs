@@ -35,7 +35,9 @@ pub mod transform;
 pub mod window;
 
 use std::fmt;
+use std::io::{Read, Write};
 
+use crate::checkpoint::incremental::{Merge, PartSummary};
 pub use instances::{InstanceKey, InstanceSlots, PluginUse};
 
 use crate::partition::Partitioning;
@@ -280,6 +282,29 @@ pub trait Operator: Send + Sync + fmt::Debug {
     fn restore(&self, _snapshot: &[u8]) -> Result<(), OperatorError> {
         Ok(())
     }
+
+    /// The operator's state when it is checkpointed incrementally (then
+    /// checkpoints use it instead of [`Operator::snapshot`]); `None`, the
+    /// default, for state written whole.
+    fn incremental(&self) -> Option<&dyn IncrementalState> {
+        None
+    }
+}
+
+/// State checkpointed incrementally ([`crate::checkpoint::incremental`]):
+/// per partition a map from keys to values, of which each checkpoint writes
+/// what changed since the previous one.
+pub trait IncrementalState: Send + Sync {
+    /// Writes a part on `out`, between batches: per partition the entries
+    /// put and the keys removed since the last call (or the last
+    /// [`IncrementalState::restore_chain`]), or every entry (a complete
+    /// section) where the changes are not known. After it, changes are
+    /// counted from now. On an error the next part lists every entry.
+    fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError>;
+
+    /// Replaces the state with the merge of a checkpoint's chain of parts,
+    /// read as a stream, before the first batch of a resumed run.
+    fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError>;
 }
 
 /// One partition's fold of a piecewise operator (see

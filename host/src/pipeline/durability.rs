@@ -3,13 +3,15 @@
 //! input before it runs, and checkpoints at batch boundaries (see
 //! [`crate::checkpoint`] for the format and the guarantees).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::plan::Plan;
 use crate::batcher::SourceCut;
+use crate::checkpoint::incremental::{HashingWriter, Merge};
 use crate::checkpoint::{
-    CheckpointError, CheckpointReport, CheckpointSettings, Checkpointer, LoggedBatch, Manifest,
+    CheckpointError, CheckpointReport, CheckpointSettings, Checkpointer, LoggedBatch, Manifest, NewPart,
+    OperatorState, RestoredState, StatePart, chain,
 };
 use crate::error::EngineError;
 use crate::source::{BatchInput, Replay, SourceProgress};
@@ -19,14 +21,35 @@ use crate::source::{BatchInput, Replay, SourceProgress};
 pub struct CheckpointStats {
     /// Checkpoints written.
     pub written: u64,
-    /// Size of the last one, in bytes.
+    /// Size of the last one, in bytes (what it wrote, compaction aside).
     pub last_bytes: u64,
+    /// The largest one, in bytes.
+    pub max_bytes: u64,
+    /// Bytes all of them wrote, compaction aside.
+    pub total_bytes: u64,
     /// The longest one (snapshot plus write).
-    pub max_duration: std::time::Duration,
+    pub max_duration: Duration,
+    /// All of them (snapshot plus write).
+    pub total_duration: Duration,
+    /// The longest snapshot: the pause between two batches.
+    pub max_snapshot: Duration,
+    /// All the snapshots.
+    pub total_snapshot: Duration,
+    /// Chains of incremental state compacted into a full part.
+    pub compactions: u64,
+    /// Bytes the compactions wrote.
+    pub compacted_bytes: u64,
+    /// Bytes of incremental state the last checkpoint lists (every part of
+    /// its chains: what recovery reads).
+    pub chain_bytes: u64,
     /// Batches replayed from the batch log at start.
     pub replayed_batches: u64,
     /// The batch the run resumed after, if it resumed from a checkpoint.
     pub resumed_after: Option<u64>,
+    /// Time taken to recover at start: read and check the newest
+    /// checkpoint (every state file and part) and restore the operators'
+    /// state from it.
+    pub recovery_time: Duration,
 }
 
 /// Batch logging and checkpointing for one run.
@@ -40,6 +63,8 @@ pub struct Durability {
     replay: VecDeque<LoggedBatch>,
     settings_dir: String,
     last_checkpointed: Option<u64>,
+    /// Operator key → its chain of incremental parts in the last checkpoint.
+    chains: HashMap<String, Vec<StatePart>>,
     stats: CheckpointStats,
 }
 
@@ -76,6 +101,7 @@ impl Durability {
     ) -> Result<(Self, u64, Vec<Replay>), EngineError> {
         let pipeline = plan.pipeline.clone();
         let settings_dir = settings.dir.display().to_string();
+        let recovery_started = Instant::now();
         let (checkpointer, recovery) = Checkpointer::open(settings, &plugins, allow_plugin_change)
             .map_err(|e| checkpoint_error(&pipeline, e))?;
         let sources = plan.sources.len();
@@ -99,15 +125,40 @@ impl Durability {
                 },
             ));
         }
+        let mut chains = HashMap::new();
         let (first_batch, progress) = match &recovery.restored {
             Some(restored) => {
                 for stage in &plan.stages {
                     for (index, operator) in stage.operators.iter().enumerate() {
-                        if let Some(snapshot) = restored.states.get(&operator_key(&stage.name, index)) {
-                            operator.restore(snapshot).map_err(|error| EngineError::Plan {
-                                location: format!("pipeline `{pipeline}`"),
-                                message: format!("stage `{}`: {error}", stage.name),
-                            })?;
+                        let key = operator_key(&stage.name, index);
+                        let failed = |error: String| EngineError::Plan {
+                            location: format!("pipeline `{pipeline}`"),
+                            message: format!("stage `{}`: {error}", stage.name),
+                        };
+                        match restored.states.get(&key) {
+                            None => {}
+                            Some(RestoredState::Whole(snapshot)) => {
+                                operator.restore(snapshot).map_err(|e| failed(e.to_string()))?;
+                            }
+                            Some(RestoredState::Parts(parts)) => {
+                                let incremental = operator.incremental().ok_or_else(|| {
+                                    failed(
+                                        "the checkpoint holds incremental state, the stage keeps none".into(),
+                                    )
+                                })?;
+                                let readers = checkpointer
+                                    .open_chain(parts)
+                                    .map_err(|e| checkpoint_error(&pipeline, e))?;
+                                let mut merge = Merge::new(readers)
+                                    .map_err(|e| failed(format!("cannot restore its state: {e}")))?;
+                                incremental
+                                    .restore_chain(&mut merge)
+                                    .map_err(|e| failed(e.to_string()))?;
+                                merge
+                                    .finish()
+                                    .map_err(|e| failed(format!("cannot restore its state: {e}")))?;
+                                chains.insert(key, parts.clone());
+                            }
                         }
                     }
                 }
@@ -131,6 +182,7 @@ impl Durability {
         let stats = CheckpointStats {
             replayed_batches: recovery.logged.len() as u64,
             resumed_after: recovery.restored.as_ref().map(|r| r.manifest.batch),
+            recovery_time: recovery_started.elapsed(),
             ..CheckpointStats::default()
         };
         let durability = Self {
@@ -143,6 +195,7 @@ impl Durability {
             replay: recovery.logged.into(),
             settings_dir,
             last_checkpointed: recovery.restored.as_ref().map(|r| r.manifest.batch),
+            chains,
             stats,
         };
         Ok((durability, first_batch, replays))
@@ -226,12 +279,42 @@ impl Durability {
         let mut states = Vec::new();
         for stage in &plan.stages {
             for (index, operator) in stage.operators.iter().enumerate() {
-                let snapshot = operator.snapshot().map_err(|error| EngineError::Plan {
+                let failed = |error: String| EngineError::Plan {
                     location: format!("pipeline `{}`", self.pipeline),
                     message: format!("stage `{}`: cannot snapshot its state: {error}", stage.name),
-                })?;
-                if let Some(snapshot) = snapshot {
-                    states.push((operator_key(&stage.name, index), snapshot));
+                };
+                let key = operator_key(&stage.name, index);
+                if let Some(incremental) = operator.incremental() {
+                    let file = chain::part_name(batch, states.len());
+                    let blob = self
+                        .checkpointer
+                        .create_part(&file)
+                        .map_err(|e| checkpoint_error(&self.pipeline, e))?;
+                    let mut out = HashingWriter::new(blob);
+                    let summary = incremental
+                        .write_part(&mut out)
+                        .map_err(|e| failed(e.to_string()))?;
+                    let (blob, bytes, sha256) = out.finish();
+                    let base = self.chains.get(&key).cloned().unwrap_or_default();
+                    if !summary.is_full() && base.is_empty() {
+                        return Err(failed(
+                            "its state wrote changes, but the last checkpoint holds none to apply them to"
+                                .into(),
+                        ));
+                    }
+                    let part = NewPart {
+                        part: StatePart {
+                            file,
+                            bytes,
+                            sha256,
+                            full: summary.is_full(),
+                        },
+                        blob,
+                        base,
+                    };
+                    states.push((key, OperatorState::Part(part)));
+                } else if let Some(snapshot) = operator.snapshot().map_err(|e| failed(e.to_string()))? {
+                    states.push((key, OperatorState::Whole(snapshot)));
                 }
             }
         }
@@ -251,6 +334,9 @@ impl Durability {
             .checkpointer
             .start(manifest, states, snapshot_time)
             .map_err(|e| checkpoint_error(&self.pipeline, e))?;
+        // Checked above: no checkpoint is being written, so none refuses
+        // this one (whose incremental parts counted changes from now).
+        debug_assert!(started);
         if started {
             self.last_checkpointed = Some(batch);
         }
@@ -273,9 +359,24 @@ impl Durability {
     }
 
     fn count(&mut self, report: CheckpointReport) {
-        self.stats.written += 1;
-        self.stats.last_bytes = report.bytes;
-        self.stats.max_duration = self.stats.max_duration.max(report.duration);
+        let stats = &mut self.stats;
+        stats.written += 1;
+        stats.last_bytes = report.bytes;
+        stats.max_bytes = stats.max_bytes.max(report.bytes);
+        stats.total_bytes += report.bytes;
+        stats.max_duration = stats.max_duration.max(report.duration);
+        stats.total_duration += report.duration;
+        stats.max_snapshot = stats.max_snapshot.max(report.snapshot);
+        stats.total_snapshot += report.snapshot;
+        stats.compactions += report.compactions;
+        stats.compacted_bytes += report.compacted_bytes;
+        stats.chain_bytes = report
+            .chains
+            .iter()
+            .flat_map(|(_, chain)| chain)
+            .map(|part| part.bytes)
+            .sum();
+        self.chains = report.chains.into_iter().collect();
     }
 
     /// The run's checkpoint figures.

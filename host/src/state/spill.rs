@@ -9,6 +9,12 @@
 //! 32 MiB `state-memory`). Each spill file gets a cache of its own size
 //! instead ([`SpillFile::create`]), carved out of its partition's share of
 //! `state-memory` ([`super::spill_cache_bytes`]).
+//!
+//! Two tables: `entries` (key → `last_seen` little-endian ++ state) and
+//! `by-time` (`last_seen` as an order-preserving big-endian ++ key → nothing),
+//! kept in step in every write transaction, so that the keys idle since a
+//! time are a range scan of `by-time` ([`SpillFile::idle_since`]) instead of
+//! a read of every entry.
 
 use std::path::{Path, PathBuf};
 
@@ -19,8 +25,10 @@ use redb::{
 use super::{KeyedEntry, StateEntry, StateError};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+const BY_TIME: TableDefinition<&[u8], ()> = TableDefinition::new("by-time");
 
-/// Spilled state entries: key → `last_seen` (8 bytes, little-endian) + state.
+/// Spilled state entries: key → `last_seen` (8 bytes, little-endian) + state,
+/// indexed by `last_seen`.
 pub struct SpillFile {
     path: PathBuf,
     db: Database,
@@ -33,19 +41,36 @@ fn error(context: &str, path: &Path, e: impl std::fmt::Display) -> StateError {
 
 fn encode(entry: &StateEntry) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(8 + entry.state.len());
-    bytes.extend_from_slice(&entry.last_seen.to_le_bytes());
-    bytes.extend_from_slice(&entry.state);
+    entry.encode_into(&mut bytes);
     bytes
 }
 
-fn decode(bytes: &[u8]) -> StateEntry {
-    let (time, state) = bytes.split_at(8.min(bytes.len()));
+/// The `last_seen` of an encoded entry.
+fn last_seen_of(bytes: &[u8]) -> i64 {
+    let time = &bytes[..8.min(bytes.len())];
     let mut last_seen = [0u8; 8];
     last_seen[..time.len()].copy_from_slice(time);
+    i64::from_le_bytes(last_seen)
+}
+
+fn decode(bytes: &[u8]) -> StateEntry {
     StateEntry {
-        state: state.to_vec(),
-        last_seen: i64::from_le_bytes(last_seen),
+        state: bytes[8.min(bytes.len())..].to_vec(),
+        last_seen: last_seen_of(bytes),
     }
+}
+
+/// `time` as 8 bytes that sort as the times do (sign bit flipped, big-endian).
+fn time_prefix(time: i64) -> [u8; 8] {
+    ((time as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The `by-time` key of `key` last seen at `time`.
+fn index_key(time: i64, key: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + key.len());
+    bytes.extend_from_slice(&time_prefix(time));
+    bytes.extend_from_slice(key);
+    bytes
 }
 
 impl SpillFile {
@@ -96,34 +121,108 @@ impl SpillFile {
         .collect()
     }
 
-    /// Spilled entries whose `last_seen` is at or before `before`.
+    /// Spilled entries whose `last_seen` is at or before `before`: a range
+    /// scan of the `by-time` index, then a lookup of each key found.
     pub fn idle_since(&self, before: i64) -> Result<Vec<KeyedEntry>, StateError> {
         let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
         let txn = self.db.begin_read().map_err(|e| fail(&e))?;
-        let table = match txn.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(fail(&e)),
+        let (index, entries) = match (txn.open_table(BY_TIME), txn.open_table(ENTRIES)) {
+            (Ok(index), Ok(entries)) => (index, entries),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+            (Err(e), _) | (_, Err(e)) => return Err(fail(&e)),
+        };
+        let end = before.checked_add(1).map(time_prefix);
+        let range = match &end {
+            Some(end) => index.range::<&[u8]>(..&end[..]),
+            None => index.range::<&[u8]>(..),
         };
         let mut idle = Vec::new();
-        for item in table.iter().map_err(|e| fail(&e))? {
-            let (key, value) = item.map_err(|e| fail(&e))?;
-            let entry = decode(value.value());
-            if entry.last_seen <= before {
-                idle.push((Box::from(key.value()), entry));
-            }
+        for item in range.map_err(|e| fail(&e))? {
+            let (indexed, _) = item.map_err(|e| fail(&e))?;
+            let key = &indexed.value()[8..];
+            let value = entries.get(key).map_err(|e| fail(&e))?.ok_or_else(|| {
+                fail(&format!(
+                    "the time index names a key that is not stored ({} bytes)",
+                    key.len()
+                ))
+            })?;
+            idle.push((Box::from(key), decode(value.value())));
         }
         Ok(idle)
     }
 
-    /// Writes `entries` in one transaction.
-    pub fn put(&mut self, entries: &[KeyedEntry]) -> Result<(), StateError> {
-        self.write(|table| {
+    /// The spilled keys whose `last_seen` is `after` or later (a range of
+    /// the `by-time` index); `None` once their `footprint`s add up to more
+    /// than `limit`.
+    pub fn keys_seen_since(
+        &self,
+        after: i64,
+        limit: usize,
+        footprint: impl Fn(usize) -> usize,
+    ) -> Result<Option<Vec<Box<[u8]>>>, StateError> {
+        let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let index = match txn.open_table(BY_TIME) {
+            Ok(index) => index,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(Vec::new())),
+            Err(e) => return Err(fail(&e)),
+        };
+        let start = time_prefix(after);
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        for item in index.range::<&[u8]>(&start[..]..).map_err(|e| fail(&e))? {
+            let (indexed, _) = item.map_err(|e| fail(&e))?;
+            let key = &indexed.value()[8..];
+            bytes += footprint(key.len());
+            if bytes > limit {
+                return Ok(None);
+            }
+            keys.push(Box::from(key));
+        }
+        Ok(Some(keys))
+    }
+
+    /// Calls `visit` with every spilled key and its entry encoded as
+    /// `last_seen` (8 bytes, little-endian) ++ state, in key order, from one
+    /// read transaction: for streaming the whole state out.
+    pub fn for_each_encoded(
+        &self,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let fail = |e: &dyn std::fmt::Display| error("cannot read", &self.path, e);
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = match txn.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(fail(&e)),
+        };
+        for item in table.iter().map_err(|e| fail(&e))? {
+            let (key, value) = item.map_err(|e| fail(&e))?;
+            visit(key.value(), value.value())?;
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` in one transaction (replacing those of the same keys).
+    pub fn put<'e>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'e [u8], &'e StateEntry)>,
+    ) -> Result<(), StateError> {
+        self.write(|table, index| {
             let mut added = 0isize;
             for (key, entry) in entries {
-                if table.insert(&key[..], &encode(entry)[..])?.is_none() {
-                    added += 1;
+                let old = table
+                    .insert(key, &encode(entry)[..])?
+                    .map(|old| last_seen_of(old.value()));
+                match old {
+                    None => added += 1,
+                    Some(old) if old == entry.last_seen => continue,
+                    Some(old) => {
+                        index.remove(&index_key(old, key)[..])?;
+                    }
                 }
+                index.insert(&index_key(entry.last_seen, key)[..], ())?;
             }
             Ok(added)
         })
@@ -131,10 +230,12 @@ impl SpillFile {
 
     /// Removes `keys` (absent ones are ignored) in one transaction.
     pub fn remove(&mut self, keys: &[Box<[u8]>]) -> Result<(), StateError> {
-        self.write(|table| {
+        self.write(|table, index| {
             let mut removed = 0isize;
             for key in keys {
-                if table.remove(&key[..])?.is_some() {
+                let old = table.remove(&key[..])?.map(|old| last_seen_of(old.value()));
+                if let Some(old) = old {
+                    index.remove(&index_key(old, key)[..])?;
                     removed -= 1;
                 }
             }
@@ -142,19 +243,23 @@ impl SpillFile {
         })
     }
 
-    /// Runs `change` in a write transaction without fsync; it returns the
-    /// change in the number of entries.
+    /// Runs `change` on both tables in one write transaction without fsync;
+    /// it returns the change in the number of entries.
     fn write(
         &mut self,
-        change: impl FnOnce(&mut redb::Table<'_, &[u8], &[u8]>) -> Result<isize, redb::StorageError>,
+        change: impl FnOnce(
+            &mut redb::Table<'_, &[u8], &[u8]>,
+            &mut redb::Table<'_, &[u8], ()>,
+        ) -> Result<isize, redb::StorageError>,
     ) -> Result<(), StateError> {
         let fail = |e: &dyn std::fmt::Display| error("cannot write", &self.path, e);
         let mut txn = self.db.begin_write().map_err(|e| fail(&e))?;
         txn.set_durability(Durability::None).map_err(|e| fail(&e))?;
         let delta = {
             let mut table = txn.open_table(ENTRIES).map_err(|e| fail(&e))?;
-            let delta = change(&mut table).map_err(|e| fail(&e))?;
-            debug_assert!(table.len().is_ok());
+            let mut index = txn.open_table(BY_TIME).map_err(|e| fail(&e))?;
+            let delta = change(&mut table, &mut index).map_err(|e| fail(&e))?;
+            debug_assert_eq!(table.len().ok(), index.len().ok());
             delta
         };
         txn.commit().map_err(|e| fail(&e))?;
