@@ -172,6 +172,21 @@ fn checkpoint_settings_are_checked() {
     );
     let (_, message) = invalid(&format!("{WORDCOUNT}\n[checkpoint]\nkeep = 2\n"));
     assert!(message.contains("needs `checkpoint-dir`"), "{message}");
+    // Keyed state's compaction: a full part every 50 checkpoints at most
+    // unless told otherwise; at least 1.
+    let settings = |extra: &str| {
+        parse(
+            &format!("{checkpointed}\n[checkpoint]\n{extra}\n"),
+            Path::new("p.toml"),
+        )
+        .unwrap()
+        .checkpoint
+        .unwrap()
+    };
+    assert_eq!(settings("").full_every, 50);
+    assert_eq!(settings("full-every = 4").full_every, 4);
+    let (_, message) = invalid(&format!("{checkpointed}\n[checkpoint]\nfull-every = 0\n"));
+    assert!(message.contains("full-every must be between 1 and"), "{message}");
 }
 
 fn syntax_error(text: &str) -> String {

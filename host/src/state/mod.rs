@@ -288,11 +288,6 @@ impl KeyedStore {
         Ok(idle)
     }
 
-    /// Every entry, in memory and on disk.
-    pub fn entries(&self) -> Result<Vec<KeyedEntry>, StateError> {
-        self.idle_since(i64::MAX)
-    }
-
     /// Applies a batch's changes, then spills if memory is over budget.
     /// All or nothing: the only step that can fail (removing spilled
     /// entries from disk) comes before any change in memory, and a failed
