@@ -87,21 +87,31 @@ impl std::fmt::Display for RunSummary {
             if self.stopped { ", stopped gracefully" } else { "" }
         )?;
         let checkpoints = &self.checkpoints;
+        let ms = |duration: std::time::Duration| duration.as_secs_f64() * 1e3;
         if let Some(batch) = checkpoints.resumed_after {
             write!(
                 f,
-                "\n  resumed after the checkpoint of batch {batch}; {} logged batches replayed",
-                checkpoints.replayed_batches
+                "\n  resumed after the checkpoint of batch {batch}; {} logged batches replayed; recovery took {:.1} ms",
+                checkpoints.replayed_batches,
+                ms(checkpoints.recovery_time)
             )?;
         }
         if checkpoints.written > 0 {
             write!(
                 f,
-                "\n  {} checkpoints written, the last {} bytes, the longest {:.1} ms",
+                "\n  {} checkpoints written, the last {} bytes, the longest {:.1} ms (pause between batches at most {:.1} ms)",
                 checkpoints.written,
                 checkpoints.last_bytes,
-                checkpoints.max_duration.as_secs_f64() * 1e3
+                ms(checkpoints.max_duration),
+                ms(checkpoints.max_snapshot)
             )?;
+            if checkpoints.chain_bytes > 0 || checkpoints.compactions > 0 {
+                write!(
+                    f,
+                    "; incremental state: the newest lists {} bytes of parts, {} compactions wrote {} bytes",
+                    checkpoints.chain_bytes, checkpoints.compactions, checkpoints.compacted_bytes
+                )?;
+            }
         }
         for (stage, dropped) in &self.log_drops_by_stage {
             write!(
@@ -117,5 +127,50 @@ impl std::fmt::Display for RunSummary {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::RunSummary;
+    use crate::pipeline::durability::CheckpointStats;
+
+    #[test]
+    fn the_summary_shows_recovery_pauses_and_incremental_state() {
+        let summary = RunSummary {
+            pipeline: "p".into(),
+            checkpoints: CheckpointStats {
+                written: 3,
+                last_bytes: 10,
+                max_duration: Duration::from_millis(40),
+                max_snapshot: Duration::from_millis(5),
+                chain_bytes: 1234,
+                compactions: 2,
+                compacted_bytes: 999,
+                resumed_after: Some(7),
+                replayed_batches: 1,
+                recovery_time: Duration::from_millis(250),
+                ..CheckpointStats::default()
+            },
+            ..RunSummary::default()
+        };
+        let text = summary.to_string();
+        for part in [
+            "resumed after the checkpoint of batch 7; 1 logged batches replayed; recovery took 250.0 ms",
+            "3 checkpoints written, the last 10 bytes, the longest 40.0 ms (pause between batches at most 5.0 ms)",
+            "incremental state: the newest lists 1234 bytes of parts, 2 compactions wrote 999 bytes",
+        ] {
+            assert!(text.contains(part), "{part:?} missing in {text}");
+        }
+        let plain = RunSummary {
+            checkpoints: CheckpointStats {
+                written: 1,
+                ..CheckpointStats::default()
+            },
+            ..RunSummary::default()
+        };
+        assert!(!plain.to_string().contains("incremental state"));
     }
 }
