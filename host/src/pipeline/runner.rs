@@ -317,8 +317,14 @@ impl Driver {
                         return self.partial_unit(units, due);
                     }
                     // A unit may be empty (an empty file): only the end of
-                    // every source ends the run.
-                    if self.batcher.all_finished() && units.iter().all(|u| partition_len(&u.chunks) == 0) {
+                    // every source ends the run. A unit that names a
+                    // position (an empty file read) is a batch even when the
+                    // source ended right after it.
+                    if self.batcher.all_finished()
+                        && units
+                            .iter()
+                            .all(|u| partition_len(&u.chunks) == 0 && u.positions.is_empty())
+                    {
                         return Ok(Step::End);
                     }
                     units
