@@ -9,8 +9,8 @@
 //!   words are short (the lengths of the most frequent English words, then
 //!   a length that grows with the logarithm of the rank, with noise), so a
 //!   drawn word has about 4.7 letters on average while the vocabulary has a
-//!   long tail up to 24 letters, some over 16 bytes (the host keeps keys of
-//!   up to 16 bytes packed; longer ones take its other path). 8 to 12 words
+//!   long tail up to 24 letters, some over 15 bytes (the host keeps keys of
+//!   up to 15 bytes packed; longer ones take its other path). 8 to 12 words
 //!   a line, uniformly.
 //! - **`words64`**: the `generator` source's text (64 English words, 8 a
 //!   line): every hash table stays hot in cache, the figure earlier

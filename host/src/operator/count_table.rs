@@ -15,7 +15,8 @@
 use crate::record::{Batch, RecordRef};
 
 /// A key of 1 to 15 bytes, packed (see the module docs). Never all zeros.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// The combine's other tables key short keys by it too.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct PackedKey([u64; 2]);
 
 impl PackedKey {

@@ -10,80 +10,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::builtin::{self, Accumulator};
-use super::count_table::CountTable;
+use super::count_table::{CountTable, PackedKey};
 use super::keyed::FastMap;
 use super::{Operator, OperatorError, PartitionContext, PieceFold, Planning};
 use crate::config::BuiltinReducer;
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
 use crate::runtime::{PluginError, ReducerWorld};
-
-/// A key of at most 16 bytes packed into two words and its length. The
-/// packing is one-to-one for a given length: keys of 8 to 16 bytes keep
-/// their first and last eight bytes (overlapping), 4 to 7 bytes their first
-/// and last four, 1 to 3 bytes their first, middle and last byte: every
-/// byte of the key is in the words.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct ShortKey {
-    words: [u64; 2],
-    len: u8,
-}
-
-impl ShortKey {
-    /// The packed form of `key`; `None` when it is longer than 16 bytes.
-    #[inline(always)]
-    fn new(key: &[u8]) -> Option<Self> {
-        let len = key.len();
-        let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().expect("8 bytes"));
-        let half = |at: usize| u64::from(u32::from_le_bytes(key[at..at + 4].try_into().expect("4 bytes")));
-        let words = match len {
-            0 => [0, 0],
-            1..=3 => [
-                u64::from(key[0]) | u64::from(key[len / 2]) << 8 | u64::from(key[len - 1]) << 16,
-                0,
-            ],
-            4..=7 => [half(0) | half(len - 4) << 32, 0],
-            8..=16 => [word(0), word(len - 8)],
-            _ => return None,
-        };
-        Some(Self {
-            words,
-            len: len as u8,
-        })
-    }
-
-    /// The key's bytes: the first `len` bytes of the array.
-    fn bytes(&self) -> ([u8; 16], usize) {
-        let len = usize::from(self.len);
-        let mut bytes = [0u8; 16];
-        let [first, second] = self.words;
-        match len {
-            0 => {}
-            1..=3 => {
-                bytes[0] = first as u8;
-                bytes[len / 2] = (first >> 8) as u8;
-                bytes[len - 1] = (first >> 16) as u8;
-            }
-            4..=7 => {
-                bytes[..4].copy_from_slice(&(first as u32).to_le_bytes());
-                bytes[len - 4..len].copy_from_slice(&((first >> 32) as u32).to_le_bytes());
-            }
-            _ => {
-                bytes[..8].copy_from_slice(&first.to_le_bytes());
-                bytes[len - 8..len].copy_from_slice(&second.to_le_bytes());
-            }
-        }
-        (bytes, len)
-    }
-}
-
-impl std::hash::Hash for ShortKey {
-    #[inline(always)]
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.words[0] ^ u64::from(self.len).rotate_right(8));
-        state.write_u64(self.words[1]);
-    }
-}
 
 /// Values grouped by key, in flat form: the values of group `g` are
 /// `values[group_ends[g-1]..group_ends[g]]`, value `i` is
@@ -329,12 +262,12 @@ struct Accumulators {
     keyed: KeyedAccumulators,
 }
 
-/// Accumulators by key: keys of up to 16 bytes are held packed in the table
-/// itself, so finding one hashes two words and compares two words, with no
+/// Accumulators by key: keys of 1 to 15 bytes are held packed in the table
+/// itself ([`PackedKey`]), so finding one hashes two words and compares two words, with no
 /// pointer to follow; longer keys are copied once, when first seen.
 #[derive(Default)]
 struct KeyedAccumulators {
-    short: FastMap<ShortKey, (Accumulator, i64)>,
+    short: FastMap<PackedKey, (Accumulator, i64)>,
     long: FastMap<Box<[u8]>, (Accumulator, i64)>,
     keyless: Option<(Accumulator, i64)>,
 }
@@ -432,7 +365,7 @@ impl KeyedAccumulators {
         fold: impl Fn(&mut Accumulator, &[u8]) -> Result<(), builtin::ValueError>,
     ) -> Result<(), builtin::ValueError> {
         match record.key {
-            Some(key) => match ShortKey::new(key) {
+            Some(key) => match PackedKey::new(key) {
                 Some(short) => fold_entry(self.short.entry(short), record, &start, &fold),
                 None => match self.long.get_mut(key) {
                     Some((accumulator, timestamp)) => fold(accumulator, record.value).map(|()| {
@@ -479,7 +412,7 @@ fn fold_entry<K: std::hash::Hash, S: std::hash::BuildHasher>(
 /// Keys a map-side combine holds before it emits what it has as partial
 /// results and starts again: with more distinct keys than this in a
 /// partition's batch, its memory stays bounded (about 40 bytes a key, plus
-/// the bytes of keys over 16 bytes) at the cost of more partials for the merge.
+/// the bytes of keys over 15 bytes) at the cost of more partials for the merge.
 pub const COMBINE_KEYS_MAX: usize = 1 << 18;
 
 /// A built-in combine over every piece of one partition's batch: one table
@@ -641,7 +574,7 @@ impl GroupReduceFn for WasmReducer {
 
 #[cfg(test)]
 mod tests {
-    use super::{COMBINE_KEYS_MAX, Phase, ReduceByKey, Reducer, ShortKey};
+    use super::{COMBINE_KEYS_MAX, Phase, ReduceByKey, Reducer};
     use crate::config::BuiltinReducer;
     use crate::operator::builtin::Accumulator;
     use crate::operator::{InstanceSlots, Operator, PartitionContext};
@@ -735,38 +668,5 @@ mod tests {
         let totals = totals(&folded);
         assert_eq!(totals.len(), keys);
         assert!(totals.values().all(|&count| count == 1));
-    }
-
-    #[test]
-    fn short_key_equality_matches_key_equality() {
-        let words: Vec<Vec<u8>> = (0..=20)
-            .flat_map(|len| {
-                let base: Vec<u8> = (0..len as u8).map(|i| b'a' + i).collect();
-                let mut variants = vec![base.clone()];
-                for at in 0..len {
-                    let mut changed = base.clone();
-                    changed[at] = b'Z';
-                    variants.push(changed);
-                }
-                variants
-            })
-            .collect();
-        for a in &words {
-            let packed = ShortKey::new(a);
-            assert_eq!(packed.is_some(), a.len() <= 16);
-            if let Some(packed) = packed {
-                let (bytes, len) = packed.bytes();
-                assert_eq!(
-                    &bytes[..len],
-                    &a[..],
-                    "{a:?} does not come back from its packed form"
-                );
-            }
-            for b in &words {
-                if let (Some(x), Some(y)) = (ShortKey::new(a), ShortKey::new(b)) {
-                    assert_eq!(x == y, a == b, "packed {a:?} vs {b:?}");
-                }
-            }
-        }
     }
 }
