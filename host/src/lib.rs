@@ -23,6 +23,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod operator;
 pub mod partition;
 pub mod pipeline;

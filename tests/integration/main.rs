@@ -8,6 +8,8 @@ mod engine;
 mod examples;
 mod graph;
 mod incremental;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod recovery;
 mod sandbox;
 mod sources;

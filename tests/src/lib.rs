@@ -2,13 +2,16 @@
 //! the `weir` package's `integration` test so that it runs the real `weir`
 //! binary): the example plugins built once to components ([`plugins`]), and
 //! helpers to write pipelines, run the binary with a time limit, feed
-//! sockets and read the files sink's output.
+//! sockets and read the files sink's output, and a real Kafka-protocol
+//! broker per test ([`kafka`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod kafka;
 
 /// Paths of the example plugins' components, built by this crate's build script.
 pub mod plugins {

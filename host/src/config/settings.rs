@@ -25,6 +25,9 @@ pub enum ValueType {
     Integer,
     /// `true` or `false`.
     Bool,
+    /// Any TOML value (a list, an inline table, ...): the kind's parser
+    /// checks its shape.
+    Any,
 }
 
 /// A key a table accepts.
@@ -58,6 +61,15 @@ impl Key {
         Self {
             name,
             ty: ValueType::Bool,
+        }
+    }
+
+    /// A key whose value may be any TOML value (a string or a list, an
+    /// inline table): its kind's parser checks the shape.
+    pub const fn any(name: &'static str) -> Self {
+        Self {
+            name,
+            ty: ValueType::Any,
         }
     }
 }
@@ -111,6 +123,7 @@ enum Value {
     Text(Spanned<String>),
     Integer(Spanned<i64>),
     Bool(Spanned<bool>),
+    Any(Spanned<toml::Value>),
 }
 
 impl Value {
@@ -119,6 +132,7 @@ impl Value {
             Self::Text(v) => v.span().start,
             Self::Integer(v) => v.span().start,
             Self::Bool(v) => v.span().start,
+            Self::Any(v) => v.span().start,
         }
     }
 }
@@ -219,6 +233,14 @@ impl Settings {
         }
     }
 
+    /// The value of `key` (declared with [`Key::any`]), if set.
+    pub fn any(&self, key: &str) -> Option<&Spanned<toml::Value>> {
+        match self.get(key)? {
+            Value::Any(value) => Some(value),
+            other => panic!("`{key}` is declared as {other:?}, not any value"),
+        }
+    }
+
     /// Removes and returns the string value of one of the table's own keys.
     pub(crate) fn take_text(&mut self, key: &str) -> Option<Spanned<String>> {
         let index = self.values.iter().position(|(name, _)| *name == key)?;
@@ -257,6 +279,7 @@ impl<'de> Visitor<'de> for TableVisitor {
                 ValueType::Text => Value::Text(map.next_value()?),
                 ValueType::Integer => Value::Integer(map.next_value()?),
                 ValueType::Bool => Value::Bool(map.next_value()?),
+                ValueType::Any => Value::Any(map.next_value()?),
             };
             values.push((key.name, value));
         }

@@ -17,14 +17,13 @@ use toml::Spanned;
 use super::file::SinkTable;
 use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
 use super::{LineIndex, SinkSpec, SpecError};
-use crate::sink::{Sink, TYPES};
+use crate::sink::{Sink, SinkContext, TYPES};
 
 /// The validated settings of one kind of sink.
 pub trait SinkConfig: fmt::Debug + Send + Sync + Any {
     /// The sink these settings describe, for `spec` (its name and input
-    /// stream). `window_ms` is the window length when the sink's stream
-    /// comes from a window stage (records are then tagged with their window).
-    fn build(&self, spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink>;
+    /// stream) in the place `cx` describes.
+    fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink>;
 }
 
 /// A kind of sink: its name, its keys and its parser.

@@ -45,7 +45,13 @@ impl Pipeline {
         let sinks = plan
             .sinks
             .iter()
-            .map(|(sink, stream)| (sink::from_spec(sink, plan.window_lengths[*stream]), *stream))
+            .map(|(sink, stream)| {
+                let cx = sink::SinkContext {
+                    pipeline: &plan.pipeline,
+                    window_ms: plan.window_lengths[*stream],
+                };
+                (sink::from_spec(sink, &cx), *stream)
+            })
             .collect();
         let hash_of = |name: &str| match registry.get(name) {
             Some(Function::Wasm(plugin)) => Some(plugin.content_hash().to_owned()),

@@ -30,7 +30,7 @@ use crate::engine::pool::PoolClient;
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
 use crate::sink::BatchInfo;
-use crate::source::{self, BatchInput, ChunkQueue, SourceContext, SourceError, now_ms};
+use crate::source::{self, BatchInput, ChunkQueue, SourceContext, SourceError, SourcePosition, now_ms};
 use crate::state::StateSize;
 
 /// How long a stopping pipeline waits for its receivers to hand over what
@@ -90,6 +90,7 @@ impl Pipeline {
         let (errors_tx, errors) = std::sync::mpsc::channel::<SourceError>();
         let mut queues = Vec::new();
         let mut tasks = Vec::new();
+        let mut committed = Vec::new();
         for ((spec, _), replay) in self.plan.sources.iter().zip(replays.iter_mut()) {
             let (chunks, queue) = mpsc::channel(self.queue_chunks);
             queues.push(queue);
@@ -106,7 +107,10 @@ impl Pipeline {
             if untracked > 0 {
                 *replay = None;
             }
+            let (committed_tx, committed_rx) = watch::channel(None);
+            committed.push(committed_tx);
             let ctx = SourceContext {
+                committed: committed_rx,
                 name: spec.name.clone(),
                 chunks,
                 stop: stop_watch.clone(),
@@ -175,6 +179,7 @@ impl Pipeline {
             source_error: None,
             errors,
             tasks,
+            committed,
             stop_sources,
             stop_deadline: None,
         };
@@ -213,6 +218,8 @@ struct Driver {
     source_error: Option<SourceError>,
     errors: std::sync::mpsc::Receiver<SourceError>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Per source: its position after the last batch whose sinks committed.
+    committed: Vec<watch::Sender<Option<SourcePosition>>>,
     stop_sources: watch::Sender<bool>,
     /// Set once stopping: how long receivers get to hand over what they hold.
     stop_deadline: Option<Instant>,
@@ -479,6 +486,8 @@ impl Driver {
         self.last_cut = now;
         self.live.set_queued_chunks(self.batcher.queued());
         let started = Instant::now();
+        let positions: Vec<Option<SourcePosition>> =
+            cuts.iter().map(|cut| cut.positions.last().cloned()).collect();
         let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
         let records_out = self.run_one(pipeline, batch_id, time, batches)?;
         let processing_time = started.elapsed();
@@ -489,6 +498,11 @@ impl Driver {
         if let Some(durability) = &mut self.durability {
             durability.after_batch(&pipeline.plan, batch_id, time, false)?;
             self.live.set_checkpoints(durability.stats());
+        }
+        for (sender, position) in self.committed.iter().zip(positions) {
+            if position.is_some() {
+                sender.send_replace(position);
+            }
         }
         let summary = &mut self.summary;
         summary.records_in += received as u64;

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use super::{BatchInfo, Sink, SinkError};
+use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, non_negative};
 use crate::record::{Batch, Partition, partition_len};
 
@@ -29,10 +29,10 @@ impl SinkType for ConsoleSpec {
 }
 
 impl SinkConfig for ConsoleSpec {
-    fn build(&self, spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
+    fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
         Box::new(
             ConsoleSink::stdout(self.max_records)
-                .with_windows(window_ms)
+                .with_windows(cx.window_ms)
                 .with_stream(&spec.input),
         )
     }

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::{BatchInfo, Sink, SinkError};
+use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, required};
 use crate::record::{Partition, RecordRef};
 
@@ -62,8 +62,8 @@ impl SinkType for FilesSinkSpec {
 }
 
 impl SinkConfig for FilesSinkSpec {
-    fn build(&self, spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
-        Box::new(FilesSink::new(spec.name.clone(), self.dir.clone(), self.format).with_windows(window_ms))
+    fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
+        Box::new(FilesSink::new(spec.name.clone(), self.dir.clone(), self.format).with_windows(cx.window_ms))
     }
 }
 

@@ -11,6 +11,8 @@
 //!
 //! - [`console`]: a header per batch, then the first records (Spark's `print()`).
 //! - [`files`]: one directory per batch, `text` or `jsonl`.
+//! - `kafka`: records to a topic, at least once or exactly once through
+//!   one transaction per batch (the `kafka` cargo feature, on by default).
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its sink ([`crate::config::SinkType`],
@@ -18,6 +20,8 @@
 
 pub mod console;
 pub mod files;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use crate::config::{SinkEntry, SinkSpec};
 use crate::record::Partition;
@@ -62,11 +66,22 @@ pub trait Sink: Send {
 pub const TYPES: &[SinkEntry] = &[
     SinkEntry::of::<console::ConsoleSpec>(),
     SinkEntry::of::<files::FilesSinkSpec>(),
+    #[cfg(feature = "kafka")]
+    SinkEntry::of::<kafka::KafkaSinkSpec>(),
 ];
 
-/// The sink for a sink spec. `window_ms` is the window length when the
-/// sink's stream comes from a window stage (records are then tagged with
-/// their window).
-pub fn from_spec(spec: &SinkSpec, window_ms: Option<i64>) -> Box<dyn Sink> {
-    spec.kind.build(spec, window_ms)
+/// Where a sink is built: its pipeline, and its stream's window.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkContext<'a> {
+    /// The pipeline's name (part of names the sink derives, such as a
+    /// Kafka transactional id).
+    pub pipeline: &'a str,
+    /// The window length when the sink's stream comes from a window stage
+    /// (records are then tagged with their window).
+    pub window_ms: Option<i64>,
+}
+
+/// The sink for a sink spec.
+pub fn from_spec(spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
+    spec.kind.build(spec, cx)
 }

@@ -12,6 +12,8 @@
 //! - [`files`]: lines of every file that appears in a directory.
 //! - [`generator`]: deterministic words text, the embedded demo and benchmark input.
 //! - [`stdin`]: lines from standard input.
+//! - `kafka`: records of Kafka topics, offsets logged per batch (the
+//!   `kafka` cargo feature, on by default).
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its receiver ([`crate::config::SourceType`],
@@ -19,6 +21,8 @@
 
 pub mod files;
 pub mod generator;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod position;
 pub mod socket;
 pub mod stdin;
@@ -30,7 +34,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{SourceEntry, SourceSpec};
 use crate::record::Batch;
-pub use position::{BatchInput, FileSegment, Replay, SourcePosition, SourceProgress};
+pub use position::{
+    BatchInput, FileSegment, OffsetRange, PartitionOffset, Replay, SourcePosition, SourceProgress,
+};
 
 /// A receiver failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +119,10 @@ pub struct SourceContext {
     /// For receivers that cannot rewind: their write-ahead log's directory
     /// and sync policy (set when the pipeline checkpoints).
     pub wal: Option<(std::path::PathBuf, wal::WalSync)>,
+    /// The source's position after the last batch whose sinks committed
+    /// (for sources that report it back, such as Kafka's consumer-group
+    /// offsets); `None` before the first.
+    pub committed: watch::Receiver<Option<SourcePosition>>,
 }
 
 impl SourceContext {
@@ -142,6 +152,7 @@ impl SourceContext {
             clock: self.clock,
             replay: None,
             wal: None,
+            committed: self.committed.clone(),
         }
     }
 
@@ -318,6 +329,8 @@ pub const TYPES: &[SourceEntry] = &[
     SourceEntry::of::<files::FilesSpec>(),
     SourceEntry::of::<generator::GeneratorSpec>(),
     SourceEntry::of::<stdin::StdinSource>(),
+    #[cfg(feature = "kafka")]
+    SourceEntry::of::<kafka::KafkaSpec>(),
 ];
 
 /// The receiver for a source spec.

@@ -26,6 +26,38 @@ pub enum SourcePosition {
         /// Bytes of the log consumed into complete records.
         offset: u64,
     },
+    /// The Kafka source: the next offset to read in every partition it reads
+    /// (every partition appears, with its starting offset, before its first
+    /// record).
+    Kafka {
+        /// Next offset per topic partition, sorted by topic and partition.
+        offsets: Vec<PartitionOffset>,
+    },
+}
+
+/// The next offset to read in one Kafka topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The next offset to read.
+    pub offset: i64,
+}
+
+/// The records of one Kafka topic partition a batch read: offsets
+/// `start..end` (control records of transactions included in the span).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// First offset.
+    pub start: i64,
+    /// One past the last offset read.
+    pub end: i64,
 }
 
 /// A piece of a file a batch read: `start..end` bytes of `name`.
@@ -61,6 +93,12 @@ pub enum BatchInput {
         start: u64,
         /// One past the last byte.
         end: u64,
+    },
+    /// Offset ranges of Kafka partitions, one per partition the source
+    /// reads (empty ranges included: they record where a partition stood).
+    Kafka {
+        /// The ranges, sorted by topic and partition.
+        ranges: Vec<OffsetRange>,
     },
     /// A source that keeps no position (it cannot be replayed).
     Untracked,
@@ -110,6 +148,40 @@ impl SourceProgress {
                     self.position = Some(last.clone());
                 }
                 BatchInput::Wal { start, end }
+            }
+            Some(SourcePosition::Kafka { .. }) => {
+                // A partition starts where the last batch left it, or where
+                // this batch first mentions it (the receiver announces a
+                // partition with its starting offset before its records).
+                let mut starts: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
+                let previous = self.position.iter().chain(positions);
+                for position in previous {
+                    if let SourcePosition::Kafka { offsets } = position {
+                        for at in offsets {
+                            starts.entry((&at.topic, at.partition)).or_insert(at.offset);
+                        }
+                    }
+                }
+                let last = positions.last().or(self.position.as_ref());
+                let ranges = match last {
+                    Some(SourcePosition::Kafka { offsets }) => offsets
+                        .iter()
+                        .map(|at| OffsetRange {
+                            topic: at.topic.clone(),
+                            partition: at.partition,
+                            start: starts
+                                .get(&(at.topic.as_str(), at.partition))
+                                .copied()
+                                .unwrap_or(at.offset),
+                            end: at.offset,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if let Some(last) = positions.last() {
+                    self.position = Some(last.clone());
+                }
+                BatchInput::Kafka { ranges }
             }
             Some(SourcePosition::File { .. }) => {
                 let mut segments: Vec<FileSegment> = Vec::new();
@@ -177,6 +249,18 @@ impl Replay {
                         .collect();
                     progress.advance(&positions);
                 }
+                BatchInput::Kafka { ranges } => {
+                    progress.position = Some(SourcePosition::Kafka {
+                        offsets: ranges
+                            .iter()
+                            .map(|range| PartitionOffset {
+                                topic: range.topic.clone(),
+                                partition: range.partition,
+                                offset: range.end,
+                            })
+                            .collect(),
+                    });
+                }
                 BatchInput::Untracked => {}
             }
         }
@@ -232,6 +316,69 @@ mod tests {
             progress: SourceProgress::default(),
             batches: vec![first, second],
             next_batch: 2,
+        };
+        assert_eq!(replay.progress_after(), progress);
+    }
+
+    fn kafka(offsets: &[(&str, i32, i64)]) -> SourcePosition {
+        SourcePosition::Kafka {
+            offsets: offsets
+                .iter()
+                .map(|&(topic, partition, offset)| PartitionOffset {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                })
+                .collect(),
+        }
+    }
+
+    fn range(topic: &str, partition: i32, start: i64, end: i64) -> OffsetRange {
+        OffsetRange {
+            topic: topic.into(),
+            partition,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn kafka_positions_become_offset_ranges_from_where_partitions_were_announced() {
+        let mut progress = SourceProgress::default();
+        // Partition 0 announced at 5, partition 1 at 0; then records.
+        let first = progress.advance(&[
+            kafka(&[("t", 0, 5), ("t", 1, 0)]),
+            kafka(&[("t", 0, 9), ("t", 1, 3)]),
+        ]);
+        assert_eq!(
+            first,
+            BatchInput::Kafka {
+                ranges: vec![range("t", 0, 5, 9), range("t", 1, 0, 3)]
+            }
+        );
+        // A partition added while running joins with its announced start.
+        let second = progress.advance(&[
+            kafka(&[("t", 0, 9), ("t", 1, 7), ("t", 2, 0)]),
+            kafka(&[("t", 0, 12), ("t", 1, 7), ("t", 2, 4)]),
+        ]);
+        assert_eq!(
+            second,
+            BatchInput::Kafka {
+                ranges: vec![range("t", 0, 9, 12), range("t", 1, 3, 7), range("t", 2, 0, 4)]
+            }
+        );
+        // No chunk: every partition keeps its place, with an empty range.
+        let third = progress.advance(&[]);
+        assert_eq!(
+            third,
+            BatchInput::Kafka {
+                ranges: vec![range("t", 0, 12, 12), range("t", 1, 7, 7), range("t", 2, 4, 4)]
+            }
+        );
+        let replay = Replay {
+            progress: SourceProgress::default(),
+            batches: vec![first, second, third],
+            next_batch: 3,
         };
         assert_eq!(replay.progress_after(), progress);
     }

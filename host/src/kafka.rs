@@ -1,0 +1,147 @@
+//! What the Kafka source and sink share: the `brokers` and `properties` keys,
+//! the client configuration built from them, and a client context that
+//! sends librdkafka's own log lines and errors to Weir's log.
+//!
+//! `properties` passes librdkafka client properties through (for TLS, SASL,
+//! tuning). The few that Weir must own are refused with the reason, and the
+//! others are checked by librdkafka when the pipeline file is read, so a
+//! misspelt property is an error that points at the table, not a failure
+//! at run time.
+
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use toml::Spanned;
+
+use crate::config::SpecError;
+
+/// The broker list and the client properties of one Kafka source or sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Client properties passed through, sorted by name.
+    pub properties: Vec<(String, String)>,
+}
+
+impl ClientSettings {
+    /// Reads `brokers` (required, at `offset` when missing) and `properties`
+    /// (a table of scalar values); refuses the properties in `owned` (name,
+    /// why Weir sets it) and any property librdkafka does not know.
+    pub(crate) fn parse(
+        brokers: Option<&Spanned<String>>,
+        properties: Option<&Spanned<toml::Value>>,
+        owned: &[(&str, &str)],
+        offset: usize,
+        what: &str,
+    ) -> Result<Self, SpecError> {
+        let brokers = crate::config::required(brokers, "brokers", offset, what)?;
+        if brokers.trim().is_empty() {
+            return Err((
+                offset,
+                format!("`brokers` of {what} is empty (write e.g. \"localhost:9092\")"),
+            ));
+        }
+        let mut pairs = Vec::new();
+        if let Some(value) = properties {
+            let at = value.span().start;
+            let toml::Value::Table(table) = value.get_ref() else {
+                return Err((
+                    at,
+                    "`properties` must be a table of client properties, e.g. properties = { \"security.protocol\" = \"ssl\" }"
+                        .to_owned(),
+                ));
+            };
+            for (name, value) in table {
+                if let Some((_, why)) = owned.iter().find(|(owned, _)| *owned == name) {
+                    return Err((at, format!("property `{name}` cannot be set here: {why}")));
+                }
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    _ => {
+                        return Err((
+                            at,
+                            format!("property `{name}` must be a string, number or boolean"),
+                        ));
+                    }
+                };
+                pairs.push((name.clone(), text));
+            }
+        }
+        let settings = Self {
+            brokers: brokers.trim().to_owned(),
+            properties: pairs,
+        };
+        // librdkafka checks every name and value when it builds its
+        // configuration, without connecting anywhere.
+        settings.config().create_native_config().map_err(|e| {
+            (
+                offset,
+                format!("invalid Kafka client properties of {what}: {}", describe(&e)),
+            )
+        })?;
+        Ok(settings)
+    }
+
+    /// A client configuration: the brokers, then the properties.
+    pub fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config.set_log_level(RDKafkaLogLevel::Warning);
+        for (name, value) in &self.properties {
+            config.set(name, value);
+        }
+        config
+    }
+}
+
+/// A Kafka error as one line.
+pub fn describe(error: &KafkaError) -> String {
+    match error {
+        KafkaError::ClientConfig(_, message, name, value) => {
+            format!("{message} (`{name}` = {value:?})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Sends librdkafka's log lines and client errors to Weir's log, each with
+/// the source or sink it belongs to.
+#[derive(Debug, Clone)]
+pub struct LogContext {
+    /// `source `name`` or `sink `name``.
+    pub owner: String,
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let owner = &self.owner;
+        // librdkafka retries what it reports here (a broker down, a
+        // connection refused): a warning, not an error of the pipeline.
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => tracing::warn!("{owner}: kafka client {facility}: {message}"),
+            _ => tracing::debug!("{owner}: kafka client {facility}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            // The end of a partition is news, not a problem; brokers down
+            // are already in the client's log lines.
+            Some(Code::PartitionEOF | Code::AllBrokersDown | Code::BrokerTransportFailure) => {
+                tracing::debug!("{}: kafka: {reason}", self.owner);
+            }
+            _ => tracing::warn!("{}: kafka: {reason} ({error})", self.owner),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LogContext {}

@@ -1,0 +1,658 @@
+//! The Kafka sink: each batch's records to one topic.
+//!
+//! - **Records**: the record's key is the Kafka key and its timestamp the
+//!   message timestamp. `format = "value"` (the default) sends the value as
+//!   it is; `format = "json"` sends the object the files sink's `jsonl`
+//!   writes (key, value, timestamp, and the window for window streams).
+//! - **`delivery = "at-least-once"`** (the default): a batch is done when the
+//!   broker acknowledged every record (`acks = all`, idempotent producer);
+//!   a batch run again after a crash is sent again.
+//! - **`delivery = "exactly-once"`**: one transaction per batch. The
+//!   transactional id is `transactional-id`, by default
+//!   `weir.<pipeline>.<sink>`; a restarted pipeline takes it over, which
+//!   aborts whatever transaction a crashed run left open and fences that
+//!   run's producer. Each transaction also commits the batch id, as the
+//!   offset of partition 0 of the topic in the group
+//!   `weir-sink.<transactional id>`: on open, the sink reads it back and
+//!   skips the batches a crashed run had already committed, so a
+//!   `read_committed` consumer sees every batch exactly once after any
+//!   number of crashes. When the pipeline's input is a Kafka source, that
+//!   source commits its own offsets to its group after each batch.
+//! - **`on-error`**: a record the broker or client rejects (too large, or
+//!   invalid) fails the batch (`"fail"`, the default), or goes to the
+//!   `dead-letter-topic` (`"dead-letter"`) as a JSON object with the error,
+//!   the batch id, the record's size, its key and the first 1 KiB of its
+//!   value. Anything else (brokers unreachable past `timeout`) fails the
+//!   batch: the pipeline stops and a restart sends it again.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{BatchInfo, Sink, SinkContext, SinkError};
+use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, duration};
+use crate::kafka::{ClientSettings, LogContext, describe};
+use crate::record::{Partition, RecordRef};
+use crate::source::kafka::valid_topic;
+
+/// Client properties the Kafka sink sets itself, and why.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use the `brokers` key"),
+    ("transactional.id", "use the `transactional-id` key"),
+    ("enable.idempotence", "the sink's `delivery` sets it"),
+];
+
+/// The bytes of a rejected record's value a dead letter keeps.
+const DEAD_LETTER_VALUE_BYTES: usize = 1024;
+
+/// How a Kafka sink delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaDelivery {
+    /// Every record acknowledged; a re-run batch is sent again.
+    AtLeastOnce,
+    /// One transaction per batch; a re-run batch is not sent twice.
+    ExactlyOnce,
+}
+
+/// What a Kafka message holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFormat {
+    /// The record's value as it is.
+    Value,
+    /// A JSON object: key, value, timestamp (and window).
+    Json,
+}
+
+/// Settings of the Kafka sink (`type = "kafka"`).
+#[derive(Debug, Clone)]
+pub struct KafkaSinkSpec {
+    /// Brokers and client properties.
+    pub client: ClientSettings,
+    /// The topic written.
+    pub topic: String,
+    /// At least once, or exactly once.
+    pub delivery: KafkaDelivery,
+    /// What a message holds.
+    pub format: KafkaFormat,
+    /// The transactional id (exactly once); derived from the pipeline and
+    /// sink names when not set.
+    pub transactional_id: Option<String>,
+    /// Where rejected records go; `None`: they fail the batch.
+    pub dead_letter_topic: Option<String>,
+    /// How long a batch may wait for the brokers.
+    pub timeout: Duration,
+}
+
+impl SinkType for KafkaSinkSpec {
+    const NAME: &'static str = "kafka";
+    const KEYS: &'static [Key] = &[
+        Key::text("brokers"),
+        Key::text("topic"),
+        Key::text("delivery"),
+        Key::text("format"),
+        Key::text("transactional-id"),
+        Key::text("on-error"),
+        Key::text("dead-letter-topic"),
+        Key::text("timeout"),
+        Key::any("properties"),
+    ];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let client = ClientSettings::parse(
+            settings.text("brokers"),
+            settings.any("properties"),
+            OWNED_PROPERTIES,
+            cx.offset,
+            "a `kafka` sink",
+        )?;
+        let topic = crate::config::required(settings.text("topic"), "topic", cx.offset, "a `kafka` sink")?;
+        let checked_topic = |text: &toml::Spanned<String>| {
+            if valid_topic(text.get_ref()) {
+                Ok(text.get_ref().clone())
+            } else {
+                Err((
+                    text.span().start,
+                    format!(
+                        "invalid topic name {:?} (1-249 letters, digits, `.`, `_` or `-`)",
+                        text.get_ref()
+                    ),
+                ))
+            }
+        };
+        let topic = checked_topic(settings.text("topic").expect("required above"))
+            .map_err(|(at, message)| (at, format!("{message} in `topic = {topic:?}`")))?;
+        let choice = |key: &str, options: &[&str]| -> Result<Option<usize>, SpecError> {
+            match settings.text(key) {
+                None => Ok(None),
+                Some(text) => options
+                    .iter()
+                    .position(|option| option == text.get_ref())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        (
+                            text.span().start,
+                            format!(
+                                "unknown {key} `{}` (expected {})",
+                                text.get_ref(),
+                                options.join(" or ")
+                            ),
+                        )
+                    }),
+            }
+        };
+        let delivery = match choice("delivery", &["at-least-once", "exactly-once"])? {
+            Some(1) => KafkaDelivery::ExactlyOnce,
+            _ => KafkaDelivery::AtLeastOnce,
+        };
+        let format = match choice("format", &["value", "json"])? {
+            Some(1) => KafkaFormat::Json,
+            _ => KafkaFormat::Value,
+        };
+        let dead_letter_topic = match (
+            choice("on-error", &["fail", "dead-letter"])?,
+            settings.text("dead-letter-topic"),
+        ) {
+            (Some(1), Some(topic)) => Some(checked_topic(topic)?),
+            (Some(1), None) => {
+                return Err((
+                    settings.text("on-error").expect("set").span().start,
+                    "on-error = \"dead-letter\" needs `dead-letter-topic`, the topic rejected records go to"
+                        .to_owned(),
+                ));
+            }
+            (_, Some(topic)) => {
+                return Err((
+                    topic.span().start,
+                    "`dead-letter-topic` is only used with on-error = \"dead-letter\"".to_owned(),
+                ));
+            }
+            _ => None,
+        };
+        let transactional_id = settings.text("transactional-id").map(|id| id.get_ref().clone());
+        if transactional_id.is_some() && delivery != KafkaDelivery::ExactlyOnce {
+            return Err((
+                settings.text("transactional-id").expect("set").span().start,
+                "`transactional-id` is only used with delivery = \"exactly-once\"".to_owned(),
+            ));
+        }
+        Ok(Self {
+            client,
+            topic,
+            delivery,
+            format,
+            transactional_id,
+            dead_letter_topic,
+            timeout: match settings.text("timeout") {
+                Some(text) => duration(text)?,
+                None => Duration::from_secs(60),
+            },
+        })
+    }
+}
+
+impl SinkConfig for KafkaSinkSpec {
+    fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
+        let transactional_id = self
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("weir.{}.{}", cx.pipeline, spec.name));
+        Box::new(KafkaSink {
+            name: spec.name.clone(),
+            spec: self.clone(),
+            window_ms: cx.window_ms,
+            transactional_id,
+            producer: None,
+            marker: None,
+            next_batch: 0,
+            rejected: Arc::default(),
+        })
+    }
+}
+
+/// A record the broker or client refused.
+#[derive(Debug, Clone)]
+struct Rejected {
+    error: String,
+    /// True when the record itself is at fault (too large, invalid), so a
+    /// dead letter is the right place for it; false for failures such as
+    /// a timeout.
+    record_at_fault: bool,
+    key: Option<Vec<u8>>,
+    value_head: Vec<u8>,
+    size: usize,
+}
+
+/// Collects delivery failures reported by librdkafka's delivery callback.
+#[derive(Clone)]
+struct DeliveryContext {
+    log: LogContext,
+    rejected: Arc<Mutex<Vec<Rejected>>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            let payload = message.payload().unwrap_or_default();
+            self.rejected.lock().expect("not poisoned").push(Rejected {
+                error: describe(error),
+                record_at_fault: record_at_fault(error),
+                key: message.key().map(<[u8]>::to_vec),
+                value_head: payload[..payload.len().min(DEAD_LETTER_VALUE_BYTES)].to_vec(),
+                size: payload.len(),
+            });
+        }
+    }
+}
+
+/// True for errors that are the record's fault (a dead letter is right).
+fn record_at_fault(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidTimestamp
+        )
+    )
+}
+
+/// Writes batches to a Kafka topic.
+pub struct KafkaSink {
+    name: String,
+    spec: KafkaSinkSpec,
+    window_ms: Option<i64>,
+    transactional_id: String,
+    producer: Option<BaseProducer<DeliveryContext>>,
+    /// Exactly once: a consumer of the marker group, for its metadata.
+    marker: Option<BaseConsumer<LogContext>>,
+    /// Exactly once: the first batch not yet committed to Kafka.
+    next_batch: u64,
+    rejected: Arc<Mutex<Vec<Rejected>>>,
+}
+
+impl KafkaSink {
+    fn error(&self, message: impl Into<String>) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The group whose offset records the last committed batch.
+    fn marker_group(&self) -> String {
+        format!("weir-sink.{}", self.transactional_id)
+    }
+
+    fn producer(&self) -> &BaseProducer<DeliveryContext> {
+        self.producer.as_ref().expect("the sink is open")
+    }
+
+    /// Sends one message, waiting while librdkafka's queue is full. A record
+    /// refused at once (too large, ...) is returned as rejected.
+    fn send(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], timestamp: i64) -> Result<(), SinkError> {
+        let producer = self.producer();
+        let mut record = BaseRecord::<[u8], [u8], ()>::to(topic)
+            .payload(payload)
+            .timestamp(timestamp);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let deadline = Instant::now() + self.spec.timeout;
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if Instant::now() > deadline {
+                        return Err(self.error(format!(
+                            "the producer's queue stayed full for {} (brokers unreachable?)",
+                            humantime::format_duration(self.spec.timeout)
+                        )));
+                    }
+                    producer.poll(Duration::from_millis(50));
+                    record = back;
+                }
+                Err((error, back)) => {
+                    self.rejected.lock().expect("not poisoned").push(Rejected {
+                        error: describe(&error),
+                        record_at_fault: record_at_fault(&error),
+                        key: back.key.map(<[u8]>::to_vec),
+                        value_head: payload[..payload.len().min(DEAD_LETTER_VALUE_BYTES)].to_vec(),
+                        size: payload.len(),
+                    });
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends every record of the batch.
+    fn send_batch(&self, partitions: &[Partition]) -> Result<u64, SinkError> {
+        let mut sent = 0u64;
+        let mut json = Vec::new();
+        for record in partitions.iter().flatten().flat_map(|chunk| chunk.iter()) {
+            let payload = match self.spec.format {
+                KafkaFormat::Value => record.value,
+                KafkaFormat::Json => {
+                    json.clear();
+                    serde_json::to_writer(&mut json, &json_object(record, self.window_ms))
+                        .map_err(|e| self.error(format!("cannot write JSON: {e}")))?;
+                    &json
+                }
+            };
+            self.send(&self.spec.topic, record.key, payload, record.timestamp)?;
+            sent += 1;
+            if sent.is_multiple_of(4096) {
+                self.producer().poll(Duration::ZERO);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Deals with the records refused during this batch: dead letters, or
+    /// the batch's failure.
+    fn settle_rejected(&self, batch: BatchInfo) -> Result<(), SinkError> {
+        let rejected = std::mem::take(&mut *self.rejected.lock().expect("not poisoned"));
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let first = &rejected[0];
+        let dead_letters = match &self.spec.dead_letter_topic {
+            Some(topic) if rejected.iter().all(|r| r.record_at_fault) => topic,
+            _ => {
+                return Err(self.error(format!(
+                    "batch {}: {} record(s) not delivered to `{}`; the first: {} (record of {} bytes)",
+                    batch.id,
+                    rejected.len(),
+                    self.spec.topic,
+                    first.error,
+                    first.size
+                )));
+            }
+        };
+        tracing::warn!(
+            sink = %self.name,
+            "batch {}: {} record(s) rejected by `{}` go to `{dead_letters}`; the first: {}",
+            batch.id,
+            rejected.len(),
+            self.spec.topic,
+            first.error
+        );
+        for letter in &rejected {
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let body = serde_json::json!({
+                "error": letter.error,
+                "batch": batch.id,
+                "topic": self.spec.topic,
+                "size": letter.size,
+                "key": letter.key.as_deref().map(text),
+                "value": text(&letter.value_head),
+            });
+            let payload = serde_json::to_vec(&body).map_err(|e| self.error(e.to_string()))?;
+            self.send(dead_letters, letter.key.as_deref(), &payload, batch.time_ms)?;
+        }
+        self.flush()?;
+        let again = std::mem::take(&mut *self.rejected.lock().expect("not poisoned"));
+        match again.first() {
+            None => Ok(()),
+            Some(failed) => Err(self.error(format!(
+                "batch {}: {} dead letter(s) not delivered to `{dead_letters}`: {}",
+                batch.id,
+                again.len(),
+                failed.error
+            ))),
+        }
+    }
+
+    fn flush(&self) -> Result<(), SinkError> {
+        self.producer().flush(self.spec.timeout).map_err(|e| {
+            self.error(format!(
+                "records not acknowledged within {}: {}",
+                humantime::format_duration(self.spec.timeout),
+                describe(&e)
+            ))
+        })
+    }
+
+    /// Opens the transactional producer: takes the transactional id over
+    /// (aborting a crashed run's open transaction) and reads which batch
+    /// was committed last.
+    fn open_exactly_once(&mut self) -> Result<(), SinkError> {
+        let deadline = Instant::now() + self.spec.timeout;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.producer().init_transactions(self.spec.timeout) {
+                Ok(()) => break,
+                Err(error) if Instant::now() < deadline && retriable(&error) => {
+                    tracing::warn!(
+                        sink = %self.name,
+                        "cannot start transactions yet ({}); retrying in {}",
+                        describe(&error),
+                        humantime::format_duration(backoff)
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    return Err(self.error(format!(
+                        "cannot start transactions with transactional id `{}` on {}: {}",
+                        self.transactional_id,
+                        self.spec.client.brokers,
+                        describe(&error)
+                    )));
+                }
+            }
+        }
+        let mut config = self.spec.client.config();
+        config.set("group.id", self.marker_group());
+        config.set("enable.auto.commit", "false");
+        let marker: BaseConsumer<LogContext> = config
+            .create_with_context(LogContext {
+                owner: format!("sink `{}`", self.name),
+            })
+            .map_err(|e| self.error(format!("cannot create the marker consumer: {}", describe(&e))))?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.spec.topic, 0);
+        let committed = marker
+            .committed_offsets(list, self.spec.timeout)
+            .map_err(|e| self.error(format!("cannot read the last committed batch: {}", describe(&e))))?;
+        self.next_batch = match committed.elements().first().map(|elem| elem.offset()) {
+            Some(Offset::Offset(next)) if next > 0 => next as u64,
+            _ => 0,
+        };
+        if self.next_batch > 0 {
+            tracing::info!(
+                sink = %self.name,
+                "batches before {} are already committed to `{}`",
+                self.next_batch,
+                self.spec.topic
+            );
+        }
+        self.marker = Some(marker);
+        Ok(())
+    }
+
+    /// One batch as one transaction, with the batch id as the marker.
+    fn write_exactly_once(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        if batch.id < self.next_batch {
+            tracing::info!(sink = %self.name, "batch {} is already in `{}`; not sent again", batch.id, self.spec.topic);
+            return Ok(());
+        }
+        let producer = self.producer();
+        producer
+            .begin_transaction()
+            .map_err(|e| self.error(format!("cannot begin a transaction: {}", describe(&e))))?;
+        let outcome = self.send_in_transaction(batch, partitions);
+        if outcome.is_ok() {
+            crate::failpoint::crash_point("kafka-committed");
+        }
+        if let Err(error) = outcome {
+            if let Err(abort) = self.producer().abort_transaction(self.spec.timeout) {
+                tracing::warn!(sink = %self.name, "cannot abort the transaction of batch {}: {}", batch.id, describe(&abort));
+            }
+            return Err(error);
+        }
+        self.next_batch = batch.id + 1;
+        Ok(())
+    }
+
+    fn send_in_transaction(&self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        self.send_batch(partitions)?;
+        self.flush()?;
+        self.settle_rejected(batch)?;
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&self.spec.topic, 0, Offset::Offset(batch.id as i64 + 1))
+            .map_err(|e| self.error(describe(&e)))?;
+        let metadata = self
+            .marker
+            .as_ref()
+            .and_then(|consumer| consumer.group_metadata())
+            .ok_or_else(|| self.error("no metadata for the marker group"))?;
+        let producer = self.producer();
+        producer
+            .send_offsets_to_transaction(&marker, &metadata, self.spec.timeout)
+            .map_err(|e| {
+                self.error(format!(
+                    "batch {}: cannot record the batch in its transaction: {}",
+                    batch.id,
+                    describe(&e)
+                ))
+            })?;
+        crate::failpoint::crash_point("kafka-sent");
+        producer.commit_transaction(self.spec.timeout).map_err(|e| {
+            self.error(format!(
+                "batch {}: cannot commit its transaction{}: {}",
+                batch.id,
+                if fenced(&e) {
+                    " (another run of this pipeline took the transactional id over)"
+                } else {
+                    ""
+                },
+                describe(&e)
+            ))
+        })
+    }
+}
+
+/// True when trying again may help.
+fn retriable(error: &KafkaError) -> bool {
+    !matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidTransactionalState
+        )
+    )
+}
+
+/// True when another producer took the transactional id over.
+fn fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
+/// The `format = "json"` object of a record.
+fn json_object(record: RecordRef<'_>, window_ms: Option<i64>) -> serde_json::Value {
+    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::Value::String(text.to_owned()),
+        Err(_) => serde_json::Value::Array(bytes.iter().map(|&b| b.into()).collect()),
+    };
+    let mut object = serde_json::json!({
+        "key": record.key.map(text),
+        "value": text(record.value),
+        "timestamp": record.timestamp,
+    });
+    if let Some(length) = window_ms {
+        let end = record.timestamp + 1;
+        object["window"] = serde_json::json!({"start": end - length, "end": end});
+    }
+    object
+}
+
+impl Sink for KafkaSink {
+    fn open(&mut self) -> Result<(), SinkError> {
+        let mut config = self.spec.client.config();
+        let timeout_ms = self.spec.timeout.as_millis().to_string();
+        for (name, value) in [("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")] {
+            if !self.spec.client.properties.iter().any(|(set, _)| set == name) {
+                config.set(name, value);
+            }
+        }
+        config.set("enable.idempotence", "true");
+        if self.spec.delivery == KafkaDelivery::ExactlyOnce {
+            config.set("transactional.id", &self.transactional_id);
+            if !self
+                .spec
+                .client
+                .properties
+                .iter()
+                .any(|(set, _)| set == "transaction.timeout.ms")
+            {
+                config.set("transaction.timeout.ms", &timeout_ms);
+            }
+        }
+        let context = DeliveryContext {
+            log: LogContext {
+                owner: format!("sink `{}`", self.name),
+            },
+            rejected: self.rejected.clone(),
+        };
+        let producer = config
+            .create_with_context(context)
+            .map_err(|e| self.error(format!("cannot create the Kafka producer: {}", describe(&e))))?;
+        self.producer = Some(producer);
+        if self.spec.delivery == KafkaDelivery::ExactlyOnce {
+            self.open_exactly_once()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        match self.spec.delivery {
+            KafkaDelivery::ExactlyOnce => self.write_exactly_once(batch, partitions),
+            KafkaDelivery::AtLeastOnce => {
+                self.send_batch(partitions)?;
+                self.flush()?;
+                self.settle_rejected(batch)
+            }
+        }
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        if let Some(producer) = &self.producer {
+            producer
+                .flush(self.spec.timeout)
+                .map_err(|e| self.error(describe(&e)))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1067 @@
+//! Records from Kafka topics, Spark's direct stream: the receiver reads every
+//! partition of its topics itself (no consumer-group assignment), and every
+//! chunk carries the next offset of every partition. When a batch is cut,
+//! its offset range per partition is therefore known and written to the
+//! batch log before the batch runs ([`BatchInput::Kafka`]); after a crash
+//! the receiver reads exactly those ranges again, so the source needs no
+//! write-ahead log.
+//!
+//! - **Records** keep the Kafka key, the value (an empty value for a
+//!   tombstone) and the message timestamp (the wall clock when the message
+//!   has none; the batch time under deterministic time).
+//! - **Where to start**, per partition: the checkpoint's position when there
+//!   is one (partitions new since then start at their beginning); else the
+//!   offset in `start` when it names the partition; else the offset the
+//!   consumer group (`group-id`) committed; else `start` (`earliest` or
+//!   `latest`, the default).
+//! - **Committed offsets**: after each batch's sinks have committed, its end
+//!   offsets are committed to the group, for lag monitoring and for a start
+//!   without a checkpoint; never used to recover when a checkpoint exists.
+//! - **New partitions** of a topic are found every `discovery-interval`
+//!   (10 s) and read from their beginning.
+//! - **Failures**: an unreachable broker, an unknown or deleted topic are
+//!   logged and retried with backoff (librdkafka reconnects by itself); when
+//!   the source has not reached its topics for `give-up-after` (5 minutes)
+//!   it fails, and the pipeline with it: what was logged is in the batch log
+//!   and what was not is still in Kafka, so nothing acknowledged is lost. An
+//!   offset the broker no longer has (deleted by retention) fails the
+//!   source at once: records would be lost.
+//! - **Rate**: `max-rate-per-partition` (records per second) caps each
+//!   partition's reading.
+//! - **Deterministic time**: with `records-per-batch = n`, batch `k` holds
+//!   the next `n` records of every partition, partitions in order (fewer at
+//!   the end of `--available-now`); the receiver waits for every partition
+//!   to have them.
+//!
+//! The receiver runs librdkafka's consumer on a blocking thread, one
+//! partition queue per partition (so that an end of partition is known
+//! per partition, and deterministic batches read partitions in order).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use super::{BatchInput, Closed, Delivery, Source, SourceContext, SourceError, SourcePosition};
+use crate::config::{Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, positive};
+use crate::kafka::{ClientSettings, LogContext, describe};
+use crate::record::Batch;
+use crate::source::position::{OffsetRange, PartitionOffset};
+
+/// Client properties the Kafka source sets itself, and why.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use the `brokers` key"),
+    ("group.id", "use the `group-id` key"),
+    (
+        "enable.auto.commit",
+        "Weir commits offsets itself, after each batch's sinks committed",
+    ),
+    (
+        "enable.auto.offset.store",
+        "Weir commits offsets itself, after each batch's sinks committed",
+    ),
+    ("auto.offset.reset", "use the `start` key"),
+    (
+        "enable.partition.eof",
+        "Weir needs the end-of-partition events to know what is available now",
+    ),
+];
+
+/// Where partitions without a checkpointed or committed offset start.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The oldest record the broker still has.
+    Earliest,
+    /// After the newest record (only records produced from now on).
+    #[default]
+    Latest,
+    /// Offsets per `(topic, partition)`; other partitions start at `latest`.
+    Offsets(BTreeMap<(String, i32), i64>),
+}
+
+/// Settings of the Kafka source (`type = "kafka"`).
+#[derive(Debug, Clone)]
+pub struct KafkaSpec {
+    /// Brokers and client properties.
+    pub client: ClientSettings,
+    /// The topics read, every partition of each.
+    pub topics: Vec<String>,
+    /// The consumer group offsets are committed to.
+    pub group_id: String,
+    /// Where partitions without a known offset start.
+    pub start: StartAt,
+    /// Records per second at most, per partition.
+    pub max_rate_per_partition: Option<u64>,
+    /// Under deterministic time: records per partition in each batch.
+    pub records_per_batch: Option<u64>,
+    /// How often to look for new partitions (and check the topics exist).
+    pub discovery_interval: Duration,
+    /// How long the topics may stay unreachable before the source fails.
+    pub give_up_after: Duration,
+}
+
+impl SourceType for KafkaSpec {
+    const NAME: &'static str = "kafka";
+    const KEYS: &'static [Key] = &[
+        Key::text("brokers"),
+        Key::any("topics"),
+        Key::text("group-id"),
+        Key::any("start"),
+        Key::integer("max-rate-per-partition"),
+        Key::integer("records-per-batch"),
+        Key::text("discovery-interval"),
+        Key::text("give-up-after"),
+        Key::any("properties"),
+    ];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let client = ClientSettings::parse(
+            settings.text("brokers"),
+            settings.any("properties"),
+            OWNED_PROPERTIES,
+            cx.offset,
+            "a `kafka` source",
+        )?;
+        let topics = topics(settings.any("topics"), cx.offset)?;
+        let group_id = match settings.text("group-id") {
+            Some(group) if group.get_ref().trim().is_empty() => {
+                return Err((group.span().start, "`group-id` is empty".to_owned()));
+            }
+            Some(group) => group.get_ref().clone(),
+            None => format!("weir.{}", topics.join("+")),
+        };
+        let start = match settings.any("start") {
+            None => StartAt::Latest,
+            Some(value) => start_at(value)?,
+        };
+        let optional_duration = |key: &str, default: Duration| match settings.text(key) {
+            Some(text) => duration(text),
+            None => Ok(default),
+        };
+        Ok(Self {
+            client,
+            topics,
+            group_id,
+            start,
+            max_rate_per_partition: positive(
+                settings.integer("max-rate-per-partition"),
+                "max-rate-per-partition",
+                1 << 40,
+            )?
+            .map(|n| n as u64),
+            records_per_batch: positive(
+                settings.integer("records-per-batch"),
+                "records-per-batch",
+                1 << 30,
+            )?
+            .map(|n| n as u64),
+            discovery_interval: optional_duration("discovery-interval", Duration::from_secs(10))?,
+            give_up_after: optional_duration("give-up-after", Duration::from_secs(300))?,
+        })
+    }
+}
+
+/// `topics = "a"` or `topics = ["a", "b"]`.
+fn topics(value: Option<&toml::Spanned<toml::Value>>, offset: usize) -> Result<Vec<String>, SpecError> {
+    let Some(value) = value else {
+        return Err((
+            offset,
+            "a `kafka` source needs `topics` (a topic or a list of topics)".to_owned(),
+        ));
+    };
+    let at = value.span().start;
+    let names: Vec<String> = match value.get_ref() {
+        toml::Value::String(name) => vec![name.clone()],
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or((
+                at,
+                "`topics` must be a topic name or a list of topic names".to_owned(),
+            ))?,
+        _ => {
+            return Err((
+                at,
+                "`topics` must be a topic name or a list of topic names".to_owned(),
+            ));
+        }
+    };
+    if names.is_empty() {
+        return Err((at, "`topics` is empty".to_owned()));
+    }
+    if let Some(bad) = names.iter().find(|name| !valid_topic(name)) {
+        return Err((
+            at,
+            format!("invalid topic name {bad:?} (1-249 letters, digits, `.`, `_` or `-`)"),
+        ));
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    Ok(unique)
+}
+
+/// Kafka's rule for topic names.
+pub(crate) fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `start = "earliest" | "latest" | { "topic/partition" = offset, ... }`.
+fn start_at(value: &toml::Spanned<toml::Value>) -> Result<StartAt, SpecError> {
+    let at = value.span().start;
+    let expected =
+        "`start` must be \"earliest\", \"latest\" or a table of offsets such as { \"events/0\" = 42 }";
+    match value.get_ref() {
+        toml::Value::String(text) => match text.as_str() {
+            "earliest" => Ok(StartAt::Earliest),
+            "latest" => Ok(StartAt::Latest),
+            _ => Err((at, expected.to_owned())),
+        },
+        toml::Value::Table(table) => {
+            let mut offsets = BTreeMap::new();
+            for (name, offset) in table {
+                let parsed = name
+                    .rsplit_once('/')
+                    .and_then(|(topic, partition)| Some((topic.to_owned(), partition.parse::<i32>().ok()?)));
+                let (Some((topic, partition)), Some(offset)) = (parsed, offset.as_integer()) else {
+                    return Err((at, expected.to_owned()));
+                };
+                if partition < 0 || offset < 0 {
+                    return Err((at, format!("`start`: {name:?} = {offset} is negative")));
+                }
+                offsets.insert((topic, partition), offset);
+            }
+            Ok(StartAt::Offsets(offsets))
+        }
+        _ => Err((at, expected.to_owned())),
+    }
+}
+
+impl SourceConfig for KafkaSpec {
+    fn build(&self) -> Box<dyn Source> {
+        Box::new(KafkaSource { spec: self.clone() })
+    }
+
+    fn fixed_batches(&self) -> bool {
+        self.records_per_batch.is_some()
+    }
+}
+
+/// A Kafka receiver.
+pub struct KafkaSource {
+    spec: KafkaSpec,
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        let handle = Handle::current();
+        let name = ctx.name.clone();
+        let spec = self.spec;
+        match tokio::task::spawn_blocking(move || Receiver::open(spec, ctx, handle)?.run()).await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(SourceError {
+                source_name: name,
+                message: format!("the Kafka receiver stopped unexpectedly: {join}"),
+            }),
+        }
+    }
+}
+
+/// A topic partition.
+type TopicPartition = (String, i32);
+
+/// Why the receiver stopped early.
+enum Halt {
+    /// The pipeline is gone or stopping.
+    Stopped,
+    /// The source failed.
+    Failed(SourceError),
+}
+
+impl From<Closed> for Halt {
+    fn from(_: Closed) -> Self {
+        Self::Stopped
+    }
+}
+
+impl From<SourceError> for Halt {
+    fn from(error: SourceError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// The receiver's state, on its blocking thread.
+struct Receiver {
+    spec: KafkaSpec,
+    ctx: SourceContext,
+    handle: Handle,
+    consumer: Arc<BaseConsumer<LogContext>>,
+    /// Per partition: where it stands.
+    partitions: BTreeMap<TopicPartition, PartitionReader>,
+    /// Per partition: its queue of fetched messages.
+    queues: BTreeMap<TopicPartition, PartitionQueue<LogContext>>,
+    /// Records not yet sent.
+    chunk: Batch,
+    /// Under deterministic time: the unit (batch) being read.
+    unit: u64,
+    /// When the topics were last reached.
+    last_contact: Instant,
+    /// When partitions were last looked for.
+    last_discovery: Instant,
+    /// When reading started (for `max-rate-per-partition`).
+    started: Instant,
+}
+
+/// One partition being read.
+struct PartitionReader {
+    next: i64,
+    /// The end of the partition was reached after the last record.
+    at_end: bool,
+    /// Records read since `started`.
+    read: u64,
+}
+
+impl Receiver {
+    fn open(spec: KafkaSpec, ctx: SourceContext, handle: Handle) -> Result<Self, SourceError> {
+        let mut config = spec.client.config();
+        let defaults = [
+            ("group.id", spec.group_id.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "true"),
+            // An offset the broker no longer has is lost data: an error,
+            // never a silent jump.
+            ("auto.offset.reset", "error"),
+        ];
+        for (name, value) in defaults {
+            config.set(name, value);
+        }
+        // Prefetch: bounded well below librdkafka's default of 64 MiB per
+        // partition, unless the pipeline says otherwise.
+        for (name, value) in [
+            ("queued.max.messages.kbytes", "16384"),
+            ("fetch.wait.max.ms", "100"),
+        ] {
+            if !spec.client.properties.iter().any(|(set, _)| set == name) {
+                config.set(name, value);
+            }
+        }
+        let context = LogContext {
+            owner: format!("source `{}`", ctx.name),
+        };
+        let consumer: BaseConsumer<LogContext> = config
+            .create_with_context(context)
+            .map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {}", describe(&e))))?;
+        Ok(Self {
+            spec,
+            ctx,
+            handle,
+            consumer: Arc::new(consumer),
+            partitions: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            chunk: Batch::new(),
+            unit: 0,
+            last_contact: Instant::now(),
+            last_discovery: Instant::now(),
+            started: Instant::now(),
+        })
+    }
+
+    fn run(mut self) -> Result<(), SourceError> {
+        match self.read() {
+            Ok(()) | Err(Halt::Stopped) => Ok(()),
+            Err(Halt::Failed(error)) => Err(error),
+        }
+    }
+
+    fn read(&mut self) -> Result<(), Halt> {
+        let mut known: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut checkpointed = false;
+        if let Some(replay) = self.ctx.replay.take() {
+            checkpointed = true;
+            self.unit = replay.next_batch - replay.batches.len() as u64;
+            for input in &replay.batches {
+                self.replay_batch(input)?;
+                self.unit += 1;
+            }
+            if let Some(SourcePosition::Kafka { offsets }) = replay.progress_after().position {
+                known = offsets
+                    .into_iter()
+                    .map(|at| ((at.topic, at.partition), at.offset))
+                    .collect();
+            }
+            self.unit = replay.next_batch;
+        }
+        let found = self.discover_until_reached()?;
+        let mut starts: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let fresh: Vec<TopicPartition> = found
+            .iter()
+            .filter(|tp| !known.contains_key(*tp))
+            .cloned()
+            .collect();
+        let committed = if checkpointed {
+            BTreeMap::new()
+        } else {
+            self.committed_offsets(&fresh)
+        };
+        for tp in found {
+            let start = match known.get(&tp) {
+                Some(&offset) => offset,
+                None => self.start_of(&tp, checkpointed, &committed)?,
+            };
+            starts.insert(tp, start);
+        }
+        self.add_partitions(starts)?;
+        if self.spec.records_per_batch.is_some() && self.ctx.clock.is_some() {
+            self.read_units()
+        } else {
+            self.read_freely()
+        }
+    }
+
+    /// Reads one logged batch's ranges again, partitions in order, and ends
+    /// the batch.
+    fn replay_batch(&mut self, input: &BatchInput) -> Result<(), Halt> {
+        let BatchInput::Kafka { ranges } = input else {
+            return Err(self
+                .ctx
+                .error(format!("the batch log holds {input:?} for this Kafka source"))
+                .into());
+        };
+        let start_position = position_of(ranges.iter().map(|r| (&r.topic, r.partition, r.start)));
+        let end_position = position_of(ranges.iter().map(|r| (&r.topic, r.partition, r.end)));
+        self.send(Delivery::Chunk(Batch::new(), Some(start_position)))?;
+        let wanted: Vec<&OffsetRange> = ranges.iter().filter(|r| r.end > r.start).collect();
+        if !wanted.is_empty() {
+            let mut assignment = TopicPartitionList::new();
+            for range in &wanted {
+                assignment
+                    .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))
+                    .map_err(|e| self.ctx.error(describe(&e)))?;
+            }
+            self.consumer.assign(&assignment).map_err(|e| {
+                self.ctx
+                    .error(format!("cannot assign partitions: {}", describe(&e)))
+            })?;
+            // Every partition's queue is split off before anything is
+            // read: a partition split later would find its first messages
+            // already in the consumer's main queue.
+            let mut queues = Vec::new();
+            for range in &wanted {
+                let queue = self
+                    .consumer
+                    .split_partition_queue(&range.topic, range.partition)
+                    .ok_or_else(|| {
+                        self.ctx
+                            .error(format!("no queue for {}/{}", range.topic, range.partition))
+                    })?;
+                queues.push(queue);
+            }
+            for (range, queue) in wanted.into_iter().zip(&queues) {
+                self.replay_range(range, queue)?;
+            }
+            let _ = self.consumer.unassign();
+            self.queues.clear();
+        }
+        self.flush(Some(end_position))?;
+        self.send(Delivery::BatchEnd)?;
+        Ok(())
+    }
+
+    /// Reads `range` of one partition (assigned, its queue split off) into
+    /// the chunk.
+    fn replay_range(&mut self, range: &OffsetRange, queue: &PartitionQueue<LogContext>) -> Result<(), Halt> {
+        let mut next = range.start;
+        let mut waited = Instant::now();
+        while next < range.end {
+            if self.ctx.stopping() {
+                return Err(Halt::Stopped);
+            }
+            let mut full = false;
+            match queue.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    waited = Instant::now();
+                    if message.offset() >= next {
+                        if message.offset() < range.end {
+                            let timestamp = match self.ctx.clock {
+                                Some(_) => self.ctx.timestamp(self.unit),
+                                None => message_time(&message),
+                            };
+                            self.chunk
+                                .push(message.key(), message.payload().unwrap_or_default(), timestamp);
+                            full = self.chunk_full();
+                        }
+                        next = message.offset() + 1;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // The rest of the range holds no record a read can see
+                    // (transaction markers): the range is complete, unless
+                    // the partition is shorter than the range.
+                    let (_, high) = self
+                        .consumer
+                        .fetch_watermarks(&range.topic, range.partition, Duration::from_secs(10))
+                        .unwrap_or((0, 0));
+                    if high >= range.end {
+                        break;
+                    }
+                    return Err(self
+                        .ctx
+                        .error(format!(
+                            "{}/{} ends at offset {high}, before the end {} of the range logged for batch {}: \
+                             records were lost in Kafka",
+                            range.topic, range.partition, range.end, self.unit
+                        ))
+                        .into());
+                }
+                Some(Err(error)) => self.consume_error(&range.topic, range.partition, &error)?,
+                None => {
+                    if waited.elapsed() > self.spec.give_up_after {
+                        return Err(self
+                            .ctx
+                            .error(format!(
+                                "cannot read offsets {}..{} of {}/{} again (logged for batch {}) within {}",
+                                range.start,
+                                range.end,
+                                range.topic,
+                                range.partition,
+                                self.unit,
+                                humantime::format_duration(self.spec.give_up_after)
+                            ))
+                            .into());
+                    }
+                }
+            }
+            if full {
+                self.flush(None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions of every topic, retrying until reached or given up.
+    fn discover_until_reached(&mut self) -> Result<BTreeSet<TopicPartition>, Halt> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.discover() {
+                Ok(found) => {
+                    self.last_contact = Instant::now();
+                    return Ok(found);
+                }
+                Err(reason) => {
+                    let waited = self.last_contact.elapsed();
+                    if waited >= self.spec.give_up_after {
+                        return Err(self
+                            .ctx
+                            .error(format!(
+                                "{reason}; gave up after {} (give-up-after)",
+                                humantime::format_duration(self.spec.give_up_after)
+                            ))
+                            .into());
+                    }
+                    tracing::warn!(
+                        source = %self.ctx.name,
+                        "{reason}; retrying in {} (the source fails after {} without its topics)",
+                        humantime::format_duration(backoff),
+                        humantime::format_duration(self.spec.give_up_after)
+                    );
+                    self.sleep(backoff)?;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Every partition of every topic, or why they cannot be listed.
+    fn discover(&self) -> Result<BTreeSet<TopicPartition>, String> {
+        let mut found = BTreeSet::new();
+        for topic in &self.spec.topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), self.request_timeout())
+                .map_err(|e| {
+                    format!(
+                        "cannot reach the Kafka brokers {}: {}",
+                        self.spec.client.brokers,
+                        describe(&e)
+                    )
+                })?;
+            let Some(entry) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(format!("topic `{topic}` is not in the brokers' metadata"));
+            };
+            if let Some(error) = entry.error() {
+                let code = RDKafkaErrorCode::from(error);
+                return Err(match code {
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                        format!("topic `{topic}` does not exist")
+                    }
+                    other => format!("topic `{topic}` is unavailable: {other}"),
+                });
+            }
+            if entry.partitions().is_empty() {
+                return Err(format!("topic `{topic}` has no partitions"));
+            }
+            for partition in entry.partitions() {
+                found.insert((topic.clone(), partition.id()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// How long one request to the brokers may take: short enough that a
+    /// source retries (and says so) a few times before it gives up.
+    fn request_timeout(&self) -> Duration {
+        (self.spec.give_up_after / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    /// The offsets the group committed for `partitions` (none when the
+    /// group has none or cannot be asked).
+    fn committed_offsets(&self, partitions: &[TopicPartition]) -> BTreeMap<TopicPartition, i64> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        match self.consumer.committed_offsets(list, Duration::from_secs(10)) {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|elem| match elem.offset() {
+                    Offset::Offset(offset) if offset >= 0 => {
+                        Some(((elem.topic().to_owned(), elem.partition()), offset))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(
+                    source = %self.ctx.name,
+                    "cannot read the offsets group `{}` committed ({}); starting from `start`",
+                    self.spec.group_id,
+                    describe(&error)
+                );
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Where a partition without a checkpointed offset starts.
+    fn start_of(
+        &self,
+        tp: &TopicPartition,
+        checkpointed: bool,
+        committed: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<i64, Halt> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10))
+            .map_err(|e| {
+                self.ctx.error(format!(
+                    "cannot read the offsets of {}/{}: {}",
+                    tp.0,
+                    tp.1,
+                    describe(&e)
+                ))
+            })?;
+        if checkpointed {
+            // A partition added since the checkpoint: all of it is new.
+            return Ok(low);
+        }
+        if let StartAt::Offsets(offsets) = &self.spec.start
+            && let Some(&offset) = offsets.get(tp)
+        {
+            if offset < low || offset > high {
+                return Err(self
+                    .ctx
+                    .error(format!(
+                        "start offset {offset} of {}/{} is outside the offsets the broker has ({low}..{high})",
+                        tp.0, tp.1
+                    ))
+                    .into());
+            }
+            return Ok(offset);
+        }
+        if let Some(&offset) = committed.get(tp) {
+            return Ok(offset.clamp(low, high));
+        }
+        Ok(match self.spec.start {
+            StartAt::Earliest => low,
+            _ => high,
+        })
+    }
+
+    /// Starts reading `starts` (partition → first offset): announces them
+    /// with their starts (so the batch log knows where their ranges begin),
+    /// then assigns them.
+    fn add_partitions(&mut self, starts: BTreeMap<TopicPartition, i64>) -> Result<(), Halt> {
+        if starts.is_empty() {
+            return Ok(());
+        }
+        self.flush(None)?;
+        for (tp, start) in &starts {
+            tracing::info!(source = %self.ctx.name, "reading {}/{} from offset {start}", tp.0, tp.1);
+            self.partitions.insert(
+                tp.clone(),
+                PartitionReader {
+                    next: *start,
+                    at_end: false,
+                    read: 0,
+                },
+            );
+        }
+        let position = self.position();
+        self.send(Delivery::Chunk(Batch::new(), Some(position)))?;
+        let mut list = TopicPartitionList::new();
+        for (tp, start) in &starts {
+            list.add_partition_offset(&tp.0, tp.1, Offset::Offset(*start))
+                .map_err(|e| self.ctx.error(describe(&e)))?;
+        }
+        self.consumer.incremental_assign(&list).map_err(|e| {
+            self.ctx
+                .error(format!("cannot assign partitions: {}", describe(&e)))
+        })?;
+        for tp in starts.keys() {
+            let queue = self
+                .consumer
+                .split_partition_queue(&tp.0, tp.1)
+                .ok_or_else(|| self.ctx.error(format!("no queue for {}/{}", tp.0, tp.1)))?;
+            self.queues.insert(tp.clone(), queue);
+        }
+        Ok(())
+    }
+
+    /// Reads whatever arrives, in chunks, until stopped (or, available
+    /// now, until every partition is at its end).
+    fn read_freely(&mut self) -> Result<(), Halt> {
+        let keys: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        let mut keys = keys;
+        loop {
+            if self.ctx.stopping() {
+                self.flush(Some(self.position()))?;
+                return Err(Halt::Stopped);
+            }
+            let mut got = 0usize;
+            for tp in &keys {
+                got += self.drain_partition(tp, 4096)?;
+            }
+            if got == 0 {
+                self.flush(Some(self.position()))?;
+                if self.ctx.available_now && self.partitions.values().all(|p| p.at_end) {
+                    return Ok(());
+                }
+                self.idle()?;
+                if self.maintain()? {
+                    keys = self.partitions.keys().cloned().collect();
+                }
+            }
+        }
+    }
+
+    /// Deterministic batches: `records-per-batch` records of every
+    /// partition, partitions in order, then a batch end.
+    fn read_units(&mut self) -> Result<(), Halt> {
+        let per_unit = self.spec.records_per_batch.unwrap_or(1);
+        loop {
+            let keys: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+            let mut total = 0u64;
+            for tp in &keys {
+                let mut taken = 0u64;
+                while taken < per_unit {
+                    if self.ctx.stopping() {
+                        return Err(Halt::Stopped);
+                    }
+                    let got = self.drain_partition(tp, (per_unit - taken) as usize)? as u64;
+                    taken += got;
+                    if got == 0 {
+                        if self.ctx.available_now && self.partitions[tp].at_end {
+                            break;
+                        }
+                        self.idle()?;
+                        self.maintain()?;
+                    }
+                }
+                total += taken;
+            }
+            if total == 0 && self.ctx.available_now && self.partitions.values().all(|p| p.at_end) {
+                self.flush(Some(self.position()))?;
+                return Ok(());
+            }
+            self.flush(Some(self.position()))?;
+            self.send(Delivery::BatchEnd)?;
+            self.unit += 1;
+        }
+    }
+
+    /// Takes up to `limit` waiting records of one partition into the chunk
+    /// (none while its rate is used up); returns how many.
+    fn drain_partition(&mut self, tp: &TopicPartition, limit: usize) -> Result<usize, Halt> {
+        let allowed = match self.spec.max_rate_per_partition {
+            Some(rate) => {
+                let earned = (self.started.elapsed().as_secs_f64() * rate as f64) as u64 + rate.div_ceil(10);
+                earned.saturating_sub(self.partitions[tp].read) as usize
+            }
+            None => usize::MAX,
+        };
+        let limit = limit.min(allowed);
+        let mut taken = 0;
+        while taken < limit {
+            let (Some(queue), Some(reader)) = (self.queues.get(tp), self.partitions.get_mut(tp)) else {
+                break;
+            };
+            let mut full = false;
+            let mut failure = None;
+            let before = taken;
+            while taken < limit && !full {
+                let Some(result) = queue.poll(Duration::ZERO) else {
+                    break;
+                };
+                match result {
+                    Ok(message) => {
+                        if message.offset() < reader.next {
+                            continue;
+                        }
+                        reader.next = message.offset() + 1;
+                        reader.at_end = false;
+                        reader.read += 1;
+                        let timestamp = match self.ctx.clock {
+                            Some(_) => self.ctx.timestamp(self.unit),
+                            None => message_time(&message),
+                        };
+                        self.chunk
+                            .push(message.key(), message.payload().unwrap_or_default(), timestamp);
+                        taken += 1;
+                        full =
+                            self.chunk.len() >= self.ctx.chunk_records || self.chunk.data_bytes() >= 1 << 20;
+                    }
+                    Err(KafkaError::PartitionEOF(_)) => {
+                        reader.at_end = true;
+                        break;
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            if taken > before {
+                self.last_contact = Instant::now();
+            }
+            if let Some(error) = failure {
+                self.consume_error(&tp.0, tp.1, &error)?;
+                break;
+            }
+            if !full {
+                break;
+            }
+            self.flush(Some(self.position()))?;
+        }
+        Ok(taken)
+    }
+
+    /// Waits a little for records, serving the consumer's events meanwhile.
+    fn idle(&mut self) -> Result<(), Halt> {
+        match self.consumer.poll(Duration::from_millis(10)) {
+            // A message fetched before its partition's queue was split off.
+            Some(Ok(message)) => {
+                let key = (message.topic().to_owned(), message.partition());
+                if let Some(reader) = self.partitions.get_mut(&key)
+                    && message.offset() >= reader.next
+                {
+                    reader.next = message.offset() + 1;
+                    reader.at_end = false;
+                    reader.read += 1;
+                    let timestamp = match self.ctx.clock {
+                        Some(_) => self.ctx.timestamp(self.unit),
+                        None => message_time(&message),
+                    };
+                    self.chunk
+                        .push(message.key(), message.payload().unwrap_or_default(), timestamp);
+                }
+            }
+            Some(Err(error)) if !matches!(error, KafkaError::PartitionEOF(_)) => {
+                tracing::debug!(source = %self.ctx.name, "kafka: {}", describe(&error));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Periodic work while idle: commits offsets of committed batches to the
+    /// group, looks for new partitions, checks the topics are reachable.
+    /// Returns true when partitions were added.
+    fn maintain(&mut self) -> Result<bool, Halt> {
+        self.commit_to_group();
+        if self.last_discovery.elapsed() < self.spec.discovery_interval {
+            return Ok(false);
+        }
+        self.last_discovery = Instant::now();
+        match self.discover() {
+            Ok(found) => {
+                self.last_contact = Instant::now();
+                let new: BTreeMap<TopicPartition, i64> = found
+                    .into_iter()
+                    .filter(|tp| !self.partitions.contains_key(tp))
+                    .map(|tp| {
+                        let low = self
+                            .consumer
+                            .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10))
+                            .map(|(low, _)| low)
+                            .unwrap_or(0);
+                        (tp, low)
+                    })
+                    .collect();
+                let added = !new.is_empty();
+                if added {
+                    tracing::info!(source = %self.ctx.name, "{} new partition(s) found", new.len());
+                }
+                self.add_partitions(new)?;
+                Ok(added)
+            }
+            Err(reason) => {
+                let waited = self.last_contact.elapsed();
+                if waited >= self.spec.give_up_after {
+                    return Err(self
+                        .ctx
+                        .error(format!(
+                            "{reason}; gave up after {} without reaching the topics (give-up-after); \
+                             every batch logged so far is in the batch log, and the rest is still in Kafka",
+                            humantime::format_duration(self.spec.give_up_after)
+                        ))
+                        .into());
+                }
+                tracing::warn!(
+                    source = %self.ctx.name,
+                    "{reason}; retrying (the source fails after {} without its topics)",
+                    humantime::format_duration(self.spec.give_up_after)
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Commits the offsets after the last batch the pipeline committed.
+    fn commit_to_group(&mut self) {
+        let Ok(true) = self.ctx.committed.has_changed() else {
+            return;
+        };
+        let committed = self.ctx.committed.borrow_and_update().clone();
+        let Some(SourcePosition::Kafka { offsets }) = committed else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for at in &offsets {
+            let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(source = %self.ctx.name, "cannot commit offsets to the group: {}", describe(&error));
+        }
+    }
+
+    /// A consume error of one partition: lost data fails the source; the
+    /// rest is logged (librdkafka retries by itself).
+    fn consume_error(&self, topic: &str, partition: i32, error: &KafkaError) -> Result<(), Halt> {
+        if let Some(code) = error.rdkafka_error_code()
+            && matches!(
+                code,
+                RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset
+            )
+        {
+            return Err(self
+                .ctx
+                .error(format!(
+                    "{topic}/{partition}: the broker no longer has the next offset to read \
+                     (deleted by retention?), so records would be lost: {}",
+                    describe(error)
+                ))
+                .into());
+        }
+        tracing::warn!(source = %self.ctx.name, "{topic}/{partition}: {}", describe(error));
+        Ok(())
+    }
+
+    fn chunk_full(&self) -> bool {
+        self.chunk.len() >= self.ctx.chunk_records || self.chunk.data_bytes() >= 1 << 20
+    }
+
+    /// The next offset of every partition.
+    fn position(&self) -> SourcePosition {
+        position_of(
+            self.partitions
+                .iter()
+                .map(|((topic, partition), reader)| (topic, *partition, reader.next)),
+        )
+    }
+
+    /// Sends the chunk with `position` (a chunk without records only when
+    /// it carries a position).
+    fn flush(&mut self, position: Option<SourcePosition>) -> Result<(), Halt> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        self.send(Delivery::Chunk(chunk, position))
+    }
+
+    fn send(&self, delivery: Delivery) -> Result<(), Halt> {
+        self.handle
+            .block_on(self.ctx.chunks.send(delivery))
+            .map_err(Halt::from)
+    }
+
+    fn sleep(&mut self, pause: Duration) -> Result<(), Halt> {
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if self.ctx.stopping() {
+                return Err(Halt::Stopped);
+            }
+            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+        }
+        Ok(())
+    }
+}
+
+/// A message's timestamp, or the wall clock when it has none.
+fn message_time(message: &BorrowedMessage<'_>) -> i64 {
+    message.timestamp().to_millis().unwrap_or_else(super::now_ms)
+}
+
+/// A Kafka position from `(topic, partition, next offset)`s.
+fn position_of<'a>(offsets: impl Iterator<Item = (&'a String, i32, i64)>) -> SourcePosition {
+    let mut offsets: Vec<PartitionOffset> = offsets
+        .map(|(topic, partition, offset)| PartitionOffset {
+            topic: topic.clone(),
+            partition,
+            offset,
+        })
+        .collect();
+    offsets.sort();
+    SourcePosition::Kafka { offsets }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(valid_topic("events.v1_x-2"));
+        assert!(!valid_topic(""));
+        assert!(!valid_topic("a b"));
+        assert!(!valid_topic(".."));
+        assert!(!valid_topic(&"x".repeat(250)));
+    }
+}

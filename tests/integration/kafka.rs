@@ -1,0 +1,506 @@
+//! The Kafka source and sink against a real Kafka-protocol broker (one per
+//! test, see `weir_tests::kafka`): word counts from a topic to a topic
+//! compared with an independent count, exactly-once output under repeated
+//! kill -9, deterministic batches, partitions added while running, and the
+//! failures a user meets (no broker, an unknown topic, bad properties, the
+//! broker killed mid-run, a record too large).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use weir_tests::kafka::{Broker, Received};
+use weir_tests::{plugins, sample_text, scratch, sink_lines, stderr, word_counts, write_pipeline};
+
+use super::recovery::run_with_crashes;
+use super::{LIMIT, run_file_ok, weir};
+
+/// A word count from `input` to `output` through Kafka. `source_extra` and
+/// `sink_extra` are more keys of the source and sink tables.
+fn kafka_wordcount(broker: &Broker, dir: &Path, source_extra: &str, sink_extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "kafka-wordcount"
+batch-interval = "100ms"
+partitions = 2
+checkpoint-dir = {checkpoints:?}
+
+[checkpoint]
+every-batches = 3
+
+[plugins]
+split-words = {split:?}
+
+[[source]]
+name = "lines"
+type = "kafka"
+brokers = "{brokers}"
+topics = "input"
+start = "earliest"
+{source_extra}
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+name = "out"
+input = "counts"
+type = "kafka"
+brokers = "{brokers}"
+topic = "counts"
+{sink_extra}
+"#,
+        checkpoints = dir.join("checkpoints").display().to_string(),
+        split = plugins::SPLIT_WORDS,
+        brokers = broker.address(),
+    )
+}
+
+/// Sums `word -> count` records read back from Kafka.
+fn summed(records: &[Received]) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for record in records {
+        let word = record.key.clone().expect("a count has its word as key");
+        *totals.entry(word).or_insert(0) += record.value.parse::<u64>().expect("a count");
+    }
+    totals
+}
+
+/// Input lines: `lines` lines of sample text.
+fn input_lines(lines: usize, seed: u64) -> Vec<String> {
+    sample_text(lines, seed).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn kafka_to_kafka_word_count_matches_an_independent_count() {
+    let broker = Broker::start();
+    broker.create_topic("input", 3);
+    broker.create_topic("counts", 2);
+    let lines = input_lines(3000, 7);
+    broker.produce("input", &lines);
+    let dir = scratch();
+    let file = write_pipeline(
+        dir.path(),
+        "kafka.toml",
+        &kafka_wordcount(&broker, dir.path(), "", "delivery = \"exactly-once\""),
+    );
+    let log = run_file_ok(&file);
+    let expected = word_counts(&lines.join("\n"));
+    let output = broker.read_committed("counts");
+    assert_eq!(summed(&output), expected, "{log}");
+    // A second run finds everything read and committed: nothing new.
+    run_file_ok(&file);
+    assert_eq!(summed(&broker.read_committed("counts")), expected);
+}
+
+#[test]
+fn killed_kafka_pipelines_commit_every_count_exactly_once() {
+    let broker = Broker::start();
+    broker.create_topic("input", 3);
+    broker.create_topic("counts", 2);
+    let lines = input_lines(36_000, 11);
+    broker.produce("input", &lines);
+    let dir = scratch();
+    // Slow enough that a run takes several batches (a kill lands inside).
+    let file = write_pipeline(
+        dir.path(),
+        "kafka.toml",
+        &kafka_wordcount(
+            &broker,
+            dir.path(),
+            "max-rate-per-partition = 1000",
+            "delivery = \"exactly-once\"",
+        ),
+    );
+    let mut rng = super::recovery::Rng(0x5eed_cafe);
+    let mut points = Vec::new();
+    for _ in 0..3 {
+        points.push(format!("kafka-sent:{}", 1 + rng.below(4)));
+        points.push(format!("kafka-committed:{}", 1 + rng.below(4)));
+        points.push(format!("batch-logged:{}", 2 + rng.below(4)));
+    }
+    points.push("checkpoint-done:1".to_owned());
+    let crashes = run_with_crashes(&file, &points, 12, 77);
+    let expected = word_counts(&lines.join("\n"));
+    let output = broker.read_committed("counts");
+    assert_eq!(summed(&output), expected, "after {crashes:?}");
+    assert!(crashes.kills >= 20, "only {} kills: {crashes:?}", crashes.kills);
+}
+
+#[test]
+fn deterministic_batches_take_records_per_batch_of_every_partition() {
+    let broker = Broker::start();
+    broker.create_topic("input", 2);
+    let lines: Vec<String> = (0..24).map(|i| format!("w{i}")).collect();
+    broker.produce("input", &lines);
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "deterministic-kafka"
+batch-interval = "1s"
+clock = "deterministic"
+
+[plugins]
+split-words = {split:?}
+
+[[source]]
+name = "lines"
+type = "kafka"
+brokers = "{brokers}"
+topics = ["input"]
+start = "earliest"
+records-per-batch = 5
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[sink]]
+input = "words"
+type = "files"
+format = "jsonl"
+path = {out:?}
+"#,
+        split = plugins::SPLIT_WORDS,
+        brokers = broker.address(),
+        out = out.display().to_string(),
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    run_file_ok(&file);
+    let by_partition = {
+        let read = broker.read_committed("input");
+        let mut map: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for r in read {
+            map.entry(r.partition).or_default().push(r.value);
+        }
+        map
+    };
+    // Batch k: records 5k..5k+5 of partition 0, then of partition 1.
+    let mut expected: Vec<(u64, Vec<String>)> = Vec::new();
+    for k in 0.. {
+        let mut batch = Vec::new();
+        for values in by_partition.values() {
+            batch.extend(values.iter().skip(5 * k).take(5).cloned());
+        }
+        if batch.is_empty() {
+            break;
+        }
+        expected.push((k as u64, batch));
+    }
+    let mut actual: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (batch, line) in sink_lines(&out) {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        actual
+            .entry(batch)
+            .or_default()
+            .push(value["value"].as_str().unwrap().to_owned());
+        assert_eq!(
+            value["timestamp"].as_i64().unwrap() % 1000,
+            0,
+            "batch time stamps: {line}"
+        );
+    }
+    let expected: BTreeMap<u64, Vec<String>> = expected.into_iter().collect();
+    assert_eq!(actual, expected);
+}
+
+#[test]
+fn a_missing_broker_or_topic_is_a_clear_error_after_give_up_after() {
+    let port = weir_tests::free_port();
+    let dir = scratch();
+    let pipeline = |brokers: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "no-broker"
+batch-interval = "100ms"
+
+[[source]]
+name = "lines"
+type = "kafka"
+brokers = "{brokers}"
+topics = "input"
+give-up-after = "4s"
+
+[[sink]]
+input = "lines"
+type = "console"
+"#
+        )
+    };
+    let run = |text: &str| {
+        let file = write_pipeline(dir.path(), "p.toml", text);
+        let child = weir()
+            .command(&["run", "--available-now", file.to_str().unwrap()])
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = weir_tests::wait_output(child, LIMIT);
+        let log = stderr(&output);
+        assert!(!output.status.success(), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    };
+    // Nobody listens: retried with a warning each time, then a clear error.
+    let log = run(&pipeline(&format!("127.0.0.1:{port}")));
+    assert!(log.contains("cannot reach the Kafka brokers"), "{log}");
+    assert!(log.contains("retrying in"), "{log}");
+    assert!(log.contains("gave up after 4s"), "{log}");
+    // An unknown topic: the same policy, with what is wrong.
+    let broker = Broker::start();
+    let log = run(&pipeline(&broker.address()));
+    assert!(log.contains("topic `input` does not exist"), "{log}");
+    assert!(log.contains("gave up after 4s"), "{log}");
+}
+
+#[test]
+fn a_broker_that_starts_late_is_waited_for() {
+    let port = weir_tests::free_port();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "late-broker"
+batch-interval = "100ms"
+
+[[source]]
+name = "lines"
+type = "kafka"
+brokers = "127.0.0.1:{port}"
+topics = "input"
+start = "earliest"
+
+[[sink]]
+input = "lines"
+type = "files"
+path = {out:?}
+"#,
+        out = out.display().to_string(),
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let log = dir.path().join("weir.log");
+    let mut child = weir()
+        .command(&["run", file.to_str().unwrap()])
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(2));
+    let broker = Broker::start_on(port);
+    broker.create_topic("input", 2);
+    let lines = input_lines(200, 5);
+    broker.produce("input", &lines);
+    let deadline = Instant::now() + LIMIT;
+    let mut expected = lines.clone();
+    expected.sort();
+    loop {
+        let mut got: Vec<String> = sink_lines(&out).into_iter().map(|(_, line)| line).collect();
+        got.sort();
+        if got == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "got {} of {} lines; log:\n{}",
+            got.len(),
+            expected.len(),
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    weir_tests::terminate(&child);
+    assert!(
+        weir_tests::wait_status(&mut child, LIMIT).success(),
+        "{}",
+        read_log()
+    );
+    let log = read_log();
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn bad_kafka_settings_are_refused_before_the_run_with_the_reason() {
+    let dir = scratch();
+    let cases = [
+        (
+            r#"properties = { "no.such.property" = "1" }"#,
+            "invalid Kafka client properties of a `kafka` source",
+        ),
+        (
+            r#"properties = { "enable.auto.commit" = "true" }"#,
+            "property `enable.auto.commit` cannot be set here: Weir commits offsets itself",
+        ),
+        (
+            r#"start = "middle""#,
+            "`start` must be \"earliest\", \"latest\" or a table",
+        ),
+        (r#"start = { "input" = 3 }"#, "`start` must be"),
+    ];
+    for (extra, expected) in cases {
+        let pipeline = format!(
+            "[pipeline]\nname = \"bad\"\nbatch-interval = \"1s\"\n\n[[source]]\nname = \"lines\"\ntype = \"kafka\"\n\
+             brokers = \"127.0.0.1:1\"\ntopics = \"input\"\n{extra}\n\n[[sink]]\ninput = \"lines\"\ntype = \"console\"\n"
+        );
+        let file = write_pipeline(dir.path(), "bad.toml", &pipeline);
+        let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+        let log = stderr(&output);
+        assert!(!output.status.success(), "{extra}: {log}");
+        assert!(
+            log.contains(expected),
+            "{extra}: expected {expected:?} in:\n{log}"
+        );
+    }
+    let sink = "[pipeline]\nname = \"bad\"\nbatch-interval = \"1s\"\n\n[[source]]\nname = \"lines\"\ntype = \"generator\"\nlines = 1\n\n\
+                [[sink]]\ninput = \"lines\"\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"out\"\non-error = \"dead-letter\"\n";
+    let file = write_pipeline(dir.path(), "sink.toml", sink);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(
+        stderr(&output).contains("on-error = \"dead-letter\" needs `dead-letter-topic`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_record_too_large_for_the_topic_goes_to_the_dead_letter_topic() {
+    let broker = Broker::start();
+    broker.create_topic("out", 1);
+    broker.create_topic("rejected", 1);
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let big = "x".repeat(5000);
+    std::fs::write(input.join("a.txt"), format!("small one\n{big}\nsmall two\n")).unwrap();
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "dead-letters"
+batch-interval = "100ms"
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+
+[[sink]]
+input = "lines"
+type = "kafka"
+brokers = "{brokers}"
+topic = "out"
+on-error = "dead-letter"
+dead-letter-topic = "rejected"
+properties = {{ "message.max.bytes" = 2000 }}
+"#,
+        input = input.display().to_string(),
+        brokers = broker.address(),
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let log = run_file_ok(&file);
+    let out: Vec<String> = broker
+        .read_committed("out")
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(out, ["small one", "small two"], "{log}");
+    let rejected = broker.read_committed("rejected");
+    assert_eq!(rejected.len(), 1, "{log}");
+    let letter: serde_json::Value = serde_json::from_str(&rejected[0].value).unwrap();
+    assert_eq!(letter["size"], 5000);
+    assert_eq!(letter["value"].as_str().unwrap().len(), 1024);
+    assert!(
+        letter["error"].as_str().unwrap().contains("too large"),
+        "{letter}"
+    );
+}
+
+#[test]
+fn partitions_added_while_running_are_read_and_a_broker_outage_loses_nothing() {
+    let mut broker = Broker::start();
+    broker.create_topic("input", 1);
+    broker.create_topic("counts", 1);
+    let dir = scratch();
+    let file = write_pipeline(
+        dir.path(),
+        "kafka.toml",
+        &kafka_wordcount(
+            &broker,
+            dir.path(),
+            "discovery-interval = \"300ms\"\ngive-up-after = \"2m\"",
+            "delivery = \"exactly-once\"",
+        ),
+    );
+    let log = dir.path().join("weir.log");
+    let mut child = weir()
+        .command(&["run", file.to_str().unwrap()])
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let first = input_lines(500, 1);
+    broker.produce("input", &first);
+    let mut all = first.clone();
+    let wait_for = |expected: &BTreeMap<String, u64>, broker: &Broker, what: &str| {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let counts = summed(&broker.read_committed("counts"));
+            if &counts == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: counts never matched; log:\n{}",
+                read_log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_for(&word_counts(&all.join("\n")), &broker, "one partition");
+    broker.add_partitions("input", 3);
+    std::thread::sleep(Duration::from_secs(1));
+    let second = input_lines(500, 2);
+    broker.produce("input", &second);
+    all.extend(second);
+    wait_for(&word_counts(&all.join("\n")), &broker, "with added partitions");
+    assert!(read_log().contains("new partition(s) found"), "{}", read_log());
+
+    // The broker goes away for a while and comes back with its data: the
+    // pipeline waits, then goes on; nothing is lost or counted twice.
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    let third = input_lines(500, 3);
+    broker.produce("input", &third);
+    all.extend(third);
+    wait_for(
+        &word_counts(&all.join("\n")),
+        &broker,
+        "after the broker came back",
+    );
+    weir_tests::terminate(&child);
+    let status = weir_tests::wait_status(&mut child, LIMIT);
+    assert!(status.success(), "{}", read_log());
+    assert!(!read_log().contains("panicked"), "{}", read_log());
+}
