@@ -99,6 +99,12 @@ fn kafka_to_kafka_word_count_matches_an_independent_count() {
     let expected = word_counts(&lines.join("\n"));
     let output = broker.read_committed("counts");
     assert_eq!(summed(&output), expected, "{log}");
+    // The source's offsets were committed to its group with the output.
+    let mut ends = vec![Some(0i64); 3];
+    for record in broker.read_committed("input") {
+        ends[record.partition as usize] = Some(record.offset + 1);
+    }
+    assert_eq!(broker.committed("weir.input", "input", 3), ends);
     // A second run finds everything read and committed: nothing new.
     run_file_ok(&file);
     assert_eq!(summed(&broker.read_committed("counts")), expected);

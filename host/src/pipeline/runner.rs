@@ -29,7 +29,7 @@ use crate::checkpoint::LoggedBatch;
 use crate::engine::pool::PoolClient;
 use crate::error::EngineError;
 use crate::record::{Partition, partition_len};
-use crate::sink::BatchInfo;
+use crate::sink::{BatchInfo, SourceAfter};
 use crate::source::{self, BatchInput, ChunkQueue, SourceContext, SourceError, SourcePosition, now_ms};
 use crate::state::StateSize;
 
@@ -489,7 +489,7 @@ impl Driver {
         let positions: Vec<Option<SourcePosition>> =
             cuts.iter().map(|cut| cut.positions.last().cloned()).collect();
         let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
-        let records_out = self.run_one(pipeline, batch_id, time, batches)?;
+        let records_out = self.run_one(pipeline, batch_id, time, batches, &positions)?;
         let processing_time = started.elapsed();
         for stage in &pipeline.plan.stages {
             stage.refresh_state();
@@ -544,6 +544,7 @@ impl Driver {
         batch_id: u64,
         time_ms: i64,
         batches: Vec<Partition>,
+        positions: &[Option<SourcePosition>],
     ) -> Result<u64, EngineError> {
         let info = BatchInfo {
             id: batch_id,
@@ -568,7 +569,17 @@ impl Driver {
             }
         };
         let mut records_out = 0;
+        let sources: Vec<SourceAfter<'_>> = plan
+            .sources
+            .iter()
+            .zip(positions)
+            .map(|((spec, _), position)| SourceAfter {
+                spec,
+                position: position.as_ref(),
+            })
+            .collect();
         for (sink, stream) in &mut pipeline.sinks {
+            sink.sources_after(&sources);
             let partitions = output.streams[*stream].get_or_insert_with(Vec::new);
             records_out += partitions.iter().map(|p| partition_len(p) as u64).sum::<u64>();
             sink.write(info, partitions).map_err(|error| EngineError::Sink {

@@ -16,8 +16,9 @@
 //!   `weir-sink.<transactional id>`: on open, the sink reads it back and
 //!   skips the batches a crashed run had already committed, so a
 //!   `read_committed` consumer sees every batch exactly once after any
-//!   number of crashes. When the pipeline's input is a Kafka source, that
-//!   source commits its own offsets to its group after each batch.
+//!   number of crashes. When a Kafka source of the same brokers feeds the
+//!   pipeline, its offsets after the batch are committed to its group in
+//!   the same transaction.
 //! - **`on-error`**: a record the broker or client rejects (too large, or
 //!   invalid) fails the batch (`"fail"`, the default), or goes to the
 //!   `dead-letter-topic` (`"dead-letter"`) as a JSON object with the error,
@@ -210,6 +211,8 @@ impl SinkConfig for KafkaSinkSpec {
             transactional_id,
             producer: None,
             marker: None,
+            source_offsets: Vec::new(),
+            source_groups: std::collections::HashMap::new(),
             next_batch: 0,
             rejected: Arc::default(),
         })
@@ -289,6 +292,12 @@ pub struct KafkaSink {
     marker: Option<BaseConsumer<LogContext>>,
     /// Exactly once: the first batch not yet committed to Kafka.
     next_batch: u64,
+    /// Exactly once: the offsets Kafka sources of the same brokers stand at
+    /// after the batch being written, per consumer group; committed in the
+    /// batch's transaction.
+    source_offsets: Vec<(String, TopicPartitionList)>,
+    /// A consumer per source group, for the group's metadata.
+    source_groups: std::collections::HashMap<String, BaseConsumer<LogContext>>,
     rejected: Arc<Mutex<Vec<Rejected>>>,
 }
 
@@ -540,6 +549,22 @@ impl KafkaSink {
                     describe(&e)
                 ))
             })?;
+        for (group, offsets) in &self.source_offsets {
+            let metadata = self
+                .source_groups
+                .get(group)
+                .and_then(|consumer| consumer.group_metadata())
+                .ok_or_else(|| self.error(format!("no metadata for group `{group}`")))?;
+            producer
+                .send_offsets_to_transaction(offsets, &metadata, self.spec.timeout)
+                .map_err(|e| {
+                    self.error(format!(
+                        "batch {}: cannot commit the offsets of group `{group}` in its transaction: {}",
+                        batch.id,
+                        describe(&e)
+                    ))
+                })?;
+        }
         crate::failpoint::crash_point("kafka-sent");
         producer.commit_transaction(self.spec.timeout).map_err(|e| {
             self.error(format!(
@@ -599,6 +624,51 @@ fn json_object(record: RecordRef<'_>, window_ms: Option<i64>) -> serde_json::Val
 }
 
 impl Sink for KafkaSink {
+    fn sources_after(&mut self, sources: &[super::SourceAfter<'_>]) {
+        self.source_offsets.clear();
+        if self.spec.delivery != KafkaDelivery::ExactlyOnce {
+            return;
+        }
+        for source in sources {
+            let (Some(kafka), Some(crate::source::SourcePosition::Kafka { offsets })) = (
+                source.spec.kind.settings::<crate::source::kafka::KafkaSpec>(),
+                source.position,
+            ) else {
+                continue;
+            };
+            // Offsets go into the transaction only on the same brokers.
+            if kafka.client.brokers != self.spec.client.brokers {
+                continue;
+            }
+            let group = kafka.group_id.clone();
+            if !self.source_groups.contains_key(&group) {
+                let mut config = self.spec.client.config();
+                config.set("group.id", &group).set("enable.auto.commit", "false");
+                let context = LogContext {
+                    owner: format!("sink `{}`", self.name),
+                };
+                match config.create_with_context::<_, BaseConsumer<LogContext>>(context) {
+                    Ok(consumer) => {
+                        self.source_groups.insert(group.clone(), consumer);
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            sink = %self.name,
+                            "cannot commit the offsets of group `{group}` with the output: {}",
+                            describe(&error)
+                        );
+                        continue;
+                    }
+                }
+            }
+            let mut list = TopicPartitionList::new();
+            for at in offsets {
+                let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
+            }
+            self.source_offsets.push((group, list));
+        }
+    }
+
     fn open(&mut self) -> Result<(), SinkError> {
         let mut config = self.spec.client.config();
         let timeout_ms = self.spec.timeout.as_millis().to_string();

@@ -35,6 +35,15 @@ pub struct BatchInfo {
     pub time_ms: i64,
 }
 
+/// One source's position after a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceAfter<'a> {
+    /// The source.
+    pub spec: &'a crate::config::SourceSpec,
+    /// Its position after the batch (`None`: it keeps none, or has none yet).
+    pub position: Option<&'a crate::source::SourcePosition>,
+}
+
 /// A sink failed.
 #[derive(Debug, thiserror::Error)]
 #[error("sink `{sink}`: {message}")]
@@ -49,6 +58,11 @@ pub struct SinkError {
 pub trait Sink: Send {
     /// Writes one batch: every partition (as chunks) of the sink's input stream.
     fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError>;
+
+    /// Learns where every source of the pipeline stands after the batch
+    /// about to be written (called just before [`Sink::write`]), for sinks
+    /// that commit source positions with their output. Default: ignored.
+    fn sources_after(&mut self, _sources: &[SourceAfter<'_>]) {}
 
     /// Prepares the sink before the first batch. Default: nothing to do.
     fn open(&mut self) -> Result<(), SinkError> {
