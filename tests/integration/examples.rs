@@ -18,7 +18,7 @@ fn repository() -> PathBuf {
 
 /// The example's text with plugin paths pointing at the test build's
 /// components and data paths made absolute.
-fn runnable(example: &str) -> String {
+pub(super) fn runnable(example: &str) -> String {
     let pipelines = repository().join("host").join("pipelines");
     let text = std::fs::read_to_string(pipelines.join(example)).unwrap();
     let components = Path::new(weir_tests::plugins::SPLIT_WORDS).parent().unwrap();

@@ -510,3 +510,46 @@ fn partitions_added_while_running_are_read_and_a_broker_outage_loses_nothing() {
     assert!(status.success(), "{}", read_log());
     assert!(!read_log().contains("panicked"), "{}", read_log());
 }
+
+#[test]
+fn the_kafka_example_runs_as_the_readme_shows_it() {
+    let broker = Broker::start();
+    let dir = scratch();
+    let runnable =
+        |example: &str| super::examples::runnable(example).replace("localhost:9092", &broker.address());
+    // Load the clicks with Weir itself (the topics are created on first use).
+    let load = write_pipeline(
+        dir.path(),
+        "clicks-to-kafka.toml",
+        &runnable("clicks-to-kafka.toml"),
+    );
+    run_file_ok(&load);
+    let file = write_pipeline(dir.path(), "kafka-clicks.toml", &runnable("kafka-clicks.toml"));
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = weir_tests::stdout(&output);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/kafka-clicks.txt");
+    if std::env::var_os("WEIR_BLESS").is_some() {
+        std::fs::write(&golden, &printed).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with WEIR_BLESS=1 to create it)", golden.display()));
+    assert_eq!(
+        printed,
+        expected,
+        "the console output differs from {}",
+        golden.display()
+    );
+    // What went to Kafka is what the console printed for `per-page`.
+    let sent = broker.read_committed("page-counts");
+    assert!(!sent.is_empty());
+    for record in sent {
+        let object: serde_json::Value = serde_json::from_str(&record.value).unwrap();
+        let page = object["key"].as_str().unwrap();
+        let count = object["value"].as_str().unwrap();
+        let start = object["window"]["start"].as_i64().unwrap();
+        assert_eq!(object["window"]["end"].as_i64().unwrap() - start, 10_000);
+        let line = format!("{page}\t{count}\t[1970-01-01T00:00:{:02}.000Z", start / 1000);
+        assert!(printed.contains(&line), "{line:?} not printed:\n{printed}");
+    }
+}
