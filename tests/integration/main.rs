@@ -8,6 +8,7 @@ mod engine;
 mod examples;
 mod graph;
 mod incremental;
+mod rate;
 mod recovery;
 mod sandbox;
 mod sources;

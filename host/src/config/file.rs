@@ -122,6 +122,8 @@ pub struct SourceTable {
     pub backpressure: Option<Spanned<bool>>,
     /// The lowest rate backpressure sets, records per second. Default 100.
     pub backpressure_min_rate: Option<Spanned<i64>>,
+    /// The rate until backpressure sets the first one. Default: `max-rate`.
+    pub backpressure_initial_rate: Option<Spanned<i64>>,
     /// The keys of its kind.
     pub settings: Settings,
 }
@@ -135,6 +137,7 @@ impl<'de> Deserialize<'de> for SourceTable {
             max_rate: settings.take_integer("max-rate"),
             backpressure: settings.take_boolean("backpressure"),
             backpressure_min_rate: settings.take_integer("backpressure-min-rate"),
+            backpressure_initial_rate: settings.take_integer("backpressure-initial-rate"),
             settings,
         })
     }

@@ -104,6 +104,7 @@ pub(super) fn schema() -> &'static Schema {
                 Key::integer("max-rate"),
                 Key::boolean("backpressure"),
                 Key::integer("backpressure-min-rate"),
+                Key::integer("backpressure-initial-rate"),
             ],
             &["name", "type"],
             TYPES.iter().map(|kind| kind.keys),
@@ -141,8 +142,8 @@ pub(super) fn source_spec(
     ))
 }
 
-/// The keys every source kind accepts: `max-rate`, `backpressure` and
-/// `backpressure-min-rate`.
+/// The keys every source kind accepts: `max-rate`, `backpressure`,
+/// `backpressure-min-rate` and `backpressure-initial-rate`.
 fn rate_spec(table: &SourceTable) -> Result<RateSpec, SpecError> {
     /// A rate above this is a mistake (a million times the fastest source).
     const MOST: usize = 1 << 40;
@@ -153,16 +154,22 @@ fn rate_spec(table: &SourceTable) -> Result<RateSpec, SpecError> {
         "backpressure-min-rate",
         MOST,
     )?;
-    let backpressure_min_rate = match (backpressure, min_rate, &table.backpressure_min_rate) {
-        (false, Some(_), Some(at)) => {
-            return Err((
-                at.span().start,
-                "`backpressure-min-rate` needs `backpressure = true`".to_owned(),
-            ));
-        }
-        (false, _, _) => None,
-        (true, min, _) => Some(min.map_or(DEFAULT_MIN_RATE, |m| m as u64)),
-    };
+    let initial_rate = positive(
+        table.backpressure_initial_rate.as_ref(),
+        "backpressure-initial-rate",
+        MOST,
+    )?;
+    if !backpressure
+        && let Some((key, at)) = [
+            ("backpressure-min-rate", &table.backpressure_min_rate),
+            ("backpressure-initial-rate", &table.backpressure_initial_rate),
+        ]
+        .into_iter()
+        .find_map(|(key, value)| Some((key, value.as_ref()?.span().start)))
+    {
+        return Err((at, format!("`{key}` needs `backpressure = true`")));
+    }
+    let backpressure_min_rate = backpressure.then(|| min_rate.map_or(DEFAULT_MIN_RATE, |m| m as u64));
     if let (Some(min), Some(max), Some(at)) = (backpressure_min_rate, max_rate, &table.backpressure_min_rate)
         && min > max
     {
@@ -176,6 +183,7 @@ fn rate_spec(table: &SourceTable) -> Result<RateSpec, SpecError> {
     Ok(RateSpec {
         max_rate,
         backpressure_min_rate,
+        backpressure_initial_rate: initial_rate.map(|r| r as u64),
     })
 }
 

@@ -214,7 +214,8 @@ fn every_source_kind_takes_max_rate_and_backpressure() {
             rate(&format!("{kind}\nmax-rate = 500")),
             RateSpec {
                 max_rate: Some(500),
-                backpressure_min_rate: None
+                backpressure_min_rate: None,
+                backpressure_initial_rate: None
             },
             "{kind}"
         );
@@ -222,16 +223,20 @@ fn every_source_kind_takes_max_rate_and_backpressure() {
             rate(&format!("{kind}\nbackpressure = true")),
             RateSpec {
                 max_rate: None,
-                backpressure_min_rate: Some(100)
+                backpressure_min_rate: Some(100),
+                backpressure_initial_rate: None
             },
             "{kind}: the minimum rate defaults to 100"
         );
     }
     assert_eq!(
-        rate("type = \"generator\"\nmax-rate = 5000\nbackpressure = true\nbackpressure-min-rate = 10"),
+        rate(
+            "type = \"generator\"\nmax-rate = 5000\nbackpressure = true\nbackpressure-min-rate = 10\nbackpressure-initial-rate = 2000"
+        ),
         RateSpec {
             max_rate: Some(5000),
-            backpressure_min_rate: Some(10)
+            backpressure_min_rate: Some(10),
+            backpressure_initial_rate: Some(2000)
         }
     );
     assert_eq!(
@@ -245,6 +250,11 @@ fn every_source_kind_takes_max_rate_and_backpressure() {
     let (_, message) = invalid(&socket("address = \"a:1\"\nbackpressure-min-rate = 10"));
     assert!(
         message.contains("`backpressure-min-rate` needs `backpressure = true`"),
+        "{message}"
+    );
+    let (_, message) = invalid(&socket("address = \"a:1\"\nbackpressure-initial-rate = 10"));
+    assert!(
+        message.contains("`backpressure-initial-rate` needs `backpressure = true`"),
         "{message}"
     );
     let (_, message) = invalid(&socket(
@@ -286,7 +296,7 @@ fn source_keys_are_checked_against_their_kind() {
     assert!(message.contains("line 14"), "{message}");
     assert!(
         message.contains(
-            "unknown field `bogus`, expected one of `name`, `type`, `max-rate`, `backpressure`, `backpressure-min-rate`, `address`, `mode`"
+            "unknown field `bogus`, expected one of `name`, `type`, `max-rate`, `backpressure`, `backpressure-min-rate`, `backpressure-initial-rate`, `address`, `mode`"
         ),
         "{message}"
     );

@@ -7,7 +7,8 @@
 //! delivered to it, the batch's processing time and its scheduling delay;
 //! the rate it computes goes to the source's [`RateLimiter`], bounded by
 //! `max-rate` when the source has one. Until the second batch with records
-//! the source runs at `max-rate` (or unpaced), as in Spark.
+//! the source runs at `backpressure-initial-rate` or `max-rate` (the lower),
+//! or unpaced, as in Spark.
 //!
 //! Backpressure acts under the processing-time trigger only: under
 //! `--available-now` batches run back to back, with no interval to keep
@@ -136,6 +137,8 @@ impl PidRateEstimator {
 struct SourceRate {
     limiter: Arc<RateLimiter>,
     max_rate: Option<f64>,
+    /// The rate pacing starts at.
+    initial_rate: Option<f64>,
     estimator: Option<PidRateEstimator>,
     /// The lowest rate backpressure set, and how many times it set one.
     lowest: Option<f64>,
@@ -174,9 +177,15 @@ impl SourceRates {
             .map(|spec| {
                 spec.paced().then(|| {
                     let max_rate = spec.max_rate.map(|r| r as f64);
+                    let initial = spec.backpressure_initial_rate.map(|r| r as f64);
+                    let initial_rate = match (initial, max_rate) {
+                        (Some(initial), Some(max)) => Some(initial.min(max)),
+                        (initial, max) => initial.or(max),
+                    };
                     SourceRate {
-                        limiter: Arc::new(RateLimiter::new(if replaying { None } else { max_rate })),
+                        limiter: Arc::new(RateLimiter::new(if replaying { None } else { initial_rate })),
                         max_rate,
+                        initial_rate,
                         estimator: batch_interval
                             .zip(spec.backpressure_min_rate)
                             .map(|(interval, min)| PidRateEstimator::new(interval, min as f64)),
@@ -197,13 +206,13 @@ impl SourceRates {
         self.sources[index].as_ref().map(|source| source.limiter.clone())
     }
 
-    /// Starts pacing (after the replayed batches), at `max-rate`.
+    /// Starts pacing (after the replayed batches), at the initial rate.
     pub(crate) fn start(&mut self) {
         if std::mem::replace(&mut self.pacing, true) {
             return;
         }
         for source in self.sources.iter_mut().flatten() {
-            source.limiter.set_rate(source.max_rate);
+            source.limiter.set_rate(source.initial_rate);
         }
     }
 
@@ -331,6 +340,7 @@ mod tests {
         let spec = RateSpec {
             max_rate: Some(5_000),
             backpressure_min_rate: Some(100),
+            backpressure_initial_rate: None,
         };
         let mut rates = SourceRates::new(&[spec, RateSpec::default()], Some(ms(1000)), true);
         assert!(rates.limiter(1).is_none(), "an unpaced source has no bucket");
@@ -349,5 +359,22 @@ mod tests {
         assert_eq!(report.lowest, Some(1_000.0));
         assert_eq!(report.updates, 2);
         assert_eq!(rates.reports()[1], None);
+    }
+
+    #[test]
+    fn pacing_starts_at_the_initial_rate_bounded_by_max_rate() {
+        let spec = |initial, max| RateSpec {
+            max_rate: max,
+            backpressure_min_rate: Some(100),
+            backpressure_initial_rate: initial,
+        };
+        let specs = [
+            spec(Some(1_000), None),
+            spec(Some(1_000), Some(500)),
+            spec(None, Some(500)),
+            spec(None, None),
+        ];
+        let rates = SourceRates::new(&specs, Some(ms(1000)), false);
+        assert_eq!(rates.rates(), [Some(1_000.0), Some(500.0), Some(500.0), None]);
     }
 }

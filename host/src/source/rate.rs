@@ -3,8 +3,8 @@
 //! its backpressure sets).
 //!
 //! Every source may have a [`RateSpec`] (`max-rate`, `backpressure`,
-//! `backpressure-min-rate` on its `[[source]]` table, read once for every
-//! kind). A source with one gets a [`RateLimiter`], shared by all its tasks
+//! `backpressure-min-rate`, `backpressure-initial-rate` on its
+//! `[[source]]` table, read once for every kind). A source with one gets a [`RateLimiter`], shared by all its tasks
 //! (every connection of a listening socket): a token bucket that paces the
 //! chunks where the receiver hands them to its queue
 //! ([`super::ChunkQueue::send`]). A paced receiver waits there, so a socket
@@ -31,7 +31,8 @@ pub const PACE: Duration = Duration::from_millis(50);
 /// `spark.streaming.backpressure.pid.minRate`), in records per second.
 pub const DEFAULT_MIN_RATE: u64 = 100;
 
-/// A source's rate settings (`max-rate`, `backpressure`, `backpressure-min-rate`).
+/// A source's rate settings (`max-rate`, `backpressure`,
+/// `backpressure-min-rate`, `backpressure-initial-rate`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateSpec {
     /// Records per second the source never exceeds; `None`: no bound.
@@ -39,6 +40,10 @@ pub struct RateSpec {
     /// With backpressure: the lowest rate its estimator sets, in records
     /// per second. `None`: no backpressure.
     pub backpressure_min_rate: Option<u64>,
+    /// With backpressure: the rate until its estimator sets the first one
+    /// (Spark's `spark.streaming.backpressure.initialRate`); `None`:
+    /// `max_rate`.
+    pub backpressure_initial_rate: Option<u64>,
 }
 
 impl RateSpec {
