@@ -175,23 +175,30 @@ impl SourceRates {
         let sources = specs
             .iter()
             .map(|spec| {
-                spec.paced().then(|| {
-                    let max_rate = spec.max_rate.map(|r| r as f64);
-                    let initial = spec.backpressure_initial_rate.map(|r| r as f64);
-                    let initial_rate = match (initial, max_rate) {
-                        (Some(initial), Some(max)) => Some(initial.min(max)),
-                        (initial, max) => initial.or(max),
-                    };
-                    SourceRate {
-                        limiter: Arc::new(RateLimiter::new(if replaying { None } else { initial_rate })),
-                        max_rate,
-                        initial_rate,
-                        estimator: batch_interval
-                            .zip(spec.backpressure_min_rate)
-                            .map(|(interval, min)| PidRateEstimator::new(interval, min as f64)),
-                        lowest: None,
-                        updates: 0,
-                    }
+                let max_rate = spec.max_rate.map(|r| r as f64);
+                let estimator = batch_interval
+                    .zip(spec.backpressure_min_rate)
+                    .map(|(interval, min)| PidRateEstimator::new(interval, min as f64));
+                if max_rate.is_none() && estimator.is_none() {
+                    return None;
+                }
+                // The initial rate is backpressure's: without an estimator
+                // the source runs at `max-rate`.
+                let initial = estimator
+                    .as_ref()
+                    .and(spec.backpressure_initial_rate)
+                    .map(|r| r as f64);
+                let initial_rate = match (initial, max_rate) {
+                    (Some(initial), Some(max)) => Some(initial.min(max)),
+                    (initial, max) => initial.or(max),
+                };
+                Some(SourceRate {
+                    limiter: Arc::new(RateLimiter::new(if replaying { None } else { initial_rate })),
+                    max_rate,
+                    initial_rate,
+                    estimator,
+                    lowest: None,
+                    updates: 0,
                 })
             })
             .collect();
@@ -206,14 +213,16 @@ impl SourceRates {
         self.sources[index].as_ref().map(|source| source.limiter.clone())
     }
 
-    /// Starts pacing (after the replayed batches), at the initial rate.
-    pub(crate) fn start(&mut self) {
+    /// Starts pacing (after the replayed batches), at the initial rate;
+    /// true when pacing starts now (false when it had started).
+    pub(crate) fn start(&mut self) -> bool {
         if std::mem::replace(&mut self.pacing, true) {
-            return;
+            return false;
         }
         for source in self.sources.iter_mut().flatten() {
             source.limiter.set_rate(source.initial_rate);
         }
+        true
     }
 
     /// Feeds a completed batch to every estimator: its time, the records of
@@ -346,7 +355,8 @@ mod tests {
         assert!(rates.limiter(1).is_none(), "an unpaced source has no bucket");
         assert_eq!(rates.rates(), [None, None], "not paced while replaying");
         assert!(!rates.batch_completed(1_000, &[1_000, 5], ms(100), ms(0)));
-        rates.start();
+        assert!(rates.start());
+        assert!(!rates.start(), "once");
         assert_eq!(rates.rates(), [Some(5_000.0), None]);
         // 1,000 records in 100 ms: 10,000/s, then 20,000/s: bounded by 5,000.
         assert!(!rates.batch_completed(2_000, &[1_000, 5], ms(100), ms(0)));
@@ -376,5 +386,14 @@ mod tests {
         ];
         let rates = SourceRates::new(&specs, Some(ms(1000)), false);
         assert_eq!(rates.rates(), [Some(1_000.0), Some(500.0), Some(500.0), None]);
+        assert!(
+            rates.limiter(3).is_some(),
+            "backpressure paces a source without max-rate"
+        );
+        // Without an interval (--available-now) there is no backpressure:
+        // only `max-rate` paces.
+        let rates = SourceRates::new(&specs, None, false);
+        assert_eq!(rates.rates(), [None, Some(500.0), Some(500.0), None]);
+        assert!(rates.limiter(0).is_none() && rates.limiter(3).is_none());
     }
 }

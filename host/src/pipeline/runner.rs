@@ -263,9 +263,9 @@ impl Driver {
             }
             if replay.is_none() {
                 replay = self.durability.as_mut().and_then(Durability::next_replayed);
-                if replay.is_none() {
-                    // The replay is over (or there was none): pace sources.
-                    self.rates.start();
+                // The replay is over (or there was none): pace sources.
+                if replay.is_none() && self.rates.start() {
+                    self.live.set_rate_limits(self.rates.rates());
                 }
             }
             if replay.is_some() && self.paused.is_some() {

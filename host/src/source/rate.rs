@@ -46,13 +46,6 @@ pub struct RateSpec {
     pub backpressure_initial_rate: Option<u64>,
 }
 
-impl RateSpec {
-    /// True when the source is paced at all (a bound, or backpressure).
-    pub fn paced(&self) -> bool {
-        self.max_rate.is_some() || self.backpressure_min_rate.is_some()
-    }
-}
-
 /// A token bucket shared by a source's tasks, at a rate that may change.
 ///
 /// It is kept as the time at which the records handed over so far are paid
