@@ -10,6 +10,7 @@ mod graph;
 mod incremental;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod rate;
 mod recovery;
 mod sandbox;
 mod sources;

@@ -116,6 +116,14 @@ pub struct SourceTable {
     pub name: Spanned<String>,
     /// The kind of source (`type`): `socket`, `files`, `generator`, `stdin`.
     pub kind: Spanned<String>,
+    /// Records per second the source never exceeds (any kind).
+    pub max_rate: Option<Spanned<i64>>,
+    /// Let the pipeline's processing set the source's rate (any kind).
+    pub backpressure: Option<Spanned<bool>>,
+    /// The lowest rate backpressure sets, records per second. Default 100.
+    pub backpressure_min_rate: Option<Spanned<i64>>,
+    /// The rate until backpressure sets the first one. Default: `max-rate`.
+    pub backpressure_initial_rate: Option<Spanned<i64>>,
     /// The keys of its kind.
     pub settings: Settings,
 }
@@ -126,6 +134,10 @@ impl<'de> Deserialize<'de> for SourceTable {
         Ok(Self {
             name: settings.take_text("name").expect("a required key"),
             kind: settings.take_text("type").expect("a required key"),
+            max_rate: settings.take_integer("max-rate"),
+            backpressure: settings.take_boolean("backpressure"),
+            backpressure_min_rate: settings.take_integer("backpressure-min-rate"),
+            backpressure_initial_rate: settings.take_integer("backpressure-initial-rate"),
             settings,
         })
     }

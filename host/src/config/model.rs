@@ -55,6 +55,8 @@ pub struct SourceSpec {
     pub name: String,
     /// What it reads.
     pub kind: SourceKind,
+    /// How fast it may deliver (`max-rate`, backpressure).
+    pub rate: crate::source::rate::RateSpec,
     /// Line of its table in the pipeline file.
     pub line: usize,
 }

@@ -250,6 +250,24 @@ impl Settings {
         }
     }
 
+    /// Removes and returns the integer value of one of the table's own keys.
+    pub(crate) fn take_integer(&mut self, key: &str) -> Option<Spanned<i64>> {
+        let index = self.values.iter().position(|(name, _)| *name == key)?;
+        match self.values.remove(index).1 {
+            Value::Integer(value) => Some(value),
+            other => panic!("`{key}` is declared as {other:?}, not an integer"),
+        }
+    }
+
+    /// Removes and returns the boolean value of one of the table's own keys.
+    pub(crate) fn take_boolean(&mut self, key: &str) -> Option<Spanned<bool>> {
+        let index = self.values.iter().position(|(name, _)| *name == key)?;
+        match self.values.remove(index).1 {
+            Value::Bool(value) => Some(value),
+            other => panic!("`{key}` is declared as {other:?}, not a boolean"),
+        }
+    }
+
     /// Fails on the first key of another kind (in `schema` order) that is
     /// not one of `keys`; the error, about `context`, lists `keys`.
     pub(crate) fn only(&self, schema: &Schema, keys: &[Key], context: &str) -> Result<(), SpecError> {

@@ -17,8 +17,9 @@ use toml::Spanned;
 
 use super::file::SourceTable;
 use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
-use super::values::stream_name;
+use super::values::{positive, stream_name};
 use super::{ClockMode, LineIndex, SourceSpec, SpecError};
+use crate::source::rate::{DEFAULT_MIN_RATE, RateSpec};
 use crate::source::{Source, TYPES};
 
 /// The validated settings of one kind of source.
@@ -97,7 +98,14 @@ pub(super) fn schema() -> &'static Schema {
     SCHEMA.get_or_init(|| {
         Schema::new(
             "SourceTable",
-            &[Key::text("name"), Key::text("type")],
+            &[
+                Key::text("name"),
+                Key::text("type"),
+                Key::integer("max-rate"),
+                Key::boolean("backpressure"),
+                Key::integer("backpressure-min-rate"),
+                Key::integer("backpressure-initial-rate"),
+            ],
             &["name", "type"],
             TYPES.iter().map(|kind| kind.keys),
         )
@@ -128,9 +136,55 @@ pub(super) fn source_spec(
         SourceSpec {
             name,
             kind,
+            rate: rate_spec(&table)?,
             line: lines.line_of(offset),
         },
     ))
+}
+
+/// The keys every source kind accepts: `max-rate`, `backpressure`,
+/// `backpressure-min-rate` and `backpressure-initial-rate`.
+fn rate_spec(table: &SourceTable) -> Result<RateSpec, SpecError> {
+    /// A rate above this is a mistake (a million times the fastest source).
+    const MOST: usize = 1 << 40;
+    let max_rate = positive(table.max_rate.as_ref(), "max-rate", MOST)?.map(|r| r as u64);
+    let backpressure = table.backpressure.as_ref().is_some_and(|b| *b.get_ref());
+    let min_rate = positive(
+        table.backpressure_min_rate.as_ref(),
+        "backpressure-min-rate",
+        MOST,
+    )?;
+    let initial_rate = positive(
+        table.backpressure_initial_rate.as_ref(),
+        "backpressure-initial-rate",
+        MOST,
+    )?;
+    if !backpressure
+        && let Some((key, at)) = [
+            ("backpressure-min-rate", &table.backpressure_min_rate),
+            ("backpressure-initial-rate", &table.backpressure_initial_rate),
+        ]
+        .into_iter()
+        .find_map(|(key, value)| Some((key, value.as_ref()?.span().start)))
+    {
+        return Err((at, format!("`{key}` needs `backpressure = true`")));
+    }
+    let backpressure_min_rate = backpressure.then(|| min_rate.map_or(DEFAULT_MIN_RATE, |m| m as u64));
+    if let (Some(min), Some(max), Some(at)) = (backpressure_min_rate, max_rate, &table.backpressure_min_rate)
+        && min > max
+    {
+        return Err((
+            at.span().start,
+            format!(
+                "backpressure-min-rate ({min}) is above max-rate ({max}): backpressure sets rates between the two"
+            ),
+        ));
+    }
+    Ok(RateSpec {
+        max_rate,
+        backpressure_min_rate,
+        backpressure_initial_rate: initial_rate.map(|r| r as u64),
+    })
 }
 
 /// The checks of sources against the pipeline: sources that need
@@ -146,6 +200,19 @@ pub(super) fn check_sources(
             .find_map(|(offset, source)| Some((*offset, source.kind.needs_checkpoints()?)))
     {
         return Err((offset, reason.to_owned()));
+    }
+    if matches!(clock, ClockMode::Deterministic { .. })
+        && let Some((offset, source)) = sources
+            .iter()
+            .find(|(_, source)| source.rate.backpressure_min_rate.is_some())
+    {
+        return Err((
+            *offset,
+            format!(
+                "source `{}` cannot use `backpressure` under clock = \"deterministic\": each batch holds a fixed part of every source whatever the processing takes; `max-rate` paces a source there",
+                source.name
+            ),
+        ));
     }
     if matches!(clock, ClockMode::Deterministic { .. })
         && let Some((offset, source)) = sources.iter().find(|(_, source)| !source.kind.fixed_batches())

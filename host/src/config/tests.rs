@@ -197,13 +197,107 @@ fn syntax_error(text: &str) -> String {
 }
 
 #[test]
+fn every_source_kind_takes_max_rate_and_backpressure() {
+    use crate::source::rate::RateSpec;
+    let rate = |source: &str| {
+        let text = WORDCOUNT.replace("type = \"socket\"\naddress = \"127.0.0.1:9999\"", source);
+        parse(&text, Path::new("p.toml")).unwrap().sources[0].rate
+    };
+    for kind in [
+        "type = \"socket\"\naddress = \"127.0.0.1:9999\"",
+        "type = \"files\"\npath = \"in\"",
+        "type = \"generator\"",
+        "type = \"stdin\"",
+    ] {
+        assert_eq!(rate(kind), RateSpec::default(), "{kind}");
+        assert_eq!(
+            rate(&format!("{kind}\nmax-rate = 500")),
+            RateSpec {
+                max_rate: Some(500),
+                backpressure_min_rate: None,
+                backpressure_initial_rate: None
+            },
+            "{kind}"
+        );
+        assert_eq!(
+            rate(&format!("{kind}\nbackpressure = true")),
+            RateSpec {
+                max_rate: None,
+                backpressure_min_rate: Some(100),
+                backpressure_initial_rate: None
+            },
+            "{kind}: the minimum rate defaults to 100"
+        );
+    }
+    assert_eq!(
+        rate(
+            "type = \"generator\"\nmax-rate = 5000\nbackpressure = true\nbackpressure-min-rate = 10\nbackpressure-initial-rate = 2000"
+        ),
+        RateSpec {
+            max_rate: Some(5000),
+            backpressure_min_rate: Some(10),
+            backpressure_initial_rate: Some(2000)
+        }
+    );
+    assert_eq!(
+        rate("type = \"generator\"\nbackpressure = false"),
+        RateSpec::default()
+    );
+    let socket = |extra: &str| WORDCOUNT.replace("address = \"127.0.0.1:9999\"", extra);
+    let (line, message) = invalid(&socket("address = \"127.0.0.1:9999\"\nmax-rate = 0"));
+    assert_eq!(line, 14);
+    assert!(message.contains("max-rate must be between 1 and"), "{message}");
+    let (_, message) = invalid(&socket("address = \"a:1\"\nbackpressure-min-rate = 10"));
+    assert!(
+        message.contains("`backpressure-min-rate` needs `backpressure = true`"),
+        "{message}"
+    );
+    let (_, message) = invalid(&socket("address = \"a:1\"\nbackpressure-initial-rate = 10"));
+    assert!(
+        message.contains("`backpressure-initial-rate` needs `backpressure = true`"),
+        "{message}"
+    );
+    let (_, message) = invalid(&socket(
+        "address = \"a:1\"\nmax-rate = 50\nbackpressure = true\nbackpressure-min-rate = 60",
+    ));
+    assert!(
+        message.contains("backpressure-min-rate (60) is above max-rate (50)"),
+        "{message}"
+    );
+    let deterministic = WORDCOUNT
+        .replace(
+            "batch-interval = \"1s\"",
+            "batch-interval = \"1s\"\nclock = \"deterministic\"",
+        )
+        .replace(
+            "type = \"socket\"\naddress = \"127.0.0.1:9999\"",
+            "type = \"generator\"\nrecords-per-batch = 10\nbackpressure = true",
+        );
+    let (_, message) = invalid(&deterministic);
+    assert!(
+        message.contains("cannot use `backpressure` under clock = \"deterministic\""),
+        "{message}"
+    );
+    let paced = deterministic.replace("backpressure = true", "max-rate = 10");
+    assert_eq!(
+        parse(&paced, Path::new("p.toml")).unwrap().sources[0]
+            .rate
+            .max_rate,
+        Some(10),
+        "max-rate paces a deterministic source"
+    );
+}
+
+#[test]
 fn source_keys_are_checked_against_their_kind() {
     let socket = |extra: &str| WORDCOUNT.replace("address = \"127.0.0.1:9999\"", extra);
 
     let message = syntax_error(&socket("address = \"127.0.0.1:9999\"\nbogus = 1"));
     assert!(message.contains("line 14"), "{message}");
     assert!(
-        message.contains("unknown field `bogus`, expected one of `name`, `type`, `address`, `mode`"),
+        message.contains(
+            "unknown field `bogus`, expected one of `name`, `type`, `max-rate`, `backpressure`, `backpressure-min-rate`, `backpressure-initial-rate`, `address`, `mode`"
+        ),
         "{message}"
     );
     let message = syntax_error(&socket("address = \"127.0.0.1:9999\"\nack = \"yes\""));

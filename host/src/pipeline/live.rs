@@ -162,6 +162,10 @@ pub struct SourceMetrics {
     /// Records per second in the last batch (received over the time since
     /// the batch before).
     pub rate: f64,
+    /// Records per second its receivers are held to now: its `max-rate`,
+    /// or the rate backpressure set (bounded by `max-rate`); `None`:
+    /// unlimited.
+    pub rate_limit: Option<f64>,
 }
 
 /// Trap counts by kind.
@@ -290,6 +294,7 @@ struct StatusCell {
 struct Recent {
     batches: VecDeque<BatchReport>,
     source_rates: Vec<f64>,
+    rate_limits: Vec<Option<f64>>,
     checkpoints: CheckpointStats,
 }
 
@@ -327,6 +332,7 @@ impl Live {
             }),
             recent: Mutex::new(Recent {
                 source_rates: vec![0.0; sources],
+                rate_limits: vec![None; sources],
                 ..Recent::default()
             }),
             batches: AtomicU64::new(0),
@@ -445,6 +451,11 @@ impl Live {
         self.queued_chunks.store(chunks, Ordering::Relaxed);
     }
 
+    /// Sets the rate each source is held to (`None`: unlimited).
+    pub(crate) fn set_rate_limits(&self, limits: Vec<Option<f64>>) {
+        lock(&self.recent).rate_limits = limits;
+    }
+
     /// Sets the checkpoint figures.
     pub(crate) fn set_checkpoints(&self, stats: CheckpointStats) {
         lock(&self.recent).checkpoints = stats;
@@ -452,7 +463,7 @@ impl Live {
 
     /// The live figures now.
     pub fn metrics(&self) -> PipelineMetrics {
-        let (processing, scheduling, total, rates, checkpoints) = {
+        let (processing, scheduling, total, rates, limits, checkpoints) = {
             let recent = lock(&self.recent);
             let of = |f: fn(&BatchReport) -> Duration| recent.batches.iter().map(f).collect::<Vec<_>>();
             (
@@ -460,6 +471,7 @@ impl Live {
                 of(|b| b.scheduling_delay),
                 of(|b| b.total_delay),
                 recent.source_rates.clone(),
+                recent.rate_limits.clone(),
                 recent.checkpoints,
             )
         };
@@ -478,10 +490,12 @@ impl Live {
                 .iter()
                 .zip(&self.source_records)
                 .zip(rates)
-                .map(|(((source, _), records), rate)| SourceMetrics {
+                .zip(limits)
+                .map(|((((source, _), records), rate), rate_limit)| SourceMetrics {
                     name: source.name.clone(),
                     records: read(records),
                     rate,
+                    rate_limit,
                 })
                 .collect(),
             queued_chunks: self.queued_chunks.load(Ordering::Relaxed) as u64,

@@ -2,8 +2,10 @@
 //! names resolved through a [`registry`], batches run on the engine's shared
 //! worker pool by the [`executor`], cut as the run's [`trigger`] says, and the
 //! whole run driven by the [`runner`], which publishes its status, metrics and
-//! events ([`live`]) and takes [`control`] requests between batches.
+//! events ([`live`]), sets the sources' rates from each batch
+//! ([`backpressure`]) and takes [`control`] requests between batches.
 
+pub mod backpressure;
 pub mod control;
 pub mod durability;
 pub mod executor;
@@ -17,6 +19,7 @@ pub mod signal;
 mod stage_ops;
 pub mod trigger;
 
+pub use backpressure::{PidRateEstimator, RateReport};
 pub use control::{ControlError, ControlReply, ControlRequest};
 pub use live::{PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus};
 pub use plan::Plan;

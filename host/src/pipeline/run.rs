@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::backpressure::RateReport;
 use super::durability::CheckpointStats;
 use crate::state::StateSize;
 
@@ -19,7 +20,7 @@ pub struct RunOptions {
 }
 
 /// What a finished run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {
     /// The pipeline's name.
     pub pipeline: String,
@@ -61,6 +62,8 @@ pub struct RunSummary {
     pub state_by_stage: Vec<(String, StateSize)>,
     /// Checkpoints written, replayed batches, where the run resumed.
     pub checkpoints: CheckpointStats,
+    /// The pacing of each paced source (`max-rate`, backpressure), by name.
+    pub rates: Vec<(String, RateReport)>,
 }
 
 impl std::fmt::Display for RunSummary {
@@ -110,6 +113,22 @@ impl std::fmt::Display for RunSummary {
                     f,
                     "; incremental state: the newest lists {} bytes of parts, {} compactions wrote {} bytes",
                     checkpoints.chain_bytes, checkpoints.compactions, checkpoints.compacted_bytes
+                )?;
+            }
+        }
+        for (source, report) in &self.rates {
+            let rate =
+                |rate: Option<f64>| rate.map_or("unlimited".to_owned(), |r| format!("{r:.0} records/s"));
+            write!(f, "\n  source `{source}`: rate {} at the end", rate(report.rate))?;
+            if let Some(max) = report.max_rate {
+                write!(f, " (max-rate {max:.0})")?;
+            }
+            if report.updates > 0 {
+                write!(
+                    f,
+                    "; backpressure set it {} times, the lowest {}",
+                    report.updates,
+                    rate(report.lowest)
                 )?;
             }
         }
@@ -172,5 +191,40 @@ mod tests {
             ..RunSummary::default()
         };
         assert!(!plain.to_string().contains("incremental state"));
+    }
+
+    #[test]
+    fn the_summary_shows_each_paced_sources_rate() {
+        use crate::pipeline::RateReport;
+        let summary = RunSummary {
+            rates: vec![
+                (
+                    "lines".into(),
+                    RateReport {
+                        max_rate: Some(5000.0),
+                        rate: Some(1234.4),
+                        lowest: Some(800.0),
+                        updates: 12,
+                    },
+                ),
+                (
+                    "other".into(),
+                    RateReport {
+                        max_rate: None,
+                        rate: None,
+                        lowest: None,
+                        updates: 0,
+                    },
+                ),
+            ],
+            ..RunSummary::default()
+        };
+        let text = summary.to_string();
+        for part in [
+            "source `lines`: rate 1234 records/s at the end (max-rate 5000); backpressure set it 12 times, the lowest 800 records/s",
+            "source `other`: rate unlimited at the end\n",
+        ] {
+            assert!(format!("{text}\n").contains(part), "{part:?} missing in {text}");
+        }
     }
 }

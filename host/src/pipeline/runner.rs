@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::backpressure::SourceRates;
 use super::control::{ControlError, ControlMessage, ControlReply, ControlRequest};
 use super::durability::Durability;
 use super::executor::{BatchError, Executor, Quarantined};
@@ -87,14 +88,21 @@ impl Pipeline {
             None => (None, 0, vec![None; self.plan.sources.len()]),
         };
         let (stop_sources, stop_watch) = watch::channel(false);
+        // Backpressure needs batches on the wall clock's interval.
+        let interval = (self.clock.is_none() && !options.available_now).then_some(self.batch_interval);
+        let rate_specs: Vec<_> = self.plan.sources.iter().map(|(spec, _)| spec.rate).collect();
+        let rates = SourceRates::new(&rate_specs, interval, replays.iter().any(Option::is_some));
         let (errors_tx, errors) = std::sync::mpsc::channel::<SourceError>();
         let mut queues = Vec::new();
         let mut tasks = Vec::new();
         let mut committed = Vec::new();
-        for ((spec, _), replay) in self.plan.sources.iter().zip(replays.iter_mut()) {
+        for (index, ((spec, _), replay)) in self.plan.sources.iter().zip(replays.iter_mut()).enumerate() {
             let (chunks, queue) = mpsc::channel(self.queue_chunks);
             queues.push(queue);
-            let chunks = ChunkQueue::new(chunks, signal.clone());
+            let mut chunks = ChunkQueue::new(chunks, signal.clone());
+            if let Some(limiter) = rates.limiter(index) {
+                chunks = chunks.paced(limiter, stop_watch.clone());
+            }
             // A source that keeps no position cannot read a logged batch
             // again: it contributes nothing to replayed batches.
             let untracked = replay.as_ref().map_or(0, |r| {
@@ -166,6 +174,7 @@ impl Pipeline {
             control,
             durability,
             batcher: Batcher::new(queues),
+            rates,
             max_batch_memory: self.max_batch_memory,
             trigger,
             summary: RunSummary {
@@ -183,6 +192,7 @@ impl Pipeline {
             stop_sources,
             stop_deadline: None,
         };
+        driver.live.set_rate_limits(driver.rates.rates());
         tracing::info!(partitions = self.plan.partitions, "pipeline started");
         driver.live.set_state(PipelineState::Running, None);
         let result = driver.run(&mut self);
@@ -207,6 +217,8 @@ struct Driver {
     control: crossbeam_channel::Receiver<ControlMessage>,
     durability: Option<Durability>,
     batcher: Batcher,
+    /// The pacing of the sources, and their backpressure.
+    rates: SourceRates,
     /// Bytes a processing-time batch may gather from one source while it waits.
     max_batch_memory: usize,
     trigger: Trigger,
@@ -258,6 +270,10 @@ impl Driver {
             }
             if replay.is_none() {
                 replay = self.durability.as_mut().and_then(Durability::next_replayed);
+                // The replay is over (or there was none): pace sources.
+                if replay.is_none() && self.rates.start() {
+                    self.live.set_rate_limits(self.rates.rates());
+                }
             }
             if replay.is_some() && self.paused.is_some() {
                 // Logged batches wait for a resume like any other; a stop
@@ -515,6 +531,14 @@ impl Driver {
             summary.slow_batches += 1;
         }
         let scheduling_delay = started.saturating_duration_since(due);
+        if self
+            .rates
+            .batch_completed(time, &per_source, processing_time, scheduling_delay)
+        {
+            let rates = self.rates.rates();
+            tracing::debug!(?rates, "backpressure set the sources' rates");
+            self.live.set_rate_limits(rates);
+        }
         self.live.batch_completed(
             BatchReport {
                 batch: BatchMark {
@@ -635,6 +659,10 @@ impl Driver {
             (result, None) => result,
         };
         let summary = &mut self.summary;
+        summary.rates = (pipeline.plan.sources.iter())
+            .zip(self.rates.reports())
+            .filter_map(|((spec, _), report)| Some((spec.name.clone(), report?)))
+            .collect();
         if let Some(durability) = &self.durability {
             summary.checkpoints = durability.stats();
             self.live.set_checkpoints(summary.checkpoints);

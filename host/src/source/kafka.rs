@@ -844,8 +844,8 @@ impl Receiver {
                         self.chunk
                             .push(message.key(), message.payload().unwrap_or_default(), timestamp);
                         taken += 1;
-                        full =
-                            self.chunk.len() >= self.ctx.chunk_records || self.chunk.data_bytes() >= 1 << 20;
+                        full = self.chunk.len() >= self.ctx.chunks.chunk_limit(self.ctx.chunk_records)
+                            || self.chunk.data_bytes() >= 1 << 20;
                     }
                     Err(KafkaError::PartitionEOF(_)) => {
                         reader.at_end = true;
@@ -994,7 +994,8 @@ impl Receiver {
     }
 
     fn chunk_full(&self) -> bool {
-        self.chunk.len() >= self.ctx.chunk_records || self.chunk.data_bytes() >= 1 << 20
+        self.chunk.len() >= self.ctx.chunks.chunk_limit(self.ctx.chunk_records)
+            || self.chunk.data_bytes() >= 1 << 20
     }
 
     /// The next offset of every partition.

@@ -18,16 +18,22 @@
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its receiver ([`crate::config::SourceType`],
 //! [`crate::config::SourceConfig`]); [`TYPES`] registers them.
+//!
+//! Every kind can be paced ([`rate`]: `max-rate`, backpressure): the queue
+//! waits for the source's token bucket before it takes a chunk, and the
+//! chunker cuts chunks small enough for the rate.
 
 pub mod files;
 pub mod generator;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod position;
+pub mod rate;
 pub mod socket;
 pub mod stdin;
 pub mod wal;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
@@ -66,16 +72,55 @@ pub enum Delivery {
 pub struct ChunkQueue {
     deliveries: mpsc::Sender<Delivery>,
     driver: crate::pipeline::Signal,
+    pace: Option<Pace>,
+}
+
+/// The token bucket a paced queue waits for, and the stop that lifts it.
+#[derive(Debug, Clone)]
+struct Pace {
+    limiter: Arc<rate::RateLimiter>,
+    stop: watch::Receiver<bool>,
 }
 
 impl ChunkQueue {
     /// A queue sending into `deliveries` and waking `driver`.
     pub fn new(deliveries: mpsc::Sender<Delivery>, driver: crate::pipeline::Signal) -> Self {
-        Self { deliveries, driver }
+        Self {
+            deliveries,
+            driver,
+            pace: None,
+        }
     }
 
-    /// Sends `delivery`, waiting while the queue is full (backpressure).
+    /// The same queue, taking chunks no faster than `limiter` allows until
+    /// `stop` becomes `true` (a stopping pipeline takes what its receivers
+    /// hold at once).
+    pub fn paced(mut self, limiter: Arc<rate::RateLimiter>, stop: watch::Receiver<bool>) -> Self {
+        self.pace = Some(Pace { limiter, stop });
+        self
+    }
+
+    /// Records a chunk should hold at most: `chunk_records`, or fewer when
+    /// the source's rate is low ([`rate::RateLimiter::chunk_limit`]).
+    pub fn chunk_limit(&self, chunk_records: usize) -> usize {
+        self.pace.as_ref().map_or(chunk_records, |pace| {
+            pace.limiter.chunk_limit().min(chunk_records)
+        })
+    }
+
+    /// Sends `delivery`, first waiting for the source's rate (when paced),
+    /// then while the queue is full (backpressure).
     pub async fn send(&self, delivery: Delivery) -> Result<(), Closed> {
+        if let (Some(pace), Delivery::Chunk(chunk, _)) = (&self.pace, &delivery)
+            && let Some(at) = pace.limiter.reserve(chunk.len(), std::time::Instant::now())
+            && !*pace.stop.borrow()
+        {
+            let mut stop = pace.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+        }
         self.deliveries.send(delivery).await.map_err(|_| Closed)?;
         self.driver.notify();
         Ok(())
@@ -230,10 +275,17 @@ impl LineChunker {
         self.current.push(None, value, timestamp);
         self.lines += 1;
         self.bytes += value.len() as u64 + 1;
-        if self.current.len() >= self.chunk_records || self.current.data_bytes() >= CHUNK_BYTES {
+        if self.full() {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// True when the chunk is full: `chunk-records` records (fewer for a
+    /// paced source at a low rate), or [`CHUNK_BYTES`].
+    fn full(&self) -> bool {
+        self.current.len() >= self.chunks.chunk_limit(self.chunk_records)
+            || self.current.data_bytes() >= CHUNK_BYTES
     }
 
     /// Adds the complete lines of `bytes`; a trailing incomplete line waits
@@ -254,7 +306,7 @@ impl LineChunker {
             self.lines += 1;
             self.bytes += (end - start + 1) as u64;
             start = end + 1;
-            if self.current.len() >= self.chunk_records || self.current.data_bytes() >= CHUNK_BYTES {
+            if self.full() {
                 self.flush().await?;
             }
         }
