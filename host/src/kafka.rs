@@ -90,7 +90,14 @@ impl ClientSettings {
     pub fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
-        config.set_log_level(RDKafkaLogLevel::Warning);
+        // librdkafka's `debug` property asks for its debug lines: let them
+        // through to Weir's log (shown with WEIR_LOG=debug).
+        let debug = self.properties.iter().any(|(name, _)| name == "debug");
+        config.set_log_level(if debug {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        });
         for (name, value) in &self.properties {
             config.set(name, value);
         }

@@ -103,10 +103,16 @@ enum Command {
         /// (windowed word count, deterministic time), `checkpoint` (the
         /// windowed word count with and without checkpoints), `many` (50
         /// small pipelines on one engine: start time, memory, isolation),
-        /// `all` (all of these), or `state` (keyed state larger than memory,
-        /// checkpointed incrementally: gigabytes of disk, run on its own).
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state"])]
+        /// `all` (all of these), `state` (keyed state larger than memory,
+        /// checkpointed incrementally: gigabytes of disk, run on its own) or
+        /// `kafka` (the word count from a topic to a topic next to the same
+        /// over files; a broker from `--brokers` or `tests/broker/install`).
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka"])]
         suite: String,
+        /// `--suite kafka`: the Kafka brokers to use (default: start the
+        /// noida-db broker that `tests/broker/install` installed).
+        #[arg(long)]
+        brokers: Option<String>,
         /// `--suite state`: keys of state (1 KiB each).
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
@@ -328,6 +334,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             partitions,
             ..
         } if suite == "state" => state_bench(keys, update_batches, partitions),
+        Command::Bench {
+            suite,
+            lines,
+            partitions,
+            plugin,
+            brokers,
+            ..
+        } if suite == "kafka" => kafka_bench(lines, partitions, plugin, brokers.as_deref()),
         Command::Bench {
             lines,
             corpus,
@@ -580,6 +594,61 @@ fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> any
     let report = cli::state_bench::run(&engine, &settings, |line| eprintln!("{line}"))?;
     println!("{}", cli::state_bench::describe(&report));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --suite kafka`: the word count through Kafka and over files.
+#[cfg(feature = "kafka")]
+fn kafka_bench(
+    lines: u64,
+    partitions: Option<usize>,
+    plugin: Option<PathBuf>,
+    brokers: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let partitions =
+        partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let plugin = match plugin {
+        Some(plugin) => plugin,
+        None => example_plugin("split-words")?,
+    };
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let report = cli::kafka_bench::run(&weir, &plugin, lines, partitions, brokers, |line| {
+        eprintln!("{line}")
+    })?;
+    let rate = |usage: &cli::process::ChildUsage| report.words_per_second(usage) / 1e6;
+    println!(
+        "word count end to end (`weir run --available-now`), {} lines, {} words, {} partitions:",
+        report.corpus.lines, report.corpus.words, report.partitions
+    );
+    println!(
+        "  kafka -> kafka (exactly once)  {:>7.2} M words/s  {:>6.2} s  cpu {:>6.2} s  peak RSS {:>6.1} MB{}",
+        rate(&report.kafka),
+        report.kafka.elapsed.as_secs_f64(),
+        report.kafka.cpu.as_secs_f64(),
+        mb(report.kafka.peak_rss),
+        report.broker_cpu.map_or(String::new(), |cpu| format!(
+            "  (broker cpu {:.2} s)",
+            cpu.as_secs_f64()
+        ))
+    );
+    println!(
+        "  files -> files                 {:>7.2} M words/s  {:>6.2} s  cpu {:>6.2} s  peak RSS {:>6.1} MB",
+        rate(&report.files),
+        report.files.elapsed.as_secs_f64(),
+        report.files.cpu.as_secs_f64(),
+        mb(report.files.peak_rss)
+    );
+    println!(
+        "  kafka / files = {:.2}  (preloading the topic took {:.1} s)",
+        report.files.elapsed.as_secs_f64() / report.kafka.elapsed.as_secs_f64(),
+        report.load.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --suite kafka` without the `kafka` feature.
+#[cfg(not(feature = "kafka"))]
+fn kafka_bench(_: u64, _: Option<usize>, _: Option<PathBuf>, _: Option<&str>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("this weir was built without the `kafka` feature")
 }
 
 /// The `bench` command's settings besides its plugin.

@@ -553,3 +553,72 @@ fn the_kafka_example_runs_as_the_readme_shows_it() {
         assert!(printed.contains(&line), "{line:?} not printed:\n{printed}");
     }
 }
+
+#[test]
+fn a_killed_broker_stops_the_pipeline_with_a_clear_error() {
+    let mut broker = Broker::start();
+    broker.create_topic("input", 2);
+    broker.create_topic("counts", 1);
+    let dir = scratch();
+    let file = write_pipeline(
+        dir.path(),
+        "kafka.toml",
+        &kafka_wordcount(
+            &broker,
+            dir.path(),
+            "discovery-interval = \"200ms\"\ngive-up-after = \"3s\"",
+            "delivery = \"exactly-once\"\ntimeout = \"3s\"",
+        ),
+    );
+    let log = dir.path().join("weir.log");
+    let mut child = weir()
+        .command(&["run", file.to_str().unwrap()])
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let lines = input_lines(300, 9);
+    broker.produce("input", &lines);
+    let expected = word_counts(&lines.join("\n"));
+    let deadline = Instant::now() + LIMIT;
+    while summed(&broker.read_committed("counts")) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "counts never matched; log:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGKILL: the broker is gone for good.
+    broker.kill();
+    let status = weir_tests::wait_status(&mut child, LIMIT);
+    let log = read_log();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("cannot reach the Kafka brokers"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    // Whichever noticed first stops the pipeline: the source giving up, or
+    // the sink unable to commit a batch.
+    let error = log
+        .lines()
+        .find(|line| line.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{log}"));
+    assert!(
+        error.contains("source `lines`: cannot reach the Kafka brokers")
+            && error.contains("gave up after 3s")
+            || error.contains("sink `out`: batch"),
+        "{error}"
+    );
+    // Every batch it ran is in its batch log, for a restart against a
+    // broker that kept its data.
+    assert!(
+        dir.path()
+            .join("checkpoints")
+            .join("offsets")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0
+    );
+}

@@ -49,6 +49,7 @@ impl Pipeline {
                 let cx = sink::SinkContext {
                     pipeline: &plan.pipeline,
                     window_ms: plan.window_lengths[*stream],
+                    checkpointed: spec.checkpoint.is_some(),
                 };
                 (sink::from_spec(sink, &cx), *stream)
             })

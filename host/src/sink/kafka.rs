@@ -16,7 +16,9 @@
 //!   `weir-sink.<transactional id>`: on open, the sink reads it back and
 //!   skips the batches a crashed run had already committed, so a
 //!   `read_committed` consumer sees every batch exactly once after any
-//!   number of crashes. When a Kafka source of the same brokers feeds the
+//!   number of crashes. This needs `checkpoint-dir` (batch ids start again
+//!   at 0 in a run without one, so every run's batches are sent: each
+//!   batch is still atomic). When a Kafka source of the same brokers feeds the
 //!   pipeline, its offsets after the batch are committed to its group in
 //!   the same transaction.
 //! - **`on-error`**: a record the broker or client rejects (too large, or
@@ -208,6 +210,7 @@ impl SinkConfig for KafkaSinkSpec {
             name: spec.name.clone(),
             spec: self.clone(),
             window_ms: cx.window_ms,
+            checkpointed: cx.checkpointed,
             transactional_id,
             producer: None,
             marker: None,
@@ -286,6 +289,9 @@ pub struct KafkaSink {
     name: String,
     spec: KafkaSinkSpec,
     window_ms: Option<i64>,
+    /// Batch ids go on across restarts (else the marker means nothing to
+    /// a new run: its batch 0 is new output).
+    checkpointed: bool,
     transactional_id: String,
     producer: Option<BaseProducer<DeliveryContext>>,
     /// Exactly once: a consumer of the marker group, for its metadata.
@@ -487,9 +493,16 @@ impl KafkaSink {
             .committed_offsets(list, self.spec.timeout)
             .map_err(|e| self.error(format!("cannot read the last committed batch: {}", describe(&e))))?;
         self.next_batch = match committed.elements().first().map(|elem| elem.offset()) {
-            Some(Offset::Offset(next)) if next > 0 => next as u64,
+            Some(Offset::Offset(next)) if next > 0 && self.checkpointed => next as u64,
             _ => 0,
         };
+        if !self.checkpointed {
+            tracing::info!(
+                sink = %self.name,
+                "without checkpoint-dir each run's batches are new: every batch is one transaction, \
+                 but a batch a crashed run committed is sent again by the next run"
+            );
+        }
         if self.next_batch > 0 {
             tracing::info!(
                 sink = %self.name,

@@ -93,6 +93,9 @@ pub struct SinkContext<'a> {
     /// The window length when the sink's stream comes from a window stage
     /// (records are then tagged with their window).
     pub window_ms: Option<i64>,
+    /// True when the pipeline checkpoints: batch ids then go on across
+    /// restarts (a restarted run without checkpoints starts again at 0).
+    pub checkpointed: bool,
 }
 
 /// The sink for a sink spec.

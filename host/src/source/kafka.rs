@@ -356,6 +356,9 @@ impl Receiver {
         for (name, value) in [
             ("queued.max.messages.kbytes", "16384"),
             ("fetch.wait.max.ms", "100"),
+            // A full local queue backs fetching off for 10 ms, not
+            // librdkafka's default second: a drained queue refills at once.
+            ("fetch.queue.backoff.ms", "10"),
         ] {
             if !spec.client.properties.iter().any(|(set, _)| set == name) {
                 config.set(name, value);
