@@ -334,6 +334,20 @@ path = {out:?}
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // After the batches committed, the source commits their offsets to its
+    // group (for lag monitoring).
+    let mut ends = vec![Some(0i64); 2];
+    for record in broker.read_committed("input") {
+        ends[record.partition as usize] = Some(record.offset + 1);
+    }
+    while broker.committed("weir.input", "input", 2) != ends {
+        assert!(
+            Instant::now() < deadline,
+            "offsets never committed; log:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     weir_tests::terminate(&child);
     assert!(
         weir_tests::wait_status(&mut child, LIMIT).success(),

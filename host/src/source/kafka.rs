@@ -767,9 +767,10 @@ impl Receiver {
                     return Ok(());
                 }
                 self.idle()?;
-                if self.maintain()? {
-                    keys = self.partitions.keys().cloned().collect();
-                }
+            }
+            // Also under load: offsets to commit, partitions to find.
+            if self.maintain()? {
+                keys = self.partitions.keys().cloned().collect();
             }
         }
     }
@@ -806,6 +807,7 @@ impl Receiver {
             self.flush(Some(self.position()))?;
             self.send(Delivery::BatchEnd)?;
             self.unit += 1;
+            self.maintain()?;
         }
     }
 
@@ -903,8 +905,9 @@ impl Receiver {
         Ok(())
     }
 
-    /// Periodic work while idle: commits offsets of committed batches to the
-    /// group, looks for new partitions, checks the topics are reachable.
+    /// Periodic work: commits the offsets of committed batches to the group,
+    /// looks for new partitions and checks the topics are reachable (every
+    /// `discovery-interval`).
     /// Returns true when partitions were added.
     fn maintain(&mut self) -> Result<bool, Halt> {
         self.commit_to_group();
