@@ -174,7 +174,7 @@ fn feed(
 }
 
 /// `VmRSS` and `VmHWM` of process `pid`, in bytes.
-fn memory_of(pid: u32) -> (u64, u64) {
+pub(super) fn memory_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
     let field = |name: &str| -> u64 {
         let line = status
@@ -288,7 +288,7 @@ fn plain(text: &str) -> String {
 }
 
 /// One batch as `weir` logs it at debug level: records in, processing time (ms).
-fn logged_batches(log: &str) -> Vec<(u64, f64)> {
+pub(super) fn logged_batches(log: &str) -> Vec<(u64, f64)> {
     plain(log)
         .lines()
         .filter(|line| line.contains("batch done"))
@@ -383,7 +383,7 @@ path = {out:?}
 }
 
 /// The median of `values`.
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

@@ -170,6 +170,15 @@ impl Broker {
         }
     }
 
+    /// A producer of this broker (acks from all, 5 ms linger).
+    pub fn producer(&self) -> BaseProducer {
+        self.config()
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("producer")
+    }
+
     /// Produces `values` (no key) to `topic`, spread over its partitions;
     /// returns once all are acknowledged.
     pub fn produce(&self, topic: &str, values: &[String]) {
