@@ -521,6 +521,12 @@ impl KafkaSink {
             tracing::info!(sink = %self.name, "batch {} is already in `{}`; not sent again", batch.id, self.spec.topic);
             return Ok(());
         }
+        // A batch with nothing to write and no source offsets to commit
+        // needs no transaction (an idle pipeline does not open one per
+        // interval); its replay after a crash writes nothing either.
+        if self.source_offsets.is_empty() && partitions.iter().flatten().all(|chunk| chunk.is_empty()) {
+            return Ok(());
+        }
         let producer = self.producer();
         producer
             .begin_transaction()
