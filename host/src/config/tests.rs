@@ -97,8 +97,8 @@ fn semantic_errors_name_the_line() {
         "{message}"
     );
 
-    let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"kafka\""));
-    assert!(message.contains("unknown source type `kafka`"), "{message}");
+    let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"nats\""));
+    assert!(message.contains("unknown source type `nats`"), "{message}");
 
     let (_, message) = invalid(&WORDCOUNT.replace("name = \"counts\"", "name = \"words\""));
     assert!(message.contains("defined twice"), "{message}");
@@ -322,10 +322,16 @@ fn source_keys_are_checked_against_their_kind() {
         message,
         "`address` is not a setting of a `stdin` source (it takes no other keys)"
     );
+    let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"nats\""));
+    assert_eq!(
+        message,
+        "unknown source type `nats` (expected socket, files, generator, stdin or kafka)"
+    );
     let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"kafka\""));
     assert_eq!(
         message,
-        "unknown source type `kafka` (expected socket, files, generator or stdin)"
+        "`address` is not a setting of a `kafka` source (it accepts brokers, topics, group-id, start, \
+         max-rate-per-partition, records-per-batch, discovery-interval, give-up-after, properties)"
     );
     let (_, message) = invalid(&socket("address = \"127.0.0.1:9999\"\nack = true"));
     assert!(
@@ -370,8 +376,13 @@ fn each_source_kind_parses_its_own_settings() {
 fn sink_keys_are_checked_against_their_kind() {
     let sink = |body: &str| WORDCOUNT.replace("input = \"counts\"\ntype = \"console\"", body);
 
+    let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"nats\""));
+    assert_eq!(
+        message,
+        "unknown sink type `nats` (expected console, files or kafka)"
+    );
     let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"kafka\""));
-    assert_eq!(message, "unknown sink type `kafka` (expected console or files)");
+    assert_eq!(message, "a `kafka` sink needs `brokers`");
     let (_, message) = invalid(&sink(
         "input = \"counts\"\ntype = \"console\"\nformat = \"jsonl\"",
     ));
