@@ -637,6 +637,21 @@ impl Driver {
         result: Result<(), EngineError>,
     ) -> Result<RunSummary, EngineError> {
         let _ = self.stop_sources.send(true);
+        // A receiver that returned has closed its queue, and its task is
+        // about to report how it ended: let it, or a failed source's error
+        // would be lost and the run would look finished.
+        let grace = Instant::now() + Duration::from_secs(2);
+        while self.batcher.all_closed()
+            && self.tasks.iter().any(|task| !task.is_finished())
+            && Instant::now() < grace
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if self.source_error.is_none()
+            && let Ok(error) = self.errors.try_recv()
+        {
+            self.source_error = Some(error);
+        }
         for task in &self.tasks {
             task.abort();
         }
