@@ -37,7 +37,7 @@
 //! partition queue per partition (so that an end of partition is known
 //! per partition, and deterministic batches read partitions in order).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -334,6 +334,18 @@ struct PartitionReader {
     at_end: bool,
     /// Records read since `started`.
     read: u64,
+    /// Messages fetched before the partition's queue was split off (they
+    /// reached the consumer's main queue), in offset order: read before
+    /// anything of the partition queue, which holds only later ones.
+    early: VecDeque<EarlyMessage>,
+}
+
+/// An owned copy of a message that reached the consumer's main queue.
+struct EarlyMessage {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    timestamp: i64,
 }
 
 impl Receiver {
@@ -475,11 +487,26 @@ impl Receiver {
                     })?;
                 queues.push(queue);
             }
+            // Readers for the ranges, so that messages fetched before the
+            // split (in the main queue) are set aside for them.
+            for range in &wanted {
+                self.partitions.insert(
+                    (range.topic.clone(), range.partition),
+                    PartitionReader {
+                        next: range.start,
+                        at_end: false,
+                        read: 0,
+                        early: VecDeque::new(),
+                    },
+                );
+            }
+            self.take_main_queue(Duration::ZERO);
             for (range, queue) in wanted.into_iter().zip(&queues) {
                 self.replay_range(range, queue)?;
             }
             let _ = self.consumer.unassign();
             self.queues.clear();
+            self.partitions.clear();
         }
         self.flush(Some(end_position))?;
         self.send(Delivery::BatchEnd)?;
@@ -491,11 +518,33 @@ impl Receiver {
     fn replay_range(&mut self, range: &OffsetRange, queue: &PartitionQueue<LogContext>) -> Result<(), Halt> {
         let mut next = range.start;
         let mut waited = Instant::now();
+        let tp = (range.topic.clone(), range.partition);
         while next < range.end {
             if self.ctx.stopping() {
                 return Err(Halt::Stopped);
             }
             let mut full = false;
+            if let Some(early) = self
+                .partitions
+                .get_mut(&tp)
+                .and_then(|reader| reader.early.pop_front())
+            {
+                if early.offset >= next {
+                    if early.offset < range.end {
+                        let timestamp = match self.ctx.clock {
+                            Some(_) => self.ctx.timestamp(self.unit),
+                            None => early.timestamp,
+                        };
+                        self.chunk.push(early.key.as_deref(), &early.value, timestamp);
+                        full = self.chunk_full();
+                    }
+                    next = early.offset + 1;
+                }
+                if full {
+                    self.flush(None)?;
+                }
+                continue;
+            }
             match queue.poll(Duration::from_millis(100)) {
                 Some(Ok(message)) => {
                     waited = Instant::now();
@@ -723,6 +772,7 @@ impl Receiver {
                     next: *start,
                     at_end: false,
                     read: 0,
+                    early: VecDeque::new(),
                 },
             );
         }
@@ -744,6 +794,10 @@ impl Receiver {
                 .ok_or_else(|| self.ctx.error(format!("no queue for {}/{}", tp.0, tp.1)))?;
             self.queues.insert(tp.clone(), queue);
         }
+        // Whatever was fetched between the assignment and the split is in
+        // the main queue: set it aside now, before any later message of
+        // the same partitions is read from their queues.
+        self.take_main_queue(Duration::ZERO);
         Ok(())
     }
 
@@ -824,6 +878,28 @@ impl Receiver {
         let limit = limit.min(allowed);
         let mut taken = 0;
         while taken < limit {
+            let Some(reader) = self.partitions.get_mut(tp) else {
+                break;
+            };
+            let Some(early) = reader.early.pop_front() else {
+                break;
+            };
+            if early.offset < reader.next {
+                continue;
+            }
+            reader.next = early.offset + 1;
+            reader.read += 1;
+            let timestamp = match self.ctx.clock {
+                Some(_) => self.ctx.timestamp(self.unit),
+                None => early.timestamp,
+            };
+            self.chunk.push(early.key.as_deref(), &early.value, timestamp);
+            taken += 1;
+            if self.chunk_full() {
+                self.flush(Some(self.position()))?;
+            }
+        }
+        while taken < limit {
             let (Some(queue), Some(reader)) = (self.queues.get(tp), self.partitions.get_mut(tp)) else {
                 break;
             };
@@ -879,30 +955,39 @@ impl Receiver {
 
     /// Waits a little for records, serving the consumer's events meanwhile.
     fn idle(&mut self) -> Result<(), Halt> {
-        match self.consumer.poll(Duration::from_millis(10)) {
-            // A message fetched before its partition's queue was split off.
-            Some(Ok(message)) => {
-                let key = (message.topic().to_owned(), message.partition());
-                if let Some(reader) = self.partitions.get_mut(&key)
-                    && message.offset() >= reader.next
-                {
-                    reader.next = message.offset() + 1;
-                    reader.at_end = false;
-                    reader.read += 1;
-                    let timestamp = match self.ctx.clock {
-                        Some(_) => self.ctx.timestamp(self.unit),
-                        None => message_time(&message),
-                    };
-                    self.chunk
-                        .push(message.key(), message.payload().unwrap_or_default(), timestamp);
-                }
-            }
-            Some(Err(error)) if !matches!(error, KafkaError::PartitionEOF(_)) => {
-                tracing::debug!(source = %self.ctx.name, "kafka: {}", describe(&error));
-            }
-            _ => {}
-        }
+        self.take_main_queue(Duration::from_millis(10));
         Ok(())
+    }
+
+    /// Serves the consumer's main queue (its events), waiting up to `wait`
+    /// for the first; messages found there were fetched before their
+    /// partition's queue was split off and are set aside, in order, to be
+    /// read first.
+    fn take_main_queue(&mut self, wait: Duration) {
+        let mut wait = wait;
+        while let Some(result) = self.consumer.poll(wait) {
+            wait = Duration::ZERO;
+            match result {
+                Ok(message) => {
+                    let key = (message.topic().to_owned(), message.partition());
+                    let Some(reader) = self.partitions.get_mut(&key) else {
+                        continue;
+                    };
+                    let after = reader.early.back().map_or(reader.next, |last| last.offset + 1);
+                    if message.offset() >= after {
+                        reader.at_end = false;
+                        reader.early.push_back(EarlyMessage {
+                            offset: message.offset(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            value: message.payload().unwrap_or_default().to_vec(),
+                            timestamp: message_time(&message),
+                        });
+                    }
+                }
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(error) => tracing::debug!(source = %self.ctx.name, "kafka: {}", describe(&error)),
+            }
+        }
     }
 
     /// Periodic work: commits the offsets of committed batches to the group,
