@@ -408,7 +408,11 @@ impl Receiver {
         let mut known: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut checkpointed = false;
         if let Some(replay) = self.ctx.replay.take() {
-            checkpointed = true;
+            // A checkpoint directory without a position of this source (a
+            // first run, or batches logged before it announced its
+            // partitions) is no checkpoint of it: `start` and the group's
+            // offsets apply.
+            checkpointed = replay.progress_after().position.is_some();
             self.unit = replay.next_batch - replay.batches.len() as u64;
             for input in &replay.batches {
                 self.replay_batch(input)?;
@@ -452,11 +456,20 @@ impl Receiver {
     /// Reads one logged batch's ranges again, partitions in order, and ends
     /// the batch.
     fn replay_batch(&mut self, input: &BatchInput) -> Result<(), Halt> {
-        let BatchInput::Kafka { ranges } = input else {
-            return Err(self
-                .ctx
-                .error(format!("the batch log holds {input:?} for this Kafka source"))
-                .into());
+        let ranges = match input {
+            BatchInput::Kafka { ranges } => ranges,
+            // A batch cut before the source announced its partitions: it
+            // held nothing of this source, and holds nothing again.
+            BatchInput::Untracked => {
+                self.send(Delivery::BatchEnd)?;
+                return Ok(());
+            }
+            other => {
+                return Err(self
+                    .ctx
+                    .error(format!("the batch log holds {other:?} for this Kafka source"))
+                    .into());
+            }
         };
         let start_position = position_of(ranges.iter().map(|r| (&r.topic, r.partition, r.start)));
         let end_position = position_of(ranges.iter().map(|r| (&r.topic, r.partition, r.end)));
@@ -469,13 +482,9 @@ impl Receiver {
                     .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))
                     .map_err(|e| self.ctx.error(describe(&e)))?;
             }
-            self.consumer.assign(&assignment).map_err(|e| {
-                self.ctx
-                    .error(format!("cannot assign partitions: {}", describe(&e)))
-            })?;
-            // Every partition's queue is split off before anything is
-            // read: a partition split later would find its first messages
-            // already in the consumer's main queue.
+            // Every partition's queue is split off before the partitions
+            // are assigned (librdkafka then leaves their messages out of
+            // the consumer's main queue).
             let mut queues = Vec::new();
             for range in &wanted {
                 let queue = self
@@ -487,6 +496,10 @@ impl Receiver {
                     })?;
                 queues.push(queue);
             }
+            self.consumer.incremental_assign(&assignment).map_err(|e| {
+                self.ctx
+                    .error(format!("cannot assign partitions: {}", describe(&e)))
+            })?;
             // Readers for the ranges, so that messages fetched before the
             // split (in the main queue) are set aside for them.
             for range in &wanted {
@@ -508,7 +521,10 @@ impl Receiver {
             self.queues.clear();
             self.partitions.clear();
         }
-        self.flush(Some(end_position))?;
+        // The end position goes out even when the last record filled (and
+        // sent) the chunk: the batch must end where the log says it ends.
+        let chunk = std::mem::take(&mut self.chunk);
+        self.send(Delivery::Chunk(chunk, Some(end_position)))?;
         self.send(Delivery::BatchEnd)?;
         Ok(())
     }
@@ -763,7 +779,8 @@ impl Receiver {
         if starts.is_empty() {
             return Ok(());
         }
-        self.flush(None)?;
+        // The records so far end where the known partitions stand now.
+        self.flush(Some(self.position()))?;
         for (tp, start) in &starts {
             tracing::info!(source = %self.ctx.name, "reading {}/{} from offset {start}", tp.0, tp.1);
             self.partitions.insert(
@@ -783,10 +800,10 @@ impl Receiver {
             list.add_partition_offset(&tp.0, tp.1, Offset::Offset(*start))
                 .map_err(|e| self.ctx.error(describe(&e)))?;
         }
-        self.consumer.incremental_assign(&list).map_err(|e| {
-            self.ctx
-                .error(format!("cannot assign partitions: {}", describe(&e)))
-        })?;
+        // Queues are split off before the assignment, so that librdkafka
+        // routes every message of these partitions to them; anything that
+        // still reached the main queue is set aside, in order, to be read
+        // first.
         for tp in starts.keys() {
             let queue = self
                 .consumer
@@ -794,9 +811,10 @@ impl Receiver {
                 .ok_or_else(|| self.ctx.error(format!("no queue for {}/{}", tp.0, tp.1)))?;
             self.queues.insert(tp.clone(), queue);
         }
-        // Whatever was fetched between the assignment and the split is in
-        // the main queue: set it aside now, before any later message of
-        // the same partitions is read from their queues.
+        self.consumer.incremental_assign(&list).map_err(|e| {
+            self.ctx
+                .error(format!("cannot assign partitions: {}", describe(&e)))
+        })?;
         self.take_main_queue(Duration::ZERO);
         Ok(())
     }
