@@ -108,6 +108,20 @@ fn kafka_to_kafka_word_count_matches_an_independent_count() {
     // A second run finds everything read and committed: nothing new.
     run_file_ok(&file);
     assert_eq!(summed(&broker.read_committed("counts")), expected);
+    // A new checkpoint directory with the same transactional id: the sink
+    // refuses to start rather than skip "committed" batches it never ran.
+    let other = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("checkpoints", "other-checkpoints");
+    let other = write_pipeline(dir.path(), "other.toml", &other);
+    let output = weir().run(&["run", "--available-now", other.to_str().unwrap()], LIMIT);
+    let log = stderr(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains("another checkpoint directory or pipeline used the same id"),
+        "{log}"
+    );
+    assert_eq!(summed(&broker.read_committed("counts")), expected);
 }
 
 #[test]
@@ -745,4 +759,50 @@ path = {out:?}
     );
     assert!(peak_rss < 256 << 20, "peak RSS {} MB", peak_rss >> 20);
     assert!(log.contains("backpressure set it"), "{log}");
+}
+
+/// A first run with a checkpoint directory starts where `start` says (the
+/// default, `latest`): what the topic held before is not read.
+#[test]
+fn a_first_checkpointed_run_starts_at_the_latest_offset() {
+    let broker = Broker::start();
+    broker.create_topic("input", 2);
+    broker.create_topic("counts", 1);
+    broker.produce("input", &input_lines(200, 21));
+    let dir = scratch();
+    let text = kafka_wordcount(&broker, dir.path(), "", "delivery = \"exactly-once\"")
+        .replace("start = \"earliest\"\n", "");
+    let file = write_pipeline(dir.path(), "kafka.toml", &text);
+    let log = dir.path().join("weir.log");
+    let mut child = weir()
+        .command(&["run", file.to_str().unwrap()])
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + LIMIT;
+    while !read_log().contains("reading input/1 from offset") {
+        assert!(Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new = input_lines(100, 22);
+    broker.produce("input", &new);
+    let expected = word_counts(&new.join("\n"));
+    while summed(&broker.read_committed("counts")) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "counts never matched; log:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    weir_tests::terminate(&child);
+    assert!(
+        weir_tests::wait_status(&mut child, LIMIT).success(),
+        "{}",
+        read_log()
+    );
+    assert!(!read_log().contains("from offset 0"), "{}", read_log());
 }

@@ -87,6 +87,21 @@ impl Pipeline {
             }
             None => (None, 0, vec![None; self.plan.sources.len()]),
         };
+        if durability.is_some() {
+            // The first batch id the batch log does not hold.
+            let logged_end = replays
+                .iter()
+                .flatten()
+                .map(|replay: &source::Replay| replay.next_batch)
+                .max()
+                .unwrap_or(first_batch);
+            for (sink, _) in &mut self.sinks {
+                sink.recovered(logged_end).map_err(|error| EngineError::Sink {
+                    pipeline: pipeline.clone(),
+                    error,
+                })?;
+            }
+        }
         let (stop_sources, stop_watch) = watch::channel(false);
         // Backpressure needs batches on the wall clock's interval.
         let interval = (self.clock.is_none() && !options.available_now).then_some(self.batch_interval);

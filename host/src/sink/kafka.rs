@@ -48,6 +48,7 @@ use crate::source::kafka::valid_topic;
 /// Client properties the Kafka sink sets itself, and why.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use the `brokers` key"),
+    ("metadata.broker.list", "use the `brokers` key"),
     ("transactional.id", "use the `transactional-id` key"),
     ("enable.idempotence", "the sink's `delivery` sets it"),
 ];
@@ -686,6 +687,23 @@ impl Sink for KafkaSink {
             }
             self.source_offsets.push((group, list));
         }
+    }
+
+    fn recovered(&mut self, logged_end: u64) -> Result<(), SinkError> {
+        // Batches the marker says are committed must be batches of this
+        // batch log (replayed now): otherwise another checkpoint directory,
+        // or another pipeline, used this transactional id, and skipping
+        // "committed" batches would drop this run's output.
+        if self.spec.delivery == KafkaDelivery::ExactlyOnce && self.next_batch > logged_end {
+            return Err(self.error(format!(
+                "transactional id `{}` has committed batches up to {}, but this pipeline's batch log ends \
+                 before batch {logged_end}: another checkpoint directory or pipeline used the same id. \
+                 Restore the checkpoint directory, or set `transactional-id` to a new value",
+                self.transactional_id,
+                self.next_batch - 1
+            )));
+        }
+        Ok(())
     }
 
     fn open(&mut self) -> Result<(), SinkError> {

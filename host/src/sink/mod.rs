@@ -64,6 +64,14 @@ pub trait Sink: Send {
     /// that commit source positions with their output. Default: ignored.
     fn sources_after(&mut self, _sources: &[SourceAfter<'_>]) {}
 
+    /// Called once, after `open` and before the first write, in a pipeline
+    /// that checkpoints: `logged_end` is the first batch id its batch log
+    /// does not hold (0 for a new log). A sink that remembers which batches
+    /// it committed checks that memory against it. Default: nothing to do.
+    fn recovered(&mut self, _logged_end: u64) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Prepares the sink before the first batch. Default: nothing to do.
     fn open(&mut self) -> Result<(), SinkError> {
         Ok(())

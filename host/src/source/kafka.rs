@@ -58,6 +58,7 @@ use crate::source::position::{OffsetRange, PartitionOffset};
 /// Client properties the Kafka source sets itself, and why.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use the `brokers` key"),
+    ("metadata.broker.list", "use the `brokers` key"),
     ("group.id", "use the `group-id` key"),
     (
         "enable.auto.commit",
@@ -334,6 +335,8 @@ struct PartitionReader {
     at_end: bool,
     /// Records read since `started`.
     read: u64,
+    /// Rate credit forgone while idle (`max-rate-per-partition`).
+    forgiven: u64,
     /// Messages fetched before the partition's queue was split off (they
     /// reached the consumer's main queue), in offset order: read before
     /// anything of the partition queue, which holds only later ones.
@@ -509,6 +512,7 @@ impl Receiver {
                         next: range.start,
                         at_end: false,
                         read: 0,
+                        forgiven: 0,
                         early: VecDeque::new(),
                     },
                 );
@@ -581,10 +585,14 @@ impl Receiver {
                     // The rest of the range holds no record a read can see
                     // (transaction markers): the range is complete, unless
                     // the partition is shorter than the range.
-                    let (_, high) = self
-                        .consumer
-                        .fetch_watermarks(&range.topic, range.partition, Duration::from_secs(10))
-                        .unwrap_or((0, 0));
+                    let Ok((_, high)) = self.consumer.fetch_watermarks(
+                        &range.topic,
+                        range.partition,
+                        Duration::from_secs(10),
+                    ) else {
+                        // Not known now: the next end of partition asks again.
+                        continue;
+                    };
                     if high >= range.end {
                         break;
                     }
@@ -764,7 +772,17 @@ impl Receiver {
             return Ok(offset);
         }
         if let Some(&offset) = committed.get(tp) {
-            return Ok(offset.clamp(low, high));
+            if offset < low {
+                return Err(self
+                    .ctx
+                    .error(format!(
+                        "group `{}` committed offset {offset} of {}/{}, but the broker's earliest offset is {low} \
+                         (deleted by retention?): records would be lost; set `start` to an offset to go on",
+                        self.spec.group_id, tp.0, tp.1
+                    ))
+                    .into());
+            }
+            return Ok(offset.min(high));
         }
         Ok(match self.spec.start {
             StartAt::Earliest => low,
@@ -789,6 +807,7 @@ impl Receiver {
                     next: *start,
                     at_end: false,
                     read: 0,
+                    forgiven: 0,
                     early: VecDeque::new(),
                 },
             );
@@ -888,8 +907,18 @@ impl Receiver {
     fn drain_partition(&mut self, tp: &TopicPartition, limit: usize) -> Result<usize, Halt> {
         let allowed = match self.spec.max_rate_per_partition {
             Some(rate) => {
-                let earned = (self.started.elapsed().as_secs_f64() * rate as f64) as u64 + rate.div_ceil(10);
-                earned.saturating_sub(self.partitions[tp].read) as usize
+                // Credit earned while idle is capped at a tenth of a second
+                // of the rate: a partition that waited is not then read in
+                // one burst.
+                let burst = rate.div_ceil(10);
+                let earned = (self.started.elapsed().as_secs_f64() * rate as f64) as u64 + burst;
+                let reader = self.partitions.get_mut(tp).expect("partition is read");
+                let mut allowed = earned.saturating_sub(reader.read + reader.forgiven);
+                if allowed > burst {
+                    reader.forgiven += allowed - burst;
+                    allowed = burst;
+                }
+                allowed as usize
             }
             None => usize::MAX,
         };
@@ -1024,13 +1053,14 @@ impl Receiver {
                 let new: BTreeMap<TopicPartition, i64> = found
                     .into_iter()
                     .filter(|tp| !self.partitions.contains_key(tp))
-                    .map(|tp| {
-                        let low = self
+                    .filter_map(|tp| {
+                        // A partition whose offsets cannot be read now is
+                        // added at the next look.
+                        let (low, _) = self
                             .consumer
-                            .fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10))
-                            .map(|(low, _)| low)
-                            .unwrap_or(0);
-                        (tp, low)
+                            .fetch_watermarks(&tp.0, tp.1, self.request_timeout())
+                            .ok()?;
+                        Some((tp, low))
                     })
                     .collect();
                 let added = !new.is_empty();
