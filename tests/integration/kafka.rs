@@ -104,7 +104,7 @@ fn kafka_to_kafka_word_count_matches_an_independent_count() {
     for record in broker.read_committed("input") {
         ends[record.partition as usize] = Some(record.offset + 1);
     }
-    assert_eq!(broker.committed("weir.input", "input", 3), ends);
+    assert_eq!(broker.committed("weir.kafka-wordcount.lines", "input", 3), ends);
     // A second run finds everything read and committed: nothing new.
     run_file_ok(&file);
     assert_eq!(summed(&broker.read_committed("counts")), expected);
@@ -354,7 +354,7 @@ path = {out:?}
     for record in broker.read_committed("input") {
         ends[record.partition as usize] = Some(record.offset + 1);
     }
-    while broker.committed("weir.input", "input", 2) != ends {
+    while broker.committed("weir.late-broker.lines", "input", 2) != ends {
         assert!(
             Instant::now() < deadline,
             "offsets never committed; log:\n{}",

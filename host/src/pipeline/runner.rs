@@ -133,6 +133,7 @@ impl Pipeline {
             let (committed_tx, committed_rx) = watch::channel(None);
             committed.push(committed_tx);
             let ctx = SourceContext {
+                pipeline: pipeline.clone(),
                 committed: committed_rx,
                 name: spec.name.clone(),
                 chunks,

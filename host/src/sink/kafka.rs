@@ -211,6 +211,7 @@ impl SinkConfig for KafkaSinkSpec {
             name: spec.name.clone(),
             spec: self.clone(),
             window_ms: cx.window_ms,
+            pipeline: cx.pipeline.to_owned(),
             checkpointed: cx.checkpointed,
             transactional_id,
             producer: None,
@@ -290,6 +291,8 @@ pub struct KafkaSink {
     name: String,
     spec: KafkaSinkSpec,
     window_ms: Option<i64>,
+    /// The pipeline's name (part of its sources' default group names).
+    pipeline: String,
     /// Batch ids go on across restarts (else the marker means nothing to
     /// a new run: its batch 0 is new output).
     checkpointed: bool,
@@ -660,7 +663,7 @@ impl Sink for KafkaSink {
             if kafka.client.brokers != self.spec.client.brokers {
                 continue;
             }
-            let group = kafka.group_id.clone();
+            let group = kafka.group(&self.pipeline, &source.spec.name);
             if !self.source_groups.contains_key(&group) {
                 let mut config = self.spec.client.config();
                 config.set("group.id", &group).set("enable.auto.commit", "false");

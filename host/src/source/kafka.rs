@@ -15,8 +15,9 @@
 //!   consumer group (`group-id`) committed; else `start` (`earliest` or
 //!   `latest`, the default).
 //! - **Committed offsets**: after each batch's sinks have committed, its end
-//!   offsets are committed to the group, for lag monitoring and for a start
-//!   without a checkpoint; never used to recover when a checkpoint exists.
+//!   offsets are committed to the group (`group-id`, by default
+//!   `weir.<pipeline>.<source>`), for lag monitoring and for a start without
+//!   a checkpoint; never used to recover when a checkpoint exists.
 //! - **New partitions** of a topic are found every `discovery-interval`
 //!   (10 s) and read from their beginning.
 //! - **Failures**: an unreachable broker, an unknown or deleted topic are
@@ -94,8 +95,9 @@ pub struct KafkaSpec {
     pub client: ClientSettings,
     /// The topics read, every partition of each.
     pub topics: Vec<String>,
-    /// The consumer group offsets are committed to.
-    pub group_id: String,
+    /// The consumer group offsets are committed to (`None`: derived from
+    /// the pipeline and source names, see [`KafkaSpec::group`]).
+    pub group_id: Option<String>,
     /// Where partitions without a known offset start.
     pub start: StartAt,
     /// Records per second at most, per partition.
@@ -135,8 +137,8 @@ impl SourceType for KafkaSpec {
             Some(group) if group.get_ref().trim().is_empty() => {
                 return Err((group.span().start, "`group-id` is empty".to_owned()));
             }
-            Some(group) => group.get_ref().clone(),
-            None => format!("weir.{}", topics.join("+")),
+            Some(group) => Some(group.get_ref().clone()),
+            None => None,
         };
         let start = match settings.any("start") {
             None => StartAt::Latest,
@@ -252,6 +254,15 @@ fn start_at(value: &toml::Spanned<toml::Value>) -> Result<StartAt, SpecError> {
     }
 }
 
+impl KafkaSpec {
+    /// The consumer group: `group-id`, or `weir.<pipeline>.<source>`.
+    pub fn group(&self, pipeline: &str, source: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("weir.{pipeline}.{source}"))
+    }
+}
+
 impl SourceConfig for KafkaSpec {
     fn build(&self) -> Box<dyn Source> {
         Box::new(KafkaSource { spec: self.clone() })
@@ -312,6 +323,8 @@ struct Receiver {
     ctx: SourceContext,
     handle: Handle,
     consumer: Arc<BaseConsumer<LogContext>>,
+    /// The consumer group offsets are committed to.
+    group: String,
     /// Per partition: where it stands.
     partitions: BTreeMap<TopicPartition, PartitionReader>,
     /// Per partition: its queue of fetched messages.
@@ -353,9 +366,10 @@ struct EarlyMessage {
 
 impl Receiver {
     fn open(spec: KafkaSpec, ctx: SourceContext, handle: Handle) -> Result<Self, SourceError> {
+        let group = spec.group(&ctx.pipeline, &ctx.name);
         let mut config = spec.client.config();
         let defaults = [
-            ("group.id", spec.group_id.as_str()),
+            ("group.id", group.as_str()),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("enable.partition.eof", "true"),
@@ -390,6 +404,7 @@ impl Receiver {
             ctx,
             handle,
             consumer: Arc::new(consumer),
+            group,
             partitions: BTreeMap::new(),
             queues: BTreeMap::new(),
             chunk: Batch::new(),
@@ -727,7 +742,7 @@ impl Receiver {
                 tracing::warn!(
                     source = %self.ctx.name,
                     "cannot read the offsets group `{}` committed ({}); starting from `start`",
-                    self.spec.group_id,
+                    self.group,
                     describe(&error)
                 );
                 BTreeMap::new()
@@ -778,7 +793,7 @@ impl Receiver {
                     .error(format!(
                         "group `{}` committed offset {offset} of {}/{}, but the broker's earliest offset is {low} \
                          (deleted by retention?): records would be lost; set `start` to an offset to go on",
-                        self.spec.group_id, tp.0, tp.1
+                        self.group, tp.0, tp.1
                     ))
                     .into());
             }

@@ -146,6 +146,8 @@ impl DeterministicClock {
 
 /// What a running source gets from the engine.
 pub struct SourceContext {
+    /// The pipeline's name.
+    pub pipeline: String,
     /// The source's stream name.
     pub name: String,
     /// Where chunks go; bounded.
@@ -189,6 +191,7 @@ impl SourceContext {
     /// A copy of this context for a sub-task of the receiver (one connection).
     pub fn clone_for_task(&self) -> Self {
         Self {
+            pipeline: self.pipeline.clone(),
             name: self.name.clone(),
             chunks: self.chunks.clone(),
             stop: self.stop.clone(),
