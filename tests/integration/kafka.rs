@@ -806,3 +806,66 @@ fn a_first_checkpointed_run_starts_at_the_latest_offset() {
     );
     assert!(!read_log().contains("from offset 0"), "{}", read_log());
 }
+
+/// `--available-now` reads what the topic held when the run started, even
+/// while a producer keeps writing (it would never reach the end otherwise);
+/// the next run goes on from there.
+#[test]
+fn available_now_stops_at_the_end_the_topic_had_when_the_run_started() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let broker = Broker::start();
+    broker.create_topic("input", 2);
+    broker.create_topic("counts", 1);
+    let first = input_lines(2000, 31);
+    broker.produce("input", &first);
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let (stop, produced) = (stop.clone(), produced.clone());
+        let producer = broker.producer();
+        std::thread::spawn(move || {
+            use rdkafka::producer::{BaseRecord, Producer};
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..100 {
+                    let _ = producer.send(BaseRecord::<(), str>::to("input").payload("more"));
+                }
+                produced.fetch_add(100, Ordering::Relaxed);
+                producer.poll(Duration::from_millis(5));
+            }
+            let _ = producer.flush(Duration::from_secs(10));
+        })
+    };
+    let dir = scratch();
+    let file = write_pipeline(
+        dir.path(),
+        "kafka.toml",
+        &kafka_wordcount(
+            &broker,
+            dir.path(),
+            "max-rate-per-partition = 2000",
+            "delivery = \"exactly-once\"",
+        ),
+    );
+    let log = run_file_ok(&file);
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    assert!(produced.load(Ordering::Relaxed) > 0);
+    let counts = summed(&broker.read_committed("counts"));
+    // Everything the topic held at the start was read, and the run ended
+    // although records kept coming (read at most 2,000 a second).
+    for (word, count) in word_counts(&first.join("\n")) {
+        assert_eq!(counts.get(&word), Some(&count), "{word}: {log}");
+    }
+    // A second run reads on from there: in the end every record once.
+    run_file_ok(&file);
+    let all = broker.read_committed("input");
+    let expected = word_counts(
+        &all.iter()
+            .map(|r| r.value.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert_eq!(summed(&broker.read_committed("counts")), expected);
+}

@@ -27,6 +27,8 @@
 //!   and what was not is still in Kafka, so nothing acknowledged is lost. An
 //!   offset the broker no longer has (deleted by retention) fails the
 //!   source at once: records would be lost.
+//! - **`--available-now`** reads each partition up to the end it had when
+//!   the source found it, even while producers keep writing.
 //! - **Rate**: `max-rate-per-partition` (records per second) caps each
 //!   partition's reading.
 //! - **Deterministic time**: with `records-per-batch = n`, batch `k` holds
@@ -350,6 +352,9 @@ struct PartitionReader {
     read: u64,
     /// Rate credit forgone while idle (`max-rate-per-partition`).
     forgiven: u64,
+    /// `--available-now`: the partition's end when the run started; what
+    /// is produced after it is left to the next run.
+    stop_at: Option<i64>,
     /// Messages fetched before the partition's queue was split off (they
     /// reached the consumer's main queue), in offset order: read before
     /// anything of the partition queue, which holds only later ones.
@@ -528,6 +533,7 @@ impl Receiver {
                         at_end: false,
                         read: 0,
                         forgiven: 0,
+                        stop_at: None,
                         early: VecDeque::new(),
                     },
                 );
@@ -816,6 +822,14 @@ impl Receiver {
         self.flush(Some(self.position()))?;
         for (tp, start) in &starts {
             tracing::info!(source = %self.ctx.name, "reading {}/{} from offset {start}", tp.0, tp.1);
+            let stop_at = if self.ctx.available_now {
+                self.consumer
+                    .fetch_watermarks(&tp.0, tp.1, self.request_timeout())
+                    .ok()
+                    .map(|(_, high)| high)
+            } else {
+                None
+            };
             self.partitions.insert(
                 tp.clone(),
                 PartitionReader {
@@ -823,6 +837,7 @@ impl Receiver {
                     at_end: false,
                     read: 0,
                     forgiven: 0,
+                    stop_at,
                     early: VecDeque::new(),
                 },
             );
@@ -939,6 +954,12 @@ impl Receiver {
         };
         let limit = limit.min(allowed);
         let mut taken = 0;
+        if let Some(reader) = self.partitions.get_mut(tp)
+            && reader.stop_at.is_some_and(|stop| reader.next >= stop)
+        {
+            reader.at_end = true;
+            return Ok(0);
+        }
         while taken < limit {
             let Some(reader) = self.partitions.get_mut(tp) else {
                 break;
@@ -948,6 +969,10 @@ impl Receiver {
             };
             if early.offset < reader.next {
                 continue;
+            }
+            if reader.stop_at.is_some_and(|stop| early.offset >= stop) {
+                reader.at_end = true;
+                return Ok(taken);
             }
             reader.next = early.offset + 1;
             reader.read += 1;
@@ -976,6 +1001,11 @@ impl Receiver {
                     Ok(message) => {
                         if message.offset() < reader.next {
                             continue;
+                        }
+                        if reader.stop_at.is_some_and(|stop| message.offset() >= stop) {
+                            // Past the run's snapshot: the next run reads it.
+                            reader.at_end = true;
+                            break;
                         }
                         reader.next = message.offset() + 1;
                         reader.at_end = false;
