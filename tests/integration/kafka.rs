@@ -237,6 +237,15 @@ path = {out:?}
     }
     let expected: BTreeMap<u64, Vec<String>> = expected.into_iter().collect();
     assert_eq!(actual, expected);
+    // The group's offsets include the run's last batches.
+    let ends: Vec<Option<i64>> = by_partition
+        .values()
+        .map(|values| Some(values.len() as i64))
+        .collect();
+    assert_eq!(
+        broker.committed("weir.deterministic-kafka.lines", "input", 2),
+        ends
+    );
 }
 
 #[test]

@@ -58,6 +58,10 @@ use crate::kafka::{ClientSettings, LogContext, describe};
 use crate::record::Batch;
 use crate::source::position::{OffsetRange, PartitionOffset};
 
+/// How long an ending source waits for its last batches to commit, to
+/// commit their offsets to the group.
+const LAST_COMMIT_WAIT: Duration = Duration::from_secs(10);
+
 /// Client properties the Kafka source sets itself, and why.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use the `brokers` key"),
@@ -876,6 +880,7 @@ impl Receiver {
         loop {
             if self.ctx.stopping() {
                 self.flush(Some(self.position()))?;
+                self.commit_last_batches();
                 return Err(Halt::Stopped);
             }
             let mut got = 0usize;
@@ -885,6 +890,7 @@ impl Receiver {
             if got == 0 {
                 self.flush(Some(self.position()))?;
                 if self.ctx.available_now && self.partitions.values().all(|p| p.at_end) {
+                    self.commit_last_batches();
                     return Ok(());
                 }
                 self.idle()?;
@@ -923,6 +929,7 @@ impl Receiver {
             }
             if total == 0 && self.ctx.available_now && self.partitions.values().all(|p| p.at_end) {
                 self.flush(Some(self.position()))?;
+                self.commit_last_batches();
                 return Ok(());
             }
             self.flush(Some(self.position()))?;
@@ -1143,15 +1150,42 @@ impl Receiver {
             return;
         };
         let committed = self.ctx.committed.borrow_and_update().clone();
-        let Some(SourcePosition::Kafka { offsets }) = committed else {
+        self.commit_position(committed.as_ref(), CommitMode::Async);
+    }
+
+    fn commit_position(&self, position: Option<&SourcePosition>, mode: CommitMode) {
+        let Some(SourcePosition::Kafka { offsets }) = position else {
             return;
         };
         let mut list = TopicPartitionList::new();
-        for at in &offsets {
+        for at in offsets {
             let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
         }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+        if let Err(error) = self.consumer.commit(&list, mode) {
             tracing::debug!(source = %self.ctx.name, "cannot commit offsets to the group: {}", describe(&error));
+        }
+    }
+
+    /// At the end of the source (input read, or a stop): waits, up to
+    /// [`LAST_COMMIT_WAIT`], for the batches holding the last records to
+    /// commit, and commits their offsets to the group, so that the group
+    /// does not lag behind the last batch.
+    fn commit_last_batches(&mut self) {
+        let last = self.position();
+        let until = Instant::now() + LAST_COMMIT_WAIT;
+        loop {
+            if self.ctx.committed.borrow_and_update().as_ref() == Some(&last) {
+                self.commit_position(Some(&last), CommitMode::Sync);
+                return;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            let changed = self
+                .handle
+                .block_on(async { tokio::time::timeout(left, self.ctx.committed.changed()).await });
+            // Timed out, or the pipeline is gone.
+            if !matches!(changed, Ok(Ok(()))) {
+                return;
+            }
         }
     }
 
