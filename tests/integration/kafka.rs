@@ -67,6 +67,17 @@ topic = "counts"
     )
 }
 
+/// Starts a streaming `weir run FILE` whose log, at `level`, goes to `log`.
+fn start_logged(file: &Path, level: &str, log: &Path) -> std::process::Child {
+    weir()
+        .command(&["run", file.to_str().unwrap()])
+        .env("WEIR_LOG", level)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// Sums `word -> count` records read back from Kafka.
 fn summed(records: &[Received]) -> BTreeMap<String, u64> {
     let mut totals = BTreeMap::new();
@@ -326,13 +337,7 @@ path = {out:?}
     );
     let file = write_pipeline(dir.path(), "p.toml", &pipeline);
     let log = dir.path().join("weir.log");
-    let mut child = weir()
-        .command(&["run", file.to_str().unwrap()])
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_logged(&file, "warn", &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     std::thread::sleep(Duration::from_secs(2));
     let broker = Broker::start_on(port);
@@ -494,13 +499,7 @@ fn partitions_added_while_running_are_read_and_a_broker_outage_loses_nothing() {
         ),
     );
     let log = dir.path().join("weir.log");
-    let mut child = weir()
-        .command(&["run", file.to_str().unwrap()])
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_logged(&file, "info", &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let first = input_lines(500, 1);
     broker.produce("input", &first);
@@ -608,13 +607,7 @@ fn a_killed_broker_stops_the_pipeline_with_a_clear_error() {
         ),
     );
     let log = dir.path().join("weir.log");
-    let mut child = weir()
-        .command(&["run", file.to_str().unwrap()])
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_logged(&file, "warn", &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let lines = input_lines(300, 9);
     broker.produce("input", &lines);
@@ -783,13 +776,7 @@ fn a_first_checkpointed_run_starts_at_the_latest_offset() {
         .replace("start = \"earliest\"\n", "");
     let file = write_pipeline(dir.path(), "kafka.toml", &text);
     let log = dir.path().join("weir.log");
-    let mut child = weir()
-        .command(&["run", file.to_str().unwrap()])
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_logged(&file, "info", &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + LIMIT;
     while !read_log().contains("reading input/1 from offset") {

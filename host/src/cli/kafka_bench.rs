@@ -161,7 +161,7 @@ pub fn run(
             NewTopic::new(&output_topic, topic_partitions, TopicReplication::Fixed(1)),
         ],
         &options,
-    ))?;
+    ))??;
     for result in created {
         result.map_err(|(topic, code)| anyhow!("cannot create topic {topic}: {code:?}"))?;
     }
@@ -319,24 +319,10 @@ fn sum_counts(brokers: &str, topic: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Runs an admin future to completion on this thread (the admin client's
-/// own thread wakes it).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context as TaskContext, Poll, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut context = TaskContext::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut context) {
-            Poll::Ready(output) => return output,
-            Poll::Pending => std::thread::park_timeout(Duration::from_millis(50)),
-        }
-    }
+/// Runs an admin future to completion on a runtime of its own.
+fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
 }

@@ -338,11 +338,13 @@ impl KafkaSink {
         if let Some(key) = key {
             record = record.key(key);
         }
-        let deadline = Instant::now() + self.spec.timeout;
+        // Only a full queue reads the clock: not once per record.
+        let mut deadline = None;
         loop {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.spec.timeout);
                     if Instant::now() > deadline {
                         return Err(self.error(format!(
                             "the producer's queue stayed full for {} (brokers unreachable?)",

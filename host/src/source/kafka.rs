@@ -576,12 +576,9 @@ impl Receiver {
             {
                 if early.offset >= next {
                     if early.offset < range.end {
-                        let timestamp = match self.ctx.clock {
-                            Some(_) => self.ctx.timestamp(self.unit),
-                            None => early.timestamp,
-                        };
+                        let timestamp = stamp(&self.ctx, self.unit, early.timestamp);
                         self.chunk.push(early.key.as_deref(), &early.value, timestamp);
-                        full = self.chunk_full();
+                        full = chunk_full(&self.chunk, &self.ctx);
                     }
                     next = early.offset + 1;
                 }
@@ -595,13 +592,10 @@ impl Receiver {
                     waited = Instant::now();
                     if message.offset() >= next {
                         if message.offset() < range.end {
-                            let timestamp = match self.ctx.clock {
-                                Some(_) => self.ctx.timestamp(self.unit),
-                                None => message_time(&message),
-                            };
+                            let timestamp = stamp(&self.ctx, self.unit, message_time(&message));
                             self.chunk
                                 .push(message.key(), message.payload().unwrap_or_default(), timestamp);
-                            full = self.chunk_full();
+                            full = chunk_full(&self.chunk, &self.ctx);
                         }
                         next = message.offset() + 1;
                     }
@@ -983,13 +977,10 @@ impl Receiver {
             }
             reader.next = early.offset + 1;
             reader.read += 1;
-            let timestamp = match self.ctx.clock {
-                Some(_) => self.ctx.timestamp(self.unit),
-                None => early.timestamp,
-            };
+            let timestamp = stamp(&self.ctx, self.unit, early.timestamp);
             self.chunk.push(early.key.as_deref(), &early.value, timestamp);
             taken += 1;
-            if self.chunk_full() {
+            if chunk_full(&self.chunk, &self.ctx) {
                 self.flush(Some(self.position()))?;
             }
         }
@@ -1017,15 +1008,11 @@ impl Receiver {
                         reader.next = message.offset() + 1;
                         reader.at_end = false;
                         reader.read += 1;
-                        let timestamp = match self.ctx.clock {
-                            Some(_) => self.ctx.timestamp(self.unit),
-                            None => message_time(&message),
-                        };
+                        let timestamp = stamp(&self.ctx, self.unit, message_time(&message));
                         self.chunk
                             .push(message.key(), message.payload().unwrap_or_default(), timestamp);
                         taken += 1;
-                        full = self.chunk.len() >= self.ctx.chunks.chunk_limit(self.ctx.chunk_records)
-                            || self.chunk.data_bytes() >= 1 << 20;
+                        full = chunk_full(&self.chunk, &self.ctx);
                     }
                     Err(KafkaError::PartitionEOF(_)) => {
                         reader.at_end = true;
@@ -1211,11 +1198,6 @@ impl Receiver {
         Ok(())
     }
 
-    fn chunk_full(&self) -> bool {
-        self.chunk.len() >= self.ctx.chunks.chunk_limit(self.ctx.chunk_records)
-            || self.chunk.data_bytes() >= 1 << 20
-    }
-
     /// The next offset of every partition.
     fn position(&self) -> SourcePosition {
         position_of(
@@ -1251,6 +1233,21 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// A record's timestamp: the batch time of `unit` under deterministic time,
+/// else `own` (the message's).
+fn stamp(ctx: &SourceContext, unit: u64, own: i64) -> i64 {
+    match ctx.clock {
+        Some(_) => ctx.timestamp(unit),
+        None => own,
+    }
+}
+
+/// True when `chunk` is as large as a chunk of this source gets (the
+/// pipeline's `chunk-records`, fewer for a paced source, or 1 MiB).
+fn chunk_full(chunk: &Batch, ctx: &SourceContext) -> bool {
+    chunk.len() >= ctx.chunks.chunk_limit(ctx.chunk_records) || chunk.data_bytes() >= super::CHUNK_BYTES
 }
 
 /// A message's timestamp, or the wall clock when it has none.

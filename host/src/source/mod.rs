@@ -249,7 +249,7 @@ pub struct LineChunker {
 }
 
 /// Bytes after which a chunk is sent even if it has fewer records.
-const CHUNK_BYTES: usize = 1 << 20;
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 impl LineChunker {
     fn new(chunks: ChunkQueue, chunk_records: usize) -> Self {
