@@ -212,9 +212,13 @@ async fn read_logged(stream: &mut TcpStream, ctx: &mut SourceContext, logged: &L
         None
     };
     let ended = loop {
+        // A stop wins over data that is ready: once asked to stop, the
+        // receiver reads no more (a paced source would otherwise hand over
+        // unpaced reads until the select happened to pick the stop).
         let read = tokio::select! {
-            read = stream.read(&mut buffer) => read,
+            biased;
             _ = ctx.stopped() => break Ended::Stopped,
+            read = stream.read(&mut buffer) => read,
         };
         let n = match read {
             Ok(0) => break Ended::Eof,
@@ -251,9 +255,13 @@ async fn read_lines(
     let mut chunker = ctx.chunker();
     let mut buffer = vec![0u8; 64 * 1024];
     let ended = loop {
+        // A stop wins over data that is ready: once asked to stop, the
+        // receiver reads no more (a paced source would otherwise hand over
+        // unpaced reads until the select happened to pick the stop).
         let read = tokio::select! {
-            read = stream.read(&mut buffer) => read,
+            biased;
             _ = ctx.stopped() => break Ended::Stopped,
+            read = stream.read(&mut buffer) => read,
         };
         match read {
             Ok(0) => break Ended::Eof,
