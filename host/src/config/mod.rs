@@ -13,6 +13,7 @@
 mod file;
 mod graph;
 mod model;
+mod paths;
 mod pipeline;
 mod settings;
 mod sink;
@@ -21,12 +22,14 @@ mod stage;
 mod stateful;
 mod values;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use model::{
     BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec, Quarantine,
     ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
 };
+pub use paths::Paths;
 pub use settings::{Key, KindContext, Settings, ValueType};
 pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};
@@ -84,24 +87,60 @@ pub fn load(path: &Path) -> Result<PipelineSpec, ConfigError> {
     parse(&text, path)
 }
 
+/// What the names in a pipeline file lead to: its paths, and the plugins
+/// `[plugins]` may name.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// How paths resolve.
+    pub paths: Paths,
+    /// Uploaded plugins (name → component), when `[plugins]` names uploads
+    /// instead of paths (a tenant's pipeline in a server); every upload is
+    /// usable under its own name without a `[plugins]` entry.
+    pub catalog: Option<BTreeMap<String, PathBuf>>,
+}
+
+impl Scope {
+    /// `weir run`'s scope for the file at `path`: relative paths start at
+    /// its directory, `[plugins]` values are paths.
+    pub fn of_file(path: &Path) -> Self {
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            paths: Paths::relative_to(base_dir),
+            catalog: None,
+        }
+    }
+}
+
 /// Validates pipeline file contents; `path` names the file in errors and
 /// anchors relative paths (plugins, directories) at its directory.
 pub fn parse(text: &str, path: &Path) -> Result<PipelineSpec, ConfigError> {
+    parse_in(text, path, &Scope::of_file(path))
+}
+
+/// Validates pipeline file contents with names resolved in `scope`; `path`
+/// names the file in errors.
+pub fn parse_in(text: &str, path: &Path, scope: &Scope) -> Result<PipelineSpec, ConfigError> {
     let raw: file::PipelineFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
         path: path.to_owned(),
         message: error.to_string().trim_end().to_owned(),
     })?;
-    let base_dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
     let lines = LineIndex::new(text);
-    pipeline::build(raw, &base_dir, &lines).map_err(|(offset, message)| ConfigError::Invalid {
+    let mut spec = pipeline::build(raw, scope, &lines).map_err(|(offset, message)| ConfigError::Invalid {
         path: path.to_owned(),
         line: lines.line_of(offset),
         message,
-    })
+    })?;
+    if scope.catalog.is_some() {
+        // Load only the uploads the stages use, not the whole catalog.
+        let used: std::collections::BTreeSet<String> =
+            spec.stages.iter().flat_map(|stage| stage.op.plugins()).collect();
+        spec.plugins.retain(|name, _| used.contains(name));
+    }
+    Ok(spec)
 }
 
 /// Maps byte offsets of the file to 1-based line numbers.

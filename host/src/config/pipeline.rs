@@ -7,7 +7,7 @@
 //! resolving relative paths against the pipeline file's directory.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -18,7 +18,9 @@ use super::sink::sink_spec;
 use super::source::{check_sources, source_spec};
 use super::stage::{StageDefaults, limits, stage_spec};
 use super::values::{byte_size, duration, positive};
-use super::{ClockMode, DEAD_LETTERS, LineIndex, PipelineSpec, SinkSpec, SourceSpec, SpecError, StageSpec};
+use super::{
+    ClockMode, DEAD_LETTERS, LineIndex, Paths, PipelineSpec, Scope, SinkSpec, SourceSpec, SpecError, StageSpec,
+};
 use crate::checkpoint::CheckpointSettings;
 use crate::runtime::Limits;
 use crate::source::wal::WalSync;
@@ -30,9 +32,10 @@ pub const DEFAULT_MAX_BATCH_MEMORY: usize = 256 << 20;
 /// Validates `raw`; errors carry the byte offset they refer to.
 pub(super) fn build(
     raw: PipelineFile,
-    base_dir: &Path,
+    scope: &Scope,
     lines: &LineIndex,
 ) -> Result<PipelineSpec, SpecError> {
+    let paths = &scope.paths;
     let table = raw.pipeline;
     let batch_interval = match &table.batch_interval {
         Some(text) => duration(text)?,
@@ -60,7 +63,7 @@ pub(super) fn build(
             "`start-time` needs clock = \"deterministic\"".into(),
         ));
     }
-    let checkpoint = checkpoint(table.checkpoint_dir.as_ref(), raw.checkpoint.as_ref(), base_dir)?;
+    let checkpoint = checkpoint(table.checkpoint_dir.as_ref(), raw.checkpoint.as_ref(), paths)?;
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(16);
@@ -70,16 +73,12 @@ pub(super) fn build(
     };
     let chunk_records = positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
 
-    let plugins: BTreeMap<String, PathBuf> = raw
-        .plugins
-        .into_iter()
-        .map(|(name, path)| (name, base_dir.join(path.into_inner())))
-        .collect();
+    let plugins = plugins(raw.plugins, scope)?;
 
     let sources = raw
         .sources
         .into_iter()
-        .map(|source| source_spec(source, base_dir, lines))
+        .map(|source| source_spec(source, paths, lines))
         .collect::<Result<Vec<_>, _>>()?;
     check_sources(&sources, clock, checkpoint.is_some())?;
     let default_limits = limits(
@@ -93,7 +92,7 @@ pub(super) fn build(
         plugins: &plugins,
         batch_interval,
         limits: &default_limits,
-        base_dir,
+        paths,
     };
     let stages = raw
         .stages
@@ -108,7 +107,7 @@ pub(super) fn build(
     let sinks = raw
         .sinks
         .into_iter()
-        .map(|sink| sink_spec(sink, base_dir, lines))
+        .map(|sink| sink_spec(sink, paths, lines))
         .collect::<Result<Vec<_>, _>>()?;
 
     for (offset, name) in sources
@@ -160,12 +159,49 @@ pub(super) fn build(
     })
 }
 
+/// The `[plugins]` table: plugin name → component. With a catalog (a
+/// tenant's uploads in a server), a value names an upload and every upload
+/// is declared under its own name too; without one, a value is a path.
+fn plugins(
+    table: BTreeMap<String, Spanned<String>>,
+    scope: &Scope,
+) -> Result<BTreeMap<String, PathBuf>, SpecError> {
+    let Some(catalog) = &scope.catalog else {
+        return table
+            .into_iter()
+            .map(|(name, path)| {
+                let resolved = scope
+                    .paths
+                    .resolve(path.get_ref(), &format!("plugins.{name}"))
+                    .map_err(|message| (path.span().start, message))?;
+                Ok((name, resolved))
+            })
+            .collect();
+    };
+    let mut plugins = catalog.clone();
+    for (alias, upload) in table {
+        let Some(component) = catalog.get(upload.get_ref()) else {
+            let known: Vec<&str> = catalog.keys().map(String::as_str).collect();
+            return Err((
+                upload.span().start,
+                format!(
+                    "`{alias}` names the plugin `{}`, which is not uploaded (uploaded: {}); upload it with `weir plugin push`",
+                    upload.get_ref(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            ));
+        };
+        plugins.insert(alias, component.clone());
+    }
+    Ok(plugins)
+}
+
 /// `checkpoint-dir` of `[pipeline]` with the settings of `[checkpoint]`;
 /// `None`: no checkpoints.
 fn checkpoint(
     dir: Option<&Spanned<String>>,
     tuning: Option<&Spanned<CheckpointTable>>,
-    base_dir: &Path,
+    paths: &Paths,
 ) -> Result<Option<CheckpointSettings>, SpecError> {
     let dir = match (dir, tuning) {
         (None, Some(tuning)) => {
@@ -179,7 +215,9 @@ fn checkpoint(
     };
     let tuning = tuning.map(|t| t.get_ref());
     Ok(Some(CheckpointSettings {
-        dir: base_dir.join(dir.get_ref()),
+        dir: paths
+            .resolve(dir.get_ref(), "checkpoint-dir")
+            .map_err(|message| (dir.span().start, message))?,
         every_batches: positive(
             tuning.and_then(|t| t.every_batches.as_ref()),
             "every-batches",

@@ -8,7 +8,6 @@
 //! another kind is refused by [`Settings::only`], which lists the kind's keys.
 
 use std::fmt;
-use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
@@ -79,8 +78,18 @@ impl Key {
 pub struct KindContext<'a> {
     /// Offset of the table in the file: errors about a missing key point there.
     pub offset: usize,
-    /// The pipeline file's directory, which relative paths start from.
-    pub base_dir: &'a Path,
+    /// How paths are resolved: against the pipeline file's directory, or
+    /// inside a tenant's root. A kind resolves each path key through
+    /// [`KindContext::path`].
+    pub paths: &'a super::Paths,
+}
+
+impl KindContext<'_> {
+    /// The path the value of `key` (`written`) leads to; the error points
+    /// at the table.
+    pub fn path(&self, written: &str, key: &str) -> Result<std::path::PathBuf, SpecError> {
+        self.paths.resolve(written, key).map_err(|message| (self.offset, message))
+    }
 }
 
 /// A registered kind of source or sink (`K` is what its parser produces):

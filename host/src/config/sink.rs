@@ -9,14 +9,13 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use toml::Spanned;
 
 use super::file::SinkTable;
 use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
-use super::{LineIndex, SinkSpec, SpecError};
+use super::{LineIndex, Paths, SinkSpec, SpecError};
 use crate::sink::{Sink, SinkContext, TYPES};
 
 /// The validated settings of one kind of sink.
@@ -87,7 +86,7 @@ pub(super) fn schema() -> &'static Schema {
 /// Validates one `[[sink]]` table; returns its offset with it.
 pub(super) fn sink_spec(
     table: Spanned<SinkTable>,
-    base_dir: &Path,
+    paths: &Paths,
     lines: &LineIndex,
 ) -> Result<(usize, SinkSpec), SpecError> {
     let offset = table.span().start;
@@ -100,7 +99,7 @@ pub(super) fn sink_spec(
         table.kind.span().start,
         &table.settings,
         schema(),
-        &KindContext { offset, base_dir },
+        &KindContext { offset, paths },
     )?;
     let input = table.input.get_ref().clone();
     let name = match &table.name {

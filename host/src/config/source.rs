@@ -10,7 +10,6 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use toml::Spanned;
@@ -18,7 +17,7 @@ use toml::Spanned;
 use super::file::SourceTable;
 use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
 use super::values::{positive, stream_name};
-use super::{ClockMode, LineIndex, SourceSpec, SpecError};
+use super::{ClockMode, LineIndex, Paths, SourceSpec, SpecError};
 use crate::source::rate::{DEFAULT_MIN_RATE, RateSpec};
 use crate::source::{Source, TYPES};
 
@@ -115,7 +114,7 @@ pub(super) fn schema() -> &'static Schema {
 /// Validates one `[[source]]` table; returns its offset with it.
 pub(super) fn source_spec(
     table: Spanned<SourceTable>,
-    base_dir: &Path,
+    paths: &Paths,
     lines: &LineIndex,
 ) -> Result<(usize, SourceSpec), SpecError> {
     let offset = table.span().start;
@@ -129,7 +128,7 @@ pub(super) fn source_spec(
         table.kind.span().start,
         &table.settings,
         schema(),
-        &KindContext { offset, base_dir },
+        &KindContext { offset, paths },
     )?;
     Ok((
         offset,

@@ -5,7 +5,7 @@
 //! [`super::stateful`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -17,6 +17,7 @@ use super::values::{
     required, stream_name,
 };
 use super::{
+    Paths,
     BuiltinReducer, FailurePolicy, LineIndex, OnError, OperatorSpec, Quarantine, ReducerSpec, SpecError,
     StageSpec, TransformKind,
 };
@@ -129,7 +130,7 @@ pub(super) struct StageDefaults<'a> {
     pub plugins: &'a BTreeMap<String, PathBuf>,
     pub batch_interval: Duration,
     pub limits: &'a Limits,
-    pub base_dir: &'a Path,
+    pub paths: &'a Paths,
 }
 
 /// Validates one `[[stage]]` table; returns its offset and the offset of
@@ -254,7 +255,13 @@ pub(super) fn stage_spec(
         read_dir: table
             .read_dir
             .as_ref()
-            .map(|dir| defaults.base_dir.join(dir.get_ref())),
+            .map(|dir| {
+                defaults
+                    .paths
+                    .resolve(dir.get_ref(), "read-dir")
+                    .map_err(|message| (dir.span().start, message))
+            })
+            .transpose()?,
         env: table
             .env
             .as_ref()

@@ -55,7 +55,7 @@ impl SinkType for FilesSinkSpec {
             }
         };
         Ok(Self {
-            dir: cx.base_dir.join(dir),
+            dir: cx.path(dir, "path")?,
             format,
         })
     }

@@ -59,7 +59,7 @@ impl SourceType for FilesSpec {
             None => Duration::from_millis(100),
         };
         Ok(Self {
-            dir: cx.base_dir.join(dir),
+            dir: cx.path(dir, "path")?,
             glob,
             poll_interval,
             max_files_per_batch: positive(
