@@ -25,6 +25,17 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// The brokers it connects to (`bootstrap.servers`, comma-separated).
+    pub fn reach(&self) -> crate::config::Reach {
+        crate::config::Reach::Network(
+            self.brokers
+                .split(',')
+                .map(|broker| broker.trim().to_owned())
+                .filter(|broker| !broker.is_empty())
+                .collect(),
+        )
+    }
+
     /// Reads `brokers` (required, at `offset` when missing) and `properties`
     /// (a table of scalar values); refuses the properties in `owned` (name,
     /// why Weir sets it) and any property librdkafka does not know.

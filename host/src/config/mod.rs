@@ -29,8 +29,8 @@ pub use model::{
     BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec, Quarantine,
     ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
 };
-pub use paths::Paths;
-pub use settings::{Key, KindContext, Settings, ValueType};
+pub use paths::{Paths, check_name};
+pub use settings::{Key, KindContext, Reach, Settings, ValueType};
 pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};
 pub(crate) use values::{duration, non_negative, positive, required};
@@ -97,6 +97,9 @@ pub struct Scope {
     /// instead of paths (a tenant's pipeline in a server); every upload is
     /// usable under its own name without a `[plugins]` entry.
     pub catalog: Option<BTreeMap<String, PathBuf>>,
+    /// Where a pipeline without `checkpoint-dir` checkpoints (in a
+    /// directory named after it below this one); `None`: it does not.
+    pub checkpoints: Option<PathBuf>,
 }
 
 impl Scope {
@@ -111,6 +114,7 @@ impl Scope {
         Self {
             paths: Paths::relative_to(base_dir),
             catalog: None,
+            checkpoints: None,
         }
     }
 }

@@ -69,6 +69,25 @@ impl Paths {
     }
 }
 
+/// Checks a name that becomes a file or directory name (a tenant, a
+/// pipeline, an uploaded plugin): 1 to 64 ASCII letters, digits, `-`, `_`
+/// or `.`, starting with a letter or digit. Returns why it is refused.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err("is empty"),
+        Some(first) if !first.is_ascii_alphanumeric() => return Err("must start with a letter or a digit"),
+        Some(_) => {}
+    }
+    if name.len() > 64 {
+        return Err("is longer than 64 characters");
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err("may hold only letters, digits, `-`, `_` and `.`");
+    }
+    Ok(())
+}
+
 /// Checks that `relative`, as far as it exists under `root`, resolves
 /// inside `root` through any symbolic links on the way.
 fn stays_inside(root: &Path, relative: &Path) -> Result<(), String> {
@@ -132,5 +151,13 @@ mod tests {
         let link = paths.resolve("in/out/secrets", "path").unwrap_err();
         assert!(link.contains("symbolic link `in/out` that leads out of it"), "{link}");
         assert!(paths.resolve("", "path").unwrap_err().contains("is empty"));
+    }
+
+    #[test]
+    fn names_are_single_plain_components() {
+        assert!(check_name("team-a_1.v2").is_ok());
+        for bad in ["", "..", ".hidden", "a/b", "a\\b", "é", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -37,6 +37,11 @@ pub(super) fn build(
 ) -> Result<PipelineSpec, SpecError> {
     let paths = &scope.paths;
     let table = raw.pipeline;
+    if paths.confined()
+        && let Err(why) = super::paths::check_name(&table.name)
+    {
+        return Err((0, format!("pipeline name `{}` {why}", table.name)));
+    }
     let batch_interval = match &table.batch_interval {
         Some(text) => duration(text)?,
         None => Duration::from_secs(1),
@@ -63,7 +68,12 @@ pub(super) fn build(
             "`start-time` needs clock = \"deterministic\"".into(),
         ));
     }
-    let checkpoint = checkpoint(table.checkpoint_dir.as_ref(), raw.checkpoint.as_ref(), paths)?;
+    let checkpoint = checkpoint(
+        table.checkpoint_dir.as_ref(),
+        raw.checkpoint.as_ref(),
+        paths,
+        scope.checkpoints.as_ref().map(|base| base.join(&table.name)),
+    )?;
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(16);
@@ -202,22 +212,24 @@ fn checkpoint(
     dir: Option<&Spanned<String>>,
     tuning: Option<&Spanned<CheckpointTable>>,
     paths: &Paths,
+    default_dir: Option<PathBuf>,
 ) -> Result<Option<CheckpointSettings>, SpecError> {
-    let dir = match (dir, tuning) {
-        (None, Some(tuning)) => {
+    let dir = match (dir, tuning, default_dir) {
+        (Some(dir), _, _) => paths
+            .resolve(dir.get_ref(), "checkpoint-dir")
+            .map_err(|message| (dir.span().start, message))?,
+        (None, _, Some(default_dir)) => default_dir,
+        (None, Some(tuning), None) => {
             return Err((
                 tuning.span().start,
                 "[checkpoint] needs `checkpoint-dir` in [pipeline]".into(),
             ));
         }
-        (None, None) => return Ok(None),
-        (Some(dir), _) => dir,
+        (None, None, None) => return Ok(None),
     };
     let tuning = tuning.map(|t| t.get_ref());
     Ok(Some(CheckpointSettings {
-        dir: paths
-            .resolve(dir.get_ref(), "checkpoint-dir")
-            .map_err(|message| (dir.span().start, message))?,
+        dir,
         every_batches: positive(
             tuning.and_then(|t| t.every_batches.as_ref()),
             "every-batches",

@@ -73,6 +73,18 @@ impl Key {
     }
 }
 
+/// What a source or sink reaches besides the files its pipeline names: a
+/// server lets a tenant's pipeline reach only what its policy allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Only files (resolved through [`super::Paths`]) or nothing at all.
+    Files,
+    /// These network addresses (`host:port`), to listen on or connect to.
+    Network(Vec<String>),
+    /// The `weir` process's own standard input or output (named here).
+    Process(&'static str),
+}
+
 /// What a kind's parser needs besides its keys.
 #[derive(Debug, Clone, Copy)]
 pub struct KindContext<'a> {

@@ -23,6 +23,11 @@ pub trait SinkConfig: fmt::Debug + Send + Sync + Any {
     /// The sink these settings describe, for `spec` (its name and input
     /// stream) in the place `cx` describes.
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink>;
+
+    /// What it reaches besides files. Default: nothing else.
+    fn reach(&self) -> super::Reach {
+        super::Reach::Files
+    }
 }
 
 /// A kind of sink: its name, its keys and its parser.

@@ -26,6 +26,11 @@ pub trait SourceConfig: fmt::Debug + Send + Sync + Any {
     /// The receiver these settings describe.
     fn build(&self) -> Box<dyn Source>;
 
+    /// What it reaches besides files. Default: nothing else.
+    fn reach(&self) -> super::Reach {
+        super::Reach::Files
+    }
+
     /// Why this source cannot run without `checkpoint-dir`, as the message
     /// of the error. Default: it can.
     fn needs_checkpoints(&self) -> Option<&'static str> {

@@ -238,6 +238,12 @@ impl Engine {
         self.prepare_spec(spec, path, register)
     }
 
+    /// Prepares a pipeline already parsed and validated (with
+    /// [`config::parse_in`], say, and checked against a server's policy).
+    pub fn prepare_parsed(&self, spec: PipelineSpec, path: &Path) -> Result<Prepared, EngineError> {
+        self.prepare_spec(spec, path, |_| {})
+    }
+
     fn prepare_spec(
         &self,
         spec: PipelineSpec,

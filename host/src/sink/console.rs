@@ -29,6 +29,10 @@ impl SinkType for ConsoleSpec {
 }
 
 impl SinkConfig for ConsoleSpec {
+    fn reach(&self) -> crate::config::Reach {
+        crate::config::Reach::Process("standard output")
+    }
+
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
         Box::new(
             ConsoleSink::stdout(self.max_records)

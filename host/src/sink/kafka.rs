@@ -202,6 +202,10 @@ impl SinkType for KafkaSinkSpec {
 }
 
 impl SinkConfig for KafkaSinkSpec {
+    fn reach(&self) -> crate::config::Reach {
+        self.client.reach()
+    }
+
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
         let transactional_id = self
             .transactional_id

@@ -274,6 +274,10 @@ impl SourceConfig for KafkaSpec {
         Box::new(KafkaSource { spec: self.clone() })
     }
 
+    fn reach(&self) -> crate::config::Reach {
+        self.client.reach()
+    }
+
     fn fixed_batches(&self) -> bool {
         self.records_per_batch.is_some()
     }

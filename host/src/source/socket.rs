@@ -100,6 +100,10 @@ impl SourceType for SocketSpec {
 }
 
 impl SourceConfig for SocketSpec {
+    fn reach(&self) -> crate::config::Reach {
+        crate::config::Reach::Network(vec![self.address.clone()])
+    }
+
     fn build(&self) -> Box<dyn Source> {
         Box::new(
             SocketSource::new(self.address.clone(), self.mode, self.max_backoff, self.ack)

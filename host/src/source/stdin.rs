@@ -26,6 +26,10 @@ impl SourceConfig for StdinSource {
     fn build(&self) -> Box<dyn Source> {
         Box::new(Self)
     }
+
+    fn reach(&self) -> crate::config::Reach {
+        crate::config::Reach::Process("standard input")
+    }
 }
 
 #[async_trait::async_trait]
