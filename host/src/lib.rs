@@ -30,6 +30,7 @@ pub mod partition;
 pub mod pipeline;
 pub mod record;
 pub mod runtime;
+pub mod server;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -22,6 +22,20 @@ use cli::corpus::CorpusKind;
 #[derive(Parser)]
 #[command(name = "weir", version, about, long_about = None)]
 struct Cli {
+    /// The `weir serve` to talk to (`http://HOST:PORT` or `https://...`),
+    /// for deploy, ps, status, start, stop, pause, resume, delete, tenant,
+    /// token and plugin push. Default: `$WEIR_SERVER`.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// File holding the bearer token for `--server` (or `$WEIR_TOKEN_FILE`).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// PEM certificate to trust for an `https` server.
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
+    /// The tenant a server command is about (default: the token's own).
+    #[arg(long, global = true)]
+    tenant: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +60,81 @@ enum Command {
         /// since it was taken (its state may not fit the new version).
         #[arg(long)]
         allow_plugin_change: bool,
+    },
+    /// Serve many tenants' pipelines behind an HTTP/JSON API (`/v1`).
+    Serve {
+        /// The data directory: tenants, plugins, pipelines, checkpoints.
+        #[arg(long)]
+        data: PathBuf,
+        /// Where the API listens.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: std::net::SocketAddr,
+        /// File holding the admin's bearer token (16 characters at least).
+        #[arg(long)]
+        admin_token_file: PathBuf,
+        /// PEM certificate chain: serve TLS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Worker threads of the pool all pipelines share (default: the cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Default quotas of new tenants, as JSON (the `quotas` object of
+        /// the API; missing fields take the built-in defaults).
+        #[arg(long)]
+        default_quotas: Option<String>,
+        /// Largest request body in bytes (plugin uploads).
+        #[arg(long, default_value_t = 64 << 20)]
+        max_body: usize,
+    },
+    /// Deploy a pipeline file to the server and start it.
+    Deploy {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+    },
+    /// List the tenant's pipelines on the server.
+    Ps,
+    /// Show one pipeline's status on the server.
+    Status {
+        /// The pipeline.
+        name: String,
+    },
+    /// Start a stopped pipeline on the server (from its checkpoint).
+    Start {
+        /// The pipeline.
+        name: String,
+    },
+    /// Stop a pipeline on the server, gracefully.
+    Stop {
+        /// The pipeline.
+        name: String,
+    },
+    /// Pause a pipeline on the server.
+    Pause {
+        /// The pipeline.
+        name: String,
+    },
+    /// Resume a paused pipeline on the server.
+    Resume {
+        /// The pipeline.
+        name: String,
+    },
+    /// Stop and remove a pipeline from the server.
+    Delete {
+        /// The pipeline.
+        name: String,
+    },
+    /// Tenants of the server (admin).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Tokens of a tenant on the server.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Validate pipeline files and every plugin they use, without running.
     Check {
@@ -145,10 +234,53 @@ enum PluginCommand {
         #[arg(long)]
         debug: bool,
     },
+    /// Upload a component to the server as the tenant's plugin NAME.
+    Push {
+        /// The name pipelines use for it.
+        name: String,
+        /// The component file.
+        file: PathBuf,
+    },
     /// Show what a component is: Weir kind, exports and imports.
     Inspect {
         /// The component file.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Its name.
+        name: String,
+        /// A network address (`host:port`, `host:*`) its pipelines may reach.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+    },
+    /// List the tenants.
+    List,
+    /// Remove a tenant: its pipelines, plugins, tokens and files.
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token (shown once).
+    Create {
+        /// operator or viewer.
+        #[arg(long, default_value = "viewer", value_parser = ["operator", "viewer"])]
+        role: String,
+    },
+    /// List the tenant's tokens (ids and roles).
+    List,
+    /// Revoke a token.
+    Revoke {
+        /// Its id.
+        id: String,
     },
 }
 
@@ -262,7 +394,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match dispatch(cli.command) {
+    let outcome = if cli.command.talks_to_server() {
+        remote(&cli)
+    } else {
+        dispatch(cli.command)
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -271,8 +408,165 @@ fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// True for the commands that call a `weir serve`.
+    fn talks_to_server(&self) -> bool {
+        matches!(
+            self,
+            Self::Deploy { .. }
+                | Self::Ps
+                | Self::Status { .. }
+                | Self::Start { .. }
+                | Self::Stop { .. }
+                | Self::Pause { .. }
+                | Self::Resume { .. }
+                | Self::Delete { .. }
+                | Self::Tenant { .. }
+                | Self::Token { .. }
+                | Self::Plugin {
+                    command: PluginCommand::Push { .. }
+                }
+        )
+    }
+}
+
+/// Runs a command against the server of `--server`.
+fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use cli::client::{Client, print_json, print_pipelines, token_file};
+    let server = cli
+        .server
+        .clone()
+        .or_else(|| std::env::var("WEIR_SERVER").ok())
+        .ok_or_else(|| anyhow!("this command talks to a server: pass --server URL (or set WEIR_SERVER)"))?;
+    let client = Client::new(
+        &server,
+        &token_file(cli.token_file.clone())?,
+        cli.ca_cert.as_deref(),
+        cli.tenant.clone(),
+    )?;
+    match &cli.command {
+        Command::Deploy { file } => print_json(&client.deploy(file)?),
+        Command::Ps => print_pipelines(&client.pipelines()?),
+        Command::Status { name } => print_json(&client.status(name)?),
+        Command::Start { name } => print_json(&client.control(name, "start")?),
+        Command::Stop { name } => print_json(&client.control(name, "stop")?),
+        Command::Pause { name } => print_json(&client.control(name, "pause")?),
+        Command::Resume { name } => print_json(&client.control(name, "resume")?),
+        Command::Delete { name } => {
+            client.delete(name)?;
+            println!("deleted {name}");
+        }
+        Command::Tenant {
+            command: TenantCommand::Create { name, allow },
+        } => print_json(&client.create_tenant(name, allow)?),
+        Command::Tenant {
+            command: TenantCommand::List,
+        } => print_json(&client.get("/v1/tenants")?),
+        Command::Tenant {
+            command: TenantCommand::Delete { name },
+        } => {
+            client.send_delete(&format!("/v1/tenants/{name}"))?;
+            println!("deleted tenant {name}");
+        }
+        Command::Token {
+            command: TokenCommand::Create { role },
+        } => {
+            let created = client.create_token(role)?;
+            // The token alone on stdout, so a script can keep it.
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "token {} ({role}) created; it is shown only this once",
+                created["id"].as_str().unwrap_or("?")
+            );
+        }
+        Command::Token {
+            command: TokenCommand::List,
+        } => print_json(&client.get(&format!("/v1/tenants/{}/tokens", client.tenant()?))?),
+        Command::Token {
+            command: TokenCommand::Revoke { id },
+        } => {
+            client.revoke_token(id)?;
+            println!("revoked {id}");
+        }
+        Command::Plugin {
+            command: PluginCommand::Push { name, file },
+        } => print_json(&client.push_plugin(name, file)?),
+        _ => unreachable!("only server commands come here"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `weir serve` until SIGTERM or Ctrl-C.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    data: PathBuf,
+    listen: std::net::SocketAddr,
+    admin_token_file: &Path,
+    tls: Option<(PathBuf, PathBuf)>,
+    workers: Option<usize>,
+    default_quotas: Option<&str>,
+    max_body: usize,
+) -> anyhow::Result<ExitCode> {
+    use weir::server::{self, Quotas, ServerOptions};
+    let admin_token = std::fs::read_to_string(admin_token_file)
+        .with_context(|| format!("cannot read the admin token file {}", admin_token_file.display()))?
+        .trim()
+        .to_owned();
+    let default_quotas: Quotas = match default_quotas {
+        Some(json) => serde_json::from_str(json).context("--default-quotas")?,
+        None => Quotas::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weir-api")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let running = server::start(ServerOptions {
+            data_dir: data,
+            listen,
+            admin_token,
+            tls,
+            workers,
+            default_quotas,
+            max_body,
+        })
+        .await?;
+        // The address, for scripts and tests that listen on port 0.
+        println!("listening {}", running.local_addr);
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping every pipeline gracefully");
+        running.shutdown().await?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Serve {
+            data,
+            listen,
+            admin_token_file,
+            tls_cert,
+            tls_key,
+            workers,
+            default_quotas,
+            max_body,
+        } => serve(
+            data,
+            listen,
+            &admin_token_file,
+            tls_cert.zip(tls_key),
+            workers,
+            default_quotas.as_deref(),
+            max_body,
+        ),
         Command::Run {
             pipelines,
             available_now,
@@ -366,6 +660,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let corpus = cli::corpus::CorpusKind::from_name(&corpus).expect("checked by clap");
             cli::ingest::feed(corpus, lines, std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            debug_assert!(command.talks_to_server());
+            unreachable!("server commands run through remote()")
         }
     }
 }

@@ -1,8 +1,8 @@
-//! What the `weir` binary does besides running pipelines: the benchmarks
-//! (`state_bench`: keyed state larger than memory; `kafka_bench`: the word
-//! count through Kafka next to the same over files).
+//! The parts of the `weir` command line that are more than argument
+//! handling: the benchmarks, their inputs, and the client of `weir serve`.
 
 pub mod bench;
+pub mod client;
 pub mod corpus;
 pub mod end_to_end;
 pub mod ingest;

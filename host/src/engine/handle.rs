@@ -52,6 +52,7 @@ pub struct PipelineHandle {
 struct HandleInner {
     id: PipelineId,
     name: String,
+    namespace: Option<String>,
     checkpoint_dir: Option<std::path::PathBuf>,
     live: Arc<Live>,
     signal: Signal,
@@ -63,6 +64,7 @@ impl PipelineHandle {
     pub(crate) fn new(
         id: PipelineId,
         name: String,
+        namespace: Option<String>,
         checkpoint_dir: Option<std::path::PathBuf>,
         live: Arc<Live>,
         signal: Signal,
@@ -73,6 +75,7 @@ impl PipelineHandle {
             inner: Arc::new(HandleInner {
                 id,
                 name,
+                namespace,
                 checkpoint_dir,
                 live,
                 signal,
@@ -90,6 +93,11 @@ impl PipelineHandle {
     /// The pipeline's name (unique among an engine's running pipelines).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The namespace its name is unique in (a server's tenant), if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
     }
 
     /// Its checkpoint directory, when it checkpoints.

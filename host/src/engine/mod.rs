@@ -90,6 +90,7 @@ impl Default for EngineOptions {
 /// to [`Engine::start`].
 pub struct Prepared {
     id: PipelineId,
+    namespace: Option<String>,
     spec: PipelineSpec,
     pipeline: Pipeline,
     state_dir: PathBuf,
@@ -108,6 +109,13 @@ impl Prepared {
     /// The id the pipeline will run under.
     pub fn id(&self) -> PipelineId {
         self.id
+    }
+
+    /// Puts the pipeline in `namespace` (a server's tenant): its name need
+    /// only be unique among the running pipelines of that namespace.
+    pub fn in_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
     }
 
     /// The validated pipeline file.
@@ -258,6 +266,7 @@ impl Engine {
         let pipeline = Pipeline::build(&spec, &registry, &path.display().to_string(), &state_dir)?;
         Ok(Prepared {
             id,
+            namespace: None,
             spec,
             pipeline,
             state_dir,
@@ -270,6 +279,7 @@ impl Engine {
     pub fn start(&self, prepared: Prepared, options: RunOptions) -> Result<PipelineHandle, EngineError> {
         let Prepared {
             id,
+            namespace,
             spec: _,
             pipeline,
             state_dir,
@@ -287,6 +297,7 @@ impl Engine {
         let handle = PipelineHandle::new(
             id,
             name.clone(),
+            namespace,
             pipeline.checkpoint_dir().map(Path::to_owned),
             live.clone(),
             signal.clone(),

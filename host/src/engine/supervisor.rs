@@ -35,7 +35,7 @@ impl Supervisor {
             if other.status().state.is_final() {
                 continue;
             }
-            if other.name() == name {
+            if other.name() == name && other.namespace() == handle.namespace() {
                 return Err(EngineError::Plan {
                     location: format!("pipeline `{name}`"),
                     message: format!(
@@ -57,7 +57,7 @@ impl Supervisor {
                 });
             }
         }
-        pipelines.retain(|_, other| other.name() != name);
+        pipelines.retain(|_, other| other.name() != name || other.namespace() != handle.namespace());
         pipelines.insert(handle.id(), handle.clone());
         Ok(())
     }

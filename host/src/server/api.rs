@@ -1,0 +1,576 @@
+//! The HTTP/JSON API under `/v1`, plus `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Every route but the health checks takes `Authorization: Bearer <token>`.
+//! No token or a bad one: 401 (answers slowed down after repeated failures
+//! from one address). A token without the right: 403. Another tenant's
+//! objects: 404, as if they did not exist. Every error is a JSON object
+//! `{"error": "..."}` with a 4xx status, or 500 for the server's own faults
+//! (507 for a full disk). Every mutating call is written to the audit log,
+//! refused ones too. The calls that block (deploys compile plugins, stops
+//! wait for the end) run on tokio's blocking threads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+
+use super::ServerError;
+use super::audit::AuditEntry;
+use super::auth::{Principal, Role, Throttle, TokenRecord};
+use super::metrics;
+use super::state::{PipelineView, PluginRecord, ServerState, TenantChange, TenantView};
+use super::tls::ClientAddr;
+use crate::pipeline::{PipelineEvent, PipelineMetrics};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The server's state.
+    pub state: Arc<ServerState>,
+    /// Failed authentications per client.
+    pub throttle: Arc<Throttle>,
+    /// False while the server starts or shuts down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The API's routes; bodies larger than `max_body` bytes are refused with 413.
+pub fn router(app: App, max_body: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/audit", get(audit))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route(
+            "/v1/tenants/{tenant}",
+            get(get_tenant).patch(change_tenant).delete(delete_tenant),
+        )
+        .route("/v1/tenants/{tenant}/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tenants/{tenant}/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/tenants/{tenant}/plugins", get(list_plugins))
+        .route(
+            "/v1/tenants/{tenant}/plugins/{plugin}",
+            put(put_plugin).get(get_plugin).delete(delete_plugin),
+        )
+        .route("/v1/tenants/{tenant}/pipelines", get(list_pipelines).post(deploy))
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}",
+            get(get_pipeline).delete(delete_pipeline),
+        )
+        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/metrics", get(pipeline_metrics))
+        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/events", get(pipeline_events))
+        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/file", get(pipeline_file))
+        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/{action}", post(control))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
+/// An error answered to a caller.
+#[derive(Debug)]
+pub enum ApiError {
+    /// No token, or one the server does not know.
+    Unauthorized,
+    /// The route exists, not with this method.
+    MethodNotAllowed,
+    /// No such route.
+    NotFound(String),
+    /// What the server's operation said.
+    Server(ServerError),
+}
+
+impl From<ServerError> for ApiError {
+    fn from(error: ServerError) -> Self {
+        Self::Server(error)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "missing or unknown token: send `Authorization: Bearer <token>`".to_owned(),
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method".to_owned(),
+            ),
+            Self::NotFound(message) => (StatusCode::NOT_FOUND, message),
+            Self::Server(error) => (status_of(&error), error.to_string()),
+        };
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn status_of(error: &ServerError) -> StatusCode {
+    match error {
+        ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServerError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServerError::Conflict(_) => StatusCode::CONFLICT,
+        ServerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ServerError::Quota(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ServerError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        ServerError::Io { .. } | ServerError::Corrupt(_) | ServerError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The authenticated caller of a route.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        if let Some(principal) = token.and_then(|token| app.state.authenticate(token)) {
+            return Ok(Self(principal));
+        }
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<ClientAddr>>()
+            .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
+        if let Some(client) = client {
+            let delay = app.throttle.fail(client);
+            if !delay.is_zero() {
+                tracing::warn!(%client, ?delay, "repeated failed authentication; answering slowly");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Err(ApiError::Unauthorized)
+    }
+}
+
+type Answer<T> = Result<Json<T>, ApiError>;
+
+/// Runs a blocking server call on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|error| ServerError::Internal(format!("the call failed inside the server: {error}")))?
+}
+
+/// Authorizes, runs and audits a mutating call on `tenant`.
+async fn mutate<T: Send + 'static>(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    action: String,
+    sha256: Option<String>,
+    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let result = match app.state.authorize(&caller.0, tenant, true) {
+        Ok(()) => {
+            let state = app.state.clone();
+            blocking(move || f(&state)).await
+        }
+        Err(error) => Err(error),
+    };
+    app.state.audit(&caller.0, Some(tenant), &action, sha256, &result);
+    result.map_err(ApiError::from)
+}
+
+/// Authorizes and audits an admin-only mutating call.
+async fn admin_mutate<T: Send + 'static>(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    action: String,
+    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let result = match admin_only(caller) {
+        Ok(()) => {
+            let state = app.state.clone();
+            blocking(move || f(&state)).await
+        }
+        Err(error) => Err(error),
+    };
+    app.state.audit(&caller.0, Some(tenant), &action, None, &result);
+    result.map_err(ApiError::from)
+}
+
+fn admin_only(caller: &Caller) -> Result<(), ServerError> {
+    match caller.0 {
+        Principal::Admin => Ok(()),
+        Principal::Tenant { .. } => Err(ServerError::Forbidden("only the admin may do this".into())),
+    }
+}
+
+fn read(app: &App, caller: &Caller, tenant: &str) -> Result<(), ApiError> {
+    app.state.authorize(&caller.0, tenant, false).map_err(ApiError::from)
+}
+
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServerError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServerError::TooLarge(format!("the request body is too large: {rejection}"))
+        } else {
+            ServerError::Invalid(format!("cannot read the request body: {rejection}"))
+        }
+    })
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ServerError> {
+    let bytes = body(raw)?;
+    serde_json::from_slice(&bytes).map_err(|error| ServerError::Invalid(format!("invalid JSON body: {error}")))
+}
+
+fn text_body(raw: Result<Bytes, BytesRejection>) -> Result<String, ServerError> {
+    let bytes = body(raw)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| ServerError::Invalid("the body is not UTF-8 text".into()))
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    if app.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn prometheus(caller: Caller, State(app): State<App>) -> Result<Response, ApiError> {
+    admin_only(&caller)?;
+    let text = metrics::render(&app.state);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}
+
+/// Who a token is.
+#[derive(Debug, Serialize)]
+struct WhoAmI {
+    admin: bool,
+    tenant: Option<String>,
+    role: Option<Role>,
+}
+
+async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(match caller.0 {
+        Principal::Admin => WhoAmI {
+            admin: true,
+            tenant: None,
+            role: None,
+        },
+        Principal::Tenant { tenant, role, .. } => WhoAmI {
+            admin: false,
+            tenant: Some(tenant),
+            role: Some(role),
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    tenant: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(caller: Caller, State(app): State<App>, Query(query): Query<AuditQuery>) -> Answer<Vec<AuditEntry>> {
+    admin_only(&caller)?;
+    let state = app.state.clone();
+    let entries = blocking(move || state.audit_entries(query.tenant.as_deref(), query.limit.unwrap_or(1000))).await?;
+    Ok(Json(entries))
+}
+
+async fn list_tenants(caller: Caller, State(app): State<App>) -> Answer<Vec<TenantView>> {
+    admin_only(&caller)?;
+    Ok(Json(app.state.list_tenants()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+    quotas: Option<super::Quotas>,
+    allowed_addresses: Option<Vec<String>>,
+}
+
+async fn create_tenant(
+    caller: Caller,
+    State(app): State<App>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    let new: NewTenant = match json_body(raw) {
+        Ok(new) => new,
+        Err(error) => {
+            let result: Result<(), _> = Err(error);
+            app.state.audit(&caller.0, None, "create tenant", None, &result);
+            return Err(result.unwrap_err().into());
+        }
+    };
+    let name = new.name.clone();
+    let view = admin_mutate(&app, &caller, &name, format!("create tenant {name}"), move |state| {
+        let change = TenantChange {
+            quotas: new.quotas,
+            allowed_addresses: new.allowed_addresses,
+        };
+        state.create_tenant(&new.name, change)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn get_tenant(caller: Caller, State(app): State<App>, Path(tenant): Path<String>) -> Answer<TenantView> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.get_tenant(&tenant)?))
+}
+
+async fn change_tenant(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<TenantView> {
+    let change = json_body::<TenantChange>(raw);
+    let name = tenant.clone();
+    let view = admin_mutate(&app, &caller, &tenant, format!("change tenant {tenant}"), move |state| {
+        state.change_tenant(&name, change?)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn delete_tenant(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = tenant.clone();
+    admin_mutate(&app, &caller, &tenant, format!("delete tenant {tenant}"), move |state| {
+        state.delete_tenant(&name)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    role: Role,
+}
+
+/// A token just made: the only time it is shown.
+#[derive(Debug, Serialize)]
+struct CreatedToken {
+    #[serde(flatten)]
+    record: TokenRecord,
+    token: String,
+}
+
+async fn create_token(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let new = json_body::<NewToken>(raw);
+    let name = tenant.clone();
+    let (record, token) = mutate(&app, &caller, &tenant, "create token".into(), None, move |state| {
+        state.create_token(&name, new?.role)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { record, token })))
+}
+
+async fn list_tokens(caller: Caller, State(app): State<App>, Path(tenant): Path<String>) -> Answer<Vec<TokenRecord>> {
+    // Token ids and roles are an operator's business.
+    app.state.authorize(&caller.0, &tenant, true)?;
+    Ok(Json(app.state.list_tokens(&tenant)?))
+}
+
+async fn revoke_token(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = tenant.clone();
+    mutate(&app, &caller, &tenant, format!("revoke token {id}"), None, move |state| {
+        state.revoke_token(&name, &id)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_plugins(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> Answer<BTreeMap<String, PluginRecord>> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.list_plugins(&tenant)?))
+}
+
+async fn get_plugin(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Answer<PluginRecord> {
+    read(&app, &caller, &tenant)?;
+    let mut plugins = app.state.list_plugins(&tenant)?;
+    plugins
+        .remove(&plugin)
+        .map(Json)
+        .ok_or_else(|| ServerError::NotFound(format!("no plugin `{plugin}`")).into())
+}
+
+async fn put_plugin(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, plugin)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<PluginRecord>), ApiError> {
+    let bytes = body(raw);
+    let sha256 = bytes.as_ref().ok().map(|b| super::auth::sha256_hex(b));
+    let name = tenant.clone();
+    let action = format!("upload plugin {plugin}");
+    let record = mutate(&app, &caller, &tenant, action, sha256, move |state| {
+        state.put_plugin(&name, &plugin, &bytes?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn delete_plugin(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, plugin)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = tenant.clone();
+    mutate(&app, &caller, &tenant, format!("delete plugin {plugin}"), None, move |state| {
+        state.delete_plugin(&name, &plugin)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_pipelines(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> Answer<Vec<PipelineView>> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.list_pipelines(&tenant)?))
+}
+
+async fn deploy(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
+    let text = text_body(raw);
+    let name = tenant.clone();
+    let view = mutate(&app, &caller, &tenant, "deploy pipeline".into(), None, move |state| {
+        state.deploy(&name, &text?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn get_pipeline(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Answer<PipelineView> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.pipeline(&tenant, &pipeline)?))
+}
+
+async fn pipeline_metrics(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Answer<Option<PipelineMetrics>> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.pipeline_metrics(&tenant, &pipeline)?))
+}
+
+async fn pipeline_events(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Answer<Vec<PipelineEvent>> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.pipeline_events(&tenant, &pipeline)?))
+}
+
+async fn pipeline_file(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    read(&app, &caller, &tenant)?;
+    let text = app.state.pipeline_file(&tenant, &pipeline)?;
+    Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response())
+}
+
+async fn control(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline, action)): Path<(String, String, String)>,
+) -> Answer<PipelineView> {
+    let name = tenant.clone();
+    let audited = format!("{action} pipeline {pipeline}");
+    let view = mutate(&app, &caller, &tenant, audited, None, move |state| match action.as_str() {
+        "start" => state.start_pipeline(&name, &pipeline),
+        "stop" => state.stop_pipeline(&name, &pipeline),
+        "pause" => state.pause_pipeline(&name, &pipeline, true),
+        "resume" => state.pause_pipeline(&name, &pipeline, false),
+        other => Err(ServerError::NotFound(format!(
+            "no action `{other}` (expected start, stop, pause or resume)"
+        ))),
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+async fn delete_pipeline(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = tenant.clone();
+    mutate(&app, &caller, &tenant, format!("delete pipeline {pipeline}"), None, move |state| {
+        state.delete_pipeline(&name, &pipeline)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,177 @@
+//! `/metrics`: the server's figures in Prometheus text format, with tenant,
+//! pipeline and stage labels, encoded by `prometheus-client`.
+//!
+//! Batch delays are histograms fed by each pipeline's events as batches
+//! complete ([`DelayHistograms`]); everything else is read from the live
+//! engine when scraped.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::state::ServerState;
+use crate::pipeline::PipelineState;
+use crate::pipeline::live::BatchReport;
+
+type Labels = Vec<(&'static str, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn delay_histogram() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Processing, scheduling and total delay of every pipeline's batches.
+#[derive(Debug, Clone)]
+pub struct DelayHistograms {
+    processing: Histograms,
+    scheduling: Histograms,
+    total: Histograms,
+}
+
+impl Default for DelayHistograms {
+    fn default() -> Self {
+        let family = || Histograms::new_with_constructor(delay_histogram as fn() -> Histogram);
+        Self {
+            processing: family(),
+            scheduling: family(),
+            total: family(),
+        }
+    }
+}
+
+/// One pipeline's three histograms.
+#[derive(Debug, Clone)]
+pub struct DelaySeries {
+    processing: Histogram,
+    scheduling: Histogram,
+    total: Histogram,
+}
+
+impl DelaySeries {
+    /// Counts one completed batch.
+    pub fn observe(&self, report: &BatchReport) {
+        self.processing.observe(report.processing_time.as_secs_f64());
+        self.scheduling.observe(report.scheduling_delay.as_secs_f64());
+        self.total.observe(report.total_delay.as_secs_f64());
+    }
+}
+
+fn pipeline_labels(tenant: &str, pipeline: &str) -> Labels {
+    vec![("tenant", tenant.to_owned()), ("pipeline", pipeline.to_owned())]
+}
+
+impl DelayHistograms {
+    /// The series of `tenant`'s pipeline `pipeline` (kept across restarts
+    /// of the pipeline).
+    pub fn series(&self, tenant: &str, pipeline: &str) -> DelaySeries {
+        let labels = pipeline_labels(tenant, pipeline);
+        DelaySeries {
+            processing: self.processing.get_or_create_owned(&labels),
+            scheduling: self.scheduling.get_or_create_owned(&labels),
+            total: self.total.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Forgets a removed pipeline's series.
+    pub fn remove(&self, tenant: &str, pipeline: &str) {
+        let labels = pipeline_labels(tenant, pipeline);
+        self.processing.remove(&labels);
+        self.scheduling.remove(&labels);
+        self.total.remove(&labels);
+    }
+}
+
+/// The Prometheus text of everything the server runs.
+pub fn render(state: &Arc<ServerState>) -> String {
+    let mut registry = Registry::with_prefix("weir");
+    let counter = || Family::<Labels, Counter>::default();
+    let gauge = || Family::<Labels, Gauge>::default();
+    let float_gauge = || Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+
+    let records_in = counter();
+    let records_out = counter();
+    let batches = counter();
+    let up = gauge();
+    let stage_in = counter();
+    let stage_out = counter();
+    let traps = counter();
+    let instances = gauge();
+    let wasm_memory = gauge();
+    let source_rate = float_gauge();
+    let disk = gauge();
+    let disk_quota = gauge();
+
+    for (tenant, handle) in state.handles() {
+        let labels = pipeline_labels(&tenant, handle.name());
+        let status = handle.status();
+        let metrics = handle.metrics();
+        records_in.get_or_create(&labels).inc_by(metrics.records_in);
+        records_out.get_or_create(&labels).inc_by(metrics.records_out);
+        batches.get_or_create(&labels).inc_by(metrics.batches);
+        let running = matches!(status.state, PipelineState::Running | PipelineState::Starting);
+        up.get_or_create(&labels).set(i64::from(running));
+        for source in &metrics.sources {
+            let mut labels = labels.clone();
+            labels.push(("source", source.name.clone()));
+            source_rate.get_or_create(&labels).set(source.rate);
+        }
+        for stage in &metrics.stages {
+            let mut labels = labels.clone();
+            labels.push(("stage", stage.stage.clone()));
+            stage_in.get_or_create(&labels).inc_by(stage.records_in);
+            stage_out.get_or_create(&labels).inc_by(stage.records_out);
+            instances.get_or_create(&labels).set(stage.instances as i64);
+            wasm_memory.get_or_create(&labels).set(stage.wasm_memory_bytes as i64);
+            let t = &stage.traps;
+            for (kind, count) in [
+                ("deadline", t.deadline),
+                ("fuel", t.fuel),
+                ("memory", t.memory),
+                ("stack-overflow", t.stack_overflow),
+                ("panic", t.panic),
+                ("other", t.other),
+            ] {
+                let mut labels = labels.clone();
+                labels.push(("kind", kind.to_owned()));
+                traps.get_or_create(&labels).inc_by(count);
+            }
+        }
+    }
+    for (tenant, used, max) in state.disk_use() {
+        let labels: Labels = vec![("tenant", tenant)];
+        disk.get_or_create(&labels).set(used as i64);
+        disk_quota.get_or_create(&labels).set(max as i64);
+    }
+
+    let histograms = &state.histograms;
+    let (processing, scheduling, total) = (
+        histograms.processing.clone(),
+        histograms.scheduling.clone(),
+        histograms.total.clone(),
+    );
+
+    registry.register("records_in", "Records received from sources", records_in);
+    registry.register("records_out", "Records handed to sinks", records_out);
+    registry.register("batches", "Micro-batches completed", batches);
+    registry.register("pipeline_running", "1 while the pipeline runs or starts", up);
+    registry.register("source_rate", "Records per second a source received in the last batch", source_rate);
+    registry.register("stage_records_in", "Records into a stage", stage_in);
+    registry.register("stage_records_out", "Records out of a stage", stage_out);
+    registry.register("stage_traps", "Plugin traps by kind", traps);
+    registry.register("stage_instances", "Plugin instances alive", instances);
+    registry.register("stage_wasm_memory_bytes", "Linear memory of the stage's instances", wasm_memory);
+    registry.register("batch_processing_seconds", "Processing time of batches", processing);
+    registry.register("batch_scheduling_delay_seconds", "Scheduling delay of batches", scheduling);
+    registry.register("batch_total_delay_seconds", "Total delay of batches", total);
+    registry.register("tenant_disk_bytes", "Bytes in the tenant's root", disk);
+    registry.register("tenant_disk_quota_bytes", "The tenant's disk quota", disk_quota);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}

@@ -1,0 +1,991 @@
+//! The server's state and what can be done to it: tenants, tokens, plugin
+//! uploads and deployed pipelines, kept in memory and in the data
+//! directory ([`super::store`]) together, so a restart finds what was there.
+//!
+//! Every call that changes a tenant holds that tenant's operation lock for
+//! its whole length (one change at a time per tenant, calls on other
+//! tenants go on); reads take only short locks. The calls block (a deploy
+//! compiles plugins, a stop waits for the pipeline's end): the API runs
+//! them on tokio's blocking threads.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::audit::{AuditEntry, AuditLog};
+use super::auth::{self, Principal, Role, TokenRecord};
+use super::metrics::DelayHistograms;
+use super::store::{self, Store};
+use super::tenant::{Footprint, Quotas, TenantConfig};
+use super::ServerError;
+use crate::config::{self, Paths, Scope, check_name};
+use crate::engine::{Engine, PipelineHandle};
+use crate::pipeline::{PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, RunOptions, StopMode};
+use crate::source::now_ms;
+
+/// Events kept per pipeline for `GET .../events`.
+const RECENT_EVENTS: usize = 200;
+
+/// How long a stop waits for the pipeline to drain and end.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// What the operator wants a deployed pipeline to be doing; a restart
+/// brings it back to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Desired {
+    /// Running.
+    Running,
+    /// Started, then paused.
+    Paused,
+    /// Not running.
+    Stopped,
+}
+
+/// A deployed pipeline's record in `pipelines/<name>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PipelineRecord {
+    desired: Desired,
+    deployed_ms: i64,
+}
+
+/// An uploaded plugin's record in `plugins.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its name and version as the component says.
+    pub version: String,
+    /// The operator it implements.
+    pub kind: String,
+    /// When it was uploaded, in milliseconds since the Unix epoch.
+    pub uploaded_ms: i64,
+}
+
+/// A deployed pipeline.
+struct Deployed {
+    text: String,
+    record: PipelineRecord,
+    handle: Option<PipelineHandle>,
+    /// Why it could not be started (a restore after a restart, a start).
+    failure: Option<String>,
+    /// Why the server paused it (a quota), if it did.
+    quota_paused: Option<String>,
+    footprint: Footprint,
+    events: Arc<Mutex<VecDeque<PipelineEvent>>>,
+}
+
+impl Deployed {
+    fn active(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.status().state.is_final())
+    }
+}
+
+/// A pipeline's status as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineView {
+    /// Its name.
+    pub name: String,
+    /// What the operator wants it to be doing.
+    pub desired: Desired,
+    /// What it is doing: its live status (absent when it never started).
+    pub status: Option<PipelineStatus>,
+    /// Why it could not be started.
+    pub failure: Option<String>,
+    /// Why the server paused it for a quota.
+    pub quota_paused: Option<String>,
+    /// Its worst-case plugin instances and Wasm memory.
+    pub footprint: Footprint,
+    /// When it was deployed.
+    pub deployed_ms: i64,
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    /// Its settings.
+    #[serde(flatten)]
+    pub config: TenantConfig,
+    /// Pipelines deployed.
+    pub pipelines: usize,
+    /// Pipelines running.
+    pub running: usize,
+    /// Bytes its root holds (measured every few seconds).
+    pub disk_bytes: u64,
+    /// Worst-case footprint of its running pipelines.
+    pub footprint: Footprint,
+}
+
+struct Tenant {
+    name: String,
+    config: Mutex<TenantConfig>,
+    tokens: Mutex<Vec<TokenRecord>>,
+    plugins: Mutex<BTreeMap<String, PluginRecord>>,
+    pipelines: Mutex<BTreeMap<String, Deployed>>,
+    /// Held for the whole of every change to this tenant.
+    ops: Mutex<()>,
+    disk_bytes: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a tenant may change a tenant's settings to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantChange {
+    /// New quotas (every field; missing ones take the server's defaults).
+    pub quotas: Option<Quotas>,
+    /// New granted addresses.
+    pub allowed_addresses: Option<Vec<String>>,
+}
+
+/// The server: its engine, its tenants and its audit log.
+pub struct ServerState {
+    store: Store,
+    engine: Engine,
+    admin_sha256: String,
+    defaults: Quotas,
+    tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
+    /// Token id → tenant.
+    token_index: RwLock<HashMap<String, String>>,
+    admin_ops: Mutex<()>,
+    audit: AuditLog,
+    pub(super) histograms: DelayHistograms,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("data", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerState {
+    /// Opens the data directory and brings back every tenant, and every
+    /// pipeline that should be running, from its checkpoint.
+    pub fn open(
+        store: Store,
+        engine: Engine,
+        admin_token: &str,
+        defaults: Quotas,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, ServerError> {
+        let audit = AuditLog::open(store.audit_log())?;
+        let state = Arc::new(Self {
+            store,
+            engine,
+            admin_sha256: auth::sha256_hex(admin_token.as_bytes()),
+            defaults,
+            tenants: RwLock::default(),
+            token_index: RwLock::default(),
+            admin_ops: Mutex::default(),
+            audit,
+            histograms: DelayHistograms::default(),
+            runtime,
+        });
+        state.restore()?;
+        Ok(state)
+    }
+
+    /// The engine every tenant's pipelines run on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn restore(&self) -> Result<(), ServerError> {
+        let dir = self.store.tenants_dir();
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| ServerError::io(format!("cannot list {}", dir.display()), e))?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|entry| entry.path().join("tenant.json").exists())
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            let tenant_dir = self.store.tenant_dir(&name);
+            let Some(config) = store::read_json::<TenantConfig>(&tenant_dir.join("tenant.json"))? else {
+                continue;
+            };
+            let tokens: Vec<TokenRecord> = store::read_json(&tenant_dir.join("tokens.json"))?.unwrap_or_default();
+            let plugins: BTreeMap<String, PluginRecord> =
+                store::read_json(&tenant_dir.join("plugins.json"))?.unwrap_or_default();
+            let tenant = Arc::new(Tenant {
+                name: name.clone(),
+                config: Mutex::new(config),
+                tokens: Mutex::new(tokens.clone()),
+                plugins: Mutex::new(plugins),
+                pipelines: Mutex::default(),
+                ops: Mutex::default(),
+                disk_bytes: AtomicU64::new(store::disk_usage(&self.store.tenant_root(&name))),
+            });
+            {
+                let mut index = self.token_index.write().unwrap_or_else(|e| e.into_inner());
+                for token in tokens {
+                    index.insert(token.id, name.clone());
+                }
+            }
+            self.tenants
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), tenant.clone());
+            self.restore_pipelines(&tenant)?;
+        }
+        Ok(())
+    }
+
+    fn restore_pipelines(&self, tenant: &Arc<Tenant>) -> Result<(), ServerError> {
+        let dir = self.store.pipelines_dir(&tenant.name);
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ServerError::io(format!("cannot read {}", file.display()), e))?;
+            let record = store::read_json::<PipelineRecord>(&file.with_extension("json"))?.unwrap_or(PipelineRecord {
+                desired: Desired::Stopped,
+                deployed_ms: now_ms(),
+            });
+            let mut deployed = Deployed {
+                text,
+                record,
+                handle: None,
+                failure: None,
+                quota_paused: None,
+                footprint: Footprint::default(),
+                events: Arc::default(),
+            };
+            if deployed.record.desired != Desired::Stopped {
+                let shown = format!("pipelines/{name}.toml");
+                match self.launch(tenant, &deployed.text, &shown) {
+                    Ok((handle, footprint)) => {
+                        if deployed.record.desired == Desired::Paused {
+                            let _ = handle.pause();
+                        }
+                        self.watch_events(tenant, &handle, &deployed.events);
+                        deployed.handle = Some(handle);
+                        deployed.footprint = footprint;
+                    }
+                    Err(error) => {
+                        tracing::error!(tenant = %tenant.name, pipeline = %name, %error, "cannot restore pipeline");
+                        deployed.failure = Some(error.to_string());
+                    }
+                }
+            }
+            lock(&tenant.pipelines).insert(name, deployed);
+        }
+        Ok(())
+    }
+
+    // ----- authentication -------------------------------------------------
+
+    /// Who `token` is, if anyone.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        if auth::token_matches(token, &self.admin_sha256) {
+            return Some(Principal::Admin);
+        }
+        let id = auth::token_id(token)?;
+        let tenant_name = self
+            .token_index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()?;
+        let tenant = self.tenant(&tenant_name).ok()?;
+        let tokens = lock(&tenant.tokens);
+        let record = tokens.iter().find(|t| t.id == id)?;
+        auth::token_matches(token, &record.sha256).then(|| Principal::Tenant {
+            tenant: tenant_name.clone(),
+            role: record.role,
+            token: record.id.clone(),
+        })
+    }
+
+    /// Checks that `who` may act on `tenant` (operating when `operate`):
+    /// another tenant's objects are "not found", a viewer may not operate.
+    pub fn authorize(&self, who: &Principal, tenant: &str, operate: bool) -> Result<(), ServerError> {
+        match who {
+            Principal::Admin => Ok(()),
+            Principal::Tenant { tenant: own, role, .. } => {
+                if own != tenant {
+                    Err(ServerError::NotFound(format!("no tenant `{tenant}`")))
+                } else if operate && *role == Role::Viewer {
+                    Err(ServerError::Forbidden(
+                        "this token is a viewer's: it may read, not change".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    // ----- audit ----------------------------------------------------------
+
+    /// Appends an audit entry for a mutating call and its result.
+    pub fn audit<T>(
+        &self,
+        who: &Principal,
+        tenant: Option<&str>,
+        action: &str,
+        plugin_sha256: Option<String>,
+        result: &Result<T, ServerError>,
+    ) {
+        self.audit.append(&AuditEntry {
+            time_ms: now_ms(),
+            who: who.who(),
+            tenant: tenant.map(str::to_owned),
+            action: action.to_owned(),
+            plugin_sha256,
+            result: match result {
+                Ok(_) => "ok".to_owned(),
+                Err(error) => error.to_string(),
+            },
+        });
+    }
+
+    /// The newest audit entries.
+    pub fn audit_entries(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, ServerError> {
+        self.audit.read(tenant, limit)
+    }
+
+    // ----- tenants --------------------------------------------------------
+
+    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, ServerError> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServerError::NotFound(format!("no tenant `{name}`")))
+    }
+
+    fn tenant_names(&self) -> Vec<String> {
+        self.tenants.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Creates tenant `name`.
+    pub fn create_tenant(&self, name: &str, change: TenantChange) -> Result<TenantView, ServerError> {
+        check_name(name).map_err(|why| ServerError::Invalid(format!("tenant name `{name}` {why}")))?;
+        let _admin = lock(&self.admin_ops);
+        if self.tenant(name).is_ok() {
+            return Err(ServerError::Conflict(format!("tenant `{name}` exists")));
+        }
+        let config = TenantConfig {
+            name: name.to_owned(),
+            quotas: change.quotas.unwrap_or_else(|| self.defaults.clone()),
+            allowed_addresses: change.allowed_addresses.unwrap_or_default(),
+            created_ms: now_ms(),
+        };
+        let dir = self.store.tenant_dir(name);
+        for sub in [dir.join("root"), dir.join("pipelines")] {
+            std::fs::create_dir_all(&sub).map_err(|e| ServerError::io(format!("cannot create {}", sub.display()), e))?;
+        }
+        store::write_json(&dir.join("tokens.json"), &Vec::<TokenRecord>::new())?;
+        store::write_json(&dir.join("plugins.json"), &BTreeMap::<String, PluginRecord>::new())?;
+        // tenant.json last: a tenant exists once it is written.
+        store::write_json(&dir.join("tenant.json"), &config)?;
+        let tenant = Arc::new(Tenant {
+            name: name.to_owned(),
+            config: Mutex::new(config),
+            tokens: Mutex::default(),
+            plugins: Mutex::default(),
+            pipelines: Mutex::default(),
+            ops: Mutex::default(),
+            disk_bytes: AtomicU64::new(0),
+        });
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), tenant.clone());
+        Ok(self.view_tenant(&tenant))
+    }
+
+    /// Changes tenant `name`'s quotas or grants (running pipelines keep
+    /// theirs until they are started again).
+    pub fn change_tenant(&self, name: &str, change: TenantChange) -> Result<TenantView, ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let mut config = lock(&tenant.config).clone();
+        if let Some(quotas) = change.quotas {
+            config.quotas = quotas;
+        }
+        if let Some(addresses) = change.allowed_addresses {
+            config.allowed_addresses = addresses;
+        }
+        store::write_json(&self.store.tenant_dir(name).join("tenant.json"), &config)?;
+        *lock(&tenant.config) = config;
+        Ok(self.view_tenant(&tenant))
+    }
+
+    /// Removes tenant `name`: stops its pipelines, revokes its tokens,
+    /// deletes its directory.
+    pub fn delete_tenant(&self, name: &str) -> Result<(), ServerError> {
+        let _admin = lock(&self.admin_ops);
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let handles: Vec<PipelineHandle> = lock(&tenant.pipelines)
+            .values()
+            .filter_map(|d| d.handle.clone())
+            .collect();
+        stop_all(&handles);
+        {
+            let mut index = self.token_index.write().unwrap_or_else(|e| e.into_inner());
+            index.retain(|_, owner| owner != name);
+        }
+        self.tenants.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let dir = self.store.tenant_dir(name);
+        // tenant.json first: a half-removed tenant does not come back.
+        let _ = std::fs::remove_file(dir.join("tenant.json"));
+        std::fs::remove_dir_all(&dir).map_err(|e| ServerError::io(format!("cannot remove {}", dir.display()), e))
+    }
+
+    /// Every tenant.
+    pub fn list_tenants(&self) -> Vec<TenantView> {
+        self.tenant_names()
+            .iter()
+            .filter_map(|name| self.tenant(name).ok())
+            .map(|tenant| self.view_tenant(&tenant))
+            .collect()
+    }
+
+    /// Tenant `name`.
+    pub fn get_tenant(&self, name: &str) -> Result<TenantView, ServerError> {
+        Ok(self.view_tenant(&*self.tenant(name)?))
+    }
+
+    fn view_tenant(&self, tenant: &Tenant) -> TenantView {
+        let pipelines = lock(&tenant.pipelines);
+        let active: Vec<&Deployed> = pipelines.values().filter(|d| d.active()).collect();
+        TenantView {
+            config: lock(&tenant.config).clone(),
+            pipelines: pipelines.len(),
+            running: active.len(),
+            disk_bytes: tenant.disk_bytes.load(Ordering::Relaxed),
+            footprint: active.iter().fold(Footprint::default(), |sum, d| sum.plus(d.footprint)),
+        }
+    }
+
+    // ----- tokens ---------------------------------------------------------
+
+    /// Makes a token of `role` for tenant `name`; returns its record and
+    /// the token, which is not kept.
+    pub fn create_token(&self, name: &str, role: Role) -> Result<(TokenRecord, String), ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let (record, token) = auth::new_token(role, now_ms());
+        let mut tokens = lock(&tenant.tokens).clone();
+        tokens.push(record.clone());
+        store::write_json(&self.store.tenant_dir(name).join("tokens.json"), &tokens)?;
+        *lock(&tenant.tokens) = tokens;
+        self.token_index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.id.clone(), name.to_owned());
+        Ok((record, token))
+    }
+
+    /// Tenant `name`'s tokens (ids and roles; never the tokens).
+    pub fn list_tokens(&self, name: &str) -> Result<Vec<TokenRecord>, ServerError> {
+        Ok(lock(&self.tenant(name)?.tokens).clone())
+    }
+
+    /// Revokes token `id` of tenant `name`: its next call is refused.
+    pub fn revoke_token(&self, name: &str, id: &str) -> Result<(), ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let mut tokens = lock(&tenant.tokens).clone();
+        let before = tokens.len();
+        tokens.retain(|t| t.id != id);
+        if tokens.len() == before {
+            return Err(ServerError::NotFound(format!("no token `{id}`")));
+        }
+        // Out of the index first: from here on, the token is refused.
+        self.token_index.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        *lock(&tenant.tokens) = tokens.clone();
+        store::write_json(&self.store.tenant_dir(name).join("tokens.json"), &tokens)
+    }
+
+    // ----- plugins --------------------------------------------------------
+
+    /// Validates `bytes` as a Weir plugin and stores it as tenant `name`'s
+    /// upload `plugin`, content-addressed.
+    pub fn put_plugin(&self, name: &str, plugin: &str, bytes: &[u8]) -> Result<PluginRecord, ServerError> {
+        check_name(plugin).map_err(|why| ServerError::Invalid(format!("plugin name `{plugin}` {why}")))?;
+        let tenant = self.tenant(name)?;
+        let limit = lock(&tenant.config).quotas.max_plugin_bytes;
+        if bytes.len() as u64 > limit {
+            return Err(ServerError::TooLarge(format!(
+                "the component is {} bytes; this tenant's uploads may have at most {limit}",
+                bytes.len()
+            )));
+        }
+        let _ops = lock(&tenant.ops);
+        let sha256 = auth::sha256_hex(bytes);
+        let loaded = self
+            .engine
+            .runtime()
+            .load_plugin_bytes(Path::new(&format!("{plugin}.wasm")), bytes)
+            .map_err(|error| ServerError::Invalid(format!("not a usable Weir plugin: {error}")))?;
+        self.store.put_blob(&sha256, bytes)?;
+        let info = loaded.info();
+        let record = PluginRecord {
+            sha256,
+            bytes: bytes.len() as u64,
+            version: format!("{} {}", info.name, info.version),
+            kind: info.kind.name().to_owned(),
+            uploaded_ms: now_ms(),
+        };
+        let mut plugins = lock(&tenant.plugins).clone();
+        plugins.insert(plugin.to_owned(), record.clone());
+        store::write_json(&self.store.tenant_dir(name).join("plugins.json"), &plugins)?;
+        *lock(&tenant.plugins) = plugins;
+        Ok(record)
+    }
+
+    /// Tenant `name`'s uploads.
+    pub fn list_plugins(&self, name: &str) -> Result<BTreeMap<String, PluginRecord>, ServerError> {
+        Ok(lock(&self.tenant(name)?.plugins).clone())
+    }
+
+    /// Removes tenant `name`'s upload `plugin` (running pipelines keep the
+    /// component they loaded; the bytes stay for other tenants' uploads).
+    pub fn delete_plugin(&self, name: &str, plugin: &str) -> Result<(), ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let mut plugins = lock(&tenant.plugins).clone();
+        if plugins.remove(plugin).is_none() {
+            return Err(ServerError::NotFound(format!("no plugin `{plugin}`")));
+        }
+        store::write_json(&self.store.tenant_dir(name).join("plugins.json"), &plugins)?;
+        *lock(&tenant.plugins) = plugins;
+        Ok(())
+    }
+
+    // ----- pipelines ------------------------------------------------------
+
+    /// Parses `text` in the tenant's scope, checks it against the tenant's
+    /// grants and quotas, and starts it.
+    fn launch(&self, tenant: &Tenant, text: &str, shown: &str) -> Result<(PipelineHandle, Footprint), ServerError> {
+        let (spec, footprint) = self.admit(tenant, text, shown)?;
+        self.start_spec(tenant, spec, footprint, shown)
+    }
+
+    fn start_spec(
+        &self,
+        tenant: &Tenant,
+        spec: config::PipelineSpec,
+        footprint: Footprint,
+        shown: &str,
+    ) -> Result<(PipelineHandle, Footprint), ServerError> {
+        let config = lock(&tenant.config).clone();
+        let prepared = self
+            .engine
+            .prepare_parsed(spec, Path::new(shown))
+            .map_err(|error| ServerError::Invalid(error.to_string()))?
+            .in_namespace(&tenant.name);
+        let handle = self
+            .engine
+            .start(
+                prepared,
+                RunOptions {
+                    weight: config.quotas.cpu_share.max(1),
+                    ..RunOptions::default()
+                },
+            )
+            .map_err(|error| ServerError::Conflict(error.to_string()))?;
+        Ok((handle, footprint))
+    }
+
+    /// Parses `text` (named `shown` in errors) in the tenant's scope and
+    /// checks it against the tenant's grants and quotas, counting its
+    /// running pipelines but one of the same name (which it replaces).
+    fn admit(&self, tenant: &Tenant, text: &str, shown: &str) -> Result<(config::PipelineSpec, Footprint), ServerError> {
+        let root = self.store.tenant_root(&tenant.name);
+        let catalog = lock(&tenant.plugins)
+            .iter()
+            .map(|(name, record)| (name.clone(), self.store.blob(&record.sha256)))
+            .collect();
+        let scope = Scope {
+            paths: Paths::confined_to(&root),
+            catalog: Some(catalog),
+            checkpoints: Some(root.join("checkpoints")),
+        };
+        let mut spec = config::parse_in(text, Path::new(shown), &scope)
+            .map_err(|error| ServerError::Invalid(error.to_string()))?;
+        let config = lock(&tenant.config).clone();
+        config.admit(&mut spec, shown)?;
+        let footprint = Footprint::of(&spec);
+        let others = lock(&tenant.pipelines)
+            .iter()
+            .filter(|(name, d)| d.active() && **name != spec.name)
+            .fold(Footprint::default(), |sum, (_, d)| sum.plus(d.footprint));
+        let total = others.plus(footprint);
+        let q = &config.quotas;
+        if total.instances > q.max_instances {
+            return Err(ServerError::Quota(format!(
+                "pipeline `{}` may hold {} plugin instances ({} plugin stages × {} partitions); with the tenant's running pipelines that is {}, above its quota of {}",
+                spec.name,
+                footprint.instances,
+                spec.stages.iter().filter(|s| !s.op.plugins().is_empty()).count(),
+                spec.partitions,
+                total.instances,
+                q.max_instances
+            )));
+        }
+        if total.wasm_memory > q.max_wasm_memory {
+            return Err(ServerError::Quota(format!(
+                "pipeline `{}` may hold {} MiB of Wasm memory; with the tenant's running pipelines that is {} MiB, above its quota of {} MiB",
+                spec.name,
+                footprint.wasm_memory >> 20,
+                total.wasm_memory >> 20,
+                q.max_wasm_memory >> 20
+            )));
+        }
+        Ok((spec, footprint))
+    }
+
+    /// Deploys `text` as one of tenant `name`'s pipelines and starts it;
+    /// replaces a stopped pipeline of the same name.
+    pub fn deploy(&self, name: &str, text: &str) -> Result<PipelineView, ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let shown = "pipeline.toml";
+        let (spec, footprint) = self.admit(&tenant, text, shown)?;
+        let pipeline = spec.name.clone();
+        {
+            let pipelines = lock(&tenant.pipelines);
+            match pipelines.get(&pipeline) {
+                Some(existing) if existing.active() => {
+                    return Err(ServerError::Conflict(format!(
+                        "pipeline `{pipeline}` is running: stop it before deploying it again"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let max = lock(&tenant.config).quotas.max_pipelines;
+                    if pipelines.len() >= max {
+                        return Err(ServerError::Quota(format!(
+                            "this tenant has {} pipelines deployed, its quota: delete one before deploying `{pipeline}`",
+                            pipelines.len()
+                        )));
+                    }
+                }
+            }
+        }
+        let (handle, footprint) = self.start_spec(&tenant, spec, footprint, shown)?;
+        let record = PipelineRecord {
+            desired: Desired::Running,
+            deployed_ms: now_ms(),
+        };
+        let dir = self.store.pipelines_dir(name);
+        let saved = store::write_atomic(&dir.join(format!("{pipeline}.toml")), text.as_bytes())
+            .and_then(|()| store::write_json(&dir.join(format!("{pipeline}.json")), &record));
+        if let Err(error) = saved {
+            // Not on disk: not deployed.
+            handle.stop(StopMode::Now);
+            let _ = handle.wait();
+            return Err(error);
+        }
+        let events = Arc::default();
+        self.watch_events(&tenant, &handle, &events);
+        let deployed = Deployed {
+            text: text.to_owned(),
+            record,
+            handle: Some(handle),
+            failure: None,
+            quota_paused: None,
+            footprint,
+            events,
+        };
+        let view = view_pipeline(&pipeline, &deployed);
+        lock(&tenant.pipelines).insert(pipeline, deployed);
+        Ok(view)
+    }
+
+    fn watch_events(&self, tenant: &Tenant, handle: &PipelineHandle, events: &Arc<Mutex<VecDeque<PipelineEvent>>>) {
+        let mut receiver = handle.subscribe();
+        let events = events.clone();
+        let histograms = self.histograms.series(&tenant.name, handle.name());
+        self.runtime.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        if let PipelineEvent::BatchCompleted(report) = &event {
+                            histograms.observe(report);
+                        }
+                        let mut events = lock(&events);
+                        if events.len() == RECENT_EVENTS {
+                            events.pop_front();
+                        }
+                        events.push_back(event);
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    fn with_pipeline<T>(
+        &self,
+        name: &str,
+        pipeline: &str,
+        f: impl FnOnce(&Arc<Tenant>, &mut Deployed) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let tenant = self.tenant(name)?;
+        let mut pipelines = lock(&tenant.pipelines);
+        let deployed = pipelines
+            .get_mut(pipeline)
+            .ok_or_else(|| ServerError::NotFound(format!("no pipeline `{pipeline}`")))?;
+        f(&tenant, deployed)
+    }
+
+    /// Tenant `name`'s pipelines.
+    pub fn list_pipelines(&self, name: &str) -> Result<Vec<PipelineView>, ServerError> {
+        let tenant = self.tenant(name)?;
+        let pipelines = lock(&tenant.pipelines);
+        Ok(pipelines.iter().map(|(name, d)| view_pipeline(name, d)).collect())
+    }
+
+    /// One pipeline's status.
+    pub fn pipeline(&self, name: &str, pipeline: &str) -> Result<PipelineView, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| Ok(view_pipeline(pipeline, d)))
+    }
+
+    /// One pipeline's live metrics (none when it never started).
+    pub fn pipeline_metrics(&self, name: &str, pipeline: &str) -> Result<Option<PipelineMetrics>, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| Ok(d.handle.as_ref().map(PipelineHandle::metrics)))
+    }
+
+    /// One pipeline's recent events, oldest first.
+    pub fn pipeline_events(&self, name: &str, pipeline: &str) -> Result<Vec<PipelineEvent>, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| Ok(lock(&d.events).iter().cloned().collect()))
+    }
+
+    /// The deployed pipeline file.
+    pub fn pipeline_file(&self, name: &str, pipeline: &str) -> Result<String, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| Ok(d.text.clone()))
+    }
+
+    fn set_desired(&self, name: &str, pipeline: &str, desired: Desired) -> Result<(), ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| {
+            let mut record = d.record.clone();
+            record.desired = desired;
+            store::write_json(&self.store.pipelines_dir(name).join(format!("{pipeline}.json")), &record)?;
+            d.record = record;
+            Ok(())
+        })
+    }
+
+    /// Starts a stopped (or failed) pipeline again, from its checkpoint.
+    pub fn start_pipeline(&self, name: &str, pipeline: &str) -> Result<PipelineView, ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let text = self.with_pipeline(name, pipeline, |_, d| {
+            if d.active() {
+                return Err(ServerError::Conflict(format!("pipeline `{pipeline}` is running")));
+            }
+            Ok(d.text.clone())
+        })?;
+        let shown = format!("pipelines/{pipeline}.toml");
+        let launched = self.launch(&tenant, &text, &shown);
+        let (handle, footprint) = match launched {
+            Ok(launched) => launched,
+            Err(error) => {
+                self.with_pipeline(name, pipeline, |_, d| {
+                    d.failure = Some(error.to_string());
+                    Ok(())
+                })?;
+                return Err(error);
+            }
+        };
+        self.set_desired(name, pipeline, Desired::Running)?;
+        self.with_pipeline(name, pipeline, |tenant, d| {
+            self.watch_events(tenant, &handle, &d.events);
+            d.handle = Some(handle);
+            d.footprint = footprint;
+            d.failure = None;
+            d.quota_paused = None;
+            Ok(view_pipeline(pipeline, d))
+        })
+    }
+
+    /// Stops a pipeline gracefully (what its receivers queued is processed
+    /// and checkpointed) and waits for its end.
+    pub fn stop_pipeline(&self, name: &str, pipeline: &str) -> Result<PipelineView, ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        self.set_desired(name, pipeline, Desired::Stopped)?;
+        let handle = self.with_pipeline(name, pipeline, |_, d| Ok(d.handle.clone()))?;
+        if let Some(handle) = handle {
+            stop_all(&[handle]);
+        }
+        self.pipeline(name, pipeline)
+    }
+
+    /// Pauses (or resumes) a running pipeline at its next batch boundary.
+    pub fn pause_pipeline(&self, name: &str, pipeline: &str, pause: bool) -> Result<PipelineView, ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let handle = self.with_pipeline(name, pipeline, |_, d| {
+            d.handle
+                .clone()
+                .filter(|h| !h.status().state.is_final())
+                .ok_or_else(|| ServerError::Conflict(format!("pipeline `{pipeline}` is not running")))
+        })?;
+        let reply = if pause { handle.pause() } else { handle.resume() };
+        reply.map_err(|error| ServerError::Conflict(error.to_string()))?;
+        self.set_desired(name, pipeline, if pause { Desired::Paused } else { Desired::Running })?;
+        if !pause {
+            self.with_pipeline(name, pipeline, |_, d| {
+                d.quota_paused = None;
+                Ok(())
+            })?;
+        }
+        self.pipeline(name, pipeline)
+    }
+
+    /// Stops and removes a pipeline (its checkpoints and outputs stay in the
+    /// tenant's root).
+    pub fn delete_pipeline(&self, name: &str, pipeline: &str) -> Result<(), ServerError> {
+        let tenant = self.tenant(name)?;
+        let _ops = lock(&tenant.ops);
+        let handle = self.with_pipeline(name, pipeline, |_, d| Ok(d.handle.clone()))?;
+        if let Some(handle) = handle {
+            stop_all(&[handle]);
+        }
+        let dir = self.store.pipelines_dir(name);
+        for file in [format!("{pipeline}.toml"), format!("{pipeline}.json")] {
+            match std::fs::remove_file(dir.join(&file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ServerError::io(format!("cannot remove {file}"), e)),
+            }
+        }
+        lock(&tenant.pipelines).remove(pipeline);
+        self.histograms.remove(name, pipeline);
+        Ok(())
+    }
+
+    // ----- quotas at run time and shutdown ---------------------------------
+
+    /// Measures every tenant's disk use; pauses the pipelines of a tenant
+    /// over its quota, resumes those it paused once it is under again.
+    pub fn enforce_disk_quotas(&self) {
+        for name in self.tenant_names() {
+            let Ok(tenant) = self.tenant(&name) else { continue };
+            let used = store::disk_usage(&self.store.tenant_root(&name));
+            tenant.disk_bytes.store(used, Ordering::Relaxed);
+            let max = lock(&tenant.config).quotas.max_disk_bytes;
+            let mut pipelines = lock(&tenant.pipelines);
+            for (pipeline, deployed) in pipelines.iter_mut() {
+                let Some(handle) = deployed.handle.clone().filter(|h| !h.status().state.is_final()) else {
+                    continue;
+                };
+                if used > max && deployed.quota_paused.is_none() {
+                    let reason = format!(
+                        "paused by the server: the tenant's files hold {used} bytes, above its disk quota of {max}; free space to resume"
+                    );
+                    tracing::warn!(tenant = %name, %pipeline, %reason);
+                    deployed.quota_paused = Some(reason);
+                    // Applied at the next batch boundary; do not wait here.
+                    let _ = std::thread::Builder::new().spawn(move || handle.pause());
+                } else if used <= max && deployed.quota_paused.is_some() {
+                    deployed.quota_paused = None;
+                    if deployed.record.desired == Desired::Running {
+                        let _ = std::thread::Builder::new().spawn(move || handle.resume());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every pipeline handle, with its tenant.
+    pub fn handles(&self) -> Vec<(String, PipelineHandle)> {
+        let mut all = Vec::new();
+        for name in self.tenant_names() {
+            let Ok(tenant) = self.tenant(&name) else { continue };
+            for deployed in lock(&tenant.pipelines).values() {
+                if let Some(handle) = &deployed.handle {
+                    all.push((name.clone(), handle.clone()));
+                }
+            }
+        }
+        all
+    }
+
+    /// Disk bytes and quota of every tenant.
+    pub fn disk_use(&self) -> Vec<(String, u64, u64)> {
+        self.tenant_names()
+            .into_iter()
+            .filter_map(|name| {
+                let tenant = self.tenant(&name).ok()?;
+                let max = lock(&tenant.config).quotas.max_disk_bytes;
+                Some((name, tenant.disk_bytes.load(Ordering::Relaxed), max))
+            })
+            .collect()
+    }
+
+    /// Stops every pipeline gracefully and waits for them (their desired
+    /// state stays: a restart brings them back).
+    pub fn shutdown(&self) {
+        let handles: Vec<PipelineHandle> = self.handles().into_iter().map(|(_, h)| h).collect();
+        stop_all(&handles);
+    }
+}
+
+/// Asks every pipeline in `handles` to stop gracefully and waits for each
+/// (up to [`STOP_WAIT`], then stops it at once).
+fn stop_all(handles: &[PipelineHandle]) {
+    for handle in handles {
+        handle.stop(StopMode::Graceful);
+    }
+    for handle in handles {
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while handle.outcome().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if handle.outcome().is_none() {
+            handle.stop(StopMode::Now);
+            let _ = handle.wait();
+        }
+    }
+}
+
+fn view_pipeline(name: &str, deployed: &Deployed) -> PipelineView {
+    let status = deployed.handle.as_ref().map(|h| {
+        let mut status = h.status();
+        if status.state == PipelineState::Paused
+            && let Some(reason) = &deployed.quota_paused
+        {
+            status.paused_because = Some(reason.clone());
+        }
+        status
+    });
+    PipelineView {
+        name: name.to_owned(),
+        desired: deployed.record.desired,
+        status,
+        failure: deployed.failure.clone(),
+        quota_paused: deployed.quota_paused.clone(),
+        footprint: deployed.footprint,
+        deployed_ms: deployed.record.deployed_ms,
+    }
+}

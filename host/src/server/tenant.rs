@@ -1,0 +1,235 @@
+//! Tenants: their quotas and grants, as the admin sets them, and the checks
+//! a tenant's pipeline passes before it is started.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ServerError;
+use crate::config::{PipelineSpec, Reach};
+
+/// What one tenant may use. The admin sets them per tenant; the server's
+/// defaults fill what is not set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Pipelines deployed (running or not).
+    pub max_pipelines: usize,
+    /// Plugin instances its running pipelines may hold together, at worst
+    /// (each plugin stage may hold one per partition).
+    pub max_instances: usize,
+    /// Wasm linear memory its running pipelines may hold together, at worst
+    /// (each instance up to its stage's memory limit), in bytes.
+    pub max_wasm_memory: u64,
+    /// Its pipelines' share of the worker pool: the fair-scheduling weight
+    /// each of its pipelines runs with.
+    pub cpu_share: u32,
+    /// Ceiling of a stage's `memory` limit, in bytes.
+    pub max_stage_memory: u64,
+    /// Ceiling of a stage's call `timeout`, in milliseconds.
+    pub max_call_timeout_ms: u64,
+    /// Ceiling of a stage's `fuel` per call; `None`: no ceiling.
+    pub max_fuel: Option<u64>,
+    /// Ceiling of each source's records per second; a source without
+    /// `max-rate` is held to it. `None`: no ceiling.
+    pub max_input_rate: Option<u64>,
+    /// Bytes its root (checkpoints, state, outputs, inputs) may hold; over
+    /// it, its pipelines are paused until it is under again.
+    pub max_disk_bytes: u64,
+    /// Largest plugin upload, in bytes.
+    pub max_plugin_bytes: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_pipelines: 10,
+            max_instances: 64,
+            max_wasm_memory: 4 << 30,
+            cpu_share: 1,
+            max_stage_memory: 256 << 20,
+            max_call_timeout_ms: 60_000,
+            max_fuel: None,
+            max_input_rate: None,
+            max_disk_bytes: 10 << 30,
+            max_plugin_bytes: 32 << 20,
+        }
+    }
+}
+
+/// A tenant as stored in `tenant.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Its name.
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Network addresses (`host:port`; `host:*` for any port) its sources
+    /// and sinks may listen on or connect to. Default: none.
+    #[serde(default)]
+    pub allowed_addresses: Vec<String>,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// The worst-case footprint of a pipeline, checked against the quotas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Footprint {
+    /// Plugin instances it may hold.
+    pub instances: usize,
+    /// Wasm memory those may hold, in bytes.
+    pub wasm_memory: u64,
+}
+
+impl Footprint {
+    /// The footprint of `spec`: every plugin stage may hold one instance per
+    /// partition, each up to its memory limit.
+    pub fn of(spec: &PipelineSpec) -> Self {
+        let mut footprint = Self::default();
+        for stage in &spec.stages {
+            let plugins = stage.op.plugins().len();
+            if plugins == 0 {
+                continue;
+            }
+            let instances = plugins * spec.partitions;
+            footprint.instances += instances;
+            footprint.wasm_memory += instances as u64 * stage.sandbox.limits.memory_bytes as u64;
+        }
+        footprint
+    }
+
+    /// The sum of two footprints.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            instances: self.instances + other.instances,
+            wasm_memory: self.wasm_memory + other.wasm_memory,
+        }
+    }
+}
+
+impl TenantConfig {
+    /// Checks `spec` (from `file`) against the tenant's grants (refused:
+    /// [`ServerError::Forbidden`]) and ceilings ([`ServerError::Quota`]);
+    /// holds each source without `max-rate` to the tenant's input rate.
+    /// Errors name the file and line, as `weir check` does.
+    pub fn admit(&self, spec: &mut PipelineSpec, file: &str) -> Result<(), ServerError> {
+        let q = &self.quotas;
+        let at = |line: usize, message: String| ServerError::Quota(format!("{file}:{line}: {message}"));
+        let denied = |line: usize, message: String| ServerError::Forbidden(format!("{file}:{line}: {message}"));
+        for source in &mut spec.sources {
+            self.check_reach(source.kind.reach(), &format!("source `{}`", source.name))
+                .map_err(|m| denied(source.line, m))?;
+            if let Some(ceiling) = q.max_input_rate {
+                match source.rate.max_rate {
+                    Some(rate) if rate > ceiling => {
+                        return Err(at(
+                            source.line,
+                            format!(
+                                "source `{}` asks for max-rate = {rate} records/s, above this tenant's ceiling of {ceiling}",
+                                source.name
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => source.rate.max_rate = Some(ceiling),
+                }
+            }
+        }
+        for sink in &spec.sinks {
+            self.check_reach(sink.kind.reach(), &format!("sink `{}`", sink.name))
+                .map_err(|m| denied(sink.line, m))?;
+        }
+        for stage in &spec.stages {
+            let limits = &stage.sandbox.limits;
+            let refuse = |what: String| {
+                Err(at(
+                    stage.line,
+                    format!("stage `{}` asks for {what}; lower it in its [stage.limits]", stage.name),
+                ))
+            };
+            if limits.memory_bytes as u64 > q.max_stage_memory {
+                return refuse(format!(
+                    "memory = {} MiB, above this tenant's ceiling of {} MiB",
+                    limits.memory_bytes >> 20,
+                    q.max_stage_memory >> 20
+                ));
+            }
+            if limits.call_deadline > Duration::from_millis(q.max_call_timeout_ms) {
+                return refuse(format!(
+                    "timeout = {}, above this tenant's ceiling of {}",
+                    humantime::format_duration(limits.call_deadline),
+                    humantime::format_duration(Duration::from_millis(q.max_call_timeout_ms))
+                ));
+            }
+            if let Some(ceiling) = q.max_fuel {
+                match limits.fuel {
+                    Some(fuel) if fuel <= ceiling => {}
+                    Some(fuel) => {
+                        return refuse(format!("fuel = {fuel}, above this tenant's ceiling of {ceiling}"));
+                    }
+                    None if stage.op.plugins().is_empty() => {}
+                    None => {
+                        return refuse(format!(
+                            "no fuel budget, but this tenant's plugins run with at most {ceiling} fuel a call: set fuel"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_reach(&self, reach: Reach, what: &str) -> Result<(), String> {
+        match reach {
+            Reach::Files => Ok(()),
+            Reach::Process(stream) => Err(format!(
+                "{what} uses the server's {stream}, which tenants' pipelines may not: use a files source or sink"
+            )),
+            Reach::Network(addresses) => {
+                for address in addresses {
+                    if !self.address_allowed(&address) {
+                        return Err(format!(
+                            "{what} reaches `{address}`, which this tenant may not: the admin grants addresses (allowed: {})",
+                            if self.allowed_addresses.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                self.allowed_addresses.join(", ")
+                            }
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// True when `address` (`host:port`) is granted.
+    pub fn address_allowed(&self, address: &str) -> bool {
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+        self.allowed_addresses.iter().any(|allowed| match allowed.rsplit_once(':') {
+            Some((allowed_host, "*")) => allowed_host == host,
+            Some(_) => allowed == address,
+            None => allowed == host && port.is_empty(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_match_exactly_or_by_any_port() {
+        let tenant = TenantConfig {
+            name: "a".into(),
+            quotas: Quotas::default(),
+            allowed_addresses: vec!["127.0.0.1:9000".into(), "kafka:*".into()],
+            created_ms: 0,
+        };
+        assert!(tenant.address_allowed("127.0.0.1:9000"));
+        assert!(!tenant.address_allowed("127.0.0.1:9001"));
+        assert!(tenant.address_allowed("kafka:9092"));
+        assert!(!tenant.address_allowed("kafka2:9092"));
+    }
+}
