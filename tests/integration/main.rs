@@ -13,6 +13,7 @@ mod kafka;
 mod rate;
 mod recovery;
 mod sandbox;
+mod serve;
 mod sources;
 mod state;
 mod windows;

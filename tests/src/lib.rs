@@ -3,7 +3,8 @@
 //! binary): the example plugins built once to components ([`plugins`]), and
 //! helpers to write pipelines, run the binary with a time limit, feed
 //! sockets and read the files sink's output, and a real Kafka-protocol
-//! broker per test ([`kafka`]).
+//! broker per test ([`kafka`]), and a real `weir serve` with an HTTP client
+//! ([`server`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,6 +13,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod server;
 
 /// Paths of the example plugins' components, built by this crate's build script.
 pub mod plugins {

@@ -20,7 +20,12 @@ pub struct Client {
 impl Client {
     /// A client of the server at `url` with the token in `token_file`;
     /// `ca_cert` (PEM) is trusted for an `https` server.
-    pub fn new(url: &str, token_file: &Path, ca_cert: Option<&Path>, tenant: Option<String>) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        token_file: &Path,
+        ca_cert: Option<&Path>,
+        tenant: Option<String>,
+    ) -> anyhow::Result<Self> {
         let token = std::fs::read_to_string(token_file)
             .with_context(|| format!("cannot read the token file {}", token_file.display()))?
             .trim()
@@ -31,7 +36,8 @@ impl Client {
         let mut builder = Http::builder().timeout(Duration::from_secs(300));
         if let Some(ca) = ca_cert {
             let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
             builder = builder.add_root_certificate(cert);
         }
         Ok(Self {
@@ -94,7 +100,8 @@ impl Client {
 
     /// Deploys the pipeline file at `file`.
     pub fn deploy(&self, file: &Path) -> anyhow::Result<Value> {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let path = self.tenant_path("/pipelines")?;
         self.send(
             self.http
@@ -166,7 +173,10 @@ impl Client {
 
 /// One line per pipeline: name, state, last batch, desired state.
 pub fn print_pipelines(list: &Value) {
-    println!("{:<24} {:<10} {:>10} {:<8}", "PIPELINE", "STATE", "BATCH", "DESIRED");
+    println!(
+        "{:<24} {:<10} {:>10} {:<8}",
+        "PIPELINE", "STATE", "BATCH", "DESIRED"
+    );
     for pipeline in list.as_array().into_iter().flatten() {
         let name = pipeline["name"].as_str().unwrap_or("?");
         let state = pipeline["status"]["state"]

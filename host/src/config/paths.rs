@@ -51,7 +51,11 @@ impl Paths {
             return Ok(self.base_dir.join(written));
         }
         let relative = Path::new(written);
-        let refuse = |why: &str| Err(format!("`{key}` = \"{written}\" {why}; paths here stay inside the tenant's root"));
+        let refuse = |why: &str| {
+            Err(format!(
+                "`{key}` = \"{written}\" {why}; paths here stay inside the tenant's root"
+            ))
+        };
         if written.is_empty() {
             return refuse("is empty");
         }
@@ -107,7 +111,10 @@ fn stays_inside(root: &Path, relative: &Path) -> Result<(), String> {
                     return Err(if error.kind() == std::io::ErrorKind::NotFound {
                         format!("passes a symbolic link `{}` that leads nowhere", prefix.display())
                     } else {
-                        format!("passes a symbolic link `{}` that leads out of it", prefix.display())
+                        format!(
+                            "passes a symbolic link `{}` that leads out of it",
+                            prefix.display()
+                        )
                     });
                 }
             }
@@ -130,7 +137,10 @@ mod tests {
         let paths = Paths::relative_to("/etc/weir");
         assert_eq!(paths.resolve("in", "path").unwrap(), Path::new("/etc/weir/in"));
         assert_eq!(paths.resolve("/data", "path").unwrap(), Path::new("/data"));
-        assert_eq!(paths.resolve("../x", "path").unwrap(), Path::new("/etc/weir/../x"));
+        assert_eq!(
+            paths.resolve("../x", "path").unwrap(),
+            Path::new("/etc/weir/../x")
+        );
     }
 
     #[test]
@@ -142,14 +152,26 @@ mod tests {
         std::os::unix::fs::symlink("../in", root.path().join("in/loop-inside")).unwrap();
         let paths = Paths::confined_to(root.path());
 
-        assert_eq!(paths.resolve("in/new/dir", "path").unwrap(), root.path().join("in/new/dir"));
-        assert_eq!(paths.resolve("in/loop-inside", "path").unwrap(), root.path().join("in/loop-inside"));
+        assert_eq!(
+            paths.resolve("in/new/dir", "path").unwrap(),
+            root.path().join("in/new/dir")
+        );
+        assert_eq!(
+            paths.resolve("in/loop-inside", "path").unwrap(),
+            root.path().join("in/loop-inside")
+        );
         let abs = paths.resolve("/etc", "path").unwrap_err();
         assert!(abs.contains("is an absolute path"), "{abs}");
         let up = paths.resolve("in/../../b", "read-dir").unwrap_err();
-        assert!(up.contains("`read-dir` = \"in/../../b\" goes up with `..`"), "{up}");
+        assert!(
+            up.contains("`read-dir` = \"in/../../b\" goes up with `..`"),
+            "{up}"
+        );
         let link = paths.resolve("in/out/secrets", "path").unwrap_err();
-        assert!(link.contains("symbolic link `in/out` that leads out of it"), "{link}");
+        assert!(
+            link.contains("symbolic link `in/out` that leads out of it"),
+            "{link}"
+        );
         assert!(paths.resolve("", "path").unwrap_err().contains("is empty"));
     }
 

@@ -19,7 +19,8 @@ use super::source::{check_sources, source_spec};
 use super::stage::{StageDefaults, limits, stage_spec};
 use super::values::{byte_size, duration, positive};
 use super::{
-    ClockMode, DEAD_LETTERS, LineIndex, Paths, PipelineSpec, Scope, SinkSpec, SourceSpec, SpecError, StageSpec,
+    ClockMode, DEAD_LETTERS, LineIndex, Paths, PipelineSpec, Scope, SinkSpec, SourceSpec, SpecError,
+    StageSpec,
 };
 use crate::checkpoint::CheckpointSettings;
 use crate::runtime::Limits;
@@ -30,11 +31,7 @@ use crate::source::wal::WalSync;
 pub const DEFAULT_MAX_BATCH_MEMORY: usize = 256 << 20;
 
 /// Validates `raw`; errors carry the byte offset they refer to.
-pub(super) fn build(
-    raw: PipelineFile,
-    scope: &Scope,
-    lines: &LineIndex,
-) -> Result<PipelineSpec, SpecError> {
+pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Result<PipelineSpec, SpecError> {
     let paths = &scope.paths;
     let table = raw.pipeline;
     if paths.confined()
@@ -197,7 +194,11 @@ fn plugins(
                 format!(
                     "`{alias}` names the plugin `{}`, which is not uploaded (uploaded: {}); upload it with `weir plugin push`",
                     upload.get_ref(),
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             ));
         };

@@ -100,7 +100,9 @@ impl KindContext<'_> {
     /// The path the value of `key` (`written`) leads to; the error points
     /// at the table.
     pub fn path(&self, written: &str, key: &str) -> Result<std::path::PathBuf, SpecError> {
-        self.paths.resolve(written, key).map_err(|message| (self.offset, message))
+        self.paths
+            .resolve(written, key)
+            .map_err(|message| (self.offset, message))
     }
 }
 

@@ -17,9 +17,8 @@ use super::values::{
     required, stream_name,
 };
 use super::{
-    Paths,
-    BuiltinReducer, FailurePolicy, LineIndex, OnError, OperatorSpec, Quarantine, ReducerSpec, SpecError,
-    StageSpec, TransformKind,
+    BuiltinReducer, FailurePolicy, LineIndex, OnError, OperatorSpec, Paths, Quarantine, ReducerSpec,
+    SpecError, StageSpec, TransformKind,
 };
 use crate::runtime::{Grants, Limits, Sandbox};
 

@@ -61,6 +61,8 @@ struct HandleInner {
 }
 
 impl PipelineHandle {
+    // One parameter per part of the handle; the engine is its only caller.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: PipelineId,
         name: String,

@@ -57,7 +57,10 @@ pub fn router(app: App, max_body: usize) -> Router {
             get(get_tenant).patch(change_tenant).delete(delete_tenant),
         )
         .route("/v1/tenants/{tenant}/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tenants/{tenant}/tokens/{id}", axum::routing::delete(revoke_token))
+        .route(
+            "/v1/tenants/{tenant}/tokens/{id}",
+            axum::routing::delete(revoke_token),
+        )
         .route("/v1/tenants/{tenant}/plugins", get(list_plugins))
         .route(
             "/v1/tenants/{tenant}/plugins/{plugin}",
@@ -68,10 +71,22 @@ pub fn router(app: App, max_body: usize) -> Router {
             "/v1/tenants/{tenant}/pipelines/{pipeline}",
             get(get_pipeline).delete(delete_pipeline),
         )
-        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/metrics", get(pipeline_metrics))
-        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/events", get(pipeline_events))
-        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/file", get(pipeline_file))
-        .route("/v1/tenants/{tenant}/pipelines/{pipeline}/{action}", post(control))
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/metrics",
+            get(pipeline_metrics),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/events",
+            get(pipeline_events),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/file",
+            get(pipeline_file),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/{action}",
+            post(control),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
@@ -233,7 +248,9 @@ fn admin_only(caller: &Caller) -> Result<(), ServerError> {
 }
 
 fn read(app: &App, caller: &Caller, tenant: &str) -> Result<(), ApiError> {
-    app.state.authorize(&caller.0, tenant, false).map_err(ApiError::from)
+    app.state
+        .authorize(&caller.0, tenant, false)
+        .map_err(ApiError::from)
 }
 
 fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServerError> {
@@ -248,7 +265,8 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServerError> {
 
 fn json_body<T: serde::de::DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ServerError> {
     let bytes = body(raw)?;
-    serde_json::from_slice(&bytes).map_err(|error| ServerError::Invalid(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ServerError::Invalid(format!("invalid JSON body: {error}")))
 }
 
 fn text_body(raw: Result<Bytes, BytesRejection>) -> Result<String, ServerError> {
@@ -303,10 +321,15 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(caller: Caller, State(app): State<App>, Query(query): Query<AuditQuery>) -> Answer<Vec<AuditEntry>> {
+async fn audit(
+    caller: Caller,
+    State(app): State<App>,
+    Query(query): Query<AuditQuery>,
+) -> Answer<Vec<AuditEntry>> {
     admin_only(&caller)?;
     let state = app.state.clone();
-    let entries = blocking(move || state.audit_entries(query.tenant.as_deref(), query.limit.unwrap_or(1000))).await?;
+    let entries =
+        blocking(move || state.audit_entries(query.tenant.as_deref(), query.limit.unwrap_or(1000))).await?;
     Ok(Json(entries))
 }
 
@@ -331,24 +354,34 @@ async fn create_tenant(
     let new: NewTenant = match json_body(raw) {
         Ok(new) => new,
         Err(error) => {
-            let result: Result<(), _> = Err(error);
-            app.state.audit(&caller.0, None, "create tenant", None, &result);
-            return Err(result.unwrap_err().into());
+            let refused = Err::<(), _>(error);
+            app.state.audit(&caller.0, None, "create tenant", None, &refused);
+            return Err(refused.map_err(ApiError::from).unwrap_err());
         }
     };
     let name = new.name.clone();
-    let view = admin_mutate(&app, &caller, &name, format!("create tenant {name}"), move |state| {
-        let change = TenantChange {
-            quotas: new.quotas,
-            allowed_addresses: new.allowed_addresses,
-        };
-        state.create_tenant(&new.name, change)
-    })
+    let view = admin_mutate(
+        &app,
+        &caller,
+        &name,
+        format!("create tenant {name}"),
+        move |state| {
+            let change = TenantChange {
+                quotas: new.quotas,
+                allowed_addresses: new.allowed_addresses,
+            };
+            state.create_tenant(&new.name, change)
+        },
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-async fn get_tenant(caller: Caller, State(app): State<App>, Path(tenant): Path<String>) -> Answer<TenantView> {
+async fn get_tenant(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> Answer<TenantView> {
     read(&app, &caller, &tenant)?;
     Ok(Json(app.state.get_tenant(&tenant)?))
 }
@@ -361,9 +394,13 @@ async fn change_tenant(
 ) -> Answer<TenantView> {
     let change = json_body::<TenantChange>(raw);
     let name = tenant.clone();
-    let view = admin_mutate(&app, &caller, &tenant, format!("change tenant {tenant}"), move |state| {
-        state.change_tenant(&name, change?)
-    })
+    let view = admin_mutate(
+        &app,
+        &caller,
+        &tenant,
+        format!("change tenant {tenant}"),
+        move |state| state.change_tenant(&name, change?),
+    )
     .await?;
     Ok(Json(view))
 }
@@ -374,9 +411,13 @@ async fn delete_tenant(
     Path(tenant): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = tenant.clone();
-    admin_mutate(&app, &caller, &tenant, format!("delete tenant {tenant}"), move |state| {
-        state.delete_tenant(&name)
-    })
+    admin_mutate(
+        &app,
+        &caller,
+        &tenant,
+        format!("delete tenant {tenant}"),
+        move |state| state.delete_tenant(&name),
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -403,14 +444,23 @@ async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let new = json_body::<NewToken>(raw);
     let name = tenant.clone();
-    let (record, token) = mutate(&app, &caller, &tenant, "create token".into(), None, move |state| {
-        state.create_token(&name, new?.role)
-    })
+    let (record, token) = mutate(
+        &app,
+        &caller,
+        &tenant,
+        "create token".into(),
+        None,
+        move |state| state.create_token(&name, new?.role),
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { record, token })))
 }
 
-async fn list_tokens(caller: Caller, State(app): State<App>, Path(tenant): Path<String>) -> Answer<Vec<TokenRecord>> {
+async fn list_tokens(
+    caller: Caller,
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> Answer<Vec<TokenRecord>> {
     // Token ids and roles are an operator's business.
     app.state.authorize(&caller.0, &tenant, true)?;
     Ok(Json(app.state.list_tokens(&tenant)?))
@@ -422,9 +472,14 @@ async fn revoke_token(
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let name = tenant.clone();
-    mutate(&app, &caller, &tenant, format!("revoke token {id}"), None, move |state| {
-        state.revoke_token(&name, &id)
-    })
+    mutate(
+        &app,
+        &caller,
+        &tenant,
+        format!("revoke token {id}"),
+        None,
+        move |state| state.revoke_token(&name, &id),
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -474,9 +529,14 @@ async fn delete_plugin(
     Path((tenant, plugin)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let name = tenant.clone();
-    mutate(&app, &caller, &tenant, format!("delete plugin {plugin}"), None, move |state| {
-        state.delete_plugin(&name, &plugin)
-    })
+    mutate(
+        &app,
+        &caller,
+        &tenant,
+        format!("delete plugin {plugin}"),
+        None,
+        move |state| state.delete_plugin(&name, &plugin),
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -498,9 +558,14 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
     let text = text_body(raw);
     let name = tenant.clone();
-    let view = mutate(&app, &caller, &tenant, "deploy pipeline".into(), None, move |state| {
-        state.deploy(&name, &text?)
-    })
+    let view = mutate(
+        &app,
+        &caller,
+        &tenant,
+        "deploy pipeline".into(),
+        None,
+        move |state| state.deploy(&name, &text?),
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -549,14 +614,16 @@ async fn control(
 ) -> Answer<PipelineView> {
     let name = tenant.clone();
     let audited = format!("{action} pipeline {pipeline}");
-    let view = mutate(&app, &caller, &tenant, audited, None, move |state| match action.as_str() {
-        "start" => state.start_pipeline(&name, &pipeline),
-        "stop" => state.stop_pipeline(&name, &pipeline),
-        "pause" => state.pause_pipeline(&name, &pipeline, true),
-        "resume" => state.pause_pipeline(&name, &pipeline, false),
-        other => Err(ServerError::NotFound(format!(
-            "no action `{other}` (expected start, stop, pause or resume)"
-        ))),
+    let view = mutate(&app, &caller, &tenant, audited, None, move |state| {
+        match action.as_str() {
+            "start" => state.start_pipeline(&name, &pipeline),
+            "stop" => state.stop_pipeline(&name, &pipeline),
+            "pause" => state.pause_pipeline(&name, &pipeline, true),
+            "resume" => state.pause_pipeline(&name, &pipeline, false),
+            other => Err(ServerError::NotFound(format!(
+                "no action `{other}` (expected start, stop, pause or resume)"
+            ))),
+        }
     })
     .await?;
     Ok(Json(view))
@@ -568,9 +635,14 @@ async fn delete_pipeline(
     Path((tenant, pipeline)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let name = tenant.clone();
-    mutate(&app, &caller, &tenant, format!("delete pipeline {pipeline}"), None, move |state| {
-        state.delete_pipeline(&name, &pipeline)
-    })
+    mutate(
+        &app,
+        &caller,
+        &tenant,
+        format!("delete pipeline {pipeline}"),
+        None,
+        move |state| state.delete_pipeline(&name, &pipeline),
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -68,7 +68,9 @@ impl AuditLog {
         for line in std::io::BufReader::new(file).lines() {
             let line = line.map_err(|e| ServerError::io("cannot read the audit log".into(), e))?;
             // A line torn by a crash is skipped, not fatal.
-            let Ok(entry) = serde_json::from_str::<AuditEntry>(&line) else { continue };
+            let Ok(entry) = serde_json::from_str::<AuditEntry>(&line) else {
+                continue;
+            };
             if tenant.is_some_and(|t| entry.tenant.as_deref() != Some(t)) {
                 continue;
             }

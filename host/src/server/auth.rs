@@ -50,7 +50,14 @@ impl Principal {
         match self {
             Self::Admin => "admin".to_owned(),
             Self::Tenant { tenant, role, token } => {
-                format!("{tenant}/{}:{token}", if *role == Role::Operator { "operator" } else { "viewer" })
+                format!(
+                    "{tenant}/{}:{token}",
+                    if *role == Role::Operator {
+                        "operator"
+                    } else {
+                        "viewer"
+                    }
+                )
             }
         }
     }
@@ -91,7 +98,10 @@ pub fn token_id(token: &str) -> Option<&str> {
 
 /// True when `token` hashes to `sha256` (hex), compared in constant time.
 pub fn token_matches(token: &str, sha256: &str) -> bool {
-    sha256_hex(token.as_bytes()).as_bytes().ct_eq(sha256.as_bytes()).into()
+    sha256_hex(token.as_bytes())
+        .as_bytes()
+        .ct_eq(sha256.as_bytes())
+        .into()
 }
 
 /// Hex SHA-256 of `bytes`.

@@ -127,7 +127,9 @@ pub fn render(state: &Arc<ServerState>) -> String {
             stage_in.get_or_create(&labels).inc_by(stage.records_in);
             stage_out.get_or_create(&labels).inc_by(stage.records_out);
             instances.get_or_create(&labels).set(stage.instances as i64);
-            wasm_memory.get_or_create(&labels).set(stage.wasm_memory_bytes as i64);
+            wasm_memory
+                .get_or_create(&labels)
+                .set(stage.wasm_memory_bytes as i64);
             let t = &stage.traps;
             for (kind, count) in [
                 ("deadline", t.deadline),
@@ -160,14 +162,30 @@ pub fn render(state: &Arc<ServerState>) -> String {
     registry.register("records_out", "Records handed to sinks", records_out);
     registry.register("batches", "Micro-batches completed", batches);
     registry.register("pipeline_running", "1 while the pipeline runs or starts", up);
-    registry.register("source_rate", "Records per second a source received in the last batch", source_rate);
+    registry.register(
+        "source_rate",
+        "Records per second a source received in the last batch",
+        source_rate,
+    );
     registry.register("stage_records_in", "Records into a stage", stage_in);
     registry.register("stage_records_out", "Records out of a stage", stage_out);
     registry.register("stage_traps", "Plugin traps by kind", traps);
     registry.register("stage_instances", "Plugin instances alive", instances);
-    registry.register("stage_wasm_memory_bytes", "Linear memory of the stage's instances", wasm_memory);
-    registry.register("batch_processing_seconds", "Processing time of batches", processing);
-    registry.register("batch_scheduling_delay_seconds", "Scheduling delay of batches", scheduling);
+    registry.register(
+        "stage_wasm_memory_bytes",
+        "Linear memory of the stage's instances",
+        wasm_memory,
+    );
+    registry.register(
+        "batch_processing_seconds",
+        "Processing time of batches",
+        processing,
+    );
+    registry.register(
+        "batch_scheduling_delay_seconds",
+        "Scheduling delay of batches",
+        scheduling,
+    );
     registry.register("batch_total_delay_seconds", "Total delay of batches", total);
     registry.register("tenant_disk_bytes", "Bytes in the tenant's root", disk);
     registry.register("tenant_disk_quota_bytes", "The tenant's disk quota", disk_quota);

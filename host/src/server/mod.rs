@@ -123,13 +123,23 @@ impl Running {
     /// Stops accepting calls, stops every pipeline gracefully (their
     /// desired state stays, so a restart brings them back), and returns.
     pub async fn shutdown(self) -> Result<(), ServerError> {
-        self.ready.store(false, Ordering::Relaxed);
-        let _ = self.stop.send(true);
-        let served = self.serving.await;
-        let state = self.state.clone();
-        tokio::task::spawn_blocking(move || state.shutdown())
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        let Self {
+            state,
+            ready,
+            serving,
+            stop,
+            ..
+        } = self;
+        ready.store(false, Ordering::Relaxed);
+        let _ = stop.send(true);
+        let served = serving.await;
+        // The engine (its receivers' runtime) is dropped off the async threads.
+        tokio::task::spawn_blocking(move || {
+            state.shutdown();
+            drop(state);
+        })
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(ServerError::io("the API server failed".into(), error)),
@@ -184,11 +194,19 @@ pub async fn start(options: ServerOptions) -> Result<Running, ServerError> {
         Some((cert, key)) => {
             let listener = tls::TlsListener::new(listener, cert, key)?;
             let service = router.into_make_service_with_connect_info::<tls::ClientAddr>();
-            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(until_stopped).await })
+            tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(until_stopped)
+                    .await
+            })
         }
         None => {
             let service = router.into_make_service_with_connect_info::<tls::ClientAddr>();
-            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(until_stopped).await })
+            tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(until_stopped)
+                    .await
+            })
         }
     };
     let watcher = Arc::downgrade(&state);

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ServerError;
 use super::audit::{AuditEntry, AuditLog};
 use super::auth::{self, Principal, Role, TokenRecord};
 use super::metrics::DelayHistograms;
 use super::store::{self, Store};
 use super::tenant::{Footprint, Quotas, TenantConfig};
-use super::ServerError;
 use crate::config::{self, Paths, Scope, check_name};
 use crate::engine::{Engine, PipelineHandle};
 use crate::pipeline::{PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, RunOptions, StopMode};
@@ -204,8 +204,8 @@ impl ServerState {
 
     fn restore(&self) -> Result<(), ServerError> {
         let dir = self.store.tenants_dir();
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| ServerError::io(format!("cannot list {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| ServerError::io(format!("cannot list {}", dir.display()), e))?;
         let mut names: Vec<String> = entries
             .flatten()
             .filter(|entry| entry.path().join("tenant.json").exists())
@@ -217,7 +217,8 @@ impl ServerState {
             let Some(config) = store::read_json::<TenantConfig>(&tenant_dir.join("tenant.json"))? else {
                 continue;
             };
-            let tokens: Vec<TokenRecord> = store::read_json(&tenant_dir.join("tokens.json"))?.unwrap_or_default();
+            let tokens: Vec<TokenRecord> =
+                store::read_json(&tenant_dir.join("tokens.json"))?.unwrap_or_default();
             let plugins: BTreeMap<String, PluginRecord> =
                 store::read_json(&tenant_dir.join("plugins.json"))?.unwrap_or_default();
             let tenant = Arc::new(Tenant {
@@ -246,7 +247,9 @@ impl ServerState {
 
     fn restore_pipelines(&self, tenant: &Arc<Tenant>) -> Result<(), ServerError> {
         let dir = self.store.pipelines_dir(&tenant.name);
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
         let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|entry| entry.path())
@@ -254,13 +257,16 @@ impl ServerState {
             .collect();
         files.sort();
         for file in files {
-            let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+            let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| ServerError::io(format!("cannot read {}", file.display()), e))?;
-            let record = store::read_json::<PipelineRecord>(&file.with_extension("json"))?.unwrap_or(PipelineRecord {
-                desired: Desired::Stopped,
-                deployed_ms: now_ms(),
-            });
+            let record =
+                store::read_json::<PipelineRecord>(&file.with_extension("json"))?.unwrap_or(PipelineRecord {
+                    desired: Desired::Stopped,
+                    deployed_ms: now_ms(),
+                });
             let mut deployed = Deployed {
                 text,
                 record,
@@ -321,7 +327,9 @@ impl ServerState {
     pub fn authorize(&self, who: &Principal, tenant: &str, operate: bool) -> Result<(), ServerError> {
         match who {
             Principal::Admin => Ok(()),
-            Principal::Tenant { tenant: own, role, .. } => {
+            Principal::Tenant {
+                tenant: own, role, ..
+            } => {
                 if own != tenant {
                     Err(ServerError::NotFound(format!("no tenant `{tenant}`")))
                 } else if operate && *role == Role::Viewer {
@@ -376,7 +384,12 @@ impl ServerState {
     }
 
     fn tenant_names(&self) -> Vec<String> {
-        self.tenants.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Creates tenant `name`.
@@ -394,10 +407,14 @@ impl ServerState {
         };
         let dir = self.store.tenant_dir(name);
         for sub in [dir.join("root"), dir.join("pipelines")] {
-            std::fs::create_dir_all(&sub).map_err(|e| ServerError::io(format!("cannot create {}", sub.display()), e))?;
+            std::fs::create_dir_all(&sub)
+                .map_err(|e| ServerError::io(format!("cannot create {}", sub.display()), e))?;
         }
         store::write_json(&dir.join("tokens.json"), &Vec::<TokenRecord>::new())?;
-        store::write_json(&dir.join("plugins.json"), &BTreeMap::<String, PluginRecord>::new())?;
+        store::write_json(
+            &dir.join("plugins.json"),
+            &BTreeMap::<String, PluginRecord>::new(),
+        )?;
         // tenant.json last: a tenant exists once it is written.
         store::write_json(&dir.join("tenant.json"), &config)?;
         let tenant = Arc::new(Tenant {
@@ -448,11 +465,15 @@ impl ServerState {
             let mut index = self.token_index.write().unwrap_or_else(|e| e.into_inner());
             index.retain(|_, owner| owner != name);
         }
-        self.tenants.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         let dir = self.store.tenant_dir(name);
         // tenant.json first: a half-removed tenant does not come back.
         let _ = std::fs::remove_file(dir.join("tenant.json"));
-        std::fs::remove_dir_all(&dir).map_err(|e| ServerError::io(format!("cannot remove {}", dir.display()), e))
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| ServerError::io(format!("cannot remove {}", dir.display()), e))
     }
 
     /// Every tenant.
@@ -477,7 +498,9 @@ impl ServerState {
             pipelines: pipelines.len(),
             running: active.len(),
             disk_bytes: tenant.disk_bytes.load(Ordering::Relaxed),
-            footprint: active.iter().fold(Footprint::default(), |sum, d| sum.plus(d.footprint)),
+            footprint: active
+                .iter()
+                .fold(Footprint::default(), |sum, d| sum.plus(d.footprint)),
         }
     }
 
@@ -516,7 +539,10 @@ impl ServerState {
             return Err(ServerError::NotFound(format!("no token `{id}`")));
         }
         // Out of the index first: from here on, the token is refused.
-        self.token_index.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.token_index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         *lock(&tenant.tokens) = tokens.clone();
         store::write_json(&self.store.tenant_dir(name).join("tokens.json"), &tokens)
     }
@@ -581,7 +607,12 @@ impl ServerState {
 
     /// Parses `text` in the tenant's scope, checks it against the tenant's
     /// grants and quotas, and starts it.
-    fn launch(&self, tenant: &Tenant, text: &str, shown: &str) -> Result<(PipelineHandle, Footprint), ServerError> {
+    fn launch(
+        &self,
+        tenant: &Tenant,
+        text: &str,
+        shown: &str,
+    ) -> Result<(PipelineHandle, Footprint), ServerError> {
         let (spec, footprint) = self.admit(tenant, text, shown)?;
         self.start_spec(tenant, spec, footprint, shown)
     }
@@ -615,7 +646,12 @@ impl ServerState {
     /// Parses `text` (named `shown` in errors) in the tenant's scope and
     /// checks it against the tenant's grants and quotas, counting its
     /// running pipelines but one of the same name (which it replaces).
-    fn admit(&self, tenant: &Tenant, text: &str, shown: &str) -> Result<(config::PipelineSpec, Footprint), ServerError> {
+    fn admit(
+        &self,
+        tenant: &Tenant,
+        text: &str,
+        shown: &str,
+    ) -> Result<(config::PipelineSpec, Footprint), ServerError> {
         let root = self.store.tenant_root(&tenant.name);
         let catalog = lock(&tenant.plugins)
             .iter()
@@ -718,7 +754,12 @@ impl ServerState {
         Ok(view)
     }
 
-    fn watch_events(&self, tenant: &Tenant, handle: &PipelineHandle, events: &Arc<Mutex<VecDeque<PipelineEvent>>>) {
+    fn watch_events(
+        &self,
+        tenant: &Tenant,
+        handle: &PipelineHandle,
+        events: &Arc<Mutex<VecDeque<PipelineEvent>>>,
+    ) {
         let mut receiver = handle.subscribe();
         let events = events.clone();
         let histograms = self.histograms.series(&tenant.name, handle.name());
@@ -770,13 +811,21 @@ impl ServerState {
     }
 
     /// One pipeline's live metrics (none when it never started).
-    pub fn pipeline_metrics(&self, name: &str, pipeline: &str) -> Result<Option<PipelineMetrics>, ServerError> {
-        self.with_pipeline(name, pipeline, |_, d| Ok(d.handle.as_ref().map(PipelineHandle::metrics)))
+    pub fn pipeline_metrics(
+        &self,
+        name: &str,
+        pipeline: &str,
+    ) -> Result<Option<PipelineMetrics>, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| {
+            Ok(d.handle.as_ref().map(PipelineHandle::metrics))
+        })
     }
 
     /// One pipeline's recent events, oldest first.
     pub fn pipeline_events(&self, name: &str, pipeline: &str) -> Result<Vec<PipelineEvent>, ServerError> {
-        self.with_pipeline(name, pipeline, |_, d| Ok(lock(&d.events).iter().cloned().collect()))
+        self.with_pipeline(name, pipeline, |_, d| {
+            Ok(lock(&d.events).iter().cloned().collect())
+        })
     }
 
     /// The deployed pipeline file.
@@ -788,7 +837,10 @@ impl ServerState {
         self.with_pipeline(name, pipeline, |_, d| {
             let mut record = d.record.clone();
             record.desired = desired;
-            store::write_json(&self.store.pipelines_dir(name).join(format!("{pipeline}.json")), &record)?;
+            store::write_json(
+                &self.store.pipelines_dir(name).join(format!("{pipeline}.json")),
+                &record,
+            )?;
             d.record = record;
             Ok(())
         })
@@ -841,7 +893,12 @@ impl ServerState {
     }
 
     /// Pauses (or resumes) a running pipeline at its next batch boundary.
-    pub fn pause_pipeline(&self, name: &str, pipeline: &str, pause: bool) -> Result<PipelineView, ServerError> {
+    pub fn pause_pipeline(
+        &self,
+        name: &str,
+        pipeline: &str,
+        pause: bool,
+    ) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
         let _ops = lock(&tenant.ops);
         let handle = self.with_pipeline(name, pipeline, |_, d| {
@@ -852,7 +909,11 @@ impl ServerState {
         })?;
         let reply = if pause { handle.pause() } else { handle.resume() };
         reply.map_err(|error| ServerError::Conflict(error.to_string()))?;
-        self.set_desired(name, pipeline, if pause { Desired::Paused } else { Desired::Running })?;
+        self.set_desired(
+            name,
+            pipeline,
+            if pause { Desired::Paused } else { Desired::Running },
+        )?;
         if !pause {
             self.with_pipeline(name, pipeline, |_, d| {
                 d.quota_paused = None;

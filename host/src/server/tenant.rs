@@ -116,7 +116,8 @@ impl TenantConfig {
     pub fn admit(&self, spec: &mut PipelineSpec, file: &str) -> Result<(), ServerError> {
         let q = &self.quotas;
         let at = |line: usize, message: String| ServerError::Quota(format!("{file}:{line}: {message}"));
-        let denied = |line: usize, message: String| ServerError::Forbidden(format!("{file}:{line}: {message}"));
+        let denied =
+            |line: usize, message: String| ServerError::Forbidden(format!("{file}:{line}: {message}"));
         for source in &mut spec.sources {
             self.check_reach(source.kind.reach(), &format!("source `{}`", source.name))
                 .map_err(|m| denied(source.line, m))?;
@@ -140,12 +141,15 @@ impl TenantConfig {
             self.check_reach(sink.kind.reach(), &format!("sink `{}`", sink.name))
                 .map_err(|m| denied(sink.line, m))?;
         }
-        for stage in &spec.stages {
+        for stage in spec.stages.iter().filter(|stage| !stage.op.plugins().is_empty()) {
             let limits = &stage.sandbox.limits;
             let refuse = |what: String| {
                 Err(at(
                     stage.line,
-                    format!("stage `{}` asks for {what}; lower it in its [stage.limits]", stage.name),
+                    format!(
+                        "stage `{}` asks for {what}; lower it in its [stage.limits]",
+                        stage.name
+                    ),
                 ))
             };
             if limits.memory_bytes as u64 > q.max_stage_memory {
@@ -168,7 +172,6 @@ impl TenantConfig {
                     Some(fuel) => {
                         return refuse(format!("fuel = {fuel}, above this tenant's ceiling of {ceiling}"));
                     }
-                    None if stage.op.plugins().is_empty() => {}
                     None => {
                         return refuse(format!(
                             "no fuel budget, but this tenant's plugins run with at most {ceiling} fuel a call: set fuel"
@@ -207,11 +210,13 @@ impl TenantConfig {
     /// True when `address` (`host:port`) is granted.
     pub fn address_allowed(&self, address: &str) -> bool {
         let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
-        self.allowed_addresses.iter().any(|allowed| match allowed.rsplit_once(':') {
-            Some((allowed_host, "*")) => allowed_host == host,
-            Some(_) => allowed == address,
-            None => allowed == host && port.is_empty(),
-        })
+        self.allowed_addresses
+            .iter()
+            .any(|allowed| match allowed.rsplit_once(':') {
+                Some((allowed_host, "*")) => allowed_host == host,
+                Some(_) => allowed == address,
+                None => allowed == host && port.is_empty(),
+            })
     }
 }
 

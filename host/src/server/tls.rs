@@ -56,14 +56,18 @@ impl TlsListener {
             .and_then(|certs| certs.collect::<Result<_, _>>())
             .map_err(|e| ServerError::Invalid(format!("--tls-cert {}: {e}", cert.display())))?;
         if certs.is_empty() {
-            return Err(ServerError::Invalid(format!("--tls-cert {}: no certificate in it", cert.display())));
+            return Err(ServerError::Invalid(format!(
+                "--tls-cert {}: no certificate in it",
+                cert.display()
+            )));
         }
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| ServerError::Invalid(format!("--tls-key {}: {e}", key.display())))?;
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
-            .map_err(|e| ServerError::Invalid(format!("TLS certificate and key: {e}")))?;
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+                .map_err(|e| ServerError::Invalid(format!("TLS certificate and key: {e}")))?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let local = listener
             .local_addr()

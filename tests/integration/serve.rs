@@ -1,0 +1,676 @@
+//! `weir serve`: a real server process on loopback, called through a real
+//! HTTP client (and the `weir` CLI's client commands): tenants kept apart,
+//! quotas, bad input, concurrency, kill -9 and restart, TLS.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use weir_tests::plugins;
+use weir_tests::server::{ADMIN_TOKEN, Server, Value, json};
+
+fn server(data: &std::path::Path, extra: &[&str]) -> Server {
+    Server::start(env!("CARGO_BIN_EXE_weir"), data, extra)
+}
+
+/// A word count from `in/` to `out/` of the tenant's root, one file a batch.
+fn wordcount(name: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+batch-interval = "100ms"
+
+[[source]]
+name = "lines"
+type = "files"
+path = "in"
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "counts"
+type = "files"
+path = "out/{name}"
+"#
+    )
+}
+
+/// `wordcount` with `from` replacing a line of it.
+fn wordcount_with(name: &str, from: &str, to: &str) -> String {
+    let text = wordcount(name);
+    assert!(text.contains(from), "{from} not in the pipeline");
+    text.replace(from, to)
+}
+
+#[test]
+fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let a = server.tenant("a", json!({}));
+    let b = server.tenant("b", json!({}));
+    let a_viewer = server.token("a", "viewer");
+    server
+        .push_plugin("b", &b, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    server
+        .push_plugin("a", &a, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    std::fs::create_dir_all(server.root("b").join("in")).unwrap();
+    std::fs::write(server.root("b").join("in/secret.txt"), "b secret words\n").unwrap();
+    server.deploy("b", &b, &wordcount("wc")).expect(201);
+    server.wait_batch("b", &b, "wc", 0, Duration::from_secs(60));
+
+    // A cannot see, read, stop, swap or upload anything of B's: 404, as if
+    // B did not exist.
+    for (method, path) in [
+        ("GET", "/v1/tenants/b"),
+        ("GET", "/v1/tenants/b/pipelines"),
+        ("GET", "/v1/tenants/b/pipelines/wc"),
+        ("GET", "/v1/tenants/b/pipelines/wc/metrics"),
+        ("GET", "/v1/tenants/b/pipelines/wc/events"),
+        ("GET", "/v1/tenants/b/pipelines/wc/file"),
+        ("GET", "/v1/tenants/b/plugins"),
+        ("GET", "/v1/tenants/b/tokens"),
+        ("POST", "/v1/tenants/b/pipelines/wc/stop"),
+        ("POST", "/v1/tenants/b/pipelines/wc/pause"),
+        ("DELETE", "/v1/tenants/b/pipelines/wc"),
+        ("DELETE", "/v1/tenants/b/plugins/split-words"),
+        ("POST", "/v1/tenants/b/tokens"),
+        ("GET", "/v1/tenants/nobody/pipelines"),
+    ] {
+        let answer = server.send(
+            server
+                .request(method, path, Some(&a))
+                .body("{\"role\":\"operator\"}"),
+        );
+        assert_eq!(answer.status.as_u16(), 404, "{method} {path}: {}", answer.body);
+        assert!(!answer.error().contains("b secret"), "{}", answer.body);
+    }
+    let swap = server.push_plugin("b", &a, "split-words", plugins::ONE);
+    assert_eq!(swap.status.as_u16(), 404, "{}", swap.body);
+    // The admin's routes: 403 for a tenant's token.
+    for path in ["/v1/tenants", "/v1/audit", "/metrics"] {
+        assert_eq!(server.get(path, &a).status.as_u16(), 403, "{path}");
+    }
+    // A viewer reads, does not change.
+    server.get("/v1/tenants/a/pipelines", &a_viewer).expect(200);
+    let denied = server.deploy("a", &a_viewer, &wordcount("x"));
+    assert_eq!(denied.status.as_u16(), 403, "{}", denied.body);
+    // No token, a bad one: 401.
+    assert_eq!(
+        server
+            .send(server.request("GET", "/v1/tenants/a", None))
+            .status
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        server
+            .get("/v1/tenants/a", "weir_0123456789abcdef_nope")
+            .status
+            .as_u16(),
+        401
+    );
+
+    // A's pipeline cannot name B's files, however it tries.
+    let b_root = server.root("b");
+    std::os::unix::fs::symlink(&b_root, server.root("a").join("door")).unwrap();
+    for (from, to, why) in [
+        (
+            "path = \"in\"",
+            format!("path = \"{}\"", b_root.join("in").display()),
+            "is an absolute path",
+        ),
+        (
+            "path = \"in\"",
+            "path = \"../../b/root/in\"".to_owned(),
+            "goes up with `..`",
+        ),
+        (
+            "path = \"in\"",
+            "path = \"door/in\"".to_owned(),
+            "symbolic link `door` that leads out of it",
+        ),
+        (
+            "path = \"out/x\"",
+            "path = \"../../b/root/out\"".to_owned(),
+            "goes up with `..`",
+        ),
+        (
+            "path = \"out/x\"",
+            "path = \"door/out\"".to_owned(),
+            "symbolic link `door`",
+        ),
+        (
+            "batch-interval = \"100ms\"",
+            "batch-interval = \"100ms\"\ncheckpoint-dir = \"../../b/root/checkpoints/wc\"".to_owned(),
+            "goes up with `..`",
+        ),
+        (
+            "plugin = \"split-words\"",
+            "plugin = \"split-words\"\nread-dir = \"door\"".to_owned(),
+            "symbolic link `door`",
+        ),
+        (
+            "plugin = \"split-words\"",
+            "plugin = \"split-words\"\nread-dir = \"/\"".to_owned(),
+            "is an absolute path",
+        ),
+    ] {
+        let text = wordcount_with("x", from, &to);
+        let answer = server.deploy("a", &a, &text);
+        assert_eq!(answer.status.as_u16(), 400, "{to}: {}", answer.body);
+        assert!(answer.error().contains(why), "{to}: {}", answer.error());
+        assert!(answer.error().starts_with("pipeline.toml:"), "{}", answer.error());
+    }
+    // Plugin names resolve in A's uploads only; paths are not plugins.
+    let foreign = wordcount_with("x", "plugin = \"split-words\"", "plugin = \"theirs\"");
+    let foreign = format!("[plugins]\ntheirs = \"{}\"\n{foreign}", plugins::SPLIT_WORDS);
+    let answer = server.deploy("a", &a, &foreign);
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    assert!(answer.error().contains("is not uploaded"), "{}", answer.error());
+    // Sockets and the server's own streams need the admin's grant.
+    let socket = wordcount_with(
+        "x",
+        "type = \"files\"\npath = \"in\"\nmax-files-per-batch = 1",
+        "type = \"socket\"\naddress = \"127.0.0.1:9\"",
+    );
+    let answer = server.deploy("a", &a, &socket);
+    assert_eq!(answer.status.as_u16(), 403, "{}", answer.body);
+    assert!(
+        answer
+            .error()
+            .contains("reaches `127.0.0.1:9`, which this tenant may not"),
+        "{}",
+        answer.error()
+    );
+    let console = wordcount_with("x", "type = \"files\"\npath = \"out/x\"", "type = \"console\"");
+    assert_eq!(server.deploy("a", &a, &console).status.as_u16(), 403);
+
+    // A's own pipeline runs, and counts only A's files.
+    std::fs::create_dir_all(server.root("a").join("in")).unwrap();
+    std::fs::write(server.root("a").join("in/mine.txt"), "a words a\n").unwrap();
+    server.deploy("a", &a, &wordcount("wc")).expect(201);
+    server.wait_batch("a", &a, "wc", 0, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while weir_tests::summed_counts(&server.root("a").join("out/wc")).is_empty() && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = weir_tests::summed_counts(&server.root("a").join("out/wc"));
+    assert_eq!(counts, BTreeMap::from([("a".into(), 2), ("words".into(), 1)]));
+
+    // A revoked token is refused on its next call.
+    let made = server
+        .post("/v1/tenants/a/tokens", &a, &json!({"role": "viewer"}))
+        .expect(201);
+    let (id, token) = (made["id"].as_str().unwrap(), made["token"].as_str().unwrap());
+    server.get("/v1/tenants/a/pipelines", token).expect(200);
+    server
+        .send(server.request("DELETE", &format!("/v1/tenants/a/tokens/{id}"), Some(&a)))
+        .expect(204);
+    assert_eq!(server.get("/v1/tenants/a/pipelines", token).status.as_u16(), 401);
+    // Tokens are kept as hashes only.
+    let stored = std::fs::read_to_string(server.data().join("tenants/a/tokens.json")).unwrap();
+    assert!(!stored.contains(&a[5..]), "a token is stored in the clear");
+
+    // The audit log has every change, the refused ones too, with who and the plugin's hash.
+    let audit = server.get("/v1/audit?tenant=b", ADMIN_TOKEN).expect(200);
+    let entries = audit.as_array().unwrap();
+    let swap = entries
+        .iter()
+        .find(|e| e["action"] == "upload plugin split-words" && e["who"].as_str().unwrap().starts_with("a/"))
+        .unwrap_or_else(|| panic!("A's attempt on B is not audited: {audit}"));
+    assert_eq!(swap["result"], "no tenant `b`");
+    assert!(
+        swap["plugin_sha256"].as_str().is_some_and(|h| h.len() == 64),
+        "{swap}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "deploy pipeline" && e["result"] == "ok")
+    );
+    assert!(entries.iter().all(|e| e["tenant"] == "b"), "{audit}");
+}
+
+#[test]
+fn quotas_refuse_with_the_reason() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let quotas = json!({
+        "max_pipelines": 1,
+        "max_stage_memory": 32 << 20,
+        "max_input_rate": 1000,
+    });
+    let t = server.tenant("t", json!({ "quotas": quotas }));
+    server
+        .push_plugin("t", &t, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    std::fs::create_dir_all(server.root("t").join("in")).unwrap();
+    // The default 64 MiB of a stage is above this tenant's ceiling.
+    let answer = server.deploy("t", &t, &wordcount("one"));
+    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
+    assert!(
+        answer
+            .error()
+            .contains("stage `words` asks for memory = 64 MiB, above this tenant's ceiling of 32 MiB"),
+        "{}",
+        answer.error()
+    );
+    let small = |name: &str| {
+        wordcount_with(
+            name,
+            "plugin = \"split-words\"",
+            "plugin = \"split-words\"\nlimits = { memory = \"16MiB\" }",
+        )
+    };
+    let fast = wordcount_with(
+        "fast",
+        "max-files-per-batch = 1",
+        "max-files-per-batch = 1\nmax-rate = 5000",
+    );
+    let answer = server.deploy("t", &t, &fast);
+    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
+    assert!(
+        answer
+            .error()
+            .contains("max-rate = 5000 records/s, above this tenant's ceiling of 1000")
+    );
+    server.deploy("t", &t, &small("one")).expect(201);
+    let answer = server.deploy("t", &t, &small("two"));
+    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
+    assert!(answer.error().contains("quota"), "{}", answer.error());
+    // A source without max-rate runs at the tenant's ceiling.
+    let metrics = server.get("/v1/tenants/t/pipelines/one/metrics", &t).expect(200);
+    let limit = metrics["sources"][0]["rate_limit"].as_f64();
+    assert_eq!(limit, Some(1000.0), "{metrics}");
+    // Deploying a running pipeline again is a conflict, not a second copy.
+    let status = server.get("/v1/tenants/t/pipelines/one", &t).expect(200);
+    assert_eq!(status["status"]["state"], "running", "{status}");
+    assert_eq!(server.deploy("t", &t, &small("one")).status.as_u16(), 409);
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &["--max-body", "1048576"]);
+    let t = server.tenant("t", json!({}));
+    // Malformed JSON, unknown fields, bad names.
+    let answer = server.send(
+        server
+            .request("POST", "/v1/tenants", Some(ADMIN_TOKEN))
+            .body("{\"name\":"),
+    );
+    assert_eq!(answer.status.as_u16(), 400);
+    assert!(answer.error().starts_with("invalid JSON body"), "{}", answer.body);
+    let answer = server.post("/v1/tenants", ADMIN_TOKEN, &json!({"name": "x", "colour": "red"}));
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    assert!(
+        answer.error().contains("unknown field `colour`"),
+        "{}",
+        answer.error()
+    );
+    let answer = server.post("/v1/tenants", ADMIN_TOKEN, &json!({"name": "../etc"}));
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    assert_eq!(
+        server
+            .post("/v1/tenants", ADMIN_TOKEN, &json!({"name": "t"}))
+            .status
+            .as_u16(),
+        409
+    );
+    // Malformed TOML and invalid pipelines: file, line and message, as `weir check` says them.
+    let answer = server.deploy("t", &t, "[pipeline\nname = 1");
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    assert!(answer.error().contains("pipeline.toml"), "{}", answer.error());
+    let answer = server.deploy("t", &t, &wordcount_with("w", "op = \"flat-map\"", "op = \"fly\""));
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    assert!(
+        answer.error().starts_with("pipeline.toml:15: unknown op `fly`"),
+        "{}",
+        answer.error()
+    );
+    // The same file through `weir check` words it the same.
+    let file = weir_tests::write_pipeline(
+        dir.path(),
+        "pipeline.toml",
+        &wordcount_with("w", "op = \"flat-map\"", "op = \"fly\""),
+    );
+    let check = weir_tests::Weir::new(env!("CARGO_BIN_EXE_weir"))
+        .run(&["check", file.to_str().unwrap()], Duration::from_secs(60));
+    assert!(
+        weir_tests::stderr(&check).contains("pipeline.toml:15: unknown op `fly`"),
+        "{}",
+        weir_tests::stderr(&check)
+    );
+    // Not a component; too large; not UTF-8.
+    let answer = server.send(
+        server
+            .request("PUT", "/v1/tenants/t/plugins/junk", Some(&t))
+            .body("not wasm"),
+    );
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    assert!(
+        answer.error().starts_with("not a usable Weir plugin"),
+        "{}",
+        answer.error()
+    );
+    let answer = server.send(
+        server
+            .request("PUT", "/v1/tenants/t/plugins/big", Some(&t))
+            .body(vec![0u8; 2 << 20]),
+    );
+    assert_eq!(answer.status.as_u16(), 413, "{}", answer.body);
+    let answer = server.send(
+        server
+            .request("POST", "/v1/tenants/t/pipelines", Some(&t))
+            .body(vec![0xff, 0xfe, 0x00]),
+    );
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    // Unknown routes and methods.
+    assert_eq!(server.get("/v2/anything", &t).status.as_u16(), 404);
+    let answer = server.send(server.request("PATCH", "/v1/tenants/t/pipelines", Some(&t)));
+    assert_eq!(answer.status.as_u16(), 405, "{}", answer.body);
+    assert!(!answer.error().is_empty());
+    let answer = server.send(server.request("POST", "/v1/tenants/t/pipelines/none/explode", Some(&t)));
+    assert_eq!(answer.status.as_u16(), 404, "{}", answer.body);
+
+    // A bounded fuzz run: random bodies on every route and method.
+    let routes = [
+        "/v1/tenants",
+        "/v1/tenants/t",
+        "/v1/tenants/t/tokens",
+        "/v1/tenants/t/tokens/abc",
+        "/v1/tenants/t/plugins",
+        "/v1/tenants/t/plugins/p",
+        "/v1/tenants/t/pipelines",
+        "/v1/tenants/t/pipelines/p",
+        "/v1/tenants/t/pipelines/p/stop",
+        "/v1/tenants/t/pipelines/p/metrics",
+        "/v1/audit",
+        "/metrics",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..240 {
+        let route = routes[round % routes.len()];
+        let method = ["GET", "POST", "PUT", "PATCH", "DELETE"][(next() % 5) as usize];
+        let len = (next() % 512) as usize;
+        let body: Vec<u8> = match next() % 4 {
+            0 => (0..len).map(|_| next() as u8).collect(),
+            1 => format!("{{\"name\": {}, \"role\": \"{}\"}}", next() % 1000, next()).into_bytes(),
+            2 => format!("[pipeline]\nname = \"p{}\"\n[[source]]\nname = 1", next() % 10).into_bytes(),
+            _ => b"{\"quotas\": {\"max_pipelines\": -1}}".to_vec(),
+        };
+        // Tenant t's operator for most calls (the admin's would create tenants).
+        let answer = server.send(server.request(method, route, Some(&t)).body(body));
+        assert!(
+            answer.status.as_u16() < 500,
+            "{method} {route}: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    assert_eq!(
+        server
+            .send(server.request("GET", "/healthz", None))
+            .status
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        server
+            .send(server.request("GET", "/readyz", None))
+            .status
+            .as_u16(),
+        200
+    );
+    // Prometheus text for the admin.
+    let metrics = server.get("/metrics", ADMIN_TOKEN);
+    assert_eq!(metrics.status.as_u16(), 200);
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("weir_tenant_disk_quota_bytes{tenant=\"t\"}"),
+        "{}",
+        metrics.body
+    );
+}
+
+/// Words of file `i` of the restart test: each word unique to its file.
+fn file_words(i: usize) -> String {
+    (0..50).map(|j| format!("w{i}x{j}")).collect::<Vec<_>>().join(" ") + "\n"
+}
+
+#[test]
+fn concurrent_calls_stay_consistent_and_kill_9_resumes_every_pipeline_exactly() {
+    let dir = weir_tests::scratch();
+    let mut server = server(&dir.path().join("data"), &[]);
+    let t = server.tenant("t", json!({ "quotas": { "max_pipelines": 20 } }));
+    server
+        .push_plugin("t", &t, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    let input = server.root("t").join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for i in 0..40 {
+        std::fs::write(input.join(format!("f{i:03}.txt")), file_words(i)).unwrap();
+    }
+    // 100 concurrent deploy / stop / status calls on 5 pipelines.
+    let names: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+    std::thread::scope(|scope| {
+        for call in 0..100 {
+            let (server, t, name) = (&server, &t, &names[call % names.len()]);
+            scope.spawn(move || {
+                let answer = match call % 4 {
+                    0 | 1 => server.deploy("t", t, &wordcount(name)),
+                    2 => server.post(&format!("/v1/tenants/t/pipelines/{name}/stop"), t, &json!(null)),
+                    _ => server.get(&format!("/v1/tenants/t/pipelines/{name}"), t),
+                };
+                // Each answer is one of the expected ones.
+                assert!(
+                    matches!(answer.status.as_u16(), 200 | 201 | 404 | 409),
+                    "{name}: {} {}",
+                    answer.status,
+                    answer.body
+                );
+            });
+        }
+    });
+    // The server's view is consistent with itself and its disk: every
+    // deployed pipeline is listed once, running exactly when desired.
+    let settle = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = server.get("/v1/tenants/t/pipelines", &t).expect(200);
+        let settled = listed.as_array().unwrap().iter().all(|p| {
+            let state = p["status"]["state"].as_str().unwrap_or("stopped");
+            (p["desired"] == "running") == (state == "running")
+        });
+        if settled || Instant::now() > settle {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut listed_names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    listed_names.sort();
+    let mut on_disk: Vec<String> = std::fs::read_dir(server.data().join("tenants/t/pipelines"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
+        .collect();
+    on_disk.sort();
+    assert_eq!(listed_names, on_disk, "{listed}");
+    for pipeline in listed.as_array().unwrap() {
+        let state = pipeline["status"]["state"].as_str().unwrap_or("stopped");
+        assert_eq!(pipeline["desired"] == "running", state == "running", "{pipeline}");
+    }
+
+    // Make p0 run, then kill -9 the server mid-run and start it again.
+    for name in &names {
+        server.send(server.request("DELETE", &format!("/v1/tenants/t/pipelines/{name}"), Some(&t)));
+    }
+    let _ = std::fs::remove_dir_all(server.root("t").join("out"));
+    let _ = std::fs::remove_dir_all(server.root("t").join("checkpoints"));
+    server.deploy("t", &t, &wordcount("exact")).expect(201);
+    server.deploy("t", &t, &wordcount("idle")).expect(201);
+    server
+        .post("/v1/tenants/t/pipelines/idle/stop", &t, &json!(null))
+        .expect(200);
+    server.wait_batch("t", &t, "exact", 5, Duration::from_secs(60));
+    server.kill9();
+    server.restart();
+    let t = t.clone();
+    // Restored as it was: `exact` running, `idle` stopped.
+    let idle = server.get("/v1/tenants/t/pipelines/idle", &t).expect(200);
+    assert_eq!(idle["desired"], "stopped", "{idle}");
+    assert!(idle["status"].is_null(), "{idle}");
+    let status = server.wait_batch("t", &t, "exact", 45, Duration::from_secs(120));
+    assert_eq!(status["desired"], "running");
+    let mut expected = BTreeMap::new();
+    for i in 0..40 {
+        for (word, count) in weir_tests::word_counts(&file_words(i)) {
+            *expected.entry(word).or_insert(0) += count;
+        }
+    }
+    let out = server.root("t").join("out/exact");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = weir_tests::summed_counts(&out);
+        if counts == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "output after kill -9 and restart is not exact: {} words of {}",
+            counts.len(),
+            expected.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM stops every pipeline gracefully; they stay desired running.
+    server.terminate();
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data().join("tenants/t/pipelines/exact.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["desired"], "running");
+}
+
+#[test]
+fn the_cli_client_and_tls() {
+    let dir = weir_tests::scratch();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tls");
+    let (cert, key) = (fixtures.join("cert.pem"), fixtures.join("key.pem"));
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let server = server(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .with_client(client);
+    assert!(server.url.starts_with("https://"));
+    server.get("/v1/whoami", ADMIN_TOKEN).expect(200);
+    // Plain HTTP on the TLS port gets nothing.
+    let plain = server.url.replace("https://", "http://");
+    assert!(reqwest::blocking::get(format!("{plain}/healthz")).is_err());
+
+    let weir = weir_tests::Weir::new(env!("CARGO_BIN_EXE_weir"));
+    let admin_file = dir.path().join("admin-token");
+    std::fs::write(&admin_file, ADMIN_TOKEN).unwrap();
+    let cli = |token: &std::path::Path, args: &[&str]| {
+        let mut all = vec![
+            "--server",
+            server.url.as_str(),
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        weir.run(&all, Duration::from_secs(120))
+    };
+    let made = cli(&admin_file, &["tenant", "create", "acme"]);
+    assert!(made.status.success(), "{}", weir_tests::stderr(&made));
+    let token = cli(
+        &admin_file,
+        &["--tenant", "acme", "token", "create", "--role", "operator"],
+    );
+    assert!(token.status.success(), "{}", weir_tests::stderr(&token));
+    let token_file = dir.path().join("acme-token");
+    std::fs::write(&token_file, weir_tests::stdout(&token).trim()).unwrap();
+    let pushed = cli(
+        &token_file,
+        &["plugin", "push", "split-words", plugins::SPLIT_WORDS],
+    );
+    assert!(pushed.status.success(), "{}", weir_tests::stderr(&pushed));
+    std::fs::create_dir_all(server.root("acme").join("in")).unwrap();
+    std::fs::write(server.root("acme").join("in/a.txt"), "one two two\n").unwrap();
+    let file = weir_tests::write_pipeline(dir.path(), "wc.toml", &wordcount("wc"));
+    let deployed = cli(&token_file, &["deploy", file.to_str().unwrap()]);
+    assert!(deployed.status.success(), "{}", weir_tests::stderr(&deployed));
+    server.wait_batch(
+        "acme",
+        weir_tests::stdout(&token).trim(),
+        "wc",
+        0,
+        Duration::from_secs(60),
+    );
+    let ps = cli(&token_file, &["ps"]);
+    let listing = weir_tests::stdout(&ps);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("wc ") && l.contains("running")),
+        "{listing}"
+    );
+    let stopped = cli(&token_file, &["stop", "wc"]);
+    assert!(stopped.status.success(), "{}", weir_tests::stderr(&stopped));
+    // Errors: the server's message, word for word, and a failing exit.
+    let bad = weir_tests::write_pipeline(
+        dir.path(),
+        "bad.toml",
+        &wordcount_with("w", "op = \"flat-map\"", "op = \"fly\""),
+    );
+    let refused = cli(&token_file, &["deploy", bad.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        weir_tests::stderr(&refused).contains("pipeline.toml:15: unknown op `fly`"),
+        "{}",
+        weir_tests::stderr(&refused)
+    );
+    let counts = weir_tests::summed_counts(&server.root("acme").join("out/wc"));
+    assert_eq!(counts, BTreeMap::from([("one".into(), 1), ("two".into(), 2)]));
+}
