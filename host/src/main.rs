@@ -195,13 +195,18 @@ enum Command {
         /// `all` (all of these), `state` (keyed state larger than memory,
         /// checkpointed incrementally: gigabytes of disk, run on its own) or
         /// `kafka` (the word count from a topic to a topic next to the same
-        /// over files; a broker from `--brokers` or `tests/broker/install`).
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka"])]
+        /// over files; a broker from `--brokers` or `tests/broker/install`)
+        /// or `serve` (a `weir serve` with `--tenants` tenants × 2 idle
+        /// pipelines: deploy latency, memory, idle CPU, shutdown).
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve"])]
         suite: String,
         /// `--suite kafka`: the Kafka brokers to use (default: start the
         /// noida-db broker that `tests/broker/install` installed).
         #[arg(long)]
         brokers: Option<String>,
+        /// `--suite serve`: tenants of the server.
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
         /// `--suite state`: keys of state (1 KiB each).
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
@@ -637,6 +642,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ..
         } if suite == "kafka" => kafka_bench(lines, partitions, plugin, brokers.as_deref()),
         Command::Bench {
+            suite,
+            tenants,
+            plugin,
+            ..
+        } if suite == "serve" => serve_bench(tenants, plugin),
+        Command::Bench {
             lines,
             corpus,
             partitions,
@@ -891,6 +902,46 @@ fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> any
     let engine = engine(Some(partitions))?;
     let report = cli::state_bench::run(&engine, &settings, |line| eprintln!("{line}"))?;
     println!("{}", cli::state_bench::describe(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --suite serve`: one server, many tenants.
+fn serve_bench(tenants: usize, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let plugin = match plugin {
+        Some(plugin) => plugin,
+        None => example_plugin("split-words")?,
+    };
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let r = cli::serve_bench::run(&weir, &plugin, tenants, 2)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "weir serve, {} tenants x 2 idle word counts ({} pipelines):",
+        r.tenants, r.pipelines
+    );
+    println!(
+        "  deploy (plugin in the catalog)  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (first: {:.0} ms)",
+        ms(r.deploy[0]),
+        ms(r.deploy[1]),
+        ms(r.deploy[2]),
+        ms(r.first_deploy)
+    );
+    println!(
+        "  plugin upload                   first (compiles) {:.0} ms, same bytes again p50 {:.1} ms",
+        ms(r.first_upload),
+        ms(r.upload_p50)
+    );
+    println!(
+        "  resident memory  {:.1} MB empty, {:.1} MB with every pipeline idle ({:.2} MB a pipeline); {} threads",
+        mb(r.rss_empty),
+        mb(r.rss_idle),
+        mb(r.rss_idle.saturating_sub(r.rss_empty)) / r.pipelines.max(1) as f64,
+        r.threads
+    );
+    println!("  idle CPU         {:.1}% of one core", r.idle_cpu * 100.0);
+    println!(
+        "  SIGTERM to exit  {:.2} s (every pipeline stopped gracefully)",
+        r.shutdown.as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

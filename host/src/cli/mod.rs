@@ -10,4 +10,5 @@ pub mod ingest;
 pub mod kafka_bench;
 pub mod many;
 pub mod process;
+pub mod serve_bench;
 pub mod state_bench;

@@ -44,6 +44,31 @@ fn peak_rss_of(pid: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Resident memory of process `pid` now (its `VmRSS`).
+pub fn resident_of(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib = line.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    Some(kib * 1024)
+}
+
+/// Threads of process `pid` now.
+pub fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
+}
+
+/// User plus system CPU time process `pid` has used so far (from
+/// `/proc/PID/stat`).
+pub fn cpu_of(pid: u32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
 /// Resets this process's peak resident memory to its resident memory now
 /// (Linux ≥ 4.0: `5` into `/proc/self/clear_refs`); false where that is
 /// not possible (the peak then covers the whole process's life).
@@ -123,6 +148,19 @@ pub fn wait_measured(child: Child, started: Instant) -> io::Result<ChildUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_is_measured_by_pid() {
+        let pid = std::process::id();
+        assert!(resident_of(pid).is_some_and(|bytes| bytes > 0));
+        assert!(threads_of(pid) >= 1);
+        let before = cpu_of(pid).unwrap();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(spin.elapsed());
+        }
+        assert!(cpu_of(pid).unwrap() > before);
+    }
 
     #[test]
     fn a_child_is_measured() {

@@ -666,6 +666,14 @@ impl ServerState {
             .map_err(|error| ServerError::Invalid(error.to_string()))?;
         let config = lock(&tenant.config).clone();
         config.admit(&mut spec, shown)?;
+        // A tenant has no other way to make the directories its files
+        // sources watch: they are made here, inside its root.
+        for source in &spec.sources {
+            if let Some(files) = source.kind.settings::<crate::source::files::FilesSpec>() {
+                std::fs::create_dir_all(&files.dir)
+                    .map_err(|e| ServerError::io(format!("cannot create {}", files.dir.display()), e))?;
+            }
+        }
         let footprint = Footprint::of(&spec);
         let others = lock(&tenant.pipelines)
             .iter()
