@@ -237,11 +237,12 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
         swap["plugin_sha256"].as_str().is_some_and(|h| h.len() == 64),
         "{swap}"
     );
-    assert!(
-        entries
-            .iter()
-            .any(|e| e["action"] == "deploy pipeline" && e["result"] == "ok")
-    );
+    let deployed = entries
+        .iter()
+        .find(|e| e["action"] == "deploy pipeline wc" && e["result"] == "ok")
+        .unwrap_or_else(|| panic!("B's deploy is not audited: {audit}"));
+    let split_words = weir_tests::server::sha256_file(plugins::SPLIT_WORDS);
+    assert_eq!(deployed["plugin_sha256"], split_words.as_str(), "{deployed}");
     assert!(entries.iter().all(|e| e["tenant"] == "b"), "{audit}");
 }
 

@@ -10,6 +10,13 @@ pub use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder};
 pub use serde_json::{Value, json};
 
+/// Hex SHA-256 of the file at `path` (a plugin's content address).
+pub fn sha256_file(path: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The admin token every test server is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 

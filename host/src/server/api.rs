@@ -557,17 +557,32 @@ async fn deploy(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PipelineView>), ApiError> {
     let text = text_body(raw);
-    let name = tenant.clone();
-    let view = mutate(
-        &app,
-        &caller,
-        &tenant,
-        "deploy pipeline".into(),
-        None,
-        move |state| state.deploy(&name, &text?),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    // For the audit log: the pipeline's name as written, when it parses.
+    let pipeline = text
+        .as_ref()
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|file| file.get("pipeline")?.get("name")?.as_str().map(str::to_owned));
+    let action = match &pipeline {
+        Some(name) => format!("deploy pipeline {name}"),
+        None => "deploy pipeline".to_owned(),
+    };
+    let result = match app.state.authorize(&caller.0, &tenant, true) {
+        Ok(()) => {
+            let (state, name) = (app.state.clone(), tenant.clone());
+            blocking(move || state.deploy(&name, &text?)).await
+        }
+        Err(error) => Err(error),
+    };
+    // Every plugin the pipeline runs, by content.
+    let plugins = result.as_ref().ok().and_then(|view| view.status.as_ref()).map(|status| {
+        let mut hashes: Vec<&str> = status.plugins.iter().map(|p| p.sha256.as_str()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes.join(",")
+    });
+    app.state.audit(&caller.0, Some(&tenant), &action, plugins.filter(|h| !h.is_empty()), &result);
+    Ok((StatusCode::CREATED, Json(result?)))
 }
 
 async fn get_pipeline(
