@@ -210,6 +210,22 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
     }
     let counts = weir_tests::summed_counts(&server.root("a").join("out/wc"));
     assert_eq!(counts, BTreeMap::from([("a".into(), 2), ("words".into(), 1)]));
+    // Links planted while it runs (to B's file, to B's directory) are not
+    // followed out of A's root: the files are opened through cap-std.
+    std::os::unix::fs::symlink(b_root.join("in/secret.txt"), server.root("a").join("in/zz-link.txt")).unwrap();
+    let batch = server.get("/v1/tenants/a/pipelines/wc", &a).expect(200)["status"]["last_batch"]["id"]
+        .as_u64()
+        .unwrap();
+    std::fs::write(server.root("a").join("in/zzz-later.txt"), "later\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !weir_tests::summed_counts(&server.root("a").join("out/wc")).contains_key("later") {
+        assert!(Instant::now() < deadline, "A's later file was not read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.wait_batch("a", &a, "wc", batch + 3, Duration::from_secs(60));
+    let counts = weir_tests::summed_counts(&server.root("a").join("out/wc"));
+    assert!(!counts.contains_key("secret"), "A read B's file through a link: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
 
     // A revoked token is refused on its next call.
     let made = server

@@ -29,7 +29,7 @@ pub use model::{
     BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec, Quarantine,
     ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
 };
-pub use paths::{Paths, check_name};
+pub use paths::{DirPath, Paths, check_name};
 pub use settings::{Key, KindContext, Reach, Settings, ValueType};
 pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};

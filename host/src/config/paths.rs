@@ -73,6 +73,73 @@ impl Paths {
     }
 }
 
+/// A directory a pipeline names, resolved: opened through cap-std, from the
+/// tenant's root when the paths are confined, so that a `..` or a symbolic
+/// link planted after the pipeline was checked still cannot lead out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirPath {
+    /// The confining root, if any.
+    root: Option<PathBuf>,
+    /// The directory below the root (the whole path without a root).
+    relative: PathBuf,
+    /// The whole path, for messages.
+    path: PathBuf,
+}
+
+impl DirPath {
+    /// A directory outside any confinement.
+    pub fn unconfined(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Self {
+            root: None,
+            relative: path.clone(),
+            path,
+        }
+    }
+
+    /// The whole path (for messages and logs).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the directory (making it and its parents first when `create`).
+    pub fn open(&self, create: bool) -> std::io::Result<cap_std::fs::Dir> {
+        let ambient = cap_std::ambient_authority();
+        match &self.root {
+            Some(root) => {
+                let root = cap_std::fs::Dir::open_ambient_dir(root, ambient)?;
+                if create {
+                    root.create_dir_all(&self.relative)?;
+                }
+                root.open_dir(&self.relative)
+            }
+            None => {
+                if create {
+                    std::fs::create_dir_all(&self.path)?;
+                }
+                cap_std::fs::Dir::open_ambient_dir(&self.path, ambient)
+            }
+        }
+    }
+}
+
+impl Paths {
+    /// Like [`Paths::resolve`], for a directory the engine opens through
+    /// cap-std ([`DirPath::open`]).
+    pub fn resolve_dir(&self, written: &str, key: &str) -> Result<DirPath, String> {
+        let path = self.resolve(written, key)?;
+        Ok(if self.confined {
+            DirPath {
+                root: Some(self.base_dir.clone()),
+                relative: PathBuf::from(written),
+                path,
+            }
+        } else {
+            DirPath::unconfined(path)
+        })
+    }
+}
+
 /// Checks a name that becomes a file or directory name (a tenant, a
 /// pipeline, an uploaded plugin): 1 to 64 ASCII letters, digits, `-`, `_`
 /// or `.`, starting with a letter or digit. Returns why it is refused.
@@ -173,6 +240,22 @@ mod tests {
             "{link}"
         );
         assert!(paths.resolve("", "path").unwrap_err().contains("is empty"));
+    }
+
+    #[test]
+    fn a_confined_directory_opens_inside_its_root_only() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let paths = Paths::confined_to(root.path());
+        let out = paths.resolve_dir("out/a", "path").unwrap();
+        assert_eq!(out.path(), root.path().join("out/a"));
+        out.open(true).unwrap().write("x", "y").unwrap();
+        assert_eq!(std::fs::read_to_string(root.path().join("out/a/x")).unwrap(), "y");
+        // A link planted after the check: opening refuses to follow it out.
+        let planted = paths.resolve_dir("later", "path").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("later")).unwrap();
+        assert!(planted.open(false).is_err());
+        assert!(planted.open(true).is_err());
     }
 
     #[test]

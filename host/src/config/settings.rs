@@ -97,11 +97,12 @@ pub struct KindContext<'a> {
 }
 
 impl KindContext<'_> {
-    /// The path the value of `key` (`written`) leads to; the error points
-    /// at the table.
-    pub fn path(&self, written: &str, key: &str) -> Result<std::path::PathBuf, SpecError> {
+    /// The directory the value of `key` (`written`) names, to be opened
+    /// through cap-std ([`super::DirPath::open`]); the error points at the
+    /// table.
+    pub fn dir(&self, written: &str, key: &str) -> Result<super::DirPath, SpecError> {
         self.paths
-            .resolve(written, key)
+            .resolve_dir(written, key)
             .map_err(|message| (self.offset, message))
     }
 }

@@ -368,7 +368,7 @@ fn each_source_kind_parses_its_own_settings() {
     );
     let spec = parse(&files, Path::new("dir/p.toml")).unwrap();
     let settings = spec.sources[0].kind.settings::<FilesSpec>().unwrap();
-    assert_eq!(settings.dir, Path::new("dir/in"));
+    assert_eq!(settings.dir.path(), Path::new("dir/in"));
     assert_eq!(settings.max_files_per_batch, Some(2));
 }
 
@@ -417,7 +417,7 @@ fn sink_keys_are_checked_against_their_kind() {
         .kind
         .settings::<crate::sink::files::FilesSinkSpec>()
         .unwrap();
-    assert_eq!(settings.dir, Path::new("dir/out"));
+    assert_eq!(settings.dir.path(), Path::new("dir/out"));
     assert_eq!(settings.format, FileFormat::Jsonl);
 }
 

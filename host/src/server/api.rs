@@ -575,13 +575,23 @@ async fn deploy(
         Err(error) => Err(error),
     };
     // Every plugin the pipeline runs, by content.
-    let plugins = result.as_ref().ok().and_then(|view| view.status.as_ref()).map(|status| {
-        let mut hashes: Vec<&str> = status.plugins.iter().map(|p| p.sha256.as_str()).collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        hashes.join(",")
-    });
-    app.state.audit(&caller.0, Some(&tenant), &action, plugins.filter(|h| !h.is_empty()), &result);
+    let plugins = result
+        .as_ref()
+        .ok()
+        .and_then(|view| view.status.as_ref())
+        .map(|status| {
+            let mut hashes: Vec<&str> = status.plugins.iter().map(|p| p.sha256.as_str()).collect();
+            hashes.sort_unstable();
+            hashes.dedup();
+            hashes.join(",")
+        });
+    app.state.audit(
+        &caller.0,
+        Some(&tenant),
+        &action,
+        plugins.filter(|h| !h.is_empty()),
+        &result,
+    );
     Ok((StatusCode::CREATED, Json(result?)))
 }
 

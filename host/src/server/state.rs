@@ -670,8 +670,12 @@ impl ServerState {
         // sources watch: they are made here, inside its root.
         for source in &spec.sources {
             if let Some(files) = source.kind.settings::<crate::source::files::FilesSpec>() {
-                std::fs::create_dir_all(&files.dir)
-                    .map_err(|e| ServerError::io(format!("cannot create {}", files.dir.display()), e))?;
+                files.dir.open(true).map_err(|e| {
+                    ServerError::Invalid(format!(
+                        "{shown}:{}: cannot make the directory of source `{}`: {e}",
+                        source.line, source.name
+                    ))
+                })?;
             }
         }
         let footprint = Footprint::of(&spec);

@@ -12,12 +12,15 @@
 //! stage also get `"window": {"start": ..., "end": ...}` (milliseconds, end
 //! exclusive; a window's records carry its last millisecond as timestamp).
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use cap_std::fs::Dir;
+
 use super::{BatchInfo, Sink, SinkContext, SinkError};
-use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, required};
+use crate::config::{
+    DirPath, Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, required,
+};
 use crate::record::{Partition, RecordRef};
 
 /// Record formats of the files sink.
@@ -33,7 +36,7 @@ pub enum FileFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesSinkSpec {
     /// The output directory.
-    pub dir: PathBuf,
+    pub dir: DirPath,
     /// Record format.
     pub format: FileFormat,
 }
@@ -55,7 +58,7 @@ impl SinkType for FilesSinkSpec {
             }
         };
         Ok(Self {
-            dir: cx.path(dir, "path")?,
+            dir: cx.dir(dir, "path")?,
             format,
         })
     }
@@ -67,20 +70,23 @@ impl SinkConfig for FilesSinkSpec {
     }
 }
 
-/// Writes batches as files.
+/// Writes batches as files, through the output directory opened with
+/// cap-std (nothing it writes can land outside it).
 pub struct FilesSink {
     name: String,
-    dir: PathBuf,
+    dir: DirPath,
+    opened: Option<Dir>,
     format: FileFormat,
     window_ms: Option<i64>,
 }
 
 impl FilesSink {
     /// Writes into `dir` in `format`.
-    pub fn new(name: String, dir: PathBuf, format: FileFormat) -> Self {
+    pub fn new(name: String, dir: DirPath, format: FileFormat) -> Self {
         Self {
             name,
             dir,
+            opened: None,
             format,
             window_ms: None,
         }
@@ -105,8 +111,8 @@ impl FilesSink {
         }
     }
 
-    fn write_part(&self, path: &Path, partition: &[crate::record::Batch]) -> std::io::Result<()> {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    fn write_part(&self, file: std::fs::File, partition: &[crate::record::Batch]) -> std::io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         for record in partition.iter().flat_map(|chunk| chunk.iter()) {
             match self.format {
                 FileFormat::Text => write_text(&mut out, record)?,
@@ -150,48 +156,57 @@ fn write_json(out: &mut impl Write, record: RecordRef<'_>, window_ms: Option<i64
 
 impl Sink for FilesSink {
     fn open(&mut self) -> Result<(), SinkError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
+        let opened = self.dir.open(true).map_err(|e| {
             self.error(format!(
                 "cannot create the output directory {}: {e}",
-                self.dir.display()
+                self.dir.path().display()
             ))
-        })
+        })?;
+        self.opened = Some(opened);
+        Ok(())
     }
 
     fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
         if partitions.iter().flatten().all(|chunk| chunk.is_empty()) {
             return Ok(());
         }
-        let target = Self::batch_dir(&self.dir, batch.id);
-        let temporary = self.dir.join(format!(".batch-{:012}.tmp", batch.id));
+        let Some(dir) = &self.opened else {
+            return Err(self.error("written before it was opened".into()));
+        };
+        let target = format!("batch-{:012}", batch.id);
+        let temporary = format!(".batch-{:012}.tmp", batch.id);
         let write = || -> std::io::Result<()> {
-            if temporary.exists() {
-                std::fs::remove_dir_all(&temporary)?;
+            if dir.exists(&temporary) {
+                dir.remove_dir_all(&temporary)?;
             }
-            std::fs::create_dir_all(&temporary)?;
+            dir.create_dir(&temporary)?;
+            let parts = dir.open_dir(&temporary)?;
             let extension = match self.format {
                 FileFormat::Text => "txt",
                 FileFormat::Jsonl => "jsonl",
             };
             for (index, partition) in partitions.iter().enumerate() {
                 if partition.iter().any(|chunk| !chunk.is_empty()) {
-                    self.write_part(&temporary.join(format!("part-{index:05}.{extension}")), partition)?;
+                    let file = parts.create(format!("part-{index:05}.{extension}"))?;
+                    self.write_part(file.into_std(), partition)?;
                 }
             }
-            File::open(&temporary)?.sync_all()?;
+            // (A cap-std `Dir` is an `O_PATH` descriptor, which cannot be
+            // synced: the directory is opened for reading to sync it.)
+            parts.open(".")?.sync_all()?;
             crate::failpoint::crash_point("sink-commit");
-            if target.exists() {
-                std::fs::remove_dir_all(&target)?;
+            if dir.exists(&target) {
+                dir.remove_dir_all(&target)?;
             }
-            std::fs::rename(&temporary, &target)?;
-            File::open(&self.dir)?.sync_all()
+            dir.rename(&temporary, dir, &target)?;
+            dir.open(".")?.sync_all()
         };
         write().map_err(|e| {
-            let _ = std::fs::remove_dir_all(&temporary);
+            let _ = dir.remove_dir_all(&temporary);
             self.error(format!(
                 "cannot write batch {} to {}: {e}",
                 batch.id,
-                target.display()
+                self.dir.path().join(&target).display()
             ))
         })
     }

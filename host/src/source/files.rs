@@ -10,21 +10,23 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use cap_std::fs::Dir;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{BatchInput, Closed, Source, SourceContext, SourceError, SourcePosition};
 use crate::config::{
-    Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, positive, required,
+    DirPath, Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, positive, required,
 };
 
 /// Settings of the files source (`type = "files"`).
 #[derive(Debug, Clone)]
 pub struct FilesSpec {
-    /// The directory.
-    pub dir: PathBuf,
+    /// The directory (opened through cap-std: files are read from inside it only).
+    pub dir: DirPath,
     /// Which file names to read.
     pub glob: glob::Pattern,
     /// How often to look for new files.
@@ -59,7 +61,7 @@ impl SourceType for FilesSpec {
             None => Duration::from_millis(100),
         };
         Ok(Self {
-            dir: cx.path(dir, "path")?,
+            dir: cx.dir(dir, "path")?,
             glob,
             poll_interval,
             max_files_per_batch: positive(
@@ -84,7 +86,7 @@ impl SourceConfig for FilesSpec {
 
 /// A directory receiver.
 pub struct FilesSource {
-    dir: PathBuf,
+    dir: DirPath,
     glob: glob::Pattern,
     poll_interval: Duration,
     max_files_per_batch: Option<u64>,
@@ -101,26 +103,26 @@ impl FilesSource {
         }
     }
 
-    /// New files to read, in name order.
-    async fn list(&self, seen: &HashSet<OsString>) -> std::io::Result<Vec<OsString>> {
-        let mut entries = tokio::fs::read_dir(&self.dir).await?;
-        let mut names = Vec::new();
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name();
-            let Some(text) = name.to_str() else { continue };
-            if text.starts_with('.') || !self.glob.matches(text) || seen.contains(&name) {
-                continue;
+    /// New files to read in `dir`, in name order.
+    async fn list(&self, dir: &Arc<Dir>, seen: &HashSet<OsString>) -> std::io::Result<Vec<OsString>> {
+        let (dir, glob, seen) = (dir.clone(), self.glob.clone(), seen.clone());
+        let listed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<OsString>> {
+            let mut names = Vec::new();
+            for entry in dir.entries()? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(text) = name.to_str() else { continue };
+                if text.starts_with('.') || !glob.matches(text) || seen.contains(&name) {
+                    continue;
+                }
+                if entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+                    names.push(name);
+                }
             }
-            if entry
-                .file_type()
-                .await
-                .is_ok_and(|t| t.is_file() || t.is_symlink())
-            {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
+            names.sort();
+            Ok(names)
+        });
+        listed.await.map_err(std::io::Error::other)?
     }
 }
 
@@ -130,7 +132,7 @@ impl FilesSource {
 /// time of `unit` ([`SourceContext::timestamp`]: the wall clock without a
 /// deterministic clock).
 async fn read_file(
-    dir: &Path,
+    dir: &Arc<Dir>,
     name: &str,
     range: (u64, Option<u64>),
     ctx: &SourceContext,
@@ -138,9 +140,16 @@ async fn read_file(
 ) -> Result<std::io::Result<u64>, Closed> {
     let stamp = || ctx.timestamp(unit);
     let (start, end) = range;
-    let path = dir.join(name);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
+    // Opened through the directory: a link out of it is refused.
+    let opened = {
+        let (dir, name) = (dir.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || dir.open(&name).map(|file| file.into_std()))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|opened| opened)
+    };
+    let mut file = match opened {
+        Ok(file) => tokio::fs::File::from_std(file),
         Err(error) => return Ok(Err(error)),
     };
     if start > 0
@@ -195,13 +204,13 @@ async fn read_file(
 #[async_trait::async_trait]
 impl Source for FilesSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> Result<(), SourceError> {
-        match tokio::fs::metadata(&self.dir).await {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(ctx.error(format!("{} is not a directory", self.dir.display()))),
+        let shown = self.dir.path().to_owned();
+        let dir = match self.dir.open(false) {
+            Ok(dir) => Arc::new(dir),
             Err(error) => {
-                return Err(ctx.error(format!("cannot watch {}: {error}", self.dir.display())));
+                return Err(ctx.error(format!("cannot watch {}: {error}", shown.display())));
             }
-        }
+        };
         let mut seen: HashSet<OsString> = HashSet::new();
         // Files read in the current batch unit, and units completed.
         let (mut in_unit, mut unit) = (0u64, 0u64);
@@ -213,13 +222,13 @@ impl Source for FilesSource {
                 if let BatchInput::Files { segments } = input {
                     for segment in segments {
                         let range = (segment.start, Some(segment.end));
-                        match read_file(&self.dir, &segment.name, range, &ctx, batch).await {
+                        match read_file(&dir, &segment.name, range, &ctx, batch).await {
                             Err(Closed) => return Ok(()),
                             Ok(Ok(bytes)) if bytes == segment.end - segment.start => {}
                             Ok(Ok(bytes)) => {
                                 return Err(ctx.error(format!(
                                     "cannot replay batch {batch}: {} has {bytes} bytes from offset {} where the batch log says {} (files must not change once in the directory)",
-                                    self.dir.join(&segment.name).display(),
+                                    shown.join(&segment.name).display(),
                                     segment.start,
                                     segment.end - segment.start
                                 )));
@@ -227,7 +236,7 @@ impl Source for FilesSource {
                             Ok(Err(error)) => {
                                 return Err(ctx.error(format!(
                                     "cannot read {} again to replay batch {batch}: {error}",
-                                    self.dir.join(&segment.name).display()
+                                    shown.join(&segment.name).display()
                                 )));
                             }
                         }
@@ -240,7 +249,7 @@ impl Source for FilesSource {
             let progress = replay.progress_after();
             seen.extend(progress.finished_files.iter().map(OsString::from));
             if let Some(SourcePosition::File { name, offset }) = progress.position {
-                match read_file(&self.dir, &name, (offset, None), &ctx, replay.next_batch).await {
+                match read_file(&dir, &name, (offset, None), &ctx, replay.next_batch).await {
                     Err(Closed) => return Ok(()),
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::warn!(
@@ -253,15 +262,15 @@ impl Source for FilesSource {
             unit = replay.next_batch;
         }
         loop {
-            match self.list(&seen).await {
+            match self.list(&dir, &seen).await {
                 Ok(names) => {
                     for name in names {
                         if ctx.stopping() {
                             return Ok(());
                         }
-                        let path = self.dir.join(&name);
+                        let path = shown.join(&name);
                         let Some(text_name) = name.to_str() else { continue };
-                        match read_file(&self.dir, text_name, (0, None), &ctx, unit).await {
+                        match read_file(&dir, text_name, (0, None), &ctx, unit).await {
                             Err(Closed) => return Ok(()),
                             Ok(Ok(bytes)) => {
                                 tracing::debug!(source = %ctx.name, file = %path.display(), bytes, "read file")
@@ -282,7 +291,7 @@ impl Source for FilesSource {
                     }
                 }
                 Err(error) => tracing::warn!(
-                    source = %ctx.name, dir = %self.dir.display(),
+                    source = %ctx.name, dir = %shown.display(),
                     "cannot list the directory: {error}"
                 ),
             }
