@@ -911,8 +911,9 @@ fn serve_bench(tenants: usize, plugin: Option<PathBuf>) -> anyhow::Result<ExitCo
         Some(plugin) => plugin,
         None => example_plugin("split-words")?,
     };
+    let looping = example_plugin("loop-forever")?;
     let weir = std::env::current_exe().context("cannot find the weir binary")?;
-    let r = cli::serve_bench::run(&weir, &plugin, tenants, 2)?;
+    let r = cli::serve_bench::run(&weir, &plugin, &looping, tenants, 2)?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!(
         "weir serve, {} tenants x 2 idle word counts ({} pipelines):",
@@ -938,6 +939,12 @@ fn serve_bench(tenants: usize, plugin: Option<PathBuf>) -> anyhow::Result<ExitCo
         r.threads
     );
     println!("  idle CPU         {:.1}% of one core", r.idle_cpu * 100.0);
+    println!(
+        "  isolation        healthy tenant's mean batch {:.2} ms alone, {:.2} ms next to a looping tenant ({:.2}x)",
+        ms(r.isolation[0]),
+        ms(r.isolation[1]),
+        r.isolation[1].as_secs_f64() / r.isolation[0].as_secs_f64().max(1e-9)
+    );
     println!(
         "  SIGTERM to exit  {:.2} s (every pipeline stopped gracefully)",
         r.shutdown.as_secs_f64()

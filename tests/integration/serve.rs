@@ -212,7 +212,11 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
     assert_eq!(counts, BTreeMap::from([("a".into(), 2), ("words".into(), 1)]));
     // Links planted while it runs (to B's file, to B's directory) are not
     // followed out of A's root: the files are opened through cap-std.
-    std::os::unix::fs::symlink(b_root.join("in/secret.txt"), server.root("a").join("in/zz-link.txt")).unwrap();
+    std::os::unix::fs::symlink(
+        b_root.join("in/secret.txt"),
+        server.root("a").join("in/zz-link.txt"),
+    )
+    .unwrap();
     let batch = server.get("/v1/tenants/a/pipelines/wc", &a).expect(200)["status"]["last_batch"]["id"]
         .as_u64()
         .unwrap();
@@ -224,7 +228,10 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
     }
     server.wait_batch("a", &a, "wc", batch + 3, Duration::from_secs(60));
     let counts = weir_tests::summed_counts(&server.root("a").join("out/wc"));
-    assert!(!counts.contains_key("secret"), "A read B's file through a link: {counts:?}");
+    assert!(
+        !counts.contains_key("secret"),
+        "A read B's file through a link: {counts:?}"
+    );
     assert_eq!(counts.len(), 3, "{counts:?}");
 
     // A revoked token is refused on its next call.
@@ -313,10 +320,43 @@ fn quotas_refuse_with_the_reason() {
     let metrics = server.get("/v1/tenants/t/pipelines/one/metrics", &t).expect(200);
     let limit = metrics["sources"][0]["rate_limit"].as_f64();
     assert_eq!(limit, Some(1000.0), "{metrics}");
+    // Over its disk quota, the tenant's pipelines are paused with the
+    // reason, and resumed once it is under again.
+    let mut tighter = quotas.clone();
+    tighter["max_disk_bytes"] = json!(256 << 10);
+    let changed = server.send(
+        server
+            .request("PATCH", "/v1/tenants/t", Some(ADMIN_TOKEN))
+            .json(&json!({ "quotas": tighter })),
+    );
+    assert_eq!(changed.expect(200)["quotas"]["max_disk_bytes"], 256 << 10);
+    server.wait_batch("t", &t, "one", 0, Duration::from_secs(60));
+    let ballast = server.root("t").join("ballast.bin");
+    std::fs::write(&ballast, vec![0u8; 512 << 10]).unwrap();
+    let paused = wait_state(&server, &t, "one", "paused");
+    let reason = paused["status"]["paused_because"].as_str().unwrap_or_default();
+    assert!(reason.contains("above its disk quota of 262144"), "{paused}");
+    std::fs::remove_file(&ballast).unwrap();
+    wait_state(&server, &t, "one", "running");
     // Deploying a running pipeline again is a conflict, not a second copy.
     let status = server.get("/v1/tenants/t/pipelines/one", &t).expect(200);
     assert_eq!(status["status"]["state"], "running", "{status}");
     assert_eq!(server.deploy("t", &t, &small("one")).status.as_u16(), 409);
+}
+
+/// Waits until tenant t's pipeline `name` is in `state`; returns its status.
+fn wait_state(server: &Server, token: &str, name: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = server
+            .get(&format!("/v1/tenants/t/pipelines/{name}"), token)
+            .expect(200);
+        if status["status"]["state"] == state {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{name} is not {state}: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -396,6 +436,24 @@ fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
             .body(vec![0xff, 0xfe, 0x00]),
     );
     assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+    // After a refused body the next call on the same client still gets its
+    // answer (the refusal closes the connection instead of leaving it to be
+    // reused with the body unread).
+    for round in 0..20 {
+        let big = server.send(
+            server
+                .request("PUT", "/v1/tenants/t/plugins/big", Some(&t))
+                .body(vec![0u8; 2 << 20]),
+        );
+        assert_eq!(big.status.as_u16(), 413);
+        if round < 3 {
+            // (Few: repeated failures are answered slowly.)
+            let request = server.request("PUT", "/v1/tenants/t/plugins/big", Some("nope"));
+            let unknown = server.send(request.body(vec![1u8; 1 << 16]));
+            assert_eq!(unknown.status.as_u16(), 401);
+        }
+        assert_eq!(server.get("/v1/tenants/t/pipelines", &t).status.as_u16(), 200);
+    }
     // Unknown routes and methods.
     assert_eq!(server.get("/v2/anything", &t).status.as_u16(), 404);
     let answer = server.send(server.request("PATCH", "/v1/tenants/t/pipelines", Some(&t)));

@@ -283,5 +283,11 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what the server said.
+        if std::thread::panicking()
+            && let Some(log) = self.stderr.take().and_then(|t| t.join().ok())
+        {
+            eprintln!("--- weir serve's log ---\n{log}--- end of weir serve's log ---");
+        }
     }
 }

@@ -8,6 +8,9 @@
 //! - **Idle cost**: `tenants` tenants × `per_tenant` idle word counts (a
 //!   files source on an empty directory, 1 s batches): the server's
 //!   resident memory, threads, and CPU time over an idle window.
+//! - **Isolation**: a healthy tenant's word count (50,000 lines/s, 100 ms
+//!   batches), its mean batch processing time alone and next to a tenant
+//!   whose plugin loops to its deadline on every batch, alternating rounds.
 //! - **Shutdown**: SIGTERM to exit with every pipeline stopped gracefully.
 
 use std::io::{BufRead, BufReader};
@@ -47,13 +50,22 @@ pub struct ServeReport {
     pub threads: usize,
     /// CPU time of the server per second of wall time, idle.
     pub idle_cpu: f64,
+    /// The healthy tenant's mean batch processing time: alone, next to
+    /// the looping tenant.
+    pub isolation: [Duration; 2],
     /// SIGTERM to exit.
     pub shutdown: Duration,
 }
 
 /// Runs the benchmark with the `weir` binary `weir` and the split-words
 /// component `plugin`.
-pub fn run(weir: &Path, plugin: &Path, tenants: usize, per_tenant: usize) -> anyhow::Result<ServeReport> {
+pub fn run(
+    weir: &Path,
+    plugin: &Path,
+    looping: &Path,
+    tenants: usize,
+    per_tenant: usize,
+) -> anyhow::Result<ServeReport> {
     let dir = tempfile::Builder::new().prefix("weir-bench-serve-").tempdir()?;
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, ADMIN)?;
@@ -77,7 +89,9 @@ pub fn run(weir: &Path, plugin: &Path, tenants: usize, per_tenant: usize) -> any
     };
     let base = format!("http://{addr}");
     std::thread::spawn(move || for _ in stdout.lines() {});
-    let result = measure(&base, pid, plugin, tenants, per_tenant);
+    let result = measure(&base, pid, plugin, tenants, per_tenant).and_then(|report| {
+        isolation(&base, plugin, looping).map(|isolation| ServeReport { isolation, ..report })
+    });
     let stopping = Instant::now();
     // SAFETY: `pid` is our live child; SIGTERM asks it to stop.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
@@ -182,6 +196,128 @@ fn measure(
         rss_idle: resident_of(pid).unwrap_or(0),
         threads: threads_of(pid),
         idle_cpu: (cpu_after - cpu_before).as_secs_f64() / window.as_secs_f64(),
+        isolation: [Duration::ZERO; 2],
         shutdown: Duration::ZERO,
     })
+}
+
+/// A tenant with an operator token and `plugin` uploaded as `p`.
+fn tenant(http: &Client, base: &str, name: &str, plugin: &Path) -> anyhow::Result<String> {
+    let call =
+        |request: reqwest::blocking::RequestBuilder, token: &str| -> anyhow::Result<serde_json::Value> {
+            let response = request.bearer_auth(token).send()?;
+            let status = response.status();
+            let text = response.text()?;
+            if !status.is_success() {
+                bail!("{status}: {text}");
+            }
+            Ok(serde_json::from_str(&text).unwrap_or_default())
+        };
+    call(
+        http.post(format!("{base}/v1/tenants"))
+            .json(&json!({ "name": name })),
+        ADMIN,
+    )?;
+    let made = call(
+        http.post(format!("{base}/v1/tenants/{name}/tokens"))
+            .json(&json!({ "role": "operator" })),
+        ADMIN,
+    )?;
+    let token = made["token"].as_str().unwrap_or_default().to_owned();
+    call(
+        http.put(format!("{base}/v1/tenants/{name}/plugins/p"))
+            .body(std::fs::read(plugin)?),
+        &token,
+    )?;
+    Ok(token)
+}
+
+/// The healthy tenant's mean batch processing time alone and next to a
+/// looping tenant: after a warm-up round, each condition twice, alternating.
+fn isolation(base: &str, split_words: &Path, looping: &Path) -> anyhow::Result<[Duration; 2]> {
+    let http = Client::builder().timeout(Duration::from_secs(300)).build()?;
+    let healthy = tenant(&http, base, "healthy", split_words)?;
+    let noisy = tenant(&http, base, "noisy", looping)?;
+    let wordcount = "[pipeline]\nname = \"wc\"\nbatch-interval = \"100ms\"\npartitions = 2\n\n\
+        [[source]]\nname = \"lines\"\ntype = \"generator\"\nrate = 50000\n\n\
+        [[stage]]\nname = \"words\"\ninput = \"lines\"\nop = \"flat-map\"\nplugin = \"p\"\n\n\
+        [[stage]]\nname = \"counts\"\ninput = \"words\"\nop = \"reduce-by-key\"\nreducer = \"count\"\n\n\
+        [[sink]]\ninput = \"counts\"\ntype = \"files\"\npath = \"out\"\n";
+    let looping_file = "[pipeline]\nname = \"loop\"\nbatch-interval = \"100ms\"\npartitions = 2\n\n\
+        [[source]]\nname = \"words\"\ntype = \"generator\"\nrate = 2000\nwords-per-line = 1\n\n\
+        [[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"map\"\nplugin = \"p\"\n\
+        config = { trigger = \"the\" }\nlimits = { timeout = \"20ms\" }\non-error = \"skip-batch\"\n\
+        quarantine-after = 1000000\n\n\
+        [[sink]]\ninput = \"out\"\ntype = \"files\"\npath = \"out\"\n";
+    let send =
+        |request: reqwest::blocking::RequestBuilder, token: &str| -> anyhow::Result<serde_json::Value> {
+            let response = request.bearer_auth(token).send()?;
+            let status = response.status();
+            let text = response.text()?;
+            if !status.is_success() {
+                bail!("{status}: {text}");
+            }
+            Ok(serde_json::from_str(&text).unwrap_or_default())
+        };
+    send(
+        http.post(format!("{base}/v1/tenants/healthy/pipelines"))
+            .body(wordcount),
+        &healthy,
+    )?;
+    send(
+        http.post(format!("{base}/v1/tenants/noisy/pipelines"))
+            .body(looping_file),
+        &noisy,
+    )?;
+    send(
+        http.post(format!("{base}/v1/tenants/noisy/pipelines/loop/stop")),
+        &noisy,
+    )?;
+    let mut totals = [(Duration::ZERO, 0u32); 2];
+    // Warm-up, then alone / looping twice, alternating.
+    for (round, condition) in [None, Some(0), Some(1), Some(0), Some(1)].into_iter().enumerate() {
+        if condition == Some(1) {
+            send(
+                http.post(format!("{base}/v1/tenants/noisy/pipelines/loop/start")),
+                &noisy,
+            )?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let first = last_batch(&http, base, &healthy)?;
+        std::thread::sleep(Duration::from_secs(4));
+        let events = send(
+            http.get(format!("{base}/v1/tenants/healthy/pipelines/wc/events")),
+            &healthy,
+        )?;
+        if condition == Some(1) {
+            send(
+                http.post(format!("{base}/v1/tenants/noisy/pipelines/loop/stop")),
+                &noisy,
+            )?;
+        }
+        let Some(condition) = condition else { continue };
+        for event in events.as_array().into_iter().flatten() {
+            if event["event"] != "batch-completed" || event["batch"]["id"].as_u64() <= first {
+                continue;
+            }
+            let time = &event["processing_time"];
+            let took = Duration::new(
+                time["secs"].as_u64().unwrap_or(0),
+                time["nanos"].as_u64().unwrap_or(0) as u32,
+            );
+            totals[condition].0 += took;
+            totals[condition].1 += 1;
+        }
+        let _ = round;
+    }
+    Ok(totals.map(|(time, batches)| time / batches.max(1)))
+}
+
+fn last_batch(http: &Client, base: &str, token: &str) -> anyhow::Result<Option<u64>> {
+    let status: serde_json::Value = http
+        .get(format!("{base}/v1/tenants/healthy/pipelines/wc"))
+        .bearer_auth(token)
+        .send()?
+        .json()?;
+    Ok(status["status"]["last_batch"]["id"].as_u64())
 }

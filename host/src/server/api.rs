@@ -90,7 +90,27 @@ pub fn router(app: App, max_body: usize) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(close_after_refused_body))
         .with_state(app)
+}
+
+/// Closes the connection after a 4xx answer to a request with a body: the
+/// body may be unread (refused before it was, or too large), and a client
+/// that reused the connection would send its next request into it.
+async fn close_after_refused_body(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
+    let mut response = next.run(request).await;
+    if has_body && response.status().is_client_error() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// An error answered to a caller.
