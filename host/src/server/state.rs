@@ -742,8 +742,10 @@ impl ServerState {
             deployed_ms: now_ms(),
         };
         let dir = self.store.pipelines_dir(name);
-        let saved = store::write_atomic(&dir.join(format!("{pipeline}.toml")), text.as_bytes())
-            .and_then(|()| store::write_json(&dir.join(format!("{pipeline}.json")), &record));
+        let mut json = serde_json::to_vec_pretty(&record).expect("pipeline records serialize");
+        json.push(b'\n');
+        let (toml_file, json_file) = (dir.join(format!("{pipeline}.toml")), dir.join(format!("{pipeline}.json")));
+        let saved = store::write_all_atomic(&[(&toml_file, text.as_bytes()), (&json_file, &json)]);
         if let Err(error) = saved {
             // Not on disk: not deployed.
             handle.stop(StopMode::Now);
