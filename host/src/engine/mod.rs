@@ -248,8 +248,15 @@ impl Engine {
 
     /// Prepares a pipeline already parsed and validated (with
     /// [`config::parse_in`], say, and checked against a server's policy).
-    pub fn prepare_parsed(&self, spec: PipelineSpec, path: &Path) -> Result<Prepared, EngineError> {
-        self.prepare_spec(spec, path, |_| {})
+    /// `spill`: where its keyed state spills (in a directory of its own
+    /// below it); `None`: below the engine's `state_dir`.
+    pub fn prepare_parsed(
+        &self,
+        spec: PipelineSpec,
+        path: &Path,
+        spill: Option<&Path>,
+    ) -> Result<Prepared, EngineError> {
+        self.prepare_in(spec, path, spill, |_| {})
     }
 
     fn prepare_spec(
@@ -258,11 +265,23 @@ impl Engine {
         path: &Path,
         register: impl FnOnce(&mut PluginRegistry),
     ) -> Result<Prepared, EngineError> {
+        self.prepare_in(spec, path, None, register)
+    }
+
+    fn prepare_in(
+        &self,
+        spec: PipelineSpec,
+        path: &Path,
+        spill: Option<&Path>,
+        register: impl FnOnce(&mut PluginRegistry),
+    ) -> Result<Prepared, EngineError> {
         let mut registry = PluginRegistry::new(self.shared.runtime.clone());
         register(&mut registry);
         registry.load_declared(&spec)?;
         let id = PipelineId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        let state_dir = self.shared.state_dir.join(format!("{id}-{}", spec.name));
+        let state_dir = spill
+            .unwrap_or(&self.shared.state_dir)
+            .join(format!("{id}-{}", spec.name));
         let pipeline = Pipeline::build(&spec, &registry, &path.display().to_string(), &state_dir)?;
         Ok(Prepared {
             id,

@@ -214,6 +214,8 @@ impl ServerState {
         names.sort();
         for name in names {
             let tenant_dir = self.store.tenant_dir(&name);
+            // Spilled state of the pipelines of a process that ended; none runs yet.
+            let _ = std::fs::remove_dir_all(self.store.tenant_spill(&name));
             let Some(config) = store::read_json::<TenantConfig>(&tenant_dir.join("tenant.json"))? else {
                 continue;
             };
@@ -627,7 +629,11 @@ impl ServerState {
         let config = lock(&tenant.config).clone();
         let prepared = self
             .engine
-            .prepare_parsed(spec, Path::new(shown))
+            .prepare_parsed(
+                spec,
+                Path::new(shown),
+                Some(&self.store.tenant_spill(&tenant.name)),
+            )
             .map_err(|error| ServerError::Invalid(error.to_string()))?
             .in_namespace(&tenant.name);
         let handle = self
@@ -744,7 +750,10 @@ impl ServerState {
         let dir = self.store.pipelines_dir(name);
         let mut json = serde_json::to_vec_pretty(&record).expect("pipeline records serialize");
         json.push(b'\n');
-        let (toml_file, json_file) = (dir.join(format!("{pipeline}.toml")), dir.join(format!("{pipeline}.json")));
+        let (toml_file, json_file) = (
+            dir.join(format!("{pipeline}.toml")),
+            dir.join(format!("{pipeline}.json")),
+        );
         let saved = store::write_all_atomic(&[(&toml_file, text.as_bytes()), (&json_file, &json)]);
         if let Err(error) = saved {
             // Not on disk: not deployed.
@@ -966,7 +975,8 @@ impl ServerState {
     pub fn enforce_disk_quotas(&self) {
         for name in self.tenant_names() {
             let Ok(tenant) = self.tenant(&name) else { continue };
-            let used = store::disk_usage(&self.store.tenant_root(&name));
+            let used = store::disk_usage(&self.store.tenant_root(&name))
+                + store::disk_usage(&self.store.tenant_spill(&name));
             tenant.disk_bytes.store(used, Ordering::Relaxed);
             let max = lock(&tenant.config).quotas.max_disk_bytes;
             let mut pipelines = lock(&tenant.pipelines);

@@ -13,6 +13,7 @@
 //!     plugins.json                 upload name → SHA-256
 //!     pipelines/<name>.toml        the pipeline file as deployed
 //!     pipelines/<name>.json        its desired state
+//!     spill/                       keyed state spilled by its running pipelines
 //!     root/                        the tenant's files: every path in its pipelines
 //!       checkpoints/<name>/        resolves here; default checkpoint directories
 //! ```
@@ -74,6 +75,13 @@ impl Store {
     /// Tenant `name`'s file root.
     pub fn tenant_root(&self, name: &str) -> PathBuf {
         self.tenant_dir(name).join("root")
+    }
+
+    /// Where tenant `name`'s pipelines spill keyed state: the server's, not
+    /// reachable by the tenant's paths, counted in its disk use, emptied
+    /// when the server starts.
+    pub fn tenant_spill(&self, name: &str) -> PathBuf {
+        self.tenant_dir(name).join("spill")
     }
 
     /// Tenant `name`'s deployed pipelines.

@@ -33,7 +33,8 @@ pub struct Quotas {
     /// Ceiling of each source's records per second; a source without
     /// `max-rate` is held to it. `None`: no ceiling.
     pub max_input_rate: Option<u64>,
-    /// Bytes its root (checkpoints, state, outputs, inputs) may hold; over
+    /// Bytes its root (checkpoints, outputs, inputs) and its spilled keyed
+    /// state may hold together; over
     /// it, its pipelines are paused until it is under again.
     pub max_disk_bytes: u64,
     /// Largest plugin upload, in bytes.
