@@ -24,6 +24,41 @@ pub struct ClientSettings {
     pub properties: Vec<(String, String)>,
 }
 
+/// The client properties a tenant's pipeline may set (a name ending in
+/// `.` allows every property it starts): tuning, compression, and
+/// credentials given inline. Nothing that names a file, a library or a
+/// command.
+pub const TENANT_PROPERTIES: &[&str] = &[
+    "acks",
+    "batch.",
+    "client.id",
+    "compression.",
+    "fetch.",
+    "linger.ms",
+    "max.in.flight.requests.per.connection",
+    "message.max.bytes",
+    "message.timeout.ms",
+    "queue.buffering.",
+    "queued.",
+    "request.timeout.ms",
+    "retries",
+    "retry.backoff.ms",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.password",
+    "sasl.username",
+    "security.protocol",
+    "session.timeout.ms",
+    "socket.keepalive.enable",
+    "socket.timeout.ms",
+];
+
+fn tenant_may_set(name: &str) -> bool {
+    TENANT_PROPERTIES
+        .iter()
+        .any(|allowed| name == *allowed || (allowed.ends_with('.') && name.starts_with(allowed)))
+}
+
 impl ClientSettings {
     /// The brokers it connects to (`bootstrap.servers`, comma-separated).
     pub fn reach(&self) -> crate::config::Reach {
@@ -39,12 +74,16 @@ impl ClientSettings {
     /// Reads `brokers` (required, at `offset` when missing) and `properties`
     /// (a table of scalar values); refuses the properties in `owned` (name,
     /// why Weir sets it) and any property librdkafka does not know.
+    /// In a `confined` scope (a tenant's pipeline in a server) only the
+    /// properties of [`TENANT_PROPERTIES`] may be set: others name files,
+    /// libraries or commands of the server's machine.
     pub(crate) fn parse(
         brokers: Option<&Spanned<String>>,
         properties: Option<&Spanned<toml::Value>>,
         owned: &[(&str, &str)],
         offset: usize,
         what: &str,
+        confined: bool,
     ) -> Result<Self, SpecError> {
         let brokers = crate::config::required(brokers, "brokers", offset, what)?;
         if brokers.trim().is_empty() {
@@ -66,6 +105,15 @@ impl ClientSettings {
             for (name, value) in table {
                 if let Some((_, why)) = owned.iter().find(|(owned, _)| *owned == name) {
                     return Err((at, format!("property `{name}` cannot be set here: {why}")));
+                }
+                if confined && !tenant_may_set(name) {
+                    return Err((
+                        at,
+                        format!(
+                            "property `{name}` cannot be set in a tenant's pipeline (it may name files, libraries or commands of the server); allowed: {}",
+                            TENANT_PROPERTIES.join(", ")
+                        ),
+                    ));
                 }
                 let text = match value {
                     toml::Value::String(s) => s.clone(),

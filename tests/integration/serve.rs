@@ -195,6 +195,25 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
         "{}",
         answer.error()
     );
+    // Client properties that name files, libraries or commands of the
+    // server are refused in a tenant's pipeline, whatever its grants.
+    #[cfg(feature = "kafka")]
+    {
+        let kafka = wordcount_with(
+            "x",
+            "type = \"files\"\npath = \"in\"\nmax-files-per-batch = 1",
+            "type = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = \"t\"\nproperties = { \"plugin.library.paths\" = \"/tmp/evil.so\" }",
+        );
+        let answer = server.deploy("a", &a, &kafka);
+        assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
+        assert!(
+            answer
+                .error()
+                .contains("`plugin.library.paths` cannot be set in a tenant's pipeline"),
+            "{}",
+            answer.error()
+        );
+    }
     let console = wordcount_with("x", "type = \"files\"\npath = \"out/x\"", "type = \"console\"");
     assert_eq!(server.deploy("a", &a, &console).status.as_u16(), 403);
 
@@ -244,10 +263,42 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
         .send(server.request("DELETE", &format!("/v1/tenants/a/tokens/{id}"), Some(&a)))
         .expect(204);
     assert_eq!(server.get("/v1/tenants/a/pipelines", token).status.as_u16(), 401);
-    // Tokens are kept as hashes only.
+    // Tokens are listed by id and role, never with their hash, and kept as hashes only.
+    let listed = server.get("/v1/tenants/a/tokens", &a).expect(200);
+    assert!(
+        listed[0]["id"].is_string() && listed[0].get("sha256").is_none(),
+        "{listed}"
+    );
     let stored = std::fs::read_to_string(server.data().join("tenants/a/tokens.json")).unwrap();
     assert!(!stored.contains(&a[5..]), "a token is stored in the clear");
 
+    // An unauthenticated change is refused and audited too.
+    let anonymous = server.send(server.request("DELETE", "/v1/tenants/b/pipelines/wc", None));
+    assert_eq!(anonymous.status.as_u16(), 401);
+    let refused = server.get("/v1/audit", ADMIN_TOKEN).expect(200);
+    assert!(
+        refused
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "DELETE /v1/tenants/b/pipelines/wc"
+                && e["who"].as_str().unwrap().starts_with("unauthenticated")),
+        "{refused}"
+    );
+    // A tenant's token cannot change or remove another tenant: it does not exist.
+    let patch = server.send(
+        server
+            .request("PATCH", "/v1/tenants/b", Some(&a))
+            .json(&json!({})),
+    );
+    assert_eq!(patch.status.as_u16(), 404, "{}", patch.body);
+    assert_eq!(
+        server
+            .send(server.request("DELETE", "/v1/tenants/b", Some(&a)))
+            .status
+            .as_u16(),
+        404
+    );
     // The audit log has every change, the refused ones too, with who and the plugin's hash.
     let audit = server.get("/v1/audit?tenant=b", ADMIN_TOKEN).expect(200);
     let entries = audit.as_array().unwrap();
@@ -312,6 +363,19 @@ fn quotas_refuse_with_the_reason() {
             .error()
             .contains("max-rate = 5000 records/s, above this tenant's ceiling of 1000")
     );
+    // A repartition widens every plugin stage's worst case.
+    let wide = small("wide").replace(
+        "[[stage]]\nname = \"words\"\ninput = \"lines\"",
+        "[[stage]]\nname = \"wider\"\ninput = \"lines\"\nop = \"repartition\"\npartitions = 100\n\n[[stage]]\nname = \"words\"\ninput = \"wider\"",
+    );
+    assert!(wide.contains("repartition"), "{wide}");
+    let answer = server.deploy("t", &t, &wide);
+    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
+    assert!(
+        answer.error().contains("100 plugin instances"),
+        "{}",
+        answer.error()
+    );
     server.deploy("t", &t, &small("one")).expect(201);
     let answer = server.deploy("t", &t, &small("two"));
     assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
@@ -322,14 +386,15 @@ fn quotas_refuse_with_the_reason() {
     assert_eq!(limit, Some(1000.0), "{metrics}");
     // Over its disk quota, the tenant's pipelines are paused with the
     // reason, and resumed once it is under again.
-    let mut tighter = quotas.clone();
-    tighter["max_disk_bytes"] = json!(256 << 10);
     let changed = server.send(
         server
             .request("PATCH", "/v1/tenants/t", Some(ADMIN_TOKEN))
-            .json(&json!({ "quotas": tighter })),
+            .json(&json!({ "quotas": { "max_disk_bytes": 256 << 10 } })),
     );
-    assert_eq!(changed.expect(200)["quotas"]["max_disk_bytes"], 256 << 10);
+    let changed = changed.expect(200);
+    assert_eq!(changed["quotas"]["max_disk_bytes"], 256 << 10);
+    // The other quotas stay as they were.
+    assert_eq!(changed["quotas"]["max_pipelines"], 1, "{changed}");
     server.wait_batch("t", &t, "one", 0, Duration::from_secs(60));
     let ballast = server.root("t").join("ballast.bin");
     std::fs::write(&ballast, vec![0u8; 512 << 10]).unwrap();

@@ -30,6 +30,7 @@ pub use model::{
     ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
 };
 pub use paths::{DirPath, Paths, check_name};
+pub use pipeline::DEFAULT_MAX_BATCH_MEMORY;
 pub use settings::{Key, KindContext, Reach, Settings, ValueType};
 pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};

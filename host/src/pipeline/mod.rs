@@ -16,7 +16,7 @@ pub mod registry;
 mod run;
 pub mod runner;
 pub mod signal;
-mod stage_ops;
+pub(crate) mod stage_ops;
 pub mod trigger;
 
 pub use backpressure::{PidRateEstimator, RateReport};

@@ -199,6 +199,21 @@ impl FromRequestParts<App> for Caller {
             .extensions
             .get::<ConnectInfo<ClientAddr>>()
             .map(|ConnectInfo(ClientAddr(addr))| addr.ip());
+        let method = parts.method.clone();
+        if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+            // A refused change is audited too.
+            let state = app.state.clone();
+            let (who, action) = (
+                format!(
+                    "unauthenticated {}",
+                    client.map_or("?".to_owned(), |c| c.to_string())
+                ),
+                format!("{method} {}", parts.uri.path()),
+            );
+            tokio::task::spawn_blocking(move || {
+                state.audit_refused(&who, &action, "missing or unknown token")
+            });
+        }
         if let Some(client) = client {
             let delay = app.throttle.fail(client);
             if !delay.is_zero() {
@@ -221,6 +236,26 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| ServerError::Internal(format!("the call failed inside the server: {error}")))?
 }
 
+/// Runs `f` on a blocking thread and audits its result there: a change is
+/// audited even when the caller goes away before its answer.
+async fn audited<T: Send + 'static>(
+    app: &App,
+    caller: &Caller,
+    tenant: Option<&str>,
+    action: String,
+    sha256: Option<String>,
+    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let (state, who, tenant) = (app.state.clone(), caller.0.clone(), tenant.map(str::to_owned));
+    blocking(move || {
+        let result = f(&state);
+        state.audit(&who, tenant.as_deref(), &action, sha256, &result);
+        result
+    })
+    .await
+    .map_err(ApiError::from)
+}
+
 /// Authorizes, runs and audits a mutating call on `tenant`.
 async fn mutate<T: Send + 'static>(
     app: &App,
@@ -230,15 +265,12 @@ async fn mutate<T: Send + 'static>(
     sha256: Option<String>,
     f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let result = match app.state.authorize(&caller.0, tenant, true) {
-        Ok(()) => {
-            let state = app.state.clone();
-            blocking(move || f(&state)).await
-        }
-        Err(error) => Err(error),
-    };
-    app.state.audit(&caller.0, Some(tenant), &action, sha256, &result);
-    result.map_err(ApiError::from)
+    let allowed = app.state.authorize(&caller.0, tenant, true);
+    audited(app, caller, Some(tenant), action, sha256, move |state| {
+        allowed?;
+        f(state)
+    })
+    .await
 }
 
 /// Authorizes and audits an admin-only mutating call.
@@ -249,21 +281,29 @@ async fn admin_mutate<T: Send + 'static>(
     action: String,
     f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let result = match admin_only(caller) {
-        Ok(()) => {
-            let state = app.state.clone();
-            blocking(move || f(&state)).await
-        }
-        Err(error) => Err(error),
-    };
-    app.state.audit(&caller.0, Some(tenant), &action, None, &result);
-    result.map_err(ApiError::from)
+    let allowed = admin_only_on(caller, tenant);
+    audited(app, caller, Some(tenant), action, None, move |state| {
+        allowed?;
+        f(state)
+    })
+    .await
 }
 
 fn admin_only(caller: &Caller) -> Result<(), ServerError> {
     match caller.0 {
         Principal::Admin => Ok(()),
         Principal::Tenant { .. } => Err(ServerError::Forbidden("only the admin may do this".into())),
+    }
+}
+
+/// Like [`admin_only`] for a call on tenant `tenant`: another tenant's
+/// token is told it does not exist.
+fn admin_only_on(caller: &Caller, tenant: &str) -> Result<(), ServerError> {
+    match &caller.0 {
+        Principal::Tenant { tenant: own, .. } if own != tenant => {
+            Err(ServerError::NotFound(format!("no tenant `{tenant}`")))
+        }
+        _ => admin_only(caller),
     }
 }
 
@@ -362,7 +402,7 @@ async fn list_tenants(caller: Caller, State(app): State<App>) -> Answer<Vec<Tena
 #[serde(deny_unknown_fields)]
 struct NewTenant {
     name: String,
-    quotas: Option<super::Quotas>,
+    quotas: Option<serde_json::Value>,
     allowed_addresses: Option<Vec<String>>,
 }
 
@@ -374,9 +414,11 @@ async fn create_tenant(
     let new: NewTenant = match json_body(raw) {
         Ok(new) => new,
         Err(error) => {
-            let refused = Err::<(), _>(error);
-            app.state.audit(&caller.0, None, "create tenant", None, &refused);
-            return Err(refused.map_err(ApiError::from).unwrap_err());
+            return audited(&app, &caller, None, "create tenant".into(), None, move |_| {
+                Err(error)
+            })
+            .await
+            .map(|()| unreachable!("refused above"));
         }
     };
     let name = new.name.clone();
@@ -448,11 +490,29 @@ struct NewToken {
     role: Role,
 }
 
+/// A token as the API shows it: its id, role and age, never its hash.
+#[derive(Debug, Serialize)]
+struct TokenView {
+    id: String,
+    role: Role,
+    created_ms: i64,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(record: TokenRecord) -> Self {
+        Self {
+            id: record.id,
+            role: record.role,
+            created_ms: record.created_ms,
+        }
+    }
+}
+
 /// A token just made: the only time it is shown.
 #[derive(Debug, Serialize)]
 struct CreatedToken {
     #[serde(flatten)]
-    record: TokenRecord,
+    view: TokenView,
     token: String,
 }
 
@@ -473,17 +533,24 @@ async fn create_token(
         move |state| state.create_token(&name, new?.role),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(CreatedToken { record, token })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            view: record.into(),
+            token,
+        }),
+    ))
 }
 
 async fn list_tokens(
     caller: Caller,
     State(app): State<App>,
     Path(tenant): Path<String>,
-) -> Answer<Vec<TokenRecord>> {
+) -> Answer<Vec<TokenView>> {
     // Token ids and roles are an operator's business.
     app.state.authorize(&caller.0, &tenant, true)?;
-    Ok(Json(app.state.list_tokens(&tenant)?))
+    let tokens = app.state.list_tokens(&tenant)?;
+    Ok(Json(tokens.into_iter().map(TokenView::from).collect()))
 }
 
 async fn revoke_token(
@@ -587,31 +654,31 @@ async fn deploy(
         Some(name) => format!("deploy pipeline {name}"),
         None => "deploy pipeline".to_owned(),
     };
-    let result = match app.state.authorize(&caller.0, &tenant, true) {
-        Ok(()) => {
-            let (state, name) = (app.state.clone(), tenant.clone());
-            blocking(move || state.deploy(&name, &text?)).await
-        }
-        Err(error) => Err(error),
-    };
-    // Every plugin the pipeline runs, by content.
-    let plugins = result
-        .as_ref()
-        .ok()
-        .and_then(|view| view.status.as_ref())
-        .map(|status| {
-            let mut hashes: Vec<&str> = status.plugins.iter().map(|p| p.sha256.as_str()).collect();
-            hashes.sort_unstable();
-            hashes.dedup();
-            hashes.join(",")
-        });
-    app.state.audit(
-        &caller.0,
-        Some(&tenant),
-        &action,
-        plugins.filter(|h| !h.is_empty()),
-        &result,
-    );
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    let (state, who, name) = (app.state.clone(), caller.0.clone(), tenant.clone());
+    let result = blocking(move || {
+        let result = allowed.and_then(|()| state.deploy(&name, &text?));
+        // Every plugin the pipeline runs, by content.
+        let plugins = result
+            .as_ref()
+            .ok()
+            .and_then(|view| view.status.as_ref())
+            .map(|status| {
+                let mut hashes: Vec<&str> = status.plugins.iter().map(|p| p.sha256.as_str()).collect();
+                hashes.sort_unstable();
+                hashes.dedup();
+                hashes.join(",")
+            });
+        state.audit(
+            &who,
+            Some(&name),
+            &action,
+            plugins.filter(|h| !h.is_empty()),
+            &result,
+        );
+        result
+    })
+    .await;
     Ok((StatusCode::CREATED, Json(result?)))
 }
 

@@ -146,7 +146,7 @@ impl Throttle {
         entry.1 = now;
         match entry.0.checked_sub(FREE_FAILURES) {
             None | Some(0) => Duration::ZERO,
-            Some(over) => Duration::from_millis(100u64 << over.min(6)).min(Duration::from_secs(5)),
+            Some(over) => Duration::from_millis(100u64 << (over - 1).min(6)).min(Duration::from_secs(5)),
         }
     }
 }

@@ -116,7 +116,8 @@ pub struct TenantView {
     pub pipelines: usize,
     /// Pipelines running.
     pub running: usize,
-    /// Bytes its root holds (measured every few seconds).
+    /// Bytes its files, spilled state and uploads hold (files measured every
+    /// few seconds).
     pub disk_bytes: u64,
     /// Worst-case footprint of its running pipelines.
     pub footprint: Footprint,
@@ -130,7 +131,45 @@ struct Tenant {
     pipelines: Mutex<BTreeMap<String, Deployed>>,
     /// Held for the whole of every change to this tenant.
     ops: Mutex<()>,
+    /// Set (under `ops`) when the tenant is removed: a change that waited
+    /// for `ops` meanwhile finds it gone.
+    removed: std::sync::atomic::AtomicBool,
     disk_bytes: AtomicU64,
+}
+
+impl Tenant {
+    fn new(
+        config: TenantConfig,
+        tokens: Vec<TokenRecord>,
+        plugins: BTreeMap<String, PluginRecord>,
+        disk: u64,
+    ) -> Self {
+        Self {
+            name: config.name.clone(),
+            config: Mutex::new(config),
+            tokens: Mutex::new(tokens),
+            plugins: Mutex::new(plugins),
+            pipelines: Mutex::default(),
+            ops: Mutex::default(),
+            removed: Default::default(),
+            disk_bytes: AtomicU64::new(disk),
+        }
+    }
+
+    /// Bytes it holds: its files and spilled state (as last measured) and
+    /// its uploads.
+    fn used_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed) + lock(&self.plugins).values().map(|p| p.bytes).sum::<u64>()
+    }
+
+    /// Takes the tenant's operation lock, unless the tenant was removed.
+    fn lock_ops(&self) -> Result<MutexGuard<'_, ()>, ServerError> {
+        let ops = lock(&self.ops);
+        if self.removed.load(Ordering::Acquire) {
+            return Err(ServerError::NotFound(format!("no tenant `{}`", self.name)));
+        }
+        Ok(ops)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,8 +180,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantChange {
-    /// New quotas (every field; missing ones take the server's defaults).
-    pub quotas: Option<Quotas>,
+    /// Quotas to change (an object of some of [`Quotas`]' fields): over the
+    /// server's defaults for a new tenant, over the current ones for a change.
+    pub quotas: Option<serde_json::Value>,
     /// New granted addresses.
     pub allowed_addresses: Option<Vec<String>>,
 }
@@ -157,6 +197,8 @@ pub struct ServerState {
     /// Token id → tenant.
     token_index: RwLock<HashMap<String, String>>,
     admin_ops: Mutex<()>,
+    /// Held while a stored component is added or removed.
+    blobs: Mutex<()>,
     audit: AuditLog,
     pub(super) histograms: DelayHistograms,
     runtime: tokio::runtime::Handle,
@@ -189,6 +231,7 @@ impl ServerState {
             tenants: RwLock::default(),
             token_index: RwLock::default(),
             admin_ops: Mutex::default(),
+            blobs: Mutex::default(),
             audit,
             histograms: DelayHistograms::default(),
             runtime,
@@ -206,11 +249,18 @@ impl ServerState {
         let dir = self.store.tenants_dir();
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| ServerError::io(format!("cannot list {}", dir.display()), e))?;
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter(|entry| entry.path().join("tenant.json").exists())
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .collect();
+        let mut names = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with('.') {
+                // A tenant whose removal a crash interrupted.
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else if entry.path().join("tenant.json").exists() {
+                names.push(name);
+            }
+        }
         names.sort();
         for name in names {
             let tenant_dir = self.store.tenant_dir(&name);
@@ -223,15 +273,8 @@ impl ServerState {
                 store::read_json(&tenant_dir.join("tokens.json"))?.unwrap_or_default();
             let plugins: BTreeMap<String, PluginRecord> =
                 store::read_json(&tenant_dir.join("plugins.json"))?.unwrap_or_default();
-            let tenant = Arc::new(Tenant {
-                name: name.clone(),
-                config: Mutex::new(config),
-                tokens: Mutex::new(tokens.clone()),
-                plugins: Mutex::new(plugins),
-                pipelines: Mutex::default(),
-                ops: Mutex::default(),
-                disk_bytes: AtomicU64::new(store::disk_usage(&self.store.tenant_root(&name))),
-            });
+            let disk = store::disk_usage(&self.store.tenant_root(&name));
+            let tenant = Arc::new(Tenant::new(config, tokens.clone(), plugins, disk));
             {
                 let mut index = self.token_index.write().unwrap_or_else(|e| e.into_inner());
                 for token in tokens {
@@ -369,6 +412,19 @@ impl ServerState {
         });
     }
 
+    /// Appends an audit entry for a mutating call refused before its caller
+    /// was known (`who` describes it).
+    pub fn audit_refused(&self, who: &str, action: &str, why: &str) {
+        self.audit.append(&AuditEntry {
+            time_ms: now_ms(),
+            who: who.to_owned(),
+            tenant: None,
+            action: action.to_owned(),
+            plugin_sha256: None,
+            result: why.to_owned(),
+        });
+    }
+
     /// The newest audit entries.
     pub fn audit_entries(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, ServerError> {
         self.audit.read(tenant, limit)
@@ -403,11 +459,17 @@ impl ServerState {
         }
         let config = TenantConfig {
             name: name.to_owned(),
-            quotas: change.quotas.unwrap_or_else(|| self.defaults.clone()),
+            quotas: merged_quotas(&self.defaults, change.quotas)?,
             allowed_addresses: change.allowed_addresses.unwrap_or_default(),
             created_ms: now_ms(),
         };
         let dir = self.store.tenant_dir(name);
+        if dir.exists() {
+            // What a create interrupted by a crash left (a tenant exists
+            // once its tenant.json is written, and is then in memory).
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| ServerError::io(format!("cannot clear {}", dir.display()), e))?;
+        }
         for sub in [dir.join("root"), dir.join("pipelines")] {
             std::fs::create_dir_all(&sub)
                 .map_err(|e| ServerError::io(format!("cannot create {}", sub.display()), e))?;
@@ -419,15 +481,7 @@ impl ServerState {
         )?;
         // tenant.json last: a tenant exists once it is written.
         store::write_json(&dir.join("tenant.json"), &config)?;
-        let tenant = Arc::new(Tenant {
-            name: name.to_owned(),
-            config: Mutex::new(config),
-            tokens: Mutex::default(),
-            plugins: Mutex::default(),
-            pipelines: Mutex::default(),
-            ops: Mutex::default(),
-            disk_bytes: AtomicU64::new(0),
-        });
+        let tenant = Arc::new(Tenant::new(config, Vec::new(), BTreeMap::new(), 0));
         self.tenants
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -439,11 +493,9 @@ impl ServerState {
     /// theirs until they are started again).
     pub fn change_tenant(&self, name: &str, change: TenantChange) -> Result<TenantView, ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let mut config = lock(&tenant.config).clone();
-        if let Some(quotas) = change.quotas {
-            config.quotas = quotas;
-        }
+        config.quotas = merged_quotas(&config.quotas, change.quotas)?;
         if let Some(addresses) = change.allowed_addresses {
             config.allowed_addresses = addresses;
         }
@@ -457,12 +509,16 @@ impl ServerState {
     pub fn delete_tenant(&self, name: &str) -> Result<(), ServerError> {
         let _admin = lock(&self.admin_ops);
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
+        tenant.removed.store(true, Ordering::Release);
         let handles: Vec<PipelineHandle> = lock(&tenant.pipelines)
             .values()
             .filter_map(|d| d.handle.clone())
             .collect();
         stop_all(&handles);
+        for pipeline in lock(&tenant.pipelines).keys() {
+            self.histograms.remove(name, pipeline);
+        }
         {
             let mut index = self.token_index.write().unwrap_or_else(|e| e.into_inner());
             index.retain(|_, owner| owner != name);
@@ -471,11 +527,23 @@ impl ServerState {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        // Renamed away first (one atomic step: a crash cannot leave half a
+        // tenant that comes back), then removed.
         let dir = self.store.tenant_dir(name);
-        // tenant.json first: a half-removed tenant does not come back.
-        let _ = std::fs::remove_file(dir.join("tenant.json"));
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| ServerError::io(format!("cannot remove {}", dir.display()), e))
+        let tombstone = self
+            .store
+            .tenants_dir()
+            .join(format!(".removed-{name}-{}", now_ms()));
+        std::fs::rename(&dir, &tombstone)
+            .map_err(|e| ServerError::io(format!("cannot remove {}", dir.display()), e))?;
+        if let Err(error) = std::fs::remove_dir_all(&tombstone) {
+            tracing::warn!(%error, dir = %tombstone.display(), "cannot delete a removed tenant's files; the next start does");
+        }
+        let blobs: Vec<String> = lock(&tenant.plugins).values().map(|p| p.sha256.clone()).collect();
+        for sha256 in blobs {
+            self.release_blob(&sha256);
+        }
+        Ok(())
     }
 
     /// Every tenant.
@@ -499,7 +567,7 @@ impl ServerState {
             config: lock(&tenant.config).clone(),
             pipelines: pipelines.len(),
             running: active.len(),
-            disk_bytes: tenant.disk_bytes.load(Ordering::Relaxed),
+            disk_bytes: tenant.used_bytes(),
             footprint: active
                 .iter()
                 .fold(Footprint::default(), |sum, d| sum.plus(d.footprint)),
@@ -512,7 +580,7 @@ impl ServerState {
     /// the token, which is not kept.
     pub fn create_token(&self, name: &str, role: Role) -> Result<(TokenRecord, String), ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let (record, token) = auth::new_token(role, now_ms());
         let mut tokens = lock(&tenant.tokens).clone();
         tokens.push(record.clone());
@@ -533,7 +601,7 @@ impl ServerState {
     /// Revokes token `id` of tenant `name`: its next call is refused.
     pub fn revoke_token(&self, name: &str, id: &str) -> Result<(), ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let mut tokens = lock(&tenant.tokens).clone();
         let before = tokens.len();
         tokens.retain(|t| t.id != id);
@@ -563,13 +631,28 @@ impl ServerState {
                 bytes.len()
             )));
         }
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let sha256 = auth::sha256_hex(bytes);
         let loaded = self
             .engine
             .runtime()
             .load_plugin_bytes(Path::new(&format!("{plugin}.wasm")), bytes)
             .map_err(|error| ServerError::Invalid(format!("not a usable Weir plugin: {error}")))?;
+        // Within its disk quota, counting the uploads it keeps.
+        let quota = lock(&tenant.config).quotas.max_disk_bytes;
+        let kept: u64 = lock(&tenant.plugins)
+            .iter()
+            .filter(|(name, _)| name.as_str() != plugin)
+            .map(|(_, record)| record.bytes)
+            .sum();
+        let used = tenant.disk_bytes.load(Ordering::Relaxed) + kept;
+        if used + bytes.len() as u64 > quota {
+            return Err(ServerError::Quota(format!(
+                "the tenant's files and uploads hold {used} bytes; {} more would be above its disk quota of {quota}",
+                bytes.len()
+            )));
+        }
+        let _blobs = lock(&self.blobs);
         self.store.put_blob(&sha256, bytes)?;
         let info = loaded.info();
         let record = PluginRecord {
@@ -580,10 +663,29 @@ impl ServerState {
             uploaded_ms: now_ms(),
         };
         let mut plugins = lock(&tenant.plugins).clone();
-        plugins.insert(plugin.to_owned(), record.clone());
+        let replaced = plugins.insert(plugin.to_owned(), record.clone());
         store::write_json(&self.store.tenant_dir(name).join("plugins.json"), &plugins)?;
         *lock(&tenant.plugins) = plugins;
+        drop(_blobs);
+        if let Some(replaced) = replaced {
+            self.release_blob(&replaced.sha256);
+        }
         Ok(record)
+    }
+
+    /// Removes the stored component `sha256` unless some tenant's upload
+    /// still names it.
+    fn release_blob(&self, sha256: &str) {
+        let _blobs = lock(&self.blobs);
+        let used = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|tenant| lock(&tenant.plugins).values().any(|p| p.sha256 == sha256));
+        if !used {
+            let _ = std::fs::remove_file(self.store.blob(sha256));
+        }
     }
 
     /// Tenant `name`'s uploads.
@@ -595,13 +697,14 @@ impl ServerState {
     /// component they loaded; the bytes stay for other tenants' uploads).
     pub fn delete_plugin(&self, name: &str, plugin: &str) -> Result<(), ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let mut plugins = lock(&tenant.plugins).clone();
-        if plugins.remove(plugin).is_none() {
+        let Some(removed) = plugins.remove(plugin) else {
             return Err(ServerError::NotFound(format!("no plugin `{plugin}`")));
-        }
+        };
         store::write_json(&self.store.tenant_dir(name).join("plugins.json"), &plugins)?;
         *lock(&tenant.plugins) = plugins;
+        self.release_blob(&removed.sha256);
         Ok(())
     }
 
@@ -693,13 +796,8 @@ impl ServerState {
         let q = &config.quotas;
         if total.instances > q.max_instances {
             return Err(ServerError::Quota(format!(
-                "pipeline `{}` may hold {} plugin instances ({} plugin stages × {} partitions); with the tenant's running pipelines that is {}, above its quota of {}",
-                spec.name,
-                footprint.instances,
-                spec.stages.iter().filter(|s| !s.op.plugins().is_empty()).count(),
-                spec.partitions,
-                total.instances,
-                q.max_instances
+                "pipeline `{}` may hold {} plugin instances at worst (each plugin stage one per partition of the widest stage); with the tenant's running pipelines that is {}, above its quota of {}",
+                spec.name, footprint.instances, total.instances, q.max_instances
             )));
         }
         if total.wasm_memory > q.max_wasm_memory {
@@ -718,7 +816,7 @@ impl ServerState {
     /// replaces a stopped pipeline of the same name.
     pub fn deploy(&self, name: &str, text: &str) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let shown = "pipeline.toml";
         let (spec, footprint) = self.admit(&tenant, text, shown)?;
         let pipeline = spec.name.clone();
@@ -856,14 +954,17 @@ impl ServerState {
         self.with_pipeline(name, pipeline, |_, d| Ok(d.text.clone()))
     }
 
+    /// Records what the operator wants `pipeline` to be doing, on disk
+    /// first. Callers hold the tenant's operation lock (the record changes
+    /// nowhere else); the pipelines' lock is not held across the write.
     fn set_desired(&self, name: &str, pipeline: &str, desired: Desired) -> Result<(), ServerError> {
+        let mut record = self.with_pipeline(name, pipeline, |_, d| Ok(d.record.clone()))?;
+        record.desired = desired;
+        store::write_json(
+            &self.store.pipelines_dir(name).join(format!("{pipeline}.json")),
+            &record,
+        )?;
         self.with_pipeline(name, pipeline, |_, d| {
-            let mut record = d.record.clone();
-            record.desired = desired;
-            store::write_json(
-                &self.store.pipelines_dir(name).join(format!("{pipeline}.json")),
-                &record,
-            )?;
             d.record = record;
             Ok(())
         })
@@ -872,7 +973,7 @@ impl ServerState {
     /// Starts a stopped (or failed) pipeline again, from its checkpoint.
     pub fn start_pipeline(&self, name: &str, pipeline: &str) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let text = self.with_pipeline(name, pipeline, |_, d| {
             if d.active() {
                 return Err(ServerError::Conflict(format!("pipeline `{pipeline}` is running")));
@@ -891,7 +992,12 @@ impl ServerState {
                 return Err(error);
             }
         };
-        self.set_desired(name, pipeline, Desired::Running)?;
+        if let Err(error) = self.set_desired(name, pipeline, Desired::Running) {
+            // Not recorded: not started.
+            handle.stop(StopMode::Now);
+            let _ = handle.wait();
+            return Err(error);
+        }
         self.with_pipeline(name, pipeline, |tenant, d| {
             self.watch_events(tenant, &handle, &d.events);
             d.handle = Some(handle);
@@ -906,7 +1012,7 @@ impl ServerState {
     /// and checkpointed) and waits for its end.
     pub fn stop_pipeline(&self, name: &str, pipeline: &str) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         self.set_desired(name, pipeline, Desired::Stopped)?;
         let handle = self.with_pipeline(name, pipeline, |_, d| Ok(d.handle.clone()))?;
         if let Some(handle) = handle {
@@ -923,7 +1029,7 @@ impl ServerState {
         pause: bool,
     ) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let handle = self.with_pipeline(name, pipeline, |_, d| {
             d.handle
                 .clone()
@@ -950,7 +1056,7 @@ impl ServerState {
     /// tenant's root).
     pub fn delete_pipeline(&self, name: &str, pipeline: &str) -> Result<(), ServerError> {
         let tenant = self.tenant(name)?;
-        let _ops = lock(&tenant.ops);
+        let _ops = tenant.lock_ops()?;
         let handle = self.with_pipeline(name, pipeline, |_, d| Ok(d.handle.clone()))?;
         if let Some(handle) = handle {
             stop_all(&[handle]);
@@ -975,9 +1081,11 @@ impl ServerState {
     pub fn enforce_disk_quotas(&self) {
         for name in self.tenant_names() {
             let Ok(tenant) = self.tenant(&name) else { continue };
-            let used = store::disk_usage(&self.store.tenant_root(&name))
+            let uploads: u64 = lock(&tenant.plugins).values().map(|p| p.bytes).sum();
+            let files = store::disk_usage(&self.store.tenant_root(&name))
                 + store::disk_usage(&self.store.tenant_spill(&name));
-            tenant.disk_bytes.store(used, Ordering::Relaxed);
+            tenant.disk_bytes.store(files, Ordering::Relaxed);
+            let used = files + uploads;
             let max = lock(&tenant.config).quotas.max_disk_bytes;
             let mut pipelines = lock(&tenant.pipelines);
             for (pipeline, deployed) in pipelines.iter_mut() {
@@ -986,7 +1094,7 @@ impl ServerState {
                 };
                 if used > max && deployed.quota_paused.is_none() {
                     let reason = format!(
-                        "paused by the server: the tenant's files hold {used} bytes, above its disk quota of {max}; free space to resume"
+                        "paused by the server: the tenant's files and uploads hold {used} bytes, above its disk quota of {max}; free space to resume"
                     );
                     tracing::warn!(tenant = %name, %pipeline, %reason);
                     deployed.quota_paused = Some(reason);
@@ -1023,7 +1131,7 @@ impl ServerState {
             .filter_map(|name| {
                 let tenant = self.tenant(&name).ok()?;
                 let max = lock(&tenant.config).quotas.max_disk_bytes;
-                Some((name, tenant.disk_bytes.load(Ordering::Relaxed), max))
+                Some((name, tenant.used_bytes(), max))
             })
             .collect()
     }
@@ -1034,6 +1142,23 @@ impl ServerState {
         let handles: Vec<PipelineHandle> = self.handles().into_iter().map(|(_, h)| h).collect();
         stop_all(&handles);
     }
+}
+
+/// `base` with the fields `change` (a JSON object) gives.
+fn merged_quotas(base: &Quotas, change: Option<serde_json::Value>) -> Result<Quotas, ServerError> {
+    let Some(change) = change else {
+        return Ok(base.clone());
+    };
+    let serde_json::Value::Object(fields) = change else {
+        return Err(ServerError::Invalid(
+            "`quotas` must be an object of quota fields".into(),
+        ));
+    };
+    let mut merged = serde_json::to_value(base).expect("quotas serialize");
+    for (field, value) in fields {
+        merged[field] = value;
+    }
+    serde_json::from_value(merged).map_err(|error| ServerError::Invalid(format!("invalid quotas: {error}")))
 }
 
 /// Asks every pipeline in `handles` to stop gracefully and waits for each

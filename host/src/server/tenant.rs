@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ServerError;
-use crate::config::{PipelineSpec, Reach};
+use crate::config::{OperatorSpec, PipelineSpec, Reach};
 
 /// What one tenant may use. The admin sets them per tenant; the server's
 /// defaults fill what is not set.
@@ -39,6 +39,12 @@ pub struct Quotas {
     pub max_disk_bytes: u64,
     /// Largest plugin upload, in bytes.
     pub max_plugin_bytes: u64,
+    /// Ceiling of `max-batch-memory` (input one batch may gather from one
+    /// source), in bytes.
+    pub max_batch_memory: u64,
+    /// Ceiling of a keyed-state stage's `state-memory` (state kept in
+    /// memory before it spills to disk), in bytes.
+    pub max_state_memory: u64,
 }
 
 impl Default for Quotas {
@@ -54,6 +60,8 @@ impl Default for Quotas {
             max_input_rate: None,
             max_disk_bytes: 10 << 30,
             max_plugin_bytes: 32 << 20,
+            max_batch_memory: crate::config::DEFAULT_MAX_BATCH_MEMORY as u64,
+            max_state_memory: crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY as u64,
         }
     }
 }
@@ -86,14 +94,24 @@ pub struct Footprint {
 impl Footprint {
     /// The footprint of `spec`: every plugin stage may hold one instance per
     /// partition, each up to its memory limit.
+    ///
+    /// A stage's partition count follows from its inputs (a `repartition`
+    /// or a stage with its own `partitions` changes it downstream), so each
+    /// plugin stage is counted at the widest count any stage of the
+    /// pipeline has: an upper bound.
     pub fn of(spec: &PipelineSpec) -> Self {
+        let widest = spec
+            .stages
+            .iter()
+            .filter_map(|stage| stage_partitions(&stage.op))
+            .fold(spec.partitions, usize::max);
         let mut footprint = Self::default();
         for stage in &spec.stages {
             let plugins = stage.op.plugins().len();
             if plugins == 0 {
                 continue;
             }
-            let instances = plugins * spec.partitions;
+            let instances = plugins * widest;
             footprint.instances += instances;
             footprint.wasm_memory += instances as u64 * stage.sandbox.limits.memory_bytes as u64;
         }
@@ -106,6 +124,19 @@ impl Footprint {
             instances: self.instances + other.instances,
             wasm_memory: self.wasm_memory + other.wasm_memory,
         }
+    }
+}
+
+/// The partitions a stage sets for its output, if it sets them.
+fn stage_partitions(op: &OperatorSpec) -> Option<usize> {
+    match op {
+        OperatorSpec::ReduceByKey { partitions, .. }
+        | OperatorSpec::Repartition { partitions }
+        | OperatorSpec::Join { partitions, .. }
+        | OperatorSpec::TransformWith { partitions, .. } => *partitions,
+        OperatorSpec::KeyedState(state) => state.partitions,
+        OperatorSpec::Window(window) => window.partitions,
+        OperatorSpec::Transform { .. } | OperatorSpec::Union => None,
     }
 }
 
@@ -136,6 +167,35 @@ impl TenantConfig {
                     Some(_) => {}
                     None => source.rate.max_rate = Some(ceiling),
                 }
+            }
+        }
+        if spec.max_batch_memory as u64 > q.max_batch_memory {
+            return Err(at(
+                1,
+                format!(
+                    "max-batch-memory = {} MiB is above this tenant's ceiling of {} MiB",
+                    spec.max_batch_memory >> 20,
+                    q.max_batch_memory >> 20
+                ),
+            ));
+        }
+        for stage in &spec.stages {
+            let OperatorSpec::KeyedState(state) = &stage.op else {
+                continue;
+            };
+            let memory = state
+                .memory
+                .unwrap_or(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY) as u64;
+            if memory > q.max_state_memory {
+                return Err(at(
+                    stage.line,
+                    format!(
+                        "stage `{}` keeps {} MiB of state in memory (state-memory), above this tenant's ceiling of {} MiB",
+                        stage.name,
+                        memory >> 20,
+                        q.max_state_memory >> 20
+                    ),
+                ));
             }
         }
         for sink in &spec.sinks {

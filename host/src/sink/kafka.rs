@@ -115,6 +115,7 @@ impl SinkType for KafkaSinkSpec {
             OWNED_PROPERTIES,
             cx.offset,
             "a `kafka` sink",
+            cx.paths.confined(),
         )?;
         let topic = crate::config::required(settings.text("topic"), "topic", cx.offset, "a `kafka` sink")?;
         let checked_topic = |text: &toml::Spanned<String>| {

@@ -137,6 +137,7 @@ impl SourceType for KafkaSpec {
             OWNED_PROPERTIES,
             cx.offset,
             "a `kafka` source",
+            cx.paths.confined(),
         )?;
         let topics = topics(settings.any("topics"), cx.offset)?;
         let group_id = match settings.text("group-id") {
