@@ -65,6 +65,10 @@ pub struct CheckpointSettings {
     pub full_every: u64,
     /// When write-ahead logs are synced.
     pub wal_sync: crate::source::wal::WalSync,
+    /// The tenant's root the directory lies in, when it is confined to one
+    /// (a server's tenant): the directory is opened from it, through
+    /// cap-std, so no link can lead out of it.
+    pub confined_to: Option<PathBuf>,
 }
 
 /// Checkpointing or recovery failed.
@@ -255,7 +259,11 @@ impl Checkpointer {
         allow_plugin_change: bool,
     ) -> Result<(Self, Recovery), CheckpointError> {
         let dir = settings.dir.display().to_string();
-        let storage = LocalStorage::new(&settings.dir).map_err(|error| CheckpointError::Io {
+        let storage = match &settings.confined_to {
+            Some(root) => LocalStorage::confined(root, &settings.dir),
+            None => LocalStorage::new(&settings.dir),
+        };
+        let storage = storage.map_err(|error| CheckpointError::Io {
             dir: dir.clone(),
             action: "create it".into(),
             error,
@@ -723,6 +731,7 @@ mod tests {
             keep,
             full_every: 3,
             wal_sync: crate::source::wal::WalSync::Block,
+            confined_to: None,
         }
     }
 

@@ -7,7 +7,10 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use cap_std::fs::Dir;
 
 /// A blob being written as a stream: nobody sees it before
 /// [`BlobWriter::commit`]; dropped without it, it is discarded.
@@ -46,18 +49,41 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// A local directory.
+/// Checkpoints in a local directory, opened once through cap-std: every
+/// blob is read and written relative to it, so nothing can lead out of it
+/// (a `..` or a symbolic link planted inside is not followed out).
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    dir: Arc<Dir>,
 }
 
 impl LocalStorage {
-    /// Keeps blobs under `root` (created when missing).
+    /// Opens (and creates) the directory `root`.
     pub fn new(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
+        let dir = Dir::open_ambient_dir(root, cap_std::ambient_authority())?;
         Ok(Self {
             root: root.to_owned(),
+            dir: Arc::new(dir),
+        })
+    }
+
+    /// Opens (and creates) the directory `root`, which lies inside
+    /// `within`, from `within`: no link on the way may lead out of it.
+    pub fn confined(within: &Path, root: &Path) -> std::io::Result<Self> {
+        let relative = root.strip_prefix(within).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not inside {}", root.display(), within.display()),
+            )
+        })?;
+        let within = Dir::open_ambient_dir(within, cap_std::ambient_authority())?;
+        within.create_dir_all(relative)?;
+        let dir = within.open_dir(relative)?;
+        Ok(Self {
+            root: root.to_owned(),
+            dir: Arc::new(dir),
         })
     }
 
@@ -66,17 +92,38 @@ impl LocalStorage {
         &self.root
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// Makes the directory `relative` (and its parents) durably: the
+    /// directory holding the new one is synced.
+    fn create_dir_durably(&self, relative: &Path) -> std::io::Result<()> {
+        if relative.as_os_str().is_empty() || self.dir.exists(relative) {
+            return Ok(());
+        }
+        self.dir.create_dir_all(relative)?;
+        self.sync_dir(relative.parent().unwrap_or(Path::new("")))
+    }
+
+    /// Syncs the directory `relative` (`""`: the root).
+    fn sync_dir(&self, relative: &Path) -> std::io::Result<()> {
+        sync_in(&self.dir, relative)
     }
 }
 
-/// Temporary files of streams get a number of their own within the process.
+/// Syncs directory `relative` of `dir` (a cap-std `Dir` is an `O_PATH`
+/// descriptor, which cannot be synced: the directory is opened for reading).
+fn sync_in(dir: &Dir, relative: &Path) -> std::io::Result<()> {
+    let target = if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    };
+    dir.open(target)?.sync_all()
+}
+
 static STREAMS: AtomicU64 = AtomicU64::new(0);
 
-/// A blob being written to a temporary file next to its final place.
 struct LocalBlob {
     out: Option<std::io::BufWriter<std::fs::File>>,
+    dir: Arc<Dir>,
     temporary: PathBuf,
     path: PathBuf,
 }
@@ -105,25 +152,23 @@ impl BlobWriter for LocalBlob {
             .map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&self.temporary, &self.path)?;
-        sync_dir(self.path.parent().expect("a blob has a directory"))
+        self.dir.rename(&self.temporary, &self.dir, &self.path)?;
+        sync_in(&self.dir, self.path.parent().unwrap_or(Path::new("")))
     }
 }
 
 impl Drop for LocalBlob {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.temporary);
+        let _ = self.dir.remove_file(&self.temporary);
     }
 }
 
-/// Makes the entries of `dir` (files created, renamed or removed in it)
-/// survive a crash.
+/// Syncs the directory `dir` (so that a rename or a new entry in it is durable).
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` if it is missing, so that the new directory itself
-/// survives a crash (its parent is synced).
+/// Makes the directory `dir` and its parents, and syncs its parent.
 pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     if dir.exists() {
         return Ok(());
@@ -135,38 +180,55 @@ pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+fn not_found_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `name`'s directory and file name.
+fn split(name: &str) -> (&Path, &str) {
+    let path = Path::new(name);
+    let parent = path.parent().unwrap_or(Path::new(""));
+    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
+    (parent, file)
+}
+
+/// A prefix as a directory to list (`""`: the root).
+fn listed(prefix: &str) -> &Path {
+    if prefix.is_empty() {
+        Path::new(".")
+    } else {
+        Path::new(prefix)
+    }
+}
+
 impl CheckpointStorage for LocalStorage {
     fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.path(name);
-        let dir = path.parent().unwrap_or(&self.root).to_owned();
-        create_dir_durably(&dir)?;
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
-        let temporary = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        let (parent, file_name) = split(name);
+        self.create_dir_durably(parent)?;
+        let temporary = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temporary)?;
+            let mut file = self.dir.create(&temporary)?;
             file.write_all(bytes)?;
             file.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            sync_dir(&dir)
+            self.dir.rename(&temporary, &self.dir, name)?;
+            self.sync_dir(parent)
         };
         write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&temporary);
+            let _ = self.dir.remove_file(&temporary);
         })
     }
 
     fn get(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(name)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        not_found_is_none(self.dir.read(name))
     }
 
     fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        let entries = match std::fs::read_dir(self.path(prefix)) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        let Some(entries) = not_found_is_none(self.dir.read_dir(listed(prefix)))? else {
+            return Ok(Vec::new());
         };
         let mut names: Vec<String> = entries
             .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
@@ -177,36 +239,31 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn create(&self, name: &str) -> std::io::Result<Box<dyn BlobWriter>> {
-        let path = self.path(name);
-        let dir = path.parent().unwrap_or(&self.root).to_owned();
-        create_dir_durably(&dir)?;
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
-        let temporary = dir.join(format!(
+        let (parent, file_name) = split(name);
+        self.create_dir_durably(parent)?;
+        let temporary = parent.join(format!(
             ".{file_name}.stream-{}-{}",
             std::process::id(),
             STREAMS.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = std::fs::File::create(&temporary)?;
+        let file = self.dir.create(&temporary)?.into_std();
         Ok(Box::new(LocalBlob {
             out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            dir: self.dir.clone(),
             temporary,
-            path,
+            path: PathBuf::from(name),
         }))
     }
 
     fn open(&self, name: &str) -> std::io::Result<Option<Box<dyn Read + Send>>> {
-        match std::fs::File::open(self.path(name)) {
-            Ok(file) => Ok(Some(Box::new(std::io::BufReader::with_capacity(1 << 16, file)))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(not_found_is_none(self.dir.open(name))?.map(|file| {
+            Box::new(std::io::BufReader::with_capacity(1 << 16, file.into_std())) as Box<dyn Read + Send>
+        }))
     }
 
     fn remove_unfinished(&self, prefix: &str) -> std::io::Result<()> {
-        let entries = match std::fs::read_dir(self.path(prefix)) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        let Some(entries) = not_found_is_none(self.dir.read_dir(listed(prefix)))? else {
+            return Ok(());
         };
         let own = format!("-{}-", std::process::id());
         for entry in entries {
@@ -215,22 +272,76 @@ impl CheckpointStorage for LocalStorage {
             let Some(name) = name.to_str() else { continue };
             // Streams of another (crashed) process; this one's are in use.
             if name.starts_with('.') && name.contains(".stream-") && !name.contains(&own) {
-                std::fs::remove_file(entry.path())?;
+                self.dir.remove_file(Path::new(prefix).join(name))?;
             }
         }
         Ok(())
     }
 
     fn remove(&self, name: &str) -> std::io::Result<()> {
-        let path = self.path(name);
-        let result = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
+        let is_dir = self.dir.symlink_metadata(name).is_ok_and(|meta| meta.is_dir());
+        let result = if is_dir {
+            self.dir.remove_dir_all(name)
         } else {
-            std::fs::remove_file(&path)
+            self.dir.remove_file(name)
         };
         match result {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_list_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(&dir.path().join("ckpt")).unwrap();
+        storage.put("offsets/00002", b"two").unwrap();
+        storage.put("offsets/00001", b"one").unwrap();
+        let mut stream = storage.create("parts/big").unwrap();
+        stream.write_all(b"streamed").unwrap();
+        stream.commit().unwrap();
+        assert_eq!(
+            storage.get("offsets/00001").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(storage.list("offsets").unwrap(), ["00001", "00002"]);
+        let mut read = String::new();
+        storage
+            .open("parts/big")
+            .unwrap()
+            .unwrap()
+            .read_to_string(&mut read)
+            .unwrap();
+        assert_eq!(read, "streamed");
+        storage.remove("offsets").unwrap();
+        assert_eq!(storage.get("offsets/00001").unwrap(), None);
+        assert!(storage.list("").unwrap().contains(&"parts".to_owned()));
+    }
+
+    #[test]
+    fn a_confined_storage_follows_no_link_out_of_its_root() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // The checkpoint directory itself replaced by a link out.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("ckpt")).unwrap();
+        assert!(LocalStorage::confined(root.path(), &root.path().join("ckpt")).is_err());
+        // A link planted inside it after it was opened.
+        let storage = LocalStorage::confined(root.path(), &root.path().join("ok")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("ok/offsets")).unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        assert!(storage.put("offsets/00001", b"x").is_err());
+        assert!(storage.get("offsets/secret").is_err(), "read outside the root");
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            1,
+            "written outside the root"
+        );
+        // Outside the root altogether.
+        assert!(LocalStorage::confined(root.path(), outside.path()).is_err());
     }
 }

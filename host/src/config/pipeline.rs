@@ -231,6 +231,7 @@ fn checkpoint(
     let tuning = tuning.map(|t| t.get_ref());
     Ok(Some(CheckpointSettings {
         dir,
+        confined_to: paths.confined().then(|| paths.base_dir().to_owned()),
         every_batches: positive(
             tuning.and_then(|t| t.every_batches.as_ref()),
             "every-batches",
