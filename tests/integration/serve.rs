@@ -660,7 +660,7 @@ fn concurrent_calls_stay_consistent_and_kill_9_resumes_every_pipeline_exactly() 
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
+        .filter_map(|f| f.strip_suffix(".json").map(str::to_owned))
         .collect();
     on_disk.sort();
     assert_eq!(listed_names, on_disk, "{listed}");

@@ -74,8 +74,12 @@ pub fn run(
         .arg(dir.path().join("data"))
         .args(["--listen", "127.0.0.1:0", "--admin-token-file"])
         .arg(&token_file)
-        // The looping tenant's skipped batches are warnings: not for the report.
-        .env("WEIR_LOG", "error")
+        // The looping tenant's skipped batches are warnings: not for the
+        // report (unless WEIR_LOG asks for them).
+        .env(
+            "WEIR_LOG",
+            std::env::var("WEIR_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

@@ -46,11 +46,14 @@ pub enum Desired {
     Stopped,
 }
 
-/// A deployed pipeline's record in `pipelines/<name>.json`.
+/// A deployed pipeline's record in `pipelines/<name>.json`: one file, so
+/// a deploy is one durable write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PipelineRecord {
     desired: Desired,
     deployed_ms: i64,
+    /// The pipeline file as deployed.
+    file: String,
 }
 
 /// An uploaded plugin's record in `plugins.json`.
@@ -298,20 +301,17 @@ impl ServerState {
         let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+            .filter(|path| path.extension().is_some_and(|e| e == "json"))
             .collect();
         files.sort();
         for file in files {
             let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| ServerError::io(format!("cannot read {}", file.display()), e))?;
-            let record =
-                store::read_json::<PipelineRecord>(&file.with_extension("json"))?.unwrap_or(PipelineRecord {
-                    desired: Desired::Stopped,
-                    deployed_ms: now_ms(),
-                });
+            let Some(record) = store::read_json::<PipelineRecord>(&file)? else {
+                continue;
+            };
+            let text = record.file.clone();
             let mut deployed = Deployed {
                 text,
                 record,
@@ -817,8 +817,10 @@ impl ServerState {
     pub fn deploy(&self, name: &str, text: &str) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
         let _ops = tenant.lock_ops()?;
+        let started = std::time::Instant::now();
         let shown = "pipeline.toml";
         let (spec, footprint) = self.admit(&tenant, text, shown)?;
+        let admitted = started.elapsed();
         let pipeline = spec.name.clone();
         {
             let pipelines = lock(&tenant.pipelines);
@@ -841,24 +843,27 @@ impl ServerState {
             }
         }
         let (handle, footprint) = self.start_spec(&tenant, spec, footprint, shown)?;
+        let launched = started.elapsed();
         let record = PipelineRecord {
             desired: Desired::Running,
             deployed_ms: now_ms(),
+            file: text.to_owned(),
         };
-        let dir = self.store.pipelines_dir(name);
-        let mut json = serde_json::to_vec_pretty(&record).expect("pipeline records serialize");
-        json.push(b'\n');
-        let (toml_file, json_file) = (
-            dir.join(format!("{pipeline}.toml")),
-            dir.join(format!("{pipeline}.json")),
+        let saved = store::write_json(
+            &self.store.pipelines_dir(name).join(format!("{pipeline}.json")),
+            &record,
         );
-        let saved = store::write_all_atomic(&[(&toml_file, text.as_bytes()), (&json_file, &json)]);
         if let Err(error) = saved {
             // Not on disk: not deployed.
             handle.stop(StopMode::Now);
             let _ = handle.wait();
             return Err(error);
         }
+        tracing::debug!(
+            tenant = %name, %pipeline,
+            admit = ?admitted, start = ?(launched - admitted), persist = ?(started.elapsed() - launched),
+            "deployed"
+        );
         let events = Arc::default();
         self.watch_events(&tenant, &handle, &events);
         let deployed = Deployed {
@@ -1062,7 +1067,7 @@ impl ServerState {
             stop_all(&[handle]);
         }
         let dir = self.store.pipelines_dir(name);
-        for file in [format!("{pipeline}.toml"), format!("{pipeline}.json")] {
+        for file in [format!("{pipeline}.json")] {
             match std::fs::remove_file(dir.join(&file)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -11,8 +11,7 @@
 //!     tenant.json                  quotas and grants
 //!     tokens.json                  token ids, roles and SHA-256 hashes
 //!     plugins.json                 upload name → SHA-256
-//!     pipelines/<name>.toml        the pipeline file as deployed
-//!     pipelines/<name>.json        its desired state
+//!     pipelines/<name>.json        the pipeline file as deployed, its desired state
 //!     spill/                       keyed state spilled by its running pipelines
 //!     root/                        the tenant's files: every path in its pipelines
 //!       checkpoints/<name>/        resolves here; default checkpoint directories
@@ -102,31 +101,16 @@ impl Store {
 /// Writes `bytes` to `path` so that a crash leaves either the old file or
 /// the new one: a temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
-    write_all_atomic(&[(path, bytes)])
-}
-
-/// Writes each file like [`write_atomic`], syncing each directory once
-/// after the last rename into it.
-pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), ServerError> {
-    let mut dirs: Vec<&Path> = Vec::new();
-    for (path, bytes) in files {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let failed = |e| ServerError::io(format!("cannot write {}", path.display()), e);
-        std::fs::create_dir_all(dir).map_err(failed)?;
-        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
-        file.write_all(bytes).map_err(failed)?;
-        file.as_file().sync_all().map_err(failed)?;
-        file.persist(path).map_err(|e| failed(e.error))?;
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
-    }
-    for dir in dirs {
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| ServerError::io(format!("cannot sync {}", dir.display()), e))?;
-    }
-    Ok(())
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let failed = |e| ServerError::io(format!("cannot write {}", path.display()), e);
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    file.write_all(bytes).map_err(failed)?;
+    file.as_file().sync_all().map_err(failed)?;
+    file.persist(path).map_err(|e| failed(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| ServerError::io(format!("cannot sync {}", dir.display()), e))
 }
 
 /// Writes `value` as pretty JSON to `path`, atomically.
