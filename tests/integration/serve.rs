@@ -177,24 +177,18 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
     // Plugin names resolve in A's uploads only; paths are not plugins.
     let foreign = wordcount_with("x", "plugin = \"split-words\"", "plugin = \"theirs\"");
     let foreign = format!("[plugins]\ntheirs = \"{}\"\n{foreign}", plugins::SPLIT_WORDS);
-    let answer = server.deploy("a", &a, &foreign);
-    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
-    assert!(answer.error().contains("is not uploaded"), "{}", answer.error());
+    server
+        .deploy("a", &a, &foreign)
+        .expect_error(400, "is not uploaded");
     // Sockets and the server's own streams need the admin's grant.
     let socket = wordcount_with(
         "x",
         "type = \"files\"\npath = \"in\"\nmax-files-per-batch = 1",
         "type = \"socket\"\naddress = \"127.0.0.1:9\"",
     );
-    let answer = server.deploy("a", &a, &socket);
-    assert_eq!(answer.status.as_u16(), 403, "{}", answer.body);
-    assert!(
-        answer
-            .error()
-            .contains("reaches `127.0.0.1:9`, which this tenant may not"),
-        "{}",
-        answer.error()
-    );
+    server
+        .deploy("a", &a, &socket)
+        .expect_error(403, "reaches `127.0.0.1:9`, which this tenant may not");
     // Client properties that name files, libraries or commands of the
     // server are refused in a tenant's pipeline, whatever its grants.
     #[cfg(feature = "kafka")]
@@ -204,15 +198,9 @@ fn tenants_cannot_reach_each_other_and_every_change_is_audited() {
             "type = \"files\"\npath = \"in\"\nmax-files-per-batch = 1",
             "type = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = \"t\"\nproperties = { \"plugin.library.paths\" = \"/tmp/evil.so\" }",
         );
-        let answer = server.deploy("a", &a, &kafka);
-        assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
-        assert!(
-            answer
-                .error()
-                .contains("`plugin.library.paths` cannot be set in a tenant's pipeline"),
-            "{}",
-            answer.error()
-        );
+        server
+            .deploy("a", &a, &kafka)
+            .expect_error(400, "`plugin.library.paths` cannot be set in a tenant's pipeline");
     }
     let console = wordcount_with("x", "type = \"files\"\npath = \"out/x\"", "type = \"console\"");
     assert_eq!(server.deploy("a", &a, &console).status.as_u16(), 403);
@@ -335,14 +323,9 @@ fn quotas_refuse_with_the_reason() {
         .expect(201);
     std::fs::create_dir_all(server.root("t").join("in")).unwrap();
     // The default 64 MiB of a stage is above this tenant's ceiling.
-    let answer = server.deploy("t", &t, &wordcount("one"));
-    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
-    assert!(
-        answer
-            .error()
-            .contains("stage `words` asks for memory = 64 MiB, above this tenant's ceiling of 32 MiB"),
-        "{}",
-        answer.error()
+    server.deploy("t", &t, &wordcount("one")).expect_error(
+        422,
+        "stage `words` asks for memory = 64 MiB, above this tenant's ceiling of 32 MiB",
     );
     let small = |name: &str| {
         wordcount_with(
@@ -369,17 +352,11 @@ fn quotas_refuse_with_the_reason() {
         "[[stage]]\nname = \"wider\"\ninput = \"lines\"\nop = \"repartition\"\npartitions = 100\n\n[[stage]]\nname = \"words\"\ninput = \"wider\"",
     );
     assert!(wide.contains("repartition"), "{wide}");
-    let answer = server.deploy("t", &t, &wide);
-    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
-    assert!(
-        answer.error().contains("100 plugin instances"),
-        "{}",
-        answer.error()
-    );
+    server
+        .deploy("t", &t, &wide)
+        .expect_error(422, "100 plugin instances");
     server.deploy("t", &t, &small("one")).expect(201);
-    let answer = server.deploy("t", &t, &small("two"));
-    assert_eq!(answer.status.as_u16(), 422, "{}", answer.body);
-    assert!(answer.error().contains("quota"), "{}", answer.error());
+    server.deploy("t", &t, &small("two")).expect_error(422, "quota");
     // A source without max-rate runs at the tenant's ceiling.
     let metrics = server.get("/v1/tenants/t/pipelines/one/metrics", &t).expect(200);
     let limit = metrics["sources"][0]["rate_limit"].as_f64();
@@ -437,13 +414,9 @@ fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
     );
     assert_eq!(answer.status.as_u16(), 400);
     assert!(answer.error().starts_with("invalid JSON body"), "{}", answer.body);
-    let answer = server.post("/v1/tenants", ADMIN_TOKEN, &json!({"name": "x", "colour": "red"}));
-    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
-    assert!(
-        answer.error().contains("unknown field `colour`"),
-        "{}",
-        answer.error()
-    );
+    server
+        .post("/v1/tenants", ADMIN_TOKEN, &json!({"name": "x", "colour": "red"}))
+        .expect_error(400, "unknown field `colour`");
     let answer = server.post("/v1/tenants", ADMIN_TOKEN, &json!({"name": "../etc"}));
     assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
     assert_eq!(
@@ -454,9 +427,9 @@ fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
         409
     );
     // Malformed TOML and invalid pipelines: file, line and message, as `weir check` says them.
-    let answer = server.deploy("t", &t, "[pipeline\nname = 1");
-    assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
-    assert!(answer.error().contains("pipeline.toml"), "{}", answer.error());
+    server
+        .deploy("t", &t, "[pipeline\nname = 1")
+        .expect_error(400, "pipeline.toml");
     let answer = server.deploy("t", &t, &wordcount_with("w", "op = \"flat-map\"", "op = \"fly\""));
     assert_eq!(answer.status.as_u16(), 400, "{}", answer.body);
     assert!(

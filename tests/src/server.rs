@@ -48,6 +48,19 @@ impl Answer {
         self.body.get("error").and_then(Value::as_str).unwrap_or("")
     }
 
+    /// Asserts the status is `status` and the error message holds
+    /// `fragment`; returns the answer.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, fragment: &str) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected answer: {}", self.body);
+        assert!(
+            self.error().contains(fragment),
+            "`{fragment}` not in: {}",
+            self.error()
+        );
+        self
+    }
+
     /// Asserts the status is `status`; returns the body.
     #[track_caller]
     pub fn expect(self, status: u16) -> Value {

@@ -110,6 +110,79 @@ pub fn run(
     Ok(report)
 }
 
+/// The benchmark's client of the server's API.
+struct Api {
+    http: Client,
+    base: String,
+}
+
+impl Api {
+    fn new(base: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: Client::builder().timeout(Duration::from_secs(300)).build()?,
+            base: base.to_owned(),
+        })
+    }
+
+    /// Sends `method path` with `token` (and `body`); the answer's JSON.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<reqwest::blocking::Body>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send()?;
+        let status = response.status();
+        let text = response.text()?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.call(reqwest::Method::POST, path, token, Some(body.into()))
+    }
+
+    fn get(&self, path: &str, token: &str) -> anyhow::Result<serde_json::Value> {
+        self.call(reqwest::Method::GET, path, token, None)
+    }
+
+    /// Creates tenant `name` with an operator token and `component`
+    /// uploaded as plugin `plugin`; returns the token and the upload's time.
+    fn tenant(&self, name: &str, plugin: &str, component: &[u8]) -> anyhow::Result<(String, Duration)> {
+        self.post("/v1/tenants", ADMIN, json!({ "name": name }).to_string())?;
+        let made = self.post(
+            &format!("/v1/tenants/{name}/tokens"),
+            ADMIN,
+            json!({ "role": "operator" }).to_string(),
+        )?;
+        let token = made["token"].as_str().unwrap_or_default().to_owned();
+        let started = Instant::now();
+        let path = format!("/v1/tenants/{name}/plugins/{plugin}");
+        self.call(
+            reqwest::Method::PUT,
+            &path,
+            &token,
+            Some(component.to_vec().into()),
+        )?;
+        Ok((token, started.elapsed()))
+    }
+}
+
 fn measure(
     base: &str,
     pid: u32,
@@ -117,18 +190,8 @@ fn measure(
     tenants: usize,
     per_tenant: usize,
 ) -> anyhow::Result<ServeReport> {
-    let http = Client::builder().timeout(Duration::from_secs(300)).build()?;
+    let api = Api::new(base)?;
     let component = std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
-    let call =
-        |request: reqwest::blocking::RequestBuilder, token: &str| -> anyhow::Result<serde_json::Value> {
-            let response = request.bearer_auth(token).send()?;
-            let status = response.status();
-            let text = response.text()?;
-            if !status.is_success() {
-                bail!("{status}: {text}");
-            }
-            Ok(serde_json::from_str(&text).unwrap_or_default())
-        };
     std::thread::sleep(Duration::from_millis(500));
     let rss_empty = resident_of(pid).unwrap_or(0);
     let mut first_deploy = None;
@@ -136,24 +199,8 @@ fn measure(
     let mut uploads = Vec::new();
     for t in 0..tenants {
         let tenant = format!("t{t:03}");
-        call(
-            http.post(format!("{base}/v1/tenants"))
-                .json(&json!({ "name": tenant })),
-            ADMIN,
-        )?;
-        let made = call(
-            http.post(format!("{base}/v1/tenants/{tenant}/tokens"))
-                .json(&json!({ "role": "operator" })),
-            ADMIN,
-        )?;
-        let token = made["token"].as_str().unwrap_or_default().to_owned();
-        let started = Instant::now();
-        call(
-            http.put(format!("{base}/v1/tenants/{tenant}/plugins/split-words"))
-                .body(component.clone()),
-            &token,
-        )?;
-        uploads.push(started.elapsed());
+        let (token, upload) = api.tenant(&tenant, "split-words", &component)?;
+        uploads.push(upload);
         for p in 0..per_tenant {
             let text = format!(
                 "[pipeline]\nname = \"idle{p}\"\nbatch-interval = \"1s\"\npartitions = 1\n\n\
@@ -163,11 +210,7 @@ fn measure(
                  [[sink]]\ninput = \"counts\"\ntype = \"files\"\npath = \"out{p}\"\n"
             );
             let started = Instant::now();
-            call(
-                http.post(format!("{base}/v1/tenants/{tenant}/pipelines"))
-                    .body(text),
-                &token,
-            )?;
+            api.post(&format!("/v1/tenants/{tenant}/pipelines"), &token, text)?;
             let took = started.elapsed();
             match first_deploy {
                 None => first_deploy = Some(took),
@@ -206,43 +249,12 @@ fn measure(
     })
 }
 
-/// A tenant with an operator token and `plugin` uploaded as `p`.
-fn tenant(http: &Client, base: &str, name: &str, plugin: &Path) -> anyhow::Result<String> {
-    let call =
-        |request: reqwest::blocking::RequestBuilder, token: &str| -> anyhow::Result<serde_json::Value> {
-            let response = request.bearer_auth(token).send()?;
-            let status = response.status();
-            let text = response.text()?;
-            if !status.is_success() {
-                bail!("{status}: {text}");
-            }
-            Ok(serde_json::from_str(&text).unwrap_or_default())
-        };
-    call(
-        http.post(format!("{base}/v1/tenants"))
-            .json(&json!({ "name": name })),
-        ADMIN,
-    )?;
-    let made = call(
-        http.post(format!("{base}/v1/tenants/{name}/tokens"))
-            .json(&json!({ "role": "operator" })),
-        ADMIN,
-    )?;
-    let token = made["token"].as_str().unwrap_or_default().to_owned();
-    call(
-        http.put(format!("{base}/v1/tenants/{name}/plugins/p"))
-            .body(std::fs::read(plugin)?),
-        &token,
-    )?;
-    Ok(token)
-}
-
 /// The healthy tenant's mean batch processing time alone and next to a
 /// looping tenant: after a warm-up round, each condition twice, alternating.
 fn isolation(base: &str, split_words: &Path, looping: &Path) -> anyhow::Result<[Duration; 2]> {
-    let http = Client::builder().timeout(Duration::from_secs(300)).build()?;
-    let healthy = tenant(&http, base, "healthy", split_words)?;
-    let noisy = tenant(&http, base, "noisy", looping)?;
+    let api = Api::new(base)?;
+    let (healthy, _) = api.tenant("healthy", "p", &std::fs::read(split_words)?)?;
+    let (noisy, _) = api.tenant("noisy", "p", &std::fs::read(looping)?)?;
     let wordcount = "[pipeline]\nname = \"wc\"\nbatch-interval = \"100ms\"\npartitions = 2\n\n\
         [[source]]\nname = \"lines\"\ntype = \"generator\"\nrate = 50000\n\n\
         [[stage]]\nname = \"words\"\ninput = \"lines\"\nop = \"flat-map\"\nplugin = \"p\"\n\n\
@@ -254,51 +266,22 @@ fn isolation(base: &str, split_words: &Path, looping: &Path) -> anyhow::Result<[
         config = { trigger = \"the\" }\nlimits = { timeout = \"20ms\" }\non-error = \"skip-batch\"\n\
         quarantine-after = 1000000\n\n\
         [[sink]]\ninput = \"out\"\ntype = \"files\"\npath = \"out\"\n";
-    let send =
-        |request: reqwest::blocking::RequestBuilder, token: &str| -> anyhow::Result<serde_json::Value> {
-            let response = request.bearer_auth(token).send()?;
-            let status = response.status();
-            let text = response.text()?;
-            if !status.is_success() {
-                bail!("{status}: {text}");
-            }
-            Ok(serde_json::from_str(&text).unwrap_or_default())
-        };
-    send(
-        http.post(format!("{base}/v1/tenants/healthy/pipelines"))
-            .body(wordcount),
-        &healthy,
-    )?;
-    send(
-        http.post(format!("{base}/v1/tenants/noisy/pipelines"))
-            .body(looping_file),
-        &noisy,
-    )?;
-    send(
-        http.post(format!("{base}/v1/tenants/noisy/pipelines/loop/stop")),
-        &noisy,
-    )?;
+    api.post("/v1/tenants/healthy/pipelines", &healthy, wordcount)?;
+    api.post("/v1/tenants/noisy/pipelines", &noisy, looping_file)?;
+    api.post("/v1/tenants/noisy/pipelines/loop/stop", &noisy, "")?;
     let mut totals = [(Duration::ZERO, 0u32); 2];
     // Warm-up, then alone / looping twice, alternating.
-    for (round, condition) in [None, Some(0), Some(1), Some(0), Some(1)].into_iter().enumerate() {
+    for condition in [None, Some(0), Some(1), Some(0), Some(1)] {
         if condition == Some(1) {
-            send(
-                http.post(format!("{base}/v1/tenants/noisy/pipelines/loop/start")),
-                &noisy,
-            )?;
+            api.post("/v1/tenants/noisy/pipelines/loop/start", &noisy, "")?;
         }
         std::thread::sleep(Duration::from_millis(500));
-        let first = last_batch(&http, base, &healthy)?;
+        let status = api.get("/v1/tenants/healthy/pipelines/wc", &healthy)?;
+        let first = status["status"]["last_batch"]["id"].as_u64();
         std::thread::sleep(Duration::from_secs(4));
-        let events = send(
-            http.get(format!("{base}/v1/tenants/healthy/pipelines/wc/events")),
-            &healthy,
-        )?;
+        let events = api.get("/v1/tenants/healthy/pipelines/wc/events", &healthy)?;
         if condition == Some(1) {
-            send(
-                http.post(format!("{base}/v1/tenants/noisy/pipelines/loop/stop")),
-                &noisy,
-            )?;
+            api.post("/v1/tenants/noisy/pipelines/loop/stop", &noisy, "")?;
         }
         let Some(condition) = condition else { continue };
         for event in events.as_array().into_iter().flatten() {
@@ -313,16 +296,6 @@ fn isolation(base: &str, split_words: &Path, looping: &Path) -> anyhow::Result<[
             totals[condition].0 += took;
             totals[condition].1 += 1;
         }
-        let _ = round;
     }
     Ok(totals.map(|(time, batches)| time / batches.max(1)))
-}
-
-fn last_batch(http: &Client, base: &str, token: &str) -> anyhow::Result<Option<u64>> {
-    let status: serde_json::Value = http
-        .get(format!("{base}/v1/tenants/healthy/pipelines/wc"))
-        .bearer_auth(token)
-        .send()?
-        .json()?;
-    Ok(status["status"]["last_batch"]["id"].as_u64())
 }

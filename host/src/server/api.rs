@@ -236,57 +236,51 @@ async fn blocking<T: Send + 'static>(
         .map_err(|error| ServerError::Internal(format!("the call failed inside the server: {error}")))?
 }
 
-/// Runs `f` on a blocking thread and audits its result there: a change is
-/// audited even when the caller goes away before its answer.
+/// Runs `f` (given the tenant's name) on a blocking thread once `allowed`,
+/// and audits its result there: a change is audited even when the caller
+/// goes away before its answer. `plugin` names the plugin SHA-256 the entry
+/// carries, if any.
 async fn audited<T: Send + 'static>(
     app: &App,
     caller: &Caller,
-    tenant: Option<&str>,
+    tenant: Option<String>,
     action: String,
-    sha256: Option<String>,
-    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+    allowed: Result<(), ServerError>,
+    plugin: impl FnOnce(&Result<T, ServerError>) -> Option<String> + Send + 'static,
+    f: impl FnOnce(&ServerState, &str) -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let (state, who, tenant) = (app.state.clone(), caller.0.clone(), tenant.map(str::to_owned));
+    let (state, who) = (app.state.clone(), caller.0.clone());
     blocking(move || {
-        let result = f(&state);
-        state.audit(&who, tenant.as_deref(), &action, sha256, &result);
+        let result = allowed.and_then(|()| f(&state, tenant.as_deref().unwrap_or_default()));
+        state.audit(&who, tenant.as_deref(), &action, plugin(&result), &result);
         result
     })
     .await
     .map_err(ApiError::from)
 }
 
-/// Authorizes, runs and audits a mutating call on `tenant`.
+/// Authorizes (for an operator), runs and audits a mutating call on `tenant`.
 async fn mutate<T: Send + 'static>(
     app: &App,
     caller: &Caller,
-    tenant: &str,
+    tenant: String,
     action: String,
-    sha256: Option<String>,
-    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+    f: impl FnOnce(&ServerState, &str) -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let allowed = app.state.authorize(&caller.0, tenant, true);
-    audited(app, caller, Some(tenant), action, sha256, move |state| {
-        allowed?;
-        f(state)
-    })
-    .await
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    audited(app, caller, Some(tenant), action, allowed, |_| None, f).await
 }
 
-/// Authorizes and audits an admin-only mutating call.
+/// Authorizes and audits an admin-only mutating call on `tenant`.
 async fn admin_mutate<T: Send + 'static>(
     app: &App,
     caller: &Caller,
-    tenant: &str,
+    tenant: String,
     action: String,
-    f: impl FnOnce(&ServerState) -> Result<T, ServerError> + Send + 'static,
+    f: impl FnOnce(&ServerState, &str) -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let allowed = admin_only_on(caller, tenant);
-    audited(app, caller, Some(tenant), action, None, move |state| {
-        allowed?;
-        f(state)
-    })
-    .await
+    let allowed = admin_only_on(caller, &tenant);
+    audited(app, caller, Some(tenant), action, allowed, |_| None, f).await
 }
 
 fn admin_only(caller: &Caller) -> Result<(), ServerError> {
@@ -411,23 +405,22 @@ async fn create_tenant(
     State(app): State<App>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<TenantView>), ApiError> {
-    let new: NewTenant = match json_body(raw) {
-        Ok(new) => new,
-        Err(error) => {
-            return audited(&app, &caller, None, "create tenant".into(), None, move |_| {
-                Err(error)
-            })
-            .await
-            .map(|()| unreachable!("refused above"));
-        }
+    let new = json_body::<NewTenant>(raw);
+    let name = new.as_ref().ok().map(|new| new.name.clone());
+    let action = match &name {
+        Some(name) => format!("create tenant {name}"),
+        None => "create tenant".to_owned(),
     };
-    let name = new.name.clone();
-    let view = admin_mutate(
+    let allowed = admin_only(&caller);
+    let view = audited(
         &app,
         &caller,
-        &name,
-        format!("create tenant {name}"),
-        move |state| {
+        name,
+        action,
+        allowed,
+        |_| None,
+        move |state, _| {
+            let new = new?;
             let change = TenantChange {
                 quotas: new.quotas,
                 allowed_addresses: new.allowed_addresses,
@@ -455,14 +448,10 @@ async fn change_tenant(
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<TenantView> {
     let change = json_body::<TenantChange>(raw);
-    let name = tenant.clone();
-    let view = admin_mutate(
-        &app,
-        &caller,
-        &tenant,
-        format!("change tenant {tenant}"),
-        move |state| state.change_tenant(&name, change?),
-    )
+    let action = format!("change tenant {tenant}");
+    let view = admin_mutate(&app, &caller, tenant, action, move |state, name| {
+        state.change_tenant(name, change?)
+    })
     .await?;
     Ok(Json(view))
 }
@@ -472,14 +461,10 @@ async fn delete_tenant(
     State(app): State<App>,
     Path(tenant): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let name = tenant.clone();
-    admin_mutate(
-        &app,
-        &caller,
-        &tenant,
-        format!("delete tenant {tenant}"),
-        move |state| state.delete_tenant(&name),
-    )
+    let action = format!("delete tenant {tenant}");
+    admin_mutate(&app, &caller, tenant, action, move |state, name| {
+        state.delete_tenant(name)
+    })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -523,14 +508,12 @@ async fn create_token(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let new = json_body::<NewToken>(raw);
-    let name = tenant.clone();
     let (record, token) = mutate(
         &app,
         &caller,
-        &tenant,
+        tenant,
         "create token".into(),
-        None,
-        move |state| state.create_token(&name, new?.role),
+        move |state, name| state.create_token(name, new?.role),
     )
     .await?;
     Ok((
@@ -558,14 +541,12 @@ async fn revoke_token(
     State(app): State<App>,
     Path((tenant, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let name = tenant.clone();
     mutate(
         &app,
         &caller,
-        &tenant,
+        tenant,
         format!("revoke token {id}"),
-        None,
-        move |state| state.revoke_token(&name, &id),
+        move |state, name| state.revoke_token(name, &id),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -601,11 +582,17 @@ async fn put_plugin(
 ) -> Result<(StatusCode, Json<PluginRecord>), ApiError> {
     let bytes = body(raw);
     let sha256 = bytes.as_ref().ok().map(|b| super::auth::sha256_hex(b));
-    let name = tenant.clone();
     let action = format!("upload plugin {plugin}");
-    let record = mutate(&app, &caller, &tenant, action, sha256, move |state| {
-        state.put_plugin(&name, &plugin, &bytes?)
-    })
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    let record = audited(
+        &app,
+        &caller,
+        Some(tenant),
+        action,
+        allowed,
+        |_| sha256,
+        move |state, name| state.put_plugin(name, &plugin, &bytes?),
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
@@ -615,14 +602,12 @@ async fn delete_plugin(
     State(app): State<App>,
     Path((tenant, plugin)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let name = tenant.clone();
     mutate(
         &app,
         &caller,
-        &tenant,
+        tenant,
         format!("delete plugin {plugin}"),
-        None,
-        move |state| state.delete_plugin(&name, &plugin),
+        move |state, name| state.delete_plugin(name, &plugin),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -655,31 +640,17 @@ async fn deploy(
         None => "deploy pipeline".to_owned(),
     };
     let allowed = app.state.authorize(&caller.0, &tenant, true);
-    let (state, who, name) = (app.state.clone(), caller.0.clone(), tenant.clone());
-    let result = blocking(move || {
-        let result = allowed.and_then(|()| state.deploy(&name, &text?));
-        // Every plugin the pipeline runs, by content.
-        let plugins = result
-            .as_ref()
-            .ok()
-            .and_then(|view| view.status.as_ref())
-            .map(|status| {
-                let mut hashes: Vec<&str> = status.plugins.iter().map(|p| p.sha256.as_str()).collect();
-                hashes.sort_unstable();
-                hashes.dedup();
-                hashes.join(",")
-            });
-        state.audit(
-            &who,
-            Some(&name),
-            &action,
-            plugins.filter(|h| !h.is_empty()),
-            &result,
-        );
-        result
-    })
-    .await;
-    Ok((StatusCode::CREATED, Json(result?)))
+    let view = audited(
+        &app,
+        &caller,
+        Some(tenant),
+        action,
+        allowed,
+        |result| result.as_ref().ok().and_then(PipelineView::plugin_sha256s),
+        move |state, name| state.deploy(name, &text?),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn get_pipeline(
@@ -724,14 +695,13 @@ async fn control(
     State(app): State<App>,
     Path((tenant, pipeline, action)): Path<(String, String, String)>,
 ) -> Answer<PipelineView> {
-    let name = tenant.clone();
     let audited = format!("{action} pipeline {pipeline}");
-    let view = mutate(&app, &caller, &tenant, audited, None, move |state| {
+    let view = mutate(&app, &caller, tenant, audited, move |state, name| {
         match action.as_str() {
-            "start" => state.start_pipeline(&name, &pipeline),
-            "stop" => state.stop_pipeline(&name, &pipeline),
-            "pause" => state.pause_pipeline(&name, &pipeline, true),
-            "resume" => state.pause_pipeline(&name, &pipeline, false),
+            "start" => state.start_pipeline(name, &pipeline),
+            "stop" => state.stop_pipeline(name, &pipeline),
+            "pause" => state.pause_pipeline(name, &pipeline, true),
+            "resume" => state.pause_pipeline(name, &pipeline, false),
             other => Err(ServerError::NotFound(format!(
                 "no action `{other}` (expected start, stop, pause or resume)"
             ))),
@@ -746,14 +716,12 @@ async fn delete_pipeline(
     State(app): State<App>,
     Path((tenant, pipeline)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let name = tenant.clone();
     mutate(
         &app,
         &caller,
-        &tenant,
+        tenant,
         format!("delete pipeline {pipeline}"),
-        None,
-        move |state| state.delete_pipeline(&name, &pipeline),
+        move |state, name| state.delete_pipeline(name, &pipeline),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

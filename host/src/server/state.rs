@@ -109,6 +109,23 @@ pub struct PipelineView {
     pub deployed_ms: i64,
 }
 
+impl PipelineView {
+    /// The SHA-256 of every plugin it runs, sorted, comma-separated (for
+    /// the audit log); `None` when it runs none.
+    pub fn plugin_sha256s(&self) -> Option<String> {
+        let mut hashes: Vec<&str> = self
+            .status
+            .as_ref()?
+            .plugins
+            .iter()
+            .map(|p| p.sha256.as_str())
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        (!hashes.is_empty()).then(|| hashes.join(","))
+    }
+}
+
 /// A tenant as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantView {
