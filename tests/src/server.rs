@@ -157,11 +157,6 @@ impl Server {
         self.data.join("tenants").join(tenant).join("root")
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     /// Kills the server with SIGKILL and waits for it.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
@@ -183,13 +178,6 @@ impl Server {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.launch();
-    }
-
-    /// True while the process runs.
-    pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// A request to `path` with `token` (none: no Authorization header).
