@@ -60,6 +60,10 @@ enum Command {
         /// since it was taken (its state may not fit the new version).
         #[arg(long)]
         allow_plugin_change: bool,
+        /// Hot-load a plugin into the running pipelines when its file is
+        /// replaced (after the same checks as any hot-load).
+        #[arg(long)]
+        watch_plugins: bool,
     },
     /// Serve many tenants' pipelines behind an HTTP/JSON API (`/v1`).
     Serve {
@@ -577,7 +581,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             available_now,
             workers,
             allow_plugin_change,
-        } => run(&pipelines, available_now, workers, allow_plugin_change),
+            watch_plugins,
+        } => run(
+            &pipelines,
+            available_now,
+            workers,
+            RunFlags {
+                allow_plugin_change,
+                watch_plugins,
+            },
+        ),
         Command::Check { pipelines } => check(&pipelines),
         Command::Plugin {
             command: PluginCommand::Build { crate_dirs, debug },
@@ -782,11 +795,17 @@ fn wait_all(supervisor: &Supervisor) -> u8 {
     status
 }
 
+/// The switches of `weir run` about plugins.
+struct RunFlags {
+    allow_plugin_change: bool,
+    watch_plugins: bool,
+}
+
 fn run(
     paths: &[PathBuf],
     available_now: bool,
     workers: Option<usize>,
-    allow_plugin_change: bool,
+    flags: RunFlags,
 ) -> anyhow::Result<ExitCode> {
     let engine = engine(workers)?;
     let files = pipeline_files(paths)?;
@@ -804,15 +823,24 @@ fn run(
     install_signal_handlers(engine.clone())?;
     let options = RunOptions {
         available_now,
-        allow_plugin_change,
+        allow_plugin_change: flags.allow_plugin_change,
         ..RunOptions::default()
     };
+    let mut watched = Vec::new();
     for pipeline in prepared {
-        if let Err(error) = engine.start(pipeline, options) {
-            status = status.max(report(&error));
-            engine.supervisor().stop_all(StopMode::Graceful);
-            break;
+        let spec = pipeline.spec().clone();
+        match engine.start(pipeline, options) {
+            Ok(handle) => watched.push(cli::watch::WatchList::new(handle, &spec)),
+            Err(error) => {
+                status = status.max(report(&error));
+                engine.supervisor().stop_all(StopMode::Graceful);
+                break;
+            }
         }
+    }
+    if flags.watch_plugins && status == 0 {
+        cli::watch::spawn(watched, |line| eprintln!("weir: {line}"))
+            .context("cannot start the plugin watcher")?;
     }
     Ok(ExitCode::from(status.max(wait_all(engine.supervisor()))))
 }

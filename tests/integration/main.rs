@@ -7,6 +7,7 @@ mod cli;
 mod engine;
 mod examples;
 mod graph;
+mod hotload;
 mod incremental;
 #[cfg(feature = "kafka")]
 mod kafka;

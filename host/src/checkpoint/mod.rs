@@ -109,6 +109,13 @@ pub enum CheckpointError {
     },
 }
 
+/// Where a kept plugin component lies in the checkpoint directory.
+fn plugin_blob_name(sha256: &str) -> String {
+    // Only hex digits reach a file name.
+    let sha: String = sha256.chars().filter(char::is_ascii_hexdigit).collect();
+    format!("plugins/{sha}.wasm")
+}
+
 /// One batch as written to the batch log before it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedBatch {
@@ -118,6 +125,29 @@ pub struct LoggedBatch {
     pub time: i64,
     /// What each source contributes, in source order.
     pub inputs: Vec<BatchInput>,
+    /// The plugin version each stage's plugin (`stage/plugin`) ran this
+    /// batch with, so that a replay runs it with the same one. Empty in
+    /// logs written before hot-load.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, LoggedVersion>,
+}
+
+/// The plugin version a stage ran a batch with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedVersion {
+    /// Hex SHA-256 of the component (kept under `plugins/` in the checkpoint directory).
+    pub sha256: String,
+    /// The configuration its instances got, when a swap changed it from
+    /// the pipeline file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Vec<(String, String)>>,
+    /// The version a failed call fell back on: set while this one was on
+    /// probation after a swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Box<LoggedVersion>>,
+    /// Batches of its probation left, with `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_left: Option<u64>,
 }
 
 /// An operator's state in a checkpoint: a file of the checkpoint's own,
@@ -163,6 +193,11 @@ pub struct Manifest {
     pub sinks: BTreeMap<String, u64>,
     /// The operator state files.
     pub states: Vec<StateFile>,
+    /// The plugin version each stage's plugin (`stage/plugin`) had when the
+    /// checkpoint was taken (after hot-loads, not necessarily the pipeline
+    /// file's). Empty in checkpoints written before hot-load.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_plugins: BTreeMap<String, LoggedVersion>,
 }
 
 /// An operator's state in a checkpoint read back.
@@ -324,8 +359,12 @@ impl Checkpointer {
                 ),
             }
         }
+        // A checkpoint that names each stage's version is checked by the
+        // pipeline instead: it resumes on those versions (kept in the
+        // directory) and swaps to the pipeline file's after the replay.
         if let Some(checkpoint) = &restored
             && !allow_plugin_change
+            && checkpoint.manifest.stage_plugins.is_empty()
         {
             for (plugin, old) in &checkpoint.manifest.plugins {
                 if let Some(new) = plugins.get(plugin)
@@ -484,6 +523,52 @@ impl Checkpointer {
             .put(&offsets_name(batch.batch), &bytes)
             .map_err(self.io(format!("write the batch log entry of batch {}", batch.batch)))?;
         crate::failpoint::crash_point("batch-logged");
+        Ok(())
+    }
+
+    /// Keeps the component `bytes` (hex SHA-256 `sha256`) under `plugins/`,
+    /// unless it is there already: a replay of a batch it processed loads it
+    /// from there.
+    pub fn store_plugin(&self, sha256: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let name = plugin_blob_name(sha256);
+        let present = self
+            .storage
+            .list("plugins")
+            .map_err(self.io("list the kept plugins"))?
+            .iter()
+            .any(|kept| *kept == name["plugins/".len()..]);
+        if !present {
+            self.storage
+                .put(&name, bytes)
+                .map_err(self.io(format!("keep plugin component {sha256}")))?;
+        }
+        Ok(())
+    }
+
+    /// The component with hex SHA-256 `sha256` kept by [`Checkpointer::store_plugin`].
+    pub fn load_plugin(&self, sha256: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        let bytes = self
+            .storage
+            .get(&plugin_blob_name(sha256))
+            .map_err(self.io(format!("read kept plugin component {sha256}")))?;
+        // A blob whose bytes are not what its name says is not used.
+        Ok(bytes.filter(|bytes| crate::runtime::content_hash(bytes) == sha256))
+    }
+
+    /// Removes the kept components not in `keep` (hex SHA-256s).
+    pub fn prune_plugins(&self, keep: &std::collections::BTreeSet<String>) -> Result<(), CheckpointError> {
+        for name in self
+            .storage
+            .list("plugins")
+            .map_err(self.io("list the kept plugins"))?
+        {
+            let sha = name.strip_suffix(".wasm").unwrap_or(&name);
+            if !keep.contains(sha) {
+                self.storage
+                    .remove(&format!("plugins/{name}"))
+                    .map_err(self.io(format!("remove kept plugin {name}")))?;
+            }
+        }
         Ok(())
     }
 
@@ -746,6 +831,7 @@ mod tests {
             source_names: vec!["lines".into()],
             sinks: BTreeMap::new(),
             states: Vec::new(),
+            stage_plugins: BTreeMap::new(),
         }
     }
 
@@ -765,6 +851,7 @@ mod tests {
                         start: batch * 10,
                         end: batch * 10 + 10,
                     }],
+                    plugins: BTreeMap::new(),
                 })
                 .unwrap();
             if batch % 2 == 1 {

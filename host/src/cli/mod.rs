@@ -1,5 +1,6 @@
 //! The parts of the `weir` command line that are more than argument
-//! handling: the benchmarks, their inputs, and the client of `weir serve`.
+//! handling: the benchmarks, their inputs, the client of `weir serve`, and
+//! `weir run --watch-plugins`.
 
 pub mod bench;
 pub mod client;
@@ -12,3 +13,4 @@ pub mod many;
 pub mod process;
 pub mod serve_bench;
 pub mod state_bench;
+pub mod watch;

@@ -9,8 +9,8 @@ use crate::error::EngineError;
 use crate::pipeline::control::ControlMessage;
 use crate::pipeline::live::Live;
 use crate::pipeline::{
-    ControlError, ControlReply, ControlRequest, PipelineEvent, PipelineMetrics, PipelineStatus, RunSummary,
-    Signal, StopMode,
+    ControlError, ControlReply, ControlRequest, PipelineEvent, PipelineMetrics, PipelineStatus, RollbackRule,
+    RunSummary, Signal, StopMode, SwapOrder, SwapReport, VersionRecord,
 };
 
 /// Identifies a pipeline within its engine (never reused).
@@ -58,6 +58,29 @@ struct HandleInner {
     signal: Signal,
     control: crossbeam_channel::Sender<ControlMessage>,
     ending: Arc<Ending>,
+    /// What a hot-load's candidate is compiled with.
+    runtime: Arc<crate::runtime::Runtime>,
+}
+
+/// A hot-load, as a caller asks for it: a new component for a stage's
+/// plugin (see [`crate::pipeline::swap`]).
+#[derive(Debug, Clone)]
+pub struct SwapRequest {
+    /// The stage.
+    pub stage: String,
+    /// The plugin within the stage (its name in the pipeline file), when
+    /// the stage runs several.
+    pub plugin: Option<String>,
+    /// The component's bytes.
+    pub component: Vec<u8>,
+    /// What names the component in errors (its file).
+    pub path: std::path::PathBuf,
+    /// A new configuration; `None` keeps the current one.
+    pub config: Option<Vec<(String, String)>>,
+    /// Its probation, and when it is rolled back by itself.
+    pub rule: RollbackRule,
+    /// Who asks, for the history.
+    pub by: Option<String>,
 }
 
 impl PipelineHandle {
@@ -72,6 +95,7 @@ impl PipelineHandle {
         signal: Signal,
         control: crossbeam_channel::Sender<ControlMessage>,
         ending: Arc<Ending>,
+        runtime: Arc<crate::runtime::Runtime>,
     ) -> Self {
         Self {
             inner: Arc::new(HandleInner {
@@ -83,6 +107,7 @@ impl PipelineHandle {
                 signal,
                 control,
                 ending,
+                runtime,
             }),
         }
     }
@@ -138,6 +163,62 @@ impl PipelineHandle {
         self.inner.signal.notify();
         // The driver drops an unanswered request when it ends.
         answer.recv().map_err(|_| ended())?
+    }
+
+    /// Hot-loads `request`'s component into its stage at the next batch
+    /// boundary: compiles it (off the pipeline's thread; the compiled-code
+    /// cache makes a known component quick), then the driver checks it
+    /// (kind, `init`, a dry run on the stage's recent input) and cuts over.
+    /// A refusal says why; the running version is then untouched.
+    pub fn swap(&self, request: SwapRequest) -> Result<SwapReport, ControlError> {
+        let refused = |message: String| ControlError::Refused {
+            pipeline: self.inner.name.clone(),
+            message,
+        };
+        let metered = self.inner.live.stage_metered(&request.stage).ok_or_else(|| {
+            refused(format!(
+                "it has no stage `{}` that runs a Wasm plugin",
+                request.stage
+            ))
+        })?;
+        let candidate = self
+            .inner
+            .runtime
+            .load_for(metered, &request.path, &request.component)
+            .map_err(|error| refused(format!("swap refused: the candidate cannot be loaded: {error}")))?;
+        let order = SwapOrder {
+            stage: request.stage,
+            plugin: request.plugin,
+            candidate,
+            bytes: Arc::from(request.component),
+            config: request.config,
+            rule: request.rule,
+            by: request.by,
+        };
+        match self.control(ControlRequest::Swap(Box::new(order)))? {
+            ControlReply::Swapped(report) => Ok(report),
+            other => Err(refused(format!("unexpected reply to a swap: {other:?}"))),
+        }
+    }
+
+    /// Returns a stage's plugin on probation to the version before it.
+    pub fn roll_back(
+        &self,
+        stage: &str,
+        plugin: Option<&str>,
+        by: Option<String>,
+    ) -> Result<ControlReply, ControlError> {
+        self.control(ControlRequest::RollBack {
+            stage: stage.to_owned(),
+            plugin: plugin.map(str::to_owned),
+            by,
+        })
+    }
+
+    /// Each stage plugin's last versions (`stage/plugin` → oldest first),
+    /// with who asked for each, when, and how it ended.
+    pub fn plugin_history(&self) -> std::collections::BTreeMap<String, Vec<VersionRecord>> {
+        self.inner.live.plugin_history()
     }
 
     /// Stops cutting batches until [`PipelineHandle::resume`]; receivers

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use handle::{Outcome, PipelineHandle, PipelineId};
+pub use handle::{Outcome, PipelineHandle, PipelineId, SwapRequest};
 pub use pool::WorkerPool;
 pub use supervisor::Supervisor;
 
@@ -322,6 +322,7 @@ impl Engine {
             signal.clone(),
             control,
             ending.clone(),
+            self.shared.runtime.clone(),
         );
         self.shared.supervisor.register(&handle)?;
         let drive = Drive {
@@ -331,6 +332,7 @@ impl Engine {
             signal,
             control: requests,
             options,
+            runtime: self.shared.runtime.clone(),
         };
         // The driver keeps the pool and the receivers' runtime alive while it runs.
         let (pool, io) = (self.shared.pool.clone(), self.shared.io.clone());

@@ -244,6 +244,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Has every worker sweep its instances at its next look at the queues.
+    fn sweep(&self) {
+        // Under the lock, so that a worker between its look at the counter
+        // and its wait cannot miss the wake-up.
+        let _queues = self.lock();
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.work.notify_all();
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -413,11 +422,7 @@ impl WorkerPool {
     /// Makes every worker drop the instances of retired plugin uses (a
     /// pipeline ended) now, idle ones included.
     pub fn sweep(&self) {
-        // Under the lock, so that a worker between its look at the counter
-        // and its wait cannot miss the wake-up.
-        let _queues = self.shared.lock();
-        self.shared.sweeps.fetch_add(1, Ordering::Relaxed);
-        self.shared.work.notify_all();
+        self.shared.sweep();
     }
 
     /// Tasks that ran nested inside another pipeline's long plugin call.
@@ -516,6 +521,12 @@ impl std::fmt::Debug for PoolClient {
 }
 
 impl PoolClient {
+    /// Asks every worker to drop its instances of retired or replaced
+    /// plugin bindings (after a hot-load), as [`WorkerPool::sweep`].
+    pub fn sweep(&self) {
+        self.shared.sweep();
+    }
+
     /// Runs `tasks` in parallel and returns their results in task order.
     ///
     /// `kind` names what the tasks do (one operator of one stage, a
@@ -607,6 +618,12 @@ impl Drop for PoolClient {
             drop(queue);
         }
     }
+}
+
+/// Drops the calling thread's instances of retired or replaced plugin
+/// bindings (those it made running its own tasks, [`PoolClient::run`]).
+pub fn sweep_caller_instances() {
+    CALLER_SLOTS.with(|slots| slots.borrow_mut().sweep());
 }
 
 /// Drops the plugin instances this thread made running its own tasks

@@ -207,6 +207,10 @@ impl Operator for EventTimeWindow {
         self.combine.check()
     }
 
+    fn plugin_slots(&self) -> Vec<Arc<super::BindingSlot>> {
+        self.combine.plugin_slots()
+    }
+
     fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
         let mut out = Encoder::new();
         out.i64(self.max_seen.load(Ordering::Acquire));

@@ -94,6 +94,9 @@ pub struct Guarded {
     stage: String,
     metrics: std::sync::Arc<StageMetrics>,
     position: StagePosition,
+    /// The slots of the plugins `inner` calls (a candidate on probation
+    /// falls back on its previous version here).
+    slots: Vec<std::sync::Arc<super::BindingSlot>>,
 }
 
 impl Guarded {
@@ -107,12 +110,37 @@ impl Guarded {
         position: StagePosition,
     ) -> Self {
         Self {
+            slots: inner.plugin_slots(),
             inner,
             policy,
             stage,
             metrics,
             position,
         }
+    }
+
+    /// True while a plugin of the operator is a candidate on probation.
+    fn on_probation(&self) -> bool {
+        self.slots.iter().any(|slot| slot.on_probation())
+    }
+
+    /// Runs the operator with a candidate on probation: when the candidate
+    /// fails, the failure is counted against it and the same input is
+    /// processed again by the previous version, under the stage's policy.
+    fn on_trial(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
+        let error = match self.inner.process(input.clone(), ctx) {
+            Ok(output) => return Ok(output),
+            Err(error) => error,
+        };
+        self.metrics.count_trap(&error);
+        for slot in self.slots.iter().filter(|slot| slot.on_probation()) {
+            slot.candidate_failed();
+        }
+        tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "the candidate on probation failed; the previous version processes the partition: {}", first_line(&error));
+        ctx.instances.fallback = true;
+        let output = self.guarded(input, ctx);
+        ctx.instances.fallback = false;
+        output
     }
 
     /// Runs the operator under the stage's failure policy.
@@ -191,7 +219,11 @@ impl Guarded {
         if self.position.first {
             StageMetrics::add(&self.metrics.records_in, partition_len(&input) as u64);
         }
-        let output = self.guarded(input, ctx)?;
+        let output = if !ctx.instances.fallback && self.on_probation() {
+            self.on_trial(input, ctx)?
+        } else {
+            self.guarded(input, ctx)?
+        };
         if self.position.last {
             StageMetrics::add(&self.metrics.records_out, partition_len(&output) as u64);
         }
@@ -336,7 +368,9 @@ impl Operator for Guarded {
     }
 
     fn fold_pieces(&self) -> Option<Box<dyn PieceFold + '_>> {
-        if !self.fails_at_once() {
+        // On probation each piece is processed on its own, so that a
+        // candidate's failure can be processed again by the previous version.
+        if !self.fails_at_once() || self.on_probation() {
             return None;
         }
         Some(Box::new(GuardedFold {
@@ -367,6 +401,10 @@ impl Operator for Guarded {
 
     fn incremental(&self) -> Option<&dyn super::IncrementalState> {
         self.inner.incremental()
+    }
+
+    fn plugin_slots(&self) -> Vec<std::sync::Arc<super::BindingSlot>> {
+        self.slots.clone()
     }
 }
 

@@ -18,6 +18,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::binding::{Binding, BindingSlot, Sample, SlotShared};
+
 use crate::runtime::instance::Instance;
 use crate::runtime::{
     CoTransformWorld, InstanceLabel, Plugin, PluginError, ReducerWorld, Sandbox, StateWorld, TransformWorld,
@@ -37,17 +39,13 @@ impl InstanceKey {
     }
 }
 
-/// One stage's use of a Wasm plugin exporting the world `W`: the plugin, the
-/// stage's configuration and sandbox, and the key of its instances in every
+/// One stage's use of a Wasm plugin exporting the world `W`: its
+/// [`BindingSlot`] (the plugin version, configuration and sandbox its calls
+/// run, swappable between batches) and the key of its instances in every
 /// worker's slots.
 #[derive(Debug)]
 pub struct PluginUse<W> {
-    plugin: Arc<Plugin>,
-    config: Vec<(String, String)>,
-    label: InstanceLabel,
-    sandbox: Arc<Sandbox>,
-    key: InstanceKey,
-    retired: Arc<AtomicBool>,
+    slot: Arc<BindingSlot>,
     world: PhantomData<fn() -> W>,
 }
 
@@ -60,12 +58,13 @@ impl<W: SlotWorld> PluginUse<W> {
         sandbox: Sandbox,
     ) -> Self {
         Self {
-            plugin,
-            config,
-            label,
-            sandbox: Arc::new(sandbox),
-            key: InstanceKey::unique(),
-            retired: Arc::new(AtomicBool::new(false)),
+            slot: Arc::new(BindingSlot::new(
+                plugin,
+                config,
+                label,
+                sandbox,
+                check_binding::<W>,
+            )),
             world: PhantomData,
         }
     }
@@ -73,48 +72,117 @@ impl<W: SlotWorld> PluginUse<W> {
     /// Ties this use to a run: once `retired` is set (the run ended),
     /// workers drop its instances at their next [`InstanceSlots::sweep`].
     pub fn retired_by(mut self, retired: Arc<AtomicBool>) -> Self {
-        self.retired = retired;
+        Arc::get_mut(&mut self.slot)
+            .expect("the use is not shared yet")
+            .retired_by(retired);
         self
+    }
+
+    /// The use's binding slot (what a swap replaces).
+    pub fn slot(&self) -> &Arc<BindingSlot> {
+        &self.slot
     }
 
     /// Starts a throw-away instance: the plugin exports the world `W`,
     /// instantiates in its sandbox and accepts its configuration.
     pub fn check(&self) -> Result<(), PluginError> {
-        self.start().map(drop)
+        check_binding::<W>(&self.slot, &self.slot.current(), None)
     }
 
-    fn start(&self) -> Result<Instance<W>, PluginError> {
-        Instance::start(&self.plugin, &self.config, self.label.clone(), &self.sandbox)
+    /// Keeps a sample of batch `batch`'s input for a candidate's dry run
+    /// (once per batch; `sample` is called only then).
+    pub fn keep_sample(&self, batch: u64, sample: impl FnOnce() -> Sample) {
+        self.slot.keep_sample(batch, sample);
     }
 
     /// Runs `call` on this worker's instance of this use, starting one
-    /// (instantiate + `init(config)`) if the worker has none. An instance
-    /// whose call trapped is discarded.
+    /// (instantiate + `init(config)`) if the worker has none, or only one of
+    /// a binding a swap replaced. An instance whose call trapped is
+    /// discarded. During a probation, `slots.fallback` asks for the
+    /// previous binding's instance.
     pub fn call<T>(
         &self,
         slots: &mut InstanceSlots,
         call: impl FnOnce(&mut Instance<W>) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
+        let fallback = slots.fallback && self.slot.on_probation();
+        let slot = &self.slot;
+        let key = if fallback { slot.fallback_key } else { slot.key };
+        let generation = if fallback {
+            &slot.shared.fallback_generation
+        } else {
+            &slot.shared.generation
+        }
+        .load(Ordering::Acquire);
         let slots = &mut W::slots(slots).0;
-        let (_, instance) = match slots.entry(self.key) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert((self.retired.clone(), self.start()?))
+        let entry = match slots.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let entry = entry.into_mut();
+                if entry.generation != generation {
+                    // A swap replaced the binding it was started from.
+                    *entry = start(slot, fallback)?;
+                }
+                entry
             }
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(start(slot, fallback)?),
         };
-        let result = call(instance);
+        let result = call(&mut entry.instance);
         if let Err(error) = &result
             && error.poisons_instance()
         {
-            slots.remove(&self.key);
+            slots.remove(&key);
         }
         result
     }
 }
 
-/// A worker's instances of one world, by [`InstanceKey`], each with its
-/// use's retired flag.
-pub struct WorldSlots<W: World>(HashMap<InstanceKey, (Arc<AtomicBool>, Instance<W>)>);
+/// A worker's instance of `slot`'s current (or, with `fallback`, previous) binding.
+fn start<W: World>(slot: &BindingSlot, fallback: bool) -> Result<Entry<W>, PluginError> {
+    let binding = slot.binding(fallback);
+    let instance = Instance::start(
+        &binding.plugin,
+        &binding.config,
+        slot.label.clone(),
+        &slot.sandbox,
+    )?;
+    Ok(Entry {
+        shared: slot.shared.clone(),
+        generation: binding.generation,
+        fallback,
+        instance,
+    })
+}
+
+/// The [`super::binding::Checker`] of world `W`: a fresh instance of
+/// `binding` in the slot's sandbox, initialised, then the dry run.
+fn check_binding<W: SlotWorld>(
+    slot: &BindingSlot,
+    binding: &Binding,
+    sample: Option<&Sample>,
+) -> Result<(), PluginError> {
+    let mut instance: Instance<W> = Instance::start(
+        &binding.plugin,
+        &binding.config,
+        slot.label.clone(),
+        &slot.sandbox,
+    )?;
+    match sample {
+        Some(sample) if !sample.is_empty() => W::dry_run(&mut instance, sample),
+        _ => Ok(()),
+    }
+}
+
+/// One worker's instance of one use, with the binding generation it was
+/// started from.
+struct Entry<W: World> {
+    shared: Arc<SlotShared>,
+    generation: u64,
+    fallback: bool,
+    instance: Instance<W>,
+}
+
+/// A worker's instances of one world, by [`InstanceKey`].
+pub struct WorldSlots<W: World>(HashMap<InstanceKey, Entry<W>>);
 
 impl<W: World> Default for WorldSlots<W> {
     fn default() -> Self {
@@ -124,7 +192,8 @@ impl<W: World> Default for WorldSlots<W> {
 
 impl<W: World> WorldSlots<W> {
     fn sweep(&mut self) {
-        self.0.retain(|_, (retired, _)| !retired.load(Ordering::Relaxed));
+        self.0
+            .retain(|_, entry| entry.shared.keeps(entry.generation, entry.fallback));
     }
 }
 
@@ -132,19 +201,30 @@ impl<W: World> WorldSlots<W> {
 pub trait SlotWorld: World {
     /// This world's map in `slots`.
     fn slots(slots: &mut InstanceSlots) -> &mut WorldSlots<Self>;
+
+    /// Runs `instance` on `sample` (a candidate's dry run); a sample of
+    /// another world's calls is not run.
+    fn dry_run(instance: &mut Instance<Self>, sample: &Sample) -> Result<(), PluginError>;
 }
 
 macro_rules! slot_worlds {
-    ($($world:ty => $field:ident),* $(,)?) => {
+    ($($world:ty => $field:ident, $dry_run:ident),* $(,)?) => {
         /// A worker's instances, one map per world.
         #[derive(Default)]
         pub struct InstanceSlots {
             $($field: WorldSlots<$world>,)*
+            /// Set while a call must run the previous binding of a use on
+            /// probation (its candidate failed on this input).
+            pub fallback: bool,
         }
 
         $(impl SlotWorld for $world {
             fn slots(slots: &mut InstanceSlots) -> &mut WorldSlots<Self> {
                 &mut slots.$field
+            }
+
+            fn dry_run(instance: &mut Instance<Self>, sample: &Sample) -> Result<(), PluginError> {
+                $dry_run(instance, sample)
             }
         })*
 
@@ -163,10 +243,42 @@ macro_rules! slot_worlds {
 }
 
 slot_worlds! {
-    TransformWorld => transform,
-    ReducerWorld => reducer,
-    StateWorld => state,
-    CoTransformWorld => co_transform,
+    TransformWorld => transform, dry_run_transform,
+    ReducerWorld => reducer, dry_run_reducer,
+    StateWorld => state, dry_run_state,
+    CoTransformWorld => co_transform, dry_run_pair,
+}
+
+fn dry_run_transform(instance: &mut Instance<TransformWorld>, sample: &Sample) -> Result<(), PluginError> {
+    match sample {
+        Sample::Records(batch) => instance.transform(batch.clone()).1.map(drop),
+        _ => Ok(()),
+    }
+}
+
+fn dry_run_reducer(instance: &mut Instance<ReducerWorld>, sample: &Sample) -> Result<(), PluginError> {
+    match sample {
+        Sample::Groups {
+            data,
+            ends,
+            group_ends,
+        } => instance.reduce(data.clone(), ends.clone(), group_ends).map(drop),
+        _ => Ok(()),
+    }
+}
+
+fn dry_run_state(instance: &mut Instance<StateWorld>, sample: &Sample) -> Result<(), PluginError> {
+    match sample {
+        Sample::Keys(groups) => instance.update_state(groups).map(drop),
+        _ => Ok(()),
+    }
+}
+
+fn dry_run_pair(instance: &mut Instance<CoTransformWorld>, sample: &Sample) -> Result<(), PluginError> {
+    match sample {
+        Sample::Pair(left, right) => instance.process_pair(left.clone(), right.clone()).2.map(drop),
+        _ => Ok(()),
+    }
 }
 
 impl InstanceSlots {

@@ -183,6 +183,8 @@ impl Operator for TransformWith {
         if left.is_empty() && right.is_empty() {
             return Ok(Vec::new());
         }
+        self.plugin
+            .keep_sample(ctx.batch_id, || super::binding::Sample::of_pair(&left, &right));
         let mut handed_back = None;
         let result = self.plugin.call(ctx.instances, |instance| {
             let (left, right, output) = instance.process_pair(left, right);
@@ -217,5 +219,9 @@ impl Operator for TransformWith {
         self.plugin
             .check()
             .map_err(|error| OperatorError::Plugin { error, record: None })
+    }
+
+    fn plugin_slots(&self) -> Vec<std::sync::Arc<super::BindingSlot>> {
+        vec![self.plugin.slot().clone()]
     }
 }

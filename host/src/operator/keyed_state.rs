@@ -196,6 +196,8 @@ impl Operator for KeyedState {
             store_keys.push(stored_key.clone());
         }
 
+        self.plugin
+            .keep_sample(ctx.batch_id, || super::binding::Sample::of_keys(&groups));
         let update: StateUpdate = self
             .plugin
             .call(ctx.instances, |instance| instance.update_state(&groups))
@@ -251,6 +253,10 @@ impl Operator for KeyedState {
 
     fn planning(&self) -> Planning {
         Planning::partitioned(Partitioning::HashByKey(self.settings.partitions))
+    }
+
+    fn plugin_slots(&self) -> Vec<std::sync::Arc<super::BindingSlot>> {
+        vec![self.plugin.slot().clone()]
     }
 
     fn check(&self) -> Result<(), OperatorError> {

@@ -19,7 +19,9 @@
 //! - [`join`]: joins, cogroup and transform-with over two keyed inputs.
 //! - [`keyed`]: per-partition state holders and keyed-batch helpers.
 //! - [`instances`]: each worker's warm plugin instances.
+//! - [`binding`]: which plugin version a use runs, swapped between batches (hot-load).
 
+pub mod binding;
 pub mod builtin;
 pub mod count_table;
 pub mod event_window;
@@ -38,6 +40,7 @@ use std::fmt;
 use std::io::{Read, Write};
 
 use crate::checkpoint::incremental::{Merge, PartSummary};
+pub use binding::BindingSlot;
 pub use instances::{InstanceKey, InstanceSlots, PluginUse};
 
 use crate::partition::Partitioning;
@@ -288,6 +291,12 @@ pub trait Operator: Send + Sync + fmt::Debug {
     /// default, for state written whole.
     fn incremental(&self) -> Option<&dyn IncrementalState> {
         None
+    }
+
+    /// The slots of the Wasm plugins the operator calls, which a hot-load
+    /// swaps ([`binding`]). Default: none (built-in and native operators).
+    fn plugin_slots(&self) -> Vec<std::sync::Arc<BindingSlot>> {
+        Vec::new()
     }
 }
 

@@ -45,6 +45,11 @@ pub trait GroupReduceFn: Send + Sync + fmt::Debug {
     fn check(&self) -> Result<(), OperatorError> {
         Ok(())
     }
+
+    /// The slot of the Wasm plugin it calls, if any. Default: none.
+    fn plugin_slot(&self) -> Option<Arc<super::BindingSlot>> {
+        None
+    }
 }
 
 /// The combine function of a reduce-by-key.
@@ -54,6 +59,16 @@ pub enum Reducer {
     Builtin(BuiltinReducer),
     /// A plugin or native function over groups of values.
     Groups(Arc<dyn GroupReduceFn>),
+}
+
+impl Reducer {
+    /// The slot of its Wasm plugin, if it calls one.
+    pub fn plugin_slots(&self) -> Vec<Arc<super::BindingSlot>> {
+        match self {
+            Self::Builtin(_) => Vec::new(),
+            Self::Groups(function) => function.plugin_slot().into_iter().collect(),
+        }
+    }
 }
 
 /// Which half of a reduce-by-key an operator is.
@@ -514,6 +529,10 @@ impl Operator for ReduceByKey {
         }
     }
 
+    fn plugin_slots(&self) -> Vec<Arc<super::BindingSlot>> {
+        self.reducer.plugin_slots()
+    }
+
     fn fold_pieces(&self) -> Option<Box<dyn PieceFold + '_>> {
         match (&self.reducer, self.phase) {
             (Reducer::Builtin(reducer), Phase::Combine) => Some(Box::new(CombineFold {
@@ -559,11 +578,18 @@ impl GroupReduceFn for WasmReducer {
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 
+    fn plugin_slot(&self) -> Option<Arc<super::BindingSlot>> {
+        Some(self.plugin.slot().clone())
+    }
+
     fn reduce(
         &self,
         groups: GroupedValues,
         ctx: &mut PartitionContext<'_>,
     ) -> Result<(Vec<u8>, Vec<u32>), OperatorError> {
+        self.plugin.keep_sample(ctx.batch_id, || {
+            super::binding::Sample::of_groups(&groups.data, &groups.ends, &groups.group_ends)
+        });
         self.plugin
             .call(ctx.instances, |instance| {
                 instance.reduce(groups.data, groups.ends, &groups.group_ends)

@@ -34,6 +34,11 @@ pub trait TransformFn: Send + Sync + fmt::Debug {
     fn check(&self) -> Result<(), OperatorError> {
         Ok(())
     }
+
+    /// The slot of the Wasm plugin it calls, if any. Default: none.
+    fn plugin_slot(&self) -> Option<std::sync::Arc<super::BindingSlot>> {
+        None
+    }
 }
 
 /// A transform stage.
@@ -134,6 +139,10 @@ impl Operator for TransformOperator {
         self.function.check()
     }
 
+    fn plugin_slots(&self) -> Vec<std::sync::Arc<super::BindingSlot>> {
+        self.function.plugin_slot().into_iter().collect()
+    }
+
     fn planning(&self) -> Planning {
         // Map-partitions sees its whole partition at once (a per-partition
         // top-k, say); the per-record kinds see one record at a time.
@@ -186,11 +195,17 @@ impl TransformFn for WasmTransform {
             .map_err(|error| OperatorError::Plugin { error, record: None })
     }
 
+    fn plugin_slot(&self) -> Option<std::sync::Arc<super::BindingSlot>> {
+        Some(self.plugin.slot().clone())
+    }
+
     fn call(
         &self,
         input: Batch,
         ctx: &mut PartitionContext<'_>,
     ) -> Result<(Batch, TransformOutput), OperatorError> {
+        self.plugin
+            .keep_sample(ctx.batch_id, || super::binding::Sample::of_records(&input));
         // Keep what is needed to describe a failing record: the call consumes the input.
         let mut failed_input = None;
         let result = self.plugin.call(ctx.instances, |instance| {

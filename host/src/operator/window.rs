@@ -445,6 +445,14 @@ impl Operator for WindowedReduce {
             _ => Ok(()),
         }
     }
+
+    fn plugin_slots(&self) -> Vec<Arc<super::BindingSlot>> {
+        let mut slots = self.merge.plugin_slots();
+        if let Some(Inverse::Groups(function)) = &self.inverse {
+            slots.extend(function.plugin_slot());
+        }
+        slots
+    }
 }
 
 /// Rewrites keys before a windowed reduce: `count-by-window` and

@@ -4,13 +4,13 @@
 //!
 //! Stopping is not a request: it is raised on the pipeline's
 //! [`super::Signal`], so that it also interrupts a wait for a source's
-//! unit. Replacing a stage's plugin (hot-load) is meant to be one more
-//! request here.
+//! unit. Replacing a stage's plugin (hot-load, [`super::swap`]) and
+//! returning it to its previous version are requests here.
 
 use serde::Serialize;
 
 /// What a pipeline can be asked to do while it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ControlRequest {
     /// Stop cutting batches; receivers are held back by their bounded
     /// queues (nothing is dropped).
@@ -20,6 +20,18 @@ pub enum ControlRequest {
     Resume,
     /// Write a checkpoint after the last completed batch now.
     Checkpoint,
+    /// Swap a stage's plugin for a new version at the next batch boundary,
+    /// after checking it (see [`super::swap`]).
+    Swap(Box<super::SwapOrder>),
+    /// Return a stage's plugin on probation to the version before it.
+    RollBack {
+        /// The stage.
+        stage: String,
+        /// The plugin within the stage, when it has several.
+        plugin: Option<String>,
+        /// Who asked, for the history.
+        by: Option<String>,
+    },
 }
 
 /// What a request did.
@@ -38,6 +50,15 @@ pub enum ControlReply {
     Checkpointing {
         /// The batch the checkpoint is of.
         batch: u64,
+    },
+    /// The new version runs from the next batch on.
+    Swapped(super::SwapReport),
+    /// The previous version runs again from the next batch on.
+    RolledBack {
+        /// Hex SHA-256 of the version given up.
+        from: String,
+        /// Hex SHA-256 of the version running again.
+        to: String,
     },
 }
 

@@ -10,8 +10,8 @@ use super::plan::Plan;
 use crate::batcher::SourceCut;
 use crate::checkpoint::incremental::{HashingWriter, Merge};
 use crate::checkpoint::{
-    CheckpointError, CheckpointReport, CheckpointSettings, Checkpointer, LoggedBatch, Manifest, NewPart,
-    OperatorState, RestoredState, StatePart, chain,
+    CheckpointError, CheckpointReport, CheckpointSettings, Checkpointer, LoggedBatch, LoggedVersion,
+    Manifest, NewPart, OperatorState, RestoredState, StatePart, chain,
 };
 use crate::error::EngineError;
 use crate::source::{BatchInput, Replay, SourceProgress};
@@ -66,6 +66,12 @@ pub struct Durability {
     /// Operator key → its chain of incremental parts in the last checkpoint.
     chains: HashMap<String, Vec<StatePart>>,
     stats: CheckpointStats,
+    /// The plugin version of every stage's plugin now (`stage/plugin`):
+    /// logged with each new batch and written in each checkpoint.
+    versions: BTreeMap<String, LoggedVersion>,
+    /// The versions the restored checkpoint was taken with (empty: none,
+    /// or a checkpoint from before hot-load).
+    restored_versions: BTreeMap<String, LoggedVersion>,
 }
 
 impl std::fmt::Debug for Durability {
@@ -197,8 +203,63 @@ impl Durability {
             last_checkpointed: recovery.restored.as_ref().map(|r| r.manifest.batch),
             chains,
             stats,
+            versions: BTreeMap::new(),
+            restored_versions: recovery
+                .restored
+                .as_ref()
+                .map(|r| r.manifest.stage_plugins.clone())
+                .unwrap_or_default(),
         };
         Ok((durability, first_batch, replays))
+    }
+
+    /// The plugin versions the restored checkpoint was taken with, by
+    /// `stage/plugin` (empty when there is none, or it predates hot-load).
+    pub fn restored_versions(&self) -> &BTreeMap<String, LoggedVersion> {
+        &self.restored_versions
+    }
+
+    /// Sets the plugin versions logged with each new batch and written in
+    /// each checkpoint from now on.
+    pub fn set_versions(&mut self, versions: BTreeMap<String, LoggedVersion>) {
+        self.versions = versions;
+    }
+
+    /// Keeps a plugin component in the checkpoint directory (see
+    /// [`Checkpointer::store_plugin`]).
+    pub fn store_plugin(&self, sha256: &str, bytes: &[u8]) -> Result<(), EngineError> {
+        self.checkpointer
+            .store_plugin(sha256, bytes)
+            .map_err(|e| checkpoint_error(&self.pipeline, e))
+    }
+
+    /// A plugin component kept in the checkpoint directory.
+    pub fn load_plugin(&self, sha256: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        self.checkpointer
+            .load_plugin(sha256)
+            .map_err(|e| checkpoint_error(&self.pipeline, e))
+    }
+
+    /// Removes the kept components that neither the versions now, nor the
+    /// restored checkpoint's, nor a batch left to replay name.
+    pub fn prune_plugins(&self) -> Result<(), EngineError> {
+        let mut keep = std::collections::BTreeSet::new();
+        let mut add = |version: &LoggedVersion| {
+            let mut version = Some(version);
+            while let Some(v) = version {
+                keep.insert(v.sha256.clone());
+                version = v.fallback.as_deref();
+            }
+        };
+        self.versions.values().for_each(&mut add);
+        self.restored_versions.values().for_each(&mut add);
+        self.replay
+            .iter()
+            .flat_map(|b| b.plugins.values())
+            .for_each(&mut add);
+        self.checkpointer
+            .prune_plugins(&keep)
+            .map_err(|e| checkpoint_error(&self.pipeline, e))
     }
 
     /// The next batch to replay from the batch log, if any is left.
@@ -239,7 +300,12 @@ impl Durability {
         }
         if replayed.is_none() {
             self.checkpointer
-                .log_batch(&LoggedBatch { batch, time, inputs })
+                .log_batch(&LoggedBatch {
+                    batch,
+                    time,
+                    inputs,
+                    plugins: self.versions.clone(),
+                })
                 .map_err(|e| checkpoint_error(&self.pipeline, e))?;
         }
         Ok(())
@@ -328,6 +394,7 @@ impl Durability {
             source_names: self.source_names.clone(),
             sinks: self.sinks.iter().map(|sink| (sink.clone(), batch)).collect(),
             states: Vec::new(),
+            stage_plugins: self.versions.clone(),
         };
         let snapshot_time = started.elapsed();
         let started = self

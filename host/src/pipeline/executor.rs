@@ -88,6 +88,13 @@ impl Executor {
         &self.plan
     }
 
+    /// Has every worker (and this thread) drop the instances of plugin
+    /// bindings a hot-load replaced.
+    pub fn sweep(&self) {
+        self.pool.sweep();
+        crate::engine::pool::sweep_caller_instances();
+    }
+
     /// Runs batch `batch_id` with the chunks each source delivered (in
     /// source order). Returns the partitions of every stream a sink reads.
     pub fn run_batch(

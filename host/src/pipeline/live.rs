@@ -67,8 +67,12 @@ pub struct StagePlugin {
     pub stage: String,
     /// The plugin's name in the pipeline file.
     pub plugin: String,
-    /// Hex SHA-256 of its component.
+    /// Hex SHA-256 of its component (the version running now, after any hot-load).
     pub sha256: String,
+    /// The version the plugin declares (empty for a native function).
+    pub version: String,
+    /// Batches left of its probation after a hot-load (0: none).
+    pub probation_left: u64,
 }
 
 /// A pipeline's status.
@@ -103,6 +107,21 @@ pub enum PipelineEvent {
     StatusChanged {
         /// The new state.
         state: PipelineState,
+    },
+    /// A stage's plugin was hot-loaded.
+    PluginSwapped(super::swap::SwapReport),
+    /// A stage's plugin returned to its previous version.
+    PluginRolledBack {
+        /// The stage.
+        stage: String,
+        /// The plugin's name in the pipeline file.
+        plugin: String,
+        /// Hex SHA-256 of the version given up.
+        from: String,
+        /// Hex SHA-256 of the version running again.
+        to: String,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -303,6 +322,10 @@ struct Recent {
 pub struct Live {
     plan: Arc<Plan>,
     plugins: Vec<StagePlugin>,
+    /// The plan's plugin slots, for the versions running now.
+    slots: Vec<Arc<crate::operator::BindingSlot>>,
+    /// Each stage plugin's versions (`stage/plugin`), oldest first.
+    history: Mutex<std::collections::BTreeMap<String, VecDeque<super::swap::VersionRecord>>>,
     status: Mutex<StatusCell>,
     recent: Mutex<Recent>,
     batches: AtomicU64,
@@ -324,6 +347,8 @@ impl Live {
         let sources = plan.sources.len();
         Self {
             plugins,
+            slots: super::swap::plan_slots(&plan),
+            history: Mutex::default(),
             status: Mutex::new(StatusCell {
                 state: PipelineState::Starting,
                 paused_because: None,
@@ -354,8 +379,78 @@ impl Live {
             paused_because: status.paused_because.clone(),
             error: status.error.clone(),
             last_batch: status.last_batch,
-            plugins: self.plugins.clone(),
+            plugins: self
+                .plugins
+                .iter()
+                .map(|plugin| {
+                    let slot = self
+                        .slots
+                        .iter()
+                        .find(|slot| slot.stage() == plugin.stage && slot.name() == plugin.plugin);
+                    match slot {
+                        Some(slot) => {
+                            let current = slot.current();
+                            StagePlugin {
+                                sha256: current.plugin.content_hash().to_owned(),
+                                version: current.plugin.info().version.clone(),
+                                probation_left: slot.probation_left(),
+                                ..plugin.clone()
+                            }
+                        }
+                        None => plugin.clone(),
+                    }
+                })
+                .collect(),
         }
+    }
+
+    /// Each stage plugin's last versions (`stage/plugin` → oldest first),
+    /// refused requests included.
+    pub fn plugin_history(&self) -> std::collections::BTreeMap<String, Vec<super::swap::VersionRecord>> {
+        lock(&self.history)
+            .iter()
+            .map(|(key, records)| (key.clone(), records.iter().cloned().collect()))
+            .collect()
+    }
+
+    /// Adds `record` to the history of `key` (`stage/plugin`), keeping the
+    /// last [`super::swap::HISTORY`].
+    pub(crate) fn record_version(&self, key: &str, record: super::swap::VersionRecord) {
+        let mut history = lock(&self.history);
+        let records = history.entry(key.to_owned()).or_default();
+        records.push_back(record);
+        while records.len() > super::swap::HISTORY {
+            records.pop_front();
+        }
+    }
+
+    /// Sets how the latest record of version `sha256` in `key`'s history stands.
+    pub(crate) fn set_outcome(&self, key: &str, sha256: &str, outcome: super::swap::VersionOutcome) {
+        let mut history = lock(&self.history);
+        let refused = |record: &super::swap::VersionRecord| {
+            matches!(record.outcome, super::swap::VersionOutcome::Refused { .. })
+        };
+        if let Some(record) = history.get_mut(key).and_then(|records| {
+            records
+                .iter_mut()
+                .rev()
+                .find(|r| r.sha256 == sha256 && !refused(r))
+        }) {
+            record.outcome = outcome;
+        }
+    }
+
+    /// Whether `stage` runs its plugins under a fuel budget; `None` when it
+    /// runs no Wasm plugin.
+    pub fn stage_metered(&self, stage: &str) -> Option<bool> {
+        let mut slots = self.slots.iter().filter(|slot| slot.stage() == stage).peekable();
+        slots.peek()?;
+        Some(slots.any(|slot| slot.metered()))
+    }
+
+    /// Publishes `event` to the subscribers.
+    pub(crate) fn publish(&self, event: PipelineEvent) {
+        self.emit(event);
     }
 
     /// The state now.

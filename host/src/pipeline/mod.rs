@@ -3,7 +3,8 @@
 //! worker pool by the [`executor`], cut as the run's [`trigger`] says, and the
 //! whole run driven by the [`runner`], which publishes its status, metrics and
 //! events ([`live`]), sets the sources' rates from each batch
-//! ([`backpressure`]) and takes [`control`] requests between batches.
+//! ([`backpressure`]) and takes [`control`] requests between batches,
+//! hot-loads of new plugin versions among them ([`swap`]).
 
 pub mod backpressure;
 pub mod control;
@@ -17,6 +18,7 @@ mod run;
 pub mod runner;
 pub mod signal;
 pub(crate) mod stage_ops;
+pub mod swap;
 pub mod trigger;
 
 pub use backpressure::{PidRateEstimator, RateReport};
@@ -27,3 +29,4 @@ pub use ready::Pipeline;
 pub use registry::{Function, PluginRegistry};
 pub use run::{RunOptions, RunSummary};
 pub use signal::{Signal, StopMode};
+pub use swap::{RollbackRule, SwapOrder, SwapReport, VersionOutcome, VersionRecord};

@@ -65,6 +65,8 @@ impl Pipeline {
                 stage.op.plugins().into_iter().map(|plugin| StagePlugin {
                     stage: stage.name.clone(),
                     sha256: hash_of(&plugin).unwrap_or_else(|| "native".to_owned()),
+                    version: String::new(),
+                    probation_left: 0,
                     plugin,
                 })
             })

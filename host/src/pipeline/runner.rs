@@ -20,10 +20,11 @@ use super::backpressure::SourceRates;
 use super::control::{ControlError, ControlMessage, ControlReply, ControlRequest};
 use super::durability::Durability;
 use super::executor::{BatchError, Executor, Quarantined};
-use super::live::{BatchMark, BatchReport, Live, PipelineState};
+use super::live::{BatchMark, BatchReport, Live, PipelineEvent, PipelineState};
 use super::ready::Pipeline;
 use super::run::{RunOptions, RunSummary};
 use super::signal::{Signal, StopMode};
+use super::swap::{RollbackRule, SwapOrder, SwapRefused, Swaps};
 use super::trigger::{Decision, Trigger};
 use crate::batcher::{Batcher, SourceCut};
 use crate::checkpoint::LoggedBatch;
@@ -52,6 +53,8 @@ pub(crate) struct Drive {
     pub control: crossbeam_channel::Receiver<ControlMessage>,
     /// How to run.
     pub options: RunOptions,
+    /// What kept plugin versions are loaded through (replays, rollbacks).
+    pub runtime: Arc<crate::runtime::Runtime>,
 }
 
 impl Pipeline {
@@ -65,6 +68,7 @@ impl Pipeline {
             signal,
             control,
             options,
+            runtime,
         } = drive;
         self.check_options(&options)?;
         let pipeline = self.plan.pipeline.clone();
@@ -87,6 +91,20 @@ impl Pipeline {
             }
             None => (None, 0, vec![None; self.plan.sources.len()]),
         };
+        let mut swaps = Swaps::new(&self.plan, runtime, live.clone());
+        let mut durability = durability;
+        if let Some(durability) = &mut durability {
+            swaps.keep_components(durability)?;
+            if !options.allow_plugin_change {
+                // Resume on the versions the checkpoint was taken with; the
+                // pipeline file's are swapped in after the replay.
+                let restored = durability.restored_versions().clone();
+                swaps.align(&restored, durability)?;
+            }
+            durability.set_versions(swaps.versions());
+            // Components no checkpoint, batch to replay or stage needs.
+            durability.prune_plugins()?;
+        }
         if durability.is_some() {
             // The first batch id the batch log does not hold.
             let logged_end = replays
@@ -185,6 +203,8 @@ impl Pipeline {
         let executor = Executor::new(self.plan.clone(), pool);
         let mut driver = Driver {
             executor,
+            swaps,
+            configured_checked: false,
             live,
             signal,
             control,
@@ -228,6 +248,11 @@ enum Pause {
 /// The state of one run, driven batch by batch.
 struct Driver {
     executor: Executor,
+    /// Hot-load: the plan's plugin slots and their versions.
+    swaps: Swaps,
+    /// Set once the pipeline file's plugin versions were swapped back in
+    /// after a replay that ran on others.
+    configured_checked: bool,
     live: Arc<Live>,
     signal: Signal,
     control: crossbeam_channel::Receiver<ControlMessage>,
@@ -289,6 +314,16 @@ impl Driver {
                 // The replay is over (or there was none): pace sources.
                 if replay.is_none() && self.rates.start() {
                     self.live.set_rate_limits(self.rates.rates());
+                }
+                if let (Some(logged), Some(durability)) = (&replay, &mut self.durability)
+                    && self.swaps.align(&logged.plugins, durability)?
+                {
+                    durability.set_versions(self.swaps.versions());
+                    self.executor.sweep();
+                }
+                if replay.is_none() && !self.configured_checked {
+                    self.configured_checked = true;
+                    self.swap_in_configured(pipeline)?;
                 }
             }
             if replay.is_some() && self.paused.is_some() {
@@ -437,6 +472,53 @@ impl Driver {
         Ok(Step::Run(cuts, None, now))
     }
 
+    /// After a replay that ran on plugin versions other than the pipeline
+    /// file's (a crash soon after a hot-load, or a plugin file changed
+    /// between runs): swaps the file's versions back in, with the checks of
+    /// any hot-load. A version that fails them stops the run.
+    fn swap_in_configured(&mut self, pipeline: &Pipeline) -> Result<(), EngineError> {
+        for (stage, plugin, configured) in self.swaps.off_configured() {
+            let order = SwapOrder {
+                stage: stage.clone(),
+                plugin: Some(plugin),
+                bytes: Arc::from(Vec::new()),
+                candidate: configured.plugin.clone(),
+                config: Some(configured.config.clone()),
+                rule: RollbackRule {
+                    batches: 0,
+                    max_failures: 0,
+                },
+                by: Some("the pipeline file".into()),
+            };
+            let last = self.last_batch.map(|(batch, _)| batch);
+            match self.swaps.swap(
+                &order,
+                last,
+                self.summary.batches,
+                self.durability.as_mut(),
+                &pipeline.plan,
+            ) {
+                Ok(report) => {
+                    tracing::info!(stage = %stage, "the pipeline file's plugin version {} is swapped in after the replay", report.to);
+                    self.live.publish(PipelineEvent::PluginSwapped(report));
+                }
+                Err(refused) => {
+                    return Err(EngineError::Plan {
+                        location: format!("pipeline `{}`", self.pipeline()),
+                        message: format!(
+                            "stage `{stage}`: its plugin changed since the checkpoint, and the new version cannot be swapped in: {refused}; restore the old component, or pass --allow-plugin-change to resume anyway"
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(durability) = &mut self.durability {
+            durability.set_versions(self.swaps.versions());
+        }
+        self.executor.sweep();
+        Ok(())
+    }
+
     /// Applies every waiting control request.
     fn apply_control(&mut self, pipeline: &Pipeline) -> Result<(), EngineError> {
         while let Ok(ControlMessage { request, reply }) = self.control.try_recv() {
@@ -487,10 +569,71 @@ impl Driver {
                         Ok(ControlReply::Checkpointing { batch })
                     }
                 },
+                ControlRequest::Swap(order) => {
+                    let last = self.last_batch.map(|(batch, _)| batch);
+                    let swapped = self.swaps.swap(
+                        &order,
+                        last,
+                        self.summary.batches,
+                        self.durability.as_mut(),
+                        &pipeline.plan,
+                    );
+                    self.executor.sweep();
+                    match swapped {
+                        Ok(report) => {
+                            self.live.publish(PipelineEvent::PluginSwapped(report.clone()));
+                            Ok(ControlReply::Swapped(report))
+                        }
+                        Err(SwapRefused::Failed(message)) => {
+                            let _ = reply.send(Err(refused(&message)));
+                            return Err(EngineError::Io(format!(
+                                "pipeline `{}`: the checkpoint at a hot-load failed: {message}",
+                                self.pipeline()
+                            )));
+                        }
+                        Err(refusal) => Err(refused(&format!("swap refused: {refusal}"))),
+                    }
+                }
+                ControlRequest::RollBack { stage, plugin, by } => {
+                    match self
+                        .swaps
+                        .roll_back(&stage, plugin.as_deref(), by, "rolled back on request")
+                    {
+                        Ok((from, to)) => {
+                            if let Some(durability) = &mut self.durability {
+                                durability.set_versions(self.swaps.versions());
+                            }
+                            self.executor.sweep();
+                            Ok(ControlReply::RolledBack { from, to })
+                        }
+                        Err(refusal) => Err(refused(&format!("rollback refused: {refusal}"))),
+                    }
+                }
             };
             let _ = reply.send(answer);
         }
         Ok(())
+    }
+
+    /// After a batch: probations that ended, and automatic rollbacks.
+    fn end_probations(&mut self) {
+        let (ended, rolled_back) = self.swaps.after_batch();
+        for (key, from, to, reason) in &rolled_back {
+            let (stage, plugin) = key.split_once('/').unwrap_or((key, ""));
+            self.live.publish(PipelineEvent::PluginRolledBack {
+                stage: stage.to_owned(),
+                plugin: plugin.to_owned(),
+                from: from.clone(),
+                to: to.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if ended || !rolled_back.is_empty() {
+            if let Some(durability) = &mut self.durability {
+                durability.set_versions(self.swaps.versions());
+            }
+            self.executor.sweep();
+        }
     }
 
     /// Logs, runs and checkpoints one batch.
@@ -523,6 +666,7 @@ impl Driver {
         let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
         let records_out = self.run_one(pipeline, batch_id, time, batches, &positions)?;
         let processing_time = started.elapsed();
+        self.end_probations();
         for stage in &pipeline.plan.stages {
             stage.refresh_state();
         }

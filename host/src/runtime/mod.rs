@@ -190,6 +190,11 @@ impl Runtime {
             path: path.to_owned(),
             source,
         })?;
+        self.load_metered_plugin_bytes(path, &bytes)
+    }
+
+    /// Like [`Runtime::load_metered_plugin`] for bytes already in memory; `path` names them.
+    pub fn load_metered_plugin_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
         let metered = self
             .metered
             .get_or_init(|| EngineLinker::new(true, &self.options).map_err(|e| e.to_string()))
@@ -198,7 +203,17 @@ impl Runtime {
                 path: path.to_owned(),
                 message: message.clone(),
             })?;
-        self.load_with(metered, true, path, &bytes)
+        self.load_with(metered, true, path, bytes)
+    }
+
+    /// Loads `bytes` for the engine a stage with (`metered`) or without a
+    /// fuel budget runs its plugins on.
+    pub fn load_for(&self, metered: bool, path: &Path, bytes: &[u8]) -> Result<Arc<Plugin>, PluginError> {
+        if metered {
+            self.load_metered_plugin_bytes(path, bytes)
+        } else {
+            self.load_plugin_bytes(path, bytes)
+        }
     }
 
     /// Like [`Runtime::load_plugin`] for bytes already in memory; `path` names them.

@@ -1,0 +1,427 @@
+//! Which version of its plugin a stage's calls run, and how it is swapped
+//! while the pipeline runs (hot-load).
+//!
+//! Every Wasm plugin use of a stage (a [`super::PluginUse`]) reads its
+//! plugin through a [`BindingSlot`]: the current [`Binding`] (a component
+//! and the configuration its instances are initialised with) and a
+//! generation number that grows with each swap. Workers key their warm
+//! instances by the slot and remember the generation each was started
+//! from; a call that finds its instance of an older generation drops it and
+//! starts one of the current binding, and a sweep drops every outdated
+//! instance a worker holds. So a swap costs each call one atomic load, and
+//! 1,000 swaps leave no more instances behind than one.
+//!
+//! A swap is made by the pipeline's driver between two batches, never while
+//! a call runs: every batch is processed wholly by one version. Before it,
+//! the candidate is checked in instances of its own under the stage's
+//! limits: it exports the world the stage calls, its `init` accepts the
+//! configuration, and a **dry run** on a sample of the stage's recent input
+//! (kept by the slot, one per batch) succeeds.
+//!
+//! After a swap the new binding is **on probation** for a number of
+//! batches: a call of it that fails is counted against it and the same input
+//! is processed again by the previous binding, so its output is what the old
+//! version gives and nothing is lost; the driver rolls the slot back when the
+//! failures pass the rollout's threshold.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::instances::InstanceKey;
+use crate::record::Batch;
+use crate::runtime::{InstanceLabel, KeyGroups, Plugin, PluginError, Sandbox};
+
+/// A stage's configuration as its plugin's `init` gets it: key/value pairs.
+pub type PluginConfig = Vec<(String, String)>;
+
+/// Records of a stage's input kept for a candidate's dry run.
+pub const SAMPLE_RECORDS: usize = 256;
+
+/// One version of a stage's plugin.
+#[derive(Debug)]
+pub struct Binding {
+    /// The component.
+    pub plugin: Arc<Plugin>,
+    /// The stage's configuration, handed to every instance's `init`.
+    pub config: Vec<(String, String)>,
+    /// The slot's generation this binding was installed as (0 at the start).
+    pub generation: u64,
+}
+
+/// A sample of a stage's input, as its plugin's calls take it.
+#[derive(Debug, Clone)]
+pub enum Sample {
+    /// Records (transforms).
+    Records(Batch),
+    /// Groups of values (reducers): `data`/`ends` in flat form, group `g`
+    /// ending at `group_ends[g]`.
+    Groups {
+        /// Value bytes.
+        data: Vec<u8>,
+        /// Value end offsets.
+        ends: Vec<u32>,
+        /// Group end indices.
+        group_ends: Vec<u32>,
+    },
+    /// Keys with their new values and states (keyed-state plugins).
+    Keys(KeyGroups),
+    /// Both inputs of a two-input plugin.
+    Pair(Batch, Batch),
+}
+
+/// What every worker's instance entries and the slot share: whether the run
+/// is over, and the generations instances must be of.
+#[derive(Debug, Default)]
+pub struct SlotShared {
+    /// Set when the pipeline's run ends: every instance of the slot goes.
+    pub(super) retired: Arc<AtomicBool>,
+    /// The current binding's generation.
+    pub(super) generation: AtomicU64,
+    /// The previous binding's generation, while the current one is on probation.
+    pub(super) fallback_generation: AtomicU64,
+}
+
+impl SlotShared {
+    /// True when an instance of `generation` (of the fallback binding when
+    /// `fallback`) may be kept.
+    pub(super) fn keeps(&self, generation: u64, fallback: bool) -> bool {
+        if self.retired.load(Ordering::Relaxed) {
+            return false;
+        }
+        let current = if fallback {
+            &self.fallback_generation
+        } else {
+            &self.generation
+        };
+        current.load(Ordering::Acquire) == generation
+    }
+}
+
+/// A candidate's first batches after a swap.
+#[derive(Debug, Default)]
+struct Probation {
+    /// The binding to fall back on (the one the swap replaced).
+    previous: Option<Arc<Binding>>,
+    /// Batches left on probation.
+    batches_left: u64,
+}
+
+/// Checks a candidate binding for one world: instantiates it in the slot's
+/// sandbox, runs `init`, and the dry run on the sample when there is one.
+pub(super) type Checker = fn(&BindingSlot, &Binding, Option<&Sample>) -> Result<(), PluginError>;
+
+/// A stage's plugin use as swaps see it: its current binding and what a
+/// candidate is checked with. Shared by the operator and the driver.
+pub struct BindingSlot {
+    /// The plugin's name in the pipeline file.
+    name: String,
+    pub(super) label: InstanceLabel,
+    pub(super) sandbox: Arc<Sandbox>,
+    /// Whether the stage runs its plugin under a fuel budget (a candidate
+    /// is then compiled for the metering engine).
+    metered: bool,
+    /// The key of the slot's instances of the current binding.
+    pub(super) key: InstanceKey,
+    /// The key of its instances of the previous binding, during probation.
+    pub(super) fallback_key: InstanceKey,
+    pub(super) shared: Arc<SlotShared>,
+    current: RwLock<Arc<Binding>>,
+    probation: Mutex<Probation>,
+    on_probation: AtomicBool,
+    /// Calls of the current binding that failed during its probation.
+    candidate_failures: AtomicU64,
+    /// The batch the sample was last added to (`u64::MAX`: none yet).
+    sampled_batch: AtomicU64,
+    /// Records added to the sample in that batch.
+    sampled_records: std::sync::atomic::AtomicUsize,
+    sample: Mutex<Option<Sample>>,
+    checker: Checker,
+}
+
+impl std::fmt::Debug for BindingSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindingSlot")
+            .field("name", &self.name)
+            .field("generation", &self.shared.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BindingSlot {
+    /// A slot running `plugin` with `config`, under `sandbox`.
+    pub(super) fn new(
+        plugin: Arc<Plugin>,
+        config: Vec<(String, String)>,
+        label: InstanceLabel,
+        sandbox: Sandbox,
+        checker: Checker,
+    ) -> Self {
+        Self {
+            name: label.plugin.to_string(),
+            metered: sandbox.limits.fuel.is_some(),
+            label,
+            sandbox: Arc::new(sandbox),
+            key: InstanceKey::unique(),
+            fallback_key: InstanceKey::unique(),
+            shared: Arc::new(SlotShared::default()),
+            current: RwLock::new(Arc::new(Binding {
+                plugin,
+                config,
+                generation: 0,
+            })),
+            probation: Mutex::new(Probation::default()),
+            on_probation: AtomicBool::new(false),
+            candidate_failures: AtomicU64::new(0),
+            sampled_batch: AtomicU64::new(u64::MAX),
+            sampled_records: std::sync::atomic::AtomicUsize::new(0),
+            sample: Mutex::new(None),
+            checker,
+        }
+    }
+
+    /// Ties the slot to a run: once `retired` is set, workers drop its instances.
+    pub(super) fn retired_by(&mut self, retired: Arc<AtomicBool>) {
+        Arc::get_mut(&mut self.shared)
+            .expect("the slot is not shared yet")
+            .retired = retired;
+    }
+
+    /// The plugin's name in the pipeline file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stage the slot belongs to.
+    pub fn stage(&self) -> &str {
+        &self.label.stage
+    }
+
+    /// Whether a candidate must be compiled for the fuel-metering engine.
+    pub fn metered(&self) -> bool {
+        self.metered
+    }
+
+    /// The binding calls run now.
+    pub fn current(&self) -> Arc<Binding> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The binding a call runs: the previous one when `fallback` is asked
+    /// for during a probation, the current one otherwise.
+    pub(crate) fn binding(&self, fallback: bool) -> Arc<Binding> {
+        if fallback && let Some(previous) = self.lock_probation().previous.clone() {
+            return previous;
+        }
+        self.current()
+    }
+
+    fn lock_probation(&self) -> std::sync::MutexGuard<'_, Probation> {
+        self.probation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a sample of this batch's input: the first calls of a batch
+    /// add theirs until it has [`SAMPLE_RECORDS`] records (later calls cost
+    /// two atomic loads and do not call `sample`). Records are added to the
+    /// newest of the earlier batches', so that the sample spans the recent
+    /// batches, not only the last (which may be small).
+    pub fn keep_sample(&self, batch: u64, sample: impl FnOnce() -> Sample) {
+        if self.sampled_batch.load(Ordering::Relaxed) == batch
+            && self.sampled_records.load(Ordering::Relaxed) >= SAMPLE_RECORDS
+        {
+            return;
+        }
+        let mut kept = self.sample.lock().unwrap_or_else(|e| e.into_inner());
+        if self.sampled_batch.swap(batch, Ordering::Relaxed) != batch {
+            self.sampled_records.store(0, Ordering::Relaxed);
+        }
+        let sample = sample();
+        self.sampled_records.fetch_add(sample.len(), Ordering::Relaxed);
+        *kept = Some(Sample::newest(kept.take(), sample));
+    }
+
+    /// Checks `plugin` with `config` as this slot's next binding: it
+    /// exports the world the stage calls, instantiates under the stage's
+    /// limits, accepts the configuration, and processes the sample of the
+    /// stage's recent input (when the stage has seen any) without failing.
+    /// Returns the number of sample records it was tried on.
+    pub fn check(&self, plugin: &Arc<Plugin>, config: &[(String, String)]) -> Result<usize, PluginError> {
+        let candidate = Binding {
+            plugin: plugin.clone(),
+            config: config.to_vec(),
+            generation: 0,
+        };
+        let sample = self.sample.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (self.checker)(self, &candidate, sample.as_ref())?;
+        Ok(sample.as_ref().map_or(0, Sample::len))
+    }
+
+    /// Installs `plugin` with `config` as the current binding (between two
+    /// batches: no call of the slot may run). With `probation` > 0 the
+    /// binding it replaces stays as the fallback for that many batches.
+    /// Returns the replaced binding.
+    pub fn install(
+        &self,
+        plugin: Arc<Plugin>,
+        config: Vec<(String, String)>,
+        probation: u64,
+    ) -> Arc<Binding> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let previous = current.clone();
+        let generation = previous.generation + 1;
+        *current = Arc::new(Binding {
+            plugin,
+            config,
+            generation,
+        });
+        let mut state = self.lock_probation();
+        state.previous = (probation > 0).then(|| previous.clone());
+        state.batches_left = probation;
+        self.shared
+            .fallback_generation
+            .store(previous.generation, Ordering::Release);
+        self.shared.generation.store(generation, Ordering::Release);
+        self.candidate_failures.store(0, Ordering::Relaxed);
+        self.on_probation.store(probation > 0, Ordering::Release);
+        previous
+    }
+
+    /// Batches left of the current binding's probation (0: none).
+    pub fn probation_left(&self) -> u64 {
+        if !self.on_probation() {
+            return 0;
+        }
+        self.lock_probation().batches_left
+    }
+
+    /// True while the current binding is on probation.
+    pub fn on_probation(&self) -> bool {
+        self.on_probation.load(Ordering::Acquire)
+    }
+
+    /// Counts a failed call of the binding on probation.
+    pub(super) fn candidate_failed(&self) {
+        self.candidate_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed calls of the current binding during its probation so far.
+    pub fn candidate_failures(&self) -> u64 {
+        self.candidate_failures.load(Ordering::Relaxed)
+    }
+
+    /// Ends a batch of the probation (between batches). Returns true when
+    /// it was the last one: the previous binding is then let go.
+    pub fn probation_batch_done(&self) -> bool {
+        if !self.on_probation() {
+            return false;
+        }
+        let mut state = self.lock_probation();
+        state.batches_left = state.batches_left.saturating_sub(1);
+        if state.batches_left > 0 {
+            return false;
+        }
+        state.previous = None;
+        self.on_probation.store(false, Ordering::Release);
+        // Outdated fallback instances go at the next sweep.
+        self.shared.fallback_generation.store(u64::MAX, Ordering::Release);
+        true
+    }
+
+    /// The binding on probation is given up for the previous one (between
+    /// batches). Returns the binding given up, or `None` when there was no
+    /// probation.
+    pub fn roll_back(&self) -> Option<Arc<Binding>> {
+        let previous = {
+            let mut state = self.lock_probation();
+            state.batches_left = 0;
+            state.previous.take()?
+        };
+        let given_up = self.install(previous.plugin.clone(), previous.config.clone(), 0);
+        Some(given_up)
+    }
+}
+
+impl Sample {
+    /// Records (or keys) in the sample.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Records(batch) => batch.len(),
+            Self::Groups { ends, .. } => ends.len(),
+            Self::Keys(groups) => groups.group_ends.len(),
+            Self::Pair(left, right) => left.len() + right.len(),
+        }
+    }
+
+    /// True when the sample holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `newer` added to `older`: records keep the newest
+    /// [`SAMPLE_RECORDS`] of both; other samples are replaced.
+    fn newest(older: Option<Self>, newer: Self) -> Self {
+        match (older, newer) {
+            (Some(Self::Records(older)), Self::Records(newer)) => {
+                let both = Batch::concat([&older, &newer]);
+                let start = both.len().saturating_sub(SAMPLE_RECORDS);
+                Self::Records(both.slice(start, both.len()))
+            }
+            (_, newer) => newer,
+        }
+    }
+
+    /// The first [`SAMPLE_RECORDS`] records of `batch`.
+    pub fn of_records(batch: &Batch) -> Self {
+        Self::Records(batch.slice(0, batch.len().min(SAMPLE_RECORDS)))
+    }
+
+    /// The first groups of a reducer call, up to [`SAMPLE_RECORDS`] values.
+    pub fn of_groups(data: &[u8], ends: &[u32], group_ends: &[u32]) -> Self {
+        let groups = group_ends
+            .iter()
+            .take_while(|&&end| end as usize <= SAMPLE_RECORDS)
+            .count()
+            .max(1)
+            .min(group_ends.len());
+        let values = group_ends
+            .get(groups.wrapping_sub(1))
+            .map_or(0, |&end| end as usize);
+        let bytes = values.checked_sub(1).map_or(0, |last| ends[last] as usize);
+        Self::Groups {
+            data: data[..bytes].to_vec(),
+            ends: ends[..values].to_vec(),
+            group_ends: group_ends[..groups].to_vec(),
+        }
+    }
+
+    /// The first keys of a keyed-state call, up to [`SAMPLE_RECORDS`] of them.
+    pub fn of_keys(groups: &KeyGroups) -> Self {
+        let keys = groups.group_ends.len().min(SAMPLE_RECORDS);
+        let prefix = |values: &crate::runtime::bindings::types::Values, n: usize| {
+            let bytes = n.checked_sub(1).map_or(0, |last| values.ends[last] as usize);
+            crate::runtime::bindings::types::Values {
+                data: values.data[..bytes].to_vec(),
+                ends: values.ends[..n].to_vec(),
+            }
+        };
+        let values = keys
+            .checked_sub(1)
+            .map_or(0, |last| groups.group_ends[last] as usize);
+        Self::Keys(KeyGroups {
+            keys: prefix(&groups.keys, keys),
+            values: prefix(&groups.values, values),
+            timestamps: groups.timestamps[..values].to_vec(),
+            group_ends: groups.group_ends[..keys].to_vec(),
+            states: prefix(&groups.states, keys),
+            group_flags: groups.group_flags[..keys].to_vec(),
+            batch_time: groups.batch_time,
+        })
+    }
+
+    /// The first records of both inputs.
+    pub fn of_pair(left: &Batch, right: &Batch) -> Self {
+        Self::Pair(
+            left.slice(0, left.len().min(SAMPLE_RECORDS)),
+            right.slice(0, right.len().min(SAMPLE_RECORDS)),
+        )
+    }
+}

@@ -1,0 +1,653 @@
+//! Hot-load: a new version of a stage's plugin swapped in while the pipeline
+//! runs, between two batches, with its state kept (the host owns it).
+//!
+//! A [`SwapOrder`] (a compiled candidate and how to roll it out) reaches the
+//! driver through the control channel, and [`Swaps::swap`] applies it at the
+//! next batch boundary:
+//!
+//! 1. The candidate is checked for every slot of the stage's plugin
+//!    ([`BindingSlot::check`]): the same kind as the version it replaces, its
+//!    `init` accepts the configuration, and a dry run on a sample of the
+//!    stage's recent input succeeds, in an instance of its own under the
+//!    stage's limits. A failure refuses the swap; nothing changed.
+//! 2. With a checkpoint directory, the component is kept in it (under
+//!    `plugins/`), and every batch logged from then on names the version
+//!    that processed it, so a replay after a crash runs each batch with the
+//!    version that processed it. A checkpoint is taken at the swap.
+//! 3. The slots are switched; workers drop the old instances at their next
+//!    call or sweep. The new version is on probation for the rollout's
+//!    number of batches: a call of it that fails is processed again by the
+//!    previous version ([`crate::operator::guard`]), and when its failures
+//!    pass the [`RollbackRule`]'s threshold (or the stage's failure rate
+//!    before the swap) the stage returns to the previous version after the
+//!    batch ([`Swaps::after_batch`]).
+//!
+//! Each stage plugin's last [`HISTORY`] versions, with who asked, when and
+//! how each ended, are published in the pipeline's status.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::durability::Durability;
+use super::live::Live;
+use super::plan::Plan;
+use crate::checkpoint::LoggedVersion;
+use crate::error::EngineError;
+use crate::operator::BindingSlot;
+use crate::operator::binding::{Binding, PluginConfig};
+use crate::runtime::{Plugin, Runtime};
+
+/// Versions kept in each stage plugin's history.
+pub const HISTORY: usize = 20;
+
+/// Batches a new version is on probation for, unless the request says.
+pub const DEFAULT_PROBATION_BATCHES: u64 = 10;
+
+/// The key of a stage's plugin in histories, batch logs and checkpoints.
+pub fn slot_key(stage: &str, plugin: &str) -> String {
+    format!("{stage}/{plugin}")
+}
+
+/// When a new version returns to the previous one by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RollbackRule {
+    /// Batches the new version is on probation for; 0: none (no automatic
+    /// rollback, and its failures are handled by the stage's policy at once).
+    #[serde(default = "default_probation")]
+    pub batches: u64,
+    /// Failed calls it may have during its probation. The threshold is the
+    /// larger of this and the failures the previous version had over as
+    /// many batches (its failure rate before the swap).
+    #[serde(default)]
+    pub max_failures: u64,
+}
+
+fn default_probation() -> u64 {
+    DEFAULT_PROBATION_BATCHES
+}
+
+impl Default for RollbackRule {
+    fn default() -> Self {
+        Self {
+            batches: DEFAULT_PROBATION_BATCHES,
+            max_failures: 0,
+        }
+    }
+}
+
+/// A new version for a stage's plugin, compiled for the engine the stage
+/// runs on, and how to roll it out.
+#[derive(Debug, Clone)]
+pub struct SwapOrder {
+    /// The stage.
+    pub stage: String,
+    /// The plugin within the stage (its name in the pipeline file), when
+    /// the stage has several (a window with a reducer and an inverse).
+    pub plugin: Option<String>,
+    /// The new version.
+    pub candidate: Arc<Plugin>,
+    /// Its component, kept in the checkpoint directory for replays.
+    pub bytes: Arc<[u8]>,
+    /// A new configuration for it; `None` keeps the current one.
+    pub config: Option<Vec<(String, String)>>,
+    /// Its probation.
+    pub rule: RollbackRule,
+    /// Who asked (a user or token name), for the history.
+    pub by: Option<String>,
+}
+
+/// What a swap did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwapReport {
+    /// The stage.
+    pub stage: String,
+    /// The plugin's name in the pipeline file.
+    pub plugin: String,
+    /// Hex SHA-256 of the version replaced.
+    pub from: String,
+    /// Hex SHA-256 of the version now running.
+    pub to: String,
+    /// The version the new plugin declares.
+    pub version: String,
+    /// The last batch processed by the version replaced (none: before the first).
+    pub after_batch: Option<u64>,
+    /// Sample records the candidate's dry run processed (0: the stage had
+    /// no input yet).
+    pub sample_records: usize,
+    /// Batches the new version is on probation for.
+    pub probation_batches: u64,
+    /// Milliseconds the checks and the cut-over took.
+    pub took_ms: u64,
+}
+
+/// How a version in a history ended (or stands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum VersionOutcome {
+    /// Running (the pipeline's first version, or one past its probation).
+    Running,
+    /// Running, on probation.
+    OnProbation,
+    /// Replaced by a later version.
+    Replaced,
+    /// Returned from, to the previous version.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+    /// Refused before anything changed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One version in a stage plugin's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// The version the plugin declares.
+    pub version: String,
+    /// The configuration its instances got.
+    pub config: Vec<(String, String)>,
+    /// When it was asked for, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// Who asked.
+    pub by: Option<String>,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: VersionOutcome,
+}
+
+/// The driver's side of hot-load: every plugin slot of the plan, what it
+/// started with, and their probations.
+pub(crate) struct Swaps {
+    pipeline: String,
+    slots: Vec<Arc<BindingSlot>>,
+    /// Per slot: the binding it was planned with (the pipeline file's).
+    configured: Vec<Arc<Binding>>,
+    /// Per slot: failed calls tolerated in its probation.
+    thresholds: Vec<u64>,
+    runtime: Arc<Runtime>,
+    live: Arc<Live>,
+}
+
+/// The slots of `plan`'s plugins, each once, in stage order.
+pub fn plan_slots(plan: &Plan) -> Vec<Arc<BindingSlot>> {
+    let mut slots: Vec<Arc<BindingSlot>> = Vec::new();
+    for stage in &plan.stages {
+        for operator in &stage.operators {
+            for slot in operator.plugin_slots() {
+                if !slots.iter().any(|known| Arc::ptr_eq(known, &slot)) {
+                    slots.push(slot);
+                }
+            }
+        }
+    }
+    slots
+}
+
+impl Swaps {
+    /// The slots of `plan`, publishing their histories through `live`.
+    pub fn new(plan: &Plan, runtime: Arc<Runtime>, live: Arc<Live>) -> Self {
+        let slots = plan_slots(plan);
+        let configured: Vec<Arc<Binding>> = slots.iter().map(|slot| slot.current()).collect();
+        for (slot, binding) in slots.iter().zip(&configured) {
+            live.record_version(&key(slot), record(binding, None, VersionOutcome::Running));
+        }
+        Self {
+            pipeline: plan.pipeline.clone(),
+            thresholds: vec![0; slots.len()],
+            slots,
+            configured,
+            runtime,
+            live,
+        }
+    }
+
+    /// The version of every slot now, as the batch log and checkpoints name it.
+    pub fn versions(&self) -> BTreeMap<String, LoggedVersion> {
+        self.slots
+            .iter()
+            .zip(&self.configured)
+            .map(|(slot, configured)| {
+                let current = slot.current();
+                let fallback = slot
+                    .on_probation()
+                    .then(|| slot.binding(true))
+                    .filter(|previous| !Arc::ptr_eq(previous, &current))
+                    .map(|previous| Box::new(logged(&previous, configured)));
+                let mut version = logged(&current, configured);
+                version.probation_left = fallback.is_some().then(|| slot.probation_left());
+                version.fallback = fallback;
+                (key(slot), version)
+            })
+            .collect()
+    }
+
+    /// Keeps every slot's current component in the checkpoint directory (at
+    /// the start of a run), read back from the file it was loaded from; a
+    /// file that changed since is skipped with a warning.
+    pub fn keep_components(&self, durability: &Durability) -> Result<(), EngineError> {
+        for slot in &self.slots {
+            let plugin = slot.current().plugin.clone();
+            match std::fs::read(plugin.path()) {
+                Ok(bytes) if crate::runtime::content_hash(&bytes) == plugin.content_hash() => {
+                    durability.store_plugin(plugin.content_hash(), &bytes)?;
+                }
+                _ => tracing::warn!(
+                    plugin = %slot.name(),
+                    "cannot keep plugin component {} in the checkpoint directory: its file changed or is gone",
+                    plugin.path().display()
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts every slot named in `wanted` on the version it names (loading
+    /// kept components from the checkpoint directory): before the replay of
+    /// a logged batch, and at start on the restored checkpoint's versions.
+    /// No dry run: these versions already ran.
+    pub fn align(
+        &mut self,
+        wanted: &BTreeMap<String, LoggedVersion>,
+        durability: &Durability,
+    ) -> Result<bool, EngineError> {
+        let mut changed = false;
+        for index in 0..self.slots.len() {
+            let slot = self.slots[index].clone();
+            let Some(want) = wanted.get(&key(&slot)) else {
+                continue;
+            };
+            let configured = self.configured[index].clone();
+            let current = slot.current();
+            let fallback_now = slot.on_probation().then(|| slot.binding(true));
+            let same_fallback = match (&want.fallback, &fallback_now) {
+                (None, None) => true,
+                (Some(want), Some(now)) => logged(now, &configured) == **want,
+                _ => false,
+            };
+            let bare = LoggedVersion {
+                fallback: None,
+                probation_left: None,
+                ..want.clone()
+            };
+            if logged(&current, &configured) == bare && same_fallback {
+                continue;
+            }
+            if let Some(fallback) = &want.fallback {
+                let (plugin, config) = self.load_version(&slot, fallback, &configured, durability)?;
+                slot.install(plugin, config, 0);
+            }
+            let (plugin, config) = self.load_version(&slot, want, &configured, durability)?;
+            let probation = match &want.fallback {
+                Some(_) => want.probation_left.unwrap_or(DEFAULT_PROBATION_BATCHES).max(1),
+                None => 0,
+            };
+            slot.install(plugin, config, probation);
+            tracing::info!(plugin = %key(&slot), version = %want.sha256, "replaying on the plugin version the batch log names");
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The plugin and configuration `version` names for `slot`.
+    fn load_version(
+        &self,
+        slot: &BindingSlot,
+        version: &LoggedVersion,
+        configured: &Binding,
+        durability: &Durability,
+    ) -> Result<(Arc<Plugin>, PluginConfig), EngineError> {
+        let config = version
+            .config
+            .clone()
+            .unwrap_or_else(|| configured.config.clone());
+        if version.sha256 == configured.plugin.content_hash() {
+            return Ok((configured.plugin.clone(), config));
+        }
+        let unusable = |message: String| EngineError::Plan {
+            location: format!("pipeline `{}`", self.pipeline),
+            message: format!("plugin `{}`: {message}", key(slot)),
+        };
+        let bytes = durability.load_plugin(&version.sha256)?.ok_or_else(|| {
+            unusable(format!(
+                "the batch log names version {}, which the checkpoint directory does not keep",
+                version.sha256
+            ))
+        })?;
+        let path = Path::new("plugins").join(format!("{}.wasm", version.sha256));
+        let plugin = self
+            .runtime
+            .load_for(slot.metered(), &path, &bytes)
+            .map_err(|error| unusable(format!("cannot load its version {}: {error}", version.sha256)))?;
+        Ok((plugin, config))
+    }
+
+    /// The slots a request for `plugin` of `stage` means.
+    fn targets(&self, stage: &str, plugin: Option<&str>) -> Result<Vec<usize>, String> {
+        let in_stage: Vec<usize> = (0..self.slots.len())
+            .filter(|&index| self.slots[index].stage() == stage)
+            .collect();
+        if in_stage.is_empty() {
+            return Err(format!("it has no stage `{stage}` that runs a Wasm plugin"));
+        }
+        let names: Vec<&str> = in_stage.iter().map(|&index| self.slots[index].name()).collect();
+        let name = match plugin {
+            Some(name) => name,
+            None if names.iter().all(|name| *name == names[0]) => names[0],
+            None => {
+                return Err(format!(
+                    "stage `{stage}` runs several plugins ({}): name the one to swap",
+                    names.join(", ")
+                ));
+            }
+        };
+        let targets: Vec<usize> = in_stage
+            .into_iter()
+            .filter(|&index| self.slots[index].name() == name)
+            .collect();
+        if targets.is_empty() {
+            return Err(format!("stage `{stage}` runs no plugin `{name}`"));
+        }
+        Ok(targets)
+    }
+
+    /// Checks `order`'s candidate and, when it passes, cuts over to it (see
+    /// the module's steps). `after_batch` is the last batch processed;
+    /// `batches_run` the run's batches so far (for the failure baseline).
+    /// A refusal changes nothing.
+    pub fn swap(
+        &mut self,
+        order: &SwapOrder,
+        after_batch: Option<u64>,
+        batches_run: u64,
+        durability: Option<&mut Durability>,
+        plan: &Plan,
+    ) -> Result<SwapReport, SwapRefused> {
+        let started = Instant::now();
+        let targets = self
+            .targets(&order.stage, order.plugin.as_deref())
+            .map_err(SwapRefused::Request)?;
+        let first = self.slots[targets[0]].clone();
+        let key = key(&first);
+        let current = first.current();
+        let config = order.config.clone().unwrap_or_else(|| current.config.clone());
+        let refuse = |this: &Self, reason: String| {
+            this.live.record_version(
+                &key,
+                VersionRecord {
+                    outcome: VersionOutcome::Refused {
+                        reason: reason.clone(),
+                    },
+                    ..record_of(&order.candidate, &config, order.by.clone())
+                },
+            );
+            SwapRefused::Candidate(reason)
+        };
+        let (old_kind, new_kind) = (current.plugin.info().kind, order.candidate.info().kind);
+        if old_kind != new_kind {
+            return Err(refuse(
+                self,
+                format!(
+                    "the candidate is a plugin of kind `{}`, the stage runs one of kind `{}`",
+                    new_kind.name(),
+                    old_kind.name()
+                ),
+            ));
+        }
+        let mut sample_records = 0;
+        for &index in &targets {
+            match self.slots[index].check(&order.candidate, &config) {
+                Ok(records) => sample_records = sample_records.max(records),
+                Err(error) => return Err(refuse(self, format!("the candidate failed its checks: {error}"))),
+            }
+        }
+        let failed =
+            |this: &Self, error: EngineError| refuse(this, format!("cannot keep the component: {error}"));
+        if let Some(durability) = durability.as_deref()
+            && !order.bytes.is_empty()
+            && let Err(error) = durability.store_plugin(order.candidate.content_hash(), &order.bytes)
+        {
+            return Err(failed(self, error));
+        }
+        crate::failpoint::crash_point("swap-checked");
+        // The failure rate before the swap: failed calls per batch.
+        let stage_failures = plan
+            .stages
+            .iter()
+            .find(|stage| stage.name == order.stage)
+            .map_or(0, |stage| {
+                stage
+                    .metrics
+                    .failed_batches
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            });
+        let baseline = if batches_run == 0 {
+            0
+        } else {
+            (stage_failures as f64 / batches_run as f64 * order.rule.batches as f64).ceil() as u64
+        };
+        for &index in &targets {
+            let slot = &self.slots[index];
+            let replaced = slot.install(order.candidate.clone(), config.clone(), order.rule.batches);
+            self.thresholds[index] = order.rule.max_failures.max(baseline);
+            self.live
+                .set_outcome(&key, replaced.plugin.content_hash(), VersionOutcome::Replaced);
+        }
+        let outcome = if order.rule.batches > 0 {
+            VersionOutcome::OnProbation
+        } else {
+            VersionOutcome::Running
+        };
+        self.live.record_version(
+            &key,
+            VersionRecord {
+                outcome,
+                ..record_of(&order.candidate, &config, order.by.clone())
+            },
+        );
+        if let Some(durability) = durability {
+            durability.set_versions(self.versions());
+            if let Some(batch) = after_batch {
+                let time = self.live.status().last_batch.map_or(0, |mark| mark.time_ms);
+                durability
+                    .after_batch(plan, batch, time, true)
+                    .map_err(|error| SwapRefused::Failed(error.to_string()))?;
+            }
+        }
+        crate::failpoint::crash_point("swap-cut-over");
+        tracing::info!(
+            plugin = %key,
+            from = %current.plugin.content_hash(),
+            to = %order.candidate.content_hash(),
+            by = order.by.as_deref().unwrap_or("-"),
+            "hot-loaded plugin version {} after batch {after_batch:?}",
+            order.candidate.info().version
+        );
+        Ok(SwapReport {
+            stage: order.stage.clone(),
+            plugin: first.name().to_owned(),
+            from: current.plugin.content_hash().to_owned(),
+            to: order.candidate.content_hash().to_owned(),
+            version: order.candidate.info().version.clone(),
+            after_batch,
+            sample_records,
+            probation_batches: order.rule.batches,
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Returns `plugin` of `stage` to the version before its last swap:
+    /// the one on probation is given up, else the previous version in its
+    /// history is swapped in again (after the same checks as any swap).
+    /// `by` and `reason` go in the history.
+    pub fn roll_back(
+        &mut self,
+        stage: &str,
+        plugin: Option<&str>,
+        by: Option<String>,
+        reason: &str,
+    ) -> Result<(String, String), SwapRefused> {
+        let targets = self.targets(stage, plugin).map_err(SwapRefused::Request)?;
+        let mut given_up = None;
+        for &index in &targets {
+            if let Some(binding) = self.slots[index].roll_back() {
+                given_up = Some(binding.plugin.content_hash().to_owned());
+            }
+        }
+        let Some(given_up) = given_up else {
+            return Err(SwapRefused::Request(format!(
+                "no version of `{}` is on probation: swap to the version wanted instead",
+                slot_key(stage, self.slots[targets[0]].name())
+            )));
+        };
+        let key = key(&self.slots[targets[0]]);
+        let by_whom = by.clone();
+        let reason = match by {
+            Some(by) => format!("{reason} (by {by})"),
+            None => reason.to_owned(),
+        };
+        self.live
+            .set_outcome(&key, &given_up, VersionOutcome::RolledBack { reason });
+        let restored = self.slots[targets[0]].current();
+        self.live
+            .record_version(&key, record(&restored, by_whom, VersionOutcome::Running));
+        Ok((given_up, restored.plugin.content_hash().to_owned()))
+    }
+
+    /// After a batch: ends the probations that are over and rolls back the
+    /// versions whose failures passed their threshold. Returns whether a
+    /// probation ended, and the rollbacks made (`stage/plugin`, the version
+    /// given up, the one running again, why).
+    pub fn after_batch(&mut self) -> (bool, Vec<(String, String, String, String)>) {
+        let mut ended = false;
+        let mut rolled_back = Vec::new();
+        for index in 0..self.slots.len() {
+            let slot = self.slots[index].clone();
+            if !slot.on_probation() {
+                continue;
+            }
+            let failures = slot.candidate_failures();
+            let key = key(&slot);
+            let current = slot.current();
+            if failures > self.thresholds[index] {
+                let reason = format!(
+                    "{failures} failed calls on probation (at most {} allowed); the previous version processed them again",
+                    self.thresholds[index]
+                );
+                tracing::warn!(plugin = %key, version = %current.plugin.content_hash(), "rolling back: {reason}");
+                slot.roll_back();
+                self.live.set_outcome(
+                    &key,
+                    current.plugin.content_hash(),
+                    VersionOutcome::RolledBack {
+                        reason: reason.clone(),
+                    },
+                );
+                let restored = slot.current();
+                self.live.record_version(
+                    &key,
+                    record(
+                        &restored,
+                        Some("automatic rollback".into()),
+                        VersionOutcome::Running,
+                    ),
+                );
+                rolled_back.push((
+                    key,
+                    current.plugin.content_hash().to_owned(),
+                    restored.plugin.content_hash().to_owned(),
+                    reason,
+                ));
+            } else if slot.probation_batch_done() {
+                ended = true;
+                tracing::info!(plugin = %key, version = %current.plugin.content_hash(), "probation passed");
+                self.live
+                    .set_outcome(&key, current.plugin.content_hash(), VersionOutcome::Running);
+            }
+        }
+        (ended, rolled_back)
+    }
+
+    /// The stages whose plugin version differs from the pipeline file's,
+    /// with the plugin's name and the pipeline file's binding.
+    pub fn off_configured(&self) -> Vec<(String, String, Arc<Binding>)> {
+        self.slots
+            .iter()
+            .zip(&self.configured)
+            .filter(|(slot, configured)| {
+                let current = slot.current();
+                current.plugin.content_hash() != configured.plugin.content_hash()
+                    || current.config != configured.config
+            })
+            .map(|(slot, configured)| {
+                (
+                    slot.stage().to_owned(),
+                    slot.name().to_owned(),
+                    configured.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Why a swap was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapRefused {
+    /// The request names no such stage or plugin, or does not apply.
+    Request(String),
+    /// The candidate failed its checks (or could not be kept).
+    Candidate(String),
+    /// The cut-over was made but the checkpoint at it failed (the pipeline
+    /// stops at this boundary, as on any checkpoint failure).
+    Failed(String),
+}
+
+impl std::fmt::Display for SwapRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Request(message) | Self::Candidate(message) | Self::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+fn key(slot: &BindingSlot) -> String {
+    slot_key(slot.stage(), slot.name())
+}
+
+/// `binding` as the batch log names it: its configuration only when it
+/// differs from the pipeline file's.
+fn logged(binding: &Binding, configured: &Binding) -> LoggedVersion {
+    LoggedVersion {
+        sha256: binding.plugin.content_hash().to_owned(),
+        config: (binding.config != configured.config).then(|| binding.config.clone()),
+        fallback: None,
+        probation_left: None,
+    }
+}
+
+fn record(binding: &Binding, by: Option<String>, outcome: VersionOutcome) -> VersionRecord {
+    VersionRecord {
+        outcome,
+        ..record_of(&binding.plugin, &binding.config, by)
+    }
+}
+
+fn record_of(plugin: &Plugin, config: &[(String, String)], by: Option<String>) -> VersionRecord {
+    VersionRecord {
+        sha256: plugin.content_hash().to_owned(),
+        version: plugin.info().version.clone(),
+        config: config.to_vec(),
+        at_ms: crate::source::now_ms(),
+        by,
+        outcome: VersionOutcome::Running,
+    }
+}

@@ -1,0 +1,632 @@
+//! Hot-load: a stage's plugin replaced while its pipeline runs, with real
+//! sockets fed continuously, real plugins built from `plugins/`, the real
+//! files sink, and (for crashes) the real `weir` binary killed at the
+//! cut-over's crash points.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use weir::engine::{Engine, EngineOptions, PipelineHandle, SwapRequest};
+use weir::pipeline::{
+    ControlError, PipelineEvent, PipelineState, RollbackRule, RunOptions, StopMode, VersionOutcome,
+};
+use weir_tests::{component_cache, free_port, plugins, scratch, sink_lines};
+
+use super::{LIMIT, weir};
+
+/// Longest any wait in these tests may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn engine() -> Engine {
+    Engine::new(EngineOptions {
+        cache_dir: Some(component_cache()),
+        workers: Some(2),
+        ..EngineOptions::default()
+    })
+    .expect("the engine starts")
+}
+
+/// Waits until `done` holds, failing the test after [`PATIENCE`].
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A socket source listening on `port` → `stages` → files sink in `out`
+/// reading the stream `last`.
+fn socket_pipeline(name: &str, port: u16, out: &Path, plugins: &str, stages: &str, last: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+batch-interval = "50ms"
+partitions = 2
+
+[plugins]
+{plugins}
+
+[[source]]
+name = "lines"
+type = "socket"
+mode = "listen"
+address = "127.0.0.1:{port}"
+
+{stages}
+
+[[sink]]
+input = "{last}"
+type = "files"
+path = {out:?}
+"#,
+        out = out.display().to_string(),
+    )
+}
+
+/// Writes `w<from>` .. `w<to - 1>`, one per line, to a connection to the
+/// pipeline's socket, a few lines every millisecond, until `to` or `stop`;
+/// returns how many it wrote.
+struct Feeder {
+    connection: std::net::TcpStream,
+    next: u64,
+}
+
+impl Feeder {
+    fn connect(port: u16) -> Self {
+        let started = Instant::now();
+        loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(connection) => return Self { connection, next: 1 },
+                Err(_) if started.elapsed() < PATIENCE => std::thread::sleep(Duration::from_millis(10)),
+                Err(error) => panic!("cannot connect to the pipeline's socket: {error}"),
+            }
+        }
+    }
+
+    /// Feeds lines up to `w<to - 1>` at about `per_ms` lines a millisecond.
+    fn feed_until(&mut self, to: u64, per_ms: u64) {
+        while self.next < to {
+            let end = (self.next + per_ms).min(to);
+            let text: String = (self.next..end).map(|i| format!("w{i}\n")).collect();
+            self.connection.write_all(text.as_bytes()).unwrap();
+            self.next = end;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Feeds `feeder` on a thread until `stop`; returns the last line number + 1.
+fn feed_continuously(
+    mut feeder: Feeder,
+    stop: Arc<AtomicBool>,
+    fed: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let to = feeder.next + 10;
+            feeder.feed_until(to, 10);
+            fed.store(feeder.next, Ordering::Relaxed);
+        }
+        feeder.next
+    })
+}
+
+fn swap(
+    handle: &PipelineHandle,
+    stage: &str,
+    component: &str,
+    config: Option<Vec<(&str, &str)>>,
+    rule: RollbackRule,
+) -> Result<weir::pipeline::SwapReport, ControlError> {
+    handle.swap(SwapRequest {
+        stage: stage.into(),
+        plugin: None,
+        component: std::fs::read(component).unwrap(),
+        path: component.into(),
+        config: config.map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        }),
+        rule,
+        by: Some("the test".into()),
+    })
+}
+
+/// Stops `handle` once it has taken in `lines` records, and waits for its end.
+fn drain_and_stop(handle: &PipelineHandle, lines: u64) {
+    wait_for(&format!("{lines} lines in"), || {
+        handle.metrics().records_in >= lines
+    });
+    handle.stop(StopMode::Graceful);
+    handle.wait().expect("the pipeline ends without error");
+}
+
+#[test]
+fn a_socket_word_count_swaps_split_words_mid_stream_and_counts_every_line_once() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let text = socket_pipeline(
+        "hot-words",
+        port,
+        &out,
+        &format!("split-words = {:?}", plugins::SPLIT_WORDS),
+        r#"
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+"#,
+        "counts",
+    );
+    let prepared = engine.prepare(&text, Path::new("hot-words.toml")).unwrap();
+    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let mut events = handle.subscribe();
+    let feeder = Feeder::connect(port);
+    let (stop, fed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let feeding = feed_continuously(feeder, stop.clone(), fed.clone());
+
+    wait_for("five batches with input", || {
+        handle.metrics().records_in > 500 && handle.metrics().batches >= 5
+    });
+    let before = handle
+        .status()
+        .plugins
+        .iter()
+        .find(|p| p.stage == "words")
+        .unwrap()
+        .sha256
+        .clone();
+    let rule = RollbackRule {
+        batches: 3,
+        max_failures: 0,
+    };
+    let report = swap(&handle, "words", plugins::SPLIT_WORDS_TAGGED, None, rule)
+        .expect("the tagged split-words is hot-loaded");
+    assert_eq!(report.from, before);
+    assert_ne!(report.to, before);
+    assert!(report.sample_records > 0, "the dry run had a sample: {report:?}");
+    let cut = report.after_batch.expect("batches ran before the swap");
+    wait_for("five batches after the swap", || {
+        handle.status().last_batch.is_some_and(|b| b.id >= cut + 5)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let lines = feeding.join().unwrap();
+    drain_and_stop(&handle, lines - 1);
+
+    // Every line counted exactly once, by v1 up to the cut and by v2 after.
+    let mut seen: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+    for (batch, line) in sink_lines(&out) {
+        let (word, count) = line.split_once('\t').unwrap();
+        assert_eq!(count, "1", "{line}");
+        let (tagged, word) = match word.strip_prefix("v2:") {
+            Some(word) => (true, word),
+            None => (false, word),
+        };
+        assert_eq!(
+            tagged,
+            batch > cut,
+            "batch {batch} (cut after {cut}) processed `{line}` by the wrong version"
+        );
+        let number: u64 = word.strip_prefix('w').unwrap().parse().unwrap();
+        assert!(
+            seen.insert(number, (batch, tagged)).is_none(),
+            "w{number} counted twice"
+        );
+    }
+    assert_eq!(seen.len() as u64, lines - 1, "every line counted");
+    assert_eq!(seen.keys().next(), Some(&1));
+    assert!(seen.values().any(|(_, tagged)| *tagged) && seen.values().any(|(_, tagged)| !tagged));
+
+    let words = handle
+        .status()
+        .plugins
+        .into_iter()
+        .find(|p| p.stage == "words")
+        .unwrap();
+    assert_eq!(words.sha256, report.to);
+    assert_eq!(words.version, "0.2.0");
+    let history = &handle.plugin_history()["words/split-words"];
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].sha256, report.from);
+    assert_eq!(history[0].outcome, VersionOutcome::Replaced);
+    assert_eq!(history[1].sha256, report.to);
+    assert_eq!(history[1].by.as_deref(), Some("the test"));
+    assert_eq!(
+        history[1].outcome,
+        VersionOutcome::Running,
+        "its probation passed"
+    );
+    let mut swapped = false;
+    while let Ok(event) = events.try_recv() {
+        swapped |= matches!(event, PipelineEvent::PluginSwapped(ref r) if *r == report);
+    }
+    assert!(swapped, "the swap was published as an event");
+}
+
+/// Socket → map `checked` (lowercase) → files sink.
+fn checked_lines(name: &str, port: u16, out: &Path) -> String {
+    socket_pipeline(
+        name,
+        port,
+        out,
+        &format!("lowercase = {:?}", plugins::LOWERCASE),
+        r#"
+[[stage]]
+name = "checked"
+input = "lines"
+op = "map"
+plugin = "lowercase"
+"#,
+        "checked",
+    )
+}
+
+/// The numbers of the `w<n>` lines the files sink wrote under `out`, each once.
+fn numbers_once(out: &Path) -> BTreeSet<u64> {
+    let mut numbers = BTreeSet::new();
+    for (_, line) in sink_lines(out) {
+        let number: u64 = line
+            .strip_prefix('w')
+            .unwrap_or_else(|| panic!("{line}"))
+            .parse()
+            .unwrap();
+        assert!(numbers.insert(number), "w{number} written twice");
+    }
+    numbers
+}
+
+#[test]
+fn a_candidate_that_traps_on_one_percent_of_records_is_rolled_back_with_exact_output() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let prepared = engine
+        .prepare(&checked_lines("rollback", port, &out), Path::new("rollback.toml"))
+        .unwrap();
+    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let mut events = handle.subscribe();
+    let mut feeder = Feeder::connect(port);
+    // The recent input the dry run sees holds no multiple of 100.
+    feeder.feed_until(100, 5);
+    wait_for("99 lines through", || handle.metrics().records_out >= 99);
+    let lowercase = handle.status().plugins[0].sha256.clone();
+    let report = swap(
+        &handle,
+        "checked",
+        plugins::TRAP_EVERY,
+        None,
+        RollbackRule {
+            batches: 1_000,
+            max_failures: 2,
+        },
+    )
+    .expect("the candidate passes its checks: the recent input has no multiple of 100");
+    feeder.feed_until(2_000, 10);
+    drain_and_stop(&handle, 1_999);
+
+    // Nothing lost, nothing twice: the old version processed what the candidate failed.
+    assert_eq!(numbers_once(&out), (1..2_000).collect::<BTreeSet<u64>>());
+    let status = handle.status();
+    assert_eq!(status.plugins[0].sha256, lowercase, "back on the old version");
+    let history = &handle.plugin_history()["checked/lowercase"];
+    let candidate = history.iter().rev().find(|r| r.sha256 == report.to).unwrap();
+    match &candidate.outcome {
+        VersionOutcome::RolledBack { reason } => {
+            assert!(
+                reason.contains("failed calls on probation (at most 2 allowed)"),
+                "{reason}"
+            );
+        }
+        other => panic!("the candidate was not rolled back: {other:?}"),
+    }
+    assert_eq!(history.last().unwrap().sha256, lowercase);
+    assert_eq!(history.last().unwrap().outcome, VersionOutcome::Running);
+    let mut rolled_back = None;
+    while let Ok(event) = events.try_recv() {
+        if let PipelineEvent::PluginRolledBack { from, to, .. } = event {
+            rolled_back = Some((from, to));
+        }
+    }
+    assert_eq!(rolled_back, Some((report.to.clone(), lowercase)));
+    let traps = handle.metrics().stages[0].traps.panic;
+    assert!(traps >= 3, "the candidate's traps are counted: {traps}");
+}
+
+#[test]
+fn candidates_that_fail_their_checks_are_refused_and_the_pipeline_never_notices() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let prepared = engine
+        .prepare(&checked_lines("refusals", port, &out), Path::new("refusals.toml"))
+        .unwrap();
+    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let mut feeder = Feeder::connect(port);
+    feeder.feed_until(50, 5);
+    wait_for("49 lines through", || handle.metrics().records_out >= 49);
+    let running = handle.status().plugins[0].sha256.clone();
+    let refused = |result: Result<weir::pipeline::SwapReport, ControlError>, fragment: &str| {
+        let error = result.expect_err("the candidate is refused").to_string();
+        assert!(error.contains(fragment), "`{fragment}` not in: {error}");
+    };
+    // Another kind of plugin.
+    refused(
+        swap(
+            &handle,
+            "checked",
+            plugins::SPLIT_WORDS,
+            None,
+            RollbackRule::default(),
+        ),
+        "the candidate is a plugin of kind `flat-map`, the stage runs one of kind `map`",
+    );
+    // A dry run on the recent input traps.
+    refused(
+        swap(
+            &handle,
+            "checked",
+            plugins::PANIC_ON,
+            Some(vec![("trigger", "w7")]),
+            RollbackRule::default(),
+        ),
+        "panic-on: found w7",
+    );
+    // Not a component at all.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm junk").unwrap();
+    refused(
+        swap(
+            &handle,
+            "checked",
+            junk.to_str().unwrap(),
+            None,
+            RollbackRule::default(),
+        ),
+        "the candidate cannot be loaded",
+    );
+    // No such stage.
+    refused(
+        swap(
+            &handle,
+            "nowhere",
+            plugins::LOWERCASE,
+            None,
+            RollbackRule::default(),
+        ),
+        "no stage `nowhere`",
+    );
+    feeder.feed_until(300, 5);
+    drain_and_stop(&handle, 299);
+    assert_eq!(numbers_once(&out), (1..300).collect::<BTreeSet<u64>>());
+    assert_eq!(handle.status().plugins[0].sha256, running);
+    let history = &handle.plugin_history()["checked/lowercase"];
+    let refusals = history
+        .iter()
+        .filter(|r| matches!(r.outcome, VersionOutcome::Refused { .. }))
+        .count();
+    assert_eq!(
+        refusals, 2,
+        "refused candidates that loaded are in the history: {history:?}"
+    );
+    assert_eq!(handle.status().state, PipelineState::Stopped);
+}
+
+#[test]
+fn a_thousand_swaps_leave_no_more_instances_than_one() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let prepared = engine
+        .prepare(&checked_lines("churn", port, &out), Path::new("churn.toml"))
+        .unwrap();
+    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let mut feeder = Feeder::connect(port);
+    let (one, other) = (plugins::LOWERCASE, plugins::FAIL_ON);
+    let instances = || handle.metrics().stages[0].instances;
+    let mut most = 0;
+    for round in 0..1_000u64 {
+        feeder.feed_until(round + 2, 1);
+        let component = if round % 2 == 0 { other } else { one };
+        swap(
+            &handle,
+            "checked",
+            component,
+            None,
+            RollbackRule {
+                batches: 0,
+                max_failures: 0,
+            },
+        )
+        .expect("each swap is made");
+        if round % 100 == 99 {
+            wait_for("the round's line through", || {
+                handle.metrics().records_out > round
+            });
+            most = most.max(instances());
+        }
+    }
+    drain_and_stop(&handle, 1_000);
+    assert_eq!(numbers_once(&out), (1..=1_000).collect::<BTreeSet<u64>>());
+    // Two workers and the driver may each hold one instance: never the old ones.
+    assert!(
+        most <= 3,
+        "at most one instance per thread after 1,000 swaps, saw {most}"
+    );
+    assert!(
+        engine.catalog().live <= 2,
+        "one compiled form per version: {:?}",
+        engine.catalog()
+    );
+}
+
+/// A files source reading one file per batch (deterministic clock) →
+/// split-words (from the file `plugin`) → count → files sink, checkpointing
+/// every 4 batches, for `weir run`.
+fn files_wordcount(dir: &Path, plugin: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[pipeline]
+name = "hot-files"
+batch-interval = "1s"
+partitions = 2
+clock = "deterministic"
+checkpoint-dir = {checkpoints:?}
+
+[checkpoint]
+every-batches = 4
+
+[plugins]
+split-words = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "counts"
+type = "files"
+path = {out:?}
+"#,
+        checkpoints = dir.join("checkpoints").display().to_string(),
+        plugin = plugin.display().to_string(),
+        input = dir.join("in").display().to_string(),
+        out = dir.join("out").display().to_string(),
+    );
+    weir_tests::write_pipeline(dir, "hot-files.toml", &text)
+}
+
+/// Writes input files `from..to` (one batch each) and returns their text.
+fn add_inputs(dir: &Path, from: usize, to: usize) -> String {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let mut all = String::new();
+    for index in from..to {
+        let text = weir_tests::sample_text(40, index as u64);
+        let staged = dir.join(format!(".{index:03}.txt"));
+        std::fs::write(&staged, &text).unwrap();
+        std::fs::rename(&staged, dir.join("in").join(format!("{index:03}.txt"))).unwrap();
+        all.push_str(&text);
+    }
+    all
+}
+
+#[test]
+fn kill_9_just_before_and_just_after_a_cut_over_recovers_exactly() {
+    for point in ["swap-checked", "swap-cut-over"] {
+        let dir = scratch();
+        let plugin = dir.path().join("split-words.wasm");
+        std::fs::copy(plugins::SPLIT_WORDS, &plugin).unwrap();
+        let file = files_wordcount(dir.path(), &plugin);
+        let mut text = add_inputs(dir.path(), 0, 6);
+        let log = dir.path().join("weir.log");
+        let mut child = weir()
+            .command(&["run", "--watch-plugins", file.to_str().unwrap()])
+            .env("WEIR_CRASH_AT", format!("{point}:1"))
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let out = dir.path().join("out");
+        wait_for("six batches written", || {
+            std::fs::read_dir(&out).map_or(0, |entries| entries.count()) >= 6
+        });
+        // A build's atomic rename.
+        let staged = dir.path().join(".split-words.wasm.new");
+        std::fs::copy(plugins::SPLIT_WORDS_TAGGED, &staged).unwrap();
+        std::fs::rename(&staged, &plugin).unwrap();
+        let status = weir_tests::wait_status(&mut child, LIMIT);
+        let log_text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.signal(), Some(9), "killed at `{point}`: {log_text}");
+        assert!(
+            log_text.contains(&format!("crash point `{point}` reached")),
+            "{log_text}"
+        );
+
+        text.push_str(&add_inputs(dir.path(), 6, 12));
+        let restart = weir()
+            .command(&["run", "--available-now", file.to_str().unwrap()])
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = weir_tests::wait_output(restart, LIMIT);
+        let restart_log = weir_tests::stderr(&output);
+        assert!(output.status.success(), "{restart_log}");
+
+        // Each batch wholly by one version, v1 then v2, every word counted once.
+        let mut by_batch: BTreeMap<u64, BTreeSet<bool>> = BTreeMap::new();
+        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+        for (batch, line) in sink_lines(&out) {
+            let (word, count) = line.split_once('\t').unwrap();
+            let tagged = word.starts_with("v2:");
+            by_batch.entry(batch).or_default().insert(tagged);
+            *totals
+                .entry(word.trim_start_matches("v2:").to_owned())
+                .or_insert(0) += count.parse::<u64>().unwrap();
+        }
+        assert_eq!(
+            totals,
+            weir_tests::word_counts(&text),
+            "exact after a kill at `{point}`"
+        );
+        let versions: Vec<bool> = by_batch
+            .values()
+            .map(|set| {
+                assert_eq!(
+                    set.len(),
+                    1,
+                    "a batch processed by two versions after a kill at `{point}`"
+                );
+                *set.iter().next().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            versions,
+            [false; 6].into_iter().chain([true; 6]).collect::<Vec<_>>(),
+            "batches 0-5 by v1, 6-11 by v2, after a kill at `{point}`"
+        );
+        if point == "swap-checked" {
+            assert!(
+                restart_log.contains("swapped in after the replay"),
+                "{restart_log}"
+            );
+        }
+    }
+}
