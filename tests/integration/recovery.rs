@@ -351,7 +351,7 @@ fn killed_pipelines_lose_and_duplicate_nothing() {
 }
 
 #[test]
-fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
+fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_swapped_in_after_the_replay() {
     let root = scratch();
     let input = root.path().join("in");
     let files = text_files(&input, 9, 50);
@@ -396,7 +396,9 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
     assert_eq!(first.len(), files.len());
 
     // Another build of the plugin (the same component plus a custom section,
-    // so its content hash differs): refused, exit 2, unless allowed.
+    // so its content hash differs): the run resumes on the version the
+    // checkpoint was taken with (kept in the checkpoint directory), and the
+    // new one is swapped in after the replay, checked like any hot-load.
     let mut component = std::fs::read(plugins::SPLIT_WORDS).unwrap();
     component.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
     let rebuilt = root.path().join("split-words-v2.wasm");
@@ -407,9 +409,22 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_refused() {
     );
     std::fs::write(&file, changed).unwrap();
     let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("the pipeline file's plugin version")
+            && stderr(&output).contains("is swapped in after the replay"),
+        "{}",
+        stderr(&output)
+    );
+    // Without a kept component to resume on, a change is refused unless allowed.
+    let kept = dir.join("checkpoints").join("plugins");
+    std::fs::remove_dir_all(&kept).unwrap();
+    let original = std::fs::read(plugins::SPLIT_WORDS).unwrap();
+    std::fs::write(&rebuilt, [&original[..], &[0, 5, 4, b'm', b'o', b'r', b'e'][..]].concat()).unwrap();
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("plugin `split-words` changed since the checkpoint"),
+        stderr(&output).contains("does not keep") && stderr(&output).contains("--allow-plugin-change"),
         "{}",
         stderr(&output)
     );

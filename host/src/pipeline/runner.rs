@@ -499,7 +499,7 @@ impl Driver {
                 &pipeline.plan,
             ) {
                 Ok(report) => {
-                    tracing::info!(stage = %stage, "the pipeline file's plugin version {} is swapped in after the replay", report.to);
+                    tracing::warn!(stage = %stage, "the pipeline file's plugin version {} differs from the checkpoint's ({}) and is swapped in after the replay", report.to, report.from);
                     self.live.publish(PipelineEvent::PluginSwapped(report));
                 }
                 Err(refused) => {

@@ -319,7 +319,7 @@ impl Swaps {
         };
         let bytes = durability.load_plugin(&version.sha256)?.ok_or_else(|| {
             unusable(format!(
-                "the batch log names version {}, which the checkpoint directory does not keep",
+                "the checkpoint or batch log names its version {}, which the checkpoint directory does not keep (the plugin changed since): restore the old component, or pass --allow-plugin-change to resume anyway",
                 version.sha256
             ))
         })?;
