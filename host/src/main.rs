@@ -130,6 +130,53 @@ enum Command {
         /// The pipeline.
         name: String,
     },
+    /// Hot-load another version of a stage's plugin into a running
+    /// pipeline on the server: uploads FILE (as plugin `--as`, default its
+    /// file stem), then swaps it in at the next batch boundary after its
+    /// checks (kind, init, a dry run on the stage's recent input).
+    Swap {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// The new component.
+        file: PathBuf,
+        /// The name to upload it as (default: the file's stem).
+        #[arg(long = "as")]
+        upload_as: Option<String>,
+        /// The plugin within the stage, when it runs several.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// A new configuration entry KEY=VALUE (repeat; replaces the whole
+        /// configuration when given).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Batches the new version is on probation for (0: none).
+        #[arg(long, default_value_t = weir::pipeline::swap::DEFAULT_PROBATION_BATCHES)]
+        probation: u64,
+        /// Failed calls it may have on probation before it is rolled back.
+        #[arg(long, default_value_t = 0)]
+        max_failures: u64,
+    },
+    /// Roll a stage's plugin back on the server: to the version before the
+    /// one on probation, or to a version of its history.
+    Rollback {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// The plugin within the stage, when it runs several.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The SHA-256 of a version in the stage's history.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Show each stage plugin's version history of a pipeline on the server.
+    History {
+        /// The pipeline.
+        pipeline: String,
+    },
     /// Tenants of the server (admin).
     Tenant {
         #[command(subcommand)]
@@ -430,6 +477,9 @@ impl Command {
                 | Self::Pause { .. }
                 | Self::Resume { .. }
                 | Self::Delete { .. }
+                | Self::Swap { .. }
+                | Self::Rollback { .. }
+                | Self::History { .. }
                 | Self::Tenant { .. }
                 | Self::Token { .. }
                 | Self::Plugin {
@@ -461,6 +511,54 @@ fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Stop { name } => print_json(&client.control(name, "stop")?),
         Command::Pause { name } => print_json(&client.control(name, "pause")?),
         Command::Resume { name } => print_json(&client.control(name, "resume")?),
+        Command::Swap {
+            pipeline,
+            stage,
+            file,
+            upload_as,
+            plugin,
+            config,
+            probation,
+            max_failures,
+        } => {
+            let name = match upload_as {
+                Some(name) => name.clone(),
+                None => file
+                    .file_stem()
+                    .and_then(|stem| stem.to_str())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{} has no file name to upload it as: pass --as NAME",
+                            file.display()
+                        )
+                    })?
+                    .to_owned(),
+            };
+            client.push_plugin(&name, file)?;
+            let config = config
+                .iter()
+                .map(|entry| {
+                    entry
+                        .split_once('=')
+                        .map(|(key, value)| (key.to_owned(), serde_json::Value::String(value.to_owned())))
+                        .ok_or_else(|| anyhow!("--config {entry}: expected KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<serde_json::Map<_, _>>>()?;
+            let body = serde_json::json!({
+                "upload": name,
+                "plugin": plugin,
+                "config": (!config.is_empty()).then_some(config),
+                "rollback": { "batches": probation, "max-failures": max_failures },
+            });
+            print_json(&client.swap(pipeline, stage, &body)?)
+        }
+        Command::Rollback {
+            pipeline,
+            stage,
+            plugin,
+            to,
+        } => print_json(&client.roll_back(pipeline, stage, plugin.as_deref(), to.as_deref())?),
+        Command::History { pipeline } => print_json(&client.history(pipeline)?),
         Command::Delete { name } => {
             client.delete(name)?;
             println!("deleted {name}");

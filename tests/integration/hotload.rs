@@ -630,3 +630,241 @@ fn kill_9_just_before_and_just_after_a_cut_over_recovers_exactly() {
         }
     }
 }
+
+/// Writes `text` as input file `name` of tenant `tenant`'s `in/` (atomically).
+fn tenant_input(server: &weir_tests::server::Server, tenant: &str, name: &str, text: &str) {
+    let dir = server.root(tenant).join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let staged = server.root(tenant).join(format!(".{name}"));
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, dir.join(name)).unwrap();
+}
+
+/// The words of tenant `tenant`'s output so far, with the batch each came in.
+fn tenant_words(server: &weir_tests::server::Server, tenant: &str) -> Vec<(u64, String)> {
+    sink_lines(&server.root(tenant).join("out/wc"))
+        .into_iter()
+        .map(|(batch, line)| (batch, line.split_once('\t').unwrap().0.to_owned()))
+        .collect()
+}
+
+/// Waits until the tenant's output holds `word`.
+fn wait_word(server: &weir_tests::server::Server, tenant: &str, word: &str) {
+    wait_for(&format!("`{word}` in the output"), || {
+        tenant_words(server, tenant).iter().any(|(_, w)| w == word)
+    });
+}
+
+#[test]
+fn the_server_swaps_refuses_rolls_back_and_keeps_the_version_over_a_kill_9() {
+    use weir_tests::server::{Server, json};
+    let dir = scratch();
+    let mut server = Server::start(env!("CARGO_BIN_EXE_weir"), &dir.path().join("data"), &[]);
+    let token = server.tenant("t", json!({}));
+    let upload =
+        |server: &Server, name: &str, file: &str| server.push_plugin("t", &token, name, file).expect(201);
+    let v1 = upload(&server, "split-words", plugins::SPLIT_WORDS)["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v2 = upload(&server, "split-words-tagged", plugins::SPLIT_WORDS_TAGGED)["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lowercase = upload(&server, "lowercase", plugins::LOWERCASE)["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = r#"
+[pipeline]
+name = "wc"
+batch-interval = "100ms"
+
+[[source]]
+name = "lines"
+type = "files"
+path = "in"
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+
+[[sink]]
+input = "counts"
+type = "files"
+path = "out/wc"
+"#;
+    server.deploy("t", &token, text).expect(201);
+    tenant_input(&server, "t", "1.txt", "one\n");
+    wait_word(&server, "t", "one");
+
+    let swap = |server: &Server, body: serde_json::Value| {
+        server.post("/v1/tenants/t/pipelines/wc/stages/words/swap", &token, &body)
+    };
+    // Refused: another kind; the pipeline goes on untouched.
+    swap(&server, json!({ "upload": "lowercase" }))
+        .expect_error(422, "the stage runs one of kind `flat-map`");
+    swap(&server, json!({ "upload": "nothing" })).expect_error(404, "no plugin `nothing`");
+    swap(&server, json!({ "upload": "split-words", "sha256": v1 })).expect_error(400, "exactly one of");
+    let viewer = server.token("t", "viewer");
+    server
+        .post(
+            "/v1/tenants/t/pipelines/wc/stages/words/swap",
+            &viewer,
+            &json!({ "upload": "split-words-tagged" }),
+        )
+        .expect_error(403, "");
+
+    let report = swap(
+        &server,
+        json!({ "upload": "split-words-tagged", "config": { "prefix": "b:" } }),
+    )
+    .expect(200);
+    assert_eq!(report["from"], json!(v1));
+    assert_eq!(report["to"], json!(v2));
+    tenant_input(&server, "t", "2.txt", "two\n");
+    wait_word(&server, "t", "b:two");
+    let status = server.get("/v1/tenants/t/pipelines/wc", &token).expect(200);
+    assert_eq!(status["status"]["plugins"][0]["sha256"], json!(v2));
+
+    // kill -9 and restart: the pipeline comes back on the swapped-in version and its configuration.
+    server.kill9();
+    server.restart();
+    tenant_input(&server, "t", "3.txt", "three\n");
+    wait_word(&server, "t", "b:three");
+    let history = server
+        .get("/v1/tenants/t/pipelines/wc/history", &token)
+        .expect(200);
+    let versions = history["words/split-words"].as_array().unwrap();
+    let outcomes: Vec<(&str, &str)> = versions
+        .iter()
+        .map(|v| (v["sha256"].as_str().unwrap(), v["outcome"].as_str().unwrap()))
+        .collect();
+    assert!(outcomes.contains(&(v1.as_str(), "replaced")), "{history}");
+    assert!(
+        outcomes.contains(&(lowercase.as_str(), "refused")),
+        "the refused kind is in the history: {history}"
+    );
+    assert_eq!(outcomes.last(), Some(&(v2.as_str(), "running")), "{history}");
+    assert_eq!(
+        outcomes.iter().filter(|(sha, _)| *sha == v2).count(),
+        1,
+        "a restart goes on with the same entry: {history}"
+    );
+    assert!(
+        versions
+            .iter()
+            .any(|v| v["sha256"] == json!(v2) && v["by"].as_str().is_some_and(|by| by.contains("operator"))),
+        "who swapped is recorded: {history}"
+    );
+
+    // Back to v1 by its SHA-256, even after its upload is replaced.
+    upload(&server, "split-words", plugins::LOWERCASE);
+    let back = server
+        .post(
+            "/v1/tenants/t/pipelines/wc/stages/words/rollback",
+            &token,
+            &json!({ "to": v1 }),
+        )
+        .expect(200);
+    assert_eq!(back["to"], json!(v1));
+    tenant_input(&server, "t", "4.txt", "four\n");
+    wait_word(&server, "t", "four");
+    // With nothing on probation, a plain rollback says so.
+    server
+        .post(
+            "/v1/tenants/t/pipelines/wc/stages/words/rollback",
+            &token,
+            &json!({}),
+        )
+        .expect_error(422, "on probation");
+
+    // Every batch by one version; the audit log names each swap.
+    let words = tenant_words(&server, "t");
+    for (word, tagged) in [
+        ("one", false),
+        ("b:two", true),
+        ("b:three", true),
+        ("four", false),
+    ] {
+        assert!(words.iter().any(|(_, w)| w == word), "{word} in {words:?}");
+        assert_eq!(word.starts_with("b:"), tagged);
+    }
+    let audit = server
+        .get("/v1/audit?tenant=t", weir_tests::server::ADMIN_TOKEN)
+        .expect(200);
+    let swaps: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("swap pipeline wc stage words"))
+        })
+        .collect();
+    assert!(
+        swaps
+            .iter()
+            .any(|entry| entry["plugin_sha256"] == json!(v2) && entry["result"] == json!("ok")),
+        "{audit}"
+    );
+    assert_eq!(swaps.len(), 5, "refused swaps are audited too: {audit}");
+
+    // The CLI: `weir swap` uploads the file and swaps it in; `weir history` shows it.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "--server",
+            server.url.as_str(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        weir().run(&all, LIMIT)
+    };
+    let swapped = cli(&[
+        "swap",
+        "wc",
+        "words",
+        plugins::SPLIT_WORDS_TAGGED,
+        "--as",
+        "tagged",
+        "--config",
+        "prefix=c:",
+        "--probation",
+        "2",
+    ]);
+    assert!(swapped.status.success(), "{}", weir_tests::stderr(&swapped));
+    assert!(
+        weir_tests::stdout(&swapped).contains(&v2),
+        "{}",
+        weir_tests::stdout(&swapped)
+    );
+    tenant_input(&server, "t", "5.txt", "five\n");
+    wait_word(&server, "t", "c:five");
+    let history = cli(&["history", "wc"]);
+    assert!(history.status.success(), "{}", weir_tests::stderr(&history));
+    assert!(
+        weir_tests::stdout(&history).contains("prefix"),
+        "{}",
+        weir_tests::stdout(&history)
+    );
+    let refused = cli(&["swap", "wc", "words", plugins::LOWERCASE]);
+    assert!(!refused.status.success());
+    assert!(
+        weir_tests::stderr(&refused).contains("kind `flat-map`"),
+        "{}",
+        weir_tests::stderr(&refused)
+    );
+}

@@ -420,7 +420,11 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_swapped_in_after_the_
     let kept = dir.join("checkpoints").join("plugins");
     std::fs::remove_dir_all(&kept).unwrap();
     let original = std::fs::read(plugins::SPLIT_WORDS).unwrap();
-    std::fs::write(&rebuilt, [&original[..], &[0, 5, 4, b'm', b'o', b'r', b'e'][..]].concat()).unwrap();
+    std::fs::write(
+        &rebuilt,
+        [&original[..], &[0, 5, 4, b'm', b'o', b'r', b'e'][..]].concat(),
+    )
+    .unwrap();
     let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(

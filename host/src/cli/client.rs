@@ -158,6 +158,29 @@ impl Client {
         )
     }
 
+    /// Hot-loads `body` (a swap request, see the API) into `stage` of `pipeline`.
+    pub fn swap(&self, pipeline: &str, stage: &str, body: &Value) -> anyhow::Result<Value> {
+        let path = self.tenant_path(&format!("/pipelines/{pipeline}/stages/{stage}/swap"))?;
+        self.post_json(&path, body)
+    }
+
+    /// Rolls `stage` of `pipeline` back (to `to`, a version of its history, if given).
+    pub fn roll_back(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        plugin: Option<&str>,
+        to: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let path = self.tenant_path(&format!("/pipelines/{pipeline}/stages/{stage}/rollback"))?;
+        self.post_json(&path, &serde_json::json!({ "plugin": plugin, "to": to }))
+    }
+
+    /// Each stage plugin's version history of `pipeline`.
+    pub fn history(&self, pipeline: &str) -> anyhow::Result<Value> {
+        self.get(&self.tenant_path(&format!("/pipelines/{pipeline}/history"))?)
+    }
+
     /// Makes a token of `role` for the tenant.
     pub fn create_token(&self, role: &str) -> anyhow::Result<Value> {
         let path = self.tenant_path("/tokens")?;

@@ -94,6 +94,8 @@ pub struct Prepared {
     spec: PipelineSpec,
     pipeline: Pipeline,
     state_dir: PathBuf,
+    /// Each stage plugin's versions before this run (a server's record).
+    history: std::collections::BTreeMap<String, Vec<crate::pipeline::VersionRecord>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -115,6 +117,16 @@ impl Prepared {
     /// only be unique among the running pipelines of that namespace.
     pub fn in_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Starts the run's plugin version histories (`stage/plugin`) with
+    /// `history`, the versions of earlier runs (a server restores them).
+    pub fn with_history(
+        mut self,
+        history: std::collections::BTreeMap<String, Vec<crate::pipeline::VersionRecord>>,
+    ) -> Self {
+        self.history = history;
         self
     }
 
@@ -289,7 +301,53 @@ impl Engine {
             spec,
             pipeline,
             state_dir,
+            history: Default::default(),
         })
+    }
+
+    /// Starts `plugin` of `stage` in `prepared` on `component` instead of the
+    /// pipeline file's version (with `config`, or the file's): what a server
+    /// restores after a hot-load. The component must be a plugin of the
+    /// same kind; it passed a hot-load's checks when it was first swapped
+    /// in, and starting checks that its `init` takes the configuration.
+    pub fn pin_plugin(
+        &self,
+        prepared: &mut Prepared,
+        stage: &str,
+        plugin: &str,
+        component: &[u8],
+        path: &Path,
+        config: Option<Vec<(String, String)>>,
+    ) -> Result<(), EngineError> {
+        let pinned = |message: String| EngineError::Plan {
+            location: format!("pipeline `{}`", prepared.spec.name),
+            message: format!("stage `{stage}`, plugin `{plugin}`: {message}"),
+        };
+        let slots: Vec<_> = crate::pipeline::swap::plan_slots(prepared.pipeline.plan())
+            .into_iter()
+            .filter(|slot| slot.stage() == stage && slot.name() == plugin)
+            .collect();
+        let Some(first) = slots.first() else {
+            return Err(pinned("no such plugin in the pipeline".into()));
+        };
+        let loaded = self
+            .shared
+            .runtime
+            .load_for(first.metered(), path, component)
+            .map_err(|error| pinned(format!("cannot load its pinned version: {error}")))?;
+        let current = first.current();
+        if loaded.info().kind != current.plugin.info().kind {
+            return Err(pinned(format!(
+                "its pinned version is a plugin of kind `{}`, the stage runs one of kind `{}`",
+                loaded.info().kind.name(),
+                current.plugin.info().kind.name()
+            )));
+        }
+        let config = config.unwrap_or_else(|| current.config.clone());
+        for slot in slots {
+            slot.install(loaded.clone(), config.clone(), 0);
+        }
+        Ok(())
     }
 
     /// Starts `prepared` on its own driver thread; its stages run on the
@@ -302,6 +360,7 @@ impl Engine {
             spec: _,
             pipeline,
             state_dir,
+            history,
         } = prepared;
         pipeline.check_options(&options)?;
         let name = pipeline.name().to_owned();
@@ -310,6 +369,7 @@ impl Engine {
             pipeline.plan().clone(),
             pipeline.stage_plugins().to_vec(),
         ));
+        live.seed_history(history);
         let signal = Signal::new();
         let (control, requests) = crossbeam_channel::unbounded();
         let ending = Arc::new(handle::Ending::default());

@@ -413,6 +413,38 @@ impl Live {
             .collect()
     }
 
+    /// Starts the histories with `history` (earlier runs' versions).
+    pub(crate) fn seed_history(
+        &self,
+        history: std::collections::BTreeMap<String, Vec<super::swap::VersionRecord>>,
+    ) {
+        *lock(&self.history) = history
+            .into_iter()
+            .map(|(key, records)| (key, records.into()))
+            .collect();
+    }
+
+    /// Records that `key` starts the run on `record`'s version: the last
+    /// version of the history when it is the same (a probation does not
+    /// outlast a run: it is running), a new entry otherwise.
+    pub(crate) fn start_version(&self, key: &str, record: super::swap::VersionRecord) {
+        {
+            let mut history = lock(&self.history);
+            if let Some(last) = history.get_mut(key).and_then(|records| {
+                records
+                    .iter_mut()
+                    .rev()
+                    .find(|r| !matches!(r.outcome, super::swap::VersionOutcome::Refused { .. }))
+            }) && last.sha256 == record.sha256
+                && last.config == record.config
+            {
+                last.outcome = super::swap::VersionOutcome::Running;
+                return;
+            }
+        }
+        self.record_version(key, record);
+    }
+
     /// Adds `record` to the history of `key` (`stage/plugin`), keeping the
     /// last [`super::swap::HISTORY`].
     pub(crate) fn record_version(&self, key: &str, record: super::swap::VersionRecord) {

@@ -199,7 +199,7 @@ impl Swaps {
         let slots = plan_slots(plan);
         let configured: Vec<Arc<Binding>> = slots.iter().map(|slot| slot.current()).collect();
         for (slot, binding) in slots.iter().zip(&configured) {
-            live.record_version(&key(slot), record(binding, None, VersionOutcome::Running));
+            live.start_version(&key(slot), record(binding, None, VersionOutcome::Running));
         }
         Self {
             pipeline: plan.pipeline.clone(),

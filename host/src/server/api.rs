@@ -30,7 +30,8 @@ use super::auth::{Principal, Role, Throttle, TokenRecord};
 use super::metrics;
 use super::state::{PipelineView, PluginRecord, ServerState, TenantChange, TenantView};
 use super::tls::ClientAddr;
-use crate::pipeline::{PipelineEvent, PipelineMetrics};
+use super::versions::{RollbackBody, RollbackReport, SwapBody};
+use crate::pipeline::{PipelineEvent, PipelineMetrics, SwapReport};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -82,6 +83,18 @@ pub fn router(app: App, max_body: usize) -> Router {
         .route(
             "/v1/tenants/{tenant}/pipelines/{pipeline}/file",
             get(pipeline_file),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/history",
+            get(plugin_history),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/stages/{stage}/swap",
+            post(swap),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/stages/{stage}/rollback",
+            post(roll_back),
         )
         .route(
             "/v1/tenants/{tenant}/pipelines/{pipeline}/{action}",
@@ -168,7 +181,7 @@ fn status_of(error: &ServerError) -> StatusCode {
         ServerError::NotFound(_) => StatusCode::NOT_FOUND,
         ServerError::Conflict(_) => StatusCode::CONFLICT,
         ServerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        ServerError::Quota(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ServerError::Quota(_) | ServerError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ServerError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
             StatusCode::INSUFFICIENT_STORAGE
         }
@@ -709,6 +722,70 @@ async fn control(
     })
     .await?;
     Ok(Json(view))
+}
+
+/// `POST .../stages/{stage}/swap`: hot-loads another version of the
+/// stage's plugin (JSON [`SwapBody`]); 422 with the reason when the
+/// candidate is refused.
+async fn swap(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline, stage)): Path<(String, String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<SwapReport> {
+    let body = json_body::<SwapBody>(raw);
+    let by = caller.0.who();
+    let action = format!("swap pipeline {pipeline} stage {stage}");
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    let report = audited(
+        &app,
+        &caller,
+        Some(tenant),
+        action,
+        allowed,
+        |result: &Result<SwapReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
+        move |state, name| state.swap(name, &pipeline, &stage, body?, by),
+    )
+    .await?;
+    Ok(Json(report))
+}
+
+/// `POST .../stages/{stage}/rollback`: returns the stage's plugin to its
+/// previous version (JSON [`RollbackBody`], may be empty).
+async fn roll_back(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline, stage)): Path<(String, String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<RollbackReport> {
+    let body = match &raw {
+        Ok(bytes) if bytes.is_empty() => Ok(RollbackBody::default()),
+        _ => json_body::<RollbackBody>(raw),
+    };
+    let by = caller.0.who();
+    let action = format!("roll back pipeline {pipeline} stage {stage}");
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    let report = audited(
+        &app,
+        &caller,
+        Some(tenant),
+        action,
+        allowed,
+        |result: &Result<RollbackReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
+        move |state, name| state.roll_back(name, &pipeline, &stage, body?, by),
+    )
+    .await?;
+    Ok(Json(report))
+}
+
+/// `GET .../history`: each stage plugin's last versions.
+async fn plugin_history(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Answer<std::collections::BTreeMap<String, Vec<crate::pipeline::VersionRecord>>> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.plugin_history(&tenant, &pipeline)?))
 }
 
 async fn delete_pipeline(

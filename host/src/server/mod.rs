@@ -8,6 +8,7 @@
 //!                                      ├── auth: tokens, roles, throttle of failed attempts
 //!                                      ├── tenant: quotas, grants, admission of a pipeline
 //!                                      ├── audit: append-only log of mutating calls
+//!                                      ├── versions: hot-loads, rollbacks, pinned versions
 //!                                      └── metrics: Prometheus text
 //! ```
 //!
@@ -25,6 +26,7 @@ pub mod state;
 pub mod store;
 pub mod tenant;
 pub mod tls;
+pub mod versions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +61,10 @@ pub enum ServerError {
     /// A tenant's quota refuses it (422).
     #[error("quota exceeded: {0}")]
     Quota(String),
+    /// A running pipeline refused the change (a hot-load's candidate failed
+    /// its checks, say): nothing changed (422).
+    #[error("{0}")]
+    Refused(String),
     /// The data directory failed (500; 507 when the disk is full).
     #[error("{what}: {source}")]
     Io {

@@ -49,11 +49,18 @@ pub enum Desired {
 /// A deployed pipeline's record in `pipelines/<name>.json`: one file, so
 /// a deploy is one durable write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PipelineRecord {
-    desired: Desired,
-    deployed_ms: i64,
+pub(super) struct PipelineRecord {
+    pub(super) desired: Desired,
+    pub(super) deployed_ms: i64,
     /// The pipeline file as deployed.
-    file: String,
+    pub(super) file: String,
+    /// The plugin versions hot-loaded into its stages (`stage/plugin`),
+    /// which a start runs instead of the pipeline file's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) pins: BTreeMap<String, super::versions::Pin>,
+    /// Each stage plugin's last versions (`stage/plugin`), over restarts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) history: BTreeMap<String, Vec<crate::pipeline::VersionRecord>>,
 }
 
 /// An uploaded plugin's record in `plugins.json`.
@@ -72,10 +79,11 @@ pub struct PluginRecord {
 }
 
 /// A deployed pipeline.
-struct Deployed {
+pub(super) struct Deployed {
     text: String,
-    record: PipelineRecord,
-    handle: Option<PipelineHandle>,
+    /// Shared with the task that records its automatic rollbacks.
+    pub(super) record: Arc<Mutex<PipelineRecord>>,
+    pub(super) handle: Option<PipelineHandle>,
     /// Why it could not be started (a restore after a restart, a start).
     failure: Option<String>,
     /// Why the server paused it (a quota), if it did.
@@ -143,7 +151,7 @@ pub struct TenantView {
     pub footprint: Footprint,
 }
 
-struct Tenant {
+pub(super) struct Tenant {
     name: String,
     config: Mutex<TenantConfig>,
     tokens: Mutex<Vec<TokenRecord>>,
@@ -265,6 +273,11 @@ impl ServerState {
         &self.engine
     }
 
+    /// The data directory.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn restore(&self) -> Result<(), ServerError> {
         let dir = self.store.tenants_dir();
         let entries = std::fs::read_dir(&dir)
@@ -331,21 +344,23 @@ impl ServerState {
             let text = record.file.clone();
             let mut deployed = Deployed {
                 text,
-                record,
+                record: Arc::new(Mutex::new(record)),
                 handle: None,
                 failure: None,
                 quota_paused: None,
                 footprint: Footprint::default(),
                 events: Arc::default(),
             };
-            if deployed.record.desired != Desired::Stopped {
+            let desired = lock(&deployed.record).desired;
+            if desired != Desired::Stopped {
                 let shown = format!("pipelines/{name}.toml");
-                match self.launch(tenant, &deployed.text, &shown) {
+                let kept = lock(&deployed.record).clone();
+                match self.launch(tenant, &deployed.text, &shown, Some(&kept)) {
                     Ok((handle, footprint)) => {
-                        if deployed.record.desired == Desired::Paused {
+                        if desired == Desired::Paused {
                             let _ = handle.pause();
                         }
-                        self.watch_events(tenant, &handle, &deployed.events);
+                        self.watch_events(tenant, &handle, &deployed);
                         deployed.handle = Some(handle);
                         deployed.footprint = footprint;
                     }
@@ -690,16 +705,21 @@ impl ServerState {
         Ok(record)
     }
 
-    /// Removes the stored component `sha256` unless some tenant's upload
-    /// still names it.
-    fn release_blob(&self, sha256: &str) {
+    /// Removes the stored component `sha256` unless some tenant's upload,
+    /// or a pipeline's hot-loaded version or version history, still names it.
+    pub(super) fn release_blob(&self, sha256: &str) {
         let _blobs = lock(&self.blobs);
         let used = self
             .tenants
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .any(|tenant| lock(&tenant.plugins).values().any(|p| p.sha256 == sha256));
+            .any(|tenant| {
+                lock(&tenant.plugins).values().any(|p| p.sha256 == sha256)
+                    || lock(&tenant.pipelines)
+                        .values()
+                        .any(|d| super::versions::names(&lock(&d.record), sha256))
+            });
         if !used {
             let _ = std::fs::remove_file(self.store.blob(sha256));
         }
@@ -734,9 +754,10 @@ impl ServerState {
         tenant: &Tenant,
         text: &str,
         shown: &str,
+        kept: Option<&PipelineRecord>,
     ) -> Result<(PipelineHandle, Footprint), ServerError> {
         let (spec, footprint) = self.admit(tenant, text, shown)?;
-        self.start_spec(tenant, spec, footprint, shown)
+        self.start_spec(tenant, spec, footprint, shown, kept)
     }
 
     fn start_spec(
@@ -745,9 +766,15 @@ impl ServerState {
         spec: config::PipelineSpec,
         footprint: Footprint,
         shown: &str,
+        kept: Option<&PipelineRecord>,
     ) -> Result<(PipelineHandle, Footprint), ServerError> {
         let config = lock(&tenant.config).clone();
-        let prepared = self
+        // A start after a hot-load runs the versions it pinned, and goes on
+        // with their history.
+        let (pins, history) = kept
+            .map(|record| (record.pins.clone(), record.history.clone()))
+            .unwrap_or_default();
+        let mut prepared = self
             .engine
             .prepare_parsed(
                 spec,
@@ -755,7 +782,9 @@ impl ServerState {
                 Some(&self.store.tenant_spill(&tenant.name)),
             )
             .map_err(|error| ServerError::Invalid(error.to_string()))?
-            .in_namespace(&tenant.name);
+            .in_namespace(&tenant.name)
+            .with_history(history);
+        self.apply_pins(&mut prepared, &pins)?;
         let handle = self
             .engine
             .start(
@@ -859,12 +888,14 @@ impl ServerState {
                 }
             }
         }
-        let (handle, footprint) = self.start_spec(&tenant, spec, footprint, shown)?;
+        let (handle, footprint) = self.start_spec(&tenant, spec, footprint, shown, None)?;
         let launched = started.elapsed();
         let record = PipelineRecord {
             desired: Desired::Running,
             deployed_ms: now_ms(),
             file: text.to_owned(),
+            pins: BTreeMap::new(),
+            history: BTreeMap::new(),
         };
         let saved = store::write_json(
             &self.store.pipelines_dir(name).join(format!("{pipeline}.json")),
@@ -881,31 +912,35 @@ impl ServerState {
             admit = ?admitted, start = ?(launched - admitted), persist = ?(started.elapsed() - launched),
             "deployed"
         );
-        let events = Arc::default();
-        self.watch_events(&tenant, &handle, &events);
         let deployed = Deployed {
             text: text.to_owned(),
-            record,
-            handle: Some(handle),
+            record: Arc::new(Mutex::new(record)),
+            handle: Some(handle.clone()),
             failure: None,
             quota_paused: None,
             footprint,
-            events,
+            events: Arc::default(),
         };
+        self.watch_events(&tenant, &handle, &deployed);
         let view = view_pipeline(&pipeline, &deployed);
         lock(&tenant.pipelines).insert(pipeline, deployed);
         Ok(view)
     }
 
-    fn watch_events(
-        &self,
-        tenant: &Tenant,
-        handle: &PipelineHandle,
-        events: &Arc<Mutex<VecDeque<PipelineEvent>>>,
-    ) {
+    /// Follows `handle`'s events: keeps the recent ones for the API, feeds
+    /// the delay histograms, and records automatic rollbacks in the
+    /// pipeline's record (so a restart runs the version rolled back to).
+    fn watch_events(&self, tenant: &Tenant, handle: &PipelineHandle, deployed: &Deployed) {
         let mut receiver = handle.subscribe();
-        let events = events.clone();
+        let events = deployed.events.clone();
         let histograms = self.histograms.series(&tenant.name, handle.name());
+        let versions = super::versions::RecordKeeper::new(
+            deployed.record.clone(),
+            self.store
+                .pipelines_dir(&tenant.name)
+                .join(format!("{}.json", handle.name())),
+            handle.clone(),
+        );
         self.runtime.spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -913,6 +948,21 @@ impl ServerState {
                     Ok(event) => {
                         if let PipelineEvent::BatchCompleted(report) = &event {
                             histograms.observe(report);
+                        }
+                        if let PipelineEvent::PluginRolledBack {
+                            stage, plugin, to, ..
+                        } = &event
+                        {
+                            let versions = versions.clone();
+                            let (stage, plugin, to) = (stage.clone(), plugin.clone(), to.clone());
+                            // A small durable write, off the event loop.
+                            let written = tokio::task::spawn_blocking(move || {
+                                versions.rolled_back(&stage, &plugin, &to)
+                            })
+                            .await;
+                            if let Ok(Err(error)) = written {
+                                tracing::error!(%error, "cannot record an automatic rollback");
+                            }
                         }
                         let mut events = lock(&events);
                         if events.len() == RECENT_EVENTS {
@@ -927,7 +977,7 @@ impl ServerState {
         });
     }
 
-    fn with_pipeline<T>(
+    pub(super) fn with_pipeline<T>(
         &self,
         name: &str,
         pipeline: &str,
@@ -980,30 +1030,30 @@ impl ServerState {
     /// first. Callers hold the tenant's operation lock (the record changes
     /// nowhere else); the pipelines' lock is not held across the write.
     fn set_desired(&self, name: &str, pipeline: &str, desired: Desired) -> Result<(), ServerError> {
-        let mut record = self.with_pipeline(name, pipeline, |_, d| Ok(d.record.clone()))?;
-        record.desired = desired;
+        let shared = self.with_pipeline(name, pipeline, |_, d| Ok(d.record.clone()))?;
+        let mut record = lock(&shared);
+        let mut changed = record.clone();
+        changed.desired = desired;
         store::write_json(
             &self.store.pipelines_dir(name).join(format!("{pipeline}.json")),
-            &record,
+            &changed,
         )?;
-        self.with_pipeline(name, pipeline, |_, d| {
-            d.record = record;
-            Ok(())
-        })
+        *record = changed;
+        Ok(())
     }
 
     /// Starts a stopped (or failed) pipeline again, from its checkpoint.
     pub fn start_pipeline(&self, name: &str, pipeline: &str) -> Result<PipelineView, ServerError> {
         let tenant = self.tenant(name)?;
         let _ops = tenant.lock_ops()?;
-        let text = self.with_pipeline(name, pipeline, |_, d| {
+        let (text, kept) = self.with_pipeline(name, pipeline, |_, d| {
             if d.active() {
                 return Err(ServerError::Conflict(format!("pipeline `{pipeline}` is running")));
             }
-            Ok(d.text.clone())
+            Ok((d.text.clone(), lock(&d.record).clone()))
         })?;
         let shown = format!("pipelines/{pipeline}.toml");
-        let launched = self.launch(&tenant, &text, &shown);
+        let launched = self.launch(&tenant, &text, &shown, Some(&kept));
         let (handle, footprint) = match launched {
             Ok(launched) => launched,
             Err(error) => {
@@ -1021,7 +1071,7 @@ impl ServerState {
             return Err(error);
         }
         self.with_pipeline(name, pipeline, |tenant, d| {
-            self.watch_events(tenant, &handle, &d.events);
+            self.watch_events(tenant, &handle, d);
             d.handle = Some(handle);
             d.footprint = footprint;
             d.failure = None;
@@ -1124,7 +1174,7 @@ impl ServerState {
                     let _ = std::thread::Builder::new().spawn(move || handle.pause());
                 } else if used <= max && deployed.quota_paused.is_some() {
                     deployed.quota_paused = None;
-                    if deployed.record.desired == Desired::Running {
+                    if lock(&deployed.record).desired == Desired::Running {
                         let _ = std::thread::Builder::new().spawn(move || handle.resume());
                     }
                 }
@@ -1211,13 +1261,14 @@ fn view_pipeline(name: &str, deployed: &Deployed) -> PipelineView {
         }
         status
     });
+    let record = lock(&deployed.record);
     PipelineView {
         name: name.to_owned(),
-        desired: deployed.record.desired,
+        desired: record.desired,
         status,
         failure: deployed.failure.clone(),
         quota_paused: deployed.quota_paused.clone(),
         footprint: deployed.footprint,
-        deployed_ms: deployed.record.deployed_ms,
+        deployed_ms: record.deployed_ms,
     }
 }
