@@ -248,8 +248,10 @@ enum Command {
         /// `kafka` (the word count from a topic to a topic next to the same
         /// over files; a broker from `--brokers` or `tests/broker/install`)
         /// or `serve` (a `weir serve` with `--tenants` tenants × 2 idle
-        /// pipelines: deploy latency, memory, idle CPU, shutdown).
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve"])]
+        /// pipelines: deploy latency, memory, idle CPU, shutdown) or `swap`
+        /// (hot-load into a running word count: time to the first batch on
+        /// the new version, throughput around swaps).
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap"])]
         suite: String,
         /// `--suite kafka`: the Kafka brokers to use (default: start the
         /// noida-db broker that `tests/broker/install` installed).
@@ -759,6 +761,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ..
         } if suite == "serve" => serve_bench(tenants, plugin),
         Command::Bench {
+            suite, lines, plugin, ..
+        } if suite == "swap" => swap_bench(lines, plugin),
+        Command::Bench {
             lines,
             corpus,
             partitions,
@@ -1028,6 +1033,42 @@ fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> any
     let engine = engine(Some(partitions))?;
     let report = cli::state_bench::run(&engine, &settings, |line| eprintln!("{line}"))?;
     println!("{}", cli::state_bench::describe(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --suite swap`: hot-load into a running word count.
+fn swap_bench(lines: u64, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let plugin = match plugin {
+        Some(plugin) => plugin,
+        None => example_plugin("split-words")?,
+    };
+    let engine = engine(None)?;
+    let r = cli::swap_bench::run(&engine, &plugin, lines, |line| eprintln!("{line}"))?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "hot-load into a running word count ({} swaps, 100 ms batches, candidates compiled before):",
+        r.swaps
+    );
+    println!(
+        "  request to the end of the first batch on the new version  p50 {:.1} ms  p95 {:.1} ms  max {:.1} ms  (goal: at most {:.0} ms)",
+        ms(r.to_first_batch[0]),
+        ms(r.to_first_batch[1]),
+        ms(r.to_first_batch[2]),
+        ms(cli::swap_bench::INTERVAL) + 10.0
+    );
+    println!(
+        "  checks (dry run on {} sample records) and cut-over in the driver  p50 {:.2} ms  max {:.2} ms",
+        r.sample_records,
+        ms(r.cut_over[0]),
+        ms(r.cut_over[1])
+    );
+    println!(
+        "  throughput over {lines} lines: {:.2} M lines/s without swaps, {:.2} M lines/s with a swap every 100 ms ({} swaps in all runs): ratio {:.3}",
+        r.throughput[0] / 1e6,
+        r.throughput[1] / 1e6,
+        r.throughput_swaps,
+        r.throughput[1] / r.throughput[0].max(1e-9)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,4 +13,5 @@ pub mod many;
 pub mod process;
 pub mod serve_bench;
 pub mod state_bench;
+pub mod swap_bench;
 pub mod watch;

@@ -121,8 +121,8 @@ pub struct SwapReport {
     pub sample_records: usize,
     /// Batches the new version is on probation for.
     pub probation_batches: u64,
-    /// Milliseconds the checks and the cut-over took.
-    pub took_ms: u64,
+    /// Microseconds the checks and the cut-over took in the driver.
+    pub took_us: u64,
 }
 
 /// How a version in a history ended (or stands).
@@ -174,6 +174,10 @@ pub(crate) struct Swaps {
     configured: Vec<Arc<Binding>>,
     /// Per slot: failed calls tolerated in its probation.
     thresholds: Vec<u64>,
+    /// Per slot: the binding the last swap replaced, kept so that its
+    /// compiled form stays in the engine's catalog (a rollback, or a swap
+    /// back, then needs no compile); its instances are gone.
+    replaced: Vec<Option<Arc<Binding>>>,
     runtime: Arc<Runtime>,
     live: Arc<Live>,
 }
@@ -204,6 +208,7 @@ impl Swaps {
         Self {
             pipeline: plan.pipeline.clone(),
             thresholds: vec![0; slots.len()],
+            replaced: vec![None; slots.len()],
             slots,
             configured,
             runtime,
@@ -439,6 +444,7 @@ impl Swaps {
             let slot = &self.slots[index];
             let replaced = slot.install(order.candidate.clone(), config.clone(), order.rule.batches);
             self.thresholds[index] = order.rule.max_failures.max(baseline);
+            self.replaced[index] = Some(replaced.clone());
             self.live
                 .set_outcome(&key, replaced.plugin.content_hash(), VersionOutcome::Replaced);
         }
@@ -481,7 +487,7 @@ impl Swaps {
             after_batch,
             sample_records,
             probation_batches: order.rule.batches,
-            took_ms: started.elapsed().as_millis() as u64,
+            took_us: started.elapsed().as_micros() as u64,
         })
     }
 
