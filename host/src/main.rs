@@ -157,6 +157,28 @@ enum Command {
         /// Failed calls it may have on probation before it is rolled back.
         #[arg(long, default_value_t = 0)]
         max_failures: u64,
+        /// Run it in shadow first: beside the current version on the same
+        /// input, its output compared (`weir status`) and not delivered,
+        /// until `weir promote` (or --promote-after) swaps it in.
+        #[arg(long)]
+        shadow: bool,
+        /// In shadow: promote it after this many batches in a row with no
+        /// difference and no failure.
+        #[arg(long, requires = "shadow")]
+        promote_after: Option<u64>,
+        /// In shadow: ... and when it is at most this many percent slower.
+        #[arg(long, requires = "shadow", default_value_t = 10.0)]
+        max_slower_percent: f64,
+    },
+    /// Swap in a stage's candidate running in shadow on the server.
+    Promote {
+        /// The pipeline.
+        pipeline: String,
+        /// The stage.
+        stage: String,
+        /// The plugin within the stage, when it runs several.
+        #[arg(long)]
+        plugin: Option<String>,
     },
     /// Roll a stage's plugin back on the server: to the version before the
     /// one on probation, or to a version of its history.
@@ -480,6 +502,7 @@ impl Command {
                 | Self::Resume { .. }
                 | Self::Delete { .. }
                 | Self::Swap { .. }
+                | Self::Promote { .. }
                 | Self::Rollback { .. }
                 | Self::History { .. }
                 | Self::Tenant { .. }
@@ -522,6 +545,9 @@ fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
             config,
             probation,
             max_failures,
+            shadow,
+            promote_after,
+            max_slower_percent,
         } => {
             let name = match upload_as {
                 Some(name) => name.clone(),
@@ -546,11 +572,20 @@ fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
                         .ok_or_else(|| anyhow!("--config {entry}: expected KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<serde_json::Map<_, _>>>()?;
+            let mode = if *shadow {
+                serde_json::json!({ "shadow": {
+                    "promote-after": promote_after,
+                    "max-slower-percent": max_slower_percent,
+                } })
+            } else {
+                serde_json::json!("immediate")
+            };
             let body = serde_json::json!({
                 "upload": name,
                 "plugin": plugin,
                 "config": (!config.is_empty()).then_some(config),
                 "rollback": { "batches": probation, "max-failures": max_failures },
+                "mode": mode,
             });
             print_json(&client.swap(pipeline, stage, &body)?)
         }
@@ -561,6 +596,11 @@ fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
             to,
         } => print_json(&client.roll_back(pipeline, stage, plugin.as_deref(), to.as_deref())?),
         Command::History { pipeline } => print_json(&client.history(pipeline)?),
+        Command::Promote {
+            pipeline,
+            stage,
+            plugin,
+        } => print_json(&client.promote(pipeline, stage, plugin.as_deref())?),
         Command::Delete { name } => {
             client.delete(name)?;
             println!("deleted {name}");

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use weir::engine::{Engine, EngineOptions, PipelineHandle, SwapRequest};
 use weir::pipeline::{
-    ControlError, PipelineEvent, PipelineState, RollbackRule, RunOptions, StopMode, VersionOutcome,
+    ControlError, PipelineEvent, PipelineState, RollbackRule, Rollout, RunOptions, ShadowRule, StopMode,
+    VersionOutcome,
 };
 use weir_tests::{component_cache, free_port, plugins, scratch, sink_lines};
 
@@ -126,7 +127,19 @@ fn swap(
     config: Option<Vec<(&str, &str)>>,
     rule: RollbackRule,
 ) -> Result<weir::pipeline::SwapReport, ControlError> {
+    swap_in(handle, stage, component, config, rule, Rollout::Immediate)
+}
+
+fn swap_in(
+    handle: &PipelineHandle,
+    stage: &str,
+    component: &str,
+    config: Option<Vec<(&str, &str)>>,
+    rule: RollbackRule,
+    mode: Rollout,
+) -> Result<weir::pipeline::SwapReport, ControlError> {
     handle.swap(SwapRequest {
+        mode,
         stage: stage.into(),
         plugin: None,
         component: std::fs::read(component).unwrap(),
@@ -867,4 +880,151 @@ path = "out/wc"
         "{}",
         weir_tests::stderr(&refused)
     );
+}
+
+/// Writes lines `a<i> b<i>` for `i` in `from..to` to `feeder`'s connection.
+fn feed_pairs(feeder: &mut Feeder, from: u64, to: u64) {
+    let text: String = (from..to).map(|i| format!("a{i} b{i}\n")).collect();
+    feeder.connection.write_all(text.as_bytes()).unwrap();
+}
+
+#[test]
+fn a_candidate_in_shadow_reports_exactly_its_differences_and_is_promoted_by_hand_or_by_its_rule() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let text = socket_pipeline(
+        "shadowed",
+        port,
+        &out,
+        &format!("split-words = {:?}", plugins::SPLIT_WORDS),
+        r#"
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+"#,
+        "words",
+    );
+    let handle = engine
+        .start(
+            engine.prepare(&text, Path::new("shadowed.toml")).unwrap(),
+            RunOptions::default(),
+        )
+        .unwrap();
+    let mut feeder = Feeder::connect(port);
+    feed_pairs(&mut feeder, 0, 10);
+    wait_for("20 words out", || handle.metrics().records_out >= 20);
+
+    // A candidate that changes the value of the words starting with `b`.
+    let differs = vec![("prefix", "x:"), ("tag", "value"), ("only-starting-with", "b")];
+    let report = swap_in(
+        &handle,
+        "words",
+        plugins::SPLIT_WORDS_TAGGED,
+        Some(differs),
+        RollbackRule::default(),
+        Rollout::Shadow(ShadowRule {
+            promote_after: None,
+            max_slower_percent: 10.0,
+        }),
+    )
+    .expect("the candidate goes into shadow");
+    assert!(report.shadow);
+    feed_pairs(&mut feeder, 10, 300);
+    wait_for("600 words out", || handle.metrics().records_out >= 600);
+    let shadow = handle
+        .status()
+        .shadows
+        .into_iter()
+        .next()
+        .expect("a candidate in shadow");
+    assert_eq!(shadow.candidate, report.to);
+    assert_eq!(
+        (
+            shadow.stats.only_live,
+            shadow.stats.only_candidate,
+            shadow.stats.different
+        ),
+        (0, 0, 290),
+        "{shadow:?}"
+    );
+    let expected: BTreeSet<String> = (10..300).map(|i| format!("b{i}")).collect();
+    assert_eq!(
+        shadow.stats.differing_keys, expected,
+        "exactly the keys whose records differ"
+    );
+    assert_eq!(shadow.stats.candidate_failures, 0);
+    assert!(shadow.stats.batches >= 1 && shadow.stats.clean_batches == 0);
+    assert!(!shadow.stats.candidate_time.is_zero() && !shadow.stats.live_time.is_zero());
+    // Its output went nowhere.
+    assert!(sink_lines(&out).iter().all(|(_, line)| !line.contains("x:")));
+
+    // Promoted by hand: the next batches are the candidate's.
+    let promoted = handle
+        .promote("words", None, Some("the test".into()))
+        .expect("promoted");
+    assert_eq!(promoted.to, report.to);
+    assert!(handle.status().shadows.is_empty());
+    let cut = promoted.after_batch.unwrap();
+    feed_pairs(&mut feeder, 300, 310);
+    wait_for("the promoted version's output", || {
+        sink_lines(&out).iter().any(|(_, line)| line.contains("x:b30"))
+    });
+    for (batch, line) in sink_lines(&out)
+        .into_iter()
+        .filter(|(_, line)| line.starts_with('b'))
+    {
+        assert_eq!(
+            line.contains("x:"),
+            batch > cut,
+            "batch {batch}, cut after {cut}: {line}"
+        );
+    }
+
+    // A candidate with the same output, promoted by its rule after three clean batches.
+    let same = swap_in(
+        &handle,
+        "words",
+        plugins::SPLIT_WORDS,
+        None,
+        RollbackRule::default(),
+        Rollout::Shadow(ShadowRule {
+            promote_after: Some(3),
+            max_slower_percent: 1_000.0,
+        }),
+    );
+    // split-words differs from the promoted version on `b` words: fed `a` words only, it is clean.
+    let same = same.expect("split-words goes into shadow");
+    let mut i = 1_000;
+    wait_for("the rule's promotion", || {
+        let text: String = (i..i + 5).map(|n| format!("a{n}\n")).collect();
+        feeder.connection.write_all(text.as_bytes()).unwrap();
+        i += 5;
+        std::thread::sleep(Duration::from_millis(60));
+        handle.status().plugins[0].sha256 == same.to
+    });
+    let history = &handle.plugin_history()["words/split-words"];
+    let last = history.last().unwrap();
+    assert_eq!(last.sha256, same.to);
+    assert_eq!(last.by.as_deref(), Some("its shadow rule"));
+    // A rollback while nothing is on probation or in shadow says so; a
+    // candidate in shadow can be given up.
+    swap_in(
+        &handle,
+        "words",
+        plugins::SPLIT_WORDS_TAGGED,
+        None,
+        RollbackRule::default(),
+        Rollout::Shadow(ShadowRule::default()),
+    )
+    .unwrap();
+    handle
+        .roll_back("words", None, Some("the test".into()))
+        .expect("the shadow is given up");
+    assert!(handle.status().shadows.is_empty());
+    handle.stop(StopMode::Graceful);
+    handle.wait().unwrap();
 }

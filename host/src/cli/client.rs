@@ -176,6 +176,12 @@ impl Client {
         self.post_json(&path, &serde_json::json!({ "plugin": plugin, "to": to }))
     }
 
+    /// Swaps in the candidate in shadow of `stage` of `pipeline`.
+    pub fn promote(&self, pipeline: &str, stage: &str, plugin: Option<&str>) -> anyhow::Result<Value> {
+        let path = self.tenant_path(&format!("/pipelines/{pipeline}/stages/{stage}/promote"))?;
+        self.post_json(&path, &serde_json::json!({ "plugin": plugin }))
+    }
+
     /// Each stage plugin's version history of `pipeline`.
     pub fn history(&self, pipeline: &str) -> anyhow::Result<Value> {
         self.get(&self.tenant_path(&format!("/pipelines/{pipeline}/history"))?)

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use weir::engine::{Engine, PipelineHandle, SwapRequest};
-use weir::pipeline::{PipelineEvent, RollbackRule, RunOptions, StopMode};
+use weir::pipeline::{PipelineEvent, RollbackRule, Rollout, RunOptions, StopMode};
 
 use super::bench::{TotalSink, wordcount_toml};
 
@@ -78,6 +78,7 @@ fn request(component: &[u8], path: &Path) -> SwapRequest {
             batches: 0,
             max_failures: 0,
         },
+        mode: Rollout::Immediate,
         by: Some("bench".into()),
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weir::engine::{PipelineHandle, SwapRequest};
-use weir::pipeline::RollbackRule;
+use weir::pipeline::{RollbackRule, Rollout};
 
 /// How often the files are looked at.
 const POLL: Duration = Duration::from_millis(200);
@@ -113,6 +113,7 @@ fn look(watch: &mut Watched, say: fn(&str)) {
             path: watch.path.clone(),
             config: None,
             rule: RollbackRule::default(),
+            mode: Rollout::Immediate,
             by: Some("--watch-plugins".into()),
         };
         let pipeline = watch.handle.name();

@@ -10,7 +10,7 @@ use crate::pipeline::control::ControlMessage;
 use crate::pipeline::live::Live;
 use crate::pipeline::{
     ControlError, ControlReply, ControlRequest, PipelineEvent, PipelineMetrics, PipelineStatus, RollbackRule,
-    RunSummary, Signal, StopMode, SwapOrder, SwapReport, VersionRecord,
+    Rollout, RunSummary, Signal, StopMode, SwapOrder, SwapReport, VersionRecord,
 };
 
 /// Identifies a pipeline within its engine (never reused).
@@ -79,6 +79,8 @@ pub struct SwapRequest {
     pub config: Option<Vec<(String, String)>>,
     /// Its probation, and when it is rolled back by itself.
     pub rule: RollbackRule,
+    /// Immediately, or in shadow first.
+    pub mode: Rollout,
     /// Who asks, for the history.
     pub by: Option<String>,
 }
@@ -193,6 +195,7 @@ impl PipelineHandle {
             bytes: Arc::from(request.component),
             config: request.config,
             rule: request.rule,
+            mode: request.mode,
             by: request.by,
         };
         match self.control(ControlRequest::Swap(Box::new(order)))? {
@@ -201,7 +204,28 @@ impl PipelineHandle {
         }
     }
 
-    /// Returns a stage's plugin on probation to the version before it.
+    /// Promotes a stage plugin's candidate in shadow: it is swapped in.
+    pub fn promote(
+        &self,
+        stage: &str,
+        plugin: Option<&str>,
+        by: Option<String>,
+    ) -> Result<SwapReport, ControlError> {
+        match self.control(ControlRequest::Promote {
+            stage: stage.to_owned(),
+            plugin: plugin.map(str::to_owned),
+            by,
+        })? {
+            ControlReply::Swapped(report) => Ok(report),
+            other => Err(ControlError::Refused {
+                pipeline: self.inner.name.clone(),
+                message: format!("unexpected reply to a promotion: {other:?}"),
+            }),
+        }
+    }
+
+    /// Returns a stage's plugin on probation to the version before it, or
+    /// gives up its candidate in shadow.
     pub fn roll_back(
         &self,
         stage: &str,

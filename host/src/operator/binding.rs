@@ -23,6 +23,13 @@
 //! is processed again by the previous binding, so its output is what the old
 //! version gives and nothing is lost; the driver rolls the slot back when the
 //! failures pass the rollout's threshold.
+//!
+//! A candidate can also run in **shadow** beside the current binding: the
+//! stage's guard gives it the same input as the current one, compares the
+//! two outputs ([`ShadowStats`]) and delivers only the current one's.
+//!
+//! Which binding a call runs is its [`Route`], set by the guard on the
+//! worker's instance slots.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,6 +76,19 @@ pub enum Sample {
     Pair(Batch, Batch),
 }
 
+/// Which of a slot's bindings a call runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The current binding.
+    #[default]
+    Current,
+    /// The binding before the current one, while the current one is on
+    /// probation (its call failed on this input).
+    Fallback,
+    /// The candidate in shadow.
+    Shadow,
+}
+
 /// What every worker's instance entries and the slot share: whether the run
 /// is over, and the generations instances must be of.
 #[derive(Debug, Default)]
@@ -79,21 +99,117 @@ pub struct SlotShared {
     pub(super) generation: AtomicU64,
     /// The previous binding's generation, while the current one is on probation.
     pub(super) fallback_generation: AtomicU64,
+    /// The shadow candidate's generation (`u64::MAX`: none).
+    pub(super) shadow_generation: AtomicU64,
 }
 
 impl SlotShared {
-    /// True when an instance of `generation` (of the fallback binding when
-    /// `fallback`) may be kept.
-    pub(super) fn keeps(&self, generation: u64, fallback: bool) -> bool {
-        if self.retired.load(Ordering::Relaxed) {
-            return false;
+    /// The generation instances on `route` must be of.
+    pub(super) fn generation(&self, route: Route) -> u64 {
+        match route {
+            Route::Current => &self.generation,
+            Route::Fallback => &self.fallback_generation,
+            Route::Shadow => &self.shadow_generation,
         }
-        let current = if fallback {
-            &self.fallback_generation
-        } else {
-            &self.generation
-        };
-        current.load(Ordering::Acquire) == generation
+        .load(Ordering::Acquire)
+    }
+
+    /// True when an instance of `generation` on `route` may be kept.
+    pub(super) fn keeps(&self, generation: u64, route: Route) -> bool {
+        !self.retired.load(Ordering::Relaxed) && self.generation(route) == generation
+    }
+}
+
+/// How a shadow candidate compares with the current version so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShadowStats {
+    /// Batches it ran in.
+    pub batches: u64,
+    /// Batches in a row, up to the last, in which its output was the
+    /// current version's and it did not fail.
+    pub clean_batches: u64,
+    /// Output records only the current version produced.
+    pub only_live: u64,
+    /// Output records only the candidate produced.
+    pub only_candidate: u64,
+    /// Output records of a key both produced, with different values.
+    pub different: u64,
+    /// The keys (text, lossy) whose records differed, at most [`DIFF_KEYS`].
+    pub differing_keys: std::collections::BTreeSet<String>,
+    /// Calls of the candidate that failed (traps, errors, limits).
+    pub candidate_failures: u64,
+    /// Time the current version's calls took.
+    pub live_time: std::time::Duration,
+    /// Time the candidate's calls took.
+    pub candidate_time: std::time::Duration,
+    /// Differences and failures in the batch running now.
+    #[serde(skip)]
+    pub(super) batch_dirty: bool,
+}
+
+/// Differing keys a [`ShadowStats`] lists.
+pub const DIFF_KEYS: usize = 1_000;
+
+/// How two outputs of one call differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputDiff {
+    /// Records only in the current version's output.
+    pub only_live: u64,
+    /// Records only in the candidate's.
+    pub only_candidate: u64,
+    /// Records of a key in both whose values differ.
+    pub different: u64,
+    /// The keys involved.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl OutputDiff {
+    /// Compares two outputs as multisets of records by key: per key, the
+    /// values both have match; of the rest, pairs count as different
+    /// values and the remainder as only in one output.
+    pub fn of(live: &[Batch], candidate: &[Batch]) -> Self {
+        use std::collections::HashMap;
+        /// Per key: its values in the current version's output, in the candidate's.
+        type Values<'a> = (Vec<&'a [u8]>, Vec<&'a [u8]>);
+        let mut by_key: HashMap<Option<&[u8]>, Values<'_>> = HashMap::new();
+        for record in live.iter().flat_map(Batch::iter) {
+            by_key.entry(record.key).or_default().0.push(record.value);
+        }
+        for record in candidate.iter().flat_map(Batch::iter) {
+            by_key.entry(record.key).or_default().1.push(record.value);
+        }
+        let mut diff = Self::default();
+        for (key, (mut live, mut candidate)) in by_key {
+            live.sort_unstable();
+            candidate.sort_unstable();
+            let (mut i, mut j, mut common) = (0, 0, 0);
+            while i < live.len() && j < candidate.len() {
+                match live[i].cmp(candidate[j]) {
+                    std::cmp::Ordering::Equal => {
+                        common += 1;
+                        i += 1;
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Less => i += 1,
+                    std::cmp::Ordering::Greater => j += 1,
+                }
+            }
+            let (l, c) = ((live.len() - common) as u64, (candidate.len() - common) as u64);
+            if l + c == 0 {
+                continue;
+            }
+            let different = l.min(c);
+            diff.different += different;
+            diff.only_live += l - different;
+            diff.only_candidate += c - different;
+            diff.keys.push(key.unwrap_or_default().to_vec());
+        }
+        diff
+    }
+
+    /// True when the outputs were the same.
+    pub fn is_empty(&self) -> bool {
+        self.only_live + self.only_candidate + self.different == 0
     }
 }
 
@@ -124,6 +240,11 @@ pub struct BindingSlot {
     pub(super) key: InstanceKey,
     /// The key of its instances of the previous binding, during probation.
     pub(super) fallback_key: InstanceKey,
+    /// The key of its instances of the shadow candidate.
+    pub(super) shadow_key: InstanceKey,
+    /// The candidate in shadow, with how it compares so far.
+    shadow: Mutex<Option<(Arc<Binding>, ShadowStats)>>,
+    in_shadow: AtomicBool,
     pub(super) shared: Arc<SlotShared>,
     current: RwLock<Arc<Binding>>,
     probation: Mutex<Probation>,
@@ -163,7 +284,13 @@ impl BindingSlot {
             sandbox: Arc::new(sandbox),
             key: InstanceKey::unique(),
             fallback_key: InstanceKey::unique(),
-            shared: Arc::new(SlotShared::default()),
+            shadow_key: InstanceKey::unique(),
+            shadow: Mutex::new(None),
+            in_shadow: AtomicBool::new(false),
+            shared: Arc::new(SlotShared {
+                shadow_generation: AtomicU64::new(u64::MAX),
+                ..SlotShared::default()
+            }),
             current: RwLock::new(Arc::new(Binding {
                 plugin,
                 config,
@@ -213,6 +340,136 @@ impl BindingSlot {
             return previous;
         }
         self.current()
+    }
+
+    /// The route a call asking for `wanted` takes now: the fallback only
+    /// during a probation, the shadow only while there is one.
+    pub(super) fn route(&self, wanted: Route) -> Route {
+        match wanted {
+            Route::Fallback if self.on_probation() => Route::Fallback,
+            Route::Shadow if self.in_shadow() => Route::Shadow,
+            _ => Route::Current,
+        }
+    }
+
+    /// The key of the instances on `route`.
+    pub(super) fn key_of(&self, route: Route) -> InstanceKey {
+        match route {
+            Route::Current => self.key,
+            Route::Fallback => self.fallback_key,
+            Route::Shadow => self.shadow_key,
+        }
+    }
+
+    /// The binding of `route`.
+    pub(super) fn binding_of(&self, route: Route) -> Arc<Binding> {
+        match route {
+            Route::Shadow => match &*self.lock_shadow() {
+                Some((binding, _)) => binding.clone(),
+                None => self.current(),
+            },
+            route => self.binding(route == Route::Fallback),
+        }
+    }
+
+    fn lock_shadow(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Binding>, ShadowStats)>> {
+        self.shadow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while a candidate runs in shadow.
+    pub fn in_shadow(&self) -> bool {
+        self.in_shadow.load(Ordering::Acquire)
+    }
+
+    /// Runs `plugin` with `config` in shadow from the next batch on
+    /// (between batches), replacing any candidate in shadow.
+    pub fn start_shadow(&self, plugin: Arc<Plugin>, config: Vec<(String, String)>) {
+        let mut shadow = self.lock_shadow();
+        let generation = self
+            .shared
+            .shadow_generation
+            .load(Ordering::Acquire)
+            .wrapping_add(1);
+        *shadow = Some((
+            Arc::new(Binding {
+                plugin,
+                config,
+                generation,
+            }),
+            ShadowStats::default(),
+        ));
+        self.shared.shadow_generation.store(generation, Ordering::Release);
+        self.in_shadow.store(true, Ordering::Release);
+    }
+
+    /// Ends the shadow (between batches); returns the candidate and how it compared.
+    pub fn end_shadow(&self) -> Option<(Arc<Binding>, ShadowStats)> {
+        let ended = self.lock_shadow().take();
+        self.in_shadow.store(false, Ordering::Release);
+        // Its instances go at the next sweep.
+        let generation = self.shared.shadow_generation.load(Ordering::Acquire);
+        self.shared
+            .shadow_generation
+            .store(generation.wrapping_add(1), Ordering::Release);
+        ended
+    }
+
+    /// How the candidate in shadow compares so far, with its SHA-256.
+    pub fn shadow_stats(&self) -> Option<(String, ShadowStats)> {
+        self.lock_shadow()
+            .as_ref()
+            .map(|(binding, stats)| (binding.plugin.content_hash().to_owned(), stats.clone()))
+    }
+
+    /// Adds one call's comparison: `diff` (`None`: the candidate failed)
+    /// and the two versions' times.
+    pub(super) fn shadow_call(
+        &self,
+        diff: Option<OutputDiff>,
+        live_time: std::time::Duration,
+        candidate_time: std::time::Duration,
+    ) {
+        let mut shadow = self.lock_shadow();
+        let Some((_, stats)) = shadow.as_mut() else {
+            return;
+        };
+        stats.live_time += live_time;
+        stats.candidate_time += candidate_time;
+        match diff {
+            None => {
+                stats.candidate_failures += 1;
+                stats.batch_dirty = true;
+            }
+            Some(diff) if !diff.is_empty() => {
+                stats.only_live += diff.only_live;
+                stats.only_candidate += diff.only_candidate;
+                stats.different += diff.different;
+                stats.batch_dirty = true;
+                for key in diff.keys {
+                    if stats.differing_keys.len() >= DIFF_KEYS {
+                        break;
+                    }
+                    stats
+                        .differing_keys
+                        .insert(String::from_utf8_lossy(&key).into_owned());
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Ends a batch of the shadow (between batches); returns the stats so far.
+    pub fn shadow_batch_done(&self) -> Option<ShadowStats> {
+        let mut shadow = self.lock_shadow();
+        let (_, stats) = shadow.as_mut()?;
+        stats.batches += 1;
+        stats.clean_batches = if stats.batch_dirty {
+            0
+        } else {
+            stats.clean_batches + 1
+        };
+        stats.batch_dirty = false;
+        Some(stats.clone())
     }
 
     fn lock_probation(&self) -> std::sync::MutexGuard<'_, Probation> {

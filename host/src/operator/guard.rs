@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::binding::Route;
 use super::{Operator, OperatorError, PartitionContext, PieceFold, Planning};
 use crate::config::{FailurePolicy, OnError};
 use crate::record::{Batch, Partition, RecordRef, partition_len};
@@ -137,10 +138,42 @@ impl Guarded {
             slot.candidate_failed();
         }
         tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "the candidate on probation failed; the previous version processes the partition: {}", first_line(&error));
-        ctx.instances.fallback = true;
+        ctx.instances.route = Route::Fallback;
         let output = self.guarded(input, ctx);
-        ctx.instances.fallback = false;
+        ctx.instances.route = Route::Current;
         output
+    }
+
+    /// True while a plugin of the operator has a candidate in shadow.
+    fn in_shadow(&self) -> bool {
+        self.slots.iter().any(|slot| slot.in_shadow())
+    }
+
+    /// Runs the candidate in shadow on `input` and compares its output with
+    /// the current version's `live` (which took `live_time`); the
+    /// candidate's output goes nowhere.
+    fn shadow(
+        &self,
+        input: Partition,
+        live: &Partition,
+        live_time: Duration,
+        ctx: &mut PartitionContext<'_>,
+    ) {
+        ctx.instances.route = Route::Shadow;
+        let started = std::time::Instant::now();
+        let candidate = self.inner.process(input, ctx);
+        let candidate_time = started.elapsed();
+        ctx.instances.route = Route::Current;
+        let diff = match candidate {
+            Ok(candidate) => Some(super::binding::OutputDiff::of(live, &candidate)),
+            Err(error) => {
+                tracing::debug!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "the candidate in shadow failed: {}", first_line(&error));
+                None
+            }
+        };
+        for slot in self.slots.iter().filter(|slot| slot.in_shadow()) {
+            slot.shadow_call(diff.clone(), live_time, candidate_time);
+        }
     }
 
     /// Runs the operator under the stage's failure policy.
@@ -219,11 +252,16 @@ impl Guarded {
         if self.position.first {
             StageMetrics::add(&self.metrics.records_in, partition_len(&input) as u64);
         }
-        let output = if !ctx.instances.fallback && self.on_probation() {
+        let shadowed = (ctx.instances.route == Route::Current && self.in_shadow()).then(|| input.clone());
+        let started = std::time::Instant::now();
+        let output = if ctx.instances.route == Route::Current && self.on_probation() {
             self.on_trial(input, ctx)?
         } else {
             self.guarded(input, ctx)?
         };
+        if let Some(input) = shadowed {
+            self.shadow(input, &output, started.elapsed(), ctx);
+        }
         if self.position.last {
             StageMetrics::add(&self.metrics.records_out, partition_len(&output) as u64);
         }
@@ -368,9 +406,10 @@ impl Operator for Guarded {
     }
 
     fn fold_pieces(&self) -> Option<Box<dyn PieceFold + '_>> {
-        // On probation each piece is processed on its own, so that a
-        // candidate's failure can be processed again by the previous version.
-        if !self.fails_at_once() || self.on_probation() {
+        // On probation (or in shadow) each piece is processed on its own,
+        // so that a candidate's failure can be processed again by the
+        // previous version (or its output compared).
+        if !self.fails_at_once() || self.on_probation() || self.in_shadow() {
             return None;
         }
         Some(Box::new(GuardedFold {

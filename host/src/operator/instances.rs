@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::binding::{Binding, BindingSlot, Sample, SlotShared};
+use super::binding::{Binding, BindingSlot, Route, Sample, SlotShared};
 
 use crate::runtime::instance::Instance;
 use crate::runtime::{
@@ -98,33 +98,32 @@ impl<W: SlotWorld> PluginUse<W> {
     /// Runs `call` on this worker's instance of this use, starting one
     /// (instantiate + `init(config)`) if the worker has none, or only one of
     /// a binding a swap replaced. An instance whose call trapped is
-    /// discarded. During a probation, `slots.fallback` asks for the
-    /// previous binding's instance.
+    /// discarded. `slots.route` asks for the previous binding's instance
+    /// (during a probation) or the shadow candidate's (during a shadow).
     pub fn call<T>(
         &self,
         slots: &mut InstanceSlots,
         call: impl FnOnce(&mut Instance<W>) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
-        let fallback = slots.fallback && self.slot.on_probation();
         let slot = &self.slot;
-        let key = if fallback { slot.fallback_key } else { slot.key };
-        let generation = if fallback {
-            &slot.shared.fallback_generation
+        let route = if slots.route == Route::Current {
+            Route::Current
         } else {
-            &slot.shared.generation
-        }
-        .load(Ordering::Acquire);
+            slot.route(slots.route)
+        };
+        let key = slot.key_of(route);
+        let generation = slot.shared.generation(route);
         let slots = &mut W::slots(slots).0;
         let entry = match slots.entry(key) {
             std::collections::hash_map::Entry::Occupied(entry) => {
                 let entry = entry.into_mut();
                 if entry.generation != generation {
                     // A swap replaced the binding it was started from.
-                    *entry = start(slot, fallback)?;
+                    *entry = start(slot, route)?;
                 }
                 entry
             }
-            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(start(slot, fallback)?),
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(start(slot, route)?),
         };
         let result = call(&mut entry.instance);
         if let Err(error) = &result
@@ -136,9 +135,9 @@ impl<W: SlotWorld> PluginUse<W> {
     }
 }
 
-/// A worker's instance of `slot`'s current (or, with `fallback`, previous) binding.
-fn start<W: World>(slot: &BindingSlot, fallback: bool) -> Result<Entry<W>, PluginError> {
-    let binding = slot.binding(fallback);
+/// A worker's instance of `slot`'s binding on `route`.
+fn start<W: World>(slot: &BindingSlot, route: Route) -> Result<Entry<W>, PluginError> {
+    let binding = slot.binding_of(route);
     let instance = Instance::start(
         &binding.plugin,
         &binding.config,
@@ -148,7 +147,7 @@ fn start<W: World>(slot: &BindingSlot, fallback: bool) -> Result<Entry<W>, Plugi
     Ok(Entry {
         shared: slot.shared.clone(),
         generation: binding.generation,
-        fallback,
+        route,
         instance,
     })
 }
@@ -177,7 +176,7 @@ fn check_binding<W: SlotWorld>(
 struct Entry<W: World> {
     shared: Arc<SlotShared>,
     generation: u64,
-    fallback: bool,
+    route: Route,
     instance: Instance<W>,
 }
 
@@ -193,7 +192,7 @@ impl<W: World> Default for WorldSlots<W> {
 impl<W: World> WorldSlots<W> {
     fn sweep(&mut self) {
         self.0
-            .retain(|_, entry| entry.shared.keeps(entry.generation, entry.fallback));
+            .retain(|_, entry| entry.shared.keeps(entry.generation, entry.route));
     }
 }
 
@@ -213,9 +212,10 @@ macro_rules! slot_worlds {
         #[derive(Default)]
         pub struct InstanceSlots {
             $($field: WorldSlots<$world>,)*
-            /// Set while a call must run the previous binding of a use on
-            /// probation (its candidate failed on this input).
-            pub fallback: bool,
+            /// Which binding of each use the calls run now: the guard sets
+            /// it to run a failed call again on the previous binding of a
+            /// use on probation, or to run the shadow candidate.
+            pub route: Route,
         }
 
         $(impl SlotWorld for $world {

@@ -23,7 +23,17 @@ pub enum ControlRequest {
     /// Swap a stage's plugin for a new version at the next batch boundary,
     /// after checking it (see [`super::swap`]).
     Swap(Box<super::SwapOrder>),
-    /// Return a stage's plugin on probation to the version before it.
+    /// Swap in a stage plugin's candidate in shadow.
+    Promote {
+        /// The stage.
+        stage: String,
+        /// The plugin within the stage, when it has several.
+        plugin: Option<String>,
+        /// Who asked, for the history.
+        by: Option<String>,
+    },
+    /// Return a stage's plugin on probation to the version before it, or
+    /// give up its candidate in shadow.
     RollBack {
         /// The stage.
         stage: String,

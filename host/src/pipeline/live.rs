@@ -88,6 +88,8 @@ pub struct PipelineStatus {
     pub last_batch: Option<BatchMark>,
     /// The plugin of every stage that runs one.
     pub plugins: Vec<StagePlugin>,
+    /// The candidates running in shadow, and how they compare so far.
+    pub shadows: Vec<super::swap::ShadowReport>,
 }
 
 /// Something that happened to a pipeline.
@@ -399,6 +401,19 @@ impl Live {
                         }
                         None => plugin.clone(),
                     }
+                })
+                .collect(),
+            shadows: self
+                .slots
+                .iter()
+                .filter_map(|slot| {
+                    let (candidate, stats) = slot.shadow_stats()?;
+                    Some(super::swap::ShadowReport {
+                        stage: slot.stage().to_owned(),
+                        plugin: slot.name().to_owned(),
+                        candidate,
+                        stats,
+                    })
                 })
                 .collect(),
         }

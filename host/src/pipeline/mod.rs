@@ -29,4 +29,6 @@ pub use ready::Pipeline;
 pub use registry::{Function, PluginRegistry};
 pub use run::{RunOptions, RunSummary};
 pub use signal::{Signal, StopMode};
-pub use swap::{RollbackRule, SwapOrder, SwapReport, VersionOutcome, VersionRecord};
+pub use swap::{
+    RollbackRule, Rollout, ShadowReport, ShadowRule, SwapOrder, SwapReport, VersionOutcome, VersionRecord,
+};

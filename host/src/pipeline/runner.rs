@@ -24,7 +24,7 @@ use super::live::{BatchMark, BatchReport, Live, PipelineEvent, PipelineState};
 use super::ready::Pipeline;
 use super::run::{RunOptions, RunSummary};
 use super::signal::{Signal, StopMode};
-use super::swap::{RollbackRule, SwapOrder, SwapRefused, Swaps};
+use super::swap::{RollbackRule, Rollout, SwapOrder, SwapRefused, Swaps};
 use super::trigger::{Decision, Trigger};
 use crate::batcher::{Batcher, SourceCut};
 use crate::checkpoint::LoggedBatch;
@@ -488,6 +488,7 @@ impl Driver {
                     batches: 0,
                     max_failures: 0,
                 },
+                mode: Rollout::Immediate,
                 by: Some("the pipeline file".into()),
             };
             let last = self.last_batch.map(|(batch, _)| batch);
@@ -594,6 +595,33 @@ impl Driver {
                         Err(refusal) => Err(refused(&format!("swap refused: {refusal}"))),
                     }
                 }
+                ControlRequest::Promote { stage, plugin, by } => {
+                    let last = self.last_batch.map(|(batch, _)| batch);
+                    let promoted = self.swaps.promote(
+                        &stage,
+                        plugin.as_deref(),
+                        by,
+                        last,
+                        self.summary.batches,
+                        self.durability.as_mut(),
+                        &pipeline.plan,
+                    );
+                    self.executor.sweep();
+                    match promoted {
+                        Ok(report) => {
+                            self.live.publish(PipelineEvent::PluginSwapped(report.clone()));
+                            Ok(ControlReply::Swapped(report))
+                        }
+                        Err(SwapRefused::Failed(message)) => {
+                            let _ = reply.send(Err(refused(&message)));
+                            return Err(EngineError::Io(format!(
+                                "pipeline `{}`: the checkpoint at a hot-load failed: {message}",
+                                self.pipeline()
+                            )));
+                        }
+                        Err(refusal) => Err(refused(&format!("promotion refused: {refusal}"))),
+                    }
+                }
                 ControlRequest::RollBack { stage, plugin, by } => {
                     match self
                         .swaps
@@ -615,9 +643,27 @@ impl Driver {
         Ok(())
     }
 
-    /// After a batch: probations that ended, and automatic rollbacks.
-    fn end_probations(&mut self) {
-        let (ended, rolled_back) = self.swaps.after_batch();
+    /// After a batch: probations that ended, automatic rollbacks, and
+    /// candidates in shadow that their rule promotes.
+    fn end_probations(&mut self, pipeline: &Pipeline, batch: u64) {
+        let (ended, rolled_back, promotions) = self.swaps.after_batch();
+        for (stage, plugin) in promotions {
+            let promoted = self.swaps.promote(
+                &stage,
+                Some(&plugin),
+                Some("its shadow rule".into()),
+                Some(batch),
+                self.summary.batches,
+                self.durability.as_mut(),
+                &pipeline.plan,
+            );
+            match promoted {
+                Ok(report) => self.live.publish(PipelineEvent::PluginSwapped(report)),
+                Err(refusal) => {
+                    tracing::warn!(%stage, %plugin, "the candidate in shadow was not promoted: {refusal}")
+                }
+            }
+        }
         for (key, from, to, reason) in &rolled_back {
             let (stage, plugin) = key.split_once('/').unwrap_or((key, ""));
             self.live.publish(PipelineEvent::PluginRolledBack {
@@ -666,7 +712,7 @@ impl Driver {
         let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
         let records_out = self.run_one(pipeline, batch_id, time, batches, &positions)?;
         let processing_time = started.elapsed();
-        self.end_probations();
+        self.end_probations(pipeline, batch_id);
         for stage in &pipeline.plan.stages {
             stage.refresh_state();
         }

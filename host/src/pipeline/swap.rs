@@ -97,8 +97,55 @@ pub struct SwapOrder {
     pub config: Option<Vec<(String, String)>>,
     /// Its probation.
     pub rule: RollbackRule,
+    /// How it is rolled out.
+    pub mode: Rollout,
     /// Who asked (a user or token name), for the history.
     pub by: Option<String>,
+}
+
+/// How a new version is rolled out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Rollout {
+    /// It replaces the current version from the next batch on.
+    #[default]
+    Immediate,
+    /// It runs beside the current version on the same input; its output is
+    /// compared with the current one's and not delivered, until it is
+    /// promoted (by hand, or by the rule) or given up.
+    Shadow(ShadowRule),
+}
+
+/// When a version in shadow is promoted by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ShadowRule {
+    /// Promote it after this many batches in a row with no difference and
+    /// no failure; `None`: only by hand.
+    #[serde(default)]
+    pub promote_after: Option<u64>,
+    /// ... and when it was at most this many percent slower than the
+    /// current version over its shadow (its calls' total time).
+    #[serde(default = "default_slower")]
+    pub max_slower_percent: f64,
+}
+
+fn default_slower() -> f64 {
+    10.0
+}
+
+/// A stage plugin's candidate in shadow, as its pipeline's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowReport {
+    /// The stage.
+    pub stage: String,
+    /// The plugin's name in the pipeline file.
+    pub plugin: String,
+    /// Hex SHA-256 of the candidate.
+    pub candidate: String,
+    /// How it compares with the current version so far.
+    #[serde(flatten)]
+    pub stats: crate::operator::binding::ShadowStats,
 }
 
 /// What a swap did.
@@ -121,6 +168,8 @@ pub struct SwapReport {
     pub sample_records: usize,
     /// Batches the new version is on probation for.
     pub probation_batches: u64,
+    /// True when it runs in shadow (the current version goes on).
+    pub shadow: bool,
     /// Microseconds the checks and the cut-over took in the driver.
     pub took_us: u64,
 }
@@ -133,6 +182,8 @@ pub enum VersionOutcome {
     Running,
     /// Running, on probation.
     OnProbation,
+    /// Running in shadow beside the current version.
+    InShadow,
     /// Replaced by a later version.
     Replaced,
     /// Returned from, to the previous version.
@@ -165,6 +216,11 @@ pub struct VersionRecord {
     pub outcome: VersionOutcome,
 }
 
+/// What [`Swaps::after_batch`] found: whether a probation ended, the
+/// rollbacks made (`stage/plugin`, the version given up, the one running
+/// again, why), and the candidates in shadow to promote (stage, plugin).
+pub(crate) type AfterBatch = (bool, Vec<(String, String, String, String)>, Vec<(String, String)>);
+
 /// The driver's side of hot-load: every plugin slot of the plan, what it
 /// started with, and their probations.
 pub(crate) struct Swaps {
@@ -174,6 +230,8 @@ pub(crate) struct Swaps {
     configured: Vec<Arc<Binding>>,
     /// Per slot: failed calls tolerated in its probation.
     thresholds: Vec<u64>,
+    /// Per slot: the order of the candidate in shadow, and its rule.
+    shadows: Vec<Option<(SwapOrder, ShadowRule)>>,
     /// Per slot: the binding the last swap replaced, kept so that its
     /// compiled form stays in the engine's catalog (a rollback, or a swap
     /// back, then needs no compile); its instances are gone.
@@ -209,6 +267,7 @@ impl Swaps {
             pipeline: plan.pipeline.clone(),
             thresholds: vec![0; slots.len()],
             replaced: vec![None; slots.len()],
+            shadows: vec![None; slots.len()],
             slots,
             configured,
             runtime,
@@ -415,6 +474,18 @@ impl Swaps {
                 Err(error) => return Err(refuse(self, format!("the candidate failed its checks: {error}"))),
             }
         }
+        if let Rollout::Shadow(rule) = order.mode {
+            return self.start_shadow(
+                order,
+                rule,
+                &targets,
+                &current,
+                config,
+                sample_records,
+                after_batch,
+                started,
+            );
+        }
         let failed =
             |this: &Self, error: EngineError| refuse(this, format!("cannot keep the component: {error}"));
         if let Some(durability) = durability.as_deref()
@@ -487,8 +558,119 @@ impl Swaps {
             after_batch,
             sample_records,
             probation_batches: order.rule.batches,
+            shadow: false,
             took_us: started.elapsed().as_micros() as u64,
         })
+    }
+
+    /// Runs `order`'s candidate (checked) in shadow beside `current` on
+    /// the slots `targets`: only for stateless transforms, whose output
+    /// two versions can produce from the same input without either
+    /// touching state.
+    #[allow(clippy::too_many_arguments)]
+    fn start_shadow(
+        &mut self,
+        order: &SwapOrder,
+        rule: ShadowRule,
+        targets: &[usize],
+        current: &Binding,
+        config: Vec<(String, String)>,
+        sample_records: usize,
+        after_batch: Option<u64>,
+        started: Instant,
+    ) -> Result<SwapReport, SwapRefused> {
+        use crate::runtime::PluginKind;
+        let kind = current.plugin.info().kind;
+        if !matches!(
+            kind,
+            PluginKind::Map
+                | PluginKind::FlatMap
+                | PluginKind::Filter
+                | PluginKind::FilterMap
+                | PluginKind::MapPartitions
+        ) {
+            return Err(SwapRefused::Request(format!(
+                "shadow mode compares the outputs of stateless transforms; stage `{}` runs a {} (swap it in with `immediate` and a probation instead)",
+                order.stage,
+                kind.name()
+            )));
+        }
+        let key = key(&self.slots[targets[0]]);
+        for &index in targets {
+            self.slots[index].start_shadow(order.candidate.clone(), config.clone());
+            let mut promoted = order.clone();
+            promoted.mode = Rollout::Immediate;
+            promoted.config = Some(config.clone());
+            self.shadows[index] = Some((promoted, rule));
+        }
+        self.live.record_version(
+            &key,
+            VersionRecord {
+                outcome: VersionOutcome::InShadow,
+                ..record_of(&order.candidate, &config, order.by.clone())
+            },
+        );
+        tracing::info!(plugin = %key, candidate = %order.candidate.content_hash(), "running a candidate in shadow");
+        Ok(SwapReport {
+            stage: order.stage.clone(),
+            plugin: self.slots[targets[0]].name().to_owned(),
+            from: current.plugin.content_hash().to_owned(),
+            to: order.candidate.content_hash().to_owned(),
+            version: order.candidate.info().version.clone(),
+            after_batch,
+            sample_records,
+            probation_batches: 0,
+            shadow: true,
+            took_us: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Promotes the candidate in shadow of `plugin` of `stage`: it is
+    /// swapped in (with the checks and probation of its order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn promote(
+        &mut self,
+        stage: &str,
+        plugin: Option<&str>,
+        by: Option<String>,
+        after_batch: Option<u64>,
+        batches_run: u64,
+        durability: Option<&mut Durability>,
+        plan: &Plan,
+    ) -> Result<SwapReport, SwapRefused> {
+        let targets = self.targets(stage, plugin).map_err(SwapRefused::Request)?;
+        let Some((mut order, _)) = self.shadows[targets[0]].clone() else {
+            return Err(SwapRefused::Request(format!(
+                "no candidate of `{}` runs in shadow",
+                slot_key(stage, self.slots[targets[0]].name())
+            )));
+        };
+        for &index in &targets {
+            self.slots[index].end_shadow();
+            self.shadows[index] = None;
+        }
+        order.by = by.or(order.by);
+        self.swap(&order, after_batch, batches_run, durability, plan)
+    }
+
+    /// Gives up the candidate in shadow of the slots `targets`; returns its SHA-256.
+    fn end_shadow(&mut self, targets: &[usize], reason: &str) -> Option<String> {
+        let mut ended = None;
+        for &index in targets {
+            if let Some((binding, _)) = self.slots[index].end_shadow() {
+                ended = Some(binding.plugin.content_hash().to_owned());
+            }
+            self.shadows[index] = None;
+        }
+        let sha = ended?;
+        self.live.set_outcome(
+            &key(&self.slots[targets[0]]),
+            &sha,
+            VersionOutcome::RolledBack {
+                reason: reason.to_owned(),
+            },
+        );
+        Some(sha)
     }
 
     /// Returns `plugin` of `stage` to the version before its last swap:
@@ -503,6 +685,15 @@ impl Swaps {
         reason: &str,
     ) -> Result<(String, String), SwapRefused> {
         let targets = self.targets(stage, plugin).map_err(SwapRefused::Request)?;
+        if self.slots[targets[0]].in_shadow() {
+            let reason = match &by {
+                Some(by) => format!("shadow given up (by {by})"),
+                None => "shadow given up".to_owned(),
+            };
+            let given_up = self.end_shadow(&targets, &reason).unwrap_or_default();
+            let current = self.slots[targets[0]].current().plugin.content_hash().to_owned();
+            return Ok((given_up, current));
+        }
         let mut given_up = None;
         for &index in &targets {
             if let Some(binding) = self.slots[index].roll_back() {
@@ -511,7 +702,7 @@ impl Swaps {
         }
         let Some(given_up) = given_up else {
             return Err(SwapRefused::Request(format!(
-                "no version of `{}` is on probation: swap to the version wanted instead",
+                "no version of `{}` is on probation or in shadow: swap to the version wanted instead",
                 slot_key(stage, self.slots[targets[0]].name())
             )));
         };
@@ -533,11 +724,24 @@ impl Swaps {
     /// versions whose failures passed their threshold. Returns whether a
     /// probation ended, and the rollbacks made (`stage/plugin`, the version
     /// given up, the one running again, why).
-    pub fn after_batch(&mut self) -> (bool, Vec<(String, String, String, String)>) {
+    pub fn after_batch(&mut self) -> AfterBatch {
         let mut ended = false;
         let mut rolled_back = Vec::new();
+        let mut promotions = Vec::new();
         for index in 0..self.slots.len() {
             let slot = self.slots[index].clone();
+            if let Some((_, rule)) = &self.shadows[index]
+                && let Some(stats) = slot.shadow_batch_done()
+                && let Some(after) = rule.promote_after
+                && stats.clean_batches >= after
+                && stats.candidate_time.as_secs_f64()
+                    <= stats.live_time.as_secs_f64() * (1.0 + rule.max_slower_percent / 100.0)
+            {
+                let promotion = (slot.stage().to_owned(), slot.name().to_owned());
+                if !promotions.contains(&promotion) {
+                    promotions.push(promotion);
+                }
+            }
             if !slot.on_probation() {
                 continue;
             }
@@ -580,7 +784,7 @@ impl Swaps {
                     .set_outcome(&key, current.plugin.content_hash(), VersionOutcome::Running);
             }
         }
-        (ended, rolled_back)
+        (ended, rolled_back, promotions)
     }
 
     /// The stages whose plugin version differs from the pipeline file's,

@@ -97,6 +97,10 @@ pub fn router(app: App, max_body: usize) -> Router {
             post(roll_back),
         )
         .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/stages/{stage}/promote",
+            post(promote),
+        )
+        .route(
             "/v1/tenants/{tenant}/pipelines/{pipeline}/{action}",
             post(control),
         )
@@ -773,6 +777,34 @@ async fn roll_back(
         allowed,
         |result: &Result<RollbackReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
         move |state, name| state.roll_back(name, &pipeline, &stage, body?, by),
+    )
+    .await?;
+    Ok(Json(report))
+}
+
+/// `POST .../stages/{stage}/promote`: swaps in the stage's candidate in
+/// shadow (JSON body `{"plugin": ...}`, may be empty).
+async fn promote(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline, stage)): Path<(String, String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer<SwapReport> {
+    let body = match &raw {
+        Ok(bytes) if bytes.is_empty() => Ok(RollbackBody::default()),
+        _ => json_body::<RollbackBody>(raw),
+    };
+    let by = caller.0.who();
+    let action = format!("promote pipeline {pipeline} stage {stage}");
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    let report = audited(
+        &app,
+        &caller,
+        Some(tenant),
+        action,
+        allowed,
+        |result: &Result<SwapReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
+        move |state, name| state.promote(name, &pipeline, &stage, body?, by),
     )
     .await?;
     Ok(Json(report))

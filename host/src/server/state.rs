@@ -949,19 +949,25 @@ impl ServerState {
                         if let PipelineEvent::BatchCompleted(report) = &event {
                             histograms.observe(report);
                         }
-                        if let PipelineEvent::PluginRolledBack {
-                            stage, plugin, to, ..
-                        } = &event
-                        {
+                        // Automatic rollbacks and promotions change what the
+                        // pipeline runs: pinned, so a restart runs it too.
+                        let changed = match &event {
+                            PipelineEvent::PluginRolledBack {
+                                stage, plugin, to, ..
+                            } => Some((stage.clone(), plugin.clone(), to.clone())),
+                            PipelineEvent::PluginSwapped(report) if !report.shadow => {
+                                Some((report.stage.clone(), report.plugin.clone(), report.to.clone()))
+                            }
+                            _ => None,
+                        };
+                        if let Some((stage, plugin, to)) = changed {
                             let versions = versions.clone();
-                            let (stage, plugin, to) = (stage.clone(), plugin.clone(), to.clone());
                             // A small durable write, off the event loop.
-                            let written = tokio::task::spawn_blocking(move || {
-                                versions.rolled_back(&stage, &plugin, &to)
-                            })
-                            .await;
+                            let written =
+                                tokio::task::spawn_blocking(move || versions.running(&stage, &plugin, &to))
+                                    .await;
                             if let Ok(Err(error)) = written {
-                                tracing::error!(%error, "cannot record an automatic rollback");
+                                tracing::error!(%error, "cannot record a plugin version change");
                             }
                         }
                         let mut events = lock(&events);

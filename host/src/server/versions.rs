@@ -20,7 +20,7 @@ use super::state::{PipelineRecord, ServerState};
 use super::store;
 use crate::engine::{PipelineHandle, Prepared, SwapRequest};
 use crate::pipeline::swap::slot_key;
-use crate::pipeline::{ControlReply, RollbackRule, SwapReport, VersionRecord};
+use crate::pipeline::{ControlReply, RollbackRule, Rollout, SwapReport, VersionRecord};
 
 /// A version a stage's plugin is pinned to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,10 @@ pub struct SwapBody {
     /// Its probation, and when it is rolled back by itself.
     #[serde(default)]
     pub rollback: RollbackRule,
+    /// `"immediate"` (the default) or `{"shadow": {"promote-after": N,
+    /// "max-slower-percent": X}}`.
+    #[serde(default)]
+    pub mode: Rollout,
 }
 
 /// The body of `POST .../pipelines/{pipeline}/stages/{stage}/rollback`.
@@ -116,8 +120,9 @@ impl RecordKeeper {
         Ok(())
     }
 
-    /// Records an automatic rollback of `plugin` of `stage` to `to`.
-    pub(super) fn rolled_back(&self, stage: &str, plugin: &str, to: &str) -> Result<(), ServerError> {
+    /// Records that `plugin` of `stage` runs `to` now (an automatic
+    /// rollback, a promotion), with the configuration its history gives it.
+    pub(super) fn running(&self, stage: &str, plugin: &str, to: &str) -> Result<(), ServerError> {
         let key = slot_key(stage, plugin);
         let config = self
             .record
@@ -255,9 +260,14 @@ impl ServerState {
                 path: PathBuf::from(format!("{sha256}.wasm")),
                 config: config.clone(),
                 rule: body.rollback,
+                mode: body.mode,
                 by: Some(by),
             })
             .map_err(|error| ServerError::Refused(error.to_string()))?;
+        if report.shadow {
+            // The current version goes on; a promotion pins the candidate.
+            return Ok(report);
+        }
         let key = slot_key(&report.stage, &report.plugin);
         let config = config.or_else(|| {
             keeper
@@ -303,6 +313,7 @@ impl ServerState {
                         batches: 0,
                         max_failures: 0,
                     },
+                    mode: Rollout::Immediate,
                 },
                 by,
             )?;
@@ -330,12 +341,33 @@ impl ServerState {
             .find(|p| p.stage == stage && p.sha256 == to)
             .map(|p| p.plugin)
             .unwrap_or_default();
-        keeper.rolled_back(stage, &plugin, &to)?;
+        keeper.running(stage, &plugin, &to)?;
         Ok(RollbackReport {
             stage: stage.to_owned(),
             from,
             to,
         })
+    }
+
+    /// Promotes `stage`'s candidate in shadow (it is swapped in) and pins it.
+    pub fn promote(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        stage: &str,
+        body: RollbackBody,
+        by: String,
+    ) -> Result<SwapReport, ServerError> {
+        if body.to.is_some() {
+            return Err(ServerError::Invalid("a promotion takes no `to`".into()));
+        }
+        let keeper = self.running(tenant, pipeline)?;
+        let report = keeper
+            .handle
+            .promote(stage, body.plugin.as_deref(), Some(by))
+            .map_err(|error| ServerError::Refused(error.to_string()))?;
+        keeper.running(&report.stage, &report.plugin, &report.to)?;
+        Ok(report)
     }
 
     /// Each stage plugin's last versions (`stage/plugin`, oldest first),
