@@ -1028,3 +1028,125 @@ plugin = "split-words"
     handle.stop(StopMode::Graceful);
     handle.wait().unwrap();
 }
+
+#[test]
+fn a_stateful_stage_keeps_its_state_across_a_swap_and_refuses_a_version_that_cannot_read_it() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let text = socket_pipeline(
+        "totals",
+        port,
+        &out,
+        &format!(
+            "split-words = {:?}\none = {:?}\nrunning-total = {:?}",
+            plugins::SPLIT_WORDS,
+            plugins::ONE,
+            plugins::RUNNING_TOTAL
+        ),
+        r#"
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "ones"
+input = "words"
+op = "map"
+plugin = "one"
+
+[[stage]]
+name = "totals"
+input = "ones"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 2
+"#,
+        "totals",
+    );
+    let handle = engine
+        .start(
+            engine.prepare(&text, Path::new("totals.toml")).unwrap(),
+            RunOptions::default(),
+        )
+        .unwrap();
+    let mut feeder = Feeder::connect(port);
+    let words = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    let mut fed: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut feed = |feeder: &mut Feeder, lines: usize, from: usize| {
+        let mut text = String::new();
+        for i in from..from + lines {
+            let word = words[i * 7 % words.len()];
+            *fed.entry(word).or_default() += 1;
+            text.push_str(word);
+            text.push('\n');
+        }
+        feeder.connection.write_all(text.as_bytes()).unwrap();
+    };
+    feed(&mut feeder, 500, 0);
+    wait_for("500 words counted", || {
+        handle.metrics().stages[2].records_in >= 500
+    });
+
+    // Another build of running-total: the state (the totals) stays with the host.
+    let rebuilt = dir.path().join("running-total-rebuilt.wasm");
+    let mut component = std::fs::read(plugins::RUNNING_TOTAL).unwrap();
+    component.extend_from_slice(&[0, 8, 7, b'r', b'e', b'b', b'u', b'i', b'l', b't']);
+    std::fs::write(&rebuilt, component).unwrap();
+    let report = swap(
+        &handle,
+        "totals",
+        rebuilt.to_str().unwrap(),
+        None,
+        RollbackRule::default(),
+    )
+    .expect("the rebuild reads the running totals");
+    assert!(
+        report.sample_records > 0,
+        "its dry run had keys with their states: {report:?}"
+    );
+    feed(&mut feeder, 500, 500);
+    wait_for("1,000 words counted", || {
+        handle.metrics().stages[2].records_in >= 1_000
+    });
+
+    // A version whose state is an object cannot read the totals: its dry
+    // run on the stage's recent keys (with their states) fails.
+    let refused = swap(
+        &handle,
+        "totals",
+        plugins::PADDED_TOTAL,
+        None,
+        RollbackRule::default(),
+    )
+    .expect_err("a version that cannot read the state is refused");
+    assert!(refused.to_string().contains("failed its checks"), "{refused}");
+    feed(&mut feeder, 300, 1_000);
+    drain_and_stop(&handle, 1_300);
+
+    // The last total of each word is every occurrence: nothing lost across the swap.
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (batch, line) in sink_lines(&out) {
+        let (word, total) = line.split_once('\t').unwrap();
+        let total: u64 = total.parse().unwrap();
+        let entry = last.entry(word.to_owned()).or_insert((batch, total));
+        if batch >= entry.0 {
+            *entry = (batch, total.max(entry.1));
+        }
+    }
+    let totals: BTreeMap<&str, u64> = last.iter().map(|(w, (_, t))| (w.as_str(), *t)).collect();
+    assert_eq!(totals, fed);
+    assert_eq!(
+        handle
+            .status()
+            .plugins
+            .iter()
+            .find(|p| p.stage == "totals")
+            .unwrap()
+            .sha256,
+        report.to
+    );
+}

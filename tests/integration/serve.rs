@@ -360,8 +360,16 @@ fn quotas_refuse_with_the_reason() {
         .expect_error(422, "100 plugin instances");
     server.deploy("t", &t, &small("one")).expect(201);
     server.deploy("t", &t, &small("two")).expect_error(422, "quota");
-    // A source without max-rate runs at the tenant's ceiling.
-    let metrics = server.get("/v1/tenants/t/pipelines/one/metrics", &t).expect(200);
+    // A source without max-rate runs at the tenant's ceiling (published
+    // once the pipeline has started its sources).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = server.get("/v1/tenants/t/pipelines/one/metrics", &t).expect(200);
+        if !metrics["sources"][0]["rate_limit"].is_null() || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let limit = metrics["sources"][0]["rate_limit"].as_f64();
     assert_eq!(limit, Some(1000.0), "{metrics}");
     // Over its disk quota, the tenant's pipelines are paused with the
