@@ -33,6 +33,16 @@ fn engine() -> Engine {
     .expect("the engine starts")
 }
 
+/// Prepares and starts the pipeline in `text`.
+fn start(engine: &Engine, text: &str) -> PipelineHandle {
+    let prepared = engine
+        .prepare(text, Path::new("hotload.toml"))
+        .expect("the pipeline is valid");
+    engine
+        .start(prepared, RunOptions::default())
+        .expect("the pipeline starts")
+}
+
 /// Waits until `done` holds, failing the test after [`PATIENCE`].
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -41,6 +51,15 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The stage of split-words over the socket's lines.
+const WORDS_STAGE: &str = r#"
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+"#;
 
 /// A socket source listening on `port` → `stages` → files sink in `out`
 /// reading the stream `last`.
@@ -175,23 +194,19 @@ fn a_socket_word_count_swaps_split_words_mid_stream_and_counts_every_line_once()
         port,
         &out,
         &format!("split-words = {:?}", plugins::SPLIT_WORDS),
-        r#"
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
+        &format!(
+            "{WORDS_STAGE}\n{}",
+            r#"
 [[stage]]
 name = "counts"
 input = "words"
 op = "reduce-by-key"
 reducer = "count"
-"#,
+"#
+        ),
         "counts",
     );
-    let prepared = engine.prepare(&text, Path::new("hot-words.toml")).unwrap();
-    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let handle = start(&engine, &text);
     let mut events = handle.subscribe();
     let feeder = Feeder::connect(port);
     let (stop, fed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -313,10 +328,7 @@ fn a_candidate_that_traps_on_one_percent_of_records_is_rolled_back_with_exact_ou
     let dir = scratch();
     let out = dir.path().join("out");
     let port = free_port();
-    let prepared = engine
-        .prepare(&checked_lines("rollback", port, &out), Path::new("rollback.toml"))
-        .unwrap();
-    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let handle = start(&engine, &checked_lines("rollback", port, &out));
     let mut events = handle.subscribe();
     let mut feeder = Feeder::connect(port);
     // The recent input the dry run sees holds no multiple of 100.
@@ -371,10 +383,7 @@ fn candidates_that_fail_their_checks_are_refused_and_the_pipeline_never_notices(
     let dir = scratch();
     let out = dir.path().join("out");
     let port = free_port();
-    let prepared = engine
-        .prepare(&checked_lines("refusals", port, &out), Path::new("refusals.toml"))
-        .unwrap();
-    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let handle = start(&engine, &checked_lines("refusals", port, &out));
     let mut feeder = Feeder::connect(port);
     feeder.feed_until(50, 5);
     wait_for("49 lines through", || handle.metrics().records_out >= 49);
@@ -451,10 +460,7 @@ fn a_thousand_swaps_leave_no_more_instances_than_one() {
     let dir = scratch();
     let out = dir.path().join("out");
     let port = free_port();
-    let prepared = engine
-        .prepare(&checked_lines("churn", port, &out), Path::new("churn.toml"))
-        .unwrap();
-    let handle = engine.start(prepared, RunOptions::default()).unwrap();
+    let handle = start(&engine, &checked_lines("churn", port, &out));
     let mut feeder = Feeder::connect(port);
     let (one, other) = (plugins::LOWERCASE, plugins::FAIL_ON);
     let instances = || handle.metrics().stages[0].instances;
@@ -688,35 +694,8 @@ fn the_server_swaps_refuses_rolls_back_and_keeps_the_version_over_a_kill_9() {
         .as_str()
         .unwrap()
         .to_owned();
-    let text = r#"
-[pipeline]
-name = "wc"
-batch-interval = "100ms"
-
-[[source]]
-name = "lines"
-type = "files"
-path = "in"
-max-files-per-batch = 1
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
-[[sink]]
-input = "counts"
-type = "files"
-path = "out/wc"
-"#;
-    server.deploy("t", &token, text).expect(201);
+    let text = super::serve::wordcount("wc");
+    server.deploy("t", &token, &text).expect(201);
     tenant_input(&server, "t", "1.txt", "one\n");
     wait_word(&server, "t", "one");
 
@@ -899,21 +878,10 @@ fn a_candidate_in_shadow_reports_exactly_its_differences_and_is_promoted_by_hand
         port,
         &out,
         &format!("split-words = {:?}", plugins::SPLIT_WORDS),
-        r#"
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-"#,
+        WORDS_STAGE,
         "words",
     );
-    let handle = engine
-        .start(
-            engine.prepare(&text, Path::new("shadowed.toml")).unwrap(),
-            RunOptions::default(),
-        )
-        .unwrap();
+    let handle = start(&engine, &text);
     let mut feeder = Feeder::connect(port);
     feed_pairs(&mut feeder, 0, 10);
     wait_for("20 words out", || handle.metrics().records_out >= 20);
@@ -1045,13 +1013,9 @@ fn a_stateful_stage_keeps_its_state_across_a_swap_and_refuses_a_version_that_can
             plugins::ONE,
             plugins::RUNNING_TOTAL
         ),
-        r#"
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
+        &format!(
+            "{WORDS_STAGE}\n{}",
+            r#"
 [[stage]]
 name = "ones"
 input = "words"
@@ -1064,15 +1028,11 @@ input = "ones"
 op = "update-state-by-key"
 plugin = "running-total"
 partitions = 2
-"#,
+"#
+        ),
         "totals",
     );
-    let handle = engine
-        .start(
-            engine.prepare(&text, Path::new("totals.toml")).unwrap(),
-            RunOptions::default(),
-        )
-        .unwrap();
+    let handle = start(&engine, &text);
     let mut feeder = Feeder::connect(port);
     let words = ["alpha", "beta", "gamma", "delta", "epsilon"];
     let mut fed: BTreeMap<&str, u64> = BTreeMap::new();

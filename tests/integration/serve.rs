@@ -13,7 +13,7 @@ fn server(data: &std::path::Path, extra: &[&str]) -> Server {
 }
 
 /// A word count from `in/` to `out/` of the tenant's root, one file a batch.
-fn wordcount(name: &str) -> String {
+pub(super) fn wordcount(name: &str) -> String {
     format!(
         r#"
 [pipeline]

@@ -728,6 +728,42 @@ async fn control(
     Ok(Json(view))
 }
 
+/// A change of the version a stage's plugin runs (swap, promote,
+/// rollback): its JSON body (an empty one is the default), authorized for
+/// an operator, run, and audited with the SHA-256 of the version it leaves
+/// running.
+async fn version_change<B, T>(
+    app: &App,
+    caller: &Caller,
+    tenant: String,
+    action: String,
+    raw: Result<Bytes, BytesRejection>,
+    running: fn(&T) -> String,
+    f: impl FnOnce(&ServerState, &str, B, String) -> Result<T, ServerError> + Send + 'static,
+) -> Answer<T>
+where
+    B: serde::de::DeserializeOwned + Default + Send + 'static,
+    T: Send + 'static,
+{
+    let body = match &raw {
+        Ok(bytes) if bytes.is_empty() => Ok(B::default()),
+        _ => json_body::<B>(raw),
+    };
+    let by = caller.0.who();
+    let allowed = app.state.authorize(&caller.0, &tenant, true);
+    let done = audited(
+        app,
+        caller,
+        Some(tenant),
+        action,
+        allowed,
+        move |result: &Result<T, ServerError>| result.as_ref().ok().map(running),
+        move |state, name| f(state, name, body?, by),
+    )
+    .await?;
+    Ok(Json(done))
+}
+
 /// `POST .../stages/{stage}/swap`: hot-loads another version of the
 /// stage's plugin (JSON [`SwapBody`]); 422 with the reason when the
 /// candidate is refused.
@@ -737,21 +773,18 @@ async fn swap(
     Path((tenant, pipeline, stage)): Path<(String, String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<SwapReport> {
-    let body = json_body::<SwapBody>(raw);
-    let by = caller.0.who();
     let action = format!("swap pipeline {pipeline} stage {stage}");
-    let allowed = app.state.authorize(&caller.0, &tenant, true);
-    let report = audited(
+    let running = |report: &SwapReport| report.to.clone();
+    version_change(
         &app,
         &caller,
-        Some(tenant),
+        tenant,
         action,
-        allowed,
-        |result: &Result<SwapReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
-        move |state, name| state.swap(name, &pipeline, &stage, body?, by),
+        raw,
+        running,
+        move |state, name, body: SwapBody, by| state.swap(name, &pipeline, &stage, body, by),
     )
-    .await?;
-    Ok(Json(report))
+    .await
 }
 
 /// `POST .../stages/{stage}/rollback`: returns the stage's plugin to its
@@ -762,24 +795,18 @@ async fn roll_back(
     Path((tenant, pipeline, stage)): Path<(String, String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<RollbackReport> {
-    let body = match &raw {
-        Ok(bytes) if bytes.is_empty() => Ok(RollbackBody::default()),
-        _ => json_body::<RollbackBody>(raw),
-    };
-    let by = caller.0.who();
     let action = format!("roll back pipeline {pipeline} stage {stage}");
-    let allowed = app.state.authorize(&caller.0, &tenant, true);
-    let report = audited(
+    let running = |report: &RollbackReport| report.to.clone();
+    version_change(
         &app,
         &caller,
-        Some(tenant),
+        tenant,
         action,
-        allowed,
-        |result: &Result<RollbackReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
-        move |state, name| state.roll_back(name, &pipeline, &stage, body?, by),
+        raw,
+        running,
+        move |state, name, body: RollbackBody, by| state.roll_back(name, &pipeline, &stage, body, by),
     )
-    .await?;
-    Ok(Json(report))
+    .await
 }
 
 /// `POST .../stages/{stage}/promote`: swaps in the stage's candidate in
@@ -790,24 +817,18 @@ async fn promote(
     Path((tenant, pipeline, stage)): Path<(String, String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer<SwapReport> {
-    let body = match &raw {
-        Ok(bytes) if bytes.is_empty() => Ok(RollbackBody::default()),
-        _ => json_body::<RollbackBody>(raw),
-    };
-    let by = caller.0.who();
     let action = format!("promote pipeline {pipeline} stage {stage}");
-    let allowed = app.state.authorize(&caller.0, &tenant, true);
-    let report = audited(
+    let running = |report: &SwapReport| report.to.clone();
+    version_change(
         &app,
         &caller,
-        Some(tenant),
+        tenant,
         action,
-        allowed,
-        |result: &Result<SwapReport, ServerError>| result.as_ref().ok().map(|report| report.to.clone()),
-        move |state, name| state.promote(name, &pipeline, &stage, body?, by),
+        raw,
+        running,
+        move |state, name, body: RollbackBody, by| state.promote(name, &pipeline, &stage, body, by),
     )
-    .await?;
-    Ok(Json(report))
+    .await
 }
 
 /// `GET .../history`: each stage plugin's last versions.

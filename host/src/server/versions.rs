@@ -33,7 +33,7 @@ pub struct Pin {
 }
 
 /// The body of `POST .../pipelines/{pipeline}/stages/{stage}/swap`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SwapBody {
     /// The plugin within the stage (its name in the pipeline file), when
