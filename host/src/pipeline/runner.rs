@@ -520,6 +520,38 @@ impl Driver {
         Ok(())
     }
 
+    /// The answer to a swap or promotion (`what`) that `result` says, after
+    /// the workers were asked to drop replaced instances; `Err` with the
+    /// message when the checkpoint at the cut-over failed (the run then
+    /// ends, as on any checkpoint failure: [`Driver::hot_load_failed`]).
+    fn swapped(
+        &mut self,
+        result: Result<super::SwapReport, SwapRefused>,
+        what: &str,
+    ) -> Result<Result<ControlReply, ControlError>, String> {
+        self.executor.sweep();
+        let refused = |message: String| ControlError::Refused {
+            pipeline: self.pipeline().to_owned(),
+            message,
+        };
+        match result {
+            Ok(report) => {
+                self.live.publish(PipelineEvent::PluginSwapped(report.clone()));
+                Ok(Ok(ControlReply::Swapped(report)))
+            }
+            Err(SwapRefused::Failed(message)) => Err(message),
+            Err(refusal) => Ok(Err(refused(format!("{what} refused: {refusal}")))),
+        }
+    }
+
+    /// The run's error when the checkpoint at a cut-over failed.
+    fn hot_load_failed(&self, message: &str) -> EngineError {
+        EngineError::Io(format!(
+            "pipeline `{}`: the checkpoint at a hot-load failed: {message}",
+            self.pipeline()
+        ))
+    }
+
     /// Applies every waiting control request.
     fn apply_control(&mut self, pipeline: &Pipeline) -> Result<(), EngineError> {
         while let Ok(ControlMessage { request, reply }) = self.control.try_recv() {
@@ -579,20 +611,12 @@ impl Driver {
                         self.durability.as_mut(),
                         &pipeline.plan,
                     );
-                    self.executor.sweep();
-                    match swapped {
-                        Ok(report) => {
-                            self.live.publish(PipelineEvent::PluginSwapped(report.clone()));
-                            Ok(ControlReply::Swapped(report))
-                        }
-                        Err(SwapRefused::Failed(message)) => {
+                    match self.swapped(swapped, "swap") {
+                        Ok(answer) => answer,
+                        Err(message) => {
                             let _ = reply.send(Err(refused(&message)));
-                            return Err(EngineError::Io(format!(
-                                "pipeline `{}`: the checkpoint at a hot-load failed: {message}",
-                                self.pipeline()
-                            )));
+                            return Err(self.hot_load_failed(&message));
                         }
-                        Err(refusal) => Err(refused(&format!("swap refused: {refusal}"))),
                     }
                 }
                 ControlRequest::Promote { stage, plugin, by } => {
@@ -606,20 +630,12 @@ impl Driver {
                         self.durability.as_mut(),
                         &pipeline.plan,
                     );
-                    self.executor.sweep();
-                    match promoted {
-                        Ok(report) => {
-                            self.live.publish(PipelineEvent::PluginSwapped(report.clone()));
-                            Ok(ControlReply::Swapped(report))
-                        }
-                        Err(SwapRefused::Failed(message)) => {
+                    match self.swapped(promoted, "promotion") {
+                        Ok(answer) => answer,
+                        Err(message) => {
                             let _ = reply.send(Err(refused(&message)));
-                            return Err(EngineError::Io(format!(
-                                "pipeline `{}`: the checkpoint at a hot-load failed: {message}",
-                                self.pipeline()
-                            )));
+                            return Err(self.hot_load_failed(&message));
                         }
-                        Err(refusal) => Err(refused(&format!("promotion refused: {refusal}"))),
                     }
                 }
                 ControlRequest::RollBack { stage, plugin, by } => {
