@@ -650,6 +650,25 @@ fn kill_9_just_before_and_just_after_a_cut_over_recovers_exactly() {
     }
 }
 
+/// Deploys tenant `t`'s pipeline `lines`: its `in/` through a map
+/// `checked` (its `lowercase` upload) to `out/lines`; returns that
+/// plugin's SHA-256.
+fn wordcount_of_lines(server: &weir_tests::server::Server, token: &str) -> String {
+    let text = super::serve::wordcount("lines")
+        .replace(
+            "op = \"flat-map\"\nplugin = \"split-words\"",
+            "op = \"map\"\nplugin = \"lowercase\"",
+        )
+        .replace("name = \"words\"", "name = \"checked\"")
+        .replace("input = \"words\"", "input = \"checked\"")
+        .replace("path = \"in\"", "path = \"in-lines\"");
+    let deployed = server.deploy("t", token, &text).expect(201);
+    deployed["status"]["plugins"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Writes `text` as input file `name` of tenant `tenant`'s `in/` (atomically).
 fn tenant_input(server: &weir_tests::server::Server, tenant: &str, name: &str, text: &str) {
     let dir = server.root(tenant).join("in");
@@ -854,6 +873,45 @@ fn the_server_swaps_refuses_rolls_back_and_keeps_the_version_over_a_kill_9() {
     );
     let refused = cli(&["swap", "wc", "words", plugins::LOWERCASE]);
     assert!(!refused.status.success());
+
+    // An automatic rollback is pinned and audited as the engine's.
+    let checked = wordcount_of_lines(&server, &token);
+    let trap = upload(&server, "trap-every", plugins::TRAP_EVERY)["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server
+        .post(
+            "/v1/tenants/t/pipelines/lines/stages/checked/swap",
+            &token,
+            &json!({ "upload": "trap-every" }),
+        )
+        .expect(200);
+    std::fs::create_dir_all(server.root("t").join("in-lines")).unwrap();
+    std::fs::write(server.root("t").join("in-lines/6.txt"), "w100\n").unwrap();
+    wait_for("the automatic rollback", || {
+        let status = server.get("/v1/tenants/t/pipelines/lines", &token).expect(200);
+        status["status"]["plugins"][0]["sha256"] == json!(checked)
+    });
+    wait_for("the rollback pinned", || {
+        let record = std::fs::read_to_string(dir.path().join("data/tenants/t/pipelines/lines.json")).unwrap();
+        record.contains(&checked) && record.contains("rolled-back")
+    });
+    let audit = server
+        .get("/v1/audit?tenant=t", weir_tests::server::ADMIN_TOKEN)
+        .expect(200);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["who"] == json!("weir")
+                && entry["action"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("automatic rollback of pipeline lines"))),
+        "{audit}"
+    );
+    assert_ne!(trap, checked);
     assert!(
         weir_tests::stderr(&refused).contains("kind `flat-map`"),
         "{}",

@@ -227,7 +227,8 @@ pub struct ServerState {
     admin_ops: Mutex<()>,
     /// Held while a stored component is added or removed.
     blobs: Mutex<()>,
-    audit: AuditLog,
+    /// Shared with the tasks that record automatic plugin version changes.
+    audit: Arc<AuditLog>,
     pub(super) histograms: DelayHistograms,
     runtime: tokio::runtime::Handle,
 }
@@ -250,7 +251,7 @@ impl ServerState {
         defaults: Quotas,
         runtime: tokio::runtime::Handle,
     ) -> Result<Arc<Self>, ServerError> {
-        let audit = AuditLog::open(store.audit_log())?;
+        let audit = Arc::new(AuditLog::open(store.audit_log())?);
         let state = Arc::new(Self {
             store,
             engine,
@@ -941,6 +942,8 @@ impl ServerState {
                 .join(format!("{}.json", handle.name())),
             handle.clone(),
         );
+        let (audit, tenant_name, pipeline) =
+            (self.audit.clone(), tenant.name.clone(), handle.name().to_owned());
         self.runtime.spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -950,11 +953,30 @@ impl ServerState {
                             histograms.observe(report);
                         }
                         // Automatic rollbacks and promotions change what the
-                        // pipeline runs: pinned, so a restart runs it too.
+                        // pipeline runs: pinned, so a restart runs it too;
+                        // the engine's own rollbacks are audited as its.
                         let changed = match &event {
                             PipelineEvent::PluginRolledBack {
-                                stage, plugin, to, ..
-                            } => Some((stage.clone(), plugin.clone(), to.clone())),
+                                stage,
+                                plugin,
+                                to,
+                                reason,
+                                ..
+                            } => {
+                                if !reason.contains("(by ") {
+                                    audit.append(&AuditEntry {
+                                        time_ms: now_ms(),
+                                        who: "weir".into(),
+                                        tenant: Some(tenant_name.clone()),
+                                        action: format!(
+                                            "automatic rollback of pipeline {pipeline} stage {stage}: {reason}"
+                                        ),
+                                        plugin_sha256: Some(to.clone()),
+                                        result: "ok".into(),
+                                    });
+                                }
+                                Some((stage.clone(), plugin.clone(), to.clone()))
+                            }
                             PipelineEvent::PluginSwapped(report) if !report.shadow => {
                                 Some((report.stage.clone(), report.plugin.clone(), report.to.clone()))
                             }
