@@ -342,7 +342,7 @@ fn a_candidate_that_traps_on_one_percent_of_records_is_rolled_back_with_exact_ou
         None,
         RollbackRule {
             batches: 1_000,
-            max_failures: 2,
+            max_failures: 0,
         },
     )
     .expect("the candidate passes its checks: the recent input has no multiple of 100");
@@ -358,7 +358,7 @@ fn a_candidate_that_traps_on_one_percent_of_records_is_rolled_back_with_exact_ou
     match &candidate.outcome {
         VersionOutcome::RolledBack { reason } => {
             assert!(
-                reason.contains("failed calls on probation (at most 2 allowed)"),
+                reason.contains("failed calls on probation (at most 0 allowed)"),
                 "{reason}"
             );
         }
@@ -374,7 +374,7 @@ fn a_candidate_that_traps_on_one_percent_of_records_is_rolled_back_with_exact_ou
     }
     assert_eq!(rolled_back, Some((report.to.clone(), lowercase)));
     let traps = handle.metrics().stages[0].traps.panic;
-    assert!(traps >= 3, "the candidate's traps are counted: {traps}");
+    assert!(traps >= 1, "the candidate's traps are counted: {traps}");
 }
 
 #[test]
@@ -884,11 +884,16 @@ fn the_server_swaps_refuses_rolls_back_and_keeps_the_version_over_a_kill_9() {
         .post(
             "/v1/tenants/t/pipelines/lines/stages/checked/swap",
             &token,
-            &json!({ "upload": "trap-every" }),
+            &json!({ "upload": "trap-every", "rollback": { "batches": 100_000 } }),
         )
         .expect(200);
     std::fs::create_dir_all(server.root("t").join("in-lines")).unwrap();
-    std::fs::write(server.root("t").join("in-lines/6.txt"), "w100\n").unwrap();
+    std::fs::write(server.root("t").join(".6.txt"), "w100\n").unwrap();
+    std::fs::rename(
+        server.root("t").join(".6.txt"),
+        server.root("t").join("in-lines/6.txt"),
+    )
+    .unwrap();
     wait_for("the automatic rollback", || {
         let status = server.get("/v1/tenants/t/pipelines/lines", &token).expect(200);
         status["status"]["plugins"][0]["sha256"] == json!(checked)
@@ -983,7 +988,7 @@ fn a_candidate_in_shadow_reports_exactly_its_differences_and_is_promoted_by_hand
         "exactly the keys whose records differ"
     );
     assert_eq!(shadow.stats.candidate_failures, 0);
-    assert!(shadow.stats.batches >= 1 && shadow.stats.clean_batches == 0);
+    assert!(shadow.stats.batches >= 1);
     assert!(!shadow.stats.candidate_time.is_zero() && !shadow.stats.live_time.is_zero());
     // Its output went nowhere.
     assert!(sink_lines(&out).iter().all(|(_, line)| !line.contains("x:")));

@@ -416,10 +416,19 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_swapped_in_after_the_
         "{}",
         stderr(&output)
     );
+    // And again with a third build: the second one, swapped in after the
+    // last replay, is kept to resume on.
+    let original = std::fs::read(plugins::SPLIT_WORDS).unwrap();
+    std::fs::write(
+        &rebuilt,
+        [&original[..], &[0, 5, 4, b't', b'h', b'r', b'd'][..]].concat(),
+    )
+    .unwrap();
+    let output = weir().run(&["run", file.to_str().unwrap(), "--available-now"], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
     // Without a kept component to resume on, a change is refused unless allowed.
     let kept = dir.join("checkpoints").join("plugins");
     std::fs::remove_dir_all(&kept).unwrap();
-    let original = std::fs::read(plugins::SPLIT_WORDS).unwrap();
     std::fs::write(
         &rebuilt,
         [&original[..], &[0, 5, 4, b'm', b'o', b'r', b'e'][..]].concat(),

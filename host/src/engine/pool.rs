@@ -341,6 +341,7 @@ fn lend_one(own_time: Duration) -> bool {
     let Some((job, mut slots)) = taken else {
         return false;
     };
+    slots.route = Default::default();
     job(&mut slots);
     WORKER.with(|worker| {
         if let Some(worker) = worker.borrow_mut().as_mut() {
@@ -468,6 +469,9 @@ fn work(shared: Arc<Shared>) {
         };
         shared.waiting.fetch_sub(1, Ordering::Relaxed);
         set_running(Some((client, times)));
+        // A job that panicked inside a fallback or shadow call left its
+        // route set: every job starts on the current bindings.
+        slots.route = Default::default();
         job(&mut slots);
         set_running(None);
     }
@@ -588,7 +592,11 @@ impl PoolClient {
                 self.shared.callers_running.fetch_add(1, Ordering::Relaxed);
                 while let Some(Queued { job, .. }) = self.shared.lock().take_own(self.id) {
                     self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-                    CALLER_SLOTS.with(|slots| job(&mut slots.borrow_mut()));
+                    CALLER_SLOTS.with(|slots| {
+                        let mut slots = slots.borrow_mut();
+                        slots.route = Default::default();
+                        job(&mut slots)
+                    });
                 }
                 self.shared.callers_running.fetch_sub(1, Ordering::Relaxed);
             }

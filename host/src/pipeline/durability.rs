@@ -241,9 +241,10 @@ impl Durability {
     }
 
     /// Removes the kept components that neither the versions now, nor the
-    /// restored checkpoint's, nor a batch left to replay name.
-    pub fn prune_plugins(&self) -> Result<(), EngineError> {
-        let mut keep = std::collections::BTreeSet::new();
+    /// restored checkpoint's, nor a batch left to replay, nor `also` (the
+    /// pipeline file's, swapped in after the replay) name.
+    pub fn prune_plugins(&self, also: &[String]) -> Result<(), EngineError> {
+        let mut keep: std::collections::BTreeSet<String> = also.iter().cloned().collect();
         let mut add = |version: &LoggedVersion| {
             let mut version = Some(version);
             while let Some(v) = version {

@@ -103,7 +103,7 @@ impl Pipeline {
             }
             durability.set_versions(swaps.versions());
             // Components no checkpoint, batch to replay or stage needs.
-            durability.prune_plugins()?;
+            durability.prune_plugins(&swaps.configured_versions())?;
         }
         if durability.is_some() {
             // The first batch id the batch log does not hold.
@@ -481,7 +481,12 @@ impl Driver {
             let order = SwapOrder {
                 stage: stage.clone(),
                 plugin: Some(plugin),
-                bytes: Arc::from(Vec::new()),
+                // Kept in the checkpoint directory: the batches it
+                // processes name it.
+                bytes: std::fs::read(configured.plugin.path())
+                    .ok()
+                    .filter(|bytes| crate::runtime::content_hash(bytes) == configured.plugin.content_hash())
+                    .map_or_else(|| Arc::from(Vec::new()), Arc::from),
                 candidate: configured.plugin.clone(),
                 config: Some(configured.config.clone()),
                 rule: RollbackRule {
@@ -602,6 +607,15 @@ impl Driver {
                         Ok(ControlReply::Checkpointing { batch })
                     }
                 },
+                ControlRequest::Swap(_)
+                | ControlRequest::Promote { .. }
+                | ControlRequest::RollBack { .. }
+                    if !self.configured_checked =>
+                {
+                    Err(refused(
+                        "it is still recovering (replaying its logged batches on the plugin versions that processed them): ask again once it runs",
+                    ))
+                }
                 ControlRequest::Swap(order) => {
                     let last = self.last_batch.map(|(batch, _)| batch);
                     let swapped = self.swaps.swap(
@@ -663,6 +677,7 @@ impl Driver {
     /// candidates in shadow that their rule promotes.
     fn end_probations(&mut self, pipeline: &Pipeline, batch: u64) {
         let (ended, rolled_back, promotions) = self.swaps.after_batch();
+        let promoted = !promotions.is_empty();
         for (stage, plugin) in promotions {
             let promoted = self.swaps.promote(
                 &stage,
@@ -690,7 +705,7 @@ impl Driver {
                 reason: reason.clone(),
             });
         }
-        if ended || !rolled_back.is_empty() {
+        if ended || !rolled_back.is_empty() || promoted {
             if let Some(durability) = &mut self.durability {
                 durability.set_versions(self.swaps.versions());
             }

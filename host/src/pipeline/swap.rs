@@ -275,6 +275,14 @@ impl Swaps {
         }
     }
 
+    /// The SHA-256 of every slot's version in the pipeline file.
+    pub fn configured_versions(&self) -> Vec<String> {
+        self.configured
+            .iter()
+            .map(|binding| binding.plugin.content_hash().to_owned())
+            .collect()
+    }
+
     /// The version of every slot now, as the batch log and checkpoints name it.
     pub fn versions(&self) -> BTreeMap<String, LoggedVersion> {
         self.slots
@@ -645,12 +653,14 @@ impl Swaps {
                 slot_key(stage, self.slots[targets[0]].name())
             )));
         };
+        order.by = by.or(order.by);
+        // Checked again and cut over first: a refusal keeps the shadow.
+        let report = self.swap(&order, after_batch, batches_run, durability, plan)?;
         for &index in &targets {
             self.slots[index].end_shadow();
             self.shadows[index] = None;
         }
-        order.by = by.or(order.by);
-        self.swap(&order, after_batch, batches_run, durability, plan)
+        Ok(report)
     }
 
     /// Gives up the candidate in shadow of the slots `targets`; returns its SHA-256.
