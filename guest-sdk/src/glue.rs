@@ -23,8 +23,8 @@ pub mod transform_bindings {
         inline: "
             package weir:guest-sdk;
             world transform-exports {
-                import weir:plugin/log@0.1.0;
-                export weir:plugin/transform@0.1.0;
+                import weir:plugin/log@0.2.0;
+                export weir:plugin/transform@0.2.0;
             }
         ",
         world: "transform-exports",
@@ -43,14 +43,14 @@ pub mod reducer_bindings {
         inline: "
             package weir:guest-sdk;
             world reducer-exports {
-                import weir:plugin/log@0.1.0;
-                export weir:plugin/reducer@0.1.0;
+                import weir:plugin/log@0.2.0;
+                export weir:plugin/reducer@0.2.0;
             }
         ",
         world: "reducer-exports",
         with: {
-            "weir:plugin/types@0.1.0": super::transform_bindings::weir::plugin::types,
-            "weir:plugin/log@0.1.0": super::transform_bindings::weir::plugin::log,
+            "weir:plugin/types@0.2.0": super::transform_bindings::weir::plugin::types,
+            "weir:plugin/log@0.2.0": super::transform_bindings::weir::plugin::log,
         },
         pub_export_macro: true,
         export_macro_name: "__export_reducer",
@@ -66,18 +66,40 @@ pub mod state_bindings {
         inline: "
             package weir:guest-sdk;
             world state-exports {
-                import weir:plugin/log@0.1.0;
-                export weir:plugin/keyed-state@0.1.0;
+                import weir:plugin/log@0.2.0;
+                export weir:plugin/keyed-state@0.2.0;
             }
         ",
         world: "state-exports",
         with: {
-            "weir:plugin/types@0.1.0": super::transform_bindings::weir::plugin::types,
-            "weir:plugin/log@0.1.0": super::transform_bindings::weir::plugin::log,
+            "weir:plugin/types@0.2.0": super::transform_bindings::weir::plugin::types,
+            "weir:plugin/log@0.2.0": super::transform_bindings::weir::plugin::log,
         },
         pub_export_macro: true,
         export_macro_name: "__export_state",
         default_bindings_module: "weir_guest::__private::state_bindings",
+        runtime_path: "weir_guest::__private::wit_bindgen::rt",
+    });
+}
+
+/// Bindings of the `weir:plugin/state-migration` export (a stateful plugin
+/// with `migrate = ...`).
+pub mod state_migration_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        inline: "
+            package weir:guest-sdk;
+            world state-migration-exports {
+                export weir:plugin/state-migration@0.2.0;
+            }
+        ",
+        world: "state-migration-exports",
+        with: {
+            "weir:plugin/types@0.2.0": super::transform_bindings::weir::plugin::types,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_state_migration",
+        default_bindings_module: "weir_guest::__private::state_migration_bindings",
         runtime_path: "weir_guest::__private::wit_bindgen::rt",
     });
 }
@@ -89,14 +111,14 @@ pub mod co_transform_bindings {
         inline: "
             package weir:guest-sdk;
             world co-transform-exports {
-                import weir:plugin/log@0.1.0;
-                export weir:plugin/co-transform@0.1.0;
+                import weir:plugin/log@0.2.0;
+                export weir:plugin/co-transform@0.2.0;
             }
         ",
         world: "co-transform-exports",
         with: {
-            "weir:plugin/types@0.1.0": super::transform_bindings::weir::plugin::types,
-            "weir:plugin/log@0.1.0": super::transform_bindings::weir::plugin::log,
+            "weir:plugin/types@0.2.0": super::transform_bindings::weir::plugin::types,
+            "weir:plugin/log@0.2.0": super::transform_bindings::weir::plugin::log,
         },
         pub_export_macro: true,
         export_macro_name: "__export_co_transform",
@@ -112,12 +134,12 @@ pub mod lifecycle_bindings {
         inline: "
             package weir:guest-sdk;
             world lifecycle-exports {
-                export weir:plugin/lifecycle@0.1.0;
+                export weir:plugin/lifecycle@0.2.0;
             }
         ",
         world: "lifecycle-exports",
         with: {
-            "weir:plugin/types@0.1.0": super::transform_bindings::weir::plugin::types,
+            "weir:plugin/types@0.2.0": super::transform_bindings::weir::plugin::types,
         },
         pub_export_macro: true,
         export_macro_name: "__export_lifecycle",
@@ -130,6 +152,7 @@ pub use co_transform_bindings::exports::weir::plugin::co_transform::Guest as CoT
 pub use lifecycle_bindings::exports::weir::plugin::lifecycle::Guest as LifecycleGuest;
 pub use reducer_bindings::exports::weir::plugin::reducer::Guest as ReducerGuest;
 pub use state_bindings::exports::weir::plugin::keyed_state::Guest as StateGuest;
+pub use state_migration_bindings::exports::weir::plugin::state_migration::Guest as StateMigrationGuest;
 pub use transform_bindings::exports::weir::plugin::transform::Guest as TransformGuest;
 pub use transform_bindings::weir::plugin::types as wit;
 
@@ -150,13 +173,53 @@ pub type InitFn = fn(&Config) -> Result<(), Error>;
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `lifecycle.describe`.
-pub fn describe(name: &str, version: &str, kind: Kind) -> wit::PluginInfo {
+pub fn describe(name: &str, version: &str, kind: Kind, state_version: u32) -> wit::PluginInfo {
     wit::PluginInfo {
         name: name.to_owned(),
         version: version.to_owned(),
         kind: wit_kind(kind),
         sdk_version: SDK_VERSION.to_owned(),
+        state_version,
     }
+}
+
+/// `state-migration.migrate-state`: decodes each state as the `Old` that
+/// `migrate` takes (JSON, as the SDK stores states), calls it with
+/// `from_version`, and encodes what it returns as the new state. An error
+/// (the user's, or a state that is not an `Old`) names the state's index.
+pub fn run_migrate_state<Old, S, E>(
+    from_version: u32,
+    states: wit::Values,
+    migrate: impl Fn(u32, Old) -> Result<S, E>,
+) -> Result<wit::Values, wit::ProcessError>
+where
+    Old: DeserializeOwned,
+    S: Serialize,
+    E: Into<Error>,
+{
+    let mut out = wit::Values {
+        data: Vec::with_capacity(states.data.len() + 16 * states.ends.len()),
+        ends: Vec::with_capacity(states.ends.len()),
+    };
+    let mut start = 0usize;
+    for (index, &end) in states.ends.iter().enumerate() {
+        let bytes = states
+            .data
+            .get(start..end as usize)
+            .ok_or_else(|| wit::ProcessError::Batch("malformed states".into()))?;
+        start = end as usize;
+        let migrated = state::decode::<Old>(bytes)
+            .and_then(|old| migrate(from_version, old).map_err(Into::into))
+            .and_then(|new| state::encode(&new, &mut out.data));
+        if let Err(error) = migrated {
+            return Err(wit::ProcessError::Record(wit::RecordFailure {
+                index: index as u32,
+                message: format!("cannot migrate the state from state version {from_version}: {error}"),
+            }));
+        }
+        out.ends.push(out.data.len() as u32);
+    }
+    Ok(out)
 }
 
 /// The WIT `plugin-kind` of `kind` (here, where the bindings are).
@@ -1202,8 +1265,39 @@ mod tests {
     }
 
     #[test]
+    fn migrate_state_converts_each_state_and_names_one_it_cannot_read() {
+        let states = |text: &[&str]| {
+            let mut values = wit::Values {
+                data: Vec::new(),
+                ends: Vec::new(),
+            };
+            for state in text {
+                values.data.extend_from_slice(state.as_bytes());
+                values.ends.push(values.data.len() as u32);
+            }
+            values
+        };
+        let pair = |from: u32, old: i64| Ok::<_, Error>((old, from));
+        let migrated = run_migrate_state(3, states(&["1", "-20"]), pair).unwrap();
+        assert_eq!(migrated.data, b"[1,3][-20,3]");
+        assert_eq!(migrated.ends, [5, 12]);
+        match run_migrate_state(3, states(&["1", "\"x\""]), pair) {
+            Err(wit::ProcessError::Record(failure)) => {
+                assert_eq!(failure.index, 1);
+                assert!(failure.message.contains("state version 3"), "{}", failure.message);
+            }
+            other => panic!("expected the second state to fail: {other:?}"),
+        }
+        let refuse = |_: u32, _: i64| Err::<i64, _>(Error::msg("no"));
+        assert!(matches!(
+            run_migrate_state(1, states(&["1"]), refuse),
+            Err(wit::ProcessError::Record(wit::RecordFailure { index: 0, .. }))
+        ));
+    }
+
+    #[test]
     fn describe_reports_the_sdk_version() {
-        let info = describe("p", "1.2.3", Kind::Filter);
+        let info = describe("p", "1.2.3", Kind::Filter, 1);
         assert_eq!(info.sdk_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(info.name, "p");
     }

@@ -38,6 +38,11 @@
 //!   there; an error stops the pipeline before it starts, with its message.
 //! - `name = "..."` and `version = "..."`: what the plugin reports to the host
 //!   (by default the crate's package name and version).
+//! - For the stateful kinds, `state_version = N` and `migrate =
+//!   path::to::function`: the version of the format of the state the plugin
+//!   keeps (1 by default), and how it converts the states an earlier version
+//!   kept, so that the host can hot-load it over a running version of
+//!   another state version (see [`update_state`](macro@update_state)).
 //!
 //! An [`Error`] returned for a record reaches the host as a failure of that
 //! record (its index in the batch and your message); a panic traps the
@@ -453,6 +458,91 @@ pub use weir_guest_macros::reduce;
 /// # }
 /// ```
 ///
+/// # Changing the state's format
+///
+/// The host keeps each key's state while a new version of the plugin is
+/// hot-loaded. A version whose state has another format says so with
+/// `state_version = N` (the default is 1) and converts the states kept by
+/// the running version with `migrate = function`, a
+/// `fn(from_version: u32, old: Old) -> Result<S, E>` where `Old` is the
+/// state type of that version (any `DeserializeOwned`; an enum or
+/// `serde_json::Value`-like type when several versions must be read) and
+/// `S` this version's. The host converts every key's state, after a dry run
+/// on a sample, before the new version's first batch; a swap between state
+/// versions to a plugin without `migrate` is refused.
+///
+/// A running count kept as a number by version 1, as an object now:
+///
+/// ```rust,standalone_crate
+/// use weir_guest::serde::{Deserialize, Serialize};
+/// use weir_guest::{Emitter, Error, Values};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// #[serde(crate = "weir_guest::serde")]
+/// struct Count {
+///     values: u64,
+///     batches: u64,
+/// }
+///
+/// /// State version 1 kept the number of values alone.
+/// fn upgrade(from_version: u32, values: u64) -> Result<Count, Error> {
+///     match from_version {
+///         1 => Ok(Count { values, batches: 0 }),
+///         other => Err(Error::msg(format!("unknown state version {other}"))),
+///     }
+/// }
+///
+/// #[weir_guest::update_state(state_version = 2, migrate = upgrade)]
+/// fn count(key: &[u8], values: Values<'_>, state: Option<Count>, out: &mut Emitter)
+///     -> Result<Option<Count>, Error>
+/// {
+///     let mut count = state.unwrap_or_default();
+///     count.values += values.len() as u64;
+///     count.batches += 1;
+///     out.emit_keyed(key, count.values.to_string());
+///     Ok(Some(count))
+/// }
+/// # fn main() {
+/// #     assert_eq!(upgrade(1, 7).unwrap().values, 7);
+/// # }
+/// ```
+///
+/// The migration must return the plugin's state type:
+///
+/// ```compile_fail
+/// fn upgrade(_: u32, old: u64) -> Result<String, weir_guest::Error> {
+///     Ok(old.to_string())
+/// }
+///
+/// #[weir_guest::update_state(state_version = 2, migrate = upgrade)]
+/// fn count(
+///     key: &[u8],
+///     values: weir_guest::Values<'_>,
+///     state: Option<u64>,
+///     out: &mut weir_guest::Emitter,
+/// ) -> Option<u64> {
+///     Some(state.unwrap_or(0) + values.len() as u64)
+/// }
+/// ```
+///
+/// and a plugin that migrates says which state version it writes:
+///
+/// ```compile_fail
+/// fn upgrade(_: u32, old: u64) -> Result<u64, weir_guest::Error> {
+///     Ok(old)
+/// }
+///
+/// #[weir_guest::update_state(migrate = upgrade)]
+/// fn count(
+///     key: &[u8],
+///     values: weir_guest::Values<'_>,
+///     state: Option<u64>,
+///     out: &mut weir_guest::Emitter,
+/// ) -> Option<u64> {
+///     Some(state.unwrap_or(0) + values.len() as u64)
+/// }
+/// ```
+///
 /// The function must return the new state:
 ///
 /// ```compile_fail
@@ -530,6 +620,8 @@ pub use weir_guest_macros::update_state;
 /// - An error fails the record (the host names it, and a dead-letter policy
 ///   drops it); an error for a timeout fails the call, naming the key. A
 ///   state the SDK cannot read back or write fails the key's first record.
+/// - `state_version = N` and `migrate = function` change the state's format
+///   across a hot-load, as for [`update_state`](macro@update_state).
 ///
 /// ```rust,standalone_crate
 /// use weir_guest::{Emitter, Error, State, StateEvent};

@@ -1109,6 +1109,25 @@ fn swap_bench(lines: u64, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         r.throughput_swaps,
         r.throughput[1] / r.throughput[0].max(1e-9)
     );
+    let plugins = cli::swap_bench::MigrationPlugins {
+        split_words: plugin.clone(),
+        one: example_plugin("one")?,
+        running_total: example_plugin("running-total")?,
+        running_total_v2: example_plugin("running-total-v2")?,
+    };
+    for keys in [100_000, 1_000_000] {
+        let m = cli::swap_bench::run_migration(&engine, &plugins, keys, &std::env::temp_dir(), |line| {
+            eprintln!("{line}")
+        })?;
+        println!(
+            "  state conversion (running-total → running-total-v2) of {} keys: {} states converted in {:.1} ms ({:.2} µs a state, two passes); the swap took {:.1} ms between two batches",
+            m.keys,
+            m.migrated,
+            ms(m.migration),
+            m.migration.as_secs_f64() * 1e6 / m.migrated.max(1) as f64,
+            ms(m.swap)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -56,7 +56,25 @@ fn inspect_shows_kind_exports_and_imports() {
     assert!(output.status.success(), "{}", stderr(&output));
     let report = stdout(&output);
     assert!(report.contains("kind:    flat-map"), "{report}");
-    assert!(report.contains("weir:plugin/transform@0.1.0"), "{report}");
+    assert!(report.contains("weir:plugin/transform@0.2.0"), "{report}");
+    assert!(report.contains("wit:     weir:plugin@0.2.0"), "{report}");
+    // A component built by the SDK of weir:plugin@0.1.0 still loads.
+    let output = weir().run(
+        &["plugin", "inspect", weir_tests::fixtures::SDK_0_1_RUNNING_TOTAL],
+        LIMIT,
+    );
+    let report = stdout(&output);
+    assert!(report.contains("wit:     weir:plugin@0.1.0"), "{report}");
+    assert!(
+        report.contains("state:   version 1, no state-migration"),
+        "{report}"
+    );
+    let output = weir().run(&["plugin", "inspect", plugins::RUNNING_TOTAL_V2], LIMIT);
+    let report = stdout(&output);
+    assert!(
+        report.contains("state:   version 2, converts earlier ones (state-migration)"),
+        "{report}"
+    );
     assert!(
         report.contains("imports:") && report.contains("wasi:cli/stderr@0.2"),
         "{report}"

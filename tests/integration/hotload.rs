@@ -564,6 +564,58 @@ fn add_inputs(dir: &Path, from: usize, to: usize) -> String {
     all
 }
 
+/// Runs the pipeline `file` (input files 0-5, one batch each) with
+/// `--watch-plugins` until six batches are written, replaces the plugin
+/// file `plugin` by `new_version` (a build's atomic rename), and expects the
+/// run to be killed at crash point `point` of the swap that follows; then
+/// adds input files 6-11 and runs it again with `--available-now`. Returns
+/// the text of all twelve files and the second run's log.
+fn kill_at_swap_and_resume(
+    dir: &Path,
+    file: &Path,
+    plugin: &Path,
+    new_version: &str,
+    point: &str,
+) -> (String, String) {
+    let mut text = add_inputs(dir, 0, 6);
+    let log = dir.join("weir.log");
+    let mut child = weir()
+        .command(&["run", "--watch-plugins", file.to_str().unwrap()])
+        .env("WEIR_CRASH_AT", format!("{point}:1"))
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = dir.join("out");
+    wait_for("six batches written", || {
+        std::fs::read_dir(&out).map_or(0, |entries| entries.count()) >= 6
+    });
+    let staged = dir.join(".new-version.wasm");
+    std::fs::copy(new_version, &staged).unwrap();
+    std::fs::rename(&staged, plugin).unwrap();
+    let status = weir_tests::wait_status(&mut child, LIMIT);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.signal(), Some(9), "killed at `{point}`: {log_text}");
+    assert!(
+        log_text.contains(&format!("crash point `{point}` reached")),
+        "{log_text}"
+    );
+
+    text.push_str(&add_inputs(dir, 6, 12));
+    let restart = weir()
+        .command(&["run", "--available-now", file.to_str().unwrap()])
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = weir_tests::wait_output(restart, LIMIT);
+    let restart_log = weir_tests::stderr(&output);
+    assert!(output.status.success(), "{restart_log}");
+    (text, restart_log)
+}
+
 #[test]
 fn kill_9_just_before_and_just_after_a_cut_over_recovers_exactly() {
     for point in ["swap-checked", "swap-cut-over"] {
@@ -571,43 +623,9 @@ fn kill_9_just_before_and_just_after_a_cut_over_recovers_exactly() {
         let plugin = dir.path().join("split-words.wasm");
         std::fs::copy(plugins::SPLIT_WORDS, &plugin).unwrap();
         let file = files_wordcount(dir.path(), &plugin);
-        let mut text = add_inputs(dir.path(), 0, 6);
-        let log = dir.path().join("weir.log");
-        let mut child = weir()
-            .command(&["run", "--watch-plugins", file.to_str().unwrap()])
-            .env("WEIR_CRASH_AT", format!("{point}:1"))
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let (text, restart_log) =
+            kill_at_swap_and_resume(dir.path(), &file, &plugin, plugins::SPLIT_WORDS_TAGGED, point);
         let out = dir.path().join("out");
-        wait_for("six batches written", || {
-            std::fs::read_dir(&out).map_or(0, |entries| entries.count()) >= 6
-        });
-        // A build's atomic rename.
-        let staged = dir.path().join(".split-words.wasm.new");
-        std::fs::copy(plugins::SPLIT_WORDS_TAGGED, &staged).unwrap();
-        std::fs::rename(&staged, &plugin).unwrap();
-        let status = weir_tests::wait_status(&mut child, LIMIT);
-        let log_text = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(status.signal(), Some(9), "killed at `{point}`: {log_text}");
-        assert!(
-            log_text.contains(&format!("crash point `{point}` reached")),
-            "{log_text}"
-        );
-
-        text.push_str(&add_inputs(dir.path(), 6, 12));
-        let restart = weir()
-            .command(&["run", "--available-now", file.to_str().unwrap()])
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = weir_tests::wait_output(restart, LIMIT);
-        let restart_log = weir_tests::stderr(&output);
-        assert!(output.status.success(), "{restart_log}");
 
         // Each batch wholly by one version, v1 then v2, every word counted once.
         let mut by_batch: BTreeMap<u64, BTreeSet<bool>> = BTreeMap::new();
@@ -1172,4 +1190,253 @@ partitions = 2
             .sha256,
         report.to
     );
+}
+
+#[test]
+fn a_running_total_built_for_weir_plugin_0_1_swaps_to_a_new_state_format_through_migrate_state_with_exact_totals()
+ {
+    use weir_tests::fixtures::{SDK_0_1_RUNNING_TOTAL, SDK_0_1_SPLIT_WORDS};
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    // Both plugins of the running version were built by the SDK of
+    // weir:plugin@0.1.0, before state versions existed.
+    let text = socket_pipeline(
+        "migrating-totals",
+        port,
+        &out,
+        &format!(
+            "split-words = {SDK_0_1_SPLIT_WORDS:?}\none = {:?}\nrunning-total = {SDK_0_1_RUNNING_TOTAL:?}",
+            plugins::ONE,
+        ),
+        &format!(
+            "{WORDS_STAGE}\n{}",
+            r#"
+[[stage]]
+name = "ones"
+input = "words"
+op = "map"
+plugin = "one"
+
+[[stage]]
+name = "totals"
+input = "ones"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 2
+"#
+        ),
+        "totals",
+    );
+    let handle = start(&engine, &text);
+    let totals_plugin = |handle: &PipelineHandle| {
+        handle
+            .status()
+            .plugins
+            .into_iter()
+            .find(|p| p.stage == "totals")
+            .unwrap()
+    };
+    let running = totals_plugin(&handle);
+    assert_eq!((running.contract.as_str(), running.state_version), ("0.1.0", 1));
+
+    let mut feeder = Feeder::connect(port);
+    let words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"];
+    let mut fed: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut feed = |feeder: &mut Feeder, lines: usize, from: usize| {
+        let mut text = String::new();
+        for i in from..from + lines {
+            let word = words[i * 5 % words.len()];
+            *fed.entry(word).or_default() += 1;
+            text.push_str(word);
+            text.push('\n');
+        }
+        feeder.connection.write_all(text.as_bytes()).unwrap();
+    };
+    feed(&mut feeder, 700, 0);
+    wait_for("700 words counted", || {
+        handle.metrics().stages[2].records_in >= 700
+    });
+
+    // The new version keeps {"sum":..,"count":..} where the old one kept a
+    // number: its migrate-state converts every key's total before it runs.
+    let report = swap(
+        &handle,
+        "totals",
+        plugins::RUNNING_TOTAL_V2,
+        None,
+        RollbackRule::default(),
+    )
+    .expect("the new version converts the totals");
+    assert_eq!(report.migrated_states, Some(words.len() as u64), "{report:?}");
+    assert_eq!(
+        report.probation_batches, 0,
+        "the old version cannot read converted states: no probation"
+    );
+    assert!(
+        report.sample_records > 0,
+        "the conversion was dry-run on the stage's keys first"
+    );
+    let running = totals_plugin(&handle);
+    assert_eq!((running.contract.as_str(), running.state_version), ("0.2.0", 2));
+    let swapped_after = report.after_batch.expect("the stage had run batches");
+
+    // Back to a version of state version 1, which has no migrate-state: refused.
+    let refused = swap(
+        &handle,
+        "totals",
+        plugins::RUNNING_TOTAL,
+        None,
+        RollbackRule::default(),
+    )
+    .expect_err("a version that cannot convert the state is refused");
+    assert!(
+        refused.to_string().contains("exports no state-migration"),
+        "{refused}"
+    );
+
+    feed(&mut feeder, 700, 700);
+    drain_and_stop(&handle, 1_400);
+
+    // Every word's last total is all its occurrences; after the swap the
+    // output is the new version's, whose count covers the values since.
+    let mut last: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    let mut counted_since: BTreeMap<String, u64> = BTreeMap::new();
+    for (batch, line) in sink_lines(&out) {
+        let (word, value) = line.split_once('\t').unwrap();
+        let total: i64 = if batch > swapped_after {
+            let (sum, count) = value
+                .strip_suffix(" values)")
+                .and_then(|v| v.split_once(" ("))
+                .unwrap_or_else(|| panic!("batch {batch} after the swap has the new format: {line}"));
+            let count: u64 = count.parse().unwrap();
+            let seen = counted_since.entry(word.to_owned()).or_default();
+            *seen = (*seen).max(count);
+            sum.parse().unwrap()
+        } else {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("batch {batch} before the swap has the old format: {line}"))
+        };
+        let entry = last.entry(word.to_owned()).or_insert((batch, total));
+        if batch >= entry.0 {
+            *entry = (batch, total.max(entry.1));
+        }
+    }
+    let totals: BTreeMap<&str, u64> = last.iter().map(|(w, (_, t))| (w.as_str(), *t as u64)).collect();
+    assert_eq!(totals, fed, "totals are exact across the conversion");
+    assert_eq!(
+        counted_since.values().sum::<u64>(),
+        700,
+        "the new version counted the values after the swap"
+    );
+}
+
+#[test]
+fn kill_9_around_a_swap_that_converts_state_recovers_exact_totals() {
+    for point in ["swap-checked", "swap-cut-over"] {
+        let dir = scratch();
+        let plugin = dir.path().join("running-total.wasm");
+        std::fs::copy(weir_tests::fixtures::SDK_0_1_RUNNING_TOTAL, &plugin).unwrap();
+        let text = format!(
+            r#"
+[pipeline]
+name = "hot-totals"
+batch-interval = "1s"
+partitions = 2
+clock = "deterministic"
+checkpoint-dir = {checkpoints:?}
+
+[checkpoint]
+every-batches = 4
+
+[plugins]
+split-words = {split:?}
+one = {one:?}
+running-total = {plugin:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "ones"
+input = "words"
+op = "map"
+plugin = "one"
+
+[[stage]]
+name = "totals"
+input = "ones"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 2
+
+[[sink]]
+input = "totals"
+type = "files"
+path = {out:?}
+"#,
+            checkpoints = dir.path().join("checkpoints").display().to_string(),
+            split = plugins::SPLIT_WORDS,
+            one = plugins::ONE,
+            plugin = plugin.display().to_string(),
+            input = dir.path().join("in").display().to_string(),
+            out = dir.path().join("out").display().to_string(),
+        );
+        let file = weir_tests::write_pipeline(dir.path(), "hot-totals.toml", &text);
+        let (text, restart_log) =
+            kill_at_swap_and_resume(dir.path(), &file, &plugin, plugins::RUNNING_TOTAL_V2, point);
+        let out = dir.path().join("out");
+
+        // Batches 0-5 by the old version (totals as numbers), 6-11 by the
+        // new one (on converted states), and every word's last total exact.
+        let mut formats: BTreeMap<u64, BTreeSet<bool>> = BTreeMap::new();
+        let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (batch, line) in sink_lines(&out) {
+            let (word, value) = line.split_once('\t').unwrap();
+            let converted = value.ends_with(" values)");
+            formats.entry(batch).or_default().insert(converted);
+            let total: u64 = value.split(' ').next().unwrap().parse().unwrap();
+            let entry = last.entry(word.to_owned()).or_insert((batch, total));
+            if batch >= entry.0 {
+                *entry = (batch, total);
+            }
+        }
+        let totals: BTreeMap<String, u64> =
+            last.into_iter().map(|(word, (_, total))| (word, total)).collect();
+        assert_eq!(
+            totals,
+            weir_tests::word_counts(&text),
+            "exact after a kill at `{point}`"
+        );
+        let versions: Vec<bool> = formats
+            .values()
+            .map(|set| {
+                assert_eq!(set.len(), 1, "a batch by two versions after a kill at `{point}`");
+                *set.iter().next().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            versions,
+            [false; 6].into_iter().chain([true; 6]).collect::<Vec<_>>(),
+            "batches 0-5 by v1, 6-11 by v2 after a kill at `{point}`"
+        );
+        if point == "swap-checked" {
+            // The conversion had not happened: the restart made it, after the replay.
+            assert!(
+                restart_log.contains("swapped in after the replay"),
+                "{restart_log}"
+            );
+        }
+    }
 }

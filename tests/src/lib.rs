@@ -20,6 +20,17 @@ pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 }
 
+/// Components built by earlier releases, kept in `tests/fixtures/` as they
+/// were built: what users' plugins built with an older SDK look like.
+pub mod fixtures {
+    /// `running-total` built with the guest SDK of `weir:plugin@0.1.0`.
+    pub const SDK_0_1_RUNNING_TOTAL: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sdk-0.1/running_total.wasm");
+    /// `split-words` built with the guest SDK of `weir:plugin@0.1.0`.
+    pub const SDK_0_1_SPLIT_WORDS: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sdk-0.1/split_words.wasm");
+}
+
 /// A directory for one test, removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()

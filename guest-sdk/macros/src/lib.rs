@@ -95,12 +95,20 @@ impl KindExt for Kind {
     }
 }
 
-/// The attribute's arguments: `init = path`, `name = "..."`, `version = "..."`.
+/// The attribute's arguments: `init = path`, `name = "..."`, `version =
+/// "..."`, and for the stateful kinds `state_version = N` and `migrate = path`.
 #[derive(Default)]
 struct Args {
     init: Option<syn::Path>,
     name: Option<LitStr>,
     version: Option<LitStr>,
+    state_version: Option<syn::LitInt>,
+    migrate: Option<syn::Path>,
+}
+
+/// True for the kinds whose state the host keeps.
+fn stateful(kind: Kind) -> bool {
+    matches!(kind, Kind::UpdateState | Kind::MapWithState)
 }
 
 impl Args {
@@ -123,20 +131,49 @@ impl Args {
                     return Err(duplicate());
                 }
                 args.version = Some(meta.value()?.parse()?);
+            } else if stateful(kind) && meta.path.is_ident("state_version") {
+                if args.state_version.is_some() {
+                    return Err(duplicate());
+                }
+                let value: syn::LitInt = meta.value()?.parse()?;
+                if value.base10_parse::<u32>().map_or(true, |n| n == 0) {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`state_version` is a whole number from 1 (the default) to 4294967295",
+                    ));
+                }
+                args.state_version = Some(value);
+            } else if stateful(kind) && meta.path.is_ident("migrate") {
+                if args.migrate.is_some() {
+                    return Err(duplicate());
+                }
+                args.migrate = Some(meta.value()?.parse()?);
             } else {
                 let name = meta
                     .path
                     .get_ident()
                     .map_or_else(|| "this".to_owned(), |i| format!("`{i}`"));
+                let state = if stateful(kind) {
+                    ", `state_version = N`, `migrate = path::to::fn`"
+                } else {
+                    ""
+                };
                 return Err(meta.error(format!(
                     "unknown argument {name} of {}: expected `init = path::to::fn`, \
-                     `name = \"...\"` or `version = \"...\"`",
+                     `name = \"...\"`, `version = \"...\"`{state}",
                     kind.attribute()
                 )));
             }
             Ok(())
         });
         syn::parse::Parser::parse(parser, tokens)?;
+        if let (Some(migrate), None) = (&args.migrate, &args.state_version) {
+            return Err(syn::Error::new(
+                migrate.span(),
+                "a plugin that migrates states says which state version it writes: \
+                 add `state_version = N` (N > 1)",
+            ));
+        }
         Ok(args)
     }
 }
@@ -251,6 +288,36 @@ fn returns(sig: &syn::Signature) -> Returns {
             }
             _ => Returns::Plain,
         },
+    }
+}
+
+/// The state type `S` of a stateful function, read from its signature
+/// (`state: Option<S>` or `state: &mut State<S>`); `None` when it is
+/// spelled otherwise (a type alias), and then left to inference.
+fn state_type(kind: Kind, sig: &syn::Signature) -> Option<Type> {
+    let (position, wrapper) = match kind {
+        Kind::UpdateState => (2, "Option"),
+        Kind::MapWithState => (1, "State"),
+        _ => return None,
+    };
+    let FnArg::Typed(typed) = sig.inputs.iter().nth(position)? else {
+        return None;
+    };
+    let mut ty = &*typed.ty;
+    if let Type::Reference(reference) = ty {
+        ty = &reference.elem;
+    }
+    let Type::Path(path) = ty else { return None };
+    let segment = path.path.segments.last()?;
+    if segment.ident != wrapper {
+        return None;
+    }
+    match &segment.arguments {
+        syn::PathArguments::AngleBracketed(args) => match args.args.first()? {
+            syn::GenericArgument::Type(state) => Some(state.clone()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -446,6 +513,32 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
         None => quote!(::core::option::Option::None),
     };
     let variant = kind.variant();
+    let state_version = match &args.state_version {
+        Some(version) => quote!(#version),
+        None => quote!(1u32),
+    };
+    let migration = match &args.migrate {
+        Some(path) => {
+            let state = match state_type(kind, sig) {
+                Some(state) => quote!(#state),
+                None => quote!(_),
+            };
+            let migrate = quote_spanned!(path.span()=> #path);
+            quote! {
+                impl #private::StateMigrationGuest for __WeirGuestPlugin {
+                    fn migrate_state(
+                        from_version: u32,
+                        states: #private::wit::Values,
+                    ) -> ::core::result::Result<#private::wit::Values, #private::wit::ProcessError> {
+                        #private::run_migrate_state::<_, #state, _>(from_version, states, #migrate)
+                    }
+                }
+
+                #private::state_migration_bindings::__export_state_migration!(__WeirGuestPlugin);
+            }
+        }
+        None => quote!(),
+    };
 
     Ok(quote! {
         #function
@@ -456,7 +549,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
 
             impl #private::LifecycleGuest for __WeirGuestPlugin {
                 fn describe() -> #private::wit::PluginInfo {
-                    #private::describe(#name, #version, #private::Kind::#variant)
+                    #private::describe(#name, #version, #private::Kind::#variant, #state_version)
                 }
 
                 fn init(
@@ -470,6 +563,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
 
             #private::lifecycle_bindings::__export_lifecycle!(__WeirGuestPlugin);
             #export
+            #migration
         };
     })
 }

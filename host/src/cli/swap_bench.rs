@@ -13,6 +13,12 @@
 //! - **Throughput around swaps**: the same word count unthrottled over a
 //!   fixed number of lines, with no swap and with a swap every 100 ms,
 //!   alternating runs in one process; lines per second and their ratio.
+//! - **State conversion** ([`run_migration`]): a running total over many
+//!   distinct keys (read from files) swapped from `running-total` (state: a
+//!   number) to `running-total-v2` (state: an object), whose
+//!   `migrate-state` converts every key's state before the cut-over: the
+//!   states converted, the time the conversion and the whole swap took (the
+//!   pipeline waits between two batches meanwhile), and the totals checked.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -191,4 +197,152 @@ pub fn run(
         throughput: best,
         throughput_swaps,
     })
+}
+
+/// What the state-conversion benchmark measured.
+#[derive(Debug, Clone)]
+pub struct MigrationBenchReport {
+    /// Keys with state when the swap was asked (each converted once).
+    pub keys: u64,
+    /// States the new version converted.
+    pub migrated: u64,
+    /// The conversion (both passes: a check of every state, then the
+    /// conversion kept).
+    pub migration: Duration,
+    /// The whole swap in the driver: checks, conversion and cut-over.
+    pub swap: Duration,
+}
+
+/// The components the state-conversion benchmark runs.
+#[derive(Debug, Clone)]
+pub struct MigrationPlugins {
+    /// `split-words`: keys each line's word.
+    pub split_words: std::path::PathBuf,
+    /// `one`: every value becomes 1.
+    pub one: std::path::PathBuf,
+    /// `running-total` (state version 1).
+    pub running_total: std::path::PathBuf,
+    /// `running-total-v2` (state version 2, with `migrate-state`).
+    pub running_total_v2: std::path::PathBuf,
+}
+
+/// Runs a running total over `keys` distinct keys (one line each, in files
+/// under `scratch`), swaps it to the version of the other state format once
+/// every key has its state, and measures the conversion.
+pub fn run_migration(
+    engine: &Engine,
+    plugins: &MigrationPlugins,
+    keys: u64,
+    scratch: &Path,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<MigrationBenchReport> {
+    let input = scratch.join(format!("weir-migration-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&input)?;
+    let _cleanup = RemoveOnDrop(input.clone());
+    let per_file = 100_000;
+    for file in 0..keys.div_ceil(per_file) {
+        let lines: String = (file * per_file..((file + 1) * per_file).min(keys))
+            .map(|key| format!("key-{key:09}\n"))
+            .collect();
+        std::fs::write(input.join(format!("keys-{file:05}.txt")), lines)?;
+    }
+    let text = format!(
+        r#"
+[pipeline]
+name = "migration-bench"
+batch-interval = "200ms"
+partitions = 2
+
+[plugins]
+split-words = {split:?}
+one = {one:?}
+running-total = {v1:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+
+[[stage]]
+name = "keyed"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "ones"
+input = "keyed"
+op = "map"
+plugin = "one"
+
+[[stage]]
+name = "totals"
+input = "ones"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 8
+
+[[sink]]
+input = "totals"
+type = "console"
+"#,
+        split = plugins.split_words.display().to_string(),
+        one = plugins.one.display().to_string(),
+        v1 = plugins.running_total.display().to_string(),
+        input = input.display().to_string(),
+    );
+    progress(&format!("state conversion: a running total over {keys} keys"));
+    let mut prepared = engine.prepare(&text, Path::new("migration-bench.toml"))?;
+    prepared.pipeline_mut().set_sinks(vec![(
+        "totals".into(),
+        Box::new(TotalSink(Arc::new(AtomicU64::new(0)))),
+    )])?;
+    let handle = engine.start(prepared, RunOptions::default())?;
+    let started = Instant::now();
+    while handle.metrics().stages.last().map_or(0, |stage| stage.records_in) < keys {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the running total did not take in {keys} keys in 10 minutes"
+        );
+        if let Some(error) = handle.status().error {
+            anyhow::bail!("the pipeline failed: {error}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v2 = std::fs::read(&plugins.running_total_v2)?;
+    engine
+        .runtime()
+        .load_plugin_bytes(&plugins.running_total_v2, &v2)?;
+    let report = handle.swap(SwapRequest {
+        stage: "totals".into(),
+        plugin: None,
+        component: v2,
+        path: plugins.running_total_v2.clone(),
+        config: None,
+        rule: RollbackRule::default(),
+        mode: Rollout::Immediate,
+        by: Some("bench".into()),
+    })?;
+    handle.stop(StopMode::Graceful);
+    handle.wait()?;
+    anyhow::ensure!(
+        report.migrated_states == Some(keys),
+        "the swap converted {:?} states, not one per key ({keys})",
+        report.migrated_states
+    );
+    Ok(MigrationBenchReport {
+        keys,
+        migrated: report.migrated_states.unwrap_or(0),
+        migration: Duration::from_micros(report.migration_us),
+        swap: Duration::from_micros(report.took_us),
+    })
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -224,7 +224,9 @@ struct Probation {
 
 /// Checks a candidate binding for one world: instantiates it in the slot's
 /// sandbox, runs `init`, and the dry run on the sample when there is one.
-pub(super) type Checker = fn(&BindingSlot, &Binding, Option<&Sample>) -> Result<(), PluginError>;
+/// With `migrate_from`, the sample's states are first converted from that
+/// state version by the candidate's `migrate-state`.
+pub(super) type Checker = fn(&BindingSlot, &Binding, Option<&Sample>, Option<u32>) -> Result<(), PluginError>;
 
 /// A stage's plugin use as swaps see it: its current binding and what a
 /// candidate is checked with. Shared by the operator and the driver.
@@ -499,16 +501,23 @@ impl BindingSlot {
     /// Checks `plugin` with `config` as this slot's next binding: it
     /// exports the world the stage calls, instantiates under the stage's
     /// limits, accepts the configuration, and processes the sample of the
-    /// stage's recent input (when the stage has seen any) without failing.
-    /// Returns the number of sample records it was tried on.
-    pub fn check(&self, plugin: &Arc<Plugin>, config: &[(String, String)]) -> Result<usize, PluginError> {
+    /// stage's recent input (when the stage has seen any) without failing;
+    /// with `migrate_from`, after converting the sample's states from that
+    /// state version (`migrate-state`). Returns the number of sample
+    /// records it was tried on.
+    pub fn check(
+        &self,
+        plugin: &Arc<Plugin>,
+        config: &[(String, String)],
+        migrate_from: Option<u32>,
+    ) -> Result<usize, PluginError> {
         let candidate = Binding {
             plugin: plugin.clone(),
             config: config.to_vec(),
             generation: 0,
         };
         let sample = self.sample.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        (self.checker)(self, &candidate, sample.as_ref())?;
+        (self.checker)(self, &candidate, sample.as_ref(), migrate_from)?;
         Ok(sample.as_ref().map_or(0, Sample::len))
     }
 

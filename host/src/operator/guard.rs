@@ -445,6 +445,15 @@ impl Operator for Guarded {
     fn plugin_slots(&self) -> Vec<std::sync::Arc<super::BindingSlot>> {
         self.slots.clone()
     }
+
+    fn migrate_state(
+        &self,
+        slot: &super::BindingSlot,
+        candidate: &super::binding::Binding,
+        from_version: u32,
+    ) -> Result<Option<super::StateMigration>, super::MigrationError> {
+        self.inner.migrate_state(slot, candidate, from_version)
+    }
 }
 
 #[cfg(test)]

@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::binding::{Binding, BindingSlot, Route, Sample, SlotShared};
 
+use crate::runtime::bindings::types::Values;
 use crate::runtime::instance::Instance;
 use crate::runtime::{
-    CoTransformWorld, InstanceLabel, Plugin, PluginError, ReducerWorld, Sandbox, StateWorld, TransformWorld,
-    World,
+    CoTransformWorld, InstanceLabel, KeyGroups, Plugin, PluginError, ReducerWorld, Sandbox, StateWorld,
+    TransformWorld, World,
 };
 
 /// Identifies one use of a plugin (one stage of one pipeline, one role): the
@@ -86,7 +87,7 @@ impl<W: SlotWorld> PluginUse<W> {
     /// Starts a throw-away instance: the plugin exports the world `W`,
     /// instantiates in its sandbox and accepts its configuration.
     pub fn check(&self) -> Result<(), PluginError> {
-        check_binding::<W>(&self.slot, &self.slot.current(), None)
+        check_binding::<W>(&self.slot, &self.slot.current(), None, None)
     }
 
     /// Keeps a sample of batch `batch`'s input for a candidate's dry run
@@ -158,6 +159,7 @@ fn check_binding<W: SlotWorld>(
     slot: &BindingSlot,
     binding: &Binding,
     sample: Option<&Sample>,
+    migrate_from: Option<u32>,
 ) -> Result<(), PluginError> {
     let mut instance: Instance<W> = Instance::start(
         &binding.plugin,
@@ -166,7 +168,7 @@ fn check_binding<W: SlotWorld>(
         &slot.sandbox,
     )?;
     match sample {
-        Some(sample) if !sample.is_empty() => W::dry_run(&mut instance, sample),
+        Some(sample) if !sample.is_empty() => W::dry_run(&mut instance, sample, migrate_from),
         _ => Ok(()),
     }
 }
@@ -201,9 +203,14 @@ pub trait SlotWorld: World {
     /// This world's map in `slots`.
     fn slots(slots: &mut InstanceSlots) -> &mut WorldSlots<Self>;
 
-    /// Runs `instance` on `sample` (a candidate's dry run); a sample of
-    /// another world's calls is not run.
-    fn dry_run(instance: &mut Instance<Self>, sample: &Sample) -> Result<(), PluginError>;
+    /// Runs `instance` on `sample` (a candidate's dry run), its states
+    /// converted from `migrate_from` first; a sample of another world's
+    /// calls is not run.
+    fn dry_run(
+        instance: &mut Instance<Self>,
+        sample: &Sample,
+        migrate_from: Option<u32>,
+    ) -> Result<(), PluginError>;
 }
 
 macro_rules! slot_worlds {
@@ -223,8 +230,12 @@ macro_rules! slot_worlds {
                 &mut slots.$field
             }
 
-            fn dry_run(instance: &mut Instance<Self>, sample: &Sample) -> Result<(), PluginError> {
-                $dry_run(instance, sample)
+            fn dry_run(
+                instance: &mut Instance<Self>,
+                sample: &Sample,
+                migrate_from: Option<u32>,
+            ) -> Result<(), PluginError> {
+                $dry_run(instance, sample, migrate_from)
             }
         })*
 
@@ -249,14 +260,22 @@ slot_worlds! {
     CoTransformWorld => co_transform, dry_run_pair,
 }
 
-fn dry_run_transform(instance: &mut Instance<TransformWorld>, sample: &Sample) -> Result<(), PluginError> {
+fn dry_run_transform(
+    instance: &mut Instance<TransformWorld>,
+    sample: &Sample,
+    _: Option<u32>,
+) -> Result<(), PluginError> {
     match sample {
         Sample::Records(batch) => instance.transform(batch.clone()).1.map(drop),
         _ => Ok(()),
     }
 }
 
-fn dry_run_reducer(instance: &mut Instance<ReducerWorld>, sample: &Sample) -> Result<(), PluginError> {
+fn dry_run_reducer(
+    instance: &mut Instance<ReducerWorld>,
+    sample: &Sample,
+    _: Option<u32>,
+) -> Result<(), PluginError> {
     match sample {
         Sample::Groups {
             data,
@@ -267,14 +286,72 @@ fn dry_run_reducer(instance: &mut Instance<ReducerWorld>, sample: &Sample) -> Re
     }
 }
 
-fn dry_run_state(instance: &mut Instance<StateWorld>, sample: &Sample) -> Result<(), PluginError> {
-    match sample {
-        Sample::Keys(groups) => instance.update_state(groups).map(drop),
-        _ => Ok(()),
+fn dry_run_state(
+    instance: &mut Instance<StateWorld>,
+    sample: &Sample,
+    migrate_from: Option<u32>,
+) -> Result<(), PluginError> {
+    let Sample::Keys(groups) = sample else {
+        return Ok(());
+    };
+    match migrate_from {
+        None => instance.update_state(groups).map(drop),
+        Some(from_version) => {
+            let groups = migrated_sample(instance, groups, from_version)?;
+            instance.update_state(&groups).map(drop)
+        }
     }
 }
 
-fn dry_run_pair(instance: &mut Instance<CoTransformWorld>, sample: &Sample) -> Result<(), PluginError> {
+/// `groups` with the states of the keys that have one converted from
+/// `from_version` by `instance`'s `migrate-state`.
+fn migrated_sample(
+    instance: &mut Instance<StateWorld>,
+    groups: &KeyGroups,
+    from_version: u32,
+) -> Result<KeyGroups, PluginError> {
+    let state = |g: usize| {
+        let start = g.checked_sub(1).map_or(0, |p| groups.states.ends[p] as usize);
+        &groups.states.data[start..groups.states.ends[g] as usize]
+    };
+    let has_state = |g: usize| groups.group_flags[g] & weir_abi::GROUP_HAS_STATE != 0;
+    let mut old = Values {
+        data: Vec::new(),
+        ends: Vec::new(),
+    };
+    for g in (0..groups.group_flags.len()).filter(|&g| has_state(g)) {
+        old.data.extend_from_slice(state(g));
+        old.ends.push(old.data.len() as u32);
+    }
+    let new = instance.migrate_states(from_version, &old)?;
+    let mut states = Values {
+        data: Vec::with_capacity(new.data.len()),
+        ends: Vec::with_capacity(groups.group_flags.len()),
+    };
+    let mut converted = new.ends.iter().scan(0usize, |start, &end| {
+        let range = *start..end as usize;
+        *start = end as usize;
+        Some(range)
+    });
+    for g in 0..groups.group_flags.len() {
+        if has_state(g)
+            && let Some(range) = converted.next()
+        {
+            states.data.extend_from_slice(&new.data[range]);
+        }
+        states.ends.push(states.data.len() as u32);
+    }
+    Ok(KeyGroups {
+        states,
+        ..groups.clone()
+    })
+}
+
+fn dry_run_pair(
+    instance: &mut Instance<CoTransformWorld>,
+    sample: &Sample,
+    _: Option<u32>,
+) -> Result<(), PluginError> {
     match sample {
         Sample::Pair(left, right) => instance.process_pair(left.clone(), right.clone()).2.map(drop),
         _ => Ok(()),

@@ -102,6 +102,88 @@ fn push_value(values: &mut Values, bytes: &[u8]) {
     values.ends.push(values.data.len() as u32);
 }
 
+/// States a migration call converts at most, and their bytes at most
+/// (a larger state goes alone).
+const MIGRATION_CHUNK_STATES: usize = 1024;
+const MIGRATION_CHUNK_BYTES: usize = 1 << 20;
+
+/// Converts the states of `keys` in `store` with `instance`'s
+/// `migrate-state`, in calls of at most [`MIGRATION_CHUNK_STATES`] states
+/// and [`MIGRATION_CHUNK_BYTES`]; writes them back when `keep`.
+fn migrate_keys(
+    store: &mut KeyedStore,
+    keys: &[Box<[u8]>],
+    instance: &mut crate::runtime::StateInstance,
+    from_version: u32,
+    keep: bool,
+    done: &mut super::StateMigration,
+) -> Result<(), String> {
+    for block in keys.chunks(MIGRATION_CHUNK_STATES) {
+        let entries: Vec<(&[u8], StateEntry)> = block
+            .iter()
+            .zip(store.get_many(block).map_err(|e| e.to_string())?)
+            .filter_map(|(key, entry)| Some((&key[..], entry?)))
+            .collect();
+        let mut rest = &entries[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let count = rest
+                .iter()
+                .take_while(|(_, entry)| {
+                    bytes += entry.state.len();
+                    bytes <= MIGRATION_CHUNK_BYTES
+                })
+                .count()
+                .max(1);
+            let (chunk, after) = rest.split_at(count);
+            rest = after;
+            let mut states = Values {
+                data: Vec::with_capacity(bytes.min(MIGRATION_CHUNK_BYTES)),
+                ends: Vec::with_capacity(count),
+            };
+            for (_, entry) in chunk {
+                push_value(&mut states, &entry.state);
+            }
+            let migrated = instance
+                .migrate_states(from_version, &states)
+                .map_err(|error| migration_failure(error, chunk))?;
+            done.states += count as u64;
+            done.calls += 1;
+            if keep {
+                let mut changes = StateChanges::default();
+                let mut start = 0;
+                for ((key, entry), &end) in chunk.iter().zip(&migrated.ends) {
+                    let state = migrated.data[start..end as usize].to_vec();
+                    start = end as usize;
+                    changes.put.push((
+                        Box::from(*key),
+                        StateEntry {
+                            state,
+                            last_seen: entry.last_seen,
+                        },
+                    ));
+                }
+                store.commit(changes).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A failed migration call, naming the key of a state the plugin named.
+fn migration_failure(error: PluginError, chunk: &[(&[u8], StateEntry)]) -> String {
+    match error {
+        PluginError::Record { index, message } => match chunk.get(index as usize) {
+            Some((key, _)) => format!(
+                "the state of key {:?} cannot be converted: {message}",
+                String::from_utf8_lossy(record_key(key).unwrap_or_default())
+            ),
+            None => message,
+        },
+        error => error.to_string(),
+    }
+}
+
 fn state_error(error: crate::state::StateError) -> OperatorError {
     OperatorError::Native(error.to_string())
 }
@@ -257,6 +339,43 @@ impl Operator for KeyedState {
 
     fn plugin_slots(&self) -> Vec<std::sync::Arc<super::BindingSlot>> {
         vec![self.plugin.slot().clone()]
+    }
+
+    fn migrate_state(
+        &self,
+        slot: &super::BindingSlot,
+        candidate: &super::binding::Binding,
+        from_version: u32,
+    ) -> Result<Option<super::StateMigration>, super::MigrationError> {
+        if !std::ptr::eq(slot, &**self.plugin.slot()) {
+            return Ok(None);
+        }
+        let mut instance = crate::runtime::Instance::<StateWorld>::start(
+            &candidate.plugin,
+            &candidate.config,
+            slot.label.clone(),
+            &slot.sandbox,
+        )
+        .map_err(|error| super::MigrationError::Refused(error.to_string()))?;
+        let mut done = super::StateMigration::default();
+        // First every state converted and dropped, then converted and kept.
+        for keep in [false, true] {
+            done = super::StateMigration::default();
+            for partition in 0..self.settings.partitions {
+                let slot = self.stores.get(partition);
+                let mut slot = lock(&slot);
+                let Some(store) = slot.as_mut() else { continue };
+                store
+                    .keys()
+                    .map_err(|error| error.to_string())
+                    .and_then(|keys| migrate_keys(store, &keys, &mut instance, from_version, keep, &mut done))
+                    .map_err(|message| match keep {
+                        false => super::MigrationError::Refused(message),
+                        true => super::MigrationError::HalfDone(message),
+                    })?;
+            }
+        }
+        Ok(Some(done))
     }
 
     fn check(&self) -> Result<(), OperatorError> {

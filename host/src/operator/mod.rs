@@ -298,6 +298,46 @@ pub trait Operator: Send + Sync + fmt::Debug {
     fn plugin_slots(&self) -> Vec<std::sync::Arc<BindingSlot>> {
         Vec::new()
     }
+
+    /// Converts the per-key state its plugin `slot` keeps, written by the
+    /// plugin's state version `from_version`, with `candidate`'s
+    /// `migrate-state` (a hot-load to a version of another state version),
+    /// between batches. Returns the states converted, or `None` when the
+    /// operator keeps no state of that slot's plugin (the default).
+    ///
+    /// Every state is converted once without being kept (so that a state
+    /// the candidate cannot convert refuses the swap with nothing changed),
+    /// then again and written back. An error in the second pass leaves the
+    /// state half converted: the run must then fail (its last checkpoint is
+    /// from before the swap).
+    fn migrate_state(
+        &self,
+        _slot: &BindingSlot,
+        _candidate: &binding::Binding,
+        _from_version: u32,
+    ) -> Result<Option<StateMigration>, MigrationError> {
+        Ok(None)
+    }
+}
+
+/// What a state migration did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateMigration {
+    /// States converted.
+    pub states: u64,
+    /// Plugin calls it took (per pass).
+    pub calls: u64,
+}
+
+/// Why a state migration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// A state could not be converted; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The state was half converted when it failed.
+    #[error("the state was half converted when it failed: {0}")]
+    HalfDone(String),
 }
 
 /// State checkpointed incrementally ([`crate::checkpoint::incremental`]):

@@ -73,6 +73,10 @@ pub struct StagePlugin {
     pub version: String,
     /// Batches left of its probation after a hot-load (0: none).
     pub probation_left: u64,
+    /// The version of the format of the state it keeps (0 for a native function).
+    pub state_version: u32,
+    /// The `weir:plugin` contract it was built against (empty for a native function).
+    pub contract: String,
 }
 
 /// A pipeline's status.
@@ -396,6 +400,8 @@ impl Live {
                                 sha256: current.plugin.content_hash().to_owned(),
                                 version: current.plugin.info().version.clone(),
                                 probation_left: slot.probation_left(),
+                                state_version: current.plugin.info().state_version,
+                                contract: current.plugin.info().contract.to_owned(),
                                 ..plugin.clone()
                             }
                         }

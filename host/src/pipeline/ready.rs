@@ -67,6 +67,8 @@ impl Pipeline {
                     sha256: hash_of(&plugin).unwrap_or_else(|| "native".to_owned()),
                     version: String::new(),
                     probation_left: 0,
+                    state_version: 0,
+                    contract: String::new(),
                     plugin,
                 })
             })

@@ -322,8 +322,7 @@ impl Driver {
                     self.executor.sweep();
                 }
                 if replay.is_none() && !self.configured_checked {
-                    self.configured_checked = true;
-                    self.swap_in_configured(pipeline)?;
+                    self.configured_checked = self.swap_in_configured(pipeline)?;
                 }
             }
             if replay.is_some() && self.paused.is_some() {
@@ -475,8 +474,12 @@ impl Driver {
     /// After a replay that ran on plugin versions other than the pipeline
     /// file's (a crash soon after a hot-load, or a plugin file changed
     /// between runs): swaps the file's versions back in, with the checks of
-    /// any hot-load. A version that fails them stops the run.
-    fn swap_in_configured(&mut self, pipeline: &Pipeline) -> Result<(), EngineError> {
+    /// any hot-load. A version that fails them stops the run. Returns false
+    /// when a swap must wait for the run's first batch (it converts the
+    /// restored state): the others are made, and it is tried again after
+    /// that batch (which the checkpoint's version processes).
+    fn swap_in_configured(&mut self, pipeline: &Pipeline) -> Result<bool, EngineError> {
+        let mut done = true;
         for (stage, plugin, configured) in self.swaps.off_configured() {
             let order = SwapOrder {
                 stage: stage.clone(),
@@ -508,6 +511,7 @@ impl Driver {
                     tracing::warn!(stage = %stage, "the pipeline file's plugin version {} differs from the checkpoint's ({}) and is swapped in after the replay", report.to, report.from);
                     self.live.publish(PipelineEvent::PluginSwapped(report));
                 }
+                Err(SwapRefused::NotYet(_)) => done = false,
                 Err(refused) => {
                     return Err(EngineError::Plan {
                         location: format!("pipeline `{}`", self.pipeline()),
@@ -522,7 +526,7 @@ impl Driver {
             durability.set_versions(self.swaps.versions());
         }
         self.executor.sweep();
-        Ok(())
+        Ok(done)
     }
 
     /// The answer to a swap or promotion (`what`) that `result` says, after

@@ -37,8 +37,8 @@ use super::live::Live;
 use super::plan::Plan;
 use crate::checkpoint::LoggedVersion;
 use crate::error::EngineError;
-use crate::operator::BindingSlot;
 use crate::operator::binding::{Binding, PluginConfig};
+use crate::operator::{BindingSlot, MigrationError};
 use crate::runtime::{Plugin, Runtime};
 
 /// Versions kept in each stage plugin's history.
@@ -170,8 +170,19 @@ pub struct SwapReport {
     pub probation_batches: u64,
     /// True when it runs in shadow (the current version goes on).
     pub shadow: bool,
+    /// States converted by the new version's `migrate-state` (its state
+    /// version differs from the replaced one's); `None`: no conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_states: Option<u64>,
+    /// Microseconds the conversion took (included in `took_us`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub migration_us: u64,
     /// Microseconds the checks and the cut-over took in the driver.
     pub took_us: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// How a version in a history ended (or stands).
@@ -475,9 +486,26 @@ impl Swaps {
                 ),
             ));
         }
+        let migrate_from = match state_change(&current.plugin, &order.candidate, order) {
+            Ok(from) => from,
+            Err(reason) => return Err(refuse(self, reason)),
+        };
+        if migrate_from.is_some()
+            && after_batch.is_none()
+            && durability.is_some()
+            && stage_has_state(plan, &order.stage)
+        {
+            // Nothing would checkpoint the converted state before the
+            // batches logged after it, which a replay would then run on
+            // states of the old format.
+            return Err(SwapRefused::NotYet(
+                "a swap that converts state waits for the run's first batch: ask again once it has run one"
+                    .into(),
+            ));
+        }
         let mut sample_records = 0;
         for &index in &targets {
-            match self.slots[index].check(&order.candidate, &config) {
+            match self.slots[index].check(&order.candidate, &config, migrate_from) {
                 Ok(records) => sample_records = sample_records.max(records),
                 Err(error) => return Err(refuse(self, format!("the candidate failed its checks: {error}"))),
             }
@@ -503,6 +531,37 @@ impl Swaps {
             return Err(failed(self, error));
         }
         crate::failpoint::crash_point("swap-checked");
+        let mut migrated = None;
+        if let Some(from_version) = migrate_from {
+            let candidate = Binding {
+                plugin: order.candidate.clone(),
+                config: config.clone(),
+                generation: 0,
+            };
+            let began = Instant::now();
+            match migrate_states(
+                plan,
+                &targets.iter().map(|&i| self.slots[i].clone()).collect::<Vec<_>>(),
+                &candidate,
+                from_version,
+            ) {
+                Ok(states) => migrated = Some((states, began.elapsed())),
+                Err(MigrationError::Refused(reason)) => {
+                    return Err(refuse(
+                        self,
+                        format!("the candidate cannot convert the stage's states: {reason}"),
+                    ));
+                }
+                Err(error @ MigrationError::HalfDone(_)) => {
+                    return Err(SwapRefused::Failed(format!(
+                        "converting the stage's states failed: {error}"
+                    )));
+                }
+            }
+        }
+        // A version that converted the state has no probation: the
+        // version it replaced cannot read the converted states.
+        let probation = if migrated.is_some() { 0 } else { order.rule.batches };
         // The failure rate before the swap: failed calls per batch.
         let stage_failures = plan
             .stages
@@ -521,13 +580,13 @@ impl Swaps {
         };
         for &index in &targets {
             let slot = &self.slots[index];
-            let replaced = slot.install(order.candidate.clone(), config.clone(), order.rule.batches);
+            let replaced = slot.install(order.candidate.clone(), config.clone(), probation);
             self.thresholds[index] = order.rule.max_failures.max(baseline);
             self.replaced[index] = Some(replaced.clone());
             self.live
                 .set_outcome(&key, replaced.plugin.content_hash(), VersionOutcome::Replaced);
         }
-        let outcome = if order.rule.batches > 0 {
+        let outcome = if probation > 0 {
             VersionOutcome::OnProbation
         } else {
             VersionOutcome::Running
@@ -565,8 +624,10 @@ impl Swaps {
             version: order.candidate.info().version.clone(),
             after_batch,
             sample_records,
-            probation_batches: order.rule.batches,
+            probation_batches: probation,
             shadow: false,
+            migrated_states: migrated.map(|(states, _)| states),
+            migration_us: migrated.map_or(0, |(_, took)| took.as_micros() as u64),
             took_us: started.elapsed().as_micros() as u64,
         })
     }
@@ -629,6 +690,8 @@ impl Swaps {
             sample_records,
             probation_batches: 0,
             shadow: true,
+            migrated_states: None,
+            migration_us: 0,
             took_us: started.elapsed().as_micros() as u64,
         })
     }
@@ -826,17 +889,73 @@ pub enum SwapRefused {
     Request(String),
     /// The candidate failed its checks (or could not be kept).
     Candidate(String),
+    /// It cannot be made before the run's first batch (it converts
+    /// restored state, which only a checkpoint after a batch would keep).
+    NotYet(String),
     /// The cut-over was made but the checkpoint at it failed (the pipeline
-    /// stops at this boundary, as on any checkpoint failure).
+    /// stops at this boundary, as on any checkpoint failure), or a state
+    /// conversion failed half-way.
     Failed(String),
 }
 
 impl std::fmt::Display for SwapRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Request(message) | Self::Candidate(message) | Self::Failed(message) => f.write_str(message),
+            Self::Request(message)
+            | Self::Candidate(message)
+            | Self::NotYet(message)
+            | Self::Failed(message) => f.write_str(message),
         }
     }
+}
+
+/// Whether `candidate` changes the state format of `current` and, if so,
+/// the state version to convert from: refused (with the reason) when it
+/// cannot convert, or when `order` asks for a rollout a converted state
+/// does not allow.
+fn state_change(current: &Plugin, candidate: &Plugin, order: &SwapOrder) -> Result<Option<u32>, String> {
+    let (from, to) = (current.info().state_version, candidate.info().state_version);
+    if from == to || candidate.info().kind.interface() != "keyed-state" {
+        return Ok(None);
+    }
+    if !candidate.info().migrates_state {
+        return Err(format!(
+            "the candidate keeps state version {to} and the running version state version {from}, \
+             and the candidate exports no state-migration to convert the states kept \
+             (weir-guest: `migrate = ...`); keep the state version, or add a migration"
+        ));
+    }
+    if matches!(order.mode, Rollout::Shadow(_)) {
+        return Err("a version that converts state cannot run in shadow: swap it in immediately".into());
+    }
+    Ok(Some(from))
+}
+
+/// True when a stage named `stage` keeps any keyed state.
+fn stage_has_state(plan: &Plan, stage: &str) -> bool {
+    plan.stages
+        .iter()
+        .filter(|s| s.name == stage)
+        .flat_map(|s| &s.operators)
+        .any(|operator| operator.state_size().keys > 0)
+}
+
+/// Converts the states every operator keeps for `slots` with `candidate`.
+fn migrate_states(
+    plan: &Plan,
+    slots: &[Arc<BindingSlot>],
+    candidate: &Binding,
+    from_version: u32,
+) -> Result<u64, MigrationError> {
+    let mut states = 0;
+    for operator in plan.stages.iter().flat_map(|stage| &stage.operators) {
+        for slot in slots {
+            if let Some(done) = operator.migrate_state(slot, candidate, from_version)? {
+                states += done.states;
+            }
+        }
+    }
+    Ok(states)
 }
 
 fn key(slot: &BindingSlot) -> String {

@@ -48,7 +48,7 @@ impl TransformInstance {
         let result = self.call_moving(
             (records, Limits::input_bytes(records, bytes)),
             Some((records, bytes)),
-            |exports, store| exports.weir_plugin_transform().call_process(store, &wit_batch),
+            |exports, store| exports.process(store, &wit_batch),
         );
         let input = from_wit(wit_batch);
         let output = match result {
@@ -79,9 +79,7 @@ impl ReducerInstance {
         let values = types::Values { data, ends };
         let output = self
             .call_moving(input, None, |exports, store| {
-                exports
-                    .weir_plugin_reducer()
-                    .call_reduce(store, &values, group_ends)
+                exports.reduce(store, &values, group_ends)
             })?
             .map_err(process_error)?;
         if output.ends.len() != group_ends.len() {
@@ -118,7 +116,7 @@ impl StateInstance {
             .call_moving(
                 (groups.values.ends.len().max(groups.group_ends.len()), input_bytes),
                 None,
-                |exports, store| exports.weir_plugin_keyed_state().call_update(store, groups),
+                |exports, store| exports.update(store, groups),
             )?
             .map_err(process_error)?;
         let count = groups.group_ends.len();
@@ -145,6 +143,39 @@ impl StateInstance {
     }
 }
 
+impl StateInstance {
+    /// Converts `states`, written by the plugin's state version
+    /// `from_version`, into its current format (`state-migration`): one
+    /// state per input state, in order. An error when the plugin does not
+    /// export `state-migration`.
+    pub fn migrate_states(
+        &mut self,
+        from_version: u32,
+        states: &types::Values,
+    ) -> Result<types::Values, PluginError> {
+        let input_bytes = states.data.len() as u64 + 4 * states.ends.len() as u64;
+        let migrated = self
+            .call_moving((states.ends.len(), input_bytes), None, |exports, store| {
+                exports.migrate_state(store, from_version, states).transpose()
+            })?
+            .ok_or_else(|| {
+                PluginError::Batch(format!(
+                    "it exports no state-migration, so it cannot read states of its state version {from_version}"
+                ))
+            })?
+            .map_err(process_error)?;
+        if migrated.ends.len() != states.ends.len() {
+            return Err(PluginError::Batch(format!(
+                "migrate-state returned {} states for {}",
+                migrated.ends.len(),
+                states.ends.len()
+            )));
+        }
+        check_values(&migrated, "migrated states")?;
+        Ok(migrated)
+    }
+}
+
 impl CoTransformInstance {
     /// Runs a transform-with over one partition of its two inputs. Both
     /// inputs are handed back.
@@ -155,11 +186,7 @@ impl CoTransformInstance {
         let result = self.call_moving(
             (records, Limits::input_bytes(records, bytes)),
             Some((records, bytes)),
-            |exports, store| {
-                exports
-                    .weir_plugin_co_transform()
-                    .call_process_pair(store, &wit_left, &wit_right)
-            },
+            |exports, store| exports.process_pair(store, &wit_left, &wit_right),
         );
         let (left, right) = (from_wit(wit_left), from_wit(wit_right));
         let output = match result {

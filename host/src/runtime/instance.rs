@@ -106,6 +106,9 @@ impl<W: World> Instance<W> {
             version: info.version,
             kind: PluginKind::from_wit(info.kind),
             sdk_version: info.sdk_version,
+            state_version: info.state_version,
+            contract: super::plugin::CONTRACT_VERSION,
+            migrates_state: false,
         })
     }
 

@@ -97,6 +97,8 @@ impl EngineLinker {
         forbid_sleeping(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
         bindings::log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        bindings::v0_1::log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
         Ok(Self { engine, linker })
     }
 }

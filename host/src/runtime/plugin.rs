@@ -9,15 +9,12 @@ use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
 
-use super::bindings::co_transform::CoTransformPluginPre;
-use super::bindings::reducer::ReducerPluginPre;
-use super::bindings::state::StatePluginPre;
-use super::bindings::transform::TransformPluginPre;
 use super::bindings::types;
 use super::error::PluginError;
 use super::instance::PluginInstance;
 use super::limits::Sandbox;
 use super::state::{InstanceLabel, PluginState};
+use super::world::{CoTransformPre, ReducerPre, StatePre, TransformPre};
 
 /// The operator a plugin implements, as it declares it: the kind shared with
 /// the guest SDK (`PluginKind::Map`, `.name()`, `.interface()`).
@@ -55,33 +52,58 @@ pub struct PluginInfo {
     pub kind: PluginKind,
     /// The guest SDK version it was built with.
     pub sdk_version: String,
+    /// The version of the format of its per-key state (1 unless it says).
+    pub state_version: u32,
+    /// The version of the `weir:plugin` contract it was built against.
+    pub contract: &'static str,
+    /// Whether it exports `state-migration` (converts the states of its
+    /// other state versions).
+    pub migrates_state: bool,
 }
 
 /// The pre-instantiated component, as the bindings of the world it exports.
 pub(super) enum Pre {
-    Transform(TransformPluginPre<PluginState>),
-    Reducer(ReducerPluginPre<PluginState>),
-    State(StatePluginPre<PluginState>),
-    CoTransform(CoTransformPluginPre<PluginState>),
+    Transform(TransformPre),
+    Reducer(ReducerPre),
+    State(StatePre),
+    CoTransform(CoTransformPre),
 }
 
 impl Pre {
-    /// The first world whose exports `instance_pre` has.
+    /// The first world whose exports `instance_pre` has, of the current
+    /// contract or of 0.1.
     fn of(instance_pre: wasmtime::component::InstancePre<PluginState>) -> Result<Self, wasmtime::Error> {
-        let transform_error = match TransformPluginPre::new(instance_pre.clone()) {
-            Ok(pre) => return Ok(Self::Transform(pre)),
+        use super::bindings::{co_transform, migrating_state, reducer, state, transform, v0_1};
+        let transform_error = match transform::TransformPluginPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Self::Transform(TransformPre::Current(pre))),
             Err(error) => error,
         };
-        if let Ok(pre) = ReducerPluginPre::new(instance_pre.clone()) {
-            return Ok(Self::Reducer(pre));
-        }
-        if let Ok(pre) = StatePluginPre::new(instance_pre.clone()) {
-            return Ok(Self::State(pre));
-        }
-        if let Ok(pre) = CoTransformPluginPre::new(instance_pre) {
-            return Ok(Self::CoTransform(pre));
-        }
-        Err(transform_error)
+        type Bind = fn(wasmtime::component::InstancePre<PluginState>) -> Result<Pre, wasmtime::Error>;
+        let bindings: [Bind; 8] = [
+            |pre| {
+                v0_1::transform::TransformPluginPre::new(pre).map(|p| Self::Transform(TransformPre::V0_1(p)))
+            },
+            |pre| reducer::ReducerPluginPre::new(pre).map(|p| Self::Reducer(ReducerPre::Current(p))),
+            |pre| v0_1::reducer::ReducerPluginPre::new(pre).map(|p| Self::Reducer(ReducerPre::V0_1(p))),
+            |pre| {
+                migrating_state::MigratingStatePluginPre::new(pre)
+                    .map(|p| Self::State(StatePre::Migrating(p)))
+            },
+            |pre| state::StatePluginPre::new(pre).map(|p| Self::State(StatePre::Current(p))),
+            |pre| v0_1::state::StatePluginPre::new(pre).map(|p| Self::State(StatePre::V0_1(p))),
+            |pre| {
+                co_transform::CoTransformPluginPre::new(pre)
+                    .map(|p| Self::CoTransform(CoTransformPre::Current(p)))
+            },
+            |pre| {
+                v0_1::co_transform::CoTransformPluginPre::new(pre)
+                    .map(|p| Self::CoTransform(CoTransformPre::V0_1(p)))
+            },
+        ];
+        bindings
+            .into_iter()
+            .find_map(|bind| bind(instance_pre.clone()).ok())
+            .ok_or(transform_error)
     }
 
     /// The interface this world exports (besides lifecycle).
@@ -93,7 +115,27 @@ impl Pre {
             Self::CoTransform(_) => "co-transform",
         }
     }
+
+    /// The version of the `weir:plugin` contract the component was built against.
+    fn contract(&self) -> &'static str {
+        match self {
+            Self::Transform(TransformPre::V0_1(_))
+            | Self::Reducer(ReducerPre::V0_1(_))
+            | Self::State(StatePre::V0_1(_))
+            | Self::CoTransform(CoTransformPre::V0_1(_)) => "0.1.0",
+            _ => CONTRACT_VERSION,
+        }
+    }
+
+    /// True when the component exports `state-migration`.
+    fn migrates_state(&self) -> bool {
+        matches!(self, Self::State(StatePre::Migrating(_)))
+    }
 }
+
+/// The version of the `weir:plugin` WIT package this host is written
+/// against (components of 0.1.0 load too).
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// A compiled, linked and checked component: what the engine's plugin
 /// catalog shares between every pipeline that loads the same bytes.
@@ -140,6 +182,9 @@ impl CompiledPlugin {
                     version: String::new(),
                     kind: PluginKind::Map,
                     sdk_version: String::new(),
+                    state_version: 1,
+                    contract: CONTRACT_VERSION,
+                    migrates_state: false,
                 },
                 engine,
             }),
@@ -149,7 +194,11 @@ impl CompiledPlugin {
             PluginInstance::instantiate(&probe, InstanceLabel::default(), &probe_sandbox)?.describe()?;
         let probe = Arc::into_inner(probe).expect("the probe instance is gone");
         let mut compiled = Arc::into_inner(probe.compiled).expect("only the probe held it");
-        compiled.info = info;
+        compiled.info = PluginInfo {
+            contract: compiled.pre.contract(),
+            migrates_state: compiled.pre.migrates_state(),
+            ..info
+        };
         if compiled.pre.interface() != compiled.info.kind.interface() {
             return Err(contract(format!(
                 "it says it is a {} but exports the {} interface",

@@ -249,3 +249,18 @@ impl log::Host for PluginState {
 }
 
 impl super::bindings::types::Host for PluginState {}
+
+impl super::bindings::v0_1::log::Host for PluginState {
+    /// A 0.1 plugin's message: written as a current one's.
+    fn write(&mut self, level: super::bindings::v0_1::log::Level, message: String) {
+        use super::bindings::v0_1::log::Level as Old;
+        let level = match level {
+            Old::Trace => log::Level::Trace,
+            Old::Debug => log::Level::Debug,
+            Old::Info => log::Level::Info,
+            Old::Warn => log::Level::Warn,
+            Old::Error => log::Level::Error,
+        };
+        log::Host::write(self, level, message);
+    }
+}

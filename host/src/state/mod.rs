@@ -271,6 +271,18 @@ impl KeyedStore {
         Ok(found)
     }
 
+    /// Every key with state, in memory and on disk (in no order).
+    pub fn keys(&self) -> Result<Vec<Box<[u8]>>, StateError> {
+        let mut keys: Vec<Box<[u8]>> = self.memory.keys().cloned().collect();
+        if let Some(spill) = &self.spill {
+            spill.for_each_encoded(|key, _| {
+                keys.push(key.into());
+                Ok(())
+            })?;
+        }
+        Ok(keys)
+    }
+
     /// Keys whose `last_seen` is at or before `before`, with their entries:
     /// a range of the time index in memory and of the spill file's, so the
     /// work follows the keys returned, not the keys held.

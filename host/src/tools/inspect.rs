@@ -25,6 +25,15 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> Result<String, ToolError> {
             let _ = writeln!(report, "plugin:  {} {}", info.name, info.version);
             let _ = writeln!(report, "kind:    {}", info.kind.name());
             let _ = writeln!(report, "sdk:     weir-guest {}", info.sdk_version);
+            let _ = writeln!(report, "wit:     weir:plugin@{}", info.contract);
+            if info.kind.interface() == "keyed-state" {
+                let migrates = if info.migrates_state {
+                    "converts earlier ones (state-migration)"
+                } else {
+                    "no state-migration"
+                };
+                let _ = writeln!(report, "state:   version {}, {migrates}", info.state_version);
+            }
         }
         Err(error) => {
             let _ = writeln!(report, "plugin:  not usable by Weir: {error}");
