@@ -162,15 +162,21 @@ enum Command {
         /// until `weir promote` (or --promote-after) swaps it in.
         #[arg(long)]
         shadow: bool,
-        /// In shadow: promote it after this many batches in a row with no
-        /// difference and no failure.
-        #[arg(long, requires = "shadow")]
+        /// Run it as a canary first: on this percent of the keys (each key
+        /// and its state stay with one version), the current version on
+        /// the others, until `weir promote` (or --promote-after) swaps it in
+        /// or `weir rollback` (or more failures than --max-failures) gives it up.
+        #[arg(long, value_name = "PERCENT", conflicts_with = "shadow")]
+        canary: Option<f64>,
+        /// In shadow or as a canary: promote it after this many batches in
+        /// a row with no failure (and, in shadow, no difference).
+        #[arg(long)]
         promote_after: Option<u64>,
         /// In shadow: ... and when it is at most this many percent slower.
         #[arg(long, requires = "shadow", default_value_t = 10.0)]
         max_slower_percent: f64,
     },
-    /// Swap in a stage's candidate running in shadow on the server.
+    /// Swap in a stage's candidate running in shadow or as a canary on the server.
     Promote {
         /// The pipeline.
         pipeline: String,
@@ -546,6 +552,7 @@ fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
             probation,
             max_failures,
             shadow,
+            canary,
             promote_after,
             max_slower_percent,
         } => {
@@ -572,13 +579,20 @@ fn remote(cli: &Cli) -> anyhow::Result<ExitCode> {
                         .ok_or_else(|| anyhow!("--config {entry}: expected KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<serde_json::Map<_, _>>>()?;
-            let mode = if *shadow {
-                serde_json::json!({ "shadow": {
+            let mode = match (shadow, canary) {
+                (true, _) => serde_json::json!({ "shadow": {
                     "promote-after": promote_after,
                     "max-slower-percent": max_slower_percent,
-                } })
-            } else {
-                serde_json::json!("immediate")
+                } }),
+                (false, Some(percent)) => serde_json::json!({ "canary": {
+                    "percent": percent,
+                    "promote-after": promote_after,
+                    "max-failures": max_failures,
+                } }),
+                (false, None) if promote_after.is_some() => {
+                    anyhow::bail!("--promote-after applies to --shadow or --canary")
+                }
+                (false, None) => serde_json::json!("immediate"),
             };
             let body = serde_json::json!({
                 "upload": name,

@@ -1006,7 +1006,7 @@ fn a_candidate_in_shadow_reports_exactly_its_differences_and_is_promoted_by_hand
         "exactly the keys whose records differ"
     );
     assert_eq!(shadow.stats.candidate_failures, 0);
-    assert!(shadow.stats.batches >= 1);
+    assert!(shadow.stats.streak.batches >= 1);
     assert!(!shadow.stats.candidate_time.is_zero() && !shadow.stats.live_time.is_zero());
     // Its output went nowhere.
     assert!(sink_lines(&out).iter().all(|(_, line)| !line.contains("x:")));
@@ -1058,7 +1058,7 @@ fn a_candidate_in_shadow_reports_exactly_its_differences_and_is_promoted_by_hand
     let history = &handle.plugin_history()["words/split-words"];
     let last = history.last().unwrap();
     assert_eq!(last.sha256, same.to);
-    assert_eq!(last.by.as_deref(), Some("its shadow rule"));
+    assert_eq!(last.by.as_deref(), Some("its promotion rule"));
     // A rollback while nothing is on probation or in shadow says so; a
     // candidate in shadow can be given up.
     swap_in(
@@ -1438,5 +1438,164 @@ path = {out:?}
                 "{restart_log}"
             );
         }
+    }
+}
+
+#[test]
+fn a_canary_takes_its_share_of_the_keys_each_key_with_one_version_and_is_promoted_or_given_up() {
+    let engine = engine();
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let port = free_port();
+    // Under a fuel budget, so that each version's fuel is counted.
+    let text = socket_pipeline(
+        "canary-words",
+        port,
+        &out,
+        &format!("split-words = {:?}", plugins::SPLIT_WORDS),
+        &format!("{WORDS_STAGE}limits = {{ fuel = 50000000 }}\n"),
+        "words",
+    );
+    let handle = start(&engine, &text);
+    let mut feeder = Feeder::connect(port);
+    let vocabulary: Vec<String> = (0..200).map(|i| format!("k{i:03}")).collect();
+    let mut fed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut next = 0usize;
+    let mut feed = |feeder: &mut Feeder, lines: usize| {
+        let mut text = String::new();
+        for _ in 0..lines {
+            let word = &vocabulary[next * 7 % vocabulary.len()];
+            next += 1;
+            *fed.entry(word.clone()).or_default() += 1;
+            text.push_str(word);
+            text.push('\n');
+        }
+        feeder.connection.write_all(text.as_bytes()).unwrap();
+    };
+    feed(&mut feeder, 400);
+    wait_for("400 words through", || handle.metrics().records_out >= 400);
+
+    let report = swap_in(
+        &handle,
+        "words",
+        plugins::SPLIT_WORDS_TAGGED,
+        None,
+        RollbackRule::default(),
+        Rollout::Canary(weir::pipeline::CanaryRule {
+            percent: 30.0,
+            promote_after: None,
+            max_failures: 0,
+        }),
+    )
+    .expect("the canary starts");
+    assert_eq!(report.canary_percent, Some(30.0));
+    let cut = report.after_batch.expect("batches ran before the canary");
+    for round in 0..8 {
+        feed(&mut feeder, 200);
+        wait_for("the round through", || {
+            handle.metrics().records_out >= 600 + 200 * round as u64
+        });
+    }
+    let status = handle.status();
+    let canary = &status.canaries[0];
+    assert_eq!(
+        (canary.stage.as_str(), canary.candidate.as_str()),
+        ("words", report.to.as_str())
+    );
+    assert!(
+        canary.stats.live.calls > 0 && canary.stats.canary.calls > 0,
+        "{canary:?}"
+    );
+    assert_eq!(canary.stats.canary.failures + canary.stats.live.failures, 0);
+    assert!(
+        canary.stats.live.fuel > 0 && canary.stats.canary.fuel > 0,
+        "{canary:?}"
+    );
+    assert_eq!(
+        canary.stats.live.records + canary.stats.canary.records,
+        1_600,
+        "{canary:?}"
+    );
+    let history = &handle.plugin_history()["words/split-words"];
+    assert_eq!(
+        history.last().unwrap().outcome,
+        VersionOutcome::InCanary { percent: 30.0 }
+    );
+
+    // Promoted by hand: every key goes to it from the next batch on.
+    let promoted = handle
+        .promote("words", None, Some("the test".into()))
+        .expect("the canary is promoted");
+    let promoted_after = promoted.after_batch.unwrap();
+    feed(&mut feeder, 400);
+    drain_and_stop(&handle, 2_400);
+    assert!(handle.status().canaries.is_empty());
+
+    // Each line once; before the canary untagged; during it each word
+    // always by the same version, about 30% of them by the canary; after
+    // the promotion every word tagged.
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut during: BTreeMap<String, BTreeSet<bool>> = BTreeMap::new();
+    for (batch, line) in sink_lines(&out) {
+        // Key, tab, value: the value is the word, tagged by the new version.
+        let (_, value) = line.split_once('\t').unwrap();
+        let (tagged, word) = match value.strip_prefix("v2:") {
+            Some(word) => (true, word.to_owned()),
+            None => (false, value.to_owned()),
+        };
+        if batch <= cut {
+            assert!(!tagged, "batch {batch}, before the canary: {line}");
+        } else if batch <= promoted_after {
+            during.entry(word.clone()).or_default().insert(tagged);
+        } else {
+            assert!(tagged, "batch {batch}, after the promotion: {line}");
+        }
+        *counted.entry(word).or_default() += 1;
+    }
+    assert_eq!(counted, fed, "every line once");
+    assert!(
+        during.values().all(|versions| versions.len() == 1),
+        "a word went to both versions: {during:?}"
+    );
+    let canaried = during
+        .values()
+        .filter(|versions| versions.contains(&true))
+        .count();
+    assert!(
+        (30..=90).contains(&canaried),
+        "{canaried} of {} words went to the 30% canary",
+        during.len()
+    );
+
+    // A canary that traps is given up by itself, and nothing is lost.
+    let out = dir.path().join("out-trapping");
+    let port = free_port();
+    let handle = start(&engine, &checked_lines("canary-traps", port, &out));
+    let mut feeder = Feeder::connect(port);
+    feeder.feed_until(100, 5);
+    wait_for("99 lines through", || handle.metrics().records_out >= 99);
+    swap_in(
+        &handle,
+        "checked",
+        plugins::TRAP_EVERY,
+        None,
+        RollbackRule::default(),
+        Rollout::Canary(weir::pipeline::CanaryRule {
+            percent: 50.0,
+            promote_after: Some(1_000),
+            max_failures: 0,
+        }),
+    )
+    .expect("the canary passes its checks");
+    feeder.feed_until(3_000, 10);
+    drain_and_stop(&handle, 2_999);
+    assert_eq!(numbers_once(&out), (1..3_000).collect::<BTreeSet<u64>>());
+    assert!(handle.status().canaries.is_empty(), "the canary was given up");
+    let history = &handle.plugin_history()["checked/lowercase"];
+    match &history.last().unwrap().outcome {
+        VersionOutcome::RolledBack { reason } => {
+            assert!(reason.contains("failed calls as a canary"), "{reason}")
+        }
+        other => panic!("the canary was not given up: {other:?}"),
     }
 }

@@ -148,6 +148,12 @@ pub struct LoggedVersion {
     /// Batches of its probation left, with `fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probation_left: Option<u64>,
+    /// The canary beside it: the version the keys hashed to it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Box<LoggedVersion>>,
+    /// The ten-thousandths of the keys hashed to the canary, with `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_share: Option<u64>,
 }
 
 /// An operator's state in a checkpoint: a file of the checkpoint's own,

@@ -87,6 +87,8 @@ pub enum Route {
     Fallback,
     /// The candidate in shadow.
     Shadow,
+    /// The canary candidate (for the keys hashed to it).
+    Canary,
 }
 
 /// What every worker's instance entries and the slot share: whether the run
@@ -101,6 +103,8 @@ pub struct SlotShared {
     pub(super) fallback_generation: AtomicU64,
     /// The shadow candidate's generation (`u64::MAX`: none).
     pub(super) shadow_generation: AtomicU64,
+    /// The canary candidate's generation (`u64::MAX`: none).
+    pub(super) canary_generation: AtomicU64,
 }
 
 impl SlotShared {
@@ -110,6 +114,7 @@ impl SlotShared {
             Route::Current => &self.generation,
             Route::Fallback => &self.fallback_generation,
             Route::Shadow => &self.shadow_generation,
+            Route::Canary => &self.canary_generation,
         }
         .load(Ordering::Acquire)
     }
@@ -123,11 +128,10 @@ impl SlotShared {
 /// How a shadow candidate compares with the current version so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ShadowStats {
-    /// Batches it ran in.
-    pub batches: u64,
-    /// Batches in a row, up to the last, in which its output was the
-    /// current version's and it did not fail.
-    pub clean_batches: u64,
+    /// Its batches, and those in a row, up to the last, in which its output
+    /// was the current version's and it did not fail.
+    #[serde(flatten)]
+    pub streak: Streak,
     /// Output records only the current version produced.
     pub only_live: u64,
     /// Output records only the candidate produced.
@@ -142,10 +146,83 @@ pub struct ShadowStats {
     pub live_time: std::time::Duration,
     /// Time the candidate's calls took.
     pub candidate_time: std::time::Duration,
-    /// Differences and failures in the batch running now.
-    #[serde(skip)]
-    pub(super) batch_dirty: bool,
+    /// Fuel the current version's calls burnt since the shadow started
+    /// (stages with a fuel budget; 0 otherwise).
+    pub live_fuel: u64,
+    /// Fuel the candidate's calls burnt.
+    pub candidate_fuel: u64,
 }
+
+/// A candidate's batches so far, and its clean ones in a row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Streak {
+    /// Batches it ran in.
+    pub batches: u64,
+    /// Batches in a row, up to the last, without a failure (or, in shadow,
+    /// a difference).
+    pub clean_batches: u64,
+    /// A failure (or difference) in the batch running now.
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl Streak {
+    /// Marks the batch running now as not clean.
+    fn spoil(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Ends a batch.
+    fn batch_done(&mut self) {
+        self.batches += 1;
+        self.clean_batches = if self.dirty { 0 } else { self.clean_batches + 1 };
+        self.dirty = false;
+    }
+}
+
+/// What one version's calls did during a canary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VersionCalls {
+    /// Calls it made.
+    pub calls: u64,
+    /// Calls of it that failed (traps, errors, limits); a failed call of
+    /// the canary is processed again by the current version.
+    pub failures: u64,
+    /// Input records of its calls.
+    pub records: u64,
+    /// Time its calls took.
+    pub time: std::time::Duration,
+    /// Fuel its calls burnt (stages with a fuel budget; 0 otherwise).
+    pub fuel: u64,
+}
+
+impl VersionCalls {
+    fn add(&mut self, records: usize, ok: bool, time: std::time::Duration) {
+        self.calls += 1;
+        self.records += records as u64;
+        self.failures += u64::from(!ok);
+        self.time += time;
+    }
+}
+
+/// How a canary compares with the current version so far: each key (and
+/// its state) goes to one of them, by a hash of the key.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CanaryStats {
+    /// The share of keys hashed to the canary, in percent.
+    pub percent: f64,
+    /// Its batches, and those in a row, up to the last, without a failure.
+    #[serde(flatten)]
+    pub streak: Streak,
+    /// The current version's calls on its keys.
+    pub live: VersionCalls,
+    /// The canary's calls on its keys.
+    pub canary: VersionCalls,
+}
+
+/// Seed of the hash that sends keys to a canary (not the partitioning
+/// hash, so that a canary's keys spread over every partition).
+const CANARY_SEED: u64 = 0x5eed_ca4a_4e11;
 
 /// Differing keys a [`ShadowStats`] lists.
 pub const DIFF_KEYS: usize = 1_000;
@@ -247,6 +324,22 @@ pub struct BindingSlot {
     /// The candidate in shadow, with how it compares so far.
     shadow: Mutex<Option<(Arc<Binding>, ShadowStats)>>,
     in_shadow: AtomicBool,
+    /// The key of its instances of the canary.
+    pub(super) canary_key: InstanceKey,
+    /// The canary, with how it compares so far.
+    canary: Mutex<Option<(Arc<Binding>, CanaryStats)>>,
+    /// Fuel the instances of the candidate in shadow or of the canary burnt.
+    pub(super) candidate_fuel: Arc<AtomicU64>,
+    /// The stage's fuel counter when the shadow or canary started.
+    fuel_at_start: AtomicU64,
+    /// Calls of the slot's plugin since the last batch ended.
+    batch_calls: AtomicU64,
+    /// Keys whose hash (out of 10,000) is below this go to the canary (0: none).
+    canary_share: AtomicU64,
+    /// Whether a record without a key goes by its value (stateless
+    /// transforms) rather than with every other keyless record (keyed
+    /// state, where they share one state).
+    canary_by_value: AtomicBool,
     pub(super) shared: Arc<SlotShared>,
     current: RwLock<Arc<Binding>>,
     probation: Mutex<Probation>,
@@ -289,8 +382,16 @@ impl BindingSlot {
             shadow_key: InstanceKey::unique(),
             shadow: Mutex::new(None),
             in_shadow: AtomicBool::new(false),
+            canary_key: InstanceKey::unique(),
+            canary: Mutex::new(None),
+            candidate_fuel: Arc::new(AtomicU64::new(0)),
+            fuel_at_start: AtomicU64::new(0),
+            batch_calls: AtomicU64::new(0),
+            canary_share: AtomicU64::new(0),
+            canary_by_value: AtomicBool::new(false),
             shared: Arc::new(SlotShared {
                 shadow_generation: AtomicU64::new(u64::MAX),
+                canary_generation: AtomicU64::new(u64::MAX),
                 ..SlotShared::default()
             }),
             current: RwLock::new(Arc::new(Binding {
@@ -350,6 +451,7 @@ impl BindingSlot {
         match wanted {
             Route::Fallback if self.on_probation() => Route::Fallback,
             Route::Shadow if self.in_shadow() => Route::Shadow,
+            Route::Canary if self.in_canary() => Route::Canary,
             _ => Route::Current,
         }
     }
@@ -360,6 +462,7 @@ impl BindingSlot {
             Route::Current => self.key,
             Route::Fallback => self.fallback_key,
             Route::Shadow => self.shadow_key,
+            Route::Canary => self.canary_key,
         }
     }
 
@@ -367,6 +470,10 @@ impl BindingSlot {
     pub(super) fn binding_of(&self, route: Route) -> Arc<Binding> {
         match route {
             Route::Shadow => match &*self.lock_shadow() {
+                Some((binding, _)) => binding.clone(),
+                None => self.current(),
+            },
+            Route::Canary => match &*self.lock_canary() {
                 Some((binding, _)) => binding.clone(),
                 None => self.current(),
             },
@@ -387,20 +494,11 @@ impl BindingSlot {
     /// (between batches), replacing any candidate in shadow.
     pub fn start_shadow(&self, plugin: Arc<Plugin>, config: Vec<(String, String)>) {
         let mut shadow = self.lock_shadow();
-        let generation = self
-            .shared
-            .shadow_generation
-            .load(Ordering::Acquire)
-            .wrapping_add(1);
         *shadow = Some((
-            Arc::new(Binding {
-                plugin,
-                config,
-                generation,
-            }),
+            next_binding(&self.shared.shadow_generation, plugin, config),
             ShadowStats::default(),
         ));
-        self.shared.shadow_generation.store(generation, Ordering::Release);
+        self.start_fuel_count();
         self.in_shadow.store(true, Ordering::Release);
     }
 
@@ -418,9 +516,32 @@ impl BindingSlot {
 
     /// How the candidate in shadow compares so far, with its SHA-256.
     pub fn shadow_stats(&self) -> Option<(String, ShadowStats)> {
-        self.lock_shadow()
-            .as_ref()
-            .map(|(binding, stats)| (binding.plugin.content_hash().to_owned(), stats.clone()))
+        let (live_fuel, candidate_fuel) = self.fuel_since_start();
+        self.lock_shadow().as_ref().map(|(binding, stats)| {
+            let stats = ShadowStats {
+                live_fuel,
+                candidate_fuel,
+                ..stats.clone()
+            };
+            (binding.plugin.content_hash().to_owned(), stats)
+        })
+    }
+
+    /// Starts counting the fuel of the current version and of a candidate
+    /// apart (a shadow or a canary starts).
+    fn start_fuel_count(&self) {
+        self.candidate_fuel.store(0, Ordering::Relaxed);
+        let stage = self.label.usage.fuel_used.load(Ordering::Relaxed);
+        self.fuel_at_start.store(stage, Ordering::Relaxed);
+    }
+
+    /// Fuel the current version and the candidate burnt since the shadow
+    /// or canary started.
+    fn fuel_since_start(&self) -> (u64, u64) {
+        let candidate = self.candidate_fuel.load(Ordering::Relaxed);
+        let stage = self.label.usage.fuel_used.load(Ordering::Relaxed);
+        let since = stage.saturating_sub(self.fuel_at_start.load(Ordering::Relaxed));
+        (since.saturating_sub(candidate), candidate)
     }
 
     /// Adds one call's comparison: `diff` (`None`: the candidate failed)
@@ -440,13 +561,13 @@ impl BindingSlot {
         match diff {
             None => {
                 stats.candidate_failures += 1;
-                stats.batch_dirty = true;
+                stats.streak.spoil();
             }
             Some(diff) if !diff.is_empty() => {
                 stats.only_live += diff.only_live;
                 stats.only_candidate += diff.only_candidate;
                 stats.different += diff.different;
-                stats.batch_dirty = true;
+                stats.streak.spoil();
                 for key in diff.keys {
                     if stats.differing_keys.len() >= DIFF_KEYS {
                         break;
@@ -464,13 +585,114 @@ impl BindingSlot {
     pub fn shadow_batch_done(&self) -> Option<ShadowStats> {
         let mut shadow = self.lock_shadow();
         let (_, stats) = shadow.as_mut()?;
-        stats.batches += 1;
-        stats.clean_batches = if stats.batch_dirty {
-            0
-        } else {
-            stats.clean_batches + 1
-        };
-        stats.batch_dirty = false;
+        stats.streak.batch_done();
+        Some(stats.clone())
+    }
+
+    fn lock_canary(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Binding>, CanaryStats)>> {
+        self.canary.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while a canary runs.
+    pub fn in_canary(&self) -> bool {
+        self.canary_share.load(Ordering::Acquire) > 0
+    }
+
+    /// Runs `plugin` with `config` as a canary from the next batch on
+    /// (between batches): the keys whose hash falls in the first `share`
+    /// ten-thousandths of the range go to it, the others stay with the
+    /// current version.
+    pub fn start_canary(&self, plugin: Arc<Plugin>, config: Vec<(String, String)>, share: u64) {
+        let mut canary = self.lock_canary();
+        *canary = Some((
+            next_binding(&self.shared.canary_generation, plugin, config),
+            CanaryStats {
+                percent: share as f64 / 100.0,
+                ..CanaryStats::default()
+            },
+        ));
+        self.start_fuel_count();
+        let stateful = self.current().plugin.info().kind.interface() == "keyed-state";
+        self.canary_by_value.store(!stateful, Ordering::Release);
+        self.canary_share.store(share, Ordering::Release);
+    }
+
+    /// Ends the canary (between batches); returns it and how it compared.
+    pub fn end_canary(&self) -> Option<(Arc<Binding>, CanaryStats)> {
+        let ended = self.lock_canary().take();
+        self.canary_share.store(0, Ordering::Release);
+        // Its instances go at the next sweep.
+        let generation = self.shared.canary_generation.load(Ordering::Acquire);
+        self.shared
+            .canary_generation
+            .store(generation.wrapping_add(1), Ordering::Release);
+        ended
+    }
+
+    /// The canary and how it compares so far.
+    pub fn canary_stats(&self) -> Option<(Arc<Binding>, CanaryStats)> {
+        let (live_fuel, canary_fuel) = self.fuel_since_start();
+        self.lock_canary().clone().map(|(binding, mut stats)| {
+            stats.live.fuel = live_fuel;
+            stats.canary.fuel = canary_fuel;
+            (binding, stats)
+        })
+    }
+
+    /// The ten-thousandths of the keys the canary gets (0: no canary).
+    pub fn canary_share(&self) -> u64 {
+        self.canary_share.load(Ordering::Acquire)
+    }
+
+    /// Counts a call of the slot's plugin (any route).
+    pub(super) fn called(&self) {
+        self.batch_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// True when the plugin was called since the last time this was asked
+    /// (between batches): a batch without a call does not count towards a
+    /// probation, a shadow's or a canary's clean batches.
+    pub fn take_batch_calls(&self) -> bool {
+        self.batch_calls.swap(0, Ordering::Relaxed) > 0
+    }
+
+    /// True when `key` goes to the canary (false when there is none).
+    pub fn canary_owns(&self, key: Option<&[u8]>) -> bool {
+        let share = self.canary_share.load(Ordering::Relaxed);
+        share > 0
+            && xxhash_rust::xxh3::xxh3_64_with_seed(key.unwrap_or_default(), CANARY_SEED) % 10_000 < share
+    }
+
+    /// True when `record` goes to the canary: by its key, or by its value
+    /// when it has none and the plugin keeps no state.
+    pub fn canary_owns_record(&self, record: crate::record::RecordRef<'_>) -> bool {
+        match record.key {
+            None if self.canary_by_value.load(Ordering::Relaxed) => self.canary_owns(Some(record.value)),
+            key => self.canary_owns(key),
+        }
+    }
+
+    /// Adds one call of `route` over `records` input records, which took
+    /// `time` and failed unless `ok`.
+    pub(super) fn canary_call(&self, route: Route, records: usize, ok: bool, time: std::time::Duration) {
+        if let Some((_, stats)) = self.lock_canary().as_mut() {
+            match route {
+                Route::Canary => {
+                    stats.canary.add(records, ok, time);
+                    if !ok {
+                        stats.streak.spoil();
+                    }
+                }
+                _ => stats.live.add(records, ok, time),
+            }
+        }
+    }
+
+    /// Ends a batch of the canary (between batches); returns the stats so far.
+    pub fn canary_batch_done(&self) -> Option<CanaryStats> {
+        let mut canary = self.lock_canary();
+        let (_, stats) = canary.as_mut()?;
+        stats.streak.batch_done();
         Some(stats.clone())
     }
 
@@ -604,6 +826,19 @@ impl BindingSlot {
         let given_up = self.install(previous.plugin.clone(), previous.config.clone(), 0);
         Some(given_up)
     }
+}
+
+/// A binding of `plugin` with `config` as the next generation of
+/// `generation` (a shadow's or a canary's), which is moved on to it: the
+/// instances of the one before go at the next sweep.
+fn next_binding(generation: &AtomicU64, plugin: Arc<Plugin>, config: PluginConfig) -> Arc<Binding> {
+    let next = generation.load(Ordering::Acquire).wrapping_add(1);
+    generation.store(next, Ordering::Release);
+    Arc::new(Binding {
+        plugin,
+        config,
+        generation: next,
+    })
 }
 
 impl Sample {

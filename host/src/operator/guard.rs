@@ -144,6 +144,55 @@ impl Guarded {
         output
     }
 
+    /// The slot of the operator's plugin that runs a canary, if one does.
+    fn canary_slot(&self) -> Option<&std::sync::Arc<super::BindingSlot>> {
+        self.slots.iter().find(|slot| slot.in_canary())
+    }
+
+    /// Runs the operator with a canary in `slot`: the input's records are
+    /// split by key between the current version and the canary (each key
+    /// always to the same one; see [`super::BindingSlot::canary_owns_record`]),
+    /// and each part is processed by its version.
+    /// Both run even on an empty part (a keyed-state stage offers each
+    /// version its own keys that timed out). A failed call is counted
+    /// against its version; the part is then processed under the stage's
+    /// policy, by the current version for both: a failing canary loses
+    /// nothing.
+    fn canaried(
+        &self,
+        slot: &super::BindingSlot,
+        input: Partition,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Partition, OperatorError> {
+        let (mut live, mut canary) = (Batch::new(), Batch::new());
+        for record in input.iter().flat_map(Batch::iter) {
+            match slot.canary_owns_record(record) {
+                true => canary.push_ref(record),
+                false => live.push_ref(record),
+            }
+        }
+        let mut output = Vec::new();
+        for (route, part) in [(Route::Current, live), (Route::Canary, canary)] {
+            let records = part.len();
+            ctx.instances.route = route;
+            let started = std::time::Instant::now();
+            let first = self.inner.process(vec![part.clone()], ctx);
+            ctx.instances.route = Route::Current;
+            slot.canary_call(route, records, first.is_ok(), started.elapsed());
+            match first {
+                Ok(part_output) => output.extend(part_output),
+                Err(error) => {
+                    self.metrics.count_trap(&error);
+                    if route == Route::Canary {
+                        tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "the canary failed; the current version processes its records: {}", first_line(&error));
+                    }
+                    output.extend(self.guarded(vec![part], ctx)?);
+                }
+            }
+        }
+        Ok(output)
+    }
+
     /// True while a plugin of the operator has a candidate in shadow.
     fn in_shadow(&self) -> bool {
         self.slots.iter().any(|slot| slot.in_shadow())
@@ -254,10 +303,10 @@ impl Guarded {
         }
         let shadowed = (ctx.instances.route == Route::Current && self.in_shadow()).then(|| input.clone());
         let started = std::time::Instant::now();
-        let output = if ctx.instances.route == Route::Current && self.on_probation() {
-            self.on_trial(input, ctx)?
-        } else {
-            self.guarded(input, ctx)?
+        let output = match self.canary_slot() {
+            Some(slot) if ctx.instances.route == Route::Current => self.canaried(slot, input, ctx)?,
+            _ if ctx.instances.route == Route::Current && self.on_probation() => self.on_trial(input, ctx)?,
+            _ => self.guarded(input, ctx)?,
         };
         if let Some(input) = shadowed {
             self.shadow(input, &output, started.elapsed(), ctx);

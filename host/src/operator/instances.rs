@@ -107,6 +107,7 @@ impl<W: SlotWorld> PluginUse<W> {
         call: impl FnOnce(&mut Instance<W>) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
         let slot = &self.slot;
+        slot.called();
         let route = if slots.route == Route::Current {
             Route::Current
         } else {
@@ -139,12 +140,14 @@ impl<W: SlotWorld> PluginUse<W> {
 /// A worker's instance of `slot`'s binding on `route`.
 fn start<W: World>(slot: &BindingSlot, route: Route) -> Result<Entry<W>, PluginError> {
     let binding = slot.binding_of(route);
-    let instance = Instance::start(
-        &binding.plugin,
-        &binding.config,
-        slot.label.clone(),
-        &slot.sandbox,
-    )?;
+    let label = match route {
+        Route::Shadow | Route::Canary => InstanceLabel {
+            candidate_fuel: Some(slot.candidate_fuel.clone()),
+            ..slot.label.clone()
+        },
+        Route::Current | Route::Fallback => slot.label.clone(),
+    };
+    let instance = Instance::start(&binding.plugin, &binding.config, label, &slot.sandbox)?;
     Ok(Entry {
         shared: slot.shared.clone(),
         generation: binding.generation,

@@ -67,6 +67,13 @@ impl KeyedState {
         }
     }
 
+    /// True when the call running on `ctx` offers `key`'s timeout: during
+    /// a canary, only the version the key is hashed to does.
+    fn owns_timeout(&self, key: Option<&[u8]>, ctx: &PartitionContext<'_>) -> bool {
+        let slot = self.plugin.slot();
+        !slot.in_canary() || slot.canary_owns(key) == (ctx.instances.route == super::binding::Route::Canary)
+    }
+
     fn store_for(&self, partition: usize) -> KeyedStore {
         KeyedStore::new(
             self.settings.memory_bytes / self.settings.partitions.max(1),
@@ -216,6 +223,7 @@ impl Operator for KeyedState {
                 .map_err(state_error)?
                 .into_iter()
                 .filter(|(key, _)| !group_of.contains_key(&record_key(key)))
+                .filter(|(key, _)| self.owns_timeout(record_key(key), ctx))
                 .collect(),
             None => Vec::new(),
         };

@@ -45,7 +45,7 @@ pub enum ControlRequest {
 }
 
 /// What a request did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum ControlReply {
     /// Paused after this batch (none: before the first).

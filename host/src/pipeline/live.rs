@@ -80,7 +80,7 @@ pub struct StagePlugin {
 }
 
 /// A pipeline's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PipelineStatus {
     /// The state.
     pub state: PipelineState,
@@ -94,6 +94,8 @@ pub struct PipelineStatus {
     pub plugins: Vec<StagePlugin>,
     /// The candidates running in shadow, and how they compare so far.
     pub shadows: Vec<super::swap::ShadowReport>,
+    /// The canaries, and how their calls compare with the current versions' so far.
+    pub canaries: Vec<super::swap::CanaryReport>,
 }
 
 /// Something that happened to a pipeline.
@@ -418,6 +420,19 @@ impl Live {
                         stage: slot.stage().to_owned(),
                         plugin: slot.name().to_owned(),
                         candidate,
+                        stats,
+                    })
+                })
+                .collect(),
+            canaries: self
+                .slots
+                .iter()
+                .filter_map(|slot| {
+                    let (canary, stats) = slot.canary_stats()?;
+                    Some(super::swap::CanaryReport {
+                        stage: slot.stage().to_owned(),
+                        plugin: slot.name().to_owned(),
+                        candidate: canary.plugin.content_hash().to_owned(),
                         stats,
                     })
                 })

@@ -30,5 +30,6 @@ pub use registry::{Function, PluginRegistry};
 pub use run::{RunOptions, RunSummary};
 pub use signal::{Signal, StopMode};
 pub use swap::{
-    RollbackRule, Rollout, ShadowReport, ShadowRule, SwapOrder, SwapReport, VersionOutcome, VersionRecord,
+    CanaryReport, CanaryRule, RollbackRule, Rollout, ShadowReport, ShadowRule, SwapOrder, SwapReport,
+    VersionOutcome, VersionRecord,
 };

@@ -686,7 +686,7 @@ impl Driver {
             let promoted = self.swaps.promote(
                 &stage,
                 Some(&plugin),
-                Some("its shadow rule".into()),
+                Some("its promotion rule".into()),
                 Some(batch),
                 self.summary.batches,
                 self.durability.as_mut(),

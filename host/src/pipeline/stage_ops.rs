@@ -78,6 +78,7 @@ impl StageBuilder<'_> {
                 stage: self.stage.name.as_str().into(),
                 plugin: name.into(),
                 usage: self.metrics.usage.clone(),
+                candidate_fuel: None,
             },
             self.stage.sandbox.clone(),
         )

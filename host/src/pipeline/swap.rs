@@ -22,6 +22,12 @@
 //!    before the swap) the stage returns to the previous version after the
 //!    batch ([`Swaps::after_batch`]).
 //!
+//! A candidate can instead run beside the current version: in **shadow**
+//! (same input, output compared and dropped) or as a **canary** (a share of
+//! the keys, hashed, output delivered), until it is promoted or given up.
+//! A candidate whose state version differs has its states converted by its
+//! `migrate-state` before the cut-over ([`crate::operator::Operator::migrate_state`]).
+//!
 //! Each stage plugin's last [`HISTORY`] versions, with who asked, when and
 //! how each ended, are published in the pipeline's status.
 
@@ -114,6 +120,42 @@ pub enum Rollout {
     /// compared with the current one's and not delivered, until it is
     /// promoted (by hand, or by the rule) or given up.
     Shadow(ShadowRule),
+    /// It takes a share of the keys (by a hash of the key, so each key and
+    /// its state stay with one version) while the current version keeps
+    /// the others, until it is promoted (by hand, or by the rule) or given
+    /// up (by hand, or when it fails more than the rule allows).
+    Canary(CanaryRule),
+}
+
+/// A canary's share of the keys, and when it ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CanaryRule {
+    /// The share of the keys it gets, in percent (more than 0, less than
+    /// 100; to a hundredth of a percent).
+    pub percent: f64,
+    /// Promote it after this many batches in a row in which none of its
+    /// calls failed; `None`: only by hand.
+    #[serde(default)]
+    pub promote_after: Option<u64>,
+    /// Give it up once more of its calls than this have failed (a failed
+    /// call's records are processed again by the current version).
+    #[serde(default)]
+    pub max_failures: u64,
+}
+
+impl CanaryRule {
+    /// The ten-thousandths of the key range it gets, or why `percent` is out of range.
+    fn share(&self) -> Result<u64, String> {
+        let share = (self.percent * 100.0).round();
+        if !(1.0..=9_999.0).contains(&share) {
+            return Err(format!(
+                "a canary's percent is more than 0 and less than 100 (to a hundredth), not {}",
+                self.percent
+            ));
+        }
+        Ok(share as u64)
+    }
 }
 
 /// When a version in shadow is promoted by itself.
@@ -148,8 +190,22 @@ pub struct ShadowReport {
     pub stats: crate::operator::binding::ShadowStats,
 }
 
+/// A stage plugin's canary, as its pipeline's status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryReport {
+    /// The stage.
+    pub stage: String,
+    /// The plugin's name in the pipeline file.
+    pub plugin: String,
+    /// Hex SHA-256 of the canary.
+    pub candidate: String,
+    /// How its calls and the current version's compare so far.
+    #[serde(flatten)]
+    pub stats: crate::operator::binding::CanaryStats,
+}
+
 /// What a swap did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SwapReport {
     /// The stage.
     pub stage: String,
@@ -170,6 +226,9 @@ pub struct SwapReport {
     pub probation_batches: u64,
     /// True when it runs in shadow (the current version goes on).
     pub shadow: bool,
+    /// The share of the keys it runs as a canary, in percent (`None`: not a canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<f64>,
     /// States converted by the new version's `migrate-state` (its state
     /// version differs from the replaced one's); `None`: no conversion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,12 +240,20 @@ pub struct SwapReport {
     pub took_us: u64,
 }
 
+impl SwapReport {
+    /// True when the new version replaced the current one (not a shadow or
+    /// a canary beside it).
+    pub fn replaced_current(&self) -> bool {
+        !self.shadow && self.canary_percent.is_none()
+    }
+}
+
 fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
 /// How a version in a history ended (or stands).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum VersionOutcome {
     /// Running (the pipeline's first version, or one past its probation).
@@ -195,6 +262,11 @@ pub enum VersionOutcome {
     OnProbation,
     /// Running in shadow beside the current version.
     InShadow,
+    /// Running as a canary on a share of the keys.
+    InCanary {
+        /// The share, in percent.
+        percent: f64,
+    },
     /// Replaced by a later version.
     Replaced,
     /// Returned from, to the previous version.
@@ -210,7 +282,7 @@ pub enum VersionOutcome {
 }
 
 /// One version in a stage plugin's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
     /// Hex SHA-256 of the component.
     pub sha256: String,
@@ -243,6 +315,8 @@ pub(crate) struct Swaps {
     thresholds: Vec<u64>,
     /// Per slot: the order of the candidate in shadow, and its rule.
     shadows: Vec<Option<(SwapOrder, ShadowRule)>>,
+    /// Per slot: the order of the canary (to promote it), and its rule.
+    canaries: Vec<Option<(SwapOrder, CanaryRule)>>,
     /// Per slot: the binding the last swap replaced, kept so that its
     /// compiled form stays in the engine's catalog (a rollback, or a swap
     /// back, then needs no compile); its instances are gone.
@@ -279,6 +353,7 @@ impl Swaps {
             thresholds: vec![0; slots.len()],
             replaced: vec![None; slots.len()],
             shadows: vec![None; slots.len()],
+            canaries: vec![None; slots.len()],
             slots,
             configured,
             runtime,
@@ -309,6 +384,10 @@ impl Swaps {
                 let mut version = logged(&current, configured);
                 version.probation_left = fallback.is_some().then(|| slot.probation_left());
                 version.fallback = fallback;
+                if let Some((canary, _)) = slot.canary_stats() {
+                    version.canary = Some(Box::new(logged(&canary, configured)));
+                    version.canary_share = Some(slot.canary_share());
+                }
                 (key(slot), version)
             })
             .collect()
@@ -357,9 +436,22 @@ impl Swaps {
                 (Some(want), Some(now)) => logged(now, &configured) == **want,
                 _ => false,
             };
+            let canary_now = slot
+                .canary_stats()
+                .map(|(canary, _)| (logged(&canary, &configured), slot.canary_share()));
+            let canary_wanted = want
+                .canary
+                .as_deref()
+                .map(|canary| (canary.clone(), want.canary_share.unwrap_or(0)));
+            if canary_now != canary_wanted {
+                self.align_canary(index, canary_wanted, durability)?;
+                changed = true;
+            }
             let bare = LoggedVersion {
                 fallback: None,
                 probation_left: None,
+                canary: None,
+                canary_share: None,
                 ..want.clone()
             };
             if logged(&current, &configured) == bare && same_fallback {
@@ -379,6 +471,47 @@ impl Swaps {
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// Puts slot `index`'s canary on `wanted` (a version and its share of
+    /// the keys), or ends it (`None`), as a logged batch or a checkpoint
+    /// names it. Its rule is the default one: promoted or given up by hand.
+    fn align_canary(
+        &mut self,
+        index: usize,
+        wanted: Option<(LoggedVersion, u64)>,
+        durability: &Durability,
+    ) -> Result<(), EngineError> {
+        let slot = self.slots[index].clone();
+        slot.end_canary();
+        self.canaries[index] = None;
+        let Some((version, share)) = wanted else {
+            return Ok(());
+        };
+        let configured = self.configured[index].clone();
+        let (plugin, config) = self.load_version(&slot, &version, &configured, durability)?;
+        slot.start_canary(plugin.clone(), config.clone(), share);
+        let order = SwapOrder {
+            stage: slot.stage().to_owned(),
+            plugin: Some(slot.name().to_owned()),
+            candidate: plugin,
+            bytes: Arc::from(Vec::new()),
+            config: Some(config),
+            rule: RollbackRule {
+                batches: 0,
+                max_failures: 0,
+            },
+            mode: Rollout::Immediate,
+            by: None,
+        };
+        let rule = CanaryRule {
+            percent: share as f64 / 100.0,
+            promote_after: None,
+            max_failures: u64::MAX,
+        };
+        self.canaries[index] = Some((order, rule));
+        tracing::info!(plugin = %key(&slot), version = %version.sha256, "replaying with the canary the batch log names");
+        Ok(())
     }
 
     /// The plugin and configuration `version` names for `slot`.
@@ -511,16 +644,16 @@ impl Swaps {
             }
         }
         if let Rollout::Shadow(rule) = order.mode {
-            return self.start_shadow(
+            let checked = Checked {
                 order,
-                rule,
-                &targets,
-                &current,
+                targets: &targets,
+                current: &current,
                 config,
                 sample_records,
                 after_batch,
                 started,
-            );
+            };
+            return self.start_shadow(checked, rule);
         }
         let failed =
             |this: &Self, error: EngineError| refuse(this, format!("cannot keep the component: {error}"));
@@ -529,6 +662,18 @@ impl Swaps {
             && let Err(error) = durability.store_plugin(order.candidate.content_hash(), &order.bytes)
         {
             return Err(failed(self, error));
+        }
+        if let Rollout::Canary(rule) = order.mode {
+            let checked = Checked {
+                order,
+                targets: &targets,
+                current: &current,
+                config,
+                sample_records,
+                after_batch,
+                started,
+            };
+            return self.start_canary(checked, rule, durability);
         }
         crate::failpoint::crash_point("swap-checked");
         let mut migrated = None;
@@ -562,6 +707,8 @@ impl Swaps {
         // A version that converted the state has no probation: the
         // version it replaced cannot read the converted states.
         let probation = if migrated.is_some() { 0 } else { order.rule.batches };
+        // It replaces a canary too (a promotion of the canary is this swap).
+        self.end_canary(&targets, VersionOutcome::Replaced);
         // The failure rate before the swap: failed calls per batch.
         let stage_failures = plan
             .stages
@@ -616,19 +763,20 @@ impl Swaps {
             "hot-loaded plugin version {} after batch {after_batch:?}",
             order.candidate.info().version
         );
-        Ok(SwapReport {
-            stage: order.stage.clone(),
-            plugin: first.name().to_owned(),
-            from: current.plugin.content_hash().to_owned(),
-            to: order.candidate.content_hash().to_owned(),
-            version: order.candidate.info().version.clone(),
-            after_batch,
+        let checked = Checked {
+            order,
+            targets: &targets,
+            current: &current,
+            config,
             sample_records,
+            after_batch,
+            started,
+        };
+        Ok(SwapReport {
             probation_batches: probation,
-            shadow: false,
             migrated_states: migrated.map(|(states, _)| states),
             migration_us: migrated.map_or(0, |(_, took)| took.as_micros() as u64),
-            took_us: started.elapsed().as_micros() as u64,
+            ..checked.report(first.name())
         })
     }
 
@@ -636,18 +784,14 @@ impl Swaps {
     /// the slots `targets`: only for stateless transforms, whose output
     /// two versions can produce from the same input without either
     /// touching state.
-    #[allow(clippy::too_many_arguments)]
-    fn start_shadow(
-        &mut self,
-        order: &SwapOrder,
-        rule: ShadowRule,
-        targets: &[usize],
-        current: &Binding,
-        config: Vec<(String, String)>,
-        sample_records: usize,
-        after_batch: Option<u64>,
-        started: Instant,
-    ) -> Result<SwapReport, SwapRefused> {
+    fn start_shadow(&mut self, checked: Checked<'_>, rule: ShadowRule) -> Result<SwapReport, SwapRefused> {
+        let Checked {
+            order,
+            targets,
+            current,
+            ..
+        } = checked;
+        let config = checked.config.clone();
         use crate::runtime::PluginKind;
         let kind = current.plugin.info().kind;
         if !matches!(
@@ -681,19 +825,98 @@ impl Swaps {
         );
         tracing::info!(plugin = %key, candidate = %order.candidate.content_hash(), "running a candidate in shadow");
         Ok(SwapReport {
-            stage: order.stage.clone(),
-            plugin: self.slots[targets[0]].name().to_owned(),
-            from: current.plugin.content_hash().to_owned(),
-            to: order.candidate.content_hash().to_owned(),
-            version: order.candidate.info().version.clone(),
-            after_batch,
-            sample_records,
-            probation_batches: 0,
             shadow: true,
-            migrated_states: None,
-            migration_us: 0,
-            took_us: started.elapsed().as_micros() as u64,
+            ..checked.report(self.slots[targets[0]].name())
         })
+    }
+
+    /// Runs `order`'s candidate (checked) as a canary on `rule`'s share of
+    /// the keys of the slots `targets`: for per-record transforms and
+    /// keyed state, whose keys can go to two versions independently.
+    fn start_canary(
+        &mut self,
+        checked: Checked<'_>,
+        rule: CanaryRule,
+        durability: Option<&mut Durability>,
+    ) -> Result<SwapReport, SwapRefused> {
+        let Checked {
+            order,
+            targets,
+            current,
+            ..
+        } = checked;
+        let config = checked.config.clone();
+        use crate::runtime::PluginKind;
+        let kind = current.plugin.info().kind;
+        if !matches!(
+            kind,
+            PluginKind::Map
+                | PluginKind::FlatMap
+                | PluginKind::Filter
+                | PluginKind::FilterMap
+                | PluginKind::UpdateState
+                | PluginKind::MapWithState
+        ) {
+            return Err(SwapRefused::Request(format!(
+                "a canary splits a stage's records by key, which needs a per-record transform or keyed state; stage `{}` runs a {} (swap it in with `immediate` and a probation instead)",
+                order.stage,
+                kind.name()
+            )));
+        }
+        let share = rule.share().map_err(SwapRefused::Request)?;
+        if let Some(busy) = targets
+            .iter()
+            .map(|&index| &self.slots[index])
+            .find(|slot| slot.on_probation() || slot.in_shadow() || slot.in_canary())
+        {
+            return Err(SwapRefused::Request(format!(
+                "`{}` already has a version on probation, in shadow or as a canary: let it finish, promote it or roll it back first",
+                key(busy)
+            )));
+        }
+        let key = key(&self.slots[targets[0]]);
+        for &index in targets {
+            self.slots[index].start_canary(order.candidate.clone(), config.clone(), share);
+            let mut promoted = order.clone();
+            promoted.mode = Rollout::Immediate;
+            promoted.config = Some(config.clone());
+            promoted.rule.batches = 0;
+            self.canaries[index] = Some((promoted, rule));
+        }
+        if let Some(durability) = durability {
+            // The batches from the next one on name the canary.
+            durability.set_versions(self.versions());
+        }
+        self.live.record_version(
+            &key,
+            VersionRecord {
+                outcome: VersionOutcome::InCanary {
+                    percent: rule.percent,
+                },
+                ..record_of(&order.candidate, &config, order.by.clone())
+            },
+        );
+        tracing::info!(plugin = %key, candidate = %order.candidate.content_hash(), percent = rule.percent, "running a canary");
+        Ok(SwapReport {
+            canary_percent: Some(share as f64 / 100.0),
+            ..checked.report(self.slots[targets[0]].name())
+        })
+    }
+
+    /// Ends the canary of the slots `targets`, if any, with `outcome` in
+    /// the history; returns its SHA-256.
+    fn end_canary(&mut self, targets: &[usize], outcome: VersionOutcome) -> Option<String> {
+        let mut ended = None;
+        for &index in targets {
+            if let Some((binding, _)) = self.slots[index].end_canary() {
+                ended = Some(binding.plugin.content_hash().to_owned());
+            }
+            self.canaries[index] = None;
+        }
+        let sha = ended?;
+        self.live
+            .set_outcome(&key(&self.slots[targets[0]]), &sha, outcome);
+        Some(sha)
     }
 
     /// Promotes the candidate in shadow of `plugin` of `stage`: it is
@@ -710,9 +933,13 @@ impl Swaps {
         plan: &Plan,
     ) -> Result<SwapReport, SwapRefused> {
         let targets = self.targets(stage, plugin).map_err(SwapRefused::Request)?;
-        let Some((mut order, _)) = self.shadows[targets[0]].clone() else {
+        let waiting = self.shadows[targets[0]]
+            .as_ref()
+            .map(|(order, _)| order)
+            .or(self.canaries[targets[0]].as_ref().map(|(order, _)| order));
+        let Some(mut order) = waiting.cloned() else {
             return Err(SwapRefused::Request(format!(
-                "no candidate of `{}` runs in shadow",
+                "no candidate of `{}` runs in shadow or as a canary",
                 slot_key(stage, self.slots[targets[0]].name())
             )));
         };
@@ -767,6 +994,17 @@ impl Swaps {
             let current = self.slots[targets[0]].current().plugin.content_hash().to_owned();
             return Ok((given_up, current));
         }
+        if self.slots[targets[0]].in_canary() {
+            let reason = match &by {
+                Some(by) => format!("canary given up (by {by})"),
+                None => "canary given up".to_owned(),
+            };
+            let given_up = self
+                .end_canary(&targets, VersionOutcome::RolledBack { reason })
+                .unwrap_or_default();
+            let current = self.slots[targets[0]].current().plugin.content_hash().to_owned();
+            return Ok((given_up, current));
+        }
         let mut given_up = None;
         for &index in &targets {
             if let Some(binding) = self.slots[index].roll_back() {
@@ -775,7 +1013,7 @@ impl Swaps {
         }
         let Some(given_up) = given_up else {
             return Err(SwapRefused::Request(format!(
-                "no version of `{}` is on probation or in shadow: swap to the version wanted instead",
+                "no version of `{}` is on probation, in shadow or a canary: swap to the version wanted instead",
                 slot_key(stage, self.slots[targets[0]].name())
             )));
         };
@@ -803,16 +1041,53 @@ impl Swaps {
         let mut promotions = Vec::new();
         for index in 0..self.slots.len() {
             let slot = self.slots[index].clone();
-            if let Some((_, rule)) = &self.shadows[index]
+            // A batch that did not call the plugin proves nothing either way.
+            let called = slot.take_batch_calls();
+            if called
+                && let Some((_, rule)) = &self.shadows[index]
                 && let Some(stats) = slot.shadow_batch_done()
                 && let Some(after) = rule.promote_after
-                && stats.clean_batches >= after
+                && stats.streak.clean_batches >= after
                 && stats.candidate_time.as_secs_f64()
                     <= stats.live_time.as_secs_f64() * (1.0 + rule.max_slower_percent / 100.0)
             {
                 let promotion = (slot.stage().to_owned(), slot.name().to_owned());
                 if !promotions.contains(&promotion) {
                     promotions.push(promotion);
+                }
+            }
+            if called
+                && let Some((_, rule)) = &self.canaries[index]
+                && let Some(stats) = slot.canary_batch_done()
+            {
+                let rule = *rule;
+                let key = key(&slot);
+                let (current, canary) = (slot.current(), slot.canary_stats());
+                if stats.canary.failures > rule.max_failures {
+                    let reason = format!(
+                        "{} failed calls as a canary (at most {} allowed); the current version processed their records again",
+                        stats.canary.failures, rule.max_failures
+                    );
+                    tracing::warn!(plugin = %key, "giving up the canary: {reason}");
+                    let given_up = self
+                        .end_canary(
+                            &[index],
+                            VersionOutcome::RolledBack {
+                                reason: reason.clone(),
+                            },
+                        )
+                        .unwrap_or_default();
+                    if canary.is_some() {
+                        rolled_back.push((key, given_up, current.plugin.content_hash().to_owned(), reason));
+                    }
+                } else if rule
+                    .promote_after
+                    .is_some_and(|after| stats.streak.clean_batches >= after)
+                {
+                    let promotion = (slot.stage().to_owned(), slot.name().to_owned());
+                    if !promotions.contains(&promotion) {
+                        promotions.push(promotion);
+                    }
                 }
             }
             if !slot.on_probation() {
@@ -850,7 +1125,7 @@ impl Swaps {
                     restored.plugin.content_hash().to_owned(),
                     reason,
                 ));
-            } else if slot.probation_batch_done() {
+            } else if called && slot.probation_batch_done() {
                 ended = true;
                 tracing::info!(plugin = %key, version = %current.plugin.content_hash(), "probation passed");
                 self.live
@@ -879,6 +1154,43 @@ impl Swaps {
                 )
             })
             .collect()
+    }
+}
+
+/// A candidate that passed its checks, and what its report needs.
+struct Checked<'a> {
+    order: &'a SwapOrder,
+    /// The slots it goes into.
+    targets: &'a [usize],
+    /// The version it replaces (or runs beside).
+    current: &'a Binding,
+    /// The configuration it runs with.
+    config: PluginConfig,
+    sample_records: usize,
+    after_batch: Option<u64>,
+    /// When the request reached the driver.
+    started: Instant,
+}
+
+impl Checked<'_> {
+    /// The report of an immediate swap without probation of it into
+    /// `plugin`; the rollout's own fields are set by the caller.
+    fn report(&self, plugin: &str) -> SwapReport {
+        SwapReport {
+            stage: self.order.stage.clone(),
+            plugin: plugin.to_owned(),
+            from: self.current.plugin.content_hash().to_owned(),
+            to: self.order.candidate.content_hash().to_owned(),
+            version: self.order.candidate.info().version.clone(),
+            after_batch: self.after_batch,
+            sample_records: self.sample_records,
+            probation_batches: 0,
+            shadow: false,
+            canary_percent: None,
+            migrated_states: None,
+            migration_us: 0,
+            took_us: self.started.elapsed().as_micros() as u64,
+        }
     }
 }
 
@@ -925,8 +1237,11 @@ fn state_change(current: &Plugin, candidate: &Plugin, order: &SwapOrder) -> Resu
              (weir-guest: `migrate = ...`); keep the state version, or add a migration"
         ));
     }
-    if matches!(order.mode, Rollout::Shadow(_)) {
-        return Err("a version that converts state cannot run in shadow: swap it in immediately".into());
+    if !matches!(order.mode, Rollout::Immediate) {
+        return Err(
+            "a version that converts state runs on every key at once (not in shadow or as a canary): swap it in immediately"
+                .into(),
+        );
     }
     Ok(Some(from))
 }
@@ -970,6 +1285,8 @@ fn logged(binding: &Binding, configured: &Binding) -> LoggedVersion {
         config: (binding.config != configured.config).then(|| binding.config.clone()),
         fallback: None,
         probation_left: None,
+        canary: None,
+        canary_share: None,
     }
 }
 

@@ -184,10 +184,15 @@ impl<W: World> Instance<W> {
         if let Some(budget) = limits.fuel
             && let Ok(left) = self.store.get_fuel()
         {
-            let usage = &self.store.data().label().usage;
-            usage
+            let label = self.store.data().label();
+            let burnt = budget.saturating_sub(left);
+            label
+                .usage
                 .fuel_used
-                .fetch_add(budget.saturating_sub(left), std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(burnt, std::sync::atomic::Ordering::Relaxed);
+            if let Some(candidate) = &label.candidate_fuel {
+                candidate.fetch_add(burnt, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         result.map_err(|e| {
             if over_copy_budget(&e) {

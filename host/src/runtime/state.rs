@@ -27,6 +27,9 @@ pub struct InstanceLabel {
     pub plugin: Arc<str>,
     /// Where the instances' resource use is counted (one per stage).
     pub usage: Arc<InstanceUsage>,
+    /// Where the fuel of a hot-load candidate's instances (in shadow or a
+    /// canary) is also counted, to report it apart from the current version's.
+    pub candidate_fuel: Option<Arc<AtomicU64>>,
 }
 
 /// What the live instances of one stage's plugin use, over every worker.

@@ -977,7 +977,7 @@ impl ServerState {
                                 }
                                 Some((stage.clone(), plugin.clone(), to.clone()))
                             }
-                            PipelineEvent::PluginSwapped(report) if !report.shadow => {
+                            PipelineEvent::PluginSwapped(report) if report.replaced_current() => {
                                 Some((report.stage.clone(), report.plugin.clone(), report.to.clone()))
                             }
                             _ => None,

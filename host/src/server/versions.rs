@@ -52,8 +52,9 @@ pub struct SwapBody {
     /// Its probation, and when it is rolled back by itself.
     #[serde(default)]
     pub rollback: RollbackRule,
-    /// `"immediate"` (the default) or `{"shadow": {"promote-after": N,
-    /// "max-slower-percent": X}}`.
+    /// `"immediate"` (the default), `{"shadow": {"promote-after": N,
+    /// "max-slower-percent": X}}` or `{"canary": {"percent": P,
+    /// "promote-after": N, "max-failures": F}}`.
     #[serde(default)]
     pub mode: Rollout,
 }
@@ -114,6 +115,19 @@ impl RecordKeeper {
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = record.clone();
         changed.pins.insert(key.to_owned(), pin);
+        changed.history = history;
+        store::write_json(&self.path, &changed)?;
+        *record = changed;
+        Ok(())
+    }
+
+    /// Records durably the running pipeline's version history (a candidate
+    /// in shadow or a canary is in it, so its component stays in the blob
+    /// store until it is promoted or given up, even if its upload is replaced).
+    fn keep_history(&self) -> Result<(), ServerError> {
+        let history = self.handle.plugin_history();
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = record.clone();
         changed.history = history;
         store::write_json(&self.path, &changed)?;
         *record = changed;
@@ -264,8 +278,10 @@ impl ServerState {
                 by: Some(by),
             })
             .map_err(|error| ServerError::Refused(error.to_string()))?;
-        if report.shadow {
-            // The current version goes on; a promotion pins the candidate.
+        if !report.replaced_current() {
+            // The current version goes on (beside a shadow or a canary); a
+            // promotion pins the candidate.
+            keeper.keep_history()?;
             return Ok(report);
         }
         let key = slot_key(&report.stage, &report.plugin);
@@ -333,14 +349,15 @@ impl ServerState {
                 "unexpected reply to a rollback: {reply:?}"
             )));
         };
-        let plugin = keeper
-            .handle
-            .status()
-            .plugins
-            .into_iter()
-            .find(|p| p.stage == stage && p.sha256 == to)
-            .map(|p| p.plugin)
-            .unwrap_or_default();
+        let plugins = keeper.handle.status().plugins;
+        let in_stage = || plugins.iter().filter(|p| p.stage == stage);
+        let plugin = in_stage()
+            .find(|p| p.sha256 == to && body.plugin.as_ref().is_none_or(|name| *name == p.plugin))
+            .or_else(|| in_stage().find(|p| body.plugin.as_ref().is_none_or(|name| *name == p.plugin)))
+            .map(|p| p.plugin.clone())
+            .ok_or_else(|| {
+                ServerError::Internal(format!("stage `{stage}` runs no plugin after its rollback"))
+            })?;
         keeper.running(stage, &plugin, &to)?;
         Ok(RollbackReport {
             stage: stage.to_owned(),
