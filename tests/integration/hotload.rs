@@ -1599,3 +1599,98 @@ fn a_canary_takes_its_share_of_the_keys_each_key_with_one_version_and_is_promote
         other => panic!("the canary was not given up: {other:?}"),
     }
 }
+
+#[test]
+fn a_canary_on_the_server_keeps_each_key_on_its_version_over_a_kill_9() {
+    use weir_tests::server::{Server, json};
+    let dir = scratch();
+    let mut server = Server::start(env!("CARGO_BIN_EXE_weir"), &dir.path().join("data"), &[]);
+    let token = server.tenant("t", json!({}));
+    server
+        .push_plugin("t", &token, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    let tagged = server
+        .push_plugin("t", &token, "split-words-tagged", plugins::SPLIT_WORDS_TAGGED)
+        .expect(201)["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server
+        .deploy("t", &token, &super::serve::wordcount("wc"))
+        .expect(201);
+    let words: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
+    let file = words.join("\n") + "\n";
+    tenant_input(&server, "t", "1.txt", &file);
+    wait_for("the first file counted", || {
+        tenant_words(&server, "t").len() >= 100
+    });
+
+    let report = server
+        .post(
+            "/v1/tenants/t/pipelines/wc/stages/words/swap",
+            &token,
+            &json!({
+                "upload": "split-words-tagged",
+                "config": { "prefix": "b:" },
+                "mode": { "canary": { "percent": 40 } },
+            }),
+        )
+        .expect(200);
+    assert_eq!(report["canary_percent"], json!(40.0));
+    tenant_input(&server, "t", "2.txt", &file);
+    wait_for("the second file counted", || {
+        tenant_words(&server, "t").len() >= 200
+    });
+
+    // kill -9 and restart: the canary goes on, each word on its version.
+    server.kill9();
+    server.restart();
+    tenant_input(&server, "t", "3.txt", &file);
+    let started = Instant::now();
+    while tenant_words(&server, "t").len() < 300 {
+        let status = server.get("/v1/tenants/t/pipelines/wc", &token).expect(200);
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the third file was not counted: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = server.get("/v1/tenants/t/pipelines/wc", &token).expect(200);
+    let canaries = status["status"]["canaries"].as_array().unwrap();
+    assert_eq!(canaries.len(), 1, "{status}");
+    assert_eq!(canaries[0]["candidate"], json!(tagged));
+
+    // Every word counted once per file; before the canary untagged; in the
+    // two files after it, each word by the same version both times.
+    let output = tenant_words(&server, "t");
+    assert_eq!(output.len(), 300, "each word once per file: {output:?}");
+    let first_batch_after = output
+        .iter()
+        .filter(|(_, word)| word.starts_with("b:"))
+        .map(|(batch, _)| *batch)
+        .min()
+        .expect("the canary tagged some words");
+    let mut routes: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for (batch, word) in &output {
+        let tagged = word.starts_with("b:");
+        let word = word.trim_start_matches("b:").to_owned();
+        if *batch < first_batch_after {
+            assert!(!tagged, "{word} tagged before the canary");
+        } else {
+            routes.entry(word).or_default().push(tagged);
+        }
+    }
+    assert_eq!(routes.len(), 100, "{routes:?}");
+    for (word, versions) in &routes {
+        assert_eq!(versions.len(), 2, "{word}: {versions:?}");
+        assert_eq!(
+            versions[0], versions[1],
+            "{word} changed version over the restart"
+        );
+    }
+    let canaried = routes.values().filter(|versions| versions[0]).count();
+    assert!(
+        (15..=65).contains(&canaried),
+        "{canaried} of 100 words to the 40% canary"
+    );
+}

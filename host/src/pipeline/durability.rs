@@ -245,13 +245,14 @@ impl Durability {
     /// pipeline file's, swapped in after the replay) name.
     pub fn prune_plugins(&self, also: &[String]) -> Result<(), EngineError> {
         let mut keep: std::collections::BTreeSet<String> = also.iter().cloned().collect();
-        let mut add = |version: &LoggedVersion| {
-            let mut version = Some(version);
-            while let Some(v) = version {
-                keep.insert(v.sha256.clone());
-                version = v.fallback.as_deref();
+        // A version, the one it falls back on, and its canary, each with theirs.
+        fn add(keep: &mut std::collections::BTreeSet<String>, version: &LoggedVersion) {
+            keep.insert(version.sha256.clone());
+            for beside in [&version.fallback, &version.canary].into_iter().flatten() {
+                add(keep, beside);
             }
-        };
+        }
+        let mut add = |version: &LoggedVersion| add(&mut keep, version);
         self.versions.values().for_each(&mut add);
         self.restored_versions.values().for_each(&mut add);
         self.replay
