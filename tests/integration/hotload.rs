@@ -565,23 +565,25 @@ fn add_inputs(dir: &Path, from: usize, to: usize) -> String {
 }
 
 /// Runs the pipeline `file` (input files 0-5, one batch each) with
-/// `--watch-plugins` until six batches are written, replaces the plugin
-/// file `plugin` by `new_version` (a build's atomic rename), and expects the
-/// run to be killed at crash point `point` of the swap that follows; then
-/// adds input files 6-11 and runs it again with `--available-now`. Returns
-/// the text of all twelve files and the second run's log.
+/// `--watch-plugins` and `WEIR_CRASH_AT=crash_at` until six batches are
+/// written, replaces the plugin file `plugin` by `new_version` (a build's
+/// atomic rename), adds `after_swap` more input files once the swap is made,
+/// and expects the run to be killed by its crash point; then adds the input
+/// files up to 11 and runs it again with `--available-now`. Returns the
+/// text of all twelve files and the second run's log.
 fn kill_at_swap_and_resume(
     dir: &Path,
     file: &Path,
     plugin: &Path,
     new_version: &str,
-    point: &str,
+    crash_at: &str,
+    after_swap: usize,
 ) -> (String, String) {
     let mut text = add_inputs(dir, 0, 6);
     let log = dir.join("weir.log");
     let mut child = weir()
         .command(&["run", "--watch-plugins", file.to_str().unwrap()])
-        .env("WEIR_CRASH_AT", format!("{point}:1"))
+        .env("WEIR_CRASH_AT", crash_at)
         .env("WEIR_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -594,15 +596,22 @@ fn kill_at_swap_and_resume(
     let staged = dir.join(".new-version.wasm");
     std::fs::copy(new_version, &staged).unwrap();
     std::fs::rename(&staged, plugin).unwrap();
+    if after_swap > 0 {
+        wait_for("the swap", || {
+            std::fs::read_to_string(&log).is_ok_and(|log| log.contains("hot-loaded plugin version"))
+        });
+        text.push_str(&add_inputs(dir, 6, 6 + after_swap));
+    }
     let status = weir_tests::wait_status(&mut child, LIMIT);
     let log_text = std::fs::read_to_string(&log).unwrap();
+    let point = crash_at.split(':').next().unwrap();
     assert_eq!(status.signal(), Some(9), "killed at `{point}`: {log_text}");
     assert!(
         log_text.contains(&format!("crash point `{point}` reached")),
         "{log_text}"
     );
 
-    text.push_str(&add_inputs(dir, 6, 12));
+    text.push_str(&add_inputs(dir, 6 + after_swap, 12));
     let restart = weir()
         .command(&["run", "--available-now", file.to_str().unwrap()])
         .env("WEIR_LOG", "info")
@@ -623,8 +632,14 @@ fn kill_9_just_before_and_just_after_a_cut_over_recovers_exactly() {
         let plugin = dir.path().join("split-words.wasm");
         std::fs::copy(plugins::SPLIT_WORDS, &plugin).unwrap();
         let file = files_wordcount(dir.path(), &plugin);
-        let (text, restart_log) =
-            kill_at_swap_and_resume(dir.path(), &file, &plugin, plugins::SPLIT_WORDS_TAGGED, point);
+        let (text, restart_log) = kill_at_swap_and_resume(
+            dir.path(),
+            &file,
+            &plugin,
+            plugins::SPLIT_WORDS_TAGGED,
+            &format!("{point}:1"),
+            0,
+        );
         let out = dir.path().join("out");
 
         // Each batch wholly by one version, v1 then v2, every word counted once.
@@ -1333,104 +1348,116 @@ partitions = 2
     );
 }
 
+/// A running total (the 0.1 build of running-total, in `dir`) over the
+/// words of input files, checkpointed every `every` batches; returns the
+/// pipeline file and the plugin file.
+fn files_totals(dir: &Path, every: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let plugin = dir.join("running-total.wasm");
+    std::fs::copy(weir_tests::fixtures::SDK_0_1_RUNNING_TOTAL, &plugin).unwrap();
+    let text = format!(
+        r#"
+    [pipeline]
+    name = "hot-totals"
+    batch-interval = "1s"
+    partitions = 2
+    clock = "deterministic"
+    checkpoint-dir = {checkpoints:?}
+
+    [checkpoint]
+    every-batches = {every}
+
+    [plugins]
+    split-words = {split:?}
+    one = {one:?}
+    running-total = {plugin:?}
+
+    [[source]]
+    name = "lines"
+    type = "files"
+    path = {input:?}
+    max-files-per-batch = 1
+
+    [[stage]]
+    name = "words"
+    input = "lines"
+    op = "flat-map"
+    plugin = "split-words"
+
+    [[stage]]
+    name = "ones"
+    input = "words"
+    op = "map"
+    plugin = "one"
+
+    [[stage]]
+    name = "totals"
+    input = "ones"
+    op = "update-state-by-key"
+    plugin = "running-total"
+    partitions = 2
+
+    [[sink]]
+    input = "totals"
+    type = "files"
+    path = {out:?}
+    "#,
+        checkpoints = dir.join("checkpoints").display().to_string(),
+        split = plugins::SPLIT_WORDS,
+        one = plugins::ONE,
+        plugin = plugin.display().to_string(),
+        input = dir.join("in").display().to_string(),
+        out = dir.join("out").display().to_string(),
+    );
+    (weir_tests::write_pipeline(dir, "hot-totals.toml", &text), plugin)
+}
+
+/// Checks the running totals the files sink wrote under `out`: batches
+/// 0-5 by the old version (totals as numbers), 6-11 by the new one (on
+/// converted states), each batch by one, and every word's last total
+/// exact for the input `text`.
+fn check_converted_totals(out: &Path, text: &str, after: &str) {
+    let mut formats: BTreeMap<u64, BTreeSet<bool>> = BTreeMap::new();
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (batch, line) in sink_lines(out) {
+        let (word, value) = line.split_once('\t').unwrap();
+        let converted = value.ends_with(" values)");
+        formats.entry(batch).or_default().insert(converted);
+        let total: u64 = value.split(' ').next().unwrap().parse().unwrap();
+        let entry = last.entry(word.to_owned()).or_insert((batch, total));
+        if batch >= entry.0 {
+            *entry = (batch, total);
+        }
+    }
+    let totals: BTreeMap<String, u64> = last.into_iter().map(|(word, (_, total))| (word, total)).collect();
+    assert_eq!(totals, weir_tests::word_counts(text), "exact after {after}");
+    let versions: Vec<bool> = formats
+        .values()
+        .map(|set| {
+            assert_eq!(set.len(), 1, "a batch by two versions after {after}");
+            *set.iter().next().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [false; 6].into_iter().chain([true; 6]).collect::<Vec<_>>(),
+        "batches 0-5 by v1, 6-11 by v2 after {after}"
+    );
+}
+
 #[test]
 fn kill_9_around_a_swap_that_converts_state_recovers_exact_totals() {
     for point in ["swap-checked", "swap-cut-over"] {
         let dir = scratch();
-        let plugin = dir.path().join("running-total.wasm");
-        std::fs::copy(weir_tests::fixtures::SDK_0_1_RUNNING_TOTAL, &plugin).unwrap();
-        let text = format!(
-            r#"
-[pipeline]
-name = "hot-totals"
-batch-interval = "1s"
-partitions = 2
-clock = "deterministic"
-checkpoint-dir = {checkpoints:?}
-
-[checkpoint]
-every-batches = 4
-
-[plugins]
-split-words = {split:?}
-one = {one:?}
-running-total = {plugin:?}
-
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-max-files-per-batch = 1
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "ones"
-input = "words"
-op = "map"
-plugin = "one"
-
-[[stage]]
-name = "totals"
-input = "ones"
-op = "update-state-by-key"
-plugin = "running-total"
-partitions = 2
-
-[[sink]]
-input = "totals"
-type = "files"
-path = {out:?}
-"#,
-            checkpoints = dir.path().join("checkpoints").display().to_string(),
-            split = plugins::SPLIT_WORDS,
-            one = plugins::ONE,
-            plugin = plugin.display().to_string(),
-            input = dir.path().join("in").display().to_string(),
-            out = dir.path().join("out").display().to_string(),
+        let (file, plugin) = files_totals(dir.path(), 4);
+        let (text, restart_log) = kill_at_swap_and_resume(
+            dir.path(),
+            &file,
+            &plugin,
+            plugins::RUNNING_TOTAL_V2,
+            &format!("{point}:1"),
+            0,
         );
-        let file = weir_tests::write_pipeline(dir.path(), "hot-totals.toml", &text);
-        let (text, restart_log) =
-            kill_at_swap_and_resume(dir.path(), &file, &plugin, plugins::RUNNING_TOTAL_V2, point);
-        let out = dir.path().join("out");
-
-        // Batches 0-5 by the old version (totals as numbers), 6-11 by the
-        // new one (on converted states), and every word's last total exact.
-        let mut formats: BTreeMap<u64, BTreeSet<bool>> = BTreeMap::new();
-        let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for (batch, line) in sink_lines(&out) {
-            let (word, value) = line.split_once('\t').unwrap();
-            let converted = value.ends_with(" values)");
-            formats.entry(batch).or_default().insert(converted);
-            let total: u64 = value.split(' ').next().unwrap().parse().unwrap();
-            let entry = last.entry(word.to_owned()).or_insert((batch, total));
-            if batch >= entry.0 {
-                *entry = (batch, total);
-            }
-        }
-        let totals: BTreeMap<String, u64> =
-            last.into_iter().map(|(word, (_, total))| (word, total)).collect();
-        assert_eq!(
-            totals,
-            weir_tests::word_counts(&text),
-            "exact after a kill at `{point}`"
-        );
-        let versions: Vec<bool> = formats
-            .values()
-            .map(|set| {
-                assert_eq!(set.len(), 1, "a batch by two versions after a kill at `{point}`");
-                *set.iter().next().unwrap()
-            })
-            .collect();
-        assert_eq!(
-            versions,
-            [false; 6].into_iter().chain([true; 6]).collect::<Vec<_>>(),
-            "batches 0-5 by v1, 6-11 by v2 after a kill at `{point}`"
-        );
+        check_converted_totals(&dir.path().join("out"), &text, &format!("a kill at `{point}`"));
         if point == "swap-checked" {
             // The conversion had not happened: the restart made it, after the replay.
             assert!(
@@ -1439,6 +1466,32 @@ path = {out:?}
             );
         }
     }
+}
+
+#[test]
+fn a_replay_converts_the_state_where_the_swap_did() {
+    // A checkpoint after every batch: the swap's own is often the one just
+    // taken (of the old states: when it was, the restart resumes from it
+    // and the replay of batch 6 converts the states first; without that
+    // conversion this test fails), and the batch after the swap is only in
+    // the batch log when the process is killed.
+    let dir = scratch();
+    let (file, plugin) = files_totals(dir.path(), 1);
+    // Batch 6, the first of the new version, is logged, and the process killed.
+    let (text, _) = kill_at_swap_and_resume(
+        dir.path(),
+        &file,
+        &plugin,
+        plugins::RUNNING_TOTAL_V2,
+        "batch-logged:7",
+        1,
+    );
+    let out = dir.path().join("out");
+    check_converted_totals(
+        &out,
+        &text,
+        "a kill just after the first batch on the new version was logged",
+    );
 }
 
 #[test]

@@ -171,7 +171,7 @@ impl Args {
             return Err(syn::Error::new(
                 migrate.span(),
                 "a plugin that migrates states says which state version it writes: \
-                 add `state_version = N` (N > 1)",
+                 add `state_version = N`",
             ));
         }
         Ok(args)

@@ -150,10 +150,26 @@ pub struct LoggedVersion {
     pub probation_left: Option<u64>,
     /// The canary beside it: the version the keys hashed to it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary: Option<Box<LoggedVersion>>,
-    /// The ten-thousandths of the keys hashed to the canary, with `canary`.
+    pub canary: Option<Box<LoggedCanary>>,
+    /// The version of the format of the state it keeps, when not 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary_share: Option<u64>,
+    pub state_version: Option<u32>,
+}
+
+/// A canary as the batch log names it: its version, its share of the keys
+/// and its rule (so that a restart goes on with the same canary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedCanary {
+    /// The canary's version.
+    pub version: LoggedVersion,
+    /// The ten-thousandths of the key range hashed to it.
+    pub share: u64,
+    /// Promoted after this many clean batches in a row (`None`: by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_after: Option<u64>,
+    /// Given up past this many failed calls.
+    #[serde(default)]
+    pub max_failures: u64,
 }
 
 /// An operator's state in a checkpoint: a file of the checkpoint's own,

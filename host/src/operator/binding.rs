@@ -164,16 +164,28 @@ pub struct Streak {
     /// A failure (or difference) in the batch running now.
     #[serde(skip)]
     dirty: bool,
+    /// The candidate had input in the batch running now.
+    #[serde(skip)]
+    active: bool,
 }
 
 impl Streak {
+    /// Marks the batch running now as one the candidate had input in.
+    fn touch(&mut self) {
+        self.active = true;
+    }
+
     /// Marks the batch running now as not clean.
     fn spoil(&mut self) {
         self.dirty = true;
     }
 
-    /// Ends a batch.
+    /// Ends a batch: counted only when the candidate had input in it (a
+    /// batch that gave it nothing proves nothing either way).
     fn batch_done(&mut self) {
+        if !std::mem::take(&mut self.active) {
+            return;
+        }
         self.batches += 1;
         self.clean_batches = if self.dirty { 0 } else { self.clean_batches + 1 };
         self.dirty = false;
@@ -558,6 +570,7 @@ impl BindingSlot {
         };
         stats.live_time += live_time;
         stats.candidate_time += candidate_time;
+        stats.streak.touch();
         match diff {
             None => {
                 stats.candidate_failures += 1;
@@ -612,8 +625,7 @@ impl BindingSlot {
             },
         ));
         self.start_fuel_count();
-        let stateful = self.current().plugin.info().kind.interface() == "keyed-state";
-        self.canary_by_value.store(!stateful, Ordering::Release);
+        self.canary_by_value.store(!self.stateful(), Ordering::Release);
         self.canary_share.store(share, Ordering::Release);
     }
 
@@ -656,6 +668,11 @@ impl BindingSlot {
         self.batch_calls.swap(0, Ordering::Relaxed) > 0
     }
 
+    /// True when the slot's plugin keeps per-key state.
+    pub fn stateful(&self) -> bool {
+        self.current().plugin.info().kind.interface() == "keyed-state"
+    }
+
     /// True when `key` goes to the canary (false when there is none).
     pub fn canary_owns(&self, key: Option<&[u8]>) -> bool {
         let share = self.canary_share.load(Ordering::Relaxed);
@@ -679,6 +696,9 @@ impl BindingSlot {
             match route {
                 Route::Canary => {
                     stats.canary.add(records, ok, time);
+                    if records > 0 {
+                        stats.streak.touch();
+                    }
                     if !ok {
                         stats.streak.spoil();
                     }
@@ -698,6 +718,12 @@ impl BindingSlot {
 
     fn lock_probation(&self) -> std::sync::MutexGuard<'_, Probation> {
         self.probation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the sample (its states were converted to another format).
+    pub fn clear_sample(&self) {
+        *self.sample.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.sampled_batch.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Keeps a sample of this batch's input: the first calls of a batch

@@ -152,12 +152,11 @@ impl Guarded {
     /// Runs the operator with a canary in `slot`: the input's records are
     /// split by key between the current version and the canary (each key
     /// always to the same one; see [`super::BindingSlot::canary_owns_record`]),
-    /// and each part is processed by its version.
-    /// Both run even on an empty part (a keyed-state stage offers each
-    /// version its own keys that timed out). A failed call is counted
-    /// against its version; the part is then processed under the stage's
-    /// policy, by the current version for both: a failing canary loses
-    /// nothing.
+    /// and each part is processed by its version: the current one's under
+    /// the stage's policy, the canary's once, and when that fails, again by
+    /// the current version under the policy (a failing canary loses
+    /// nothing). An empty part is processed only for a keyed-state stage
+    /// (each version offers its own keys that timed out).
     fn canaried(
         &self,
         slot: &super::BindingSlot,
@@ -171,22 +170,29 @@ impl Guarded {
                 false => live.push_ref(record),
             }
         }
+        let every_part = slot.stateful();
         let mut output = Vec::new();
-        for (route, part) in [(Route::Current, live), (Route::Canary, canary)] {
-            let records = part.len();
-            ctx.instances.route = route;
+        if every_part || !live.is_empty() {
+            let (records, failures) = (live.len(), ctx.failures);
             let started = std::time::Instant::now();
-            let first = self.inner.process(vec![part.clone()], ctx);
+            let result = self.guarded(vec![live], ctx);
+            let ok = result.is_ok() && ctx.failures == failures;
+            slot.canary_call(Route::Current, records, ok, started.elapsed());
+            output.extend(result?);
+        }
+        if every_part || !canary.is_empty() {
+            let records = canary.len();
+            ctx.instances.route = Route::Canary;
+            let started = std::time::Instant::now();
+            let first = self.inner.process(vec![canary.clone()], ctx);
             ctx.instances.route = Route::Current;
-            slot.canary_call(route, records, first.is_ok(), started.elapsed());
+            slot.canary_call(Route::Canary, records, first.is_ok(), started.elapsed());
             match first {
                 Ok(part_output) => output.extend(part_output),
                 Err(error) => {
                     self.metrics.count_trap(&error);
-                    if route == Route::Canary {
-                        tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "the canary failed; the current version processes its records: {}", first_line(&error));
-                    }
-                    output.extend(self.guarded(vec![part], ctx)?);
+                    tracing::warn!(stage = %self.stage, partition = ctx.partition, batch = ctx.batch_id, "the canary failed; the current version processes its records: {}", first_line(&error));
+                    output.extend(self.guarded(vec![canary], ctx)?);
                 }
             }
         }

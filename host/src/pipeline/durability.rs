@@ -248,8 +248,11 @@ impl Durability {
         // A version, the one it falls back on, and its canary, each with theirs.
         fn add(keep: &mut std::collections::BTreeSet<String>, version: &LoggedVersion) {
             keep.insert(version.sha256.clone());
-            for beside in [&version.fallback, &version.canary].into_iter().flatten() {
-                add(keep, beside);
+            if let Some(fallback) = &version.fallback {
+                add(keep, fallback);
+            }
+            if let Some(canary) = &version.canary {
+                add(keep, &canary.version);
             }
         }
         let mut add = |version: &LoggedVersion| add(&mut keep, version);

@@ -95,11 +95,13 @@ impl Pipeline {
         let mut durability = durability;
         if let Some(durability) = &mut durability {
             swaps.keep_components(durability)?;
-            if !options.allow_plugin_change {
+            let restored = durability.restored_versions().clone();
+            if options.allow_plugin_change {
+                swaps.check_state_versions(&restored)?;
+            } else {
                 // Resume on the versions the checkpoint was taken with; the
                 // pipeline file's are swapped in after the replay.
-                let restored = durability.restored_versions().clone();
-                swaps.align(&restored, durability)?;
+                swaps.align(&restored, durability, None)?;
             }
             durability.set_versions(swaps.versions());
             // Components no checkpoint, batch to replay or stage needs.
@@ -316,13 +318,16 @@ impl Driver {
                     self.live.set_rate_limits(self.rates.rates());
                 }
                 if let (Some(logged), Some(durability)) = (&replay, &mut self.durability)
-                    && self.swaps.align(&logged.plugins, durability)?
+                    && self
+                        .swaps
+                        .align(&logged.plugins, durability, Some(&pipeline.plan))?
                 {
                     durability.set_versions(self.swaps.versions());
                     self.executor.sweep();
                 }
                 if replay.is_none() && !self.configured_checked {
-                    self.configured_checked = self.swap_in_configured(pipeline)?;
+                    self.configured_checked = true;
+                    self.swap_in_configured(pipeline)?;
                 }
             }
             if replay.is_some() && self.paused.is_some() {
@@ -474,12 +479,8 @@ impl Driver {
     /// After a replay that ran on plugin versions other than the pipeline
     /// file's (a crash soon after a hot-load, or a plugin file changed
     /// between runs): swaps the file's versions back in, with the checks of
-    /// any hot-load. A version that fails them stops the run. Returns false
-    /// when a swap must wait for the run's first batch (it converts the
-    /// restored state): the others are made, and it is tried again after
-    /// that batch (which the checkpoint's version processes).
-    fn swap_in_configured(&mut self, pipeline: &Pipeline) -> Result<bool, EngineError> {
-        let mut done = true;
+    /// any hot-load. A version that fails them stops the run.
+    fn swap_in_configured(&mut self, pipeline: &Pipeline) -> Result<(), EngineError> {
         for (stage, plugin, configured) in self.swaps.off_configured() {
             let order = SwapOrder {
                 stage: stage.clone(),
@@ -511,12 +512,11 @@ impl Driver {
                     tracing::warn!(stage = %stage, "the pipeline file's plugin version {} differs from the checkpoint's ({}) and is swapped in after the replay", report.to, report.from);
                     self.live.publish(PipelineEvent::PluginSwapped(report));
                 }
-                Err(SwapRefused::NotYet(_)) => done = false,
                 Err(refused) => {
                     return Err(EngineError::Plan {
                         location: format!("pipeline `{}`", self.pipeline()),
                         message: format!(
-                            "stage `{stage}`: its plugin changed since the checkpoint, and the new version cannot be swapped in: {refused}; restore the old component, or pass --allow-plugin-change to resume anyway"
+                            "stage `{stage}`: its plugin changed since the checkpoint, and the new version cannot be swapped in: {refused}; point the pipeline file at the checkpoint's version (kept under plugins/ in the checkpoint directory), or pass --allow-plugin-change to resume on the new version without its checks (refused when it keeps another state version)"
                         ),
                     });
                 }
@@ -526,7 +526,7 @@ impl Driver {
             durability.set_versions(self.swaps.versions());
         }
         self.executor.sweep();
-        Ok(done)
+        Ok(())
     }
 
     /// The answer to a swap or promotion (`what`) that `result` says, after
@@ -679,7 +679,9 @@ impl Driver {
 
     /// After a batch: probations that ended, automatic rollbacks, and
     /// candidates in shadow that their rule promotes.
-    fn end_probations(&mut self, pipeline: &Pipeline, batch: u64) {
+    /// Fails when an automatic promotion cut over but its checkpoint (or
+    /// state conversion) failed: the run stops there, as on a request's.
+    fn end_probations(&mut self, pipeline: &Pipeline, batch: u64) -> Result<(), EngineError> {
         let (ended, rolled_back, promotions) = self.swaps.after_batch();
         let promoted = !promotions.is_empty();
         for (stage, plugin) in promotions {
@@ -694,6 +696,7 @@ impl Driver {
             );
             match promoted {
                 Ok(report) => self.live.publish(PipelineEvent::PluginSwapped(report)),
+                Err(SwapRefused::Failed(message)) => return Err(self.hot_load_failed(&message)),
                 Err(refusal) => {
                     tracing::warn!(%stage, %plugin, "the candidate in shadow was not promoted: {refusal}")
                 }
@@ -715,6 +718,7 @@ impl Driver {
             }
             self.executor.sweep();
         }
+        Ok(())
     }
 
     /// Logs, runs and checkpoints one batch.
@@ -747,7 +751,7 @@ impl Driver {
         let batches = cuts.into_iter().map(|cut| cut.chunks).collect();
         let records_out = self.run_one(pipeline, batch_id, time, batches, &positions)?;
         let processing_time = started.elapsed();
-        self.end_probations(pipeline, batch_id);
+        self.end_probations(pipeline, batch_id)?;
         for stage in &pipeline.plan.stages {
             stage.refresh_state();
         }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::durability::Durability;
 use super::live::Live;
 use super::plan::Plan;
-use crate::checkpoint::LoggedVersion;
+use crate::checkpoint::{LoggedCanary, LoggedVersion};
 use crate::error::EngineError;
 use crate::operator::binding::{Binding, PluginConfig};
 use crate::operator::{BindingSlot, MigrationError};
@@ -374,7 +374,8 @@ impl Swaps {
         self.slots
             .iter()
             .zip(&self.configured)
-            .map(|(slot, configured)| {
+            .zip(&self.canaries)
+            .map(|((slot, configured), canary_order)| {
                 let current = slot.current();
                 let fallback = slot
                     .on_probation()
@@ -384,9 +385,13 @@ impl Swaps {
                 let mut version = logged(&current, configured);
                 version.probation_left = fallback.is_some().then(|| slot.probation_left());
                 version.fallback = fallback;
-                if let Some((canary, _)) = slot.canary_stats() {
-                    version.canary = Some(Box::new(logged(&canary, configured)));
-                    version.canary_share = Some(slot.canary_share());
+                if let (Some((canary, _)), Some((_, rule))) = (slot.canary_stats(), canary_order) {
+                    version.canary = Some(Box::new(LoggedCanary {
+                        version: logged(&canary, configured),
+                        share: slot.canary_share(),
+                        promote_after: rule.promote_after,
+                        max_failures: rule.max_failures,
+                    }));
                 }
                 (key(slot), version)
             })
@@ -413,14 +418,49 @@ impl Swaps {
         Ok(())
     }
 
+    /// Checks, for a run that resumes on the pipeline file's versions
+    /// whatever the checkpoint names (`--allow-plugin-change`), that each
+    /// keyed-state plugin keeps the state version of the states `restored`
+    /// names: no flag makes a plugin read states of another format.
+    pub fn check_state_versions(
+        &self,
+        restored: &BTreeMap<String, LoggedVersion>,
+    ) -> Result<(), EngineError> {
+        for (slot, configured) in self.slots.iter().zip(&self.configured) {
+            let info = configured.plugin.info();
+            let Some(version) = restored.get(&key(slot)) else {
+                continue;
+            };
+            let kept = version.state_version.unwrap_or(1);
+            if info.kind.interface() == "keyed-state" && info.state_version != kept {
+                return Err(EngineError::Plan {
+                    location: format!("pipeline `{}`", self.pipeline),
+                    message: format!(
+                        "plugin `{}`: the checkpoint's states are of state version {kept} (version {} of the plugin), the pipeline file's plugin keeps state version {}: it cannot resume on them, even with --allow-plugin-change; point the pipeline file at the checkpoint's version (kept as plugins/{}.wasm in the checkpoint directory) and swap the new one in while it runs, which converts the states",
+                        key(slot),
+                        version.sha256,
+                        info.state_version,
+                        version.sha256
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Puts every slot named in `wanted` on the version it names (loading
     /// kept components from the checkpoint directory): before the replay of
     /// a logged batch, and at start on the restored checkpoint's versions.
-    /// No dry run: these versions already ran.
+    /// No dry run: these versions already ran. Before a replayed batch
+    /// (`replaying`: the plan whose state the previous batches left), a
+    /// version of another state version converts the state first, as the
+    /// swap that installed it did; the restored checkpoint's state is
+    /// already in its versions' formats.
     pub fn align(
         &mut self,
         wanted: &BTreeMap<String, LoggedVersion>,
         durability: &Durability,
+        replaying: Option<&Plan>,
     ) -> Result<bool, EngineError> {
         let mut changed = false;
         for index in 0..self.slots.len() {
@@ -439,11 +479,8 @@ impl Swaps {
             let canary_now = slot
                 .canary_stats()
                 .map(|(canary, _)| (logged(&canary, &configured), slot.canary_share()));
-            let canary_wanted = want
-                .canary
-                .as_deref()
-                .map(|canary| (canary.clone(), want.canary_share.unwrap_or(0)));
-            if canary_now != canary_wanted {
+            let canary_wanted = want.canary.as_deref();
+            if canary_now != canary_wanted.map(|canary| (canary.version.clone(), canary.share)) {
                 self.align_canary(index, canary_wanted, durability)?;
                 changed = true;
             }
@@ -451,7 +488,6 @@ impl Swaps {
                 fallback: None,
                 probation_left: None,
                 canary: None,
-                canary_share: None,
                 ..want.clone()
             };
             if logged(&current, &configured) == bare && same_fallback {
@@ -462,6 +498,28 @@ impl Swaps {
                 slot.install(plugin, config, 0);
             }
             let (plugin, config) = self.load_version(&slot, want, &configured, durability)?;
+            let from_version = current.plugin.info().state_version;
+            if let Some(plan) = replaying
+                && plugin.info().kind.interface() == "keyed-state"
+                && plugin.info().state_version != from_version
+            {
+                let candidate = Binding {
+                    plugin: plugin.clone(),
+                    config: config.clone(),
+                    generation: 0,
+                };
+                migrate_states(plan, std::slice::from_ref(&slot), &candidate, from_version).map_err(
+                    |error| EngineError::Plan {
+                        location: format!("pipeline `{}`", self.pipeline),
+                        message: format!(
+                            "plugin `{}`: replaying the conversion of its states to version {}: {error}",
+                            key(&slot),
+                            want.sha256
+                        ),
+                    },
+                )?;
+                slot.clear_sample();
+            }
             let probation = match &want.fallback {
                 Some(_) => want.probation_left.unwrap_or(DEFAULT_PROBATION_BATCHES).max(1),
                 None => 0,
@@ -473,19 +531,25 @@ impl Swaps {
         Ok(changed)
     }
 
-    /// Puts slot `index`'s canary on `wanted` (a version and its share of
-    /// the keys), or ends it (`None`), as a logged batch or a checkpoint
-    /// names it. Its rule is the default one: promoted or given up by hand.
+    /// Puts slot `index`'s canary on `wanted` (a version, its share of the
+    /// keys and its rule), or ends it (`None`), as a logged batch or a
+    /// checkpoint names it.
     fn align_canary(
         &mut self,
         index: usize,
-        wanted: Option<(LoggedVersion, u64)>,
+        wanted: Option<&LoggedCanary>,
         durability: &Durability,
     ) -> Result<(), EngineError> {
         let slot = self.slots[index].clone();
         slot.end_canary();
         self.canaries[index] = None;
-        let Some((version, share)) = wanted else {
+        let Some(LoggedCanary {
+            version,
+            share,
+            promote_after,
+            max_failures,
+        }) = wanted.cloned()
+        else {
             return Ok(());
         };
         let configured = self.configured[index].clone();
@@ -506,8 +570,8 @@ impl Swaps {
         };
         let rule = CanaryRule {
             percent: share as f64 / 100.0,
-            promote_after: None,
-            max_failures: u64::MAX,
+            promote_after,
+            max_failures,
         };
         self.canaries[index] = Some((order, rule));
         tracing::info!(plugin = %key(&slot), version = %version.sha256, "replaying with the canary the batch log names");
@@ -623,19 +687,6 @@ impl Swaps {
             Ok(from) => from,
             Err(reason) => return Err(refuse(self, reason)),
         };
-        if migrate_from.is_some()
-            && after_batch.is_none()
-            && durability.is_some()
-            && stage_has_state(plan, &order.stage)
-        {
-            // Nothing would checkpoint the converted state before the
-            // batches logged after it, which a replay would then run on
-            // states of the old format.
-            return Err(SwapRefused::NotYet(
-                "a swap that converts state waits for the run's first batch: ask again once it has run one"
-                    .into(),
-            ));
-        }
         let mut sample_records = 0;
         for &index in &targets {
             match self.slots[index].check(&order.candidate, &config, migrate_from) {
@@ -690,7 +741,13 @@ impl Swaps {
                 &candidate,
                 from_version,
             ) {
-                Ok(states) => migrated = Some((states, began.elapsed())),
+                Ok(states) => {
+                    for &index in &targets {
+                        // Its states are of the old format.
+                        self.slots[index].clear_sample();
+                    }
+                    migrated = Some((states, began.elapsed()));
+                }
                 Err(MigrationError::Refused(reason)) => {
                     return Err(refuse(
                         self,
@@ -792,6 +849,16 @@ impl Swaps {
             ..
         } = checked;
         let config = checked.config.clone();
+        if let Some(busy) = targets
+            .iter()
+            .map(|&index| &self.slots[index])
+            .find(|slot| slot.in_canary())
+        {
+            return Err(SwapRefused::Request(format!(
+                "`{}` runs a canary: promote it or roll it back first",
+                key(busy)
+            )));
+        }
         use crate::runtime::PluginKind;
         let kind = current.plugin.info().kind;
         if !matches!(
@@ -1201,9 +1268,6 @@ pub enum SwapRefused {
     Request(String),
     /// The candidate failed its checks (or could not be kept).
     Candidate(String),
-    /// It cannot be made before the run's first batch (it converts
-    /// restored state, which only a checkpoint after a batch would keep).
-    NotYet(String),
     /// The cut-over was made but the checkpoint at it failed (the pipeline
     /// stops at this boundary, as on any checkpoint failure), or a state
     /// conversion failed half-way.
@@ -1213,10 +1277,7 @@ pub enum SwapRefused {
 impl std::fmt::Display for SwapRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Request(message)
-            | Self::Candidate(message)
-            | Self::NotYet(message)
-            | Self::Failed(message) => f.write_str(message),
+            Self::Request(message) | Self::Candidate(message) | Self::Failed(message) => f.write_str(message),
         }
     }
 }
@@ -1244,15 +1305,6 @@ fn state_change(current: &Plugin, candidate: &Plugin, order: &SwapOrder) -> Resu
         );
     }
     Ok(Some(from))
-}
-
-/// True when a stage named `stage` keeps any keyed state.
-fn stage_has_state(plan: &Plan, stage: &str) -> bool {
-    plan.stages
-        .iter()
-        .filter(|s| s.name == stage)
-        .flat_map(|s| &s.operators)
-        .any(|operator| operator.state_size().keys > 0)
 }
 
 /// Converts the states every operator keeps for `slots` with `candidate`.
@@ -1286,7 +1338,7 @@ fn logged(binding: &Binding, configured: &Binding) -> LoggedVersion {
         fallback: None,
         probation_left: None,
         canary: None,
-        canary_share: None,
+        state_version: Some(binding.plugin.info().state_version).filter(|&version| version != 1),
     }
 }
 

@@ -111,14 +111,44 @@ impl RecordKeeper {
     /// Records durably that `key` (`stage/plugin`) now runs `pin`, with the
     /// running pipeline's version history.
     fn pin(&self, key: &str, pin: Pin) -> Result<(), ServerError> {
+        self.set_pin(key, Some(pin))
+    }
+
+    /// The pin of `key`, if it has one.
+    fn pinned(&self, key: &str) -> Option<Pin> {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pins
+            .get(key)
+            .cloned()
+    }
+
+    /// Records durably that `key` runs `pin` (`None`: the pipeline file's
+    /// version), with the running pipeline's version history.
+    fn set_pin(&self, key: &str, pin: Option<Pin>) -> Result<(), ServerError> {
         let history = self.handle.plugin_history();
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = record.clone();
-        changed.pins.insert(key.to_owned(), pin);
+        match pin {
+            Some(pin) => changed.pins.insert(key.to_owned(), pin),
+            None => changed.pins.remove(key),
+        };
         changed.history = history;
         store::write_json(&self.path, &changed)?;
         *record = changed;
         Ok(())
+    }
+
+    /// The `stage/plugin` key a request for `plugin` (or the stage's only
+    /// plugin) of `stage` means, if the pipeline runs it.
+    fn slot_key(&self, stage: &str, plugin: Option<&str>) -> Option<String> {
+        let plugins = self.handle.status().plugins;
+        let mut in_stage = plugins
+            .iter()
+            .filter(|p| p.stage == stage && plugin.is_none_or(|name| name == p.plugin));
+        let found = in_stage.next()?;
+        in_stage.next().is_none().then(|| slot_key(stage, &found.plugin))
     }
 
     /// Records durably the running pipeline's version history (a candidate
@@ -265,19 +295,45 @@ impl ServerState {
         let keeper = self.running(tenant, pipeline)?;
         let (sha256, component) = self.component(tenant, &keeper, &body)?;
         let config = body.config.map(|config| config.into_iter().collect::<Vec<_>>());
-        let report = keeper
-            .handle
-            .swap(SwapRequest {
-                stage: stage.to_owned(),
-                plugin: body.plugin,
-                component,
-                path: PathBuf::from(format!("{sha256}.wasm")),
-                config: config.clone(),
-                rule: body.rollback,
-                mode: body.mode,
-                by: Some(by),
-            })
-            .map_err(|error| ServerError::Refused(error.to_string()))?;
+        // An immediate swap is pinned before it is made (and the pin put
+        // back if it is refused): a kill -9 between its cut-over and a pin
+        // written after it would restart the pipeline on the old version,
+        // which may not read the states the swap converted. The restart
+        // then swaps the pinned version in after its replay instead.
+        let planned = match body.mode {
+            Rollout::Immediate => keeper.slot_key(stage, body.plugin.as_deref()),
+            _ => None,
+        };
+        let before = planned.as_ref().map(|key| keeper.pinned(key));
+        if let Some(key) = &planned {
+            let kept = before.clone().flatten().and_then(|pin| pin.config);
+            keeper.pin(
+                key,
+                Pin {
+                    sha256: sha256.clone(),
+                    config: config.clone().or(kept),
+                },
+            )?;
+        }
+        let swapped = keeper.handle.swap(SwapRequest {
+            stage: stage.to_owned(),
+            plugin: body.plugin,
+            component,
+            path: PathBuf::from(format!("{sha256}.wasm")),
+            config: config.clone(),
+            rule: body.rollback,
+            mode: body.mode,
+            by: Some(by),
+        });
+        let report = match swapped {
+            Ok(report) => report,
+            Err(error) => {
+                if let (Some(key), Some(before)) = (&planned, before) {
+                    keeper.set_pin(key, before)?;
+                }
+                return Err(ServerError::Refused(error.to_string()));
+            }
+        };
         if !report.replaced_current() {
             // The current version goes on (beside a shadow or a canary); a
             // promotion pins the candidate.
