@@ -504,20 +504,48 @@ fn a_thousand_swaps_leave_no_more_instances_than_one() {
 /// split-words (from the file `plugin`) → count → files sink, checkpointing
 /// every 4 batches, for `weir run`.
 fn files_wordcount(dir: &Path, plugin: &Path) -> std::path::PathBuf {
+    files_pipeline(
+        dir,
+        "hot-files",
+        4,
+        &format!("split-words = {:?}", plugin.display().to_string()),
+        r#"
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+"#,
+        "counts",
+    )
+}
+
+/// Input files of `dir/in` (one a batch, on the deterministic clock) split
+/// into words (by the plugin `split-words` among `plugins`), then `stages`,
+/// checkpointed every `every` batches; the files sink in `dir/out` reads
+/// the stream `last`. Returns the pipeline file.
+fn files_pipeline(
+    dir: &Path,
+    name: &str,
+    every: u64,
+    plugins: &str,
+    stages: &str,
+    last: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"
 [pipeline]
-name = "hot-files"
+name = "{name}"
 batch-interval = "1s"
 partitions = 2
 clock = "deterministic"
 checkpoint-dir = {checkpoints:?}
 
 [checkpoint]
-every-batches = 4
+every-batches = {every}
 
 [plugins]
-split-words = {plugin:?}
+{plugins}
 
 [[source]]
 name = "lines"
@@ -530,24 +558,17 @@ name = "words"
 input = "lines"
 op = "flat-map"
 plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
+{stages}
 [[sink]]
-input = "counts"
+input = "{last}"
 type = "files"
 path = {out:?}
 "#,
         checkpoints = dir.join("checkpoints").display().to_string(),
-        plugin = plugin.display().to_string(),
         input = dir.join("in").display().to_string(),
         out = dir.join("out").display().to_string(),
     );
-    weir_tests::write_pipeline(dir, "hot-files.toml", &text)
+    weir_tests::write_pipeline(dir, &format!("{name}.toml"), &text)
 }
 
 /// Writes input files `from..to` (one batch each) and returns their text.
@@ -1354,61 +1375,30 @@ partitions = 2
 fn files_totals(dir: &Path, every: u64) -> (std::path::PathBuf, std::path::PathBuf) {
     let plugin = dir.join("running-total.wasm");
     std::fs::copy(weir_tests::fixtures::SDK_0_1_RUNNING_TOTAL, &plugin).unwrap();
-    let text = format!(
-        r#"
-    [pipeline]
-    name = "hot-totals"
-    batch-interval = "1s"
-    partitions = 2
-    clock = "deterministic"
-    checkpoint-dir = {checkpoints:?}
-
-    [checkpoint]
-    every-batches = {every}
-
-    [plugins]
-    split-words = {split:?}
-    one = {one:?}
-    running-total = {plugin:?}
-
-    [[source]]
-    name = "lines"
-    type = "files"
-    path = {input:?}
-    max-files-per-batch = 1
-
-    [[stage]]
-    name = "words"
-    input = "lines"
-    op = "flat-map"
-    plugin = "split-words"
-
-    [[stage]]
-    name = "ones"
-    input = "words"
-    op = "map"
-    plugin = "one"
-
-    [[stage]]
-    name = "totals"
-    input = "ones"
-    op = "update-state-by-key"
-    plugin = "running-total"
-    partitions = 2
-
-    [[sink]]
-    input = "totals"
-    type = "files"
-    path = {out:?}
-    "#,
-        checkpoints = dir.join("checkpoints").display().to_string(),
-        split = plugins::SPLIT_WORDS,
-        one = plugins::ONE,
-        plugin = plugin.display().to_string(),
-        input = dir.join("in").display().to_string(),
-        out = dir.join("out").display().to_string(),
+    let plugins = format!(
+        "split-words = {:?}\none = {:?}\nrunning-total = {:?}",
+        plugins::SPLIT_WORDS,
+        plugins::ONE,
+        plugin.display().to_string()
     );
-    (weir_tests::write_pipeline(dir, "hot-totals.toml", &text), plugin)
+    let stages = r#"
+[[stage]]
+name = "ones"
+input = "words"
+op = "map"
+plugin = "one"
+
+[[stage]]
+name = "totals"
+input = "ones"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 2
+"#;
+    (
+        files_pipeline(dir, "hot-totals", every, &plugins, stages, "totals"),
+        plugin,
+    )
 }
 
 /// Checks the running totals the files sink wrote under `out`: batches
