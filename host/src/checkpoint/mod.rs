@@ -148,6 +148,9 @@ pub struct LoggedVersion {
     /// Batches of its probation left, with `fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probation_left: Option<u64>,
+    /// Failed calls its probation tolerates, with `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u64>,
     /// The canary beside it: the version the keys hashed to it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Box<LoggedCanary>>,

@@ -375,7 +375,8 @@ impl Swaps {
             .iter()
             .zip(&self.configured)
             .zip(&self.canaries)
-            .map(|((slot, configured), canary_order)| {
+            .zip(&self.thresholds)
+            .map(|(((slot, configured), canary_order), threshold)| {
                 let current = slot.current();
                 let fallback = slot
                     .on_probation()
@@ -384,6 +385,7 @@ impl Swaps {
                     .map(|previous| Box::new(logged(&previous, configured)));
                 let mut version = logged(&current, configured);
                 version.probation_left = fallback.is_some().then(|| slot.probation_left());
+                version.max_failures = fallback.is_some().then_some(*threshold);
                 version.fallback = fallback;
                 if let (Some((canary, _)), Some((_, rule))) = (slot.canary_stats(), canary_order) {
                     version.canary = Some(Box::new(LoggedCanary {
@@ -487,6 +489,7 @@ impl Swaps {
             let bare = LoggedVersion {
                 fallback: None,
                 probation_left: None,
+                max_failures: None,
                 canary: None,
                 ..want.clone()
             };
@@ -524,6 +527,7 @@ impl Swaps {
                 Some(_) => want.probation_left.unwrap_or(DEFAULT_PROBATION_BATCHES).max(1),
                 None => 0,
             };
+            self.thresholds[index] = want.max_failures.unwrap_or(0);
             slot.install(plugin, config, probation);
             tracing::info!(plugin = %key(&slot), version = %want.sha256, "replaying on the plugin version the batch log names");
             changed = true;
@@ -1337,6 +1341,7 @@ fn logged(binding: &Binding, configured: &Binding) -> LoggedVersion {
         config: (binding.config != configured.config).then(|| binding.config.clone()),
         fallback: None,
         probation_left: None,
+        max_failures: None,
         canary: None,
         state_version: Some(binding.plugin.info().state_version).filter(|&version| version != 1),
     }

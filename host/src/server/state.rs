@@ -191,7 +191,7 @@ impl Tenant {
     }
 
     /// Takes the tenant's operation lock, unless the tenant was removed.
-    fn lock_ops(&self) -> Result<MutexGuard<'_, ()>, ServerError> {
+    pub(super) fn lock_ops(&self) -> Result<MutexGuard<'_, ()>, ServerError> {
         let ops = lock(&self.ops);
         if self.removed.load(Ordering::Acquire) {
             return Err(ServerError::NotFound(format!("no tenant `{}`", self.name)));
@@ -465,7 +465,7 @@ impl ServerState {
 
     // ----- tenants --------------------------------------------------------
 
-    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, ServerError> {
+    pub(super) fn tenant(&self, name: &str) -> Result<Arc<Tenant>, ServerError> {
         self.tenants
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -998,7 +998,13 @@ impl ServerState {
                         }
                         events.push_back(event);
                     }
-                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Lagged(_)) => {
+                        let versions = versions.clone();
+                        let resynced = tokio::task::spawn_blocking(move || versions.resync()).await;
+                        if let Ok(Err(error)) = resynced {
+                            tracing::error!(%error, "cannot record the plugin versions after missed events");
+                        }
+                    }
                     Err(RecvError::Closed) => break,
                 }
             }

@@ -10,7 +10,7 @@
 //! brought it is replaced, so a rollback to it works later.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,23 @@ impl RecordKeeper {
         Ok(())
     }
 
+    /// Pins what each stage plugin runs now where the record says
+    /// otherwise: after the event task missed events (it lagged), so an
+    /// automatic rollback or promotion it did not see is pinned too.
+    pub(super) fn resync(&self) -> Result<(), ServerError> {
+        let history = self.handle.plugin_history();
+        for plugin in self.handle.status().plugins {
+            let key = slot_key(&plugin.stage, &plugin.plugin);
+            let swapped = history.get(&key).is_some_and(|versions| versions.len() > 1);
+            match self.pinned(&key) {
+                Some(pin) if pin.sha256 == plugin.sha256 => {}
+                None if !swapped => {}
+                _ => self.running(&plugin.stage, &plugin.plugin, &plugin.sha256)?,
+            }
+        }
+        Ok(())
+    }
+
     /// The `stage/plugin` key a request for `plugin` (or the stage's only
     /// plugin) of `stage` means, if the pipeline runs it.
     fn slot_key(&self, stage: &str, plugin: Option<&str>) -> Option<String> {
@@ -221,7 +238,10 @@ impl ServerState {
                     stage,
                     plugin,
                     &component,
-                    Path::new(&format!("{plugin}.wasm")),
+                    // The blob it was read from: the run keeps the
+                    // component in its checkpoint directory from there, so
+                    // a later replay of batches it processed finds it.
+                    &path,
                     pin.config.clone(),
                 )
                 .map_err(|error| ServerError::Invalid(error.to_string()))?;
@@ -285,6 +305,22 @@ impl ServerState {
     /// Hot-loads a version of `stage`'s plugin into a running pipeline and
     /// pins it. `by` names the caller in the history.
     pub fn swap(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        stage: &str,
+        body: SwapBody,
+        by: String,
+    ) -> Result<SwapReport, ServerError> {
+        let owner = self.tenant(tenant)?;
+        // One change of the tenant's at a time: a delete or redeploy of the
+        // pipeline cannot interleave with the record written here.
+        let _ops = owner.lock_ops()?;
+        self.swap_locked(tenant, pipeline, stage, body, by)
+    }
+
+    /// [`Self::swap`], with the tenant's operations lock held.
+    fn swap_locked(
         &self,
         tenant: &str,
         pipeline: &str,
@@ -371,8 +407,10 @@ impl ServerState {
         body: RollbackBody,
         by: String,
     ) -> Result<RollbackReport, ServerError> {
+        let owner = self.tenant(tenant)?;
+        let _ops = owner.lock_ops()?;
         if let Some(to) = body.to {
-            let report = self.swap(
+            let report = self.swap_locked(
                 tenant,
                 pipeline,
                 stage,
@@ -434,6 +472,8 @@ impl ServerState {
         if body.to.is_some() {
             return Err(ServerError::Invalid("a promotion takes no `to`".into()));
         }
+        let owner = self.tenant(tenant)?;
+        let _ops = owner.lock_ops()?;
         let keeper = self.running(tenant, pipeline)?;
         let report = keeper
             .handle
