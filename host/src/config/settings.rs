@@ -92,7 +92,7 @@ pub struct KindContext<'a> {
     pub offset: usize,
     /// How paths are resolved: against the pipeline file's directory, or
     /// inside a tenant's root. A kind resolves each path key through
-    /// [`KindContext::path`].
+    /// [`KindContext::dir`].
     pub paths: &'a super::Paths,
 }
 

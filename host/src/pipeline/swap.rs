@@ -2,7 +2,7 @@
 //! runs, between two batches, with its state kept (the host owns it).
 //!
 //! A [`SwapOrder`] (a compiled candidate and how to roll it out) reaches the
-//! driver through the control channel, and [`Swaps::swap`] applies it at the
+//! driver through the control channel, and the driver's `Swaps::swap` applies it at the
 //! next batch boundary:
 //!
 //! 1. The candidate is checked for every slot of the stage's plugin
@@ -20,7 +20,7 @@
 //!    previous version ([`crate::operator::guard`]), and when its failures
 //!    pass the [`RollbackRule`]'s threshold (or the stage's failure rate
 //!    before the swap) the stage returns to the previous version after the
-//!    batch ([`Swaps::after_batch`]).
+//!    batch (`Swaps::after_batch`).
 //!
 //! A candidate can instead run beside the current version: in **shadow**
 //! (same input, output compared and dropped) or as a **canary** (a share of
