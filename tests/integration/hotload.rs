@@ -976,6 +976,16 @@ fn the_server_swaps_refuses_rolls_back_and_keeps_the_version_over_a_kill_9() {
         "{}",
         weir_tests::stderr(&refused)
     );
+
+    // Deleting `wc` lets go of the versions only its record named: v1's
+    // upload was replaced; v2 is still an upload.
+    let blob = |sha: &str| dir.path().join(format!("data/blobs/{sha}.wasm"));
+    assert!(blob(&v1).exists(), "the history keeps v1");
+    server
+        .send(server.request("DELETE", "/v1/tenants/t/pipelines/wc", Some(&token)))
+        .expect(204);
+    assert!(!blob(&v1).exists(), "v1 is released with the pipeline");
+    assert!(blob(&v2).exists(), "v2 is still an upload");
 }
 
 /// Writes lines `a<i> b<i>` for `i` in `from..to` to `feeder`'s connection.

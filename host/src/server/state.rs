@@ -1175,8 +1175,28 @@ impl ServerState {
                 Err(e) => return Err(ServerError::io(format!("cannot remove {file}"), e)),
             }
         }
-        lock(&tenant.pipelines).remove(pipeline);
+        let removed = lock(&tenant.pipelines).remove(pipeline);
         self.histograms.remove(name, pipeline);
+        // The versions its record named (pins, history) are kept no more,
+        // unless an upload or another pipeline names them.
+        if let Some(removed) = removed {
+            let record = lock(&removed.record).clone();
+            let named: std::collections::BTreeSet<String> = record
+                .pins
+                .values()
+                .map(|pin| pin.sha256.clone())
+                .chain(
+                    record
+                        .history
+                        .values()
+                        .flatten()
+                        .map(|version| version.sha256.clone()),
+                )
+                .collect();
+            for sha256 in named {
+                self.release_blob(&sha256);
+            }
+        }
         Ok(())
     }
 
