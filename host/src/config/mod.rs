@@ -101,6 +101,10 @@ pub struct Scope {
     /// Where a pipeline without `checkpoint-dir` checkpoints (in a
     /// directory named after it below this one); `None`: it does not.
     pub checkpoints: Option<PathBuf>,
+    /// What the names a pipeline gives itself in shared external systems
+    /// (Kafka consumer groups and transactional ids) start with: a tenant's
+    /// prefix, so that no tenant's ids collide with, or take over, another's.
+    pub ids_prefix: Option<String>,
 }
 
 impl Scope {
@@ -116,6 +120,7 @@ impl Scope {
             paths: Paths::relative_to(base_dir),
             catalog: None,
             checkpoints: None,
+            ids_prefix: None,
         }
     }
 }

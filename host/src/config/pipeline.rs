@@ -85,7 +85,7 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
     let sources = raw
         .sources
         .into_iter()
-        .map(|source| source_spec(source, paths, lines))
+        .map(|source| source_spec(source, paths, scope.ids_prefix.as_deref(), lines))
         .collect::<Result<Vec<_>, _>>()?;
     check_sources(&sources, clock, checkpoint.is_some())?;
     let default_limits = limits(
@@ -114,7 +114,7 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
     let sinks = raw
         .sinks
         .into_iter()
-        .map(|sink| sink_spec(sink, paths, lines))
+        .map(|sink| sink_spec(sink, paths, scope.ids_prefix.as_deref(), lines))
         .collect::<Result<Vec<_>, _>>()?;
 
     for (offset, name) in sources

@@ -94,6 +94,8 @@ pub struct KindContext<'a> {
     /// inside a tenant's root. A kind resolves each path key through
     /// [`KindContext::dir`].
     pub paths: &'a super::Paths,
+    /// What its ids in shared external systems start with ([`super::Scope::ids_prefix`]).
+    pub ids_prefix: Option<&'a str>,
 }
 
 impl KindContext<'_> {

@@ -92,6 +92,7 @@ pub(super) fn schema() -> &'static Schema {
 pub(super) fn sink_spec(
     table: Spanned<SinkTable>,
     paths: &Paths,
+    ids_prefix: Option<&str>,
     lines: &LineIndex,
 ) -> Result<(usize, SinkSpec), SpecError> {
     let offset = table.span().start;
@@ -104,7 +105,11 @@ pub(super) fn sink_spec(
         table.kind.span().start,
         &table.settings,
         schema(),
-        &KindContext { offset, paths },
+        &KindContext {
+            offset,
+            paths,
+            ids_prefix,
+        },
     )?;
     let input = table.input.get_ref().clone();
     let name = match &table.name {

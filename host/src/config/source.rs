@@ -120,6 +120,7 @@ pub(super) fn schema() -> &'static Schema {
 pub(super) fn source_spec(
     table: Spanned<SourceTable>,
     paths: &Paths,
+    ids_prefix: Option<&str>,
     lines: &LineIndex,
 ) -> Result<(usize, SourceSpec), SpecError> {
     let offset = table.span().start;
@@ -133,7 +134,11 @@ pub(super) fn source_spec(
         table.kind.span().start,
         &table.settings,
         schema(),
-        &KindContext { offset, paths },
+        &KindContext {
+            offset,
+            paths,
+            ids_prefix,
+        },
     )?;
     Ok((
         offset,

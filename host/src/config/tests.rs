@@ -449,3 +449,46 @@ fn stage_ops_and_their_keys_come_from_one_table() {
          allowed-lateness, output-mode, late-records, inverse, neutral)"
     );
 }
+
+#[test]
+fn a_tenant_scope_prefixes_kafka_groups_and_transactional_ids() {
+    use crate::sink::kafka::KafkaSinkSpec;
+    use crate::source::kafka::KafkaSpec;
+    let text = WORDCOUNT
+        .replace(
+            "type = \"socket\"\naddress = \"127.0.0.1:9999\"",
+            "type = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopics = \"lines\"",
+        )
+        .replace(
+            "type = \"console\"",
+            "type = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopic = \"counts\"\ndelivery = \"exactly-once\"",
+        );
+    let ids = |spec: &PipelineSpec| {
+        let source = spec.sources[0].kind.settings::<KafkaSpec>().unwrap();
+        let sink = spec.sinks[0].kind.settings::<KafkaSinkSpec>().unwrap();
+        (
+            source.group(&spec.name, "lines"),
+            sink.transactional_id(&spec.name, &spec.sinks[0].name),
+        )
+    };
+    let alone = parse(&text, Path::new("p.toml")).unwrap();
+    assert_eq!(ids(&alone).0, "weir.wordcount.lines");
+    let scope = Scope {
+        ids_prefix: Some("tenant-a.".into()),
+        ..Scope::of_file(Path::new("p.toml"))
+    };
+    let tenant = parse_in(&text, Path::new("p.toml"), &scope).unwrap();
+    let (group, transactional) = ids(&tenant);
+    assert_eq!(group, "tenant-a.weir.wordcount.lines");
+    assert!(
+        transactional.starts_with("tenant-a.weir.wordcount."),
+        "{transactional}"
+    );
+    // An id the tenant names is its own too: it cannot take over another's.
+    let named = text.replace(
+        "topics = \"lines\"",
+        "topics = \"lines\"\ngroup-id = \"tenant-b.weir.wc.lines\"",
+    );
+    let tenant = parse_in(&named, Path::new("p.toml"), &scope).unwrap();
+    assert_eq!(ids(&tenant).0, "tenant-a.tenant-b.weir.wc.lines");
+}

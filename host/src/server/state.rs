@@ -817,6 +817,8 @@ impl ServerState {
             paths: Paths::confined_to(&root),
             catalog: Some(catalog),
             checkpoints: Some(root.join("checkpoints")),
+            // Kafka consumer groups and transactional ids are the tenant's own.
+            ids_prefix: Some(format!("tenant-{}.", tenant.name)),
         };
         let mut spec = config::parse_in(text, Path::new(shown), &scope)
             .map_err(|error| ServerError::Invalid(error.to_string()))?;

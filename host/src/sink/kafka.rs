@@ -88,6 +88,9 @@ pub struct KafkaSinkSpec {
     /// The transactional id (exactly once); derived from the pipeline and
     /// sink names when not set.
     pub transactional_id: Option<String>,
+    /// What the transactional id starts with (a tenant's prefix; see
+    /// [`crate::config::Scope::ids_prefix`]).
+    pub ids_prefix: Option<String>,
     /// Where rejected records go; `None`: they fail the batch.
     pub dead_letter_topic: Option<String>,
     /// How long a batch may wait for the brokers.
@@ -193,6 +196,7 @@ impl SinkType for KafkaSinkSpec {
             delivery,
             format,
             transactional_id,
+            ids_prefix: cx.ids_prefix.map(str::to_owned),
             dead_letter_topic,
             timeout: match settings.text("timeout") {
                 Some(text) => duration(text)?,
@@ -202,16 +206,25 @@ impl SinkType for KafkaSinkSpec {
     }
 }
 
+impl KafkaSinkSpec {
+    /// The transactional id of sink `sink` of `pipeline`: `transactional-id`,
+    /// or `weir.<pipeline>.<sink>`, after the scope's prefix (a tenant's).
+    pub fn transactional_id(&self, pipeline: &str, sink: &str) -> String {
+        let id = self
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("weir.{pipeline}.{sink}"));
+        format!("{}{id}", self.ids_prefix.as_deref().unwrap_or_default())
+    }
+}
+
 impl SinkConfig for KafkaSinkSpec {
     fn reach(&self) -> crate::config::Reach {
         self.client.reach()
     }
 
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
-        let transactional_id = self
-            .transactional_id
-            .clone()
-            .unwrap_or_else(|| format!("weir.{}.{}", cx.pipeline, spec.name));
+        let transactional_id = self.transactional_id(cx.pipeline, &spec.name);
         Box::new(KafkaSink {
             name: spec.name.clone(),
             spec: self.clone(),

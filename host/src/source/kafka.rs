@@ -104,6 +104,9 @@ pub struct KafkaSpec {
     /// The consumer group offsets are committed to (`None`: derived from
     /// the pipeline and source names, see [`KafkaSpec::group`]).
     pub group_id: Option<String>,
+    /// What the group starts with (a tenant's prefix; see
+    /// [`crate::config::Scope::ids_prefix`]).
+    pub ids_prefix: Option<String>,
     /// Where partitions without a known offset start.
     pub start: StartAt,
     /// Records per second at most, per partition.
@@ -159,6 +162,7 @@ impl SourceType for KafkaSpec {
             client,
             topics,
             group_id,
+            ids_prefix: cx.ids_prefix.map(str::to_owned),
             start,
             max_rate_per_partition: positive(
                 settings.integer("max-rate-per-partition"),
@@ -262,11 +266,14 @@ fn start_at(value: &toml::Spanned<toml::Value>) -> Result<StartAt, SpecError> {
 }
 
 impl KafkaSpec {
-    /// The consumer group: `group-id`, or `weir.<pipeline>.<source>`.
+    /// The consumer group: `group-id`, or `weir.<pipeline>.<source>`,
+    /// after the scope's prefix (a tenant's).
     pub fn group(&self, pipeline: &str, source: &str) -> String {
-        self.group_id
+        let group = self
+            .group_id
             .clone()
-            .unwrap_or_else(|| format!("weir.{pipeline}.{source}"))
+            .unwrap_or_else(|| format!("weir.{pipeline}.{source}"));
+        format!("{}{group}", self.ids_prefix.as_deref().unwrap_or_default())
     }
 }
 
