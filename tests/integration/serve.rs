@@ -924,3 +924,75 @@ path = "out"
         "the healthy tenant's mean batch went from {alone:?} alone to {next_to_loop:?} next to the looping one ({ratio:.2}x)"
     );
 }
+
+#[test]
+fn tenants_upload_input_files_into_their_own_root_only() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let a = server.tenant("a", json!({ "quotas": { "max_disk_bytes": 1_000_000 } }));
+    let b = server.tenant("b", json!({}));
+    server
+        .push_plugin("a", &a, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    server.deploy("a", &a, &wordcount("wc")).expect(201);
+
+    // A file written through the API is read by the pipeline's files source.
+    let written = server
+        .put_file("a", &a, "in/1.txt", "uploaded words uploaded\n")
+        .expect(201);
+    assert_eq!(written["bytes"], json!(24));
+    let counted = || {
+        weir_tests::sink_lines(&server.root("a").join("out/wc"))
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    while !counted().contains(&"uploaded\t2".to_owned()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the uploaded file was not counted: {:?}",
+            counted()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.root("a").join("in/1.txt").exists());
+    assert!(!server.root("b").join("in/1.txt").exists());
+
+    // Only inside the tenant's root, never a dot-name, within the quota, by its own tokens.
+    server
+        // `..` encoded, so that the client sends it as it is.
+        .put_file("a", &a, "%2E%2E%2Fb%2Froot%2Fin%2Fx.txt", "x\n")
+        .expect_error(400, "tenant's root");
+    server
+        .put_file("a", &a, "in/.hidden", "x\n")
+        .expect_error(400, "dot-name");
+    server
+        .put_file("a", &a, "in/big.txt", &"x".repeat(2_000_000))
+        .expect_error(422, "disk quota");
+    // Another tenant's token does not even see tenant `a`.
+    server
+        .put_file("a", &b, "in/2.txt", "x\n")
+        .expect_error(404, "no tenant");
+    let viewer = server.token("a", "viewer");
+    server
+        .put_file("a", &viewer, "in/2.txt", "x\n")
+        .expect_error(403, "");
+
+    server
+        .send(server.request("DELETE", "/v1/tenants/a/files/in/1.txt", Some(&a)))
+        .expect(204);
+    assert!(!server.root("a").join("in/1.txt").exists());
+    server
+        .send(server.request("DELETE", "/v1/tenants/a/files/in/1.txt", Some(&a)))
+        .expect_error(404, "no file");
+    let audit = server.get("/v1/audit?tenant=a", ADMIN_TOKEN).expect(200);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["action"] == json!("write file in/1.txt") && entry["result"] == json!("ok")),
+        "{audit}"
+    );
+}

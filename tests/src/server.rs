@@ -247,6 +247,14 @@ impl Server {
         )
     }
 
+    /// Writes `text` as the file `path` of `tenant`'s root through the API.
+    pub fn put_file(&self, tenant: &str, token: &str, path: &str, text: &str) -> Answer {
+        self.send(
+            self.request("PUT", &format!("/v1/tenants/{tenant}/files/{path}"), Some(token))
+                .body(text.to_owned()),
+        )
+    }
+
     /// Deploys pipeline file `text` for `tenant`.
     pub fn deploy(&self, tenant: &str, token: &str, text: &str) -> Answer {
         self.send(

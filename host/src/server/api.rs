@@ -67,6 +67,10 @@ pub fn router(app: App, max_body: usize) -> Router {
             "/v1/tenants/{tenant}/plugins/{plugin}",
             put(put_plugin).get(get_plugin).delete(delete_plugin),
         )
+        .route(
+            "/v1/tenants/{tenant}/files/{*path}",
+            put(put_file).delete(delete_file),
+        )
         .route("/v1/tenants/{tenant}/pipelines", get(list_pipelines).post(deploy))
         .route(
             "/v1/tenants/{tenant}/pipelines/{pipeline}",
@@ -839,6 +843,43 @@ async fn plugin_history(
 ) -> Answer<std::collections::BTreeMap<String, Vec<crate::pipeline::VersionRecord>>> {
     read(&app, &caller, &tenant)?;
     Ok(Json(app.state.plugin_history(&tenant, &pipeline)?))
+}
+
+/// `PUT /v1/tenants/{t}/files/{path}`: writes the body as the file `path`
+/// of the tenant's root (an input for its `files` sources), atomically.
+async fn put_file(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, path)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<super::state::FileRecord>), ApiError> {
+    let bytes = body(raw);
+    let record = mutate(
+        &app,
+        &caller,
+        tenant,
+        format!("write file {path}"),
+        move |state, name| state.put_file(name, &path, &bytes?),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+/// `DELETE /v1/tenants/{t}/files/{path}`: removes a file of the tenant's root.
+async fn delete_file(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, path)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    mutate(
+        &app,
+        &caller,
+        tenant,
+        format!("delete file {path}"),
+        move |state, name| state.delete_file(name, &path),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_pipeline(

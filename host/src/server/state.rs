@@ -215,6 +215,17 @@ pub struct TenantChange {
     pub allowed_addresses: Option<Vec<String>>,
 }
 
+/// A file written into a tenant's root through the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRecord {
+    /// Its path in the tenant's root.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Hex SHA-256 of its content.
+    pub sha256: String,
+}
+
 /// The server: its engine, its tenants and its audit log.
 pub struct ServerState {
     store: Store,
@@ -744,6 +755,68 @@ impl ServerState {
         *lock(&tenant.plugins) = plugins;
         self.release_blob(&removed.sha256);
         Ok(())
+    }
+
+    // ----- files ----------------------------------------------------------
+
+    /// Writes `bytes` as the file `path` of tenant `name`'s root (made with
+    /// its directories, inside the root only): first under a dot-name in
+    /// the same directory, then renamed into place, so a `files` source
+    /// never reads it half written. Within the tenant's disk quota.
+    pub fn put_file(&self, name: &str, path: &str, bytes: &[u8]) -> Result<FileRecord, ServerError> {
+        let tenant = self.tenant(name)?;
+        let (dir, file) = self.tenant_file(name, path)?;
+        let quota = lock(&tenant.config).quotas.max_disk_bytes;
+        let uploads: u64 = lock(&tenant.plugins).values().map(|p| p.bytes).sum();
+        let used = tenant.disk_bytes.load(Ordering::Relaxed) + uploads;
+        if used + bytes.len() as u64 > quota {
+            return Err(ServerError::Quota(format!(
+                "the tenant's files and uploads hold {used} bytes; {} more would be above its disk quota of {quota}",
+                bytes.len()
+            )));
+        }
+        let failed = |e: std::io::Error| ServerError::io(format!("cannot write the file {path}"), e);
+        let dir = dir.open(true).map_err(failed)?;
+        let staged = format!(".{file}.upload");
+        dir.write(&staged, bytes).map_err(failed)?;
+        dir.open(&staged).and_then(|f| f.sync_all()).map_err(failed)?;
+        dir.rename(&staged, &dir, &file).map_err(failed)?;
+        tenant.disk_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(FileRecord {
+            path: path.to_owned(),
+            bytes: bytes.len() as u64,
+            sha256: auth::sha256_hex(bytes),
+        })
+    }
+
+    /// Removes the file `path` of tenant `name`'s root.
+    pub fn delete_file(&self, name: &str, path: &str) -> Result<(), ServerError> {
+        self.tenant(name)?;
+        let (dir, file) = self.tenant_file(name, path)?;
+        let missing = || ServerError::NotFound(format!("no file {path}"));
+        let dir = dir.open(false).map_err(|_| missing())?;
+        match dir.remove_file(&file) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+            Err(e) => Err(ServerError::io(format!("cannot remove the file {path}"), e)),
+        }
+    }
+
+    /// The directory (inside tenant `name`'s root) and name of its file
+    /// `path`, or why `path` may not name one.
+    fn tenant_file(&self, name: &str, path: &str) -> Result<(config::DirPath, String), ServerError> {
+        let invalid = |why: String| ServerError::Invalid(why);
+        let (parent, file) = path.rsplit_once('/').unwrap_or(("", path));
+        if file.is_empty() || file.starts_with('.') {
+            return Err(invalid(format!(
+                "`{path}` names no file a source would read (empty, or a dot-name)"
+            )));
+        }
+        let paths = Paths::confined_to(self.store.tenant_root(name));
+        let dir = paths
+            .resolve_dir(if parent.is_empty() { "." } else { parent }, "path")
+            .map_err(invalid)?;
+        Ok((dir, file.to_owned()))
     }
 
     // ----- pipelines ------------------------------------------------------
