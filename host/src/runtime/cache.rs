@@ -30,6 +30,13 @@
 //! holds it open for writing from the new entry.
 //!
 //! Only the cache directory itself is checked, not its ancestors.
+//!
+//! # Size
+//!
+//! The directory is bounded ([`DEFAULT_MAX_BYTES`] unless told otherwise):
+//! after an entry is stored, the least recently used entries (a load marks
+//! its entry used) are removed until the entries fit, the new one last. A
+//! server whose tenants upload many versions keeps the ones it runs.
 
 use std::fmt;
 use std::fs::Metadata;
@@ -47,6 +54,8 @@ use wasmtime::component::Component;
 #[derive(Debug, Clone)]
 pub struct ComponentCache {
     dir: Option<PathBuf>,
+    /// The most its entries may hold together.
+    max_bytes: u64,
     /// Whether `dir` may be used, decided on the first load.
     verdict: OnceLock<Verdict>,
 }
@@ -122,12 +131,18 @@ impl fmt::Display for UntrustedCache {
 impl std::error::Error for UntrustedCache {}
 
 impl ComponentCache {
-    /// A cache in `dir`; `None` disables caching.
+    /// A cache in `dir`, bounded at [`DEFAULT_MAX_BYTES`]; `None` disables caching.
     pub fn new(dir: Option<PathBuf>) -> Self {
         Self {
             dir,
+            max_bytes: DEFAULT_MAX_BYTES,
             verdict: OnceLock::new(),
         }
+    }
+
+    /// The cache, holding at most `max_bytes` of entries.
+    pub fn with_max_bytes(self, max_bytes: u64) -> Self {
+        Self { max_bytes, ..self }
     }
 
     /// Compiles `bytes`, or loads the compiled form cached by an earlier run.
@@ -160,7 +175,10 @@ impl ComponentCache {
                     // it. wasmtime still checks the header and refuses
                     // incompatible artifacts.
                     match unsafe { Component::deserialize_file(engine, &entry) } {
-                        Ok(component) => return Ok(component),
+                        Ok(component) => {
+                            mark_used(&entry);
+                            return Ok(component);
+                        }
                         Err(error) => tracing::warn!(
                             entry = %entry.display(),
                             "ignoring unusable compiled-component cache entry: {error:#}"
@@ -179,11 +197,65 @@ impl ComponentCache {
             ),
         }
         let component = Component::new(engine, bytes)?;
-        if let Err(error) = store(&entry, &component) {
-            tracing::warn!(entry = %entry.display(), "cannot write the component cache: {error:#}");
+        match store(&entry, &component) {
+            Ok(()) => {
+                if let Err(error) = trim(dir, self.max_bytes, &entry) {
+                    tracing::warn!(dir = %dir.display(), "cannot trim the component cache: {error}");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(entry = %entry.display(), "cannot write the component cache: {error:#}")
+            }
         }
         Ok(component)
     }
+}
+
+/// The most a cache directory holds unless told otherwise.
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+
+/// Marks `entry` as just used (its modification time: the order [`trim`]
+/// removes entries in).
+fn mark_used(entry: &Path) {
+    if let Ok(file) = std::fs::File::options().write(true).open(entry) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the least recently used entries of `dir` (never `keep`) until
+/// its entries hold at most `max_bytes`. Returns how many it removed.
+fn trim(dir: &Path, max_bytes: u64, keep: &Path) -> std::io::Result<usize> {
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        let path = item.path();
+        if path.extension().is_none_or(|ext| ext != "cwasm") {
+            continue;
+        }
+        let metadata = item.metadata()?;
+        let used = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+        entries.push((used, metadata.len(), path));
+    }
+    let mut total: u64 = entries.iter().map(|(_, size, _)| size).sum();
+    entries.sort();
+    let mut removed = 0;
+    for (_, size, path) in entries {
+        if total <= max_bytes {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total -= size;
+                removed += 1;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => total -= size,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(removed)
 }
 
 fn entry_path(dir: &Path, engine: &Engine, content_hash: &str) -> PathBuf {
@@ -319,6 +391,33 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect()
+    }
+
+    #[test]
+    fn the_cache_removes_its_least_recently_used_entries_past_its_size() {
+        let scratch = tempfile::tempdir().unwrap();
+        set_mode(scratch.path(), 0o700);
+        let engine = Engine::default();
+        let probe = ComponentCache::new(Some(scratch.path().to_owned()));
+        probe.load(&engine, EMPTY_COMPONENT, "probe").unwrap();
+        let size = std::fs::metadata(&entries(scratch.path())[0]).unwrap().len();
+        std::fs::remove_file(&entries(scratch.path())[0]).unwrap();
+        // Room for two entries.
+        let cache = ComponentCache::new(Some(scratch.path().to_owned())).with_max_bytes(2 * size + size / 2);
+        let entry = |hash: &str| entry_path(scratch.path(), &engine, hash);
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for (hash, age) in [("a", 3), ("b", 2)] {
+            cache.load(&engine, EMPTY_COMPONENT, hash).unwrap();
+            let file = std::fs::File::options().write(true).open(entry(hash)).unwrap();
+            file.set_modified(past - std::time::Duration::from_secs(age))
+                .unwrap();
+        }
+        // `a` is used again: `b` is now the least recently used.
+        cache.load(&engine, EMPTY_COMPONENT, "a").unwrap();
+        cache.load(&engine, EMPTY_COMPONENT, "c").unwrap();
+        assert!(entry("a").exists() && entry("c").exists());
+        assert!(!entry("b").exists(), "{:?}", entries(scratch.path()));
+        assert_eq!(entries(scratch.path()).len(), 2);
     }
 
     #[test]
