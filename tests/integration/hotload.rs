@@ -61,6 +61,23 @@ op = "flat-map"
 plugin = "split-words"
 "#;
 
+/// After the words: each word's value becomes 1 (`one`), then its running
+/// total (`running-total`), by key.
+const TOTALS_STAGES: &str = r#"
+[[stage]]
+name = "ones"
+input = "words"
+op = "map"
+plugin = "one"
+
+[[stage]]
+name = "totals"
+input = "ones"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 2
+"#;
+
 /// A socket source listening on `port` → `stages` → files sink in `out`
 /// reading the stream `last`.
 fn socket_pipeline(name: &str, port: u16, out: &Path, plugins: &str, stages: &str, last: &str) -> String {
@@ -1140,23 +1157,7 @@ fn a_stateful_stage_keeps_its_state_across_a_swap_and_refuses_a_version_that_can
             plugins::ONE,
             plugins::RUNNING_TOTAL
         ),
-        &format!(
-            "{WORDS_STAGE}\n{}",
-            r#"
-[[stage]]
-name = "ones"
-input = "words"
-op = "map"
-plugin = "one"
-
-[[stage]]
-name = "totals"
-input = "ones"
-op = "update-state-by-key"
-plugin = "running-total"
-partitions = 2
-"#
-        ),
+        &format!("{WORDS_STAGE}\n{}", TOTALS_STAGES),
         "totals",
     );
     let handle = start(&engine, &text);
@@ -1256,23 +1257,7 @@ fn a_running_total_built_for_weir_plugin_0_1_swaps_to_a_new_state_format_through
             "split-words = {SDK_0_1_SPLIT_WORDS:?}\none = {:?}\nrunning-total = {SDK_0_1_RUNNING_TOTAL:?}",
             plugins::ONE,
         ),
-        &format!(
-            "{WORDS_STAGE}\n{}",
-            r#"
-[[stage]]
-name = "ones"
-input = "words"
-op = "map"
-plugin = "one"
-
-[[stage]]
-name = "totals"
-input = "ones"
-op = "update-state-by-key"
-plugin = "running-total"
-partitions = 2
-"#
-        ),
+        &format!("{WORDS_STAGE}\n{}", TOTALS_STAGES),
         "totals",
     );
     let handle = start(&engine, &text);
@@ -1391,22 +1376,8 @@ fn files_totals(dir: &Path, every: u64) -> (std::path::PathBuf, std::path::PathB
         plugins::ONE,
         plugin.display().to_string()
     );
-    let stages = r#"
-[[stage]]
-name = "ones"
-input = "words"
-op = "map"
-plugin = "one"
-
-[[stage]]
-name = "totals"
-input = "ones"
-op = "update-state-by-key"
-plugin = "running-total"
-partitions = 2
-"#;
     (
-        files_pipeline(dir, "hot-totals", every, &plugins, stages, "totals"),
+        files_pipeline(dir, "hot-totals", every, &plugins, TOTALS_STAGES, "totals"),
         plugin,
     )
 }

@@ -698,16 +698,17 @@ impl Swaps {
                 Err(error) => return Err(refuse(self, format!("the candidate failed its checks: {error}"))),
             }
         }
+        let checked = Checked {
+            order,
+            targets: &targets,
+            current: &current,
+            // The refusal above still names the configuration.
+            config: config.clone(),
+            sample_records,
+            after_batch,
+            started,
+        };
         if let Rollout::Shadow(rule) = order.mode {
-            let checked = Checked {
-                order,
-                targets: &targets,
-                current: &current,
-                config,
-                sample_records,
-                after_batch,
-                started,
-            };
             return self.start_shadow(checked, rule);
         }
         let failed =
@@ -719,15 +720,6 @@ impl Swaps {
             return Err(failed(self, error));
         }
         if let Rollout::Canary(rule) = order.mode {
-            let checked = Checked {
-                order,
-                targets: &targets,
-                current: &current,
-                config,
-                sample_records,
-                after_batch,
-                started,
-            };
             return self.start_canary(checked, rule, durability);
         }
         crate::failpoint::crash_point("swap-checked");
@@ -824,15 +816,6 @@ impl Swaps {
             "hot-loaded plugin version {} after batch {after_batch:?}",
             order.candidate.info().version
         );
-        let checked = Checked {
-            order,
-            targets: &targets,
-            current: &current,
-            config,
-            sample_records,
-            after_batch,
-            started,
-        };
         Ok(SwapReport {
             probation_batches: probation,
             migrated_states: migrated.map(|(states, _)| states),
