@@ -35,3 +35,4 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod tools;
+pub mod ui;

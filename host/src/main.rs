@@ -64,6 +64,10 @@ enum Command {
         /// replaced (after the same checks as any hot-load).
         #[arg(long)]
         watch_plugins: bool,
+        /// Serve the web UI while the pipelines run (default address
+        /// 127.0.0.1:4040, Spark's; the next free port when taken).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:4040")]
+        ui: Option<std::net::SocketAddr>,
     },
     /// Serve many tenants' pipelines behind an HTTP/JSON API (`/v1`).
     Serve {
@@ -736,6 +740,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             workers,
             allow_plugin_change,
             watch_plugins,
+            ui,
         } => run(
             &pipelines,
             available_now,
@@ -743,6 +748,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             RunFlags {
                 allow_plugin_change,
                 watch_plugins,
+                ui,
             },
         ),
         Command::Check { pipelines } => check(&pipelines),
@@ -952,10 +958,11 @@ fn wait_all(supervisor: &Supervisor) -> u8 {
     status
 }
 
-/// The switches of `weir run` about plugins.
+/// The switches of `weir run` about plugins and the web UI.
 struct RunFlags {
     allow_plugin_change: bool,
     watch_plugins: bool,
+    ui: Option<std::net::SocketAddr>,
 }
 
 fn run(
@@ -999,6 +1006,17 @@ fn run(
         cli::watch::spawn(watched, |line| eprintln!("weir: {line}"))
             .context("cannot start the plugin watcher")?;
     }
+    // Serves until the pipelines end.
+    let _ui = match flags.ui {
+        Some(addr) if status == 0 => {
+            let directory = std::sync::Arc::new(weir::ui::LocalDirectory::new(engine.clone()));
+            let served = weir::ui::serve(directory, addr)
+                .with_context(|| format!("cannot serve the web UI on {addr}"))?;
+            eprintln!("weir: web UI at http://{}/ui/", served.local_addr);
+            Some(served)
+        }
+        _ => None,
+    };
     Ok(ExitCode::from(status.max(wait_all(engine.supervisor()))))
 }
 

@@ -17,6 +17,7 @@ mod sandbox;
 mod serve;
 mod sources;
 mod state;
+mod ui;
 mod windows;
 
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! binary): the example plugins built once to components ([`plugins`]), and
 //! helpers to write pipelines, run the binary with a time limit, feed
 //! sockets and read the files sink's output, and a real Kafka-protocol
-//! broker per test ([`kafka`]), and a real `weir serve` with an HTTP client
-//! ([`server`]).
+//! broker per test ([`kafka`]), a real `weir serve` with an HTTP client
+//! ([`server`]), and a real headless Chromium for the web UI ([`browser`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod kafka;
 pub mod server;
 

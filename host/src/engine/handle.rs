@@ -9,8 +9,9 @@ use crate::error::EngineError;
 use crate::pipeline::control::ControlMessage;
 use crate::pipeline::live::Live;
 use crate::pipeline::{
-    ControlError, ControlReply, ControlRequest, PipelineEvent, PipelineMetrics, PipelineStatus, RollbackRule,
-    Rollout, RunSummary, Signal, StopMode, SwapOrder, SwapReport, VersionRecord,
+    BatchDetail, CheckpointRecord, ControlError, ControlReply, ControlRequest, PipelineEvent,
+    PipelineMetrics, PipelineStatus, RollbackRule, Rollout, RunSummary, Signal, StopMode, SwapOrder,
+    SwapReport, VersionRecord,
 };
 
 /// Identifies a pipeline within its engine (never reused).
@@ -142,6 +143,18 @@ impl PipelineHandle {
     /// Its live figures now.
     pub fn metrics(&self) -> PipelineMetrics {
         self.inner.live.metrics()
+    }
+
+    /// The last `limit` of its recent batches (it keeps
+    /// [`crate::pipeline::live::RECENT_BATCHES`]), oldest first, each with
+    /// what every stage did in it.
+    pub fn recent_batches(&self, limit: usize) -> Vec<BatchDetail> {
+        self.inner.live.recent_batches(limit)
+    }
+
+    /// The last checkpoints this run wrote, oldest first.
+    pub fn checkpoints(&self) -> Vec<CheckpointRecord> {
+        self.inner.live.checkpoint_history()
     }
 
     /// Its events from now on. A subscriber that falls more than a thousand

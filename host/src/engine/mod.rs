@@ -367,6 +367,7 @@ impl Engine {
         let plan = pipeline.plan().clone();
         let live = Arc::new(Live::new(
             pipeline.plan().clone(),
+            pipeline.batch_interval(),
             pipeline.stage_plugins().to_vec(),
         ));
         live.seed_history(history);

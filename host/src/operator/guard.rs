@@ -57,12 +57,38 @@ pub struct StageMetrics {
     pub shuffled_records: AtomicU64,
     /// Bytes of those records (keys and values).
     pub shuffled_bytes: AtomicU64,
+    /// Nanoseconds its operators ran, summed over partitions (worker time,
+    /// not wall time).
+    pub busy_nanos: AtomicU64,
+    /// The last [`LATEST_DEAD_LETTERS`] dead-letter entries, newest last.
+    pub latest_dead_letters: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Dead-letter entries a stage keeps for its live metrics.
+pub const LATEST_DEAD_LETTERS: usize = 10;
 
 impl StageMetrics {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds `elapsed` to the stage's busy time.
+    fn busy(&self, elapsed: std::time::Duration) {
+        Self::add(
+            &self.busy_nanos,
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// Counts a dead-lettered record and keeps its `entry` among the latest.
+    fn dead_lettered(&self, entry: String) {
+        Self::add(&self.dead_lettered, 1);
+        let mut latest = self.latest_dead_letters.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.len() == LATEST_DEAD_LETTERS {
+            latest.pop_front();
+        }
+        latest.push_back(entry);
     }
 
     /// Counts `error` if it is a trap.
@@ -314,8 +340,10 @@ impl Guarded {
             _ if ctx.instances.route == Route::Current && self.on_probation() => self.on_trial(input, ctx)?,
             _ => self.guarded(input, ctx)?,
         };
+        let elapsed = started.elapsed();
+        self.metrics.busy(elapsed);
         if let Some(input) = shadowed {
-            self.shadow(input, &output, started.elapsed(), ctx);
+            self.shadow(input, &output, elapsed, ctx);
         }
         if self.position.last {
             StageMetrics::add(&self.metrics.records_out, partition_len(&output) as u64);
@@ -337,9 +365,10 @@ impl Guarded {
             "value": text(record.value),
             "timestamp": record.timestamp,
         });
+        let entry = entry.to_string();
         ctx.dead_letters
-            .push(record.key, entry.to_string().as_bytes(), record.timestamp);
-        StageMetrics::add(&self.metrics.dead_lettered, 1);
+            .push(record.key, entry.as_bytes(), record.timestamp);
+        self.metrics.dead_lettered(entry);
     }
 }
 
@@ -355,17 +384,21 @@ impl PieceFold for GuardedFold<'_> {
         if self.guard.position.first {
             StageMetrics::add(&self.guard.metrics.records_in, partition_len(&piece) as u64);
         }
-        self.inner
+        let started = std::time::Instant::now();
+        let absorbed = self
+            .inner
             .absorb(piece, ctx)
-            .inspect_err(|error| self.guard.count_failure(error, ctx))
+            .inspect_err(|error| self.guard.count_failure(error, ctx));
+        self.guard.metrics.busy(started.elapsed());
+        absorbed
     }
 
     fn finish(self: Box<Self>, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let guard = self.guard;
-        let output = self
-            .inner
-            .finish(ctx)
-            .inspect_err(|error| guard.count_failure(error, ctx))?;
+        let started = std::time::Instant::now();
+        let output = self.inner.finish(ctx);
+        guard.metrics.busy(started.elapsed());
+        let output = output.inspect_err(|error| guard.count_failure(error, ctx))?;
         if guard.position.last {
             StageMetrics::add(&guard.metrics.records_out, partition_len(&output) as u64);
         }

@@ -26,6 +26,9 @@ pub const RECENT_BATCHES: usize = 1_000;
 /// Events buffered per subscriber before the slowest one starts missing some.
 const EVENT_BUFFER: usize = 1_024;
 
+/// Checkpoints kept for [`Live::checkpoint_history`].
+pub const RECENT_CHECKPOINTS: usize = 20;
+
 /// Where a pipeline is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -84,6 +87,8 @@ pub struct StagePlugin {
 pub struct PipelineStatus {
     /// The state.
     pub state: PipelineState,
+    /// Its batch interval.
+    pub batch_interval: Duration,
     /// Why it is paused (a user's request, or a quarantined stage).
     pub paused_because: Option<String>,
     /// The error it failed with.
@@ -150,6 +155,76 @@ pub struct BatchReport {
     pub total_delay: Duration,
 }
 
+/// One of the recent batches, with what each stage did in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchDetail {
+    /// The batch's totals and delays.
+    #[serde(flatten)]
+    pub report: BatchReport,
+    /// Records per second received for it (over the time since the batch
+    /// before was cut), as Spark's streaming UI shows the input rate.
+    pub input_rate: f64,
+    /// Whether its processing took longer than the batch interval.
+    pub slow: bool,
+    /// Per stage, in execution order.
+    pub stages: Vec<StageBatch>,
+}
+
+/// What one stage did in one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StageBatch {
+    /// The stage.
+    pub stage: String,
+    /// Records into it.
+    pub records_in: u64,
+    /// Records out of it.
+    pub records_out: u64,
+    /// Time its operators ran, summed over partitions.
+    pub busy: Duration,
+    /// Calls retried.
+    pub retries: u64,
+    /// Partition batches that failed (after retries).
+    pub failed_batches: u64,
+    /// Records dropped by `skip-batch`.
+    pub skipped_records: u64,
+    /// Records sent to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Traps, all kinds together.
+    pub traps: u64,
+}
+
+impl StageBatch {
+    /// What the stage did between two snapshots of its counters.
+    fn between(before: Option<&StageMetricsSnapshot>, after: &StageMetricsSnapshot) -> Self {
+        let zero = StageMetricsSnapshot::default();
+        let before = before.unwrap_or(&zero);
+        Self {
+            stage: after.stage.clone(),
+            records_in: after.records_in.saturating_sub(before.records_in),
+            records_out: after.records_out.saturating_sub(before.records_out),
+            busy: after.busy.saturating_sub(before.busy),
+            retries: after.retries.saturating_sub(before.retries),
+            failed_batches: after.failed_batches.saturating_sub(before.failed_batches),
+            skipped_records: after.skipped_records.saturating_sub(before.skipped_records),
+            dead_lettered: after.dead_lettered.saturating_sub(before.dead_lettered),
+            traps: after.traps.total().saturating_sub(before.traps.total()),
+        }
+    }
+}
+
+/// A checkpoint written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckpointRecord {
+    /// The batch it was taken after.
+    pub batch: u64,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// What it wrote, in bytes.
+    pub bytes: u64,
+    /// How long it took (snapshot plus write).
+    pub duration: Duration,
+}
+
 /// Percentiles of a duration over the recent batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Percentiles {
@@ -213,6 +288,11 @@ pub struct TrapCounts {
 }
 
 impl TrapCounts {
+    /// Traps of every kind together.
+    pub fn total(&self) -> u64 {
+        self.deadline + self.fuel + self.memory + self.stack_overflow + self.panic + self.other
+    }
+
     /// Counts of the kinds in `counters`, indexed by [`trap_index`].
     pub fn read(counters: &[AtomicU64; 6]) -> Self {
         let read = |kind: TrapKind| counters[trap_index(kind)].load(Ordering::Relaxed);
@@ -240,7 +320,7 @@ pub fn trap_index(kind: TrapKind) -> usize {
 }
 
 /// One stage's live figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StageMetricsSnapshot {
     /// The stage.
     pub stage: String,
@@ -280,6 +360,10 @@ pub struct StageMetricsSnapshot {
     pub log_messages_dropped: u64,
     /// Keyed state it holds.
     pub state: StateSize,
+    /// Time its operators ran, summed over partitions (worker time).
+    pub busy: Duration,
+    /// Its last dead-letter entries (JSON), newest last.
+    pub latest_dead_letters: Vec<String>,
 }
 
 /// A pipeline's live figures.
@@ -319,16 +403,22 @@ struct StatusCell {
 
 #[derive(Debug, Default)]
 struct Recent {
-    batches: VecDeque<BatchReport>,
+    batches: VecDeque<BatchDetail>,
+    /// The input rate of the batch being run.
+    input_rate: f64,
+    /// The stages' counters after the last batch.
+    stage_totals: Vec<StageMetricsSnapshot>,
     source_rates: Vec<f64>,
     rate_limits: Vec<Option<f64>>,
     checkpoints: CheckpointStats,
+    checkpoint_history: VecDeque<CheckpointRecord>,
 }
 
 /// The shared, live side of a running pipeline.
 #[derive(Debug)]
 pub struct Live {
     plan: Arc<Plan>,
+    batch_interval: Duration,
     plugins: Vec<StagePlugin>,
     /// The plan's plugin slots, for the versions running now.
     slots: Vec<Arc<crate::operator::BindingSlot>>,
@@ -350,10 +440,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Live {
-    /// The live side of a pipeline planned as `plan`, whose stages run `plugins`.
-    pub fn new(plan: Arc<Plan>, plugins: Vec<StagePlugin>) -> Self {
+    /// The live side of a pipeline planned as `plan`, cutting a batch
+    /// every `batch_interval`, whose stages run `plugins`.
+    pub fn new(plan: Arc<Plan>, batch_interval: Duration, plugins: Vec<StagePlugin>) -> Self {
         let sources = plan.sources.len();
         Self {
+            batch_interval,
             plugins,
             slots: super::swap::plan_slots(&plan),
             history: Mutex::default(),
@@ -384,6 +476,7 @@ impl Live {
         let status = lock(&self.status);
         PipelineStatus {
             state: status.state,
+            batch_interval: self.batch_interval,
             paused_because: status.paused_because.clone(),
             error: status.error.clone(),
             last_batch: status.last_batch,
@@ -579,6 +672,7 @@ impl Live {
     pub(crate) fn received(&self, per_source: &[usize], since_last: Duration) {
         let seconds = since_last.as_secs_f64().max(1e-3);
         let mut recent = lock(&self.recent);
+        recent.input_rate = per_source.iter().sum::<usize>() as f64 / seconds;
         for ((counter, rate), &records) in self
             .source_records
             .iter()
@@ -598,12 +692,26 @@ impl Live {
         if slow {
             self.slow_batches.fetch_add(1, Ordering::Relaxed);
         }
+        let totals: Vec<StageMetricsSnapshot> =
+            self.plan.stages.iter().map(|stage| stage.snapshot()).collect();
         {
             let mut recent = lock(&self.recent);
+            let stages = totals
+                .iter()
+                .enumerate()
+                .map(|(i, after)| StageBatch::between(recent.stage_totals.get(i), after))
+                .collect();
+            let detail = BatchDetail {
+                report,
+                input_rate: recent.input_rate,
+                slow,
+                stages,
+            };
             if recent.batches.len() == RECENT_BATCHES {
                 recent.batches.pop_front();
             }
-            recent.batches.push_back(report);
+            recent.batches.push_back(detail);
+            recent.stage_totals = totals;
         }
         lock(&self.status).last_batch = Some(report.batch);
         self.emit(PipelineEvent::BatchCompleted(report));
@@ -619,16 +727,50 @@ impl Live {
         lock(&self.recent).rate_limits = limits;
     }
 
-    /// Sets the checkpoint figures.
-    pub(crate) fn set_checkpoints(&self, stats: CheckpointStats) {
-        lock(&self.recent).checkpoints = stats;
+    /// Sets the checkpoint figures, as of after batch `batch`; a checkpoint
+    /// written since the last call joins [`Live::checkpoint_history`].
+    pub(crate) fn set_checkpoints(&self, stats: CheckpointStats, batch: u64) {
+        let mut recent = lock(&self.recent);
+        if stats.written > recent.checkpoints.written {
+            if recent.checkpoint_history.len() == RECENT_CHECKPOINTS {
+                recent.checkpoint_history.pop_front();
+            }
+            let duration = stats
+                .total_duration
+                .saturating_sub(recent.checkpoints.total_duration);
+            recent.checkpoint_history.push_back(CheckpointRecord {
+                batch,
+                time_ms: now_ms(),
+                bytes: stats.last_bytes,
+                duration,
+            });
+        }
+        recent.checkpoints = stats;
+    }
+
+    /// The last `limit` of the recent batches (at most [`RECENT_BATCHES`]), oldest first.
+    pub fn recent_batches(&self, limit: usize) -> Vec<BatchDetail> {
+        let recent = lock(&self.recent);
+        let skip = recent.batches.len().saturating_sub(limit);
+        recent.batches.iter().skip(skip).cloned().collect()
+    }
+
+    /// The last checkpoints written this run (up to [`RECENT_CHECKPOINTS`]), oldest first.
+    pub fn checkpoint_history(&self) -> Vec<CheckpointRecord> {
+        lock(&self.recent).checkpoint_history.iter().copied().collect()
     }
 
     /// The live figures now.
     pub fn metrics(&self) -> PipelineMetrics {
         let (processing, scheduling, total, rates, limits, checkpoints) = {
             let recent = lock(&self.recent);
-            let of = |f: fn(&BatchReport) -> Duration| recent.batches.iter().map(f).collect::<Vec<_>>();
+            let of = |f: fn(&BatchReport) -> Duration| {
+                recent
+                    .batches
+                    .iter()
+                    .map(|detail| f(&detail.report))
+                    .collect::<Vec<_>>()
+            };
             (
                 of(|b| b.processing_time),
                 of(|b| b.scheduling_delay),
@@ -666,6 +808,12 @@ impl Live {
             checkpoints,
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }
 
 #[cfg(test)]

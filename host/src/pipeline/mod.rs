@@ -23,7 +23,9 @@ pub mod trigger;
 
 pub use backpressure::{PidRateEstimator, RateReport};
 pub use control::{ControlError, ControlReply, ControlRequest};
-pub use live::{PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus};
+pub use live::{
+    BatchDetail, CheckpointRecord, PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, StageBatch,
+};
 pub use plan::Plan;
 pub use ready::Pipeline;
 pub use registry::{Function, PluginRegistry};

@@ -83,6 +83,14 @@ impl StagePlan {
             fuel_used: read(&metrics.usage.fuel_used),
             log_messages_dropped: metrics.usage.logs.dropped(),
             state,
+            busy: std::time::Duration::from_nanos(read(&metrics.busy_nanos)),
+            latest_dead_letters: metrics
+                .latest_dead_letters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 }

@@ -124,6 +124,11 @@ impl Pipeline {
         &self.plan.pipeline
     }
 
+    /// How often it cuts a batch.
+    pub fn batch_interval(&self) -> Duration {
+        self.batch_interval
+    }
+
     /// The plugin (name, SHA-256) of every stage that runs one.
     pub fn stage_plugins(&self) -> &[StagePlugin] {
         &self.stage_plugins

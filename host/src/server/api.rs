@@ -31,7 +31,7 @@ use super::metrics;
 use super::state::{PipelineView, PluginRecord, ServerState, TenantChange, TenantView};
 use super::tls::ClientAddr;
 use super::versions::{RollbackBody, RollbackReport, SwapBody};
-use crate::pipeline::{PipelineEvent, PipelineMetrics, SwapReport};
+use crate::pipeline::{BatchDetail, CheckpointRecord, PipelineEvent, PipelineMetrics, SwapReport};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -85,6 +85,14 @@ pub fn router(app: App, max_body: usize) -> Router {
             get(pipeline_events),
         )
         .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/batches",
+            get(pipeline_batches),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{pipeline}/checkpoints",
+            get(pipeline_checkpoints),
+        )
+        .route(
             "/v1/tenants/{tenant}/pipelines/{pipeline}/file",
             get(pipeline_file),
         )
@@ -108,7 +116,13 @@ pub fn router(app: App, max_body: usize) -> Router {
             "/v1/tenants/{tenant}/pipelines/{pipeline}/{action}",
             post(control),
         )
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/ui/") {
+                crate::ui::not_found()
+            } else {
+                ApiError::NotFound("no such route".into()).into_response()
+            }
+        })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(close_after_refused_body))
@@ -699,6 +713,34 @@ async fn pipeline_events(
 ) -> Answer<Vec<PipelineEvent>> {
     read(&app, &caller, &tenant)?;
     Ok(Json(app.state.pipeline_events(&tenant, &pipeline)?))
+}
+
+/// `GET .../batches?limit=N`: the recent batches (the last `N`, default
+/// all kept), oldest first, each with what every stage did in it.
+async fn pipeline_batches(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+    Query(query): Query<LimitQuery>,
+) -> Answer<Vec<BatchDetail>> {
+    read(&app, &caller, &tenant)?;
+    let limit = query.limit.unwrap_or(usize::MAX);
+    Ok(Json(app.state.pipeline_batches(&tenant, &pipeline, limit)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET .../checkpoints`: the last checkpoints of the run, oldest first.
+async fn pipeline_checkpoints(
+    caller: Caller,
+    State(app): State<App>,
+    Path((tenant, pipeline)): Path<(String, String)>,
+) -> Answer<Vec<CheckpointRecord>> {
+    read(&app, &caller, &tenant)?;
+    Ok(Json(app.state.pipeline_checkpoints(&tenant, &pipeline)?))
 }
 
 async fn pipeline_file(

@@ -9,7 +9,8 @@
 //!                                      ├── tenant: quotas, grants, admission of a pipeline
 //!                                      ├── audit: append-only log of mutating calls
 //!                                      ├── versions: hot-loads, rollbacks, pinned versions
-//!                                      └── metrics: Prometheus text
+//!                                      ├── metrics: Prometheus text
+//!                                      └── ui: the web UI's view of the tenants (crate::ui)
 //! ```
 //!
 //! A tenant's pipeline is the same TOML `weir run` takes, resolved in the
@@ -26,6 +27,7 @@ pub mod state;
 pub mod store;
 pub mod tenant;
 pub mod tls;
+pub mod ui;
 pub mod versions;
 
 use std::net::SocketAddr;
@@ -185,14 +187,19 @@ pub async fn start(options: ServerOptions) -> Result<Running, ServerError> {
         throttle: Arc::default(),
         ready: ready.clone(),
     };
-    let router = api::router(app, options.max_body);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let ui = crate::ui::Ui::new(
+        Arc::new(ui::ServerDirectory::new(state.clone())),
+        stop.subscribe(),
+        options.tls.is_some(),
+    );
+    let router = api::router(app, options.max_body).merge(ui.router());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| ServerError::io(format!("cannot listen on {}", options.listen), e))?;
     let local_addr = listener
         .local_addr()
         .map_err(|e| ServerError::io("cannot read the listening address".into(), e))?;
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let until_stopped = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };

@@ -24,7 +24,10 @@ use super::store::{self, Store};
 use super::tenant::{Footprint, Quotas, TenantConfig};
 use crate::config::{self, Paths, Scope, check_name};
 use crate::engine::{Engine, PipelineHandle};
-use crate::pipeline::{PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, RunOptions, StopMode};
+use crate::pipeline::{
+    BatchDetail, CheckpointRecord, PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, RunOptions,
+    StopMode,
+};
 use crate::source::now_ms;
 
 /// Events kept per pipeline for `GET .../events`.
@@ -1123,6 +1126,36 @@ impl ServerState {
         })
     }
 
+    /// One pipeline's last `limit` recent batches, oldest first (none when
+    /// it never started).
+    pub fn pipeline_batches(
+        &self,
+        name: &str,
+        pipeline: &str,
+        limit: usize,
+    ) -> Result<Vec<BatchDetail>, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| {
+            Ok(d.handle
+                .as_ref()
+                .map(|handle| handle.recent_batches(limit))
+                .unwrap_or_default())
+        })
+    }
+
+    /// One pipeline's last checkpoints this run, oldest first.
+    pub fn pipeline_checkpoints(
+        &self,
+        name: &str,
+        pipeline: &str,
+    ) -> Result<Vec<CheckpointRecord>, ServerError> {
+        self.with_pipeline(name, pipeline, |_, d| {
+            Ok(d.handle
+                .as_ref()
+                .map(PipelineHandle::checkpoints)
+                .unwrap_or_default())
+        })
+    }
+
     /// One pipeline's recent events, oldest first.
     pub fn pipeline_events(&self, name: &str, pipeline: &str) -> Result<Vec<PipelineEvent>, ServerError> {
         self.with_pipeline(name, pipeline, |_, d| {
@@ -1309,6 +1342,36 @@ impl ServerState {
                 }
             }
         }
+    }
+
+    /// Tenant `name`'s pipelines as the web UI lists them: each with its
+    /// run (if started) and what its owner should know besides.
+    pub fn ui_listings(&self, name: &str) -> Result<Vec<crate::ui::Listing>, ServerError> {
+        let tenant = self.tenant(name)?;
+        let pipelines = lock(&tenant.pipelines);
+        Ok(pipelines
+            .iter()
+            .map(|(pipeline, deployed)| {
+                let desired = lock(&deployed.record).desired;
+                let note = deployed
+                    .failure
+                    .as_ref()
+                    .map(|failure| format!("Could not start: {failure}"))
+                    .or_else(|| {
+                        deployed
+                            .quota_paused
+                            .as_ref()
+                            .map(|why| format!("Paused by the server: {why}"))
+                    })
+                    .or_else(|| (desired == Desired::Stopped).then(|| "Stopped by its owner.".to_owned()));
+                crate::ui::Listing {
+                    tenant: Some(name.to_owned()),
+                    name: pipeline.clone(),
+                    handle: deployed.handle.clone(),
+                    note,
+                }
+            })
+            .collect())
     }
 
     /// Every pipeline handle, with its tenant.

@@ -1,0 +1,194 @@
+//! What the web UI shows and may change: a [`Directory`] of pipelines,
+//! seen by a [`Viewer`]. `weir run --ui` lists its own pipelines
+//! ([`LocalDirectory`]); `weir serve` lists each tenant's behind its tokens
+//! (`crate::server::ui`).
+
+use crate::engine::{Engine, PipelineHandle};
+use crate::pipeline::StopMode;
+
+/// Who looks at the UI.
+#[derive(Clone)]
+pub struct Viewer {
+    /// How the UI names them (`admin`, `tenant acme (viewer)`, `local`).
+    pub name: String,
+    /// The only tenant whose pipelines they see; `None`: every one.
+    pub tenant: Option<String>,
+    /// The server's admin (sees tenants and their quota use).
+    pub admin: bool,
+    /// May pause, resume, stop and roll back.
+    pub may_operate: bool,
+    /// The bearer token they presented, if any (never shown).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("admin", &self.admin)
+            .field("may_operate", &self.may_operate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Viewer {
+    /// The person at a `weir run --ui`: sees and may change everything.
+    pub fn local() -> Self {
+        Self {
+            name: "local".into(),
+            tenant: None,
+            admin: false,
+            may_operate: true,
+            token: None,
+        }
+    }
+}
+
+/// A pipeline as the UI lists it.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// Its tenant (`None` for a `weir run`).
+    pub tenant: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// The run, when it was started.
+    pub handle: Option<PipelineHandle>,
+    /// What the owner should know that the run does not say (why it could
+    /// not start, a quota pause, that it is meant to be stopped).
+    pub note: Option<String>,
+}
+
+/// The URL segment of a listing without a tenant.
+pub const LOCAL: &str = "local";
+
+impl Listing {
+    /// The tenant segment of its pages' URLs.
+    pub fn tenant_segment(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(LOCAL)
+    }
+
+    /// Its page: `/ui/{tenant}/{name}`.
+    pub fn path(&self) -> String {
+        format!("/ui/{}/{}", self.tenant_segment(), self.name)
+    }
+}
+
+/// A change asked for from the UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop cutting batches.
+    Pause,
+    /// Cut batches again.
+    Resume,
+    /// Stop gracefully.
+    Stop,
+    /// Return a stage's plugin to its previous version (or give up its
+    /// candidate in shadow or canary).
+    RollBack {
+        /// The stage.
+        stage: String,
+        /// The plugin within the stage, when it runs several.
+        plugin: Option<String>,
+    },
+}
+
+impl Action {
+    /// How the audit log and messages name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Pause => "pause".into(),
+            Self::Resume => "resume".into(),
+            Self::Stop => "stop".into(),
+            Self::RollBack { stage, .. } => format!("roll back stage {stage} of"),
+        }
+    }
+}
+
+/// A tenant as the admin's overview shows it.
+#[derive(Debug, Clone, Default)]
+pub struct TenantRow {
+    /// Its name.
+    pub name: String,
+    /// Pipelines deployed and running.
+    pub pipelines: usize,
+    /// Pipelines running.
+    pub running: usize,
+    /// Disk it holds and may hold, in bytes.
+    pub disk: (u64, u64),
+    /// Plugin instances its running pipelines may hold, and its quota.
+    pub instances: (u64, u64),
+    /// Wasm memory those may hold, and its quota, in bytes.
+    pub wasm_memory: (u64, u64),
+}
+
+/// The pipelines a UI shows. One required method; the others default to a
+/// `weir run`'s single local operator.
+pub trait Directory: Send + Sync + 'static {
+    /// The pipelines `viewer` may see, in the order to show them.
+    fn pipelines(&self, viewer: &Viewer) -> Vec<Listing>;
+
+    /// Who presents `token` (`None`: no token); `None` when nobody may look
+    /// without a valid one. Default: everyone is [`Viewer::local`].
+    fn viewer(&self, token: Option<&str>) -> Option<Viewer> {
+        let _ = token;
+        Some(Viewer::local())
+    }
+
+    /// Applies `action` to `listing` for `viewer` (who may operate).
+    /// Default: straight on the pipeline's handle.
+    fn control(&self, viewer: &Viewer, listing: &Listing, action: &Action) -> Result<(), String> {
+        let _ = viewer;
+        let handle = listing
+            .handle
+            .as_ref()
+            .ok_or_else(|| format!("pipeline `{}` is not running", listing.name))?;
+        let result = match action {
+            Action::Pause => handle.pause().map(drop),
+            Action::Resume => handle.resume().map(drop),
+            Action::Stop => {
+                handle.stop(StopMode::Graceful);
+                Ok(())
+            }
+            Action::RollBack { stage, plugin } => handle
+                .roll_back(stage, plugin.as_deref(), Some(viewer.name.clone()))
+                .map(drop),
+        };
+        result.map_err(|error| error.to_string())
+    }
+
+    /// The tenants and their quota use, for an admin. Default: none.
+    fn tenants(&self, viewer: &Viewer) -> Vec<TenantRow> {
+        let _ = viewer;
+        Vec::new()
+    }
+}
+
+/// The pipelines of one `weir run`: every pipeline its engine runs.
+#[derive(Debug, Clone)]
+pub struct LocalDirectory {
+    engine: Engine,
+}
+
+impl LocalDirectory {
+    /// The pipelines `engine` runs.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+impl Directory for LocalDirectory {
+    fn pipelines(&self, _viewer: &Viewer) -> Vec<Listing> {
+        let mut handles = self.engine.supervisor().list();
+        handles.sort_by_key(PipelineHandle::id);
+        handles
+            .into_iter()
+            .map(|handle| Listing {
+                tenant: None,
+                name: handle.name().to_owned(),
+                handle: Some(handle),
+                note: None,
+            })
+            .collect()
+    }
+}
