@@ -1013,6 +1013,12 @@ fn run(
             let served = weir::ui::serve(directory, addr)
                 .with_context(|| format!("cannot serve the web UI on {addr}"))?;
             eprintln!("weir: web UI at http://{}/ui/", served.local_addr);
+            if !served.local_addr.ip().is_loopback() {
+                eprintln!(
+                    "weir: warning: the web UI of `weir run` takes no token: whoever reaches {} can pause and stop these pipelines",
+                    served.local_addr
+                );
+            }
             Some(served)
         }
         _ => None,

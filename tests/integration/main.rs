@@ -29,6 +29,15 @@ fn weir() -> Weir {
     Weir::new(env!("CARGO_BIN_EXE_weir"))
 }
 
+/// Held by the tests that compare timings and by those that load both
+/// cores with a browser, so that they never run at the same time.
+static CPU_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`CPU_HEAVY`] for the rest of the test.
+fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Generous limit for one `weir` run in a test (CI machines are slow and shared).
 const LIMIT: Duration = Duration::from_secs(120);
 

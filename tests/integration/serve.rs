@@ -801,6 +801,7 @@ fn the_cli_client_and_tls() {
 
 #[test]
 fn a_looping_tenant_does_not_slow_another_one_down() {
+    let _alone = super::cpu_heavy();
     let dir = weir_tests::scratch();
     let server = server(&dir.path().join("data"), &[]);
     let healthy = server.tenant("healthy", json!({}));

@@ -47,9 +47,14 @@ fn log_in(browser: &Browser, server: &Server, token: &str) {
 
 /// Clicks the button posting to a URL ending in `action`, and confirms.
 fn press(browser: &Browser, action: &str) {
-    let button = format!(r#"button.act[data-url$="{action}"]"#);
-    browser.wait_until(WAIT, &format!("a `{action}` button"), |b| b.has(&button));
-    browser.click(&button);
+    press_button(browser, &format!(r#"button.act[data-url$="{action}"]"#));
+}
+
+/// Clicks the button `button` (CSS), and confirms.
+fn press_button(browser: &Browser, button: &str) {
+    let action = button;
+    browser.wait_until(WAIT, &format!("a `{action}` button"), |b| b.has(button));
+    browser.click(button);
     browser.wait_until(WAIT, "the confirmation", |b| b.has("dialog#confirm[open]"));
     browser.click("#confirm-ok");
 }
@@ -91,6 +96,7 @@ fn no_horizontal_overflow(browser: &Browser) -> bool {
 
 #[test]
 fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing() {
+    let _cpu = super::cpu_heavy();
     let dir = weir_tests::scratch();
     let mut server = server(&dir.path().join("data"));
     let token = server.tenant("acme", json!({}));
@@ -150,9 +156,9 @@ fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing
         }
         assert!(matched >= 5, "{series}: only {matched} points matched the API");
     }
-    // The live figures agree with the metrics API too.
     let metrics = api("/metrics");
     assert!(metrics["batches"].as_u64().unwrap() >= 5, "{metrics}");
+    assert!(no_horizontal_overflow(&browser), "the page is wider than 1280 px");
     browser.screenshot("pipeline");
     browser.resize(1280, 1900);
     browser.screenshot("pipeline-full");
@@ -177,6 +183,17 @@ fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing
     press(&browser, "/resume");
     browser.wait_until(WAIT, "the page to show running", |b| badge(b) == "running");
     assert_eq!(api("")["desired"], "running");
+    let audit = server.get("/v1/audit?tenant=acme", ADMIN_TOKEN).expect(200);
+    for action in ["pause pipeline wc (web UI)", "resume pipeline wc (web UI)"] {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == action && e["result"] == "ok"),
+            "`{action}` is not audited: {audit}"
+        );
+    }
 
     // Nothing was lost: every line is counted exactly once.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -245,6 +262,7 @@ fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing
 
 #[test]
 fn a_tenants_ui_shows_only_its_own_pipelines_and_viewers_get_no_buttons() {
+    let _cpu = super::cpu_heavy();
     let dir = weir_tests::scratch();
     let server = server(&dir.path().join("data"));
     let a = server.tenant("a", json!({}));
@@ -311,6 +329,47 @@ fn a_tenants_ui_shows_only_its_own_pipelines_and_viewers_get_no_buttons() {
     assert!(!browser.has("button.act"), "a viewer got buttons");
     assert_eq!(ui("POST", "/ui/a/a-count/actions/pause", &viewer), 403);
 
+    // An operator rolls back a version on probation from the page.
+    server
+        .push_plugin(
+            "a",
+            &a,
+            "split-words-old",
+            weir_tests::fixtures::SDK_0_1_SPLIT_WORDS,
+        )
+        .expect(201);
+    let swap = json!({ "upload": "split-words-old", "rollback": { "batches": 1_000_000 } });
+    server
+        .post("/v1/tenants/a/pipelines/a-count/stages/words/swap", &a, &swap)
+        .expect(200);
+    let operator = Browser::start(1280, 800);
+    log_in(&operator, &server, &a);
+    operator.goto(&format!("{}/ui/a/a-count", server.url));
+    operator.wait_until(WAIT, "the probation shown", |b| {
+        b.text(r#"section.plugin[data-stage="words"]"#)
+            .is_some_and(|t| t.contains("batches left"))
+    });
+    press_button(&operator, r#"button.act[data-url*="/stages/words/rollback"]"#);
+    let old = weir_tests::server::sha256_file(weir_tests::fixtures::SDK_0_1_SPLIT_WORDS);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let history = server
+            .get("/v1/tenants/a/pipelines/a-count/history", &a)
+            .expect(200);
+        let versions = history["words/split-words"].as_array().unwrap();
+        if versions
+            .iter()
+            .any(|v| v["sha256"] == old && v["outcome"] == "rolled-back")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rolled back: {history}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    operator.wait_until(WAIT, "the probation gone", |b| {
+        !b.has(r#"button.act[data-url*="/rollback"]"#)
+    });
+
     // The admin sees every tenant's pipelines and the tenants' quota use.
     let admin = Browser::start(1280, 800);
     log_in(&admin, &server, ADMIN_TOKEN);
@@ -327,6 +386,7 @@ fn a_tenants_ui_shows_only_its_own_pipelines_and_viewers_get_no_buttons() {
 
 #[test]
 fn weir_run_ui_takes_the_next_free_port_and_its_buttons_pause_resume_and_stop() {
+    let _cpu = super::cpu_heavy();
     let dir = weir_tests::scratch();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
