@@ -13,6 +13,7 @@ mod incremental;
 mod kafka;
 mod rate;
 mod recovery;
+mod redis_sink;
 mod sandbox;
 mod serve;
 mod sources;

@@ -4,7 +4,8 @@
 //! helpers to write pipelines, run the binary with a time limit, feed
 //! sockets and read the files sink's output, and a real Kafka-protocol
 //! broker per test ([`kafka`]), a real `weir serve` with an HTTP client
-//! ([`server`]), and a real headless Chromium for the web UI ([`browser`]).
+//! ([`server`]), a real headless Chromium for the web UI ([`browser`]), and
+//! a real `redis-server` per test ([`redis`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod kafka;
+pub mod redis;
 pub mod server;
 
 /// Paths of the example plugins' components, built by this crate's build script.

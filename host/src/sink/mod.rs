@@ -13,6 +13,8 @@
 //! - [`files`]: one directory per batch, `text` or `jsonl`.
 //! - `kafka`: records to a topic, at least once or exactly once through
 //!   one transaction per batch (the `kafka` cargo feature, on by default).
+//! - [`redis`]: a command per record, a batch in one `MULTI`/`EXEC` with a
+//!   marker of the last batch applied: exactly once with a checkpoint.
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its sink ([`crate::config::SinkType`],
@@ -22,6 +24,7 @@ pub mod console;
 pub mod files;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod redis;
 
 use crate::config::{SinkEntry, SinkSpec};
 use crate::record::Partition;
@@ -90,6 +93,7 @@ pub const TYPES: &[SinkEntry] = &[
     SinkEntry::of::<files::FilesSinkSpec>(),
     #[cfg(feature = "kafka")]
     SinkEntry::of::<kafka::KafkaSinkSpec>(),
+    SinkEntry::of::<redis::RedisSinkSpec>(),
 ];
 
 /// Where a sink is built: its pipeline, and its stream's window.

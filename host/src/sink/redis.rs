@@ -1,0 +1,490 @@
+//! The Redis sink (`type = "redis"`): one command per record (`SET`,
+//! `INCRBY`, `HSET`, `XADD` or `PUBLISH`), a batch applied in one
+//! `MULTI`/`EXEC` together with the sink's **marker**, a key holding the last
+//! batch id applied.
+//!
+//! In a pipeline that checkpoints, the marker makes the sink exactly-once:
+//! before a batch, the sink `WATCH`es the marker and skips the batch if the
+//! marker is already at or past it (a batch re-run after a crash, whose
+//! `EXEC` had gone through); the `EXEC` fails if anyone moved the marker
+//! meanwhile (a zombie of the same pipeline), and the batch is tried again.
+//! Without a checkpoint, batch ids start again at 0 on every run, so the
+//! marker is not used and delivery is at least once (`INCRBY` then counts a
+//! re-run batch twice).
+//!
+//! Keys, fields and channels are templates over the record: `{key}`,
+//! `{value}`, `{pipeline}`, `{sink}`, `{batch}`. A connection that fails is
+//! retried with backoff (100 ms doubling to 5 s) for up to `timeout`, then
+//! the batch fails with the address and the last error; an error Redis
+//! answers (a wrong type, say) fails it at once.
+
+use std::time::{Duration, Instant};
+
+use super::{BatchInfo, Sink, SinkContext, SinkError};
+use crate::config::{Key, KindContext, Reach, Settings, SinkConfig, SinkSpec, SinkType, SpecError};
+use crate::failpoint::crash_point;
+use crate::record::Partition;
+
+/// What each record becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisCommand {
+    /// `SET key value`.
+    Set,
+    /// `INCRBY key value` (the value an integer).
+    IncrBy,
+    /// `HSET key field value`.
+    HSet,
+    /// `XADD key * key <record key> value <value>`.
+    XAdd,
+    /// `PUBLISH key value`.
+    Publish,
+}
+
+const COMMANDS: [(&str, RedisCommand); 5] = [
+    ("set", RedisCommand::Set),
+    ("incrby", RedisCommand::IncrBy),
+    ("hset", RedisCommand::HSet),
+    ("xadd", RedisCommand::XAdd),
+    ("publish", RedisCommand::Publish),
+];
+
+/// A piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Key,
+    Value,
+    Pipeline,
+    Sink,
+    Batch,
+}
+
+/// A key, field or channel template: `wc:{key}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Piece>);
+
+impl Template {
+    /// Parses `text`; an unknown `{name}` or an unclosed `{` is an error.
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` in template {text:?}"))?;
+            let name = &rest[open + 1..open + close];
+            pieces.push(match name {
+                "key" => Piece::Key,
+                "value" => Piece::Value,
+                "pipeline" => Piece::Pipeline,
+                "sink" => Piece::Sink,
+                "batch" => Piece::Batch,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder `{{{other}}}` in template {text:?} (expected {{key}}, {{value}}, {{pipeline}}, {{sink}} or {{batch}})"
+                    ));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_owned()));
+        }
+        Ok(Self(pieces))
+    }
+
+    /// The template for `record` in batch `batch`, into `out`.
+    fn render(&self, out: &mut Vec<u8>, names: (&str, &str), batch: u64, key: &[u8], value: &[u8]) {
+        out.clear();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Key => out.extend_from_slice(key),
+                Piece::Value => out.extend_from_slice(value),
+                Piece::Pipeline => out.extend_from_slice(names.0.as_bytes()),
+                Piece::Sink => out.extend_from_slice(names.1.as_bytes()),
+                Piece::Batch => out.extend_from_slice(batch.to_string().as_bytes()),
+            }
+        }
+    }
+}
+
+/// Settings of the Redis sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSinkSpec {
+    /// `host:port` of the server.
+    pub address: String,
+    /// The database number.
+    pub database: i64,
+    /// The user and password, if the server asks for them.
+    pub credentials: Option<(Option<String>, String)>,
+    /// What each record becomes.
+    pub command: RedisCommand,
+    /// The Redis key (for `PUBLISH`, the channel).
+    pub key: Template,
+    /// The hash field of `HSET`.
+    pub field: Template,
+    /// The marker key; `None`: `weir:<prefix><pipeline>:<sink>:last-batch`.
+    pub marker: Option<String>,
+    /// What scoped ids start with (a tenant's prefix).
+    pub ids_prefix: Option<String>,
+    /// How long a batch may retry a failing connection.
+    pub timeout: Duration,
+}
+
+impl SinkType for RedisSinkSpec {
+    const NAME: &'static str = "redis";
+    const KEYS: &'static [Key] = &[
+        Key::text("address"),
+        Key::integer("database"),
+        Key::text("username"),
+        Key::text("password"),
+        Key::text("command"),
+        Key::text("key"),
+        Key::text("field"),
+        Key::text("marker-key"),
+        Key::text("timeout"),
+    ];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let address =
+            crate::config::required(settings.text("address"), "address", cx.offset, "a `redis` sink")?;
+        let at = settings.text("address").map_or(cx.offset, |t| t.span().start);
+        let port_ok = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err((at, format!("invalid address {address:?} (write `host:port`)")));
+        }
+        let command = match settings.text("command") {
+            None => RedisCommand::Set,
+            Some(text) => COMMANDS
+                .iter()
+                .find(|(name, _)| name == text.get_ref())
+                .map(|(_, command)| *command)
+                .ok_or_else(|| {
+                    (
+                        text.span().start,
+                        format!(
+                            "unknown command `{}` (expected set, incrby, hset, xadd or publish)",
+                            text.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        let template = |key: &str, default: Option<&str>| -> Result<Template, SpecError> {
+            match (settings.text(key), default) {
+                (Some(text), _) => Template::parse(text.get_ref()).map_err(|e| (text.span().start, e)),
+                (None, Some(default)) => Ok(Template::parse(default).expect("a valid default")),
+                (None, None) => Err((
+                    cx.offset,
+                    format!(
+                        "a `redis` sink with `command = \"{}\"` needs `{key}`",
+                        command_name(command)
+                    ),
+                )),
+            }
+        };
+        let key = match command {
+            RedisCommand::Set | RedisCommand::IncrBy => template("key", Some("{key}"))?,
+            RedisCommand::HSet | RedisCommand::XAdd | RedisCommand::Publish => template("key", None)?,
+        };
+        let field = template("field", Some("{key}"))?;
+        let database = settings.integer("database").map_or(Ok(0), |n| {
+            let value = *n.get_ref();
+            if (0..=1_000_000).contains(&value) {
+                Ok(value)
+            } else {
+                Err((n.span().start, format!("invalid database {value}")))
+            }
+        })?;
+        let credentials = match (settings.text("username"), settings.text("password")) {
+            (user, Some(password)) => Some((user.map(|u| u.get_ref().clone()), password.get_ref().clone())),
+            (Some(user), None) => {
+                return Err((user.span().start, "`username` needs `password`".to_owned()));
+            }
+            (None, None) => None,
+        };
+        Ok(Self {
+            address: address.to_owned(),
+            database,
+            credentials,
+            command,
+            key,
+            field,
+            marker: settings.text("marker-key").map(|t| t.get_ref().clone()),
+            ids_prefix: cx.ids_prefix.map(str::to_owned),
+            timeout: match settings.text("timeout") {
+                Some(text) => crate::config::duration(text)?,
+                None => Duration::from_secs(60),
+            },
+        })
+    }
+}
+
+fn command_name(command: RedisCommand) -> &'static str {
+    COMMANDS
+        .iter()
+        .find(|(_, c)| *c == command)
+        .map_or("?", |(name, _)| name)
+}
+
+impl SinkConfig for RedisSinkSpec {
+    fn reach(&self) -> Reach {
+        Reach::Network(vec![self.address.clone()])
+    }
+
+    fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
+        let marker = self.marker.clone().unwrap_or_else(|| {
+            format!(
+                "weir:{}{}:{}:last-batch",
+                self.ids_prefix.as_deref().unwrap_or_default(),
+                cx.pipeline,
+                spec.name
+            )
+        });
+        Box::new(RedisSink {
+            spec: self.clone(),
+            name: spec.name.clone(),
+            pipeline: cx.pipeline.to_owned(),
+            marker: cx.checkpointed.then_some(marker),
+            connection: None,
+        })
+    }
+}
+
+/// Writes batches to Redis.
+pub struct RedisSink {
+    spec: RedisSinkSpec,
+    name: String,
+    pipeline: String,
+    /// The marker key, in a pipeline that checkpoints.
+    marker: Option<String>,
+    connection: Option<redis::Connection>,
+}
+
+/// Whether retrying may help: the connection, not Redis's answer, failed.
+fn transient(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || error.kind() == redis::ErrorKind::TryAgain
+}
+
+/// The outcome of one try at a batch.
+enum Attempt {
+    Written,
+    /// The marker says the batch is in Redis already.
+    Skipped,
+    /// The marker moved under the `WATCH`: try again.
+    Raced,
+}
+
+impl RedisSink {
+    fn error(&self, message: String) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    fn connect(&mut self) -> Result<&mut redis::Connection, redis::RedisError> {
+        if self.connection.is_none() {
+            let info = redis::ConnectionInfo {
+                addr: {
+                    let (host, port) = self
+                        .spec
+                        .address
+                        .rsplit_once(':')
+                        .unwrap_or((&self.spec.address, "6379"));
+                    redis::ConnectionAddr::Tcp(host.to_owned(), port.parse().unwrap_or(6379))
+                },
+                redis: redis::RedisConnectionInfo {
+                    db: self.spec.database,
+                    username: self.spec.credentials.as_ref().and_then(|(user, _)| user.clone()),
+                    password: self
+                        .spec
+                        .credentials
+                        .as_ref()
+                        .map(|(_, password)| password.clone()),
+                    ..Default::default()
+                },
+            };
+            let client = redis::Client::open(info)?;
+            let connection = client.get_connection_with_timeout(Duration::from_secs(5))?;
+            connection.set_read_timeout(Some(self.spec.timeout))?;
+            connection.set_write_timeout(Some(self.spec.timeout))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("just connected"))
+    }
+
+    /// The marker's value: the last batch applied.
+    fn last_applied(&mut self) -> Result<Option<u64>, redis::RedisError> {
+        let Some(marker) = self.marker.clone() else {
+            return Ok(None);
+        };
+        let value: Option<u64> = redis::cmd("GET").arg(&marker).query(self.connect()?)?;
+        Ok(value)
+    }
+
+    /// One try at writing `partitions` as batch `batch`.
+    fn apply(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<Attempt, redis::RedisError> {
+        let marker = self.marker.clone();
+        if let Some(marker) = &marker {
+            redis::cmd("WATCH").arg(marker).query::<()>(self.connect()?)?;
+            let last: Option<u64> = redis::cmd("GET").arg(marker).query(self.connect()?)?;
+            if last.is_some_and(|last| last >= batch.id) {
+                redis::cmd("UNWATCH").query::<()>(self.connect()?)?;
+                return Ok(Attempt::Skipped);
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let (mut key, mut field) = (Vec::new(), Vec::new());
+        let names = (self.pipeline.as_str(), self.name.as_str());
+        for record in partitions.iter().flatten().flat_map(crate::record::Batch::iter) {
+            let record_key = record.key.unwrap_or_default();
+            self.spec
+                .key
+                .render(&mut key, names, batch.id, record_key, record.value);
+            match self.spec.command {
+                RedisCommand::Set => {
+                    pipe.cmd("SET").arg(&key).arg(record.value).ignore();
+                }
+                RedisCommand::IncrBy => {
+                    let by = std::str::from_utf8(record.value)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::TypeError,
+                                "not an integer",
+                                format!(
+                                    "INCRBY needs an integer value; the record of key {:?} has {:?}",
+                                    String::from_utf8_lossy(record_key),
+                                    String::from_utf8_lossy(record.value)
+                                ),
+                            ))
+                        })?;
+                    pipe.cmd("INCRBY").arg(&key).arg(by).ignore();
+                }
+                RedisCommand::HSet => {
+                    self.spec
+                        .field
+                        .render(&mut field, names, batch.id, record_key, record.value);
+                    pipe.cmd("HSET").arg(&key).arg(&field).arg(record.value).ignore();
+                }
+                RedisCommand::XAdd => {
+                    pipe.cmd("XADD")
+                        .arg(&key)
+                        .arg("*")
+                        .arg("key")
+                        .arg(record_key)
+                        .arg("value")
+                        .arg(record.value)
+                        .ignore();
+                }
+                RedisCommand::Publish => {
+                    pipe.cmd("PUBLISH").arg(&key).arg(record.value).ignore();
+                }
+            }
+        }
+        if let Some(marker) = &marker {
+            pipe.cmd("SET").arg(marker).arg(batch.id).ignore();
+        }
+        crash_point("redis-prepared");
+        // With a WATCH, an aborted EXEC answers nil.
+        let applied: Option<()> = pipe.query(self.connect()?)?;
+        crash_point("redis-committed");
+        Ok(if applied.is_some() {
+            Attempt::Written
+        } else {
+            Attempt::Raced
+        })
+    }
+}
+
+impl Sink for RedisSink {
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        let deadline = Instant::now() + self.spec.timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.apply(batch, partitions) {
+                Ok(Attempt::Written) => return Ok(()),
+                Ok(Attempt::Skipped) => {
+                    tracing::info!(sink = %self.name, batch = batch.id, "batch already in Redis (its marker says so): skipped");
+                    return Ok(());
+                }
+                Ok(Attempt::Raced) => {
+                    tracing::warn!(sink = %self.name, batch = batch.id, "the marker moved during the batch: trying again");
+                }
+                Err(error) if transient(&error) && Instant::now() < deadline => {
+                    tracing::warn!(sink = %self.name, address = %self.spec.address, %error, ?backoff, "Redis unreachable: retrying");
+                    self.connection = None;
+                    std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    self.connection = None;
+                    let waited = if transient(&error) {
+                        format!(" (retried for {})", humantime::format_duration(self.spec.timeout))
+                    } else {
+                        String::new()
+                    };
+                    return Err(self.error(format!(
+                        "Redis at {} failed batch {}{waited}: {error}",
+                        self.spec.address, batch.id
+                    )));
+                }
+            }
+        }
+    }
+
+    fn recovered(&mut self, logged_end: u64) -> Result<(), SinkError> {
+        let last = match self.last_applied() {
+            Ok(last) => last,
+            // Unreachable now: the first batch retries and says so.
+            Err(error) if transient(&error) => return Ok(()),
+            Err(error) => return Err(self.error(format!("Redis at {}: {error}", self.spec.address))),
+        };
+        if let (Some(last), Some(marker)) = (last, &self.marker)
+            && last >= logged_end
+        {
+            return Err(self.error(format!(
+                "marker `{marker}` in Redis at {} says batch {last} was written, but this pipeline's batch log \
+                 ends before batch {logged_end}: another checkpoint directory or pipeline writes with the same marker. \
+                 Restore the checkpoint directory, delete the key, or set `marker-key`",
+                self.spec.address
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_in_the_record() {
+        let template = Template::parse("{pipeline}:{sink}:{key}={value}@{batch}").unwrap();
+        let mut out = Vec::new();
+        template.render(&mut out, ("wc", "out"), 7, b"word", b"3");
+        assert_eq!(out, b"wc:out:word=3@7");
+        assert!(
+            Template::parse("x:{nope}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(Template::parse("x:{key").unwrap_err().contains("unclosed"));
+        assert_eq!(
+            Template::parse("plain").unwrap(),
+            Template(vec![Piece::Text("plain".into())])
+        );
+    }
+}
