@@ -90,6 +90,15 @@ fn chart_points(browser: &Browser) -> BTreeMap<String, Vec<(u64, f64)>> {
         .collect()
 }
 
+/// Waits up to `limit` for `check`; panics naming `what` if it never holds.
+fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn no_horizontal_overflow(browser: &Browser) -> bool {
     browser.eval("return document.documentElement.scrollWidth <= window.innerWidth;") == json!(true)
 }
@@ -166,12 +175,11 @@ fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing
 
     // Pause from the page: the API says paused, no batch is cut; resume.
     press(&browser, "/pause");
-    let deadline = Instant::now() + WAIT;
-    while api("")["status"]["state"] != "paused" {
-        assert!(Instant::now() < deadline, "not paused: {}", api(""));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(api("")["desired"], "paused");
+    // The desired state is written right after the pipeline pauses.
+    wait_for(WAIT, "paused, and meant to be", || {
+        let view = api("");
+        view["status"]["state"] == "paused" && view["desired"] == "paused"
+    });
     browser.wait_until(WAIT, "the page to show paused", |b| badge(b) == "paused");
     let before = api("/metrics")["batches"].clone();
     std::thread::sleep(Duration::from_millis(1_000));
@@ -182,18 +190,20 @@ fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing
     );
     press(&browser, "/resume");
     browser.wait_until(WAIT, "the page to show running", |b| badge(b) == "running");
-    assert_eq!(api("")["desired"], "running");
-    let audit = server.get("/v1/audit?tenant=acme", ADMIN_TOKEN).expect(200);
-    for action in ["pause pipeline wc (web UI)", "resume pipeline wc (web UI)"] {
-        assert!(
+    // Each change is audited once done, on the server's side.
+    wait_for(WAIT, "running, and both changes audited", || {
+        let audit = server.get("/v1/audit?tenant=acme", ADMIN_TOKEN).expect(200);
+        let audited = |action: &str| {
             audit
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|e| e["action"] == action && e["result"] == "ok"),
-            "`{action}` is not audited: {audit}"
-        );
-    }
+                .any(|e| e["action"] == action && e["result"] == "ok")
+        };
+        api("")["desired"] == "running"
+            && audited("pause pipeline wc (web UI)")
+            && audited("resume pipeline wc (web UI)")
+    });
 
     // Nothing was lost: every line is counted exactly once.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -212,6 +222,24 @@ fn the_servers_ui_charts_match_the_metrics_api_and_pausing_from_it_loses_nothing
         assert!(Instant::now() < deadline, "the counts differ from the input's");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The checkpoints the page lists are the API's.
+    let checkpoints = api("/checkpoints");
+    let written = checkpoints.as_array().unwrap().len();
+    assert!(written >= 1, "no checkpoint written: {checkpoints}");
+    browser.wait_until(WAIT, "the checkpoints listed", |b| {
+        b.eval("return document.querySelectorAll('table.checkpoints tbody tr').length;")
+            .as_u64()
+            .is_some_and(|rows| rows as usize >= written)
+    });
+    let newest = checkpoints.as_array().unwrap().last().unwrap()["batch"].clone();
+    assert!(
+        browser
+            .text("table.checkpoints tbody")
+            .unwrap_or_default()
+            .contains(&format!("#{newest}")),
+        "the newest checkpoint (after batch {newest}) is not listed"
+    );
 
     // A batch's page: what each stage did, as the API says.
     browser.click("table.batches tbody tr:first-child a");
@@ -321,6 +349,7 @@ fn a_tenants_ui_shows_only_its_own_pipelines_and_viewers_get_no_buttons() {
     assert_eq!(forged.status.as_u16(), 403);
 
     // A viewer sees the page without buttons, and cannot post them.
+    drop(browser);
     let viewer = server.token("a", "viewer");
     let browser = Browser::start(1280, 800);
     log_in(&browser, &server, &viewer);
@@ -342,6 +371,7 @@ fn a_tenants_ui_shows_only_its_own_pipelines_and_viewers_get_no_buttons() {
     server
         .post("/v1/tenants/a/pipelines/a-count/stages/words/swap", &a, &swap)
         .expect(200);
+    drop(browser);
     let operator = Browser::start(1280, 800);
     log_in(&operator, &server, &a);
     operator.goto(&format!("{}/ui/a/a-count", server.url));
@@ -371,6 +401,7 @@ fn a_tenants_ui_shows_only_its_own_pipelines_and_viewers_get_no_buttons() {
     });
 
     // The admin sees every tenant's pipelines and the tenants' quota use.
+    drop(operator);
     let admin = Browser::start(1280, 800);
     log_in(&admin, &server, ADMIN_TOKEN);
     assert!(admin.has(r#"tr[data-pipeline="a-count"]"#));
@@ -440,6 +471,13 @@ fn weir_run_ui_takes_the_next_free_port_and_its_buttons_pause_resume_and_stop() 
     };
     let chosen: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     assert!(chosen > port && chosen <= port + 20, "port {chosen} after {port}");
+    // A name that is not a loopback one (DNS rebinding) is refused.
+    let rebound = reqwest::blocking::Client::new()
+        .get(format!("{url}/ui/"))
+        .header("host", format!("rebinding.example:{chosen}"))
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 421);
 
     let browser = Browser::start(1280, 800);
     browser.goto(&format!("{url}/"));

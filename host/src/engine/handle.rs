@@ -152,6 +152,11 @@ impl PipelineHandle {
         self.inner.live.recent_batches(limit)
     }
 
+    /// Recent batch `id`, if it is still kept.
+    pub fn batch(&self, id: u64) -> Option<BatchDetail> {
+        self.inner.live.batch(id)
+    }
+
     /// The last checkpoints this run wrote, oldest first.
     pub fn checkpoints(&self) -> Vec<CheckpointRecord> {
         self.inner.live.checkpoint_history()

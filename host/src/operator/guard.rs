@@ -67,6 +67,9 @@ pub struct StageMetrics {
 /// Dead-letter entries a stage keeps for its live metrics.
 pub const LATEST_DEAD_LETTERS: usize = 10;
 
+/// Bytes of each of those entries kept (the dead-letter stream gets them whole).
+pub const LATEST_DEAD_LETTER_BYTES: usize = 2048;
+
 impl StageMetrics {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -81,9 +84,18 @@ impl StageMetrics {
         );
     }
 
-    /// Counts a dead-lettered record and keeps its `entry` among the latest.
-    fn dead_lettered(&self, entry: String) {
+    /// Counts a dead-lettered record and keeps its `entry` among the latest
+    /// (its first [`LATEST_DEAD_LETTER_BYTES`]).
+    fn dead_lettered(&self, mut entry: String) {
         Self::add(&self.dead_lettered, 1);
+        if entry.len() > LATEST_DEAD_LETTER_BYTES {
+            let mut end = LATEST_DEAD_LETTER_BYTES;
+            while !entry.is_char_boundary(end) {
+                end -= 1;
+            }
+            entry.truncate(end);
+            entry.push('…');
+        }
         let mut latest = self.latest_dead_letters.lock().unwrap_or_else(|e| e.into_inner());
         if latest.len() == LATEST_DEAD_LETTERS {
             latest.pop_front();

@@ -16,6 +16,22 @@ use crate::checkpoint::{
 use crate::error::EngineError;
 use crate::source::{BatchInput, Replay, SourceProgress};
 
+/// Checkpoints kept in [`Durability::recent_checkpoints`].
+pub const RECENT_CHECKPOINTS: usize = 20;
+
+/// A checkpoint written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointRecord {
+    /// The last batch it holds.
+    pub batch: u64,
+    /// When its write finished, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// What it wrote, in bytes (compaction aside).
+    pub bytes: u64,
+    /// How long it took (snapshot plus write).
+    pub duration: Duration,
+}
+
 /// Checkpoint figures of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CheckpointStats {
@@ -66,6 +82,8 @@ pub struct Durability {
     /// Operator key → its chain of incremental parts in the last checkpoint.
     chains: HashMap<String, Vec<StatePart>>,
     stats: CheckpointStats,
+    /// The last checkpoints written, oldest first.
+    recent: VecDeque<CheckpointRecord>,
     /// The plugin version of every stage's plugin now (`stage/plugin`):
     /// logged with each new batch and written in each checkpoint.
     versions: BTreeMap<String, LoggedVersion>,
@@ -203,6 +221,7 @@ impl Durability {
             last_checkpointed: recovery.restored.as_ref().map(|r| r.manifest.batch),
             chains,
             stats,
+            recent: VecDeque::new(),
             versions: BTreeMap::new(),
             restored_versions: recovery
                 .restored
@@ -431,6 +450,15 @@ impl Durability {
     }
 
     fn count(&mut self, report: CheckpointReport) {
+        if self.recent.len() == RECENT_CHECKPOINTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(CheckpointRecord {
+            batch: report.batch,
+            time_ms: crate::source::now_ms(),
+            bytes: report.bytes,
+            duration: report.duration,
+        });
         let stats = &mut self.stats;
         stats.written += 1;
         stats.last_bytes = report.bytes;
@@ -454,5 +482,10 @@ impl Durability {
     /// The run's checkpoint figures.
     pub fn stats(&self) -> CheckpointStats {
         self.stats
+    }
+
+    /// The last [`RECENT_CHECKPOINTS`] checkpoints written, oldest first.
+    pub fn recent_checkpoints(&self) -> Vec<CheckpointRecord> {
+        self.recent.iter().copied().collect()
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::durability::CheckpointStats;
+use super::durability::{CheckpointRecord, CheckpointStats};
 use super::plan::Plan;
 use crate::runtime::TrapKind;
 use crate::state::StateSize;
@@ -25,9 +25,6 @@ pub const RECENT_BATCHES: usize = 1_000;
 
 /// Events buffered per subscriber before the slowest one starts missing some.
 const EVENT_BUFFER: usize = 1_024;
-
-/// Checkpoints kept for [`Live::checkpoint_history`].
-pub const RECENT_CHECKPOINTS: usize = 20;
 
 /// Where a pipeline is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -210,19 +207,6 @@ impl StageBatch {
             traps: after.traps.total().saturating_sub(before.traps.total()),
         }
     }
-}
-
-/// A checkpoint written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct CheckpointRecord {
-    /// The batch it was taken after.
-    pub batch: u64,
-    /// When it was written, in milliseconds since the Unix epoch.
-    pub time_ms: i64,
-    /// What it wrote, in bytes.
-    pub bytes: u64,
-    /// How long it took (snapshot plus write).
-    pub duration: Duration,
 }
 
 /// Percentiles of a duration over the recent batches.
@@ -411,7 +395,7 @@ struct Recent {
     source_rates: Vec<f64>,
     rate_limits: Vec<Option<f64>>,
     checkpoints: CheckpointStats,
-    checkpoint_history: VecDeque<CheckpointRecord>,
+    checkpoint_history: Vec<CheckpointRecord>,
 }
 
 /// The shared, live side of a running pipeline.
@@ -727,25 +711,11 @@ impl Live {
         lock(&self.recent).rate_limits = limits;
     }
 
-    /// Sets the checkpoint figures, as of after batch `batch`; a checkpoint
-    /// written since the last call joins [`Live::checkpoint_history`].
-    pub(crate) fn set_checkpoints(&self, stats: CheckpointStats, batch: u64) {
+    /// Sets the checkpoint figures and the last checkpoints written.
+    pub(crate) fn set_checkpoints(&self, durability: &super::durability::Durability) {
         let mut recent = lock(&self.recent);
-        if stats.written > recent.checkpoints.written {
-            if recent.checkpoint_history.len() == RECENT_CHECKPOINTS {
-                recent.checkpoint_history.pop_front();
-            }
-            let duration = stats
-                .total_duration
-                .saturating_sub(recent.checkpoints.total_duration);
-            recent.checkpoint_history.push_back(CheckpointRecord {
-                batch,
-                time_ms: now_ms(),
-                bytes: stats.last_bytes,
-                duration,
-            });
-        }
-        recent.checkpoints = stats;
+        recent.checkpoints = durability.stats();
+        recent.checkpoint_history = durability.recent_checkpoints();
     }
 
     /// The last `limit` of the recent batches (at most [`RECENT_BATCHES`]), oldest first.
@@ -755,9 +725,22 @@ impl Live {
         recent.batches.iter().skip(skip).cloned().collect()
     }
 
-    /// The last checkpoints written this run (up to [`RECENT_CHECKPOINTS`]), oldest first.
+    /// Recent batch `id`, if it is still kept.
+    pub fn batch(&self, id: u64) -> Option<BatchDetail> {
+        let recent = lock(&self.recent);
+        // Ids are consecutive within a run: look where it should be first.
+        let first = recent.batches.front()?.report.batch.id;
+        let at = usize::try_from(id.checked_sub(first)?).ok()?;
+        match recent.batches.get(at) {
+            Some(detail) if detail.report.batch.id == id => Some(detail.clone()),
+            _ => recent.batches.iter().find(|b| b.report.batch.id == id).cloned(),
+        }
+    }
+
+    /// The last checkpoints written this run (up to
+    /// [`super::durability::RECENT_CHECKPOINTS`]), oldest first.
     pub fn checkpoint_history(&self) -> Vec<CheckpointRecord> {
-        lock(&self.recent).checkpoint_history.iter().copied().collect()
+        lock(&self.recent).checkpoint_history.clone()
     }
 
     /// The live figures now.
@@ -808,12 +791,6 @@ impl Live {
             checkpoints,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
 }
 
 #[cfg(test)]

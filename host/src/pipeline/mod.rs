@@ -23,9 +23,8 @@ pub mod trigger;
 
 pub use backpressure::{PidRateEstimator, RateReport};
 pub use control::{ControlError, ControlReply, ControlRequest};
-pub use live::{
-    BatchDetail, CheckpointRecord, PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, StageBatch,
-};
+pub use durability::CheckpointRecord;
+pub use live::{BatchDetail, PipelineEvent, PipelineMetrics, PipelineState, PipelineStatus, StageBatch};
 pub use plan::Plan;
 pub use ready::Pipeline;
 pub use registry::{Function, PluginRegistry};

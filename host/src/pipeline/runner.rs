@@ -607,7 +607,7 @@ impl Driver {
                             let _ = reply.send(Err(refused(&format!("the checkpoint failed: {error}"))));
                             return Err(error);
                         }
-                        self.live.set_checkpoints(durability.stats(), batch);
+                        self.live.set_checkpoints(durability);
                         Ok(ControlReply::Checkpointing { batch })
                     }
                 },
@@ -758,7 +758,7 @@ impl Driver {
         self.last_batch = Some((batch_id, time));
         if let Some(durability) = &mut self.durability {
             durability.after_batch(&pipeline.plan, batch_id, time, false)?;
-            self.live.set_checkpoints(durability.stats(), batch_id);
+            self.live.set_checkpoints(durability);
         }
         for (sender, position) in self.committed.iter().zip(positions) {
             if position.is_some() {
@@ -925,8 +925,7 @@ impl Driver {
             .collect();
         if let Some(durability) = &self.durability {
             summary.checkpoints = durability.stats();
-            let batch = self.last_batch.map_or(0, |(batch, _)| batch);
-            self.live.set_checkpoints(summary.checkpoints, batch);
+            self.live.set_checkpoints(durability);
         }
         for stage in &pipeline.plan.stages {
             stage.refresh_state();

@@ -182,9 +182,10 @@ pub async fn start(options: ServerOptions) -> Result<Running, ServerError> {
     .map_err(|e| ServerError::Internal(e.to_string()))??;
 
     let ready = Arc::new(AtomicBool::new(false));
+    let throttle: Arc<auth::Throttle> = Arc::default();
     let app = api::App {
         state: state.clone(),
-        throttle: Arc::default(),
+        throttle: throttle.clone(),
         ready: ready.clone(),
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -192,7 +193,13 @@ pub async fn start(options: ServerOptions) -> Result<Running, ServerError> {
         Arc::new(ui::ServerDirectory::new(state.clone())),
         stop.subscribe(),
         options.tls.is_some(),
-    );
+    )
+    .with_throttle(Arc::new(move |extensions| {
+        // The same count of failures by client as the API's.
+        extensions
+            .get::<axum::extract::ConnectInfo<tls::ClientAddr>>()
+            .map_or(Duration::ZERO, |info| throttle.fail(info.0.0.ip()))
+    }));
     let router = api::router(app, options.max_body).merge(ui.router());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

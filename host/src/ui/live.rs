@@ -33,22 +33,27 @@ fn payload(sections: Vec<(&'static str, Markup)>) -> String {
 }
 
 /// A stream that sends `render`'s sections every [`TICK`] when they changed,
-/// until `render` says the page is gone or `closing` turns true.
+/// until `render` says the page is gone or `closing` turns true; it holds
+/// `permit` while open.
 pub fn stream(
     render: Render,
     closing: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     struct Cursor {
         render: Render,
         closing: watch::Receiver<bool>,
         last: String,
         first: bool,
+        /// Held while the stream is open (the UI's count of open streams).
+        _permit: tokio::sync::OwnedSemaphorePermit,
     }
     let cursor = Cursor {
         render,
         closing,
         last: String::new(),
         first: true,
+        _permit: permit,
     };
     let events = futures_util::stream::unfold(cursor, |mut cursor| async move {
         loop {

@@ -59,7 +59,19 @@ pub struct Ui {
     closing: watch::Receiver<bool>,
     /// Mark the login cookie `Secure` (the server speaks TLS).
     secure: bool,
+    /// How long to hold an answer to a failed authentication (the
+    /// server's throttle, by client); none by default.
+    throttle: Option<Throttle>,
+    /// Live streams open now, at most [`MAX_STREAMS`].
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Slows down the answer to a failed authentication: given the request's
+/// extensions (its client's address), how long to wait.
+pub type Throttle = Arc<dyn Fn(&axum::http::Extensions) -> std::time::Duration + Send + Sync>;
+
+/// Live streams a UI serves at once; past it, a page is told to reload later.
+pub const MAX_STREAMS: usize = 256;
 
 impl std::fmt::Debug for Ui {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,7 +89,32 @@ impl Ui {
             directory,
             closing,
             secure,
+            throttle: None,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
+    }
+
+    /// Holds every answer to a failed authentication for as long as
+    /// `throttle` says (the API's throttle of failures by client).
+    pub fn with_throttle(mut self, throttle: Throttle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// Waits as the throttle says after a failed authentication.
+    async fn failed_authentication(&self, extensions: &axum::http::Extensions) {
+        let delay = self.throttle.as_ref().map_or(FAILED_LOGIN_DELAY, |throttle| {
+            throttle(extensions).max(FAILED_LOGIN_DELAY)
+        });
+        tokio::time::sleep(delay).await;
+    }
+
+    /// A place for one more live stream, unless [`MAX_STREAMS`] are open.
+    fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, UiError> {
+        self.streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| UiError::Busy(format!("{MAX_STREAMS} live pages are open: try again later")))
     }
 
     /// The UI's routes, all under `/ui` (without a fallback: see [`not_found`]).
@@ -114,6 +151,8 @@ pub enum UiError {
     Forbidden(String),
     /// The request is wrong, or the pipeline refused it.
     Refused(String),
+    /// Too many live pages are open.
+    Busy(String),
 }
 
 impl IntoResponse for UiError {
@@ -128,6 +167,7 @@ impl IntoResponse for UiError {
                 .into_response(),
             Self::Forbidden(message) => (StatusCode::FORBIDDEN, message).into_response(),
             Self::Refused(message) => (StatusCode::UNPROCESSABLE_ENTITY, message).into_response(),
+            Self::Busy(message) => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
         }
     }
 }
@@ -148,7 +188,39 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .and_then(|(_, value)| percent_decode(value))
+}
+
+/// `text` with every byte but letters, digits and `-._~` as `%XX` (a
+/// cookie value that any token fits in).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The text [`percent_encode`] made; `None` for a malformed value.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The viewer of a page (redirected to the login form without one).
@@ -156,8 +228,15 @@ struct PageViewer(Viewer);
 /// The viewer of a stream or an action (401 without one).
 struct CallViewer(Viewer);
 
-fn viewer_of(parts: &Parts, ui: &Ui) -> Option<Viewer> {
-    ui.directory.viewer(presented_token(&parts.headers).as_deref())
+/// The viewer of a request; a token presented but unknown is held back as
+/// the throttle says.
+async fn viewer_of(parts: &Parts, ui: &Ui) -> Option<Viewer> {
+    let token = presented_token(&parts.headers);
+    let viewer = ui.directory.viewer(token.as_deref());
+    if viewer.is_none() && token.is_some() {
+        ui.failed_authentication(&parts.extensions).await;
+    }
+    viewer
 }
 
 impl FromRequestParts<Ui> for PageViewer {
@@ -165,6 +244,7 @@ impl FromRequestParts<Ui> for PageViewer {
 
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Self::Rejection> {
         viewer_of(parts, ui)
+            .await
             .map(Self)
             .ok_or(UiError::LoggedOut { page: true })
     }
@@ -175,6 +255,7 @@ impl FromRequestParts<Ui> for CallViewer {
 
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Self::Rejection> {
         viewer_of(parts, ui)
+            .await
             .map(Self)
             .ok_or(UiError::LoggedOut { page: false })
     }
@@ -217,7 +298,8 @@ async fn list(State(ui): State<Ui>, PageViewer(viewer): PageViewer) -> Response 
     page(markup)
 }
 
-async fn list_live(State(ui): State<Ui>, CallViewer(viewer): CallViewer) -> Response {
+async fn list_live(State(ui): State<Ui>, CallViewer(viewer): CallViewer) -> Result<Response, UiError> {
+    let permit = ui.stream_permit()?;
     let directory = ui.directory.clone();
     let render: live::Render = Arc::new(move || {
         // A token revoked meanwhile ends the stream.
@@ -226,7 +308,7 @@ async fn list_live(State(ui): State<Ui>, CallViewer(viewer): CallViewer) -> Resp
         let tenants = directory.tenants(&viewer);
         Some(pages::list_sections(&viewer, &listings, &tenants))
     });
-    live::stream(render, ui.closing.clone()).into_response()
+    Ok(live::stream(render, ui.closing.clone(), permit).into_response())
 }
 
 async fn pipeline_page(
@@ -249,7 +331,17 @@ async fn pipeline_live(
     CallViewer(viewer): CallViewer,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Response, UiError> {
-    find(&ui, &viewer, &tenant, &name)?;
+    let permit = ui.stream_permit()?;
+    let (found, viewer, tenant, name) = {
+        let ui = ui.clone();
+        tokio::task::spawn_blocking(move || {
+            let found = find(&ui, &viewer, &tenant, &name).map(drop);
+            (found, viewer, tenant, name)
+        })
+        .await
+        .map_err(|error| UiError::Refused(error.to_string()))?
+    };
+    found?;
     let directory = ui.directory.clone();
     let render: live::Render = Arc::new(move || {
         let viewer = directory.viewer(viewer.token.as_deref())?;
@@ -260,7 +352,7 @@ async fn pipeline_live(
         let snapshot = pipeline::Snapshot::of(&listing);
         Some(pipeline::sections(&listing, &viewer, snapshot.as_ref()))
     });
-    Ok(live::stream(render, ui.closing.clone()).into_response())
+    Ok(live::stream(render, ui.closing.clone(), permit).into_response())
 }
 
 async fn batch_page(
@@ -268,19 +360,12 @@ async fn batch_page(
     PageViewer(viewer): PageViewer,
     Path((tenant, name, batch)): Path<(String, String, String)>,
 ) -> Result<Response, UiError> {
-    let listing = find(&ui, &viewer, &tenant, &name)?;
-    let id: u64 = batch
-        .parse()
-        .map_err(|_| UiError::NotFound(Some(viewer.clone()), format!("`{batch}` is not a batch id.")))?;
-    let detail = listing
-        .handle
-        .as_ref()
-        .and_then(|h| {
-            h.recent_batches(usize::MAX)
-                .into_iter()
-                .find(|b| b.report.batch.id == id)
-        })
-        .ok_or_else(|| {
+    let markup = tokio::task::spawn_blocking(move || {
+        let listing = find(&ui, &viewer, &tenant, &name)?;
+        let id: u64 = batch
+            .parse()
+            .map_err(|_| UiError::NotFound(Some(viewer.clone()), format!("`{batch}` is not a batch id.")))?;
+        let detail = listing.handle.as_ref().and_then(|h| h.batch(id)).ok_or_else(|| {
             UiError::NotFound(
                 Some(viewer.clone()),
                 format!(
@@ -289,7 +374,11 @@ async fn batch_page(
                 ),
             )
         })?;
-    Ok(page(pages::batch_page(&listing, &viewer, &detail)))
+        Ok::<_, UiError>(pages::batch_page(&listing, &viewer, &detail))
+    })
+    .await
+    .map_err(|error| UiError::Refused(error.to_string()))??;
+    Ok(page(markup))
 }
 
 /// Checks a change posted by the UI: an operator, through the UI's script.
@@ -377,23 +466,26 @@ struct LoginForm {
     token: String,
 }
 
-/// A failed login waits this long (on top of the token's own strength).
+/// A failed authentication waits at least this long.
 const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn login(State(ui): State<Ui>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(ui): State<Ui>,
+    extensions: axum::http::Extensions,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let token = form.token.trim().to_owned();
-    let plain = !token.is_empty()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if !plain || ui.directory.viewer(Some(&token)).is_none() {
-        tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+    if token.is_empty() || ui.directory.viewer(Some(&token)).is_none() {
+        ui.failed_authentication(&extensions).await;
         let mut response = page(pages::login(Some("That token is not known here.")));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     }
     let secure = if ui.secure { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict{secure}");
+    let cookie = format!(
+        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict{secure}",
+        percent_encode(&token)
+    );
     let mut response = Redirect::to("/ui/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -435,6 +527,43 @@ pub fn not_found() -> Response {
     UiError::NotFound(None, "No such page.".into()).into_response()
 }
 
+/// Refuses a request whose `Host` is not a loopback name or address, or
+/// an address of this machine: a `weir run --ui` takes no token, so a page
+/// of another site must not reach it through a name that it points at
+/// 127.0.0.1 (DNS rebinding).
+async fn local_hosts_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if host_is_local(host) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            "the web UI of `weir run` answers to loopback names and IP addresses only\n",
+        )
+            .into_response()
+    }
+}
+
+/// Whether `host` (a `Host` header: name or address, and maybe a port) is
+/// `localhost` or an IP address (never a name a DNS server chose).
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// A UI serving on its own (a `weir run --ui`).
 #[derive(Debug)]
 pub struct Served {
@@ -461,7 +590,8 @@ pub fn serve(directory: Arc<dyn Directory>, addr: SocketAddr) -> std::io::Result
     let router = ui
         .router()
         .route("/", get(|| async { Redirect::to("/ui/") }))
-        .fallback(|| async { not_found() });
+        .fallback(|| async { not_found() })
+        .layer(axum::middleware::from_fn(local_hosts_only));
     let listener = runtime.block_on(async {
         let mut last = None;
         for port in (0..=NEXT_PORTS).filter_map(|i| addr.port().checked_add(i)) {
@@ -493,6 +623,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_loopback_names_and_addresses_reach_a_local_ui() {
+        for host in [
+            "localhost:4040",
+            "127.0.0.1:4041",
+            "[::1]:4040",
+            "10.0.0.5:4040",
+            "LOCALHOST",
+            "127.0.0.1",
+        ] {
+            assert!(host_is_local(host), "{host}");
+        }
+        for host in [
+            "evil.example:4040",
+            "localhost.evil.example",
+            "",
+            "127.0.0.1.nip.io:4040",
+        ] {
+            assert!(!host_is_local(host), "{host}");
+        }
+    }
+
+    #[test]
     fn the_token_comes_from_the_header_or_the_cookie() {
         let mut headers = HeaderMap::new();
         assert_eq!(presented_token(&headers), None);
@@ -501,6 +653,11 @@ mod tests {
             HeaderValue::from_static("a=b; weir_ui=weir_1_2; c=d"),
         );
         assert_eq!(presented_token(&headers).as_deref(), Some("weir_1_2"));
+        let token = "a+b/c=d é";
+        let cookie = format!("weir_ui={}", percent_encode(token));
+        headers.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+        assert_eq!(presented_token(&headers).as_deref(), Some(token));
+        assert_eq!(percent_decode("%zz"), None);
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer weir_3_4"));
         assert_eq!(presented_token(&headers).as_deref(), Some("weir_3_4"));
     }

@@ -20,7 +20,7 @@
   // alone (a button in it stays under the pointer).
   const shown = new Map();
 
-  const connect = (url) => {
+  const connect = (url, tries = 0) => {
     const source = new EventSource(url);
     source.addEventListener("sections", (event) => {
       const sections = JSON.parse(event.data);
@@ -33,10 +33,15 @@
       }
       document.body.dataset.updated = String(Date.now());
     });
+    source.addEventListener("open", () => { tries = 0; });
     source.addEventListener("error", () => {
-      // The server went away or ended the stream: try again in a while.
-      if (source.readyState === EventSource.CLOSED) {
-        setTimeout(() => connect(url), 3000);
+      // The server went away or ended the stream (the pipeline is gone,
+      // the token revoked): try again a few times, then say so.
+      if (source.readyState !== EventSource.CLOSED) return;
+      if (tries < 5) {
+        setTimeout(() => connect(url, tries + 1), 3000 * (tries + 1));
+      } else {
+        toast("Live updates stopped: reload the page.", true);
       }
     });
   };
