@@ -57,8 +57,8 @@ pub struct StageMetrics {
     pub shuffled_records: AtomicU64,
     /// Bytes of those records (keys and values).
     pub shuffled_bytes: AtomicU64,
-    /// Nanoseconds its operators ran, summed over partitions (worker time,
-    /// not wall time).
+    /// Nanoseconds its operators took, summed over partitions (worker time,
+    /// not wall time; the waits between retries included).
     pub busy_nanos: AtomicU64,
     /// The last [`LATEST_DEAD_LETTERS`] dead-letter entries, newest last.
     pub latest_dead_letters: std::sync::Mutex<std::collections::VecDeque<String>>,

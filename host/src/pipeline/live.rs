@@ -176,7 +176,8 @@ pub struct StageBatch {
     pub records_in: u64,
     /// Records out of it.
     pub records_out: u64,
-    /// Time its operators ran, summed over partitions.
+    /// Time its operators took, summed over partitions (worker time; the
+    /// waits between retries included).
     pub busy: Duration,
     /// Calls retried.
     pub retries: u64,
@@ -344,7 +345,8 @@ pub struct StageMetricsSnapshot {
     pub log_messages_dropped: u64,
     /// Keyed state it holds.
     pub state: StateSize,
-    /// Time its operators ran, summed over partitions (worker time).
+    /// Time its operators took, summed over partitions (worker time; the
+    /// waits between retries included).
     pub busy: Duration,
     /// Its last dead-letter entries (JSON), newest last.
     pub latest_dead_letters: Vec<String>,

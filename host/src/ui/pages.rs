@@ -244,7 +244,7 @@ pub fn batch_page(listing: &Listing, viewer: &Viewer, batch: &BatchDetail) -> Ma
                     }
                 }
             }
-            p.muted { "Time is the stages' operators' time summed over partitions (worker time, not wall time)." }
+            p.muted { "Time is the stages' operators' time summed over partitions (worker time, not wall time; waits between retries included)." }
         }
     };
     layout(
