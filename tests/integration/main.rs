@@ -8,6 +8,7 @@ mod engine;
 mod examples;
 mod graph;
 mod hotload;
+mod http_sink;
 mod incremental;
 #[cfg(feature = "kafka")]
 mod kafka;

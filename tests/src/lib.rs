@@ -4,8 +4,9 @@
 //! helpers to write pipelines, run the binary with a time limit, feed
 //! sockets and read the files sink's output, and a real Kafka-protocol
 //! broker per test ([`kafka`]), a real `weir serve` with an HTTP client
-//! ([`server`]), a real headless Chromium for the web UI ([`browser`]), and
-//! a real `redis-server` per test ([`redis`]).
+//! ([`server`]), a real headless Chromium for the web UI ([`browser`]), a
+//! real `redis-server` per test ([`redis`]), and an HTTP receiver that
+//! accepts, fails or stalls on purpose ([`http`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,6 +15,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod http;
 pub mod kafka;
 pub mod redis;
 pub mod server;

@@ -140,7 +140,12 @@ fn json_bytes(bytes: &[u8]) -> serde_json::Value {
     }
 }
 
-fn write_json(out: &mut impl Write, record: RecordRef<'_>, window_ms: Option<i64>) -> std::io::Result<()> {
+/// Writes `record` as one `jsonl` line (also the HTTP sink's body format).
+pub(crate) fn write_json(
+    out: &mut impl Write,
+    record: RecordRef<'_>,
+    window_ms: Option<i64>,
+) -> std::io::Result<()> {
     let mut object = serde_json::json!({
         "key": record.key.map(json_bytes),
         "value": json_bytes(record.value),

@@ -15,6 +15,8 @@
 //!   one transaction per batch (the `kafka` cargo feature, on by default).
 //! - [`redis`]: a command per record, a batch in one `MULTI`/`EXEC` with a
 //!   marker of the last batch applied: exactly once with a checkpoint.
+//! - [`http`]: JSON lines POSTed in parts, each with an idempotency key;
+//!   at least once, retried with backoff.
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its sink ([`crate::config::SinkType`],
@@ -22,6 +24,7 @@
 
 pub mod console;
 pub mod files;
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod redis;
@@ -94,6 +97,7 @@ pub const TYPES: &[SinkEntry] = &[
     #[cfg(feature = "kafka")]
     SinkEntry::of::<kafka::KafkaSinkSpec>(),
     SinkEntry::of::<redis::RedisSinkSpec>(),
+    SinkEntry::of::<http::HttpSinkSpec>(),
 ];
 
 /// Where a sink is built: its pipeline, and its stream's window.

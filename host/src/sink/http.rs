@@ -1,0 +1,393 @@
+//! The HTTP sink (`type = "http"`): each batch POSTed (or PUT) to a URL as
+//! JSON lines, in parts of at most `records-per-request` records, up to
+//! `concurrency` parts at a time.
+//!
+//! Every request carries `Idempotency-Key: <pipeline>/<sink>/<batch>/<part>`
+//! (and `Weir-Batch`, `Weir-Part`, `Weir-Parts`): a batch re-run after a
+//! crash sends the same parts with the same keys, so a receiver that keeps
+//! the last body per key holds every record exactly once. Delivery itself
+//! is at least once.
+//!
+//! A request that fails to connect, times out, or is answered 408, 429 or
+//! 5xx is tried again with backoff (100 ms doubling to 5 s, honouring
+//! `Retry-After`) for up to `retry-for`; then, or at once for any other
+//! answer, the part fails: `on-error = "fail"` (the default) fails the run
+//! with the URL, the status and the start of the answer; `"skip"` logs it
+//! and drops the part.
+
+use std::time::{Duration, Instant};
+
+use super::{BatchInfo, Sink, SinkContext, SinkError};
+use crate::config::{Key, KindContext, Reach, Settings, SinkConfig, SinkSpec, SinkType, SpecError};
+use crate::failpoint::crash_point;
+use crate::record::Partition;
+
+/// What a part that cannot be delivered does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpOnError {
+    /// Fail the run.
+    Fail,
+    /// Log it and go on without it.
+    Skip,
+}
+
+/// Settings of the HTTP sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSinkSpec {
+    /// Where to send.
+    pub url: String,
+    /// `host:port` of the URL (what a tenant needs granted).
+    pub address: String,
+    /// `POST` or `PUT`.
+    pub method: String,
+    /// Headers sent with every request.
+    pub headers: Vec<(String, String)>,
+    /// Records per request.
+    pub records_per_request: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// One request's time limit.
+    pub timeout: Duration,
+    /// How long a part is retried.
+    pub retry_for: Duration,
+    /// A PEM file of certificates to trust besides the public ones.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// What a part that cannot be delivered does.
+    pub on_error: HttpOnError,
+}
+
+impl SinkType for HttpSinkSpec {
+    const NAME: &'static str = "http";
+    const KEYS: &'static [Key] = &[
+        Key::text("url"),
+        Key::text("method"),
+        Key::any("headers"),
+        Key::integer("records-per-request"),
+        Key::integer("concurrency"),
+        Key::text("timeout"),
+        Key::text("retry-for"),
+        Key::text("ca-file"),
+        Key::text("on-error"),
+    ];
+
+    fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
+        let url = crate::config::required(settings.text("url"), "url", cx.offset, "an `http` sink")?;
+        let at = |key: &str| settings.text(key).map_or(cx.offset, |t| t.span().start);
+        let address = address_of(url).map_err(|message| (at("url"), message))?;
+        let method = match settings.text("method").map(|m| m.get_ref().to_ascii_uppercase()) {
+            None => "POST".to_owned(),
+            Some(method) if method == "POST" || method == "PUT" => method,
+            Some(other) => {
+                return Err((
+                    at("method"),
+                    format!("unknown method `{other}` (expected POST or PUT)"),
+                ));
+            }
+        };
+        let mut headers = Vec::new();
+        if let Some(table) = settings.any("headers") {
+            let toml::Value::Table(entries) = table.get_ref() else {
+                return Err((
+                    table.span().start,
+                    "`headers` must be a table of strings".to_owned(),
+                ));
+            };
+            for (name, value) in entries {
+                let toml::Value::String(value) = value else {
+                    return Err((table.span().start, format!("header `{name}` must be a string")));
+                };
+                let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                    && reqwest::header::HeaderValue::from_str(value).is_ok();
+                if !valid {
+                    return Err((table.span().start, format!("invalid header `{name}`")));
+                }
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        let count = |key: &str, default: usize, max: usize| -> Result<usize, SpecError> {
+            match settings.integer(key) {
+                None => Ok(default),
+                Some(n) if (1..=max as i64).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+                Some(n) => Err((n.span().start, format!("`{key}` must be between 1 and {max}"))),
+            }
+        };
+        let duration = |key: &str, default: Duration| -> Result<Duration, SpecError> {
+            settings.text(key).map_or(Ok(default), crate::config::duration)
+        };
+        let on_error = match settings.text("on-error").map(|t| t.get_ref().as_str()) {
+            None | Some("fail") => HttpOnError::Fail,
+            Some("skip") => HttpOnError::Skip,
+            Some(other) => {
+                return Err((
+                    at("on-error"),
+                    format!("unknown on-error `{other}` (expected fail or skip)"),
+                ));
+            }
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            address,
+            method,
+            headers,
+            records_per_request: count("records-per-request", 10_000, 10_000_000)?,
+            concurrency: count("concurrency", 4, 64)?,
+            timeout: duration("timeout", Duration::from_secs(30))?,
+            retry_for: duration("retry-for", Duration::from_secs(60))?,
+            ca_file: match settings.text("ca-file") {
+                Some(path) => Some(cx.dir(path.get_ref(), "ca-file")?.path().to_owned()),
+                None => None,
+            },
+            on_error,
+        })
+    }
+}
+
+/// `host:port` of an `http://` or `https://` URL.
+fn address_of(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("url {url:?} is not http:// or https://"));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("url {url:?} has no host"))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("url {url:?} has no port"))?;
+    Ok(format!("{host}:{port}"))
+}
+
+impl SinkConfig for HttpSinkSpec {
+    fn reach(&self) -> Reach {
+        Reach::Network(vec![self.address.clone()])
+    }
+
+    fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
+        Box::new(HttpSink {
+            spec: self.clone(),
+            name: spec.name.clone(),
+            pipeline: cx.pipeline.to_owned(),
+            window_ms: cx.window_ms,
+            client: None,
+        })
+    }
+}
+
+/// Sends batches over HTTP.
+pub struct HttpSink {
+    spec: HttpSinkSpec,
+    name: String,
+    pipeline: String,
+    window_ms: Option<i64>,
+    client: Option<reqwest::blocking::Client>,
+}
+
+/// Why a part was not delivered.
+struct Undelivered {
+    part: usize,
+    message: String,
+}
+
+impl HttpSink {
+    fn error(&self, message: String) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Sends one part until it is delivered, it fails for good, or
+    /// `retry-for` passes.
+    fn send(
+        &self,
+        client: &reqwest::blocking::Client,
+        batch: u64,
+        (part, parts): (usize, usize),
+        body: &[u8],
+    ) -> Result<(), Undelivered> {
+        let key = format!("{}/{}/{batch}/{part}", self.pipeline, self.name);
+        let deadline = Instant::now() + self.spec.retry_for;
+        let mut backoff = Duration::from_millis(100);
+        let method =
+            reqwest::Method::from_bytes(self.spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        loop {
+            let mut request = client
+                .request(method.clone(), &self.spec.url)
+                .header("content-type", "application/x-ndjson")
+                .header("idempotency-key", &key)
+                .header("weir-batch", batch)
+                .header("weir-part", part)
+                .header("weir-parts", parts)
+                .body(body.to_vec());
+            for (name, value) in &self.spec.headers {
+                request = request.header(name, value);
+            }
+            let (retry, message, wait) = match request.send() {
+                Ok(answer) if answer.status().is_success() => return Ok(()),
+                Ok(answer) => {
+                    let status = answer.status();
+                    let wait = answer
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = answer.text().unwrap_or_default();
+                    let excerpt: String = text.chars().take(200).collect();
+                    let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+                    (retry, format!("answered {status}: {}", excerpt.trim()), wait)
+                }
+                Err(error) => {
+                    let what = if error.is_timeout() {
+                        format!(
+                            "timed out after {}",
+                            humantime::format_duration(self.spec.timeout)
+                        )
+                    } else {
+                        format!("failed: {}", error_chain(&error))
+                    };
+                    (true, what, None)
+                }
+            };
+            if !retry || Instant::now() >= deadline {
+                let retried = if retry {
+                    format!(
+                        " (retried for {})",
+                        humantime::format_duration(self.spec.retry_for)
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Undelivered {
+                    part,
+                    message: format!("{} {} {message}{retried}", self.spec.method, self.spec.url),
+                });
+            }
+            tracing::warn!(sink = %self.name, url = %self.spec.url, batch, part, "{message}; retrying");
+            let pause = wait
+                .unwrap_or(backoff)
+                .min(deadline.saturating_duration_since(Instant::now()));
+            std::thread::sleep(pause);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own text leaves out
+/// the cause, such as "connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+impl Sink for HttpSink {
+    fn open(&mut self) -> Result<(), SinkError> {
+        let mut builder = reqwest::blocking::Client::builder()
+            .timeout(self.spec.timeout)
+            .connect_timeout(self.spec.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(self.spec.concurrency);
+        if let Some(path) = &self.spec.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| self.error(format!("cannot read ca-file {}: {e}", path.display())))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                self.error(format!(
+                    "ca-file {} holds no PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        self.client = Some(
+            builder
+                .build()
+                .map_err(|e| self.error(format!("cannot make an HTTP client: {e}")))?,
+        );
+        Ok(())
+    }
+
+    fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
+        let records: Vec<_> = partitions
+            .iter()
+            .flatten()
+            .flat_map(crate::record::Batch::iter)
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.client.is_none() {
+            self.open()?;
+        }
+        let client = self.client.clone().expect("opened above");
+        let mut bodies = Vec::new();
+        for chunk in records.chunks(self.spec.records_per_request) {
+            let mut body = Vec::new();
+            for record in chunk {
+                super::files::write_json(&mut body, *record, self.window_ms)
+                    .map_err(|e| self.error(format!("cannot encode a record: {e}")))?;
+            }
+            bodies.push(body);
+        }
+        let parts = bodies.len();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failures = std::sync::Mutex::new(Vec::new());
+        let this = &*self;
+        std::thread::scope(|scope| {
+            for _ in 0..this.spec.concurrency.min(parts) {
+                scope.spawn(|| {
+                    loop {
+                        let part = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(body) = bodies.get(part) else { break };
+                        if let Err(failure) = this.send(&client, batch.id, (part, parts), body) {
+                            failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+                        } else {
+                            crash_point("http-sent");
+                        }
+                    }
+                });
+            }
+        });
+        let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+        failures.sort_by_key(|failure| failure.part);
+        match (failures.first(), self.spec.on_error) {
+            (None, _) => Ok(()),
+            (Some(first), HttpOnError::Fail) => Err(self.error(format!(
+                "batch {} part {} of {parts}: {}{}",
+                batch.id,
+                first.part,
+                first.message,
+                if failures.len() > 1 {
+                    format!(" (and {} more part(s))", failures.len() - 1)
+                } else {
+                    String::new()
+                }
+            ))),
+            (Some(_), HttpOnError::Skip) => {
+                for failure in &failures {
+                    tracing::error!(sink = %self.name, batch = batch.id, part = failure.part, "dropped (on-error = \"skip\"): {}", failure.message);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_comes_from_the_url() {
+        assert_eq!(address_of("http://127.0.0.1:8080/in").unwrap(), "127.0.0.1:8080");
+        assert_eq!(address_of("https://example.com/x").unwrap(), "example.com:443");
+        assert_eq!(address_of("http://example.com").unwrap(), "example.com:80");
+        assert!(address_of("ftp://example.com").unwrap_err().contains("not http"));
+        assert!(address_of("nope").unwrap_err().contains("invalid url"));
+    }
+}
