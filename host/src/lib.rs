@@ -18,6 +18,7 @@
 //! [`failpoint::arm`]).
 
 pub mod batcher;
+pub mod calendar;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;

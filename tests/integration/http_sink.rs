@@ -8,65 +8,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use weir_tests::http::{Behaviour, HttpReceiver};
-use weir_tests::{plugins, sample_text, scratch, stderr, word_counts, write_pipeline};
+use weir_tests::{files_wordcount, scratch, stderr, word_counts, write_inputs, write_pipeline};
 
-/// A word count of `dir/in` (one file a batch) into `sink_extra`'s HTTP
-/// sink at `url`, checkpointed in `dir/checkpoints`.
+/// The word count of `dir/in` into an HTTP sink at `url` with `sink_extra`.
 fn pipeline(dir: &Path, url: &str, sink_extra: &str) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "http-wordcount"
-batch-interval = "100ms"
-partitions = 2
-checkpoint-dir = {checkpoints:?}
-
-[checkpoint]
-every-batches = 3
-
-[plugins]
-split-words = {split:?}
-
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-max-files-per-batch = 1
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
-[[sink]]
-name = "post"
-input = "counts"
-type = "http"
-url = "{url}"
-{sink_extra}
-"#,
-        checkpoints = dir.join("checkpoints").display().to_string(),
-        split = plugins::SPLIT_WORDS,
-        input = dir.join("in").display().to_string(),
-    )
+    let sink = format!(
+        "[[sink]]\nname = \"post\"\ninput = \"counts\"\ntype = \"http\"\nurl = \"{url}\"\n{sink_extra}\n"
+    );
+    files_wordcount(dir, "http-wordcount", true, &sink)
 }
 
 fn input(dir: &Path, files: usize, lines: usize) -> String {
-    std::fs::create_dir_all(dir.join("in")).unwrap();
-    let mut all = String::new();
-    for i in 0..files {
-        let text = sample_text(lines, i as u64 + 3);
-        std::fs::write(dir.join("in").join(format!("{i:03}.txt")), &text).unwrap();
-        all.push_str(&text);
-    }
-    all
+    write_inputs(dir, files, lines, 3)
 }
 
 /// Word counts summed over JSON-lines bodies.

@@ -4,6 +4,7 @@
 mod bad_input;
 mod bounds;
 mod cli;
+mod elasticsearch_sink;
 mod engine;
 mod examples;
 mod graph;

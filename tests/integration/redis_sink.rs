@@ -7,65 +7,15 @@ use std::time::Duration;
 
 use redis::Commands;
 use weir_tests::redis::RedisServer;
-use weir_tests::{plugins, sample_text, scratch, stderr, word_counts, write_pipeline};
+use weir_tests::{files_wordcount, sample_text, scratch, stderr, word_counts, write_inputs, write_pipeline};
 
-/// A word count of the files in `dir/in` (one a batch; `source_extra`
-/// added to the source's table) into Redis, with `sinks` (TOML `[[sink]]`
-/// tables) and a checkpoint in `dir/checkpoints` when `checkpointed`.
-fn pipeline(dir: &Path, checkpointed: bool, source_extra: &str, sinks: &str) -> String {
-    let checkpoint = if checkpointed {
-        format!(
-            "checkpoint-dir = {:?}\n\n[checkpoint]\nevery-batches = 3\n",
-            dir.join("checkpoints").display().to_string()
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-[pipeline]
-name = "redis-wordcount"
-batch-interval = "100ms"
-partitions = 2
-{checkpoint}
-[plugins]
-split-words = {split:?}
-
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-max-files-per-batch = 1
-{source_extra}
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-{sinks}
-"#,
-        split = plugins::SPLIT_WORDS,
-        input = dir.join("in").display().to_string(),
-    )
+/// The word count of `dir/in` into `sinks`, checkpointed when `checkpointed`.
+fn pipeline(dir: &Path, checkpointed: bool, sinks: &str) -> String {
+    files_wordcount(dir, "redis-wordcount", checkpointed, sinks)
 }
 
-/// Writes `files` input files of `lines` lines each; returns all the text.
 fn input(dir: &Path, files: usize, lines: usize) -> String {
-    std::fs::create_dir_all(dir.join("in")).unwrap();
-    let mut all = String::new();
-    for i in 0..files {
-        let text = sample_text(lines, i as u64 + 7);
-        std::fs::write(dir.join("in").join(format!("{i:03}.txt")), &text).unwrap();
-        all.push_str(&text);
-    }
-    all
+    write_inputs(dir, files, lines, 7)
 }
 
 fn incrby_sink(redis: &RedisServer) -> String {
@@ -93,7 +43,7 @@ fn killed_pipelines_increment_redis_counts_exactly_once() {
     let file = write_pipeline(
         dir.path(),
         "redis.toml",
-        &pipeline(dir.path(), true, "", &incrby_sink(&redis)),
+        &pipeline(dir.path(), true, &incrby_sink(&redis)),
     );
     let mut rng = super::recovery::Rng(0x0edd_15ee);
     let mut points = Vec::new();
@@ -155,7 +105,7 @@ command = "publish"
 key = "counts-channel"
 "#
     );
-    let file = write_pipeline(dir.path(), "redis.toml", &pipeline(dir.path(), false, "", &sinks));
+    let file = write_pipeline(dir.path(), "redis.toml", &pipeline(dir.path(), false, &sinks));
     // A subscriber, listening before the run starts.
     let mut subscriber = redis.connection();
     subscriber
@@ -215,7 +165,7 @@ fn an_unreachable_redis_fails_with_its_address_after_the_timeout() {
     let sinks = format!(
         "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"redis\"\naddress = \"{address}\"\ntimeout = \"1s\"\n"
     );
-    let file = write_pipeline(dir.path(), "redis.toml", &pipeline(dir.path(), false, "", &sinks));
+    let file = write_pipeline(dir.path(), "redis.toml", &pipeline(dir.path(), false, &sinks));
     let output = super::weir().run(&["run", file.to_str().unwrap(), "--available-now"], super::LIMIT);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
@@ -233,7 +183,6 @@ fn an_unreachable_redis_fails_with_its_address_after_the_timeout() {
         &pipeline(
             dir.path(),
             false,
-            "",
             &sinks.replace("timeout = \"1s\"", "command = \"lpush\""),
         ),
     );
@@ -253,7 +202,7 @@ fn a_marker_past_the_batch_log_is_refused_instead_of_skipping_batches() {
     let file = write_pipeline(
         dir.path(),
         "redis.toml",
-        &pipeline(dir.path(), true, "", &incrby_sink(&redis)),
+        &pipeline(dir.path(), true, &incrby_sink(&redis)),
     );
     super::run_file_ok(&file);
     // The checkpoint is lost; Redis still says batches up to 2 were written.

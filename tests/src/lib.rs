@@ -5,8 +5,9 @@
 //! sockets and read the files sink's output, and a real Kafka-protocol
 //! broker per test ([`kafka`]), a real `weir serve` with an HTTP client
 //! ([`server`]), a real headless Chromium for the web UI ([`browser`]), a
-//! real `redis-server` per test ([`redis`]), and an HTTP receiver that
-//! accepts, fails or stalls on purpose ([`http`]).
+//! real `redis-server` per test ([`redis`]), an HTTP receiver that
+//! accepts, fails or stalls on purpose ([`http`]), and a server of the
+//! Elasticsearch API ([`elasticsearch`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod elasticsearch;
 pub mod http;
 pub mod kafka;
 pub mod redis;
@@ -251,6 +253,68 @@ pub fn sample_text(lines: usize, seed: u64) -> String {
         text.push('\n');
     }
     text
+}
+
+/// A word count of the files in `dir/in` (one file a batch, Wasm
+/// `split-words`, counts by key into the stream `counts`), named `name`,
+/// checkpointed in `dir/checkpoints` (every 3 batches) when `checkpointed`,
+/// with `sinks` (its `[[sink]]` tables).
+pub fn files_wordcount(dir: &Path, name: &str, checkpointed: bool, sinks: &str) -> String {
+    let checkpoint = if checkpointed {
+        format!(
+            "checkpoint-dir = {:?}\n\n[checkpoint]\nevery-batches = 3\n",
+            dir.join("checkpoints").display().to_string()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+batch-interval = "100ms"
+partitions = 2
+{checkpoint}
+[plugins]
+split-words = {split:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "words"
+input = "lines"
+op = "flat-map"
+plugin = "split-words"
+
+[[stage]]
+name = "counts"
+input = "words"
+op = "reduce-by-key"
+reducer = "count"
+{sinks}
+"#,
+        split = plugins::SPLIT_WORDS,
+        input = dir.join("in").display().to_string(),
+    )
+}
+
+/// Writes `files` files of [`sample_text`] (`lines` lines each, seeds from
+/// `seed` on) into `dir/in`, one a batch for [`files_wordcount`]; returns
+/// all their text.
+pub fn write_inputs(dir: &Path, files: usize, lines: usize, seed: u64) -> String {
+    std::fs::create_dir_all(dir.join("in")).expect("cannot create the input directory");
+    let mut all = String::new();
+    for i in 0..files {
+        let text = sample_text(lines, seed + i as u64);
+        std::fs::write(dir.join("in").join(format!("{i:03}.txt")), &text)
+            .expect("cannot write an input file");
+        all.push_str(&text);
+    }
+    all
 }
 
 /// Text of `output`'s stderr.

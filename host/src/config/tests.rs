@@ -379,7 +379,7 @@ fn sink_keys_are_checked_against_their_kind() {
     let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"nats\""));
     assert_eq!(
         message,
-        "unknown sink type `nats` (expected console, files, kafka, redis or http)"
+        "unknown sink type `nats` (expected console, files, kafka, redis, http or elasticsearch)"
     );
     let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"kafka\""));
     assert_eq!(message, "a `kafka` sink needs `brokers`");

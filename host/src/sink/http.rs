@@ -9,13 +9,12 @@
 //! is at least once.
 //!
 //! A request that fails to connect, times out, or is answered 408, 429 or
-//! 5xx is tried again with backoff (100 ms doubling to 5 s, honouring
-//! `Retry-After`) for up to `retry-for`; then, or at once for any other
-//! answer, the part fails: `on-error = "fail"` (the default) fails the run
+//! 5xx is tried again ([`super::retrying`]) for up to `retry-for`; then, or
+//! at once for any other answer, the part fails: `on-error = "fail"` (the default) fails the run
 //! with the URL, the status and the start of the answer; `"skip"` logs it
 //! and drops the part.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Reach, Settings, SinkConfig, SinkSpec, SinkType, SpecError};
@@ -73,7 +72,7 @@ impl SinkType for HttpSinkSpec {
     fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
         let url = crate::config::required(settings.text("url"), "url", cx.offset, "an `http` sink")?;
         let at = |key: &str| settings.text(key).map_or(cx.offset, |t| t.span().start);
-        let address = address_of(url).map_err(|message| (at("url"), message))?;
+        let address = super::retrying::address_of(url).map_err(|message| (at("url"), message))?;
         let method = match settings.text("method").map(|m| m.get_ref().to_ascii_uppercase()) {
             None => "POST".to_owned(),
             Some(method) if method == "POST" || method == "PUT" => method,
@@ -142,21 +141,6 @@ impl SinkType for HttpSinkSpec {
     }
 }
 
-/// `host:port` of an `http://` or `https://` URL.
-fn address_of(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid url {url:?}: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("url {url:?} is not http:// or https://"));
-    }
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| format!("url {url:?} has no host"))?;
-    let port = parsed
-        .port_or_known_default()
-        .ok_or_else(|| format!("url {url:?} has no port"))?;
-    Ok(format!("{host}:{port}"))
-}
-
 impl SinkConfig for HttpSinkSpec {
     fn reach(&self) -> Reach {
         Reach::Network(vec![self.address.clone()])
@@ -206,109 +190,45 @@ impl HttpSink {
         body: &[u8],
     ) -> Result<(), Undelivered> {
         let key = format!("{}/{}/{batch}/{part}", self.pipeline, self.name);
-        let deadline = Instant::now() + self.spec.retry_for;
-        let mut backoff = Duration::from_millis(100);
         let method =
             reqwest::Method::from_bytes(self.spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        loop {
-            let mut request = client
-                .request(method.clone(), &self.spec.url)
-                .header("content-type", "application/x-ndjson")
-                .header("idempotency-key", &key)
-                .header("weir-batch", batch)
-                .header("weir-part", part)
-                .header("weir-parts", parts)
-                .body(body.to_vec());
-            for (name, value) in &self.spec.headers {
-                request = request.header(name, value);
-            }
-            let (retry, message, wait) = match request.send() {
-                Ok(answer) if answer.status().is_success() => return Ok(()),
-                Ok(answer) => {
-                    let status = answer.status();
-                    let wait = answer
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let text = answer.text().unwrap_or_default();
-                    let excerpt: String = text.chars().take(200).collect();
-                    let retry = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-                    (retry, format!("answered {status}: {}", excerpt.trim()), wait)
+        let retry = super::retrying::Retry {
+            timeout: self.spec.timeout,
+            retry_for: self.spec.retry_for,
+        };
+        let what = format!("{} {}", self.spec.method, self.spec.url);
+        retry
+            .send(&what, || {
+                let mut request = client
+                    .request(method.clone(), &self.spec.url)
+                    .header("content-type", "application/x-ndjson")
+                    .header("idempotency-key", &key)
+                    .header("weir-batch", batch)
+                    .header("weir-part", part)
+                    .header("weir-parts", parts)
+                    .body(body.to_vec());
+                for (name, value) in &self.spec.headers {
+                    request = request.header(name, value);
                 }
-                Err(error) => {
-                    let what = if error.is_timeout() {
-                        format!(
-                            "timed out after {}",
-                            humantime::format_duration(self.spec.timeout)
-                        )
-                    } else {
-                        format!("failed: {}", error_chain(&error))
-                    };
-                    (true, what, None)
-                }
-            };
-            if !retry || Instant::now() >= deadline {
-                let retried = if retry {
-                    format!(
-                        " (retried for {})",
-                        humantime::format_duration(self.spec.retry_for)
-                    )
-                } else {
-                    String::new()
-                };
-                return Err(Undelivered {
-                    part,
-                    message: format!("{} {} {message}{retried}", self.spec.method, self.spec.url),
-                });
-            }
-            tracing::warn!(sink = %self.name, url = %self.spec.url, batch, part, "{message}; retrying");
-            let pause = wait
-                .unwrap_or(backoff)
-                .min(deadline.saturating_duration_since(Instant::now()));
-            std::thread::sleep(pause);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+                request
+            })
+            .map(drop)
+            .map_err(|failed| Undelivered {
+                part,
+                message: failed.message,
+            })
     }
-}
-
-/// An error and its causes, `: `-separated (reqwest's own text leaves out
-/// the cause, such as "connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 impl Sink for HttpSink {
     fn open(&mut self) -> Result<(), SinkError> {
-        let mut builder = reqwest::blocking::Client::builder()
-            .timeout(self.spec.timeout)
-            .connect_timeout(self.spec.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(self.spec.concurrency);
-        if let Some(path) = &self.spec.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| self.error(format!("cannot read ca-file {}: {e}", path.display())))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                self.error(format!(
-                    "ca-file {} holds no PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        self.client = Some(
-            builder
-                .build()
-                .map_err(|e| self.error(format!("cannot make an HTTP client: {e}")))?,
-        );
+        let client = super::retrying::client(
+            self.spec.timeout,
+            self.spec.ca_file.as_deref(),
+            self.spec.concurrency,
+        )
+        .map_err(|message| self.error(message))?;
+        self.client = Some(client);
         Ok(())
     }
 
@@ -375,19 +295,5 @@ impl Sink for HttpSink {
                 Ok(())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_address_comes_from_the_url() {
-        assert_eq!(address_of("http://127.0.0.1:8080/in").unwrap(), "127.0.0.1:8080");
-        assert_eq!(address_of("https://example.com/x").unwrap(), "example.com:443");
-        assert_eq!(address_of("http://example.com").unwrap(), "example.com:80");
-        assert!(address_of("ftp://example.com").unwrap_err().contains("not http"));
-        assert!(address_of("nope").unwrap_err().contains("invalid url"));
     }
 }

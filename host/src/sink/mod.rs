@@ -17,17 +17,22 @@
 //!   marker of the last batch applied: exactly once with a checkpoint.
 //! - [`http`]: JSON lines POSTed in parts, each with an idempotency key;
 //!   at least once, retried with backoff.
+//! - [`elasticsearch`]: the `_bulk` API, a document id per record:
+//!   idempotent; refused documents to a dead-letter index.
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its sink ([`crate::config::SinkType`],
 //! [`crate::config::SinkConfig`]); [`TYPES`] registers them.
 
 pub mod console;
+pub mod elasticsearch;
 pub mod files;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod redis;
+mod retrying;
+pub mod template;
 
 use crate::config::{SinkEntry, SinkSpec};
 use crate::record::Partition;
@@ -98,6 +103,7 @@ pub const TYPES: &[SinkEntry] = &[
     SinkEntry::of::<kafka::KafkaSinkSpec>(),
     SinkEntry::of::<redis::RedisSinkSpec>(),
     SinkEntry::of::<http::HttpSinkSpec>(),
+    SinkEntry::of::<elasticsearch::ElasticsearchSpec>(),
 ];
 
 /// Where a sink is built: its pipeline, and its stream's window.

@@ -12,14 +12,15 @@
 //! marker is not used and delivery is at least once (`INCRBY` then counts a
 //! re-run batch twice).
 //!
-//! Keys, fields and channels are templates over the record: `{key}`,
-//! `{value}`, `{pipeline}`, `{sink}`, `{batch}`. A connection that fails is
+//! Keys, fields and channels are templates ([`super::template`]) over the
+//! record: `{key}`, `{value}`, `{pipeline}`, `{sink}`, `{batch}`. A connection that fails is
 //! retried with backoff (100 ms doubling to 5 s) for up to `timeout`, then
 //! the batch fails with the address and the last error; an error Redis
 //! answers (a wrong type, say) fails it at once.
 
 use std::time::{Duration, Instant};
 
+use super::template::{Field, Template, Values};
 use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Reach, Settings, SinkConfig, SinkSpec, SinkType, SpecError};
 use crate::failpoint::crash_point;
@@ -48,69 +49,14 @@ const COMMANDS: [(&str, RedisCommand); 5] = [
     ("publish", RedisCommand::Publish),
 ];
 
-/// A piece of a template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Key,
-    Value,
-    Pipeline,
-    Sink,
-    Batch,
-}
-
-/// A key, field or channel template: `wc:{key}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template(Vec<Piece>);
-
-impl Template {
-    /// Parses `text`; an unknown `{name}` or an unclosed `{` is an error.
-    fn parse(text: &str) -> Result<Self, String> {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in template {text:?}"))?;
-            let name = &rest[open + 1..open + close];
-            pieces.push(match name {
-                "key" => Piece::Key,
-                "value" => Piece::Value,
-                "pipeline" => Piece::Pipeline,
-                "sink" => Piece::Sink,
-                "batch" => Piece::Batch,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder `{{{other}}}` in template {text:?} (expected {{key}}, {{value}}, {{pipeline}}, {{sink}} or {{batch}})"
-                    ));
-                }
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_owned()));
-        }
-        Ok(Self(pieces))
-    }
-
-    /// The template for `record` in batch `batch`, into `out`.
-    fn render(&self, out: &mut Vec<u8>, names: (&str, &str), batch: u64, key: &[u8], value: &[u8]) {
-        out.clear();
-        for piece in &self.0 {
-            match piece {
-                Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
-                Piece::Key => out.extend_from_slice(key),
-                Piece::Value => out.extend_from_slice(value),
-                Piece::Pipeline => out.extend_from_slice(names.0.as_bytes()),
-                Piece::Sink => out.extend_from_slice(names.1.as_bytes()),
-                Piece::Batch => out.extend_from_slice(batch.to_string().as_bytes()),
-            }
-        }
-    }
-}
+/// The placeholders the Redis sink's templates take.
+const FIELDS: [Field; 5] = [
+    Field::Key,
+    Field::Value,
+    Field::Pipeline,
+    Field::Sink,
+    Field::Batch,
+];
 
 /// Settings of the Redis sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,8 +123,10 @@ impl SinkType for RedisSinkSpec {
         };
         let template = |key: &str, default: Option<&str>| -> Result<Template, SpecError> {
             match (settings.text(key), default) {
-                (Some(text), _) => Template::parse(text.get_ref()).map_err(|e| (text.span().start, e)),
-                (None, Some(default)) => Ok(Template::parse(default).expect("a valid default")),
+                (Some(text), _) => {
+                    Template::parse(text.get_ref(), &FIELDS).map_err(|e| (text.span().start, e))
+                }
+                (None, Some(default)) => Ok(Template::parse(default, &FIELDS).expect("a valid default")),
                 (None, None) => Err((
                     cx.offset,
                     format!(
@@ -346,12 +294,18 @@ impl RedisSink {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let (mut key, mut field) = (Vec::new(), Vec::new());
-        let names = (self.pipeline.as_str(), self.name.as_str());
         for record in partitions.iter().flatten().flat_map(crate::record::Batch::iter) {
             let record_key = record.key.unwrap_or_default();
-            self.spec
-                .key
-                .render(&mut key, names, batch.id, record_key, record.value);
+            let values = Values {
+                pipeline: &self.pipeline,
+                sink: &self.name,
+                batch: batch.id,
+                batch_time_ms: batch.time_ms,
+                key: record_key,
+                value: record.value,
+                window_start: None,
+            };
+            self.spec.key.render(&mut key, &values);
             match self.spec.command {
                 RedisCommand::Set => {
                     pipe.cmd("SET").arg(&key).arg(record.value).ignore();
@@ -374,9 +328,7 @@ impl RedisSink {
                     pipe.cmd("INCRBY").arg(&key).arg(by).ignore();
                 }
                 RedisCommand::HSet => {
-                    self.spec
-                        .field
-                        .render(&mut field, names, batch.id, record_key, record.value);
+                    self.spec.field.render(&mut field, &values);
                     pipe.cmd("HSET").arg(&key).arg(&field).arg(record.value).ignore();
                 }
                 RedisCommand::XAdd => {
@@ -463,28 +415,5 @@ impl Sink for RedisSink {
             )));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_fill_in_the_record() {
-        let template = Template::parse("{pipeline}:{sink}:{key}={value}@{batch}").unwrap();
-        let mut out = Vec::new();
-        template.render(&mut out, ("wc", "out"), 7, b"word", b"3");
-        assert_eq!(out, b"wc:out:word=3@7");
-        assert!(
-            Template::parse("x:{nope}")
-                .unwrap_err()
-                .contains("unknown placeholder")
-        );
-        assert!(Template::parse("x:{key").unwrap_err().contains("unclosed"));
-        assert_eq!(
-            Template::parse("plain").unwrap(),
-            Template(vec![Piece::Text("plain".into())])
-        );
     }
 }

@@ -62,41 +62,14 @@ pub fn rate(per_second: f64) -> String {
 
 /// A time (milliseconds since the Unix epoch) as `2026-12-01 05:52:31 UTC`.
 pub fn time(ms_since_epoch: i64) -> String {
-    let secs = ms_since_epoch.div_euclid(1000);
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    let (year, month, day, hour, minute, second) = crate::calendar::utc(ms_since_epoch);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
 }
 
 /// The time of day only: `05:52:31`.
 pub fn clock(ms_since_epoch: i64) -> String {
-    let of_day = ms_since_epoch.div_euclid(1000).rem_euclid(86_400);
-    format!(
-        "{:02}:{:02}:{:02}",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// The civil date of a day count since 1970-01-01 (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let (_, _, _, hour, minute, second) = crate::calendar::utc(ms_since_epoch);
+    format!("{hour:02}:{minute:02}:{second:02}")
 }
 
 /// The first 12 hex digits of a SHA-256, as the UI shows it (the whole in
