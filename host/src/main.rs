@@ -282,8 +282,10 @@ enum Command {
         /// or `serve` (a `weir serve` with `--tenants` tenants × 2 idle
         /// pipelines: deploy latency, memory, idle CPU, shutdown) or `swap`
         /// (hot-load into a running word count: time to the first batch on
-        /// the new version, throughput around swaps).
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap"])]
+        /// the new version, throughput around swaps) or `sinks` (the word
+        /// count into files, Redis, HTTP and Elasticsearch, servers started
+        /// here).
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap", "sinks"])]
         suite: String,
         /// `--suite kafka`: the Kafka brokers to use (default: start the
         /// noida-db broker that `tests/broker/install` installed).
@@ -824,6 +826,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             suite, lines, plugin, ..
         } if suite == "swap" => swap_bench(lines, plugin),
         Command::Bench {
+            suite,
+            lines,
+            partitions,
+            plugin,
+            ..
+        } if suite == "sinks" => sinks_bench(lines, partitions, plugin),
+        Command::Bench {
             lines,
             corpus,
             partitions,
@@ -1213,6 +1222,43 @@ fn serve_bench(tenants: usize, plugin: Option<PathBuf>) -> anyhow::Result<ExitCo
         "  SIGTERM to exit  {:.2} s (every pipeline stopped gracefully)",
         r.shutdown.as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --suite sinks`: the word count into each sink.
+fn sinks_bench(lines: u64, partitions: Option<usize>, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let partitions =
+        partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let plugin = match plugin {
+        Some(plugin) => plugin,
+        None => example_plugin("split-words")?,
+    };
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let report = cli::sinks_bench::run(&weir, &plugin, lines, partitions, |line| eprintln!("{line}"))?;
+    println!(
+        "word count end to end (`weir run --available-now`, 1 s batches) into each sink, {} lines, {} words, {} partitions:",
+        report.corpus.lines, report.corpus.words, report.partitions
+    );
+    let baseline = report
+        .runs
+        .first()
+        .and_then(|run| run.outcome.as_ref().ok())
+        .map(|(usage, _)| usage.elapsed);
+    for run in &report.runs {
+        match &run.outcome {
+            Ok((usage, records)) => println!(
+                "  {:<30} {:>8.0} k records/s into the sink  {:>9} records  {:>6.2} s  cpu {:>6.2} s  peak RSS {:>6.1} MB  time / files {:>5.2}",
+                run.sink,
+                *records as f64 / usage.elapsed.as_secs_f64() / 1e3,
+                records,
+                usage.elapsed.as_secs_f64(),
+                usage.cpu.as_secs_f64(),
+                mb(usage.peak_rss),
+                baseline.map_or(f64::NAN, |files| usage.elapsed.as_secs_f64() / files.as_secs_f64()),
+            ),
+            Err(why) => println!("  {:<30} skipped: {why}", run.sink),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

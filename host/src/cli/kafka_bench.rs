@@ -68,28 +68,8 @@ impl Drop for LocalBroker {
     }
 }
 
-/// The noida-db binary `tests/broker/install` installs.
-fn installed_broker() -> anyhow::Result<PathBuf> {
-    let lib = Path::new("target/kafka-broker/venv/lib");
-    std::fs::read_dir(lib)
-        .ok()
-        .and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|entry| entry.path().join("site-packages/noida_db/noida-db"))
-                .find(|path| path.is_file())
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "no broker given (--brokers) and none installed in {}: run `tests/broker/install` \
-                 from the repository root",
-                lib.display()
-            )
-        })
-}
-
 fn start_broker(dir: &Path) -> anyhow::Result<LocalBroker> {
-    let binary = installed_broker()?;
+    let binary = super::process::installed_noida()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = std::fs::File::create(dir.join("broker.log"))?;
     let child = Command::new(&binary)

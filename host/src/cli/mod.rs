@@ -12,6 +12,7 @@ pub mod kafka_bench;
 pub mod many;
 pub mod process;
 pub mod serve_bench;
+pub mod sinks_bench;
 pub mod state_bench;
 pub mod swap_bench;
 pub mod watch;

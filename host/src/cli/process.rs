@@ -13,6 +13,7 @@
 //! milliseconds would be missed).
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,6 +144,27 @@ pub fn wait_measured(child: Child, started: Instant) -> io::Result<ChildUsage> {
         cpu: time(usage.ru_utime) + time(usage.ru_stime),
         peak_rss,
     })
+}
+
+/// The noida-db binary `tests/broker/install` installs (the benchmarks'
+/// Kafka broker and Elasticsearch server), relative to the repository root.
+pub fn installed_noida() -> anyhow::Result<PathBuf> {
+    let lib = Path::new("target/kafka-broker/venv/lib");
+    std::fs::read_dir(lib)
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path().join("site-packages/noida_db/noida-db"))
+                .find(|path| path.is_file())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "noida-db is not installed in {}: run `tests/broker/install` from the repository \
+                 root (`--suite kafka` also takes `--brokers`)",
+                lib.display()
+            )
+        })
 }
 
 #[cfg(test)]
