@@ -1254,7 +1254,8 @@ fn sinks_bench(lines: u64, partitions: Option<usize>, plugin: Option<PathBuf>) -
                 usage.elapsed.as_secs_f64(),
                 usage.cpu.as_secs_f64(),
                 mb(usage.peak_rss),
-                baseline.map_or(f64::NAN, |files| usage.elapsed.as_secs_f64() / files.as_secs_f64()),
+                baseline.map_or(f64::NAN, |files| usage.elapsed.as_secs_f64()
+                    / files.as_secs_f64()),
             ),
             Err(why) => println!("  {:<30} skipped: {why}", run.sink),
         }

@@ -71,7 +71,16 @@ fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
 fn start_redis() -> anyhow::Result<(Server, u16)> {
     let port = free_port()?;
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -88,7 +97,12 @@ fn start_elasticsearch(dir: &Path) -> anyhow::Result<(Server, u16)> {
     let child = Command::new(binary)
         .args(["start", "--data-dir"])
         .arg(dir.join("es-data"))
-        .args(["--only", "elasticsearch", "--elasticsearch-port", &port.to_string()])
+        .args([
+            "--only",
+            "elasticsearch",
+            "--elasticsearch-port",
+            &port.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -142,7 +156,12 @@ fn count_lines(body: &[u8]) -> u64 {
 }
 
 /// Runs `pipeline` with `weir`; returns its usage and its records out.
-fn run_child(weir: &Path, pipeline: &Path, partitions: usize, log: &Path) -> anyhow::Result<(ChildUsage, u64)> {
+fn run_child(
+    weir: &Path,
+    pipeline: &Path,
+    partitions: usize,
+    log: &Path,
+) -> anyhow::Result<(ChildUsage, u64)> {
     let started = Instant::now();
     let child = Command::new(weir)
         .args(["run", "--available-now", "--workers"])
@@ -226,7 +245,9 @@ pub fn run(
     let redis = start_redis().and_then(|(server, port)| {
         let file = pipeline(
             "redis",
-            &format!("type = \"redis\"\naddress = \"127.0.0.1:{port}\"\ncommand = \"incrby\"\nkey = \"wc:{{key}}\""),
+            &format!(
+                "type = \"redis\"\naddress = \"127.0.0.1:{port}\"\ncommand = \"incrby\"\nkey = \"wc:{{key}}\""
+            ),
             true,
         )?;
         let result = run_child(weir, &file, partitions, &dir.join("redis.log"))?;
@@ -244,7 +265,11 @@ pub fn run(
 
     progress("http (JSON lines)");
     let http = start_receiver().and_then(|receiver| {
-        let file = pipeline("http", &format!("type = \"http\"\nurl = \"{}\"", receiver.url), false)?;
+        let file = pipeline(
+            "http",
+            &format!("type = \"http\"\nurl = \"{}\"", receiver.url),
+            false,
+        )?;
         let result = run_child(weir, &file, partitions, &dir.join("http.log"))?;
         let counted = receiver.counted.load(Ordering::Relaxed);
         if counted != stats.words {
@@ -262,7 +287,9 @@ pub fn run(
         let url = format!("http://127.0.0.1:{port}");
         let file = pipeline(
             "elasticsearch",
-            &format!("type = \"elasticsearch\"\nurl = \"{url}\"\nindex = \"counts\"\nid = \"{{key}}@{{batch}}\""),
+            &format!(
+                "type = \"elasticsearch\"\nurl = \"{url}\"\nindex = \"counts\"\nid = \"{{key}}@{{batch}}\""
+            ),
             false,
         )?;
         let result = run_child(weir, &file, partitions, &dir.join("es.log"))?;

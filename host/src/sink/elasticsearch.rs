@@ -3,6 +3,8 @@
 //! derived from the record (`{key}` by default; `{key}@{window}` for a
 //! window stage's output), so a batch written again after a crash
 //! overwrites the same documents: idempotent, effectively exactly once.
+//! A batch goes in bulk requests of `records-per-request` documents, up to
+//! `concurrency` of them at once.
 //!
 //! Indexes are templates (`{pipeline}`, `{sink}`, `{date}`: one per day of
 //! batch time, as `logs-YYYY.MM.DD`). A bulk request that fails to connect,
@@ -53,6 +55,8 @@ pub struct ElasticsearchSpec {
     pub format: DocumentFormat,
     /// Documents per bulk request.
     pub records_per_request: usize,
+    /// Bulk requests in flight at once.
+    pub concurrency: usize,
     /// One request's time limit.
     pub timeout: Duration,
     /// How long a request (or a document answered 429) is retried.
@@ -73,6 +77,7 @@ impl SinkType for ElasticsearchSpec {
         Key::text("id"),
         Key::text("format"),
         Key::integer("records-per-request"),
+        Key::integer("concurrency"),
         Key::text("timeout"),
         Key::text("retry-for"),
         Key::text("username"),
@@ -141,6 +146,16 @@ impl SinkType for ElasticsearchSpec {
             id: template("id", &ID_FIELDS)?,
             format,
             records_per_request,
+            concurrency: match settings.integer("concurrency") {
+                None => 1,
+                Some(n) if (1..=64).contains(n.get_ref()) => *n.get_ref() as usize,
+                Some(n) => {
+                    return Err((
+                        n.span().start,
+                        "`concurrency` must be between 1 and 64".to_owned(),
+                    ));
+                }
+            },
             timeout: duration("timeout", Duration::from_secs(30))?,
             retry_for: duration("retry-for", Duration::from_secs(60))?,
             credentials,
@@ -254,83 +269,127 @@ impl ElasticsearchSink {
         Ok(Document { index, id, source })
     }
 
-    /// Indexes `documents` (one bulk request each `records-per-request`);
-    /// returns those refused for good. Items answered 429 are sent again
-    /// until `retry-for` has passed.
-    fn index(&self, documents: Vec<Document>) -> Result<Vec<Refused>, String> {
-        let client = self.client.as_ref().expect("opened");
+    /// Sends one bulk request of `chunk`; sorts its documents into those
+    /// answered 429 (`again`) and those refused for good.
+    fn bulk(
+        &self,
+        client: &reqwest::blocking::Client,
+        chunk: Vec<Document>,
+        again: &mut Vec<Document>,
+        refused: &mut Vec<Refused>,
+    ) -> Result<(), String> {
         let retry = Retry {
             timeout: self.spec.timeout,
             retry_for: self.spec.retry_for,
         };
         let url = format!("{}/_bulk", self.spec.url);
         let what = format!("POST {url}");
+        let mut body = String::new();
+        for document in &chunk {
+            let action = serde_json::json!({"index": {"_index": document.index, "_id": document.id}});
+            body.push_str(&action.to_string());
+            body.push('\n');
+            body.push_str(&document.source);
+            body.push('\n');
+        }
+        let answer = retry
+            .send(&what, || {
+                let request = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.clone());
+                match &self.spec.credentials {
+                    Some((user, password)) => request.basic_auth(user, Some(password)),
+                    None => request,
+                }
+            })
+            .map_err(|failed| failed.message)?;
+        crash_point("es-bulk-sent");
+        let answer: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|e| format!("{what}: the answer is not JSON: {e}"))?;
+        let items = answer["items"].as_array().cloned().unwrap_or_default();
+        if items.len() != chunk.len() {
+            return Err(format!(
+                "{what}: the answer lists {} items for {} documents",
+                items.len(),
+                chunk.len()
+            ));
+        }
+        for (document, item) in chunk.into_iter().zip(items) {
+            let result = item
+                .as_object()
+                .and_then(|o| o.values().next())
+                .cloned()
+                .unwrap_or_default();
+            let status = result["status"].as_u64().unwrap_or(0);
+            match status {
+                200..=299 => {}
+                429 => again.push(document),
+                _ => refused.push(Refused {
+                    document,
+                    status,
+                    reason: result["error"]["reason"]
+                        .as_str()
+                        .or_else(|| result["error"]["type"].as_str())
+                        .unwrap_or("refused")
+                        .to_owned(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes `documents` (one bulk request each `records-per-request`, up
+    /// to `concurrency` at once); returns those refused for good. Documents
+    /// answered 429 are sent again until `retry-for` has passed.
+    fn index(&self, documents: Vec<Document>) -> Result<Vec<Refused>, String> {
+        let client = self.client.as_ref().expect("opened");
         let mut refused = Vec::new();
         let mut pending = documents;
         let deadline = Instant::now() + self.spec.retry_for;
         let mut backoff = Duration::from_millis(100);
         while !pending.is_empty() {
-            let mut again = Vec::new();
+            let mut chunks = Vec::new();
             let mut rest = pending.into_iter().peekable();
             while rest.peek().is_some() {
-                let chunk: Vec<Document> = rest.by_ref().take(self.spec.records_per_request).collect();
-                let mut body = String::new();
-                for document in &chunk {
-                    let action = serde_json::json!({"index": {"_index": document.index, "_id": document.id}});
-                    body.push_str(&action.to_string());
-                    body.push('\n');
-                    body.push_str(&document.source);
-                    body.push('\n');
-                }
-                let answer = retry
-                    .send(&what, || {
-                        let request = client
-                            .post(&url)
-                            .header("content-type", "application/x-ndjson")
-                            .body(body.clone());
-                        match &self.spec.credentials {
-                            Some((user, password)) => request.basic_auth(user, Some(password)),
-                            None => request,
-                        }
-                    })
-                    .map_err(|failed| failed.message)?;
-                crash_point("es-bulk-sent");
-                let answer: serde_json::Value = serde_json::from_str(&answer)
-                    .map_err(|e| format!("{what}: the answer is not JSON: {e}"))?;
-                let items = answer["items"].as_array().cloned().unwrap_or_default();
-                if items.len() != chunk.len() {
-                    return Err(format!(
-                        "{what}: the answer lists {} items for {} documents",
-                        items.len(),
-                        chunk.len()
-                    ));
-                }
-                for (document, item) in chunk.into_iter().zip(items) {
-                    let result = item
-                        .as_object()
-                        .and_then(|o| o.values().next())
-                        .cloned()
-                        .unwrap_or_default();
-                    let status = result["status"].as_u64().unwrap_or(0);
-                    match status {
-                        200..=299 => {}
-                        429 => again.push(document),
-                        _ => refused.push(Refused {
-                            document,
-                            status,
-                            reason: result["error"]["reason"]
-                                .as_str()
-                                .or_else(|| result["error"]["type"].as_str())
-                                .unwrap_or("refused")
-                                .to_owned(),
-                        }),
-                    }
-                }
+                chunks.push(
+                    rest.by_ref()
+                        .take(self.spec.records_per_request)
+                        .collect::<Vec<_>>(),
+                );
             }
+            let queue = std::sync::Mutex::new(chunks);
+            let sorted = std::sync::Mutex::new((Vec::new(), Vec::new(), None::<String>));
+            std::thread::scope(|scope| {
+                for _ in 0..self.spec.concurrency {
+                    scope.spawn(|| {
+                        let (mut again, mut failed) = (Vec::new(), Vec::new());
+                        let mut error = None;
+                        while error.is_none() {
+                            let Some(chunk) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                                break;
+                            };
+                            error = self.bulk(client, chunk, &mut again, &mut failed).err();
+                        }
+                        let mut sorted = sorted.lock().unwrap_or_else(|e| e.into_inner());
+                        sorted.0.append(&mut again);
+                        sorted.1.append(&mut failed);
+                        if sorted.2.is_none() {
+                            sorted.2 = error;
+                        }
+                    });
+                }
+            });
+            let (again, mut failed, error) = sorted.into_inner().unwrap_or_else(|e| e.into_inner());
+            if let Some(error) = error {
+                return Err(error);
+            }
+            refused.append(&mut failed);
             if !again.is_empty() {
                 if Instant::now() >= deadline {
                     return Err(format!(
-                        "{what}: {} documents still answered 429 Too Many Requests after {}",
+                        "POST {}/_bulk: {} documents still answered 429 Too Many Requests after {}",
+                        self.spec.url,
                         again.len(),
                         humantime::format_duration(self.spec.retry_for)
                     ));
@@ -347,8 +406,12 @@ impl ElasticsearchSink {
 
 impl Sink for ElasticsearchSink {
     fn open(&mut self) -> Result<(), SinkError> {
-        let client = super::retrying::client(self.spec.timeout, self.spec.ca_file.as_deref(), 4)
-            .map_err(|m| self.error(m))?;
+        let client = super::retrying::client(
+            self.spec.timeout,
+            self.spec.ca_file.as_deref(),
+            self.spec.concurrency,
+        )
+        .map_err(|m| self.error(m))?;
         self.client = Some(client);
         Ok(())
     }
