@@ -997,3 +997,184 @@ fn tenants_upload_input_files_into_their_own_root_only() {
         "{audit}"
     );
 }
+
+#[test]
+fn a_read_dir_swapped_for_a_link_after_the_deploy_does_not_lead_out_of_the_root() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let a = server.tenant("a", json!({}));
+    let b = server.tenant("b", json!({}));
+    server
+        .put_file("b", &b, "secret.txt", "b-secret-contents\n")
+        .expect(201);
+    server
+        .push_plugin("a", &a, "probe", plugins::PROBE_CAPABILITIES)
+        .expect(201);
+    server
+        .put_file("a", &a, "lookup/x.txt", "a-contents\n")
+        .expect(201);
+    // Larger than the stage's memory: reading it traps, and the instance is
+    // made again for the next batch.
+    server
+        .put_file("a", &a, "lookup/big.txt", &"x".repeat(3 << 20))
+        .expect(201);
+    let pipeline = r#"
+[pipeline]
+name = "probe"
+batch-interval = "100ms"
+partitions = 1
+
+[[source]]
+name = "lines"
+type = "files"
+path = "in"
+max-files-per-batch = 1
+
+[[stage]]
+name = "probed"
+input = "lines"
+op = "map"
+plugin = "probe"
+read-dir = "lookup"
+limits = { memory = "2MiB" }
+on-error = "skip-batch"
+
+[[sink]]
+input = "probed"
+type = "files"
+path = "out"
+"#;
+    server.deploy("a", &a, pipeline).expect(201);
+    let out = server.root("a").join("out");
+    let lines = || {
+        weir_tests::sink_lines(&out)
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect::<Vec<_>>()
+    };
+    let wait_for = |what: &str, check: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !check(&lines()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", lines());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    server
+        .put_file("a", &a, "in/1.txt", "read /data/x.txt\n")
+        .expect(201);
+    wait_for("the granted file is read", &|l| {
+        l.contains(&"ok: a-contents".to_owned())
+    });
+
+    // The directory is swapped for a link to B's root while it runs.
+    let root = server.root("a");
+    std::fs::rename(root.join("lookup"), root.join("lookup-before")).unwrap();
+    std::os::unix::fs::symlink(server.root("b"), root.join("lookup")).unwrap();
+    // A trap makes the stage's next batch run on a new instance.
+    server
+        .put_file("a", &a, "in/2.txt", "read /data/big.txt\n")
+        .expect(201);
+    let skipped = || {
+        server
+            .get("/v1/tenants/a/pipelines/probe/metrics", &a)
+            .expect(200)["stages"][0]["skipped_batches"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while skipped() < 1 {
+        assert!(Instant::now() < deadline, "the big read did not trap");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+        .put_file("a", &a, "in/3.txt", "read /data/secret.txt\n")
+        .expect(201);
+    // Its new instance cannot open the directory through the link: the
+    // batch is refused (and skipped), never run on B's files.
+    let leaked = || lines().iter().any(|line| line.contains("b-secret"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while skipped() < 2 && !leaked() {
+        assert!(
+            Instant::now() < deadline,
+            "the third batch was not refused: {:?}",
+            lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!leaked(), "tenant a read tenant b's file: {:?}", lines());
+}
+
+#[test]
+fn a_write_ahead_log_swapped_for_a_link_does_not_lead_out_of_the_root() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let port = weir_tests::free_port();
+    let a = server.tenant("a", json!({ "allowed_addresses": [format!("127.0.0.1:{port}")] }));
+    server.tenant("b", json!({}));
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "logged"
+batch-interval = "100ms"
+
+[[source]]
+name = "lines"
+type = "socket"
+address = "127.0.0.1:{port}"
+mode = "listen"
+
+[[sink]]
+input = "lines"
+type = "files"
+path = "out"
+"#
+    );
+    server.deploy("a", &a, &pipeline).expect(201);
+    let wait_state = |state: &str| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = server.get("/v1/tenants/a/pipelines/logged", &a).expect(200);
+            if view["status"]["state"] == state {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "not {state}: {view}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_state("running");
+    // The source logs what it receives under the pipeline's checkpoint
+    // directory; the log's directory is swapped for a link to B's root.
+    let checkpoints = server.root("a").join("checkpoints/logged");
+    let wal = checkpoints.join("wal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !wal.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no write-ahead log in {}",
+            checkpoints.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+        .post("/v1/tenants/a/pipelines/logged/stop", &a, &json!(null))
+        .expect(200);
+    std::fs::rename(&wal, checkpoints.join("wal-before")).unwrap();
+    std::os::unix::fs::symlink(server.root("b"), &wal).unwrap();
+    server
+        .post("/v1/tenants/a/pipelines/logged/start", &a, &json!(null))
+        .expect(200);
+    // The source cannot open its log through the link: the run fails, and
+    // nothing is written into B's root.
+    let status = wait_state("failed");
+    let error = status["status"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("write-ahead log"), "{status}");
+    let written: Vec<_> = std::fs::read_dir(server.root("b"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(
+        !written.iter().any(|name| name.to_string_lossy() == "lines"),
+        "tenant a's log was written into tenant b's root: {written:?}"
+    );
+}

@@ -279,11 +279,6 @@ pub(crate) const FORMAT: u32 = 2;
 /// The oldest manifest format still read: 1 (every state written whole).
 const OLDEST_FORMAT: u32 = 1;
 
-/// The write-ahead log directory of source `source` under checkpoint directory `dir`.
-pub fn wal_dir(dir: &std::path::Path, source: &str) -> PathBuf {
-    dir.join("wal").join(source)
-}
-
 fn offsets_name(batch: u64) -> String {
     format!("offsets/{batch:020}.json")
 }
@@ -809,8 +804,7 @@ fn write_checkpoint(
         // never read again.
         for (name, progress) in oldest_manifest.source_names.iter().zip(&oldest_manifest.sources) {
             if let Some(crate::source::SourcePosition::Wal { offset }) = progress.position {
-                let wal = wal_dir(std::path::Path::new(dir), name);
-                crate::source::wal::Wal::truncate_before(&wal, offset)
+                crate::source::wal::Wal::truncate_before(storage, name, offset)
                     .map_err(io(format!("truncate the write-ahead log of `{name}`")))?;
             }
         }

@@ -92,6 +92,13 @@ impl LocalStorage {
         &self.root
     }
 
+    /// The directory `relative` inside it, made (durably) when missing:
+    /// opened through the storage's own, so no link leads out of it.
+    pub(crate) fn subdir(&self, relative: &Path) -> std::io::Result<Dir> {
+        self.create_dir_durably(relative)?;
+        self.dir.open_dir(relative)
+    }
+
     /// Makes the directory `relative` (and its parents) durably: the
     /// directory holding the new one is synced.
     fn create_dir_durably(&self, relative: &Path) -> std::io::Result<()> {
@@ -160,23 +167,6 @@ impl BlobWriter for LocalBlob {
 impl Drop for LocalBlob {
     fn drop(&mut self) {
         let _ = self.dir.remove_file(&self.temporary);
-    }
-}
-
-/// Syncs the directory `dir` (so that a rename or a new entry in it is durable).
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Makes the directory `dir` and its parents, and syncs its parent.
-pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    if dir.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    match dir.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
     }
 }
 

@@ -257,7 +257,7 @@ pub(super) fn stage_spec(
             .map(|dir| {
                 defaults
                     .paths
-                    .resolve(dir.get_ref(), "read-dir")
+                    .resolve_dir(dir.get_ref(), "read-dir")
                     .map_err(|message| (dir.span().start, message))
             })
             .transpose()?,

@@ -163,10 +163,12 @@ impl Pipeline {
                 clock: self.clock,
                 replay: replay.take(),
                 wal: self.checkpoint.as_ref().map(|settings| {
-                    (
-                        crate::checkpoint::wal_dir(&settings.dir, &spec.name),
-                        settings.wal_sync,
-                    )
+                    let location = source::wal::WalLocation {
+                        checkpoint_dir: settings.dir.clone(),
+                        confined_to: settings.confined_to.clone(),
+                        source: spec.name.clone(),
+                    };
+                    (location, settings.wal_sync)
                 }),
             };
             let receiver = source::from_spec(spec);

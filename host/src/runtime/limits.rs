@@ -6,7 +6,6 @@
 //! [`GUEST_DATA_DIR`] through cap-std, so `..` and symlinks cannot leave it)
 //! and chosen environment variables.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where a granted directory appears inside the plugin.
@@ -156,8 +155,9 @@ pub enum CopyBound {
 /// Capabilities granted to a plugin stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
-    /// A host directory the plugin may read, at [`GUEST_DATA_DIR`].
-    pub read_dir: Option<PathBuf>,
+    /// A host directory the plugin may read, at [`GUEST_DATA_DIR`]
+    /// (opened through cap-std from the tenant's root when confined).
+    pub read_dir: Option<crate::config::DirPath>,
     /// Environment variables the plugin sees.
     pub env: Vec<(String, String)>,
 }

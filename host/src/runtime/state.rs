@@ -77,8 +77,19 @@ impl PluginState {
             wasi.env(key, value);
         }
         if let Some(dir) = &sandbox.grants.read_dir {
-            wasi.preopened_dir(dir, GUEST_DATA_DIR, wasmtime_wasi::FsPerms::ReadOnly)
-                .map_err(|e| format!("cannot open the granted directory {}: {e:#}", dir.display()))?;
+            let cannot = |e: &dyn std::fmt::Display| {
+                format!(
+                    "cannot open the granted directory {}: {e:#}",
+                    dir.path().display()
+                )
+            };
+            // Opened through cap-std (from the tenant's root when confined:
+            // a link planted since the deploy cannot lead out), then handed
+            // to WASI by its descriptor, never by its path again.
+            let opened = dir.open(false).map_err(|e| cannot(&e))?;
+            let by_descriptor = descriptor_path(&opened);
+            wasi.preopened_dir(&by_descriptor, GUEST_DATA_DIR, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| cannot(&e))?;
         }
         let wasi = wasi.build();
         let limits = MemoryBudget {
@@ -97,6 +108,13 @@ impl PluginState {
             log_limits: sandbox.limits.clone(),
         })
     }
+}
+
+/// A path that opens `dir` itself, whatever is at its path now:
+/// `/proc/self/fd/N`, a link to the open directory (Linux).
+fn descriptor_path(dir: &cap_std::fs::Dir) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
 impl PluginState {

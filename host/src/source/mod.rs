@@ -165,7 +165,7 @@ pub struct SourceContext {
     pub replay: Option<Replay>,
     /// For receivers that cannot rewind: their write-ahead log's directory
     /// and sync policy (set when the pipeline checkpoints).
-    pub wal: Option<(std::path::PathBuf, wal::WalSync)>,
+    pub wal: Option<(wal::WalLocation, wal::WalSync)>,
     /// The source's position after the last batch whose sinks committed
     /// (for sources that report it back, such as Kafka's consumer-group
     /// offsets); `None` before the first.

@@ -178,15 +178,15 @@ type Logged = Arc<Mutex<LoggedIntake>>;
 /// Opens the write-ahead log when the pipeline checkpoints (replaying first
 /// what recovery asks for).
 async fn open_log(ctx: &SourceContext) -> Result<Option<Logged>, SourceError> {
-    let Some((dir, sync)) = &ctx.wal else {
+    let Some((location, sync)) = &ctx.wal else {
         return Ok(None);
     };
-    match LoggedIntake::open(dir, *sync, ctx).await {
+    match LoggedIntake::open(location, *sync, ctx).await {
         Ok(intake) => Ok(Some(Arc::new(Mutex::new(intake)))),
         Err(IntakeError::Closed) => Ok(None),
         Err(IntakeError::Wal(error)) => Err(ctx.error(format!(
             "cannot open the write-ahead log in {}: {error}",
-            dir.display()
+            location.path().display()
         ))),
     }
 }

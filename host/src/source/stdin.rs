@@ -35,8 +35,8 @@ impl SourceConfig for StdinSource {
 #[async_trait::async_trait]
 impl Source for StdinSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> Result<(), SourceError> {
-        if let Some((dir, sync)) = ctx.wal.clone() {
-            return run_logged(&dir, sync, ctx).await;
+        if let Some((location, sync)) = ctx.wal.clone() {
+            return run_logged(&location, sync, ctx).await;
         }
         let mut stdin = tokio::io::stdin();
         let mut chunker = ctx.chunker();
@@ -66,14 +66,17 @@ impl Source for StdinSource {
 /// Standard input through the write-ahead log: complete lines are logged
 /// before they reach the batcher.
 async fn run_logged(
-    dir: &std::path::Path,
+    location: &super::wal::WalLocation,
     sync: super::wal::WalSync,
     mut ctx: SourceContext,
 ) -> Result<(), SourceError> {
     let wal_error = |ctx: &SourceContext, error: std::io::Error| {
-        ctx.error(format!("write-ahead log in {}: {error}", dir.display()))
+        ctx.error(format!(
+            "write-ahead log in {}: {error}",
+            location.path().display()
+        ))
     };
-    let mut intake = match LoggedIntake::open(dir, sync, &ctx).await {
+    let mut intake = match LoggedIntake::open(location, sync, &ctx).await {
         Ok(intake) => intake,
         Err(IntakeError::Closed) => return Ok(()),
         Err(IntakeError::Wal(error)) => return Err(wal_error(&ctx, error)),

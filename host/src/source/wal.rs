@@ -9,9 +9,10 @@
 //! torn last line (a crash during a write) is cut off when the log is
 //! opened; segments wholly behind the oldest kept checkpoint are deleted.
 
-use crate::checkpoint::storage::{create_dir_durably, sync_dir};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use cap_std::fs::{Dir, OpenOptions};
 use std::time::{Duration, Instant};
 
 use super::{Closed, LineChunker, SourceContext, SourcePosition};
@@ -31,10 +32,78 @@ pub enum WalSync {
     Interval(Duration),
 }
 
+/// Where a source's write-ahead log lives: `wal/<source>` of the
+/// pipeline's checkpoint directory, opened through cap-std from the
+/// tenant's root when the paths are confined (no link planted in the
+/// checkpoint directory leads out of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalLocation {
+    /// The checkpoint directory.
+    pub checkpoint_dir: PathBuf,
+    /// The root it must stay inside, if any.
+    pub confined_to: Option<PathBuf>,
+    /// The source's name.
+    pub source: String,
+}
+
+impl WalLocation {
+    /// The log's directory, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.checkpoint_dir.join(Self::relative(&self.source))
+    }
+
+    /// The log's directory inside the checkpoint directory.
+    pub fn relative(source: &str) -> PathBuf {
+        Path::new("wal").join(source)
+    }
+
+    /// Opens the log's directory, making it when missing.
+    pub fn open(&self) -> std::io::Result<WalDir> {
+        use crate::checkpoint::storage::LocalStorage;
+        let storage = match &self.confined_to {
+            Some(root) => LocalStorage::confined(root, &self.checkpoint_dir)?,
+            None => LocalStorage::new(&self.checkpoint_dir)?,
+        };
+        Ok(WalDir {
+            dir: storage.subdir(&Self::relative(&self.source))?,
+            path: self.path(),
+        })
+    }
+}
+
+/// The open directory of a write-ahead log: every segment is opened,
+/// listed and removed relative to it.
+#[derive(Debug)]
+pub struct WalDir {
+    dir: Dir,
+    path: PathBuf,
+}
+
+impl WalDir {
+    /// The directory `dir` itself (outside any confinement: tests and tools).
+    pub fn ambient(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: Dir::open_ambient_dir(dir, cap_std::ambient_authority())?,
+            path: dir.to_owned(),
+        })
+    }
+
+    /// Makes its entries durable (a new segment). A cap-std `Dir` is an
+    /// `O_PATH` descriptor, which cannot be synced: `.` is opened for it.
+    fn sync(&self) -> std::io::Result<()> {
+        self.dir.open(".")?.sync_all()
+    }
+
+    fn open_segment(&self, name: &str, options: &OpenOptions) -> std::io::Result<std::fs::File> {
+        Ok(self.dir.open_with(name, options)?.into_std())
+    }
+}
+
 /// An open write-ahead log.
 #[derive(Debug)]
 pub struct Wal {
-    dir: PathBuf,
+    dir: WalDir,
     file: std::fs::File,
     segment_start: u64,
     segment_bytes: u64,
@@ -48,41 +117,39 @@ fn segment_name(start: u64) -> String {
     format!("{start:020}.wal")
 }
 
-/// The segments of the log in `dir`, by start offset.
-fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|entry| {
-                let path = entry.ok()?.path();
-                let start = path.file_name()?.to_str()?.strip_suffix(".wal")?.parse().ok()?;
-                Some((start, path))
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
+/// The start offset of the segment named `name`, if it is one.
+fn segment_start(name: &str) -> Option<u64> {
+    name.strip_suffix(".wal")?.parse().ok()
+}
+
+/// The segments of the log in `dir`, by start offset, with their names.
+fn segments(dir: &WalDir) -> std::io::Result<Vec<(u64, String)>> {
+    let mut segments: Vec<(u64, String)> = dir
+        .dir
+        .entries()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some((segment_start(&name)?, name))
+        })
+        .collect();
     segments.sort();
     Ok(segments)
 }
 
 impl Wal {
     /// Opens (or creates) the log in `dir`, cutting a torn last line off.
-    pub fn open(dir: &Path, sync: WalSync) -> std::io::Result<Self> {
-        create_dir_durably(dir)?;
-        let (segment_start, path) = match segments(dir)?.pop() {
+    pub fn open(dir: WalDir, sync: WalSync) -> std::io::Result<Self> {
+        let (segment_start, name) = match segments(&dir)?.pop() {
             Some(last) => last,
             None => {
-                let path = dir.join(segment_name(0));
-                std::fs::File::create(&path)?;
-                sync_dir(dir)?;
-                (0, path)
+                let name = segment_name(0);
+                dir.dir.create(&name)?;
+                dir.sync()?;
+                (0, name)
             }
         };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        let path = dir.path.join(&name);
+        let mut file = dir.open_segment(&name, OpenOptions::new().create(true).read(true).append(true))?;
         let mut contents = Vec::new();
         file.seek(SeekFrom::Start(0))?;
         file.read_to_end(&mut contents)?;
@@ -97,7 +164,7 @@ impl Wal {
             file.sync_all()?;
         }
         Ok(Self {
-            dir: dir.to_owned(),
+            dir,
             file,
             segment_start,
             segment_bytes: SEGMENT_BYTES,
@@ -120,11 +187,11 @@ impl Wal {
         if self.end - self.segment_start >= self.segment_bytes {
             self.file.sync_all()?;
             self.segment_start = self.end;
-            self.file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(segment_name(self.end)))?;
-            sync_dir(&self.dir)?;
+            self.file = self.dir.open_segment(
+                &segment_name(self.end),
+                OpenOptions::new().create(true).append(true),
+            )?;
+            self.dir.sync()?;
         }
         if let Err(error) = self.file.write_all(lines) {
             // Whatever part was written is a torn line: cut it off so the
@@ -151,16 +218,17 @@ impl Wal {
         Ok(())
     }
 
-    /// The logged bytes `start..end` of the log in `dir`.
-    pub fn read(dir: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    /// The logged bytes `start..end` of the log.
+    pub fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+        let dir = &self.dir;
         let mut out = Vec::with_capacity((end - start) as usize);
         let segments = segments(dir)?;
-        for (index, (segment_start, path)) in segments.iter().enumerate() {
+        for (index, (segment_start, name)) in segments.iter().enumerate() {
             let segment_end = segments.get(index + 1).map_or(u64::MAX, |next| next.0);
             if segment_end <= start || *segment_start >= end {
                 continue;
             }
-            let mut file = std::fs::File::open(path)?;
+            let mut file = dir.open_segment(name, OpenOptions::new().read(true))?;
             let from = start.max(*segment_start);
             file.seek(SeekFrom::Start(from - segment_start))?;
             let want = end.min(segment_end) - from;
@@ -172,19 +240,31 @@ impl Wal {
                 std::io::ErrorKind::UnexpectedEof,
                 format!(
                     "the write-ahead log in {} ends before offset {end} (it was truncated or lost)",
-                    dir.display()
+                    dir.path.display()
                 ),
             ));
         }
         Ok(out)
     }
 
-    /// Deletes the segments of the log in `dir` that lie wholly before `offset`.
-    pub fn truncate_before(dir: &Path, offset: u64) -> std::io::Result<()> {
-        let segments = segments(dir)?;
-        for (index, (_, path)) in segments.iter().enumerate() {
+    /// Deletes the segments of source `source`'s log in `storage` (its
+    /// checkpoint directory) that lie wholly before `offset`.
+    pub fn truncate_before(
+        storage: &dyn crate::checkpoint::storage::CheckpointStorage,
+        source: &str,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let dir = WalLocation::relative(source);
+        let dir = dir.to_string_lossy();
+        let mut segments: Vec<(u64, String)> = storage
+            .list(&dir)?
+            .into_iter()
+            .filter_map(|name| Some((segment_start(&name)?, name)))
+            .collect();
+        segments.sort();
+        for (index, (_, name)) in segments.iter().enumerate() {
             if segments.get(index + 1).is_some_and(|next| next.0 <= offset) {
-                std::fs::remove_file(path)?;
+                storage.remove(&format!("{dir}/{name}"))?;
             }
         }
         Ok(())
@@ -255,7 +335,12 @@ impl LoggedIntake {
     /// Opens the log in `dir`; first replays what `ctx.replay` asks for (the
     /// logged batches, each followed by a batch end) and hands over what was
     /// logged after them, then is ready for new lines.
-    pub async fn open(dir: &Path, sync: WalSync, ctx: &SourceContext) -> Result<Self, IntakeError> {
+    pub async fn open(
+        location: &WalLocation,
+        sync: WalSync,
+        ctx: &SourceContext,
+    ) -> Result<Self, IntakeError> {
+        let dir = location.open().map_err(IntakeError::Wal)?;
         let wal = Wal::open(dir, sync).map_err(IntakeError::Wal)?;
         let mut chunker = ctx.chunker();
         let position = || -> super::PositionOf { Box::new(|_, offset| SourcePosition::Wal { offset }) };
@@ -263,7 +348,7 @@ impl LoggedIntake {
         if let Some(replay) = &ctx.replay {
             for input in &replay.batches {
                 if let BatchInput::Wal { start, end } = input {
-                    let lines = Wal::read(dir, *start, *end).map_err(IntakeError::Wal)?;
+                    let lines = wal.read(*start, *end).map_err(IntakeError::Wal)?;
                     chunker.track(0, *start, position());
                     chunker.push_bytes(&lines, super::now_ms()).await?;
                     chunker.finish_lines(super::now_ms()).await?;
@@ -279,7 +364,7 @@ impl LoggedIntake {
                 std::io::ErrorKind::UnexpectedEof,
                 format!(
                     "the write-ahead log in {} ends at offset {}, before the recorded position {from}: its tail was lost (a power loss with an interval wal-sync?)",
-                    dir.display(),
+                    location.path().display(),
                     wal.end()
                 ),
             )));
@@ -287,7 +372,7 @@ impl LoggedIntake {
         // Logged but in no batch yet (received just before the crash).
         chunker.track(0, from, position());
         if wal.end() > from {
-            let lines = Wal::read(dir, from, wal.end()).map_err(IntakeError::Wal)?;
+            let lines = wal.read(from, wal.end()).map_err(IntakeError::Wal)?;
             chunker.push_bytes(&lines, super::now_ms()).await?;
             chunker.finish_lines(super::now_ms()).await?;
         }
@@ -320,7 +405,8 @@ mod tests {
     #[test]
     fn the_log_reads_back_ranges_across_segments_and_cuts_torn_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), WalSync::Block).unwrap();
+        let open = || WalDir::ambient(dir.path()).unwrap();
+        let mut wal = Wal::open(open(), WalSync::Block).unwrap();
         assert_eq!(wal.append(b"a\nbb\n").unwrap(), 5);
         assert_eq!(wal.append(b"ccc\n").unwrap(), 9);
         drop(wal);
@@ -328,17 +414,25 @@ mod tests {
         let segment = dir.path().join(segment_name(0));
         let mut file = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
         file.write_all(b"dd").unwrap();
-        let mut wal = Wal::open(dir.path(), WalSync::Block).unwrap();
+        let mut wal = Wal::open(open(), WalSync::Block).unwrap();
         assert_eq!(wal.end(), 9);
-        assert_eq!(Wal::read(dir.path(), 2, 9).unwrap(), b"bb\nccc\n");
+        assert_eq!(wal.read(2, 9).unwrap(), b"bb\nccc\n");
         // A second segment, then truncation behind an offset in it.
         wal.segment_bytes = 9;
         wal.append(b"e\n").unwrap();
-        assert_eq!(segments(dir.path()).unwrap().len(), 2);
-        assert_eq!(Wal::read(dir.path(), 5, 11).unwrap(), b"ccc\ne\n");
-        Wal::truncate_before(dir.path(), 10).unwrap();
-        assert_eq!(segments(dir.path()).unwrap().len(), 1);
-        assert!(Wal::read(dir.path(), 5, 11).is_err());
-        assert_eq!(Wal::read(dir.path(), 9, 11).unwrap(), b"e\n");
+        assert_eq!(segments(&open()).unwrap().len(), 2);
+        assert_eq!(wal.read(5, 11).unwrap(), b"ccc\ne\n");
+        // Truncation goes through the checkpoint storage the log sits in.
+        drop(wal);
+        let checkpoint = tempfile::tempdir().unwrap();
+        let logged = checkpoint.path().join("wal/lines");
+        std::fs::create_dir_all(checkpoint.path().join("wal")).unwrap();
+        std::fs::rename(dir.path(), &logged).unwrap();
+        let storage = crate::checkpoint::storage::LocalStorage::new(checkpoint.path()).unwrap();
+        Wal::truncate_before(&storage, "lines", 10).unwrap();
+        let wal = Wal::open(WalDir::ambient(&logged).unwrap(), WalSync::Block).unwrap();
+        assert_eq!(segments(&WalDir::ambient(&logged).unwrap()).unwrap().len(), 1);
+        assert!(wal.read(5, 11).is_err());
+        assert_eq!(wal.read(9, 11).unwrap(), b"e\n");
     }
 }
