@@ -108,19 +108,27 @@ key = "counts-channel"
     let file = write_pipeline(dir.path(), "redis.toml", &pipeline(dir.path(), false, &sinks));
     // A subscriber, listening before the run starts.
     let mut subscriber = redis.connection();
-    subscriber
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    subscriber.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let (heard_tx, heard_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut pubsub = subscriber.as_pubsub();
         pubsub.subscribe("counts-channel").unwrap();
         heard_tx.send(0).unwrap();
         let mut heard = 0;
-        while let Ok(message) = pubsub.get_message() {
-            let _: String = message.get_payload().unwrap();
-            heard += 1;
-            heard_tx.send(heard).unwrap();
+        // Read timeouts only mean nothing came yet (a slow start).
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            match pubsub.get_message() {
+                Ok(message) => {
+                    let _: String = message.get_payload().unwrap();
+                    heard += 1;
+                    if heard_tx.send(heard).is_err() {
+                        return;
+                    }
+                }
+                Err(error) if error.is_timeout() => {}
+                Err(_) => return,
+            }
         }
     });
     heard_rx.recv().unwrap();
@@ -152,7 +160,7 @@ key = "counts-channel"
     let mut heard = 0;
     while heard < records {
         heard = heard_rx
-            .recv_timeout(Duration::from_secs(10))
+            .recv_timeout(Duration::from_secs(60))
             .expect("every record is published");
     }
 }

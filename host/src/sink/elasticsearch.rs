@@ -190,6 +190,7 @@ impl SinkConfig for ElasticsearchSpec {
             pipeline: cx.pipeline.to_owned(),
             window_ms: cx.window_ms,
             client: None,
+            run: (!cx.checkpointed).then(|| format!("r{}-", crate::source::now_ms())),
         })
     }
 }
@@ -202,6 +203,9 @@ pub struct ElasticsearchSink {
     pipeline: String,
     window_ms: Option<i64>,
     client: Option<reqwest::blocking::Client>,
+    /// Without a checkpoint, batch ids start again at 0 every run: the ids
+    /// made from positions then start with the run's start.
+    run: Option<String>,
 }
 
 /// One document to index.
@@ -244,7 +248,7 @@ impl ElasticsearchSink {
         // A record without a key, under an id made from keys: its place in
         // the batch (the same when the batch is written again).
         let id = if record.key.is_none() && self.id.uses(Field::Key) {
-            format!("b{}-{n}", batch.id)
+            format!("{}b{}-{n}", self.run.as_deref().unwrap_or_default(), batch.id)
         } else {
             self.id.render(&mut buffer, &values);
             String::from_utf8_lossy(&buffer).into_owned()
@@ -324,7 +328,8 @@ impl ElasticsearchSink {
             let status = result["status"].as_u64().unwrap_or(0);
             match status {
                 200..=299 => {}
-                429 => again.push(document),
+                // Too many requests, or a shard not ready: sent again.
+                429 | 500..=599 => again.push(document),
                 _ => refused.push(Refused {
                     document,
                     status,
@@ -349,10 +354,10 @@ impl ElasticsearchSink {
         let deadline = Instant::now() + self.spec.retry_for;
         let mut backoff = Duration::from_millis(100);
         while !pending.is_empty() {
-            let mut chunks = Vec::new();
+            let mut chunks = std::collections::VecDeque::new();
             let mut rest = pending.into_iter().peekable();
             while rest.peek().is_some() {
-                chunks.push(
+                chunks.push_back(
                     rest.by_ref()
                         .take(self.spec.records_per_request)
                         .collect::<Vec<_>>(),
@@ -360,13 +365,18 @@ impl ElasticsearchSink {
             }
             let queue = std::sync::Mutex::new(chunks);
             let sorted = std::sync::Mutex::new((Vec::new(), Vec::new(), None::<String>));
+            let workers = self
+                .spec
+                .concurrency
+                .min(queue.lock().unwrap_or_else(|e| e.into_inner()).len());
             std::thread::scope(|scope| {
-                for _ in 0..self.spec.concurrency {
+                for _ in 0..workers {
                     scope.spawn(|| {
                         let (mut again, mut failed) = (Vec::new(), Vec::new());
                         let mut error = None;
                         while error.is_none() {
-                            let Some(chunk) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                            let Some(chunk) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                            else {
                                 break;
                             };
                             error = self.bulk(client, chunk, &mut again, &mut failed).err();
@@ -433,6 +443,20 @@ impl Sink for ElasticsearchSink {
                 Err(reason) => unusable.push((record_text(record), reason)),
             }
         }
+        // Two records of a batch with one id: the later one is the document
+        // (whatever order the bulk requests go in).
+        let mut last = std::collections::HashMap::new();
+        for (at, document) in documents.iter().enumerate() {
+            last.insert((document.index.clone(), document.id.clone()), at);
+        }
+        if last.len() < documents.len() {
+            let mut at = 0;
+            documents.retain(|document| {
+                let keep = last[&(document.index.clone(), document.id.clone())] == at;
+                at += 1;
+                keep
+            });
+        }
         if documents.is_empty() && unusable.is_empty() {
             return Ok(());
         }
@@ -490,7 +514,11 @@ impl Sink for ElasticsearchSink {
         for (n, (record, reason)) in unusable.iter().enumerate() {
             letters.push(Document {
                 index: index.clone(),
-                id: format!("unusable/{}/{n}", batch.id),
+                id: format!(
+                    "unusable/{}{}/{n}",
+                    self.run.as_deref().unwrap_or_default(),
+                    batch.id
+                ),
                 source: serde_json::json!({"reason": reason, "batch": batch.id, "record": record})
                     .to_string(),
             });

@@ -153,6 +153,7 @@ impl SinkConfig for HttpSinkSpec {
             pipeline: cx.pipeline.to_owned(),
             window_ms: cx.window_ms,
             client: None,
+            run: (!cx.checkpointed).then(|| format!("run-{}", crate::source::now_ms())),
         })
     }
 }
@@ -164,6 +165,9 @@ pub struct HttpSink {
     pipeline: String,
     window_ms: Option<i64>,
     client: Option<reqwest::blocking::Client>,
+    /// Without a checkpoint, batch ids start again at 0 every run: the run's
+    /// start then joins the idempotency key.
+    run: Option<String>,
 }
 
 /// Why a part was not delivered.
@@ -189,7 +193,10 @@ impl HttpSink {
         (part, parts): (usize, usize),
         body: &[u8],
     ) -> Result<(), Undelivered> {
-        let key = format!("{}/{}/{batch}/{part}", self.pipeline, self.name);
+        let key = match &self.run {
+            Some(run) => format!("{}/{}/{run}/{batch}/{part}", self.pipeline, self.name),
+            None => format!("{}/{}/{batch}/{part}", self.pipeline, self.name),
+        };
         let method =
             reqwest::Method::from_bytes(self.spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let retry = super::retrying::Retry {

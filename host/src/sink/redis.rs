@@ -200,6 +200,7 @@ impl SinkConfig for RedisSinkSpec {
             pipeline: cx.pipeline.to_owned(),
             marker: cx.checkpointed.then_some(marker),
             connection: None,
+            unchecked: None,
         })
     }
 }
@@ -212,6 +213,9 @@ pub struct RedisSink {
     /// The marker key, in a pipeline that checkpoints.
     marker: Option<String>,
     connection: Option<redis::Connection>,
+    /// The end of the batch log, while the marker has not been checked
+    /// against it yet (Redis was unreachable at start).
+    unchecked: Option<u64>,
 }
 
 /// Whether retrying may help: the connection, not Redis's answer, failed.
@@ -220,7 +224,13 @@ fn transient(error: &redis::RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_connection_dropped()
         || error.is_timeout()
-        || error.kind() == redis::ErrorKind::TryAgain
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::TryAgain
+                | redis::ErrorKind::BusyLoadingError
+                | redis::ErrorKind::ReadOnly
+                | redis::ErrorKind::MasterDown
+        )
 }
 
 /// The outcome of one try at a batch.
@@ -361,19 +371,57 @@ impl RedisSink {
     }
 }
 
+impl RedisSink {
+    /// Refuses a marker past the batch log's end `logged_end`: it was set
+    /// by another checkpoint directory or pipeline, and trusting it would
+    /// skip this run's batches.
+    fn check_marker(&mut self, logged_end: u64) -> Result<(), redis::RedisError> {
+        let last = self.last_applied()?;
+        if let (Some(last), Some(marker)) = (last, &self.marker)
+            && last >= logged_end
+        {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "marker past the batch log",
+                format!(
+                    "marker `{marker}` says batch {last} was written, but this pipeline's batch log \
+                     ends before batch {logged_end}: another checkpoint directory or pipeline writes with the same marker. \
+                     Restore the checkpoint directory, delete the key, or set `marker-key`"
+                ),
+            )));
+        }
+        self.unchecked = None;
+        Ok(())
+    }
+}
+
 impl Sink for RedisSink {
     fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
         let deadline = Instant::now() + self.spec.timeout;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.apply(batch, partitions) {
+            let attempt = match self.unchecked {
+                Some(logged_end) => self
+                    .check_marker(logged_end)
+                    .and_then(|()| self.apply(batch, partitions)),
+                None => self.apply(batch, partitions),
+            };
+            match attempt {
                 Ok(Attempt::Written) => return Ok(()),
                 Ok(Attempt::Skipped) => {
                     tracing::info!(sink = %self.name, batch = batch.id, "batch already in Redis (its marker says so): skipped");
                     return Ok(());
                 }
-                Ok(Attempt::Raced) => {
+                Ok(Attempt::Raced) if Instant::now() < deadline => {
                     tracing::warn!(sink = %self.name, batch = batch.id, "the marker moved during the batch: trying again");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(Attempt::Raced) => {
+                    return Err(self.error(format!(
+                        "batch {}: its marker kept moving for {} (another writer uses it: set `marker-key`)",
+                        batch.id,
+                        humantime::format_duration(self.spec.timeout)
+                    )));
                 }
                 Err(error) if transient(&error) && Instant::now() < deadline => {
                     tracing::warn!(sink = %self.name, address = %self.spec.address, %error, ?backoff, "Redis unreachable: retrying");
@@ -388,8 +436,22 @@ impl Sink for RedisSink {
                     } else {
                         String::new()
                     };
+                    // Redis runs the rest of a transaction whose command it
+                    // refused (a wrong type, an overflow): the marker moved.
+                    let refused_inside = !transient(&error)
+                        && self.marker.is_some()
+                        && !matches!(
+                            error.kind(),
+                            redis::ErrorKind::TypeError | redis::ErrorKind::ClientError
+                        );
+                    let applied = if refused_inside {
+                        " (Redis does not roll a transaction back: the batch's other commands may have run and \
+                         moved its marker, so a restart skips it; fix the refused key, then replay the batch)"
+                    } else {
+                        ""
+                    };
                     return Err(self.error(format!(
-                        "Redis at {} failed batch {}{waited}: {error}",
+                        "Redis at {} failed batch {}{waited}: {error}{applied}",
                         self.spec.address, batch.id
                     )));
                 }
@@ -398,22 +460,15 @@ impl Sink for RedisSink {
     }
 
     fn recovered(&mut self, logged_end: u64) -> Result<(), SinkError> {
-        let last = match self.last_applied() {
-            Ok(last) => last,
-            // Unreachable now: the first batch retries and says so.
-            Err(error) if transient(&error) => return Ok(()),
-            Err(error) => return Err(self.error(format!("Redis at {}: {error}", self.spec.address))),
-        };
-        if let (Some(last), Some(marker)) = (last, &self.marker)
-            && last >= logged_end
-        {
-            return Err(self.error(format!(
-                "marker `{marker}` in Redis at {} says batch {last} was written, but this pipeline's batch log \
-                 ends before batch {logged_end}: another checkpoint directory or pipeline writes with the same marker. \
-                 Restore the checkpoint directory, delete the key, or set `marker-key`",
-                self.spec.address
-            )));
+        self.unchecked = Some(logged_end);
+        match self.check_marker(logged_end) {
+            Ok(()) => Ok(()),
+            // Unreachable now: the first batch checks before it writes.
+            Err(error) if transient(&error) => {
+                self.connection = None;
+                Ok(())
+            }
+            Err(error) => Err(self.error(format!("Redis at {}: {error}", self.spec.address))),
         }
-        Ok(())
     }
 }

@@ -73,10 +73,8 @@ impl Retry {
                 });
             }
             tracing::warn!(%what, "{message}; retrying");
-            std::thread::sleep(
-                wait.unwrap_or(backoff)
-                    .min(deadline.saturating_duration_since(Instant::now())),
-            );
+            let pause = wait.map_or(backoff, |wait| wait.max(Duration::from_millis(100)));
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
@@ -104,6 +102,8 @@ pub(crate) fn client(
     let mut builder = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // A redirect would turn a POST into a bodiless GET: a 3xx is an answer.
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(connections);
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read ca-file {}: {e}", path.display()))?;
