@@ -25,15 +25,15 @@ pub mod chart;
 pub mod directory;
 pub mod format;
 pub mod live;
+pub mod local;
 pub mod pages;
 pub mod pipeline;
+pub mod session;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Form, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -42,6 +42,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 pub use directory::{Action, Directory, Listing, LocalDirectory, TenantRow, Viewer};
+pub use local::{Served, serve};
+use session::{CallViewer, PageViewer};
 
 /// The cookie that holds a server's token for the UI.
 pub const COOKIE: &str = "weir_ui";
@@ -51,6 +53,9 @@ pub const ACTION_HEADER: &str = "x-weir-ui";
 
 const STYLE: &str = include_str!("assets/weir.css");
 const SCRIPT: &str = include_str!("assets/weir.js");
+
+/// A failed authentication waits at least this long.
+const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What the UI's handlers share.
 #[derive(Clone)]
@@ -123,8 +128,8 @@ impl Ui {
             .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
             .route("/ui/", get(list))
             .route("/ui/live", get(list_live))
-            .route("/ui/login", get(login_form).post(login))
-            .route("/ui/logout", post(logout))
+            .route("/ui/login", get(session::login_form).post(session::login))
+            .route("/ui/logout", post(session::logout))
             .route("/ui/assets/weir.css", get(style))
             .route("/ui/assets/weir.js", get(script))
             .route("/ui/{tenant}/{pipeline}", get(pipeline_page))
@@ -169,95 +174,6 @@ impl IntoResponse for UiError {
             Self::Refused(message) => (StatusCode::UNPROCESSABLE_ENTITY, message).into_response(),
             Self::Busy(message) => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
         }
-    }
-}
-
-/// The token a request presents: `Authorization: Bearer`, or the UI's cookie.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(token.trim().to_owned());
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, value)| percent_decode(value))
-}
-
-/// `text` with every byte but letters, digits and `-._~` as `%XX` (a
-/// cookie value that any token fits in).
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// The text [`percent_encode`] made; `None` for a malformed value.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The viewer of a page (redirected to the login form without one).
-struct PageViewer(Viewer);
-/// The viewer of a stream or an action (401 without one).
-struct CallViewer(Viewer);
-
-/// The viewer of a request; a token presented but unknown is held back as
-/// the throttle says.
-async fn viewer_of(parts: &Parts, ui: &Ui) -> Option<Viewer> {
-    let token = presented_token(&parts.headers);
-    let viewer = ui.directory.viewer(token.as_deref());
-    if viewer.is_none() && token.is_some() {
-        ui.failed_authentication(&parts.extensions).await;
-    }
-    viewer
-}
-
-impl FromRequestParts<Ui> for PageViewer {
-    type Rejection = UiError;
-
-    async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Self::Rejection> {
-        viewer_of(parts, ui)
-            .await
-            .map(Self)
-            .ok_or(UiError::LoggedOut { page: true })
-    }
-}
-
-impl FromRequestParts<Ui> for CallViewer {
-    type Rejection = UiError;
-
-    async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Self::Rejection> {
-        viewer_of(parts, ui)
-            .await
-            .map(Self)
-            .ok_or(UiError::LoggedOut { page: false })
     }
 }
 
@@ -454,54 +370,6 @@ async fn roll_back(
     apply(ui, viewer, tenant, name, action).await
 }
 
-async fn login_form(State(ui): State<Ui>) -> Response {
-    if ui.directory.viewer(None).is_some() {
-        return Redirect::to("/ui/").into_response();
-    }
-    page(pages::login(None))
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    token: String,
-}
-
-/// A failed authentication waits at least this long.
-const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
-
-async fn login(
-    State(ui): State<Ui>,
-    extensions: axum::http::Extensions,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    let token = form.token.trim().to_owned();
-    if token.is_empty() || ui.directory.viewer(Some(&token)).is_none() {
-        ui.failed_authentication(&extensions).await;
-        let mut response = page(pages::login(Some("That token is not known here.")));
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        return response;
-    }
-    let secure = if ui.secure { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict{secure}",
-        percent_encode(&token)
-    );
-    let mut response = Redirect::to("/ui/").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
-}
-
-async fn logout() -> Response {
-    let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("weir_ui=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
-    response
-}
-
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -525,140 +393,4 @@ async fn script() -> Response {
 /// whoever serves the UI's routes).
 pub fn not_found() -> Response {
     UiError::NotFound(None, "No such page.".into()).into_response()
-}
-
-/// Refuses a request whose `Host` is not a loopback name or address, or
-/// an address of this machine: a `weir run --ui` takes no token, so a page
-/// of another site must not reach it through a name that it points at
-/// 127.0.0.1 (DNS rebinding).
-async fn local_hosts_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if host_is_local(host) {
-        next.run(request).await
-    } else {
-        (
-            StatusCode::MISDIRECTED_REQUEST,
-            "the web UI of `weir run` answers to loopback names and IP addresses only\n",
-        )
-            .into_response()
-    }
-}
-
-/// Whether `host` (a `Host` header: name or address, and maybe a port) is
-/// `localhost` or an IP address (never a name a DNS server chose).
-fn host_is_local(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                name
-            } else {
-                host
-            }
-        }),
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
-}
-
-/// A UI serving on its own (a `weir run --ui`).
-#[derive(Debug)]
-pub struct Served {
-    /// Where it listens.
-    pub local_addr: SocketAddr,
-    _closing: watch::Sender<bool>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-/// Ports tried after the one asked for, when it is taken.
-const NEXT_PORTS: u16 = 20;
-
-/// Serves the UI of `directory` on `addr` (or, when its port is taken, on
-/// the next free one of the [`NEXT_PORTS`] after it), with `/` sent to
-/// `/ui/`, on a runtime of its own.
-pub fn serve(directory: Arc<dyn Directory>, addr: SocketAddr) -> std::io::Result<Served> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("weir-ui")
-        .enable_all()
-        .build()?;
-    let (closing, closed) = watch::channel(false);
-    let ui = Ui::new(directory, closed, false);
-    let router = ui
-        .router()
-        .route("/", get(|| async { Redirect::to("/ui/") }))
-        .fallback(|| async { not_found() })
-        .layer(axum::middleware::from_fn(local_hosts_only));
-    let listener = runtime.block_on(async {
-        let mut last = None;
-        for port in (0..=NEXT_PORTS).filter_map(|i| addr.port().checked_add(i)) {
-            match tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
-                Ok(listener) => return Ok(listener),
-                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
-                    last = Some(error)
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no port to try")))
-    })?;
-    let local_addr = listener.local_addr()?;
-    runtime.spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "the web UI stopped serving");
-        }
-    });
-    Ok(Served {
-        local_addr,
-        _closing: closing,
-        _runtime: runtime,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_names_and_addresses_reach_a_local_ui() {
-        for host in [
-            "localhost:4040",
-            "127.0.0.1:4041",
-            "[::1]:4040",
-            "10.0.0.5:4040",
-            "LOCALHOST",
-            "127.0.0.1",
-        ] {
-            assert!(host_is_local(host), "{host}");
-        }
-        for host in [
-            "evil.example:4040",
-            "localhost.evil.example",
-            "",
-            "127.0.0.1.nip.io:4040",
-        ] {
-            assert!(!host_is_local(host), "{host}");
-        }
-    }
-
-    #[test]
-    fn the_token_comes_from_the_header_or_the_cookie() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(presented_token(&headers), None);
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=b; weir_ui=weir_1_2; c=d"),
-        );
-        assert_eq!(presented_token(&headers).as_deref(), Some("weir_1_2"));
-        let token = "a+b/c=d é";
-        let cookie = format!("weir_ui={}", percent_encode(token));
-        headers.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
-        assert_eq!(presented_token(&headers).as_deref(), Some(token));
-        assert_eq!(percent_decode("%zz"), None);
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer weir_3_4"));
-        assert_eq!(presented_token(&headers).as_deref(), Some("weir_3_4"));
-    }
 }
