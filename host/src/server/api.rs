@@ -49,6 +49,7 @@ pub fn router(app: App, max_body: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .route("/metrics", get(prometheus))
         .route("/v1/whoami", get(whoami))
         .route("/v1/audit", get(audit))
@@ -361,6 +362,15 @@ fn json_body<T: serde::de::DeserializeOwned>(raw: Result<Bytes, BytesRejection>)
 fn text_body(raw: Result<Bytes, BytesRejection>) -> Result<String, ServerError> {
     let bytes = body(raw)?;
     String::from_utf8(bytes.to_vec()).map_err(|_| ServerError::Invalid("the body is not UTF-8 text".into()))
+}
+
+/// This API described as OpenAPI 3 (`host/openapi.json`, kept true by a test).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../openapi.json"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(app): State<App>) -> Response {
@@ -938,4 +948,54 @@ async fn delete_pipeline(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// (path, method) of every route [`super::router`] declares, read from
+    /// this file's source.
+    fn declared() -> BTreeSet<(String, String)> {
+        let source = include_str!("api.rs");
+        let start = source.find("pub fn router(").expect("the router");
+        let end = start + source[start..].find(".fallback(").expect("its fallback");
+        let mut routes = BTreeSet::new();
+        for call in source[start..end].split(".route(").skip(1) {
+            let path = call.split('"').nth(1).expect("a path").replace("{*", "{");
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if call.contains(&format!("{method}(")) {
+                    routes.insert((path.clone(), method.to_owned()));
+                }
+            }
+        }
+        routes
+    }
+
+    /// (path, method) of every operation of `host/openapi.json`.
+    fn documented() -> BTreeSet<(String, String)> {
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("../../openapi.json")).expect("openapi.json is JSON");
+        let mut routes = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("a path item").keys() {
+                if method != "parameters" {
+                    routes.insert((path.clone(), method.clone()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn the_openapi_file_documents_every_route_and_no_other() {
+        let (declared, documented) = (declared(), documented());
+        assert!(declared.len() > 20, "{declared:?}");
+        let undocumented: Vec<_> = declared.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&declared).collect();
+        assert!(
+            undocumented.is_empty() && stale.is_empty(),
+            "host/openapi.json is out of date: undocumented {undocumented:?}, no such route {stale:?}"
+        );
+    }
 }
