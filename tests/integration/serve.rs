@@ -1178,3 +1178,53 @@ path = "out"
         "tenant a's log was written into tenant b's root: {written:?}"
     );
 }
+
+#[test]
+fn a_tenants_cpu_share_is_split_among_its_running_pipelines() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let a = server.tenant("a", json!({}));
+    let b = server.tenant("b", json!({}));
+    let pipeline = |name: &str| {
+        format!(
+            "[pipeline]\nname = \"{name}\"\nbatch-interval = \"100ms\"\n\n[[source]]\nname = \"lines\"\ntype = \"generator\"\nrate = 100\n\n[[sink]]\ninput = \"lines\"\ntype = \"files\"\npath = \"out/{name}\"\n"
+        )
+    };
+    server.deploy("a", &a, &pipeline("one")).expect(201);
+    for name in ["x", "y", "z"] {
+        server.deploy("b", &b, &pipeline(name)).expect(201);
+    }
+    let weight = |tenant: &str, token: &str, name: &str| {
+        server
+            .get(&format!("/v1/tenants/{tenant}/pipelines/{name}"), token)
+            .expect(200)["cpu_weight"]
+            .clone()
+    };
+    // Three turns a round for each tenant: a's one pipeline takes 3, b's 1 each.
+    assert_eq!(weight("a", &a, "one"), json!(3));
+    for name in ["x", "y", "z"] {
+        assert_eq!(weight("b", &b, name), json!(1));
+    }
+    // b stops two: one pipeline each, the plain round robin again.
+    for name in ["x", "y"] {
+        server
+            .post(&format!("/v1/tenants/b/pipelines/{name}/stop"), &b, &json!(null))
+            .expect(200);
+    }
+    assert_eq!(weight("a", &a, "one"), json!(1));
+    assert_eq!(weight("b", &b, "z"), json!(1));
+    assert_eq!(
+        weight("b", &b, "x"),
+        json!(null),
+        "a stopped pipeline has no weight"
+    );
+    // A share of 2 doubles a's turns.
+    server
+        .send(
+            server
+                .request("PATCH", "/v1/tenants/a", Some(ADMIN_TOKEN))
+                .json(&json!({ "quotas": { "cpu_share": 2 } })),
+        )
+        .expect(200);
+    assert_eq!(weight("a", &a, "one"), json!(2));
+}

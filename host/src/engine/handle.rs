@@ -61,6 +61,8 @@ struct HandleInner {
     ending: Arc<Ending>,
     /// What a hot-load's candidate is compiled with.
     runtime: Arc<crate::runtime::Runtime>,
+    /// Its weight in the shared worker pool.
+    weight: super::pool::ClientWeight,
 }
 
 /// A hot-load, as a caller asks for it: a new component for a stage's
@@ -99,6 +101,7 @@ impl PipelineHandle {
         control: crossbeam_channel::Sender<ControlMessage>,
         ending: Arc<Ending>,
         runtime: Arc<crate::runtime::Runtime>,
+        weight: super::pool::ClientWeight,
     ) -> Self {
         Self {
             inner: Arc::new(HandleInner {
@@ -111,8 +114,20 @@ impl PipelineHandle {
                 control,
                 ending,
                 runtime,
+                weight,
             }),
         }
+    }
+
+    /// Its weight in the engine's worker pool: the tasks it may run in a
+    /// row before another pipeline's turn (`None` once it has ended).
+    pub fn cpu_weight(&self) -> Option<u32> {
+        self.inner.weight.get()
+    }
+
+    /// Sets its weight in the worker pool (at least 1), from its next turn.
+    pub fn set_cpu_weight(&self, weight: u32) {
+        self.inner.weight.set(weight);
     }
 
     /// The pipeline's id in its engine.

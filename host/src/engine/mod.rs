@@ -374,6 +374,7 @@ impl Engine {
         let signal = Signal::new();
         let (control, requests) = crossbeam_channel::unbounded();
         let ending = Arc::new(handle::Ending::default());
+        let pool = self.shared.pool.client(options.weight.max(1));
         let handle = PipelineHandle::new(
             id,
             name.clone(),
@@ -384,10 +385,11 @@ impl Engine {
             control,
             ending.clone(),
             self.shared.runtime.clone(),
+            pool.weight_control(),
         );
         self.shared.supervisor.register(&handle)?;
         let drive = Drive {
-            pool: self.shared.pool.client(options.weight.max(1)),
+            pool,
             io: self.shared.io.handle().clone(),
             live: live.clone(),
             signal,

@@ -518,6 +518,42 @@ pub struct PoolClient {
     kinds: Mutex<HashMap<u64, Arc<TaskTimes>>>,
 }
 
+impl PoolClient {
+    /// A handle that changes this client's weight while it runs.
+    pub fn weight_control(&self) -> ClientWeight {
+        ClientWeight {
+            id: self.id,
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+}
+
+/// Changes a [`PoolClient`]'s weight (a server shares a tenant's CPU share
+/// among its pipelines); does nothing once the pool is gone.
+#[derive(Debug, Clone)]
+pub struct ClientWeight {
+    id: ClientId,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl ClientWeight {
+    /// Sets the client's turns in a row (at least 1).
+    pub fn set(&self, weight: u32) {
+        if let Some(shared) = self.shared.upgrade()
+            && let Some(queue) = shared.lock().clients.get_mut(&self.id)
+        {
+            queue.weight = weight.max(1);
+        }
+    }
+
+    /// The client's weight now (`None` once it is gone).
+    pub fn get(&self) -> Option<u32> {
+        let shared = self.shared.upgrade()?;
+        let queues = shared.lock();
+        queues.clients.get(&self.id).map(|queue| queue.weight)
+    }
+}
+
 impl std::fmt::Debug for PoolClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolClient").field("id", &self.id).finish()

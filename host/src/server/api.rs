@@ -288,6 +288,8 @@ async fn audited<T: Send + 'static>(
     let (state, who) = (app.state.clone(), caller.0.clone());
     blocking(move || {
         let result = allowed.and_then(|()| f(&state, tenant.as_deref().unwrap_or_default()));
+        // A change of what runs changes how the tenants share the pool.
+        state.rebalance_cpu();
         state.audit(&who, tenant.as_deref(), &action, plugin(&result), &result);
         result
     })

@@ -235,6 +235,8 @@ pub async fn start(options: ServerOptions) -> Result<Running, ServerError> {
         .spawn(move || {
             while let Some(state) = watcher.upgrade() {
                 state.enforce_disk_quotas();
+                // Pipelines that ended by themselves leave their share.
+                state.rebalance_cpu();
                 drop(state);
                 std::thread::sleep(DISK_CHECK);
             }

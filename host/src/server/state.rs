@@ -118,6 +118,9 @@ pub struct PipelineView {
     pub footprint: Footprint,
     /// When it was deployed.
     pub deployed_ms: i64,
+    /// Its weight in the worker pool while it runs (its tenant's CPU share
+    /// split among the tenant's running pipelines).
+    pub cpu_weight: Option<u32>,
 }
 
 impl PipelineView {
@@ -1374,6 +1377,36 @@ impl ServerState {
             .collect())
     }
 
+    /// Shares each tenant's CPU share among its running pipelines (see
+    /// [`super::tenant::cpu_weight`]).
+    pub fn rebalance_cpu(&self) {
+        let tenants: Vec<(u32, Vec<PipelineHandle>)> = self
+            .tenant_names()
+            .iter()
+            .filter_map(|name| self.tenant(name).ok())
+            .map(|tenant| {
+                let share = lock(&tenant.config).quotas.cpu_share;
+                let running = lock(&tenant.pipelines)
+                    .values()
+                    .filter(|d| d.active())
+                    .filter_map(|d| d.handle.clone())
+                    .collect();
+                (share, running)
+            })
+            .collect();
+        let most = tenants
+            .iter()
+            .map(|(_, running)| running.len())
+            .max()
+            .unwrap_or(0);
+        for (share, running) in tenants {
+            let weight = super::tenant::cpu_weight(share, running.len(), most);
+            for handle in running {
+                handle.set_cpu_weight(weight);
+            }
+        }
+    }
+
     /// Every pipeline handle, with its tenant.
     pub fn handles(&self) -> Vec<(String, PipelineHandle)> {
         let mut all = Vec::new();
@@ -1462,5 +1495,10 @@ fn view_pipeline(name: &str, deployed: &Deployed) -> PipelineView {
         quota_paused: deployed.quota_paused.clone(),
         footprint: deployed.footprint,
         deployed_ms: record.deployed_ms,
+        cpu_weight: deployed
+            .handle
+            .as_ref()
+            .filter(|_| deployed.active())
+            .and_then(PipelineHandle::cpu_weight),
     }
 }

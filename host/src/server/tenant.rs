@@ -21,8 +21,10 @@ pub struct Quotas {
     /// Wasm linear memory its running pipelines may hold together, at worst
     /// (each instance up to its stage's memory limit), in bytes.
     pub max_wasm_memory: u64,
-    /// Its pipelines' share of the worker pool: the fair-scheduling weight
-    /// each of its pipelines runs with.
+    /// Its share of the worker pool: each round of the fair scheduler gives
+    /// the tenant `cpu_share` × (the most pipelines any tenant runs) turns,
+    /// split among its running pipelines ([`cpu_weight`]), so its share does
+    /// not grow with its pipeline count.
     pub cpu_share: u32,
     /// Ceiling of a stage's `memory` limit, in bytes.
     pub max_stage_memory: u64,
@@ -281,8 +283,31 @@ impl TenantConfig {
     }
 }
 
+/// The worker-pool weight (turns in a row) of each running pipeline of a
+/// tenant with CPU share `share` and `running` pipelines, when the tenant
+/// with the most runs `most`: the tenant's turns per round are `share` ×
+/// `most` whatever its pipeline count (at least one turn per pipeline).
+pub fn cpu_weight(share: u32, running: usize, most: usize) -> u32 {
+    let running = running.max(1) as u64;
+    let turns = u64::from(share.max(1)) * most.max(1) as u64;
+    u32::try_from(((turns + running / 2) / running).max(1)).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tenants_share_does_not_grow_with_its_pipelines() {
+        // One tenant runs 1 pipeline, another 3: 3 turns a round each.
+        assert_eq!(cpu_weight(1, 1, 3), 3);
+        assert_eq!(cpu_weight(1, 3, 3), 1);
+        // Everyone with one pipeline: the plain round robin.
+        assert_eq!(cpu_weight(1, 1, 1), 1);
+        // A share of 2 is twice the turns; never below one.
+        assert_eq!(cpu_weight(2, 2, 4), 4);
+        assert_eq!(cpu_weight(1, 8, 3), 1);
+        assert_eq!(cpu_weight(0, 0, 0), 1);
+    }
+
     use super::*;
 
     #[test]
