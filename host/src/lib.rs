@@ -30,6 +30,7 @@ pub mod operator;
 pub mod partition;
 pub mod pipeline;
 pub mod record;
+pub mod redis_client;
 pub mod runtime;
 pub mod server;
 pub mod sink;

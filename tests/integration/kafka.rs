@@ -19,52 +19,14 @@ use super::{LIMIT, run_file_ok, weir};
 /// A word count from `input` to `output` through Kafka. `source_extra` and
 /// `sink_extra` are more keys of the source and sink tables.
 fn kafka_wordcount(broker: &Broker, dir: &Path, source_extra: &str, sink_extra: &str) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "kafka-wordcount"
-batch-interval = "100ms"
-partitions = 2
-checkpoint-dir = {checkpoints:?}
-
-[checkpoint]
-every-batches = 3
-
-[plugins]
-split-words = {split:?}
-
-[[source]]
-name = "lines"
-type = "kafka"
-brokers = "{brokers}"
-topics = "input"
-start = "earliest"
-{source_extra}
-
-[[stage]]
-name = "words"
-input = "lines"
-op = "flat-map"
-plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
-[[sink]]
-name = "out"
-input = "counts"
-type = "kafka"
-brokers = "{brokers}"
-topic = "counts"
-{sink_extra}
-"#,
-        checkpoints = dir.join("checkpoints").display().to_string(),
-        split = plugins::SPLIT_WORDS,
-        brokers = broker.address(),
-    )
+    let brokers = broker.address();
+    let source = format!(
+        "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = \"input\"\nstart = \"earliest\"\n{source_extra}"
+    );
+    let sink = format!(
+        "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"counts\"\n{sink_extra}\n"
+    );
+    weir_tests::wordcount(dir, "kafka-wordcount", true, "", &source, &sink)
 }
 
 /// Starts a streaming `weir run FILE` whose log, at `level`, goes to `log`.

@@ -16,6 +16,7 @@ mod kafka;
 mod rate;
 mod recovery;
 mod redis_sink;
+mod redis_stream_source;
 mod sandbox;
 mod serve;
 mod sources;

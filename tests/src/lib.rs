@@ -255,11 +255,19 @@ pub fn sample_text(lines: usize, seed: u64) -> String {
     text
 }
 
-/// A word count of the files in `dir/in` (one file a batch, Wasm
-/// `split-words`, counts by key into the stream `counts`), named `name`,
-/// checkpointed in `dir/checkpoints` (every 3 batches) when `checkpointed`,
-/// with `sinks` (its `[[sink]]` tables).
-pub fn files_wordcount(dir: &Path, name: &str, checkpointed: bool, sinks: &str) -> String {
+/// A word count named `name`: `source` (the body of its `[[source]]`
+/// table, stream `lines`) → Wasm `split-words` → counts by key (stream
+/// `counts`) → `sinks` (their `[[sink]]` tables); 100 ms batches, two
+/// partitions, `pipeline_extra` added to `[pipeline]`; checkpointed in
+/// `dir/checkpoints` (every 3 batches) when `checkpointed`.
+pub fn wordcount(
+    dir: &Path,
+    name: &str,
+    checkpointed: bool,
+    pipeline_extra: &str,
+    source: &str,
+    sinks: &str,
+) -> String {
     let checkpoint = if checkpointed {
         format!(
             "checkpoint-dir = {:?}\n\n[checkpoint]\nevery-batches = 3\n",
@@ -274,15 +282,14 @@ pub fn files_wordcount(dir: &Path, name: &str, checkpointed: bool, sinks: &str) 
 name = "{name}"
 batch-interval = "100ms"
 partitions = 2
+{pipeline_extra}
 {checkpoint}
 [plugins]
 split-words = {split:?}
 
 [[source]]
 name = "lines"
-type = "files"
-path = {input:?}
-max-files-per-batch = 1
+{source}
 
 [[stage]]
 name = "words"
@@ -298,8 +305,16 @@ reducer = "count"
 {sinks}
 "#,
         split = plugins::SPLIT_WORDS,
-        input = dir.join("in").display().to_string(),
     )
+}
+
+/// A [`wordcount`] of the files in `dir/in` (one file a batch).
+pub fn files_wordcount(dir: &Path, name: &str, checkpointed: bool, sinks: &str) -> String {
+    let source = format!(
+        "type = \"files\"\npath = {:?}\nmax-files-per-batch = 1",
+        dir.join("in").display().to_string()
+    );
+    wordcount(dir, name, checkpointed, "", &source, sinks)
 }
 
 /// Writes `files` files of [`sample_text`] (`lines` lines each, seeds from

@@ -70,6 +70,44 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Appends one entry per line of `text` to the stream `stream`, the
+    /// line in the field `value`.
+    pub fn xadd_lines(&self, stream: &str, text: &str) {
+        let mut connection = self.connection();
+        let lines: Vec<&str> = text.lines().collect();
+        for chunk in lines.chunks(500) {
+            let mut pipe = redis::pipe();
+            for line in chunk {
+                pipe.cmd("XADD")
+                    .arg(stream)
+                    .arg("*")
+                    .arg("value")
+                    .arg(*line)
+                    .ignore();
+            }
+            pipe.query::<()>(&mut connection).unwrap();
+        }
+    }
+
+    /// How many entries of `stream` are pending (read, not acknowledged)
+    /// in `group`.
+    pub fn pending(&self, stream: &str, group: &str) -> u64 {
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query(&mut self.connection())
+            .unwrap();
+        match summary {
+            redis::Value::Array(fields) => match fields.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                other => panic!("unexpected XPENDING summary {other:?}"),
+            },
+            other => panic!("unexpected XPENDING summary {other:?}"),
+        }
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -956,7 +956,21 @@ impl Driver {
             }
         }
         let name = pipeline.plan.pipeline.clone();
-        result?;
+        if let Err(error) = result {
+            // A source that failed ended its input early: what went wrong
+            // after that (a replayed batch that came out short) follows
+            // from it, so its error is the one to report.
+            return match self.source_error.take() {
+                Some(source_error) => {
+                    tracing::error!(%error, "after the source failed");
+                    Err(EngineError::Source {
+                        pipeline: name,
+                        error: source_error,
+                    })
+                }
+                None => Err(error),
+            };
+        }
         if let Some(error) = self.source_error.take().or_else(|| self.errors.try_recv().ok()) {
             return Err(EngineError::Source {
                 pipeline: name,

@@ -25,6 +25,7 @@ use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Reach, Settings, SinkConfig, SinkSpec, SinkType, SpecError};
 use crate::failpoint::crash_point;
 use crate::record::Partition;
+use crate::redis_client::{CLIENT_KEYS, RedisClient, transient};
 
 /// What each record becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +62,8 @@ const FIELDS: [Field; 5] = [
 /// Settings of the Redis sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSinkSpec {
-    /// `host:port` of the server.
-    pub address: String,
-    /// The database number.
-    pub database: i64,
-    /// The user and password, if the server asks for them.
-    pub credentials: Option<(Option<String>, String)>,
+    /// The server and the login to it.
+    pub client: RedisClient,
     /// What each record becomes.
     pub command: RedisCommand,
     /// The Redis key (for `PUBLISH`, the channel).
@@ -84,10 +81,10 @@ pub struct RedisSinkSpec {
 impl SinkType for RedisSinkSpec {
     const NAME: &'static str = "redis";
     const KEYS: &'static [Key] = &[
-        Key::text("address"),
-        Key::integer("database"),
-        Key::text("username"),
-        Key::text("password"),
+        CLIENT_KEYS[0],
+        CLIENT_KEYS[1],
+        CLIENT_KEYS[2],
+        CLIENT_KEYS[3],
         Key::text("command"),
         Key::text("key"),
         Key::text("field"),
@@ -96,15 +93,7 @@ impl SinkType for RedisSinkSpec {
     ];
 
     fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
-        let address =
-            crate::config::required(settings.text("address"), "address", cx.offset, "a `redis` sink")?;
-        let at = settings.text("address").map_or(cx.offset, |t| t.span().start);
-        let port_ok = address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-        if !port_ok {
-            return Err((at, format!("invalid address {address:?} (write `host:port`)")));
-        }
+        let client = RedisClient::parse(settings, cx.offset, "a `redis` sink")?;
         let command = match settings.text("command") {
             None => RedisCommand::Set,
             Some(text) => COMMANDS
@@ -141,25 +130,8 @@ impl SinkType for RedisSinkSpec {
             RedisCommand::HSet | RedisCommand::XAdd | RedisCommand::Publish => template("key", None)?,
         };
         let field = template("field", Some("{key}"))?;
-        let database = settings.integer("database").map_or(Ok(0), |n| {
-            let value = *n.get_ref();
-            if (0..=1_000_000).contains(&value) {
-                Ok(value)
-            } else {
-                Err((n.span().start, format!("invalid database {value}")))
-            }
-        })?;
-        let credentials = match (settings.text("username"), settings.text("password")) {
-            (user, Some(password)) => Some((user.map(|u| u.get_ref().clone()), password.get_ref().clone())),
-            (Some(user), None) => {
-                return Err((user.span().start, "`username` needs `password`".to_owned()));
-            }
-            (None, None) => None,
-        };
         Ok(Self {
-            address: address.to_owned(),
-            database,
-            credentials,
+            client,
             command,
             key,
             field,
@@ -182,7 +154,7 @@ fn command_name(command: RedisCommand) -> &'static str {
 
 impl SinkConfig for RedisSinkSpec {
     fn reach(&self) -> Reach {
-        Reach::Network(vec![self.address.clone()])
+        Reach::Network(vec![self.client.address.clone()])
     }
 
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
@@ -219,21 +191,6 @@ pub struct RedisSink {
 }
 
 /// Whether retrying may help: the connection, not Redis's answer, failed.
-fn transient(error: &redis::RedisError) -> bool {
-    error.is_io_error()
-        || error.is_connection_refusal()
-        || error.is_connection_dropped()
-        || error.is_timeout()
-        || matches!(
-            error.kind(),
-            redis::ErrorKind::TryAgain
-                | redis::ErrorKind::BusyLoadingError
-                | redis::ErrorKind::ReadOnly
-                | redis::ErrorKind::MasterDown
-        )
-}
-
-/// The outcome of one try at a batch.
 enum Attempt {
     Written,
     /// The marker says the batch is in Redis already.
@@ -252,31 +209,7 @@ impl RedisSink {
 
     fn connect(&mut self) -> Result<&mut redis::Connection, redis::RedisError> {
         if self.connection.is_none() {
-            let info = redis::ConnectionInfo {
-                addr: {
-                    let (host, port) = self
-                        .spec
-                        .address
-                        .rsplit_once(':')
-                        .unwrap_or((&self.spec.address, "6379"));
-                    redis::ConnectionAddr::Tcp(host.to_owned(), port.parse().unwrap_or(6379))
-                },
-                redis: redis::RedisConnectionInfo {
-                    db: self.spec.database,
-                    username: self.spec.credentials.as_ref().and_then(|(user, _)| user.clone()),
-                    password: self
-                        .spec
-                        .credentials
-                        .as_ref()
-                        .map(|(_, password)| password.clone()),
-                    ..Default::default()
-                },
-            };
-            let client = redis::Client::open(info)?;
-            let connection = client.get_connection_with_timeout(Duration::from_secs(5))?;
-            connection.set_read_timeout(Some(self.spec.timeout))?;
-            connection.set_write_timeout(Some(self.spec.timeout))?;
-            self.connection = Some(connection);
+            self.connection = Some(self.spec.client.connect(self.spec.timeout)?);
         }
         Ok(self.connection.as_mut().expect("just connected"))
     }
@@ -424,7 +357,7 @@ impl Sink for RedisSink {
                     )));
                 }
                 Err(error) if transient(&error) && Instant::now() < deadline => {
-                    tracing::warn!(sink = %self.name, address = %self.spec.address, %error, ?backoff, "Redis unreachable: retrying");
+                    tracing::warn!(sink = %self.name, address = %self.spec.client.address, %error, ?backoff, "Redis unreachable: retrying");
                     self.connection = None;
                     std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -452,7 +385,7 @@ impl Sink for RedisSink {
                     };
                     return Err(self.error(format!(
                         "Redis at {} failed batch {}{waited}: {error}{applied}",
-                        self.spec.address, batch.id
+                        self.spec.client.address, batch.id
                     )));
                 }
             }
@@ -468,7 +401,7 @@ impl Sink for RedisSink {
                 self.connection = None;
                 Ok(())
             }
-            Err(error) => Err(self.error(format!("Redis at {}: {error}", self.spec.address))),
+            Err(error) => Err(self.error(format!("Redis at {}: {error}", self.spec.client.address))),
         }
     }
 }

@@ -269,11 +269,12 @@ impl KafkaSpec {
     /// The consumer group: `group-id`, or `weir.<pipeline>.<source>`,
     /// after the scope's prefix (a tenant's).
     pub fn group(&self, pipeline: &str, source: &str) -> String {
-        let group = self
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("weir.{pipeline}.{source}"));
-        format!("{}{group}", self.ids_prefix.as_deref().unwrap_or_default())
+        super::group_id(
+            self.group_id.as_deref(),
+            self.ids_prefix.as_deref(),
+            pipeline,
+            source,
+        )
     }
 }
 

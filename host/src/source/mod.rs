@@ -14,6 +14,8 @@
 //! - [`stdin`]: lines from standard input.
 //! - `kafka`: records of Kafka topics, offsets logged per batch (the
 //!   `kafka` cargo feature, on by default).
+//! - [`redis_stream`]: entries of Redis streams through a consumer group,
+//!   entry ranges logged per batch.
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its receiver ([`crate::config::SourceType`],
@@ -29,6 +31,7 @@ pub mod generator;
 pub mod kafka;
 pub mod position;
 pub mod rate;
+pub mod redis_stream;
 pub mod socket;
 pub mod stdin;
 pub mod wal;
@@ -42,6 +45,7 @@ use crate::config::{SourceEntry, SourceSpec};
 use crate::record::Batch;
 pub use position::{
     BatchInput, FileSegment, OffsetRange, PartitionOffset, Replay, SourcePosition, SourceProgress,
+    StreamCursor, StreamRange,
 };
 
 /// A receiver failed for good.
@@ -369,6 +373,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The consumer group of a source that reads through one: `explicit`, or
+/// `weir.<pipeline>.<source>`, after the scope's prefix (a tenant's).
+pub fn group_id(explicit: Option<&str>, ids_prefix: Option<&str>, pipeline: &str, source: &str) -> String {
+    let group = explicit.map_or_else(|| format!("weir.{pipeline}.{source}"), str::to_owned);
+    format!("{}{group}", ids_prefix.unwrap_or_default())
+}
+
 /// A receiver.
 #[async_trait::async_trait]
 pub trait Source: Send {
@@ -386,6 +397,7 @@ pub const TYPES: &[SourceEntry] = &[
     SourceEntry::of::<stdin::StdinSource>(),
     #[cfg(feature = "kafka")]
     SourceEntry::of::<kafka::KafkaSpec>(),
+    SourceEntry::of::<redis_stream::RedisStreamSpec>(),
 ];
 
 /// The receiver for a source spec.

@@ -33,6 +33,39 @@ pub enum SourcePosition {
         /// Next offset per topic partition, sorted by topic and partition.
         offsets: Vec<PartitionOffset>,
     },
+    /// The Redis Streams source: the last entry read of every stream it
+    /// reads (every stream appears, with where it starts, before its first
+    /// record).
+    RedisStream {
+        /// Per stream, sorted by stream key.
+        streams: Vec<StreamCursor>,
+    },
+}
+
+/// How far the Redis Streams source has read one stream.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamCursor {
+    /// The stream's key.
+    pub stream: String,
+    /// The id of the last entry read (`0-0` before the first).
+    pub id: String,
+    /// Entries read of this stream since the pipeline's first run (counts a
+    /// batch's entries, so that a replay can tell whether any are gone).
+    pub read: u64,
+}
+
+/// The entries of one Redis stream a batch read: ids after `after`
+/// through `through`, `entries` of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRange {
+    /// The stream's key.
+    pub stream: String,
+    /// The id of the last entry read before the batch (exclusive).
+    pub after: String,
+    /// The id of the batch's last entry (inclusive).
+    pub through: String,
+    /// How many entries the batch read in between.
+    pub entries: u64,
 }
 
 /// The next offset to read in one Kafka topic partition.
@@ -99,6 +132,12 @@ pub enum BatchInput {
     Kafka {
         /// The ranges, sorted by topic and partition.
         ranges: Vec<OffsetRange>,
+    },
+    /// Entry ranges of Redis streams, one per stream the source reads
+    /// (empty ranges included).
+    RedisStream {
+        /// The ranges, sorted by stream key.
+        ranges: Vec<StreamRange>,
     },
     /// A source that keeps no position (it cannot be replayed).
     Untracked,
@@ -183,6 +222,38 @@ impl SourceProgress {
                 }
                 BatchInput::Kafka { ranges }
             }
+            Some(SourcePosition::RedisStream { .. }) => {
+                // A stream starts where the last batch left it, or where
+                // this batch first mentions it.
+                let mut starts: std::collections::BTreeMap<&str, &StreamCursor> = Default::default();
+                for position in self.position.iter().chain(positions) {
+                    if let SourcePosition::RedisStream { streams } = position {
+                        for cursor in streams {
+                            starts.entry(&cursor.stream).or_insert(cursor);
+                        }
+                    }
+                }
+                let last = positions.last().or(self.position.as_ref());
+                let ranges = match last {
+                    Some(SourcePosition::RedisStream { streams }) => streams
+                        .iter()
+                        .map(|end| {
+                            let start = starts.get(end.stream.as_str()).copied().unwrap_or(end);
+                            StreamRange {
+                                stream: end.stream.clone(),
+                                after: start.id.clone(),
+                                through: end.id.clone(),
+                                entries: end.read.saturating_sub(start.read),
+                            }
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if let Some(last) = positions.last() {
+                    self.position = Some(last.clone());
+                }
+                BatchInput::RedisStream { ranges }
+            }
             Some(SourcePosition::File { .. }) => {
                 let mut segments: Vec<FileSegment> = Vec::new();
                 for position in positions {
@@ -260,6 +331,24 @@ impl Replay {
                             })
                             .collect(),
                     });
+                }
+                BatchInput::RedisStream { ranges } => {
+                    let read_before = |stream: &str| match &progress.position {
+                        Some(SourcePosition::RedisStream { streams }) => streams
+                            .iter()
+                            .find(|cursor| cursor.stream == stream)
+                            .map_or(0, |cursor| cursor.read),
+                        _ => 0,
+                    };
+                    let streams = ranges
+                        .iter()
+                        .map(|range| StreamCursor {
+                            stream: range.stream.clone(),
+                            id: range.through.clone(),
+                            read: read_before(&range.stream) + range.entries,
+                        })
+                        .collect();
+                    progress.position = Some(SourcePosition::RedisStream { streams });
                 }
                 BatchInput::Untracked => {}
             }
@@ -379,6 +468,61 @@ mod tests {
             progress: SourceProgress::default(),
             batches: vec![first, second, third],
             next_batch: 3,
+        };
+        assert_eq!(replay.progress_after(), progress);
+    }
+
+    fn cursors(at: &[(&str, &str, u64)]) -> SourcePosition {
+        SourcePosition::RedisStream {
+            streams: at
+                .iter()
+                .map(|&(stream, id, read)| StreamCursor {
+                    stream: stream.into(),
+                    id: id.into(),
+                    read,
+                })
+                .collect(),
+        }
+    }
+
+    fn entries(stream: &str, after: &str, through: &str, entries: u64) -> StreamRange {
+        StreamRange {
+            stream: stream.into(),
+            after: after.into(),
+            through: through.into(),
+            entries,
+        }
+    }
+
+    #[test]
+    fn redis_stream_cursors_become_entry_ranges_with_counts() {
+        // A restart: the checkpoint had read 4 entries of `a`.
+        let mut progress = SourceProgress {
+            position: Some(cursors(&[("a", "5-0", 4)])),
+            finished_files: Vec::new(),
+        };
+        let start = progress.clone();
+        let first = progress.advance(&[
+            cursors(&[("a", "5-0", 4), ("b", "0-0", 0)]),
+            cursors(&[("a", "9-1", 7), ("b", "3-0", 2)]),
+        ]);
+        assert_eq!(
+            first,
+            BatchInput::RedisStream {
+                ranges: vec![entries("a", "5-0", "9-1", 3), entries("b", "0-0", "3-0", 2)]
+            }
+        );
+        let second = progress.advance(&[]);
+        assert_eq!(
+            second,
+            BatchInput::RedisStream {
+                ranges: vec![entries("a", "9-1", "9-1", 0), entries("b", "3-0", "3-0", 0)]
+            }
+        );
+        let replay = Replay {
+            progress: start,
+            batches: vec![first, second],
+            next_batch: 2,
         };
         assert_eq!(replay.progress_after(), progress);
     }
