@@ -23,6 +23,7 @@ mod sources;
 mod state;
 mod ui;
 mod windows;
+mod zeromq_source;
 
 use std::time::Duration;
 

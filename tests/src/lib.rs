@@ -21,6 +21,7 @@ pub mod http;
 pub mod kafka;
 pub mod redis;
 pub mod server;
+pub mod zeromq;
 
 /// Paths of the example plugins' components, built by this crate's build script.
 pub mod plugins {

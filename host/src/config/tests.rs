@@ -325,7 +325,7 @@ fn source_keys_are_checked_against_their_kind() {
     let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"nats\""));
     assert_eq!(
         message,
-        "unknown source type `nats` (expected socket, files, generator, stdin, kafka or redis-stream)"
+        "unknown source type `nats` (expected socket, files, generator, stdin, kafka, redis-stream or zeromq)"
     );
     let (_, message) = invalid(&WORDCOUNT.replace("type = \"socket\"", "type = \"kafka\""));
     assert_eq!(

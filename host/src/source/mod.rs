@@ -16,6 +16,8 @@
 //!   `kafka` cargo feature, on by default).
 //! - [`redis_stream`]: entries of Redis streams through a consumer group,
 //!   entry ranges logged per batch.
+//! - [`zeromq`]: messages of a ZeroMQ `PULL` or `SUB` socket, through the
+//!   write-ahead log.
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its receiver ([`crate::config::SourceType`],
@@ -35,6 +37,7 @@ pub mod redis_stream;
 pub mod socket;
 pub mod stdin;
 pub mod wal;
+pub mod zeromq;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -398,6 +401,7 @@ pub const TYPES: &[SourceEntry] = &[
     #[cfg(feature = "kafka")]
     SourceEntry::of::<kafka::KafkaSpec>(),
     SourceEntry::of::<redis_stream::RedisStreamSpec>(),
+    SourceEntry::of::<zeromq::ZeromqSpec>(),
 ];
 
 /// The receiver for a source spec.
