@@ -13,6 +13,7 @@ mod http_sink;
 mod incremental;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod object_storage;
 mod rate;
 mod recovery;
 mod redis_sink;

@@ -19,6 +19,7 @@ pub mod browser;
 pub mod elasticsearch;
 pub mod http;
 pub mod kafka;
+pub mod moto;
 pub mod redis;
 pub mod server;
 pub mod zeromq;

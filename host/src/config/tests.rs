@@ -417,7 +417,10 @@ fn sink_keys_are_checked_against_their_kind() {
         .kind
         .settings::<crate::sink::files::FilesSinkSpec>()
         .unwrap();
-    assert_eq!(settings.dir.path(), Path::new("dir/out"));
+    let crate::sink::files::FilesTarget::Local(dir) = &settings.target else {
+        panic!("a local directory: {:?}", settings.target);
+    };
+    assert_eq!(dir.path(), Path::new("dir/out"));
     assert_eq!(settings.format, FileFormat::Jsonl);
 }
 

@@ -32,21 +32,42 @@ pub enum FileFormat {
     Jsonl,
 }
 
+/// Where the files sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesTarget {
+    /// A local directory.
+    Local(DirPath),
+    /// S3-compatible object storage (`path = "s3://bucket/prefix"`).
+    #[cfg(feature = "object-store")]
+    Object(super::object_files::ObjectTarget),
+}
+
 /// Settings of the files sink (`type = "files"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesSinkSpec {
-    /// The output directory.
-    pub dir: DirPath,
+    /// The output directory or object-storage prefix.
+    pub target: FilesTarget,
     /// Record format.
     pub format: FileFormat,
 }
 
+/// The keys of an `s3://` path.
+const OBJECT_KEYS: [&str; 4] = ["endpoint", "region", "access-key-id", "secret-access-key"];
+
 impl SinkType for FilesSinkSpec {
     const NAME: &'static str = "files";
-    const KEYS: &'static [Key] = &[Key::text("path"), Key::text("format")];
+    const KEYS: &'static [Key] = &[
+        Key::text("path"),
+        Key::text("format"),
+        Key::text("endpoint"),
+        Key::text("region"),
+        Key::text("access-key-id"),
+        Key::text("secret-access-key"),
+    ];
 
     fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
         let dir = required(settings.text("path"), "path", cx.offset, "a `files` sink")?;
+        let at = settings.text("path").map_or(cx.offset, |p| p.span().start);
         let format = match settings
             .text("format")
             .map(|f| (f.get_ref().as_str(), f.span().start))
@@ -57,8 +78,26 @@ impl SinkType for FilesSinkSpec {
                 return Err((at, format!("unknown format `{other}` (expected text or jsonl)")));
             }
         };
+        if dir.starts_with("s3://") {
+            #[cfg(feature = "object-store")]
+            return Ok(Self {
+                target: FilesTarget::Object(super::object_files::ObjectTarget::parse(dir, settings, at)?),
+                format,
+            });
+            #[cfg(not(feature = "object-store"))]
+            return Err((
+                at,
+                "this weir was built without the `object-store` feature: it cannot write to s3://".to_owned(),
+            ));
+        }
+        if let Some(key) = OBJECT_KEYS.iter().find_map(|key| settings.text(key)) {
+            return Err((
+                key.span().start,
+                "`endpoint`, `region` and the access keys are for an `s3://` path".to_owned(),
+            ));
+        }
         Ok(Self {
-            dir: cx.dir(dir, "path")?,
+            target: FilesTarget::Local(cx.dir(dir, "path")?),
             format,
         })
     }
@@ -66,7 +105,27 @@ impl SinkType for FilesSinkSpec {
 
 impl SinkConfig for FilesSinkSpec {
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
-        Box::new(FilesSink::new(spec.name.clone(), self.dir.clone(), self.format).with_windows(cx.window_ms))
+        match &self.target {
+            FilesTarget::Local(dir) => Box::new(
+                FilesSink::new(spec.name.clone(), dir.clone(), self.format).with_windows(cx.window_ms),
+            ),
+            #[cfg(feature = "object-store")]
+            FilesTarget::Object(target) => Box::new(super::object_files::ObjectFilesSink::new(
+                spec.name.clone(),
+                target.clone(),
+                self.format,
+                cx.window_ms,
+                cx.checkpointed,
+            )),
+        }
+    }
+
+    fn reach(&self) -> crate::config::Reach {
+        match &self.target {
+            FilesTarget::Local(_) => crate::config::Reach::Files,
+            #[cfg(feature = "object-store")]
+            FilesTarget::Object(target) => crate::config::Reach::Network(vec![target.address()]),
+        }
     }
 }
 
@@ -113,15 +172,27 @@ impl FilesSink {
 
     fn write_part(&self, file: std::fs::File, partition: &[crate::record::Batch]) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        for record in partition.iter().flat_map(|chunk| chunk.iter()) {
-            match self.format {
-                FileFormat::Text => write_text(&mut out, record)?,
-                FileFormat::Jsonl => write_json(&mut out, record, self.window_ms)?,
-            }
-        }
+        encode_partition(&mut out, self.format, self.window_ms, partition)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
     }
+}
+
+/// Writes the records of `partition` to `out` in `format` (records of a
+/// window stage of length `window_ms` tagged with their window).
+pub(crate) fn encode_partition(
+    out: &mut impl Write,
+    format: FileFormat,
+    window_ms: Option<i64>,
+    partition: &[crate::record::Batch],
+) -> std::io::Result<()> {
+    for record in partition.iter().flat_map(|chunk| chunk.iter()) {
+        match format {
+            FileFormat::Text => write_text(out, record)?,
+            FileFormat::Jsonl => write_json(out, record, window_ms)?,
+        }
+    }
+    Ok(())
 }
 
 fn write_text(out: &mut impl Write, record: RecordRef<'_>) -> std::io::Result<()> {

@@ -10,7 +10,9 @@
 //! directory, so its visible output is exactly-once.
 //!
 //! - [`console`]: a header per batch, then the first records (Spark's `print()`).
-//! - [`files`]: one directory per batch, `text` or `jsonl`.
+//! - [`files`]: one directory per batch, `text` or `jsonl`; on S3-compatible
+//!   object storage (`object_files`, the `object-store` cargo feature, on
+//!   by default) committed by a create-only manifest per batch.
 //! - `kafka`: records to a topic, at least once or exactly once through
 //!   one transaction per batch (the `kafka` cargo feature, on by default).
 //! - [`redis`]: a command per record, a batch in one `MULTI`/`EXEC` with a
@@ -30,6 +32,8 @@ pub mod files;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "object-store")]
+pub mod object_files;
 pub mod redis;
 mod retrying;
 pub mod template;

@@ -1,0 +1,123 @@
+//! The files sink on S3-compatible object storage, against a real
+//! `moto_server`: exactly-once batches over kill -9 (read back with boto3
+//! through the manifests, as a reader would), a prefix another pipeline
+//! already wrote, runs without a checkpoint, and bad settings.
+
+use std::path::Path;
+
+use weir_tests::moto::MotoServer;
+use weir_tests::{files_wordcount, scratch, stderr, word_counts, write_inputs, write_pipeline};
+
+use super::{LIMIT, run_file_ok, weir};
+
+/// The `[[sink]]` table of a files sink writing to `s3://weir-out/<prefix>`.
+fn s3_sink(moto: &MotoServer, prefix: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"files\"\npath = \"s3://weir-out/{prefix}\"\n\
+         endpoint = \"{}\"\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n",
+        moto.endpoint()
+    )
+}
+
+fn pipeline(dir: &Path, checkpointed: bool, sink: &str) -> String {
+    files_wordcount(dir, "s3-wordcount", checkpointed, sink)
+}
+
+#[test]
+fn killed_pipelines_commit_every_batch_to_object_storage_exactly_once() {
+    let moto = MotoServer::start();
+    moto.create_bucket("weir-out");
+    let dir = scratch();
+    let text = write_inputs(dir.path(), 150, 8, 3);
+    let file = write_pipeline(
+        dir.path(),
+        "s3.toml",
+        &pipeline(dir.path(), true, &s3_sink(&moto, "counts")),
+    );
+    let mut rng = super::recovery::Rng(0x53_0b1e);
+    let mut points = Vec::new();
+    for _ in 0..3 {
+        points.push(format!("sink-commit:{}", 1 + rng.below(5)));
+        points.push(format!("batch-logged:{}", 2 + rng.below(4)));
+        points.push(format!("checkpoint-state:{}", 1 + rng.below(3)));
+    }
+    points.push("checkpoint-done:1".to_owned());
+    let crashes = super::recovery::run_with_crashes(&file, &points, 12, 29);
+    assert!(crashes.kills >= 20, "only {} kills: {crashes:?}", crashes.kills);
+    assert_eq!(
+        moto.committed_counts("weir-out", "counts/"),
+        word_counts(&text),
+        "after {crashes:?}"
+    );
+    // One manifest per batch (one file each), every one create-only.
+    let manifests = moto
+        .objects("weir-out", "counts/")
+        .into_keys()
+        .filter(|key| key.ends_with("/_manifest.json"))
+        .count();
+    assert_eq!(manifests, 150);
+
+    // Another checkpoint directory writing the same prefix is refused.
+    let other = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("checkpoints", "other-checkpoints");
+    let other = write_pipeline(dir.path(), "other.toml", &other);
+    let output = weir().run(&["run", "--available-now", other.to_str().unwrap()], LIMIT);
+    let log = stderr(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains(
+            "s3://weir-out/counts already holds batch 0, but this pipeline's batch log ends before it"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn without_a_checkpoint_each_run_replaces_its_batches() {
+    let moto = MotoServer::start();
+    moto.create_bucket("weir-out");
+    let dir = scratch();
+    let first = write_inputs(dir.path(), 2, 10, 5);
+    let file = write_pipeline(
+        dir.path(),
+        "s3.toml",
+        &pipeline(dir.path(), false, &s3_sink(&moto, "plain")),
+    );
+    run_file_ok(&file);
+    assert_eq!(moto.committed_counts("weir-out", "plain/"), word_counts(&first));
+    // A second run (batch ids from 0 again) over new input replaces them.
+    std::fs::remove_dir_all(dir.path().join("in")).unwrap();
+    let second = write_inputs(dir.path(), 2, 10, 50);
+    run_file_ok(&file);
+    assert_eq!(moto.committed_counts("weir-out", "plain/"), word_counts(&second));
+}
+
+#[test]
+fn bad_object_storage_settings_are_refused_with_the_reason() {
+    let dir = scratch();
+    let local = "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"files\"\n";
+    for (sink, error) in [
+        (
+            format!("{local}path = \"s3://A_B/x\""),
+            "invalid bucket \"A_B\" in \"s3://A_B/x\"",
+        ),
+        (
+            format!("{local}path = \"s3://bucket/x\"\nendpoint = \"127.0.0.1:9000\""),
+            "invalid endpoint \"127.0.0.1:9000\" (an http:// or https:// URL)",
+        ),
+        (
+            format!("{local}path = \"s3://bucket/x\"\naccess-key-id = \"id\""),
+            "`access-key-id` and `secret-access-key` go together",
+        ),
+        (
+            format!("{local}path = \"out\"\nregion = \"eu-west-1\""),
+            "`endpoint`, `region` and the access keys are for an `s3://` path",
+        ),
+    ] {
+        let file = write_pipeline(dir.path(), "bad.toml", &pipeline(dir.path(), false, &sink));
+        let output = weir().run(&["check", file.to_str().unwrap()], LIMIT);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains(error), "{sink}: {}", stderr(&output));
+    }
+}

@@ -1,0 +1,117 @@
+//! A real S3-compatible server for the object-storage tests: `moto_server`
+//! (moto 5.2.5, installed by `tests/moto/install` into `target/moto`) on a
+//! free loopback port, one per test; killed when dropped. Objects are read
+//! back with boto3, independently of the engine's S3 client.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn venv() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/moto/venv");
+    assert!(
+        venv.join("bin/moto_server").exists(),
+        "moto is not installed: run tests/moto/install"
+    );
+    venv
+}
+
+/// A running `moto_server`.
+pub struct MotoServer {
+    child: Child,
+    port: u16,
+}
+
+impl MotoServer {
+    /// Starts one and waits until it answers.
+    pub fn start() -> Self {
+        let port = crate::free_port();
+        let child = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto_server");
+        let server = Self { child, port };
+        let started = Instant::now();
+        let client = reqwest::blocking::Client::new();
+        while client.get(server.endpoint()).send().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates bucket `name`.
+    pub fn create_bucket(&self, name: &str) {
+        let response = reqwest::blocking::Client::new()
+            .put(format!("{}/{name}", self.endpoint()))
+            .send()
+            .expect("moto_server answers");
+        assert!(response.status().is_success(), "{:?}", response.text());
+    }
+
+    /// Every object of `bucket` under `prefix`, key → content, read with boto3.
+    pub fn objects(&self, bucket: &str, prefix: &str) -> BTreeMap<String, String> {
+        const LIST: &str = r#"
+import boto3, json, sys
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+objects = {}
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[2], Prefix=sys.argv[3]):
+    for item in page.get("Contents", []):
+        objects[item["Key"]] = s3.get_object(Bucket=sys.argv[2], Key=item["Key"])["Body"].read().decode()
+json.dump(objects, sys.stdout)
+"#;
+        let output = Command::new(venv().join("bin/python"))
+            .args(["-c", LIST, &self.endpoint(), bucket, prefix])
+            .output()
+            .expect("cannot run boto3");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("boto3 printed JSON")
+    }
+
+    /// Sums `word<TAB>count` lines of the parts that batch manifests under
+    /// `prefix` name (what a reader of the sink's output sees).
+    pub fn committed_counts(&self, bucket: &str, prefix: &str) -> BTreeMap<String, u64> {
+        let objects = self.objects(bucket, prefix);
+        let mut totals = BTreeMap::new();
+        for (key, manifest) in objects.iter().filter(|(key, _)| key.ends_with("/_manifest.json")) {
+            let directory = key.trim_end_matches("_manifest.json");
+            let manifest: serde_json::Value = serde_json::from_str(manifest).unwrap();
+            for part in manifest["parts"].as_array().unwrap() {
+                let name = format!("{directory}{}", part["name"].as_str().unwrap());
+                let text = objects
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{key} names {name}, which is missing"));
+                assert_eq!(text.len() as u64, part["bytes"].as_u64().unwrap(), "{name}");
+                for line in text.lines() {
+                    let (word, count) = line.split_once('\t').unwrap();
+                    *totals.entry(word.to_owned()).or_insert(0) += count.parse::<u64>().unwrap();
+                }
+            }
+        }
+        totals
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
