@@ -270,3 +270,39 @@ fn bad_streams_and_servers_fail_with_the_reason() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_group_started_at_the_latest_entry_recovers_from_a_kill_before_its_first_checkpoint() {
+    let redis = RedisServer::start();
+    let dir = scratch();
+    // Entries from before the pipeline: `start = "latest"` leaves them.
+    redis.xadd_lines("in-a", &sample_text(100, 71));
+    let text = stream_wordcount(&redis, dir.path(), true, "").replace("start = \"earliest\"\n", "");
+    let file = write_pipeline(dir.path(), "latest.toml", &text);
+    let log = dir.path().join("weir.log");
+    let mut child = weir()
+        .command(&["run", file.to_str().unwrap()])
+        .env("WEIR_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !read_log().contains("created the consumer group") {
+        assert!(std::time::Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let new = sample_text(200, 72);
+    redis.xadd_lines("in-a", &new);
+    // Killed as soon as some of it is out: before a checkpoint holds it.
+    while sink_lines(&dir.path().join("out")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The logged batches are read again from where the group started.
+    run_file_ok(&file);
+    assert_eq!(summed_counts(&dir.path().join("out")), word_counts(&new));
+}

@@ -233,6 +233,47 @@ path = {:?}
 }
 
 #[test]
+fn a_pull_socket_connects_again_when_its_producer_restarts() {
+    let dir = scratch();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let pipeline = format!(
+        "[pipeline]\nname = \"zmq-pull\"\nbatch-interval = \"100ms\"\n\n[[source]]\nname = \"lines\"\ntype = \"zeromq\"\n\
+         address = \"{endpoint}\"\n\n[[sink]]\nname = \"out\"\ninput = \"lines\"\ntype = \"files\"\npath = {:?}\n",
+        dir.path().join("out").display().to_string()
+    );
+    let file = write_pipeline(dir.path(), "pull.toml", &pipeline);
+    let log = dir.path().join("weir.log");
+    let out = dir.path().join("out");
+    let batch = |from: usize| {
+        serde_json::Value::from(
+            (from..from + 100)
+                .map(|i| format!("line {i}"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // The pipeline connects to a producer that binds, sends, and goes away.
+    let first = Producer::start("push", &endpoint, "bind", &batch(0), 100, 0.0);
+    let mut child = start(&file, None, &log);
+    first.finish();
+    wait_until(LIMIT, &log, || sink_lines(&out).len() >= 100);
+    // A new producer on the same address: the pipeline finds it.
+    let second = Producer::start("push", &endpoint, "bind", &batch(100), 100, 0.0);
+    second.finish();
+    wait_until(LIMIT, &log, || sink_lines(&out).len() >= 200);
+    weir_tests::terminate(&child);
+    assert!(weir_tests::wait_status(&mut child, LIMIT).success());
+    let got: BTreeSet<String> = sink_lines(&out).into_iter().map(|(_, line)| line).collect();
+    let sent: BTreeSet<String> = (0..200).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, sent);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("the ZeroMQ producer went away: connecting again"),
+        "the receiver noticed the producer leaving"
+    );
+}
+
+#[test]
 fn bad_zeromq_settings_and_a_taken_address_fail_with_the_reason() {
     let dir = scratch();
     let pipeline = |source_extra: &str| {

@@ -1,15 +1,16 @@
 //! `weir bench --suite sinks`: the word count end to end into each sink,
 //! in one run: files (the baseline), Redis (`INCRBY`, exactly once), HTTP
-//! (JSON lines to a receiver in this process) and Elasticsearch (`_bulk`).
+//! (JSON lines to a receiver in this process), Elasticsearch (`_bulk`)
+//! and S3 object storage (the files sink's `s3://`, exactly once).
 //!
 //! Each is the real `weir run --available-now` binary as a child process
 //! over the same Zipf text, one-second batches, timed from spawn to exit
 //! with its CPU time and peak memory; its records into the sink come from
 //! its summary, and its output is read back and must add up to the words
 //! of the text. Redis is Debian's `redis-server` (on PATH) and
-//! Elasticsearch noida-db (from `tests/broker/install`), started here on
-//! the same cores; a sink whose server is missing is skipped with the
-//! reason.
+//! Elasticsearch noida-db (from `tests/broker/install`), S3 moto's
+//! `moto_server` (from `tests/moto/install`), started here on the same
+//! cores; a sink whose server is missing is skipped with the reason.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,6 +111,71 @@ fn start_elasticsearch(dir: &Path) -> anyhow::Result<(Server, u16)> {
     let server = Server(child);
     wait_for_port(port, "noida-db's Elasticsearch")?;
     Ok((server, port))
+}
+
+/// moto's S3 server (`tests/moto/install`) with the bucket `bench`.
+#[cfg(feature = "object-store")]
+fn start_moto() -> anyhow::Result<(Server, u16)> {
+    let binary = Path::new("target/moto/venv/bin/moto_server");
+    if !binary.is_file() {
+        bail!(
+            "moto is not installed in {}: run `tests/moto/install` from the repository root",
+            binary.display()
+        );
+    }
+    let port = free_port()?;
+    let child = Command::new(binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = Server(child);
+    wait_for_port(port, "moto_server")?;
+    let created = reqwest::blocking::Client::new()
+        .put(format!("http://127.0.0.1:{port}/bench"))
+        .send()?;
+    if !created.status().is_success() {
+        bail!("moto_server refused the bucket: {}", created.status());
+    }
+    Ok((server, port))
+}
+
+/// The records the batch manifests under `s3://bench/counts` name, read
+/// back from moto on `port`.
+#[cfg(feature = "object-store")]
+fn s3_records(port: u16) -> anyhow::Result<u64> {
+    use futures_util::TryStreamExt;
+    use object_store::ObjectStore;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("bench")
+        .with_region("us-east-1")
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_skip_signature(true)
+        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let prefix = object_store::path::Path::from("counts");
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+        let mut records = 0;
+        for object in objects
+            .iter()
+            .filter(|o| o.location.as_ref().ends_with("/_manifest.json"))
+        {
+            let bytes = store.get(&object.location).await?.bytes().await?;
+            let manifest: serde_json::Value = serde_json::from_slice(&bytes)?;
+            records += manifest["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|part| part["records"].as_u64())
+                .sum::<u64>();
+        }
+        Ok(records)
+    })
 }
 
 /// An HTTP receiver in this process: it adds up the counts it is sent.
@@ -307,6 +373,31 @@ pub fn run(
         sink: "elasticsearch (_bulk)",
         outcome: elasticsearch.map_err(|e| format!("{e:#}")),
     });
+
+    #[cfg(feature = "object-store")]
+    {
+        progress("s3 (object storage, exactly once)");
+        let s3 = start_moto().and_then(|(server, port)| {
+            let file = pipeline(
+                "s3",
+                &format!(
+                    "type = \"files\"\npath = \"s3://bench/counts\"\nendpoint = \"http://127.0.0.1:{port}\""
+                ),
+                true,
+            )?;
+            let result = run_child(weir, &file, partitions, &dir.join("s3.log"))?;
+            let committed = s3_records(port)?;
+            if committed != result.1 {
+                bail!("the manifests name {committed} records of {}", result.1);
+            }
+            drop(server);
+            Ok(result)
+        });
+        runs.push(SinkRun {
+            sink: "s3 (object storage, exactly once)",
+            outcome: s3.map_err(|e| format!("{e:#}")),
+        });
+    }
     Ok(SinksReport {
         corpus: stats,
         partitions,

@@ -957,10 +957,21 @@ impl Driver {
         }
         let name = pipeline.plan.pipeline.clone();
         if let Err(error) = result {
-            // A source that failed ended its input early: what went wrong
-            // after that (a replayed batch that came out short) follows
-            // from it, so its error is the one to report.
+            // A source that failed while its logged batches were read again
+            // ended its input early: the replayed batch that came out short
+            // follows from it, so its error is the one to report.
+            let short_replay = matches!(
+                &error,
+                EngineError::Checkpoint {
+                    error: crate::checkpoint::CheckpointError::Unusable { .. },
+                    ..
+                }
+            );
             return match self.source_error.take() {
+                Some(source_error) if !short_replay => {
+                    tracing::error!(error = %source_error, "a source failed too");
+                    Err(error)
+                }
                 Some(source_error) => {
                     tracing::error!(%error, "after the source failed");
                     Err(EngineError::Source {

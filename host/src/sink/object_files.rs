@@ -202,7 +202,12 @@ impl ObjectFilesSink {
 
 impl Sink for ObjectFilesSink {
     fn open(&mut self) -> Result<(), SinkError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // One worker of its own, so that the HTTP client's connections are
+        // looked after between batches too (a pooled connection the store
+        // closed is noticed before it is used).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-s3")
             .enable_all()
             .build()
             .map_err(|e| self.error(format!("cannot start the object-storage client: {e}")))?;

@@ -37,7 +37,7 @@
 //! (`XREADGROUP ... BLOCK 100`), checking between reads whether the
 //! pipeline stops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -250,6 +250,22 @@ impl FromStr for EntryId {
     }
 }
 
+impl EntryId {
+    /// The id just before this one (an exclusive start that takes it).
+    pub fn before(self) -> Self {
+        match (self.ms, self.seq) {
+            (ms, 0) if ms > 0 => Self {
+                ms: ms - 1,
+                seq: u64::MAX,
+            },
+            (ms, seq) => Self {
+                ms,
+                seq: seq.saturating_sub(1),
+            },
+        }
+    }
+}
+
 impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -297,6 +313,10 @@ struct Receiver {
     handle: Handle,
     group: String,
     connection: Option<redis::Connection>,
+    /// A connection was made before.
+    connected: bool,
+    /// The connection was made again since pending entries were last read.
+    reconnected: bool,
     cursors: BTreeMap<String, Cursor>,
     chunk: Batch,
     /// When the server last answered.
@@ -312,6 +332,8 @@ impl Receiver {
             handle,
             group,
             connection: None,
+            connected: false,
+            reconnected: false,
             cursors: BTreeMap::new(),
             chunk: Batch::new(),
             last_contact: Instant::now(),
@@ -326,9 +348,7 @@ impl Receiver {
     }
 
     fn read(&mut self) -> Result<(), Halt> {
-        let mut checkpointed = false;
         if let Some(replay) = self.ctx.replay.take() {
-            checkpointed = replay.progress_after().position.is_some();
             if let Some(SourcePosition::RedisStream { streams }) = &replay.progress.position {
                 for known in streams {
                     let last = self.parse_id(&known.id)?;
@@ -346,10 +366,19 @@ impl Receiver {
                 self.replay_batch(input)?;
             }
         }
+        // Streams the checkpoint and the batch log know go on from there;
+        // the others from where this consumer stands in its group.
+        let known: BTreeSet<String> = self.cursors.keys().cloned().collect();
         for stream in self.spec.streams.clone() {
             self.cursors.entry(stream).or_default();
         }
-        self.create_groups(checkpointed)?;
+        self.create_groups(&known)?;
+        for stream in self.spec.streams.clone() {
+            if !known.contains(&stream) {
+                let start = self.consumer_start(&stream)?;
+                self.cursors.get_mut(&stream).expect("every stream").last = start;
+            }
+        }
         if self.ctx.available_now {
             for stream in self.spec.streams.clone() {
                 let last = self.last_entry(&stream)?;
@@ -364,13 +393,13 @@ impl Receiver {
     }
 
     /// Creates the group on every stream where it is missing: where the
-    /// checkpoint stands, else at `start`.
-    fn create_groups(&mut self, checkpointed: bool) -> Result<(), Halt> {
+    /// cursor stands for the streams `at_cursor` names, else at `start`.
+    fn create_groups(&mut self, at_cursor: &BTreeSet<String>) -> Result<(), Halt> {
         for stream in self.spec.streams.clone() {
-            let at = match (checkpointed, self.spec.start) {
-                (true, _) => self.cursors[&stream].last.to_string(),
-                (false, GroupStart::Earliest) => "0".to_owned(),
-                (false, GroupStart::Latest) => "$".to_owned(),
+            let at = match self.spec.start {
+                _ if at_cursor.contains(&stream) => self.cursors[&stream].last.to_string(),
+                GroupStart::Earliest => "0".to_owned(),
+                GroupStart::Latest => "$".to_owned(),
             };
             let created = self.command(|connection, group| {
                 redis::cmd("XGROUP")
@@ -390,6 +419,63 @@ impl Receiver {
             }
         }
         Ok(())
+    }
+
+    /// Where this consumer stands in a stream the checkpoint does not know:
+    /// just before its oldest pending entry (read before, never
+    /// acknowledged: it is read again), else at the group's last delivered
+    /// entry.
+    fn consumer_start(&mut self, stream: &str) -> Result<EntryId, Halt> {
+        let groups: Value =
+            self.command(|connection, _| redis::cmd("XINFO").arg("GROUPS").arg(stream).query(connection))?;
+        let mut delivered = EntryId::default();
+        if let Value::Array(groups) = groups {
+            for group in groups {
+                let fields = match group {
+                    Value::Array(fields) => fields.into_iter().map(bytes_of).collect::<Vec<_>>(),
+                    Value::Map(pairs) => pairs
+                        .into_iter()
+                        .flat_map(|(name, value)| [bytes_of(name), bytes_of(value)])
+                        .collect(),
+                    _ => continue,
+                };
+                let field = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|pair| pair[0] == name.as_bytes())
+                        .and_then(|pair| pair.get(1))
+                };
+                if field("name").map(Vec::as_slice) == Some(self.group.as_bytes()) {
+                    let id = field("last-delivered-id").map(|id| String::from_utf8_lossy(id).into_owned());
+                    delivered = self.parse_id(id.as_deref().unwrap_or("0-0"))?;
+                }
+            }
+        }
+        let consumer = self.spec.consumer.clone();
+        let oldest: Value = self.command(|connection, group| {
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&consumer)
+                .query(connection)
+        })?;
+        let oldest = match oldest {
+            Value::Array(mut items) if !items.is_empty() => match items.swap_remove(0) {
+                Value::Array(mut fields) if !fields.is_empty() => {
+                    let id = String::from_utf8_lossy(&bytes_of(fields.swap_remove(0))).into_owned();
+                    Some(self.parse_id(&id)?)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(match oldest {
+            Some(oldest) => oldest.before().min(delivered),
+            None => delivered,
+        })
     }
 
     /// The id of a stream's last entry (`0-0` when it is empty).
@@ -521,6 +607,11 @@ impl Receiver {
                 return self.flush();
             }
             self.acknowledge_committed()?;
+            // A reply lost with a failed connection left its entries
+            // pending: they are read first.
+            if std::mem::take(&mut self.reconnected) {
+                self.read_pending()?;
+            }
             let block = (!self.ctx.available_now).then_some(READ_BLOCK_MS);
             let reply = self.read_group(&streams, &new, block)?;
             let empty = reply.iter().all(|(_, entries)| entries.is_empty());
@@ -574,7 +665,8 @@ impl Receiver {
                 Err(Halt::Failed(error)) if error.message.contains("NOGROUP") => {
                     tracing::warn!(source = %self.ctx.name, group = %self.group,
                         "the consumer group or its stream was deleted: creating it again where the source stands");
-                    self.create_groups(true)?;
+                    let everywhere = self.spec.streams.iter().cloned().collect();
+                    self.create_groups(&everywhere)?;
                 }
                 other => break other?,
             }
@@ -636,6 +728,10 @@ impl Receiver {
     /// Adds a read entry to the chunk and moves the stream's cursor past it.
     fn take(&mut self, stream: &str, entry: Entry) {
         let cursor = self.cursors.get_mut(stream).expect("every stream has a cursor");
+        // Already read (a replica that fell behind delivering again).
+        if entry.id <= cursor.last {
+            return;
+        }
         cursor.last = entry.id;
         if entry.fields.is_some() {
             cursor.read += 1;
@@ -708,7 +804,7 @@ impl Receiver {
         }
         let consumer = self.spec.consumer.clone();
         loop {
-            let pending: Value = self.command(|connection, group| {
+            let pending = self.command(|connection, group| {
                 redis::cmd("XPENDING")
                     .arg(stream)
                     .arg(group)
@@ -716,8 +812,15 @@ impl Receiver {
                     .arg(through.to_string())
                     .arg(PAGE)
                     .arg(&consumer)
-                    .query(connection)
-            })?;
+                    .query::<Value>(connection)
+            });
+            let pending = match pending {
+                Ok(pending) => pending,
+                // The group is gone, and its pending entries with it; the
+                // next read creates it again.
+                Err(Halt::Failed(error)) if error.message.contains("NOGROUP") => return Ok(()),
+                Err(halt) => return Err(halt),
+            };
             let ids: Vec<Vec<u8>> = match pending {
                 Value::Array(items) => items
                     .into_iter()
@@ -764,6 +867,8 @@ impl Receiver {
                 Some(connection) => command(connection, &self.group),
                 None => match self.spec.client.connect(COMMAND_TIMEOUT) {
                     Ok(connection) => {
+                        self.reconnected = self.connected;
+                        self.connected = true;
                         let connection = self.connection.insert(connection);
                         command(connection, &self.group)
                     }
@@ -879,5 +984,7 @@ mod tests {
         assert_eq!(a.to_string(), "1700000000000-5");
         assert_eq!("7".parse::<EntryId>().unwrap(), EntryId { ms: 7, seq: 0 });
         assert!("x-1".parse::<EntryId>().is_err());
+        assert_eq!(b.before().to_string(), format!("1700000000000-{}", u64::MAX));
+        assert_eq!(a.before().to_string(), "1700000000000-4");
     }
 }

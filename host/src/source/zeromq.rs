@@ -14,9 +14,10 @@
 //!   the socket source does: from then on it is exactly once.
 //! - **`SUB`** subscribes to `subscribe` (a prefix or a list of them; all
 //!   messages by default).
-//! - **Connect** retries until the producer is there (ZeroMQ reconnects by
-//!   itself afterwards); **bind** fails the run at once when the address is
-//!   taken.
+//! - **Connect** retries until the producer is there, and again when it
+//!   goes away (zeromq's `SUB` reconnects by itself; its `PULL` does not,
+//!   so the receiver watches the socket's events); **bind** fails the run
+//!   at once when the address is taken.
 //! - A ZeroMQ source never ends by itself, so `--available-now` refuses it.
 
 use std::time::Duration;
@@ -194,13 +195,27 @@ impl Source for ZeromqSource {
         let Some(mut socket) = self.open(&mut ctx).await? else {
             return Ok(());
         };
+        // zeromq's PULL does not reconnect by itself (its SUB does): the
+        // receiver watches for the producer going away and connects again.
+        let mut disconnects = match (&mut socket, self.spec.bind) {
+            (Receiving::Pull(pull), false) => Some(pull.monitor()),
+            _ => None,
+        };
         let mut chunker = ctx.chunker();
         let mut block = Vec::new();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = ctx.stopped() => break,
-                message = socket.recv() => message,
+                () = disconnected(&mut disconnects) => None,
+                message = socket.recv() => Some(message),
+            };
+            let Some(first) = first else {
+                tracing::warn!(source = %ctx.name, address = %self.spec.address, "the ZeroMQ producer went away: connecting again");
+                if !self.connect(&mut socket, &mut ctx).await {
+                    break;
+                }
+                continue;
             };
             // One message, then every one already waiting (up to a block of
             // 1 MiB): one log append, one chunk.
@@ -241,6 +256,25 @@ impl Source for ZeromqSource {
     }
 }
 
+/// Returns when the socket `events` watches lost its peer (never without
+/// `events`).
+async fn disconnected<S>(events: &mut Option<S>)
+where
+    S: futures_util::Stream<Item = zeromq::SocketEvent> + Unpin,
+{
+    use futures_util::StreamExt;
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match events.next().await {
+            Some(zeromq::SocketEvent::Disconnected(_)) => return,
+            Some(_) => {}
+            None => return std::future::pending().await,
+        }
+    }
+}
+
 /// Appends a message's lines to `block`, each ended with `\n` (the frames of
 /// a multipart message joined).
 fn append_lines(block: &mut Vec<u8>, message: &ZmqMessage) {
@@ -253,6 +287,44 @@ fn append_lines(block: &mut Vec<u8>, message: &ZmqMessage) {
 }
 
 impl ZeromqSource {
+    /// Connects `socket` to the producer, retrying with backoff; false
+    /// when the pipeline stopped first.
+    async fn connect(&self, socket: &mut Receiving, ctx: &mut SourceContext) -> bool {
+        let spec = &self.spec;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connecting = async {
+                match &mut *socket {
+                    Receiving::Pull(socket) => socket.connect(&spec.address).await,
+                    Receiving::Sub(socket) => socket.connect(&spec.address).await,
+                }
+            };
+            let connected = tokio::select! {
+                biased;
+                _ = ctx.stopped() => return false,
+                connected = tokio::time::timeout(Duration::from_secs(5), connecting) => connected,
+            };
+            match connected {
+                Ok(Ok(())) => {
+                    tracing::info!(source = %ctx.name, address = %spec.address, "ZeroMQ socket connected");
+                    return true;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(source = %ctx.name, address = %spec.address, %error, ?backoff, "cannot connect to the ZeroMQ producer: retrying");
+                }
+                Err(_) => {
+                    tracing::warn!(source = %ctx.name, address = %spec.address, "no ZeroMQ producer answered within 5 s: retrying");
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = ctx.stopped() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// The socket, bound or connected (`None`: stopped while connecting).
     async fn open(&self, ctx: &mut SourceContext) -> Result<Option<Receiving>, SourceError> {
         let spec = &self.spec;
@@ -267,37 +339,8 @@ impl ZeromqSource {
             };
             bound.map_err(|error| ctx.error(format!("cannot bind {}: {error}", spec.address)))?;
             tracing::info!(source = %ctx.name, address = %spec.address, "ZeroMQ socket bound");
-        } else {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let connecting = async {
-                    match &mut socket {
-                        Receiving::Pull(socket) => socket.connect(&spec.address).await,
-                        Receiving::Sub(socket) => socket.connect(&spec.address).await,
-                    }
-                };
-                let connected = tokio::select! {
-                    biased;
-                    _ = ctx.stopped() => return Ok(None),
-                    connected = tokio::time::timeout(Duration::from_secs(5), connecting) => connected,
-                };
-                match connected {
-                    Ok(Ok(())) => break,
-                    Ok(Err(error)) => {
-                        tracing::warn!(source = %ctx.name, address = %spec.address, %error, ?backoff, "cannot connect to the ZeroMQ producer: retrying");
-                    }
-                    Err(_) => {
-                        tracing::warn!(source = %ctx.name, address = %spec.address, "no ZeroMQ producer answered within 5 s: retrying");
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    _ = ctx.stopped() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            tracing::info!(source = %ctx.name, address = %spec.address, "ZeroMQ socket connected");
+        } else if !self.connect(&mut socket, ctx).await {
+            return Ok(None);
         }
         if let Receiving::Sub(sub) = &mut socket {
             for prefix in &spec.subscribe {
