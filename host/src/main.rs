@@ -1247,7 +1247,7 @@ fn sinks_bench(lines: u64, partitions: Option<usize>, plugin: Option<PathBuf>) -
     for run in &report.runs {
         match &run.outcome {
             Ok((usage, records)) => println!(
-                "  {:<30} {:>8.0} k records/s into the sink  {:>9} records  {:>6.2} s  cpu {:>6.2} s  peak RSS {:>6.1} MB  time / files {:>5.2}",
+                "  {:<34} {:>5.0} k records/s into the sink  {:>9} records  {:>6.2} s  cpu {:>6.2} s  peak RSS {:>6.1} MB  time / files {:>5.2}",
                 run.sink,
                 *records as f64 / usage.elapsed.as_secs_f64() / 1e3,
                 records,

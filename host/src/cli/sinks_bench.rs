@@ -152,7 +152,8 @@ fn s3_records(port: u16) -> anyhow::Result<u64> {
         .with_region("us-east-1")
         .with_endpoint(format!("http://127.0.0.1:{port}"))
         .with_allow_http(true)
-        .with_skip_signature(true)
+        .with_access_key_id("bench")
+        .with_secret_access_key("bench")
         .build()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -381,7 +382,8 @@ pub fn run(
             let file = pipeline(
                 "s3",
                 &format!(
-                    "type = \"files\"\npath = \"s3://bench/counts\"\nendpoint = \"http://127.0.0.1:{port}\""
+                    "type = \"files\"\npath = \"s3://bench/counts\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+                     access-key-id = \"bench\"\nsecret-access-key = \"bench\""
                 ),
                 true,
             )?;
