@@ -12,11 +12,21 @@
 //! is not written), `checkpoint-done` (a checkpoint is complete),
 //! `kafka-sent` (a Kafka sink sent a batch's records in its transaction, not
 //! yet committed), `kafka-committed` (a Kafka sink committed a batch's
-//! transaction; the engine has not recorded the batch as done).
+//! transaction; the engine has not recorded the batch as done),
+//! `redis-prepared` / `redis-committed` (a Redis sink's `MULTI` built / its
+//! `EXEC` answered), `http-sent` and `es-bulk-sent` (an HTTP sink's part or
+//! an Elasticsearch sink's bulk request answered), `redis-stream-read` (a
+//! Redis Streams source read entries that are in no chunk yet),
+//! `swap-checked` / `swap-cut-over` (a hot-load stored its checked
+//! component, not yet cut over / cut over and checkpointed). The files sink on `s3://` reaches `sink-commit` between its
+//! parts and its manifest.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+#[cfg(feature = "crash-points")]
+use std::sync::atomic::Ordering;
 
+#[cfg_attr(not(feature = "crash-points"), allow(dead_code))]
 struct Armed {
     point: String,
     at: u64,

@@ -3,12 +3,13 @@
 //! A micro-batch stream processing engine whose user transforms are
 //! sandboxed WebAssembly components.
 //!
-//! Receivers ([`source`]) pull records from sockets, directories, stdin or a
-//! generator; the [`batcher`] cuts the stream into micro-batches on a batch
+//! Receivers ([`source`]) pull records from sockets, directories, stdin, a
+//! generator, Kafka, Redis streams or ZeroMQ; the [`batcher`] cuts the stream into micro-batches on a batch
 //! interval; each batch is split into partitions ([`record::Batch`]) and the
 //! pipeline's stream graph ([`pipeline`]) runs its [`operator`]s on every
 //! partition in parallel, calling plugins through the Wasm [`runtime`];
-//! results go to [`sink`]s. The pipeline itself is described by a TOML file
+//! results go to [`sink`]s (console, files on disk or S3, Kafka, Redis,
+//! HTTP, Elasticsearch). The pipeline itself is described by a TOML file
 //! ([`config`]). The [`engine`] runs many pipelines at once on one Wasm
 //! runtime and one worker pool, each reachable through a handle while it
 //! runs.
