@@ -34,7 +34,7 @@ pub use pipeline::DEFAULT_MAX_BATCH_MEMORY;
 pub use settings::{Key, KindContext, Reach, Settings, ValueType};
 pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};
-pub(crate) use values::{duration, non_negative, positive, required};
+pub(crate) use values::{duration, non_negative, one_or_many, positive, required};
 
 pub use crate::sink::files::FileFormat;
 pub use crate::source::files::FilesSpec;

@@ -148,6 +148,21 @@ pub(crate) fn only_keys(
     Ok(())
 }
 
+/// A string or a list of strings (`topics = "a"` or `topics = ["a", "b"]`);
+/// anything else is the error `expected`, at the value.
+pub(crate) fn one_or_many(value: &Spanned<toml::Value>, expected: &str) -> Result<Vec<String>, SpecError> {
+    let wrong = || (value.span().start, expected.to_owned());
+    match value.get_ref() {
+        toml::Value::String(one) => Ok(vec![one.clone()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(wrong),
+        _ => Err(wrong()),
+    }
+}
+
 /// The value of a key `context` cannot do without; the error points at the
 /// table (`offset`).
 pub(crate) fn required<'a>(

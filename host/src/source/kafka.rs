@@ -191,23 +191,7 @@ fn topics(value: Option<&toml::Spanned<toml::Value>>, offset: usize) -> Result<V
         ));
     };
     let at = value.span().start;
-    let names: Vec<String> = match value.get_ref() {
-        toml::Value::String(name) => vec![name.clone()],
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or((
-                at,
-                "`topics` must be a topic name or a list of topic names".to_owned(),
-            ))?,
-        _ => {
-            return Err((
-                at,
-                "`topics` must be a topic name or a list of topic names".to_owned(),
-            ));
-        }
-    };
+    let names = crate::config::one_or_many(value, "`topics` must be a topic name or a list of topic names")?;
     if names.is_empty() {
         return Err((at, "`topics` is empty".to_owned()));
     }

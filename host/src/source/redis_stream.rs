@@ -168,15 +168,7 @@ fn stream_keys(value: Option<&toml::Spanned<toml::Value>>, offset: usize) -> Res
         ));
     };
     let at = value.span().start;
-    let mut keys: Vec<String> = match value.get_ref() {
-        toml::Value::String(key) => vec![key.clone()],
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or((at, expected.to_owned()))?,
-        _ => return Err((at, expected.to_owned())),
-    };
+    let mut keys = crate::config::one_or_many(value, expected)?;
     if keys.is_empty() || keys.iter().any(String::is_empty) {
         return Err((at, "`streams` holds no key, or an empty one".to_owned()));
     }

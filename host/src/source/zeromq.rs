@@ -109,19 +109,7 @@ impl SourceType for ZeromqSpec {
                 ));
             }
             Some(value) => {
-                let expected = (
-                    value.span().start,
-                    "`subscribe` must be a prefix or a list of prefixes".to_owned(),
-                );
-                match value.get_ref() {
-                    toml::Value::String(prefix) => vec![prefix.clone()],
-                    toml::Value::Array(items) => items
-                        .iter()
-                        .map(|item| item.as_str().map(str::to_owned))
-                        .collect::<Option<_>>()
-                        .ok_or(expected)?,
-                    _ => return Err(expected),
-                }
+                crate::config::one_or_many(value, "`subscribe` must be a prefix or a list of prefixes")?
             }
         };
         Ok(Self {
