@@ -148,6 +148,34 @@ pub mod lifecycle_bindings {
     });
 }
 
+/// Bindings of the `weir:plugin/sink` export (a whole world of its own: a
+/// sink exports only `sink`, which has its own `describe` and `init`).
+pub mod sink_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        inline: "
+            package weir:guest-sdk;
+            world sink-exports {
+                import weir:plugin/log@0.2.0;
+                export weir:plugin/sink@0.2.0;
+            }
+        ",
+        world: "sink-exports",
+        with: {
+            "weir:plugin/types@0.2.0": super::transform_bindings::weir::plugin::types,
+            "weir:plugin/log@0.2.0": super::transform_bindings::weir::plugin::log,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_sink",
+        default_bindings_module: "weir_guest::__private::sink_bindings",
+        runtime_path: "weir_guest::__private::wit_bindgen::rt",
+    });
+}
+
+pub use sink_bindings::exports::weir::plugin::sink::{
+    BatchInfo as WitBatchInfo, Guest as SinkGuest, SinkInfo, WriteError,
+};
+
 pub use co_transform_bindings::exports::weir::plugin::co_transform::Guest as CoTransformGuest;
 pub use lifecycle_bindings::exports::weir::plugin::lifecycle::Guest as LifecycleGuest;
 pub use reducer_bindings::exports::weir::plugin::reducer::Guest as ReducerGuest;
@@ -234,7 +262,35 @@ fn wit_kind(kind: Kind) -> wit::PluginKind {
         Kind::UpdateState => wit::PluginKind::UpdateState,
         Kind::MapWithState => wit::PluginKind::MapWithState,
         Kind::TransformWith => wit::PluginKind::TransformWith,
+        Kind::Sink => unreachable!("a sink describes itself through `sink.describe`"),
     }
+}
+
+/// `sink.describe`.
+pub fn describe_sink(name: &str, version: &str) -> SinkInfo {
+    SinkInfo {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        sdk_version: SDK_VERSION.to_owned(),
+    }
+}
+
+/// Converts a sink function's error.
+#[inline(always)]
+pub fn lift_sink<E: Into<crate::SinkError>>(result: Result<(), E>) -> Result<(), crate::SinkError> {
+    result.map_err(Into::into)
+}
+
+/// `sink.write`: calls `f` once with the batch's description and records.
+pub fn run_sink(
+    info: WitBatchInfo,
+    records: wit::Batch,
+    f: impl FnOnce(&crate::BatchInfo, &Batch<'_>) -> Result<(), crate::SinkError>,
+) -> Result<(), WriteError> {
+    let batch = Batch::new(&records.data, &records.ends, &records.timestamps, &records.flags)
+        .map_err(|e| WriteError::Permanent(format!("malformed batch: {e}")))?;
+    let info = crate::BatchInfo::from_wit(info);
+    f(&info, &batch).map_err(crate::SinkError::into_wit)
 }
 
 /// `lifecycle.init`: stores the configuration, then runs the plugin's init function.

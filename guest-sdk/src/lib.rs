@@ -17,6 +17,7 @@
 //! | [`#[update_state]`](macro@update_state) | `fn(&[u8], Values<'_>, Option<S>, &mut Emitter) -> Result<Option<S>, Error>` | per key: new values and state in, new state out (Spark's `updateStateByKey`) |
 //! | [`#[map_with_state]`](macro@map_with_state) | `fn(StateEvent<'_>, &mut State<S>, &mut Emitter) -> Result<(), Error>` | per record, with its key's state; timeouts (Spark's `mapWithState`) |
 //! | [`#[transform_with]`](macro@transform_with) | `fn(&Batch<'_>, &Batch<'_>, &mut Emitter) -> Result<(), Error>` | one partition of two streams: joins, enrichments |
+//! | [`#[sink]`](macro@sink) | `fn(&BatchInfo, &Batch<'_>) -> Result<(), SinkError>` | writes each batch itself, through its sink's capabilities (Spark's `foreachRDD`) |
 //!
 //! A plugin crate holds exactly one of these functions.
 //!
@@ -186,10 +187,12 @@ pub mod __private;
 mod config;
 mod emit;
 mod error;
+pub mod http;
 pub mod json;
 pub mod log;
 mod record;
 mod reduce;
+mod sink;
 mod state;
 
 pub use config::{Config, config, split_list};
@@ -197,6 +200,7 @@ pub use emit::{Emitter, IntoOutput, Output};
 pub use error::Error;
 pub use record::{Batch, Record, Records};
 pub use reduce::{IntoValue, Values};
+pub use sink::{BatchInfo, SinkError};
 pub use state::{GroupContext, State, StateEvent};
 
 /// The `serde` crate, for `#[derive(Deserialize)]` with
@@ -723,3 +727,58 @@ pub use weir_guest_macros::map_with_state;
 /// fn semi_join(left: &weir_guest::Batch<'_>, out: &mut weir_guest::Emitter) {}
 /// ```
 pub use weir_guest_macros::transform_with;
+
+/// Makes a function `fn(&BatchInfo, &Batch<'_>) -> Result<(), SinkError>`
+/// the plugin's sink: Spark's `foreachRDD`, sandboxed.
+///
+/// The host calls it with each batch of the sink's input stream, once per
+/// non-empty partition (or once for the whole batch with `per = "batch"`),
+/// after the batch's other sinks have written it. The function writes the
+/// records wherever the sink's capabilities let it: HTTP(S) to the hosts
+/// of its `allow-http` ([`http`]), files under `/out` when it has a
+/// `write-dir` (`std::fs`), TCP to the addresses of its `allow-connect`
+/// (`std::net::TcpStream`). Nothing else is reachable.
+///
+/// [`BatchInfo`] says which batch and partition the records are; a batch
+/// written again after a failure or a crash has the same id and records, so
+/// writing idempotently by [`BatchInfo::idempotency_key`] makes the sink
+/// exactly once. Return a [`SinkError::transient`] failure for the host to
+/// retry the write, a [`SinkError::permanent`] one to skip the retries.
+///
+/// The attribute takes `init`, `name` and `version` like the others; the
+/// function may also return nothing.
+///
+/// ```rust,standalone_crate
+/// use weir_guest::http::Request;
+/// use weir_guest::{Batch, BatchInfo, Error, SinkError};
+///
+/// fn setup(config: &weir_guest::Config) -> Result<(), Error> {
+///     config.require("url")?;
+///     Ok(())
+/// }
+///
+/// /// POSTs each partition as JSON lines, keyed for idempotence.
+/// #[weir_guest::sink(init = setup)]
+/// fn post(batch: &BatchInfo, records: &Batch<'_>) -> Result<(), SinkError> {
+///     let url = weir_guest::config().require("url")?;
+///     let mut body = String::new();
+///     for record in records {
+///         // `["key","value"]` per line.
+///         body.push_str(&weir_guest::json::to_string(&(record.key_str()?, record.value_str()?))?);
+///         body.push('\n');
+///     }
+///     Request::post(url)
+///         .header("idempotency-key", batch.idempotency_key())
+///         .body(body)
+///         .send()?
+///         .error_for_status()?;
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// ```compile_fail
+/// #[weir_guest::sink]
+/// fn write(records: &weir_guest::Batch<'_>) {}
+/// ```
+pub use weir_guest_macros::sink;

@@ -15,7 +15,8 @@
 //! transaction; the engine has not recorded the batch as done),
 //! `redis-prepared` / `redis-committed` (a Redis sink's `MULTI` built / its
 //! `EXEC` answered), `http-sent` and `es-bulk-sent` (an HTTP sink's part or
-//! an Elasticsearch sink's bulk request answered), `redis-stream-read` (a
+//! an Elasticsearch sink's bulk request answered), `plugin-sink-wrote` (a
+//! sink plugin's `write` returned success), `redis-stream-read` (a
 //! Redis Streams source read entries that are in no chunk yet),
 //! `swap-checked` / `swap-cut-over` (a hot-load stored its checked
 //! component, not yet cut over / cut over and checkpointed). The files sink on `s3://` reaches `sink-commit` between its

@@ -24,10 +24,15 @@ pub enum Kind {
     MapWithState,
     /// One partition of two inputs at once.
     TransformWith,
+    /// Writes batches itself (a sink plugin). Not one of the WIT
+    /// `plugin-kind` operators: a sink describes itself through the `sink`
+    /// interface, so it is not in [`Kind::ALL`].
+    Sink,
 }
 
 impl Kind {
-    /// Every kind, in declaration order (the order of the WIT enum).
+    /// Every operator kind, in declaration order (the order of the WIT
+    /// `plugin-kind` enum): every kind but [`Kind::Sink`].
     pub const ALL: [Kind; 9] = [
         Kind::Map,
         Kind::FlatMap,
@@ -53,22 +58,25 @@ impl Kind {
             Kind::UpdateState => "update-state",
             Kind::MapWithState => "map-with-state",
             Kind::TransformWith => "transform-with",
+            Kind::Sink => "sink",
         }
     }
 
-    /// The kind called `name` (the inverse of [`Kind::name`]).
+    /// The operator kind called `name` (the inverse of [`Kind::name`] over
+    /// [`Kind::ALL`]).
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
     /// The WIT interface a plugin of this kind exports: `"transform"`,
-    /// `"reducer"`, `"keyed-state"` or `"co-transform"`.
+    /// `"reducer"`, `"keyed-state"`, `"co-transform"` or `"sink"`.
     pub const fn interface(self) -> &'static str {
         match self {
             Kind::Map | Kind::FlatMap | Kind::Filter | Kind::FilterMap | Kind::MapPartitions => "transform",
             Kind::Reducer => "reducer",
             Kind::UpdateState | Kind::MapWithState => "keyed-state",
             Kind::TransformWith => "co-transform",
+            Kind::Sink => "sink",
         }
     }
 }

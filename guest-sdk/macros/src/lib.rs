@@ -3,13 +3,14 @@
 //! `#[weir_guest::filter]`, `#[weir_guest::filter_map]`,
 //! `#[weir_guest::flat_map]`, `#[weir_guest::map_partitions]`,
 //! `#[weir_guest::reduce]`, `#[weir_guest::update_state]`,
-//! `#[weir_guest::map_with_state]` and `#[weir_guest::transform_with]`; their
-//! documentation lives there.
+//! `#[weir_guest::map_with_state]`, `#[weir_guest::transform_with]` and
+//! `#[weir_guest::sink]`; their documentation lives there.
 //!
 //! Each macro keeps the function it is applied to and adds, in an anonymous
 //! `const _: () = { ... }` block next to it, a unit struct implementing the
 //! WIT `lifecycle` export and the `transform`, `reducer`, `keyed-state` or
-//! `co-transform` export by calling the function once per record, group or
+//! `co-transform` export (a sink: the `sink` export, which has its own
+//! `describe` and `init`) by calling the function once per record, group or
 //! call (the loops live in the SDK), plus the export glue.
 
 use proc_macro::TokenStream;
@@ -47,6 +48,7 @@ impl KindExt for Kind {
             Kind::UpdateState => "#[weir_guest::update_state]",
             Kind::MapWithState => "#[weir_guest::map_with_state]",
             Kind::TransformWith => "#[weir_guest::transform_with]",
+            Kind::Sink => "#[weir_guest::sink]",
         }
     }
 
@@ -67,13 +69,14 @@ impl KindExt for Kind {
             Kind::TransformWith => {
                 "three parameters, `left: &Batch<'_>, right: &Batch<'_>, out: &mut Emitter`"
             }
+            Kind::Sink => "two parameters, `batch: &BatchInfo, records: &Batch<'_>`",
         }
     }
 
     fn arity(self) -> (usize, usize) {
         match self {
             Kind::Map | Kind::Filter | Kind::FilterMap | Kind::Reducer => (1, 1),
-            Kind::FlatMap | Kind::MapPartitions => (2, 2),
+            Kind::FlatMap | Kind::MapPartitions | Kind::Sink => (2, 2),
             Kind::TransformWith => (3, 3),
             Kind::MapWithState => (3, 4),
             Kind::UpdateState => (4, 5),
@@ -91,6 +94,7 @@ impl KindExt for Kind {
             Kind::UpdateState => quote!(UpdateState),
             Kind::MapWithState => quote!(MapWithState),
             Kind::TransformWith => quote!(TransformWith),
+            Kind::Sink => quote!(Sink),
         }
     }
 }
@@ -322,6 +326,9 @@ fn state_type(kind: Kind, sig: &syn::Signature) -> Option<Type> {
 }
 
 fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<TokenStream2> {
+    if kind == Kind::Sink {
+        return expand_sink(args, item);
+    }
     let args = Args::parse(kind, args)?;
     let item2: TokenStream2 = item.into();
     let function: ItemFn = match syn::parse2::<syn::Item>(item2.clone())? {
@@ -380,6 +387,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
             "__weir_guest_group",
         ],
         Kind::TransformWith => &["__weir_guest_record", "__weir_guest_right", "__weir_guest_out"],
+        Kind::Sink => unreachable!("a sink expands in expand_sink"),
     };
     let arguments = sig.inputs.iter().zip(names).map(|(input, name)| {
         let span = match input {
@@ -475,7 +483,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
                 Kind::MapPartitions => quote! {
                     #private::run_map_partitions(input, |#record, #out| #value)
                 },
-                Kind::Reducer | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith => {
+                Kind::Reducer | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith | Kind::Sink => {
                     unreachable!()
                 }
             };
@@ -568,6 +576,99 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
     })
 }
 
+/// `#[weir_guest::sink]`: the `sink` export (its own `describe` and
+/// `init`, and `write` calling the function once per call).
+fn expand_sink(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream2> {
+    let kind = Kind::Sink;
+    let args = Args::parse(kind, args)?;
+    let function: ItemFn = match syn::parse2::<syn::Item>(item.into())? {
+        syn::Item::Fn(function) => function,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!(
+                    "{} applies to a function with {}",
+                    kind.attribute(),
+                    kind.parameters()
+                ),
+            ));
+        }
+    };
+    check_signature(kind, &function)?;
+    let sig = &function.sig;
+    let ident = &sig.ident;
+    let output_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let spans: Vec<_> = sig
+        .inputs
+        .iter()
+        .map(|input| match input {
+            FnArg::Typed(typed) => typed.ty.span(),
+            FnArg::Receiver(receiver) => receiver.span(),
+        })
+        .collect();
+    let info = Ident::new("__weir_guest_info", spans[0]);
+    let records = Ident::new("__weir_guest_records", spans[1]);
+    let call = quote!(#ident(#info, #records));
+    let private = quote!(::weir_guest::__private);
+    let value = match returns(sig) {
+        Returns::Result => quote_spanned!(output_span=> #private::lift_sink(#call)),
+        Returns::Unit => quote_spanned!(output_span=> { #call; ::core::result::Result::Ok(()) }),
+        Returns::Plain => {
+            return Err(syn::Error::new(
+                output_span,
+                "#[weir_guest::sink] functions return `Result<(), SinkError>` (or nothing)",
+            ));
+        }
+    };
+    let name = match &args.name {
+        Some(name) => quote!(#name),
+        None => quote!(::core::env!("CARGO_PKG_NAME")),
+    };
+    let version = match &args.version {
+        Some(version) => quote!(#version),
+        None => quote!(::core::env!("CARGO_PKG_VERSION")),
+    };
+    let init = match &args.init {
+        Some(path) => {
+            let init = quote_spanned!(path.span()=> let init: #private::InitFn = #path;);
+            quote!({ #init ::core::option::Option::Some(init) })
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    Ok(quote! {
+        #function
+
+        const _: () = {
+            #[doc(hidden)]
+            struct __WeirGuestPlugin;
+
+            impl #private::SinkGuest for __WeirGuestPlugin {
+                fn describe() -> #private::SinkInfo {
+                    #private::describe_sink(#name, #version)
+                }
+
+                fn init(
+                    config: #private::wit::Config,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    #private::init(config, #init)
+                }
+
+                fn write(
+                    info: #private::WitBatchInfo,
+                    records: #private::wit::Batch,
+                ) -> ::core::result::Result<(), #private::WriteError> {
+                    #private::run_sink(info, records, |#info, #records| #value)
+                }
+            }
+
+            #private::sink_bindings::__export_sink!(__WeirGuestPlugin);
+        };
+    })
+}
+
 fn entry(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     match expand(kind, args, item.clone()) {
         Ok(tokens) => tokens.into(),
@@ -578,6 +679,13 @@ fn entry(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
             tokens.into()
         }
     }
+}
+
+/// Makes a function `fn(&BatchInfo, &Batch<'_>) -> Result<(), SinkError>`
+/// the plugin's sink `write`. See `weir_guest::sink`.
+#[proc_macro_attribute]
+pub fn sink(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry(Kind::Sink, args, item)
 }
 
 /// Makes a function `fn(Record<'_>) -> Result<impl IntoOutput, Error>` the

@@ -25,6 +25,7 @@ mod values;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub(crate) use file::LimitsTable;
 pub use model::{
     BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec, Quarantine,
     ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
@@ -34,6 +35,7 @@ pub use pipeline::DEFAULT_MAX_BATCH_MEMORY;
 pub use settings::{Key, KindContext, Reach, Settings, ValueType};
 pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};
+pub(crate) use stage::stage_limits;
 pub(crate) use values::{duration, non_negative, one_or_many, positive, required};
 
 pub use crate::sink::files::FileFormat;

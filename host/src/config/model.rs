@@ -271,7 +271,9 @@ impl TransformKind {
             Kind::Filter => Self::Filter,
             Kind::FilterMap => Self::FilterMap,
             Kind::MapPartitions => Self::MapPartitions,
-            Kind::Reducer | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith => return None,
+            Kind::Reducer | Kind::UpdateState | Kind::MapWithState | Kind::TransformWith | Kind::Sink => {
+                return None;
+            }
         })
     }
 

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::file::{CheckpointTable, PipelineFile};
 use super::graph::{Node, topological_order};
+use super::settings::KindDefaults;
 use super::sink::sink_spec;
 use super::source::{check_sources, source_spec};
 use super::stage::{StageDefaults, limits, stage_spec};
@@ -82,12 +83,6 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
 
     let plugins = plugins(raw.plugins, scope)?;
 
-    let sources = raw
-        .sources
-        .into_iter()
-        .map(|source| source_spec(source, paths, scope.ids_prefix.as_deref(), lines))
-        .collect::<Result<Vec<_>, _>>()?;
-    check_sources(&sources, clock, checkpoint.is_some())?;
     let default_limits = limits(
         raw.limits.as_ref(),
         Limits {
@@ -95,6 +90,17 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
             ..Limits::default()
         },
     )?;
+    let kind_defaults = KindDefaults {
+        plugins: &plugins,
+        limits: &default_limits,
+    };
+    let ids_prefix = scope.ids_prefix.as_deref();
+    let sources = raw
+        .sources
+        .into_iter()
+        .map(|source| source_spec(source, paths, ids_prefix, &kind_defaults, lines))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_sources(&sources, clock, checkpoint.is_some())?;
     let defaults = StageDefaults {
         plugins: &plugins,
         batch_interval,
@@ -114,7 +120,7 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
     let sinks = raw
         .sinks
         .into_iter()
-        .map(|sink| sink_spec(sink, paths, scope.ids_prefix.as_deref(), lines))
+        .map(|sink| sink_spec(sink, paths, ids_prefix, &kind_defaults, lines))
         .collect::<Result<Vec<_>, _>>()?;
 
     for (offset, name) in sources

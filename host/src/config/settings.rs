@@ -96,6 +96,20 @@ pub struct KindContext<'a> {
     pub paths: &'a super::Paths,
     /// What its ids in shared external systems start with ([`super::Scope::ids_prefix`]).
     pub ids_prefix: Option<&'a str>,
+    /// The pipeline's `[plugins]` (for a sink written as a plugin).
+    pub plugins: &'a std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// The pipeline's `[limits]` (for a sink written as a plugin).
+    pub limits: &'a crate::runtime::Limits,
+}
+
+/// What a pipeline declares that kinds' parsers may need: its
+/// `[plugins]` and `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct KindDefaults<'a> {
+    /// The pipeline's `[plugins]`.
+    pub plugins: &'a std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// The pipeline's `[limits]`.
+    pub limits: &'a crate::runtime::Limits,
 }
 
 impl KindContext<'_> {

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use toml::Spanned;
 
 use super::file::SinkTable;
-use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
+use super::settings::{Key, KindContext, KindDefaults, KindEntry, Schema, Settings};
 use super::{LineIndex, Paths, SinkSpec, SpecError};
 use crate::sink::{Sink, SinkContext, TYPES};
 
@@ -27,6 +27,12 @@ pub trait SinkConfig: fmt::Debug + Send + Sync + Any {
     /// What it reaches besides files. Default: nothing else.
     fn reach(&self) -> super::Reach {
         super::Reach::Files
+    }
+
+    /// True for a sink that must see each batch after the pipeline's other
+    /// sinks have written it (a sink written as a plugin). Default: false.
+    fn after_other_sinks(&self) -> bool {
+        false
     }
 }
 
@@ -93,6 +99,7 @@ pub(super) fn sink_spec(
     table: Spanned<SinkTable>,
     paths: &Paths,
     ids_prefix: Option<&str>,
+    defaults: &KindDefaults<'_>,
     lines: &LineIndex,
 ) -> Result<(usize, SinkSpec), SpecError> {
     let offset = table.span().start;
@@ -109,6 +116,8 @@ pub(super) fn sink_spec(
             offset,
             paths,
             ids_prefix,
+            plugins: defaults.plugins,
+            limits: defaults.limits,
         },
     )?;
     let input = table.input.get_ref().clone();

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use toml::Spanned;
 
 use super::file::SourceTable;
-use super::settings::{Key, KindContext, KindEntry, Schema, Settings};
+use super::settings::{Key, KindContext, KindDefaults, KindEntry, Schema, Settings};
 use super::values::{positive, stream_name};
 use super::{ClockMode, LineIndex, Paths, SourceSpec, SpecError};
 use crate::source::rate::{DEFAULT_MIN_RATE, RateSpec};
@@ -121,6 +121,7 @@ pub(super) fn source_spec(
     table: Spanned<SourceTable>,
     paths: &Paths,
     ids_prefix: Option<&str>,
+    defaults: &KindDefaults<'_>,
     lines: &LineIndex,
 ) -> Result<(usize, SourceSpec), SpecError> {
     let offset = table.span().start;
@@ -138,6 +139,8 @@ pub(super) fn source_spec(
             offset,
             paths,
             ids_prefix,
+            plugins: defaults.plugins,
+            limits: defaults.limits,
         },
     )?;
     Ok((

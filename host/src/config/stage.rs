@@ -271,6 +271,7 @@ pub(super) fn stage_spec(
                     .collect()
             })
             .unwrap_or_default(),
+        ..Grants::default()
     };
     let policy = failure_policy(&table)?;
     Ok((
@@ -362,14 +363,15 @@ fn failure_policy(table: &StageTable) -> Result<FailurePolicy, SpecError> {
 }
 
 /// `defaults` with the keys of `table` applied.
-pub(super) fn limits(
-    table: Option<&Spanned<LimitsTable>>,
-    mut defaults: Limits,
-) -> Result<Limits, SpecError> {
-    let Some(table) = table else {
-        return Ok(defaults);
-    };
-    let table = table.get_ref();
+pub(super) fn limits(table: Option<&Spanned<LimitsTable>>, defaults: Limits) -> Result<Limits, SpecError> {
+    match table {
+        Some(table) => stage_limits(table.get_ref(), defaults),
+        None => Ok(defaults),
+    }
+}
+
+/// `defaults` with the keys of a limits table applied.
+pub(crate) fn stage_limits(table: &LimitsTable, mut defaults: Limits) -> Result<Limits, SpecError> {
     if let Some(memory) = &table.memory {
         defaults.memory_bytes = byte_size(memory)?;
     }

@@ -42,14 +42,22 @@ impl Pipeline {
     ) -> Result<Self, EngineError> {
         let plan = Plan::build(spec, registry, file, state_dir)?;
         plan.check()?;
-        let sinks = plan
-            .sinks
-            .iter()
+        let loaded = |name: &str| match registry.get(name) {
+            Some(Function::Wasm(plugin)) => Some(plugin.clone()),
+            _ => None,
+        };
+        // Sinks written as plugins see each batch after the others (a
+        // stable order otherwise: the file's).
+        let mut ordered: Vec<_> = plan.sinks.iter().collect();
+        ordered.sort_by_key(|(sink, _)| sink.kind.after_other_sinks());
+        let sinks = ordered
+            .into_iter()
             .map(|(sink, stream)| {
                 let cx = sink::SinkContext {
                     pipeline: &plan.pipeline,
                     window_ms: plan.window_lengths[*stream],
                     checkpointed: spec.checkpoint.is_some(),
+                    plugins: Some(sink::LoadedPlugins(&loaded)),
                 };
                 (sink::from_spec(sink, &cx), *stream)
             })

@@ -69,6 +69,18 @@ pub mod co_transform {
     });
 }
 
+/// The `sink-plugin` world: a sink written as a plugin.
+pub mod sink {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sink-plugin",
+        with: {
+            "weir:plugin/types": super::transform::weir::plugin::types,
+            "weir:plugin/log": super::transform::weir::plugin::log,
+        },
+    });
+}
+
 pub use transform::weir::plugin::log;
 pub use transform::weir::plugin::types;
 

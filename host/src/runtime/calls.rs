@@ -1,6 +1,6 @@
 //! The calls of each world, on its typed instance: [`TransformInstance::transform`],
-//! [`ReducerInstance::reduce`], [`StateInstance::update_state`] and
-//! [`CoTransformInstance::process_pair`]. Each converts its arguments to WIT,
+//! [`ReducerInstance::reduce`], [`StateInstance::update_state`],
+//! [`CoTransformInstance::process_pair`] and [`SinkInstance::write`]. Each converts its arguments to WIT,
 //! goes through the shared call path (which refuses an input the plugin's
 //! memory cannot hold and copies the result out within the stage's copy
 //! budget) and checks what the plugin returned against the contract and the
@@ -8,7 +8,9 @@
 
 use super::bindings::types;
 use super::error::PluginError;
-use super::instance::{CoTransformInstance, Instance, ReducerInstance, StateInstance, TransformInstance};
+use super::instance::{
+    CoTransformInstance, Instance, ReducerInstance, SinkInstance, StateInstance, TransformInstance,
+};
 use super::limits::Limits;
 use super::world::World;
 use crate::record::Batch;
@@ -230,6 +232,47 @@ impl<W: World> Instance<W> {
             batch.timestamps,
             batch.flags,
         )?)
+    }
+}
+
+/// Which part of which batch a sink plugin's `write` carries (the WIT
+/// `batch-info`).
+pub type SinkBatchInfo = super::bindings::sink::exports::weir::plugin::sink::BatchInfo;
+
+/// Why a sink plugin's write failed, as it says (the WIT `write-error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkWriteError {
+    /// Trying again may help.
+    Transient(String),
+    /// Trying again will not help.
+    Permanent(String),
+}
+
+impl SinkInstance {
+    /// Hands `records` (one partition of a batch, or all of it) to the
+    /// plugin's `write`. The records are always handed back, for a retry.
+    /// The outer error is a trap or a limit; the inner one the plugin's
+    /// own answer.
+    pub fn write(
+        &mut self,
+        info: &SinkBatchInfo,
+        records: Batch,
+    ) -> (Batch, Result<Result<(), SinkWriteError>, PluginError>) {
+        use super::bindings::sink::exports::weir::plugin::sink::WriteError;
+        let (count, bytes) = (records.len(), records.data_bytes());
+        let wit_batch = to_wit(records);
+        let result = self.call_moving(
+            (count, Limits::input_bytes(count, bytes)),
+            None,
+            |exports, store| exports.weir_plugin_sink().call_write(store, info, &wit_batch),
+        );
+        let answer = result.map(|answer| {
+            answer.map_err(|error| match error {
+                WriteError::Transient(message) => SinkWriteError::Transient(message),
+                WriteError::Permanent(message) => SinkWriteError::Permanent(message),
+            })
+        });
+        (from_wit(wit_batch), answer)
     }
 }
 

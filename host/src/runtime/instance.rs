@@ -17,12 +17,11 @@ use wasmtime::Store;
 
 use super::error::{PluginError, TrapKind};
 use super::limits::{CopyBound, CopyBudget, Sandbox};
-use super::plugin::FromWit as _;
-use super::plugin::{Plugin, PluginInfo, PluginKind, Pre};
+use super::plugin::{Plugin, PluginInfo, Pre};
 use super::slicing::CallClock;
 use super::state::{InstanceLabel, PluginState};
 use super::stderr::OutputCapture;
-use super::world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
+use super::world::{CoTransformWorld, ReducerWorld, SinkWorld, StateWorld, TransformWorld, World};
 
 /// An instance of a transform plugin.
 pub type TransformInstance = Instance<TransformWorld>;
@@ -32,6 +31,8 @@ pub type ReducerInstance = Instance<ReducerWorld>;
 pub type StateInstance = Instance<StateWorld>;
 /// An instance of a transform-with plugin.
 pub type CoTransformInstance = Instance<CoTransformWorld>;
+/// An instance of a sink plugin.
+pub type SinkInstance = Instance<SinkWorld>;
 
 /// One warm instance of a plugin exporting the world `W`.
 pub struct Instance<W: World> {
@@ -100,16 +101,7 @@ impl<W: World> Instance<W> {
 
     /// Calls `describe`.
     pub fn describe(&mut self) -> Result<PluginInfo, PluginError> {
-        let info = self.call(|exports, store| W::describe(exports, store))?;
-        Ok(PluginInfo {
-            name: info.name,
-            version: info.version,
-            kind: PluginKind::from_wit(info.kind),
-            sdk_version: info.sdk_version,
-            state_version: info.state_version,
-            contract: super::plugin::CONTRACT_VERSION,
-            migrates_state: false,
-        })
+        self.call(|exports, store| W::describe(exports, store))
     }
 
     /// Calls `init` with the stage's configuration.
@@ -245,6 +237,8 @@ pub enum PluginInstance {
     State(StateInstance),
     /// A transform-with plugin's.
     CoTransform(CoTransformInstance),
+    /// A sink plugin's.
+    Sink(SinkInstance),
 }
 
 /// Runs `$body` with `$instance` bound to the typed instance inside `$any`.
@@ -255,6 +249,7 @@ macro_rules! with_instance {
             PluginInstance::Reducer($instance) => $body,
             PluginInstance::State($instance) => $body,
             PluginInstance::CoTransform($instance) => $body,
+            PluginInstance::Sink($instance) => $body,
         }
     };
 }
@@ -272,6 +267,7 @@ impl PluginInstance {
             Pre::Reducer(_) => Self::Reducer(Instance::instantiate(plugin, label, sandbox)?),
             Pre::State(_) => Self::State(Instance::instantiate(plugin, label, sandbox)?),
             Pre::CoTransform(_) => Self::CoTransform(Instance::instantiate(plugin, label, sandbox)?),
+            Pre::Sink(_) => Self::Sink(Instance::instantiate(plugin, label, sandbox)?),
         })
     }
 

@@ -4,12 +4,17 @@
 //! Everything is denied by default: no files, no environment, no sockets, no
 //! arguments. A stage may grant read-only access to one directory (mounted at
 //! [`GUEST_DATA_DIR`] through cap-std, so `..` and symlinks cannot leave it)
-//! and chosen environment variables.
+//! and chosen environment variables. A sink plugin may also be granted
+//! outbound HTTP to named hosts, one writable directory (at
+//! [`GUEST_OUT_DIR`]) and TCP connections to named addresses.
 
 use std::time::Duration;
 
 /// Where a granted directory appears inside the plugin.
 pub const GUEST_DATA_DIR: &str = "/data";
+
+/// Where a sink plugin's writable directory appears inside the plugin.
+pub const GUEST_OUT_DIR: &str = "/out";
 
 /// Limits applied to every instance of a plugin stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +165,15 @@ pub struct Grants {
     pub read_dir: Option<crate::config::DirPath>,
     /// Environment variables the plugin sees.
     pub env: Vec<(String, String)>,
+    /// A host directory the plugin may read and write, at [`GUEST_OUT_DIR`]
+    /// (sink plugins only; opened through cap-std like `read_dir`).
+    pub write_dir: Option<crate::config::DirPath>,
+    /// `host:port` of every HTTP(S) server the plugin may send requests to
+    /// through `wasi:http` (sink plugins only).
+    pub http: Vec<String>,
+    /// `host:port` of every address the plugin may open a TCP connection to
+    /// through `wasi:sockets` (sink plugins only).
+    pub connect: Vec<String>,
 }
 
 /// Limits and grants of a plugin stage's instances.

@@ -4,10 +4,11 @@
 //!
 //! - [`bindings`]: `bindgen!` output for the WIT worlds.
 //! - [`plugin`]: a loaded, pre-instantiated [`Plugin`].
-//! - [`world`]: the four WIT worlds a plugin can export, as types.
+//! - [`world`]: the five WIT worlds a plugin can export, as types.
 //! - [`instance`]: warm [`Instance`]s of one world each, and the one call
 //!   path every plugin call takes; [`calls`]: each world's calls.
 //! - [`limits`], [`epoch`]: memory caps and call deadlines.
+//! - [`outbound`]: the hosts and addresses a sink plugin may reach.
 //! - [`state`], [`stderr`], [`logs`]: what each instance's store holds, its
 //!   captured stdout and stderr, its stage's log budget.
 //! - [`cache`]: compiled components on disk.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod outbound;
 pub mod plugin;
 pub mod slicing;
 pub mod state;
@@ -35,16 +37,17 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 pub use cache::{ComponentCache, content_hash};
-pub use calls::{KeyGroups, StateUpdate, TransformOutput};
+pub use calls::{KeyGroups, SinkBatchInfo, SinkWriteError, StateUpdate, TransformOutput};
 pub use catalog::{CatalogStats, PluginCatalog};
 pub use error::{PluginError, TrapKind};
 pub use instance::{
-    CoTransformInstance, Instance, PluginInstance, ReducerInstance, StateInstance, TransformInstance,
+    CoTransformInstance, Instance, PluginInstance, ReducerInstance, SinkInstance, StateInstance,
+    TransformInstance,
 };
-pub use limits::{CopyBound, CopyBudget, GUEST_DATA_DIR, Grants, Limits, Sandbox};
+pub use limits::{CopyBound, CopyBudget, GUEST_DATA_DIR, GUEST_OUT_DIR, Grants, Limits, Sandbox};
 pub use plugin::{CompiledPlugin, Plugin, PluginInfo, PluginKind};
 pub use state::{InstanceLabel, InstanceUsage, PluginState};
-pub use world::{CoTransformWorld, ReducerWorld, StateWorld, TransformWorld, World};
+pub use world::{CoTransformWorld, ReducerWorld, SinkWorld, StateWorld, TransformWorld, World};
 
 /// One wasmtime engine and the linker of its plugins.
 struct EngineLinker {
@@ -94,6 +97,10 @@ impl EngineLinker {
         epoch::start_ticker(&engine, options.epoch_tick);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        // Every plugin may import wasi:http; only a sink whose pipeline
+        // allows hosts can reach one (`outbound::HttpAllowList`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
         forbid_sleeping(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
         bindings::log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("{e:#}")))?;

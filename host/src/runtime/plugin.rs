@@ -16,6 +16,9 @@ use super::limits::Sandbox;
 use super::state::{InstanceLabel, PluginState};
 use super::world::{CoTransformPre, ReducerPre, StatePre, TransformPre};
 
+/// The pre-instantiated component of a sink plugin.
+type SinkPre = super::bindings::sink::SinkPluginPre<PluginState>;
+
 /// The operator a plugin implements, as it declares it: the kind shared with
 /// the guest SDK (`PluginKind::Map`, `.name()`, `.interface()`).
 pub use weir_abi::Kind as PluginKind;
@@ -67,6 +70,7 @@ pub(super) enum Pre {
     Reducer(ReducerPre),
     State(StatePre),
     CoTransform(CoTransformPre),
+    Sink(SinkPre),
 }
 
 impl Pre {
@@ -74,12 +78,13 @@ impl Pre {
     /// contract or of 0.1.
     fn of(instance_pre: wasmtime::component::InstancePre<PluginState>) -> Result<Self, wasmtime::Error> {
         use super::bindings::{co_transform, migrating_state, reducer, state, transform, v0_1};
+        // A sink exports neither `lifecycle` nor any operator interface.
         let transform_error = match transform::TransformPluginPre::new(instance_pre.clone()) {
             Ok(pre) => return Ok(Self::Transform(TransformPre::Current(pre))),
             Err(error) => error,
         };
         type Bind = fn(wasmtime::component::InstancePre<PluginState>) -> Result<Pre, wasmtime::Error>;
-        let bindings: [Bind; 8] = [
+        let bindings: [Bind; 9] = [
             |pre| {
                 v0_1::transform::TransformPluginPre::new(pre).map(|p| Self::Transform(TransformPre::V0_1(p)))
             },
@@ -99,6 +104,7 @@ impl Pre {
                 v0_1::co_transform::CoTransformPluginPre::new(pre)
                     .map(|p| Self::CoTransform(CoTransformPre::V0_1(p)))
             },
+            |pre| SinkPre::new(pre).map(Self::Sink),
         ];
         bindings
             .into_iter()
@@ -113,6 +119,7 @@ impl Pre {
             Self::Reducer(_) => "reducer",
             Self::State(_) => "keyed-state",
             Self::CoTransform(_) => "co-transform",
+            Self::Sink(_) => "sink",
         }
     }
 
@@ -167,7 +174,7 @@ impl CompiledPlugin {
         })?;
         let pre = Pre::of(instance_pre).map_err(|error| {
             contract(format!(
-                "it exports none of weir:plugin/transform, reducer, keyed-state or co-transform ({error:#}); build it with the weir-guest SDK"
+                "it exports none of weir:plugin/transform, reducer, keyed-state, co-transform or sink ({error:#}); build it with the weir-guest SDK"
             ))
         })?;
         let engine = component.engine().clone();

@@ -1,7 +1,8 @@
 //! What each plugin instance's `Store` holds: its WASI context (empty: no
-//! files, no environment, no sockets), its resource limits, its captured
-//! stdout and stderr, and where its log messages go (through its stage's
-//! [`LogBudget`]).
+//! files, no environment, no sockets, unless its stage grants them), its
+//! `wasi:http` context (no host, unless its sink allows some), its resource
+//! limits, its captured stdout and stderr, and where its log messages go
+//! (through its stage's [`LogBudget`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::log;
-use super::limits::{GUEST_DATA_DIR, Limits, Sandbox};
+use super::limits::{GUEST_DATA_DIR, GUEST_OUT_DIR, Limits, Sandbox};
 use super::logs::{Admission, LogBudget};
+use super::outbound::{HttpAllowList, socket_check};
 use super::stderr::OutputCapture;
 
 /// Who is calling: attached to every log line a plugin writes, with the
@@ -48,6 +50,8 @@ pub struct InstanceUsage {
 /// The data of one plugin instance's store.
 pub struct PluginState {
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hooks: HttpAllowList,
     table: ResourceTable,
     pub(crate) limits: MemoryBudget,
     /// The clock of the call in progress (its deadline, time lent to others).
@@ -68,15 +72,27 @@ impl PluginState {
         label: InstanceLabel,
     ) -> Result<Self, String> {
         let mut wasi = WasiCtxBuilder::new();
+        let grants = &sandbox.grants;
+        let connects = !grants.connect.is_empty();
         wasi.stdout(stdout)
             .stderr(stderr)
-            .allow_tcp(false)
+            .allow_tcp(connects)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        for (key, value) in &sandbox.grants.env {
+            .allow_ip_name_lookup(connects)
+            .socket_addr_check(socket_check(&grants.connect));
+        for (key, value) in &grants.env {
             wasi.env(key, value);
         }
-        if let Some(dir) = &sandbox.grants.read_dir {
+        let granted = [
+            (&grants.read_dir, GUEST_DATA_DIR, wasmtime_wasi::FsPerms::ReadOnly),
+            (
+                &grants.write_dir,
+                GUEST_OUT_DIR,
+                wasmtime_wasi::FsPerms::ReadWrite,
+            ),
+        ];
+        for (dir, guest_path, perms) in granted {
+            let Some(dir) = dir else { continue };
             let cannot = |e: &dyn std::fmt::Display| {
                 format!(
                     "cannot open the granted directory {}: {e:#}",
@@ -85,13 +101,16 @@ impl PluginState {
             };
             // Opened through cap-std (from the tenant's root when confined:
             // a link planted since the deploy cannot lead out), then handed
-            // to WASI by its descriptor, never by its path again.
-            let opened = dir.open(false).map_err(|e| cannot(&e))?;
+            // to WASI by its descriptor, never by its path again. A writable
+            // directory is created if missing.
+            let writable = perms == wasmtime_wasi::FsPerms::ReadWrite;
+            let opened = dir.open(writable).map_err(|e| cannot(&e))?;
             let by_descriptor = descriptor_path(&opened);
-            wasi.preopened_dir(&by_descriptor, GUEST_DATA_DIR, wasmtime_wasi::FsPerms::ReadOnly)
+            wasi.preopened_dir(&by_descriptor, guest_path, perms)
                 .map_err(|e| cannot(&e))?;
         }
         let wasi = wasi.build();
+        let http_hooks = HttpAllowList::new(&grants.http, sandbox.limits.call_deadline);
         let limits = MemoryBudget {
             limit: sandbox.limits.memory_bytes,
             used: 0,
@@ -101,6 +120,8 @@ impl PluginState {
         label.usage.instances.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             wasi,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks,
             table: ResourceTable::new(),
             limits,
             call: super::slicing::CallClock::default(),
@@ -209,6 +230,16 @@ impl WasiView for PluginState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -14,8 +14,8 @@
 
 use wasmtime::Store;
 
-use super::bindings::{co_transform, migrating_state, reducer, state, transform, types, v0_1};
-use super::plugin::{Plugin, Pre};
+use super::bindings::{co_transform, migrating_state, reducer, sink, state, transform, types, v0_1};
+use super::plugin::{FromWit as _, Plugin, PluginInfo, PluginKind, Pre};
 use super::state::PluginState;
 
 /// One WIT world a plugin exports. Sealed: the four worlds below are all.
@@ -25,7 +25,7 @@ pub trait World: sealed::Bindings + Sized + 'static {
 }
 
 pub(super) mod sealed {
-    use super::{Plugin, PluginState, Store, types};
+    use super::{Plugin, PluginInfo, PluginState, Store};
 
     /// The `bindgen!` glue of one world (kept out of [`super::World`]'s
     /// public face: it names crate-private types).
@@ -41,14 +41,10 @@ pub(super) mod sealed {
         /// Instantiates `pre` in `store`.
         fn instantiate(pre: &Self::Pre, store: &mut Store<PluginState>) -> wasmtime::Result<Self::Exports>;
 
-        /// Calls the lifecycle's `describe` (a 0.1 plugin's answer as the
-        /// current `plugin-info`).
-        fn describe(
-            exports: &Self::Exports,
-            store: &mut Store<PluginState>,
-        ) -> wasmtime::Result<types::PluginInfo>;
+        /// Calls `describe` (the lifecycle's, or a sink's own).
+        fn describe(exports: &Self::Exports, store: &mut Store<PluginState>) -> wasmtime::Result<PluginInfo>;
 
-        /// Calls the lifecycle's `init` with `config`.
+        /// Calls `init` (the lifecycle's, or a sink's own) with `config`.
         fn init(
             exports: &Self::Exports,
             store: &mut Store<PluginState>,
@@ -57,27 +53,52 @@ pub(super) mod sealed {
     }
 }
 
-/// What a `describe` of some contract version returns, as the current
-/// `plugin-info`.
+/// What a `describe` of some contract version returns, as the host's
+/// [`PluginInfo`] (the contract it was built against and whether it
+/// migrates state are filled in by the loader, which knows its binding).
 trait Described {
-    fn into_current(self) -> types::PluginInfo;
+    fn into_current(self) -> PluginInfo;
 }
 
 impl Described for types::PluginInfo {
-    fn into_current(self) -> types::PluginInfo {
-        self
+    fn into_current(self) -> PluginInfo {
+        PluginInfo {
+            name: self.name,
+            version: self.version,
+            kind: PluginKind::from_wit(self.kind),
+            sdk_version: self.sdk_version,
+            state_version: self.state_version,
+            contract: super::plugin::CONTRACT_VERSION,
+            migrates_state: false,
+        }
     }
 }
 
 impl Described for v0_1::types::PluginInfo {
     /// A 0.1 plugin has state version 1.
-    fn into_current(self) -> types::PluginInfo {
+    fn into_current(self) -> PluginInfo {
         types::PluginInfo {
             name: self.name,
             version: self.version,
             kind: self.kind,
             sdk_version: self.sdk_version,
             state_version: 1,
+        }
+        .into_current()
+    }
+}
+
+impl Described for sink::exports::weir::plugin::sink::SinkInfo {
+    /// A sink keeps no state: state version 1.
+    fn into_current(self) -> PluginInfo {
+        PluginInfo {
+            name: self.name,
+            version: self.version,
+            kind: PluginKind::Sink,
+            sdk_version: self.sdk_version,
+            state_version: 1,
+            contract: super::plugin::CONTRACT_VERSION,
+            migrates_state: false,
         }
     }
 }
@@ -132,7 +153,7 @@ macro_rules! worlds {
             fn describe(
                 exports: &Self::Exports,
                 store: &mut Store<PluginState>,
-            ) -> wasmtime::Result<types::PluginInfo> {
+            ) -> wasmtime::Result<PluginInfo> {
                 match exports {
                     $($exports_enum::$variant(exports) => exports
                         .weir_plugin_lifecycle()
@@ -193,6 +214,47 @@ worlds! {
         V0_1(
             v0_1::co_transform::CoTransformPluginPre<PluginState> => v0_1::co_transform::CoTransformPlugin
         ),
+    }
+}
+
+/// The `sink-plugin` world: a sink written as a plugin. It has one binding
+/// (sinks arrived with `weir:plugin@0.2.0`) and describes and initialises
+/// itself through its own `sink` interface rather than `lifecycle`.
+#[derive(Debug, Clone, Copy)]
+pub enum SinkWorld {}
+
+impl World for SinkWorld {
+    const WHAT: &'static str = "a sink";
+}
+
+impl sealed::Bindings for SinkWorld {
+    type Pre = sink::SinkPluginPre<PluginState>;
+    type Exports = sink::SinkPlugin;
+
+    fn pre(plugin: &Plugin) -> Option<&Self::Pre> {
+        match &plugin.compiled().pre {
+            Pre::Sink(pre) => Some(pre),
+            _ => None,
+        }
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<PluginState>) -> wasmtime::Result<Self::Exports> {
+        pre.instantiate(store)
+    }
+
+    fn describe(exports: &Self::Exports, store: &mut Store<PluginState>) -> wasmtime::Result<PluginInfo> {
+        exports
+            .weir_plugin_sink()
+            .call_describe(store)
+            .map(Described::into_current)
+    }
+
+    fn init(
+        exports: &Self::Exports,
+        store: &mut Store<PluginState>,
+        config: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), String>> {
+        exports.weir_plugin_sink().call_init(store, &config.to_vec())
     }
 }
 

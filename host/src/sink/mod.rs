@@ -21,6 +21,8 @@
 //!   at least once, retried with backoff.
 //! - [`elasticsearch`]: the `_bulk` API, a document id per record:
 //!   idempotent; refused documents to a dead-letter index.
+//! - [`plugin`]: a sink written as a sandboxed plugin (`foreachRDD`), called
+//!   after the batch's other sinks with the batch id.
 //!
 //! Each of those files also owns its kind's keys, its parser and the
 //! construction of its sink ([`crate::config::SinkType`],
@@ -34,6 +36,7 @@ pub mod http;
 pub mod kafka;
 #[cfg(feature = "object-store")]
 pub mod object_files;
+pub mod plugin;
 pub mod redis;
 mod retrying;
 pub mod template;
@@ -108,6 +111,7 @@ pub const TYPES: &[SinkEntry] = &[
     SinkEntry::of::<redis::RedisSinkSpec>(),
     SinkEntry::of::<http::HttpSinkSpec>(),
     SinkEntry::of::<elasticsearch::ElasticsearchSpec>(),
+    SinkEntry::of::<plugin::PluginSinkSpec>(),
 ];
 
 /// Where a sink is built: its pipeline, and its stream's window.
@@ -122,6 +126,19 @@ pub struct SinkContext<'a> {
     /// True when the pipeline checkpoints: batch ids then go on across
     /// restarts (a restarted run without checkpoints starts again at 0).
     pub checkpointed: bool,
+    /// The pipeline's loaded plugins by name, for a sink written as a
+    /// plugin (none where plugins are not loaded).
+    pub plugins: Option<LoadedPlugins<'a>>,
+}
+
+/// A pipeline's loaded plugins, by name.
+#[derive(Clone, Copy)]
+pub struct LoadedPlugins<'a>(pub &'a dyn Fn(&str) -> Option<std::sync::Arc<crate::runtime::Plugin>>);
+
+impl std::fmt::Debug for LoadedPlugins<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadedPlugins")
+    }
 }
 
 /// The sink for a sink spec.
