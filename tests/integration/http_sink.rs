@@ -23,7 +23,7 @@ fn input(dir: &Path, files: usize, lines: usize) -> String {
 }
 
 /// Word counts summed over JSON-lines bodies.
-fn summed(bodies: impl IntoIterator<Item = String>) -> BTreeMap<String, u64> {
+pub(super) fn summed(bodies: impl IntoIterator<Item = String>) -> BTreeMap<String, u64> {
     let mut totals = BTreeMap::new();
     for body in bodies {
         for line in body.lines() {

@@ -14,6 +14,7 @@ mod incremental;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod object_storage;
+mod plugin_sink;
 mod rate;
 mod recovery;
 mod redis_sink;

@@ -120,6 +120,11 @@ impl HttpReceiver {
         format!("http://127.0.0.1:{}/ingest", self.port)
     }
 
+    /// Its `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Requests answered so far, accepted or not.
     pub fn attempts(&self) -> usize {
         self.state.attempts.load(Ordering::SeqCst)

@@ -270,6 +270,24 @@ pub fn wordcount(
     source: &str,
     sinks: &str,
 ) -> String {
+    wordcount_with_plugins(dir, name, checkpointed, pipeline_extra, &[], source, sinks)
+}
+
+/// A [`wordcount`] whose `[plugins]` also declares `plugins` (name,
+/// component), for sinks written as plugins.
+pub fn wordcount_with_plugins(
+    dir: &Path,
+    name: &str,
+    checkpointed: bool,
+    pipeline_extra: &str,
+    plugins: &[(&str, &str)],
+    source: &str,
+    sinks: &str,
+) -> String {
+    let more_plugins: String = plugins
+        .iter()
+        .map(|(name, path)| format!("{name} = {path:?}\n"))
+        .collect();
     let checkpoint = if checkpointed {
         format!(
             "checkpoint-dir = {:?}\n\n[checkpoint]\nevery-batches = 3\n",
@@ -288,7 +306,7 @@ partitions = 2
 {checkpoint}
 [plugins]
 split-words = {split:?}
-
+{more_plugins}
 [[source]]
 name = "lines"
 {source}

@@ -317,6 +317,11 @@ fn check_kind(op: TransformKind, plugin: PluginKind) -> Result<(), String> {
             "is a reducer plugin: use it in a reduce-by-key stage (reducer = \"<its name>\"), not with op `{}`",
             op.name()
         ))
+    } else if plugin == PluginKind::Sink {
+        Err(format!(
+            "is a sink plugin: use it in a [[sink]] table (type = \"plugin\", plugin = \"<its name>\"), not with op `{}`",
+            op.name()
+        ))
     } else {
         Err(format!(
             "is a {} plugin, but the stage's op is `{}`: use op = \"{}\" or a {} plugin",
