@@ -299,6 +299,39 @@ struct Writer {
     usage: Arc<InstanceUsage>,
 }
 
+/// The parts of a batch, taken one at a time by the threads writing them.
+struct PartQueue {
+    parts: Vec<std::sync::Mutex<Option<Part>>>,
+    next: AtomicUsize,
+}
+
+impl PartQueue {
+    fn new(parts: Vec<Part>) -> Self {
+        Self {
+            parts: parts
+                .into_iter()
+                .map(|part| std::sync::Mutex::new(Some(part)))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next part nobody took, if any.
+    fn take(&self) -> Option<Part> {
+        let slot = self.parts.get(self.next.fetch_add(1, Ordering::Relaxed))?;
+        slot.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+/// What one thread writing parts ends with: its warm instance, and the
+/// parts (by partition) whose write failed for good.
+struct Drained {
+    warm: Option<SinkInstance>,
+    failures: Vec<(u32, String)>,
+}
+
 /// One `write` call to make: the records and where they come from.
 struct Part {
     partition: u32,
@@ -370,6 +403,24 @@ impl Writer {
                     records: Batch::concat(chunks),
                 })
                 .collect(),
+        }
+    }
+
+    /// Writes parts from `queue` until it is empty, on `instance` (or
+    /// fresh ones).
+    fn drain(&self, mut instance: Option<SinkInstance>, queue: &PartQueue, batch: BatchInfo) -> Drained {
+        let mut failures = Vec::new();
+        while let Some(part) = queue.take() {
+            let partition = part.partition;
+            let (kept, result) = self.write_part(instance.take(), batch, part);
+            instance = kept;
+            if let Err(message) = result {
+                failures.push((partition, message));
+            }
+        }
+        Drained {
+            warm: instance,
+            failures,
         }
     }
 
@@ -471,35 +522,13 @@ impl Sink for PluginSink {
         }
         let workers = this.settings.concurrency.min(parts.len()).max(1);
         let mut idle = std::mem::take(&mut self.idle);
-        let queue: Vec<std::sync::Mutex<Option<Part>>> = parts
-            .into_iter()
-            .map(|part| std::sync::Mutex::new(Some(part)))
-            .collect();
-        let next = AtomicUsize::new(0);
-        let outcomes: Vec<(Vec<SinkInstance>, Vec<(u32, String)>)> = std::thread::scope(|scope| {
+        let queue = PartQueue::new(parts);
+        let outcomes: Vec<Drained> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
-                    let mut instance = idle.pop();
-                    let (queue, next) = (&queue, &next);
-                    scope.spawn(move || {
-                        let mut failures = Vec::new();
-                        loop {
-                            let index = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(slot) = queue.get(index) else { break };
-                            let part = slot
-                                .lock()
-                                .expect("a part's lock")
-                                .take()
-                                .expect("each part once");
-                            let partition = part.partition;
-                            let (kept, result) = this.write_part(instance.take(), batch, part);
-                            instance = kept;
-                            if let Err(message) = result {
-                                failures.push((partition, message));
-                            }
-                        }
-                        (instance.into_iter().collect(), failures)
-                    })
+                    let instance = idle.pop();
+                    let queue = &queue;
+                    scope.spawn(move || this.drain(instance, queue, batch))
                 })
                 .collect();
             handles
@@ -509,9 +538,9 @@ impl Sink for PluginSink {
         });
         let mut failures = Vec::new();
         let mut warm = idle;
-        for (instances, failed) in outcomes {
-            warm.extend(instances);
-            failures.extend(failed);
+        for drained in outcomes {
+            warm.extend(drained.warm);
+            failures.extend(drained.failures);
         }
         self.idle = warm;
         failures.sort_by_key(|(partition, _)| *partition);
