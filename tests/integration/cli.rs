@@ -168,6 +168,65 @@ path = {out:?}
 }
 
 #[test]
+fn new_plugin_scaffolds_a_sink_that_builds_and_posts_each_partition() {
+    let dir = scratch();
+    let crate_dir = dir.path().join("poster");
+    let output = weir().run(
+        &[
+            "new",
+            "plugin",
+            "poster",
+            "--kind",
+            "sink",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = weir()
+        .command(&["plugin", "build", crate_dir.to_str().unwrap()])
+        .env("CARGO_TARGET_DIR", plugin_target_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let component = stdout(&output).trim().to_owned();
+
+    let receiver = weir_tests::http::HttpReceiver::start(weir_tests::http::Behaviour::Accept);
+    let text = weir_tests::write_inputs(dir.path(), 2, 10, 1);
+    let source = format!(
+        "type = \"files\"\npath = {:?}",
+        dir.path().join("in").display().to_string()
+    );
+    let sink = format!(
+        "[[sink]]\ninput = \"counts\"\ntype = \"plugin\"\nplugin = \"poster\"\nconfig = {{ url = {:?} }}\nallow-http = {:?}\n",
+        receiver.url(),
+        receiver.address()
+    );
+    let pipeline = weir_tests::wordcount_with_plugins(
+        dir.path(),
+        "poster",
+        false,
+        "",
+        &[("poster", &component)],
+        &source,
+        &sink,
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut counts = std::collections::BTreeMap::new();
+    for request in receiver.received() {
+        assert!(request.key.starts_with("poster/plugin-counts/"), "{request:?}");
+        for line in request.body.lines() {
+            let (word, count) = line.split_once('\t').unwrap();
+            *counts.entry(word.to_owned()).or_insert(0) += count.parse::<u64>().unwrap();
+        }
+    }
+    assert_eq!(counts, weir_tests::word_counts(&text));
+}
+
+#[test]
 fn new_plugin_refuses_bad_names_and_kinds() {
     let dir = scratch();
     let output = weir().run(

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use super::ToolError;
 
 /// The kinds a new plugin can be.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "map",
     "flat-map",
     "filter",
     "filter-map",
     "map-partitions",
     "reduce",
+    "sink",
 ];
 
 /// Creates a plugin crate `name` of `kind` in `dir`, depending on the guest
@@ -174,6 +175,36 @@ fn transform(input: &Batch<'_>, out: &mut Emitter) -> Result<(), Error> {
 #[weir_guest::reduce]
 fn longest(values: Values<'_>) -> Result<Vec<u8>, Error> {
     Ok(values.max_by_key(|v| v.len()).unwrap_or_default().to_vec())
+}
+"#
+        }
+        "sink" => {
+            r#"use weir_guest::http::Request;
+use weir_guest::{Batch, BatchInfo, Config, Error, SinkError};
+
+fn setup(config: &Config) -> Result<(), Error> {
+    config.require("url")?;
+    Ok(())
+}
+
+/// POSTs each partition of each batch to the sink's `url` as lines of
+/// `key<TAB>value`, keyed for idempotence (the sink's `allow-http` must
+/// name the URL's `host:port`).
+#[weir_guest::sink(init = setup)]
+fn write(batch: &BatchInfo, records: &Batch<'_>) -> Result<(), SinkError> {
+    let mut body = String::new();
+    for record in records {
+        body.push_str(record.key_str()?.unwrap_or_default());
+        body.push('\t');
+        body.push_str(record.value_str()?);
+        body.push('\n');
+    }
+    Request::post(weir_guest::config().require("url")?)
+        .header("idempotency-key", batch.idempotency_key())
+        .body(body)
+        .send()?
+        .error_for_status()?;
+    Ok(())
 }
 "#
         }
