@@ -15,6 +15,7 @@ use crate::__private::{WitBatchInfo, WriteError};
 pub struct BatchInfo {
     pipeline: String,
     sink: String,
+    run: String,
     id: u64,
     time_ms: i64,
     partition: u32,
@@ -28,6 +29,7 @@ impl BatchInfo {
         Self {
             pipeline: pipeline.to_owned(),
             sink: sink.to_owned(),
+            run: String::new(),
             id,
             time_ms: 0,
             partition,
@@ -40,6 +42,7 @@ impl BatchInfo {
         Self {
             pipeline: info.pipeline,
             sink: info.sink,
+            run: info.run,
             id: info.id,
             time_ms: info.time,
             partition: info.partition,
@@ -58,6 +61,13 @@ impl BatchInfo {
         &self.sink
     }
 
+    /// `run-<start ms>` in a pipeline without a checkpoint directory
+    /// (batch ids start again at 0 every run there); empty when it
+    /// checkpoints (batch ids go on across restarts).
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
     /// The batch id: 0 for the first batch, then one more per batch.
     pub fn id(&self) -> u64 {
         self.id
@@ -73,7 +83,8 @@ impl BatchInfo {
         self.partition
     }
 
-    /// How many partitions the batch has (1 for a sink that takes whole batches).
+    /// How many partitions the batch has (1 for a sink that takes whole
+    /// batches). Partitions without records are not written.
     pub fn partitions(&self) -> u32 {
         self.partitions
     }
@@ -83,9 +94,27 @@ impl BatchInfo {
         self.attempt
     }
 
-    /// `pipeline/sink/batch/partition`: the same for every try of this write.
+    /// `pipeline/sink/batch/partition` (`pipeline/sink/run-<start ms>/batch/partition`
+    /// without a checkpoint directory): the same for every try of this
+    /// write, and for its re-run after a crash when the pipeline checkpoints.
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}/{}/{}", self.pipeline, self.sink, self.id, self.partition)
+        let run = if self.run.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.run)
+        };
+        format!(
+            "{}/{}/{run}{}/{}",
+            self.pipeline, self.sink, self.id, self.partition
+        )
+    }
+
+    /// This description in a run of a pipeline without checkpoints
+    /// (for native tests of sink functions).
+    #[must_use]
+    pub fn in_run(mut self, run: &str) -> Self {
+        self.run = run.to_owned();
+        self
     }
 }
 
@@ -180,6 +209,7 @@ mod tests {
         assert_eq!(format!("{:?}", SinkError::permanent("x")), "permanent: x");
         let info = BatchInfo::new("p", "s", 7, 2, 4);
         assert_eq!(info.idempotency_key(), "p/s/7/2");
+        assert_eq!(info.clone().in_run("run-5").idempotency_key(), "p/s/run-5/7/2");
         assert_eq!((info.partition(), info.partitions(), info.attempt()), (2, 4, 0));
     }
 }

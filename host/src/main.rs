@@ -1233,8 +1233,16 @@ fn sinks_bench(lines: u64, partitions: Option<usize>, plugin: Option<PathBuf>) -
         Some(plugin) => plugin,
         None => example_plugin("split-words")?,
     };
+    let sink_plugin = example_plugin("post-counts").map_err(|e| format!("{e:#}"));
     let weir = std::env::current_exe().context("cannot find the weir binary")?;
-    let report = cli::sinks_bench::run(&weir, &plugin, lines, partitions, |line| eprintln!("{line}"))?;
+    let report = cli::sinks_bench::run(
+        &weir,
+        &plugin,
+        sink_plugin.as_deref().map_err(Clone::clone),
+        lines,
+        partitions,
+        |line| eprintln!("{line}"),
+    )?;
     println!(
         "word count end to end (`weir run --available-now`, 1 s batches) into each sink, {} lines, {} words, {} partitions:",
         report.corpus.lines, report.corpus.words, report.partitions

@@ -389,6 +389,25 @@ fn bad_plugin_sinks_are_refused_with_the_reason() {
         "limits = { fuel = 10 }",
         "a sink plugin has no fuel budget",
     );
+    check(
+        plugins::POST_COUNTS,
+        "retries = 101",
+        "`retries` = 101 is more than 100",
+    );
+    check(
+        plugins::POST_COUNTS,
+        "allow-connect = \"::1:5432\"",
+        "`allow-connect`: `::1:5432`: put an IPv6 address in brackets (`[::1]:5432`)",
+    );
+    // Untrusted code may not write where the engine does.
+    check(
+        plugins::PROBE_SINK,
+        &format!(
+            "config = {{ action = \"write-file\" }}\nwrite-dir = {:?}",
+            dir.path().display().to_string()
+        ),
+        "overlaps the checkpoint directory",
+    );
     let file = write_pipeline(
         dir.path(),
         "sink.toml",

@@ -1228,3 +1228,69 @@ fn a_tenants_cpu_share_is_split_among_its_running_pipelines() {
         .expect(200);
     assert_eq!(weight("a", &a, "one"), json!(2));
 }
+
+#[test]
+fn a_tenants_sink_plugin_needs_its_grants_and_fits_its_quotas() {
+    let receiver = weir_tests::http::HttpReceiver::start(weir_tests::http::Behaviour::Accept);
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let quotas = json!({ "max_stage_memory": 32 << 20 });
+    let t = server.tenant(
+        "t",
+        json!({ "quotas": quotas, "allowed_addresses": [receiver.address()] }),
+    );
+    for (name, file) in [
+        ("split-words", plugins::SPLIT_WORDS),
+        ("post-counts", plugins::POST_COUNTS),
+    ] {
+        server.push_plugin("t", &t, name, file).expect(201);
+    }
+    std::fs::create_dir_all(server.root("t").join("in")).unwrap();
+    std::fs::write(server.root("t").join("in/a.txt"), "weir weir words\n").unwrap();
+    let pipeline = |sink: &str| {
+        wordcount_with(
+            "post",
+            "type = \"files\"\npath = \"out/post\"",
+            &format!(
+                "type = \"plugin\"\nname = \"post\"\nplugin = \"post-counts\"\nconfig = {{ url = {:?} }}\n{sink}",
+                receiver.url()
+            ),
+        )
+        .replace(
+            "plugin = \"split-words\"",
+            "plugin = \"split-words\"\nlimits = { memory = \"16MiB\" }",
+        )
+    };
+    // Hosts and addresses need the admin's grant.
+    server
+        .deploy("t", &t, &pipeline("allow-http = \"127.0.0.1:9\""))
+        .expect_error(
+            403,
+            "sink `post` reaches `127.0.0.1:9`, which this tenant may not",
+        );
+    // The plugin may not write where the engine does.
+    server
+        .deploy("t", &t, &pipeline("write-dir = \"checkpoints/other\""))
+        .expect_error(400, "overlaps the checkpoint directory");
+    // Its instances count against the tenant's ceilings.
+    let allowed = format!("allow-http = {:?}", receiver.address());
+    server.deploy("t", &t, &pipeline(&allowed)).expect_error(
+        422,
+        "sink `post` asks for memory = 64 MiB, above this tenant's ceiling of 32 MiB",
+    );
+    // Within them, it posts the tenant's counts.
+    let fitting = format!("{allowed}\nlimits = {{ memory = \"16MiB\" }}");
+    server.deploy("t", &t, &pipeline(&fitting)).expect(201);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.received().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bodies: String = receiver.received().into_iter().map(|r| r.body).collect();
+    let status = server.get("/v1/tenants/t/pipelines/post", &t);
+    assert!(
+        bodies.contains(r#"{"key":"weir","value":"2"}"#),
+        "{bodies}; status {}",
+        status.body
+    );
+    assert!(bodies.contains(r#"{"key":"words","value":"1"}"#), "{bodies}");
+}

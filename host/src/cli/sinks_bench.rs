@@ -1,6 +1,7 @@
 //! `weir bench --suite sinks`: the word count end to end into each sink,
 //! in one run: files (the baseline), Redis (`INCRBY`, exactly once), HTTP
-//! (JSON lines to a receiver in this process), Elasticsearch (`_bulk`)
+//! (JSON lines to a receiver in this process), the same through the
+//! `post-counts` sink plugin (Wasm, `wasi:http`), Elasticsearch (`_bulk`)
 //! and S3 object storage (the files sink's `s3://`, exactly once).
 //!
 //! Each is the real `weir run --available-now` binary as a child process
@@ -259,10 +260,12 @@ fn run_child(
 }
 
 /// Runs the benchmark over `lines` lines on `partitions` partitions, with
-/// `weir` (the binary) and the `split-words` component at `plugin`.
+/// `weir` (the binary), the `split-words` component at `plugin` and the
+/// `post-counts` sink plugin (or why there is none).
 pub fn run(
     weir: &Path,
     plugin: &Path,
+    sink_plugin: Result<&Path, String>,
     lines: u64,
     partitions: usize,
     progress: impl Fn(&str),
@@ -347,6 +350,36 @@ pub fn run(
     runs.push(SinkRun {
         sink: "http (JSON lines)",
         outcome: http.map_err(|e| format!("{e:#}")),
+    });
+
+    progress("plugin (post-counts, Wasm)");
+    let posted = sink_plugin.map_err(|why| anyhow!(why)).and_then(|component| {
+        let receiver = start_receiver()?;
+        let address = receiver.url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
+        let file = pipeline(
+            "plugin",
+            &format!(
+                "type = \"plugin\"\nplugin = \"post\"\nconfig = {{ url = \"{}\" }}\nallow-http = \"{address}\"",
+                receiver.url
+            ),
+            false,
+        )?;
+        let text = std::fs::read_to_string(&file)?.replacen(
+            "\n[plugins]\n",
+            &format!("\n[plugins]\npost = {:?}\n", component.display().to_string()),
+            1,
+        );
+        std::fs::write(&file, text)?;
+        let result = run_child(weir, &file, partitions, &dir.join("plugin.log"))?;
+        let counted = receiver.counted.load(Ordering::Relaxed);
+        if counted != stats.words {
+            bail!("the receiver counted {counted} words of {}", stats.words);
+        }
+        Ok(result)
+    });
+    runs.push(SinkRun {
+        sink: "plugin (post-counts, Wasm)",
+        outcome: posted.map_err(|e| format!("{e:#}")),
     });
 
     progress("elasticsearch (_bulk)");

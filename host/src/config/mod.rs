@@ -33,7 +33,7 @@ pub use model::{
 pub use paths::{DirPath, Paths, check_name};
 pub use pipeline::DEFAULT_MAX_BATCH_MEMORY;
 pub use settings::{Key, KindContext, Reach, Settings, ValueType};
-pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkType};
+pub use sink::{SinkConfig, SinkEntry, SinkKind, SinkPlugin, SinkType};
 pub use source::{SourceConfig, SourceEntry, SourceKind, SourceType};
 pub(crate) use stage::stage_limits;
 pub(crate) use values::{duration, non_negative, one_or_many, positive, required};
@@ -147,9 +147,17 @@ pub fn parse_in(text: &str, path: &Path, scope: &Scope) -> Result<PipelineSpec, 
         message,
     })?;
     if scope.catalog.is_some() {
-        // Load only the uploads the stages use, not the whole catalog.
-        let used: std::collections::BTreeSet<String> =
-            spec.stages.iter().flat_map(|stage| stage.op.plugins()).collect();
+        // Load only the uploads the stages and sinks use, not the whole catalog.
+        let used: std::collections::BTreeSet<String> = spec
+            .stages
+            .iter()
+            .flat_map(|stage| stage.op.plugins())
+            .chain(
+                spec.sinks
+                    .iter()
+                    .filter_map(|sink| Some(sink.kind.plugin()?.name.to_owned())),
+            )
+            .collect();
         spec.plugins.retain(|name, _| used.contains(name));
     }
     Ok(spec)

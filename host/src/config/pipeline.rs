@@ -7,7 +7,7 @@
 //! resolving relative paths against the pipeline file's directory.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -149,6 +149,12 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
             ),
         ));
     }
+    let engine_dirs = [
+        checkpoint.as_ref().map(|c| c.dir.as_path()),
+        // In a server, every pipeline of the tenant checkpoints there.
+        scope.checkpoints.as_deref(),
+    ];
+    check_write_dirs(&sinks, engine_dirs.into_iter().flatten())?;
     let order = order_stages(&sources, &stages, &input_offsets, &sinks, dead_letters)?;
     let mut slots: Vec<Option<(usize, StageSpec)>> = stages.into_iter().map(Some).collect();
     let stages = order
@@ -170,6 +176,56 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
         stages,
         sinks: sinks.into_iter().map(|(_, sink)| sink).collect(),
     })
+}
+
+/// Refuses a sink plugin's `write-dir` that overlaps a directory the
+/// engine writes itself (the checkpoint directory, a files sink's
+/// directory, another plugin sink's `write-dir`): untrusted code would
+/// rewrite the batch log or another sink's committed output.
+fn check_write_dirs<'a>(
+    sinks: &'a [(usize, SinkSpec)],
+    checkpoint_dirs: impl IntoIterator<Item = &'a Path>,
+) -> Result<(), SpecError> {
+    use crate::sink::files::{FilesSinkSpec, FilesTarget};
+    use crate::sink::plugin::PluginSinkSpec;
+    let mut owned: Vec<(String, &Path)> = checkpoint_dirs
+        .into_iter()
+        .map(|dir| ("the checkpoint directory".to_owned(), dir))
+        .collect();
+    for (_, sink) in sinks {
+        if let Some(FilesSinkSpec {
+            target: FilesTarget::Local(dir),
+            ..
+        }) = sink.kind.settings::<FilesSinkSpec>()
+        {
+            owned.push((format!("sink `{}`'s directory", sink.name), dir.path()));
+        }
+    }
+    for (offset, sink) in sinks {
+        let Some(dir) = sink
+            .kind
+            .settings::<PluginSinkSpec>()
+            .and_then(|plugin| plugin.sandbox.grants.write_dir.as_ref())
+        else {
+            continue;
+        };
+        let dir = dir.path();
+        for (what, other) in &owned {
+            if dir.starts_with(other) || other.starts_with(dir) {
+                return Err((
+                    *offset,
+                    format!(
+                        "sink `{}`: write-dir {} overlaps {what} ({}): a plugin may not write where the engine does",
+                        sink.name,
+                        dir.display(),
+                        other.display()
+                    ),
+                ));
+            }
+        }
+        owned.push((format!("sink `{}`'s write-dir", sink.name), dir));
+    }
+    Ok(())
 }
 
 /// The `[plugins]` table: plugin name → component. With a catalog (a

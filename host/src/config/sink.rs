@@ -29,11 +29,29 @@ pub trait SinkConfig: fmt::Debug + Send + Sync + Any {
         super::Reach::Files
     }
 
+    /// For a sink written as a plugin: the plugin it runs, its instances'
+    /// limits and how many it may hold at once (what a server loads, and
+    /// counts against a tenant's quotas). Default: none.
+    fn plugin(&self) -> Option<SinkPlugin<'_>> {
+        None
+    }
+
     /// True for a sink that must see each batch after the pipeline's other
     /// sinks have written it (a sink written as a plugin). Default: false.
     fn after_other_sinks(&self) -> bool {
         false
     }
+}
+
+/// The plugin a sink written as a plugin runs.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkPlugin<'a> {
+    /// Its name in `[plugins]`.
+    pub name: &'a str,
+    /// Its instances' limits.
+    pub limits: &'a crate::runtime::Limits,
+    /// The most instances it holds at once.
+    pub instances: usize,
 }
 
 /// A kind of sink: its name, its keys and its parser.

@@ -5,6 +5,13 @@
 //!
 //! Both deny everything when nothing is granted, which is every transform
 //! stage: only sink plugins can be granted hosts and addresses.
+//!
+//! A plugin blocked in a host call (a request, a socket read) is not
+//! interrupted by its call deadline's epoch ticks: a request gives up by
+//! itself within the deadline (connect, handshake and response head
+//! together, and each wait for body bytes), but a TCP read on an
+//! `allow-connect` socket waits as long as its peer keeps the connection
+//! open.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
@@ -89,9 +96,18 @@ impl WasiHttpHooks for HttpAllowList {
             first_byte_timeout: cap(options.first_byte_timeout),
             between_bytes_timeout: cap(options.between_bytes_timeout),
         };
+        let whole = self.timeout;
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            // Connect, TLS handshake and the response's head together within
+            // the deadline too (each phase's own timeout could add up).
+            let sent = tokio::time::timeout(
+                whole,
+                wasmtime_wasi_http::default_send_request(request, Some(options)),
+            )
+            .await
+            .map_err(|_| wasmtime_wasi_http::Error::ConnectionReadTimeout)??;
+            let (response, io) = sent;
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
@@ -101,17 +117,25 @@ impl WasiHttpHooks for HttpAllowList {
 }
 
 /// The `wasi:sockets` address check of an instance allowed to connect to
-/// `allowed` (`host:port` each, resolved now): TCP connections to those
-/// addresses, and the implicit bind to a wildcard address a connect makes;
-/// no listening, no UDP, nothing else. Names that do not resolve are
-/// dropped (a connection to them is refused like any other).
+/// `allowed` (`host:port` each, resolved now, when the instance is
+/// created): TCP connections to those addresses, and the implicit bind to
+/// a wildcard address a connect makes; no listening, no UDP, nothing else.
+/// A name that does not resolve is logged and left out (a connection to
+/// it is refused like any other). Plugins get no name lookup of their own
+/// (a lookup is a message to any name server): they connect by address.
 pub fn socket_check(
     allowed: &[String],
 ) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> + Send + Sync + 'static
 {
     let resolved: Arc<[SocketAddr]> = allowed
         .iter()
-        .flat_map(|address| address.to_socket_addrs().into_iter().flatten())
+        .flat_map(|address| match address.to_socket_addrs() {
+            Ok(addresses) => addresses.collect(),
+            Err(error) => {
+                tracing::warn!(%address, "an allow-connect address does not resolve ({error}); connections to it are refused");
+                Vec::new()
+            }
+        })
         .collect();
     move |address, usage| {
         let allowed = match usage {

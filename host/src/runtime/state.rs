@@ -78,7 +78,7 @@ impl PluginState {
             .stderr(stderr)
             .allow_tcp(connects)
             .allow_udp(false)
-            .allow_ip_name_lookup(connects)
+            .allow_ip_name_lookup(false)
             .socket_addr_check(socket_check(&grants.connect));
         for (key, value) in &grants.env {
             wasi.env(key, value);

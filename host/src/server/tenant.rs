@@ -95,7 +95,8 @@ pub struct Footprint {
 
 impl Footprint {
     /// The footprint of `spec`: every plugin stage may hold one instance per
-    /// partition, each up to its memory limit.
+    /// partition, each up to its memory limit; a sink written as a plugin,
+    /// `concurrency` instances.
     ///
     /// A stage's partition count follows from its inputs (a `repartition`
     /// or a stage with its own `partitions` changes it downstream), so each
@@ -116,6 +117,10 @@ impl Footprint {
             let instances = plugins * widest;
             footprint.instances += instances;
             footprint.wasm_memory += instances as u64 * stage.sandbox.limits.memory_bytes as u64;
+        }
+        for plugin in spec.sinks.iter().filter_map(|sink| sink.kind.plugin()) {
+            footprint.instances += plugin.instances;
+            footprint.wasm_memory += plugin.instances as u64 * plugin.limits.memory_bytes as u64;
         }
         footprint
     }
@@ -203,6 +208,40 @@ impl TenantConfig {
         for sink in &spec.sinks {
             self.check_reach(sink.kind.reach(), &format!("sink `{}`", sink.name))
                 .map_err(|m| denied(sink.line, m))?;
+        }
+        for sink in &spec.sinks {
+            let Some(crate::config::SinkPlugin { limits, .. }) = sink.kind.plugin() else {
+                continue;
+            };
+            let refuse = |what: String| {
+                Err(at(
+                    sink.line,
+                    format!("sink `{}` asks for {what}; lower it in its limits", sink.name),
+                ))
+            };
+            if limits.memory_bytes as u64 > q.max_stage_memory {
+                return refuse(format!(
+                    "memory = {} MiB, above this tenant's ceiling of {} MiB",
+                    limits.memory_bytes >> 20,
+                    q.max_stage_memory >> 20
+                ));
+            }
+            if limits.call_deadline > Duration::from_millis(q.max_call_timeout_ms) {
+                return refuse(format!(
+                    "timeout = {}, above this tenant's ceiling of {}",
+                    humantime::format_duration(limits.call_deadline),
+                    humantime::format_duration(Duration::from_millis(q.max_call_timeout_ms))
+                ));
+            }
+            if let Some(ceiling) = q.max_fuel {
+                return Err(at(
+                    sink.line,
+                    format!(
+                        "sink `{}` runs a plugin, which is not fuel-metered, but this tenant's plugins run with at most {ceiling} fuel a call: sink plugins are not available to it",
+                        sink.name
+                    ),
+                ));
+            }
         }
         for stage in spec.stages.iter().filter(|stage| !stage.op.plugins().is_empty()) {
             let limits = &stage.sandbox.limits;

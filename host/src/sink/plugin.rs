@@ -86,6 +86,9 @@ pub struct PluginSinkSpec {
 /// Retries of a failed write unless the sink says.
 const DEFAULT_RETRIES: u32 = 3;
 
+/// The most retries a sink may ask for.
+const MAX_RETRIES: u32 = 100;
+
 impl SinkType for PluginSinkSpec {
     const NAME: &'static str = "plugin";
     const KEYS: &'static [Key] = &[
@@ -159,15 +162,8 @@ impl SinkType for PluginSinkSpec {
             };
             let addresses = one_or_many(value, &format!("`{key}` must be a `host:port` or a list of them"))?;
             for address in &addresses {
-                let port = address.rsplit_once(':').and_then(|(host, port)| {
-                    (!host.is_empty()).then_some(())?;
-                    port.parse::<u16>().ok()
-                });
-                if port.is_none() {
-                    return Err((
-                        value.span().start,
-                        format!("`{key}`: `{address}` is not a `host:port` (name the port: `{address}:443`)"),
-                    ));
+                if let Err(why) = check_address(address) {
+                    return Err((value.span().start, format!("`{key}`: {why}")));
                 }
             }
             Ok(addresses)
@@ -200,8 +196,17 @@ impl SinkType for PluginSinkSpec {
                     .map_err(|(_, message)| (value.span().start, message))?
             }
         };
-        let retries = crate::config::non_negative(settings.integer("retries"), "retries")?
-            .map_or(DEFAULT_RETRIES, |n| n.min(100) as u32);
+        // Its time goes to I/O: it runs unmetered, bounded by `timeout`
+        // (the pipeline's `fuel` is for its stages).
+        let limits = crate::runtime::Limits { fuel: None, ..limits };
+        let retries = match crate::config::non_negative(settings.integer("retries"), "retries")? {
+            None => DEFAULT_RETRIES,
+            Some(n) if n <= MAX_RETRIES as u64 => n as u32,
+            Some(n) => {
+                let at = settings.integer("retries").map_or(cx.offset, |v| v.span().start);
+                return Err((at, format!("`retries` = {n} is more than {MAX_RETRIES}")));
+            }
+        };
         let on_error = match settings.text("on-error").map(|t| t.get_ref().as_str()) {
             None | Some("fail") => PluginSinkOnError::Fail,
             Some("skip-batch") => PluginSinkOnError::SkipBatch,
@@ -240,6 +245,20 @@ impl SinkType for PluginSinkSpec {
     }
 }
 
+/// Checks that `address` is a `host:port` (an IPv6 host in brackets).
+fn check_address(address: &str) -> Result<(), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .ok_or_else(|| format!("`{address}` is not a `host:port` (name the port: `{address}:443`)"))?;
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "`{address}`: put an IPv6 address in brackets (`[{host}]:{port}`)"
+        ));
+    }
+    Ok(())
+}
+
 /// Where `key`'s value starts (the table's start when absent).
 fn value_at(settings: &Settings, key: &str, offset: usize) -> usize {
     settings.any(key).map_or(offset, |v| v.span().start)
@@ -258,6 +277,11 @@ impl SinkConfig for PluginSinkSpec {
             writer: Writer {
                 name: spec.name.clone(),
                 pipeline: cx.pipeline.to_owned(),
+                run: if cx.checkpointed {
+                    String::new()
+                } else {
+                    format!("run-{}", crate::source::now_ms())
+                },
                 settings: self.clone(),
                 plugin,
                 sandbox: Arc::new(self.sandbox.clone()),
@@ -279,6 +303,14 @@ impl SinkConfig for PluginSinkSpec {
     fn after_other_sinks(&self) -> bool {
         true
     }
+
+    fn plugin(&self) -> Option<crate::config::SinkPlugin<'_>> {
+        Some(crate::config::SinkPlugin {
+            name: &self.plugin,
+            limits: &self.sandbox.limits,
+            instances: self.concurrency,
+        })
+    }
 }
 
 /// A sink whose writes a plugin makes.
@@ -293,6 +325,8 @@ pub struct PluginSink {
 struct Writer {
     name: String,
     pipeline: String,
+    /// `run-<start ms>` without a checkpoint directory, else empty.
+    run: String,
     settings: PluginSinkSpec,
     plugin: Result<Arc<Plugin>, String>,
     sandbox: Arc<Sandbox>,
@@ -459,6 +493,7 @@ impl Writer {
             let info = SinkBatchInfo {
                 pipeline: self.pipeline.clone(),
                 sink: self.name.clone(),
+                run: self.run.clone(),
                 id: batch.id,
                 time: batch.time_ms,
                 partition: part.partition,
