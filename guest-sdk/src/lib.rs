@@ -737,7 +737,8 @@ pub use weir_guest_macros::transform_with;
 /// records wherever the sink's capabilities let it: HTTP(S) to the hosts
 /// of its `allow-http` ([`http`]), files under `/out` when it has a
 /// `write-dir` (`std::fs`), TCP to the addresses of its `allow-connect`
-/// (`std::net::TcpStream`). Nothing else is reachable.
+/// (`std::net::TcpStream`, by IP address: there is no name lookup).
+/// Nothing else is reachable.
 ///
 /// [`BatchInfo`] says which batch and partition the records are; a batch
 /// written again after a failure or a crash has the same id and records, so

@@ -141,6 +141,26 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("skipped (on-error = \"skip-batch\")"), "{log}");
+
+    // Until `quarantine-after` batches in a row had a skipped write.
+    let dir = scratch();
+    write_inputs(dir.path(), 3, 10, 5);
+    let file = write_pipeline(
+        dir.path(),
+        "sink.toml",
+        &pipeline(
+            dir.path(),
+            plugins::POST_COUNTS,
+            &posting_to(&refusing, "on-error = \"skip-batch\"\nquarantine-after = 2"),
+        ),
+    );
+    let output = run(&file);
+    let log = stderr(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains("quarantined: plugin `sink` failed to write 2 batches in a row (quarantine-after = 2)"),
+        "{log}"
+    );
 }
 
 #[test]

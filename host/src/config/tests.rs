@@ -379,7 +379,7 @@ fn sink_keys_are_checked_against_their_kind() {
     let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"nats\""));
     assert_eq!(
         message,
-        "unknown sink type `nats` (expected console, files, kafka, redis, http or elasticsearch)"
+        "unknown sink type `nats` (expected console, files, kafka, redis, http, elasticsearch or plugin)"
     );
     let (_, message) = invalid(&sink("input = \"counts\"\ntype = \"kafka\""));
     assert_eq!(message, "a `kafka` sink needs `brokers`");

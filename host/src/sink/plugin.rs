@@ -10,26 +10,31 @@
 //! - `write-dir`: a directory it may read and write, at `/out` (cap-std;
 //!   created if missing).
 //! - `allow-connect`: the `host:port`s it may open TCP connections to
-//!   (`wasi:sockets`).
+//!   (`wasi:sockets`; the host resolves names, the plugin connects by
+//!   address).
 //! - `env`: environment variables (credentials, say).
 //!
 //! It gets nothing else: no other file, host or address. Its instances have
 //! the pipeline's `[limits]` (or the sink's own `limits`): memory, and a
-//! call deadline that also caps every HTTP request's timeouts.
+//! call deadline that also bounds every HTTP request (not a read on an
+//! `allow-connect` socket: see [`crate::runtime::outbound`]). No fuel: its
+//! time goes to I/O.
 //!
 //! Delivery: the runner hands a batch to plugin sinks after the batch's
 //! other sinks. Every call carries the pipeline, the sink, the batch id and
 //! the partition, the same when a batch is written again (a retry, or a
 //! re-run after a crash when the pipeline checkpoints): a plugin that
 //! writes idempotently by them makes the sink exactly once; otherwise it
-//! is at least once.
+//! is at least once. Without a checkpoint directory batch ids start again
+//! at 0 every run, so the call also names the run (`run-<start ms>`).
 //!
 //! Failures: a trap, or a `transient` error the plugin returns, is retried
 //! `retries` times (default 3; a fresh instance after a trap) with backoff
 //! from 100 ms doubling to 5 s; a `permanent` error is not. Then `on-error`
 //! applies: `fail` (the default) fails the run, which resumes from its last
 //! checkpoint; `skip-batch` logs the failure and goes on without that
-//! partition's write.
+//! partition's write, until `quarantine-after` (default 5) batches in a
+//! row had one: then the run fails too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,10 +86,17 @@ pub struct PluginSinkSpec {
     pub retries: u32,
     /// What a write that still fails does.
     pub on_error: PluginSinkOnError,
+    /// Consecutive batches with a skipped write after which the run fails
+    /// (`skip-batch` only).
+    pub quarantine_after: u32,
 }
 
 /// Retries of a failed write unless the sink says.
 const DEFAULT_RETRIES: u32 = 3;
+
+/// Consecutive batches with a skipped write before the run fails, unless
+/// the sink says (as for a stage).
+const DEFAULT_QUARANTINE_AFTER: u32 = 5;
 
 /// The most retries a sink may ask for.
 const MAX_RETRIES: u32 = 100;
@@ -103,6 +115,7 @@ impl SinkType for PluginSinkSpec {
         Key::any("limits"),
         Key::integer("retries"),
         Key::text("on-error"),
+        Key::integer("quarantine-after"),
     ];
 
     fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
@@ -220,6 +233,12 @@ impl SinkType for PluginSinkSpec {
                 ));
             }
         };
+        let quarantine_after = crate::config::positive(
+            settings.integer("quarantine-after"),
+            "quarantine-after",
+            1_000_000,
+        )?
+        .map_or(DEFAULT_QUARANTINE_AFTER, |n| n as u32);
         let config = strings("config")?;
         let env = strings("env")?;
         let http = addresses("allow-http")?;
@@ -241,6 +260,7 @@ impl SinkType for PluginSinkSpec {
             },
             retries,
             on_error,
+            quarantine_after,
         })
     }
 }
@@ -288,6 +308,7 @@ impl SinkConfig for PluginSinkSpec {
                 usage: Arc::new(InstanceUsage::default()),
             },
             idle: Vec::new(),
+            failing_batches: 0,
         })
     }
 
@@ -318,6 +339,8 @@ pub struct PluginSink {
     writer: Writer,
     /// Warm instances between batches (at most `concurrency`).
     idle: Vec<SinkInstance>,
+    /// Batches in a row with a write skipped by `skip-batch`.
+    failing_batches: u32,
 }
 
 /// What every write of a plugin sink shares (across the threads writing
@@ -580,6 +603,7 @@ impl Sink for PluginSink {
         self.idle = warm;
         failures.sort_by_key(|(partition, _)| *partition);
         let Some((partition, message)) = failures.first() else {
+            self.failing_batches = 0;
             return Ok(());
         };
         let which = match this.settings.per {
@@ -596,6 +620,14 @@ impl Sink for PluginSink {
                 this.settings.plugin
             ))),
             PluginSinkOnError::SkipBatch => {
+                self.failing_batches += 1;
+                let after = this.settings.quarantine_after;
+                if self.failing_batches >= after {
+                    return Err(this.error(format!(
+                        "quarantined: plugin `{}` failed to write {after} batches in a row (quarantine-after = {after}); the last: {which}: {message}{also}",
+                        this.settings.plugin
+                    )));
+                }
                 tracing::error!(
                     pipeline = %this.pipeline, sink = %this.name,
                     "plugin `{}` could not write {which}: {message}{also}; skipped (on-error = \"skip-batch\")",
