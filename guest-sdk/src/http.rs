@@ -44,6 +44,18 @@ pub enum Method {
     Delete,
 }
 
+impl Method {
+    /// `GET`, `POST`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+        }
+    }
+}
+
 impl Request {
     /// A request with `method` to `url` (`http://` or `https://`).
     pub fn new(method: Method, url: impl Into<String>) -> Self {
@@ -94,10 +106,17 @@ impl Request {
         &self.url
     }
 
-    /// Sends the request and reads the whole response.
+    /// Sends the request and reads the whole response. A failure names
+    /// the method and the URL.
     pub fn send(self) -> Result<Response, HttpError> {
         let url = Url::parse(&self.url)?;
-        send::send(self, url)
+        let what = format!("{} {}", self.method.name(), self.url);
+        let mut response = send::send(self, url).map_err(|error| match error {
+            HttpError::Failed(message) => HttpError::Failed(format!("{what}: {message}")),
+            other => other,
+        })?;
+        response.request = what;
+        Ok(response)
     }
 }
 
@@ -106,6 +125,8 @@ impl Request {
 pub struct Response {
     status: u16,
     body: Vec<u8>,
+    /// `METHOD url`, for errors.
+    request: String,
 }
 
 impl Response {
@@ -132,6 +153,7 @@ impl Response {
             Err(HttpError::Status {
                 status: self.status,
                 body: self.text().chars().take(200).collect(),
+                request: self.request,
             })
         }
     }
@@ -152,6 +174,8 @@ pub enum HttpError {
         status: u16,
         /// The start of the answer.
         body: String,
+        /// `METHOD url` of the request.
+        request: String,
     },
 }
 
@@ -176,7 +200,11 @@ impl fmt::Display for HttpError {
             ),
             Self::Invalid(message) => write!(f, "invalid request: {message}"),
             Self::Failed(message) => write!(f, "request failed: {message}"),
-            Self::Status { status, body } => write!(f, "answered {status}: {body}"),
+            Self::Status {
+                status,
+                body,
+                request,
+            } => write!(f, "{request} answered {status}: {body}"),
         }
     }
 }
@@ -322,7 +350,11 @@ mod send {
             }
         }
         drop(IncomingBody::finish(incoming));
-        Ok(Response { status, body: bytes })
+        Ok(Response {
+            status,
+            body: bytes,
+            request: String::new(),
+        })
     }
 }
 
@@ -366,6 +398,7 @@ mod tests {
             Response {
                 status,
                 body: b"no".to_vec(),
+                request: "POST http://x/".into(),
             }
             .error_for_status()
         };
@@ -376,5 +409,7 @@ mod tests {
         assert!(!HttpError::Denied("http://x".into()).is_transient());
         let error: crate::SinkError = status(500).unwrap_err().into();
         assert!(error.is_transient());
+        assert_eq!(error.message(), "POST http://x/ answered 500: no");
+        assert_eq!(error.message(), "POST http://x/ answered 500: no");
     }
 }

@@ -115,14 +115,38 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     assert!(!output.status.success(), "{log}");
     assert!(
         log.contains("sink `post`: plugin `sink` could not write partition")
-            && log.contains(
-                "of batch 0: the plugin says (a permanent failure, not retried): answered 400: nope"
-            ),
+            && log.contains(&format!(
+                "of batch 0: the plugin says (a permanent failure, not retried): POST {} answered 400: nope",
+                refusing.url()
+            )),
         "{log}"
     );
     assert!(
         refusing.attempts() <= 2,
         "a 400 is not retried (one write per partition)"
+    );
+
+    // Nobody listening: transient, retried, then the run fails naming the URL.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let dir = scratch();
+    write_inputs(dir.path(), 1, 5, 5);
+    let url = format!("http://{address}/ingest");
+    let sink = format!("config = {{ url = {url:?} }}\nallow-http = {address:?}\nretries = 1");
+    let file = write_pipeline(
+        dir.path(),
+        "sink.toml",
+        &pipeline(dir.path(), plugins::POST_COUNTS, &sink),
+    );
+    let output = run(&file);
+    let log = stderr(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("the plugin says: request failed: POST {url}: "))
+            && log.contains("ConnectionRefused")
+            && log.contains("(tried 2 times)"),
+        "{log}"
     );
 
     // With on-error = "skip-batch", the refused writes are logged and dropped.
