@@ -106,8 +106,9 @@ impl Request {
         &self.url
     }
 
-    /// Sends the request and reads the whole response. A failure names
-    /// the method and the URL.
+    /// Sends the request and reads the whole response. A failure to send
+    /// or to be answered names the method and the URL; a denied request,
+    /// the URL.
     pub fn send(self) -> Result<Response, HttpError> {
         let url = Url::parse(&self.url)?;
         let what = format!("{} {}", self.method.name(), self.url);
@@ -181,7 +182,8 @@ pub enum HttpError {
 
 impl HttpError {
     /// True when trying again may help: a failure to connect or to be
-    /// answered, a 5xx, 408 or 429.
+    /// answered, a 5xx, 408 or 429. Not a denied host, an invalid request,
+    /// or any other status (3xx, 4xx).
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Failed(_) => true,
@@ -330,9 +332,13 @@ mod send {
             Some(Ok(Err(error))) => return Err(failed("no answer", error)),
             Some(Err(())) | None => return Err(failed("no answer", "the response was lost")),
         };
-        written?;
-        finished?;
         let status = response.status();
+        // A server may answer (a 413, a 401) before it read the whole body
+        // and stop reading: its answer says more than the failed write.
+        if (200..300).contains(&status) {
+            written?;
+            finished?;
+        }
         let incoming = response
             .consume()
             .map_err(|()| failed("cannot read the answer", ()))?;

@@ -123,10 +123,13 @@ impl BatchInfo {
 /// The host retries a [`SinkError::transient`] failure (up to the sink's
 /// `retries`, with backoff), then applies the sink's `on-error`; a
 /// [`SinkError::permanent`] one goes to `on-error` at once. `?` converts:
-/// a standard error (I/O, say) is transient; a [`crate::Error`] (a bad
-/// setting, a record the plugin cannot encode) is permanent; an
-/// [`crate::http::HttpError`] is transient unless the host denied the
-/// request or the server refused it for good (a 4xx other than 408 and 429).
+/// any standard error is transient (I/O mostly, but also a parse or
+/// encoding error: return `SinkError::permanent(error)` for those that
+/// trying again cannot mend); a [`crate::Error`] (a bad setting, a record
+/// that is not text) is permanent; an [`crate::http::HttpError`] is
+/// transient for a failure to connect or be answered and for 5xx, 408 and
+/// 429, permanent otherwise (a denied host, an invalid request, other
+/// statuses).
 pub struct SinkError {
     message: String,
     transient: bool,
@@ -182,7 +185,7 @@ impl fmt::Display for SinkError {
 }
 
 impl<E: std::error::Error> From<E> for SinkError {
-    /// A standard error (I/O, say): transient.
+    /// Any standard error (I/O mostly): transient.
     fn from(error: E) -> Self {
         Self::transient(error)
     }

@@ -72,6 +72,9 @@ fn a_sink_plugin_posts_every_count_once_over_kill_9() {
         "after {crashes:?}"
     );
     let resent = received.len() - receiver.by_key().len();
+    // The kills right after a write made some writes twice: the keys are
+    // what kept the counts exact.
+    assert!(resent > 0, "no write was made twice: {crashes:?}");
     eprintln!("{resent} writes were made again after a kill");
 }
 
@@ -330,11 +333,17 @@ fn a_sink_plugin_writes_only_under_its_write_dir_and_connects_only_where_allowed
     let received = accepted.join().unwrap();
     assert_eq!(counted(received.lines().map(str::to_owned)), word_counts(&text));
 
-    // The same address, not allowed: the connection is refused by the host
-    // (transient, so retried, then the run fails).
+    // A listening address that is not allowed (another one is): the host
+    // refuses the connection before it is made (transient, so retried,
+    // then the run fails), and the listener never sees it.
+    let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listening.set_nonblocking(true).unwrap();
+    let target = listening.local_addr().unwrap().to_string();
     let dir = scratch();
     write_inputs(dir.path(), 1, 5, 9);
-    let sink = format!("config = {{ action = \"connect\", address = {address:?} }}\nretries = 1\n");
+    let sink = format!(
+        "config = {{ action = \"connect\", address = {target:?} }}\nallow-connect = {address:?}\nretries = 1\n"
+    );
     let file = write_pipeline(
         dir.path(),
         "sink.toml",
@@ -346,6 +355,11 @@ fn a_sink_plugin_writes_only_under_its_write_dir_and_connects_only_where_allowed
     assert!(
         log.contains("could not write") && log.contains("(tried 2 times)"),
         "{log}"
+    );
+    assert_eq!(
+        listening.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a connection reached an address outside allow-connect"
     );
 }
 

@@ -6,12 +6,13 @@
 //! Both deny everything when nothing is granted, which is every transform
 //! stage: only sink plugins can be granted hosts and addresses.
 //!
-//! A plugin blocked in a host call (a request, a socket read) is not
+//! A plugin blocked in a host call (a request, a socket) is not
 //! interrupted by its call deadline's epoch ticks: a request gives up by
 //! itself within the deadline (connect, handshake and response head
-//! together, and each wait for body bytes), but a TCP read on an
-//! `allow-connect` socket waits as long as its peer keeps the connection
-//! open.
+//! together, and each wait for response body bytes), but the waits of an
+//! `allow-connect` socket are the operating system's: a connect to an
+//! address that never answers (about two minutes), a read or a write while
+//! the peer keeps the connection open but silent (no limit).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;

@@ -16,9 +16,9 @@
 //!
 //! It gets nothing else: no other file, host or address. Its instances have
 //! the pipeline's `[limits]` (or the sink's own `limits`): memory, and a
-//! call deadline that also bounds every HTTP request (not a read on an
-//! `allow-connect` socket: see [`crate::runtime::outbound`]). No fuel: its
-//! time goes to I/O.
+//! call deadline that also bounds every HTTP request up to its answer's
+//! head (not the waits of an `allow-connect` socket: see
+//! [`crate::runtime::outbound`]). No fuel: its time goes to I/O.
 //!
 //! Delivery: the runner hands a batch to plugin sinks after the batch's
 //! other sinks. Every call carries the pipeline, the sink, the batch id and
@@ -356,6 +356,12 @@ struct Writer {
     usage: Arc<InstanceUsage>,
 }
 
+/// Why a fresh instance could not start, and whether trying again may help.
+struct StartError {
+    error: SinkError,
+    retryable: bool,
+}
+
 /// The parts of a batch, taken one at a time by the threads writing them.
 struct PartQueue {
     parts: Vec<std::sync::Mutex<Option<Part>>>,
@@ -421,9 +427,13 @@ impl Writer {
         Ok(plugin)
     }
 
-    /// A fresh instance, through `init`.
-    fn start(&self) -> Result<SinkInstance, SinkError> {
-        let plugin = self.plugin()?;
+    /// A fresh instance, through `init`. The error says whether trying
+    /// again may help: not when the plugin is no sink or refuses its config.
+    fn start(&self) -> Result<SinkInstance, StartError> {
+        let plugin = self.plugin().map_err(|error| StartError {
+            error,
+            retryable: false,
+        })?;
         let label = InstanceLabel {
             pipeline: self.pipeline.as_str().into(),
             stage: self.name.as_str().into(),
@@ -431,8 +441,10 @@ impl Writer {
             usage: self.usage.clone(),
             candidate_fuel: None,
         };
-        SinkInstance::start(plugin, &self.settings.config, label, &self.sandbox)
-            .map_err(|error| self.error(format!("plugin `{}` cannot start: {error}", self.settings.plugin)))
+        SinkInstance::start(plugin, &self.settings.config, label, &self.sandbox).map_err(|error| StartError {
+            retryable: !matches!(error, PluginError::Init(_) | PluginError::Contract { .. }),
+            error: self.error(format!("plugin `{}` cannot start: {error}", self.settings.plugin)),
+        })
     }
 
     /// The parts of a batch: its non-empty partitions, or all of it.
@@ -507,7 +519,10 @@ impl Writer {
                 Some(instance) => instance,
                 None => match self.start() {
                     Ok(instance) => instance,
-                    Err(error) => {
+                    Err(StartError { error, retryable }) => {
+                        if !retryable {
+                            return (None, Err(format!("{} (not retried)", error.message)));
+                        }
                         last = error.message;
                         continue;
                     }
@@ -567,7 +582,7 @@ impl Sink for PluginSink {
     fn open(&mut self) -> Result<(), SinkError> {
         // Fail at start, not at the first batch, on a plugin that is not a
         // sink or whose `init` refuses the config.
-        let instance = self.writer.start()?;
+        let instance = self.writer.start().map_err(|start| start.error)?;
         self.idle.push(instance);
         Ok(())
     }
@@ -576,6 +591,8 @@ impl Sink for PluginSink {
         let this = &self.writer;
         let parts = this.parts(partitions);
         if parts.is_empty() {
+            // A batch without a failure, as for a stage's quarantine.
+            self.failing_batches = 0;
             return Ok(());
         }
         let workers = this.settings.concurrency.min(parts.len()).max(1);
