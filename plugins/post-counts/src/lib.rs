@@ -29,12 +29,13 @@ fn post(batch: &BatchInfo, records: &Batch<'_>) -> Result<(), SinkError> {
     let url = weir_guest::config().require("url")?;
     let mut body = Vec::with_capacity(records.data_len() + 24 * records.len());
     for record in records {
-        let line = serde_json::json!({
-            "key": record.key_str()?,
-            "value": record.value_str()?,
-        });
-        serde_json::to_writer(&mut body, &line).map_err(SinkError::permanent)?;
-        body.push(b'\n');
+        // `{"key":...,"value":...}`: each string escaped by serde_json,
+        // nothing allocated per record.
+        body.extend_from_slice(b"{\"key\":");
+        serde_json::to_writer(&mut body, &record.key_str()?).map_err(SinkError::permanent)?;
+        body.extend_from_slice(b",\"value\":");
+        serde_json::to_writer(&mut body, record.value_str()?).map_err(SinkError::permanent)?;
+        body.extend_from_slice(b"}\n");
     }
     Request::post(url)
         .header("content-type", "application/x-ndjson")
