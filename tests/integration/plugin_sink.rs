@@ -34,6 +34,16 @@ fn posting_to(receiver: &HttpReceiver, extra: &str) -> String {
     )
 }
 
+/// Writes the [`pipeline`] of `plugin` with `sink_extra` into `dir` and
+/// runs it.
+fn run_sink(dir: &Path, plugin: &str, sink_extra: &str) -> std::process::Output {
+    run(&write_pipeline(
+        dir,
+        "sink.toml",
+        &pipeline(dir, plugin, sink_extra),
+    ))
+}
+
 fn run(file: &Path) -> std::process::Output {
     super::weir().run(&["run", file.to_str().unwrap(), "--available-now"], super::LIMIT)
 }
@@ -84,16 +94,11 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     let flaky = HttpReceiver::start(Behaviour::FailFirst(3, 503));
     let dir = scratch();
     let text = write_inputs(dir.path(), 3, 10, 5);
-    let file = write_pipeline(
+    let output = run_sink(
         dir.path(),
-        "sink.toml",
-        &pipeline(
-            dir.path(),
-            plugins::POST_COUNTS,
-            &posting_to(&flaky, "retries = 5"),
-        ),
+        plugins::POST_COUNTS,
+        &posting_to(&flaky, "retries = 5"),
     );
-    let output = run(&file);
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
     assert_eq!(
@@ -108,12 +113,7 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     let refusing = HttpReceiver::start(Behaviour::Refuse(400));
     let dir = scratch();
     write_inputs(dir.path(), 2, 10, 5);
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::POST_COUNTS, &posting_to(&refusing, "")),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::POST_COUNTS, &posting_to(&refusing, ""));
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -137,12 +137,7 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     write_inputs(dir.path(), 1, 5, 5);
     let url = format!("http://{address}/ingest");
     let sink = format!("config = {{ url = {url:?} }}\nallow-http = {address:?}\nretries = 1");
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::POST_COUNTS, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::POST_COUNTS, &sink);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -155,16 +150,11 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     // With on-error = "skip-batch", the refused writes are logged and dropped.
     let dir = scratch();
     write_inputs(dir.path(), 2, 10, 5);
-    let file = write_pipeline(
+    let output = run_sink(
         dir.path(),
-        "sink.toml",
-        &pipeline(
-            dir.path(),
-            plugins::POST_COUNTS,
-            &posting_to(&refusing, "on-error = \"skip-batch\""),
-        ),
+        plugins::POST_COUNTS,
+        &posting_to(&refusing, "on-error = \"skip-batch\""),
     );
-    let output = run(&file);
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("skipped (on-error = \"skip-batch\")"), "{log}");
@@ -172,16 +162,11 @@ fn a_failing_receiver_is_retried_and_a_refusing_one_fails_the_run_or_is_skipped(
     // Until `quarantine-after` batches in a row had a skipped write.
     let dir = scratch();
     write_inputs(dir.path(), 3, 10, 5);
-    let file = write_pipeline(
+    let output = run_sink(
         dir.path(),
-        "sink.toml",
-        &pipeline(
-            dir.path(),
-            plugins::POST_COUNTS,
-            &posting_to(&refusing, "on-error = \"skip-batch\"\nquarantine-after = 2"),
-        ),
+        plugins::POST_COUNTS,
+        &posting_to(&refusing, "on-error = \"skip-batch\"\nquarantine-after = 2"),
     );
-    let output = run(&file);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -202,12 +187,7 @@ fn a_host_outside_allow_http_is_denied_and_not_retried() {
         receiver.url(),
         other.address()
     );
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::POST_COUNTS, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::POST_COUNTS, &sink);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -224,12 +204,7 @@ fn a_host_outside_allow_http_is_denied_and_not_retried() {
     let dir = scratch();
     write_inputs(dir.path(), 1, 5, 5);
     let sink = format!("config = {{ url = {:?} }}\n", receiver.url());
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::POST_COUNTS, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::POST_COUNTS, &sink);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("was denied"), "{}", stderr(&output));
     assert_eq!(receiver.attempts(), 0);
@@ -268,12 +243,7 @@ fn a_sink_plugin_writes_only_under_its_write_dir_and_connects_only_where_allowed
         "config = {{ action = \"write-file\" }}\nwrite-dir = {:?}\n",
         out.display().to_string()
     );
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::PROBE_SINK, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::PROBE_SINK, &sink);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(counted(lines_in(&out)), word_counts(&text));
     assert!(out.join("0-0.txt").exists() || out.join("0-1.txt").exists());
@@ -288,12 +258,7 @@ fn a_sink_plugin_writes_only_under_its_write_dir_and_connects_only_where_allowed
         secret.display().to_string(),
         out.display().to_string()
     );
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::PROBE_SINK, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::PROBE_SINK, &sink);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -322,12 +287,7 @@ fn a_sink_plugin_writes_only_under_its_write_dir_and_connects_only_where_allowed
     let text = write_inputs(dir.path(), 2, 10, 9);
     let sink =
         format!("config = {{ action = \"connect\", address = {address:?} }}\nallow-connect = {address:?}\n");
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::PROBE_SINK, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::PROBE_SINK, &sink);
     assert!(output.status.success(), "{}", stderr(&output));
     std::io::Write::write_all(&mut std::net::TcpStream::connect(&address).unwrap(), b"STOP").unwrap();
     let received = accepted.join().unwrap();
@@ -344,12 +304,7 @@ fn a_sink_plugin_writes_only_under_its_write_dir_and_connects_only_where_allowed
     let sink = format!(
         "config = {{ action = \"connect\", address = {target:?} }}\nallow-connect = {address:?}\nretries = 1\n"
     );
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::PROBE_SINK, &sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::PROBE_SINK, &sink);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -368,12 +323,7 @@ fn a_trapping_sink_plugin_is_retried_on_a_fresh_instance() {
     let dir = scratch();
     write_inputs(dir.path(), 2, 5, 3);
     let sink = "config = { action = \"trap-first\" }\n";
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::PROBE_SINK, sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::PROBE_SINK, sink);
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("trapping on the first try of batch 0"), "{log}");
@@ -382,12 +332,7 @@ fn a_trapping_sink_plugin_is_retried_on_a_fresh_instance() {
     let dir = scratch();
     write_inputs(dir.path(), 1, 5, 3);
     let sink = "config = { action = \"trap-first\" }\nretries = 0\n";
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::PROBE_SINK, sink),
-    );
-    let output = run(&file);
+    let output = run_sink(dir.path(), plugins::PROBE_SINK, sink);
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(
@@ -403,8 +348,7 @@ fn bad_plugin_sinks_are_refused_with_the_reason() {
     let dir = scratch();
     write_inputs(dir.path(), 1, 5, 3);
     let check = |plugin: &str, sink_extra: &str, expected: &str| {
-        let file = write_pipeline(dir.path(), "sink.toml", &pipeline(dir.path(), plugin, sink_extra));
-        let output = run(&file);
+        let output = run_sink(dir.path(), plugin, sink_extra);
         let log = stderr(&output);
         assert!(!output.status.success(), "{sink_extra}: {log}");
         assert!(
@@ -466,12 +410,9 @@ fn bad_plugin_sinks_are_refused_with_the_reason() {
         ),
         "overlaps the checkpoint directory",
     );
-    let file = write_pipeline(
-        dir.path(),
-        "sink.toml",
-        &pipeline(dir.path(), plugins::POST_COUNTS, "").replace("plugin = \"sink\"", "plugin = \"nope\""),
-    );
-    let output = run(&file);
+    let text =
+        pipeline(dir.path(), plugins::POST_COUNTS, "").replace("plugin = \"sink\"", "plugin = \"nope\"");
+    let output = run(&write_pipeline(dir.path(), "sink.toml", &text));
     assert!(
         stderr(&output).contains("unknown plugin `nope` (declare it in [plugins]"),
         "{}",
@@ -485,8 +426,7 @@ fn bad_plugin_sinks_are_refused_with_the_reason() {
         "config = { url = \"http://127.0.0.1:1/\" }",
     )
     .replace("plugin = \"split-words\"", "plugin = \"sink\"");
-    let file = write_pipeline(dir.path(), "sink.toml", &text);
-    let output = run(&file);
+    let output = run(&write_pipeline(dir.path(), "sink.toml", &text));
     let log = stderr(&output);
     assert!(!output.status.success(), "{log}");
     assert!(

@@ -110,6 +110,30 @@ struct Args {
     migrate: Option<syn::Path>,
 }
 
+impl Args {
+    /// The plugin's name and version (the crate's unless given) and its
+    /// `init` function (an `Option<InitFn>`), as tokens.
+    fn described(&self) -> (TokenStream2, TokenStream2, TokenStream2) {
+        let private = quote!(::weir_guest::__private);
+        let name = match &self.name {
+            Some(name) => quote!(#name),
+            None => quote!(::core::env!("CARGO_PKG_NAME")),
+        };
+        let version = match &self.version {
+            Some(version) => quote!(#version),
+            None => quote!(::core::env!("CARGO_PKG_VERSION")),
+        };
+        let init = match &self.init {
+            Some(path) => {
+                let init = quote_spanned!(path.span()=> let init: #private::InitFn = #path;);
+                quote!({ #init ::core::option::Option::Some(init) })
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        (name, version, init)
+    }
+}
+
 /// True for the kinds whose state the host keeps.
 fn stateful(kind: Kind) -> bool {
     matches!(kind, Kind::UpdateState | Kind::MapWithState)
@@ -505,21 +529,7 @@ fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<Token
         }
     };
 
-    let name = match &args.name {
-        Some(name) => quote!(#name),
-        None => quote!(::core::env!("CARGO_PKG_NAME")),
-    };
-    let version = match &args.version {
-        Some(version) => quote!(#version),
-        None => quote!(::core::env!("CARGO_PKG_VERSION")),
-    };
-    let init = match &args.init {
-        Some(path) => {
-            let init = quote_spanned!(path.span()=> let init: #private::InitFn = #path;);
-            quote!({ #init ::core::option::Option::Some(init) })
-        }
-        None => quote!(::core::option::Option::None),
-    };
+    let (name, version, init) = args.described();
     let variant = kind.variant();
     let state_version = match &args.state_version {
         Some(version) => quote!(#version),
@@ -623,21 +633,7 @@ fn expand_sink(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream2
             ));
         }
     };
-    let name = match &args.name {
-        Some(name) => quote!(#name),
-        None => quote!(::core::env!("CARGO_PKG_NAME")),
-    };
-    let version = match &args.version {
-        Some(version) => quote!(#version),
-        None => quote!(::core::env!("CARGO_PKG_VERSION")),
-    };
-    let init = match &args.init {
-        Some(path) => {
-            let init = quote_spanned!(path.span()=> let init: #private::InitFn = #path;);
-            quote!({ #init ::core::option::Option::Some(init) })
-        }
-        None => quote!(::core::option::Option::None),
-    };
+    let (name, version, init) = args.described();
     Ok(quote! {
         #function
 

@@ -147,6 +147,28 @@ fn stage_partitions(op: &OperatorSpec) -> Option<usize> {
     }
 }
 
+impl Quotas {
+    /// What in `limits` (of a plugin's instances) is above this tenant's
+    /// memory or call-timeout ceiling, if anything.
+    fn over_instance_ceilings(&self, limits: &crate::runtime::Limits) -> Option<String> {
+        if limits.memory_bytes as u64 > self.max_stage_memory {
+            return Some(format!(
+                "memory = {} MiB, above this tenant's ceiling of {} MiB",
+                limits.memory_bytes >> 20,
+                self.max_stage_memory >> 20
+            ));
+        }
+        let timeout = Duration::from_millis(self.max_call_timeout_ms);
+        (limits.call_deadline > timeout).then(|| {
+            format!(
+                "timeout = {}, above this tenant's ceiling of {}",
+                humantime::format_duration(limits.call_deadline),
+                humantime::format_duration(timeout)
+            )
+        })
+    }
+}
+
 impl TenantConfig {
     /// Checks `spec` (from `file`) against the tenant's grants (refused:
     /// [`ServerError::Forbidden`]) and ceilings ([`ServerError::Quota`]);
@@ -219,19 +241,8 @@ impl TenantConfig {
                     format!("sink `{}` asks for {what}; lower it in its limits", sink.name),
                 ))
             };
-            if limits.memory_bytes as u64 > q.max_stage_memory {
-                return refuse(format!(
-                    "memory = {} MiB, above this tenant's ceiling of {} MiB",
-                    limits.memory_bytes >> 20,
-                    q.max_stage_memory >> 20
-                ));
-            }
-            if limits.call_deadline > Duration::from_millis(q.max_call_timeout_ms) {
-                return refuse(format!(
-                    "timeout = {}, above this tenant's ceiling of {}",
-                    humantime::format_duration(limits.call_deadline),
-                    humantime::format_duration(Duration::from_millis(q.max_call_timeout_ms))
-                ));
+            if let Some(what) = q.over_instance_ceilings(limits) {
+                return refuse(what);
             }
             if let Some(ceiling) = q.max_fuel {
                 return Err(at(
@@ -254,19 +265,8 @@ impl TenantConfig {
                     ),
                 ))
             };
-            if limits.memory_bytes as u64 > q.max_stage_memory {
-                return refuse(format!(
-                    "memory = {} MiB, above this tenant's ceiling of {} MiB",
-                    limits.memory_bytes >> 20,
-                    q.max_stage_memory >> 20
-                ));
-            }
-            if limits.call_deadline > Duration::from_millis(q.max_call_timeout_ms) {
-                return refuse(format!(
-                    "timeout = {}, above this tenant's ceiling of {}",
-                    humantime::format_duration(limits.call_deadline),
-                    humantime::format_duration(Duration::from_millis(q.max_call_timeout_ms))
-                ));
+            if let Some(what) = q.over_instance_ceilings(limits) {
+                return refuse(what);
             }
             if let Some(ceiling) = q.max_fuel {
                 match limits.fuel {
