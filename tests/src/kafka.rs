@@ -174,6 +174,9 @@ impl Broker {
     pub fn producer(&self) -> BaseProducer {
         self.config()
             .set("linger.ms", "5")
+            // Keyless records to random partitions, one by one: by default a
+            // burst sticks to one partition and may leave the others empty.
+            .set("sticky.partitioning.linger.ms", "0")
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer")
@@ -185,6 +188,9 @@ impl Broker {
         let producer: BaseProducer = self
             .config()
             .set("linger.ms", "5")
+            // Keyless records to random partitions, one by one: by default a
+            // burst sticks to one partition and may leave the others empty.
+            .set("sticky.partitioning.linger.ms", "0")
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .expect("producer");
