@@ -1,9 +1,11 @@
 //! Lines of every file that appears in a directory (Spark's
 //! `textFileStream`).
 //!
-//! The directory is listed every `poll-interval`; each regular file whose name
+//! The directory is looked at every `poll-interval`; each regular file whose name
 //! matches the glob and does not start with `.` is read once, line by line, in
-//! name order. Files are expected to be moved into the directory atomically
+//! name order. A look is one `stat` of the directory: it is listed only when
+//! its modification time says it may have changed ([`Listing`]), so hundreds
+//! of idle sources cost next to nothing. Files are expected to be moved into the directory atomically
 //! (written elsewhere or under a dot-name, then renamed). Files present at
 //! start are read too. A file that cannot be read is reported and skipped; the
 //! others go on.
@@ -11,7 +13,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cap_std::fs::Dir;
 
@@ -81,6 +83,53 @@ impl SourceConfig for FilesSpec {
 
     fn fixed_batches(&self) -> bool {
         self.max_files_per_batch.is_some()
+    }
+}
+
+/// When a directory was last listed, to tell from one `stat` whether it
+/// must be listed again. Adding, removing or renaming an entry sets the
+/// directory's modification time to the (coarse) clock, so a time that has
+/// not moved since a listing that began [`Listing::SETTLED`] after it means
+/// no entry came since. A listing closer to the time than that (a change
+/// may have landed in the same clock tick) does not count, and the directory
+/// is listed in full every [`Listing::FULL_EVERY`] looks whatever its time
+/// says, for file systems that do not keep it.
+#[derive(Debug, Default)]
+struct Listing {
+    /// The directory's modification time at the last listing, and when
+    /// that listing began.
+    last: Option<(SystemTime, SystemTime)>,
+    /// Looks since the last listing.
+    looks: u32,
+}
+
+impl Listing {
+    /// How long after a modification time a listing must begin for the time to be trusted.
+    const SETTLED: Duration = Duration::from_millis(100);
+    /// A full listing at least this often (in looks).
+    const FULL_EVERY: u32 = 30;
+
+    /// Whether `dir` must be listed now; if so, remembers this listing.
+    fn due(&mut self, dir: &Dir) -> bool {
+        let now = SystemTime::now();
+        let modified = dir
+            .dir_metadata()
+            .and_then(|meta| meta.modified())
+            .map(cap_std::time::SystemTime::into_std)
+            .ok();
+        self.looks += 1;
+        let unchanged = match (self.last, modified) {
+            (Some((then, listed)), Some(modified)) => {
+                modified == then && listed.duration_since(modified).is_ok_and(|d| d >= Self::SETTLED)
+            }
+            _ => false,
+        };
+        if unchanged && self.looks < Self::FULL_EVERY {
+            return false;
+        }
+        self.looks = 0;
+        self.last = modified.map(|modified| (modified, now));
+        true
     }
 }
 
@@ -261,7 +310,15 @@ impl Source for FilesSource {
             }
             unit = replay.next_batch;
         }
+        let mut listing = Listing::default();
         loop {
+            if !ctx.available_now && !listing.due(&dir) {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = ctx.stopped() => return Ok(()),
+                }
+                continue;
+            }
             match self.list(&dir, &seen).await {
                 Ok(names) => {
                     for name in names {
@@ -303,5 +360,36 @@ impl Source for FilesSource {
                 _ = ctx.stopped() => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_modified(path: &std::path::Path, ago: Duration) {
+        let dir = std::fs::File::open(path).unwrap();
+        dir.set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    #[test]
+    fn a_directory_is_listed_again_only_when_its_time_moves_or_is_too_recent_to_trust() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
+        let mut listing = Listing::default();
+        set_modified(temp.path(), Duration::from_secs(10));
+        assert!(listing.due(&dir), "the first look lists");
+        assert!(!listing.due(&dir), "an old, unmoved time is trusted");
+        // A new entry moves the time; so recent a time is not trusted.
+        std::fs::write(temp.path().join("a.txt"), "a\n").unwrap();
+        assert!(listing.due(&dir));
+        assert!(listing.due(&dir));
+        set_modified(temp.path(), Duration::from_secs(5));
+        assert!(listing.due(&dir), "a time that moved (even back) lists");
+        // Nothing moves: a full listing every FULL_EVERY looks all the same.
+        let skipped = (0..Listing::FULL_EVERY)
+            .take_while(|_| !listing.due(&dir))
+            .count();
+        assert_eq!(skipped as u32, Listing::FULL_EVERY - 1);
     }
 }
