@@ -6,6 +6,8 @@
 //!   contributes to it ([`BatchInput`]: generator lines, file segments,
 //!   write-ahead log bytes) and the batch's time are written durably. A batch
 //!   re-run after a crash therefore has the same id, time and contents.
+//!   Batches that take no input are logged in place, in segments
+//!   ([`idle_log`]), so that an idle pipeline costs no new file per batch.
 //! - **Checkpoints** (`checkpoints/<batch>/`): every `every-batches` batches
 //!   (or `every` seconds), at a batch boundary, every stateful operator's
 //!   state is snapshotted on the driver thread, then written in the
@@ -33,6 +35,7 @@
 
 pub mod chain;
 pub mod codec;
+pub mod idle_log;
 pub mod incremental;
 pub mod storage;
 
@@ -47,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::source::{BatchInput, SourceProgress};
 pub use chain::{NewPart, OperatorState, StatePart};
-pub use storage::{BlobWriter, CheckpointStorage, LocalStorage};
+pub use storage::{BlobWriter, CheckpointStorage, InPlaceFile, LocalStorage};
 
 /// How often and where to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,7 +297,15 @@ pub struct Checkpointer {
     writer: Option<JoinHandle<Result<CheckpointReport, CheckpointError>>>,
     last_checkpoint: Instant,
     batches_since: u64,
+    /// No batch since the last checkpoint took input.
+    only_idle: bool,
+    idle_log: idle_log::IdleLog,
 }
+
+/// How many times less often a stretch of batches that take no input is
+/// checkpointed: its batches replay cheaply from the batch log, and an idle
+/// pipeline should not keep the disk busy with checkpoints of nothing new.
+pub const IDLE_STRETCH: u32 = 10;
 
 impl std::fmt::Debug for Checkpointer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -329,6 +340,8 @@ impl Checkpointer {
             writer: None,
             last_checkpoint: Instant::now(),
             batches_since: 0,
+            only_idle: true,
+            idle_log: idle_log::IdleLog::default(),
         };
         let recovery = checkpointer.recover(plugins, allow_plugin_change)?;
         Ok((checkpointer, recovery))
@@ -400,15 +413,36 @@ impl Checkpointer {
             }
         }
         let first = restored.as_ref().map_or(0, |r| r.manifest.batch + 1);
-        let mut logged_ids: Vec<u64> = self
+        let names = self
             .storage
             .list("offsets")
-            .map_err(self.io("list the batch log"))?
+            .map_err(self.io("list the batch log"))?;
+        // Idle batches' entries, read from their segments: batch → (entry, segment).
+        let mut in_segments: BTreeMap<u64, (LoggedBatch, String)> = BTreeMap::new();
+        for name in &names {
+            if idle_log::segment_first(name).is_none() {
+                continue;
+            }
+            let name = format!("offsets/{name}");
+            let bytes = self
+                .storage
+                .get(&name)
+                .map_err(self.io(format!("read {name}")))?
+                .unwrap_or_default();
+            for entry in idle_log::read_segment(&bytes) {
+                if entry.batch >= first {
+                    in_segments.insert(entry.batch, (entry, name.clone()));
+                }
+            }
+        }
+        let mut logged_ids: Vec<u64> = names
             .iter()
             .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
             .filter(|&batch| batch >= first)
+            .chain(in_segments.keys().copied())
             .collect();
         logged_ids.sort_unstable();
+        logged_ids.dedup();
         if restored.is_none() && logged_ids.first().is_some_and(|&batch| batch > 0) {
             return Err(CheckpointError::Unusable {
                 dir: self.settings.dir.display().to_string(),
@@ -425,11 +459,14 @@ impl Checkpointer {
                 stale.push(batch);
                 continue;
             }
-            let entry = self
-                .storage
-                .get(&offsets_name(batch))
-                .map_err(self.io("read the batch log"))?
-                .and_then(|bytes| serde_json::from_slice::<LoggedBatch>(&bytes).ok());
+            let entry = match in_segments.remove(&batch) {
+                Some((entry, _)) => Some(entry),
+                None => self
+                    .storage
+                    .get(&offsets_name(batch))
+                    .map_err(self.io("read the batch log"))?
+                    .and_then(|bytes| serde_json::from_slice::<LoggedBatch>(&bytes).ok()),
+            };
             match entry {
                 Some(entry) if entry.batch == batch => logged.push(entry),
                 _ => {
@@ -443,10 +480,21 @@ impl Checkpointer {
         }
         // Entries after a gap or an unreadable one do not follow from what is
         // replayed: the batches they describe will be logged again.
+        let mut stale_segments = std::collections::BTreeSet::new();
         for batch in stale {
-            self.storage
-                .remove(&offsets_name(batch))
-                .map_err(self.io(format!("remove the stale batch log entry {batch}")))?;
+            match in_segments.get(&batch) {
+                Some((_, segment)) => {
+                    stale_segments.insert(segment.clone());
+                }
+                None => self
+                    .storage
+                    .remove(&offsets_name(batch))
+                    .map_err(self.io(format!("remove the stale batch log entry {batch}")))?,
+            }
+        }
+        for segment in stale_segments {
+            idle_log::drop_records_from(self.storage.as_ref(), &segment, first + logged.len() as u64)
+                .map_err(self.io(format!("rewrite {segment} without its stale entries")))?;
         }
         if let Some(checkpoint) = &restored {
             tracing::info!(
@@ -536,12 +584,22 @@ impl Checkpointer {
             .map_err(self.io(format!("write {name}")))
     }
 
-    /// Writes `batch` to the batch log, durably, before it runs.
-    pub fn log_batch(&self, batch: &LoggedBatch) -> Result<(), CheckpointError> {
-        let bytes = serde_json::to_vec(batch).expect("a batch log entry serializes");
-        self.storage
-            .put(&offsets_name(batch.batch), &bytes)
-            .map_err(self.io(format!("write the batch log entry of batch {}", batch.batch)))?;
+    /// Writes `batch` to the batch log, durably, before it runs. The entry
+    /// of an `idle` batch (one that takes no input) goes into a segment
+    /// written in place ([`idle_log`]); the others get a file each.
+    pub fn log_batch(&mut self, batch: &LoggedBatch, idle: bool) -> Result<(), CheckpointError> {
+        let action = || format!("write the batch log entry of batch {}", batch.batch);
+        let in_segment = idle
+            && self
+                .idle_log
+                .append(self.storage.as_ref(), batch)
+                .map_err(self.io(action()))?;
+        if !in_segment {
+            let bytes = serde_json::to_vec(batch).expect("a batch log entry serializes");
+            self.storage
+                .put(&offsets_name(batch.batch), &bytes)
+                .map_err(self.io(action()))?;
+        }
         crate::failpoint::crash_point("batch-logged");
         Ok(())
     }
@@ -592,14 +650,23 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Counts a finished batch; true when a checkpoint is due after it.
+    /// Notes that the batch now running takes input: the next checkpoint
+    /// comes on the usual schedule, not the idle one ([`IDLE_STRETCH`]).
+    pub fn took_input(&mut self) {
+        self.only_idle = false;
+    }
+
+    /// Counts a finished batch; true when a checkpoint is due after it:
+    /// every `every-batches` batches or `every`, [`IDLE_STRETCH`] times
+    /// those while no batch since the last checkpoint took input.
     pub fn batch_done(&mut self) -> bool {
         self.batches_since += 1;
-        self.batches_since >= self.settings.every_batches
+        let stretch = if self.only_idle { IDLE_STRETCH } else { 1 };
+        self.batches_since >= self.settings.every_batches.saturating_mul(stretch.into())
             || self
                 .settings
                 .every
-                .is_some_and(|every| self.last_checkpoint.elapsed() >= every)
+                .is_some_and(|every| self.last_checkpoint.elapsed() >= every.saturating_mul(stretch))
     }
 
     /// Starts writing a checkpoint in the background: `states` are operator
@@ -628,6 +695,7 @@ impl Checkpointer {
             Ok(report)
         }));
         self.batches_since = 0;
+        self.only_idle = true;
         self.last_checkpoint = Instant::now();
         Ok(true)
     }
@@ -808,7 +876,8 @@ fn write_checkpoint(
                     .map_err(io(format!("truncate the write-ahead log of `{name}`")))?;
             }
         }
-        for name in storage.list("offsets").map_err(io("list the batch log".into()))? {
+        let names = storage.list("offsets").map_err(io("list the batch log".into()))?;
+        for name in &names {
             if name
                 .strip_suffix(".json")
                 .and_then(|id| id.parse::<u64>().ok())
@@ -817,6 +886,20 @@ fn write_checkpoint(
                 storage
                     .remove(&format!("offsets/{name}"))
                     .map_err(io(format!("truncate the batch log at {name}")))?;
+            }
+        }
+        // A segment of idle batches holds batches before the next segment's
+        // first: it goes once that is behind the oldest kept checkpoint. The
+        // newest, which the pipeline may be writing, always stays.
+        let segments: Vec<u64> = names
+            .iter()
+            .filter_map(|name| idle_log::segment_first(name))
+            .collect();
+        for pair in segments.windows(2) {
+            if pair[1] <= oldest + 1 {
+                storage
+                    .remove(&idle_log::segment_name(pair[0]))
+                    .map_err(io(format!("truncate the batch log at segment {}", pair[0])))?;
             }
         }
     }
@@ -863,15 +946,18 @@ mod tests {
         assert!(recovery.restored.is_none());
         for batch in 0..4u64 {
             checkpointer
-                .log_batch(&LoggedBatch {
-                    batch,
-                    time: 0,
-                    inputs: vec![BatchInput::Generator {
-                        start: batch * 10,
-                        end: batch * 10 + 10,
-                    }],
-                    plugins: BTreeMap::new(),
-                })
+                .log_batch(
+                    &LoggedBatch {
+                        batch,
+                        time: 0,
+                        inputs: vec![BatchInput::Generator {
+                            start: batch * 10,
+                            end: batch * 10 + 10,
+                        }],
+                        plugins: BTreeMap::new(),
+                    },
+                    false,
+                )
                 .unwrap();
             if batch % 2 == 1 {
                 let state = vec![("s#0".to_owned(), OperatorState::Whole(vec![batch as u8; 100]))];
@@ -1018,5 +1104,121 @@ mod tests {
         storage.put(&chain::part_name(8, 0), b"WEIRINC1 damaged").unwrap();
         let (_, recovery) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
         assert_eq!(recovery.restored.unwrap().manifest.batch, 7);
+    }
+
+    fn entry(batch: u64) -> LoggedBatch {
+        LoggedBatch {
+            batch,
+            time: batch as i64 * 1000,
+            inputs: vec![BatchInput::Generator {
+                start: batch,
+                end: batch + batch % 2,
+            }],
+            plugins: BTreeMap::new(),
+        }
+    }
+
+    fn replayed(dir: &std::path::Path) -> Vec<u64> {
+        let plugins = BTreeMap::new();
+        let (_, recovery) = Checkpointer::open(settings(dir, 2), &plugins, false).unwrap();
+        recovery.logged.iter().map(|entry| entry.batch).collect()
+    }
+
+    #[test]
+    fn idle_batches_are_logged_in_segments_and_replayed_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path()).unwrap();
+        let plugins = BTreeMap::new();
+        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        // Odd batches take input (a file each), even ones are idle (one segment).
+        for batch in 0..7 {
+            checkpointer.log_batch(&entry(batch), batch % 2 == 0).unwrap();
+        }
+        assert_eq!(
+            storage.list("offsets").unwrap(),
+            [
+                "00000000000000000000.idle",
+                "00000000000000000001.json",
+                "00000000000000000003.json",
+                "00000000000000000005.json"
+            ]
+        );
+        let (_, recovery) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        assert_eq!(recovery.logged, (0..7).map(entry).collect::<Vec<_>>());
+
+        // A gap at batch 3: batches 4 to 6 are stale, in the segment and in
+        // files alike, and go; the next run logs batch 3 anew, in a new segment.
+        storage.remove(&offsets_name(3)).unwrap();
+        let (mut checkpointer, recovery) =
+            Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        assert_eq!(recovery.logged, (0..3).map(entry).collect::<Vec<_>>());
+        assert_eq!(storage.get(&offsets_name(5)).unwrap(), None);
+        assert_eq!(replayed(dir.path()), [0, 1, 2]);
+        checkpointer.log_batch(&entry(3), true).unwrap();
+        checkpointer.log_batch(&entry(4), true).unwrap();
+        assert_eq!(replayed(dir.path()), [0, 1, 2, 3, 4]);
+        assert!(storage.get(&idle_log::segment_name(3)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_segment_goes_once_the_next_one_starts_behind_the_oldest_kept_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path()).unwrap();
+        let plugins = BTreeMap::new();
+        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 1), &plugins, false).unwrap();
+        for batch in 0..3 {
+            checkpointer.log_batch(&entry(batch), true).unwrap();
+        }
+        // A restart: the next idle batches start a segment of their own.
+        drop(checkpointer);
+        let (mut checkpointer, recovery) =
+            Checkpointer::open(settings(dir.path(), 1), &plugins, false).unwrap();
+        assert_eq!(recovery.logged.len(), 3);
+        for batch in 3..6 {
+            checkpointer.log_batch(&entry(batch), true).unwrap();
+        }
+        let segments = || storage.list("offsets").unwrap();
+        assert_eq!(segments().len(), 2);
+        // A checkpoint of batch 1 keeps both: batch 2 is in the first.
+        assert!(
+            checkpointer
+                .start(manifest(1), Vec::new(), Duration::ZERO)
+                .unwrap()
+        );
+        checkpointer.collect().unwrap();
+        assert_eq!(segments().len(), 2);
+        assert_eq!(replayed(dir.path()), [2, 3, 4, 5]);
+        // A checkpoint of batch 5: the first segment goes; the newest stays,
+        // and nothing after the checkpoint is replayed.
+        assert!(
+            checkpointer
+                .start(manifest(5), Vec::new(), Duration::ZERO)
+                .unwrap()
+        );
+        checkpointer.collect().unwrap();
+        assert_eq!(segments(), ["00000000000000000003.idle"]);
+        assert_eq!(replayed(dir.path()), Vec::<u64>::new());
+        checkpointer.log_batch(&entry(6), true).unwrap();
+        assert_eq!(replayed(dir.path()), [6]);
+    }
+
+    #[test]
+    fn idle_stretches_are_checkpointed_less_often() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut checkpointer, _) =
+            Checkpointer::open(settings(dir.path(), 2), &BTreeMap::new(), false).unwrap();
+        // every-batches = 1: an idle stretch checkpoints every IDLE_STRETCH batches.
+        let idle_due: Vec<bool> = (0..IDLE_STRETCH).map(|_| checkpointer.batch_done()).collect();
+        assert_eq!(idle_due.iter().filter(|due| **due).count(), 1);
+        assert!(idle_due.last().unwrap());
+        assert!(
+            checkpointer
+                .start(manifest(9), Vec::new(), Duration::ZERO)
+                .unwrap()
+        );
+        checkpointer.collect().unwrap();
+        // A batch that takes input brings the usual schedule back.
+        checkpointer.took_input();
+        assert!(checkpointer.batch_done());
     }
 }

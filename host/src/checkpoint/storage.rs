@@ -47,6 +47,32 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     fn remove_unfinished(&self, _prefix: &str) -> std::io::Result<()> {
         Ok(())
     }
+
+    /// Creates the blob `name` as `size` zero bytes (atomically and durably,
+    /// replacing any blob of that name) and opens it to be written in place,
+    /// or `None` when the storage cannot write in place (an object store).
+    /// Default: `None`.
+    fn open_in_place(&self, _name: &str, _size: u64) -> std::io::Result<Option<Box<dyn InPlaceFile>>> {
+        Ok(None)
+    }
+}
+
+/// A blob of fixed size written in place ([`CheckpointStorage::open_in_place`]).
+pub trait InPlaceFile: Send {
+    /// Writes `bytes` at `offset`, inside the blob's size, and returns once
+    /// they survive a crash. Nothing else about the blob changes, so this
+    /// costs a data write, not a new file.
+    fn write_durably(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+impl InPlaceFile for std::fs::File {
+    fn write_durably(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.write_all_at(bytes, offset)?;
+        // The blocks were written (zeros) and synced when the file was
+        // created, so a data sync writes these bytes and no metadata.
+        self.sync_data()
+    }
 }
 
 /// Checkpoints in a local directory, opened once through cap-std: every
@@ -266,6 +292,16 @@ impl CheckpointStorage for LocalStorage {
             }
         }
         Ok(())
+    }
+
+    fn open_in_place(&self, name: &str, size: u64) -> std::io::Result<Option<Box<dyn InPlaceFile>>> {
+        let zeros = vec![0u8; usize::try_from(size).map_err(std::io::Error::other)?];
+        self.put(name, &zeros)?;
+        let file = self
+            .dir
+            .open_with(name, cap_std::fs::OpenOptions::new().read(true).write(true))?
+            .into_std();
+        Ok(Some(Box::new(file)))
     }
 
     fn remove(&self, name: &str) -> std::io::Result<()> {

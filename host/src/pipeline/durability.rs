@@ -322,14 +322,21 @@ impl Durability {
                 }
             }
         }
+        let idle = cuts
+            .iter()
+            .all(|cut| cut.chunks.is_empty() && cut.positions.is_empty());
+        if !idle {
+            self.checkpointer.took_input();
+        }
         if replayed.is_none() {
+            let entry = LoggedBatch {
+                batch,
+                time,
+                inputs,
+                plugins: self.versions.clone(),
+            };
             self.checkpointer
-                .log_batch(&LoggedBatch {
-                    batch,
-                    time,
-                    inputs,
-                    plugins: self.versions.clone(),
-                })
+                .log_batch(&entry, idle)
                 .map_err(|e| checkpoint_error(&self.pipeline, e))?;
         }
         Ok(())
