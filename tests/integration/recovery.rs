@@ -453,6 +453,64 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_swapped_in_after_the_
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+/// Idle batches are logged in place, in segments, not a file each; a
+/// pipeline killed during an idle stretch replays those batches, with their
+/// ids, before it takes new input, which it then counts exactly once.
+#[test]
+fn a_pipeline_killed_while_idle_replays_its_idle_batches_and_goes_on() {
+    let root = scratch();
+    let dir = root.path();
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let sink = format!(
+        "[[sink]]\ninput = \"counts\"\ntype = \"files\"\npath = {:?}\n",
+        dir.join("out").display().to_string()
+    );
+    let text = weir_tests::files_wordcount(dir, "idle", true, &sink);
+    let file = write_pipeline(dir, "idle.toml", &text);
+    let log = dir.join("checkpoints").join("offsets");
+    let mut child = weir().spawn(&["run", file.to_str().unwrap()]);
+    // 100 ms batches: about fifteen idle ones in 1.5 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    let logged: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !logged.is_empty() && logged.iter().all(|name| name.ends_with(".idle")),
+        "idle batches are logged in segments only: {logged:?}"
+    );
+    // New input, then the same command: the idle batches replay first.
+    let all = weir_tests::write_inputs(dir, 3, 200, 70);
+    let rerun = weir()
+        .command(&["run", "--available-now", file.to_str().unwrap()])
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = weir_tests::wait_output(rerun, LIMIT);
+    let log_text = stderr(&output);
+    assert!(output.status.success(), "{log_text}");
+    let replayed: u64 = log_text
+        .split("replaying ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no replay in the log:\n{log_text}"));
+    assert!(replayed >= 5, "{replayed} idle batches replayed:\n{log_text}");
+    let written = sink_lines(&dir.join("out"));
+    assert!(
+        written.iter().all(|(batch, _)| *batch >= replayed),
+        "new input runs in batches after the replayed ones"
+    );
+    assert_eq!(
+        weir_tests::summed_counts(&dir.join("out")),
+        weir_tests::word_counts(&all),
+        "every word counted once"
+    );
+}
+
 /// The batch of the newest finished checkpoint under `dir/checkpoints`.
 fn latest_checkpoint(dir: &Path) -> u64 {
     let latest = std::fs::read_to_string(dir.join("checkpoints").join("LATEST")).unwrap();
