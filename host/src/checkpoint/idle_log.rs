@@ -45,7 +45,11 @@ pub fn segment_name(first: u64) -> String {
 /// The first batch of the segment file `name` (listed under `offsets`), or
 /// `None` when it is not a segment.
 pub fn segment_first(name: &str) -> Option<u64> {
-    name.strip_suffix(".idle")?.parse().ok()
+    let id = name.strip_suffix(".idle")?;
+    if id.len() != 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
 }
 
 /// The records of a segment's bytes, in order, up to the first unreadable one.
@@ -116,6 +120,8 @@ pub fn drop_records_from(storage: &dyn CheckpointStorage, name: &str, from: u64)
 /// The segment being written.
 struct Open {
     file: Box<dyn InPlaceFile>,
+    /// Its first batch (its name).
+    first: u64,
     /// Where the next record goes.
     at: usize,
     /// The last batch written into it.
@@ -137,6 +143,12 @@ impl std::fmt::Debug for IdleLog {
 }
 
 impl IdleLog {
+    /// The first batch of the segment being written, if one is open: it
+    /// must not be removed.
+    pub fn open_segment(&self) -> Option<u64> {
+        self.open.as_ref().map(|open| open.first)
+    }
+
     /// Writes `entry` durably into the open segment, or into a new one when
     /// it does not fit. Returns false, having written nothing, when the
     /// entry is too large for a segment or the storage cannot write in
@@ -156,6 +168,7 @@ impl IdleLog {
             };
             self.open = Some(Open {
                 file,
+                first: entry.batch,
                 at: 0,
                 last: entry.batch,
             });

@@ -277,8 +277,10 @@ pub struct CheckpointReport {
 }
 
 const LATEST: &str = "LATEST";
-/// The manifest format written: 2 added incremental parts.
-pub(crate) const FORMAT: u32 = 2;
+/// The manifest format written: 2 added incremental parts; 3, segments of
+/// idle batches in the batch log ([`idle_log`]), which a reader of format 2
+/// would take for gaps (so it must refuse the directory, not replay it).
+pub(crate) const FORMAT: u32 = 3;
 /// The oldest manifest format still read: 1 (every state written whole).
 const OLDEST_FORMAT: u32 = 1;
 
@@ -417,28 +419,36 @@ impl Checkpointer {
             .storage
             .list("offsets")
             .map_err(self.io("list the batch log"))?;
-        // Idle batches' entries, read from their segments: batch → (entry, segment).
-        let mut in_segments: BTreeMap<u64, (LoggedBatch, String)> = BTreeMap::new();
+        // Idle batches' entries, read from their segments: batch → entry;
+        // and each segment's first batch, name and last record.
+        let mut in_segments: BTreeMap<u64, LoggedBatch> = BTreeMap::new();
+        let mut segments: Vec<(u64, String, Option<u64>)> = Vec::new();
         for name in &names {
-            if idle_log::segment_first(name).is_none() {
+            let Some(segment_first) = idle_log::segment_first(name) else {
                 continue;
-            }
+            };
             let name = format!("offsets/{name}");
             let bytes = self
                 .storage
                 .get(&name)
                 .map_err(self.io(format!("read {name}")))?
                 .unwrap_or_default();
-            for entry in idle_log::read_segment(&bytes) {
+            let records = idle_log::read_segment(&bytes);
+            segments.push((segment_first, name, records.last().map(|last| last.batch)));
+            for entry in records {
                 if entry.batch >= first {
-                    in_segments.insert(entry.batch, (entry, name.clone()));
+                    in_segments.insert(entry.batch, entry);
                 }
             }
         }
-        let mut logged_ids: Vec<u64> = names
+        let in_files: std::collections::BTreeSet<u64> = names
             .iter()
             .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
             .filter(|&batch| batch >= first)
+            .collect();
+        let mut logged_ids: Vec<u64> = in_files
+            .iter()
+            .copied()
             .chain(in_segments.keys().copied())
             .collect();
         logged_ids.sort_unstable();
@@ -460,7 +470,7 @@ impl Checkpointer {
                 continue;
             }
             let entry = match in_segments.remove(&batch) {
-                Some((entry, _)) => Some(entry),
+                Some(entry) => Some(entry),
                 None => self
                     .storage
                     .get(&offsets_name(batch))
@@ -480,22 +490,34 @@ impl Checkpointer {
         }
         // Entries after a gap or an unreadable one do not follow from what is
         // replayed: the batches they describe will be logged again.
-        let mut stale_segments = std::collections::BTreeSet::new();
-        for batch in stale {
-            match in_segments.get(&batch) {
-                Some((_, segment)) => {
-                    stale_segments.insert(segment.clone());
-                }
-                None => self
-                    .storage
-                    .remove(&offsets_name(batch))
-                    .map_err(self.io(format!("remove the stale batch log entry {batch}")))?,
-            }
+        for batch in stale.into_iter().filter(|batch| in_files.contains(batch)) {
+            self.storage
+                .remove(&offsets_name(batch))
+                .map_err(self.io(format!("remove the stale batch log entry {batch}")))?;
         }
-        for segment in stale_segments {
-            idle_log::drop_records_from(self.storage.as_ref(), &segment, first + logged.len() as u64)
-                .map_err(self.io(format!("rewrite {segment} without its stale entries")))?;
+        // Segments: those that start at or after the next batch to log hold
+        // nothing replayed (or nothing readable) and go, whatever is in them;
+        // those with records from there on are rewritten without them. So
+        // the segment the run starts next has the highest batch ids. The
+        // rest are synced: a record read here may have been in memory only
+        // (written by a run killed before its data sync), and its batch is
+        // about to run again.
+        let next = first + logged.len() as u64;
+        for (segment_first, name, last) in &segments {
+            let done = if *segment_first >= next {
+                self.storage.remove(name)
+            } else if last.is_some_and(|last| last >= next) {
+                idle_log::drop_records_from(self.storage.as_ref(), name, next)
+            } else if last.is_some_and(|last| last >= first) {
+                self.storage.sync(name)
+            } else {
+                Ok(())
+            };
+            done.map_err(self.io(format!("bring {name} up to date with the replay")))?;
         }
+        self.storage
+            .sync("offsets")
+            .map_err(self.io("sync the batch log"))?;
         if let Some(checkpoint) = &restored {
             tracing::info!(
                 checkpoint = checkpoint.manifest.batch,
@@ -688,8 +710,17 @@ impl Checkpointer {
         let keep = self.settings.keep.max(1);
         let full_every = self.settings.full_every.max(1);
         let started = Instant::now();
+        let open_segment = self.idle_log.open_segment();
         self.writer = Some(std::thread::spawn(move || {
-            let mut report = write_checkpoint(storage.as_ref(), &dir, manifest, states, keep, full_every)?;
+            let mut report = write_checkpoint(
+                storage.as_ref(),
+                &dir,
+                manifest,
+                states,
+                keep,
+                full_every,
+                open_segment,
+            )?;
             report.snapshot = snapshot_time;
             report.duration = snapshot_time + started.elapsed();
             Ok(report)
@@ -747,6 +778,7 @@ fn write_checkpoint(
     states: Vec<(String, OperatorState)>,
     keep: usize,
     full_every: u64,
+    open_segment: Option<u64>,
 ) -> Result<CheckpointReport, CheckpointError> {
     let io = |action: String| {
         move |error| CheckpointError::Io {
@@ -890,13 +922,13 @@ fn write_checkpoint(
         }
         // A segment of idle batches holds batches before the next segment's
         // first: it goes once that is behind the oldest kept checkpoint. The
-        // newest, which the pipeline may be writing, always stays.
+        // newest, and the one the pipeline is writing, always stay.
         let segments: Vec<u64> = names
             .iter()
             .filter_map(|name| idle_log::segment_first(name))
             .collect();
         for pair in segments.windows(2) {
-            if pair[1] <= oldest + 1 {
+            if pair[1] <= oldest + 1 && Some(pair[0]) != open_segment {
                 storage
                     .remove(&idle_log::segment_name(pair[0]))
                     .map_err(io(format!("truncate the batch log at segment {}", pair[0])))?;
@@ -1220,5 +1252,42 @@ mod tests {
         // A batch that takes input brings the usual schedule back.
         checkpointer.took_input();
         assert!(checkpointer.batch_done());
+    }
+
+    #[test]
+    fn recovery_removes_segments_past_the_replay_and_truncation_spares_the_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path()).unwrap();
+        let plugins = BTreeMap::new();
+        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 1), &plugins, false).unwrap();
+        for batch in 0..3 {
+            checkpointer.log_batch(&entry(batch), batch > 0).unwrap();
+        }
+        drop(checkpointer);
+        // A crashed run's leftovers past the log: a segment whose first
+        // record was torn, and an entry after a gap.
+        storage.put(&idle_log::segment_name(7), &[0xAB; 64]).unwrap();
+        storage.put(&offsets_name(5), b"{}").unwrap();
+        let (mut checkpointer, recovery) =
+            Checkpointer::open(settings(dir.path(), 1), &plugins, false).unwrap();
+        assert_eq!(recovery.logged, (0..3).map(entry).collect::<Vec<_>>());
+        assert_eq!(
+            storage.list("offsets").unwrap(),
+            ["00000000000000000000.json", "00000000000000000001.idle"]
+        );
+        // The next idle batch opens segment 3. A segment planted after it
+        // (none can be, after recovery) does not get it removed while open.
+        checkpointer.log_batch(&entry(3), true).unwrap();
+        storage.put(&idle_log::segment_name(9), &[0; 64]).unwrap();
+        assert!(
+            checkpointer
+                .start(manifest(8), Vec::new(), Duration::ZERO)
+                .unwrap()
+        );
+        checkpointer.collect().unwrap();
+        assert_eq!(
+            storage.list("offsets").unwrap(),
+            ["00000000000000000003.idle", "00000000000000000009.idle"]
+        );
     }
 }

@@ -48,6 +48,13 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Makes the blob or "directory" `name` durable as it is now (what a
+    /// crash may have left only in memory, or a removal under it). Default:
+    /// nothing (every write of the storage is durable already).
+    fn sync(&self, _name: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Creates the blob `name` as `size` zero bytes (atomically and durably,
     /// replacing any blob of that name) and opens it to be written in place,
     /// or `None` when the storage cannot write in place (an object store).
@@ -292,6 +299,13 @@ impl CheckpointStorage for LocalStorage {
             }
         }
         Ok(())
+    }
+
+    fn sync(&self, name: &str) -> std::io::Result<()> {
+        match self.dir.open(listed(name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            opened => opened?.sync_all(),
+        }
     }
 
     fn open_in_place(&self, name: &str, size: u64) -> std::io::Result<Option<Box<dyn InPlaceFile>>> {

@@ -91,25 +91,29 @@ impl SourceConfig for FilesSpec {
 /// directory's modification time to the (coarse) clock, so a time that has
 /// not moved since a listing that began [`Listing::SETTLED`] after it means
 /// no entry came since. A listing closer to the time than that (a change
-/// may have landed in the same clock tick) does not count, and the directory
-/// is listed in full every [`Listing::FULL_EVERY`] looks whatever its time
-/// says, for file systems that do not keep it.
+/// may have landed in the same clock tick, and some file systems keep whole
+/// seconds, or two) does not count, nor does one that failed, and the
+/// directory is listed in full every [`Listing::FULL_EVERY`] looks whatever
+/// its time says, for file systems that do not keep it.
 #[derive(Debug, Default)]
 struct Listing {
     /// The directory's modification time at the last listing, and when
     /// that listing began.
     last: Option<(SystemTime, SystemTime)>,
+    /// The same for the listing under way.
+    pending: Option<(SystemTime, SystemTime)>,
     /// Looks since the last listing.
     looks: u32,
 }
 
 impl Listing {
     /// How long after a modification time a listing must begin for the time to be trusted.
-    const SETTLED: Duration = Duration::from_millis(100);
+    const SETTLED: Duration = Duration::from_secs(2);
     /// A full listing at least this often (in looks).
     const FULL_EVERY: u32 = 30;
 
-    /// Whether `dir` must be listed now; if so, remembers this listing.
+    /// Whether `dir` must be listed now; if so, call [`Listing::listed`]
+    /// once it was.
     fn due(&mut self, dir: &Dir) -> bool {
         let now = SystemTime::now();
         let modified = dir
@@ -128,8 +132,14 @@ impl Listing {
             return false;
         }
         self.looks = 0;
-        self.last = modified.map(|modified| (modified, now));
+        self.last = None;
+        self.pending = modified.map(|modified| (modified, now));
         true
+    }
+
+    /// The listing [`Listing::due`] asked for succeeded.
+    fn listed(&mut self) {
+        self.last = self.pending.take();
     }
 }
 
@@ -321,6 +331,7 @@ impl Source for FilesSource {
             }
             match self.list(&dir, &seen).await {
                 Ok(names) => {
+                    listing.listed();
                     for name in names {
                         if ctx.stopping() {
                             return Ok(());
@@ -377,18 +388,29 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let dir = Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
         let mut listing = Listing::default();
+        let look = |listing: &mut Listing| {
+            let due = listing.due(&dir);
+            if due {
+                listing.listed();
+            }
+            due
+        };
         set_modified(temp.path(), Duration::from_secs(10));
-        assert!(listing.due(&dir), "the first look lists");
-        assert!(!listing.due(&dir), "an old, unmoved time is trusted");
+        assert!(look(&mut listing), "the first look lists");
+        assert!(!look(&mut listing), "an old, unmoved time is trusted");
         // A new entry moves the time; so recent a time is not trusted.
         std::fs::write(temp.path().join("a.txt"), "a\n").unwrap();
-        assert!(listing.due(&dir));
-        assert!(listing.due(&dir));
+        assert!(look(&mut listing));
+        assert!(look(&mut listing));
         set_modified(temp.path(), Duration::from_secs(5));
-        assert!(listing.due(&dir), "a time that moved (even back) lists");
+        assert!(look(&mut listing), "a time that moved (even back) lists");
+        // A listing that failed does not count.
+        set_modified(temp.path(), Duration::from_secs(8));
+        assert!(listing.due(&dir));
+        assert!(look(&mut listing), "listed again after a failed listing");
         // Nothing moves: a full listing every FULL_EVERY looks all the same.
         let skipped = (0..Listing::FULL_EVERY)
-            .take_while(|_| !listing.due(&dir))
+            .take_while(|_| !look(&mut listing))
             .count();
         assert_eq!(skipped as u32, Listing::FULL_EVERY - 1);
     }
