@@ -416,6 +416,5 @@ mod tests {
         let error: crate::SinkError = status(500).unwrap_err().into();
         assert!(error.is_transient());
         assert_eq!(error.message(), "POST http://x/ answered 500: no");
-        assert_eq!(error.message(), "POST http://x/ answered 500: no");
     }
 }

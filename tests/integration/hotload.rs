@@ -650,14 +650,7 @@ fn kill_at_swap_and_resume(
     );
 
     text.push_str(&add_inputs(dir, 6 + after_swap, 12));
-    let restart = weir()
-        .command(&["run", "--available-now", file.to_str().unwrap()])
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = weir_tests::wait_output(restart, LIMIT);
+    let output = weir().run_logged(&["run", "--available-now", file.to_str().unwrap()], "info", LIMIT);
     let restart_log = weir_tests::stderr(&output);
     assert!(output.status.success(), "{restart_log}");
     (text, restart_log)

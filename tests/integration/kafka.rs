@@ -247,14 +247,7 @@ type = "console"
     };
     let run = |text: &str| {
         let file = write_pipeline(dir.path(), "p.toml", text);
-        let child = weir()
-            .command(&["run", "--available-now", file.to_str().unwrap()])
-            .env("WEIR_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = weir_tests::wait_output(child, LIMIT);
+        let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
         let log = stderr(&output);
         assert!(!output.status.success(), "{log}");
         assert!(!log.contains("panicked"), "{log}");

@@ -483,14 +483,7 @@ fn a_pipeline_killed_while_idle_replays_its_idle_batches_and_goes_on() {
     );
     // New input, then the same command: the idle batches replay first.
     let all = weir_tests::write_inputs(dir, 3, 200, 70);
-    let rerun = weir()
-        .command(&["run", "--available-now", file.to_str().unwrap()])
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = weir_tests::wait_output(rerun, LIMIT);
+    let output = weir().run_logged(&["run", "--available-now", file.to_str().unwrap()], "info", LIMIT);
     let log_text = stderr(&output);
     assert!(output.status.success(), "{log_text}");
     let replayed: u64 = log_text

@@ -91,8 +91,14 @@ impl Weir {
 
     /// Runs `weir ARGS` to completion, failing the test after `limit`.
     pub fn run(&self, args: &[&str], limit: Duration) -> Output {
+        self.run_logged(args, "warn", limit)
+    }
+
+    /// [`Weir::run`] with `WEIR_LOG` set to `log` (a level or filter).
+    pub fn run_logged(&self, args: &[&str], log: &str, limit: Duration) -> Output {
         let child = self
             .command(args)
+            .env("WEIR_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -20,6 +20,8 @@
 //! no longer needed once the next segment's first batch is behind the oldest
 //! kept checkpoint.
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest, Sha256};
 
 use super::LoggedBatch;
@@ -53,7 +55,7 @@ pub fn segment_first(name: &str) -> Option<u64> {
 }
 
 /// The records of a segment's bytes, in order, up to the first unreadable one.
-pub fn read_segment(bytes: &[u8]) -> Vec<LoggedBatch> {
+fn read_segment(bytes: &[u8]) -> Vec<LoggedBatch> {
     let mut records: Vec<LoggedBatch> = Vec::new();
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + HEADER) {
@@ -101,7 +103,7 @@ fn encode(entry: &LoggedBatch) -> Option<Vec<u8>> {
 /// `from` and later, or removes it when none is left: recovery found them
 /// after a gap in the log, so the batches they describe will be logged
 /// again.
-pub fn drop_records_from(storage: &dyn CheckpointStorage, name: &str, from: u64) -> std::io::Result<()> {
+fn drop_records_from(storage: &dyn CheckpointStorage, name: &str, from: u64) -> std::io::Result<()> {
     let bytes = storage.get(name)?.unwrap_or_default();
     let kept: Vec<u8> = read_segment(&bytes)
         .iter()
@@ -115,6 +117,97 @@ pub fn drop_records_from(storage: &dyn CheckpointStorage, name: &str, from: u64)
     let mut segment = kept;
     segment.resize(segment.len().max(SEGMENT_BYTES), 0);
     storage.put(name, &segment)
+}
+
+/// A segment found at recovery.
+#[derive(Debug)]
+struct Found {
+    /// Its first batch (its name).
+    first: u64,
+    /// Its name in the storage.
+    name: String,
+    /// The batch of its last readable record.
+    last: Option<u64>,
+}
+
+/// The segments of a batch log as recovery found them ([`Segments::read`]).
+#[derive(Debug, Default)]
+pub struct Segments {
+    found: Vec<Found>,
+}
+
+impl Segments {
+    /// Reads the segments among `names` (the blobs listed under
+    /// `offsets`); returns them with their records of batch `from` on,
+    /// by batch.
+    pub fn read(
+        storage: &dyn CheckpointStorage,
+        names: &[String],
+        from: u64,
+    ) -> std::io::Result<(Self, BTreeMap<u64, LoggedBatch>)> {
+        let mut segments = Self::default();
+        let mut records = BTreeMap::new();
+        for listed in names {
+            let Some(first) = segment_first(listed) else {
+                continue;
+            };
+            let name = format!("{DIR}/{listed}");
+            let read = read_segment(&storage.get(&name)?.unwrap_or_default());
+            segments.found.push(Found {
+                first,
+                name,
+                last: read.last().map(|last| last.batch),
+            });
+            records.extend(
+                read.into_iter()
+                    .filter(|entry| entry.batch >= from)
+                    .map(|e| (e.batch, e)),
+            );
+        }
+        Ok((segments, records))
+    }
+
+    /// Brings the segments in line with a replay of batches `first` up to
+    /// `next` (not included): those that start at `next` or later hold
+    /// nothing replayed (or nothing readable) and go, whatever is in them;
+    /// those with records from `next` on are rewritten without them
+    /// ([`drop_records_from`]). So the segment the run starts next has the
+    /// highest batch ids. The others with replayed records are synced: a
+    /// record read at recovery may have been in memory only (written by a
+    /// run killed before its data sync), and its batch is about to run
+    /// again. Then the log directory is synced.
+    pub fn settle(&self, storage: &dyn CheckpointStorage, first: u64, next: u64) -> std::io::Result<()> {
+        for segment in &self.found {
+            if segment.first >= next {
+                storage.remove(&segment.name)?;
+            } else if segment.last.is_some_and(|last| last >= next) {
+                drop_records_from(storage, &segment.name, next)?;
+            } else if segment.last.is_some_and(|last| last >= first) {
+                storage.sync(&segment.name)?;
+            }
+        }
+        storage.sync(DIR)
+    }
+}
+
+/// Removes the segments among `names` (listed under `offsets`) that only
+/// hold batches up to `oldest` (the oldest kept checkpoint's): a segment
+/// holds batches before the next segment's first, so it goes once that is
+/// `oldest + 1` or earlier. The newest, and `open` (the one the pipeline is
+/// writing), always stay.
+pub fn truncate(
+    storage: &dyn CheckpointStorage,
+    names: &[String],
+    oldest: u64,
+    open: Option<u64>,
+) -> std::io::Result<()> {
+    let firsts: Vec<u64> = names.iter().filter_map(|name| segment_first(name)).collect();
+    for pair in firsts.windows(2) {
+        if pair[1] <= oldest + 1 && Some(pair[0]) != open {
+            storage.remove(&segment_name(pair[0]))?;
+        }
+    }
+    Ok(())
 }
 
 /// The segment being written.

@@ -419,28 +419,9 @@ impl Checkpointer {
             .storage
             .list("offsets")
             .map_err(self.io("list the batch log"))?;
-        // Idle batches' entries, read from their segments: batch → entry;
-        // and each segment's first batch, name and last record.
-        let mut in_segments: BTreeMap<u64, LoggedBatch> = BTreeMap::new();
-        let mut segments: Vec<(u64, String, Option<u64>)> = Vec::new();
-        for name in &names {
-            let Some(segment_first) = idle_log::segment_first(name) else {
-                continue;
-            };
-            let name = format!("offsets/{name}");
-            let bytes = self
-                .storage
-                .get(&name)
-                .map_err(self.io(format!("read {name}")))?
-                .unwrap_or_default();
-            let records = idle_log::read_segment(&bytes);
-            segments.push((segment_first, name, records.last().map(|last| last.batch)));
-            for entry in records {
-                if entry.batch >= first {
-                    in_segments.insert(entry.batch, entry);
-                }
-            }
-        }
+        // Idle batches' entries, from their segments: batch → entry.
+        let (segments, mut in_segments) = idle_log::Segments::read(self.storage.as_ref(), &names, first)
+            .map_err(self.io("read the batch log's segments"))?;
         let in_files: std::collections::BTreeSet<u64> = names
             .iter()
             .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
@@ -495,29 +476,9 @@ impl Checkpointer {
                 .remove(&offsets_name(batch))
                 .map_err(self.io(format!("remove the stale batch log entry {batch}")))?;
         }
-        // Segments: those that start at or after the next batch to log hold
-        // nothing replayed (or nothing readable) and go, whatever is in them;
-        // those with records from there on are rewritten without them. So
-        // the segment the run starts next has the highest batch ids. The
-        // rest are synced: a record read here may have been in memory only
-        // (written by a run killed before its data sync), and its batch is
-        // about to run again.
-        let next = first + logged.len() as u64;
-        for (segment_first, name, last) in &segments {
-            let done = if *segment_first >= next {
-                self.storage.remove(name)
-            } else if last.is_some_and(|last| last >= next) {
-                idle_log::drop_records_from(self.storage.as_ref(), name, next)
-            } else if last.is_some_and(|last| last >= first) {
-                self.storage.sync(name)
-            } else {
-                Ok(())
-            };
-            done.map_err(self.io(format!("bring {name} up to date with the replay")))?;
-        }
-        self.storage
-            .sync("offsets")
-            .map_err(self.io("sync the batch log"))?;
+        segments
+            .settle(self.storage.as_ref(), first, first + logged.len() as u64)
+            .map_err(self.io("bring the batch log's segments in line with the replay"))?;
         if let Some(checkpoint) = &restored {
             tracing::info!(
                 checkpoint = checkpoint.manifest.batch,
@@ -920,20 +881,8 @@ fn write_checkpoint(
                     .map_err(io(format!("truncate the batch log at {name}")))?;
             }
         }
-        // A segment of idle batches holds batches before the next segment's
-        // first: it goes once that is behind the oldest kept checkpoint. The
-        // newest, and the one the pipeline is writing, always stay.
-        let segments: Vec<u64> = names
-            .iter()
-            .filter_map(|name| idle_log::segment_first(name))
-            .collect();
-        for pair in segments.windows(2) {
-            if pair[1] <= oldest + 1 && Some(pair[0]) != open_segment {
-                storage
-                    .remove(&idle_log::segment_name(pair[0]))
-                    .map_err(io(format!("truncate the batch log at segment {}", pair[0])))?;
-            }
-        }
+        idle_log::truncate(storage, &names, oldest, open_segment)
+            .map_err(io("truncate the batch log's segments".into()))?;
     }
     Ok(report)
 }
@@ -1150,6 +1099,12 @@ mod tests {
         }
     }
 
+    /// The storage of `dir` and a checkpointer opened on it, keeping `keep`.
+    fn opened(dir: &std::path::Path, keep: usize) -> (LocalStorage, Checkpointer) {
+        let (checkpointer, _) = Checkpointer::open(settings(dir, keep), &BTreeMap::new(), false).unwrap();
+        (LocalStorage::new(dir).unwrap(), checkpointer)
+    }
+
     fn replayed(dir: &std::path::Path) -> Vec<u64> {
         let plugins = BTreeMap::new();
         let (_, recovery) = Checkpointer::open(settings(dir, 2), &plugins, false).unwrap();
@@ -1159,9 +1114,8 @@ mod tests {
     #[test]
     fn idle_batches_are_logged_in_segments_and_replayed_with_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(dir.path()).unwrap();
+        let (storage, mut checkpointer) = opened(dir.path(), 2);
         let plugins = BTreeMap::new();
-        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
         // Odd batches take input (a file each), even ones are idle (one segment).
         for batch in 0..7 {
             checkpointer.log_batch(&entry(batch), batch % 2 == 0).unwrap();
@@ -1195,9 +1149,8 @@ mod tests {
     #[test]
     fn a_segment_goes_once_the_next_one_starts_behind_the_oldest_kept_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(dir.path()).unwrap();
+        let (storage, mut checkpointer) = opened(dir.path(), 1);
         let plugins = BTreeMap::new();
-        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 1), &plugins, false).unwrap();
         for batch in 0..3 {
             checkpointer.log_batch(&entry(batch), true).unwrap();
         }
@@ -1257,9 +1210,8 @@ mod tests {
     #[test]
     fn recovery_removes_segments_past_the_replay_and_truncation_spares_the_open_one() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(dir.path()).unwrap();
+        let (storage, mut checkpointer) = opened(dir.path(), 1);
         let plugins = BTreeMap::new();
-        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 1), &plugins, false).unwrap();
         for batch in 0..3 {
             checkpointer.log_batch(&entry(batch), batch > 0).unwrap();
         }
