@@ -36,8 +36,9 @@ fn weir() -> Weir {
     Weir::new(env!("CARGO_BIN_EXE_weir"))
 }
 
-/// Held by the tests that compare timings and by those that load both
-/// cores with a browser, so that they never run at the same time.
+/// Held by the tests that load both cores with a browser, so that they
+/// never run at the same time. (Tests that compare timings run in the
+/// `timing` test binary, alone.)
 static CPU_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Takes [`CPU_HEAVY`] for the rest of the test.
