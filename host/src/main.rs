@@ -1593,15 +1593,14 @@ fn latency(engine: &Engine, plugin: &Path) -> anyhow::Result<()> {
 fn isolation(engine: &Engine, plugin: &Path) -> anyhow::Result<()> {
     let looping = example_plugin("loop-forever")?;
     let isolation = cli::bench::isolation(engine, plugin, &looping, std::time::Duration::from_secs(4))?;
-    let mean_ms =
-        |s: &weir::pipeline::RunSummary| s.total_batch_time.as_secs_f64() * 1e3 / s.batches.max(1) as f64;
+    let mean_ms = |times: &[std::time::Duration]| cli::bench::mean(times).as_secs_f64() * 1e3;
     println!(
         "isolation: healthy word count (50,000 lines/s, 100 ms batches) mean batch time {:.2} ms alone, \
          {:.2} ms next to a pipeline looping to its 20 ms deadline every batch ({} of its batches skipped): {:.2}x \
          ({} tasks ran on a worker lent by a long call)",
         mean_ms(&isolation.alone),
         mean_ms(&isolation.with_neighbour),
-        isolation.neighbour.skipped_batches,
+        isolation.neighbour_skipped_batches,
         isolation.slowdown(),
         engine.lent_tasks(),
     );

@@ -584,21 +584,42 @@ pub fn latency(
 /// Healthy pipeline's figures alone and next to a looping neighbour.
 #[derive(Debug, Clone)]
 pub struct IsolationReport {
-    /// The healthy word count alone.
-    pub alone: RunSummary,
-    /// The healthy word count with a neighbour whose plugin loops to its
-    /// deadline on every batch, in the same process.
-    pub with_neighbour: RunSummary,
-    /// The neighbour's own figures (skipped batches).
-    pub neighbour: RunSummary,
+    /// The healthy word count's batch processing times alone.
+    pub alone: Vec<Duration>,
+    /// Its batch processing times with a neighbour whose plugin loops to
+    /// its deadline on every batch, in the same process.
+    pub with_neighbour: Vec<Duration>,
+    /// The neighbour's batches skipped, over its runs.
+    pub neighbour_skipped_batches: u64,
 }
 
 impl IsolationReport {
     /// Mean batch processing time with the neighbour over alone.
     pub fn slowdown(&self) -> f64 {
-        let mean = |s: &RunSummary| s.total_batch_time.as_secs_f64() / s.batches.max(1) as f64;
-        mean(&self.with_neighbour) / mean(&self.alone)
+        mean(&self.with_neighbour).as_secs_f64() / mean(&self.alone).as_secs_f64().max(1e-9)
     }
+}
+
+/// The mean of `times` (zero for none).
+pub fn mean(times: &[Duration]) -> Duration {
+    times.iter().sum::<Duration>() / times.len().max(1) as u32
+}
+
+/// The processing times of the batches `handle` completes over the next
+/// `window` (those that start in it: a batch in progress when it opens is
+/// left out).
+pub fn batch_times_over(handle: &weir::engine::PipelineHandle, window: Duration) -> Vec<Duration> {
+    let last_before = handle
+        .recent_batches(1)
+        .last()
+        .map(|detail| detail.report.batch.id);
+    std::thread::sleep(window);
+    handle
+        .recent_batches(weir::pipeline::live::RECENT_BATCHES)
+        .into_iter()
+        .filter(|detail| last_before.is_none_or(|last| detail.report.batch.id > last + 1))
+        .map(|detail| detail.report.processing_time)
+        .collect()
 }
 
 /// Discards everything.
@@ -611,13 +632,16 @@ impl Sink for DiscardSink {
 }
 
 /// Runs a healthy word count (generator at 50,000 lines/s, 100 ms batches)
-/// for `duration` alone, then again next to a pipeline whose plugin loops
-/// until its 20 ms deadline on every batch (`on-error = "skip-batch"`).
+/// and measures its batches over `window` alone, then over `window` next to
+/// a pipeline whose plugin loops until its 20 ms deadline on every batch
+/// (`on-error = "skip-batch"`), twice, alternating. The healthy pipeline
+/// runs throughout (its start is not measured); the neighbour comes and
+/// goes, and each of its runs gets half a second before its window opens.
 pub fn isolation(
     engine: &Engine,
     split_words: &Path,
     looping: &Path,
-    duration: Duration,
+    window: Duration,
 ) -> anyhow::Result<IsolationReport> {
     let healthy = wordcount_toml(
         "healthy",
@@ -658,24 +682,32 @@ type = "console"
         let prepared = prepare(engine, text, false, stream, sink)?;
         Ok(engine.start(prepared, RunOptions::default())?)
     };
-    let finish = |handle: weir::engine::PipelineHandle| -> anyhow::Result<RunSummary> {
-        handle.stop(StopMode::Graceful);
+    let finish = |handle: weir::engine::PipelineHandle, mode: StopMode| -> anyhow::Result<RunSummary> {
+        handle.stop(mode);
         Ok(handle.wait()?)
     };
-    let counts = || -> Box<dyn Sink> { Box::new(TotalSink(Arc::new(AtomicU64::new(0)))) };
-    let alone = start(&healthy, "counts", counts())?;
-    std::thread::sleep(duration);
-    let alone = finish(alone)?;
-    let with = start(&healthy, "counts", counts())?;
-    let looping = start(&neighbour, "out", Box::new(DiscardSink))?;
-    std::thread::sleep(duration);
-    let with_neighbour = finish(with)?;
-    let neighbour = finish(looping)?;
-    Ok(IsolationReport {
-        alone,
-        with_neighbour,
-        neighbour,
-    })
+    let measured = start(
+        &healthy,
+        "counts",
+        Box::new(TotalSink(Arc::new(AtomicU64::new(0)))),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut report = IsolationReport {
+        alone: Vec::new(),
+        with_neighbour: Vec::new(),
+        neighbour_skipped_batches: 0,
+    };
+    for _ in 0..2 {
+        report.alone.extend(batch_times_over(&measured, window / 2));
+        let looping = start(&neighbour, "out", Box::new(DiscardSink))?;
+        std::thread::sleep(Duration::from_millis(500));
+        report
+            .with_neighbour
+            .extend(batch_times_over(&measured, window / 2));
+        report.neighbour_skipped_batches += finish(looping, StopMode::Now)?.skipped_batches;
+    }
+    finish(measured, StopMode::Graceful)?;
+    Ok(report)
 }
 
 /// The windowed word count of the window and checkpoint benchmarks: files

@@ -8,8 +8,9 @@
 //! - **Isolation with 20 pipelines**: a healthy word count's mean batch
 //!   time among 18 light pipelines, alone, next to a neighbour that loops
 //!   to its deadline on every batch, and next to one whose plugin
-//!   legitimately spends 40 ms per record on 4 partitions: after a warm-up
-//!   round, each condition twice, alternating.
+//!   legitimately spends 40 ms per record on 4 partitions: the healthy and
+//!   light pipelines run throughout while the neighbour comes and goes;
+//!   after a warm-up round, each condition three times, alternating.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use weir::pipeline::{RunOptions, RunSummary, StopMode};
 
 use weir::sink::Sink;
 
-use super::bench::{DiscardSink, TotalSink, wordcount_toml};
+use super::bench::{DiscardSink, TotalSink, batch_times_over, wordcount_toml};
 use super::process::{peak_rss, resident_bytes, threads};
 
 /// What the many-pipelines benchmark measured.
@@ -81,10 +82,6 @@ fn stop_all(handles: Vec<PipelineHandle>) -> anyhow::Result<Vec<RunSummary>> {
         handle.stop(StopMode::Graceful);
     }
     handles.iter().map(|handle| Ok(handle.wait()?)).collect()
-}
-
-fn mean_batch(summary: &RunSummary) -> Duration {
-    summary.total_batch_time / summary.batches.max(1) as u32
 }
 
 /// Runs the benchmark with `split_words`, the `loop-forever` plugin and the
@@ -176,28 +173,31 @@ type = "console"
         "config = { trigger = \"the\" }",
         "timeout = \"20ms\"",
     );
-    // A warm-up round (new instances everywhere), then each condition
-    // twice, alternating, so that a change of machine load falls on all
-    // three; each condition's figure is its mean batch time over its rounds.
+    // The 18 light pipelines and the measured one run throughout; only the
+    // neighbour comes and goes. A warm-up round (instances everywhere),
+    // then each condition three times, alternating, so that a change of
+    // machine load falls on all three; each condition's figure is its mean
+    // batch time over its rounds. A round measures the batches that start
+    // after its neighbour has run for half a second.
     let conditions = [
         None,
         Some(("looping", looping_text)),
         Some(("heavy", String::new())),
     ];
-    let rounds = std::iter::once(None).chain((0..2).flat_map(|_| (0..3).map(Some)));
+    let mut handles: Vec<PipelineHandle> = (0..18)
+        .map(|i| start(engine, &light(i)))
+        .collect::<Result<_, _>>()?;
+    let measured = start(engine, &healthy)?;
+    let rounds = std::iter::once(None).chain((0..3).flat_map(|_| (0..3).map(Some)));
     let mut totals = [(Duration::ZERO, 0u64); 3];
     for (round, condition) in rounds.enumerate() {
         let extra = condition.and_then(|c| conditions[c].clone());
-        let mut handles: Vec<PipelineHandle> = (0..18)
-            .map(|i| start(engine, &light(i)))
-            .collect::<Result<_, _>>()?;
-        let measured = start(engine, &healthy)?;
         let neighbour_handle = match extra {
             None => None,
             Some(("heavy", _)) => {
                 // 40 ms per record, 4 partitions: a heavy but legitimate plugin
                 // (a map over the value "40", which `busy` spins for).
-                // 400 records: ~8 s of work for 2 workers, past the 4 s measured.
+                // 400 records: ~8 s of work for 2 workers, past the round.
                 let dir = tempfile::tempdir()?;
                 std::fs::write(dir.path().join("records.txt"), "40\n".repeat(400))?;
                 let source = format!("type = \"files\"\npath = {:?}", dir.path().display().to_string());
@@ -209,24 +209,32 @@ type = "console"
             }
             Some((_, text)) => Some((start_into(engine, &text, "out", Box::new(DiscardSink))?, None)),
         };
-        std::thread::sleep(Duration::from_secs(4));
-        measured.stop(StopMode::Graceful);
-        let summary = measured.wait()?;
-        if let Some(condition) = condition {
-            totals[condition].0 += summary.total_batch_time;
-            totals[condition].1 += summary.batches;
-        }
-        progress(&format!(
-            "isolation round {round} ({}): healthy mean batch {:.2} ms over {} batches",
-            condition.map_or("warm-up", |c| ["alone", "looping", "heavy"][c]),
-            mean_batch(&summary).as_secs_f64() * 1e3,
-            summary.batches
-        ));
+        std::thread::sleep(Duration::from_millis(500));
+        let mut times = batch_times_over(&measured, Duration::from_secs(4));
         if let Some((handle, _dir)) = neighbour_handle {
-            handles.push(handle);
+            handle.stop(StopMode::Now);
+            handle.wait()?;
         }
-        stop_all(handles)?;
+        let total: Duration = times.iter().sum();
+        if let Some(condition) = condition {
+            totals[condition].0 += total;
+            totals[condition].1 += times.len() as u64;
+        }
+        times.sort();
+        let percentile = |p: usize| times.get((times.len() * p / 100).min(times.len().saturating_sub(1)));
+        let ms = |time: Option<&Duration>| time.map_or(0.0, |time| time.as_secs_f64() * 1e3);
+        progress(&format!(
+            "isolation round {round} ({}): healthy mean batch {:.2} ms over {} batches (p50 {:.2} / p99 {:.2} / max {:.2} ms)",
+            condition.map_or("warm-up", |c| ["alone", "looping", "heavy"][c]),
+            total.as_secs_f64() * 1e3 / times.len().max(1) as f64,
+            times.len(),
+            ms(percentile(50)),
+            ms(percentile(99)),
+            ms(times.last()),
+        ));
     }
+    handles.push(measured);
+    stop_all(handles)?;
     let isolation = totals.map(|(time, batches)| time / batches.max(1) as u32);
     Ok(ManyReport {
         pipelines: PIPELINES,
