@@ -820,3 +820,111 @@ fn available_now_stops_at_the_end_the_topic_had_when_the_run_started() {
     );
     assert_eq!(summed(&broker.read_committed("counts")), expected);
 }
+
+#[test]
+fn a_source_held_back_or_stopped_now_keeps_its_group_at_the_last_batch_that_committed() {
+    use weir::engine::{Engine, EngineOptions};
+    use weir::pipeline::{RunOptions, StopMode};
+
+    let broker = Broker::start();
+    broker.create_topic("input", 1);
+    // Each record keeps its plugin call busy for 2 ms, a batch gathers at
+    // most 2 KiB, and the source may queue one chunk of 50 records: the
+    // source spends the run blocked on its full queue, as it is when the
+    // stop comes. (Not blocked, it commits each
+    // batch to the group on its own, asynchronously, between reads.)
+    let records = vec!["2".to_owned(); 6_000];
+    broker.produce("input", &records);
+    let dir = scratch();
+    let out = dir.path().join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "stop-now"
+batch-interval = "100ms"
+chunk-records = 50
+queue-chunks = 1
+max-batch-memory = "2KiB"
+
+[plugins]
+busy = {busy:?}
+
+[[source]]
+name = "records"
+type = "kafka"
+brokers = "{brokers}"
+topics = "input"
+group-id = "stop-now-group"
+start = "earliest"
+
+[[stage]]
+name = "slept"
+input = "records"
+op = "map"
+plugin = "busy"
+
+[[sink]]
+input = "slept"
+type = "files"
+path = {out:?}
+"#,
+        busy = plugins::BUSY,
+        brokers = broker.address(),
+        out = out.display().to_string(),
+    );
+    let engine = Engine::new(EngineOptions {
+        cache_dir: Some(weir_tests::component_cache()),
+        workers: Some(2),
+        ..EngineOptions::default()
+    })
+    .expect("the engine starts");
+    let prepared = engine
+        .prepare(&pipeline, Path::new("stop-now.toml"))
+        .expect("the pipeline is valid");
+    let handle = engine.start(prepared, RunOptions::default()).expect("it starts");
+    let deadline = Instant::now() + LIMIT;
+    while sink_lines(&out).len() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no output from the Kafka source: {:?}",
+            handle.status()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Held back by its full queue, the source still tells the group of
+    // every batch that commits (lag monitoring under backpressure): the
+    // group moves within a few batches of the sink, not only when the
+    // source gets back to reading (every 4,096 records of a partition).
+    loop {
+        let committed = broker.committed("stop-now-group", "input", 1);
+        if committed[0] >= Some(100) {
+            break;
+        }
+        let written = sink_lines(&out).len();
+        assert!(
+            written < 2_000,
+            "the group stays at {committed:?} while the sink wrote {written} records"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    handle.stop(StopMode::Now);
+    handle.wait().expect("the run ends without an error");
+    let written = sink_lines(&out).len();
+    assert!(
+        written < records.len(),
+        "the stop came after the whole topic was read"
+    );
+    // Every record the sink wrote, and no other, is behind the group's
+    // offset (one partition, offsets from 0 without gaps).
+    loop {
+        let committed = broker.committed("stop-now-group", "input", 1);
+        if committed == [Some(written as i64)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group is at {committed:?}, the sink wrote {written} records"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

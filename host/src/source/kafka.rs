@@ -17,7 +17,11 @@
 //! - **Committed offsets**: after each batch's sinks have committed, its end
 //!   offsets are committed to the group (`group-id`, by default
 //!   `weir.<pipeline>.<source>`), for lag monitoring and for a start without
-//!   a checkpoint; never used to recover when a checkpoint exists.
+//!   a checkpoint; never used to recover when a checkpoint exists. A source
+//!   held back by a full queue commits them while it waits, and a source
+//!   that ends (a stop, even [`StopMode::Now`](crate::pipeline::StopMode::Now),
+//!   or a failure) leaves the group at the end of the last batch that
+//!   committed.
 //! - **New partitions** of a topic are found every `discovery-interval`
 //!   (10 s) and read from their beginning.
 //! - **Failures**: an unreachable broker, an unknown or deleted topic are
@@ -342,6 +346,8 @@ struct Receiver {
     last_discovery: Instant,
     /// When reading started (for `max-rate-per-partition`).
     started: Instant,
+    /// The position last committed to the group synchronously.
+    synced_to_group: Option<SourcePosition>,
 }
 
 /// One partition being read.
@@ -418,11 +424,18 @@ impl Receiver {
             last_contact: Instant::now(),
             last_discovery: Instant::now(),
             started: Instant::now(),
+            synced_to_group: None,
         })
     }
 
     fn run(mut self) -> Result<(), SourceError> {
-        match self.read() {
+        let read = self.read();
+        if read.is_err() {
+            // Stopped early (its queue closed under it, say) or failed: the
+            // group gets the end of the last batch that committed.
+            self.commit_what_committed();
+        }
+        match read {
             Ok(()) | Err(Halt::Stopped) => Ok(()),
             Err(Halt::Failed(error)) => Err(error),
         }
@@ -1137,23 +1150,31 @@ impl Receiver {
         self.commit_position(committed.as_ref(), CommitMode::Async);
     }
 
-    fn commit_position(&self, position: Option<&SourcePosition>, mode: CommitMode) {
-        let Some(SourcePosition::Kafka { offsets }) = position else {
-            return;
-        };
-        let mut list = TopicPartitionList::new();
-        for at in offsets {
-            let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
+    fn commit_position(&mut self, position: Option<&SourcePosition>, mode: CommitMode) {
+        if commit_offsets(&self.consumer, &self.ctx.name, position, mode) && matches!(mode, CommitMode::Sync)
+        {
+            self.synced_to_group = position.cloned();
         }
-        if let Err(error) = self.consumer.commit(&list, mode) {
-            tracing::debug!(source = %self.ctx.name, "cannot commit offsets to the group: {}", describe(&error));
+    }
+
+    /// Commits the end of the last batch the pipeline committed to the
+    /// group, synchronously, unless that is where the group already is.
+    fn commit_what_committed(&mut self) {
+        let committed = self.ctx.committed.borrow().clone();
+        if committed.is_some() && committed != self.synced_to_group {
+            self.commit_position(committed.as_ref(), CommitMode::Sync);
         }
     }
 
     /// At the end of the source (input read, or a stop): waits, up to
     /// [`LAST_COMMIT_WAIT`], for the batches holding the last records to
     /// commit, and commits their offsets to the group, so that the group
-    /// does not lag behind the last batch.
+    /// does not lag behind the last batch. When they never commit (a stop
+    /// [`StopMode::Now`](crate::pipeline::StopMode::Now) drops what was
+    /// queued, or the run failed), the group gets the end of the last batch
+    /// that did, synchronously: the periodic commit is asynchronous, and
+    /// may not have seen that batch at all while the source was held back
+    /// by a full queue.
     fn commit_last_batches(&mut self) {
         let last = self.position();
         let until = Instant::now() + LAST_COMMIT_WAIT;
@@ -1168,6 +1189,7 @@ impl Receiver {
                 .block_on(async { tokio::time::timeout(left, self.ctx.committed.changed()).await });
             // Timed out, or the pipeline is gone.
             if !matches!(changed, Ok(Ok(()))) {
+                self.commit_what_committed();
                 return;
             }
         }
@@ -1214,10 +1236,36 @@ impl Receiver {
         self.send(Delivery::Chunk(chunk, position))
     }
 
-    fn send(&self, delivery: Delivery) -> Result<(), Halt> {
-        self.handle
-            .block_on(self.ctx.chunks.send(delivery))
-            .map_err(Halt::from)
+    /// Sends `delivery`, waiting while the queue is full. A full queue
+    /// holds the source here for as long as the pipeline is behind; the
+    /// batches that commit meanwhile are committed to the group as they do,
+    /// so that its lag stays true under backpressure too.
+    fn send(&mut self, delivery: Delivery) -> Result<(), Halt> {
+        let Self {
+            handle,
+            ctx,
+            consumer,
+            ..
+        } = self;
+        handle.block_on(async {
+            let send = ctx.chunks.send(delivery);
+            tokio::pin!(send);
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    sent = &mut send => return sent.map_err(Halt::from),
+                    changed = ctx.committed.changed(), if watching => {
+                        if changed.is_err() {
+                            // The pipeline is going: only the send is left.
+                            watching = false;
+                            continue;
+                        }
+                        let committed = ctx.committed.borrow_and_update().clone();
+                        commit_offsets(consumer, &ctx.name, committed.as_ref(), CommitMode::Async);
+                    }
+                }
+            }
+        })
     }
 
     fn sleep(&mut self, pause: Duration) -> Result<(), Halt> {
@@ -1229,6 +1277,31 @@ impl Receiver {
             std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
         }
         Ok(())
+    }
+}
+
+/// Commits the Kafka offsets of `position` to `consumer`'s group (nothing
+/// for another kind of position); false when the commit failed (logged: the
+/// group's offsets only serve lag monitoring).
+fn commit_offsets(
+    consumer: &BaseConsumer<LogContext>,
+    source: &str,
+    position: Option<&SourcePosition>,
+    mode: CommitMode,
+) -> bool {
+    let Some(SourcePosition::Kafka { offsets }) = position else {
+        return false;
+    };
+    let mut list = TopicPartitionList::new();
+    for at in offsets {
+        let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
+    }
+    match consumer.commit(&list, mode) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(source, "cannot commit offsets to the group: {}", describe(&error));
+            false
+        }
     }
 }
 
