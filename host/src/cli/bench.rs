@@ -707,6 +707,10 @@ type = "console"
         report.neighbour_skipped_batches += finish(looping, StopMode::Now)?.skipped_batches;
     }
     finish(measured, StopMode::Graceful)?;
+    anyhow::ensure!(
+        !report.alone.is_empty() && !report.with_neighbour.is_empty(),
+        "the healthy pipeline completed no batch in a measuring window"
+    );
     Ok(report)
 }
 

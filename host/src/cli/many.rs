@@ -235,6 +235,10 @@ type = "console"
     }
     handles.push(measured);
     stop_all(handles)?;
+    anyhow::ensure!(
+        totals.iter().all(|(_, batches)| *batches > 0),
+        "the healthy pipeline completed no batch in a condition's rounds"
+    );
     let isolation = totals.map(|(time, batches)| time / batches.max(1) as u32);
     Ok(ManyReport {
         pipelines: PIPELINES,

@@ -18,10 +18,15 @@
 //!   offsets are committed to the group (`group-id`, by default
 //!   `weir.<pipeline>.<source>`), for lag monitoring and for a start without
 //!   a checkpoint; never used to recover when a checkpoint exists. A source
-//!   held back by a full queue commits them while it waits, and a source
-//!   that ends (a stop, even [`StopMode::Now`](crate::pipeline::StopMode::Now),
-//!   or a failure) leaves the group at the end of the last batch that
-//!   committed.
+//!   held back by a full queue commits them while it waits (not while it
+//!   replays the batch log), and a stopped source, even by
+//!   [`StopMode::Now`](crate::pipeline::StopMode::Now), leaves the group at
+//!   the end of the last batch that committed. The source commits each
+//!   position once, so a stop after a failed batch does not commit again a
+//!   position that an exactly-once Kafka sink may since have moved past in
+//!   its transaction. A source that failed commits nothing more (with the
+//!   brokers out of reach a commit would hold its error back for the
+//!   session timeout).
 //! - **New partitions** of a topic are found every `discovery-interval`
 //!   (10 s) and read from their beginning.
 //! - **Failures**: an unreachable broker, an unknown or deleted topic are
@@ -346,8 +351,11 @@ struct Receiver {
     last_discovery: Instant,
     /// When reading started (for `max-rate-per-partition`).
     started: Instant,
-    /// The position last committed to the group synchronously.
-    synced_to_group: Option<SourcePosition>,
+    /// The position this source last committed to the group (or tried to).
+    committed_to_group: Option<SourcePosition>,
+    /// Reading the batches of the log again after a restart: their
+    /// positions are behind what the group may hold, so none is committed.
+    replaying: bool,
 }
 
 /// One partition being read.
@@ -424,15 +432,18 @@ impl Receiver {
             last_contact: Instant::now(),
             last_discovery: Instant::now(),
             started: Instant::now(),
-            synced_to_group: None,
+            committed_to_group: None,
+            replaying: false,
         })
     }
 
     fn run(mut self) -> Result<(), SourceError> {
         let read = self.read();
-        if read.is_err() {
-            // Stopped early (its queue closed under it, say) or failed: the
-            // group gets the end of the last batch that committed.
+        if matches!(read, Err(Halt::Stopped)) {
+            // Stopped early (its queue closed under it, say): the group gets
+            // the end of the last batch that committed. Not after a failure:
+            // with the brokers out of reach, a commit waits for the session
+            // timeout before it fails, and the failure would wait with it.
             self.commit_what_committed();
         }
         match read {
@@ -451,10 +462,12 @@ impl Receiver {
             // offsets apply.
             checkpointed = replay.progress_after().position.is_some();
             self.unit = replay.next_batch - replay.batches.len() as u64;
+            self.replaying = true;
             for input in &replay.batches {
                 self.replay_batch(input)?;
                 self.unit += 1;
             }
+            self.replaying = false;
             if let Some(SourcePosition::Kafka { offsets }) = replay.progress_after().position {
                 known = offsets
                     .into_iter()
@@ -1150,18 +1163,24 @@ impl Receiver {
         self.commit_position(committed.as_ref(), CommitMode::Async);
     }
 
+    /// Commits `position` to the group and remembers it as the last one
+    /// this source committed (also when the commit failed: it is not tried
+    /// again at the end).
     fn commit_position(&mut self, position: Option<&SourcePosition>, mode: CommitMode) {
-        if commit_offsets(&self.consumer, &self.ctx.name, position, mode) && matches!(mode, CommitMode::Sync)
-        {
-            self.synced_to_group = position.cloned();
+        if position.is_some() {
+            commit_offsets(&self.consumer, &self.ctx.name, position, mode);
+            self.committed_to_group = position.cloned();
         }
     }
 
     /// Commits the end of the last batch the pipeline committed to the
-    /// group, synchronously, unless that is where the group already is.
+    /// group, synchronously, unless this source committed that position
+    /// already. (An exactly-once Kafka sink may have put the next batch's
+    /// offsets in its transaction before a later step of that batch failed:
+    /// committing the older position again would take the group back.)
     fn commit_what_committed(&mut self) {
         let committed = self.ctx.committed.borrow().clone();
-        if committed.is_some() && committed != self.synced_to_group {
+        if committed.is_some() && committed != self.committed_to_group {
             self.commit_position(committed.as_ref(), CommitMode::Sync);
         }
     }
@@ -1171,10 +1190,8 @@ impl Receiver {
     /// commit, and commits their offsets to the group, so that the group
     /// does not lag behind the last batch. When they never commit (a stop
     /// [`StopMode::Now`](crate::pipeline::StopMode::Now) drops what was
-    /// queued, or the run failed), the group gets the end of the last batch
-    /// that did, synchronously: the periodic commit is asynchronous, and
-    /// may not have seen that batch at all while the source was held back
-    /// by a full queue.
+    /// queued), the group gets the end of the last batch that did,
+    /// synchronously, unless this source committed it already.
     fn commit_last_batches(&mut self) {
         let last = self.position();
         let until = Instant::now() + LAST_COMMIT_WAIT;
@@ -1238,19 +1255,22 @@ impl Receiver {
 
     /// Sends `delivery`, waiting while the queue is full. A full queue
     /// holds the source here for as long as the pipeline is behind; the
-    /// batches that commit meanwhile are committed to the group as they do,
-    /// so that its lag stays true under backpressure too.
+    /// batches that commit meanwhile are committed to the group as they do
+    /// (not while replaying), so that its lag stays true under
+    /// backpressure too.
     fn send(&mut self, delivery: Delivery) -> Result<(), Halt> {
         let Self {
             handle,
             ctx,
             consumer,
+            committed_to_group,
+            replaying,
             ..
         } = self;
         handle.block_on(async {
             let send = ctx.chunks.send(delivery);
             tokio::pin!(send);
-            let mut watching = true;
+            let mut watching = !*replaying;
             loop {
                 tokio::select! {
                     sent = &mut send => return sent.map_err(Halt::from),
@@ -1262,6 +1282,7 @@ impl Receiver {
                         }
                         let committed = ctx.committed.borrow_and_update().clone();
                         commit_offsets(consumer, &ctx.name, committed.as_ref(), CommitMode::Async);
+                        *committed_to_group = committed;
                     }
                 }
             }
@@ -1281,27 +1302,23 @@ impl Receiver {
 }
 
 /// Commits the Kafka offsets of `position` to `consumer`'s group (nothing
-/// for another kind of position); false when the commit failed (logged: the
-/// group's offsets only serve lag monitoring).
+/// for another kind of position). A failure is logged: the group's offsets
+/// serve lag monitoring and a start without a checkpoint, never recovery.
 fn commit_offsets(
     consumer: &BaseConsumer<LogContext>,
     source: &str,
     position: Option<&SourcePosition>,
     mode: CommitMode,
-) -> bool {
+) {
     let Some(SourcePosition::Kafka { offsets }) = position else {
-        return false;
+        return;
     };
     let mut list = TopicPartitionList::new();
     for at in offsets {
         let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
     }
-    match consumer.commit(&list, mode) {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::debug!(source, "cannot commit offsets to the group: {}", describe(&error));
-            false
-        }
+    if let Err(error) = consumer.commit(&list, mode) {
+        tracing::debug!(source, "cannot commit offsets to the group: {}", describe(&error));
     }
 }
 
