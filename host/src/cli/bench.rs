@@ -631,6 +631,58 @@ impl Sink for DiscardSink {
     }
 }
 
+/// A neighbour for the isolation benchmarks: `source` (its stream named
+/// `words`) → a `map` stage `out` with `plugin`, its `config` line and
+/// `limits`, skipping a failed batch and never quarantined → console.
+pub fn neighbour_toml(
+    name: &str,
+    plugin: &Path,
+    partitions: usize,
+    source: &str,
+    config: &str,
+    limits: &str,
+) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+batch-interval = "100ms"
+partitions = {partitions}
+[plugins]
+p = {plugin:?}
+[[source]]
+name = "words"
+{source}
+[[stage]]
+name = "out"
+input = "words"
+op = "map"
+plugin = "p"
+{config}
+limits = {{ {limits} }}
+on-error = "skip-batch"
+quarantine-after = 1000000
+[[sink]]
+input = "out"
+type = "console"
+"#,
+        plugin = plugin.display().to_string()
+    )
+}
+
+/// The looping neighbour: `loop-forever` (`looping`) loops until its 20 ms
+/// deadline on every batch, on 2 partitions.
+pub fn looping_neighbour_toml(looping: &Path) -> String {
+    neighbour_toml(
+        "looping",
+        looping,
+        2,
+        "type = \"generator\"\nrate = 2000\nwords-per-line = 1",
+        "config = { trigger = \"the\" }",
+        "timeout = \"20ms\"",
+    )
+}
+
 /// Runs a healthy word count (generator at 50,000 lines/s, 100 ms batches)
 /// and measures its batches over `window` alone, then over `window` next to
 /// a pipeline whose plugin loops until its 20 ms deadline on every batch
@@ -650,34 +702,7 @@ pub fn isolation(
         split_words,
         "type = \"generator\"\nrate = 50000",
     );
-    let neighbour = format!(
-        r#"
-[pipeline]
-name = "looping"
-batch-interval = "100ms"
-partitions = 2
-[plugins]
-loop = {looping:?}
-[[source]]
-name = "words"
-type = "generator"
-rate = 2000
-words-per-line = 1
-[[stage]]
-name = "out"
-input = "words"
-op = "map"
-plugin = "loop"
-config = {{ trigger = "the" }}
-limits = {{ timeout = "20ms" }}
-on-error = "skip-batch"
-quarantine-after = 1000000
-[[sink]]
-input = "out"
-type = "console"
-"#,
-        looping = looping.display().to_string()
-    );
+    let neighbour = looping_neighbour_toml(looping);
     let start = |text: &str, stream: &str, sink: Box<dyn Sink>| -> anyhow::Result<_> {
         let prepared = prepare(engine, text, false, stream, sink)?;
         Ok(engine.start(prepared, RunOptions::default())?)

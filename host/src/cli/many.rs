@@ -22,7 +22,9 @@ use weir::pipeline::{RunOptions, RunSummary, StopMode};
 
 use weir::sink::Sink;
 
-use super::bench::{DiscardSink, TotalSink, batch_times_over, wordcount_toml};
+use super::bench::{
+    DiscardSink, TotalSink, batch_times_over, looping_neighbour_toml, neighbour_toml, wordcount_toml,
+};
 use super::process::{peak_rss, resident_bytes, threads};
 
 /// What the many-pipelines benchmark measured.
@@ -136,43 +138,7 @@ pub fn many(
         split_words,
         "type = \"generator\"\nrate = 50000",
     );
-    let neighbour =
-        |name: &str, plugin: &Path, partitions: usize, source: &str, config: &str, limits: &str| {
-            format!(
-                r#"
-[pipeline]
-name = "{name}"
-batch-interval = "100ms"
-partitions = {partitions}
-[plugins]
-p = {plugin:?}
-[[source]]
-name = "words"
-{source}
-[[stage]]
-name = "out"
-input = "words"
-op = "map"
-plugin = "p"
-{config}
-limits = {{ {limits} }}
-on-error = "skip-batch"
-quarantine-after = 1000000
-[[sink]]
-input = "out"
-type = "console"
-"#,
-                plugin = plugin.display().to_string()
-            )
-        };
-    let looping_text = neighbour(
-        "looping",
-        looping,
-        2,
-        "type = \"generator\"\nrate = 2000\nwords-per-line = 1",
-        "config = { trigger = \"the\" }",
-        "timeout = \"20ms\"",
-    );
+    let looping_text = looping_neighbour_toml(looping);
     // The 18 light pipelines and the measured one run throughout; only the
     // neighbour comes and goes. A warm-up round (instances everywhere),
     // then each condition three times, alternating, so that a change of
@@ -201,7 +167,7 @@ type = "console"
                 let dir = tempfile::tempdir()?;
                 std::fs::write(dir.path().join("records.txt"), "40\n".repeat(400))?;
                 let source = format!("type = \"files\"\npath = {:?}", dir.path().display().to_string());
-                let text = neighbour("heavy", busy, 4, &source, "", "timeout = \"10s\"");
+                let text = neighbour_toml("heavy", busy, 4, &source, "", "timeout = \"10s\"");
                 Some((
                     start_into(engine, &text, "out", Box::new(DiscardSink))?,
                     Some(dir),
