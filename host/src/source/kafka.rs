@@ -47,7 +47,8 @@
 //!
 //! The receiver runs librdkafka's consumer on a blocking thread, one
 //! partition queue per partition (so that an end of partition is known
-//! per partition, and deterministic batches read partitions in order).
+//! per partition, and deterministic batches read partitions in order),
+//! each read up to 1,024 messages a call (`kafka_queue`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -61,6 +62,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
+use super::kafka_queue::BatchedQueue;
 use super::{BatchInput, Closed, Delivery, Source, SourceContext, SourceError, SourcePosition};
 use crate::config::{Key, KindContext, Settings, SourceConfig, SourceType, SpecError, duration, positive};
 use crate::kafka::{ClientSettings, LogContext, describe};
@@ -340,7 +342,7 @@ struct Receiver {
     /// Per partition: where it stands.
     partitions: BTreeMap<TopicPartition, PartitionReader>,
     /// Per partition: its queue of fetched messages.
-    queues: BTreeMap<TopicPartition, PartitionQueue<LogContext>>,
+    queues: BTreeMap<TopicPartition, BatchedQueue<LogContext>>,
     /// Records not yet sent.
     chunk: Batch,
     /// Under deterministic time: the unit (batch) being read.
@@ -878,6 +880,7 @@ impl Receiver {
             let queue = self
                 .consumer
                 .split_partition_queue(&tp.0, tp.1)
+                .and_then(|split| BatchedQueue::new(&self.consumer, split, &tp.0, tp.1))
                 .ok_or_else(|| self.ctx.error(format!("no queue for {}/{}", tp.0, tp.1)))?;
             self.queues.insert(tp.clone(), queue);
         }
@@ -1008,18 +1011,21 @@ impl Receiver {
             }
         }
         while taken < limit {
-            let (Some(queue), Some(reader)) = (self.queues.get(tp), self.partitions.get_mut(tp)) else {
+            let (Some(queue), Some(reader)) = (self.queues.get_mut(tp), self.partitions.get_mut(tp)) else {
                 break;
             };
+            if !queue.pending() && queue.refill(limit - taken) == 0 {
+                break;
+            }
             let mut full = false;
             let mut failure = None;
             let before = taken;
             while taken < limit && !full {
-                let Some(result) = queue.poll(Duration::ZERO) else {
+                let Some(message) = queue.next() else {
                     break;
                 };
-                match result {
-                    Ok(message) => {
+                match message.error() {
+                    None => {
                         if message.offset() < reader.next {
                             continue;
                         }
@@ -1031,22 +1037,26 @@ impl Receiver {
                         reader.next = message.offset() + 1;
                         reader.at_end = false;
                         reader.read += 1;
-                        let timestamp = stamp(&self.ctx, self.unit, message_time(&message));
-                        self.chunk
-                            .push(message.key(), message.payload().unwrap_or_default(), timestamp);
+                        let timestamp = stamp(
+                            &self.ctx,
+                            self.unit,
+                            message.timestamp().unwrap_or_else(super::now_ms),
+                        );
+                        self.chunk.push(message.key(), message.payload(), timestamp);
                         taken += 1;
                         full = chunk_full(&self.chunk, &self.ctx);
                     }
-                    Err(KafkaError::PartitionEOF(_)) => {
+                    Some(KafkaError::PartitionEOF(_)) => {
                         reader.at_end = true;
                         break;
                     }
-                    Err(error) => {
+                    Some(error) => {
                         failure = Some(error);
                         break;
                     }
                 }
             }
+            let ended = reader.at_end;
             if taken > before {
                 self.last_contact = Instant::now();
             }
@@ -1054,10 +1064,11 @@ impl Receiver {
                 self.consume_error(&tp.0, tp.1, &error)?;
                 break;
             }
-            if !full {
+            if full {
+                self.flush(Some(self.position()))?;
+            } else if ended {
                 break;
             }
-            self.flush(Some(self.position()))?;
         }
         Ok(taken)
     }

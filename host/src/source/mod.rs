@@ -31,6 +31,8 @@ pub mod files;
 pub mod generator;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_queue;
 pub mod position;
 pub mod rate;
 pub mod redis_stream;
