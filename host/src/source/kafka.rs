@@ -1014,10 +1014,18 @@ impl Receiver {
             let (Some(queue), Some(reader)) = (self.queues.get_mut(tp), self.partitions.get_mut(tp)) else {
                 break;
             };
-            if !queue.pending() && queue.refill(limit - taken) == 0 {
+            // Taken messages leave librdkafka's prefetch bound: no more
+            // than the chunk has room for.
+            let room = self
+                .ctx
+                .chunks
+                .chunk_limit(self.ctx.chunk_records)
+                .saturating_sub(self.chunk.len());
+            if !queue.pending() && queue.refill((limit - taken).min(room.max(1))) == 0 {
                 break;
             }
             let mut full = false;
+            let mut ended = false;
             let mut failure = None;
             let before = taken;
             while taken < limit && !full {
@@ -1032,6 +1040,7 @@ impl Receiver {
                         if reader.stop_at.is_some_and(|stop| message.offset() >= stop) {
                             // Past the run's snapshot: the next run reads it.
                             reader.at_end = true;
+                            ended = true;
                             break;
                         }
                         reader.next = message.offset() + 1;
@@ -1048,6 +1057,7 @@ impl Receiver {
                     }
                     Some(KafkaError::PartitionEOF(_)) => {
                         reader.at_end = true;
+                        ended = true;
                         break;
                     }
                     Some(error) => {
@@ -1056,7 +1066,6 @@ impl Receiver {
                     }
                 }
             }
-            let ended = reader.at_end;
             if taken > before {
                 self.last_contact = Instant::now();
             }

@@ -6,13 +6,19 @@
 //! most of the Kafka source's own CPU time. [`BatchedQueue`] takes up to
 //! [`MessageBatch::CAPACITY`] messages with one call of librdkafka's
 //! `rd_kafka_consume_batch_queue`, on a handle to the same queue that
-//! `BaseConsumer::split_partition_queue` split off (the [`PartitionQueue`]
-//! is kept alongside, so that `rdkafka` knows the queue is split and keeps
-//! it so). The messages are read in place ([`RawMessage`]) and freed when
-//! the next batch is taken or the [`MessageBatch`] is dropped.
+//! `BaseConsumer::split_partition_queue` split off (librdkafka then keeps
+//! the partition's messages out of the consumer's main queue). The
+//! messages are read in place ([`RawMessage`]) and freed when the next
+//! batch is taken or the queue is dropped.
+//!
+//! Messages taken out of the queue no longer count against librdkafka's
+//! prefetch bound (`queued.max.messages.kbytes`), so the Kafka source takes
+//! at most what fits in the chunk it is filling: a partition holds at most
+//! that beyond its prefetch.
 //!
 //! This is the only `unsafe` code of the Kafka source; every pointer it
-//! touches comes from librdkafka and is released exactly once.
+//! touches comes from librdkafka and is released exactly once, before the
+//! consumer can be destroyed.
 
 use std::ffi::CString;
 use std::ptr::NonNull;
@@ -26,18 +32,16 @@ use rdkafka::error::KafkaError;
 pub(super) struct BatchedQueue<C: ConsumerContext + 'static> {
     /// librdkafka's handle to the partition's queue (a reference of its own).
     raw: NonNull<rdsys::rd_kafka_queue_t>,
-    /// The split-off queue: while it lives, the partition's messages are
-    /// routed to this queue and not to the consumer's main one.
+    /// The split-off queue. It holds an `Arc` of the consumer, which keeps
+    /// the client alive for `raw` and the messages taken: librdkafka's
+    /// destroy waits for every reference to go, so both are released in
+    /// `drop` before this field goes.
     _split: PartitionQueue<C>,
     /// The messages of the last [`BatchedQueue::refill`].
     messages: MessageBatch,
     /// How many of them [`BatchedQueue::next`] returned.
     read: usize,
 }
-
-// SAFETY: librdkafka's queues are thread-safe (every operation locks the
-// queue), and the handle is owned: it is destroyed once, in `drop`.
-unsafe impl<C: ConsumerContext + 'static> Send for BatchedQueue<C> {}
 
 impl<C: ConsumerContext + 'static> BatchedQueue<C> {
     /// Reads `split` (the queue `consumer.split_partition_queue(topic,
@@ -103,8 +107,7 @@ impl<C: ConsumerContext + 'static> BatchedQueue<C> {
 impl<C: ConsumerContext + 'static> Drop for BatchedQueue<C> {
     fn drop(&mut self) {
         // Messages and the queue reference hold the client: both go before
-        // the split queue's `Arc` of the consumer, which may be the last
-        // (librdkafka's destroy waits for every reference to go).
+        // the split queue's `Arc` of the consumer, which may be the last.
         self.messages.release();
         // SAFETY: the reference `new` took, released once.
         unsafe { rdsys::rd_kafka_queue_destroy(self.raw.as_ptr()) };
@@ -116,10 +119,6 @@ struct MessageBatch {
     messages: Box<[*mut rdsys::rd_kafka_message_t]>,
     len: usize,
 }
-
-// SAFETY: the messages are owned by this value (librdkafka's messages may
-// be read and destroyed from any thread).
-unsafe impl Send for MessageBatch {}
 
 impl Default for MessageBatch {
     fn default() -> Self {
