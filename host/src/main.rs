@@ -13,7 +13,7 @@ use weir::engine::{Engine, EngineOptions, Supervisor};
 use weir::error::EngineError;
 use weir::pipeline::{RunOptions, StopMode};
 use weir::runtime::{Runtime, RuntimeOptions};
-use weir::tools::{self, build, inspect, scaffold};
+use weir::tools::{self, build, inspect, python, scaffold};
 
 use cli::corpus::CorpusKind;
 
@@ -317,9 +317,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Compile plugin crates to wasm32-wasip2 components (release mode).
+    /// Compile plugin crates to wasm32-wasip2 components (release mode), and
+    /// Python plugins (a directory with an `app.py`) with componentize-py.
     Build {
-        /// The plugin crates' directories (e.g. `plugins/*`).
+        /// The plugins' directories (e.g. `plugins/*`).
         #[arg(required = true, value_name = "CRATE_DIR")]
         crate_dirs: Vec<PathBuf>,
         /// Build in debug mode.
@@ -758,6 +759,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: PluginCommand::Build { crate_dirs, debug },
         } => {
             for crate_dir in &crate_dirs {
+                if python::is_python_plugin(crate_dir) {
+                    let cache = cache_dir().unwrap_or_else(|| std::env::temp_dir().join("weir-cache"));
+                    let component = python::build_python_plugin(crate_dir, &cache)?;
+                    println!("{}", component.display());
+                    continue;
+                }
                 for component in build::build_plugin(crate_dir, !debug)? {
                     println!("{}", component.display());
                 }

@@ -15,6 +15,7 @@ mod incremental;
 mod kafka;
 mod object_storage;
 mod plugin_sink;
+mod python_plugins;
 mod rate;
 mod recovery;
 mod redis_sink;

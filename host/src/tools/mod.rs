@@ -1,8 +1,9 @@
-//! Developer tooling behind the CLI: building plugins, scaffolding new
-//! ones, inspecting components.
+//! Developer tooling behind the CLI: building plugins (Rust with cargo,
+//! Python with componentize-py), scaffolding new ones, inspecting components.
 
 pub mod build;
 pub mod inspect;
+pub mod python;
 pub mod scaffold;
 
 use std::path::PathBuf;

@@ -1,0 +1,402 @@
+"""Weir's guest SDK for Python: a transform is a decorated function.
+
+A plugin is a module (``app.py``) that decorates one function::
+
+    import weir
+
+    @weir.flat_map
+    def split_words(record, out):
+        for word in record.value.split():
+            out.emit_keyed(word, word)
+
+and ``weir plugin build DIR`` turns it into a component (with
+componentize-py, over the same WIT contract as Rust plugins). The host calls
+the plugin once per chunk of a partition with the records as flat buffers;
+the SDK hands them to the function one record at a time, or, with the batch
+API (``@weir.batch``), as the buffers themselves, so that a plugin can use
+``bytes.split`` and friends over a whole chunk.
+
+Decorators (one per plugin), each with optional ``name=`` and ``version=``
+(the plugin's metadata; by default the function's name and ``0.1.0``):
+
+- ``@weir.map``: ``f(record)`` returns the new value (bytes or str), or a
+  ``(key, value)`` pair; the record keeps its timestamp (and its key when only
+  a value is returned).
+- ``@weir.flat_map``: ``f(record, out)`` emits zero or more records on ``out``
+  (an :class:`Emitter`; records emitted with ``emit`` and ``emit_keyed`` take
+  the input record's timestamp).
+- ``@weir.filter``: ``f(record)`` returns whether to keep the record (the host
+  keeps it as it is, without a copy).
+- ``@weir.filter_map``: ``f(record)`` returns ``None`` to drop the record, else
+  what ``map`` returns.
+- ``@weir.map_partitions``: ``f(records, out)`` sees the chunk's records (a
+  list of :class:`Record`) at once.
+- ``@weir.batch(kind)``: ``f(batch, out)`` sees the chunk as a
+  :class:`BatchView` (``data`` bytes and ``ends`` offsets); ``kind`` is the
+  operator the plugin implements (``"flat-map"``, ``"map"``,
+  ``"filter-map"`` or ``"map-partitions"``).
+
+Errors: an exception raised for a record fails that record, with the Python
+traceback as the message (the stage's ``on-error`` policy decides what
+happens); :class:`BatchError` fails the whole chunk. ``@weir.init`` marks an
+optional function called once per instance with the stage's ``config`` as a
+``dict``; raising there stops the pipeline before it starts, with the
+message. ``weir.log`` writes to the host's log.
+"""
+
+import traceback as _traceback
+
+from componentize_py_types import Err as _Err
+from wit_world import exports as _exports
+from wit_world.imports import log as _log
+from wit_world.imports import types as _types
+
+__all__ = [
+    "BatchError",
+    "BatchView",
+    "Emitter",
+    "Record",
+    "batch",
+    "config",
+    "filter",
+    "filter_map",
+    "flat_map",
+    "init",
+    "log",
+    "map",
+    "map_partitions",
+]
+
+#: The version of this SDK (the Weir release it ships with).
+SDK_VERSION = "0.1.0"
+
+_KINDS = {
+    "map": _types.PluginKind.MAP,
+    "flat-map": _types.PluginKind.FLAT_MAP,
+    "filter": _types.PluginKind.FILTER,
+    "filter-map": _types.PluginKind.FILTER_MAP,
+    "map-partitions": _types.PluginKind.MAP_PARTITIONS,
+}
+
+_plugin = None
+_init = None
+_config = {}
+
+
+class BatchError(Exception):
+    """Fails the whole chunk (not one record) with this message."""
+
+
+class Record:
+    """One input record: ``key`` (bytes or ``None``), ``value`` (bytes) and
+    ``timestamp`` (milliseconds since the Unix epoch)."""
+
+    __slots__ = ("key", "value", "timestamp")
+
+    def __init__(self, key, value, timestamp):
+        self.key = key
+        self.value = value
+        self.timestamp = timestamp
+
+    def __repr__(self):
+        return f"Record(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp})"
+
+
+class BatchView:
+    """A chunk of records in the host's flat layout: record ``i`` has its key
+    at ``data[ends[2i-1]:ends[2i]]`` (present when bit 0 of ``flags[i]`` is set)
+    and its value at ``data[ends[2i]:ends[2i+1]]``; ``timestamps[i]`` is its time."""
+
+    __slots__ = ("data", "ends", "timestamps", "flags")
+
+    def __init__(self, data, ends, timestamps, flags):
+        self.data = data
+        self.ends = ends
+        self.timestamps = timestamps
+        self.flags = flags
+
+    def __len__(self):
+        return len(self.timestamps)
+
+    def value(self, i):
+        """The value of record ``i``."""
+        return self.data[self.ends[2 * i] : self.ends[2 * i + 1]]
+
+    def key(self, i):
+        """The key of record ``i``, or ``None``."""
+        if not self.flags[i] & 1:
+            return None
+        start = self.ends[2 * i - 1] if i else 0
+        return self.data[start : self.ends[2 * i]]
+
+    def values(self):
+        """Every record's value, in order."""
+        data, ends = self.data, self.ends
+        return [data[ends[j] : ends[j + 1]] for j in range(0, len(ends), 2)]
+
+    def records(self):
+        """Every record as a :class:`Record`, in order."""
+        return [Record(self.key(i), self.value(i), self.timestamps[i]) for i in range(len(self))]
+
+
+def _bytes(value):
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)
+
+
+class Emitter:
+    """Collects output records straight into the flat layout the host reads.
+
+    ``emit`` and ``emit_keyed`` give a record the *default timestamp*: the
+    input record's (or, in ``map_partitions`` and the batch API, that of the
+    chunk's first record), unless set with ``timestamp``.
+    """
+
+    __slots__ = ("_parts", "_ends", "_timestamps", "_flags", "_at", "timestamp")
+
+    def __init__(self, timestamp=0):
+        self._parts = []
+        self._ends = []
+        self._timestamps = []
+        self._flags = bytearray()
+        self._at = 0
+        #: The timestamp ``emit`` and ``emit_keyed`` give to new records.
+        self.timestamp = timestamp
+
+    def __len__(self):
+        return len(self._timestamps)
+
+    def emit(self, value):
+        """Emits a record without a key."""
+        self.emit_record(None, value, self.timestamp)
+
+    def emit_keyed(self, key, value):
+        """Emits a record with ``key``."""
+        self.emit_record(key, value, self.timestamp)
+
+    def emit_record(self, key, value, timestamp):
+        """Emits a record with every field given (``key`` may be ``None``)."""
+        at = self._at
+        if key is None:
+            self._ends.append(at)
+            self._flags.append(0)
+        else:
+            key = _bytes(key)
+            self._parts.append(key)
+            at += len(key)
+            self._ends.append(at)
+            self._flags.append(1)
+        value = _bytes(value)
+        self._parts.append(value)
+        at += len(value)
+        self._ends.append(at)
+        self._timestamps.append(timestamp)
+        self._at = at
+
+    def emit_many(self, values, *, keyed=False, timestamp=None):
+        """Emits one record per value of ``values`` (bytes), each keyed by
+        itself when ``keyed``, all with ``timestamp`` (default: the default
+        timestamp). The fast path of the batch API."""
+        if timestamp is None:
+            timestamp = self.timestamp
+        parts, ends, at = self._parts, self._ends, self._at
+        count = 0
+        if keyed:
+            for value in values:
+                n = len(value)
+                parts.append(value)
+                parts.append(value)
+                ends.append(at + n)
+                at += 2 * n
+                ends.append(at)
+                count += 1
+            self._flags.extend(b"\x01" * count)
+        else:
+            for value in values:
+                parts.append(value)
+                ends.append(at)
+                at += len(value)
+                ends.append(at)
+                count += 1
+            self._flags.extend(bytes(count))
+        self._timestamps.extend([timestamp] * count)
+        self._at = at
+
+    def _batch(self):
+        return _types.Batch(
+            data=b"".join(self._parts),
+            ends=self._ends,
+            timestamps=self._timestamps,
+            flags=bytes(self._flags),
+        )
+
+
+def _failure(index, error):
+    message = "".join(_traceback.format_exception(error)).rstrip()
+    return _Err(_types.ProcessError_Record(_types.RecordFailure(index=index, message=message)))
+
+
+def _batch_failure(error):
+    if isinstance(error, BatchError):
+        message = str(error)
+    else:
+        message = "".join(_traceback.format_exception(error)).rstrip()
+    return _Err(_types.ProcessError_Batch(message))
+
+
+def _mapped(record, result, out):
+    if isinstance(result, tuple):
+        key, value = result
+        out.emit_record(key, value, record.timestamp)
+    else:
+        out.emit_record(record.key, result, record.timestamp)
+
+
+def _per_record(function, kind):
+    def process(view):
+        out = Emitter()
+        keep = []
+        for i in range(len(view)):
+            record = Record(view.key(i), view.value(i), view.timestamps[i])
+            try:
+                if kind == "flat-map":
+                    out.timestamp = record.timestamp
+                    function(record, out)
+                elif kind == "filter":
+                    if function(record):
+                        keep.append(i)
+                else:
+                    result = function(record)
+                    if result is not None or kind == "map":
+                        _mapped(record, result, out)
+            except BatchError as error:
+                raise _batch_failure(error)
+            except Exception as error:
+                raise _failure(i, error)
+        if kind == "filter":
+            return _types.TransformOutput_Keep(keep)
+        return _types.TransformOutput_Records(out._batch())
+
+    return process
+
+
+def _whole(function, as_view):
+    def process(view):
+        out = Emitter(view.timestamps[0] if len(view) else 0)
+        try:
+            function(view if as_view else view.records(), out)
+        except Exception as error:
+            raise _batch_failure(error)
+        return _types.TransformOutput_Records(out._batch())
+
+    return process
+
+
+def _register(kind, process, function, name, version):
+    global _plugin
+    if _plugin is not None:
+        raise RuntimeError(f"a plugin has one transform: {function.__name__} is the second")
+    _plugin = (kind, process, name or function.__name__.replace("_", "-"), version)
+    return function
+
+
+def _decorator(kind, make):
+    def decorate(function=None, *, name=None, version="0.1.0"):
+        def register(function):
+            return _register(kind, make(function), function, name, version)
+
+        return register(function) if function is not None else register
+
+    return decorate
+
+
+map = _decorator("map", lambda f: _per_record(f, "map"))
+flat_map = _decorator("flat-map", lambda f: _per_record(f, "flat-map"))
+filter = _decorator("filter", lambda f: _per_record(f, "filter"))
+filter_map = _decorator("filter-map", lambda f: _per_record(f, "filter-map"))
+map_partitions = _decorator("map-partitions", lambda f: _whole(f, as_view=False))
+
+
+def batch(kind, *, name=None, version="0.1.0"):
+    """The batch API: ``f(batch, out)`` with a :class:`BatchView` of the chunk."""
+    if kind not in _KINDS or kind == "filter":
+        raise ValueError(f"batch kind {kind!r}: one of flat-map, map, filter-map, map-partitions")
+
+    def register(function):
+        return _register(kind, _whole(function, as_view=True), function, name, version)
+
+    return register
+
+
+def init(function):
+    """Marks ``function(config)`` to run once per instance before any chunk."""
+    global _init
+    _init = function
+    return function
+
+
+def config():
+    """The stage's ``config`` table, as a ``dict`` of strings."""
+    return dict(_config)
+
+
+class log:
+    """Writes to the host's log, tagged with pipeline, stage and partition."""
+
+    @staticmethod
+    def trace(message):
+        _log.write(_log.Level.TRACE, str(message))
+
+    @staticmethod
+    def debug(message):
+        _log.write(_log.Level.DEBUG, str(message))
+
+    @staticmethod
+    def info(message):
+        _log.write(_log.Level.INFO, str(message))
+
+    @staticmethod
+    def warn(message):
+        _log.write(_log.Level.WARN, str(message))
+
+    @staticmethod
+    def error(message):
+        _log.write(_log.Level.ERROR, str(message))
+
+
+def _registered():
+    if _plugin is None:
+        raise RuntimeError("the plugin module decorates no function with @weir.map, @weir.flat_map, ...")
+    return _plugin
+
+
+class Lifecycle(_exports.Lifecycle):
+    """The `lifecycle` export, answered from the decorated function."""
+
+    def describe(self):
+        kind, _, name, version = _registered()
+        return _types.PluginInfo(
+            name=name,
+            version=version,
+            kind=_KINDS[kind],
+            sdk_version=SDK_VERSION,
+            state_version=1,
+        )
+
+    def init(self, config):
+        global _config
+        _config = dict(config)
+        if _init is not None:
+            try:
+                _init(dict(_config))
+            except Exception as error:
+                raise _Err("".join(_traceback.format_exception(error)).rstrip())
+
+
+class Transform(_exports.Transform):
+    """The `transform` export: one call per chunk of a partition."""
+
+    def process(self, input):
+        _, process, _, _ = _registered()
+        return process(BatchView(input.data, input.ends, input.timestamps, input.flags))
