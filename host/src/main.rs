@@ -760,7 +760,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             for crate_dir in &crate_dirs {
                 if python::is_python_plugin(crate_dir) {
-                    let cache = cache_dir().unwrap_or_else(|| std::env::temp_dir().join("weir-cache"));
+                    let cache = cache_dir().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "a Python build keeps its toolchain in the cache directory: set WEIR_CACHE_DIR (or HOME)"
+                        )
+                    })?;
                     let component = python::build_python_plugin(crate_dir, &cache)?;
                     println!("{}", component.display());
                     continue;

@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use weir_tests::{plugins, scratch, stderr, stdout, write_inputs, write_pipeline};
+use weir_tests::{plugins, scratch, sink_lines, stderr, stdout, write_inputs, write_pipeline};
+
+/// The deterministic `[pipeline]` table of the comparisons: one input file
+/// a batch, whatever the wall clock does.
+const DETERMINISTIC: &str = r#"batch-interval = "1s"
+partitions = 3
+clock = "deterministic"
+start-time = 1000"#;
 
 use crate::weir;
 
@@ -16,7 +23,7 @@ fn python_plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/python");
-        let names = ["split-words", "misbehave"];
+        let names = ["split-words", "misbehave", "sum", "running-total"];
         let dirs: Vec<String> = names
             .iter()
             .map(|name| root.join(name).display().to_string())
@@ -48,10 +55,7 @@ fn deterministic_wordcount(dir: &Path, name: &str, plugin: &Path, input: &str, o
         r#"
 [pipeline]
 name = "{name}"
-batch-interval = "1s"
-partitions = 3
-clock = "deterministic"
-start-time = 1000
+{DETERMINISTIC}
 
 [plugins]
 split-words = {plugin:?}
@@ -105,6 +109,21 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Asserts that the Rust and the Python runs wrote the same files, byte for byte.
+fn assert_same_files(rust: &[(String, Vec<u8>)], python: &[(String, Vec<u8>)]) {
+    assert_eq!(
+        rust.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        python.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        "the same files"
+    );
+    for ((name, rust_bytes), (_, python_bytes)) in rust.iter().zip(python) {
+        assert!(
+            rust_bytes == python_bytes,
+            "{name} differs between the Rust and the Python plugins"
+        );
+    }
+}
+
 #[test]
 fn python_and_rust_split_words_give_byte_identical_word_counts() {
     let dir = scratch();
@@ -121,7 +140,6 @@ fn python_and_rust_split_words_give_byte_identical_word_counts() {
         outputs.push(tree(&output));
     }
     let (rust, python) = (&outputs[0], &outputs[1]);
-    assert_eq!(rust.len(), python.len(), "the same files");
     assert!(rust.len() >= 4 * 3, "four batches of three parts: {}", rust.len());
     // The counts are right, not only equal (the text has non-ASCII words).
     let counted: u64 = rust
@@ -133,28 +151,137 @@ fn python_and_rust_split_words_give_byte_identical_word_counts() {
         })
         .sum();
     assert_eq!(counted, text.split_whitespace().count() as u64);
-    for ((rust_name, rust_bytes), (python_name, python_bytes)) in rust.iter().zip(python) {
-        assert_eq!(rust_name, python_name);
-        assert!(
-            rust_bytes == python_bytes,
-            "{rust_name} differs between the Rust and the Python plugin"
-        );
-    }
+    assert_same_files(rust, python);
 }
 
-/// Runs `plugins/python/misbehave` in `mode` over four lines, one of which
-/// contains its trigger word; `limits` goes into the stage. Returns whether
-/// the run succeeded and its stderr.
-fn misbehaving_run(mode: &str, limits: &str) -> (bool, String) {
+#[test]
+fn python_and_rust_reducers_and_keyed_state_give_byte_identical_output() {
     let dir = scratch();
     let input = dir.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
-    std::fs::write(
-        input.join("a.txt"),
-        "fine\nstill fine\nthis goes kaboom\nnever seen\n",
-    )
-    .unwrap();
-    let output = dir.path().join("out");
+    for file in 0..4u64 {
+        let lines: String = (0..300u64)
+            .map(|i| {
+                let n = file * 1000 + i;
+                format!(
+                    "{{\"k\":\"key{}\",\"v\":\"{}\"}}\n",
+                    n * 7 % 23,
+                    (n * 13 % 41) as i64 - 20
+                )
+            })
+            .collect();
+        std::fs::write(input.join(format!("{file:02}.jsonl")), lines).unwrap();
+    }
+    let mut outputs = Vec::new();
+    for (language, sum, running_total) in [
+        (
+            "rust",
+            PathBuf::from(plugins::SUM),
+            PathBuf::from(plugins::RUNNING_TOTAL),
+        ),
+        ("python", python_plugin("sum"), python_plugin("running-total")),
+    ] {
+        let out = dir.path().join(format!("out-{language}"));
+        let text = format!(
+            r#"
+[pipeline]
+name = "keyed-{language}"
+{DETERMINISTIC}
+
+[plugins]
+key-by = {key_by:?}
+sum = {sum:?}
+running-total = {running_total:?}
+
+[[source]]
+name = "raw"
+type = "files"
+path = {input:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "numbers"
+input = "raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "k", value-field = "v" }}
+
+[[stage]]
+name = "sums"
+input = "numbers"
+op = "reduce-by-key"
+reducer = "sum"
+
+[[stage]]
+name = "totals"
+input = "numbers"
+op = "update-state-by-key"
+plugin = "running-total"
+partitions = 3
+
+[[sink]]
+name = "sums"
+input = "sums"
+type = "files"
+path = {sums:?}
+format = "jsonl"
+
+[[sink]]
+name = "totals"
+input = "totals"
+type = "files"
+path = {totals:?}
+format = "jsonl"
+"#,
+            key_by = plugins::JSON_KEY_BY,
+            sum = sum.display().to_string(),
+            running_total = running_total.display().to_string(),
+            input = input.display().to_string(),
+            sums = out.join("sums").display().to_string(),
+            totals = out.join("totals").display().to_string(),
+        );
+        let pipeline = write_pipeline(dir.path(), &format!("{language}.toml"), &text);
+        crate::run_file_ok(&pipeline);
+        outputs.push(tree(&out));
+    }
+    let (rust, python) = (&outputs[0], &outputs[1]);
+    assert!(
+        rust.iter()
+            .any(|(name, bytes)| name.starts_with("totals/") && !bytes.is_empty())
+    );
+    assert!(
+        rust.iter()
+            .any(|(name, bytes)| name.starts_with("sums/") && !bytes.is_empty())
+    );
+    assert_same_files(rust, python);
+}
+
+/// Runs `plugins/python/misbehave` in `mode` (a map) over JSON events keyed
+/// and timed by `json-key-by`, one of which contains `word` when `trigger`;
+/// `limits` goes into the stage. Returns whether the run succeeded, its
+/// stderr, and the `jsonl` records before and after the Python map.
+fn misbehaving_run(mode: &str, limits: &str, trigger: bool) -> (bool, String, Vec<String>, Vec<String>) {
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let fourth = if trigger {
+        "this goes kaboom"
+    } else {
+        "this goes on"
+    };
+    let events: String = ["fine", "still fine", fourth, "never seen"]
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            format!(
+                "{{\"k\":\"k{}\",\"v\":\"{text}\",\"t\":{}}}\n",
+                i % 2,
+                5000 + 7 * i
+            )
+        })
+        .collect();
+    std::fs::write(input.join("a.jsonl"), events).unwrap();
+    let (keyed, checked) = (dir.path().join("keyed"), dir.path().join("checked"));
     let plugin = python_plugin("misbehave");
     let text = format!(
         r#"
@@ -164,41 +291,82 @@ batch-interval = "100ms"
 partitions = 1
 
 [plugins]
+key-by = {key_by:?}
 misbehave = {plugin:?}
 
 [[source]]
-name = "lines"
+name = "raw"
 type = "files"
 path = {input:?}
 
 [[stage]]
+name = "events"
+input = "raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "k", value-field = "v", timestamp-field = "t" }}
+
+[[stage]]
 name = "checked"
-input = "lines"
+input = "events"
 op = "map"
 plugin = "misbehave"
 config = {{ word = "kaboom", mode = "{mode}" }}
 {limits}
 
 [[sink]]
+name = "keyed"
+input = "events"
+type = "files"
+path = {keyed:?}
+format = "jsonl"
+
+[[sink]]
+name = "checked"
 input = "checked"
 type = "files"
-path = {output:?}
+path = {checked:?}
+format = "jsonl"
 "#,
+        key_by = plugins::JSON_KEY_BY,
         plugin = plugin.display().to_string(),
         input = input.display().to_string(),
-        output = output.display().to_string(),
+        keyed = keyed.display().to_string(),
+        checked = checked.display().to_string(),
     );
     let pipeline = write_pipeline(dir.path(), "misbehaves.toml", &text);
     let run = weir().run(
         &["run", "--available-now", pipeline.to_str().unwrap()],
         Duration::from_secs(300),
     );
-    (run.status.success(), stderr(&run))
+    let records = |dir: &Path| -> Vec<String> {
+        let mut lines: Vec<String> = sink_lines(dir).into_iter().map(|(_, line)| line).collect();
+        lines.sort();
+        lines
+    };
+    (
+        run.status.success(),
+        stderr(&run),
+        records(&keyed),
+        records(&checked),
+    )
+}
+
+#[test]
+fn a_python_map_keeps_each_records_key_and_timestamp() {
+    let (succeeded, err, keyed, checked) = misbehaving_run("raise", "", false);
+    assert!(succeeded, "{err}");
+    assert_eq!(keyed.len(), 4, "{keyed:?}");
+    assert!(keyed[0].contains("\"key\":\"k0\""), "{keyed:?}");
+    assert_eq!(
+        checked, keyed,
+        "a map that returns the value keeps key and timestamp"
+    );
 }
 
 #[test]
 fn a_python_plugin_that_raises_fails_the_run_with_its_traceback() {
-    let (succeeded, err) = misbehaving_run("raise", "");
+    let (succeeded, err, _, _) = misbehaving_run("raise", "", true);
     assert!(!succeeded, "the run must fail: {err}");
     assert!(err.contains("Traceback (most recent call last)"), "{err}");
     assert!(
@@ -213,10 +381,17 @@ fn a_python_plugin_that_raises_fails_the_run_with_its_traceback() {
 
 #[test]
 fn a_python_plugin_that_loops_or_allocates_without_end_is_stopped_by_its_limits() {
-    let (succeeded, err) = misbehaving_run("loop", "limits = { timeout = \"300ms\" }");
-    assert!(!succeeded, "a loop must fail the run: {err}");
-    assert!(err.contains("deadline exceeded"), "{err}");
-    let (succeeded, err) = misbehaving_run("allocate", "limits = { memory = \"64MiB\" }");
-    assert!(!succeeded, "endless allocation must fail the run: {err}");
-    assert!(err.contains("memory limit"), "{err}");
+    for (mode, limits, error) in [
+        ("loop", "limits = { timeout = \"300ms\" }", "deadline exceeded"),
+        ("allocate", "limits = { memory = \"64MiB\" }", "memory limit"),
+    ] {
+        // Under the same limits, the plugin starts and runs: only the
+        // trigger makes it misbehave.
+        let (succeeded, err, _, checked) = misbehaving_run(mode, limits, false);
+        assert!(succeeded, "{mode} without its trigger: {err}");
+        assert_eq!(checked.len(), 4, "{mode}: {checked:?}");
+        let (succeeded, err, _, _) = misbehaving_run(mode, limits, true);
+        assert!(!succeeded, "{mode} must fail the run: {err}");
+        assert!(err.contains(error), "{mode}: {err}");
+    }
 }

@@ -35,15 +35,25 @@ Decorators (one per plugin), each with optional ``name=`` and ``version=``
   :class:`BatchView` (``data`` bytes and ``ends`` offsets); ``kind`` is the
   operator the plugin implements (``"flat-map"``, ``"map"``,
   ``"filter-map"`` or ``"map-partitions"``).
+- ``@weir.reduce``: ``f(values)`` combines a key's values (a list of bytes)
+  into one (bytes or str), for ``reduce-by-key`` and reducing windows; it
+  must be associative and commutative.
+- ``@weir.update_state``: ``f(key, values, state, out)`` gets a key's new
+  values of the batch (a list of bytes; empty when the key timed out) and
+  its state (any JSON value, ``None`` at first), emits on ``out`` (by default
+  with the latest timestamp of the values) and returns the new state, or
+  ``None`` to remove it.
 
-Errors: an exception raised for a record fails that record, with the Python
-traceback as the message (the stage's ``on-error`` policy decides what
-happens); :class:`BatchError` fails the whole chunk. ``@weir.init`` marks an
+Errors: in the per-record decorators an exception raised for a record fails
+that record, with the Python traceback as the message (the stage's
+``on-error`` policy decides what happens); in ``map_partitions``, the batch
+API and for :class:`BatchError` it fails the whole chunk. ``@weir.init`` marks an
 optional function called once per instance with the stage's ``config`` as a
 ``dict``; raising there stops the pipeline before it starts, with the
 message. ``weir.log`` writes to the host's log.
 """
 
+import json as _json
 import traceback as _traceback
 
 from componentize_py_types import Err as _Err
@@ -58,13 +68,13 @@ __all__ = [
     "Record",
     "batch",
     "config",
-    "filter",
     "filter_map",
     "flat_map",
     "init",
     "log",
-    "map",
     "map_partitions",
+    "reduce",
+    "update_state",
 ]
 
 #: The version of this SDK (the Weir release it ships with).
@@ -76,6 +86,8 @@ _KINDS = {
     "filter": _types.PluginKind.FILTER,
     "filter-map": _types.PluginKind.FILTER_MAP,
     "map-partitions": _types.PluginKind.MAP_PARTITIONS,
+    "reducer": _types.PluginKind.REDUCER,
+    "update-state": _types.PluginKind.UPDATE_STATE,
 }
 
 _plugin = None
@@ -104,8 +116,9 @@ class Record:
 
 class BatchView:
     """A chunk of records in the host's flat layout: record ``i`` has its key
-    at ``data[ends[2i-1]:ends[2i]]`` (present when bit 0 of ``flags[i]`` is set)
-    and its value at ``data[ends[2i]:ends[2i+1]]``; ``timestamps[i]`` is its time."""
+    at ``data[start:ends[2i]]`` where ``start`` is ``ends[2i-1]`` (0 for
+    ``i = 0``), present when bit 0 of ``flags[i]`` is set, and its value at
+    ``data[ends[2i]:ends[2i+1]]``; ``timestamps[i]`` is its time."""
 
     __slots__ = ("data", "ends", "timestamps", "flags")
 
@@ -140,17 +153,23 @@ class BatchView:
 
 
 def _bytes(value):
+    """``value`` as bytes: bytes-like values as they are, ``str`` as UTF-8."""
+    if isinstance(value, bytes):
+        return value
     if isinstance(value, str):
         return value.encode()
-    return bytes(value)
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"a record's key and value are bytes or str, not {type(value).__name__}")
 
 
 class Emitter:
     """Collects output records straight into the flat layout the host reads.
 
     ``emit`` and ``emit_keyed`` give a record the *default timestamp*: the
-    input record's (or, in ``map_partitions`` and the batch API, that of the
-    chunk's first record), unless set with ``timestamp``.
+    input record's (in ``map_partitions`` and the batch API, the latest of
+    the chunk's; in ``update_state``, the latest of the key's new values),
+    unless set with ``timestamp``.
     """
 
     __slots__ = ("_parts", "_ends", "_timestamps", "_flags", "_at", "timestamp")
@@ -204,6 +223,8 @@ class Emitter:
         count = 0
         if keyed:
             for value in values:
+                if type(value) is not bytes:
+                    value = _bytes(value)
                 n = len(value)
                 parts.append(value)
                 parts.append(value)
@@ -214,6 +235,8 @@ class Emitter:
             self._flags.extend(b"\x01" * count)
         else:
             for value in values:
+                if type(value) is not bytes:
+                    value = _bytes(value)
                 parts.append(value)
                 ends.append(at)
                 at += len(value)
@@ -243,6 +266,14 @@ def _batch_failure(error):
     else:
         message = "".join(_traceback.format_exception(error)).rstrip()
     return _Err(_types.ProcessError_Batch(message))
+
+
+def _output(out):
+    """``out``'s batch; what cannot be one fails the chunk."""
+    try:
+        return out._batch()
+    except Exception as error:
+        raise _batch_failure(error)
 
 
 def _mapped(record, result, out):
@@ -276,19 +307,19 @@ def _per_record(function, kind):
                 raise _failure(i, error)
         if kind == "filter":
             return _types.TransformOutput_Keep(keep)
-        return _types.TransformOutput_Records(out._batch())
+        return _types.TransformOutput_Records(_output(out))
 
     return process
 
 
 def _whole(function, as_view):
     def process(view):
-        out = Emitter(view.timestamps[0] if len(view) else 0)
+        out = Emitter(max(view.timestamps, default=0))
         try:
             function(view if as_view else view.records(), out)
         except Exception as error:
             raise _batch_failure(error)
-        return _types.TransformOutput_Records(out._batch())
+        return _types.TransformOutput_Records(_output(out))
 
     return process
 
@@ -318,9 +349,13 @@ filter_map = _decorator("filter-map", lambda f: _per_record(f, "filter-map"))
 map_partitions = _decorator("map-partitions", lambda f: _whole(f, as_view=False))
 
 
+reduce = _decorator("reducer", lambda f: f)
+update_state = _decorator("update-state", lambda f: f)
+
+
 def batch(kind, *, name=None, version="0.1.0"):
     """The batch API: ``f(batch, out)`` with a :class:`BatchView` of the chunk."""
-    if kind not in _KINDS or kind == "filter":
+    if kind not in ("flat-map", "map", "filter-map", "map-partitions"):
         raise ValueError(f"batch kind {kind!r}: one of flat-map, map, filter-map, map-partitions")
 
     def register(function):
@@ -394,9 +429,82 @@ class Lifecycle(_exports.Lifecycle):
                 raise _Err("".join(_traceback.format_exception(error)).rstrip())
 
 
-class Transform(_exports.Transform):
-    """The `transform` export: one call per chunk of a partition."""
+def _split(values, start, end):
+    """Values ``start..end`` of a WIT ``values`` (flat data and end offsets)."""
+    data, ends = values.data, values.ends
+    return [data[(ends[j - 1] if j else 0) : ends[j]] for j in range(start, end)]
 
-    def process(self, input):
-        _, process, _, _ = _registered()
-        return process(BatchView(input.data, input.ends, input.timestamps, input.flags))
+
+def _flat(parts):
+    """A WIT ``values`` of ``parts`` (bytes)."""
+    ends, at = [], 0
+    for part in parts:
+        at += len(part)
+        ends.append(at)
+    return _types.Values(data=b"".join(parts), ends=ends)
+
+
+# Each world's bindings have only that world's exports: a class is defined
+# only where its interface is.
+if hasattr(_exports, "Transform"):
+
+    class Transform(_exports.Transform):
+        """The `transform` export: one call per chunk of a partition."""
+
+        def process(self, input):
+            _, process, _, _ = _registered()
+            return process(BatchView(input.data, input.ends, input.timestamps, input.flags))
+
+
+if hasattr(_exports, "Reducer"):
+
+    class Reducer(_exports.Reducer):
+        """The `reducer` export: one value per group of values."""
+
+        def reduce(self, values, group_ends):
+            _, function, _, _ = _registered()
+            results, start = [], 0
+            for end in group_ends:
+                try:
+                    results.append(_bytes(function(_split(values, start, end))))
+                except BatchError as error:
+                    raise _batch_failure(error)
+                except Exception as error:
+                    raise _failure(start, error)
+                start = end
+            return _flat(results)
+
+
+if hasattr(_exports, "KeyedState"):
+
+    class KeyedState(_exports.KeyedState):
+        """The `keyed-state` export (update-state): every key of a partition
+        with its new values and state."""
+
+        def update(self, groups):
+            _, function, _, _ = _registered()
+            out = Emitter()
+            states, flags, start = [], bytearray(), 0
+            for g, end in enumerate(groups.group_ends):
+                key = _split(groups.keys, g, g + 1)[0]
+                values = _split(groups.values, start, end)
+                group_flags = groups.group_flags[g]
+                state = None
+                if group_flags & 1:
+                    state = _json.loads(_split(groups.states, g, g + 1)[0])
+                times = groups.timestamps[start:end]
+                out.timestamp = max(times) if times else groups.batch_time
+                try:
+                    new = function(key, values, state, out)
+                except BatchError as error:
+                    raise _batch_failure(error)
+                except Exception as error:
+                    raise _failure(start, error)
+                if new is None or group_flags & 2:
+                    states.append(b"")
+                    flags.append(0)
+                else:
+                    states.append(_json.dumps(new, separators=(",", ":")).encode())
+                    flags.append(1)
+                start = end
+            return _types.StateUpdate(states=_flat(states), state_flags=bytes(flags), output=_output(out))

@@ -264,6 +264,18 @@ fn entry_path(dir: &Path, engine: &Engine, content_hash: &str) -> PathBuf {
     dir.join(format!("{content_hash}-{:016x}.cwasm", hasher.finish()))
 }
 
+/// Creates `dir` (mode 0700) if it is missing and checks that no one but
+/// this user (or root) may write it: what a directory that `weir` runs code
+/// from must be (the compiled components here; the Python toolchain that
+/// `weir plugin build` installs in the same cache).
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    match examine(dir) {
+        Verdict::Trusted { .. } => Ok(()),
+        Verdict::Unusable => Err(format!("cannot create or examine {}", dir.display())),
+        Verdict::Untrusted(untrusted) => Err(untrusted.to_string()),
+    }
+}
+
 /// Creates `dir` (mode 0700) if it is missing, then decides whether it may be
 /// trusted.
 fn examine(dir: &Path) -> Verdict {

@@ -4,10 +4,15 @@
 //!
 //! The binary carries what a build needs besides the toolchain: the Python
 //! SDK and the WIT package of its own version ([`SDK_SOURCE`], [`WIT_FILES`]),
-//! unpacked into the cache directory, so that a plugin builds anywhere, not
-//! only next to Weir's sources. componentize-py ([`COMPONENTIZE_PY`], pinned)
-//! is installed on first use into a virtual environment in the same cache,
-//! with a message; when that fails, the error gives the command to run.
+//! unpacked into the cache directory (under a name derived from their
+//! content), so that a plugin builds anywhere, not only next to Weir's
+//! sources. componentize-py ([`COMPONENTIZE_PY`], pinned) is installed on
+//! first use into a virtual environment in the same cache, with a message,
+//! under a lock (two first builds at once install it once) and marked
+//! complete only once pip succeeded; when that fails, the error gives the
+//! command to run. The cache must be private (0700, as the compiled-component
+//! cache is): a build never runs a toolchain from a directory others may
+//! write.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,13 +31,67 @@ pub const WIT_FILES: [(&str, &str); 2] = [
     ("worlds.wit", include_str!("../../../wit/worlds.wit")),
 ];
 
-/// The world a Python transform plugin targets.
-const WORLD: &str = "weir:plugin/transform-plugin@0.2.0";
+/// A WIT world a Python plugin can target, with the SDK class of its
+/// operator's export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct World {
+    /// The world's name in the WIT package.
+    wit: &'static str,
+    /// The SDK class that implements its operator's export.
+    export: &'static str,
+    /// The module componentize-py builds: it imports the plugin's `app`
+    /// (whose decorator registers the function) and exports the SDK's
+    /// classes.
+    entry: &'static str,
+}
 
-/// The module componentize-py builds: it imports the plugin's `app` (whose
-/// decorator registers the transform) and exports the SDK's classes.
-const ENTRY: &str = "import app  # noqa: F401  (registers the plugin's transform)\n\
-                     from weir import Lifecycle, Transform  # noqa: F401\n";
+/// Transforms: map, flat-map, filter, filter-map, map-partitions.
+const TRANSFORM: World = World {
+    wit: "weir:plugin/transform-plugin@0.2.0",
+    export: "Transform",
+    entry: "weir_entry_transform",
+};
+
+/// `@weir.reduce`.
+const REDUCER: World = World {
+    wit: "weir:plugin/reducer-plugin@0.2.0",
+    export: "Reducer",
+    entry: "weir_entry_reducer",
+};
+
+/// `@weir.update_state`.
+const STATE: World = World {
+    wit: "weir:plugin/state-plugin@0.2.0",
+    export: "KeyedState",
+    entry: "weir_entry_state",
+};
+
+/// The world of the plugin whose `app.py` is `source`, from the SDK
+/// decorator it uses.
+fn world_of(source: &str) -> World {
+    if source.contains("@weir.reduce") {
+        REDUCER
+    } else if source.contains("@weir.update_state") {
+        STATE
+    } else {
+        TRANSFORM
+    }
+}
+
+impl World {
+    /// The entry module's text.
+    fn entry_source(&self) -> String {
+        // componentize-py runs the module while it builds: a plugin that
+        // decorates no function fails the build, not its first call.
+        format!(
+            "import app  # noqa: F401  (registers the plugin's function)\n\
+             import weir\n\
+             from weir import Lifecycle, {}  # noqa: F401\n\
+             weir._registered()\n",
+            self.export
+        )
+    }
+}
 
 /// True when `dir` holds a Python plugin (an `app.py`, no `Cargo.toml`).
 pub fn is_python_plugin(dir: &Path) -> bool {
@@ -42,9 +101,15 @@ pub fn is_python_plugin(dir: &Path) -> bool {
 /// Builds the Python plugin in `dir` into `dir/target/<dir name>.wasm`,
 /// with the toolchain and SDK kept under `cache`; returns the component.
 pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolError> {
+    crate::runtime::cache::check_private_dir(cache)
+        .map_err(|e| ToolError(format!("cannot keep the Python toolchain there: {e}")))?;
     let dir = dir
         .canonicalize()
         .map_err(|e| ToolError(format!("cannot find the plugin {}: {e}", dir.display())))?;
+    let app = dir.join("app.py");
+    let source = std::fs::read_to_string(&app)
+        .map_err(|e| ToolError(format!("cannot read {}: {e}", app.display())))?;
+    let world = world_of(&source);
     let componentize = ensure_componentize_py(cache)?;
     let sdk = unpack_sdk(cache)?;
     let name = dir
@@ -58,7 +123,7 @@ pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolErro
     let run = Command::new(&componentize)
         .arg("-d")
         .arg(sdk.join("wit"))
-        .args(["-w", WORLD, "componentize", "weir_entry", "-p"])
+        .args(["-w", world.wit, "componentize", world.entry, "-p"])
         .arg(&dir)
         .arg("-p")
         .arg(sdk.join("python"))
@@ -68,11 +133,15 @@ pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolErro
         .output()
         .map_err(|e| ToolError(format!("cannot run {}: {e}", componentize.display())))?;
     if !run.status.success() {
+        let said = [&run.stdout, &run.stderr]
+            .iter()
+            .map(|text| String::from_utf8_lossy(text).trim().to_owned())
+            .filter(|text| !text.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
         return Err(ToolError(format!(
-            "building the Python plugin {} failed:\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr).trim_end()
+            "building the Python plugin {} failed:\n{said}",
+            dir.display()
         )));
     }
     Ok(output)
@@ -81,16 +150,30 @@ pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolErro
 /// The `componentize-py` of the pinned release under `cache`, installed
 /// into a virtual environment there when missing.
 fn ensure_componentize_py(cache: &Path) -> Result<PathBuf, ToolError> {
-    let venv = cache
-        .join("toolchains")
-        .join(format!("componentize-py-{COMPONENTIZE_PY}"));
+    let toolchains = cache.join("toolchains");
+    let venv = toolchains.join(format!("componentize-py-{COMPONENTIZE_PY}"));
     let binary = venv.join("bin").join("componentize-py");
-    if binary.is_file() {
+    // Written once pip succeeded: a venv without it is half made.
+    let complete = toolchains.join(format!("componentize-py-{COMPONENTIZE_PY}.complete"));
+    if complete.is_file() && binary.is_file() {
         return Ok(binary);
     }
+    std::fs::create_dir_all(&toolchains)
+        .map_err(|e| ToolError(format!("cannot create {}: {e}", toolchains.display())))?;
+    let lock_path = toolchains.join(".install.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| ToolError(format!("cannot create {}: {e}", lock_path.display())))?;
+    lock.lock()
+        .map_err(|e| ToolError(format!("cannot lock {}: {e}", lock_path.display())))?;
+    // Another build may have installed it while this one waited.
+    if complete.is_file() && binary.is_file() {
+        return Ok(binary);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
     let install = format!(
-        "python3 -m venv {venv} && {venv}/bin/pip install componentize-py=={COMPONENTIZE_PY}",
-        venv = venv.display()
+        "python3 -m venv '{venv}' && '{venv}/bin/pip' install componentize-py=={COMPONENTIZE_PY} && touch '{complete}'",
+        venv = venv.display(),
+        complete = complete.display()
     );
     eprintln!(
         "installing componentize-py {COMPONENTIZE_PY} into {} (first Python build)",
@@ -104,6 +187,8 @@ fn ensure_componentize_py(cache: &Path) -> Result<PathBuf, ToolError> {
     let created = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
+        // Only the components' paths go to stdout.
+        .stdout(std::io::stderr())
         .status()
         .map_err(|e| failed(format!("cannot run python3: {e}")))?;
     if !created.success() {
@@ -112,38 +197,56 @@ fn ensure_componentize_py(cache: &Path) -> Result<PathBuf, ToolError> {
     let installed = Command::new(venv.join("bin").join("pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
+        .stdout(std::io::stderr())
         .status()
         .map_err(|e| failed(format!("cannot run pip: {e}")))?;
     if !installed.success() || !binary.is_file() {
-        // A half-made environment would pass the check above next time.
         let _ = std::fs::remove_dir_all(&venv);
         return Err(failed("pip failed".into()));
     }
+    std::fs::write(&complete, COMPONENTIZE_PY)
+        .map_err(|e| ToolError(format!("cannot write {}: {e}", complete.display())))?;
     Ok(binary)
 }
 
-/// Writes the SDK, the entry module and the WIT files this binary carries
-/// under `cache` (once per content: the directory is named after the
-/// Weir version and rewritten when a file differs); returns that directory.
+/// Writes the SDK, the entry modules and the WIT files this binary carries
+/// under `cache`, in a directory named after their content (binaries that
+/// carry different files never share one); returns that directory. A file
+/// is rewritten when it differs, written aside and renamed into place, so a
+/// build running at the same time never reads half a file.
 fn unpack_sdk(cache: &Path) -> Result<PathBuf, ToolError> {
-    let root = cache.join(format!("python-sdk-{}", env!("CARGO_PKG_VERSION")));
-    let files = [
-        (root.join("python").join("weir").join("__init__.py"), SDK_SOURCE),
-        (root.join("python").join("weir_entry.py"), ENTRY),
-    ]
-    .into_iter()
-    .chain(
-        WIT_FILES
-            .iter()
-            .map(|(name, text)| (root.join("wit").join(name), *text)),
-    );
-    for (path, text) in files {
+    let mut files = vec![(PathBuf::from("python/weir/__init__.py"), SDK_SOURCE.to_owned())];
+    for world in [TRANSFORM, REDUCER, STATE] {
+        files.push((
+            PathBuf::from(format!("python/{}.py", world.entry)),
+            world.entry_source(),
+        ));
+    }
+    for (name, text) in WIT_FILES {
+        files.push((Path::new("wit").join(name), text.to_owned()));
+    }
+    let all: String = files
+        .iter()
+        .map(|(path, text)| format!("{}\n{text}", path.display()))
+        .collect();
+    let root = cache.join(format!(
+        "python-sdk-{}",
+        &crate::runtime::content_hash(all.as_bytes())[..16]
+    ));
+    for (relative, text) in files {
+        let path = root.join(relative);
         if std::fs::read_to_string(&path).is_ok_and(|kept| kept == text) {
             continue;
         }
         let parent = path.parent().expect("a file under the SDK directory");
+        let aside = parent.join(format!(
+            ".{}.{}",
+            path.file_name().expect("a file name").to_string_lossy(),
+            std::process::id()
+        ));
         std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::write(&path, text))
+            .and_then(|()| std::fs::write(&aside, &text))
+            .and_then(|()| std::fs::rename(&aside, &path))
             .map_err(|e| ToolError(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(root)
@@ -169,9 +272,28 @@ mod tests {
         let sdk = root.join("python/weir/__init__.py");
         assert_eq!(std::fs::read_to_string(&sdk).unwrap(), SDK_SOURCE);
         assert!(root.join("wit/worlds.wit").is_file());
+        assert!(root.join("python/weir_entry_state.py").is_file());
         std::fs::write(&sdk, "changed").unwrap();
         unpack_sdk(cache.path()).unwrap();
         assert_eq!(std::fs::read_to_string(&sdk).unwrap(), SDK_SOURCE);
+    }
+
+    #[test]
+    fn the_world_follows_the_decorator() {
+        assert_eq!(
+            world_of("import weir\n@weir.flat_map\ndef f(r, o): ..."),
+            TRANSFORM
+        );
+        assert_eq!(world_of("@weir.reduce\ndef total(values): ..."), REDUCER);
+        assert_eq!(
+            world_of("@weir.update_state(name='x')\ndef f(k, v, s, o): ..."),
+            STATE
+        );
+        assert!(
+            REDUCER
+                .entry_source()
+                .contains("from weir import Lifecycle, Reducer")
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 with the word as both key and value and the input's timestamp; the Python
 twin of `plugins/split-words`, through the SDK's batch API.
 
-Words are separated by ASCII whitespace (`bytes.split`), which equals the
-Rust plugin's split on ASCII text without vertical tabs; the Rust plugin also
-splits UTF-8 text on Unicode whitespace.
+Words are separated by ASCII whitespace (`bytes.split`), as in the Rust
+plugin; the Rust plugin also splits UTF-8 text on Unicode whitespace
+(U+00A0, U+3000, ...), which this one keeps inside words.
 """
 
 import weir
