@@ -273,7 +273,7 @@ fn killed_pipelines_lose_and_duplicate_nothing() {
         ),
         (
             "window",
-            "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"4s\"\nslide = \"2s\"\ninverse = true".into(),
+            "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"4s\"\nslide = \"2s\"\ninverse = true\nstate-memory = \"4KiB\"".into(),
             "",
             Box::new(|files| {
                 (0..files.len())
@@ -378,7 +378,17 @@ fn a_corrupt_checkpoint_falls_back_and_a_changed_plugin_is_swapped_in_after_the_
         kept[1].file_name().unwrap().to_str().unwrap(),
         format!("{:020}", 8)
     );
-    std::fs::write(kept[1].join("state-0000.bin"), b"not a snapshot").unwrap();
+    // The window's state is written incrementally: corrupt the part only
+    // the newest checkpoint lists (the last of its chain).
+    let manifest: weir::checkpoint::Manifest =
+        serde_json::from_slice(&std::fs::read(kept[1].join("manifest.json")).unwrap()).unwrap();
+    let window = manifest
+        .states
+        .iter()
+        .find(|state| state.operator == "out#1")
+        .unwrap_or_else(|| panic!("no window state in {manifest:?}"));
+    let newest_part = &window.parts.last().expect("a chain of parts").file;
+    std::fs::write(dir.join("checkpoints").join(newest_part), b"not a part").unwrap();
     for batch in older + 1..9 {
         let _ = std::fs::remove_dir_all(dir.join("out").join(format!("batch-{batch:012}")));
     }

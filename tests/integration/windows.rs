@@ -116,6 +116,17 @@ fn every_processing_time_window_operator_matches_a_reference() {
             "reduce-by-key-and-window",
             "reducer = \"sum-plugin\"\nlength = \"5s\"\nslide = \"1s\"\ninverse = \"subtract\"\nneutral = \"0\"",
         ),
+        // A state-memory far below the window's partials: they spill to disk.
+        (
+            "by-key-spill",
+            "reduce-by-key-and-window",
+            "reducer = \"count\"\nlength = \"5s\"\nslide = \"1s\"\nstate-memory = \"300B\"",
+        ),
+        (
+            "by-key-inv-spill",
+            "reduce-by-key-and-window",
+            "reducer = \"count\"\nlength = \"5s\"\nslide = \"1s\"\ninverse = true\npartitions = 3\nstate-memory = \"300B\"",
+        ),
     ];
     let mut pipeline = format!(
         r#"
@@ -153,6 +164,22 @@ plugin = "split-words"
     }
     let log = run_ok(dir.path(), "windows.toml", &pipeline);
     assert!(log.contains("12 batches"), "{log}");
+    // The spilling stages end with partials on disk; the others with none.
+    let on_disk = |stage: &str| -> u64 {
+        let line = log
+            .lines()
+            .find(|line| line.contains(&format!("stage `{stage}`: ")) && line.ends_with(" on disk"))
+            .unwrap_or_else(|| panic!("no state line for `{stage}`: {log}"));
+        line.trim_end_matches(" on disk")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(on_disk("by-key-spill") > 0, "{log}");
+    assert!(on_disk("by-key-inv-spill") > 0, "{log}");
+    assert_eq!(on_disk("by-key"), 0, "{log}");
 
     let batches = files.len();
     // Reference: what each window holds, from the input files alone.
@@ -207,7 +234,7 @@ plugin = "split-words"
             .map(|(k, v)| (k, v.to_string()))
             .collect()
     };
-    let checks: [(&str, Emitted); 10] = [
+    let checks: [(&str, Emitted); 12] = [
         ("count", reference(3, 1, &count)),
         ("count-inv", reference(3, 1, &count)),
         ("sum", reference(4, 2, &sum)),
@@ -218,6 +245,8 @@ plugin = "split-words"
         ("by-key", reference(5, 1, &by_value)),
         ("by-key-inv", reference(5, 1, &by_value)),
         ("by-key-plugin", reference(5, 1, &summed_by_key)),
+        ("by-key-spill", reference(5, 1, &by_value)),
+        ("by-key-inv-spill", reference(5, 1, &by_value)),
     ];
     for (name, expected) in checks {
         assert_eq!(keyed_by_batch(&out(name)), expected, "window stage `{name}`");

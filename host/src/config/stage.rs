@@ -42,6 +42,7 @@ const WINDOW_KEYS: &[&str] = &[
     "allowed-lateness",
     "output-mode",
     "late-records",
+    "state-memory",
 ];
 
 /// An operator of `[[stage]]` and the keys it accepts besides `name`,

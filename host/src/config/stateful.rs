@@ -23,6 +23,9 @@ pub struct WindowSpec {
     pub time: WindowTime,
     /// Output partitions of a reducing window; the pipeline default when `None`.
     pub partitions: Option<usize>,
+    /// Memory for a processing-time reducing window's state before its
+    /// partials spill (`state-memory`); the default when `None`.
+    pub memory: Option<usize>,
 }
 
 /// What a window computes.
@@ -418,6 +421,12 @@ fn window(
             }
         }
     }
+    if let (WindowTime::Event { .. }, Some(memory)) = (&time, &table.state_memory) {
+        return Err((
+            memory.span().start,
+            "`state-memory` applies to processing-time windows (their partials spill to disk); an event-time window keeps its open windows in memory".to_owned(),
+        ));
+    }
     if !matches!(time, WindowTime::Event { .. }) {
         for (key, at) in [
             (
@@ -444,6 +453,7 @@ fn window(
         slide,
         time,
         partitions: positive(table.partitions.as_ref(), "partitions", 1024)?,
+        memory: table.state_memory.as_ref().map(byte_size).transpose()?,
     }))
 }
 

@@ -35,6 +35,7 @@ pub mod reduce;
 pub mod repartition;
 pub mod transform;
 pub mod window;
+pub mod window_state;
 
 use std::fmt;
 use std::io::{Read, Write};

@@ -16,16 +16,26 @@
 //!   result is updated incrementally (add the batch entering, subtract the
 //!   batch leaving), as Spark's `reduceByKeyAndWindow(func, invFunc)` does.
 //!   Either way a key without records in the window is dropped, so both
-//!   give the same results.
+//!   give the same results. Partials past the stage's `state-memory` spill
+//!   to disk and checkpoints write only what changed
+//!   ([`super::window_state`]).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use super::builtin;
 use super::keyed::{FastMap, KeyView, OwnedKey, PartitionStates, lock, owned_key, without_value};
+use super::keyed_state::StateSettings;
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
-use super::{Operator, OperatorError, PartitionContext, Planning, check_restored_partitions, restore_error};
+use super::window_state::{Leaving, Partial, ReduceState, Restorer, SpillPlace};
+use super::{
+    IncrementalState, Operator, OperatorError, PartitionContext, Planning, check_restored_partitions,
+    restore_error,
+};
 use crate::checkpoint::codec::{Decoder, Encoder};
+use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
 use crate::config::{BuiltinReducer, KeyRewrite};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
@@ -142,17 +152,6 @@ pub enum Inverse {
     Groups(Arc<dyn GroupReduceFn>),
 }
 
-/// One partition's window state.
-#[derive(Default)]
-struct ReduceState {
-    /// One partial result per batch still in the window (keys unique).
-    partials: VecDeque<(u64, Batch)>,
-    /// With an inverse: the reduction of every partial in `partials`.
-    running: Batch,
-    /// With an inverse: per key, how many of `partials` hold it.
-    presence: FastMap<OwnedKey, u32>,
-}
-
 /// Per key, the reduction of the window's values (`reduce-by-key-and-window`).
 /// Its input is the map-side combine of each batch; it shuffles by key.
 #[derive(Debug)]
@@ -161,38 +160,80 @@ pub struct WindowedReduce {
     merge: ReduceByKey,
     inverse: Option<Inverse>,
     neutral: Option<Vec<u8>>,
-    partitions: usize,
+    settings: StateSettings,
+    /// The stage's name, in warnings.
+    stage: String,
     states: PartitionStates<ReduceState>,
 }
 
-impl std::fmt::Debug for ReduceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReduceState")
-            .field("batches", &self.partials.len())
-            .field("keys", &self.presence.len())
-            .finish()
-    }
-}
-
 impl WindowedReduce {
-    /// A windowed reduce of `shape` with `reducer` into `partitions` partitions. With `inverse`, windows are
-    /// updated incrementally. Keys whose window value equals `neutral` are
-    /// dropped.
+    /// A windowed reduce of `shape` with `reducer` for stage `stage`, its
+    /// state kept as `settings` say (their `timeout` unused). With
+    /// `inverse`, windows are updated incrementally. Keys whose window value
+    /// equals `neutral` are dropped.
     pub fn new(
         shape: WindowShape,
         reducer: Reducer,
         inverse: Option<Inverse>,
         neutral: Option<Vec<u8>>,
-        partitions: usize,
+        settings: StateSettings,
+        stage: &str,
     ) -> Self {
         Self {
             shape,
-            merge: ReduceByKey::new(reducer, Phase::Merge, partitions),
+            merge: ReduceByKey::new(reducer, Phase::Merge, settings.partitions),
             inverse,
             neutral,
-            partitions,
+            settings,
+            stage: stage.to_owned(),
             states: PartitionStates::default(),
         }
+    }
+
+    /// Where `partition` spills, and its share of the state memory.
+    fn place(&self, partition: usize) -> SpillPlace<'_> {
+        SpillPlace {
+            dir: &self.settings.spill_dir,
+            partition,
+            budget: self.settings.memory_bytes / self.settings.partitions.max(1),
+        }
+    }
+
+    /// Memory for the running keys tracked between two checkpoint parts:
+    /// an eighth of a partition's share, at least 1 MiB.
+    fn touch_limit(&self) -> usize {
+        (self.place(0).budget / 8).max(1 << 20)
+    }
+
+    /// The merge of the partials still in the window (after the first
+    /// `leaving`) and `this` batch's, without an inverse. Partials in memory
+    /// are merged in one call; spilled ones are read back one at a time and
+    /// folded in, in batch order, so at most a partition's share of the
+    /// state memory is read back at once.
+    fn merge_window(
+        &self,
+        state: &ReduceState,
+        leaving: usize,
+        this: &Batch,
+        ctx: &mut PartitionContext<'_>,
+    ) -> Result<Batch, OperatorError> {
+        let budget = self.place(ctx.partition).budget;
+        let mut merged: Option<Batch> = None;
+        let mut pending: Partition = Vec::new();
+        let mut pending_bytes = 0;
+        for (_, partial) in state.partials.iter().skip(leaving) {
+            let batch = partial.load().map_err(state_error)?.into_owned();
+            pending_bytes += batch.size_bytes();
+            pending.push(batch);
+            if partial.is_spilled() && pending_bytes > budget / 2 {
+                pending.extend(merged.take());
+                merged = Some(self.merge(std::mem::take(&mut pending), ctx)?);
+                pending_bytes = 0;
+            }
+        }
+        pending.push(this.clone());
+        pending.extend(merged);
+        self.merge(pending, ctx)
     }
 
     /// Merges partial results into one per key.
@@ -274,7 +315,7 @@ impl WindowedReduce {
         inverse: &Inverse,
         state: &ReduceState,
         this: &Batch,
-        leaving: usize,
+        leaving: &[Batch],
         ctx: &mut PartitionContext<'_>,
     ) -> Result<(Batch, FastMap<OwnedKey, u32>), OperatorError> {
         let mut running = if this.is_empty() {
@@ -282,7 +323,7 @@ impl WindowedReduce {
         } else {
             self.merge(vec![state.running.clone(), this.clone()], ctx)?
         };
-        for (_, old) in state.partials.iter().take(leaving) {
+        for old in leaving {
             running = self.subtract(inverse, &running, old, ctx)?;
         }
         let mut presence = state.presence.clone();
@@ -294,7 +335,7 @@ impl WindowedReduce {
                 }
             }
         }
-        for (_, old) in state.partials.iter().take(leaving) {
+        for old in leaving {
             for record in old {
                 let key = KeyView(record.key);
                 if let Some(count) = presence.get_mut(&key) {
@@ -305,7 +346,7 @@ impl WindowedReduce {
                 }
             }
         }
-        if leaving > 0 {
+        if !leaving.is_empty() {
             let mut kept = Batch::with_capacity(running.len(), running.data_bytes());
             for record in running.iter() {
                 if presence.contains_key(&KeyView(record.key)) {
@@ -328,23 +369,25 @@ impl Operator for WindowedReduce {
             .iter()
             .take_while(|(old, _)| self.shape.has_left(*old, ctx.batch_id))
             .count();
+        // With an inverse the leaving partials are subtracted: read back.
+        let left: Vec<Batch> = match &self.inverse {
+            Some(_) => state
+                .partials
+                .iter()
+                .take(leaving)
+                .map(|(_, partial)| partial.load().map(Cow::into_owned))
+                .collect::<Result<_, _>>()
+                .map_err(state_error)?,
+            None => Vec::new(),
+        };
         let running = match &self.inverse {
-            Some(inverse) => Some(self.advance_running(inverse, &state, &this, leaving, ctx)?),
+            Some(inverse) => Some(self.advance_running(inverse, &state, &this, &left, ctx)?),
             None => None,
         };
         let output = if self.shape.emits_at(ctx.batch_id) {
             let window = match &running {
                 Some((running, _)) => running.clone(),
-                None => {
-                    let partials = state
-                        .partials
-                        .iter()
-                        .skip(leaving)
-                        .map(|(_, partial)| partial.clone())
-                        .chain(std::iter::once(this.clone()))
-                        .collect();
-                    self.merge(partials, ctx)?
-                }
+                None => self.merge_window(&state, leaving, &this, ctx)?,
             };
             let window = without_value(window, self.neutral.as_deref());
             // The window ends at the batch time; its records carry its last millisecond.
@@ -353,75 +396,50 @@ impl Operator for WindowedReduce {
             Vec::new()
         };
         // Every call succeeded: commit.
-        if let Some((running, presence)) = running {
-            state.running = running;
-            state.presence = presence;
-        }
-        state.partials.drain(..leaving);
-        state.partials.push_back((ctx.batch_id, this));
+        let leaving = match running {
+            Some((running, presence)) => Leaving::WithRunning {
+                left: &left,
+                running,
+                presence,
+            },
+            None => Leaving::Count(leaving),
+        };
+        state.commit(ctx.batch_id, this, leaving, self.touch_limit());
+        state.spill_over(self.place(ctx.partition), &self.stage);
         Ok(output)
     }
 
     fn planning(&self) -> Planning {
-        Planning::partitioned(Partitioning::HashByKey(self.partitions))
+        Planning::partitioned(Partitioning::HashByKey(self.settings.partitions))
     }
 
     fn state_size(&self) -> StateSize {
         let mut size = StateSize::default();
         self.states.for_each(|_, state| {
-            let partials: usize = state.partials.iter().map(|(_, p)| p.len()).sum();
-            size.keys += partials as u64 + state.running.len() as u64;
-            size.memory_bytes += state
-                .partials
-                .iter()
-                .map(|(_, p)| p.size_bytes() as u64)
-                .sum::<u64>()
-                + state.running.size_bytes() as u64
-                + state.presence.len() as u64 * 40;
+            for (_, partial) in &state.partials {
+                size.keys += partial.records() as u64;
+                if partial.is_spilled() {
+                    size.spilled_keys += partial.records() as u64;
+                }
+            }
+            size.keys += state.running.len() as u64;
+            size.memory_bytes += state.memory_bytes() as u64;
         });
         size
     }
 
-    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
-        let mut out = Encoder::new();
-        let mut partitions = 0u64;
-        let mut body = Encoder::new();
-        self.states.for_each(|_, state| {
-            partitions += 1;
-            body.u64(state.partials.len() as u64);
-            for (batch_id, partial) in &state.partials {
-                body.u64(*batch_id);
-                body.batch(partial);
-            }
-            body.batch(&state.running);
-            body.u64(state.presence.len() as u64);
-            for (key, count) in &state.presence {
-                match key {
-                    Some(key) => {
-                        body.u64(1);
-                        body.bytes(key);
-                    }
-                    None => body.u64(0),
-                }
-                body.u64(u64::from(*count));
-            }
-        });
-        out.u64(partitions);
-        let mut bytes = out.finish();
-        bytes.extend(body.finish());
-        Ok(Some(bytes))
-    }
-
+    /// Restores a snapshot written whole (checkpoints before incremental
+    /// window state): per partition, the partials with their batch ids, the
+    /// running result and the presence counts.
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         let mut input = Decoder::new(snapshot);
         let mut partitions = Vec::new();
-        for _ in 0..input.count(8).map_err(restore_error)? {
+        for partition in 0..input.count(8).map_err(restore_error)? {
             let mut state = ReduceState::default();
             for _ in 0..input.count(16).map_err(restore_error)? {
                 let batch_id = input.u64().map_err(restore_error)?;
-                state
-                    .partials
-                    .push_back((batch_id, input.batch().map_err(restore_error)?));
+                let partial = Partial::Memory(input.batch().map_err(restore_error)?);
+                state.partials.push_back((batch_id, partial));
             }
             state.running = input.batch().map_err(restore_error)?;
             for _ in 0..input.count(16).map_err(restore_error)? {
@@ -432,11 +450,18 @@ impl Operator for WindowedReduce {
                 let count = input.u64().map_err(restore_error)? as u32;
                 state.presence.insert(key, count);
             }
+            // The next checkpoint lists it whole.
+            state.forget_changes();
+            state.spill_over(self.place(partition), &self.stage);
             partitions.push(state);
         }
-        check_restored_partitions(partitions.len(), self.partitions, "window")?;
+        check_restored_partitions(partitions.len(), self.settings.partitions, "window")?;
         self.states.replace(partitions);
         Ok(())
+    }
+
+    fn incremental(&self) -> Option<&dyn IncrementalState> {
+        Some(self)
     }
 
     fn check(&self) -> Result<(), OperatorError> {
@@ -453,6 +478,48 @@ impl Operator for WindowedReduce {
         }
         slots
     }
+}
+
+impl IncrementalState for WindowedReduce {
+    fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError> {
+        let with_running = self.inverse.is_some();
+        let result = (|| {
+            let mut part = PartWriter::new(out, self.settings.partitions).map_err(|e| e.to_string())?;
+            for partition in 0..self.settings.partitions {
+                let state = self.states.get(partition);
+                lock(&state)
+                    .write_section(&mut part, with_running)
+                    .map_err(|e| e.to_string())?;
+            }
+            part.finish()
+                .map(|(_, summary)| summary)
+                .map_err(|e| e.to_string())
+        })();
+        result.map_err(|error| {
+            // Partitions written before the failure counted their changes
+            // from a part that will not be used.
+            self.states.for_each(|_, state| state.forget_changes());
+            OperatorError::Native(format!("cannot write the window's checkpoint part: {error}"))
+        })
+    }
+
+    fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError> {
+        check_restored_partitions(merge.partitions(), self.settings.partitions, "window")?;
+        let mut states = Vec::with_capacity(merge.partitions());
+        while let Some(partition) = merge.next_partition().map_err(restore_error)? {
+            let mut restorer = Restorer::new(self.place(partition));
+            while let Some((key, value)) = merge.next_entry().map_err(restore_error)? {
+                restorer.entry(&key, &value).map_err(restore_error)?;
+            }
+            states.push(restorer.finish(&self.stage));
+        }
+        self.states.replace(states);
+        Ok(())
+    }
+}
+
+fn state_error(error: crate::state::StateError) -> OperatorError {
+    OperatorError::Native(error.to_string())
 }
 
 /// Rewrites keys before a windowed reduce: `count-by-window` and

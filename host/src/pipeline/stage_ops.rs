@@ -296,12 +296,19 @@ impl StageBuilder<'_> {
                     Phase::Combine,
                     partitions,
                 )));
+                let settings = StateSettings {
+                    memory_bytes: window.memory.unwrap_or(DEFAULT_STATE_MEMORY),
+                    spill_dir: self.state_dir.join(&self.stage.name),
+                    timeout: None,
+                    partitions,
+                };
                 operators.push(Arc::new(WindowedReduce::new(
                     shape,
                     reducer,
                     inverse,
                     neutral.as_ref().map(|n| n.clone().into_bytes()),
-                    partitions,
+                    settings,
+                    &self.stage.name,
                 )));
                 Ok((describe(&format!("{op} {name}")), operators))
             }

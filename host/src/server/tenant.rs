@@ -209,12 +209,12 @@ impl TenantConfig {
             ));
         }
         for stage in &spec.stages {
-            let OperatorSpec::KeyedState(state) = &stage.op else {
-                continue;
+            let memory = match &stage.op {
+                OperatorSpec::KeyedState(state) => state.memory,
+                OperatorSpec::Window(window) => window.memory,
+                _ => continue,
             };
-            let memory = state
-                .memory
-                .unwrap_or(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY) as u64;
+            let memory = memory.unwrap_or(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY) as u64;
             if memory > q.max_state_memory {
                 return Err(at(
                     stage.line,
