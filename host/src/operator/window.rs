@@ -29,7 +29,7 @@ use super::builtin;
 use super::keyed::{FastMap, KeyView, OwnedKey, PartitionStates, lock, owned_key, without_value};
 use super::keyed_state::StateSettings;
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
-use super::window_state::{Leaving, Partial, ReduceState, Restorer, SpillPlace};
+use super::window_state::{Leaving, ReduceState, Restorer, SpillPlace, decode_whole};
 use super::{
     IncrementalState, Operator, OperatorError, PartitionContext, Planning, check_restored_partitions,
     restore_error,
@@ -39,7 +39,7 @@ use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
 use crate::config::{BuiltinReducer, KeyRewrite};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
-use crate::state::StateSize;
+use crate::state::{MIN_CHANGED_KEYS, StateSize};
 
 /// The shape of a processing-time window, in batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,17 +199,19 @@ impl WindowedReduce {
         }
     }
 
-    /// Memory for the running keys tracked between two checkpoint parts:
-    /// an eighth of a partition's share, at least 1 MiB.
+    /// Memory for the running keys tracked between two checkpoint parts
+    /// (past it, the next part lists the partition whole): an eighth of a
+    /// partition's share, at least [`MIN_CHANGED_KEYS`] as for keyed state.
     fn touch_limit(&self) -> usize {
-        (self.place(0).budget / 8).max(1 << 20)
+        (self.place(0).budget / 8).max(MIN_CHANGED_KEYS)
     }
 
     /// The merge of the partials still in the window (after the first
     /// `leaving`) and `this` batch's, without an inverse. Partials in memory
-    /// are merged in one call; spilled ones are read back one at a time and
-    /// folded in, in batch order, so at most a partition's share of the
-    /// state memory is read back at once.
+    /// are merged in one call; spilled ones are read back in batch order and
+    /// folded in a few at a time: never more than half a partition's share
+    /// of the state memory or the result so far (whichever is larger) is
+    /// read back before it is merged.
     fn merge_window(
         &self,
         state: &ReduceState,
@@ -225,15 +227,23 @@ impl WindowedReduce {
             let batch = partial.load().map_err(state_error)?.into_owned();
             pending_bytes += batch.size_bytes();
             pending.push(batch);
-            if partial.is_spilled() && pending_bytes > budget / 2 {
-                pending.extend(merged.take());
-                merged = Some(self.merge(std::mem::take(&mut pending), ctx)?);
+            // Folding once the partials read back outweigh what they are
+            // folded into keeps the work linear in the partials (each is
+            // merged with at most its weight of earlier ones) and the
+            // memory within about twice the window's result.
+            let merged_bytes = merged.as_ref().map_or(0, Batch::size_bytes);
+            if partial.is_spilled() && pending_bytes > (budget / 2).max(merged_bytes) {
+                let mut chunk: Partition = merged.take().into_iter().collect();
+                chunk.append(&mut pending);
+                merged = Some(self.merge(chunk, ctx)?);
                 pending_bytes = 0;
             }
         }
-        pending.push(this.clone());
-        pending.extend(merged);
-        self.merge(pending, ctx)
+        // The merged older partials first: a reducer sees values in batch order.
+        let mut rest: Partition = merged.into_iter().collect();
+        rest.append(&mut pending);
+        rest.push(this.clone());
+        self.merge(rest, ctx)
     }
 
     /// Merges partial results into one per key.
@@ -435,25 +445,8 @@ impl Operator for WindowedReduce {
         let mut input = Decoder::new(snapshot);
         let mut partitions = Vec::new();
         for partition in 0..input.count(8).map_err(restore_error)? {
-            let mut state = ReduceState::default();
-            for _ in 0..input.count(16).map_err(restore_error)? {
-                let batch_id = input.u64().map_err(restore_error)?;
-                let partial = Partial::Memory(input.batch().map_err(restore_error)?);
-                state.partials.push_back((batch_id, partial));
-            }
-            state.running = input.batch().map_err(restore_error)?;
-            for _ in 0..input.count(16).map_err(restore_error)? {
-                let key = match input.u64().map_err(restore_error)? {
-                    0 => None,
-                    _ => Some(Box::from(input.bytes().map_err(restore_error)?)),
-                };
-                let count = input.u64().map_err(restore_error)? as u32;
-                state.presence.insert(key, count);
-            }
-            // The next checkpoint lists it whole.
-            state.forget_changes();
-            state.spill_over(self.place(partition), &self.stage);
-            partitions.push(state);
+            partitions
+                .push(decode_whole(&mut input, self.place(partition), &self.stage).map_err(restore_error)?);
         }
         check_restored_partitions(partitions.len(), self.settings.partitions, "window")?;
         self.states.replace(partitions);
@@ -507,17 +500,18 @@ impl IncrementalState for WindowedReduce {
         check_restored_partitions(merge.partitions(), self.settings.partitions, "window")?;
         let mut states = Vec::with_capacity(merge.partitions());
         while let Some(partition) = merge.next_partition().map_err(restore_error)? {
-            let mut restorer = Restorer::new(self.place(partition));
+            let mut restorer = Restorer::new(self.place(partition), &self.stage);
             while let Some((key, value)) = merge.next_entry().map_err(restore_error)? {
                 restorer.entry(&key, &value).map_err(restore_error)?;
             }
-            states.push(restorer.finish(&self.stage));
+            states.push(restorer.finish());
         }
         self.states.replace(states);
         Ok(())
     }
 }
 
+/// A spilled partial that cannot be read back, as an operator error.
 fn state_error(error: crate::state::StateError) -> OperatorError {
     OperatorError::Native(error.to_string())
 }

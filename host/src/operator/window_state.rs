@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::keyed::{FastMap, KeyView, OwnedKey, owned_key};
-use crate::checkpoint::codec::{Decoder, Encoder};
+use crate::checkpoint::codec::{DecodeError, Decoder, Encoder};
 use crate::checkpoint::incremental::PartWriter;
 use crate::record::Batch;
 use crate::state::StateError;
@@ -38,8 +38,12 @@ const PARTIAL_TAG: u8 = 0;
 const RUNNING_TAG: u8 = 1;
 /// Bookkeeping bytes counted per presence entry.
 const PRESENCE_ENTRY_BYTES: usize = 40;
-/// Bookkeeping bytes counted per key touched since the last part.
-const TOUCHED_ENTRY_BYTES: usize = 48;
+/// Bookkeeping bytes counted per running key touched since the last part
+/// (its hash).
+const TOUCHED_ENTRY_BYTES: usize = 16;
+/// Bookkeeping bytes counted per key gone from the running result since the
+/// last part (besides the key).
+const GONE_ENTRY_BYTES: usize = 48;
 
 fn write_error(error: std::io::Error) -> StateError {
     StateError(format!("cannot write the window's checkpoint part: {error}"))
@@ -167,10 +171,21 @@ struct Changes {
     entered: Vec<u64>,
     /// Partials of the last part that left since.
     left: Vec<u64>,
-    /// Running keys changed since (with an inverse).
-    touched: hashbrown::HashSet<OwnedKey, foldhash::fast::FixedState>,
-    /// Memory counted for `touched`.
-    touched_bytes: usize,
+    /// Hashes of the running keys touched since (with an inverse): the
+    /// keys of the partials that entered and left. A collision only writes
+    /// an unchanged entry again.
+    touched: hashbrown::HashSet<u64, foldhash::fast::FixedState>,
+    /// Keys that left the running result since (no partial holds them any
+    /// more); one may have come back since.
+    gone: hashbrown::HashSet<OwnedKey, foldhash::fast::FixedState>,
+    /// Memory counted for `touched` and `gone`.
+    bytes: usize,
+}
+
+/// The hash a running key is tracked by in [`Changes::touched`].
+fn key_hash(key: Option<&[u8]>) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(KeyView(key))
 }
 
 /// The partials that leave the window with a batch, for
@@ -202,15 +217,17 @@ pub struct SpillPlace<'a> {
     pub budget: usize,
 }
 
-/// One partition's window state.
+/// One partition's window state. Its fields change only through
+/// [`ReduceState::commit`] (and restores), which keeps the changes for the
+/// next checkpoint part.
 #[derive(Debug, Default)]
 pub struct ReduceState {
     /// One partial result per batch still in the window, oldest first.
-    pub partials: std::collections::VecDeque<(u64, Partial)>,
+    pub(super) partials: std::collections::VecDeque<(u64, Partial)>,
     /// With an inverse: the reduction of every partial in `partials`.
-    pub running: Batch,
+    pub(super) running: Batch,
     /// With an inverse: per key, how many of `partials` hold it.
-    pub presence: FastMap<OwnedKey, u32>,
+    pub(super) presence: FastMap<OwnedKey, u32>,
     /// Since the last checkpoint part; `None` when not known (the next part
     /// lists the whole partition).
     changes: Option<Changes>,
@@ -235,12 +252,19 @@ impl ReduceState {
             } => {
                 if let Some(changes) = &mut self.changes {
                     for record in left.iter().flat_map(|batch| batch.iter()).chain(this.iter()) {
-                        if !changes.touched.contains(&KeyView(record.key)) {
-                            changes.touched_bytes += TOUCHED_ENTRY_BYTES + record.key.map_or(0, <[u8]>::len);
-                            changes.touched.insert(owned_key(record.key));
+                        if changes.touched.insert(key_hash(record.key)) {
+                            changes.bytes += TOUCHED_ENTRY_BYTES;
                         }
                     }
-                    if changes.touched_bytes > touch_limit {
+                    for record in left.iter().flat_map(|batch| batch.iter()) {
+                        if !presence.contains_key(&KeyView(record.key))
+                            && !changes.gone.contains(&KeyView(record.key))
+                        {
+                            changes.bytes += GONE_ENTRY_BYTES + record.key.map_or(0, <[u8]>::len);
+                            changes.gone.insert(owned_key(record.key));
+                        }
+                    }
+                    if changes.bytes > touch_limit {
                         self.changes = None;
                     }
                 }
@@ -249,11 +273,12 @@ impl ReduceState {
         };
         if let Some(changes) = &mut self.changes {
             for (old, _) in self.partials.iter().take(count) {
-                match changes.entered.iter().position(|id| id == old) {
-                    Some(at) => {
+                // Batch ids enter in increasing order.
+                match changes.entered.binary_search(old) {
+                    Ok(at) => {
                         changes.entered.remove(at);
                     }
-                    None => changes.left.push(*old),
+                    Err(_) => changes.left.push(*old),
                 }
             }
             changes.entered.push(batch_id);
@@ -271,7 +296,7 @@ impl ReduceState {
         self.partials.iter().map(|(_, p)| p.memory_bytes()).sum::<usize>()
             + self.running.size_bytes()
             + self.presence.len() * PRESENCE_ENTRY_BYTES
-            + self.changes.as_ref().map_or(0, |c| c.touched_bytes)
+            + self.changes.as_ref().map_or(0, |c| c.bytes)
     }
 
     /// Spills the oldest partials held in memory until the partition fits
@@ -348,24 +373,33 @@ impl ReduceState {
             out.remove(&partial_key(batch_id)).map_err(write_error)?;
         }
         for (batch_id, partial) in &self.partials {
-            if changes.entered.contains(batch_id) {
+            if changes.entered.binary_search(batch_id).is_ok() {
                 out.put(&partial_key(*batch_id), &partial.encoded()?)
                     .map_err(write_error)?;
             }
         }
         if with_running {
-            let index = running_index(&self.running);
-            let mut touched: Vec<Vec<u8>> = changes
-                .touched
+            // The touched keys still in the running result are put, those
+            // gone and not back are removed; in key order.
+            let mut entries: Vec<(Vec<u8>, Option<usize>)> = self
+                .running
                 .iter()
-                .map(|key| running_key(key.as_deref()))
+                .enumerate()
+                .filter(|(_, record)| changes.touched.contains(&key_hash(record.key)))
+                .map(|(at, record)| (running_key(record.key), Some(at)))
                 .collect();
-            touched.sort_unstable();
+            entries.extend(
+                changes
+                    .gone
+                    .iter()
+                    .filter(|key| !self.presence.contains_key(&KeyView(key.as_deref())))
+                    .map(|key| (running_key(key.as_deref()), None)),
+            );
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut value = Vec::new();
-            for key in touched {
-                let record_key = record_key_of(&key);
-                match index.get(&record_key) {
-                    Some(&at) => {
+            for (key, at) in entries {
+                match at {
+                    Some(at) => {
                         self.running_value(at, &mut value);
                         out.put(&key, &value).map_err(write_error)?;
                     }
@@ -415,15 +449,6 @@ impl ReduceState {
     }
 }
 
-/// Per key, the index of its record in a running result.
-fn running_index(running: &Batch) -> FastMap<Option<&[u8]>, usize> {
-    running
-        .iter()
-        .enumerate()
-        .map(|(at, record)| (record.key, at))
-        .collect()
-}
-
 fn partial_key(batch_id: u64) -> [u8; 9] {
     let mut key = [PARTIAL_TAG; 9];
     key[1..].copy_from_slice(&batch_id.to_be_bytes());
@@ -453,21 +478,21 @@ fn record_key_of(running_key: &[u8]) -> Option<&[u8]> {
 }
 
 /// Builds a partition's state back from its entries in a checkpoint chain,
-/// in key order, spilling partials past the budget as they come.
+/// in key order, spilling the oldest partials past the budget as they come.
 #[derive(Debug)]
 pub struct Restorer<'a> {
     state: ReduceState,
     place: SpillPlace<'a>,
-    held: usize,
+    stage: &'a str,
 }
 
 impl<'a> Restorer<'a> {
-    /// An empty partition that spills to `place`.
-    pub fn new(place: SpillPlace<'a>) -> Self {
+    /// An empty partition of stage `stage` that spills to `place`.
+    pub fn new(place: SpillPlace<'a>, stage: &'a str) -> Self {
         Self {
             state: ReduceState::default(),
             place,
-            held: 0,
+            stage,
         }
     }
 
@@ -477,14 +502,8 @@ impl<'a> Restorer<'a> {
             Some((&PARTIAL_TAG, id)) if id.len() == 8 => {
                 let batch_id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
                 let batch = Decoder::new(value).batch().map_err(|e| e.to_string())?;
-                let partial = if self.held + batch.size_bytes() > self.place.budget {
-                    let path = spill_path(self.place.dir, self.place.partition, batch_id);
-                    Partial::Disk(spill_to(path, value, batch.len()).map_err(|e| e.to_string())?)
-                } else {
-                    self.held += batch.size_bytes();
-                    Partial::Memory(batch)
-                };
-                self.state.partials.push_back((batch_id, partial));
+                self.state.partials.push_back((batch_id, Partial::Memory(batch)));
+                self.state.spill_over(self.place, self.stage);
             }
             Some((&RUNNING_TAG, _)) if value.len() >= 12 => {
                 let presence = u32::from_le_bytes(value[..4].try_into().expect("4 bytes"));
@@ -505,11 +524,40 @@ impl<'a> Restorer<'a> {
     }
 
     /// The partition's state, counting changes from now.
-    pub fn finish(mut self, stage: &str) -> ReduceState {
+    pub fn finish(mut self) -> ReduceState {
         self.state.mark_checkpointed();
-        self.state.spill_over(self.place, stage);
+        self.state.spill_over(self.place, self.stage);
         self.state
     }
+}
+
+/// Reads one partition's state as checkpoints wrote it whole before window
+/// state was incremental: the partials with their batch ids, the running
+/// result, then the presence counts. The next part lists it whole.
+pub fn decode_whole(
+    input: &mut Decoder<'_>,
+    place: SpillPlace<'_>,
+    stage: &str,
+) -> Result<ReduceState, DecodeError> {
+    let mut state = ReduceState::default();
+    for _ in 0..input.count(16)? {
+        let batch_id = input.u64()?;
+        state
+            .partials
+            .push_back((batch_id, Partial::Memory(input.batch()?)));
+        state.spill_over(place, stage);
+    }
+    state.running = input.batch()?;
+    for _ in 0..input.count(16)? {
+        let key = match input.u64()? {
+            0 => None,
+            _ => Some(Box::from(input.bytes()?)),
+        };
+        let count = input.u64()? as u32;
+        state.presence.insert(key, count);
+    }
+    state.spill_over(place, stage);
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -537,12 +585,12 @@ mod tests {
             .map(|part| PartReader::new(std::io::Cursor::new(part.clone())).unwrap())
             .collect();
         let mut merge = Merge::new(readers).unwrap();
-        let mut restorer = Restorer::new(place);
+        let mut restorer = Restorer::new(place, "test");
         assert_eq!(merge.next_partition().unwrap(), Some(0));
         while let Some((key, value)) = merge.next_entry().unwrap() {
             restorer.entry(&key, &value).unwrap();
         }
-        restorer.finish("test")
+        restorer.finish()
     }
 
     fn running_of(state: &ReduceState) -> Vec<(Option<Vec<u8>>, Vec<u8>, u32)> {
@@ -627,14 +675,18 @@ mod tests {
             partition: 1,
             budget: 0,
         };
-        for place in [roomy, tight] {
+        // A part after every batch, or after the first and the last only
+        // (then `a` leaves the window and comes back between two parts).
+        for (place, every) in [(roomy, 1), (tight, 1), (roomy, 4), (tight, 4)] {
             let mut state = ReduceState::default();
             let mut parts = Vec::new();
             let batches: [&[&str]; 5] = [&["a", "b"], &["b", "c"], &[], &["d"], &["a", "e"]];
             for (batch_id, keys) in batches.iter().enumerate() {
                 advance(&mut state, batch_id as u64, keys);
                 state.spill_over(place, "test");
-                parts.push(part_of(&mut state, true));
+                if batch_id % every == 0 {
+                    parts.push(part_of(&mut state, true));
+                }
             }
             // The first part lists everything; the later ones only what changed.
             let back = restored(&parts, roomy);
@@ -670,6 +722,62 @@ mod tests {
         }
         // Batch 0 left; batches 1 and 2 entered; a and b went, c changed.
         assert_eq!(seen.len(), 1 + 2 + 3, "{seen:#?}");
+    }
+
+    #[test]
+    fn state_written_whole_by_the_previous_format_decodes_and_spills_past_the_budget() {
+        let mut original = ReduceState::default();
+        for (batch_id, keys) in [(0, &["a", "b"][..]), (1, &["b"]), (2, &[])] {
+            advance(&mut original, batch_id, keys);
+        }
+        // As the previous format wrote a partition: partials with their
+        // batch ids, the running result, the presence counts.
+        let mut out = Encoder::new();
+        out.u64(original.partials.len() as u64);
+        for (batch_id, partial) in &original.partials {
+            out.u64(*batch_id);
+            out.batch(&partial.load().unwrap());
+        }
+        out.batch(&original.running);
+        out.u64(original.presence.len() as u64);
+        for (key, count) in &original.presence {
+            match key {
+                Some(key) => {
+                    out.u64(1);
+                    out.bytes(key);
+                }
+                None => out.u64(0),
+            }
+            out.u64(u64::from(*count));
+        }
+        let bytes = out.finish();
+        let dir = tempfile::tempdir().unwrap();
+        for budget in [1 << 20, 0] {
+            let place = SpillPlace {
+                dir: dir.path(),
+                partition: 0,
+                budget,
+            };
+            let mut decoded = decode_whole(&mut Decoder::new(&bytes), place, "test").unwrap();
+            assert_eq!(partials_of(&decoded), partials_of(&original));
+            assert_eq!(running_of(&decoded), running_of(&original));
+            assert_eq!(decoded.partials.iter().any(|(_, p)| p.is_spilled()), budget == 0);
+            // Its next part is complete.
+            let part = part_of(&mut decoded, true);
+            assert!(
+                PartReader::new(std::io::Cursor::new(part))
+                    .unwrap()
+                    .begin()
+                    .unwrap()
+            );
+        }
+        // A truncated snapshot is an error, not a panic.
+        let place = SpillPlace {
+            dir: dir.path(),
+            partition: 0,
+            budget: 1 << 20,
+        };
+        assert!(decode_whole(&mut Decoder::new(&bytes[..bytes.len() - 3]), place, "test").is_err());
     }
 
     #[test]

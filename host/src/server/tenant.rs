@@ -44,7 +44,7 @@ pub struct Quotas {
     /// Ceiling of `max-batch-memory` (input one batch may gather from one
     /// source), in bytes.
     pub max_batch_memory: u64,
-    /// Ceiling of a keyed-state stage's `state-memory` (state kept in
+    /// Ceiling of a stateful stage's `state-memory` (keyed state, or the partials of a processing-time reducing window, kept in
     /// memory before it spills to disk), in bytes.
     pub max_state_memory: u64,
 }
@@ -211,7 +211,13 @@ impl TenantConfig {
         for stage in &spec.stages {
             let memory = match &stage.op {
                 OperatorSpec::KeyedState(state) => state.memory,
-                OperatorSpec::Window(window) => window.memory,
+                // Only processing-time reducing windows keep partials (and take state-memory).
+                OperatorSpec::Window(window)
+                    if window.time == crate::config::WindowTime::Processing
+                        && !matches!(window.op, crate::config::WindowOp::Raw) =>
+                {
+                    window.memory
+                }
                 _ => continue,
             };
             let memory = memory.unwrap_or(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY) as u64;
