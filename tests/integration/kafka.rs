@@ -504,6 +504,25 @@ fn partitions_added_while_running_are_read_and_a_broker_outage_loses_nothing() {
 
 #[test]
 fn the_kafka_example_runs_as_the_readme_shows_it() {
+    // Runs twice at most: in about 1 of 20 runs here (2026-12-02) the test
+    // broker (noida-db 0.2.3) returned no record of `page-counts`, not even
+    // to a read_uncommitted consumer, although it had acknowledged every
+    // record and committed every transaction of the run (a delivery or
+    // commit error fails the run), whether the topic was created on first
+    // use or beforehand. Both runs must fail for the test to fail.
+    for attempt in 1..=2 {
+        if kafka_example_run(attempt == 2) {
+            return;
+        }
+        eprintln!(
+            "attempt {attempt}: the broker returned no `page-counts` record; trying again on a new broker"
+        );
+    }
+}
+
+/// One run of the Kafka example on a new broker; false when the broker
+/// returned no output record and `last` is false.
+fn kafka_example_run(last: bool) -> bool {
     let broker = Broker::start();
     let dir = scratch();
     let runnable =
@@ -533,6 +552,9 @@ fn the_kafka_example_runs_as_the_readme_shows_it() {
     );
     // What went to Kafka is what the console printed for `per-page`.
     let sent = broker.read_committed("page-counts");
+    if sent.is_empty() && !last {
+        return false;
+    }
     assert!(!sent.is_empty());
     for record in sent {
         let object: serde_json::Value = serde_json::from_str(&record.value).unwrap();
@@ -543,6 +565,7 @@ fn the_kafka_example_runs_as_the_readme_shows_it() {
         let line = format!("{page}\t{count}\t[1970-01-01T00:00:{:02}.000Z", start / 1000);
         assert!(printed.contains(&line), "{line:?} not printed:\n{printed}");
     }
+    true
 }
 
 #[test]
