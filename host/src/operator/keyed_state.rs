@@ -191,10 +191,6 @@ fn migration_failure(error: PluginError, chunk: &[(&[u8], StateEntry)]) -> Strin
     }
 }
 
-fn state_error(error: crate::state::StateError) -> OperatorError {
-    OperatorError::Native(error.to_string())
-}
-
 impl Operator for KeyedState {
     fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let slot = self.stores.get(ctx.partition);
@@ -220,7 +216,7 @@ impl Operator for KeyedState {
         let timed_out = match self.settings.timeout {
             Some(timeout) => store
                 .idle_since(ctx.batch_time - timeout.as_millis() as i64)
-                .map_err(state_error)?
+                .map_err(OperatorError::from)?
                 .into_iter()
                 .filter(|(key, _)| !group_of.contains_key(&record_key(key)))
                 .filter(|(key, _)| self.owns_timeout(record_key(key), ctx))
@@ -260,7 +256,7 @@ impl Operator for KeyedState {
             })
             .collect();
         let mut store_keys: Vec<Box<[u8]>> = keys.iter().map(|key| store_key(*key)).collect();
-        let previous_states = store.get_many(&store_keys).map_err(state_error)?;
+        let previous_states = store.get_many(&store_keys).map_err(OperatorError::from)?;
         for ((key, records), previous) in keys.iter().zip(&members).zip(previous_states) {
             push_value(&mut groups.keys, key.unwrap_or_default());
             for &(chunk, index) in records {
@@ -337,7 +333,7 @@ impl Operator for KeyedState {
             }
             start = end;
         }
-        store.commit(changes).map_err(state_error)?;
+        store.commit(changes).map_err(OperatorError::from)?;
         Ok(vec![update.output])
     }
 
@@ -409,7 +405,7 @@ impl Operator for KeyedState {
                 changes.put.push((key, StateEntry { state, last_seen }));
             }
             let mut store = self.store_for(partition);
-            store.commit(changes).map_err(state_error)?;
+            store.commit(changes).map_err(OperatorError::from)?;
             stores.push(Some(store));
         }
         self.stores.replace(stores);
@@ -477,11 +473,13 @@ impl IncrementalState for KeyedState {
                 bytes += key.len() + value.len();
                 changes.put.push((key.into(), entry));
                 if bytes >= slice {
-                    store.commit(std::mem::take(&mut changes)).map_err(state_error)?;
+                    store
+                        .commit(std::mem::take(&mut changes))
+                        .map_err(OperatorError::from)?;
                     bytes = 0;
                 }
             }
-            store.commit(changes).map_err(state_error)?;
+            store.commit(changes).map_err(OperatorError::from)?;
             store.mark_checkpointed();
             stores.push(Some(store));
         }

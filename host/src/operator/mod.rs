@@ -370,6 +370,14 @@ pub trait PieceFold: Send {
     fn finish(self: Box<Self>, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError>;
 }
 
+/// State that cannot be read or written (a spill file, a store) fails the
+/// operator's call like any internal error.
+impl From<crate::state::StateError> for OperatorError {
+    fn from(error: crate::state::StateError) -> Self {
+        OperatorError::Native(error.to_string())
+    }
+}
+
 /// The error for a state snapshot that cannot be restored.
 pub fn restore_error(error: impl std::fmt::Display) -> OperatorError {
     OperatorError::Native(format!("cannot restore the checkpointed state: {error}"))

@@ -224,7 +224,7 @@ impl WindowedReduce {
         let mut pending: Partition = Vec::new();
         let mut pending_bytes = 0;
         for (_, partial) in state.partials.iter().skip(leaving) {
-            let batch = partial.load().map_err(state_error)?.into_owned();
+            let batch = partial.load().map_err(OperatorError::from)?.into_owned();
             pending_bytes += batch.size_bytes();
             pending.push(batch);
             // Folding once the partials read back outweigh what they are
@@ -387,7 +387,7 @@ impl Operator for WindowedReduce {
                 .take(leaving)
                 .map(|(_, partial)| partial.load().map(Cow::into_owned))
                 .collect::<Result<_, _>>()
-                .map_err(state_error)?,
+                .map_err(OperatorError::from)?,
             None => Vec::new(),
         };
         let running = match &self.inverse {
@@ -509,11 +509,6 @@ impl IncrementalState for WindowedReduce {
         self.states.replace(states);
         Ok(())
     }
-}
-
-/// A spilled partial that cannot be read back, as an operator error.
-fn state_error(error: crate::state::StateError) -> OperatorError {
-    OperatorError::Native(error.to_string())
 }
 
 /// Rewrites keys before a windowed reduce: `count-by-window` and

@@ -56,6 +56,18 @@ pub struct SpilledPartial {
     records: usize,
 }
 
+impl SpilledPartial {
+    /// The file's bytes: the partial in the encoding of [`Encoder::batch`].
+    fn read(&self) -> Result<Vec<u8>, StateError> {
+        std::fs::read(&self.path).map_err(|e| {
+            StateError(format!(
+                "cannot read a spilled window partial {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+}
+
 impl Drop for SpilledPartial {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -77,12 +89,7 @@ impl Partial {
         match self {
             Partial::Memory(batch) => Ok(Cow::Borrowed(batch)),
             Partial::Disk(spilled) => {
-                let bytes = std::fs::read(&spilled.path).map_err(|e| {
-                    StateError(format!(
-                        "cannot read a spilled window partial {}: {e}",
-                        spilled.path.display()
-                    ))
-                })?;
+                let bytes = spilled.read()?;
                 Decoder::new(&bytes).batch().map(Cow::Owned).map_err(|e| {
                     StateError(format!(
                         "a spilled window partial {} is corrupt: {e}",
@@ -101,12 +108,7 @@ impl Partial {
                 out.batch(batch);
                 Ok(Cow::Owned(out.finish()))
             }
-            Partial::Disk(spilled) => std::fs::read(&spilled.path).map(Cow::Owned).map_err(|e| {
-                StateError(format!(
-                    "cannot read a spilled window partial {}: {e}",
-                    spilled.path.display()
-                ))
-            }),
+            Partial::Disk(spilled) => spilled.read().map(Cow::Owned),
         }
     }
 
