@@ -87,6 +87,12 @@ impl hashbrown::Equivalent<OwnedKey> for KeyView<'_> {
     }
 }
 
+impl hashbrown::Equivalent<Option<&[u8]>> for KeyView<'_> {
+    fn equivalent(&self, key: &Option<&[u8]>) -> bool {
+        self.0 == *key
+    }
+}
+
 /// `batch` without the records whose value is `neutral`.
 pub fn without_value(batch: Batch, neutral: Option<&[u8]>) -> Batch {
     let Some(neutral) = neutral else {

@@ -14,6 +14,8 @@
 //! - [`builtin`]: the host's own count, sum, min and max.
 //! - [`count_table`]: the combine's table of counts by short key.
 //! - [`window`]: processing-time windows, with and without an inverse.
+//!   Their state: [`window_state`] (per-batch partials, spilled past the
+//!   stage's `state-memory`) and [`running`] (the running result of an inverse).
 //! - [`keyed_state`]: update-state-by-key and map-with-state over host-owned state.
 //! - [`event_window`]: event-time windows with a watermark.
 //! - [`join`]: joins, cogroup and transform-with over two keyed inputs.
@@ -33,6 +35,7 @@ pub mod keyed_state;
 pub mod native;
 pub mod reduce;
 pub mod repartition;
+pub mod running;
 pub mod transform;
 pub mod window;
 pub mod window_state;

@@ -14,9 +14,11 @@
 //!   result per batch — never raw records. Without an inverse, the window is
 //!   merged from those partials when it is emitted; with one, a running
 //!   result is updated incrementally (add the batch entering, subtract the
-//!   batch leaving), as Spark's `reduceByKeyAndWindow(func, invFunc)` does.
-//!   Either way a key without records in the window is dropped, so both
-//!   give the same results. Partials past the stage's `state-memory` spill
+//!   batch leaving), as Spark's `reduceByKeyAndWindow(func, invFunc)` does,
+//!   in place and only for the keys of those two batches
+//!   ([`super::running`]). Either way a key without records in the window
+//!   is dropped, so both give the same results (with an inverse, in no
+//!   particular order). Partials past the stage's `state-memory` spill
 //!   to disk and checkpoints write only what changed
 //!   ([`super::window_state`]).
 
@@ -26,10 +28,11 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use super::builtin;
-use super::keyed::{FastMap, KeyView, OwnedKey, PartitionStates, lock, owned_key, without_value};
+use super::keyed::{FastMap, KeyView, PartitionStates, lock, without_value};
 use super::keyed_state::StateSettings;
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer};
-use super::window_state::{Leaving, ReduceState, Restorer, SpillPlace, decode_whole};
+use super::running::{Change, RunningChanges, RunningResult};
+use super::window_state::{ReduceState, Restorer, SpillPlace, decode_whole};
 use super::{
     IncrementalState, Operator, OperatorError, PartitionContext, Planning, check_restored_partitions,
     restore_error,
@@ -317,56 +320,84 @@ impl WindowedReduce {
         Ok(out)
     }
 
-    /// The running result and key presence after `this` batch enters and
-    /// the first `leaving` partials leave (with an inverse). Computed aside:
-    /// state changes only once every call of the batch succeeded.
-    fn advance_running(
+    /// What `this` batch entering and the `left` partials leaving change
+    /// in the `running` result (with an inverse): per key of those batches,
+    /// its presence after the batch and, when it stays, its new value (the
+    /// entering values merged in, then the leaving ones subtracted, in batch
+    /// order). Only those keys are read and the reducers called for them;
+    /// nothing changes until the batch commits.
+    fn advance_running<'a>(
         &self,
         inverse: &Inverse,
-        state: &ReduceState,
-        this: &Batch,
-        leaving: &[Batch],
+        running: &RunningResult,
+        this: &'a Batch,
+        left: &'a [Batch],
         ctx: &mut PartitionContext<'_>,
-    ) -> Result<(Batch, FastMap<OwnedKey, u32>), OperatorError> {
-        let mut running = if this.is_empty() {
-            state.running.clone()
-        } else {
-            self.merge(vec![state.running.clone(), this.clone()], ctx)?
-        };
-        for old in leaving {
-            running = self.subtract(inverse, &running, old, ctx)?;
-        }
-        let mut presence = state.presence.clone();
+    ) -> Result<RunningChanges<'a>, OperatorError> {
+        let mut changes = RunningChanges::default();
         for record in this {
-            match presence.get_mut(&KeyView(record.key)) {
-                Some(count) => *count += 1,
-                None => {
-                    presence.insert(owned_key(record.key), 1);
+            touched(&mut changes, running, record.key).presence += 1;
+        }
+        for record in left.iter().flat_map(Batch::iter) {
+            let change = touched(&mut changes, running, record.key);
+            change.presence = change.presence.saturating_sub(1);
+        }
+        // The current value of a key the batch touched.
+        let current = |changes: &RunningChanges<'a>, key: Option<&[u8]>| -> Option<(Vec<u8>, i64)> {
+            match changes.get(&KeyView(key)).and_then(|change| change.value.clone()) {
+                Some(value) => Some(value),
+                None => running
+                    .get(key)
+                    .map(|entry| (entry.value().to_vec(), entry.timestamp)),
+            }
+        };
+        if !this.is_empty() {
+            let mut before = Batch::new();
+            for record in this {
+                if let Some(entry) = running.get(record.key) {
+                    before.push(record.key, entry.value(), entry.timestamp);
+                }
+            }
+            let merged = self.merge(vec![before, this.clone()], ctx)?;
+            for record in &merged {
+                // The merge's keys are `this` batch's.
+                if let Some(change) = changes.get_mut(&KeyView(record.key)) {
+                    change.value = Some((record.value.to_vec(), record.timestamp));
                 }
             }
         }
-        for old in leaving {
+        for old in left {
+            // Keys that leave the result need no subtraction.
+            let mut staying = Batch::new();
             for record in old {
-                let key = KeyView(record.key);
-                if let Some(count) = presence.get_mut(&key) {
-                    *count -= 1;
-                    if *count == 0 {
-                        presence.remove(&key);
-                    }
+                if changes
+                    .get(&KeyView(record.key))
+                    .is_some_and(|change| change.presence > 0)
+                    && let Some((value, timestamp)) = current(&changes, record.key)
+                {
+                    staying.push(record.key, &value, timestamp);
+                }
+            }
+            for record in &self.subtract(inverse, &staying, old, ctx)? {
+                if let Some(change) = changes.get_mut(&KeyView(record.key)) {
+                    change.value = Some((record.value.to_vec(), record.timestamp));
                 }
             }
         }
-        if !leaving.is_empty() {
-            let mut kept = Batch::with_capacity(running.len(), running.data_bytes());
-            for record in running.iter() {
-                if presence.contains_key(&KeyView(record.key)) {
-                    kept.push_ref(record);
-                }
-            }
-            running = kept;
-        }
-        Ok((running, presence))
+        Ok(changes)
     }
+}
+
+/// The change of `key` in `changes`, added (unchanged) when new.
+fn touched<'m, 'a>(
+    changes: &'m mut RunningChanges<'a>,
+    running: &RunningResult,
+    key: Option<&'a [u8]>,
+) -> &'m mut Change {
+    changes.entry(key).or_insert_with(|| Change {
+        value: None,
+        presence: running.get(key).map_or(0, |entry| entry.presence),
+    })
 }
 
 impl Operator for WindowedReduce {
@@ -390,33 +421,26 @@ impl Operator for WindowedReduce {
                 .map_err(OperatorError::from)?,
             None => Vec::new(),
         };
-        let running = match &self.inverse {
-            Some(inverse) => Some(self.advance_running(inverse, &state, &this, &left, ctx)?),
+        let emits = self.shape.emits_at(ctx.batch_id);
+        let window = match &self.inverse {
+            Some(inverse) => {
+                let changes = self.advance_running(inverse, &state.running, &this, &left, ctx)?;
+                // Every call succeeded: commit.
+                state.apply_running(&changes, self.touch_limit());
+                emits.then(|| state.running.to_batch(self.neutral.as_deref()))
+            }
+            None if emits => {
+                let merged = self.merge_window(&state, leaving, &this, ctx)?;
+                Some(without_value(merged, self.neutral.as_deref()))
+            }
             None => None,
         };
-        let output = if self.shape.emits_at(ctx.batch_id) {
-            let window = match &running {
-                Some((running, _)) => running.clone(),
-                None => self.merge_window(&state, leaving, &this, ctx)?,
-            };
-            let window = without_value(window, self.neutral.as_deref());
-            // The window ends at the batch time; its records carry its last millisecond.
-            vec![window.retimed(ctx.batch_time - 1)]
-        } else {
-            Vec::new()
-        };
-        // Every call succeeded: commit.
-        let leaving = match running {
-            Some((running, presence)) => Leaving::WithRunning {
-                left: &left,
-                running,
-                presence,
-            },
-            None => Leaving::Count(leaving),
-        };
-        state.commit(ctx.batch_id, this, leaving, self.touch_limit());
+        state.commit(ctx.batch_id, this, leaving);
         state.spill_over(self.place(ctx.partition), &self.stage);
-        Ok(output)
+        // The window ends at the batch time; its records carry its last millisecond.
+        Ok(window
+            .map(|window| vec![window.retimed(ctx.batch_time - 1)])
+            .unwrap_or_default())
     }
 
     fn planning(&self) -> Planning {
@@ -533,5 +557,109 @@ impl Rekey {
 impl Operator for Rekey {
     fn process(&self, input: Partition, _: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         Ok(input.iter().map(|chunk| self.rekey(chunk)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::config::BuiltinReducer;
+    use crate::operator::InstanceSlots;
+    use crate::operator::native::NativeReducer;
+
+    /// A count over a window of two batches, sliding by one, whose inverse
+    /// (a native subtraction) fails while `failing` is set.
+    fn counting_window(failing: Arc<AtomicBool>, dir: &std::path::Path) -> WindowedReduce {
+        let subtract = NativeReducer::new("subtract", move |values| {
+            if failing.load(Ordering::Relaxed) {
+                return Err("the inverse failed".into());
+            }
+            let mut numbers = values.map(|v| std::str::from_utf8(v).unwrap().parse::<i64>().unwrap());
+            let first = numbers.next().unwrap();
+            Ok((first - numbers.sum::<i64>()).to_string().into_bytes())
+        });
+        WindowedReduce::new(
+            WindowShape { length: 2, slide: 1 },
+            Reducer::Builtin(BuiltinReducer::Count),
+            Some(Inverse::Groups(Arc::new(subtract))),
+            None,
+            StateSettings {
+                memory_bytes: 1 << 20,
+                spill_dir: dir.to_path_buf(),
+                timeout: None,
+                partitions: 1,
+            },
+            "test",
+        )
+    }
+
+    /// Runs batch `batch_id` of `keys` (each counted once), the window's records sorted.
+    fn run(
+        window: &WindowedReduce,
+        batch_id: u64,
+        keys: &[&str],
+    ) -> Result<Vec<(String, String)>, OperatorError> {
+        let mut batch = Batch::new();
+        for key in keys {
+            batch.push(Some(key.as_bytes()), b"1", 0);
+        }
+        let mut instances = InstanceSlots::new();
+        let mut ctx = PartitionContext {
+            batch_id,
+            batch_time: 1_000,
+            left_chunks: 1,
+            partition: 0,
+            instances: &mut instances,
+            dead_letters: Batch::new(),
+            failures: 0,
+        };
+        let out = window.process(vec![batch], &mut ctx)?;
+        let mut records: Vec<(String, String)> = out
+            .iter()
+            .flat_map(Batch::iter)
+            .map(|r| {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (text(r.key.unwrap_or_default()), text(r.value))
+            })
+            .collect();
+        records.sort();
+        Ok(records)
+    }
+
+    #[test]
+    fn a_batch_whose_inverse_fails_leaves_the_running_result_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let window = counting_window(failing.clone(), dir.path());
+        let pairs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            run(&window, 0, &["a", "b", "a"]).unwrap(),
+            pairs(&[("a", "2"), ("b", "1")])
+        );
+        assert_eq!(
+            run(&window, 1, &["a", "c"]).unwrap(),
+            pairs(&[("a", "3"), ("b", "1"), ("c", "1")])
+        );
+        // Batch 0 leaves: `a` stays and is subtracted, which fails.
+        failing.store(true, Ordering::Relaxed);
+        assert!(run(&window, 2, &["c", "d"]).is_err());
+        // Retried, the batch gives what it would have given the first time.
+        failing.store(false, Ordering::Relaxed);
+        assert_eq!(
+            run(&window, 2, &["c", "d"]).unwrap(),
+            pairs(&[("a", "1"), ("c", "2"), ("d", "1")])
+        );
+        assert_eq!(run(&window, 3, &[]).unwrap(), pairs(&[("c", "1"), ("d", "1")]));
+        let state = window.states.get(0);
+        let state = lock(&state);
+        assert_eq!(state.running.len(), 2, "keys without records in the window leave");
+        assert_eq!(state.running.get(Some(b"c")).unwrap().presence, 1);
     }
 }

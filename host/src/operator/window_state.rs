@@ -8,8 +8,8 @@
 //! spilled partial is one file, written once and read back when it is
 //! needed: when it leaves the window (with an inverse: it is subtracted) or
 //! when a window is emitted (without one: the window is merged from every
-//! partial). The oldest partials spill first. The running result and the
-//! key presence counts stay in memory: they hold one entry per key of the
+//! partial). The oldest partials spill first. The running result
+//! ([`RunningResult`]) stays in memory: it holds one entry per key of the
 //! window, not one per key and batch.
 //!
 //! **Checkpoints** are incremental ([`crate::checkpoint::incremental`]): a
@@ -26,7 +26,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::keyed::{FastMap, KeyView, OwnedKey, owned_key};
+use super::keyed::{KeyView, OwnedKey, owned_key};
+use super::running::{RunningChanges, RunningEntry, RunningResult, key_hash};
 use crate::checkpoint::codec::{DecodeError, Decoder, Encoder};
 use crate::checkpoint::incremental::PartWriter;
 use crate::record::Batch;
@@ -36,8 +37,6 @@ use crate::state::StateError;
 const PARTIAL_TAG: u8 = 0;
 /// The first byte of a running result's entry in a checkpoint part.
 const RUNNING_TAG: u8 = 1;
-/// Bookkeeping bytes counted per presence entry.
-const PRESENCE_ENTRY_BYTES: usize = 40;
 /// Bookkeeping bytes counted per running key touched since the last part
 /// (its hash).
 const TOUCHED_ENTRY_BYTES: usize = 16;
@@ -184,30 +183,6 @@ struct Changes {
     bytes: usize,
 }
 
-/// The hash a running key is tracked by in [`Changes::touched`].
-fn key_hash(key: Option<&[u8]>) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(KeyView(key))
-}
-
-/// The partials that leave the window with a batch, for
-/// [`ReduceState::commit`].
-#[derive(Debug)]
-pub enum Leaving<'a> {
-    /// Without an inverse: how many leave.
-    Count(usize),
-    /// With an inverse: the partials that leave, and the running result and
-    /// key presence after the batch.
-    WithRunning {
-        /// The leaving partials' records.
-        left: &'a [Batch],
-        /// The new running result.
-        running: Batch,
-        /// The new presence counts.
-        presence: FastMap<OwnedKey, u32>,
-    },
-}
-
 /// Where a partition spills and how much it keeps in memory.
 #[derive(Debug, Clone, Copy)]
 pub struct SpillPlace<'a> {
@@ -220,16 +195,15 @@ pub struct SpillPlace<'a> {
 }
 
 /// One partition's window state. Its fields change only through
-/// [`ReduceState::commit`] (and restores), which keeps the changes for the
-/// next checkpoint part.
+/// [`ReduceState::commit`] and [`ReduceState::apply_running`] (and
+/// restores), which keep the changes for the next checkpoint part.
 #[derive(Debug, Default)]
 pub struct ReduceState {
     /// One partial result per batch still in the window, oldest first.
     pub(super) partials: std::collections::VecDeque<(u64, Partial)>,
-    /// With an inverse: the reduction of every partial in `partials`.
-    pub(super) running: Batch,
-    /// With an inverse: per key, how many of `partials` hold it.
-    pub(super) presence: FastMap<OwnedKey, u32>,
+    /// With an inverse: the reduction of every partial in `partials`, and
+    /// per key how many of them hold it.
+    pub(super) running: RunningResult,
     /// Since the last checkpoint part; `None` when not known (the next part
     /// lists the whole partition).
     changes: Option<Changes>,
@@ -238,43 +212,37 @@ pub struct ReduceState {
 }
 
 impl ReduceState {
-    /// Commits a batch that succeeded: `this` batch's partial enters, the
-    /// first `left.len()` partials leave (`left` holds them, read back; or
-    /// only their count, without an inverse) and, with an inverse,
-    /// `running` replaces the running result and key presence.
-    /// `touch_limit` bounds the memory of the keys tracked for the next
-    /// checkpoint part (past it, the part lists the partition whole).
-    pub fn commit(&mut self, batch_id: u64, this: Batch, leaving: Leaving<'_>, touch_limit: usize) {
-        let (count, running) = match leaving {
-            Leaving::Count(count) => (count, None),
-            Leaving::WithRunning {
-                left,
-                running,
-                presence,
-            } => {
-                if let Some(changes) = &mut self.changes {
-                    for record in left.iter().flat_map(|batch| batch.iter()).chain(this.iter()) {
-                        if changes.touched.insert(key_hash(record.key)) {
-                            changes.bytes += TOUCHED_ENTRY_BYTES;
-                        }
-                    }
-                    for record in left.iter().flat_map(|batch| batch.iter()) {
-                        if !presence.contains_key(&KeyView(record.key))
-                            && !changes.gone.contains(&KeyView(record.key))
-                        {
-                            changes.bytes += GONE_ENTRY_BYTES + record.key.map_or(0, <[u8]>::len);
-                            changes.gone.insert(owned_key(record.key));
-                        }
-                    }
-                    if changes.bytes > touch_limit {
-                        self.changes = None;
-                    }
+    /// Applies a batch's changes to the running result (with an inverse;
+    /// before [`ReduceState::commit`]). `touch_limit` bounds the memory of
+    /// the keys tracked for the next checkpoint part (past it, the part
+    /// lists the partition whole).
+    pub fn apply_running(&mut self, changes: &RunningChanges<'_>, touch_limit: usize) {
+        for (key, change) in changes {
+            if let Some(tracked) = &mut self.changes {
+                if tracked.touched.insert(key_hash(*key)) {
+                    tracked.bytes += TOUCHED_ENTRY_BYTES;
                 }
-                (left.len(), Some((running, presence)))
+                if change.presence == 0 && !tracked.gone.contains(&KeyView(*key)) {
+                    tracked.bytes += GONE_ENTRY_BYTES + key.map_or(0, <[u8]>::len);
+                    tracked.gone.insert(owned_key(*key));
+                }
             }
-        };
+            self.running.apply(*key, change);
+        }
+        if self
+            .changes
+            .as_ref()
+            .is_some_and(|tracked| tracked.bytes > touch_limit)
+        {
+            self.changes = None;
+        }
+    }
+
+    /// Commits a batch that succeeded: `this` batch's partial enters and the
+    /// first `leaving` partials leave.
+    pub fn commit(&mut self, batch_id: u64, this: Batch, leaving: usize) {
         if let Some(changes) = &mut self.changes {
-            for (old, _) in self.partials.iter().take(count) {
+            for (old, _) in self.partials.iter().take(leaving) {
                 // Batch ids enter in increasing order.
                 match changes.entered.binary_search(old) {
                     Ok(at) => {
@@ -285,19 +253,14 @@ impl ReduceState {
             }
             changes.entered.push(batch_id);
         }
-        if let Some((running, presence)) = running {
-            self.running = running;
-            self.presence = presence;
-        }
-        self.partials.drain(..count);
+        self.partials.drain(..leaving);
         self.partials.push_back((batch_id, Partial::Memory(this)));
     }
 
     /// Bytes the partition holds in memory.
     pub fn memory_bytes(&self) -> usize {
         self.partials.iter().map(|(_, p)| p.memory_bytes()).sum::<usize>()
-            + self.running.size_bytes()
-            + self.presence.len() * PRESENCE_ENTRY_BYTES
+            + self.running.memory_bytes()
             + self.changes.as_ref().map_or(0, |c| c.bytes)
     }
 
@@ -383,26 +346,25 @@ impl ReduceState {
         if with_running {
             // The touched keys still in the running result are put, those
             // gone and not back are removed; in key order.
-            let mut entries: Vec<(Vec<u8>, Option<usize>)> = self
-                .running
+            let mut entries: Vec<(Vec<u8>, Option<&RunningEntry>)> = changes
+                .touched
                 .iter()
-                .enumerate()
-                .filter(|(_, record)| changes.touched.contains(&key_hash(record.key)))
-                .map(|(at, record)| (running_key(record.key), Some(at)))
+                .flat_map(|hash| self.running.with_hash(*hash))
+                .map(|entry| (running_key(entry.key()), Some(entry)))
                 .collect();
             entries.extend(
                 changes
                     .gone
                     .iter()
-                    .filter(|key| !self.presence.contains_key(&KeyView(key.as_deref())))
+                    .filter(|key| self.running.get(key.as_deref()).is_none())
                     .map(|key| (running_key(key.as_deref()), None)),
             );
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut value = Vec::new();
-            for (key, at) in entries {
-                match at {
-                    Some(at) => {
-                        self.running_value(at, &mut value);
+            for (key, entry) in entries {
+                match entry {
+                    Some(entry) => {
+                        running_value(entry, &mut value);
                         out.put(&key, &value).map_err(write_error)?;
                     }
                     None => out.remove(&key).map_err(write_error)?,
@@ -423,32 +385,29 @@ impl ReduceState {
                 .map_err(write_error)?;
         }
         if with_running {
-            let mut keys: Vec<(Vec<u8>, usize)> = self
+            let mut entries: Vec<(Vec<u8>, &RunningEntry)> = self
                 .running
                 .iter()
-                .enumerate()
-                .map(|(at, record)| (running_key(record.key), at))
+                .map(|entry| (running_key(entry.key()), entry))
                 .collect();
-            keys.sort_unstable();
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut value = Vec::new();
-            for (key, at) in keys {
-                self.running_value(at, &mut value);
+            for (key, entry) in entries {
+                running_value(entry, &mut value);
                 out.put(&key, &value).map_err(write_error)?;
             }
         }
         Ok(())
     }
+}
 
-    /// The checkpoint value of the running result's record `at`: presence
-    /// count, timestamp, value.
-    fn running_value(&self, at: usize, value: &mut Vec<u8>) {
-        let record = self.running.get(at);
-        let presence = self.presence.get(&KeyView(record.key)).copied().unwrap_or(0);
-        value.clear();
-        value.extend_from_slice(&presence.to_le_bytes());
-        value.extend_from_slice(&record.timestamp.to_le_bytes());
-        value.extend_from_slice(record.value);
-    }
+/// The checkpoint value of a running result's entry: presence count,
+/// timestamp, value.
+fn running_value(entry: &RunningEntry, value: &mut Vec<u8>) {
+    value.clear();
+    value.extend_from_slice(&entry.presence.to_le_bytes());
+    value.extend_from_slice(&entry.timestamp.to_le_bytes());
+    value.extend_from_slice(entry.value());
 }
 
 fn partial_key(batch_id: u64) -> [u8; 9] {
@@ -510,9 +469,9 @@ impl<'a> Restorer<'a> {
             Some((&RUNNING_TAG, _)) if value.len() >= 12 => {
                 let presence = u32::from_le_bytes(value[..4].try_into().expect("4 bytes"));
                 let timestamp = i64::from_le_bytes(value[4..12].try_into().expect("8 bytes"));
-                let record_key = record_key_of(key);
-                self.state.running.push(record_key, &value[12..], timestamp);
-                self.state.presence.insert(owned_key(record_key), presence);
+                self.state
+                    .running
+                    .set(record_key_of(key), &value[12..], timestamp, presence);
             }
             _ => {
                 return Err(format!(
@@ -549,14 +508,16 @@ pub fn decode_whole(
             .push_back((batch_id, Partial::Memory(input.batch()?)));
         state.spill_over(place, stage);
     }
-    state.running = input.batch()?;
+    for record in input.batch()?.iter() {
+        state.running.set(record.key, record.value, record.timestamp, 0);
+    }
     for _ in 0..input.count(16)? {
         let key = match input.u64()? {
             0 => None,
-            _ => Some(Box::from(input.bytes()?)),
+            _ => Some(input.bytes()?),
         };
         let count = input.u64()? as u32;
-        state.presence.insert(key, count);
+        state.running.set_presence(key, count);
     }
     state.spill_over(place, stage);
     Ok(state)
@@ -566,6 +527,7 @@ pub fn decode_whole(
 mod tests {
     use super::*;
     use crate::checkpoint::incremental::{Merge, PartReader};
+    use crate::operator::running::Change;
 
     fn partial(keys: &[&str], batch: i64) -> Batch {
         let mut out = Batch::new();
@@ -595,15 +557,19 @@ mod tests {
         restorer.finish()
     }
 
-    fn running_of(state: &ReduceState) -> Vec<(Option<Vec<u8>>, Vec<u8>, u32)> {
+    /// Key, value, timestamp and presence of a running entry.
+    type Running = (Option<Vec<u8>>, Vec<u8>, i64, u32);
+
+    fn running_of(state: &ReduceState) -> Vec<Running> {
         let mut out: Vec<_> = state
             .running
             .iter()
             .map(|r| {
                 (
-                    r.key.map(<[u8]>::to_vec),
-                    r.value.to_vec(),
-                    state.presence[&KeyView(r.key)],
+                    r.key().map(<[u8]>::to_vec),
+                    r.value().to_vec(),
+                    r.timestamp,
+                    r.presence,
                 )
             })
             .collect();
@@ -640,28 +606,27 @@ mod tests {
             .skip(leaving)
             .map(|(_, p)| p.load().unwrap().into_owned())
             .collect();
-        let mut latest: std::collections::BTreeMap<OwnedKey, (Vec<u8>, i64)> = Default::default();
-        let mut presence = FastMap::default();
+        let mut latest: std::collections::BTreeMap<Option<&[u8]>, (Vec<u8>, i64)> = Default::default();
+        let mut presence: std::collections::BTreeMap<Option<&[u8]>, u32> = Default::default();
         for batch in kept.iter().chain(std::iter::once(&this)) {
             for record in batch.iter() {
-                latest.insert(owned_key(record.key), (record.value.to_vec(), record.timestamp));
-                *presence.entry(owned_key(record.key)).or_default() += 1;
+                latest.insert(record.key, (record.value.to_vec(), record.timestamp));
+                *presence.entry(record.key).or_default() += 1;
             }
         }
-        let mut running = Batch::new();
-        for (key, (value, timestamp)) in &latest {
-            running.push(key.as_deref(), value, *timestamp);
+        let mut changes = RunningChanges::default();
+        for record in left.iter().flat_map(Batch::iter).chain(this.iter()) {
+            changes.insert(
+                record.key,
+                Change {
+                    value: latest.get(&record.key).cloned(),
+                    presence: presence.get(&record.key).copied().unwrap_or(0),
+                },
+            );
         }
-        state.commit(
-            batch_id,
-            this,
-            Leaving::WithRunning {
-                left: &left,
-                running,
-                presence,
-            },
-            1 << 20,
-        );
+        state.apply_running(&changes, 1 << 20);
+        drop(changes);
+        state.commit(batch_id, this, leaving);
     }
 
     #[test]
@@ -740,17 +705,21 @@ mod tests {
             out.u64(*batch_id);
             out.batch(&partial.load().unwrap());
         }
-        out.batch(&original.running);
-        out.u64(original.presence.len() as u64);
-        for (key, count) in &original.presence {
-            match key {
+        let mut running = Batch::new();
+        for entry in original.running.iter() {
+            running.push(entry.key(), entry.value(), entry.timestamp);
+        }
+        out.batch(&running);
+        out.u64(original.running.len() as u64);
+        for entry in original.running.iter() {
+            match entry.key() {
                 Some(key) => {
                     out.u64(1);
                     out.bytes(key);
                 }
                 None => out.u64(0),
             }
-            out.u64(u64::from(*count));
+            out.u64(u64::from(entry.presence));
         }
         let bytes = out.finish();
         let dir = tempfile::tempdir().unwrap();
