@@ -286,6 +286,23 @@ fn killed_pipelines_lose_and_duplicate_nothing() {
             }),
         ),
         (
+            // Records carry their batch's time, (k + 1) s: tumbling 4 s
+            // windows without lateness close 4 batches after they start.
+            // Past 256 bytes of state, the oldest open window spills.
+            "event-window",
+            "[[stage]]\nname = \"out\"\ninput = \"words\"\nop = \"reduce-by-key-and-window\"\nreducer = \"count\"\ntime = \"event\"\nlength = \"4s\"\nallowed-lateness = \"0s\"\nstate-memory = \"256B\"".into(),
+            "",
+            Box::new(|files| {
+                (4..files.len())
+                    .step_by(4)
+                    .map(|j| {
+                        let window = files[j.saturating_sub(5)..j - 1].iter().flat_map(|t| words(t));
+                        (j as u64, keyed_lines(&counts(window)))
+                    })
+                    .collect()
+            }),
+        ),
+        (
             "state",
             "[[stage]]\nname = \"ones\"\ninput = \"words\"\nop = \"map\"\nplugin = \"one\"\n\n[[stage]]\nname = \"out\"\ninput = \"ones\"\nop = \"update-state-by-key\"\nplugin = \"running-total\"\nstate-memory = \"4KiB\"".into(),
             "running-total = \"TOTAL\"\none = \"ONE\"",

@@ -424,7 +424,9 @@ fn event_batches() -> Vec<Vec<Event>> {
     ]
 }
 
-fn run_event_windows(slide: &str, output_mode: &str) -> (WindowCounts, String, Vec<String>) {
+/// Runs the event-time pipeline; with `spill`, its open windows spill to
+/// disk (a state-memory of one byte) and a checkpoint follows every batch.
+fn run_event_windows(slide: &str, output_mode: &str, spill: bool) -> (WindowCounts, String, Vec<String>) {
     let dir = scratch();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -436,12 +438,20 @@ fn run_event_windows(slide: &str, output_mode: &str) -> (WindowCounts, String, V
         std::fs::write(input.join(format!("b{k:02}.jsonl")), text).unwrap();
     }
     let (out, late) = (dir.path().join("out"), dir.path().join("late"));
+    let (checkpoints, state_memory) = match spill {
+        true => (
+            "checkpoint-dir = \"checkpoints\"\n\n[checkpoint]\nevery-batches = 1\n",
+            "state-memory = \"1B\"",
+        ),
+        false => ("", ""),
+    };
     let pipeline = format!(
         r#"
 [pipeline]
 name = "event-time"
 partitions = 2
 clock = "deterministic"
+{checkpoints}
 
 [plugins]
 key-by = {key_by:?}
@@ -471,6 +481,7 @@ allowed-lateness = "5s"
 output-mode = "{output_mode}"
 late-records = "dead-letter"
 partitions = 3
+{state_memory}
 
 [[sink]]
 input = "counts"
@@ -510,11 +521,22 @@ path = {late:?}
 
 #[test]
 fn event_time_windows_follow_the_watermark_in_append_and_update_modes() {
-    for (slide, slide_ms) in [("10s", 10_000), ("5s", 5_000)] {
+    for (slide, slide_ms, spill) in [("10s", 10_000, false), ("5s", 5_000, false), ("5s", 5_000, true)] {
         for (mode, append) in [("append", true), ("update", false)] {
             let expected = event_reference(&event_batches(), 10_000, slide_ms, 5_000, append);
-            let (emitted, log, late) = run_event_windows(slide, mode);
-            assert_eq!(emitted, expected.emitted, "slide {slide}, {mode} mode");
+            let (emitted, log, late) = run_event_windows(slide, mode, spill);
+            assert_eq!(
+                emitted, expected.emitted,
+                "slide {slide}, {mode} mode, spill {spill}"
+            );
+            if spill {
+                // Every open window ends on disk, and checkpoints were written.
+                assert!(
+                    log.contains(&format!("state: {0} keys ({0} on disk)", expected.open_keys)),
+                    "{log}"
+                );
+                assert!(log.contains(" checkpoints written"), "{log}");
+            }
             assert!(expected.late > 0);
             assert_eq!(late.len(), expected.late, "{late:?}");
             assert!(

@@ -23,8 +23,9 @@ pub struct WindowSpec {
     pub time: WindowTime,
     /// Output partitions of a reducing window; the pipeline default when `None`.
     pub partitions: Option<usize>,
-    /// Memory for a processing-time reducing window's state before its
-    /// partials spill (`state-memory`); the default when `None`.
+    /// Memory for a reducing window's state before it spills to disk
+    /// (`state-memory`: a processing-time window's partials, an event-time
+    /// window's oldest open windows); the default when `None`.
     pub memory: Option<usize>,
 }
 
@@ -420,12 +421,6 @@ fn window(
                 ));
             }
         }
-    }
-    if let (WindowTime::Event { .. }, Some(memory)) = (&time, &table.state_memory) {
-        return Err((
-            memory.span().start,
-            "`state-memory` applies to processing-time windows (their partials spill to disk); an event-time window keeps its open windows in memory".to_owned(),
-        ));
     }
     if !matches!(time, WindowTime::Event { .. }) {
         for (key, at) in [

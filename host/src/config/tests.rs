@@ -451,15 +451,7 @@ fn stage_ops_and_their_keys_come_from_one_table() {
         "`plugin` is not a setting of op `count-by-window` (it accepts length, slide, partitions, time, \
          allowed-lateness, output-mode, late-records, state-memory, inverse, neutral)"
     );
-    // Partials spill in processing time only; a raw window keeps no partials.
-    let (_, message) = invalid(&WORDCOUNT.replace(
-        "op = \"reduce-by-key\"\nreducer = \"count\"",
-        "op = \"count-by-window\"\nlength = \"3s\"\ntime = \"event\"\nstate-memory = \"1MiB\"",
-    ));
-    assert!(
-        message.starts_with("`state-memory` applies to processing-time windows"),
-        "{message}"
-    );
+    // A raw window keeps records, not reduced state: no state-memory.
     let (_, message) = invalid(&WORDCOUNT.replace(
         "op = \"reduce-by-key\"\nreducer = \"count\"",
         "op = \"window\"\nlength = \"3s\"\nstate-memory = \"1MiB\"",
@@ -480,6 +472,19 @@ fn stage_ops_and_their_keys_come_from_one_table() {
         panic!("a window expected")
     };
     assert_eq!(window.memory, Some(1 << 20));
+    // Event-time windows spill too.
+    let spec = parse(
+        &WORDCOUNT.replace(
+            "op = \"reduce-by-key\"\nreducer = \"count\"",
+            "op = \"count-by-window\"\nlength = \"3s\"\ntime = \"event\"\nstate-memory = \"2MiB\"",
+        ),
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let OperatorSpec::Window(window) = &spec.stages[1].op else {
+        panic!("a window expected")
+    };
+    assert_eq!(window.memory, Some(2 << 20));
 }
 
 #[test]

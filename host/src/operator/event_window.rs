@@ -14,24 +14,36 @@
 //!
 //! Per key and window the values are reduced with the stage's reducer: each
 //! batch's records of a window are combined, then merged into the window's
-//! result so far. Output records carry the window's last millisecond as
-//! their timestamp (`end - 1`).
+//! result so far, for the keys of the batch only. Output records carry the
+//! window's last millisecond as their timestamp (`end - 1`); a closed
+//! window's records come in no particular order.
+//!
+//! Open windows past the stage's `state-memory` spill to disk, and
+//! checkpoints write what changed ([`super::event_window_state`]).
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::builtin;
+use super::event_window_state::{EventClock, EventWindows, Restorer, from_whole};
 use super::guard::StageMetrics;
-use super::keyed::{FastMap, PartitionStates, lock};
-use super::reduce::{Phase, ReduceByKey, Reducer};
+use super::keyed::{PartitionStates, lock};
+use super::reduce::{Phase, ReduceByKey, Reducer, value_error};
+use super::running::RunningResult;
+use super::window_state::SpillPlace;
 use super::{
-    BatchClock, Operator, OperatorError, PartitionContext, Planning, check_restored_partitions, restore_error,
+    BatchClock, IncrementalState, Operator, OperatorError, PartitionContext, Planning,
+    check_restored_partitions, restore_error,
 };
-use crate::checkpoint::codec::{Decoder, Encoder};
-use crate::config::{LateRecords, OutputMode};
+use crate::checkpoint::codec::Decoder;
+use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
+use crate::config::{BuiltinReducer, LateRecords, OutputMode};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition};
-use crate::state::StateSize;
+use crate::state::{MIN_CHANGED_KEYS, StateSize};
 
 /// The settings of an event-time window stage.
 #[derive(Debug, Clone)]
@@ -48,8 +60,12 @@ pub struct EventWindowSettings {
     pub late: LateRecords,
     /// Output partitions.
     pub partitions: usize,
-    /// The stage's name, for dead letters.
+    /// The stage's name, for dead letters and warnings.
     pub stage: String,
+    /// Memory for open windows before they spill; split evenly over partitions.
+    pub memory_bytes: usize,
+    /// Directory of the stage's spill files.
+    pub spill_dir: PathBuf,
 }
 
 /// Per key, the reduction of each event-time window's values.
@@ -58,20 +74,28 @@ pub struct EventTimeWindow {
     settings: EventWindowSettings,
     combine: ReduceByKey,
     merge: ReduceByKey,
+    /// The reducer when it is one of the host's: merged without a batch of
+    /// the previous values.
+    builtin: Option<BuiltinReducer>,
     metrics: Arc<StageMetrics>,
     /// Largest timestamp seen so far, over all partitions.
     max_seen: AtomicI64,
     /// Records older than this are late (set at the end of each batch).
     watermark: AtomicI64,
-    /// Per partition: window start → one record per key.
-    windows: PartitionStates<BTreeMap<i64, Batch>>,
+    /// Per partition: the open windows.
+    windows: PartitionStates<EventWindows>,
 }
 
 impl EventTimeWindow {
     /// Reduces each window's values with `reducer`, counting late records in `metrics`.
     pub fn new(settings: EventWindowSettings, reducer: Reducer, metrics: Arc<StageMetrics>) -> Self {
         let partitions = settings.partitions;
+        let builtin = match &reducer {
+            Reducer::Builtin(builtin) => Some(*builtin),
+            Reducer::Groups(_) => None,
+        };
         Self {
+            builtin,
             settings,
             combine: ReduceByKey::new(reducer.clone(), Phase::Combine, partitions),
             merge: ReduceByKey::new(reducer, Phase::Merge, partitions),
@@ -79,6 +103,29 @@ impl EventTimeWindow {
             max_seen: AtomicI64::new(i64::MIN),
             watermark: AtomicI64::new(i64::MIN),
             windows: PartitionStates::default(),
+        }
+    }
+
+    /// Where `partition` spills, and its share of the state memory.
+    fn place(&self, partition: usize) -> SpillPlace<'_> {
+        SpillPlace {
+            dir: &self.settings.spill_dir,
+            partition,
+            budget: self.settings.memory_bytes / self.settings.partitions.max(1),
+        }
+    }
+
+    /// Memory for what is tracked between two checkpoint parts (past it,
+    /// the next part lists the partition whole): an eighth of a partition's
+    /// share, at least [`MIN_CHANGED_KEYS`] as for keyed state.
+    fn touch_limit(&self) -> usize {
+        (self.place(0).budget / 8).max(MIN_CHANGED_KEYS)
+    }
+
+    fn clock(&self) -> EventClock {
+        EventClock {
+            max_seen: self.max_seen.load(Ordering::Acquire),
+            watermark: self.watermark.load(Ordering::Acquire),
         }
     }
 
@@ -111,6 +158,32 @@ impl EventTimeWindow {
     }
 }
 
+/// A batch's `partial` results (binary, from a built-in combine) merged
+/// with their keys' values in `window`, as the merge of the two would give
+/// them: decimal text, the later timestamp.
+fn merge_builtin(
+    reducer: BuiltinReducer,
+    partial: &Batch,
+    window: Option<&RunningResult>,
+) -> Result<Batch, OperatorError> {
+    use std::fmt::Write as _;
+    let mut out = Batch::with_capacity(partial.len(), partial.len() * 8);
+    let mut text = String::new();
+    for record in partial {
+        let error = |error| value_error(reducer, record, error, true, 0);
+        let mut accumulator = builtin::start(reducer, record.value, true).map_err(error)?;
+        let mut timestamp = record.timestamp;
+        if let Some(entry) = window.and_then(|window| window.get(record.key)) {
+            builtin::fold(reducer, &mut accumulator, entry.value(), true).map_err(error)?;
+            timestamp = timestamp.max(entry.timestamp);
+        }
+        text.clear();
+        write!(text, "{accumulator}").expect("writing to a String cannot fail");
+        out.push(record.key, text.as_bytes(), timestamp);
+    }
+    Ok(out)
+}
+
 impl Operator for EventTimeWindow {
     fn process(&self, input: Partition, ctx: &mut PartitionContext<'_>) -> Result<Partition, OperatorError> {
         let watermark = self.watermark.load(Ordering::Acquire);
@@ -130,8 +203,17 @@ impl Operator for EventTimeWindow {
         }
         let state = self.windows.get(ctx.partition);
         let mut windows = lock(&state);
-        // New results of the windows this batch touches, computed aside.
-        let mut changed: Vec<(i64, Batch, Batch)> = Vec::with_capacity(by_window.len());
+        let length = self.settings.length_ms;
+        let closing: Vec<i64> = windows
+            .starts()
+            .take_while(|start| *start + length <= watermark)
+            .collect();
+        // The windows the batch reads come back from disk first.
+        for start in by_window.keys().chain(&closing) {
+            windows.load(*start).map_err(OperatorError::from)?;
+        }
+        // New results of the keys this batch touches, computed aside.
+        let mut changed: Vec<(i64, Batch)> = Vec::with_capacity(by_window.len());
         for (start, records) in by_window {
             // A reduce-by-key returns its partition as one batch.
             let partial = self
@@ -139,42 +221,47 @@ impl Operator for EventTimeWindow {
                 .process(vec![records], ctx)?
                 .pop()
                 .unwrap_or_default();
-            let mut parts = vec![partial.clone()];
-            if let Some(previous) = windows.get(&start) {
-                parts.push(previous.clone());
-            }
-            let merged = self.merge.process(parts, ctx)?.pop().unwrap_or_default();
-            changed.push((start, partial, merged));
+            let merged = match self.builtin {
+                Some(reducer) => merge_builtin(reducer, &partial, windows.window(start))?,
+                None => {
+                    let mut previous = Batch::new();
+                    if let Some(window) = windows.window(start) {
+                        for record in &partial {
+                            if let Some(entry) = window.get(record.key) {
+                                previous.push(record.key, entry.value(), entry.timestamp);
+                            }
+                        }
+                    }
+                    self.merge
+                        .process(vec![partial, previous], ctx)?
+                        .pop()
+                        .unwrap_or_default()
+                }
+            };
+            changed.push((start, merged));
         }
         // Every call succeeded: commit, then emit and free.
         for record in late {
             self.late(record, watermark, ctx);
         }
         self.max_seen.fetch_max(latest, Ordering::AcqRel);
-        let length = self.settings.length_ms;
+        let touch_limit = self.touch_limit();
         let mut output = Vec::new();
-        for (start, partial, merged) in changed {
+        for (start, merged) in changed {
+            windows
+                .apply(start, &merged, touch_limit)
+                .map_err(OperatorError::from)?;
             if self.settings.output == OutputMode::Update {
-                let touched: FastMap<Option<&[u8]>, ()> = partial.iter().map(|r| (r.key, ())).collect();
-                let mut updated = Batch::with_capacity(partial.len(), partial.data_bytes());
-                for record in merged.iter().filter(|r| touched.contains_key(&r.key)) {
-                    updated.push_ref(record);
-                }
-                output.push(updated.retimed(start + length - 1));
-            }
-            windows.insert(start, merged);
-        }
-        let closed: Vec<i64> = windows
-            .range(..)
-            .take_while(|(start, _)| **start + length <= watermark)
-            .map(|(start, _)| *start)
-            .collect();
-        for start in closed {
-            let window = windows.remove(&start).expect("listed above");
-            if self.settings.output == OutputMode::Append {
-                output.push(window.retimed(start + length - 1));
+                output.push(merged.retimed(start + length - 1));
             }
         }
+        for start in closing {
+            let window = windows.close(start, touch_limit).map_err(OperatorError::from)?;
+            if let (Some(window), OutputMode::Append) = (window, self.settings.output) {
+                output.push(window.to_batch(None).retimed(start + length - 1));
+            }
+        }
+        windows.spill_over(self.place(ctx.partition), &self.settings.stage);
         Ok(output)
     }
 
@@ -195,10 +282,10 @@ impl Operator for EventTimeWindow {
     fn state_size(&self) -> StateSize {
         let mut size = StateSize::default();
         self.windows.for_each(|_, windows| {
-            for window in windows.values() {
-                size.keys += window.len() as u64;
-                size.memory_bytes += window.size_bytes() as u64;
-            }
+            let (keys, spilled) = windows.keys();
+            size.keys += keys as u64;
+            size.spilled_keys += spilled as u64;
+            size.memory_bytes += windows.memory_bytes() as u64;
         });
         size
     }
@@ -211,41 +298,79 @@ impl Operator for EventTimeWindow {
         self.combine.plugin_slots()
     }
 
-    fn snapshot(&self) -> Result<Option<Vec<u8>>, OperatorError> {
-        let mut out = Encoder::new();
-        out.i64(self.max_seen.load(Ordering::Acquire));
-        out.i64(self.watermark.load(Ordering::Acquire));
-        let mut partitions = Vec::new();
-        self.windows
-            .for_each(|_, windows| partitions.push(windows.clone()));
-        out.u64(partitions.len() as u64);
-        for windows in partitions {
-            out.u64(windows.len() as u64);
-            for (start, window) in windows {
-                out.i64(start);
-                out.batch(&window);
-            }
-        }
-        Ok(Some(out.finish()))
+    fn incremental(&self) -> Option<&dyn IncrementalState> {
+        Some(self)
     }
 
+    /// Restores a snapshot written whole (checkpoints before incremental
+    /// event-time window state): the largest timestamp seen, the watermark,
+    /// then per partition each window's start and records.
     fn restore(&self, snapshot: &[u8]) -> Result<(), OperatorError> {
         let mut input = Decoder::new(snapshot);
         let max_seen = input.i64().map_err(restore_error)?;
         let watermark = input.i64().map_err(restore_error)?;
         let mut partitions = Vec::new();
-        for _ in 0..input.count(8).map_err(restore_error)? {
+        for partition in 0..input.count(8).map_err(restore_error)? {
             let mut windows = BTreeMap::new();
             for _ in 0..input.count(16).map_err(restore_error)? {
                 let start = input.i64().map_err(restore_error)?;
                 windows.insert(start, input.batch().map_err(restore_error)?);
             }
-            partitions.push(windows);
+            partitions.push(from_whole(windows, self.place(partition), &self.settings.stage));
         }
         check_restored_partitions(partitions.len(), self.settings.partitions, "window")?;
         self.max_seen.store(max_seen, Ordering::Release);
         self.watermark.store(watermark, Ordering::Release);
         self.windows.replace(partitions);
+        Ok(())
+    }
+}
+
+impl IncrementalState for EventTimeWindow {
+    fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError> {
+        let clock = self.clock();
+        let result = (|| {
+            let mut part = PartWriter::new(out, self.settings.partitions).map_err(|e| e.to_string())?;
+            for partition in 0..self.settings.partitions {
+                let state = self.windows.get(partition);
+                lock(&state)
+                    .write_section(&mut part, clock)
+                    .map_err(|e| e.to_string())?;
+            }
+            part.finish()
+                .map(|(_, summary)| summary)
+                .map_err(|e| e.to_string())
+        })();
+        result.map_err(|error| {
+            // Partitions written before the failure counted their changes
+            // from a part that will not be used.
+            self.windows.for_each(|_, state| state.forget_changes());
+            OperatorError::Native(format!(
+                "cannot write the event-time window's checkpoint part: {error}"
+            ))
+        })
+    }
+
+    fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError> {
+        check_restored_partitions(merge.partitions(), self.settings.partitions, "window")?;
+        let mut states = Vec::with_capacity(merge.partitions());
+        let mut clock: Option<EventClock> = None;
+        while let Some(partition) = merge.next_partition().map_err(restore_error)? {
+            let mut restorer = Restorer::new(self.place(partition), &self.settings.stage);
+            while let Some((key, value)) = merge.next_entry().map_err(restore_error)? {
+                restorer.entry(&key, &value).map_err(restore_error)?;
+            }
+            let (windows, seen) = restorer.finish();
+            states.push(windows);
+            clock = clock.or(seen);
+        }
+        let clock = clock.unwrap_or(EventClock {
+            max_seen: i64::MIN,
+            watermark: i64::MIN,
+        });
+        self.max_seen.store(clock.max_seen, Ordering::Release);
+        self.watermark.store(clock.watermark, Ordering::Release);
+        self.windows.replace(states);
         Ok(())
     }
 }
@@ -264,7 +389,33 @@ mod tests {
             late: LateRecords::Drop,
             partitions: 1,
             stage: "s".into(),
+            memory_bytes: 1 << 20,
+            spill_dir: std::env::temp_dir(),
         }
+    }
+
+    /// A copy of `window` through a checkpoint chain of `parts` written
+    /// from it (the last one now), into a window with `settings`.
+    fn restored_from(
+        window: &EventTimeWindow,
+        parts: &mut Vec<Vec<u8>>,
+        settings: EventWindowSettings,
+    ) -> EventTimeWindow {
+        let mut part = Vec::new();
+        window.write_part(&mut part).unwrap();
+        parts.push(part);
+        let readers = parts
+            .iter()
+            .map(|part| {
+                let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(part.clone()));
+                crate::checkpoint::incremental::PartReader::new(reader).unwrap()
+            })
+            .collect();
+        let mut merge = Merge::new(readers).unwrap();
+        let restored =
+            EventTimeWindow::new(settings, Reducer::Builtin(BuiltinReducer::Count), Arc::default());
+        restored.restore_chain(&mut merge).unwrap();
+        restored
     }
 
     fn run(window: &EventTimeWindow, batch_id: u64, events: &[(&str, i64)]) -> Vec<(String, String, i64)> {
@@ -300,23 +451,62 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_snapshot_goes_on_exactly_like_the_original() {
+    fn a_restored_chain_goes_on_exactly_like_the_original_spilled_or_not() {
+        let dir = tempfile::tempdir().unwrap();
         let count = || Reducer::Builtin(BuiltinReducer::Count);
-        let original = EventTimeWindow::new(settings(), count(), Arc::default());
-        run(&original, 0, &[("a", 1), ("b", 3), ("a", 12)]);
+        for memory_bytes in [1 << 20, 0] {
+            let settings = || EventWindowSettings {
+                memory_bytes,
+                spill_dir: dir.path().to_path_buf(),
+                ..settings()
+            };
+            let original = EventTimeWindow::new(settings(), count(), Arc::default());
+            let mut parts = Vec::new();
+            run(&original, 0, &[("a", 1), ("b", 3), ("a", 12)]);
+            let mut first = Vec::new();
+            original.write_part(&mut first).unwrap();
+            parts.push(first);
+            run(&original, 1, &[("b", 14)]);
+            let restored = restored_from(&original, &mut parts, settings());
+            assert_eq!(restored.state_size(), original.state_size());
+            assert_eq!(original.state_size().spilled_keys > 0, memory_bytes == 0);
+            // The watermark (14 - 5) came along: 2 is late, [0, 10) closes at 21 - 5.
+            let next = [("a", 2), ("b", 21)];
+            let expected = run(&original, 2, &next);
+            assert_eq!(run(&restored, 2, &next), expected);
+            let last = [("c", 30)];
+            let closed = run(&original, 3, &last);
+            assert_eq!(run(&restored, 3, &last), closed);
+            assert_eq!(
+                closed,
+                vec![("a".into(), "1".into(), 9), ("b".into(), "1".into(), 9)]
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_written_whole_by_the_previous_format_restores() {
+        let count = || Reducer::Builtin(BuiltinReducer::Count);
+        // Max seen 12, watermark 7; one partition, window 0 with a: 2, b: 1.
+        let mut out = crate::checkpoint::codec::Encoder::new();
+        out.i64(12);
+        out.i64(7);
+        out.u64(1);
+        out.u64(1);
+        out.i64(0);
+        let mut window = Batch::new();
+        window.push(Some(b"a"), b"2", 1);
+        window.push(Some(b"b"), b"1", 3);
+        out.batch(&window);
         let restored = EventTimeWindow::new(settings(), count(), Arc::default());
-        restored.restore(&original.snapshot().unwrap().unwrap()).unwrap();
-        assert_eq!(restored.state_size(), original.state_size());
-        // The watermark (12 - 5) came along: 2 is late, [0, 10) closes at 21 - 5.
-        let next = [("a", 2), ("b", 21)];
-        let expected = run(&original, 1, &next);
-        assert_eq!(run(&restored, 1, &next), expected);
-        let last = [("c", 30)];
-        let closed = run(&original, 2, &last);
-        assert_eq!(run(&restored, 2, &last), closed);
+        restored.restore(&out.finish()).unwrap();
+        assert_eq!(restored.state_size().keys, 2);
+        // [0, 10) closes once the watermark passes 10: after a batch that
+        // moves it to 21 - 5.
+        assert_eq!(run(&restored, 0, &[("c", 21)]), vec![]);
         assert_eq!(
-            closed,
-            vec![("a".into(), "1".into(), 9), ("b".into(), "1".into(), 9)]
+            run(&restored, 1, &[("c", 22)]),
+            vec![("a".into(), "2".into(), 9), ("b".into(), "1".into(), 9)]
         );
         assert!(restored.restore(b"truncated").is_err());
     }
@@ -328,10 +518,7 @@ mod tests {
                 length_ms: 30,
                 slide_ms: 10,
                 lateness_ms: 0,
-                output: OutputMode::Append,
-                late: LateRecords::Drop,
-                partitions: 1,
-                stage: "s".into(),
+                ..settings()
             },
             Reducer::Builtin(BuiltinReducer::Count),
             Arc::default(),

@@ -18,6 +18,8 @@
 //!   stage's `state-memory`) and [`running`] (the running result of an inverse).
 //! - [`keyed_state`]: update-state-by-key and map-with-state over host-owned state.
 //! - [`event_window`]: event-time windows with a watermark.
+//!   Their state: [`event_window_state`] (open windows, spilled past the
+//!   stage's `state-memory`).
 //! - [`join`]: joins, cogroup and transform-with over two keyed inputs.
 //! - [`keyed`]: per-partition state holders and keyed-batch helpers.
 //! - [`instances`]: each worker's warm plugin instances.
@@ -27,6 +29,7 @@ pub mod binding;
 pub mod builtin;
 pub mod count_table;
 pub mod event_window;
+pub mod event_window_state;
 pub mod guard;
 pub mod instances;
 pub mod join;

@@ -479,7 +479,9 @@ impl PieceFold for CombineFold<'_> {
 /// record's position in the partition (not given after the shuffle, where
 /// values are partial results rather than input records).
 #[cold]
-fn value_error(
+/// The error of a built-in reducer that cannot take `record`'s value
+/// (`index`: the record's in its chunk, reported outside merges).
+pub(super) fn value_error(
     reducer: BuiltinReducer,
     record: RecordRef<'_>,
     error: builtin::ValueError,

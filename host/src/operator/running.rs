@@ -1,8 +1,9 @@
-//! The running result of a windowed reduce with an inverse
-//! ([`super::window::WindowedReduce`]): per key, the reduction of the
-//! window's values, its timestamp, and how many of the window's per-batch
-//! partials hold the key (its presence; the key leaves the result when it
-//! drops to zero).
+//! The running result of a reducing window: per key, the reduction of the
+//! window's values so far and its timestamp. A processing-time window with
+//! an inverse ([`super::window::WindowedReduce`]) keeps one, with how many
+//! of the window's per-batch partials hold each key (its presence; the key
+//! leaves the result when it drops to zero); an event-time window keeps one
+//! per open window ([`super::event_window_state`], presence unused).
 //!
 //! A batch changes only the keys of the partial that enters and of those
 //! that leave, so the result is a hash table changed in place: a batch's
@@ -96,7 +97,7 @@ pub struct Change {
 pub type RunningChanges<'a> = FastMap<Option<&'a [u8]>, Change>;
 
 /// The running result: one [`RunningEntry`] per key of the window.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RunningResult {
     table: HashTable<RunningEntry>,
     /// Key and value bytes of every entry.
@@ -133,14 +134,22 @@ impl RunningResult {
     /// Sets `key`'s value, timestamp and presence, adding the key when new.
     pub fn set(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: i64, presence: u32) {
         let hash = key_hash(key);
-        let entry = RunningEntry::new(hash, key, value, timestamp, presence);
-        self.data_bytes += entry.bytes.len();
         match self.table.find_mut(hash, |entry| entry.is(hash, key)) {
+            // A value of the same length is written over the old one.
+            Some(old) if old.value().len() == value.len() => {
+                let at = old.key_bytes();
+                old.bytes[at..].copy_from_slice(value);
+                old.timestamp = timestamp;
+                old.presence = presence;
+            }
             Some(old) => {
-                self.data_bytes -= old.bytes.len();
+                let entry = RunningEntry::new(hash, key, value, timestamp, presence);
+                self.data_bytes = self.data_bytes + entry.bytes.len() - old.bytes.len();
                 *old = entry;
             }
             None => {
+                let entry = RunningEntry::new(hash, key, value, timestamp, presence);
+                self.data_bytes += entry.bytes.len();
                 self.table.insert_unique(hash, entry, |entry| entry.hash);
             }
         }

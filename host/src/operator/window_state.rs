@@ -48,26 +48,50 @@ fn write_error(error: std::io::Error) -> StateError {
     StateError(format!("cannot write the window's checkpoint part: {error}"))
 }
 
-/// A partial result spilled to a file of its own, removed when dropped.
+/// A batch of window state (a partial, an event-time window's result)
+/// spilled to a file of its own, removed when dropped.
 #[derive(Debug)]
-pub struct SpilledPartial {
+pub struct SpilledBatch {
     path: PathBuf,
     records: usize,
 }
 
-impl SpilledPartial {
-    /// The file's bytes: the partial in the encoding of [`Encoder::batch`].
+impl SpilledBatch {
+    /// Writes `batch` to a new file at `path` (see [`spill_path`]).
+    pub(super) fn write(path: PathBuf, batch: &Batch) -> Result<Self, StateError> {
+        let mut encoded = Encoder::new();
+        encoded.batch(batch);
+        spill_to(path, &encoded.finish(), batch.len())
+    }
+
+    /// The file's bytes: the batch in the encoding of [`Encoder::batch`].
     fn read(&self) -> Result<Vec<u8>, StateError> {
         std::fs::read(&self.path).map_err(|e| {
             StateError(format!(
-                "cannot read a spilled window partial {}: {e}",
+                "cannot read spilled window state {}: {e}",
                 self.path.display()
             ))
         })
     }
+
+    /// The batch, read back.
+    pub(super) fn load(&self) -> Result<Batch, StateError> {
+        let bytes = self.read()?;
+        Decoder::new(&bytes).batch().map_err(|e| {
+            StateError(format!(
+                "spilled window state {} is corrupt: {e}",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Records in the batch.
+    pub(super) fn records(&self) -> usize {
+        self.records
+    }
 }
 
-impl Drop for SpilledPartial {
+impl Drop for SpilledBatch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -79,7 +103,7 @@ pub enum Partial {
     /// Held in memory.
     Memory(Batch),
     /// Spilled to disk.
-    Disk(SpilledPartial),
+    Disk(SpilledBatch),
 }
 
 impl Partial {
@@ -87,15 +111,7 @@ impl Partial {
     pub fn load(&self) -> Result<Cow<'_, Batch>, StateError> {
         match self {
             Partial::Memory(batch) => Ok(Cow::Borrowed(batch)),
-            Partial::Disk(spilled) => {
-                let bytes = spilled.read()?;
-                Decoder::new(&bytes).batch().map(Cow::Owned).map_err(|e| {
-                    StateError(format!(
-                        "a spilled window partial {} is corrupt: {e}",
-                        spilled.path.display()
-                    ))
-                })
-            }
+            Partial::Disk(spilled) => spilled.load().map(Cow::Owned),
         }
     }
 
@@ -134,7 +150,7 @@ impl Partial {
 }
 
 /// Writes `encoded` (a partial of `records` records) to a new file at `path`.
-fn spill_to(path: PathBuf, encoded: &[u8], records: usize) -> Result<SpilledPartial, StateError> {
+fn spill_to(path: PathBuf, encoded: &[u8], records: usize) -> Result<SpilledBatch, StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
             StateError(format!(
@@ -144,7 +160,7 @@ fn spill_to(path: PathBuf, encoded: &[u8], records: usize) -> Result<SpilledPart
         })?;
     }
     // Dropped (and the file removed) if the write fails half way.
-    let spilled = SpilledPartial { path, records };
+    let spilled = SpilledBatch { path, records };
     std::fs::write(&spilled.path, encoded).map_err(|e| {
         StateError(format!(
             "cannot spill a window partial to {}: {e}",
@@ -154,15 +170,14 @@ fn spill_to(path: PathBuf, encoded: &[u8], records: usize) -> Result<SpilledPart
     Ok(spilled)
 }
 
-/// The file a partition's partial of `batch_id` spills to. A number unique
-/// in the process ends the name, so that a state being replaced (dropped,
-/// removing its files) never removes the files of the state replacing it.
-fn spill_path(dir: &Path, partition: usize, batch_id: u64) -> PathBuf {
+/// A new spill file in `dir` for the state that `stem` names. A number
+/// unique in the process ends the name, so that a state being replaced
+/// (dropped, removing its files) never removes the files of the state
+/// replacing it.
+pub(super) fn spill_path(dir: &Path, stem: &str) -> PathBuf {
     static SPILLS: AtomicU64 = AtomicU64::new(0);
     let unique = SPILLS.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(
-        "window-partition-{partition:05}-batch-{batch_id:020}-{unique}.partial"
-    ))
+    dir.join(format!("{stem}-{unique}.spill"))
 }
 
 /// What changed in a partition since the last checkpoint part.
@@ -277,10 +292,8 @@ impl ReduceState {
             let Partial::Memory(batch) = partial else {
                 continue;
             };
-            let mut encoded = Encoder::new();
-            encoded.batch(batch);
-            let path = spill_path(place.dir, place.partition, *batch_id);
-            match spill_to(path, &encoded.finish(), batch.len()) {
+            let stem = format!("window-partition-{:05}-batch-{batch_id:020}", place.partition);
+            match SpilledBatch::write(spill_path(place.dir, &stem), batch) {
                 Ok(spilled) => {
                     held -= batch.size_bytes();
                     *partial = Partial::Disk(spilled);

@@ -266,6 +266,8 @@ impl StageBuilder<'_> {
                         late,
                         partitions,
                         stage: self.stage.name.clone(),
+                        memory_bytes: window.memory.unwrap_or(DEFAULT_STATE_MEMORY),
+                        spill_dir: self.state_dir.join(&self.stage.name),
                     };
                     operators.push(Arc::new(EventTimeWindow::new(
                         settings,

@@ -211,11 +211,8 @@ impl TenantConfig {
         for stage in &spec.stages {
             let memory = match &stage.op {
                 OperatorSpec::KeyedState(state) => state.memory,
-                // Only processing-time reducing windows keep partials (and take state-memory).
-                OperatorSpec::Window(window)
-                    if window.time == crate::config::WindowTime::Processing
-                        && !matches!(window.op, crate::config::WindowOp::Raw) =>
-                {
+                // Reducing windows keep state (and take state-memory); a raw window keeps records.
+                OperatorSpec::Window(window) if !matches!(window.op, crate::config::WindowOp::Raw) => {
                     window.memory
                 }
                 _ => continue,
