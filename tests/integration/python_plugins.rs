@@ -23,7 +23,14 @@ fn python_plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/python");
-        let names = ["split-words", "misbehave", "sum", "running-total"];
+        let names = [
+            "split-words",
+            "misbehave",
+            "sum",
+            "running-total",
+            "sessionizer",
+            "enrich",
+        ];
         let dirs: Vec<String> = names
             .iter()
             .map(|name| root.join(name).display().to_string())
@@ -253,6 +260,145 @@ format = "jsonl"
         rust.iter()
             .any(|(name, bytes)| name.starts_with("sums/") && !bytes.is_empty())
     );
+    assert_same_files(rust, python);
+}
+
+#[test]
+fn python_and_rust_map_with_state_and_transform_with_give_byte_identical_output() {
+    let dir = scratch();
+    let (events, users) = (dir.path().join("events"), dir.path().join("users"));
+    std::fs::create_dir_all(&events).unwrap();
+    std::fs::create_dir_all(&users).unwrap();
+    // Eight batches of events from a few users, some of whom pause long
+    // enough to time out; reference rows for some users, one changing.
+    for batch in 0..8u64 {
+        let lines: String = (0..40u64)
+            .filter(|i| (i * 7 + batch * 3) % 5 != 0)
+            .map(|i| {
+                let user = (i * 11 + batch * batch) % (3 + batch % 4);
+                format!("{{\"user\":\"u{user}\",\"item\":\"i{i}\",\"n\":{}}}\n", i * batch)
+            })
+            .collect();
+        std::fs::write(events.join(format!("b{batch:02}.jsonl")), lines).unwrap();
+        let rows: String = (0..3u64)
+            .map(|u| {
+                format!(
+                    "{{\"user\":\"u{}\",\"tier\":\"t{}\",\"city\":\"Øslo-{batch}\"}}\n",
+                    u * 2,
+                    u + batch
+                )
+            })
+            .collect();
+        std::fs::write(users.join(format!("b{batch:02}.jsonl")), rows).unwrap();
+    }
+    let mut outputs = Vec::new();
+    for (language, sessionizer, enrich) in [
+        (
+            "rust",
+            PathBuf::from(plugins::SESSIONIZER),
+            PathBuf::from(plugins::ENRICH),
+        ),
+        ("python", python_plugin("sessionizer"), python_plugin("enrich")),
+    ] {
+        let out = dir.path().join(format!("out-{language}"));
+        let text = format!(
+            r#"
+[pipeline]
+name = "two-inputs-{language}"
+{DETERMINISTIC}
+
+[plugins]
+key-by = {key_by:?}
+sessionizer = {sessionizer:?}
+enrich = {enrich:?}
+
+[[source]]
+name = "events-raw"
+type = "files"
+path = {events:?}
+max-files-per-batch = 1
+
+[[source]]
+name = "users-raw"
+type = "files"
+path = {users:?}
+max-files-per-batch = 1
+
+[[stage]]
+name = "events"
+input = "events-raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "user" }}
+
+[[stage]]
+name = "users"
+input = "users-raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "user" }}
+
+[[stage]]
+name = "sessions"
+input = "events"
+op = "map-with-state"
+plugin = "sessionizer"
+timeout = "2s"
+
+[[stage]]
+name = "enriched"
+input = ["events", "users"]
+op = "transform-with"
+plugin = "enrich"
+
+[[sink]]
+name = "sessions"
+input = "sessions"
+type = "files"
+path = {sessions:?}
+format = "jsonl"
+
+[[sink]]
+name = "enriched"
+input = "enriched"
+type = "files"
+path = {enriched:?}
+format = "jsonl"
+"#,
+            key_by = plugins::JSON_KEY_BY,
+            sessionizer = sessionizer.display().to_string(),
+            enrich = enrich.display().to_string(),
+            events = events.display().to_string(),
+            users = users.display().to_string(),
+            sessions = out.join("sessions").display().to_string(),
+            enriched = out.join("enriched").display().to_string(),
+        );
+        let pipeline = write_pipeline(dir.path(), &format!("{language}.toml"), &text);
+        crate::run_file_ok(&pipeline);
+        outputs.push(tree(&out));
+    }
+    let (rust, python) = (&outputs[0], &outputs[1]);
+    let lines = |prefix: &str| -> Vec<String> {
+        rust.iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .flat_map(|(_, bytes)| {
+                std::str::from_utf8(bytes)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // Sessions ended (timed out) and events were enriched, in both runs.
+    let sessions = lines("sessions/");
+    assert!(
+        sessions.iter().any(|line| line.contains(r#"\"events\":"#)),
+        "{sessions:?}"
+    );
+    let enriched = lines("enriched/");
+    assert!(enriched.iter().any(|line| line.contains("Øslo")), "{enriched:?}");
+    assert!(enriched.iter().any(|line| !line.contains("tier")), "{enriched:?}");
     assert_same_files(rust, python);
 }
 

@@ -43,11 +43,22 @@ Decorators (one per plugin), each with optional ``name=`` and ``version=``
   its state (any JSON value, ``None`` at first), emits on ``out`` (by default
   with the latest timestamp of the values) and returns the new state, or
   ``None`` to remove it.
+- ``@weir.map_with_state``: ``f(event, state, out)`` is called once per
+  record of a key, in arrival order, with the key's :class:`State` (its
+  ``value``, any JSON value, ``None`` when absent, to read, set or change in
+  place), and once more when the key timed out (``event.timed_out``; the
+  state is removed afterwards); ``event`` is a :class:`StateEvent`. Records
+  emitted take the event's timestamp (the batch time for a timeout).
+- ``@weir.transform_with``: ``f(left, right, out)`` sees one partition of
+  both inputs of a ``transform-with`` stage at once (two lists of
+  :class:`Record`); records emitted take the latest timestamp of both.
 
 Errors: in the per-record decorators an exception raised for a record fails
 that record, with the Python traceback as the message (the stage's
-``on-error`` policy decides what happens); in ``map_partitions``, the batch
-API and for :class:`BatchError` it fails the whole chunk. ``@weir.init`` marks an
+``on-error`` policy decides what happens; in ``map_with_state``, the
+record the function was called for, or the key when it timed out); in
+``map_partitions``, ``transform_with``, the batch API and for
+:class:`BatchError` it fails the whole chunk. ``@weir.init`` marks an
 optional function called once per instance with the stage's ``config`` as a
 ``dict``; raising there stops the pipeline before it starts, with the
 message. ``weir.log`` writes to the host's log.
@@ -73,7 +84,11 @@ __all__ = [
     "init",
     "log",
     "map_partitions",
+    "map_with_state",
     "reduce",
+    "State",
+    "StateEvent",
+    "transform_with",
     "update_state",
 ]
 
@@ -88,6 +103,8 @@ _KINDS = {
     "map-partitions": _types.PluginKind.MAP_PARTITIONS,
     "reducer": _types.PluginKind.REDUCER,
     "update-state": _types.PluginKind.UPDATE_STATE,
+    "map-with-state": _types.PluginKind.MAP_WITH_STATE,
+    "transform-with": _types.PluginKind.TRANSFORM_WITH,
 }
 
 _plugin = None
@@ -112,6 +129,52 @@ class Record:
 
     def __repr__(self):
         return f"Record(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp})"
+
+
+class State:
+    """The state of one key in ``map_with_state``: ``value`` is any JSON
+    value, ``None`` when the key has none. Set it, or change it in place;
+    what it holds after the key's last call is kept for the next batch
+    (``None``: removed)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value=None):
+        self.value = value
+
+    @property
+    def exists(self):
+        """Whether the key has a state."""
+        return self.value is not None
+
+    def remove(self):
+        """Removes the key's state; returns the value it had."""
+        value, self.value = self.value, None
+        return value
+
+    def __repr__(self):
+        return f"State({self.value!r})"
+
+
+class StateEvent:
+    """What a ``map_with_state`` function is called for: a new record of a
+    key (``value`` and ``timestamp`` set), or the key's timeout
+    (``timed_out``; ``value`` is ``None`` and ``timestamp`` the batch's
+    time). This is the key's last call then: its state is removed
+    afterwards, whatever the function sets."""
+
+    __slots__ = ("key", "value", "timestamp", "timed_out")
+
+    def __init__(self, key, value, timestamp, timed_out=False):
+        self.key = key
+        self.value = value
+        self.timestamp = timestamp
+        self.timed_out = timed_out
+
+    def __repr__(self):
+        if self.timed_out:
+            return f"StateEvent(key={self.key!r}, timed out at {self.timestamp})"
+        return f"StateEvent(key={self.key!r}, value={self.value!r}, timestamp={self.timestamp})"
 
 
 class BatchView:
@@ -351,6 +414,8 @@ map_partitions = _decorator("map-partitions", lambda f: _whole(f, as_view=False)
 
 reduce = _decorator("reducer", lambda f: f)
 update_state = _decorator("update-state", lambda f: f)
+map_with_state = _decorator("map-with-state", lambda f: f)
+transform_with = _decorator("transform-with", lambda f: f)
 
 
 def batch(kind, *, name=None, version="0.1.0"):
@@ -475,14 +540,63 @@ if hasattr(_exports, "Reducer"):
             return _flat(results)
 
 
+def _state_bytes(value):
+    return _json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _map_with_state(function, groups):
+    """``map_with_state``: per key, its records one at a time, then its
+    timeout, threading the key's :class:`State`."""
+    out = Emitter()
+    states, flags, start = [], bytearray(), 0
+    for g, end in enumerate(groups.group_ends):
+        key = _split(groups.keys, g, g + 1)[0]
+        group_flags = groups.group_flags[g]
+        state = State(_json.loads(_split(groups.states, g, g + 1)[0]) if group_flags & 1 else None)
+        for index, value in enumerate(_split(groups.values, start, end), start):
+            timestamp = groups.timestamps[index]
+            out.timestamp = timestamp
+            try:
+                function(StateEvent(key, value, timestamp), state, out)
+            except BatchError as error:
+                raise _batch_failure(error)
+            except Exception as error:
+                raise _failure(index, error)
+        if group_flags & 2:
+            out.timestamp = groups.batch_time
+            try:
+                function(StateEvent(key, None, groups.batch_time, timed_out=True), state, out)
+            except BatchError as error:
+                raise _batch_failure(error)
+            except Exception as error:
+                message = "".join(_traceback.format_exception(error)).rstrip()
+                name = _json.dumps(key.decode("utf-8", "replace"), ensure_ascii=False)
+                raise _Err(_types.ProcessError_Batch(f"key {name} (timed out): {message}"))
+            states.append(b"")
+            flags.append(0)
+        elif state.value is None:
+            states.append(b"")
+            flags.append(0)
+        else:
+            try:
+                states.append(_state_bytes(state.value))
+            except Exception as error:
+                raise _batch_failure(error)
+            flags.append(1)
+        start = end
+    return _types.StateUpdate(states=_flat(states), state_flags=bytes(flags), output=_output(out))
+
+
 if hasattr(_exports, "KeyedState"):
 
     class KeyedState(_exports.KeyedState):
-        """The `keyed-state` export (update-state): every key of a partition
-        with its new values and state."""
+        """The `keyed-state` export (update-state, map-with-state): every
+        key of a partition with its new values and state."""
 
         def update(self, groups):
-            _, function, _, _ = _registered()
+            kind, function, _, _ = _registered()
+            if kind == "map-with-state":
+                return _map_with_state(function, groups)
             out = Emitter()
             states, flags, start = [], bytearray(), 0
             for g, end in enumerate(groups.group_ends):
@@ -504,7 +618,25 @@ if hasattr(_exports, "KeyedState"):
                     states.append(b"")
                     flags.append(0)
                 else:
-                    states.append(_json.dumps(new, separators=(",", ":")).encode())
+                    states.append(_state_bytes(new))
                     flags.append(1)
                 start = end
             return _types.StateUpdate(states=_flat(states), state_flags=bytes(flags), output=_output(out))
+
+
+if hasattr(_exports, "CoTransform"):
+
+    class CoTransform(_exports.CoTransform):
+        """The `co-transform` export (transform-with): one partition of both
+        inputs at once."""
+
+        def process_pair(self, left, right):
+            _, function, _, _ = _registered()
+            left_view = BatchView(left.data, left.ends, left.timestamps, left.flags)
+            right_view = BatchView(right.data, right.ends, right.timestamps, right.flags)
+            out = Emitter(max(list(left.timestamps) + list(right.timestamps), default=0))
+            try:
+                function(left_view.records(), right_view.records(), out)
+            except Exception as error:
+                raise _batch_failure(error)
+            return _output(out)

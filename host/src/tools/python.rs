@@ -59,11 +59,18 @@ const REDUCER: World = World {
     entry: "weir_entry_reducer",
 };
 
-/// `@weir.update_state`.
+/// `@weir.update_state` and `@weir.map_with_state`.
 const STATE: World = World {
     wit: "weir:plugin/state-plugin@0.2.0",
     export: "KeyedState",
     entry: "weir_entry_state",
+};
+
+/// `@weir.transform_with`.
+const CO_TRANSFORM: World = World {
+    wit: "weir:plugin/co-transform-plugin@0.2.0",
+    export: "CoTransform",
+    entry: "weir_entry_co_transform",
 };
 
 /// The world of the plugin whose `app.py` is `source`, from the SDK
@@ -71,8 +78,10 @@ const STATE: World = World {
 fn world_of(source: &str) -> World {
     if source.contains("@weir.reduce") {
         REDUCER
-    } else if source.contains("@weir.update_state") {
+    } else if source.contains("@weir.update_state") || source.contains("@weir.map_with_state") {
         STATE
+    } else if source.contains("@weir.transform_with") {
+        CO_TRANSFORM
     } else {
         TRANSFORM
     }
@@ -216,7 +225,7 @@ fn ensure_componentize_py(cache: &Path) -> Result<PathBuf, ToolError> {
 /// build running at the same time never reads half a file.
 fn unpack_sdk(cache: &Path) -> Result<PathBuf, ToolError> {
     let mut files = vec![(PathBuf::from("python/weir/__init__.py"), SDK_SOURCE.to_owned())];
-    for world in [TRANSFORM, REDUCER, STATE] {
+    for world in [TRANSFORM, REDUCER, STATE, CO_TRANSFORM] {
         files.push((
             PathBuf::from(format!("python/{}.py", world.entry)),
             world.entry_source(),
@@ -288,6 +297,11 @@ mod tests {
         assert_eq!(
             world_of("@weir.update_state(name='x')\ndef f(k, v, s, o): ..."),
             STATE
+        );
+        assert_eq!(world_of("@weir.map_with_state\ndef f(e, s, o): ..."), STATE);
+        assert_eq!(
+            world_of("@weir.transform_with\ndef f(l, r, o): ..."),
+            CO_TRANSFORM
         );
         assert!(
             REDUCER
