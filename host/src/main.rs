@@ -379,13 +379,18 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum NewCommand {
-    /// Scaffold a plugin crate that builds as it is.
+    /// Scaffold a plugin that builds as it is: a Rust crate, or a Python
+    /// `app.py`.
     Plugin {
-        /// Crate name.
+        /// Plugin name (the crate's, for Rust).
         name: String,
-        /// map, flat-map, filter, filter-map, map-partitions or reduce.
+        /// map, flat-map, filter, filter-map, map-partitions, reduce; sink
+        /// (Rust); update-state, map-with-state, transform-with (Python).
         #[arg(long, default_value = "map")]
         kind: String,
+        /// The plugin's language.
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python"])]
+        lang: String,
         /// Directory to create (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -795,9 +800,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::New {
-            command: NewCommand::Plugin { name, kind, dir, sdk },
+            command:
+                NewCommand::Plugin {
+                    name,
+                    kind,
+                    dir,
+                    sdk,
+                    lang,
+                },
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            if lang == "python" {
+                for file in scaffold::new_python_plugin(&name, &kind, &dir)? {
+                    println!("created {}", file.display());
+                }
+                println!("build it with: weir plugin build {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let sdk = match sdk {
                 Some(sdk) => sdk,
                 None => tools::source_root()

@@ -168,6 +168,72 @@ path = {out:?}
 }
 
 #[test]
+fn new_plugin_scaffolds_a_python_plugin_that_builds_and_runs_outside_the_checkout() {
+    let dir = scratch();
+    let output = weir()
+        .command(&["new", "plugin", "shout", "--lang", "python", "--kind", "map"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("weir plugin build shout"),
+        "{}",
+        stdout(&output)
+    );
+    let output = weir()
+        .command(&["plugin", "build", "shout"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let component = stdout(&output).trim().to_owned();
+    assert!(component.ends_with("shout.wasm"), "{component}");
+    let output = weir().run(&["plugin", "inspect", &component], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let inspected = stdout(&output);
+    assert!(
+        inspected.contains("shout") && inspected.contains("map"),
+        "{inspected}"
+    );
+
+    // The scaffolded map upper-cases values.
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "hello\nweir\n").unwrap();
+    let out = dir.path().join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "shout"
+partitions = 1
+[plugins]
+shout = {component:?}
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+[[stage]]
+name = "loud"
+input = "lines"
+op = "map"
+plugin = "shout"
+[[sink]]
+input = "loud"
+type = "files"
+path = {out:?}
+"#,
+        input = input.display().to_string(),
+        out = out.display().to_string()
+    );
+    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<String> = weir_tests::sink_lines(&out).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(lines, ["HELLO", "WEIR"]);
+}
+
+#[test]
 fn new_plugin_scaffolds_a_sink_that_builds_and_posts_each_partition() {
     let dir = scratch();
     let crate_dir = dir.path().join("poster");

@@ -42,7 +42,7 @@ use crate::checkpoint::codec::Decoder;
 use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
 use crate::config::{BuiltinReducer, LateRecords, OutputMode};
 use crate::partition::Partitioning;
-use crate::record::{Batch, Partition};
+use crate::record::{Batch, Partition, RecordRef};
 use crate::state::{MIN_CHANGED_KEYS, StateSize};
 
 /// The settings of an event-time window stage.
@@ -170,11 +170,17 @@ fn merge_builtin(
     let mut out = Batch::with_capacity(partial.len(), partial.len() * 8);
     let mut text = String::new();
     for record in partial {
-        let error = |error| value_error(reducer, record, error, true, 0);
-        let mut accumulator = builtin::start(reducer, record.value, true).map_err(error)?;
+        let mut accumulator = builtin::start(reducer, record.value, true)
+            .map_err(|e| value_error(reducer, record, e, true, 0))?;
         let mut timestamp = record.timestamp;
         if let Some(entry) = window.and_then(|window| window.get(record.key)) {
-            builtin::fold(reducer, &mut accumulator, entry.value(), true).map_err(error)?;
+            let previous = RecordRef {
+                key: entry.key(),
+                value: entry.value(),
+                timestamp: entry.timestamp,
+            };
+            builtin::fold(reducer, &mut accumulator, previous.value, true)
+                .map_err(|e| value_error(reducer, previous, e, true, 0))?;
             timestamp = timestamp.max(entry.timestamp);
         }
         text.clear();
@@ -208,8 +214,10 @@ impl Operator for EventTimeWindow {
             .starts()
             .take_while(|start| *start + length <= watermark)
             .collect();
-        // The windows the batch reads come back from disk first.
-        for start in by_window.keys().chain(&closing) {
+        // The windows the batch reads come back from disk first: those it
+        // touches, and in append mode those it closes (to emit them).
+        let emit_closed = self.settings.output == OutputMode::Append;
+        for start in by_window.keys().chain(closing.iter().filter(|_| emit_closed)) {
             windows.load(*start).map_err(OperatorError::from)?;
         }
         // New results of the keys this batch touches, computed aside.
@@ -240,11 +248,8 @@ impl Operator for EventTimeWindow {
             };
             changed.push((start, merged));
         }
-        // Every call succeeded: commit, then emit and free.
-        for record in late {
-            self.late(record, watermark, ctx);
-        }
-        self.max_seen.fetch_max(latest, Ordering::AcqRel);
+        // Every call succeeded: commit (with the windows loaded, nothing
+        // below reads the disk), then emit and free.
         let touch_limit = self.touch_limit();
         let mut output = Vec::new();
         for (start, merged) in changed {
@@ -256,11 +261,17 @@ impl Operator for EventTimeWindow {
             }
         }
         for start in closing {
-            let window = windows.close(start, touch_limit).map_err(OperatorError::from)?;
-            if let (Some(window), OutputMode::Append) = (window, self.settings.output) {
+            let window = windows
+                .close(start, emit_closed, touch_limit)
+                .map_err(OperatorError::from)?;
+            if let Some(window) = window {
                 output.push(window.to_batch(None).retimed(start + length - 1));
             }
         }
+        for record in late {
+            self.late(record, watermark, ctx);
+        }
+        self.max_seen.fetch_max(latest, Ordering::AcqRel);
         windows.spill_over(self.place(ctx.partition), &self.settings.stage);
         Ok(output)
     }

@@ -6,9 +6,10 @@
 //! **Spilling.** The windows are kept in memory up to the partition's share
 //! of the stage's `state-memory`; past it the windows with the oldest starts
 //! spill to disk whole, one file each (the newest windows take most records;
-//! an old one waits for the watermark and only late records touch it). A
-//! spilled window comes back to memory when a record touches it or when it
-//! closes.
+//! an old one waits for the watermark and only the records that arrive out
+//! of order, yet not behind the watermark, touch it). A spilled window
+//! comes back to memory when a record touches it, or when it closes in
+//! `append` mode (to be emitted).
 //!
 //! **Checkpoints** are incremental ([`crate::checkpoint::incremental`]): a
 //! partition's entries are its windows' keys, keyed `0x00` + the window's
@@ -38,6 +39,9 @@ const TOUCHED_ENTRY_BYTES: usize = 24;
 /// Bookkeeping bytes counted per key of a window closed since the last part
 /// (besides the key).
 const CLOSED_ENTRY_BYTES: usize = 16;
+/// Bookkeeping bytes counted per spilled window closed since the last part
+/// (its keys stay in its file).
+const CLOSED_SPILLED_BYTES: usize = 64;
 
 fn write_error(error: std::io::Error) -> StateError {
     StateError(format!(
@@ -87,13 +91,23 @@ fn result_of(records: &Batch) -> RunningResult {
     result
 }
 
+/// The keys of a window closed since the last checkpoint part, which the
+/// next part removes.
+#[derive(Debug)]
+enum ClosedWindow {
+    /// The keys, with empty values.
+    Keys(Batch),
+    /// The window's spill file, read when the part is written.
+    Spilled(SpilledBatch),
+}
+
 /// What changed in a partition since the last checkpoint part.
 #[derive(Debug, Default)]
 struct Changes {
     /// Window start and key hash of every key touched since.
     touched: hashbrown::HashSet<(i64, u64), foldhash::fast::FixedState>,
-    /// The keys (with empty values) of the windows closed since.
-    closed: Vec<(i64, Batch)>,
+    /// The windows closed since.
+    closed: Vec<(i64, ClosedWindow)>,
     /// Memory counted for `touched` and `closed`.
     bytes: usize,
 }
@@ -169,22 +183,45 @@ impl EventWindows {
         Ok(())
     }
 
-    /// Closes window `start`, returning its result.
-    pub fn close(&mut self, start: i64, touch_limit: usize) -> Result<Option<RunningResult>, StateError> {
-        self.load(start)?;
-        let Some(OpenWindow::Memory(result)) = self.windows.remove(&start) else {
-            return Ok(None);
-        };
-        if let Some(changes) = &mut self.changes {
-            let mut keys = Batch::with_capacity(result.len(), 0);
-            for entry in result.iter() {
-                keys.push(entry.key(), b"", 0);
-                changes.bytes += CLOSED_ENTRY_BYTES + entry.key().map_or(0, <[u8]>::len);
+    /// Closes window `start`. With `emit`, returns its result (read back
+    /// when spilled); without, a spilled window is not read: its file
+    /// lists the keys the next checkpoint part removes.
+    pub fn close(
+        &mut self,
+        start: i64,
+        emit: bool,
+        touch_limit: usize,
+    ) -> Result<Option<RunningResult>, StateError> {
+        if emit {
+            self.load(start)?;
+        }
+        let closed = match self.windows.remove(&start) {
+            None => return Ok(None),
+            Some(OpenWindow::Memory(result)) => {
+                let keys = self.changes.as_mut().map(|changes| {
+                    let mut keys = Batch::with_capacity(result.len(), 0);
+                    for entry in result.iter() {
+                        keys.push(entry.key(), b"", 0);
+                        changes.bytes += CLOSED_ENTRY_BYTES + entry.key().map_or(0, <[u8]>::len);
+                    }
+                    ClosedWindow::Keys(keys)
+                });
+                (keys, Some(result))
             }
+            Some(OpenWindow::Disk(spilled)) => {
+                let keys = self.changes.as_mut().map(|changes| {
+                    changes.bytes += CLOSED_SPILLED_BYTES;
+                    ClosedWindow::Spilled(spilled)
+                });
+                (keys, None)
+            }
+        };
+        let (keys, result) = closed;
+        if let (Some(changes), Some(keys)) = (&mut self.changes, keys) {
             changes.closed.push((start, keys));
         }
         self.check_tracked(touch_limit);
-        Ok(Some(result))
+        Ok(result.filter(|_| emit))
     }
 
     fn check_tracked(&mut self, touch_limit: usize) {
@@ -209,18 +246,24 @@ impl EventWindows {
         keys
     }
 
-    /// Bytes the partition holds in memory.
+    /// Bytes the partition holds in memory: its windows and what it tracks
+    /// for the next checkpoint part.
     pub fn memory_bytes(&self) -> usize {
-        self.windows.values().map(OpenWindow::memory_bytes).sum::<usize>()
-            + self.changes.as_ref().map_or(0, |changes| changes.bytes)
+        self.windows_bytes() + self.changes.as_ref().map_or(0, |changes| changes.bytes)
     }
 
-    /// Spills the windows with the oldest starts held in memory until the
-    /// partition fits `place.budget` (or none is left in memory). A spill
-    /// that fails leaves the window in memory, warned about once: nothing is
-    /// lost, the memory bound is not kept.
+    fn windows_bytes(&self) -> usize {
+        self.windows.values().map(OpenWindow::memory_bytes).sum()
+    }
+
+    /// Spills the windows with the oldest starts held in memory until they
+    /// fit `place.budget` (or none is left in memory). What is tracked for
+    /// the next part is bounded apart (the touch limit), so that it never
+    /// pushes every window out. A spill that fails leaves the window in
+    /// memory, warned about once: nothing is lost, the memory bound is not
+    /// kept.
     pub fn spill_over(&mut self, place: SpillPlace<'_>, stage: &str) {
-        let mut held = self.memory_bytes();
+        let mut held = self.windows_bytes();
         for (start, window) in self.windows.iter_mut() {
             if held <= place.budget {
                 break;
@@ -278,7 +321,7 @@ impl EventWindows {
         /// What a part says of one window.
         enum Written<'c> {
             /// Closed: its keys are removed.
-            Closed(&'c Batch),
+            Closed(&'c ClosedWindow),
             /// Open: the keys of these hashes are put.
             Touched(Vec<u64>),
         }
@@ -303,7 +346,15 @@ impl EventWindows {
         let (mut key, mut value) = (Vec::new(), Vec::new());
         for (start, written) in windows {
             match written {
-                Written::Closed(keys) => {
+                Written::Closed(closed) => {
+                    let loaded;
+                    let keys = match closed {
+                        ClosedWindow::Keys(keys) => keys,
+                        ClosedWindow::Spilled(spilled) => {
+                            loaded = spilled.load()?;
+                            &loaded
+                        }
+                    };
                     let mut keys: Vec<Option<&[u8]>> = keys.iter().map(|record| record.key).collect();
                     keys.sort_unstable();
                     for record_key in keys {
@@ -405,7 +456,15 @@ impl<'a> Restorer<'a> {
         match key {
             [WINDOW_TAG, rest @ ..] if rest.len() >= 9 && value.len() >= 8 => {
                 let start = (u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
-                let record_key = (rest[8] == 1).then(|| &rest[9..]);
+                let record_key = match rest[8] {
+                    0 if rest.len() == 9 => None,
+                    1 => Some(&rest[9..]),
+                    marker => {
+                        return Err(format!(
+                            "an event-time window entry with a key marker of {marker}"
+                        ));
+                    }
+                };
                 let timestamp = i64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
                 if self
                     .current
@@ -543,7 +602,7 @@ mod tests {
                     state.apply(*start, &records(keys, value), 1 << 20).unwrap();
                 }
                 if step == 2 {
-                    let closed = state.close(-10, 1 << 20).unwrap().unwrap();
+                    let closed = state.close(-10, true, 1 << 20).unwrap().unwrap();
                     assert_eq!(closed.len(), 2);
                 }
                 state.spill_over(place(0, budget), "test");
@@ -593,7 +652,7 @@ mod tests {
                 .unwrap()
         );
         state.apply(10, &records(&["b"], "2"), 1 << 20).unwrap();
-        state.close(0, 1 << 20).unwrap();
+        state.close(0, true, 1 << 20).unwrap();
         let changes = part_of(&mut state, clock);
         let mut reader = PartReader::new(std::io::Cursor::new(changes)).unwrap();
         assert!(!reader.begin().unwrap());
@@ -603,6 +662,44 @@ mod tests {
         }
         // Three removed (window 0), one put (b in window 10), the clock.
         assert_eq!(seen, 3 + 1 + 1);
+    }
+
+    #[test]
+    fn a_spilled_window_closed_unread_has_its_keys_removed_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let place = SpillPlace {
+            dir: dir.path(),
+            partition: 0,
+            budget: 0,
+        };
+        let clock = EventClock {
+            max_seen: 0,
+            watermark: 0,
+        };
+        let mut state = EventWindows::default();
+        state.apply(0, &records(&["a", "b"], "1"), 1 << 20).unwrap();
+        state.apply(10, &records(&["c"], "1"), 1 << 20).unwrap();
+        let first = part_of(&mut state, clock);
+        state.spill_over(place, "test");
+        // Update mode: closed without being read back.
+        assert!(state.close(0, false, 1 << 20).unwrap().is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "kept until the next part"
+        );
+        let second = part_of(&mut state, clock);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "then removed");
+        let mut reader = PartReader::new(std::io::Cursor::new(second.clone())).unwrap();
+        assert!(!reader.begin().unwrap());
+        let mut changes = 0;
+        while reader.next_change().unwrap().is_some() {
+            changes += 1;
+        }
+        assert_eq!(changes, 2 + 1, "a and b removed, the clock");
+        let (back, _) = restored(&[first, second], place);
+        assert_eq!(contents(&back), contents(&state));
+        assert_eq!(back.starts().collect::<Vec<_>>(), vec![10]);
     }
 
     #[test]
@@ -643,7 +740,7 @@ mod tests {
         state.load(0).unwrap();
         assert_eq!(state.window(0).unwrap().get(Some(b"a")).unwrap().value(), b"1");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        let closed = state.close(10, 1 << 20).unwrap().unwrap();
+        let closed = state.close(10, true, 1 << 20).unwrap().unwrap();
         assert_eq!(closed.get(Some(b"b")).unwrap().value(), b"1");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -476,11 +476,9 @@ impl PieceFold for CombineFold<'_> {
 }
 
 /// The error for a value a built-in reducer cannot use; `index` is the
-/// record's position in the partition (not given after the shuffle, where
-/// values are partial results rather than input records).
+/// record's position in the partition (not given when `merging`, after the
+/// shuffle, where values are partial results rather than input records).
 #[cold]
-/// The error of a built-in reducer that cannot take `record`'s value
-/// (`index`: the record's in its chunk, reported outside merges).
 pub(super) fn value_error(
     reducer: BuiltinReducer,
     record: RecordRef<'_>,

@@ -176,6 +176,14 @@ impl RunningResult {
         }
     }
 
+    /// Gives memory back once the table holds under a quarter of what it
+    /// has room for (after a burst of keys that left).
+    pub fn shrink_if_sparse(&mut self) {
+        if self.table.capacity() > 1024 && self.table.len() < self.table.capacity() / 4 {
+            self.table.shrink_to(self.table.len() * 2, |entry| entry.hash);
+        }
+    }
+
     /// Applies one key's change.
     pub fn apply(&mut self, key: Option<&[u8]>, change: &Change) {
         match (&change.value, change.presence) {

@@ -679,6 +679,84 @@ mod tests {
     }
 
     #[test]
+    fn the_built_in_sum_and_its_inverse_give_what_a_recomputed_window_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = || StateSettings {
+            memory_bytes: 1 << 20,
+            spill_dir: dir.path().to_path_buf(),
+            timeout: None,
+            partitions: 1,
+        };
+        let shape = WindowShape { length: 3, slide: 1 };
+        let sum = || Reducer::Builtin(BuiltinReducer::Sum);
+        let incremental = WindowedReduce::new(
+            shape,
+            sum(),
+            Some(Inverse::Builtin(BuiltinReducer::Sum)),
+            None,
+            settings(),
+            "t",
+        );
+        let recomputed = WindowedReduce::new(shape, sum(), None, None, settings(), "t");
+        let mut seed = 11u64;
+        for batch_id in 0..30 {
+            let mut batch = Batch::new();
+            for _ in 0..batch_id % 6 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let key = format!("k{}", (seed >> 33) % 5);
+                let value = ((seed >> 40) % 2001) as i64 - 1000;
+                batch.push(
+                    Some(key.as_bytes()),
+                    value.to_string().as_bytes(),
+                    batch_id as i64 * 10,
+                );
+            }
+            let out = |window: &WindowedReduce| {
+                let mut instances = InstanceSlots::new();
+                let mut ctx = PartitionContext {
+                    batch_id,
+                    batch_time: 1_000,
+                    left_chunks: 1,
+                    partition: 0,
+                    instances: &mut instances,
+                    dead_letters: Batch::new(),
+                    failures: 0,
+                };
+                let mut records: Vec<(Vec<u8>, Vec<u8>)> = window
+                    .process(vec![batch.clone()], &mut ctx)
+                    .unwrap()
+                    .iter()
+                    .flat_map(Batch::iter)
+                    .map(|r| (r.key.unwrap().to_vec(), r.value.to_vec()))
+                    .collect();
+                records.sort();
+                records
+            };
+            // Keys of the window whose values cancel out stay (sum 0) in both.
+            assert_eq!(out(&incremental), out(&recomputed), "batch {batch_id}");
+        }
+        // An overflow is an error naming both values, on the built-in path too.
+        let mut batch = Batch::new();
+        batch.push(Some(b"big"), i64::MAX.to_string().as_bytes(), 0);
+        let mut instances = InstanceSlots::new();
+        let mut ctx = PartitionContext {
+            batch_id: 30,
+            batch_time: 1_000,
+            left_chunks: 1,
+            partition: 0,
+            instances: &mut instances,
+            dead_letters: Batch::new(),
+            failures: 0,
+        };
+        incremental.process(vec![batch.clone()], &mut ctx).unwrap();
+        ctx.batch_id = 31;
+        let error = incremental.process(vec![batch], &mut ctx).unwrap_err();
+        assert!(error.to_string().contains("overflow"), "{error}");
+    }
+
+    #[test]
     fn the_built_in_inverse_gives_what_the_general_path_gives() {
         let dir = tempfile::tempdir().unwrap();
         let general = counting_window(Arc::new(AtomicBool::new(false)), dir.path());

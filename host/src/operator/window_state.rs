@@ -163,7 +163,7 @@ fn spill_to(path: PathBuf, encoded: &[u8], records: usize) -> Result<SpilledBatc
     let spilled = SpilledBatch { path, records };
     std::fs::write(&spilled.path, encoded).map_err(|e| {
         StateError(format!(
-            "cannot spill a window partial to {}: {e}",
+            "cannot spill window state to {}: {e}",
             spilled.path.display()
         ))
     })?;
@@ -244,6 +244,7 @@ impl ReduceState {
             }
             self.running.apply(*key, change);
         }
+        self.running.shrink_if_sparse();
         if self
             .changes
             .as_ref()

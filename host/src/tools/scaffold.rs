@@ -1,4 +1,6 @@
-//! `weir new plugin NAME`: a plugin crate that builds as it is.
+//! `weir new plugin NAME`: a plugin that builds as it is — a Rust crate
+//! over the `weir-guest` SDK, or (`--lang python`) a directory with an
+//! `app.py` over the Python SDK the `weir` binary carries.
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +17,21 @@ pub const KINDS: [&str; 7] = [
     "sink",
 ];
 
-/// Creates a plugin crate `name` of `kind` in `dir`, depending on the guest
-/// SDK at `sdk_dir`. Returns the files written.
-pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
+/// The kinds a new Python plugin can be.
+pub const PYTHON_KINDS: [&str; 9] = [
+    "map",
+    "flat-map",
+    "filter",
+    "filter-map",
+    "map-partitions",
+    "reduce",
+    "update-state",
+    "map-with-state",
+    "transform-with",
+];
+
+/// Checks a new plugin's name, and that `dir` is absent or empty.
+fn check_new(name: &str, dir: &Path) -> Result<(), ToolError> {
     let valid_name = !name.is_empty()
         && name
             .chars()
@@ -28,18 +42,44 @@ pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<
             "invalid plugin name {name:?}: use letters, digits, '-' and '_', starting with a letter"
         )));
     }
-    let body = body(kind).ok_or_else(|| {
-        ToolError(format!(
-            "unknown kind `{kind}` (expected one of: {})",
-            KINDS.join(", ")
-        ))
-    })?;
     if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(ToolError(format!(
             "{} already exists and is not empty",
             dir.display()
         )));
     }
+    Ok(())
+}
+
+fn unknown_kind(kind: &str, kinds: &[&str]) -> ToolError {
+    ToolError(format!(
+        "unknown kind `{kind}` (expected one of: {})",
+        kinds.join(", ")
+    ))
+}
+
+/// Creates a Python plugin `name` of `kind` in `dir`: an `app.py` that
+/// `weir plugin build` builds anywhere (the binary carries the SDK).
+/// Returns the files written.
+pub fn new_python_plugin(name: &str, kind: &str, dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    let body = python_body(kind).ok_or_else(|| unknown_kind(kind, &PYTHON_KINDS))?;
+    check_new(name, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("cannot create {}: {e}", dir.display())))?;
+    let app = dir.join("app.py");
+    let text = format!(
+        "\"\"\"`{name}`: a Weir {kind} plugin in Python.\n\nBuild it with `weir plugin build {}`.\"\"\"\n\nimport weir\n\n{}",
+        dir.display(),
+        body.replace("NAME", name)
+    );
+    std::fs::write(&app, text).map_err(|e| ToolError(format!("cannot write {}: {e}", app.display())))?;
+    Ok(vec![app])
+}
+
+/// Creates a plugin crate `name` of `kind` in `dir`, depending on the guest
+/// SDK at `sdk_dir`. Returns the files written.
+pub fn new_plugin(name: &str, kind: &str, dir: &Path, sdk_dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    let body = body(kind).ok_or_else(|| unknown_kind(kind, &KINDS))?;
+    check_new(name, dir)?;
     let sdk_dir = sdk_dir
         .canonicalize()
         .map_err(|e| ToolError(format!("cannot find the guest SDK at {}: {e}", sdk_dir.display())))?;
@@ -110,6 +150,103 @@ strip = true
         std::fs::write(path, text).map_err(|e| ToolError(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(files.into_iter().map(|(path, _)| path).collect())
+}
+
+/// The decorated function of a Python plugin of `kind` (`NAME` stands for
+/// the plugin's name).
+fn python_body(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "map" => {
+            r#"
+@weir.map(name="NAME")
+def transform(record):
+    """Upper-cases each record's value (keeps its key and timestamp)."""
+    return record.value.upper()
+"#
+        }
+        "flat-map" => {
+            r#"
+@weir.flat_map(name="NAME")
+def transform(record, out):
+    """One record per comma-separated field of each value."""
+    for field in record.value.split(b","):
+        out.emit(field)
+"#
+        }
+        "filter" => {
+            r#"
+@weir.filter(name="NAME")
+def keep(record):
+    """Keeps records whose value is not empty."""
+    return len(record.value) > 0
+"#
+        }
+        "filter-map" => {
+            r#"
+@weir.filter_map(name="NAME")
+def transform(record):
+    """Keeps values that parse as integers, doubled."""
+    try:
+        return str(int(record.value) * 2)
+    except ValueError:
+        return None
+"#
+        }
+        "map-partitions" => {
+            r#"
+@weir.map_partitions(name="NAME")
+def transform(records, out):
+    """Emits one record per chunk of a partition: how many records it had."""
+    out.emit(str(len(records)))
+"#
+        }
+        "reduce" => {
+            r#"
+@weir.reduce(name="NAME")
+def longest(values):
+    """The longest value of each key."""
+    return max(values, key=len)
+"#
+        }
+        "update-state" => {
+            r#"
+@weir.update_state(name="NAME")
+def count(key, values, state, out):
+    """Counts each key's records across batches; emits the count so far."""
+    if not values:
+        return None  # the key timed out: forget it
+    total = (state or 0) + len(values)
+    out.emit_keyed(key, str(total))
+    return total
+"#
+        }
+        "map-with-state" => {
+            r#"
+@weir.map_with_state(name="NAME")
+def count(event, state, out):
+    """Counts each key's records; emits the count when the key times out
+    (set the stage's `timeout`)."""
+    if event.timed_out:
+        out.emit_keyed(event.key, str(state.value or 0))
+    else:
+        state.value = (state.value or 0) + 1
+"#
+        }
+        "transform-with" => {
+            r#"
+@weir.transform_with(name="NAME")
+def join(left, right, out):
+    """Each left record with the value of the last right record of its key
+    appended after a tab (left records without one pass unchanged)."""
+    latest = {row.key: row.value for row in right if row.key is not None}
+    for record in left:
+        found = latest.get(record.key)
+        value = record.value if found is None else record.value + b"\t" + found
+        out.emit_record(record.key, value, record.timestamp)
+"#
+        }
+        _ => return None,
+    })
 }
 
 fn body(kind: &str) -> Option<&'static str> {
@@ -210,4 +347,28 @@ fn write(batch: &BatchInfo, records: &Batch<'_>) -> Result<(), SinkError> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_python_kind_gets_its_decorator_and_the_plugin_name() {
+        let root = tempfile::tempdir().unwrap();
+        for kind in PYTHON_KINDS {
+            let dir = root.path().join(kind);
+            let files = new_python_plugin("demo", kind, &dir).unwrap();
+            assert_eq!(files, vec![dir.join("app.py")]);
+            let text = std::fs::read_to_string(&files[0]).unwrap();
+            let decorator = format!("@weir.{}(name=\"demo\")", kind.replace('-', "_"));
+            assert!(text.contains(&decorator), "{kind}: {text}");
+            assert!(text.contains("import weir"), "{kind}");
+        }
+        // Sinks are Rust only; a taken directory is refused.
+        let error = new_python_plugin("demo", "sink", &root.path().join("sink")).unwrap_err();
+        assert!(error.0.contains("unknown kind `sink`"), "{error:?}");
+        let error = new_python_plugin("demo", "map", &root.path().join("map")).unwrap_err();
+        assert!(error.0.contains("not empty"), "{error:?}");
+    }
 }
