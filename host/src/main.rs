@@ -285,7 +285,7 @@ enum Command {
         /// the new version, throughput around swaps) or `sinks` (the word
         /// count into files, Redis, HTTP and Elasticsearch, servers started
         /// here).
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap", "sinks"])]
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap", "sinks", "languages"])]
         suite: String,
         /// `--suite kafka`: the Kafka brokers to use (default: start the
         /// noida-db broker that `tests/broker/install` installed).
@@ -863,6 +863,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ..
         } if suite == "sinks" => sinks_bench(lines, partitions, plugin),
         Command::Bench {
+            suite,
+            lines,
+            partitions,
+            plugin,
+            ..
+        } if suite == "languages" => languages_bench(lines, partitions, plugin),
+        Command::Bench {
             lines,
             corpus,
             partitions,
@@ -1298,6 +1305,89 @@ fn sinks_bench(lines: u64, partitions: Option<usize>, plugin: Option<PathBuf>) -
             Err(why) => println!("  {:<30} skipped: {why}", run.sink),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --suite languages`: split-words in Rust, Python (batch API) and
+/// Python (per record), end to end and per instance.
+fn languages_bench(
+    lines: u64,
+    partitions: Option<usize>,
+    plugin: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use cli::languages_bench::{PYTHON_PER_RECORD, Variant};
+    let partitions =
+        partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let rust = match plugin {
+        Some(plugin) => Ok(plugin),
+        None => example_plugin("split-words").map_err(|e| format!("{e:#}")),
+    };
+    let cache = cache_dir().ok_or_else(|| {
+        anyhow!("Python builds keep their toolchain in the cache directory: set WEIR_CACHE_DIR (or HOME)")
+    })?;
+    let scratch = tempfile::Builder::new()
+        .prefix("weir-bench-languages-plugins-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let python = |dir: &Path| python::build_python_plugin(dir, &cache).map_err(|e| e.to_string());
+    eprintln!("building the Python plugins (the first build installs componentize-py)...");
+    let batch = match tools::source_root() {
+        Some(root) => python(&root.join("plugins/python/split-words")),
+        None => Err("cannot find the Weir source tree to build plugins/python/split-words".to_owned()),
+    };
+    let per_record_dir = scratch.path().join("split-words-per-record");
+    let per_record = std::fs::create_dir_all(&per_record_dir)
+        .and_then(|()| std::fs::write(per_record_dir.join("app.py"), PYTHON_PER_RECORD))
+        .map_err(|e| e.to_string())
+        .and_then(|()| python(&per_record_dir));
+    let variants = [
+        Variant {
+            name: "rust",
+            component: rust,
+        },
+        Variant {
+            name: "python (batch API)",
+            component: batch,
+        },
+        Variant {
+            name: "python (per record)",
+            component: per_record,
+        },
+    ];
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let runtime = weir::runtime::Runtime::new(cache_dir())?;
+    let report = cli::languages_bench::run(&weir, &runtime, &variants, lines, partitions, |line| {
+        eprintln!("{line}")
+    })?;
+    println!(
+        "split-words by language: word count end to end (`weir run --available-now`), {} lines, {} words, {} partitions; instances in this process:",
+        report.corpus.lines, report.corpus.words, report.partitions
+    );
+    let rust_elapsed = report
+        .runs
+        .first()
+        .and_then(|run| run.outcome.as_ref().ok())
+        .map(|(run, _)| run.usage.elapsed);
+    for run in &report.runs {
+        match &run.outcome {
+            Ok((e2e, instances)) => println!(
+                "  {:<20} {:>6.2} M words/s  {:>7.2} s ({:>5.1}x rust)  cpu {:>7.2} s  peak RSS {:>6.1} MB | component {:>5.1} MB, load {:>6.0} ms, instance start {:>6.2} ms, {:>5.1} MB each",
+                run.name,
+                report.corpus.words as f64 / e2e.usage.elapsed.as_secs_f64() / 1e6,
+                e2e.usage.elapsed.as_secs_f64(),
+                rust_elapsed.map_or(f64::NAN, |rust| e2e.usage.elapsed.as_secs_f64()
+                    / rust.as_secs_f64()),
+                e2e.usage.cpu.as_secs_f64(),
+                mb(e2e.usage.peak_rss),
+                mb(instances.component_bytes),
+                instances.load.as_secs_f64() * 1e3,
+                instances.start.as_secs_f64() * 1e3,
+                mb(instances.memory_per_instance),
+            ),
+            Err(why) => println!("  {:<20} skipped: {why}", run.name),
+        }
+    }
+    println!("  javascript           not built yet (issue 16)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ pub mod end_to_end;
 pub mod ingest;
 #[cfg(feature = "kafka")]
 pub mod kafka_bench;
+pub mod languages_bench;
 pub mod many;
 pub mod process;
 pub mod serve_bench;
