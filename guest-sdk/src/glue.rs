@@ -11,7 +11,8 @@ pub use wit_bindgen;
 // the transform, reducer, keyed-state or co-transform one, and the component's
 // world is their union, which is exactly one of the four plugin worlds (the
 // host only sees interface names). Only these partial worlds live in this
-// inline package; the interfaces and types come from `../wit`, and every world
+// inline package; the interfaces and types come from `wit` (a link to the
+// repository's WIT package, packaged with the crate), and every world
 // but the first reuses the first one's `types` and `log` bindings (`with:`),
 // so a `wit::Batch` is one Rust type whichever export it crosses.
 
@@ -19,7 +20,7 @@ pub use wit_bindgen;
 /// partial worlds), and of the `weir:plugin/transform` export.
 pub mod transform_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world transform-exports {
@@ -39,7 +40,7 @@ pub mod transform_bindings {
 /// Bindings of the `weir:plugin/reducer` export.
 pub mod reducer_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world reducer-exports {
@@ -62,7 +63,7 @@ pub mod reducer_bindings {
 /// Bindings of the `weir:plugin/keyed-state` export (update-state and map-with-state).
 pub mod state_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world state-exports {
@@ -86,7 +87,7 @@ pub mod state_bindings {
 /// with `migrate = ...`).
 pub mod state_migration_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world state-migration-exports {
@@ -107,7 +108,7 @@ pub mod state_migration_bindings {
 /// Bindings of the `weir:plugin/co-transform` export (transform-with).
 pub mod co_transform_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world co-transform-exports {
@@ -130,7 +131,7 @@ pub mod co_transform_bindings {
 /// Bindings of the `weir:plugin/lifecycle` export.
 pub mod lifecycle_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world lifecycle-exports {
@@ -152,7 +153,7 @@ pub mod lifecycle_bindings {
 /// sink exports only `sink`, which has its own `describe` and `init`).
 pub mod sink_bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         inline: "
             package weir:guest-sdk;
             world sink-exports {

@@ -465,6 +465,29 @@ fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("weir"))
 }
 
+/// The `weir-guest` crate a new Rust plugin in `dir` depends on: in the
+/// Weir workspace's `plugins/`, the workspace's own; anywhere else, the copy
+/// of the SDK this binary carries, unpacked into the cache directory (or,
+/// without one, the source tree it was built from, if still there).
+fn default_sdk(dir: &Path) -> anyhow::Result<PathBuf> {
+    let parent = std::path::absolute(dir)
+        .ok()
+        .and_then(|dir| dir.parent().map(Path::to_path_buf));
+    let root = tools::source_root();
+    if let (Some(root), Some(parent)) = (&root, &parent)
+        && parent.canonicalize().ok() == root.join("plugins").canonicalize().ok()
+    {
+        return Ok(root.join("guest-sdk"));
+    }
+    match (cache_dir(), root) {
+        (Some(cache), _) => Ok(tools::rust_sdk::unpack(&cache)?.join("guest-sdk")),
+        (None, Some(root)) => Ok(root.join("guest-sdk")),
+        (None, None) => Err(anyhow!(
+            "no cache directory to unpack the weir-guest SDK into: set WEIR_CACHE_DIR (or HOME), or pass --sdk PATH"
+        )),
+    }
+}
+
 /// `WEIR_PERFMAP=1`: a perf map of compiled plugin code.
 fn perf_map() -> bool {
     std::env::var_os("WEIR_PERFMAP").is_some_and(|v| v == "1")
@@ -819,9 +842,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             let sdk = match sdk {
                 Some(sdk) => sdk,
-                None => tools::source_root()
-                    .map(|root| root.join("guest-sdk"))
-                    .ok_or_else(|| anyhow!("cannot find the weir-guest SDK: pass --sdk PATH"))?,
+                None => default_sdk(&dir)?,
             };
             let files = scaffold::new_plugin(&name, &kind, &dir, &sdk)?;
             for file in files {

@@ -120,6 +120,18 @@ fn new_plugin_scaffolds_a_crate_that_builds_and_runs() {
         LIMIT,
     );
     assert!(output.status.success(), "{}", stderr(&output));
+    // Outside the Weir workspace the crate depends on the SDK the binary
+    // carries, unpacked into the cache, not on this checkout.
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    assert!(manifest.contains("/rust-sdk-"), "{manifest}");
+    assert!(
+        !manifest.contains(&format!("{}/guest-sdk", checkout.display())),
+        "{manifest}"
+    );
     // A path relative to the working directory, as in the README.
     let output = weir()
         .command(&["plugin", "build", "shout"])
@@ -417,4 +429,44 @@ fn twenty_pipelines_in_one_process_share_one_worker_pool() {
     );
     let log = stderr(&output);
     assert_eq!(log.matches("stopped gracefully").count(), 20, "{log}");
+}
+
+#[test]
+fn the_guest_sdk_crates_package_for_publishing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = root.join("target/package-check");
+    // The WIT package travels inside weir-guest; the Python SDK does not.
+    let listed = std::process::Command::new(&cargo)
+        .args(["package", "--list", "--allow-dirty", "-p", "weir-guest"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let files = stdout(&listed);
+    assert!(files.lines().any(|f| f == "wit/worlds.wit"), "{files}");
+    assert!(!files.contains("python/"), "{files}");
+    // All three build from their packages, against each other's.
+    let packaged = std::process::Command::new(&cargo)
+        .args([
+            "package",
+            "--allow-dirty",
+            "-p",
+            "weir-abi",
+            "-p",
+            "weir-guest-macros",
+            "-p",
+            "weir-guest",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(packaged.status.success(), "{}", stderr(&packaged));
+    for name in ["weir-abi", "weir-guest-macros", "weir-guest"] {
+        let crate_file = target
+            .join("package")
+            .join(format!("{name}-{}.crate", env!("CARGO_PKG_VERSION")));
+        assert!(crate_file.is_file(), "{}", crate_file.display());
+    }
 }

@@ -190,7 +190,9 @@ pub fn word_counts(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// Every line of every `part-*` file of every batch directory the files
-/// sink wrote under `dir`, batch by batch.
+/// sink wrote under `dir`, batch by batch. Tests poll it while a pipeline
+/// runs: a batch directory or part that goes away while it reads (the sink
+/// removing what a killed run left half written) is skipped.
 pub fn sink_lines(dir: &Path) -> Vec<(u64, String)> {
     let mut lines = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -209,13 +211,19 @@ pub fn sink_lines(dir: &Path) -> Vec<(u64, String)> {
         let id: u64 = batch.file_name().unwrap().to_str().unwrap()["batch-".len()..]
             .parse()
             .unwrap();
-        let mut parts: Vec<PathBuf> = std::fs::read_dir(&batch)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let gone = |error: &std::io::Error| error.kind() == std::io::ErrorKind::NotFound;
+        let mut parts: Vec<PathBuf> = match std::fs::read_dir(&batch) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(error) if gone(&error) => continue,
+            Err(error) => panic!("cannot list {}: {error}", batch.display()),
+        };
         parts.sort();
         for part in parts {
-            let text = std::fs::read_to_string(&part).unwrap();
+            let text = match std::fs::read_to_string(&part) {
+                Ok(text) => text,
+                Err(error) if gone(&error) => continue,
+                Err(error) => panic!("cannot read {}: {error}", part.display()),
+            };
             lines.extend(text.lines().map(|l| (id, l.to_owned())));
         }
     }

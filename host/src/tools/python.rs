@@ -219,10 +219,7 @@ fn ensure_componentize_py(cache: &Path) -> Result<PathBuf, ToolError> {
 }
 
 /// Writes the SDK, the entry modules and the WIT files this binary carries
-/// under `cache`, in a directory named after their content (binaries that
-/// carry different files never share one); returns that directory. A file
-/// is rewritten when it differs, written aside and renamed into place, so a
-/// build running at the same time never reads half a file.
+/// under `cache` ([`super::unpack`]); returns that directory.
 fn unpack_sdk(cache: &Path) -> Result<PathBuf, ToolError> {
     let mut files = vec![(PathBuf::from("python/weir/__init__.py"), SDK_SOURCE.to_owned())];
     for world in [TRANSFORM, REDUCER, STATE, CO_TRANSFORM] {
@@ -234,31 +231,7 @@ fn unpack_sdk(cache: &Path) -> Result<PathBuf, ToolError> {
     for (name, text) in WIT_FILES {
         files.push((Path::new("wit").join(name), text.to_owned()));
     }
-    let all: String = files
-        .iter()
-        .map(|(path, text)| format!("{}\n{text}", path.display()))
-        .collect();
-    let root = cache.join(format!(
-        "python-sdk-{}",
-        &crate::runtime::content_hash(all.as_bytes())[..16]
-    ));
-    for (relative, text) in files {
-        let path = root.join(relative);
-        if std::fs::read_to_string(&path).is_ok_and(|kept| kept == text) {
-            continue;
-        }
-        let parent = path.parent().expect("a file under the SDK directory");
-        let aside = parent.join(format!(
-            ".{}.{}",
-            path.file_name().expect("a file name").to_string_lossy(),
-            std::process::id()
-        ));
-        std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::write(&aside, &text))
-            .and_then(|()| std::fs::rename(&aside, &path))
-            .map_err(|e| ToolError(format!("cannot write {}: {e}", path.display())))?;
-    }
-    Ok(root)
+    super::unpack(cache, "python-sdk", files)
 }
 
 #[cfg(test)]
