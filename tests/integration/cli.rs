@@ -103,6 +103,44 @@ fn plugin_target_dir() -> &'static Path {
         .expect("<target>/wasm32-wasip2/release/x.wasm")
 }
 
+/// Runs the scaffolded `map` at `component` over two lines in `dir`: it
+/// upper-cases them.
+fn assert_upper_cases(dir: &Path, component: &str) {
+    let input = dir.join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "hello\nweir\n").unwrap();
+    let out = dir.join("out");
+    let pipeline = format!(
+        r#"
+[pipeline]
+name = "shout"
+partitions = 1
+[plugins]
+shout = {component:?}
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+[[stage]]
+name = "loud"
+input = "lines"
+op = "map"
+plugin = "shout"
+[[sink]]
+input = "loud"
+type = "files"
+path = {out:?}
+"#,
+        input = input.display().to_string(),
+        out = out.display().to_string()
+    );
+    let file = write_pipeline(dir, "p.toml", &pipeline);
+    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<String> = weir_tests::sink_lines(&out).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(lines, ["HELLO", "WEIR"]);
+}
+
 #[test]
 fn new_plugin_scaffolds_a_crate_that_builds_and_runs() {
     let dir = scratch();
@@ -143,40 +181,7 @@ fn new_plugin_scaffolds_a_crate_that_builds_and_runs() {
     let component = stdout(&output).trim().to_owned();
     assert!(component.ends_with("shout.wasm"), "{component}");
 
-    // The scaffolded map upper-cases values.
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    std::fs::write(input.join("a.txt"), "hello\nweir\n").unwrap();
-    let out = dir.path().join("out");
-    let pipeline = format!(
-        r#"
-[pipeline]
-name = "shout"
-partitions = 1
-[plugins]
-shout = {component:?}
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-[[stage]]
-name = "loud"
-input = "lines"
-op = "map"
-plugin = "shout"
-[[sink]]
-input = "loud"
-type = "files"
-path = {out:?}
-"#,
-        input = input.display().to_string(),
-        out = out.display().to_string()
-    );
-    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let lines: Vec<String> = weir_tests::sink_lines(&out).into_iter().map(|(_, l)| l).collect();
-    assert_eq!(lines, ["HELLO", "WEIR"]);
+    assert_upper_cases(dir.path(), &component);
 }
 
 #[test]
@@ -209,40 +214,7 @@ fn new_plugin_scaffolds_a_python_plugin_that_builds_and_runs_outside_the_checkou
         "{inspected}"
     );
 
-    // The scaffolded map upper-cases values.
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    std::fs::write(input.join("a.txt"), "hello\nweir\n").unwrap();
-    let out = dir.path().join("out");
-    let pipeline = format!(
-        r#"
-[pipeline]
-name = "shout"
-partitions = 1
-[plugins]
-shout = {component:?}
-[[source]]
-name = "lines"
-type = "files"
-path = {input:?}
-[[stage]]
-name = "loud"
-input = "lines"
-op = "map"
-plugin = "shout"
-[[sink]]
-input = "loud"
-type = "files"
-path = {out:?}
-"#,
-        input = input.display().to_string(),
-        out = out.display().to_string()
-    );
-    let file = write_pipeline(dir.path(), "p.toml", &pipeline);
-    let output = weir().run(&["run", "--available-now", file.to_str().unwrap()], LIMIT);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let lines: Vec<String> = weir_tests::sink_lines(&out).into_iter().map(|(_, l)| l).collect();
-    assert_eq!(lines, ["HELLO", "WEIR"]);
+    assert_upper_cases(dir.path(), &component);
 }
 
 #[test]

@@ -34,12 +34,13 @@ use super::keyed::{PartitionStates, lock};
 use super::reduce::{Phase, ReduceByKey, Reducer, value_error};
 use super::running::RunningResult;
 use super::window_state::SpillPlace;
+use super::write_part_sections;
 use super::{
     BatchClock, IncrementalState, Operator, OperatorError, PartitionContext, Planning,
     check_restored_partitions, restore_error,
 };
 use crate::checkpoint::codec::Decoder;
-use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
+use crate::checkpoint::incremental::{Merge, PartSummary};
 use crate::config::{BuiltinReducer, LateRecords, OutputMode};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
@@ -340,26 +341,16 @@ impl Operator for EventTimeWindow {
 impl IncrementalState for EventTimeWindow {
     fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError> {
         let clock = self.clock();
-        let result = (|| {
-            let mut part = PartWriter::new(out, self.settings.partitions).map_err(|e| e.to_string())?;
-            for partition in 0..self.settings.partitions {
+        write_part_sections(
+            out,
+            self.settings.partitions,
+            "event-time window",
+            |partition, part| {
                 let state = self.windows.get(partition);
-                lock(&state)
-                    .write_section(&mut part, clock)
-                    .map_err(|e| e.to_string())?;
-            }
-            part.finish()
-                .map(|(_, summary)| summary)
-                .map_err(|e| e.to_string())
-        })();
-        result.map_err(|error| {
-            // Partitions written before the failure counted their changes
-            // from a part that will not be used.
-            self.windows.for_each(|_, state| state.forget_changes());
-            OperatorError::Native(format!(
-                "cannot write the event-time window's checkpoint part: {error}"
-            ))
-        })
+                lock(&state).write_section(part, clock).map_err(|e| e.to_string())
+            },
+            || self.windows.for_each(|_, state| state.forget_changes()),
+        )
     }
 
     fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError> {

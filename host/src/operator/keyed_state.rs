@@ -23,12 +23,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keyed::{FastMap, PartitionStates, lock};
+use super::write_part_sections;
 use super::{
     IncrementalState, Operator, OperatorError, PartitionContext, Planning, PluginUse,
     check_restored_partitions, restore_error,
 };
 use crate::checkpoint::codec::Decoder;
-use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
+use crate::checkpoint::incremental::{Merge, PartSummary};
 use crate::partition::Partitioning;
 use crate::record::Partition;
 use crate::runtime::bindings::types::Values;
@@ -429,31 +430,27 @@ impl Operator for KeyedState {
 
 impl IncrementalState for KeyedState {
     fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError> {
-        let result = (|| {
-            let mut part = PartWriter::new(out, self.settings.partitions).map_err(|e| e.to_string())?;
-            for partition in 0..self.settings.partitions {
+        write_part_sections(
+            out,
+            self.settings.partitions,
+            "keyed state",
+            |partition, part| {
                 let slot = self.stores.get(partition);
                 let mut slot = lock(&slot);
                 match slot.as_mut() {
-                    Some(store) => store.write_part(&mut part).map_err(|e| e.to_string())?,
+                    Some(store) => store.write_part(part).map_err(|e| e.to_string()),
                     // Never used, nothing restored: empty.
-                    None => part.begin(true).map_err(|e| e.to_string())?,
+                    None => part.begin(true).map_err(|e| e.to_string()),
                 }
-            }
-            part.finish()
-                .map(|(_, summary)| summary)
-                .map_err(|e| e.to_string())
-        })();
-        result.map_err(|error| {
-            // Stores written before the failure counted their changes from
-            // a part that will not be used.
-            self.stores.for_each(|_, store| {
-                if let Some(store) = store {
-                    store.forget_changes();
-                }
-            });
-            OperatorError::Native(format!("cannot write the keyed state's checkpoint part: {error}"))
-        })
+            },
+            || {
+                self.stores.for_each(|_, store| {
+                    if let Some(store) = store {
+                        store.forget_changes();
+                    }
+                })
+            },
+        )
     }
 
     fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError> {

@@ -46,7 +46,7 @@ pub mod window_state;
 use std::fmt;
 use std::io::{Read, Write};
 
-use crate::checkpoint::incremental::{Merge, PartSummary};
+use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
 pub use binding::BindingSlot;
 pub use instances::{InstanceKey, InstanceSlots, PluginUse};
 
@@ -382,6 +382,32 @@ impl From<crate::state::StateError> for OperatorError {
     fn from(error: crate::state::StateError) -> Self {
         OperatorError::Native(error.to_string())
     }
+}
+
+/// Writes a checkpoint part of `partitions` sections on `out`, section `p`
+/// by `section(p, part)`. On a failure `forget` runs (the partitions written
+/// before it counted their changes from a part that will not be used: the
+/// next part must list them whole) and the error names `what`.
+pub fn write_part_sections(
+    out: &mut dyn Write,
+    partitions: usize,
+    what: &str,
+    mut section: impl FnMut(usize, &mut PartWriter<&mut dyn Write>) -> Result<(), String>,
+    forget: impl FnOnce(),
+) -> Result<PartSummary, OperatorError> {
+    let result = (|| {
+        let mut part = PartWriter::new(out, partitions).map_err(|e| e.to_string())?;
+        for partition in 0..partitions {
+            section(partition, &mut part)?;
+        }
+        part.finish()
+            .map(|(_, summary)| summary)
+            .map_err(|e| e.to_string())
+    })();
+    result.map_err(|error| {
+        forget();
+        OperatorError::Native(format!("cannot write the {what}'s checkpoint part: {error}"))
+    })
 }
 
 /// The error for a state snapshot that cannot be restored.

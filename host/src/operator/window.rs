@@ -33,12 +33,13 @@ use super::keyed_state::StateSettings;
 use super::reduce::{GroupReduceFn, GroupedValues, Phase, ReduceByKey, Reducer, value_error};
 use super::running::{Change, RunningChanges, RunningResult};
 use super::window_state::{ReduceState, Restorer, SpillPlace, decode_whole};
+use super::write_part_sections;
 use super::{
     IncrementalState, Operator, OperatorError, PartitionContext, Planning, check_restored_partitions,
     restore_error,
 };
 use crate::checkpoint::codec::{Decoder, Encoder};
-use crate::checkpoint::incremental::{Merge, PartSummary, PartWriter};
+use crate::checkpoint::incremental::{Merge, PartSummary};
 use crate::config::{BuiltinReducer, KeyRewrite};
 use crate::partition::Partitioning;
 use crate::record::{Batch, Partition, RecordRef};
@@ -583,24 +584,18 @@ impl Operator for WindowedReduce {
 impl IncrementalState for WindowedReduce {
     fn write_part(&self, out: &mut dyn Write) -> Result<PartSummary, OperatorError> {
         let with_running = self.inverse.is_some();
-        let result = (|| {
-            let mut part = PartWriter::new(out, self.settings.partitions).map_err(|e| e.to_string())?;
-            for partition in 0..self.settings.partitions {
+        write_part_sections(
+            out,
+            self.settings.partitions,
+            "window",
+            |partition, part| {
                 let state = self.states.get(partition);
                 lock(&state)
-                    .write_section(&mut part, with_running)
-                    .map_err(|e| e.to_string())?;
-            }
-            part.finish()
-                .map(|(_, summary)| summary)
-                .map_err(|e| e.to_string())
-        })();
-        result.map_err(|error| {
-            // Partitions written before the failure counted their changes
-            // from a part that will not be used.
-            self.states.for_each(|_, state| state.forget_changes());
-            OperatorError::Native(format!("cannot write the window's checkpoint part: {error}"))
-        })
+                    .write_section(part, with_running)
+                    .map_err(|e| e.to_string())
+            },
+            || self.states.for_each(|_, state| state.forget_changes()),
+        )
     }
 
     fn restore_chain(&self, merge: &mut Merge<Box<dyn Read + Send>>) -> Result<(), OperatorError> {
@@ -651,6 +646,19 @@ mod tests {
     use crate::config::BuiltinReducer;
     use crate::operator::InstanceSlots;
     use crate::operator::native::NativeReducer;
+
+    /// Partition 0 of batch `batch_id`, at 1 s.
+    fn context(instances: &mut InstanceSlots, batch_id: u64) -> PartitionContext<'_> {
+        PartitionContext {
+            batch_id,
+            batch_time: 1_000,
+            left_chunks: 1,
+            partition: 0,
+            instances,
+            dead_letters: Batch::new(),
+            failures: 0,
+        }
+    }
 
     /// A count over a window of two batches, sliding by one, whose inverse
     /// (a native subtraction) fails while `failing` is set.
@@ -715,15 +723,7 @@ mod tests {
             }
             let out = |window: &WindowedReduce| {
                 let mut instances = InstanceSlots::new();
-                let mut ctx = PartitionContext {
-                    batch_id,
-                    batch_time: 1_000,
-                    left_chunks: 1,
-                    partition: 0,
-                    instances: &mut instances,
-                    dead_letters: Batch::new(),
-                    failures: 0,
-                };
+                let mut ctx = context(&mut instances, batch_id);
                 let mut records: Vec<(Vec<u8>, Vec<u8>)> = window
                     .process(vec![batch.clone()], &mut ctx)
                     .unwrap()
@@ -741,15 +741,7 @@ mod tests {
         let mut batch = Batch::new();
         batch.push(Some(b"big"), i64::MAX.to_string().as_bytes(), 0);
         let mut instances = InstanceSlots::new();
-        let mut ctx = PartitionContext {
-            batch_id: 30,
-            batch_time: 1_000,
-            left_chunks: 1,
-            partition: 0,
-            instances: &mut instances,
-            dead_letters: Batch::new(),
-            failures: 0,
-        };
+        let mut ctx = context(&mut instances, 30);
         incremental.process(vec![batch.clone()], &mut ctx).unwrap();
         ctx.batch_id = 31;
         let error = incremental.process(vec![batch], &mut ctx).unwrap_err();
@@ -808,15 +800,7 @@ mod tests {
             batch.push(Some(key.as_bytes()), b"1", 0);
         }
         let mut instances = InstanceSlots::new();
-        let mut ctx = PartitionContext {
-            batch_id,
-            batch_time: 1_000,
-            left_chunks: 1,
-            partition: 0,
-            instances: &mut instances,
-            dead_letters: Batch::new(),
-            failures: 0,
-        };
+        let mut ctx = context(&mut instances, batch_id);
         let out = window.process(vec![batch], &mut ctx)?;
         let mut records: Vec<(String, String)> = out
             .iter()
