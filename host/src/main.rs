@@ -13,7 +13,7 @@ use weir::engine::{Engine, EngineOptions, Supervisor};
 use weir::error::EngineError;
 use weir::pipeline::{RunOptions, StopMode};
 use weir::runtime::{Runtime, RuntimeOptions};
-use weir::tools::{self, build, inspect, python, scaffold};
+use weir::tools::{self, build, inspect, javascript, python, scaffold};
 
 use cli::corpus::CorpusKind;
 
@@ -317,8 +317,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Compile plugin crates to wasm32-wasip2 components (release mode), and
-    /// Python plugins (a directory with an `app.py`) with componentize-py.
+    /// Compile plugin crates to wasm32-wasip2 components (release mode),
+    /// Python plugins (a directory with an `app.py`) with componentize-py,
+    /// and JavaScript plugins (a directory with an `app.js`) with
+    /// componentize-js.
     Build {
         /// The plugins' directories (e.g. `plugins/*`).
         #[arg(required = true, value_name = "CRATE_DIR")]
@@ -379,17 +381,18 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum NewCommand {
-    /// Scaffold a plugin that builds as it is: a Rust crate, or a Python
-    /// `app.py`.
+    /// Scaffold a plugin that builds as it is: a Rust crate, a Python
+    /// `app.py` or a JavaScript `app.js`.
     Plugin {
         /// Plugin name (the crate's, for Rust).
         name: String,
         /// map, flat-map, filter, filter-map, map-partitions, reduce; sink
-        /// (Rust); update-state, map-with-state, transform-with (Python).
+        /// (Rust); update-state, map-with-state, transform-with (Python and
+        /// JavaScript).
         #[arg(long, default_value = "map")]
         kind: String,
         /// The plugin's language.
-        #[arg(long, default_value = "rust", value_parser = ["rust", "python"])]
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
         lang: String,
         /// Directory to create (default: ./NAME).
         #[arg(long)]
@@ -787,13 +790,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: PluginCommand::Build { crate_dirs, debug },
         } => {
             for crate_dir in &crate_dirs {
-                if python::is_python_plugin(crate_dir) {
+                let python = python::is_python_plugin(crate_dir);
+                if python || javascript::is_javascript_plugin(crate_dir) {
                     let cache = cache_dir().ok_or_else(|| {
                         anyhow::anyhow!(
-                            "a Python build keeps its toolchain in the cache directory: set WEIR_CACHE_DIR (or HOME)"
+                            "a Python or JavaScript build keeps its toolchain in the cache directory: set WEIR_CACHE_DIR (or HOME)"
                         )
                     })?;
-                    let component = python::build_python_plugin(crate_dir, &cache)?;
+                    let component = if python {
+                        python::build_python_plugin(crate_dir, &cache)?
+                    } else {
+                        javascript::build_javascript_plugin(crate_dir, &cache)?
+                    };
                     println!("{}", component.display());
                     continue;
                 }
@@ -833,8 +841,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            if lang == "python" {
-                for file in scaffold::new_python_plugin(&name, &kind, &dir)? {
+            if lang == "python" || lang == "js" {
+                let files = if lang == "python" {
+                    scaffold::new_python_plugin(&name, &kind, &dir)?
+                } else {
+                    scaffold::new_javascript_plugin(&name, &kind, &dir)?
+                };
+                for file in files {
                     println!("created {}", file.display());
                 }
                 println!("build it with: weir plugin build {}", dir.display());
@@ -1329,14 +1342,15 @@ fn sinks_bench(lines: u64, partitions: Option<usize>, plugin: Option<PathBuf>) -
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bench --suite languages`: split-words in Rust, Python (batch API) and
-/// Python (per record), end to end and per instance.
+/// `bench --suite languages`: split-words in Rust, and in Python and
+/// JavaScript through the batch API and per record, end to end and per
+/// instance.
 fn languages_bench(
     lines: u64,
     partitions: Option<usize>,
     plugin: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use cli::languages_bench::{PYTHON_PER_RECORD, Variant};
+    use cli::languages_bench::{JAVASCRIPT_PER_RECORD, PYTHON_PER_RECORD, Variant};
     let partitions =
         partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let rust = match plugin {
@@ -1344,23 +1358,34 @@ fn languages_bench(
         None => example_plugin("split-words").map_err(|e| format!("{e:#}")),
     };
     let cache = cache_dir().ok_or_else(|| {
-        anyhow!("Python builds keep their toolchain in the cache directory: set WEIR_CACHE_DIR (or HOME)")
+        anyhow!("Python and JavaScript builds keep their toolchains in the cache directory: set WEIR_CACHE_DIR (or HOME)")
     })?;
     let scratch = tempfile::Builder::new()
         .prefix("weir-bench-languages-plugins-")
         .tempdir()
         .context("cannot create a scratch directory")?;
     let python = |dir: &Path| python::build_python_plugin(dir, &cache).map_err(|e| e.to_string());
-    eprintln!("building the Python plugins (the first build installs componentize-py)...");
-    let batch = match tools::source_root() {
-        Some(root) => python(&root.join("plugins/python/split-words")),
-        None => Err("cannot find the Weir source tree to build plugins/python/split-words".to_owned()),
+    let javascript = |dir: &Path| javascript::build_javascript_plugin(dir, &cache).map_err(|e| e.to_string());
+    // The example in this checkout, and the per-record twin written here.
+    let example = |language: &str| match tools::source_root() {
+        Some(root) => Ok(root.join("plugins").join(language).join("split-words")),
+        None => Err(format!(
+            "cannot find the Weir source tree to build plugins/{language}/split-words"
+        )),
     };
-    let per_record_dir = scratch.path().join("split-words-per-record");
-    let per_record = std::fs::create_dir_all(&per_record_dir)
-        .and_then(|()| std::fs::write(per_record_dir.join("app.py"), PYTHON_PER_RECORD))
-        .map_err(|e| e.to_string())
-        .and_then(|()| python(&per_record_dir));
+    let per_record = |file: &str, text: &str| {
+        let dir = scratch.path().join(file.replace('.', "-"));
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(file), text))
+            .map(|()| dir)
+            .map_err(|e| e.to_string())
+    };
+    eprintln!("building the Python plugins (the first build installs componentize-py)...");
+    let python_batch = example("python").and_then(|dir| python(&dir));
+    let python_per_record = per_record("app.py", PYTHON_PER_RECORD).and_then(|dir| python(&dir));
+    eprintln!("building the JavaScript plugins (the first build installs componentize-js)...");
+    let javascript_batch = example("js").and_then(|dir| javascript(&dir));
+    let javascript_per_record = per_record("app.js", JAVASCRIPT_PER_RECORD).and_then(|dir| javascript(&dir));
     let variants = [
         Variant {
             name: "rust",
@@ -1368,11 +1393,19 @@ fn languages_bench(
         },
         Variant {
             name: "python (batch API)",
-            component: batch,
+            component: python_batch,
         },
         Variant {
             name: "python (per record)",
-            component: per_record,
+            component: python_per_record,
+        },
+        Variant {
+            name: "javascript (batch API)",
+            component: javascript_batch,
+        },
+        Variant {
+            name: "javascript (per record)",
+            component: javascript_per_record,
         },
     ];
     let weir = std::env::current_exe().context("cannot find the weir binary")?;
@@ -1392,7 +1425,7 @@ fn languages_bench(
     for run in &report.runs {
         match &run.outcome {
             Ok((e2e, instances)) => println!(
-                "  {:<20} {:>6.2} M words/s  {:>7.2} s ({:>5.1}x rust)  cpu {:>7.2} s  peak RSS {:>6.1} MB | component {:>5.1} MB, load {:>6.0} ms, instance start {:>6.2} ms, {:>5.1} MB each",
+                "  {:<24} {:>6.2} M words/s  {:>7.2} s ({:>5.1}x rust)  cpu {:>7.2} s  peak RSS {:>6.1} MB | component {:>5.1} MB, load {:>6.0} ms, instance start {:>6.2} ms, {:>5.1} MB each",
                 run.name,
                 report.corpus.words as f64 / e2e.usage.elapsed.as_secs_f64() / 1e6,
                 e2e.usage.elapsed.as_secs_f64(),
@@ -1405,10 +1438,9 @@ fn languages_bench(
                 instances.start.as_secs_f64() * 1e3,
                 mb(instances.memory_per_instance),
             ),
-            Err(why) => println!("  {:<20} skipped: {why}", run.name),
+            Err(why) => println!("  {:<24} skipped: {why}", run.name),
         }
     }
-    println!("  javascript           not built yet (issue 16)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -185,10 +185,18 @@ fn new_plugin_scaffolds_a_crate_that_builds_and_runs() {
 }
 
 #[test]
-fn new_plugin_scaffolds_a_python_plugin_that_builds_and_runs_outside_the_checkout() {
+fn new_plugin_scaffolds_python_and_javascript_plugins_that_build_and_run_outside_the_checkout() {
+    for lang in ["python", "js"] {
+        scaffolded_script_plugin_builds_and_runs(lang);
+    }
+}
+
+/// `weir new plugin shout --lang LANG --kind map` in a directory outside the
+/// checkout, built there, inspected and run.
+fn scaffolded_script_plugin_builds_and_runs(lang: &str) {
     let dir = scratch();
     let output = weir()
-        .command(&["new", "plugin", "shout", "--lang", "python", "--kind", "map"])
+        .command(&["new", "plugin", "shout", "--lang", lang, "--kind", "map"])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -210,8 +218,8 @@ fn new_plugin_scaffolds_a_python_plugin_that_builds_and_runs_outside_the_checkou
     assert!(output.status.success(), "{}", stderr(&output));
     let inspected = stdout(&output);
     assert!(
-        inspected.contains("shout") && inspected.contains("map"),
-        "{inspected}"
+        inspected.contains("plugin:  shout 0.1.0") && inspected.contains("kind:    map"),
+        "{lang}: {inspected}"
     );
 
     assert_upper_cases(dir.path(), &component);

@@ -14,8 +14,8 @@ mod incremental;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod object_storage;
+mod plugin_languages;
 mod plugin_sink;
-mod python_plugins;
 mod rate;
 mod recovery;
 mod redis_sink;

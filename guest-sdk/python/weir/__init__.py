@@ -19,9 +19,10 @@ API (``@weir.batch``), as the buffers themselves, so that a plugin can use
 Decorators (one per plugin), each with optional ``name=`` and ``version=``
 (the plugin's metadata; by default the function's name and ``0.1.0``):
 
-- ``@weir.map``: ``f(record)`` returns the new value (bytes or str), or a
-  ``(key, value)`` pair; the record keeps its timestamp (and its key when only
-  a value is returned).
+- ``@weir.map``: ``f(record)`` returns the new value (bytes or str), a
+  ``(key, value)`` pair, or a ``(key, value, timestamp)`` triple; the record
+  keeps its timestamp unless given (and its key when only a value is
+  returned).
 - ``@weir.flat_map``: ``f(record, out)`` emits zero or more records on ``out``
   (an :class:`Emitter`; records emitted with ``emit`` and ``emit_keyed`` take
   the input record's timestamp).
@@ -341,8 +342,11 @@ def _output(out):
 
 def _mapped(record, result, out):
     if isinstance(result, tuple):
-        key, value = result
-        out.emit_record(key, value, record.timestamp)
+        if len(result) == 3:
+            key, value, timestamp = result
+        else:
+            (key, value), timestamp = result, record.timestamp
+        out.emit_record(key, value, timestamp)
     else:
         out.emit_record(record.key, result, record.timestamp)
 

@@ -1,8 +1,9 @@
 //! `weir bench --suite languages`: the word count with `split-words`
-//! written in each plugin language Weir builds — Rust, Python with the
-//! batch API (`plugins/python/split-words`) and Python per record (the
-//! same function through `@weir.flat_map`, written here) — in one run, on
-//! the same Zipf text.
+//! written in each plugin language Weir builds — Rust, Python and
+//! JavaScript with the batch API (`plugins/python/split-words`,
+//! `plugins/js/split-words`), and Python and JavaScript per record (the same
+//! function through `@weir.flat_map` and `weir.flatMap`, written here) — in
+//! one run, on the same Zipf text.
 //!
 //! For each: the end-to-end run (the real `weir run --available-now`
 //! binary as a child, files → split-words → count → a `jsonl` files sink;
@@ -43,6 +44,22 @@ import weir
 def split_words(record, out):
     for word in record.value.split():
         out.emit_keyed(word, word)
+"#;
+
+/// The per-record JavaScript split-words: one call of the function per
+/// record.
+pub const JAVASCRIPT_PER_RECORD: &str = r#"// split-words through the per-record API (`weir bench --suite languages`).
+
+import * as weir from "weir";
+
+weir.flatMap(
+  (record, out) => {
+    for (const word of record.text.split(/\s+/)) {
+      if (word !== "") out.emitKeyed(word, word);
+    }
+  },
+  { name: "split-words-per-record" },
+);
 "#;
 
 /// One language's split-words component.

@@ -57,7 +57,7 @@ pub fn build_plugin(crate_dir: &Path, release: bool) -> Result<Vec<PathBuf>, Too
     let manifest = crate_dir.join("Cargo.toml");
     if !manifest.exists() {
         return Err(ToolError(format!(
-            "{} has no Cargo.toml (nor an app.py): point `weir plugin build` at a plugin crate (create one with `weir new plugin NAME`) or a Python plugin's directory",
+            "{} has no Cargo.toml (nor an app.py or app.js): point `weir plugin build` at a plugin crate (create one with `weir new plugin NAME`) or a Python or JavaScript plugin's directory",
             crate_dir.display()
         )));
     }

@@ -1,11 +1,14 @@
 //! Developer tooling behind the CLI: building plugins (Rust with cargo,
-//! Python with componentize-py), scaffolding new ones, inspecting components.
+//! Python with componentize-py, JavaScript with componentize-js),
+//! scaffolding new ones, inspecting components.
 
 pub mod build;
 pub mod inspect;
+pub mod javascript;
 pub mod python;
 pub mod rust_sdk;
 pub mod scaffold;
+pub mod toolchain;
 
 use std::path::{Path, PathBuf};
 

@@ -7,17 +7,14 @@
 //! unpacked into the cache directory (under a name derived from their
 //! content), so that a plugin builds anywhere, not only next to Weir's
 //! sources. componentize-py ([`COMPONENTIZE_PY`], pinned) is installed on
-//! first use into a virtual environment in the same cache, with a message,
-//! under a lock (two first builds at once install it once) and marked
-//! complete only once pip succeeded; when that fails, the error gives the
-//! command to run. The cache must be private (0700, as the compiled-component
-//! cache is): a build never runs a toolchain from a directory others may
-//! write.
+//! first use into a virtual environment in the same cache
+//! ([`super::toolchain`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::ToolError;
+use super::toolchain::{self, ScriptPlugin, Toolchain};
 
 /// The componentize-py release plugins are built with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
@@ -110,25 +107,10 @@ pub fn is_python_plugin(dir: &Path) -> bool {
 /// Builds the Python plugin in `dir` into `dir/target/<dir name>.wasm`,
 /// with the toolchain and SDK kept under `cache`; returns the component.
 pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolError> {
-    crate::runtime::cache::check_private_dir(cache)
-        .map_err(|e| ToolError(format!("cannot keep the Python toolchain there: {e}")))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| ToolError(format!("cannot find the plugin {}: {e}", dir.display())))?;
-    let app = dir.join("app.py");
-    let source = std::fs::read_to_string(&app)
-        .map_err(|e| ToolError(format!("cannot read {}: {e}", app.display())))?;
+    let ScriptPlugin { dir, source, output } = toolchain::read_script_plugin(dir, "app.py")?;
     let world = world_of(&source);
     let componentize = ensure_componentize_py(cache)?;
     let sdk = unpack_sdk(cache)?;
-    let name = dir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into());
-    let out_dir = dir.join("target");
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| ToolError(format!("cannot create {}: {e}", out_dir.display())))?;
-    let output = out_dir.join(format!("{name}.wasm"));
     let run = Command::new(&componentize)
         .arg("-d")
         .arg(sdk.join("wit"))
@@ -142,15 +124,10 @@ pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolErro
         .output()
         .map_err(|e| ToolError(format!("cannot run {}: {e}", componentize.display())))?;
     if !run.status.success() {
-        let said = [&run.stdout, &run.stderr]
-            .iter()
-            .map(|text| String::from_utf8_lossy(text).trim().to_owned())
-            .filter(|text| !text.is_empty())
-            .collect::<Vec<_>>()
-            .join("\n");
         return Err(ToolError(format!(
-            "building the Python plugin {} failed:\n{said}",
-            dir.display()
+            "building the Python plugin {} failed:\n{}",
+            dir.display(),
+            toolchain::said(&run)
         )));
     }
     Ok(output)
@@ -159,63 +136,42 @@ pub fn build_python_plugin(dir: &Path, cache: &Path) -> Result<PathBuf, ToolErro
 /// The `componentize-py` of the pinned release under `cache`, installed
 /// into a virtual environment there when missing.
 fn ensure_componentize_py(cache: &Path) -> Result<PathBuf, ToolError> {
-    let toolchains = cache.join("toolchains");
-    let venv = toolchains.join(format!("componentize-py-{COMPONENTIZE_PY}"));
-    let binary = venv.join("bin").join("componentize-py");
-    // Written once pip succeeded: a venv without it is half made.
-    let complete = toolchains.join(format!("componentize-py-{COMPONENTIZE_PY}.complete"));
-    if complete.is_file() && binary.is_file() {
-        return Ok(binary);
-    }
-    std::fs::create_dir_all(&toolchains)
-        .map_err(|e| ToolError(format!("cannot create {}: {e}", toolchains.display())))?;
-    let lock_path = toolchains.join(".install.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| ToolError(format!("cannot create {}: {e}", lock_path.display())))?;
-    lock.lock()
-        .map_err(|e| ToolError(format!("cannot lock {}: {e}", lock_path.display())))?;
-    // Another build may have installed it while this one waited.
-    if complete.is_file() && binary.is_file() {
-        return Ok(binary);
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let install = format!(
-        "python3 -m venv '{venv}' && '{venv}/bin/pip' install componentize-py=={COMPONENTIZE_PY} && touch '{complete}'",
-        venv = venv.display(),
-        complete = complete.display()
-    );
-    eprintln!(
-        "installing componentize-py {COMPONENTIZE_PY} into {} (first Python build)",
-        venv.display()
-    );
-    let failed = |what: String| {
-        ToolError(format!(
-            "cannot install componentize-py {COMPONENTIZE_PY} ({what}); install it yourself with: {install}"
-        ))
+    let dir_name = format!("componentize-py-{COMPONENTIZE_PY}");
+    let venv = cache.join("toolchains").join(&dir_name);
+    let toolchain = Toolchain {
+        dir_name: &dir_name,
+        what: &format!("componentize-py {COMPONENTIZE_PY}"),
+        first_build: "Python",
+        marker_file: "bin/componentize-py",
+        manual: format!(
+            "python3 -m venv '{venv}' && '{venv}/bin/pip' install componentize-py=={COMPONENTIZE_PY} && touch '{venv}.complete'",
+            venv = venv.display()
+        ),
     };
-    let created = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        // Only the components' paths go to stdout.
-        .stdout(std::io::stderr())
-        .status()
-        .map_err(|e| failed(format!("cannot run python3: {e}")))?;
-    if !created.success() {
-        return Err(failed("`python3 -m venv` failed".into()));
-    }
-    let installed = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
-        .stdout(std::io::stderr())
-        .status()
-        .map_err(|e| failed(format!("cannot run pip: {e}")))?;
-    if !installed.success() || !binary.is_file() {
-        let _ = std::fs::remove_dir_all(&venv);
-        return Err(failed("pip failed".into()));
-    }
-    std::fs::write(&complete, COMPONENTIZE_PY)
-        .map_err(|e| ToolError(format!("cannot write {}: {e}", complete.display())))?;
-    Ok(binary)
+    let venv = toolchain::ensure(cache, &toolchain, |venv| {
+        let created = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            // Only the components' paths go to stdout.
+            .stdout(std::io::stderr())
+            .status()
+            .map_err(|e| format!("cannot run python3: {e}"))?;
+        if !created.success() {
+            return Err("`python3 -m venv` failed".into());
+        }
+        let installed = Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
+            .stdout(std::io::stderr())
+            .status()
+            .map_err(|e| format!("cannot run pip: {e}"))?;
+        if installed.success() {
+            Ok(())
+        } else {
+            Err("pip failed".into())
+        }
+    })?;
+    Ok(venv.join("bin").join("componentize-py"))
 }
 
 /// Writes the SDK, the entry modules and the WIT files this binary carries

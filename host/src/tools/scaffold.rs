@@ -1,6 +1,7 @@
 //! `weir new plugin NAME`: a plugin that builds as it is — a Rust crate
-//! over the `weir-guest` SDK, or (`--lang python`) a directory with an
-//! `app.py` over the Python SDK the `weir` binary carries.
+//! over the `weir-guest` SDK, or a directory with an `app.py` (`--lang
+//! python`) or an `app.js` (`--lang js`) over the Python or JavaScript SDK
+//! the `weir` binary carries.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +18,8 @@ pub const KINDS: [&str; 7] = [
     "sink",
 ];
 
-/// The kinds a new Python plugin can be.
-pub const PYTHON_KINDS: [&str; 9] = [
+/// The kinds a new Python or JavaScript plugin can be.
+pub const SCRIPT_KINDS: [&str; 9] = [
     "map",
     "flat-map",
     "filter",
@@ -62,12 +63,29 @@ fn unknown_kind(kind: &str, kinds: &[&str]) -> ToolError {
 /// `weir plugin build` builds anywhere (the binary carries the SDK).
 /// Returns the files written.
 pub fn new_python_plugin(name: &str, kind: &str, dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
-    let body = python_body(kind).ok_or_else(|| unknown_kind(kind, &PYTHON_KINDS))?;
+    let body = python_body(kind).ok_or_else(|| unknown_kind(kind, &SCRIPT_KINDS))?;
     check_new(name, dir)?;
     std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("cannot create {}: {e}", dir.display())))?;
     let app = dir.join("app.py");
     let text = format!(
         "\"\"\"`{name}`: a Weir {kind} plugin in Python.\n\nBuild it with `weir plugin build {}`.\"\"\"\n\nimport weir\n\n{}",
+        dir.display(),
+        body.replace("NAME", name)
+    );
+    std::fs::write(&app, text).map_err(|e| ToolError(format!("cannot write {}: {e}", app.display())))?;
+    Ok(vec![app])
+}
+
+/// Creates a JavaScript plugin `name` of `kind` in `dir`: an `app.js` that
+/// `weir plugin build` builds anywhere (the binary carries the SDK).
+/// Returns the files written.
+pub fn new_javascript_plugin(name: &str, kind: &str, dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    let body = javascript_body(kind).ok_or_else(|| unknown_kind(kind, &SCRIPT_KINDS))?;
+    check_new(name, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| ToolError(format!("cannot create {}: {e}", dir.display())))?;
+    let app = dir.join("app.js");
+    let text = format!(
+        "/**\n * `{name}`: a Weir {kind} plugin in JavaScript.\n *\n * Build it with `weir plugin build {}`.\n */\n\nimport * as weir from \"weir\";\n{}",
         dir.display(),
         body.replace("NAME", name)
     );
@@ -249,6 +267,116 @@ def join(left, right, out):
     })
 }
 
+/// The registered function of a JavaScript plugin of `kind` (`NAME` stands
+/// for the plugin's name).
+fn javascript_body(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "map" => {
+            r#"
+/** Upper-cases each record's value (keeps its key and timestamp). */
+weir.map((record) => record.text.toUpperCase(), { name: "NAME" });
+"#
+        }
+        "flat-map" => {
+            r#"
+/** One record per comma-separated field of each value. */
+weir.flatMap(
+  (record, out) => {
+    for (const field of record.text.split(",")) out.emit(field);
+  },
+  { name: "NAME" },
+);
+"#
+        }
+        "filter" => {
+            r#"
+/** Keeps records whose value is not empty. */
+weir.filter((record) => record.value.length > 0, { name: "NAME" });
+"#
+        }
+        "filter-map" => {
+            r#"
+/** Keeps values that parse as integers, doubled. */
+weir.filterMap(
+  (record) => {
+    const text = record.text.trim();
+    return /^[+-]?[0-9]+$/.test(text) ? String(Number(text) * 2) : null;
+  },
+  { name: "NAME" },
+);
+"#
+        }
+        "map-partitions" => {
+            r#"
+/** Emits one record per chunk of a partition: how many records it had. */
+weir.mapPartitions((records, out) => out.emit(String(records.length)), { name: "NAME" });
+"#
+        }
+        "reduce" => {
+            r#"
+/** The longest value of each key. */
+weir.reduce(
+  (values) => values.reduce((longest, value) => (value.length > longest.length ? value : longest)),
+  { name: "NAME" },
+);
+"#
+        }
+        "update-state" => {
+            r#"
+/** Counts each key's records across batches; emits the count so far. */
+weir.updateState(
+  (key, values, state, out) => {
+    if (values.length === 0) return null; // the key timed out: forget it
+    const total = (state ?? 0) + values.length;
+    out.emitKeyed(key, String(total));
+    return total;
+  },
+  { name: "NAME" },
+);
+"#
+        }
+        "map-with-state" => {
+            r#"
+/**
+ * Counts each key's records; emits the count when the key times out (set
+ * the stage's `timeout`).
+ */
+weir.mapWithState(
+  (event, state, out) => {
+    if (event.timedOut) {
+      out.emitKeyed(event.key, String(state.value ?? 0));
+    } else {
+      state.value = (state.value ?? 0) + 1;
+    }
+  },
+  { name: "NAME" },
+);
+"#
+        }
+        "transform-with" => {
+            r#"
+/**
+ * Each left record with the value of the last right record of its key
+ * appended after a tab (left records without one pass unchanged).
+ */
+weir.transformWith(
+  (left, right, out) => {
+    const latest = new Map();
+    for (const row of right) if (row.key !== null) latest.set(row.keyText, row.text);
+    for (const record of left) {
+      const found = record.key === null ? undefined : latest.get(record.keyText);
+      const value = found === undefined ? record.value : `${record.text}\t${found}`;
+      out.emitRecord(record.key, value, record.timestamp);
+    }
+  },
+  { name: "NAME" },
+);
+"#
+        }
+        _ => return None,
+    })
+}
+
 fn body(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "map" => {
@@ -354,9 +482,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_javascript_kind_gets_its_registration_and_the_plugin_name() {
+        let root = tempfile::tempdir().unwrap();
+        for kind in SCRIPT_KINDS {
+            let dir = root.path().join(kind);
+            let files = new_javascript_plugin("demo", kind, &dir).unwrap();
+            assert_eq!(files, vec![dir.join("app.js")]);
+            let text = std::fs::read_to_string(&files[0]).unwrap();
+            let mut function = kind.replace("-state", "State").replace("-with", "With");
+            function = match function.as_str() {
+                "flat-map" => "flatMap".into(),
+                "filter-map" => "filterMap".into(),
+                "map-partitions" => "mapPartitions".into(),
+                _ => function,
+            };
+            assert!(text.contains(&format!("weir.{function}(")), "{kind}: {text}");
+            assert!(text.contains("{ name: \"demo\" }"), "{kind}: {text}");
+            assert!(text.contains("import * as weir from \"weir\";"), "{kind}");
+        }
+        let error = new_javascript_plugin("demo", "sink", &root.path().join("sink")).unwrap_err();
+        assert!(error.0.contains("unknown kind `sink`"), "{error:?}");
+    }
+
+    #[test]
     fn every_python_kind_gets_its_decorator_and_the_plugin_name() {
         let root = tempfile::tempdir().unwrap();
-        for kind in PYTHON_KINDS {
+        for kind in SCRIPT_KINDS {
             let dir = root.path().join(kind);
             let files = new_python_plugin("demo", kind, &dir).unwrap();
             assert_eq!(files, vec![dir.join("app.py")]);

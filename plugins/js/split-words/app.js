@@ -1,0 +1,41 @@
+/**
+ * Flat-map: one record per whitespace-separated word of each record's value,
+ * with the word as both key and value and the input's timestamp; the
+ * JavaScript twin of `plugins/split-words`, through the SDK's batch API.
+ *
+ * Values are decoded as UTF-8 and split on JavaScript's whitespace (`\s`:
+ * ASCII and Unicode whitespace, as the Rust plugin splits UTF-8 text); bytes
+ * that are not UTF-8 become U+FFFD, where the Rust plugin keeps them.
+ *
+ * SpiderMonkey runs inside the component without a JIT, where a regular
+ * expression split costs several times a split on a string: a chunk of
+ * printable ASCII words separated by single spaces (the common case, checked
+ * once per chunk) is split on " ", any other chunk on `\s+`.
+ */
+
+import * as weir from "weir";
+
+const WHITESPACE = /\s+/;
+/** Anything but printable ASCII and spaces, or two spaces in a row. */
+const NOT_PLAIN = /[^\x21-\x7e ]| {2}/;
+
+weir.batch(
+  "flat-map",
+  (batch, out) => {
+    const { data, ends, timestamps } = batch;
+    const whole = weir.text(data);
+    const plain = !NOT_PLAIN.test(whole);
+    for (let i = 0; i < timestamps.length; i++) {
+      const start = ends[2 * i];
+      const end = ends[2 * i + 1];
+      if (start === end) continue;
+      // In plain text a byte is a code unit: byte offsets are string offsets.
+      const words = plain ? whole.slice(start, end).split(" ") : weir.text(data.subarray(start, end)).split(WHITESPACE);
+      // A leading or trailing space leaves an empty word at an end.
+      if (words[0] === "") words.shift();
+      if (words.length && words[words.length - 1] === "") words.pop();
+      if (words.length) out.emitMany(words, { keyed: true, timestamp: Number(timestamps[i]) });
+    }
+  },
+  { name: "split-words-js" },
+);
