@@ -298,10 +298,15 @@ export class Emitter {
   /**
    * Emits one record per value of `values` (strings or bytes), each keyed by
    * itself when `keyed`, all with `timestamp` (default: the default
-   * timestamp). The fast path of the batch API: an array of strings is
-   * joined and encoded in one call, not one per value.
+   * timestamp) — or, with `counts` and `timestamps`, in runs: the first
+   * `counts[0]` values take `timestamps[0]`, the next `counts[1]` take
+   * `timestamps[1]`, and so on (`timestamps` may be the batch's own
+   * `BigInt64Array`). The fast path of the batch API: an array of strings is
+   * joined and encoded in one call, not one per value, so a plugin that
+   * gathers a whole chunk's output into one call pays the SDK's overhead
+   * once per chunk.
    */
-  emitMany(values, { keyed = false, timestamp = this.timestamp } = {}) {
+  emitMany(values, { keyed = false, timestamp = this.timestamp, counts = null, timestamps = null } = {}) {
     const first = this.count;
     const count = values.length;
     const needed = first + count;
@@ -309,6 +314,18 @@ export class Emitter {
       buffers.timestamps = grown(buffers.timestamps, needed);
       buffers.flags = grown(buffers.flags, needed);
       buffers.ends = grown(buffers.ends, 2 * needed);
+    }
+    if (counts !== null) {
+      let at = first;
+      for (let run = 0; run < counts.length; run++) {
+        const end = at + counts[run];
+        if (end > needed) throw new RangeError("emitMany: the counts add up to more than the values");
+        if (end > at) buffers.timestamps.fill(BigInt(timestamps[run]), at, end);
+        at = end;
+      }
+      if (at !== needed) throw new RangeError("emitMany: the counts add up to fewer than the values");
+    } else {
+      buffers.timestamps.fill(BigInt(timestamp), first, needed);
     }
     if (!this.putJoined(values, keyed)) {
       // Some value is bytes: one at a time.
@@ -327,7 +344,6 @@ export class Emitter {
         ends[2 * n + 1] = this.at;
       }
     }
-    buffers.timestamps.fill(BigInt(timestamp), first, needed);
     this.count = needed;
   }
 
@@ -681,8 +697,16 @@ export const reducer = {
   },
 };
 
+/** A state as JSON text; what JSON cannot hold fails the chunk. */
 function stateText(value) {
-  return JSON.stringify(value);
+  let text;
+  try {
+    text = JSON.stringify(value);
+  } catch (error) {
+    throw batchFailure(error);
+  }
+  if (text === undefined) throw batchFailure(new TypeError(`a state is a JSON value, not ${typeof value}`));
+  return text;
 }
 
 function parseState(bytes) {
@@ -731,11 +755,7 @@ function mapWithStateUpdate(f, groups) {
       states.push("");
       flags.push(0);
     } else {
-      try {
-        states.push(stateText(state.value));
-      } catch (error) {
-        throw batchFailure(error);
-      }
+      states.push(stateText(state.value));
       flags.push(1);
     }
     start = end;
