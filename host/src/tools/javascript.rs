@@ -40,8 +40,7 @@ pub const TOOLCHAIN_LOCK: &str = include_str!("../../../guest-sdk/js/toolchain/p
 /// ENTRY WIT WORLD OUTPUT`, in the staged directory.
 pub const DRIVER: &str = include_str!("../../../guest-sdk/js/build.mjs");
 
-/// The WIT package plugins are built against (the current version only).
-pub const WIT_FILES: [(&str, &str); 2] = super::python::WIT_FILES;
+pub use super::WIT_FILES;
 
 /// The oldest Node.js major version componentize-js runs on.
 const NODE_MAJOR: u32 = 18;

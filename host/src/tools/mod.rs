@@ -12,6 +12,13 @@ pub mod toolchain;
 
 use std::path::{Path, PathBuf};
 
+/// The WIT package that Python and JavaScript plugins are built against (the
+/// current version only), carried by the binary.
+pub const WIT_FILES: [(&str, &str); 2] = [
+    ("types.wit", include_str!("../../../wit/types.wit")),
+    ("worlds.wit", include_str!("../../../wit/worlds.wit")),
+];
+
 /// A tooling command failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

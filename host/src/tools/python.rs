@@ -22,11 +22,7 @@ pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// The Python SDK (`import weir`) of this Weir version.
 pub const SDK_SOURCE: &str = include_str!("../../../guest-sdk/python/weir/__init__.py");
 
-/// The WIT package plugins are built against (the current version only).
-pub const WIT_FILES: [(&str, &str); 2] = [
-    ("types.wit", include_str!("../../../wit/types.wit")),
-    ("worlds.wit", include_str!("../../../wit/worlds.wit")),
-];
+pub use super::WIT_FILES;
 
 /// A WIT world a Python plugin can target, with the SDK class of its
 /// operator's export.
