@@ -67,6 +67,7 @@ message. ``weir.log`` writes to the host's log.
 
 import json as _json
 import traceback as _traceback
+from array import array as _array
 
 from componentize_py_types import Err as _Err
 from wit_world import exports as _exports
@@ -182,7 +183,11 @@ class BatchView:
     """A chunk of records in the host's flat layout: record ``i`` has its key
     at ``data[start:ends[2i]]`` where ``start`` is ``ends[2i-1]`` (0 for
     ``i = 0``), present when bit 0 of ``flags[i]`` is set, and its value at
-    ``data[ends[2i]:ends[2i+1]]``; ``timestamps[i]`` is its time."""
+    ``data[ends[2i]:ends[2i+1]]``; ``timestamps[i]`` is its time.
+
+    ``data`` and ``flags`` are ``bytes``; ``ends`` and ``timestamps`` are
+    sequences of ``int`` (in a transform, ``memoryview`` s straight over the
+    bytes the host sent: index and slice them, or ``list()`` them)."""
 
     __slots__ = ("data", "ends", "timestamps", "flags")
 
@@ -318,6 +323,16 @@ class Emitter:
             flags=bytes(self._flags),
         )
 
+    def _packed(self):
+        # The numbers leave as two byte strings (one copy each), not as
+        # lists the bindings would convert an element at a time.
+        return _packed.PackedBatch(
+            data=b"".join(self._parts),
+            ends=_array("I", self._ends).tobytes(),
+            timestamps=_array("q", self._timestamps).tobytes(),
+            flags=bytes(self._flags),
+        )
+
 
 def _failure(index, error):
     message = "".join(_traceback.format_exception(error)).rstrip()
@@ -336,6 +351,27 @@ def _output(out):
     """``out``'s batch; what cannot be one fails the chunk."""
     try:
         return out._batch()
+    except Exception as error:
+        raise _batch_failure(error)
+
+
+class _Keep:
+    """A filter's answer: the indices of the records to keep."""
+
+    __slots__ = ("indices",)
+
+    def __init__(self, indices):
+        self.indices = indices
+
+
+def _packed_output(result):
+    """A transform's result (an :class:`Emitter` or a :class:`_Keep`) as the
+    ``packed-transform`` export returns it; what cannot be packed fails the
+    chunk."""
+    try:
+        if isinstance(result, _Keep):
+            return _packed.PackedOutput_Keep(_array("I", result.indices).tobytes())
+        return _packed.PackedOutput_Records(result._packed())
     except Exception as error:
         raise _batch_failure(error)
 
@@ -373,8 +409,8 @@ def _per_record(function, kind):
             except Exception as error:
                 raise _failure(i, error)
         if kind == "filter":
-            return _types.TransformOutput_Keep(keep)
-        return _types.TransformOutput_Records(_output(out))
+            return _Keep(keep)
+        return out
 
     return process
 
@@ -386,7 +422,7 @@ def _whole(function, as_view):
             function(view if as_view else view.records(), out)
         except Exception as error:
             raise _batch_failure(error)
-        return _types.TransformOutput_Records(_output(out))
+        return out
 
     return process
 
@@ -515,14 +551,23 @@ def _flat(parts):
 
 # Each world's bindings have only that world's exports: a class is defined
 # only where its interface is.
-if hasattr(_exports, "Transform"):
+if hasattr(_exports, "PackedTransform"):
+    from wit_world.exports import packed_transform as _packed
 
-    class Transform(_exports.Transform):
-        """The `transform` export: one call per chunk of a partition."""
+    class PackedTransform(_exports.PackedTransform):
+        """The `packed-transform` export: one call per chunk of a partition,
+        its numbers packed into bytes both ways (componentize-py converts a
+        list of numbers an element at a time, bytes in one copy)."""
 
         def process(self, input):
             _, process, _, _ = _registered()
-            return process(BatchView(input.data, input.ends, input.timestamps, input.flags))
+            view = BatchView(
+                input.data,
+                memoryview(input.ends).cast("I"),
+                memoryview(input.timestamps).cast("q"),
+                input.flags,
+            )
+            return _packed_output(process(view))
 
 
 if hasattr(_exports, "Reducer"):

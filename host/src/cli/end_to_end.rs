@@ -38,19 +38,6 @@ pub fn wordcount(
     partitions: usize,
     dir: &Path,
 ) -> anyhow::Result<EndToEndRun> {
-    wordcount_with_limits(weir, input, plugin, partitions, dir, None)
-}
-
-/// [`wordcount`] with `limits` (the body of a TOML inline table, e.g.
-/// `memory = "512MiB"`) as the split-words stage's limits.
-pub fn wordcount_with_limits(
-    weir: &Path,
-    input: &Path,
-    plugin: &Path,
-    partitions: usize,
-    dir: &Path,
-    limits: Option<&str>,
-) -> anyhow::Result<EndToEndRun> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let output = dir.join("out");
@@ -66,14 +53,6 @@ pub fn wordcount_with_limits(
             output.display().to_string()
         ),
     );
-    let text = match limits {
-        Some(limits) => text.replacen(
-            "plugin = \"split-words\"\n",
-            &format!("plugin = \"split-words\"\nlimits = {{ {limits} }}\n"),
-            1,
-        ),
-        None => text,
-    };
     std::fs::write(&pipeline, text).with_context(|| format!("cannot write {}", pipeline.display()))?;
     let log = dir.join("stderr.log");
     let stderr = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;

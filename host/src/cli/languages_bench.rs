@@ -23,16 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::corpus::{Corpus, CorpusKind, CorpusStats};
-use super::end_to_end::{EndToEndRun, wordcount_with_limits};
+use super::end_to_end::{EndToEndRun, wordcount};
 use weir::runtime::{Grants, InstanceLabel, Limits, Runtime, Sandbox, TransformInstance};
 
 /// Instances started for the per-instance figures.
 const INSTANCES: usize = 8;
-
-/// The split-words stage's memory limit in the end-to-end runs, for every
-/// language: a CPython instance's heap grows past the default 64 MiB over
-/// batches of this size (measured: at the 7th quarter-million-line batch).
-const STAGE_MEMORY: &str = "memory = \"512MiB\"";
 
 /// The per-record Python split-words: one call of the function per record.
 pub const PYTHON_PER_RECORD: &str = r#""""split-words through the per-record API (`weir bench --suite languages`)."""
@@ -162,8 +157,7 @@ pub fn run(
                 let measured = (|| {
                     let figures = instance_figures(runtime, component)?;
                     let dir = work.path().join("run");
-                    let run =
-                        wordcount_with_limits(weir, &input, component, partitions, &dir, Some(STAGE_MEMORY))?;
+                    let run = wordcount(weir, &input, component, partitions, &dir)?;
                     anyhow::ensure!(
                         run.counted == stats.words,
                         "{} counted {} words of {}",

@@ -3,7 +3,9 @@
 //! Instances are created on first use from the plugin's pre-instantiated
 //! component (tens of microseconds) and reused for every later batch the worker
 //! runs for that stage. An instance whose call trapped is dropped, so the next
-//! call gets a fresh one. When a pipeline ends its plugin uses are retired,
+//! call gets a fresh one, and so is one whose linear memory has grown past
+//! half of the room its limit left it (a heap that creeps up from call to
+//! call: [`Instance::outgrown`]). When a pipeline ends its plugin uses are retired,
 //! and every worker drops their instances at its next sweep
 //! ([`InstanceSlots::sweep`]).
 //!
@@ -132,8 +134,31 @@ impl<W: SlotWorld> PluginUse<W> {
             && error.poisons_instance()
         {
             slots.remove(&key);
+        } else if entry.instance.outgrown() {
+            replace_outgrown(slot, entry.instance.memory_bytes());
+            slots.remove(&key);
         }
         result
+    }
+}
+
+/// Counts and logs an instance of `slot` dropped because its memory had
+/// outgrown it (see [`Instance::outgrown`]): the next call starts a fresh one.
+fn replace_outgrown(slot: &BindingSlot, memory_bytes: usize) {
+    let usage = &slot.label.usage;
+    let replaced = usage.instances_replaced.fetch_add(1, Ordering::Relaxed);
+    let mib = memory_bytes as f64 / f64::from(1 << 20);
+    if replaced == 0 {
+        tracing::info!(
+            pipeline = %slot.label.pipeline,
+            stage = %slot.label.stage,
+            plugin = %slot.label.plugin,
+            "an instance of the stage's plugin had grown to {mib:.1} MiB of linear memory, past half of \
+             the room its memory limit left it: it is replaced by a fresh one between calls (memory a \
+             Wasm instance grows is never given back; counted as `instances replaced`)"
+        );
+    } else {
+        tracing::debug!(stage = %slot.label.stage, "instance replaced at {mib:.1} MiB of linear memory");
     }
 }
 

@@ -338,6 +338,9 @@ pub struct StageMetricsSnapshot {
     pub instances: u64,
     /// Linear memory of those instances, in bytes.
     pub wasm_memory_bytes: u64,
+    /// Instances replaced between calls because their memory had outgrown
+    /// them (a plugin whose heap grows from call to call).
+    pub instances_replaced: u64,
     /// Fuel burnt by its calls (stages with a fuel budget).
     pub fuel_used: u64,
     /// Log messages of its plugin dropped by the stage's log budget

@@ -80,6 +80,7 @@ impl StagePlan {
             traps: super::live::TrapCounts::read(&metrics.traps),
             instances: read(&metrics.usage.instances),
             wasm_memory_bytes: read(&metrics.usage.memory_bytes),
+            instances_replaced: read(&metrics.usage.instances_replaced),
             fuel_used: read(&metrics.usage.fuel_used),
             log_messages_dropped: metrics.usage.logs.dropped(),
             state,

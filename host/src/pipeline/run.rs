@@ -53,6 +53,9 @@ pub struct RunSummary {
     pub log_messages_dropped: u64,
     /// Plugin log messages dropped, per stage that dropped some.
     pub log_drops_by_stage: Vec<(String, u64)>,
+    /// Plugin instances replaced because their linear memory had outgrown
+    /// them, per stage that replaced some.
+    pub replaced_instances_by_stage: Vec<(String, u64)>,
     /// Records shuffled by key between partitions, over all stages (a
     /// reduce-by-key's partial results, a join's inputs).
     pub shuffled_records: u64,
@@ -136,6 +139,12 @@ impl std::fmt::Display for RunSummary {
             write!(
                 f,
                 "\n  stage `{stage}`: {dropped} log messages dropped (over its log-messages-per-second / log-bytes-per-second)"
+            )?;
+        }
+        for (stage, replaced) in &self.replaced_instances_by_stage {
+            write!(
+                f,
+                "\n  stage `{stage}`: {replaced} plugin instances replaced (their linear memory had grown past half of the room their memory limit left them)"
             )?;
         }
         for (stage, state) in &self.state_by_stage {

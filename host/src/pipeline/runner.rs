@@ -943,6 +943,11 @@ impl Driver {
                     .log_drops_by_stage
                     .push((stage.name.clone(), metrics.log_messages_dropped));
             }
+            if metrics.instances_replaced > 0 {
+                summary
+                    .replaced_instances_by_stage
+                    .push((stage.name.clone(), metrics.instances_replaced));
+            }
             summary.shuffled_records += metrics.shuffled_records;
             if metrics.state != StateSize::default() {
                 summary.state += metrics.state;

@@ -19,6 +19,20 @@ pub mod transform {
     });
 }
 
+/// The `packed-transform-plugin` world: a transform whose batches cross
+/// packed into byte lists (the Python SDK's), sharing the types and `log`
+/// bindings of [`transform`].
+pub mod packed_transform {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "packed-transform-plugin",
+        with: {
+            "weir:plugin/types": super::transform::weir::plugin::types,
+            "weir:plugin/log": super::transform::weir::plugin::log,
+        },
+    });
+}
+
 /// The `reducer-plugin` world, sharing the types and `log` bindings of
 /// [`transform`].
 pub mod reducer {

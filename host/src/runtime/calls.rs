@@ -46,11 +46,11 @@ impl TransformInstance {
     /// back (filters keep records from it; errors describe records of it).
     pub fn transform(&mut self, input: Batch) -> (Batch, Result<TransformOutput, PluginError>) {
         let (records, bytes) = (input.len(), input.data_bytes());
-        let wit_batch = to_wit(input);
+        let mut wit_batch = to_wit(input);
         let result = self.call_moving(
             (records, Limits::input_bytes(records, bytes)),
             Some((records, bytes)),
-            |exports, store| exports.process(store, &wit_batch),
+            |exports, store| exports.process(store, &mut wit_batch),
         );
         let input = from_wit(wit_batch);
         let output = match result {

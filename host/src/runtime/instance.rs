@@ -42,6 +42,8 @@ pub struct Instance<W: World> {
     exports: W::Exports,
     stdout: OutputCapture,
     stderr: OutputCapture,
+    /// Its linear memory once started (instantiated, and `init` called).
+    memory_at_start: usize,
 }
 
 impl<W: World> Instance<W> {
@@ -72,6 +74,7 @@ impl<W: World> Instance<W> {
             let _ = store.set_fuel(sandbox.limits.fuel.unwrap_or(u64::MAX));
         }
         let exports = W::instantiate(pre, &mut store).map_err(|e| trap(&e, &stdout, &stderr))?;
+        let memory_at_start = store.data().limits.used();
         Ok(Self {
             plugin: plugin.clone(),
             sandbox: sandbox.clone(),
@@ -79,6 +82,7 @@ impl<W: World> Instance<W> {
             exports,
             stdout,
             stderr,
+            memory_at_start,
         })
     }
 
@@ -107,7 +111,32 @@ impl<W: World> Instance<W> {
     /// Calls `init` with the stage's configuration.
     pub fn init(&mut self, config: &[(String, String)]) -> Result<(), PluginError> {
         self.call(|exports, store| W::init(exports, store, config))?
-            .map_err(PluginError::Init)
+            .map_err(PluginError::Init)?;
+        self.memory_at_start = self.memory_bytes();
+        Ok(())
+    }
+
+    /// True when the instance's linear memory has grown, since it started,
+    /// past half of the room its memory limit left it then.
+    ///
+    /// Memory a Wasm instance grows is never given back, so a plugin whose
+    /// heap creeps up from call to call ends in a memory trap, however small
+    /// each call's need. componentize-py's bindings (0.25) are one: they
+    /// never free the copy of a `list<u8>` an export returns, so a Python
+    /// plugin keeps every output byte it ever returned. Its owner replaces
+    /// such an instance between calls ([`crate::operator::instances`]); one
+    /// whose calls legitimately need most of its limit is replaced after
+    /// each call, which costs a fresh instance (tens of microseconds for a
+    /// Rust plugin, a few milliseconds for Python) instead of a trap.
+    pub fn outgrown(&self) -> bool {
+        let limit = self.store.data().limits.limit();
+        let room = limit.saturating_sub(self.memory_at_start);
+        self.memory_bytes() > self.memory_at_start + room / 2
+    }
+
+    /// Bytes of linear memory the instance holds now.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limits.used()
     }
 
     /// A call that moves no batch (describe, init): its copy budget is the

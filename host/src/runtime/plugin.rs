@@ -77,14 +77,20 @@ impl Pre {
     /// The first world whose exports `instance_pre` has, of the current
     /// contract or of 0.1.
     fn of(instance_pre: wasmtime::component::InstancePre<PluginState>) -> Result<Self, wasmtime::Error> {
-        use super::bindings::{co_transform, migrating_state, reducer, state, transform, v0_1};
+        use super::bindings::{
+            co_transform, migrating_state, packed_transform, reducer, state, transform, v0_1,
+        };
         // A sink exports neither `lifecycle` nor any operator interface.
         let transform_error = match transform::TransformPluginPre::new(instance_pre.clone()) {
             Ok(pre) => return Ok(Self::Transform(TransformPre::Current(pre))),
             Err(error) => error,
         };
         type Bind = fn(wasmtime::component::InstancePre<PluginState>) -> Result<Pre, wasmtime::Error>;
-        let bindings: [Bind; 9] = [
+        let bindings: [Bind; 10] = [
+            |pre| {
+                packed_transform::PackedTransformPluginPre::new(pre)
+                    .map(|p| Self::Transform(TransformPre::Packed(p)))
+            },
             |pre| {
                 v0_1::transform::TransformPluginPre::new(pre).map(|p| Self::Transform(TransformPre::V0_1(p)))
             },

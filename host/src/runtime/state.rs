@@ -43,6 +43,9 @@ pub struct InstanceUsage {
     pub memory_bytes: AtomicU64,
     /// Fuel their calls burnt (metered stages only).
     pub fuel_used: AtomicU64,
+    /// Instances replaced between calls because their memory had outgrown
+    /// them ([`crate::runtime::Instance::outgrown`]).
+    pub instances_replaced: AtomicU64,
     /// The stage's log budget (and the count of messages it dropped).
     pub logs: LogBudget,
 }
@@ -159,6 +162,18 @@ pub struct MemoryBudget {
     used: usize,
     table_elements: usize,
     usage: Arc<InstanceUsage>,
+}
+
+impl MemoryBudget {
+    /// Bytes of linear memory (all memories together) the instance holds.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// The most it may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 impl Drop for MemoryBudget {

@@ -14,7 +14,9 @@
 
 use wasmtime::Store;
 
-use super::bindings::{co_transform, migrating_state, reducer, sink, state, transform, types, v0_1};
+use super::bindings::{
+    co_transform, migrating_state, packed_transform, reducer, sink, state, transform, types, v0_1,
+};
 use super::plugin::{FromWit as _, Plugin, PluginInfo, PluginKind, Pre};
 use super::state::PluginState;
 
@@ -185,6 +187,10 @@ worlds! {
     TransformWorld = Transform, "a transform", TransformPre => TransformExports {
         /// `weir:plugin@0.2.0`.
         Current(transform::TransformPluginPre<PluginState> => transform::TransformPlugin),
+        /// `weir:plugin@0.2.0`, batches packed into byte lists.
+        Packed(
+            packed_transform::PackedTransformPluginPre<PluginState> => packed_transform::PackedTransformPlugin
+        ),
         /// `weir:plugin@0.1.0`.
         V0_1(v0_1::transform::TransformPluginPre<PluginState> => v0_1::transform::TransformPlugin),
     }
@@ -262,15 +268,127 @@ impl sealed::Bindings for SinkWorld {
 type CallResult<T> = wasmtime::Result<Result<T, types::ProcessError>>;
 
 impl TransformExports {
-    /// `transform.process`.
+    /// `transform.process` (or `packed-transform.process`, which borrows
+    /// `input`'s bytes for the call and hands them back: hence `&mut`).
     pub(super) fn process(
         &self,
         store: &mut Store<PluginState>,
-        input: &types::Batch,
+        input: &mut types::Batch,
     ) -> CallResult<types::TransformOutput> {
         match self {
             Self::Current(exports) => exports.weir_plugin_transform().call_process(store, input),
+            Self::Packed(exports) => {
+                let packed = packing::pack(input);
+                let result = exports
+                    .weir_plugin_packed_transform()
+                    .call_process(store, &packed);
+                packing::restore(input, packed);
+                Ok(result?.and_then(packing::unpack_output))
+            }
             Self::V0_1(exports) => exports.weir_plugin_transform().call_process(store, input),
+        }
+    }
+}
+
+/// The `packed-transform` encoding: a batch's numbers as little-endian bytes.
+mod packing {
+    use super::packed_transform::exports::weir::plugin::packed_transform::{PackedBatch, PackedOutput};
+    use super::types;
+
+    /// `batch` packed, its `data` and `flags` moved (not copied) into it.
+    pub fn pack(batch: &mut types::Batch) -> PackedBatch {
+        PackedBatch {
+            data: std::mem::take(&mut batch.data),
+            ends: batch.ends.iter().flat_map(|end| end.to_le_bytes()).collect(),
+            timestamps: batch.timestamps.iter().flat_map(|t| t.to_le_bytes()).collect(),
+            flags: std::mem::take(&mut batch.flags),
+        }
+    }
+
+    /// Moves the bytes [`pack`] borrowed back into `batch`.
+    pub fn restore(batch: &mut types::Batch, packed: PackedBatch) {
+        batch.data = packed.data;
+        batch.flags = packed.flags;
+    }
+
+    /// A packed result in the `transform` form; numbers whose bytes do not
+    /// divide into whole numbers fail the batch.
+    pub fn unpack_output(output: PackedOutput) -> Result<types::TransformOutput, types::ProcessError> {
+        Ok(match output {
+            PackedOutput::Records(batch) => types::TransformOutput::Records(types::Batch {
+                ends: unpack(&batch.ends, "ends", u32::from_le_bytes)?,
+                timestamps: unpack(&batch.timestamps, "timestamps", i64::from_le_bytes)?,
+                data: batch.data,
+                flags: batch.flags,
+            }),
+            PackedOutput::Keep(indices) => {
+                types::TransformOutput::Keep(unpack(&indices, "keep", u32::from_le_bytes)?)
+            }
+        })
+    }
+
+    /// Little-endian numbers of `N` bytes each.
+    fn unpack<T, const N: usize>(
+        bytes: &[u8],
+        what: &str,
+        from_le: fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, types::ProcessError> {
+        let (numbers, rest) = bytes.as_chunks::<N>();
+        if !rest.is_empty() {
+            return Err(types::ProcessError::Batch(format!(
+                "the plugin returned a malformed packed batch: `{what}` has {} bytes, not a multiple of {N}",
+                bytes.len()
+            )));
+        }
+        Ok(numbers.iter().map(|&number| from_le(number)).collect())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_packed_batch_unpacks_to_the_batch_it_came_from() {
+            let mut batch = types::Batch {
+                data: b"kv".to_vec(),
+                ends: vec![1, 2, 2, 2],
+                timestamps: vec![-5, i64::MAX],
+                flags: vec![1, 0],
+            };
+            let fields = |b: &types::Batch| {
+                (
+                    b.data.clone(),
+                    b.ends.clone(),
+                    b.timestamps.clone(),
+                    b.flags.clone(),
+                )
+            };
+            let original = fields(&batch);
+            let packed = pack(&mut batch);
+            assert_eq!(packed.ends.len(), 16);
+            assert_eq!(packed.timestamps.len(), 16);
+            let output = unpack_output(PackedOutput::Records(packed.clone())).unwrap();
+            restore(&mut batch, packed);
+            assert_eq!(fields(&batch), original);
+            match output {
+                types::TransformOutput::Records(unpacked) => assert_eq!(fields(&unpacked), original),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        #[test]
+        fn numbers_that_do_not_divide_into_whole_ones_fail_the_batch() {
+            let error = unpack_output(PackedOutput::Keep(vec![1, 0, 0, 0, 2])).unwrap_err();
+            match error {
+                types::ProcessError::Batch(message) => {
+                    assert!(message.contains("`keep` has 5 bytes"), "{message}")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(matches!(
+                unpack_output(PackedOutput::Keep(vec![7, 0, 0, 0, 9, 0, 0, 0])),
+                Ok(types::TransformOutput::Keep(indices)) if indices == [7, 9]
+            ));
         }
     }
 }

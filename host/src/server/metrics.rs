@@ -103,6 +103,7 @@ pub fn render(state: &Arc<ServerState>) -> String {
     let traps = counter();
     let instances = gauge();
     let wasm_memory = gauge();
+    let replaced = counter();
     let source_rate = float_gauge();
     let disk = gauge();
     let disk_quota = gauge();
@@ -127,6 +128,7 @@ pub fn render(state: &Arc<ServerState>) -> String {
             stage_in.get_or_create(&labels).inc_by(stage.records_in);
             stage_out.get_or_create(&labels).inc_by(stage.records_out);
             instances.get_or_create(&labels).set(stage.instances as i64);
+            replaced.get_or_create(&labels).inc_by(stage.instances_replaced);
             wasm_memory
                 .get_or_create(&labels)
                 .set(stage.wasm_memory_bytes as i64);
@@ -171,6 +173,11 @@ pub fn render(state: &Arc<ServerState>) -> String {
     registry.register("stage_records_out", "Records out of a stage", stage_out);
     registry.register("stage_traps", "Plugin traps by kind", traps);
     registry.register("stage_instances", "Plugin instances alive", instances);
+    registry.register(
+        "stage_instances_replaced",
+        "Plugin instances replaced because their linear memory had outgrown them",
+        replaced,
+    );
     registry.register(
         "stage_wasm_memory_bytes",
         "Linear memory of the stage's instances",

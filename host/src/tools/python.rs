@@ -39,9 +39,13 @@ struct World {
 }
 
 /// Transforms: map, flat-map, filter, filter-map, map-partitions.
+///
+/// Built against `packed-transform`: componentize-py converts a `list<u32>`
+/// an element at a time (the lowering of a word count's output cost more
+/// than the plugin's own work), a `list<u8>` in one copy.
 const TRANSFORM: World = World {
-    wit: "weir:plugin/transform-plugin@0.2.0",
-    export: "Transform",
+    wit: "weir:plugin/packed-transform-plugin@0.2.0",
+    export: "PackedTransform",
     entry: "weir_entry_transform",
 };
 
