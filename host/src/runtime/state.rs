@@ -149,7 +149,8 @@ impl PluginState {
 }
 
 /// A plugin tried to grow its memory or a table past its limit: the error
-/// the limiter raises (classified as [`super::TrapKind::Memory`] by type).
+/// the limiter raises (classified as [`super::TrapKind::Memory`] by type,
+/// whose name, `memory limit`, comes before this message in the trap's).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct MemoryLimitExceeded(pub String);
@@ -199,7 +200,7 @@ impl ResourceLimiter for MemoryBudget {
         let after = self.used.saturating_add(desired.saturating_sub(current));
         if after > self.limit {
             return Err(MemoryLimitExceeded(format!(
-                "memory limit: growing linear memory to {desired} bytes would take the instance to {after} bytes, over its limit of {} bytes",
+                "growing linear memory to {desired} bytes would take the instance to {after} bytes, over its limit of {} bytes",
                 self.limit
             ))
             .into());
@@ -219,7 +220,7 @@ impl ResourceLimiter for MemoryBudget {
     ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
             return Err(MemoryLimitExceeded(format!(
-                "memory limit: growing a table to {desired} elements is over the limit of {}",
+                "growing a table to {desired} elements is over the limit of {}",
                 self.table_elements
             ))
             .into());
