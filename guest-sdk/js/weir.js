@@ -37,7 +37,10 @@
  * - `batch(kind, f)`: `f(batch, out)` sees the chunk as a {@link BatchView}
  *   (the `data` bytes and `ends` offsets); `kind` is the operator the plugin
  *   implements (`"flat-map"`, `"map"`, `"filter-map"` or
- *   `"map-partitions"`).
+ *   `"map-partitions"`). The interpreter costs a fraction of a microsecond
+ *   per JavaScript step, so the batch API's emitters take few per record:
+ *   `out.emitMany(values)` a few, and `out.emitSplit(text, " ")` none (the
+ *   host cuts the text into records).
  * - `reduce(f)`: `f(values)` combines a key's values (an array of bytes)
  *   into one (string or bytes), for `reduce-by-key` and reducing windows; it
  *   must be associative and commutative.
@@ -78,11 +81,11 @@ export const SDK_VERSION = "0.1.0";
 
 /** Which WIT interface each kind's plugin exports. */
 const EXPORT_OF = {
-  map: "transform",
-  "flat-map": "transform",
-  filter: "transform",
-  "filter-map": "transform",
-  "map-partitions": "transform",
+  map: "packedTransform",
+  "flat-map": "packedTransform",
+  filter: "packedTransform",
+  "filter-map": "packedTransform",
+  "map-partitions": "packedTransform",
   reducer: "reducer",
   "update-state": "keyedState",
   "map-with-state": "keyedState",
@@ -256,11 +259,18 @@ export class Emitter {
     this.timestamp = timestamp;
     this.count = 0;
     this.at = 0;
+    /** What `emitSplit` gathered and has not laid out yet, or `null`. */
+    this.pending = null;
   }
 
   /** The number of records emitted so far. */
   get length() {
-    return this.count;
+    let count = this.count;
+    if (this.pending !== null) {
+      const { texts, separator } = this.pending;
+      for (const text of texts) count += text.split(separator).length - 1;
+    }
+    return count;
   }
 
   /** Emits a record without a key. */
@@ -275,6 +285,7 @@ export class Emitter {
 
   /** Emits a record with every field given (`key` may be `null`). */
   emitRecord(key, value, timestamp) {
+    if (this.pending !== null) this.settle();
     const n = this.count;
     if (buffers.timestamps.length <= n) {
       buffers.timestamps = grown(buffers.timestamps, n + 1);
@@ -301,12 +312,13 @@ export class Emitter {
    * timestamp) — or, with `counts` and `timestamps`, in runs: the first
    * `counts[0]` values take `timestamps[0]`, the next `counts[1]` take
    * `timestamps[1]`, and so on (`timestamps` may be the batch's own
-   * `BigInt64Array`). The fast path of the batch API: an array of strings is
-   * joined and encoded in one call, not one per value, so a plugin that
-   * gathers a whole chunk's output into one call pays the SDK's overhead
-   * once per chunk.
+   * `BigInt64Array`). An array of strings is joined and encoded in one call,
+   * not one per value, so a plugin that gathers a whole chunk's output into
+   * one call pays the SDK's overhead once per chunk; what is left is a few
+   * steps per value (see {@link Emitter#emitSplit} for none).
    */
   emitMany(values, { keyed = false, timestamp = this.timestamp, counts = null, timestamps = null } = {}) {
+    if (this.pending !== null) this.settle();
     const first = this.count;
     const count = values.length;
     const needed = first + count;
@@ -348,39 +360,91 @@ export class Emitter {
   }
 
   /**
+   * Emits one record per piece of `text` cut at `separator` (one ASCII
+   * character): what `emitMany(text.split(separator), options)` emits
+   * (`keyed` and `timestamp` as there), without a step per record in
+   * JavaScript — the host cuts the text. The fast path for many small
+   * records: a word count joins a line's words with a space and emits the
+   * line. An empty piece is an empty record (`"".split(" ")` is `[""]`).
+   *
+   * Successive calls with the same `separator` and `keyed` are gathered;
+   * any other emit in the same call lays out what was gathered as records
+   * first, at the cost of those steps.
+   */
+  emitSplit(text, separator, { keyed = false, timestamp = this.timestamp } = {}) {
+    if (typeof text !== "string") {
+      throw new TypeError(`emitSplit cuts a string, not ${text === null ? "null" : typeof text}`);
+    }
+    if (typeof separator !== "string" || separator.length !== 1 || separator.charCodeAt(0) > 0x7f) {
+      throw new TypeError(`emitSplit's separator is one ASCII character, not ${JSON.stringify(separator)}`);
+    }
+    const pending = this.pending;
+    if (this.count === 0 && (pending === null || (pending.separator === separator && pending.keyed === keyed))) {
+      if (pending === null) {
+        this.pending = { separator, keyed, texts: [text], timestamps: [timestamp] };
+      } else {
+        pending.texts.push(text);
+        pending.timestamps.push(timestamp);
+      }
+    } else {
+      this.emitMany(text.split(separator), { keyed, timestamp });
+    }
+  }
+
+  /** Lays out what `emitSplit` gathered as records (the slow path). */
+  settle() {
+    const { separator, keyed, texts, timestamps } = this.pending;
+    this.pending = null;
+    for (let i = 0; i < texts.length; i++) {
+      this.emitMany(texts[i].split(separator), { keyed, timestamp: timestamps[i] });
+    }
+  }
+
+  /**
    * Writes `values` (when they are all strings) as one string, each twice
    * when `keyed`, with their ends and flags; returns false, having written
-   * nothing, when one is not a string.
+   * nothing that counts, when one is not a string.
    */
   putJoined(values, keyed) {
     const count = values.length;
-    const parts = keyed ? new Array(2 * count) : values;
-    for (let j = 0; j < count; j++) {
-      const value = values[j];
-      if (typeof value !== "string") return false;
-      if (keyed) {
-        parts[2 * j] = value;
-        parts[2 * j + 1] = value;
+    const parts = keyed ? [] : values;
+    const { ends, flags } = buffers;
+    const first = this.count;
+    const start = this.at;
+    // Ends as if each code unit were one byte (ASCII, the common case),
+    // in as few steps per value as the interpreter allows.
+    let at = start;
+    let k = 2 * first;
+    if (keyed) {
+      for (let j = 0; j < count; j++) {
+        const value = values[j];
+        if (typeof value !== "string") return false;
+        parts.push(value, value);
+        ends[k++] = at += value.length;
+        ends[k++] = at += value.length;
+      }
+    } else {
+      for (let j = 0; j < count; j++) {
+        const value = values[j];
+        if (typeof value !== "string") return false;
+        ends[k++] = at;
+        ends[k++] = at += value.length;
       }
     }
     const joined = parts.join("");
-    const start = this.at;
     const most = start + 3 * joined.length;
     if (buffers.data.length < most) buffers.data = grown(buffers.data, most);
     const written = encoder.encodeInto(joined, buffers.data.subarray(start)).written;
-    const { ends, flags } = buffers;
-    const first = this.count;
-    // ASCII text (the common case) has as many bytes as code units.
-    const ascii = written === joined.length;
-    let at = start;
-    for (let j = 0; j < count; j++) {
-      const value = values[j];
-      const length = ascii ? value.length : encoder.encode(value).length;
-      const n = first + j;
-      if (keyed) at += length;
-      ends[2 * n] = at;
-      at += length;
-      ends[2 * n + 1] = at;
+    if (written !== joined.length) {
+      // Not ASCII: the ends again, from each value's UTF-8 length.
+      at = start;
+      k = 2 * first;
+      for (let j = 0; j < count; j++) {
+        const length = encoder.encode(values[j]).length;
+        if (keyed) at += length;
+        ends[k++] = at;
+        ends[k++] = at += length;
+      }
     }
     flags.fill(keyed ? 1 : 0, first, first + count);
     this.at = at;
@@ -409,12 +473,46 @@ export class Emitter {
 
   /** The WIT `batch` of what was emitted. */
   batch() {
+    if (this.pending !== null) this.settle();
     const n = this.count;
     return {
       data: buffers.data.subarray(0, this.at),
       ends: buffers.ends.subarray(0, 2 * n),
       timestamps: buffers.timestamps.subarray(0, n),
       flags: buffers.flags.subarray(0, n),
+    };
+  }
+
+  /**
+   * The WIT `packed-output` of what was emitted: `split` records when all
+   * came from `emitSplit`, else `records` with the numbers as bytes.
+   */
+  packedOutput() {
+    if (this.pending === null) {
+      const { data, ends, timestamps, flags } = this.batch();
+      return { tag: "records", val: { data, ends: bytesOf(ends), timestamps: bytesOf(timestamps), flags } };
+    }
+    const { separator, keyed, texts, timestamps } = this.pending;
+    const runEnds = new Uint32Array(texts.length);
+    const runTimestamps = new BigInt64Array(texts.length);
+    let at = 0;
+    for (let i = 0; i < texts.length; i++) {
+      const text = texts[i] + separator;
+      const most = at + 3 * text.length;
+      if (buffers.data.length < most) buffers.data = grown(buffers.data, most);
+      at += encoder.encodeInto(text, buffers.data.subarray(at)).written;
+      runEnds[i] = at;
+      runTimestamps[i] = BigInt(timestamps[i]);
+    }
+    return {
+      tag: "split",
+      val: {
+        data: buffers.data.subarray(0, at),
+        delimiter: separator.charCodeAt(0),
+        keyed,
+        runEnds: bytesOf(runEnds),
+        runTimestamps: bytesOf(runTimestamps),
+      },
     };
   }
 }
@@ -460,6 +558,15 @@ function output(out) {
   }
 }
 
+/** `out`'s records as a WIT `packed-output`; what cannot be one fails the chunk. */
+function packedOutput(out) {
+  try {
+    return out.packedOutput();
+  } catch (error) {
+    throw batchFailure(error);
+  }
+}
+
 function mapped(record, result, out) {
   if (Array.isArray(result)) {
     const [key, value, timestamp = record.timestamp] = result;
@@ -494,8 +601,8 @@ function perRecord(f, kind) {
         throw recordFailure(i, error);
       }
     }
-    if (kind === "filter") return { tag: "keep", val: Uint32Array.from(keep) };
-    return { tag: "records", val: output(out) };
+    if (kind === "filter") return { tag: "keep", val: bytesOf(Uint32Array.from(keep)) };
+    return packedOutput(out);
   };
 }
 
@@ -513,7 +620,7 @@ function whole(f, asView) {
     } catch (error) {
       throw batchFailure(error);
     }
-    return { tag: "records", val: output(out) };
+    return packedOutput(out);
   };
 }
 
@@ -637,12 +744,31 @@ export const lifecycle = {
   },
 };
 
-/** The `transform` export: one call per chunk of a partition. */
-export const transform = {
+/**
+ * The `packed-transform` export: one call per chunk of a partition, with the
+ * chunk's numbers packed into bytes (read in place as typed arrays).
+ */
+export const packedTransform = {
   process(input) {
-    return registered().process(new BatchView(input.data, input.ends, input.timestamps, input.flags));
+    const ends = numbersOf(input.ends, Uint32Array);
+    const timestamps = numbersOf(input.timestamps, BigInt64Array);
+    return registered().process(new BatchView(input.data, ends, timestamps, input.flags));
   },
 };
+
+/** Little-endian numbers packed in `bytes`, as a `Type` array (a view when aligned). */
+function numbersOf(bytes, Type) {
+  const size = Type.BYTES_PER_ELEMENT;
+  if (bytes.byteOffset % size === 0) {
+    return new Type(bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
+  }
+  return new Type(bytes.slice().buffer);
+}
+
+/** The bytes of a typed array (a view: no copy). */
+function bytesOf(numbers) {
+  return new Uint8Array(numbers.buffer, numbers.byteOffset, numbers.byteLength);
+}
 
 /** Values `start..end` of a WIT `values` (flat data and end offsets). */
 function split(values, start, end) {

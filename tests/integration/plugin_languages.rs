@@ -639,20 +639,152 @@ fn python_and_javascript_plugins_that_loop_or_allocate_without_end_are_stopped_b
     }
 }
 
+/// A batch flat-map that cuts each line at commas with the SDK's
+/// split emitter (keyed by itself when the line starts with `k`), and emits
+/// a line that starts with `#` whole, under the key `comment`: split
+/// records gathered, then laid out as records when another emit follows.
+const SPLIT_FIELDS_JS: &str = r##"import * as weir from "weir";
+weir.batch("flat-map", (batch, out) => {
+  for (let i = 0; i < batch.length; i++) {
+    const line = weir.text(batch.value(i));
+    if (line.startsWith("#")) out.emitRecord("comment", line, batch.timestamp(i));
+    else out.emitSplit(line, ",", { keyed: line.startsWith("k"), timestamp: batch.timestamp(i) });
+  }
+}, { name: "split-fields" });
+"##;
+
+/// [`SPLIT_FIELDS_JS`] in Python.
+const SPLIT_FIELDS_PY: &str = r##"import weir
+
+@weir.batch("flat-map", name="split-fields")
+def split_fields(batch, out):
+    for i in range(len(batch.timestamps)):
+        line = batch.data[batch.ends[2 * i] : batch.ends[2 * i + 1]]
+        if line.startswith(b"#"):
+            out.emit_record(b"comment", line, batch.timestamps[i])
+        else:
+            out.emit_split(line, b",", keyed=line.startswith(b"k"), timestamp=batch.timestamps[i])
+"##;
+
 #[test]
-fn a_python_plugin_whose_heap_grows_from_call_to_call_is_replaced_before_it_reaches_its_memory_limit() {
-    // componentize-py never frees the bytes an export returns: every call
-    // of split-words leaves its output behind in the instance's heap (about
-    // 120 KB for 1,024 lines here, measured). Over 160,000 lines in
-    // 1,024-line chunks on one partition that is about 19 MB, far more than
-    // the 10 MiB a 24 MiB limit leaves above the instance's start, which used
-    // to end the run in a memory trap; the host now replaces the instance
-    // between calls once it has grown past half of that room, and the count
-    // is exact.
+fn split_emits_mixed_with_other_emits_keep_every_record_in_order_in_python_and_javascript() {
     let dir = scratch();
     let input = dir.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
-    let text = weir_tests::sample_text(160_000, 17);
+    // First chunks of unkeyed lines only (returned as split records and cut
+    // by the host), then runs of them with keyed lines and comments in
+    // between (laid out by the SDK), with empty lines and empty fields
+    // (empty records) and non-ASCII text in both.
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!("a{i},,naïve{i},\n"));
+        if i % 50 == 7 {
+            text.push('\n');
+        }
+    }
+    for i in 0..300 {
+        text.push_str(&match i % 6 {
+            0 | 1 => format!("a{i},b{i},,c{i}\n"),
+            2 => format!("k{i},über{i}\n"),
+            3 => "\n".to_owned(),
+            4 => format!("# note {i}, with a comma\n"),
+            _ => format!("naïve {i}\n"),
+        });
+    }
+    std::fs::write(input.join("lines.txt"), &text).unwrap();
+    let mut expected = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            expected.push((Some("comment".to_owned()), line.to_owned()));
+        } else {
+            let keyed = line.starts_with('k');
+            for field in line.split(',') {
+                expected.push((keyed.then(|| field.to_owned()), field.to_owned()));
+            }
+        }
+    }
+    for (language, file, source) in [
+        ("python", "app.py", SPLIT_FIELDS_PY),
+        ("js", "app.js", SPLIT_FIELDS_JS),
+    ] {
+        let plugin_dir = dir.path().join(format!("split-fields-{language}"));
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        std::fs::write(plugin_dir.join(file), source).unwrap();
+        let built = weir().run(
+            &["plugin", "build", &plugin_dir.display().to_string()],
+            Duration::from_secs(900),
+        );
+        assert!(built.status.success(), "{language}: {}", stderr(&built));
+        let component = stdout(&built).trim().to_owned();
+        let output = dir.path().join(format!("out-{language}"));
+        let pipeline = write_pipeline(
+            dir.path(),
+            &format!("split-fields-{language}.toml"),
+            &format!(
+                r#"
+[pipeline]
+name = "split-fields"
+batch-interval = "100ms"
+partitions = 1
+chunk-records = 64
+
+[plugins]
+fields = {component:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+
+[[stage]]
+name = "fields"
+input = "lines"
+op = "flat-map"
+plugin = "fields"
+
+[[sink]]
+input = "fields"
+type = "files"
+path = {output:?}
+format = "jsonl"
+"#,
+                input = input.display().to_string(),
+                output = output.display().to_string(),
+            ),
+        );
+        crate::run_file_ok(&pipeline);
+        let records: Vec<(Option<String>, String)> = sink_lines(&output)
+            .into_iter()
+            .map(|(_, line)| {
+                let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+                (
+                    record["key"].as_str().map(str::to_owned),
+                    record["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(records.len(), expected.len(), "{language}");
+        assert!(
+            records == expected,
+            "{language}: the records differ from the lines' fields"
+        );
+    }
+}
+
+#[test]
+fn a_python_plugin_whose_heap_grows_from_call_to_call_is_replaced_before_it_reaches_its_memory_limit() {
+    // componentize-py never frees the bytes an export returns: every call
+    // of split-words leaves its output behind in the instance's heap (its
+    // words with a space each, about the size of its input). Over 320,000
+    // lines (about 14 MB) in 1,024-line chunks on one partition that is
+    // more than the 10 MiB a 24 MiB limit leaves above the instance's start,
+    // which used to end the run in a memory trap; the host replaces the
+    // instance between calls once it has grown past half of that room, and
+    // the count is exact.
+    let dir = scratch();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let text = weir_tests::sample_text(320_000, 17);
     std::fs::write(input.join("lines.txt"), &text).unwrap();
     let output = dir.path().join("out");
     let pipeline = write_pipeline(

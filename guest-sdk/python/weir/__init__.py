@@ -35,7 +35,9 @@ Decorators (one per plugin), each with optional ``name=`` and ``version=``
 - ``@weir.batch(kind)``: ``f(batch, out)`` sees the chunk as a
   :class:`BatchView` (``data`` bytes and ``ends`` offsets); ``kind`` is the
   operator the plugin implements (``"flat-map"``, ``"map"``,
-  ``"filter-map"`` or ``"map-partitions"``).
+  ``"filter-map"`` or ``"map-partitions"``). ``out.emit_many(values)``
+  takes a few Python steps per record, ``out.emit_split(data, b" ")`` none
+  (the host cuts the bytes into records).
 - ``@weir.reduce``: ``f(values)`` combines a key's values (a list of bytes)
   into one (bytes or str), for ``reduce-by-key`` and reducing windows; it
   must be associative and commutative.
@@ -241,7 +243,7 @@ class Emitter:
     unless set with ``timestamp``.
     """
 
-    __slots__ = ("_parts", "_ends", "_timestamps", "_flags", "_at", "timestamp")
+    __slots__ = ("_parts", "_ends", "_timestamps", "_flags", "_at", "_pending", "timestamp")
 
     def __init__(self, timestamp=0):
         self._parts = []
@@ -249,11 +251,18 @@ class Emitter:
         self._timestamps = []
         self._flags = bytearray()
         self._at = 0
+        # What ``emit_split`` gathered and has not laid out yet:
+        # (separator, keyed, texts, timestamps), or None.
+        self._pending = None
         #: The timestamp ``emit`` and ``emit_keyed`` give to new records.
         self.timestamp = timestamp
 
     def __len__(self):
-        return len(self._timestamps)
+        count = len(self._timestamps)
+        if self._pending is not None:
+            separator, _, texts, _ = self._pending
+            count += sum(text.count(separator) + 1 for text in texts)
+        return count
 
     def emit(self, value):
         """Emits a record without a key."""
@@ -265,6 +274,8 @@ class Emitter:
 
     def emit_record(self, key, value, timestamp):
         """Emits a record with every field given (``key`` may be ``None``)."""
+        if self._pending is not None:
+            self._settle()
         at = self._at
         if key is None:
             self._ends.append(at)
@@ -285,7 +296,10 @@ class Emitter:
     def emit_many(self, values, *, keyed=False, timestamp=None):
         """Emits one record per value of ``values`` (bytes), each keyed by
         itself when ``keyed``, all with ``timestamp`` (default: the default
-        timestamp). The fast path of the batch API."""
+        timestamp). The batch API's fast path for records of any shape: a
+        few Python steps per value (see :meth:`emit_split` for none)."""
+        if self._pending is not None:
+            self._settle()
         if timestamp is None:
             timestamp = self.timestamp
         parts, ends, at = self._parts, self._ends, self._at
@@ -315,12 +329,69 @@ class Emitter:
         self._timestamps.extend([timestamp] * count)
         self._at = at
 
+    def emit_split(self, data, separator=b"\n", *, keyed=False, timestamp=None):
+        """Emits one record per piece of ``data`` (bytes) cut at
+        ``separator`` (one byte): what
+        ``emit_many(data.split(separator), keyed=..., timestamp=...)`` emits,
+        without a Python step per record -- the host cuts the bytes. The fast
+        path for many small records: a word count joins a line's words with
+        a space and emits the line. An empty piece is an empty record
+        (``b"".split(b" ")`` is ``[b""]``).
+
+        Successive calls with the same ``separator`` and ``keyed`` are
+        gathered; any other emit in the same call lays out what was gathered
+        as records first, at the cost of those steps."""
+        data = _bytes(data)
+        separator = _bytes(separator)
+        if len(separator) != 1:
+            raise ValueError(f"emit_split's separator is one byte, not {separator!r}")
+        if timestamp is None:
+            timestamp = self.timestamp
+        pending = self._pending
+        if not self._timestamps and (pending is None or pending[:2] == (separator, keyed)):
+            if pending is None:
+                self._pending = (separator, keyed, [data], [timestamp])
+            else:
+                pending[2].append(data)
+                pending[3].append(timestamp)
+        else:
+            self.emit_many(data.split(separator), keyed=keyed, timestamp=timestamp)
+
+    def _settle(self):
+        """Lays out what ``emit_split`` gathered as records (the slow path)."""
+        separator, keyed, texts, timestamps = self._pending
+        self._pending = None
+        for text, timestamp in zip(texts, timestamps):
+            self.emit_many(text.split(separator), keyed=keyed, timestamp=timestamp)
+
     def _batch(self):
+        if self._pending is not None:
+            self._settle()
         return _types.Batch(
             data=b"".join(self._parts),
             ends=self._ends,
             timestamps=self._timestamps,
             flags=bytes(self._flags),
+        )
+
+    def _packed_output(self):
+        if self._pending is None:
+            return _packed.PackedOutput_Records(self._packed())
+        separator, keyed, texts, timestamps = self._pending
+        parts, run_ends, at = [], [], 0
+        for text in texts:
+            parts.append(text)
+            parts.append(separator)
+            at += len(text) + 1
+            run_ends.append(at)
+        return _packed.PackedOutput_Split(
+            _packed.SplitRecords(
+                data=b"".join(parts),
+                delimiter=separator[0],
+                keyed=keyed,
+                run_ends=_array("I", run_ends).tobytes(),
+                run_timestamps=_array("q", timestamps).tobytes(),
+            )
         )
 
     def _packed(self):
@@ -371,7 +442,7 @@ def _packed_output(result):
     try:
         if isinstance(result, _Keep):
             return _packed.PackedOutput_Keep(_array("I", result.indices).tobytes())
-        return _packed.PackedOutput_Records(result._packed())
+        return result._packed_output()
     except Exception as error:
         raise _batch_failure(error)
 

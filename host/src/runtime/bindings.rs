@@ -20,7 +20,7 @@ pub mod transform {
 }
 
 /// The `packed-transform-plugin` world: a transform whose batches cross
-/// packed into byte lists (the Python SDK's), sharing the types and `log`
+/// packed into byte lists (the Python and JavaScript SDKs'), sharing the types and `log`
 /// bindings of [`transform`].
 pub mod packed_transform {
     wasmtime::component::bindgen!({

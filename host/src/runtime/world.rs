@@ -292,7 +292,9 @@ impl TransformExports {
 
 /// The `packed-transform` encoding: a batch's numbers as little-endian bytes.
 mod packing {
-    use super::packed_transform::exports::weir::plugin::packed_transform::{PackedBatch, PackedOutput};
+    use super::packed_transform::exports::weir::plugin::packed_transform::{
+        PackedBatch, PackedOutput, SplitRecords,
+    };
     use super::types;
 
     /// `batch` packed, its `data` and `flags` moved (not copied) into it.
@@ -321,10 +323,92 @@ mod packing {
                 data: batch.data,
                 flags: batch.flags,
             }),
+            PackedOutput::Split(split) => types::TransformOutput::Records(unsplit(split)?),
             PackedOutput::Keep(indices) => {
                 types::TransformOutput::Keep(unpack(&indices, "keep", u32::from_le_bytes)?)
             }
         })
+    }
+
+    /// The batch `split` describes: one record per piece of its data, keyed
+    /// by its value or without a key, stamped with its run's timestamp. A
+    /// description that does not hold together fails the batch.
+    fn unsplit(split: SplitRecords) -> Result<types::Batch, types::ProcessError> {
+        let malformed = |what: String| {
+            types::ProcessError::Batch(format!("the plugin returned malformed split records: {what}"))
+        };
+        let SplitRecords {
+            data,
+            delimiter,
+            keyed,
+            run_ends,
+            run_timestamps,
+        } = split;
+        let run_ends = unpack(&run_ends, "run-ends", u32::from_le_bytes)?;
+        let run_timestamps = unpack(&run_timestamps, "run-timestamps", i64::from_le_bytes)?;
+        if run_ends.len() != run_timestamps.len() {
+            return Err(malformed(format!(
+                "{} run ends but {} run timestamps",
+                run_ends.len(),
+                run_timestamps.len()
+            )));
+        }
+        if data.last().is_some_and(|&last| last != delimiter) {
+            return Err(malformed(format!(
+                "the data does not end with the delimiter {delimiter:#04x}"
+            )));
+        }
+        let mut previous = 0;
+        for &end in &run_ends {
+            let end = end as usize;
+            if end < previous || end > data.len() || (end > 0 && data[end - 1] != delimiter) {
+                return Err(malformed(format!(
+                    "run end {end} is not a delimiter's end after {previous} within the {} bytes of data",
+                    data.len()
+                )));
+            }
+            previous = end;
+        }
+        if previous != data.len() {
+            return Err(malformed(format!(
+                "the runs end at {previous}, not at the data's end ({})",
+                data.len()
+            )));
+        }
+        let count = memchr::memchr_iter(delimiter, &data).count();
+        let values = data.len() - count;
+        let size = if keyed { 2 * values } else { values };
+        if u32::try_from(size).is_err() {
+            return Err(malformed(format!("{size} bytes of records do not fit a batch")));
+        }
+        let mut batch = types::Batch {
+            data: Vec::with_capacity(size),
+            ends: Vec::with_capacity(2 * count),
+            timestamps: Vec::with_capacity(count),
+            flags: vec![u8::from(keyed); count],
+        };
+        let mut runs = run_ends.iter().zip(&run_timestamps);
+        let mut run = runs.next();
+        let mut start = 0;
+        for end in memchr::memchr_iter(delimiter, &data) {
+            // The first run that ends after this delimiter holds the record.
+            while let Some((&run_end, _)) = run
+                && (run_end as usize) <= end
+            {
+                run = runs.next();
+            }
+            let (_, &timestamp) = run.expect("the last run ends at the data's end, after every delimiter");
+            let value = &data[start..end];
+            if keyed {
+                batch.data.extend_from_slice(value);
+            }
+            batch.ends.push(batch.data.len() as u32);
+            batch.data.extend_from_slice(value);
+            batch.ends.push(batch.data.len() as u32);
+            batch.timestamps.push(timestamp);
+            start = end + 1;
+        }
+        Ok(batch)
     }
 
     /// Little-endian numbers of `N` bytes each.
@@ -374,6 +458,79 @@ mod packing {
                 types::TransformOutput::Records(unpacked) => assert_eq!(fields(&unpacked), original),
                 other => panic!("unexpected {other:?}"),
             }
+        }
+
+        fn split(data: &[u8], keyed: bool, runs: &[(u32, i64)]) -> PackedOutput {
+            PackedOutput::Split(SplitRecords {
+                data: data.to_vec(),
+                delimiter: b' ',
+                keyed,
+                run_ends: runs.iter().flat_map(|(end, _)| end.to_le_bytes()).collect(),
+                run_timestamps: runs.iter().flat_map(|(_, time)| time.to_le_bytes()).collect(),
+            })
+        }
+
+        fn records(output: PackedOutput) -> Result<types::Batch, types::ProcessError> {
+            unpack_output(output).map(|output| match output {
+                types::TransformOutput::Records(batch) => batch,
+                other => panic!("unexpected {other:?}"),
+            })
+        }
+
+        #[test]
+        fn split_records_become_one_record_per_piece_with_their_runs_timestamps() {
+            // Runs: "ab " at time 7, nothing at 8, " c " at 9 (an empty piece included).
+            let keyed = records(split(b"ab  c ", true, &[(3, 7), (3, 8), (6, 9)])).unwrap();
+            assert_eq!(keyed.data, b"ababcc");
+            assert_eq!(keyed.ends, [2, 4, 4, 4, 5, 6]);
+            assert_eq!(keyed.timestamps, [7, 9, 9]);
+            assert_eq!(keyed.flags, [1, 1, 1]);
+
+            let unkeyed = records(split(b"ab  c ", false, &[(6, -1)])).unwrap();
+            assert_eq!(unkeyed.data, b"abc");
+            assert_eq!(unkeyed.ends, [0, 2, 2, 2, 2, 3]);
+            assert_eq!(unkeyed.timestamps, [-1, -1, -1]);
+            assert_eq!(unkeyed.flags, [0, 0, 0]);
+
+            let none = records(split(b"", true, &[])).unwrap();
+            assert!(none.ends.is_empty() && none.data.is_empty());
+        }
+
+        #[test]
+        fn split_records_that_do_not_hold_together_fail_the_batch() {
+            // Data, runs (end, timestamp), what the error says.
+            type Case = (&'static [u8], &'static [(u32, i64)], &'static str);
+            let cases: [Case; 5] = [
+                (b"ab c", &[(4, 0)], "does not end with the delimiter"),
+                (b"ab c ", &[(2, 0), (5, 0)], "run end 2 is not a delimiter's end"),
+                (
+                    b"ab c ",
+                    &[(5, 0), (3, 0)],
+                    "run end 3 is not a delimiter's end after 5",
+                ),
+                (
+                    b"ab c ",
+                    &[(3, 0)],
+                    "the runs end at 3, not at the data's end (5)",
+                ),
+                (b"ab c ", &[(9, 0)], "run end 9"),
+            ];
+            for (data, runs, expected) in cases {
+                match records(split(data, true, runs)) {
+                    Err(types::ProcessError::Batch(message)) => {
+                        assert!(message.contains(expected), "{message} (expected {expected})")
+                    }
+                    other => panic!("unexpected {other:?} for {data:?} {runs:?}"),
+                }
+            }
+            let mut uneven = split(b"a ", false, &[(2, 0)]);
+            if let PackedOutput::Split(split) = &mut uneven {
+                split.run_timestamps.extend(0i64.to_le_bytes());
+            }
+            let Err(types::ProcessError::Batch(message)) = records(uneven) else {
+                panic!("uneven runs accepted")
+            };
+            assert!(message.contains("1 run ends but 2 run timestamps"), "{message}");
         }
 
         #[test]

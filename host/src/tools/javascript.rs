@@ -56,10 +56,12 @@ struct World {
     export: &'static str,
 }
 
-/// Transforms: map, flat-map, filter, filter-map, map-partitions.
+/// Transforms: map, flat-map, filter, filter-map, map-partitions; built
+/// against `packed-transform`, so that the SDK reads and writes the numbers
+/// of a batch as typed arrays over bytes and can return `split-records`.
 const TRANSFORM: World = World {
-    wit: "weir:plugin/transform-plugin@0.2.0",
-    export: "transform",
+    wit: "weir:plugin/packed-transform-plugin@0.2.0",
+    export: "packedTransform",
 };
 
 /// `weir.reduce`.
