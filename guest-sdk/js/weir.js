@@ -268,7 +268,7 @@ export class Emitter {
     let count = this.count;
     if (this.pending !== null) {
       const { texts, separator } = this.pending;
-      for (const text of texts) count += text.split(separator).length - 1;
+      for (const text of texts) count += text.split(separator).length;
     }
     return count;
   }
@@ -435,19 +435,21 @@ export class Emitter {
     const most = start + 3 * joined.length;
     if (buffers.data.length < most) buffers.data = grown(buffers.data, most);
     const written = encoder.encodeInto(joined, buffers.data.subarray(start)).written;
-    if (written !== joined.length) {
-      // Not ASCII: the ends again, from each value's UTF-8 length.
-      at = start;
+    flags.fill(keyed ? 1 : 0, first, first + count);
+    if (written === joined.length) {
+      this.at = at;
+    } else {
+      // Not ASCII: each value again on its own (joined, a lone surrogate at
+      // one's end could pair with the next one's start).
+      this.at = start;
       k = 2 * first;
       for (let j = 0; j < count; j++) {
-        const length = encoder.encode(values[j]).length;
-        if (keyed) at += length;
-        ends[k++] = at;
-        ends[k++] = at += length;
+        if (keyed) this.put(values[j]);
+        ends[k++] = this.at;
+        this.put(values[j]);
+        ends[k++] = this.at;
       }
     }
-    flags.fill(keyed ? 1 : 0, first, first + count);
-    this.at = at;
     return true;
   }
 

@@ -771,6 +771,79 @@ format = "jsonl"
     }
 }
 
+/// A batch flat-map that returns 100,001 empty records a call, as one split
+/// string of spaces, whatever its input.
+const FLOOD_SPLIT_JS: &str = r#"import * as weir from "weir";
+weir.batch("flat-map", (batch, out) => out.emitSplit(" ".repeat(100000), " "), { name: "flood-split" });
+"#;
+
+#[test]
+fn split_records_over_the_output_limits_stop_the_stage_with_the_output_limit_error() {
+    // A byte a record: the host counts the records before it lays them out
+    // (the unit tests of `world::packing` check that it refuses them then),
+    // and the refusal reaches the stage as the output-limit error, not as a
+    // trap.
+    let dir = scratch();
+    let plugin_dir = dir.path().join("flood-split");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::fs::write(plugin_dir.join("app.js"), FLOOD_SPLIT_JS).unwrap();
+    let built = weir().run(
+        &["plugin", "build", &plugin_dir.display().to_string()],
+        Duration::from_secs(900),
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let component = stdout(&built).trim().to_owned();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("lines.txt"), "one\ntwo\n").unwrap();
+    let pipeline = write_pipeline(
+        dir.path(),
+        "flood-split.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "flood-split"
+batch-interval = "100ms"
+partitions = 1
+
+[plugins]
+flood = {component:?}
+
+[[source]]
+name = "lines"
+type = "files"
+path = {input:?}
+
+[[stage]]
+name = "flood"
+input = "lines"
+op = "flat-map"
+plugin = "flood"
+limits = {{ output-records-ratio = 10 }}
+
+[[sink]]
+input = "flood"
+type = "files"
+path = {output:?}
+"#,
+            input = input.display().to_string(),
+            output = dir.path().join("out").display().to_string(),
+        ),
+    );
+    let run = weir().run(
+        &["run", "--available-now", &pipeline.display().to_string()],
+        Duration::from_secs(300),
+    );
+    let err = stderr(&run);
+    assert!(!run.status.success(), "the run must fail: {err}");
+    assert!(
+        err.contains("output limit: the call returned 100001 records")
+            && err.contains("raise `output-records-ratio`"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked") && !err.contains("trap"), "{err}");
+}
+
 #[test]
 fn a_python_plugin_whose_heap_grows_from_call_to_call_is_replaced_before_it_reaches_its_memory_limit() {
     // componentize-py never frees the bytes an export returns: every call

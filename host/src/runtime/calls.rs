@@ -12,7 +12,7 @@ use super::instance::{
     CoTransformInstance, Instance, ReducerInstance, SinkInstance, StateInstance, TransformInstance,
 };
 use super::limits::Limits;
-use super::world::World;
+use super::world::{OutputCeiling, World};
 use crate::record::Batch;
 
 /// What a stateful plugin returned for a [`KeyGroups`] call.
@@ -46,11 +46,16 @@ impl TransformInstance {
     /// back (filters keep records from it; errors describe records of it).
     pub fn transform(&mut self, input: Batch) -> (Batch, Result<TransformOutput, PluginError>) {
         let (records, bytes) = (input.len(), input.data_bytes());
+        let limits = &self.sandbox.limits;
+        let ceiling = OutputCeiling {
+            records: limits.max_output_records(records),
+            bytes: limits.max_output_bytes(bytes),
+        };
         let mut wit_batch = to_wit(input);
         let result = self.call_moving(
             (records, Limits::input_bytes(records, bytes)),
             Some((records, bytes)),
-            |exports, store| exports.process(store, &mut wit_batch),
+            |exports, store| exports.process(store, &mut wit_batch, ceiling),
         );
         let input = from_wit(wit_batch);
         let output = match result {

@@ -267,13 +267,27 @@ impl sealed::Bindings for SinkWorld {
 /// The result of a batch call: a trap, or the plugin's own answer.
 type CallResult<T> = wasmtime::Result<Result<T, types::ProcessError>>;
 
+/// The most records and data bytes a call's output may have (the stage's
+/// output limits for the call's input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct OutputCeiling {
+    /// Most records.
+    pub records: u64,
+    /// Most data bytes (keys and values).
+    pub bytes: u64,
+}
+
 impl TransformExports {
     /// `transform.process` (or `packed-transform.process`, which borrows
     /// `input`'s bytes for the call and hands them back: hence `&mut`).
+    /// Split records over `ceiling` are refused before the host lays them
+    /// out (a byte of them can be a record): the error is a
+    /// [`PluginError::OutputLimit`] inside the `wasmtime::Error`.
     pub(super) fn process(
         &self,
         store: &mut Store<PluginState>,
         input: &mut types::Batch,
+        ceiling: OutputCeiling,
     ) -> CallResult<types::TransformOutput> {
         match self {
             Self::Current(exports) => exports.weir_plugin_transform().call_process(store, input),
@@ -283,7 +297,10 @@ impl TransformExports {
                     .weir_plugin_packed_transform()
                     .call_process(store, &packed);
                 packing::restore(input, packed);
-                Ok(result?.and_then(packing::unpack_output))
+                match result? {
+                    Ok(output) => packing::unpack_output(output, ceiling).map_err(wasmtime::Error::new),
+                    Err(error) => Ok(Err(error)),
+                }
             }
             Self::V0_1(exports) => exports.weir_plugin_transform().call_process(store, input),
         }
@@ -295,7 +312,8 @@ mod packing {
     use super::packed_transform::exports::weir::plugin::packed_transform::{
         PackedBatch, PackedOutput, SplitRecords,
     };
-    use super::types;
+    use super::{OutputCeiling, types};
+    use crate::runtime::PluginError;
 
     /// `batch` packed, its `data` and `flags` moved (not copied) into it.
     pub fn pack(batch: &mut types::Batch) -> PackedBatch {
@@ -314,20 +332,49 @@ mod packing {
     }
 
     /// A packed result in the `transform` form; numbers whose bytes do not
-    /// divide into whole numbers fail the batch.
-    pub fn unpack_output(output: PackedOutput) -> Result<types::TransformOutput, types::ProcessError> {
+    /// divide into whole numbers fail the batch. Split records over
+    /// `ceiling` are an output-limit error, found before they are laid out.
+    pub fn unpack_output(
+        output: PackedOutput,
+        ceiling: OutputCeiling,
+    ) -> Result<Result<types::TransformOutput, types::ProcessError>, PluginError> {
         Ok(match output {
-            PackedOutput::Records(batch) => types::TransformOutput::Records(types::Batch {
-                ends: unpack(&batch.ends, "ends", u32::from_le_bytes)?,
-                timestamps: unpack(&batch.timestamps, "timestamps", i64::from_le_bytes)?,
-                data: batch.data,
-                flags: batch.flags,
-            }),
-            PackedOutput::Split(split) => types::TransformOutput::Records(unsplit(split)?),
+            PackedOutput::Records(batch) => unpack_batch(batch).map(types::TransformOutput::Records),
+            PackedOutput::Split(split) => split_within(split, ceiling)?.map(types::TransformOutput::Records),
             PackedOutput::Keep(indices) => {
-                types::TransformOutput::Keep(unpack(&indices, "keep", u32::from_le_bytes)?)
+                unpack(&indices, "keep", u32::from_le_bytes).map(types::TransformOutput::Keep)
             }
         })
+    }
+
+    /// A packed batch with its numbers unpacked.
+    fn unpack_batch(batch: PackedBatch) -> Result<types::Batch, types::ProcessError> {
+        Ok(types::Batch {
+            ends: unpack(&batch.ends, "ends", u32::from_le_bytes)?,
+            timestamps: unpack(&batch.timestamps, "timestamps", i64::from_le_bytes)?,
+            data: batch.data,
+            flags: batch.flags,
+        })
+    }
+
+    /// [`unsplit`], unless the records `split` describes are more than
+    /// `ceiling` allows: then the output-limit error, without laying them out.
+    fn split_within(
+        split: SplitRecords,
+        ceiling: OutputCeiling,
+    ) -> Result<Result<types::Batch, types::ProcessError>, PluginError> {
+        let records = memchr::memchr_iter(split.delimiter, &split.data).count() as u64;
+        let values = split.data.len() as u64 - records;
+        let bytes = if split.keyed { 2 * values } else { values };
+        if records > ceiling.records || bytes > ceiling.bytes {
+            return Err(PluginError::OutputLimit {
+                records,
+                bytes,
+                max_records: ceiling.records,
+                max_bytes: ceiling.bytes,
+            });
+        }
+        Ok(unsplit(split))
     }
 
     /// The batch `split` describes: one record per piece of its data, keyed
@@ -431,6 +478,17 @@ mod packing {
     mod tests {
         use super::*;
 
+        /// No ceiling a test reaches.
+        const UNBOUNDED: OutputCeiling = OutputCeiling {
+            records: u64::MAX,
+            bytes: u64::MAX,
+        };
+
+        /// `output` unpacked under no ceiling.
+        fn unpacked(output: PackedOutput) -> Result<types::TransformOutput, types::ProcessError> {
+            unpack_output(output, UNBOUNDED).expect("no ceiling")
+        }
+
         #[test]
         fn a_packed_batch_unpacks_to_the_batch_it_came_from() {
             let mut batch = types::Batch {
@@ -451,7 +509,7 @@ mod packing {
             let packed = pack(&mut batch);
             assert_eq!(packed.ends.len(), 16);
             assert_eq!(packed.timestamps.len(), 16);
-            let output = unpack_output(PackedOutput::Records(packed.clone())).unwrap();
+            let output = unpacked(PackedOutput::Records(packed.clone())).unwrap();
             restore(&mut batch, packed);
             assert_eq!(fields(&batch), original);
             match output {
@@ -471,7 +529,7 @@ mod packing {
         }
 
         fn records(output: PackedOutput) -> Result<types::Batch, types::ProcessError> {
-            unpack_output(output).map(|output| match output {
+            unpacked(output).map(|output| match output {
                 types::TransformOutput::Records(batch) => batch,
                 other => panic!("unexpected {other:?}"),
             })
@@ -534,8 +592,45 @@ mod packing {
         }
 
         #[test]
+        fn split_records_over_the_ceiling_are_an_output_limit_before_they_are_laid_out() {
+            // A byte a record: 1,000 empty records, keyed ones doubling the bytes.
+            let spaces = vec![b' '; 1000];
+            let ceiling = OutputCeiling {
+                records: 999,
+                bytes: u64::MAX,
+            };
+            match unpack_output(split(&spaces, true, &[(1000, 0)]), ceiling) {
+                Err(PluginError::OutputLimit {
+                    records: 1000,
+                    bytes: 0,
+                    max_records: 999,
+                    ..
+                }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            let ceiling = OutputCeiling {
+                records: 10,
+                bytes: 5,
+            };
+            match unpack_output(split(b"abc ", true, &[(4, 0)]), ceiling) {
+                Err(PluginError::OutputLimit {
+                    records: 1,
+                    bytes: 6,
+                    max_bytes: 5,
+                    ..
+                }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            let ceiling = OutputCeiling { records: 1, bytes: 6 };
+            assert!(matches!(
+                unpack_output(split(b"abc ", true, &[(4, 0)]), ceiling),
+                Ok(Ok(types::TransformOutput::Records(batch))) if batch.data == b"abcabc"
+            ));
+        }
+
+        #[test]
         fn numbers_that_do_not_divide_into_whole_ones_fail_the_batch() {
-            let error = unpack_output(PackedOutput::Keep(vec![1, 0, 0, 0, 2])).unwrap_err();
+            let error = unpacked(PackedOutput::Keep(vec![1, 0, 0, 0, 2])).unwrap_err();
             match error {
                 types::ProcessError::Batch(message) => {
                     assert!(message.contains("`keep` has 5 bytes"), "{message}")
@@ -543,7 +638,7 @@ mod packing {
                 other => panic!("unexpected {other:?}"),
             }
             assert!(matches!(
-                unpack_output(PackedOutput::Keep(vec![7, 0, 0, 0, 9, 0, 0, 0])),
+                unpacked(PackedOutput::Keep(vec![7, 0, 0, 0, 9, 0, 0, 0])),
                 Ok(types::TransformOutput::Keep(indices)) if indices == [7, 9]
             ));
         }

@@ -3,9 +3,10 @@
  * with the word as both key and value and the input's timestamp; the
  * JavaScript twin of `plugins/split-words`, through the SDK's batch API.
  *
- * Values are decoded as UTF-8 and split on JavaScript's whitespace (`\s`:
- * ASCII and Unicode whitespace, as the Rust plugin splits UTF-8 text); bytes
- * that are not UTF-8 become U+FFFD, where the Rust plugin keeps them.
+ * Values are decoded as UTF-8 and split on Unicode's White_Space characters,
+ * as the Rust plugin splits UTF-8 text (`char::is_whitespace`; JavaScript's
+ * `\s` differs: it has U+FEFF and lacks U+0085); bytes that are not UTF-8
+ * become U+FFFD, where the Rust plugin keeps them.
  *
  * SpiderMonkey runs inside the component without a JIT, where every
  * JavaScript step per word costs a fraction of a microsecond; so the plugin
@@ -21,8 +22,8 @@ import * as weir from "weir";
 
 /** Anything but printable ASCII and spaces. */
 const NOT_PLAIN = /[^\x21-\x7e ]/;
-/** A run of whitespace. */
-const WHITESPACE = /\s+/g;
+/** A run of Unicode White_Space (Rust's `char::is_whitespace`). */
+const WHITESPACE = /[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
 /** Two spaces or more. */
 const SPACES = / {2,}/g;
 
@@ -45,7 +46,9 @@ weir.batch(
       let words = lines.join(" ");
       // Empty lines, and spaces at a line's ends or in a row, leave empty words.
       if (words.includes("  ") || words.startsWith(" ") || words.endsWith(" ")) {
-        words = words.replace(SPACES, " ").trim();
+        words = words.replace(SPACES, " ");
+        if (words.startsWith(" ")) words = words.slice(1);
+        if (words.endsWith(" ")) words = words.slice(0, -1);
       }
       if (words !== "") out.emitSplit(words, " ", { keyed: true, timestamp: time });
     }
