@@ -639,6 +639,19 @@ fn python_and_javascript_plugins_that_loop_or_allocate_without_end_are_stopped_b
     }
 }
 
+/// Builds the script plugin whose one module, `file`, is `source`, in
+/// `plugin_dir`, with `weir plugin build`; returns the component's path.
+fn build_script(plugin_dir: &Path, file: &str, source: &str) -> String {
+    std::fs::create_dir_all(plugin_dir).unwrap();
+    std::fs::write(plugin_dir.join(file), source).unwrap();
+    let built = weir().run(
+        &["plugin", "build", &plugin_dir.display().to_string()],
+        Duration::from_secs(900),
+    );
+    assert!(built.status.success(), "{file}: {}", stderr(&built));
+    stdout(&built).trim().to_owned()
+}
+
 /// A batch flat-map that cuts each line at commas with the SDK's
 /// split emitter (keyed by itself when the line starts with `k`), and emits
 /// a line that starts with `#` whole, under the key `comment`: split
@@ -707,15 +720,7 @@ fn split_emits_mixed_with_other_emits_keep_every_record_in_order_in_python_and_j
         ("python", "app.py", SPLIT_FIELDS_PY),
         ("js", "app.js", SPLIT_FIELDS_JS),
     ] {
-        let plugin_dir = dir.path().join(format!("split-fields-{language}"));
-        std::fs::create_dir_all(&plugin_dir).unwrap();
-        std::fs::write(plugin_dir.join(file), source).unwrap();
-        let built = weir().run(
-            &["plugin", "build", &plugin_dir.display().to_string()],
-            Duration::from_secs(900),
-        );
-        assert!(built.status.success(), "{language}: {}", stderr(&built));
-        let component = stdout(&built).trim().to_owned();
+        let component = build_script(&dir.path().join(format!("split-fields-{language}")), file, source);
         let output = dir.path().join(format!("out-{language}"));
         let pipeline = write_pipeline(
             dir.path(),
@@ -784,15 +789,7 @@ fn split_records_over_the_output_limits_stop_the_stage_with_the_output_limit_err
     // and the refusal reaches the stage as the output-limit error, not as a
     // trap.
     let dir = scratch();
-    let plugin_dir = dir.path().join("flood-split");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    std::fs::write(plugin_dir.join("app.js"), FLOOD_SPLIT_JS).unwrap();
-    let built = weir().run(
-        &["plugin", "build", &plugin_dir.display().to_string()],
-        Duration::from_secs(900),
-    );
-    assert!(built.status.success(), "{}", stderr(&built));
-    let component = stdout(&built).trim().to_owned();
+    let component = build_script(&dir.path().join("flood-split"), "app.js", FLOOD_SPLIT_JS);
     let input = dir.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(input.join("lines.txt"), "one\ntwo\n").unwrap();
