@@ -218,23 +218,12 @@ impl<W: World> Instance<W> {
         result.map_err(|e| {
             if over_copy_budget(&e) {
                 output_too_large(budget, limits)
-            } else if let Some(PluginError::OutputLimit {
-                records,
-                bytes,
-                max_records,
-                max_bytes,
-            }) = e.downcast_ref::<PluginError>()
-            {
-                // The host refused a result over the limits while taking it
-                // over (split records): not a trap, the instance is sound.
-                PluginError::OutputLimit {
-                    records: *records,
-                    bytes: *bytes,
-                    max_records: *max_records,
-                    max_bytes: *max_bytes,
-                }
             } else {
-                trap(&e, &self.stdout, &self.stderr)
+                // The host's own refusal of a result while taking it over
+                // (split records over the output limits) comes as it is: not
+                // a trap, the instance is sound.
+                e.downcast::<PluginError>()
+                    .unwrap_or_else(|e| trap(&e, &self.stdout, &self.stderr))
             }
         })
     }

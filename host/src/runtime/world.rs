@@ -363,9 +363,10 @@ mod packing {
         split: SplitRecords,
         ceiling: OutputCeiling,
     ) -> Result<Result<types::Batch, types::ProcessError>, PluginError> {
-        let records = memchr::memchr_iter(split.delimiter, &split.data).count() as u64;
-        let values = split.data.len() as u64 - records;
-        let bytes = if split.keyed { 2 * values } else { values };
+        let count = memchr::memchr_iter(split.delimiter, &split.data).count();
+        let values = split.data.len() - count;
+        let size = if split.keyed { 2 * values } else { values };
+        let (records, bytes) = (count as u64, size as u64);
         if records > ceiling.records || bytes > ceiling.bytes {
             return Err(PluginError::OutputLimit {
                 records,
@@ -374,13 +375,15 @@ mod packing {
                 max_bytes: ceiling.bytes,
             });
         }
-        Ok(unsplit(split))
+        Ok(unsplit(split, count, size))
     }
 
-    /// The batch `split` describes: one record per piece of its data, keyed
-    /// by its value or without a key, stamped with its run's timestamp. A
-    /// description that does not hold together fails the batch.
-    fn unsplit(split: SplitRecords) -> Result<types::Batch, types::ProcessError> {
+    /// The batch `split` describes (`count` records with `size` bytes of
+    /// keys and values, as [`split_within`] counted them): one record per
+    /// piece of its data, keyed by its value or without a key, stamped with
+    /// its run's timestamp. A description that does not hold together fails
+    /// the batch.
+    fn unsplit(split: SplitRecords, count: usize, size: usize) -> Result<types::Batch, types::ProcessError> {
         let malformed = |what: String| {
             types::ProcessError::Batch(format!("the plugin returned malformed split records: {what}"))
         };
@@ -422,9 +425,6 @@ mod packing {
                 data.len()
             )));
         }
-        let count = memchr::memchr_iter(delimiter, &data).count();
-        let values = data.len() - count;
-        let size = if keyed { 2 * values } else { values };
         if u32::try_from(size).is_err() {
             return Err(malformed(format!("{size} bytes of records do not fit a batch")));
         }
