@@ -27,6 +27,8 @@ pub mod error;
 pub mod failpoint;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "object-store")]
+pub mod objects;
 pub mod operator;
 pub mod partition;
 pub mod pipeline;

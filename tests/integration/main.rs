@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod bounds;
+#[cfg(feature = "object-store")]
+mod checkpoint_storage;
 mod cli;
 mod elasticsearch_sink;
 mod engine;

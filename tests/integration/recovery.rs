@@ -52,10 +52,31 @@ pub(super) struct Crashes {
 }
 
 /// Runs `file` with `--available-now` until an attempt finishes by itself:
-/// first one attempt per entry of `points` (a `WEIR_CRASH_AT` value), then
-/// `random_kills` attempts killed from outside at random moments, then one
-/// to the end.
+/// one attempt per entry of `points` (a `WEIR_CRASH_AT` value), with
+/// `random_kills` attempts killed from outside at random moments spread
+/// among them, then one to the end.
 pub(super) fn run_with_crashes(file: &Path, points: &[String], random_kills: usize, seed: u64) -> Crashes {
+    let logged = file.parent().unwrap().join("checkpoints").join("offsets");
+    run_watching(file, points, random_kills, seed, &|| last_logged_in(&logged))
+}
+
+/// The newest batch logged in the batch log directory `logged`.
+fn last_logged_in(logged: &Path) -> Option<u64> {
+    std::fs::read_dir(logged)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+        .max()
+}
+
+/// [`run_with_crashes`], with `last_logged` telling the newest batch in
+/// the pipeline's batch log.
+fn run_watching(
+    file: &Path,
+    points: &[String],
+    random_kills: usize,
+    seed: u64,
+    last_logged: &dyn Fn() -> Option<u64>,
+) -> Crashes {
     let mut crashes = Crashes::default();
     let mut rng = Rng(seed | 1);
     let log = file.with_extension("log");
@@ -86,33 +107,10 @@ pub(super) fn run_with_crashes(file: &Path, points: &[String], random_kills: usi
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    for spec in points {
-        let mut child = start(Some(spec));
-        let status = wait(&mut child, &format!("the attempt with WEIR_CRASH_AT={spec}"));
-        match status.signal() {
-            Some(9) => {
-                crashes.kills += 1;
-                let point = spec.split(':').next().unwrap().to_owned();
-                *crashes.at_points.entry(point).or_default() += 1;
-            }
-            _ => assert!(
-                status.success(),
-                "attempt with WEIR_CRASH_AT={spec} failed: {}",
-                log_text()
-            ),
-        }
-    }
     // Random moments: a random number of batches into the attempt (1 to 5
     // logged), plus a random few milliseconds, so kills land anywhere in a
     // batch whatever the machine's speed.
-    let logged = file.parent().unwrap().join("checkpoints").join("offsets");
-    let last_logged = || -> Option<u64> {
-        std::fs::read_dir(&logged)
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
-            .max()
-    };
-    for _ in 0..random_kills {
+    let random_kill = |rng: &mut Rng, crashes: &mut Crashes| {
         let base = last_logged();
         let wanted = 1 + rng.below(5);
         let extra = Duration::from_millis(rng.below(4));
@@ -139,6 +137,35 @@ pub(super) fn run_with_crashes(file: &Path, points: &[String], random_kills: usi
             let status = child.wait().unwrap();
             assert!(status.success(), "a restarted run failed: {}", log_text());
         }
+    };
+    // The random kills are spread among the crash points, so that they land
+    // early and late in the run, also where one attempt runs many batches
+    // (a slow checkpoint store takes checkpoints further apart).
+    let mut randoms_after: Vec<usize> = (1..=random_kills)
+        .map(|i| i * points.len() / (random_kills + 1))
+        .collect();
+    for (index, spec) in points.iter().enumerate() {
+        while randoms_after.first().is_some_and(|&after| after <= index) {
+            randoms_after.remove(0);
+            random_kill(&mut rng, &mut crashes);
+        }
+        let mut child = start(Some(spec));
+        let status = wait(&mut child, &format!("the attempt with WEIR_CRASH_AT={spec}"));
+        match status.signal() {
+            Some(9) => {
+                crashes.kills += 1;
+                let point = spec.split(':').next().unwrap().to_owned();
+                *crashes.at_points.entry(point).or_default() += 1;
+            }
+            _ => assert!(
+                status.success(),
+                "attempt with WEIR_CRASH_AT={spec} failed: {}",
+                log_text()
+            ),
+        }
+    }
+    for _ in randoms_after {
+        random_kill(&mut rng, &mut crashes);
     }
     let mut child = start(None);
     let status = wait(&mut child, "the last run");
@@ -159,7 +186,41 @@ fn crash_points(rng: &mut Rng) -> Vec<String> {
     points
 }
 
+/// Where a test pipeline checkpoints: `checkpoint-dir`, and more keys of
+/// `[checkpoint]`.
+pub(super) struct CheckpointAt {
+    /// The value of `checkpoint-dir`.
+    pub dir: String,
+    /// Lines added to `[checkpoint]`.
+    pub keys: String,
+    /// The newest batch in its batch log.
+    pub last_logged: Box<dyn Fn() -> Option<u64>>,
+}
+
+impl CheckpointAt {
+    /// `dir/checkpoints`.
+    pub fn local(dir: &Path) -> Self {
+        let logged = dir.join("checkpoints").join("offsets");
+        Self {
+            dir: dir.join("checkpoints").display().to_string(),
+            keys: String::new(),
+            last_logged: Box::new(move || last_logged_in(&logged)),
+        }
+    }
+}
+
 fn pipeline(name: &str, input: &Path, dir: &Path, stages: &str, extra_plugins: &str) -> PathBuf {
+    pipeline_at(name, input, dir, stages, extra_plugins, &CheckpointAt::local(dir))
+}
+
+fn pipeline_at(
+    name: &str,
+    input: &Path,
+    dir: &Path,
+    stages: &str,
+    extra_plugins: &str,
+    at: &CheckpointAt,
+) -> PathBuf {
     let text = format!(
         r#"
 [pipeline]
@@ -172,7 +233,7 @@ checkpoint-dir = {checkpoints:?}
 [checkpoint]
 every-batches = 3
 keep = 2
-
+{keys}
 [plugins]
 split-words = {split:?}
 {extra_plugins}
@@ -196,7 +257,8 @@ input = "out"
 type = "files"
 path = {out:?}
 "#,
-        checkpoints = dir.join("checkpoints").display().to_string(),
+        checkpoints = at.dir,
+        keys = at.keys,
         split = plugins::SPLIT_WORDS,
         input = input.display().to_string(),
         out = dir.join("out").display().to_string(),
@@ -234,13 +296,29 @@ fn keyed_lines(map: &BTreeMap<&str, i64>) -> Vec<String> {
     lines
 }
 
-#[test]
-fn killed_pipelines_lose_and_duplicate_nothing() {
-    let root = scratch();
-    let input = root.path().join("in");
-    let files = text_files(&input, 160, 80);
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
-    type Reference = Box<dyn Fn(&[String]) -> BTreeMap<u64, Vec<String>>>;
+/// Each batch's expected output lines from the input files' texts.
+type Reference = Box<dyn Fn(&[String]) -> BTreeMap<u64, Vec<String>>>;
+
+/// A pipeline killed again and again: its name, its stages after
+/// `words`, the plugins they add, and what it must output.
+pub(super) struct KilledCase {
+    name: &'static str,
+    stages: String,
+    plugins: &'static str,
+    reference: Reference,
+}
+
+impl KilledCase {
+    /// The case's name (its directory under the test's root).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The pipelines [`run_killed_case`] runs, one per kind of state: none,
+/// reduce-by-key, a sliding window with an inverse reducer, an event-time
+/// window that spills, and keyed state (written incrementally).
+pub(super) fn killed_cases() -> Vec<KilledCase> {
     let cases: Vec<(&str, String, &str, Reference)> = vec![
         (
             "stateless",
@@ -323,16 +401,61 @@ fn killed_pipelines_lose_and_duplicate_nothing() {
             }),
         ),
     ];
-    for (name, stages, extra, reference) in cases {
-        let dir = root.path().join(name);
+    cases
+        .into_iter()
+        .map(|(name, stages, plugins, reference)| KilledCase {
+            name,
+            stages,
+            plugins,
+            reference,
+        })
+        .collect()
+}
+
+/// The input of [`run_killed_case`]: 160 files of 80 lines under
+/// `root/in`; returns their texts.
+pub(super) fn killed_input(root: &Path) -> Vec<String> {
+    text_files(&root.join("in"), 160, 80)
+}
+
+#[test]
+fn killed_pipelines_lose_and_duplicate_nothing() {
+    let root = scratch();
+    let files = killed_input(root.path());
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    for case in killed_cases() {
+        let dir = root.path().join(case.name);
+        run_killed_case(root.path(), &files, &case, &CheckpointAt::local(&dir), &mut rng);
+    }
+}
+
+/// Runs `case` over [`killed_input`] (in `root`), checkpointing `at`, killed
+/// at every kind of crash point and at random, then to its end, and checks
+/// every batch's output against the case's reference.
+pub(super) fn run_killed_case(
+    root: &Path,
+    files: &[String],
+    case: &KilledCase,
+    at: &CheckpointAt,
+    rng: &mut Rng,
+) {
+    let KilledCase {
+        name,
+        stages,
+        plugins: extra,
+        reference,
+    } = case;
+    let input = root.join("in");
+    {
+        let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let extra = extra
             .replace("\"DROP\"", &format!("{:?}", plugins::DROP_STOPWORDS))
             .replace("\"TOTAL\"", &format!("{:?}", plugins::RUNNING_TOTAL))
             .replace("\"ONE\"", &format!("{:?}", plugins::ONE));
-        let file = pipeline(name, &input, &dir, &stages, &extra);
-        let points = crash_points(&mut rng);
-        let crashes = run_with_crashes(&file, &points, 6, rng.below(u64::MAX));
+        let file = pipeline_at(name, &input, &dir, stages, &extra, at);
+        let points = crash_points(rng);
+        let crashes = run_watching(&file, &points, 6, rng.below(u64::MAX), &*at.last_logged);
         assert!(
             crashes.kills >= 20,
             "{name}: only {} kills: {crashes:?}",
@@ -349,7 +472,7 @@ fn killed_pipelines_lose_and_duplicate_nothing() {
                 "{name}: never killed at {point}: {crashes:?}"
             );
         }
-        let expected = reference(&files);
+        let expected = reference(files);
         let got = output_by_batch(&dir);
         let missing: Vec<&u64> = expected.keys().filter(|k| !got.contains_key(k)).collect();
         let extra_batches: Vec<&u64> = got.keys().filter(|k| !expected.contains_key(k)).collect();

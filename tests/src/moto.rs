@@ -85,6 +85,34 @@ json.dump(objects, sys.stdout)
         serde_json::from_slice(&output.stdout).expect("boto3 printed JSON")
     }
 
+    /// The keys of every object of `bucket` under `prefix`, sorted, from
+    /// `ListObjectsV2` requests of its own (fast enough to poll).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let client = reqwest::blocking::Client::new();
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![("list-type", "2".to_owned()), ("prefix", prefix.to_owned())];
+            if let Some(token) = &token {
+                query.push(("continuation-token", token.clone()));
+            }
+            let body = client
+                .get(format!("{}/{bucket}", self.endpoint()))
+                .query(&query)
+                .send()
+                .and_then(|response| response.error_for_status())
+                .and_then(|response| response.text())
+                .expect("moto_server lists the bucket");
+            keys.extend(elements(&body, "Key"));
+            token = elements(&body, "NextContinuationToken").into_iter().next();
+            if token.is_none() {
+                break;
+            }
+        }
+        keys.sort();
+        keys
+    }
+
     /// Sums `word<TAB>count` lines of the parts that batch manifests under
     /// `prefix` name (what a reader of the sink's output sees).
     pub fn committed_counts(&self, bucket: &str, prefix: &str) -> BTreeMap<String, u64> {
@@ -107,6 +135,16 @@ json.dump(objects, sys.stdout)
         }
         totals
     }
+}
+
+/// The texts of every `<tag>` element of `xml` (no nested elements, no
+/// entities other than `&amp;`: what S3 listings of test keys hold).
+fn elements(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| Some(rest.split_once(&close)?.0.replace("&amp;", "&")))
+        .collect()
 }
 
 impl Drop for MotoServer {

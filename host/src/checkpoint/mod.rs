@@ -37,10 +37,12 @@ pub mod chain;
 pub mod codec;
 pub mod idle_log;
 pub mod incremental;
+#[cfg(feature = "object-store")]
+pub mod object_storage;
 pub mod storage;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,8 +57,8 @@ pub use storage::{BlobWriter, CheckpointStorage, InPlaceFile, LocalStorage};
 /// How often and where to checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointSettings {
-    /// The checkpoint directory.
-    pub dir: PathBuf,
+    /// Where checkpoints and the batch log are kept.
+    pub location: CheckpointLocation,
     /// Checkpoint after every this many batches.
     pub every_batches: u64,
     /// Also checkpoint when this much time passed since the last one.
@@ -72,6 +74,38 @@ pub struct CheckpointSettings {
     /// (a server's tenant): the directory is opened from it, through
     /// cap-std, so no link can lead out of it.
     pub confined_to: Option<PathBuf>,
+}
+
+/// Where a pipeline's checkpoints and batch log are kept
+/// (`checkpoint-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointLocation {
+    /// A local directory.
+    Directory(PathBuf),
+    /// A bucket's prefix on S3-compatible object storage (`s3://`).
+    #[cfg(feature = "object-store")]
+    Objects(crate::objects::ObjectTarget),
+}
+
+impl CheckpointLocation {
+    /// The local directory, when it is one.
+    pub fn directory(&self) -> Option<&Path> {
+        match self {
+            Self::Directory(dir) => Some(dir),
+            #[cfg(feature = "object-store")]
+            Self::Objects(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Directory(dir) => write!(f, "{}", dir.display()),
+            #[cfg(feature = "object-store")]
+            Self::Objects(target) => f.write_str(&target.url()),
+        }
+    }
 }
 
 /// Checkpointing or recovery failed.
@@ -326,18 +360,27 @@ impl Checkpointer {
         plugins: &BTreeMap<String, String>,
         allow_plugin_change: bool,
     ) -> Result<(Self, Recovery), CheckpointError> {
-        let dir = settings.dir.display().to_string();
-        let storage = match &settings.confined_to {
-            Some(root) => LocalStorage::confined(root, &settings.dir),
-            None => LocalStorage::new(&settings.dir),
-        };
+        let dir = settings.location.to_string();
+        let storage: std::io::Result<Arc<dyn CheckpointStorage>> =
+            match (&settings.location, &settings.confined_to) {
+                (CheckpointLocation::Directory(path), Some(root)) => {
+                    LocalStorage::confined(root, path).map(|s| Arc::new(s) as _)
+                }
+                (CheckpointLocation::Directory(path), None) => {
+                    LocalStorage::new(path).map(|s| Arc::new(s) as _)
+                }
+                #[cfg(feature = "object-store")]
+                (CheckpointLocation::Objects(target), _) => {
+                    object_storage::ObjectStorage::new(target.clone()).map(|s| Arc::new(s) as _)
+                }
+            };
         let storage = storage.map_err(|error| CheckpointError::Io {
             dir: dir.clone(),
             action: "create it".into(),
             error,
         })?;
         let checkpointer = Self {
-            storage: Arc::new(storage),
+            storage,
             settings,
             writer: None,
             last_checkpoint: Instant::now(),
@@ -352,7 +395,7 @@ impl Checkpointer {
     fn io(&self, action: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
         let action = action.into();
         move |error| CheckpointError::Io {
-            dir: self.settings.dir.display().to_string(),
+            dir: self.settings.location.to_string(),
             action,
             error,
         }
@@ -436,7 +479,7 @@ impl Checkpointer {
         logged_ids.dedup();
         if restored.is_none() && logged_ids.first().is_some_and(|&batch| batch > 0) {
             return Err(CheckpointError::Unusable {
-                dir: self.settings.dir.display().to_string(),
+                dir: self.settings.location.to_string(),
                 message: format!(
                     "no checkpoint can be read, and the batch log starts at batch {} (earlier batches were truncated after a checkpoint): move the directory away to start over",
                     logged_ids[0]
@@ -475,6 +518,26 @@ impl Checkpointer {
             self.storage
                 .remove(&offsets_name(batch))
                 .map_err(self.io(format!("remove the stale batch log entry {batch}")))?;
+        }
+        // Checkpoints after the restored one (cut short, unusable, or
+        // finished after LATEST was last switched) are taken again by the
+        // replay, whose manifests are written create-only.
+        for name in self
+            .storage
+            .list("checkpoints")
+            .map_err(self.io("list checkpoints"))?
+        {
+            if let Ok(batch) = name.parse::<u64>()
+                && batch >= first
+            {
+                tracing::info!(
+                    checkpoint = batch,
+                    "removing the checkpoint of batch {batch}: the replay takes it again"
+                );
+                self.storage
+                    .remove(&checkpoint_dir(batch))
+                    .map_err(self.io(format!("remove the checkpoint of batch {batch}")))?;
+            }
         }
         segments
             .settle(self.storage.as_ref(), first, first + logged.len() as u64)
@@ -551,7 +614,7 @@ impl Checkpointer {
                     .open(&part.file)
                     .map_err(self.io(format!("read {}", part.file)))?
                     .ok_or_else(|| CheckpointError::Unusable {
-                        dir: self.settings.dir.display().to_string(),
+                        dir: self.settings.location.to_string(),
                         message: format!("{} is missing", part.file),
                     })?;
                 incremental::PartReader::new(input).map_err(self.io(format!("read {}", part.file)))
@@ -667,7 +730,7 @@ impl Checkpointer {
             return Ok(false);
         }
         let storage = self.storage.clone();
-        let dir = self.settings.dir.display().to_string();
+        let dir = self.settings.location.to_string();
         let keep = self.settings.keep.max(1);
         let full_every = self.settings.full_every.max(1);
         let started = Instant::now();
@@ -714,7 +777,7 @@ impl Checkpointer {
         };
         let report = writer.join().unwrap_or_else(|_| {
             Err(CheckpointError::Unusable {
-                dir: self.settings.dir.display().to_string(),
+                dir: self.settings.location.to_string(),
                 message: "the checkpoint writer panicked".into(),
             })
         })?;
@@ -813,9 +876,20 @@ fn write_checkpoint(
     }
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
     report.bytes += manifest_bytes.len() as u64;
-    storage
-        .put(&format!("{prefix}/manifest.json"), &manifest_bytes)
+    // Create-only: a manifest already there was written by another
+    // process since this one recovered (recovery removes those after the
+    // checkpoint it restores).
+    let created = storage
+        .put_new(&format!("{prefix}/manifest.json"), &manifest_bytes)
         .map_err(io(format!("write {prefix}/manifest.json")))?;
+    if !created {
+        return Err(CheckpointError::Unusable {
+            dir: dir.to_owned(),
+            message: format!(
+                "the checkpoint of batch {batch} was written by another process while this one ran: two pipelines share this checkpoint directory"
+            ),
+        });
+    }
     storage
         .put(LATEST, format!("{batch}\n").as_bytes())
         .map_err(io("switch LATEST".into()))?;
@@ -893,7 +967,7 @@ mod tests {
 
     fn settings(dir: &std::path::Path, keep: usize) -> CheckpointSettings {
         CheckpointSettings {
-            dir: dir.to_owned(),
+            location: CheckpointLocation::Directory(dir.to_owned()),
             every_batches: 1,
             every: None,
             keep,
@@ -916,6 +990,44 @@ mod tests {
             states: Vec::new(),
             stage_plugins: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_checkpoint_written_by_another_process_since_recovery_stops_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = BTreeMap::from([("split".to_owned(), "aa".to_owned())]);
+        let storage = LocalStorage::new(dir.path()).unwrap();
+        let state = || vec![("s#0".to_owned(), OperatorState::Whole(vec![7; 10]))];
+        let (mut checkpointer, _) = Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        assert!(checkpointer.start(manifest(1), state(), Duration::ZERO).unwrap());
+        checkpointer.collect().unwrap();
+        // A checkpoint finished after LATEST last moved: recovery restores
+        // LATEST's and removes the later one, which the replay takes again.
+        let later = serde_json::to_vec(&manifest(3)).unwrap();
+        storage
+            .put(&format!("{}/manifest.json", checkpoint_dir(3)), &later)
+            .unwrap();
+        let (mut checkpointer, recovery) =
+            Checkpointer::open(settings(dir.path(), 2), &plugins, false).unwrap();
+        assert_eq!(recovery.restored.unwrap().manifest.batch, 1);
+        assert_eq!(storage.list("checkpoints").unwrap(), [format!("{:020}", 1)]);
+        // Another process writes checkpoint 3 meanwhile: this one stops
+        // rather than replace it.
+        storage
+            .put(&format!("{}/manifest.json", checkpoint_dir(3)), &later)
+            .unwrap();
+        assert!(checkpointer.start(manifest(3), state(), Duration::ZERO).unwrap());
+        let error = checkpointer.collect().unwrap_err().to_string();
+        assert!(
+            error.contains("two pipelines share this checkpoint directory"),
+            "{error}"
+        );
+        assert_eq!(
+            storage
+                .get(&format!("{}/manifest.json", checkpoint_dir(3)))
+                .unwrap(),
+            Some(later)
+        );
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// blob survives a crash.
     fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()>;
 
+    /// Writes `bytes` as `name` (atomically and durably, as
+    /// [`put`](Self::put) does) only when there is no blob `name` yet, and
+    /// returns true; returns false, changing nothing, when there is one. Of
+    /// two writers racing for one name, exactly one gets true.
+    fn put_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<bool>;
+
     /// The blob `name`, or `None` when there is none.
     fn get(&self, name: &str) -> std::io::Result<Option<Vec<u8>>>;
 
@@ -239,6 +245,34 @@ impl CheckpointStorage for LocalStorage {
             file.sync_all()?;
             self.dir.rename(&temporary, &self.dir, name)?;
             self.sync_dir(parent)
+        };
+        write().inspect_err(|_| {
+            let _ = self.dir.remove_file(&temporary);
+        })
+    }
+
+    fn put_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<bool> {
+        let (parent, file_name) = split(name);
+        self.create_dir_durably(parent)?;
+        let temporary = parent.join(format!(
+            ".{file_name}.new-{}-{}",
+            std::process::id(),
+            STREAMS.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Written whole under a private name, then linked to its own: a
+        // link, unlike a rename, fails when the name is taken.
+        let write = || -> std::io::Result<bool> {
+            let mut file = self.dir.create(&temporary)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            let linked = match self.dir.hard_link(&temporary, &self.dir, name) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            self.dir.remove_file(&temporary)?;
+            self.sync_dir(parent)?;
+            Ok(linked)
         };
         write().inspect_err(|_| {
             let _ = self.dir.remove_file(&temporary);

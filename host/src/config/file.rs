@@ -57,6 +57,15 @@ pub struct CheckpointTable {
     /// `"block"` (default: every block, before it is acknowledged) or an
     /// interval such as `"100ms"`.
     pub wal_sync: Option<Spanned<String>>,
+    /// With an `s3://` checkpoint-dir: a custom endpoint (MinIO, another
+    /// S3-compatible store).
+    pub endpoint: Option<Spanned<String>>,
+    /// With an `s3://` checkpoint-dir: the region (default `us-east-1`).
+    pub region: Option<Spanned<String>>,
+    /// With an `s3://` checkpoint-dir: the access key id.
+    pub access_key_id: Option<Spanned<String>>,
+    /// With an `s3://` checkpoint-dir: the secret access key.
+    pub secret_access_key: Option<Spanned<String>>,
 }
 
 /// Resource limits of plugin instances: `[limits]`, or a stage's `limits`.

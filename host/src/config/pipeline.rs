@@ -23,7 +23,7 @@ use super::{
     ClockMode, DEAD_LETTERS, LineIndex, Paths, PipelineSpec, Scope, SinkSpec, SourceSpec, SpecError,
     StageSpec,
 };
-use crate::checkpoint::CheckpointSettings;
+use crate::checkpoint::{CheckpointLocation, CheckpointSettings};
 use crate::runtime::Limits;
 use crate::source::wal::WalSync;
 
@@ -100,7 +100,7 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
         .into_iter()
         .map(|source| source_spec(source, paths, ids_prefix, &kind_defaults, lines))
         .collect::<Result<Vec<_>, _>>()?;
-    check_sources(&sources, clock, checkpoint.is_some())?;
+    check_sources(&sources, clock, checkpoint.as_ref().map(|c| &c.location))?;
     let defaults = StageDefaults {
         plugins: &plugins,
         batch_interval,
@@ -150,7 +150,7 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
         ));
     }
     let engine_dirs = [
-        checkpoint.as_ref().map(|c| c.dir.as_path()),
+        checkpoint.as_ref().and_then(|c| c.location.directory()),
         // In a server, every pipeline of the tenant checkpoints there.
         scope.checkpoints.as_deref(),
     ];
@@ -277,11 +277,16 @@ fn checkpoint(
     paths: &Paths,
     default_dir: Option<PathBuf>,
 ) -> Result<Option<CheckpointSettings>, SpecError> {
-    let dir = match (dir, tuning, default_dir) {
-        (Some(dir), _, _) => paths
-            .resolve(dir.get_ref(), "checkpoint-dir")
-            .map_err(|message| (dir.span().start, message))?,
-        (None, _, Some(default_dir)) => default_dir,
+    let location = match (dir, tuning, default_dir) {
+        (Some(dir), _, _) if dir.get_ref().starts_with("s3://") => {
+            objects_location(dir, tuning.map(Spanned::get_ref), paths)?
+        }
+        (Some(dir), _, _) => CheckpointLocation::Directory(
+            paths
+                .resolve(dir.get_ref(), "checkpoint-dir")
+                .map_err(|message| (dir.span().start, message))?,
+        ),
+        (None, _, Some(default_dir)) => CheckpointLocation::Directory(default_dir),
         (None, Some(tuning), None) => {
             return Err((
                 tuning.span().start,
@@ -291,8 +296,17 @@ fn checkpoint(
         (None, None, None) => return Ok(None),
     };
     let tuning = tuning.map(|t| t.get_ref());
+    if location.directory().is_some()
+        && let Some(key) = tuning.and_then(first_object_key)
+    {
+        return Err((
+            key.span().start,
+            "`endpoint`, `region` and the access keys of [checkpoint] are for an `s3://` checkpoint-dir"
+                .to_owned(),
+        ));
+    }
     Ok(Some(CheckpointSettings {
-        dir,
+        location,
         confined_to: paths.confined().then(|| paths.base_dir().to_owned()),
         every_batches: positive(
             tuning.and_then(|t| t.every_batches.as_ref()),
@@ -318,6 +332,63 @@ fn checkpoint(
             })?),
         },
     }))
+}
+
+/// The object-storage keys of `[checkpoint]`.
+#[cfg(feature = "object-store")]
+fn object_keys(table: &CheckpointTable) -> crate::objects::ObjectKeys<'_> {
+    crate::objects::ObjectKeys {
+        endpoint: table.endpoint.as_ref(),
+        region: table.region.as_ref(),
+        access_key_id: table.access_key_id.as_ref(),
+        secret_access_key: table.secret_access_key.as_ref(),
+    }
+}
+
+/// The first object-storage key `[checkpoint]` sets.
+fn first_object_key(table: &CheckpointTable) -> Option<&Spanned<String>> {
+    [
+        &table.endpoint,
+        &table.region,
+        &table.access_key_id,
+        &table.secret_access_key,
+    ]
+    .into_iter()
+    .find_map(Option::as_ref)
+}
+
+/// An `s3://` `checkpoint-dir`, with the keys of `[checkpoint]`.
+fn objects_location(
+    dir: &Spanned<String>,
+    tuning: Option<&CheckpointTable>,
+    paths: &Paths,
+) -> Result<CheckpointLocation, SpecError> {
+    let at = dir.span().start;
+    if paths.confined() {
+        return Err((
+            at,
+            "a server's pipelines checkpoint in their tenant's directory, not on object storage: leave out checkpoint-dir"
+                .to_owned(),
+        ));
+    }
+    #[cfg(feature = "object-store")]
+    {
+        let keys = tuning.map(object_keys).unwrap_or_default();
+        Ok(CheckpointLocation::Objects(crate::objects::ObjectTarget::parse(
+            dir.get_ref(),
+            &keys,
+            at,
+        )?))
+    }
+    #[cfg(not(feature = "object-store"))]
+    {
+        let _ = tuning;
+        Err((
+            at,
+            "this weir was built without the `object-store` feature: it cannot checkpoint to s3://"
+                .to_owned(),
+        ))
+    }
 }
 
 /// Orders stages after their inputs and checks that sinks read known streams.

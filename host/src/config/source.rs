@@ -18,6 +18,7 @@ use super::file::SourceTable;
 use super::settings::{Key, KindContext, KindDefaults, KindEntry, Schema, Settings};
 use super::values::{positive, stream_name};
 use super::{ClockMode, LineIndex, Paths, SourceSpec, SpecError};
+use crate::checkpoint::CheckpointLocation;
 use crate::source::rate::{DEFAULT_MIN_RATE, RateSpec};
 use crate::source::{Source, TYPES};
 
@@ -35,6 +36,13 @@ pub trait SourceConfig: fmt::Debug + Send + Sync + Any {
     /// of the error. Default: it can.
     fn needs_checkpoints(&self) -> Option<&'static str> {
         None
+    }
+
+    /// True when the receiver keeps a write-ahead log in the checkpoint
+    /// directory (appended per block, so it must be a local directory).
+    /// Default: it does not.
+    fn write_ahead_log(&self) -> bool {
+        false
     }
 
     /// True when every batch holds a fixed part of this source, as
@@ -204,9 +212,21 @@ fn rate_spec(table: &SourceTable) -> Result<RateSpec, SpecError> {
 pub(super) fn check_sources(
     sources: &[(usize, SourceSpec)],
     clock: ClockMode,
-    checkpointed: bool,
+    checkpoint: Option<&CheckpointLocation>,
 ) -> Result<(), SpecError> {
-    if !checkpointed
+    if let Some(location) = checkpoint
+        && location.directory().is_none()
+        && let Some((offset, source)) = sources.iter().find(|(_, source)| source.kind.write_ahead_log())
+    {
+        return Err((
+            *offset,
+            format!(
+                "source `{}` keeps a write-ahead log in the checkpoint directory, appended as lines arrive, which object storage ({location}) cannot do: give the pipeline a local checkpoint-dir",
+                source.name
+            ),
+        ));
+    }
+    if checkpoint.is_none()
         && let Some((offset, reason)) = sources
             .iter()
             .find_map(|(offset, source)| Some((*offset, source.kind.needs_checkpoints()?)))

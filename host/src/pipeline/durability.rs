@@ -124,7 +124,7 @@ impl Durability {
         allow_plugin_change: bool,
     ) -> Result<(Self, u64, Vec<Replay>), EngineError> {
         let pipeline = plan.pipeline.clone();
-        let settings_dir = settings.dir.display().to_string();
+        let settings_dir = settings.location.to_string();
         let recovery_started = Instant::now();
         let (checkpointer, recovery) = Checkpointer::open(settings, &plugins, allow_plugin_change)
             .map_err(|e| checkpoint_error(&pipeline, e))?;

@@ -142,9 +142,10 @@ impl Pipeline {
         &self.stage_plugins
     }
 
-    /// The checkpoint directory, when the pipeline checkpoints.
+    /// The checkpoint directory, when the pipeline checkpoints to a local
+    /// one.
     pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
-        self.checkpoint.as_ref().map(|settings| settings.dir.as_path())
+        self.checkpoint.as_ref()?.location.directory()
     }
 
     /// Refuses what cannot run with `options`.

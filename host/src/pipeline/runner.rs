@@ -162,13 +162,15 @@ impl Pipeline {
                 chunk_records: self.chunk_records,
                 clock: self.clock,
                 replay: replay.take(),
-                wal: self.checkpoint.as_ref().map(|settings| {
+                // Pipelines that checkpoint to object storage have no
+                // sources that keep one (refused with the file).
+                wal: self.checkpoint.as_ref().and_then(|settings| {
                     let location = source::wal::WalLocation {
-                        checkpoint_dir: settings.dir.clone(),
+                        checkpoint_dir: settings.location.directory()?.to_owned(),
                         confined_to: settings.confined_to.clone(),
                         source: spec.name.clone(),
                     };
-                    (location, settings.wal_sync)
+                    Some((location, settings.wal_sync))
                 }),
             };
             let receiver = source::from_spec(spec);

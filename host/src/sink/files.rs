@@ -81,7 +81,11 @@ impl SinkType for FilesSinkSpec {
         if dir.starts_with("s3://") {
             #[cfg(feature = "object-store")]
             return Ok(Self {
-                target: FilesTarget::Object(super::object_files::ObjectTarget::parse(dir, settings, at)?),
+                target: FilesTarget::Object(super::object_files::ObjectTarget::parse(
+                    dir,
+                    &crate::objects::ObjectKeys::of(settings),
+                    at,
+                )?),
                 format,
             });
             #[cfg(not(feature = "object-store"))]

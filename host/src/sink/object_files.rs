@@ -15,127 +15,18 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
 use super::files::{FileFormat, encode_partition};
 use super::{BatchInfo, Sink, SinkError};
-use crate::config::{Settings, SpecError};
 use crate::failpoint::crash_point;
+pub use crate::objects::ObjectTarget;
 use crate::record::Partition;
 
-/// Where the batches go and how to sign in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectTarget {
-    /// The bucket.
-    pub bucket: String,
-    /// The key prefix, without a trailing `/` (empty: the bucket's root).
-    pub prefix: String,
-    /// A custom endpoint (MinIO, moto, another S3-compatible store);
-    /// `None`: AWS S3 of `region`.
-    pub endpoint: Option<String>,
-    /// The region.
-    pub region: String,
-    /// The access key id and secret; `None`: unsigned requests.
-    pub credentials: Option<(String, String)>,
-}
-
-impl ObjectTarget {
-    /// Parses `s3://bucket[/prefix]` and the sink's object-storage keys.
-    pub fn parse(url: &str, settings: &Settings, at: usize) -> Result<Self, SpecError> {
-        let rest = url.strip_prefix("s3://").unwrap_or(url);
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !bucket_ok {
-            return Err((
-                at,
-                format!("invalid bucket {bucket:?} in {url:?} (3-63 lowercase letters, digits, `-` or `.`)"),
-            ));
-        }
-        let endpoint = match settings.text("endpoint") {
-            Some(text)
-                if !text.get_ref().starts_with("http://") && !text.get_ref().starts_with("https://") =>
-            {
-                return Err((
-                    text.span().start,
-                    format!(
-                        "invalid endpoint {:?} (an http:// or https:// URL)",
-                        text.get_ref()
-                    ),
-                ));
-            }
-            Some(text) => Some(text.get_ref().trim_end_matches('/').to_owned()),
-            None => None,
-        };
-        let credentials = match (settings.text("access-key-id"), settings.text("secret-access-key")) {
-            (Some(id), Some(secret)) => Some((id.get_ref().clone(), secret.get_ref().clone())),
-            (None, None) => None,
-            (Some(key), None) | (None, Some(key)) => {
-                return Err((
-                    key.span().start,
-                    "`access-key-id` and `secret-access-key` go together".to_owned(),
-                ));
-            }
-        };
-        Ok(Self {
-            bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
-            endpoint,
-            region: settings
-                .text("region")
-                .map_or_else(|| "us-east-1".to_owned(), |r| r.get_ref().clone()),
-            credentials,
-        })
-    }
-
-    /// `s3://bucket/prefix`, for messages.
-    pub fn url(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
-    }
-
-    /// The `host:port` requests go to.
-    pub fn address(&self) -> String {
-        let Some(endpoint) = &self.endpoint else {
-            return format!("s3.{}.amazonaws.com:443", self.region);
-        };
-        let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint));
-        let host = rest.split('/').next().unwrap_or(rest);
-        if host.contains(':') {
-            host.to_owned()
-        } else {
-            format!("{host}:{}", if scheme == "http" { 80 } else { 443 })
-        }
-    }
-
-    fn store(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(&self.bucket)
-            .with_region(&self.region);
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
-        builder = match &self.credentials {
-            Some((id, secret)) => builder.with_access_key_id(id).with_secret_access_key(secret),
-            None => builder.with_skip_signature(true),
-        };
-        Ok(Arc::new(builder.build()?))
-    }
-
-    /// The key of `name` in batch `id`'s directory.
-    fn key(&self, id: u64, name: &str) -> ObjectPath {
-        let directory = format!("batch-{id:012}/{name}");
-        if self.prefix.is_empty() {
-            ObjectPath::from(directory)
-        } else {
-            ObjectPath::from(format!("{}/{directory}", self.prefix))
-        }
-    }
+/// The key of `name` in batch `id`'s directory of `target`.
+fn batch_key(target: &ObjectTarget, id: u64, name: &str) -> ObjectPath {
+    target.key(&format!("batch-{id:012}/{name}"))
 }
 
 /// The name of a batch's manifest in its directory.
@@ -187,7 +78,7 @@ impl ObjectFilesSink {
     /// True when batch `id` has a manifest.
     fn committed(&self, id: u64) -> Result<bool, SinkError> {
         let (runtime, store) = self.client()?;
-        let key = self.target.key(id, MANIFEST);
+        let key = batch_key(&self.target, id, MANIFEST);
         match runtime.block_on(store.head(&key)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -258,7 +149,7 @@ impl Sink for ObjectFilesSink {
                 continue;
             }
             let name = format!("part-{index:05}.{extension}");
-            let key = self.target.key(batch.id, &name);
+            let key = batch_key(&self.target, batch.id, &name);
             let mut body = Vec::new();
             encode_partition(&mut body, self.format, self.window_ms, partition)
                 .map_err(|e| fail(&key, &e))?;
@@ -275,7 +166,7 @@ impl Sink for ObjectFilesSink {
             "format": extension,
             "parts": parts,
         });
-        let key = self.target.key(batch.id, MANIFEST);
+        let key = batch_key(&self.target, batch.id, MANIFEST);
         let mode = if self.checkpointed {
             PutMode::Create
         } else {
@@ -300,32 +191,18 @@ impl Sink for ObjectFilesSink {
 mod tests {
     use super::*;
 
-    fn target(endpoint: Option<&str>, region: &str) -> ObjectTarget {
-        ObjectTarget {
-            bucket: "b".repeat(3),
-            prefix: "out/counts".into(),
-            endpoint: endpoint.map(str::to_owned),
-            region: region.into(),
-            credentials: None,
-        }
-    }
-
     #[test]
-    fn keys_and_addresses() {
-        let t = target(Some("http://127.0.0.1:9000"), "us-east-1");
+    fn batches_have_a_directory_each() {
+        let target = ObjectTarget {
+            bucket: "bbb".into(),
+            prefix: "out/counts".into(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            credentials: None,
+        };
         assert_eq!(
-            t.key(7, MANIFEST).as_ref(),
+            batch_key(&target, 7, MANIFEST).as_ref(),
             "out/counts/batch-000000000007/_manifest.json"
         );
-        assert_eq!(t.address(), "127.0.0.1:9000");
-        assert_eq!(
-            target(Some("https://minio.internal"), "x").address(),
-            "minio.internal:443"
-        );
-        assert_eq!(
-            target(None, "eu-west-1").address(),
-            "s3.eu-west-1.amazonaws.com:443"
-        );
-        assert_eq!(t.url(), "s3://bbb/out/counts");
     }
 }

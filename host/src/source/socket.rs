@@ -111,6 +111,10 @@ impl SourceConfig for SocketSpec {
         )
     }
 
+    fn write_ahead_log(&self) -> bool {
+        true
+    }
+
     fn needs_checkpoints(&self) -> Option<&'static str> {
         self.ack.then_some(
             "`ack` needs `checkpoint-dir` in [pipeline]: lines are acknowledged once they are in the write-ahead log kept there",

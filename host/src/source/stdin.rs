@@ -27,6 +27,10 @@ impl SourceConfig for StdinSource {
         Box::new(Self)
     }
 
+    fn write_ahead_log(&self) -> bool {
+        true
+    }
+
     fn reach(&self) -> crate::config::Reach {
         crate::config::Reach::Process("standard input")
     }

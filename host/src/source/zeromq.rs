@@ -137,6 +137,10 @@ impl SourceConfig for ZeromqSpec {
         Reach::Network(vec![host_port(&self.address).unwrap_or(&self.address).to_owned()])
     }
 
+    fn write_ahead_log(&self) -> bool {
+        true
+    }
+
     fn endless(&self) -> Option<&'static str> {
         Some("is a ZeroMQ source (ZeroMQ has no end of stream)")
     }
