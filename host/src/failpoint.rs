@@ -9,7 +9,9 @@
 //! renamed into place), `checkpoint-state` (a checkpoint's state files are
 //! written, its manifest is not), `checkpoint-compacted` (a chain of
 //! incremental state was compacted into a full part, the manifest listing it
-//! is not written), `checkpoint-done` (a checkpoint is complete),
+//! is not written), `checkpoint-manifest` (a checkpoint's manifest is
+//! written, `LATEST` does not name it yet), `checkpoint-done` (a checkpoint
+//! is complete),
 //! `kafka-sent` (a Kafka sink sent a batch's records in its transaction, not
 //! yet committed), `kafka-committed` (a Kafka sink committed a batch's
 //! transaction; the engine has not recorded the batch as done),

@@ -1,9 +1,10 @@
-//! S3-compatible object storage, shared by the files sink on `s3://`
+//! S3-compatible object storage: where objects go ([`ObjectTarget`], parsed
+//! from an `s3://` URL and the keys `endpoint`, `region`, `access-key-id`
+//! and `secret-access-key`), shared by the files sink on `s3://`
 //! ([`crate::sink::object_files`]) and checkpoints on `s3://`
-//! ([`crate::checkpoint::object_storage`]): where objects go
-//! ([`ObjectTarget`], parsed from a URL and the keys `endpoint`, `region`,
-//! `access-key-id` and `secret-access-key`), and one small runtime that
-//! every blocking caller drives its requests on ([`block_on`]).
+//! ([`crate::checkpoint::object_storage`]); and the small runtime that
+//! checkpoint storage, which is called from plain threads, drives its
+//! requests on ([`block_on`]).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -186,7 +187,7 @@ pub fn block_on<T: Send + 'static>(request: impl Future<Output = T> + Send + 'st
     });
     result
         .recv()
-        .expect("an object-storage request runs to its end (the runtime is never stopped)")
+        .expect("an object-storage request panicked (the runtime is never stopped)")
 }
 
 /// Runs `request` on the object-storage runtime without waiting for it

@@ -175,6 +175,16 @@ fn a_directory_and_object_storage_behave_alike_as_checkpoint_stores() {
     let moto = MotoServer::start();
     moto.create_bucket("weir-state");
     behaves_as_a_checkpoint_store(Arc::new(object_storage(&moto, "weir-state", "pipelines/a")));
+    // The stream dropped without a commit went up as a multipart upload
+    // (it was larger than a part): it is aborted, in the background.
+    let started = std::time::Instant::now();
+    while moto.pending_uploads("weir-state") > 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "an uncommitted multipart upload was never aborted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // At a bucket's root too.
     moto.create_bucket("weir-root");
     behaves_as_a_checkpoint_store(Arc::new(object_storage(&moto, "weir-root", "")));

@@ -181,6 +181,7 @@ fn crash_points(rng: &mut Rng) -> Vec<String> {
         points.push(format!("batch-logged:{}", 2 + rng.below(4)));
         points.push(format!("sink-commit:{}", 1 + rng.below(4)));
         points.push(format!("checkpoint-state:{}", 1 + round % 2));
+        points.push(format!("checkpoint-manifest:{}", 1 + rng.below(2)));
         points.push(format!("checkpoint-done:{}", 1 + rng.below(2)));
     }
     points
@@ -465,6 +466,7 @@ pub(super) fn run_killed_case(
             "batch-logged",
             "sink-commit",
             "checkpoint-state",
+            "checkpoint-manifest",
             "checkpoint-done",
         ] {
             assert!(

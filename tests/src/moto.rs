@@ -113,6 +113,18 @@ json.dump(objects, sys.stdout)
         keys
     }
 
+    /// How many multipart uploads of `bucket` were started and neither
+    /// completed nor aborted.
+    pub fn pending_uploads(&self, bucket: &str) -> usize {
+        let body = reqwest::blocking::Client::new()
+            .get(format!("{}/{bucket}?uploads", self.endpoint()))
+            .send()
+            .and_then(|response| response.error_for_status())
+            .and_then(|response| response.text())
+            .expect("moto_server lists the bucket's uploads");
+        elements(&body, "UploadId").len()
+    }
+
     /// Sums `word<TAB>count` lines of the parts that batch manifests under
     /// `prefix` name (what a reader of the sink's output sees).
     pub fn committed_counts(&self, bucket: &str, prefix: &str) -> BTreeMap<String, u64> {

@@ -426,7 +426,10 @@ impl Checkpointer {
         }
         let mut restored = None;
         for batch in candidates {
-            match self.load(batch) {
+            match self
+                .load(batch)
+                .map_err(self.io(format!("read the checkpoint of batch {batch}")))?
+            {
                 Ok(checkpoint) => {
                     restored = Some(checkpoint);
                     break;
@@ -561,44 +564,47 @@ impl Checkpointer {
     }
 
     /// Reads and checks the checkpoint of `batch`.
-    fn load(&self, batch: u64) -> Result<Restored, String> {
+    /// The checkpoint of `batch`, or why it cannot be used; an error when
+    /// the storage cannot be read (so that recovery neither falls back nor
+    /// removes what it could not read over a passing failure).
+    fn load(&self, batch: u64) -> std::io::Result<Result<Restored, String>> {
         let dir = checkpoint_dir(batch);
-        let manifest = self
-            .storage
-            .get(&format!("{dir}/manifest.json"))
-            .map_err(|e| e.to_string())?
-            .ok_or("no manifest (the checkpoint was not finished)")?;
-        let manifest: Manifest =
-            serde_json::from_slice(&manifest).map_err(|e| format!("unreadable manifest: {e}"))?;
+        let Some(manifest) = self.storage.get(&format!("{dir}/manifest.json"))? else {
+            return Ok(Err("no manifest (the checkpoint was not finished)".into()));
+        };
+        let manifest: Manifest = match serde_json::from_slice(&manifest) {
+            Ok(manifest) => manifest,
+            Err(e) => return Ok(Err(format!("unreadable manifest: {e}"))),
+        };
         if !(OLDEST_FORMAT..=FORMAT).contains(&manifest.version) || manifest.batch != batch {
-            return Err(format!(
+            return Ok(Err(format!(
                 "manifest of version {} for batch {}",
                 manifest.version, manifest.batch
-            ));
+            )));
         }
         let mut states = HashMap::new();
         for state in &manifest.states {
             if !state.parts.is_empty() {
                 for part in &state.parts {
-                    chain::verify(self.storage.as_ref(), part)?;
+                    if let Err(reason) = chain::verify(self.storage.as_ref(), part) {
+                        return Ok(Err(reason));
+                    }
                 }
                 states.insert(state.operator.clone(), RestoredState::Parts(state.parts.clone()));
                 continue;
             }
-            let bytes = self
-                .storage
-                .get(&format!("{dir}/{}", state.file))
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{} is missing", state.file))?;
+            let Some(bytes) = self.storage.get(&format!("{dir}/{}", state.file))? else {
+                return Ok(Err(format!("{} is missing", state.file)));
+            };
             if bytes.len() as u64 != state.bytes || content_hash(&bytes) != state.sha256 {
-                return Err(format!(
+                return Ok(Err(format!(
                     "{} is truncated or corrupt (checksum mismatch)",
                     state.file
-                ));
+                )));
             }
             states.insert(state.operator.clone(), RestoredState::Whole(bytes));
         }
-        Ok(Restored { manifest, states })
+        Ok(Ok(Restored { manifest, states }))
     }
 
     /// Opens the parts of a restored chain for reading, oldest first.
@@ -879,10 +885,15 @@ fn write_checkpoint(
     // Create-only: a manifest already there was written by another
     // process since this one recovered (recovery removes those after the
     // checkpoint it restores).
+    let name = format!("{prefix}/manifest.json");
     let created = storage
-        .put_new(&format!("{prefix}/manifest.json"), &manifest_bytes)
-        .map_err(io(format!("write {prefix}/manifest.json")))?;
-    if !created {
+        .put_new(&name, &manifest_bytes)
+        .map_err(io(format!("write {name}")))?;
+    // The same bytes there: this write's own, landed by an attempt the
+    // client retried.
+    if !created
+        && storage.get(&name).map_err(io(format!("read {name}")))?.as_deref() != Some(&manifest_bytes[..])
+    {
         return Err(CheckpointError::Unusable {
             dir: dir.to_owned(),
             message: format!(
@@ -890,6 +901,7 @@ fn write_checkpoint(
             ),
         });
     }
+    crate::failpoint::crash_point("checkpoint-manifest");
     storage
         .put(LATEST, format!("{batch}\n").as_bytes())
         .map_err(io("switch LATEST".into()))?;
@@ -904,15 +916,16 @@ fn write_checkpoint(
         .map_err(io("list checkpoints".into()))?
     {
         let Ok(id) = name.parse::<u64>() else { continue };
-        let finished = (id <= batch)
-            .then(|| {
-                storage
-                    .get(&format!("{}/manifest.json", checkpoint_dir(id)))
-                    .ok()
-                    .flatten()
-            })
-            .flatten()
-            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok());
+        // A manifest that cannot be read now (the store out of reach) fails
+        // the checkpoint: taken for unfinished, a good checkpoint would go.
+        let finished = if id <= batch {
+            storage
+                .get(&format!("{}/manifest.json", checkpoint_dir(id)))
+                .map_err(io(format!("read the manifest of the checkpoint of batch {id}")))?
+                .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+        } else {
+            None
+        };
         match finished {
             Some(finished) => kept.push((id, finished)),
             None => storage

@@ -236,9 +236,15 @@ impl BlobWriter for ObjectBlob {
             self.upload_part()?;
         }
         let mut upload = self.upload.take().expect("a multipart upload was started");
-        block_on(async move { upload.complete().await })
-            .map(drop)
-            .map_err(|e| self.storage.failed(&self.name, e))
+        block_on(async move {
+            let completed = upload.complete().await;
+            if completed.is_err() {
+                let _ = upload.abort().await;
+            }
+            completed
+        })
+        .map(drop)
+        .map_err(|e| self.storage.failed(&self.name, e))
     }
 }
 

@@ -268,6 +268,23 @@ impl CheckpointStorage for LocalStorage {
             let linked = match self.dir.hard_link(&temporary, &self.dir, name) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                // A file system without hard links (some FUSE and SMB
+                // mounts): look, then rename, which a racing writer can
+                // slip between.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    if self.dir.exists(name) {
+                        false
+                    } else {
+                        self.dir.rename(&temporary, &self.dir, name)?;
+                        self.sync_dir(parent)?;
+                        return Ok(true);
+                    }
+                }
                 Err(e) => return Err(e),
             };
             self.dir.remove_file(&temporary)?;

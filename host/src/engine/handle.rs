@@ -54,7 +54,7 @@ struct HandleInner {
     id: PipelineId,
     name: String,
     namespace: Option<String>,
-    checkpoint_dir: Option<std::path::PathBuf>,
+    checkpoint: Option<crate::checkpoint::CheckpointLocation>,
     live: Arc<Live>,
     signal: Signal,
     control: crossbeam_channel::Sender<ControlMessage>,
@@ -95,7 +95,7 @@ impl PipelineHandle {
         id: PipelineId,
         name: String,
         namespace: Option<String>,
-        checkpoint_dir: Option<std::path::PathBuf>,
+        checkpoint: Option<crate::checkpoint::CheckpointLocation>,
         live: Arc<Live>,
         signal: Signal,
         control: crossbeam_channel::Sender<ControlMessage>,
@@ -108,7 +108,7 @@ impl PipelineHandle {
                 id,
                 name,
                 namespace,
-                checkpoint_dir,
+                checkpoint,
                 live,
                 signal,
                 control,
@@ -145,9 +145,9 @@ impl PipelineHandle {
         self.inner.namespace.as_deref()
     }
 
-    /// Its checkpoint directory, when it checkpoints.
-    pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
-        self.inner.checkpoint_dir.as_deref()
+    /// Where it checkpoints, when it does.
+    pub fn checkpoint_location(&self) -> Option<&crate::checkpoint::CheckpointLocation> {
+        self.inner.checkpoint.as_ref()
     }
 
     /// Its status now.

@@ -379,7 +379,7 @@ impl Engine {
             id,
             name.clone(),
             namespace,
-            pipeline.checkpoint_dir().map(Path::to_owned),
+            pipeline.checkpoint_location().cloned(),
             live.clone(),
             signal.clone(),
             control,

@@ -2,10 +2,10 @@
 //! them apart — one running pipeline per name, one per checkpoint directory.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::handle::{PipelineHandle, PipelineId};
+use crate::checkpoint::CheckpointLocation;
 use crate::error::EngineError;
 use crate::pipeline::StopMode;
 
@@ -15,9 +15,18 @@ pub struct Supervisor {
     pipelines: Mutex<BTreeMap<PipelineId, PipelineHandle>>,
 }
 
-/// A checkpoint directory in a comparable form (canonical where it exists).
-fn comparable(dir: &Path) -> PathBuf {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_owned())
+/// Where a pipeline checkpoints, in a comparable form: a directory's
+/// canonical path where it exists; a store's address, bucket and prefix.
+fn comparable(location: &CheckpointLocation) -> String {
+    match location {
+        CheckpointLocation::Directory(dir) => dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_owned())
+            .display()
+            .to_string(),
+        #[cfg(feature = "object-store")]
+        CheckpointLocation::Objects(target) => format!("{} at {}", target.url(), target.address()),
+    }
 }
 
 impl Supervisor {
@@ -29,7 +38,7 @@ impl Supervisor {
     /// pipeline has its name or its checkpoint directory; an ended pipeline
     /// of the same name is forgotten.
     pub(crate) fn register(&self, handle: &PipelineHandle) -> Result<(), EngineError> {
-        let (name, checkpoint_dir) = (handle.name(), handle.checkpoint_dir());
+        let (name, checkpoint) = (handle.name(), handle.checkpoint_location());
         let mut pipelines = self.lock();
         for other in pipelines.values() {
             if other.status().state.is_final() {
@@ -44,14 +53,13 @@ impl Supervisor {
                     ),
                 });
             }
-            if let (Some(mine), Some(theirs)) = (checkpoint_dir, other.checkpoint_dir())
+            if let (Some(mine), Some(theirs)) = (checkpoint, other.checkpoint_location())
                 && comparable(mine) == comparable(theirs)
             {
                 return Err(EngineError::Plan {
                     location: format!("pipeline `{name}`"),
                     message: format!(
-                        "its checkpoint directory {} is already used by the running pipeline `{}`: give each pipeline its own",
-                        mine.display(),
+                        "its checkpoint directory {mine} is already used by the running pipeline `{}`: give each pipeline its own",
                         other.name()
                     ),
                 });

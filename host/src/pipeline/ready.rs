@@ -142,10 +142,9 @@ impl Pipeline {
         &self.stage_plugins
     }
 
-    /// The checkpoint directory, when the pipeline checkpoints to a local
-    /// one.
-    pub fn checkpoint_dir(&self) -> Option<&std::path::Path> {
-        self.checkpoint.as_ref()?.location.directory()
+    /// Where the pipeline checkpoints, when it does.
+    pub fn checkpoint_location(&self) -> Option<&crate::checkpoint::CheckpointLocation> {
+        self.checkpoint.as_ref().map(|settings| &settings.location)
     }
 
     /// Refuses what cannot run with `options`.
