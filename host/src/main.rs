@@ -300,6 +300,11 @@ enum Command {
         /// `--suite state`: batches after the load, each changing 1% of the keys.
         #[arg(long, default_value_t = 100)]
         update_batches: u64,
+        /// `--suite state`: where the checkpoints go: `dir` (a local
+        /// directory) or `s3` (object storage: a `moto_server` on loopback,
+        /// from `tests/moto/install`).
+        #[arg(long, default_value = "dir", value_parser = ["dir", "s3"])]
+        checkpoint_store: String,
     },
     /// The ingest benchmark's feeder: listens on an ephemeral port of
     /// 127.0.0.1, prints `listening ADDRESS`, and writes benchmark text to
@@ -870,8 +875,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             keys,
             update_batches,
             partitions,
+            checkpoint_store,
             ..
-        } if suite == "state" => state_bench(keys, update_batches, partitions),
+        } if suite == "state" => state_bench(keys, update_batches, partitions, checkpoint_store == "s3"),
         Command::Bench {
             suite,
             lines,
@@ -1173,7 +1179,12 @@ fn many(engine: &Engine, split_words: &Path) -> anyhow::Result<()> {
 }
 
 /// `bench --suite state`: keyed state larger than memory.
-fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> anyhow::Result<ExitCode> {
+fn state_bench(
+    keys: u64,
+    update_batches: u64,
+    partitions: Option<usize>,
+    on_object_storage: bool,
+) -> anyhow::Result<ExitCode> {
     let partitions =
         partitions.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let (state_bytes, keys_per_batch) = (1024, 16_384);
@@ -1187,6 +1198,7 @@ fn state_bench(keys: u64, update_batches: u64, partitions: Option<usize>) -> any
         state_memory: "256MiB".into(),
         plugin: example_plugin("padded-total")?,
         scratch: std::env::temp_dir(),
+        on_object_storage,
     };
     let engine = engine(Some(partitions))?;
     let report = cli::state_bench::run(&engine, &settings, |line| eprintln!("{line}"))?;

@@ -214,7 +214,11 @@ fn killed_pipelines_resume_exactly_from_checkpoints_on_object_storage() {
     let moto = Arc::new(MotoServer::start());
     moto.create_bucket("weir-state");
     let root = scratch();
-    let files = super::recovery::killed_input(root.path());
+    // Three times the batches of the local test: a checkpoint on moto takes
+    // hundreds of milliseconds (more on a loaded machine), and batches go on
+    // meanwhile, so one attempt killed at its second checkpoint can run
+    // through a hundred batches.
+    let files = super::recovery::killed_input(root.path(), 480);
     let mut rng = super::recovery::Rng(0x5eed_0b1e_c700_0002);
     // A sliding window (whole snapshots) and keyed state (incremental
     // parts, compacted), as the local-directory test runs them.

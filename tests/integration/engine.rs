@@ -326,6 +326,45 @@ fn a_duplicate_name_or_checkpoint_directory_is_refused_while_running() {
         message.contains("already used by the running pipeline `first`"),
         "{message}"
     );
+    // The same rule for checkpoints on object storage: the same URL at the
+    // same address.
+    #[cfg(feature = "object-store")]
+    {
+        let moto = weir_tests::moto::MotoServer::start();
+        moto.create_bucket("weir-state");
+        let on_moto = |name: &str, dir: &Path, prefix: &str| {
+            let keys = format!(
+                "\n[checkpoint]\nendpoint = \"{}\"\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n",
+                moto.endpoint()
+            );
+            let text = wordcount(name, dir, &checked_by_panic_on("never")).replace(
+                "partitions = 2\n",
+                &format!("partitions = 2\ncheckpoint-dir = \"s3://weir-state/{prefix}\"\n"),
+            );
+            // [checkpoint] after [pipeline]'s keys, before the next table.
+            text.replacen("\n[plugins]", &format!("{keys}\n[plugins]"), 1)
+        };
+        let third = start(
+            &engine,
+            &on_moto("third", b.path(), "third"),
+            RunOptions::default(),
+        );
+        let c = scratch();
+        let message = refused(&on_moto("fourth", c.path(), "third"));
+        assert!(
+            message.contains("its checkpoint directory s3://weir-state/third is already used by the running pipeline `third`"),
+            "{message}"
+        );
+        let fifth = start(
+            &engine,
+            &on_moto("fifth", c.path(), "fifth"),
+            RunOptions::default(),
+        );
+        for handle in [third, fifth] {
+            handle.stop(StopMode::Now);
+            handle.wait().unwrap();
+        }
+    }
     first.stop(StopMode::Now);
     first.wait().unwrap();
     // Once it has ended, the name is free again.

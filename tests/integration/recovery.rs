@@ -413,16 +413,16 @@ pub(super) fn killed_cases() -> Vec<KilledCase> {
         .collect()
 }
 
-/// The input of [`run_killed_case`]: 160 files of 80 lines under
-/// `root/in`; returns their texts.
-pub(super) fn killed_input(root: &Path) -> Vec<String> {
-    text_files(&root.join("in"), 160, 80)
+/// The input of [`run_killed_case`]: `files` files of 80 lines under
+/// `root/in`, one a batch; returns their texts.
+pub(super) fn killed_input(root: &Path, files: usize) -> Vec<String> {
+    text_files(&root.join("in"), files, 80)
 }
 
 #[test]
 fn killed_pipelines_lose_and_duplicate_nothing() {
     let root = scratch();
-    let files = killed_input(root.path());
+    let files = killed_input(root.path(), 160);
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     for case in killed_cases() {
         let dir = root.path().join(case.name);

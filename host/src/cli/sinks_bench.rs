@@ -46,7 +46,7 @@ pub struct SinksReport {
 }
 
 /// A server process started for the benchmark, killed when dropped.
-struct Server(Child);
+pub(super) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -116,7 +116,7 @@ fn start_elasticsearch(dir: &Path) -> anyhow::Result<(Server, u16)> {
 
 /// moto's S3 server (`tests/moto/install`) with the bucket `bench`.
 #[cfg(feature = "object-store")]
-fn start_moto() -> anyhow::Result<(Server, u16)> {
+pub(super) fn start_moto() -> anyhow::Result<(Server, u16)> {
     let binary = Path::new("target/moto/venv/bin/moto_server");
     if !binary.is_file() {
         bail!(

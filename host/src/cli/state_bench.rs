@@ -22,6 +22,11 @@
 //! time (the pause between batches and the whole write), compactions,
 //! recovery time, and peak RSS as the OS reports it (`VmHWM`, reset before
 //! each run through `/proc/self/clear_refs` where the kernel allows).
+//!
+//! With `--checkpoint-store s3` the checkpoints go to object storage: a
+//! `moto_server` on loopback started here (`tests/moto/install`), so the
+//! update run's recovery is what a pipeline moved to another machine
+//! restores before its first batch.
 
 use super::process::{peak_rss, reset_peak_rss};
 use std::fmt::Write as _;
@@ -70,6 +75,9 @@ pub struct StateBenchSettings {
     /// Where to put the input and the checkpoints (a directory of its own
     /// is made and removed under it).
     pub scratch: PathBuf,
+    /// Checkpoint to object storage (a `moto_server` started for the run)
+    /// instead of a directory under `scratch`.
+    pub on_object_storage: bool,
 }
 
 /// What one run measured.
@@ -121,8 +129,10 @@ pub struct StateBenchReport {
     pub load: PhaseReport,
     /// The update run.
     pub update: PhaseReport,
-    /// Bytes under the checkpoint directory at the end.
+    /// Bytes under the checkpoint directory (or prefix) at the end.
     pub checkpoint_dir_bytes: u64,
+    /// Where the checkpoints were: a directory, or the store's URL.
+    pub checkpoint_location: String,
     /// Whether the peak RSS could be reset before each run (otherwise each
     /// is the process's peak so far).
     pub peak_reset: bool,
@@ -332,7 +342,74 @@ fn key_by() -> NativeTransform {
     })
 }
 
-fn pipeline_toml(settings: &StateBenchSettings, input: &Path, checkpoints: &Path, every: u64) -> String {
+/// Where the benchmark checkpoints: the value of `checkpoint-dir` and more
+/// keys of `[checkpoint]`, with the moto server it needs (kept running
+/// while this lives).
+struct CheckpointsAt {
+    dir: String,
+    keys: String,
+    #[cfg(feature = "object-store")]
+    moto: Option<(super::sinks_bench::Server, u16)>,
+}
+
+impl CheckpointsAt {
+    fn new(settings: &StateBenchSettings, local: &Path) -> anyhow::Result<Self> {
+        if !settings.on_object_storage {
+            return Ok(Self {
+                dir: local.display().to_string(),
+                keys: String::new(),
+                #[cfg(feature = "object-store")]
+                moto: None,
+            });
+        }
+        #[cfg(feature = "object-store")]
+        {
+            let (server, port) = super::sinks_bench::start_moto()?;
+            Ok(Self {
+                dir: "s3://bench/state".into(),
+                keys: format!(
+                    "endpoint = \"http://127.0.0.1:{port}\"\naccess-key-id = \"bench\"\nsecret-access-key = \"bench\"\n"
+                ),
+                moto: Some((server, port)),
+            })
+        }
+        #[cfg(not(feature = "object-store"))]
+        Err(anyhow!("this weir was built without the `object-store` feature"))
+    }
+
+    /// Bytes of every checkpoint blob.
+    fn bytes(&self) -> anyhow::Result<u64> {
+        #[cfg(feature = "object-store")]
+        if let Some((_, port)) = &self.moto {
+            use futures_util::TryStreamExt;
+            let store = weir::objects::ObjectTarget {
+                bucket: "bench".into(),
+                prefix: "state".into(),
+                endpoint: Some(format!("http://127.0.0.1:{port}")),
+                region: "us-east-1".into(),
+                credentials: Some(("bench".into(), "bench".into())),
+            }
+            .store()?;
+            let prefix = object_store::path::Path::from("state");
+            let sizes: Vec<u64> = weir::objects::block_on(async move {
+                store
+                    .list(Some(&prefix))
+                    .map_ok(|meta| meta.size)
+                    .try_collect()
+                    .await
+            })?;
+            return Ok(sizes.iter().sum());
+        }
+        Ok(dir_bytes(Path::new(&self.dir)))
+    }
+}
+
+fn pipeline_toml(
+    settings: &StateBenchSettings,
+    input: &Path,
+    checkpoints: &CheckpointsAt,
+    every: u64,
+) -> String {
     format!(
         r#"
 [pipeline]
@@ -345,7 +422,7 @@ checkpoint-dir = {checkpoints:?}
 [checkpoint]
 every-batches = {every}
 keep = 2
-
+{keys}
 [plugins]
 key-by = {plugin:?}
 padded-total = {plugin:?}
@@ -377,7 +454,8 @@ input = "totals"
 type = "console"
 "#,
         partitions = settings.partitions,
-        checkpoints = checkpoints.display().to_string(),
+        checkpoints = checkpoints.dir,
+        keys = checkpoints.keys,
         plugin = settings.plugin.display().to_string(),
         input = input.display().to_string(),
         state_bytes = settings.state_bytes,
@@ -412,7 +490,7 @@ pub fn run(
         .scratch
         .join(format!("weir-bench-state-{}", std::process::id()));
     let input = scratch.join("input");
-    let checkpoints = scratch.join("checkpoints");
+    let checkpoints = CheckpointsAt::new(settings, &scratch.join("checkpoints"))?;
     progress(&format!(
         "generating {} keys in batches of {}, then {} batches changing 1% each, into {}...",
         settings.keys,
@@ -484,11 +562,16 @@ pub fn run(
     // load's last checkpoint and reads only them.
     generate_updates(&input, settings, load_batches).context("cannot write the benchmark input")?;
     let update = run_phase("update", 1, settings.update_batches)?;
-    let checkpoint_dir_bytes = dir_bytes(&checkpoints);
+    let checkpoint_dir_bytes = checkpoints.bytes()?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(StateBenchReport {
         settings: settings.clone(),
         checkpoint_dir_bytes,
+        checkpoint_location: if settings.on_object_storage {
+            format!("{} on moto_server (loopback)", checkpoints.dir)
+        } else {
+            "a local directory".into()
+        },
         peak_reset,
         process_peak_rss: peak_before
             .max(load.peak_rss)
@@ -546,7 +629,8 @@ pub fn describe(report: &StateBenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "  checkpoint directory at the end {:.1} MB; peak RSS of the process {:.0} MB{}",
+        "  checkpoints on {}: {:.1} MB at the end; peak RSS of the process {:.0} MB{}",
+        report.checkpoint_location,
         mb(report.checkpoint_dir_bytes),
         mb(report.process_peak_rss),
         if report.peak_reset {
