@@ -38,14 +38,6 @@ impl<'a> ObjectKeys<'a> {
             secret_access_key: settings.text("secret-access-key"),
         }
     }
-
-    /// The first key that is set, for "only with an `s3://` path" errors.
-    pub fn any(&self) -> Option<&'a toml::Spanned<String>> {
-        self.endpoint
-            .or(self.region)
-            .or(self.access_key_id)
-            .or(self.secret_access_key)
-    }
 }
 
 /// Where objects go (a bucket and a key prefix) and how to sign in.

@@ -563,10 +563,10 @@ impl Checkpointer {
         Ok(Recovery { restored, logged })
     }
 
-    /// Reads and checks the checkpoint of `batch`.
-    /// The checkpoint of `batch`, or why it cannot be used; an error when
-    /// the storage cannot be read (so that recovery neither falls back nor
-    /// removes what it could not read over a passing failure).
+    /// Reads and checks the checkpoint of `batch`: the checkpoint, or why it
+    /// cannot be used; an error when the storage cannot be read (so that
+    /// recovery neither falls back nor removes what it could not read over a
+    /// passing failure).
     fn load(&self, batch: u64) -> std::io::Result<Result<Restored, String>> {
         let dir = checkpoint_dir(batch);
         let Some(manifest) = self.storage.get(&format!("{dir}/manifest.json"))? else {

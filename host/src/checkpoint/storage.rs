@@ -148,6 +148,28 @@ impl LocalStorage {
         self.sync_dir(relative.parent().unwrap_or(Path::new("")))
     }
 
+    /// `name`'s directory (made durably when missing), and a private name
+    /// beside `name` for a blob being written: hidden, and named after
+    /// this process and `kind` (what it is for, which `remove_unfinished`
+    /// reads).
+    fn stage(&self, name: &str, kind: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+        let (parent, file_name) = split(name);
+        self.create_dir_durably(parent)?;
+        let temporary = parent.join(format!(
+            ".{file_name}.{kind}-{}-{}",
+            std::process::id(),
+            STREAMS.fetch_add(1, Ordering::Relaxed)
+        ));
+        Ok((parent.to_owned(), temporary))
+    }
+
+    /// Writes `bytes` as the file `relative`, synced.
+    fn write_synced(&self, relative: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let mut file = self.dir.create(relative)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+
     /// Syncs the directory `relative` (`""`: the root).
     fn sync_dir(&self, relative: &Path) -> std::io::Result<()> {
         sync_in(&self.dir, relative)
@@ -236,15 +258,11 @@ fn listed(prefix: &str) -> &Path {
 
 impl CheckpointStorage for LocalStorage {
     fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let (parent, file_name) = split(name);
-        self.create_dir_durably(parent)?;
-        let temporary = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        let (parent, temporary) = self.stage(name, "tmp")?;
         let write = || -> std::io::Result<()> {
-            let mut file = self.dir.create(&temporary)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
+            self.write_synced(&temporary, bytes)?;
             self.dir.rename(&temporary, &self.dir, name)?;
-            self.sync_dir(parent)
+            self.sync_dir(&parent)
         };
         write().inspect_err(|_| {
             let _ = self.dir.remove_file(&temporary);
@@ -252,19 +270,11 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn put_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<bool> {
-        let (parent, file_name) = split(name);
-        self.create_dir_durably(parent)?;
-        let temporary = parent.join(format!(
-            ".{file_name}.new-{}-{}",
-            std::process::id(),
-            STREAMS.fetch_add(1, Ordering::Relaxed)
-        ));
+        let (parent, temporary) = self.stage(name, "new")?;
         // Written whole under a private name, then linked to its own: a
         // link, unlike a rename, fails when the name is taken.
         let write = || -> std::io::Result<bool> {
-            let mut file = self.dir.create(&temporary)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
+            self.write_synced(&temporary, bytes)?;
             let linked = match self.dir.hard_link(&temporary, &self.dir, name) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
@@ -281,14 +291,14 @@ impl CheckpointStorage for LocalStorage {
                         false
                     } else {
                         self.dir.rename(&temporary, &self.dir, name)?;
-                        self.sync_dir(parent)?;
+                        self.sync_dir(&parent)?;
                         return Ok(true);
                     }
                 }
                 Err(e) => return Err(e),
             };
             self.dir.remove_file(&temporary)?;
-            self.sync_dir(parent)?;
+            self.sync_dir(&parent)?;
             Ok(linked)
         };
         write().inspect_err(|_| {
@@ -313,13 +323,7 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn create(&self, name: &str) -> std::io::Result<Box<dyn BlobWriter>> {
-        let (parent, file_name) = split(name);
-        self.create_dir_durably(parent)?;
-        let temporary = parent.join(format!(
-            ".{file_name}.stream-{}-{}",
-            std::process::id(),
-            STREAMS.fetch_add(1, Ordering::Relaxed)
-        ));
+        let (_, temporary) = self.stage(name, "stream")?;
         let file = self.dir.create(&temporary)?.into_std();
         Ok(Box::new(LocalBlob {
             out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),

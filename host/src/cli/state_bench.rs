@@ -348,8 +348,9 @@ fn key_by() -> NativeTransform {
 struct CheckpointsAt {
     dir: String,
     keys: String,
+    /// The store and the server behind it, when on object storage.
     #[cfg(feature = "object-store")]
-    moto: Option<(super::sinks_bench::Server, u16)>,
+    moto: Option<(weir::objects::ObjectTarget, super::sinks_bench::Server)>,
 }
 
 impl CheckpointsAt {
@@ -365,12 +366,20 @@ impl CheckpointsAt {
         #[cfg(feature = "object-store")]
         {
             let (server, port) = super::sinks_bench::start_moto()?;
+            let target = weir::objects::ObjectTarget {
+                bucket: "bench".into(),
+                prefix: "state".into(),
+                endpoint: Some(format!("http://127.0.0.1:{port}")),
+                region: "us-east-1".into(),
+                credentials: Some(("bench".into(), "bench".into())),
+            };
             Ok(Self {
-                dir: "s3://bench/state".into(),
+                dir: target.url(),
                 keys: format!(
-                    "endpoint = \"http://127.0.0.1:{port}\"\naccess-key-id = \"bench\"\nsecret-access-key = \"bench\"\n"
+                    "endpoint = {:?}\naccess-key-id = \"bench\"\nsecret-access-key = \"bench\"\n",
+                    target.endpoint.as_deref().unwrap_or_default()
                 ),
-                moto: Some((server, port)),
+                moto: Some((target, server)),
             })
         }
         #[cfg(not(feature = "object-store"))]
@@ -380,17 +389,10 @@ impl CheckpointsAt {
     /// Bytes of every checkpoint blob.
     fn bytes(&self) -> anyhow::Result<u64> {
         #[cfg(feature = "object-store")]
-        if let Some((_, port)) = &self.moto {
+        if let Some((target, _)) = &self.moto {
             use futures_util::TryStreamExt;
-            let store = weir::objects::ObjectTarget {
-                bucket: "bench".into(),
-                prefix: "state".into(),
-                endpoint: Some(format!("http://127.0.0.1:{port}")),
-                region: "us-east-1".into(),
-                credentials: Some(("bench".into(), "bench".into())),
-            }
-            .store()?;
-            let prefix = object_store::path::Path::from("state");
+            let store = target.store()?;
+            let prefix = object_store::path::Path::from(target.prefix.as_str());
             let sizes: Vec<u64> = weir::objects::block_on(async move {
                 store
                     .list(Some(&prefix))
