@@ -164,6 +164,38 @@ impl ClientSettings {
     }
 }
 
+/// Producer properties a sink's own consumers (of its marker and source
+/// groups) leave out: librdkafka warns about each one a consumer is given.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "batch.num.messages",
+    "batch.size",
+    "compression.codec",
+    "compression.type",
+    "delivery.timeout.ms",
+    "linger.ms",
+    "message.timeout.ms",
+    "partitioner",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "request.required.acks",
+    "retries",
+    "sticky.partitioning.linger.ms",
+];
+
+impl ClientSettings {
+    /// [`ClientSettings::config`] for a consumer of a sink's settings:
+    /// without the producer's own properties.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = self.config();
+        for name in PRODUCER_ONLY {
+            config.remove(name);
+        }
+        config
+    }
+}
+
 /// A Kafka error as one line.
 pub fn describe(error: &KafkaError) -> String {
     match error {

@@ -21,6 +21,8 @@
 pub mod batcher;
 pub mod calendar;
 pub mod checkpoint;
+#[cfg(feature = "kafka")]
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

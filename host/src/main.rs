@@ -284,8 +284,9 @@ enum Command {
         /// (hot-load into a running word count: time to the first batch on
         /// the new version, throughput around swaps) or `sinks` (the word
         /// count into files, Redis, HTTP and Elasticsearch, servers started
-        /// here).
-        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap", "sinks", "languages"])]
+        /// here) or `cluster` (the word count as a cluster pipeline on 1, 2
+        /// and 3 `weir run` processes next to a noida-db broker).
+        #[arg(long, default_value = "all", value_parser = ["all", "wordcount", "throughput", "ingest", "latency", "window", "checkpoint", "many", "state", "kafka", "serve", "swap", "sinks", "languages", "cluster"])]
         suite: String,
         /// `--suite kafka`: the Kafka brokers to use (default: start the
         /// noida-db broker that `tests/broker/install` installed).
@@ -887,6 +888,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ..
         } if suite == "kafka" => kafka_bench(lines, partitions, plugin, brokers.as_deref()),
         Command::Bench {
+            suite, lines, plugin, ..
+        } if suite == "cluster" => cluster_bench(lines, plugin),
+        Command::Bench {
             suite,
             tenants,
             plugin,
@@ -975,6 +979,14 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         match engine.prepare_file(&file) {
             Ok(prepared) => {
                 let spec = prepared.spec();
+                #[cfg(feature = "kafka")]
+                if spec.cluster.is_some()
+                    && let Err(error) = weir::cluster::ClusterPlan::new(spec)
+                {
+                    eprintln!("error: {}: {error}", file.display());
+                    status = status.max(USAGE);
+                    continue;
+                }
                 println!(
                     "{}: ok — pipeline `{}`, {} source(s), {} stage(s), {} sink(s), {} plugin(s), {} partition(s)",
                     file.display(),
@@ -995,6 +1007,11 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
 /// Stops every pipeline of `engine` on the first Ctrl-C or SIGTERM; exits
 /// at once on the second.
 fn install_signal_handlers(engine: Engine) -> anyhow::Result<()> {
+    on_stop_signal(move || engine.supervisor().stop_all(StopMode::Graceful))
+}
+
+/// Calls `stop` on the first Ctrl-C or SIGTERM; exits at once on the second.
+fn on_stop_signal(stop: impl Fn() + Send + 'static) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1019,7 +1036,7 @@ fn install_signal_handlers(engine: Engine) -> anyhow::Result<()> {
                         tracing::info!(
                             "stopping: finishing the batch in flight (signal again to exit at once)"
                         );
-                        engine.supervisor().stop_all(StopMode::Graceful);
+                        stop();
                     } else {
                         eprintln!("second signal: exiting now");
                         std::process::exit(130);
@@ -1059,6 +1076,21 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     let engine = engine(workers)?;
     let files = pipeline_files(paths)?;
+    for file in &files {
+        // A file that cannot be read is reported with the others' errors below.
+        if let Ok(spec) = weir::config::load(file)
+            && spec.cluster.is_some()
+        {
+            if files.len() > 1 {
+                eprintln!(
+                    "error: {}: a pipeline with [cluster] runs alone in its `weir run` (its tasks come and go with the group)",
+                    file.display()
+                );
+                return Ok(ExitCode::from(USAGE));
+            }
+            return cluster_member(&engine, file, spec, available_now, flags);
+        }
+    }
     let mut prepared = Vec::new();
     let mut status = 0;
     for file in &files {
@@ -1110,6 +1142,90 @@ fn run(
         _ => None,
     };
     Ok(ExitCode::from(status.max(wait_all(engine.supervisor()))))
+}
+
+/// `weir run` of a pipeline with `[cluster]`: this process joins the
+/// group and runs the tasks of the partitions it is given until a signal.
+#[cfg(feature = "kafka")]
+fn cluster_member(
+    engine: &Engine,
+    file: &Path,
+    spec: weir::config::PipelineSpec,
+    available_now: bool,
+    flags: RunFlags,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use weir::cluster::{ClusterPlan, MemberOptions, run_member};
+    if available_now || flags.watch_plugins {
+        eprintln!(
+            "error: {}: a cluster pipeline runs until stopped (its partitions move between processes): \
+             --available-now and --watch-plugins do not apply",
+            file.display()
+        );
+        return Ok(ExitCode::from(USAGE));
+    }
+    let plan = match ClusterPlan::new(&spec) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("error: {}: {error}", file.display());
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    on_stop_signal(move || stopping.store(true, Ordering::Relaxed))?;
+    let _ui = match flags.ui {
+        Some(addr) => {
+            let directory = Arc::new(weir::ui::LocalDirectory::new(engine.clone()));
+            let served = weir::ui::serve(directory, addr)
+                .with_context(|| format!("cannot serve the web UI on {addr}"))?;
+            eprintln!("weir: web UI at http://{}/ui/", served.local_addr);
+            Some(served)
+        }
+        None => None,
+    };
+    let name = spec.name.clone();
+    let options = MemberOptions {
+        path: file.to_owned(),
+        run: RunOptions {
+            allow_plugin_change: flags.allow_plugin_change,
+            ..RunOptions::default()
+        },
+        report: Box::new(move |line| eprintln!("weir: cluster `{name}`: {line}")),
+    };
+    match run_member(engine, plan, options, &stop) {
+        Ok(summary) => {
+            let batches: u64 = summary.tasks.iter().map(|t| t.batches).sum();
+            let records: u64 = summary.tasks.iter().map(|t| t.records_in).sum();
+            eprintln!(
+                "weir: cluster `{}`: {} task run(s), {batches} batches, {records} records in, {} rebalance(s)",
+                spec.name,
+                summary.tasks.len(),
+                summary.rebalances
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("error: cluster `{}`: {error}", spec.name);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(not(feature = "kafka"))]
+fn cluster_member(
+    _: &Engine,
+    file: &Path,
+    _: weir::config::PipelineSpec,
+    _: bool,
+    _: RunFlags,
+) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "error: {}: a cluster needs Kafka, and this weir was built without it",
+        file.display()
+    );
+    Ok(ExitCode::from(USAGE))
 }
 
 /// Builds `plugins/NAME` of the source tree and returns its component.
@@ -1508,6 +1624,48 @@ fn kafka_bench(
 /// `bench --suite kafka` without the `kafka` feature.
 #[cfg(not(feature = "kafka"))]
 fn kafka_bench(_: u64, _: Option<usize>, _: Option<PathBuf>, _: Option<&str>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("this weir was built without the `kafka` feature")
+}
+
+/// `bench --suite cluster`: one cluster pipeline on 1, 2 and 3 processes.
+#[cfg(feature = "kafka")]
+fn cluster_bench(lines: u64, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let plugin = match plugin {
+        Some(plugin) => plugin,
+        None => example_plugin("split-words")?,
+    };
+    let weir = std::env::current_exe().context("cannot find the weir binary")?;
+    let report = cli::cluster_bench::run(&weir, &plugin, lines, 3, |line| eprintln!("{line}"))?;
+    println!(
+        "cluster word count (topic of 6 partitions -> split-words -> count through a repartition topic -> topic, \
+         exactly once), {} lines, {} words, every process and the broker on this machine's {} cores:",
+        report.corpus.lines,
+        report.corpus.words,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let single = report.runs.first().map(|run| run.elapsed.as_secs_f64());
+    for run in &report.runs {
+        let seconds = run.elapsed.as_secs_f64();
+        let cpu: f64 = run.usage.iter().map(|u| u.cpu.as_secs_f64()).sum();
+        let peak = run.usage.iter().map(|u| u.peak_rss).max().unwrap_or(0);
+        println!(
+            "  {} process(es)  {:>6.2} M words/s  {:>6.2} s  ({:.2}x of 1)  cpu {:>6.2} s  peak RSS per process {:>6.1} MB  \
+             repartition {:.3} records and {:.2} bytes per word",
+            run.processes,
+            report.corpus.words as f64 / seconds / 1e6,
+            seconds,
+            single.map_or(1.0, |one| one / seconds),
+            cpu,
+            mb(peak),
+            run.repartition_records as f64 / report.corpus.words as f64,
+            run.repartition_bytes as f64 / report.corpus.words as f64,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "kafka"))]
+fn cluster_bench(_: u64, _: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     anyhow::bail!("this weir was built without the `kafka` feature")
 }
 

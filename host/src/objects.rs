@@ -144,6 +144,20 @@ impl ObjectTarget {
         Ok(Arc::new(builder.build()?))
     }
 
+    /// The same bucket with `relative` (a `/`-separated path) added to the
+    /// prefix.
+    pub fn child(&self, relative: &str) -> Self {
+        let relative = relative.trim_matches('/');
+        Self {
+            prefix: if self.prefix.is_empty() {
+                relative.to_owned()
+            } else {
+                format!("{}/{relative}", self.prefix)
+            },
+            ..self.clone()
+        }
+    }
+
     /// The key of `name` (a `/`-separated relative path) under the prefix.
     pub fn key(&self, name: &str) -> ObjectPath {
         if self.prefix.is_empty() {

@@ -638,6 +638,8 @@ fn a_killed_broker_stops_the_pipeline_with_a_clear_error() {
 /// offered (15,000 lines an interval), and memory stays bounded.
 #[test]
 fn backpressure_holds_a_kafka_source_to_what_the_pipeline_processes() {
+    // Counts batches in a fixed time: not beside the cluster tests' processes.
+    let _cpu = super::cpu_heavy();
     use super::rate::{logged_batches, median, memory_of};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};

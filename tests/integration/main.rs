@@ -6,6 +6,8 @@ mod bounds;
 #[cfg(feature = "object-store")]
 mod checkpoint_storage;
 mod cli;
+#[cfg(feature = "kafka")]
+mod cluster;
 mod elasticsearch_sink;
 mod engine;
 mod examples;
@@ -39,8 +41,9 @@ fn weir() -> Weir {
     Weir::new(env!("CARGO_BIN_EXE_weir"))
 }
 
-/// Held by the tests that load both cores with a browser, so that they
-/// never run at the same time. (Tests that compare timings run in the
+/// Held by the tests that load both cores (a browser, several `weir run`
+/// processes) and by those that count batches in a fixed time, so that
+/// they never run at the same time. (Tests that compare timings run in the
 /// `timing` test binary, alone.)
 static CPU_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

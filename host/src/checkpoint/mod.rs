@@ -96,6 +96,15 @@ impl CheckpointLocation {
             Self::Objects(_) => None,
         }
     }
+
+    /// The location `relative` (a `/`-separated path) below this one.
+    pub fn child(&self, relative: &str) -> Self {
+        match self {
+            Self::Directory(dir) => Self::Directory(dir.join(relative)),
+            #[cfg(feature = "object-store")]
+            Self::Objects(target) => Self::Objects(target.child(relative)),
+        }
+    }
 }
 
 impl std::fmt::Display for CheckpointLocation {

@@ -56,9 +56,10 @@ impl KafkaReport {
 }
 
 /// A broker process started for the benchmark, killed when dropped.
-struct LocalBroker {
+pub(super) struct LocalBroker {
     child: Child,
-    address: String,
+    /// `127.0.0.1:port`.
+    pub(super) address: String,
 }
 
 impl Drop for LocalBroker {
@@ -68,7 +69,8 @@ impl Drop for LocalBroker {
     }
 }
 
-fn start_broker(dir: &Path) -> anyhow::Result<LocalBroker> {
+/// Starts the installed noida-db on a free port, its data in `dir`.
+pub(super) fn start_broker(dir: &Path) -> anyhow::Result<LocalBroker> {
     let binary = super::process::installed_noida()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = std::fs::File::create(dir.join("broker.log"))?;
@@ -105,7 +107,8 @@ fn cpu_of(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 1000 / per_second))
 }
 
-fn client(brokers: &str) -> ClientConfig {
+/// A client configuration of `brokers`.
+pub(super) fn client(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     config
@@ -226,7 +229,7 @@ pub fn run(
 }
 
 /// Produces every line of the files in `input` to `topic`.
-fn preload(brokers: &str, topic: &str, input: &Path) -> anyhow::Result<Duration> {
+pub(super) fn preload(brokers: &str, topic: &str, input: &Path) -> anyhow::Result<Duration> {
     let producer: BaseProducer = client(brokers)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
@@ -260,12 +263,31 @@ fn preload(brokers: &str, topic: &str, input: &Path) -> anyhow::Result<Duration>
 }
 
 /// Adds up the counts (`word -> count` messages) of `topic`, read committed.
-fn sum_counts(brokers: &str, topic: &str) -> anyhow::Result<u64> {
+pub(super) fn sum_counts(brokers: &str, topic: &str) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    read_committed(brokers, topic, |message| {
+        let value = std::str::from_utf8(message.payload().unwrap_or_default())?;
+        total += value
+            .parse::<u64>()
+            .with_context(|| format!("not a count: {value:?}"))?;
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Hands every committed message of `topic` to `each`, partition by
+/// partition in offset order.
+pub(super) fn read_committed(
+    brokers: &str,
+    topic: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = client(brokers)
         .set("group.id", "weir-bench-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
+        .set("receive.message.max.bytes", "2147483647")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
@@ -275,7 +297,6 @@ fn sum_counts(brokers: &str, topic: &str) -> anyhow::Result<u64> {
     }
     consumer.assign(&list)?;
     let mut ended = std::collections::BTreeSet::new();
-    let mut total = 0u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     while ended.len() < partitions.len() {
         if Instant::now() > deadline {
@@ -283,10 +304,7 @@ fn sum_counts(brokers: &str, topic: &str) -> anyhow::Result<u64> {
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
-                let value = std::str::from_utf8(message.payload().unwrap_or_default())?;
-                total += value
-                    .parse::<u64>()
-                    .with_context(|| format!("not a count: {value:?}"))?;
+                each(&message)?;
                 ended.remove(&message.partition());
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -296,11 +314,11 @@ fn sum_counts(brokers: &str, topic: &str) -> anyhow::Result<u64> {
             None => {}
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Runs an admin future to completion on a runtime of its own.
-fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+pub(super) fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -4,6 +4,8 @@
 
 pub mod bench;
 pub mod client;
+#[cfg(feature = "kafka")]
+pub mod cluster_bench;
 pub mod corpus;
 pub mod end_to_end;
 pub mod ingest;

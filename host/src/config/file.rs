@@ -35,6 +35,22 @@ pub struct PipelineFile {
     pub limits: Option<Spanned<LimitsTable>>,
     /// `[checkpoint]`: how often to checkpoint (with `checkpoint-dir`).
     pub checkpoint: Option<Spanned<CheckpointTable>>,
+    /// `[cluster]`: the pipeline runs on every `weir run` process started
+    /// with this file, which share its partitions through a consumer group.
+    pub cluster: Option<Spanned<ClusterTable>>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterTable {
+    /// The Kafka consumer group the processes join.
+    pub group_id: Option<Spanned<String>>,
+    /// Partitions of the repartition topics (default: the input topic's).
+    pub partitions: Option<Spanned<i64>>,
+    /// How long a member may stay silent before its partitions move, e.g.
+    /// `"10s"`.
+    pub session_timeout: Option<Spanned<String>>,
 }
 
 /// `[checkpoint]`.

@@ -10,6 +10,7 @@
 //! of its receiver or sink, in its own file under `source/` or `sink/`
 //! (see [`SourceType`] and [`SinkType`]).
 
+mod cluster;
 mod file;
 mod graph;
 mod model;
@@ -27,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use file::LimitsTable;
 pub use model::{
-    BuiltinReducer, ClockMode, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec, Quarantine,
-    ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
+    BuiltinReducer, ClockMode, ClusterSpec, DEAD_LETTERS, FailurePolicy, OnError, OperatorSpec, PipelineSpec,
+    Quarantine, ReducerSpec, SinkSpec, SourceSpec, StageSpec, TransformKind,
 };
 pub use paths::{DirPath, Paths, check_name};
 pub use pipeline::DEFAULT_MAX_BATCH_MEMORY;

@@ -46,6 +46,23 @@ pub struct PipelineSpec {
     pub stages: Vec<StageSpec>,
     /// The sinks, in file order.
     pub sinks: Vec<SinkSpec>,
+    /// `[cluster]`: run on several processes; `None`: on this one alone.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// `[cluster]`: every `weir run` process started with the pipeline file
+/// joins one Kafka consumer group, which spreads the partitions over them
+/// (see [`crate::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// The consumer group the processes join.
+    pub group_id: String,
+    /// Partitions of the repartition topics; `None`: as many as the input
+    /// topic has.
+    pub partitions: Option<usize>,
+    /// How long a member may stay silent (a crash, a pause) before the
+    /// group moves its partitions to the others.
+    pub session_timeout: Duration,
 }
 
 /// A receiver and the stream it produces.

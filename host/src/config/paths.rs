@@ -97,6 +97,15 @@ impl DirPath {
         }
     }
 
+    /// The directory `relative` below this one, in the same confinement.
+    pub fn join(&self, relative: &str) -> Self {
+        Self {
+            root: self.root.clone(),
+            relative: self.relative.join(relative),
+            path: self.path.join(relative),
+        }
+    }
+
     /// The whole path (for messages and logs).
     pub fn path(&self) -> &Path {
         &self.path

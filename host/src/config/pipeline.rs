@@ -162,6 +162,17 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
         .map(|index| slots[index].take().expect("each stage ordered once").1)
         .collect();
 
+    let sources: Vec<SourceSpec> = sources.into_iter().map(|(_, source)| source).collect();
+    let cluster = match raw.cluster {
+        Some(table) => Some(super::cluster::cluster_spec(
+            table,
+            &sources,
+            checkpoint.as_ref(),
+            clock,
+            paths,
+        )?),
+        None => None,
+    };
     Ok(PipelineSpec {
         name: table.name,
         batch_interval,
@@ -172,9 +183,10 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
         max_batch_memory,
         chunk_records,
         plugins,
-        sources: sources.into_iter().map(|(_, source)| source).collect(),
+        sources,
         stages,
         sinks: sinks.into_iter().map(|(_, sink)| sink).collect(),
+        cluster,
     })
 }
 

@@ -84,6 +84,12 @@ impl SinkEntry {
 pub struct SinkKind(Arc<dyn SinkConfig>);
 
 impl SinkKind {
+    /// A sink of the kind `config` is the settings of (one the engine
+    /// composes itself, such as a cluster's repartition writer).
+    pub fn new(config: impl SinkConfig) -> Self {
+        Self(Arc::new(config))
+    }
+
     /// The settings, if the sink is of kind `T`.
     pub fn settings<T: SinkConfig>(&self) -> Option<&T> {
         let config: &dyn Any = self.0.as_ref();

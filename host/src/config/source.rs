@@ -89,6 +89,12 @@ impl SourceEntry {
 pub struct SourceKind(Arc<dyn SourceConfig>);
 
 impl SourceKind {
+    /// A source of the kind `config` is the settings of (one the engine
+    /// composes itself, such as a cluster's repartition reader).
+    pub fn new(config: impl SourceConfig) -> Self {
+        Self(Arc::new(config))
+    }
+
     /// The settings, if the source is of kind `T`.
     pub fn settings<T: SourceConfig>(&self) -> Option<&T> {
         let config: &dyn Any = self.0.as_ref();

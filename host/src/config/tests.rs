@@ -529,3 +529,46 @@ fn a_tenant_scope_prefixes_kafka_groups_and_transactional_ids() {
     let tenant = parse_in(&named, Path::new("p.toml"), &scope).unwrap();
     assert_eq!(ids(&tenant).0, "tenant-a.tenant-b.weir.wc.lines");
 }
+
+#[cfg(feature = "kafka")]
+#[test]
+fn a_cluster_needs_one_kafka_topic_a_shared_store_and_the_wall_clock() {
+    let base = |pipeline: &str, sources: &str| {
+        format!(
+            "[pipeline]\nname = \"c\"\n{pipeline}\n{sources}\n[[sink]]\ninput = \"lines\"\ntype = \"console\"\n\n[cluster]\ngroup-id = \"g\"\n"
+        )
+    };
+    let kafka = "[[source]]\nname = \"lines\"\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = \"t\"\n";
+    let cases = [
+        (base("", kafka), "a cluster needs `checkpoint-dir`"),
+        (
+            base(
+                "checkpoint-dir = \"/s\"\nclock = \"deterministic\"",
+                &format!("{kafka}records-per-batch = 10\n"),
+            ),
+            "a cluster cuts batches on the wall clock",
+        ),
+        (
+            base(
+                "checkpoint-dir = \"/s\"",
+                "[[source]]\nname = \"lines\"\ntype = \"generator\"\nlines = 3\n",
+            ),
+            "is not one",
+        ),
+        (
+            base(
+                "checkpoint-dir = \"/s\"",
+                &kafka.replace("topics = \"t\"", "topics = [\"t\", \"u\"]"),
+            ),
+            "reads one topic",
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}\n---\n{text}");
+    }
+    let spec = parse(&base("checkpoint-dir = \"/s\"", kafka), Path::new("c.toml")).unwrap();
+    let cluster = spec.cluster.unwrap();
+    assert_eq!(cluster.group_id, "g");
+    assert_eq!(cluster.session_timeout, std::time::Duration::from_secs(10));
+}

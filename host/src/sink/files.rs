@@ -107,6 +107,22 @@ impl SinkType for FilesSinkSpec {
     }
 }
 
+impl FilesSinkSpec {
+    /// The same sink writing into `relative` below its directory or prefix
+    /// (a cluster task's own place, so that tasks' batch ids never meet).
+    pub fn within(&self, relative: &str) -> Self {
+        let target = match &self.target {
+            FilesTarget::Local(dir) => FilesTarget::Local(dir.join(relative)),
+            #[cfg(feature = "object-store")]
+            FilesTarget::Object(target) => FilesTarget::Object(target.child(relative)),
+        };
+        Self {
+            target,
+            format: self.format,
+        }
+    }
+}
+
 impl SinkConfig for FilesSinkSpec {
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink> {
         match &self.target {

@@ -503,7 +503,7 @@ impl KafkaSink {
                 }
             }
         }
-        let mut config = self.spec.client.config();
+        let mut config = self.spec.client.consumer_config();
         config.set("group.id", self.marker_group());
         config.set("enable.auto.commit", "false");
         let marker: BaseConsumer<LogContext> = config
@@ -685,7 +685,7 @@ impl Sink for KafkaSink {
             }
             let group = kafka.group(&self.pipeline, &source.spec.name);
             if !self.source_groups.contains_key(&group) {
-                let mut config = self.spec.client.config();
+                let mut config = self.spec.client.consumer_config();
                 config.set("group.id", &group).set("enable.auto.commit", "false");
                 let context = LogContext {
                     owner: format!("sink `{}`", self.name),

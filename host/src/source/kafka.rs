@@ -4,7 +4,9 @@
 //! its offset range per partition is therefore known and written to the
 //! batch log before the batch runs ([`BatchInput::Kafka`]); after a crash
 //! the receiver reads exactly those ranges again, so the source needs no
-//! write-ahead log.
+//! write-ahead log. A cluster task ([`crate::cluster`]) reads one partition
+//! of its topic this way ([`KafkaSpec::only_partitions`]): the consumer
+//! group decides which process runs the task, not which records it reads.
 //!
 //! - **Records** keep the Kafka key, the value (an empty value for a
 //!   tombstone) and the message timestamp (the wall clock when the message
@@ -128,6 +130,9 @@ pub struct KafkaSpec {
     pub discovery_interval: Duration,
     /// How long the topics may stay unreachable before the source fails.
     pub give_up_after: Duration,
+    /// Only these partitions of each topic (a cluster task's); `None`:
+    /// every partition. Not a key of the file: the cluster sets it.
+    pub only_partitions: Option<Vec<i32>>,
 }
 
 impl SourceType for KafkaSpec {
@@ -189,6 +194,7 @@ impl SourceType for KafkaSpec {
             .map(|n| n as u64),
             discovery_interval: optional_duration("discovery-interval", Duration::from_secs(10))?,
             give_up_after: optional_duration("give-up-after", Duration::from_secs(300))?,
+            only_partitions: None,
         })
     }
 }
@@ -736,8 +742,20 @@ impl Receiver {
             if entry.partitions().is_empty() {
                 return Err(format!("topic `{topic}` has no partitions"));
             }
-            for partition in entry.partitions() {
-                found.insert((topic.clone(), partition.id()));
+            match &self.spec.only_partitions {
+                None => {
+                    for partition in entry.partitions() {
+                        found.insert((topic.clone(), partition.id()));
+                    }
+                }
+                Some(only) => {
+                    for &partition in only {
+                        if !entry.partitions().iter().any(|p| p.id() == partition) {
+                            return Err(format!("topic `{topic}` has no partition {partition}"));
+                        }
+                        found.insert((topic.clone(), partition));
+                    }
+                }
             }
         }
         Ok(found)
