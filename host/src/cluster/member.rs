@@ -20,12 +20,19 @@
 //! - **A task that fails** stops the member (exit status 1): its partitions
 //!   move to the others, who will fail the same way if the cause is the
 //!   data, or carry on if it was this process.
+//! - **A task fenced by another process** (its producer's epoch is old, or
+//!   another process wrote its checkpoint) was also given to another
+//!   member: a group that moved the partition while this member still ran
+//!   it (a long pause), or a broker that assigned it twice. Fencing kept
+//!   the output exact; the member drops the task and, while the group
+//!   still gives it the partition, starts it again after
+//!   [`MIGRATED_RETRY`], restoring from the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -43,6 +50,21 @@ use crate::pipeline::{RunOptions, RunSummary, StopMode};
 /// How often the member polls the group (heartbeats go on in the
 /// background; a poll serves rebalances).
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long a member waits before it starts again a task that another
+/// process fenced, while the partition is still its own.
+pub const MIGRATED_RETRY: Duration = Duration::from_secs(2);
+
+/// True when a task's error says another process runs it too.
+fn migrated(message: &str) -> bool {
+    [
+        "fenced",
+        "old epoch",
+        "two pipelines share this checkpoint directory",
+    ]
+    .iter()
+    .any(|sign| message.contains(sign))
+}
 
 /// What a member needs besides the plan.
 pub struct MemberOptions {
@@ -89,6 +111,8 @@ pub fn run_member(
         plan,
         options,
         running: Mutex::new(BTreeMap::new()),
+        assigned: Mutex::new(BTreeSet::new()),
+        retries: Mutex::new(BTreeMap::new()),
         ended: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         rebalances: AtomicU64::new(0),
@@ -124,6 +148,7 @@ pub fn run_member(
         if let Some(failure) = tasks.failure() {
             break Err(failure);
         }
+        tasks.retry_due();
     };
     // Leave: every task ends with a final checkpoint first, then the group
     // hands the partitions to the others.
@@ -182,6 +207,10 @@ struct Tasks {
     options: MemberOptions,
     /// By `(segment, partition)`.
     running: Mutex<BTreeMap<(usize, i32), PipelineHandle>>,
+    /// The tasks whose partitions the group gives this member.
+    assigned: Mutex<BTreeSet<(usize, i32)>>,
+    /// Tasks another process fenced, and when to start them again.
+    retries: Mutex<BTreeMap<(usize, i32), Instant>>,
     ended: Mutex<Vec<RunSummary>>,
     failure: Mutex<Option<ClusterError>>,
     rebalances: AtomicU64,
@@ -203,6 +232,10 @@ impl Tasks {
             return;
         }
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.assigned
+            .lock()
+            .expect("not poisoned")
+            .extend(tasks.iter().copied());
         for (segment, partition) in &tasks {
             if let Err(error) = self.start(*segment, *partition) {
                 self.fail(error);
@@ -238,6 +271,14 @@ impl Tasks {
             return;
         }
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut assigned = self.assigned.lock().expect("not poisoned");
+            let mut retries = self.retries.lock().expect("not poisoned");
+            for key in &tasks {
+                assigned.remove(key);
+                retries.remove(key);
+            }
+        }
         let handles: Vec<PipelineHandle> = {
             let mut running = self.running.lock().expect("not poisoned");
             tasks.iter().filter_map(|key| running.remove(key)).collect()
@@ -265,10 +306,65 @@ impl Tasks {
             self.engine.supervisor().remove(handle.id());
             match outcome {
                 Ok(summary) => self.ended.lock().expect("not poisoned").push(summary),
-                Err(error) => self.fail(ClusterError::Task {
-                    task: handle.name().to_owned(),
-                    message: error.to_string(),
-                }),
+                Err(error) => self.failed(None, &handle, error.to_string()),
+            }
+        }
+    }
+
+    /// A task ended with `message`: another process runs it too (dropped,
+    /// and retried when `key` is given and still assigned), or a failure
+    /// of the member.
+    fn failed(&self, key: Option<(usize, i32)>, handle: &PipelineHandle, message: String) {
+        if !migrated(&message) {
+            self.fail(ClusterError::Task {
+                task: handle.name().to_owned(),
+                message,
+            });
+            return;
+        }
+        tracing::warn!(
+            task = handle.name(),
+            "another process runs this task too (the group gave its partition to two members): \
+             dropped here, nothing it wrote was committed twice: {message}"
+        );
+        if let Some(key) = key
+            && self.assigned.lock().expect("not poisoned").contains(&key)
+        {
+            self.retries
+                .lock()
+                .expect("not poisoned")
+                .insert(key, Instant::now() + MIGRATED_RETRY);
+        }
+    }
+
+    /// Starts again the fenced tasks whose wait is over and whose
+    /// partitions are still this member's.
+    fn retry_due(&self) {
+        let now = Instant::now();
+        let due: Vec<(usize, i32)> = {
+            let mut retries = self.retries.lock().expect("not poisoned");
+            let due: Vec<(usize, i32)> = retries
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(key, _)| *key)
+                .collect();
+            for key in &due {
+                retries.remove(key);
+            }
+            due
+        };
+        for (segment, partition) in due {
+            if !self
+                .assigned
+                .lock()
+                .expect("not poisoned")
+                .contains(&(segment, partition))
+            {
+                continue;
+            }
+            match self.start(segment, partition) {
+                Ok(()) => self.report("took back", &[(segment, partition)]),
+                Err(error) => self.fail(error),
             }
         }
     }
@@ -276,21 +372,21 @@ impl Tasks {
     /// The first failure of a task, if one failed (a task that ended by
     /// itself, which a Kafka task never should, counts as one).
     fn failure(&self) -> Option<ClusterError> {
-        let ended: Vec<PipelineHandle> = {
+        let ended: Vec<((usize, i32), PipelineHandle)> = {
             let mut running = self.running.lock().expect("not poisoned");
             let keys: Vec<(usize, i32)> = running
                 .iter()
                 .filter(|(_, handle)| handle.outcome().is_some())
                 .map(|(key, _)| *key)
                 .collect();
-            keys.iter().filter_map(|key| running.remove(key)).collect()
+            keys.iter()
+                .filter_map(|key| Some((*key, running.remove(key)?)))
+                .collect()
         };
-        for handle in ended {
+        for (key, handle) in ended {
+            self.engine.supervisor().remove(handle.id());
             if let Some(Err(error)) = handle.outcome() {
-                self.fail(ClusterError::Task {
-                    task: handle.name().to_owned(),
-                    message: error.to_string(),
-                });
+                self.failed(Some(key), &handle, error.to_string());
             } else {
                 self.fail(ClusterError::Task {
                     task: handle.name().to_owned(),
@@ -376,5 +472,24 @@ impl ConsumerContext for MemberContext {
             }
             self.tasks.assign(list);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::migrated;
+
+    #[test]
+    fn fencing_and_a_shared_checkpoint_mean_another_process_runs_the_task() {
+        assert!(migrated(
+            "sink `out`: batch 94: cannot record the batch in its transaction: Local: This instance has been fenced by a newer instance"
+        ));
+        assert!(migrated(
+            "Message production error: InvalidProducerEpoch (Broker: Producer attempted an operation with an old epoch)"
+        ));
+        assert!(migrated(
+            "the checkpoint of batch 7 was written by another process while this one ran: two pipelines share this checkpoint directory"
+        ));
+        assert!(!migrated("stage `words`: the plugin trapped"));
     }
 }
