@@ -20,9 +20,10 @@ use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
-use super::bench::wordcount_toml_into;
 use super::corpus::{Corpus, CorpusKind, CorpusStats};
-use super::kafka_bench::{block_on, client, preload, read_committed, start_broker, sum_counts};
+use super::kafka_bench::{
+    block_on, client, kafka_wordcount_toml, preload, read_committed, start_broker, sum_counts,
+};
 use super::process::{ChildUsage, wait_measured};
 
 /// Partitions of the input topic (and of the repartition topic).
@@ -116,21 +117,7 @@ fn run_cluster(
     create_topic(brokers, &output_topic)?;
     let checkpoints = dir.join(format!("{name}-checkpoints"));
     let pipeline = dir.join(format!("{name}.toml"));
-    let text = wordcount_toml_into(
-        &name,
-        "1s",
-        2,
-        plugin,
-        // noida-db answers a fetch with the rest of every partition: see
-        // the Kafka benchmark.
-        &format!(
-            "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = \"{input_topic}\"\nstart = \"earliest\"\n\
-             properties = {{ \"receive.message.max.bytes\" = 2147483647 }}"
-        ),
-        &format!(
-            "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{output_topic}\"\ndelivery = \"exactly-once\""
-        ),
-    );
+    let text = kafka_wordcount_toml(&name, 2, plugin, brokers, input_topic, &output_topic);
     let text = text.replacen(
         "[pipeline]\n",
         &format!(

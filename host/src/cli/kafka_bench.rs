@@ -166,21 +166,13 @@ pub fn run(
     let pipeline = dir.join("kafka.toml");
     std::fs::write(
         &pipeline,
-        wordcount_toml_into(
+        kafka_wordcount_toml(
             "bench-kafka",
-            "1s",
             partitions,
             plugin,
-            // noida-db answers a fetch with the rest of every partition,
-            // whatever the fetch limits: librdkafka must accept a response
-            // as large as the backlog (it refuses over 100 MB by default).
-            &format!(
-                "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = \"{input_topic}\"\nstart = \"earliest\"\n\
-                 properties = {{ \"receive.message.max.bytes\" = 2147483647 }}"
-            ),
-            &format!(
-                "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{output_topic}\"\ndelivery = \"exactly-once\""
-            ),
+            &brokers,
+            &input_topic,
+            &output_topic,
         ),
     )?;
     let log = dir.join("kafka-run.log");
@@ -226,6 +218,34 @@ pub fn run(
         files: files.usage,
         partitions: topic_partitions,
     })
+}
+
+/// The word count from `input_topic` to `output_topic` (exactly once) as
+/// pipeline `name` with `partitions` partitions.
+pub(super) fn kafka_wordcount_toml(
+    name: &str,
+    partitions: usize,
+    plugin: &Path,
+    brokers: &str,
+    input_topic: &str,
+    output_topic: &str,
+) -> String {
+    wordcount_toml_into(
+        name,
+        "1s",
+        partitions,
+        plugin,
+        // noida-db answers a fetch with the rest of every partition,
+        // whatever the fetch limits: librdkafka must accept a response as
+        // large as the backlog (it refuses over 100 MB by default).
+        &format!(
+            "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = \"{input_topic}\"\nstart = \"earliest\"\n\
+             properties = {{ \"receive.message.max.bytes\" = 2147483647 }}"
+        ),
+        &format!(
+            "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{output_topic}\"\ndelivery = \"exactly-once\""
+        ),
+    )
 }
 
 /// Produces every line of the files in `input` to `topic`.
