@@ -196,11 +196,6 @@ impl ClusterPlan {
         &self.segments
     }
 
-    /// The pipeline as written.
-    pub fn pipeline(&self) -> &PipelineSpec {
-        &self.pipeline
-    }
-
     /// `[cluster]`.
     pub fn cluster(&self) -> &ClusterSpec {
         &self.cluster
