@@ -1131,6 +1131,7 @@ fn run(
             let served = weir::ui::serve(directory, addr)
                 .with_context(|| format!("cannot serve the web UI on {addr}"))?;
             eprintln!("weir: web UI at http://{}/ui/", served.local_addr);
+            eprintln!("weir: Prometheus figures at http://{}/metrics", served.local_addr);
             if !served.local_addr.ip().is_loopback() {
                 eprintln!(
                     "weir: warning: the web UI of `weir run` takes no token: whoever reaches {} can pause and stop these pipelines",
@@ -1175,12 +1176,15 @@ fn cluster_member(
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     on_stop_signal(move || stopping.store(true, Ordering::Relaxed))?;
+    let membership = weir::ui::MembershipBoard::default();
     let _ui = match flags.ui {
         Some(addr) => {
-            let directory = Arc::new(weir::ui::LocalDirectory::new(engine.clone()));
+            let directory =
+                Arc::new(weir::ui::LocalDirectory::new(engine.clone()).with_membership(membership.clone()));
             let served = weir::ui::serve(directory, addr)
                 .with_context(|| format!("cannot serve the web UI on {addr}"))?;
             eprintln!("weir: web UI at http://{}/ui/", served.local_addr);
+            eprintln!("weir: Prometheus figures at http://{}/metrics", served.local_addr);
             Some(served)
         }
         None => None,
@@ -1193,6 +1197,7 @@ fn cluster_member(
             ..RunOptions::default()
         },
         report: Box::new(move |line| eprintln!("weir: cluster `{name}`: {line}")),
+        membership,
     };
     match run_member(engine, plan, options, &stop) {
         Ok(summary) => {

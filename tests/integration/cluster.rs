@@ -56,9 +56,16 @@ struct Member {
 
 impl Member {
     fn start(file: &Path, dir: &Path, index: usize) -> Self {
+        Self::start_with(file, dir, index, &[])
+    }
+
+    /// Starts a member with `extra` arguments after the pipeline file.
+    fn start_with(file: &Path, dir: &Path, index: usize, extra: &[&str]) -> Self {
         let log = dir.join(format!("member-{index}.log"));
+        let mut args = vec!["run", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
         let child = weir()
-            .command(&["run", file.to_str().unwrap()])
+            .command(&args)
             .env("WEIR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -69,6 +76,15 @@ impl Member {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of its web UI (`--ui`), from its log.
+    fn ui_address(&self) -> String {
+        self.log()
+            .lines()
+            .find_map(|line| line.strip_prefix("weir: web UI at "))
+            .map(|url| url.trim_end_matches("/ui/").to_owned())
+            .unwrap_or_else(|| panic!("no UI address in the log:\n{}", self.log()))
     }
 
     /// Waits until its log shows it holds some partition.
@@ -195,7 +211,9 @@ fn three_members_count_a_six_partition_topic_exactly() {
         "cluster.toml",
         &cluster_wordcount(&broker, dir.path(), &checkpoints, "", 2000),
     );
-    let mut members: Vec<Member> = (0..3).map(|i| Member::start(&file, dir.path(), i)).collect();
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| Member::start_with(&file, dir.path(), i, &["--ui", "127.0.0.1:0"]))
+        .collect();
     for member in &mut members {
         member.wait_holding(Duration::from_secs(60));
     }
@@ -206,6 +224,7 @@ fn three_members_count_a_six_partition_topic_exactly() {
         &members.iter().collect::<Vec<_>>(),
         Duration::from_secs(120),
     );
+    members_report_partitions_and_lag(&members);
     // Each partition's state lives under its own prefix of the store.
     for segment in ["input", "counts"] {
         for partition in 0..6 {
@@ -218,6 +237,72 @@ fn three_members_count_a_six_partition_topic_exactly() {
     for member in members {
         member.stop();
     }
+}
+
+/// One series of a Prometheus text: `(labels, value)` of each line of
+/// `name`.
+fn series(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((labels.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every member's `/metrics` and web UI show what it holds: the members
+/// hold the twelve partitions (six of the input topic, six of the
+/// repartition topic) between them, each took part in a rebalance, and
+/// once everything is counted every partition's lag is reported as 0.
+fn members_report_partitions_and_lag(members: &[Member]) {
+    let client = reqwest::blocking::Client::new();
+    let get = |url: String| client.get(&url).send().unwrap().text().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held = 0.0;
+        let mut lags = BTreeMap::new();
+        let mut rebalanced = true;
+        for member in members {
+            let text = get(format!("{}/metrics", member.ui_address()));
+            held += series(&text, "weir_cluster_partitions_held")
+                .iter()
+                .map(|(_, v)| v)
+                .sum::<f64>();
+            rebalanced &= series(&text, "weir_cluster_rebalances_total")
+                .iter()
+                .any(|(_, v)| *v >= 1.0);
+            for (labels, lag) in series(&text, "weir_source_lag_records") {
+                let partition = labels
+                    .split("partition=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap()
+                    .to_owned();
+                lags.insert(partition, lag);
+            }
+        }
+        let input_lags = (0..6)
+            .filter(|p| lags.get(&format!("input/{p}")) == Some(&0.0))
+            .count();
+        let repartition_lags = lags
+            .iter()
+            .filter(|(p, lag)| p.starts_with("weir.cluster-wordcount.") && **lag == 0.0)
+            .count();
+        if held == 12.0 && rebalanced && input_lags == 6 && repartition_lags == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members report {held} partitions held (rebalanced: {rebalanced}), lags {lags:?}\n{}",
+            logs(&members.iter().collect::<Vec<_>>())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let page = get(format!("{}/ui/", members[0].ui_address()));
+    assert!(page.contains("Cluster membership"), "{page}");
+    assert!(page.contains("consumer group"), "{page}");
+    assert!(page.contains("cluster-wordcount."), "{page}");
 }
 
 /// The cluster of `cluster_wordcount` on a slowly read topic: 4,000 lines

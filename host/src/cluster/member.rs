@@ -46,6 +46,8 @@ use super::topics::prepare_topics;
 use crate::engine::{Engine, PipelineHandle};
 use crate::kafka::{LogContext, describe};
 use crate::pipeline::{RunOptions, RunSummary, StopMode};
+use crate::source::now_ms;
+use crate::ui::directory::{HeldPartition, Membership, MembershipBoard};
 
 /// How often the member polls the group (heartbeats go on in the
 /// background; a poll serves rebalances).
@@ -74,6 +76,9 @@ pub struct MemberOptions {
     pub run: RunOptions,
     /// Lines for the operator: partitions taken and given up.
     pub report: Box<dyn Fn(&str) + Send + Sync>,
+    /// Where the member publishes the partitions it holds and its
+    /// rebalances (for the web UI and `/metrics`).
+    pub membership: MembershipBoard,
 }
 
 /// What a member did, when it left the group.
@@ -116,7 +121,10 @@ pub fn run_member(
         ended: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         rebalances: AtomicU64::new(0),
+        last_rebalance_ms: Mutex::new(None),
+        held_since: Mutex::new(BTreeMap::new()),
     });
+    tasks.publish();
     let consumer = membership(&tasks)?;
     let topics: Vec<&str> = tasks.plan.segments().iter().map(|s| s.lead_topic()).collect();
     consumer.subscribe(&topics).map_err(|e| ClusterError::Kafka {
@@ -214,6 +222,9 @@ struct Tasks {
     ended: Mutex<Vec<RunSummary>>,
     failure: Mutex<Option<ClusterError>>,
     rebalances: AtomicU64,
+    last_rebalance_ms: Mutex<Option<i64>>,
+    /// Since when each assigned partition is this member's.
+    held_since: Mutex<BTreeMap<(usize, i32), i64>>,
 }
 
 impl Tasks {
@@ -231,17 +242,25 @@ impl Tasks {
         if tasks.is_empty() {
             return;
         }
-        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.rebalanced();
         self.assigned
             .lock()
             .expect("not poisoned")
             .extend(tasks.iter().copied());
+        {
+            let now = now_ms();
+            let mut since = self.held_since.lock().expect("not poisoned");
+            for key in &tasks {
+                since.entry(*key).or_insert(now);
+            }
+        }
         for (segment, partition) in &tasks {
             if let Err(error) = self.start(*segment, *partition) {
                 self.fail(error);
             }
         }
         self.report("took", &tasks);
+        self.publish();
     }
 
     fn start(&self, segment: usize, partition: i32) -> Result<(), ClusterError> {
@@ -270,13 +289,15 @@ impl Tasks {
         if tasks.is_empty() {
             return;
         }
-        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.rebalanced();
         {
             let mut assigned = self.assigned.lock().expect("not poisoned");
             let mut retries = self.retries.lock().expect("not poisoned");
+            let mut since = self.held_since.lock().expect("not poisoned");
             for key in &tasks {
                 assigned.remove(key);
                 retries.remove(key);
+                since.remove(key);
             }
         }
         let handles: Vec<PipelineHandle> = {
@@ -285,6 +306,7 @@ impl Tasks {
         };
         self.finish(handles);
         self.report("gave up", &tasks);
+        self.publish();
     }
 
     /// Stops every task.
@@ -294,6 +316,9 @@ impl Tasks {
             std::mem::take(&mut *running).into_values().collect()
         };
         self.finish(handles);
+        self.assigned.lock().expect("not poisoned").clear();
+        self.held_since.lock().expect("not poisoned").clear();
+        self.publish();
     }
 
     /// Stops `handles` together and waits for each.
@@ -400,6 +425,37 @@ impl Tasks {
     fn fail(&self, error: ClusterError) {
         tracing::error!("{error}");
         self.failure.lock().expect("not poisoned").get_or_insert(error);
+    }
+
+    /// Counts a rebalance that changed what this member holds.
+    fn rebalanced(&self) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        *self.last_rebalance_ms.lock().expect("not poisoned") = Some(now_ms());
+    }
+
+    /// Publishes the partitions the group gives this member, and its
+    /// rebalances.
+    fn publish(&self) {
+        let held = self
+            .held_since
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(&(segment, partition), &since_ms)| HeldPartition {
+                segment: self.plan.segments()[segment].name.clone(),
+                topic: self.plan.segments()[segment].lead_topic().to_owned(),
+                partition,
+                task: self.plan.task_name(segment, partition),
+                since_ms,
+            })
+            .collect();
+        self.options.membership.publish(Membership {
+            pipeline: self.plan.name().to_owned(),
+            group: self.plan.cluster().group_id.clone(),
+            held,
+            rebalances: self.rebalances.load(Ordering::Relaxed),
+            last_rebalance_ms: *self.last_rebalance_ms.lock().expect("not poisoned"),
+        });
     }
 
     /// Tells the operator what changed and what the member holds now.

@@ -221,6 +221,11 @@ impl ClusterPlan {
             .position(|segment| segment.lead_topic() == topic)
     }
 
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.pipeline.name
+    }
+
     /// The name of task `partition` of segment `segment`.
     pub fn task_name(&self, segment: usize, partition: i32) -> String {
         format!(

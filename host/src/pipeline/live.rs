@@ -253,6 +253,13 @@ pub struct SourceMetrics {
     /// or the rate backpressure set (bounded by `max-rate`); `None`:
     /// unlimited.
     pub rate_limit: Option<f64>,
+    /// Records its partitions hold that it has not read yet (Kafka's
+    /// consumer lag), summed; `None` for sources without partitions, and
+    /// before the first report.
+    pub lag: Option<u64>,
+    /// Per partition, as last reported (empty for sources without
+    /// partitions).
+    pub partitions: Vec<crate::source::lag::PartitionLag>,
 }
 
 /// Trap counts by kind.
@@ -420,6 +427,8 @@ pub struct Live {
     records_out: AtomicU64,
     slow_batches: AtomicU64,
     source_records: Vec<AtomicU64>,
+    /// Per source: where it publishes its partitions' lag.
+    lag_boards: Vec<crate::source::lag::LagBoard>,
     queued_chunks: AtomicUsize,
     events: broadcast::Sender<PipelineEvent>,
 }
@@ -454,6 +463,7 @@ impl Live {
             records_out: AtomicU64::new(0),
             slow_batches: AtomicU64::new(0),
             source_records: (0..sources).map(|_| AtomicU64::new(0)).collect(),
+            lag_boards: vec![crate::source::lag::LagBoard::default(); sources],
             queued_chunks: AtomicUsize::new(0),
             events: broadcast::channel(EVENT_BUFFER).0,
             plan,
@@ -748,6 +758,11 @@ impl Live {
         lock(&self.recent).checkpoint_history.clone()
     }
 
+    /// Where source `index` publishes its partitions' lag.
+    pub(crate) fn lag_board(&self, index: usize) -> crate::source::lag::LagBoard {
+        self.lag_boards[index].clone()
+    }
+
     /// The live figures now.
     pub fn metrics(&self) -> PipelineMetrics {
         let (processing, scheduling, total, rates, limits, checkpoints) = {
@@ -784,11 +799,18 @@ impl Live {
                 .zip(&self.source_records)
                 .zip(rates)
                 .zip(limits)
-                .map(|((((source, _), records), rate), rate_limit)| SourceMetrics {
-                    name: source.name.clone(),
-                    records: read(records),
-                    rate,
-                    rate_limit,
+                .zip(&self.lag_boards)
+                .map(|(((((source, _), records), rate), rate_limit), board)| {
+                    let partitions = board.read();
+                    SourceMetrics {
+                        name: source.name.clone(),
+                        records: read(records),
+                        rate,
+                        rate_limit,
+                        lag: (!partitions.is_empty())
+                            .then(|| partitions.iter().map(crate::source::lag::PartitionLag::lag).sum()),
+                        partitions,
+                    }
                 })
                 .collect(),
             queued_chunks: self.queued_chunks.load(Ordering::Relaxed) as u64,

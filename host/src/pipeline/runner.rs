@@ -155,6 +155,7 @@ impl Pipeline {
             let ctx = SourceContext {
                 pipeline: pipeline.clone(),
                 committed: committed_rx,
+                lag: live.lag_board(index),
                 name: spec.name.clone(),
                 chunks,
                 stop: stop_watch.clone(),

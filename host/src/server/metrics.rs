@@ -15,8 +15,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::state::ServerState;
+use crate::engine::PipelineHandle;
 use crate::pipeline::PipelineState;
 use crate::pipeline::live::BatchReport;
+use crate::ui::directory::Membership;
 
 type Labels = Vec<(&'static str, String)>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
@@ -90,6 +92,63 @@ impl DelayHistograms {
 /// The Prometheus text of everything the server runs.
 pub fn render(state: &Arc<ServerState>) -> String {
     let mut registry = Registry::with_prefix("weir");
+    register_pipelines(&mut registry, state.handles());
+
+    let disk = Family::<Labels, Gauge>::default();
+    let disk_quota = Family::<Labels, Gauge>::default();
+    for (tenant, used, max) in state.disk_use() {
+        let labels: Labels = vec![("tenant", tenant)];
+        disk.get_or_create(&labels).set(used as i64);
+        disk_quota.get_or_create(&labels).set(max as i64);
+    }
+    let histograms = &state.histograms;
+    registry.register(
+        "batch_processing_seconds",
+        "Processing time of batches",
+        histograms.processing.clone(),
+    );
+    registry.register(
+        "batch_scheduling_delay_seconds",
+        "Scheduling delay of batches",
+        histograms.scheduling.clone(),
+    );
+    registry.register(
+        "batch_total_delay_seconds",
+        "Total delay of batches",
+        histograms.total.clone(),
+    );
+    registry.register("tenant_disk_bytes", "Bytes in the tenant's root", disk);
+    registry.register("tenant_disk_quota_bytes", "The tenant's disk quota", disk_quota);
+    encoded(&registry)
+}
+
+/// The Prometheus text of one `weir run`'s pipelines (labelled with the
+/// tenant `local`) and, for a cluster member, its membership.
+pub fn render_local(pipelines: Vec<PipelineHandle>, membership: Option<&Membership>) -> String {
+    let mut registry = Registry::with_prefix("weir");
+    let local = crate::ui::directory::LOCAL;
+    register_pipelines(
+        &mut registry,
+        pipelines.into_iter().map(|h| (local.to_owned(), h)),
+    );
+    if let Some(membership) = membership {
+        register_membership(&mut registry, membership);
+    }
+    encoded(&registry)
+}
+
+fn encoded(registry: &Registry) -> String {
+    let mut text = String::new();
+    encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// Registers the live figures of `pipelines` (each with its tenant label):
+/// records, batches, sources with their partitions' lag, and stages.
+pub fn register_pipelines(
+    registry: &mut Registry,
+    pipelines: impl IntoIterator<Item = (String, PipelineHandle)>,
+) {
     let counter = || Family::<Labels, Counter>::default();
     let gauge = || Family::<Labels, Gauge>::default();
     let float_gauge = || Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -105,10 +164,9 @@ pub fn render(state: &Arc<ServerState>) -> String {
     let wasm_memory = gauge();
     let replaced = counter();
     let source_rate = float_gauge();
-    let disk = gauge();
-    let disk_quota = gauge();
+    let source_lag = gauge();
 
-    for (tenant, handle) in state.handles() {
+    for (tenant, handle) in pipelines {
         let labels = pipeline_labels(&tenant, handle.name());
         let status = handle.status();
         let metrics = handle.metrics();
@@ -121,6 +179,13 @@ pub fn render(state: &Arc<ServerState>) -> String {
             let mut labels = labels.clone();
             labels.push(("source", source.name.clone()));
             source_rate.get_or_create(&labels).set(source.rate);
+            for partition in &source.partitions {
+                let mut labels = labels.clone();
+                labels.push(("partition", partition.partition.clone()));
+                source_lag
+                    .get_or_create(&labels)
+                    .set(i64::try_from(partition.lag()).unwrap_or(i64::MAX));
+            }
         }
         for stage in &metrics.stages {
             let mut labels = labels.clone();
@@ -147,18 +212,6 @@ pub fn render(state: &Arc<ServerState>) -> String {
             }
         }
     }
-    for (tenant, used, max) in state.disk_use() {
-        let labels: Labels = vec![("tenant", tenant)];
-        disk.get_or_create(&labels).set(used as i64);
-        disk_quota.get_or_create(&labels).set(max as i64);
-    }
-
-    let histograms = &state.histograms;
-    let (processing, scheduling, total) = (
-        histograms.processing.clone(),
-        histograms.scheduling.clone(),
-        histograms.total.clone(),
-    );
 
     registry.register("records_in", "Records received from sources", records_in);
     registry.register("records_out", "Records handed to sinks", records_out);
@@ -168,6 +221,11 @@ pub fn render(state: &Arc<ServerState>) -> String {
         "source_rate",
         "Records per second a source received in the last batch",
         source_rate,
+    );
+    registry.register(
+        "source_lag_records",
+        "Records of a source's partition (topic/partition) not read yet, as last reported",
+        source_lag,
     );
     registry.register("stage_records_in", "Records into a stage", stage_in);
     registry.register("stage_records_out", "Records out of a stage", stage_out);
@@ -183,20 +241,42 @@ pub fn render(state: &Arc<ServerState>) -> String {
         "Linear memory of the stage's instances",
         wasm_memory,
     );
+}
+
+/// Registers a cluster member's partitions and rebalances.
+pub fn register_membership(registry: &mut Registry, membership: &Membership) {
+    let labels: Labels = vec![
+        ("pipeline", membership.pipeline.clone()),
+        ("group", membership.group.clone()),
+    ];
+    let held = Family::<Labels, Gauge>::default();
+    let partitions = Family::<Labels, Gauge>::default();
+    let rebalances = Family::<Labels, Counter>::default();
+    held.get_or_create(&labels).set(membership.held.len() as i64);
+    rebalances.get_or_create(&labels).inc_by(membership.rebalances);
+    for partition in &membership.held {
+        let mut labels = labels.clone();
+        labels.extend([
+            ("segment", partition.segment.clone()),
+            ("topic", partition.topic.clone()),
+            ("partition", partition.partition.to_string()),
+            ("task", partition.task.clone()),
+        ]);
+        partitions.get_or_create(&labels).set(1);
+    }
     registry.register(
-        "batch_processing_seconds",
-        "Processing time of batches",
-        processing,
+        "cluster_partitions_held",
+        "Partitions the consumer group gives this process (one task each)",
+        held,
     );
     registry.register(
-        "batch_scheduling_delay_seconds",
-        "Scheduling delay of batches",
-        scheduling,
+        "cluster_partition_held",
+        "1 for each partition this process holds, with its segment and task",
+        partitions,
     );
-    registry.register("batch_total_delay_seconds", "Total delay of batches", total);
-    registry.register("tenant_disk_bytes", "Bytes in the tenant's root", disk);
-    registry.register("tenant_disk_quota_bytes", "The tenant's disk quota", disk_quota);
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String cannot fail");
-    text
+    registry.register(
+        "cluster_rebalances",
+        "Rebalances this process took part in (assignments and revocations)",
+        rebalances,
+    );
 }

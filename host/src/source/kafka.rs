@@ -75,6 +75,10 @@ use crate::source::position::{OffsetRange, PartitionOffset};
 /// commit their offsets to the group.
 const LAST_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
+/// How often the source reports its partitions' lag (the client's
+/// `statistics.interval.ms`, unless the pipeline sets it).
+const LAG_REPORT: Duration = Duration::from_secs(5);
+
 /// Client properties the Kafka source sets itself, and why.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use the `brokers` key"),
@@ -337,18 +341,61 @@ impl From<SourceError> for Halt {
     }
 }
 
+/// The consumer's context: librdkafka's log lines to Weir's log, and each
+/// partition's end from the client's statistics (for the lag).
+struct ReaderContext {
+    log: LogContext,
+    /// Per partition: its end as the last statistics gave it.
+    ends: Arc<std::sync::Mutex<BTreeMap<TopicPartition, i64>>>,
+    /// Whether the end is the last stable offset (`read_committed`, the
+    /// default) or the high watermark.
+    read_committed: bool,
+}
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (topic, stats) in statistics.topics {
+            // Partition -1 is librdkafka's own (not yet assigned messages).
+            for (partition, stats) in stats.partitions.into_iter().filter(|(p, _)| *p >= 0) {
+                let end = if self.read_committed && stats.ls_offset >= 0 {
+                    stats.ls_offset
+                } else {
+                    stats.hi_offset
+                };
+                if end >= 0 {
+                    ends.insert((topic.clone(), partition), end);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
 /// The receiver's state, on its blocking thread.
 struct Receiver {
     spec: KafkaSpec,
     ctx: SourceContext,
     handle: Handle,
-    consumer: Arc<BaseConsumer<LogContext>>,
+    consumer: Arc<BaseConsumer<ReaderContext>>,
     /// The consumer group offsets are committed to.
     group: String,
     /// Per partition: where it stands.
     partitions: BTreeMap<TopicPartition, PartitionReader>,
     /// Per partition: its queue of fetched messages.
-    queues: BTreeMap<TopicPartition, BatchedQueue<LogContext>>,
+    queues: BTreeMap<TopicPartition, BatchedQueue<ReaderContext>>,
     /// Records not yet sent.
     chunk: Batch,
     /// Under deterministic time: the unit (batch) being read.
@@ -357,6 +404,8 @@ struct Receiver {
     last_contact: Instant,
     /// When partitions were last looked for.
     last_discovery: Instant,
+    /// When the partitions' lag was last published.
+    last_lag_report: Instant,
     /// When reading started (for `max-rate-per-partition`).
     started: Instant,
     /// The position this source last committed to the group (or tried to).
@@ -371,6 +420,9 @@ struct PartitionReader {
     next: i64,
     /// The end of the partition was reached after the last record.
     at_end: bool,
+    /// The offset of the last end of partition reached: past `next` when
+    /// transaction markers follow the last record (for the lag only).
+    end_reached: i64,
     /// Records read since `started`.
     read: u64,
     /// Rate credit forgone while idle (`max-rate-per-partition`).
@@ -416,15 +468,26 @@ impl Receiver {
             // A full local queue backs fetching off for 10 ms, not
             // librdkafka's default second: a drained queue refills at once.
             ("fetch.queue.backoff.ms", "10"),
+            // The client's statistics carry each partition's end: the lag
+            // the source reports.
+            ("statistics.interval.ms", &LAG_REPORT.as_millis().to_string()),
         ] {
             if !spec.client.properties.iter().any(|(set, _)| set == name) {
                 config.set(name, value);
             }
         }
-        let context = LogContext {
-            owner: format!("source `{}`", ctx.name),
+        let context = ReaderContext {
+            log: LogContext {
+                owner: format!("source `{}`", ctx.name),
+            },
+            ends: Arc::default(),
+            read_committed: !spec
+                .client
+                .properties
+                .iter()
+                .any(|(name, value)| name == "isolation.level" && value == "read_uncommitted"),
         };
-        let consumer: BaseConsumer<LogContext> = config
+        let consumer: BaseConsumer<ReaderContext> = config
             .create_with_context(context)
             .map_err(|e| ctx.error(format!("cannot create the Kafka consumer: {}", describe(&e))))?;
         Ok(Self {
@@ -439,6 +502,7 @@ impl Receiver {
             unit: 0,
             last_contact: Instant::now(),
             last_discovery: Instant::now(),
+            last_lag_report: Instant::now(),
             started: Instant::now(),
             committed_to_group: None,
             replaying: false,
@@ -566,6 +630,7 @@ impl Receiver {
                     PartitionReader {
                         next: range.start,
                         at_end: false,
+                        end_reached: 0,
                         read: 0,
                         forgiven: 0,
                         stop_at: None,
@@ -591,7 +656,11 @@ impl Receiver {
 
     /// Reads `range` of one partition (assigned, its queue split off) into
     /// the chunk.
-    fn replay_range(&mut self, range: &OffsetRange, queue: &PartitionQueue<LogContext>) -> Result<(), Halt> {
+    fn replay_range(
+        &mut self,
+        range: &OffsetRange,
+        queue: &PartitionQueue<ReaderContext>,
+    ) -> Result<(), Halt> {
         let mut next = range.start;
         let mut waited = Instant::now();
         let tp = (range.topic.clone(), range.partition);
@@ -876,6 +945,7 @@ impl Receiver {
                 PartitionReader {
                     next: *start,
                     at_end: false,
+                    end_reached: 0,
                     read: 0,
                     forgiven: 0,
                     stop_at,
@@ -1075,6 +1145,7 @@ impl Receiver {
                     }
                     Some(KafkaError::PartitionEOF(_)) => {
                         reader.at_end = true;
+                        reader.end_reached = message.offset();
                         ended = true;
                         break;
                     }
@@ -1143,6 +1214,7 @@ impl Receiver {
     /// Returns true when partitions were added.
     fn maintain(&mut self) -> Result<bool, Halt> {
         self.commit_to_group();
+        self.report_lag();
         if self.last_discovery.elapsed() < self.spec.discovery_interval {
             return Ok(false);
         }
@@ -1190,6 +1262,38 @@ impl Receiver {
                 Ok(false)
             }
         }
+    }
+
+    /// Every [`LAG_REPORT`]: serves the client's statistics (also under
+    /// load, when the source does not idle) and publishes each partition's
+    /// next offset against its end.
+    fn report_lag(&mut self) {
+        if self.last_lag_report.elapsed() < LAG_REPORT {
+            return;
+        }
+        self.last_lag_report = Instant::now();
+        self.take_main_queue(Duration::ZERO);
+        let ends = self
+            .consumer
+            .context()
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let lags = self
+            .partitions
+            .iter()
+            .filter_map(|(tp, reader)| {
+                Some(crate::source::lag::PartitionLag {
+                    partition: format!("{}/{}", tp.0, tp.1),
+                    // Transaction markers after the last record are read
+                    // once the end is reached.
+                    position: reader.next.max(reader.end_reached),
+                    end: *ends.get(tp)?,
+                })
+            })
+            .collect();
+        self.ctx.lag.publish(lags);
     }
 
     /// Commits the offsets after the last batch the pipeline committed.
@@ -1343,7 +1447,7 @@ impl Receiver {
 /// for another kind of position). A failure is logged: the group's offsets
 /// serve lag monitoring and a start without a checkpoint, never recovery.
 fn commit_offsets(
-    consumer: &BaseConsumer<LogContext>,
+    consumer: &BaseConsumer<ReaderContext>,
     source: &str,
     position: Option<&SourcePosition>,
     mode: CommitMode,

@@ -23,6 +23,9 @@
 //! construction of its receiver ([`crate::config::SourceType`],
 //! [`crate::config::SourceConfig`]); [`TYPES`] registers them.
 //!
+//! Partitioned sources publish how far each partition is behind its end
+//! ([`lag`]) for the live metrics.
+//!
 //! Every kind can be paced ([`rate`]: `max-rate`, backpressure): the queue
 //! waits for the source's token bucket before it takes a chunk, and the
 //! chunker cuts chunks small enough for the rate.
@@ -33,6 +36,7 @@ pub mod generator;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 mod kafka_queue;
+pub mod lag;
 pub mod position;
 pub mod rate;
 pub mod redis_stream;
@@ -179,6 +183,8 @@ pub struct SourceContext {
     /// (for sources that report it back, such as Kafka's consumer-group
     /// offsets); `None` before the first.
     pub committed: watch::Receiver<Option<SourcePosition>>,
+    /// Where a partitioned source publishes its partitions' lag.
+    pub lag: lag::LagBoard,
 }
 
 impl SourceContext {
@@ -210,6 +216,7 @@ impl SourceContext {
             replay: None,
             wal: None,
             committed: self.committed.clone(),
+            lag: self.lag.clone(),
         }
     }
 

@@ -122,6 +122,61 @@ pub struct TenantRow {
     pub wasm_memory: (u64, u64),
 }
 
+/// One process's share of a cluster pipeline (a `weir run` of a file with
+/// `[cluster]`), as the UI and `/metrics` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The consumer group its processes share.
+    pub group: String,
+    /// The partitions the group gives this process, by segment and
+    /// partition.
+    pub held: Vec<HeldPartition>,
+    /// Rebalances this process took part in (each assignment and each
+    /// revocation that changed what it holds).
+    pub rebalances: u64,
+    /// When the last of them happened (milliseconds since the Unix epoch).
+    pub last_rebalance_ms: Option<i64>,
+}
+
+/// A partition a cluster member holds: one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldPartition {
+    /// The segment (the stages between two repartition topics).
+    pub segment: String,
+    /// The topic whose partition it is (the input topic, or a repartition
+    /// topic).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The task's pipeline, `<pipeline>.<segment>.<partition>`.
+    pub task: String,
+    /// Since when this process holds it (milliseconds since the Unix
+    /// epoch).
+    pub since_ms: i64,
+}
+
+/// Where a cluster member publishes its [`Membership`]; cheap to clone
+/// (all clones share it).
+#[derive(Debug, Clone, Default)]
+pub struct MembershipBoard(std::sync::Arc<std::sync::Mutex<Membership>>);
+
+impl MembershipBoard {
+    /// Replaces what is published with `membership`.
+    pub fn publish(&self, membership: Membership) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = membership;
+    }
+
+    /// What was last published.
+    pub fn read(&self) -> Membership {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The pipelines a UI shows. One required method; the others default to a
 /// `weir run`'s single local operator.
 pub trait Directory: Send + Sync + 'static {
@@ -162,18 +217,36 @@ pub trait Directory: Send + Sync + 'static {
         let _ = viewer;
         Vec::new()
     }
+
+    /// This process's share of a cluster pipeline, when it runs one.
+    /// Default: none.
+    fn membership(&self, viewer: &Viewer) -> Option<Membership> {
+        let _ = viewer;
+        None
+    }
 }
 
-/// The pipelines of one `weir run`: every pipeline its engine runs.
+/// The pipelines of one `weir run`: every pipeline its engine runs (for a
+/// cluster member, a task per partition it holds, and its membership).
 #[derive(Debug, Clone)]
 pub struct LocalDirectory {
     engine: Engine,
+    membership: Option<MembershipBoard>,
 }
 
 impl LocalDirectory {
     /// The pipelines `engine` runs.
     pub fn new(engine: Engine) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            membership: None,
+        }
+    }
+
+    /// Also shows the cluster membership published on `board`.
+    pub fn with_membership(mut self, board: MembershipBoard) -> Self {
+        self.membership = Some(board);
+        self
     }
 }
 
@@ -190,5 +263,9 @@ impl Directory for LocalDirectory {
                 note: None,
             })
             .collect()
+    }
+
+    fn membership(&self, _viewer: &Viewer) -> Option<Membership> {
+        self.membership.as_ref().map(MembershipBoard::read)
     }
 }

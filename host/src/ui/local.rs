@@ -1,6 +1,6 @@
 //! The UI on its own port, for a `weir run --ui`: the next free port when
-//! the one asked for is taken, `/` sent to `/ui/`, and only loopback names
-//! and IP addresses answered (no tokens here: a web page must not reach it
+//! the one asked for is taken, `/` sent to `/ui/`, the run's Prometheus
+//! figures at `/metrics`, and only loopback names and IP addresses answered (no tokens here: a web page must not reach it
 //! through a name pointed at 127.0.0.1).
 
 use std::net::SocketAddr;
@@ -11,7 +11,30 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
-use super::{Directory, Ui, not_found};
+use super::{Directory, Ui, Viewer, not_found};
+
+/// `/metrics`: the Prometheus text of the run's pipelines and, for a
+/// cluster member, its membership.
+async fn metrics(directory: Arc<dyn Directory>) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        let viewer = Viewer::local();
+        let handles = directory
+            .pipelines(&viewer)
+            .into_iter()
+            .filter_map(|listing| listing.handle)
+            .collect();
+        crate::server::metrics::render_local(handles, directory.membership(&viewer).as_ref())
+    })
+    .await;
+    match text {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
+}
 
 /// Refuses a request whose `Host` is not a loopback name or address, or
 /// an address of this machine: a `weir run --ui` takes no token, so a page
@@ -72,10 +95,12 @@ pub fn serve(directory: Arc<dyn Directory>, addr: SocketAddr) -> std::io::Result
         .enable_all()
         .build()?;
     let (closing, closed) = watch::channel(false);
+    let scraped = directory.clone();
     let ui = Ui::new(directory, closed, false);
     let router = ui
         .router()
         .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/metrics", get(move || metrics(scraped.clone())))
         .fallback(|| async { not_found() })
         .layer(axum::middleware::from_fn(local_hosts_only));
     let listener = runtime.block_on(async {

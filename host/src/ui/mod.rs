@@ -41,7 +41,9 @@ use maud::Markup;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-pub use directory::{Action, Directory, Listing, LocalDirectory, TenantRow, Viewer};
+pub use directory::{
+    Action, Directory, HeldPartition, Listing, LocalDirectory, Membership, MembershipBoard, TenantRow, Viewer,
+};
 pub use local::{Served, serve};
 use session::{CallViewer, PageViewer};
 
@@ -207,7 +209,8 @@ async fn list(State(ui): State<Ui>, PageViewer(viewer): PageViewer) -> Response 
     let markup = tokio::task::spawn_blocking(move || {
         let listings = ui.directory.pipelines(&viewer);
         let tenants = ui.directory.tenants(&viewer);
-        pages::list(&viewer, &listings, &tenants)
+        let membership = ui.directory.membership(&viewer);
+        pages::list(&viewer, &listings, &tenants, membership.as_ref())
     })
     .await
     .unwrap_or_else(|error| pages::error(None, "Internal error", &error.to_string()));
@@ -222,7 +225,13 @@ async fn list_live(State(ui): State<Ui>, CallViewer(viewer): CallViewer) -> Resu
         let viewer = directory.viewer(viewer.token.as_deref())?;
         let listings = directory.pipelines(&viewer);
         let tenants = directory.tenants(&viewer);
-        Some(pages::list_sections(&viewer, &listings, &tenants))
+        let membership = directory.membership(&viewer);
+        Some(pages::list_sections(
+            &viewer,
+            &listings,
+            &tenants,
+            membership.as_ref(),
+        ))
     });
     Ok(live::stream(render, ui.closing.clone(), permit).into_response())
 }

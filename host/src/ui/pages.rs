@@ -3,7 +3,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::directory::{Listing, TenantRow, Viewer};
+use super::directory::{Listing, Membership, TenantRow, Viewer};
 use super::format;
 use super::pipeline::{self, Snapshot};
 use crate::pipeline::BatchDetail;
@@ -130,13 +130,56 @@ pub fn tenant_rows(tenants: &[TenantRow]) -> Markup {
     }
 }
 
+/// A cluster member's partitions: each with its task, since when it is
+/// held, and its task's lag (records of the partition not read yet).
+fn membership_rows(membership: &Membership, listings: &[Listing]) -> Markup {
+    let lag_of = |task: &str| {
+        listings
+            .iter()
+            .find(|l| l.name == task)
+            .and_then(|l| l.handle.as_ref())
+            .and_then(|h| h.metrics().sources.first().and_then(|s| s.lag))
+    };
+    let last = membership
+        .last_rebalance_ms
+        .map_or("never".to_owned(), format::time);
+    html! {
+        p {
+            "Pipeline " code { (membership.pipeline) } ", consumer group " code { (membership.group) } ": "
+            span #held-count { (membership.held.len()) } " partition(s) held, "
+            span #rebalances { (membership.rebalances) } " rebalance(s), the last " (last) "."
+        }
+        div.scroll {
+            table.held {
+                thead { tr { th { "Segment" } th { "Partition" } th { "Task" } th { "Held since" } th.num { "Lag" } } }
+                tbody {
+                    @for held in &membership.held {
+                        tr data-task=(held.task) {
+                            td { (held.segment) }
+                            td { code { (held.topic) "/" (held.partition) } }
+                            td { a href=(format!("/ui/{}/{}", super::directory::LOCAL, held.task)) { (held.task) } }
+                            td { (format::time(held.since_ms)) }
+                            td.num { (lag_of(&held.task).map_or("—".into(), format::count)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The live sections of the list page, by element id.
 pub fn list_sections(
     viewer: &Viewer,
     listings: &[Listing],
     tenants: &[TenantRow],
+    membership: Option<&Membership>,
 ) -> Vec<(&'static str, Markup)> {
-    let mut sections = vec![("pipelines", pipeline_rows(viewer, listings))];
+    let mut sections = Vec::new();
+    if let Some(membership) = membership {
+        sections.push(("cluster", membership_rows(membership, listings)));
+    }
+    sections.push(("pipelines", pipeline_rows(viewer, listings)));
     if viewer.admin {
         sections.push(("tenants", tenant_rows(tenants)));
     }
@@ -144,12 +187,22 @@ pub fn list_sections(
 }
 
 /// The list page.
-pub fn list(viewer: &Viewer, listings: &[Listing], tenants: &[TenantRow]) -> Markup {
-    let sections = list_sections(viewer, listings, tenants);
+pub fn list(
+    viewer: &Viewer,
+    listings: &[Listing],
+    tenants: &[TenantRow],
+    membership: Option<&Membership>,
+) -> Markup {
+    let sections = list_sections(viewer, listings, tenants, membership);
+    let title = |id: &str| match id {
+        "tenants" => "Tenants",
+        "cluster" => "Cluster membership",
+        _ => "Pipelines",
+    };
     let body = html! {
         @for (id, markup) in &sections {
             section.card {
-                h2 { @if *id == "tenants" { "Tenants" } @else { "Pipelines" } }
+                h2 { (title(id)) }
                 div id=(id) { (markup) }
             }
         }
@@ -185,6 +238,7 @@ pub fn pipeline_page(listing: &Listing, viewer: &Viewer, snapshot: Option<&Snaps
         @if let Some(facts) = section("facts") { section.facts #facts { (facts) } }
         @if let Some(charts) = section("charts") { section.charts #charts { (charts) } }
         (card("batches", "Recent batches"))
+        (card("sources", "Sources"))
         (card("stages", "Stages"))
         (card("plugins", "Plugins and versions"))
         (card("checkpoints", "Checkpoints"))

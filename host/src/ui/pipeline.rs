@@ -256,6 +256,47 @@ pub fn stages(snapshot: &Snapshot) -> Markup {
     }
 }
 
+/// Every source: what it received, its rate and limit, and for a
+/// partitioned source (Kafka) each partition's lag: the records it holds
+/// that the source has not read yet.
+pub fn sources(snapshot: &Snapshot) -> Markup {
+    let lag = |lag: Option<u64>| lag.map_or("—".into(), format::count);
+    html! {
+        div.scroll {
+            table.sources {
+                thead { tr {
+                    th { "Source" } th { "Partition" } th.num { "Records" } th.num { "Rate" } th.num { "Rate limit" }
+                    th.num { "Position" } th.num { "End" } th.num { "Lag" }
+                } }
+                tbody {
+                    @for source in &snapshot.metrics.sources {
+                        tr data-source=(source.name) {
+                            td { (source.name) }
+                            td.muted { @if source.partitions.is_empty() { "—" } @else { "all" } }
+                            td.num { (format::count(source.records)) }
+                            td.num { (format::rate(source.rate)) }
+                            td.num { (source.rate_limit.map_or("none".into(), format::rate)) }
+                            td.num { "—" }
+                            td.num { "—" }
+                            td.num { (lag(source.lag)) }
+                        }
+                        @for partition in &source.partitions {
+                            tr data-partition=(partition.partition) {
+                                td {}
+                                td { code { (partition.partition) } }
+                                td.num {} td.num {} td.num {}
+                                td.num { (partition.position) }
+                                td.num { (partition.end) }
+                                td.num { (format::count(partition.lag())) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every stage plugin: the version running, its canary or shadow, and its
 /// version history, with a rollback button for an operator.
 pub fn plugins(listing: &Listing, viewer: &Viewer, snapshot: &Snapshot) -> Markup {
@@ -396,6 +437,7 @@ pub fn sections(
             ("facts", facts(snapshot)),
             ("charts", charts(snapshot)),
             ("batches", batch_table(listing, snapshot)),
+            ("sources", sources(snapshot)),
             ("stages", stages(snapshot)),
             ("plugins", plugins(listing, viewer, snapshot)),
             ("checkpoints", checkpoints(snapshot)),
