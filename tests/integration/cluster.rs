@@ -101,19 +101,14 @@ impl Member {
         }
     }
 
-    /// SIGTERM, then the exit status must be a success.
-    fn stop(self) -> String {
-        self.child_log_stop("wordcount")
-    }
-
     /// SIGTERM, then the exit status must be a success and the member must
-    /// have left `group`.
-    fn child_log_stop(mut self, group: &str) -> String {
+    /// have left its group.
+    fn stop(mut self) -> String {
         terminate(&self.child);
         let status = wait_for(&mut self.child, Duration::from_secs(60));
         let log = self.log();
         assert!(status.success(), "member exited with {status}:\n{log}");
-        assert!(log.contains(&format!("left group `{group}`")), "{log}");
+        assert!(log.contains("left group `"), "{log}");
         log
     }
 
@@ -362,7 +357,14 @@ impl SlowCount {
 /// The output stays exact.
 fn leave_then_join(checkpoint_dir: Option<&str>, checkpoint_keys: &str) -> String {
     let cluster = SlowCount::new(checkpoint_dir, checkpoint_keys);
-    let mut members: Vec<Member> = (0..3).map(|i| cluster.start(i)).collect();
+    move_partitions(|i| cluster.start(i), |members| cluster.wait_exact(members))
+}
+
+/// The moves of [`leave_then_join`] for any cluster: `start(i)` starts
+/// member `i` (holding partitions), `wait_exact` waits for the exact output.
+/// Returns the members' logs.
+fn move_partitions(start: impl Fn(usize) -> Member, wait_exact: impl Fn(&[Member])) -> String {
+    let mut members: Vec<Member> = (0..3).map(&start).collect();
     std::thread::sleep(Duration::from_secs(3));
     let leaving = members.remove(1).stop();
     assert!(leaving.contains("gave up input"), "{leaving}");
@@ -381,8 +383,8 @@ fn leave_then_join(checkpoint_dir: Option<&str>, checkpoint_keys: &str) -> Strin
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    members.push(cluster.start(3));
-    cluster.wait_exact(&members);
+    members.push(start(3));
+    wait_exact(&members);
     let all = logs(&members.iter().collect::<Vec<_>>());
     // The moved partitions resumed from the checkpoints written where
     // they were before.
@@ -391,6 +393,168 @@ fn leave_then_join(checkpoint_dir: Option<&str>, checkpoint_keys: &str) -> Strin
         member.stop();
     }
     all
+}
+
+/// Page views for the windowed test: `count` JSON events
+/// `{"page": …, "t": …}`, pages from a long-tailed vocabulary, times
+/// 5 ms apart from `base` (two minutes of event time in 24,000 events).
+fn page_views(count: usize, base: i64) -> Vec<(String, i64)> {
+    sample_text(count, 47)
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let page = line.split_whitespace().next()?.to_owned();
+            Some((page, base + 5 * i as i64))
+        })
+        .collect()
+}
+
+/// Event-time windows of `length` sliding by `slide` (ms), counted per
+/// page: `(page, start, end) -> count`, independently of Weir.
+fn windowed_counts(views: &[(String, i64)], length: i64, slide: i64) -> BTreeMap<(String, i64, i64), u64> {
+    let mut counts = BTreeMap::new();
+    for (page, t) in views {
+        let last_start = t - t.rem_euclid(slide);
+        let mut start = last_start;
+        while start > t - length {
+            *counts.entry((page.clone(), start, start + length)).or_insert(0) += 1;
+            start -= slide;
+        }
+    }
+    counts
+}
+
+/// The latest count of every `(page, start, end)` window in the
+/// `format = "json"` output (in `update` mode a window's count is sent
+/// again each batch that changes it, so the latest is the largest).
+fn window_outputs(records: &[Received]) -> BTreeMap<(String, i64, i64), u64> {
+    let mut latest = BTreeMap::new();
+    for record in records {
+        let object: serde_json::Value = serde_json::from_str(&record.value).expect("a JSON record");
+        let key = (
+            object["key"].as_str().expect("a page").to_owned(),
+            object["window"]["start"].as_i64().expect("a window start"),
+            object["window"]["end"].as_i64().expect("a window end"),
+        );
+        let count: u64 = object["value"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("a count");
+        let entry = latest.entry(key).or_insert(0);
+        *entry = (*entry).max(count);
+    }
+    latest
+}
+
+#[test]
+fn a_windowed_count_stays_exact_across_a_rebalance() {
+    let _cpu = super::cpu_heavy();
+    let broker = Broker::start();
+    broker.create_topic("views", 6);
+    broker.create_topic("windows", 3);
+    // Event time, from the data: every member windows the same records
+    // the same way, whichever process cut which batch.
+    let views = page_views(24_000, 1_800_000_000_000);
+    let events: Vec<String> = views
+        .iter()
+        .map(|(page, t)| serde_json::json!({"page": page, "t": t}).to_string())
+        .collect();
+    broker.produce("views", &events);
+    let dir = scratch();
+    let brokers = broker.address();
+    let text = format!(
+        r#"
+[pipeline]
+name = "cluster-windows"
+batch-interval = "100ms"
+partitions = 2
+checkpoint-dir = {store:?}
+
+[checkpoint]
+every-batches = 3
+
+[plugins]
+key-by = {key_by:?}
+
+[[source]]
+name = "raw"
+type = "kafka"
+brokers = "{brokers}"
+topics = "views"
+start = "earliest"
+max-rate-per-partition = 400
+
+[[stage]]
+name = "views"
+input = "raw"
+op = "map"
+plugin = "key-by"
+config = {{ field = "page", timestamp-field = "t" }}
+
+[[stage]]
+name = "per-page"
+input = "views"
+op = "reduce-by-key-and-window"
+reducer = "count"
+time = "event"
+length = "30s"
+slide = "10s"
+# Longer than the whole input: no view is ever late, whichever partition
+# a rebalance holds back.
+allowed-lateness = "10m"
+output-mode = "update"
+
+[[sink]]
+name = "out"
+input = "per-page"
+type = "kafka"
+brokers = "{brokers}"
+topic = "windows"
+delivery = "exactly-once"
+format = "json"
+
+[cluster]
+group-id = "windows"
+session-timeout = "6s"
+"#,
+        store = dir.path().join("store").display().to_string(),
+        key_by = weir_tests::plugins::JSON_KEY_BY,
+    );
+    let file = write_pipeline(dir.path(), "windows.toml", &text);
+    let expected = windowed_counts(&views, 30_000, 10_000);
+    let start = |i| {
+        let mut member = Member::start(&file, dir.path(), i);
+        member.wait_holding(Duration::from_secs(60));
+        member
+    };
+    let wait_exact = |members: &[Member]| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let seen = window_outputs(&broker.read_committed("windows"));
+            let over: Vec<_> = seen
+                .iter()
+                .filter(|(window, n)| expected.get(*window).is_none_or(|e| *n > e))
+                .take(5)
+                .collect();
+            assert!(
+                over.is_empty(),
+                "windows counted over: {over:?}\n{}",
+                logs(&members.iter().collect::<Vec<_>>())
+            );
+            if seen == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} windows exact after 180 s\n{}",
+                seen.iter().filter(|(w, n)| expected.get(*w) == Some(n)).count(),
+                expected.len(),
+                logs(&members.iter().collect::<Vec<_>>())
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    move_partitions(start, wait_exact);
 }
 
 #[test]
@@ -437,11 +601,14 @@ fn partitions_move_the_same_through_a_checkpoint_store_on_object_storage() {
 /// the store. On Kafka the group drops the dead member after
 /// `session-timeout` and the survivors take its partitions the same way.
 ///
-/// Ignored: it fails. The repartition topic holds every word exactly once
-/// and the count tasks' committed offsets reach the end of their
-/// partitions, yet 8-20% of the counts never reach the output (the same
-/// run with SIGTERM instead of SIGKILL is exact). The cause is not found
-/// yet; see the README's scale-out section.
+/// Ignored: it fails on the test broker. The repartition topic holds every
+/// word exactly once and the count tasks' committed offsets reach the end
+/// of their partitions, yet 8-20% of the counts never reach the output (the
+/// same run with SIGTERM instead of SIGKILL is exact). A probe of
+/// librdkafka and noida-db alone loses records the same way: a restarted
+/// transactional producer's committed records are not served to a
+/// `read_committed` reader that starts after its aborted transaction. See
+/// the README's scale-out section.
 #[test]
 #[ignore = "known: counts are lost after a member is killed with SIGKILL (see the README)"]
 fn a_killed_member_s_partitions_resume_from_the_store_exactly() {
@@ -463,7 +630,7 @@ fn a_killed_member_s_partitions_resume_from_the_store_exactly() {
     let all = logs(&members.iter().collect::<Vec<_>>());
     assert!(all.contains("resuming from the checkpoint of batch"), "{all}");
     for member in members {
-        let log = member.child_log_stop("wordcount-2");
-        assert!(!log.is_empty());
+        let log = member.stop();
+        assert!(log.contains("left group `wordcount-2`"), "{log}");
     }
 }
