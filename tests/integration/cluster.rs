@@ -395,30 +395,38 @@ fn move_partitions(start: impl Fn(usize) -> Member, wait_exact: impl Fn(&[Member
     all
 }
 
-/// Page views for the windowed test: `count` JSON events
-/// `{"page": …, "t": …}`, pages from a long-tailed vocabulary, times
-/// 5 ms apart from `base` (two minutes of event time in 24,000 events).
-fn page_views(count: usize, base: i64) -> Vec<(String, i64)> {
-    sample_text(count, 47)
-        .lines()
-        .enumerate()
-        .filter_map(|(i, line)| {
-            let page = line.split_whitespace().next()?.to_owned();
-            Some((page, base + 5 * i as i64))
-        })
-        .collect()
+/// Page views for the windowed test, per partition of a 6-partition
+/// topic: `per_partition` pages each, from a long-tailed vocabulary.
+fn page_views(per_partition: usize) -> Vec<Vec<String>> {
+    let pages: Vec<String> = sample_text(6 * per_partition * 2, 47)
+        .split_whitespace()
+        .take(6 * per_partition)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(pages.len(), 6 * per_partition);
+    pages.chunks(per_partition).map(<[String]>::to_vec).collect()
 }
 
 /// Event-time windows of `length` sliding by `slide` (ms), counted per
-/// page: `(page, start, end) -> count`, independently of Weir.
-fn windowed_counts(views: &[(String, i64)], length: i64, slide: i64) -> BTreeMap<(String, i64, i64), u64> {
+/// page, independently of Weir: `(page, start, end) -> count`. Each view
+/// has the time the deterministic clock gives it: view `i` of a partition
+/// is in that partition's batch `i / per_batch`, whose time is
+/// `start + (batch + 1) * interval`.
+fn windowed_counts(
+    partitions: &[Vec<String>],
+    per_batch: usize,
+    (start, interval): (i64, i64),
+    (length, slide): (i64, i64),
+) -> BTreeMap<(String, i64, i64), u64> {
     let mut counts = BTreeMap::new();
-    for (page, t) in views {
-        let last_start = t - t.rem_euclid(slide);
-        let mut start = last_start;
-        while start > t - length {
-            *counts.entry((page.clone(), start, start + length)).or_insert(0) += 1;
-            start -= slide;
+    for views in partitions {
+        for (i, page) in views.iter().enumerate() {
+            let t = start + ((i / per_batch) as i64 + 1) * interval;
+            let mut window = t - t.rem_euclid(slide);
+            while window > t - length {
+                *counts.entry((page.clone(), window, window + length)).or_insert(0) += 1;
+                window -= slide;
+            }
         }
     }
     counts
@@ -446,27 +454,37 @@ fn window_outputs(records: &[Received]) -> BTreeMap<(String, i64, i64), u64> {
     latest
 }
 
+/// A windowed count under the deterministic clock: each input task's
+/// batch `k` holds the next 40 views of its partition and stamps them with
+/// the time of batch `k`, so the windows of every view are known from its
+/// partition and offset alone, whichever member read it and however the
+/// later segment's batches were cut. One member leaves and another joins
+/// mid-run; every window's count must match the independent count.
 #[test]
-fn a_windowed_count_stays_exact_across_a_rebalance() {
+fn a_windowed_count_under_the_deterministic_clock_stays_exact_across_a_rebalance() {
     let _cpu = super::cpu_heavy();
     let broker = Broker::start();
     broker.create_topic("views", 6);
     broker.create_topic("windows", 3);
-    // Event time, from the data: every member windows the same records
-    // the same way, whichever process cut which batch.
-    let views = page_views(24_000, 1_800_000_000_000);
-    let events: Vec<String> = views
-        .iter()
-        .map(|(page, t)| serde_json::json!({"page": page, "t": t}).to_string())
-        .collect();
-    broker.produce("views", &events);
+    // 100 batches of 40 views a partition: 100 s of batch time.
+    let views = page_views(4000);
+    for (partition, pages) in views.iter().enumerate() {
+        let events: Vec<String> = pages
+            .iter()
+            .map(|page| serde_json::json!({ "page": page }).to_string())
+            .collect();
+        broker.produce_to("views", partition as i32, &events);
+    }
+    let start_time: i64 = 1_800_000_000_000;
     let dir = scratch();
     let brokers = broker.address();
     let text = format!(
         r#"
 [pipeline]
 name = "cluster-windows"
-batch-interval = "100ms"
+batch-interval = "1s"
+clock = "deterministic"
+start-time = {start_time}
 partitions = 2
 checkpoint-dir = {store:?}
 
@@ -482,6 +500,7 @@ type = "kafka"
 brokers = "{brokers}"
 topics = "views"
 start = "earliest"
+records-per-batch = 40
 max-rate-per-partition = 400
 
 [[stage]]
@@ -489,7 +508,7 @@ name = "views"
 input = "raw"
 op = "map"
 plugin = "key-by"
-config = {{ field = "page", timestamp-field = "t" }}
+config = {{ field = "page" }}
 
 [[stage]]
 name = "per-page"
@@ -521,7 +540,7 @@ session-timeout = "6s"
         key_by = weir_tests::plugins::JSON_KEY_BY,
     );
     let file = write_pipeline(dir.path(), "windows.toml", &text);
-    let expected = windowed_counts(&views, 30_000, 10_000);
+    let expected = windowed_counts(&views, 40, (start_time, 1000), (30_000, 10_000));
     let start = |i| {
         let mut member = Member::start(&file, dir.path(), i);
         member.wait_holding(Duration::from_secs(60));

@@ -185,6 +185,16 @@ impl Broker {
     /// Produces `values` (no key) to `topic`, spread over its partitions;
     /// returns once all are acknowledged.
     pub fn produce(&self, topic: &str, values: &[String]) {
+        self.produce_into(topic, None, values);
+    }
+
+    /// Produces `values` (no key) to partition `partition` of `topic`, in
+    /// order; returns once all are acknowledged.
+    pub fn produce_to(&self, topic: &str, partition: i32, values: &[String]) {
+        self.produce_into(topic, Some(partition), values);
+    }
+
+    fn produce_into(&self, topic: &str, partition: Option<i32>, values: &[String]) {
         let producer: BaseProducer = self
             .config()
             .set("linger.ms", "5")
@@ -196,6 +206,9 @@ impl Broker {
             .expect("producer");
         for value in values {
             let mut record = BaseRecord::<(), str>::to(topic).payload(value.as_str());
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
             loop {
                 match producer.send(record) {
                     Ok(()) => break,

@@ -20,13 +20,25 @@
 //! restore it from. A files sink writes to `<path>/<segment>-<p>`, and a
 //! Kafka sink with its own `transactional-id` gets `.<segment>.<p>` after
 //! it, so tasks never overwrite or fence each other.
+//!
+//! **Under the deterministic clock** (`clock = "deterministic"`), the input
+//! segment's tasks cut their batches as in one process: batch `k` of a
+//! task holds the next `records-per-batch` records of its partition and
+//! its records are stamped with the time of batch `k`, so every record's
+//! timestamp is a function of its partition and offset alone, whichever
+//! process read it. The repartition topics carry those timestamps; the
+//! later segments cut batches on the wall clock (what reaches a
+//! repartition partition, and when, depends on every input task), so their
+//! stages must not depend on batch times: event-time windows are
+//! deterministic there, processing-time windows, state timeouts and joins
+//! (which pair records of the same batch) are refused.
 
 use std::collections::BTreeMap;
 
 use crate::checkpoint::CheckpointSettings;
 use crate::config::{
-    BuiltinReducer, ClusterSpec, DEAD_LETTERS, OperatorSpec, PipelineSpec, ReducerSpec, SinkKind, SinkSpec,
-    SourceKind, SourceSpec, StageSpec,
+    BuiltinReducer, ClockMode, ClusterSpec, DEAD_LETTERS, OperatorSpec, PipelineSpec, ReducerSpec, SinkKind,
+    SinkSpec, SourceKind, SourceSpec, StageSpec, WindowTime,
 };
 use crate::sink::files::FilesSinkSpec;
 use crate::sink::kafka::{KafkaDelivery, KafkaFormat, KafkaSinkSpec};
@@ -87,6 +99,20 @@ fn groups_by_key(op: &OperatorSpec) -> bool {
     )
 }
 
+/// Why a keyed stage's output depends on how batches are cut, if it does.
+fn batch_time_dependent(op: &OperatorSpec) -> Option<&'static str> {
+    match op {
+        OperatorSpec::Window(window) if window.time == WindowTime::Processing => {
+            Some("a processing-time window is a run of batches")
+        }
+        OperatorSpec::KeyedState(state) if state.timeout.is_some() => {
+            Some("a state timeout counts batch times")
+        }
+        OperatorSpec::Join { .. } => Some("a join pairs the records of one batch"),
+        _ => None,
+    }
+}
+
 impl ClusterPlan {
     /// Cuts `pipeline` (which has a `[cluster]` table) into segments.
     pub fn new(pipeline: &PipelineSpec) -> Result<Self, ClusterError> {
@@ -124,6 +150,16 @@ impl ClusterPlan {
                 )));
             }
             if groups_by_key(&stage.op) {
+                if pipeline.clock != ClockMode::WallClock
+                    && let Some(why) = batch_time_dependent(&stage.op)
+                {
+                    return Err(invalid(format!(
+                        "stage `{}`: {why}; under clock = \"deterministic\" a cluster cuts the batches \
+                         after a repartition topic on the wall clock, so only the records' timestamps are \
+                         deterministic there (use an event-time window, `time = \"event\"`)",
+                        stage.name
+                    )));
+                }
                 let index = segments.len();
                 let mut reads = Vec::new();
                 for input in &stage.inputs {
@@ -241,6 +277,12 @@ impl ClusterPlan {
         let mut spec = self.pipeline.clone();
         spec.name = self.task_name(segment, partition);
         spec.cluster = None;
+        if segment > 0 {
+            // What reaches a repartition partition depends on every input
+            // task: its batches are cut on the wall clock (the records keep
+            // the timestamps the input tasks gave them).
+            spec.clock = ClockMode::WallClock;
+        }
         spec.checkpoint = self
             .pipeline
             .checkpoint
@@ -507,5 +549,32 @@ group-id = "wc"
             .find_map(|s| s.kind.settings::<KafkaSinkSpec>())
             .unwrap();
         assert_eq!(kafka.transactional_id.as_deref(), Some("wc-out.counts.4"));
+    }
+
+    #[test]
+    fn under_the_deterministic_clock_only_the_input_tasks_cut_deterministic_batches() {
+        let deterministic = |window: &str| {
+            let text = format!(
+                "[pipeline]\nname = \"wc\"\ncheckpoint-dir = \"/shared/wc\"\nclock = \"deterministic\"\n\n\
+                 [[source]]\nname = \"lines\"\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = \"text\"\n\
+                 records-per-batch = 10\n\n[[stage]]\nname = \"per-key\"\ninput = \"lines\"\n\
+                 op = \"reduce-by-key-and-window\"\nreducer = \"count\"\nlength = \"30s\"\nslide = \"10s\"\n{window}\n\
+                 [[sink]]\ninput = \"per-key\"\ntype = \"console\"\n\n[cluster]\ngroup-id = \"wc\"\n"
+            );
+            crate::config::parse(&text, Path::new("wc.toml")).expect("a valid pipeline")
+        };
+        let plan = ClusterPlan::new(&deterministic(
+            "time = \"event\"\nallowed-lateness = \"1m\"\noutput-mode = \"update\"\n",
+        ))
+        .unwrap();
+        assert!(matches!(plan.task(0, 1).clock, ClockMode::Deterministic { .. }));
+        assert_eq!(plan.task(1, 1).clock, ClockMode::WallClock);
+
+        let error = ClusterPlan::new(&deterministic("")).unwrap_err().to_string();
+        assert!(
+            error.contains("a processing-time window is a run of batches")
+                && error.contains("time = \"event\""),
+            "{error}"
+        );
     }
 }

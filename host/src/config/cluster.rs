@@ -2,8 +2,9 @@
 //! processes (see [`crate::cluster`]), checked when the file is read.
 //!
 //! A cluster pipeline reads one Kafka topic (its partitions are what the
-//! consumer group spreads), keeps its checkpoints in a store every process
-//! reaches, and cuts batches on the wall clock.
+//! consumer group spreads) and keeps its checkpoints in a store every
+//! process reaches. (What the deterministic clock means there is the
+//! plan's: [`crate::cluster::plan`].)
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use toml::Spanned;
 
 use super::file::ClusterTable;
 use super::values::{duration, positive};
-use super::{ClockMode, ClusterSpec, Paths, SourceSpec, SpecError};
+use super::{ClusterSpec, Paths, SourceSpec, SpecError};
 use crate::checkpoint::CheckpointSettings;
 
 /// Default of `session-timeout`.
@@ -22,7 +23,6 @@ pub(super) fn cluster_spec(
     table: Spanned<ClusterTable>,
     sources: &[SourceSpec],
     checkpoint: Option<&CheckpointSettings>,
-    clock: ClockMode,
     paths: &Paths,
 ) -> Result<ClusterSpec, SpecError> {
     let at = table.span().start;
@@ -62,14 +62,6 @@ pub(super) fn cluster_spec(
             at,
             "a cluster needs `checkpoint-dir` in [pipeline]: a store every process reaches (a shared \
              directory, or s3://bucket/prefix), where each partition's state moves from one process to another"
-                .into(),
-        ));
-    }
-    if clock != ClockMode::WallClock {
-        return Err((
-            at,
-            "a cluster cuts batches on the wall clock: each process cuts its own partitions' batches, \
-             so `clock = \"deterministic\"` cannot hold across processes"
                 .into(),
         ));
     }

@@ -168,7 +168,6 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
             table,
             &sources,
             checkpoint.as_ref(),
-            clock,
             paths,
         )?),
         None => None,

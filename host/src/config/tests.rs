@@ -532,7 +532,7 @@ fn a_tenant_scope_prefixes_kafka_groups_and_transactional_ids() {
 
 #[cfg(feature = "kafka")]
 #[test]
-fn a_cluster_needs_one_kafka_topic_a_shared_store_and_the_wall_clock() {
+fn a_cluster_needs_one_kafka_topic_and_a_shared_store() {
     let base = |pipeline: &str, sources: &str| {
         format!(
             "[pipeline]\nname = \"c\"\n{pipeline}\n{sources}\n[[sink]]\ninput = \"lines\"\ntype = \"console\"\n\n[cluster]\ngroup-id = \"g\"\n"
@@ -541,13 +541,6 @@ fn a_cluster_needs_one_kafka_topic_a_shared_store_and_the_wall_clock() {
     let kafka = "[[source]]\nname = \"lines\"\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = \"t\"\n";
     let cases = [
         (base("", kafka), "a cluster needs `checkpoint-dir`"),
-        (
-            base(
-                "checkpoint-dir = \"/s\"\nclock = \"deterministic\"",
-                &format!("{kafka}records-per-batch = 10\n"),
-            ),
-            "a cluster cuts batches on the wall clock",
-        ),
         (
             base(
                 "checkpoint-dir = \"/s\"",
@@ -571,4 +564,15 @@ fn a_cluster_needs_one_kafka_topic_a_shared_store_and_the_wall_clock() {
     let cluster = spec.cluster.unwrap();
     assert_eq!(cluster.group_id, "g");
     assert_eq!(cluster.session_timeout, std::time::Duration::from_secs(10));
+    // The deterministic clock: the plan decides what it means per segment.
+    let deterministic = base(
+        "checkpoint-dir = \"/s\"\nclock = \"deterministic\"",
+        &format!("{kafka}records-per-batch = 10\n"),
+    );
+    assert!(
+        parse(&deterministic, Path::new("c.toml"))
+            .unwrap()
+            .cluster
+            .is_some()
+    );
 }
