@@ -149,6 +149,21 @@ impl EngineError {
         }
     }
 
+    /// True when another run of the pipeline took its work over while this
+    /// one ran: a newer producer of a sink's transactional id fenced this
+    /// one, or another process wrote its checkpoint. Fencing kept the
+    /// output exact; this run must stop and not start again while the
+    /// other runs.
+    pub fn superseded(&self) -> bool {
+        match self {
+            Self::Sink { error, .. } => error.superseded,
+            Self::Checkpoint { error, .. } => {
+                matches!(error, crate::checkpoint::CheckpointError::Superseded { .. })
+            }
+            _ => false,
+        }
+    }
+
     /// True when the user's input (pipeline file, plugin choice) is at fault:
     /// the CLI exits with status 2 for these and 1 for failures at run time.
     pub fn is_usage_error(&self) -> bool {
@@ -170,5 +185,46 @@ impl EngineError {
                         | PluginError::Init(_)
                 )
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::CheckpointError;
+    use crate::sink::SinkError;
+
+    #[test]
+    fn a_fenced_sink_and_a_checkpoint_written_by_another_process_mean_superseded() {
+        let sink = |superseded| EngineError::Sink {
+            pipeline: "wc.counts.3".into(),
+            error: SinkError {
+                sink: "out".into(),
+                message: "batch 94: 3 record(s) not delivered".into(),
+                superseded,
+            },
+        };
+        assert!(sink(true).superseded());
+        assert!(!sink(false).superseded());
+        let checkpoint = |error| EngineError::Checkpoint {
+            pipeline: "wc.counts.3".into(),
+            error,
+        };
+        let written = checkpoint(CheckpointError::Superseded {
+            dir: "/shared/wc/counts/partitions/3".into(),
+            batch: 7,
+        });
+        assert!(written.superseded());
+        assert!(
+            written
+                .to_string()
+                .contains("two pipelines share this checkpoint directory")
+        );
+        let unusable = checkpoint(CheckpointError::Unusable {
+            dir: "/shared".into(),
+            message: "no manifest".into(),
+        });
+        assert!(!unusable.superseded());
+        assert!(!EngineError::Io("disk full".into()).superseded());
     }
 }

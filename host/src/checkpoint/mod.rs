@@ -153,6 +153,18 @@ pub enum CheckpointError {
         /// Why.
         message: String,
     },
+    /// Another process wrote a checkpoint here while this one ran: two runs
+    /// of the pipeline share the directory (in a cluster: the partition
+    /// moved to another process while this one still ran it).
+    #[error(
+        "checkpoint directory {dir}: the checkpoint of batch {batch} was written by another process while this one ran: two pipelines share this checkpoint directory"
+    )]
+    Superseded {
+        /// The directory.
+        dir: String,
+        /// The batch whose checkpoint the other process wrote.
+        batch: u64,
+    },
 }
 
 /// Where a kept plugin component lies in the checkpoint directory.
@@ -903,11 +915,9 @@ fn write_checkpoint(
     if !created
         && storage.get(&name).map_err(io(format!("read {name}")))?.as_deref() != Some(&manifest_bytes[..])
     {
-        return Err(CheckpointError::Unusable {
+        return Err(CheckpointError::Superseded {
             dir: dir.to_owned(),
-            message: format!(
-                "the checkpoint of batch {batch} was written by another process while this one ran: two pipelines share this checkpoint directory"
-            ),
+            batch,
         });
     }
     crate::failpoint::crash_point("checkpoint-manifest");

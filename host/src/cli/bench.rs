@@ -161,6 +161,7 @@ impl Sink for TotalSink {
             total += count.ok_or_else(|| SinkError {
                 sink: "bench".into(),
                 message: format!("not a count: {:?}", String::from_utf8_lossy(record.value)),
+                superseded: false,
             })?;
         }
         self.0.fetch_add(total, Ordering::Relaxed);

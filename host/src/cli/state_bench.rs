@@ -323,6 +323,7 @@ impl Sink for CheckSink {
                 Err(SinkError {
                     sink: "state-bench".into(),
                     message,
+                    superseded: false,
                 })
             }
         }

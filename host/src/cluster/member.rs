@@ -44,6 +44,7 @@ use super::ClusterError;
 use super::plan::ClusterPlan;
 use super::topics::prepare_topics;
 use crate::engine::{Engine, PipelineHandle};
+use crate::error::EngineError;
 use crate::kafka::{LogContext, describe};
 use crate::pipeline::{RunOptions, RunSummary, StopMode};
 use crate::source::now_ms;
@@ -56,17 +57,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a member waits before it starts again a task that another
 /// process fenced, while the partition is still its own.
 pub const MIGRATED_RETRY: Duration = Duration::from_secs(2);
-
-/// True when a task's error says another process runs it too.
-fn migrated(message: &str) -> bool {
-    [
-        "fenced",
-        "old epoch",
-        "two pipelines share this checkpoint directory",
-    ]
-    .iter()
-    .any(|sign| message.contains(sign))
-}
 
 /// What a member needs besides the plan.
 pub struct MemberOptions {
@@ -331,16 +321,17 @@ impl Tasks {
             self.engine.supervisor().remove(handle.id());
             match outcome {
                 Ok(summary) => self.ended.lock().expect("not poisoned").push(summary),
-                Err(error) => self.failed(None, &handle, error.to_string()),
+                Err(error) => self.failed(None, &handle, &error),
             }
         }
     }
 
-    /// A task ended with `message`: another process runs it too (dropped,
+    /// A task ended with `error`: another process runs it too (dropped,
     /// and retried when `key` is given and still assigned), or a failure
     /// of the member.
-    fn failed(&self, key: Option<(usize, i32)>, handle: &PipelineHandle, message: String) {
-        if !migrated(&message) {
+    fn failed(&self, key: Option<(usize, i32)>, handle: &PipelineHandle, error: &EngineError) {
+        let message = error.to_string();
+        if !error.superseded() {
             self.fail(ClusterError::Task {
                 task: handle.name().to_owned(),
                 message,
@@ -411,7 +402,7 @@ impl Tasks {
         for (key, handle) in ended {
             self.engine.supervisor().remove(handle.id());
             if let Some(Err(error)) = handle.outcome() {
-                self.failed(Some(key), &handle, error.to_string());
+                self.failed(Some(key), &handle, &error);
             } else {
                 self.fail(ClusterError::Task {
                     task: handle.name().to_owned(),
@@ -528,24 +519,5 @@ impl ConsumerContext for MemberContext {
             }
             self.tasks.assign(list);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::migrated;
-
-    #[test]
-    fn fencing_and_a_shared_checkpoint_mean_another_process_runs_the_task() {
-        assert!(migrated(
-            "sink `out`: batch 94: cannot record the batch in its transaction: Local: This instance has been fenced by a newer instance"
-        ));
-        assert!(migrated(
-            "Message production error: InvalidProducerEpoch (Broker: Producer attempted an operation with an old epoch)"
-        ));
-        assert!(migrated(
-            "the checkpoint of batch 7 was written by another process while this one ran: two pipelines share this checkpoint directory"
-        ));
-        assert!(!migrated("stage `words`: the plugin trapped"));
     }
 }

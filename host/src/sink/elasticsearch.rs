@@ -227,6 +227,7 @@ impl ElasticsearchSink {
         SinkError {
             sink: self.name.clone(),
             message,
+            superseded: false,
         }
     }
 

@@ -187,6 +187,7 @@ impl FilesSink {
         SinkError {
             sink: self.name.clone(),
             message,
+            superseded: false,
         }
     }
 

@@ -181,6 +181,7 @@ impl HttpSink {
         SinkError {
             sink: self.name.clone(),
             message,
+            superseded: false,
         }
     }
 

@@ -250,6 +250,9 @@ struct Rejected {
     /// dead letter is the right place for it; false for failures such as
     /// a timeout.
     record_at_fault: bool,
+    /// True when the producer was fenced: another run took its
+    /// transactional id over.
+    fenced: bool,
     key: Option<Vec<u8>>,
     value_head: Vec<u8>,
     size: usize,
@@ -281,6 +284,7 @@ impl ProducerContext for DeliveryContext {
             self.rejected.lock().expect("not poisoned").push(Rejected {
                 error: describe(error),
                 record_at_fault: record_at_fault(error),
+                fenced: fenced(error),
                 key: message.key().map(<[u8]>::to_vec),
                 value_head: payload[..payload.len().min(DEAD_LETTER_VALUE_BYTES)].to_vec(),
                 size: payload.len(),
@@ -334,6 +338,7 @@ impl KafkaSink {
         SinkError {
             sink: self.name.clone(),
             message: message.into(),
+            superseded: false,
         }
     }
 
@@ -376,6 +381,7 @@ impl KafkaSink {
                     self.rejected.lock().expect("not poisoned").push(Rejected {
                         error: describe(&error),
                         record_at_fault: record_at_fault(&error),
+                        fenced: fenced(&error),
                         key: back.key.map(<[u8]>::to_vec),
                         value_head: payload[..payload.len().min(DEAD_LETTER_VALUE_BYTES)].to_vec(),
                         size: payload.len(),
@@ -420,14 +426,17 @@ impl KafkaSink {
         let dead_letters = match &self.spec.dead_letter_topic {
             Some(topic) if rejected.iter().all(|r| r.record_at_fault) => topic,
             _ => {
-                return Err(self.error(format!(
-                    "batch {}: {} record(s) not delivered to `{}`; the first: {} (record of {} bytes)",
-                    batch.id,
-                    rejected.len(),
-                    self.spec.topic,
-                    first.error,
-                    first.size
-                )));
+                return Err(SinkError {
+                    superseded: rejected.iter().any(|r| r.fenced),
+                    ..self.error(format!(
+                        "batch {}: {} record(s) not delivered to `{}`; the first: {} (record of {} bytes)",
+                        batch.id,
+                        rejected.len(),
+                        self.spec.topic,
+                        first.error,
+                        first.size
+                    ))
+                });
             }
         };
         tracing::warn!(
@@ -560,13 +569,38 @@ impl KafkaSink {
             crate::failpoint::crash_point("kafka-committed");
         }
         if let Err(error) = outcome {
+            if let Some(error) = self.fenced_instead(&error) {
+                return Err(error);
+            }
             if let Err(abort) = self.producer().abort_transaction(self.spec.timeout) {
                 tracing::warn!(sink = %self.name, "cannot abort the transaction of batch {}: {}", batch.id, describe(&abort));
             }
-            return Err(error);
+            return Err(self.fenced_instead(&error).unwrap_or(error));
         }
         self.next_batch = batch.id + 1;
         Ok(())
+    }
+
+    /// When the producer was fenced (its fatal error says so), the error
+    /// that says it, in place of `error` (which may only tell of records
+    /// purged or a transaction refused): another run of the pipeline took
+    /// the transactional id over, so this run is superseded.
+    fn fenced_instead(&self, error: &SinkError) -> Option<SinkError> {
+        let (code, reason) = self.producer.as_ref()?.client().fatal_error()?;
+        let fenced = matches!(
+            code,
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        );
+        fenced.then(|| SinkError {
+            sink: self.name.clone(),
+            message: format!(
+                "another run of this pipeline took the transactional id `{}` over and fenced this one                  ({reason}); nothing of the batch was committed here: {}",
+                self.transactional_id, error.message
+            ),
+            superseded: true,
+        })
     }
 
     fn send_in_transaction(&self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
@@ -609,18 +643,21 @@ impl KafkaSink {
                 })?;
         }
         crate::failpoint::crash_point("kafka-sent");
-        producer.commit_transaction(self.spec.timeout).map_err(|e| {
-            self.error(format!(
-                "batch {}: cannot commit its transaction{}: {}",
-                batch.id,
-                if fenced(&e) {
-                    " (another run of this pipeline took the transactional id over)"
-                } else {
-                    ""
-                },
-                describe(&e)
-            ))
-        })
+        producer
+            .commit_transaction(self.spec.timeout)
+            .map_err(|e| SinkError {
+                superseded: fenced(&e),
+                ..self.error(format!(
+                    "batch {}: cannot commit its transaction{}: {}",
+                    batch.id,
+                    if fenced(&e) {
+                        " (another run of this pipeline took the transactional id over)"
+                    } else {
+                        ""
+                    },
+                    describe(&e)
+                ))
+            })
     }
 }
 

@@ -70,6 +70,10 @@ pub struct SinkError {
     pub sink: String,
     /// What went wrong.
     pub message: String,
+    /// Another run of the pipeline took the sink's output over (a newer
+    /// producer of its transactional id fenced this one): this run must
+    /// stop, and must not run again while the other does.
+    pub superseded: bool,
 }
 
 /// Where a stream's results go.

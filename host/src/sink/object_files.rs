@@ -66,6 +66,7 @@ impl ObjectFilesSink {
         SinkError {
             sink: self.name.clone(),
             message,
+            superseded: false,
         }
     }
 

@@ -407,6 +407,7 @@ impl Writer {
         SinkError {
             sink: self.name.clone(),
             message,
+            superseded: false,
         }
     }
 

@@ -204,6 +204,7 @@ impl RedisSink {
         SinkError {
             sink: self.name.clone(),
             message,
+            superseded: false,
         }
     }
 
