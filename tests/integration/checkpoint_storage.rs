@@ -156,6 +156,22 @@ fn behaves_as_a_checkpoint_store(storage: Arc<dyn CheckpointStorage>) {
         ["10", "11", "12", "9"],
         "{backend}"
     );
+    // Many blobs at once (object storage: one request), absent ones too.
+    storage.put("offsets/00003.json", b"three").unwrap();
+    storage.put("offsets/00004.json", b"four").unwrap();
+    storage
+        .remove_blobs(&[
+            "offsets/00003.json".into(),
+            "offsets/00009.json".into(),
+            "offsets/00004.json".into(),
+        ])
+        .unwrap();
+    assert_eq!(
+        storage.list("offsets").unwrap(),
+        ["00001.json", "00002.json"],
+        "{backend}"
+    );
+    storage.remove_blobs(&[]).unwrap();
     storage.remove("checkpoints").unwrap();
     storage.remove("offsets/00002.json").unwrap();
     assert_eq!(

@@ -170,12 +170,13 @@ pub fn collect_garbage<'a>(
     referenced: impl IntoIterator<Item = &'a StatePart>,
 ) -> std::io::Result<()> {
     let keep: HashSet<&str> = referenced.into_iter().map(|part| part.file.as_str()).collect();
-    for name in storage.list(DIR)? {
-        let file = format!("{DIR}/{name}");
-        if !keep.contains(file.as_str()) {
-            storage.remove(&file)?;
-        }
-    }
+    let unused: Vec<String> = storage
+        .list(DIR)?
+        .into_iter()
+        .map(|name| format!("{DIR}/{name}"))
+        .filter(|file| !keep.contains(file.as_str()))
+        .collect();
+    storage.remove_blobs(&unused)?;
     storage.remove_unfinished(DIR)
 }
 

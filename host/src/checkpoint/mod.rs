@@ -976,17 +976,18 @@ fn write_checkpoint(
             }
         }
         let names = storage.list("offsets").map_err(io("list the batch log".into()))?;
-        for name in &names {
-            if name
-                .strip_suffix(".json")
-                .and_then(|id| id.parse::<u64>().ok())
-                .is_some_and(|id| id <= oldest)
-            {
-                storage
-                    .remove(&format!("offsets/{name}"))
-                    .map_err(io(format!("truncate the batch log at {name}")))?;
-            }
-        }
+        let behind: Vec<String> = names
+            .iter()
+            .filter(|name| {
+                name.strip_suffix(".json")
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .is_some_and(|id| id <= oldest)
+            })
+            .map(|name| format!("offsets/{name}"))
+            .collect();
+        storage
+            .remove_blobs(&behind)
+            .map_err(io(format!("truncate the batch log before batch {oldest}")))?;
         idle_log::truncate(storage, &names, oldest, open_segment)
             .map_err(io("truncate the batch log's segments".into()))?;
     }

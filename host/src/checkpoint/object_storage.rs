@@ -80,12 +80,28 @@ impl ObjectStorage {
         )
     }
 
-    /// Deletes the object `key`; an absent one is fine.
-    fn delete(&self, name: &str, key: ObjectPath) -> std::io::Result<()> {
+    /// Deletes the objects `keys` in as few requests as the store allows
+    /// (S3: a thousand a request); absent ones are fine.
+    fn delete_all(&self, name: &str, keys: Vec<ObjectPath>) -> std::io::Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let store = self.store.clone();
-        match block_on(async move { store.delete(&key).await }) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(self.failed(name, error)),
+        let failure = block_on(async move {
+            use futures_util::StreamExt;
+            let locations = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+            let mut deleted = store.delete_stream(locations);
+            while let Some(result) = deleted.next().await {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(error) => return Some(error),
+                }
+            }
+            None
+        });
+        match failure {
+            None => Ok(()),
+            Some(error) => Err(self.failed(name, error)),
         }
     }
 }
@@ -153,10 +169,17 @@ impl CheckpointStorage for ObjectStorage {
                 .await
         })
         .map_err(|e| self.failed(name, e))?;
-        for object in inside {
-            self.delete(name, object)?;
-        }
-        self.delete(name, key)
+        let mut keys = inside;
+        keys.push(key);
+        self.delete_all(name, keys)
+    }
+
+    fn remove_blobs(&self, names: &[String]) -> std::io::Result<()> {
+        let Some(first) = names.first() else {
+            return Ok(());
+        };
+        let keys = names.iter().map(|name| self.target.key(name)).collect();
+        self.delete_all(first, keys)
     }
 
     fn create(&self, name: &str) -> std::io::Result<Box<dyn BlobWriter>> {

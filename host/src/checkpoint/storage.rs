@@ -42,6 +42,13 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// Removes `name` and everything under it; absent names are fine.
     fn remove(&self, name: &str) -> std::io::Result<()>;
 
+    /// Removes the blobs `names` (blobs, not "directories"); absent names
+    /// are fine. Default: a [`remove`](Self::remove) each. Object storage
+    /// deletes them in one request per thousand.
+    fn remove_blobs(&self, names: &[String]) -> std::io::Result<()> {
+        names.iter().try_for_each(|name| self.remove(name))
+    }
+
     /// Starts writing the blob `name` as a stream (see [`BlobWriter`]).
     fn create(&self, name: &str) -> std::io::Result<Box<dyn BlobWriter>>;
 
