@@ -28,7 +28,7 @@
 //!   still gives it the partition, starts it again after
 //!   [`MIGRATED_RETRY`], restoring from the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,13 +106,12 @@ pub fn run_member(
         plan,
         options,
         running: Mutex::new(BTreeMap::new()),
-        assigned: Mutex::new(BTreeSet::new()),
+        assigned: Mutex::new(BTreeMap::new()),
         retries: Mutex::new(BTreeMap::new()),
         ended: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         rebalances: AtomicU64::new(0),
         last_rebalance_ms: Mutex::new(None),
-        held_since: Mutex::new(BTreeMap::new()),
     });
     tasks.publish();
     let consumer = membership(&tasks)?;
@@ -205,16 +204,15 @@ struct Tasks {
     options: MemberOptions,
     /// By `(segment, partition)`.
     running: Mutex<BTreeMap<(usize, i32), PipelineHandle>>,
-    /// The tasks whose partitions the group gives this member.
-    assigned: Mutex<BTreeSet<(usize, i32)>>,
+    /// The tasks whose partitions the group gives this member, with since
+    /// when (milliseconds since the Unix epoch).
+    assigned: Mutex<BTreeMap<(usize, i32), i64>>,
     /// Tasks another process fenced, and when to start them again.
     retries: Mutex<BTreeMap<(usize, i32), Instant>>,
     ended: Mutex<Vec<RunSummary>>,
     failure: Mutex<Option<ClusterError>>,
     rebalances: AtomicU64,
     last_rebalance_ms: Mutex<Option<i64>>,
-    /// Since when each assigned partition is this member's.
-    held_since: Mutex<BTreeMap<(usize, i32), i64>>,
 }
 
 impl Tasks {
@@ -233,15 +231,11 @@ impl Tasks {
             return;
         }
         self.rebalanced();
-        self.assigned
-            .lock()
-            .expect("not poisoned")
-            .extend(tasks.iter().copied());
         {
             let now = now_ms();
-            let mut since = self.held_since.lock().expect("not poisoned");
+            let mut assigned = self.assigned.lock().expect("not poisoned");
             for key in &tasks {
-                since.entry(*key).or_insert(now);
+                assigned.entry(*key).or_insert(now);
             }
         }
         for (segment, partition) in &tasks {
@@ -283,11 +277,9 @@ impl Tasks {
         {
             let mut assigned = self.assigned.lock().expect("not poisoned");
             let mut retries = self.retries.lock().expect("not poisoned");
-            let mut since = self.held_since.lock().expect("not poisoned");
             for key in &tasks {
                 assigned.remove(key);
                 retries.remove(key);
-                since.remove(key);
             }
         }
         let handles: Vec<PipelineHandle> = {
@@ -307,7 +299,6 @@ impl Tasks {
         };
         self.finish(handles);
         self.assigned.lock().expect("not poisoned").clear();
-        self.held_since.lock().expect("not poisoned").clear();
         self.publish();
     }
 
@@ -344,7 +335,7 @@ impl Tasks {
              dropped here, nothing it wrote was committed twice: {message}"
         );
         if let Some(key) = key
-            && self.assigned.lock().expect("not poisoned").contains(&key)
+            && self.assigned.lock().expect("not poisoned").contains_key(&key)
         {
             self.retries
                 .lock()
@@ -374,7 +365,7 @@ impl Tasks {
                 .assigned
                 .lock()
                 .expect("not poisoned")
-                .contains(&(segment, partition))
+                .contains_key(&(segment, partition))
             {
                 continue;
             }
@@ -428,7 +419,7 @@ impl Tasks {
     /// rebalances.
     fn publish(&self) {
         let held = self
-            .held_since
+            .assigned
             .lock()
             .expect("not poisoned")
             .iter()

@@ -346,7 +346,7 @@ impl From<SourceError> for Halt {
 struct ReaderContext {
     log: LogContext,
     /// Per partition: its end as the last statistics gave it.
-    ends: Arc<std::sync::Mutex<BTreeMap<TopicPartition, i64>>>,
+    ends: std::sync::Mutex<BTreeMap<TopicPartition, i64>>,
     /// Whether the end is the last stable offset (`read_committed`, the
     /// default) or the high watermark.
     read_committed: bool,
@@ -480,7 +480,7 @@ impl Receiver {
             log: LogContext {
                 owner: format!("source `{}`", ctx.name),
             },
-            ends: Arc::default(),
+            ends: Default::default(),
             read_committed: !spec
                 .client
                 .properties
