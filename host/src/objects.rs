@@ -1,6 +1,6 @@
 //! S3-compatible object storage: where objects go ([`ObjectTarget`], parsed
-//! from an `s3://` URL and the keys `endpoint`, `region`, `access-key-id`
-//! and `secret-access-key`), shared by the files sink on `s3://`
+//! from an `s3://` URL and the keys `endpoint`, `region`, `access-key-id`,
+//! `secret-access-key` and `credentials`), shared by the files sink on `s3://`
 //! ([`crate::sink::object_files`]) and checkpoints on `s3://`
 //! ([`crate::checkpoint::object_storage`]); and the small runtime that
 //! checkpoint storage, which is called from plain threads, drives its
@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 
 use crate::config::{Settings, SpecError};
@@ -26,6 +26,8 @@ pub struct ObjectKeys<'a> {
     pub access_key_id: Option<&'a toml::Spanned<String>>,
     /// `secret-access-key`.
     pub secret_access_key: Option<&'a toml::Spanned<String>>,
+    /// `credentials`: `"environment"` or `"anonymous"`.
+    pub credentials: Option<&'a toml::Spanned<String>>,
 }
 
 impl<'a> ObjectKeys<'a> {
@@ -36,6 +38,71 @@ impl<'a> ObjectKeys<'a> {
             region: settings.text("region"),
             access_key_id: settings.text("access-key-id"),
             secret_access_key: settings.text("secret-access-key"),
+            credentials: settings.text("credentials"),
+        }
+    }
+}
+
+/// How requests to the store are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectCredentials {
+    /// `access-key-id` and `secret-access-key`, as written in the file.
+    Keys {
+        /// The access key id.
+        id: String,
+        /// The secret access key.
+        secret: String,
+    },
+    /// The environment's AWS credentials, found as the AWS SDKs find them
+    /// (the default when the file names none): `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`; else a web identity
+    /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, as on EKS); else
+    /// the container's (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or
+    /// `_FULL_URI`, as on ECS); else the instance metadata service (EC2).
+    /// `AWS_REGION` or `AWS_DEFAULT_REGION` give the region when the file
+    /// does not.
+    Environment,
+    /// Unsigned requests (`credentials = "anonymous"`): a public bucket,
+    /// or a local store that does not check signatures.
+    Anonymous,
+}
+
+impl ObjectCredentials {
+    /// Reads `credentials` and the access keys.
+    fn parse(keys: &ObjectKeys<'_>) -> Result<Self, SpecError> {
+        let static_keys = match (keys.access_key_id, keys.secret_access_key) {
+            (Some(id), Some(secret)) => Some((id, secret)),
+            (None, None) => None,
+            (Some(key), None) | (None, Some(key)) => {
+                return Err((
+                    key.span().start,
+                    "`access-key-id` and `secret-access-key` go together".to_owned(),
+                ));
+            }
+        };
+        match (keys.credentials, static_keys) {
+            (None, Some((id, secret))) => Ok(Self::Keys {
+                id: id.get_ref().clone(),
+                secret: secret.get_ref().clone(),
+            }),
+            (None, None) => Ok(Self::Environment),
+            (Some(mode), Some(_)) => Err((
+                mode.span().start,
+                format!(
+                    "`credentials = {:?}` and the access keys exclude each other: keep one",
+                    mode.get_ref()
+                ),
+            )),
+            (Some(mode), None) => match mode.get_ref().as_str() {
+                "environment" => Ok(Self::Environment),
+                "anonymous" => Ok(Self::Anonymous),
+                other => Err((
+                    mode.span().start,
+                    format!(
+                        "unknown credentials {other:?} (expected \"environment\": the AWS credentials of the environment, or \"anonymous\": unsigned requests; or set access-key-id and secret-access-key)"
+                    ),
+                )),
+            },
         }
     }
 }
@@ -50,10 +117,11 @@ pub struct ObjectTarget {
     /// A custom endpoint (MinIO, moto, another S3-compatible store);
     /// `None`: AWS S3 of `region`.
     pub endpoint: Option<String>,
-    /// The region.
-    pub region: String,
-    /// The access key id and secret; `None`: unsigned requests.
-    pub credentials: Option<(String, String)>,
+    /// The region as the file gives it; `None`: the environment's
+    /// (with [`ObjectCredentials::Environment`]), else `us-east-1`.
+    pub region: Option<String>,
+    /// How requests are signed.
+    pub credentials: ObjectCredentials,
 }
 
 impl ObjectTarget {
@@ -87,25 +155,37 @@ impl ObjectTarget {
             Some(text) => Some(text.get_ref().trim_end_matches('/').to_owned()),
             None => None,
         };
-        let credentials = match (keys.access_key_id, keys.secret_access_key) {
-            (Some(id), Some(secret)) => Some((id.get_ref().clone(), secret.get_ref().clone())),
-            (None, None) => None,
-            (Some(key), None) | (None, Some(key)) => {
-                return Err((
-                    key.span().start,
-                    "`access-key-id` and `secret-access-key` go together".to_owned(),
-                ));
-            }
-        };
         Ok(Self {
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             endpoint,
-            region: keys
-                .region
-                .map_or_else(|| "us-east-1".to_owned(), |r| r.get_ref().clone()),
-            credentials,
+            region: keys.region.map(|r| r.get_ref().clone()),
+            credentials: ObjectCredentials::parse(keys)?,
         })
+    }
+
+    /// The region requests go to: the file's; else, with the environment's
+    /// credentials, `AWS_REGION` or `AWS_DEFAULT_REGION`; else `us-east-1`.
+    pub fn region(&self) -> String {
+        self.region_in(std::env::vars())
+    }
+
+    /// [`ObjectTarget::region`] in the environment `vars`.
+    fn region_in(&self, vars: impl IntoIterator<Item = (String, String)>) -> String {
+        if let Some(region) = &self.region {
+            return region.clone();
+        }
+        let mut found = None;
+        if self.credentials == ObjectCredentials::Environment {
+            for (name, value) in vars {
+                match name.as_str() {
+                    "AWS_REGION" => found = Some(value),
+                    "AWS_DEFAULT_REGION" if found.is_none() => found = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        found.unwrap_or_else(|| "us-east-1".to_owned())
     }
 
     /// `s3://bucket/prefix`, for messages.
@@ -113,10 +193,27 @@ impl ObjectTarget {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
+    /// `error`, which a request to this store failed with, for a message;
+    /// where it failed to find the environment's credentials, with what
+    /// to set.
+    pub fn explain(&self, error: &dyn std::fmt::Display) -> String {
+        let text = error.to_string();
+        let metadata = text.contains("/latest/api/token") || text.contains("/latest/meta-data/");
+        if self.credentials == ObjectCredentials::Environment && metadata {
+            format!(
+                "{text} (no AWS credentials in the environment, and no instance metadata service answered: \
+                 set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, access-key-id and secret-access-key, \
+                 or credentials = \"anonymous\" for unsigned requests)"
+            )
+        } else {
+            text
+        }
+    }
+
     /// The `host:port` requests go to.
     pub fn address(&self) -> String {
         let Some(endpoint) = &self.endpoint else {
-            return format!("s3.{}.amazonaws.com:443", self.region);
+            return format!("s3.{}.amazonaws.com:443", self.region());
         };
         let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint));
         let host = rest.split('/').next().unwrap_or(rest);
@@ -129,19 +226,41 @@ impl ObjectTarget {
 
     /// A client of the bucket.
     pub fn store(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
-        let mut builder = AmazonS3Builder::new()
+        Ok(Arc::new(self.builder(std::env::vars()).build()?))
+    }
+
+    /// The client's configuration in the environment `vars`: with
+    /// [`ObjectCredentials::Environment`], the `AWS_*` variables that
+    /// `object_store` knows, then what the file sets over them.
+    fn builder(&self, vars: impl IntoIterator<Item = (String, String)>) -> AmazonS3Builder {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut builder = AmazonS3Builder::new();
+        if self.credentials == ObjectCredentials::Environment {
+            for (name, value) in &vars {
+                let known = name
+                    .starts_with("AWS_")
+                    .then(|| name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>().ok())
+                    .flatten();
+                if let Some(key) = known {
+                    builder = builder.with_config(key, value);
+                }
+            }
+        }
+        builder = builder
             .with_bucket_name(&self.bucket)
-            .with_region(&self.region);
+            .with_region(self.region_in(vars));
         if let Some(endpoint) = &self.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        builder = match &self.credentials {
-            Some((id, secret)) => builder.with_access_key_id(id).with_secret_access_key(secret),
-            None => builder.with_skip_signature(true),
-        };
-        Ok(Arc::new(builder.build()?))
+        match &self.credentials {
+            ObjectCredentials::Keys { id, secret } => {
+                builder.with_access_key_id(id).with_secret_access_key(secret)
+            }
+            ObjectCredentials::Environment => builder,
+            ObjectCredentials::Anonymous => builder.with_skip_signature(true),
+        }
     }
 
     /// The same bucket with `relative` (a `/`-separated path) added to the
@@ -211,9 +330,115 @@ mod tests {
             bucket: "b".repeat(3),
             prefix: "out/counts".into(),
             endpoint: endpoint.map(str::to_owned),
-            region: region.into(),
-            credentials: None,
+            region: Some(region.into()),
+            credentials: ObjectCredentials::Anonymous,
         }
+    }
+
+    /// Parses `s3://bucket/p` with the keys of a TOML table `table`.
+    fn parsed(table: &str) -> Result<ObjectTarget, SpecError> {
+        let table: std::collections::BTreeMap<String, toml::Spanned<String>> = toml::from_str(table).unwrap();
+        let keys = ObjectKeys {
+            endpoint: table.get("endpoint"),
+            region: table.get("region"),
+            access_key_id: table.get("access-key-id"),
+            secret_access_key: table.get("secret-access-key"),
+            credentials: table.get("credentials"),
+        };
+        ObjectTarget::parse("s3://bucket/p", &keys, 0)
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn credentials_come_from_the_file_the_environment_or_nowhere() {
+        assert_eq!(
+            parsed("access-key-id = \"id\"\nsecret-access-key = \"s\"")
+                .unwrap()
+                .credentials,
+            ObjectCredentials::Keys {
+                id: "id".into(),
+                secret: "s".into()
+            }
+        );
+        assert_eq!(parsed("").unwrap().credentials, ObjectCredentials::Environment);
+        assert_eq!(
+            parsed("credentials = \"environment\"").unwrap().credentials,
+            ObjectCredentials::Environment
+        );
+        assert_eq!(
+            parsed("credentials = \"anonymous\"").unwrap().credentials,
+            ObjectCredentials::Anonymous
+        );
+        let message = |table: &str| parsed(table).unwrap_err().1;
+        assert!(message("access-key-id = \"id\"").contains("go together"));
+        assert!(
+            message("credentials = \"anonymous\"\naccess-key-id = \"i\"\nsecret-access-key = \"s\"")
+                .contains("exclude each other")
+        );
+        assert!(message("credentials = \"iam\"").contains("unknown credentials \"iam\""));
+    }
+
+    #[test]
+    fn the_environment_signs_only_when_asked_to() {
+        let environment = vars(&[
+            ("AWS_ACCESS_KEY_ID", "env-id"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ("AWS_SESSION_TOKEN", "env-token"),
+            ("AWS_DEFAULT_REGION", "eu-west-3"),
+            ("AWS_NOT_A_SETTING", "x"),
+            ("HOME", "/root"),
+        ]);
+        let config = |target: &ObjectTarget, key| target.builder(environment.clone()).get_config_value(&key);
+        let from_environment = parsed("").unwrap();
+        assert_eq!(
+            config(&from_environment, AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("env-id")
+        );
+        assert_eq!(
+            config(&from_environment, AmazonS3ConfigKey::Token).as_deref(),
+            Some("env-token")
+        );
+        assert_eq!(
+            config(&from_environment, AmazonS3ConfigKey::Region).as_deref(),
+            Some("eu-west-3")
+        );
+        assert_eq!(
+            config(&from_environment, AmazonS3ConfigKey::Bucket).as_deref(),
+            Some("bucket")
+        );
+        assert_eq!(from_environment.region_in(environment.clone()), "eu-west-3");
+        let mut region = environment.clone();
+        region.push(("AWS_REGION".into(), "ap-south-1".into()));
+        assert_eq!(from_environment.region_in(region), "ap-south-1");
+
+        // The file's keys and region win; the environment's token is not mixed in.
+        let keyed =
+            parsed("access-key-id = \"id\"\nsecret-access-key = \"s\"\nregion = \"us-west-2\"").unwrap();
+        assert_eq!(
+            config(&keyed, AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("id")
+        );
+        assert_eq!(config(&keyed, AmazonS3ConfigKey::Token), None);
+        assert_eq!(
+            config(&keyed, AmazonS3ConfigKey::Region).as_deref(),
+            Some("us-west-2")
+        );
+
+        // Anonymous requests use nothing of the environment.
+        let anonymous = parsed("credentials = \"anonymous\"").unwrap();
+        assert_eq!(config(&anonymous, AmazonS3ConfigKey::AccessKeyId), None);
+        assert_eq!(
+            config(&anonymous, AmazonS3ConfigKey::SkipSignature).as_deref(),
+            Some("true")
+        );
+        assert_eq!(anonymous.region_in(environment.clone()), "us-east-1");
+        assert_eq!(anonymous.address(), "s3.us-east-1.amazonaws.com:443");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use weir::checkpoint::object_storage::{ObjectStorage, PART_BYTES};
 use weir::checkpoint::{CheckpointStorage, LocalStorage};
-use weir::objects::ObjectTarget;
+use weir::objects::{ObjectCredentials, ObjectTarget};
 use weir_tests::moto::MotoServer;
 use weir_tests::{scratch, stderr, write_pipeline};
 
@@ -22,8 +22,11 @@ fn object_storage(moto: &MotoServer, bucket: &str, prefix: &str) -> ObjectStorag
         bucket: bucket.into(),
         prefix: prefix.into(),
         endpoint: Some(moto.endpoint()),
-        region: "us-east-1".into(),
-        credentials: Some(("test".into(), "test".into())),
+        region: None,
+        credentials: ObjectCredentials::Keys {
+            id: "test".into(),
+            secret: "test".into(),
+        },
     })
     .unwrap()
 }
@@ -293,7 +296,7 @@ fn checkpoints_on_object_storage_refuse_what_they_cannot_do() {
                 "checkpoint-dir = \"ck\"\n\n[checkpoint]\nendpoint = \"http://127.0.0.1:1\"\n",
                 files,
             ),
-            "`endpoint`, `region` and the access keys of [checkpoint] are for an `s3://` checkpoint-dir",
+            "`endpoint`, `region`, `credentials` and the access keys of [checkpoint] are for an `s3://` checkpoint-dir",
         ),
         (
             base(

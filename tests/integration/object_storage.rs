@@ -93,6 +93,75 @@ fn without_a_checkpoint_each_run_replaces_its_batches() {
     assert_eq!(moto.committed_counts("weir-out", "plain/"), word_counts(&second));
 }
 
+/// Runs `weir run --available-now FILE` with no `AWS_*` variable of this
+/// process's environment, but `aws` set.
+fn run_with_aws_environment(file: &Path, aws: &[(&str, &str)]) -> std::process::Output {
+    let mut command = weir().command(&["run", "--available-now", file.to_str().unwrap()]);
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("AWS_")) {
+        command.env_remove(name);
+    }
+    command.envs(aws.iter().copied());
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start weir");
+    weir_tests::wait_output(child, LIMIT)
+}
+
+#[test]
+fn without_keys_in_the_file_requests_are_signed_with_the_environment_s_credentials() {
+    let moto = MotoServer::start();
+    moto.create_bucket("weir-out");
+    let dir = scratch();
+    let text = write_inputs(dir.path(), 2, 10, 7);
+    let sink = format!(
+        "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"files\"\npath = \"s3://weir-out/env\"\n\
+         endpoint = \"{}\"\n",
+        moto.endpoint()
+    );
+    let file = write_pipeline(dir.path(), "env.toml", &pipeline(dir.path(), false, &sink));
+    // No credentials in the environment: they are asked of the instance
+    // metadata service (here a closed port), and the run fails saying what
+    // to set. Nothing was written unsigned.
+    let closed = format!("http://127.0.0.1:{}", weir_tests::free_port());
+    let output = run_with_aws_environment(&file, &[("AWS_METADATA_ENDPOINT", &closed)]);
+    let log = stderr(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{closed}/latest/api/token"))
+            && log.contains("no AWS credentials in the environment")
+            && log.contains("credentials = \"anonymous\""),
+        "{log}"
+    );
+    assert!(moto.keys("weir-out", "env/").is_empty());
+    // With them in the environment (as an EKS or ECS task has them), the
+    // same file runs.
+    let output = run_with_aws_environment(
+        &file,
+        &[
+            ("AWS_METADATA_ENDPOINT", &closed),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_SESSION_TOKEN", "session"),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(moto.committed_counts("weir-out", "env/"), word_counts(&text));
+    // Unsigned requests when the file says so, whatever the environment has.
+    let anonymous = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("s3://weir-out/env", "s3://weir-out/anonymous")
+        .replace("endpoint =", "credentials = \"anonymous\"\nendpoint =");
+    let anonymous = write_pipeline(dir.path(), "anonymous.toml", &anonymous);
+    let output = run_with_aws_environment(&anonymous, &[("AWS_METADATA_ENDPOINT", &closed)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        moto.committed_counts("weir-out", "anonymous/"),
+        word_counts(&text)
+    );
+}
+
 #[test]
 fn bad_object_storage_settings_are_refused_with_the_reason() {
     let dir = scratch();
@@ -111,8 +180,12 @@ fn bad_object_storage_settings_are_refused_with_the_reason() {
             "`access-key-id` and `secret-access-key` go together",
         ),
         (
+            format!("{local}path = \"s3://bucket/x\"\ncredentials = \"instance\""),
+            "unknown credentials \"instance\" (expected \"environment\"",
+        ),
+        (
             format!("{local}path = \"out\"\nregion = \"eu-west-1\""),
-            "`endpoint`, `region` and the access keys are for an `s3://` path",
+            "`endpoint`, `region`, `credentials` and the access keys are for an `s3://` path",
         ),
     ] {
         let file = write_pipeline(dir.path(), "bad.toml", &pipeline(dir.path(), false, &sink));

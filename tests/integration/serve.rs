@@ -978,6 +978,45 @@ path = "out"
 }
 
 #[test]
+fn a_tenant_may_not_sign_object_requests_with_the_server_s_credentials() {
+    let dir = weir_tests::scratch();
+    let server = server(&dir.path().join("data"), &[]);
+    let store = format!("127.0.0.1:{}", weir_tests::free_port());
+    let t = server.tenant("t", json!({ "allowed_addresses": [store.clone()] }));
+    let pipeline = |keys: &str| {
+        let name = if keys.contains("anonymous") {
+            "public"
+        } else {
+            "upload"
+        };
+        format!(
+            "[pipeline]\nname = \"{name}\"\nbatch-interval = \"1s\"\n\n\
+             [[source]]\nname = \"lines\"\ntype = \"files\"\npath = \"in\"\n\n\
+             [[sink]]\ninput = \"lines\"\ntype = \"files\"\npath = \"s3://bucket/out\"\n\
+             endpoint = \"http://{store}\"\n{keys}"
+        )
+    };
+    // Without keys of its own a pipeline would sign with whatever the
+    // server's environment holds (its IAM role, say): refused, saying so.
+    for keys in ["", "credentials = \"environment\"\n"] {
+        server
+            .deploy("t", &t, &pipeline(keys))
+            .expect_error(400, "may not sign with the server's own AWS credentials");
+    }
+    // Its own keys, or unsigned requests, are its to use.
+    server
+        .deploy("t", &t, &pipeline("credentials = \"anonymous\"\n"))
+        .expect(201);
+    server
+        .deploy(
+            "t",
+            &t,
+            &pipeline("access-key-id = \"id\"\nsecret-access-key = \"secret\"\n"),
+        )
+        .expect(201);
+}
+
+#[test]
 fn a_write_ahead_log_swapped_for_a_link_does_not_lead_out_of_the_root() {
     let dir = weir_tests::scratch();
     let server = server(&dir.path().join("data"), &[]);

@@ -73,9 +73,10 @@ impl ObjectStorage {
         std::io::Error::new(
             kind,
             format!(
-                "{}/{name} at {}: {error}",
+                "{}/{name} at {}: {}",
                 self.target.url(),
-                self.target.address()
+                self.target.address(),
+                self.target.explain(&error)
             ),
         )
     }

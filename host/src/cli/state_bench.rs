@@ -371,8 +371,11 @@ impl CheckpointsAt {
                 bucket: "bench".into(),
                 prefix: "state".into(),
                 endpoint: Some(format!("http://127.0.0.1:{port}")),
-                region: "us-east-1".into(),
-                credentials: Some(("bench".into(), "bench".into())),
+                region: None,
+                credentials: weir::objects::ObjectCredentials::Keys {
+                    id: "bench".into(),
+                    secret: "bench".into(),
+                },
             };
             Ok(Self {
                 dir: target.url(),

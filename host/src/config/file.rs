@@ -76,12 +76,17 @@ pub struct CheckpointTable {
     /// With an `s3://` checkpoint-dir: a custom endpoint (MinIO, another
     /// S3-compatible store).
     pub endpoint: Option<Spanned<String>>,
-    /// With an `s3://` checkpoint-dir: the region (default `us-east-1`).
+    /// With an `s3://` checkpoint-dir: the region (default: the
+    /// environment's `AWS_REGION` with its credentials, else `us-east-1`).
     pub region: Option<Spanned<String>>,
     /// With an `s3://` checkpoint-dir: the access key id.
     pub access_key_id: Option<Spanned<String>>,
     /// With an `s3://` checkpoint-dir: the secret access key.
     pub secret_access_key: Option<Spanned<String>>,
+    /// With an `s3://` checkpoint-dir and no access keys: `"environment"`
+    /// (the default: the AWS credentials of the environment) or
+    /// `"anonymous"` (unsigned requests).
+    pub credentials: Option<Spanned<String>>,
 }
 
 /// Resource limits of plugin instances: `[limits]`, or a stage's `limits`.

@@ -312,7 +312,7 @@ fn checkpoint(
     {
         return Err((
             key.span().start,
-            "`endpoint`, `region` and the access keys of [checkpoint] are for an `s3://` checkpoint-dir"
+            "`endpoint`, `region`, `credentials` and the access keys of [checkpoint] are for an `s3://` checkpoint-dir"
                 .to_owned(),
         ));
     }
@@ -353,6 +353,7 @@ fn object_keys(table: &CheckpointTable) -> crate::objects::ObjectKeys<'_> {
         region: table.region.as_ref(),
         access_key_id: table.access_key_id.as_ref(),
         secret_access_key: table.secret_access_key.as_ref(),
+        credentials: table.credentials.as_ref(),
     }
 }
 
@@ -363,6 +364,7 @@ fn first_object_key(table: &CheckpointTable) -> Option<&Spanned<String>> {
         &table.region,
         &table.access_key_id,
         &table.secret_access_key,
+        &table.credentials,
     ]
     .into_iter()
     .find_map(Option::as_ref)

@@ -52,7 +52,13 @@ pub struct FilesSinkSpec {
 }
 
 /// The keys of an `s3://` path.
-const OBJECT_KEYS: [&str; 4] = ["endpoint", "region", "access-key-id", "secret-access-key"];
+const OBJECT_KEYS: [&str; 5] = [
+    "endpoint",
+    "region",
+    "access-key-id",
+    "secret-access-key",
+    "credentials",
+];
 
 impl SinkType for FilesSinkSpec {
     const NAME: &'static str = "files";
@@ -63,6 +69,7 @@ impl SinkType for FilesSinkSpec {
         Key::text("region"),
         Key::text("access-key-id"),
         Key::text("secret-access-key"),
+        Key::text("credentials"),
     ];
 
     fn parse(settings: &Settings, cx: &KindContext<'_>) -> Result<Self, SpecError> {
@@ -80,14 +87,25 @@ impl SinkType for FilesSinkSpec {
         };
         if dir.starts_with("s3://") {
             #[cfg(feature = "object-store")]
-            return Ok(Self {
-                target: FilesTarget::Object(super::object_files::ObjectTarget::parse(
+            {
+                let target = super::object_files::ObjectTarget::parse(
                     dir,
                     &crate::objects::ObjectKeys::of(settings),
                     at,
-                )?),
-                format,
-            });
+                )?;
+                if cx.paths.confined() && target.credentials == crate::objects::ObjectCredentials::Environment
+                {
+                    let at = settings.text("credentials").map_or(at, |c| c.span().start);
+                    return Err((
+                        at,
+                        "a server's pipelines may not sign with the server's own AWS credentials (what the environment has): set access-key-id and secret-access-key, or credentials = \"anonymous\" for unsigned requests".to_owned(),
+                    ));
+                }
+                return Ok(Self {
+                    target: FilesTarget::Object(target),
+                    format,
+                });
+            }
             #[cfg(not(feature = "object-store"))]
             return Err((
                 at,
@@ -97,7 +115,7 @@ impl SinkType for FilesSinkSpec {
         if let Some(key) = OBJECT_KEYS.iter().find_map(|key| settings.text(key)) {
             return Err((
                 key.span().start,
-                "`endpoint`, `region` and the access keys are for an `s3://` path".to_owned(),
+                "`endpoint`, `region`, `credentials` and the access keys are for an `s3://` path".to_owned(),
             ));
         }
         Ok(Self {

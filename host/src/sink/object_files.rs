@@ -84,9 +84,10 @@ impl ObjectFilesSink {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(error) => Err(self.error(format!(
-                "cannot read {}/{key} at {}: {error}",
+                "cannot read {}/{key} at {}: {}",
                 self.target.bucket,
-                self.target.address()
+                self.target.address(),
+                self.target.explain(&error)
             ))),
         }
     }
@@ -137,10 +138,11 @@ impl Sink for ObjectFilesSink {
         let (runtime, store) = self.client()?;
         let fail = |key: &ObjectPath, error: &dyn std::fmt::Display| {
             self.error(format!(
-                "cannot write batch {} to {}/{key} at {}: {error}",
+                "cannot write batch {} to {}/{key} at {}: {}",
                 batch.id,
                 self.target.bucket,
-                self.target.address()
+                self.target.address(),
+                self.target.explain(error)
             ))
         };
         let mut parts = Vec::new();
@@ -198,8 +200,8 @@ mod tests {
             bucket: "bbb".into(),
             prefix: "out/counts".into(),
             endpoint: None,
-            region: "us-east-1".into(),
-            credentials: None,
+            region: None,
+            credentials: crate::objects::ObjectCredentials::Anonymous,
         };
         assert_eq!(
             batch_key(&target, 7, MANIFEST).as_ref(),
