@@ -149,12 +149,11 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
             ),
         ));
     }
-    let engine_dirs = [
-        checkpoint.as_ref().and_then(|c| c.location.directory()),
-        // In a server, every pipeline of the tenant checkpoints there.
+    check_written_places(
+        &sinks,
+        checkpoint.as_ref().map(|c| &c.location),
         scope.checkpoints.as_deref(),
-    ];
-    check_write_dirs(&sinks, engine_dirs.into_iter().flatten())?;
+    )?;
     let order = order_stages(&sources, &stages, &input_offsets, &sinks, dead_letters)?;
     let mut slots: Vec<Option<(usize, StageSpec)>> = stages.into_iter().map(Some).collect();
     let stages = order
@@ -189,28 +188,109 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
     })
 }
 
-/// Refuses a sink plugin's `write-dir` that overlaps a directory the
-/// engine writes itself (the checkpoint directory, a files sink's
-/// directory, another plugin sink's `write-dir`): untrusted code would
-/// rewrite the batch log or another sink's committed output.
-fn check_write_dirs<'a>(
+/// A place the engine writes a pipeline's files to: a local directory or
+/// a bucket's prefix.
+#[derive(Clone, Copy)]
+enum Written<'a> {
+    Directory(&'a Path),
+    #[cfg(feature = "object-store")]
+    Objects(&'a crate::objects::ObjectTarget),
+}
+
+impl Written<'_> {
+    /// True when one of the two holds the other (or they are the same).
+    fn overlaps(self, other: Written<'_>) -> bool {
+        match (self, other) {
+            (Self::Directory(a), Written::Directory(b)) => a.starts_with(b) || b.starts_with(a),
+            #[cfg(feature = "object-store")]
+            (Self::Objects(a), Written::Objects(b)) => {
+                let nested = |outer: &str, inner: &str| {
+                    outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"))
+                };
+                a.address() == b.address()
+                    && a.bucket == b.bucket
+                    && (nested(&a.prefix, &b.prefix) || nested(&b.prefix, &a.prefix))
+            }
+            #[cfg(feature = "object-store")]
+            _ => false,
+        }
+    }
+
+    /// The place, for messages.
+    fn shown(self) -> String {
+        match self {
+            Self::Directory(dir) => dir.display().to_string(),
+            #[cfg(feature = "object-store")]
+            Self::Objects(target) => target.url(),
+        }
+    }
+}
+
+/// Adds `place` (what `what` writes, declared at `offset`) to `owned`, or
+/// refuses it where it overlaps one there.
+fn claim<'a>(
+    offset: usize,
+    what: String,
+    place: Written<'a>,
+    owned: &mut Vec<(String, Written<'a>)>,
+) -> Result<(), SpecError> {
+    if let Some((other, at)) = owned.iter().find(|(_, other)| place.overlaps(*other)) {
+        return Err((
+            offset,
+            format!(
+                "{what} {} overlaps {other} ({}): each keeps files of its own there and would overwrite or remove the other's; give them separate places",
+                place.shown(),
+                at.shown()
+            ),
+        ));
+    }
+    owned.push((what, place));
+    Ok(())
+}
+
+/// Refuses two places the engine writes that overlap: the checkpoint
+/// location, the files sinks' directories or prefixes, and sink plugins'
+/// `write-dir`s. Each keeps files of its own there and removes or replaces
+/// them (a checkpoint prunes its batch log, a sink replaces a batch's
+/// directory), so one would rewrite another's; and untrusted plugin code
+/// would rewrite the batch log or another sink's committed output.
+fn check_written_places<'a>(
     sinks: &'a [(usize, SinkSpec)],
-    checkpoint_dirs: impl IntoIterator<Item = &'a Path>,
+    checkpoint: Option<&'a CheckpointLocation>,
+    shared_checkpoints: Option<&'a Path>,
 ) -> Result<(), SpecError> {
     use crate::sink::files::{FilesSinkSpec, FilesTarget};
     use crate::sink::plugin::PluginSinkSpec;
-    let mut owned: Vec<(String, &Path)> = checkpoint_dirs
-        .into_iter()
-        .map(|dir| ("the checkpoint directory".to_owned(), dir))
-        .collect();
-    for (_, sink) in sinks {
-        if let Some(FilesSinkSpec {
-            target: FilesTarget::Local(dir),
-            ..
-        }) = sink.kind.settings::<FilesSinkSpec>()
-        {
-            owned.push((format!("sink `{}`'s directory", sink.name), dir.path()));
+    let mut owned: Vec<(String, Written<'a>)> = Vec::new();
+    let checkpoints = "the checkpoint directory";
+    match checkpoint {
+        Some(CheckpointLocation::Directory(dir)) => {
+            owned.push((checkpoints.to_owned(), Written::Directory(dir)))
         }
+        #[cfg(feature = "object-store")]
+        Some(CheckpointLocation::Objects(target)) => {
+            owned.push((checkpoints.to_owned(), Written::Objects(target)))
+        }
+        None => {}
+    }
+    // In a server, every pipeline of the tenant checkpoints there.
+    if let Some(dir) = shared_checkpoints {
+        owned.push((checkpoints.to_owned(), Written::Directory(dir)));
+    }
+    for (offset, sink) in sinks {
+        let place = match sink.kind.settings::<FilesSinkSpec>() {
+            Some(FilesSinkSpec {
+                target: FilesTarget::Local(dir),
+                ..
+            }) => Written::Directory(dir.path()),
+            #[cfg(feature = "object-store")]
+            Some(FilesSinkSpec {
+                target: FilesTarget::Object(target),
+                ..
+            }) => Written::Objects(target),
+            None => continue,
+        };
+        claim(*offset, format!("sink `{}`'s path", sink.name), place, &mut owned)?;
     }
     for (offset, sink) in sinks {
         let Some(dir) = sink
@@ -220,21 +300,18 @@ fn check_write_dirs<'a>(
         else {
             continue;
         };
-        let dir = dir.path();
-        for (what, other) in &owned {
-            if dir.starts_with(other) || other.starts_with(dir) {
-                return Err((
-                    *offset,
-                    format!(
-                        "sink `{}`: write-dir {} overlaps {what} ({}): a plugin may not write where the engine does",
-                        sink.name,
-                        dir.display(),
-                        other.display()
-                    ),
-                ));
-            }
-        }
-        owned.push((format!("sink `{}`'s write-dir", sink.name), dir));
+        claim(
+            *offset,
+            format!("sink `{}`: write-dir", sink.name),
+            Written::Directory(dir.path()),
+            &mut owned,
+        )
+        .map_err(|(at, message)| {
+            (
+                at,
+                format!("{message}: a plugin may not write where the engine does"),
+            )
+        })?;
     }
     Ok(())
 }

@@ -576,3 +576,60 @@ fn a_cluster_needs_one_kafka_topic_and_a_shared_store() {
             .is_some()
     );
 }
+
+#[test]
+fn places_the_engine_writes_may_not_overlap() {
+    let files_source = WORDCOUNT.replace(
+        "type = \"socket\"\naddress = \"127.0.0.1:9999\"",
+        "type = \"files\"\npath = \"in\"",
+    );
+    let with = |checkpoint: &str, sinks: &[&str]| {
+        let mut text = files_source.replace(
+            "partitions = 2\n",
+            &format!("partitions = 2\ncheckpoint-dir = {checkpoint:?}\n"),
+        );
+        text = text.replace("[[sink]]\ninput = \"counts\"\ntype = \"console\"\n", "");
+        for (i, sink) in sinks.iter().enumerate() {
+            let signing = if sink.starts_with("s3://") {
+                "credentials = \"anonymous\"\n"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "\n[[sink]]\nname = \"s{i}\"\ninput = \"counts\"\ntype = \"files\"\npath = {sink:?}\n{signing}"
+            ));
+        }
+        text
+    };
+    let refused = |text: String, fragment: &str| {
+        let (_, message) = invalid(&text);
+        assert!(message.contains(fragment), "{message}");
+    };
+    // Beside each other: fine, also where one name begins with the other.
+    parse(&with("state", &["out", "out-2"]), Path::new("p.toml")).unwrap();
+    parse(
+        &with("s3://bucket/ck", &["s3://bucket/ck-out", "s3://other/ck"]),
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    // A sink inside the checkpoint directory, or holding it.
+    refused(
+        with("state", &["state/out"]),
+        "sink `s0`'s path ./state/out overlaps the checkpoint directory (./state)",
+    );
+    refused(with("out/state", &["out"]), "overlaps the checkpoint directory");
+    // Two sinks, one inside the other.
+    refused(
+        with("state", &["out", "out/more"]),
+        "sink `s1`'s path ./out/more overlaps sink `s0`'s path (./out)",
+    );
+    // The same on object storage, at the same store.
+    refused(
+        with("s3://bucket/ck", &["s3://bucket/ck/out"]),
+        "sink `s0`'s path s3://bucket/ck/out overlaps the checkpoint directory (s3://bucket/ck)",
+    );
+    refused(
+        with("state", &["s3://bucket/", "s3://bucket/out"]),
+        "overlaps sink `s0`'s path",
+    );
+}
