@@ -12,8 +12,14 @@
 //! create-only put means only one writer's manifest ever lands. Without a
 //! checkpoint, batch ids start again at 0 on every run: manifests are then
 //! overwritten like the directories of a local files sink.
+//!
+//! A batch's parts go up at once (up to [`PARALLEL_PUTS`] requests in
+//! flight), then its manifest; requests run on the process's one
+//! object-storage runtime ([`crate::objects::block_on`]).
 
 use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -22,12 +28,16 @@ use super::files::{FileFormat, encode_partition};
 use super::{BatchInfo, Sink, SinkError};
 use crate::failpoint::crash_point;
 pub use crate::objects::ObjectTarget;
+use crate::objects::block_on;
 use crate::record::Partition;
 
 /// The key of `name` in batch `id`'s directory of `target`.
 fn batch_key(target: &ObjectTarget, id: u64, name: &str) -> ObjectPath {
     target.key(&format!("batch-{id:012}/{name}"))
 }
+
+/// Most part uploads of one batch in flight at once.
+pub const PARALLEL_PUTS: usize = 8;
 
 /// The name of a batch's manifest in its directory.
 pub const MANIFEST: &str = "_manifest.json";
@@ -39,7 +49,7 @@ pub struct ObjectFilesSink {
     format: FileFormat,
     window_ms: Option<i64>,
     checkpointed: bool,
-    client: Option<(tokio::runtime::Runtime, Arc<dyn ObjectStore>)>,
+    store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl ObjectFilesSink {
@@ -58,7 +68,7 @@ impl ObjectFilesSink {
             format,
             window_ms,
             checkpointed,
-            client: None,
+            store: None,
         }
     }
 
@@ -70,17 +80,21 @@ impl ObjectFilesSink {
         }
     }
 
-    fn client(&self) -> Result<&(tokio::runtime::Runtime, Arc<dyn ObjectStore>), SinkError> {
-        self.client
-            .as_ref()
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, SinkError> {
+        self.store
+            .clone()
             .ok_or_else(|| self.error("written before it was opened".into()))
     }
 
     /// True when batch `id` has a manifest.
     fn committed(&self, id: u64) -> Result<bool, SinkError> {
-        let (runtime, store) = self.client()?;
+        let store = self.store()?;
         let key = batch_key(&self.target, id, MANIFEST);
-        match runtime.block_on(store.head(&key)) {
+        let head = {
+            let key = key.clone();
+            block_on(async move { store.head(&key).await })
+        };
+        match head {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(error) => Err(self.error(format!(
@@ -95,20 +109,11 @@ impl ObjectFilesSink {
 
 impl Sink for ObjectFilesSink {
     fn open(&mut self) -> Result<(), SinkError> {
-        // One worker of its own, so that the HTTP client's connections are
-        // looked after between batches too (a pooled connection the store
-        // closed is noticed before it is used).
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weir-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| self.error(format!("cannot start the object-storage client: {e}")))?;
         let store = self
             .target
             .store()
             .map_err(|e| self.error(format!("invalid object storage {}: {e}", self.target.url())))?;
-        self.client = Some((runtime, store));
+        self.store = Some(store);
         Ok(())
     }
 
@@ -135,7 +140,7 @@ impl Sink for ObjectFilesSink {
             FileFormat::Text => "txt",
             FileFormat::Jsonl => "jsonl",
         };
-        let (runtime, store) = self.client()?;
+        let store = self.store()?;
         let fail = |key: &ObjectPath, error: &dyn std::fmt::Display| {
             self.error(format!(
                 "cannot write batch {} to {}/{key} at {}: {}",
@@ -146,6 +151,7 @@ impl Sink for ObjectFilesSink {
             ))
         };
         let mut parts = Vec::new();
+        let mut uploads = Vec::new();
         for (index, partition) in partitions.iter().enumerate() {
             let records: usize = partition.iter().map(crate::record::Batch::len).sum();
             if records == 0 {
@@ -156,12 +162,23 @@ impl Sink for ObjectFilesSink {
             let mut body = Vec::new();
             encode_partition(&mut body, self.format, self.window_ms, partition)
                 .map_err(|e| fail(&key, &e))?;
-            let bytes = body.len();
-            runtime
-                .block_on(store.put(&key, PutPayload::from(body)))
-                .map_err(|e| fail(&key, &e))?;
-            parts.push(serde_json::json!({"name": name, "bytes": bytes, "records": records}));
+            parts.push(serde_json::json!({"name": name, "bytes": body.len(), "records": records}));
+            uploads.push((key, PutPayload::from(body)));
         }
+        let uploaded = {
+            let store = store.clone();
+            block_on(async move {
+                futures_util::stream::iter(uploads)
+                    .map(|(key, body)| {
+                        let store = store.clone();
+                        async move { store.put(&key, body).await.map_err(|error| (key, error)) }
+                    })
+                    .buffer_unordered(PARALLEL_PUTS)
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+            })
+        };
+        uploaded.map_err(|(key, error)| fail(&key, &error))?;
         crash_point("sink-commit");
         let manifest = serde_json::json!({
             "batch": batch.id,
@@ -180,7 +197,11 @@ impl Sink for ObjectFilesSink {
             ..PutOptions::default()
         };
         let body = PutPayload::from(manifest.to_string().into_bytes());
-        match runtime.block_on(store.put_opts(&key, body, options)) {
+        let committed = {
+            let key = key.clone();
+            block_on(async move { store.put_opts(&key, body, options).await })
+        };
+        match committed {
             Ok(_) => Ok(()),
             // Another attempt at the same batch committed first: its parts
             // hold the same records.
