@@ -167,11 +167,11 @@ impl ObjectTarget {
     /// The region requests go to: the file's; else, with the environment's
     /// credentials, `AWS_REGION` or `AWS_DEFAULT_REGION`; else `us-east-1`.
     pub fn region(&self) -> String {
-        self.region_in(std::env::vars())
+        self.region_in(&std::env::vars().collect::<Vec<_>>())
     }
 
     /// [`ObjectTarget::region`] in the environment `vars`.
-    fn region_in(&self, vars: impl IntoIterator<Item = (String, String)>) -> String {
+    fn region_in(&self, vars: &[(String, String)]) -> String {
         if let Some(region) = &self.region {
             return region.clone();
         }
@@ -179,8 +179,8 @@ impl ObjectTarget {
         if self.credentials == ObjectCredentials::Environment {
             for (name, value) in vars {
                 match name.as_str() {
-                    "AWS_REGION" => found = Some(value),
-                    "AWS_DEFAULT_REGION" if found.is_none() => found = Some(value),
+                    "AWS_REGION" => found = Some(value.clone()),
+                    "AWS_DEFAULT_REGION" if found.is_none() => found = Some(value.clone()),
                     _ => {}
                 }
             }
@@ -226,17 +226,18 @@ impl ObjectTarget {
 
     /// A client of the bucket.
     pub fn store(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
-        Ok(Arc::new(self.builder(std::env::vars()).build()?))
+        Ok(Arc::new(
+            self.builder(&std::env::vars().collect::<Vec<_>>()).build()?,
+        ))
     }
 
     /// The client's configuration in the environment `vars`: with
     /// [`ObjectCredentials::Environment`], the `AWS_*` variables that
     /// `object_store` knows, then what the file sets over them.
-    fn builder(&self, vars: impl IntoIterator<Item = (String, String)>) -> AmazonS3Builder {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
+    fn builder(&self, vars: &[(String, String)]) -> AmazonS3Builder {
         let mut builder = AmazonS3Builder::new();
         if self.credentials == ObjectCredentials::Environment {
-            for (name, value) in &vars {
+            for (name, value) in vars {
                 let known = name
                     .starts_with("AWS_")
                     .then(|| name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>().ok())
@@ -394,7 +395,7 @@ mod tests {
             ("AWS_NOT_A_SETTING", "x"),
             ("HOME", "/root"),
         ]);
-        let config = |target: &ObjectTarget, key| target.builder(environment.clone()).get_config_value(&key);
+        let config = |target: &ObjectTarget, key| target.builder(&environment).get_config_value(&key);
         let from_environment = parsed("").unwrap();
         assert_eq!(
             config(&from_environment, AmazonS3ConfigKey::AccessKeyId).as_deref(),
@@ -412,10 +413,10 @@ mod tests {
             config(&from_environment, AmazonS3ConfigKey::Bucket).as_deref(),
             Some("bucket")
         );
-        assert_eq!(from_environment.region_in(environment.clone()), "eu-west-3");
+        assert_eq!(from_environment.region_in(&environment), "eu-west-3");
         let mut region = environment.clone();
         region.push(("AWS_REGION".into(), "ap-south-1".into()));
-        assert_eq!(from_environment.region_in(region), "ap-south-1");
+        assert_eq!(from_environment.region_in(&region), "ap-south-1");
 
         // The file's keys and region win; the environment's token is not mixed in.
         let keyed =
@@ -437,7 +438,7 @@ mod tests {
             config(&anonymous, AmazonS3ConfigKey::SkipSignature).as_deref(),
             Some("true")
         );
-        assert_eq!(anonymous.region_in(environment.clone()), "us-east-1");
+        assert_eq!(anonymous.region_in(&environment), "us-east-1");
         assert_eq!(anonymous.address(), "s3.us-east-1.amazonaws.com:443");
     }
 

@@ -12,9 +12,18 @@ use super::{LIMIT, run_file_ok, weir};
 
 /// The `[[sink]]` table of a files sink writing to `s3://weir-out/<prefix>`.
 fn s3_sink(moto: &MotoServer, prefix: &str) -> String {
+    s3_sink_signed(
+        moto,
+        prefix,
+        "access-key-id = \"test\"\nsecret-access-key = \"test\"\n",
+    )
+}
+
+/// [`s3_sink`] with `signing` (its keys, `credentials`, or nothing).
+fn s3_sink_signed(moto: &MotoServer, prefix: &str, signing: &str) -> String {
     format!(
         "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"files\"\npath = \"s3://weir-out/{prefix}\"\n\
-         endpoint = \"{}\"\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n",
+         endpoint = \"{}\"\n{signing}",
         moto.endpoint()
     )
 }
@@ -101,12 +110,7 @@ fn run_with_aws_environment(file: &Path, aws: &[(&str, &str)]) -> std::process::
         command.env_remove(name);
     }
     command.envs(aws.iter().copied());
-    let child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cannot start weir");
-    weir_tests::wait_output(child, LIMIT)
+    weir_tests::Weir::run_command(command, LIMIT)
 }
 
 #[test]
@@ -115,11 +119,7 @@ fn without_keys_in_the_file_requests_are_signed_with_the_environment_s_credentia
     moto.create_bucket("weir-out");
     let dir = scratch();
     let text = write_inputs(dir.path(), 2, 10, 7);
-    let sink = format!(
-        "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"files\"\npath = \"s3://weir-out/env\"\n\
-         endpoint = \"{}\"\n",
-        moto.endpoint()
-    );
+    let sink = s3_sink_signed(&moto, "env", "");
     let file = write_pipeline(dir.path(), "env.toml", &pipeline(dir.path(), false, &sink));
     // No credentials in the environment: they are asked of the instance
     // metadata service (here a closed port), and the run fails saying what
@@ -149,11 +149,8 @@ fn without_keys_in_the_file_requests_are_signed_with_the_environment_s_credentia
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(moto.committed_counts("weir-out", "env/"), word_counts(&text));
     // Unsigned requests when the file says so, whatever the environment has.
-    let anonymous = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("s3://weir-out/env", "s3://weir-out/anonymous")
-        .replace("endpoint =", "credentials = \"anonymous\"\nendpoint =");
-    let anonymous = write_pipeline(dir.path(), "anonymous.toml", &anonymous);
+    let sink = s3_sink_signed(&moto, "anonymous", "credentials = \"anonymous\"\n");
+    let anonymous = write_pipeline(dir.path(), "anonymous.toml", &pipeline(dir.path(), false, &sink));
     let output = run_with_aws_environment(&anonymous, &[("AWS_METADATA_ENDPOINT", &closed)]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(

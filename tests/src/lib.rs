@@ -96,9 +96,15 @@ impl Weir {
 
     /// [`Weir::run`] with `WEIR_LOG` set to `log` (a level or filter).
     pub fn run_logged(&self, args: &[&str], log: &str, limit: Duration) -> Output {
-        let child = self
-            .command(args)
-            .env("WEIR_LOG", log)
+        let mut command = self.command(args);
+        command.env("WEIR_LOG", log);
+        Self::run_command(command, limit)
+    }
+
+    /// Runs `command` (from [`Weir::command`], with more set on it) to
+    /// completion with piped output, failing the test after `limit`.
+    pub fn run_command(mut command: Command, limit: Duration) -> Output {
+        let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
