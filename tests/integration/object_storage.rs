@@ -103,12 +103,14 @@ fn without_a_checkpoint_each_run_replaces_its_batches() {
 }
 
 /// Runs `weir run --available-now FILE` with no `AWS_*` variable of this
-/// process's environment, but `aws` set.
+/// process's environment, but `aws` set, and the home directory `home`
+/// beside the file (so that no `~/.aws` of this machine's is read).
 fn run_with_aws_environment(file: &Path, aws: &[(&str, &str)]) -> std::process::Output {
     let mut command = weir().command(&["run", "--available-now", file.to_str().unwrap()]);
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("AWS_")) {
         command.env_remove(name);
     }
+    command.env("HOME", file.parent().unwrap().join("home"));
     command.envs(aws.iter().copied());
     weir_tests::Weir::run_command(command, LIMIT)
 }
@@ -157,6 +159,57 @@ fn without_keys_in_the_file_requests_are_signed_with_the_environment_s_credentia
         moto.committed_counts("weir-out", "anonymous/"),
         word_counts(&text)
     );
+}
+
+#[test]
+fn without_keys_anywhere_else_the_shared_files_profile_signs() {
+    let moto = MotoServer::start();
+    moto.create_bucket("weir-out");
+    let dir = scratch();
+    let text = write_inputs(dir.path(), 2, 10, 9);
+    let sink = s3_sink_signed(&moto, "profile", "");
+    let file = write_pipeline(dir.path(), "profile.toml", &pipeline(dir.path(), false, &sink));
+    // As `aws configure --profile dev` leaves them; the instance metadata
+    // service is a closed port, so a run that did not find the profile's
+    // keys fails.
+    let aws = dir.path().join("home/.aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[default]\naws_access_key_id = test\n\n[dev]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .unwrap();
+    std::fs::write(aws.join("config"), "[profile dev]\nregion = us-east-1\n").unwrap();
+    let closed = format!("http://127.0.0.1:{}", weir_tests::free_port());
+    let output = run_with_aws_environment(
+        &file,
+        &[("AWS_METADATA_ENDPOINT", &closed), ("AWS_PROFILE", "dev")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(moto.committed_counts("weir-out", "profile/"), word_counts(&text));
+    // A default profile with half its keys, and a profile named but not
+    // defined: refused with the reason, nothing written.
+    let sink = s3_sink_signed(&moto, "refused", "");
+    let file = write_pipeline(dir.path(), "refused.toml", &pipeline(dir.path(), false, &sink));
+    for (aws, expected) in [
+        (
+            vec![("AWS_METADATA_ENDPOINT", closed.as_str())],
+            "AWS profile `default` in ",
+        ),
+        (
+            vec![
+                ("AWS_METADATA_ENDPOINT", closed.as_str()),
+                ("AWS_PROFILE", "prod"),
+            ],
+            "AWS profile `prod` (from AWS_PROFILE) is defined in neither",
+        ),
+    ] {
+        let output = run_with_aws_environment(&file, &aws);
+        let log = stderr(&output);
+        assert!(!output.status.success(), "{log}");
+        assert!(log.contains(expected), "{log}");
+        assert!(moto.keys("weir-out", "refused/").is_empty(), "{log}");
+    }
 }
 
 #[test]

@@ -49,9 +49,9 @@ impl std::fmt::Debug for ObjectStorage {
 impl ObjectStorage {
     /// A client of `target` (no request is made yet).
     pub fn new(target: ObjectTarget) -> std::io::Result<Self> {
-        let store = target
-            .store()
-            .map_err(|e| std::io::Error::other(format!("invalid object storage {}: {e}", target.url())))?;
+        let store = target.store().map_err(|e| {
+            std::io::Error::other(format!("cannot set up the client of {}: {e}", target.url()))
+        })?;
         Ok(Self { target, store })
     }
 

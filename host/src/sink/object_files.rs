@@ -112,7 +112,7 @@ impl Sink for ObjectFilesSink {
         let store = self
             .target
             .store()
-            .map_err(|e| self.error(format!("invalid object storage {}: {e}", self.target.url())))?;
+            .map_err(|e| self.error(format!("cannot set up the client of {}: {e}", self.target.url())))?;
         self.store = Some(store);
         Ok(())
     }

@@ -4,7 +4,10 @@
 //! ([`crate::sink::object_files`]) and checkpoints on `s3://`
 //! ([`crate::checkpoint::object_storage`]); and the small runtime that
 //! checkpoint storage, which is called from plain threads, drives its
-//! requests on ([`block_on`]).
+//! requests on ([`block_on`]). The AWS shared configuration files, which
+//! the client does not read itself, are read in [`aws_profile`].
+
+pub mod aws_profile;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -14,6 +17,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 
 use crate::config::{Settings, SpecError};
+use aws_profile::{Profile, ProfileError};
 
 /// The object-storage keys of a table, as written.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,12 +59,14 @@ pub enum ObjectCredentials {
     },
     /// The environment's AWS credentials, found as the AWS SDKs find them
     /// (the default when the file names none): `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`; else a web identity
-    /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, as on EKS); else
-    /// the container's (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or
-    /// `_FULL_URI`, as on ECS); else the instance metadata service (EC2).
-    /// `AWS_REGION` or `AWS_DEFAULT_REGION` give the region when the file
-    /// does not.
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`; else the keys of
+    /// the shared files' profile (`AWS_PROFILE`, else `default`, in
+    /// `~/.aws/credentials` and `~/.aws/config`: [`aws_profile`]); else a
+    /// web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, as
+    /// on EKS); else the container's (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`
+    /// or `_FULL_URI`, as on ECS); else the instance metadata service (EC2).
+    /// `AWS_REGION`, `AWS_DEFAULT_REGION` or the profile's `region` give the
+    /// region when the file does not.
     Environment,
     /// Unsigned requests (`credentials = "anonymous"`): a public bucket,
     /// or a local store that does not check signatures.
@@ -117,8 +123,8 @@ pub struct ObjectTarget {
     /// A custom endpoint (MinIO, moto, another S3-compatible store);
     /// `None`: AWS S3 of `region`.
     pub endpoint: Option<String>,
-    /// The region as the file gives it; `None`: the environment's
-    /// (with [`ObjectCredentials::Environment`]), else `us-east-1`.
+    /// The region as the file gives it; `None`: the environment's or its
+    /// profile's (with [`ObjectCredentials::Environment`]), else `us-east-1`.
     pub region: Option<String>,
     /// How requests are signed.
     pub credentials: ObjectCredentials,
@@ -165,13 +171,25 @@ impl ObjectTarget {
     }
 
     /// The region requests go to: the file's; else, with the environment's
-    /// credentials, `AWS_REGION` or `AWS_DEFAULT_REGION`; else `us-east-1`.
+    /// credentials, `AWS_REGION`, `AWS_DEFAULT_REGION` or the profile's;
+    /// else `us-east-1`.
     pub fn region(&self) -> String {
-        self.region_in(&std::env::vars().collect::<Vec<_>>())
+        let vars = std::env::vars().collect::<Vec<_>>();
+        let profile = self.profile_in(&vars).ok().flatten();
+        self.region_in(&vars, profile.as_ref())
     }
 
-    /// [`ObjectTarget::region`] in the environment `vars`.
-    fn region_in(&self, vars: &[(String, String)]) -> String {
+    /// The shared files' profile in the environment `vars`, with
+    /// [`ObjectCredentials::Environment`] only.
+    fn profile_in(&self, vars: &[(String, String)]) -> Result<Option<Profile>, ProfileError> {
+        match self.credentials {
+            ObjectCredentials::Environment => aws_profile::load(vars),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`ObjectTarget::region`] in the environment `vars` with its profile.
+    fn region_in(&self, vars: &[(String, String)], profile: Option<&Profile>) -> String {
         if let Some(region) = &self.region {
             return region.clone();
         }
@@ -184,6 +202,7 @@ impl ObjectTarget {
                     _ => {}
                 }
             }
+            found = found.or_else(|| profile.and_then(|profile| profile.region.clone()));
         }
         found.unwrap_or_else(|| "us-east-1".to_owned())
     }
@@ -201,9 +220,10 @@ impl ObjectTarget {
         let metadata = text.contains("/latest/api/token") || text.contains("/latest/meta-data/");
         if self.credentials == ObjectCredentials::Environment && metadata {
             format!(
-                "{text} (no AWS credentials in the environment, and no instance metadata service answered: \
-                 set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, access-key-id and secret-access-key, \
-                 or credentials = \"anonymous\" for unsigned requests)"
+                "{text} (no AWS credentials in the environment or in a profile of ~/.aws/credentials, \
+                 and no instance metadata service answered: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 AWS_PROFILE, access-key-id and secret-access-key, or credentials = \"anonymous\" for \
+                 unsigned requests)"
             )
         } else {
             text
@@ -225,43 +245,64 @@ impl ObjectTarget {
     }
 
     /// A client of the bucket.
-    pub fn store(&self) -> object_store::Result<Arc<dyn ObjectStore>> {
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, ClientError> {
         Ok(Arc::new(
-            self.builder(&std::env::vars().collect::<Vec<_>>()).build()?,
+            self.builder(&std::env::vars().collect::<Vec<_>>())?.build()?,
         ))
     }
 
     /// The client's configuration in the environment `vars`: with
     /// [`ObjectCredentials::Environment`], the `AWS_*` variables that
-    /// `object_store` knows, then what the file sets over them.
-    fn builder(&self, vars: &[(String, String)]) -> AmazonS3Builder {
+    /// `object_store` knows and, without keys among them, the profile's
+    /// keys; then what the file sets over them.
+    fn builder(&self, vars: &[(String, String)]) -> Result<AmazonS3Builder, ProfileError> {
         let mut builder = AmazonS3Builder::new();
+        let profile = self.profile_in(vars);
         if self.credentials == ObjectCredentials::Environment {
+            let keys_set = vars
+                .iter()
+                .any(|(name, value)| name == "AWS_ACCESS_KEY_ID" && !value.is_empty());
+            // The variables' keys come first; only without them does the
+            // profile (and so its errors) matter for signing.
             for (name, value) in vars {
                 let known = name
                     .starts_with("AWS_")
                     .then(|| name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>().ok())
                     .flatten();
-                if let Some(key) = known {
+                // A secret or token without a key id is not a credential.
+                let stray = matches!(
+                    known,
+                    Some(AmazonS3ConfigKey::SecretAccessKey | AmazonS3ConfigKey::Token)
+                ) && !keys_set;
+                if let Some(key) = known.filter(|_| !stray) {
                     builder = builder.with_config(key, value);
                 }
             }
+            if !keys_set && let Some(keys) = profile.clone()?.and_then(|profile| profile.keys) {
+                builder = builder
+                    .with_access_key_id(keys.id)
+                    .with_secret_access_key(keys.secret);
+                if let Some(token) = keys.token {
+                    builder = builder.with_token(token);
+                }
+            }
         }
+        let profile = profile.ok().flatten();
         builder = builder
             .with_bucket_name(&self.bucket)
-            .with_region(self.region_in(vars));
+            .with_region(self.region_in(vars, profile.as_ref()));
         if let Some(endpoint) = &self.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        match &self.credentials {
+        Ok(match &self.credentials {
             ObjectCredentials::Keys { id, secret } => {
                 builder.with_access_key_id(id).with_secret_access_key(secret)
             }
             ObjectCredentials::Environment => builder,
             ObjectCredentials::Anonymous => builder.with_skip_signature(true),
-        }
+        })
     }
 
     /// The same bucket with `relative` (a `/`-separated path) added to the
@@ -286,6 +327,17 @@ impl ObjectTarget {
             ObjectPath::from(format!("{}/{name}", self.prefix))
         }
     }
+}
+
+/// Why a client of an object store cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The AWS profile that would sign its requests cannot be used.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The client refused its configuration.
+    #[error(transparent)]
+    Client(#[from] object_store::Error),
 }
 
 /// The runtime object-storage requests run on: one worker thread for the
@@ -395,7 +447,8 @@ mod tests {
             ("AWS_NOT_A_SETTING", "x"),
             ("HOME", "/root"),
         ]);
-        let config = |target: &ObjectTarget, key| target.builder(&environment).get_config_value(&key);
+        let config =
+            |target: &ObjectTarget, key| target.builder(&environment).unwrap().get_config_value(&key);
         let from_environment = parsed("").unwrap();
         assert_eq!(
             config(&from_environment, AmazonS3ConfigKey::AccessKeyId).as_deref(),
@@ -413,10 +466,10 @@ mod tests {
             config(&from_environment, AmazonS3ConfigKey::Bucket).as_deref(),
             Some("bucket")
         );
-        assert_eq!(from_environment.region_in(&environment), "eu-west-3");
+        assert_eq!(from_environment.region_in(&environment, None), "eu-west-3");
         let mut region = environment.clone();
         region.push(("AWS_REGION".into(), "ap-south-1".into()));
-        assert_eq!(from_environment.region_in(&region), "ap-south-1");
+        assert_eq!(from_environment.region_in(&region, None), "ap-south-1");
 
         // The file's keys and region win; the environment's token is not mixed in.
         let keyed =
@@ -438,8 +491,71 @@ mod tests {
             config(&anonymous, AmazonS3ConfigKey::SkipSignature).as_deref(),
             Some("true")
         );
-        assert_eq!(anonymous.region_in(&environment), "us-east-1");
+        assert_eq!(anonymous.region_in(&environment, None), "us-east-1");
         assert_eq!(anonymous.address(), "s3.us-east-1.amazonaws.com:443");
+    }
+
+    #[test]
+    fn without_keys_in_the_variables_the_profile_signs() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".aws")).unwrap();
+        std::fs::write(
+            home.path().join(".aws/credentials"),
+            "[default]\naws_access_key_id = AKIPROFILE\naws_secret_access_key = s\naws_session_token = t\n",
+        )
+        .unwrap();
+        std::fs::write(
+            home.path().join(".aws/config"),
+            "[default]\nregion = eu-north-1\n",
+        )
+        .unwrap();
+        let at = home.path().to_str().unwrap();
+        let target = parsed("").unwrap();
+        let config = |environment: &[(&str, &str)], key| {
+            target.builder(&vars(environment)).unwrap().get_config_value(&key)
+        };
+        // A stray token in the variables is not mixed with the profile's keys.
+        let profile = [("HOME", at), ("AWS_SESSION_TOKEN", "stray")];
+        assert_eq!(
+            config(&profile, AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("AKIPROFILE")
+        );
+        assert_eq!(config(&profile, AmazonS3ConfigKey::Token).as_deref(), Some("t"));
+        assert_eq!(
+            config(&profile, AmazonS3ConfigKey::Region).as_deref(),
+            Some("eu-north-1")
+        );
+        // The variables win, the keys and the region.
+        let variables = [
+            ("HOME", at),
+            ("AWS_ACCESS_KEY_ID", "AKIVAR"),
+            ("AWS_SECRET_ACCESS_KEY", "v"),
+            ("AWS_REGION", "sa-east-1"),
+        ];
+        assert_eq!(
+            config(&variables, AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("AKIVAR")
+        );
+        assert_eq!(config(&variables, AmazonS3ConfigKey::Token), None);
+        assert_eq!(
+            config(&variables, AmazonS3ConfigKey::Region).as_deref(),
+            Some("sa-east-1")
+        );
+        // A profile named but missing fails the client only where it would sign.
+        let missing = vars(&[("HOME", at), ("AWS_PROFILE", "nope")]);
+        assert!(matches!(
+            target.builder(&missing),
+            Err(ProfileError::Missing { .. })
+        ));
+        let mut keyed = missing.clone();
+        keyed.extend(vars(&[
+            ("AWS_ACCESS_KEY_ID", "A"),
+            ("AWS_SECRET_ACCESS_KEY", "B"),
+        ]));
+        assert!(target.builder(&keyed).is_ok());
+        // Keys in the file: no profile is read.
+        let file_keys = parsed("access-key-id = \"id\"\nsecret-access-key = \"s\"").unwrap();
+        assert!(file_keys.builder(&missing).is_ok());
     }
 
     #[test]

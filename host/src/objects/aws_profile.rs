@@ -1,0 +1,418 @@
+//! The AWS shared configuration files (`~/.aws/credentials` and
+//! `~/.aws/config`, as `aws configure` writes them), which `object_store`
+//! does not read: the profile named by `AWS_PROFILE` (else
+//! `AWS_DEFAULT_PROFILE`, else `default`) gives static keys and a region,
+//! where the AWS SDKs' default chain would take them from it, between the
+//! `AWS_*` variables and a web identity, a container or the instance.
+//!
+//! What the SDKs do beyond static keys (assuming a role, SSO, running a
+//! `credential_process`) is not done here: such a profile is refused with
+//! the command that exports its credentials, rather than passed over for
+//! the instance's identity.
+
+use std::path::{Path, PathBuf};
+
+/// What a profile gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The profile's name.
+    pub name: String,
+    /// `aws_access_key_id`, `aws_secret_access_key` and (optional)
+    /// `aws_session_token`, when the profile has the first two.
+    pub keys: Option<ProfileKeys>,
+    /// `region`.
+    pub region: Option<String>,
+}
+
+/// A profile's static keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProfileKeys {
+    /// `aws_access_key_id`.
+    pub id: String,
+    /// `aws_secret_access_key`.
+    pub secret: String,
+    /// `aws_session_token`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileKeys")
+            .field("id", &self.id)
+            .field("secret", &"…")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// Why the profile cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// `AWS_PROFILE` names a profile neither file defines.
+    #[error("AWS profile `{name}` (from {variable}) is defined in neither {credentials} nor {config}")]
+    Missing {
+        /// The profile.
+        name: String,
+        /// The variable that named it.
+        variable: &'static str,
+        /// The credentials file looked in.
+        credentials: String,
+        /// The config file looked in.
+        config: String,
+    },
+    /// A file is there but cannot be read.
+    #[error("cannot read the AWS shared configuration file {path}: {message}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The profile has only one of the two keys.
+    #[error("AWS profile `{name}` in {path} has `{present}` but no `{missing}`")]
+    HalfKeys {
+        /// The profile.
+        name: String,
+        /// The file.
+        path: String,
+        /// The key it has.
+        present: &'static str,
+        /// The key it lacks.
+        missing: &'static str,
+    },
+    /// The profile gets its credentials in a way that is not supported here.
+    #[error(
+        "AWS profile `{name}` gets its credentials through `{setting}`, which Weir does not support; \
+         export them into the environment (`eval \"$(aws configure export-credentials --profile {name} --format env)\"`) \
+         or set access-key-id and secret-access-key"
+    )]
+    Unsupported {
+        /// The profile.
+        name: String,
+        /// The setting (`role_arn`, `credential_process`, `sso_session`, ...).
+        setting: &'static str,
+    },
+}
+
+/// Settings of a profile that mean its credentials come from elsewhere.
+const UNSUPPORTED: [&str; 5] = [
+    "role_arn",
+    "credential_process",
+    "sso_session",
+    "sso_start_url",
+    "web_identity_token_file",
+];
+
+/// The selected profile in the environment `vars` (its files read from
+/// disk); `None` when the default profile is selected and defined in
+/// neither file.
+pub fn load(vars: &[(String, String)]) -> Result<Option<Profile>, ProfileError> {
+    let var = |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+    };
+    let (name, variable) = match (var("AWS_PROFILE"), var("AWS_DEFAULT_PROFILE")) {
+        (Some(name), _) => (name, Some("AWS_PROFILE")),
+        (None, Some(name)) => (name, Some("AWS_DEFAULT_PROFILE")),
+        (None, None) => ("default", None),
+    };
+    let home = var("HOME").or_else(|| var("USERPROFILE"));
+    let place = |variable: &str, file: &str| -> Option<PathBuf> {
+        match var(variable) {
+            Some(path) => Some(expand_home(path, home)),
+            None => home.map(|home| Path::new(home).join(".aws").join(file)),
+        }
+    };
+    let credentials = place("AWS_SHARED_CREDENTIALS_FILE", "credentials");
+    let config = place("AWS_CONFIG_FILE", "config");
+    let read = |path: &Option<PathBuf>| -> Result<Option<String>, ProfileError> {
+        let Some(path) = path else { return Ok(None) };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(ProfileError::Unreadable {
+                path: path.display().to_string(),
+                message: error.to_string(),
+            }),
+        }
+    };
+    let shown = |path: &Option<PathBuf>| {
+        path.as_ref()
+            .map_or_else(|| "(no home directory)".to_owned(), |p| p.display().to_string())
+    };
+    let from_credentials = read(&credentials)?.and_then(|text| section(&text, |header| header == name));
+    let from_config = read(&config)?.and_then(|text| {
+        section(&text, |header| {
+            let named = header
+                .strip_prefix("profile ")
+                .map(str::trim)
+                .is_some_and(|profile| profile == name);
+            named || (name == "default" && header == "default")
+        })
+    });
+    if from_credentials.is_none() && from_config.is_none() {
+        return match variable {
+            Some(variable) => Err(ProfileError::Missing {
+                name: name.to_owned(),
+                variable,
+                credentials: shown(&credentials),
+                config: shown(&config),
+            }),
+            None => Ok(None),
+        };
+    }
+    // As in the SDKs, the credentials file's settings win over the config
+    // file's for the same profile.
+    let get = |key: &str| -> Option<(String, String)> {
+        let look = |found: &Option<Vec<(String, String)>>, path: &Option<PathBuf>| {
+            found
+                .as_ref()
+                .and_then(|pairs| pairs.iter().rev().find(|(k, _)| k == key))
+                .map(|(_, value)| (value.clone(), shown(path)))
+        };
+        look(&from_credentials, &credentials).or_else(|| look(&from_config, &config))
+    };
+    let keys = match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+        (Some((id, _)), Some((secret, _))) => Some(ProfileKeys {
+            id,
+            secret,
+            token: get("aws_session_token").map(|(token, _)| token),
+        }),
+        (None, None) => {
+            if let Some(setting) = UNSUPPORTED.into_iter().find(|setting| get(setting).is_some()) {
+                return Err(ProfileError::Unsupported {
+                    name: name.to_owned(),
+                    setting,
+                });
+            }
+            None
+        }
+        (Some((_, path)), None) => {
+            return Err(ProfileError::HalfKeys {
+                name: name.to_owned(),
+                path,
+                present: "aws_access_key_id",
+                missing: "aws_secret_access_key",
+            });
+        }
+        (None, Some((_, path))) => {
+            return Err(ProfileError::HalfKeys {
+                name: name.to_owned(),
+                path,
+                present: "aws_secret_access_key",
+                missing: "aws_access_key_id",
+            });
+        }
+    };
+    Ok(Some(Profile {
+        name: name.to_owned(),
+        keys,
+        region: get("region").map(|(region, _)| region),
+    }))
+}
+
+/// `path` with a leading `~` taken for `home`.
+fn expand_home(path: &str, home: Option<&str>) -> PathBuf {
+    match (path.strip_prefix("~/").or(path.strip_prefix("~\\")), home) {
+        (Some(rest), Some(home)) => Path::new(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// The `key = value` settings of the sections of `text` (the INI form the
+/// AWS files use) whose header `wanted` accepts, in order (a later one
+/// wins), with keys in lower case; `None` when there is no such section. Comments (`#`, `;`)
+/// and the indented sub-settings of a nested key (`s3 =` followed by
+/// indented lines) are left out.
+fn section(text: &str, wanted: impl Fn(&str) -> bool) -> Option<Vec<(String, String)>> {
+    let mut found: Option<Vec<(String, String)>> = None;
+    let mut inside = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            inside = wanted(header.trim());
+            if inside && found.is_none() {
+                found = Some(Vec::new());
+            }
+            continue;
+        }
+        if !inside || line.starts_with([' ', '\t']) {
+            continue;
+        }
+        if let (Some(settings), Some((key, value))) = (found.as_mut(), trimmed.split_once('=')) {
+            settings.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A home directory with `credentials` and `config` under `.aws`.
+    fn aws_home(credentials: &str, config: &str) -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".aws")).unwrap();
+        std::fs::write(home.path().join(".aws/credentials"), credentials).unwrap();
+        std::fs::write(home.path().join(".aws/config"), config).unwrap();
+        home
+    }
+
+    const CREDENTIALS: &str = "\
+# written by aws configure
+[default]
+aws_access_key_id = AKIDEFAULT
+aws_secret_access_key = default-secret
+
+[dev]
+aws_access_key_id=AKIDEV
+aws_secret_access_key=dev-secret
+aws_session_token = dev-token
+";
+
+    const CONFIG: &str = "\
+[default]
+region = eu-west-1
+s3 =
+    max_concurrent_requests = 20
+    region = not-this-one
+
+[profile dev]
+region = ap-south-1
+
+[profile assumed]
+role_arn = arn:aws:iam::123456789012:role/reader
+source_profile = default
+
+[profile regional]
+; only a region: the credentials come from the instance
+region = us-west-2
+";
+
+    #[test]
+    fn the_selected_profile_gives_keys_and_region() {
+        let home = aws_home(CREDENTIALS, CONFIG);
+        let at = home.path().to_str().unwrap();
+        let default = load(&vars(&[("HOME", at)])).unwrap().unwrap();
+        assert_eq!(default.name, "default");
+        assert_eq!(
+            default.keys,
+            Some(ProfileKeys {
+                id: "AKIDEFAULT".into(),
+                secret: "default-secret".into(),
+                token: None
+            })
+        );
+        assert_eq!(default.region.as_deref(), Some("eu-west-1"));
+
+        let dev = load(&vars(&[("HOME", at), ("AWS_PROFILE", "dev")]))
+            .unwrap()
+            .unwrap();
+        let keys = dev.keys.unwrap();
+        assert_eq!(
+            (keys.id.as_str(), keys.token.as_deref()),
+            ("AKIDEV", Some("dev-token"))
+        );
+        assert_eq!(dev.region.as_deref(), Some("ap-south-1"));
+        // AWS_PROFILE wins over AWS_DEFAULT_PROFILE.
+        let both = vars(&[
+            ("HOME", at),
+            ("AWS_DEFAULT_PROFILE", "regional"),
+            ("AWS_PROFILE", "dev"),
+        ]);
+        assert_eq!(load(&both).unwrap().unwrap().name, "dev");
+
+        let regional = load(&vars(&[("HOME", at), ("AWS_DEFAULT_PROFILE", "regional")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(regional.keys, None);
+        assert_eq!(regional.region.as_deref(), Some("us-west-2"));
+    }
+
+    #[test]
+    fn the_files_can_be_named_by_variables() {
+        let home = aws_home(CREDENTIALS, CONFIG);
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(
+            elsewhere.path().join("creds"),
+            "[default]\naws_access_key_id = OTHER\naws_secret_access_key = other\n",
+        )
+        .unwrap();
+        let profile = load(&vars(&[
+            ("HOME", home.path().to_str().unwrap()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                elsewhere.path().join("creds").to_str().unwrap(),
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(profile.keys.unwrap().id, "OTHER");
+        // The config file is still the home directory's.
+        assert_eq!(profile.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            expand_home("~/x/config", Some("/home/u")),
+            PathBuf::from("/home/u/x/config")
+        );
+    }
+
+    #[test]
+    fn no_files_or_no_default_profile_is_no_profile() {
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            load(&vars(&[("HOME", empty.path().to_str().unwrap())])).unwrap(),
+            None
+        );
+        assert_eq!(load(&[]).unwrap(), None);
+        let home = aws_home("[dev]\naws_access_key_id = A\naws_secret_access_key = B\n", "");
+        assert_eq!(
+            load(&vars(&[("HOME", home.path().to_str().unwrap())])).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn profiles_that_cannot_be_used_are_refused_with_the_reason() {
+        let home = aws_home(CREDENTIALS, CONFIG);
+        let at = home.path().to_str().unwrap();
+        let error = |profile: &str| {
+            load(&vars(&[("HOME", at), ("AWS_PROFILE", profile)]))
+                .unwrap_err()
+                .to_string()
+        };
+        let missing = error("prod");
+        assert!(
+            missing.contains("AWS profile `prod` (from AWS_PROFILE) is defined in neither")
+                && missing.contains(".aws/credentials"),
+            "{missing}"
+        );
+        let assumed = error("assumed");
+        assert!(
+            assumed.contains("through `role_arn`, which Weir does not support")
+                && assumed.contains("aws configure export-credentials --profile assumed"),
+            "{assumed}"
+        );
+        let half = aws_home("[default]\naws_access_key_id = A\n", "");
+        let half = load(&vars(&[("HOME", half.path().to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            half.contains("has `aws_access_key_id` but no `aws_secret_access_key`"),
+            "{half}"
+        );
+        assert!(!format!("{:?}", load(&vars(&[("HOME", at)])).unwrap()).contains("default-secret"));
+    }
+}
