@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The files sink on s3:// against a store some milliseconds away: moto
-# (tests/moto/install) behind a loopback proxy that delays each response by
-# DELAY_MS (default 30), 40 batches of a word count over 8 partitions, timed
-# with /usr/bin/time; each run's batches are then counted back in the bucket.
+# Weir against a store some milliseconds away: moto (tests/moto/install)
+# behind a loopback proxy that delays each response by DELAY_MS (default 30).
 #   host/pipelines/bench/s3-latency.sh [weir binary ...]
+#   WHAT=checkpoints host/pipelines/bench/s3-latency.sh [weir binary ...]
+# WHAT=sink (the default): the files sink on s3://, 40 batches of a word
+# count over 8 partitions, timed with /usr/bin/time; each run's batches are
+# then counted back in the bucket.
+# WHAT=checkpoints: the same 40 batches counted in three windows, with
+# checkpoint-dir on s3:// and a checkpoint after every batch; prints how
+# many were written and their durations (mean, max), from the run's log.
 # Give two binaries (a build before and after a change) to compare them in
 # one run, alternating, twice each.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../.." && pwd)"
 delay="${DELAY_MS:-30}"
+what="${WHAT:-sink}"
 work="${WEIR_BENCH_DIR:-$root/target/bench-s3-latency}"
 cd "$root"
 tests/moto/install >/dev/null
@@ -41,11 +47,54 @@ run=0
 for round in 1 2; do
     for weir in "$@"; do
         run=$((run + 1))
+        store="endpoint = \"http://127.0.0.1:$proxy_port\"
+access-key-id = \"b\"
+secret-access-key = \"b\""
+        if [ "$what" = checkpoints ]; then
+            checkpointed="checkpoint-dir = \"s3://bench/run$run\"
+
+[checkpoint]
+every-batches = 1
+$store"
+            windows=""
+            for length in 30 60 90; do
+                windows="$windows
+[[stage]]
+name = \"counts-$length\"
+input = \"words\"
+op = \"reduce-by-key-and-window\"
+reducer = \"count\"
+length = \"${length}s\"
+slide = \"10s\"
+inverse = true
+
+[[sink]]
+input = \"counts-$length\"
+type = \"files\"
+path = \"$work/out$run-$length\"
+"
+            done
+        else
+            checkpointed=""
+            windows="
+[[stage]]
+name = \"counts\"
+input = \"words\"
+op = \"reduce-by-key\"
+reducer = \"count\"
+
+[[sink]]
+input = \"counts\"
+type = \"files\"
+path = \"s3://bench/run$run\"
+$store"
+        fi
         cat > "$work/run$run.toml" <<TOML
 [pipeline]
 name = "s3-latency"
 batch-interval = "200ms"
 partitions = 8
+$checkpointed
 
 [plugins]
 split-words = "$plugin"
@@ -61,24 +110,23 @@ name = "words"
 input = "lines"
 op = "flat-map"
 plugin = "split-words"
-
-[[stage]]
-name = "counts"
-input = "words"
-op = "reduce-by-key"
-reducer = "count"
-
-[[sink]]
-input = "counts"
-type = "files"
-path = "s3://bench/run$run"
-endpoint = "http://127.0.0.1:$proxy_port"
-access-key-id = "b"
-secret-access-key = "b"
+$windows
 TOML
         /usr/bin/time -f "$weir: %e s wall, %U s user, %M kB peak RSS" \
             "$weir" run --available-now "$work/run$run.toml" >/dev/null 2>"$work/run$run.log" || {
             tail -5 "$work/run$run.log"; exit 1; }
+        tail -1 "$work/run$run.log"
+        if [ "$what" = checkpoints ]; then
+            python3 - "$work/run$run.log" <<'PY'
+import re, sys
+log = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[1]).read()).splitlines()
+lines = [l for l in log if "checkpoint written" in l]
+ms = [float(m.group(1)) for l in lines if (m := re.search(r"(?<![_a-z])ms=([0-9.]+)", l))]
+print(f"  checkpoints written: {len(ms)}, each {', '.join(f'{m:.0f}' for m in ms)} ms")
+print(*(l for l in log if "checkpoints written," in l))
+PY
+            continue
+        fi
         "$venv/bin/python" -c "
 import boto3
 s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:$moto_port', aws_access_key_id='b', aws_secret_access_key='b', region_name='us-east-1')

@@ -33,6 +33,7 @@
 //!   used), then the logged batches after it are replayed with their ids,
 //!   times and inputs, and the pipeline goes on.
 
+mod at_once;
 pub mod chain;
 pub mod codec;
 pub mod idle_log;
@@ -820,6 +821,19 @@ impl Checkpointer {
     }
 }
 
+/// Most compactions of one checkpoint run at once (on a storage with
+/// [`CheckpointStorage::parallel_writes`] above 1): each holds up to
+/// part-sized buffers (8 MiB on object storage) for the parts it reads and
+/// the one it writes.
+const COMPACTIONS_AT_ONCE: usize = 4;
+
+/// An operator's state as written by [`write_checkpoint`]: a whole file,
+/// or the chain its committed incremental part ends.
+enum Written {
+    Whole(StateFile),
+    Chain(usize, String, Vec<chain::StatePart>),
+}
+
 /// Writes the state files (and commits the incremental parts, compacting
 /// the chains that are due), then the manifest, then `LATEST`; then prunes.
 fn write_checkpoint(
@@ -850,36 +864,57 @@ fn write_checkpoint(
         chains: Vec::new(),
     };
     manifest.states.clear();
-    let mut chains = Vec::new();
-    for (index, (operator, state)) in states.into_iter().enumerate() {
-        match state {
+    // The operators' blobs are independent of each other: written several
+    // at once where the storage waits on the network.
+    let written = at_once::each_at_once(
+        states.into_iter().enumerate().collect(),
+        storage.parallel_writes(),
+        |(index, (operator, state))| match state {
             OperatorState::Whole(bytes) => {
                 let file = format!("state-{index:04}.bin");
                 storage
                     .put(&format!("{prefix}/{file}"), &bytes)
                     .map_err(io(format!("write {prefix}/{file}")))?;
-                report.bytes += bytes.len() as u64;
-                manifest.states.push(StateFile {
+                Ok(Written::Whole(StateFile {
                     operator,
                     file,
                     bytes: bytes.len() as u64,
                     sha256: content_hash(&bytes),
                     parts: Vec::new(),
-                });
+                }))
             }
             OperatorState::Part(part) => {
                 let chain = part.chain();
-                report.bytes += part.part.bytes;
                 part.blob
                     .commit()
                     .map_err(io(format!("write {}", part.part.file)))?;
+                Ok(Written::Chain(index, operator, chain))
+            }
+        },
+    );
+    let mut chains = Vec::new();
+    for written in written {
+        match written? {
+            Written::Whole(file) => {
+                report.bytes += file.bytes;
+                manifest.states.push(file);
+            }
+            Written::Chain(index, operator, chain) => {
+                report.bytes += chain.last().map_or(0, |part| part.bytes);
                 chains.push((index, operator, chain));
             }
         }
     }
     crate::failpoint::crash_point("checkpoint-state");
-    for (index, operator, mut chain) in chains {
-        if chain::compaction_due(&chain, full_every) {
+    // Compactions read and write whole states: a few at once where the
+    // storage waits on the network (each holds a buffer per part it reads).
+    let compacted = at_once::each_at_once(
+        chains,
+        storage.parallel_writes().min(COMPACTIONS_AT_ONCE),
+        |(index, operator, chain)| {
+            if !chain::compaction_due(&chain, full_every) {
+                return Ok((operator, chain, false));
+            }
             let full =
                 chain::compact(storage, &chain, &chain::full_name(batch, index)).map_err(|message| {
                     CheckpointError::Unusable {
@@ -887,10 +922,15 @@ fn write_checkpoint(
                         message: format!("compacting the state of `{operator}`: {message}"),
                     }
                 })?;
-            report.compactions += 1;
-            report.compacted_bytes += full.bytes;
-            chain = vec![full];
             crate::failpoint::crash_point("checkpoint-compacted");
+            Ok((operator, vec![full], true))
+        },
+    );
+    for compacted in compacted {
+        let (operator, chain, compacted) = compacted?;
+        if compacted {
+            report.compactions += 1;
+            report.compacted_bytes += chain.iter().map(|part| part.bytes).sum::<u64>();
         }
         manifest.states.push(StateFile {
             operator: operator.clone(),
@@ -930,11 +970,13 @@ fn write_checkpoint(
     // short by a crash or a full disk), and any numbered above this one
     // (left by a run that crashed before finishing them), never count.
     let mut kept: Vec<(u64, Manifest)> = Vec::new();
-    for name in storage
+    let ids: Vec<u64> = storage
         .list("checkpoints")
         .map_err(io("list checkpoints".into()))?
-    {
-        let Ok(id) = name.parse::<u64>() else { continue };
+        .iter()
+        .filter_map(|name| name.parse().ok())
+        .collect();
+    let manifests = at_once::each_at_once(ids, storage.parallel_writes(), |id| {
         // A manifest that cannot be read now (the store out of reach) fails
         // the checkpoint: taken for unfinished, a good checkpoint would go.
         let finished = if id <= batch {
@@ -945,6 +987,10 @@ fn write_checkpoint(
         } else {
             None
         };
+        Ok::<_, CheckpointError>((id, finished))
+    });
+    for listed in manifests {
+        let (id, finished) = listed?;
         match finished {
             Some(finished) => kept.push((id, finished)),
             None => storage

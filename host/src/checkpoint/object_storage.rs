@@ -192,6 +192,10 @@ impl CheckpointStorage for ObjectStorage {
         }))
     }
 
+    fn parallel_writes(&self) -> usize {
+        crate::objects::PARALLEL_REQUESTS
+    }
+
     fn open(&self, name: &str) -> std::io::Result<Option<Box<dyn Read + Send>>> {
         let (store, key) = (self.store.clone(), self.target.key(name));
         let size = match block_on(async move { store.head(&key).await }) {

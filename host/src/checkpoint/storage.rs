@@ -75,6 +75,13 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     fn open_in_place(&self, _name: &str, _size: u64) -> std::io::Result<Option<Box<dyn InPlaceFile>>> {
         Ok(None)
     }
+
+    /// How many independent blobs a writer should have in flight at once:
+    /// more than one where each request waits on the network (an object
+    /// store). Default: 1 (a disk, where one writer keeps it busy).
+    fn parallel_writes(&self) -> usize {
+        1
+    }
 }
 
 /// A blob of fixed size written in place ([`CheckpointStorage::open_in_place`]).

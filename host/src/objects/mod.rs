@@ -329,6 +329,11 @@ impl ObjectTarget {
     }
 }
 
+/// Most requests of one writer in flight at once: a batch's parts
+/// ([`crate::sink::object_files`]), a checkpoint's state blobs
+/// ([`crate::checkpoint::object_storage`]).
+pub const PARALLEL_REQUESTS: usize = 8;
+
 /// Why a client of an object store cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

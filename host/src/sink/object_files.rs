@@ -13,7 +13,7 @@
 //! checkpoint, batch ids start again at 0 on every run: manifests are then
 //! overwritten like the directories of a local files sink.
 //!
-//! A batch's parts go up at once (up to [`PARALLEL_PUTS`] requests in
+//! A batch's parts go up at once (up to [`PARALLEL_REQUESTS`](crate::objects::PARALLEL_REQUESTS) requests in
 //! flight), then its manifest; requests run on the process's one
 //! object-storage runtime ([`crate::objects::block_on`]).
 
@@ -35,9 +35,6 @@ use crate::record::Partition;
 fn batch_key(target: &ObjectTarget, id: u64, name: &str) -> ObjectPath {
     target.key(&format!("batch-{id:012}/{name}"))
 }
-
-/// Most part uploads of one batch in flight at once.
-pub const PARALLEL_PUTS: usize = 8;
 
 /// The name of a batch's manifest in its directory.
 pub const MANIFEST: &str = "_manifest.json";
@@ -173,7 +170,7 @@ impl Sink for ObjectFilesSink {
                         let store = store.clone();
                         async move { store.put(&key, body).await.map_err(|error| (key, error)) }
                     })
-                    .buffer_unordered(PARALLEL_PUTS)
+                    .buffer_unordered(crate::objects::PARALLEL_REQUESTS)
                     .try_for_each(|_| async { Ok(()) })
                     .await
             })
