@@ -311,6 +311,7 @@ pub(super) struct KilledCase {
 
 impl KilledCase {
     /// The case's name (its directory under the test's root).
+    #[cfg_attr(not(feature = "object-store"), allow(dead_code))]
     pub fn name(&self) -> &'static str {
         self.name
     }

@@ -417,6 +417,8 @@ fn sink_keys_are_checked_against_their_kind() {
         .kind
         .settings::<crate::sink::files::FilesSinkSpec>()
         .unwrap();
+    // Irrefutable in a build without the `object-store` feature.
+    #[allow(irrefutable_let_patterns)]
     let crate::sink::files::FilesTarget::Local(dir) = &settings.target else {
         panic!("a local directory: {:?}", settings.target);
     };
@@ -487,6 +489,7 @@ fn stage_ops_and_their_keys_come_from_one_table() {
     assert_eq!(window.memory, Some(2 << 20));
 }
 
+#[cfg(feature = "kafka")]
 #[test]
 fn a_tenant_scope_prefixes_kafka_groups_and_transactional_ids() {
     use crate::sink::kafka::KafkaSinkSpec;
