@@ -822,9 +822,10 @@ impl Checkpointer {
 }
 
 /// Most compactions of one checkpoint run at once (on a storage with
-/// [`CheckpointStorage::parallel_writes`] above 1): each holds up to
-/// part-sized buffers (8 MiB on object storage) for the parts it reads and
-/// the one it writes.
+/// [`CheckpointStorage::parallel_writes`] above 1). A compaction reads
+/// every part of its chain at once and holds up to a part-sized buffer
+/// (8 MiB on object storage) for each, and one for the part it writes: up
+/// to (parts + 1) × 8 MiB, for chains of up to `full-every` parts.
 const COMPACTIONS_AT_ONCE: usize = 4;
 
 /// An operator's state as written by [`write_checkpoint`]: a whole file,
@@ -866,7 +867,7 @@ fn write_checkpoint(
     manifest.states.clear();
     // The operators' blobs are independent of each other: written several
     // at once where the storage waits on the network.
-    let written = at_once::each_at_once(
+    let written = at_once::try_each_at_once(
         states.into_iter().enumerate().collect(),
         storage.parallel_writes(),
         |(index, (operator, state))| match state {
@@ -893,8 +894,8 @@ fn write_checkpoint(
         },
     );
     let mut chains = Vec::new();
-    for written in written {
-        match written? {
+    for written in written? {
+        match written {
             Written::Whole(file) => {
                 report.bytes += file.bytes;
                 manifest.states.push(file);
@@ -908,7 +909,7 @@ fn write_checkpoint(
     crate::failpoint::crash_point("checkpoint-state");
     // Compactions read and write whole states: a few at once where the
     // storage waits on the network (each holds a buffer per part it reads).
-    let compacted = at_once::each_at_once(
+    let compacted = at_once::try_each_at_once(
         chains,
         storage.parallel_writes().min(COMPACTIONS_AT_ONCE),
         |(index, operator, chain)| {
@@ -926,8 +927,7 @@ fn write_checkpoint(
             Ok((operator, vec![full], true))
         },
     );
-    for compacted in compacted {
-        let (operator, chain, compacted) = compacted?;
+    for (operator, chain, compacted) in compacted? {
         if compacted {
             report.compactions += 1;
             report.compacted_bytes += chain.iter().map(|part| part.bytes).sum::<u64>();
@@ -976,7 +976,7 @@ fn write_checkpoint(
         .iter()
         .filter_map(|name| name.parse().ok())
         .collect();
-    let manifests = at_once::each_at_once(ids, storage.parallel_writes(), |id| {
+    let manifests = at_once::try_each_at_once(ids, storage.parallel_writes(), |id| {
         // A manifest that cannot be read now (the store out of reach) fails
         // the checkpoint: taken for unfinished, a good checkpoint would go.
         let finished = if id <= batch {
@@ -988,9 +988,8 @@ fn write_checkpoint(
             None
         };
         Ok::<_, CheckpointError>((id, finished))
-    });
-    for listed in manifests {
-        let (id, finished) = listed?;
+    })?;
+    for (id, finished) in manifests {
         match finished {
             Some(finished) => kept.push((id, finished)),
             None => storage

@@ -94,13 +94,15 @@ pub enum ProfileError {
     },
 }
 
-/// Settings of a profile that mean its credentials come from elsewhere.
-const UNSUPPORTED: [&str; 5] = [
+/// Settings of a profile that mean its credentials come from elsewhere
+/// (over any static keys it has, in the SDKs).
+const UNSUPPORTED: [&str; 6] = [
     "role_arn",
     "credential_process",
     "sso_session",
     "sso_start_url",
     "web_identity_token_file",
+    "login_session",
 ];
 
 /// The selected profile in the environment `vars` (its files read from
@@ -165,51 +167,50 @@ pub fn load(vars: &[(String, String)]) -> Result<Option<Profile>, ProfileError> 
     }
     // As in the SDKs, the credentials file's settings win over the config
     // file's for the same profile.
-    let get = |key: &str| -> Option<(String, String)> {
-        let look = |found: &Option<Vec<(String, String)>>, path: &Option<PathBuf>| {
-            found
-                .as_ref()
-                .and_then(|pairs| pairs.iter().rev().find(|(k, _)| k == key))
-                .map(|(_, value)| (value.clone(), shown(path)))
+    let files = [(&from_credentials, &credentials), (&from_config, &config)];
+    let in_file = |found: &Option<Vec<(String, String)>>, key: &str| {
+        found
+            .as_ref()
+            .and_then(|pairs| pairs.iter().rev().find(|(k, _)| k == key))
+            .map(|(_, value)| value.clone())
+    };
+    let get = |key: &str| files.iter().find_map(|(found, _)| in_file(found, key));
+    if let Some(setting) = UNSUPPORTED.into_iter().find(|setting| get(setting).is_some()) {
+        return Err(ProfileError::Unsupported {
+            name: name.to_owned(),
+            setting,
+        });
+    }
+    // The key id, secret and token come from one file: the first that has
+    // either key.
+    let mut keys = None;
+    for (found, path) in files {
+        let (id, secret) = (
+            in_file(found, "aws_access_key_id"),
+            in_file(found, "aws_secret_access_key"),
+        );
+        let half = |present, missing| ProfileError::HalfKeys {
+            name: name.to_owned(),
+            path: shown(path),
+            present,
+            missing,
         };
-        look(&from_credentials, &credentials).or_else(|| look(&from_config, &config))
-    };
-    let keys = match (get("aws_access_key_id"), get("aws_secret_access_key")) {
-        (Some((id, _)), Some((secret, _))) => Some(ProfileKeys {
-            id,
-            secret,
-            token: get("aws_session_token").map(|(token, _)| token),
-        }),
-        (None, None) => {
-            if let Some(setting) = UNSUPPORTED.into_iter().find(|setting| get(setting).is_some()) {
-                return Err(ProfileError::Unsupported {
-                    name: name.to_owned(),
-                    setting,
-                });
-            }
-            None
-        }
-        (Some((_, path)), None) => {
-            return Err(ProfileError::HalfKeys {
-                name: name.to_owned(),
-                path,
-                present: "aws_access_key_id",
-                missing: "aws_secret_access_key",
-            });
-        }
-        (None, Some((_, path))) => {
-            return Err(ProfileError::HalfKeys {
-                name: name.to_owned(),
-                path,
-                present: "aws_secret_access_key",
-                missing: "aws_access_key_id",
-            });
-        }
-    };
+        keys = match (id, secret) {
+            (Some(id), Some(secret)) => Some(ProfileKeys {
+                id,
+                secret,
+                token: in_file(found, "aws_session_token"),
+            }),
+            (None, None) => continue,
+            (Some(_), None) => return Err(half("aws_access_key_id", "aws_secret_access_key")),
+            (None, Some(_)) => return Err(half("aws_secret_access_key", "aws_access_key_id")),
+        };
+        break;
+    }
     Ok(Some(Profile {
         name: name.to_owned(),
         keys,
-        region: get("region").map(|(region, _)| region),
+        region: get("region"),
     }))
 }
 
@@ -223,32 +224,60 @@ fn expand_home(path: &str, home: Option<&str>) -> PathBuf {
 
 /// The `key = value` settings of the sections of `text` (the INI form the
 /// AWS files use) whose header `wanted` accepts, in order (a later one
-/// wins), with keys in lower case; `None` when there is no such section. Comments (`#`, `;`)
-/// and the indented sub-settings of a nested key (`s3 =` followed by
-/// indented lines) are left out.
+/// wins), with keys in lower case and empty values left out; `None` when
+/// there is no such section. Comments (`#`, `;`: whole lines, after a
+/// header, or after whitespace in a value), a byte-order mark, and the
+/// indented sub-settings of a nested key (`s3 =` followed by indented
+/// lines) are left out.
 fn section(text: &str, wanted: impl Fn(&str) -> bool) -> Option<Vec<(String, String)>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut found: Option<Vec<(String, String)>> = None;
     let mut inside = false;
+    // After a key with an empty value: its indented sub-settings follow.
+    let mut nested = false;
     for line in text.lines() {
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
         }
-        if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            inside = wanted(header.trim());
+        if trimmed.starts_with('[') {
+            // Any line that opens like a header ends the section before it.
+            inside = header(trimmed).is_some_and(&wanted);
+            nested = false;
             if inside && found.is_none() {
                 found = Some(Vec::new());
             }
             continue;
         }
-        if !inside || line.starts_with([' ', '\t']) {
+        if !inside || (nested && line.starts_with([' ', '\t'])) {
             continue;
         }
-        if let (Some(settings), Some((key, value))) = (found.as_mut(), trimmed.split_once('=')) {
-            settings.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        let Some((key, value)) = trimmed.split_once('=') else {
+            continue;
+        };
+        let value = without_comment(value.trim());
+        nested = value.is_empty();
+        if let (Some(settings), false) = (found.as_mut(), value.is_empty()) {
+            settings.push((key.trim().to_ascii_lowercase(), value.to_owned()));
         }
     }
     found
+}
+
+/// The name in a header line (`[name]`, perhaps followed by a comment);
+/// `None` when the line is not one.
+fn header(line: &str) -> Option<&str> {
+    let (name, rest) = line.strip_prefix('[')?.split_once(']')?;
+    let rest = rest.trim();
+    (rest.is_empty() || rest.starts_with('#') || rest.starts_with(';')).then(|| name.trim())
+}
+
+/// `value` without a comment (`#` or `;` after whitespace) at its end.
+fn without_comment(value: &str) -> &str {
+    let bytes = value.as_bytes();
+    (1..bytes.len())
+        .find(|&at| matches!(bytes[at], b'#' | b';') && bytes[at - 1].is_ascii_whitespace())
+        .map_or(value, |at| value[..at].trim_end())
 }
 
 #[cfg(test)]
@@ -367,6 +396,57 @@ region = us-west-2
             expand_home("~/x/config", Some("/home/u")),
             PathBuf::from("/home/u/x/config")
         );
+    }
+
+    #[test]
+    fn comments_nesting_and_odd_files_are_read_as_the_sdks_read_them() {
+        let credentials = "\u{feff}[default] # the everyday keys\r\n\
+                           aws_access_key_id = AKIDEFAULT ; inline\r\n\
+                           aws_secret_access_key = se#cret # trailing\r\n\
+                           aws_session_token =\r\n\
+                           [prod]  # production\r\n\
+                           aws_access_key_id = AKIPROD\r\n\
+                           aws_secret_access_key = prod-secret\r\n";
+        let config = "[default]\nregion = eu-west-1 # Ireland\n[profile indented]\n  region = us-west-1\n";
+        let home = aws_home(credentials, config);
+        let at = home.path().to_str().unwrap();
+        let default = load(&vars(&[("HOME", at)])).unwrap().unwrap();
+        assert_eq!(
+            default.keys,
+            Some(ProfileKeys {
+                id: "AKIDEFAULT".into(),
+                secret: "se#cret".into(),
+                token: None
+            })
+        );
+        assert_eq!(default.region.as_deref(), Some("eu-west-1"));
+        let prod = load(&vars(&[("HOME", at), ("AWS_PROFILE", "prod")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(prod.keys.unwrap().id, "AKIPROD");
+        // Indented settings not under a nested key are read.
+        let indented = load(&vars(&[("HOME", at), ("AWS_PROFILE", "indented")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(indented.region.as_deref(), Some("us-west-1"));
+    }
+
+    #[test]
+    fn keys_come_from_one_file_and_a_role_wins_over_them() {
+        let home = aws_home(
+            "[dev]\naws_access_key_id = AKIDEV\naws_secret_access_key = s\n",
+            "[profile dev]\naws_session_token = stale\n\
+             [profile both]\naws_access_key_id = A\naws_secret_access_key = B\nrole_arn = arn:aws:iam::1:role/r\n",
+        );
+        let at = home.path().to_str().unwrap();
+        let dev = load(&vars(&[("HOME", at), ("AWS_PROFILE", "dev")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(dev.keys.unwrap().token, None);
+        let both = load(&vars(&[("HOME", at), ("AWS_PROFILE", "both")]))
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("through `role_arn`"), "{both}");
     }
 
     #[test]

@@ -47,8 +47,8 @@ impl<'a> ObjectKeys<'a> {
     }
 }
 
-/// How requests to the store are signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How requests to the store are signed (`Debug` leaves the secret out).
+#[derive(Clone, PartialEq, Eq)]
 pub enum ObjectCredentials {
     /// `access-key-id` and `secret-access-key`, as written in the file.
     Keys {
@@ -71,6 +71,20 @@ pub enum ObjectCredentials {
     /// Unsigned requests (`credentials = "anonymous"`): a public bucket,
     /// or a local store that does not check signatures.
     Anonymous,
+}
+
+impl std::fmt::Debug for ObjectCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Keys { id, .. } => f
+                .debug_struct("Keys")
+                .field("id", id)
+                .field("secret", &"…")
+                .finish(),
+            Self::Environment => f.write_str("Environment"),
+            Self::Anonymous => f.write_str("Anonymous"),
+        }
+    }
 }
 
 impl ObjectCredentials {
@@ -195,7 +209,7 @@ impl ObjectTarget {
         }
         let mut found = None;
         if self.credentials == ObjectCredentials::Environment {
-            for (name, value) in vars {
+            for (name, value) in vars.iter().filter(|(_, value)| !value.is_empty()) {
                 match name.as_str() {
                     "AWS_REGION" => found = Some(value.clone()),
                     "AWS_DEFAULT_REGION" if found.is_none() => found = Some(value.clone()),
@@ -415,6 +429,9 @@ mod tests {
 
     #[test]
     fn credentials_come_from_the_file_the_environment_or_nowhere() {
+        let keyed = parsed("access-key-id = \"AKID\"\nsecret-access-key = \"hush\"").unwrap();
+        let shown = format!("{keyed:?}");
+        assert!(shown.contains("AKID") && !shown.contains("hush"), "{shown}");
         assert_eq!(
             parsed("access-key-id = \"id\"\nsecret-access-key = \"s\"")
                 .unwrap()
