@@ -359,6 +359,9 @@ pub enum ClientError {
     Client(#[from] object_store::Error),
 }
 
+/// The name of the object-storage runtime's worker thread.
+const RUNTIME_THREAD: &str = "weir-objects";
+
 /// The runtime object-storage requests run on: one worker thread for the
 /// whole process, started on first use and never stopped (so it is never
 /// dropped inside another runtime), which also keeps pooled connections
@@ -368,7 +371,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name("weir-objects")
+            .thread_name(RUNTIME_THREAD)
             .enable_all()
             .build()
             .expect("cannot start the object-storage runtime")
@@ -378,6 +381,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// Runs `request` on the object-storage runtime and waits for it, from any
 /// thread (a runtime's worker too, where `Runtime::block_on` would panic).
 pub fn block_on<T: Send + 'static>(request: impl Future<Output = T> + Send + 'static) -> T {
+    // On the runtime's own (one) worker, the wait would never end.
+    debug_assert_ne!(
+        std::thread::current().name(),
+        Some(RUNTIME_THREAD),
+        "objects::block_on called from a request running on the object-storage runtime"
+    );
     let (done, result) = std::sync::mpsc::sync_channel(1);
     runtime().spawn(async move {
         let _ = done.send(request.await);
