@@ -179,7 +179,26 @@ fn without_keys_anywhere_else_the_shared_files_profile_signs() {
         "[default]\naws_access_key_id = test\n\n[dev]\naws_access_key_id = test\naws_secret_access_key = test\n",
     )
     .unwrap();
-    std::fs::write(aws.join("config"), "[profile dev]\nregion = us-east-1\n").unwrap();
+    // A profile whose credentials a command prints (as SSO and role
+    // helpers do), and one whose command fails.
+    let helper = dir.path().join("helper.sh");
+    std::fs::write(
+        &helper,
+        format!(
+            "echo ran >> '{}'\nprintf '%s' '{{\"Version\": 1, \"AccessKeyId\": \"test\", \"SecretAccessKey\": \"test\", \"SessionToken\": \"t\"}}'\n",
+            dir.path().join("helper-runs").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile dev]\nregion = us-east-1\n\n[profile helped]\ncredential_process = sh '{}'\n\n\
+             [profile expired]\ncredential_process = sh -c 'echo the SSO session has expired >&2; exit 1'\n",
+            helper.display()
+        ),
+    )
+    .unwrap();
     let closed = format!("http://127.0.0.1:{}", weir_tests::free_port());
     let output = run_with_aws_environment(
         &file,
@@ -187,6 +206,17 @@ fn without_keys_anywhere_else_the_shared_files_profile_signs() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(moto.committed_counts("weir-out", "profile/"), word_counts(&text));
+    let sink = s3_sink_signed(&moto, "helped", "");
+    let helped = write_pipeline(dir.path(), "helped.toml", &pipeline(dir.path(), false, &sink));
+    let output = run_with_aws_environment(
+        &helped,
+        &[("AWS_METADATA_ENDPOINT", &closed), ("AWS_PROFILE", "helped")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(moto.committed_counts("weir-out", "helped/"), word_counts(&text));
+    // Run once for the whole run: the credentials have no expiration.
+    let runs = std::fs::read_to_string(dir.path().join("helper-runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
     // A default profile with half its keys, and a profile named but not
     // defined: refused with the reason, nothing written.
     let sink = s3_sink_signed(&moto, "refused", "");
@@ -202,6 +232,13 @@ fn without_keys_anywhere_else_the_shared_files_profile_signs() {
                 ("AWS_PROFILE", "prod"),
             ],
             "AWS profile `prod` (from AWS_PROFILE) is defined in neither",
+        ),
+        (
+            vec![
+                ("AWS_METADATA_ENDPOINT", closed.as_str()),
+                ("AWS_PROFILE", "expired"),
+            ],
+            "AWS profile `expired` (sh -c 'echo the SSO session has expired >&2; exit 1'): it failed (exit status: 1): the SSO session has expired",
         ),
     ] {
         let output = run_with_aws_environment(&file, &aws);

@@ -1,14 +1,14 @@
 //! The AWS shared configuration files (`~/.aws/credentials` and
 //! `~/.aws/config`, as `aws configure` writes them), which `object_store`
 //! does not read: the profile named by `AWS_PROFILE` (else
-//! `AWS_DEFAULT_PROFILE`, else `default`) gives static keys and a region,
+//! `AWS_DEFAULT_PROFILE`, else `default`) gives static keys or a
+//! `credential_process` ([`super::credential_process`]), and a region,
 //! where the AWS SDKs' default chain would take them from it, between the
 //! `AWS_*` variables and a web identity, a container or the instance.
 //!
-//! What the SDKs do beyond static keys (assuming a role, SSO, running a
-//! `credential_process`) is not done here: such a profile is refused with
-//! the command that exports its credentials, rather than passed over for
-//! the instance's identity.
+//! What the SDKs do beyond that (assuming a role, SSO) is not done here:
+//! such a profile is refused with the command that exports its
+//! credentials, rather than passed over for the instance's identity.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,9 @@ pub struct Profile {
     /// `aws_access_key_id`, `aws_secret_access_key` and (optional)
     /// `aws_session_token`, when the profile has the first two.
     pub keys: Option<ProfileKeys>,
+    /// `credential_process`: the command that prints its credentials,
+    /// when that is where they come from (then `keys` is `None`).
+    pub process: Option<String>,
     /// `region`.
     pub region: Option<String>,
 }
@@ -83,22 +86,22 @@ pub enum ProfileError {
     /// The profile gets its credentials in a way that is not supported here.
     #[error(
         "AWS profile `{name}` gets its credentials through `{setting}`, which Weir does not support; \
-         export them into the environment (`eval \"$(aws configure export-credentials --profile {name} --format env)\"`) \
+         export them into the environment (`eval \"$(aws configure export-credentials --profile {name} --format env)\"`), \
+         select a profile whose credential_process prints them (`aws configure export-credentials --profile {name} --format process`), \
          or set access-key-id and secret-access-key"
     )]
     Unsupported {
         /// The profile.
         name: String,
-        /// The setting (`role_arn`, `credential_process`, `sso_session`, ...).
+        /// The setting (`role_arn`, `sso_session`, ...).
         setting: &'static str,
     },
 }
 
 /// Settings of a profile that mean its credentials come from elsewhere
 /// (over any static keys it has, in the SDKs).
-const UNSUPPORTED: [&str; 6] = [
+const UNSUPPORTED: [&str; 5] = [
     "role_arn",
-    "credential_process",
     "sso_session",
     "sso_start_url",
     "web_identity_token_file",
@@ -181,10 +184,15 @@ pub fn load(vars: &[(String, String)]) -> Result<Option<Profile>, ProfileError> 
             setting,
         });
     }
-    // The key id, secret and token come from one file: the first that has
-    // either key.
+    // The key id, secret and token come from one file. As in botocore, the
+    // credentials file's keys come first, then a `credential_process`, then
+    // the config file's keys.
+    let process = get("credential_process");
     let mut keys = None;
-    for (found, path) in files {
+    for (index, (found, path)) in files.into_iter().enumerate() {
+        if index > 0 && process.is_some() {
+            break;
+        }
         let (id, secret) = (
             in_file(found, "aws_access_key_id"),
             in_file(found, "aws_secret_access_key"),
@@ -209,6 +217,7 @@ pub fn load(vars: &[(String, String)]) -> Result<Option<Profile>, ProfileError> 
     }
     Ok(Some(Profile {
         name: name.to_owned(),
+        process: process.filter(|_| keys.is_none()),
         keys,
         region: get("region"),
     }))
@@ -480,6 +489,27 @@ region = us-west-2
             "{missing}"
         );
         let assumed = error("assumed");
+        // A credential_process is run, not refused.
+        let process = aws_home(
+            "[dev]\naws_access_key_id = AKIDEV\naws_secret_access_key = s\n",
+            "[profile dev]\ncredential_process = never-run\n[profile helper]\ncredential_process = helper --json\n\
+             aws_access_key_id = config-keys-come-after\naws_secret_access_key = s\n",
+        );
+        let profile = |name: &str| {
+            load(&vars(&[
+                ("HOME", process.path().to_str().unwrap()),
+                ("AWS_PROFILE", name),
+            ]))
+            .unwrap()
+            .unwrap()
+        };
+        let helper = profile("helper");
+        assert_eq!(
+            (helper.keys, helper.process.as_deref()),
+            (None, Some("helper --json"))
+        );
+        let dev = profile("dev");
+        assert_eq!((dev.keys.unwrap().id.as_str(), dev.process), ("AKIDEV", None));
         assert!(
             assumed.contains("through `role_arn`, which Weir does not support")
                 && assumed.contains("aws configure export-credentials --profile assumed"),

@@ -8,6 +8,7 @@
 //! the client does not read itself, are read in [`aws_profile`].
 
 pub mod aws_profile;
+pub mod credential_process;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -292,12 +293,26 @@ impl ObjectTarget {
                     builder = builder.with_config(key, value);
                 }
             }
-            if !keys_set && let Some(keys) = profile.clone()?.and_then(|profile| profile.keys) {
-                builder = builder
-                    .with_access_key_id(keys.id)
-                    .with_secret_access_key(keys.secret);
-                if let Some(token) = keys.token {
-                    builder = builder.with_token(token);
+            if !keys_set {
+                match profile.clone()? {
+                    Some(Profile { keys: Some(keys), .. }) => {
+                        builder = builder
+                            .with_access_key_id(keys.id)
+                            .with_secret_access_key(keys.secret);
+                        if let Some(token) = keys.token {
+                            builder = builder.with_token(token);
+                        }
+                    }
+                    Some(Profile {
+                        name,
+                        process: Some(command),
+                        ..
+                    }) => {
+                        builder = builder.with_credentials(Arc::new(
+                            credential_process::ProcessCredentials::new(&name, &command),
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
