@@ -7,7 +7,8 @@
 //! command (`aws configure export-credentials --format process`,
 //! `aws-vault exec --json`, ...).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use object_store::aws::AwsCredential;
@@ -45,7 +46,21 @@ struct Output {
 }
 
 impl ProcessCredentials {
-    /// The provider of profile `profile`'s `credential_process` `command`
+    /// The process's one provider of profile `profile`'s
+    /// `credential_process` `command`, shared by every client that signs
+    /// with it (so the command runs once for all of them).
+    pub fn shared(profile: &str, command: &str) -> Arc<Self> {
+        static SHARED: Mutex<BTreeMap<(String, String), Arc<ProcessCredentials>>> =
+            Mutex::new(BTreeMap::new());
+        SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((profile.to_owned(), command.to_owned()))
+            .or_insert_with(|| Arc::new(Self::new(profile, command)))
+            .clone()
+    }
+
+    /// A provider of profile `profile`'s `credential_process` `command`
     /// (nothing runs before the first request).
     pub fn new(profile: &str, command: &str) -> Self {
         Self {
@@ -123,8 +138,8 @@ impl ProcessCredentials {
         if !fresh {
             // A command that prompts or talks to a sign-in service blocks:
             // off the runtime's worker.
-            let this = Self::new(&self.profile, &self.command);
-            let ran = tokio::task::spawn_blocking(move || this.run())
+            let runner = Self::new(&self.profile, &self.command);
+            let ran = tokio::task::spawn_blocking(move || runner.run())
                 .await
                 .map_err(|e| self.error(format!("it did not finish: {e}")))??;
             *cached = Some(ran);
@@ -220,6 +235,13 @@ mod tests {
                 .unwrap();
             assert_eq!(count(), 2);
         });
+    }
+
+    #[test]
+    fn clients_of_one_profile_share_its_provider() {
+        let one = ProcessCredentials::shared("p", "helper");
+        assert!(Arc::ptr_eq(&one, &ProcessCredentials::shared("p", "helper")));
+        assert!(!Arc::ptr_eq(&one, &ProcessCredentials::shared("q", "helper")));
     }
 
     #[test]

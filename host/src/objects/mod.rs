@@ -308,8 +308,8 @@ impl ObjectTarget {
                         process: Some(command),
                         ..
                     }) => {
-                        builder = builder.with_credentials(Arc::new(
-                            credential_process::ProcessCredentials::new(&name, &command),
+                        builder = builder.with_credentials(credential_process::ProcessCredentials::shared(
+                            &name, &command,
                         ));
                     }
                     _ => {}
