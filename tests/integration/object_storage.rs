@@ -238,7 +238,7 @@ fn without_keys_anywhere_else_the_shared_files_profile_signs() {
                 ("AWS_METADATA_ENDPOINT", closed.as_str()),
                 ("AWS_PROFILE", "expired"),
             ],
-            "AWS profile `expired` (sh -c 'echo the SSO session has expired >&2; exit 1'): it failed (exit status: 1): the SSO session has expired",
+            "AWS profile `expired` (sh …): it failed (exit status: 1): the SSO session has expired",
         ),
     ] {
         let output = run_with_aws_environment(&file, &aws);

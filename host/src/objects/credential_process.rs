@@ -6,10 +6,16 @@
 //! one). Tools that sign in through SSO or assume roles offer such a
 //! command (`aws configure export-credentials --format process`,
 //! `aws-vault exec --json`, ...).
+//!
+//! A run that fails while the kept credentials have not expired yet keeps
+//! them (with a warning); a failure is not retried for [`RETRY_AFTER`]; a
+//! command that runs longer than [`TIMEOUT`] is killed. Messages name the
+//! command's program only: its arguments may hold secrets.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use object_store::aws::AwsCredential;
 use object_store::client::CredentialProvider;
@@ -17,21 +23,56 @@ use object_store::client::CredentialProvider;
 /// How long before their expiration credentials are fetched again.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 
+/// How long after a failed run requests get its error without running the
+/// command again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long the command may run (a sign-in through a browser included).
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Most of a failing command's stderr shown in the error.
 const STDERR_SHOWN: usize = 500;
 
+/// Most of the command's output read (as the Java SDK does).
+const OUTPUT_LIMIT: u64 = 64 << 10;
+
 /// A [`CredentialProvider`] that runs a profile's `credential_process`.
-#[derive(Debug)]
 pub struct ProcessCredentials {
     profile: String,
     command: String,
-    cached: tokio::sync::Mutex<Option<Cached>>,
+    state: tokio::sync::Mutex<State>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for ProcessCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessCredentials")
+            .field("profile", &self.profile)
+            .field("command", &shown(&self.command))
+            .finish()
+    }
+}
+
+/// What the provider keeps between requests.
+#[derive(Default)]
+struct State {
+    cached: Option<Cached>,
+    /// The last run's failure, while it is retried no sooner.
+    failed: Option<(Instant, String)>,
+}
+
 struct Cached {
     credential: Arc<AwsCredential>,
     expires: Option<SystemTime>,
+}
+
+/// The command's program, without its arguments (which may hold secrets).
+fn shown(command: &str) -> String {
+    let program = command.split_whitespace().next().unwrap_or_default();
+    if program.len() < command.trim().len() {
+        format!("{program} …")
+    } else {
+        program.to_owned()
+    }
 }
 
 /// The command's output, as the AWS SDKs define it.
@@ -66,7 +107,7 @@ impl ProcessCredentials {
         Self {
             profile: profile.to_owned(),
             command: command.to_owned(),
-            cached: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(State::default()),
         }
     }
 
@@ -75,31 +116,66 @@ impl ProcessCredentials {
             store: "S3",
             source: format!(
                 "the credential_process of AWS profile `{}` ({}): {message}",
-                self.profile, self.command
+                self.profile,
+                shown(&self.command)
             )
             .into(),
         }
     }
 
-    /// Runs the command and reads what it printed.
-    fn run(&self) -> object_store::Result<Cached> {
-        let output = std::process::Command::new("sh")
+    /// Runs the command (killed after `timeout`) and reads what it printed.
+    fn run(&self, timeout: Duration) -> object_store::Result<Cached> {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
-            .stdin(std::process::Stdio::null())
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| self.error(format!("cannot run it: {e}")))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(pipe) = pipe {
+                    let _ = pipe.take(OUTPUT_LIMIT).read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(self.error(format!(
+                        "it ran longer than {} and was stopped",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                Err(e) => return Err(self.error(format!("cannot wait for it: {e}"))),
+            }
+        };
+        let (stdout, stderr) = (
+            stdout.join().unwrap_or_default(),
+            stderr.join().unwrap_or_default(),
+        );
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&stderr);
             let stderr = stderr.trim();
             let cut = stderr.len().min(STDERR_SHOWN);
             let cut = (0..=cut)
                 .rev()
                 .find(|&at| stderr.is_char_boundary(at))
                 .unwrap_or(0);
-            return Err(self.error(format!("it failed ({}): {}", output.status, &stderr[..cut])));
+            return Err(self.error(format!("it failed ({status}): {}", &stderr[..cut])));
         }
-        self.parse(&output.stdout)
+        self.parse(&stdout)
     }
 
     /// Reads the command's output.
@@ -127,24 +203,62 @@ impl ProcessCredentials {
     }
 
     /// The cached credentials while they have [`REFRESH_BEFORE`] or more
-    /// left, else fresh ones (`now` for tests).
+    /// left, else fresh ones (`now` for tests); where the run fails, the
+    /// cached ones while they have not expired.
     async fn credential_at(&self, now: SystemTime) -> object_store::Result<Arc<AwsCredential>> {
-        let mut cached = self.cached.lock().await;
-        let fresh = cached.as_ref().is_some_and(|cached| {
-            cached
-                .expires
-                .is_none_or(|expires| expires > now + REFRESH_BEFORE)
-        });
-        if !fresh {
-            // A command that prompts or talks to a sign-in service blocks:
-            // off the runtime's worker.
-            let runner = Self::new(&self.profile, &self.command);
-            let ran = tokio::task::spawn_blocking(move || runner.run())
-                .await
-                .map_err(|e| self.error(format!("it did not finish: {e}")))??;
-            *cached = Some(ran);
+        let mut state = self.state.lock().await;
+        let usable = |cached: &Option<Cached>, margin: Duration| {
+            cached.as_ref().and_then(|cached| {
+                let valid = cached.expires.is_none_or(|expires| expires > now + margin);
+                valid.then(|| cached.credential.clone())
+            })
+        };
+        if let Some(credential) = usable(&state.cached, REFRESH_BEFORE) {
+            return Ok(credential);
         }
-        Ok(cached.as_ref().expect("set above").credential.clone())
+        let ran = match &state.failed {
+            Some((at, message)) if at.elapsed() < RETRY_AFTER => Err(message.clone()),
+            _ => {
+                // A command that prompts or talks to a sign-in service blocks:
+                // off the runtime's worker.
+                let runner = Self::new(&self.profile, &self.command);
+                tokio::task::spawn_blocking(move || runner.run(TIMEOUT))
+                    .await
+                    .map_err(|e| self.error(format!("it did not finish: {e}")))
+                    .and_then(|ran| ran)
+                    .map_err(|error| error.to_string())
+            }
+        };
+        match ran {
+            Ok(ran) => {
+                state.failed = None;
+                let credential = ran.credential.clone();
+                state.cached = Some(ran);
+                Ok(credential)
+            }
+            Err(message) => {
+                if state
+                    .failed
+                    .as_ref()
+                    .is_none_or(|(at, _)| at.elapsed() >= RETRY_AFTER)
+                {
+                    state.failed = Some((Instant::now(), message.clone()));
+                }
+                match usable(&state.cached, Duration::ZERO) {
+                    Some(credential) => {
+                        tracing::warn!(
+                            profile = %self.profile,
+                            "{message}; the credentials it gave before are used until they expire"
+                        );
+                        Ok(credential)
+                    }
+                    None => Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: message.into(),
+                    }),
+                }
+            }
+        }
     }
 }
 
@@ -157,14 +271,29 @@ impl CredentialProvider for ProcessCredentials {
     }
 }
 
-/// An RFC 3339 time (`2026-12-03T15:00:00Z`, with fractional seconds or an
-/// offset of `+00:00`, as the tools write it in UTC).
+/// An RFC 3339 time: `2026-12-03T15:00:00Z`, with fractional seconds or
+/// an offset (`+02:00`, `-05:00`) in place of the `Z`.
 fn parse_expiration(text: &str) -> Option<SystemTime> {
     let text = text.trim();
-    let utc = text
-        .strip_suffix("+00:00")
-        .map_or_else(|| text.to_owned(), |rest| format!("{rest}Z"));
-    humantime::parse_rfc3339_weak(&utc).ok()
+    if let Some(utc) = text.strip_suffix(['Z', 'z']) {
+        return humantime::parse_rfc3339_weak(&format!("{utc}Z")).ok();
+    }
+    // `±HH:MM` at the end: the local time there, shifted to UTC.
+    let at = text.len().checked_sub(6)?;
+    let (local, offset) = (text.get(..at)?, text.get(at..)?.as_bytes());
+    let digits =
+        |range: std::ops::Range<usize>| std::str::from_utf8(&offset[range]).ok()?.parse::<u64>().ok();
+    let (hours, minutes) = (digits(1..3)?, digits(4..6)?);
+    if offset[3] != b':' || hours > 23 || minutes > 59 {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
+    let shift = Duration::from_secs(hours * 3600 + minutes * 60);
+    match offset[0] {
+        b'+' => local.checked_sub(shift),
+        b'-' => local.checked_add(shift),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -196,14 +325,14 @@ mod tests {
             parsed.expires,
             Some(humantime::parse_rfc3339("2026-12-03T15:00:00Z").unwrap())
         );
-        let error = |bytes: &[u8]| provider("helper --json").parse(bytes).unwrap_err().to_string();
+        let error = |bytes: &[u8]| provider("helper --json").parse(bytes).err().unwrap().to_string();
         assert!(
             error(b"{\"Version\": 2, \"AccessKeyId\": \"a\", \"SecretAccessKey\": \"b\"}")
                 .contains("Version 2, not 1")
         );
         let bad = error(b"not json");
         assert!(
-            bad.contains("credential_process of AWS profile `dev` (helper --json)")
+            bad.contains("credential_process of AWS profile `dev` (helper …)")
                 && bad.contains("not the credentials JSON"),
             "{bad}"
         );
@@ -235,6 +364,88 @@ mod tests {
                 .unwrap();
             assert_eq!(count(), 2);
         });
+    }
+
+    #[test]
+    fn expirations_with_offsets_are_read_in_utc() {
+        let utc = |text| humantime::parse_rfc3339_weak(text).unwrap();
+        assert_eq!(
+            parse_expiration("2026-12-03T17:00:00.5+02:00"),
+            Some(utc("2026-12-03T15:00:00.5Z"))
+        );
+        assert_eq!(
+            parse_expiration("2026-12-03T10:30:00-05:30"),
+            Some(utc("2026-12-03T16:00:00Z"))
+        );
+        assert_eq!(
+            parse_expiration("2026-12-03T15:00:00z"),
+            Some(utc("2026-12-03T15:00:00Z"))
+        );
+        for bad in [
+            "2026-12-03T15:00:00+2:000",
+            "2026-12-03T15:00:00+25:00",
+            "tomorrow",
+            "",
+        ] {
+            assert_eq!(parse_expiration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_credentials_that_have_not_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runs, down) = (dir.path().join("runs"), dir.path().join("down"));
+        let command = format!(
+            "echo run >> '{}'; if [ -e '{}' ]; then echo sign-in is down >&2; exit 1; fi; touch '{}'; \
+             printf '%s' '{{\"Version\": 1, \"AccessKeyId\": \"AKI\", \"SecretAccessKey\": \"s\", \"Expiration\": \"2030-01-01T00:00:00Z\"}}'",
+            runs.display(),
+            down.display(),
+            down.display()
+        );
+        let provider = provider(&command);
+        let expires = humantime::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+        let count = || std::fs::read_to_string(&runs).unwrap().lines().count();
+        block_on(async {
+            provider
+                .credential_at(expires - Duration::from_secs(3600))
+                .await
+                .unwrap();
+            // Due for a refresh, which fails: the old ones still work.
+            let kept = provider
+                .credential_at(expires - Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert_eq!((kept.key_id.as_str(), count()), ("AKI", 2));
+            // Expired, and the failure is too recent to run again.
+            let error = provider
+                .credential_at(expires + Duration::from_secs(1))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("sign-in is down"), "{error}");
+            assert_eq!(count(), 2);
+        });
+    }
+
+    #[test]
+    fn a_command_that_runs_too_long_is_stopped() {
+        let error = provider("sleep 30")
+            .run(Duration::from_millis(100))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("it ran longer than 100ms and was stopped"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_command_s_arguments_are_not_shown() {
+        let provider = provider("helper --token hush");
+        assert!(!format!("{provider:?}").contains("hush"));
+        assert!(!provider.error("x".into()).to_string().contains("hush"));
+        assert_eq!(shown("helper"), "helper");
     }
 
     #[test]
