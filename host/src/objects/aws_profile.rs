@@ -17,14 +17,30 @@ use std::path::{Path, PathBuf};
 pub struct Profile {
     /// The profile's name.
     pub name: String,
-    /// `aws_access_key_id`, `aws_secret_access_key` and (optional)
-    /// `aws_session_token`, when the profile has the first two.
-    pub keys: Option<ProfileKeys>,
-    /// `credential_process`: the command that prints its credentials,
-    /// when that is where they come from (then `keys` is `None`).
-    pub process: Option<String>,
+    /// Where its credentials come from; `None`: not from it.
+    pub source: Option<ProfileSource>,
     /// `region`.
     pub region: Option<String>,
+}
+
+impl Profile {
+    /// The profile's static keys, when its credentials are those.
+    pub fn keys(&self) -> Option<&ProfileKeys> {
+        match &self.source {
+            Some(ProfileSource::Keys(keys)) => Some(keys),
+            _ => None,
+        }
+    }
+}
+
+/// Where a profile's credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileSource {
+    /// `aws_access_key_id`, `aws_secret_access_key` and (optional)
+    /// `aws_session_token`.
+    Keys(ProfileKeys),
+    /// `credential_process`: the command that prints them.
+    Process(String),
 }
 
 /// A profile's static keys.
@@ -184,41 +200,40 @@ pub fn load(vars: &[(String, String)]) -> Result<Option<Profile>, ProfileError> 
             setting,
         });
     }
-    // The key id, secret and token come from one file. As in botocore, the
-    // credentials file's keys come first, then a `credential_process`, then
-    // the config file's keys.
-    let process = get("credential_process");
-    let mut keys = None;
-    for (index, (found, path)) in files.into_iter().enumerate() {
-        if index > 0 && process.is_some() {
-            break;
-        }
-        let (id, secret) = (
-            in_file(found, "aws_access_key_id"),
-            in_file(found, "aws_secret_access_key"),
-        );
+    // The key id, secret and token come from one file.
+    let keys_in = |found: &Option<Vec<(String, String)>>, path: &Option<PathBuf>| {
         let half = |present, missing| ProfileError::HalfKeys {
             name: name.to_owned(),
             path: shown(path),
             present,
             missing,
         };
-        keys = match (id, secret) {
-            (Some(id), Some(secret)) => Some(ProfileKeys {
+        match (
+            in_file(found, "aws_access_key_id"),
+            in_file(found, "aws_secret_access_key"),
+        ) {
+            (Some(id), Some(secret)) => Ok(Some(ProfileKeys {
                 id,
                 secret,
                 token: in_file(found, "aws_session_token"),
-            }),
-            (None, None) => continue,
-            (Some(_), None) => return Err(half("aws_access_key_id", "aws_secret_access_key")),
-            (None, Some(_)) => return Err(half("aws_secret_access_key", "aws_access_key_id")),
-        };
-        break;
-    }
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(half("aws_access_key_id", "aws_secret_access_key")),
+            (None, Some(_)) => Err(half("aws_secret_access_key", "aws_access_key_id")),
+        }
+    };
+    // As in botocore: the credentials file's keys, then a
+    // `credential_process`, then the config file's keys.
+    let source = match keys_in(&from_credentials, &credentials)? {
+        Some(keys) => Some(ProfileSource::Keys(keys)),
+        None => match get("credential_process") {
+            Some(command) => Some(ProfileSource::Process(command)),
+            None => keys_in(&from_config, &config)?.map(ProfileSource::Keys),
+        },
+    };
     Ok(Some(Profile {
         name: name.to_owned(),
-        process: process.filter(|_| keys.is_none()),
-        keys,
+        source,
         region: get("region"),
     }))
 }
@@ -347,7 +362,7 @@ region = us-west-2
         let default = load(&vars(&[("HOME", at)])).unwrap().unwrap();
         assert_eq!(default.name, "default");
         assert_eq!(
-            default.keys,
+            default.keys().cloned(),
             Some(ProfileKeys {
                 id: "AKIDEFAULT".into(),
                 secret: "default-secret".into(),
@@ -359,7 +374,7 @@ region = us-west-2
         let dev = load(&vars(&[("HOME", at), ("AWS_PROFILE", "dev")]))
             .unwrap()
             .unwrap();
-        let keys = dev.keys.unwrap();
+        let keys = dev.keys().unwrap();
         assert_eq!(
             (keys.id.as_str(), keys.token.as_deref()),
             ("AKIDEV", Some("dev-token"))
@@ -376,7 +391,7 @@ region = us-west-2
         let regional = load(&vars(&[("HOME", at), ("AWS_DEFAULT_PROFILE", "regional")]))
             .unwrap()
             .unwrap();
-        assert_eq!(regional.keys, None);
+        assert_eq!(regional.source, None);
         assert_eq!(regional.region.as_deref(), Some("us-west-2"));
     }
 
@@ -398,7 +413,7 @@ region = us-west-2
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(profile.keys.unwrap().id, "OTHER");
+        assert_eq!(profile.keys().unwrap().id, "OTHER");
         // The config file is still the home directory's.
         assert_eq!(profile.region.as_deref(), Some("eu-west-1"));
         assert_eq!(
@@ -421,7 +436,7 @@ region = us-west-2
         let at = home.path().to_str().unwrap();
         let default = load(&vars(&[("HOME", at)])).unwrap().unwrap();
         assert_eq!(
-            default.keys,
+            default.keys().cloned(),
             Some(ProfileKeys {
                 id: "AKIDEFAULT".into(),
                 secret: "se#cret".into(),
@@ -432,7 +447,7 @@ region = us-west-2
         let prod = load(&vars(&[("HOME", at), ("AWS_PROFILE", "prod")]))
             .unwrap()
             .unwrap();
-        assert_eq!(prod.keys.unwrap().id, "AKIPROD");
+        assert_eq!(prod.keys().unwrap().id, "AKIPROD");
         // Indented settings not under a nested key are read.
         let indented = load(&vars(&[("HOME", at), ("AWS_PROFILE", "indented")]))
             .unwrap()
@@ -451,7 +466,7 @@ region = us-west-2
         let dev = load(&vars(&[("HOME", at), ("AWS_PROFILE", "dev")]))
             .unwrap()
             .unwrap();
-        assert_eq!(dev.keys.unwrap().token, None);
+        assert_eq!(dev.keys().unwrap().token, None);
         let both = load(&vars(&[("HOME", at), ("AWS_PROFILE", "both")]))
             .unwrap_err()
             .to_string();
@@ -505,11 +520,11 @@ region = us-west-2
         };
         let helper = profile("helper");
         assert_eq!(
-            (helper.keys, helper.process.as_deref()),
-            (None, Some("helper --json"))
+            helper.source,
+            Some(ProfileSource::Process("helper --json".into()))
         );
         let dev = profile("dev");
-        assert_eq!((dev.keys.unwrap().id.as_str(), dev.process), ("AKIDEV", None));
+        assert_eq!(dev.keys().unwrap().id, "AKIDEV");
         assert!(
             assumed.contains("through `role_arn`, which Weir does not support")
                 && assumed.contains("aws configure export-credentials --profile assumed"),

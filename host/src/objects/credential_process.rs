@@ -65,6 +65,16 @@ struct Cached {
     expires: Option<SystemTime>,
 }
 
+/// What `pipe` gives, up to [`OUTPUT_LIMIT`] bytes, read on a thread of its
+/// own (so that neither of a child's pipes fills while the other is read).
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.by_ref().take(OUTPUT_LIMIT).read_to_end(&mut bytes);
+        bytes
+    })
+}
+
 /// The command's program, without its arguments (which may hold secrets).
 fn shown(command: &str) -> String {
     let program = command.split_whitespace().next().unwrap_or_default();
@@ -134,17 +144,8 @@ impl ProcessCredentials {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| self.error(format!("cannot run it: {e}")))?;
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut bytes = Vec::new();
-                if let Some(pipe) = pipe {
-                    let _ = pipe.take(OUTPUT_LIMIT).read_to_end(&mut bytes);
-                }
-                bytes
-            })
-        };
-        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
         let deadline = Instant::now() + timeout;
         let status = loop {
             match child.try_wait() {
@@ -161,19 +162,15 @@ impl ProcessCredentials {
                 Err(e) => return Err(self.error(format!("cannot wait for it: {e}"))),
             }
         };
-        let (stdout, stderr) = (
-            stdout.join().unwrap_or_default(),
-            stderr.join().unwrap_or_default(),
-        );
+        let collect = |reader: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            reader.and_then(|reader| reader.join().ok()).unwrap_or_default()
+        };
+        let (stdout, stderr) = (collect(stdout), collect(stderr));
         if !status.success() {
             let stderr = String::from_utf8_lossy(&stderr);
             let stderr = stderr.trim();
-            let cut = stderr.len().min(STDERR_SHOWN);
-            let cut = (0..=cut)
-                .rev()
-                .find(|&at| stderr.is_char_boundary(at))
-                .unwrap_or(0);
-            return Err(self.error(format!("it failed ({status}): {}", &stderr[..cut])));
+            let shown = &stderr[..stderr.floor_char_boundary(STDERR_SHOWN)];
+            return Err(self.error(format!("it failed ({status}): {shown}")));
         }
         self.parse(&stdout)
     }

@@ -18,7 +18,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 
 use crate::config::{Settings, SpecError};
-use aws_profile::{Profile, ProfileError};
+use aws_profile::{Profile, ProfileError, ProfileSource};
 
 /// The object-storage keys of a table, as written.
 #[derive(Debug, Clone, Copy, Default)]
@@ -277,8 +277,6 @@ impl ObjectTarget {
             let keys_set = vars
                 .iter()
                 .any(|(name, value)| name == "AWS_ACCESS_KEY_ID" && !value.is_empty());
-            // The variables' keys come first; only without them does the
-            // profile (and so its errors) matter for signing.
             for (name, value) in vars {
                 let known = name
                     .starts_with("AWS_")
@@ -293,27 +291,27 @@ impl ObjectTarget {
                     builder = builder.with_config(key, value);
                 }
             }
-            if !keys_set {
-                match profile.clone()? {
-                    Some(Profile { keys: Some(keys), .. }) => {
-                        builder = builder
-                            .with_access_key_id(keys.id)
-                            .with_secret_access_key(keys.secret);
-                        if let Some(token) = keys.token {
-                            builder = builder.with_token(token);
-                        }
+            // The variables' keys come first; only without them does the
+            // profile (and so its errors) matter for signing.
+            let source = match &profile {
+                _ if keys_set => None,
+                Ok(profile) => profile.as_ref().and_then(|p| Some((&p.name, p.source.as_ref()?))),
+                Err(error) => return Err(error.clone()),
+            };
+            match source {
+                Some((_, ProfileSource::Keys(keys))) => {
+                    builder = builder
+                        .with_access_key_id(&keys.id)
+                        .with_secret_access_key(&keys.secret);
+                    if let Some(token) = &keys.token {
+                        builder = builder.with_token(token);
                     }
-                    Some(Profile {
-                        name,
-                        process: Some(command),
-                        ..
-                    }) => {
-                        builder = builder.with_credentials(credential_process::ProcessCredentials::shared(
-                            &name, &command,
-                        ));
-                    }
-                    _ => {}
                 }
+                Some((name, ProfileSource::Process(command))) => {
+                    builder = builder
+                        .with_credentials(credential_process::ProcessCredentials::shared(name, command));
+                }
+                None => {}
             }
         }
         let profile = profile.ok().flatten();
