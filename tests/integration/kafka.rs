@@ -129,6 +129,42 @@ fn killed_kafka_pipelines_commit_every_count_exactly_once() {
     let output = broker.read_committed("counts");
     assert_eq!(summed(&output), expected, "after {crashes:?}");
     assert!(crashes.kills >= 20, "only {} kills: {crashes:?}", crashes.kills);
+
+    // A reader that comes in after a crashed run's aborted transaction
+    // sees from there what one that read from the start saw.
+    let starts = after_last_abort(&output);
+    assert!(
+        !starts.is_empty(),
+        "no aborted transaction in the output after {crashes:?}"
+    );
+    let late = broker.read_committed_from("counts", &starts);
+    let from_the_start: Vec<Received> = output
+        .iter()
+        .filter(|r| starts.get(&r.partition).is_some_and(|&start| r.offset >= start))
+        .cloned()
+        .collect();
+    assert_eq!(late.len(), from_the_start.len(), "read from {starts:?}");
+    assert_eq!(late, from_the_start, "read from {starts:?}");
+}
+
+/// Per partition of `records` (committed records in offset order), the
+/// offset of the first record after the last aborted transaction: where two
+/// committed records are more than a commit marker apart, records and an
+/// abort marker lie between them. Partitions with none are left out.
+fn after_last_abort(records: &[Received]) -> BTreeMap<i32, i64> {
+    let mut starts = BTreeMap::new();
+    let mut previous: Option<(i32, i64)> = None;
+    for record in records {
+        let before = match previous {
+            Some((partition, offset)) if partition == record.partition => offset,
+            _ => -1,
+        };
+        if record.offset - before > 2 {
+            starts.insert(record.partition, record.offset);
+        }
+        previous = Some((record.partition, record.offset));
+    }
+    starts
 }
 
 #[test]

@@ -231,6 +231,13 @@ impl Broker {
     /// Every record of `topic` a `read_committed` consumer sees now, by
     /// partition in offset order: (partition, offset, key, value).
     pub fn read_committed(&self, topic: &str) -> Vec<Received> {
+        self.read_committed_from(topic, &BTreeMap::new())
+    }
+
+    /// What a `read_committed` consumer sees now from `starts` (partition
+    /// to offset; partitions not in it from their beginning), by partition
+    /// in offset order: a reader that comes in at those offsets.
+    pub fn read_committed_from(&self, topic: &str, starts: &BTreeMap<i32, i64>) -> Vec<Received> {
         let consumer: BaseConsumer = self
             .config()
             .set("group.id", format!("weir-test-reader-{}", std::process::id()))
@@ -245,7 +252,10 @@ impl Broker {
         let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
         let mut list = TopicPartitionList::new();
         for partition in &partitions {
-            list.add_partition_offset(topic, *partition, Offset::Beginning)
+            let start = starts
+                .get(partition)
+                .map_or(Offset::Beginning, |&at| Offset::Offset(at));
+            list.add_partition_offset(topic, *partition, start)
                 .expect("partition");
         }
         consumer.assign(&list).expect("assign");

@@ -9,12 +9,19 @@
 //!   a batch run again after a crash is sent again.
 //! - **`delivery = "exactly-once"`**: one transaction per batch. The
 //!   transactional id is `transactional-id`, by default
-//!   `weir.<pipeline>.<sink>`; a restarted pipeline takes it over, which
-//!   aborts whatever transaction a crashed run left open and fences that
-//!   run's producer. Each transaction also commits the batch id, as the
-//!   offset of partition 0 of the topic in the group
-//!   `weir-sink.<transactional id>`: on open, the sink reads it back and
-//!   skips the batches a crashed run had already committed, so a
+//!   `weir.<pipeline>.<sink>`. Each transaction also commits the batch id,
+//!   as the offset of partition 0 of the topic in the group
+//!   `weir-sink.<transactional id>`, with the sink's producer generation
+//!   in the offset's metadata. On open, the sink reads both back: it skips
+//!   the batches a crashed run had already committed, and it takes the
+//!   generation's producer over (`<id>` for generation 0, `<id>.gen<N>`
+//!   after), which aborts whatever transaction that run left open and
+//!   fences its producer; then it writes with a producer of the next
+//!   generation, recorded before its first batch. A new producer id after
+//!   every takeover keeps the output readable on brokers that list aborted
+//!   transactions a fetch does not overlap (librdkafka then skips the
+//!   producer id's later batches until its abort marker, which such a
+//!   fetch never reaches). So a
 //!   `read_committed` consumer sees every batch exactly once after any
 //!   number of crashes. This needs `checkpoint-dir` (batch ids start again
 //!   at 0 in a run without one, so every run's batches are sent: each
@@ -52,6 +59,10 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("transactional.id", "use the `transactional-id` key"),
     ("enable.idempotence", "the sink's `delivery` sets it"),
 ];
+
+/// What the metadata of the marker's offset starts with: the producer
+/// generation follows.
+const GENERATION_METADATA: &str = "weir-producer-generation=";
 
 /// The bytes of a rejected record's value a dead letter keeps.
 const DEAD_LETTER_VALUE_BYTES: usize = 1024;
@@ -232,6 +243,7 @@ impl SinkConfig for KafkaSinkSpec {
             pipeline: cx.pipeline.to_owned(),
             checkpointed: cx.checkpointed,
             transactional_id,
+            generation: 0,
             producer: None,
             marker: None,
             source_offsets: Vec::new(),
@@ -319,6 +331,9 @@ pub struct KafkaSink {
     /// a new run: its batch 0 is new output).
     checkpointed: bool,
     transactional_id: String,
+    /// Exactly once: the generation of the producer (its transactional id
+    /// is [`KafkaSink::producer_id`] of it).
+    generation: u64,
     producer: Option<BaseProducer<DeliveryContext>>,
     /// Exactly once: a consumer of the marker group, for its metadata.
     marker: Option<BaseConsumer<LogContext>>,
@@ -345,6 +360,11 @@ impl KafkaSink {
     /// The group whose offset records the last committed batch.
     fn marker_group(&self) -> String {
         format!("weir-sink.{}", self.transactional_id)
+    }
+
+    /// The transactional id of the producer of `generation`.
+    fn producer_id(&self, generation: u64) -> String {
+        producer_id(&self.transactional_id, generation)
     }
 
     fn producer(&self) -> &BaseProducer<DeliveryContext> {
@@ -483,35 +503,49 @@ impl KafkaSink {
         })
     }
 
-    /// Opens the transactional producer: takes the transactional id over
-    /// (aborting a crashed run's open transaction) and reads which batch
-    /// was committed last.
-    fn open_exactly_once(&mut self) -> Result<(), SinkError> {
-        let deadline = Instant::now() + self.spec.timeout;
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.producer().init_transactions(self.spec.timeout) {
-                Ok(()) => break,
-                Err(error) if Instant::now() < deadline && retriable(&error) => {
-                    tracing::warn!(
-                        sink = %self.name,
-                        "cannot start transactions yet ({}); retrying in {}",
-                        describe(&error),
-                        humantime::format_duration(backoff)
-                    );
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    return Err(self.error(format!(
-                        "cannot start transactions with transactional id `{}` on {}: {}",
-                        self.transactional_id,
-                        self.spec.client.brokers,
-                        describe(&error)
-                    )));
-                }
+    /// A producer with the sink's settings: idempotent, and transactional
+    /// under `transactional_id` when one is given.
+    fn create_producer(
+        &self,
+        transactional_id: Option<&str>,
+    ) -> Result<BaseProducer<DeliveryContext>, SinkError> {
+        let mut config = self.spec.client.config();
+        let timeout_ms = self.spec.timeout.as_millis().to_string();
+        for (name, value) in [("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")] {
+            if !self.spec.client.properties.iter().any(|(set, _)| set == name) {
+                config.set(name, value);
             }
         }
+        config.set("enable.idempotence", "true");
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+            if !self
+                .spec
+                .client
+                .properties
+                .iter()
+                .any(|(set, _)| set == "transaction.timeout.ms")
+            {
+                config.set("transaction.timeout.ms", &timeout_ms);
+            }
+        }
+        let context = DeliveryContext {
+            log: LogContext {
+                owner: format!("sink `{}`", self.name),
+            },
+            rejected: self.rejected.clone(),
+        };
+        config
+            .create_with_context(context)
+            .map_err(|e| self.error(format!("cannot create the Kafka producer: {}", describe(&e))))
+    }
+
+    /// Opens the transactional producer. Reads the marker (the last
+    /// committed batch and the producer generation), takes the
+    /// generation's transactional id over (aborting a crashed run's open
+    /// transaction and fencing its producer), then starts a producer of
+    /// the next generation and records that generation before any batch.
+    fn open_exactly_once(&mut self) -> Result<(), SinkError> {
         let mut config = self.spec.client.consumer_config();
         config.set("group.id", self.marker_group());
         config.set("enable.auto.commit", "false");
@@ -525,10 +559,36 @@ impl KafkaSink {
         let committed = marker
             .committed_offsets(list, self.spec.timeout)
             .map_err(|e| self.error(format!("cannot read the last committed batch: {}", describe(&e))))?;
-        self.next_batch = match committed.elements().first().map(|elem| elem.offset()) {
-            Some(Offset::Offset(next)) if next > 0 && self.checkpointed => next as u64,
-            _ => 0,
+        let (committed, previous) = match committed.elements().first() {
+            Some(elem) => (
+                match elem.offset() {
+                    Offset::Offset(next) if next > 0 => next as u64,
+                    _ => 0,
+                },
+                parse_generation(elem.metadata()),
+            ),
+            None => (0, 0),
         };
+        self.marker = Some(marker);
+
+        // Fence whoever wrote last (a crashed run, or one still alive that
+        // this one supersedes), with a producer of its own id.
+        let fencing = self.create_producer(Some(&self.producer_id(previous)))?;
+        self.init_transactions(&fencing, previous)?;
+        drop(fencing);
+
+        self.generation = previous + 1;
+        self.producer = Some(self.create_producer(Some(&self.producer_id(self.generation)))?);
+        self.init_transactions(self.producer(), self.generation)?;
+        self.record_generation(committed)?;
+        tracing::debug!(
+            sink = %self.name,
+            "producer `{}` took over from `{}`",
+            self.producer_id(self.generation),
+            self.producer_id(previous)
+        );
+
+        self.next_batch = if self.checkpointed { committed } else { 0 };
         if !self.checkpointed {
             tracing::info!(
                 sink = %self.name,
@@ -544,8 +604,85 @@ impl KafkaSink {
                 self.spec.topic
             );
         }
-        self.marker = Some(marker);
         Ok(())
+    }
+
+    /// `init_transactions` of `producer` (of `generation`), retried with
+    /// backoff within the sink's timeout while the brokers are not ready.
+    fn init_transactions(
+        &self,
+        producer: &BaseProducer<DeliveryContext>,
+        generation: u64,
+    ) -> Result<(), SinkError> {
+        let deadline = Instant::now() + self.spec.timeout;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match producer.init_transactions(self.spec.timeout) {
+                Ok(()) => return Ok(()),
+                Err(error) if Instant::now() < deadline && retriable(&error) => {
+                    tracing::warn!(
+                        sink = %self.name,
+                        "cannot start transactions yet ({}); retrying in {}",
+                        describe(&error),
+                        humantime::format_duration(backoff)
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    return Err(self.error(format!(
+                        "cannot start transactions with transactional id `{}` on {}: {}",
+                        self.producer_id(generation),
+                        self.spec.client.brokers,
+                        describe(&error)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Records the producer's generation in the marker, in a transaction of
+    /// its own before any batch's: a run that takes over later fences this
+    /// producer, not an older one. `committed` is the marker's batch, kept.
+    fn record_generation(&self, committed: u64) -> Result<(), SinkError> {
+        let producer = self.producer();
+        let recorded = producer
+            .begin_transaction()
+            .map_err(|e| describe(&e))
+            .and_then(|()| self.send_marker(committed).map_err(|e| e.message))
+            .and_then(|()| {
+                producer
+                    .commit_transaction(self.spec.timeout)
+                    .map_err(|e| describe(&e))
+            });
+        recorded.map_err(|message| {
+            let error = self.error(format!(
+                "cannot record producer generation {} in the group `{}`: {message}",
+                self.generation,
+                self.marker_group()
+            ));
+            self.fenced_instead(&error).unwrap_or(error)
+        })
+    }
+
+    /// Adds the marker to the open transaction: `next_batch` (the first
+    /// batch not committed once this transaction is) as the offset, the
+    /// producer generation as its metadata.
+    fn send_marker(&self, next_batch: u64) -> Result<(), SinkError> {
+        let mut marker = TopicPartitionList::new();
+        let mut entry = marker.add_partition(&self.spec.topic, 0);
+        entry
+            .set_offset(Offset::Offset(next_batch as i64))
+            .map_err(|e| self.error(describe(&e)))?;
+        entry.set_metadata(format!("{GENERATION_METADATA}{}", self.generation));
+        let metadata = self
+            .marker
+            .as_ref()
+            .and_then(|consumer| consumer.group_metadata())
+            .ok_or_else(|| self.error("no metadata for the marker group"))?;
+        self.producer()
+            .send_offsets_to_transaction(&marker, &metadata, self.spec.timeout)
+            .map_err(|e| self.error(format!("cannot write the marker: {}", describe(&e))))
     }
 
     /// One batch as one transaction, with the batch id as the marker.
@@ -596,8 +733,10 @@ impl KafkaSink {
         fenced.then(|| SinkError {
             sink: self.name.clone(),
             message: format!(
-                "another run of this pipeline took the transactional id `{}` over and fenced this one                  ({reason}); nothing of the batch was committed here: {}",
-                self.transactional_id, error.message
+                "another run of this pipeline took the transactional id `{}` over and fenced this one \
+                 ({reason}); nothing of the batch was committed here: {}",
+                self.producer_id(self.generation),
+                error.message
             ),
             superseded: true,
         })
@@ -607,25 +746,13 @@ impl KafkaSink {
         self.send_batch(partitions)?;
         self.flush()?;
         self.settle_rejected(batch)?;
-        let mut marker = TopicPartitionList::new();
-        marker
-            .add_partition_offset(&self.spec.topic, 0, Offset::Offset(batch.id as i64 + 1))
-            .map_err(|e| self.error(describe(&e)))?;
-        let metadata = self
-            .marker
-            .as_ref()
-            .and_then(|consumer| consumer.group_metadata())
-            .ok_or_else(|| self.error("no metadata for the marker group"))?;
+        self.send_marker(batch.id + 1).map_err(|e| {
+            self.error(format!(
+                "batch {}: cannot record the batch in its transaction: {}",
+                batch.id, e.message
+            ))
+        })?;
         let producer = self.producer();
-        producer
-            .send_offsets_to_transaction(&marker, &metadata, self.spec.timeout)
-            .map_err(|e| {
-                self.error(format!(
-                    "batch {}: cannot record the batch in its transaction: {}",
-                    batch.id,
-                    describe(&e)
-                ))
-            })?;
         for (group, offsets) in &self.source_offsets {
             let metadata = self
                 .source_groups
@@ -659,6 +786,26 @@ impl KafkaSink {
                 ))
             })
     }
+}
+
+/// The transactional id of a sink's producer of `generation`: the sink's id
+/// for generation 0 (what Weir used before generations), then
+/// `<id>.gen<N>`.
+fn producer_id(transactional_id: &str, generation: u64) -> String {
+    match generation {
+        0 => transactional_id.to_owned(),
+        n => format!("{transactional_id}.gen{n}"),
+    }
+}
+
+/// The producer generation in the metadata of the marker's offset; 0 when
+/// it names none (a marker written before generations: its producer's id
+/// is the sink's own).
+fn parse_generation(metadata: &str) -> u64 {
+    metadata
+        .strip_prefix(GENERATION_METADATA)
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(0)
 }
 
 /// True when trying again may help.
@@ -767,40 +914,13 @@ impl Sink for KafkaSink {
     }
 
     fn open(&mut self) -> Result<(), SinkError> {
-        let mut config = self.spec.client.config();
-        let timeout_ms = self.spec.timeout.as_millis().to_string();
-        for (name, value) in [("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")] {
-            if !self.spec.client.properties.iter().any(|(set, _)| set == name) {
-                config.set(name, value);
+        match self.spec.delivery {
+            KafkaDelivery::ExactlyOnce => self.open_exactly_once(),
+            KafkaDelivery::AtLeastOnce => {
+                self.producer = Some(self.create_producer(None)?);
+                Ok(())
             }
         }
-        config.set("enable.idempotence", "true");
-        if self.spec.delivery == KafkaDelivery::ExactlyOnce {
-            config.set("transactional.id", &self.transactional_id);
-            if !self
-                .spec
-                .client
-                .properties
-                .iter()
-                .any(|(set, _)| set == "transaction.timeout.ms")
-            {
-                config.set("transaction.timeout.ms", &timeout_ms);
-            }
-        }
-        let context = DeliveryContext {
-            log: LogContext {
-                owner: format!("sink `{}`", self.name),
-            },
-            rejected: self.rejected.clone(),
-        };
-        let producer = config
-            .create_with_context(context)
-            .map_err(|e| self.error(format!("cannot create the Kafka producer: {}", describe(&e))))?;
-        self.producer = Some(producer);
-        if self.spec.delivery == KafkaDelivery::ExactlyOnce {
-            self.open_exactly_once()?;
-        }
-        Ok(())
     }
 
     fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
@@ -821,5 +941,25 @@ impl Sink for KafkaSink {
                 .map_err(|e| self.error(describe(&e)))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generation_comes_from_the_marker_s_metadata_and_is_zero_without_one() {
+        assert_eq!(parse_generation(&format!("{GENERATION_METADATA}7")), 7);
+        assert_eq!(parse_generation(""), 0);
+        assert_eq!(parse_generation("written by another tool"), 0);
+        assert_eq!(parse_generation(&format!("{GENERATION_METADATA}x")), 0);
+    }
+
+    #[test]
+    fn generation_zero_is_the_sink_s_own_id_and_later_ones_add_a_suffix() {
+        assert_eq!(producer_id("weir.wc.out", 0), "weir.wc.out");
+        assert_eq!(producer_id("weir.wc.out", 1), "weir.wc.out.gen1");
+        assert_eq!(producer_id("acme.weir.wc.out", 12), "acme.weir.wc.out.gen12");
     }
 }
