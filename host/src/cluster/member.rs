@@ -16,7 +16,8 @@
 //! - **A member that dies** (kill -9, a lost machine) is dropped by the
 //!   group after `session-timeout`; its partitions' next owners replay
 //!   from the store what it had logged, and its open transactions are
-//!   aborted when they take over its transactional ids.
+//!   aborted when they take over its transactional ids (and go on under
+//!   new producer ids: the Kafka sink's producer generations).
 //! - **A task that fails** stops the member (exit status 1): its partitions
 //!   move to the others, who will fail the same way if the cause is the
 //!   data, or carry on if it was this process.
