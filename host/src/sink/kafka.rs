@@ -12,12 +12,13 @@
 //!   `weir.<pipeline>.<sink>`. Each transaction also commits the batch id,
 //!   as the offset of partition 0 of the topic in the group
 //!   `weir-sink.<transactional id>`, with the sink's producer generation
-//!   in the offset's metadata. On open, the sink reads both back: it skips
-//!   the batches a crashed run had already committed, and it takes the
-//!   generation's producer over (`<id>` for generation 0, `<id>.gen<N>`
-//!   after), which aborts whatever transaction that run left open and
-//!   fences its producer; then it writes with a producer of the next
-//!   generation, recorded before its first batch. A new producer id after
+//!   in the offset's metadata; generation N writes as `<id>.gen<N>`. On
+//!   open, the sink takes the recorded generation's producer over (`<id>`
+//!   for generation 0), which aborts whatever transaction that run left
+//!   open and fences its producer, starts the next generation, reads the
+//!   marker again (stable now) to skip the batches a crashed run had
+//!   already committed, and records the new generation before its first
+//!   batch (`KafkaSink::open_exactly_once` tells why in that order). A new producer id after
 //!   every takeover keeps the output readable on brokers that list aborted
 //!   transactions a fetch does not overlap (librdkafka then skips the
 //!   producer id's later batches until its abort marker, which such a
@@ -540,46 +541,53 @@ impl KafkaSink {
             .map_err(|e| self.error(format!("cannot create the Kafka producer: {}", describe(&e))))
     }
 
-    /// Opens the transactional producer. Reads the marker (the last
-    /// committed batch and the producer generation), takes the
-    /// generation's transactional id over (aborting a crashed run's open
-    /// transaction and fencing its producer), then starts a producer of
-    /// the next generation and records that generation before any batch.
+    /// Opens the transactional producer, within one sink timeout:
+    ///
+    /// 1. reads the producer generation `p` from the marker, pending
+    ///    commits included (a stable read would wait for a killed run's
+    ///    open transaction to time out);
+    /// 2. takes `p`'s transactional id over, which aborts what that
+    ///    producer left open and fences it (the producers before it were
+    ///    fenced the same way by whoever started `p`);
+    /// 3. starts the producer of `p + 1` (fencing a run that got there
+    ///    first, or fenced by one that gets there later);
+    /// 4. reads the marker again, stable now that nothing of `p` or `p + 1`
+    ///    is pending: its batch is where this run goes on, and a generation
+    ///    other than `p` (or `p - 1`, when `p`'s record was pending and just
+    ///    aborted) means another run opened at the same time: this one
+    ///    gives way;
+    /// 5. records `p + 1` in a transaction of its own, before any batch.
     fn open_exactly_once(&mut self) -> Result<(), SinkError> {
-        let mut config = self.spec.client.consumer_config();
-        config.set("group.id", self.marker_group());
-        config.set("enable.auto.commit", "false");
-        let marker: BaseConsumer<LogContext> = config
-            .create_with_context(LogContext {
-                owner: format!("sink `{}`", self.name),
-            })
-            .map_err(|e| self.error(format!("cannot create the marker consumer: {}", describe(&e))))?;
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.spec.topic, 0);
-        let committed = marker
-            .committed_offsets(list, self.spec.timeout)
-            .map_err(|e| self.error(format!("cannot read the last committed batch: {}", describe(&e))))?;
-        let (committed, previous) = match committed.elements().first() {
-            Some(elem) => (
-                match elem.offset() {
-                    Offset::Offset(next) if next > 0 => next as u64,
-                    _ => 0,
-                },
-                parse_generation(elem.metadata()),
-            ),
-            None => (0, 0),
-        };
+        let deadline = Instant::now() + self.spec.timeout;
+        let (_, previous) = self.read_marker(&self.marker_consumer(false)?, deadline)?;
+        let marker = self.marker_consumer(true)?;
         self.marker = Some(marker);
 
-        // Fence whoever wrote last (a crashed run, or one still alive that
-        // this one supersedes), with a producer of its own id.
         let fencing = self.create_producer(Some(&self.producer_id(previous)))?;
-        self.init_transactions(&fencing, previous)?;
+        self.init_transactions(&fencing, previous, deadline)?;
         drop(fencing);
 
-        self.generation = previous + 1;
+        self.generation = previous.checked_add(1).ok_or_else(|| {
+            self.error(format!(
+                "the group `{}` records producer generation {previous}, the last there can be",
+                self.marker_group()
+            ))
+        })?;
         self.producer = Some(self.create_producer(Some(&self.producer_id(self.generation)))?);
-        self.init_transactions(self.producer(), self.generation)?;
+        self.init_transactions(self.producer(), self.generation, deadline)?;
+
+        let marker = self.marker.as_ref().expect("made above");
+        let (committed, recorded) = self.read_marker(marker, deadline)?;
+        if recorded != previous && recorded.checked_add(1) != Some(previous) {
+            return Err(SinkError {
+                superseded: true,
+                ..self.error(format!(
+                    "another run of this sink started at the same time: the group `{}` records producer \
+                     generation {recorded} where this run read {previous}; this run gives way",
+                    self.marker_group()
+                ))
+            });
+        }
         self.record_generation(committed)?;
         tracing::debug!(
             sink = %self.name,
@@ -607,19 +615,75 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// A consumer of the marker group (it never joins the group): its
+    /// reads of the marker see only committed transactions when `stable`.
+    fn marker_consumer(&self, stable: bool) -> Result<BaseConsumer<LogContext>, SinkError> {
+        let mut config = self.spec.client.consumer_config();
+        config
+            .set("group.id", self.marker_group())
+            .set("enable.auto.commit", "false")
+            .set(
+                "isolation.level",
+                if stable {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            );
+        config
+            .create_with_context(LogContext {
+                owner: format!("sink `{}`", self.name),
+            })
+            .map_err(|e| self.error(format!("cannot create the marker consumer: {}", describe(&e))))
+    }
+
+    /// The marker as `consumer` reads it by `deadline`: the first batch not
+    /// committed, and the producer generation (both 0 for a new sink).
+    fn read_marker(
+        &self,
+        consumer: &BaseConsumer<LogContext>,
+        deadline: Instant,
+    ) -> Result<(u64, u64), SinkError> {
+        let unreadable = |reason: String| {
+            self.error(format!(
+                "cannot read the last committed batch from the group `{}` on {}: {reason}",
+                self.marker_group(),
+                self.spec.client.brokers
+            ))
+        };
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.spec.topic, 0);
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let committed = consumer
+            .committed_offsets(list, timeout)
+            .map_err(|e| unreadable(describe(&e)))?;
+        let Some(elem) = committed.elements().into_iter().next() else {
+            return Ok((0, 0));
+        };
+        if let Err(error) = elem.error() {
+            return Err(unreadable(describe(&error)));
+        }
+        let next = match elem.offset() {
+            Offset::Offset(next) if next > 0 => next as u64,
+            _ => 0,
+        };
+        Ok((next, parse_generation(elem.metadata())))
+    }
+
     /// `init_transactions` of `producer` (of `generation`), retried with
-    /// backoff within the sink's timeout while the brokers are not ready.
+    /// backoff until `deadline` while the brokers are not ready.
     fn init_transactions(
         &self,
         producer: &BaseProducer<DeliveryContext>,
         generation: u64,
+        deadline: Instant,
     ) -> Result<(), SinkError> {
-        let deadline = Instant::now() + self.spec.timeout;
         let mut backoff = Duration::from_millis(200);
         loop {
-            match producer.init_transactions(self.spec.timeout) {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            match producer.init_transactions(timeout) {
                 Ok(()) => return Ok(()),
-                Err(error) if Instant::now() < deadline && retriable(&error) => {
+                Err(error) if Instant::now() + backoff < deadline && retriable(&error) => {
                     tracing::warn!(
                         sink = %self.name,
                         "cannot start transactions yet ({}); retrying in {}",
@@ -630,12 +694,28 @@ impl KafkaSink {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
-                    return Err(self.error(format!(
-                        "cannot start transactions with transactional id `{}` on {}: {}",
-                        self.producer_id(generation),
-                        self.spec.client.brokers,
-                        describe(&error)
-                    )));
+                    let denied = matches!(
+                        error.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
+                    );
+                    return Err(SinkError {
+                        superseded: fenced(&error),
+                        ..self.error(format!(
+                            "cannot start transactions with transactional id `{}` on {}: {}{}",
+                            self.producer_id(generation),
+                            self.spec.client.brokers,
+                            describe(&error),
+                            if denied {
+                                format!(
+                                    " (the sink uses `{0}` and `{0}.gen<N>`: grant the id as a PREFIXED \
+                                     resource, not a LITERAL one)",
+                                    self.transactional_id
+                                )
+                            } else {
+                                String::new()
+                            }
+                        ))
+                    });
                 }
             }
         }
@@ -644,6 +724,8 @@ impl KafkaSink {
     /// Records the producer's generation in the marker, in a transaction of
     /// its own before any batch's: a run that takes over later fences this
     /// producer, not an older one. `committed` is the marker's batch, kept.
+    /// On failure the transaction is aborted (a pending marker would hold
+    /// up the next run's stable read until the broker timed it out).
     fn record_generation(&self, committed: u64) -> Result<(), SinkError> {
         let producer = self.producer();
         let recorded = producer
@@ -661,7 +743,13 @@ impl KafkaSink {
                 self.generation,
                 self.marker_group()
             ));
-            self.fenced_instead(&error).unwrap_or(error)
+            let error = self.fenced_instead(&error).unwrap_or(error);
+            if !error.superseded
+                && let Err(abort) = producer.abort_transaction(self.spec.timeout)
+            {
+                tracing::warn!(sink = %self.name, "cannot abort the transaction: {}", describe(&abort));
+            }
+            error
         })
     }
 
@@ -816,6 +904,8 @@ fn retriable(error: &KafkaError) -> bool {
             RDKafkaErrorCode::Fenced
                 | RDKafkaErrorCode::ProducerFenced
                 | RDKafkaErrorCode::InvalidTransactionalState
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
         )
     )
 }
