@@ -3,7 +3,8 @@
 //! compared with an independent count, exactly-once output under repeated
 //! kill -9, deterministic batches, partitions added while running, and the
 //! failures a user meets (no broker, an unknown topic, bad properties, the
-//! broker killed mid-run, a record too large).
+//! broker killed mid-run, a record too large), and runs of one exactly-once
+//! sink fencing each other.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -989,4 +990,86 @@ path = {out:?}
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The exactly-once sink itself, in this process, against the broker: a
+/// run that opens fences the run before it (whose next batch fails as
+/// superseded, nothing of it committed), goes on after the last batch the
+/// other committed, and of runs that open at the same moment exactly one
+/// can write afterwards.
+#[test]
+fn runs_of_one_exactly_once_sink_fence_the_runs_before_them() {
+    use weir::record::Batch;
+    use weir::sink::{BatchInfo, Sink, SinkContext};
+
+    let broker = Broker::start();
+    broker.create_topic("counts", 1);
+    let text = format!(
+        "[pipeline]\nname = \"fencing\"\n\n[[source]]\nname = \"lines\"\ntype = \"socket\"\naddress = \"127.0.0.1:9\"\n\n\
+         [[sink]]\nname = \"out\"\ninput = \"lines\"\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"counts\"\n\
+         delivery = \"exactly-once\"\ntimeout = \"20s\"\n",
+        broker.address()
+    );
+    let spec = weir::config::parse(&text, Path::new("fencing.toml")).expect("a valid pipeline");
+    let open = || -> Result<Box<dyn Sink>, weir::sink::SinkError> {
+        let cx = SinkContext {
+            pipeline: &spec.name,
+            window_ms: None,
+            checkpointed: true,
+            plugins: None,
+        };
+        let mut sink = weir::sink::from_spec(&spec.sinks[0], &cx);
+        sink.open()?;
+        Ok(sink)
+    };
+    let batch = |id: u64| BatchInfo {
+        id,
+        time_ms: 1_000 * (id as i64 + 1),
+    };
+    let records = |value: &str| {
+        let mut chunk = Batch::new();
+        chunk.push(None, value.as_bytes(), 1_000);
+        vec![vec![chunk]]
+    };
+
+    let mut first = open().expect("the first run opens");
+    first.write(batch(0), &records("a")).expect("batch 0");
+    let mut second = open().expect("the second run opens");
+    let fenced = first
+        .write(batch(1), &records("first's b"))
+        .expect_err("the first run is fenced");
+    assert!(fenced.superseded, "{fenced:?}");
+    second
+        .write(batch(0), &records("a again"))
+        .expect("batch 0, already committed: skipped");
+    second.write(batch(1), &records("b")).expect("batch 1");
+
+    // Three runs open at once; then each tries batch 2.
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3).map(|_| scope.spawn(open)).collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("no panic"))
+            .collect()
+    });
+    let mut wrote = Vec::new();
+    for (index, run) in opened.into_iter().enumerate() {
+        match run {
+            Ok(mut sink) => match sink.write(batch(2), &records(&format!("c{index}"))) {
+                Ok(()) => wrote.push(index),
+                Err(error) => assert!(error.superseded, "run {index}: {error:?}"),
+            },
+            Err(error) => assert!(error.superseded, "run {index} at open: {error:?}"),
+        }
+    }
+    assert_eq!(wrote.len(), 1, "runs that could write: {wrote:?}");
+    let fenced = second
+        .write(batch(2), &records("second's c"))
+        .expect_err("the second run is fenced");
+    assert!(fenced.superseded, "{fenced:?}");
+    let values: Vec<String> = broker
+        .read_committed("counts")
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(values, ["a", "b", &format!("c{}", wrote[0])]);
 }

@@ -245,6 +245,7 @@ impl SinkConfig for KafkaSinkSpec {
             checkpointed: cx.checkpointed,
             transactional_id,
             generation: 0,
+            run: run_token(),
             producer: None,
             marker: None,
             source_offsets: Vec::new(),
@@ -335,6 +336,9 @@ pub struct KafkaSink {
     /// Exactly once: the generation of the producer (its transactional id
     /// is [`KafkaSink::producer_id`] of it).
     generation: u64,
+    /// Exactly once: this run's token, in every marker it writes (see
+    /// [`Marker::run`]).
+    run: String,
     producer: Option<BaseProducer<DeliveryContext>>,
     /// Exactly once: a consumer of the marker group, for its metadata.
     marker: Option<BaseConsumer<LogContext>>,
@@ -541,59 +545,81 @@ impl KafkaSink {
             .map_err(|e| self.error(format!("cannot create the Kafka producer: {}", describe(&e))))
     }
 
-    /// Opens the transactional producer, within one sink timeout:
+    /// Opens the transactional producer:
     ///
-    /// 1. reads the producer generation `p` from the marker, pending
-    ///    commits included (a stable read would wait for a killed run's
-    ///    open transaction to time out);
+    /// 1. reads the marker (the producer generation `p` and the token of
+    ///    the run that recorded it) without waiting on pending commits (a
+    ///    stable read would wait for a killed run's open transaction to
+    ///    time out);
     /// 2. takes `p`'s transactional id over, which aborts what that
     ///    producer left open and fences it (the producers before it were
     ///    fenced the same way by whoever started `p`);
     /// 3. starts the producer of `p + 1` (fencing a run that got there
-    ///    first, or fenced by one that gets there later);
-    /// 4. reads the marker again, stable now that nothing of `p` or `p + 1`
-    ///    is pending: its batch is where this run goes on, and a generation
-    ///    other than `p` (or `p - 1`, when `p`'s record was pending and just
-    ///    aborted) means another run opened at the same time: this one
-    ///    gives way;
-    /// 5. records `p + 1` in a transaction of its own, before any batch.
+    ///    first, or fenced by one that gets there later), which aborts a
+    ///    pending record of `p + 1` that a killed run left;
+    /// 4. reads the marker again, stable now. The same generation and token
+    ///    as in step 1: nobody else moved the marker, and every producer
+    ///    that could still write is fenced; its batch is where this run goes
+    ///    on. Anything else (a run opening beside this one, or a record that
+    ///    was pending in step 1 and aborted since): steps 2–4 again from
+    ///    what this read found, a few times at most;
+    /// 5. records `p + 1` with this run's token, in a transaction of its own
+    ///    before any batch.
     fn open_exactly_once(&mut self) -> Result<(), SinkError> {
+        const ATTEMPTS: usize = 4;
         let deadline = Instant::now() + self.spec.timeout;
-        let (_, previous) = self.read_marker(&self.marker_consumer(false)?, deadline)?;
-        let marker = self.marker_consumer(true)?;
-        self.marker = Some(marker);
+        let mut seen = self.read_marker(&self.marker_consumer(false)?, deadline)?;
+        self.marker = Some(self.marker_consumer(true)?);
+        let mut attempt = 1;
+        let committed = loop {
+            let previous = seen.generation;
+            let fencing = self.create_producer(Some(&self.producer_id(previous)))?;
+            self.init_transactions(&fencing, previous, deadline)?;
+            drop(fencing);
 
-        let fencing = self.create_producer(Some(&self.producer_id(previous)))?;
-        self.init_transactions(&fencing, previous, deadline)?;
-        drop(fencing);
-
-        self.generation = previous.checked_add(1).ok_or_else(|| {
-            self.error(format!(
-                "the group `{}` records producer generation {previous}, the last there can be",
-                self.marker_group()
-            ))
-        })?;
-        self.producer = Some(self.create_producer(Some(&self.producer_id(self.generation)))?);
-        self.init_transactions(self.producer(), self.generation, deadline)?;
-
-        let marker = self.marker.as_ref().expect("made above");
-        let (committed, recorded) = self.read_marker(marker, deadline)?;
-        if recorded != previous && recorded.checked_add(1) != Some(previous) {
-            return Err(SinkError {
-                superseded: true,
-                ..self.error(format!(
-                    "another run of this sink started at the same time: the group `{}` records producer \
-                     generation {recorded} where this run read {previous}; this run gives way",
+            self.generation = previous.checked_add(1).ok_or_else(|| {
+                self.error(format!(
+                    "the group `{}` records producer generation {previous}, the last there can be",
                     self.marker_group()
                 ))
-            });
-        }
-        self.record_generation(committed)?;
+            })?;
+            // A new producer each time: the one before may have been fenced.
+            self.producer = Some(self.create_producer(Some(&self.producer_id(self.generation)))?);
+            self.init_transactions(self.producer(), self.generation, deadline)?;
+
+            let stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
+            if stable.generation == seen.generation && stable.run == seen.run {
+                break stable.next_batch;
+            }
+            if attempt == ATTEMPTS {
+                return Err(SinkError {
+                    superseded: true,
+                    ..self.error(format!(
+                        "the group `{}` kept moving while this run opened (producer generation {} \
+                         after {}, {ATTEMPTS} times): other runs of this sink are starting",
+                        self.marker_group(),
+                        stable.generation,
+                        seen.generation
+                    ))
+                });
+            }
+            tracing::info!(
+                sink = %self.name,
+                "the group `{}` moved from producer generation {} to {} while this run opened; \
+                 taking over again",
+                self.marker_group(),
+                seen.generation,
+                stable.generation
+            );
+            seen = stable;
+            attempt += 1;
+        };
+        self.record_generation(committed, deadline)?;
         tracing::debug!(
             sink = %self.name,
             "producer `{}` took over from `{}`",
             self.producer_id(self.generation),
-            self.producer_id(previous)
+            self.producer_id(seen.generation)
         );
 
         self.next_batch = if self.checkpointed { committed } else { 0 };
@@ -637,13 +663,13 @@ impl KafkaSink {
             .map_err(|e| self.error(format!("cannot create the marker consumer: {}", describe(&e))))
     }
 
-    /// The marker as `consumer` reads it by `deadline`: the first batch not
-    /// committed, and the producer generation (both 0 for a new sink).
+    /// The marker as `consumer` reads it by `deadline` (a new sink's is
+    /// all zeros).
     fn read_marker(
         &self,
         consumer: &BaseConsumer<LogContext>,
         deadline: Instant,
-    ) -> Result<(u64, u64), SinkError> {
+    ) -> Result<Marker, SinkError> {
         let unreadable = |reason: String| {
             self.error(format!(
                 "cannot read the last committed batch from the group `{}` on {}: {reason}",
@@ -653,21 +679,20 @@ impl KafkaSink {
         };
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.spec.topic, 0);
-        let timeout = deadline.saturating_duration_since(Instant::now());
         let committed = consumer
-            .committed_offsets(list, timeout)
+            .committed_offsets(list, step_timeout(deadline))
             .map_err(|e| unreadable(describe(&e)))?;
         let Some(elem) = committed.elements().into_iter().next() else {
-            return Ok((0, 0));
+            return Ok(Marker::default());
         };
         if let Err(error) = elem.error() {
             return Err(unreadable(describe(&error)));
         }
-        let next = match elem.offset() {
+        let next_batch = match elem.offset() {
             Offset::Offset(next) if next > 0 => next as u64,
             _ => 0,
         };
-        Ok((next, parse_generation(elem.metadata())))
+        Ok(Marker::parse(next_batch, elem.metadata()))
     }
 
     /// `init_transactions` of `producer` (of `generation`), retried with
@@ -680,8 +705,7 @@ impl KafkaSink {
     ) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            match producer.init_transactions(timeout) {
+            match producer.init_transactions(step_timeout(deadline)) {
                 Ok(()) => return Ok(()),
                 Err(error) if Instant::now() + backoff < deadline && retriable(&error) => {
                     tracing::warn!(
@@ -724,52 +748,66 @@ impl KafkaSink {
     /// Records the producer's generation in the marker, in a transaction of
     /// its own before any batch's: a run that takes over later fences this
     /// producer, not an older one. `committed` is the marker's batch, kept.
-    /// On failure the transaction is aborted (a pending marker would hold
+    /// A transaction that must be aborted is (a pending record would hold
     /// up the next run's stable read until the broker timed it out).
-    fn record_generation(&self, committed: u64) -> Result<(), SinkError> {
+    fn record_generation(&self, committed: u64, deadline: Instant) -> Result<(), SinkError> {
         let producer = self.producer();
-        let recorded = producer
-            .begin_transaction()
-            .map_err(|e| describe(&e))
-            .and_then(|()| self.send_marker(committed).map_err(|e| e.message))
-            .and_then(|()| {
-                producer
-                    .commit_transaction(self.spec.timeout)
-                    .map_err(|e| describe(&e))
-            });
-        recorded.map_err(|message| {
-            let error = self.error(format!(
-                "cannot record producer generation {} in the group `{}`: {message}",
+        let failed = |error: KafkaError| {
+            let message = format!(
+                "cannot record producer generation {} in the group `{}`: {}",
                 self.generation,
-                self.marker_group()
-            ));
-            let error = self.fenced_instead(&error).unwrap_or(error);
-            if !error.superseded
-                && let Err(abort) = producer.abort_transaction(self.spec.timeout)
+                self.marker_group(),
+                describe(&error)
+            );
+            let error_out = self.error(message);
+            let error_out = self.fenced_instead(&error_out).unwrap_or(error_out);
+            if let KafkaError::Transaction(cause) = &error
+                && cause.txn_requires_abort()
+                && let Err(abort) = producer.abort_transaction(step_timeout(deadline))
             {
                 tracing::warn!(sink = %self.name, "cannot abort the transaction: {}", describe(&abort));
             }
-            error
-        })
+            error_out
+        };
+        producer.begin_transaction().map_err(failed)?;
+        if let Err(error) = self.send_marker(committed, step_timeout(deadline)) {
+            let error = self.fenced_instead(&error).unwrap_or(error);
+            if !error.superseded
+                && let Err(abort) = producer.abort_transaction(step_timeout(deadline))
+            {
+                tracing::warn!(sink = %self.name, "cannot abort the transaction: {}", describe(&abort));
+            }
+            return Err(error);
+        }
+        producer
+            .commit_transaction(step_timeout(deadline))
+            .map_err(failed)
     }
 
     /// Adds the marker to the open transaction: `next_batch` (the first
     /// batch not committed once this transaction is) as the offset, the
     /// producer generation as its metadata.
-    fn send_marker(&self, next_batch: u64) -> Result<(), SinkError> {
+    fn send_marker(&self, next_batch: u64, timeout: Duration) -> Result<(), SinkError> {
         let mut marker = TopicPartitionList::new();
         let mut entry = marker.add_partition(&self.spec.topic, 0);
         entry
             .set_offset(Offset::Offset(next_batch as i64))
             .map_err(|e| self.error(describe(&e)))?;
-        entry.set_metadata(format!("{GENERATION_METADATA}{}", self.generation));
+        entry.set_metadata(
+            Marker {
+                next_batch,
+                generation: self.generation,
+                run: self.run.clone(),
+            }
+            .metadata(),
+        );
         let metadata = self
             .marker
             .as_ref()
             .and_then(|consumer| consumer.group_metadata())
             .ok_or_else(|| self.error("no metadata for the marker group"))?;
         self.producer()
-            .send_offsets_to_transaction(&marker, &metadata, self.spec.timeout)
+            .send_offsets_to_transaction(&marker, &metadata, timeout)
             .map_err(|e| self.error(format!("cannot write the marker: {}", describe(&e))))
     }
 
@@ -834,7 +872,7 @@ impl KafkaSink {
         self.send_batch(partitions)?;
         self.flush()?;
         self.settle_rejected(batch)?;
-        self.send_marker(batch.id + 1).map_err(|e| {
+        self.send_marker(batch.id + 1, self.spec.timeout).map_err(|e| {
             self.error(format!(
                 "batch {}: cannot record the batch in its transaction: {}",
                 batch.id, e.message
@@ -886,18 +924,72 @@ fn producer_id(transactional_id: &str, generation: u64) -> String {
     }
 }
 
-/// The producer generation in the metadata of the marker's offset; 0 when
-/// it names none (a marker written before generations: its producer's id
-/// is the sink's own).
-fn parse_generation(metadata: &str) -> u64 {
-    metadata
-        .strip_prefix(GENERATION_METADATA)
-        .and_then(|number| number.parse().ok())
-        .unwrap_or(0)
+/// What the marker says: the offset and metadata of partition 0 of the
+/// sink's topic in its marker group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Marker {
+    /// The first batch not committed.
+    next_batch: u64,
+    /// The producer generation that wrote it; 0 when it names none (a
+    /// marker written before generations: its producer's id was the sink's
+    /// own).
+    generation: u64,
+    /// The token of the run that wrote it, unique to that run: a marker
+    /// read twice with the same generation and token was not rewritten in
+    /// between by another run.
+    run: String,
 }
 
-/// True when trying again may help.
+impl Marker {
+    /// The marker of offset `next_batch` with `metadata`.
+    fn parse(next_batch: u64, metadata: &str) -> Self {
+        let mut marker = Marker {
+            next_batch,
+            ..Marker::default()
+        };
+        let Some(fields) = metadata.strip_prefix(GENERATION_METADATA) else {
+            return marker;
+        };
+        let (generation, run) = fields.split_once(';').unwrap_or((fields, ""));
+        marker.generation = generation.parse().unwrap_or(0);
+        marker.run = run.strip_prefix("run=").unwrap_or_default().to_owned();
+        marker
+    }
+
+    /// The offset metadata that says it.
+    fn metadata(&self) -> String {
+        format!("{GENERATION_METADATA}{};run={}", self.generation, self.run)
+    }
+}
+
+/// A token for one run of a sink: the process, the time and a counter.
+fn run_token() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{nanos:x}-{run}", std::process::id())
+}
+
+/// What one step of opening the sink may take: the time left before
+/// `deadline`, but at least [`MIN_STEP`] (a slow coordinator should not
+/// leave a later step no time at all).
+fn step_timeout(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).max(MIN_STEP)
+}
+
+/// The least time a step of opening the sink is given.
+const MIN_STEP: Duration = Duration::from_secs(5);
+
+/// True when trying again may help: not a fatal error, fencing,
+/// a refused authorization or a misuse of the transaction API.
 fn retriable(error: &KafkaError) -> bool {
+    if let KafkaError::Transaction(cause) = error
+        && cause.is_fatal()
+    {
+        return false;
+    }
     !matches!(
         error.rdkafka_error_code(),
         Some(
@@ -906,6 +998,7 @@ fn retriable(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidTransactionalState
                 | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTransactionTimeout
         )
     )
 }
@@ -1039,11 +1132,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_generation_comes_from_the_marker_s_metadata_and_is_zero_without_one() {
-        assert_eq!(parse_generation(&format!("{GENERATION_METADATA}7")), 7);
-        assert_eq!(parse_generation(""), 0);
-        assert_eq!(parse_generation("written by another tool"), 0);
-        assert_eq!(parse_generation(&format!("{GENERATION_METADATA}x")), 0);
+    fn a_marker_says_its_generation_and_run_and_reads_back_what_it_wrote() {
+        let marker = Marker {
+            next_batch: 41,
+            generation: 7,
+            run: run_token(),
+        };
+        assert_eq!(Marker::parse(41, &marker.metadata()), marker);
+        assert_ne!(run_token(), run_token());
+        let old = Marker::parse(3, &format!("{GENERATION_METADATA}7"));
+        assert_eq!((old.next_batch, old.generation, old.run.as_str()), (3, 7, ""));
+        for foreign in [
+            "",
+            "written by another tool",
+            &format!("{GENERATION_METADATA}x;run=1"),
+        ] {
+            assert_eq!(Marker::parse(5, foreign).generation, 0, "{foreign}");
+        }
     }
 
     #[test]
