@@ -302,13 +302,17 @@ pub(super) fn read_committed(
     topic: &str,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = client(brokers)
+    // The log context takes the ends of partitions (news here, which
+    // librdkafka also reports as errors) for what they are.
+    let consumer: BaseConsumer<weir::kafka::LogContext> = client(brokers)
         .set("group.id", "weir-bench-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .set("receive.message.max.bytes", "2147483647")
-        .create()?;
+        .create_with_context(weir::kafka::LogContext {
+            owner: "the benchmark's reader".to_owned(),
+        })?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut list = TopicPartitionList::new();
