@@ -147,8 +147,17 @@ impl ClientSettings {
 
     /// A client configuration: the brokers, then the properties.
     pub fn config(&self) -> ClientConfig {
+        self.config_with(&[])
+    }
+
+    /// [`ClientSettings::config`] with Weir's `defaults` for properties the
+    /// user did not set (the user's properties are set after them).
+    pub fn config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        for (name, value) in defaults {
+            config.set(*name, *value);
+        }
         // librdkafka's `debug` property asks for its debug lines: let them
         // through to Weir's log (shown with WEIR_LOG=debug).
         let debug = self.properties.iter().any(|(name, _)| name == "debug");

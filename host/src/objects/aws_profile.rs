@@ -355,6 +355,15 @@ source_profile = default
 region = us-west-2
 ";
 
+    /// Keys without a session token.
+    fn keys(id: &str, secret: &str) -> ProfileKeys {
+        ProfileKeys {
+            id: id.into(),
+            secret: secret.into(),
+            token: None,
+        }
+    }
+
     #[test]
     fn the_selected_profile_gives_keys_and_region() {
         let home = aws_home(CREDENTIALS, CONFIG);
@@ -363,11 +372,7 @@ region = us-west-2
         assert_eq!(default.name, "default");
         assert_eq!(
             default.keys().cloned(),
-            Some(ProfileKeys {
-                id: "AKIDEFAULT".into(),
-                secret: "default-secret".into(),
-                token: None
-            })
+            Some(keys("AKIDEFAULT", "default-secret"))
         );
         assert_eq!(default.region.as_deref(), Some("eu-west-1"));
 
@@ -435,14 +440,7 @@ region = us-west-2
         let home = aws_home(credentials, config);
         let at = home.path().to_str().unwrap();
         let default = load(&vars(&[("HOME", at)])).unwrap().unwrap();
-        assert_eq!(
-            default.keys().cloned(),
-            Some(ProfileKeys {
-                id: "AKIDEFAULT".into(),
-                secret: "se#cret".into(),
-                token: None
-            })
-        );
+        assert_eq!(default.keys().cloned(), Some(keys("AKIDEFAULT", "se#cret")));
         assert_eq!(default.region.as_deref(), Some("eu-west-1"));
         let prod = load(&vars(&[("HOME", at), ("AWS_PROFILE", "prod")]))
             .unwrap()

@@ -62,7 +62,7 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 ];
 
 /// What the metadata of the marker's offset starts with: the producer
-/// generation follows.
+/// generation and the run follow ([`Marker::metadata`]).
 const GENERATION_METADATA: &str = "weir-producer-generation=";
 
 /// The bytes of a rejected record's value a dead letter keeps.
@@ -514,25 +514,15 @@ impl KafkaSink {
         &self,
         transactional_id: Option<&str>,
     ) -> Result<BaseProducer<DeliveryContext>, SinkError> {
-        let mut config = self.spec.client.config();
         let timeout_ms = self.spec.timeout.as_millis().to_string();
-        for (name, value) in [("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")] {
-            if !self.spec.client.properties.iter().any(|(set, _)| set == name) {
-                config.set(name, value);
-            }
+        let mut defaults = vec![("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")];
+        if transactional_id.is_some() {
+            defaults.push(("transaction.timeout.ms", &timeout_ms));
         }
+        let mut config = self.spec.client.config_with(&defaults);
         config.set("enable.idempotence", "true");
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
-            if !self
-                .spec
-                .client
-                .properties
-                .iter()
-                .any(|(set, _)| set == "transaction.timeout.ms")
-            {
-                config.set("transaction.timeout.ms", &timeout_ms);
-            }
         }
         let context = DeliveryContext {
             log: LogContext {
@@ -748,40 +738,28 @@ impl KafkaSink {
     /// Records the producer's generation in the marker, in a transaction of
     /// its own before any batch's: a run that takes over later fences this
     /// producer, not an older one. `committed` is the marker's batch, kept.
-    /// A transaction that must be aborted is (a pending record would hold
-    /// up the next run's stable read until the broker timed it out).
+    /// A failed record is left as it is: the next run's start of this
+    /// generation aborts it before its stable read.
     fn record_generation(&self, committed: u64, deadline: Instant) -> Result<(), SinkError> {
         let producer = self.producer();
-        let failed = |error: KafkaError| {
-            let message = format!(
+        let recorded = producer
+            .begin_transaction()
+            .map_err(|e| self.error(describe(&e)))
+            .and_then(|()| self.send_marker(committed, step_timeout(deadline)))
+            .and_then(|()| {
+                producer
+                    .commit_transaction(step_timeout(deadline))
+                    .map_err(|e| self.error(describe(&e)))
+            });
+        recorded.map_err(|error| {
+            let error = self.error(format!(
                 "cannot record producer generation {} in the group `{}`: {}",
                 self.generation,
                 self.marker_group(),
-                describe(&error)
-            );
-            let error_out = self.error(message);
-            let error_out = self.fenced_instead(&error_out).unwrap_or(error_out);
-            if let KafkaError::Transaction(cause) = &error
-                && cause.txn_requires_abort()
-                && let Err(abort) = producer.abort_transaction(step_timeout(deadline))
-            {
-                tracing::warn!(sink = %self.name, "cannot abort the transaction: {}", describe(&abort));
-            }
-            error_out
-        };
-        producer.begin_transaction().map_err(failed)?;
-        if let Err(error) = self.send_marker(committed, step_timeout(deadline)) {
-            let error = self.fenced_instead(&error).unwrap_or(error);
-            if !error.superseded
-                && let Err(abort) = producer.abort_transaction(step_timeout(deadline))
-            {
-                tracing::warn!(sink = %self.name, "cannot abort the transaction: {}", describe(&abort));
-            }
-            return Err(error);
-        }
-        producer
-            .commit_transaction(step_timeout(deadline))
-            .map_err(failed)
+                error.message
+            ));
+            self.fenced_instead(&error).unwrap_or(error)
+        })
     }
 
     /// Adds the marker to the open transaction: `next_batch` (the first

@@ -447,8 +447,20 @@ struct EarlyMessage {
 impl Receiver {
     fn open(spec: KafkaSpec, ctx: SourceContext, handle: Handle) -> Result<Self, SourceError> {
         let group = spec.group(&ctx.pipeline, &ctx.name);
-        let mut config = spec.client.config();
-        let defaults = [
+        let lag_report_ms = LAG_REPORT.as_millis().to_string();
+        // Prefetch: bounded well below librdkafka's default of 64 MiB per
+        // partition, unless the pipeline says otherwise.
+        let mut config = spec.client.config_with(&[
+            ("queued.max.messages.kbytes", "16384"),
+            ("fetch.wait.max.ms", "100"),
+            // A full local queue backs fetching off for 10 ms, not
+            // librdkafka's default second: a drained queue refills at once.
+            ("fetch.queue.backoff.ms", "10"),
+            // The client's statistics carry each partition's end: the lag
+            // the source reports.
+            ("statistics.interval.ms", &lag_report_ms),
+        ]);
+        let owned = [
             ("group.id", group.as_str()),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -457,24 +469,8 @@ impl Receiver {
             // never a silent jump.
             ("auto.offset.reset", "error"),
         ];
-        for (name, value) in defaults {
+        for (name, value) in owned {
             config.set(name, value);
-        }
-        // Prefetch: bounded well below librdkafka's default of 64 MiB per
-        // partition, unless the pipeline says otherwise.
-        for (name, value) in [
-            ("queued.max.messages.kbytes", "16384"),
-            ("fetch.wait.max.ms", "100"),
-            // A full local queue backs fetching off for 10 ms, not
-            // librdkafka's default second: a drained queue refills at once.
-            ("fetch.queue.backoff.ms", "10"),
-            // The client's statistics carry each partition's end: the lag
-            // the source reports.
-            ("statistics.interval.ms", &LAG_REPORT.as_millis().to_string()),
-        ] {
-            if !spec.client.properties.iter().any(|(set, _)| set == name) {
-                config.set(name, value);
-            }
         }
         let context = ReaderContext {
             log: LogContext {
