@@ -243,11 +243,36 @@ fn write_text(out: &mut impl Write, record: RecordRef<'_>) -> std::io::Result<()
     out.write_all(b"\n")
 }
 
-fn json_bytes(bytes: &[u8]) -> serde_json::Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::Value::String(text.to_owned()),
-        Err(_) => serde_json::Value::Array(bytes.iter().map(|&b| b.into()).collect()),
+/// Key or value bytes in `jsonl`: a string when they are UTF-8, else an
+/// array of byte values.
+struct JsonBytes<'a>(&'a [u8]);
+
+impl serde::Serialize for JsonBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => serializer.collect_seq(self.0),
+        }
     }
+}
+
+/// One `jsonl` line, serialized straight from the record's bytes (no
+/// allocation per record). The fields are in the order of their names, as
+/// they have always been written.
+#[derive(serde::Serialize)]
+struct JsonRecord<'a> {
+    key: Option<JsonBytes<'a>>,
+    timestamp: i64,
+    value: JsonBytes<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<JsonWindow>,
+}
+
+/// A window record's window: `end` exclusive, milliseconds.
+#[derive(serde::Serialize)]
+struct JsonWindow {
+    end: i64,
+    start: i64,
 }
 
 /// Writes `record` as one `jsonl` line (also the HTTP sink's body format).
@@ -256,16 +281,19 @@ pub(crate) fn write_json(
     record: RecordRef<'_>,
     window_ms: Option<i64>,
 ) -> std::io::Result<()> {
-    let mut object = serde_json::json!({
-        "key": record.key.map(json_bytes),
-        "value": json_bytes(record.value),
-        "timestamp": record.timestamp,
-    });
-    if let Some(length) = window_ms {
-        let end = record.timestamp + 1;
-        object["window"] = serde_json::json!({"start": end - length, "end": end});
-    }
-    serde_json::to_writer(&mut *out, &object)?;
+    let line = JsonRecord {
+        key: record.key.map(JsonBytes),
+        timestamp: record.timestamp,
+        value: JsonBytes(record.value),
+        window: window_ms.map(|length| {
+            let end = record.timestamp + 1;
+            JsonWindow {
+                end,
+                start: end - length,
+            }
+        }),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
 }
 
@@ -324,5 +352,57 @@ impl Sink for FilesSink {
                 self.dir.path().join(&target).display()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `jsonl` line as a `serde_json::Value` object writes it (how it
+    /// was written before records were serialized straight).
+    fn as_value_object(record: RecordRef<'_>, window_ms: Option<i64>) -> Vec<u8> {
+        let bytes = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::Value::String(text.to_owned()),
+            Err(_) => serde_json::Value::Array(bytes.iter().map(|&b| b.into()).collect()),
+        };
+        let mut object = serde_json::json!({
+            "key": record.key.map(bytes),
+            "value": bytes(record.value),
+            "timestamp": record.timestamp,
+        });
+        if let Some(length) = window_ms {
+            let end = record.timestamp + 1;
+            object["window"] = serde_json::json!({"start": end - length, "end": end});
+        }
+        let mut line = serde_json::to_vec(&object).unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn jsonl_lines_are_byte_for_byte_what_a_json_object_writes() {
+        let records = [
+            (Some(&b"word"[..]), &b"42"[..], 1_700_000_000_000),
+            (None, &b"no key"[..], -5),
+            (Some(&b"quote \" back\\ tab\t nul\0 \xc3\xa9"[..]), &b""[..], 0),
+            (Some(&[0xff, 0x00, 0x7f][..]), &[0xc3, 0x28][..], i64::MAX - 1),
+        ];
+        for (key, value, timestamp) in records {
+            let record = RecordRef {
+                key,
+                value,
+                timestamp,
+            };
+            for window_ms in [None, Some(30_000)] {
+                let mut line = Vec::new();
+                write_json(&mut line, record, window_ms).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&line),
+                    String::from_utf8_lossy(&as_value_object(record, window_ms)),
+                    "{record:?} {window_ms:?}"
+                );
+            }
+        }
     }
 }
