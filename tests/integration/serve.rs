@@ -397,12 +397,176 @@ fn quotas_refuse_with_the_reason() {
     assert_eq!(server.deploy("t", &t, &small("one")).status.as_u16(), 409);
 }
 
+/// The server's `--default-quotas` for a tenant created without its own,
+/// each ceiling of a pipeline's limits refused at deploy with its reason,
+/// what a tenant uses of its quotas in `/metrics`, pause and resume by the
+/// tenant's operator (not its viewer), and the admin removing a tenant.
+#[test]
+fn default_quotas_every_ceiling_the_lifecycle_and_removing_a_tenant() {
+    let dir = weir_tests::scratch();
+    let defaults = json!({
+        "max_stage_memory": 32 << 20,
+        "max_call_timeout_ms": 2000,
+        "max_wasm_memory": 48 << 20,
+        "max_state_memory": 64 << 20,
+        "max_plugin_bytes": 64 << 10,
+    })
+    .to_string();
+    let server = server(&dir.path().join("data"), &["--default-quotas", &defaults]);
+    let d = server.tenant("d", json!({}));
+    let quotas = server.get("/v1/tenants/d", ADMIN_TOKEN).expect(200)["quotas"].clone();
+    assert_eq!(quotas["max_call_timeout_ms"], 2000, "{quotas}");
+    assert_eq!(quotas["max_plugin_bytes"], 64 << 10, "{quotas}");
+    // The split-words component is larger than this tenant's uploads may be.
+    let size = std::fs::metadata(plugins::SPLIT_WORDS).unwrap().len();
+    assert!(size > 64 << 10, "{size}");
+    server
+        .push_plugin("d", &d, "split-words", plugins::SPLIT_WORDS)
+        .expect_error(413, "this tenant's uploads may have at most 65536");
+    server
+        .send(
+            server
+                .request("PATCH", "/v1/tenants/d", Some(ADMIN_TOKEN))
+                .json(&json!({ "quotas": { "max_plugin_bytes": 1 << 20 } })),
+        )
+        .expect(200);
+    server
+        .push_plugin("d", &d, "split-words", plugins::SPLIT_WORDS)
+        .expect(201);
+    // Each ceiling, alone over it.
+    let limited = |name: &str, limits: &str| {
+        wordcount_with(
+            name,
+            "plugin = \"split-words\"",
+            &format!("plugin = \"split-words\"\nlimits = {{ {limits} }}"),
+        )
+    };
+    let deploy = |text: &str| server.deploy("d", &d, text);
+    deploy(&limited("slow", "memory = \"16MiB\", timeout = \"5s\"")).expect_error(
+        422,
+        "stage `words` asks for timeout = 5s, above this tenant's ceiling of 2s",
+    );
+    deploy(&limited("big", "memory = \"64MiB\""))
+        .expect_error(422, "memory = 64 MiB, above this tenant's ceiling of 32 MiB");
+    let batches = limited("batches", "memory = \"16MiB\"").replace(
+        "batch-interval = \"100ms\"",
+        "batch-interval = \"100ms\"\nmax-batch-memory = \"512MiB\"",
+    );
+    deploy(&batches).expect_error(
+        422,
+        "max-batch-memory = 512 MiB is above this tenant's ceiling of 256 MiB",
+    );
+    let windowed = limited("windowed", "memory = \"16MiB\"").replace(
+        "op = \"reduce-by-key\"\nreducer = \"count\"",
+        "op = \"count-by-value-and-window\"\nlength = \"10s\"\nslide = \"5s\"",
+    );
+    assert!(windowed.contains("count-by-value-and-window"), "{windowed}");
+    deploy(&windowed).expect_error(
+        422,
+        "stage `counts` keeps 256 MiB of state in memory (state-memory), above this tenant's ceiling of 64 MiB",
+    );
+    // Four partitions of a 16 MiB stage may hold 64 MiB of Wasm memory.
+    let wide = limited("wide", "memory = \"16MiB\"").replace(
+        "batch-interval = \"100ms\"",
+        "batch-interval = \"100ms\"\npartitions = 4",
+    );
+    deploy(&wide).expect_error(422, "above its quota of 48 MiB");
+    // Fuel: a ceiling means every plugin stage must set its budget, within it.
+    server
+        .send(
+            server
+                .request("PATCH", "/v1/tenants/d", Some(ADMIN_TOKEN))
+                .json(&json!({ "quotas": { "max_fuel": 1_000_000 } })),
+        )
+        .expect(200);
+    deploy(&limited("unmetered", "memory = \"16MiB\"")).expect_error(422, "no fuel budget");
+    deploy(&limited("hungry", "memory = \"16MiB\", fuel = 2000000"))
+        .expect_error(422, "fuel = 2000000, above this tenant's ceiling of 1000000");
+    std::fs::create_dir_all(server.root("d").join("in")).unwrap();
+    std::fs::write(server.root("d").join("in/a.txt"), "one two two\n").unwrap();
+    let small = limited("small", "memory = \"16MiB\", fuel = 100000000").replace(
+        "batch-interval = \"100ms\"",
+        "batch-interval = \"100ms\"\npartitions = 1",
+    );
+    // The fuel ceiling is 1 M: within it, and enough for this input.
+    let small = small.replace("fuel = 100000000", "fuel = 1000000");
+    deploy(&small).expect(201);
+    server.wait_batch("d", &d, "small", 0, Duration::from_secs(60));
+
+    // What the tenant uses of its quotas, next to the quotas.
+    let metrics = server.get("/metrics", ADMIN_TOKEN).expect(200);
+    let text = metrics.as_str().unwrap();
+    for line in [
+        "weir_tenant_pipelines{tenant=\"d\"} 1",
+        "weir_tenant_plugin_instances{tenant=\"d\"} 1",
+        "weir_tenant_plugin_instances_quota{tenant=\"d\"} 64",
+        "weir_tenant_wasm_memory_bytes{tenant=\"d\"} 16777216",
+        "weir_tenant_wasm_memory_quota_bytes{tenant=\"d\"} 50331648",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("weir_batch_processing_seconds_count{") && l.contains("pipeline=\"small\"")
+        ),
+        "{text}"
+    );
+
+    // Pause and resume: the operator's, not the viewer's.
+    let viewer = server.token("d", "viewer");
+    let pause =
+        |token: &str| server.send(server.request("POST", "/v1/tenants/d/pipelines/small/pause", Some(token)));
+    assert_eq!(pause(&viewer).status.as_u16(), 403);
+    pause(&d).expect(200);
+    wait_state_of(&server, "d", &viewer, "small", "paused");
+    // Paused, it cuts no batch (at 100 ms a batch, five would pass).
+    let last_batch = |status: &Value| status["status"]["last_batch"]["id"].as_u64();
+    std::thread::sleep(Duration::from_millis(200));
+    let then = server.get("/v1/tenants/d/pipelines/small", &viewer).expect(200);
+    std::thread::sleep(Duration::from_millis(500));
+    let still = server.get("/v1/tenants/d/pipelines/small", &viewer).expect(200);
+    assert_eq!(still["status"]["state"], "paused", "{still}");
+    assert_eq!(last_batch(&still), last_batch(&then), "{then}\n{still}");
+    server
+        .send(server.request("POST", "/v1/tenants/d/pipelines/small/resume", Some(&d)))
+        .expect(200);
+    wait_state_of(&server, "d", &viewer, "small", "running");
+    let counts = weir_tests::summed_counts(&server.root("d").join("out/small"));
+    assert_eq!(counts, BTreeMap::from([("one".into(), 1), ("two".into(), 2)]));
+
+    // The admin removes the tenant: its pipeline stops, its tokens stop
+    // working at once, its root is gone, and its name is free again.
+    let root = server.root("d");
+    server
+        .send(server.request("DELETE", "/v1/tenants/d", Some(ADMIN_TOKEN)))
+        .expect(204);
+    assert_eq!(server.get("/v1/tenants/d/pipelines", &d).status.as_u16(), 401);
+    assert_eq!(
+        server.get("/v1/tenants/d/pipelines", &viewer).status.as_u16(),
+        401
+    );
+    assert_eq!(server.get("/v1/tenants/d", ADMIN_TOKEN).status.as_u16(), 404);
+    assert!(!root.exists(), "{} is still there", root.display());
+    let metrics = server.get("/metrics", ADMIN_TOKEN).expect(200);
+    assert!(!metrics.as_str().unwrap().contains("tenant=\"d\""), "{metrics}");
+    let again = server.tenant("d", json!({}));
+    assert_eq!(
+        server.get("/v1/tenants/d/pipelines", &again).expect(200),
+        json!([])
+    );
+}
+
 /// Waits until tenant t's pipeline `name` is in `state`; returns its status.
 fn wait_state(server: &Server, token: &str, name: &str, state: &str) -> Value {
+    wait_state_of(server, "t", token, name, state)
+}
+
+/// Waits until `tenant`'s pipeline `name` is in `state`; returns its status.
+fn wait_state_of(server: &Server, tenant: &str, token: &str, name: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = server
-            .get(&format!("/v1/tenants/t/pipelines/{name}"), token)
+            .get(&format!("/v1/tenants/{tenant}/pipelines/{name}"), token)
             .expect(200);
         if status["status"]["state"] == state {
             return status;
@@ -511,20 +675,39 @@ fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
     let answer = server.send(server.request("POST", "/v1/tenants/t/pipelines/none/explode", Some(&t)));
     assert_eq!(answer.status.as_u16(), 404, "{}", answer.body);
 
-    // A bounded fuzz run: random bodies on every route and method.
+    // A bounded fuzz run: random bodies on every route and method, as
+    // tenant t's operator and as the admin (on a tenant of its own, which
+    // the admin's calls may change or remove).
+    server.tenant("f", json!({}));
     let routes = [
-        "/v1/tenants",
-        "/v1/tenants/t",
-        "/v1/tenants/t/tokens",
-        "/v1/tenants/t/tokens/abc",
-        "/v1/tenants/t/plugins",
-        "/v1/tenants/t/plugins/p",
-        "/v1/tenants/t/pipelines",
-        "/v1/tenants/t/pipelines/p",
-        "/v1/tenants/t/pipelines/p/stop",
-        "/v1/tenants/t/pipelines/p/metrics",
-        "/v1/audit",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
         "/metrics",
+        "/v1/whoami",
+        "/v1/audit",
+        "/v1/tenants",
+        "/v1/tenants/{tenant}",
+        "/v1/tenants/{tenant}/tokens",
+        "/v1/tenants/{tenant}/tokens/abc",
+        "/v1/tenants/{tenant}/plugins",
+        "/v1/tenants/{tenant}/plugins/p",
+        "/v1/tenants/{tenant}/files/in/fuzz.txt",
+        "/v1/tenants/{tenant}/pipelines",
+        "/v1/tenants/{tenant}/pipelines/p",
+        "/v1/tenants/{tenant}/pipelines/p/metrics",
+        "/v1/tenants/{tenant}/pipelines/p/events",
+        "/v1/tenants/{tenant}/pipelines/p/batches",
+        "/v1/tenants/{tenant}/pipelines/p/checkpoints",
+        "/v1/tenants/{tenant}/pipelines/p/file",
+        "/v1/tenants/{tenant}/pipelines/p/history",
+        "/v1/tenants/{tenant}/pipelines/p/stages/s/swap",
+        "/v1/tenants/{tenant}/pipelines/p/stages/s/rollback",
+        "/v1/tenants/{tenant}/pipelines/p/stages/s/promote",
+        "/v1/tenants/{tenant}/pipelines/p/start",
+        "/v1/tenants/{tenant}/pipelines/p/stop",
+        "/v1/tenants/{tenant}/pipelines/p/pause",
+        "/v1/tenants/{tenant}/pipelines/p/resume",
     ];
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move || {
@@ -533,18 +716,28 @@ fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
         seed ^= seed << 17;
         seed
     };
-    for round in 0..240 {
-        let route = routes[round % routes.len()];
+    for round in 0..(routes.len() * 16) {
+        let (token, tenant) = if round % 3 == 2 {
+            (ADMIN_TOKEN, "f")
+        } else {
+            (t.as_str(), "t")
+        };
+        let route = routes[round % routes.len()].replace("{tenant}", tenant);
         let method = ["GET", "POST", "PUT", "PATCH", "DELETE"][(next() % 5) as usize];
         let len = (next() % 512) as usize;
-        let body: Vec<u8> = match next() % 4 {
+        let body: Vec<u8> = match next() % 5 {
             0 => (0..len).map(|_| next() as u8).collect(),
             1 => format!("{{\"name\": {}, \"role\": \"{}\"}}", next() % 1000, next()).into_bytes(),
             2 => format!("[pipeline]\nname = \"p{}\"\n[[source]]\nname = 1", next() % 10).into_bytes(),
+            3 => format!(
+                "{{\"plugin\": \"p\", \"mode\": \"{}\", \"to\": {}, \"quotas\": {{\"max_fuel\": \"x\"}}}}",
+                next() % 7,
+                next() % 100
+            )
+            .into_bytes(),
             _ => b"{\"quotas\": {\"max_pipelines\": -1}}".to_vec(),
         };
-        // Tenant t's operator for most calls (the admin's would create tenants).
-        let answer = server.send(server.request(method, route, Some(&t)).body(body));
+        let answer = server.send(server.request(method, &route, Some(token)).body(body));
         assert!(
             answer.status.as_u16() < 500,
             "{method} {route}: {} {}",
@@ -666,7 +859,7 @@ fn concurrent_calls_stay_consistent_and_kill_9_resumes_every_pipeline_exactly() 
         .expect(200);
     server.wait_batch("t", &t, "exact", 5, Duration::from_secs(60));
     server.kill9();
-    server.restart();
+    server.restart_logging("info");
     let t = t.clone();
     // Restored as it was: `exact` running, `idle` stopped.
     let idle = server.get("/v1/tenants/t/pipelines/idle", &t).expect(200);
@@ -695,8 +888,19 @@ fn concurrent_calls_stay_consistent_and_kill_9_resumes_every_pipeline_exactly() 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SIGTERM stops every pipeline gracefully; they stay desired running.
-    server.terminate();
+    // SIGTERM stops every pipeline gracefully (each finishes and says so);
+    // they stay desired running. The admin token never reaches the log.
+    let log = server.terminate();
+    assert!(log.contains("stopping every pipeline gracefully"), "{log}");
+    let finished = log
+        .lines()
+        .filter(|line| line.contains("pipeline finished") && line.contains("exact"))
+        .count();
+    assert_eq!(finished, 1, "{log}");
+    assert!(
+        !log.contains(ADMIN_TOKEN),
+        "the admin token is in the log:\n{log}"
+    );
     let record: Value = serde_json::from_str(
         &std::fs::read_to_string(server.data().join("tenants/t/pipelines/exact.json")).unwrap(),
     )
@@ -779,6 +983,34 @@ fn the_cli_client_and_tls() {
             .lines()
             .any(|l| l.starts_with("wc ") && l.contains("running")),
         "{listing}"
+    );
+    // `status` prints the pipeline's view as JSON; `pause` and `resume`
+    // change it.
+    let state_of = |answer: &std::process::Output| -> Value {
+        assert!(answer.status.success(), "{}", weir_tests::stderr(answer));
+        serde_json::from_str(&weir_tests::stdout(answer)).expect("status prints JSON")
+    };
+    let status = state_of(&cli(&token_file, &["status", "wc"]));
+    assert_eq!(status["name"], "wc", "{status}");
+    assert_eq!(status["status"]["state"], "running", "{status}");
+    state_of(&cli(&token_file, &["pause", "wc"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_of(&cli(&token_file, &["status", "wc"]))["status"]["state"] != "paused" {
+        assert!(Instant::now() < deadline, "wc never paused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    state_of(&cli(&token_file, &["resume", "wc"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_of(&cli(&token_file, &["status", "wc"]))["status"]["state"] != "running" {
+        assert!(Instant::now() < deadline, "wc never resumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let missing = cli(&token_file, &["status", "nothing"]);
+    assert!(!missing.status.success());
+    assert!(
+        weir_tests::stderr(&missing).contains("nothing"),
+        "{}",
+        weir_tests::stderr(&missing)
     );
     let stopped = cli(&token_file, &["stop", "wc"]);
     assert!(stopped.status.success(), "{}", weir_tests::stderr(&stopped));

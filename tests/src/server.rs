@@ -30,6 +30,8 @@ pub struct Server {
     pub url: String,
     http: Client,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// `WEIR_LOG` of the next launch (`warn` unless told).
+    log_level: String,
 }
 
 /// An answer: its status and its body as JSON (`Value::Null` when empty or
@@ -84,6 +86,7 @@ impl Server {
                 .build()
                 .unwrap(),
             stderr: None,
+            log_level: "warn".into(),
         };
         server.launch();
         server
@@ -100,7 +103,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--admin-token-file"])
             .arg(&token_file)
             .args(&self.extra)
-            .env("WEIR_LOG", "warn")
+            .env("WEIR_LOG", &self.log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -172,6 +175,13 @@ impl Server {
         let log = self.stderr.take().map(|t| t.join().unwrap()).unwrap_or_default();
         assert!(status.success(), "weir serve exited with {status}: {log}");
         log
+    }
+
+    /// Starts the server again on the same data directory, logging at
+    /// `WEIR_LOG` level `log_level` (`info` shows each pipeline's end).
+    pub fn restart_logging(&mut self, log_level: &str) {
+        self.log_level = log_level.into();
+        self.restart();
     }
 
     /// Starts the server again on the same data directory.

@@ -94,12 +94,51 @@ pub fn render(state: &Arc<ServerState>) -> String {
     let mut registry = Registry::with_prefix("weir");
     register_pipelines(&mut registry, state.handles());
 
-    let disk = Family::<Labels, Gauge>::default();
-    let disk_quota = Family::<Labels, Gauge>::default();
-    for (tenant, used, max) in state.disk_use() {
-        let labels: Labels = vec![("tenant", tenant)];
-        disk.get_or_create(&labels).set(used as i64);
-        disk_quota.get_or_create(&labels).set(max as i64);
+    // What each tenant uses of its quotas, next to the quota.
+    let quota_gauges = [
+        ("tenant_pipelines", "Pipelines the tenant has deployed"),
+        (
+            "tenant_pipelines_quota",
+            "The tenant's quota of deployed pipelines",
+        ),
+        (
+            "tenant_plugin_instances",
+            "Plugin instances the tenant's running pipelines may hold at worst",
+        ),
+        (
+            "tenant_plugin_instances_quota",
+            "The tenant's quota of plugin instances",
+        ),
+        (
+            "tenant_wasm_memory_bytes",
+            "Wasm memory the tenant's running pipelines may hold at worst",
+        ),
+        (
+            "tenant_wasm_memory_quota_bytes",
+            "The tenant's quota of Wasm memory",
+        ),
+        ("tenant_disk_bytes", "Bytes in the tenant's root"),
+        ("tenant_disk_quota_bytes", "The tenant's disk quota"),
+    ]
+    .map(|(name, help)| (name, help, Family::<Labels, Gauge>::default()));
+    for used in state.quota_use() {
+        let labels: Labels = vec![("tenant", used.tenant)];
+        let q = &used.quotas;
+        let values = [
+            used.pipelines as u64,
+            q.max_pipelines as u64,
+            used.running.instances as u64,
+            q.max_instances as u64,
+            used.running.wasm_memory,
+            q.max_wasm_memory,
+            used.disk_bytes,
+            q.max_disk_bytes,
+        ];
+        for ((_, _, family), value) in quota_gauges.iter().zip(values) {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
     }
     let histograms = &state.histograms;
     registry.register(
@@ -117,8 +156,9 @@ pub fn render(state: &Arc<ServerState>) -> String {
         "Total delay of batches",
         histograms.total.clone(),
     );
-    registry.register("tenant_disk_bytes", "Bytes in the tenant's root", disk);
-    registry.register("tenant_disk_quota_bytes", "The tenant's disk quota", disk_quota);
+    for (name, help, family) in quota_gauges {
+        registry.register(name, help, family);
+    }
     encoded(&registry)
 }
 

@@ -90,8 +90,8 @@ impl ServerError {
     }
 }
 
-/// How to run a server.
-#[derive(Debug, Clone)]
+/// How to run a server. Its `Debug` form leaves the admin token out.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// The data directory.
     pub data_dir: PathBuf,
@@ -107,6 +107,20 @@ pub struct ServerOptions {
     pub default_quotas: Quotas,
     /// Largest request body, in bytes.
     pub max_body: usize,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("admin_token", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("workers", &self.workers)
+            .field("default_quotas", &self.default_quotas)
+            .field("max_body", &self.max_body)
+            .finish()
+    }
 }
 
 /// Shortest admin token accepted.
@@ -251,4 +265,28 @@ pub async fn start(options: ServerOptions) -> Result<Running, ServerError> {
         serving,
         stop,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_options_debug_form_leaves_the_admin_token_out() {
+        let options = ServerOptions {
+            data_dir: PathBuf::from("data"),
+            listen: "127.0.0.1:7600".parse().unwrap(),
+            admin_token: "s3cret-admin-token-value".into(),
+            tls: None,
+            workers: None,
+            default_quotas: Quotas::default(),
+            max_body: 1 << 20,
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("127.0.0.1:7600"),
+            "{shown}"
+        );
+    }
 }

@@ -1421,14 +1421,28 @@ impl ServerState {
         all
     }
 
-    /// Disk bytes and quota of every tenant.
-    pub fn disk_use(&self) -> Vec<(String, u64, u64)> {
+    /// What every tenant uses of its quotas, for `/metrics`.
+    pub fn quota_use(&self) -> Vec<QuotaUse> {
         self.tenant_names()
             .into_iter()
             .filter_map(|name| {
                 let tenant = self.tenant(&name).ok()?;
-                let max = lock(&tenant.config).quotas.max_disk_bytes;
-                Some((name, tenant.used_bytes(), max))
+                let quotas = lock(&tenant.config).quotas.clone();
+                let (pipelines, running) = {
+                    let pipelines = lock(&tenant.pipelines);
+                    let running = pipelines
+                        .values()
+                        .filter(|d| d.active())
+                        .fold(Footprint::default(), |sum, d| sum.plus(d.footprint));
+                    (pipelines.len(), running)
+                };
+                Some(QuotaUse {
+                    disk_bytes: tenant.used_bytes(),
+                    tenant: name,
+                    pipelines,
+                    running,
+                    quotas,
+                })
             })
             .collect()
     }
@@ -1439,6 +1453,22 @@ impl ServerState {
         let handles: Vec<PipelineHandle> = self.handles().into_iter().map(|(_, h)| h).collect();
         stop_all(&handles);
     }
+}
+
+/// What one tenant uses of its quotas ([`ServerState::quota_use`]).
+#[derive(Debug, Clone)]
+pub struct QuotaUse {
+    /// The tenant.
+    pub tenant: String,
+    /// Pipelines deployed (running or not).
+    pub pipelines: usize,
+    /// Plugin instances and Wasm memory its running pipelines may hold at
+    /// worst (what admission counts against the quotas).
+    pub running: Footprint,
+    /// Bytes of its root and spilled state, as last measured.
+    pub disk_bytes: u64,
+    /// Its quotas.
+    pub quotas: Quotas,
 }
 
 /// `base` with the fields `change` (a JSON object) gives.
