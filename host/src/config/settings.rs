@@ -79,6 +79,10 @@ impl Key {
 pub enum Reach {
     /// Only files (resolved through [`super::Paths`]) or nothing at all.
     Files,
+    /// The kind does not say (the default of [`super::SourceConfig::reach`]
+    /// and [`super::SinkConfig::reach`]): a server refuses it, so that a new
+    /// kind reaches nothing of a tenant's until it declares what it reaches.
+    Undeclared,
     /// These network addresses (`host:port`), to listen on or connect to.
     Network(Vec<String>),
     /// The `weir` process's own standard input or output (named here).

@@ -24,9 +24,10 @@ pub trait SinkConfig: fmt::Debug + Send + Sync + Any {
     /// stream) in the place `cx` describes.
     fn build(&self, spec: &SinkSpec, cx: &SinkContext<'_>) -> Box<dyn Sink>;
 
-    /// What it reaches besides files. Default: nothing else.
+    /// What it reaches besides files. Default: [`super::Reach::Undeclared`],
+    /// which a server refuses: a kind that reaches only files says so.
     fn reach(&self) -> super::Reach {
-        super::Reach::Files
+        super::Reach::Undeclared
     }
 
     /// For a sink written as a plugin: the plugin it runs, its instances'

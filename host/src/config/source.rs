@@ -27,9 +27,10 @@ pub trait SourceConfig: fmt::Debug + Send + Sync + Any {
     /// The receiver these settings describe.
     fn build(&self) -> Box<dyn Source>;
 
-    /// What it reaches besides files. Default: nothing else.
+    /// What it reaches besides files. Default: [`super::Reach::Undeclared`],
+    /// which a server refuses: a kind that reaches only files says so.
     fn reach(&self) -> super::Reach {
-        super::Reach::Files
+        super::Reach::Undeclared
     }
 
     /// Why this source cannot run without `checkpoint-dir`, as the message

@@ -291,6 +291,9 @@ impl TenantConfig {
     fn check_reach(&self, reach: Reach, what: &str) -> Result<(), String> {
         match reach {
             Reach::Files => Ok(()),
+            Reach::Undeclared => Err(format!(
+                "{what} is of a kind that does not declare what it reaches, which tenants' pipelines may not use"
+            )),
             Reach::Process(stream) => Err(format!(
                 "{what} uses the server's {stream}, which tenants' pipelines may not: use a files source or sink"
             )),
@@ -364,5 +367,58 @@ mod tests {
         assert!(!tenant.address_allowed("127.0.0.1:9001"));
         assert!(tenant.address_allowed("kafka:9092"));
         assert!(!tenant.address_allowed("kafka2:9092"));
+    }
+
+    #[test]
+    fn a_kind_that_does_not_declare_its_reach_is_refused() {
+        let tenant = TenantConfig {
+            name: "a".into(),
+            quotas: Quotas::default(),
+            allowed_addresses: vec!["127.0.0.1:9000".into()],
+            created_ms: 0,
+        };
+        let refused = tenant.check_reach(Reach::Undeclared, "source `s`").unwrap_err();
+        assert!(
+            refused.contains("source `s` is of a kind that does not declare"),
+            "{refused}"
+        );
+        assert!(tenant.check_reach(Reach::Files, "source `s`").is_ok());
+        let network = Reach::Network(vec!["127.0.0.1:9000".into()]);
+        assert!(tenant.check_reach(network, "sink `k`").is_ok());
+    }
+
+    /// Every kind of source and sink a tenant may name declares its reach:
+    /// the files and generator sources and the files sink (the kinds that
+    /// reach no network) say `Files`.
+    #[test]
+    fn the_kinds_that_reach_only_files_say_so() {
+        let text = r#"
+[pipeline]
+name = "p"
+[[source]]
+name = "in"
+type = "files"
+path = "in"
+[[source]]
+name = "made"
+type = "generator"
+lines = 10
+[[stage]]
+name = "both"
+input = ["in", "made"]
+op = "union"
+[[sink]]
+input = "both"
+type = "files"
+path = "out"
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, text).unwrap();
+        let spec = crate::config::parse(text, &file).unwrap();
+        for source in &spec.sources {
+            assert_eq!(source.kind.reach(), Reach::Files, "{}", source.name);
+        }
+        assert_eq!(spec.sinks[0].kind.reach(), Reach::Files);
     }
 }

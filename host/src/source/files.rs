@@ -81,6 +81,10 @@ impl SourceConfig for FilesSpec {
         Box::new(FilesSource::new(self.clone()))
     }
 
+    fn reach(&self) -> crate::config::Reach {
+        crate::config::Reach::Files
+    }
+
     fn fixed_batches(&self) -> bool {
         self.max_files_per_batch.is_some()
     }

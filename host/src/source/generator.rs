@@ -56,6 +56,11 @@ impl SourceConfig for GeneratorSpec {
         Box::new(GeneratorSource::new(self.clone()))
     }
 
+    /// Nothing: it makes its lines up.
+    fn reach(&self) -> crate::config::Reach {
+        crate::config::Reach::Files
+    }
+
     fn fixed_batches(&self) -> bool {
         self.records_per_batch.is_some() && self.rate.is_none()
     }
