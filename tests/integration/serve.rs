@@ -409,6 +409,7 @@ fn default_quotas_every_ceiling_the_lifecycle_and_removing_a_tenant() {
         "max_call_timeout_ms": 2000,
         "max_wasm_memory": 48 << 20,
         "max_state_memory": 64 << 20,
+        "max_batch_memory": 64 << 20,
         "max_plugin_bytes": 64 << 10,
     })
     .to_string();
@@ -454,16 +455,16 @@ fn default_quotas_every_ceiling_the_lifecycle_and_removing_a_tenant() {
     );
     deploy(&batches).expect_error(
         422,
-        "max-batch-memory = 512 MiB is above this tenant's ceiling of 256 MiB",
+        "max-batch-memory = 512 MiB is above this tenant's ceiling of 64 MiB",
     );
     let windowed = limited("windowed", "memory = \"16MiB\"").replace(
         "op = \"reduce-by-key\"\nreducer = \"count\"",
-        "op = \"count-by-value-and-window\"\nlength = \"10s\"\nslide = \"5s\"",
+        "op = \"count-by-value-and-window\"\nlength = \"10s\"\nslide = \"5s\"\nstate-memory = \"128MiB\"",
     );
     assert!(windowed.contains("count-by-value-and-window"), "{windowed}");
     deploy(&windowed).expect_error(
         422,
-        "stage `counts` keeps 256 MiB of state in memory (state-memory), above this tenant's ceiling of 64 MiB",
+        "stage `counts` keeps 128 MiB of state in memory (state-memory), above this tenant's ceiling of 64 MiB",
     );
     // Four partitions of a 16 MiB stage may hold 64 MiB of Wasm memory.
     let wide = limited("wide", "memory = \"16MiB\"").replace(
@@ -490,6 +491,24 @@ fn default_quotas_every_ceiling_the_lifecycle_and_removing_a_tenant() {
     );
     // The fuel ceiling is 1 M: within it, and enough for this input.
     let small = small.replace("fuel = 100000000", "fuel = 1000000");
+    // Neither `max-batch-memory` nor `state-memory` set: the defaults
+    // (256 MiB each) are above this tenant's ceilings, so it runs with the
+    // ceilings instead of being refused (as a source without `max-rate`).
+    let defaulted = small
+        .replace("name = \"small\"", "name = \"defaulted\"")
+        .replace("out/small", "out/defaulted")
+        .replace(
+            "op = \"reduce-by-key\"\nreducer = \"count\"",
+            "op = \"count-by-value-and-window\"\nlength = \"10s\"\nslide = \"5s\"",
+        );
+    assert!(
+        defaulted.contains("name = \"defaulted\"") && defaulted.contains("-and-window"),
+        "{defaulted}"
+    );
+    deploy(&defaulted).expect(201);
+    server
+        .send(server.request("DELETE", "/v1/tenants/d/pipelines/defaulted", Some(&d)))
+        .expect(204);
     deploy(&small).expect(201);
     server.wait_batch("d", &d, "small", 0, Duration::from_secs(60));
 

@@ -34,8 +34,10 @@ pub struct PipelineSpec {
     /// Chunks a source may queue before it is slowed down.
     pub queue_chunks: usize,
     /// Bytes of input a processing-time batch may gather from one source
-    /// during its interval before the source is slowed down.
-    pub max_batch_memory: usize,
+    /// during its interval before the source is slowed down; `None`: not
+    /// set, [`super::DEFAULT_MAX_BATCH_MEMORY`] (or a server tenant's
+    /// ceiling, when lower).
+    pub max_batch_memory: Option<usize>,
     /// Records per chunk handed from a receiver to the batcher.
     pub chunk_records: usize,
     /// Plugin name → path of its component.

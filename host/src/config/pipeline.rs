@@ -75,10 +75,7 @@ pub(super) fn build(raw: PipelineFile, scope: &Scope, lines: &LineIndex) -> Resu
     let default_partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = positive(table.partitions.as_ref(), "partitions", 1024)?.unwrap_or(default_partitions);
     let queue_chunks = positive(table.queue_chunks.as_ref(), "queue-chunks", 1 << 20)?.unwrap_or(16);
-    let max_batch_memory = match &table.max_batch_memory {
-        Some(size) => byte_size(size)?,
-        None => DEFAULT_MAX_BATCH_MEMORY,
-    };
+    let max_batch_memory = table.max_batch_memory.as_ref().map(byte_size).transpose()?;
     let chunk_records = positive(table.chunk_records.as_ref(), "chunk-records", 1 << 24)?.unwrap_or(8192);
 
     let plugins = plugins(raw.plugins, scope)?;

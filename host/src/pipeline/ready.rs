@@ -93,7 +93,9 @@ impl Pipeline {
                 }),
             },
             queue_chunks: spec.queue_chunks,
-            max_batch_memory: spec.max_batch_memory,
+            max_batch_memory: spec
+                .max_batch_memory
+                .unwrap_or(crate::config::DEFAULT_MAX_BATCH_MEMORY),
             chunk_records: spec.chunk_records,
             checkpoint: spec.checkpoint.clone(),
             plugin_hashes: spec

@@ -198,36 +198,47 @@ impl TenantConfig {
                 }
             }
         }
-        if spec.max_batch_memory as u64 > q.max_batch_memory {
-            return Err(at(
-                1,
-                format!(
-                    "max-batch-memory = {} MiB is above this tenant's ceiling of {} MiB",
-                    spec.max_batch_memory >> 20,
-                    q.max_batch_memory >> 20
-                ),
-            ));
+        // What is not set takes the tenant's ceiling where the default is
+        // above it (as `max-rate` does); what is set must be within it.
+        let ceiling = usize::try_from(q.max_batch_memory).unwrap_or(usize::MAX);
+        match spec.max_batch_memory {
+            Some(asked) if asked > ceiling => {
+                return Err(at(
+                    1,
+                    format!(
+                        "max-batch-memory = {} MiB is above this tenant's ceiling of {} MiB",
+                        asked >> 20,
+                        q.max_batch_memory >> 20
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => spec.max_batch_memory = Some(crate::config::DEFAULT_MAX_BATCH_MEMORY.min(ceiling)),
         }
-        for stage in &spec.stages {
-            let memory = match &stage.op {
-                OperatorSpec::KeyedState(state) => state.memory,
+        let ceiling = usize::try_from(q.max_state_memory).unwrap_or(usize::MAX);
+        for stage in &mut spec.stages {
+            let memory = match &mut stage.op {
+                OperatorSpec::KeyedState(state) => &mut state.memory,
                 // Reducing windows keep state (and take state-memory); a raw window keeps records.
                 OperatorSpec::Window(window) if !matches!(window.op, crate::config::WindowOp::Raw) => {
-                    window.memory
+                    &mut window.memory
                 }
                 _ => continue,
             };
-            let memory = memory.unwrap_or(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY) as u64;
-            if memory > q.max_state_memory {
-                return Err(at(
-                    stage.line,
-                    format!(
-                        "stage `{}` keeps {} MiB of state in memory (state-memory), above this tenant's ceiling of {} MiB",
-                        stage.name,
-                        memory >> 20,
-                        q.max_state_memory >> 20
-                    ),
-                ));
+            match *memory {
+                Some(asked) if asked > ceiling => {
+                    return Err(at(
+                        stage.line,
+                        format!(
+                            "stage `{}` keeps {} MiB of state in memory (state-memory), above this tenant's ceiling of {} MiB",
+                            stage.name,
+                            asked >> 20,
+                            q.max_state_memory >> 20
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => *memory = Some(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY.min(ceiling)),
             }
         }
         for sink in &spec.sinks {
