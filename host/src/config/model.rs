@@ -52,6 +52,13 @@ pub struct PipelineSpec {
     pub cluster: Option<ClusterSpec>,
 }
 
+impl PipelineSpec {
+    /// `max-batch-memory` as it runs: as set, else the default.
+    pub fn batch_memory(&self) -> usize {
+        self.max_batch_memory.unwrap_or(super::DEFAULT_MAX_BATCH_MEMORY)
+    }
+}
+
 /// `[cluster]`: every `weir run` process started with the pipeline file
 /// joins one Kafka consumer group, which spreads the partitions over them
 /// (see [`crate::cluster`]).

@@ -93,9 +93,7 @@ impl Pipeline {
                 }),
             },
             queue_chunks: spec.queue_chunks,
-            max_batch_memory: spec
-                .max_batch_memory
-                .unwrap_or(crate::config::DEFAULT_MAX_BATCH_MEMORY),
+            max_batch_memory: spec.batch_memory(),
             chunk_records: spec.chunk_records,
             checkpoint: spec.checkpoint.clone(),
             plugin_hashes: spec

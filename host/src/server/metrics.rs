@@ -15,12 +15,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::state::ServerState;
+use super::tenant::QuotaUse;
 use crate::engine::PipelineHandle;
 use crate::pipeline::PipelineState;
 use crate::pipeline::live::BatchReport;
 use crate::ui::directory::Membership;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// A tenant gauge of `/metrics`: its name, its help, and the figure of a
+/// tenant's [`QuotaUse`] it shows.
+type QuotaGauge = (&'static str, &'static str, fn(&QuotaUse) -> u64);
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn delay_histogram() -> Histogram {
@@ -94,51 +99,56 @@ pub fn render(state: &Arc<ServerState>) -> String {
     let mut registry = Registry::with_prefix("weir");
     register_pipelines(&mut registry, state.handles());
 
-    // What each tenant uses of its quotas, next to the quota.
-    let quota_gauges = [
-        ("tenant_pipelines", "Pipelines the tenant has deployed"),
+    // What each tenant uses of its quotas, next to the quota: each gauge
+    // with the figure it shows.
+    let quota_gauges: [QuotaGauge; 8] = [
+        ("tenant_pipelines", "Pipelines the tenant has deployed", |u| {
+            u.pipelines as u64
+        }),
         (
             "tenant_pipelines_quota",
             "The tenant's quota of deployed pipelines",
+            |u| u.quotas.max_pipelines as u64,
         ),
         (
             "tenant_plugin_instances",
             "Plugin instances the tenant's running pipelines may hold at worst",
+            |u| u.running.instances as u64,
         ),
         (
             "tenant_plugin_instances_quota",
             "The tenant's quota of plugin instances",
+            |u| u.quotas.max_instances as u64,
         ),
         (
             "tenant_wasm_memory_bytes",
             "Wasm memory the tenant's running pipelines may hold at worst",
+            |u| u.running.wasm_memory,
         ),
         (
             "tenant_wasm_memory_quota_bytes",
             "The tenant's quota of Wasm memory",
+            |u| u.quotas.max_wasm_memory,
         ),
-        ("tenant_disk_bytes", "Bytes in the tenant's root"),
-        ("tenant_disk_quota_bytes", "The tenant's disk quota"),
-    ]
-    .map(|(name, help)| (name, help, Family::<Labels, Gauge>::default()));
-    for used in state.quota_use() {
-        let labels: Labels = vec![("tenant", used.tenant)];
-        let q = &used.quotas;
-        let values = [
-            used.pipelines as u64,
-            q.max_pipelines as u64,
-            used.running.instances as u64,
-            q.max_instances as u64,
-            used.running.wasm_memory,
-            q.max_wasm_memory,
-            used.disk_bytes,
-            q.max_disk_bytes,
-        ];
-        for ((_, _, family), value) in quota_gauges.iter().zip(values) {
+        (
+            "tenant_disk_bytes",
+            "Bytes of the tenant's root, spilled state and uploads",
+            |u| u.disk_bytes,
+        ),
+        ("tenant_disk_quota_bytes", "The tenant's disk quota", |u| {
+            u.quotas.max_disk_bytes
+        }),
+    ];
+    let uses = state.quota_use();
+    for (name, help, figure) in quota_gauges {
+        let family = Family::<Labels, Gauge>::default();
+        for used in &uses {
+            let labels: Labels = vec![("tenant", used.tenant.clone())];
             family
                 .get_or_create(&labels)
-                .set(i64::try_from(value).unwrap_or(i64::MAX));
+                .set(i64::try_from(figure(used)).unwrap_or(i64::MAX));
         }
+        registry.register(name, help, family);
     }
     let histograms = &state.histograms;
     registry.register(
@@ -156,9 +166,6 @@ pub fn render(state: &Arc<ServerState>) -> String {
         "Total delay of batches",
         histograms.total.clone(),
     );
-    for (name, help, family) in quota_gauges {
-        registry.register(name, help, family);
-    }
     encoded(&registry)
 }
 

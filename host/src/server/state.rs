@@ -21,7 +21,7 @@ use super::audit::{AuditEntry, AuditLog};
 use super::auth::{self, Principal, Role, TokenRecord};
 use super::metrics::DelayHistograms;
 use super::store::{self, Store};
-use super::tenant::{Footprint, Quotas, TenantConfig};
+use super::tenant::{Footprint, QuotaUse, Quotas, TenantConfig};
 use crate::config::{self, Paths, Scope, check_name};
 use crate::engine::{Engine, PipelineHandle};
 use crate::pipeline::{
@@ -1453,22 +1453,6 @@ impl ServerState {
         let handles: Vec<PipelineHandle> = self.handles().into_iter().map(|(_, h)| h).collect();
         stop_all(&handles);
     }
-}
-
-/// What one tenant uses of its quotas ([`ServerState::quota_use`]).
-#[derive(Debug, Clone)]
-pub struct QuotaUse {
-    /// The tenant.
-    pub tenant: String,
-    /// Pipelines deployed (running or not).
-    pub pipelines: usize,
-    /// Plugin instances and Wasm memory its running pipelines may hold at
-    /// worst (what admission counts against the quotas).
-    pub running: Footprint,
-    /// Bytes of its root and spilled state, as last measured.
-    pub disk_bytes: u64,
-    /// Its quotas.
-    pub quotas: Quotas,
 }
 
 /// `base` with the fields `change` (a JSON object) gives.

@@ -42,10 +42,13 @@ pub struct Quotas {
     /// Largest plugin upload, in bytes.
     pub max_plugin_bytes: u64,
     /// Ceiling of `max-batch-memory` (input one batch may gather from one
-    /// source), in bytes.
+    /// source), in bytes. A pipeline that does not set it gets the default
+    /// (256 MiB) or this ceiling, whichever is lower.
     pub max_batch_memory: u64,
-    /// Ceiling of a stateful stage's `state-memory` (keyed state, or the partials of a processing-time reducing window, kept in
-    /// memory before it spills to disk), in bytes.
+    /// Ceiling of a stateful stage's `state-memory` (keyed state, or the
+    /// state of a reducing window, processing or event time, kept in memory
+    /// before it spills to disk), in bytes. A stage that does not set it
+    /// gets the default (256 MiB) or this ceiling, whichever is lower.
     pub max_state_memory: u64,
 }
 
@@ -66,6 +69,24 @@ impl Default for Quotas {
             max_state_memory: crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY as u64,
         }
     }
+}
+
+/// What one tenant uses of its quotas (`ServerState::quota_use`, for
+/// `/metrics`).
+#[derive(Debug, Clone)]
+pub struct QuotaUse {
+    /// The tenant.
+    pub tenant: String,
+    /// Pipelines deployed (running or not).
+    pub pipelines: usize,
+    /// Plugin instances and Wasm memory its running pipelines may hold at
+    /// worst (what admission counts against the quotas).
+    pub running: Footprint,
+    /// Bytes of its root and spilled state (as last measured) and of its
+    /// uploads: what its disk quota counts.
+    pub disk_bytes: u64,
+    /// Its quotas.
+    pub quotas: Quotas,
 }
 
 /// A tenant as stored in `tenant.json`.
@@ -169,11 +190,28 @@ impl Quotas {
     }
 }
 
+/// Holds a pipeline's `setting` to a tenant's `ceiling`: one set above it
+/// is refused (`Err` with what was asked); one not set takes `default`
+/// lowered to the ceiling, or the ceiling itself when there is no default.
+fn within_ceiling<T: Copy + Ord>(setting: &mut Option<T>, default: Option<T>, ceiling: T) -> Result<(), T> {
+    match *setting {
+        Some(asked) if asked > ceiling => Err(asked),
+        Some(_) => Ok(()),
+        None => {
+            *setting = Some(default.map_or(ceiling, |default| default.min(ceiling)));
+            Ok(())
+        }
+    }
+}
+
 impl TenantConfig {
     /// Checks `spec` (from `file`) against the tenant's grants (refused:
-    /// [`ServerError::Forbidden`]) and ceilings ([`ServerError::Quota`]);
-    /// holds each source without `max-rate` to the tenant's input rate.
-    /// Errors name the file and line, as `weir check` does.
+    /// [`ServerError::Forbidden`]) and ceilings ([`ServerError::Quota`]).
+    /// Settings the pipeline leaves unset are held to the tenant's ceilings
+    /// ([`within_ceiling`]): a source without `max-rate` runs at the input
+    /// rate ceiling, and `max-batch-memory` and a stage's `state-memory`
+    /// take their ceilings where the defaults are above them. Errors name
+    /// the file and line, as `weir check` does.
     pub fn admit(&self, spec: &mut PipelineSpec, file: &str) -> Result<(), ServerError> {
         let q = &self.quotas;
         let at = |line: usize, message: String| ServerError::Quota(format!("{file}:{line}: {message}"));
@@ -183,38 +221,33 @@ impl TenantConfig {
             self.check_reach(source.kind.reach(), &format!("source `{}`", source.name))
                 .map_err(|m| denied(source.line, m))?;
             if let Some(ceiling) = q.max_input_rate {
-                match source.rate.max_rate {
-                    Some(rate) if rate > ceiling => {
-                        return Err(at(
-                            source.line,
-                            format!(
-                                "source `{}` asks for max-rate = {rate} records/s, above this tenant's ceiling of {ceiling}",
-                                source.name
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => source.rate.max_rate = Some(ceiling),
-                }
+                within_ceiling(&mut source.rate.max_rate, None, ceiling).map_err(|rate| {
+                    at(
+                        source.line,
+                        format!(
+                            "source `{}` asks for max-rate = {rate} records/s, above this tenant's ceiling of {ceiling}",
+                            source.name
+                        ),
+                    )
+                })?;
             }
         }
-        // What is not set takes the tenant's ceiling where the default is
-        // above it (as `max-rate` does); what is set must be within it.
         let ceiling = usize::try_from(q.max_batch_memory).unwrap_or(usize::MAX);
-        match spec.max_batch_memory {
-            Some(asked) if asked > ceiling => {
-                return Err(at(
-                    1,
-                    format!(
-                        "max-batch-memory = {} MiB is above this tenant's ceiling of {} MiB",
-                        asked >> 20,
-                        q.max_batch_memory >> 20
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => spec.max_batch_memory = Some(crate::config::DEFAULT_MAX_BATCH_MEMORY.min(ceiling)),
-        }
+        within_ceiling(
+            &mut spec.max_batch_memory,
+            Some(crate::config::DEFAULT_MAX_BATCH_MEMORY),
+            ceiling,
+        )
+        .map_err(|asked| {
+            at(
+                1,
+                format!(
+                    "max-batch-memory = {} MiB is above this tenant's ceiling of {} MiB",
+                    asked >> 20,
+                    q.max_batch_memory >> 20
+                ),
+            )
+        })?;
         let ceiling = usize::try_from(q.max_state_memory).unwrap_or(usize::MAX);
         for stage in &mut spec.stages {
             let memory = match &mut stage.op {
@@ -225,9 +258,9 @@ impl TenantConfig {
                 }
                 _ => continue,
             };
-            match *memory {
-                Some(asked) if asked > ceiling => {
-                    return Err(at(
+            within_ceiling(memory, Some(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY), ceiling).map_err(
+                |asked| {
+                    at(
                         stage.line,
                         format!(
                             "stage `{}` keeps {} MiB of state in memory (state-memory), above this tenant's ceiling of {} MiB",
@@ -235,11 +268,9 @@ impl TenantConfig {
                             asked >> 20,
                             q.max_state_memory >> 20
                         ),
-                    ));
-                }
-                Some(_) => {}
-                None => *memory = Some(crate::pipeline::stage_ops::DEFAULT_STATE_MEMORY.min(ceiling)),
-            }
+                    )
+                },
+            )?;
         }
         for sink in &spec.sinks {
             self.check_reach(sink.kind.reach(), &format!("sink `{}`", sink.name))
@@ -380,6 +411,88 @@ mod tests {
         assert!(!tenant.address_allowed("kafka2:9092"));
     }
 
+    /// Parses `text` as a pipeline file.
+    fn parsed(text: &str) -> PipelineSpec {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, text).unwrap();
+        crate::config::parse(text, &file).unwrap()
+    }
+
+    #[test]
+    fn settings_left_unset_take_the_ceilings_and_set_ones_must_be_within() {
+        let mut tenant = TenantConfig {
+            name: "a".into(),
+            quotas: Quotas::default(),
+            allowed_addresses: Vec::new(),
+            created_ms: 0,
+        };
+        tenant.quotas.max_batch_memory = 64 << 20;
+        tenant.quotas.max_state_memory = 32 << 20;
+        tenant.quotas.max_input_rate = Some(500);
+        let text = r#"
+[pipeline]
+name = "p"
+[[source]]
+name = "in"
+type = "files"
+path = "in"
+[[stage]]
+name = "counts"
+input = "in"
+op = "count-by-value-and-window"
+length = "10s"
+slide = "5s"
+[[stage]]
+name = "sums"
+input = "in"
+op = "reduce-by-key-and-window"
+reducer = "count"
+length = "10s"
+slide = "5s"
+state-memory = "16MiB"
+[[stage]]
+name = "raw"
+input = "in"
+op = "window"
+length = "10s"
+slide = "5s"
+[[sink]]
+input = "counts"
+type = "files"
+path = "out"
+"#;
+        let mut spec = parsed(text);
+        tenant.admit(&mut spec, "p.toml").unwrap();
+        assert_eq!(spec.max_batch_memory, Some(64 << 20));
+        assert_eq!(spec.sources[0].rate.max_rate, Some(500));
+        let memory = |name: &str| match &spec.stages.iter().find(|s| s.name == name).unwrap().op {
+            OperatorSpec::Window(window) => window.memory,
+            other => panic!("{other:?}"),
+        };
+        // Unset: the ceiling (below the default); set within it: as set;
+        // a raw window keeps records, not state: left alone.
+        assert_eq!(memory("counts"), Some(32 << 20));
+        assert_eq!(memory("sums"), Some(16 << 20));
+        assert_eq!(memory("raw"), None);
+        // A ceiling above the defaults leaves the defaults.
+        tenant.quotas.max_batch_memory = 1 << 30;
+        tenant.quotas.max_state_memory = 1 << 30;
+        let mut spec = parsed(text);
+        tenant.admit(&mut spec, "p.toml").unwrap();
+        assert_eq!(
+            spec.max_batch_memory,
+            Some(crate::config::DEFAULT_MAX_BATCH_MEMORY)
+        );
+        // Set above the ceiling: refused, naming the line.
+        tenant.quotas.max_state_memory = 8 << 20;
+        let refused = tenant.admit(&mut parsed(text), "p.toml").unwrap_err().to_string();
+        assert!(
+            refused.contains("p.toml:14: stage `sums` keeps 16 MiB of state in memory"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn a_kind_that_does_not_declare_its_reach_is_refused() {
         let tenant = TenantConfig {
@@ -398,9 +511,9 @@ mod tests {
         assert!(tenant.check_reach(network, "sink `k`").is_ok());
     }
 
-    /// Every kind of source and sink a tenant may name declares its reach:
-    /// the files and generator sources and the files sink (the kinds that
-    /// reach no network) say `Files`.
+    /// The kinds that reach no network (the files and generator sources,
+    /// the files sink on a local path) declare `Files`; the others declare
+    /// their addresses or streams in their own modules.
     #[test]
     fn the_kinds_that_reach_only_files_say_so() {
         let text = r#"
@@ -423,10 +536,7 @@ input = "both"
 type = "files"
 path = "out"
 "#;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.toml");
-        std::fs::write(&file, text).unwrap();
-        let spec = crate::config::parse(text, &file).unwrap();
+        let spec = parsed(text);
         for source in &spec.sources {
             assert_eq!(source.kind.reach(), Reach::Files, "{}", source.name);
         }

@@ -81,6 +81,7 @@ impl SourceConfig for FilesSpec {
         Box::new(FilesSource::new(self.clone()))
     }
 
+    /// The files of its directory, inside the pipeline's paths.
     fn reach(&self) -> crate::config::Reach {
         crate::config::Reach::Files
     }

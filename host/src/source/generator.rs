@@ -56,7 +56,8 @@ impl SourceConfig for GeneratorSpec {
         Box::new(GeneratorSource::new(self.clone()))
     }
 
-    /// Nothing: it makes its lines up.
+    /// No file and no network: it makes its lines up (`Files` is the
+    /// variant for reaching nothing else).
     fn reach(&self) -> crate::config::Reach {
         crate::config::Reach::Files
     }
