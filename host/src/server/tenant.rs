@@ -399,16 +399,21 @@ mod tests {
 
     #[test]
     fn addresses_match_exactly_or_by_any_port() {
-        let tenant = TenantConfig {
-            name: "a".into(),
-            quotas: Quotas::default(),
-            allowed_addresses: vec!["127.0.0.1:9000".into(), "kafka:*".into()],
-            created_ms: 0,
-        };
+        let tenant = tenant_allowed(&["127.0.0.1:9000", "kafka:*"]);
         assert!(tenant.address_allowed("127.0.0.1:9000"));
         assert!(!tenant.address_allowed("127.0.0.1:9001"));
         assert!(tenant.address_allowed("kafka:9092"));
         assert!(!tenant.address_allowed("kafka2:9092"));
+    }
+
+    /// Tenant `a` with the default quotas, allowed `addresses`.
+    fn tenant_allowed(addresses: &[&str]) -> TenantConfig {
+        TenantConfig {
+            name: "a".into(),
+            quotas: Quotas::default(),
+            allowed_addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            created_ms: 0,
+        }
     }
 
     /// Parses `text` as a pipeline file.
@@ -421,12 +426,7 @@ mod tests {
 
     #[test]
     fn settings_left_unset_take_the_ceilings_and_set_ones_must_be_within() {
-        let mut tenant = TenantConfig {
-            name: "a".into(),
-            quotas: Quotas::default(),
-            allowed_addresses: Vec::new(),
-            created_ms: 0,
-        };
+        let mut tenant = tenant_allowed(&[]);
         tenant.quotas.max_batch_memory = 64 << 20;
         tenant.quotas.max_state_memory = 32 << 20;
         tenant.quotas.max_input_rate = Some(500);
@@ -495,12 +495,7 @@ path = "out"
 
     #[test]
     fn a_kind_that_does_not_declare_its_reach_is_refused() {
-        let tenant = TenantConfig {
-            name: "a".into(),
-            quotas: Quotas::default(),
-            allowed_addresses: vec!["127.0.0.1:9000".into()],
-            created_ms: 0,
-        };
+        let tenant = tenant_allowed(&["127.0.0.1:9000"]);
         let refused = tenant.check_reach(Reach::Undeclared, "source `s`").unwrap_err();
         assert!(
             refused.contains("source `s` is of a kind that does not declare"),
