@@ -190,6 +190,15 @@ impl Tenant {
         }
     }
 
+    /// What its running pipelines may hold at worst, but `except` (the one
+    /// a deploy replaces).
+    fn running_footprint(&self, except: Option<&str>) -> Footprint {
+        lock(&self.pipelines)
+            .iter()
+            .filter(|(name, d)| d.active() && Some(name.as_str()) != except)
+            .fold(Footprint::default(), |sum, (_, d)| sum.plus(d.footprint))
+    }
+
     /// Bytes it holds: its files and spilled state (as last measured) and
     /// its uploads.
     fn used_bytes(&self) -> u64 {
@@ -916,10 +925,7 @@ impl ServerState {
             }
         }
         let footprint = Footprint::of(&spec);
-        let others = lock(&tenant.pipelines)
-            .iter()
-            .filter(|(name, d)| d.active() && **name != spec.name)
-            .fold(Footprint::default(), |sum, (_, d)| sum.plus(d.footprint));
+        let others = tenant.running_footprint(Some(&spec.name));
         let total = others.plus(footprint);
         let q = &config.quotas;
         if total.instances > q.max_instances {
@@ -1428,19 +1434,13 @@ impl ServerState {
             .filter_map(|name| {
                 let tenant = self.tenant(&name).ok()?;
                 let quotas = lock(&tenant.config).quotas.clone();
-                let (pipelines, running) = {
-                    let pipelines = lock(&tenant.pipelines);
-                    let running = pipelines
-                        .values()
-                        .filter(|d| d.active())
-                        .fold(Footprint::default(), |sum, d| sum.plus(d.footprint));
-                    (pipelines.len(), running)
-                };
+                // Counted alone: its lock is let go before the footprint's.
+                let pipelines = lock(&tenant.pipelines).len();
                 Some(QuotaUse {
+                    pipelines,
+                    running: tenant.running_footprint(None),
                     disk_bytes: tenant.used_bytes(),
                     tenant: name,
-                    pipelines,
-                    running,
                     quotas,
                 })
             })
