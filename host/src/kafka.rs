@@ -11,6 +11,7 @@
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::TopicPartitionList;
 use toml::Spanned;
 
 use crate::config::SpecError;
@@ -215,6 +216,33 @@ pub fn describe(error: &KafkaError) -> String {
     }
 }
 
+/// The metadata of entry `index` of `list` as text, with bytes that are not
+/// UTF-8 replaced; `None` when the list has no such entry.
+///
+/// rdkafka's `TopicPartitionListElem::metadata` panics on metadata that is
+/// not UTF-8, and any client that may commit offsets to a group can write
+/// such metadata: a committed offset read back must not take the process
+/// down.
+pub fn entry_metadata(list: &TopicPartitionList, index: usize) -> Option<String> {
+    if index >= list.count() {
+        return None;
+    }
+    // SAFETY: `list.ptr()` is the live librdkafka list that `list` owns
+    // and keeps alive for this borrow; `index` is below its count, so
+    // `elems.add(index)` is one of its entries; an entry's `metadata`
+    // points at `metadata_size` bytes librdkafka owns (or is null with
+    // size 0), read here and copied before the borrow ends.
+    let bytes = unsafe {
+        let entry = &*(*list.ptr()).elems.add(index);
+        if entry.metadata.is_null() || entry.metadata_size == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(entry.metadata.cast::<u8>(), entry.metadata_size)
+        }
+    };
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
 /// Sends librdkafka's log lines and client errors to Weir's log, each with
 /// the source or sink it belongs to.
 #[derive(Debug, Clone)]
@@ -252,3 +280,27 @@ impl ClientContext for LogContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for LogContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_metadata_that_is_not_utf8_reads_as_replaced_text() {
+        let mut list = TopicPartitionList::new();
+        list.add_partition("marker", 0).set_metadata("ok");
+        list.add_partition("marker", 1).set_metadata("gen=7");
+        // What another client may commit: bytes that are not UTF-8.
+        // SAFETY: entry 1 exists, and its metadata is the 5 bytes
+        // `set_metadata` just allocated; they are overwritten in place.
+        unsafe {
+            let entry = &*(*list.ptr()).elems.add(1);
+            *entry.metadata.cast::<u8>() = 0xff;
+        }
+        assert_eq!(entry_metadata(&list, 0).as_deref(), Some("ok"));
+        assert_eq!(entry_metadata(&list, 1).as_deref(), Some("\u{fffd}en=7"));
+        assert_eq!(entry_metadata(&list, 2), None);
+        list.add_partition("marker", 2);
+        assert_eq!(entry_metadata(&list, 2).as_deref(), Some(""));
+    }
+}

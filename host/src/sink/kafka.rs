@@ -49,7 +49,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, duration};
-use crate::kafka::{ClientSettings, LogContext, describe};
+use crate::kafka::{ClientSettings, LogContext, describe, entry_metadata};
 use crate::record::{Partition, RecordRef};
 use crate::source::kafka::valid_topic;
 
@@ -675,6 +675,7 @@ impl KafkaSink {
         let Some(elem) = committed.elements().into_iter().next() else {
             return Ok(Marker::default());
         };
+        let metadata = entry_metadata(&committed, 0).unwrap_or_default();
         if let Err(error) = elem.error() {
             return Err(unreadable(describe(&error)));
         }
@@ -682,7 +683,7 @@ impl KafkaSink {
             Offset::Offset(next) if next > 0 => next as u64,
             _ => 0,
         };
-        Ok(Marker::parse(next_batch, elem.metadata()))
+        Ok(Marker::parse(next_batch, &metadata))
     }
 
     /// `init_transactions` of `producer` (of `generation`), retried with
