@@ -616,7 +616,7 @@ fn wait_state_of(server: &Server, tenant: &str, token: &str, name: &str, state: 
 #[test]
 fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
     let dir = weir_tests::scratch();
-    let server = server(&dir.path().join("data"), &["--max-body", "1048576"]);
+    let mut server = server(&dir.path().join("data"), &["--max-body", "1048576"]);
     let t = server.tenant("t", json!({}));
     // Malformed JSON, unknown fields, bad names.
     let answer = server.send(
@@ -812,6 +812,28 @@ fn bad_input_gets_a_clear_4xx_and_the_server_stays_up() {
             .contains("weir_tenant_disk_quota_bytes{tenant=\"t\"}"),
         "{}",
         metrics.body
+    );
+
+    // Guessing tokens: past five failures a minute from one address, each
+    // refusal waits longer (100 ms, 200 ms, 400 ms, ...). The failures
+    // above count too, so these are at least as slow as from none.
+    let mut last = Duration::ZERO;
+    for guess in 0..8 {
+        let started = Instant::now();
+        let answer = server.get("/v1/tenants/t", &format!("weir_0123456789abcdef_guess{guess}"));
+        assert_eq!(answer.status.as_u16(), 401);
+        last = started.elapsed();
+    }
+    assert!(
+        last >= Duration::from_millis(400),
+        "the eighth failure in a row was answered in {last:?}"
+    );
+    // A valid token from the same address is not held back.
+    server.get("/v1/tenants/t/pipelines", &t).expect(200);
+    let log = server.terminate();
+    assert!(
+        log.contains("repeated failed authentication; answering slowly"),
+        "{log}"
     );
 }
 
