@@ -100,6 +100,37 @@ fn a_file_that_is_not_a_component_is_rejected() {
 }
 
 #[test]
+fn a_plugin_built_against_another_contract_says_which() {
+    // split-words as if built against a later contract: every
+    // `weir:plugin/...@0.2.0` name it imports or exports says 0.9.0 instead.
+    let mut bytes = std::fs::read(plugins::SPLIT_WORDS).unwrap();
+    let (prefix, from, to) = (b"weir:plugin/", b"@0.2.0", b"@0.9.0");
+    let mut renamed = 0;
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(prefix.len()).position(|w| w == prefix) {
+        let start = at + found + prefix.len();
+        let end = (start + 40).min(bytes.len());
+        if let Some(version) = bytes[start..end].windows(from.len()).position(|w| w == from) {
+            bytes[start + version..start + version + to.len()].copy_from_slice(to);
+            renamed += 1;
+        }
+        at = start;
+    }
+    assert!(renamed >= 2, "found {renamed} weir:plugin names");
+    let dir = scratch();
+    let later = dir.path().join("split_words_later.wasm");
+    std::fs::write(&later, &bytes).unwrap();
+    let text =
+        generator_pipeline(&dir.path().join("out")).replace(plugins::SPLIT_WORDS, later.to_str().unwrap());
+    let message = rejected(&text);
+    assert!(
+        message.contains("built against version 0.9.0 of the weir:plugin contract")
+            && message.contains("built against 0.2.0 or 0.1.0"),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_plugin_of_the_wrong_kind_is_rejected() {
     let dir = scratch();
     let text = generator_pipeline(&dir.path().join("out")).replace("op = \"flat-map\"", "op = \"map\"");

@@ -823,6 +823,53 @@ fn a_first_checkpointed_run_starts_at_the_latest_offset() {
 /// `--available-now` reads what the topic held when the run started, even
 /// while a producer keeps writing (it would never reach the end otherwise);
 /// the next run goes on from there.
+/// A run without checkpoints starts from the source's committed offsets,
+/// so only the last sink may commit them with its output: an exactly-once
+/// Kafka sink before another sink that did would move the group past a
+/// batch the other sink never wrote, and a crash between the two would
+/// lose it there.
+#[test]
+fn without_checkpoints_only_the_last_sink_commits_the_source_offsets() {
+    let broker = Broker::start();
+    broker.create_topic("input", 2);
+    broker.create_topic("counts", 1);
+    broker.create_topic("copy", 1);
+    let lines = input_lines(3000, 53);
+    broker.produce("input", &lines);
+    let dir = scratch();
+    let brokers = broker.address();
+    // At most 150 lines a partition per 100 ms batch: ten batches or more.
+    let source = format!(
+        "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = \"input\"\nstart = \"earliest\"\n\
+         max-rate-per-partition = 1500\n"
+    );
+    let sinks = format!(
+        "[[sink]]\nname = \"out\"\ninput = \"counts\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
+         topic = \"counts\"\ndelivery = \"exactly-once\"\n\n\
+         [[sink]]\nname = \"copy\"\ninput = \"counts\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
+         topic = \"copy\"\n"
+    );
+    let text = weir_tests::wordcount(dir.path(), "two-sinks", false, "", &source, &sinks);
+    let file = write_pipeline(dir.path(), "kafka.toml", &text);
+    // Killed right after the Kafka sink committed its third transaction,
+    // before the second sink wrote that batch.
+    let crashed = weir()
+        .command(&["run", "--available-now", file.to_str().unwrap()])
+        .env("WEIR_CRASH_AT", "kafka-committed:3")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "{}", stderr(&crashed));
+    assert!(!broker.read_committed("counts").is_empty());
+    // The next run reads that batch again: the second sink gets every
+    // count (at least once: a batch before it may come twice).
+    let log = run_file_ok(&file);
+    let copied = summed(&broker.read_committed("copy"));
+    for (word, count) in word_counts(&lines.join("\n")) {
+        let got = copied.get(&word).copied().unwrap_or(0);
+        assert!(got >= count, "`{word}`: {got} of {count} in `copy`\n{log}");
+    }
+}
+
 #[test]
 fn available_now_stops_at_the_end_the_topic_had_when_the_run_started() {
     use std::sync::Arc;

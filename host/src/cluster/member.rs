@@ -113,6 +113,7 @@ pub fn run_member(
         failure: Mutex::new(None),
         rebalances: AtomicU64::new(0),
         last_rebalance_ms: Mutex::new(None),
+        leaving: AtomicBool::new(false),
     });
     tasks.publish();
     let consumer = membership(&tasks)?;
@@ -141,6 +142,13 @@ pub fn run_member(
             // Fetched before its partition was paused: its task reads it.
             Some(Ok(_)) | None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => {}
+            // Retrying cannot help: sitting in the group holding nothing
+            // would look healthy and process nothing.
+            Some(Err(error)) if cannot_join(&error) => {
+                break Err(ClusterError::Kafka {
+                    message: format!("cannot take part in the group `{group}`: {}", describe(&error)),
+                });
+            }
             Some(Err(error)) => tracing::warn!("group `{group}`: {}", describe(&error)),
         }
         if let Some(failure) = tasks.failure() {
@@ -149,7 +157,9 @@ pub fn run_member(
         tasks.retry_due();
     };
     // Leave: every task ends with a final checkpoint first, then the group
-    // hands the partitions to the others.
+    // hands the partitions to the others. A rebalance that the closing
+    // consumer serves meanwhile starts nothing.
+    tasks.leaving.store(true, Ordering::Release);
     tasks.stop_all();
     consumer.unsubscribe();
     drop(consumer);
@@ -161,6 +171,27 @@ pub fn run_member(
     match outcome {
         Ok(()) => tasks.failure().map_or(Ok(summary), Err),
         Err(error) => Err(error),
+    }
+}
+
+/// True for a group error that no retry mends: the member could only sit
+/// in the group (or outside it) holding nothing. The brokers refuse the
+/// session timeout (outside their `group.min/max.session.timeout.ms`), the
+/// group or a topic is not authorized, the group is full, or the client
+/// says the error is fatal.
+fn cannot_join(error: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    match error {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            Code::InvalidSessionTimeout
+                | Code::GroupAuthorizationFailed
+                | Code::TopicAuthorizationFailed
+                | Code::InconsistentGroupProtocol
+                | Code::GroupMaxSizeReached
+        ),
+        _ => false,
     }
 }
 
@@ -214,6 +245,9 @@ struct Tasks {
     failure: Mutex<Option<ClusterError>>,
     rebalances: AtomicU64,
     last_rebalance_ms: Mutex<Option<i64>>,
+    /// Set when the member leaves the group: partitions given to it from
+    /// then on (while its consumer closes) start no task.
+    leaving: AtomicBool,
 }
 
 impl Tasks {
@@ -228,7 +262,7 @@ impl Tasks {
     /// Starts the tasks of newly assigned partitions.
     fn assign(&self, list: &TopicPartitionList) {
         let tasks = self.of(list);
-        if tasks.is_empty() {
+        if tasks.is_empty() || self.leaving.load(Ordering::Acquire) {
             return;
         }
         self.rebalanced();
@@ -511,5 +545,33 @@ impl ConsumerContext for MemberContext {
             }
             self.tasks.assign(list);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+
+    use super::*;
+
+    #[test]
+    fn errors_no_retry_mends_end_the_member_and_passing_ones_do_not() {
+        for code in [
+            Code::InvalidSessionTimeout,
+            Code::GroupAuthorizationFailed,
+            Code::TopicAuthorizationFailed,
+        ] {
+            assert!(cannot_join(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
+        assert!(cannot_join(&KafkaError::MessageConsumptionFatal(Code::Fail)));
+        for code in [
+            Code::BrokerTransportFailure,
+            Code::UnknownMemberId,
+            Code::RebalanceInProgress,
+            Code::AllBrokersDown,
+        ] {
+            assert!(!cannot_join(&KafkaError::MessageConsumption(code)), "{code:?}");
+        }
+        assert!(!cannot_join(&KafkaError::PartitionEOF(0)));
     }
 }

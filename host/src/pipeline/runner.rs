@@ -852,8 +852,13 @@ impl Driver {
                 position: position.as_ref(),
             })
             .collect();
-        for (sink, stream) in &mut pipeline.sinks {
-            sink.sources_after(&sources);
+        // Only the last sink to write may commit the sources' positions with
+        // its output: one before it would move them past a batch that the
+        // sinks after it have not written (lost to them after a crash, in a
+        // run that starts from the sources' committed positions).
+        let last = pipeline.sinks.len().saturating_sub(1);
+        for (index, (sink, stream)) in pipeline.sinks.iter_mut().enumerate() {
+            sink.sources_after(if index == last { &sources } else { &[] });
             let partitions = output.streams[*stream].get_or_insert_with(Vec::new);
             records_out += partitions.iter().map(|p| partition_len(p) as u64).sum::<u64>();
             sink.write(info, partitions).map_err(|error| EngineError::Sink {

@@ -150,6 +150,47 @@ impl Pre {
 /// against (components of 0.1.0 load too).
 pub const CONTRACT_VERSION: &str = "0.2.0";
 
+/// The versions of the `weir:plugin` contract this Weir runs plugins of.
+pub const KNOWN_CONTRACTS: [&str; 2] = [CONTRACT_VERSION, "0.1.0"];
+
+/// The names of the `weir:plugin` interfaces `component` imports or
+/// exports (`weir:plugin/transform@0.2.0`, ...).
+fn contract_names(component: &Component) -> Vec<String> {
+    let engine = component.engine();
+    let ty = component.component_type();
+    let imports = ty.imports(engine).map(|(name, _)| name);
+    let exports = ty.exports(engine).map(|(name, _)| name);
+    imports
+        .chain(exports)
+        .filter(|name| name.starts_with("weir:plugin/"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// True when `component` exports `name`.
+fn component_exports(component: &Component, name: &str) -> bool {
+    component
+        .component_type()
+        .get_export(component.engine(), name)
+        .is_some()
+}
+
+/// Why a component whose `weir:plugin` exports are `exported` (of known
+/// contract versions) binds to no plugin world: none exported, or exported
+/// with other types than this Weir's contract (a changed copy of the WIT).
+fn unfit_exports(exported: &[&str], error: &wasmtime::Error) -> String {
+    if exported.is_empty() {
+        return format!(
+            "it exports none of weir:plugin/transform, reducer, keyed-state, co-transform or sink ({error:#}); build it with the weir-guest SDK"
+        );
+    }
+    format!(
+        "it exports {}, but not with the types of the weir:plugin contract of that version: it was built \
+         against a changed copy of the contract's WIT; build it with the weir-guest SDK of this Weir ({error:#})",
+        exported.join(", ")
+    )
+}
+
 /// A compiled, linked and checked component: what the engine's plugin
 /// catalog shares between every pipeline that loads the same bytes.
 pub struct CompiledPlugin {
@@ -173,15 +214,32 @@ impl CompiledPlugin {
             path: path.to_owned(),
             message,
         };
+        // A component built against a contract this Weir does not know
+        // fails to link or to bind below; say why, not which import failed.
+        let contract_names = contract_names(&component);
+        if let Some(unknown) = contract_names
+            .iter()
+            .filter_map(|name| name.rsplit_once('@').map(|(_, version)| version))
+            .find(|version| !KNOWN_CONTRACTS.contains(version))
+        {
+            return Err(contract(format!(
+                "it was built against version {unknown} of the weir:plugin contract; this Weir runs plugins \
+                 built against {}: build it with the weir-guest SDK of this Weir (`weir plugin build`)",
+                KNOWN_CONTRACTS.join(" or ")
+            )));
+        }
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             contract(format!(
                 "it needs an import Weir does not provide (plugins get only weir:plugin/log and an empty WASI): {e:#}"
             ))
         })?;
         let pre = Pre::of(instance_pre).map_err(|error| {
-            contract(format!(
-                "it exports none of weir:plugin/transform, reducer, keyed-state, co-transform or sink ({error:#}); build it with the weir-guest SDK"
-            ))
+            let exported: Vec<&str> = contract_names
+                .iter()
+                .map(String::as_str)
+                .filter(|name| component_exports(&component, name))
+                .collect();
+            contract(unfit_exports(&exported, &error))
         })?;
         let engine = component.engine().clone();
         let probe = Arc::new(Plugin {

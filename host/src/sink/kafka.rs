@@ -27,8 +27,9 @@
 //!   number of crashes. This needs `checkpoint-dir` (batch ids start again
 //!   at 0 in a run without one, so every run's batches are sent: each
 //!   batch is still atomic). When a Kafka source of the same brokers feeds the
-//!   pipeline, its offsets after the batch are committed to its group in
-//!   the same transaction.
+//!   pipeline and this is the pipeline's last sink, the source's offsets
+//!   after the batch are committed to its group in the same transaction
+//!   (the engine tells only the last sink where the sources stand).
 //! - **`on-error`**: a record the broker or client rejects (too large, or
 //!   invalid) fails the batch (`"fail"`, the default), or goes to the
 //!   `dead-letter-topic` (`"dead-letter"`) as a JSON object with the error,
@@ -247,6 +248,7 @@ impl SinkConfig for KafkaSinkSpec {
             generation: 0,
             run: run_token(),
             producer: None,
+            batch_deadline: None,
             marker: None,
             source_offsets: Vec::new(),
             source_groups: std::collections::HashMap::new(),
@@ -340,6 +342,8 @@ pub struct KafkaSink {
     /// [`Marker::run`]).
     run: String,
     producer: Option<BaseProducer<DeliveryContext>>,
+    /// When the batch being written runs out of its `timeout`.
+    batch_deadline: Option<Instant>,
     /// Exactly once: a consumer of the marker group, for its metadata.
     marker: Option<BaseConsumer<LogContext>>,
     /// Exactly once: the first batch not yet committed to Kafka.
@@ -372,6 +376,13 @@ impl KafkaSink {
         producer_id(&self.transactional_id, generation)
     }
 
+    /// What is left of the batch's `timeout` (all of it outside a batch).
+    fn time_left(&self) -> Duration {
+        self.batch_deadline.map_or(self.spec.timeout, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        })
+    }
+
     fn producer(&self) -> &BaseProducer<DeliveryContext> {
         self.producer.as_ref().expect("the sink is open")
     }
@@ -392,10 +403,14 @@ impl KafkaSink {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.spec.timeout);
+                    let deadline = *deadline.get_or_insert_with(|| {
+                        self.batch_deadline
+                            .unwrap_or_else(|| Instant::now() + self.spec.timeout)
+                    });
                     if Instant::now() > deadline {
                         return Err(self.error(format!(
-                            "the producer's queue stayed full for {} (brokers unreachable?)",
+                            "the producer's queue stayed full until the batch's `timeout` of {} ran out \
+                             (brokers unreachable?)",
                             humantime::format_duration(self.spec.timeout)
                         )));
                     }
@@ -499,9 +514,9 @@ impl KafkaSink {
     }
 
     fn flush(&self) -> Result<(), SinkError> {
-        self.producer().flush(self.spec.timeout).map_err(|e| {
+        self.producer().flush(self.time_left()).map_err(|e| {
             self.error(format!(
-                "records not acknowledged within {}: {}",
+                "records not acknowledged within the batch's `timeout` of {}: {}",
                 humantime::format_duration(self.spec.timeout),
                 describe(&e)
             ))
@@ -515,9 +530,14 @@ impl KafkaSink {
         transactional_id: Option<&str>,
     ) -> Result<BaseProducer<DeliveryContext>, SinkError> {
         let timeout_ms = self.spec.timeout.as_millis().to_string();
+        // Every step of a batch fits in `timeout` (one deadline for them
+        // all): the broker aborts a transaction only after a margin more,
+        // so it never expires under a batch that is still in its time (an
+        // expired transaction fails as if another run had fenced this one).
+        let transaction_ms = (self.spec.timeout + TRANSACTION_MARGIN).as_millis().to_string();
         let mut defaults = vec![("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")];
         if transactional_id.is_some() {
-            defaults.push(("transaction.timeout.ms", &timeout_ms));
+            defaults.push(("transaction.timeout.ms", &transaction_ms));
         }
         let mut config = self.spec.client.config_with(&defaults);
         config.set("enable.idempotence", "true");
@@ -851,7 +871,7 @@ impl KafkaSink {
         self.send_batch(partitions)?;
         self.flush()?;
         self.settle_rejected(batch)?;
-        self.send_marker(batch.id + 1, self.spec.timeout).map_err(|e| {
+        self.send_marker(batch.id + 1, self.time_left()).map_err(|e| {
             self.error(format!(
                 "batch {}: cannot record the batch in its transaction: {}",
                 batch.id, e.message
@@ -865,7 +885,7 @@ impl KafkaSink {
                 .and_then(|consumer| consumer.group_metadata())
                 .ok_or_else(|| self.error(format!("no metadata for group `{group}`")))?;
             producer
-                .send_offsets_to_transaction(offsets, &metadata, self.spec.timeout)
+                .send_offsets_to_transaction(offsets, &metadata, self.time_left())
                 .map_err(|e| {
                     self.error(format!(
                         "batch {}: cannot commit the offsets of group `{group}` in its transaction: {}",
@@ -876,7 +896,7 @@ impl KafkaSink {
         }
         crate::failpoint::crash_point("kafka-sent");
         producer
-            .commit_transaction(self.spec.timeout)
+            .commit_transaction(self.time_left())
             .map_err(|e| SinkError {
                 superseded: fenced(&e),
                 ..self.error(format!(
@@ -960,6 +980,10 @@ fn step_timeout(deadline: Instant) -> Duration {
 
 /// The least time a step of opening the sink is given.
 const MIN_STEP: Duration = Duration::from_secs(5);
+
+/// How much longer than a batch's `timeout` the broker lets its
+/// transaction stay open.
+const TRANSACTION_MARGIN: Duration = Duration::from_secs(30);
 
 /// True when trying again may help: not a fatal error, fencing,
 /// a refused authorization or a misuse of the transaction API.
@@ -1086,14 +1110,18 @@ impl Sink for KafkaSink {
     }
 
     fn write(&mut self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
-        match self.spec.delivery {
+        // Everything the batch does, acknowledgements and its transaction
+        // included, shares one deadline.
+        self.batch_deadline = Some(Instant::now() + self.spec.timeout);
+        let written = match self.spec.delivery {
             KafkaDelivery::ExactlyOnce => self.write_exactly_once(batch, partitions),
-            KafkaDelivery::AtLeastOnce => {
-                self.send_batch(partitions)?;
-                self.flush()?;
-                self.settle_rejected(batch)
-            }
-        }
+            KafkaDelivery::AtLeastOnce => self
+                .send_batch(partitions)
+                .and_then(|_| self.flush())
+                .and_then(|()| self.settle_rejected(batch)),
+        };
+        self.batch_deadline = None;
+        written
     }
 
     fn close(&mut self) -> Result<(), SinkError> {

@@ -83,7 +83,10 @@ pub trait Sink: Send {
 
     /// Learns where every source of the pipeline stands after the batch
     /// about to be written (called just before [`Sink::write`]), for sinks
-    /// that commit source positions with their output. Default: ignored.
+    /// that commit source positions with their output. Only the pipeline's
+    /// last sink in write order is told; the others get none, since a
+    /// position committed before a later sink wrote the batch would skip
+    /// the batch for that sink after a crash. Default: ignored.
     fn sources_after(&mut self, _sources: &[SourceAfter<'_>]) {}
 
     /// Called once, after `open` and before the first write, in a pipeline

@@ -191,25 +191,9 @@ pub trait Directory: Send + Sync + 'static {
     }
 
     /// Applies `action` to `listing` for `viewer` (who may operate).
-    /// Default: straight on the pipeline's handle.
+    /// Default: straight on the pipeline's handle ([`control_handle`]).
     fn control(&self, viewer: &Viewer, listing: &Listing, action: &Action) -> Result<(), String> {
-        let _ = viewer;
-        let handle = listing
-            .handle
-            .as_ref()
-            .ok_or_else(|| format!("pipeline `{}` is not running", listing.name))?;
-        let result = match action {
-            Action::Pause => handle.pause().map(drop),
-            Action::Resume => handle.resume().map(drop),
-            Action::Stop => {
-                handle.stop(StopMode::Graceful);
-                Ok(())
-            }
-            Action::RollBack { stage, plugin } => handle
-                .roll_back(stage, plugin.as_deref(), Some(viewer.name.clone()))
-                .map(drop),
-        };
-        result.map_err(|error| error.to_string())
+        control_handle(viewer, listing, action)
     }
 
     /// The tenants and their quota use, for an admin. Default: none.
@@ -224,6 +208,26 @@ pub trait Directory: Send + Sync + 'static {
         let _ = viewer;
         None
     }
+}
+
+/// Applies `action` for `viewer` straight on `listing`'s pipeline handle.
+pub fn control_handle(viewer: &Viewer, listing: &Listing, action: &Action) -> Result<(), String> {
+    let handle = listing
+        .handle
+        .as_ref()
+        .ok_or_else(|| format!("pipeline `{}` is not running", listing.name))?;
+    let result = match action {
+        Action::Pause => handle.pause().map(drop),
+        Action::Resume => handle.resume().map(drop),
+        Action::Stop => {
+            handle.stop(StopMode::Graceful);
+            Ok(())
+        }
+        Action::RollBack { stage, plugin } => handle
+            .roll_back(stage, plugin.as_deref(), Some(viewer.name.clone()))
+            .map(drop),
+    };
+    result.map_err(|error| error.to_string())
 }
 
 /// The pipelines of one `weir run`: every pipeline its engine runs (for a
@@ -267,5 +271,18 @@ impl Directory for LocalDirectory {
 
     fn membership(&self, _viewer: &Viewer) -> Option<Membership> {
         self.membership.as_ref().map(MembershipBoard::read)
+    }
+
+    /// A cluster member's tasks are not stopped one by one: a task's
+    /// partition stays this process's until the process leaves the group.
+    fn control(&self, viewer: &Viewer, listing: &Listing, action: &Action) -> Result<(), String> {
+        if self.membership.is_some() && *action == Action::Stop {
+            return Err(format!(
+                "`{}` is a task of a cluster pipeline: it stops with its process (SIGTERM to `weir run`), \
+                 and the group then gives its partition to another",
+                listing.name
+            ));
+        }
+        control_handle(viewer, listing, action)
     }
 }
