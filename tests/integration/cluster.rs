@@ -635,7 +635,7 @@ fn a_member_leaving_and_one_joining_move_partitions_with_their_state() {
 /// It was flaky here before the checkpoint stores removed the batch log in
 /// bulk: one LIST and one DELETE per pruned entry, one after another, from
 /// twelve tasks to one moto on the same two cores, held a member's exit and
-/// a rebalance past a minute. Since, it passed 43 of 45 runs (26-96 s).
+/// a rebalance past a minute. Since, it passed 46 of 48 runs (26-96 s).
 /// Once the test broker gave the joining fourth member no partition within
 /// 60 s, which the local-directory test is as exposed to; once a member
 /// took more than the 60 s a stop then allowed to leave the group during
