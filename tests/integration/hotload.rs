@@ -757,6 +757,62 @@ fn wait_word(server: &weir_tests::server::Server, tenant: &str, word: &str) {
     });
 }
 
+/// A pipeline deployed from an upload runs that upload's component, which
+/// its record does not name until a swap: replacing the upload (what
+/// `weir swap` does first) must keep the component, so that a rollback to
+/// it, and a restart on it, still work.
+#[test]
+fn replacing_the_upload_a_pipeline_runs_keeps_its_component() {
+    use weir_tests::server::{Server, json};
+    let dir = scratch();
+    let mut server = Server::start(env!("CARGO_BIN_EXE_weir"), &dir.path().join("data"), &[]);
+    let token = server.tenant("t", json!({}));
+    let upload = |server: &Server, file: &str| {
+        server.push_plugin("t", &token, "split-words", file).expect(201)["sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let v1 = upload(&server, plugins::SPLIT_WORDS);
+    server
+        .deploy("t", &token, &super::serve::wordcount("wc"))
+        .expect(201);
+    tenant_input(&server, "t", "1.txt", "one\n");
+    wait_word(&server, "t", "one");
+    // The upload is replaced while v1 runs, then swapped in.
+    let v2 = upload(&server, plugins::SPLIT_WORDS_TAGGED);
+    server
+        .post(
+            "/v1/tenants/t/pipelines/wc/stages/words/swap",
+            &token,
+            &json!({ "upload": "split-words", "config": { "prefix": "b:" } }),
+        )
+        .expect(200);
+    tenant_input(&server, "t", "2.txt", "two\n");
+    wait_word(&server, "t", "b:two");
+    // Back to v1, which no upload names any more.
+    let back = server
+        .post(
+            "/v1/tenants/t/pipelines/wc/stages/words/rollback",
+            &token,
+            &json!({ "to": v1 }),
+        )
+        .expect(200);
+    assert_eq!(
+        (back["from"].as_str(), back["to"].as_str()),
+        (Some(v2.as_str()), Some(v1.as_str()))
+    );
+    tenant_input(&server, "t", "3.txt", "three\n");
+    wait_word(&server, "t", "three");
+    // And a restart runs it again.
+    server.kill9();
+    server.restart();
+    tenant_input(&server, "t", "4.txt", "four\n");
+    wait_word(&server, "t", "four");
+    let status = server.get("/v1/tenants/t/pipelines/wc", &token).expect(200);
+    assert_eq!(status["status"]["plugins"][0]["sha256"], json!(v1), "{status}");
+}
+
 #[test]
 fn the_server_swaps_refuses_rolls_back_and_keeps_the_version_over_a_kill_9() {
     use weir_tests::server::{Server, json};

@@ -93,6 +93,19 @@ pub(super) fn names(record: &PipelineRecord, sha256: &str) -> bool {
             .any(|version| version.sha256 == sha256)
 }
 
+/// True when the run of `handle`, if it has not ended, runs `sha256` in a
+/// stage or has it in a stage's version history.
+pub(super) fn runs(handle: &PipelineHandle, sha256: &str) -> bool {
+    let status = handle.status();
+    !status.state.is_final()
+        && (status.plugins.iter().any(|plugin| plugin.sha256 == sha256)
+            || handle
+                .plugin_history()
+                .values()
+                .flatten()
+                .any(|version| version.sha256 == sha256))
+}
+
 /// Writes a pipeline's version changes into its record: what the API's
 /// swaps and rollbacks and the event task's automatic rollbacks share.
 #[derive(Clone)]

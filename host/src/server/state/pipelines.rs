@@ -200,7 +200,11 @@ impl ServerState {
         };
         self.watch_events(&tenant, &handle, &deployed);
         let view = view_pipeline(&pipeline, &deployed);
-        lock(&tenant.pipelines).insert(pipeline, deployed);
+        let replaced = lock(&tenant.pipelines).insert(pipeline, deployed);
+        // A stopped pipeline deployed over: what its record kept goes.
+        if let Some(replaced) = replaced {
+            self.release_versions(&replaced);
+        }
         Ok(view)
     }
 
@@ -220,6 +224,9 @@ impl ServerState {
         );
         let (audit, tenant_name, pipeline) =
             (self.audit.clone(), tenant.name.clone(), handle.name().to_owned());
+        // The task ends with the run: its last event is the final state (the
+        // channel never closes, since the task holds a handle of the run).
+        let run = handle.clone();
         self.runtime.spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -268,17 +275,27 @@ impl ServerState {
                                 tracing::error!(%error, "cannot record a plugin version change");
                             }
                         }
-                        let mut events = lock(&events);
-                        if events.len() == RECENT_EVENTS {
-                            events.pop_front();
+                        let ended = matches!(&event, PipelineEvent::StatusChanged { state } if state.is_final());
+                        {
+                            let mut events = lock(&events);
+                            if events.len() == RECENT_EVENTS {
+                                events.pop_front();
+                            }
+                            events.push_back(event);
                         }
-                        events.push_back(event);
+                        if ended {
+                            break;
+                        }
                     }
                     Err(RecvError::Lagged(_)) => {
                         let versions = versions.clone();
                         let resynced = tokio::task::spawn_blocking(move || versions.resync()).await;
                         if let Ok(Err(error)) = resynced {
                             tracing::error!(%error, "cannot record the plugin versions after missed events");
+                        }
+                        // The final state may have been among the missed events.
+                        if run.status().state.is_final() && receiver.is_empty() {
+                            break;
                         }
                     }
                     Err(RecvError::Closed) => break,
@@ -483,27 +500,32 @@ impl ServerState {
         }
         let removed = lock(&tenant.pipelines).remove(pipeline);
         self.histograms.remove(name, pipeline);
-        // The versions its record named (pins, history) are kept no more,
-        // unless an upload or another pipeline names them.
         if let Some(removed) = removed {
-            let record = lock(&removed.record).clone();
-            let named: std::collections::BTreeSet<String> = record
-                .pins
-                .values()
-                .map(|pin| pin.sha256.clone())
-                .chain(
-                    record
-                        .history
-                        .values()
-                        .flatten()
-                        .map(|version| version.sha256.clone()),
-                )
-                .collect();
-            for sha256 in named {
-                self.release_blob(&sha256);
-            }
+            self.release_versions(&removed);
         }
         Ok(())
+    }
+
+    /// The versions `deployed`'s record named (pins, history), kept no
+    /// more unless an upload or another pipeline names them. Called once
+    /// it is out of its tenant's pipelines.
+    pub(super) fn release_versions(&self, deployed: &Deployed) {
+        let record = lock(&deployed.record).clone();
+        let named: std::collections::BTreeSet<String> = record
+            .pins
+            .values()
+            .map(|pin| pin.sha256.clone())
+            .chain(
+                record
+                    .history
+                    .values()
+                    .flatten()
+                    .map(|version| version.sha256.clone()),
+            )
+            .collect();
+        for sha256 in named {
+            self.release_blob(&sha256);
+        }
     }
 }
 

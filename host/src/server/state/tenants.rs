@@ -110,6 +110,9 @@ impl ServerState {
         for sha256 in blobs {
             self.release_blob(&sha256);
         }
+        for deployed in lock(&tenant.pipelines).values() {
+            self.release_versions(deployed);
+        }
         Ok(())
     }
 

@@ -69,7 +69,10 @@ impl ServerState {
     }
 
     /// Removes the stored component `sha256` unless some tenant's upload,
-    /// or a pipeline's hot-loaded version or version history, still names it.
+    /// a pipeline's hot-loaded version or version history, or a running
+    /// pipeline still names it. (A pipeline deployed from an upload runs
+    /// that upload's component without a record naming it: replacing the
+    /// upload must keep the component, which a later rollback returns to.)
     pub(in crate::server) fn release_blob(&self, sha256: &str) {
         let _blobs = lock(&self.blobs);
         let used = self
@@ -79,9 +82,10 @@ impl ServerState {
             .values()
             .any(|tenant| {
                 lock(&tenant.plugins).values().any(|p| p.sha256 == sha256)
-                    || lock(&tenant.pipelines)
-                        .values()
-                        .any(|d| versions::names(&lock(&d.record), sha256))
+                    || lock(&tenant.pipelines).values().any(|d| {
+                        versions::names(&lock(&d.record), sha256)
+                            || d.handle.as_ref().is_some_and(|h| versions::runs(h, sha256))
+                    })
             });
         if !used {
             let _ = std::fs::remove_file(self.store.blob(sha256));
