@@ -554,7 +554,7 @@ impl Receiver {
         let committed = if checkpointed {
             BTreeMap::new()
         } else {
-            self.committed_offsets(&fresh)
+            self.committed_offsets(&fresh)?
         };
         for tp in found {
             let start = match known.get(&tp) {
@@ -832,34 +832,82 @@ impl Receiver {
         (self.spec.give_up_after / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
     }
 
-    /// The offsets the group committed for `partitions` (none when the
-    /// group has none or cannot be asked).
-    fn committed_offsets(&self, partitions: &[TopicPartition]) -> BTreeMap<TopicPartition, i64> {
-        let mut list = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            list.add_partition(topic, *partition);
-        }
-        match self.consumer.committed_offsets(list, Duration::from_secs(10)) {
-            Ok(list) => list
-                .elements()
-                .iter()
-                .filter_map(|elem| match elem.offset() {
-                    Offset::Offset(offset) if offset >= 0 => {
-                        Some(((elem.topic().to_owned(), elem.partition()), offset))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            Err(error) => {
-                tracing::warn!(
-                    source = %self.ctx.name,
-                    "cannot read the offsets group `{}` committed ({}); starting from `start`",
-                    self.group,
-                    describe(&error)
-                );
-                BTreeMap::new()
+    /// Runs `attempt` until it answers, with backoff, for at most
+    /// `give-up-after`; then fails with its last reason. `what` says what
+    /// the source waits for, in the log.
+    fn retrying<T>(&mut self, what: &str, attempt: impl Fn(&Self) -> Result<T, String>) -> Result<T, Halt> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match attempt(self) {
+                Ok(answer) => return Ok(answer),
+                Err(reason) if started.elapsed() >= self.spec.give_up_after => {
+                    return Err(self
+                        .ctx
+                        .error(format!(
+                            "{reason}; gave up after {} (give-up-after)",
+                            humantime::format_duration(self.spec.give_up_after)
+                        ))
+                        .into());
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        source = %self.ctx.name,
+                        "{reason}; retrying in {} (the source fails after {} without {what})",
+                        humantime::format_duration(backoff),
+                        humantime::format_duration(self.spec.give_up_after)
+                    );
+                    self.sleep(backoff)?;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
+    }
+
+    /// The offsets the group committed for `partitions` (none for a
+    /// partition the group has no offset of). Retried while the group
+    /// cannot be asked, then an error: starting from `start` instead would
+    /// skip records (or read them again) without a word.
+    fn committed_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, Halt> {
+        if partitions.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.retrying("its group's offsets", |source| {
+            let mut list = TopicPartitionList::new();
+            for (topic, partition) in partitions {
+                list.add_partition(topic, *partition);
+            }
+            let unreadable = |why: String| {
+                format!(
+                    "cannot read the offsets group `{}` committed: {why}",
+                    source.group
+                )
+            };
+            let list = source
+                .consumer
+                .committed_offsets(list, source.request_timeout())
+                .map_err(|e| unreadable(describe(&e)))?;
+            let mut committed = BTreeMap::new();
+            for elem in list.elements() {
+                if let Err(error) = elem.error() {
+                    return Err(unreadable(format!(
+                        "{}/{}: {}",
+                        elem.topic(),
+                        elem.partition(),
+                        describe(&error)
+                    )));
+                }
+                if let Offset::Offset(offset) = elem.offset()
+                    && offset >= 0
+                {
+                    committed.insert((elem.topic().to_owned(), elem.partition()), offset);
+                }
+            }
+            Ok(committed)
+        })
     }
 
     /// Where a partition without a checkpointed offset starts.
@@ -928,11 +976,17 @@ impl Receiver {
         self.flush(Some(self.position()))?;
         for (tp, start) in &starts {
             tracing::info!(source = %self.ctx.name, "reading {}/{} from offset {start}", tp.0, tp.1);
+            // `--available-now` reads up to the end the partition has now:
+            // without it, the run could read on for as long as records come.
             let stop_at = if self.ctx.available_now {
-                self.consumer
-                    .fetch_watermarks(&tp.0, tp.1, self.request_timeout())
-                    .ok()
-                    .map(|(_, high)| high)
+                let end = self.retrying("the ends of its partitions", |source| {
+                    source
+                        .consumer
+                        .fetch_watermarks(&tp.0, tp.1, source.request_timeout())
+                        .map(|(_, high)| high)
+                        .map_err(|e| format!("cannot read the end of {}/{}: {}", tp.0, tp.1, describe(&e)))
+                })?;
+                Some(end)
             } else {
                 None
             };
