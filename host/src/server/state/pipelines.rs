@@ -211,7 +211,7 @@ impl ServerState {
     /// Follows `handle`'s events: keeps the recent ones for the API, feeds
     /// the delay histograms, and records automatic rollbacks in the
     /// pipeline's record (so a restart runs the version rolled back to).
-    pub(super) fn watch_events(&self, tenant: &Tenant, handle: &PipelineHandle, deployed: &Deployed) {
+    pub(super) fn watch_events(&self, tenant: &Arc<Tenant>, handle: &PipelineHandle, deployed: &Deployed) {
         let mut receiver = handle.subscribe();
         let events = deployed.events.clone();
         let histograms = self.histograms.series(&tenant.name, handle.name());
@@ -227,6 +227,7 @@ impl ServerState {
         // The task ends with the run: its last event is the final state (the
         // channel never closes, since the task holds a handle of the run).
         let run = handle.clone();
+        let (tenant, record) = (tenant.clone(), deployed.record.clone());
         self.runtime.spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -266,11 +267,37 @@ impl ServerState {
                             _ => None,
                         };
                         if let Some((stage, plugin, to)) = changed {
-                            let versions = versions.clone();
-                            // A small durable write, off the event loop.
-                            let written =
-                                tokio::task::spawn_blocking(move || versions.running(&stage, &plugin, &to))
-                                    .await;
+                            let (versions, run, tenant, record, pipeline) = (
+                                versions.clone(),
+                                run.clone(),
+                                tenant.clone(),
+                                record.clone(),
+                                pipeline.clone(),
+                            );
+                            // A small durable write, off the event loop, as
+                            // one change of the tenant's: not over a change
+                            // the API made since (it pins what runs now, not
+                            // what the event said), nor after the pipeline
+                            // was deleted or deployed again.
+                            let written = tokio::task::spawn_blocking(move || {
+                                let Ok(_ops) = tenant.lock_ops() else {
+                                    return Ok(());
+                                };
+                                let current = lock(&tenant.pipelines)
+                                    .get(&pipeline)
+                                    .is_some_and(|d| Arc::ptr_eq(&d.record, &record));
+                                if !current {
+                                    return Ok(());
+                                }
+                                let runs_now = run
+                                    .status()
+                                    .plugins
+                                    .into_iter()
+                                    .find(|p| p.stage == stage && p.plugin == plugin)
+                                    .map_or(to, |p| p.sha256);
+                                versions.running(&stage, &plugin, &runs_now)
+                            })
+                            .await;
                             if let Ok(Err(error)) = written {
                                 tracing::error!(%error, "cannot record a plugin version change");
                             }
