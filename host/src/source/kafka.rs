@@ -747,35 +747,10 @@ impl Receiver {
 
     /// The partitions of every topic, retrying until reached or given up.
     fn discover_until_reached(&mut self) -> Result<BTreeSet<TopicPartition>, Halt> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.discover() {
-                Ok(found) => {
-                    self.last_contact = Instant::now();
-                    return Ok(found);
-                }
-                Err(reason) => {
-                    let waited = self.last_contact.elapsed();
-                    if waited >= self.spec.give_up_after {
-                        return Err(self
-                            .ctx
-                            .error(format!(
-                                "{reason}; gave up after {} (give-up-after)",
-                                humantime::format_duration(self.spec.give_up_after)
-                            ))
-                            .into());
-                    }
-                    tracing::warn!(
-                        source = %self.ctx.name,
-                        "{reason}; retrying in {} (the source fails after {} without its topics)",
-                        humantime::format_duration(backoff),
-                        humantime::format_duration(self.spec.give_up_after)
-                    );
-                    self.sleep(backoff)?;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        // Counted from the last time the brokers answered, not from now.
+        let found = self.retrying_since(self.last_contact, "its topics", Self::discover)?;
+        self.last_contact = Instant::now();
+        Ok(found)
     }
 
     /// Every partition of every topic, or why they cannot be listed.
@@ -836,7 +811,16 @@ impl Receiver {
     /// `give-up-after`; then fails with its last reason. `what` says what
     /// the source waits for, in the log.
     fn retrying<T>(&mut self, what: &str, attempt: impl Fn(&Self) -> Result<T, String>) -> Result<T, Halt> {
-        let started = Instant::now();
+        self.retrying_since(Instant::now(), what, attempt)
+    }
+
+    /// [`Self::retrying`], giving up `give-up-after` past `started`.
+    fn retrying_since<T>(
+        &mut self,
+        started: Instant,
+        what: &str,
+        attempt: impl Fn(&Self) -> Result<T, String>,
+    ) -> Result<T, Halt> {
         let mut backoff = Duration::from_millis(200);
         loop {
             match attempt(self) {
