@@ -1204,11 +1204,17 @@ fn cluster_member(
         Ok(summary) => {
             let batches: u64 = summary.tasks.iter().map(|t| t.batches).sum();
             let records: u64 = summary.tasks.iter().map(|t| t.records_in).sum();
+            let transactions = summary.transactions;
             eprintln!(
-                "weir: cluster `{}`: {} task run(s), {batches} batches, {records} records in, {} rebalance(s)",
+                "weir: cluster `{}`: {} task run(s), {batches} batches, {records} records in, {} rebalance(s); \
+                 {} Kafka transaction(s) carried {} task batch(es) ({} aborted, {} producer(s))",
                 spec.name,
                 summary.tasks.len(),
-                summary.rebalances
+                summary.rebalances,
+                transactions.committed,
+                transactions.contributions,
+                transactions.aborted,
+                transactions.producers
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -252,8 +252,57 @@ fn three_members_count_a_six_partition_topic_exactly() {
             assert!(dir.is_dir(), "{} is missing", dir.display());
         }
     }
+    // One transaction per process per batch: each process wrote every
+    // task's batches through one producer (the revoked tasks were let go,
+    // so nobody fenced it), and its transactions carried more task
+    // batches than there were transactions.
+    let (mut committed, mut contributions) = (0, 0);
     for member in members {
-        member.stop();
+        let log = member.stop();
+        let counts = transactions(&log);
+        assert!(
+            counts.committed > 0 && counts.contributions >= counts.committed,
+            "{counts:?}\n{log}"
+        );
+        assert_eq!(counts.producers, 1, "{counts:?}\n{log}");
+        committed += counts.committed;
+        contributions += counts.contributions;
+    }
+    assert!(
+        contributions > committed,
+        "no transaction carried more than one task's batch: {committed} transactions, {contributions} batches"
+    );
+}
+
+/// What a member's last line says of its shared transactions.
+#[derive(Debug)]
+struct Transactions {
+    committed: u64,
+    contributions: u64,
+    producers: u64,
+}
+
+/// The counts of the member's final line: `… N Kafka transaction(s)
+/// carried M task batch(es) (A aborted, P producer(s))`.
+fn transactions(log: &str) -> Transactions {
+    let line = log
+        .lines()
+        .find(|line| line.contains("Kafka transaction(s) carried"))
+        .unwrap_or_else(|| panic!("no transaction counts in the log:\n{log}"));
+    let numbers: Vec<u64> = line
+        .rsplit("; ")
+        .next()
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    let [committed, contributions, _aborted, producers] = numbers[..] else {
+        panic!("unexpected transaction counts: {line}");
+    };
+    Transactions {
+        committed,
+        contributions,
+        producers,
     }
 }
 

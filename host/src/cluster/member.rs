@@ -15,19 +15,21 @@
 //!   it ended.
 //! - **A member that dies** (kill -9, a lost machine) is dropped by the
 //!   group after `session-timeout`; its partitions' next owners replay
-//!   from the store what it had logged, and its open transactions are
-//!   aborted when they take over its transactional ids (and go on under
-//!   new producer ids: the Kafka sink's producer generations).
+//!   from the store what it had logged, and its open transaction is
+//!   aborted when they fence its process producer, which the tasks'
+//!   markers name (the Kafka sink's shared transactions).
 //! - **A task that fails** stops the member (exit status 1): its partitions
 //!   move to the others, who will fail the same way if the cause is the
 //!   data, or carry on if it was this process.
-//! - **A task fenced by another process** (its producer's epoch is old, or
-//!   another process wrote its checkpoint) was also given to another
-//!   member: a group that moved the partition while this member still ran
-//!   it (a long pause), or a broker that assigned it twice. Fencing kept
-//!   the output exact; the member drops the task and, while the group
-//!   still gives it the partition, starts it again after
-//!   [`MIGRATED_RETRY`], restoring from the store.
+//! - **A task fenced by another process** (the process producer it wrote
+//!   through was fenced, or another process wrote its checkpoint) was also
+//!   given to another member: a group that moved the partition while this
+//!   member still ran it (a long pause), or a broker that assigned it
+//!   twice. Fencing kept the output exact; the member drops the task and,
+//!   while the group still gives it the partition, starts it again after
+//!   [`MIGRATED_RETRY`], restoring from the store. The process's other
+//!   tasks that wrote through the fenced producer go the same way (a new
+//!   producer replaces it).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +50,7 @@ use crate::engine::{Engine, PipelineHandle};
 use crate::error::EngineError;
 use crate::kafka::{LogContext, describe};
 use crate::pipeline::{RunOptions, RunSummary, StopMode};
+use crate::sink::kafka::{ProcessTransactions, TransactionCounts};
 use crate::source::now_ms;
 use crate::ui::directory::{HeldPartition, Membership, MembershipBoard};
 
@@ -79,6 +82,8 @@ pub struct MemberSummary {
     pub rebalances: u64,
     /// The summary of every task it ran, in the order they ended.
     pub tasks: Vec<RunSummary>,
+    /// What the process's shared Kafka transactions did.
+    pub transactions: TransactionCounts,
 }
 
 /// Runs this process's share of `plan` on `engine` until `stop` is set
@@ -91,6 +96,8 @@ pub fn run_member(
     stop: &AtomicBool,
 ) -> Result<MemberSummary, ClusterError> {
     let counts = prepare_topics(&plan)?;
+    let transactions = ProcessTransactions::new(plan.name(), plan.kafka().ids_prefix.as_deref());
+    let plan = plan.sharing_transactions(transactions.clone());
     // Every segment's task must build before the member joins: a bad
     // plugin or sink fails here, not in the middle of a rebalance.
     for segment in 0..plan.segments().len() {
@@ -167,6 +174,7 @@ pub fn run_member(
     let summary = MemberSummary {
         rebalances: tasks.rebalances.load(Ordering::Relaxed),
         tasks: std::mem::take(&mut *tasks.ended.lock().expect("not poisoned")),
+        transactions: transactions.counts(),
     };
     match outcome {
         Ok(()) => tasks.failure().map_or(Ok(summary), Err),

@@ -10,10 +10,12 @@
 //! partition moves, its state moves through the store. The repartition
 //! topics are created by the first member that needs them ([`topics`]).
 //!
-//! Exactly once: every task writes its repartition records and its Kafka
-//! output in one transaction per batch with its consumed offsets (the
-//! Kafka sink's exactly-once delivery, with a transactional id per task),
-//! and a task's next owner fences the previous one by taking that id over.
+//! Exactly once: the tasks of a process write their repartition records,
+//! their Kafka output and their consumed offsets through one transactional
+//! producer of the process, one transaction per process per batch (group
+//! commit: [`crate::sink::kafka::ProcessTransactions`]). Each task's
+//! marker names the process producer that writes it; the task's next owner
+//! fences that producer unless the task was let go cleanly.
 
 pub mod member;
 pub mod plan;

@@ -34,6 +34,7 @@
 //! (which pair records of the same batch) are refused.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::checkpoint::CheckpointSettings;
 use crate::config::{
@@ -41,7 +42,7 @@ use crate::config::{
     SinkSpec, SourceKind, SourceSpec, StageSpec, WindowTime,
 };
 use crate::sink::files::FilesSinkSpec;
-use crate::sink::kafka::{KafkaDelivery, KafkaFormat, KafkaSinkSpec};
+use crate::sink::kafka::{KafkaDelivery, KafkaFormat, KafkaSinkSpec, ProcessTransactions};
 use crate::source::kafka::{KafkaSpec, StartAt, valid_topic};
 
 use super::ClusterError;
@@ -62,6 +63,9 @@ pub struct ClusterPlan {
     kafka: KafkaSpec,
     /// The segments, `input` first, each after the segments it reads.
     segments: Vec<Segment>,
+    /// The process's shared transactional producers, which the tasks'
+    /// exactly-once Kafka sinks write through (none: each its own).
+    transactions: Option<Arc<ProcessTransactions>>,
 }
 
 /// Stages that run together on the same partition of the same topics.
@@ -224,7 +228,18 @@ impl ClusterPlan {
             source,
             kafka,
             segments,
+            transactions: None,
         })
+    }
+
+    /// The plan with every task's exactly-once Kafka sinks (repartition
+    /// writers included) writing through `transactions`: one transaction
+    /// per process per batch.
+    pub fn sharing_transactions(self, transactions: Arc<ProcessTransactions>) -> Self {
+        Self {
+            transactions: Some(transactions),
+            ..self
+        }
     }
 
     /// The segments, `input` first.
@@ -357,7 +372,7 @@ impl ClusterPlan {
             };
             if here {
                 sinks.push(SinkSpec {
-                    kind: task_sink(&sink.kind, &place, &seg.name, partition),
+                    kind: task_sink(&sink.kind, &place, &seg.name, partition, &self.transactions),
                     ..sink.clone()
                 });
             }
@@ -394,23 +409,46 @@ impl ClusterPlan {
             ids_prefix: self.kafka.ids_prefix.clone(),
             dead_letter_topic: None,
             timeout: std::time::Duration::from_secs(60),
+            shared: self.transactions.clone(),
         }
     }
 }
 
 /// A sink of the pipeline as task `partition` of `segment` runs it, in
-/// `place` (`<segment>-<partition>`).
-fn task_sink(kind: &SinkKind, place: &str, segment: &str, partition: i32) -> SinkKind {
+/// `place` (`<segment>-<partition>`). An exactly-once Kafka sink writes
+/// through the process's `transactions` and, unless it names its own
+/// `partitioner`, partitions as the repartition writers do (Java's murmur2:
+/// the same producer can then carry both).
+fn task_sink(
+    kind: &SinkKind,
+    place: &str,
+    segment: &str,
+    partition: i32,
+    transactions: &Option<Arc<ProcessTransactions>>,
+) -> SinkKind {
     if let Some(files) = kind.settings::<FilesSinkSpec>() {
         return SinkKind::new(files.within(place));
     }
-    if let Some(kafka) = kind.settings::<KafkaSinkSpec>()
-        && let Some(id) = &kafka.transactional_id
-    {
-        return SinkKind::new(KafkaSinkSpec {
-            transactional_id: Some(format!("{id}.{segment}.{partition}")),
-            ..kafka.clone()
-        });
+    if let Some(kafka) = kind.settings::<KafkaSinkSpec>() {
+        let mut task = kafka.clone();
+        if let Some(id) = &kafka.transactional_id {
+            task.transactional_id = Some(format!("{id}.{segment}.{partition}"));
+        }
+        if kafka.delivery == KafkaDelivery::ExactlyOnce && transactions.is_some() {
+            task.shared = transactions.clone();
+            if !task
+                .client
+                .properties
+                .iter()
+                .any(|(name, _)| name == "partitioner")
+            {
+                task.client
+                    .properties
+                    .push(("partitioner".into(), "murmur2".into()));
+                task.client.properties.sort();
+            }
+        }
+        return SinkKind::new(task);
     }
     kind.clone()
 }

@@ -37,22 +37,25 @@
 //!   value. Anything else (brokers unreachable past `timeout`) fails the
 //!   batch: the pipeline stops and a restart sends it again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use self::delivery::{DeliveryContext, Ledgers, SendError, SinkProducer, Writer};
+use self::shared::{Incarnation, JoinError, Outcome, SharedProducer};
+pub use self::shared::{ProcessTransactions, TransactionCounts};
 use super::{BatchInfo, Sink, SinkContext, SinkError};
 use crate::config::{Key, KindContext, Settings, SinkConfig, SinkSpec, SinkType, SpecError, duration};
 use crate::kafka::{ClientSettings, LogContext, describe, entry_metadata};
 use crate::record::{Partition, RecordRef};
 use crate::source::kafka::valid_topic;
+
+mod delivery;
+mod shared;
 
 /// Client properties the Kafka sink sets itself, and why.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
@@ -65,9 +68,6 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 /// What the metadata of the marker's offset starts with: the producer
 /// generation and the run follow ([`Marker::metadata`]).
 const GENERATION_METADATA: &str = "weir-producer-generation=";
-
-/// The bytes of a rejected record's value a dead letter keeps.
-const DEAD_LETTER_VALUE_BYTES: usize = 1024;
 
 /// How a Kafka sink delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,10 @@ pub struct KafkaSinkSpec {
     pub dead_letter_topic: Option<String>,
     /// How long a batch may wait for the brokers.
     pub timeout: Duration,
+    /// In a cluster task: the process's shared transactional producers,
+    /// which exactly-once batches go through (one transaction per process
+    /// per batch); `None`: the sink's own producer.
+    pub shared: Option<Arc<ProcessTransactions>>,
 }
 
 impl SinkType for KafkaSinkSpec {
@@ -215,6 +219,7 @@ impl SinkType for KafkaSinkSpec {
                 Some(text) => duration(text)?,
                 None => Duration::from_secs(60),
             },
+            shared: None,
         })
     }
 }
@@ -251,77 +256,19 @@ impl SinkConfig for KafkaSinkSpec {
             batch_deadline: None,
             marker: None,
             source_offsets: Vec::new(),
+            sources_now: Vec::new(),
+            sources_committed: Vec::new(),
             source_groups: std::collections::HashMap::new(),
             next_batch: 0,
-            rejected: Arc::default(),
+            ledgers: Arc::default(),
+            shared: match (&self.shared, self.delivery) {
+                (Some(process), KafkaDelivery::ExactlyOnce) => Some(process.producer_for(self)),
+                _ => None,
+            },
+            incarnation: None,
+            releasable: false,
         })
     }
-}
-
-/// A record the broker or client refused.
-#[derive(Debug, Clone)]
-struct Rejected {
-    error: String,
-    /// True when the record itself is at fault (too large, invalid), so a
-    /// dead letter is the right place for it; false for failures such as
-    /// a timeout.
-    record_at_fault: bool,
-    /// True when the producer was fenced: another run took its
-    /// transactional id over.
-    fenced: bool,
-    key: Option<Vec<u8>>,
-    value_head: Vec<u8>,
-    size: usize,
-}
-
-/// Collects delivery failures reported by librdkafka's delivery callback.
-#[derive(Clone)]
-struct DeliveryContext {
-    log: LogContext,
-    rejected: Arc<Mutex<Vec<Rejected>>>,
-}
-
-impl ClientContext for DeliveryContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.log.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(error, reason);
-    }
-}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, message)) = result {
-            let payload = message.payload().unwrap_or_default();
-            self.rejected.lock().expect("not poisoned").push(Rejected {
-                error: describe(error),
-                record_at_fault: record_at_fault(error),
-                fenced: fenced(error),
-                key: message.key().map(<[u8]>::to_vec),
-                value_head: payload[..payload.len().min(DEAD_LETTER_VALUE_BYTES)].to_vec(),
-                size: payload.len(),
-            });
-        }
-    }
-}
-
-/// True for errors that are the record's fault (a dead letter is right).
-fn record_at_fault(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::MessageBatchTooLarge
-                | RDKafkaErrorCode::InvalidTimestamp
-        )
-    )
 }
 
 /// Writes batches to a Kafka topic.
@@ -341,7 +288,9 @@ pub struct KafkaSink {
     /// Exactly once: this run's token, in every marker it writes (see
     /// [`Marker::run`]).
     run: String,
-    producer: Option<BaseProducer<DeliveryContext>>,
+    /// The sink's own producer: every batch's, or in a cluster task the
+    /// one that holds the task's producer generation (its marker's lock).
+    producer: Option<SinkProducer>,
     /// When the batch being written runs out of its `timeout`.
     batch_deadline: Option<Instant>,
     /// Exactly once: a consumer of the marker group, for its metadata.
@@ -352,9 +301,23 @@ pub struct KafkaSink {
     /// after the batch being written, per consumer group; committed in the
     /// batch's transaction.
     source_offsets: Vec<(String, TopicPartitionList)>,
+    /// Exactly once: those offsets as `(group, topic, partition, offset)`.
+    sources_now: Vec<(String, String, i32, i64)>,
+    /// Exactly once: the offsets the last committed transaction committed.
+    sources_committed: Vec<(String, String, i32, i64)>,
     /// A consumer per source group, for the group's metadata.
     source_groups: std::collections::HashMap<String, BaseConsumer<LogContext>>,
-    rejected: Arc<Mutex<Vec<Rejected>>>,
+    /// Delivery reports of the sink's own producer.
+    ledgers: Arc<Ledgers>,
+    /// In a cluster task: the process's producer that batches go through.
+    shared: Option<Arc<SharedProducer>>,
+    /// The shared producer's incarnation this run writes through (opened
+    /// with; a replaced one ends the run as superseded).
+    incarnation: Option<Arc<Incarnation>>,
+    /// In a cluster task: the run opened and no batch failed, so it lets
+    /// the task go on close (after a failure, the next owner fences the
+    /// process producer instead: a failed batch's fate may be unknown).
+    releasable: bool,
 }
 
 impl KafkaSink {
@@ -383,57 +346,48 @@ impl KafkaSink {
         })
     }
 
-    fn producer(&self) -> &BaseProducer<DeliveryContext> {
+    fn producer(&self) -> &SinkProducer {
         self.producer.as_ref().expect("the sink is open")
     }
 
-    /// Sends one message, waiting while librdkafka's queue is full. A record
-    /// refused at once (too large, ...) is returned as rejected.
-    fn send(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], timestamp: i64) -> Result<(), SinkError> {
-        let producer = self.producer();
-        let mut record = BaseRecord::<[u8], [u8], ()>::to(topic)
-            .payload(payload)
-            .timestamp(timestamp);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        // Only a full queue reads the clock: not once per record.
-        let mut deadline = None;
-        loop {
-            match producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    let deadline = *deadline.get_or_insert_with(|| {
-                        self.batch_deadline
-                            .unwrap_or_else(|| Instant::now() + self.spec.timeout)
-                    });
-                    if Instant::now() > deadline {
-                        return Err(self.error(format!(
-                            "the producer's queue stayed full until the batch's `timeout` of {} ran out \
-                             (brokers unreachable?)",
-                            humantime::format_duration(self.spec.timeout)
-                        )));
-                    }
-                    producer.poll(Duration::from_millis(50));
-                    record = back;
-                }
-                Err((error, back)) => {
-                    self.rejected.lock().expect("not poisoned").push(Rejected {
-                        error: describe(&error),
-                        record_at_fault: record_at_fault(&error),
-                        fenced: fenced(&error),
-                        key: back.key.map(<[u8]>::to_vec),
-                        value_head: payload[..payload.len().min(DEAD_LETTER_VALUE_BYTES)].to_vec(),
-                        size: payload.len(),
-                    });
-                    return Ok(());
-                }
-            }
+    /// The sink's own producer as a writer (it is the only one).
+    fn own_writer(&self) -> Writer<'_> {
+        Writer {
+            producer: self.producer(),
+            ledgers: &self.ledgers,
+            number: 0,
         }
     }
 
+    /// The batch's deadline (a new one outside a batch).
+    fn deadline(&self) -> Instant {
+        self.batch_deadline
+            .unwrap_or_else(|| Instant::now() + self.spec.timeout)
+    }
+
+    /// Sends one message through `writer`. A record refused at once (too
+    /// large, ...) goes to the writer's rejected records.
+    fn send(
+        &self,
+        writer: Writer<'_>,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp: i64,
+    ) -> Result<(), SinkError> {
+        writer
+            .send(topic, key, payload, timestamp, || self.deadline())
+            .map_err(|_| {
+                self.error(format!(
+                    "the producer's queue stayed full until the batch's `timeout` of {} ran out \
+                     (brokers unreachable?)",
+                    humantime::format_duration(self.spec.timeout)
+                ))
+            })
+    }
+
     /// Sends every record of the batch.
-    fn send_batch(&self, partitions: &[Partition]) -> Result<u64, SinkError> {
+    fn send_batch(&self, writer: Writer<'_>, partitions: &[Partition]) -> Result<u64, SinkError> {
         let mut sent = 0u64;
         let mut json = Vec::new();
         for record in partitions.iter().flatten().flat_map(|chunk| chunk.iter()) {
@@ -446,10 +400,10 @@ impl KafkaSink {
                     &json
                 }
             };
-            self.send(&self.spec.topic, record.key, payload, record.timestamp)?;
+            self.send(writer, &self.spec.topic, record.key, payload, record.timestamp)?;
             sent += 1;
             if sent.is_multiple_of(4096) {
-                self.producer().poll(Duration::ZERO);
+                writer.poll();
             }
         }
         Ok(sent)
@@ -457,8 +411,8 @@ impl KafkaSink {
 
     /// Deals with the records refused during this batch: dead letters, or
     /// the batch's failure.
-    fn settle_rejected(&self, batch: BatchInfo) -> Result<(), SinkError> {
-        let rejected = std::mem::take(&mut *self.rejected.lock().expect("not poisoned"));
+    fn settle_rejected(&self, writer: Writer<'_>, batch: BatchInfo) -> Result<(), SinkError> {
+        let rejected = writer.ledgers.take_rejected(writer.number);
         if rejected.is_empty() {
             return Ok(());
         }
@@ -498,10 +452,16 @@ impl KafkaSink {
                 "value": text(&letter.value_head),
             });
             let payload = serde_json::to_vec(&body).map_err(|e| self.error(e.to_string()))?;
-            self.send(dead_letters, letter.key.as_deref(), &payload, batch.time_ms)?;
+            self.send(
+                writer,
+                dead_letters,
+                letter.key.as_deref(),
+                &payload,
+                batch.time_ms,
+            )?;
         }
-        self.flush()?;
-        let again = std::mem::take(&mut *self.rejected.lock().expect("not poisoned"));
+        self.flush(writer)?;
+        let again = writer.ledgers.take_rejected(writer.number);
         match again.first() {
             None => Ok(()),
             Some(failed) => Err(self.error(format!(
@@ -513,46 +473,30 @@ impl KafkaSink {
         }
     }
 
-    fn flush(&self) -> Result<(), SinkError> {
-        self.producer().flush(self.time_left()).map_err(|e| {
+    /// Waits until every record `writer` sent is acknowledged or refused.
+    fn flush(&self, writer: Writer<'_>) -> Result<(), SinkError> {
+        writer.flush(self.deadline()).map_err(|error| {
+            let left = match error {
+                SendError::Unacknowledged(count) => format!("{count} record(s) unacknowledged"),
+                SendError::QueueFull => "queue full".to_owned(),
+            };
             self.error(format!(
-                "records not acknowledged within the batch's `timeout` of {}: {}",
+                "records not acknowledged within the batch's `timeout` of {}: {left}",
                 humantime::format_duration(self.spec.timeout),
-                describe(&e)
             ))
         })
     }
 
     /// A producer with the sink's settings: idempotent, and transactional
     /// under `transactional_id` when one is given.
-    fn create_producer(
-        &self,
-        transactional_id: Option<&str>,
-    ) -> Result<BaseProducer<DeliveryContext>, SinkError> {
-        let timeout_ms = self.spec.timeout.as_millis().to_string();
-        // Every step of a batch fits in `timeout` (one deadline for them
-        // all): the broker aborts a transaction only after a margin more,
-        // so it never expires under a batch that is still in its time (an
-        // expired transaction fails as if another run had fenced this one).
-        let transaction_ms = (self.spec.timeout + TRANSACTION_MARGIN).as_millis().to_string();
-        let mut defaults = vec![("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")];
-        if transactional_id.is_some() {
-            defaults.push(("transaction.timeout.ms", &transaction_ms));
-        }
-        let mut config = self.spec.client.config_with(&defaults);
-        config.set("enable.idempotence", "true");
-        if let Some(id) = transactional_id {
-            config.set("transactional.id", id);
-        }
-        let context = DeliveryContext {
-            log: LogContext {
-                owner: format!("sink `{}`", self.name),
-            },
-            rejected: self.rejected.clone(),
-        };
-        config
-            .create_with_context(context)
-            .map_err(|e| self.error(format!("cannot create the Kafka producer: {}", describe(&e))))
+    fn create_producer(&self, transactional_id: Option<&str>) -> Result<SinkProducer, SinkError> {
+        new_producer(
+            &self.spec,
+            &format!("sink `{}`", self.name),
+            transactional_id,
+            self.ledgers.clone(),
+        )
+        .map_err(|message| self.error(message))
     }
 
     /// Opens the transactional producer:
@@ -575,6 +519,13 @@ impl KafkaSink {
     ///    what this read found, a few times at most;
     /// 5. records `p + 1` with this run's token, in a transaction of its own
     ///    before any batch.
+    ///
+    /// In a cluster task, batches go through the process's shared producer
+    /// (not the generation's, which only guards the marker), so step 4 has
+    /// one more part ([`KafkaSink::fence_writer`]): when the marker names a
+    /// process producer that did not let the task go, that producer is
+    /// fenced and the marker read again, final now. Step 5 records this
+    /// process's producer as the writer.
     fn open_exactly_once(&mut self) -> Result<(), SinkError> {
         const ATTEMPTS: usize = 4;
         let deadline = Instant::now() + self.spec.timeout;
@@ -597,8 +548,11 @@ impl KafkaSink {
             self.producer = Some(self.create_producer(Some(&self.producer_id(self.generation)))?);
             self.init_transactions(self.producer(), self.generation, deadline)?;
 
-            let stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
-            if stable.generation == seen.generation && stable.run == seen.run {
+            let mut stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
+            if stable.same_run(&seen) {
+                stable = self.fence_writer(stable, deadline)?;
+            }
+            if stable.same_run(&seen) {
                 break stable.next_batch;
             }
             if attempt == ATTEMPTS {
@@ -633,6 +587,7 @@ impl KafkaSink {
         );
 
         self.next_batch = if self.checkpointed { committed } else { 0 };
+        self.releasable = self.shared.is_some() && self.checkpointed;
         if !self.checkpointed {
             tracing::info!(
                 sink = %self.name,
@@ -649,6 +604,44 @@ impl KafkaSink {
             );
         }
         Ok(())
+    }
+
+    /// In a cluster task: fences the process producer that `stable` (the
+    /// marker, read stable) names as the task's writer, unless it is this
+    /// process's or its run let the task go, and returns the marker read
+    /// again: what that producer committed last is final then. Outside a
+    /// cluster task, `stable` as it is.
+    ///
+    /// A released marker is safe to trust: its run wrote the release
+    /// through the generation's producer, after its last batch, and the
+    /// generation was fenced (step 2) before this read.
+    fn fence_writer(&mut self, stable: Marker, deadline: Instant) -> Result<Marker, SinkError> {
+        let Some(shared) = &self.shared else {
+            return Ok(stable);
+        };
+        let incarnation = match &self.incarnation {
+            Some(incarnation) => incarnation.clone(),
+            None => {
+                let incarnation = shared
+                    .current(&format!("sink `{}`", self.name), deadline)
+                    .map_err(|message| self.error(message))?;
+                self.incarnation = Some(incarnation.clone());
+                incarnation
+            }
+        };
+        if stable.writer.is_empty() || stable.released || stable.writer == incarnation.id {
+            return Ok(stable);
+        }
+        let fencing = self.create_producer(Some(&stable.writer))?;
+        self.init_transactions_of(&fencing, &stable.writer, deadline)?;
+        drop(fencing);
+        tracing::info!(
+            sink = %self.name,
+            "fenced process producer `{}`: it wrote batches of this task and did not let it go \
+             (its process died or lost the task)",
+            stable.writer
+        );
+        self.read_marker(self.marker.as_ref().expect("made before"), deadline)
     }
 
     /// A consumer of the marker group (it never joins the group): its
@@ -710,50 +703,31 @@ impl KafkaSink {
     /// backoff until `deadline` while the brokers are not ready.
     fn init_transactions(
         &self,
-        producer: &BaseProducer<DeliveryContext>,
+        producer: &SinkProducer,
         generation: u64,
         deadline: Instant,
     ) -> Result<(), SinkError> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match producer.init_transactions(step_timeout(deadline)) {
-                Ok(()) => return Ok(()),
-                Err(error) if Instant::now() + backoff < deadline && retriable(&error) => {
-                    tracing::warn!(
-                        sink = %self.name,
-                        "cannot start transactions yet ({}); retrying in {}",
-                        describe(&error),
-                        humantime::format_duration(backoff)
-                    );
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    let denied = matches!(
-                        error.rdkafka_error_code(),
-                        Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
-                    );
-                    return Err(SinkError {
-                        superseded: fenced(&error),
-                        ..self.error(format!(
-                            "cannot start transactions with transactional id `{}` on {}: {}{}",
-                            self.producer_id(generation),
-                            self.spec.client.brokers,
-                            describe(&error),
-                            if denied {
-                                format!(
-                                    " (the sink uses `{0}` and `{0}.gen<N>`: grant the id as a PREFIXED \
-                                     resource, not a LITERAL one)",
-                                    self.transactional_id
-                                )
-                            } else {
-                                String::new()
-                            }
-                        ))
-                    });
-                }
-            }
-        }
+        self.init_transactions_of(producer, &self.producer_id(generation), deadline)
+    }
+
+    /// [`start_transactions`] of `producer`, transactional id `id`.
+    fn init_transactions_of(
+        &self,
+        producer: &SinkProducer,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(), SinkError> {
+        start_transactions(
+            producer,
+            id,
+            &self.spec,
+            &format!("sink `{}`", self.name),
+            deadline,
+        )
+        .map_err(|failure| SinkError {
+            superseded: failure.fenced,
+            ..self.error(failure.message)
+        })
     }
 
     /// Records the producer's generation in the marker, in a transaction of
@@ -787,6 +761,21 @@ impl KafkaSink {
     /// batch not committed once this transaction is) as the offset, the
     /// producer generation as its metadata.
     fn send_marker(&self, next_batch: u64, timeout: Duration) -> Result<(), SinkError> {
+        let (marker, metadata) = self.marker_offsets(next_batch, false)?;
+        self.producer()
+            .send_offsets_to_transaction(&marker, &metadata, timeout)
+            .map_err(|e| self.error(format!("cannot write the marker: {}", describe(&e))))
+    }
+
+    /// The marker this run writes, as offsets of the marker group: the
+    /// first batch not committed, the generation and run, the process
+    /// producer that writes the batches (in a cluster task), and whether
+    /// this run let the task go.
+    fn marker_offsets(
+        &self,
+        next_batch: u64,
+        released: bool,
+    ) -> Result<(TopicPartitionList, ConsumerGroupMetadata), SinkError> {
         let mut marker = TopicPartitionList::new();
         let mut entry = marker.add_partition(&self.spec.topic, 0);
         entry
@@ -797,6 +786,12 @@ impl KafkaSink {
                 next_batch,
                 generation: self.generation,
                 run: self.run.clone(),
+                writer: self
+                    .incarnation
+                    .as_ref()
+                    .map(|incarnation| incarnation.id.clone())
+                    .unwrap_or_default(),
+                released,
             }
             .metadata(),
         );
@@ -805,9 +800,7 @@ impl KafkaSink {
             .as_ref()
             .and_then(|consumer| consumer.group_metadata())
             .ok_or_else(|| self.error("no metadata for the marker group"))?;
-        self.producer()
-            .send_offsets_to_transaction(&marker, &metadata, timeout)
-            .map_err(|e| self.error(format!("cannot write the marker: {}", describe(&e))))
+        Ok((marker, metadata))
     }
 
     /// One batch as one transaction, with the batch id as the marker.
@@ -816,11 +809,16 @@ impl KafkaSink {
             tracing::info!(sink = %self.name, "batch {} is already in `{}`; not sent again", batch.id, self.spec.topic);
             return Ok(());
         }
-        // A batch with nothing to write and no source offsets to commit
+        // A batch with nothing to write and no source offsets to move
         // needs no transaction (an idle pipeline does not open one per
         // interval); its replay after a crash writes nothing either.
-        if self.source_offsets.is_empty() && partitions.iter().flatten().all(|chunk| chunk.is_empty()) {
+        if partitions.iter().flatten().all(|chunk| chunk.is_empty())
+            && (self.source_offsets.is_empty() || self.sources_now == self.sources_committed)
+        {
             return Ok(());
+        }
+        if let Some(shared) = self.shared.clone() {
+            return self.write_shared(&shared, batch, partitions);
         }
         let producer = self.producer();
         producer
@@ -839,8 +837,144 @@ impl KafkaSink {
             }
             return Err(self.fenced_instead(&error).unwrap_or(error));
         }
-        self.next_batch = batch.id + 1;
+        self.committed(batch);
         Ok(())
+    }
+
+    /// `batch` is committed, with the sources' offsets it was told.
+    fn committed(&mut self, batch: BatchInfo) {
+        self.next_batch = batch.id + 1;
+        self.sources_committed.clone_from(&self.sources_now);
+    }
+
+    /// One batch as this task's contribution to the process's shared
+    /// transaction: written again in the next one when another task's
+    /// contribution doomed it, until the batch's `timeout`.
+    fn write_shared(
+        &mut self,
+        shared: &SharedProducer,
+        batch: BatchInfo,
+        partitions: &[Partition],
+    ) -> Result<(), SinkError> {
+        let incarnation = self.incarnation.clone().expect("opened with the shared producer");
+        let deadline = self.deadline();
+        loop {
+            let contribution = shared.join(&incarnation, deadline).map_err(|error| match error {
+                JoinError::Replaced => self.lost(batch, "it was replaced"),
+                JoinError::Failed { reason, lost: true } => self.lost(batch, &reason),
+                JoinError::Failed { reason, lost: false } => {
+                    self.error(format!("batch {}: {reason}", batch.id))
+                }
+            })?;
+            if let Err(error) = self.contribute(&contribution, batch, partitions) {
+                contribution.abandon(&error.message);
+                return Err(error);
+            }
+            match contribution.commit(deadline) {
+                Outcome::Committed => {
+                    crate::failpoint::crash_point("kafka-committed");
+                    break;
+                }
+                Outcome::Lost(reason) => return Err(self.lost(batch, &reason)),
+                Outcome::Aborted(reason) if Instant::now() < deadline => {
+                    tracing::info!(
+                        sink = %self.name,
+                        "batch {}: the process's transaction was aborted ({reason}); \
+                         writing the batch again in the next one",
+                        batch.id
+                    );
+                }
+                Outcome::Aborted(reason) => {
+                    return Err(self.error(format!(
+                        "batch {}: the process's transaction was aborted ({reason}) and the batch's \
+                         `timeout` of {} ran out",
+                        batch.id,
+                        humantime::format_duration(self.spec.timeout)
+                    )));
+                }
+            }
+        }
+        self.committed(batch);
+        Ok(())
+    }
+
+    /// Sends the batch's records, its marker and its sources' offsets in
+    /// `contribution`.
+    fn contribute(
+        &self,
+        contribution: &shared::Contribution<'_>,
+        batch: BatchInfo,
+        partitions: &[Partition],
+    ) -> Result<(), SinkError> {
+        let writer = contribution.writer();
+        self.send_batch(writer, partitions)?;
+        self.flush(writer)?;
+        self.settle_rejected(writer, batch)?;
+        let deadline = self.deadline();
+        let (marker, metadata) = self.marker_offsets(batch.id + 1, false)?;
+        contribution
+            .send_offsets(&marker, &metadata, deadline)
+            .map_err(|e| {
+                self.error(format!(
+                    "batch {}: cannot record the batch in its transaction: {}",
+                    batch.id,
+                    describe(&e)
+                ))
+            })?;
+        for (group, offsets) in &self.source_offsets {
+            let metadata = self
+                .source_groups
+                .get(group)
+                .and_then(|consumer| consumer.group_metadata())
+                .ok_or_else(|| self.error(format!("no metadata for group `{group}`")))?;
+            contribution
+                .send_offsets(offsets, &metadata, deadline)
+                .map_err(|e| {
+                    self.error(format!(
+                        "batch {}: cannot commit the offsets of group `{group}` in its transaction: {}",
+                        batch.id,
+                        describe(&e)
+                    ))
+                })?;
+        }
+        crate::failpoint::crash_point("kafka-sent");
+        Ok(())
+    }
+
+    /// The error of a batch whose process producer was lost (fenced, or
+    /// its transaction's fate unknown): the task opens again, and the
+    /// marker tells it what was committed.
+    fn lost(&self, batch: BatchInfo, reason: &str) -> SinkError {
+        SinkError {
+            superseded: true,
+            ..self.error(format!(
+                "batch {}: the process's transactional producer is gone ({reason}); this task opens \
+                 again and goes on from what its marker says was committed",
+                batch.id
+            ))
+        }
+    }
+
+    /// Lets the task go (a cluster task that stops cleanly): records, through
+    /// the generation's producer, that the process producer writes no more
+    /// of it, so that its next owner does not fence that producer (and the
+    /// tasks it still writes for).
+    fn release(&self) -> Result<(), SinkError> {
+        let deadline = Instant::now() + self.spec.timeout;
+        let producer = self.producer();
+        producer
+            .begin_transaction()
+            .map_err(|e| self.error(describe(&e)))?;
+        let (marker, metadata) = self.marker_offsets(self.next_batch, true)?;
+        let sent = producer
+            .send_offsets_to_transaction(&marker, &metadata, step_timeout(deadline))
+            .and_then(|()| producer.commit_transaction(step_timeout(deadline)));
+        sent.map_err(|e| {
+            if let Err(abort) = producer.abort_transaction(step_timeout(deadline)) {
+                tracing::debug!(sink = %self.name, "cannot abort the release: {}", describe(&abort));
+            }
+            self.error(describe(&e))
+        })
     }
 
     /// When the producer was fenced (its fatal error says so), the error
@@ -868,9 +1002,10 @@ impl KafkaSink {
     }
 
     fn send_in_transaction(&self, batch: BatchInfo, partitions: &[Partition]) -> Result<(), SinkError> {
-        self.send_batch(partitions)?;
-        self.flush()?;
-        self.settle_rejected(batch)?;
+        let writer = self.own_writer();
+        self.send_batch(writer, partitions)?;
+        self.flush(writer)?;
+        self.settle_rejected(writer, batch)?;
         self.send_marker(batch.id + 1, self.time_left()).map_err(|e| {
             self.error(format!(
                 "batch {}: cannot record the batch in its transaction: {}",
@@ -913,6 +1048,94 @@ impl KafkaSink {
     }
 }
 
+/// A producer with `spec`'s settings for `owner` (in its log lines):
+/// idempotent, and transactional under `transactional_id` when one is
+/// given; its delivery reports go to `ledgers`.
+fn new_producer(
+    spec: &KafkaSinkSpec,
+    owner: &str,
+    transactional_id: Option<&str>,
+    ledgers: Arc<Ledgers>,
+) -> Result<SinkProducer, String> {
+    let timeout_ms = spec.timeout.as_millis().to_string();
+    // Every step of a batch fits in `timeout` (one deadline for them
+    // all): the broker aborts a transaction only after a margin more,
+    // so it never expires under a batch that is still in its time (an
+    // expired transaction fails as if another run had fenced this one).
+    let transaction_ms = (spec.timeout + TRANSACTION_MARGIN).as_millis().to_string();
+    let mut defaults = vec![("message.timeout.ms", timeout_ms.as_str()), ("linger.ms", "5")];
+    if transactional_id.is_some() {
+        defaults.push(("transaction.timeout.ms", &transaction_ms));
+    }
+    let mut config = spec.client.config_with(&defaults);
+    config.set("enable.idempotence", "true");
+    if let Some(id) = transactional_id {
+        config.set("transactional.id", id);
+    }
+    let context = DeliveryContext {
+        log: LogContext {
+            owner: owner.to_owned(),
+        },
+        ledgers,
+    };
+    config
+        .create_with_context(context)
+        .map_err(|e| format!("cannot create the Kafka producer: {}", describe(&e)))
+}
+
+/// Why a producer's transactions could not start.
+struct StartFailure {
+    message: String,
+    /// Another producer of the id started meanwhile.
+    fenced: bool,
+}
+
+/// `init_transactions` of `producer` (transactional id `id`), retried with
+/// backoff until `deadline` while the brokers are not ready.
+fn start_transactions(
+    producer: &SinkProducer,
+    id: &str,
+    spec: &KafkaSinkSpec,
+    owner: &str,
+    deadline: Instant,
+) -> Result<(), StartFailure> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match producer.init_transactions(step_timeout(deadline)) {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() + backoff < deadline && retriable(&error) => {
+                tracing::warn!(
+                    "{owner}: cannot start transactions yet ({}); retrying in {}",
+                    describe(&error),
+                    humantime::format_duration(backoff)
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                let denied = matches!(
+                    error.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
+                );
+                return Err(StartFailure {
+                    fenced: fenced(&error),
+                    message: format!(
+                        "cannot start transactions with transactional id `{id}` on {}: {}{}",
+                        spec.client.brokers,
+                        describe(&error),
+                        if denied {
+                            " (Weir adds suffixes to its transactional ids, such as `.gen<N>` and \
+                             `.process.<token>`: grant them as a PREFIXED resource, not a LITERAL one)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// The transactional id of a sink's producer of `generation`: the sink's id
 /// for generation 0 (what Weir used before generations), then
 /// `<id>.gen<N>`.
@@ -937,6 +1160,12 @@ struct Marker {
     /// read twice with the same generation and token was not rewritten in
     /// between by another run.
     run: String,
+    /// In a cluster task: the transactional id of the process producer
+    /// that writes the task's batches (empty: the sink's own producer).
+    writer: String,
+    /// The run let the task go (a clean stop): its process producer writes
+    /// no more of it, so the next owner need not fence that producer.
+    released: bool,
 }
 
 impl Marker {
@@ -949,15 +1178,36 @@ impl Marker {
         let Some(fields) = metadata.strip_prefix(GENERATION_METADATA) else {
             return marker;
         };
-        let (generation, run) = fields.split_once(';').unwrap_or((fields, ""));
-        marker.generation = generation.parse().unwrap_or(0);
-        marker.run = run.strip_prefix("run=").unwrap_or_default().to_owned();
+        let mut fields = fields.split(';');
+        marker.generation = fields.next().unwrap_or_default().parse().unwrap_or(0);
+        for field in fields {
+            match field.split_once('=') {
+                Some(("run", run)) => marker.run = run.to_owned(),
+                Some(("writer", writer)) => marker.writer = writer.to_owned(),
+                Some(("released", released)) => marker.released = released == "1",
+                _ => {}
+            }
+        }
         marker
     }
 
     /// The offset metadata that says it.
     fn metadata(&self) -> String {
-        format!("{GENERATION_METADATA}{};run={}", self.generation, self.run)
+        let mut metadata = format!("{GENERATION_METADATA}{};run={}", self.generation, self.run);
+        if !self.writer.is_empty() {
+            metadata.push_str(";writer=");
+            metadata.push_str(&self.writer);
+            if self.released {
+                metadata.push_str(";released=1");
+            }
+        }
+        metadata
+    }
+
+    /// True when `other` was written by the same run of the same
+    /// generation (its batch may differ).
+    fn same_run(&self, other: &Marker) -> bool {
+        self.generation == other.generation && self.run == other.run
     }
 }
 
@@ -1039,6 +1289,7 @@ fn json_object(record: RecordRef<'_>, window_ms: Option<i64>) -> serde_json::Val
 impl Sink for KafkaSink {
     fn sources_after(&mut self, sources: &[super::SourceAfter<'_>]) {
         self.source_offsets.clear();
+        self.sources_now.clear();
         if self.spec.delivery != KafkaDelivery::ExactlyOnce {
             return;
         }
@@ -1077,6 +1328,8 @@ impl Sink for KafkaSink {
             let mut list = TopicPartitionList::new();
             for at in offsets {
                 let _ = list.add_partition_offset(&at.topic, at.partition, Offset::Offset(at.offset));
+                self.sources_now
+                    .push((group.clone(), at.topic.clone(), at.partition, at.offset));
             }
             self.source_offsets.push((group, list));
         }
@@ -1115,16 +1368,32 @@ impl Sink for KafkaSink {
         self.batch_deadline = Some(Instant::now() + self.spec.timeout);
         let written = match self.spec.delivery {
             KafkaDelivery::ExactlyOnce => self.write_exactly_once(batch, partitions),
-            KafkaDelivery::AtLeastOnce => self
-                .send_batch(partitions)
-                .and_then(|_| self.flush())
-                .and_then(|()| self.settle_rejected(batch)),
+            KafkaDelivery::AtLeastOnce => {
+                let writer = self.own_writer();
+                self.send_batch(writer, partitions)
+                    .and_then(|_| self.flush(writer))
+                    .and_then(|()| self.settle_rejected(writer, batch))
+            }
         };
         self.batch_deadline = None;
+        if written.is_err() {
+            self.releasable = false;
+        }
         written
     }
 
     fn close(&mut self) -> Result<(), SinkError> {
+        if self.releasable {
+            self.releasable = false;
+            match self.release() {
+                Ok(()) => tracing::debug!(sink = %self.name, "let the task go at batch {}", self.next_batch),
+                Err(error) => tracing::warn!(
+                    sink = %self.name,
+                    "cannot let the task go ({}): its next owner will fence this process's producer",
+                    error.message
+                ),
+            }
+        }
         if let Some(producer) = &self.producer {
             producer
                 .flush(self.spec.timeout)
@@ -1144,8 +1413,24 @@ mod tests {
             next_batch: 41,
             generation: 7,
             run: run_token(),
+            ..Marker::default()
         };
         assert_eq!(Marker::parse(41, &marker.metadata()), marker);
+        // A cluster task's marker also names the process producer, and
+        // whether the run let the task go.
+        for released in [false, true] {
+            let shared = Marker {
+                writer: "acme.weir.wc.process.1f-2a-0".into(),
+                released,
+                ..marker.clone()
+            };
+            assert_eq!(Marker::parse(41, &shared.metadata()), shared);
+            assert!(shared.same_run(&marker));
+        }
+        assert!(!marker.same_run(&Marker {
+            run: run_token(),
+            ..marker.clone()
+        }));
         assert_ne!(run_token(), run_token());
         let old = Marker::parse(3, &format!("{GENERATION_METADATA}7"));
         assert_eq!((old.next_batch, old.generation, old.run.as_str()), (3, 7, ""));
