@@ -754,8 +754,178 @@ fn a_killed_member_s_partitions_resume_from_the_store_exactly() {
     cluster.wait_exact(&members);
     let all = logs(&members.iter().collect::<Vec<_>>());
     assert!(all.contains("resuming from the checkpoint of batch"), "{all}");
+    // The killed process never let its tasks go: their next owners fenced
+    // its producer (which aborted what it had left open).
+    assert!(all.contains("fenced process producer"), "{all}");
     for member in members {
         let log = member.stop();
         assert!(log.contains("left group `wordcount-2`"), "{log}");
     }
+}
+
+/// The sinks of two tasks (topics `counts` and `other`) as processes run
+/// them: each process has its shared producers, and every run of a task is
+/// a sink opened through one process's.
+struct TaskSinks {
+    spec: weir::config::PipelineSpec,
+}
+
+impl TaskSinks {
+    fn new(broker: &Broker) -> Self {
+        let sink = |name: &str, topic: &str| {
+            format!(
+                "[[sink]]\nname = \"{name}\"\ninput = \"lines\"\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+                 topic = \"{topic}\"\ndelivery = \"exactly-once\"\ntimeout = \"20s\"\n\n",
+                broker.address()
+            )
+        };
+        let text = format!(
+            "[pipeline]\nname = \"zombies\"\n\n[[source]]\nname = \"lines\"\ntype = \"socket\"\n\
+             address = \"127.0.0.1:9\"\n\n{}{}",
+            sink("out", "counts"),
+            sink("neighbour", "other")
+        );
+        let spec = weir::config::parse(&text, Path::new("zombies.toml")).expect("a valid pipeline");
+        Self { spec }
+    }
+
+    /// Task `task` (0: `counts`, 1: `other`) opened by `process`.
+    fn open(
+        &self,
+        task: usize,
+        process: &std::sync::Arc<weir::sink::kafka::ProcessTransactions>,
+    ) -> Result<Box<dyn weir::sink::Sink>, weir::sink::SinkError> {
+        use weir::sink::kafka::KafkaSinkSpec;
+        let mut sink = self.spec.sinks[task].clone();
+        let kafka = sink
+            .kind
+            .settings::<KafkaSinkSpec>()
+            .expect("a kafka sink")
+            .clone();
+        sink.kind = weir::config::SinkKind::new(KafkaSinkSpec {
+            shared: Some(process.clone()),
+            ..kafka
+        });
+        let cx = weir::sink::SinkContext {
+            pipeline: &self.spec.name,
+            window_ms: None,
+            checkpointed: true,
+            plugins: None,
+        };
+        let mut sink = weir::sink::from_spec(&sink, &cx);
+        sink.open()?;
+        Ok(sink)
+    }
+}
+
+/// A batch of one record.
+fn one_record(value: &str) -> Vec<weir::record::Partition> {
+    let mut chunk = weir::record::Batch::new();
+    chunk.push(None, value.as_bytes(), 1_000);
+    vec![vec![chunk]]
+}
+
+fn batch_info(id: u64) -> weir::sink::BatchInfo {
+    weir::sink::BatchInfo {
+        id,
+        time_ms: 1_000 * (id as i64 + 1),
+    }
+}
+
+#[test]
+fn a_task_s_next_owner_fences_the_process_that_held_it_unless_it_was_let_go() {
+    use weir::sink::kafka::ProcessTransactions;
+
+    let broker = Broker::start();
+    broker.create_topic("counts", 1);
+    broker.create_topic("other", 1);
+    let tasks = TaskSinks::new(&broker);
+    let process = || ProcessTransactions::new("zombies", None);
+
+    // Process 1 runs both tasks through its one producer.
+    let one = process();
+    let mut task = tasks.open(0, &one).expect("process 1 opens the task");
+    let mut neighbour = tasks.open(1, &one).expect("process 1 opens the neighbour");
+    task.write(batch_info(0), &one_record("a")).expect("batch 0");
+    neighbour
+        .write(batch_info(0), &one_record("x"))
+        .expect("neighbour batch 0");
+    assert_eq!(one.counts().producers, 1);
+
+    // Process 2 takes the task over without process 1 letting it go (a
+    // zombie): it fences process 1's producer, so neither of process 1's
+    // tasks commits anything more through it.
+    let two = process();
+    let mut taken = tasks.open(0, &two).expect("process 2 opens the task");
+    let fenced = task
+        .write(batch_info(1), &one_record("zombie's b"))
+        .expect_err("the zombie's batch is refused");
+    assert!(fenced.superseded, "{fenced:?}");
+    let fenced = neighbour
+        .write(batch_info(1), &one_record("y through the fenced producer"))
+        .expect_err("the zombie's producer is fenced");
+    assert!(fenced.superseded, "{fenced:?}");
+    // The neighbour opens again, as its member does, through a new producer.
+    drop(neighbour);
+    let mut neighbour = tasks.open(1, &one).expect("the neighbour opens again");
+    assert_eq!(one.counts().producers, 2);
+    neighbour
+        .write(batch_info(0), &one_record("x again"))
+        .expect("batch 0, already committed: skipped");
+    neighbour
+        .write(batch_info(1), &one_record("y"))
+        .expect("neighbour batch 1");
+    taken
+        .write(batch_info(0), &one_record("a again"))
+        .expect("batch 0, already committed: skipped");
+    taken.write(batch_info(1), &one_record("b")).expect("batch 1");
+
+    // Process 2 lets the task go (a clean revoke): process 3 takes it
+    // without fencing process 2, whose producer goes on for its other task.
+    let mut beside = tasks.open(1, &two).expect("process 2 opens the neighbour");
+    neighbour.close().expect("process 1 lets the neighbour go");
+    taken.close().expect("process 2 lets the task go");
+    drop(taken);
+    let three = process();
+    let mut third = tasks.open(0, &three).expect("process 3 opens the task");
+    beside
+        .write(batch_info(2), &one_record("z"))
+        .expect("process 2's producer was not fenced");
+    third.write(batch_info(2), &one_record("c")).expect("batch 2");
+    assert_eq!(two.counts().producers, 1);
+
+    // Three processes open the task at once; one of them writes batch 3.
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| tasks.open(0, &process())))
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("no panic"))
+            .collect()
+    });
+    let mut wrote = Vec::new();
+    for (index, run) in opened.into_iter().enumerate() {
+        match run {
+            Ok(mut sink) => match sink.write(batch_info(3), &one_record(&format!("d{index}"))) {
+                Ok(()) => wrote.push(index),
+                Err(error) => assert!(error.superseded, "run {index}: {error:?}"),
+            },
+            Err(error) => assert!(error.superseded, "run {index} at open: {error:?}"),
+        }
+    }
+    assert_eq!(wrote.len(), 1, "runs that could write: {wrote:?}");
+    let fenced = third
+        .write(batch_info(3), &one_record("third's d"))
+        .expect_err("process 3 lost the task");
+    assert!(fenced.superseded, "{fenced:?}");
+
+    let values = |topic: &str| -> Vec<String> {
+        broker
+            .read_committed(topic)
+            .into_iter()
+            .map(|record| record.value)
+            .collect()
+    };
+    assert_eq!(values("counts"), ["a", "b", "c", &format!("d{}", wrote[0])]);
+    assert_eq!(values("other"), ["x", "y", "z"]);
 }

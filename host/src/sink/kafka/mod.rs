@@ -867,8 +867,14 @@ impl KafkaSink {
                 }
             })?;
             if let Err(error) = self.contribute(&contribution, batch, partitions) {
+                // Records purged or refused by a fenced producer tell only
+                // half the story: the producer is gone.
+                let fatal = contribution.fatal_error();
                 contribution.abandon(&error.message);
-                return Err(error);
+                return Err(match fatal {
+                    Some(reason) => self.lost(batch, &format!("{reason}; {}", error.message)),
+                    None => error,
+                });
             }
             match contribution.commit(deadline) {
                 Outcome::Committed => {

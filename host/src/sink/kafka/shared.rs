@@ -430,6 +430,16 @@ impl Contribution<'_> {
             .send_offsets_to_transaction(offsets, metadata, timeout)
     }
 
+    /// The producer's fatal error, when it has one (fenced, most often):
+    /// nothing more commits through it.
+    pub(super) fn fatal_error(&self) -> Option<String> {
+        let (code, reason) = self.incarnation.producer.client().fatal_error()?;
+        Some(format!(
+            "process producer `{}` failed: {reason} ({code:?})",
+            self.incarnation.id
+        ))
+    }
+
     /// Asks for the commit and waits for the transaction's outcome.
     pub(super) fn commit(mut self, deadline: Instant) -> Outcome {
         self.finished = true;
