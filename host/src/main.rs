@@ -1662,7 +1662,7 @@ fn cluster_bench(lines: u64, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode
         let peak = run.usage.iter().map(|u| u.peak_rss).max().unwrap_or(0);
         println!(
             "  {} process(es)  {:>6.2} M words/s  {:>6.2} s  ({:.2}x of 1)  cpu {:>6.2} s  peak RSS per process {:>6.1} MB  \
-             repartition {:.3} records and {:.2} bytes per word",
+             repartition {:.3} records and {:.2} bytes per word  {} transactions for {} task batches",
             run.processes,
             report.corpus.words as f64 / seconds / 1e6,
             seconds,
@@ -1671,6 +1671,8 @@ fn cluster_bench(lines: u64, plugin: Option<PathBuf>) -> anyhow::Result<ExitCode
             mb(peak),
             run.repartition_records as f64 / report.corpus.words as f64,
             run.repartition_bytes as f64 / report.corpus.words as f64,
+            run.transactions,
+            run.task_batches,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -330,6 +330,7 @@ fn members_report_partitions_and_lag(members: &[Member]) {
         let mut held = 0.0;
         let mut lags = BTreeMap::new();
         let mut rebalanced = true;
+        let mut transacted = true;
         for member in members {
             let text = get(format!("{}/metrics", member.ui_address()));
             held += series(&text, "weir_cluster_partitions_held")
@@ -337,6 +338,9 @@ fn members_report_partitions_and_lag(members: &[Member]) {
                 .map(|(_, v)| v)
                 .sum::<f64>();
             rebalanced &= series(&text, "weir_cluster_rebalances_total")
+                .iter()
+                .any(|(_, v)| *v >= 1.0);
+            transacted &= series(&text, "weir_cluster_transaction_batches_total")
                 .iter()
                 .any(|(_, v)| *v >= 1.0);
             for (labels, lag) in series(&text, "weir_source_lag_records") {
@@ -356,12 +360,13 @@ fn members_report_partitions_and_lag(members: &[Member]) {
             .iter()
             .filter(|(p, lag)| p.starts_with("weir.cluster-wordcount.") && **lag == 0.0)
             .count();
-        if held == 12.0 && rebalanced && input_lags == 6 && repartition_lags == 6 {
+        if held == 12.0 && rebalanced && transacted && input_lags == 6 && repartition_lags == 6 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "members report {held} partitions held (rebalanced: {rebalanced}), lags {lags:?}\n{}",
+            "members report {held} partitions held (rebalanced: {rebalanced}, transactions: {transacted}), \
+             lags {lags:?}\n{}",
             logs(&members.iter().collect::<Vec<_>>())
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -369,6 +374,7 @@ fn members_report_partitions_and_lag(members: &[Member]) {
     let page = get(format!("{}/ui/", members[0].ui_address()));
     assert!(page.contains("Cluster membership"), "{page}");
     assert!(page.contains("consumer group"), "{page}");
+    assert!(page.contains("Kafka transaction(s) carried"), "{page}");
     assert!(page.contains("cluster-wordcount."), "{page}");
     // A task is not stopped on its own from the UI: it stops with its
     // process, and the member goes on holding its partitions.

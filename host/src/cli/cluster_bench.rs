@@ -42,6 +42,10 @@ pub struct ClusterRun {
     pub repartition_records: u64,
     /// Bytes (keys and values) in the repartition topic.
     pub repartition_bytes: u64,
+    /// Kafka transactions the processes committed.
+    pub transactions: u64,
+    /// Task batches those transactions carried.
+    pub task_batches: u64,
 }
 
 /// What the cluster benchmark measured.
@@ -177,13 +181,39 @@ fn run_cluster(
         bail!("the {processes}-process cluster counted {counted} words of {words}");
     }
     let (repartition_records, repartition_bytes) = traffic(brokers, &format!("weir.{name}.counts.words"))?;
+    let (mut transactions, mut task_batches) = (0, 0);
+    for index in 0..processes {
+        let log = std::fs::read_to_string(dir.join(format!("{name}-{index}.log")))?;
+        let (committed, carried) = transaction_counts(&log).ok_or_else(|| {
+            anyhow!("process {index} of the {processes}-process cluster did not say its transactions")
+        })?;
+        transactions += committed;
+        task_batches += carried;
+    }
     Ok(ClusterRun {
         processes,
         elapsed,
         usage,
         repartition_records,
         repartition_bytes,
+        transactions,
+        task_batches,
     })
+}
+
+/// The transactions a member's log says it committed, and the task batches
+/// they carried (its last line: `… N Kafka transaction(s) carried M task
+/// batch(es) …`).
+fn transaction_counts(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("Kafka transaction(s) carried"))?;
+    let tail = line.rsplit("; ").next()?;
+    let mut numbers = tail
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|word| word.parse().ok());
+    Some((numbers.next()?, numbers.next()?))
 }
 
 /// Committed records of `topic` and their key and value bytes.

@@ -121,6 +121,8 @@ pub fn run_member(
         rebalances: AtomicU64::new(0),
         last_rebalance_ms: Mutex::new(None),
         leaving: AtomicBool::new(false),
+        transactions: transactions.clone(),
+        published: Mutex::default(),
     });
     tasks.publish();
     let consumer = membership(&tasks)?;
@@ -162,6 +164,7 @@ pub fn run_member(
             break Err(failure);
         }
         tasks.retry_due();
+        tasks.publish_transactions();
     };
     // Leave: every task ends with a final checkpoint first, then the group
     // hands the partitions to the others. A rebalance that the closing
@@ -256,6 +259,10 @@ struct Tasks {
     /// Set when the member leaves the group: partitions given to it from
     /// then on (while its consumer closes) start no task.
     leaving: AtomicBool,
+    /// The process's shared transactional producers.
+    transactions: Arc<ProcessTransactions>,
+    /// Their counts as last published.
+    published: Mutex<TransactionCounts>,
 }
 
 impl Tasks {
@@ -458,9 +465,10 @@ impl Tasks {
         *self.last_rebalance_ms.lock().expect("not poisoned") = Some(now_ms());
     }
 
-    /// Publishes the partitions the group gives this member, and its
-    /// rebalances.
+    /// Publishes the partitions the group gives this member, its
+    /// rebalances and its transactions.
     fn publish(&self) {
+        let transactions = self.transactions.counts();
         let held = self
             .assigned
             .lock()
@@ -480,7 +488,19 @@ impl Tasks {
             held,
             rebalances: self.rebalances.load(Ordering::Relaxed),
             last_rebalance_ms: *self.last_rebalance_ms.lock().expect("not poisoned"),
+            transactions: transactions.committed,
+            transaction_batches: transactions.contributions,
+            transactions_aborted: transactions.aborted,
         });
+        *self.published.lock().expect("not poisoned") = transactions;
+    }
+
+    /// Publishes again when the transaction counts moved since.
+    fn publish_transactions(&self) {
+        let published = *self.published.lock().expect("not poisoned");
+        if self.transactions.counts() != published {
+            self.publish();
+        }
     }
 
     /// Tells the operator what changed and what the member holds now.

@@ -299,8 +299,20 @@ pub fn register_membership(registry: &mut Registry, membership: &Membership) {
     let held = Family::<Labels, Gauge>::default();
     let partitions = Family::<Labels, Gauge>::default();
     let rebalances = Family::<Labels, Counter>::default();
+    let transactions = Family::<Labels, Counter>::default();
+    let batches = Family::<Labels, Counter>::default();
+    let aborted = Family::<Labels, Counter>::default();
     held.get_or_create(&labels).set(membership.held.len() as i64);
     rebalances.get_or_create(&labels).inc_by(membership.rebalances);
+    transactions
+        .get_or_create(&labels)
+        .inc_by(membership.transactions);
+    batches
+        .get_or_create(&labels)
+        .inc_by(membership.transaction_batches);
+    aborted
+        .get_or_create(&labels)
+        .inc_by(membership.transactions_aborted);
     for partition in &membership.held {
         let mut labels = labels.clone();
         labels.extend([
@@ -325,5 +337,20 @@ pub fn register_membership(registry: &mut Registry, membership: &Membership) {
         "cluster_rebalances",
         "Rebalances this process took part in (assignments and revocations)",
         rebalances,
+    );
+    registry.register(
+        "cluster_transactions",
+        "Kafka transactions this process committed, each with the batches of all its tasks that were ready",
+        transactions,
+    );
+    registry.register(
+        "cluster_transaction_batches",
+        "Task batches those transactions carried",
+        batches,
+    );
+    registry.register(
+        "cluster_transactions_aborted",
+        "Kafka transactions this process aborted (their tasks wrote their batches again or failed)",
+        aborted,
     );
 }

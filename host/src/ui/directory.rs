@@ -138,6 +138,13 @@ pub struct Membership {
     pub rebalances: u64,
     /// When the last of them happened (milliseconds since the Unix epoch).
     pub last_rebalance_ms: Option<i64>,
+    /// Kafka transactions the process committed (one per batch for all
+    /// its tasks together).
+    pub transactions: u64,
+    /// Task batches those transactions carried.
+    pub transaction_batches: u64,
+    /// Transactions it aborted.
+    pub transactions_aborted: u64,
 }
 
 /// A partition a cluster member holds: one task.

@@ -147,7 +147,10 @@ fn membership_rows(membership: &Membership, listings: &[Listing]) -> Markup {
         p {
             "Pipeline " code { (membership.pipeline) } ", consumer group " code { (membership.group) } ": "
             span #held-count { (membership.held.len()) } " partition(s) held, "
-            span #rebalances { (membership.rebalances) } " rebalance(s), the last " (last) "."
+            span #rebalances { (membership.rebalances) } " rebalance(s), the last " (last) "; "
+            span #transactions { (membership.transactions) } " Kafka transaction(s) carried "
+            span #transaction-batches { (membership.transaction_batches) } " task batch(es) ("
+            (membership.transactions_aborted) " aborted)."
         }
         div.scroll {
             table.held {
