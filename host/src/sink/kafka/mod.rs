@@ -30,6 +30,12 @@
 //!   pipeline and this is the pipeline's last sink, the source's offsets
 //!   after the batch are committed to its group in the same transaction
 //!   (the engine tells only the last sink where the sources stand).
+//! - **In a cluster task** the exactly-once batches go through the
+//!   process's shared transactional producer instead, one transaction per
+//!   process per batch ([`ProcessTransactions`]): the task's generation producer then
+//!   only guards its marker, which also names the process producer writing
+//!   the task (fenced by the next owner, unless the task was released on a
+//!   clean close).
 //! - **`on-error`**: a record the broker or client rejects (too large, or
 //!   invalid) fails the batch (`"fail"`, the default), or goes to the
 //!   `dead-letter-topic` (`"dead-letter"`) as a JSON object with the error,
