@@ -381,8 +381,9 @@ impl Tasks {
         }
         tracing::warn!(
             task = handle.name(),
-            "another process runs this task too (the group gave its partition to two members): \
-             dropped here, nothing it wrote was committed twice: {message}"
+            "task stopped without committing its batch (another process took it over, or this \
+             process's transaction could not take the batch); nothing it wrote was committed twice, \
+             and it starts again from the store while the partition is still this member's: {message}"
         );
         if let Some(key) = key
             && self.assigned.lock().expect("not poisoned").contains_key(&key)

@@ -33,14 +33,19 @@ pub(super) struct Rejected {
     /// True when the producer was fenced: another run took its
     /// transactional id over.
     pub(super) fenced: bool,
+    /// True when a delivery report refused it (after it was sent), false
+    /// when the client refused it at once. In a transaction, a refused
+    /// delivery dooms the transaction.
+    pub(super) reported: bool,
     pub(super) key: Option<Vec<u8>>,
     pub(super) value_head: Vec<u8>,
     pub(super) size: usize,
 }
 
 impl Rejected {
-    fn new(error: &KafkaError, key: Option<&[u8]>, payload: &[u8]) -> Self {
+    fn new(error: &KafkaError, key: Option<&[u8]>, payload: &[u8], reported: bool) -> Self {
         Rejected {
+            reported,
             error: describe(error),
             record_at_fault: record_at_fault(error),
             fenced: super::fenced(error),
@@ -110,6 +115,7 @@ impl ProducerContext for DeliveryContext {
                 error,
                 message.key(),
                 message.payload().unwrap_or_default(),
+                true,
             )),
         };
         // A writer forgotten meanwhile (it gave up) hears nothing more.
@@ -190,7 +196,7 @@ impl Writer<'_> {
                     record = back;
                 }
                 Err((error, _)) => {
-                    let rejected = Rejected::new(&error, key, payload);
+                    let rejected = Rejected::new(&error, key, payload, false);
                     self.ledgers.with(self.number, |ledger| {
                         ledger.outstanding -= 1;
                         ledger.rejected.push(rejected);

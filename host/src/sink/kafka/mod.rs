@@ -423,6 +423,30 @@ impl KafkaSink {
             return Ok(());
         }
         let first = &rejected[0];
+        // A transaction with a refused delivery cannot commit, dead letters
+        // or not.
+        if self.spec.delivery == KafkaDelivery::ExactlyOnce
+            && self.spec.dead_letter_topic.is_some()
+            && let Some(refused) = rejected.iter().find(|r| r.reported && r.record_at_fault)
+        {
+            return Err(SinkError {
+                superseded: rejected.iter().any(|r| r.fenced),
+                ..self.error(format!(
+                    "batch {}: the brokers refused {} record(s) of `{}` in the batch's transaction, which \
+                     cannot commit after that; the first: {} (record of {} bytes). Dead letters take only \
+                     records the client refuses before sending them: set the producer's `message.max.bytes` \
+                     to what the topic accepts",
+                    batch.id,
+                    rejected
+                        .iter()
+                        .filter(|r| r.reported && r.record_at_fault)
+                        .count(),
+                    self.spec.topic,
+                    refused.error,
+                    refused.size
+                ))
+            });
+        }
         let dead_letters = match &self.spec.dead_letter_topic {
             Some(topic) if rejected.iter().all(|r| r.record_at_fault) => topic,
             _ => {
@@ -538,6 +562,8 @@ impl KafkaSink {
         let mut seen = self.read_marker(&self.marker_consumer(false)?, deadline)?;
         self.marker = Some(self.marker_consumer(true)?);
         let mut attempt = 1;
+        // The process producers fenced so far (each once).
+        let mut fenced = Vec::new();
         let committed = loop {
             let previous = seen.generation;
             let fencing = self.create_producer(Some(&self.producer_id(previous)))?;
@@ -554,9 +580,13 @@ impl KafkaSink {
             self.producer = Some(self.create_producer(Some(&self.producer_id(self.generation)))?);
             self.init_transactions(self.producer(), self.generation, deadline)?;
 
+            // Before the stable read: a pending marker of the process
+            // producer that writes the task would hold that read until the
+            // broker timed its transaction out.
+            self.fence_writer(&seen, &mut fenced, deadline)?;
             let mut stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
-            if stable.same_run(&seen) {
-                stable = self.fence_writer(stable, deadline)?;
+            if stable.same_run(&seen) && self.fence_writer(&stable, &mut fenced, deadline)? {
+                stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
             }
             if stable.same_run(&seen) {
                 break stable.next_batch;
@@ -612,18 +642,23 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// In a cluster task: fences the process producer that `stable` (the
-    /// marker, read stable) names as the task's writer, unless it is this
-    /// process's or its run let the task go, and returns the marker read
-    /// again: what that producer committed last is final then. Outside a
-    /// cluster task, `stable` as it is.
+    /// In a cluster task: fences the process producer that `marker` names
+    /// as the task's writer, unless it is this process's, its run let the
+    /// task go, or it is in `fenced` already (it joins `fenced`). Returns
+    /// whether it fenced: what that producer committed is final then, and
+    /// what it left open is aborted. Outside a cluster task, nothing.
     ///
-    /// A released marker is safe to trust: its run wrote the release
-    /// through the generation's producer, after its last batch, and the
-    /// generation was fenced (step 2) before this read.
-    fn fence_writer(&mut self, stable: Marker, deadline: Instant) -> Result<Marker, SinkError> {
+    /// A released marker is safe to trust once read stable: its run wrote
+    /// the release through the generation's producer, after its last
+    /// batch, and the generation was fenced (step 2) before that read.
+    fn fence_writer(
+        &mut self,
+        marker: &Marker,
+        fenced: &mut Vec<String>,
+        deadline: Instant,
+    ) -> Result<bool, SinkError> {
         let Some(shared) = &self.shared else {
-            return Ok(stable);
+            return Ok(false);
         };
         let incarnation = match &self.incarnation {
             Some(incarnation) => incarnation.clone(),
@@ -635,19 +670,20 @@ impl KafkaSink {
                 incarnation
             }
         };
-        if stable.writer.is_empty() || stable.released || stable.writer == incarnation.id {
-            return Ok(stable);
+        let writer = &marker.writer;
+        if writer.is_empty() || marker.released || *writer == incarnation.id || fenced.contains(writer) {
+            return Ok(false);
         }
-        let fencing = self.create_producer(Some(&stable.writer))?;
-        self.init_transactions_of(&fencing, &stable.writer, deadline)?;
+        let fencing = self.create_producer(Some(writer))?;
+        self.init_transactions_of(&fencing, writer, deadline)?;
         drop(fencing);
         tracing::info!(
             sink = %self.name,
-            "fenced process producer `{}`: it wrote batches of this task and did not let it go \
-             (its process died or lost the task)",
-            stable.writer
+            "fenced process producer `{writer}`: it wrote batches of this task and did not let it go \
+             (its process died or lost the task)"
         );
-        self.read_marker(self.marker.as_ref().expect("made before"), deadline)
+        fenced.push(writer.clone());
+        Ok(true)
     }
 
     /// A consumer of the marker group (it never joins the group): its
@@ -868,11 +904,13 @@ impl KafkaSink {
             let contribution = shared.join(&incarnation, deadline).map_err(|error| match error {
                 JoinError::Replaced => self.lost(batch, "it was replaced"),
                 JoinError::Failed { reason, lost: true } => self.lost(batch, &reason),
-                JoinError::Failed { reason, lost: false } => {
-                    self.error(format!("batch {}: {reason}", batch.id))
-                }
+                JoinError::Failed { reason, lost: false } => self.start_again(batch, &reason),
             })?;
-            if let Err(error) = self.contribute(&contribution, batch, partitions) {
+            // The contribution's work ends with its transaction's time.
+            self.batch_deadline = Some(deadline.min(contribution.ends_by()));
+            let contributed = self.contribute(&contribution, batch, partitions);
+            self.batch_deadline = Some(deadline);
+            if let Err(error) = contributed {
                 // Records purged or refused by a fenced producer tell only
                 // half the story: the producer is gone.
                 let fatal = contribution.fatal_error();
@@ -882,7 +920,7 @@ impl KafkaSink {
                     None => error,
                 });
             }
-            match contribution.commit(deadline) {
+            match contribution.commit() {
                 Outcome::Committed => {
                     crate::failpoint::crash_point("kafka-committed");
                     break;
@@ -896,13 +934,15 @@ impl KafkaSink {
                         batch.id
                     );
                 }
+                // Another task's failure or a slow commit, not this batch's.
                 Outcome::Aborted(reason) => {
-                    return Err(self.error(format!(
-                        "batch {}: the process's transaction was aborted ({reason}) and the batch's \
-                         `timeout` of {} ran out",
-                        batch.id,
-                        humantime::format_duration(self.spec.timeout)
-                    )));
+                    return Err(self.start_again(
+                        batch,
+                        &format!(
+                            "the process's transaction was aborted ({reason}) and the batch's `timeout` of {} ran out",
+                            humantime::format_duration(self.spec.timeout)
+                        ),
+                    ));
                 }
             }
         }
@@ -951,6 +991,21 @@ impl KafkaSink {
         }
         crate::failpoint::crash_point("kafka-sent");
         Ok(())
+    }
+
+    /// The error of a batch that could not get into a transaction for
+    /// reasons of the process, not its own (others' commits were slow, or
+    /// their failures aborted it): the task starts again from its last
+    /// checkpoint, as a superseded one does.
+    fn start_again(&self, batch: BatchInfo, reason: &str) -> SinkError {
+        SinkError {
+            superseded: true,
+            ..self.error(format!(
+                "batch {}: {reason}; nothing of it was committed, and this task starts again from its \
+                 last checkpoint",
+                batch.id
+            ))
+        }
     }
 
     /// The error of a batch whose process producer was lost (fenced, or

@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
@@ -176,6 +176,10 @@ struct Round {
     closing: bool,
     /// Why it must be aborted, once a contribution gave up.
     doomed: Option<String>,
+    /// When it began: newcomers join only in its first half of `timeout`,
+    /// and every contribution's work ends by `timeout` after it, so that
+    /// the broker never times it out under its contributors.
+    started: Instant,
 }
 
 /// Where a transaction's outcome is posted for its contributors.
@@ -238,7 +242,12 @@ impl SharedProducer {
         deadline: Instant,
     ) -> Result<Contribution<'_>, JoinError> {
         let mut state = self.lock();
-        while state.round.as_ref().is_some_and(|round| round.closing) {
+        let open_for = self.spec.timeout / 2;
+        while state
+            .round
+            .as_ref()
+            .is_some_and(|round| round.closing || round.started.elapsed() > open_for)
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(JoinError::Failed {
@@ -257,14 +266,14 @@ impl SharedProducer {
             return Err(JoinError::Replaced);
         }
         if state.round.is_none() {
+            // `begin_transaction` asks no broker: it fails only on a
+            // producer in a state it should not be in (a fatal error, most
+            // often), which a new producer mends.
             if let Err(error) = incarnation.producer.begin_transaction() {
-                let lost = !super::retriable(&error);
-                if lost {
-                    state.incarnation = None;
-                }
+                state.incarnation = None;
                 return Err(JoinError::Failed {
                     reason: format!("cannot begin a transaction: {}", describe(&error)),
-                    lost,
+                    lost: true,
                 });
             }
             state.round = Some(Round {
@@ -274,6 +283,7 @@ impl SharedProducer {
                 joined: 0,
                 closing: false,
                 doomed: None,
+                started: Instant::now(),
             });
         }
         let round = state.round.as_mut().expect("begun above");
@@ -283,6 +293,7 @@ impl SharedProducer {
             shared: self,
             incarnation: incarnation.clone(),
             outcome: round.outcome.clone(),
+            ends_by: round.started + self.spec.timeout,
             writer: self.writers.fetch_add(1, Ordering::Relaxed),
             finished: false,
         })
@@ -295,13 +306,7 @@ impl SharedProducer {
     /// One contribution is done (`failure`: it gave up): the last one ends
     /// the transaction; the others wait for its outcome when they `wait`
     /// (one that gave up does not).
-    fn finish(
-        &self,
-        outcome: &Arc<Slot>,
-        failure: Option<String>,
-        deadline: Instant,
-        wait: bool,
-    ) -> Option<Outcome> {
+    fn finish(&self, outcome: &Arc<Slot>, failure: Option<String>, wait: bool) -> Option<Outcome> {
         let mut state = self.lock();
         let round = state.round.as_mut().expect("a contribution is in the open round");
         if let Some(why) = failure {
@@ -316,9 +321,10 @@ impl SharedProducer {
         let incarnation = round.incarnation.clone();
         let doomed = round.doomed.clone();
         let joined = round.joined;
+        let started = round.started;
         drop(state);
 
-        let ended = self.end(&incarnation, doomed, joined, deadline);
+        let ended = self.end(&incarnation, doomed, joined, started);
 
         let mut state = self.lock();
         if matches!(ended, Outcome::Lost(_))
@@ -336,44 +342,62 @@ impl SharedProducer {
     }
 
     /// Commits (or, when `doomed`, aborts) the transaction of
-    /// `incarnation`.
+    /// `incarnation`, begun at `started`. A commit that timed out is tried
+    /// again while the broker keeps the transaction open; one that needs an
+    /// abort is aborted.
     fn end(
         &self,
         incarnation: &Incarnation,
         doomed: Option<String>,
         joined: u64,
-        deadline: Instant,
+        started: Instant,
     ) -> Outcome {
         let producer = &incarnation.producer;
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .max(super::MIN_STEP);
+        // About when the broker aborts the transaction by itself.
+        let until = started + self.spec.timeout + super::TRANSACTION_MARGIN - super::MIN_STEP;
+        let step = || super::step_timeout(until);
+        let lost = |what: &str, error: &KafkaError| {
+            Outcome::Lost(format!(
+                "process producer `{}` {what}: {}",
+                incarnation.id,
+                describe(error)
+            ))
+        };
         let why = match doomed {
             Some(why) => why,
-            None => match producer.commit_transaction(timeout) {
-                Ok(()) => {
-                    self.counts.committed.fetch_add(1, Ordering::Relaxed);
-                    self.counts.contributions.fetch_add(joined, Ordering::Relaxed);
-                    return Outcome::Committed;
+            None => loop {
+                let error = match producer.commit_transaction(step()) {
+                    Ok(()) => {
+                        self.counts.committed.fetch_add(1, Ordering::Relaxed);
+                        self.counts.contributions.fetch_add(joined, Ordering::Relaxed);
+                        return Outcome::Committed;
+                    }
+                    Err(error) => error,
+                };
+                match &error {
+                    _ if fenced(&error) => return lost("was fenced", &error),
+                    KafkaError::Transaction(cause) if cause.is_fatal() => return lost("failed", &error),
+                    KafkaError::Transaction(cause) if cause.txn_requires_abort() => {
+                        break format!("the commit failed: {}", describe(&error));
+                    }
+                    KafkaError::Transaction(cause) if cause.is_retriable() && Instant::now() < until => {
+                        tracing::warn!(
+                            "process producer `{}`: the commit is not through yet ({}); trying again",
+                            incarnation.id,
+                            describe(&error)
+                        );
+                    }
+                    // Neither through nor refused: its fate is the broker's.
+                    KafkaError::Transaction(_) => return lost("cannot finish a commit", &error),
+                    // Records not acknowledged: the commit was not sent.
+                    _ => break format!("the commit failed: {}", describe(&error)),
                 }
-                Err(error) if fenced(&error) || !super::retriable(&error) => {
-                    return Outcome::Lost(format!(
-                        "process producer `{}` cannot commit: {}",
-                        incarnation.id,
-                        describe(&error)
-                    ));
-                }
-                Err(error) => format!("the commit failed: {}", describe(&error)),
             },
         };
         self.counts.aborted.fetch_add(1, Ordering::Relaxed);
-        match producer.abort_transaction(timeout) {
+        match producer.abort_transaction(step()) {
             Ok(()) => Outcome::Aborted(why),
-            Err(error) => Outcome::Lost(format!(
-                "{why}; process producer `{}` cannot abort either: {}",
-                incarnation.id,
-                describe(&error)
-            )),
+            Err(error) => lost(&format!("cannot abort ({why})"), &error),
         }
     }
 }
@@ -402,11 +426,19 @@ pub(super) struct Contribution<'a> {
     shared: &'a SharedProducer,
     incarnation: Arc<Incarnation>,
     outcome: Arc<Slot>,
+    /// When its work must be done (its transaction's `timeout`).
+    ends_by: Instant,
     writer: usize,
     finished: bool,
 }
 
 impl Contribution<'_> {
+    /// When this contribution's records, marker and offsets must be in:
+    /// `timeout` after its transaction began.
+    pub(super) fn ends_by(&self) -> Instant {
+        self.ends_by
+    }
+
     /// The way to send this contribution's records.
     pub(super) fn writer(&self) -> Writer<'_> {
         Writer {
@@ -424,10 +456,11 @@ impl Contribution<'_> {
         deadline: Instant,
     ) -> KafkaResult<()> {
         let _turn = self.shared.offsets.lock().expect("not poisoned");
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        self.incarnation
-            .producer
-            .send_offsets_to_transaction(offsets, metadata, timeout)
+        self.incarnation.producer.send_offsets_to_transaction(
+            offsets,
+            metadata,
+            super::step_timeout(deadline),
+        )
     }
 
     /// The producer's fatal error, when it has one (fenced, most often):
@@ -441,12 +474,9 @@ impl Contribution<'_> {
     }
 
     /// Asks for the commit and waits for the transaction's outcome.
-    pub(super) fn commit(mut self, deadline: Instant) -> Outcome {
+    pub(super) fn commit(mut self) -> Outcome {
         self.finished = true;
-        let outcome = self
-            .shared
-            .finish(&self.outcome, None, deadline, true)
-            .expect("waited for");
+        let outcome = self.shared.finish(&self.outcome, None, true).expect("waited for");
         self.shared.ledgers.forget(self.writer);
         outcome
     }
@@ -458,11 +488,7 @@ impl Contribution<'_> {
     }
 
     fn give_up(&self, why: String) {
-        // Whoever ends the transaction does not wait for this one; the
-        // last contributor may be this one, with nothing left of its
-        // batch's time: it still aborts.
-        let deadline = Instant::now() + self.shared.spec.timeout;
-        self.shared.finish(&self.outcome, Some(why), deadline, false);
+        self.shared.finish(&self.outcome, Some(why), false);
         self.shared.ledgers.forget(self.writer);
     }
 }
