@@ -29,7 +29,8 @@
 //!   while the group still gives it the partition, starts it again after
 //!   [`MIGRATED_RETRY`], restoring from the store. The process's other
 //!   tasks that wrote through the fenced producer go the same way (a new
-//!   producer replaces it).
+//!   producer replaces it). A task superseded more than
+//!   [`SUPERSEDED_LIMIT`] times in [`SUPERSEDED_WINDOW`] fails the member.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +62,13 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a member waits before it starts again a task that another
 /// process fenced, while the partition is still its own.
 pub const MIGRATED_RETRY: Duration = Duration::from_secs(2);
+
+/// How many times a task may be superseded within [`SUPERSEDED_WINDOW`]
+/// before the member gives up on it (and fails).
+pub const SUPERSEDED_LIMIT: usize = 20;
+
+/// The window [`SUPERSEDED_LIMIT`] counts in.
+pub const SUPERSEDED_WINDOW: Duration = Duration::from_secs(600);
 
 /// What a member needs besides the plan.
 pub struct MemberOptions {
@@ -116,6 +124,7 @@ pub fn run_member(
         running: Mutex::new(BTreeMap::new()),
         assigned: Mutex::new(BTreeMap::new()),
         retries: Mutex::new(BTreeMap::new()),
+        superseded: Mutex::new(BTreeMap::new()),
         ended: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         rebalances: AtomicU64::new(0),
@@ -252,6 +261,9 @@ struct Tasks {
     assigned: Mutex<BTreeMap<(usize, i32), i64>>,
     /// Tasks another process fenced, and when to start them again.
     retries: Mutex<BTreeMap<(usize, i32), Instant>>,
+    /// When each task was superseded lately (within
+    /// [`SUPERSEDED_WINDOW`]).
+    superseded: Mutex<BTreeMap<(usize, i32), Vec<Instant>>>,
     ended: Mutex<Vec<RunSummary>>,
     failure: Mutex<Option<ClusterError>>,
     rebalances: AtomicU64,
@@ -388,10 +400,32 @@ impl Tasks {
         if let Some(key) = key
             && self.assigned.lock().expect("not poisoned").contains_key(&key)
         {
+            // A task superseded again and again is not being taken over: its
+            // process cannot write it (a producer that keeps failing, or a
+            // partition the group gives to two members that fence each
+            // other); the member fails, and the group moves its partitions.
+            let now = Instant::now();
+            let recent = {
+                let mut superseded = self.superseded.lock().expect("not poisoned");
+                let times = superseded.entry(key).or_default();
+                times.retain(|at| now.duration_since(*at) < SUPERSEDED_WINDOW);
+                times.push(now);
+                times.len()
+            };
+            if recent > SUPERSEDED_LIMIT {
+                self.fail(ClusterError::Task {
+                    task: handle.name().to_owned(),
+                    message: format!(
+                        "stopped without committing its batch {recent} times in {}; the last: {message}",
+                        humantime::format_duration(SUPERSEDED_WINDOW)
+                    ),
+                });
+                return;
+            }
             self.retries
                 .lock()
                 .expect("not poisoned")
-                .insert(key, Instant::now() + MIGRATED_RETRY);
+                .insert(key, now + MIGRATED_RETRY);
         }
     }
 

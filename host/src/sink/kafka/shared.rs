@@ -324,7 +324,12 @@ impl SharedProducer {
         let started = round.started;
         drop(state);
 
-        let ended = self.end(&incarnation, doomed, joined, started);
+        // Whatever happens in there, the round ends and its contributors
+        // hear of it (a panic would leave them waiting).
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.end(&incarnation, doomed, joined, started)
+        }))
+        .unwrap_or_else(|_| Outcome::Lost("ending the transaction panicked".into()));
 
         let mut state = self.lock();
         if matches!(ended, Outcome::Lost(_))
