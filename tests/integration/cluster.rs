@@ -941,25 +941,11 @@ fn a_task_s_next_owner_fences_the_process_that_held_it_unless_it_was_let_go() {
     assert_eq!(two.counts().producers, 1);
 
     // Three processes open the task at once; one of them writes batch 3.
-    let opened: Vec<_> = std::thread::scope(|scope| {
-        let runs: Vec<_> = (0..3)
-            .map(|_| scope.spawn(|| tasks.open(0, &process())))
-            .collect();
-        runs.into_iter()
-            .map(|run| run.join().expect("no panic"))
-            .collect()
-    });
-    let mut wrote = Vec::new();
-    for (index, run) in opened.into_iter().enumerate() {
-        match run {
-            Ok(mut sink) => match sink.write(batch_info(3), &one_record(&format!("d{index}"))) {
-                Ok(()) => wrote.push(index),
-                Err(error) => assert!(error.superseded, "run {index}: {error:?}"),
-            },
-            Err(error) => assert!(error.superseded, "run {index} at open: {error:?}"),
-        }
-    }
-    assert_eq!(wrote.len(), 1, "runs that could write: {wrote:?}");
+    let wrote = super::kafka::one_of_three_opened_at_once_writes(
+        || tasks.open(0, &process()),
+        batch_info(3),
+        |index| one_record(&format!("d{index}")),
+    );
     let fenced = third
         .write(batch_info(3), &one_record("third's d"))
         .expect_err("process 3 lost the task");
@@ -972,6 +958,6 @@ fn a_task_s_next_owner_fences_the_process_that_held_it_unless_it_was_let_go() {
             .map(|record| record.value)
             .collect()
     };
-    assert_eq!(values("counts"), ["a", "b", "c", &format!("d{}", wrote[0])]);
+    assert_eq!(values("counts"), ["a", "b", "c", &format!("d{wrote}")]);
     assert_eq!(values("other"), ["x", "y", "z"]);
 }

@@ -1044,6 +1044,35 @@ path = {out:?}
 /// superseded, nothing of it committed), goes on after the last batch the
 /// other committed, and of runs that open at the same moment exactly one
 /// can write afterwards.
+/// Opens three runs of a sink at once (`open`), then has each write
+/// `batch` (`records` of the run's index): exactly one may write, the
+/// others must end superseded, at open or at the write. Returns the index
+/// of the one that wrote.
+pub(super) fn one_of_three_opened_at_once_writes(
+    open: impl Fn() -> Result<Box<dyn weir::sink::Sink>, weir::sink::SinkError> + Sync,
+    batch: weir::sink::BatchInfo,
+    records: impl Fn(usize) -> Vec<weir::record::Partition>,
+) -> usize {
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3).map(|_| scope.spawn(&open)).collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("no panic"))
+            .collect()
+    });
+    let mut wrote = Vec::new();
+    for (index, run) in opened.into_iter().enumerate() {
+        match run {
+            Ok(mut sink) => match sink.write(batch, &records(index)) {
+                Ok(()) => wrote.push(index),
+                Err(error) => assert!(error.superseded, "run {index}: {error:?}"),
+            },
+            Err(error) => assert!(error.superseded, "run {index} at open: {error:?}"),
+        }
+    }
+    assert_eq!(wrote.len(), 1, "runs that could write: {wrote:?}");
+    wrote[0]
+}
+
 #[test]
 fn runs_of_one_exactly_once_sink_fence_the_runs_before_them() {
     use weir::record::Batch;
@@ -1092,23 +1121,7 @@ fn runs_of_one_exactly_once_sink_fence_the_runs_before_them() {
     second.write(batch(1), &records("b")).expect("batch 1");
 
     // Three runs open at once; then each tries batch 2.
-    let opened: Vec<_> = std::thread::scope(|scope| {
-        let runs: Vec<_> = (0..3).map(|_| scope.spawn(open)).collect();
-        runs.into_iter()
-            .map(|run| run.join().expect("no panic"))
-            .collect()
-    });
-    let mut wrote = Vec::new();
-    for (index, run) in opened.into_iter().enumerate() {
-        match run {
-            Ok(mut sink) => match sink.write(batch(2), &records(&format!("c{index}"))) {
-                Ok(()) => wrote.push(index),
-                Err(error) => assert!(error.superseded, "run {index}: {error:?}"),
-            },
-            Err(error) => assert!(error.superseded, "run {index} at open: {error:?}"),
-        }
-    }
-    assert_eq!(wrote.len(), 1, "runs that could write: {wrote:?}");
+    let wrote = one_of_three_opened_at_once_writes(open, batch(2), |index| records(&format!("c{index}")));
     let fenced = second
         .write(batch(2), &records("second's c"))
         .expect_err("the second run is fenced");
@@ -1118,5 +1131,5 @@ fn runs_of_one_exactly_once_sink_fence_the_runs_before_them() {
         .into_iter()
         .map(|r| r.value)
         .collect();
-    assert_eq!(values, ["a", "b", &format!("c{}", wrote[0])]);
+    assert_eq!(values, ["a", "b", &format!("c{wrote}")]);
 }

@@ -775,38 +775,48 @@ impl KafkaSink {
     /// Records the producer's generation in the marker, in a transaction of
     /// its own before any batch's: a run that takes over later fences this
     /// producer, not an older one. `committed` is the marker's batch, kept.
-    /// A failed record is left as it is: the next run's start of this
-    /// generation aborts it before its stable read.
+    /// A failed record is aborted (or, when even that fails, by the next
+    /// run's start of this generation, before its stable read).
     fn record_generation(&self, committed: u64, deadline: Instant) -> Result<(), SinkError> {
+        self.marker_transaction(committed, false, deadline)
+            .map_err(|error| {
+                let error = self.error(format!(
+                    "cannot record producer generation {} in the group `{}`: {}",
+                    self.generation,
+                    self.marker_group(),
+                    error.message
+                ));
+                self.fenced_instead(&error).unwrap_or(error)
+            })
+    }
+
+    /// Writes the marker (`next_batch`, `released`) in a transaction of its
+    /// own, through the generation's producer.
+    fn marker_transaction(
+        &self,
+        next_batch: u64,
+        released: bool,
+        deadline: Instant,
+    ) -> Result<(), SinkError> {
         let producer = self.producer();
-        let recorded = producer
+        producer
             .begin_transaction()
-            .map_err(|e| self.error(describe(&e)))
-            .and_then(|()| self.send_marker(committed, step_timeout(deadline)))
+            .map_err(|e| self.error(describe(&e)))?;
+        let (marker, metadata) = self.marker_offsets(next_batch, released)?;
+        let sent = producer
+            .send_offsets_to_transaction(&marker, &metadata, step_timeout(deadline))
+            .map_err(|e| format!("cannot write the marker: {}", describe(&e)))
             .and_then(|()| {
                 producer
                     .commit_transaction(step_timeout(deadline))
-                    .map_err(|e| self.error(describe(&e)))
+                    .map_err(|e| describe(&e))
             });
-        recorded.map_err(|error| {
-            let error = self.error(format!(
-                "cannot record producer generation {} in the group `{}`: {}",
-                self.generation,
-                self.marker_group(),
-                error.message
-            ));
-            self.fenced_instead(&error).unwrap_or(error)
+        sent.map_err(|message| {
+            if let Err(abort) = producer.abort_transaction(step_timeout(deadline)) {
+                tracing::debug!(sink = %self.name, "cannot abort the marker's transaction: {}", describe(&abort));
+            }
+            self.error(message)
         })
-    }
-
-    /// Adds the marker to the open transaction: `next_batch` (the first
-    /// batch not committed once this transaction is) as the offset, the
-    /// producer generation as its metadata.
-    fn send_marker(&self, next_batch: u64, timeout: Duration) -> Result<(), SinkError> {
-        let (marker, metadata) = self.marker_offsets(next_batch, false)?;
-        self.producer()
-            .send_offsets_to_transaction(&marker, &metadata, timeout)
-            .map_err(|e| self.error(format!("cannot write the marker: {}", describe(&e))))
     }
 
     /// The marker this run writes, as offsets of the marker group: the
@@ -950,6 +960,38 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Adds the batch's marker (`batch` + 1 is the next) and its sources'
+    /// offsets to the open transaction, through `send`.
+    fn send_batch_offsets(
+        &self,
+        batch: BatchInfo,
+        send: impl Fn(&TopicPartitionList, &ConsumerGroupMetadata) -> rdkafka::error::KafkaResult<()>,
+    ) -> Result<(), SinkError> {
+        let (marker, metadata) = self.marker_offsets(batch.id + 1, false)?;
+        send(&marker, &metadata).map_err(|e| {
+            self.error(format!(
+                "batch {}: cannot record the batch in its transaction: {}",
+                batch.id,
+                describe(&e)
+            ))
+        })?;
+        for (group, offsets) in &self.source_offsets {
+            let metadata = self
+                .source_groups
+                .get(group)
+                .and_then(|consumer| consumer.group_metadata())
+                .ok_or_else(|| self.error(format!("no metadata for group `{group}`")))?;
+            send(offsets, &metadata).map_err(|e| {
+                self.error(format!(
+                    "batch {}: cannot commit the offsets of group `{group}` in its transaction: {}",
+                    batch.id,
+                    describe(&e)
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Sends the batch's records, its marker and its sources' offsets in
     /// `contribution`.
     fn contribute(
@@ -963,32 +1005,9 @@ impl KafkaSink {
         self.flush(writer)?;
         self.settle_rejected(writer, batch)?;
         let deadline = self.deadline();
-        let (marker, metadata) = self.marker_offsets(batch.id + 1, false)?;
-        contribution
-            .send_offsets(&marker, &metadata, deadline)
-            .map_err(|e| {
-                self.error(format!(
-                    "batch {}: cannot record the batch in its transaction: {}",
-                    batch.id,
-                    describe(&e)
-                ))
-            })?;
-        for (group, offsets) in &self.source_offsets {
-            let metadata = self
-                .source_groups
-                .get(group)
-                .and_then(|consumer| consumer.group_metadata())
-                .ok_or_else(|| self.error(format!("no metadata for group `{group}`")))?;
-            contribution
-                .send_offsets(offsets, &metadata, deadline)
-                .map_err(|e| {
-                    self.error(format!(
-                        "batch {}: cannot commit the offsets of group `{group}` in its transaction: {}",
-                        batch.id,
-                        describe(&e)
-                    ))
-                })?;
-        }
+        self.send_batch_offsets(batch, |offsets, metadata| {
+            contribution.send_offsets(offsets, metadata, deadline)
+        })?;
         crate::failpoint::crash_point("kafka-sent");
         Ok(())
     }
@@ -1027,21 +1046,7 @@ impl KafkaSink {
     /// of it, so that its next owner does not fence that producer (and the
     /// tasks it still writes for).
     fn release(&self) -> Result<(), SinkError> {
-        let deadline = Instant::now() + self.spec.timeout;
-        let producer = self.producer();
-        producer
-            .begin_transaction()
-            .map_err(|e| self.error(describe(&e)))?;
-        let (marker, metadata) = self.marker_offsets(self.next_batch, true)?;
-        let sent = producer
-            .send_offsets_to_transaction(&marker, &metadata, step_timeout(deadline))
-            .and_then(|()| producer.commit_transaction(step_timeout(deadline)));
-        sent.map_err(|e| {
-            if let Err(abort) = producer.abort_transaction(step_timeout(deadline)) {
-                tracing::debug!(sink = %self.name, "cannot abort the release: {}", describe(&abort));
-            }
-            self.error(describe(&e))
-        })
+        self.marker_transaction(self.next_batch, true, Instant::now() + self.spec.timeout)
     }
 
     /// When the producer was fenced (its fatal error says so), the error
@@ -1073,29 +1078,10 @@ impl KafkaSink {
         self.send_batch(writer, partitions)?;
         self.flush(writer)?;
         self.settle_rejected(writer, batch)?;
-        self.send_marker(batch.id + 1, self.time_left()).map_err(|e| {
-            self.error(format!(
-                "batch {}: cannot record the batch in its transaction: {}",
-                batch.id, e.message
-            ))
-        })?;
         let producer = self.producer();
-        for (group, offsets) in &self.source_offsets {
-            let metadata = self
-                .source_groups
-                .get(group)
-                .and_then(|consumer| consumer.group_metadata())
-                .ok_or_else(|| self.error(format!("no metadata for group `{group}`")))?;
-            producer
-                .send_offsets_to_transaction(offsets, &metadata, self.time_left())
-                .map_err(|e| {
-                    self.error(format!(
-                        "batch {}: cannot commit the offsets of group `{group}` in its transaction: {}",
-                        batch.id,
-                        describe(&e)
-                    ))
-                })?;
-        }
+        self.send_batch_offsets(batch, |offsets, metadata| {
+            producer.send_offsets_to_transaction(offsets, metadata, self.time_left())
+        })?;
         crate::failpoint::crash_point("kafka-sent");
         producer
             .commit_transaction(self.time_left())
