@@ -552,14 +552,17 @@ impl KafkaSink {
     ///
     /// In a cluster task, batches go through the process's shared producer
     /// (not the generation's, which only guards the marker), so step 4 has
-    /// one more part ([`KafkaSink::fence_writer`]): when the marker names a
-    /// process producer that did not let the task go, that producer is
-    /// fenced and the marker read again, final now. Step 5 records this
-    /// process's producer as the writer.
+    /// two more parts ([`KafkaSink::fence_writer`]): before the stable
+    /// read, the marker is read again (not stable) and the process producer
+    /// it names is fenced unless its run let the task go; after it, a
+    /// producer the stable marker names and not fenced yet is fenced too,
+    /// and the marker read again, final now. Step 5 records this process's
+    /// producer as the writer.
     fn open_exactly_once(&mut self) -> Result<(), SinkError> {
         const ATTEMPTS: usize = 4;
         let deadline = Instant::now() + self.spec.timeout;
-        let mut seen = self.read_marker(&self.marker_consumer(false)?, deadline)?;
+        let unstable = self.marker_consumer(false)?;
+        let mut seen = self.read_marker(&unstable, deadline)?;
         self.marker = Some(self.marker_consumer(true)?);
         let mut attempt = 1;
         // The process producers fenced so far (each once).
@@ -582,8 +585,13 @@ impl KafkaSink {
 
             // Before the stable read: a pending marker of the process
             // producer that writes the task would hold that read until the
-            // broker timed its transaction out.
-            self.fence_writer(&seen, &mut fenced, deadline)?;
+            // broker timed its transaction out. Which producer that is, the
+            // marker says as of now, read again (the generation's release
+            // it may hold was settled by step 2); a shared run only.
+            if self.shared.is_some() {
+                let now = self.read_marker(&unstable, deadline)?;
+                self.fence_writer(&now, &mut fenced, deadline)?;
+            }
             let mut stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
             if stable.same_run(&seen) && self.fence_writer(&stable, &mut fenced, deadline)? {
                 stable = self.read_marker(self.marker.as_ref().expect("made above"), deadline)?;
@@ -648,9 +656,12 @@ impl KafkaSink {
     /// whether it fenced: what that producer committed is final then, and
     /// what it left open is aborted. Outside a cluster task, nothing.
     ///
-    /// A released marker is safe to trust once read stable: its run wrote
-    /// the release through the generation's producer, after its last
-    /// batch, and the generation was fenced (step 2) before that read.
+    /// A released marker is safe to trust when read after step 2: its run
+    /// wrote the release through the generation's producer, after its last
+    /// batch, and that generation is fenced by then (a release still open
+    /// was aborted, one being committed is through). A marker read before
+    /// step 2 may be older than the release: fencing on it would only stop
+    /// a healthy process's producer for nothing.
     fn fence_writer(
         &mut self,
         marker: &Marker,
@@ -917,7 +928,8 @@ impl KafkaSink {
                 JoinError::Failed { reason, lost: false } => self.start_again(batch, &reason),
             })?;
             // The contribution's work ends with its transaction's time.
-            self.batch_deadline = Some(deadline.min(contribution.ends_by()));
+            let ends_by = deadline.min(contribution.ends_by());
+            self.batch_deadline = Some(ends_by);
             let contributed = self.contribute(&contribution, batch, partitions);
             self.batch_deadline = Some(deadline);
             if let Err(error) = contributed {
@@ -927,6 +939,12 @@ impl KafkaSink {
                 contribution.abandon(&error.message);
                 return Err(match fatal {
                     Some(reason) => self.lost(batch, &format!("{reason}; {}", error.message)),
+                    // Out of time because the transaction it joined was old,
+                    // not because of the batch: the task starts again.
+                    None if ends_by < deadline && Instant::now() >= ends_by => self.start_again(
+                        batch,
+                        &format!("the process's transaction ran out of time ({})", error.message),
+                    ),
                     None => error,
                 });
             }
@@ -936,7 +954,11 @@ impl KafkaSink {
                     break;
                 }
                 Outcome::Lost(reason) => return Err(self.lost(batch, &reason)),
-                Outcome::Aborted(reason) if Instant::now() < deadline => {
+                // Written again only with time for it: at least half the
+                // batch's `timeout` left.
+                Outcome::Aborted(reason)
+                    if deadline.saturating_duration_since(Instant::now()) >= self.spec.timeout / 2 =>
+                {
                     tracing::info!(
                         sink = %self.name,
                         "batch {}: the process's transaction was aborted ({reason}); \
@@ -949,7 +971,8 @@ impl KafkaSink {
                     return Err(self.start_again(
                         batch,
                         &format!(
-                            "the process's transaction was aborted ({reason}) and the batch's `timeout` of {} ran out",
+                            "the process's transaction was aborted ({reason}) with too little of the batch's \
+                             `timeout` of {} left to write it again",
                             humantime::format_duration(self.spec.timeout)
                         ),
                     ));

@@ -14,9 +14,16 @@
 //!   learns the [`Outcome`]. Tasks wait for each other only inside one
 //!   transaction, never across batches, so a task with two Kafka sinks
 //!   cannot deadlock.
+//! - **Time.** A transaction takes newcomers for half of `timeout`, and
+//!   each contribution's work must end by `timeout` after it began, so the
+//!   broker (which keeps it `timeout` + 30 s) never times it out under its
+//!   contributors; a commit that timed out is tried again meanwhile.
 //! - **A contribution that fails** (a refused record with `on-error =
 //!   "fail"`, a timeout) dooms its transaction: it is aborted, and the other
-//!   contributors write their batches again in the next one.
+//!   contributors write their batches again in the next one while at least
+//!   half their batch's `timeout` is left; past that, or when the
+//!   transaction they joined ran out of time, their tasks start again from
+//!   their last checkpoint (as superseded ones do).
 //! - **The producer** has a transactional id of its own per process start
 //!   (`<prefix>weir.<pipeline>.process.<token>`), and a new one whenever it
 //!   is fenced or its transaction's fate is lost: a replaced producer's
@@ -30,7 +37,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -391,6 +398,7 @@ impl SharedProducer {
                             incarnation.id,
                             describe(&error)
                         );
+                        std::thread::sleep(Duration::from_millis(200));
                     }
                     // Neither through nor refused: its fate is the broker's.
                     KafkaError::Transaction(_) => return lost("cannot finish a commit", &error),
@@ -399,9 +407,11 @@ impl SharedProducer {
                 }
             },
         };
-        self.counts.aborted.fetch_add(1, Ordering::Relaxed);
         match producer.abort_transaction(step()) {
-            Ok(()) => Outcome::Aborted(why),
+            Ok(()) => {
+                self.counts.aborted.fetch_add(1, Ordering::Relaxed);
+                Outcome::Aborted(why)
+            }
             Err(error) => lost(&format!("cannot abort ({why})"), &error),
         }
     }
@@ -461,11 +471,14 @@ impl Contribution<'_> {
         deadline: Instant,
     ) -> KafkaResult<()> {
         let _turn = self.shared.offsets.lock().expect("not poisoned");
-        self.incarnation.producer.send_offsets_to_transaction(
-            offsets,
-            metadata,
-            super::step_timeout(deadline),
-        )
+        // No more than the contribution's time (a second at least: after
+        // a wait for the lock, the call still gets a chance).
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        self.incarnation
+            .producer
+            .send_offsets_to_transaction(offsets, metadata, timeout)
     }
 
     /// The producer's fatal error, when it has one (fenced, most often):
