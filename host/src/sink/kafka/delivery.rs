@@ -15,12 +15,18 @@ use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::kafka::{LogContext, describe};
 
 /// The bytes of a rejected record's value a dead letter keeps.
-pub(super) const DEAD_LETTER_VALUE_BYTES: usize = 1024;
+const DEAD_LETTER_VALUE_BYTES: usize = 1024;
+
+/// The writer number of a producer's only writer (a sink's own producer):
+/// its records are not counted one by one (nobody else's share the
+/// producer, so a flush of the producer waits for them), and a delivered
+/// one costs no lock.
+pub(super) const SOLE_WRITER: usize = 0;
 
 /// A record the broker or client refused.
 #[derive(Debug, Clone)]
@@ -110,6 +116,7 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, writer: usize) {
         let rejected = match result {
+            Ok(_) if writer == SOLE_WRITER => return,
             Ok(_) => None,
             Err((error, message)) => Some(Rejected::new(
                 error,
@@ -118,11 +125,18 @@ impl ProducerContext for DeliveryContext {
                 true,
             )),
         };
-        // A writer forgotten meanwhile (it gave up) hears nothing more.
-        if let Some(ledger) = self.ledgers.0.lock().expect("not poisoned").get_mut(&writer) {
-            ledger.outstanding = ledger.outstanding.saturating_sub(1);
-            ledger.rejected.extend(rejected);
-        }
+        let mut ledgers = self.ledgers.0.lock().expect("not poisoned");
+        let ledger = if writer == SOLE_WRITER {
+            ledgers.entry(writer).or_default()
+        } else {
+            // A writer forgotten meanwhile (it gave up) hears nothing more.
+            match ledgers.get_mut(&writer) {
+                Some(ledger) => ledger,
+                None => return,
+            }
+        };
+        ledger.outstanding = ledger.outstanding.saturating_sub(1);
+        ledger.rejected.extend(rejected);
     }
 }
 
@@ -181,7 +195,15 @@ impl Writer<'_> {
         }
         // Counted before the send: its report may come on another thread
         // before `send` returns.
-        self.ledgers.with(self.number, |ledger| ledger.outstanding += 1);
+        let counted = self.number != SOLE_WRITER;
+        if counted {
+            self.ledgers.with(self.number, |ledger| ledger.outstanding += 1);
+        }
+        let uncount = || {
+            if counted {
+                self.ledgers.with(self.number, |ledger| ledger.outstanding -= 1);
+            }
+        };
         // Only a full queue reads the clock: not once per record.
         let mut until = None;
         loop {
@@ -189,18 +211,17 @@ impl Writer<'_> {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if Instant::now() > *until.get_or_insert_with(&deadline) {
-                        self.ledgers.with(self.number, |ledger| ledger.outstanding -= 1);
+                        uncount();
                         return Err(SendError::QueueFull);
                     }
                     self.producer.poll(Duration::from_millis(50));
                     record = back;
                 }
                 Err((error, _)) => {
+                    uncount();
                     let rejected = Rejected::new(&error, key, payload, false);
-                    self.ledgers.with(self.number, |ledger| {
-                        ledger.outstanding -= 1;
-                        ledger.rejected.push(rejected);
-                    });
+                    self.ledgers
+                        .with(self.number, |ledger| ledger.rejected.push(rejected));
                     return Ok(());
                 }
             }
@@ -215,6 +236,13 @@ impl Writer<'_> {
     /// Waits until every record this writer sent is reported (delivered or
     /// rejected), or `deadline`.
     pub(super) fn flush(&self, deadline: Instant) -> Result<(), SendError> {
+        if self.number == SOLE_WRITER {
+            // Its records are all the producer has.
+            return self
+                .producer
+                .flush(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| SendError::Unacknowledged(self.producer.in_flight_count().max(0) as u64));
+        }
         loop {
             let outstanding = self.ledgers.outstanding(self.number);
             if outstanding == 0 {

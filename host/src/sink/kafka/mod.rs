@@ -347,9 +347,7 @@ impl KafkaSink {
 
     /// What is left of the batch's `timeout` (all of it outside a batch).
     fn time_left(&self) -> Duration {
-        self.batch_deadline.map_or(self.spec.timeout, |deadline| {
-            deadline.saturating_duration_since(Instant::now())
-        })
+        self.deadline().saturating_duration_since(Instant::now())
     }
 
     fn producer(&self) -> &SinkProducer {
@@ -361,7 +359,7 @@ impl KafkaSink {
         Writer {
             producer: self.producer(),
             ledgers: &self.ledgers,
-            number: 0,
+            number: delivery::SOLE_WRITER,
         }
     }
 
@@ -924,8 +922,8 @@ impl KafkaSink {
         loop {
             let contribution = shared.join(&incarnation, deadline).map_err(|error| match error {
                 JoinError::Replaced => self.lost(batch, "it was replaced"),
-                JoinError::Failed { reason, lost: true } => self.lost(batch, &reason),
-                JoinError::Failed { reason, lost: false } => self.start_again(batch, &reason),
+                JoinError::Lost(reason) => self.lost(batch, &reason),
+                JoinError::TimedOut(reason) => self.start_again(batch, &reason),
             })?;
             // The contribution's work ends with its transaction's time.
             let ends_by = deadline.min(contribution.ends_by());

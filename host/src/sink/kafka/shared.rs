@@ -173,7 +173,6 @@ struct State {
 
 /// One transaction and its contributions.
 struct Round {
-    incarnation: Arc<Incarnation>,
     outcome: Arc<Slot>,
     /// Contributions joined and not yet done.
     active: usize,
@@ -216,9 +215,10 @@ pub(super) enum JoinError {
     /// The producer the sink opened with was replaced: the task must open
     /// again.
     Replaced,
-    /// No transaction could begin (with why); `lost` when the producer is
-    /// replaced for it.
-    Failed { reason: String, lost: bool },
+    /// No transaction could begin (why): the producer is replaced.
+    Lost(String),
+    /// The transaction in progress did not end in time (why).
+    TimedOut(String),
 }
 
 impl SharedProducer {
@@ -257,11 +257,9 @@ impl SharedProducer {
         {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(JoinError::Failed {
-                    reason: "the process's transaction in progress did not end within the batch's timeout"
-                        .into(),
-                    lost: false,
-                });
+                return Err(JoinError::TimedOut(
+                    "the process's transaction in progress did not end within the batch's timeout".into(),
+                ));
             }
             state = self.turn.wait_timeout(state, left).expect("not poisoned").0;
         }
@@ -278,13 +276,12 @@ impl SharedProducer {
             // often), which a new producer mends.
             if let Err(error) = incarnation.producer.begin_transaction() {
                 state.incarnation = None;
-                return Err(JoinError::Failed {
-                    reason: format!("cannot begin a transaction: {}", describe(&error)),
-                    lost: true,
-                });
+                return Err(JoinError::Lost(format!(
+                    "cannot begin a transaction: {}",
+                    describe(&error)
+                )));
             }
             state.round = Some(Round {
-                incarnation: incarnation.clone(),
                 outcome: Arc::default(),
                 active: 0,
                 joined: 0,
@@ -315,6 +312,9 @@ impl SharedProducer {
     /// (one that gave up does not).
     fn finish(&self, outcome: &Arc<Slot>, failure: Option<String>, wait: bool) -> Option<Outcome> {
         let mut state = self.lock();
+        // A round runs on the producer writing now: it is replaced only
+        // once no round is open.
+        let incarnation = state.incarnation.clone().expect("a round has its producer");
         let round = state.round.as_mut().expect("a contribution is in the open round");
         if let Some(why) = failure {
             round.doomed.get_or_insert(why);
@@ -325,7 +325,6 @@ impl SharedProducer {
             drop(state);
             return wait.then(|| outcome.wait());
         }
-        let incarnation = round.incarnation.clone();
         let doomed = round.doomed.clone();
         let joined = round.joined;
         let started = round.started;
@@ -339,12 +338,7 @@ impl SharedProducer {
         .unwrap_or_else(|_| Outcome::Lost("ending the transaction panicked".into()));
 
         let mut state = self.lock();
-        if matches!(ended, Outcome::Lost(_))
-            && state
-                .incarnation
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, &incarnation))
-        {
+        if matches!(ended, Outcome::Lost(_)) {
             state.incarnation = None;
         }
         state.round = None;
